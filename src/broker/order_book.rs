@@ -1,0 +1,661 @@
+//! The order state machine and the book of orders the broker holds.
+//!
+//! Pure: no clock reads (times come in with events), no IO. The broker actor
+//! feeds it events and acts on the transitions it returns, so the same events
+//! can later be journaled and replayed.
+//!
+//! ```text
+//!            Dispatched            Started
+//!  Queued ──────────────▶ Dispatching ──────▶ Running
+//!    ▲  ◀──────────────────────┘  │              │
+//!    │   DispatchFailed,          │ Finished     │ Finished / SubagentLost
+//!    │   SubagentLost             ▼              ▼
+//!    │                   Succeeded | Failed (final)
+//! ```
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use crate::protocol::{OrderCounts, OrderInfo, OrderState};
+
+/// Where an order is, with the in-between step the wire state hides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Durable, waiting for a subagent with room.
+    Queued,
+    /// Handed to a subagent that has not yet confirmed.
+    Dispatching,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl Phase {
+    pub fn wire(self) -> OrderState {
+        match self {
+            Phase::Queued | Phase::Dispatching => OrderState::Accepted,
+            Phase::Running => OrderState::Running,
+            Phase::Succeeded => OrderState::Succeeded,
+            Phase::Failed => OrderState::Failed,
+            Phase::Cancelled => OrderState::Cancelled,
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        self.wire().is_final()
+    }
+}
+
+/// How a task ended, as far as the order cares.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    /// Why it failed when the exit code does not tell.
+    pub error: Option<String>,
+    pub started_at_ms: Option<u64>,
+    pub finished_at_ms: u64,
+}
+
+impl Outcome {
+    pub fn succeeded(&self) -> bool {
+        self.exit_code == Some(0) && self.error.is_none() && !self.timed_out
+    }
+}
+
+/// What happened to an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderEvent {
+    Dispatched {
+        task_id: String,
+        subagent_id: String,
+    },
+    DispatchFailed {
+        task_id: String,
+    },
+    Started {
+        task_id: String,
+        at_ms: u64,
+    },
+    Finished {
+        task_id: String,
+        outcome: Outcome,
+    },
+    SubagentLost {
+        subagent_id: String,
+        at_ms: u64,
+    },
+    /// A queued order cannot run at all (its job was removed).
+    Refused {
+        reason: String,
+        at_ms: u64,
+    },
+}
+
+/// The result of applying an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The order moved from one phase to another.
+    Moved { from: Phase, to: Phase },
+    /// The event was about another (older) task or is repeated: recorded, no change.
+    Stale,
+}
+
+/// Why an event could not be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("no order {0}")]
+    UnknownOrder(String),
+    #[error("order {order} is {phase:?}; {event} does not apply")]
+    NotAllowed {
+        order: String,
+        phase: Phase,
+        event: &'static str,
+    },
+}
+
+/// One order and everything the broker knows of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    pub id: String,
+    pub job: String,
+    pub params: BTreeMap<String, String>,
+    pub request_id: Option<String>,
+    pub phase: Phase,
+    /// Tasks started so far; the current task is attempt number `attempt`.
+    pub attempt: u32,
+    pub task_id: Option<String>,
+    pub subagent_id: Option<String>,
+    pub accepted_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub outcome: Option<Outcome>,
+}
+
+impl Order {
+    pub fn new(
+        id: String,
+        job: String,
+        params: BTreeMap<String, String>,
+        request_id: Option<String>,
+        accepted_at_ms: u64,
+    ) -> Order {
+        Order {
+            id,
+            job,
+            params,
+            request_id,
+            phase: Phase::Queued,
+            attempt: 0,
+            task_id: None,
+            subagent_id: None,
+            accepted_at_ms,
+            started_at_ms: None,
+            outcome: None,
+        }
+    }
+
+    /// The id the next task of this order gets.
+    pub fn next_task_id(&self) -> String {
+        format!("{}-{}", self.id, self.attempt + 1)
+    }
+
+    /// Applies one event (the state machine).
+    pub fn apply(&mut self, event: OrderEvent) -> Result<Applied, ApplyError> {
+        let from = self.phase;
+        let current = |task_id: &str| self.task_id.as_deref() == Some(task_id);
+        let not_allowed = |event: &'static str| ApplyError::NotAllowed {
+            order: self.id.clone(),
+            phase: from,
+            event,
+        };
+        match event {
+            OrderEvent::Dispatched {
+                task_id,
+                subagent_id,
+            } => {
+                if from != Phase::Queued {
+                    return Err(not_allowed("dispatched"));
+                }
+                self.attempt += 1;
+                self.task_id = Some(task_id);
+                self.subagent_id = Some(subagent_id);
+                self.phase = Phase::Dispatching;
+            }
+            OrderEvent::DispatchFailed { task_id } => {
+                if from != Phase::Dispatching || !current(&task_id) {
+                    return Ok(Applied::Stale);
+                }
+                // the task never started: it does not count as an attempt
+                self.attempt -= 1;
+                self.task_id = None;
+                self.subagent_id = None;
+                self.phase = Phase::Queued;
+            }
+            OrderEvent::Started { task_id, at_ms } => {
+                if from != Phase::Dispatching || !current(&task_id) {
+                    return Ok(Applied::Stale);
+                }
+                self.started_at_ms = Some(at_ms);
+                self.phase = Phase::Running;
+            }
+            OrderEvent::Finished { task_id, outcome } => {
+                let live = matches!(from, Phase::Dispatching | Phase::Running);
+                if !live || !current(&task_id) {
+                    return Ok(Applied::Stale);
+                }
+                if self.started_at_ms.is_none() {
+                    self.started_at_ms = outcome.started_at_ms;
+                }
+                self.phase = if outcome.succeeded() {
+                    Phase::Succeeded
+                } else {
+                    Phase::Failed
+                };
+                self.outcome = Some(outcome);
+            }
+            OrderEvent::SubagentLost { subagent_id, at_ms } => {
+                if self.subagent_id.as_deref() != Some(subagent_id.as_str()) {
+                    return Ok(Applied::Stale);
+                }
+                match from {
+                    // never confirmed; its process group died with the subagent
+                    Phase::Dispatching => {
+                        self.attempt -= 1;
+                        self.task_id = None;
+                        self.subagent_id = None;
+                        self.phase = Phase::Queued;
+                    }
+                    Phase::Running => {
+                        self.phase = Phase::Failed;
+                        self.outcome = Some(Outcome {
+                            error: Some(format!("subagent lost: {subagent_id}")),
+                            started_at_ms: self.started_at_ms,
+                            finished_at_ms: at_ms,
+                            ..Outcome::default()
+                        });
+                    }
+                    _ => return Ok(Applied::Stale),
+                }
+            }
+            OrderEvent::Refused { reason, at_ms } => {
+                if from != Phase::Queued {
+                    return Err(not_allowed("refused"));
+                }
+                self.phase = Phase::Failed;
+                self.outcome = Some(Outcome {
+                    error: Some(reason),
+                    finished_at_ms: at_ms,
+                    ..Outcome::default()
+                });
+            }
+        }
+        Ok(Applied::Moved {
+            from,
+            to: self.phase,
+        })
+    }
+
+    /// The order as clients and the journal see it.
+    pub fn info(&self) -> OrderInfo {
+        let outcome = self.outcome.clone().unwrap_or_default();
+        OrderInfo {
+            order_id: self.id.clone(),
+            job: self.job.clone(),
+            params: self.params.clone(),
+            state: self.phase.wire(),
+            attempt: self.attempt,
+            subagent_id: self.subagent_id.clone(),
+            task_id: self.task_id.clone(),
+            exit_code: outcome.exit_code,
+            signal: outcome.signal,
+            timed_out: outcome.timed_out,
+            reason: outcome.error,
+            request_id: self.request_id.clone(),
+            accepted_at_ms: self.accepted_at_ms,
+            started_at_ms: self.started_at_ms,
+            finished_at_ms: self.outcome.as_ref().map(|o| o.finished_at_ms),
+        }
+    }
+}
+
+/// Every order the broker holds, the queue of those waiting for a subagent,
+/// and a bounded memory of finished ones.
+#[derive(Debug, Default)]
+pub struct OrderBook {
+    orders: HashMap<String, Order>,
+    queue: VecDeque<String>,
+    by_request: HashMap<String, String>,
+    finished: VecDeque<String>,
+    counts: OrderCounts,
+    keep_finished: usize,
+}
+
+impl OrderBook {
+    /// A book that remembers at most `keep_finished` final orders.
+    pub fn new(keep_finished: usize) -> OrderBook {
+        OrderBook {
+            keep_finished,
+            ..OrderBook::default()
+        }
+    }
+
+    /// Adds a new order; it is not dispatched until [`OrderBook::enqueue`].
+    pub fn insert(&mut self, order: Order) {
+        if let Some(request_id) = &order.request_id {
+            self.by_request.insert(request_id.clone(), order.id.clone());
+        }
+        self.counts.accepted += 1;
+        self.orders.insert(order.id.clone(), order);
+    }
+
+    /// Forgets an order that never became durable.
+    pub fn remove(&mut self, order_id: &str) {
+        if let Some(order) = self.orders.remove(order_id) {
+            self.counts.accepted -= 1;
+            if let Some(request_id) = order.request_id {
+                self.by_request.remove(&request_id);
+            }
+        }
+    }
+
+    /// Makes a durable order eligible for dispatch.
+    pub fn enqueue(&mut self, order_id: &str) {
+        self.queue.push_back(order_id.to_string());
+    }
+
+    pub fn get(&self, order_id: &str) -> Option<&Order> {
+        self.orders.get(order_id)
+    }
+
+    pub fn by_request_id(&self, request_id: &str) -> Option<&Order> {
+        self.orders.get(self.by_request.get(request_id)?)
+    }
+
+    /// The first queued order still waiting, dropping entries that moved on.
+    pub fn next_queued(&mut self) -> Option<&Order> {
+        while let Some(id) = self.queue.front() {
+            match self.orders.get(id) {
+                Some(order) if order.phase == Phase::Queued => break,
+                _ => {
+                    self.queue.pop_front();
+                }
+            }
+        }
+        let id = self.queue.front()?;
+        self.orders.get(id)
+    }
+
+    /// Number of entries in the dispatch queue (some may be stale).
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Applies an event to one order, keeping the queue and counts in step.
+    pub fn apply(&mut self, order_id: &str, event: OrderEvent) -> Result<Applied, ApplyError> {
+        let order = self
+            .orders
+            .get_mut(order_id)
+            .ok_or_else(|| ApplyError::UnknownOrder(order_id.to_string()))?;
+        let applied = order.apply(event)?;
+        if let Applied::Moved { from, to } = applied {
+            count(&mut self.counts, from, -1);
+            count(&mut self.counts, to, 1);
+            if to == Phase::Queued {
+                // back to the front: it has waited longest
+                self.queue.push_front(order_id.to_string());
+            } else if from == Phase::Queued
+                && self.queue.front().map(String::as_str) == Some(order_id)
+            {
+                self.queue.pop_front();
+            }
+            if to.is_final() {
+                self.finished.push_back(order_id.to_string());
+                self.forget_oldest_finished();
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Orders whose current task is on `subagent_id`.
+    pub fn on_subagent(&self, subagent_id: &str) -> Vec<String> {
+        self.orders
+            .values()
+            .filter(|o| {
+                matches!(o.phase, Phase::Dispatching | Phase::Running)
+                    && o.subagent_id.as_deref() == Some(subagent_id)
+            })
+            .map(|o| o.id.clone())
+            .collect()
+    }
+
+    pub fn counts(&self) -> OrderCounts {
+        self.counts.clone()
+    }
+
+    fn forget_oldest_finished(&mut self) {
+        while self.finished.len() > self.keep_finished {
+            if let Some(id) = self.finished.pop_front() {
+                if let Some(order) = self.orders.remove(&id) {
+                    if let Some(request_id) = order.request_id {
+                        self.by_request.remove(&request_id);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn count(counts: &mut OrderCounts, phase: Phase, delta: i64) {
+    let slot = match phase.wire() {
+        OrderState::Accepted => &mut counts.accepted,
+        OrderState::Running => &mut counts.running,
+        OrderState::Succeeded => &mut counts.succeeded,
+        OrderState::Failed => &mut counts.failed,
+        OrderState::Cancelled => &mut counts.cancelled,
+    };
+    *slot = slot.saturating_add_signed(delta);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(id: &str) -> Order {
+        Order::new(id.into(), "job".into(), BTreeMap::new(), None, 1)
+    }
+
+    fn ok_outcome() -> Outcome {
+        Outcome {
+            exit_code: Some(0),
+            finished_at_ms: 5,
+            ..Outcome::default()
+        }
+    }
+
+    fn dispatched(book: &mut OrderBook, id: &str, sub: &str) -> String {
+        let task = book.get(id).unwrap().next_task_id();
+        book.apply(
+            id,
+            OrderEvent::Dispatched {
+                task_id: task.clone(),
+                subagent_id: sub.into(),
+            },
+        )
+        .unwrap();
+        task
+    }
+
+    #[test]
+    fn happy_path_counts_and_queue() {
+        let mut book = OrderBook::new(10);
+        book.insert(order("a"));
+        book.enqueue("a");
+        assert_eq!(book.next_queued().unwrap().id, "a");
+        let task = dispatched(&mut book, "a", "s1");
+        assert!(book.next_queued().is_none());
+        book.apply(
+            "a",
+            OrderEvent::Started {
+                task_id: task.clone(),
+                at_ms: 2,
+            },
+        )
+        .unwrap();
+        assert_eq!(book.counts().running, 1);
+        let r = book
+            .apply(
+                "a",
+                OrderEvent::Finished {
+                    task_id: task,
+                    outcome: ok_outcome(),
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            r,
+            Applied::Moved {
+                from: Phase::Running,
+                to: Phase::Succeeded
+            }
+        );
+        let c = book.counts();
+        assert_eq!((c.accepted, c.running, c.succeeded), (0, 0, 1));
+        assert_eq!(book.get("a").unwrap().info().exit_code, Some(0));
+    }
+
+    #[test]
+    fn result_before_start_confirmation_finishes_the_order() {
+        let mut book = OrderBook::new(10);
+        book.insert(order("a"));
+        book.enqueue("a");
+        let task = dispatched(&mut book, "a", "s1");
+        let mut outcome = ok_outcome();
+        outcome.exit_code = Some(3);
+        book.apply(
+            "a",
+            OrderEvent::Finished {
+                task_id: task.clone(),
+                outcome,
+            },
+        )
+        .unwrap();
+        assert_eq!(book.get("a").unwrap().phase, Phase::Failed);
+        // the late confirmation changes nothing
+        let r = book
+            .apply(
+                "a",
+                OrderEvent::Started {
+                    task_id: task,
+                    at_ms: 9,
+                },
+            )
+            .unwrap();
+        assert_eq!(r, Applied::Stale);
+        assert_eq!(book.get("a").unwrap().phase, Phase::Failed);
+    }
+
+    #[test]
+    fn stale_and_repeated_results_change_nothing() {
+        let mut book = OrderBook::new(10);
+        book.insert(order("a"));
+        book.enqueue("a");
+        let first = dispatched(&mut book, "a", "s1");
+        book.apply(
+            "a",
+            OrderEvent::DispatchFailed {
+                task_id: first.clone(),
+            },
+        )
+        .unwrap();
+        assert_eq!(book.next_queued().unwrap().id, "a");
+        let second = dispatched(&mut book, "a", "s2");
+        assert_eq!(
+            second, first,
+            "a dispatch that never started is not an attempt"
+        );
+        book.apply(
+            "a",
+            OrderEvent::Finished {
+                task_id: second.clone(),
+                outcome: ok_outcome(),
+            },
+        )
+        .unwrap();
+        let again = book
+            .apply(
+                "a",
+                OrderEvent::Finished {
+                    task_id: second,
+                    outcome: Outcome::default(),
+                },
+            )
+            .unwrap();
+        assert_eq!(again, Applied::Stale);
+        assert_eq!(book.get("a").unwrap().phase, Phase::Succeeded);
+        assert_eq!(book.counts().succeeded, 1);
+    }
+
+    #[test]
+    fn lost_subagent_requeues_unconfirmed_and_fails_running() {
+        let mut book = OrderBook::new(10);
+        for id in ["a", "b"] {
+            book.insert(order(id));
+            book.enqueue(id);
+        }
+        dispatched(&mut book, "a", "s1");
+        let tb = dispatched(&mut book, "b", "s1");
+        book.apply(
+            "b",
+            OrderEvent::Started {
+                task_id: tb,
+                at_ms: 2,
+            },
+        )
+        .unwrap();
+        let mut on = book.on_subagent("s1");
+        on.sort();
+        assert_eq!(on, vec!["a", "b"]);
+        for id in on {
+            book.apply(
+                &id,
+                OrderEvent::SubagentLost {
+                    subagent_id: "s1".into(),
+                    at_ms: 3,
+                },
+            )
+            .unwrap();
+        }
+        assert_eq!(book.get("a").unwrap().phase, Phase::Queued);
+        assert_eq!(book.next_queued().unwrap().id, "a");
+        let b = book.get("b").unwrap().info();
+        assert_eq!(b.state, OrderState::Failed);
+        assert!(b.reason.unwrap().contains("subagent lost"));
+    }
+
+    #[test]
+    fn finished_orders_are_forgotten_beyond_the_limit() {
+        let mut book = OrderBook::new(2);
+        for i in 0..5 {
+            let id = format!("o{i}");
+            let mut o = order(&id);
+            o.request_id = Some(format!("r{i}"));
+            book.insert(o);
+            book.enqueue(&id);
+            let t = dispatched(&mut book, &id, "s");
+            book.apply(
+                &id,
+                OrderEvent::Finished {
+                    task_id: t,
+                    outcome: ok_outcome(),
+                },
+            )
+            .unwrap();
+        }
+        assert!(book.get("o0").is_none() && book.by_request_id("r0").is_none());
+        assert!(book.get("o4").is_some() && book.by_request_id("r4").is_some());
+        assert_eq!(book.counts().succeeded, 5);
+    }
+
+    #[test]
+    fn no_event_sequence_leaves_a_final_order() {
+        // every event applied to a final order is stale or refused
+        let events = [
+            OrderEvent::Dispatched {
+                task_id: "x-1".into(),
+                subagent_id: "s".into(),
+            },
+            OrderEvent::DispatchFailed {
+                task_id: "a-1".into(),
+            },
+            OrderEvent::Started {
+                task_id: "a-1".into(),
+                at_ms: 1,
+            },
+            OrderEvent::Finished {
+                task_id: "a-1".into(),
+                outcome: Outcome::default(),
+            },
+            OrderEvent::SubagentLost {
+                subagent_id: "s1".into(),
+                at_ms: 1,
+            },
+        ];
+        let mut book = OrderBook::new(10);
+        book.insert(order("a"));
+        book.enqueue("a");
+        let t = dispatched(&mut book, "a", "s1");
+        book.apply(
+            "a",
+            OrderEvent::Finished {
+                task_id: t,
+                outcome: ok_outcome(),
+            },
+        )
+        .unwrap();
+        for e in events {
+            let _ = book.apply("a", e);
+            assert_eq!(book.get("a").unwrap().phase, Phase::Succeeded);
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Typed JetStream key-value buckets: MessagePack values keyed by string.
+
+use std::marker::PhantomData;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde::{de::DeserializeOwned, Serialize};
+use tracing::warn;
+
+use super::{decode, encode, BusError, Encoding};
+
+/// One bucket whose values are `T`.
+pub struct Kv<T> {
+    store: kv::Store,
+    bucket: String,
+    _values: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Kv<T> {
+    fn clone(&self) -> Self {
+        Kv {
+            store: self.store.clone(),
+            bucket: self.bucket.clone(),
+            _values: PhantomData,
+        }
+    }
+}
+
+/// A change seen by [`Kv::watch`]: a new value, or `None` when the key was deleted.
+#[derive(Debug)]
+pub struct KvChange<T> {
+    pub key: String,
+    pub value: Option<T>,
+    pub revision: u64,
+}
+
+impl<T> Kv<T> {
+    pub(super) async fn open(
+        client: async_nats::Client,
+        bucket: &str,
+        replicas: usize,
+    ) -> Result<Kv<T>, BusError> {
+        let js = jetstream::new(client);
+        let store = match js.get_key_value(bucket).await {
+            Ok(store) => store,
+            Err(_) => {
+                let config = kv::Config {
+                    bucket: bucket.to_string(),
+                    history: 1,
+                    storage: jetstream::stream::StorageType::File,
+                    num_replicas: replicas.max(1),
+                    ..Default::default()
+                };
+                match js.create_key_value(config).await {
+                    Ok(store) => store,
+                    // another process may have created it in between
+                    Err(create) => js
+                        .get_key_value(bucket)
+                        .await
+                        .map_err(|_| transport(bucket, create))?,
+                }
+            }
+        };
+        Ok(Kv {
+            store,
+            bucket: bucket.to_string(),
+            _values: PhantomData,
+        })
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Kv<T> {
+    /// Stores `value` under `key`; returns once JetStream has it.
+    pub async fn put(&self, key: &str, value: &T) -> Result<u64, BusError> {
+        let bytes = Bytes::from(encode(Encoding::MessagePack, value));
+        self.store
+            .put(key, bytes)
+            .await
+            .map_err(|e| transport(&self.bucket, e))
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<T>, BusError> {
+        let Some(bytes) = self
+            .store
+            .get(key)
+            .await
+            .map_err(|e| transport(&self.bucket, e))?
+        else {
+            return Ok(None);
+        };
+        decode(Encoding::MessagePack, &bytes)
+            .map(Some)
+            .map_err(|source| BusError::Decode {
+                subject: format!("kv {}/{key}", self.bucket),
+                source,
+            })
+    }
+
+    /// Every key's current value, then every change as it happens.
+    /// Values that cannot be decoded are skipped with a warning.
+    pub async fn watch(&self) -> Result<impl Stream<Item = KvChange<T>> + Unpin + 'static, BusError>
+    where
+        T: 'static,
+    {
+        let watch = self
+            .store
+            .watch_with_history(">")
+            .await
+            .map_err(|e| transport(&self.bucket, e))?;
+        let bucket = self.bucket.clone();
+        Ok(watch
+            .filter_map(move |entry| {
+                let change = match entry {
+                    Ok(entry) => match entry.operation {
+                        kv::Operation::Put => {
+                            match decode::<T>(Encoding::MessagePack, &entry.value) {
+                                Ok(value) => Some(KvChange {
+                                    key: entry.key,
+                                    value: Some(value),
+                                    revision: entry.revision,
+                                }),
+                                Err(e) => {
+                                    warn!(%bucket, key = %entry.key, error = %e, "undecodable kv value skipped");
+                                    None
+                                }
+                            }
+                        }
+                        kv::Operation::Delete | kv::Operation::Purge => Some(KvChange {
+                            key: entry.key,
+                            value: None,
+                            revision: entry.revision,
+                        }),
+                    },
+                    Err(e) => {
+                        warn!(%bucket, error = %e, "kv watch error");
+                        None
+                    }
+                };
+                futures::future::ready(change)
+            })
+            .boxed_local())
+    }
+}
+
+fn transport(bucket: &str, e: impl std::fmt::Display) -> BusError {
+    BusError::Transport {
+        subject: format!("kv {bucket}"),
+        reason: e.to_string(),
+    }
+}

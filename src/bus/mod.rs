@@ -1,0 +1,477 @@
+//! The transport: the only module that imports async_nats.
+//!
+//! It connects, encodes and decodes payloads, and turns subscriptions into
+//! streams of typed messages. Requests that cannot be decoded get an
+//! [`ErrorReply`] here and never reach an actor; publishes that cannot be
+//! decoded are dropped with a warning and counted in [`Stats`].
+//!
+//! Architecture invariant: the bus knows payload types only as serde types;
+//! it never decides anything about jobs, orders or subagents.
+
+mod codec;
+mod kv;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{HeaderMap, Message};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde::{de::DeserializeOwned, Serialize};
+use tracing::{debug, info, warn};
+
+pub use codec::{decode, encode, DecodeError, Encoding};
+pub use kv::{Kv, KvChange};
+
+use crate::protocol::{ErrorCode, ErrorReply, Subjects, CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE};
+
+/// Counters of what the bus refused or dropped.
+#[derive(Debug, Default)]
+pub struct Stats {
+    malformed: AtomicU64,
+}
+
+impl Stats {
+    /// Requests answered with `bad_request`/`too_large` plus publishes dropped.
+    pub fn malformed(&self) -> u64 {
+        self.malformed.load(Ordering::Relaxed)
+    }
+
+    fn count_malformed(&self) {
+        self.malformed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectSettings {
+    pub url: String,
+    /// The connection's name, shown by the NATS server's monitoring.
+    pub name: String,
+    pub connect_timeout: Duration,
+    /// Daemons keep trying when the server is not up yet; clients fail fast.
+    pub retry_initial_connect: bool,
+    /// Largest payload accepted from others.
+    pub max_message_bytes: usize,
+    /// KV bucket replicas (1 for a single server, 3 for a cluster).
+    pub replicas: usize,
+}
+
+/// Why talking to NATS failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot connect to NATS at {url}: {reason} (is nats-server running? `baton dev` starts one; `nats/install.sh` installs it)")]
+    Connect { url: String, reason: String },
+    #[error("no one answers on {subject} (is `baton broker` running against this NATS server and prefix?)")]
+    NoResponders { subject: String },
+    #[error("no reply on {subject} within {timeout:?}")]
+    TimedOut { subject: String, timeout: Duration },
+    #[error("{0}")]
+    Remote(ErrorReply),
+    #[error("bad reply on {subject}: {source}")]
+    Decode {
+        subject: String,
+        #[source]
+        source: DecodeError,
+    },
+    #[error("NATS error on {subject}: {reason}")]
+    Transport { subject: String, reason: String },
+}
+
+/// Where and how to answer one request.
+#[derive(Debug, Clone)]
+pub struct Replier {
+    reply: Option<String>,
+    encoding: Encoding,
+}
+
+/// A decoded request waiting for its answer.
+#[derive(Debug)]
+pub struct Request<T> {
+    pub body: T,
+    pub replier: Replier,
+}
+
+/// A decoded publish.
+#[derive(Debug)]
+pub struct Received<T> {
+    pub subject: String,
+    pub body: T,
+}
+
+/// What the ordered publisher task takes: a message, or a barrier that
+/// resolves once everything queued before it has been handed to NATS.
+enum Outgoing {
+    Message {
+        subject: String,
+        headers: Option<HeaderMap>,
+        payload: Bytes,
+    },
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
+/// A typed handle on one NATS connection; cheap to clone.
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    outgoing: tokio::sync::mpsc::UnboundedSender<Outgoing>,
+    subjects: Subjects,
+    stats: Arc<Stats>,
+    max_message_bytes: usize,
+    replicas: usize,
+}
+
+impl Bus {
+    pub async fn connect(settings: &ConnectSettings, subjects: Subjects) -> Result<Bus, BusError> {
+        let mut options = async_nats::ConnectOptions::new()
+            .name(&settings.name)
+            .connection_timeout(settings.connect_timeout)
+            .ping_interval(Duration::from_secs(5))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => info!("nats connected"),
+                    async_nats::Event::Disconnected => warn!("nats disconnected"),
+                    other => debug!(event = %other, "nats event"),
+                }
+            });
+        if settings.retry_initial_connect {
+            options = options.retry_on_initial_connect();
+        }
+        let connect = options.connect(settings.url.as_str());
+        let client = if settings.retry_initial_connect {
+            connect.await
+        } else {
+            match tokio::time::timeout(settings.connect_timeout, connect).await {
+                Ok(result) => result,
+                Err(_) => {
+                    return Err(BusError::Connect {
+                        url: settings.url.clone(),
+                        reason: format!("timed out after {:?}", settings.connect_timeout),
+                    })
+                }
+            }
+        }
+        .map_err(|e| BusError::Connect {
+            url: settings.url.clone(),
+            reason: e.to_string(),
+        })?;
+        let (outgoing, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(publish_in_order(client.clone(), queue));
+        Ok(Bus {
+            client,
+            outgoing,
+            subjects,
+            stats: Arc::new(Stats::default()),
+            max_message_bytes: settings.max_message_bytes,
+            replicas: settings.replicas,
+        })
+    }
+
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Queues a MessagePack publish without waiting. Everything posted through
+    /// one `Bus` (publishes and [`Bus::reply`]s) goes out in the order posted.
+    pub fn post<T: Serialize>(&self, subject: String, value: &T) {
+        let payload = Bytes::from(encode(Encoding::MessagePack, value));
+        self.enqueue(Outgoing::Message {
+            subject,
+            headers: None,
+            payload,
+        });
+    }
+
+    /// Queues the answer to a request, in the encoding it came in, without waiting.
+    pub fn reply<T: Serialize>(&self, replier: &Replier, value: &T) {
+        let Some(reply) = &replier.reply else {
+            debug!("request without reply subject; answer dropped");
+            return;
+        };
+        self.enqueue(Outgoing::Message {
+            subject: reply.clone(),
+            headers: (replier.encoding == Encoding::Json).then(json_headers),
+            payload: Bytes::from(encode(replier.encoding, value)),
+        });
+    }
+
+    /// Waits until every message posted before this call was handed to NATS,
+    /// so a request sent next cannot overtake them.
+    pub async fn posted(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.enqueue(Outgoing::Barrier(done));
+        let _ = wait.await;
+    }
+
+    fn enqueue(&self, message: Outgoing) {
+        if self.outgoing.send(message).is_err() {
+            warn!("publisher stopped; message dropped");
+        }
+    }
+
+    /// Sends a MessagePack request and decodes the reply (or its [`ErrorReply`]).
+    pub async fn request<Req, Resp>(
+        &self,
+        subject: String,
+        value: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, BusError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        self.request_encoded(subject, Encoding::MessagePack, value, timeout)
+            .await
+    }
+
+    /// Like [`Bus::request`] in a chosen encoding (tests use JSON as a plain client would).
+    pub async fn request_encoded<Req, Resp>(
+        &self,
+        subject: String,
+        encoding: Encoding,
+        value: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, BusError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        let payload = Bytes::from(encode(encoding, value));
+        let reply = self
+            .request_raw(&subject, encoding, payload, timeout)
+            .await?;
+        decode_reply(&subject, encoding, &reply)
+    }
+
+    /// Sends raw bytes as a request and returns the raw reply payload.
+    pub async fn request_raw(
+        &self,
+        subject: &str,
+        encoding: Encoding,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, BusError> {
+        let mut request = async_nats::Request::new()
+            .payload(payload)
+            .timeout(Some(timeout));
+        if encoding == Encoding::Json {
+            request = request.headers(json_headers());
+        }
+        match self.client.send_request(subject.to_string(), request).await {
+            Ok(message) => Ok(message.payload),
+            Err(e) => Err(match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => BusError::NoResponders {
+                    subject: subject.to_string(),
+                },
+                async_nats::RequestErrorKind::TimedOut => BusError::TimedOut {
+                    subject: subject.to_string(),
+                    timeout,
+                },
+                _ => BusError::Transport {
+                    subject: subject.to_string(),
+                    reason: e.to_string(),
+                },
+            }),
+        }
+    }
+
+    /// Publishes raw bytes (tests send garbage with it).
+    pub async fn publish_raw(&self, subject: String, payload: Bytes) -> Result<(), BusError> {
+        self.client
+            .publish(subject.clone(), payload)
+            .await
+            .map_err(|e| BusError::Transport {
+                subject,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Waits until everything published so far has reached the server.
+    pub async fn flush(&self) -> Result<(), BusError> {
+        self.client.flush().await.map_err(|e| BusError::Transport {
+            subject: "(flush)".into(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Serves requests of type `T` on `subject`. Requests that cannot be
+    /// decoded (or are too large) are answered with an error here.
+    pub async fn serve<T>(
+        &self,
+        subject: String,
+    ) -> Result<impl Stream<Item = Request<T>> + Unpin + 'static, BusError>
+    where
+        T: DeserializeOwned + 'static,
+    {
+        let subscriber = self.subscribe(&subject).await?;
+        let bus = self.clone();
+        Ok(subscriber
+            .filter_map(move |message| futures::future::ready(bus.decode_request(message)))
+            .boxed_local())
+    }
+
+    /// Listens to publishes of type `T` on `subject` (wildcards allowed).
+    /// Payloads that cannot be decoded are dropped with a warning and counted.
+    pub async fn listen<T>(
+        &self,
+        subject: String,
+    ) -> Result<impl Stream<Item = Received<T>> + Unpin + 'static, BusError>
+    where
+        T: DeserializeOwned + 'static,
+    {
+        let subscriber = self.subscribe(&subject).await?;
+        let stats = self.stats.clone();
+        let max = self.max_message_bytes;
+        Ok(subscriber
+            .filter_map(move |message| {
+                let decoded = decode_publish::<T>(&message, max);
+                if decoded.is_none() {
+                    stats.count_malformed();
+                }
+                futures::future::ready(decoded)
+            })
+            .boxed_local())
+    }
+
+    /// Raw messages on `subject`: (subject, payload). For clients that decode
+    /// per subject themselves, such as `baton watch`.
+    pub async fn listen_raw(
+        &self,
+        subject: String,
+    ) -> Result<impl Stream<Item = (String, Bytes)> + Unpin + 'static, BusError> {
+        let subscriber = self.subscribe(&subject).await?;
+        Ok(subscriber.map(|m| (m.subject.to_string(), m.payload)))
+    }
+
+    /// Opens (creating when missing) a KV bucket holding values of type `T`.
+    pub async fn kv<T>(&self, bucket: &str) -> Result<Kv<T>, BusError> {
+        Kv::open(self.client.clone(), bucket, self.replicas).await
+    }
+
+    async fn subscribe(&self, subject: &str) -> Result<async_nats::Subscriber, BusError> {
+        self.client
+            .subscribe(subject.to_string())
+            .await
+            .map_err(|e| BusError::Transport {
+                subject: subject.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    fn decode_request<T: DeserializeOwned>(&self, message: Message) -> Option<Request<T>> {
+        let encoding = encoding_of(&message);
+        let replier = Replier {
+            reply: message.reply.as_ref().map(|s| s.to_string()),
+            encoding,
+        };
+        let error = if message.payload.len() > self.max_message_bytes {
+            ErrorReply::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "payload of {} bytes exceeds the limit of {} bytes",
+                    message.payload.len(),
+                    self.max_message_bytes
+                ),
+            )
+        } else {
+            match decode::<T>(encoding, &message.payload) {
+                Ok(body) => return Some(Request { body, replier }),
+                Err(e) => ErrorReply::new(
+                    ErrorCode::BadRequest,
+                    format!("{e} (on {})", message.subject),
+                ),
+            }
+        };
+        self.stats.count_malformed();
+        warn!(subject = %message.subject, error = %error.error.message, "malformed request refused");
+        self.reply(&replier, &error);
+        None
+    }
+}
+
+/// Publishes queued messages one after another, so their order is kept.
+async fn publish_in_order(
+    client: async_nats::Client,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Outgoing>,
+) {
+    while let Some(outgoing) = queue.recv().await {
+        let (subject, headers, payload) = match outgoing {
+            Outgoing::Message {
+                subject,
+                headers,
+                payload,
+            } => (subject, headers, payload),
+            Outgoing::Barrier(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
+        let result = match headers {
+            Some(headers) => {
+                client
+                    .publish_with_headers(subject.clone(), headers, payload)
+                    .await
+            }
+            None => client.publish(subject.clone(), payload).await,
+        };
+        if let Err(e) = result {
+            warn!(%subject, error = %e, "publish failed");
+        }
+    }
+}
+
+fn json_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE);
+    headers
+}
+
+fn encoding_of(message: &Message) -> Encoding {
+    let json = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(CONTENT_TYPE_HEADER))
+        .is_some_and(|v| v.as_str().starts_with(JSON_CONTENT_TYPE));
+    if json {
+        Encoding::Json
+    } else {
+        Encoding::MessagePack
+    }
+}
+
+fn decode_publish<T: DeserializeOwned>(message: &Message, max: usize) -> Option<Received<T>> {
+    if message.payload.len() > max {
+        warn!(subject = %message.subject, bytes = message.payload.len(), "oversized message dropped");
+        return None;
+    }
+    match decode::<T>(encoding_of(message), &message.payload) {
+        Ok(body) => Some(Received {
+            subject: message.subject.to_string(),
+            body,
+        }),
+        Err(e) => {
+            warn!(subject = %message.subject, error = %e, "malformed message dropped");
+            None
+        }
+    }
+}
+
+/// Decodes a reply: the expected type, or the [`ErrorReply`] a peer sent instead.
+fn decode_reply<T: DeserializeOwned>(
+    subject: &str,
+    encoding: Encoding,
+    payload: &[u8],
+) -> Result<T, BusError> {
+    if let Ok(error) = decode::<ErrorReply>(encoding, payload) {
+        return Err(BusError::Remote(error));
+    }
+    decode(encoding, payload).map_err(|source| BusError::Decode {
+        subject: subject.to_string(),
+        source,
+    })
+}

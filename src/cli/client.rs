@@ -1,0 +1,258 @@
+//! Client commands: deploy, submit, watch, status. They use only the wire
+//! protocol, exactly as any other NATS client would.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use futures::StreamExt;
+
+use super::output;
+use super::{connect, parse_duration, EXIT_ORDER_FAILED};
+use crate::bus::{decode, Bus, Encoding};
+use crate::config::Config;
+use crate::protocol::*;
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// TOML files with [[job]] tables (see examples/jobs.toml)
+    #[arg(required = true, value_name = "FILE.toml")]
+    pub files: Vec<PathBuf>,
+    /// Only validate the files; deploy nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Name of a deployed job (`baton status` lists them)
+    pub job: String,
+    /// A parameter the job declares, as NAME=VALUE; repeat for more
+    #[arg(long = "param", short = 'p', value_name = "NAME=VALUE", value_parser = parse_key_value)]
+    pub params: Vec<(String, String)>,
+    /// Follow the order: print its output and final state; exit 1 unless it succeeded
+    #[arg(long, short = 'w')]
+    pub wait: bool,
+    /// Give up waiting after this long (with --wait), e.g. 30s or 5m
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+    /// Idempotency key: a repeated submit with the same id returns the first order
+    #[arg(long, value_name = "ID")]
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Only this job's orders
+    pub job: Option<String>,
+    /// Only this order's events
+    #[arg(long, value_name = "ORDER_ID", conflicts_with = "job")]
+    pub order: Option<String>,
+    /// Print each event as one JSON object per line
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the status reply as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses `KEY=VALUE`.
+pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected NAME=VALUE, got {s:?}")),
+    }
+}
+
+pub async fn deploy(config: &Config, args: DeployArgs) -> anyhow::Result<()> {
+    let mut jobs = Vec::new();
+    for file in &args.files {
+        jobs.extend(crate::jobs::load_deploy_file(file)?);
+    }
+    if args.dry_run {
+        println!("{} job(s) valid: {}", jobs.len(), names(&jobs));
+        return Ok(());
+    }
+    let bus = connect(config, "baton-cli", false).await?;
+    let reply: DeployReply = bus
+        .request(
+            bus.subjects().deploy(),
+            &DeployRequest { jobs },
+            config.nats.request_timeout,
+        )
+        .await
+        .context("deploy failed")?;
+    println!("deployed: {}", reply.deployed.join(", "));
+    Ok(())
+}
+
+fn names(jobs: &[JobSpec]) -> String {
+    jobs.iter()
+        .map(|j| j.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    if !subjects::is_valid_token(&args.job) {
+        bail!(
+            "'{}' is not a job name: names use letters, digits, '-' and '_'",
+            args.job
+        );
+    }
+    let bus = connect(config, "baton-cli", false).await?;
+    let s = bus.subjects().clone();
+    // subscribe before submitting, so no event of the new order is missed
+    let events = if args.wait {
+        Some(bus.listen_raw(s.job_events(&args.job)).await?)
+    } else {
+        None
+    };
+    let params: BTreeMap<String, String> = args.params.into_iter().collect();
+    let request = SubmitOrder {
+        job: args.job.clone(),
+        params,
+        request_id: args.request_id,
+    };
+    let reply: SubmitReply = bus
+        .request(s.submit(), &request, config.nats.request_timeout)
+        .await
+        .with_context(|| format!("submit of job '{}' refused", args.job))?;
+    let Some(events) = events else {
+        println!("{}", reply.order_id);
+        return Ok(ExitCode::SUCCESS);
+    };
+    eprintln!(
+        "order {} {} for job {}",
+        reply.order_id,
+        if reply.duplicate {
+            "(already submitted)"
+        } else {
+            "accepted"
+        },
+        reply.job
+    );
+    follow(&bus, config, &reply.order_id, events, args.timeout).await
+}
+
+/// Prints one order's events until it finishes. Asks the broker for the
+/// order's state now and then, in case its final event was missed.
+async fn follow(
+    bus: &Bus,
+    config: &Config,
+    order_id: &str,
+    mut events: impl futures::Stream<Item = (String, bytes::Bytes)> + Unpin,
+    timeout: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
+    let s = bus.subjects().clone();
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut poll = tokio::time::interval(Duration::from_secs(2));
+    poll.tick().await;
+    loop {
+        let expired = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            event = events.next() => {
+                let Some((subject, payload)) = event else { bail!("event subscription closed") };
+                let Some((_, id, kind)) = s.parse_event(&subject) else { continue };
+                if id != order_id {
+                    continue;
+                }
+                match kind {
+                    EventKind::Log => {
+                        if let Ok(log) = decode::<TaskLog>(Encoding::MessagePack, &payload) {
+                            match log.stream {
+                                LogStream::Stdout => println!("{}", log.line),
+                                LogStream::Stderr => eprintln!("{}", log.line),
+                            }
+                        }
+                    }
+                    EventKind::Started => {
+                        if let Ok(e) = decode::<TaskStarted>(Encoding::MessagePack, &payload) {
+                            eprintln!("started on {} (attempt {})", e.subagent_id, e.attempt);
+                        }
+                    }
+                    EventKind::Finished => {
+                        let e: OrderFinished = decode(Encoding::MessagePack, &payload)?;
+                        eprintln!("{}", output::finished_line(&e));
+                        return Ok(exit_for(e.state));
+                    }
+                    EventKind::Accepted => {}
+                }
+            }
+            _ = poll.tick() => {
+                let info: Result<OrderInfo, _> = bus
+                    .request(s.order_get(), &GetOrder { order_id: order_id.to_string() }, config.nats.request_timeout)
+                    .await;
+                if let Ok(info) = info {
+                    if info.state.is_final() {
+                        eprintln!("order {} {}", info.order_id, info.state.as_str());
+                        return Ok(exit_for(info.state));
+                    }
+                }
+            }
+            _ = expired => bail!("order {order_id} did not finish within --timeout; it keeps running (follow it with `baton watch --order {order_id}`)"),
+        }
+    }
+}
+
+fn exit_for(state: OrderState) -> ExitCode {
+    if state == OrderState::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_ORDER_FAILED)
+    }
+}
+
+pub async fn watch(config: &Config, args: WatchArgs) -> anyhow::Result<()> {
+    let bus = connect(config, "baton-watch", false).await?;
+    let s = bus.subjects().clone();
+    let subject = match (&args.job, &args.order) {
+        (Some(job), _) => s.job_events(job),
+        (None, Some(order)) => s.order_events(order),
+        (None, None) => s.all_events(),
+    };
+    let mut events = bus.listen_raw(subject.clone()).await?;
+    eprintln!("watching {subject} (Ctrl-C to stop)");
+    loop {
+        tokio::select! {
+            event = events.next() => {
+                let Some((subject, payload)) = event else { bail!("event subscription closed") };
+                let Some((_, _, kind)) = s.parse_event(&subject) else { continue };
+                match output::event_line(kind, &payload, args.json) {
+                    Ok(line) => println!("{line}"),
+                    Err(e) => eprintln!("undecodable event on {subject}: {e}"),
+                }
+            }
+            _ = super::wait_for_signal() => return Ok(()),
+        }
+    }
+}
+
+pub async fn status(config: &Config, args: StatusArgs) -> anyhow::Result<()> {
+    let bus = connect(config, "baton-cli", false).await?;
+    let reply: StatusReply = bus
+        .request(
+            bus.subjects().status(),
+            &StatusRequest::default(),
+            config.nats.request_timeout,
+        )
+        .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+    } else {
+        print!("{}", output::status_text(&reply));
+    }
+    Ok(())
+}

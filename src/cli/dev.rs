@@ -1,0 +1,89 @@
+//! `baton dev`: a whole cluster on one machine for trying Baton: nats-server
+//! (nats/dev.conf, data under .baton/dev/), one broker and three subagents as
+//! child processes, with examples/jobs.toml deployed.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+
+use crate::config::Config;
+use crate::launch::{LocalCluster, Logs};
+use crate::natsd::NatsServerOptions;
+use crate::protocol::{DeployReply, DeployRequest};
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// How many subagents to start
+    #[arg(long, default_value_t = 3)]
+    pub subagents: usize,
+    /// Client port for nats-server
+    #[arg(long, default_value_t = 4222)]
+    pub port: u16,
+    /// Jobs to deploy once the cluster is up
+    #[arg(long, default_value = "examples/jobs.toml")]
+    pub jobs: PathBuf,
+}
+
+pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
+    let conf = PathBuf::from("nats/dev.conf");
+    if !conf.exists() {
+        bail!("nats/dev.conf not found: run `baton dev` from the top of the Baton repository");
+    }
+    let jobs = crate::jobs::load_deploy_file(&args.jobs)?;
+    std::fs::create_dir_all(".baton/dev").context("cannot create .baton/dev")?;
+    let nats = NatsServerOptions {
+        port: Some(args.port),
+        store_dir: PathBuf::from(".baton/dev"),
+        config_file: Some(conf),
+        log_file: Some(PathBuf::from(".baton/dev/nats-server.log")),
+    };
+    let exe = std::env::current_exe().context("cannot find the baton executable")?;
+    let mut cluster = LocalCluster::start(nats, exe, &config.prefix, Logs::Prefixed)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot start nats-server on port {} (is another one running? try --port)",
+                args.port
+            )
+        })?;
+    cluster.spawn("broker", &["broker", "--id", "broker-dev"])?;
+    for i in 1..=args.subagents {
+        cluster.spawn_subagent(&format!("sub-{i}"), &[])?;
+    }
+    let bus = cluster.client().await?;
+    cluster.wait_for_subagents(&bus, args.subagents).await?;
+    let reply: DeployReply = bus
+        .request(
+            bus.subjects().deploy(),
+            &DeployRequest { jobs },
+            Duration::from_secs(10),
+        )
+        .await?;
+
+    let url = cluster.nats.url();
+    let pids: Vec<String> = cluster
+        .procs()
+        .iter()
+        .map(|p| format!("{} (pid {})", p.name, p.pid()))
+        .collect();
+    eprintln!(
+        "\nbaton dev is up: nats-server at {url}, {}\n\
+         deployed from {}: {}\n\n\
+         In another terminal:\n  \
+         cargo run --release -- status\n  \
+         cargo run --release -- watch\n  \
+         cargo run --release -- submit hello --param who=you --wait\n  \
+         nats req baton.api.submit '{{\"job\":\"hello\"}}' -H Content-Type:application/json\n\n\
+         Kill a subagent with `kill -9 PID` and watch the others carry on.\n\
+         Ctrl-C stops everything.\n",
+        pids.join(", "),
+        args.jobs.display(),
+        reply.deployed.join(", "),
+    );
+    super::wait_for_signal().await;
+    eprintln!("stopping");
+    cluster.stop(Duration::from_secs(5));
+    Ok(())
+}

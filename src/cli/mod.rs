@@ -1,0 +1,244 @@
+//! The command line: one `baton` binary for every role and every client command.
+//!
+//! Role commands (`broker`, `subagent`) start actors; client commands
+//! (`deploy`, `submit`, `watch`, `status`) talk to the cluster over NATS like
+//! any other client; `dev` and `bench` start a whole local cluster.
+
+mod bench;
+mod client;
+mod dev;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::bus::{Bus, ConnectSettings};
+use crate::config::Config;
+use crate::protocol::Subjects;
+
+/// Exit code when the command itself failed (bad input, no cluster, ...).
+pub const EXIT_ERROR: u8 = 2;
+/// Exit code of `submit --wait` when the order did not succeed.
+pub const EXIT_ORDER_FAILED: u8 = 1;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "baton",
+    version,
+    about = "Baton: a high-availability distributed job scheduler over NATS",
+    long_about = "Baton: a high-availability distributed job scheduler over NATS.\n\n\
+        Run `baton dev` for a whole local cluster, or start `baton broker` and \
+        `baton subagent` processes against your NATS server, then `baton deploy` \
+        jobs and `baton submit` orders.\n\n\
+        Configuration is layered: defaults < --config FILE (TOML) < BATON_* \
+        environment variables (BATON_NATS__URL, BATON_SUBAGENT__CAPACITY, ...) < flags.\n\
+        Logging: BATON_LOG=debug (or any tracing filter).\n\n\
+        Exit codes: 0 success, 1 the order failed (submit --wait), 2 the command failed."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// TOML configuration file (see README: Configuration)
+    #[arg(long, global = true, env = "BATON_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// NATS server URL [default: nats://127.0.0.1:4222]
+    #[arg(long, global = true, value_name = "URL")]
+    pub nats_url: Option<String>,
+    /// Subject prefix: lets several Baton clusters share one NATS [default: baton]
+    #[arg(long, global = true, value_name = "PREFIX")]
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a broker: keeps the registry, holds jobs and orders, places tasks
+    Broker(BrokerArgs),
+    /// Run a subagent: executes tasks as OS processes
+    Subagent(SubagentArgs),
+    /// Validate job definitions from TOML files and deploy them
+    Deploy(client::DeployArgs),
+    /// Submit an order for a deployed job
+    Submit(client::SubmitArgs),
+    /// Print status events as they happen (all, one job's, or one order's)
+    Watch(client::WatchArgs),
+    /// Show the broker, its subagents, jobs and order counts
+    Status(client::StatusArgs),
+    /// Start a local cluster (nats-server, a broker, three subagents) for trying Baton
+    Dev(dev::DevArgs),
+    /// Measure Baton on a local cluster it starts itself
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Write (or check) the JSON Schemas and AsyncAPI document in schemas/
+    Schemas(SchemasArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    /// Broker id [default: broker-<hostname>-<pid>]
+    #[arg(long)]
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SubagentArgs {
+    /// Subagent id, one subject token [default: <hostname>-<pid>]
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Most tasks run at once [default: 4]
+    #[arg(long)]
+    pub capacity: Option<u32>,
+    /// A label as KEY=VALUE; repeat for more
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = client::parse_key_value)]
+    pub labels: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+pub struct SchemasArgs {
+    /// Folder to write to
+    #[arg(long, default_value = "schemas")]
+    pub out: PathBuf,
+    /// Only compare; exit 2 when the folder does not match the code
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// Parses the command line and runs it; the binary's whole `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let daemon = matches!(
+        cli.command,
+        Command::Broker(_) | Command::Subagent(_) | Command::Dev(_)
+    );
+    init_logging(if daemon { "info" } else { "warn" });
+    let system = actix::System::new();
+    match system.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut overrides: Vec<(&str, String)> = Vec::new();
+    if let Some(url) = &cli.global.nats_url {
+        overrides.push(("nats.url", url.clone()));
+    }
+    if let Some(prefix) = &cli.global.prefix {
+        overrides.push(("prefix", prefix.clone()));
+    }
+    match &cli.command {
+        Command::Broker(a) => {
+            if let Some(id) = &a.id {
+                overrides.push(("broker.id", id.clone()));
+            }
+        }
+        Command::Subagent(a) => {
+            if let Some(id) = &a.id {
+                overrides.push(("subagent.id", id.clone()));
+            }
+            if let Some(c) = a.capacity {
+                overrides.push(("subagent.capacity", c.to_string()));
+            }
+        }
+        _ => {}
+    }
+    let mut config = Config::load(cli.global.config.as_deref(), &overrides)?;
+    if let Command::Subagent(a) = &cli.command {
+        config.subagent.labels.extend(a.labels.iter().cloned());
+    }
+    let ok = ExitCode::SUCCESS;
+    match cli.command {
+        Command::Broker(_) => {
+            let bus = connect(&config, "baton-broker", true).await?;
+            crate::broker::run_until_signal(config, bus).await?;
+            Ok(ok)
+        }
+        Command::Subagent(_) => {
+            let bus = connect(&config, "baton-subagent", true).await?;
+            crate::subagent::run_until_signal(config, bus).await?;
+            Ok(ok)
+        }
+        Command::Deploy(a) => client::deploy(&config, a).await.map(|_| ok),
+        Command::Submit(a) => client::submit(&config, a).await,
+        Command::Watch(a) => client::watch(&config, a).await.map(|_| ok),
+        Command::Status(a) => client::status(&config, a).await.map(|_| ok),
+        Command::Dev(a) => dev::run(&config, a).await.map(|_| ok),
+        Command::Bench(b) => bench::run(b).await.map(|_| ok),
+        Command::Schemas(a) => schemas(a),
+    }
+}
+
+fn schemas(args: SchemasArgs) -> anyhow::Result<ExitCode> {
+    if args.check {
+        match crate::schema::check(&args.out) {
+            Ok(()) => {
+                println!("{} matches the code", args.out.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(problems) => {
+                for p in &problems {
+                    eprintln!("{p}");
+                }
+                eprintln!(
+                    "error: {} does not match the code; run `baton schemas` to regenerate",
+                    args.out.display()
+                );
+                Ok(ExitCode::from(EXIT_ERROR))
+            }
+        }
+    } else {
+        let written = crate::schema::write(&args.out)?;
+        println!("wrote {} files to {}", written.len(), args.out.display());
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Connects to NATS as configured. Daemons wait for the server; clients fail fast.
+pub async fn connect(config: &Config, name: &str, daemon: bool) -> anyhow::Result<Bus> {
+    let settings = ConnectSettings {
+        url: config.nats.url.clone(),
+        name: name.to_string(),
+        connect_timeout: config.nats.connect_timeout,
+        retry_initial_connect: daemon,
+        max_message_bytes: config.nats.max_message_bytes,
+        replicas: config.nats.replicas,
+    };
+    Ok(Bus::connect(&settings, Subjects::new(config.prefix.clone())).await?)
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// A humantime duration from the command line (`500ms`, `30s`, `2m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{e}: use a duration such as 500ms, 30s or 2m"))
+}

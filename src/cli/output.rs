@@ -1,0 +1,166 @@
+//! How client commands print things for people (and as JSON lines).
+
+use std::fmt::Write as _;
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::bus::{decode, DecodeError, Encoding};
+use crate::protocol::*;
+
+fn clock(at_ms: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(at_ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn short(id: &str) -> &str {
+    // uuid v7: the last 12 hex digits are random and tell orders apart
+    id.get(id.len().saturating_sub(12)..).unwrap_or(id)
+}
+
+/// "order … succeeded in 12ms (exit code 0) on sub-1"
+pub fn finished_line(e: &OrderFinished) -> String {
+    let mut line = format!("order {} {}", e.order_id, e.state.as_str());
+    if let Some(ms) = e.duration_ms {
+        let _ = write!(
+            line,
+            " in {}",
+            humantime::format_duration(Duration::from_millis(ms))
+        );
+    }
+    match (e.exit_code, e.signal) {
+        (Some(code), _) => {
+            let _ = write!(line, " (exit code {code})");
+        }
+        (None, Some(sig)) => {
+            let _ = write!(line, " (killed by signal {sig})");
+        }
+        _ => {}
+    }
+    if e.timed_out {
+        line.push_str(", timed out");
+    }
+    if let Some(reason) = &e.reason {
+        let _ = write!(line, ": {reason}");
+    }
+    if let Some(sub) = &e.subagent_id {
+        let _ = write!(line, " on {sub}");
+    }
+    line
+}
+
+/// One event as a line for `baton watch`.
+pub fn event_line(kind: EventKind, payload: &[u8], json: bool) -> Result<String, DecodeError> {
+    fn render<T: serde::de::DeserializeOwned + serde::Serialize>(
+        payload: &[u8],
+        json: bool,
+        kind: EventKind,
+        text: impl FnOnce(&T) -> String,
+    ) -> Result<String, DecodeError> {
+        let value: T = decode(Encoding::MessagePack, payload)?;
+        if json {
+            let mut v = serde_json::to_value(&value).expect("events encode as JSON");
+            v["event"] = serde_json::Value::from(kind.token());
+            Ok(v.to_string())
+        } else {
+            Ok(text(&value))
+        }
+    }
+    match kind {
+        EventKind::Accepted => render(payload, json, kind, |e: &OrderAccepted| {
+            let params: Vec<String> = e.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!(
+                "{} {:<16} {} accepted {}",
+                clock(e.at_ms),
+                e.job,
+                short(&e.order_id),
+                params.join(" ")
+            )
+        }),
+        EventKind::Started => render(payload, json, kind, |e: &TaskStarted| {
+            format!(
+                "{} {:<16} {} started on {} (attempt {}{})",
+                clock(e.at_ms),
+                e.job,
+                short(&e.order_id),
+                e.subagent_id,
+                e.attempt,
+                e.pid.map(|p| format!(", pid {p}")).unwrap_or_default()
+            )
+        }),
+        EventKind::Log => render(payload, json, kind, |e: &TaskLog| {
+            let stream = match e.stream {
+                LogStream::Stdout => "out",
+                LogStream::Stderr => "err",
+            };
+            format!(
+                "{} {:<16} {} {stream}| {}",
+                clock(e.at_ms),
+                e.job,
+                short(&e.order_id),
+                e.line
+            )
+        }),
+        EventKind::Finished => render(payload, json, kind, |e: &OrderFinished| {
+            format!("{} {:<16} {}", clock(e.at_ms), e.job, finished_line(e))
+        }),
+    }
+}
+
+/// The text of `baton status`.
+pub fn status_text(s: &StatusReply) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "broker {} (protocol v{}, up since {})",
+        s.broker_id,
+        s.protocol,
+        clock(s.broker_started_at_ms)
+    );
+    let o = &s.orders;
+    let _ = writeln!(
+        out,
+        "orders: {} accepted, {} running, {} succeeded, {} failed, {} cancelled",
+        o.accepted, o.running, o.succeeded, o.failed, o.cancelled
+    );
+    if s.malformed_messages > 0 {
+        let _ = writeln!(out, "malformed messages refused: {}", s.malformed_messages);
+    }
+    let _ = writeln!(
+        out,
+        "jobs ({}): {}",
+        s.jobs.len(),
+        if s.jobs.is_empty() {
+            "none; deploy with `baton deploy FILE.toml`".to_string()
+        } else {
+            s.jobs.join(", ")
+        }
+    );
+    let _ = writeln!(out, "subagents ({}):", s.subagents.len());
+    if s.subagents.is_empty() {
+        let _ = writeln!(out, "  none; start one with `baton subagent`");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "  {:<24} {:<10} {:>8} {:>9} {:>8} {:>10}  labels",
+        "ID", "STATE", "RUNNING", "CAPACITY", "DONE", "HEARTBEAT"
+    );
+    for sub in &s.subagents {
+        let state = match sub.state {
+            SubagentState::Available => "available",
+            SubagentState::Lost => "lost",
+        };
+        let labels: Vec<String> = sub.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(
+            out,
+            "  {:<24} {:<10} {:>8} {:>9} {:>8} {:>10}  {}",
+            sub.id,
+            state,
+            sub.running,
+            sub.capacity,
+            sub.tasks_finished,
+            format!("{}ms ago", sub.heartbeat_age_ms),
+            labels.join(",")
+        );
+    }
+    out
+}

@@ -1,0 +1,332 @@
+//! One configuration tree for every role, layered: built-in defaults < TOML
+//! file (`--config`) < `BATON_*` environment variables < command-line flags.
+//!
+//! Environment variables name a path with `__` between levels:
+//! `BATON_NATS__URL=nats://10.0.0.5:4222`, `BATON_SUBAGENT__CAPACITY=8`,
+//! `BATON_PREFIX=prod`. Durations are humantime strings (`250ms`, `15s`).
+//! Unknown keys are errors, so a typo never passes silently.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::subjects::is_valid_token;
+
+/// Environment variables starting with `BATON_` that are not configuration keys.
+const NON_CONFIG_ENV: &[&str] = &["BATON_CONFIG", "BATON_LOG"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Every subject and bucket name starts with this, so several clusters can
+    /// share one NATS account.
+    pub prefix: String,
+    pub nats: NatsConfig,
+    pub broker: BrokerConfig,
+    pub subagent: SubagentConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    pub url: String,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long a client command waits for an answer.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Largest message payload accepted from others, in bytes.
+    pub max_message_bytes: usize,
+    /// JetStream replicas for Baton's buckets: 1 on one server, 3 on a cluster.
+    pub replicas: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// This broker's id; `broker-<hostname>-<pid>` when empty.
+    pub id: String,
+    /// How often the broker publishes its heartbeat and checks subagents.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A subagent silent for this long is declared lost.
+    #[serde(with = "humantime_serde")]
+    pub subagent_timeout: Duration,
+    /// How long to wait for a subagent to accept a task before trying again.
+    #[serde(with = "humantime_serde")]
+    pub dispatch_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubagentConfig {
+    /// This subagent's id; `<hostname>-<pid>` when empty. One subject token.
+    pub id: String,
+    /// Most tasks run at once.
+    pub capacity: u32,
+    pub labels: BTreeMap<String, String>,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// After SIGTERM, how long a task has before SIGKILL.
+    #[serde(with = "humantime_serde")]
+    pub kill_grace: Duration,
+    /// How often an unacknowledged result is sent again.
+    #[serde(with = "humantime_serde")]
+    pub result_retry: Duration,
+    /// Longest log line published; longer lines are cut.
+    pub max_line_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            prefix: "baton".into(),
+            nats: NatsConfig::default(),
+            broker: BrokerConfig::default(),
+            subagent: SubagentConfig::default(),
+        }
+    }
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            max_message_bytes: 1024 * 1024,
+            replicas: 1,
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            id: String::new(),
+            heartbeat_interval: Duration::from_millis(500),
+            subagent_timeout: Duration::from_secs(3),
+            dispatch_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Default for SubagentConfig {
+    fn default() -> Self {
+        SubagentConfig {
+            id: String::new(),
+            capacity: 4,
+            labels: BTreeMap::new(),
+            heartbeat_interval: Duration::from_millis(500),
+            kill_grace: Duration::from_secs(5),
+            result_retry: Duration::from_secs(1),
+            max_line_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: {key} = {value:?} is invalid: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Loads defaults < `file` < `BATON_*` environment < `overrides`
+    /// (dotted keys such as `nats.url`, from command-line flags).
+    pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Config, ConfigError> {
+        let env: config::Map<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("BATON_") && !NON_CONFIG_ENV.contains(&k.as_str()))
+            .collect();
+        Config::load_from(file, env, overrides)
+    }
+
+    /// [`Config::load`] with the environment given (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: config::Map<String, String>,
+        overrides: &[(&str, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut builder =
+            config::Config::builder().add_source(config::Config::try_from(&Config::default())?);
+        if let Some(file) = file {
+            builder = builder.add_source(
+                config::File::from(file)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("BATON")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        for (key, value) in overrides {
+            builder = builder.set_override(*key, value.clone())?;
+        }
+        let config: Config = builder.build()?.try_deserialize()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !is_valid_token(&self.prefix) {
+            return Err(ConfigError::Invalid {
+                key: "prefix",
+                value: self.prefix.clone(),
+                reason: "use letters, digits, '-' and '_' only (it becomes a subject token)".into(),
+            });
+        }
+        if !self.subagent.id.is_empty() && !is_valid_token(&self.subagent.id) {
+            return Err(ConfigError::Invalid {
+                key: "subagent.id",
+                value: self.subagent.id.clone(),
+                reason: "use letters, digits, '-' and '_' only, at most 64".into(),
+            });
+        }
+        if self.subagent.capacity == 0 {
+            return Err(ConfigError::Invalid {
+                key: "subagent.capacity",
+                value: "0".into(),
+                reason: "a subagent must be able to run at least one task".into(),
+            });
+        }
+        if self.broker.subagent_timeout <= self.subagent.heartbeat_interval {
+            return Err(ConfigError::Invalid {
+                key: "broker.subagent_timeout",
+                value: humantime::format_duration(self.broker.subagent_timeout).to_string(),
+                reason: "must be longer than subagent.heartbeat_interval".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The broker id, or one made from the host name and process id.
+    pub fn broker_id(&self) -> String {
+        if self.broker.id.is_empty() {
+            format!("broker-{}", default_node_id())
+        } else {
+            self.broker.id.clone()
+        }
+    }
+
+    /// The subagent id, or one made from the host name and process id.
+    pub fn subagent_id(&self) -> String {
+        if self.subagent.id.is_empty() {
+            default_node_id()
+        } else {
+            self.subagent.id.clone()
+        }
+    }
+
+    /// Name of the KV bucket holding deployed jobs.
+    pub fn jobs_bucket(&self) -> String {
+        format!("{}_jobs", self.prefix)
+    }
+
+    /// Name of the KV bucket holding orders.
+    pub fn orders_bucket(&self) -> String {
+        format!("{}_orders", self.prefix)
+    }
+}
+
+/// `<hostname>-<pid>`, reduced to subject-token characters.
+pub fn default_node_id() -> String {
+    let host = hostname();
+    let id = format!("{host}-{}", std::process::id());
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect()
+}
+
+/// This machine's host name, or `localhost`.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> config::Map<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load() {
+        let c = Config::load_from(None, env(&[]), &[]).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("baton.toml");
+        std::fs::write(
+            &file,
+            "prefix = \"fromfile\"\n[nats]\nurl = \"nats://file:1\"\n[subagent]\ncapacity = 2\nkill_grace = \"250ms\"\n",
+        )
+        .unwrap();
+        let c = Config::load_from(
+            Some(&file),
+            env(&[
+                ("BATON_NATS__URL", "nats://env:2"),
+                ("BATON_SUBAGENT__CAPACITY", "3"),
+            ]),
+            &[("subagent.capacity", "7".into())],
+        )
+        .unwrap();
+        assert_eq!(c.prefix, "fromfile");
+        assert_eq!(c.nats.url, "nats://env:2");
+        assert_eq!(c.subagent.capacity, 7);
+        assert_eq!(c.subagent.kill_grace, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("baton.toml");
+        std::fs::write(&file, "[nats]\nulr = \"x\"\n").unwrap();
+        let e = Config::load_from(Some(&file), env(&[]), &[]).unwrap_err();
+        assert!(e.to_string().contains("ulr"), "{e}");
+
+        let e = Config::load_from(None, env(&[("BATON_PREFIX", "a.b")]), &[]).unwrap_err();
+        assert!(e.to_string().contains("prefix"), "{e}");
+
+        let e = Config::load_from(
+            None,
+            env(&[("BATON_BROKER__SUBAGENT_TIMEOUT", "soon")]),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("soon") || e.to_string().contains("subagent_timeout"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,407 @@
+//! Job definitions: the deploy file format (TOML), validation, and the pure
+//! rules that turn an order's parameters into a process's arguments and
+//! environment.
+//!
+//! Architecture invariant: a submitter can only choose values for parameters a
+//! job declares; the program, its arguments and environment come from the
+//! deployed definition. Parameter values never pass through a shell.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::protocol::subjects::is_valid_token;
+use crate::protocol::{JobSpec, ParamSpec};
+
+/// Longest parameter value accepted, in bytes.
+pub const MAX_PARAM_BYTES: usize = 64 * 1024;
+
+/// A deploy file: `[[job]]` tables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployFile {
+    #[serde(default)]
+    job: Vec<JobDef>,
+}
+
+/// One `[[job]]` table as an operator writes it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobDef {
+    name: String,
+    program: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    working_dir: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+    #[serde(default)]
+    params: BTreeMap<String, ParamDef>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParamDef {
+    #[serde(default)]
+    default: Option<String>,
+    #[serde(default)]
+    required: bool,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+/// A job definition that is not valid, naming the job and the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("job '{job}': field '{field}': {message}")]
+pub struct JobError {
+    pub job: String,
+    pub field: String,
+    pub message: String,
+}
+
+/// Why a deploy file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployFileError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{file}: {source}")]
+    Invalid {
+        file: String,
+        #[source]
+        source: JobError,
+    },
+    #[error("{file}: no [[job]] table found")]
+    Empty { file: String },
+}
+
+/// Reads and validates a deploy file.
+pub fn load_deploy_file(path: &Path) -> Result<Vec<JobSpec>, DeployFileError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| DeployFileError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    parse_deploy_file(&file, &text)
+}
+
+/// Parses and validates deploy-file text; `file` is used in messages.
+pub fn parse_deploy_file(file: &str, text: &str) -> Result<Vec<JobSpec>, DeployFileError> {
+    let parsed: DeployFile = toml::from_str(text).map_err(|e| DeployFileError::Parse {
+        file: file.to_string(),
+        message: e.to_string().trim_end().to_string(),
+    })?;
+    if parsed.job.is_empty() {
+        return Err(DeployFileError::Empty {
+            file: file.to_string(),
+        });
+    }
+    let mut seen = BTreeMap::new();
+    let mut specs = Vec::with_capacity(parsed.job.len());
+    for def in parsed.job {
+        let spec = JobSpec {
+            name: def.name,
+            program: def.program,
+            args: def.args,
+            env: def.env,
+            working_dir: def.working_dir,
+            timeout_ms: def.timeout.map(|d| d.as_millis() as u64),
+            params: def
+                .params
+                .into_iter()
+                .map(|(name, p)| {
+                    let spec = ParamSpec {
+                        default: p.default,
+                        required: p.required,
+                        description: p.description,
+                    };
+                    (name, spec)
+                })
+                .collect(),
+            description: def.description,
+        };
+        let invalid = |source| DeployFileError::Invalid {
+            file: file.to_string(),
+            source,
+        };
+        validate_job(&spec).map_err(invalid)?;
+        if seen.insert(spec.name.clone(), ()).is_some() {
+            return Err(invalid(JobError {
+                job: spec.name.clone(),
+                field: "name".into(),
+                message: "defined twice in this file".into(),
+            }));
+        }
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
+/// Checks one job definition; the broker runs this on every deploy too.
+pub fn validate_job(job: &JobSpec) -> Result<(), JobError> {
+    let err = |field: &str, message: String| JobError {
+        job: job.name.clone(),
+        field: field.to_string(),
+        message,
+    };
+    if !is_valid_token(&job.name) {
+        return Err(err(
+            "name",
+            "must be 1-64 letters, digits, '-' or '_' (it becomes a subject token)".into(),
+        ));
+    }
+    if job.program.trim().is_empty() {
+        return Err(err("program", "must not be empty".into()));
+    }
+    if job.program.contains('\0') || job.args.iter().any(|a| a.contains('\0')) {
+        return Err(err("args", "must not contain NUL bytes".into()));
+    }
+    if job.timeout_ms == Some(0) {
+        return Err(err("timeout", "must be longer than zero".into()));
+    }
+    for key in job.env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(err("env", format!("invalid variable name {key:?}")));
+        }
+    }
+    for (name, param) in &job.params {
+        if !is_param_name(name) {
+            return Err(err(
+                &format!("params.{name}"),
+                "parameter names use letters, digits and '_' only".into(),
+            ));
+        }
+        if param.required && param.default.is_some() {
+            return Err(err(
+                &format!("params.{name}"),
+                "a required parameter cannot have a default".into(),
+            ));
+        }
+    }
+    for arg in &job.args {
+        for used in placeholders(arg) {
+            if !job.params.contains_key(used) {
+                return Err(err(
+                    "args",
+                    format!(
+                        "{{{{{used}}}}} names no declared parameter; declare [job.params.{used}]"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_param_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// The names inside `{{...}}` in one argument.
+fn placeholders(arg: &str) -> impl Iterator<Item = &str> {
+    arg.split("{{")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("}}").map(|(name, _)| name.trim()))
+}
+
+/// Why an order's parameters were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    #[error("job '{job}' has no parameter '{param}' (it accepts: {allowed})")]
+    Unknown {
+        job: String,
+        param: String,
+        allowed: String,
+    },
+    #[error("job '{job}' needs parameter '{param}': pass --param {param}=VALUE")]
+    Missing { job: String, param: String },
+    #[error("parameter '{param}' is longer than {MAX_PARAM_BYTES} bytes or contains NUL")]
+    BadValue { param: String },
+}
+
+/// The full set of parameter values for an order: given values checked
+/// against the job's declaration, defaults filled in.
+pub fn resolve_params(
+    job: &JobSpec,
+    given: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, ParamError> {
+    for (name, value) in given {
+        if !job.params.contains_key(name) {
+            let allowed = if job.params.is_empty() {
+                "none".to_string()
+            } else {
+                job.params.keys().cloned().collect::<Vec<_>>().join(", ")
+            };
+            return Err(ParamError::Unknown {
+                job: job.name.clone(),
+                param: name.clone(),
+                allowed,
+            });
+        }
+        if value.len() > MAX_PARAM_BYTES || value.contains('\0') {
+            return Err(ParamError::BadValue {
+                param: name.clone(),
+            });
+        }
+    }
+    let mut resolved = BTreeMap::new();
+    for (name, spec) in &job.params {
+        match given.get(name).or(spec.default.as_ref()) {
+            Some(value) => {
+                resolved.insert(name.clone(), value.clone());
+            }
+            None if spec.required => {
+                return Err(ParamError::Missing {
+                    job: job.name.clone(),
+                    param: name.clone(),
+                })
+            }
+            None => {}
+        }
+    }
+    Ok(resolved)
+}
+
+/// Arguments and environment for one run: `{{name}}` replaced in arguments
+/// (an absent optional parameter becomes empty), and `BATON_PARAM_<NAME>`,
+/// `BATON_JOB` and `BATON_ORDER_ID` added to the job's environment.
+pub fn command_for(
+    job: &JobSpec,
+    order_id: &str,
+    params: &BTreeMap<String, String>,
+) -> (Vec<String>, BTreeMap<String, String>) {
+    let args = job.args.iter().map(|arg| substitute(arg, params)).collect();
+    let mut env = job.env.clone();
+    env.insert("BATON_JOB".into(), job.name.clone());
+    env.insert("BATON_ORDER_ID".into(), order_id.to_string());
+    for (name, value) in params {
+        env.insert(
+            format!("BATON_PARAM_{}", name.to_uppercase()),
+            value.clone(),
+        );
+    }
+    (args, env)
+}
+
+fn substitute(arg: &str, params: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(start) = rest.find("{{") {
+        let Some(len) = rest[start + 2..].find("}}") else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        let name = rest[start + 2..start + 2 + len].trim();
+        if let Some(value) = params.get(name) {
+            out.push_str(value);
+        }
+        rest = &rest[start + 2 + len + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[job]]
+name = "hello"
+program = "echo"
+args = ["hello", "{{who}}!"]
+timeout = "30s"
+[job.env]
+GREETING = "hi"
+[job.params.who]
+default = "world"
+[job.params.mood]
+"#;
+
+    #[test]
+    fn parses_and_converts() {
+        let jobs = parse_deploy_file("jobs.toml", GOOD).unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].timeout_ms, Some(30_000));
+        assert_eq!(jobs[0].params["who"].default.as_deref(), Some("world"));
+    }
+
+    #[test]
+    fn errors_name_file_job_and_field() {
+        let text = GOOD.replace("\"30s\"", "\"soon\"");
+        let e = parse_deploy_file("jobs.toml", &text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("jobs.toml:") && e.contains("timeout"), "{e}");
+
+        let text = GOOD.replace("{{who}}!", "{{whom}}");
+        let e = parse_deploy_file("jobs.toml", &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("jobs.toml") && e.contains("job 'hello'") && e.contains("field 'args'"),
+            "{e}"
+        );
+
+        let text = GOOD.replace("name = \"hello\"", "name = \"hel lo\"");
+        let e = parse_deploy_file("jobs.toml", &text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("field 'name'"), "{e}");
+
+        let text = GOOD.replace("program = \"echo\"", "program = \"echo\"\nprogramme = 1");
+        let e = parse_deploy_file("jobs.toml", &text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("programme"), "{e}");
+    }
+
+    #[test]
+    fn params_are_checked_and_substituted() {
+        let job = &parse_deploy_file("f", GOOD).unwrap()[0];
+        let mut given = BTreeMap::new();
+        given.insert("who".to_string(), "Ann; rm -rf /".to_string());
+        let params = resolve_params(job, &given).unwrap();
+        let (args, env) = command_for(job, "o1", &params);
+        assert_eq!(args, vec!["hello", "Ann; rm -rf /!"]);
+        assert_eq!(env["BATON_PARAM_WHO"], "Ann; rm -rf /");
+        assert_eq!(env["GREETING"], "hi");
+
+        let defaults = resolve_params(job, &BTreeMap::new()).unwrap();
+        assert_eq!(command_for(job, "o1", &defaults).0, vec!["hello", "world!"]);
+
+        let mut bad = BTreeMap::new();
+        bad.insert("cmd".to_string(), "x".to_string());
+        let e = resolve_params(job, &bad).unwrap_err();
+        assert!(matches!(e, ParamError::Unknown { .. }), "{e}");
+        assert!(e.to_string().contains("mood, who"), "{e}");
+    }
+
+    #[test]
+    fn required_params_must_be_given() {
+        let text = GOOD.replace("[job.params.mood]", "[job.params.mood]\nrequired = true");
+        let job = &parse_deploy_file("f", &text).unwrap()[0];
+        let e = resolve_params(job, &BTreeMap::new()).unwrap_err();
+        assert_eq!(
+            e,
+            ParamError::Missing {
+                job: "hello".into(),
+                param: "mood".into()
+            }
+        );
+    }
+}

@@ -1,0 +1,273 @@
+//! A local cluster of `baton` child processes (a broker and subagents) beside
+//! a local nats-server: what `baton dev`, `baton bench` and the integration
+//! tests run. Every process is a real OS process, so it can be killed with
+//! SIGKILL like a crashed one.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::bus::{Bus, ConnectSettings};
+use crate::natsd::{NatsServer, NatsServerOptions};
+use crate::protocol::{StatusReply, StatusRequest, SubagentState, Subjects};
+
+/// Where child processes' logs go.
+#[derive(Debug, Clone)]
+pub enum Logs {
+    /// To this process's stderr, each line prefixed with the child's name.
+    Prefixed,
+    /// To `<dir>/<name>.log`.
+    Dir(PathBuf),
+}
+
+/// One `baton` child process.
+#[derive(Debug)]
+pub struct Proc {
+    pub name: String,
+    child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// nats-server plus `baton` processes started by this process.
+pub struct LocalCluster {
+    pub nats: NatsServer,
+    baton: PathBuf,
+    prefix: String,
+    logs: Logs,
+    env: Vec<(String, String)>,
+    procs: Vec<Proc>,
+}
+
+impl LocalCluster {
+    /// Starts nats-server; add processes with [`LocalCluster::spawn`].
+    pub async fn start(
+        nats: NatsServerOptions,
+        baton: PathBuf,
+        prefix: &str,
+        logs: Logs,
+    ) -> anyhow::Result<LocalCluster> {
+        if let Logs::Dir(dir) = &logs {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create log folder {}", dir.display()))?;
+        }
+        let nats = NatsServer::start(nats).await?;
+        Ok(LocalCluster {
+            nats,
+            baton,
+            prefix: prefix.to_string(),
+            logs,
+            env: Vec::new(),
+            procs: Vec::new(),
+        })
+    }
+
+    /// Sets an environment variable for processes spawned from now on.
+    pub fn env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
+    /// Starts `baton <args>` named `name` against this cluster's NATS.
+    pub fn spawn(&mut self, name: &str, args: &[&str]) -> anyhow::Result<u32> {
+        let mut command = Command::new(&self.baton);
+        command
+            .args(args)
+            .arg("--nats-url")
+            .arg(self.nats.url())
+            .arg("--prefix")
+            .arg(&self.prefix)
+            .envs(self.env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        match &self.logs {
+            Logs::Prefixed => {
+                command.stderr(Stdio::piped());
+            }
+            Logs::Dir(dir) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join(format!("{name}.log")))?;
+                command.stderr(file);
+            }
+        }
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.baton.display()))?;
+        if let Some(stderr) = child.stderr.take() {
+            let prefix = format!("[{name}] ");
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("{prefix}{line}");
+                }
+            });
+        }
+        let pid = child.id();
+        self.procs.push(Proc {
+            name: name.to_string(),
+            child,
+        });
+        Ok(pid)
+    }
+
+    /// Starts `baton subagent --id <id>` with extra arguments.
+    pub fn spawn_subagent(&mut self, id: &str, extra: &[&str]) -> anyhow::Result<u32> {
+        let mut args = vec!["subagent", "--id", id];
+        args.extend_from_slice(extra);
+        self.spawn(id, &args)
+    }
+
+    pub fn procs(&self) -> &[Proc] {
+        &self.procs
+    }
+
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.procs.iter().find(|p| p.name == name).map(Proc::pid)
+    }
+
+    /// Sends `signal` to the named process; with SIGKILL also reaps it.
+    pub fn signal(&mut self, name: &str, signal: Signal) -> anyhow::Result<()> {
+        let Some(index) = self.procs.iter().position(|p| p.name == name) else {
+            bail!("no process named {name}");
+        };
+        kill(Pid::from_raw(self.procs[index].pid() as i32), signal)?;
+        if signal == Signal::SIGKILL {
+            let mut proc = self.procs.remove(index);
+            let _ = proc.child.wait();
+        }
+        Ok(())
+    }
+
+    /// Waits for the named process to exit, up to `timeout`; returns its exit code.
+    pub fn wait_exit(&mut self, name: &str, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let Some(index) = self.procs.iter().position(|p| p.name == name) else {
+            bail!("no process named {name}");
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.procs[index].child.try_wait()? {
+                self.procs.remove(index);
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                bail!("{name} did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A client connection to this cluster's NATS.
+    pub async fn client(&self) -> anyhow::Result<Bus> {
+        let settings = ConnectSettings {
+            url: self.nats.url(),
+            name: "baton-local".into(),
+            connect_timeout: Duration::from_secs(5),
+            retry_initial_connect: false,
+            max_message_bytes: 1024 * 1024,
+            replicas: 1,
+        };
+        Ok(Bus::connect(&settings, Subjects::new(self.prefix.clone())).await?)
+    }
+
+    /// Asks the broker for its status until `ready` holds, or fails after `timeout`.
+    pub async fn wait_for(
+        &self,
+        bus: &Bus,
+        timeout: Duration,
+        what: &str,
+        ready: impl Fn(&StatusReply) -> bool,
+    ) -> anyhow::Result<StatusReply> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status: Result<StatusReply, _> = bus
+                .request(
+                    bus.subjects().status(),
+                    &StatusRequest::default(),
+                    Duration::from_secs(1),
+                )
+                .await;
+            if let Ok(status) = &status {
+                if ready(status) {
+                    return Ok(status.clone());
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("timed out after {timeout:?} waiting for {what}; last status: {status:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `n` subagents are available.
+    pub async fn wait_for_subagents(&self, bus: &Bus, n: usize) -> anyhow::Result<StatusReply> {
+        self.wait_for(
+            bus,
+            Duration::from_secs(30),
+            &format!("{n} subagents"),
+            |s| {
+                s.subagents
+                    .iter()
+                    .filter(|a| a.state == SubagentState::Available)
+                    .count()
+                    >= n
+            },
+        )
+        .await
+    }
+
+    /// SIGTERM to every process, then SIGKILL to those still running after `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        for p in &self.procs {
+            let _ = kill(Pid::from_raw(p.pid() as i32), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        for p in &mut self.procs {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = p.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+        self.procs.clear();
+    }
+
+    /// Peak resident memory (VmHWM) of a process, in KiB, from /proc.
+    pub fn peak_memory_kib(pid: u32) -> Option<u64> {
+        read_status_kib(
+            &Path::new("/proc").join(pid.to_string()).join("status"),
+            "VmHWM:",
+        )
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
+
+fn read_status_kib(path: &Path, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}

@@ -1,0 +1,28 @@
+//! Baton: a high-availability distributed job scheduler over NATS.
+//!
+//! # Layout
+//!
+//! - [`protocol`]: wire types and subject names (serde + schemars only; no actix, no async_nats).
+//! - [`bus`]: the only importer of async_nats: connect, typed publish/request/serve, KV buckets.
+//! - [`config`]: one `Config` tree, layered defaults < TOML file < `BATON_*` env < flags.
+//! - [`jobs`]: the deploy file format and job validation (pure).
+//! - [`broker`]: the Broker actor and its pure parts (registry, placement, order book).
+//! - [`subagent`]: the Subagent actor and process execution (spawn, stream output, kill).
+//! - [`agent`]: the Agent actor (Scheduler role); a placeholder until triggers land.
+//! - [`cli`]: clap commands; client commands talk to the cluster over NATS.
+//! - [`natsd`]: a local `nats-server` child process for `baton dev`, `baton bench` and tests.
+//! - [`launch`]: a local cluster of `baton` child processes for `baton dev` and `baton bench`.
+//! - [`schema`]: generation of `schemas/` (JSON Schemas, AsyncAPI) from the wire types.
+
+pub mod agent;
+pub mod broker;
+pub mod bus;
+pub mod cli;
+pub mod config;
+pub mod jobs;
+pub mod launch;
+pub mod natsd;
+pub mod protocol;
+pub mod schema;
+pub mod subagent;
+pub mod time;

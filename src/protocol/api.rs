@@ -1,0 +1,292 @@
+//! Client-facing requests and replies: submit, deploy, order lookup, status.
+//!
+//! Every reply is either the success type named by the request or an
+//! [`ErrorReply`]; a client tells them apart by the `error` key, which only
+//! error replies carry.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A deployed job definition. Clients refer to jobs by name; they never send
+/// a command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct JobSpec {
+    /// Unique name; one subject token (letters, digits, `-`, `_`).
+    pub name: String,
+    /// The program to run, as a path or a name looked up on the subagent's PATH.
+    pub program: String,
+    /// Arguments; `{{param}}` is replaced by the order's value of `param`.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment variables for the process.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory on the subagent; its own when absent.
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    /// The task is killed (SIGTERM, grace, SIGKILL) after this many milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// The parameters a submitter may set; any other is refused.
+    #[serde(default)]
+    pub params: BTreeMap<String, ParamSpec>,
+    /// Free text shown by `baton status`.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// One parameter a submitter may set. The process sees it as the environment
+/// variable `BATON_PARAM_<NAME>` (upper case) and in `{{name}}` in arguments.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ParamSpec {
+    /// Used when the submitter does not set the parameter.
+    #[serde(default)]
+    pub default: Option<String>,
+    /// A submit without this parameter (and without a default) is refused.
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// `{p}.api.submit`: ask for one run of a deployed job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SubmitOrder {
+    /// Name of a deployed job.
+    pub job: String,
+    /// Values for the parameters the job declares.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// A client-chosen id; repeating a submit with the same id returns the
+    /// first order instead of creating a second one.
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
+/// Reply to [`SubmitOrder`]: the order is durable and will reach a final state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SubmitReply {
+    pub order_id: String,
+    pub job: String,
+    pub state: OrderState,
+    /// True when `request_id` matched an earlier submit and this is that order.
+    #[serde(default)]
+    pub duplicate: bool,
+}
+
+/// The state of an order as clients see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderState {
+    /// Durable and waiting for (or being handed to) a subagent.
+    Accepted,
+    /// A subagent runs its task.
+    Running,
+    /// The task exited with code 0.
+    Succeeded,
+    /// The task exited non-zero, was killed, timed out or could not run.
+    Failed,
+    /// Stopped on request.
+    Cancelled,
+}
+
+impl OrderState {
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            OrderState::Succeeded | OrderState::Failed | OrderState::Cancelled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderState::Accepted => "accepted",
+            OrderState::Running => "running",
+            OrderState::Succeeded => "succeeded",
+            OrderState::Failed => "failed",
+            OrderState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// `{p}.api.deploy`: add or replace job definitions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DeployRequest {
+    pub jobs: Vec<JobSpec>,
+}
+
+/// Reply to [`DeployRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DeployReply {
+    /// Names of the jobs now deployed by this request.
+    pub deployed: Vec<String>,
+}
+
+/// `{p}.api.order.get`: look up one order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct GetOrder {
+    pub order_id: String,
+}
+
+/// An order with its current state; the reply to [`GetOrder`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderInfo {
+    pub order_id: String,
+    pub job: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    pub state: OrderState,
+    /// Number of tasks started for this order so far.
+    #[serde(default)]
+    pub attempt: u32,
+    #[serde(default)]
+    pub subagent_id: Option<String>,
+    #[serde(default)]
+    pub task_id: Option<String>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub timed_out: bool,
+    /// Why the order failed when the exit code does not say it.
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub request_id: Option<String>,
+    pub accepted_at_ms: u64,
+    #[serde(default)]
+    pub started_at_ms: Option<u64>,
+    #[serde(default)]
+    pub finished_at_ms: Option<u64>,
+}
+
+/// `{p}.api.status`: ask the broker for the cluster's state. Has no fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StatusRequest {}
+
+/// Reply to [`StatusRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StatusReply {
+    pub protocol: u32,
+    pub broker_id: String,
+    pub broker_started_at_ms: u64,
+    pub subagents: Vec<SubagentStatus>,
+    /// Names of the deployed jobs.
+    pub jobs: Vec<String>,
+    pub orders: OrderCounts,
+    /// Messages the broker dropped or refused because they could not be decoded.
+    #[serde(default)]
+    pub malformed_messages: u64,
+}
+
+/// One subagent as the broker sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SubagentStatus {
+    pub id: String,
+    pub state: SubagentState,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub capacity: u32,
+    /// Tasks the broker has handed to it that have not finished.
+    pub running: u32,
+    /// Milliseconds since its last heartbeat.
+    pub heartbeat_age_ms: u64,
+    /// Tasks it has finished since it registered.
+    #[serde(default)]
+    pub tasks_finished: u64,
+}
+
+/// Whether a subagent takes tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SubagentState {
+    /// Heartbeating and taking tasks.
+    Available,
+    /// Missed its heartbeats: taken for dead.
+    Lost,
+}
+
+/// How many orders the broker holds in each state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderCounts {
+    pub accepted: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+/// The reply to any request that failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorReply {
+    pub error: ErrorBody,
+}
+
+/// What went wrong: a stable code to match on and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Stable, machine-readable error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The payload could not be decoded as the subject's request type.
+    BadRequest,
+    /// The payload is larger than the broker accepts.
+    TooLarge,
+    /// No job of that name is deployed.
+    UnknownJob,
+    /// A parameter is not declared by the job, or a required one is missing.
+    InvalidParam,
+    /// A job definition failed validation.
+    InvalidJob,
+    /// No such order.
+    NotFound,
+    /// The receiver has no room for the request now; try again or elsewhere.
+    Busy,
+    /// Storage or another dependency failed; the request had no effect.
+    Unavailable,
+    /// A bug: please report it.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::UnknownJob => "unknown_job",
+            ErrorCode::InvalidParam => "invalid_param",
+            ErrorCode::InvalidJob => "invalid_job",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl ErrorReply {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
+        ErrorReply {
+            error: ErrorBody {
+                code,
+                message: message.into(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.error.message, self.error.code.as_str())
+    }
+}
+
+impl std::error::Error for ErrorReply {}

@@ -1,0 +1,125 @@
+//! Messages between the broker and its subagents: registration, heartbeats,
+//! task dispatch and results.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// `{p}.broker.register`: a subagent introduces itself on start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Register {
+    pub subagent_id: String,
+    /// New for every process start, so a restart under the same id is seen.
+    pub instance_id: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Most tasks it runs at once.
+    pub capacity: u32,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub protocol: u32,
+}
+
+/// Reply to [`Register`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Registered {
+    pub broker_id: String,
+    /// How often the broker expects a heartbeat.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// `{p}.hb.subagent.{id}`: a subagent is alive, with what it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SubagentHeartbeat {
+    pub subagent_id: String,
+    pub instance_id: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub capacity: u32,
+    /// Task ids it is running now.
+    #[serde(default)]
+    pub running: Vec<String>,
+    pub sent_at_ms: u64,
+    #[serde(default)]
+    pub protocol: u32,
+}
+
+/// `{p}.hb.broker`: the broker is alive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BrokerHeartbeat {
+    pub broker_id: String,
+    pub sent_at_ms: u64,
+    #[serde(default)]
+    pub protocol: u32,
+}
+
+/// `{p}.subagent.{id}.run`: run one task. Sending the same `task_id` again is
+/// safe: the subagent recognises it and does not start a second copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RunTask {
+    pub task_id: String,
+    pub order_id: String,
+    pub job: String,
+    pub attempt: u32,
+    pub program: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// The subagent process this task is meant for (from its registration);
+    /// a restarted subagent refuses tasks meant for its previous process.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+}
+
+/// Reply to [`RunTask`]: the subagent owns the task and will report its result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RunAccepted {
+    pub task_id: String,
+    /// The task was already known to the subagent; no second copy was started.
+    #[serde(default)]
+    pub duplicate: bool,
+    /// Process id of the task (absent when it could not be started).
+    #[serde(default)]
+    pub pid: Option<u32>,
+}
+
+/// `{p}.broker.result`: a task ended. The subagent repeats it until acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskResult {
+    pub task_id: String,
+    pub order_id: String,
+    pub job: String,
+    pub attempt: u32,
+    pub subagent_id: String,
+    /// Exit code when the process exited by itself.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Signal number when the process was killed by a signal.
+    #[serde(default)]
+    pub signal: Option<i32>,
+    /// The job timeout killed the process.
+    #[serde(default)]
+    pub timed_out: bool,
+    /// The process could not be started (or waited for), and why.
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    pub started_at_ms: u64,
+    pub finished_at_ms: u64,
+}
+
+/// Reply to [`TaskResult`]: the broker has recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ResultAck {
+    pub task_id: String,
+}

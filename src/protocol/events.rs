@@ -1,0 +1,85 @@
+//! Status events: plain publishes on `{p}.events.{job}.{order}.{kind}` that any
+//! NATS client may subscribe to, per order (`{p}.events.*.{order}.>`), per job
+//! (`{p}.events.{job}.>`) or all (`{p}.events.>`).
+//!
+//! The broker publishes `accepted`, `started` and `finished`; the subagent
+//! running the task publishes `log` lines directly, so output does not pass
+//! through the broker.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::OrderState;
+
+/// `accepted`: the order is durable and waits for a subagent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderAccepted {
+    pub order_id: String,
+    pub job: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    pub at_ms: u64,
+}
+
+/// `started`: a subagent has started the order's task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskStarted {
+    pub order_id: String,
+    pub job: String,
+    pub task_id: String,
+    pub attempt: u32,
+    pub subagent_id: String,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    pub at_ms: u64,
+}
+
+/// Which output stream a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// `log`: one line of a task's output, published as it comes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskLog {
+    pub order_id: String,
+    pub job: String,
+    pub task_id: String,
+    pub subagent_id: String,
+    pub stream: LogStream,
+    /// Counts the task's lines from 1, over both streams, so gaps can be seen.
+    pub seq: u64,
+    /// The line without its newline; invalid UTF-8 is replaced, long lines are cut.
+    pub line: String,
+    pub at_ms: u64,
+}
+
+/// `finished`: the order reached a final state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderFinished {
+    pub order_id: String,
+    pub job: String,
+    pub state: OrderState,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub timed_out: bool,
+    /// Why, when the exit code does not say it (spawn error, subagent lost).
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub subagent_id: Option<String>,
+    #[serde(default)]
+    pub attempt: u32,
+    /// Run time of the last task, in milliseconds.
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+    pub at_ms: u64,
+}

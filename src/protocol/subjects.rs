@@ -1,0 +1,176 @@
+//! Subject names. Every subject lives under a configurable prefix (default
+//! `baton`) so several clusters can share one NATS account.
+//!
+//! | subject | kind | payload |
+//! |---|---|---|
+//! | `{p}.api.submit` | request | [`SubmitOrder`](super::SubmitOrder) -> [`SubmitReply`](super::SubmitReply) |
+//! | `{p}.api.deploy` | request | [`DeployRequest`](super::DeployRequest) -> [`DeployReply`](super::DeployReply) |
+//! | `{p}.api.order.get` | request | [`GetOrder`](super::GetOrder) -> [`OrderInfo`](super::OrderInfo) |
+//! | `{p}.api.status` | request | [`StatusRequest`](super::StatusRequest) -> [`StatusReply`](super::StatusReply) |
+//! | `{p}.broker.register` | request | [`Register`](super::Register) -> [`Registered`](super::Registered) |
+//! | `{p}.broker.result` | request | [`TaskResult`](super::TaskResult) -> [`ResultAck`](super::ResultAck) |
+//! | `{p}.subagent.{id}.run` | request | [`RunTask`](super::RunTask) -> [`RunAccepted`](super::RunAccepted) |
+//! | `{p}.hb.subagent.{id}` | publish | [`SubagentHeartbeat`](super::SubagentHeartbeat) |
+//! | `{p}.hb.broker` | publish | [`BrokerHeartbeat`](super::BrokerHeartbeat) |
+//! | `{p}.events.{job}.{order}.{kind}` | publish | [`OrderAccepted`](super::OrderAccepted), [`TaskStarted`](super::TaskStarted), [`TaskLog`](super::TaskLog), [`OrderFinished`](super::OrderFinished) |
+
+/// The last token of an event subject: what happened to the order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Accepted,
+    Started,
+    Log,
+    Finished,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 4] = [
+        EventKind::Accepted,
+        EventKind::Started,
+        EventKind::Log,
+        EventKind::Finished,
+    ];
+
+    pub fn token(self) -> &'static str {
+        match self {
+            EventKind::Accepted => "accepted",
+            EventKind::Started => "started",
+            EventKind::Log => "log",
+            EventKind::Finished => "finished",
+        }
+    }
+
+    pub fn from_token(token: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.token() == token)
+    }
+}
+
+/// Builds every subject name from one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    pub fn new(prefix: impl Into<String>) -> Subjects {
+        Subjects {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn submit(&self) -> String {
+        format!("{}.api.submit", self.prefix)
+    }
+
+    pub fn deploy(&self) -> String {
+        format!("{}.api.deploy", self.prefix)
+    }
+
+    pub fn order_get(&self) -> String {
+        format!("{}.api.order.get", self.prefix)
+    }
+
+    pub fn status(&self) -> String {
+        format!("{}.api.status", self.prefix)
+    }
+
+    pub fn register(&self) -> String {
+        format!("{}.broker.register", self.prefix)
+    }
+
+    pub fn result(&self) -> String {
+        format!("{}.broker.result", self.prefix)
+    }
+
+    pub fn run(&self, subagent: &str) -> String {
+        format!("{}.subagent.{subagent}.run", self.prefix)
+    }
+
+    pub fn subagent_heartbeat(&self, subagent: &str) -> String {
+        format!("{}.hb.subagent.{subagent}", self.prefix)
+    }
+
+    /// Wildcard matching every subagent heartbeat.
+    pub fn subagent_heartbeats(&self) -> String {
+        self.subagent_heartbeat("*")
+    }
+
+    pub fn broker_heartbeat(&self) -> String {
+        format!("{}.hb.broker", self.prefix)
+    }
+
+    pub fn event(&self, job: &str, order: &str, kind: EventKind) -> String {
+        format!("{}.events.{job}.{order}.{}", self.prefix, kind.token())
+    }
+
+    /// Wildcard for every event of every order.
+    pub fn all_events(&self) -> String {
+        format!("{}.events.>", self.prefix)
+    }
+
+    /// Wildcard for every event of one job's orders.
+    pub fn job_events(&self, job: &str) -> String {
+        format!("{}.events.{job}.>", self.prefix)
+    }
+
+    /// Wildcard for every event of one order.
+    pub fn order_events(&self, order: &str) -> String {
+        format!("{}.events.*.{order}.>", self.prefix)
+    }
+
+    /// Splits an event subject into (job, order, kind); `None` when it is not one.
+    pub fn parse_event<'s>(&self, subject: &'s str) -> Option<(&'s str, &'s str, EventKind)> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".events.")?;
+        let mut parts = rest.split('.');
+        let job = parts.next()?;
+        let order = parts.next()?;
+        let kind = EventKind::from_token(parts.next()?)?;
+        if parts.next().is_some() {
+            return None;
+        }
+        Some((job, order, kind))
+    }
+}
+
+/// True when `token` can be used as one subject token (and so as a job name,
+/// subagent id or prefix): ASCII letters, digits, `-` and `_`, 1 to 64 chars.
+pub fn is_valid_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= 64
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_subjects_round_trip() {
+        let s = Subjects::new("baton");
+        for kind in EventKind::ALL {
+            let subject = s.event("hello", "0192-ab", kind);
+            assert_eq!(s.parse_event(&subject), Some(("hello", "0192-ab", kind)));
+        }
+        assert_eq!(s.parse_event("baton.events.a.b"), None);
+        assert_eq!(s.parse_event("other.events.a.b.log"), None);
+        assert_eq!(s.parse_event("baton.events.a.b.log.x"), None);
+    }
+
+    #[test]
+    fn tokens() {
+        assert!(is_valid_token("job_1-a"));
+        assert!(!is_valid_token(""));
+        assert!(!is_valid_token("a.b"));
+        assert!(!is_valid_token("a b"));
+        assert!(!is_valid_token("a*"));
+        assert!(!is_valid_token(&"x".repeat(65)));
+    }
+}

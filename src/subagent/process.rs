@@ -1,0 +1,298 @@
+//! Running one task as an OS process: spawn it in its own process group with
+//! a parent-death signal, stream its output line by line, enforce its timeout
+//! (SIGTERM to the group, grace, SIGKILL), and report how it ended.
+//!
+//! Architecture invariant: no NATS here. Output lines go to a callback; the
+//! subagent actor decides where they are published.
+
+use std::future::Future;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::protocol::{LogStream, RunTask};
+
+/// How long output is still read after the process exited, for lines still in
+/// the pipes (or held open by its leftover children, which are then killed).
+const OUTPUT_DRAIN: Duration = Duration::from_millis(500);
+
+/// A started task process.
+pub struct Spawned {
+    child: Child,
+    pub pid: u32,
+}
+
+/// How a task process ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exit {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    /// Waiting for the process failed (rare: the OS lost track of it).
+    pub error: Option<String>,
+}
+
+/// Starts the task's program. The child gets its own process group (so the
+/// whole tree can be signalled) and SIGKILL when the subagent dies.
+pub fn spawn(task: &RunTask) -> std::io::Result<Spawned> {
+    let mut command = Command::new(&task.program);
+    command
+        .args(&task.args)
+        .envs(&task.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(dir) = &task.working_dir {
+        command.current_dir(dir);
+    }
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe system calls (prctl, getppid).
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            // the subagent died between fork and prctl: do not run orphaned
+            if nix::unistd::getppid() == Pid::from_raw(1) {
+                return Err(std::io::Error::other(
+                    "subagent exited before the task started",
+                ));
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    let pid = child.id().unwrap_or(0);
+    Ok(Spawned { child, pid })
+}
+
+/// Waits for the process, calling `on_line` for each output line in order of
+/// arrival, and kills it when `timeout` passes or `cancel` resolves.
+pub async fn supervise<F, Fut>(
+    mut spawned: Spawned,
+    timeout: Option<Duration>,
+    grace: Duration,
+    max_line_bytes: usize,
+    mut on_line: F,
+) -> Exit
+where
+    F: FnMut(LogStream, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let (tx, mut lines) = mpsc::channel::<(LogStream, String)>(256);
+    if let Some(out) = spawned.child.stdout.take() {
+        tokio::spawn(read_lines(
+            out,
+            LogStream::Stdout,
+            max_line_bytes,
+            tx.clone(),
+        ));
+    }
+    if let Some(err) = spawned.child.stderr.take() {
+        tokio::spawn(read_lines(
+            err,
+            LogStream::Stderr,
+            max_line_bytes,
+            tx.clone(),
+        ));
+    }
+    drop(tx);
+
+    let pgid = Pid::from_raw(spawned.pid as i32);
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut timed_out = false;
+    let mut killed_at: Option<tokio::time::Instant> = None;
+    let mut output_open = true;
+    let status = loop {
+        let timer = async {
+            match (killed_at, deadline) {
+                (Some(at), _) => tokio::time::sleep_until(at + grace).await,
+                (None, Some(d)) => tokio::time::sleep_until(d).await,
+                (None, None) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            status = spawned.child.wait() => break status,
+            line = lines.recv(), if output_open => match line {
+                Some((stream, line)) => on_line(stream, line).await,
+                None => output_open = false,
+            },
+            _ = timer => {
+                if killed_at.is_none() {
+                    timed_out = true;
+                    let _ = killpg(pgid, Signal::SIGTERM);
+                    killed_at = Some(tokio::time::Instant::now());
+                } else {
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                    killed_at = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
+                }
+            }
+        }
+    };
+    // lines still in the pipes; leftover children holding them open are killed
+    let drain_until = tokio::time::Instant::now() + OUTPUT_DRAIN;
+    while output_open {
+        match tokio::time::timeout_at(drain_until, lines.recv()).await {
+            Ok(Some((stream, line))) => on_line(stream, line).await,
+            Ok(None) => output_open = false,
+            Err(_) => {
+                let _ = killpg(pgid, Signal::SIGKILL);
+                while let Ok(Some((stream, line))) =
+                    tokio::time::timeout(OUTPUT_DRAIN, lines.recv()).await
+                {
+                    on_line(stream, line).await;
+                }
+                output_open = false;
+            }
+        }
+    }
+    match status {
+        Ok(status) => Exit {
+            exit_code: status.code(),
+            signal: status.signal(),
+            timed_out,
+            error: None,
+        },
+        Err(e) => {
+            warn!(pid = spawned.pid, error = %e, "waiting for task failed");
+            let _ = killpg(pgid, Signal::SIGKILL);
+            Exit {
+                timed_out,
+                error: Some(format!("waiting for the process failed: {e}")),
+                ..Exit::default()
+            }
+        }
+    }
+}
+
+/// Reads lines (lossy UTF-8, cut at `max` bytes) until EOF.
+async fn read_lines(
+    pipe: impl AsyncRead + Unpin,
+    stream: LogStream,
+    max: usize,
+    tx: mpsc::Sender<(LogStream, String)>,
+) {
+    let mut reader = BufReader::new(pipe);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                while matches!(buf.last(), Some(b'\n' | b'\r')) {
+                    buf.pop();
+                }
+                buf.truncate(max);
+                let line = String::from_utf8_lossy(&buf).into_owned();
+                if tx.send((stream, line)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(program: &str, args: &[&str]) -> RunTask {
+        RunTask {
+            task_id: "t".into(),
+            order_id: "o".into(),
+            job: "j".into(),
+            attempt: 1,
+            program: program.into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: [("X".to_string(), "42".to_string())].into(),
+            working_dir: None,
+            timeout_ms: None,
+            instance_id: None,
+        }
+    }
+
+    async fn run(t: RunTask, timeout: Option<Duration>) -> (Exit, Vec<(LogStream, String)>) {
+        let spawned = spawn(&t).unwrap();
+        let mut lines = Vec::new();
+        let exit = tokio::time::timeout(
+            Duration::from_secs(20),
+            supervise(spawned, timeout, Duration::from_millis(300), 64, |s, l| {
+                lines.push((s, l));
+                async {}
+            }),
+        )
+        .await
+        .expect("task finished in time");
+        (exit, lines)
+    }
+
+    #[tokio::test]
+    async fn streams_both_outputs_and_reports_exit_code() {
+        let t = task(
+            "sh",
+            &[
+                "-c",
+                "echo out $X; echo err >&2; printf 'no newline'; exit 3",
+            ],
+        );
+        let (exit, lines) = run(t, None).await;
+        assert_eq!(exit.exit_code, Some(3));
+        assert!(
+            lines.contains(&(LogStream::Stdout, "out 42".into())),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&(LogStream::Stderr, "err".into())),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&(LogStream::Stdout, "no newline".into())),
+            "{lines:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn long_and_invalid_lines_are_cut_and_replaced() {
+        let t = task(
+            "sh",
+            &[
+                "-c",
+                "head -c 200 /dev/zero | tr '\\0' a; echo; printf '\\377ok\\n'",
+            ],
+        );
+        let (_, lines) = run(t, None).await;
+        assert_eq!(lines[0].1.len(), 64);
+        assert_eq!(lines[1].1, "\u{fffd}ok");
+    }
+
+    #[tokio::test]
+    async fn timeout_terminates_then_kills_the_group() {
+        // the shell ignores SIGTERM, so only SIGKILL after the grace ends it
+        let t = task("sh", &["-c", "trap '' TERM; sleep 30 & wait; sleep 30"]);
+        let (exit, _) = run(t, Some(Duration::from_millis(200))).await;
+        assert!(exit.timed_out);
+        assert_eq!(exit.signal, Some(Signal::SIGKILL as i32));
+        let t = task("sleep", &["30"]);
+        let (exit, _) = run(t, Some(Duration::from_millis(100))).await;
+        assert!(exit.timed_out);
+        assert_eq!(exit.signal, Some(Signal::SIGTERM as i32));
+    }
+
+    #[test]
+    fn missing_program_is_a_spawn_error() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            assert!(spawn(&task("/no/such/program", &[])).is_err());
+        });
+    }
+}
