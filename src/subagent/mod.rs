@@ -13,10 +13,11 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use actix::prelude::*;
+use tokio::sync::oneshot;
 
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::bus::{Bus, BusError, Request};
+use crate::bus::{Bus, BusError, Received, Request};
 use crate::config::Config;
 use crate::protocol::*;
 use crate::time::now_ms;
@@ -44,15 +45,26 @@ pub struct Subagent {
     finished: VecDeque<String>,
     finished_set: HashSet<String>,
     unacked: BTreeMap<String, Unacked>,
+    /// Tells `run_until_signal` why the subagent cannot go on.
+    fatal: Option<oneshot::Sender<String>>,
 }
 
 /// Subscribes and starts the subagent in the current actix System.
-pub async fn start(config: Config, bus: Bus) -> Result<Addr<Subagent>, BusError> {
+pub async fn start(
+    config: Config,
+    bus: Bus,
+    fatal: oneshot::Sender<String>,
+) -> Result<Addr<Subagent>, BusError> {
     let id = config.subagent_id();
     let runs = bus.serve::<RunTask>(bus.subjects().run(&id)).await?;
+    // heartbeats under our own id: another process using it is a configuration error
+    let twins = bus
+        .listen::<SubagentHeartbeat>(bus.subjects().subagent_heartbeat(&id))
+        .await?;
     info!(subagent = %id, capacity = config.subagent.capacity, "subagent started");
     Ok(Subagent::create(move |ctx| {
         ctx.add_stream(runs);
+        ctx.add_stream(twins);
         Subagent {
             bus,
             config,
@@ -64,6 +76,7 @@ pub async fn start(config: Config, bus: Bus) -> Result<Addr<Subagent>, BusError>
             finished: VecDeque::new(),
             finished_set: HashSet::new(),
             unacked: BTreeMap::new(),
+            fatal: Some(fatal),
         }
     }))
 }
@@ -98,6 +111,25 @@ impl StreamHandler<Request<RunTask>> for Subagent {
         warn!("task subscription ended; stopping");
         ctx.stop();
     }
+}
+
+impl StreamHandler<Received<SubagentHeartbeat>> for Subagent {
+    fn handle(&mut self, hb: Received<SubagentHeartbeat>, ctx: &mut Self::Context) {
+        let other = hb.body.instance_id;
+        // instance ids are UUIDv7, ordered by start time: the later process yields
+        if other != self.instance_id && other < self.instance_id {
+            error!(subagent = %self.id, "another running subagent uses this id; stopping");
+            if let Some(fatal) = self.fatal.take() {
+                let _ = fatal.send(format!(
+                    "another running subagent uses the id '{}'; give each subagent its own --id",
+                    self.id
+                ));
+            }
+            ctx.stop();
+        }
+    }
+
+    fn finished(&mut self, _ctx: &mut Self::Context) {}
 }
 
 impl Subagent {
@@ -160,11 +192,10 @@ impl Subagent {
             .as_ref()
             .is_some_and(|i| *i != self.instance_id)
         {
-            let error = ErrorReply::new(
-                ErrorCode::Busy,
-                "task meant for an earlier process of this subagent; refused",
-            );
-            return self.bus.reply(&req.replier, &error);
+            // Meant for another process under this id. No answer: if that
+            // process is alive (a duplicate id), its answer is the one that counts.
+            warn!(task = %task.task_id, "task meant for another process with this subagent id; ignored");
+            return;
         }
         if self.knows(&task.task_id) {
             let pid = self.running.get(&task.task_id).and_then(|r| r.pid);
@@ -340,8 +371,13 @@ impl Subagent {
 
 /// Runs a subagent until SIGINT or SIGTERM.
 pub async fn run_until_signal(config: Config, bus: Bus) -> anyhow::Result<()> {
-    let _subagent = start(config, bus).await?;
-    crate::cli::wait_for_signal().await;
-    info!("subagent stopping");
-    Ok(())
+    let (fatal, fatal_rx) = oneshot::channel();
+    let _subagent = start(config, bus, fatal).await?;
+    tokio::select! {
+        _ = crate::cli::wait_for_signal() => {
+            info!("subagent stopping");
+            Ok(())
+        }
+        Ok(reason) = fatal_rx => Err(anyhow::anyhow!(reason)),
+    }
 }
