@@ -196,8 +196,8 @@ default) gets `too_large`. With no broker running, NATS answers \"no responders\
 
 **Compatibility.** Readers ignore fields they do not know, and a missing field that is not \
 `required` in its schema takes its default (empty, `false`, `0` or null), so peers can add fields \
-without a new protocol version. Heartbeats and status replies carry `protocol`, currently 1. \
-Fields named `*_at_ms` are milliseconds since the Unix epoch; other `*_ms` fields are durations \
+without a new protocol version. Registrations, heartbeats and status replies carry `protocol`, \
+the protocol version (this document's `info.version`). Fields named `*_at_ms` are milliseconds since the Unix epoch; other `*_ms` fields are durations \
 in milliseconds.
 
 **Operations** are written from the cluster's side (the broker and its subagents): `receive` means \
@@ -205,13 +205,14 @@ a Baton process subscribes (and replies, on request subjects); `send` means a Ba
 publishes. A client does the opposite. Each operation names who publishes and who subscribes, \
 also as `x-publisher` and `x-subscriber` (`client`, `broker` or `subagent`).
 
-**Events** are plain publishes, neither acknowledged nor stored: subscribe before submitting to \
-see all of an order's events, per order with `{prefix}.events.*.{order_id}.>`, per job with \
-`{prefix}.events.{job}.>` or to all with `{prefix}.events.>`; ask `{prefix}.api.order.get` for an \
-order's state at any time.
+**Events** are plain publishes, neither acknowledged nor stored. Subscribe per order with \
+`{prefix}.events.*.{order_id}.>`, per job with `{prefix}.events.{job}.>` or to all with \
+`{prefix}.events.>`; to see every event of an order, subscribe (per job or to all) before \
+submitting it. `{prefix}.api.order.get` tells an order's state at any time.
 
 The payload schemas are JSON Schema 2020-12 files next to this document (`<TypeName>.json`), \
-generated from the Rust types by `cargo run -- schemas`; `examples/` holds example messages.";
+generated from the Rust types by `cargo run -- schemas`; their descriptions write the prefix as \
+`{p}`. `examples/` holds example messages.";
 
 /// Every generated file: relative name -> contents (pretty JSON, trailing newline).
 pub fn generate() -> BTreeMap<String, String> {

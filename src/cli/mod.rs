@@ -118,7 +118,11 @@ pub fn main() -> ExitCode {
         cli.command,
         Command::Broker(_) | Command::Subagent(_) | Command::Dev(_)
     );
-    init_logging(if daemon { "info" } else { "warn" });
+    init_logging(if daemon {
+        "info,async_nats=warn"
+    } else {
+        "warn"
+    });
     let system = actix::System::new();
     match system.block_on(run(cli)) {
         Ok(code) => code,
