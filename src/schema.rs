@@ -148,7 +148,7 @@ const CHANNELS: &[Channel] = {
     channel("status", "{prefix}.api.status", ("StatusRequest", Some("StatusReply")), (Client, Broker), true,
         "Ask the broker for the cluster's state: subagents, jobs, order counts."),
     channel("register", "{prefix}.broker.register", ("Register", Some("Registered")), (Subagent, Broker), false,
-        "A subagent introduces itself when it starts (and again when the broker has forgotten it)."),
+        "A subagent introduces itself when it starts, retrying until a broker answers."),
     channel("result", "{prefix}.broker.result", ("TaskResult", Some("ResultAck")), (Subagent, Broker), false,
         "A subagent reports how a task ended; it repeats the report until it is acknowledged."),
     channel("run", "{prefix}.subagent.{subagent_id}.run", ("RunTask", Some("RunAccepted")), (Broker, Subagent), false,

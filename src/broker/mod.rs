@@ -613,6 +613,10 @@ impl Broker {
         if let Some(order) = self.book.get(&req.body.order_id) {
             return self.bus.reply(&req.replier, &order.info());
         }
+        if !subjects::is_valid_token(&req.body.order_id) {
+            let message = format!("no order {:?}", req.body.order_id);
+            return self.error(&req.replier, ErrorCode::NotFound, message);
+        }
         let kv = self.orders_kv.clone();
         let bus = self.bus.clone();
         let Request { body, replier } = req;

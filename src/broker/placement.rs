@@ -39,7 +39,7 @@ mod tests {
 
     #[test]
     fn visits_every_member_in_turn() {
-        let subs = vec![sub("a", 1, 0), sub("b", 1, 0), sub("c", 1, 0)];
+        let subs = [sub("a", 1, 0), sub("b", 1, 0), sub("c", 1, 0)];
         let mut last: Option<String> = None;
         let mut picks = Vec::new();
         for _ in 0..6 {
@@ -52,7 +52,7 @@ mod tests {
 
     #[test]
     fn skips_full_lost_and_suspect_members() {
-        let mut subs = vec![
+        let mut subs = [
             sub("a", 1, 1),
             sub("b", 2, 0),
             sub("c", 1, 0),
