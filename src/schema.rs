@@ -159,7 +159,7 @@ const CHANNELS: &[Channel] = {
         "The broker is alive. No Baton process depends on it in protocol v1; monitors may watch it."),
     channel("orderAccepted", "{prefix}.events.{job}.{order_id}.accepted", ("OrderAccepted", None), (Broker, Client), false,
         "Event: the order is durable and waits for a subagent."),
-    channel("taskStarted", "{prefix}.events.{job}.{order_id}.started", ("TaskStarted", None), (Broker, Client), false,
+    channel("taskStarted", "{prefix}.events.{job}.{order_id}.started", ("TaskStarted", None), (Subagent, Client), false,
         "Event: a subagent has started the order's task."),
     channel("taskLog", "{prefix}.events.{job}.{order_id}.log", ("TaskLog", None), (Subagent, Client), false,
         "Event: one line of the task's output, published by the subagent as it comes."),

@@ -277,6 +277,8 @@ impl Broker {
         let subject = bus.subjects().run(&subagent_id);
         let timeout = self.config.broker.dispatch_timeout;
         let request = async move {
+            // the order's accepted event goes out before its task can start
+            bus.posted().await;
             let reply = bus.request::<_, RunAccepted>(subject, &run, timeout).await;
             (run, reply)
         };
@@ -307,8 +309,8 @@ impl Broker {
                     task_id: run.task_id.clone(),
                     at_ms,
                 };
-                if let Ok(Applied::Moved { .. }) = self.book.apply(&run.order_id, event) {
-                    self.publish_started(&run.order_id, accepted.pid, at_ms);
+                if let Err(e) = self.book.apply(&run.order_id, event) {
+                    warn!(task = %run.task_id, pid = ?accepted.pid, error = %e, "start not recorded");
                 }
             }
             Err(BusError::TimedOut { .. })
@@ -350,11 +352,7 @@ impl Broker {
             outcome,
         };
         match self.book.apply(&r.order_id, event) {
-            Ok(Applied::Moved { from, .. }) => {
-                if from == Phase::Dispatching {
-                    // the result overtook the start confirmation
-                    self.publish_started(&r.order_id, r.pid, r.started_at_ms);
-                }
+            Ok(Applied::Moved { .. }) => {
                 self.finish(&r.order_id, Some((req.replier, r.task_id)), ctx);
                 self.dispatch(ctx);
             }
@@ -440,24 +438,6 @@ impl Broker {
             }
             .into_actor(self),
         );
-    }
-
-    fn publish_started(&self, order_id: &str, pid: Option<u32>, at_ms: u64) {
-        let Some(order) = self.book.get(order_id) else {
-            return;
-        };
-        let event = TaskStarted {
-            order_id: order.id.clone(),
-            job: order.job.clone(),
-            task_id: order.task_id.clone().unwrap_or_default(),
-            attempt: order.attempt,
-            subagent_id: order.subagent_id.clone().unwrap_or_default(),
-            pid,
-            at_ms,
-        };
-        let s = self.bus.subjects();
-        self.bus
-            .post(s.event(&order.job, &order.id, EventKind::Started), &event);
     }
 
     fn on_register(&mut self, req: Request<Register>, ctx: &mut Context<Self>) {

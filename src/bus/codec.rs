@@ -28,8 +28,21 @@ pub fn encode<T: Serialize>(encoding: Encoding, value: &T) -> Vec<u8> {
     }
 }
 
-/// Decodes a payload; unknown fields are ignored.
+/// Decodes a payload; unknown fields are ignored. An empty payload is an
+/// empty map (so `nats req baton.api.status ""` works). A MessagePack array is
+/// refused: the protocol is maps with named fields, never positional.
 pub fn decode<T: DeserializeOwned>(encoding: Encoding, payload: &[u8]) -> Result<T, DecodeError> {
+    let payload = match (payload.is_empty(), encoding) {
+        (true, Encoding::MessagePack) => &[0x80][..],
+        (true, Encoding::Json) => &b"{}"[..],
+        (false, _) => payload,
+    };
+    if encoding == Encoding::MessagePack && matches!(payload[0], 0x90..=0x9f | 0xdc | 0xdd) {
+        return Err(DecodeError {
+            encoding,
+            reason: "expected a map with named fields, got an array".into(),
+        });
+    }
     let result = match encoding {
         Encoding::MessagePack => rmp_serde::from_slice(payload).map_err(|e| e.to_string()),
         Encoding::Json => serde_json::from_slice(payload).map_err(|e| e.to_string()),
@@ -67,8 +80,26 @@ mod tests {
     }
 
     #[test]
+    fn empty_payload_is_an_empty_map() {
+        use crate::protocol::StatusRequest;
+        assert!(decode::<StatusRequest>(Encoding::MessagePack, b"").is_ok());
+        assert!(decode::<StatusRequest>(Encoding::Json, b"").is_ok());
+        assert!(
+            decode::<SubmitOrder>(Encoding::Json, b"").is_err(),
+            "job is required"
+        );
+    }
+
+    #[test]
+    fn positional_arrays_are_refused() {
+        let packed = rmp_serde::to_vec(&("hello",)).unwrap();
+        let e = decode::<SubmitOrder>(Encoding::MessagePack, &packed).unwrap_err();
+        assert!(e.reason.contains("map"), "{e}");
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for bytes in [&b""[..], b"\xc1", b"\xff\xff", b"{", b"[1,2,3]"] {
+        for bytes in [&b"\xc1"[..], b"\xff\xff", b"{", b"[1,2,3]", b"\x91\xa1a"] {
             assert!(decode::<SubmitOrder>(Encoding::MessagePack, bytes).is_err());
             assert!(decode::<SubmitOrder>(Encoding::Json, bytes).is_err());
         }

@@ -2,9 +2,10 @@
 //! NATS client may subscribe to, per order (`{p}.events.*.{order}.>`), per job
 //! (`{p}.events.{job}.>`) or all (`{p}.events.>`).
 //!
-//! The broker publishes `accepted`, `started` and `finished`; the subagent
-//! running the task publishes `log` lines directly, so output does not pass
-//! through the broker.
+//! The broker publishes `accepted` and `finished`; the subagent running the
+//! task publishes `started` and its `log` lines directly, so output does not
+//! pass through the broker. For one order the kinds arrive in that order:
+//! `accepted`, then per task `started` and its `log` lines, then `finished`.
 
 use std::collections::BTreeMap;
 

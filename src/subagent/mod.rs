@@ -247,6 +247,22 @@ impl Subagent {
         };
         self.bus.reply(&req.replier, &reply);
 
+        // posted before any log line of the task, through the same ordered queue
+        let started = TaskStarted {
+            order_id: task.order_id.clone(),
+            job: task.job.clone(),
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+            subagent_id: self.id.clone(),
+            pid: Some(pid),
+            at_ms: started_at_ms,
+        };
+        let s = self.bus.subjects();
+        self.bus.post(
+            s.event(&task.job, &task.order_id, EventKind::Started),
+            &started,
+        );
+
         let bus = self.bus.clone();
         let subject = bus
             .subjects()

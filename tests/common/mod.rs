@@ -1,0 +1,296 @@
+//! The integration-test harness: a real nats-server (random port, temporary
+//! store) and real `baton` processes per test, started through
+//! [`LocalCluster`], plus helpers to wait for conditions with a deadline.
+//!
+//! Nothing here sleeps to let something happen: every wait polls a condition
+//! until a deadline, and every await is bounded by a timeout. When a test
+//! fails, the children's logs are printed as the harness drops.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use baton::bus::{decode, Bus, Encoding};
+use baton::launch::{LocalCluster, Logs};
+use baton::natsd::NatsServerOptions;
+use baton::protocol::{
+    DeployReply, DeployRequest, EventKind, OrderFinished, SubmitOrder, SubmitReply, TaskLog,
+};
+use futures::StreamExt;
+use tempfile::TempDir;
+
+/// Bound on one request to the cluster.
+pub const REQUEST: Duration = Duration::from_secs(5);
+/// Bound on starting a cluster (nats-server, broker, subagents registering).
+const START: Duration = Duration::from_secs(30);
+/// How often a condition is polled.
+const POLL: Duration = Duration::from_millis(25);
+/// Lines of each log printed when a test fails.
+const LOG_TAIL_LINES: usize = 200;
+
+/// One test's cluster. Dropping it kills every process; when the test is
+/// panicking it first prints their logs.
+pub struct Harness {
+    // Declaration order is drop order: processes go before their folder.
+    pub cluster: LocalCluster,
+    pub bus: Bus,
+    pub dir: TempDir,
+}
+
+impl Harness {
+    pub fn nats_url(&self) -> String {
+        self.cluster.nats.url()
+    }
+
+    /// A folder inside this test's temporary directory, for the test's own files.
+    pub fn scratch(&self) -> PathBuf {
+        let dir = self.dir.path().join("scratch");
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        dir
+    }
+
+    fn log_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("logs"))
+            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.sort();
+        files.push(self.dir.path().join("nats.log"));
+        files
+    }
+
+    /// Prints the tail of every child's log (and nats-server's) to stderr.
+    pub fn print_logs(&self) {
+        for file in self.log_files() {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            eprintln!(
+                "===== {} (last {} of {} lines) =====",
+                file.display(),
+                tail.len(),
+                lines.len()
+            );
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_logs();
+        }
+    }
+}
+
+/// A broker and the named subagents over a fresh nats-server.
+pub async fn cluster(subagents: &[&str]) -> Harness {
+    cluster_with_env(subagents, &[]).await
+}
+
+/// Like [`cluster`], with extra environment variables (such as `BATON_*`
+/// configuration) for every `baton` process.
+pub async fn cluster_with_env(subagents: &[&str], env: &[(&str, &str)]) -> Harness {
+    let dir = tempfile::Builder::new()
+        .prefix("baton-test-")
+        .tempdir()
+        .expect("create temp dir");
+    let nats = NatsServerOptions {
+        port: None,
+        store_dir: dir.path().join("store"),
+        config_file: None,
+        log_file: Some(dir.path().join("nats.log")),
+    };
+    let start = LocalCluster::start(
+        nats,
+        PathBuf::from(env!("CARGO_BIN_EXE_baton")),
+        "baton",
+        Logs::Dir(dir.path().join("logs")),
+    );
+    let mut cluster = within(START, "nats-server start", start)
+        .await
+        .expect("start nats-server (is it installed? see nats/install.sh)");
+    cluster.env("BATON_LOG", "info,baton=debug");
+    cluster.env("NO_COLOR", "1");
+    for (key, value) in env {
+        cluster.env(key, value);
+    }
+    cluster.spawn("broker", &["broker"]).expect("spawn broker");
+    for id in subagents {
+        cluster.spawn_subagent(id, &[]).expect("spawn subagent");
+    }
+    let bus = within(REQUEST, "client connect", cluster.client())
+        .await
+        .expect("client connects");
+    let harness = Harness { cluster, bus, dir };
+    let ready = harness
+        .cluster
+        .wait_for_subagents(&harness.bus, subagents.len());
+    if let Err(e) = within(START, "subagents available", ready).await {
+        harness.print_logs();
+        panic!("cluster did not come up: {e:#}");
+    }
+    harness
+}
+
+/// Awaits `fut`, panicking with `what` when it takes longer than `limit`.
+pub async fn within<F: Future>(limit: Duration, what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(output) => output,
+        Err(_) => panic!("timed out after {limit:?}: {what}"),
+    }
+}
+
+/// Polls `condition` until it yields `Some`, or panics naming `what` once
+/// `limit` has passed. Each poll is itself bounded by the remaining time.
+pub async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut condition: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Ok(Some(value)) = tokio::time::timeout_at(deadline, condition()).await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting until {what}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Polls `condition` until it holds, or panics naming `what` after `limit`.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let poll = || {
+        let fut = condition();
+        async move { fut.await.then_some(()) }
+    };
+    wait_for(limit, what, poll).await
+}
+
+/// Validates deploy-file text as `baton deploy` does and deploys it over the
+/// wire (`DeployRequest` on `{p}.api.deploy`).
+pub async fn deploy(bus: &Bus, toml_text: &str) -> DeployReply {
+    let jobs = baton::jobs::parse_deploy_file("test.toml", toml_text).expect("valid deploy file");
+    let request = DeployRequest { jobs };
+    let deploy = bus.request(bus.subjects().deploy(), &request, REQUEST);
+    within(REQUEST + Duration::from_secs(1), "deploy", deploy)
+        .await
+        .expect("deploy accepted")
+}
+
+/// Submits `job` with `params` over the wire and follows the order's events
+/// until it finishes: returns the `finished` event and the log lines before it.
+pub async fn run_to_finish(
+    bus: &Bus,
+    job: &str,
+    params: BTreeMap<String, String>,
+) -> (OrderFinished, Vec<TaskLog>) {
+    let s = bus.subjects().clone();
+    // subscribe before submitting, so no event is missed
+    let subscribe = bus.listen_raw(s.job_events(job));
+    let mut events = within(REQUEST, "subscribe", subscribe)
+        .await
+        .expect("subscribe to events");
+    let order = SubmitOrder {
+        job: job.into(),
+        params,
+        request_id: None,
+    };
+    let submit = bus.request(s.submit(), &order, REQUEST);
+    let reply: SubmitReply = within(REQUEST * 2, "submit", submit)
+        .await
+        .expect("submit accepted");
+    let mp = Encoding::MessagePack;
+    let follow = async {
+        let mut logs = Vec::new();
+        while let Some((subject, payload)) = events.next().await {
+            match s.parse_event(&subject) {
+                Some((_, id, kind)) if id == reply.order_id => match kind {
+                    EventKind::Log => logs.push(decode(mp, &payload).expect("log decodes")),
+                    EventKind::Finished => {
+                        return (decode(mp, &payload).expect("finished decodes"), logs)
+                    }
+                    EventKind::Accepted | EventKind::Started => {}
+                },
+                _ => {}
+            }
+        }
+        panic!("event subscription ended");
+    };
+    within(Duration::from_secs(30), "finished event", follow).await
+}
+
+/// `baton` (the binary under test) pointed at the harness's NATS and prefix.
+pub fn baton_cmd(harness: &Harness) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_baton"));
+    command
+        .arg("--nats-url")
+        .arg(harness.nats_url())
+        .arg("--prefix")
+        .arg("baton")
+        .env_remove("BATON_CONFIG")
+        .env("BATON_LOG", "warn");
+    command
+}
+
+/// Runs `baton <args>` against the harness and returns its output; the
+/// process is killed if it runs longer than `limit`.
+pub async fn run_baton(harness: &Harness, args: &[&str], limit: Duration) -> Output {
+    let mut command = tokio::process::Command::from(baton_cmd(harness));
+    command.args(args).kill_on_drop(true);
+    let what = format!("baton {}", args.join(" "));
+    within(limit, &what, command.output())
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"))
+}
+
+/// True when no process `pid` runs any more: it does not exist, or it is a
+/// zombie waiting for a parent that does not reap (PID 1 in some containers).
+pub fn process_gone(pid: i32) -> bool {
+    let pid_t = nix::unistd::Pid::from_raw(pid);
+    if nix::sys::signal::kill(pid_t, None).is_err() {
+        return true;
+    }
+    proc_state(pid).is_some_and(|state| state == 'Z' || state == 'X')
+}
+
+/// The state letter from `/proc/<pid>/stat` (after the parenthesised name).
+fn proc_state(pid: i32) -> Option<char> {
+    let stat =
+        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// A small deterministic generator for garbage payloads (xorshift64*).
+pub struct Garbage(u64);
+
+impl Garbage {
+    pub fn new(seed: u64) -> Garbage {
+        Garbage(seed.max(1))
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| (self.next() >> 56) as u8).collect()
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
