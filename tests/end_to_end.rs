@@ -83,6 +83,57 @@ fn record(seen: &mut HashMap<String, Seen>, s: &Subjects, subject: &str, payload
     false
 }
 
+/// A client made of async-nats and the wire types only, as a program in
+/// another language would be: no `Bus`, nothing of the broker's.
+struct PlainClient {
+    nats: async_nats::Client,
+}
+
+impl PlainClient {
+    async fn connect(url: &str) -> PlainClient {
+        let nats = within(REQUEST, "connect", async_nats::connect(url))
+            .await
+            .expect("plain client connects");
+        PlainClient { nats }
+    }
+
+    /// One request in JSON or MessagePack; an `error` key makes it an `ErrorReply`.
+    async fn request<Req, Resp>(
+        &self,
+        subject: String,
+        json: bool,
+        body: &Req,
+    ) -> Result<Resp, ErrorReply>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+    {
+        let mut headers = async_nats::HeaderMap::new();
+        let payload = if json {
+            headers.insert("Content-Type", "application/json");
+            serde_json::to_vec(body).unwrap()
+        } else {
+            rmp_serde::to_vec_named(body).unwrap()
+        };
+        let send = self
+            .nats
+            .request_with_headers(subject.clone(), headers, payload.into());
+        let reply = within(REQUEST, "plain request", send)
+            .await
+            .unwrap_or_else(|e| panic!("no reply on {subject}: {e}"));
+        let value: serde_json::Value = if json {
+            serde_json::from_slice(&reply.payload).expect("JSON reply to a JSON request")
+        } else {
+            rmp_serde::from_slice(&reply.payload).expect("MessagePack reply")
+        };
+        if value.get("error").is_some() {
+            Err(serde_json::from_value(value).expect("an ErrorReply"))
+        } else {
+            Ok(serde_json::from_value(value).expect("the reply type"))
+        }
+    }
+}
+
 async fn get_order(bus: &Bus, order_id: &str) -> Result<OrderInfo, baton::bus::BusError> {
     let request = GetOrder {
         order_id: order_id.to_string(),
@@ -111,38 +162,35 @@ async fn hundred_orders_from_a_plain_client() {
         params: required(&["n", "code"]),
         description: None,
     };
+    let client = PlainClient::connect(&h.nats_url()).await;
     let request = DeployRequest { jobs: vec![job] };
-    let deploy = bus.request::<_, DeployReply>(s.deploy(), &request, REQUEST);
-    let deployed = within(REQUEST * 2, "deploy", deploy).await.expect("deploy");
+    let deployed: DeployReply = client
+        .request(s.deploy(), true, &request)
+        .await
+        .expect("deploy");
     assert_eq!(deployed.deployed, vec!["echo-exit".to_string()]);
 
     // subscribe before submitting, so no event is missed
-    let mut events = within(
-        REQUEST,
-        "subscribe",
-        bus.listen_raw(s.job_events("echo-exit")),
-    )
-    .await
-    .expect("subscribe to events");
+    let subscribe = client.nats.subscribe("baton.events.echo-exit.>");
+    let mut events = within(REQUEST, "subscribe", subscribe)
+        .await
+        .expect("subscribe to events")
+        .map(|m| (m.subject.to_string(), m.payload));
 
     let submits = (0..ORDERS).map(|i| {
-        let encoding = if i % 2 == 0 {
-            Encoding::Json
-        } else {
-            Encoding::MessagePack
-        };
+        let json = i % 2 == 0;
         let code = if i % 3 == 0 { 1 } else { 0 };
         let order = SubmitOrder {
             job: "echo-exit".into(),
             params: params(&[("n", i.to_string()), ("code", code.to_string())]),
             request_id: None,
         };
-        let subject = s.submit();
+        let client = &client;
         async move {
-            let reply: SubmitReply = bus
-                .request_encoded(subject, encoding, &order, REQUEST)
+            let reply: SubmitReply = client
+                .request("baton.api.submit".into(), json, &order)
                 .await
-                .unwrap_or_else(|e| panic!("submit {i} ({encoding:?}) refused: {e}"));
+                .unwrap_or_else(|e| panic!("submit {i} (json: {json}) refused: {e}"));
             (i, code, reply)
         }
     });

@@ -204,7 +204,8 @@ impl Order {
                 if !live || !current(&task_id) {
                     return Ok(Applied::Stale);
                 }
-                if self.started_at_ms.is_none() {
+                // the subagent's own start time is the accurate one
+                if outcome.started_at_ms.is_some() {
                     self.started_at_ms = outcome.started_at_ms;
                 }
                 self.phase = if outcome.succeeded() {
