@@ -1,0 +1,213 @@
+//! Attacks on the subagent's promises: a task id never runs twice, one id
+//! belongs to one process, a restarted subagent's old tasks are not waited
+//! for, and a subagent started late gets work without restarting anything.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use baton::bus::BusError;
+use baton::protocol::*;
+use common::*;
+use nix::sys::signal::Signal;
+
+const MARKER_JOB: &str = r#"
+[[job]]
+name = "marker"
+program = "sh"
+args = ["-c", "echo run >> \"$BATON_PARAM_FILE\"; sleep 0.3"]
+[job.params.file]
+required = true
+"#;
+
+fn run_task(task_id: &str, file: &str) -> RunTask {
+    RunTask {
+        task_id: task_id.into(),
+        order_id: "not-an-order".into(),
+        job: "marker".into(),
+        attempt: 1,
+        program: "sh".into(),
+        args: vec!["-c".into(), format!("echo run >> {file}; sleep 0.5")],
+        env: BTreeMap::new(),
+        working_dir: None,
+        timeout_ms: None,
+        instance_id: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_task_sent_many_times_runs_once() {
+    let h = cluster(&["sub-a"]).await;
+    let file = h.scratch().join("runs");
+    let task = run_task("t-once", &file.display().to_string());
+    let subject = h.bus.subjects().run("sub-a");
+    // at once, and again after the first copy finished
+    let sends = (0..5).map(|_| {
+        let bus = h.bus.clone();
+        let (subject, task) = (subject.clone(), task.clone());
+        async move { bus.request::<_, RunAccepted>(subject, &task, REQUEST).await }
+    });
+    let replies = within(
+        REQUEST * 2,
+        "five dispatches",
+        futures::future::join_all(sends),
+    )
+    .await;
+    let accepted: Vec<RunAccepted> = replies
+        .into_iter()
+        .map(|r| r.expect("every dispatch is answered"))
+        .collect();
+    assert_eq!(
+        accepted.iter().filter(|a| !a.duplicate).count(),
+        1,
+        "exactly one dispatch started the task: {accepted:?}"
+    );
+    wait_until(Duration::from_secs(10), "the task ran", || {
+        std::future::ready(file.exists())
+    })
+    .await;
+    let bus = h.bus.clone();
+    let again = wait_for(Duration::from_secs(10), "the task finished", || {
+        let (bus, subject, task) = (bus.clone(), subject.clone(), task.clone());
+        async move {
+            let reply: Result<RunAccepted, _> = bus.request(subject, &task, REQUEST).await;
+            let status: StatusReply = bus
+                .request(bus.subjects().status(), &StatusRequest {}, REQUEST)
+                .await
+                .ok()?;
+            let idle = status.subagents.iter().all(|s| s.running == 0);
+            idle.then_some(reply)
+        }
+    })
+    .await;
+    assert!(
+        again.expect("answered").duplicate,
+        "a finished task is not started again"
+    );
+    let runs = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(runs.lines().count(), 1, "the task ran once: {runs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_the_same_id_stops() {
+    let mut h = cluster(&["sub-a"]).await;
+    h.cluster
+        .spawn("sub-a-twin", &["subagent", "--id", "sub-a"])
+        .expect("spawn twin");
+    let code =
+        tokio::task::block_in_place(|| h.cluster.wait_exit("sub-a-twin", Duration::from_secs(15)))
+            .expect("the twin exits by itself");
+    assert_eq!(code, Some(2), "the twin fails");
+    let log = std::fs::read_to_string(h.dir.path().join("logs/sub-a-twin.log")).unwrap();
+    assert!(
+        log.contains("another running subagent uses the id 'sub-a'"),
+        "{log}"
+    );
+
+    // the first one carries on
+    deploy(&h.bus, MARKER_JOB).await;
+    let file = h.scratch().join("runs").display().to_string();
+    let params = BTreeMap::from([("file".to_string(), file)]);
+    let (fin, _) = run_to_finish(&h.bus, "marker", params).await;
+    assert_eq!(fin.state, OrderState::Succeeded, "{fin:?}");
+    assert_eq!(fin.subagent_id.as_deref(), Some("sub-a"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subagent_restarted_under_its_id_fails_its_old_tasks_at_once() {
+    // a long timeout: the restart, not the silence, must reveal the loss
+    let slow = [("BATON_BROKER__SUBAGENT_TIMEOUT", "60s")];
+    let mut h = cluster_with_env(&["sub-a"], &slow).await;
+    deploy(
+        &h.bus,
+        "[[job]]\nname = \"long\"\nprogram = \"sleep\"\nargs = [\"60\"]\n",
+    )
+    .await;
+    let bus = h.bus.clone();
+    let order = SubmitOrder {
+        job: "long".into(),
+        params: BTreeMap::new(),
+        request_id: None,
+    };
+    let reply: SubmitReply = within(
+        REQUEST,
+        "submit",
+        bus.request(bus.subjects().submit(), &order, REQUEST),
+    )
+    .await
+    .expect("submit");
+    let order_state = |bus: baton::bus::Bus, id: String| async move {
+        let get = GetOrder { order_id: id };
+        bus.request::<_, OrderInfo>(bus.subjects().order_get(), &get, REQUEST)
+            .await
+            .ok()
+    };
+    wait_until(Duration::from_secs(10), "the order runs", || {
+        let f = order_state(bus.clone(), reply.order_id.clone());
+        async move { f.await.is_some_and(|o| o.state == OrderState::Running) }
+    })
+    .await;
+
+    h.cluster.signal("sub-a", Signal::SIGKILL).expect("kill -9");
+    h.cluster
+        .spawn_subagent("sub-a", &[])
+        .expect("restart sub-a");
+
+    let info = wait_for(Duration::from_secs(20), "the order failed", || {
+        let f = order_state(bus.clone(), reply.order_id.clone());
+        async move { f.await.filter(|o| o.state.is_final()) }
+    })
+    .await;
+    assert_eq!(info.state, OrderState::Failed, "{info:?}");
+    assert!(
+        info.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("subagent lost"),
+        "{info:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subagent_started_later_gets_tasks() {
+    let mut h = cluster(&["sub-a"]).await;
+    deploy(&h.bus, MARKER_JOB).await;
+    h.cluster.spawn_subagent("sub-late", &[]).expect("spawn");
+    within(
+        Duration::from_secs(15),
+        "two subagents",
+        h.cluster.wait_for_subagents(&h.bus, 2),
+    )
+    .await
+    .expect("sub-late registers");
+    let file = h.scratch().join("runs").display().to_string();
+    let mut ran_on = Vec::new();
+    for _ in 0..4 {
+        let params = BTreeMap::from([("file".to_string(), file.clone())]);
+        let (fin, _) = run_to_finish(&h.bus, "marker", params).await;
+        ran_on.push(fin.subagent_id.unwrap_or_default());
+    }
+    assert!(ran_on.iter().any(|s| s == "sub-late"), "{ran_on:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_for_an_earlier_process_is_not_started() {
+    let h = cluster(&["sub-a"]).await;
+    let file = h.scratch().join("runs");
+    let mut task = run_task("t-stale", &file.display().to_string());
+    task.instance_id = Some("01900000-0000-7000-8000-000000000000".into());
+    let subject = h.bus.subjects().run("sub-a");
+    let reply = within(
+        REQUEST * 2,
+        "stale dispatch",
+        h.bus
+            .request::<_, RunAccepted>(subject, &task, Duration::from_millis(500)),
+    )
+    .await;
+    assert!(
+        matches!(reply, Err(BusError::TimedOut { .. })),
+        "no answer: {reply:?}"
+    );
+    assert!(!file.exists(), "the task did not run");
+}
