@@ -48,10 +48,14 @@ pub struct NatsConfig {
 pub struct BrokerConfig {
     /// This broker's id; `broker-<hostname>-<pid>` when empty.
     pub id: String,
-    /// How often the broker publishes its heartbeat and checks subagents.
+    /// How often the broker publishes its heartbeat.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
-    /// A subagent silent for this long is declared lost.
+    /// How often the broker checks subagents' heartbeats (and probes late ones).
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+    /// A subagent silent for this long (and answering no probe) is declared
+    /// lost; one whose probe finds no responders is declared lost at once.
     #[serde(with = "humantime_serde")]
     pub subagent_timeout: Duration,
     /// How long to wait for a subagent to accept a task before trying again.
@@ -72,6 +76,14 @@ pub struct SubagentConfig {
     /// After SIGTERM, how long a task has before SIGKILL.
     #[serde(with = "humantime_serde")]
     pub kill_grace: Duration,
+    /// Hearing no broker for this long, the subagent kills its running tasks
+    /// (the broker then runs restartable ones elsewhere).
+    #[serde(with = "humantime_serde")]
+    pub orphan_timeout: Duration,
+    /// On SIGTERM or `baton subagent stop`, how long running tasks may take
+    /// to finish before they are killed.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
     /// How often an unacknowledged result is sent again.
     #[serde(with = "humantime_serde")]
     pub result_retry: Duration,
@@ -106,7 +118,8 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             id: String::new(),
-            heartbeat_interval: Duration::from_millis(500),
+            heartbeat_interval: Duration::from_millis(250),
+            check_interval: Duration::from_millis(100),
             subagent_timeout: Duration::from_secs(3),
             dispatch_timeout: Duration::from_secs(2),
         }
@@ -119,8 +132,10 @@ impl Default for SubagentConfig {
             id: String::new(),
             capacity: 4,
             labels: BTreeMap::new(),
-            heartbeat_interval: Duration::from_millis(500),
+            heartbeat_interval: Duration::from_millis(250),
             kill_grace: Duration::from_secs(5),
+            orphan_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(60),
             result_retry: Duration::from_secs(1),
             max_line_bytes: 16 * 1024,
         }
@@ -233,6 +248,11 @@ impl Config {
     /// Name of the KV bucket holding deployed jobs.
     pub fn jobs_bucket(&self) -> String {
         format!("{}_jobs", self.prefix)
+    }
+
+    /// Name of the KV bucket holding subagent clusters.
+    pub fn clusters_bucket(&self) -> String {
+        format!("{}_clusters", self.prefix)
     }
 
     /// Name of the KV bucket holding orders.

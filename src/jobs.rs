@@ -13,17 +13,46 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::protocol::subjects::is_valid_token;
-use crate::protocol::{JobSpec, ParamSpec};
+use crate::protocol::{ClusterMember, ClusterSpec, JobSpec, ParamSpec, SchedulingMode};
 
 /// Longest parameter value accepted, in bytes.
 pub const MAX_PARAM_BYTES: usize = 64 * 1024;
 
-/// A deploy file: `[[job]]` tables.
+/// A deploy file: `[[job]]` and `[[cluster]]` tables.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DeployFile {
     #[serde(default)]
     job: Vec<JobDef>,
+    #[serde(default)]
+    cluster: Vec<ClusterDef>,
+}
+
+/// One `[[cluster]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterDef {
+    name: String,
+    mode: SchedulingMode,
+    members: Vec<MemberDef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberDef {
+    #[serde(default)]
+    subagent: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    priority: i32,
+}
+
+/// What one or more deploy files define.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Deployment {
+    pub jobs: Vec<JobSpec>,
+    pub clusters: Vec<ClusterSpec>,
 }
 
 /// One `[[job]]` table as an operator writes it.
@@ -44,6 +73,14 @@ struct JobDef {
     params: BTreeMap<String, ParamDef>,
     #[serde(default)]
     description: Option<String>,
+    #[serde(default)]
+    cluster: Option<String>,
+    #[serde(default = "yes")]
+    restartable: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,10 +94,12 @@ struct ParamDef {
     description: Option<String>,
 }
 
-/// A job definition that is not valid, naming the job and the field.
+/// A definition that is not valid, naming the job (or cluster) and the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("job '{job}': field '{field}': {message}")]
+#[error("{kind} '{job}': field '{field}': {message}")]
 pub struct JobError {
+    /// "job" or "cluster".
+    pub kind: &'static str,
     pub job: String,
     pub field: String,
     pub message: String,
@@ -83,12 +122,12 @@ pub enum DeployFileError {
         #[source]
         source: JobError,
     },
-    #[error("{file}: no [[job]] table found")]
+    #[error("{file}: no [[job]] or [[cluster]] table found")]
     Empty { file: String },
 }
 
 /// Reads and validates a deploy file.
-pub fn load_deploy_file(path: &Path) -> Result<Vec<JobSpec>, DeployFileError> {
+pub fn load_deploy_file(path: &Path) -> Result<Deployment, DeployFileError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| DeployFileError::Read {
         file: file.clone(),
@@ -98,15 +137,45 @@ pub fn load_deploy_file(path: &Path) -> Result<Vec<JobSpec>, DeployFileError> {
 }
 
 /// Parses and validates deploy-file text; `file` is used in messages.
-pub fn parse_deploy_file(file: &str, text: &str) -> Result<Vec<JobSpec>, DeployFileError> {
+pub fn parse_deploy_file(file: &str, text: &str) -> Result<Deployment, DeployFileError> {
     let parsed: DeployFile = toml::from_str(text).map_err(|e| DeployFileError::Parse {
         file: file.to_string(),
         message: e.to_string().trim_end().to_string(),
     })?;
-    if parsed.job.is_empty() {
+    if parsed.job.is_empty() && parsed.cluster.is_empty() {
         return Err(DeployFileError::Empty {
             file: file.to_string(),
         });
+    }
+    let invalid = |source| DeployFileError::Invalid {
+        file: file.to_string(),
+        source,
+    };
+    let mut clusters: Vec<ClusterSpec> = Vec::new();
+    for def in parsed.cluster {
+        let spec = ClusterSpec {
+            name: def.name,
+            mode: def.mode,
+            members: def
+                .members
+                .into_iter()
+                .map(|m| ClusterMember {
+                    subagent: m.subagent,
+                    labels: m.labels,
+                    priority: m.priority,
+                })
+                .collect(),
+        };
+        validate_cluster(&spec).map_err(invalid)?;
+        if clusters.iter().any(|c| c.name == spec.name) {
+            return Err(invalid(JobError {
+                kind: "cluster",
+                job: spec.name.clone(),
+                field: "name".into(),
+                message: "defined twice in this file".into(),
+            }));
+        }
+        clusters.push(spec);
     }
     let mut seen = BTreeMap::new();
     let mut specs = Vec::with_capacity(parsed.job.len());
@@ -131,14 +200,13 @@ pub fn parse_deploy_file(file: &str, text: &str) -> Result<Vec<JobSpec>, DeployF
                 })
                 .collect(),
             description: def.description,
-        };
-        let invalid = |source| DeployFileError::Invalid {
-            file: file.to_string(),
-            source,
+            cluster: def.cluster,
+            restartable: def.restartable,
         };
         validate_job(&spec).map_err(invalid)?;
         if seen.insert(spec.name.clone(), ()).is_some() {
             return Err(invalid(JobError {
+                kind: "job",
                 job: spec.name.clone(),
                 field: "name".into(),
                 message: "defined twice in this file".into(),
@@ -146,12 +214,52 @@ pub fn parse_deploy_file(file: &str, text: &str) -> Result<Vec<JobSpec>, DeployF
         }
         specs.push(spec);
     }
-    Ok(specs)
+    Ok(Deployment {
+        jobs: specs,
+        clusters,
+    })
+}
+
+/// Checks one cluster definition; the broker runs this on every deploy too.
+pub fn validate_cluster(cluster: &ClusterSpec) -> Result<(), JobError> {
+    let err = |field: String, message: String| JobError {
+        kind: "cluster",
+        job: cluster.name.clone(),
+        field,
+        message,
+    };
+    if !is_valid_token(&cluster.name) {
+        return Err(err(
+            "name".into(),
+            "must be 1-64 letters, digits, '-' or '_'".into(),
+        ));
+    }
+    if cluster.members.is_empty() {
+        return Err(err(
+            "members".into(),
+            "list at least one member: { subagent = \"ID\" } or { labels = { KEY = \"VALUE\" } }"
+                .into(),
+        ));
+    }
+    for (i, member) in cluster.members.iter().enumerate() {
+        let field = format!("members[{i}]");
+        match &member.subagent {
+            Some(id) if !is_valid_token(id) => {
+                return Err(err(field, format!("subagent id {id:?} is not a valid id")))
+            }
+            None if member.labels.is_empty() => {
+                return Err(err(field, "name a subagent or labels".into()))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Checks one job definition; the broker runs this on every deploy too.
 pub fn validate_job(job: &JobSpec) -> Result<(), JobError> {
     let err = |field: &str, message: String| JobError {
+        kind: "job",
         job: job.name.clone(),
         field: field.to_string(),
         message,
@@ -167,6 +275,9 @@ pub fn validate_job(job: &JobSpec) -> Result<(), JobError> {
     }
     if job.program.contains('\0') || job.args.iter().any(|a| a.contains('\0')) {
         return Err(err("args", "must not contain NUL bytes".into()));
+    }
+    if job.cluster.as_deref().is_some_and(|c| !is_valid_token(c)) {
+        return Err(err("cluster", "not a valid cluster name".into()));
     }
     if job.timeout_ms == Some(0) {
         return Err(err("timeout", "must be longer than zero".into()));
@@ -334,8 +445,9 @@ default = "world"
 
     #[test]
     fn parses_and_converts() {
-        let jobs = parse_deploy_file("jobs.toml", GOOD).unwrap();
+        let jobs = parse_deploy_file("jobs.toml", GOOD).unwrap().jobs;
         assert_eq!(jobs.len(), 1);
+        assert!(jobs[0].restartable);
         assert_eq!(jobs[0].timeout_ms, Some(30_000));
         assert_eq!(jobs[0].params["who"].default.as_deref(), Some("world"));
     }
@@ -372,7 +484,7 @@ default = "world"
 
     #[test]
     fn params_are_checked_and_substituted() {
-        let job = &parse_deploy_file("f", GOOD).unwrap()[0];
+        let job = &parse_deploy_file("f", GOOD).unwrap().jobs[0];
         let mut given = BTreeMap::new();
         given.insert("who".to_string(), "Ann; rm -rf /".to_string());
         let params = resolve_params(job, &given).unwrap();
@@ -392,9 +504,41 @@ default = "world"
     }
 
     #[test]
+    fn clusters_parse_and_validate() {
+        let text = r#"
+[[cluster]]
+name = "main"
+mode = "fixed-priority"
+members = [{ subagent = "sub-1", priority = 2 }, { labels = { zone = "b" } }]
+
+[[job]]
+name = "x"
+program = "true"
+cluster = "main"
+restartable = false
+"#;
+        let d = parse_deploy_file("f.toml", text).unwrap();
+        assert_eq!(d.clusters[0].mode, SchedulingMode::FixedPriority);
+        assert_eq!(d.clusters[0].members[0].priority, 2);
+        assert_eq!(d.jobs[0].cluster.as_deref(), Some("main"));
+        assert!(!d.jobs[0].restartable);
+
+        let bad = text.replace("{ labels = { zone = \"b\" } }", "{ priority = 1 }");
+        let e = parse_deploy_file("f.toml", &bad).unwrap_err().to_string();
+        assert!(
+            e.contains("cluster 'main'") && e.contains("members[1]"),
+            "{e}"
+        );
+
+        let bad = text.replace("fixed-priority", "random");
+        let e = parse_deploy_file("f.toml", &bad).unwrap_err().to_string();
+        assert!(e.contains("random"), "{e}");
+    }
+
+    #[test]
     fn required_params_must_be_given() {
         let text = GOOD.replace("[job.params.mood]", "[job.params.mood]\nrequired = true");
-        let job = &parse_deploy_file("f", &text).unwrap()[0];
+        let job = &parse_deploy_file("f", &text).unwrap().jobs[0];
         let e = resolve_params(job, &BTreeMap::new()).unwrap_err();
         assert_eq!(
             e,

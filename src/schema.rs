@@ -67,6 +67,15 @@ wire_types![
     TaskStarted,
     TaskLog,
     OrderFinished,
+    SubagentControl,
+    SubagentControlReply,
+    Leave,
+    Left,
+    Ping,
+    Pong,
+    StopSubagent,
+    Stopping,
+    SubagentChanged,
 ];
 
 /// The kinds of process on the bus.
@@ -147,6 +156,16 @@ const CHANNELS: &[Channel] = {
         "Look up one order and its current state."),
     channel("status", "{prefix}.api.status", ("StatusRequest", Some("StatusReply")), (Client, Broker), true,
         "Ask the broker for the cluster's state: subagents, jobs, order counts."),
+    channel("subagentControl", "{prefix}.api.subagent.control", ("SubagentControl", Some("SubagentControlReply")), (Client, Broker), true,
+        "Switch-over by an operator: disable, enable or stop (drain) a subagent."),
+    channel("leave", "{prefix}.broker.leave", ("Leave", Some("Left")), (Subagent, Broker), false,
+        "A drained subagent leaves normally; this is not a failure."),
+    channel("ping", "{prefix}.subagent.{subagent_id}.ping", ("Ping", Some("Pong")), (Broker, Subagent), false,
+        "Liveness probe when heartbeats are late: a killed subagent has no responders, a busy one answers late."),
+    channel("stop", "{prefix}.subagent.{subagent_id}.stop", ("StopSubagent", Some("Stopping")), (Broker, Subagent), false,
+        "Drain and exit, as on SIGTERM."),
+    channel("subagentChanged", "{prefix}.cluster.subagent.{subagent_id}", ("SubagentChanged", None), (Broker, Client), false,
+        "Event: a subagent joined, was lost, came back, was disabled or enabled, is draining, or left."),
     channel("register", "{prefix}.broker.register", ("Register", Some("Registered")), (Subagent, Broker), false,
         "A subagent introduces itself when it starts, retrying until a broker answers."),
     channel("result", "{prefix}.broker.result", ("TaskResult", Some("ResultAck")), (Subagent, Broker), false,
@@ -592,6 +611,11 @@ mod tests {
             s.run("SUBAGENT"),
             s.subagent_heartbeat("SUBAGENT"),
             s.broker_heartbeat(),
+            s.subagent_control(),
+            s.leave(),
+            s.ping("SUBAGENT"),
+            s.stop("SUBAGENT"),
+            s.subagent_changed("SUBAGENT"),
         ]
         .into_iter()
         .collect();
@@ -601,6 +625,7 @@ mod tests {
         let addresses = concrete_addresses();
         for wildcard in [
             s.subagent_heartbeats(),
+            s.subagent_changes(),
             s.all_events(),
             s.job_events("JOB"),
             s.order_events("ORDER"),

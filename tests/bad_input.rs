@@ -263,6 +263,10 @@ async fn garbage_on_every_subject_keeps_the_cluster_working() {
         running: Vec::new(),
         sent_at_ms: 1,
         protocol: PROTOCOL_VERSION,
+        load: None,
+        draining: false,
+        heartbeat_interval_ms: 250,
+        orphan_timeout_ms: 15_000,
     };
     let odd = Bytes::from(rmp_serde::to_vec_named(&odd).unwrap());
     let publish = h.bus.publish_raw(s.subagent_heartbeat("y"), odd);

@@ -161,9 +161,14 @@ async fn hundred_orders_from_a_plain_client() {
         timeout_ms: Some(30_000),
         params: required(&["n", "code"]),
         description: None,
+        cluster: None,
+        restartable: true,
     };
     let client = PlainClient::connect(&h.nats_url()).await;
-    let request = DeployRequest { jobs: vec![job] };
+    let request = DeployRequest {
+        jobs: vec![job],
+        clusters: vec![],
+    };
     let deployed: DeployReply = client
         .request(s.deploy(), true, &request)
         .await
@@ -418,6 +423,7 @@ async fn kill_9_subagent_kills_its_tasks() {
 name = "pid-sleeper"
 program = "sh"
 args = ["-c", "echo $$ > \"$BATON_PARAM_FILE.tmp\" && mv \"$BATON_PARAM_FILE.tmp\" \"$BATON_PARAM_FILE\" && exec sleep 60"]
+restartable = false
 [job.params.file]
 required = true
 "#;

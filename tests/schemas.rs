@@ -69,11 +69,14 @@ fn every_example_decodes_as_its_type() {
         "StatusRequest",
         "StatusReply",
         "ErrorReply",
+        "SubagentControl",
+        "SubagentControlReply",
         // events
         "OrderAccepted",
         "TaskStarted",
         "TaskLog",
         "OrderFinished",
+        "SubagentChanged",
         // the cluster's own traffic a reimplementation needs most
         "RunTask",
         "TaskResult",

@@ -115,47 +115,57 @@ async fn a_second_process_with_the_same_id_stops() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subagent_restarted_under_its_id_fails_its_old_tasks_at_once() {
+async fn a_subagent_restarted_under_its_id_reruns_its_old_tasks_at_once() {
     // a long timeout: the restart, not the silence, must reveal the loss
     let slow = [("BATON_BROKER__SUBAGENT_TIMEOUT", "60s")];
     let mut h = cluster_with_env(&["sub-a"], &slow).await;
-    deploy(
-        &h.bus,
-        "[[job]]\nname = \"long\"\nprogram = \"sleep\"\nargs = [\"60\"]\n",
-    )
-    .await;
+    let jobs = "[[job]]\nname = \"long\"\nprogram = \"sleep\"\nargs = [\"60\"]\n\n\
+                [[job]]\nname = \"once\"\nprogram = \"sleep\"\nargs = [\"60\"]\nrestartable = false\n";
+    deploy(&h.bus, jobs).await;
     let bus = h.bus.clone();
-    let order = SubmitOrder {
-        job: "long".into(),
-        params: BTreeMap::new(),
-        request_id: None,
-    };
-    let reply: SubmitReply = within(
-        REQUEST,
-        "submit",
-        bus.request(bus.subjects().submit(), &order, REQUEST),
-    )
-    .await
-    .expect("submit");
+    let mut orders = Vec::new();
+    for job in ["long", "once"] {
+        let order = SubmitOrder {
+            job: job.into(),
+            params: BTreeMap::new(),
+            request_id: None,
+        };
+        let submit = bus.request(bus.subjects().submit(), &order, REQUEST);
+        let reply: SubmitReply = within(REQUEST, "submit", submit).await.expect("submit");
+        orders.push(reply.order_id);
+    }
     let order_state = |bus: baton::bus::Bus, id: String| async move {
         let get = GetOrder { order_id: id };
         bus.request::<_, OrderInfo>(bus.subjects().order_get(), &get, REQUEST)
             .await
             .ok()
     };
-    wait_until(Duration::from_secs(10), "the order runs", || {
-        let f = order_state(bus.clone(), reply.order_id.clone());
-        async move { f.await.is_some_and(|o| o.state == OrderState::Running) }
-    })
-    .await;
+    for id in &orders {
+        wait_until(Duration::from_secs(10), "the orders run", || {
+            let f = order_state(bus.clone(), id.clone());
+            async move { f.await.is_some_and(|o| o.state == OrderState::Running) }
+        })
+        .await;
+    }
 
     h.cluster.signal("sub-a", Signal::SIGKILL).expect("kill -9");
     h.cluster
         .spawn_subagent("sub-a", &[])
         .expect("restart sub-a");
 
+    // the restartable one runs again, as attempt 2, on the new process
+    let rerun = wait_for(Duration::from_secs(20), "the order runs again", || {
+        let f = order_state(bus.clone(), orders[0].clone());
+        async move {
+            f.await
+                .filter(|o| o.state == OrderState::Running && o.attempt == 2)
+        }
+    })
+    .await;
+    assert_eq!(rerun.subagent_id.as_deref(), Some("sub-a"));
+    // the other one fails
     let info = wait_for(Duration::from_secs(20), "the order failed", || {
-        let f = order_state(bus.clone(), reply.order_id.clone());
+        let f = order_state(bus.clone(), orders[1].clone());
         async move { f.await.filter(|o| o.state.is_final()) }
     })
     .await;

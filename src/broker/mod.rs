@@ -1,18 +1,19 @@
 //! The Broker: the one place that decides. It keeps the registry of subagents
-//! from their registrations and heartbeats, holds deployed jobs and orders,
-//! and chooses which subagent runs each task.
+//! from their registrations, heartbeats and probes, holds deployed jobs,
+//! subagent clusters and orders, and chooses which subagent runs each task.
 //!
 //! The actor only decodes, calls the pure parts ([`order_book`], [`registry`],
 //! [`placement`]) and acts: it publishes, requests and writes to JetStream.
 //! Every handler returns at once; IO runs as spawned futures whose results
-//! come back into the actor.
+//! come back into the actor. Client-facing requests are in `requests.rs`.
 
 pub mod order_book;
 pub mod placement;
 pub mod registry;
+mod requests;
 
-use std::collections::HashMap;
-use std::time::Instant;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::stream::{self, LocalBoxStream, StreamExt};
@@ -24,10 +25,14 @@ use crate::jobs;
 use crate::protocol::*;
 use crate::time::now_ms;
 use order_book::{Applied, Order, OrderBook, OrderEvent, Outcome, Phase};
-use registry::{Registry, Seen, Sighting};
+use registry::{Check, Registry, Seen, Sighting};
 
 /// Final orders kept in memory for lookups; older ones are read from JetStream.
 const KEEP_FINISHED: usize = 10_000;
+/// Added to a subagent's own orphan timeout before its tasks count as dead.
+const ORPHAN_MARGIN: Duration = Duration::from_secs(1);
+/// How long a liveness probe waits for its answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Everything that reaches the broker from NATS.
 enum Input {
@@ -35,10 +40,13 @@ enum Input {
     Deploy(Request<DeployRequest>),
     GetOrder(Request<GetOrder>),
     Status(Request<StatusRequest>),
+    Control(Request<SubagentControl>),
     Register(Request<Register>),
+    Leave(Request<Leave>),
     Result(Request<TaskResult>),
     Heartbeat(Received<SubagentHeartbeat>),
     Job(KvChange<JobSpec>),
+    Cluster(KvChange<ClusterSpec>),
 }
 
 impl Message for Input {
@@ -51,16 +59,20 @@ pub struct Broker {
     id: String,
     started_at_ms: u64,
     jobs: HashMap<String, JobSpec>,
+    clusters: HashMap<String, ClusterSpec>,
     jobs_kv: Kv<JobSpec>,
+    clusters_kv: Kv<ClusterSpec>,
     orders_kv: Kv<OrderInfo>,
     book: OrderBook,
     registry: Registry,
-    last_placed: Option<String>,
+    /// The member each cluster chose last ("" for jobs without a cluster).
+    last_placed: HashMap<String, String>,
 }
 
-/// Connects, subscribes and starts the broker in the current actix System.
+/// Subscribes and starts the broker in the current actix System.
 pub async fn start(config: Config, bus: Bus) -> Result<Addr<Broker>, BusError> {
     let jobs_kv: Kv<JobSpec> = bus.kv(&config.jobs_bucket()).await?;
+    let clusters_kv: Kv<ClusterSpec> = bus.kv(&config.clusters_bucket()).await?;
     let orders_kv: Kv<OrderInfo> = bus.kv(&config.orders_bucket()).await?;
     let s = bus.subjects().clone();
     let inputs: Vec<LocalBoxStream<'static, Input>> = vec![
@@ -80,10 +92,15 @@ pub async fn start(config: Config, bus: Bus) -> Result<Addr<Broker>, BusError> {
             .await?
             .map(Input::Status)
             .boxed_local(),
+        bus.serve(s.subagent_control())
+            .await?
+            .map(Input::Control)
+            .boxed_local(),
         bus.serve(s.register())
             .await?
             .map(Input::Register)
             .boxed_local(),
+        bus.serve(s.leave()).await?.map(Input::Leave).boxed_local(),
         bus.serve(s.result())
             .await?
             .map(Input::Result)
@@ -93,6 +110,7 @@ pub async fn start(config: Config, bus: Bus) -> Result<Addr<Broker>, BusError> {
             .map(Input::Heartbeat)
             .boxed_local(),
         jobs_kv.watch().await?.map(Input::Job).boxed_local(),
+        clusters_kv.watch().await?.map(Input::Cluster).boxed_local(),
     ];
     let id = config.broker_id();
     info!(broker = %id, prefix = %s.prefix(), "broker started");
@@ -104,11 +122,13 @@ pub async fn start(config: Config, bus: Bus) -> Result<Addr<Broker>, BusError> {
             id,
             started_at_ms: now_ms(),
             jobs: HashMap::new(),
+            clusters: HashMap::new(),
             jobs_kv,
+            clusters_kv,
             orders_kv,
             book: OrderBook::new(KEEP_FINISHED),
             registry: Registry::default(),
-            last_placed: None,
+            last_placed: HashMap::new(),
         }
     }))
 }
@@ -117,8 +137,11 @@ impl Actor for Broker {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(self.config.broker.heartbeat_interval, |act, ctx| {
-            act.tick(ctx)
+        ctx.run_interval(self.config.broker.heartbeat_interval, |act, _| {
+            act.publish_heartbeat()
+        });
+        ctx.run_interval(self.config.broker.check_interval, |act, ctx| {
+            act.check_liveness(ctx)
         });
     }
 }
@@ -130,10 +153,13 @@ impl StreamHandler<Input> for Broker {
             Input::Deploy(r) => self.on_deploy(r, ctx),
             Input::GetOrder(r) => self.on_get_order(r, ctx),
             Input::Status(r) => self.on_status(r),
+            Input::Control(r) => self.on_control(r, ctx),
             Input::Register(r) => self.on_register(r, ctx),
+            Input::Leave(r) => self.on_leave(r),
             Input::Result(r) => self.on_result(r, ctx),
             Input::Heartbeat(h) => self.on_heartbeat(h.body, ctx),
             Input::Job(change) => self.on_job_change(change),
+            Input::Cluster(change) => self.on_cluster_change(change),
         }
     }
 
@@ -148,128 +174,103 @@ impl Broker {
         self.bus.reply(replier, &ErrorReply::new(code, message));
     }
 
-    fn on_submit(&mut self, req: Request<SubmitOrder>, ctx: &mut Context<Self>) {
-        let SubmitOrder {
-            job,
-            params,
-            request_id,
-        } = req.body;
-        if let Some(existing) = request_id
-            .as_deref()
-            .and_then(|r| self.book.by_request_id(r))
+    /// Hands queued orders to subagents, oldest first. An order whose
+    /// cluster has no room waits without holding up other clusters' orders.
+    fn dispatch(&mut self, ctx: &mut Context<Self>) {
+        let mut blocked: HashSet<String> = HashSet::new();
+        let mut plans = Vec::new();
+        let mut refused = Vec::new();
         {
-            let reply = SubmitReply {
-                order_id: existing.id.clone(),
-                job: existing.job.clone(),
-                state: existing.phase.wire(),
-                duplicate: true,
-            };
-            self.bus.reply(&req.replier, &reply);
-            return;
-        }
-        let Some(spec) = self.jobs.get(&job) else {
-            let message = format!(
-                "no job named '{job}' is deployed (deployed: {}); deploy it with `baton deploy FILE.toml`",
-                self.job_names().join(", ")
-            );
-            return self.error(&req.replier, ErrorCode::UnknownJob, message);
-        };
-        let params = match jobs::resolve_params(spec, &params) {
-            Ok(params) => params,
-            Err(e) => return self.error(&req.replier, ErrorCode::InvalidParam, e.to_string()),
-        };
-        let order_id = uuid::Uuid::now_v7().to_string();
-        let order = Order::new(order_id.clone(), job, params, request_id, now_ms());
-        let info = order.info();
-        let failed_id = order_id.clone();
-        self.book.insert(order);
-        let kv = self.orders_kv.clone();
-        let replier = req.replier;
-        let write = async move { kv.put(&order_id, &info).await.map(|_| info) };
-        ctx.spawn(write.into_actor(self).map(move |written, act, ctx| {
-            match written {
-                Ok(info) => {
-                    act.book.enqueue(&info.order_id);
-                    let reply = SubmitReply {
-                        order_id: info.order_id.clone(),
-                        job: info.job.clone(),
-                        state: OrderState::Accepted,
-                        duplicate: false,
-                    };
-                    act.bus.reply(&replier, &reply);
-                    let event = OrderAccepted {
-                        order_id: info.order_id.clone(),
-                        job: info.job.clone(),
-                        params: info.params,
-                        at_ms: info.accepted_at_ms,
-                    };
-                    let s = act.bus.subjects();
-                    act.bus.post(
-                        s.event(&event.job, &event.order_id, EventKind::Accepted),
-                        &event,
-                    );
-                    act.dispatch(ctx);
+            // decide on a snapshot, then act: placement reads the registry
+            let mut taken: HashMap<String, u32> = HashMap::new();
+            for order in self.book.queued() {
+                let Some(spec) = self.jobs.get(&order.job) else {
+                    refused.push((order.id.clone(), order.job.clone()));
+                    continue;
+                };
+                let key = spec.cluster.clone().unwrap_or_default();
+                if blocked.contains(&key) {
+                    continue;
                 }
-                Err(e) => {
-                    warn!(error = %e, "order not stored; submit refused");
-                    act.book.remove(&failed_id);
-                    act.error(
-                        &replier,
-                        ErrorCode::Unavailable,
-                        format!("the order could not be stored in JetStream, nothing was accepted: {e}"),
-                    );
+                let cluster = spec.cluster.as_ref().and_then(|c| self.clusters.get(c));
+                if spec.cluster.is_some() && cluster.is_none() {
+                    blocked.insert(key);
+                    continue;
                 }
+                let mode = cluster.map_or(SchedulingMode::RoundRobin, |c| c.mode);
+                let members: Vec<_> = placement::members(cluster, self.registry.iter())
+                    .into_iter()
+                    .filter(|m| taken.get(&m.subagent.id).copied().unwrap_or(0) < m.subagent.free())
+                    .collect();
+                let last = self.last_placed.get(&key).map(String::as_str);
+                let Some(subagent) = placement::choose(mode, &members, last) else {
+                    blocked.insert(key);
+                    continue;
+                };
+                *taken.entry(subagent.id.clone()).or_default() += 1;
+                self.last_placed.insert(key, subagent.id.clone());
+                plans.push((
+                    order.id.clone(),
+                    subagent.id.clone(),
+                    subagent.instance_id.clone(),
+                ));
             }
-        }));
+        }
+        for (order_id, job) in refused {
+            let reason = format!("job '{job}' is no longer deployed");
+            let event = OrderEvent::Refused {
+                reason,
+                at_ms: now_ms(),
+            };
+            if let Ok(Applied::Moved { .. }) = self.book.apply(&order_id, event) {
+                self.finish(&order_id, None, ctx);
+            }
+        }
+        for (order_id, subagent_id, instance_id) in plans {
+            self.dispatch_one(&order_id, subagent_id, instance_id, ctx);
+        }
+        if self.book.queue_len() > 1024 {
+            self.book.compact_queue();
+        }
     }
 
-    /// Hands queued orders to subagents while both exist.
-    fn dispatch(&mut self, ctx: &mut Context<Self>) {
-        while let Some(order) = self.book.next_queued() {
-            let order_id = order.id.clone();
-            let Some(spec) = self.jobs.get(&order.job) else {
-                let reason = format!("job '{}' is no longer deployed", order.job);
-                let event = OrderEvent::Refused {
-                    reason,
-                    at_ms: now_ms(),
-                };
-                if let Ok(Applied::Moved { .. }) = self.book.apply(&order_id, event) {
-                    self.finish(&order_id, None, ctx);
-                }
-                continue;
-            };
-            let Some(subagent) =
-                placement::round_robin(self.registry.iter(), self.last_placed.as_deref())
-            else {
-                break;
-            };
-            let (args, env) = jobs::command_for(spec, &order.id, &order.params);
-            let run = RunTask {
-                task_id: order.next_task_id(),
-                order_id: order.id.clone(),
-                job: order.job.clone(),
-                attempt: order.attempt + 1,
-                program: spec.program.clone(),
-                args,
-                env,
-                working_dir: spec.working_dir.clone(),
-                timeout_ms: spec.timeout_ms,
-                instance_id: Some(subagent.instance_id.clone()),
-            };
-            let subagent_id = subagent.id.clone();
-            let event = OrderEvent::Dispatched {
-                task_id: run.task_id.clone(),
-                subagent_id: subagent_id.clone(),
-            };
-            if let Err(e) = self.book.apply(&order_id, event) {
-                warn!(order = %order_id, error = %e, "dispatch refused by the order book");
-                continue;
-            }
-            self.registry.assign(&subagent_id, &run.task_id);
-            self.last_placed = Some(subagent_id.clone());
-            debug!(order = %order_id, subagent = %subagent_id, "dispatching");
-            self.send_run(subagent_id, run, ctx);
+    fn dispatch_one(
+        &mut self,
+        order_id: &str,
+        subagent_id: String,
+        instance_id: String,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(order) = self.book.get(order_id) else {
+            return;
+        };
+        let Some(spec) = self.jobs.get(&order.job) else {
+            return;
+        };
+        let (args, env) = jobs::command_for(spec, &order.id, &order.params);
+        let run = RunTask {
+            task_id: order.next_task_id(),
+            order_id: order.id.clone(),
+            job: order.job.clone(),
+            attempt: order.attempt + 1,
+            program: spec.program.clone(),
+            args,
+            env,
+            working_dir: spec.working_dir.clone(),
+            timeout_ms: spec.timeout_ms,
+            instance_id: Some(instance_id),
+        };
+        let event = OrderEvent::Dispatched {
+            task_id: run.task_id.clone(),
+            subagent_id: subagent_id.clone(),
+        };
+        if let Err(e) = self.book.apply(order_id, event) {
+            warn!(order = %order_id, error = %e, "dispatch refused by the order book");
+            return;
         }
+        self.registry.assign(&subagent_id, &run.task_id);
+        debug!(order = %order_id, subagent = %subagent_id, attempt = run.attempt, "dispatching");
+        self.send_run(subagent_id, run, ctx);
     }
 
     fn send_run(&mut self, subagent_id: String, run: RunTask, ctx: &mut Context<Self>) {
@@ -304,10 +305,9 @@ impl Broker {
         }
         match reply {
             Ok(accepted) => {
-                let at_ms = now_ms();
                 let event = OrderEvent::Started {
                     task_id: run.task_id.clone(),
-                    at_ms,
+                    at_ms: now_ms(),
                 };
                 if let Err(e) = self.book.apply(&run.order_id, event) {
                     warn!(task = %run.task_id, pid = ?accepted.pid, error = %e, "start not recorded");
@@ -317,7 +317,7 @@ impl Broker {
                 if self
                     .registry
                     .get(&subagent_id)
-                    .is_some_and(|s| s.state == SubagentState::Available) =>
+                    .is_some_and(|s| s.state() != SubagentState::Lost) =>
             {
                 // it may have the task already; the same task id is safe to resend
                 debug!(task = %run.task_id, subagent = %subagent_id, "dispatch timed out; resending");
@@ -457,6 +457,10 @@ impl Broker {
             instance_id: &r.instance_id,
             labels: &r.labels,
             capacity: r.capacity,
+            load: None,
+            draining: false,
+            heartbeat_interval: interval_or(r.heartbeat_interval_ms, &self.config),
+            orphan_timeout: Duration::from_millis(r.orphan_timeout_ms),
         };
         let seen = self.registry.seen(sighting, Instant::now());
         info!(subagent = %r.subagent_id, capacity = r.capacity, host = ?r.hostname, "subagent registered");
@@ -465,183 +469,216 @@ impl Broker {
             &req.replier,
             &Registered {
                 broker_id: self.id.clone(),
-                heartbeat_interval_ms: self.config.subagent.heartbeat_interval.as_millis() as u64,
+                heartbeat_interval_ms: self.config.broker.heartbeat_interval.as_millis() as u64,
             },
         );
-        self.after_seen(&subagent_id, seen, ctx);
+        self.after_seen(&subagent_id, seen, &[], ctx);
     }
 
     fn on_heartbeat(&mut self, hb: SubagentHeartbeat, ctx: &mut Context<Self>) {
         if !subjects::is_valid_token(&hb.subagent_id) {
             return;
         }
+        let before = self.registry.get(&hb.subagent_id).map(|s| s.state());
         let sighting = Sighting {
             id: &hb.subagent_id,
             instance_id: &hb.instance_id,
             labels: &hb.labels,
             capacity: hb.capacity,
+            load: hb.load,
+            draining: hb.draining,
+            heartbeat_interval: interval_or(hb.heartbeat_interval_ms, &self.config),
+            orphan_timeout: Duration::from_millis(hb.orphan_timeout_ms),
         };
         let seen = self.registry.seen(sighting, Instant::now());
-        if seen == Seen::New {
-            info!(subagent = %hb.subagent_id, "subagent joined by heartbeat");
+        let after = self.registry.get(&hb.subagent_id).map(|s| s.state());
+        if after == Some(SubagentState::Draining) && before != after {
+            info!(subagent = %hb.subagent_id, "subagent draining");
+            self.announce(
+                &hb.subagent_id,
+                SubagentState::Draining,
+                "draining: stopping normally",
+            );
         }
-        self.after_seen(&hb.subagent_id, seen, ctx);
+        self.after_seen(&hb.subagent_id, seen, &hb.running, ctx);
     }
 
-    fn after_seen(&mut self, subagent_id: &str, seen: Seen, ctx: &mut Context<Self>) {
+    fn after_seen(&mut self, id: &str, seen: Seen, running: &[String], ctx: &mut Context<Self>) {
         match seen {
-            Seen::Returned => info!(subagent = %subagent_id, "lost subagent is back"),
-            Seen::Restarted { lost_tasks } => {
-                warn!(subagent = %subagent_id, tasks = lost_tasks.len(), "subagent restarted; its tasks died with it");
-                self.lose_tasks(subagent_id, ctx);
+            Seen::New => {
+                info!(subagent = %id, "subagent joined");
+                self.announce(id, SubagentState::Available, "joined");
             }
-            Seen::New | Seen::Alive => {}
+            Seen::Returned => {
+                info!(subagent = %id, "lost subagent is back");
+                self.announce(id, SubagentState::Available, "back");
+                for order_id in self.book.on_subagent(id) {
+                    let event = OrderEvent::SubagentReturned {
+                        subagent_id: id.to_string(),
+                        running: running.to_vec(),
+                    };
+                    if let Ok(Applied::Moved { .. }) = self.book.apply(&order_id, event) {
+                        if let Some(task) = self.book.get(&order_id).and_then(|o| o.task_id.clone())
+                        {
+                            self.registry.assign(id, &task);
+                        }
+                    }
+                }
+            }
+            Seen::Restarted { lost_tasks } => {
+                warn!(subagent = %id, tasks = lost_tasks.len(), "subagent restarted; its tasks died with it");
+                self.announce(id, SubagentState::Available, "restarted");
+                self.lose_tasks(id, true, ctx);
+            }
+            Seen::Alive => {}
         }
         self.dispatch(ctx);
     }
 
-    /// Orders whose task was on a dead subagent: back to the queue when the
-    /// task was never confirmed, failed when it was running.
-    fn lose_tasks(&mut self, subagent_id: &str, ctx: &mut Context<Self>) {
-        for order_id in self.book.on_subagent(subagent_id) {
+    /// Publishes a subagent's new state for anyone watching.
+    fn announce(&self, id: &str, state: SubagentState, reason: &str) {
+        let event = SubagentChanged {
+            subagent_id: id.to_string(),
+            state,
+            reason: reason.to_string(),
+            at_ms: now_ms(),
+        };
+        self.bus
+            .post(self.bus.subjects().subagent_changed(id), &event);
+    }
+
+    /// A subagent is gone. `dead`: it vanished at once, so its tasks died
+    /// with it; otherwise they are in doubt until its orphan timeout passes.
+    fn declare_lost(&mut self, id: &str, dead: bool, ctx: &mut Context<Self>) {
+        let Some(tasks) = self.registry.declare_lost(id) else {
+            return;
+        };
+        let how = if dead {
+            "lost: no responders (killed or crashed)"
+        } else {
+            "lost: silent, unreachable"
+        };
+        warn!(subagent = %id, tasks = tasks.len(), dead, "subagent {how}");
+        self.announce(id, SubagentState::Lost, how);
+        self.lose_tasks(id, dead, ctx);
+        self.dispatch(ctx);
+    }
+
+    fn lose_tasks(&mut self, id: &str, dead: bool, ctx: &mut Context<Self>) {
+        let rerun_at_ms = self.registry.get(id).map_or(0, |s| {
+            let silent = Instant::now().saturating_duration_since(s.last_seen);
+            let last_seen_ms = now_ms().saturating_sub(silent.as_millis() as u64);
+            last_seen_ms
+                + (s.orphan_timeout + s.heartbeat_interval + ORPHAN_MARGIN).as_millis() as u64
+        });
+        for order_id in self.book.on_subagent(id) {
             let event = OrderEvent::SubagentLost {
-                subagent_id: subagent_id.to_string(),
+                subagent_id: id.to_string(),
                 at_ms: now_ms(),
+                dead,
+                rerun_at_ms,
             };
-            if let Ok(Applied::Moved { to, .. }) = self.book.apply(&order_id, event) {
-                if to.is_final() {
-                    self.finish(&order_id, None, ctx);
-                }
-            }
+            self.apply_and_act(&order_id, event, ctx);
         }
     }
 
-    fn tick(&mut self, ctx: &mut Context<Self>) {
-        let timeout = self.config.broker.subagent_timeout;
-        for (subagent_id, tasks) in self.registry.expire(Instant::now(), timeout) {
-            warn!(subagent = %subagent_id, tasks = tasks.len(), "subagent lost: no heartbeat within {}", humantime::format_duration(timeout));
-            self.lose_tasks(&subagent_id, ctx);
+    /// Applies an event and follows up on where the order moved.
+    fn apply_and_act(&mut self, order_id: &str, event: OrderEvent, ctx: &mut Context<Self>) {
+        match self.book.apply(order_id, event) {
+            Ok(Applied::Moved { to, .. }) if to.is_final() => self.finish(order_id, None, ctx),
+            Ok(Applied::Moved {
+                to: Phase::Queued, ..
+            }) => {
+                info!(order = %order_id, "order back in the queue");
+            }
+            Ok(Applied::Moved {
+                to: Phase::Orphaned,
+                ..
+            }) => {
+                info!(order = %order_id, "task in doubt until its subagent's orphan timeout");
+            }
+            _ => {}
         }
+    }
+
+    fn check_liveness(&mut self, ctx: &mut Context<Self>) {
+        let timeout = self.config.broker.subagent_timeout;
+        for check in self.registry.check(Instant::now(), timeout) {
+            match check {
+                Check::Probe(id) => self.probe(id, ctx),
+                Check::Unreachable(id) => self.declare_lost(&id, false, ctx),
+            }
+        }
+        let now = now_ms();
+        let due = self.book.orphans_due(now);
+        for order_id in &due {
+            warn!(order = %order_id, "orphan timeout passed: the task is dead");
+            self.apply_and_act(order_id, OrderEvent::OrphanDeadline { at_ms: now }, ctx);
+        }
+        if !due.is_empty() {
+            self.dispatch(ctx);
+        }
+    }
+
+    /// Asks a quiet subagent whether it lives: no responders means its
+    /// process is gone; a late answer means it is only busy.
+    fn probe(&mut self, id: String, ctx: &mut Context<Self>) {
+        let bus = self.bus.clone();
+        let subject = bus.subjects().ping(&id);
+        let request = async move {
+            bus.request::<_, Pong>(subject, &Ping {}, PROBE_TIMEOUT)
+                .await
+        };
+        ctx.spawn(
+            request
+                .into_actor(self)
+                .map(move |reply, act, ctx| match reply {
+                    Ok(pong) => {
+                        if let Some(seen) =
+                            act.registry.touch(&id, &pong.instance_id, Instant::now())
+                        {
+                            act.after_seen(&id, seen, &pong.running, ctx);
+                        }
+                    }
+                    Err(BusError::NoResponders { .. }) => act.declare_lost(&id, true, ctx),
+                    Err(e) => {
+                        debug!(subagent = %id, error = %e, "probe unanswered; it may be busy")
+                    }
+                }),
+        );
+    }
+
+    fn publish_heartbeat(&mut self) {
         let hb = BrokerHeartbeat {
             broker_id: self.id.clone(),
             sent_at_ms: now_ms(),
             protocol: PROTOCOL_VERSION,
         };
         self.bus.post(self.bus.subjects().broker_heartbeat(), &hb);
-        self.dispatch(ctx);
     }
 
-    fn on_deploy(&mut self, req: Request<DeployRequest>, ctx: &mut Context<Self>) {
-        let specs = req.body.jobs;
-        if specs.is_empty() {
-            return self.error(
-                &req.replier,
-                ErrorCode::InvalidJob,
-                "no jobs in the request",
-            );
+    fn on_leave(&mut self, req: Request<Leave>) {
+        let Leave {
+            subagent_id,
+            instance_id,
+        } = req.body;
+        if self.registry.remove(&subagent_id, &instance_id) {
+            info!(subagent = %subagent_id, "subagent left normally");
+            self.announce(&subagent_id, SubagentState::Left, "left: stopped normally");
         }
-        for spec in &specs {
-            if let Err(e) = jobs::validate_job(spec) {
-                return self.error(&req.replier, ErrorCode::InvalidJob, e.to_string());
-            }
-        }
-        let kv = self.jobs_kv.clone();
-        let replier = req.replier;
-        let write = async move {
-            for spec in &specs {
-                kv.put(&spec.name, spec).await?;
-            }
-            Ok::<_, BusError>(specs)
-        };
-        ctx.spawn(
-            write
-                .into_actor(self)
-                .map(move |written, act, ctx| match written {
-                    Ok(specs) => {
-                        let deployed: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-                        info!(jobs = ?deployed, "jobs deployed");
-                        for spec in specs {
-                            act.jobs.insert(spec.name.clone(), spec);
-                        }
-                        act.bus.reply(&replier, &DeployReply { deployed });
-                        act.dispatch(ctx);
-                    }
-                    Err(e) => act.error(
-                        &replier,
-                        ErrorCode::Unavailable,
-                        format!("jobs could not be stored in JetStream: {e}"),
-                    ),
-                }),
-        );
-    }
-
-    fn on_job_change(&mut self, change: KvChange<JobSpec>) {
-        match change.value {
-            Some(spec) if jobs::validate_job(&spec).is_ok() && spec.name == change.key => {
-                self.jobs.insert(change.key, spec);
-            }
-            Some(_) => {
-                warn!(job = %change.key, "invalid job definition in the jobs bucket ignored")
-            }
-            None => {
-                self.jobs.remove(&change.key);
-            }
-        }
-    }
-
-    fn on_get_order(&mut self, req: Request<GetOrder>, ctx: &mut Context<Self>) {
-        if let Some(order) = self.book.get(&req.body.order_id) {
-            return self.bus.reply(&req.replier, &order.info());
-        }
-        if !subjects::is_valid_token(&req.body.order_id) {
-            let message = format!("no order {:?}", req.body.order_id);
-            return self.error(&req.replier, ErrorCode::NotFound, message);
-        }
-        let kv = self.orders_kv.clone();
-        let bus = self.bus.clone();
-        let Request { body, replier } = req;
-        ctx.spawn(
-            async move {
-                match kv.get(&body.order_id).await {
-                    Ok(Some(info)) => bus.reply(&replier, &info),
-                    Ok(None) => bus.reply(
-                        &replier,
-                        &ErrorReply::new(
-                            ErrorCode::NotFound,
-                            format!("no order {}", body.order_id),
-                        ),
-                    ),
-                    Err(e) => bus.reply(
-                        &replier,
-                        &ErrorReply::new(ErrorCode::Unavailable, e.to_string()),
-                    ),
-                }
-            }
-            .into_actor(self),
-        );
-    }
-
-    fn on_status(&mut self, req: Request<StatusRequest>) {
-        let reply = StatusReply {
-            protocol: PROTOCOL_VERSION,
-            broker_id: self.id.clone(),
-            broker_started_at_ms: self.started_at_ms,
-            subagents: self.registry.status(Instant::now()),
-            jobs: self.job_names(),
-            orders: self.book.counts(),
-            malformed_messages: self.bus.stats().malformed(),
-        };
-        self.bus.reply(&req.replier, &reply);
-    }
-
-    fn job_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.jobs.keys().cloned().collect();
-        names.sort();
-        names
+        self.bus.reply(&req.replier, &Left {});
     }
 }
 
-/// Stops the broker's System on SIGINT or SIGTERM.
+fn interval_or(ms: u64, config: &Config) -> Duration {
+    if ms == 0 {
+        config.subagent.heartbeat_interval
+    } else {
+        Duration::from_millis(ms)
+    }
+}
+
+/// Runs a broker until SIGINT or SIGTERM.
 pub async fn run_until_signal(config: Config, bus: Bus) -> anyhow::Result<()> {
     let _broker = start(config, bus).await?;
     crate::cli::wait_for_signal().await;

@@ -6,12 +6,19 @@
 //!
 //! ```text
 //!            Dispatched            Started
-//!  Queued ──────────────▶ Dispatching ──────▶ Running
-//!    ▲  ◀──────────────────────┘  │              │
-//!    │   DispatchFailed,          │ Finished     │ Finished / SubagentLost
-//!    │   SubagentLost             ▼              ▼
-//!    │                   Succeeded | Failed (final)
+//!  Queued ──────────────▶ Dispatching ──────▶ Running ──────┐
+//!    ▲  ◀──────────────────────┘  │              │          │ SubagentLost
+//!    │   DispatchFailed,          │ Finished     │ Finished │ (not known dead)
+//!    │   SubagentLost (dead)      ▼              ▼          ▼
+//!    │                   Succeeded | Failed  ◀────────── Orphaned
+//!    │                                 Finished            │  │ SubagentReturned
+//!    └──────────── OrphanDeadline, or SubagentLost (dead) ─┘  └─▶ Running
+//!                  when restartable (else Failed)
 //! ```
+//!
+//! A task is run again only once its old copy is known dead: its subagent
+//! vanished at once (killed: its children died with it), or the subagent's
+//! own orphan timeout has passed (it kills its tasks when it hears no broker).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -25,6 +32,9 @@ pub enum Phase {
     /// Handed to a subagent that has not yet confirmed.
     Dispatching,
     Running,
+    /// Its subagent is unreachable but may still run the task: waiting for a
+    /// late result, the subagent's return, or its orphan timeout.
+    Orphaned,
     Succeeded,
     Failed,
     Cancelled,
@@ -34,7 +44,7 @@ impl Phase {
     pub fn wire(self) -> OrderState {
         match self {
             Phase::Queued | Phase::Dispatching => OrderState::Accepted,
-            Phase::Running => OrderState::Running,
+            Phase::Running | Phase::Orphaned => OrderState::Running,
             Phase::Succeeded => OrderState::Succeeded,
             Phase::Failed => OrderState::Failed,
             Phase::Cancelled => OrderState::Cancelled,
@@ -82,8 +92,21 @@ pub enum OrderEvent {
         task_id: String,
         outcome: Outcome,
     },
+    /// The task's subagent is gone. `dead`: it vanished at once, so its task
+    /// died with it; otherwise it may still run the task until `rerun_at_ms`.
     SubagentLost {
         subagent_id: String,
+        at_ms: u64,
+        dead: bool,
+        rerun_at_ms: u64,
+    },
+    /// An unreachable subagent is back and still runs `running`.
+    SubagentReturned {
+        subagent_id: String,
+        running: Vec<String>,
+    },
+    /// The orphan timeout of an unreachable subagent has passed: its task is dead.
+    OrphanDeadline {
         at_ms: u64,
     },
     /// A queued order cannot run at all (its job was removed).
@@ -123,8 +146,14 @@ pub struct Order {
     pub params: BTreeMap<String, String>,
     pub request_id: Option<String>,
     pub phase: Phase,
+    /// Whether a task lost with its subagent runs again elsewhere.
+    pub restartable: bool,
     /// Tasks started so far; the current task is attempt number `attempt`.
     pub attempt: u32,
+    /// The current task was confirmed started by its subagent.
+    pub confirmed: bool,
+    /// When an orphaned task is known dead.
+    pub rerun_at_ms: Option<u64>,
     pub task_id: Option<String>,
     pub subagent_id: Option<String>,
     pub accepted_at_ms: u64,
@@ -146,7 +175,10 @@ impl Order {
             params,
             request_id,
             phase: Phase::Queued,
+            restartable: true,
             attempt: 0,
+            confirmed: false,
+            rerun_at_ms: None,
             task_id: None,
             subagent_id: None,
             accepted_at_ms,
@@ -180,27 +212,25 @@ impl Order {
                 self.attempt += 1;
                 self.task_id = Some(task_id);
                 self.subagent_id = Some(subagent_id);
+                self.confirmed = false;
                 self.phase = Phase::Dispatching;
             }
             OrderEvent::DispatchFailed { task_id } => {
                 if from != Phase::Dispatching || !current(&task_id) {
                     return Ok(Applied::Stale);
                 }
-                // the task never started: it does not count as an attempt
-                self.attempt -= 1;
-                self.task_id = None;
-                self.subagent_id = None;
-                self.phase = Phase::Queued;
+                self.back_to_queue(false);
             }
             OrderEvent::Started { task_id, at_ms } => {
                 if from != Phase::Dispatching || !current(&task_id) {
                     return Ok(Applied::Stale);
                 }
                 self.started_at_ms = Some(at_ms);
+                self.confirmed = true;
                 self.phase = Phase::Running;
             }
             OrderEvent::Finished { task_id, outcome } => {
-                let live = matches!(from, Phase::Dispatching | Phase::Running);
+                let live = matches!(from, Phase::Dispatching | Phase::Running | Phase::Orphaned);
                 if !live || !current(&task_id) {
                     return Ok(Applied::Stale);
                 }
@@ -213,31 +243,48 @@ impl Order {
                 } else {
                     Phase::Failed
                 };
+                self.rerun_at_ms = None;
                 self.outcome = Some(outcome);
             }
-            OrderEvent::SubagentLost { subagent_id, at_ms } => {
-                if self.subagent_id.as_deref() != Some(subagent_id.as_str()) {
+            OrderEvent::SubagentLost {
+                subagent_id,
+                at_ms,
+                dead,
+                rerun_at_ms,
+            } => {
+                let live = matches!(from, Phase::Dispatching | Phase::Running | Phase::Orphaned);
+                if !live || self.subagent_id.as_deref() != Some(subagent_id.as_str()) {
                     return Ok(Applied::Stale);
                 }
-                match from {
-                    // never confirmed; its process group died with the subagent
-                    Phase::Dispatching => {
-                        self.attempt -= 1;
-                        self.task_id = None;
-                        self.subagent_id = None;
-                        self.phase = Phase::Queued;
+                if !dead {
+                    if from == Phase::Orphaned {
+                        return Ok(Applied::Stale);
                     }
-                    Phase::Running => {
-                        self.phase = Phase::Failed;
-                        self.outcome = Some(Outcome {
-                            error: Some(format!("subagent lost: {subagent_id}")),
-                            started_at_ms: self.started_at_ms,
-                            finished_at_ms: at_ms,
-                            ..Outcome::default()
-                        });
-                    }
-                    _ => return Ok(Applied::Stale),
+                    self.phase = Phase::Orphaned;
+                    self.rerun_at_ms = Some(rerun_at_ms);
+                } else {
+                    self.task_is_dead(&subagent_id, at_ms);
                 }
+            }
+            OrderEvent::SubagentReturned {
+                subagent_id,
+                running,
+            } => {
+                let ours = self.subagent_id.as_deref() == Some(subagent_id.as_str());
+                let runs = self.task_id.as_ref().is_some_and(|t| running.contains(t));
+                if from != Phase::Orphaned || !ours || !runs {
+                    return Ok(Applied::Stale);
+                }
+                self.rerun_at_ms = None;
+                self.confirmed = true;
+                self.phase = Phase::Running;
+            }
+            OrderEvent::OrphanDeadline { at_ms } => {
+                if from != Phase::Orphaned || self.rerun_at_ms.is_some_and(|t| t > at_ms) {
+                    return Ok(Applied::Stale);
+                }
+                let subagent_id = self.subagent_id.clone().unwrap_or_default();
+                self.task_is_dead(&subagent_id, at_ms);
             }
             OrderEvent::Refused { reason, at_ms } => {
                 if from != Phase::Queued {
@@ -257,6 +304,39 @@ impl Order {
         })
     }
 
+    /// The current task is known dead: an unconfirmed one goes back to the
+    /// queue without counting; a started one runs again when restartable.
+    fn task_is_dead(&mut self, subagent_id: &str, at_ms: u64) {
+        if !self.confirmed {
+            self.back_to_queue(false);
+        } else if self.restartable {
+            self.back_to_queue(true);
+        } else {
+            self.phase = Phase::Failed;
+            self.rerun_at_ms = None;
+            self.outcome = Some(Outcome {
+                error: Some(format!(
+                    "subagent lost: {subagent_id} (the job is not restartable)"
+                )),
+                started_at_ms: self.started_at_ms,
+                finished_at_ms: at_ms,
+                ..Outcome::default()
+            });
+        }
+    }
+
+    /// Back to the queue; `counted` keeps the attempt (the task had started).
+    fn back_to_queue(&mut self, counted: bool) {
+        if !counted {
+            self.attempt -= 1;
+        }
+        self.task_id = None;
+        self.subagent_id = None;
+        self.confirmed = false;
+        self.rerun_at_ms = None;
+        self.phase = Phase::Queued;
+    }
+
     /// The order as clients and the journal see it.
     pub fn info(&self) -> OrderInfo {
         let outcome = self.outcome.clone().unwrap_or_default();
@@ -271,7 +351,10 @@ impl Order {
             exit_code: outcome.exit_code,
             signal: outcome.signal,
             timed_out: outcome.timed_out,
-            reason: outcome.error,
+            reason: outcome.error.or_else(|| {
+                (self.phase == Phase::Orphaned)
+                    .then(|| "subagent unreachable; waiting for its orphan timeout".to_string())
+            }),
             request_id: self.request_id.clone(),
             accepted_at_ms: self.accepted_at_ms,
             started_at_ms: self.started_at_ms,
@@ -383,11 +466,44 @@ impl OrderBook {
         self.orders
             .values()
             .filter(|o| {
-                matches!(o.phase, Phase::Dispatching | Phase::Running)
-                    && o.subagent_id.as_deref() == Some(subagent_id)
+                matches!(
+                    o.phase,
+                    Phase::Dispatching | Phase::Running | Phase::Orphaned
+                ) && o.subagent_id.as_deref() == Some(subagent_id)
             })
             .map(|o| o.id.clone())
             .collect()
+    }
+
+    /// Orphaned orders whose rerun time has come.
+    pub fn orphans_due(&self, now_ms: u64) -> Vec<String> {
+        self.orders
+            .values()
+            .filter(|o| o.phase == Phase::Orphaned && o.rerun_at_ms.is_some_and(|t| t <= now_ms))
+            .map(|o| o.id.clone())
+            .collect()
+    }
+
+    /// Queued orders, oldest first (entries that moved on are skipped).
+    pub fn queued(&self) -> impl Iterator<Item = &Order> {
+        self.queue
+            .iter()
+            .filter_map(|id| self.orders.get(id))
+            .filter(|o| o.phase == Phase::Queued)
+    }
+
+    /// Drops queue entries of orders that are no longer queued.
+    pub fn compact_queue(&mut self) {
+        let orders = &self.orders;
+        let mut seen = std::collections::HashSet::new();
+        self.queue.retain(|id| {
+            orders.get(id).is_some_and(|o| o.phase == Phase::Queued) && seen.insert(id.clone())
+        });
+    }
+
+    #[cfg(test)]
+    fn get_mut_for_test(&mut self, order_id: &str) -> &mut Order {
+        self.orders.get_mut(order_id).unwrap()
     }
 
     pub fn counts(&self) -> OrderCounts {
@@ -577,21 +693,104 @@ mod tests {
         let mut on = book.on_subagent("s1");
         on.sort();
         assert_eq!(on, vec!["a", "b"]);
+        book.get_mut_for_test("b").restartable = false;
         for id in on {
-            book.apply(
-                &id,
-                OrderEvent::SubagentLost {
-                    subagent_id: "s1".into(),
-                    at_ms: 3,
-                },
-            )
-            .unwrap();
+            book.apply(&id, lost("s1", true, 0)).unwrap();
         }
         assert_eq!(book.get("a").unwrap().phase, Phase::Queued);
+        assert_eq!(
+            book.get("a").unwrap().attempt,
+            0,
+            "never confirmed: not an attempt"
+        );
         assert_eq!(book.next_queued().unwrap().id, "a");
         let b = book.get("b").unwrap().info();
         assert_eq!(b.state, OrderState::Failed);
         assert!(b.reason.unwrap().contains("subagent lost"));
+    }
+
+    fn lost(sub: &str, dead: bool, rerun_at_ms: u64) -> OrderEvent {
+        OrderEvent::SubagentLost {
+            subagent_id: sub.into(),
+            at_ms: 3,
+            dead,
+            rerun_at_ms,
+        }
+    }
+
+    fn running(book: &mut OrderBook, id: &str, sub: &str) -> String {
+        book.insert(order(id));
+        book.enqueue(id);
+        let task = dispatched(book, id, sub);
+        let started = OrderEvent::Started {
+            task_id: task.clone(),
+            at_ms: 2,
+        };
+        book.apply(id, started).unwrap();
+        task
+    }
+
+    #[test]
+    fn a_dead_subagents_restartable_task_runs_again_as_the_next_attempt() {
+        let mut book = OrderBook::new(10);
+        let first = running(&mut book, "a", "s1");
+        book.apply("a", lost("s1", true, 0)).unwrap();
+        assert_eq!(book.next_queued().unwrap().id, "a");
+        let second = dispatched(&mut book, "a", "s2");
+        assert_ne!(first, second);
+        assert_eq!(book.get("a").unwrap().attempt, 2);
+        // the first copy's late result is recorded, never changes the order
+        let late = OrderEvent::Finished {
+            task_id: first,
+            outcome: ok_outcome(),
+        };
+        assert_eq!(book.apply("a", late).unwrap(), Applied::Stale);
+        assert_eq!(book.get("a").unwrap().phase, Phase::Dispatching);
+    }
+
+    #[test]
+    fn an_unreachable_subagents_task_waits_for_its_orphan_deadline() {
+        let mut book = OrderBook::new(10);
+        let task = running(&mut book, "a", "s1");
+        book.apply("a", lost("s1", false, 100)).unwrap();
+        assert_eq!(book.get("a").unwrap().phase, Phase::Orphaned);
+        assert!(
+            book.next_queued().is_none(),
+            "not rerun while it may still run"
+        );
+        assert!(book.orphans_due(99).is_empty());
+        assert_eq!(book.orphans_due(100), vec!["a"]);
+        let early = OrderEvent::OrphanDeadline { at_ms: 99 };
+        assert_eq!(book.apply("a", early).unwrap(), Applied::Stale);
+        book.apply("a", OrderEvent::OrphanDeadline { at_ms: 100 })
+            .unwrap();
+        assert_eq!(book.next_queued().unwrap().id, "a");
+        assert_eq!(book.get("a").unwrap().attempt, 1);
+        let _ = task;
+    }
+
+    #[test]
+    fn an_orphaned_task_can_still_finish_or_be_found_running() {
+        let mut book = OrderBook::new(10);
+        let ta = running(&mut book, "a", "s1");
+        let tb = running(&mut book, "b", "s1");
+        book.apply("a", lost("s1", false, 100)).unwrap();
+        book.apply("b", lost("s1", false, 100)).unwrap();
+        // a's late result is accepted
+        let late = OrderEvent::Finished {
+            task_id: ta,
+            outcome: ok_outcome(),
+        };
+        book.apply("a", late).unwrap();
+        assert_eq!(book.get("a").unwrap().phase, Phase::Succeeded);
+        // b's subagent is back and still runs it
+        let back = OrderEvent::SubagentReturned {
+            subagent_id: "s1".into(),
+            running: vec![tb],
+        };
+        book.apply("b", back).unwrap();
+        assert_eq!(book.get("b").unwrap().phase, Phase::Running);
+        assert!(book.orphans_due(1000).is_empty());
     }
 
     #[test]
@@ -637,9 +836,12 @@ mod tests {
                 task_id: "a-1".into(),
                 outcome: Outcome::default(),
             },
-            OrderEvent::SubagentLost {
+            lost("s1", true, 0),
+            lost("s1", false, 0),
+            OrderEvent::OrphanDeadline { at_ms: 9 },
+            OrderEvent::SubagentReturned {
                 subagent_id: "s1".into(),
-                at_ms: 1,
+                running: vec!["a-1".into()],
             },
         ];
         let mut book = OrderBook::new(10);

@@ -1,92 +1,336 @@
 //! Which subagent runs the next task. Pure.
 //!
-//! Round-robin over the subagents that take tasks (available, not suspect,
-//! with free capacity), in id order, starting after the last one chosen.
+//! A job names a subagent cluster (or none: every subagent, round-robin).
+//! [`members`] resolves the cluster against the registry; [`choose`] applies
+//! the cluster's scheduling mode:
+//!
+//! - fixed-priority: only the highest-priority members that are up (available
+//!   and not suspect) are considered; among several of equal priority, turns.
+//!   When they are all full the task waits: it does not spill to a lower one.
+//! - round-robin: the next member after the last one chosen that has room.
+//! - least-loaded: the fewest running tasks for its capacity, then the lowest
+//!   CPU use, then the id.
+
+use std::cmp::Ordering;
 
 use super::registry::Subagent;
+use crate::protocol::{ClusterSpec, SchedulingMode};
 
-/// The next subagent after `last` (by id, wrapping) that takes tasks.
-pub fn round_robin<'a>(
+/// A subagent that belongs to the cluster, with its priority there.
+#[derive(Debug, Clone, Copy)]
+pub struct Member<'a> {
+    pub subagent: &'a Subagent,
+    pub priority: i32,
+}
+
+/// The subagents that belong to `cluster` (all of them when `None`), in id order.
+pub fn members<'a>(
+    cluster: Option<&ClusterSpec>,
+    subagents: impl Iterator<Item = &'a Subagent>,
+) -> Vec<Member<'a>> {
+    subagents
+        .filter_map(|subagent| {
+            let priority = match cluster {
+                None => Some(0),
+                Some(c) => priority_in(c, subagent),
+            }?;
+            Some(Member { subagent, priority })
+        })
+        .collect()
+}
+
+/// A subagent's priority in a cluster: the best of the entries it matches.
+pub fn priority_in(cluster: &ClusterSpec, subagent: &Subagent) -> Option<i32> {
+    cluster
+        .members
+        .iter()
+        .filter(|m| {
+            let id_ok = m.subagent.as_deref().is_none_or(|id| id == subagent.id);
+            let labels_ok = m
+                .labels
+                .iter()
+                .all(|(k, v)| subagent.labels.get(k) == Some(v));
+            id_ok && labels_ok
+        })
+        .map(|m| m.priority)
+        .max()
+}
+
+/// The member to run the next task, or `None` when the task must wait.
+/// `last` is the member this cluster chose last time.
+pub fn choose<'a>(
+    mode: SchedulingMode,
+    members: &[Member<'a>],
+    last: Option<&str>,
+) -> Option<&'a Subagent> {
+    match mode {
+        SchedulingMode::RoundRobin => next_after(members.iter().map(|m| m.subagent), last),
+        SchedulingMode::FixedPriority => {
+            let top = members
+                .iter()
+                .filter(|m| m.subagent.is_up())
+                .map(|m| m.priority)
+                .max()?;
+            let group = members
+                .iter()
+                .filter(|m| m.priority == top)
+                .map(|m| m.subagent);
+            next_after(group, last)
+        }
+        SchedulingMode::LeastLoaded => members
+            .iter()
+            .map(|m| m.subagent)
+            .filter(|s| s.takes_tasks())
+            .min_by(|a, b| {
+                let load = |s: &Subagent| s.tasks.len() as f64 / f64::from(s.capacity.max(1));
+                let cpu = |s: &Subagent| s.load.map_or(0.0, |l| l.cpu_percent);
+                load(a)
+                    .total_cmp(&load(b))
+                    .then(cpu(a).total_cmp(&cpu(b)))
+                    .then(a.id.cmp(&b.id))
+            }),
+    }
+}
+
+/// The first subagent after `last` (by id, wrapping) that takes tasks.
+fn next_after<'a>(
     subagents: impl Iterator<Item = &'a Subagent> + Clone,
     last: Option<&str>,
 ) -> Option<&'a Subagent> {
     let mut eligible = subagents.filter(|s| s.takes_tasks());
-    let after = last.and_then(|last| eligible.clone().find(|s| s.id.as_str() > last));
+    let after = last.and_then(|last| {
+        eligible
+            .clone()
+            .find(|s| s.id.as_str().cmp(last) == Ordering::Greater)
+    });
     after.or_else(|| eligible.next())
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::protocol::SubagentState;
+    use crate::broker::registry::{Registry, Sighting};
+    use crate::protocol::{ClusterMember, Load};
 
-    fn sub(id: &str, capacity: u32, busy: usize) -> Subagent {
-        Subagent {
-            id: id.into(),
-            instance_id: "i".into(),
-            labels: BTreeMap::new(),
-            capacity,
-            state: SubagentState::Available,
-            last_seen: Instant::now(),
-            tasks: (0..busy).map(|i| format!("t{i}")).collect::<BTreeSet<_>>(),
-            tasks_finished: 0,
-            suspect: false,
+    /// A registry with subagents `(id, capacity, busy, zone)`.
+    fn registry(subs: &[(&str, u32, usize, &str)]) -> Registry {
+        let mut r = Registry::default();
+        let now = Instant::now();
+        for (id, capacity, busy, zone) in subs {
+            let labels = BTreeMap::from([("zone".to_string(), zone.to_string())]);
+            r.seen(
+                Sighting {
+                    id,
+                    instance_id: "i",
+                    labels: &labels,
+                    capacity: *capacity,
+                    load: None,
+                    draining: false,
+                    heartbeat_interval: Duration::from_millis(250),
+                    orphan_timeout: Duration::from_secs(10),
+                },
+                now,
+            );
+            for t in 0..*busy {
+                r.assign(id, &format!("{id}-t{t}"));
+            }
+        }
+        r
+    }
+
+    fn cluster(mode: SchedulingMode, members: &[(&str, i32)]) -> ClusterSpec {
+        ClusterSpec {
+            name: "c".into(),
+            mode,
+            members: members
+                .iter()
+                .map(|(id, priority)| ClusterMember {
+                    subagent: Some(id.to_string()),
+                    labels: BTreeMap::new(),
+                    priority: *priority,
+                })
+                .collect(),
         }
     }
 
-    #[test]
-    fn visits_every_member_in_turn() {
-        let subs = [sub("a", 1, 0), sub("b", 1, 0), sub("c", 1, 0)];
+    fn pick(r: &Registry, c: Option<&ClusterSpec>, last: Option<&str>) -> Option<String> {
+        let mode = c.map_or(SchedulingMode::RoundRobin, |c| c.mode);
+        let m = members(c, r.iter());
+        choose(mode, &m, last).map(|s| s.id.clone())
+    }
+
+    fn rounds(r: &Registry, c: Option<&ClusterSpec>, n: usize) -> Vec<String> {
         let mut last: Option<String> = None;
-        let mut picks = Vec::new();
-        for _ in 0..6 {
-            let pick = round_robin(subs.iter(), last.as_deref()).unwrap();
-            picks.push(pick.id.clone());
-            last = Some(pick.id.clone());
-        }
-        assert_eq!(picks, ["a", "b", "c", "a", "b", "c"]);
+        (0..n)
+            .map(|_| {
+                let p = pick(r, c, last.as_deref()).unwrap();
+                last = Some(p.clone());
+                p
+            })
+            .collect()
     }
 
     #[test]
-    fn skips_full_lost_and_suspect_members() {
-        let mut subs = [
-            sub("a", 1, 1),
-            sub("b", 2, 0),
-            sub("c", 1, 0),
-            sub("d", 1, 0),
-        ];
-        subs[2].state = SubagentState::Lost;
-        subs[3].suspect = true;
-        assert_eq!(round_robin(subs.iter(), None).unwrap().id, "b");
-        assert_eq!(round_robin(subs.iter(), Some("b")).unwrap().id, "b");
-        assert_eq!(round_robin(subs.iter(), Some("zzz")).unwrap().id, "b");
-        subs[1].tasks.insert("x".into());
-        subs[1].tasks.insert("y".into());
-        assert!(round_robin(subs.iter(), None).is_none());
+    fn round_robin_visits_every_member_in_turn() {
+        let r = registry(&[("a", 1, 0, "x"), ("b", 1, 0, "x"), ("c", 1, 0, "x")]);
+        assert_eq!(rounds(&r, None, 6), ["a", "b", "c", "a", "b", "c"]);
+        let only_ac = cluster(SchedulingMode::RoundRobin, &[("a", 0), ("c", 0)]);
+        assert_eq!(rounds(&r, Some(&only_ac), 4), ["a", "c", "a", "c"]);
+    }
+
+    #[test]
+    fn round_robin_skips_full_lost_disabled_and_suspect_members() {
+        let mut r = registry(&[
+            ("a", 1, 1, "x"),
+            ("b", 2, 0, "x"),
+            ("c", 1, 0, "x"),
+            ("d", 1, 0, "x"),
+        ]);
+        r.declare_lost("c");
+        r.suspect("d");
+        assert_eq!(pick(&r, None, None).as_deref(), Some("b"));
+        assert_eq!(pick(&r, None, Some("b")).as_deref(), Some("b"));
+        assert_eq!(pick(&r, None, Some("zzz")).as_deref(), Some("b"));
+        r.set_disabled("b", true);
+        assert_eq!(pick(&r, None, None), None);
+    }
+
+    #[test]
+    fn fixed_priority_uses_the_best_available_and_falls_back_and_returns() {
+        let mut r = registry(&[("a", 2, 0, "x"), ("b", 2, 0, "x"), ("c", 2, 0, "x")]);
+        let c = cluster(
+            SchedulingMode::FixedPriority,
+            &[("a", 3), ("b", 2), ("c", 1)],
+        );
+        assert_eq!(rounds(&r, Some(&c), 3), ["a", "a", "a"]);
+        r.declare_lost("a");
+        assert_eq!(rounds(&r, Some(&c), 2), ["b", "b"]);
+        r.set_disabled("b", true);
+        assert_eq!(pick(&r, Some(&c), None).as_deref(), Some("c"));
+        r.set_disabled("b", false);
+        let labels = BTreeMap::new();
+        r.seen(
+            Sighting {
+                id: "a",
+                instance_id: "i",
+                labels: &labels,
+                capacity: 2,
+                load: None,
+                draining: false,
+                heartbeat_interval: Duration::from_millis(250),
+                orphan_timeout: Duration::from_secs(10),
+            },
+            Instant::now(),
+        );
+        assert_eq!(
+            pick(&r, Some(&c), None).as_deref(),
+            Some("a"),
+            "the first takes over again"
+        );
+    }
+
+    #[test]
+    fn fixed_priority_waits_rather_than_spill_when_the_best_is_full() {
+        let r = registry(&[("a", 1, 1, "x"), ("b", 1, 0, "x")]);
+        let c = cluster(SchedulingMode::FixedPriority, &[("a", 2), ("b", 1)]);
+        assert_eq!(pick(&r, Some(&c), None), None);
+    }
+
+    #[test]
+    fn fixed_priority_shares_equal_priorities_in_turn() {
+        let r = registry(&[("a", 1, 0, "x"), ("b", 1, 0, "x"), ("c", 1, 0, "x")]);
+        let c = cluster(
+            SchedulingMode::FixedPriority,
+            &[("a", 1), ("b", 1), ("c", 0)],
+        );
+        assert_eq!(rounds(&r, Some(&c), 4), ["a", "b", "a", "b"]);
+    }
+
+    #[test]
+    fn labels_select_members_and_the_best_entry_gives_the_priority() {
+        let r = registry(&[
+            ("a", 1, 0, "east"),
+            ("b", 1, 0, "west"),
+            ("c", 1, 0, "east"),
+        ]);
+        let c = ClusterSpec {
+            name: "c".into(),
+            mode: SchedulingMode::FixedPriority,
+            members: vec![
+                ClusterMember {
+                    subagent: None,
+                    labels: BTreeMap::from([("zone".to_string(), "east".to_string())]),
+                    priority: 1,
+                },
+                ClusterMember {
+                    subagent: Some("c".into()),
+                    labels: BTreeMap::new(),
+                    priority: 5,
+                },
+            ],
+        };
+        let m = members(Some(&c), r.iter());
+        let ids: BTreeSet<_> = m
+            .iter()
+            .map(|m| (m.subagent.id.as_str(), m.priority))
+            .collect();
+        assert_eq!(ids, BTreeSet::from([("a", 1), ("c", 5)]));
+        assert_eq!(pick(&r, Some(&c), None).as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn least_loaded_prefers_free_capacity_then_cpu() {
+        let mut r = registry(&[("a", 4, 2, "x"), ("b", 2, 0, "x"), ("c", 2, 0, "x")]);
+        let c = cluster(SchedulingMode::LeastLoaded, &[("a", 0), ("b", 0), ("c", 0)]);
+        assert_eq!(pick(&r, Some(&c), None).as_deref(), Some("b"));
+        let labels = BTreeMap::new();
+        r.seen(
+            Sighting {
+                id: "b",
+                instance_id: "i",
+                labels: &labels,
+                capacity: 2,
+                load: Some(Load {
+                    cpu_percent: 90.0,
+                    memory_percent: 10.0,
+                    running: 0,
+                }),
+                draining: false,
+                heartbeat_interval: Duration::from_millis(250),
+                orphan_timeout: Duration::from_secs(10),
+            },
+            Instant::now(),
+        );
+        assert_eq!(pick(&r, Some(&c), None).as_deref(), Some("c"));
     }
 
     #[test]
     fn every_eligible_member_is_reached_within_one_round() {
         // for any mix of eligible members and any starting point, n picks cover all
         for mask in 1u32..64 {
-            let subs: Vec<_> = (0..6)
-                .map(|i| {
-                    let mut s = sub(&format!("s{i}"), 1, 0);
-                    s.suspect = mask & (1 << i) == 0;
-                    s
-                })
+            let subs: Vec<(String, u32, usize, &str)> =
+                (0..6).map(|i| (format!("s{i}"), 1, 0, "x")).collect();
+            let refs: Vec<(&str, u32, usize, &str)> = subs
+                .iter()
+                .map(|(a, b, c, d)| (a.as_str(), *b, *c, *d))
                 .collect();
+            let mut r = registry(&refs);
+            for i in 0..6 {
+                if mask & (1 << i) == 0 {
+                    r.suspect(&format!("s{i}"));
+                }
+            }
             let eligible = mask.count_ones() as usize;
             for start in 0..6 {
                 let mut last = Some(format!("s{start}"));
                 let mut seen = BTreeSet::new();
                 for _ in 0..eligible {
-                    let pick = round_robin(subs.iter(), last.as_deref()).unwrap();
-                    seen.insert(pick.id.clone());
-                    last = Some(pick.id.clone());
+                    let p = pick(&r, None, last.as_deref()).unwrap();
+                    seen.insert(p.clone());
+                    last = Some(p);
                 }
                 assert_eq!(seen.len(), eligible, "mask {mask:b} start {start}");
             }

@@ -1,12 +1,19 @@
 //! The registry of subagents, learned from registrations and heartbeats.
 //!
-//! Pure: the caller passes `now` in. The registry tracks liveness and the
-//! tasks the broker has placed on each subagent; it does not decide placement.
+//! Pure: the caller passes `now` in. The registry tracks liveness, operator
+//! switches (disabled) and the tasks the broker has placed on each subagent;
+//! it does not decide placement.
+//!
+//! Liveness: a subagent whose heartbeat is late (two intervals) is probed
+//! with a request; a killed one has no responders at once and is declared
+//! lost and dead, a busy one answers late and is left alone. Only silence for
+//! the whole `subagent_timeout` declares a subagent lost without proof of
+//! death (it is unreachable and may still run its tasks).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use crate::protocol::{SubagentState, SubagentStatus};
+use crate::protocol::{Load, SubagentState, SubagentStatus};
 
 /// What the registry knows of one subagent.
 #[derive(Debug, Clone)]
@@ -15,13 +22,20 @@ pub struct Subagent {
     pub instance_id: String,
     pub labels: BTreeMap<String, String>,
     pub capacity: u32,
-    pub state: SubagentState,
     pub last_seen: Instant,
     /// Tasks placed here that have not finished.
     pub tasks: BTreeSet<String>,
     pub tasks_finished: u64,
     /// Refused a dispatch because nothing listened: no new tasks until it heartbeats again.
     pub suspect: bool,
+    pub lost: bool,
+    /// Switched off by an operator; survives heartbeats and returns.
+    pub disabled: bool,
+    pub draining: bool,
+    pub load: Option<Load>,
+    pub heartbeat_interval: Duration,
+    pub orphan_timeout: Duration,
+    last_probe: Option<Instant>,
 }
 
 impl Subagent {
@@ -29,8 +43,25 @@ impl Subagent {
         self.capacity.saturating_sub(self.tasks.len() as u32)
     }
 
+    pub fn state(&self) -> SubagentState {
+        if self.lost {
+            SubagentState::Lost
+        } else if self.draining {
+            SubagentState::Draining
+        } else if self.disabled {
+            SubagentState::Disabled
+        } else {
+            SubagentState::Available
+        }
+    }
+
+    /// Available and not suspect: a candidate for new tasks (capacity aside).
+    pub fn is_up(&self) -> bool {
+        self.state() == SubagentState::Available && !self.suspect
+    }
+
     pub fn takes_tasks(&self) -> bool {
-        self.state == SubagentState::Available && !self.suspect && self.free() > 0
+        self.is_up() && self.free() > 0
     }
 }
 
@@ -47,13 +78,26 @@ pub enum Seen {
     Restarted { lost_tasks: Vec<String> },
 }
 
-/// The view of a subagent a heartbeat or registration gives.
+/// The view of a subagent a heartbeat, registration or probe answer gives.
 #[derive(Debug, Clone)]
 pub struct Sighting<'a> {
     pub id: &'a str,
     pub instance_id: &'a str,
     pub labels: &'a BTreeMap<String, String>,
     pub capacity: u32,
+    pub load: Option<Load>,
+    pub draining: bool,
+    pub heartbeat_interval: Duration,
+    pub orphan_timeout: Duration,
+}
+
+/// What the liveness check wants done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// Its heartbeat is late: ask it whether it lives.
+    Probe(String),
+    /// Silent for the whole timeout: lost, but not known dead.
+    Unreachable(String),
 }
 
 #[derive(Debug, Default)]
@@ -72,11 +116,17 @@ impl Registry {
                     instance_id: s.instance_id.to_string(),
                     labels: s.labels.clone(),
                     capacity: s.capacity,
-                    state: SubagentState::Available,
                     last_seen: now,
                     tasks: BTreeSet::new(),
                     tasks_finished: 0,
                     suspect: false,
+                    lost: false,
+                    disabled: false,
+                    draining: s.draining,
+                    load: s.load,
+                    heartbeat_interval: s.heartbeat_interval,
+                    orphan_timeout: s.orphan_timeout,
+                    last_probe: None,
                 },
             );
             return Seen::New;
@@ -84,41 +134,93 @@ impl Registry {
         entry.last_seen = entry.last_seen.max(now);
         entry.labels = s.labels.clone();
         entry.capacity = s.capacity;
+        entry.load = s.load.or(entry.load);
+        entry.draining = s.draining;
+        entry.heartbeat_interval = s.heartbeat_interval;
+        entry.orphan_timeout = s.orphan_timeout;
         entry.suspect = false;
-        let was = entry.state;
-        entry.state = SubagentState::Available;
+        entry.last_probe = None;
+        let was_lost = std::mem::replace(&mut entry.lost, false);
         if entry.instance_id != s.instance_id {
             entry.instance_id = s.instance_id.to_string();
             let lost_tasks = std::mem::take(&mut entry.tasks).into_iter().collect();
             return Seen::Restarted { lost_tasks };
         }
-        if was == SubagentState::Lost {
+        if was_lost {
             Seen::Returned
         } else {
             Seen::Alive
         }
     }
 
-    /// Declares lost every available subagent silent for longer than
-    /// `timeout`; returns them with the tasks that were placed on them.
-    pub fn expire(&mut self, now: Instant, timeout: Duration) -> Vec<(String, Vec<String>)> {
-        let mut lost = Vec::new();
-        for entry in self.subagents.values_mut() {
-            if entry.state == SubagentState::Available
-                && now.saturating_duration_since(entry.last_seen) > timeout
-            {
-                entry.state = SubagentState::Lost;
-                let tasks = std::mem::take(&mut entry.tasks).into_iter().collect();
-                lost.push((entry.id.clone(), tasks));
+    /// A probe answer: the process lives. Returns the previous state of a
+    /// lost one that is back (same process), else `None`.
+    pub fn touch(&mut self, id: &str, instance_id: &str, now: Instant) -> Option<Seen> {
+        let entry = self.subagents.get_mut(id)?;
+        if entry.instance_id != instance_id {
+            return None;
+        }
+        entry.last_seen = entry.last_seen.max(now);
+        entry.last_probe = None;
+        let was_lost = std::mem::replace(&mut entry.lost, false);
+        Some(if was_lost {
+            Seen::Returned
+        } else {
+            Seen::Alive
+        })
+    }
+
+    /// Which subagents to probe, and which are lost to silence. A probe is
+    /// repeated at most once per heartbeat interval.
+    pub fn check(&mut self, now: Instant, timeout: Duration) -> Vec<Check> {
+        let mut checks = Vec::new();
+        for entry in self.subagents.values_mut().filter(|s| !s.lost) {
+            let age = now.saturating_duration_since(entry.last_seen);
+            if age > timeout {
+                checks.push(Check::Unreachable(entry.id.clone()));
+            } else if age > entry.heartbeat_interval * 2 {
+                let due = entry
+                    .last_probe
+                    .is_none_or(|p| now.saturating_duration_since(p) >= entry.heartbeat_interval);
+                if due {
+                    entry.last_probe = Some(now);
+                    checks.push(Check::Probe(entry.id.clone()));
+                }
             }
         }
-        lost
+        checks
+    }
+
+    /// Declares a subagent lost; returns the tasks that were placed on it.
+    /// `None` when it is unknown or already lost.
+    pub fn declare_lost(&mut self, id: &str) -> Option<Vec<String>> {
+        let entry = self.subagents.get_mut(id).filter(|s| !s.lost)?;
+        entry.lost = true;
+        Some(std::mem::take(&mut entry.tasks).into_iter().collect())
     }
 
     /// Takes a subagent out of placement until it heartbeats again.
     pub fn suspect(&mut self, id: &str) {
         if let Some(entry) = self.subagents.get_mut(id) {
             entry.suspect = true;
+        }
+    }
+
+    /// An operator's switch; `None` when the subagent is unknown.
+    pub fn set_disabled(&mut self, id: &str, disabled: bool) -> Option<SubagentState> {
+        let entry = self.subagents.get_mut(id)?;
+        entry.disabled = disabled;
+        Some(entry.state())
+    }
+
+    /// A drained subagent left normally; returns whether it was known.
+    pub fn remove(&mut self, id: &str, instance_id: &str) -> bool {
+        match self.subagents.get(id) {
+            Some(s) if s.instance_id == instance_id => {
+                self.subagents.remove(id);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -150,12 +252,13 @@ impl Registry {
             .values()
             .map(|s| SubagentStatus {
                 id: s.id.clone(),
-                state: s.state,
+                state: s.state(),
                 labels: s.labels.clone(),
                 capacity: s.capacity,
                 running: s.tasks.len() as u32,
                 heartbeat_age_ms: now.saturating_duration_since(s.last_seen).as_millis() as u64,
                 tasks_finished: s.tasks_finished,
+                load: s.load,
             })
             .collect()
     }
@@ -164,6 +267,9 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const HB: Duration = Duration::from_millis(250);
+    const TIMEOUT: Duration = Duration::from_secs(3);
 
     fn sight<'a>(
         id: &'a str,
@@ -175,6 +281,10 @@ mod tests {
             instance_id: instance,
             labels,
             capacity: 2,
+            load: None,
+            draining: false,
+            heartbeat_interval: HB,
+            orphan_timeout: Duration::from_secs(10),
         }
     }
 
@@ -186,19 +296,15 @@ mod tests {
         assert_eq!(r.seen(sight("a", "i1", &labels), t0), Seen::New);
         assert_eq!(r.seen(sight("a", "i1", &labels), t0), Seen::Alive);
         r.assign("a", "t1");
-        assert!(r
-            .expire(t0 + Duration::from_secs(1), Duration::from_secs(3))
-            .is_empty());
-        let lost = r.expire(t0 + Duration::from_secs(4), Duration::from_secs(3));
-        assert_eq!(lost, vec![("a".to_string(), vec!["t1".to_string()])]);
+        assert_eq!(r.declare_lost("a"), Some(vec!["t1".to_string()]));
+        assert_eq!(r.declare_lost("a"), None, "lost once");
         assert!(!r.get("a").unwrap().takes_tasks());
-        assert_eq!(
-            r.seen(sight("a", "i1", &labels), t0 + Duration::from_secs(5)),
-            Seen::Returned
-        );
+        assert_eq!(r.get("a").unwrap().state(), SubagentState::Lost);
+        let t5 = t0 + Duration::from_secs(5);
+        assert_eq!(r.seen(sight("a", "i1", &labels), t5), Seen::Returned);
         r.assign("a", "t2");
         assert_eq!(
-            r.seen(sight("a", "i2", &labels), t0 + Duration::from_secs(6)),
+            r.seen(sight("a", "i2", &labels), t5),
             Seen::Restarted {
                 lost_tasks: vec!["t2".into()]
             }
@@ -206,7 +312,36 @@ mod tests {
     }
 
     #[test]
-    fn capacity_and_suspicion_gate_placement() {
+    fn late_heartbeats_are_probed_then_silence_is_unreachable() {
+        let labels = BTreeMap::new();
+        let t0 = Instant::now();
+        let mut r = Registry::default();
+        r.seen(sight("a", "i", &labels), t0);
+        assert!(
+            r.check(t0 + HB, TIMEOUT).is_empty(),
+            "one interval late is normal"
+        );
+        let late = t0 + HB * 2 + Duration::from_millis(1);
+        assert_eq!(r.check(late, TIMEOUT), vec![Check::Probe("a".into())]);
+        assert!(
+            r.check(late + HB / 2, TIMEOUT).is_empty(),
+            "not probed twice at once"
+        );
+        assert_eq!(r.check(late + HB, TIMEOUT), vec![Check::Probe("a".into())]);
+        let silent = t0 + TIMEOUT + Duration::from_millis(1);
+        assert_eq!(
+            r.check(silent, TIMEOUT),
+            vec![Check::Unreachable("a".into())]
+        );
+        r.declare_lost("a");
+        assert!(
+            r.check(silent, TIMEOUT).is_empty(),
+            "a lost subagent is not checked"
+        );
+    }
+
+    #[test]
+    fn capacity_suspicion_disabling_and_draining_gate_placement() {
         let labels = BTreeMap::new();
         let now = Instant::now();
         let mut r = Registry::default();
@@ -222,5 +357,21 @@ mod tests {
         assert!(!r.get("a").unwrap().takes_tasks());
         r.seen(sight("a", "i", &labels), now);
         assert!(r.get("a").unwrap().takes_tasks());
+
+        assert_eq!(r.set_disabled("a", true), Some(SubagentState::Disabled));
+        r.seen(sight("a", "i", &labels), now);
+        assert!(
+            !r.get("a").unwrap().takes_tasks(),
+            "disabled survives heartbeats"
+        );
+        assert_eq!(r.set_disabled("a", false), Some(SubagentState::Available));
+
+        let mut draining = sight("a", "i", &labels);
+        draining.draining = true;
+        r.seen(draining, now);
+        assert_eq!(r.get("a").unwrap().state(), SubagentState::Draining);
+        assert!(!r.remove("a", "other-instance"));
+        assert!(r.remove("a", "i"));
+        assert!(r.get("a").is_none());
     }
 }

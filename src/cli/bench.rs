@@ -104,12 +104,17 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
         timeout_ms: Some(60_000),
         params: Default::default(),
         description: Some("does nothing, fast".into()),
+        cluster: None,
+        restartable: true,
     };
     let s = bus.subjects().clone();
     let _: DeployReply = bus
         .request(
             s.deploy(),
-            &DeployRequest { jobs: vec![job] },
+            &DeployRequest {
+                jobs: vec![job],
+                clusters: vec![],
+            },
             Duration::from_secs(10),
         )
         .await

@@ -56,6 +56,26 @@ pub struct WatchArgs {
     pub json: bool,
 }
 
+/// Switch-over of a running subagent.
+#[derive(Debug, clap::Subcommand)]
+pub enum SubagentCommand {
+    /// Give it no new tasks; running ones finish
+    Disable {
+        /// Subagent id (`baton status` lists them)
+        id: String,
+    },
+    /// Give it tasks again
+    Enable {
+        /// Subagent id
+        id: String,
+    },
+    /// Drain it (running tasks finish) and make it exit, as SIGTERM does
+    Stop {
+        /// Subagent id
+        id: String,
+    },
+}
+
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Print the status reply as JSON
@@ -73,31 +93,40 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
 
 pub async fn deploy(config: &Config, args: DeployArgs) -> anyhow::Result<()> {
     let mut jobs = Vec::new();
+    let mut clusters = Vec::new();
     for file in &args.files {
-        jobs.extend(crate::jobs::load_deploy_file(file)?);
+        let d = crate::jobs::load_deploy_file(file)?;
+        jobs.extend(d.jobs);
+        clusters.extend(d.clusters);
     }
     if args.dry_run {
-        println!("{} job(s) valid: {}", jobs.len(), names(&jobs));
+        println!(
+            "valid: {} job(s) {}; {} cluster(s) {}",
+            jobs.len(),
+            names(jobs.iter().map(|j| j.name.as_str())),
+            clusters.len(),
+            names(clusters.iter().map(|c| c.name.as_str()))
+        );
         return Ok(());
     }
     let bus = connect(config, "baton-cli", false).await?;
     let reply: DeployReply = bus
         .request(
             bus.subjects().deploy(),
-            &DeployRequest { jobs },
+            &DeployRequest { jobs, clusters },
             config.nats.request_timeout,
         )
         .await
         .context("deploy failed")?;
-    println!("deployed: {}", reply.deployed.join(", "));
+    if !reply.clusters.is_empty() {
+        println!("deployed clusters: {}", reply.clusters.join(", "));
+    }
+    println!("deployed jobs: {}", reply.deployed.join(", "));
     Ok(())
 }
 
-fn names(jobs: &[JobSpec]) -> String {
-    jobs.iter()
-        .map(|j| j.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+fn names<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    names.collect::<Vec<_>>().join(", ")
 }
 
 pub async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<ExitCode> {
@@ -254,5 +283,27 @@ pub async fn status(config: &Config, args: StatusArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", output::status_text(&reply));
     }
+    Ok(())
+}
+
+pub async fn subagent_control(config: &Config, command: SubagentCommand) -> anyhow::Result<()> {
+    let (subagent_id, action) = match command {
+        SubagentCommand::Disable { id } => (id, SubagentAction::Disable),
+        SubagentCommand::Enable { id } => (id, SubagentAction::Enable),
+        SubagentCommand::Stop { id } => (id, SubagentAction::Stop),
+    };
+    let bus = connect(config, "baton-cli", false).await?;
+    let request = SubagentControl {
+        subagent_id,
+        action,
+    };
+    let reply: SubagentControlReply = bus
+        .request(
+            bus.subjects().subagent_control(),
+            &request,
+            config.nats.request_timeout,
+        )
+        .await?;
+    println!("subagent {} is {}", reply.subagent_id, reply.state.as_str());
     Ok(())
 }

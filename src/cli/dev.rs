@@ -31,7 +31,7 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
     if !conf.exists() {
         bail!("nats/dev.conf not found: run `baton dev` from the top of the Baton repository");
     }
-    let jobs = crate::jobs::load_deploy_file(&args.jobs)?;
+    let deployment = crate::jobs::load_deploy_file(&args.jobs)?;
     std::fs::create_dir_all(".baton/dev").context("cannot create .baton/dev")?;
     let nats = NatsServerOptions {
         port: Some(args.port),
@@ -57,7 +57,10 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
     let reply: DeployReply = bus
         .request(
             bus.subjects().deploy(),
-            &DeployRequest { jobs },
+            &DeployRequest {
+                jobs: deployment.jobs,
+                clusters: deployment.clusters,
+            },
             Duration::from_secs(10),
         )
         .await?;

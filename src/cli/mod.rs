@@ -62,7 +62,12 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Run a broker: keeps the registry, holds jobs and orders, places tasks
     Broker(BrokerArgs),
-    /// Run a subagent: executes tasks as OS processes
+    /// Run a subagent (executes tasks as OS processes), or disable, enable or stop one
+    ///
+    /// SIGTERM (or `baton subagent stop ID`) drains it: no new tasks, running
+    /// ones finish (killed after subagent.drain_timeout), then it leaves and
+    /// exits 0. A subagent that hears no broker for subagent.orphan_timeout
+    /// kills its tasks, so they can run elsewhere without two copies.
     Subagent(SubagentArgs),
     /// Validate job definitions from TOML files and deploy them
     Deploy(client::DeployArgs),
@@ -89,7 +94,11 @@ pub struct BrokerArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct SubagentArgs {
+    /// Switch-over of a running subagent instead of running one
+    #[command(subcommand)]
+    pub action: Option<client::SubagentCommand>,
     /// Subagent id, one subject token [default: <hostname>-<pid>]
     #[arg(long)]
     pub id: Option<String>,
@@ -116,7 +125,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let daemon = matches!(
         cli.command,
-        Command::Broker(_) | Command::Subagent(_) | Command::Dev(_)
+        Command::Broker(_) | Command::Subagent(SubagentArgs { action: None, .. }) | Command::Dev(_)
     );
     init_logging(if daemon {
         "info,async_nats=warn"
@@ -168,6 +177,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::broker::run_until_signal(config, bus).await?;
             Ok(ok)
         }
+        Command::Subagent(SubagentArgs {
+            action: Some(action),
+            ..
+        }) => client::subagent_control(&config, action).await.map(|_| ok),
         Command::Subagent(_) => {
             let bus = connect(&config, "baton-subagent", true).await?;
             crate::subagent::run_until_signal(config, bus).await?;

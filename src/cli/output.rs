@@ -141,26 +141,54 @@ pub fn status_text(s: &StatusReply) -> String {
     }
     let _ = writeln!(
         out,
-        "  {:<24} {:<10} {:>8} {:>9} {:>8} {:>10}  labels",
-        "ID", "STATE", "RUNNING", "CAPACITY", "DONE", "HEARTBEAT"
+        "  {:<24} {:<10} {:>8} {:>9} {:>8} {:>5} {:>5} {:>10}  labels",
+        "ID", "STATE", "RUNNING", "CAPACITY", "DONE", "CPU%", "MEM%", "HEARTBEAT"
     );
     for sub in &s.subagents {
-        let state = match sub.state {
-            SubagentState::Available => "available",
-            SubagentState::Lost => "lost",
-        };
+        let state = sub.state.as_str();
         let labels: Vec<String> = sub.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let (cpu, mem) = sub.load.map_or(("-".to_string(), "-".to_string()), |l| {
+            (
+                format!("{:.0}", l.cpu_percent),
+                format!("{:.0}", l.memory_percent),
+            )
+        });
         let _ = writeln!(
             out,
-            "  {:<24} {:<10} {:>8} {:>9} {:>8} {:>10}  {}",
+            "  {:<24} {:<10} {:>8} {:>9} {:>8} {:>5} {:>5} {:>10}  {}",
             sub.id,
             state,
             sub.running,
             sub.capacity,
             sub.tasks_finished,
+            cpu,
+            mem,
             format!("{}ms ago", sub.heartbeat_age_ms),
             labels.join(",")
         );
+    }
+    if !s.clusters.is_empty() {
+        let _ = writeln!(out, "clusters ({}):", s.clusters.len());
+        for c in &s.clusters {
+            let members: Vec<String> = c
+                .members
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{} (priority {}, {})",
+                        m.subagent_id,
+                        m.priority,
+                        m.state.as_str()
+                    )
+                })
+                .collect();
+            let members = if members.is_empty() {
+                "no known subagent matches".to_string()
+            } else {
+                members.join(", ")
+            };
+            let _ = writeln!(out, "  {:<16} {:<15} {}", c.name, c.mode.as_str(), members);
+        }
     }
     out
 }

@@ -35,6 +35,66 @@ pub struct JobSpec {
     /// Free text shown by `baton status`.
     #[serde(default)]
     pub description: Option<String>,
+    /// The subagent cluster whose members run this job's tasks; every
+    /// subagent, round-robin, when absent.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Whether a task lost with its subagent runs again on another one
+    /// (default true); when false the order fails with "subagent lost".
+    #[serde(default = "yes")]
+    pub restartable: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A named selection of subagents with a scheduling mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ClusterSpec {
+    /// Unique name; one subject token.
+    pub name: String,
+    pub mode: SchedulingMode,
+    /// Who belongs: each entry names a subagent id or a label selector.
+    pub members: Vec<ClusterMember>,
+}
+
+/// How a cluster chooses the member for the next task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SchedulingMode {
+    /// Active-passive: always the highest-priority available member; members
+    /// of equal priority take turns.
+    FixedPriority,
+    /// Active-active: each next task to the next available member.
+    RoundRobin,
+    /// The member with the fewest running tasks for its capacity, then the
+    /// least busy CPU.
+    LeastLoaded,
+}
+
+impl SchedulingMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SchedulingMode::FixedPriority => "fixed-priority",
+            SchedulingMode::RoundRobin => "round-robin",
+            SchedulingMode::LeastLoaded => "least-loaded",
+        }
+    }
+}
+
+/// One entry of a cluster: a subagent id, or labels a subagent must all carry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ClusterMember {
+    /// A subagent id.
+    #[serde(default)]
+    pub subagent: Option<String>,
+    /// Every subagent carrying all these labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Higher runs first in fixed-priority mode.
+    #[serde(default)]
+    pub priority: i32,
 }
 
 /// One parameter a submitter may set. The process sees it as the environment
@@ -114,7 +174,11 @@ impl OrderState {
 /// `{p}.api.deploy`: add or replace job definitions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct DeployRequest {
+    #[serde(default)]
     pub jobs: Vec<JobSpec>,
+    /// Subagent clusters, deployed before the jobs that name them.
+    #[serde(default)]
+    pub clusters: Vec<ClusterSpec>,
 }
 
 /// Reply to [`DeployRequest`].
@@ -122,6 +186,9 @@ pub struct DeployRequest {
 pub struct DeployReply {
     /// Names of the jobs now deployed by this request.
     pub deployed: Vec<String>,
+    /// Names of the subagent clusters now deployed by this request.
+    #[serde(default)]
+    pub clusters: Vec<String>,
 }
 
 /// `{p}.api.order.get`: look up one order.
@@ -176,6 +243,9 @@ pub struct StatusReply {
     pub subagents: Vec<SubagentStatus>,
     /// Names of the deployed jobs.
     pub jobs: Vec<String>,
+    /// Deployed subagent clusters with the subagents they resolve to now.
+    #[serde(default)]
+    pub clusters: Vec<ClusterStatus>,
     pub orders: OrderCounts,
     /// Messages the broker dropped or refused because they could not be decoded.
     #[serde(default)]
@@ -197,6 +267,65 @@ pub struct SubagentStatus {
     /// Tasks it has finished since it registered.
     #[serde(default)]
     pub tasks_finished: u64,
+    /// Its machine's load, from its last heartbeat.
+    #[serde(default)]
+    pub load: Option<Load>,
+}
+
+/// A deployed cluster as the broker resolves it now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ClusterStatus {
+    pub name: String,
+    pub mode: SchedulingMode,
+    /// Known subagents that belong, highest priority first.
+    pub members: Vec<ClusterMemberStatus>,
+}
+
+/// One known subagent of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ClusterMemberStatus {
+    pub subagent_id: String,
+    pub priority: i32,
+    pub state: SubagentState,
+}
+
+/// A machine's load as a subagent samples it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Load {
+    /// Whole-machine CPU use, 0 to 100.
+    pub cpu_percent: f32,
+    /// Memory in use, 0 to 100.
+    pub memory_percent: f32,
+    /// Tasks the subagent runs.
+    pub running: u32,
+}
+
+impl Eq for Load {}
+
+/// `{p}.api.subagent.control`: switch-over by an operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SubagentControl {
+    pub subagent_id: String,
+    pub action: SubagentAction,
+}
+
+/// What an operator does to a subagent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SubagentAction {
+    /// No new tasks; running ones finish.
+    Disable,
+    /// Takes tasks again.
+    Enable,
+    /// Drain (no new tasks, running ones finish) and exit, as on SIGTERM.
+    Stop,
+}
+
+/// Reply to [`SubagentControl`]: the subagent's state now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SubagentControlReply {
+    pub subagent_id: String,
+    pub state: SubagentState,
 }
 
 /// Whether a subagent takes tasks.
@@ -205,8 +334,26 @@ pub struct SubagentStatus {
 pub enum SubagentState {
     /// Heartbeating and taking tasks.
     Available,
-    /// Missed its heartbeats: taken for dead.
+    /// Switched off by an operator: no new tasks, running ones finish.
+    Disabled,
+    /// Stopping normally: no new tasks, running ones finish, then it leaves.
+    Draining,
+    /// Gone without leaving: killed, crashed, or cut off.
     Lost,
+    /// Drained and left normally (only seen in events).
+    Left,
+}
+
+impl SubagentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubagentState::Available => "available",
+            SubagentState::Disabled => "disabled",
+            SubagentState::Draining => "draining",
+            SubagentState::Lost => "lost",
+            SubagentState::Left => "left",
+        }
+    }
 }
 
 /// How many orders the broker holds in each state.

@@ -22,6 +22,12 @@ pub struct Register {
     pub pid: Option<u32>,
     #[serde(default)]
     pub protocol: u32,
+    /// How often it heartbeats.
+    #[serde(default)]
+    pub heartbeat_interval_ms: u64,
+    /// It kills its tasks after hearing no broker for this long.
+    #[serde(default)]
+    pub orphan_timeout_ms: u64,
 }
 
 /// Reply to [`Register`].
@@ -46,7 +52,54 @@ pub struct SubagentHeartbeat {
     pub sent_at_ms: u64,
     #[serde(default)]
     pub protocol: u32,
+    #[serde(default)]
+    pub load: Option<super::Load>,
+    /// Stopping normally: takes no new tasks.
+    #[serde(default)]
+    pub draining: bool,
+    /// How often it heartbeats.
+    #[serde(default)]
+    pub heartbeat_interval_ms: u64,
+    /// It kills its tasks after hearing no broker for this long.
+    #[serde(default)]
+    pub orphan_timeout_ms: u64,
 }
+
+/// `{p}.subagent.{id}.ping`: is this subagent alive? A killed one has no
+/// responders at once; a busy one answers late.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Ping {}
+
+/// Reply to [`Ping`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Pong {
+    pub subagent_id: String,
+    pub instance_id: String,
+    #[serde(default)]
+    pub running: Vec<String>,
+}
+
+/// `{p}.subagent.{id}.stop`: drain and exit, as on SIGTERM.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StopSubagent {}
+
+/// Reply to [`StopSubagent`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Stopping {
+    /// Tasks it lets finish before it exits.
+    pub running: u32,
+}
+
+/// `{p}.broker.leave`: a drained subagent says goodbye; this is not a failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Leave {
+    pub subagent_id: String,
+    pub instance_id: String,
+}
+
+/// Reply to [`Leave`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Left {}
 
 /// `{p}.hb.broker`: the broker is alive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

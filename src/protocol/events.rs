@@ -84,3 +84,14 @@ pub struct OrderFinished {
     pub duration_ms: Option<u64>,
     pub at_ms: u64,
 }
+
+/// `{p}.cluster.subagent.{id}`: a subagent's state changed (joined, lost,
+/// disabled, draining, left, back).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SubagentChanged {
+    pub subagent_id: String,
+    pub state: super::SubagentState,
+    /// What happened, for people: "joined", "lost: no responders", "left", ...
+    pub reason: String,
+    pub at_ms: u64,
+}

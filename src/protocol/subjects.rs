@@ -7,6 +7,11 @@
 //! | `{p}.api.deploy` | request | [`DeployRequest`](super::DeployRequest) -> [`DeployReply`](super::DeployReply) |
 //! | `{p}.api.order.get` | request | [`GetOrder`](super::GetOrder) -> [`OrderInfo`](super::OrderInfo) |
 //! | `{p}.api.status` | request | [`StatusRequest`](super::StatusRequest) -> [`StatusReply`](super::StatusReply) |
+//! | `{p}.api.subagent.control` | request | [`SubagentControl`](super::SubagentControl) -> [`SubagentControlReply`](super::SubagentControlReply) |
+//! | `{p}.broker.leave` | request | [`Leave`](super::Leave) -> [`Left`](super::Left) |
+//! | `{p}.subagent.{id}.ping` | request | [`Ping`](super::Ping) -> [`Pong`](super::Pong) |
+//! | `{p}.subagent.{id}.stop` | request | [`StopSubagent`](super::StopSubagent) -> [`Stopping`](super::Stopping) |
+//! | `{p}.cluster.subagent.{id}` | publish | [`SubagentChanged`](super::SubagentChanged) |
 //! | `{p}.broker.register` | request | [`Register`](super::Register) -> [`Registered`](super::Registered) |
 //! | `{p}.broker.result` | request | [`TaskResult`](super::TaskResult) -> [`ResultAck`](super::ResultAck) |
 //! | `{p}.subagent.{id}.run` | request | [`RunTask`](super::RunTask) -> [`RunAccepted`](super::RunAccepted) |
@@ -76,6 +81,31 @@ impl Subjects {
 
     pub fn status(&self) -> String {
         format!("{}.api.status", self.prefix)
+    }
+
+    pub fn subagent_control(&self) -> String {
+        format!("{}.api.subagent.control", self.prefix)
+    }
+
+    pub fn leave(&self) -> String {
+        format!("{}.broker.leave", self.prefix)
+    }
+
+    pub fn ping(&self, subagent: &str) -> String {
+        format!("{}.subagent.{subagent}.ping", self.prefix)
+    }
+
+    pub fn stop(&self, subagent: &str) -> String {
+        format!("{}.subagent.{subagent}.stop", self.prefix)
+    }
+
+    pub fn subagent_changed(&self, subagent: &str) -> String {
+        format!("{}.cluster.subagent.{subagent}", self.prefix)
+    }
+
+    /// Wildcard matching every subagent state change.
+    pub fn subagent_changes(&self) -> String {
+        self.subagent_changed("*")
     }
 
     pub fn register(&self) -> String {

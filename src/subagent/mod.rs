@@ -1,7 +1,12 @@
 //! The Subagent: a lightweight executor. It registers with the broker,
-//! heartbeats, runs the tasks it is handed as OS processes, publishes their
-//! output as log events, and reports each result until the broker
-//! acknowledges it.
+//! heartbeats with its load, answers liveness probes, runs the tasks it is
+//! handed as OS processes, publishes their output as events, and reports each
+//! result until the broker acknowledges it.
+//!
+//! It kills its own tasks when it has heard no broker for `orphan_timeout`
+//! (so the broker may run them elsewhere), and on SIGTERM or a stop request
+//! it drains: no new tasks, running ones finish (up to `drain_timeout`),
+//! results are acknowledged, then it leaves and exits 0.
 //!
 //! Architecture invariant: a subagent keeps no state worth keeping across a
 //! restart; the broker owns orders. A task id it already knows is never
@@ -10,11 +15,11 @@
 pub mod process;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use futures::stream::{self, LocalBoxStream, StreamExt};
 use tokio::sync::oneshot;
-
 use tracing::{debug, error, info, warn};
 
 use crate::bus::{Bus, BusError, Received, Request};
@@ -24,9 +29,31 @@ use crate::time::now_ms;
 
 /// Finished task ids remembered to recognise a repeated dispatch.
 const REMEMBER_FINISHED: usize = 10_000;
+/// After the drain timeout, how long results may still take to be acknowledged.
+const LEAVE_GRACE: Duration = Duration::from_secs(15);
+
+enum Input {
+    Run(Request<RunTask>),
+    Ping(Request<Ping>),
+    Stop(Request<StopSubagent>),
+    BrokerHeartbeat,
+    /// Heartbeats under our own id: another process using it is a configuration error.
+    Twin(Received<SubagentHeartbeat>),
+}
+
+impl Message for Input {
+    type Result = ();
+}
+
+/// Start draining, as on SIGTERM.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain;
 
 struct Running {
     pid: Option<u32>,
+    /// Sends the reason to kill the task.
+    kill: Option<oneshot::Sender<String>>,
 }
 
 struct Unacked {
@@ -41,30 +68,43 @@ pub struct Subagent {
     instance_id: String,
     registered: bool,
     registering: bool,
+    draining: bool,
+    leaving: bool,
+    last_broker_contact: Instant,
     running: HashMap<String, Running>,
     finished: VecDeque<String>,
     finished_set: HashSet<String>,
     unacked: BTreeMap<String, Unacked>,
-    /// Tells `run_until_signal` why the subagent cannot go on.
-    fatal: Option<oneshot::Sender<String>>,
+    system: sysinfo::System,
+    /// Tells `run_until_signal` the subagent is done: drained, or cannot go on.
+    done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
-/// Subscribes and starts the subagent in the current actix System.
+/// Subscribes and starts the subagent in the current actix System. `done`
+/// receives `Ok` once it has drained and left, or why it had to stop.
 pub async fn start(
     config: Config,
     bus: Bus,
-    fatal: oneshot::Sender<String>,
+    done: oneshot::Sender<Result<(), String>>,
 ) -> Result<Addr<Subagent>, BusError> {
     let id = config.subagent_id();
-    let runs = bus.serve::<RunTask>(bus.subjects().run(&id)).await?;
-    // heartbeats under our own id: another process using it is a configuration error
-    let twins = bus
-        .listen::<SubagentHeartbeat>(bus.subjects().subagent_heartbeat(&id))
-        .await?;
+    let s = bus.subjects().clone();
+    let inputs: Vec<LocalBoxStream<'static, Input>> = vec![
+        bus.serve(s.run(&id)).await?.map(Input::Run).boxed_local(),
+        bus.serve(s.ping(&id)).await?.map(Input::Ping).boxed_local(),
+        bus.serve(s.stop(&id)).await?.map(Input::Stop).boxed_local(),
+        bus.listen(s.broker_heartbeat())
+            .await?
+            .map(|_: Received<BrokerHeartbeat>| Input::BrokerHeartbeat)
+            .boxed_local(),
+        bus.listen(s.subagent_heartbeat(&id))
+            .await?
+            .map(Input::Twin)
+            .boxed_local(),
+    ];
     info!(subagent = %id, capacity = config.subagent.capacity, "subagent started");
     Ok(Subagent::create(move |ctx| {
-        ctx.add_stream(runs);
-        ctx.add_stream(twins);
+        ctx.add_stream(stream::select_all(inputs));
         Subagent {
             bus,
             config,
@@ -72,11 +112,15 @@ pub async fn start(
             instance_id: uuid::Uuid::now_v7().to_string(),
             registered: false,
             registering: false,
+            draining: false,
+            leaving: false,
+            last_broker_contact: Instant::now(),
             running: HashMap::new(),
             finished: VecDeque::new(),
             finished_set: HashSet::new(),
             unacked: BTreeMap::new(),
-            fatal: Some(fatal),
+            system: sysinfo::System::new(),
+            done: Some(done),
         }
     }))
 }
@@ -92,6 +136,7 @@ impl Actor for Subagent {
             if !act.registered {
                 act.register(ctx);
             }
+            act.check_orphaned();
         });
         ctx.run_interval(self.config.subagent.result_retry, |act, ctx| {
             let pending: Vec<String> = act.unacked.keys().cloned().collect();
@@ -102,37 +147,69 @@ impl Actor for Subagent {
     }
 }
 
-impl StreamHandler<Request<RunTask>> for Subagent {
-    fn handle(&mut self, req: Request<RunTask>, ctx: &mut Self::Context) {
-        self.on_run(req, ctx);
-    }
-
-    fn finished(&mut self, ctx: &mut Self::Context) {
-        warn!("task subscription ended; stopping");
-        ctx.stop();
-    }
-}
-
-impl StreamHandler<Received<SubagentHeartbeat>> for Subagent {
-    fn handle(&mut self, hb: Received<SubagentHeartbeat>, ctx: &mut Self::Context) {
-        let other = hb.body.instance_id;
-        // instance ids are UUIDv7, ordered by start time: the later process yields
-        if other != self.instance_id && other < self.instance_id {
-            error!(subagent = %self.id, "another running subagent uses this id; stopping");
-            if let Some(fatal) = self.fatal.take() {
-                let _ = fatal.send(format!(
-                    "another running subagent uses the id '{}'; give each subagent its own --id",
-                    self.id
-                ));
+impl StreamHandler<Input> for Subagent {
+    fn handle(&mut self, input: Input, ctx: &mut Self::Context) {
+        match input {
+            Input::Run(r) => {
+                self.last_broker_contact = Instant::now();
+                self.on_run(r, ctx)
             }
-            ctx.stop();
+            Input::Ping(r) => {
+                self.last_broker_contact = Instant::now();
+                let pong = Pong {
+                    subagent_id: self.id.clone(),
+                    instance_id: self.instance_id.clone(),
+                    running: self.running.keys().cloned().collect(),
+                };
+                self.bus.reply(&r.replier, &pong);
+            }
+            Input::Stop(r) => {
+                let stopping = Stopping {
+                    running: self.running.len() as u32,
+                };
+                self.bus.reply(&r.replier, &stopping);
+                info!("stop requested");
+                self.drain(ctx);
+            }
+            Input::BrokerHeartbeat => self.last_broker_contact = Instant::now(),
+            Input::Twin(hb) => self.on_twin(hb.body, ctx),
         }
     }
 
-    fn finished(&mut self, _ctx: &mut Self::Context) {}
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        warn!("subscriptions ended; stopping");
+        self.exit(Err("lost its NATS subscriptions".into()), ctx);
+    }
+}
+
+impl Handler<Drain> for Subagent {
+    type Result = ();
+
+    fn handle(&mut self, _: Drain, ctx: &mut Self::Context) {
+        self.drain(ctx);
+    }
 }
 
 impl Subagent {
+    fn exit(&mut self, result: Result<(), String>, ctx: &mut Context<Self>) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(result);
+        }
+        ctx.stop();
+    }
+
+    fn on_twin(&mut self, hb: SubagentHeartbeat, ctx: &mut Context<Self>) {
+        // instance ids are UUIDv7, ordered by start time: the later process yields
+        if hb.instance_id != self.instance_id && hb.instance_id < self.instance_id {
+            error!(subagent = %self.id, "another running subagent uses this id; stopping");
+            let reason = format!(
+                "another running subagent uses the id '{}'; give each subagent its own --id",
+                self.id
+            );
+            self.exit(Err(reason), ctx);
+        }
+    }
+
     fn register(&mut self, ctx: &mut Context<Self>) {
         if self.registering {
             return;
@@ -146,6 +223,8 @@ impl Subagent {
             hostname: Some(crate::config::hostname()),
             pid: Some(std::process::id()),
             protocol: PROTOCOL_VERSION,
+            heartbeat_interval_ms: self.config.subagent.heartbeat_interval.as_millis() as u64,
+            orphan_timeout_ms: self.orphan_limit().as_millis() as u64,
         };
         let bus = self.bus.clone();
         let subject = bus.subjects().register();
@@ -158,6 +237,7 @@ impl Subagent {
             match reply {
                 Ok(r) => {
                     act.registered = true;
+                    act.last_broker_contact = Instant::now();
                     info!(broker = %r.broker_id, "registered with broker");
                 }
                 Err(e) => debug!(error = %e, "registration not answered yet"),
@@ -165,7 +245,21 @@ impl Subagent {
         }));
     }
 
-    fn heartbeat(&self) {
+    /// When all of this subagent's tasks are surely dead after losing the
+    /// broker: the orphan timeout plus the kill grace.
+    fn orphan_limit(&self) -> Duration {
+        self.config.subagent.orphan_timeout + self.config.subagent.kill_grace
+    }
+
+    fn heartbeat(&mut self) {
+        self.system.refresh_cpu_usage();
+        self.system.refresh_memory();
+        let total = self.system.total_memory().max(1) as f64;
+        let load = Load {
+            cpu_percent: self.system.global_cpu_usage(),
+            memory_percent: (self.system.used_memory() as f64 / total * 100.0) as f32,
+            running: self.running.len() as u32,
+        };
         let hb = SubagentHeartbeat {
             subagent_id: self.id.clone(),
             instance_id: self.instance_id.clone(),
@@ -174,9 +268,32 @@ impl Subagent {
             running: self.running.keys().cloned().collect(),
             sent_at_ms: now_ms(),
             protocol: PROTOCOL_VERSION,
+            load: Some(load),
+            draining: self.draining,
+            heartbeat_interval_ms: self.config.subagent.heartbeat_interval.as_millis() as u64,
+            orphan_timeout_ms: self.orphan_limit().as_millis() as u64,
         };
         self.bus
             .post(self.bus.subjects().subagent_heartbeat(&self.id), &hb);
+    }
+
+    /// No broker for `orphan_timeout`: kill every running task, so the
+    /// broker can run restartable ones elsewhere without two copies.
+    fn check_orphaned(&mut self) {
+        let timeout = self.config.subagent.orphan_timeout;
+        if self.last_broker_contact.elapsed() <= timeout {
+            return;
+        }
+        let reason = format!(
+            "killed by its subagent: no broker heard for {}",
+            humantime::format_duration(timeout)
+        );
+        for (task_id, running) in &mut self.running {
+            if let Some(kill) = running.kill.take() {
+                warn!(task = %task_id, "no broker within the orphan timeout; killing the task");
+                let _ = kill.send(reason.clone());
+            }
+        }
     }
 
     fn knows(&self, task_id: &str) -> bool {
@@ -205,6 +322,11 @@ impl Subagent {
                 pid,
             };
             return self.bus.reply(&req.replier, &reply);
+        }
+        if self.draining {
+            let error =
+                ErrorReply::new(ErrorCode::Busy, format!("subagent {} is draining", self.id));
+            return self.bus.reply(&req.replier, &error);
         }
         if self.running.len() >= self.config.subagent.capacity as usize {
             let error = ErrorReply::new(
@@ -238,30 +360,19 @@ impl Subagent {
         };
         let pid = spawned.pid;
         debug!(task = %task.task_id, pid, "task started");
-        self.running
-            .insert(task.task_id.clone(), Running { pid: Some(pid) });
+        let (kill, killed) = oneshot::channel();
+        let running = Running {
+            pid: Some(pid),
+            kill: Some(kill),
+        };
+        self.running.insert(task.task_id.clone(), running);
         let reply = RunAccepted {
             task_id: task.task_id.clone(),
             duplicate: false,
             pid: Some(pid),
         };
         self.bus.reply(&req.replier, &reply);
-
-        // posted before any log line of the task, through the same ordered queue
-        let started = TaskStarted {
-            order_id: task.order_id.clone(),
-            job: task.job.clone(),
-            task_id: task.task_id.clone(),
-            attempt: task.attempt,
-            subagent_id: self.id.clone(),
-            pid: Some(pid),
-            at_ms: started_at_ms,
-        };
-        let s = self.bus.subjects();
-        self.bus.post(
-            s.event(&task.job, &task.order_id, EventKind::Started),
-            &started,
-        );
+        self.publish_started(&task, pid, started_at_ms);
 
         let bus = self.bus.clone();
         let subject = bus
@@ -285,18 +396,36 @@ impl Subagent {
             bus.post(subject.clone(), &log);
             async {}
         };
-        let timeout = task.timeout_ms.map(Duration::from_millis);
         let supervised = process::supervise(
             spawned,
-            timeout,
+            task.timeout_ms.map(Duration::from_millis),
             self.config.subagent.kill_grace,
             self.config.subagent.max_line_bytes,
+            killed,
             on_line,
         );
         ctx.spawn(
             supervised
                 .into_actor(self)
                 .map(move |exit, act, ctx| act.on_exit(task, Some(pid), exit, started_at_ms, ctx)),
+        );
+    }
+
+    /// Posted before any log line of the task, through the same ordered queue.
+    fn publish_started(&self, task: &RunTask, pid: u32, at_ms: u64) {
+        let started = TaskStarted {
+            order_id: task.order_id.clone(),
+            job: task.job.clone(),
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+            subagent_id: self.id.clone(),
+            pid: Some(pid),
+            at_ms,
+        };
+        let s = self.bus.subjects();
+        self.bus.post(
+            s.event(&task.job, &task.order_id, EventKind::Started),
+            &started,
         );
     }
 
@@ -319,19 +448,17 @@ impl Subagent {
             exit_code: exit.exit_code,
             signal: exit.signal,
             timed_out: exit.timed_out,
-            error: exit.error,
+            error: exit.error.or(exit.killed),
             pid,
             started_at_ms,
             finished_at_ms: now_ms(),
         };
         self.remember_finished(&task.task_id);
-        self.unacked.insert(
-            task.task_id.clone(),
-            Unacked {
-                result,
-                in_flight: false,
-            },
-        );
+        let unacked = Unacked {
+            result,
+            in_flight: false,
+        };
+        self.unacked.insert(task.task_id.clone(), unacked);
         self.send_result(task.task_id, ctx);
     }
 
@@ -363,16 +490,18 @@ impl Subagent {
             .result_retry
             .max(Duration::from_secs(1));
         let request = async move {
-            // log lines first: the result must not overtake them
+            // started and log lines first: the result must not overtake them
             bus.posted().await;
             bus.request::<_, ResultAck>(subject, &result, timeout).await
         };
         ctx.spawn(
             request
                 .into_actor(self)
-                .map(move |reply, act, _| match reply {
+                .map(move |reply, act, ctx| match reply {
                     Ok(_) => {
+                        act.last_broker_contact = Instant::now();
                         act.unacked.remove(&task_id);
+                        act.leave_if_drained(ctx);
                     }
                     Err(e) => {
                         debug!(task = %task_id, error = %e, "result not acknowledged; will retry");
@@ -383,17 +512,96 @@ impl Subagent {
                 }),
         );
     }
+
+    /// A normal stop: no new tasks, running ones finish (killed after the
+    /// drain timeout), results are acknowledged, then leave and exit.
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        info!(running = self.running.len(), "draining");
+        self.heartbeat();
+        let timeout = self.config.subagent.drain_timeout;
+        ctx.run_later(timeout, move |act, _| {
+            let reason = format!(
+                "killed by its subagent: still running after the drain timeout ({})",
+                humantime::format_duration(timeout)
+            );
+            for (task_id, running) in &mut act.running {
+                if let Some(kill) = running.kill.take() {
+                    warn!(task = %task_id, "drain timeout; killing the task");
+                    let _ = kill.send(reason.clone());
+                }
+            }
+        });
+        ctx.run_later(timeout + LEAVE_GRACE, |act, ctx| {
+            if !act.leaving {
+                let pending = act.unacked.len();
+                act.exit(
+                    Err(format!(
+                        "drained, but {pending} result(s) were never acknowledged by a broker"
+                    )),
+                    ctx,
+                );
+            }
+        });
+        self.leave_if_drained(ctx);
+    }
+
+    fn leave_if_drained(&mut self, ctx: &mut Context<Self>) {
+        if !self.draining || self.leaving || !self.running.is_empty() || !self.unacked.is_empty() {
+            return;
+        }
+        self.leaving = true;
+        let bus = self.bus.clone();
+        let subject = bus.subjects().leave();
+        let leave = Leave {
+            subagent_id: self.id.clone(),
+            instance_id: self.instance_id.clone(),
+        };
+        let request = async move {
+            for _ in 0..3 {
+                match bus
+                    .request::<_, Left>(subject.clone(), &leave, Duration::from_secs(2))
+                    .await
+                {
+                    Ok(_) => return true,
+                    Err(e) => debug!(error = %e, "leave not acknowledged"),
+                }
+            }
+            false
+        };
+        ctx.spawn(request.into_actor(self).map(|acknowledged, act, ctx| {
+            if acknowledged {
+                info!("drained; left the cluster");
+            } else {
+                warn!("drained; no broker acknowledged the leave");
+            }
+            act.exit(Ok(()), ctx);
+        }));
+    }
 }
 
-/// Runs a subagent until SIGINT or SIGTERM.
+/// Runs a subagent until it has drained after SIGINT/SIGTERM or a stop
+/// request, or until it cannot go on.
 pub async fn run_until_signal(config: Config, bus: Bus) -> anyhow::Result<()> {
-    let (fatal, fatal_rx) = oneshot::channel();
-    let _subagent = start(config, bus, fatal).await?;
-    tokio::select! {
+    let (done, mut finished) = oneshot::channel();
+    let subagent = start(config, bus, done).await?;
+    let result = tokio::select! {
         _ = crate::cli::wait_for_signal() => {
-            info!("subagent stopping");
-            Ok(())
+            info!("signal received; draining (signal again to stop at once)");
+            subagent.do_send(Drain);
+            tokio::select! {
+                r = &mut finished => r,
+                _ = crate::cli::wait_for_signal() => Ok(Err("stopped before draining finished".into())),
+            }
         }
-        Ok(reason) = fatal_rx => Err(anyhow::anyhow!(reason)),
+        r = &mut finished => r,
+    };
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(reason)) => Err(anyhow::anyhow!(reason)),
+        Err(_) => Err(anyhow::anyhow!("the subagent stopped unexpectedly")),
     }
 }

@@ -14,7 +14,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use crate::protocol::{LogStream, RunTask};
@@ -37,6 +37,8 @@ pub struct Exit {
     pub timed_out: bool,
     /// Waiting for the process failed (rare: the OS lost track of it).
     pub error: Option<String>,
+    /// Why the subagent killed it (orphan timeout, drain timeout), if it did.
+    pub killed: Option<String>,
 }
 
 /// Starts the task's program. The child gets its own process group (so the
@@ -74,12 +76,14 @@ pub fn spawn(task: &RunTask) -> std::io::Result<Spawned> {
 }
 
 /// Waits for the process, calling `on_line` for each output line in order of
-/// arrival, and kills it when `timeout` passes or `cancel` resolves.
+/// arrival. It is killed (SIGTERM to its group, `grace`, SIGKILL) when
+/// `timeout` passes or when a reason arrives on `kill`.
 pub async fn supervise<F, Fut>(
     mut spawned: Spawned,
     timeout: Option<Duration>,
     grace: Duration,
     max_line_bytes: usize,
+    mut kill: oneshot::Receiver<String>,
     mut on_line: F,
 ) -> Exit
 where
@@ -108,6 +112,8 @@ where
     let pgid = Pid::from_raw(spawned.pid as i32);
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut timed_out = false;
+    let mut killed: Option<String> = None;
+    let mut kill_armed = true;
     let mut killed_at: Option<tokio::time::Instant> = None;
     let mut output_open = true;
     let status = loop {
@@ -123,6 +129,17 @@ where
             line = lines.recv(), if output_open => match line {
                 Some((stream, line)) => on_line(stream, line).await,
                 None => output_open = false,
+            },
+            reason = &mut kill, if kill_armed => {
+                kill_armed = false;
+                // a dropped sender only disarms
+                if let Ok(reason) = reason {
+                    if killed_at.is_none() {
+                        let _ = killpg(pgid, Signal::SIGTERM);
+                        killed_at = Some(tokio::time::Instant::now());
+                    }
+                    killed = Some(reason);
+                }
             },
             _ = timer => {
                 if killed_at.is_none() {
@@ -159,6 +176,7 @@ where
             signal: status.signal(),
             timed_out,
             error: None,
+            killed,
         },
         Err(e) => {
             warn!(pid = spawned.pid, error = %e, "waiting for task failed");
@@ -166,6 +184,7 @@ where
             Exit {
                 timed_out,
                 error: Some(format!("waiting for the process failed: {e}")),
+                killed,
                 ..Exit::default()
             }
         }
@@ -219,14 +238,30 @@ mod tests {
     }
 
     async fn run(t: RunTask, timeout: Option<Duration>) -> (Exit, Vec<(LogStream, String)>) {
+        let (_keep, kill) = oneshot::channel();
+        run_with(t, timeout, kill).await
+    }
+
+    async fn run_with(
+        t: RunTask,
+        timeout: Option<Duration>,
+        kill: oneshot::Receiver<String>,
+    ) -> (Exit, Vec<(LogStream, String)>) {
         let spawned = spawn(&t).unwrap();
         let mut lines = Vec::new();
         let exit = tokio::time::timeout(
             Duration::from_secs(20),
-            supervise(spawned, timeout, Duration::from_millis(300), 64, |s, l| {
-                lines.push((s, l));
-                async {}
-            }),
+            supervise(
+                spawned,
+                timeout,
+                Duration::from_millis(300),
+                64,
+                kill,
+                |s, l| {
+                    lines.push((s, l));
+                    async {}
+                },
+            ),
         )
         .await
         .expect("task finished in time");
@@ -283,6 +318,22 @@ mod tests {
         let (exit, _) = run(t, Some(Duration::from_millis(100))).await;
         assert!(exit.timed_out);
         assert_eq!(exit.signal, Some(Signal::SIGTERM as i32));
+    }
+
+    #[tokio::test]
+    async fn a_kill_reason_terminates_the_task_and_is_reported() {
+        let (tx, kill) = oneshot::channel();
+        tx.send("no broker for 10s".to_string()).unwrap();
+        let (exit, _) = run_with(task("sleep", &["30"]), None, kill).await;
+        assert_eq!(exit.killed.as_deref(), Some("no broker for 10s"));
+        assert_eq!(exit.signal, Some(Signal::SIGTERM as i32));
+        assert!(!exit.timed_out);
+
+        // a dropped sender does not kill
+        let (tx, kill) = oneshot::channel::<String>();
+        drop(tx);
+        let (exit, _) = run_with(task("sh", &["-c", "sleep 0.2; exit 4"]), None, kill).await;
+        assert_eq!((exit.exit_code, exit.killed), (Some(4), None));
     }
 
     #[test]

@@ -182,8 +182,11 @@ where
 /// Validates deploy-file text as `baton deploy` does and deploys it over the
 /// wire (`DeployRequest` on `{p}.api.deploy`).
 pub async fn deploy(bus: &Bus, toml_text: &str) -> DeployReply {
-    let jobs = baton::jobs::parse_deploy_file("test.toml", toml_text).expect("valid deploy file");
-    let request = DeployRequest { jobs };
+    let d = baton::jobs::parse_deploy_file("test.toml", toml_text).expect("valid deploy file");
+    let request = DeployRequest {
+        jobs: d.jobs,
+        clusters: d.clusters,
+    };
     let deploy = bus.request(bus.subjects().deploy(), &request, REQUEST);
     within(REQUEST + Duration::from_secs(1), "deploy", deploy)
         .await

@@ -1,0 +1,337 @@
+//! The broker's client-facing requests: submit, deploy, order lookup,
+//! status and subagent switch-over, and the jobs and clusters buckets.
+
+use actix::prelude::*;
+use std::time::Instant;
+use tracing::{info, warn};
+
+use super::order_book::Order;
+use super::{placement, Broker};
+use crate::bus::{BusError, KvChange, Request};
+use crate::jobs;
+use crate::protocol::*;
+use crate::time::now_ms;
+
+impl Broker {
+    pub(super) fn on_submit(&mut self, req: Request<SubmitOrder>, ctx: &mut Context<Self>) {
+        let SubmitOrder {
+            job,
+            params,
+            request_id,
+        } = req.body;
+        if let Some(existing) = request_id
+            .as_deref()
+            .and_then(|r| self.book.by_request_id(r))
+        {
+            let reply = SubmitReply {
+                order_id: existing.id.clone(),
+                job: existing.job.clone(),
+                state: existing.phase.wire(),
+                duplicate: true,
+            };
+            self.bus.reply(&req.replier, &reply);
+            return;
+        }
+        let Some(spec) = self.jobs.get(&job) else {
+            let message = format!(
+                "no job named '{job}' is deployed (deployed: {}); deploy it with `baton deploy FILE.toml`",
+                self.job_names().join(", ")
+            );
+            return self.error(&req.replier, ErrorCode::UnknownJob, message);
+        };
+        let params = match jobs::resolve_params(spec, &params) {
+            Ok(params) => params,
+            Err(e) => return self.error(&req.replier, ErrorCode::InvalidParam, e.to_string()),
+        };
+        let order_id = uuid::Uuid::now_v7().to_string();
+        let mut order = Order::new(order_id.clone(), job, params, request_id, now_ms());
+        order.restartable = spec.restartable;
+        let info = order.info();
+        let failed_id = order_id.clone();
+        self.book.insert(order);
+        let kv = self.orders_kv.clone();
+        let replier = req.replier;
+        let write = async move { kv.put(&order_id, &info).await.map(|_| info) };
+        ctx.spawn(write.into_actor(self).map(move |written, act, ctx| {
+            match written {
+                Ok(info) => {
+                    act.book.enqueue(&info.order_id);
+                    let reply = SubmitReply {
+                        order_id: info.order_id.clone(),
+                        job: info.job.clone(),
+                        state: OrderState::Accepted,
+                        duplicate: false,
+                    };
+                    act.bus.reply(&replier, &reply);
+                    let event = OrderAccepted {
+                        order_id: info.order_id.clone(),
+                        job: info.job.clone(),
+                        params: info.params,
+                        at_ms: info.accepted_at_ms,
+                    };
+                    let s = act.bus.subjects();
+                    act.bus.post(
+                        s.event(&event.job, &event.order_id, EventKind::Accepted),
+                        &event,
+                    );
+                    act.dispatch(ctx);
+                }
+                Err(e) => {
+                    warn!(error = %e, "order not stored; submit refused");
+                    act.book.remove(&failed_id);
+                    act.error(
+                        &replier,
+                        ErrorCode::Unavailable,
+                        format!("the order could not be stored in JetStream, nothing was accepted: {e}"),
+                    );
+                }
+            }
+        }));
+    }
+
+    pub(super) fn on_deploy(&mut self, req: Request<DeployRequest>, ctx: &mut Context<Self>) {
+        let DeployRequest { jobs, clusters } = req.body;
+        if jobs.is_empty() && clusters.is_empty() {
+            return self.error(
+                &req.replier,
+                ErrorCode::InvalidJob,
+                "nothing to deploy: no jobs and no clusters",
+            );
+        }
+        for cluster in &clusters {
+            if let Err(e) = jobs::validate_cluster(cluster) {
+                return self.error(&req.replier, ErrorCode::InvalidJob, e.to_string());
+            }
+        }
+        for spec in &jobs {
+            if let Err(e) = jobs::validate_job(spec) {
+                return self.error(&req.replier, ErrorCode::InvalidJob, e.to_string());
+            }
+            if let Some(cluster) = &spec.cluster {
+                let known = self.clusters.contains_key(cluster)
+                    || clusters.iter().any(|c| &c.name == cluster);
+                if !known {
+                    let message = format!(
+                        "job '{}': field 'cluster': no subagent cluster '{cluster}' is deployed; define it in a [[cluster]] table",
+                        spec.name
+                    );
+                    return self.error(&req.replier, ErrorCode::InvalidJob, message);
+                }
+            }
+        }
+        let (jobs_kv, clusters_kv) = (self.jobs_kv.clone(), self.clusters_kv.clone());
+        let replier = req.replier;
+        let write = async move {
+            for cluster in &clusters {
+                clusters_kv.put(&cluster.name, cluster).await?;
+            }
+            for spec in &jobs {
+                jobs_kv.put(&spec.name, spec).await?;
+            }
+            Ok::<_, BusError>((jobs, clusters))
+        };
+        ctx.spawn(
+            write
+                .into_actor(self)
+                .map(move |written, act, ctx| match written {
+                    Ok((jobs, clusters)) => {
+                        let deployed: Vec<String> = jobs.iter().map(|s| s.name.clone()).collect();
+                        let cluster_names: Vec<String> =
+                            clusters.iter().map(|c| c.name.clone()).collect();
+                        info!(jobs = ?deployed, clusters = ?cluster_names, "deployed");
+                        for cluster in clusters {
+                            act.clusters.insert(cluster.name.clone(), cluster);
+                        }
+                        for spec in jobs {
+                            act.jobs.insert(spec.name.clone(), spec);
+                        }
+                        let reply = DeployReply {
+                            deployed,
+                            clusters: cluster_names,
+                        };
+                        act.bus.reply(&replier, &reply);
+                        act.dispatch(ctx);
+                    }
+                    Err(e) => act.error(
+                        &replier,
+                        ErrorCode::Unavailable,
+                        format!("the deployment could not be stored in JetStream: {e}"),
+                    ),
+                }),
+        );
+    }
+
+    pub(super) fn on_job_change(&mut self, change: KvChange<JobSpec>) {
+        match change.value {
+            Some(spec) if jobs::validate_job(&spec).is_ok() && spec.name == change.key => {
+                self.jobs.insert(change.key, spec);
+            }
+            Some(_) => {
+                warn!(job = %change.key, "invalid job definition in the jobs bucket ignored")
+            }
+            None => {
+                self.jobs.remove(&change.key);
+            }
+        }
+    }
+
+    pub(super) fn on_cluster_change(&mut self, change: KvChange<ClusterSpec>) {
+        match change.value {
+            Some(spec) if jobs::validate_cluster(&spec).is_ok() && spec.name == change.key => {
+                self.clusters.insert(change.key, spec);
+            }
+            Some(_) => {
+                warn!(cluster = %change.key, "invalid cluster in the clusters bucket ignored")
+            }
+            None => {
+                self.clusters.remove(&change.key);
+            }
+        }
+    }
+
+    pub(super) fn on_get_order(&mut self, req: Request<GetOrder>, ctx: &mut Context<Self>) {
+        if let Some(order) = self.book.get(&req.body.order_id) {
+            return self.bus.reply(&req.replier, &order.info());
+        }
+        if !subjects::is_valid_token(&req.body.order_id) {
+            let message = format!("no order {:?}", req.body.order_id);
+            return self.error(&req.replier, ErrorCode::NotFound, message);
+        }
+        let kv = self.orders_kv.clone();
+        let bus = self.bus.clone();
+        let Request { body, replier } = req;
+        ctx.spawn(
+            async move {
+                match kv.get(&body.order_id).await {
+                    Ok(Some(info)) => bus.reply(&replier, &info),
+                    Ok(None) => bus.reply(
+                        &replier,
+                        &ErrorReply::new(
+                            ErrorCode::NotFound,
+                            format!("no order {}", body.order_id),
+                        ),
+                    ),
+                    Err(e) => bus.reply(
+                        &replier,
+                        &ErrorReply::new(ErrorCode::Unavailable, e.to_string()),
+                    ),
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
+    pub(super) fn on_status(&mut self, req: Request<StatusRequest>) {
+        let mut clusters: Vec<ClusterStatus> = self
+            .clusters
+            .values()
+            .map(|c| {
+                let mut members: Vec<ClusterMemberStatus> =
+                    placement::members(Some(c), self.registry.iter())
+                        .into_iter()
+                        .map(|m| ClusterMemberStatus {
+                            subagent_id: m.subagent.id.clone(),
+                            priority: m.priority,
+                            state: m.subagent.state(),
+                        })
+                        .collect();
+                members.sort_by(|a, b| {
+                    b.priority
+                        .cmp(&a.priority)
+                        .then(a.subagent_id.cmp(&b.subagent_id))
+                });
+                ClusterStatus {
+                    name: c.name.clone(),
+                    mode: c.mode,
+                    members,
+                }
+            })
+            .collect();
+        clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        let reply = StatusReply {
+            protocol: PROTOCOL_VERSION,
+            broker_id: self.id.clone(),
+            broker_started_at_ms: self.started_at_ms,
+            subagents: self.registry.status(Instant::now()),
+            jobs: self.job_names(),
+            clusters,
+            orders: self.book.counts(),
+            malformed_messages: self.bus.stats().malformed(),
+        };
+        self.bus.reply(&req.replier, &reply);
+    }
+
+    /// Switch-over: disable, enable, or stop (drain) a subagent.
+    pub(super) fn on_control(&mut self, req: Request<SubagentControl>, ctx: &mut Context<Self>) {
+        let SubagentControl {
+            subagent_id,
+            action,
+        } = req.body;
+        let Some(subagent) = self.registry.get(&subagent_id) else {
+            let message = format!("no subagent '{subagent_id}' is known (see `baton status`)");
+            return self.error(&req.replier, ErrorCode::NotFound, message);
+        };
+        if subagent.state() == SubagentState::Lost {
+            let message = format!("subagent '{subagent_id}' is lost; it cannot be switched now");
+            return self.error(&req.replier, ErrorCode::Unavailable, message);
+        }
+        match action {
+            SubagentAction::Disable | SubagentAction::Enable => {
+                let disabled = action == SubagentAction::Disable;
+                let state = self
+                    .registry
+                    .set_disabled(&subagent_id, disabled)
+                    .unwrap_or(SubagentState::Lost);
+                info!(subagent = %subagent_id, ?action, "switch-over");
+                self.announce(
+                    &subagent_id,
+                    state,
+                    if disabled {
+                        "disabled by an operator"
+                    } else {
+                        "enabled by an operator"
+                    },
+                );
+                self.bus
+                    .reply(&req.replier, &SubagentControlReply { subagent_id, state });
+                self.dispatch(ctx);
+            }
+            SubagentAction::Stop => {
+                let bus = self.bus.clone();
+                let subject = bus.subjects().stop(&subagent_id);
+                let timeout = self.config.broker.dispatch_timeout;
+                let replier = req.replier;
+                ctx.spawn(
+                    async move {
+                        match bus
+                            .request::<_, Stopping>(subject, &StopSubagent {}, timeout)
+                            .await
+                        {
+                            Ok(_) => bus.reply(
+                                &replier,
+                                &SubagentControlReply {
+                                    subagent_id,
+                                    state: SubagentState::Draining,
+                                },
+                            ),
+                            Err(e) => bus.reply(
+                                &replier,
+                                &ErrorReply::new(
+                                    ErrorCode::Unavailable,
+                                    format!("subagent '{subagent_id}' did not take the stop: {e}"),
+                                ),
+                            ),
+                        }
+                    }
+                    .into_actor(self),
+                );
+            }
+        }
+    }
+
+    pub(super) fn job_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.jobs.keys().cloned().collect();
+        names.sort();
+        names
+    }
+}
