@@ -78,11 +78,18 @@ impl LocalCluster {
 
     /// Starts `baton <args>` named `name` against this cluster's NATS.
     pub fn spawn(&mut self, name: &str, args: &[&str]) -> anyhow::Result<u32> {
+        let url = self.nats.url();
+        self.spawn_via(name, args, &url)
+    }
+
+    /// Starts `baton <args>` named `name` connecting to NATS at `url` (a
+    /// proxy in front of this cluster's server, say).
+    pub fn spawn_via(&mut self, name: &str, args: &[&str], url: &str) -> anyhow::Result<u32> {
         let mut command = Command::new(&self.baton);
         command
             .args(args)
             .arg("--nats-url")
-            .arg(self.nats.url())
+            .arg(url)
             .arg("--prefix")
             .arg(&self.prefix)
             .envs(self.env.iter().cloned())
