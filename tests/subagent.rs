@@ -221,3 +221,46 @@ async fn a_task_for_an_earlier_process_is_not_started() {
     );
     assert!(!file.exists(), "the task did not run");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_priority_waits_for_the_best_member_rather_than_spill() {
+    let mut h = cluster(&["sub-b"]).await;
+    h.cluster
+        .spawn_subagent("sub-a", &["--capacity", "1"])
+        .expect("spawn sub-a");
+    within(
+        Duration::from_secs(15),
+        "two subagents",
+        h.cluster.wait_for_subagents(&h.bus, 2),
+    )
+    .await
+    .expect("sub-a registers");
+    let toml = r#"
+[[cluster]]
+name = "primary"
+mode = "fixed-priority"
+members = [{ subagent = "sub-a", priority = 2 }, { subagent = "sub-b", priority = 1 }]
+
+[[job]]
+name = "short"
+program = "sleep"
+args = ["0.2"]
+cluster = "primary"
+"#;
+    deploy(&h.bus, toml).await;
+    let runs = (0..3).map(|_| run_to_finish(&h.bus, "short", BTreeMap::new()));
+    let finished = within(
+        Duration::from_secs(30),
+        "three orders",
+        futures::future::join_all(runs),
+    )
+    .await;
+    for (fin, _) in finished {
+        assert_eq!(fin.state, OrderState::Succeeded, "{fin:?}");
+        assert_eq!(
+            fin.subagent_id.as_deref(),
+            Some("sub-a"),
+            "all on the best member, one at a time: {fin:?}"
+        );
+    }
+}

@@ -177,56 +177,42 @@ impl Broker {
     /// Hands queued orders to subagents, oldest first. An order whose
     /// cluster has no room waits without holding up other clusters' orders.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
+        let queued: Vec<(String, String)> = self
+            .book
+            .queued()
+            .map(|o| (o.id.clone(), o.job.clone()))
+            .collect();
         let mut blocked: HashSet<String> = HashSet::new();
-        let mut plans = Vec::new();
-        let mut refused = Vec::new();
-        {
-            // decide on a snapshot, then act: placement reads the registry
-            let mut taken: HashMap<String, u32> = HashMap::new();
-            for order in self.book.queued() {
-                let Some(spec) = self.jobs.get(&order.job) else {
-                    refused.push((order.id.clone(), order.job.clone()));
-                    continue;
+        for (order_id, job) in queued {
+            let Some(spec) = self.jobs.get(&job) else {
+                let reason = format!("job '{job}' is no longer deployed");
+                let event = OrderEvent::Refused {
+                    reason,
+                    at_ms: now_ms(),
                 };
-                let key = spec.cluster.clone().unwrap_or_default();
-                if blocked.contains(&key) {
-                    continue;
-                }
-                let cluster = spec.cluster.as_ref().and_then(|c| self.clusters.get(c));
-                if spec.cluster.is_some() && cluster.is_none() {
-                    blocked.insert(key);
-                    continue;
-                }
-                let mode = cluster.map_or(SchedulingMode::RoundRobin, |c| c.mode);
-                let members: Vec<_> = placement::members(cluster, self.registry.iter())
-                    .into_iter()
-                    .filter(|m| taken.get(&m.subagent.id).copied().unwrap_or(0) < m.subagent.free())
-                    .collect();
-                let last = self.last_placed.get(&key).map(String::as_str);
-                let Some(subagent) = placement::choose(mode, &members, last) else {
-                    blocked.insert(key);
-                    continue;
-                };
-                *taken.entry(subagent.id.clone()).or_default() += 1;
-                self.last_placed.insert(key, subagent.id.clone());
-                plans.push((
-                    order.id.clone(),
-                    subagent.id.clone(),
-                    subagent.instance_id.clone(),
-                ));
-            }
-        }
-        for (order_id, job) in refused {
-            let reason = format!("job '{job}' is no longer deployed");
-            let event = OrderEvent::Refused {
-                reason,
-                at_ms: now_ms(),
+                self.apply_and_act(&order_id, event, ctx);
+                continue;
             };
-            if let Ok(Applied::Moved { .. }) = self.book.apply(&order_id, event) {
-                self.finish(&order_id, None, ctx);
+            let key = spec.cluster.clone().unwrap_or_default();
+            if blocked.contains(&key) {
+                continue;
             }
-        }
-        for (order_id, subagent_id, instance_id) in plans {
+            let cluster = spec.cluster.as_ref().and_then(|c| self.clusters.get(c));
+            let mode = cluster.map_or(SchedulingMode::RoundRobin, |c| c.mode);
+            let chosen = if spec.cluster.is_some() && cluster.is_none() {
+                None
+            } else {
+                let members = placement::members(cluster, self.registry.iter());
+                let last = self.last_placed.get(&key).map(String::as_str);
+                placement::choose(mode, &members, last)
+                    .map(|s| (s.id.clone(), s.instance_id.clone()))
+            };
+            let Some((subagent_id, instance_id)) = chosen else {
+                blocked.insert(key);
+                continue;
+            };
+            self.last_placed.insert(key, subagent_id.clone());
+            // assigns the task in the registry, so the next choice sees it
             self.dispatch_one(&order_id, subagent_id, instance_id, ctx);
         }
         if self.book.queue_len() > 1024 {

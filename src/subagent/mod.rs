@@ -29,6 +29,8 @@ use crate::time::now_ms;
 
 /// Finished task ids remembered to recognise a repeated dispatch.
 const REMEMBER_FINISHED: usize = 10_000;
+/// Log lines posted before waiting for them to reach NATS.
+const LOG_BATCH: u64 = 256;
 /// After the drain timeout, how long results may still take to be acknowledged.
 const LEAVE_GRACE: Duration = Duration::from_secs(15);
 
@@ -394,7 +396,14 @@ impl Subagent {
             log.line = line;
             log.at_ms = now_ms();
             bus.post(subject.clone(), &log);
-            async {}
+            // back-pressure: a flood of output waits for NATS instead of
+            // piling up in memory (the task blocks on its full pipe)
+            let wait = (log.seq % LOG_BATCH == 0).then(|| bus.clone());
+            async move {
+                if let Some(bus) = wait {
+                    bus.posted().await;
+                }
+            }
         };
         let supervised = process::supervise(
             spawned,
