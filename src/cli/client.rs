@@ -252,14 +252,22 @@ pub async fn watch(config: &Config, args: WatchArgs) -> anyhow::Result<()> {
         (None, Some(order)) => s.order_events(order),
         (None, None) => s.all_events(),
     };
-    let mut events = bus.listen_raw(subject.clone()).await?;
+    let mut events = bus.listen_raw(subject.clone()).await?.boxed_local();
+    if args.job.is_none() && args.order.is_none() {
+        // everything: subagents joining, lost, back, draining, leaving too
+        let changes = bus.listen_raw(s.subagent_changes()).await?;
+        events = futures::stream::select(events, changes).boxed_local();
+    }
     eprintln!("watching {subject} (Ctrl-C to stop)");
     loop {
         tokio::select! {
             event = events.next() => {
                 let Some((subject, payload)) = event else { bail!("event subscription closed") };
-                let Some((_, _, kind)) = s.parse_event(&subject) else { continue };
-                match output::event_line(kind, &payload, args.json) {
+                let line = match s.parse_event(&subject) {
+                    Some((_, _, kind)) => output::event_line(kind, &payload, args.json),
+                    None => output::subagent_line(&payload, args.json),
+                };
+                match line {
                     Ok(line) => println!("{line}"),
                     Err(e) => eprintln!("undecodable event on {subject}: {e}"),
                 }

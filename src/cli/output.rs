@@ -105,6 +105,23 @@ pub fn event_line(kind: EventKind, payload: &[u8], json: bool) -> Result<String,
     }
 }
 
+/// A subagent state change as a line for `baton watch`.
+pub fn subagent_line(payload: &[u8], json: bool) -> Result<String, DecodeError> {
+    let e: SubagentChanged = decode(Encoding::MessagePack, payload)?;
+    if json {
+        let mut v = serde_json::to_value(&e).expect("events encode as JSON");
+        v["event"] = serde_json::Value::from("subagent");
+        return Ok(v.to_string());
+    }
+    Ok(format!(
+        "{} subagent {} {}: {}",
+        clock(e.at_ms),
+        e.subagent_id,
+        e.state.as_str(),
+        e.reason
+    ))
+}
+
 /// The text of `baton status`.
 pub fn status_text(s: &StatusReply) -> String {
     let mut out = String::new();
