@@ -325,6 +325,17 @@ impl Broker {
     fn on_result(&mut self, req: Request<TaskResult>, ctx: &mut Context<Self>) {
         let r = req.body;
         self.registry.release(&r.subagent_id, &r.task_id, true);
+        if let Some(reason) = r.abandoned.clone() {
+            let event = OrderEvent::Abandoned {
+                task_id: r.task_id.clone(),
+                reason,
+                at_ms: r.finished_at_ms,
+            };
+            self.apply_and_act(&r.order_id, event, ctx);
+            self.persist_and_ack(&r.order_id, req.replier, r.task_id, ctx);
+            self.dispatch(ctx);
+            return;
+        }
         let outcome = Outcome {
             exit_code: r.exit_code,
             signal: r.signal,

@@ -109,6 +109,13 @@ pub enum OrderEvent {
     OrphanDeadline {
         at_ms: u64,
     },
+    /// The subagent killed the task itself (orphan or drain timeout): it is
+    /// dead, and did not fail on its own.
+    Abandoned {
+        task_id: String,
+        reason: String,
+        at_ms: u64,
+    },
     /// A queued order cannot run at all (its job was removed).
     Refused {
         reason: String,
@@ -278,6 +285,21 @@ impl Order {
                 self.rerun_at_ms = None;
                 self.confirmed = true;
                 self.phase = Phase::Running;
+            }
+            OrderEvent::Abandoned {
+                task_id,
+                reason,
+                at_ms,
+            } => {
+                let live = matches!(from, Phase::Dispatching | Phase::Running | Phase::Orphaned);
+                if !live || !current(&task_id) {
+                    return Ok(Applied::Stale);
+                }
+                tracing::debug!(order = %self.id, %reason, "task abandoned by its subagent");
+                // it ran: a restartable order runs again, another one fails
+                self.confirmed = true;
+                let subagent_id = self.subagent_id.clone().unwrap_or_default();
+                self.task_is_dead(&subagent_id, at_ms);
             }
             OrderEvent::OrphanDeadline { at_ms } => {
                 if from != Phase::Orphaned || self.rerun_at_ms.is_some_and(|t| t > at_ms) {
@@ -767,6 +789,28 @@ mod tests {
         assert_eq!(book.next_queued().unwrap().id, "a");
         assert_eq!(book.get("a").unwrap().attempt, 1);
         let _ = task;
+    }
+
+    #[test]
+    fn a_task_its_subagent_killed_runs_again_or_fails_as_lost() {
+        let mut book = OrderBook::new(10);
+        let ta = running(&mut book, "a", "s1");
+        let tb = running(&mut book, "b", "s1");
+        book.get_mut_for_test("b").restartable = false;
+        for (id, task) in [("a", ta), ("b", tb)] {
+            book.apply(id, lost("s1", false, 100)).unwrap();
+            let event = OrderEvent::Abandoned {
+                task_id: task,
+                reason: "no broker heard for 10s".into(),
+                at_ms: 50,
+            };
+            book.apply(id, event).unwrap();
+        }
+        assert_eq!(book.next_queued().unwrap().id, "a");
+        assert_eq!(book.get("a").unwrap().attempt, 1);
+        let b = book.get("b").unwrap().info();
+        assert_eq!(b.state, OrderState::Failed);
+        assert!(b.reason.unwrap().contains("subagent lost"));
     }
 
     #[test]

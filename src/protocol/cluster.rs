@@ -165,6 +165,11 @@ pub struct TaskResult {
     /// The process could not be started (or waited for), and why.
     #[serde(default)]
     pub error: Option<String>,
+    /// The subagent killed the task itself (orphan timeout, drain timeout),
+    /// and why: the job did not end on its own, so a restartable job runs
+    /// again elsewhere.
+    #[serde(default)]
+    pub abandoned: Option<String>,
     #[serde(default)]
     pub pid: Option<u32>,
     pub started_at_ms: u64,

@@ -23,6 +23,8 @@ use baton::protocol::{
 use futures::StreamExt;
 use tempfile::TempDir;
 
+pub mod proxy;
+
 /// Bound on one request to the cluster.
 pub const REQUEST: Duration = Duration::from_secs(5);
 /// Bound on starting a cluster (nats-server, broker, subagents registering).

@@ -1,25 +1,20 @@
-//! `baton bench`: speed measured on a local cluster the command starts itself.
-//! It reports what it measured and asserts nothing.
+//! `baton bench throughput`: orders per second and submit-to-finished latency
+//! of a trivial job.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use clap::{Args, Subcommand};
+use clap::Args;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::launch::{LocalCluster, Logs};
-use crate::natsd::NatsServerOptions;
+use super::{start_cluster, stop_cluster, work_dir, Latency};
+use crate::cli::parse_duration;
+use crate::launch::LocalCluster;
 use crate::protocol::*;
-
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Orders per second and submit-to-finished latency of a trivial job
-    Throughput(ThroughputArgs),
-}
 
 #[derive(Debug, Args)]
 pub struct ThroughputArgs {
@@ -36,7 +31,7 @@ pub struct ThroughputArgs {
     #[arg(long, default_value_t = 16)]
     pub capacity: u32,
     /// Stop waiting after this long
-    #[arg(long, value_parser = super::parse_duration, default_value = "5m")]
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
     pub timeout: Duration,
     /// Keep the cluster's logs in this folder
     #[arg(long)]
@@ -44,13 +39,6 @@ pub struct ThroughputArgs {
     /// Print the figures as JSON
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Debug, Serialize)]
-struct Latency {
-    p50_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,30 +59,10 @@ struct ThroughputReport {
     subagent_peak_rss_kib_max: Option<u64>,
 }
 
-pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
-    match command {
-        BenchCommand::Throughput(args) => throughput(args).await,
-    }
-}
-
-async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
-    let work = std::env::temp_dir().join(format!("baton-bench-{}", std::process::id()));
-    let logs = args.logs.clone().unwrap_or_else(|| work.join("logs"));
-    let nats = NatsServerOptions {
-        port: None,
-        store_dir: work.join("nats"),
-        config_file: None,
-        log_file: Some(work.join("nats-server.log")),
-    };
-    let exe = std::env::current_exe()?;
-    let mut cluster = LocalCluster::start(nats, exe, "bench", Logs::Dir(logs)).await?;
-    cluster.spawn("broker", &["broker", "--id", "broker-bench"])?;
-    let capacity = args.capacity.to_string();
-    for i in 1..=args.subagents {
-        cluster.spawn_subagent(&format!("sub-{i}"), &["--capacity", &capacity])?;
-    }
-    let bus = cluster.client().await?;
-    cluster.wait_for_subagents(&bus, args.subagents).await?;
+pub(super) async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
+    let work = work_dir();
+    let (cluster, bus) =
+        start_cluster(&work, args.logs.clone(), args.subagents, args.capacity).await?;
     let job = JobSpec {
         name: "bench-noop".into(),
         program: "true".into(),
@@ -206,11 +174,8 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
         .filter(|p| p.name.starts_with("sub-"))
         .filter_map(|p| LocalCluster::peak_memory_kib(p.pid()))
         .max();
-    cluster.stop(Duration::from_secs(5));
-    drop(cluster);
-    let _ = std::fs::remove_dir_all(&work);
+    stop_cluster(cluster, &work);
 
-    latencies_ms.sort_by(|a, b| a.total_cmp(b));
     let report = ThroughputReport {
         scenario: "throughput",
         orders: args.orders,
@@ -223,11 +188,7 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
         submit_errors,
         elapsed_s: elapsed,
         orders_per_s: latencies_ms.len() as f64 / elapsed,
-        latency: Latency {
-            p50_ms: percentile(&latencies_ms, 0.50),
-            p99_ms: percentile(&latencies_ms, 0.99),
-            max_ms: latencies_ms.last().copied().unwrap_or(0.0),
-        },
+        latency: Latency::of(&mut latencies_ms),
         broker_peak_rss_kib: broker_peak,
         subagent_peak_rss_kib_max: subagent_peak,
     };
@@ -237,15 +198,6 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
         print_table(&report);
     }
     Ok(())
-}
-
-/// The value at quantile `q` of sorted `values` (nearest rank).
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 fn print_table(r: &ThroughputReport) {
@@ -272,18 +224,4 @@ fn print_table(r: &ThroughputReport) {
         "  subagent peak RSS {} (largest)",
         kib(r.subagent_peak_rss_kib_max)
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::percentile;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 0.5), 50.0);
-        assert_eq!(percentile(&v, 0.99), 99.0);
-        assert_eq!(percentile(&[7.0], 0.99), 7.0);
-        assert_eq!(percentile(&[], 0.5), 0.0);
-    }
 }

@@ -1,0 +1,128 @@
+//! `baton bench`: speed measured on a local cluster the command starts itself.
+//! It reports what it measured and asserts nothing.
+//!
+//! - `throughput.rs`: orders per second and submit-to-finished latency.
+//! - `failover/`: how fast the tasks of a killed subagent run elsewhere
+//!   (`feed.rs` keeps its stream of orders and follows their events,
+//!   `report.rs` holds its figures).
+
+mod failover;
+mod throughput;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use serde::Serialize;
+
+use crate::bus::Bus;
+use crate::launch::{LocalCluster, Logs};
+use crate::natsd::NatsServerOptions;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Orders per second and submit-to-finished latency of a trivial job
+    Throughput(throughput::ThroughputArgs),
+    /// Time from SIGKILL of a busy subagent to its loss being declared and its
+    /// tasks starting elsewhere, per scheduling mode
+    FailoverSubagent(failover::FailoverArgs),
+}
+
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Throughput(args) => throughput::throughput(args).await,
+        BenchCommand::FailoverSubagent(args) => failover::failover(args).await,
+    }
+}
+
+/// The spread of a set of measurements, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+struct Latency {
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+impl Latency {
+    /// Sorts `values` (milliseconds) and takes p50, p99 and max.
+    fn of(values: &mut [f64]) -> Latency {
+        values.sort_by(|a, b| a.total_cmp(b));
+        Latency {
+            p50_ms: percentile(values, 0.50),
+            p99_ms: percentile(values, 0.99),
+            max_ms: values.last().copied().unwrap_or(0.0),
+        }
+    }
+}
+
+/// The value at quantile `q` of sorted `values` (nearest rank).
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// A scratch folder for one bench run, named after this process.
+fn work_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("baton-bench-{}", std::process::id()))
+}
+
+/// Starts nats-server, a broker and subagents `sub-1..=subagents` in `work`
+/// (logs in `logs`, else `work/logs`), and waits until the subagents are
+/// available.
+async fn start_cluster(
+    work: &Path,
+    logs: Option<PathBuf>,
+    subagents: usize,
+    capacity: u32,
+) -> anyhow::Result<(LocalCluster, Bus)> {
+    std::fs::create_dir_all(work).with_context(|| format!("cannot create {}", work.display()))?;
+    let logs = logs.unwrap_or_else(|| work.join("logs"));
+    let nats = NatsServerOptions {
+        port: None,
+        store_dir: work.join("nats"),
+        config_file: None,
+        log_file: Some(work.join("nats-server.log")),
+    };
+    let exe = std::env::current_exe()?;
+    let mut cluster = LocalCluster::start(nats, exe, "bench", Logs::Dir(logs)).await?;
+    cluster.spawn("broker", &["broker", "--id", "broker-bench"])?;
+    let capacity = capacity.to_string();
+    for i in 1..=subagents {
+        cluster.spawn_subagent(&format!("sub-{i}"), &["--capacity", &capacity])?;
+    }
+    let bus = cluster.client().await?;
+    cluster.wait_for_subagents(&bus, subagents).await?;
+    Ok((cluster, bus))
+}
+
+/// Stops the cluster and removes the scratch folder (logs kept elsewhere stay).
+fn stop_cluster(mut cluster: LocalCluster, work: &Path) {
+    cluster.stop(Duration::from_secs(5));
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(work);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{percentile, Latency};
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 50.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&[7.0], 0.99), 7.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn latency_sorts_first() {
+        let l = Latency::of(&mut [3.0, 1.0, 2.0]);
+        assert_eq!((l.p50_ms, l.p99_ms, l.max_ms), (2.0, 3.0, 3.0));
+        assert_eq!(Latency::of(&mut []).max_ms, 0.0);
+    }
+}
