@@ -422,7 +422,7 @@ async fn kill_9_subagent_kills_its_tasks() {
 [[job]]
 name = "pid-sleeper"
 program = "sh"
-args = ["-c", "echo $$ > \"$BATON_PARAM_FILE.tmp\" && mv \"$BATON_PARAM_FILE.tmp\" \"$BATON_PARAM_FILE\" && exec sleep 60"]
+args = ["-c", "sleep 60 & echo $! > \"$BATON_PARAM_FILE.child\"; echo $$ > \"$BATON_PARAM_FILE.tmp\" && mv \"$BATON_PARAM_FILE.tmp\" \"$BATON_PARAM_FILE\"; wait"]
 restartable = false
 [job.params.file]
 required = true
@@ -465,6 +465,16 @@ required = true
 
     wait_until(Duration::from_secs(10), "the task process is gone", || {
         std::future::ready(process_gone(pid))
+    })
+    .await;
+    // and what the task started, too (the task guard kills the whole group)
+    let child: i32 = std::fs::read_to_string(pid_file.with_extension("pid.child"))
+        .expect("the task wrote its child's pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    wait_until(Duration::from_secs(10), "the task's child is gone", || {
+        std::future::ready(process_gone(child))
     })
     .await;
 

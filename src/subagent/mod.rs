@@ -13,6 +13,7 @@
 //! started twice.
 
 pub mod process;
+pub mod reaper;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -78,6 +79,8 @@ pub struct Subagent {
     finished_set: HashSet<String>,
     unacked: BTreeMap<String, Unacked>,
     system: sysinfo::System,
+    /// Kills what our tasks leave behind if we die.
+    reaper: Option<reaper::Reaper>,
     /// Tells `run_until_signal` the subagent is done: drained, or cannot go on.
     done: Option<oneshot::Sender<Result<(), String>>>,
 }
@@ -104,6 +107,13 @@ pub async fn start(
             .map(Input::Twin)
             .boxed_local(),
     ];
+    let reaper = match std::env::current_exe().and_then(|exe| reaper::Reaper::start(&exe)) {
+        Ok(reaper) => Some(reaper),
+        Err(e) => {
+            warn!(error = %e, "cannot start the reaper; a task's children may outlive a killed subagent");
+            None
+        }
+    };
     info!(subagent = %id, capacity = config.subagent.capacity, "subagent started");
     Ok(Subagent::create(move |ctx| {
         ctx.add_stream(stream::select_all(inputs));
@@ -122,6 +132,7 @@ pub async fn start(
             finished_set: HashSet::new(),
             unacked: BTreeMap::new(),
             system: sysinfo::System::new(),
+            reaper,
             done: Some(done),
         }
     }))
@@ -362,6 +373,9 @@ impl Subagent {
         };
         let pid = spawned.pid;
         debug!(task = %task.task_id, pid, "task started");
+        if let Some(reaper) = &mut self.reaper {
+            reaper.hold(pid);
+        }
         let (kill, killed) = oneshot::channel();
         let running = Running {
             pid: Some(pid),
@@ -447,6 +461,9 @@ impl Subagent {
         ctx: &mut Context<Self>,
     ) {
         self.running.remove(&task.task_id);
+        if let (Some(reaper), Some(pid)) = (&mut self.reaper, pid) {
+            reaper.release(pid);
+        }
         debug!(task = %task.task_id, ?exit, "task ended");
         let result = TaskResult {
             task_id: task.task_id.clone(),
