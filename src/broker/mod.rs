@@ -602,7 +602,7 @@ impl Broker {
         let timeout = self.config.broker.subagent_timeout;
         for check in self.registry.check(Instant::now(), timeout) {
             match check {
-                Check::Probe(id) => self.probe(id, ctx),
+                Check::Probe(id) => self.probe(id, None, ctx),
                 Check::Unreachable(id) => self.declare_lost(&id, false, ctx),
             }
         }
@@ -619,7 +619,14 @@ impl Broker {
 
     /// Asks a quiet subagent whether it lives: no responders means its
     /// process is gone; a late answer means it is only busy.
-    fn probe(&mut self, id: String, ctx: &mut Context<Self>) {
+    ///
+    /// No responders is taken as proof of death only when it holds twice, one
+    /// heartbeat interval apart, with no heartbeat in between (a live subagent
+    /// whose connection was dropped reconnects and resubscribes in that time),
+    /// and not shortly after the broker itself reconnected (after a NATS
+    /// restart the subagents may not have reconnected yet). Otherwise the
+    /// subagent can only be declared lost by silence, with its tasks in doubt.
+    fn probe(&mut self, id: String, first_no_responders: Option<Instant>, ctx: &mut Context<Self>) {
         let bus = self.bus.clone();
         let subject = bus.subjects().ping(&id);
         let request = async move {
@@ -637,12 +644,35 @@ impl Broker {
                             act.after_seen(&id, seen, &pong.running, ctx);
                         }
                     }
-                    Err(BusError::NoResponders { .. }) => act.declare_lost(&id, true, ctx),
+                    Err(BusError::NoResponders { .. }) => {
+                        act.on_no_responders(id, first_no_responders, ctx)
+                    }
                     Err(e) => {
                         debug!(subagent = %id, error = %e, "probe unanswered; it may be busy")
                     }
                 }),
         );
+    }
+
+    fn on_no_responders(&mut self, id: String, first: Option<Instant>, ctx: &mut Context<Self>) {
+        let Some(subagent) = self.registry.get(&id) else {
+            return;
+        };
+        let reconnected = self.bus.stats().reconnected_at_ms();
+        let since = now_ms().saturating_sub(reconnected);
+        if reconnected > 0 && since < self.config.broker.subagent_timeout.as_millis() as u64 {
+            debug!(subagent = %id, "no responders, but we only just reconnected; not proof of death");
+            return;
+        }
+        match first {
+            None => {
+                let again = subagent.heartbeat_interval;
+                let now = Instant::now();
+                ctx.run_later(again, move |act, ctx| act.probe(id, Some(now), ctx));
+            }
+            Some(first) if subagent.last_seen < first => self.declare_lost(&id, true, ctx),
+            Some(_) => debug!(subagent = %id, "heard from it between two probes; alive"),
+        }
     }
 
     fn publish_heartbeat(&mut self) {

@@ -30,12 +30,20 @@ use crate::protocol::{ErrorCode, ErrorReply, Subjects, CONTENT_TYPE_HEADER, JSON
 #[derive(Debug, Default)]
 pub struct Stats {
     malformed: AtomicU64,
+    connects: AtomicU64,
+    reconnected_at_ms: AtomicU64,
 }
 
 impl Stats {
     /// Requests answered with `bad_request`/`too_large` plus publishes dropped.
     pub fn malformed(&self) -> u64 {
         self.malformed.load(Ordering::Relaxed)
+    }
+
+    /// When this connection last reconnected (after losing the server), in
+    /// ms since the epoch; 0 while it never had to.
+    pub fn reconnected_at_ms(&self) -> u64 {
+        self.reconnected_at_ms.load(Ordering::Relaxed)
     }
 
     fn count_malformed(&self) {
@@ -125,15 +133,28 @@ pub struct Bus {
 
 impl Bus {
     pub async fn connect(settings: &ConnectSettings, subjects: Subjects) -> Result<Bus, BusError> {
+        let stats = Arc::new(Stats::default());
+        let seen = stats.clone();
         let mut options = async_nats::ConnectOptions::new()
             .name(&settings.name)
             .connection_timeout(settings.connect_timeout)
             .ping_interval(Duration::from_secs(5))
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => info!("nats connected"),
-                    async_nats::Event::Disconnected => warn!("nats disconnected"),
-                    other => debug!(event = %other, "nats event"),
+            .event_callback(move |event| {
+                let seen = seen.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            if seen.connects.fetch_add(1, Ordering::Relaxed) > 0 {
+                                seen.reconnected_at_ms
+                                    .store(crate::time::now_ms(), Ordering::Relaxed);
+                                info!("nats reconnected");
+                            } else {
+                                info!("nats connected");
+                            }
+                        }
+                        async_nats::Event::Disconnected => warn!("nats disconnected"),
+                        other => debug!(event = %other, "nats event"),
+                    }
                 }
             });
         if settings.retry_initial_connect {
@@ -165,7 +186,7 @@ impl Bus {
             client,
             outgoing,
             subjects,
-            stats: Arc::new(Stats::default()),
+            stats,
             max_message_bytes: settings.max_message_bytes,
             replicas: settings.replicas,
         })
