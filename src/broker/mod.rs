@@ -12,7 +12,7 @@ pub mod placement;
 pub mod registry;
 mod requests;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -67,6 +67,9 @@ pub struct Broker {
     registry: Registry,
     /// The member each cluster chose last ("" for jobs without a cluster).
     last_placed: HashMap<String, String>,
+    /// Subagent processes (instance ids) that left normally, most recent last:
+    /// a heartbeat of theirs still in flight must not bring them back.
+    departed: VecDeque<String>,
 }
 
 /// Subscribes and starts the broker in the current actix System.
@@ -129,6 +132,7 @@ pub async fn start(config: Config, bus: Bus) -> Result<Addr<Broker>, BusError> {
             book: OrderBook::new(KEEP_FINISHED),
             registry: Registry::default(),
             last_placed: HashMap::new(),
+            departed: VecDeque::new(),
         }
     }))
 }
@@ -473,7 +477,7 @@ impl Broker {
     }
 
     fn on_heartbeat(&mut self, hb: SubagentHeartbeat, ctx: &mut Context<Self>) {
-        if !subjects::is_valid_token(&hb.subagent_id) {
+        if !subjects::is_valid_token(&hb.subagent_id) || self.departed.contains(&hb.instance_id) {
             return;
         }
         let before = self.registry.get(&hb.subagent_id).map(|s| s.state());
@@ -692,6 +696,12 @@ impl Broker {
         if self.registry.remove(&subagent_id, &instance_id) {
             info!(subagent = %subagent_id, "subagent left normally");
             self.announce(&subagent_id, SubagentState::Left, "left: stopped normally");
+        }
+        if !self.departed.contains(&instance_id) {
+            self.departed.push_back(instance_id);
+            if self.departed.len() > 1024 {
+                self.departed.pop_front();
+            }
         }
         self.bus.reply(&req.replier, &Left {});
     }

@@ -326,13 +326,13 @@ impl Order {
         })
     }
 
-    /// The current task is known dead: an unconfirmed one goes back to the
-    /// queue without counting; a started one runs again when restartable.
+    /// The current task is known dead: it runs again when restartable (an
+    /// unconfirmed one without counting as an attempt). A non-restartable
+    /// one fails even when unconfirmed: it may have started before its
+    /// subagent died, and it must never run twice.
     fn task_is_dead(&mut self, subagent_id: &str, at_ms: u64) {
-        if !self.confirmed {
-            self.back_to_queue(false);
-        } else if self.restartable {
-            self.back_to_queue(true);
+        if self.restartable {
+            self.back_to_queue(self.confirmed);
         } else {
             self.phase = Phase::Failed;
             self.rerun_at_ms = None;
@@ -750,6 +750,18 @@ mod tests {
         };
         book.apply(id, started).unwrap();
         task
+    }
+
+    #[test]
+    fn a_non_restartable_task_lost_before_its_start_was_confirmed_fails() {
+        let mut book = OrderBook::new(10);
+        book.insert(order("a"));
+        book.get_mut_for_test("a").restartable = false;
+        book.enqueue("a");
+        dispatched(&mut book, "a", "s1");
+        book.apply("a", lost("s1", true, 0)).unwrap();
+        assert_eq!(book.get("a").unwrap().phase, Phase::Failed);
+        assert!(book.next_queued().is_none());
     }
 
     #[test]

@@ -265,6 +265,10 @@ impl Subagent {
     }
 
     fn heartbeat(&mut self) {
+        if self.leaving {
+            // gone: a heartbeat now would make the broker take us back
+            return;
+        }
         self.system.refresh_cpu_usage();
         self.system.refresh_memory();
         let total = self.system.total_memory().max(1) as f64;
