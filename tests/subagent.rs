@@ -264,3 +264,44 @@ cluster = "primary"
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_output_does_not_starve_heartbeats() {
+    // fewer than a subscription buffers (64k), so this test client drops none
+    const LINES: u64 = 50_000;
+    let h = cluster(&["sub-a"]).await;
+    let toml = format!(
+        "[[job]]\nname = \"flood\"\nprogram = \"sh\"\nargs = [\"-c\", \"yes a-line-of-output | head -n {LINES}\"]\n"
+    );
+    deploy(&h.bus, &toml).await;
+    let changes = h.bus.subjects().subagent_changes();
+    let mut changes = within(
+        REQUEST,
+        "subscribe",
+        h.bus.listen::<SubagentChanged>(changes),
+    )
+    .await
+    .expect("subscribe to subagent changes");
+    let (fin, logs) = run_to_finish(&h.bus, "flood", BTreeMap::new()).await;
+    assert_eq!(fin.state, OrderState::Succeeded, "{fin:?}");
+    // every line arrived, in order, numbered without gaps
+    assert_eq!(logs.len() as u64, LINES, "lines published");
+    assert!(
+        logs.iter().zip(1..).all(|(l, n)| l.seq == n),
+        "seq without gaps"
+    );
+    // and the subagent was never taken for lost while it streamed
+    let status: StatusReply = within(
+        REQUEST,
+        "status",
+        h.bus
+            .request(h.bus.subjects().status(), &StatusRequest {}, REQUEST),
+    )
+    .await
+    .expect("status");
+    assert_eq!(status.subagents[0].state, SubagentState::Available);
+    let lost = futures::StreamExt::next(&mut changes);
+    if let Ok(Some(change)) = tokio::time::timeout(Duration::from_millis(1), lost).await {
+        assert_ne!(change.body.state, SubagentState::Lost, "{change:?}");
+    }
+}
