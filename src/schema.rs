@@ -76,6 +76,9 @@ wire_types![
     StopSubagent,
     Stopping,
     SubagentChanged,
+    CancelOrder,
+    KillTask,
+    KillAccepted,
 ];
 
 /// The kinds of process on the bus.
@@ -156,6 +159,10 @@ const CHANNELS: &[Channel] = {
         "Look up one order and its current state."),
     channel("status", "{prefix}.api.status", ("StatusRequest", Some("StatusReply")), (Client, Broker), true,
         "Ask the broker for the cluster's state: subagents, jobs, order counts."),
+    channel("orderCancel", "{prefix}.api.order.cancel", ("CancelOrder", Some("OrderInfo")), (Client, Broker), true,
+        "Cancel an order: a waiting one at once, a running one when its task ends (now with kill). Idempotent."),
+    channel("kill", "{prefix}.subagent.{subagent_id}.kill", ("KillTask", Some("KillAccepted")), (Broker, Subagent), false,
+        "Kill a running task now (a cancelled order's, with kill); its result follows as usual."),
     channel("subagentControl", "{prefix}.api.subagent.control", ("SubagentControl", Some("SubagentControlReply")), (Client, Broker), true,
         "Switch-over by an operator: disable, enable or stop (drain) a subagent."),
     channel("leave", "{prefix}.broker.leave", ("Leave", Some("Left")), (Subagent, Broker), false,
@@ -612,6 +619,8 @@ mod tests {
             s.subagent_heartbeat("SUBAGENT"),
             s.broker_heartbeat(),
             s.subagent_control(),
+            s.order_cancel(),
+            s.kill("SUBAGENT"),
             s.leave(),
             s.ping("SUBAGENT"),
             s.stop("SUBAGENT"),

@@ -71,6 +71,7 @@ fn every_example_decodes_as_its_type() {
         "ErrorReply",
         "SubagentControl",
         "SubagentControlReply",
+        "CancelOrder",
         // events
         "OrderAccepted",
         "TaskStarted",

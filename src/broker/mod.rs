@@ -39,6 +39,7 @@ enum Input {
     Submit(Request<SubmitOrder>),
     Deploy(Request<DeployRequest>),
     GetOrder(Request<GetOrder>),
+    Cancel(Request<CancelOrder>),
     Status(Request<StatusRequest>),
     Control(Request<SubagentControl>),
     Register(Request<Register>),
@@ -86,6 +87,10 @@ pub async fn start(config: Config, bus: Bus) -> Result<Addr<Broker>, BusError> {
         bus.serve(s.deploy())
             .await?
             .map(Input::Deploy)
+            .boxed_local(),
+        bus.serve(s.order_cancel())
+            .await?
+            .map(Input::Cancel)
             .boxed_local(),
         bus.serve(s.order_get())
             .await?
@@ -156,6 +161,7 @@ impl StreamHandler<Input> for Broker {
             Input::Submit(r) => self.on_submit(r, ctx),
             Input::Deploy(r) => self.on_deploy(r, ctx),
             Input::GetOrder(r) => self.on_get_order(r, ctx),
+            Input::Cancel(r) => self.on_cancel(r, ctx),
             Input::Status(r) => self.on_status(r),
             Input::Control(r) => self.on_control(r, ctx),
             Input::Register(r) => self.on_register(r, ctx),

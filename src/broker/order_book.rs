@@ -116,6 +116,11 @@ pub enum OrderEvent {
         reason: String,
         at_ms: u64,
     },
+    /// An operator cancels the order: a waiting one at once; a running one
+    /// ends cancelled when its task ends (the broker kills it with `kill`).
+    Cancel {
+        at_ms: u64,
+    },
     /// A queued order cannot run at all (its job was removed).
     Refused {
         reason: String,
@@ -161,6 +166,8 @@ pub struct Order {
     pub confirmed: bool,
     /// When an orphaned task is known dead.
     pub rerun_at_ms: Option<u64>,
+    /// Cancelled while its task runs: it ends cancelled, and never runs again.
+    pub cancel_requested: bool,
     pub task_id: Option<String>,
     pub subagent_id: Option<String>,
     pub accepted_at_ms: u64,
@@ -186,6 +193,7 @@ impl Order {
             attempt: 0,
             confirmed: false,
             rerun_at_ms: None,
+            cancel_requested: false,
             task_id: None,
             subagent_id: None,
             accepted_at_ms,
@@ -245,7 +253,9 @@ impl Order {
                 if outcome.started_at_ms.is_some() {
                     self.started_at_ms = outcome.started_at_ms;
                 }
-                self.phase = if outcome.succeeded() {
+                self.phase = if self.cancel_requested {
+                    Phase::Cancelled
+                } else if outcome.succeeded() {
                     Phase::Succeeded
                 } else {
                     Phase::Failed
@@ -308,6 +318,18 @@ impl Order {
                 let subagent_id = self.subagent_id.clone().unwrap_or_default();
                 self.task_is_dead(&subagent_id, at_ms);
             }
+            OrderEvent::Cancel { at_ms } => match from {
+                Phase::Queued => self.cancelled(at_ms),
+                Phase::Dispatching | Phase::Running | Phase::Orphaned => {
+                    if self.cancel_requested {
+                        return Ok(Applied::Stale);
+                    }
+                    self.cancel_requested = true;
+                    return Ok(Applied::Stale);
+                }
+                Phase::Cancelled => return Ok(Applied::Stale),
+                Phase::Succeeded | Phase::Failed => return Err(not_allowed("cancel")),
+            },
             OrderEvent::Refused { reason, at_ms } => {
                 if from != Phase::Queued {
                     return Err(not_allowed("refused"));
@@ -331,7 +353,9 @@ impl Order {
     /// one fails even when unconfirmed: it may have started before its
     /// subagent died, and it must never run twice.
     fn task_is_dead(&mut self, subagent_id: &str, at_ms: u64) {
-        if self.restartable {
+        if self.cancel_requested {
+            self.cancelled(at_ms);
+        } else if self.restartable {
             self.back_to_queue(self.confirmed);
         } else {
             self.phase = Phase::Failed;
@@ -345,6 +369,21 @@ impl Order {
                 ..Outcome::default()
             });
         }
+    }
+
+    fn cancelled(&mut self, at_ms: u64) {
+        self.phase = Phase::Cancelled;
+        self.cancel_requested = true;
+        self.rerun_at_ms = None;
+        let outcome = self.outcome.take().unwrap_or(Outcome {
+            started_at_ms: self.started_at_ms,
+            finished_at_ms: at_ms,
+            ..Outcome::default()
+        });
+        self.outcome = Some(Outcome {
+            error: outcome.error.or_else(|| Some("cancelled".into())),
+            ..outcome
+        });
     }
 
     /// Back to the queue; `counted` keeps the attempt (the task had started).
@@ -378,6 +417,7 @@ impl Order {
                     .then(|| "subagent unreachable; waiting for its orphan timeout".to_string())
             }),
             request_id: self.request_id.clone(),
+            cancel_requested: self.cancel_requested,
             accepted_at_ms: self.accepted_at_ms,
             started_at_ms: self.started_at_ms,
             finished_at_ms: self.outcome.as_ref().map(|o| o.finished_at_ms),
@@ -750,6 +790,54 @@ mod tests {
         };
         book.apply(id, started).unwrap();
         task
+    }
+
+    #[test]
+    fn cancel_ends_a_waiting_order_at_once_and_a_running_one_when_its_task_ends() {
+        let mut book = OrderBook::new(10);
+        book.insert(order("w"));
+        book.enqueue("w");
+        book.apply("w", OrderEvent::Cancel { at_ms: 5 }).unwrap();
+        assert_eq!(book.get("w").unwrap().phase, Phase::Cancelled);
+        assert!(
+            book.next_queued().is_none(),
+            "a cancelled order is never dispatched"
+        );
+        assert_eq!(
+            book.apply("w", OrderEvent::Cancel { at_ms: 6 }).unwrap(),
+            Applied::Stale,
+            "cancel is idempotent"
+        );
+        assert_eq!(book.counts().cancelled, 1);
+
+        let task = running(&mut book, "r", "s1");
+        assert_eq!(
+            book.apply("r", OrderEvent::Cancel { at_ms: 7 }).unwrap(),
+            Applied::Stale
+        );
+        assert!(book.get("r").unwrap().cancel_requested);
+        let done = OrderEvent::Finished {
+            task_id: task,
+            outcome: ok_outcome(),
+        };
+        book.apply("r", done).unwrap();
+        assert_eq!(book.get("r").unwrap().phase, Phase::Cancelled);
+
+        // a cancelled order lost with its subagent does not run again
+        let task = running(&mut book, "l", "s1");
+        book.apply("l", OrderEvent::Cancel { at_ms: 8 }).unwrap();
+        book.apply("l", lost("s1", true, 0)).unwrap();
+        assert_eq!(book.get("l").unwrap().phase, Phase::Cancelled);
+        let _ = task;
+
+        // a finished order cannot be cancelled
+        let t = running(&mut book, "f", "s1");
+        let done = OrderEvent::Finished {
+            task_id: t,
+            outcome: ok_outcome(),
+        };
+        book.apply("f", done).unwrap();
+        assert!(book.apply("f", OrderEvent::Cancel { at_ms: 9 }).is_err());
     }
 
     #[test]

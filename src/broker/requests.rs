@@ -5,7 +5,7 @@ use actix::prelude::*;
 use std::time::Instant;
 use tracing::{info, warn};
 
-use super::order_book::Order;
+use super::order_book::{Applied, ApplyError, Order, OrderEvent};
 use super::{placement, Broker};
 use crate::bus::{BusError, KvChange, Request};
 use crate::jobs;
@@ -219,6 +219,63 @@ impl Broker {
             }
             .into_actor(self),
         );
+    }
+
+    /// Cancels an order: a waiting one at once, a running one when its task
+    /// ends (now, with `kill`). Idempotent; answers with the order.
+    pub(super) fn on_cancel(&mut self, req: Request<CancelOrder>, ctx: &mut Context<Self>) {
+        let CancelOrder { order_id, kill } = req.body;
+        let event = OrderEvent::Cancel { at_ms: now_ms() };
+        match self.book.apply(&order_id, event) {
+            Ok(Applied::Moved { .. }) => {
+                info!(order = %order_id, "order cancelled while waiting");
+                self.finish(&order_id, None, ctx);
+            }
+            Ok(Applied::Stale) => {
+                let Some(order) = self.book.get(&order_id) else {
+                    return;
+                };
+                let running = order.task_id.clone().zip(order.subagent_id.clone());
+                if let (true, false, Some((task_id, subagent_id))) =
+                    (kill, order.phase.is_final(), running)
+                {
+                    info!(order = %order_id, task = %task_id, "killing a cancelled order's task");
+                    let bus = self.bus.clone();
+                    let subject = bus.subjects().kill(&subagent_id);
+                    let timeout = self.config.broker.dispatch_timeout;
+                    let request = KillTask {
+                        task_id,
+                        reason: "cancelled with --kill".into(),
+                    };
+                    ctx.spawn(
+                        async move {
+                            if let Err(e) = bus.request::<_, KillAccepted>(subject, &request, timeout).await {
+                                warn!(error = %e, "kill of a cancelled task not delivered; it ends cancelled when it finishes");
+                            }
+                        }
+                        .into_actor(self),
+                    );
+                }
+                let info = order.info();
+                self.persist(info, ctx);
+            }
+            Err(ApplyError::UnknownOrder(_)) => {
+                let message = format!(
+                    "no order {order_id} is held by this broker (finished ones are not cancelled)"
+                );
+                return self.error(&req.replier, ErrorCode::NotFound, message);
+            }
+            Err(ApplyError::NotAllowed { phase, .. }) => {
+                let message = format!(
+                    "order {order_id} already {}; there is nothing to cancel",
+                    phase.wire().as_str()
+                );
+                return self.error(&req.replier, ErrorCode::InvalidState, message);
+            }
+        }
+        if let Some(order) = self.book.get(&order_id) {
+            self.bus.reply(&req.replier, &order.info());
+        }
     }
 
     pub(super) fn on_status(&mut self, req: Request<StatusRequest>) {

@@ -56,6 +56,28 @@ pub struct WatchArgs {
     pub json: bool,
 }
 
+/// One order.
+#[derive(Debug, clap::Subcommand)]
+pub enum OrderCommand {
+    /// Print an order's state, attempt, subagent, outcome and times
+    Show {
+        /// The order id `baton submit` printed
+        order_id: String,
+        /// Print the order as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel an order: a waiting one at once; a running one when its task
+    /// ends, or now with --kill (SIGTERM, grace, SIGKILL)
+    Cancel {
+        /// The order id
+        order_id: String,
+        /// Kill the running task instead of letting it finish
+        #[arg(long)]
+        kill: bool,
+    },
+}
+
 /// Switch-over of a running subagent.
 #[derive(Debug, clap::Subcommand)]
 pub enum SubagentCommand {
@@ -313,5 +335,42 @@ pub async fn subagent_control(config: &Config, command: SubagentCommand) -> anyh
         )
         .await?;
     println!("subagent {} is {}", reply.subagent_id, reply.state.as_str());
+    Ok(())
+}
+
+pub async fn order(config: &Config, command: OrderCommand) -> anyhow::Result<()> {
+    let bus = connect(config, "baton-cli", false).await?;
+    let s = bus.subjects().clone();
+    let timeout = config.nats.request_timeout;
+    match command {
+        OrderCommand::Show { order_id, json } => {
+            let info: OrderInfo = bus
+                .request(s.order_get(), &GetOrder { order_id }, timeout)
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                print!("{}", output::order_text(&info));
+            }
+        }
+        OrderCommand::Cancel { order_id, kill } => {
+            let info: OrderInfo = bus
+                .request(s.order_cancel(), &CancelOrder { order_id, kill }, timeout)
+                .await?;
+            if info.state.is_final() {
+                println!("order {} {}", info.order_id, info.state.as_str());
+            } else {
+                println!(
+                    "order {} will be cancelled when its task ends{}",
+                    info.order_id,
+                    if kill {
+                        " (being killed now)"
+                    } else {
+                        "; --kill ends it now"
+                    }
+                );
+            }
+        }
+    }
     Ok(())
 }

@@ -73,6 +73,9 @@ pub enum Command {
     Deploy(client::DeployArgs),
     /// Submit an order for a deployed job
     Submit(client::SubmitArgs),
+    /// Show or cancel one order
+    #[command(subcommand)]
+    Order(client::OrderCommand),
     /// Print status events as they happen (all, one job's, or one order's)
     Watch(client::WatchArgs),
     /// Show the broker, its subagents, jobs and order counts
@@ -189,6 +192,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Deploy(a) => client::deploy(&config, a).await.map(|_| ok),
         Command::Submit(a) => client::submit(&config, a).await,
         Command::Watch(a) => client::watch(&config, a).await.map(|_| ok),
+        Command::Order(c) => client::order(&config, c).await.map(|_| ok),
         Command::Status(a) => client::status(&config, a).await.map(|_| ok),
         Command::Dev(a) => dev::run(&config, a).await.map(|_| ok),
         Command::Bench(b) => bench::run(b).await.map(|_| ok),

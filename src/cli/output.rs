@@ -122,6 +122,49 @@ pub fn subagent_line(payload: &[u8], json: bool) -> Result<String, DecodeError> 
     ))
 }
 
+/// The text of `baton order show`.
+pub fn order_text(o: &OrderInfo) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "order     {}", o.order_id);
+    let _ = writeln!(out, "job       {}", o.job);
+    let mut state = o.state.as_str().to_string();
+    if o.cancel_requested && !o.state.is_final() {
+        state.push_str(" (cancel requested)");
+    }
+    let _ = writeln!(out, "state     {state}");
+    if !o.params.is_empty() {
+        let params: Vec<String> = o.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(out, "params    {}", params.join(" "));
+    }
+    let _ = writeln!(out, "attempt   {}", o.attempt);
+    if let Some(sub) = &o.subagent_id {
+        let _ = writeln!(out, "subagent  {sub}");
+    }
+    match (o.exit_code, o.signal) {
+        (Some(code), _) => {
+            let _ = writeln!(out, "exit code {code}");
+        }
+        (None, Some(sig)) => {
+            let _ = writeln!(out, "signal    {sig}");
+        }
+        _ => {}
+    }
+    if o.timed_out {
+        let _ = writeln!(out, "timed out yes");
+    }
+    if let Some(reason) = &o.reason {
+        let _ = writeln!(out, "reason    {reason}");
+    }
+    let _ = writeln!(out, "accepted  {}", clock(o.accepted_at_ms));
+    if let Some(t) = o.started_at_ms {
+        let _ = writeln!(out, "started   {}", clock(t));
+    }
+    if let Some(t) = o.finished_at_ms {
+        let _ = writeln!(out, "finished  {}", clock(t));
+    }
+    out
+}
+
 /// The text of `baton status`.
 pub fn status_text(s: &StatusReply) -> String {
     let mut out = String::new();

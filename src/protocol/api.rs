@@ -223,11 +223,25 @@ pub struct OrderInfo {
     pub reason: Option<String>,
     #[serde(default)]
     pub request_id: Option<String>,
+    /// Cancelled while its task runs: it ends `cancelled` when the task ends.
+    #[serde(default)]
+    pub cancel_requested: bool,
     pub accepted_at_ms: u64,
     #[serde(default)]
     pub started_at_ms: Option<u64>,
     #[serde(default)]
     pub finished_at_ms: Option<u64>,
+}
+
+/// `{p}.api.order.cancel`: cancel an order. A waiting order is cancelled at
+/// once; a running one when its task ends, which `kill` makes happen now
+/// (SIGTERM to the task, grace, SIGKILL). Repeating it is harmless; the reply
+/// is the order with its new state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CancelOrder {
+    pub order_id: String,
+    #[serde(default)]
+    pub kill: bool,
 }
 
 /// `{p}.api.status`: ask the broker for the cluster's state. Has no fields.
@@ -395,6 +409,8 @@ pub enum ErrorCode {
     InvalidJob,
     /// No such order.
     NotFound,
+    /// The order (or subagent) is in a state that does not allow this.
+    InvalidState,
     /// The receiver has no room for the request now; try again or elsewhere.
     Busy,
     /// Storage or another dependency failed; the request had no effect.
@@ -412,6 +428,7 @@ impl ErrorCode {
             ErrorCode::InvalidParam => "invalid_param",
             ErrorCode::InvalidJob => "invalid_job",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::InvalidState => "invalid_state",
             ErrorCode::Busy => "busy",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",

@@ -181,3 +181,20 @@ pub struct TaskResult {
 pub struct ResultAck {
     pub task_id: String,
 }
+
+/// `{p}.subagent.{id}.kill`: kill a running task now (SIGTERM, grace,
+/// SIGKILL); its result follows as usual.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct KillTask {
+    pub task_id: String,
+    /// Reported in the task's result.
+    pub reason: String,
+}
+
+/// Reply to [`KillTask`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct KillAccepted {
+    pub task_id: String,
+    /// Whether the task was running there.
+    pub found: bool,
+}

@@ -6,6 +6,8 @@
 //! | `{p}.api.submit` | request | [`SubmitOrder`](super::SubmitOrder) -> [`SubmitReply`](super::SubmitReply) |
 //! | `{p}.api.deploy` | request | [`DeployRequest`](super::DeployRequest) -> [`DeployReply`](super::DeployReply) |
 //! | `{p}.api.order.get` | request | [`GetOrder`](super::GetOrder) -> [`OrderInfo`](super::OrderInfo) |
+//! | `{p}.api.order.cancel` | request | [`CancelOrder`](super::CancelOrder) -> [`OrderInfo`](super::OrderInfo) |
+//! | `{p}.subagent.{id}.kill` | request | [`KillTask`](super::KillTask) -> [`KillAccepted`](super::KillAccepted) |
 //! | `{p}.api.status` | request | [`StatusRequest`](super::StatusRequest) -> [`StatusReply`](super::StatusReply) |
 //! | `{p}.api.subagent.control` | request | [`SubagentControl`](super::SubagentControl) -> [`SubagentControlReply`](super::SubagentControlReply) |
 //! | `{p}.broker.leave` | request | [`Leave`](super::Leave) -> [`Left`](super::Left) |
@@ -77,6 +79,14 @@ impl Subjects {
 
     pub fn order_get(&self) -> String {
         format!("{}.api.order.get", self.prefix)
+    }
+
+    pub fn order_cancel(&self) -> String {
+        format!("{}.api.order.cancel", self.prefix)
+    }
+
+    pub fn kill(&self, subagent: &str) -> String {
+        format!("{}.subagent.{subagent}.kill", self.prefix)
     }
 
     pub fn status(&self) -> String {

@@ -39,6 +39,7 @@ enum Input {
     Run(Request<RunTask>),
     Ping(Request<Ping>),
     Stop(Request<StopSubagent>),
+    Kill(Request<KillTask>),
     BrokerHeartbeat,
     /// Heartbeats under our own id: another process using it is a configuration error.
     Twin(Received<SubagentHeartbeat>),
@@ -98,6 +99,7 @@ pub async fn start(
         bus.serve(s.run(&id)).await?.map(Input::Run).boxed_local(),
         bus.serve(s.ping(&id)).await?.map(Input::Ping).boxed_local(),
         bus.serve(s.stop(&id)).await?.map(Input::Stop).boxed_local(),
+        bus.serve(s.kill(&id)).await?.map(Input::Kill).boxed_local(),
         bus.listen(s.broker_heartbeat())
             .await?
             .map(|_: Received<BrokerHeartbeat>| Input::BrokerHeartbeat)
@@ -183,6 +185,16 @@ impl StreamHandler<Input> for Subagent {
                 self.bus.reply(&r.replier, &stopping);
                 info!("stop requested");
                 self.drain(ctx);
+            }
+            Input::Kill(r) => {
+                let KillTask { task_id, reason } = r.body;
+                let kill = self.running.get_mut(&task_id).and_then(|t| t.kill.take());
+                let found = kill.is_some();
+                if let Some(kill) = kill {
+                    info!(task = %task_id, %reason, "killing the task on request");
+                    let _ = kill.send(reason);
+                }
+                self.bus.reply(&r.replier, &KillAccepted { task_id, found });
             }
             Input::BrokerHeartbeat => self.last_broker_contact = Instant::now(),
             Input::Twin(hb) => self.on_twin(hb.body, ctx),
