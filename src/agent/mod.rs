@@ -1,9 +1,18 @@
-//! The Agent: a scheduler-capable node that will hold the Scheduler role and
-//! fire triggers (cron, interval, at-time).
+//! The Agent: a scheduler-capable node. Exactly one agent at a time holds the
+//! Scheduler role and fires triggers; the others are spares.
 //!
-//! Not built yet: the Scheduler role and triggers arrive with their own issue.
-//! Until then this module only names the role, so the layout in `lib.rs`
-//! and ARCHITECTURE.md stays true.
+//! Not wired yet: the agent actor, the broker's control of the role and the
+//! `baton agent` command arrive with their own issue. What is here are the
+//! pure parts they will call:
+//!
+//! - [`health`]: health levels from CPU and memory figures and thresholds.
+//! - [`election`]: the broker's decision on who holds the Scheduler role.
+//! - [`triggers`]: cron, interval and at-time triggers; which slots are due,
+//!   misfire and concurrency policies, and the timer queue of all schedules.
+
+pub mod election;
+pub mod health;
+pub mod triggers;
 
 /// Whether an agent fires triggers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
