@@ -31,6 +31,8 @@ use registry::{Check, Registry, Seen, Sighting};
 const KEEP_FINISHED: usize = 10_000;
 /// Added to a subagent's own orphan timeout before its tasks count as dead.
 const ORPHAN_MARGIN: Duration = Duration::from_secs(1);
+/// Before sending a dispatch again whose fate is unknown.
+const RESEND_DELAY: Duration = Duration::from_millis(200);
 /// How long a liveness probe waits for its answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -309,17 +311,8 @@ impl Broker {
                     warn!(task = %run.task_id, pid = ?accepted.pid, error = %e, "start not recorded");
                 }
             }
-            Err(BusError::TimedOut { .. })
-                if self
-                    .registry
-                    .get(&subagent_id)
-                    .is_some_and(|s| s.state() != SubagentState::Lost) =>
-            {
-                // it may have the task already; the same task id is safe to resend
-                debug!(task = %run.task_id, subagent = %subagent_id, "dispatch timed out; resending");
-                self.send_run(subagent_id, run, ctx);
-            }
-            Err(e) => {
+            Err(e @ (BusError::NoResponders { .. } | BusError::Remote(_))) => {
+                // definite: it did not take the task (nobody listened, or it refused)
                 warn!(task = %run.task_id, subagent = %subagent_id, error = %e, "dispatch failed; task goes back to the queue");
                 self.registry.suspect(&subagent_id);
                 self.registry.release(&subagent_id, &run.task_id, false);
@@ -328,6 +321,14 @@ impl Broker {
                 };
                 let _ = self.book.apply(&run.order_id, event);
                 self.dispatch(ctx);
+            }
+            Err(e) => {
+                // it may have the task already; the same task id is safe to
+                // send again, and its loss, if it is lost, is handled there
+                debug!(task = %run.task_id, subagent = %subagent_id, error = %e, "dispatch unconfirmed; sending again");
+                ctx.run_later(RESEND_DELAY, move |act, ctx| {
+                    act.send_run(subagent_id, run, ctx)
+                });
             }
         }
     }
