@@ -73,6 +73,8 @@ pub struct Broker {
     /// Subagent processes (instance ids) that left normally, most recent last:
     /// a heartbeat of theirs still in flight must not bring them back.
     departed: VecDeque<String>,
+    /// Tells `run_until_signal` the broker cannot go on.
+    stopped: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Subscribes and starts the broker in the current actix System.
@@ -140,6 +142,7 @@ pub async fn start(config: Config, bus: Bus) -> Result<Addr<Broker>, BusError> {
             registry: Registry::default(),
             last_placed: HashMap::new(),
             departed: VecDeque::new(),
+            stopped: None,
         }
     }))
 }
@@ -177,6 +180,9 @@ impl StreamHandler<Input> for Broker {
 
     fn finished(&mut self, ctx: &mut Self::Context) {
         warn!("all broker subscriptions ended; stopping");
+        if let Some(stopped) = self.stopped.take() {
+            let _ = stopped.send(());
+        }
         ctx.stop();
     }
 }
@@ -724,8 +730,29 @@ fn interval_or(ms: u64, config: &Config) -> Duration {
 
 /// Runs a broker until SIGINT or SIGTERM.
 pub async fn run_until_signal(config: Config, bus: Bus) -> anyhow::Result<()> {
-    let _broker = start(config, bus).await?;
-    crate::cli::wait_for_signal().await;
-    info!("broker stopping");
-    Ok(())
+    let broker = start(config, bus).await?;
+    let (stopped, failed) = tokio::sync::oneshot::channel();
+    broker.do_send(NotifyStop(stopped));
+    tokio::select! {
+        _ = crate::cli::wait_for_signal() => {
+            info!("broker stopping");
+            Ok(())
+        }
+        Ok(()) = failed => Err(anyhow::anyhow!("the broker lost its NATS subscriptions")),
+    }
+}
+
+/// Asks the broker to say when it stops by itself.
+struct NotifyStop(tokio::sync::oneshot::Sender<()>);
+
+impl Message for NotifyStop {
+    type Result = ();
+}
+
+impl Handler<NotifyStop> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: NotifyStop, _: &mut Self::Context) {
+        self.stopped = Some(msg.0);
+    }
 }
