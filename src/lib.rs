@@ -8,7 +8,7 @@
 //! - [`jobs`]: the deploy file format and job validation (pure).
 //! - [`broker`]: the Broker actor and its pure parts (registry, placement, order book).
 //! - [`subagent`]: the Subagent actor and process execution (spawn, stream output, kill).
-//! - [`agent`]: the Agent actor (Scheduler role); a placeholder until triggers land.
+//! - [`agent`]: the Scheduler role's pure parts (health, election, triggers); the actor is still to come.
 //! - [`cli`]: clap commands; client commands talk to the cluster over NATS.
 //! - [`natsd`]: a local `nats-server` child process for `baton dev`, `baton bench` and tests.
 //! - [`launch`]: a local cluster of `baton` child processes for `baton dev` and `baton bench`.

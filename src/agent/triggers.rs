@@ -1,1 +1,381 @@
-//! (in progress)
+//! Triggers: when a job's slots fall, and which of them to fire. Pure.
+//!
+//! A *slot* is an instant at which a trigger fires, in milliseconds since the
+//! Unix epoch (UTC). Nothing here reads a clock: the caller passes `now_ms`,
+//! so tests drive everything with a clock they control.
+//!
+//! - [`TriggerSpec`] is what an operator writes (cron, interval, at);
+//!   [`Trigger`] is its compiled form and answers "which slot comes next".
+//! - [`policy`]: misfire ([`due_slots`]) and concurrency ([`on_slot`])
+//!   policies, and the [`idempotency_key`] every fire is submitted with.
+//! - [`queue`]: [`TimerQueue`], a min-heap of every schedule's next slot.
+//!
+//! # Cron
+//!
+//! Six fields with seconds, `second minute hour day-of-month month
+//! day-of-week`, and an optional seventh, the year (1970-2100); `@hourly`,
+//! `@daily`, `@weekly`, `@monthly` and `@yearly` are accepted too (the `cron`
+//! crate's dialect). Days of the week are written as names (`MON-FRI`):
+//! numbers are refused, because dialects disagree on which day 1 is. When
+//! both day-of-month and day-of-week are restricted, a day must match both.
+//!
+//! Cron fields match the wall clock of the trigger's time zone (UTC unless
+//! `time_zone` names an IANA zone). Across daylight saving time changes:
+//!
+//! - a local time that does not exist (the spring-forward gap: 02:30 on the
+//!   last Sunday of March in Europe/Berlin) has no slot: it is skipped, not
+//!   moved to 03:00;
+//! - a local time that happens twice (the fall-back overlap) has one slot,
+//!   at its first occurrence (the earlier instant, still summer time). This
+//!   holds for every pattern: `0 */15 * * * *` in Europe/Berlin has no slot
+//!   during the second pass of 02:00-02:59 in late October. Patterns where
+//!   every period counts belong in UTC or in an interval trigger.
+//!
+//! Intervals and `at` times are instants, untouched by time zones. Cron
+//! slots fall on whole seconds; interval slots on whole milliseconds.
+//!
+//! Architecture invariant: a trigger's slots depend only on its spec, never on
+//! when or where it was compiled, so two agents compute the same slots and
+//! the [`idempotency_key`] of a slot is the same on both.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Offset, TimeZone, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+pub mod policy;
+pub mod queue;
+
+pub use policy::{
+    due_slots, idempotency_key, on_slot, ConcurrencyPolicy, MisfirePolicy, SlotDecision,
+};
+pub use queue::{Due, Schedule, TimerQueue};
+
+/// Shortest interval accepted: slots are whole seconds apart at the finest.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// When a job fires, as written in a deploy file (`kind = "cron"`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum TriggerSpec {
+    /// A cron expression with seconds, read on the wall clock of `time_zone`.
+    Cron {
+        expr: String,
+        /// An IANA time zone name (`Europe/Berlin`); UTC when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        time_zone: Option<String>,
+    },
+    /// Every `every` (humantime: `90s`, `1h 30m`; at least 1s), counted from
+    /// `start` (RFC 3339). Without `start` the slots are the whole multiples
+    /// of `every` since the Unix epoch, the same on every agent.
+    Interval {
+        #[serde(with = "humantime_serde")]
+        every: Duration,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        start: Option<DateTime<Utc>>,
+    },
+    /// Once, at an RFC 3339 instant (`2026-03-29T02:30:00+02:00`).
+    At { at: DateTime<Utc> },
+}
+
+/// A trigger or policy that cannot be used, saying which part and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TriggerError {
+    #[error("cron expression '{expr}': {reason}")]
+    Cron { expr: String, reason: String },
+    #[error("unknown time zone '{name}': expected an IANA name such as 'Europe/Berlin' or 'UTC'")]
+    TimeZone { name: String },
+    #[error("interval every '{every}': must be at least 1s")]
+    Interval { every: String },
+    #[error("{field} '{at}': before 1970-01-01T00:00:00Z")]
+    BeforeEpoch { field: &'static str, at: String },
+    #[error(
+        "misfire fire-all max {max}: must be between 1 and {}",
+        policy::MAX_FIRE_ALL
+    )]
+    FireAllMax { max: u32 },
+}
+
+impl TriggerSpec {
+    /// Checks the spec; the error names the expression, zone or value.
+    pub fn validate(&self) -> Result<(), TriggerError> {
+        Trigger::compile(self).map(drop)
+    }
+}
+
+/// A compiled trigger: the union of the slots of one or more specs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trigger {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Cron {
+        schedule: Box<cron::Schedule>,
+        tz: Tz,
+    },
+    Interval {
+        every_ms: u64,
+        start_ms: u64,
+    },
+    At {
+        at_ms: u64,
+    },
+}
+
+impl Trigger {
+    /// Compiles one spec.
+    pub fn compile(spec: &TriggerSpec) -> Result<Trigger, TriggerError> {
+        Ok(Trigger {
+            parts: vec![Part::compile(spec)?],
+        })
+    }
+
+    /// Compiles several specs into one trigger whose slots are all of
+    /// theirs; a slot two of them share fires once. No specs: never fires.
+    pub fn compile_all(specs: &[TriggerSpec]) -> Result<Trigger, TriggerError> {
+        let parts = specs.iter().map(Part::compile).collect::<Result<_, _>>()?;
+        Ok(Trigger { parts })
+    }
+
+    /// The first slot strictly after `after_ms`; `None` when there is none
+    /// (an `at` already past, a cron pattern with no date left before 2101).
+    pub fn next_after(&self, after_ms: u64) -> Option<u64> {
+        self.parts
+            .iter()
+            .filter_map(|p| p.next_after(after_ms))
+            .min()
+    }
+
+    /// The last slot at or before `at_ms`.
+    pub fn last_at_or_before(&self, at_ms: u64) -> Option<u64> {
+        self.parts
+            .iter()
+            .filter_map(|p| p.last_at_or_before(at_ms))
+            .max()
+    }
+
+    /// The first `limit` slots in `(from_exclusive, to_inclusive]`, oldest first.
+    pub fn slots_between(&self, from_exclusive: u64, to_inclusive: u64, limit: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut cursor = from_exclusive;
+        while out.len() < limit {
+            match self.next_after(cursor) {
+                Some(slot) if slot <= to_inclusive => {
+                    out.push(slot);
+                    cursor = slot;
+                }
+                _ => break,
+            }
+        }
+        out
+    }
+
+    /// The last `limit` slots in `[from_inclusive, to_inclusive]`, oldest
+    /// first. Walks backwards, so it costs `limit` steps however long the
+    /// range is.
+    pub fn latest_slots(&self, from_inclusive: u64, to_inclusive: u64, limit: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut cursor = to_inclusive;
+        while out.len() < limit {
+            match self.last_at_or_before(cursor) {
+                Some(slot) if slot >= from_inclusive => {
+                    out.push(slot);
+                    let Some(before) = slot.checked_sub(1) else {
+                        break;
+                    };
+                    cursor = before;
+                }
+                _ => break,
+            }
+        }
+        out.reverse();
+        out
+    }
+}
+
+impl Part {
+    fn compile(spec: &TriggerSpec) -> Result<Part, TriggerError> {
+        match spec {
+            TriggerSpec::Cron { expr, time_zone } => {
+                let tz = match time_zone {
+                    None => Tz::UTC,
+                    Some(name) => name
+                        .parse::<Tz>()
+                        .map_err(|_| TriggerError::TimeZone { name: name.clone() })?,
+                };
+                let cron_error = |reason: String| TriggerError::Cron {
+                    expr: expr.clone(),
+                    reason,
+                };
+                check_cron_fields(expr).map_err(cron_error)?;
+                let schedule = expr
+                    .parse::<cron::Schedule>()
+                    .map_err(|e| cron_error(cron_reason(&e.to_string())))?;
+                let part = Part::Cron {
+                    schedule: Box::new(schedule),
+                    tz,
+                };
+                if part.next_after(0).is_none() {
+                    return Err(cron_error(
+                        "matches no date between 1970 and 2100".to_string(),
+                    ));
+                }
+                Ok(part)
+            }
+            TriggerSpec::Interval { every, start } => {
+                if *every < MIN_INTERVAL {
+                    return Err(TriggerError::Interval {
+                        every: humantime::format_duration(*every).to_string(),
+                    });
+                }
+                let every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+                let start_ms = match start {
+                    None => 0,
+                    Some(at) => epoch_ms("start", at)?,
+                };
+                Ok(Part::Interval { every_ms, start_ms })
+            }
+            TriggerSpec::At { at } => Ok(Part::At {
+                at_ms: epoch_ms("at", at)?,
+            }),
+        }
+    }
+
+    fn next_after(&self, after_ms: u64) -> Option<u64> {
+        match self {
+            Part::At { at_ms } => (*at_ms > after_ms).then_some(*at_ms),
+            Part::Interval { every_ms, start_ms } => {
+                if after_ms < *start_ms {
+                    return Some(*start_ms);
+                }
+                let k = (after_ms - start_ms) / every_ms + 1;
+                k.checked_mul(*every_ms)?.checked_add(*start_ms)
+            }
+            Part::Cron { schedule, tz } => {
+                let from = tz
+                    .timestamp_millis_opt(i64::try_from(after_ms).ok()?)
+                    .single()?;
+                // The iterator yields both instants of a repeated local time;
+                // only the first occurrence is a slot.
+                schedule
+                    .after(&from)
+                    .map(|dt| (dt.timestamp_millis(), dt))
+                    .find(|(ms, dt)| *ms > from.timestamp_millis() && first_occurrence(tz, dt))
+                    .and_then(|(ms, _)| u64::try_from(ms).ok())
+            }
+        }
+    }
+
+    fn last_at_or_before(&self, at_ms: u64) -> Option<u64> {
+        match self {
+            Part::At { at_ms: slot } => (*slot <= at_ms).then_some(*slot),
+            Part::Interval { every_ms, start_ms } => {
+                let since = at_ms.checked_sub(*start_ms)?;
+                Some(start_ms + since / every_ms * every_ms)
+            }
+            Part::Cron { schedule, tz } => {
+                let limit = i64::try_from(at_ms).ok()?;
+                let at = tz.timestamp_millis_opt(limit).single()?;
+                // In the second pass of an overlap, the first pass's later
+                // local times are still before `at`: search from its end.
+                let start = match tz.from_local_datetime(&at.naive_local()).earliest() {
+                    Some(first) if first < at => end_of_first_pass(tz, &first, &at)?,
+                    _ => at,
+                };
+                // Backwards from just after `start`, so a slot at `start` counts.
+                let from = start + chrono::Duration::milliseconds(1);
+                schedule
+                    .after(&from)
+                    .rev()
+                    .map(|dt| (dt.timestamp_millis(), dt))
+                    .find(|(ms, dt)| *ms <= limit && first_occurrence(tz, dt))
+                    .and_then(|(ms, _)| u64::try_from(ms).ok())
+            }
+        }
+    }
+}
+
+/// Whether `dt` is the first instant its local time names in `tz` (false
+/// only for the second pass through a fall-back overlap).
+fn first_occurrence(tz: &Tz, dt: &DateTime<Tz>) -> bool {
+    tz.from_local_datetime(&dt.naive_local())
+        .earliest()
+        .as_ref()
+        == Some(dt)
+}
+
+/// The last instant before the wall clock turned back, given an instant of
+/// the first pass and one of the second.
+fn end_of_first_pass(tz: &Tz, first: &DateTime<Tz>, second: &DateTime<Tz>) -> Option<DateTime<Tz>> {
+    let offset = |ms: i64| Some(tz.timestamp_millis_opt(ms).single()?.offset().fix());
+    let (mut lo, mut hi) = (first.timestamp_millis(), second.timestamp_millis());
+    let later = offset(hi)?;
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if offset(mid)? == later {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    tz.timestamp_millis_opt(lo).single()
+}
+
+fn epoch_ms(field: &'static str, at: &DateTime<Utc>) -> Result<u64, TriggerError> {
+    u64::try_from(at.timestamp_millis()).map_err(|_| TriggerError::BeforeEpoch {
+        field,
+        at: at.to_rfc3339(),
+    })
+}
+
+/// One line from a `cron` crate error, which echoes the expression and
+/// marks the place with a caret on a line of its own.
+fn cron_reason(error: &str) -> String {
+    let lines: Vec<&str> = error.lines().collect();
+    let (column, message) = match lines.as_slice() {
+        [_, caret, rest @ ..] if caret.trim() == "^" => (caret.find('^'), rest.join(" ")),
+        _ => (None, error.to_string()),
+    };
+    let message = message.trim().trim_end_matches('.');
+    let message = if message.is_empty() {
+        "not a valid cron expression"
+    } else {
+        message
+    };
+    match column {
+        Some(column) => format!("{message} (at character {})", column + 1),
+        None => message.to_string(),
+    }
+}
+
+/// Checks what the `cron` crate would accept but Baton does not: a field
+/// count other than 6 or 7, and day-of-week numbers.
+fn check_cron_fields(expr: &str) -> Result<(), String> {
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    if fields.len() == 1 && fields[0].starts_with('@') {
+        return Ok(());
+    }
+    if !(6..=7).contains(&fields.len()) {
+        return Err(format!(
+            "expected 6 or 7 fields (second minute hour day-of-month month day-of-week [year]), found {}",
+            fields.len()
+        ));
+    }
+    let day_of_week = fields[5];
+    let numeric = day_of_week.split(',').any(|item| {
+        let range = item.split('/').next().unwrap_or_default();
+        range.bytes().any(|b| b.is_ascii_digit())
+    });
+    if numeric {
+        return Err(format!(
+            "day of week '{day_of_week}': use names (SUN, MON, ... SAT), since cron dialects number the days differently"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,154 @@
+//! Misfire and concurrency policies, and the idempotency key of a slot. Pure.
+//!
+//! A slot is *on time* when it is at most the lateness tolerance before now,
+//! and *missed* when it is older: the Scheduler was down, the cluster was
+//! down, or the Scheduler fell behind. The misfire policy decides which of
+//! the slots since the last one fired are fired now:
+//!
+//! | policy      | fires                                                                   |
+//! |-------------|-------------------------------------------------------------------------|
+//! | `fire-once` | the latest slot, if it is within `window` (or on time); at most one     |
+//! | `fire-all`  | every slot, oldest first; over `max`, only the most recent `max`        |
+//! | `skip`      | the on-time slots only                                                  |
+//!
+//! `fire-once` counts an on-time slot as its catch-up run: when the latest
+//! slot is on time, only it fires. `fire-all` keeps the most recent slots
+//! when it must drop some, since those are the runs whose data is still
+//! current, and the dropped ones never come back: the next call starts after
+//! the newest slot fired.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Trigger, TriggerError};
+
+/// How late a slot may be and still count as on time, by default.
+pub const DEFAULT_TOLERANCE_MS: u64 = 1_000;
+/// `fire-once`'s default window.
+pub const DEFAULT_MISFIRE_WINDOW: Duration = Duration::from_secs(3600);
+/// `fire-all`'s default bound.
+pub const DEFAULT_FIRE_ALL_MAX: u32 = 100;
+/// The largest `fire-all` bound accepted; also caps the on-time slots of one call.
+pub const MAX_FIRE_ALL: u32 = 10_000;
+
+/// What to do with the slots missed while no Scheduler fired them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "policy", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum MisfirePolicy {
+    /// Fire the latest missed slot if it is no older than `window`.
+    FireOnce {
+        #[serde(default = "default_window", with = "humantime_serde")]
+        window: Duration,
+    },
+    /// Fire every missed slot, at most `max` of them (the most recent).
+    FireAll {
+        #[serde(default = "default_max")]
+        max: u32,
+    },
+    /// Fire no missed slot.
+    Skip,
+}
+
+fn default_window() -> Duration {
+    DEFAULT_MISFIRE_WINDOW
+}
+
+fn default_max() -> u32 {
+    DEFAULT_FIRE_ALL_MAX
+}
+
+impl Default for MisfirePolicy {
+    fn default() -> Self {
+        MisfirePolicy::FireOnce {
+            window: DEFAULT_MISFIRE_WINDOW,
+        }
+    }
+}
+
+impl MisfirePolicy {
+    /// Checks the policy's bound.
+    pub fn validate(&self) -> Result<(), TriggerError> {
+        match *self {
+            MisfirePolicy::FireAll { max } if !(1..=MAX_FIRE_ALL).contains(&max) => {
+                Err(TriggerError::FireAllMax { max })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The slots to fire at `now_ms`, oldest first, given the last slot fired.
+///
+/// `last_fired_slot` is `None` for a job deployed now: nothing in the past is
+/// caught up, and the job's first slot is `trigger.next_after(now_ms)`.
+/// Every slot returned is after `last_fired_slot` and at or before `now_ms`,
+/// so a caller that records the newest slot it fired never fires a slot
+/// twice, even when its clock is behind the previous Scheduler's. A slot at
+/// most `tolerance_ms` old is on time and fires under every policy.
+pub fn due_slots(
+    trigger: &Trigger,
+    last_fired_slot: Option<u64>,
+    now_ms: u64,
+    policy: &MisfirePolicy,
+    tolerance_ms: u64,
+) -> Vec<u64> {
+    let Some(last) = last_fired_slot else {
+        return Vec::new();
+    };
+    if last >= now_ms {
+        return Vec::new();
+    }
+    let after_last = last + 1;
+    let not_older_than = |age_ms: u64| after_last.max(now_ms.saturating_sub(age_ms));
+    match *policy {
+        MisfirePolicy::FireOnce { window } => {
+            let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+            let from = not_older_than(window_ms.max(tolerance_ms));
+            trigger.latest_slots(from, now_ms, 1)
+        }
+        MisfirePolicy::FireAll { max } => {
+            trigger.latest_slots(after_last, now_ms, max.clamp(1, MAX_FIRE_ALL) as usize)
+        }
+        MisfirePolicy::Skip => {
+            trigger.latest_slots(not_older_than(tolerance_ms), now_ms, MAX_FIRE_ALL as usize)
+        }
+    }
+}
+
+/// What to do when a slot comes while runs of the job may be active.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConcurrencyPolicy {
+    /// Fire regardless of active runs.
+    #[default]
+    Allow,
+    /// Skip the slot while a run is active.
+    Forbid,
+    /// Cancel the active runs, then fire.
+    Replace,
+}
+
+/// The decision for one slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotDecision {
+    Fire,
+    Skip,
+    CancelRunningAndFire,
+}
+
+/// Decides a slot given the job's runs still active (not finished).
+pub fn on_slot(policy: ConcurrencyPolicy, active_runs: usize) -> SlotDecision {
+    match (policy, active_runs) {
+        (ConcurrencyPolicy::Allow, _) | (_, 0) => SlotDecision::Fire,
+        (ConcurrencyPolicy::Forbid, _) => SlotDecision::Skip,
+        (ConcurrencyPolicy::Replace, _) => SlotDecision::CancelRunningAndFire,
+    }
+}
+
+/// The request id a slot's fire is submitted with, so a slot becomes one
+/// order even when two agents fire it. Job names are subject tokens, so the
+/// `@` cannot be part of one.
+pub fn idempotency_key(job: &str, slot_ms: u64) -> String {
+    format!("{job}@{slot_ms}")
+}
