@@ -78,6 +78,9 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
          cargo run --release -- status\n  \
          cargo run --release -- watch\n  \
          cargo run --release -- submit hello --param who=you --wait\n  \
+         cargo run --release -- submit count --param n=30 --wait     (then kill -9 its subagent)\n  \
+         cargo run --release -- subagent disable sub-1               (switch-over; enable to undo)\n  \
+         cargo run --release -- order cancel ORDER_ID --kill\n  \
          nats req baton.api.submit '{{\"job\":\"hello\"}}' -H Content-Type:application/json\n\n\
          Kill a subagent with `kill -9 PID` and watch the others carry on.\n\
          Ctrl-C stops everything.\n",
