@@ -4,6 +4,7 @@
 //! SIGKILL like a crashed one.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -93,6 +94,9 @@ impl LocalCluster {
             .arg("--prefix")
             .arg(&self.prefix)
             .envs(self.env.iter().cloned())
+            // its own process group: a Ctrl-C at the terminal reaches only
+            // us, and we stop the children in order (one SIGTERM each)
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         match &self.logs {
@@ -231,13 +235,13 @@ impl LocalCluster {
         .await
     }
 
-    /// SIGTERM to every process, then SIGKILL to those still running after `grace`.
+    /// Stops the processes newest first (subagents drain and leave while the
+    /// broker still runs): SIGTERM to each, SIGKILL to one still running
+    /// after `grace`.
     pub fn stop(&mut self, grace: Duration) {
-        for p in &self.procs {
+        for p in self.procs.iter_mut().rev() {
             let _ = kill(Pid::from_raw(p.pid() as i32), Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + grace;
-        for p in &mut self.procs {
+            let deadline = Instant::now() + grace;
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = p.child.try_wait() {
                     break;

@@ -10,6 +10,7 @@ use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -193,6 +194,9 @@ impl NatsServer {
             .try_clone()
             .map_err(io_err("cloning the log file handle"))?;
         let mut cmd = Command::new(&self.binary);
+        // its own process group: a Ctrl-C at the terminal does not stop it
+        // under the processes that still need it; its owner stops it last
+        cmd.process_group(0);
         cmd.args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(port.map_or("-1".to_string(), |p| p.to_string()))
             .arg("--ports_file_dir")
