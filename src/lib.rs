@@ -13,6 +13,7 @@
 //! - [`natsd`]: a local `nats-server` child process for `baton dev`, `baton bench` and tests.
 //! - [`launch`]: a local cluster of `baton` child processes for `baton dev` and `baton bench`.
 //! - [`schema`]: generation of `schemas/` (JSON Schemas, AsyncAPI) from the wire types.
+//! - `testing`: helpers for unit tests (a seeded generator for property tests).
 
 pub mod agent;
 pub mod broker;
@@ -25,4 +26,6 @@ pub mod natsd;
 pub mod protocol;
 pub mod schema;
 pub mod subagent;
+#[cfg(test)]
+mod testing;
 pub mod time;

@@ -7,6 +7,7 @@ use chrono::{TimeZone, Utc};
 
 use super::policy::{DEFAULT_FIRE_ALL_MAX, DEFAULT_MISFIRE_WINDOW, DEFAULT_TOLERANCE_MS};
 use super::*;
+use crate::testing::Rng;
 
 const SEC: u64 = 1_000;
 const MIN: u64 = 60 * SEC;
@@ -43,22 +44,6 @@ fn at(ms: u64) -> Trigger {
 
 fn error_of(spec: TriggerSpec) -> String {
     spec.validate().unwrap_err().to_string()
-}
-
-/// xorshift64*: a seeded generator, so a failing case can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 // ---- triggers ----
@@ -494,7 +479,7 @@ fn property_fire_all_never_repeats_or_drops_a_slot_under_its_bound() {
         "13 0,30 * * * *",
         "@hourly",
     ];
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = Rng::new(1);
     for case in 0..60 {
         let trigger = if rng.below(2) == 0 {
             every(1 + rng.below(7200), Some(rng.below(10 * HOUR)))
@@ -559,7 +544,7 @@ fn property_next_after_and_last_at_or_before_agree() {
         "0 30 1,2,3 * * *",
         "0 0 0 * * SUN",
     ];
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     for case in 0..200 {
         let expr = exprs[rng.below(exprs.len() as u64) as usize];
         let t = cron(expr, zones[rng.below(zones.len() as u64) as usize]);
