@@ -31,30 +31,8 @@ program = "true"
 cluster = "one"
 "#;
 
-async fn submit(bus: &Bus, job: &str, params: &[(&str, String)]) -> String {
-    let order = SubmitOrder {
-        job: job.into(),
-        params: params
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
-        request_id: None,
-    };
-    let submit = bus.request::<_, SubmitReply>(bus.subjects().submit(), &order, REQUEST);
-    within(REQUEST * 2, "submit", submit)
-        .await
-        .expect("submit")
-        .order_id
-}
-
 async fn get(bus: &Bus, order_id: &str) -> OrderInfo {
-    let get = GetOrder {
-        order_id: order_id.into(),
-    };
-    let request = bus.request(bus.subjects().order_get(), &get, REQUEST);
-    within(REQUEST * 2, "order.get", request)
-        .await
-        .expect("order.get")
+    order_info(bus, order_id).await.expect("order.get")
 }
 
 async fn cancel(bus: &Bus, order_id: &str, kill: bool) -> Result<OrderInfo, BusError> {

@@ -212,22 +212,6 @@ impl Recorder {
     }
 }
 
-async fn submit(bus: &Bus, job: &str, params: &[(&str, String)]) -> String {
-    let order = SubmitOrder {
-        job: job.into(),
-        params: params
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
-        request_id: None,
-    };
-    let request = bus.request(bus.subjects().submit(), &order, REQUEST);
-    let reply: SubmitReply = within(REQUEST * 2, "submit", request)
-        .await
-        .expect("submit accepted");
-    reply.order_id
-}
-
 /// Submits an order and waits for it to finish.
 async fn run(rec: &Recorder, bus: &Bus, job: &str, params: &[(&str, String)]) -> OrderFinished {
     let order_id = submit(bus, job, params).await;

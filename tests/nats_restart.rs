@@ -7,7 +7,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use baton::bus::Bus;
 use baton::protocol::*;
 use common::*;
 
@@ -20,37 +19,16 @@ args = ["-c", "echo \"start $BATON_ORDER_ID\" >> \"$BATON_PARAM_DIR/marks\"; sle
 required = true
 "#;
 
-async fn order_state(bus: &Bus, order_id: &str) -> Option<OrderInfo> {
-    let get = GetOrder {
-        order_id: order_id.into(),
-    };
-    bus.request(bus.subjects().order_get(), &get, Duration::from_secs(2))
-        .await
-        .ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_survive_a_nats_server_restart() {
     let mut h = cluster(&["sub-a", "sub-b"]).await;
     deploy(&h.bus, MARKER_JOB).await;
     let dir = h.scratch();
     let params = BTreeMap::from([("dir".to_string(), dir.display().to_string())]);
+    let dir_param = [("dir", dir.display().to_string())];
     let mut orders = Vec::new();
     for _ in 0..12 {
-        let order = SubmitOrder {
-            job: "work".into(),
-            params: params.clone(),
-            request_id: None,
-        };
-        let submit = h
-            .bus
-            .request::<_, SubmitReply>(h.bus.subjects().submit(), &order, REQUEST);
-        orders.push(
-            within(REQUEST * 2, "submit", submit)
-                .await
-                .expect("submit")
-                .order_id,
-        );
+        orders.push(submit(&h.bus, "work", &dir_param).await);
     }
     // some run, some wait (8 slots for 12 orders)
     let marks = dir.join("marks");
@@ -71,7 +49,7 @@ async fn orders_survive_a_nats_server_restart() {
     for id in &orders {
         let info = wait_for(Duration::from_secs(60), "the order finishes", || {
             let (bus, id) = (h.bus.clone(), id.clone());
-            async move { order_state(&bus, &id).await.filter(|o| o.state.is_final()) }
+            async move { order_info(&bus, &id).await.filter(|o| o.state.is_final()) }
         })
         .await;
         assert_eq!(info.state, OrderState::Succeeded, "{info:?}");

@@ -18,7 +18,8 @@ use baton::bus::{decode, Bus, Encoding};
 use baton::launch::{LocalCluster, Logs};
 use baton::natsd::NatsServerOptions;
 use baton::protocol::{
-    DeployReply, DeployRequest, EventKind, OrderFinished, SubmitOrder, SubmitReply, TaskLog,
+    DeployReply, DeployRequest, EventKind, GetOrder, OrderFinished, OrderInfo, SubmitOrder,
+    SubmitReply, TaskLog,
 };
 use futures::StreamExt;
 use tempfile::TempDir;
@@ -193,6 +194,32 @@ pub async fn deploy(bus: &Bus, toml_text: &str) -> DeployReply {
     within(REQUEST + Duration::from_secs(1), "deploy", deploy)
         .await
         .expect("deploy accepted")
+}
+
+/// Submits `job` with `params` over the wire; returns the order id.
+pub async fn submit(bus: &Bus, job: &str, params: &[(&str, String)]) -> String {
+    let order = SubmitOrder {
+        job: job.into(),
+        params: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        request_id: None,
+    };
+    let request = bus.request(bus.subjects().submit(), &order, REQUEST);
+    let reply: SubmitReply = within(REQUEST * 2, "submit", request)
+        .await
+        .expect("submit accepted");
+    reply.order_id
+}
+
+/// The order as the broker holds it now; `None` when it does not answer.
+pub async fn order_info(bus: &Bus, order_id: &str) -> Option<OrderInfo> {
+    let get = GetOrder {
+        order_id: order_id.into(),
+    };
+    let request = bus.request(bus.subjects().order_get(), &get, REQUEST);
+    within(REQUEST * 2, "order.get", request).await.ok()
 }
 
 /// Submits `job` with `params` over the wire and follows the order's events
