@@ -168,6 +168,8 @@ pub struct Order {
     pub rerun_at_ms: Option<u64>,
     /// Cancelled while its task runs: it ends cancelled, and never runs again.
     pub cancel_requested: bool,
+    /// Stored in JetStream (and so acknowledged to its submitter).
+    pub durable: bool,
     pub task_id: Option<String>,
     pub subagent_id: Option<String>,
     pub accepted_at_ms: u64,
@@ -194,6 +196,7 @@ impl Order {
             confirmed: false,
             rerun_at_ms: None,
             cancel_requested: false,
+            durable: false,
             task_id: None,
             subagent_id: None,
             accepted_at_ms,
@@ -467,6 +470,9 @@ impl OrderBook {
 
     /// Makes a durable order eligible for dispatch.
     pub fn enqueue(&mut self, order_id: &str) {
+        if let Some(order) = self.orders.get_mut(order_id) {
+            order.durable = true;
+        }
         self.queue.push_back(order_id.to_string());
     }
 

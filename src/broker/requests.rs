@@ -7,7 +7,7 @@ use tracing::{info, warn};
 
 use super::order_book::{Applied, ApplyError, Order, OrderEvent};
 use super::{placement, Broker};
-use crate::bus::{BusError, KvChange, Request};
+use crate::bus::{BusError, KvChange, Replier, Request};
 use crate::jobs;
 use crate::protocol::*;
 use crate::time::now_ms;
@@ -23,6 +23,11 @@ impl Broker {
             .as_deref()
             .and_then(|r| self.book.by_request_id(r))
         {
+            if !existing.durable {
+                let message =
+                    "a submit with this request_id is being stored right now; send it again";
+                return self.error(&req.replier, ErrorCode::Busy, message);
+            }
             let reply = SubmitReply {
                 order_id: existing.id.clone(),
                 job: existing.job.clone(),
@@ -43,50 +48,84 @@ impl Broker {
             Ok(params) => params,
             Err(e) => return self.error(&req.replier, ErrorCode::InvalidParam, e.to_string()),
         };
-        let order_id = uuid::Uuid::now_v7().to_string();
+        // With a request id, the order id is derived from it and the order is
+        // created only if that id is new in JetStream: a repeat, even after a
+        // broker restart or to another broker, finds the first order.
+        let order_id = match &request_id {
+            Some(r) => {
+                let name = format!("{}/{r}", self.bus.subjects().prefix());
+                uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes()).to_string()
+            }
+            None => uuid::Uuid::now_v7().to_string(),
+        };
+        let idempotent = request_id.is_some();
+        let failed_id = order_id.clone();
         let mut order = Order::new(order_id.clone(), job, params, request_id, now_ms());
         order.restartable = spec.restartable;
         let info = order.info();
-        let failed_id = order_id.clone();
         self.book.insert(order);
         let kv = self.orders_kv.clone();
         let replier = req.replier;
-        let write = async move { kv.put(&order_id, &info).await.map(|_| info) };
-        ctx.spawn(write.into_actor(self).map(move |written, act, ctx| {
-            match written {
-                Ok(info) => {
-                    act.book.enqueue(&info.order_id);
-                    let reply = SubmitReply {
-                        order_id: info.order_id.clone(),
-                        job: info.job.clone(),
-                        state: OrderState::Accepted,
-                        duplicate: false,
-                    };
-                    act.bus.reply(&replier, &reply);
-                    let event = OrderAccepted {
-                        order_id: info.order_id.clone(),
-                        job: info.job.clone(),
-                        params: info.params,
-                        at_ms: info.accepted_at_ms,
-                    };
-                    let s = act.bus.subjects();
-                    act.bus.post(
-                        s.event(&event.job, &event.order_id, EventKind::Accepted),
-                        &event,
-                    );
-                    act.dispatch(ctx);
-                }
-                Err(e) => {
-                    warn!(error = %e, "order not stored; submit refused");
-                    act.book.remove(&failed_id);
-                    act.error(
-                        &replier,
-                        ErrorCode::Unavailable,
-                        format!("the order could not be stored in JetStream, nothing was accepted: {e}"),
-                    );
-                }
+        let write = async move {
+            let created = if idempotent {
+                kv.create(&order_id, &info).await?
+            } else {
+                kv.put(&order_id, &info).await.map(|_| true)?
+            };
+            let existing = if created {
+                None
+            } else {
+                kv.get(&order_id).await?
+            };
+            Ok::<_, BusError>((info, created, existing))
+        };
+        ctx.spawn(write.into_actor(self).map(move |written, act, ctx| match written {
+            Ok((info, true, _)) => act.accepted(info, &replier, ctx),
+            Ok((info, false, existing)) => {
+                act.book.remove(&info.order_id);
+                let state = existing.map_or(OrderState::Accepted, |e| e.state);
+                let reply = SubmitReply {
+                    order_id: info.order_id,
+                    job: info.job,
+                    state,
+                    duplicate: true,
+                };
+                act.bus.reply(&replier, &reply);
+            }
+            Err(e) => {
+                warn!(error = %e, "order not stored; submit refused");
+                act.book.remove(&failed_id);
+                act.error(
+                    &replier,
+                    ErrorCode::Unavailable,
+                    format!("the order could not be stored in JetStream, nothing was accepted: {e}"),
+                );
             }
         }));
+    }
+
+    /// A new order is durable: answer, announce, and place it.
+    fn accepted(&mut self, info: OrderInfo, replier: &Replier, ctx: &mut Context<Self>) {
+        self.book.enqueue(&info.order_id);
+        let reply = SubmitReply {
+            order_id: info.order_id.clone(),
+            job: info.job.clone(),
+            state: OrderState::Accepted,
+            duplicate: false,
+        };
+        self.bus.reply(replier, &reply);
+        let event = OrderAccepted {
+            order_id: info.order_id.clone(),
+            job: info.job.clone(),
+            params: info.params,
+            at_ms: info.accepted_at_ms,
+        };
+        let s = self.bus.subjects();
+        self.bus.post(
+            s.event(&event.job, &event.order_id, EventKind::Accepted),
+            &event,
+        );
+        self.dispatch(ctx);
     }
 
     pub(super) fn on_deploy(&mut self, req: Request<DeployRequest>, ctx: &mut Context<Self>) {

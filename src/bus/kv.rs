@@ -80,6 +80,18 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
             .map_err(|e| transport(&self.bucket, e))
     }
 
+    /// Stores `value` under `key` only if the key holds nothing: `Ok(false)`
+    /// when it already existed. Atomic in JetStream, so of two processes
+    /// creating the same key exactly one succeeds.
+    pub async fn create(&self, key: &str, value: &T) -> Result<bool, BusError> {
+        let bytes = Bytes::from(encode(Encoding::MessagePack, value));
+        match self.store.create(key, bytes).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(transport(&self.bucket, e)),
+        }
+    }
+
     pub async fn get(&self, key: &str) -> Result<Option<T>, BusError> {
         let Some(bytes) = self
             .store

@@ -120,7 +120,9 @@ pub struct SubmitOrder {
     #[serde(default)]
     pub params: BTreeMap<String, String>,
     /// A client-chosen id; repeating a submit with the same id returns the
-    /// first order instead of creating a second one.
+    /// first order instead of creating a second one, also after a broker
+    /// restart (the order id is derived from it and created atomically in
+    /// JetStream).
     #[serde(default)]
     pub request_id: Option<String>,
 }
