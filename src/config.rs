@@ -26,6 +26,9 @@ pub struct Config {
     pub nats: NatsConfig,
     pub broker: BrokerConfig,
     pub subagent: SubagentConfig,
+    pub agent: AgentConfig,
+    /// How the broker chooses the Scheduler agent.
+    pub scheduler: SchedulerConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,6 +94,96 @@ pub struct SubagentConfig {
     pub max_line_bytes: usize,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// This agent's id; `agent-<hostname>-<pid>` when empty. One subject token.
+    pub id: String,
+    /// Let the broker control this agent's role (take part in elections).
+    /// When false the agent is a Scheduler from its start and never a spare.
+    pub role_control: bool,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A slot fired at most this late counts as on time; older ones are
+    /// misfires and go through the job's misfire policy.
+    #[serde(with = "humantime_serde")]
+    pub lateness_tolerance: Duration,
+    /// Most fires waiting for the broker's answer at once.
+    pub max_in_flight: usize,
+    /// For fail-over drills: report this CPU percentage instead of the
+    /// measured one, so the broker sees the agent as unhealthy.
+    pub simulate_cpu_percent: Option<f32>,
+}
+
+/// The broker's side of the Scheduler role (see `agent::election`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// With no Scheduler, how long to wait before electing one (the
+    /// Scheduler may only be reconnecting). A Scheduler known dead (its
+    /// connection is gone) is replaced without this wait.
+    #[serde(with = "humantime_serde")]
+    pub connection_timeout: Duration,
+    /// How long an agent has to answer a role command before it is sent again.
+    #[serde(with = "humantime_serde")]
+    pub answer_timeout: Duration,
+    /// How long a Scheduler keeps the role without hearing the broker.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Added to the lease on the broker's side, to cover message delay.
+    #[serde(with = "humantime_serde")]
+    pub lease_grace: Duration,
+    /// An agent silent this long (and answering no probe) is dropped.
+    #[serde(with = "humantime_serde")]
+    pub agent_timeout: Duration,
+    /// When the Scheduler hands its role to a healthier spare.
+    pub switch_condition: crate::agent::health::SwitchCondition,
+    /// CPU and memory percentages for each health level.
+    pub health: crate::agent::health::HealthThresholds,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            id: String::new(),
+            role_control: true,
+            heartbeat_interval: Duration::from_millis(250),
+            lateness_tolerance: Duration::from_secs(1),
+            max_in_flight: 256,
+            simulate_cpu_percent: None,
+        }
+    }
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            connection_timeout: Duration::from_secs(2),
+            answer_timeout: Duration::from_secs(5),
+            lease: Duration::from_secs(4),
+            lease_grace: Duration::from_secs(1),
+            agent_timeout: Duration::from_secs(3),
+            switch_condition: crate::agent::health::SwitchCondition {
+                at_or_below: crate::protocol::HealthLevel::VeryBad,
+                for_: Duration::from_secs(300),
+            },
+            health: crate::agent::health::HealthThresholds::default(),
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// The election's timings.
+    pub fn election(&self) -> crate::agent::election::ElectionConfig {
+        crate::agent::election::ElectionConfig {
+            connection_timeout: self.connection_timeout,
+            answer_timeout: self.answer_timeout,
+            lease: self.lease,
+            lease_grace: self.lease_grace,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -98,6 +191,8 @@ impl Default for Config {
             nats: NatsConfig::default(),
             broker: BrokerConfig::default(),
             subagent: SubagentConfig::default(),
+            agent: AgentConfig::default(),
+            scheduler: SchedulerConfig::default(),
         }
     }
 }
@@ -210,6 +305,34 @@ impl Config {
                 reason: "use letters, digits, '-' and '_' only, at most 64".into(),
             });
         }
+        if !self.agent.id.is_empty() && !is_valid_token(&self.agent.id) {
+            return Err(ConfigError::Invalid {
+                key: "agent.id",
+                value: self.agent.id.clone(),
+                reason: "use letters, digits, '-' and '_' only, at most 64".into(),
+            });
+        }
+        if let Err(e) = self.scheduler.health.check() {
+            return Err(ConfigError::Invalid {
+                key: "scheduler.health",
+                value: format!("{:?}", self.scheduler.health),
+                reason: e.to_string(),
+            });
+        }
+        if self.scheduler.lease <= self.agent.heartbeat_interval {
+            return Err(ConfigError::Invalid {
+                key: "scheduler.lease",
+                value: humantime::format_duration(self.scheduler.lease).to_string(),
+                reason: "must be longer than agent.heartbeat_interval".into(),
+            });
+        }
+        if self.agent.max_in_flight == 0 {
+            return Err(ConfigError::Invalid {
+                key: "agent.max_in_flight",
+                value: "0".into(),
+                reason: "an agent must be able to submit at least one fire".into(),
+            });
+        }
         if self.subagent.capacity == 0 {
             return Err(ConfigError::Invalid {
                 key: "subagent.capacity",
@@ -243,6 +366,20 @@ impl Config {
         } else {
             self.subagent.id.clone()
         }
+    }
+
+    /// The agent id, or one made from the host name and process id.
+    pub fn agent_id(&self) -> String {
+        if self.agent.id.is_empty() {
+            format!("agent-{}", default_node_id())
+        } else {
+            self.agent.id.clone()
+        }
+    }
+
+    /// Name of the KV bucket holding, per job, the last trigger slot fired.
+    pub fn fired_bucket(&self) -> String {
+        format!("{}_fired", self.prefix)
     }
 
     /// Name of the KV bucket holding deployed jobs.
@@ -325,6 +462,32 @@ mod tests {
         assert_eq!(c.nats.url, "nats://env:2");
         assert_eq!(c.subagent.capacity, 7);
         assert_eq!(c.subagent.kill_grace, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn scheduler_and_agent_sections_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("baton.toml");
+        std::fs::write(
+            &file,
+            "[scheduler]\nlease = \"2s\"\nswitch_condition = { at_or_below = \"bad\", for = \"3s\" }\n\
+             [scheduler.health.cpu]\nexcellent = 10\ngood = 20\nok = 30\nbad = 40\n\
+             [agent]\nrole_control = false\n",
+        )
+        .unwrap();
+        let c = Config::load_from(
+            Some(&file),
+            env(&[("BATON_AGENT__SIMULATE_CPU_PERCENT", "99")]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.scheduler.lease, Duration::from_secs(2));
+        assert_eq!(c.scheduler.switch_condition.for_, Duration::from_secs(3));
+        assert_eq!(c.scheduler.health.cpu.bad, 40.0);
+        assert!(!c.agent.role_control);
+        assert_eq!(c.agent.simulate_cpu_percent, Some(99.0));
+        let e = Config::load_from(None, env(&[("BATON_AGENT__ID", "a.b")]), &[]).unwrap_err();
+        assert!(e.to_string().contains("agent.id"), "{e}");
     }
 
     #[test]

@@ -13,7 +13,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::protocol::subjects::is_valid_token;
-use crate::protocol::{ClusterMember, ClusterSpec, JobSpec, ParamSpec, SchedulingMode};
+use crate::protocol::{
+    ClusterMember, ClusterSpec, ConcurrencyPolicy, JobSpec, MisfirePolicy, ParamSpec,
+    SchedulingMode, TriggerSpec,
+};
 
 /// Longest parameter value accepted, in bytes.
 pub const MAX_PARAM_BYTES: usize = 64 * 1024;
@@ -77,6 +80,12 @@ struct JobDef {
     cluster: Option<String>,
     #[serde(default = "yes")]
     restartable: bool,
+    #[serde(default)]
+    triggers: Vec<TriggerSpec>,
+    #[serde(default)]
+    misfire: MisfirePolicy,
+    #[serde(default)]
+    concurrency: ConcurrencyPolicy,
 }
 
 fn yes() -> bool {
@@ -202,6 +211,9 @@ pub fn parse_deploy_file(file: &str, text: &str) -> Result<Deployment, DeployFil
             description: def.description,
             cluster: def.cluster,
             restartable: def.restartable,
+            triggers: def.triggers,
+            misfire: def.misfire,
+            concurrency: def.concurrency,
         };
         validate_job(&spec).map_err(invalid)?;
         if seen.insert(spec.name.clone(), ()).is_some() {
@@ -298,6 +310,23 @@ pub fn validate_job(job: &JobSpec) -> Result<(), JobError> {
             return Err(err(
                 &format!("params.{name}"),
                 "a required parameter cannot have a default".into(),
+            ));
+        }
+    }
+    for (i, trigger) in job.triggers.iter().enumerate() {
+        if let Err(e) = trigger.validate() {
+            return Err(err(&format!("triggers[{i}]"), e.to_string()));
+        }
+    }
+    if let Err(e) = job.misfire.validate() {
+        return Err(err("misfire", e.to_string()));
+    }
+    if !job.triggers.is_empty() {
+        let required = job.params.iter().find(|(_, p)| p.required);
+        if let Some((name, _)) = required {
+            return Err(err(
+                &format!("params.{name}"),
+                "a job with triggers fires without parameters: give this one a default".into(),
             ));
         }
     }
@@ -547,5 +576,60 @@ restartable = false
                 param: "mood".into()
             }
         );
+    }
+
+    #[test]
+    fn triggers_parse_and_validate() {
+        let text = r#"
+[[job]]
+name = "tick"
+program = "true"
+misfire = { policy = "fire-all", max = 50 }
+concurrency = "forbid"
+[[job.triggers]]
+kind = "cron"
+expr = "*/5 * * * * *"
+time_zone = "Europe/Berlin"
+[[job.triggers]]
+kind = "interval"
+every = "90s"
+"#;
+        let job = &parse_deploy_file("f.toml", text).unwrap().jobs[0];
+        assert_eq!(job.triggers.len(), 2);
+        assert_eq!(job.misfire, MisfirePolicy::FireAll { max: 50 });
+        assert_eq!(job.concurrency, ConcurrencyPolicy::Forbid);
+
+        let plain = &parse_deploy_file("f.toml", GOOD).unwrap().jobs[0];
+        assert!(plain.triggers.is_empty());
+        assert_eq!(plain.misfire, MisfirePolicy::default());
+        assert_eq!(plain.concurrency, ConcurrencyPolicy::Allow);
+
+        for (broken, expect) in [
+            (
+                text.replace("*/5 * * * * *", "every tuesday"),
+                "triggers[0]",
+            ),
+            (
+                text.replace("Europe/Berlin", "Mars/Olympus"),
+                "Mars/Olympus",
+            ),
+            (text.replace("90s", "10ms"), "triggers[1]"),
+            (text.replace("max = 50", "max = 0"), "misfire"),
+            (text.replace("\"forbid\"", "\"sometimes\""), "sometimes"),
+            (
+                text.replace("kind = \"interval\"", "kind = \"hourly\""),
+                "hourly",
+            ),
+        ] {
+            let e = parse_deploy_file("f.toml", &broken)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(expect), "{expect}: {e}");
+        }
+        let required = format!("{text}[job.params.x]\nrequired = true\n");
+        let e = parse_deploy_file("f.toml", &required)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("params.x") && e.contains("default"), "{e}");
     }
 }

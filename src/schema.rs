@@ -79,6 +79,13 @@ wire_types![
     CancelOrder,
     KillTask,
     KillAccepted,
+    AgentHeartbeat,
+    RoleCommand,
+    RoleAnswer,
+    AgentPong,
+    SchedulerControl,
+    SchedulerControlReply,
+    AgentChanged,
 ];
 
 /// The kinds of process on the bus.
@@ -88,6 +95,8 @@ enum Peer {
     Client,
     Broker,
     Subagent,
+    /// `baton agent`: may hold the Scheduler role and then fires triggers.
+    Agent,
 }
 
 impl Peer {
@@ -96,6 +105,7 @@ impl Peer {
             Peer::Client => "client",
             Peer::Broker => "broker",
             Peer::Subagent => "subagent",
+            Peer::Agent => "agent",
         }
     }
 
@@ -104,6 +114,7 @@ impl Peer {
             Peer::Client => "clients (the `baton` CLI or any NATS client)",
             Peer::Broker => "the broker",
             Peer::Subagent => "a subagent",
+            Peer::Agent => "an agent",
         }
     }
 }
@@ -149,7 +160,7 @@ const fn channel(
 /// Every subject in `protocol::subjects`, once.
 #[rustfmt::skip]
 const CHANNELS: &[Channel] = {
-    use Peer::{Broker, Client, Subagent};
+    use Peer::{Agent, Broker, Client, Subagent};
     &[
     channel("submit", "{prefix}.api.submit", ("SubmitOrder", Some("SubmitReply")), (Client, Broker), true,
         "Submit an order: one run of a deployed job. The order is durable once the reply arrives."),
@@ -183,6 +194,16 @@ const CHANNELS: &[Channel] = {
         "A subagent is alive, with the tasks it runs; the broker takes it for lost when heartbeats stop."),
     channel("brokerHeartbeat", "{prefix}.hb.broker", ("BrokerHeartbeat", None), (Broker, Client), false,
         "The broker is alive. No Baton process depends on it in protocol v1; monitors may watch it."),
+    channel("agentHeartbeat", "{prefix}.hb.agent.{agent_id}", ("AgentHeartbeat", None), (Agent, Broker), false,
+        "An agent is alive, with its role and health figures; the broker elects the Scheduler from these."),
+    channel("agentRole", "{prefix}.agent.{agent_id}.role", ("RoleCommand", Some("RoleAnswer")), (Broker, Agent), false,
+        "The broker gives (with a lease), renews or takes the Scheduler role; commands of an older broker epoch are refused."),
+    channel("agentPing", "{prefix}.agent.{agent_id}.ping", ("Ping", Some("AgentPong")), (Broker, Agent), false,
+        "Liveness probe when an agent's heartbeats are late: a killed agent has no responders."),
+    channel("schedulerControl", "{prefix}.api.scheduler.control", ("SchedulerControl", Some("SchedulerControlReply")), (Client, Broker), true,
+        "An operator turns an agent's Scheduler role on (moving it from the current one) or off."),
+    channel("agentChanged", "{prefix}.cluster.agent.{agent_id}", ("AgentChanged", None), (Broker, Client), false,
+        "Event: an agent became Scheduler or spare, joined or was lost, as the broker saw it."),
     channel("orderAccepted", "{prefix}.events.{job}.{order_id}.accepted", ("OrderAccepted", None), (Broker, Client), false,
         "Event: the order is durable and waits for a subagent."),
     channel("taskStarted", "{prefix}.events.{job}.{order_id}.started", ("TaskStarted", None), (Subagent, Client), false,
@@ -198,6 +219,7 @@ const CHANNELS: &[Channel] = {
 const PARAMETERS: &[(&str, &str)] = &[
     ("prefix", "The cluster's subject prefix (setting `prefix`, env `BATON_PREFIX`, flag `--prefix`). One subject token."),
     ("subagent_id", "A subagent's id, as in its `Register` message. One subject token."),
+    ("agent_id", "An agent's id, as in its `AgentHeartbeat`. One subject token."),
     ("job", "The job's name. One subject token."),
     ("order_id", "The order's id, as in `SubmitReply.order_id`."),
 ];
@@ -583,6 +605,7 @@ mod tests {
                 c.address
                     .replace("{prefix}", "baton")
                     .replace("{subagent_id}", "SUBAGENT")
+                    .replace("{agent_id}", "AGENT")
                     .replace("{job}", "JOB")
                     .replace("{order_id}", "ORDER")
             })
@@ -625,6 +648,11 @@ mod tests {
             s.ping("SUBAGENT"),
             s.stop("SUBAGENT"),
             s.subagent_changed("SUBAGENT"),
+            s.agent_heartbeat("AGENT"),
+            s.agent_role("AGENT"),
+            s.agent_ping("AGENT"),
+            s.scheduler_control(),
+            s.agent_changed("AGENT"),
         ]
         .into_iter()
         .collect();
@@ -635,6 +663,8 @@ mod tests {
         for wildcard in [
             s.subagent_heartbeats(),
             s.subagent_changes(),
+            s.agent_heartbeats(),
+            s.agent_changes(),
             s.all_events(),
             s.job_events("JOB"),
             s.order_events("ORDER"),

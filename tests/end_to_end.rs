@@ -163,6 +163,9 @@ async fn hundred_orders_from_a_plain_client() {
         description: None,
         cluster: None,
         restartable: true,
+        triggers: Vec::new(),
+        misfire: Default::default(),
+        concurrency: Default::default(),
     };
     let client = PlainClient::connect(&h.nats_url()).await;
     let request = DeployRequest {
@@ -189,6 +192,7 @@ async fn hundred_orders_from_a_plain_client() {
             job: "echo-exit".into(),
             params: params(&[("n", i.to_string()), ("code", code.to_string())]),
             request_id: None,
+            slot_ms: None,
         };
         let client = &client;
         async move {
@@ -433,6 +437,7 @@ required = true
         job: "pid-sleeper".into(),
         params: params(&[("file", pid_file.display().to_string())]),
         request_id: None,
+        slot_ms: None,
     };
     let bus = h.bus.clone();
     let reply: SubmitReply = within(

@@ -25,6 +25,7 @@ async fn submit_with_id(bus: &Bus, file: &str, request_id: &str) -> Result<Submi
         job: "mark".into(),
         params: [("file".to_string(), file.to_string())].into(),
         request_id: Some(request_id.into()),
+        slot_ms: None,
     };
     let request = bus.request(bus.subjects().submit(), &order, REQUEST);
     within(REQUEST * 2, "submit", request).await

@@ -267,6 +267,7 @@ impl Partition {
             job: job.into(),
             params,
             request_id: None,
+            slot_ms: None,
         };
         let bus = &self.h.bus;
         let submit = bus.request(bus.subjects().submit(), &order, REQUEST);

@@ -129,6 +129,7 @@ async fn a_subagent_restarted_under_its_id_reruns_its_old_tasks_at_once() {
             job: job.into(),
             params: BTreeMap::new(),
             request_id: None,
+            slot_ms: None,
         };
         let submit = bus.request(bus.subjects().submit(), &order, REQUEST);
         let reply: SubmitReply = within(REQUEST, "submit", submit).await.expect("submit");

@@ -177,6 +177,8 @@ pub struct ElectionState {
     pending: Option<String>,
     no_scheduler_since_ms: Option<u64>,
     quiet_until_ms: u64,
+    /// A Scheduler is known gone: elect its successor without waiting.
+    successor_now: bool,
     next_command: CommandId,
 }
 
@@ -192,6 +194,7 @@ impl ElectionState {
             pending: None,
             no_scheduler_since_ms: None,
             quiet_until_ms: now_ms.saturating_add(lease_total(config)),
+            successor_now: false,
             next_command: 1,
         }
     }
@@ -208,6 +211,24 @@ impl ElectionState {
             self.leases.remove(agent);
         }
         latest
+    }
+
+    /// `agent`'s process is known gone: NATS has no subscriber on its
+    /// subjects, so its connection is closed. It holds no lease any more, and
+    /// if it held one its successor is elected at the next round without the
+    /// connection timeout, as in case 5. Callers remove it from the agents
+    /// they pass to [`decide`].
+    ///
+    /// Safe because a closed connection cannot submit fires; a fire queued
+    /// before it closed carries its slot's idempotency key, so it cannot
+    /// become a second order of a slot the successor fires too.
+    pub fn gone(&mut self, agent: &str) {
+        let held = self.leases.remove(agent).is_some();
+        self.sent.remove(agent);
+        if self.pending.as_deref() == Some(agent) {
+            self.pending = None;
+        }
+        self.successor_now |= held;
     }
 
     /// When `agent`'s lease runs out for the broker, if it holds one.
@@ -331,7 +352,7 @@ pub fn decide(
         out: Vec::new(),
     };
     round.tidy();
-    let skip_wait = round.apply(request);
+    let skip_wait = round.apply(request) | std::mem::take(&mut round.state.successor_now);
     let target = round.target(skip_wait);
     round.enforce(target);
     round.out
@@ -673,6 +694,23 @@ mod tests {
         assert_eq!(c.answer_timeout, Duration::from_secs(5));
         assert_eq!(cfg().connection_timeout, Duration::from_secs(2));
         assert!(toml::from_str::<ElectionConfig>("timeout = \"1s\"\n").is_err());
+    }
+
+    #[test]
+    fn a_scheduler_known_gone_is_replaced_at_once() {
+        let agents = [on(a("a", Excellent)), a("b", Good), a("c", Ok)];
+        let mut s = with_scheduler(&agents, "a", T0);
+        // While it is only silent, its lease holds the others back.
+        let rest = [a("b", Good), a("c", Ok)];
+        assert!(turned_on(&run(&mut s, &rest, T0 + 100)).is_empty());
+        s.gone("a");
+        assert_eq!(s.lease_expires_at_ms("a"), None);
+        assert_eq!(turned_on(&run(&mut s, &rest, T0 + 200)), ["b"]);
+        // A spare known gone changes nothing: no lease, no hurry.
+        let mut s = with_scheduler(&agents, "a", T0);
+        s.gone("c");
+        let acts = run(&mut s, &[on(a("a", Excellent)), a("b", Good)], T0 + 100);
+        assert!(turned_on(&acts).is_empty(), "{acts:?}");
     }
 
     // Case 1: no Scheduler.

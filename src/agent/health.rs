@@ -15,50 +15,11 @@
 //! the level: like the seed, only CPU and memory percentages do.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// How well an agent is doing. Declared worst first, so `Ord` makes a better
-/// level greater.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HealthLevel {
-    VeryBad,
-    Bad,
-    Ok,
-    Good,
-    Excellent,
-}
-
-impl HealthLevel {
-    /// Every level, worst first.
-    pub const ALL: [HealthLevel; 5] = [
-        HealthLevel::VeryBad,
-        HealthLevel::Bad,
-        HealthLevel::Ok,
-        HealthLevel::Good,
-        HealthLevel::Excellent,
-    ];
-
-    /// The name used in configuration and output (`very_bad`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HealthLevel::VeryBad => "very_bad",
-            HealthLevel::Bad => "bad",
-            HealthLevel::Ok => "ok",
-            HealthLevel::Good => "good",
-            HealthLevel::Excellent => "excellent",
-        }
-    }
-}
-
-impl fmt::Display for HealthLevel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::protocol::HealthLevel;
 
 /// Upper bounds, in percent, of one figure for each level but the worst: a
 /// figure at or below `excellent` is excellent, else at or below `good` is

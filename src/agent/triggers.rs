@@ -42,42 +42,16 @@ use std::time::Duration;
 
 use chrono::{DateTime, Offset, TimeZone, Utc};
 use chrono_tz::Tz;
-use serde::{Deserialize, Serialize};
 
 pub mod policy;
 pub mod queue;
 
-pub use policy::{
-    due_slots, idempotency_key, on_slot, ConcurrencyPolicy, MisfirePolicy, SlotDecision,
-};
+pub use crate::protocol::{ConcurrencyPolicy, MisfirePolicy, TriggerSpec};
+pub use policy::{due_slots, idempotency_key, on_slot, SlotDecision};
 pub use queue::{Due, Schedule, TimerQueue};
 
 /// Shortest interval accepted: slots are whole seconds apart at the finest.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
-
-/// When a job fires, as written in a deploy file (`kind = "cron"`, ...).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum TriggerSpec {
-    /// A cron expression with seconds, read on the wall clock of `time_zone`.
-    Cron {
-        expr: String,
-        /// An IANA time zone name (`Europe/Berlin`); UTC when absent.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        time_zone: Option<String>,
-    },
-    /// Every `every` (humantime: `90s`, `1h 30m`; at least 1s), counted from
-    /// `start` (RFC 3339). Without `start` the slots are the whole multiples
-    /// of `every` since the Unix epoch, the same on every agent.
-    Interval {
-        #[serde(with = "humantime_serde")]
-        every: Duration,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        start: Option<DateTime<Utc>>,
-    },
-    /// Once, at an RFC 3339 instant (`2026-03-29T02:30:00+02:00`).
-    At { at: DateTime<Utc> },
-}
 
 /// A trigger or policy that cannot be used, saying which part and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -697,6 +697,7 @@ impl Broker {
             broker_id: self.id.clone(),
             sent_at_ms: now_ms(),
             protocol: PROTOCOL_VERSION,
+            epoch: self.started_at_ms,
         };
         self.bus.post(self.bus.subjects().broker_heartbeat(), &hb);
     }

@@ -157,6 +157,8 @@ pub struct Order {
     pub job: String,
     pub params: BTreeMap<String, String>,
     pub request_id: Option<String>,
+    /// The trigger slot this order fires, when a Scheduler submitted it.
+    pub slot_ms: Option<u64>,
     pub phase: Phase,
     /// Whether a task lost with its subagent runs again elsewhere.
     pub restartable: bool,
@@ -190,6 +192,7 @@ impl Order {
             job,
             params,
             request_id,
+            slot_ms: None,
             phase: Phase::Queued,
             restartable: true,
             attempt: 0,
@@ -420,6 +423,7 @@ impl Order {
                     .then(|| "subagent unreachable; waiting for its orphan timeout".to_string())
             }),
             request_id: self.request_id.clone(),
+            slot_ms: self.slot_ms,
             cancel_requested: self.cancel_requested,
             accepted_at_ms: self.accepted_at_ms,
             started_at_ms: self.started_at_ms,

@@ -18,6 +18,7 @@ impl Broker {
             job,
             params,
             request_id,
+            slot_ms,
         } = req.body;
         if let Some(existing) = request_id
             .as_deref()
@@ -62,6 +63,7 @@ impl Broker {
         let failed_id = order_id.clone();
         let mut order = Order::new(order_id.clone(), job, params, request_id, now_ms());
         order.restartable = spec.restartable;
+        order.slot_ms = slot_ms;
         let info = order.info();
         self.book.insert(order);
         let kv = self.orders_kv.clone();
@@ -118,6 +120,7 @@ impl Broker {
             order_id: info.order_id.clone(),
             job: info.job.clone(),
             params: info.params,
+            slot_ms: info.slot_ms,
             at_ms: info.accepted_at_ms,
         };
         let s = self.bus.subjects();
@@ -352,6 +355,7 @@ impl Broker {
             jobs: self.job_names(),
             clusters,
             orders: self.book.counts(),
+            agents: Vec::new(),
             malformed_messages: self.bus.stats().malformed(),
         };
         self.bus.reply(&req.replier, &reply);

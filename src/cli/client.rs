@@ -171,6 +171,7 @@ pub async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<ExitCod
         job: args.job.clone(),
         params,
         request_id: args.request_id,
+        slot_ms: None,
     };
     let reply: SubmitReply = bus
         .request(s.submit(), &request, config.nats.request_timeout)

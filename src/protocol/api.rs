@@ -43,6 +43,16 @@ pub struct JobSpec {
     /// (default true); when false the order fails with "subagent lost".
     #[serde(default = "yes")]
     pub restartable: bool,
+    /// When the job fires on its own: the Scheduler agent submits an order
+    /// for each slot. None: only submitted orders run it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<super::TriggerSpec>,
+    /// What happens to slots missed while no Scheduler fired them.
+    #[serde(default)]
+    pub misfire: super::MisfirePolicy,
+    /// What a slot does while an earlier run of the job is still active.
+    #[serde(default)]
+    pub concurrency: super::ConcurrencyPolicy,
 }
 
 fn yes() -> bool {
@@ -125,6 +135,12 @@ pub struct SubmitOrder {
     /// JetStream).
     #[serde(default)]
     pub request_id: Option<String>,
+    /// The trigger slot (ms since the Unix epoch) this order fires; set by
+    /// the Scheduler agent, with `request_id` `job@slot`. The job's
+    /// concurrency policy applies to such orders, and the task sees the
+    /// slot as `BATON_SLOT_MS`.
+    #[serde(default)]
+    pub slot_ms: Option<u64>,
 }
 
 /// Reply to [`SubmitOrder`]: the order is durable and will reach a final state.
@@ -225,6 +241,9 @@ pub struct OrderInfo {
     pub reason: Option<String>,
     #[serde(default)]
     pub request_id: Option<String>,
+    /// The trigger slot this order fires, when a Scheduler submitted it.
+    #[serde(default)]
+    pub slot_ms: Option<u64>,
     /// Cancelled while its task runs: it ends `cancelled` when the task ends.
     #[serde(default)]
     pub cancel_requested: bool,
@@ -263,6 +282,9 @@ pub struct StatusReply {
     #[serde(default)]
     pub clusters: Vec<ClusterStatus>,
     pub orders: OrderCounts,
+    /// Connected agents with their Scheduler role and health.
+    #[serde(default)]
+    pub agents: Vec<super::AgentStatus>,
     /// Messages the broker dropped or refused because they could not be decoded.
     #[serde(default)]
     pub malformed_messages: u64,

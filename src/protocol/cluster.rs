@@ -108,6 +108,9 @@ pub struct BrokerHeartbeat {
     pub sent_at_ms: u64,
     #[serde(default)]
     pub protocol: u32,
+    /// The broker's epoch, as in [`RoleCommand`](super::RoleCommand).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// `{p}.subagent.{id}.run`: run one task. Sending the same `task_id` again is

@@ -21,6 +21,9 @@ pub struct OrderAccepted {
     pub job: String,
     #[serde(default)]
     pub params: BTreeMap<String, String>,
+    /// The trigger slot this order fires, when a Scheduler submitted it.
+    #[serde(default)]
+    pub slot_ms: Option<u64>,
     pub at_ms: u64,
 }
 

@@ -10,14 +10,18 @@
 //! reply in JSON. Readers ignore fields they do not know, so peers can add
 //! fields without a version bump.
 
+pub mod agent;
 pub mod api;
 pub mod cluster;
 pub mod events;
+pub mod schedule;
 pub mod subjects;
 
+pub use agent::*;
 pub use api::*;
 pub use cluster::*;
 pub use events::*;
+pub use schedule::{ConcurrencyPolicy, MisfirePolicy, TriggerSpec};
 pub use subjects::{EventKind, Subjects};
 
 /// The protocol version carried in heartbeats and status replies.

@@ -19,6 +19,11 @@
 //! | `{p}.subagent.{id}.run` | request | [`RunTask`](super::RunTask) -> [`RunAccepted`](super::RunAccepted) |
 //! | `{p}.hb.subagent.{id}` | publish | [`SubagentHeartbeat`](super::SubagentHeartbeat) |
 //! | `{p}.hb.broker` | publish | [`BrokerHeartbeat`](super::BrokerHeartbeat) |
+//! | `{p}.hb.agent.{id}` | publish | [`AgentHeartbeat`](super::AgentHeartbeat) |
+//! | `{p}.agent.{id}.role` | request | [`RoleCommand`](super::RoleCommand) -> [`RoleAnswer`](super::RoleAnswer) |
+//! | `{p}.agent.{id}.ping` | request | [`Ping`](super::Ping) -> [`AgentPong`](super::AgentPong) |
+//! | `{p}.api.scheduler.control` | request | [`SchedulerControl`](super::SchedulerControl) -> [`SchedulerControlReply`](super::SchedulerControlReply) |
+//! | `{p}.cluster.agent.{id}` | publish | [`AgentChanged`](super::AgentChanged) |
 //! | `{p}.events.{job}.{order}.{kind}` | publish | [`OrderAccepted`](super::OrderAccepted), [`TaskStarted`](super::TaskStarted), [`TaskLog`](super::TaskLog), [`OrderFinished`](super::OrderFinished) |
 
 /// The last token of an event subject: what happened to the order.
@@ -137,6 +142,36 @@ impl Subjects {
     /// Wildcard matching every subagent heartbeat.
     pub fn subagent_heartbeats(&self) -> String {
         self.subagent_heartbeat("*")
+    }
+
+    pub fn agent_heartbeat(&self, agent: &str) -> String {
+        format!("{}.hb.agent.{agent}", self.prefix)
+    }
+
+    /// Wildcard matching every agent heartbeat.
+    pub fn agent_heartbeats(&self) -> String {
+        self.agent_heartbeat("*")
+    }
+
+    pub fn agent_role(&self, agent: &str) -> String {
+        format!("{}.agent.{agent}.role", self.prefix)
+    }
+
+    pub fn agent_ping(&self, agent: &str) -> String {
+        format!("{}.agent.{agent}.ping", self.prefix)
+    }
+
+    pub fn scheduler_control(&self) -> String {
+        format!("{}.api.scheduler.control", self.prefix)
+    }
+
+    pub fn agent_changed(&self, agent: &str) -> String {
+        format!("{}.cluster.agent.{agent}", self.prefix)
+    }
+
+    /// Wildcard matching every agent role change.
+    pub fn agent_changes(&self) -> String {
+        self.agent_changed("*")
     }
 
     pub fn broker_heartbeat(&self) -> String {

@@ -205,6 +205,7 @@ pub async fn submit(bus: &Bus, job: &str, params: &[(&str, String)]) -> String {
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect(),
         request_id: None,
+        slot_ms: None,
     };
     let request = bus.request(bus.subjects().submit(), &order, REQUEST);
     let reply: SubmitReply = within(REQUEST * 2, "submit", request)
@@ -239,6 +240,7 @@ pub async fn run_to_finish(
         job: job.into(),
         params,
         request_id: None,
+        slot_ms: None,
     };
     let submit = bus.request(s.submit(), &order, REQUEST);
     let reply: SubmitReply = within(REQUEST * 2, "submit", submit)

@@ -17,54 +17,14 @@
 //! current, and the dropped ones never come back: the next call starts after
 //! the newest slot fired.
 
-use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
-
 use super::{Trigger, TriggerError};
+pub use crate::protocol::{ConcurrencyPolicy, MisfirePolicy};
 
 /// How late a slot may be and still count as on time, by default.
 pub const DEFAULT_TOLERANCE_MS: u64 = 1_000;
-/// `fire-once`'s default window.
-pub const DEFAULT_MISFIRE_WINDOW: Duration = Duration::from_secs(3600);
-/// `fire-all`'s default bound.
-pub const DEFAULT_FIRE_ALL_MAX: u32 = 100;
+pub use crate::protocol::schedule::{DEFAULT_FIRE_ALL_MAX, DEFAULT_MISFIRE_WINDOW};
 /// The largest `fire-all` bound accepted; also caps the on-time slots of one call.
 pub const MAX_FIRE_ALL: u32 = 10_000;
-
-/// What to do with the slots missed while no Scheduler fired them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "policy", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum MisfirePolicy {
-    /// Fire the latest missed slot if it is no older than `window`.
-    FireOnce {
-        #[serde(default = "default_window", with = "humantime_serde")]
-        window: Duration,
-    },
-    /// Fire every missed slot, at most `max` of them (the most recent).
-    FireAll {
-        #[serde(default = "default_max")]
-        max: u32,
-    },
-    /// Fire no missed slot.
-    Skip,
-}
-
-fn default_window() -> Duration {
-    DEFAULT_MISFIRE_WINDOW
-}
-
-fn default_max() -> u32 {
-    DEFAULT_FIRE_ALL_MAX
-}
-
-impl Default for MisfirePolicy {
-    fn default() -> Self {
-        MisfirePolicy::FireOnce {
-            window: DEFAULT_MISFIRE_WINDOW,
-        }
-    }
-}
 
 impl MisfirePolicy {
     /// Checks the policy's bound.
@@ -114,19 +74,6 @@ pub fn due_slots(
             trigger.latest_slots(not_older_than(tolerance_ms), now_ms, MAX_FIRE_ALL as usize)
         }
     }
-}
-
-/// What to do when a slot comes while runs of the job may be active.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ConcurrencyPolicy {
-    /// Fire regardless of active runs.
-    #[default]
-    Allow,
-    /// Skip the slot while a run is active.
-    Forbid,
-    /// Cancel the active runs, then fire.
-    Replace,
 }
 
 /// The decision for one slot.

@@ -74,6 +74,9 @@ pub(super) async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
         description: Some("does nothing, fast".into()),
         cluster: None,
         restartable: true,
+        triggers: Vec::new(),
+        misfire: Default::default(),
+        concurrency: Default::default(),
     };
     let s = bus.subjects().clone();
     let _: DeployReply = bus
@@ -117,6 +120,7 @@ pub(super) async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
                     job: "bench-noop".into(),
                     params: Default::default(),
                     request_id: None,
+                    slot_ms: None,
                 };
                 let reply: Result<SubmitReply, _> =
                     bus.request(subject, &order, Duration::from_secs(30)).await;

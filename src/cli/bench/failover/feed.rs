@@ -161,6 +161,7 @@ impl Feed {
                 job: self.job.clone(),
                 params: Default::default(),
                 request_id: None,
+                slot_ms: None,
             };
             self.submits.push(
                 async move {

@@ -291,6 +291,9 @@ async fn deploy(
         description: Some("sleeps, writing start and end markers".into()),
         cluster: Some(name.into()),
         restartable: true,
+        triggers: Vec::new(),
+        misfire: Default::default(),
+        concurrency: Default::default(),
     };
     let request = DeployRequest {
         jobs: vec![job],

@@ -1,0 +1,102 @@
+//! When a deployed job fires on its own, and what happens to the slots it
+//! misses or that overlap a run still going. These are part of [`JobSpec`]
+//! (super::JobSpec); the Scheduler agent reads them, the logic lives in
+//! `agent::triggers`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// `fire-once`'s default window.
+pub const DEFAULT_MISFIRE_WINDOW: Duration = Duration::from_secs(3600);
+/// `fire-all`'s default bound.
+pub const DEFAULT_FIRE_ALL_MAX: u32 = 100;
+
+/// When a job fires, as written in a deploy file (`kind = "cron"`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum TriggerSpec {
+    /// A cron expression with seconds, read on the wall clock of `time_zone`.
+    Cron {
+        expr: String,
+        /// An IANA time zone name (`Europe/Berlin`); UTC when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        time_zone: Option<String>,
+    },
+    /// Every `every` (humantime: `90s`, `1h 30m`; at least 1s), counted from
+    /// `start` (RFC 3339). Without `start` the slots are the whole multiples
+    /// of `every` since the Unix epoch, the same on every agent.
+    Interval {
+        #[serde(with = "humantime_serde")]
+        #[schemars(with = "String")]
+        every: Duration,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "Option<String>")]
+        start: Option<DateTime<Utc>>,
+    },
+    /// Once, at an RFC 3339 instant (`2026-03-29T02:30:00+02:00`).
+    At {
+        #[schemars(with = "String")]
+        at: DateTime<Utc>,
+    },
+}
+
+/// What to do with the slots missed while no Scheduler fired them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "policy", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum MisfirePolicy {
+    /// Fire the latest missed slot if it is no older than `window` (humantime).
+    FireOnce {
+        #[serde(default = "default_window", with = "humantime_serde")]
+        #[schemars(with = "String")]
+        window: Duration,
+    },
+    /// Fire every missed slot, at most `max` of them (the most recent).
+    FireAll {
+        #[serde(default = "default_max")]
+        max: u32,
+    },
+    /// Fire no missed slot.
+    Skip,
+}
+
+fn default_window() -> Duration {
+    DEFAULT_MISFIRE_WINDOW
+}
+
+fn default_max() -> u32 {
+    DEFAULT_FIRE_ALL_MAX
+}
+
+impl Default for MisfirePolicy {
+    fn default() -> Self {
+        MisfirePolicy::FireOnce {
+            window: DEFAULT_MISFIRE_WINDOW,
+        }
+    }
+}
+
+/// What to do when a slot comes while runs of the job may be active.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConcurrencyPolicy {
+    /// Fire regardless of active runs.
+    #[default]
+    Allow,
+    /// Skip the slot while a run is active: its order ends `cancelled`.
+    Forbid,
+    /// Cancel (and kill) the active runs, then fire.
+    Replace,
+}
+
+impl ConcurrencyPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConcurrencyPolicy::Allow => "allow",
+            ConcurrencyPolicy::Forbid => "forbid",
+            ConcurrencyPolicy::Replace => "replace",
+        }
+    }
+}
