@@ -1,4 +1,4 @@
-//! A local cluster of `baton` child processes (a broker and subagents) beside
+//! A local cluster of `baton` child processes (a broker, subagents, agents) beside
 //! a local nats-server: what `baton dev`, `baton bench` and the integration
 //! tests run. Every process is a real OS process, so it can be killed with
 //! SIGKILL like a crashed one.
@@ -133,6 +133,13 @@ impl LocalCluster {
     /// Starts `baton subagent --id <id>` with extra arguments.
     pub fn spawn_subagent(&mut self, id: &str, extra: &[&str]) -> anyhow::Result<u32> {
         let mut args = vec!["subagent", "--id", id];
+        args.extend_from_slice(extra);
+        self.spawn(id, &args)
+    }
+
+    /// Starts `baton agent --id <id>` with extra arguments (`--no-role-control`).
+    pub fn spawn_agent(&mut self, id: &str, extra: &[&str]) -> anyhow::Result<u32> {
+        let mut args = vec!["agent", "--id", id];
         args.extend_from_slice(extra);
         self.spawn(id, &args)
     }

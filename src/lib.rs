@@ -8,7 +8,7 @@
 //! - [`jobs`]: the deploy file format and job validation (pure).
 //! - [`broker`]: the Broker actor and its pure parts (registry, placement, order book).
 //! - [`subagent`]: the Subagent actor and process execution (spawn, stream output, kill).
-//! - [`agent`]: the Scheduler role's pure parts (health, election, triggers); the actor is still to come.
+//! - [`agent`]: the Agent actor (`baton agent`: holds the Scheduler role and fires triggers) and its pure parts (role and lease, outbox, health, election, triggers).
 //! - [`cli`]: clap commands; client commands talk to the cluster over NATS.
 //! - [`natsd`]: a local `nats-server` child process for `baton dev`, `baton bench` and tests.
 //! - [`launch`]: a local cluster of `baton` child processes for `baton dev` and `baton bench`.

@@ -35,8 +35,10 @@ struct WireType {
 
 macro_rules! wire_types {
     ($($ty:ident),* $(,)?) => {
-        /// Every message that travels on a subject, once. Nested types
-        /// (`JobSpec`, `OrderState`, ...) appear as `$defs` in these schemas.
+        /// Every message that travels on a subject, once, and the values
+        /// other programs may read from Baton's KV buckets (`FiredSlot`).
+        /// Nested types (`JobSpec`, `OrderState`, ...) appear as `$defs` in
+        /// these schemas.
         const WIRE_TYPES: &[WireType] = &[$(WireType {
             name: stringify!($ty),
             schema: schema_of::<protocol::$ty>,
@@ -86,6 +88,7 @@ wire_types![
     SchedulerControl,
     SchedulerControlReply,
     AgentChanged,
+    FiredSlot,
 ];
 
 /// The kinds of process on the bus.
@@ -685,6 +688,8 @@ mod tests {
             .flat_map(|c| std::iter::once(c.message).chain(c.reply))
             .collect();
         used.insert("ErrorReply");
+        // stored in the `{prefix}_fired` KV bucket, on no subject
+        used.insert("FiredSlot");
         assert_eq!(used, types);
         let ids: BTreeSet<&str> = CHANNELS.iter().map(|c| c.id).collect();
         assert_eq!(ids.len(), CHANNELS.len(), "a channel id is used twice");

@@ -1,10 +1,15 @@
-//! The Agent: a scheduler-capable node. Exactly one agent at a time holds the
-//! Scheduler role and fires triggers; the others are spares.
+//! The Agent: a scheduler-capable node, run by `baton agent`. Exactly one
+//! agent at a time holds the Scheduler role and fires the deployed triggers;
+//! the others are spares. The broker elects the Scheduler from the agents'
+//! heartbeats (health) and gives it the role with a lease it must keep
+//! renewing; an agent started without role control is a Scheduler on its own.
 //!
-//! Not wired yet: the agent actor, the broker's control of the role and the
-//! `baton agent` command arrive with their own issue. What is here are the
-//! pure parts they will call:
-//!
+//! - [`node`]: the Agent actor: heartbeats, role commands, and, while
+//!   Scheduler, firing (read the fired slots, watch the jobs, submit each
+//!   due slot with its idempotency key, record it).
+//! - [`role`]: the agent's side of the role: epochs, leases, commands (pure).
+//! - [`outbox`]: the fires waiting to be submitted, retry delays, and the
+//!   ledger of how far each job has fired (pure).
 //! - [`health`]: health levels from CPU and memory figures and thresholds.
 //! - [`election`]: the broker's decision on who holds the Scheduler role.
 //! - [`triggers`]: cron, interval and at-time triggers; which slots are due,
@@ -12,13 +17,9 @@
 
 pub mod election;
 pub mod health;
+pub mod node;
+pub mod outbox;
+pub mod role;
 pub mod triggers;
 
-/// Whether an agent fires triggers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Fires triggers; exactly one agent at a time.
-    Scheduler,
-    /// Waits to be given the Scheduler role.
-    Spare,
-}
+pub use node::{run_until_signal, start, Agent, Shutdown};

@@ -7,6 +7,8 @@
 //! Every handler returns at once; IO runs as spawned futures whose results
 //! come back into the actor. Client-facing requests are in `requests.rs`.
 
+pub mod agents;
+mod elector;
 pub mod order_book;
 pub mod placement;
 pub mod registry;
@@ -73,6 +75,8 @@ pub struct Broker {
     /// Subagent processes (instance ids) that left normally, most recent last:
     /// a heartbeat of theirs still in flight must not bring them back.
     departed: VecDeque<String>,
+    /// Keeps one agent in the Scheduler role.
+    elector: Addr<elector::Elector>,
     /// Tells `run_until_signal` the broker cannot go on.
     stopped: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -125,14 +129,17 @@ pub async fn start(config: Config, bus: Bus) -> Result<Addr<Broker>, BusError> {
         clusters_kv.watch().await?.map(Input::Cluster).boxed_local(),
     ];
     let id = config.broker_id();
-    info!(broker = %id, prefix = %s.prefix(), "broker started");
+    let started_at_ms = now_ms();
+    // Until brokers elect each other, a broker's epoch is when it started.
+    let elector = elector::start(config.clone(), bus.clone(), id.clone(), started_at_ms).await?;
+    info!(broker = %id, prefix = %s.prefix(), epoch = started_at_ms, "broker started");
     Ok(Broker::create(move |ctx| {
         ctx.add_stream(stream::select_all(inputs));
         Broker {
             bus,
             config,
             id,
-            started_at_ms: now_ms(),
+            started_at_ms,
             jobs: HashMap::new(),
             clusters: HashMap::new(),
             jobs_kv,
@@ -142,6 +149,7 @@ pub async fn start(config: Config, bus: Bus) -> Result<Addr<Broker>, BusError> {
             registry: Registry::default(),
             last_placed: HashMap::new(),
             departed: VecDeque::new(),
+            elector,
             stopped: None,
         }
     }))
@@ -167,7 +175,7 @@ impl StreamHandler<Input> for Broker {
             Input::Deploy(r) => self.on_deploy(r, ctx),
             Input::GetOrder(r) => self.on_get_order(r, ctx),
             Input::Cancel(r) => self.on_cancel(r, ctx),
-            Input::Status(r) => self.on_status(r),
+            Input::Status(r) => self.on_status(r, ctx),
             Input::Control(r) => self.on_control(r, ctx),
             Input::Register(r) => self.on_register(r, ctx),
             Input::Leave(r) => self.on_leave(r),
@@ -251,7 +259,10 @@ impl Broker {
         let Some(spec) = self.jobs.get(&order.job) else {
             return;
         };
-        let (args, env) = jobs::command_for(spec, &order.id, &order.params);
+        let (args, mut env) = jobs::command_for(spec, &order.id, &order.params);
+        if let Some(slot_ms) = order.slot_ms {
+            env.insert("BATON_SLOT_MS".into(), slot_ms.to_string());
+        }
         let run = RunTask {
             task_id: order.next_task_id(),
             order_id: order.id.clone(),

@@ -121,6 +121,12 @@ pub enum OrderEvent {
     Cancel {
         at_ms: u64,
     },
+    /// A trigger's order is not run: its job's concurrency policy forbids
+    /// a second run while one is active. It ends cancelled, with `reason`.
+    Skipped {
+        reason: String,
+        at_ms: u64,
+    },
     /// A queued order cannot run at all (its job was removed).
     Refused {
         reason: String,
@@ -336,6 +342,17 @@ impl Order {
                 Phase::Cancelled => return Ok(Applied::Stale),
                 Phase::Succeeded | Phase::Failed => return Err(not_allowed("cancel")),
             },
+            OrderEvent::Skipped { reason, at_ms } => {
+                if from != Phase::Queued {
+                    return Err(not_allowed("skipped"));
+                }
+                self.phase = Phase::Cancelled;
+                self.outcome = Some(Outcome {
+                    error: Some(reason),
+                    finished_at_ms: at_ms,
+                    ..Outcome::default()
+                });
+            }
             OrderEvent::Refused { reason, at_ms } => {
                 if from != Phase::Queued {
                     return Err(not_allowed("refused"));
@@ -478,6 +495,13 @@ impl OrderBook {
             order.durable = true;
         }
         self.queue.push_back(order_id.to_string());
+    }
+
+    /// The orders of `job` that have not reached a final state.
+    pub fn active_of_job(&self, job: &str) -> Vec<String> {
+        let active = self.orders.values();
+        let active = active.filter(|o| o.job == job && !o.phase.is_final());
+        active.map(|o| o.id.clone()).collect()
     }
 
     pub fn get(&self, order_id: &str) -> Option<&Order> {
@@ -800,6 +824,29 @@ mod tests {
         };
         book.apply(id, started).unwrap();
         task
+    }
+
+    #[test]
+    fn a_skipped_order_ends_cancelled_with_its_reason_and_is_never_dispatched() {
+        let mut book = OrderBook::new(10);
+        running(&mut book, "r", "sub-1");
+        book.insert(order("s"));
+        book.enqueue("s");
+        let mut active = book.active_of_job("job");
+        active.sort();
+        assert_eq!(active, ["r", "s"]);
+        let skipped = OrderEvent::Skipped {
+            reason: "skipped".into(),
+            at_ms: 3,
+        };
+        book.apply("s", skipped.clone()).unwrap();
+        let info = book.get("s").unwrap().info();
+        assert_eq!(info.state, OrderState::Cancelled);
+        assert_eq!(info.reason.as_deref(), Some("skipped"));
+        assert_eq!(book.queued().count(), 0);
+        assert_eq!(book.active_of_job("job"), ["r"]);
+        // Only a waiting order can be skipped.
+        assert!(book.apply("r", skipped).is_err());
     }
 
     #[test]

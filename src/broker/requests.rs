@@ -7,10 +7,20 @@ use tracing::{info, warn};
 
 use super::order_book::{Applied, ApplyError, Order, OrderEvent};
 use super::{placement, Broker};
+use crate::agent::triggers::{on_slot, SlotDecision};
 use crate::bus::{BusError, KvChange, Replier, Request};
 use crate::jobs;
 use crate::protocol::*;
 use crate::time::now_ms;
+
+/// What a trigger's new order does to the job's runs still active.
+enum Overlap {
+    None,
+    /// Not run (concurrency = forbid): ends cancelled with this reason.
+    Skip(String),
+    /// These orders are cancelled and their tasks killed (concurrency = replace).
+    Replace(Vec<String>),
+}
 
 impl Broker {
     pub(super) fn on_submit(&mut self, req: Request<SubmitOrder>, ctx: &mut Context<Self>) {
@@ -59,6 +69,22 @@ impl Broker {
             }
             None => uuid::Uuid::now_v7().to_string(),
         };
+        // A trigger's slot meets the job's concurrency policy now; the
+        // decision is carried out once the order is durable.
+        let overlap = match slot_ms {
+            Some(_) => {
+                let active = self.book.active_of_job(&job);
+                match on_slot(spec.concurrency, active.len()) {
+                    SlotDecision::Fire => Overlap::None,
+                    SlotDecision::Skip => Overlap::Skip(format!(
+                        "skipped: {} earlier run(s) of '{job}' still active (concurrency = forbid)",
+                        active.len()
+                    )),
+                    SlotDecision::CancelRunningAndFire => Overlap::Replace(active),
+                }
+            }
+            None => Overlap::None,
+        };
         let idempotent = request_id.is_some();
         let failed_id = order_id.clone();
         let mut order = Order::new(order_id.clone(), job, params, request_id, now_ms());
@@ -82,7 +108,7 @@ impl Broker {
             Ok::<_, BusError>((info, created, existing))
         };
         ctx.spawn(write.into_actor(self).map(move |written, act, ctx| match written {
-            Ok((info, true, _)) => act.accepted(info, &replier, ctx),
+            Ok((info, true, _)) => act.accepted(info, &replier, overlap, ctx),
             Ok((info, false, existing)) => {
                 act.book.remove(&info.order_id);
                 let state = existing.map_or(OrderState::Accepted, |e| e.state);
@@ -106,9 +132,17 @@ impl Broker {
         }));
     }
 
-    /// A new order is durable: answer, announce, and place it.
-    fn accepted(&mut self, info: OrderInfo, replier: &Replier, ctx: &mut Context<Self>) {
-        self.book.enqueue(&info.order_id);
+    /// A new order is durable: answer, announce, and place it (or skip it,
+    /// or cancel the runs it replaces, as its job's concurrency policy says).
+    fn accepted(
+        &mut self,
+        info: OrderInfo,
+        replier: &Replier,
+        overlap: Overlap,
+        ctx: &mut Context<Self>,
+    ) {
+        let order_id = info.order_id.clone();
+        self.book.enqueue(&order_id);
         let reply = SubmitReply {
             order_id: info.order_id.clone(),
             job: info.job.clone(),
@@ -128,6 +162,30 @@ impl Broker {
             s.event(&event.job, &event.order_id, EventKind::Accepted),
             &event,
         );
+        match overlap {
+            Overlap::None => {}
+            Overlap::Skip(reason) => {
+                info!(order = %order_id, %reason, "trigger slot skipped");
+                let skipped = OrderEvent::Skipped {
+                    reason,
+                    at_ms: now_ms(),
+                };
+                if self.book.apply(&order_id, skipped).is_ok() {
+                    self.finish(&order_id, None, ctx);
+                }
+            }
+            Overlap::Replace(active) => {
+                for old in active {
+                    info!(order = %old, by = %order_id, "run replaced by a new trigger slot (concurrency = replace)");
+                    let _ = self.cancel(
+                        &old,
+                        true,
+                        "replaced by a newer slot (concurrency = replace)",
+                        ctx,
+                    );
+                }
+            }
+        }
         self.dispatch(ctx);
     }
 
@@ -267,15 +325,32 @@ impl Broker {
     /// ends (now, with `kill`). Idempotent; answers with the order.
     pub(super) fn on_cancel(&mut self, req: Request<CancelOrder>, ctx: &mut Context<Self>) {
         let CancelOrder { order_id, kill } = req.body;
+        if let Err((code, message)) = self.cancel(&order_id, kill, "cancelled with --kill", ctx) {
+            return self.error(&req.replier, code, message);
+        }
+        if let Some(order) = self.book.get(&order_id) {
+            self.bus.reply(&req.replier, &order.info());
+        }
+    }
+
+    /// Cancels an order: a waiting one at once, a running one when its task
+    /// ends, which `kill` makes happen now (`reason` goes to the subagent).
+    fn cancel(
+        &mut self,
+        order_id: &str,
+        kill: bool,
+        reason: &str,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), (ErrorCode, String)> {
         let event = OrderEvent::Cancel { at_ms: now_ms() };
-        match self.book.apply(&order_id, event) {
+        match self.book.apply(order_id, event) {
             Ok(Applied::Moved { .. }) => {
                 info!(order = %order_id, "order cancelled while waiting");
-                self.finish(&order_id, None, ctx);
+                self.finish(order_id, None, ctx);
             }
             Ok(Applied::Stale) => {
-                let Some(order) = self.book.get(&order_id) else {
-                    return;
+                let Some(order) = self.book.get(order_id) else {
+                    return Ok(());
                 };
                 let running = order.task_id.clone().zip(order.subagent_id.clone());
                 if let (true, false, Some((task_id, subagent_id))) =
@@ -287,7 +362,7 @@ impl Broker {
                     let timeout = self.config.broker.dispatch_timeout;
                     let request = KillTask {
                         task_id,
-                        reason: "cancelled with --kill".into(),
+                        reason: reason.into(),
                     };
                     ctx.spawn(
                         async move {
@@ -305,22 +380,20 @@ impl Broker {
                 let message = format!(
                     "no order {order_id} is held by this broker (finished ones are not cancelled)"
                 );
-                return self.error(&req.replier, ErrorCode::NotFound, message);
+                return Err((ErrorCode::NotFound, message));
             }
             Err(ApplyError::NotAllowed { phase, .. }) => {
                 let message = format!(
                     "order {order_id} already {}; there is nothing to cancel",
                     phase.wire().as_str()
                 );
-                return self.error(&req.replier, ErrorCode::InvalidState, message);
+                return Err((ErrorCode::InvalidState, message));
             }
         }
-        if let Some(order) = self.book.get(&order_id) {
-            self.bus.reply(&req.replier, &order.info());
-        }
+        Ok(())
     }
 
-    pub(super) fn on_status(&mut self, req: Request<StatusRequest>) {
+    pub(super) fn on_status(&mut self, req: Request<StatusRequest>, ctx: &mut Context<Self>) {
         let mut clusters: Vec<ClusterStatus> = self
             .clusters
             .values()
@@ -347,7 +420,7 @@ impl Broker {
             })
             .collect();
         clusters.sort_by(|a, b| a.name.cmp(&b.name));
-        let reply = StatusReply {
+        let mut reply = StatusReply {
             protocol: PROTOCOL_VERSION,
             broker_id: self.id.clone(),
             broker_started_at_ms: self.started_at_ms,
@@ -358,7 +431,11 @@ impl Broker {
             agents: Vec::new(),
             malformed_messages: self.bus.stats().malformed(),
         };
-        self.bus.reply(&req.replier, &reply);
+        let agents = self.elector.send(super::elector::AgentsNow);
+        ctx.spawn(agents.into_actor(self).map(move |agents, act, _| {
+            reply.agents = agents.unwrap_or_default();
+            act.bus.reply(&req.replier, &reply);
+        }));
     }
 
     /// Switch-over: disable, enable, or stop (drain) a subagent.

@@ -1,6 +1,8 @@
 //! Typed JetStream key-value buckets: MessagePack values keyed by string.
 
+use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
@@ -9,6 +11,9 @@ use serde::{de::DeserializeOwned, Serialize};
 use tracing::warn;
 
 use super::{decode, encode, BusError, Encoding};
+
+/// [`Kv::entries`] gives up when the server sends nothing for this long.
+const ENTRIES_IDLE: Duration = Duration::from_secs(10);
 
 /// One bucket whose values are `T`.
 pub struct Kv<T> {
@@ -124,26 +129,7 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
         Ok(watch
             .filter_map(move |entry| {
                 let change = match entry {
-                    Ok(entry) => match entry.operation {
-                        kv::Operation::Put => {
-                            match decode::<T>(Encoding::MessagePack, &entry.value) {
-                                Ok(value) => Some(KvChange {
-                                    key: entry.key,
-                                    value: Some(value),
-                                    revision: entry.revision,
-                                }),
-                                Err(e) => {
-                                    warn!(%bucket, key = %entry.key, error = %e, "undecodable kv value skipped");
-                                    None
-                                }
-                            }
-                        }
-                        kv::Operation::Delete | kv::Operation::Purge => Some(KvChange {
-                            key: entry.key,
-                            value: None,
-                            revision: entry.revision,
-                        }),
-                    },
+                    Ok(entry) => change_of(&bucket, entry),
                     Err(e) => {
                         warn!(%bucket, error = %e, "kv watch error");
                         None
@@ -152,6 +138,75 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
                 futures::future::ready(change)
             })
             .boxed_local())
+    }
+
+    /// Every key's current value, read once through one consumer (not one
+    /// request per key, so 100,000 keys take moments). Deleted keys are
+    /// absent; values that cannot be decoded are skipped with a warning.
+    pub async fn entries(&self) -> Result<HashMap<String, T>, BusError> {
+        let mut values = HashMap::new();
+        let mut stream = self.store.stream.clone();
+        let messages = stream
+            .info()
+            .await
+            .map_err(|e| transport(&self.bucket, e))?
+            .state
+            .messages;
+        if messages == 0 {
+            return Ok(values);
+        }
+        // the watch delivers the last entry of every key, each saying how
+        // many are still to come
+        let mut watch = self
+            .store
+            .watch_with_history(">")
+            .await
+            .map_err(|e| transport(&self.bucket, e))?;
+        loop {
+            let entry = match tokio::time::timeout(ENTRIES_IDLE, watch.next()).await {
+                Ok(Some(Ok(entry))) => entry,
+                Ok(Some(Err(e))) => return Err(transport(&self.bucket, e)),
+                Ok(None) => return Err(transport(&self.bucket, "the watch ended early")),
+                Err(_) => {
+                    return Err(BusError::TimedOut {
+                        subject: format!("kv {}", self.bucket),
+                        timeout: ENTRIES_IDLE,
+                    })
+                }
+            };
+            let last = entry.delta == 0;
+            if let Some(change) = change_of::<T>(&self.bucket, entry) {
+                match change.value {
+                    Some(value) => values.insert(change.key, value),
+                    None => values.remove(&change.key),
+                };
+            }
+            if last {
+                return Ok(values);
+            }
+        }
+    }
+}
+
+/// A watched entry as a typed change; `None` when its value cannot be decoded.
+fn change_of<T: DeserializeOwned>(bucket: &str, entry: kv::Entry) -> Option<KvChange<T>> {
+    match entry.operation {
+        kv::Operation::Put => match decode::<T>(Encoding::MessagePack, &entry.value) {
+            Ok(value) => Some(KvChange {
+                key: entry.key,
+                value: Some(value),
+                revision: entry.revision,
+            }),
+            Err(e) => {
+                warn!(%bucket, key = %entry.key, error = %e, "undecodable kv value skipped");
+                None
+            }
+        },
+        kv::Operation::Delete | kv::Operation::Purge => Some(KvChange {
+            key: entry.key,
+            value: None,
+            revision: entry.revision,
+        }),
     }
 }
 

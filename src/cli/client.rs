@@ -98,6 +98,28 @@ pub enum SubagentCommand {
     },
 }
 
+/// `baton scheduler ...`: move the Scheduler role between agents.
+#[derive(Debug, clap::Subcommand)]
+pub enum SchedulerCommand {
+    /// Make AGENT the Scheduler: the current one is turned off first
+    On {
+        /// Agent id (`baton status` lists them)
+        agent: String,
+        /// Return once the broker accepted the request, without waiting for the agent
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Turn AGENT off and keep it out of elections until `scheduler on`;
+    /// if no Scheduler remains, another agent is elected
+    Off {
+        /// Agent id
+        agent: String,
+        /// Return once the broker accepted the request, without waiting for the agent
+        #[arg(long)]
+        no_wait: bool,
+    },
+}
+
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Print the status reply as JSON
@@ -277,8 +299,11 @@ pub async fn watch(config: &Config, args: WatchArgs) -> anyhow::Result<()> {
     };
     let mut events = bus.listen_raw(subject.clone()).await?.boxed_local();
     if args.job.is_none() && args.order.is_none() {
-        // everything: subagents joining, lost, back, draining, leaving too
+        // everything: subagents joining, lost, back, draining, leaving too,
+        // and agents taking or losing the Scheduler role
         let changes = bus.listen_raw(s.subagent_changes()).await?;
+        let roles = bus.listen_raw(s.agent_changes()).await?;
+        let changes = futures::stream::select(changes, roles);
         events = futures::stream::select(events, changes).boxed_local();
     }
     eprintln!("watching {subject} (Ctrl-C to stop)");
@@ -288,6 +313,7 @@ pub async fn watch(config: &Config, args: WatchArgs) -> anyhow::Result<()> {
                 let Some((subject, payload)) = event else { bail!("event subscription closed") };
                 let line = match s.parse_event(&subject) {
                     Some((_, _, kind)) => output::event_line(kind, &payload, args.json),
+                    None if subject.starts_with(&s.agent_changed("")) => output::agent_line(&payload, args.json),
                     None => output::subagent_line(&payload, args.json),
                 };
                 match line {
@@ -315,6 +341,65 @@ pub async fn status(config: &Config, args: StatusArgs) -> anyhow::Result<()> {
         print!("{}", output::status_text(&reply));
     }
     Ok(())
+}
+
+/// `baton scheduler on|off AGENT`: ask the broker, then wait (up to the
+/// request timeout) until the agent reports the role asked for.
+pub async fn scheduler_control(config: &Config, command: SchedulerCommand) -> anyhow::Result<()> {
+    let (agent_id, action, no_wait) = match command {
+        SchedulerCommand::On { agent, no_wait } => (agent, SchedulerAction::On, no_wait),
+        SchedulerCommand::Off { agent, no_wait } => (agent, SchedulerAction::Off, no_wait),
+    };
+    let bus = connect(config, "baton-cli", false).await?;
+    let s = bus.subjects().clone();
+    let timeout = config.nats.request_timeout;
+    let request = SchedulerControl {
+        agent_id: agent_id.clone(),
+        action,
+    };
+    let _: SchedulerControlReply = bus
+        .request(s.scheduler_control(), &request, timeout)
+        .await?;
+    let wanted = match action {
+        SchedulerAction::On => AgentRole::Scheduler,
+        SchedulerAction::Off => AgentRole::Spare,
+    };
+    if no_wait {
+        println!(
+            "asked the broker to make agent {agent_id} {}",
+            wanted.as_str()
+        );
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let status: StatusReply = bus
+            .request(s.status(), &StatusRequest::default(), timeout)
+            .await?;
+        let agent = status.agents.iter().find(|a| a.id == agent_id);
+        let scheduler: Vec<&str> = status
+            .agents
+            .iter()
+            .filter(|a| a.role == AgentRole::Scheduler)
+            .map(|a| a.id.as_str())
+            .collect();
+        if agent.is_some_and(|a| a.role == wanted) {
+            let now = match scheduler[..] {
+                [] => "no agent is Scheduler now".to_string(),
+                _ => format!("Scheduler now: {}", scheduler.join(", ")),
+            };
+            println!("agent {agent_id} is {} ({now})", wanted.as_str());
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "agent {agent_id} is not {} after {}; the broker keeps trying (see `baton status`)",
+                wanted.as_str(),
+                humantime::format_duration(timeout)
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 pub async fn subagent_control(config: &Config, command: SubagentCommand) -> anyhow::Result<()> {

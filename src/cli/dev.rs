@@ -1,6 +1,6 @@
 //! `baton dev`: a whole cluster on one machine for trying Baton: nats-server
-//! (nats/dev.conf, data under .baton/dev/), one broker and three subagents as
-//! child processes, with examples/jobs.toml deployed.
+//! (nats/dev.conf, data under .baton/dev/), one broker, three subagents and
+//! two agents as child processes, with examples/jobs.toml deployed.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,6 +18,9 @@ pub struct DevArgs {
     /// How many subagents to start
     #[arg(long, default_value_t = 3)]
     pub subagents: usize,
+    /// How many agents to start (one of them fires the deployed triggers)
+    #[arg(long, default_value_t = 2)]
+    pub agents: usize,
     /// Client port for nats-server
     #[arg(long, default_value_t = 4222)]
     pub port: u16,
@@ -52,6 +55,12 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
     for i in 1..=args.subagents {
         cluster.spawn_subagent(&format!("sub-{i}"), &[])?;
     }
+    for i in 1..=args.agents {
+        cluster.spawn(
+            &format!("agent-{i}"),
+            &["agent", "--id", &format!("agent-{i}")],
+        )?;
+    }
     let bus = cluster.client().await?;
     cluster.wait_for_subagents(&bus, args.subagents).await?;
     let reply: DeployReply = bus
@@ -81,8 +90,10 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
          cargo run --release -- submit count --param n=30 --wait     (then kill -9 its subagent)\n  \
          cargo run --release -- subagent disable sub-1               (switch-over; enable to undo)\n  \
          cargo run --release -- order cancel ORDER_ID --kill\n  \
+         cargo run --release -- watch clock                           (fired every 10s by the Scheduler agent)\n  \
+         cargo run --release -- scheduler on agent-2                  (move the Scheduler role)\n  \
          nats req baton.api.submit '{{\"job\":\"hello\"}}' -H Content-Type:application/json\n\n\
-         Kill a subagent with `kill -9 PID` and watch the others carry on.\n\
+         Kill a subagent or the Scheduler agent with `kill -9 PID` and watch the others carry on.\n\
          Ctrl-C stops everything.\n",
         pids.join(", "),
         args.jobs.display(),

@@ -1,6 +1,6 @@
 //! The command line: one `baton` binary for every role and every client command.
 //!
-//! Role commands (`broker`, `subagent`) start actors; client commands
+//! Role commands (`broker`, `subagent`, `agent`) start actors; client commands
 //! (`deploy`, `submit`, `watch`, `status`) talk to the cluster over NATS like
 //! any other client; `dev` and `bench` start a whole local cluster.
 
@@ -69,6 +69,23 @@ pub enum Command {
     /// exits 0. A subagent that hears no broker for subagent.orphan_timeout
     /// kills its tasks, so they can run elsewhere without two copies.
     Subagent(SubagentArgs),
+    /// Run an agent: may hold the Scheduler role and then fires job triggers
+    ///
+    /// Exactly one agent at a time holds the Scheduler role and submits an
+    /// order for every slot of the deployed jobs' triggers; the others are
+    /// spares. The broker elects the Scheduler by health (CPU and memory
+    /// from the agents' heartbeats), gives it the role with a lease it keeps
+    /// renewing, and hands the role to a spare when the Scheduler dies or
+    /// stays unhealthy; a Scheduler that hears no renewal for its lease turns
+    /// itself off. SIGTERM stops firing and tells the broker at once, then
+    /// exits 0.
+    ///
+    /// With --no-role-control the agent is a Scheduler from its start, outside
+    /// the broker's control, and never a spare. Two such agents (or one
+    /// beside an elected Scheduler) both fire every trigger; each slot is
+    /// submitted with the idempotency key `job@slot`, which keeps it to one
+    /// order.
+    Agent(AgentArgs),
     /// Validate job definitions from TOML files and deploy them
     Deploy(client::DeployArgs),
     /// Submit an order for a deployed job
@@ -78,8 +95,14 @@ pub enum Command {
     Order(client::OrderCommand),
     /// Print status events as they happen (all, one job's, or one order's)
     Watch(client::WatchArgs),
-    /// Show the broker, its subagents, jobs and order counts
+    /// Show the broker, its agents and subagents, jobs and order counts
     Status(client::StatusArgs),
+    /// Move the Scheduler role: the one agent that fires deployed triggers
+    ///
+    /// The broker elects the Scheduler by itself (the healthiest agent); use
+    /// this to move it by hand. Waits until the agent reports its new role.
+    #[command(subcommand)]
+    Scheduler(client::SchedulerCommand),
     /// Start a local cluster (nats-server, a broker, three subagents) for trying Baton
     Dev(dev::DevArgs),
     /// Measure Baton on a local cluster it starts itself
@@ -114,6 +137,17 @@ pub struct SubagentArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Agent id, one subject token [default: agent-<hostname>-<pid>]
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Be a Scheduler from the start, outside the broker's control. Two such
+    /// agents both fire every trigger (idempotency keys keep one order per slot)
+    #[arg(long)]
+    pub no_role_control: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct SchemasArgs {
     /// Folder to write to
     #[arg(long, default_value = "schemas")]
@@ -128,7 +162,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let daemon = matches!(
         cli.command,
-        Command::Broker(_) | Command::Subagent(SubagentArgs { action: None, .. }) | Command::Dev(_)
+        Command::Broker(_)
+            | Command::Subagent(SubagentArgs { action: None, .. })
+            | Command::Agent(_)
+            | Command::Dev(_)
     );
     init_logging(if daemon {
         "info,async_nats=warn"
@@ -167,6 +204,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 overrides.push(("subagent.capacity", c.to_string()));
             }
         }
+        Command::Agent(a) => {
+            if let Some(id) = &a.id {
+                overrides.push(("agent.id", id.clone()));
+            }
+            if a.no_role_control {
+                overrides.push(("agent.role_control", "false".into()));
+            }
+        }
         _ => {}
     }
     let mut config = Config::load(cli.global.config.as_deref(), &overrides)?;
@@ -189,11 +234,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::subagent::run_until_signal(config, bus).await?;
             Ok(ok)
         }
+        Command::Agent(_) => {
+            let bus = connect(&config, "baton-agent", true).await?;
+            crate::agent::run_until_signal(config, bus).await?;
+            Ok(ok)
+        }
         Command::Deploy(a) => client::deploy(&config, a).await.map(|_| ok),
         Command::Submit(a) => client::submit(&config, a).await,
         Command::Watch(a) => client::watch(&config, a).await.map(|_| ok),
         Command::Order(c) => client::order(&config, c).await.map(|_| ok),
         Command::Status(a) => client::status(&config, a).await.map(|_| ok),
+        Command::Scheduler(c) => client::scheduler_control(&config, c).await.map(|_| ok),
         Command::Dev(a) => dev::run(&config, a).await.map(|_| ok),
         Command::Bench(b) => bench::run(b).await.map(|_| ok),
         Command::Schemas(a) => schemas(a),

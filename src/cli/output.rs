@@ -165,6 +165,76 @@ pub fn order_text(o: &OrderInfo) -> String {
     out
 }
 
+/// The agents part of `baton status`.
+fn agents_text(out: &mut String, agents: &[AgentStatus]) {
+    let schedulers = agents.iter().filter(|a| a.role == AgentRole::Scheduler);
+    let scheduler = match schedulers.map(|a| a.id.as_str()).collect::<Vec<_>>()[..] {
+        [] if agents.is_empty() => "none; start agents with `baton agent`".to_string(),
+        [] => "none yet (electing one)".to_string(),
+        [one] => one.to_string(),
+        ref many => format!(
+            "{} (more than one: the broker turns all but one off)",
+            many.join(", ")
+        ),
+    };
+    let _ = writeln!(out, "scheduler: {scheduler}");
+    if agents.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "agents ({}):", agents.len());
+    let _ = writeln!(
+        out,
+        "  {:<24} {:<10} {:<10} {:>5} {:>5} {:>5} {:>9} {:>8} {:>10}  notes",
+        "ID", "ROLE", "HEALTH", "CPU%", "MEM%", "LOAD", "SCHEDULES", "LEASE", "HEARTBEAT"
+    );
+    for a in agents {
+        let mut notes = Vec::new();
+        if !a.controlled {
+            notes.push("outside broker control");
+        }
+        if a.excluded {
+            notes.push("turned off by an operator");
+        }
+        if a.switch_condition_met {
+            notes.push("switch condition met");
+        }
+        let lease = a
+            .lease_left_ms
+            .map_or("-".to_string(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+        let _ = writeln!(
+            out,
+            "  {:<24} {:<10} {:<10} {:>5.0} {:>5.0} {:>5.2} {:>9} {:>8} {:>10}  {}",
+            a.id,
+            a.role.as_str(),
+            a.health_level.as_str(),
+            a.health.cpu_percent,
+            a.health.memory_percent,
+            a.health.load_average,
+            a.schedules,
+            lease,
+            format!("{}ms ago", a.heartbeat_age_ms),
+            notes.join(", ")
+        );
+    }
+}
+
+/// An agent role change as a line for `baton watch`.
+pub fn agent_line(payload: &[u8], json: bool) -> Result<String, DecodeError> {
+    let e: AgentChanged = decode(Encoding::MessagePack, payload)?;
+    if json {
+        let mut v = serde_json::to_value(&e).expect("events encode as JSON");
+        v["event"] = serde_json::Value::from("agent");
+        return Ok(v.to_string());
+    }
+    Ok(format!(
+        "{} agent {} {}: {}",
+        clock(e.at_ms),
+        e.agent_id,
+        e.role.as_str(),
+        e.reason
+    ))
+}
+
 /// The text of `baton status`.
 pub fn status_text(s: &StatusReply) -> String {
     let mut out = String::new();
@@ -194,6 +264,7 @@ pub fn status_text(s: &StatusReply) -> String {
             s.jobs.join(", ")
         }
     );
+    agents_text(&mut out, &s.agents);
     let _ = writeln!(out, "subagents ({}):", s.subagents.len());
     if s.subagents.is_empty() {
         let _ = writeln!(out, "  none; start one with `baton subagent`");

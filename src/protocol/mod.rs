@@ -21,7 +21,7 @@ pub use agent::*;
 pub use api::*;
 pub use cluster::*;
 pub use events::*;
-pub use schedule::{ConcurrencyPolicy, MisfirePolicy, TriggerSpec};
+pub use schedule::{ConcurrencyPolicy, FiredSlot, MisfirePolicy, TriggerSpec};
 pub use subjects::{EventKind, Subjects};
 
 /// The protocol version carried in heartbeats and status replies.

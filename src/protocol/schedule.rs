@@ -1,7 +1,8 @@
 //! When a deployed job fires on its own, and what happens to the slots it
 //! misses or that overlap a run still going. These are part of [`JobSpec`]
 //! (super::JobSpec); the Scheduler agent reads them, the logic lives in
-//! `agent::triggers`.
+//! `agent::triggers`. [`FiredSlot`] is the Scheduler's record of how far
+//! each job has fired, kept in the `{prefix}_fired` KV bucket.
 
 use std::time::Duration;
 
@@ -99,4 +100,23 @@ impl ConcurrencyPolicy {
             ConcurrencyPolicy::Replace => "replace",
         }
     }
+}
+
+/// The value under a job's name in the `{prefix}_fired` KV bucket: the newest
+/// trigger slot of the job fired (an order exists for it and for every
+/// earlier slot the writing Scheduler fired). A Scheduler taking over reads
+/// it to catch up on what was missed under the job's misfire policy; it only
+/// ever moves forward.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct FiredSlot {
+    /// The job's name (also the key).
+    pub job: String,
+    /// The slot, in ms since the Unix epoch.
+    pub slot_ms: u64,
+    /// The order the slot's submit created (or found, when repeated).
+    pub order_id: String,
+    /// The agent that fired it.
+    pub agent_id: String,
+    /// When the broker accepted the slot's order.
+    pub at_ms: u64,
 }

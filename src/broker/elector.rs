@@ -1,0 +1,324 @@
+//! The Elector: the broker's actor that keeps exactly one agent in the
+//! Scheduler role. It learns agents from their heartbeats ([`AgentBook`]),
+//! asks the pure [`decide`] who should hold the role on every check and
+//! operator request, and sends what it decides as [`RoleCommand`]s stamped
+//! with the broker's epoch.
+//!
+//! An agent whose heartbeats are late is probed; no responders twice, one
+//! heartbeat apart with no heartbeat between (and not just after our own
+//! reconnect), proves its process gone, and its lease is dropped at once
+//! ([`ElectionState::gone`]). Silence alone drops it from the book, but its
+//! lease keeps the role from moving until it runs out.
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures::stream::{self, LocalBoxStream, StreamExt};
+use tracing::{debug, info, warn};
+
+use super::agents::{AgentBook, Check, Heard};
+use crate::agent::election::{decide, Action, ElectionConfig, ElectionState, Request as Ask};
+use crate::bus::{Bus, BusError, Received, Replier, Request};
+use crate::config::Config;
+use crate::protocol::*;
+use crate::time::now_ms;
+
+/// How long a liveness probe or role command waits for its answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
+
+enum Input {
+    Heartbeat(Received<AgentHeartbeat>),
+    Control(Request<SchedulerControl>),
+}
+
+impl Message for Input {
+    type Result = ();
+}
+
+/// The agents as `baton status` shows them.
+#[derive(Message)]
+#[rtype(result = "Vec<AgentStatus>")]
+pub struct AgentsNow;
+
+pub struct Elector {
+    bus: Bus,
+    config: Config,
+    election_config: ElectionConfig,
+    broker_id: String,
+    epoch: u64,
+    book: AgentBook,
+    election: ElectionState,
+}
+
+/// Subscribes and starts the elector in the current actix System.
+pub async fn start(
+    config: Config,
+    bus: Bus,
+    broker_id: String,
+    epoch: u64,
+) -> Result<Addr<Elector>, BusError> {
+    let s = bus.subjects().clone();
+    let inputs: Vec<LocalBoxStream<'static, Input>> = vec![
+        bus.listen(s.agent_heartbeats())
+            .await?
+            .map(Input::Heartbeat)
+            .boxed_local(),
+        bus.serve(s.scheduler_control())
+            .await?
+            .map(Input::Control)
+            .boxed_local(),
+    ];
+    let election_config = config.scheduler.election();
+    Ok(Elector::create(move |ctx| {
+        ctx.add_stream(stream::select_all(inputs));
+        Elector {
+            election: ElectionState::new(now_ms(), &election_config),
+            bus,
+            config,
+            election_config,
+            broker_id,
+            epoch,
+            book: AgentBook::default(),
+        }
+    }))
+}
+
+impl Actor for Elector {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.config.broker.check_interval, |act, ctx| {
+            act.check(ctx);
+            act.round(Ask::None, None, ctx);
+        });
+    }
+}
+
+impl StreamHandler<Input> for Elector {
+    fn handle(&mut self, input: Input, ctx: &mut Self::Context) {
+        match input {
+            Input::Heartbeat(hb) => self.on_heartbeat(hb.body),
+            Input::Control(req) => self.on_control(req, ctx),
+        }
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {
+        warn!("agent subscriptions ended; the Scheduler role is no longer managed");
+    }
+}
+
+impl Handler<AgentsNow> for Elector {
+    type Result = MessageResult<AgentsNow>;
+
+    fn handle(&mut self, _: AgentsNow, _: &mut Self::Context) -> Self::Result {
+        let election = &self.election;
+        let lease = |id: &str| (election.lease_expires_at_ms(id), election.is_excluded(id));
+        let cond = &self.config.scheduler.switch_condition;
+        MessageResult(self.book.status(cond, lease, Instant::now(), now_ms()))
+    }
+}
+
+impl Elector {
+    fn on_heartbeat(&mut self, hb: AgentHeartbeat) {
+        if !subjects::is_valid_token(&hb.agent_id) {
+            return;
+        }
+        let keep = self.config.scheduler.switch_condition.for_ + Duration::from_secs(60);
+        let th = &self.config.scheduler.health;
+        match self.book.heard(&hb, th, keep, Instant::now(), now_ms()) {
+            Heard::New => {
+                info!(agent = %hb.agent_id, role = hb.role.as_str(), controlled = hb.controlled, "agent joined");
+                self.announce(&hb.agent_id, hb.role, "joined");
+            }
+            Heard::Restarted => {
+                info!(agent = %hb.agent_id, "agent restarted; its previous process is gone");
+                self.election.gone(&hb.agent_id);
+                self.announce(&hb.agent_id, hb.role, "restarted");
+            }
+            Heard::Alive { role_changed: true } => {
+                self.announce(&hb.agent_id, hb.role, "reported by the agent");
+            }
+            Heard::Alive { .. } => {}
+        }
+    }
+
+    fn on_control(&mut self, req: Request<SchedulerControl>, ctx: &mut Context<Self>) {
+        let SchedulerControl { agent_id, action } = req.body.clone();
+        let Some(agent) = self.book.get(&agent_id) else {
+            let message =
+                format!("no agent '{agent_id}' is connected; `baton status` lists the agents");
+            return self.reply_error(&req.replier, ErrorCode::NotFound, message);
+        };
+        let role = agent.role;
+        let ask = match action {
+            SchedulerAction::On => Ask::On(agent_id.clone()),
+            SchedulerAction::Off => Ask::Off(agent_id.clone()),
+        };
+        info!(agent = %agent_id, ?action, "operator asks to move the Scheduler role");
+        let reply = SchedulerControlReply {
+            agent_id,
+            action,
+            role,
+        };
+        self.round(ask, Some((req.replier, reply)), ctx);
+    }
+
+    /// One election round; `control` is answered with the reply, or with
+    /// the refusal the round produced.
+    fn round(
+        &mut self,
+        ask: Ask,
+        control: Option<(Replier, SchedulerControlReply)>,
+        ctx: &mut Context<Self>,
+    ) {
+        let now = now_ms();
+        let views = self
+            .book
+            .views(&self.config.scheduler.switch_condition, now);
+        let actions = decide(&self.election_config, &mut self.election, &views, &ask, now);
+        let mut refused = None;
+        for action in actions {
+            match action {
+                Action::TurnOn {
+                    agent,
+                    command,
+                    lease_ms,
+                } => {
+                    info!(agent = %agent, lease_ms, "turning the Scheduler role on");
+                    self.send(agent, command, RoleAction::On, lease_ms, ctx);
+                }
+                Action::Renew {
+                    agent,
+                    command,
+                    lease_ms,
+                } => self.send(agent, command, RoleAction::Renew, lease_ms, ctx),
+                Action::TurnOff { agent, command } => {
+                    info!(agent = %agent, "turning the Scheduler role off");
+                    self.send(agent, command, RoleAction::Off, 0, ctx);
+                }
+                Action::Reject { agent, reason } => {
+                    warn!(agent = %agent, %reason, "operator request refused");
+                    refused = Some(format!("agent '{agent}': {reason}"));
+                }
+            }
+        }
+        if let Some((replier, reply)) = control {
+            match refused {
+                Some(message) => self.reply_error(&replier, ErrorCode::InvalidState, message),
+                None => self.bus.reply(&replier, &reply),
+            }
+        }
+    }
+
+    fn send(
+        &mut self,
+        agent: String,
+        command: u64,
+        action: RoleAction,
+        lease_ms: u64,
+        ctx: &mut Context<Self>,
+    ) {
+        let bus = self.bus.clone();
+        let subject = bus.subjects().agent_role(&agent);
+        let request = RoleCommand {
+            broker_id: self.broker_id.clone(),
+            epoch: self.epoch,
+            command,
+            action,
+            lease_ms,
+        };
+        let ask = async move {
+            bus.request::<_, RoleAnswer>(subject, &request, ANSWER_TIMEOUT)
+                .await
+        };
+        ctx.spawn(ask.into_actor(self).map(move |answer, act, _| match answer {
+            Ok(answer) => {
+                let now = now_ms();
+                let changed = act.book.answered(&agent, &answer.instance_id, answer.role, now);
+                if changed {
+                    act.announce(&agent, answer.role, "told by the broker");
+                }
+                if action == RoleAction::Off && answer.role == AgentRole::Spare {
+                    act.election.off_confirmed(&agent, command);
+                }
+            }
+            Err(e) => debug!(agent = %agent, ?action, error = %e, "role command unanswered; it is sent again"),
+        }));
+    }
+
+    fn check(&mut self, ctx: &mut Context<Self>) {
+        let timeout = self.config.scheduler.agent_timeout;
+        for check in self.book.check(Instant::now(), timeout) {
+            match check {
+                Check::Probe(id) => self.probe(id, None, ctx),
+                Check::Silent(id) => {
+                    warn!(agent = %id, "agent silent; dropped (a lease it holds still runs out)");
+                    self.announce(&id, AgentRole::Spare, "lost: silent");
+                }
+            }
+        }
+    }
+
+    /// Asks a quiet agent whether it lives; see the module docs.
+    fn probe(&mut self, id: String, first_no_responders: Option<Instant>, ctx: &mut Context<Self>) {
+        let bus = self.bus.clone();
+        let subject = bus.subjects().agent_ping(&id);
+        let ping = async move {
+            bus.request::<_, AgentPong>(subject, &Ping {}, ANSWER_TIMEOUT)
+                .await
+        };
+        ctx.spawn(
+            ping.into_actor(self)
+                .map(move |reply, act, ctx| match reply {
+                    Ok(pong) => act.book.touch(&id, &pong.instance_id, Instant::now()),
+                    Err(BusError::NoResponders { .. }) => {
+                        act.on_no_responders(id, first_no_responders, ctx)
+                    }
+                    Err(e) => debug!(agent = %id, error = %e, "probe unanswered; it may be busy"),
+                }),
+        );
+    }
+
+    fn on_no_responders(&mut self, id: String, first: Option<Instant>, ctx: &mut Context<Self>) {
+        let Some(agent) = self.book.get(&id) else {
+            return;
+        };
+        let reconnected = self.bus.stats().reconnected_at_ms();
+        let timeout = self.config.scheduler.agent_timeout.as_millis() as u64;
+        if reconnected > 0 && now_ms().saturating_sub(reconnected) < timeout {
+            debug!(agent = %id, "no responders, but we only just reconnected; not proof of death");
+            return;
+        }
+        match first {
+            None => {
+                let now = Instant::now();
+                let again = agent.heartbeat_interval;
+                ctx.run_later(again, move |act, ctx| act.probe(id, Some(now), ctx));
+            }
+            Some(first) if agent.last_seen < first => {
+                let was = agent.role;
+                warn!(agent = %id, role = was.as_str(), "agent process gone (no responders)");
+                self.book.remove(&id);
+                self.election.gone(&id);
+                self.announce(&id, AgentRole::Spare, "lost: process gone");
+                self.round(Ask::None, None, ctx);
+            }
+            Some(_) => debug!(agent = %id, "heard from it between two probes; alive"),
+        }
+    }
+
+    /// Publishes an agent's role change for anyone watching.
+    fn announce(&self, id: &str, role: AgentRole, reason: &str) {
+        let event = AgentChanged {
+            agent_id: id.to_string(),
+            role,
+            reason: reason.to_string(),
+            at_ms: now_ms(),
+        };
+        self.bus.post(self.bus.subjects().agent_changed(id), &event);
+    }
+
+    fn reply_error(&self, replier: &Replier, code: ErrorCode, message: String) {
+        self.bus.reply(replier, &ErrorReply::new(code, message));
+    }
+}

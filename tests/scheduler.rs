@@ -1,0 +1,486 @@
+//! The Scheduler role: one agent at a time fires the deployed triggers, the
+//! broker elects it by health and moves it when it dies, sickens, or an
+//! operator asks; every slot becomes exactly one order.
+//!
+//! The `tick` job fires every second and appends its slot
+//! (`BATON_SLOT_MS`) to a file, so the test counts runs per slot from
+//! outside Baton: a slot run twice or never is a failure.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use baton::protocol::*;
+use common::proxy::Proxy;
+use common::*;
+use nix::sys::signal::Signal;
+
+/// For every process: a short lease so hand-overs are quick to test.
+const ENV: &[(&str, &str)] = &[
+    ("BATON_SCHEDULER__LEASE", "2s"),
+    ("BATON_SCHEDULER__LEASE_GRACE", "500ms"),
+    ("BATON_SCHEDULER__CONNECTION_TIMEOUT", "2s"),
+];
+
+/// Long enough for an election after a broker start (lease + grace) and a
+/// kill's detection, short enough to fail fast.
+const ELECTION: Duration = Duration::from_secs(15);
+
+/// A job firing every second that records its slot in `file`.
+fn tick_jobs(file: &Path, misfire: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[job]]
+name = "tick"
+program = "sh"
+args = ["-c", 'echo "$BATON_SLOT_MS" >> "$BATON_PARAM_FILE"']
+misfire = {misfire}
+[job.params.file]
+default = "{}"
+[[job.triggers]]
+kind = "cron"
+expr = "* * * * * *"
+{extra}
+"#,
+        file.display()
+    )
+}
+
+async fn status(h: &Harness) -> StatusReply {
+    let ask = StatusRequest::default();
+    let request = h.bus.request(h.bus.subjects().status(), &ask, REQUEST);
+    within(REQUEST * 2, "status", request)
+        .await
+        .expect("status reply")
+}
+
+async fn schedulers(h: &Harness) -> Vec<String> {
+    let s = status(h).await;
+    let on = s.agents.iter().filter(|a| a.role == AgentRole::Scheduler);
+    on.map(|a| a.id.clone()).collect()
+}
+
+/// Waits until exactly one agent, other than `not`, is the Scheduler.
+async fn one_scheduler(h: &Harness, not: Option<&str>) -> String {
+    wait_for(ELECTION, "exactly one Scheduler", || async {
+        match &schedulers(h).await[..] {
+            [one] if Some(one.as_str()) != not => Some(one.clone()),
+            _ => None,
+        }
+    })
+    .await
+}
+
+/// Runs per slot recorded in `file`.
+fn runs(file: &Path) -> BTreeMap<u64, usize> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let mut runs = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let slot: u64 = line.trim().parse().expect("a slot in ms");
+        *runs.entry(slot).or_insert(0) += 1;
+    }
+    runs
+}
+
+/// Waits until every slot from the first recorded up to `until_ms` has
+/// run, then checks each ran exactly once. Returns the first slot.
+async fn every_slot_once(file: &Path, until_ms: u64) -> u64 {
+    let last = until_ms / 1000 * 1000;
+    wait_until(
+        Duration::from_secs(20),
+        "every slot up to the end ran",
+        || {
+            let r = runs(file);
+            async move {
+                let Some(&first) = r.keys().next() else {
+                    return false;
+                };
+                (first..=last).step_by(1000).all(|s| r.contains_key(&s))
+            }
+        },
+    )
+    .await;
+    let r = runs(file);
+    let first = *r.keys().next().expect("a slot ran");
+    let twice: Vec<_> = r.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(twice.is_empty(), "slots run more than once: {twice:?}");
+    let missing: Vec<u64> = (first..=last)
+        .step_by(1000)
+        .filter(|s| !r.contains_key(s))
+        .collect();
+    assert!(missing.is_empty(), "slots never run: {missing:?}");
+    for slot in r.keys() {
+        assert_eq!(slot % 1000, 0, "a cron slot falls on a whole second");
+    }
+    first
+}
+
+fn now_ms() -> u64 {
+    baton::time::now_ms()
+}
+
+fn spawn_agent(h: &mut Harness, name: &str, id: &str, extra: &[&str]) {
+    let mut args = vec!["agent", "--id", id];
+    args.extend_from_slice(extra);
+    h.cluster.spawn(name, &args).expect("spawn agent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_agents_one_scheduler_five_kills_every_slot_once() {
+    let mut h = cluster_with_env(&["sub-1", "sub-2"], ENV).await;
+    let file = h.scratch().join("ticks");
+    deploy(&h.bus, &tick_jobs(&file, "{ policy = \"fire-all\" }", "")).await;
+    for id in ["a1", "a2", "a3"] {
+        spawn_agent(&mut h, id, id, &[]);
+    }
+    let mut scheduler = one_scheduler(&h, None).await;
+    wait_until(Duration::from_secs(10), "the first slots run", || {
+        let n = runs(&file).len();
+        async move { n >= 2 }
+    })
+    .await;
+    for round in 0..5 {
+        h.cluster
+            .signal(&scheduler, Signal::SIGKILL)
+            .expect("kill the Scheduler");
+        let next = one_scheduler(&h, Some(&scheduler)).await;
+        eprintln!("round {round}: killed {scheduler}, {next} took over");
+        // Bring the killed agent back, so three are up for the next round.
+        spawn_agent(&mut h, &scheduler, &scheduler, &[]);
+        let ran = runs(&file).len();
+        wait_until(Duration::from_secs(10), "the new Scheduler fires", || {
+            let n = runs(&file).len();
+            async move { n >= ran + 2 }
+        })
+        .await;
+        scheduler = next;
+    }
+    every_slot_once(&file, now_ms() - 1_500).await;
+    let agents = status(&h).await.agents;
+    assert_eq!(agents.len(), 3, "{agents:?}");
+    for a in &agents {
+        assert!(a.controlled);
+        assert!(a.heartbeat_age_ms < 2_000, "{a:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_and_forced_double_schedulers_still_fire_each_slot_once() {
+    let mut h = cluster_with_env(&["sub-1"], ENV).await;
+    let file = h.scratch().join("ticks");
+    deploy(&h.bus, &tick_jobs(&file, "{ policy = \"fire-all\" }", "")).await;
+    let proxy = Proxy::start(&h.nats_url()).await.expect("start proxy");
+    h.cluster
+        .spawn_via("a1", &["agent", "--id", "a1"], &proxy.url())
+        .expect("spawn a1");
+    assert_eq!(one_scheduler(&h, None).await, "a1");
+    spawn_agent(&mut h, "a2", "a2", &[]);
+    wait_until(Duration::from_secs(10), "a1 fires", || {
+        let n = runs(&file).len();
+        async move { n >= 2 }
+    })
+    .await;
+
+    // Cut a1 off: it loses its lease and turns itself off; a2 takes over.
+    proxy.cut();
+    assert_eq!(one_scheduler(&h, Some("a1")).await, "a2");
+    tokio::time::sleep(Duration::from_secs(2)).await; // a2 fires while a1 is cut off
+    proxy.heal();
+    wait_until(ELECTION, "a1 back as a spare", || async {
+        let s = status(&h).await;
+        s.agents
+            .iter()
+            .any(|a| a.id == "a1" && a.role == AgentRole::Spare && a.heartbeat_age_ms < 1_000)
+    })
+    .await;
+    assert_eq!(schedulers(&h).await, ["a2"]);
+
+    // Force a second Scheduler: a rogue command in the broker's own epoch.
+    let epoch = status(&h).await.broker_started_at_ms;
+    let rogue = RoleCommand {
+        broker_id: "rogue".into(),
+        epoch,
+        command: 1,
+        action: RoleAction::On,
+        lease_ms: 60_000,
+    };
+    let s = h.bus.subjects().clone();
+    let answer: RoleAnswer = within(
+        REQUEST,
+        "rogue role command",
+        h.bus.request(s.agent_role("a1"), &rogue, REQUEST),
+    )
+    .await
+    .expect("a1 obeys a command of the current epoch");
+    assert_eq!(answer.role, AgentRole::Scheduler);
+    // The broker sees two Schedulers and turns one off.
+    wait_until(ELECTION, "one Scheduler again", || async {
+        schedulers(&h).await.len() == 1
+    })
+    .await;
+    // A command from an older epoch is refused.
+    let stale = RoleCommand {
+        epoch: epoch - 1,
+        ..rogue
+    };
+    let refused = h
+        .bus
+        .request::<_, RoleAnswer>(s.agent_role("a1"), &stale, REQUEST)
+        .await;
+    assert!(refused.is_err(), "a stale epoch is obeyed: {refused:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    every_slot_once(&file, now_ms() - 1_500).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_in_very_bad_health_loses_the_role_to_a_healthy_spare() {
+    let env = [
+        ENV,
+        &[
+            ("BATON_SCHEDULER__SWITCH_CONDITION__AT_OR_BELOW", "very_bad"),
+            ("BATON_SCHEDULER__SWITCH_CONDITION__FOR", "3s"),
+        ],
+    ]
+    .concat();
+    let mut h = cluster_with_env(&[], &env).await;
+    // Only `sick` reports 99% CPU, from its own configuration file.
+    let sick_config = h.scratch().join("sick.toml");
+    std::fs::write(&sick_config, "[agent]\nsimulate_cpu_percent = 99\n").expect("write config");
+    let sick_config = sick_config.display().to_string();
+    spawn_agent(&mut h, "sick", "sick", &["--config", &sick_config]);
+    // Alone, it is elected all the same: a poor Scheduler beats none.
+    assert_eq!(one_scheduler(&h, None).await, "sick");
+    spawn_agent(&mut h, "well", "well", &[]);
+    let sick = wait_for(
+        Duration::from_secs(20),
+        "the role moves to well",
+        || async {
+            let s = status(&h).await;
+            let on: Vec<&str> = s
+                .agents
+                .iter()
+                .filter(|a| a.role == AgentRole::Scheduler)
+                .map(|a| a.id.as_str())
+                .collect();
+            let sick = s.agents.iter().find(|a| a.id == "sick")?;
+            (on == ["well"]).then(|| sick.clone())
+        },
+    )
+    .await;
+    assert_eq!(sick.health_level, HealthLevel::VeryBad);
+    assert!(sick.switch_condition_met);
+    assert_eq!(sick.role, AgentRole::Spare);
+}
+
+/// Runs `baton scheduler ARGS` and returns (exit code, stdout + stderr).
+async fn scheduler_cmd(h: &Harness, args: &[&str]) -> (i32, String) {
+    let mut all = vec!["scheduler"];
+    all.extend_from_slice(args);
+    let out = run_baton(h, &all, Duration::from_secs(20)).await;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_move_the_role_by_hand_even_off_the_only_eligible_agent() {
+    let mut h = cluster_with_env(&[], ENV).await;
+    spawn_agent(&mut h, "a1", "a1", &[]);
+    spawn_agent(&mut h, "a2", "a2", &[]);
+    let first = one_scheduler(&h, None).await;
+    let other = if first == "a1" { "a2" } else { "a1" };
+
+    // Case 4: on, for the spare; the CLI waits until it holds the role.
+    let (code, text) = scheduler_cmd(&h, &["on", other]).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!("agent {other} is scheduler")),
+        "{text}"
+    );
+    assert_eq!(schedulers(&h).await, [other]);
+
+    // Case 5: off; the other agent is elected.
+    let (code, text) = scheduler_cmd(&h, &["off", other]).await;
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(one_scheduler(&h, Some(other)).await, first);
+
+    // Off on the only eligible agent: no Scheduler remains, as asked.
+    let (code, text) = scheduler_cmd(&h, &["off", &first]).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("no agent is Scheduler now"), "{text}");
+    tokio::time::sleep(Duration::from_secs(3)).await; // past the connection timeout
+    assert!(schedulers(&h).await.is_empty());
+    let s = status(&h).await;
+    assert!(s.agents.iter().all(|a| a.excluded), "{:?}", s.agents);
+    let (_, text) = scheduler_cmd(&h, &[]).await;
+    assert!(text.contains("Usage"), "{text}");
+    let out = run_baton(&h, &["status"], Duration::from_secs(10)).await;
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("turned off by an operator"), "{shown}");
+
+    // On again brings it back.
+    let (code, text) = scheduler_cmd(&h, &["on", &first]).await;
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(schedulers(&h).await, [first.as_str()]);
+
+    // Errors name the problem.
+    let (code, text) = scheduler_cmd(&h, &["on", "nobody"]).await;
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("no agent 'nobody' is connected"), "{text}");
+    spawn_agent(&mut h, "free", "free", &["--no-role-control"]);
+    wait_until(ELECTION, "the uncontrolled agent is seen", || async {
+        status(&h).await.agents.iter().any(|a| a.id == "free")
+    })
+    .await;
+    let (code, text) = scheduler_cmd(&h, &["on", "free"]).await;
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("does not let the broker control"), "{text}");
+    // An agent outside broker control that is on is the Scheduler: the
+    // broker turns the controlled one off rather than risk two.
+    assert_eq!(one_scheduler(&h, None).await, "free");
+}
+
+/// Finished events of `job` collected in the background.
+fn collect_finished(
+    h: &Harness,
+    job: &str,
+) -> std::sync::Arc<std::sync::Mutex<Vec<OrderFinished>>> {
+    use futures::StreamExt;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (bus, subject, sink) = (
+        h.bus.clone(),
+        h.bus.subjects().job_events(job),
+        seen.clone(),
+    );
+    tokio::spawn(async move {
+        let mut events = bus.listen_raw(subject).await.expect("subscribe");
+        while let Some((subject, payload)) = events.next().await {
+            if subject.ends_with(".finished") {
+                let e: OrderFinished =
+                    baton::bus::decode(baton::bus::Encoding::MessagePack, &payload)
+                        .expect("a finished event");
+                sink.lock().unwrap().push(e);
+            }
+        }
+    });
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misfire_and_concurrency_policies_end_to_end() {
+    let mut h = cluster_with_env(&["sub-1", "sub-2"], ENV).await;
+    let dir = h.scratch();
+    let (all, skip) = (dir.join("fire-all"), dir.join("skip"));
+    let spans = dir.join("spans");
+    let jobs = format!(
+        r#"{}
+[[job]]
+name = "skipper"
+program = "sh"
+args = ["-c", 'echo "$BATON_SLOT_MS" >> "{skip}"']
+misfire = {{ policy = "skip" }}
+[[job.triggers]]
+kind = "cron"
+expr = "* * * * * *"
+
+[[job]]
+name = "long"
+program = "sh"
+args = ["-c", 'echo "start $(date +%s%3N)" >> "{spans}"; sleep 2.5; echo "end $(date +%s%3N)" >> "{spans}"']
+concurrency = "forbid"
+[[job.triggers]]
+kind = "cron"
+expr = "* * * * * *"
+
+[[job]]
+name = "replaced"
+program = "sleep"
+args = ["30"]
+concurrency = "replace"
+[[job.triggers]]
+kind = "interval"
+every = "2s"
+"#,
+        tick_jobs(&all, "{ policy = \"fire-all\" }", ""),
+        skip = skip.display(),
+        spans = spans.display(),
+    );
+    deploy(&h.bus, &jobs).await;
+    let long = collect_finished(&h, "long");
+    let replaced = collect_finished(&h, "replaced");
+    spawn_agent(&mut h, "a1", "a1", &[]);
+    one_scheduler(&h, None).await;
+    wait_until(Duration::from_secs(10), "both jobs fire", || {
+        let (a, s) = (runs(&all).len(), runs(&skip).len());
+        async move { a >= 2 && s >= 2 }
+    })
+    .await;
+
+    // No Scheduler for 4 seconds: fire-all catches every slot up, skip none.
+    h.cluster.signal("a1", Signal::SIGKILL).expect("kill a1");
+    let down_at = now_ms();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    spawn_agent(&mut h, "a1", "a1", &[]);
+    one_scheduler(&h, None).await;
+    let back_at = now_ms();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    every_slot_once(&all, now_ms() - 1_500).await;
+    let skipped = runs(&skip);
+    let gap: Vec<u64> = (down_at / 1000 * 1000 + 1000..back_at.saturating_sub(2_000))
+        .step_by(1000)
+        .filter(|s| skipped.contains_key(s))
+        .collect();
+    assert!(gap.is_empty(), "skip fired missed slots: {gap:?}");
+    assert!(
+        skipped.keys().any(|&s| s > back_at),
+        "skip fires again after the outage"
+    );
+    assert!(skipped.values().all(|&n| n == 1), "{skipped:?}");
+
+    // forbid: a slot that comes while a run is active is skipped (its order
+    // ends cancelled, saying why), and runs never overlap.
+    wait_until(Duration::from_secs(15), "forbid skips slots", || {
+        let skipped = long.lock().unwrap().iter().any(|e| {
+            e.state == OrderState::Cancelled
+                && e.reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("concurrency = forbid"))
+        });
+        async move { skipped }
+    })
+    .await;
+    let text = std::fs::read_to_string(&spans).unwrap_or_default();
+    let mut active = 0;
+    for line in text.lines() {
+        if line.starts_with("start") {
+            active += 1;
+            assert!(active <= 1, "two runs of a forbid job overlap:\n{text}");
+        } else {
+            active -= 1;
+        }
+    }
+    assert!(
+        long.lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.state == OrderState::Succeeded),
+        "forbid still runs the job"
+    );
+
+    // replace: each new slot cancels the run still going.
+    wait_until(Duration::from_secs(15), "a run is replaced", || {
+        let n = replaced
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.state == OrderState::Cancelled)
+            .count();
+        async move { n >= 2 }
+    })
+    .await;
+}
