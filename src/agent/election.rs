@@ -1329,6 +1329,8 @@ mod tests {
         cond: crate::agent::health::SwitchCondition,
         turn_ons: usize,
         offs: usize,
+        /// Agents whose process crashed since the last step.
+        crashed: Vec<String>,
     }
 
     /// Queues `msg` behind what is already in flight on the same path, so a
@@ -1377,6 +1379,7 @@ mod tests {
                 },
                 turn_ons: 0,
                 offs: 0,
+                crashed: Vec::new(),
             }
         }
 
@@ -1387,11 +1390,14 @@ mod tests {
             match rng.below(100) {
                 0..=2 => ag.connected = !ag.connected,
                 3 => {
-                    // A crash: the process restarts off, with nothing in flight.
+                    // A crash: the process restarts off, with nothing in
+                    // flight, and the broker learns its process is gone (no
+                    // responders on its connection's subjects).
                     ag.on = false;
                     ag.lease_until = 0;
                     ag.inbox.clear();
                     ag.outbox.clear();
+                    self.crashed.push(ag.id.clone());
                 }
                 4..=8 => ag.level = rng.pick(&HealthLevel::ALL),
                 9 => {
@@ -1478,6 +1484,10 @@ mod tests {
                         Msg::Command(_) => {}
                     }
                 }
+            }
+            for id in std::mem::take(&mut self.crashed) {
+                self.state.gone(&id);
+                self.registry.remove(&id);
             }
             self.registry
                 .retain(|_, seen| now.saturating_sub(seen.last_ms) <= REGISTRY_TIMEOUT);
