@@ -81,11 +81,72 @@ struct JobDef {
     #[serde(default = "yes")]
     restartable: bool,
     #[serde(default)]
-    triggers: Vec<TriggerSpec>,
+    triggers: Vec<TriggerDef>,
     #[serde(default)]
-    misfire: MisfirePolicy,
+    misfire: Option<MisfireDef>,
     #[serde(default)]
     concurrency: ConcurrencyPolicy,
+}
+
+/// A `[[job.triggers]]` table: [`TriggerSpec`] with unknown keys refused
+/// (the wire type accepts them, so peers can add fields).
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+enum TriggerDef {
+    Cron {
+        expr: String,
+        #[serde(default)]
+        time_zone: Option<String>,
+    },
+    Interval {
+        #[serde(with = "humantime_serde")]
+        every: Duration,
+        #[serde(default)]
+        start: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    At {
+        at: chrono::DateTime<chrono::Utc>,
+    },
+}
+
+impl From<TriggerDef> for TriggerSpec {
+    fn from(def: TriggerDef) -> TriggerSpec {
+        match def {
+            TriggerDef::Cron { expr, time_zone } => TriggerSpec::Cron { expr, time_zone },
+            TriggerDef::Interval { every, start } => TriggerSpec::Interval { every, start },
+            TriggerDef::At { at } => TriggerSpec::At { at },
+        }
+    }
+}
+
+/// A job's `misfire` table: [`MisfirePolicy`] with unknown keys refused.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "policy", rename_all = "kebab-case", deny_unknown_fields)]
+enum MisfireDef {
+    FireOnce {
+        #[serde(default, with = "humantime_serde")]
+        window: Option<Duration>,
+    },
+    FireAll {
+        #[serde(default)]
+        max: Option<u32>,
+    },
+    Skip,
+}
+
+impl From<MisfireDef> for MisfirePolicy {
+    fn from(def: MisfireDef) -> MisfirePolicy {
+        use crate::protocol::schedule::{DEFAULT_FIRE_ALL_MAX, DEFAULT_MISFIRE_WINDOW};
+        match def {
+            MisfireDef::FireOnce { window } => MisfirePolicy::FireOnce {
+                window: window.unwrap_or(DEFAULT_MISFIRE_WINDOW),
+            },
+            MisfireDef::FireAll { max } => MisfirePolicy::FireAll {
+                max: max.unwrap_or(DEFAULT_FIRE_ALL_MAX),
+            },
+            MisfireDef::Skip => MisfirePolicy::Skip,
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -211,8 +272,8 @@ pub fn parse_deploy_file(file: &str, text: &str) -> Result<Deployment, DeployFil
             description: def.description,
             cluster: def.cluster,
             restartable: def.restartable,
-            triggers: def.triggers,
-            misfire: def.misfire,
+            triggers: def.triggers.into_iter().map(TriggerSpec::from).collect(),
+            misfire: def.misfire.map(MisfirePolicy::from).unwrap_or_default(),
             concurrency: def.concurrency,
         };
         validate_job(&spec).map_err(invalid)?;
@@ -620,6 +681,8 @@ every = "90s"
                 text.replace("kind = \"interval\"", "kind = \"hourly\""),
                 "hourly",
             ),
+            (text.replace("time_zone", "timezone"), "timezone"),
+            (text.replace("max = 50", "maximum = 50"), "maximum"),
         ] {
             let e = parse_deploy_file("f.toml", &broken)
                 .unwrap_err()

@@ -17,7 +17,7 @@ pub const DEFAULT_FIRE_ALL_MAX: u32 = 100;
 
 /// When a job fires, as written in a deploy file (`kind = "cron"`, ...).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum TriggerSpec {
     /// A cron expression with seconds, read on the wall clock of `time_zone`.
     Cron {
@@ -46,7 +46,7 @@ pub enum TriggerSpec {
 
 /// What to do with the slots missed while no Scheduler fired them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "policy", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(tag = "policy", rename_all = "kebab-case")]
 pub enum MisfirePolicy {
     /// Fire the latest missed slot if it is no older than `window` (humantime).
     FireOnce {

@@ -338,7 +338,9 @@ fn specs_and_policies_read_from_toml() {
         concurrency = []
         "#,
     );
-    assert!(typo.unwrap_err().to_string().contains("timezone"));
+    // A wire type ignores fields it does not know, so peers can add some;
+    // the deploy file refuses them (`jobs::tests::triggers_parse_and_validate`).
+    assert!(typo.is_ok());
 }
 
 // ---- misfire ----
