@@ -5,8 +5,13 @@
 //! - `failover/`: how fast the tasks of a killed subagent run elsewhere
 //!   (`feed.rs` keeps its stream of orders and follows their events,
 //!   `report.rs` holds its figures).
+//! - `scheduler/failover.rs`: how fast a SIGKILLed Scheduler agent is
+//!   replaced and its triggers fire again, with no slot run twice or never.
+//! - `scheduler/schedules.rs`: how late a Scheduler holding many interval
+//!   triggers fires them.
 
 mod failover;
+mod scheduler;
 mod throughput;
 
 use std::path::{Path, PathBuf};
@@ -27,12 +32,19 @@ pub enum BenchCommand {
     /// Time from SIGKILL of a busy subagent to its loss being declared and its
     /// tasks starting elsewhere, per scheduling mode
     FailoverSubagent(failover::FailoverArgs),
+    /// Time from SIGKILL of the Scheduler agent to another agent holding the
+    /// role and to its first fire; slots fired twice or never
+    FailoverScheduler(scheduler::FailoverSchedulerArgs),
+    /// Lateness of the fires of many interval triggers held by one Scheduler
+    Schedules(scheduler::SchedulesArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Throughput(args) => throughput::throughput(args).await,
         BenchCommand::FailoverSubagent(args) => failover::failover(args).await,
+        BenchCommand::FailoverScheduler(args) => scheduler::failover_scheduler(args).await,
+        BenchCommand::Schedules(args) => scheduler::schedules(args).await,
     }
 }
 

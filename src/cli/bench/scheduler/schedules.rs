@@ -1,0 +1,330 @@
+//! `baton bench schedules`: one agent, a broker and no subagent (the orders
+//! only queue: running them is not what is measured). Deploys `--count` jobs,
+//! each with one interval trigger, waits until the agent is Scheduler and
+//! holds them all, then for `--seconds` takes every accepted order and
+//! measures its lateness, the broker's `at_ms` minus the slot.
+//!
+//! The load is set by the overall fire rate, not by the count: every job
+//! fires every `count / rate` seconds (at least [`MIN_PERIOD_MS`]), and job
+//! `i` starts `i / count` of a period after a fixed anchor, so the slots of
+//! all jobs fall evenly, `rate` per second (100 by default: at 10,000 jobs
+//! each fires every 100 s, at 100,000 every 1,000 s). The misfire policy is
+//! `fire-all`, so a Scheduler that falls behind still fires every slot and
+//! its lateness shows rather than being skipped.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use chrono::{DateTime, Utc};
+use clap::Args;
+use futures::StreamExt as _;
+use serde::Serialize;
+
+use super::slots::{period_for_rate, slots_in_window, spread_start};
+use super::{spawn_agent, Settings};
+use crate::bus::Bus;
+use crate::cli::bench::{start_cluster, stop_cluster, work_dir, Latency};
+use crate::cli::parse_duration;
+use crate::launch::LocalCluster;
+use crate::protocol::*;
+use crate::time::now_ms;
+
+const AGENT: &str = "agent-1";
+/// The shortest period a job fires at, whatever the rate.
+const MIN_PERIOD_MS: u64 = 10_000;
+/// Every job's interval counts from here (2024-01-01T00:00:00Z) plus its share.
+const ANCHOR_MS: u64 = 1_704_067_200_000;
+/// Longest wait for one deploy request.
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long after the window fires of its slots are still taken.
+const LATE_GRACE: Duration = Duration::from_secs(5);
+/// How often progress is printed while waiting.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Args)]
+pub struct SchedulesArgs {
+    /// Jobs deployed, one interval trigger each
+    #[arg(short = 'n', long, default_value_t = 10_000)]
+    pub count: usize,
+    /// How long to measure, once the Scheduler holds every schedule
+    #[arg(long, default_value_t = 30)]
+    pub seconds: u64,
+    /// Fires per second of all jobs together; sets each job's period
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Jobs per deploy request (each request stays under NATS's 1 MB)
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// Longest wait, after the deploy, for the Scheduler to hold every schedule
+    #[arg(long, value_parser = parse_duration, default_value = "120s")]
+    pub hold_timeout: Duration,
+    /// Keep the cluster's logs in this folder
+    #[arg(long)]
+    pub logs: Option<std::path::PathBuf>,
+    /// Print the figures as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    scenario: &'static str,
+    schedules: usize,
+    /// Each job's period.
+    every_ms: u64,
+    /// Fires per second of all jobs together.
+    fires_per_s: f64,
+    settings: Settings,
+    /// The deploy requests, from the first sent to the last answered.
+    deploy_s: f64,
+    /// From the first deploy request to the agent reporting, as Scheduler,
+    /// every schedule held.
+    all_held_s: f64,
+    window_s: u64,
+    /// Slots in the window, of all jobs.
+    expected_fires: u64,
+    /// Orders accepted for slots in the window.
+    fires: usize,
+    /// Slots in the window with no order accepted within the grace after it.
+    missing_fires: u64,
+    /// Fires later than the lateness tolerance.
+    fires_over_tolerance: usize,
+    /// Accepted minus slot.
+    lateness: Latency,
+    agent_peak_rss_kib: Option<u64>,
+    broker_peak_rss_kib: Option<u64>,
+    elapsed_s: f64,
+}
+
+pub(in crate::cli::bench) async fn schedules(args: SchedulesArgs) -> anyhow::Result<()> {
+    if args.count == 0 || args.batch == 0 || args.seconds == 0 {
+        bail!("--count, --batch and --seconds must be at least 1");
+    }
+    let settings = Settings::load()?;
+    if !args.json {
+        eprintln!(
+            "baton bench schedules: {} jobs, about {} fires/s, {} s; {}",
+            args.count,
+            args.rate,
+            args.seconds,
+            settings.describe()
+        );
+    }
+    let work = work_dir();
+    let started = Instant::now();
+    let (mut cluster, bus) = start_cluster(&work, args.logs.clone(), 0, 1).await?;
+    let run = run(&mut cluster, &bus, &args, settings).await;
+    stop_cluster(cluster, &work);
+    let mut report = run?;
+    report.elapsed_s = started.elapsed().as_secs_f64();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+async fn run(
+    cluster: &mut LocalCluster,
+    bus: &Bus,
+    args: &SchedulesArgs,
+    settings: Settings,
+) -> anyhow::Result<Report> {
+    let s = bus.subjects().clone();
+    let count = args.count;
+    let every_ms = period_for_rate(count, args.rate, MIN_PERIOD_MS);
+    spawn_agent(cluster, AGENT)?;
+    let mut beats = bus
+        .listen::<AgentHeartbeat>(s.agent_heartbeat(AGENT))
+        .await?;
+
+    let deploy_started = Instant::now();
+    let batches = count.div_ceil(args.batch);
+    for b in 0..batches {
+        let jobs = (b * args.batch..((b + 1) * args.batch).min(count))
+            .map(|i| job(i, count, every_ms))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let request = DeployRequest {
+            jobs,
+            clusters: vec![],
+        };
+        let _: DeployReply = bus
+            .request(s.deploy(), &request, DEPLOY_TIMEOUT)
+            .await
+            .with_context(|| format!("deploy request {} of {batches}", b + 1))?;
+        if (b + 1) % 10 == 0 || b + 1 == batches {
+            eprintln!(
+                "deployed {} of {count} jobs in {:.1} s",
+                ((b + 1) * args.batch).min(count),
+                deploy_started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let deploy_s = deploy_started.elapsed().as_secs_f64();
+
+    let deadline = tokio::time::Instant::now() + args.hold_timeout;
+    let mut progress_at = Instant::now() + PROGRESS_EVERY;
+    let mut last: Option<AgentHeartbeat> = None;
+    loop {
+        let beat = tokio::select! {
+            beat = beats.next() => beat.context("the agent's heartbeats ended")?.body,
+            _ = tokio::time::sleep_until(deadline) => {
+                let seen = last.map_or("no heartbeat".to_string(), |hb| {
+                    format!("last heartbeat: {}, {} schedules", hb.role.as_str(), hb.schedules)
+                });
+                bail!(
+                    "{AGENT} did not hold {count} schedules within {} s of the deploy ({seen})",
+                    args.hold_timeout.as_secs()
+                );
+            }
+        };
+        if beat.role == AgentRole::Scheduler && beat.schedules as usize == count {
+            break;
+        }
+        if Instant::now() >= progress_at {
+            progress_at = Instant::now() + PROGRESS_EVERY;
+            eprintln!(
+                "{AGENT}: {}, {} of {count} schedules, {:.0} s since the deploy started",
+                beat.role.as_str(),
+                beat.schedules,
+                deploy_started.elapsed().as_secs_f64()
+            );
+        }
+        last = Some(beat);
+    }
+    let all_held_s = deploy_started.elapsed().as_secs_f64();
+    drop(beats);
+    eprintln!(
+        "{AGENT} holds all {count} schedules after {all_held_s:.1} s; measuring for {} s",
+        args.seconds
+    );
+
+    let mut accepted = bus
+        .listen::<OrderAccepted>(s.event("*", "*", EventKind::Accepted))
+        .await?;
+    bus.flush().await?;
+    // slots from here on: the subscription is in place before they are due
+    let from_ms = now_ms() + 100;
+    let to_ms = from_ms + args.seconds * 1000;
+    let stop = tokio::time::Instant::now()
+        + Duration::from_millis(to_ms.saturating_sub(now_ms()))
+        + LATE_GRACE;
+    let mut lateness = Vec::new();
+    loop {
+        let event = tokio::select! {
+            event = accepted.next() => event.context("the event subscription ended")?.body,
+            _ = tokio::time::sleep_until(stop) => break,
+        };
+        if let Some(slot) = event.slot_ms.filter(|s| (from_ms..to_ms).contains(s)) {
+            lateness.push(event.at_ms.saturating_sub(slot) as f64);
+        }
+    }
+    let expected_fires: u64 = (0..count)
+        .map(|i| {
+            slots_in_window(
+                spread_start(ANCHOR_MS, every_ms, i, count),
+                every_ms,
+                from_ms,
+                to_ms,
+            )
+        })
+        .sum();
+    let fires = lateness.len();
+    let tolerance = settings.lateness_tolerance_ms as f64;
+    Ok(Report {
+        scenario: "schedules",
+        schedules: count,
+        every_ms,
+        fires_per_s: count as f64 * 1000.0 / every_ms as f64,
+        deploy_s,
+        all_held_s,
+        window_s: args.seconds,
+        expected_fires,
+        fires,
+        missing_fires: expected_fires.saturating_sub(fires as u64),
+        fires_over_tolerance: lateness.iter().filter(|&&l| l > tolerance).count(),
+        lateness: Latency::of(&mut lateness),
+        agent_peak_rss_kib: cluster.pid(AGENT).and_then(LocalCluster::peak_memory_kib),
+        broker_peak_rss_kib: cluster
+            .pid("broker")
+            .and_then(LocalCluster::peak_memory_kib),
+        settings,
+        elapsed_s: 0.0,
+    })
+}
+
+/// Job `i` of `count`: runs `true`, every `every_ms` from its share of the period.
+fn job(i: usize, count: usize, every_ms: u64) -> anyhow::Result<JobSpec> {
+    let start_ms = spread_start(ANCHOR_MS, every_ms, i, count);
+    let start = DateTime::<Utc>::from_timestamp_millis(start_ms as i64)
+        .context("a start time out of range")?;
+    Ok(JobSpec {
+        name: format!("s{i:06}"),
+        program: "true".into(),
+        args: vec![],
+        env: Default::default(),
+        working_dir: None,
+        timeout_ms: Some(60_000),
+        params: Default::default(),
+        description: None,
+        cluster: None,
+        restartable: true,
+        triggers: vec![TriggerSpec::Interval {
+            every: Duration::from_millis(every_ms),
+            start: Some(start),
+        }],
+        misfire: MisfirePolicy::FireAll { max: 100 },
+        concurrency: ConcurrencyPolicy::Allow,
+    })
+}
+
+fn print_table(r: &Report) {
+    let kib = |v: Option<u64>| {
+        v.map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
+            .unwrap_or_else(|| "n/a".into())
+    };
+    println!("baton bench schedules");
+    println!(
+        "  schedules         {} interval triggers, each every {} s, {:.0} fires/s together",
+        r.schedules,
+        r.every_ms as f64 / 1000.0,
+        r.fires_per_s
+    );
+    println!("  settings          {}", r.settings.describe());
+    println!("  target            lateness p99 under 100 ms at 10,000 schedules");
+    println!("  deploy            {:.1} s", r.deploy_s);
+    println!(
+        "  all held after    {:.1} s from the first deploy request",
+        r.all_held_s
+    );
+    println!(
+        "  fires             {} in {} s ({} expected, {} missing, {} over the tolerance)",
+        r.fires, r.window_s, r.expected_fires, r.missing_fires, r.fires_over_tolerance
+    );
+    println!("  lateness p50      {:.0} ms", r.lateness.p50_ms);
+    println!("  lateness p99      {:.0} ms", r.lateness.p99_ms);
+    println!("  lateness max      {:.0} ms", r.lateness.max_ms);
+    println!("  agent peak RSS    {}", kib(r.agent_peak_rss_kib));
+    println!("  broker peak RSS   {}", kib(r.broker_peak_rss_kib));
+    println!("  elapsed           {:.1} s", r.elapsed_s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_spread_over_the_period() {
+        let a = job(0, 4, 10_000).unwrap();
+        let b = job(3, 4, 10_000).unwrap();
+        assert_eq!(a.name, "s000000");
+        let start = |j: &JobSpec| match &j.triggers[0] {
+            TriggerSpec::Interval { start, .. } => start.unwrap().timestamp_millis() as u64,
+            _ => unreachable!(),
+        };
+        assert_eq!(start(&a), ANCHOR_MS);
+        assert_eq!(start(&b), ANCHOR_MS + 7_500);
+        assert!(crate::jobs::validate_job(&a).is_ok());
+    }
+}
