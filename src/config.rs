@@ -64,6 +64,17 @@ pub struct BrokerConfig {
     /// How long to wait for a subagent to accept a task before trying again.
     #[serde(with = "humantime_serde")]
     pub dispatch_timeout: Duration,
+    /// Among standby brokers, lower goes first: a standby waits while a live
+    /// one with a lower precedence could take the lease.
+    pub precedence: u32,
+    /// How long the leadership lease lasts without renewal: an active broker
+    /// killed with SIGKILL is replaced about this long after.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often the active broker renews its lease (and a standby tries
+    /// to take a free one).
+    #[serde(with = "humantime_serde")]
+    pub renew_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -217,6 +228,9 @@ impl Default for BrokerConfig {
             check_interval: Duration::from_millis(100),
             subagent_timeout: Duration::from_secs(3),
             dispatch_timeout: Duration::from_secs(2),
+            precedence: 100,
+            lease: Duration::from_secs(2),
+            renew_interval: Duration::from_millis(400),
         }
     }
 }

@@ -89,6 +89,7 @@ wire_types![
     SchedulerControlReply,
     AgentChanged,
     FiredSlot,
+    BrokerChanged,
 ];
 
 /// The kinds of process on the bus.
@@ -207,6 +208,8 @@ const CHANNELS: &[Channel] = {
         "An operator turns an agent's Scheduler role on (moving it from the current one) or off."),
     channel("agentChanged", "{prefix}.cluster.agent.{agent_id}", ("AgentChanged", None), (Broker, Client), false,
         "Event: an agent became Scheduler or spare, joined or was lost, as the broker saw it."),
+    channel("brokerChanged", "{prefix}.cluster.broker.{broker_id}", ("BrokerChanged", None), (Broker, Client), false,
+        "Event: a broker became active (with its epoch) or stepped down."),
     channel("orderAccepted", "{prefix}.events.{job}.{order_id}.accepted", ("OrderAccepted", None), (Broker, Client), false,
         "Event: the order is durable and waits for a subagent."),
     channel("taskStarted", "{prefix}.events.{job}.{order_id}.started", ("TaskStarted", None), (Subagent, Client), false,
@@ -223,6 +226,7 @@ const PARAMETERS: &[(&str, &str)] = &[
     ("prefix", "The cluster's subject prefix (setting `prefix`, env `BATON_PREFIX`, flag `--prefix`). One subject token."),
     ("subagent_id", "A subagent's id, as in its `Register` message. One subject token."),
     ("agent_id", "An agent's id, as in its `AgentHeartbeat`. One subject token."),
+    ("broker_id", "A broker's id, as in its `BrokerHeartbeat`. One subject token."),
     ("job", "The job's name. One subject token."),
     ("order_id", "The order's id, as in `SubmitReply.order_id`."),
 ];
@@ -609,6 +613,7 @@ mod tests {
                     .replace("{prefix}", "baton")
                     .replace("{subagent_id}", "SUBAGENT")
                     .replace("{agent_id}", "AGENT")
+                    .replace("{broker_id}", "BROKER")
                     .replace("{job}", "JOB")
                     .replace("{order_id}", "ORDER")
             })
@@ -656,6 +661,7 @@ mod tests {
             s.agent_ping("AGENT"),
             s.scheduler_control(),
             s.agent_changed("AGENT"),
+            s.broker_changed("BROKER"),
         ]
         .into_iter()
         .collect();
@@ -668,6 +674,7 @@ mod tests {
             s.subagent_changes(),
             s.agent_heartbeats(),
             s.agent_changes(),
+            s.broker_changes(),
             s.all_events(),
             s.job_events("JOB"),
             s.order_events("ORDER"),

@@ -33,6 +33,7 @@ fn run_task(task_id: &str, file: &str) -> RunTask {
         working_dir: None,
         timeout_ms: None,
         instance_id: None,
+        epoch: 0,
     }
 }
 

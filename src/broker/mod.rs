@@ -63,6 +63,8 @@ pub struct Broker {
     config: Config,
     id: String,
     started_at_ms: u64,
+    /// The leadership lease revision this broker won; on every command.
+    epoch: u64,
     jobs: HashMap<String, JobSpec>,
     clusters: HashMap<String, ClusterSpec>,
     jobs_kv: Kv<JobSpec>,
@@ -82,7 +84,9 @@ pub struct Broker {
 }
 
 /// Subscribes and starts the broker in the current actix System.
-pub async fn start(config: Config, bus: Bus) -> Result<Addr<Broker>, BusError> {
+/// `epoch` is the leadership lease's revision this broker won (see
+/// `leadership.rs`); every command it sends carries it.
+pub async fn start(config: Config, bus: Bus, epoch: u64) -> Result<Addr<Broker>, BusError> {
     let jobs_kv: Kv<JobSpec> = bus.kv(&config.jobs_bucket()).await?;
     let clusters_kv: Kv<ClusterSpec> = bus.kv(&config.clusters_bucket()).await?;
     let orders_kv: Kv<OrderInfo> = bus.kv(&config.orders_bucket()).await?;
@@ -130,9 +134,8 @@ pub async fn start(config: Config, bus: Bus) -> Result<Addr<Broker>, BusError> {
     ];
     let id = config.broker_id();
     let started_at_ms = now_ms();
-    // Until brokers elect each other, a broker's epoch is when it started.
-    let elector = elector::start(config.clone(), bus.clone(), id.clone(), started_at_ms).await?;
-    info!(broker = %id, prefix = %s.prefix(), epoch = started_at_ms, "broker started");
+    let elector = elector::start(config.clone(), bus.clone(), id.clone(), epoch).await?;
+    info!(broker = %id, prefix = %s.prefix(), epoch, "broker active");
     Ok(Broker::create(move |ctx| {
         ctx.add_stream(stream::select_all(inputs));
         Broker {
@@ -140,6 +143,7 @@ pub async fn start(config: Config, bus: Bus) -> Result<Addr<Broker>, BusError> {
             config,
             id,
             started_at_ms,
+            epoch,
             jobs: HashMap::new(),
             clusters: HashMap::new(),
             jobs_kv,
@@ -274,6 +278,7 @@ impl Broker {
             working_dir: spec.working_dir.clone(),
             timeout_ms: spec.timeout_ms,
             instance_id: Some(instance_id),
+            epoch: self.epoch,
         };
         let event = OrderEvent::Dispatched {
             task_id: run.task_id.clone(),
@@ -495,6 +500,7 @@ impl Broker {
             &Registered {
                 broker_id: self.id.clone(),
                 heartbeat_interval_ms: self.config.broker.heartbeat_interval.as_millis() as u64,
+                epoch: self.epoch,
             },
         );
         self.after_seen(&subagent_id, seen, &[], ctx);
@@ -708,7 +714,10 @@ impl Broker {
             broker_id: self.id.clone(),
             sent_at_ms: now_ms(),
             protocol: PROTOCOL_VERSION,
-            epoch: self.started_at_ms,
+            epoch: self.epoch,
+            role: BrokerRole::Active,
+            precedence: self.config.broker.precedence,
+            lease_age_ms: None,
         };
         self.bus.post(self.bus.subjects().broker_heartbeat(), &hb);
     }
@@ -742,7 +751,7 @@ fn interval_or(ms: u64, config: &Config) -> Duration {
 
 /// Runs a broker until SIGINT or SIGTERM.
 pub async fn run_until_signal(config: Config, bus: Bus) -> anyhow::Result<()> {
-    let broker = start(config, bus).await?;
+    let broker = start(config, bus, now_ms()).await?;
     let (stopped, failed) = tokio::sync::oneshot::channel();
     broker.do_send(NotifyStop(stopped));
     tokio::select! {

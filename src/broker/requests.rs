@@ -363,6 +363,7 @@ impl Broker {
                     let request = KillTask {
                         task_id,
                         reason: reason.into(),
+                        epoch: self.epoch,
                     };
                     ctx.spawn(
                         async move {
@@ -428,6 +429,7 @@ impl Broker {
             jobs: self.job_names(),
             clusters,
             orders: self.book.counts(),
+            brokers: Vec::new(),
             agents: Vec::new(),
             malformed_messages: self.bus.stats().malformed(),
         };
@@ -474,14 +476,14 @@ impl Broker {
                 self.dispatch(ctx);
             }
             SubagentAction::Stop => {
-                let bus = self.bus.clone();
+                let (bus, epoch) = (self.bus.clone(), self.epoch);
                 let subject = bus.subjects().stop(&subagent_id);
                 let timeout = self.config.broker.dispatch_timeout;
                 let replier = req.replier;
                 ctx.spawn(
                     async move {
                         match bus
-                            .request::<_, Stopping>(subject, &StopSubagent {}, timeout)
+                            .request::<_, Stopping>(subject, &StopSubagent { epoch }, timeout)
                             .await
                         {
                             Ok(_) => bus.reply(

@@ -282,12 +282,31 @@ pub struct StatusReply {
     #[serde(default)]
     pub clusters: Vec<ClusterStatus>,
     pub orders: OrderCounts,
+    /// Every broker heard from: the active one and the standbys.
+    #[serde(default)]
+    pub brokers: Vec<BrokerStatus>,
     /// Connected agents with their Scheduler role and health.
     #[serde(default)]
     pub agents: Vec<super::AgentStatus>,
     /// Messages the broker dropped or refused because they could not be decoded.
     #[serde(default)]
     pub malformed_messages: u64,
+}
+
+/// One broker as the active broker sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BrokerStatus {
+    pub id: String,
+    pub role: super::BrokerRole,
+    /// Its epoch, when active.
+    #[serde(default)]
+    pub epoch: u64,
+    pub precedence: u32,
+    /// Milliseconds since the active broker last renewed its lease.
+    #[serde(default)]
+    pub lease_age_ms: Option<u64>,
+    /// Milliseconds since its last heartbeat (0 for the one answering).
+    pub heartbeat_age_ms: u64,
 }
 
 /// One subagent as the broker sees it.

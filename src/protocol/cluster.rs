@@ -36,6 +36,9 @@ pub struct Registered {
     pub broker_id: String,
     /// How often the broker expects a heartbeat.
     pub heartbeat_interval_ms: u64,
+    /// The active broker's epoch (see [`BrokerHeartbeat::epoch`]).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// `{p}.hb.subagent.{id}`: a subagent is alive, with what it runs.
@@ -81,7 +84,11 @@ pub struct Pong {
 
 /// `{p}.subagent.{id}.stop`: drain and exit, as on SIGTERM.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct StopSubagent {}
+pub struct StopSubagent {
+    /// The sending broker's epoch; a subagent refuses an older one.
+    #[serde(default)]
+    pub epoch: u64,
+}
 
 /// Reply to [`StopSubagent`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -108,9 +115,56 @@ pub struct BrokerHeartbeat {
     pub sent_at_ms: u64,
     #[serde(default)]
     pub protocol: u32,
-    /// The broker's epoch, as in [`RoleCommand`](super::RoleCommand).
+    /// The broker's epoch: the revision at which it won the leadership
+    /// lease; a newer active broker has a larger one. Every command a broker
+    /// sends carries it, and agents and subagents refuse commands of an
+    /// older epoch than the newest they have seen from an active broker.
     #[serde(default)]
     pub epoch: u64,
+    /// Active (serves every request) or standby (waits for the lease).
+    #[serde(default = "active")]
+    pub role: BrokerRole,
+    /// Lower goes first: a standby waits while a live one with a lower
+    /// precedence could take the lease.
+    #[serde(default)]
+    pub precedence: u32,
+    /// Milliseconds since the active broker last renewed its lease.
+    #[serde(default)]
+    pub lease_age_ms: Option<u64>,
+}
+
+fn active() -> BrokerRole {
+    BrokerRole::Active
+}
+
+/// Whether a broker acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerRole {
+    /// Holds the leadership lease: serves requests, dispatches, elects.
+    Active,
+    /// Waits to take the lease over.
+    Standby,
+}
+
+impl BrokerRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerRole::Active => "active",
+            BrokerRole::Standby => "standby",
+        }
+    }
+}
+
+/// `{p}.cluster.broker.{id}`: a broker became active or stepped down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BrokerChanged {
+    pub broker_id: String,
+    pub role: BrokerRole,
+    pub epoch: u64,
+    /// Why, for people.
+    pub reason: String,
+    pub at_ms: u64,
 }
 
 /// `{p}.subagent.{id}.run`: run one task. Sending the same `task_id` again is
@@ -134,6 +188,9 @@ pub struct RunTask {
     /// a restarted subagent refuses tasks meant for its previous process.
     #[serde(default)]
     pub instance_id: Option<String>,
+    /// The sending broker's epoch; a subagent refuses an older one.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// Reply to [`RunTask`]: the subagent owns the task and will report its result.
@@ -192,6 +249,9 @@ pub struct KillTask {
     pub task_id: String,
     /// Reported in the task's result.
     pub reason: String,
+    /// The sending broker's epoch; a subagent refuses an older one.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// Reply to [`KillTask`].

@@ -19,6 +19,7 @@
 //! | `{p}.subagent.{id}.run` | request | [`RunTask`](super::RunTask) -> [`RunAccepted`](super::RunAccepted) |
 //! | `{p}.hb.subagent.{id}` | publish | [`SubagentHeartbeat`](super::SubagentHeartbeat) |
 //! | `{p}.hb.broker` | publish | [`BrokerHeartbeat`](super::BrokerHeartbeat) |
+//! | `{p}.cluster.broker.{id}` | publish | [`BrokerChanged`](super::BrokerChanged) |
 //! | `{p}.hb.agent.{id}` | publish | [`AgentHeartbeat`](super::AgentHeartbeat) |
 //! | `{p}.agent.{id}.role` | request | [`RoleCommand`](super::RoleCommand) -> [`RoleAnswer`](super::RoleAnswer) |
 //! | `{p}.agent.{id}.ping` | request | [`Ping`](super::Ping) -> [`AgentPong`](super::AgentPong) |
@@ -172,6 +173,15 @@ impl Subjects {
     /// Wildcard matching every agent role change.
     pub fn agent_changes(&self) -> String {
         self.agent_changed("*")
+    }
+
+    pub fn broker_changed(&self, broker: &str) -> String {
+        format!("{}.cluster.broker.{broker}", self.prefix)
+    }
+
+    /// Wildcard matching every broker leadership change.
+    pub fn broker_changes(&self) -> String {
+        self.broker_changed("*")
     }
 
     pub fn broker_heartbeat(&self) -> String {

@@ -187,7 +187,9 @@ impl StreamHandler<Input> for Subagent {
                 self.drain(ctx);
             }
             Input::Kill(r) => {
-                let KillTask { task_id, reason } = r.body;
+                let KillTask {
+                    task_id, reason, ..
+                } = r.body;
                 let kill = self.running.get_mut(&task_id).and_then(|t| t.kill.take());
                 let found = kill.is_some();
                 if let Some(kill) = kill {

@@ -234,6 +234,7 @@ mod tests {
             working_dir: None,
             timeout_ms: None,
             instance_id: None,
+            epoch: 0,
         }
     }
 
