@@ -107,6 +107,19 @@ impl StreamHandler<Input> for Elector {
     }
 }
 
+/// The broker stepped down: stop electing (and unsubscribe).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for Elector {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
 impl Handler<AgentsNow> for Elector {
     type Result = MessageResult<AgentsNow>;
 

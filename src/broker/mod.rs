@@ -763,6 +763,25 @@ pub async fn run_until_signal(config: Config, bus: Bus) -> anyhow::Result<()> {
     }
 }
 
+/// The broker lost (or gave up) the leadership lease: it stops acting at
+/// once. Its subscriptions end with it; unfinished IO is dropped (nothing
+/// unstored was acknowledged), and the next active broker rebuilds the
+/// state from JetStream.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StepDown;
+
+impl Handler<StepDown> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, _: StepDown, ctx: &mut Self::Context) {
+        info!(broker = %self.id, epoch = self.epoch, "broker stepping down");
+        self.elector.do_send(elector::Stop);
+        self.stopped = None;
+        ctx.stop();
+    }
+}
+
 /// Asks the broker to say when it stops by itself.
 struct NotifyStop(tokio::sync::oneshot::Sender<()>);
 
