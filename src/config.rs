@@ -396,6 +396,11 @@ impl Config {
         format!("{}_fired", self.prefix)
     }
 
+    /// Name of the KV bucket holding the brokers' leadership lease.
+    pub fn leader_bucket(&self) -> String {
+        format!("{}_leader", self.prefix)
+    }
+
     /// Name of the KV bucket holding deployed jobs.
     pub fn jobs_bucket(&self) -> String {
         format!("{}_jobs", self.prefix)

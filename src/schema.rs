@@ -90,6 +90,7 @@ wire_types![
     AgentChanged,
     FiredSlot,
     BrokerChanged,
+    BrokerLease,
 ];
 
 /// The kinds of process on the bus.
@@ -697,6 +698,7 @@ mod tests {
         used.insert("ErrorReply");
         // stored in the `{prefix}_fired` KV bucket, on no subject
         used.insert("FiredSlot");
+        used.insert("BrokerLease");
         assert_eq!(used, types);
         let ids: BTreeSet<&str> = CHANNELS.iter().map(|c| c.id).collect();
         assert_eq!(ids.len(), CHANNELS.len(), "a channel id is used twice");

@@ -307,3 +307,94 @@ async fn a_flood_of_output_does_not_starve_heartbeats() {
         assert_ne!(change.body.state, SubagentState::Lost, "{change:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_from_an_older_broker_epoch_is_refused() {
+    let mut h = cluster(&["sub-a"]).await;
+    // Hand the lease over once, so the active epoch is above 1 and an older
+    // one is not 0 (which means "unknown" and is never fenced).
+    h.cluster
+        .spawn("b2", &["broker", "--id", "b2"])
+        .expect("spawn b2");
+    h.cluster
+        .signal("broker", nix::sys::signal::Signal::SIGTERM)
+        .expect("stop the first broker");
+    let heartbeats = h.bus.subjects().broker_heartbeat();
+    let mut heartbeats = within(
+        REQUEST,
+        "subscribe",
+        h.bus.listen::<BrokerHeartbeat>(heartbeats),
+    )
+    .await
+    .expect("subscribe to broker heartbeats");
+    let active = async {
+        while let Some(hb) = futures::StreamExt::next(&mut heartbeats).await {
+            if hb.body.role == BrokerRole::Active && hb.body.epoch > 1 {
+                return hb.body.epoch;
+            }
+        }
+        panic!("heartbeat subscription ended");
+    };
+    let epoch = within(
+        Duration::from_secs(10),
+        "an active broker heartbeat",
+        active,
+    )
+    .await;
+    let subject = h.bus.subjects().run("sub-a");
+    let run = |task: RunTask| {
+        let (bus, subject) = (h.bus.clone(), subject.clone());
+        async move {
+            let request = bus.request::<_, RunAccepted>(subject, &task, REQUEST);
+            within(REQUEST * 2, "run", request).await
+        }
+    };
+
+    // the current broker's epoch is obeyed
+    let current_file = h.scratch().join("current");
+    let mut current = run_task("t-current", &current_file.display().to_string());
+    current.epoch = epoch;
+    let accepted = run(current).await.expect("a current task is accepted");
+    assert!(!accepted.duplicate, "{accepted:?}");
+
+    // an older one is not: no run, no kill
+    let fenced_file = h.scratch().join("fenced");
+    let mut fenced = run_task("t-fenced", &fenced_file.display().to_string());
+    fenced.epoch = epoch - 1;
+    refused(run(fenced.clone()).await);
+    assert!(!fenced_file.exists(), "the stale task did not run");
+    let kill = KillTask {
+        task_id: "t-current".into(),
+        reason: "from a deposed broker".into(),
+        epoch: epoch - 1,
+    };
+    let request = h
+        .bus
+        .request::<_, KillAccepted>(h.bus.subjects().kill("sub-a"), &kill, REQUEST);
+    refused(within(REQUEST * 2, "kill", request).await);
+
+    // the refusal changed nothing: the same task id from the current broker runs
+    fenced.epoch = epoch;
+    let accepted = run(fenced)
+        .await
+        .expect("the task is accepted at the current epoch");
+    assert!(
+        !accepted.duplicate,
+        "the refused task was not remembered: {accepted:?}"
+    );
+    wait_until(Duration::from_secs(10), "both tasks ran", || {
+        std::future::ready(current_file.exists() && fenced_file.exists())
+    })
+    .await;
+}
+
+/// Asserts that a broker command was refused as coming from a stale epoch.
+fn refused<T: std::fmt::Debug>(reply: Result<T, BusError>) {
+    match reply {
+        Err(BusError::Remote(e)) => {
+            assert_eq!(e.error.code, ErrorCode::InvalidState, "{e}");
+            assert!(e.error.message.contains("stale broker epoch"), "{e}");
+        }
+        other => panic!("refused as stale: {other:?}"),
+    }
+}

@@ -5,17 +5,23 @@
 //! The actor only decodes, calls the pure parts ([`order_book`], [`registry`],
 //! [`placement`]) and acts: it publishes, requests and writes to JetStream.
 //! Every handler returns at once; IO runs as spawned futures whose results
-//! come back into the actor. Client-facing requests are in `requests.rs`.
+//! come back into the actor. Client-facing requests are in `requests.rs`,
+//! subagent liveness in `liveness.rs`, and the journal of orders and the
+//! takeover from it in `recovery.rs`.
 
 pub mod agents;
 mod elector;
+mod leadership;
+pub mod lease;
+mod liveness;
 pub mod order_book;
 pub mod placement;
+mod recovery;
 pub mod registry;
 mod requests;
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::time::Duration;
 
 use actix::prelude::*;
 use futures::stream::{self, LocalBoxStream, StreamExt};
@@ -27,7 +33,8 @@ use crate::jobs;
 use crate::protocol::*;
 use crate::time::now_ms;
 use order_book::{Applied, Order, OrderBook, OrderEvent, Outcome, Phase};
-use registry::{Check, Registry, Seen, Sighting};
+use recovery::Then;
+use registry::Registry;
 
 /// Final orders kept in memory for lookups; older ones are read from JetStream.
 const KEEP_FINISHED: usize = 10_000;
@@ -71,6 +78,10 @@ pub struct Broker {
     clusters_kv: Kv<ClusterSpec>,
     orders_kv: Kv<OrderInfo>,
     book: OrderBook,
+    /// Orders with a journal write in flight, and what waits for their next write.
+    writing: HashMap<String, Vec<Then>>,
+    /// Subagents holding inherited tasks, until their first heartbeat.
+    unreconciled: BTreeSet<String>,
     registry: Registry,
     /// The member each cluster chose last ("" for jobs without a cluster).
     last_placed: HashMap<String, String>,
@@ -90,6 +101,8 @@ pub async fn start(config: Config, bus: Bus, epoch: u64) -> Result<Addr<Broker>,
     let jobs_kv: Kv<JobSpec> = bus.kv(&config.jobs_bucket()).await?;
     let clusters_kv: Kv<ClusterSpec> = bus.kv(&config.clusters_bucket()).await?;
     let orders_kv: Kv<OrderInfo> = bus.kv(&config.orders_bucket()).await?;
+    // the orders are taken over before anything is served
+    let recovered = recovery::recover(&jobs_kv, &clusters_kv, &orders_kv, KEEP_FINISHED).await?;
     let s = bus.subjects().clone();
     let inputs: Vec<LocalBoxStream<'static, Input>> = vec![
         bus.serve(s.submit())
@@ -144,12 +157,14 @@ pub async fn start(config: Config, bus: Bus, epoch: u64) -> Result<Addr<Broker>,
             id,
             started_at_ms,
             epoch,
-            jobs: HashMap::new(),
-            clusters: HashMap::new(),
+            jobs: recovered.jobs,
+            clusters: recovered.clusters,
             jobs_kv,
             clusters_kv,
             orders_kv,
-            book: OrderBook::new(KEEP_FINISHED),
+            unreconciled: recovered.book.inherited_subagents(),
+            book: recovered.book,
+            writing: HashMap::new(),
             registry: Registry::default(),
             last_placed: HashMap::new(),
             departed: VecDeque::new(),
@@ -169,6 +184,11 @@ impl Actor for Broker {
         ctx.run_interval(self.config.broker.check_interval, |act, ctx| {
             act.check_liveness(ctx)
         });
+        if !self.unreconciled.is_empty() {
+            ctx.run_later(self.config.broker.subagent_timeout, |act, ctx| {
+                act.unseen_deadline(ctx)
+            });
+        }
     }
 }
 
@@ -257,32 +277,16 @@ impl Broker {
         instance_id: String,
         ctx: &mut Context<Self>,
     ) {
-        let Some(order) = self.book.get(order_id) else {
+        let run = self.book.get(order_id).and_then(|order| {
+            self.run_task(order, order.next_task_id(), order.attempt + 1, instance_id)
+        });
+        let Some(run) = run else {
             return;
-        };
-        let Some(spec) = self.jobs.get(&order.job) else {
-            return;
-        };
-        let (args, mut env) = jobs::command_for(spec, &order.id, &order.params);
-        if let Some(slot_ms) = order.slot_ms {
-            env.insert("BATON_SLOT_MS".into(), slot_ms.to_string());
-        }
-        let run = RunTask {
-            task_id: order.next_task_id(),
-            order_id: order.id.clone(),
-            job: order.job.clone(),
-            attempt: order.attempt + 1,
-            program: spec.program.clone(),
-            args,
-            env,
-            working_dir: spec.working_dir.clone(),
-            timeout_ms: spec.timeout_ms,
-            instance_id: Some(instance_id),
-            epoch: self.epoch,
         };
         let event = OrderEvent::Dispatched {
             task_id: run.task_id.clone(),
             subagent_id: subagent_id.clone(),
+            instance_id: run.instance_id.clone().unwrap_or_default(),
         };
         if let Err(e) = self.book.apply(order_id, event) {
             warn!(order = %order_id, error = %e, "dispatch refused by the order book");
@@ -290,7 +294,36 @@ impl Broker {
         }
         self.registry.assign(&subagent_id, &run.task_id);
         debug!(order = %order_id, subagent = %subagent_id, attempt = run.attempt, "dispatching");
-        self.send_run(subagent_id, run, ctx);
+        // journaled before it is sent: a broker taking over knows where it went
+        self.store(order_id, Then::Run { subagent_id, run }, ctx);
+    }
+
+    /// The task running `order` as `task_id`; `None` when its job is gone.
+    fn run_task(
+        &self,
+        order: &Order,
+        task_id: String,
+        attempt: u32,
+        instance_id: String,
+    ) -> Option<RunTask> {
+        let spec = self.jobs.get(&order.job)?;
+        let (args, mut env) = jobs::command_for(spec, &order.id, &order.params);
+        if let Some(slot_ms) = order.slot_ms {
+            env.insert("BATON_SLOT_MS".into(), slot_ms.to_string());
+        }
+        Some(RunTask {
+            task_id,
+            order_id: order.id.clone(),
+            job: order.job.clone(),
+            attempt,
+            program: spec.program.clone(),
+            args,
+            env,
+            working_dir: spec.working_dir.clone(),
+            timeout_ms: spec.timeout_ms,
+            instance_id: Some(instance_id),
+            epoch: self.epoch,
+        })
     }
 
     fn send_run(&mut self, subagent_id: String, run: RunTask, ctx: &mut Context<Self>) {
@@ -329,8 +362,12 @@ impl Broker {
                     task_id: run.task_id.clone(),
                     at_ms: now_ms(),
                 };
-                if let Err(e) = self.book.apply(&run.order_id, event) {
-                    warn!(task = %run.task_id, pid = ?accepted.pid, error = %e, "start not recorded");
+                match self.book.apply(&run.order_id, event) {
+                    Ok(Applied::Moved { .. }) => self.store(&run.order_id, Then::Nothing, ctx),
+                    Ok(Applied::Stale) => {}
+                    Err(e) => {
+                        warn!(task = %run.task_id, pid = ?accepted.pid, error = %e, "start not recorded")
+                    }
                 }
             }
             Err(e @ (BusError::NoResponders { .. } | BusError::Remote(_))) => {
@@ -341,7 +378,9 @@ impl Broker {
                 let event = OrderEvent::DispatchFailed {
                     task_id: run.task_id,
                 };
-                let _ = self.book.apply(&run.order_id, event);
+                if let Ok(Applied::Moved { .. }) = self.book.apply(&run.order_id, event) {
+                    self.store(&run.order_id, Then::Nothing, ctx);
+                }
                 self.dispatch(ctx);
             }
             Err(e) => {
@@ -364,8 +403,20 @@ impl Broker {
                 reason,
                 at_ms: r.finished_at_ms,
             };
-            self.apply_and_act(&r.order_id, event, ctx);
-            self.persist_and_ack(&r.order_id, req.replier, r.task_id, ctx);
+            let applied = self.book.apply(&r.order_id, event);
+            let ack = (req.replier, r.task_id);
+            match applied {
+                Ok(Applied::Moved { to, .. }) if to.is_final() => {
+                    self.finish(&r.order_id, Some(ack), ctx)
+                }
+                // back in the queue: stored so before the subagent forgets it
+                Ok(Applied::Moved { .. }) => {
+                    info!(order = %r.order_id, "order back in the queue");
+                    let (replier, task_id) = ack;
+                    self.store(&r.order_id, Then::Ack { replier, task_id }, ctx);
+                }
+                _ => self.ack_stale(&r.order_id, ack, ctx),
+            }
             self.dispatch(ctx);
             return;
         }
@@ -388,7 +439,7 @@ impl Broker {
             }
             Ok(Applied::Stale) => {
                 debug!(task = %r.task_id, "stale or repeated result recorded");
-                self.persist_and_ack(&r.order_id, req.replier, r.task_id, ctx);
+                self.ack_stale(&r.order_id, (req.replier, r.task_id), ctx);
             }
             Err(e) => {
                 debug!(task = %r.task_id, error = %e, "result for an order not held here");
@@ -398,314 +449,36 @@ impl Broker {
         }
     }
 
-    /// Publishes an order's final state, stores it, then acknowledges the result (if any).
-    fn finish(&mut self, order_id: &str, ack: Option<(Replier, String)>, ctx: &mut Context<Self>) {
-        let Some(order) = self.book.get(order_id) else {
-            return;
-        };
-        let info = order.info();
-        let duration_ms = match (info.started_at_ms, info.finished_at_ms) {
-            (Some(s), Some(f)) => Some(f.saturating_sub(s)),
-            _ => None,
-        };
-        let event = OrderFinished {
-            order_id: info.order_id.clone(),
-            job: info.job.clone(),
-            state: info.state,
-            exit_code: info.exit_code,
-            signal: info.signal,
-            timed_out: info.timed_out,
-            reason: info.reason.clone(),
-            subagent_id: info.subagent_id.clone(),
-            attempt: info.attempt,
-            duration_ms,
-            at_ms: now_ms(),
-        };
-        let s = self.bus.subjects();
-        self.bus.post(
-            s.event(&info.job, &info.order_id, EventKind::Finished),
-            &event,
-        );
-        match ack {
-            Some((replier, task_id)) => self.persist_and_ack(order_id, replier, task_id, ctx),
-            None => self.persist(info, ctx),
-        }
-    }
-
-    fn persist(&mut self, info: OrderInfo, ctx: &mut Context<Self>) {
-        let kv = self.orders_kv.clone();
-        ctx.spawn(
-            async move {
-                if let Err(e) = kv.put(&info.order_id, &info).await {
-                    warn!(order = %info.order_id, error = %e, "order state not stored");
-                }
-            }
-            .into_actor(self),
-        );
-    }
-
-    /// Acknowledges a result once the order's state is stored; an order not
-    /// stored is not acknowledged, so the subagent sends the result again.
-    fn persist_and_ack(
-        &mut self,
-        order_id: &str,
-        replier: Replier,
-        task_id: String,
-        ctx: &mut Context<Self>,
-    ) {
-        let info = self.book.get(order_id).map(Order::info);
-        let kv = self.orders_kv.clone();
-        let bus = self.bus.clone();
-        ctx.spawn(
-            async move {
-                if let Some(info) = info.filter(|i| i.state.is_final()) {
-                    if let Err(e) = kv.put(&info.order_id, &info).await {
-                        warn!(order = %info.order_id, error = %e, "order state not stored; result not acknowledged");
-                        return;
-                    }
-                }
-                bus.reply(&replier, &ResultAck { task_id });
-            }
-            .into_actor(self),
-        );
-    }
-
-    fn on_register(&mut self, req: Request<Register>, ctx: &mut Context<Self>) {
-        let r = &req.body;
-        if !subjects::is_valid_token(&r.subagent_id) {
-            return self.error(
-                &req.replier,
-                ErrorCode::BadRequest,
-                format!(
-                    "subagent id {:?} is not a valid subject token",
-                    r.subagent_id
-                ),
-            );
-        }
-        let sighting = Sighting {
-            id: &r.subagent_id,
-            instance_id: &r.instance_id,
-            labels: &r.labels,
-            capacity: r.capacity,
-            load: None,
-            draining: false,
-            heartbeat_interval: interval_or(r.heartbeat_interval_ms, &self.config),
-            orphan_timeout: Duration::from_millis(r.orphan_timeout_ms),
-        };
-        let seen = self.registry.seen(sighting, Instant::now());
-        info!(subagent = %r.subagent_id, capacity = r.capacity, host = ?r.hostname, "subagent registered");
-        let subagent_id = r.subagent_id.clone();
-        self.bus.reply(
-            &req.replier,
-            &Registered {
-                broker_id: self.id.clone(),
-                heartbeat_interval_ms: self.config.broker.heartbeat_interval.as_millis() as u64,
-                epoch: self.epoch,
-            },
-        );
-        self.after_seen(&subagent_id, seen, &[], ctx);
-    }
-
-    fn on_heartbeat(&mut self, hb: SubagentHeartbeat, ctx: &mut Context<Self>) {
-        if !subjects::is_valid_token(&hb.subagent_id) || self.departed.contains(&hb.instance_id) {
-            return;
-        }
-        let before = self.registry.get(&hb.subagent_id).map(|s| s.state());
-        let sighting = Sighting {
-            id: &hb.subagent_id,
-            instance_id: &hb.instance_id,
-            labels: &hb.labels,
-            capacity: hb.capacity,
-            load: hb.load,
-            draining: hb.draining,
-            heartbeat_interval: interval_or(hb.heartbeat_interval_ms, &self.config),
-            orphan_timeout: Duration::from_millis(hb.orphan_timeout_ms),
-        };
-        let seen = self.registry.seen(sighting, Instant::now());
-        let after = self.registry.get(&hb.subagent_id).map(|s| s.state());
-        if after == Some(SubagentState::Draining) && before != after {
-            info!(subagent = %hb.subagent_id, "subagent draining");
-            self.announce(
-                &hb.subagent_id,
-                SubagentState::Draining,
-                "draining: stopping normally",
-            );
-        }
-        self.after_seen(&hb.subagent_id, seen, &hb.running, ctx);
-    }
-
-    fn after_seen(&mut self, id: &str, seen: Seen, running: &[String], ctx: &mut Context<Self>) {
-        match seen {
-            Seen::New => {
-                info!(subagent = %id, "subagent joined");
-                self.announce(id, SubagentState::Available, "joined");
-            }
-            Seen::Returned => {
-                info!(subagent = %id, "lost subagent is back");
-                self.announce(id, SubagentState::Available, "back");
-                for order_id in self.book.on_subagent(id) {
-                    let event = OrderEvent::SubagentReturned {
-                        subagent_id: id.to_string(),
-                        running: running.to_vec(),
-                    };
-                    if let Ok(Applied::Moved { .. }) = self.book.apply(&order_id, event) {
-                        if let Some(task) = self.book.get(&order_id).and_then(|o| o.task_id.clone())
-                        {
-                            self.registry.assign(id, &task);
-                        }
-                    }
-                }
-            }
-            Seen::Restarted { lost_tasks } => {
-                warn!(subagent = %id, tasks = lost_tasks.len(), "subagent restarted; its tasks died with it");
-                self.announce(id, SubagentState::Available, "restarted");
-                self.lose_tasks(id, true, ctx);
-            }
-            Seen::Alive => {}
-        }
-        self.dispatch(ctx);
-    }
-
-    /// Publishes a subagent's new state for anyone watching.
-    fn announce(&self, id: &str, state: SubagentState, reason: &str) {
-        let event = SubagentChanged {
-            subagent_id: id.to_string(),
-            state,
-            reason: reason.to_string(),
-            at_ms: now_ms(),
-        };
-        self.bus
-            .post(self.bus.subjects().subagent_changed(id), &event);
-    }
-
-    /// A subagent is gone. `dead`: it vanished at once, so its tasks died
-    /// with it; otherwise they are in doubt until its orphan timeout passes.
-    fn declare_lost(&mut self, id: &str, dead: bool, ctx: &mut Context<Self>) {
-        let Some(tasks) = self.registry.declare_lost(id) else {
-            return;
-        };
-        let how = if dead {
-            "lost: no responders (killed or crashed)"
+    /// Acknowledges a result that changed nothing; for a final order only
+    /// once its state is stored (a repeated result may follow a failed write).
+    fn ack_stale(&mut self, order_id: &str, ack: (Replier, String), ctx: &mut Context<Self>) {
+        let (replier, task_id) = ack;
+        if self.book.get(order_id).is_some_and(|o| o.phase.is_final()) {
+            self.store(order_id, Then::Ack { replier, task_id }, ctx);
         } else {
-            "lost: silent, unreachable"
-        };
-        warn!(subagent = %id, tasks = tasks.len(), dead, "subagent {how}");
-        self.announce(id, SubagentState::Lost, how);
-        self.lose_tasks(id, dead, ctx);
-        self.dispatch(ctx);
-    }
-
-    fn lose_tasks(&mut self, id: &str, dead: bool, ctx: &mut Context<Self>) {
-        let rerun_at_ms = self.registry.get(id).map_or(0, |s| {
-            let silent = Instant::now().saturating_duration_since(s.last_seen);
-            let last_seen_ms = now_ms().saturating_sub(silent.as_millis() as u64);
-            last_seen_ms
-                + (s.orphan_timeout + s.heartbeat_interval + ORPHAN_MARGIN).as_millis() as u64
-        });
-        for order_id in self.book.on_subagent(id) {
-            let event = OrderEvent::SubagentLost {
-                subagent_id: id.to_string(),
-                at_ms: now_ms(),
-                dead,
-                rerun_at_ms,
-            };
-            self.apply_and_act(&order_id, event, ctx);
+            self.bus.reply(&replier, &ResultAck { task_id });
         }
     }
 
     /// Applies an event and follows up on where the order moved.
     fn apply_and_act(&mut self, order_id: &str, event: OrderEvent, ctx: &mut Context<Self>) {
-        match self.book.apply(order_id, event) {
-            Ok(Applied::Moved { to, .. }) if to.is_final() => self.finish(order_id, None, ctx),
-            Ok(Applied::Moved {
-                to: Phase::Queued, ..
-            }) => {
+        if let Ok(Applied::Moved { to, .. }) = self.book.apply(order_id, event) {
+            self.after_move(order_id, to, ctx);
+        }
+    }
+
+    /// Follows up on an order that moved to `to`.
+    fn after_move(&mut self, order_id: &str, to: Phase, ctx: &mut Context<Self>) {
+        match to {
+            _ if to.is_final() => self.finish(order_id, None, ctx),
+            Phase::Queued => {
                 info!(order = %order_id, "order back in the queue");
+                self.store(order_id, Then::Nothing, ctx);
             }
-            Ok(Applied::Moved {
-                to: Phase::Orphaned,
-                ..
-            }) => {
+            Phase::Orphaned => {
                 info!(order = %order_id, "task in doubt until its subagent's orphan timeout");
             }
             _ => {}
-        }
-    }
-
-    fn check_liveness(&mut self, ctx: &mut Context<Self>) {
-        let timeout = self.config.broker.subagent_timeout;
-        for check in self.registry.check(Instant::now(), timeout) {
-            match check {
-                Check::Probe(id) => self.probe(id, None, ctx),
-                Check::Unreachable(id) => self.declare_lost(&id, false, ctx),
-            }
-        }
-        let now = now_ms();
-        let due = self.book.orphans_due(now);
-        for order_id in &due {
-            warn!(order = %order_id, "orphan timeout passed: the task is dead");
-            self.apply_and_act(order_id, OrderEvent::OrphanDeadline { at_ms: now }, ctx);
-        }
-        if !due.is_empty() {
-            self.dispatch(ctx);
-        }
-    }
-
-    /// Asks a quiet subagent whether it lives: no responders means its
-    /// process is gone; a late answer means it is only busy.
-    ///
-    /// No responders is taken as proof of death only when it holds twice, one
-    /// heartbeat interval apart, with no heartbeat in between (a live subagent
-    /// whose connection was dropped reconnects and resubscribes in that time),
-    /// and not shortly after the broker itself reconnected (after a NATS
-    /// restart the subagents may not have reconnected yet). Otherwise the
-    /// subagent can only be declared lost by silence, with its tasks in doubt.
-    fn probe(&mut self, id: String, first_no_responders: Option<Instant>, ctx: &mut Context<Self>) {
-        let bus = self.bus.clone();
-        let subject = bus.subjects().ping(&id);
-        let request = async move {
-            bus.request::<_, Pong>(subject, &Ping {}, PROBE_TIMEOUT)
-                .await
-        };
-        ctx.spawn(
-            request
-                .into_actor(self)
-                .map(move |reply, act, ctx| match reply {
-                    Ok(pong) => {
-                        if let Some(seen) =
-                            act.registry.touch(&id, &pong.instance_id, Instant::now())
-                        {
-                            act.after_seen(&id, seen, &pong.running, ctx);
-                        }
-                    }
-                    Err(BusError::NoResponders { .. }) => {
-                        act.on_no_responders(id, first_no_responders, ctx)
-                    }
-                    Err(e) => {
-                        debug!(subagent = %id, error = %e, "probe unanswered; it may be busy")
-                    }
-                }),
-        );
-    }
-
-    fn on_no_responders(&mut self, id: String, first: Option<Instant>, ctx: &mut Context<Self>) {
-        let Some(subagent) = self.registry.get(&id) else {
-            return;
-        };
-        let reconnected = self.bus.stats().reconnected_at_ms();
-        let since = now_ms().saturating_sub(reconnected);
-        if reconnected > 0 && since < self.config.broker.subagent_timeout.as_millis() as u64 {
-            debug!(subagent = %id, "no responders, but we only just reconnected; not proof of death");
-            return;
-        }
-        match first {
-            None => {
-                let again = subagent.heartbeat_interval;
-                let now = Instant::now();
-                ctx.run_later(again, move |act, ctx| act.probe(id, Some(now), ctx));
-            }
-            Some(first) if subagent.last_seen < first => self.declare_lost(&id, true, ctx),
-            Some(_) => debug!(subagent = %id, "heard from it between two probes; alive"),
         }
     }
 
@@ -721,47 +494,9 @@ impl Broker {
         };
         self.bus.post(self.bus.subjects().broker_heartbeat(), &hb);
     }
-
-    fn on_leave(&mut self, req: Request<Leave>) {
-        let Leave {
-            subagent_id,
-            instance_id,
-        } = req.body;
-        if self.registry.remove(&subagent_id, &instance_id) {
-            info!(subagent = %subagent_id, "subagent left normally");
-            self.announce(&subagent_id, SubagentState::Left, "left: stopped normally");
-        }
-        if !self.departed.contains(&instance_id) {
-            self.departed.push_back(instance_id);
-            if self.departed.len() > 1024 {
-                self.departed.pop_front();
-            }
-        }
-        self.bus.reply(&req.replier, &Left {});
-    }
 }
 
-fn interval_or(ms: u64, config: &Config) -> Duration {
-    if ms == 0 {
-        config.subagent.heartbeat_interval
-    } else {
-        Duration::from_millis(ms)
-    }
-}
-
-/// Runs a broker until SIGINT or SIGTERM.
-pub async fn run_until_signal(config: Config, bus: Bus) -> anyhow::Result<()> {
-    let broker = start(config, bus, now_ms()).await?;
-    let (stopped, failed) = tokio::sync::oneshot::channel();
-    broker.do_send(NotifyStop(stopped));
-    tokio::select! {
-        _ = crate::cli::wait_for_signal() => {
-            info!("broker stopping");
-            Ok(())
-        }
-        Ok(()) = failed => Err(anyhow::anyhow!("the broker lost its NATS subscriptions")),
-    }
-}
+pub use leadership::run_until_signal;
 
 /// The broker lost (or gave up) the leadership lease: it stops acting at
 /// once. Its subscriptions end with it; unfinished IO is dropped (nothing
@@ -783,7 +518,7 @@ impl Handler<StepDown> for Broker {
 }
 
 /// Asks the broker to say when it stops by itself.
-struct NotifyStop(tokio::sync::oneshot::Sender<()>);
+pub(crate) struct NotifyStop(tokio::sync::oneshot::Sender<()>);
 
 impl Message for NotifyStop {
     type Result = ();

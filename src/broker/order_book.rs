@@ -19,6 +19,11 @@
 //! A task is run again only once its old copy is known dead: its subagent
 //! vanished at once (killed: its children died with it), or the subagent's
 //! own orphan timeout has passed (it kills its tasks when it hears no broker).
+//!
+//! A broker taking over rebuilds the book from the journal ([`Order::restore`],
+//! [`OrderBook::restore`]). A task an earlier broker placed is `inherited`:
+//! its fate is unknown until its subagent is heard from (`Reconciled`), or
+//! until that subagent counts as lost.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -80,6 +85,8 @@ pub enum OrderEvent {
     Dispatched {
         task_id: String,
         subagent_id: String,
+        /// The subagent's process the task is sent to.
+        instance_id: String,
     },
     DispatchFailed {
         task_id: String,
@@ -104,6 +111,17 @@ pub enum OrderEvent {
     SubagentReturned {
         subagent_id: String,
         running: Vec<String>,
+    },
+    /// A broker that took over hears for the first time from the subagent
+    /// an inherited task was placed on: it is process `instance_id` and runs
+    /// `running`. A started task it no longer runs has ended; its result,
+    /// repeated until acknowledged, is awaited until `result_by_ms`.
+    Reconciled {
+        subagent_id: String,
+        instance_id: String,
+        running: Vec<String>,
+        result_by_ms: u64,
+        at_ms: u64,
     },
     /// The orphan timeout of an unreachable subagent has passed: its task is dead.
     OrphanDeadline {
@@ -180,6 +198,11 @@ pub struct Order {
     pub durable: bool,
     pub task_id: Option<String>,
     pub subagent_id: Option<String>,
+    /// The subagent process the current task was sent to, when known.
+    pub subagent_instance_id: Option<String>,
+    /// Placed by an earlier broker: the task's fate is unknown until its
+    /// subagent is heard from (`Reconciled`).
+    pub inherited: bool,
     pub accepted_at_ms: u64,
     pub started_at_ms: Option<u64>,
     pub outcome: Option<Outcome>,
@@ -208,10 +231,67 @@ impl Order {
             durable: false,
             task_id: None,
             subagent_id: None,
+            subagent_instance_id: None,
+            inherited: false,
             accepted_at_ms,
             started_at_ms: None,
             outcome: None,
         }
+    }
+
+    /// An order as the journal stored it, for a broker taking over:
+    /// `accepted` without a task waits in the queue; `accepted` with a task
+    /// (dispatched, never confirmed) and `running` keep their task on its
+    /// subagent, `inherited`; final orders stay as they ended. `restartable`
+    /// comes from the order's job.
+    pub fn restore(info: &OrderInfo, restartable: bool) -> Order {
+        let mut order = Order::new(
+            info.order_id.clone(),
+            info.job.clone(),
+            info.params.clone(),
+            info.request_id.clone(),
+            info.accepted_at_ms,
+        );
+        order.slot_ms = info.slot_ms;
+        order.restartable = restartable;
+        order.attempt = info.attempt;
+        order.cancel_requested = info.cancel_requested;
+        order.durable = true;
+        order.started_at_ms = info.started_at_ms;
+        order.task_id = info.task_id.clone();
+        order.subagent_id = info.subagent_id.clone();
+        order.subagent_instance_id = info.subagent_instance_id.clone();
+        let placed = order.task_id.is_some() && order.subagent_id.is_some();
+        order.phase = match info.state {
+            OrderState::Accepted if placed => Phase::Dispatching,
+            OrderState::Running if placed => {
+                order.confirmed = true;
+                Phase::Running
+            }
+            // a task never placed (a running one without a task is never
+            // journaled) waits for a subagent
+            OrderState::Accepted | OrderState::Running => {
+                order.task_id = None;
+                order.subagent_id = None;
+                order.subagent_instance_id = None;
+                Phase::Queued
+            }
+            OrderState::Succeeded => Phase::Succeeded,
+            OrderState::Failed => Phase::Failed,
+            OrderState::Cancelled => Phase::Cancelled,
+        };
+        order.inherited = matches!(order.phase, Phase::Dispatching | Phase::Running);
+        if order.phase.is_final() {
+            order.outcome = Some(Outcome {
+                exit_code: info.exit_code,
+                signal: info.signal,
+                timed_out: info.timed_out,
+                error: info.reason.clone(),
+                started_at_ms: info.started_at_ms,
+                finished_at_ms: info.finished_at_ms.unwrap_or(info.accepted_at_ms),
+            });
+        }
+        order
     }
 
     /// The id the next task of this order gets.
@@ -232,6 +312,7 @@ impl Order {
             OrderEvent::Dispatched {
                 task_id,
                 subagent_id,
+                instance_id,
             } => {
                 if from != Phase::Queued {
                     return Err(not_allowed("dispatched"));
@@ -239,6 +320,7 @@ impl Order {
                 self.attempt += 1;
                 self.task_id = Some(task_id);
                 self.subagent_id = Some(subagent_id);
+                self.subagent_instance_id = Some(instance_id);
                 self.confirmed = false;
                 self.phase = Phase::Dispatching;
             }
@@ -323,6 +405,44 @@ impl Order {
                 let subagent_id = self.subagent_id.clone().unwrap_or_default();
                 self.task_is_dead(&subagent_id, at_ms);
             }
+            OrderEvent::Reconciled {
+                subagent_id,
+                instance_id,
+                running,
+                result_by_ms,
+                at_ms,
+            } => {
+                let live = matches!(from, Phase::Dispatching | Phase::Running | Phase::Orphaned);
+                let ours = self.subagent_id.as_deref() == Some(subagent_id.as_str());
+                if !self.inherited || !live || !ours {
+                    return Ok(Applied::Stale);
+                }
+                self.inherited = false;
+                let restarted = self
+                    .subagent_instance_id
+                    .as_ref()
+                    .is_some_and(|i| *i != instance_id);
+                let runs = self.task_id.as_ref().is_some_and(|t| running.contains(t));
+                if restarted {
+                    // the process it was sent to is gone, and the task with it
+                    self.task_is_dead(&subagent_id, at_ms);
+                } else if runs {
+                    self.rerun_at_ms = None;
+                    self.confirmed = true;
+                    self.phase = Phase::Running;
+                } else if from == Phase::Dispatching {
+                    // never confirmed: sent again with the same task id, which
+                    // the subagent starts only if it never had it
+                    self.subagent_instance_id = Some(instance_id);
+                } else {
+                    // it started and no longer runs: it ended, its result is on its way
+                    self.phase = Phase::Orphaned;
+                    let by = self
+                        .rerun_at_ms
+                        .map_or(result_by_ms, |t| t.min(result_by_ms));
+                    self.rerun_at_ms = Some(by);
+                }
+            }
             OrderEvent::OrphanDeadline { at_ms } => {
                 if from != Phase::Orphaned || self.rerun_at_ms.is_some_and(|t| t > at_ms) {
                     return Ok(Applied::Stale);
@@ -364,6 +484,12 @@ impl Order {
                     ..Outcome::default()
                 });
             }
+        }
+        if !matches!(
+            self.phase,
+            Phase::Dispatching | Phase::Running | Phase::Orphaned
+        ) {
+            self.inherited = false;
         }
         Ok(Applied::Moved {
             from,
@@ -416,6 +542,7 @@ impl Order {
         }
         self.task_id = None;
         self.subagent_id = None;
+        self.subagent_instance_id = None;
         self.confirmed = false;
         self.rerun_at_ms = None;
         self.phase = Phase::Queued;
@@ -432,12 +559,15 @@ impl Order {
             attempt: self.attempt,
             subagent_id: self.subagent_id.clone(),
             task_id: self.task_id.clone(),
+            subagent_instance_id: self.subagent_instance_id.clone(),
             exit_code: outcome.exit_code,
             signal: outcome.signal,
             timed_out: outcome.timed_out,
             reason: outcome.error.or_else(|| {
-                (self.phase == Phase::Orphaned)
-                    .then(|| "subagent unreachable; waiting for its orphan timeout".to_string())
+                (self.phase == Phase::Orphaned).then(|| {
+                    "task in doubt: waiting for its result or its subagent's orphan timeout"
+                        .to_string()
+                })
             }),
             request_id: self.request_id.clone(),
             slot_ms: self.slot_ms,
@@ -477,6 +607,49 @@ impl OrderBook {
         }
         self.counts.accepted += 1;
         self.orders.insert(order.id.clone(), order);
+    }
+
+    /// Takes over the orders read from the journal, into an empty book:
+    /// waiting ones queue in acceptance order, placed ones stay on their
+    /// subagents, and of the final ones only the newest `keep_finished` are
+    /// remembered (all are counted). Idempotency keys of every order kept are
+    /// known again.
+    pub fn restore(&mut self, orders: impl IntoIterator<Item = Order>) {
+        let (mut done, mut open): (Vec<Order>, Vec<Order>) =
+            orders.into_iter().partition(|o| o.phase.is_final());
+        let finished_at = |o: &Order| o.outcome.as_ref().map_or(0, |f| f.finished_at_ms);
+        done.sort_by(|a, b| finished_at(a).cmp(&finished_at(b)).then(a.id.cmp(&b.id)));
+        open.sort_by(|a, b| (a.accepted_at_ms, &a.id).cmp(&(b.accepted_at_ms, &b.id)));
+        for order in done.into_iter().chain(open) {
+            if self.orders.contains_key(&order.id) {
+                continue;
+            }
+            count(&mut self.counts, order.phase, 1);
+            if order.phase == Phase::Queued {
+                self.queue.push_back(order.id.clone());
+            }
+            if order.phase.is_final() {
+                self.finished.push_back(order.id.clone());
+            }
+            if let Some(request_id) = &order.request_id {
+                self.by_request.insert(request_id.clone(), order.id.clone());
+            }
+            self.orders.insert(order.id.clone(), order);
+            self.forget_oldest_finished();
+        }
+    }
+
+    /// Subagents holding inherited tasks not yet reconciled.
+    pub fn inherited_subagents(&self) -> std::collections::BTreeSet<String> {
+        let inherited = self.orders.values().filter(|o| o.inherited);
+        inherited.filter_map(|o| o.subagent_id.clone()).collect()
+    }
+
+    /// Inherited orders whose task is on `subagent_id`, not yet reconciled.
+    pub fn inherited_on(&self, subagent_id: &str) -> Vec<&Order> {
+        let on = self.orders.values().filter(|o| o.inherited);
+        on.filter(|o| o.subagent_id.as_deref() == Some(subagent_id))
+            .collect()
     }
 
     /// Forgets an order that never became durable.
@@ -653,6 +826,7 @@ mod tests {
             OrderEvent::Dispatched {
                 task_id: task.clone(),
                 subagent_id: sub.into(),
+                instance_id: format!("{sub}-i1"),
             },
         )
         .unwrap();
@@ -1018,6 +1192,208 @@ mod tests {
         assert_eq!(book.counts().succeeded, 5);
     }
 
+    fn journaled(id: &str, state: OrderState, task: Option<(&str, &str)>) -> OrderInfo {
+        let mut o = order(id);
+        o.request_id = Some(format!("req-{id}"));
+        let mut info = o.info();
+        info.state = state;
+        if let Some((task, sub)) = task {
+            info.task_id = Some(task.into());
+            info.subagent_id = Some(sub.into());
+            info.subagent_instance_id = Some(format!("{sub}-i1"));
+            info.attempt = 1;
+        }
+        info
+    }
+
+    fn reconciled(sub: &str, instance: &str, running: &[&str]) -> OrderEvent {
+        OrderEvent::Reconciled {
+            subagent_id: sub.into(),
+            instance_id: instance.into(),
+            running: running.iter().map(|t| t.to_string()).collect(),
+            result_by_ms: 500,
+            at_ms: 100,
+        }
+    }
+
+    #[test]
+    fn a_journaled_order_restores_to_the_same_info() {
+        let mut book = OrderBook::new(10);
+        for id in ["q", "d", "f"] {
+            book.insert(order(id));
+            book.enqueue(id);
+        }
+        dispatched(&mut book, "d", "s1");
+        running(&mut book, "r2", "s1");
+        let t = dispatched(&mut book, "f", "s1");
+        book.apply("f", OrderEvent::Cancel { at_ms: 3 }).unwrap();
+        let done = OrderEvent::Finished {
+            task_id: t,
+            outcome: ok_outcome(),
+        };
+        book.apply("f", done).unwrap();
+        for id in ["q", "d", "r2", "f"] {
+            let info = book.get(id).unwrap().info();
+            let restored = Order::restore(&info, true);
+            assert_eq!(restored.info(), info, "{id}");
+            assert!(restored.durable);
+        }
+    }
+
+    #[test]
+    fn restore_queues_waiting_orders_in_order_and_keeps_placed_ones_on_their_subagent() {
+        let mut infos = [
+            journaled("late", OrderState::Accepted, None),
+            journaled("early", OrderState::Accepted, None),
+            journaled("sent", OrderState::Accepted, Some(("sent-1", "s1"))),
+            journaled("runs", OrderState::Running, Some(("runs-1", "s2"))),
+        ];
+        infos[0].accepted_at_ms = 20;
+        infos[1].accepted_at_ms = 10;
+        let mut book = OrderBook::new(10);
+        book.restore(infos.iter().map(|i| Order::restore(i, true)));
+        let queued: Vec<&str> = book.queued().map(|o| o.id.as_str()).collect();
+        assert_eq!(queued, ["early", "late"]);
+        assert_eq!(book.get("sent").unwrap().phase, Phase::Dispatching);
+        assert_eq!(book.get("runs").unwrap().phase, Phase::Running);
+        assert!(book.get("runs").unwrap().confirmed);
+        assert_eq!(
+            book.inherited_subagents().into_iter().collect::<Vec<_>>(),
+            ["s1", "s2"]
+        );
+        assert_eq!(book.inherited_on("s1")[0].id, "sent");
+        let c = book.counts();
+        assert_eq!((c.accepted, c.running), (3, 1));
+        assert_eq!(book.by_request_id("req-runs").unwrap().id, "runs");
+        // the next attempt of a requeued order gets a new task id
+        assert_eq!(book.get("runs").unwrap().next_task_id(), "runs-2");
+    }
+
+    #[test]
+    fn restore_remembers_only_the_newest_final_orders_but_counts_all() {
+        let infos: Vec<OrderInfo> = (0..5)
+            .map(|i| {
+                let mut info = journaled(&format!("o{i}"), OrderState::Succeeded, None);
+                info.finished_at_ms = Some(100 - i);
+                info.exit_code = Some(0);
+                info
+            })
+            .collect();
+        let mut book = OrderBook::new(2);
+        book.restore(infos.iter().map(|i| Order::restore(i, true)));
+        // finished last: o0 and o1
+        assert!(book.get("o0").is_some() && book.by_request_id("req-o1").is_some());
+        assert!(book.get("o4").is_none() && book.by_request_id("req-o4").is_none());
+        assert_eq!(book.counts().succeeded, 5);
+        assert_eq!(book.get("o0").unwrap().info(), infos[0]);
+        assert!(book.inherited_subagents().is_empty());
+        assert!(book.queued().next().is_none());
+    }
+
+    #[test]
+    fn reconciling_an_inherited_task_confirms_resends_awaits_or_buries_it() {
+        let mut book = OrderBook::new(10);
+        let infos = [
+            journaled("listed", OrderState::Accepted, Some(("listed-1", "s1"))),
+            journaled("unsent", OrderState::Accepted, Some(("unsent-1", "s1"))),
+            journaled("ended", OrderState::Running, Some(("ended-1", "s1"))),
+            journaled("moved", OrderState::Running, Some(("moved-1", "s2"))),
+        ];
+        book.restore(infos.iter().map(|i| Order::restore(i, true)));
+        for id in ["listed", "unsent", "ended"] {
+            book.apply(id, reconciled("s1", "s1-i1", &["listed-1"]))
+                .unwrap();
+        }
+        let phase = |book: &OrderBook, id: &str| book.get(id).unwrap().phase;
+        assert_eq!(phase(&book, "listed"), Phase::Running);
+        assert_eq!(
+            phase(&book, "unsent"),
+            Phase::Dispatching,
+            "sent again, same task"
+        );
+        assert_eq!(phase(&book, "ended"), Phase::Orphaned);
+        assert_eq!(book.get("ended").unwrap().rerun_at_ms, Some(500));
+        assert!(book.inherited_on("s1").is_empty());
+        // reconciled once: a later heartbeat changes nothing
+        let again = book.apply("unsent", reconciled("s1", "s1-i1", &[]));
+        assert_eq!(again.unwrap(), Applied::Stale);
+        // the ended task's result is still accepted
+        let late = OrderEvent::Finished {
+            task_id: "ended-1".into(),
+            outcome: ok_outcome(),
+        };
+        book.apply("ended", late).unwrap();
+        assert_eq!(phase(&book, "ended"), Phase::Succeeded);
+        // s2 restarted since: its task died with the old process, and runs again
+        book.apply("moved", reconciled("s2", "s2-i2", &[])).unwrap();
+        assert_eq!(phase(&book, "moved"), Phase::Queued);
+        assert_eq!(book.get("moved").unwrap().next_task_id(), "moved-2");
+        assert_eq!(book.next_queued().unwrap().id, "moved");
+    }
+
+    #[test]
+    fn an_ended_inherited_task_without_result_runs_again_only_after_its_deadline() {
+        let mut book = OrderBook::new(10);
+        let info = journaled("a", OrderState::Running, Some(("a-1", "s1")));
+        book.restore([Order::restore(&info, true)]);
+        // a result of another task is stale
+        let other = OrderEvent::Finished {
+            task_id: "a-0".into(),
+            outcome: ok_outcome(),
+        };
+        assert_eq!(book.apply("a", other).unwrap(), Applied::Stale);
+        book.apply("a", reconciled("s1", "s1-i1", &[])).unwrap();
+        assert!(book.orphans_due(499).is_empty());
+        assert!(book.next_queued().is_none());
+        book.apply("a", OrderEvent::OrphanDeadline { at_ms: 500 })
+            .unwrap();
+        assert_eq!(book.next_queued().unwrap().id, "a");
+        assert_eq!(book.get("a").unwrap().attempt, 1, "it started: counted");
+    }
+
+    #[test]
+    fn an_inherited_task_of_a_silent_subagent_waits_and_can_still_be_found_running() {
+        let mut book = OrderBook::new(10);
+        let infos = [
+            journaled("a", OrderState::Running, Some(("a-1", "s1"))),
+            journaled("b", OrderState::Accepted, Some(("b-1", "s1"))),
+        ];
+        book.restore(infos.iter().map(|i| Order::restore(i, false)));
+        for id in ["a", "b"] {
+            book.apply(id, lost("s1", false, 900)).unwrap();
+            assert_eq!(book.get(id).unwrap().phase, Phase::Orphaned);
+        }
+        assert_eq!(
+            book.inherited_on("s1").len(),
+            2,
+            "reconciled when heard from"
+        );
+        // heard from late: a still runs; b is not there and waits at most
+        // for its result
+        book.apply("a", reconciled("s1", "s1-i1", &["a-1"]))
+            .unwrap();
+        book.apply("b", reconciled("s1", "s1-i1", &["a-1"]))
+            .unwrap();
+        assert_eq!(book.get("a").unwrap().phase, Phase::Running);
+        assert_eq!(book.get("b").unwrap().rerun_at_ms, Some(500));
+        // not restartable: never run twice
+        book.apply("b", OrderEvent::OrphanDeadline { at_ms: 500 })
+            .unwrap();
+        assert_eq!(book.get("b").unwrap().phase, Phase::Failed);
+        assert!(book.next_queued().is_none());
+    }
+
+    #[test]
+    fn a_cancel_requested_before_the_takeover_still_ends_the_order_cancelled() {
+        let mut info = journaled("a", OrderState::Running, Some(("a-1", "s1")));
+        info.cancel_requested = true;
+        let mut book = OrderBook::new(10);
+        book.restore([Order::restore(&info, true)]);
+        book.apply("a", reconciled("s1", "s1-i2", &[])).unwrap();
+        assert_eq!(book.get("a").unwrap().phase, Phase::Cancelled);
+        assert!(book.next_queued().is_none());
+    }
+
     #[test]
     fn no_event_sequence_leaves_a_final_order() {
         // every event applied to a final order is stale or refused
@@ -1025,6 +1401,7 @@ mod tests {
             OrderEvent::Dispatched {
                 task_id: "x-1".into(),
                 subagent_id: "s".into(),
+                instance_id: "s-i1".into(),
             },
             OrderEvent::DispatchFailed {
                 task_id: "a-1".into(),
@@ -1044,6 +1421,8 @@ mod tests {
                 subagent_id: "s1".into(),
                 running: vec!["a-1".into()],
             },
+            reconciled("s1", "s1-i2", &[]),
+            reconciled("s1", "s1-i1", &["a-1"]),
         ];
         let mut book = OrderBook::new(10);
         book.insert(order("a"));

@@ -6,6 +6,7 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::order_book::{Applied, ApplyError, Order, OrderEvent};
+use super::recovery::Then;
 use super::{placement, Broker};
 use crate::agent::triggers::{on_slot, SlotDecision};
 use crate::bus::{BusError, KvChange, Replier, Request};
@@ -342,6 +343,10 @@ impl Broker {
         reason: &str,
         ctx: &mut Context<Self>,
     ) -> Result<(), (ErrorCode, String)> {
+        if self.book.get(order_id).is_some_and(|o| !o.durable) {
+            let message = format!("order {order_id} is being stored right now; cancel it again");
+            return Err((ErrorCode::Busy, message));
+        }
         let event = OrderEvent::Cancel { at_ms: now_ms() };
         match self.book.apply(order_id, event) {
             Ok(Applied::Moved { .. }) => {
@@ -374,8 +379,7 @@ impl Broker {
                         .into_actor(self),
                     );
                 }
-                let info = order.info();
-                self.persist(info, ctx);
+                self.store(order_id, Then::Nothing, ctx);
             }
             Err(ApplyError::UnknownOrder(_)) => {
                 let message = format!(

@@ -45,6 +45,7 @@ impl<T> Kv<T> {
         client: async_nats::Client,
         bucket: &str,
         replicas: usize,
+        max_age: Option<Duration>,
     ) -> Result<Kv<T>, BusError> {
         let js = jetstream::new(client);
         let store = match js.get_key_value(bucket).await {
@@ -55,6 +56,7 @@ impl<T> Kv<T> {
                     history: 1,
                     storage: jetstream::stream::StorageType::File,
                     num_replicas: replicas.max(1),
+                    max_age: max_age.unwrap_or_default(),
                     ..Default::default()
                 };
                 match js.create_key_value(config).await {
@@ -95,6 +97,42 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
             Err(e) => Err(transport(&self.bucket, e)),
         }
+    }
+
+    /// Like [`Kv::create`], returning the new revision, or `None` when the
+    /// key already holds a value.
+    pub async fn create_revision(&self, key: &str, value: &T) -> Result<Option<u64>, BusError> {
+        let bytes = Bytes::from(encode(Encoding::MessagePack, value));
+        match self.store.create(key, bytes).await {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(transport(&self.bucket, e)),
+        }
+    }
+
+    /// Stores `value` under `key` only if the key's latest revision is
+    /// `revision` (compare-and-swap); the new revision, or `None` when
+    /// someone else wrote the key since.
+    pub async fn update(
+        &self,
+        key: &str,
+        value: &T,
+        revision: u64,
+    ) -> Result<Option<u64>, BusError> {
+        let bytes = Bytes::from(encode(Encoding::MessagePack, value));
+        match self.store.update(key, bytes, revision).await {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) => Err(transport(&self.bucket, e)),
+        }
+    }
+
+    /// Deletes `key` if its latest revision is still `revision`.
+    pub async fn delete_if(&self, key: &str, revision: u64) -> Result<(), BusError> {
+        self.store
+            .delete_expect_revision(key, Some(revision))
+            .await
+            .map_err(|e| transport(&self.bucket, e))
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<T>, BusError> {

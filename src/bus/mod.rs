@@ -374,7 +374,13 @@ impl Bus {
 
     /// Opens (creating when missing) a KV bucket holding values of type `T`.
     pub async fn kv<T>(&self, bucket: &str) -> Result<Kv<T>, BusError> {
-        Kv::open(self.client.clone(), bucket, self.replicas).await
+        Kv::open(self.client.clone(), bucket, self.replicas, None).await
+    }
+
+    /// A bucket whose values expire `max_age` after they were written (set
+    /// when the bucket is created).
+    pub async fn kv_expiring<T>(&self, bucket: &str, max_age: Duration) -> Result<Kv<T>, BusError> {
+        Kv::open(self.client.clone(), bucket, self.replicas, Some(max_age)).await
     }
 
     async fn subscribe(&self, subject: &str) -> Result<async_nats::Subscriber, BusError> {

@@ -12,7 +12,7 @@ use futures::StreamExt;
 
 use super::output;
 use super::{connect, parse_duration, EXIT_ORDER_FAILED};
-use crate::bus::{decode, Bus, Encoding};
+use crate::bus::{decode, Bus, BusError, Encoding};
 use crate::config::Config;
 use crate::protocol::*;
 
@@ -40,6 +40,7 @@ pub struct SubmitArgs {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
     /// Idempotency key: a repeated submit with the same id returns the first order
+    /// [default: a new one; the submit is retried with it through a broker fail-over]
     #[arg(long, value_name = "ID")]
     pub request_id: Option<String>,
 }
@@ -169,6 +170,40 @@ pub async fn deploy(config: &Config, args: DeployArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sends a submit, retrying with the same request id while no broker
+/// answers (a fail-over: no responders, a timeout, `unavailable`, `busy`),
+/// for up to `timeout` in all.
+async fn submit_retrying(
+    bus: &Bus,
+    request: &SubmitOrder,
+    timeout: Duration,
+) -> Result<SubmitReply, BusError> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let attempt = left
+            .min(Duration::from_secs(2))
+            .max(Duration::from_millis(200));
+        let error = match bus.request(bus.subjects().submit(), request, attempt).await {
+            Ok(reply) => return Ok(reply),
+            Err(e @ (BusError::NoResponders { .. } | BusError::TimedOut { .. })) => e,
+            Err(BusError::Remote(e))
+                if matches!(e.error.code, ErrorCode::Unavailable | ErrorCode::Busy) =>
+            {
+                BusError::Remote(e)
+            }
+            Err(e) => return Err(e),
+        };
+        if std::time::Instant::now() + pause >= deadline {
+            return Err(error);
+        }
+        eprintln!("no broker answered ({error}); retrying with the same request id");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
 fn names<'a>(names: impl Iterator<Item = &'a str>) -> String {
     names.collect::<Vec<_>>().join(", ")
 }
@@ -189,14 +224,18 @@ pub async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<ExitCod
         None
     };
     let params: BTreeMap<String, String> = args.params.into_iter().collect();
+    // Always idempotent: through a broker fail-over the submit is retried
+    // with the same request id, and makes one order either way.
+    let request_id = args
+        .request_id
+        .unwrap_or_else(|| format!("cli-{}", uuid::Uuid::now_v7()));
     let request = SubmitOrder {
         job: args.job.clone(),
         params,
-        request_id: args.request_id,
+        request_id: Some(request_id),
         slot_ms: None,
     };
-    let reply: SubmitReply = bus
-        .request(s.submit(), &request, config.nats.request_timeout)
+    let reply = submit_retrying(&bus, &request, config.nats.request_timeout)
         .await
         .with_context(|| format!("submit of job '{}' refused", args.job))?;
     let Some(events) = events else {
@@ -303,7 +342,8 @@ pub async fn watch(config: &Config, args: WatchArgs) -> anyhow::Result<()> {
         // and agents taking or losing the Scheduler role
         let changes = bus.listen_raw(s.subagent_changes()).await?;
         let roles = bus.listen_raw(s.agent_changes()).await?;
-        let changes = futures::stream::select(changes, roles);
+        let leaders = bus.listen_raw(s.broker_changes()).await?;
+        let changes = futures::stream::select(changes, futures::stream::select(roles, leaders));
         events = futures::stream::select(events, changes).boxed_local();
     }
     eprintln!("watching {subject} (Ctrl-C to stop)");
@@ -314,6 +354,7 @@ pub async fn watch(config: &Config, args: WatchArgs) -> anyhow::Result<()> {
                 let line = match s.parse_event(&subject) {
                     Some((_, _, kind)) => output::event_line(kind, &payload, args.json),
                     None if subject.starts_with(&s.agent_changed("")) => output::agent_line(&payload, args.json),
+                    None if subject.starts_with(&s.broker_changed("")) => output::broker_line(&payload, args.json),
                     None => output::subagent_line(&payload, args.json),
                 };
                 match line {

@@ -165,6 +165,38 @@ pub fn order_text(o: &OrderInfo) -> String {
     out
 }
 
+/// The brokers part of `baton status`.
+fn brokers_text(out: &mut String, brokers: &[BrokerStatus]) {
+    if brokers.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "brokers ({}):", brokers.len());
+    let _ = writeln!(
+        out,
+        "  {:<24} {:<8} {:>8} {:>10} {:>10} {:>10}",
+        "ID", "ROLE", "EPOCH", "PRECEDENCE", "LEASE AGE", "HEARTBEAT"
+    );
+    for b in brokers {
+        let epoch = match b.role {
+            BrokerRole::Active => b.epoch.to_string(),
+            BrokerRole::Standby => "-".to_string(),
+        };
+        let lease = b
+            .lease_age_ms
+            .map_or("-".to_string(), |ms| format!("{ms}ms"));
+        let _ = writeln!(
+            out,
+            "  {:<24} {:<8} {:>8} {:>10} {:>10} {:>10}",
+            b.id,
+            b.role.as_str(),
+            epoch,
+            b.precedence,
+            lease,
+            format!("{}ms ago", b.heartbeat_age_ms),
+        );
+    }
+}
+
 /// The agents part of `baton status`.
 fn agents_text(out: &mut String, agents: &[AgentStatus]) {
     let schedulers = agents.iter().filter(|a| a.role == AgentRole::Scheduler);
@@ -218,6 +250,24 @@ fn agents_text(out: &mut String, agents: &[AgentStatus]) {
     }
 }
 
+/// A broker leadership change as a line for `baton watch`.
+pub fn broker_line(payload: &[u8], json: bool) -> Result<String, DecodeError> {
+    let e: BrokerChanged = decode(Encoding::MessagePack, payload)?;
+    if json {
+        let mut v = serde_json::to_value(&e).expect("events encode as JSON");
+        v["event"] = serde_json::Value::from("broker");
+        return Ok(v.to_string());
+    }
+    Ok(format!(
+        "{} broker {} {} (epoch {}): {}",
+        clock(e.at_ms),
+        e.broker_id,
+        e.role.as_str(),
+        e.epoch,
+        e.reason
+    ))
+}
+
 /// An agent role change as a line for `baton watch`.
 pub fn agent_line(payload: &[u8], json: bool) -> Result<String, DecodeError> {
     let e: AgentChanged = decode(Encoding::MessagePack, payload)?;
@@ -245,6 +295,7 @@ pub fn status_text(s: &StatusReply) -> String {
         s.protocol,
         clock(s.broker_started_at_ms)
     );
+    brokers_text(&mut out, &s.brokers);
     let o = &s.orders;
     let _ = writeln!(
         out,

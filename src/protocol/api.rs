@@ -230,6 +230,10 @@ pub struct OrderInfo {
     pub subagent_id: Option<String>,
     #[serde(default)]
     pub task_id: Option<String>,
+    /// The process of `subagent_id` (its `instance_id`) the task was sent
+    /// to: a broker taking over knows a restarted subagent lost the task.
+    #[serde(default)]
+    pub subagent_instance_id: Option<String>,
     #[serde(default)]
     pub exit_code: Option<i32>,
     #[serde(default)]

@@ -156,6 +156,20 @@ impl BrokerRole {
     }
 }
 
+/// The value of the key `broker` in the `{p}_leader` KV bucket: who holds
+/// the leadership lease. Created to campaign, updated with the revision
+/// seen (compare-and-swap) to renew; it expires when not renewed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BrokerLease {
+    pub broker_id: String,
+    /// The revision the lease was won at: the holder's epoch.
+    #[serde(default)]
+    pub epoch: u64,
+    #[serde(default)]
+    pub precedence: u32,
+    pub renewed_at_ms: u64,
+}
+
 /// `{p}.cluster.broker.{id}`: a broker became active or stepped down.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct BrokerChanged {

@@ -8,10 +8,15 @@
 //! it drains: no new tasks, running ones finish (up to `drain_timeout`),
 //! results are acknowledged, then it leaves and exits 0.
 //!
+//! It obeys only the newest active broker: a `run`, `kill` or `stop` from an
+//! older broker epoch than the newest seen is refused ([`epoch`]). Only an
+//! active broker counts as broker contact; a standby acknowledges nothing.
+//!
 //! Architecture invariant: a subagent keeps no state worth keeping across a
 //! restart; the broker owns orders. A task id it already knows is never
 //! started twice.
 
+pub mod epoch;
 pub mod process;
 pub mod reaper;
 
@@ -23,7 +28,7 @@ use futures::stream::{self, LocalBoxStream, StreamExt};
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
-use crate::bus::{Bus, BusError, Received, Request};
+use crate::bus::{Bus, BusError, Received, Replier, Request};
 use crate::config::Config;
 use crate::protocol::*;
 use crate::time::now_ms;
@@ -40,7 +45,7 @@ enum Input {
     Ping(Request<Ping>),
     Stop(Request<StopSubagent>),
     Kill(Request<KillTask>),
-    BrokerHeartbeat,
+    BrokerHeartbeat(BrokerHeartbeat),
     /// Heartbeats under our own id: another process using it is a configuration error.
     Twin(Received<SubagentHeartbeat>),
 }
@@ -75,6 +80,8 @@ pub struct Subagent {
     draining: bool,
     leaving: bool,
     last_broker_contact: Instant,
+    /// The newest active broker epoch seen; older brokers' commands are refused.
+    fence: epoch::EpochFence,
     running: HashMap<String, Running>,
     finished: VecDeque<String>,
     finished_set: HashSet<String>,
@@ -102,7 +109,7 @@ pub async fn start(
         bus.serve(s.kill(&id)).await?.map(Input::Kill).boxed_local(),
         bus.listen(s.broker_heartbeat())
             .await?
-            .map(|_: Received<BrokerHeartbeat>| Input::BrokerHeartbeat)
+            .map(|hb: Received<BrokerHeartbeat>| Input::BrokerHeartbeat(hb.body))
             .boxed_local(),
         bus.listen(s.subagent_heartbeat(&id))
             .await?
@@ -129,6 +136,7 @@ pub async fn start(
             draining: false,
             leaving: false,
             last_broker_contact: Instant::now(),
+            fence: epoch::EpochFence::default(),
             running: HashMap::new(),
             finished: VecDeque::new(),
             finished_set: HashSet::new(),
@@ -165,10 +173,7 @@ impl Actor for Subagent {
 impl StreamHandler<Input> for Subagent {
     fn handle(&mut self, input: Input, ctx: &mut Self::Context) {
         match input {
-            Input::Run(r) => {
-                self.last_broker_contact = Instant::now();
-                self.on_run(r, ctx)
-            }
+            Input::Run(r) => self.on_run(r, ctx),
             Input::Ping(r) => {
                 self.last_broker_contact = Instant::now();
                 let pong = Pong {
@@ -179,6 +184,9 @@ impl StreamHandler<Input> for Subagent {
                 self.bus.reply(&r.replier, &pong);
             }
             Input::Stop(r) => {
+                if !self.admit("stop", r.body.epoch, &r.replier) {
+                    return;
+                }
                 let stopping = Stopping {
                     running: self.running.len() as u32,
                 };
@@ -187,6 +195,9 @@ impl StreamHandler<Input> for Subagent {
                 self.drain(ctx);
             }
             Input::Kill(r) => {
+                if !self.admit("kill", r.body.epoch, &r.replier) {
+                    return;
+                }
                 let KillTask {
                     task_id, reason, ..
                 } = r.body;
@@ -198,7 +209,7 @@ impl StreamHandler<Input> for Subagent {
                 }
                 self.bus.reply(&r.replier, &KillAccepted { task_id, found });
             }
-            Input::BrokerHeartbeat => self.last_broker_contact = Instant::now(),
+            Input::BrokerHeartbeat(hb) => self.on_broker_heartbeat(hb),
             Input::Twin(hb) => self.on_twin(hb.body, ctx),
         }
     }
@@ -223,6 +234,37 @@ impl Subagent {
             let _ = done.send(result);
         }
         ctx.stop();
+    }
+
+    /// An active broker's heartbeat raises the epoch and is broker contact,
+    /// unless a newer broker has been seen since. A standby's is neither: it
+    /// acknowledges no results.
+    fn on_broker_heartbeat(&mut self, hb: BrokerHeartbeat) {
+        if hb.role != BrokerRole::Active {
+            return;
+        }
+        if self.fence.admit(hb.epoch).is_err() {
+            debug!(broker = %hb.broker_id, epoch = hb.epoch, newest = self.fence.newest(), "heartbeat from a deposed broker ignored");
+            return;
+        }
+        self.last_broker_contact = Instant::now();
+    }
+
+    /// Whether a broker command of `epoch` may be obeyed; a command from an
+    /// older broker than the newest seen is answered with `invalid_state`
+    /// here and must change nothing. Epoch 0 (unknown: an old broker or a
+    /// tool) is always admitted.
+    fn admit(&mut self, command: &'static str, epoch: u64, replier: &Replier) -> bool {
+        let Err(newest) = self.fence.admit(epoch) else {
+            return true;
+        };
+        warn!(subagent = %self.id, command, epoch, newest, "command from a stale broker epoch refused");
+        let error = ErrorReply::new(
+            ErrorCode::InvalidState,
+            format!("stale broker epoch {epoch}: the newest active broker has epoch {newest}"),
+        );
+        self.bus.reply(replier, &error);
+        false
     }
 
     fn on_twin(&mut self, hb: SubagentHeartbeat, ctx: &mut Context<Self>) {
@@ -265,7 +307,8 @@ impl Subagent {
                 Ok(r) => {
                     act.registered = true;
                     act.last_broker_contact = Instant::now();
-                    info!(broker = %r.broker_id, "registered with broker");
+                    act.fence.observe(r.epoch);
+                    info!(broker = %r.broker_id, epoch = r.epoch, "registered with broker");
                 }
                 Err(e) => debug!(error = %e, "registration not answered yet"),
             }
@@ -345,6 +388,10 @@ impl Subagent {
             warn!(task = %task.task_id, "task meant for another process with this subagent id; ignored");
             return;
         }
+        if !self.admit("run", task.epoch, &req.replier) {
+            return;
+        }
+        self.last_broker_contact = Instant::now();
         if self.knows(&task.task_id) {
             let pid = self.running.get(&task.task_id).and_then(|r| r.pid);
             let reply = RunAccepted {

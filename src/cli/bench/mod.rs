@@ -9,7 +9,10 @@
 //!   replaced and its triggers fire again, with no slot run twice or never.
 //! - `scheduler/schedules.rs`: how late a Scheduler holding many interval
 //!   triggers fires them.
+//! - `broker/`: how fast a standby broker replaces a SIGKILLed active one
+//!   and dispatches again, with no order lost or run twice.
 
+mod broker;
 mod failover;
 mod scheduler;
 mod throughput;
@@ -37,6 +40,9 @@ pub enum BenchCommand {
     FailoverScheduler(scheduler::FailoverSchedulerArgs),
     /// Lateness of the fires of many interval triggers held by one Scheduler
     Schedules(scheduler::SchedulesArgs),
+    /// Time from SIGKILL of the active broker to a standby being active and
+    /// dispatching; orders lost or run twice
+    FailoverBroker(broker::FailoverBrokerArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -45,6 +51,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::FailoverSubagent(args) => failover::failover(args).await,
         BenchCommand::FailoverScheduler(args) => scheduler::failover_scheduler(args).await,
         BenchCommand::Schedules(args) => scheduler::schedules(args).await,
+        BenchCommand::FailoverBroker(args) => broker::failover_broker(args).await,
     }
 }
 

@@ -1,0 +1,311 @@
+//! What `baton broker` runs: a loop that keeps this process a standby until
+//! it wins the leadership lease, then runs the [`Broker`] actor (with the
+//! lease revision as its epoch) for as long as it renews the lease.
+//!
+//! - Standby: heartbeats as a standby, and every `renew_interval / 2` tries
+//!   to create the lease key when [`lease::may_campaign`] lets it.
+//! - Active: renews every `renew_interval` with a compare-and-swap; stops the
+//!   Broker at once when another broker holds the key, and when renewals
+//!   keep failing, before the lease can expire ([`lease::must_step_down`]).
+//!   After stepping down it is a standby again, never a second active one.
+//! - SIGTERM: the active broker stops its Broker and deletes the lease key,
+//!   so a standby takes over at its next try instead of after expiry.
+//!
+//! Leadership changes are published as [`BrokerChanged`] events.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use actix::Addr;
+use futures::StreamExt;
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use super::lease::{self, Peer};
+use super::{Broker, NotifyStop, StepDown};
+use crate::bus::{Bus, Kv};
+use crate::config::Config;
+use crate::protocol::*;
+use crate::time::now_ms;
+
+/// The key of the lease in the leader bucket.
+const LEASE_KEY: &str = "broker";
+
+struct Active {
+    broker: Addr<Broker>,
+    epoch: u64,
+    /// The revision of our last write of the key.
+    revision: u64,
+    /// When the last successful renewal was sent.
+    last_ok: Instant,
+    last_try: Instant,
+    /// Fires when the Broker stopped by itself.
+    stopped: oneshot::Receiver<()>,
+}
+
+struct Leadership {
+    config: Config,
+    bus: Bus,
+    kv: Kv<BrokerLease>,
+    id: String,
+    peers: BTreeMap<String, Peer>,
+    active: Option<Active>,
+    /// When the lease was first found free, while standby.
+    free_since: Option<Instant>,
+    last_heartbeat: Option<Instant>,
+}
+
+/// Runs a broker (standby until it wins the lease) until SIGINT or SIGTERM.
+pub async fn run_until_signal(config: Config, bus: Bus) -> anyhow::Result<()> {
+    let kv = bus
+        .kv_expiring::<BrokerLease>(&config.leader_bucket(), config.broker.lease)
+        .await?;
+    let mut heartbeats = bus
+        .listen::<BrokerHeartbeat>(bus.subjects().broker_heartbeat())
+        .await?;
+    let mut me = Leadership {
+        id: config.broker_id(),
+        config,
+        bus,
+        kv,
+        peers: BTreeMap::new(),
+        active: None,
+        free_since: None,
+        last_heartbeat: None,
+    };
+    info!(broker = %me.id, precedence = me.config.broker.precedence, "broker started as a standby");
+    let mut tick = tokio::time::interval(me.config.broker.renew_interval / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let signal = crate::cli::wait_for_signal();
+    tokio::pin!(signal);
+    loop {
+        let stopped = async {
+            match me.active.as_mut() {
+                Some(a) => (&mut a.stopped).await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut signal => {
+                me.release().await;
+                return Ok(());
+            }
+            true = stopped => {
+                me.step_down("its NATS subscriptions ended").await;
+                anyhow::bail!("the broker lost its NATS subscriptions");
+            }
+            Some(hb) = heartbeats.next() => me.heard(hb.body),
+            _ = tick.tick() => me.tick().await?,
+        }
+    }
+}
+
+impl Leadership {
+    fn heard(&mut self, hb: BrokerHeartbeat) {
+        if hb.broker_id == self.id {
+            return;
+        }
+        let peer = Peer {
+            id: hb.broker_id.clone(),
+            precedence: hb.precedence,
+            standby: hb.role == BrokerRole::Standby,
+            last_seen: Instant::now(),
+        };
+        self.peers.insert(hb.broker_id, peer);
+    }
+
+    async fn tick(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let alive = self.config.broker.heartbeat_interval * 4;
+        self.peers
+            .retain(|_, p| now.saturating_duration_since(p.last_seen) < alive * 10);
+        match &self.active {
+            Some(a)
+                if now.saturating_duration_since(a.last_try)
+                    >= self.config.broker.renew_interval =>
+            {
+                self.renew().await?
+            }
+            Some(a) if lease::must_step_down(a.last_ok, now, self.config.broker.lease) => {
+                self.step_down("could not renew the lease in time").await
+            }
+            Some(_) => {}
+            None => {
+                self.standby_heartbeat(now);
+                let peers: Vec<Peer> = self.peers.values().cloned().collect();
+                let me = (self.id.as_str(), self.config.broker.precedence);
+                let better = lease::better_standby(me, &peers, now, alive);
+                if lease::may_campaign(better, self.free_since, now, self.config.broker.lease) {
+                    self.campaign().await?;
+                } else {
+                    self.watch_free(now).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// While a better standby goes first: notes since when the lease is free.
+    async fn watch_free(&mut self, now: Instant) {
+        let bound = self.config.broker.renew_interval;
+        match tokio::time::timeout(bound, self.kv.get(LEASE_KEY)).await {
+            Ok(Ok(None)) => {
+                self.free_since.get_or_insert(now);
+            }
+            Ok(Ok(Some(_))) => self.free_since = None,
+            _ => {}
+        }
+    }
+
+    fn lease_value(&self, epoch: u64) -> BrokerLease {
+        BrokerLease {
+            broker_id: self.id.clone(),
+            epoch,
+            precedence: self.config.broker.precedence,
+            renewed_at_ms: now_ms(),
+        }
+    }
+
+    /// Tries to take the lease; on success starts the Broker.
+    async fn campaign(&mut self) -> anyhow::Result<()> {
+        let sent = Instant::now();
+        let bound = self.config.broker.renew_interval;
+        let value = self.lease_value(0);
+        let created = tokio::time::timeout(bound, self.kv.create_revision(LEASE_KEY, &value));
+        let epoch = match created.await {
+            Ok(Ok(Some(revision))) => revision,
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(e)) => {
+                debug!(error = %e, "cannot reach the leader bucket; still a standby");
+                return Ok(());
+            }
+            Err(_) => return Ok(()),
+        };
+        info!(broker = %self.id, epoch, "won the leadership lease; becoming active");
+        // Write our epoch into the lease for anyone reading it.
+        let revision = match self
+            .kv
+            .update(LEASE_KEY, &self.lease_value(epoch), epoch)
+            .await
+        {
+            Ok(Some(revision)) => revision,
+            _ => epoch,
+        };
+        let broker = match super::start(self.config.clone(), self.bus.clone(), epoch).await {
+            Ok(broker) => broker,
+            Err(e) => {
+                warn!(error = %e, "cannot start the broker; giving the lease back");
+                let _ = self.kv.delete_if(LEASE_KEY, revision).await;
+                return Err(e.into());
+            }
+        };
+        let (notify, stopped) = oneshot::channel();
+        broker.do_send(NotifyStop(notify));
+        self.active = Some(Active {
+            broker,
+            epoch,
+            revision,
+            last_ok: sent,
+            last_try: sent,
+            stopped,
+        });
+        self.free_since = None;
+        self.announce(BrokerRole::Active, epoch, "won the leadership lease");
+        Ok(())
+    }
+
+    async fn renew(&mut self) -> anyhow::Result<()> {
+        let Some(a) = self.active.as_mut() else {
+            return Ok(());
+        };
+        let sent = Instant::now();
+        a.last_try = sent;
+        let (epoch, revision) = (a.epoch, a.revision);
+        let value = self.lease_value(epoch);
+        let bound = self.config.broker.renew_interval;
+        match tokio::time::timeout(bound, self.kv.update(LEASE_KEY, &value, revision)).await {
+            Ok(Ok(Some(revision))) => {
+                if let Some(a) = self.active.as_mut() {
+                    a.revision = revision;
+                    a.last_ok = sent;
+                }
+            }
+            Ok(Ok(None)) => {
+                warn!(broker = %self.id, epoch, "another broker holds the lease");
+                self.step_down("another broker holds the lease").await;
+            }
+            Ok(Err(e)) => warn!(broker = %self.id, error = %e, "lease renewal failed"),
+            Err(_) => warn!(broker = %self.id, "lease renewal timed out"),
+        }
+        if let Some(a) = &self.active {
+            if lease::must_step_down(a.last_ok, Instant::now(), self.config.broker.lease) {
+                self.step_down("could not renew the lease in time").await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops acting at once; a standby again.
+    async fn step_down(&mut self, reason: &str) {
+        let Some(a) = self.active.take() else {
+            return;
+        };
+        warn!(broker = %self.id, epoch = a.epoch, reason, "stepping down to standby");
+        let _ = a.broker.send(StepDown).await;
+        self.announce(BrokerRole::Standby, a.epoch, reason);
+    }
+
+    /// On a normal stop: stop acting and hand the lease over at once.
+    async fn release(&mut self) {
+        let Some(a) = self.active.take() else {
+            info!(broker = %self.id, "standby broker stopping");
+            return;
+        };
+        info!(broker = %self.id, epoch = a.epoch, "broker stopping; handing the lease over");
+        let _ = a.broker.send(StepDown).await;
+        let bound = self.config.broker.renew_interval;
+        match tokio::time::timeout(bound, self.kv.delete_if(LEASE_KEY, a.revision)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "lease not released; it expires by itself"),
+            Err(_) => warn!("lease release timed out; it expires by itself"),
+        }
+        self.announce(
+            BrokerRole::Standby,
+            a.epoch,
+            "stopped normally; lease released",
+        );
+        self.bus.posted().await;
+    }
+
+    fn standby_heartbeat(&mut self, now: Instant) {
+        let due = self.last_heartbeat.is_none_or(|t| {
+            now.saturating_duration_since(t) >= self.config.broker.heartbeat_interval
+        });
+        if !due {
+            return;
+        }
+        self.last_heartbeat = Some(now);
+        let hb = BrokerHeartbeat {
+            broker_id: self.id.clone(),
+            sent_at_ms: now_ms(),
+            protocol: PROTOCOL_VERSION,
+            epoch: 0,
+            role: BrokerRole::Standby,
+            precedence: self.config.broker.precedence,
+            lease_age_ms: None,
+        };
+        self.bus.post(self.bus.subjects().broker_heartbeat(), &hb);
+    }
+
+    fn announce(&self, role: BrokerRole, epoch: u64, reason: &str) {
+        let event = BrokerChanged {
+            broker_id: self.id.clone(),
+            role,
+            epoch,
+            reason: reason.to_string(),
+            at_ms: now_ms(),
+        };
+        self.bus
+            .post(self.bus.subjects().broker_changed(&self.id), &event);
+    }
+}

@@ -1,0 +1,124 @@
+//! The brokers' leadership lease: which broker acts. Pure: the caller passes
+//! the time in and does the JetStream IO (see `leadership.rs`).
+//!
+//! The lease is one key in a KV bucket whose values expire `lease` after
+//! they were written. A standby campaigns with KV `create`, which succeeds
+//! for one broker only, and only when the key is empty (never written,
+//! expired, or released); the revision it wins at is its epoch. The active
+//! broker renews with a compare-and-swap on the revision it last wrote.
+//!
+//! Architecture invariant: an active broker stops acting
+//! ([`must_step_down`]) before the server can let its lease expire: the
+//! server counts `lease` from when it stored the last renewal, which is after
+//! the broker sent it, and the broker counts from when it sent it, less a
+//! margin. So two brokers never act at once, even cut off from NATS.
+
+use std::time::{Duration, Instant};
+
+/// How long before its lease can expire an active broker steps down.
+pub fn margin(lease: Duration) -> Duration {
+    (lease / 4).min(Duration::from_millis(500))
+}
+
+/// Whether an active broker whose last successful renewal was sent at
+/// `last_ok_sent` must stop acting at `now`.
+pub fn must_step_down(last_ok_sent: Instant, now: Instant, lease: Duration) -> bool {
+    now >= last_ok_sent + lease.saturating_sub(margin(lease))
+}
+
+/// Another broker as heard from its heartbeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub id: String,
+    pub precedence: u32,
+    pub standby: bool,
+    pub last_seen: Instant,
+}
+
+/// Whether a live standby ranks before `me` (lower precedence, then the
+/// smaller id): then `me` waits its turn.
+pub fn better_standby(me: (&str, u32), peers: &[Peer], now: Instant, alive: Duration) -> bool {
+    let (my_id, my_precedence) = me;
+    peers.iter().any(|p| {
+        p.standby
+            && p.id != my_id
+            && now.saturating_duration_since(p.last_seen) < alive
+            && (p.precedence, p.id.as_str()) < (my_precedence, my_id)
+    })
+}
+
+/// Whether a standby should try to take the lease now: when no better
+/// standby waits, or when the lease has stayed free for a whole `lease`
+/// since this standby first found it free (`free_since`): then the better
+/// one is taken to be absent.
+pub fn may_campaign(
+    better_standby: bool,
+    free_since: Option<Instant>,
+    now: Instant,
+    lease: Duration,
+) -> bool {
+    !better_standby || free_since.is_some_and(|t| now.saturating_duration_since(t) >= lease)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_secs(2);
+    const ALIVE: Duration = Duration::from_secs(1);
+
+    fn peer(id: &str, precedence: u32, standby: bool, last_seen: Instant) -> Peer {
+        Peer {
+            id: id.into(),
+            precedence,
+            standby,
+            last_seen,
+        }
+    }
+
+    #[test]
+    fn an_active_broker_steps_down_before_its_lease_can_expire() {
+        let sent = Instant::now();
+        assert_eq!(margin(LEASE), Duration::from_millis(500));
+        assert_eq!(
+            margin(Duration::from_millis(800)),
+            Duration::from_millis(200)
+        );
+        assert!(!must_step_down(
+            sent,
+            sent + Duration::from_millis(1_499),
+            LEASE
+        ));
+        assert!(must_step_down(
+            sent,
+            sent + Duration::from_millis(1_500),
+            LEASE
+        ));
+        // The server's expiry counts from later than `sent`: always after.
+        for lease_ms in [100, 800, 2_000, 10_000] {
+            let lease = Duration::from_millis(lease_ms);
+            assert!(lease.saturating_sub(margin(lease)) < lease);
+        }
+    }
+
+    #[test]
+    fn a_standby_waits_for_a_live_better_one_but_not_for_ever() {
+        let t = Instant::now();
+        let better = [peer("b-1", 10, true, t)];
+        assert!(better_standby(("b-2", 20), &better, t, ALIVE));
+        // Equal precedence: the smaller id first.
+        assert!(better_standby(("b-2", 10), &better, t, ALIVE));
+        assert!(!better_standby(("b-0", 10), &better, t, ALIVE));
+        // Silent, active (not waiting), or itself: not in the way.
+        assert!(!better_standby(("b-2", 20), &better, t + ALIVE, ALIVE));
+        let active = [peer("b-1", 10, false, t)];
+        assert!(!better_standby(("b-2", 20), &active, t, ALIVE));
+        assert!(!better_standby(("b-1", 10), &better, t, ALIVE));
+
+        assert!(may_campaign(false, None, t, LEASE));
+        assert!(!may_campaign(true, None, t, LEASE));
+        assert!(!may_campaign(true, Some(t), t + LEASE / 2, LEASE));
+        // Free for a whole lease: the better one is not taking it.
+        assert!(may_campaign(true, Some(t), t + LEASE, LEASE));
+    }
+}

@@ -1,0 +1,272 @@
+//! Subagent liveness: registrations, heartbeats, probes and departures
+//! feed the registry; a subagent that vanished or fell silent loses its
+//! tasks (known dead, or in doubt until its orphan timeout).
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tracing::{debug, info, warn};
+
+use super::order_book::{Applied, OrderEvent};
+use super::registry::{Check, Seen, Sighting};
+use super::{Broker, ORPHAN_MARGIN, PROBE_TIMEOUT};
+use crate::bus::{BusError, Request};
+use crate::config::Config;
+use crate::protocol::*;
+use crate::time::now_ms;
+
+impl Broker {
+    pub(super) fn on_register(&mut self, req: Request<Register>, ctx: &mut Context<Self>) {
+        let r = &req.body;
+        if !subjects::is_valid_token(&r.subagent_id) {
+            return self.error(
+                &req.replier,
+                ErrorCode::BadRequest,
+                format!(
+                    "subagent id {:?} is not a valid subject token",
+                    r.subagent_id
+                ),
+            );
+        }
+        let sighting = Sighting {
+            id: &r.subagent_id,
+            instance_id: &r.instance_id,
+            labels: &r.labels,
+            capacity: r.capacity,
+            load: None,
+            draining: false,
+            heartbeat_interval: interval_or(r.heartbeat_interval_ms, &self.config),
+            orphan_timeout: Duration::from_millis(r.orphan_timeout_ms),
+        };
+        let seen = self.registry.seen(sighting, Instant::now());
+        info!(subagent = %r.subagent_id, capacity = r.capacity, host = ?r.hostname, "subagent registered");
+        let subagent_id = r.subagent_id.clone();
+        self.bus.reply(
+            &req.replier,
+            &Registered {
+                broker_id: self.id.clone(),
+                heartbeat_interval_ms: self.config.broker.heartbeat_interval.as_millis() as u64,
+                epoch: self.epoch,
+            },
+        );
+        self.after_seen(&subagent_id, seen, None, ctx);
+    }
+
+    pub(super) fn on_heartbeat(&mut self, hb: SubagentHeartbeat, ctx: &mut Context<Self>) {
+        if !subjects::is_valid_token(&hb.subagent_id) || self.departed.contains(&hb.instance_id) {
+            return;
+        }
+        let before = self.registry.get(&hb.subagent_id).map(|s| s.state());
+        let sighting = Sighting {
+            id: &hb.subagent_id,
+            instance_id: &hb.instance_id,
+            labels: &hb.labels,
+            capacity: hb.capacity,
+            load: hb.load,
+            draining: hb.draining,
+            heartbeat_interval: interval_or(hb.heartbeat_interval_ms, &self.config),
+            orphan_timeout: Duration::from_millis(hb.orphan_timeout_ms),
+        };
+        let seen = self.registry.seen(sighting, Instant::now());
+        let after = self.registry.get(&hb.subagent_id).map(|s| s.state());
+        if after == Some(SubagentState::Draining) && before != after {
+            info!(subagent = %hb.subagent_id, "subagent draining");
+            self.announce(
+                &hb.subagent_id,
+                SubagentState::Draining,
+                "draining: stopping normally",
+            );
+        }
+        self.after_seen(&hb.subagent_id, seen, Some(&hb.running), ctx);
+    }
+
+    /// Follows up on a sighting; `running`: the tasks it runs, when it said.
+    fn after_seen(
+        &mut self,
+        id: &str,
+        seen: Seen,
+        running: Option<&[String]>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.on_sighting(id, running, ctx);
+        match seen {
+            Seen::New => {
+                info!(subagent = %id, "subagent joined");
+                self.announce(id, SubagentState::Available, "joined");
+            }
+            Seen::Returned => {
+                info!(subagent = %id, "lost subagent is back");
+                self.announce(id, SubagentState::Available, "back");
+                for order_id in self.book.on_subagent(id) {
+                    let event = OrderEvent::SubagentReturned {
+                        subagent_id: id.to_string(),
+                        running: running.unwrap_or_default().to_vec(),
+                    };
+                    if let Ok(Applied::Moved { .. }) = self.book.apply(&order_id, event) {
+                        if let Some(task) = self.book.get(&order_id).and_then(|o| o.task_id.clone())
+                        {
+                            self.registry.assign(id, &task);
+                        }
+                    }
+                }
+            }
+            Seen::Restarted { lost_tasks } => {
+                warn!(subagent = %id, tasks = lost_tasks.len(), "subagent restarted; its tasks died with it");
+                self.announce(id, SubagentState::Available, "restarted");
+                self.lose_tasks(id, true, ctx);
+            }
+            Seen::Alive => {}
+        }
+        self.dispatch(ctx);
+    }
+
+    /// Publishes a subagent's new state for anyone watching.
+    pub(super) fn announce(&self, id: &str, state: SubagentState, reason: &str) {
+        let event = SubagentChanged {
+            subagent_id: id.to_string(),
+            state,
+            reason: reason.to_string(),
+            at_ms: now_ms(),
+        };
+        self.bus
+            .post(self.bus.subjects().subagent_changed(id), &event);
+    }
+
+    /// A subagent is gone. `dead`: it vanished at once, so its tasks died
+    /// with it; otherwise they are in doubt until its orphan timeout passes.
+    fn declare_lost(&mut self, id: &str, dead: bool, ctx: &mut Context<Self>) {
+        let Some(tasks) = self.registry.declare_lost(id) else {
+            return;
+        };
+        let how = if dead {
+            "lost: no responders (killed or crashed)"
+        } else {
+            "lost: silent, unreachable"
+        };
+        warn!(subagent = %id, tasks = tasks.len(), dead, "subagent {how}");
+        self.announce(id, SubagentState::Lost, how);
+        self.lose_tasks(id, dead, ctx);
+        self.dispatch(ctx);
+    }
+
+    fn lose_tasks(&mut self, id: &str, dead: bool, ctx: &mut Context<Self>) {
+        let rerun_at_ms = self.registry.get(id).map_or(0, |s| {
+            let silent = Instant::now().saturating_duration_since(s.last_seen);
+            let last_seen_ms = now_ms().saturating_sub(silent.as_millis() as u64);
+            last_seen_ms
+                + (s.orphan_timeout + s.heartbeat_interval + ORPHAN_MARGIN).as_millis() as u64
+        });
+        for order_id in self.book.on_subagent(id) {
+            let event = OrderEvent::SubagentLost {
+                subagent_id: id.to_string(),
+                at_ms: now_ms(),
+                dead,
+                rerun_at_ms,
+            };
+            self.apply_and_act(&order_id, event, ctx);
+        }
+    }
+
+    pub(super) fn check_liveness(&mut self, ctx: &mut Context<Self>) {
+        let timeout = self.config.broker.subagent_timeout;
+        for check in self.registry.check(Instant::now(), timeout) {
+            match check {
+                Check::Probe(id) => self.probe(id, None, ctx),
+                Check::Unreachable(id) => self.declare_lost(&id, false, ctx),
+            }
+        }
+        let now = now_ms();
+        let due = self.book.orphans_due(now);
+        for order_id in &due {
+            warn!(order = %order_id, "orphan timeout passed: the task is dead");
+            self.apply_and_act(order_id, OrderEvent::OrphanDeadline { at_ms: now }, ctx);
+        }
+        if !due.is_empty() {
+            self.dispatch(ctx);
+        }
+    }
+
+    /// Asks a quiet subagent whether it lives: no responders means its
+    /// process is gone; a late answer means it is only busy.
+    ///
+    /// No responders is taken as proof of death only when it holds twice, one
+    /// heartbeat interval apart, with no heartbeat in between (a live subagent
+    /// whose connection was dropped reconnects and resubscribes in that time),
+    /// and not shortly after the broker itself reconnected (after a NATS
+    /// restart the subagents may not have reconnected yet). Otherwise the
+    /// subagent can only be declared lost by silence, with its tasks in doubt.
+    fn probe(&mut self, id: String, first_no_responders: Option<Instant>, ctx: &mut Context<Self>) {
+        let bus = self.bus.clone();
+        let subject = bus.subjects().ping(&id);
+        let request = async move {
+            bus.request::<_, Pong>(subject, &Ping {}, PROBE_TIMEOUT)
+                .await
+        };
+        ctx.spawn(
+            request
+                .into_actor(self)
+                .map(move |reply, act, ctx| match reply {
+                    Ok(pong) => {
+                        if let Some(seen) =
+                            act.registry.touch(&id, &pong.instance_id, Instant::now())
+                        {
+                            act.after_seen(&id, seen, Some(&pong.running), ctx);
+                        }
+                    }
+                    Err(BusError::NoResponders { .. }) => {
+                        act.on_no_responders(id, first_no_responders, ctx)
+                    }
+                    Err(e) => {
+                        debug!(subagent = %id, error = %e, "probe unanswered; it may be busy")
+                    }
+                }),
+        );
+    }
+
+    fn on_no_responders(&mut self, id: String, first: Option<Instant>, ctx: &mut Context<Self>) {
+        let Some(subagent) = self.registry.get(&id) else {
+            return;
+        };
+        let reconnected = self.bus.stats().reconnected_at_ms();
+        let since = now_ms().saturating_sub(reconnected);
+        if reconnected > 0 && since < self.config.broker.subagent_timeout.as_millis() as u64 {
+            debug!(subagent = %id, "no responders, but we only just reconnected; not proof of death");
+            return;
+        }
+        match first {
+            None => {
+                let again = subagent.heartbeat_interval;
+                let now = Instant::now();
+                ctx.run_later(again, move |act, ctx| act.probe(id, Some(now), ctx));
+            }
+            Some(first) if subagent.last_seen < first => self.declare_lost(&id, true, ctx),
+            Some(_) => debug!(subagent = %id, "heard from it between two probes; alive"),
+        }
+    }
+
+    pub(super) fn on_leave(&mut self, req: Request<Leave>) {
+        let Leave {
+            subagent_id,
+            instance_id,
+        } = req.body;
+        if self.registry.remove(&subagent_id, &instance_id) {
+            info!(subagent = %subagent_id, "subagent left normally");
+            self.announce(&subagent_id, SubagentState::Left, "left: stopped normally");
+        }
+        if !self.departed.contains(&instance_id) {
+            self.departed.push_back(instance_id);
+            if self.departed.len() > 1024 {
+                self.departed.pop_front();
+            }
+        }
+        self.bus.reply(&req.replier, &Left {});
+    }
+}
+
+fn interval_or(ms: u64, config: &Config) -> Duration {
+    if ms == 0 {
+        config.subagent.heartbeat_interval
+    } else {
+        Duration::from_millis(ms)
+    }
+}

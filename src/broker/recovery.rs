@@ -1,0 +1,369 @@
+//! The broker's journal of orders in JetStream, and how a broker that
+//! becomes active takes the orders over from it.
+//!
+//! Journal: every write of an order goes through [`Broker::store`], which
+//! writes the order's current state and only then does what waited for it
+//! (send the task, acknowledge the result). Writes of one order go out one
+//! at a time, so an older state never lands after a newer one.
+//!
+//! Takeover: [`recover`] reads jobs, clusters and every order before the
+//! broker serves anything, and rebuilds the order book
+//! ([`OrderBook::restore`]). Tasks placed by an earlier broker are
+//! inherited: the first heartbeat of their subagent reconciles them
+//! (`OrderEvent::Reconciled`); a subagent not heard from within
+//! `broker.subagent_timeout` is lost without proof of death, so its tasks
+//! run again only after its orphan timeout.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use actix::prelude::*;
+use tracing::{info, warn};
+
+use super::order_book::{Applied, Order, OrderBook, OrderEvent, Phase};
+use super::{Broker, ORPHAN_MARGIN};
+use crate::bus::{BusError, Kv, Replier};
+use crate::config::Config;
+use crate::jobs;
+use crate::protocol::*;
+use crate::time::now_ms;
+
+/// How many result resends of its subagent a task that ended is awaited for.
+const RESULT_WAITS: u32 = 3;
+/// Before writing again a final state that could not be stored.
+const JOURNAL_RETRY: Duration = Duration::from_secs(1);
+
+/// What waits for an order's state to be stored.
+pub(super) enum Then {
+    Nothing,
+    /// The order was stored as dispatched: send its task.
+    Run {
+        subagent_id: String,
+        run: RunTask,
+    },
+    /// The order was stored final: acknowledge its task's result.
+    Ack {
+        replier: Replier,
+        task_id: String,
+    },
+}
+
+/// What a broker taking over starts from.
+pub(super) struct Recovered {
+    pub jobs: HashMap<String, JobSpec>,
+    pub clusters: HashMap<String, ClusterSpec>,
+    pub book: OrderBook,
+}
+
+/// Reads the deployed jobs and clusters and every order, and rebuilds the
+/// order book, keeping at most `keep_finished` final orders.
+pub(super) async fn recover(
+    jobs_kv: &Kv<JobSpec>,
+    clusters_kv: &Kv<ClusterSpec>,
+    orders_kv: &Kv<OrderInfo>,
+    keep_finished: usize,
+) -> Result<Recovered, BusError> {
+    let jobs = jobs_kv.entries().await?.into_iter();
+    let jobs: HashMap<String, JobSpec> = jobs
+        .filter(|(key, spec)| jobs::validate_job(spec).is_ok() && spec.name == *key)
+        .collect();
+    let clusters = clusters_kv.entries().await?.into_iter();
+    let clusters: HashMap<String, ClusterSpec> = clusters
+        .filter(|(key, spec)| jobs::validate_cluster(spec).is_ok() && spec.name == *key)
+        .collect();
+    let orders = orders_kv.entries().await?;
+    let restored = orders.values().map(|info| {
+        // a job removed since: its waiting orders fail at dispatch, and an
+        // inherited task is never run twice
+        let restartable = jobs.get(&info.job).is_some_and(|j| j.restartable);
+        Order::restore(info, restartable)
+    });
+    let mut book = OrderBook::new(keep_finished);
+    book.restore(restored);
+    let c = book.counts();
+    info!(
+        orders = orders.len(),
+        accepted = c.accepted,
+        running = c.running,
+        inherited_on = book.inherited_subagents().len(),
+        jobs = jobs.len(),
+        "orders recovered from the journal"
+    );
+    Ok(Recovered {
+        jobs,
+        clusters,
+        book,
+    })
+}
+
+/// When all of a never-seen subagent's tasks are surely dead: its orphan
+/// timeout (the default one), kill grace, a heartbeat and a margin from now.
+fn unseen_rerun_at(config: &Config, now_ms: u64) -> u64 {
+    let s = &config.subagent;
+    let limit = s.orphan_timeout + s.kill_grace + s.heartbeat_interval + ORPHAN_MARGIN;
+    now_ms + limit.as_millis() as u64
+}
+
+impl Broker {
+    /// Stores an order's current state, then does `then`. A write of the
+    /// same order still in flight is followed by one more write (of the
+    /// newest state), so writes land in order.
+    pub(super) fn store(&mut self, order_id: &str, then: Then, ctx: &mut Context<Self>) {
+        if let Some(waiting) = self.writing.get_mut(order_id) {
+            waiting.push(then);
+            return;
+        }
+        self.writing.insert(order_id.to_string(), Vec::new());
+        self.write(order_id.to_string(), vec![then], ctx);
+    }
+
+    fn write(&mut self, order_id: String, thens: Vec<Then>, ctx: &mut Context<Self>) {
+        let info = self.book.get(&order_id).map(Order::info);
+        let kv = self.orders_kv.clone();
+        let write = async move {
+            match info {
+                Some(info) => kv.put(&info.order_id, &info).await.map(|_| ()),
+                // forgotten: long final and stored
+                None => Ok(()),
+            }
+        };
+        ctx.spawn(
+            write
+                .into_actor(self)
+                .map(move |stored, act, ctx| act.written(order_id, thens, stored, ctx)),
+        );
+    }
+
+    fn written(
+        &mut self,
+        order_id: String,
+        thens: Vec<Then>,
+        stored: Result<(), BusError>,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Err(e) = &stored {
+            warn!(order = %order_id, error = %e, "order state not stored");
+        }
+        for then in thens {
+            self.follow_up(&order_id, then, stored.is_ok(), ctx);
+        }
+        let next = self.writing.get_mut(&order_id).map(std::mem::take);
+        match next {
+            Some(next) if !next.is_empty() => self.write(order_id, next, ctx),
+            _ => {
+                self.writing.remove(&order_id);
+                let final_unstored =
+                    stored.is_err() && self.book.get(&order_id).is_some_and(|o| o.phase.is_final());
+                if final_unstored {
+                    ctx.run_later(JOURNAL_RETRY, move |act, ctx| {
+                        act.store(&order_id, Then::Nothing, ctx)
+                    });
+                }
+            }
+        }
+    }
+
+    fn follow_up(&mut self, order_id: &str, then: Then, stored: bool, ctx: &mut Context<Self>) {
+        match then {
+            Then::Nothing => {}
+            // not acknowledged: the subagent sends the result again
+            Then::Ack { .. } if !stored => {}
+            Then::Ack { replier, task_id } => self.bus.reply(&replier, &ResultAck { task_id }),
+            Then::Run { subagent_id, run } => {
+                let still_ours = self.book.get(order_id).is_some_and(|o| {
+                    o.phase == Phase::Dispatching && o.task_id.as_ref() == Some(&run.task_id)
+                });
+                if !still_ours {
+                    return;
+                }
+                if stored {
+                    return self.send_run(subagent_id, run, ctx);
+                }
+                // never sent: back to the queue, tried again at the next dispatch
+                self.registry.release(&subagent_id, &run.task_id, false);
+                let event = OrderEvent::DispatchFailed {
+                    task_id: run.task_id,
+                };
+                let _ = self.book.apply(order_id, event);
+            }
+        }
+    }
+
+    /// Publishes an order's final state, stores it, then acknowledges the result (if any).
+    pub(super) fn finish(
+        &mut self,
+        order_id: &str,
+        ack: Option<(Replier, String)>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(order) = self.book.get(order_id) else {
+            return;
+        };
+        let info = order.info();
+        let duration_ms = match (info.started_at_ms, info.finished_at_ms) {
+            (Some(s), Some(f)) => Some(f.saturating_sub(s)),
+            _ => None,
+        };
+        let event = OrderFinished {
+            order_id: info.order_id.clone(),
+            job: info.job.clone(),
+            state: info.state,
+            exit_code: info.exit_code,
+            signal: info.signal,
+            timed_out: info.timed_out,
+            reason: info.reason.clone(),
+            subagent_id: info.subagent_id.clone(),
+            attempt: info.attempt,
+            duration_ms,
+            at_ms: now_ms(),
+        };
+        let s = self.bus.subjects();
+        self.bus.post(
+            s.event(&info.job, &info.order_id, EventKind::Finished),
+            &event,
+        );
+        let then = match ack {
+            Some((replier, task_id)) => Then::Ack { replier, task_id },
+            None => Then::Nothing,
+        };
+        self.store(order_id, then, ctx);
+    }
+
+    /// A subagent was heard from. Its inherited tasks take their room on it
+    /// at once; with the tasks it runs (a heartbeat or probe answer), they
+    /// are reconciled: running ones are confirmed, unconfirmed ones sent
+    /// again, started ones it no longer runs await their result, and those
+    /// of an earlier process of it are dead.
+    pub(super) fn on_sighting(
+        &mut self,
+        id: &str,
+        running: Option<&[String]>,
+        ctx: &mut Context<Self>,
+    ) {
+        if !self.unreconciled.contains(id) {
+            return;
+        }
+        let inherited: Vec<(String, String)> = self
+            .book
+            .inherited_on(id)
+            .into_iter()
+            .filter_map(|o| Some((o.id.clone(), o.task_id.clone()?)))
+            .collect();
+        for (_, task_id) in &inherited {
+            self.registry.assign(id, task_id);
+        }
+        let (Some(running), Some(subagent)) = (running, self.registry.get(id)) else {
+            return;
+        };
+        self.unreconciled.remove(id);
+        let retry = self.config.subagent.result_retry;
+        let wait = (retry + retry.max(Duration::from_secs(1))) * RESULT_WAITS;
+        let now = now_ms();
+        let instance_id = subagent.instance_id.clone();
+        for (order_id, task_id) in inherited {
+            let event = OrderEvent::Reconciled {
+                subagent_id: id.to_string(),
+                instance_id: instance_id.clone(),
+                running: running.to_vec(),
+                result_by_ms: now + wait.as_millis() as u64,
+                at_ms: now,
+            };
+            let Ok(Applied::Moved { from, to }) = self.book.apply(&order_id, event) else {
+                continue;
+            };
+            match to {
+                Phase::Running => {
+                    info!(order = %order_id, subagent = %id, "inherited task runs");
+                    if from != Phase::Running {
+                        self.store(&order_id, Then::Nothing, ctx);
+                    }
+                }
+                Phase::Dispatching => {
+                    info!(order = %order_id, subagent = %id, "inherited task unconfirmed; sending it again");
+                    self.resend(&order_id, id, instance_id.clone(), ctx);
+                }
+                Phase::Orphaned => {
+                    info!(order = %order_id, subagent = %id, "inherited task ended; awaiting its result");
+                    self.registry.release(id, &task_id, false);
+                }
+                _ => {
+                    warn!(order = %order_id, subagent = %id, "inherited task died with its subagent's restart");
+                    self.registry.release(id, &task_id, false);
+                    self.after_move(&order_id, to, ctx);
+                }
+            }
+        }
+    }
+
+    /// Sends an inherited, unconfirmed task again under its own id (the
+    /// subagent answers `duplicate` if it has it).
+    fn resend(
+        &mut self,
+        order_id: &str,
+        subagent_id: &str,
+        instance_id: String,
+        ctx: &mut Context<Self>,
+    ) {
+        let run = self.book.get(order_id).and_then(|order| {
+            let task_id = order.task_id.clone()?;
+            self.run_task(order, task_id, order.attempt, instance_id)
+        });
+        match run {
+            Some(run) => self.send_run(subagent_id.to_string(), run, ctx),
+            None => {
+                // its job is gone: back to the queue, where it is refused
+                let task_id = self.book.get(order_id).and_then(|o| o.task_id.clone());
+                let task_id = task_id.unwrap_or_default();
+                self.registry.release(subagent_id, &task_id, false);
+                let _ = self
+                    .book
+                    .apply(order_id, OrderEvent::DispatchFailed { task_id });
+            }
+        }
+    }
+
+    /// `broker.subagent_timeout` after becoming active: inherited tasks of
+    /// subagents never heard from are in doubt until their orphan timeout.
+    pub(super) fn unseen_deadline(&mut self, ctx: &mut Context<Self>) {
+        let unseen: BTreeSet<String> = self
+            .unreconciled
+            .iter()
+            .filter(|id| self.registry.get(id).is_none())
+            .cloned()
+            .collect();
+        let now = now_ms();
+        let rerun_at_ms = unseen_rerun_at(&self.config, now);
+        for id in unseen {
+            let orders: Vec<String> = self
+                .book
+                .inherited_on(&id)
+                .into_iter()
+                .map(|o| o.id.clone())
+                .collect();
+            warn!(subagent = %id, tasks = orders.len(), "subagent of inherited tasks never heard from");
+            for order_id in orders {
+                let event = OrderEvent::SubagentLost {
+                    subagent_id: id.clone(),
+                    at_ms: now,
+                    dead: false,
+                    rerun_at_ms,
+                };
+                self.apply_and_act(&order_id, event, ctx);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_never_seen_subagents_tasks_wait_past_its_default_orphan_limit() {
+        let config = Config::default();
+        let s = &config.subagent;
+        let at = unseen_rerun_at(&config, 1_000);
+        let limit = (s.orphan_timeout + s.kill_grace).as_millis() as u64;
+        assert!(at > 1_000 + limit);
+    }
+}

@@ -1,0 +1,310 @@
+//! `baton bench failover-broker`: brokers `broker-1..n` (one active, the
+//! others standbys), three subagents, and a steady stream of orders at a
+//! fixed rate, each submitted with its own request id and sent again under
+//! it (timeout, no responders, `unavailable`) until a broker accepts it.
+//! Each task appends its order id to a marker file, then sleeps.
+//!
+//! Each round SIGKILLs the active broker and measures from the kill to
+//! (a) another broker announcing itself active and (b) the first dispatch
+//! by it: the first `started` event of an order first submitted after the
+//! kill. The killed broker could neither accept nor dispatch such an order,
+//! so this is the new broker's work for certain; the first `started` event
+//! of any order is reported beside it, but may be a task the killed broker
+//! sent just before it died. Then the killed broker is started again under
+//! its name and the cluster settles before the next round. At the end the
+//! bench stops submitting, waits for every accepted order to be final, and
+//! judges by the marker file whether any order ran twice, or succeeded
+//! without running.
+//!
+//! Times are wall-clock milliseconds: the kill's, the `at_ms`/`sent_at_ms`
+//! of the brokers' and subagents' events (one host, one clock), and the
+//! arrival of submit replies.
+//!
+//! - `round.rs`: one kill and what it measured.
+//! - `traffic.rs`: the stream of orders and the events followed.
+//! - `ledger.rs`: the pure bookkeeping (orders, brokers, tally).
+//! - `report.rs`: the figures and their table.
+
+mod ledger;
+mod report;
+mod round;
+mod traffic;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use nix::sys::signal::Signal;
+
+use ledger::count_markers;
+use report::{print_table, Measured, Report, Settings};
+use round::{kill_and_watch, ready, restart, Measurements};
+use traffic::{Traffic, GIVE_UP, TASK_MS};
+
+use super::{stop_cluster, work_dir};
+use crate::bus::Bus;
+use crate::cli::parse_duration;
+use crate::launch::{LocalCluster, Logs};
+use crate::natsd::NatsServerOptions;
+use crate::protocol::*;
+
+const JOB: &str = "bench-broker";
+const SUBAGENTS: usize = 3;
+const CAPACITY: u32 = 8;
+/// Longest wait for each step of a round: a single active broker, the new
+/// one and its first dispatch, the killed one's return.
+const ROUND_LIMIT: Duration = Duration::from_secs(30);
+/// Longest wait at the end for the last orders to be accepted and final.
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+/// `$1` is the marker file, `$2` the seconds to sleep; no `{{`, so the
+/// broker substitutes nothing in it.
+const TASK_SCRIPT: &str = r#"echo "$BATON_ORDER_ID" >> "$1"; sleep "$2""#;
+
+#[derive(Debug, Args)]
+pub struct FailoverBrokerArgs {
+    /// Broker processes, one of them active
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=3))]
+    pub brokers: u8,
+    /// Active brokers killed
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Orders submitted per second
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
+    /// How long to let the cluster run after the killed broker is back
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    pub settle: Duration,
+    /// Start no new round after this long
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    pub timeout: Duration,
+    /// Keep the cluster's logs, and the marker file, in this folder
+    #[arg(long)]
+    pub logs: Option<PathBuf>,
+    /// Print the figures as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(super) async fn failover_broker(args: FailoverBrokerArgs) -> anyhow::Result<()> {
+    if !(args.rate > 0.0 && args.rate <= 10_000.0) {
+        bail!("--rate must be above 0 and at most 10000 orders/s");
+    }
+    let settings = Settings::load()?;
+    if !args.json {
+        eprintln!(
+            "baton bench failover-broker: {} rounds, {} brokers, {} orders/s; {}",
+            args.rounds,
+            args.brokers,
+            args.rate,
+            settings.describe()
+        );
+    }
+    let work = work_dir();
+    let started = Instant::now();
+    // beside the logs when they are kept, so the evidence stays too
+    let markers = match &args.logs {
+        Some(logs) => logs.join(format!("markers-{}", std::process::id())),
+        None => work.join("markers"),
+    };
+    let ids: Vec<String> = (1..=args.brokers).map(|i| format!("broker-{i}")).collect();
+    let (mut cluster, bus) = match start(&work, args.logs.clone(), &ids).await {
+        Ok(started) => started,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&work);
+            return Err(e);
+        }
+    };
+    let run = run(&mut cluster, &bus, &args, &ids, &markers, settings).await;
+    stop_subagents(&mut cluster);
+    stop_cluster(cluster, &work);
+    let mut report = run?;
+    report.elapsed_s = started.elapsed().as_secs_f64();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+/// Starts nats-server, the brokers `ids` and the subagents in `work` (logs
+/// in `logs`, else `work/logs`), and waits until the subagents are available.
+async fn start(
+    work: &Path,
+    logs: Option<PathBuf>,
+    ids: &[String],
+) -> anyhow::Result<(LocalCluster, Bus)> {
+    std::fs::create_dir_all(work).with_context(|| format!("cannot create {}", work.display()))?;
+    let logs = logs.unwrap_or_else(|| work.join("logs"));
+    let nats = NatsServerOptions {
+        port: None,
+        store_dir: work.join("nats"),
+        config_file: None,
+        log_file: Some(work.join("nats-server.log")),
+    };
+    let exe = std::env::current_exe()?;
+    let mut cluster = LocalCluster::start(nats, exe, "bench", Logs::Dir(logs)).await?;
+    for id in ids {
+        spawn_broker(&mut cluster, id)?;
+    }
+    let capacity = CAPACITY.to_string();
+    for i in 1..=SUBAGENTS {
+        cluster.spawn_subagent(&format!("sub-{i}"), &["--capacity", &capacity])?;
+    }
+    let bus = cluster.client().await?;
+    cluster.wait_for_subagents(&bus, SUBAGENTS).await?;
+    Ok((cluster, bus))
+}
+
+/// Stops the subagents first, while a broker acknowledges their leave (the
+/// cluster stops its newest processes first: a restarted broker).
+fn stop_subagents(cluster: &mut LocalCluster) {
+    let names: Vec<String> = (1..=SUBAGENTS).map(|i| format!("sub-{i}")).collect();
+    for name in &names {
+        let _ = cluster.signal(name, Signal::SIGTERM);
+    }
+    for name in &names {
+        let _ = cluster.wait_exit(name, Duration::from_secs(5));
+    }
+}
+
+fn spawn_broker(cluster: &mut LocalCluster, id: &str) -> anyhow::Result<u32> {
+    cluster.spawn(id, &["broker", "--id", id])
+}
+
+async fn run(
+    cluster: &mut LocalCluster,
+    bus: &Bus,
+    args: &FailoverBrokerArgs,
+    ids: &[String],
+    markers: &Path,
+    settings: Settings,
+) -> anyhow::Result<Report> {
+    let stop_at = tokio::time::Instant::now() + args.timeout;
+    let alive = Duration::from_millis(settings.heartbeat_ms * 4).max(Duration::from_secs(1));
+    // listen before the first order exists
+    let mut traffic = Traffic::start(bus, JOB, args.rate).await?;
+    deploy(bus, markers).await?;
+    ready(&mut traffic, ids, alive).await?;
+    traffic.feed(true);
+    traffic
+        .idle(tokio::time::Instant::now() + args.settle)
+        .await;
+
+    let mut m = Measurements::default();
+    let mut rounds = 0;
+    for round in 1..=args.rounds {
+        if tokio::time::Instant::now() >= stop_at {
+            eprintln!("timed out after {:?}: {} rounds", args.timeout, round - 1);
+            break;
+        }
+        let (victim, epoch) = ready(&mut traffic, ids, alive).await?;
+        let kill = kill_and_watch(&mut traffic, cluster, &victim, epoch).await?;
+        rounds += 1;
+        if !args.json {
+            eprintln!("round {round}: {}", kill.describe(&victim, epoch));
+        }
+        m.add(&kill);
+        restart(&mut traffic, cluster, &victim).await?;
+        traffic
+            .idle(tokio::time::Instant::now() + args.settle)
+            .await;
+    }
+
+    traffic.feed(false);
+    drain(&mut traffic).await;
+    let text = std::fs::read_to_string(markers).unwrap_or_default();
+    let (min, max) = TASK_MS;
+    Ok(Report {
+        scenario: "failover-broker",
+        brokers: ids.len(),
+        subagents: SUBAGENTS,
+        capacity: CAPACITY,
+        rate: args.rate,
+        task_ms_min: min,
+        task_ms_max: max,
+        settings,
+        rounds,
+        new_active: Measured::of(m.new_active),
+        first_accepted: Measured::of(m.first_accepted),
+        first_dispatch: Measured::of(m.first_dispatch),
+        first_started_any: Measured::of(m.first_started_any),
+        tally: traffic.ledger.tally(&count_markers(&text)),
+        rejected: traffic.rejected.clone().into_iter().collect(),
+        elapsed_s: 0.0,
+    })
+}
+
+/// Deploys [`JOB`]: appends its order id to `markers`, then sleeps `secs`.
+async fn deploy(bus: &Bus, markers: &Path) -> anyhow::Result<()> {
+    let secs = ParamSpec {
+        default: Some("0.1".into()),
+        required: false,
+        description: Some("seconds to sleep".into()),
+    };
+    let job = JobSpec {
+        name: JOB.into(),
+        program: "sh".into(),
+        args: vec![
+            "-c".into(),
+            TASK_SCRIPT.into(),
+            "baton-bench-task".into(),
+            markers.display().to_string(),
+            "{{secs}}".into(),
+        ],
+        env: Default::default(),
+        working_dir: None,
+        timeout_ms: Some(60_000),
+        params: [("secs".to_string(), secs)].into(),
+        description: Some("appends its order id to a file, then sleeps".into()),
+        cluster: None,
+        restartable: true,
+        triggers: Vec::new(),
+        misfire: Default::default(),
+        concurrency: Default::default(),
+    };
+    let request = DeployRequest {
+        jobs: vec![job],
+        clusters: vec![],
+    };
+    let _: DeployReply = bus
+        .request(bus.subjects().deploy(), &request, Duration::from_secs(10))
+        .await
+        .context("deploy")?;
+    Ok(())
+}
+
+/// Lets the last submits be accepted (or given up on), then waits until
+/// every accepted order is final, asking the broker about those whose
+/// `finished` event did not come; at most [`DRAIN_LIMIT`] (plus the
+/// give-up time of a submit still being retried).
+async fn drain(traffic: &mut Traffic) {
+    let deadline = tokio::time::Instant::now() + GIVE_UP.max(DRAIN_LIMIT);
+    while traffic.submitting() > 0 {
+        if traffic.step(deadline).await.is_none() {
+            break;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
+    while !traffic.ledger.unfinished().is_empty() && tokio::time::Instant::now() < deadline {
+        traffic
+            .idle(tokio::time::Instant::now() + Duration::from_secs(1))
+            .await;
+        traffic.poll_unfinished().await;
+    }
+    let left = traffic.ledger.unaccepted();
+    if left > 0 {
+        eprintln!("{left} orders were still being submitted at the end");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_task_script_has_no_placeholders() {
+        assert!(!TASK_SCRIPT.contains("{{"));
+    }
+}

@@ -1,0 +1,342 @@
+//! Broker high availability: several brokers, one active (a lease in
+//! JetStream KV), the others standby. Killing, stopping or cutting off the
+//! active one hands over to a standby that rebuilds the orders from
+//! JetStream and carries on: nothing is lost and nothing runs twice.
+//!
+//! Jobs append their order id to a marker file when they start, so the test
+//! counts executions per order from outside Baton.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use baton::bus::{decode, Bus, BusError, Encoding};
+use baton::protocol::*;
+use common::proxy::Proxy;
+use common::*;
+use futures::StreamExt;
+use nix::sys::signal::Signal;
+
+const ENV: &[(&str, &str)] = &[("BATON_SUBAGENT__CAPACITY", "8")];
+
+/// Bound on a takeover: lease expiry, recovery, subagents heard again.
+const TAKEOVER: Duration = Duration::from_secs(20);
+
+fn jobs(marker: &Path, gate: &Path) -> String {
+    format!(
+        r#"
+[[job]]
+name = "work"
+program = "sh"
+args = ["-c", 'echo "$BATON_ORDER_ID" >> "{marker}"; sleep 0.3']
+
+[[job]]
+name = "gate"
+program = "sh"
+args = ["-c", 'echo "$BATON_ORDER_ID" >> "{marker}"; while [ ! -f "{gate}" ]; do sleep 0.05; done']
+"#,
+        marker = marker.display(),
+        gate = gate.display(),
+    )
+}
+
+/// Executions per order id recorded in `marker`.
+fn executions(marker: &Path) -> BTreeMap<String, usize> {
+    let text = std::fs::read_to_string(marker).unwrap_or_default();
+    let mut runs = BTreeMap::new();
+    for id in text.lines().filter(|l| !l.is_empty()) {
+        *runs.entry(id.to_string()).or_insert(0) += 1;
+    }
+    runs
+}
+
+/// The id of the broker answering requests now, if any.
+async fn active(bus: &Bus) -> Option<String> {
+    let ask = StatusRequest::default();
+    let reply = bus
+        .request::<_, StatusReply>(bus.subjects().status(), &ask, Duration::from_secs(1))
+        .await;
+    reply.ok().map(|s| s.broker_id)
+}
+
+/// Waits until a broker other than `not` answers; returns its id.
+async fn active_other_than(bus: &Bus, not: Option<&str>) -> String {
+    wait_for(TAKEOVER, "a broker is active", || async {
+        active(bus).await.filter(|id| Some(id.as_str()) != not)
+    })
+    .await
+}
+
+/// Submits with `request_id`, retrying through a fail-over (no responders,
+/// timeouts, unavailable) with the same id, as a careful client does.
+async fn submit_surely(bus: &Bus, job: &str, request_id: &str) -> SubmitReply {
+    let order = SubmitOrder {
+        job: job.into(),
+        params: BTreeMap::new(),
+        request_id: Some(request_id.into()),
+        slot_ms: None,
+    };
+    let subject = bus.subjects().submit();
+    wait_for(TAKEOVER * 2, "a submit is accepted", || async {
+        match bus
+            .request::<_, SubmitReply>(subject.clone(), &order, Duration::from_secs(2))
+            .await
+        {
+            Ok(reply) => Some(reply),
+            Err(BusError::Remote(e)) if e.error.code == ErrorCode::UnknownJob => {
+                panic!("submit refused: {e}")
+            }
+            Err(_) => None,
+        }
+    })
+    .await
+}
+
+/// Waits until `order_id` is final (through fail-overs) and returns it.
+async fn final_info(bus: &Bus, order_id: &str) -> OrderInfo {
+    wait_for(Duration::from_secs(60), "the order is final", || async {
+        order_info(bus, order_id)
+            .await
+            .filter(|o| o.state.is_final())
+    })
+    .await
+}
+
+/// The process name of a broker id: brokers we start are named after
+/// their id; the harness's own one is "broker".
+fn process_of(id: &str) -> &str {
+    if id.starts_with("broker-") {
+        "broker"
+    } else {
+        id
+    }
+}
+
+fn spawn_broker(h: &mut Harness, id: &str) {
+    h.cluster
+        .spawn(id, &["broker", "--id", id])
+        .expect("spawn broker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_kills_of_the_active_broker_with_500_orders_in_flight_lose_and_repeat_nothing() {
+    let mut h = cluster_with_env(&["sub-1", "sub-2", "sub-3"], ENV).await;
+    let marker = h.scratch().join("marker");
+    deploy(&h.bus, &jobs(&marker, &h.scratch().join("never"))).await;
+    spawn_broker(&mut h, "b2");
+
+    // A steady stream of 500 orders, each retried with its request id.
+    let bus = h.bus.clone();
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let sink = accepted.clone();
+    let feeder = tokio::spawn(async move {
+        for i in 0..500 {
+            let reply = submit_surely(&bus, "work", &format!("order-{i}")).await;
+            sink.lock().unwrap().push(reply.order_id);
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    });
+
+    let mut killed = Vec::new();
+    for round in 0..5 {
+        wait_until(TAKEOVER, "orders flow", || {
+            let n = accepted.lock().unwrap().len();
+            async move { n >= 60 * round + 30 }
+        })
+        .await;
+        let id = active_other_than(&h.bus, None).await;
+        h.cluster
+            .signal(process_of(&id), Signal::SIGKILL)
+            .expect("kill the active broker");
+        let next = active_other_than(&h.bus, Some(&id)).await;
+        eprintln!("round {round}: killed {id}, {next} took over");
+        // The killed one comes back as a standby.
+        let name = if id.starts_with("broker-") {
+            "b1".to_string()
+        } else {
+            id.clone()
+        };
+        spawn_broker(&mut h, &name);
+        killed.push(id);
+    }
+    within(Duration::from_secs(120), "all 500 submitted", feeder)
+        .await
+        .expect("feeder");
+    let ids = accepted.lock().unwrap().clone();
+    assert_eq!(ids.len(), 500);
+    for id in &ids {
+        let info = final_info(&h.bus, id).await;
+        assert_eq!(info.state, OrderState::Succeeded, "{info:?}");
+    }
+    let runs = executions(&marker);
+    let twice: Vec<_> = runs.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(twice.is_empty(), "orders executed twice: {twice:?}");
+    for id in &ids {
+        assert_eq!(
+            runs.get(id),
+            Some(&1),
+            "order {id} executed {:?} times",
+            runs.get(id)
+        );
+    }
+    assert_eq!(killed.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_unacknowledged_by_a_killed_broker_reaches_the_next_one() {
+    let mut h = cluster_with_env(&["sub-1"], ENV).await;
+    let (marker, gate) = (h.scratch().join("marker"), h.scratch().join("gate"));
+    deploy(&h.bus, &jobs(&marker, &gate)).await;
+    spawn_broker(&mut h, "b2");
+    let first = active_other_than(&h.bus, None).await;
+    let order = submit_surely(&h.bus, "gate", "gated").await.order_id;
+    wait_until(Duration::from_secs(10), "the task runs", || async {
+        order_info(&h.bus, &order)
+            .await
+            .is_some_and(|o| o.state == OrderState::Running)
+    })
+    .await;
+    // Freeze the broker, let the task finish: its result goes unacknowledged.
+    h.cluster
+        .signal(process_of(&first), Signal::SIGSTOP)
+        .expect("stop the broker");
+    std::fs::write(&gate, "").expect("open the gate");
+    wait_until(Duration::from_secs(10), "the task ended", || {
+        let gone = !std::fs::read_to_string(&marker)
+            .unwrap_or_default()
+            .is_empty();
+        async move { gone }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // result sent, unanswered
+    h.cluster
+        .signal(process_of(&first), Signal::SIGKILL)
+        .expect("kill the broker");
+    active_other_than(&h.bus, Some(&first)).await;
+    let info = final_info(&h.bus, &order).await;
+    assert_eq!(info.state, OrderState::Succeeded, "{info:?}");
+    assert_eq!(info.attempt, 1, "{info:?}");
+    assert_eq!(executions(&marker).get(&order), Some(&1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_request_id_across_a_fail_over_is_one_order() {
+    let mut h = cluster_with_env(&["sub-1"], ENV).await;
+    let marker = h.scratch().join("marker");
+    deploy(&h.bus, &jobs(&marker, &h.scratch().join("never"))).await;
+    spawn_broker(&mut h, "b2");
+    let first = active_other_than(&h.bus, None).await;
+    let before = submit_surely(&h.bus, "work", "same-request").await;
+    assert!(!before.duplicate);
+    h.cluster
+        .signal(process_of(&first), Signal::SIGKILL)
+        .expect("kill the broker");
+    let after = submit_surely(&h.bus, "work", "same-request").await;
+    assert_eq!(after.order_id, before.order_id);
+    assert!(after.duplicate);
+    let info = final_info(&h.bus, &before.order_id).await;
+    assert_eq!(info.state, OrderState::Succeeded);
+    assert_eq!(executions(&marker).get(&before.order_id), Some(&1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_the_lease_over_without_waiting_for_it_to_expire() {
+    // A lease far longer than the wait below: only a release explains a takeover.
+    let env = [ENV, &[("BATON_BROKER__LEASE", "60s")]].concat();
+    let mut h = cluster_with_env(&["sub-1"], &env).await;
+    let marker = h.scratch().join("marker");
+    deploy(&h.bus, &jobs(&marker, &h.scratch().join("never"))).await;
+    spawn_broker(&mut h, "b2");
+    let first = active_other_than(&h.bus, None).await;
+    let waiting = submit_surely(&h.bus, "work", "before-stop").await.order_id;
+    h.cluster
+        .signal(process_of(&first), Signal::SIGTERM)
+        .expect("stop the broker");
+    let code = h
+        .cluster
+        .wait_exit(process_of(&first), Duration::from_secs(10))
+        .expect("it exits");
+    assert_eq!(code, Some(0));
+    let next = wait_for(
+        Duration::from_secs(15),
+        "the standby takes over",
+        || async { active(&h.bus).await.filter(|id| *id != first) },
+    )
+    .await;
+    assert_eq!(next, "b2");
+    let after = submit_surely(&h.bus, "work", "after-stop").await.order_id;
+    for id in [&waiting, &after] {
+        assert_eq!(final_info(&h.bus, id).await.state, OrderState::Succeeded);
+        assert_eq!(executions(&marker).get(id.as_str()), Some(&1));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_cut_off_from_nats_steps_down_and_comes_back_a_standby() {
+    let mut h = cluster_with_env(&["sub-1"], ENV).await;
+    let marker = h.scratch().join("marker");
+    deploy(&h.bus, &jobs(&marker, &h.scratch().join("never"))).await;
+    // Every leadership change, in order of publication.
+    let changes = Arc::new(Mutex::new(Vec::<BrokerChanged>::new()));
+    let (bus, sink) = (h.bus.clone(), changes.clone());
+    let mut events = bus
+        .listen_raw(bus.subjects().broker_changes())
+        .await
+        .expect("subscribe");
+    tokio::spawn(async move {
+        while let Some((_, payload)) = events.next().await {
+            let e: BrokerChanged = decode(Encoding::MessagePack, &payload).expect("event");
+            sink.lock().unwrap().push(e);
+        }
+    });
+    // b1 reaches NATS through a proxy; make it the active one.
+    let proxy = Proxy::start(&h.nats_url()).await.expect("proxy");
+    h.cluster
+        .spawn_via("b1", &["broker", "--id", "b1"], &proxy.url())
+        .expect("spawn b1");
+    let first = active_other_than(&h.bus, None).await;
+    h.cluster
+        .signal(process_of(&first), Signal::SIGTERM)
+        .expect("stop the first broker");
+    assert_eq!(active_other_than(&h.bus, Some(&first)).await, "b1");
+    spawn_broker(&mut h, "b2");
+
+    proxy.cut();
+    assert_eq!(active_other_than(&h.bus, Some("b1")).await, "b2");
+    let order = submit_surely(&h.bus, "work", "during-cut").await.order_id;
+    assert_eq!(
+        final_info(&h.bus, &order).await.state,
+        OrderState::Succeeded
+    );
+    proxy.heal();
+    wait_until(TAKEOVER, "b1 heartbeats as a standby", || async {
+        let hb = h
+            .bus
+            .listen::<BrokerHeartbeat>(h.bus.subjects().broker_heartbeat())
+            .await
+            .expect("subscribe");
+        let mut hb = hb.filter(|hb| futures::future::ready(hb.body.broker_id == "b1"));
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), hb.next()).await,
+            Ok(Some(hb)) if hb.body.role == BrokerRole::Standby
+        )
+    })
+    .await;
+    assert_eq!(active(&h.bus).await.as_deref(), Some("b2"));
+    // b1 stepped down before b2 became active: never two at once.
+    let changes = changes.lock().unwrap().clone();
+    let b1_down = changes
+        .iter()
+        .find(|c| c.broker_id == "b1" && c.role == BrokerRole::Standby);
+    let b2_up = changes
+        .iter()
+        .find(|c| c.broker_id == "b2" && c.role == BrokerRole::Active)
+        .expect("b2 announced itself");
+    if let Some(down) = b1_down {
+        assert!(down.at_ms <= b2_up.at_ms, "{changes:?}");
+    }
+    assert!(b2_up.epoch > 0);
+}
