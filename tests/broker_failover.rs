@@ -326,6 +326,28 @@ async fn a_broker_cut_off_from_nats_steps_down_and_comes_back_a_standby() {
     })
     .await;
     assert_eq!(active(&h.bus).await.as_deref(), Some("b2"));
+    // Status lists both, with their roles, the epoch and the lease's age.
+    let shown = wait_for(Duration::from_secs(5), "status lists b1", || async {
+        let ask = StatusRequest::default();
+        let s: StatusReply = h
+            .bus
+            .request(h.bus.subjects().status(), &ask, REQUEST)
+            .await
+            .ok()?;
+        s.brokers.iter().any(|b| b.id == "b1").then_some(s.brokers)
+    })
+    .await;
+    let b2 = shown.iter().find(|b| b.id == "b2").expect("b2 listed");
+    assert_eq!(b2.role, BrokerRole::Active);
+    assert!(b2.epoch > 0 && b2.lease_age_ms.is_some(), "{b2:?}");
+    let b1 = shown.iter().find(|b| b.id == "b1").expect("b1 listed");
+    assert_eq!(b1.role, BrokerRole::Standby, "{shown:?}");
+    let out = run_baton(&h, &["status"], Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("brokers (2)") && text.contains("standby"),
+        "{text}"
+    );
     // b1 stepped down before b2 became active: never two at once.
     let changes = changes.lock().unwrap().clone();
     let b1_down = changes

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use super::lease::{self, Peer};
-use super::{Broker, NotifyStop, StepDown};
+use super::{Broker, LeaseNews, NotifyStop, StepDown};
 use crate::bus::{Bus, Kv};
 use crate::config::Config;
 use crate::protocol::*;
@@ -49,6 +49,8 @@ struct Leadership {
     kv: Kv<BrokerLease>,
     id: String,
     peers: BTreeMap<String, Peer>,
+    /// The last heartbeat of each other broker, and when it came.
+    heard: BTreeMap<String, (BrokerHeartbeat, Instant)>,
     active: Option<Active>,
     /// When the lease was first found free, while standby.
     free_since: Option<Instant>,
@@ -69,6 +71,7 @@ pub async fn run_until_signal(config: Config, bus: Bus) -> anyhow::Result<()> {
         bus,
         kv,
         peers: BTreeMap::new(),
+        heard: BTreeMap::new(),
         active: None,
         free_since: None,
         last_heartbeat: None,
@@ -111,7 +114,28 @@ impl Leadership {
             standby: hb.role == BrokerRole::Standby,
             last_seen: Instant::now(),
         };
-        self.peers.insert(hb.broker_id, peer);
+        self.peers.insert(hb.broker_id.clone(), peer);
+        self.heard
+            .insert(hb.broker_id.clone(), (hb, Instant::now()));
+    }
+
+    /// Tells the active Broker how its lease and its peers stand.
+    fn tell_broker(&self, now: Instant) {
+        let Some(a) = &self.active else {
+            return;
+        };
+        let peers = self.heard.values().map(|(hb, at)| BrokerStatus {
+            id: hb.broker_id.clone(),
+            role: hb.role,
+            epoch: hb.epoch,
+            precedence: hb.precedence,
+            lease_age_ms: hb.lease_age_ms,
+            heartbeat_age_ms: now.saturating_duration_since(*at).as_millis() as u64,
+        });
+        a.broker.do_send(LeaseNews {
+            renewed_at: Some(a.last_ok),
+            peers: peers.collect(),
+        });
     }
 
     async fn tick(&mut self) -> anyhow::Result<()> {
@@ -119,6 +143,9 @@ impl Leadership {
         let alive = self.config.broker.heartbeat_interval * 4;
         self.peers
             .retain(|_, p| now.saturating_duration_since(p.last_seen) < alive * 10);
+        self.heard
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < alive * 10);
+        self.tell_broker(now);
         match &self.active {
             Some(a)
                 if now.saturating_duration_since(a.last_try)

@@ -90,6 +90,8 @@ pub struct Broker {
     departed: VecDeque<String>,
     /// Keeps one agent in the Scheduler role.
     elector: Addr<elector::Elector>,
+    /// The other brokers and our lease, as the leadership loop last told.
+    peers: LeaseNews,
     /// Tells `run_until_signal` the broker cannot go on.
     stopped: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -169,6 +171,7 @@ pub async fn start(config: Config, bus: Bus, epoch: u64) -> Result<Addr<Broker>,
             last_placed: HashMap::new(),
             departed: VecDeque::new(),
             elector,
+            peers: LeaseNews::default(),
             stopped: None,
         }
     }))
@@ -490,7 +493,7 @@ impl Broker {
             epoch: self.epoch,
             role: BrokerRole::Active,
             precedence: self.config.broker.precedence,
-            lease_age_ms: None,
+            lease_age_ms: self.peers.lease_age_ms(),
         };
         self.bus.post(self.bus.subjects().broker_heartbeat(), &hb);
     }
@@ -514,6 +517,36 @@ impl Handler<StepDown> for Broker {
         self.elector.do_send(elector::Stop);
         self.stopped = None;
         ctx.stop();
+    }
+}
+
+/// From the leadership loop: when the lease was last renewed, and the other
+/// brokers heard from (for `status` and heartbeats).
+#[derive(Message, Default, Clone)]
+#[rtype(result = "()")]
+pub struct LeaseNews {
+    pub renewed_at: Option<std::time::Instant>,
+    pub peers: Vec<BrokerStatus>,
+}
+
+impl LeaseNews {
+    fn lease_age_ms(&self) -> Option<u64> {
+        self.renewed_at.map(|t| t.elapsed().as_millis() as u64)
+    }
+
+    /// Every broker: this one first, then the others by id.
+    fn brokers(&self, me: BrokerStatus) -> Vec<BrokerStatus> {
+        let mut all = vec![me];
+        all.extend(self.peers.iter().cloned());
+        all
+    }
+}
+
+impl Handler<LeaseNews> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, news: LeaseNews, _: &mut Self::Context) {
+        self.peers = news;
     }
 }
 

@@ -433,7 +433,14 @@ impl Broker {
             jobs: self.job_names(),
             clusters,
             orders: self.book.counts(),
-            brokers: Vec::new(),
+            brokers: self.peers.brokers(BrokerStatus {
+                id: self.id.clone(),
+                role: BrokerRole::Active,
+                epoch: self.epoch,
+                precedence: self.config.broker.precedence,
+                lease_age_ms: self.peers.lease_age_ms(),
+                heartbeat_age_ms: 0,
+            }),
             agents: Vec::new(),
             malformed_messages: self.bus.stats().malformed(),
         };
