@@ -243,14 +243,32 @@ async fn a_repeated_request_id_across_a_fail_over_is_one_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_hands_the_lease_over_without_waiting_for_it_to_expire() {
+async fn sigterm_hands_the_lease_over_at_once_to_the_standby_that_goes_first() {
     // A lease far longer than the wait below: only a release explains a takeover.
     let env = [ENV, &[("BATON_BROKER__LEASE", "60s")]].concat();
     let mut h = cluster_with_env(&["sub-1"], &env).await;
     let marker = h.scratch().join("marker");
     deploy(&h.bus, &jobs(&marker, &h.scratch().join("never"))).await;
-    spawn_broker(&mut h, "b2");
+    // Two standbys; b3's lower precedence puts it first.
+    h.cluster
+        .spawn("b2", &["broker", "--id", "b2", "--precedence", "200"])
+        .expect("spawn b2");
+    h.cluster
+        .spawn("b3", &["broker", "--id", "b3", "--precedence", "10"])
+        .expect("spawn b3");
     let first = active_other_than(&h.bus, None).await;
+    wait_until(
+        Duration::from_secs(10),
+        "both standbys heartbeat",
+        || async {
+            let ask = StatusRequest::default();
+            let s = h
+                .bus
+                .request::<_, StatusReply>(h.bus.subjects().status(), &ask, REQUEST);
+            s.await.is_ok_and(|s| s.brokers.len() == 3)
+        },
+    )
+    .await;
     let waiting = submit_surely(&h.bus, "work", "before-stop").await.order_id;
     h.cluster
         .signal(process_of(&first), Signal::SIGTERM)
@@ -266,7 +284,10 @@ async fn sigterm_hands_the_lease_over_without_waiting_for_it_to_expire() {
         || async { active(&h.bus).await.filter(|id| *id != first) },
     )
     .await;
-    assert_eq!(next, "b2");
+    assert_eq!(
+        next, "b3",
+        "the standby with the lower precedence goes first"
+    );
     let after = submit_surely(&h.bus, "work", "after-stop").await.order_id;
     for id in [&waiting, &after] {
         assert_eq!(final_info(&h.bus, id).await.state, OrderState::Succeeded);

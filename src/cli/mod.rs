@@ -61,6 +61,12 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a broker: keeps the registry, holds jobs and orders, places tasks
+    ///
+    /// Start several for high availability: one is active (it holds a lease
+    /// in JetStream KV, renewed every broker.renew_interval), the others are
+    /// standbys that take over when it is killed (after broker.lease) or
+    /// stopped (SIGTERM hands the lease over at once), rebuilding the orders
+    /// from JetStream.
     Broker(BrokerArgs),
     /// Run a subagent (executes tasks as OS processes), or disable, enable or stop one
     ///
@@ -117,6 +123,9 @@ pub struct BrokerArgs {
     /// Broker id [default: broker-<hostname>-<pid>]
     #[arg(long)]
     pub id: Option<String>,
+    /// Among standbys, lower takes over first [default: 100]
+    #[arg(long, value_name = "N")]
+    pub precedence: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +203,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Broker(a) => {
             if let Some(id) = &a.id {
                 overrides.push(("broker.id", id.clone()));
+            }
+            if let Some(p) = a.precedence {
+                overrides.push(("broker.precedence", p.to_string()));
             }
         }
         Command::Subagent(a) => {
