@@ -44,6 +44,9 @@ pub struct NatsConfig {
     pub max_message_bytes: usize,
     /// JetStream replicas for Baton's buckets: 1 on one server, 3 on a cluster.
     pub replicas: usize,
+    /// How long tasks' output lines are kept in the log stream.
+    #[serde(with = "humantime_serde")]
+    pub log_retention: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -216,6 +219,7 @@ impl Default for NatsConfig {
             request_timeout: Duration::from_secs(10),
             max_message_bytes: 1024 * 1024,
             replicas: 1,
+            log_retention: Duration::from_secs(7 * 24 * 60 * 60),
         }
     }
 }
@@ -354,6 +358,13 @@ impl Config {
                 reason: "a subagent must be able to run at least one task".into(),
             });
         }
+        if self.nats.log_retention < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                key: "nats.log_retention",
+                value: humantime::format_duration(self.nats.log_retention).to_string(),
+                reason: "keep logs at least 1s".into(),
+            });
+        }
         if self.broker.subagent_timeout <= self.subagent.heartbeat_interval {
             return Err(ConfigError::Invalid {
                 key: "broker.subagent_timeout",
@@ -414,6 +425,11 @@ impl Config {
     /// Name of the KV bucket holding orders.
     pub fn orders_bucket(&self) -> String {
         format!("{}_orders", self.prefix)
+    }
+
+    /// Name of the JetStream stream keeping tasks' output lines.
+    pub fn log_stream(&self) -> String {
+        format!("{}_logs", self.prefix)
     }
 }
 

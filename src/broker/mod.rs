@@ -103,6 +103,13 @@ pub async fn start(config: Config, bus: Bus, epoch: u64) -> Result<Addr<Broker>,
     let jobs_kv: Kv<JobSpec> = bus.kv(&config.jobs_bucket()).await?;
     let clusters_kv: Kv<ClusterSpec> = bus.kv(&config.clusters_bucket()).await?;
     let orders_kv: Kv<OrderInfo> = bus.kv(&config.orders_bucket()).await?;
+    // task output is kept from now on (see `baton order logs`)
+    if let Err(e) = bus
+        .ensure_log_stream(&config.log_stream(), config.nats.log_retention)
+        .await
+    {
+        warn!(error = %e, "cannot create the log stream; task output is not kept");
+    }
     // the orders are taken over before anything is served
     let recovered = recovery::recover(&jobs_kv, &clusters_kv, &orders_kv, KEEP_FINISHED).await?;
     let s = bus.subjects().clone();

@@ -10,6 +10,7 @@
 
 mod codec;
 mod kv;
+mod logs;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use tracing::{debug, info, warn};
 
 pub use codec::{decode, encode, DecodeError, Encoding};
 pub use kv::{Kv, KvChange};
+pub use logs::{LogsError, OrderLog};
 
 use crate::protocol::{ErrorCode, ErrorReply, Subjects, CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE};
 

@@ -12,7 +12,7 @@ use futures::StreamExt;
 
 use super::output;
 use super::{connect, parse_duration, EXIT_ORDER_FAILED};
-use crate::bus::{decode, Bus, BusError, Encoding};
+use crate::bus::{decode, Bus, BusError, Encoding, LogsError, OrderLog};
 use crate::config::Config;
 use crate::protocol::*;
 
@@ -76,6 +76,22 @@ pub enum OrderCommand {
         /// Kill the running task instead of letting it finish
         #[arg(long)]
         kill: bool,
+    },
+    /// Print an order's output, kept in JetStream for nats.log_retention:
+    /// stdout lines to stdout, stderr lines to stderr
+    Logs {
+        /// The order id
+        order_id: String,
+        /// Only this step's lines (today a step is the order's job; later,
+        /// the steps of a workflow)
+        #[arg(long, value_name = "STEP")]
+        step: Option<String>,
+        /// Keep printing lines as they come, until the order has finished
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Print each line as one JSON object (a `log` event) per line
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -470,6 +486,15 @@ pub async fn order(config: &Config, command: OrderCommand) -> anyhow::Result<()>
     let s = bus.subjects().clone();
     let timeout = config.nats.request_timeout;
     match command {
+        OrderCommand::Logs {
+            order_id,
+            step,
+            follow,
+            json,
+        } => {
+            let printer = output::LogPrinter::new(step, json);
+            return order_logs(config, &bus, &order_id, printer, follow).await;
+        }
         OrderCommand::Show { order_id, json } => {
             let info: OrderInfo = bus
                 .request(s.order_get(), &GetOrder { order_id }, timeout)
@@ -500,4 +525,71 @@ pub async fn order(config: &Config, command: OrderCommand) -> anyhow::Result<()>
         }
     }
     Ok(())
+}
+
+/// `baton order logs`: prints the order's stored lines; with `follow`, new
+/// ones as they come until the order's `finished` event (or, should that
+/// never be stored, until the broker says the order is final and no line
+/// came for a while).
+async fn order_logs(
+    config: &Config,
+    bus: &Bus,
+    order_id: &str,
+    mut printer: output::LogPrinter,
+    follow: bool,
+) -> anyhow::Result<()> {
+    if !subjects::is_valid_token(order_id) {
+        bail!("'{order_id}' is not an order id");
+    }
+    let unknown = || {
+        anyhow::anyhow!(
+            "no logs for order {order_id}: unknown order, not run yet, or older than the retention ({})",
+            humantime::format_duration(config.nats.log_retention)
+        )
+    };
+    let mut logs = match bus.order_logs(&config.log_stream(), order_id, follow).await {
+        Ok(logs) => logs,
+        Err(e @ LogsError::NoStream { .. }) => bail!("no logs for order {order_id}: {e}"),
+        Err(LogsError::Bus(e)) => return Err(e.into()),
+    };
+    let mut stored = false;
+    // the first tick, at once, only asks whether the broker knows the order
+    let mut poll = tokio::time::interval(Duration::from_secs(2));
+    let mut quiet = false;
+    loop {
+        tokio::select! {
+            item = logs.next() => {
+                let Some(item) = item else { break };
+                stored = true;
+                quiet = false;
+                match item? {
+                    OrderLog::Line(line) => match printer.print(&line) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                        Err(e) => return Err(e.into()),
+                    },
+                    OrderLog::Finished(_) if follow => break,
+                    OrderLog::Finished(_) => {}
+                }
+            }
+            _ = poll.tick(), if follow => {
+                let was_quiet = std::mem::replace(&mut quiet, true);
+                let get = GetOrder { order_id: order_id.to_string() };
+                let info: Result<OrderInfo, _> = bus
+                    .request(bus.subjects().order_get(), &get, config.nats.request_timeout)
+                    .await;
+                match info {
+                    Err(BusError::Remote(e)) if e.error.code == ErrorCode::NotFound && !stored => {
+                        return Err(unknown());
+                    }
+                    Ok(info) if was_quiet && info.state.is_final() => break,
+                    _ => {}
+                }
+            }
+        }
+    }
+    if !stored {
+        return Err(unknown());
+    }
+    printer.check_step(order_id)
 }

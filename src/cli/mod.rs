@@ -96,7 +96,7 @@ pub enum Command {
     Deploy(client::DeployArgs),
     /// Submit an order for a deployed job
     Submit(client::SubmitArgs),
-    /// Show or cancel one order
+    /// Show, cancel or print the logs of one order
     #[command(subcommand)]
     Order(client::OrderCommand),
     /// Print status events as they happen (all, one job's, or one order's)

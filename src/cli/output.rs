@@ -165,6 +165,64 @@ pub fn order_text(o: &OrderInfo) -> String {
     out
 }
 
+/// Prints an order's stored lines for `baton order logs`: stdout lines to
+/// stdout and stderr lines to stderr, as `submit --wait` does, or every
+/// line to stdout as a JSON `log` event.
+pub struct LogPrinter {
+    /// Only lines of this step (today: of this job).
+    step: Option<String>,
+    json: bool,
+    printed: usize,
+    /// The steps that had lines, for the error when `step` matched none.
+    steps: std::collections::BTreeSet<String>,
+}
+
+impl LogPrinter {
+    pub fn new(step: Option<String>, json: bool) -> LogPrinter {
+        LogPrinter {
+            step,
+            json,
+            printed: 0,
+            steps: Default::default(),
+        }
+    }
+
+    pub fn print(&mut self, log: &TaskLog) -> std::io::Result<()> {
+        use std::io::Write as _;
+        if self.step.as_ref().is_some_and(|step| *step != log.job) {
+            self.steps.insert(log.job.clone());
+            return Ok(());
+        }
+        self.printed += 1;
+        if self.json {
+            let mut v = serde_json::to_value(log).expect("events encode as JSON");
+            v["event"] = serde_json::Value::from(EventKind::Log.token());
+            return writeln!(std::io::stdout(), "{v}");
+        }
+        match log.stream {
+            LogStream::Stdout => writeln!(std::io::stdout(), "{}", log.line),
+            LogStream::Stderr => writeln!(std::io::stderr(), "{}", log.line),
+        }
+    }
+
+    /// An error when `--step` named a step that printed nothing.
+    pub fn check_step(&self, order_id: &str) -> anyhow::Result<()> {
+        match &self.step {
+            Some(step) if self.printed == 0 => {
+                let others = if self.steps.is_empty() {
+                    "none".to_string()
+                } else {
+                    self.steps.iter().cloned().collect::<Vec<_>>().join(", ")
+                };
+                anyhow::bail!(
+                    "no lines of step {step} in order {order_id} (steps with output: {others})"
+                )
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The brokers part of `baton status`.
 fn brokers_text(out: &mut String, brokers: &[BrokerStatus]) {
     if brokers.is_empty() {

@@ -1,0 +1,203 @@
+//! The log stream: a JetStream stream that keeps every task's output lines
+//! (`{p}.events.*.*.log`) and every order's `finished` event for a retention
+//! time, and the reader behind `baton order logs`.
+//!
+//! Subagents publish log lines as plain events; the stream captures them in
+//! passing, so no publisher knows about it. The `finished` event is kept
+//! too: the broker publishes it after the subagent's last line reached the
+//! server, so it is stored after that line and tells a follower that the
+//! order's output is complete.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, context::GetStreamErrorKind, stream};
+use futures::stream::LocalBoxStream;
+use futures::StreamExt;
+use tracing::{info, warn};
+
+use super::{decode, Bus, BusError, Encoding};
+use crate::protocol::{EventKind, OrderFinished, Subjects, TaskLog};
+
+/// JetStream's default duplicate window; never longer than the retention.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// What [`Bus::order_logs`] yields, in the order the stream stored it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderLog {
+    Line(TaskLog),
+    Finished(OrderFinished),
+}
+
+/// Why an order's logs cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LogsError {
+    #[error("no log stream {stream} in JetStream (a broker creates it when it starts)")]
+    NoStream { stream: String },
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+impl Bus {
+    /// Creates the log stream `name`, keeping messages for `retention`, or
+    /// brings an existing one's subjects and retention up to date (its
+    /// replica count stays as created). Idempotent, and safe when several
+    /// brokers start at once.
+    pub async fn ensure_log_stream(&self, name: &str, retention: Duration) -> Result<(), BusError> {
+        let js = jetstream::new(self.client.clone());
+        let subjects = log_subjects(&self.subjects);
+        let wanted = stream::Config {
+            name: name.to_string(),
+            subjects: subjects.clone(),
+            storage: stream::StorageType::File,
+            max_age: retention,
+            duplicate_window: retention.min(DUPLICATE_WINDOW),
+            num_replicas: self.replicas.max(1),
+            ..Default::default()
+        };
+        let existing = match js.get_or_create_stream(wanted).await {
+            Ok(existing) => existing,
+            // another broker may have created it in between
+            Err(create) => js
+                .get_stream(name)
+                .await
+                .map_err(|_| transport(name, create))?,
+        };
+        let current = &existing.cached_info().config;
+        if current.max_age == retention && current.subjects == subjects {
+            return Ok(());
+        }
+        let config = stream::Config {
+            subjects,
+            max_age: retention,
+            duplicate_window: retention.min(DUPLICATE_WINDOW),
+            ..current.clone()
+        };
+        js.update_stream(config)
+            .await
+            .map_err(|e| transport(name, e))?;
+        info!(stream = %name, retention = %humantime::format_duration(retention), "log stream updated");
+        Ok(())
+    }
+
+    /// The output lines of order `order_id` kept in the log stream `stream`
+    /// (every task and attempt, in the order stored), and its `finished`
+    /// event once stored. Without `follow` the stream ends after the last
+    /// message stored when it was opened (at once when there is none); with
+    /// `follow` it waits for more and never ends by itself. Messages that
+    /// cannot be decoded are skipped with a warning.
+    pub async fn order_logs(
+        &self,
+        stream: &str,
+        order_id: &str,
+        follow: bool,
+    ) -> Result<LocalBoxStream<'static, Result<OrderLog, BusError>>, LogsError> {
+        let js = jetstream::new(self.client.clone());
+        let handle = match js.get_stream(stream).await {
+            Ok(handle) => handle,
+            Err(e) => {
+                return Err(match e.kind() {
+                    GetStreamErrorKind::JetStream(error)
+                        if error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                    {
+                        LogsError::NoStream {
+                            stream: stream.to_string(),
+                        }
+                    }
+                    _ => transport(stream, e).into(),
+                })
+            }
+        };
+        // without `follow`, reading ends at the last message stored now
+        let last = handle.cached_info().state.last_sequence;
+        let config = consumer::pull::OrderedConfig {
+            // the stream holds only `log` and `finished` events
+            filter_subject: self.subjects.order_events(order_id),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        };
+        let consumer = handle
+            .create_consumer(config)
+            .await
+            .map_err(|e| transport(stream, e))?;
+        if !follow && consumer.cached_info().num_pending == 0 {
+            return Ok(futures::stream::empty().boxed_local());
+        }
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| transport(stream, e))?;
+        let reading = Reading {
+            messages,
+            stream: stream.to_string(),
+            subjects: self.subjects.clone(),
+            last: (!follow).then_some(last),
+            done: false,
+        };
+        Ok(futures::stream::unfold(reading, Reading::next).boxed_local())
+    }
+}
+
+/// The state of one [`Bus::order_logs`] read.
+struct Reading {
+    messages: consumer::pull::Ordered,
+    stream: String,
+    subjects: Subjects,
+    /// Stop after this stream sequence (or when nothing more is pending);
+    /// `None` follows.
+    last: Option<u64>,
+    done: bool,
+}
+
+impl Reading {
+    async fn next(mut self) -> Option<(Result<OrderLog, BusError>, Reading)> {
+        while !self.done {
+            let message = match self.messages.next().await? {
+                Ok(message) => message,
+                Err(e) => {
+                    self.done = true;
+                    return Some((Err(transport(&self.stream, e)), self));
+                }
+            };
+            let (sequence, pending) = match message.info() {
+                Ok(info) => (info.stream_sequence, info.pending),
+                Err(e) => {
+                    self.done = true;
+                    return Some((Err(transport(&self.stream, e)), self));
+                }
+            };
+            self.done = self
+                .last
+                .is_some_and(|last| pending == 0 || sequence >= last);
+            if let Some(log) = decode_log(&self.subjects, &message.subject, &message.payload) {
+                return Some((Ok(log), self));
+            }
+        }
+        None
+    }
+}
+
+/// The subjects the log stream captures.
+fn log_subjects(subjects: &Subjects) -> Vec<String> {
+    [EventKind::Log, EventKind::Finished]
+        .into_iter()
+        .map(|kind| subjects.event("*", "*", kind))
+        .collect()
+}
+
+fn decode_log(subjects: &Subjects, subject: &str, payload: &[u8]) -> Option<OrderLog> {
+    let decoded = match subjects.parse_event(subject)?.2 {
+        EventKind::Log => decode(Encoding::MessagePack, payload).map(OrderLog::Line),
+        EventKind::Finished => decode(Encoding::MessagePack, payload).map(OrderLog::Finished),
+        EventKind::Accepted | EventKind::Started => return None,
+    };
+    decoded
+        .inspect_err(|e| warn!(%subject, error = %e, "undecodable stored log skipped"))
+        .ok()
+}
+
+fn transport(stream: &str, e: impl std::fmt::Display) -> BusError {
+    BusError::Transport {
+        subject: format!("stream {stream}"),
+        reason: e.to_string(),
+    }
+}
