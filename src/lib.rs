@@ -6,6 +6,7 @@
 //! - [`bus`]: the only importer of async_nats: connect, typed publish/request/serve, KV buckets.
 //! - [`config`]: one `Config` tree, layered defaults < TOML file < `BATON_*` env < flags.
 //! - [`jobs`]: the deploy file format and job validation (pure).
+//! - [`workflow`]: workflow definitions and validation, and the order/step state machine (pure).
 //! - [`broker`]: the Broker actor and its pure parts (registry, placement, order book).
 //! - [`subagent`]: the Subagent actor and process execution (spawn, stream output, kill).
 //! - [`agent`]: the Agent actor (`baton agent`: holds the Scheduler role and fires triggers) and its pure parts (role and lease, outbox, health, election, triggers).
@@ -29,3 +30,4 @@ pub mod subagent;
 #[cfg(test)]
 mod testing;
 pub mod time;
+pub mod workflow;

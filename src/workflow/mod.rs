@@ -1,0 +1,193 @@
+//! Workflows: named chains (DAGs) of steps, each running a deployed job, and
+//! the state machine of an order moving through one.
+//!
+//! - [`definition`]: the wire form ([`WorkflowSpec`]), the deploy-file form
+//!   (`[[workflow]]` tables, strict) and deploy-time validation.
+//! - [`state`]: [`WorkflowRun`], the state machine of one order, advanced by
+//!   [`Event`]s into [`Effect`]s the broker acts on, with its transition table.
+//! - here: that machine's vocabulary (order and step states, events,
+//!   effects, errors).
+//!
+//! Architecture invariant: pure. No IO, no clock reads (times arrive in
+//! milliseconds with each event), no actix or async_nats, so the same events
+//! can be journaled and replayed.
+
+pub mod definition;
+pub mod state;
+#[cfg(test)]
+mod tests;
+
+pub use definition::{
+    validate_workflow, validate_workflows, OnFailure, StepSpec, WorkflowDef, WorkflowError,
+    WorkflowSpec,
+};
+pub use state::{StepRun, WorkflowRun};
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Where a workflow order is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Pending,
+    Running,
+    Suspending,
+    Suspended,
+    Cancelling,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Pending => "pending",
+            RunState::Running => "running",
+            RunState::Suspending => "suspending",
+            RunState::Suspended => "suspended",
+            RunState::Cancelling => "cancelling",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Succeeded or cancelled: the order never changes again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, RunState::Succeeded | RunState::Cancelled)
+    }
+
+    /// Succeeded, failed or cancelled, as the wire's order states count final
+    /// (a failed workflow order can still be resumed).
+    pub fn is_final(self) -> bool {
+        self.is_terminal() || self == RunState::Failed
+    }
+
+    /// Suspended or failed: nothing runs until a command.
+    pub fn is_held(self) -> bool {
+        matches!(self, RunState::Suspended | RunState::Failed)
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where one step of an order is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StepState {
+    #[default]
+    /// Not dispatched (yet, or again): waiting for dependencies or a retry.
+    Pending,
+    /// Dispatched; its task has not finished.
+    Running,
+    Succeeded,
+    Failed,
+    /// Jumped over by a resume from a later step.
+    Skipped,
+    /// Never ran, or was killed, because the order was cancelled.
+    Cancelled,
+}
+
+/// Why a kill was sent to a running step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KillCause {
+    Suspend,
+    Cancel,
+}
+
+/// What happens to an order. Commands come from operators; the rest from the
+/// broker (task progress) and its timers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    Start,
+    StepStarted {
+        step: String,
+        attempt: u32,
+        task: String,
+    },
+    StepFinished {
+        step: String,
+        attempt: u32,
+        succeeded: bool,
+        #[serde(default)]
+        exit_code: Option<i32>,
+        #[serde(default)]
+        outputs: BTreeMap<String, String>,
+    },
+    Suspend {
+        kill: bool,
+    },
+    Resume {
+        #[serde(default)]
+        from: Option<String>,
+        #[serde(default)]
+        force_succeeded: bool,
+    },
+    Cancel {
+        kill: bool,
+    },
+    RetryDue {
+        step: String,
+    },
+}
+
+/// What the caller must do after a transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Submit a task of `job` with these parameters for this attempt.
+    Dispatch {
+        step: String,
+        attempt: u32,
+        job: String,
+        params: BTreeMap<String, String>,
+    },
+    /// Kill the step's running task.
+    Kill {
+        step: String,
+        attempt: u32,
+        task: Option<String>,
+    },
+    /// Send `RetryDue { step }` at `at_ms`.
+    ScheduleRetry { step: String, at_ms: u64 },
+    /// The order became suspended.
+    Suspended,
+    /// The order became succeeded, failed or cancelled.
+    Finished(RunState),
+}
+
+/// A command or event the order's state does not allow; the run is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    #[error("order {}; it cannot be {command}{hint}", describe(.state))]
+    NotAllowed {
+        state: RunState,
+        command: &'static str,
+        hint: &'static str,
+    },
+    #[error("workflow '{workflow}' has no step '{step}'")]
+    UnknownStep { workflow: String, step: String },
+    #[error("step '{step}' has no attempt {attempt} (attempts dispatched: {dispatched})")]
+    UnknownAttempt {
+        step: String,
+        attempt: u32,
+        dispatched: u32,
+    },
+}
+
+fn describe(state: &RunState) -> String {
+    match state {
+        RunState::Succeeded | RunState::Failed => format!("has {state}"),
+        _ => format!("is {state}"),
+    }
+}
