@@ -174,7 +174,7 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             connection_timeout: Duration::from_secs(2),
             answer_timeout: Duration::from_secs(5),
-            lease: Duration::from_secs(4),
+            lease: Duration::from_secs(6),
             lease_grace: Duration::from_secs(1),
             agent_timeout: Duration::from_secs(3),
             switch_condition: crate::agent::health::SwitchCondition {

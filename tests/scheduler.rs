@@ -484,3 +484,48 @@ every = "2s"
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_keeps_firing_each_slot_once_across_a_broker_fail_over() {
+    let mut h = cluster_with_env(&["sub-1"], &[]).await;
+    let file = h.scratch().join("ticks");
+    deploy(&h.bus, &tick_jobs(&file, "{ policy = \"fire-all\" }", "")).await;
+    h.cluster
+        .spawn("b2", &["broker", "--id", "b2"])
+        .expect("spawn b2");
+    spawn_agent(&mut h, "a1", "a1", &[]);
+    spawn_agent(&mut h, "a2", "a2", &[]);
+    let scheduler = one_scheduler(&h, None).await;
+    wait_until(Duration::from_secs(10), "slots run", || {
+        let n = runs(&file).len();
+        async move { n >= 2 }
+    })
+    .await;
+    // Kill the active broker: the Scheduler's fires wait for the next one.
+    let first = status(&h).await.broker_id;
+    let name = if first == "b2" { "b2" } else { "broker" };
+    h.cluster
+        .signal(name, Signal::SIGKILL)
+        .expect("kill the broker");
+    wait_for(
+        Duration::from_secs(20),
+        "the other broker answers",
+        || async {
+            let ask = StatusRequest::default();
+            let s = h
+                .bus
+                .request::<_, StatusReply>(h.bus.subjects().status(), &ask, REQUEST);
+            s.await.ok().filter(|s| s.broker_id != first)
+        },
+    )
+    .await;
+    let ran = runs(&file).len();
+    wait_until(Duration::from_secs(15), "slots run again", || {
+        let n = runs(&file).len();
+        async move { n >= ran + 3 }
+    })
+    .await;
+    // The same agent kept the role: its lease outlived the fail-over.
+    assert_eq!(one_scheduler(&h, None).await, scheduler);
+    every_slot_once(&file, now_ms() - 1_500).await;
+}
