@@ -33,7 +33,7 @@ use crate::jobs;
 use crate::protocol::*;
 use crate::time::now_ms;
 use order_book::{Applied, Order, OrderBook, OrderEvent, Outcome, Phase};
-use recovery::Then;
+use recovery::{Revisions, Then};
 use registry::Registry;
 
 /// Final orders kept in memory for lookups; older ones are read from JetStream.
@@ -80,6 +80,8 @@ pub struct Broker {
     book: OrderBook,
     /// Orders with a journal write in flight, and what waits for their next write.
     writing: HashMap<String, Vec<Then>>,
+    /// The journal revision of each order's record, for compare-and-swap.
+    revisions: Revisions,
     /// Subagents holding inherited tasks, until their first heartbeat.
     unreconciled: BTreeSet<String>,
     registry: Registry,
@@ -174,6 +176,7 @@ pub async fn start(config: Config, bus: Bus, epoch: u64) -> Result<Addr<Broker>,
             unreconciled: recovered.book.inherited_subagents(),
             book: recovered.book,
             writing: HashMap::new(),
+            revisions: recovered.revisions,
             registry: Registry::default(),
             last_placed: HashMap::new(),
             departed: VecDeque::new(),

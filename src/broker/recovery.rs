@@ -4,7 +4,11 @@
 //! Journal: every write of an order goes through [`Broker::store`], which
 //! writes the order's current state and only then does what waited for it
 //! (send the task, acknowledge the result). Writes of one order go out one
-//! at a time, so an older state never lands after a newer one.
+//! at a time, so an older state never lands after a newer one. Every write
+//! after the submit's is a compare-and-swap on the record's revision as this
+//! broker last read or wrote it ([`write_over`]): a write buffered by a
+//! broker that has since stepped down is refused by JetStream once the
+//! active broker has written the record, so it cannot roll the order back.
 //!
 //! Takeover: [`recover`] reads jobs, clusters and every order before the
 //! broker serves anything, and rebuilds the order book
@@ -32,6 +36,11 @@ use crate::time::now_ms;
 const RESULT_WAITS: u32 = 3;
 /// Before writing again a final state that could not be stored.
 const JOURNAL_RETRY: Duration = Duration::from_secs(1);
+/// How many times one write puts this broker's state over a record someone
+/// else changed before it counts as not stored.
+const OVERWRITES: u32 = 3;
+/// [`Revisions`] drops those of forgotten orders once it holds this many.
+const PRUNE_MIN: usize = 1024;
 
 /// What waits for an order's state to be stored.
 pub(super) enum Then {
@@ -53,6 +62,128 @@ pub(super) struct Recovered {
     pub jobs: HashMap<String, JobSpec>,
     pub clusters: HashMap<String, ClusterSpec>,
     pub book: OrderBook,
+    /// The revision each kept order was read at.
+    pub revisions: Revisions,
+}
+
+/// Why an order's state was not stored.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum StoreError {
+    /// Its fate is unknown: the write may have landed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("the record changed under each of {0} writes")]
+    Contended(u32),
+}
+
+/// The journal's records as [`write_over`] needs them (JetStream, or a
+/// stand-in in tests).
+pub(super) trait Records {
+    /// Compare-and-swap: the new revision, or `None` when the record is not at `revision`.
+    async fn update(
+        &self,
+        key: &str,
+        info: &OrderInfo,
+        revision: u64,
+    ) -> Result<Option<u64>, BusError>;
+    /// The new revision, or `None` when the record exists.
+    async fn create(&self, key: &str, info: &OrderInfo) -> Result<Option<u64>, BusError>;
+    async fn current(&self, key: &str) -> Result<Option<(OrderInfo, u64)>, BusError>;
+}
+
+impl Records for Kv<OrderInfo> {
+    async fn update(
+        &self,
+        key: &str,
+        info: &OrderInfo,
+        revision: u64,
+    ) -> Result<Option<u64>, BusError> {
+        Kv::update(self, key, info, revision).await
+    }
+
+    async fn create(&self, key: &str, info: &OrderInfo) -> Result<Option<u64>, BusError> {
+        self.create_revision(key, info).await
+    }
+
+    async fn current(&self, key: &str) -> Result<Option<(OrderInfo, u64)>, BusError> {
+        self.get_with_revision(key).await
+    }
+}
+
+/// Writes `info` as its order's record, compare-and-swap on `revision`
+/// (the record's as this broker last read or wrote it; `None` when not
+/// known, and then read first), and returns the new revision. When the
+/// record changed since, which only a broker that stepped down can have
+/// done, this broker's state is written over it: the active broker's is
+/// authoritative. Gives up after [`OVERWRITES`] such conflicts.
+pub(super) async fn write_over(
+    records: &impl Records,
+    info: &OrderInfo,
+    revision: Option<u64>,
+) -> Result<u64, StoreError> {
+    let key = info.order_id.as_str();
+    let mut expected = match revision {
+        Some(revision) => Some(revision),
+        None => records.current(key).await?.map(|(_, revision)| revision),
+    };
+    for _ in 0..=OVERWRITES {
+        let written = match expected {
+            Some(revision) => records.update(key, info, revision).await?,
+            None => records.create(key, info).await?,
+        };
+        if let Some(revision) = written {
+            return Ok(revision);
+        }
+        match records.current(key).await? {
+            // it already says what we would write
+            Some((current, revision)) if current == *info => return Ok(revision),
+            Some((_, revision)) => {
+                warn!(order = %key, "order record changed by another writer; writing ours over it");
+                expected = Some(revision);
+            }
+            None => expected = None,
+        }
+    }
+    Err(StoreError::Contended(OVERWRITES + 1))
+}
+
+/// The journal revision of each order held in memory, as this broker last
+/// read or wrote it. Those of orders the book has forgotten are dropped
+/// whenever the map has doubled since the last pruning.
+#[derive(Debug, Default)]
+pub(super) struct Revisions {
+    of: HashMap<String, u64>,
+    prune_at: usize,
+}
+
+impl Revisions {
+    pub fn new(of: HashMap<String, u64>) -> Revisions {
+        let prune_at = (of.len() * 2).max(PRUNE_MIN);
+        Revisions { of, prune_at }
+    }
+
+    pub fn get(&self, order_id: &str) -> Option<u64> {
+        self.of.get(order_id).copied()
+    }
+
+    /// Records `revision`; `held` tells which orders are still in memory.
+    pub fn set(&mut self, order_id: &str, revision: u64, held: impl Fn(&str) -> bool) {
+        match self.of.get_mut(order_id) {
+            Some(known) => *known = revision,
+            None => {
+                self.of.insert(order_id.to_string(), revision);
+            }
+        }
+        if self.of.len() > self.prune_at {
+            self.of.retain(|id, _| held(id));
+            self.prune_at = (self.of.len() * 2).max(PRUNE_MIN);
+        }
+    }
+
+    /// The record's revision is no longer known (a write's fate is unknown).
+    pub fn forget(&mut self, order_id: &str) {
+        self.of.remove(order_id);
+    }
 }
 
 /// Reads the deployed jobs and clusters and every order, and rebuilds the
@@ -71,8 +202,8 @@ pub(super) async fn recover(
     let clusters: HashMap<String, ClusterSpec> = clusters
         .filter(|(key, spec)| jobs::validate_cluster(spec).is_ok() && spec.name == *key)
         .collect();
-    let orders = orders_kv.entries().await?;
-    let restored = orders.values().map(|info| {
+    let orders = orders_kv.entries_with_revisions().await?;
+    let restored = orders.values().map(|(info, _)| {
         // a job removed since: its waiting orders fail at dispatch, and an
         // inherited task is never run twice
         let restartable = jobs.get(&info.job).is_some_and(|j| j.restartable);
@@ -80,6 +211,8 @@ pub(super) async fn recover(
     });
     let mut book = OrderBook::new(keep_finished);
     book.restore(restored);
+    let kept = orders.iter().filter(|(id, _)| book.get(id).is_some());
+    let revisions = Revisions::new(kept.map(|(id, (_, rev))| (id.clone(), *rev)).collect());
     let c = book.counts();
     info!(
         orders = orders.len(),
@@ -93,6 +226,7 @@ pub(super) async fn recover(
         jobs,
         clusters,
         book,
+        revisions,
     })
 }
 
@@ -119,12 +253,13 @@ impl Broker {
 
     fn write(&mut self, order_id: String, thens: Vec<Then>, ctx: &mut Context<Self>) {
         let info = self.book.get(&order_id).map(Order::info);
+        let revision = self.revisions.get(&order_id);
         let kv = self.orders_kv.clone();
         let write = async move {
             match info {
-                Some(info) => kv.put(&info.order_id, &info).await.map(|_| ()),
+                Some(info) => write_over(&kv, &info, revision).await.map(Some),
                 // forgotten: long final and stored
-                None => Ok(()),
+                None => Ok(None),
             }
         };
         ctx.spawn(
@@ -138,11 +273,23 @@ impl Broker {
         &mut self,
         order_id: String,
         thens: Vec<Then>,
-        stored: Result<(), BusError>,
+        stored: Result<Option<u64>, StoreError>,
         ctx: &mut Context<Self>,
     ) {
-        if let Err(e) = &stored {
-            warn!(order = %order_id, error = %e, "order state not stored");
+        match &stored {
+            Ok(Some(revision)) => {
+                let book = &self.book;
+                let held = |id: &str| book.get(id).is_some();
+                self.revisions.set(&order_id, *revision, held);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(order = %order_id, error = %e, "order state not stored");
+                if matches!(e, StoreError::Bus(_)) {
+                    // it may have landed: the next write reads the revision
+                    self.revisions.forget(&order_id);
+                }
+            }
         }
         for then in thens {
             self.follow_up(&order_id, then, stored.is_ok(), ctx);
@@ -356,7 +503,186 @@ impl Broker {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::{Cell, RefCell};
+
+    use futures::executor::block_on;
+
     use super::*;
+
+    /// JetStream's records as [`write_over`] sees them, with another writer
+    /// that can write before each update.
+    #[derive(Default)]
+    struct Journal {
+        records: RefCell<HashMap<String, (OrderInfo, u64)>>,
+        last: Cell<u64>,
+        /// Updates still to be preceded by another writer's put.
+        meddle: Cell<u32>,
+        down: Cell<bool>,
+        updates: Cell<u32>,
+    }
+
+    impl Journal {
+        fn put(&self, info: &OrderInfo) -> u64 {
+            self.last.set(self.last.get() + 1);
+            let record = (info.clone(), self.last.get());
+            self.records
+                .borrow_mut()
+                .insert(info.order_id.clone(), record);
+            self.last.get()
+        }
+
+        fn record(&self, key: &str) -> Option<(OrderInfo, u64)> {
+            self.records.borrow().get(key).cloned()
+        }
+
+        fn check(&self) -> Result<(), BusError> {
+            match self.down.get() {
+                true => Err(BusError::Transport {
+                    subject: "kv test".into(),
+                    reason: "down".into(),
+                }),
+                false => Ok(()),
+            }
+        }
+    }
+
+    impl Records for Journal {
+        async fn update(
+            &self,
+            key: &str,
+            info: &OrderInfo,
+            revision: u64,
+        ) -> Result<Option<u64>, BusError> {
+            self.check()?;
+            self.updates.set(self.updates.get() + 1);
+            if self.meddle.get() > 0 {
+                self.meddle.set(self.meddle.get() - 1);
+                self.put(&stale(key));
+            }
+            match self.record(key) {
+                Some((_, current)) if current == revision => Ok(Some(self.put(info))),
+                _ => Ok(None),
+            }
+        }
+
+        async fn create(&self, key: &str, info: &OrderInfo) -> Result<Option<u64>, BusError> {
+            self.check()?;
+            match self.record(key) {
+                Some(_) => Ok(None),
+                None => Ok(Some(self.put(info))),
+            }
+        }
+
+        async fn current(&self, key: &str) -> Result<Option<(OrderInfo, u64)>, BusError> {
+            self.check()?;
+            Ok(self.record(key))
+        }
+    }
+
+    fn order(id: &str, phase: Phase) -> OrderInfo {
+        let mut order = Order::new(id.into(), "job".into(), Default::default(), None, 1);
+        order.phase = phase;
+        order.info()
+    }
+
+    /// What a broker that stepped down had buffered: an older state.
+    fn stale(id: &str) -> OrderInfo {
+        let mut info = order(id, Phase::Running);
+        info.subagent_id = Some("stale".into());
+        info
+    }
+
+    #[test]
+    fn a_write_swaps_the_revision_it_knows() {
+        let journal = Journal::default();
+        let first = journal.put(&order("o", Phase::Queued));
+        let done = order("o", Phase::Succeeded);
+        let revision = block_on(write_over(&journal, &done, Some(first))).unwrap();
+        assert_eq!(journal.record("o"), Some((done, revision)));
+        assert!(revision > first);
+        assert_eq!(journal.updates.get(), 1);
+    }
+
+    #[test]
+    fn a_record_changed_by_another_writer_is_written_over() {
+        let journal = Journal::default();
+        let ours = journal.put(&order("o", Phase::Running));
+        journal.put(&stale("o"));
+        let done = order("o", Phase::Succeeded);
+        let revision = block_on(write_over(&journal, &done, Some(ours))).unwrap();
+        assert_eq!(journal.record("o"), Some((done, revision)));
+        assert_eq!(journal.updates.get(), 2);
+    }
+
+    #[test]
+    fn an_unknown_revision_is_read_first_and_an_absent_record_created() {
+        let journal = Journal::default();
+        let queued = order("o", Phase::Queued);
+        let created = block_on(write_over(&journal, &queued, None)).unwrap();
+        assert_eq!(journal.record("o"), Some((queued, created)));
+        let done = order("o", Phase::Succeeded);
+        let revision = block_on(write_over(&journal, &done, None)).unwrap();
+        assert_eq!(journal.record("o"), Some((done, revision)));
+        assert_eq!(
+            journal.updates.get(),
+            1,
+            "no conflict when the revision was read"
+        );
+    }
+
+    #[test]
+    fn a_record_already_holding_our_state_is_not_written_again() {
+        let journal = Journal::default();
+        let old = journal.put(&order("o", Phase::Running));
+        let done = order("o", Phase::Succeeded);
+        // our earlier write landed, but its answer was lost
+        let landed = journal.put(&done);
+        let revision = block_on(write_over(&journal, &done, Some(old))).unwrap();
+        assert_eq!(revision, landed);
+        assert_eq!(journal.last.get(), landed);
+    }
+
+    #[test]
+    fn a_record_changing_under_every_write_is_not_stored() {
+        let journal = Journal::default();
+        let ours = journal.put(&order("o", Phase::Running));
+        journal.meddle.set(u32::MAX);
+        let done = order("o", Phase::Succeeded);
+        let err = block_on(write_over(&journal, &done, Some(ours))).unwrap_err();
+        assert!(matches!(err, StoreError::Contended(n) if n == OVERWRITES + 1));
+        assert_eq!(journal.updates.get(), OVERWRITES + 1);
+        // a few conflicts are overcome
+        journal.meddle.set(OVERWRITES);
+        let (_, current) = journal.record("o").unwrap();
+        let revision = block_on(write_over(&journal, &done, Some(current))).unwrap();
+        assert_eq!(journal.record("o"), Some((done, revision)));
+    }
+
+    #[test]
+    fn a_transport_error_is_an_unknown_fate() {
+        let journal = Journal::default();
+        journal.down.set(true);
+        let done = order("o", Phase::Succeeded);
+        let err = block_on(write_over(&journal, &done, Some(1))).unwrap_err();
+        assert!(matches!(err, StoreError::Bus(_)));
+    }
+
+    #[test]
+    fn revisions_of_forgotten_orders_are_dropped() {
+        let mut revisions = Revisions::new(HashMap::new());
+        let held = |id: &str| id.ends_with('0');
+        for i in 0..=PRUNE_MIN {
+            revisions.set(&format!("o{i}"), i as u64, held);
+        }
+        assert_eq!(revisions.get("o1"), None, "forgotten");
+        assert_eq!(revisions.get("o10"), Some(10));
+        assert_eq!(revisions.get(&format!("o{PRUNE_MIN}")), None);
+        revisions.set("o10", 99, held);
+        assert_eq!(revisions.get("o10"), Some(99));
+        revisions.forget("o10");
+        assert_eq!(revisions.get("o10"), None);
+        assert!(revisions.of.len() <= PRUNE_MIN / 10 + 1);
+    }
 
     #[test]
     fn a_never_seen_subagents_tasks_wait_past_its_default_orphan_limit() {

@@ -96,21 +96,26 @@ impl Broker {
         let kv = self.orders_kv.clone();
         let replier = req.replier;
         let write = async move {
+            // the revision each later write of the order compares and swaps on
             let created = if idempotent {
-                kv.create(&order_id, &info).await?
+                kv.create_revision(&order_id, &info).await?
             } else {
-                kv.put(&order_id, &info).await.map(|_| true)?
+                kv.put(&order_id, &info).await.map(Some)?
             };
-            let existing = if created {
-                None
-            } else {
-                kv.get(&order_id).await?
+            let existing = match created {
+                Some(_) => None,
+                None => kv.get(&order_id).await?,
             };
             Ok::<_, BusError>((info, created, existing))
         };
         ctx.spawn(write.into_actor(self).map(move |written, act, ctx| match written {
-            Ok((info, true, _)) => act.accepted(info, &replier, overlap, ctx),
-            Ok((info, false, existing)) => {
+            Ok((info, Some(revision), _)) => {
+                let book = &act.book;
+                let held = |id: &str| book.get(id).is_some();
+                act.revisions.set(&info.order_id, revision, held);
+                act.accepted(info, &replier, overlap, ctx)
+            }
+            Ok((info, None, existing)) => {
                 act.book.remove(&info.order_id);
                 let state = existing.map_or(OrderState::Accepted, |e| e.state);
                 let reply = SubmitReply {

@@ -144,12 +144,31 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
         else {
             return Ok(None);
         };
-        decode(Encoding::MessagePack, &bytes)
-            .map(Some)
-            .map_err(|source| BusError::Decode {
-                subject: format!("kv {}/{key}", self.bucket),
-                source,
-            })
+        self.decode_value(key, &bytes).map(Some)
+    }
+
+    /// The key's current value and its revision (for a later
+    /// [`Kv::update`]); `None` when it holds nothing or was deleted.
+    pub async fn get_with_revision(&self, key: &str) -> Result<Option<(T, u64)>, BusError> {
+        let entry = self
+            .store
+            .entry(key)
+            .await
+            .map_err(|e| transport(&self.bucket, e))?;
+        match entry {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                let value = self.decode_value(key, &entry.value)?;
+                Ok(Some((value, entry.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn decode_value(&self, key: &str, bytes: &[u8]) -> Result<T, BusError> {
+        decode(Encoding::MessagePack, bytes).map_err(|source| BusError::Decode {
+            subject: format!("kv {}/{key}", self.bucket),
+            source,
+        })
     }
 
     /// Every key's current value, then every change as it happens.
@@ -182,6 +201,13 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
     /// request per key, so 100,000 keys take moments). Deleted keys are
     /// absent; values that cannot be decoded are skipped with a warning.
     pub async fn entries(&self) -> Result<HashMap<String, T>, BusError> {
+        let entries = self.entries_with_revisions().await?.into_iter();
+        Ok(entries.map(|(key, (value, _))| (key, value)).collect())
+    }
+
+    /// Like [`Kv::entries`], with each value's revision (for a later
+    /// [`Kv::update`]).
+    pub async fn entries_with_revisions(&self) -> Result<HashMap<String, (T, u64)>, BusError> {
         let mut values = HashMap::new();
         let mut stream = self.store.stream.clone();
         let messages = stream
@@ -215,7 +241,7 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
             let last = entry.delta == 0;
             if let Some(change) = change_of::<T>(&self.bucket, entry) {
                 match change.value {
-                    Some(value) => values.insert(change.key, value),
+                    Some(value) => values.insert(change.key, (value, change.revision)),
                     None => values.remove(&change.key),
                 };
             }
