@@ -440,6 +440,7 @@ impl Broker {
             error: r.error.clone(),
             started_at_ms: Some(r.started_at_ms),
             finished_at_ms: r.finished_at_ms,
+            outputs: r.outputs.clone(),
         };
         let event = OrderEvent::Finished {
             task_id: r.task_id.clone(),

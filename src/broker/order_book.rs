@@ -71,6 +71,8 @@ pub struct Outcome {
     pub error: Option<String>,
     pub started_at_ms: Option<u64>,
     pub finished_at_ms: u64,
+    /// The task's `::baton-result` values.
+    pub outputs: BTreeMap<String, String>,
 }
 
 impl Outcome {
@@ -289,6 +291,7 @@ impl Order {
                 error: info.reason.clone(),
                 started_at_ms: info.started_at_ms,
                 finished_at_ms: info.finished_at_ms.unwrap_or(info.accepted_at_ms),
+                outputs: info.outputs.clone(),
             });
         }
         order
@@ -575,6 +578,7 @@ impl Order {
             accepted_at_ms: self.accepted_at_ms,
             started_at_ms: self.started_at_ms,
             finished_at_ms: self.outcome.as_ref().map(|o| o.finished_at_ms),
+            outputs: outcome.outputs,
         }
     }
 }
@@ -1001,6 +1005,36 @@ mod tests {
     }
 
     #[test]
+    fn only_the_current_tasks_results_are_kept() {
+        let mut book = OrderBook::new(10);
+        let first = running(&mut book, "r", "sub-1");
+        let lost = OrderEvent::SubagentLost {
+            subagent_id: "sub-1".into(),
+            at_ms: 3,
+            dead: true,
+            rerun_at_ms: 3,
+        };
+        book.apply("r", lost).unwrap();
+        let second = dispatched(&mut book, "r", "sub-2");
+        let with = |value: &str| Outcome {
+            outputs: [("k".to_string(), value.to_string())].into(),
+            ..ok_outcome()
+        };
+        let stale = OrderEvent::Finished {
+            task_id: first,
+            outcome: with("stale"),
+        };
+        assert!(matches!(book.apply("r", stale), Ok(Applied::Stale)));
+        assert!(book.get("r").unwrap().info().outputs.is_empty());
+        let done = OrderEvent::Finished {
+            task_id: second,
+            outcome: with("current"),
+        };
+        book.apply("r", done).unwrap();
+        assert_eq!(book.get("r").unwrap().info().outputs["k"], "current");
+    }
+
+    #[test]
     fn a_skipped_order_ends_cancelled_with_its_reason_and_is_never_dispatched() {
         let mut book = OrderBook::new(10);
         running(&mut book, "r", "sub-1");
@@ -1227,11 +1261,16 @@ mod tests {
         running(&mut book, "r2", "s1");
         let t = dispatched(&mut book, "f", "s1");
         book.apply("f", OrderEvent::Cancel { at_ms: 3 }).unwrap();
+        let outputs: BTreeMap<String, String> = [("rows".into(), "42".into())].into();
         let done = OrderEvent::Finished {
             task_id: t,
-            outcome: ok_outcome(),
+            outcome: Outcome {
+                outputs: outputs.clone(),
+                ..ok_outcome()
+            },
         };
         book.apply("f", done).unwrap();
+        assert_eq!(book.get("f").unwrap().info().outputs, outputs);
         for id in ["q", "d", "r2", "f"] {
             let info = book.get(id).unwrap().info();
             let restored = Order::restore(&info, true);

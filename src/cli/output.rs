@@ -155,6 +155,10 @@ pub fn order_text(o: &OrderInfo) -> String {
     if let Some(reason) = &o.reason {
         let _ = writeln!(out, "reason    {reason}");
     }
+    if !o.outputs.is_empty() {
+        let results: Vec<String> = o.outputs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(out, "results   {}", results.join(" "));
+    }
     let _ = writeln!(out, "accepted  {}", clock(o.accepted_at_ms));
     if let Some(t) = o.started_at_ms {
         let _ = writeln!(out, "started   {}", clock(t));

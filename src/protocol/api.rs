@@ -256,6 +256,9 @@ pub struct OrderInfo {
     pub started_at_ms: Option<u64>,
     #[serde(default)]
     pub finished_at_ms: Option<u64>,
+    /// The results its finished task printed (`::baton-result KEY=VALUE`).
+    #[serde(default)]
+    pub outputs: BTreeMap<String, String>,
 }
 
 /// `{p}.api.order.cancel`: cancel an order. A waiting order is cancelled at

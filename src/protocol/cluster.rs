@@ -244,6 +244,10 @@ pub struct TaskResult {
     /// again elsewhere.
     #[serde(default)]
     pub abandoned: Option<String>,
+    /// What the task printed as `::baton-result KEY=VALUE` lines on stdout
+    /// (at most 32; a later line with the same key wins).
+    #[serde(default)]
+    pub outputs: BTreeMap<String, String>,
     #[serde(default)]
     pub pid: Option<u32>,
     pub started_at_ms: u64,

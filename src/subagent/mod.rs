@@ -1,7 +1,8 @@
 //! The Subagent: a lightweight executor. It registers with the broker,
 //! heartbeats with its load, answers liveness probes, runs the tasks it is
 //! handed as OS processes, publishes their output as events, and reports each
-//! result until the broker acknowledges it.
+//! result (with the task's `::baton-result` values, [`results`]) until the
+//! broker acknowledges it.
 //!
 //! It kills its own tasks when it has heard no broker for `orphan_timeout`
 //! (so the broker may run them elsewhere), and on SIGTERM or a stop request
@@ -19,6 +20,7 @@
 pub mod epoch;
 pub mod process;
 pub mod reaper;
+pub mod results;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -541,6 +543,7 @@ impl Subagent {
             timed_out: exit.timed_out,
             error: exit.error,
             abandoned: exit.killed,
+            outputs: exit.outputs,
             pid,
             started_at_ms,
             finished_at_ms: now_ms(),

@@ -1,10 +1,12 @@
 //! Running one task as an OS process: spawn it in its own process group with
 //! a parent-death signal, stream its output line by line, enforce its timeout
-//! (SIGTERM to the group, grace, SIGKILL), and report how it ended.
+//! (SIGTERM to the group, grace, SIGKILL), and report how it ended, with the
+//! results it printed on stdout ([`super::results`]).
 //!
 //! Architecture invariant: no NATS here. Output lines go to a callback; the
 //! subagent actor decides where they are published.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
@@ -17,6 +19,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
+use super::results::Results;
 use crate::protocol::{LogStream, RunTask};
 
 /// How long output is still read after the process exited, for lines still in
@@ -39,6 +42,8 @@ pub struct Exit {
     pub error: Option<String>,
     /// Why the subagent killed it (orphan timeout, drain timeout), if it did.
     pub killed: Option<String>,
+    /// The `::baton-result KEY=VALUE` lines it printed on stdout.
+    pub outputs: BTreeMap<String, String>,
 }
 
 /// Starts the task's program. The child gets its own process group (so the
@@ -76,7 +81,8 @@ pub fn spawn(task: &RunTask) -> std::io::Result<Spawned> {
 }
 
 /// Waits for the process, calling `on_line` for each output line in order of
-/// arrival. It is killed (SIGTERM to its group, `grace`, SIGKILL) when
+/// arrival (after a malformed result line, also for a warning on stderr). It
+/// is killed (SIGTERM to its group, `grace`, SIGKILL) when
 /// `timeout` passes or when a reason arrives on `kill`.
 pub async fn supervise<F, Fut>(
     mut spawned: Spawned,
@@ -116,6 +122,7 @@ where
     let mut kill_armed = true;
     let mut killed_at: Option<tokio::time::Instant> = None;
     let mut output_open = true;
+    let mut results = Results::default();
     let status = loop {
         let timer = async {
             match (killed_at, deadline) {
@@ -127,7 +134,7 @@ where
         tokio::select! {
             status = spawned.child.wait() => break status,
             line = lines.recv(), if output_open => match line {
-                Some((stream, line)) => on_line(stream, line).await,
+                Some((stream, line)) => deliver(&mut on_line, &mut results, stream, line).await,
                 None => output_open = false,
             },
             reason = &mut kill, if kill_armed => {
@@ -157,14 +164,14 @@ where
     let drain_until = tokio::time::Instant::now() + OUTPUT_DRAIN;
     while output_open {
         match tokio::time::timeout_at(drain_until, lines.recv()).await {
-            Ok(Some((stream, line))) => on_line(stream, line).await,
+            Ok(Some((stream, line))) => deliver(&mut on_line, &mut results, stream, line).await,
             Ok(None) => output_open = false,
             Err(_) => {
                 let _ = killpg(pgid, Signal::SIGKILL);
                 while let Ok(Some((stream, line))) =
                     tokio::time::timeout(OUTPUT_DRAIN, lines.recv()).await
                 {
-                    on_line(stream, line).await;
+                    deliver(&mut on_line, &mut results, stream, line).await;
                 }
                 output_open = false;
             }
@@ -177,6 +184,7 @@ where
             timed_out,
             error: None,
             killed,
+            outputs: results.into_map(),
         },
         Err(e) => {
             warn!(pid = spawned.pid, error = %e, "waiting for task failed");
@@ -185,9 +193,27 @@ where
                 timed_out,
                 error: Some(format!("waiting for the process failed: {e}")),
                 killed,
+                outputs: results.into_map(),
                 ..Exit::default()
             }
         }
+    }
+}
+
+/// Passes a line on, collecting it first when it is a result line; a
+/// malformed one is followed by a warning line on stderr.
+async fn deliver<F, Fut>(on_line: &mut F, results: &mut Results, stream: LogStream, line: String)
+where
+    F: FnMut(LogStream, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let warning = match stream {
+        LogStream::Stdout => results.observe(&line),
+        LogStream::Stderr => None,
+    };
+    on_line(stream, line).await;
+    if let Some(warning) = warning {
+        on_line(LogStream::Stderr, warning).await;
     }
 }
 
@@ -306,6 +332,27 @@ mod tests {
         let (_, lines) = run(t, None).await;
         assert_eq!(lines[0].1.len(), 64);
         assert_eq!(lines[1].1, "\u{fffd}ok");
+    }
+
+    #[tokio::test]
+    async fn result_lines_are_collected_and_still_streamed() {
+        let script = "echo '::baton-result a=1'; echo '::baton-result bad key=2'; \
+                      echo '::baton-result a=3' >&2; echo x";
+        let (exit, lines) = run(task("sh", &["-c", script]), None).await;
+        assert_eq!(exit.outputs, [("a".to_string(), "1".to_string())].into());
+        let stdout: Vec<&str> = lines
+            .iter()
+            .filter(|(s, _)| *s == LogStream::Stdout)
+            .map(|(_, l)| l.as_str())
+            .collect();
+        assert_eq!(
+            stdout,
+            ["::baton-result a=1", "::baton-result bad key=2", "x"]
+        );
+        let warned = lines
+            .iter()
+            .any(|(s, l)| *s == LogStream::Stderr && l.starts_with("baton: result line ignored"));
+        assert!(warned, "{lines:?}");
     }
 
     #[tokio::test]
