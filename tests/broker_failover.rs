@@ -133,10 +133,11 @@ async fn five_kills_of_the_active_broker_with_500_orders_in_flight_lose_and_repe
     let accepted = Arc::new(Mutex::new(Vec::new()));
     let sink = accepted.clone();
     let feeder = tokio::spawn(async move {
+        let mut pace = tokio::time::interval(Duration::from_millis(40));
         for i in 0..500 {
+            pace.tick().await;
             let reply = submit_surely(&bus, "work", &format!("order-{i}")).await;
             sink.lock().unwrap().push(reply.order_id);
-            tokio::time::sleep(Duration::from_millis(40)).await;
         }
     });
 
@@ -200,18 +201,23 @@ async fn a_result_unacknowledged_by_a_killed_broker_reaches_the_next_one() {
     })
     .await;
     // Freeze the broker, let the task finish: its result goes unacknowledged.
+    let mut results = h
+        .bus
+        .listen::<TaskResult>(h.bus.subjects().result())
+        .await
+        .expect("subscribe to results");
     h.cluster
         .signal(process_of(&first), Signal::SIGSTOP)
         .expect("stop the broker");
     std::fs::write(&gate, "").expect("open the gate");
-    wait_until(Duration::from_secs(10), "the task ended", || {
-        let gone = !std::fs::read_to_string(&marker)
-            .unwrap_or_default()
-            .is_empty();
-        async move { gone }
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await; // result sent, unanswered
+    // Sent, and sent again: the frozen broker never acknowledged it.
+    let mut sent = 0;
+    while sent < 2 {
+        let result = within(Duration::from_secs(10), "the task's result", results.next())
+            .await
+            .expect("result subscription");
+        sent += usize::from(result.body.order_id == order);
+    }
     h.cluster
         .signal(process_of(&first), Signal::SIGKILL)
         .expect("kill the broker");

@@ -186,7 +186,16 @@ async fn partitions_and_forced_double_schedulers_still_fire_each_slot_once() {
     // Cut a1 off: it loses its lease and turns itself off; a2 takes over.
     proxy.cut();
     assert_eq!(one_scheduler(&h, Some("a1")).await, "a2");
-    tokio::time::sleep(Duration::from_secs(2)).await; // a2 fires while a1 is cut off
+    let ran = runs(&file).len();
+    wait_until(
+        Duration::from_secs(10),
+        "a2 fires while a1 is cut off",
+        || {
+            let n = runs(&file).len();
+            async move { n >= ran + 2 }
+        },
+    )
+    .await;
     proxy.heal();
     wait_until(ELECTION, "a1 back as a spare", || async {
         let s = status(&h).await;
@@ -198,7 +207,9 @@ async fn partitions_and_forced_double_schedulers_still_fire_each_slot_once() {
     assert_eq!(schedulers(&h).await, ["a2"]);
 
     // Force a second Scheduler: a rogue command in the broker's own epoch.
-    let epoch = status(&h).await.broker_started_at_ms;
+    let brokers = status(&h).await.brokers;
+    let active = brokers.iter().find(|b| b.role == BrokerRole::Active);
+    let epoch = active.expect("an active broker").epoch;
     let rogue = RoleCommand {
         broker_id: "rogue".into(),
         epoch,
@@ -230,7 +241,16 @@ async fn partitions_and_forced_double_schedulers_still_fire_each_slot_once() {
         .request::<_, RoleAnswer>(s.agent_role("a1"), &stale, REQUEST)
         .await;
     assert!(refused.is_err(), "a stale epoch is obeyed: {refused:?}");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ran = runs(&file).len();
+    wait_until(
+        Duration::from_secs(10),
+        "slots run after the double",
+        || {
+            let n = runs(&file).len();
+            async move { n >= ran + 2 }
+        },
+    )
+    .await;
     every_slot_once(&file, now_ms() - 1_500).await;
 }
 
@@ -313,8 +333,11 @@ async fn operators_move_the_role_by_hand_even_off_the_only_eligible_agent() {
     let (code, text) = scheduler_cmd(&h, &["off", &first]).await;
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("no agent is Scheduler now"), "{text}");
-    tokio::time::sleep(Duration::from_secs(3)).await; // past the connection timeout
-    assert!(schedulers(&h).await.is_empty());
+    // Past the connection timeout, still nobody is elected.
+    holds_throughout(Duration::from_secs(3), "no Scheduler", || async {
+        schedulers(&h).await.is_empty()
+    })
+    .await;
     let s = status(&h).await;
     assert!(s.agents.iter().all(|a| a.excluded), "{:?}", s.agents);
     let (_, text) = scheduler_cmd(&h, &[]).await;
@@ -424,11 +447,27 @@ every = "2s"
     // No Scheduler for 4 seconds: fire-all catches every slot up, skip none.
     h.cluster.signal("a1", Signal::SIGKILL).expect("kill a1");
     let down_at = now_ms();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    wait_until(ELECTION, "a1 is known gone", || async {
+        schedulers(&h).await.is_empty()
+    })
+    .await;
+    holds_throughout(Duration::from_secs(3), "no Scheduler", || async {
+        schedulers(&h).await.is_empty()
+    })
+    .await;
     spawn_agent(&mut h, "a1", "a1", &[]);
     one_scheduler(&h, None).await;
     let back_at = now_ms();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_until(
+        Duration::from_secs(10),
+        "both fire after the outage",
+        || {
+            let (a, s) = (runs(&all), runs(&skip));
+            let after = |r: &BTreeMap<u64, usize>| r.keys().filter(|&&k| k > back_at).count();
+            async move { after(&a) >= 2 && after(&s) >= 2 }
+        },
+    )
+    .await;
     every_slot_once(&all, now_ms() - 1_500).await;
     let skipped = runs(&skip);
     let gap: Vec<u64> = (down_at / 1000 * 1000 + 1000..back_at.saturating_sub(2_000))

@@ -182,6 +182,21 @@ where
     wait_for(limit, what, poll).await
 }
 
+/// Polls `condition` for the whole of `span`, panicking naming `what` the
+/// first time it does not hold: for things that must not happen.
+pub async fn holds_throughout<F, Fut>(span: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + span;
+    while tokio::time::Instant::now() < end {
+        let held = within(span + REQUEST, what, condition()).await;
+        assert!(held, "no longer true: {what}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// Validates deploy-file text as `baton deploy` does and deploys it over the
 /// wire (`DeployRequest` on `{p}.api.deploy`).
 pub async fn deploy(bus: &Bus, toml_text: &str) -> DeployReply {
