@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::agent::election::AgentView;
-use crate::agent::health::{level, HealthHistory, HealthThresholds, SwitchCondition};
+use crate::agent::health::{level, millis, HealthHistory, HealthThresholds, SwitchCondition};
 use crate::protocol::{AgentHealth, AgentHeartbeat, AgentRole, AgentStatus, HealthLevel};
 
 /// What the broker knows of one agent.
@@ -213,10 +213,6 @@ impl AgentBook {
         };
         self.agents.values().map(status).collect()
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use futures::stream::{self, LocalBoxStream, StreamExt};
 use tracing::{debug, info, warn};
 
 use super::agents::{AgentBook, Check, Heard};
+use super::probe::{self, Verdict};
 use crate::agent::election::{decide, Action, ElectionConfig, ElectionState, Request as Ask};
 use crate::bus::{Bus, BusError, Received, Replier, Request};
 use crate::config::Config;
@@ -297,18 +298,17 @@ impl Elector {
             return;
         };
         let reconnected = self.bus.stats().reconnected_at_ms();
-        let timeout = self.config.scheduler.agent_timeout.as_millis() as u64;
-        if reconnected > 0 && now_ms().saturating_sub(reconnected) < timeout {
-            debug!(agent = %id, "no responders, but we only just reconnected; not proof of death");
-            return;
-        }
-        match first {
-            None => {
+        let guard = self.config.scheduler.agent_timeout;
+        match probe::judge(first, agent.last_seen, reconnected, now_ms(), guard) {
+            Verdict::NotProof => {
+                debug!(agent = %id, "no responders, but we only just reconnected; not proof of death")
+            }
+            Verdict::AskAgain => {
                 let now = Instant::now();
                 let again = agent.heartbeat_interval;
                 ctx.run_later(again, move |act, ctx| act.probe(id, Some(now), ctx));
             }
-            Some(first) if agent.last_seen < first => {
+            Verdict::Gone => {
                 let was = agent.role;
                 warn!(agent = %id, role = was.as_str(), "agent process gone (no responders)");
                 self.book.remove(&id);
@@ -316,7 +316,7 @@ impl Elector {
                 self.announce(&id, AgentRole::Spare, "lost: process gone");
                 self.round(Ask::None, None, ctx);
             }
-            Some(_) => debug!(agent = %id, "heard from it between two probes; alive"),
+            Verdict::Alive => debug!(agent = %id, "heard from it between two probes; alive"),
         }
     }
 

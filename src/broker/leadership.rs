@@ -48,7 +48,6 @@ struct Leadership {
     bus: Bus,
     kv: Kv<BrokerLease>,
     id: String,
-    peers: BTreeMap<String, Peer>,
     /// The last heartbeat of each other broker, and when it came.
     heard: BTreeMap<String, (BrokerHeartbeat, Instant)>,
     active: Option<Active>,
@@ -70,7 +69,6 @@ pub async fn run_until_signal(config: Config, bus: Bus) -> anyhow::Result<()> {
         config,
         bus,
         kv,
-        peers: BTreeMap::new(),
         heard: BTreeMap::new(),
         active: None,
         free_since: None,
@@ -108,15 +106,19 @@ impl Leadership {
         if hb.broker_id == self.id {
             return;
         }
-        let peer = Peer {
+        self.heard
+            .insert(hb.broker_id.clone(), (hb, Instant::now()));
+    }
+
+    /// The other brokers as the lease rules see them.
+    fn peers(&self) -> Vec<Peer> {
+        let peer = |(hb, at): &(BrokerHeartbeat, Instant)| Peer {
             id: hb.broker_id.clone(),
             precedence: hb.precedence,
             standby: hb.role == BrokerRole::Standby,
-            last_seen: Instant::now(),
+            last_seen: *at,
         };
-        self.peers.insert(hb.broker_id.clone(), peer);
-        self.heard
-            .insert(hb.broker_id.clone(), (hb, Instant::now()));
+        self.heard.values().map(peer).collect()
     }
 
     /// Tells the active Broker how its lease and its peers stand.
@@ -141,8 +143,6 @@ impl Leadership {
     async fn tick(&mut self) -> anyhow::Result<()> {
         let now = Instant::now();
         let alive = self.config.broker.heartbeat_interval * 4;
-        self.peers
-            .retain(|_, p| now.saturating_duration_since(p.last_seen) < alive * 10);
         self.heard
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < alive * 10);
         self.tell_broker(now);
@@ -159,7 +159,7 @@ impl Leadership {
             Some(_) => {}
             None => {
                 self.standby_heartbeat(now);
-                let peers: Vec<Peer> = self.peers.values().cloned().collect();
+                let peers = self.peers();
                 let me = (self.id.as_str(), self.config.broker.precedence);
                 let better = lease::better_standby(me, &peers, now, alive);
                 if lease::may_campaign(better, self.free_since, now, self.config.broker.lease) {

@@ -8,6 +8,7 @@ use actix::prelude::*;
 use tracing::{debug, info, warn};
 
 use super::order_book::{Applied, OrderEvent};
+use super::probe::{self, Verdict};
 use super::registry::{Check, Seen, Sighting};
 use super::{Broker, ORPHAN_MARGIN, PROBE_TIMEOUT};
 use crate::bus::{BusError, Request};
@@ -228,19 +229,18 @@ impl Broker {
             return;
         };
         let reconnected = self.bus.stats().reconnected_at_ms();
-        let since = now_ms().saturating_sub(reconnected);
-        if reconnected > 0 && since < self.config.broker.subagent_timeout.as_millis() as u64 {
-            debug!(subagent = %id, "no responders, but we only just reconnected; not proof of death");
-            return;
-        }
-        match first {
-            None => {
+        let guard = self.config.broker.subagent_timeout;
+        match probe::judge(first, subagent.last_seen, reconnected, now_ms(), guard) {
+            Verdict::NotProof => {
+                debug!(subagent = %id, "no responders, but we only just reconnected; not proof of death")
+            }
+            Verdict::AskAgain => {
                 let again = subagent.heartbeat_interval;
                 let now = Instant::now();
                 ctx.run_later(again, move |act, ctx| act.probe(id, Some(now), ctx));
             }
-            Some(first) if subagent.last_seen < first => self.declare_lost(&id, true, ctx),
-            Some(_) => debug!(subagent = %id, "heard from it between two probes; alive"),
+            Verdict::Gone => self.declare_lost(&id, true, ctx),
+            Verdict::Alive => debug!(subagent = %id, "heard from it between two probes; alive"),
         }
     }
 

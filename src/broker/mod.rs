@@ -16,6 +16,7 @@ pub mod lease;
 mod liveness;
 pub mod order_book;
 pub mod placement;
+pub mod probe;
 mod recovery;
 pub mod registry;
 mod requests;

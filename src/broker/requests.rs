@@ -72,8 +72,9 @@ impl Broker {
         };
         // A trigger's slot meets the job's concurrency policy now; the
         // decision is carried out once the order is durable.
+        // (`allow` needs no look at the active runs: the book is not scanned.)
         let overlap = match slot_ms {
-            Some(_) => {
+            Some(_) if spec.concurrency != ConcurrencyPolicy::Allow => {
                 let active = self.book.active_of_job(&job);
                 match on_slot(spec.concurrency, active.len()) {
                     SlotDecision::Fire => Overlap::None,
@@ -84,7 +85,7 @@ impl Broker {
                     SlotDecision::CancelRunningAndFire => Overlap::Replace(active),
                 }
             }
-            None => Overlap::None,
+            _ => Overlap::None,
         };
         let idempotent = request_id.is_some();
         let failed_id = order_id.clone();

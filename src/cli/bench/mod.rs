@@ -89,12 +89,24 @@ fn work_dir() -> PathBuf {
     std::env::temp_dir().join(format!("baton-bench-{}", std::process::id()))
 }
 
-/// Starts nats-server, a broker and subagents `sub-1..=subagents` in `work`
-/// (logs in `logs`, else `work/logs`), and waits until the subagents are
-/// available.
+/// Starts nats-server, a broker (process and id `broker`) and subagents
+/// `sub-1..=subagents` in `work` (logs in `logs`, else `work/logs`), and
+/// waits until the subagents are available.
 async fn start_cluster(
     work: &Path,
     logs: Option<PathBuf>,
+    subagents: usize,
+    capacity: u32,
+) -> anyhow::Result<(LocalCluster, Bus)> {
+    start_cluster_with(work, logs, &["broker"], subagents, capacity).await
+}
+
+/// [`start_cluster`] with the brokers `brokers`, each process named after
+/// its id.
+async fn start_cluster_with(
+    work: &Path,
+    logs: Option<PathBuf>,
+    brokers: &[&str],
     subagents: usize,
     capacity: u32,
 ) -> anyhow::Result<(LocalCluster, Bus)> {
@@ -108,7 +120,9 @@ async fn start_cluster(
     };
     let exe = std::env::current_exe()?;
     let mut cluster = LocalCluster::start(nats, exe, "bench", Logs::Dir(logs)).await?;
-    cluster.spawn("broker", &["broker", "--id", "broker-bench"])?;
+    for id in brokers {
+        cluster.spawn(id, &["broker", "--id", id])?;
+    }
     let capacity = capacity.to_string();
     for i in 1..=subagents {
         cluster.spawn_subagent(&format!("sub-{i}"), &["--capacity", &capacity])?;
@@ -116,6 +130,16 @@ async fn start_cluster(
     let bus = cluster.client().await?;
     cluster.wait_for_subagents(&bus, subagents).await?;
     Ok((cluster, bus))
+}
+
+/// Prints a bench's report: as JSON, or as the bench's table.
+fn emit<R: Serialize>(report: &R, json: bool, table: impl FnOnce(&R)) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        table(report);
+    }
+    Ok(())
 }
 
 /// Stops the cluster and removes the scratch folder (logs kept elsewhere stay).

@@ -196,12 +196,7 @@ pub(super) async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
         broker_peak_rss_kib: broker_peak,
         subagent_peak_rss_kib_max: subagent_peak,
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_table(&report);
-    }
-    Ok(())
+    super::emit(&report, args.json, print_table)
 }
 
 fn print_table(r: &ThroughputReport) {

@@ -45,8 +45,7 @@ use traffic::{Traffic, GIVE_UP, TASK_MS};
 use super::{stop_cluster, work_dir};
 use crate::bus::Bus;
 use crate::cli::parse_duration;
-use crate::launch::{LocalCluster, Logs};
-use crate::natsd::NatsServerOptions;
+use crate::launch::LocalCluster;
 use crate::protocol::*;
 
 const JOB: &str = "bench-broker";
@@ -120,12 +119,7 @@ pub(super) async fn failover_broker(args: FailoverBrokerArgs) -> anyhow::Result<
     stop_cluster(cluster, &work);
     let mut report = run?;
     report.elapsed_s = started.elapsed().as_secs_f64();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_table(&report);
-    }
-    Ok(())
+    super::emit(&report, args.json, print_table)
 }
 
 /// Starts nats-server, the brokers `ids` and the subagents in `work` (logs
@@ -135,26 +129,8 @@ async fn start(
     logs: Option<PathBuf>,
     ids: &[String],
 ) -> anyhow::Result<(LocalCluster, Bus)> {
-    std::fs::create_dir_all(work).with_context(|| format!("cannot create {}", work.display()))?;
-    let logs = logs.unwrap_or_else(|| work.join("logs"));
-    let nats = NatsServerOptions {
-        port: None,
-        store_dir: work.join("nats"),
-        config_file: None,
-        log_file: Some(work.join("nats-server.log")),
-    };
-    let exe = std::env::current_exe()?;
-    let mut cluster = LocalCluster::start(nats, exe, "bench", Logs::Dir(logs)).await?;
-    for id in ids {
-        spawn_broker(&mut cluster, id)?;
-    }
-    let capacity = CAPACITY.to_string();
-    for i in 1..=SUBAGENTS {
-        cluster.spawn_subagent(&format!("sub-{i}"), &["--capacity", &capacity])?;
-    }
-    let bus = cluster.client().await?;
-    cluster.wait_for_subagents(&bus, SUBAGENTS).await?;
-    Ok((cluster, bus))
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    super::start_cluster_with(work, logs, &ids, SUBAGENTS, CAPACITY).await
 }
 
 /// Stops the subagents first, while a broker acknowledges their leave (the

@@ -170,12 +170,7 @@ pub(super) async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
         modes,
         elapsed_s,
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_table(&report);
-    }
-    Ok(())
+    super::emit(&report, args.json, print_table)
 }
 
 async fn run_mode(

@@ -132,12 +132,7 @@ pub(in crate::cli::bench) async fn failover_scheduler(
     let mut report = run?;
     report.settings = Some(settings);
     report.elapsed_s = started.elapsed().as_secs_f64();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_table(&report);
-    }
-    Ok(())
+    super::super::emit(&report, args.json, print_table)
 }
 
 async fn run(
