@@ -423,6 +423,11 @@ impl Config {
     }
 
     /// Name of the KV bucket holding orders.
+    /// Deployed workflows, by name.
+    pub fn workflows_bucket(&self) -> String {
+        format!("{}_workflows", self.prefix)
+    }
+
     pub fn orders_bucket(&self) -> String {
         format!("{}_orders", self.prefix)
     }

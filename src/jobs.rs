@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::protocol::subjects::is_valid_token;
 use crate::protocol::{
     ClusterMember, ClusterSpec, ConcurrencyPolicy, JobSpec, MisfirePolicy, ParamSpec,
-    SchedulingMode, TriggerSpec,
+    SchedulingMode, TriggerSpec, WorkflowSpec,
 };
 
 /// Longest parameter value accepted, in bytes.
@@ -29,6 +29,8 @@ struct DeployFile {
     job: Vec<JobDef>,
     #[serde(default)]
     cluster: Vec<ClusterDef>,
+    #[serde(default)]
+    workflow: Vec<crate::workflow::WorkflowDef>,
 }
 
 /// One `[[cluster]]` table.
@@ -56,6 +58,7 @@ struct MemberDef {
 pub struct Deployment {
     pub jobs: Vec<JobSpec>,
     pub clusters: Vec<ClusterSpec>,
+    pub workflows: Vec<WorkflowSpec>,
 }
 
 /// One `[[job]]` table as an operator writes it.
@@ -192,7 +195,13 @@ pub enum DeployFileError {
         #[source]
         source: JobError,
     },
-    #[error("{file}: no [[job]] or [[cluster]] table found")]
+    #[error("{file}: {source}")]
+    InvalidWorkflow {
+        file: String,
+        #[source]
+        source: crate::workflow::WorkflowError,
+    },
+    #[error("{file}: no [[job]], [[cluster]] or [[workflow]] table found")]
     Empty { file: String },
 }
 
@@ -212,7 +221,7 @@ pub fn parse_deploy_file(file: &str, text: &str) -> Result<Deployment, DeployFil
         file: file.to_string(),
         message: e.to_string().trim_end().to_string(),
     })?;
-    if parsed.job.is_empty() && parsed.cluster.is_empty() {
+    if parsed.job.is_empty() && parsed.cluster.is_empty() && parsed.workflow.is_empty() {
         return Err(DeployFileError::Empty {
             file: file.to_string(),
         });
@@ -287,9 +296,18 @@ pub fn parse_deploy_file(file: &str, text: &str) -> Result<Deployment, DeployFil
         }
         specs.push(spec);
     }
+    // a step's job may be deployed earlier: the broker checks those names
+    let workflows: Vec<WorkflowSpec> = parsed.workflow.into_iter().map(Into::into).collect();
+    crate::workflow::validate_workflows(&workflows, &|_| true).map_err(|source| {
+        DeployFileError::InvalidWorkflow {
+            file: file.to_string(),
+            source,
+        }
+    })?;
     Ok(Deployment {
         jobs: specs,
         clusters,
+        workflows,
     })
 }
 

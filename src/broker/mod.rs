@@ -337,6 +337,7 @@ impl Broker {
             timeout_ms: spec.timeout_ms,
             instance_id: Some(instance_id),
             epoch: self.epoch,
+            parent: order.parent.clone(),
         })
     }
 

@@ -27,7 +27,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use crate::protocol::{OrderCounts, OrderInfo, OrderState};
+use crate::protocol::{OrderCounts, OrderInfo, OrderState, ParentStep};
 
 /// Where an order is, with the in-between step the wire state hides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +208,8 @@ pub struct Order {
     pub accepted_at_ms: u64,
     pub started_at_ms: Option<u64>,
     pub outcome: Option<Outcome>,
+    /// It runs a step of this workflow order.
+    pub parent: Option<ParentStep>,
 }
 
 impl Order {
@@ -238,6 +240,7 @@ impl Order {
             accepted_at_ms,
             started_at_ms: None,
             outcome: None,
+            parent: None,
         }
     }
 
@@ -255,6 +258,7 @@ impl Order {
             info.accepted_at_ms,
         );
         order.slot_ms = info.slot_ms;
+        order.parent.clone_from(&info.parent);
         order.restartable = restartable;
         order.attempt = info.attempt;
         order.cancel_requested = info.cancel_requested;
@@ -271,8 +275,13 @@ impl Order {
                 Phase::Running
             }
             // a task never placed (a running one without a task is never
-            // journaled) waits for a subagent
-            OrderState::Accepted | OrderState::Running => {
+            // journaled) waits for a subagent; the workflow-only states
+            // never describe a plain order
+            OrderState::Accepted
+            | OrderState::Running
+            | OrderState::Suspending
+            | OrderState::Suspended
+            | OrderState::Cancelling => {
                 order.task_id = None;
                 order.subagent_id = None;
                 order.subagent_instance_id = None;
@@ -579,6 +588,10 @@ impl Order {
             started_at_ms: self.started_at_ms,
             finished_at_ms: self.outcome.as_ref().map(|o| o.finished_at_ms),
             outputs: outcome.outputs,
+            workflow: None,
+            steps: Vec::new(),
+            history: Vec::new(),
+            parent: self.parent.clone(),
         }
     }
 }
@@ -799,7 +812,10 @@ impl OrderBook {
 fn count(counts: &mut OrderCounts, phase: Phase, delta: i64) {
     let slot = match phase.wire() {
         OrderState::Accepted => &mut counts.accepted,
-        OrderState::Running => &mut counts.running,
+        OrderState::Running
+        | OrderState::Suspending
+        | OrderState::Suspended
+        | OrderState::Cancelling => &mut counts.running,
         OrderState::Succeeded => &mut counts.succeeded,
         OrderState::Failed => &mut counts.failed,
         OrderState::Cancelled => &mut counts.cancelled,

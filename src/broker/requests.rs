@@ -197,7 +197,11 @@ impl Broker {
     }
 
     pub(super) fn on_deploy(&mut self, req: Request<DeployRequest>, ctx: &mut Context<Self>) {
-        let DeployRequest { jobs, clusters } = req.body;
+        let DeployRequest {
+            jobs,
+            clusters,
+            workflows: _,
+        } = req.body;
         if jobs.is_empty() && clusters.is_empty() {
             return self.error(
                 &req.replier,
@@ -255,6 +259,7 @@ impl Broker {
                         let reply = DeployReply {
                             deployed,
                             clusters: cluster_names,
+                            workflows: Vec::new(),
                         };
                         act.bus.reply(&replier, &reply);
                         act.dispatch(ctx);

@@ -188,7 +188,7 @@ fn decode_log(subjects: &Subjects, subject: &str, payload: &[u8]) -> Option<Orde
     let decoded = match subjects.parse_event(subject)?.2 {
         EventKind::Log => decode(Encoding::MessagePack, payload).map(OrderLog::Line),
         EventKind::Finished => decode(Encoding::MessagePack, payload).map(OrderLog::Finished),
-        EventKind::Accepted | EventKind::Started => return None,
+        EventKind::Accepted | EventKind::Started | EventKind::Changed => return None,
     };
     decoded
         .inspect_err(|e| warn!(%subject, error = %e, "undecodable stored log skipped"))

@@ -155,10 +155,12 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
 pub async fn deploy(config: &Config, args: DeployArgs) -> anyhow::Result<()> {
     let mut jobs = Vec::new();
     let mut clusters = Vec::new();
+    let mut workflows = Vec::new();
     for file in &args.files {
         let d = crate::jobs::load_deploy_file(file)?;
         jobs.extend(d.jobs);
         clusters.extend(d.clusters);
+        workflows.extend(d.workflows);
     }
     if args.dry_run {
         println!(
@@ -174,7 +176,11 @@ pub async fn deploy(config: &Config, args: DeployArgs) -> anyhow::Result<()> {
     let reply: DeployReply = bus
         .request(
             bus.subjects().deploy(),
-            &DeployRequest { jobs, clusters },
+            &DeployRequest {
+                jobs,
+                clusters,
+                workflows,
+            },
             config.nats.request_timeout,
         )
         .await
@@ -317,7 +323,7 @@ async fn follow(
                         eprintln!("{}", output::finished_line(&e));
                         return Ok(exit_for(e.state));
                     }
-                    EventKind::Accepted => {}
+                    EventKind::Accepted | EventKind::Changed => {}
                 }
             }
             _ = poll.tick() => {

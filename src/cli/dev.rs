@@ -69,6 +69,7 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
             &DeployRequest {
                 jobs: deployment.jobs,
                 clusters: deployment.clusters,
+                workflows: deployment.workflows,
             },
             Duration::from_secs(10),
         )

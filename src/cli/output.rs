@@ -75,6 +75,16 @@ pub fn event_line(kind: EventKind, payload: &[u8], json: bool) -> Result<String,
                 params.join(" ")
             )
         }),
+        EventKind::Changed => render(payload, json, kind, |e: &OrderChanged| {
+            format!(
+                "{} {:<16} {} {} (order {})",
+                clock(e.at_ms),
+                e.workflow,
+                short(&e.order_id),
+                e.what,
+                e.state.as_str()
+            )
+        }),
         EventKind::Started => render(payload, json, kind, |e: &TaskStarted| {
             format!(
                 "{} {:<16} {} started on {} (attempt {}{})",

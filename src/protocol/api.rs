@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::workflow::{KillCause, OnFailure, StepRun, StepSpec, StepState, WorkflowSpec};
+
 /// A deployed job definition. Clients refer to jobs by name; they never send
 /// a command line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -168,6 +170,12 @@ pub enum OrderState {
     Failed,
     /// Stopped on request.
     Cancelled,
+    /// A workflow order waiting for its running steps before it holds.
+    Suspending,
+    /// A workflow order held before its next step until resumed.
+    Suspended,
+    /// A workflow order waiting for its running steps before it ends cancelled.
+    Cancelling,
 }
 
 impl OrderState {
@@ -185,6 +193,9 @@ impl OrderState {
             OrderState::Succeeded => "succeeded",
             OrderState::Failed => "failed",
             OrderState::Cancelled => "cancelled",
+            OrderState::Suspending => "suspending",
+            OrderState::Suspended => "suspended",
+            OrderState::Cancelling => "cancelling",
         }
     }
 }
@@ -197,6 +208,9 @@ pub struct DeployRequest {
     /// Subagent clusters, deployed before the jobs that name them.
     #[serde(default)]
     pub clusters: Vec<ClusterSpec>,
+    /// Workflows, deployed after the jobs their steps name.
+    #[serde(default)]
+    pub workflows: Vec<WorkflowSpec>,
 }
 
 /// Reply to [`DeployRequest`].
@@ -207,6 +221,9 @@ pub struct DeployReply {
     /// Names of the subagent clusters now deployed by this request.
     #[serde(default)]
     pub clusters: Vec<String>,
+    /// Names of the workflows now deployed by this request.
+    #[serde(default)]
+    pub workflows: Vec<String>,
 }
 
 /// `{p}.api.order.get`: look up one order.
@@ -259,6 +276,154 @@ pub struct OrderInfo {
     /// The results its finished task printed (`::baton-result KEY=VALUE`).
     #[serde(default)]
     pub outputs: BTreeMap<String, String>,
+    /// An order through a workflow: the workflow's name (`job` holds it too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    /// A workflow order's steps, as defined, with where each one is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepRun>,
+    /// A workflow order's history: every step attempt dispatched, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<StepAttempt>,
+    /// An order running one step of a workflow order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentStep>,
+}
+
+impl OrderInfo {
+    /// Its line in an [`OrderList`].
+    pub fn summary(&self) -> OrderSummary {
+        let current_steps = self
+            .steps
+            .iter()
+            .filter(|s| match self.state {
+                OrderState::Failed => s.state == StepState::Failed,
+                _ => s.state == StepState::Running,
+            })
+            .map(|s| s.name.clone())
+            .collect();
+        OrderSummary {
+            order_id: self.order_id.clone(),
+            job: self.job.clone(),
+            workflow: self.workflow.clone(),
+            state: self.state,
+            accepted_at_ms: self.accepted_at_ms,
+            finished_at_ms: self.finished_at_ms,
+            subagent_id: self.subagent_id.clone(),
+            current_steps,
+            parent: self.parent.clone(),
+        }
+    }
+}
+
+/// One attempt of one step: the order that ran it and how it went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StepAttempt {
+    pub step: String,
+    pub job: String,
+    pub attempt: u32,
+    /// The order running this attempt (its `parent` names this order).
+    pub order_id: String,
+    pub state: OrderState,
+    #[serde(default)]
+    pub subagent_id: Option<String>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub started_at_ms: Option<u64>,
+    #[serde(default)]
+    pub finished_at_ms: Option<u64>,
+}
+
+/// The workflow order and step an order runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ParentStep {
+    pub order_id: String,
+    pub workflow: String,
+    pub step: String,
+    pub attempt: u32,
+}
+
+/// `{p}.api.order.suspend`: hold a workflow order before its next step. A
+/// running step finishes first (`suspending`), or is killed with `kill` and
+/// runs again on resume. Repeating it is harmless; the reply is the order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SuspendOrder {
+    pub order_id: String,
+    #[serde(default)]
+    pub kill: bool,
+}
+
+/// `{p}.api.order.resume`: continue a suspended or failed workflow order, or
+/// a suspending one (which then goes on). `from`: run again from this step
+/// (the steps it waits for count as done); `force_succeeded`: failed steps
+/// count as succeeded. The reply is the order with its new state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ResumeOrder {
+    pub order_id: String,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub force_succeeded: bool,
+}
+
+/// `{p}.api.order.list`: the orders the broker holds (every unfinished one
+/// and the newest finished ones), newest first, filtered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ListOrders {
+    /// Only orders through this workflow.
+    #[serde(default)]
+    pub workflow: Option<String>,
+    /// Only orders of this job (steps of workflows included).
+    #[serde(default)]
+    pub job: Option<String>,
+    /// Only orders in this state.
+    #[serde(default)]
+    pub state: Option<OrderState>,
+    /// Only orders accepted at or after this time (ms since the epoch).
+    #[serde(default)]
+    pub since_ms: Option<u64>,
+    /// Only orders accepted before this time (ms since the epoch).
+    #[serde(default)]
+    pub until_ms: Option<u64>,
+    /// Include the orders running workflow steps (left out by default).
+    #[serde(default)]
+    pub steps: bool,
+    /// At most this many (default 100, at most 10000).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// Reply to [`ListOrders`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderList {
+    pub orders: Vec<OrderSummary>,
+    /// More orders matched than `limit`.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// One line of [`OrderList`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderSummary {
+    pub order_id: String,
+    /// The job, or the workflow for a workflow order.
+    pub job: String,
+    #[serde(default)]
+    pub workflow: Option<String>,
+    pub state: OrderState,
+    pub accepted_at_ms: u64,
+    #[serde(default)]
+    pub finished_at_ms: Option<u64>,
+    #[serde(default)]
+    pub subagent_id: Option<String>,
+    /// For a workflow order: the steps running now, or the step it failed in.
+    #[serde(default)]
+    pub current_steps: Vec<String>,
+    #[serde(default)]
+    pub parent: Option<ParentStep>,
 }
 
 /// `{p}.api.order.cancel`: cancel an order. A waiting order is cancelled at

@@ -205,6 +205,10 @@ pub struct RunTask {
     /// The sending broker's epoch; a subagent refuses an older one.
     #[serde(default)]
     pub epoch: u64,
+    /// The task runs a step of this workflow order: its log lines are
+    /// published as the workflow order's, naming the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<super::ParentStep>,
 }
 
 /// Reply to [`RunTask`]: the subagent owns the task and will report its result.

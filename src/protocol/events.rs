@@ -56,6 +56,10 @@ pub struct TaskLog {
     pub task_id: String,
     pub subagent_id: String,
     pub stream: LogStream,
+    /// For a workflow step's task: the step. `order_id` is then the
+    /// workflow order, and the line is published on its subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
     /// Counts the task's lines from 1, over both streams, so gaps can be seen.
     pub seq: u64,
     /// The line without its newline; invalid UTF-8 is replaced, long lines are cut.
@@ -85,6 +89,30 @@ pub struct OrderFinished {
     /// Run time of the last task, in milliseconds.
     #[serde(default)]
     pub duration_ms: Option<u64>,
+    pub at_ms: u64,
+}
+
+/// `changed`: a workflow order moved: a step was dispatched or finished, or
+/// the order was suspended, resumed or is being cancelled. Its `accepted`
+/// and `finished` events come as for any order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderChanged {
+    pub order_id: String,
+    pub workflow: String,
+    /// The order's state after the change.
+    pub state: OrderState,
+    /// The step that moved, if a step did.
+    #[serde(default)]
+    pub step: Option<String>,
+    #[serde(default)]
+    pub attempt: Option<u32>,
+    #[serde(default)]
+    pub step_state: Option<crate::workflow::StepState>,
+    /// The order running the step's attempt.
+    #[serde(default)]
+    pub step_order_id: Option<String>,
+    /// What happened, for people: "step build dispatched", "suspended", ...
+    pub what: String,
     pub at_ms: u64,
 }
 

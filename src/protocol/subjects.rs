@@ -25,7 +25,7 @@
 //! | `{p}.agent.{id}.ping` | request | [`Ping`](super::Ping) -> [`AgentPong`](super::AgentPong) |
 //! | `{p}.api.scheduler.control` | request | [`SchedulerControl`](super::SchedulerControl) -> [`SchedulerControlReply`](super::SchedulerControlReply) |
 //! | `{p}.cluster.agent.{id}` | publish | [`AgentChanged`](super::AgentChanged) |
-//! | `{p}.events.{job}.{order}.{kind}` | publish | [`OrderAccepted`](super::OrderAccepted), [`TaskStarted`](super::TaskStarted), [`TaskLog`](super::TaskLog), [`OrderFinished`](super::OrderFinished) |
+//! | `{p}.events.{job}.{order}.{kind}` | publish | [`OrderAccepted`](super::OrderAccepted), [`TaskStarted`](super::TaskStarted), [`TaskLog`](super::TaskLog), [`OrderChanged`](super::OrderChanged), [`OrderFinished`](super::OrderFinished) |
 
 /// The last token of an event subject: what happened to the order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,14 +33,16 @@ pub enum EventKind {
     Accepted,
     Started,
     Log,
+    Changed,
     Finished,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 4] = [
+    pub const ALL: [EventKind; 5] = [
         EventKind::Accepted,
         EventKind::Started,
         EventKind::Log,
+        EventKind::Changed,
         EventKind::Finished,
     ];
 
@@ -49,6 +51,7 @@ impl EventKind {
             EventKind::Accepted => "accepted",
             EventKind::Started => "started",
             EventKind::Log => "log",
+            EventKind::Changed => "changed",
             EventKind::Finished => "finished",
         }
     }
@@ -89,6 +92,18 @@ impl Subjects {
 
     pub fn order_cancel(&self) -> String {
         format!("{}.api.order.cancel", self.prefix)
+    }
+
+    pub fn order_suspend(&self) -> String {
+        format!("{}.api.order.suspend", self.prefix)
+    }
+
+    pub fn order_resume(&self) -> String {
+        format!("{}.api.order.resume", self.prefix)
+    }
+
+    pub fn order_list(&self) -> String {
+        format!("{}.api.order.list", self.prefix)
     }
 
     pub fn kill(&self, subagent: &str) -> String {

@@ -458,11 +458,15 @@ impl Subagent {
         self.publish_started(&task, pid, started_at_ms);
 
         let bus = self.bus.clone();
-        let subject = bus
-            .subjects()
-            .event(&task.job, &task.order_id, EventKind::Log);
+        // a workflow step's lines belong to the workflow order
+        let (log_order, step) = match &task.parent {
+            Some(p) => (p.order_id.clone(), Some(p.step.clone())),
+            None => (task.order_id.clone(), None),
+        };
+        let subject = bus.subjects().event(&task.job, &log_order, EventKind::Log);
         let mut log = TaskLog {
-            order_id: task.order_id.clone(),
+            order_id: log_order,
+            step,
             job: task.job.clone(),
             task_id: task.task_id.clone(),
             subagent_id: self.id.clone(),

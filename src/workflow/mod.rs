@@ -5,6 +5,8 @@
 //!   (`[[workflow]]` tables, strict) and deploy-time validation.
 //! - [`state`]: [`WorkflowRun`], the state machine of one order, advanced by
 //!   [`Event`]s into [`Effect`]s the broker acts on, with its transition table.
+//! - [`order`]: [`FlowOrder`], a workflow order as the broker holds and
+//!   journals it: the run, its history of step attempts, its record.
 //! - here: that machine's vocabulary (order and step states, events,
 //!   effects, errors).
 //!
@@ -13,6 +15,7 @@
 //! can be journaled and replayed.
 
 pub mod definition;
+pub mod order;
 pub mod state;
 #[cfg(test)]
 mod tests;
@@ -21,12 +24,15 @@ pub use definition::{
     validate_workflow, validate_workflows, OnFailure, StepSpec, WorkflowDef, WorkflowError,
     WorkflowSpec,
 };
+pub use order::{step_order_id, FlowOrder};
 pub use state::{StepRun, WorkflowRun};
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use schemars::JsonSchema;
+
+use crate::protocol::OrderState;
 use serde::{Deserialize, Serialize};
 
 /// Where a workflow order is.
@@ -74,6 +80,35 @@ impl RunState {
     }
 }
 
+impl RunState {
+    /// The order state clients see (`pending` is `accepted`).
+    pub fn wire(self) -> OrderState {
+        match self {
+            RunState::Pending => OrderState::Accepted,
+            RunState::Running => OrderState::Running,
+            RunState::Suspending => OrderState::Suspending,
+            RunState::Suspended => OrderState::Suspended,
+            RunState::Cancelling => OrderState::Cancelling,
+            RunState::Succeeded => OrderState::Succeeded,
+            RunState::Failed => OrderState::Failed,
+            RunState::Cancelled => OrderState::Cancelled,
+        }
+    }
+
+    pub fn from_wire(state: OrderState) -> RunState {
+        match state {
+            OrderState::Accepted => RunState::Pending,
+            OrderState::Running => RunState::Running,
+            OrderState::Suspending => RunState::Suspending,
+            OrderState::Suspended => RunState::Suspended,
+            OrderState::Cancelling => RunState::Cancelling,
+            OrderState::Succeeded => RunState::Succeeded,
+            OrderState::Failed => RunState::Failed,
+            OrderState::Cancelled => RunState::Cancelled,
+        }
+    }
+}
+
 impl fmt::Display for RunState {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str(self.as_str())
@@ -98,7 +133,7 @@ pub enum StepState {
 }
 
 /// Why a kill was sent to a running step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum KillCause {
     Suspend,

@@ -83,6 +83,7 @@ pub(super) async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
         .request(
             s.deploy(),
             &DeployRequest {
+                workflows: Vec::new(),
                 jobs: vec![job],
                 clusters: vec![],
             },

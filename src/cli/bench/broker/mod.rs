@@ -241,6 +241,7 @@ async fn deploy(bus: &Bus, markers: &Path) -> anyhow::Result<()> {
         concurrency: Default::default(),
     };
     let request = DeployRequest {
+        workflows: Vec::new(),
         jobs: vec![job],
         clusters: vec![],
     };

@@ -291,6 +291,7 @@ async fn deploy(
         concurrency: Default::default(),
     };
     let request = DeployRequest {
+        workflows: Vec::new(),
         jobs: vec![job],
         clusters: vec![ClusterSpec {
             name: name.into(),

@@ -245,6 +245,7 @@ async fn deploy(bus: &Bus, file: &Path) -> anyhow::Result<()> {
         concurrency: ConcurrencyPolicy::Allow,
     };
     let request = DeployRequest {
+        workflows: Vec::new(),
         jobs: vec![job],
         clusters: vec![],
     };
