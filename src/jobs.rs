@@ -95,7 +95,7 @@ struct JobDef {
 /// (the wire type accepts them, so peers can add fields).
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-enum TriggerDef {
+pub(crate) enum TriggerDef {
     Cron {
         expr: String,
         #[serde(default)]
@@ -125,7 +125,7 @@ impl From<TriggerDef> for TriggerSpec {
 /// A job's `misfire` table: [`MisfirePolicy`] with unknown keys refused.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "policy", rename_all = "kebab-case", deny_unknown_fields)]
-enum MisfireDef {
+pub(crate) enum MisfireDef {
     FireOnce {
         #[serde(default, with = "humantime_serde")]
         window: Option<Duration>,
@@ -199,7 +199,7 @@ pub enum DeployFileError {
     InvalidWorkflow {
         file: String,
         #[source]
-        source: crate::workflow::WorkflowError,
+        source: Box<crate::workflow::WorkflowError>,
     },
     #[error("{file}: no [[job]], [[cluster]] or [[workflow]] table found")]
     Empty { file: String },
@@ -301,7 +301,7 @@ pub fn parse_deploy_file(file: &str, text: &str) -> Result<Deployment, DeployFil
     crate::workflow::validate_workflows(&workflows, &|_| true).map_err(|source| {
         DeployFileError::InvalidWorkflow {
             file: file.to_string(),
-            source,
+            source: Box::new(source),
         }
     })?;
     Ok(Deployment {
@@ -491,6 +491,27 @@ pub fn resolve_params(
             }
             None => {}
         }
+    }
+    Ok(resolved)
+}
+
+/// A workflow step's parameters: those its job declares resolved as by
+/// [`resolve_params`] (defaults, required ones), and every other one kept as
+/// given, so the order's parameters and earlier steps' results reach each step.
+pub fn resolve_step_params(
+    job: &JobSpec,
+    given: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, ParamError> {
+    let (declared, other): (BTreeMap<String, String>, BTreeMap<String, String>) = given
+        .clone()
+        .into_iter()
+        .partition(|(name, _)| job.params.contains_key(name));
+    let mut resolved = resolve_params(job, &declared)?;
+    for (name, value) in other {
+        if value.len() > MAX_PARAM_BYTES || value.contains('\0') {
+            return Err(ParamError::BadValue { param: name });
+        }
+        resolved.insert(name, value);
     }
     Ok(resolved)
 }

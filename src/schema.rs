@@ -91,6 +91,11 @@ wire_types![
     FiredSlot,
     BrokerChanged,
     BrokerLease,
+    SuspendOrder,
+    ResumeOrder,
+    ListOrders,
+    OrderList,
+    OrderChanged,
 ];
 
 /// The kinds of process on the bus.
@@ -177,6 +182,12 @@ const CHANNELS: &[Channel] = {
         "Ask the broker for the cluster's state: subagents, jobs, order counts."),
     channel("orderCancel", "{prefix}.api.order.cancel", ("CancelOrder", Some("OrderInfo")), (Client, Broker), true,
         "Cancel an order: a waiting one at once, a running one when its task ends (now with kill). Idempotent."),
+    channel("orderSuspend", "{prefix}.api.order.suspend", ("SuspendOrder", Some("OrderInfo")), (Client, Broker), true,
+        "Suspend a workflow order: it holds before its next step once its running steps finish (or are killed, with kill, and run again on resume). Idempotent."),
+    channel("orderResume", "{prefix}.api.order.resume", ("ResumeOrder", Some("OrderInfo")), (Client, Broker), true,
+        "Resume a suspended or failed workflow order, optionally from a step or with failed steps counted as succeeded."),
+    channel("orderList", "{prefix}.api.order.list", ("ListOrders", Some("OrderList")), (Client, Broker), true,
+        "List the orders the broker holds (every unfinished one and the newest finished ones), newest first, filtered by workflow, job, state and time."),
     channel("kill", "{prefix}.subagent.{subagent_id}.kill", ("KillTask", Some("KillAccepted")), (Broker, Subagent), false,
         "Kill a running task now (a cancelled order's, with kill); its result follows as usual."),
     channel("subagentControl", "{prefix}.api.subagent.control", ("SubagentControl", Some("SubagentControlReply")), (Client, Broker), true,
@@ -217,8 +228,10 @@ const CHANNELS: &[Channel] = {
         "Event: a subagent has started the order's task."),
     channel("taskLog", "{prefix}.events.{job}.{order_id}.log", ("TaskLog", None), (Subagent, Client), false,
         "Event: one line of the task's output, published by the subagent as it comes."),
+    channel("orderChanged", "{prefix}.events.{job}.{order_id}.changed", ("OrderChanged", None), (Broker, Client), false,
+        "Event: a workflow order moved: a step was dispatched or finished, or the order was suspended, resumed or is being cancelled ({job} is the workflow)."),
     channel("orderFinished", "{prefix}.events.{job}.{order_id}.finished", ("OrderFinished", None), (Broker, Client), false,
-        "Event: the order reached a final state (succeeded, failed or cancelled)."),
+        "Event: the order reached a final state (succeeded, failed or cancelled; a failed workflow order can still be resumed)."),
     ]
 };
 
@@ -238,7 +251,7 @@ and the subjects they travel on. Every subject starts with a prefix (`{prefix}`,
 so several clusters can share one NATS account.
 
 **Encodings.** Every payload is a MessagePack map with named fields (string keys: the property \
-names of the JSON Schemas; integers in any MessagePack width). The four client-facing request \
+names of the JSON Schemas; integers in any MessagePack width). The client-facing request \
 subjects (`{prefix}.api.*`) also accept JSON when the request carries the NATS header \
 `Content-Type: application/json`. A reply is always in its request's encoding, and a JSON reply \
 carries the same header. Every other subject is MessagePack only. Each channel says which it is, \
@@ -652,6 +665,9 @@ mod tests {
             s.broker_heartbeat(),
             s.subagent_control(),
             s.order_cancel(),
+            s.order_suspend(),
+            s.order_resume(),
+            s.order_list(),
             s.kill("SUBAGENT"),
             s.leave(),
             s.ping("SUBAGENT"),

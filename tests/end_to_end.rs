@@ -65,6 +65,7 @@ fn record(seen: &mut HashMap<String, Seen>, s: &Subjects, subject: &str, payload
             assert!(entry.accepted, "{order}: started before accepted");
             entry.started.push(e);
         }
+        EventKind::Changed => panic!("{order}: a changed event for a plain order"),
         EventKind::Log => {
             let e: TaskLog = decode(mp, payload).expect("log event decodes");
             assert!(
@@ -171,6 +172,7 @@ async fn hundred_orders_from_a_plain_client() {
     let request = DeployRequest {
         jobs: vec![job],
         clusters: vec![],
+        workflows: vec![],
     };
     let deployed: DeployReply = client
         .request(s.deploy(), true, &request)

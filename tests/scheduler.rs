@@ -568,3 +568,131 @@ async fn the_scheduler_keeps_firing_each_slot_once_across_a_broker_fail_over() {
     assert_eq!(one_scheduler(&h, None).await, scheduler);
     every_slot_once(&file, now_ms() - 1_500).await;
 }
+
+/// The orders `ask` lists, each as the broker holds it (with its slot).
+async fn listed(h: &Harness, ask: ListOrders) -> Vec<OrderInfo> {
+    let list = h.bus.request(h.bus.subjects().order_list(), &ask, REQUEST);
+    let list: OrderList = within(REQUEST * 2, "order.list", list)
+        .await
+        .expect("order list");
+    let mut infos = Vec::new();
+    for summary in list.orders {
+        if let Some(info) = order_info(&h.bus, &summary.order_id).await {
+            infos.push(info);
+        }
+    }
+    infos
+}
+
+/// Waits until at least two orders `ask` lists, of distinct slots, have
+/// succeeded; returns them.
+async fn two_fired(h: &Harness, what: &str, ask: ListOrders) -> Vec<OrderInfo> {
+    wait_for(Duration::from_secs(20), what, || async {
+        let ask = ListOrders {
+            state: Some(OrderState::Succeeded),
+            ..ask.clone()
+        };
+        let fired: Vec<OrderInfo> = listed(h, ask)
+            .await
+            .into_iter()
+            .filter(|o| o.parent.is_none() && o.slot_ms.is_some())
+            .collect();
+        let slots: std::collections::BTreeSet<u64> =
+            fired.iter().filter_map(|o| o.slot_ms).collect();
+        (slots.len() >= 2).then_some(fired)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_triggers_start_workflow_orders_beside_the_jobs_own() {
+    let mut h = cluster_with_env(&["sub-1"], ENV).await;
+    let reply = deploy(
+        &h.bus,
+        r#"
+[[job]]
+name = "stamp"
+program = "true"
+[[job.triggers]]
+kind = "interval"
+every = "1s"
+
+[[workflow]]
+name = "twice"
+misfire = { policy = "skip" }
+[[workflow.steps]]
+name = "first"
+job = "stamp"
+[[workflow.steps]]
+name = "second"
+job = "stamp"
+[[workflow.triggers]]
+kind = "interval"
+every = "1s"
+"#,
+    )
+    .await;
+    assert_eq!(reply.workflows, ["twice"]);
+    spawn_agent(&mut h, "a1", "a1", &[]);
+    one_scheduler(&h, None).await;
+
+    let ask = ListOrders {
+        workflow: Some("twice".into()),
+        ..Default::default()
+    };
+    let flows = two_fired(&h, "two slots of the workflow succeed", ask).await;
+    for flow in &flows {
+        let slot = flow.slot_ms.expect("a fired order has its slot");
+        assert_eq!(slot % 1000, 0, "an interval of 1s falls on whole seconds");
+        assert_eq!(flow.job, "twice");
+        assert_eq!(flow.workflow.as_deref(), Some("twice"));
+        assert_eq!(
+            flow.request_id.as_deref(),
+            Some(format!("workflow.twice@{slot}").as_str())
+        );
+        let ran: Vec<(&str, OrderState)> = flow
+            .history
+            .iter()
+            .map(|a| (a.step.as_str(), a.state))
+            .collect();
+        assert_eq!(
+            ran,
+            [
+                ("first", OrderState::Succeeded),
+                ("second", OrderState::Succeeded)
+            ],
+            "{flow:?}"
+        );
+    }
+
+    // The job's own trigger fires beside the workflow's, under its own key.
+    let ask = ListOrders {
+        job: Some("stamp".into()),
+        ..Default::default()
+    };
+    let runs = two_fired(&h, "two slots of the job succeed", ask).await;
+    for run in &runs {
+        let slot = run.slot_ms.expect("a fired order has its slot");
+        assert_eq!(
+            run.request_id.as_deref(),
+            Some(format!("stamp@{slot}").as_str())
+        );
+    }
+
+    // Each keeps its own record of how far it has fired.
+    let fired: baton::bus::Kv<FiredSlot> = within(
+        REQUEST,
+        "open the fired bucket",
+        h.bus.kv(&format!("{}_fired", h.bus.subjects().prefix())),
+    )
+    .await
+    .expect("the fired bucket");
+    let newest = flows.iter().filter_map(|f| f.slot_ms).max().unwrap();
+    wait_until(REQUEST, "both records are written", || async {
+        let wf = fired.get("workflow.twice").await.ok().flatten();
+        let job = fired.get("stamp").await.ok().flatten();
+        wf.is_some_and(|r| r.job == "workflow.twice" && r.slot_ms >= newest)
+            && job.is_some_and(|r| r.job == "stamp")
+    })
+    .await;
+}

@@ -34,6 +34,7 @@ fn run_task(task_id: &str, file: &str) -> RunTask {
         timeout_ms: None,
         instance_id: None,
         epoch: 0,
+        parent: None,
     }
 }
 

@@ -5,8 +5,8 @@
 //! renewing; an agent started without role control is a Scheduler on its own.
 //!
 //! - [`node`]: the Agent actor: heartbeats, role commands, and, while
-//!   Scheduler, firing (read the fired slots, watch the jobs, submit each
-//!   due slot with its idempotency key, record it).
+//!   Scheduler, firing (read the fired slots, watch the jobs and the
+//!   workflows, submit each due slot with its idempotency key, record it).
 //! - [`role`]: the agent's side of the role: epochs, leases, commands (pure).
 //! - [`outbox`]: the fires waiting to be submitted, retry delays, and the
 //!   ledger of how far each job has fired (pure).

@@ -10,6 +10,9 @@
 //! The ledger only moves forward: a job's record in the fired bucket is
 //! written one write at a time, always with the newest slot fired, so a
 //! slow write never overwrites a newer one.
+//!
+//! A workflow with triggers counts as a job here, named by its schedule key
+//! `workflow.NAME` ([`workflow_key`](super::triggers::workflow_key)).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;

@@ -1,4 +1,6 @@
 //! Triggers: when a job's slots fall, and which of them to fire. Pure.
+//! Workflows have triggers too; here they are scheduled as jobs are, under
+//! their key `workflow.NAME` ([`workflow_key`]) in place of a job's name.
 //!
 //! A *slot* is an instant at which a trigger fires, in milliseconds since the
 //! Unix epoch (UTC). Nothing here reads a clock: the caller passes `now_ms`,
@@ -47,7 +49,7 @@ pub mod policy;
 pub mod queue;
 
 pub use crate::protocol::{ConcurrencyPolicy, MisfirePolicy, TriggerSpec};
-pub use policy::{due_slots, idempotency_key, on_slot, SlotDecision};
+pub use policy::{due_slots, idempotency_key, on_slot, submitted_name, workflow_key, SlotDecision};
 pub use queue::{Due, Schedule, TimerQueue};
 
 /// Shortest interval accepted: slots are whole seconds apart at the finest.

@@ -11,6 +11,7 @@
 
 pub mod agents;
 mod elector;
+mod flows;
 mod leadership;
 pub mod lease;
 mod liveness;
@@ -33,6 +34,7 @@ use crate::config::Config;
 use crate::jobs;
 use crate::protocol::*;
 use crate::time::now_ms;
+use crate::workflow::FlowOrder;
 use order_book::{Applied, Order, OrderBook, OrderEvent, Outcome, Phase};
 use recovery::{Revisions, Then};
 use registry::Registry;
@@ -58,8 +60,12 @@ enum Input {
     Leave(Request<Leave>),
     Result(Request<TaskResult>),
     Heartbeat(Received<SubagentHeartbeat>),
+    Suspend(Request<SuspendOrder>),
+    Resume(Request<ResumeOrder>),
+    List(Request<ListOrders>),
     Job(KvChange<JobSpec>),
     Cluster(KvChange<ClusterSpec>),
+    Workflow(KvChange<WorkflowSpec>),
 }
 
 impl Message for Input {
@@ -75,10 +81,14 @@ pub struct Broker {
     epoch: u64,
     jobs: HashMap<String, JobSpec>,
     clusters: HashMap<String, ClusterSpec>,
+    workflows: HashMap<String, WorkflowSpec>,
     jobs_kv: Kv<JobSpec>,
     clusters_kv: Kv<ClusterSpec>,
+    workflows_kv: Kv<WorkflowSpec>,
     orders_kv: Kv<OrderInfo>,
     book: OrderBook,
+    /// Orders through workflows: every unfinished one, and the newest ended.
+    flows: HashMap<String, FlowOrder>,
     /// Orders with a journal write in flight, and what waits for their next write.
     writing: HashMap<String, Vec<Then>>,
     /// The journal revision of each order's record, for compare-and-swap.
@@ -105,6 +115,7 @@ pub struct Broker {
 pub async fn start(config: Config, bus: Bus, epoch: u64) -> Result<Addr<Broker>, BusError> {
     let jobs_kv: Kv<JobSpec> = bus.kv(&config.jobs_bucket()).await?;
     let clusters_kv: Kv<ClusterSpec> = bus.kv(&config.clusters_bucket()).await?;
+    let workflows_kv: Kv<WorkflowSpec> = bus.kv(&config.workflows_bucket()).await?;
     let orders_kv: Kv<OrderInfo> = bus.kv(&config.orders_bucket()).await?;
     // task output is kept from now on (see `baton order logs`)
     if let Err(e) = bus
@@ -114,7 +125,14 @@ pub async fn start(config: Config, bus: Bus, epoch: u64) -> Result<Addr<Broker>,
         warn!(error = %e, "cannot create the log stream; task output is not kept");
     }
     // the orders are taken over before anything is served
-    let recovered = recovery::recover(&jobs_kv, &clusters_kv, &orders_kv, KEEP_FINISHED).await?;
+    let recovered = recovery::recover(
+        &jobs_kv,
+        &clusters_kv,
+        &workflows_kv,
+        &orders_kv,
+        KEEP_FINISHED,
+    )
+    .await?;
     let s = bus.subjects().clone();
     let inputs: Vec<LocalBoxStream<'static, Input>> = vec![
         bus.serve(s.submit())
@@ -132,6 +150,18 @@ pub async fn start(config: Config, bus: Bus, epoch: u64) -> Result<Addr<Broker>,
         bus.serve(s.order_get())
             .await?
             .map(Input::GetOrder)
+            .boxed_local(),
+        bus.serve(s.order_suspend())
+            .await?
+            .map(Input::Suspend)
+            .boxed_local(),
+        bus.serve(s.order_resume())
+            .await?
+            .map(Input::Resume)
+            .boxed_local(),
+        bus.serve(s.order_list())
+            .await?
+            .map(Input::List)
             .boxed_local(),
         bus.serve(s.status())
             .await?
@@ -156,6 +186,11 @@ pub async fn start(config: Config, bus: Bus, epoch: u64) -> Result<Addr<Broker>,
             .boxed_local(),
         jobs_kv.watch().await?.map(Input::Job).boxed_local(),
         clusters_kv.watch().await?.map(Input::Cluster).boxed_local(),
+        workflows_kv
+            .watch()
+            .await?
+            .map(Input::Workflow)
+            .boxed_local(),
     ];
     let id = config.broker_id();
     let started_at_ms = now_ms();
@@ -171,9 +206,12 @@ pub async fn start(config: Config, bus: Bus, epoch: u64) -> Result<Addr<Broker>,
             epoch,
             jobs: recovered.jobs,
             clusters: recovered.clusters,
+            workflows: recovered.workflows,
             jobs_kv,
             clusters_kv,
+            workflows_kv,
             orders_kv,
+            flows: recovered.flows,
             unreconciled: recovered.book.inherited_subagents(),
             book: recovered.book,
             writing: HashMap::new(),
@@ -203,6 +241,7 @@ impl Actor for Broker {
                 act.unseen_deadline(ctx)
             });
         }
+        self.resume_flows(ctx);
     }
 }
 
@@ -219,7 +258,11 @@ impl StreamHandler<Input> for Broker {
             Input::Leave(r) => self.on_leave(r),
             Input::Result(r) => self.on_result(r, ctx),
             Input::Heartbeat(h) => self.on_heartbeat(h.body, ctx),
+            Input::Suspend(r) => self.on_suspend(r, ctx),
+            Input::Resume(r) => self.on_resume(r, ctx),
+            Input::List(r) => self.on_list(r),
             Input::Job(change) => self.on_job_change(change),
+            Input::Workflow(change) => self.on_workflow_change(change),
             Input::Cluster(change) => self.on_cluster_change(change),
         }
     }
@@ -309,6 +352,7 @@ impl Broker {
         self.registry.assign(&subagent_id, &run.task_id);
         debug!(order = %order_id, subagent = %subagent_id, attempt = run.attempt, "dispatching");
         // journaled before it is sent: a broker taking over knows where it went
+        let run = Box::new(run);
         self.store(order_id, Then::Run { subagent_id, run }, ctx);
     }
 
@@ -324,6 +368,12 @@ impl Broker {
         let (args, mut env) = jobs::command_for(spec, &order.id, &order.params);
         if let Some(slot_ms) = order.slot_ms {
             env.insert("BATON_SLOT_MS".into(), slot_ms.to_string());
+        }
+        if let Some(parent) = &order.parent {
+            env.insert("BATON_WORKFLOW".into(), parent.workflow.clone());
+            env.insert("BATON_WORKFLOW_ORDER_ID".into(), parent.order_id.clone());
+            env.insert("BATON_STEP".into(), parent.step.clone());
+            env.insert("BATON_STEP_ATTEMPT".into(), parent.attempt.to_string());
         }
         Some(RunTask {
             task_id,

@@ -694,6 +694,11 @@ impl OrderBook {
         active.map(|o| o.id.clone()).collect()
     }
 
+    /// Every order held, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Order> {
+        self.orders.values()
+    }
+
     pub fn get(&self, order_id: &str) -> Option<&Order> {
         self.orders.get(order_id)
     }

@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::jobs;
 use crate::protocol::*;
 use crate::time::now_ms;
+use crate::workflow::{validate_workflow, FlowOrder};
 
 /// How many result resends of its subagent a task that ended is awaited for.
 const RESULT_WAITS: u32 = 3;
@@ -48,7 +49,7 @@ pub(super) enum Then {
     /// The order was stored as dispatched: send its task.
     Run {
         subagent_id: String,
-        run: RunTask,
+        run: Box<RunTask>,
     },
     /// The order was stored final: acknowledge its task's result.
     Ack {
@@ -61,7 +62,10 @@ pub(super) enum Then {
 pub(super) struct Recovered {
     pub jobs: HashMap<String, JobSpec>,
     pub clusters: HashMap<String, ClusterSpec>,
+    pub workflows: HashMap<String, WorkflowSpec>,
     pub book: OrderBook,
+    /// Workflow orders: every unfinished one, and the newest ended ones.
+    pub flows: HashMap<String, FlowOrder>,
     /// The revision each kept order was read at.
     pub revisions: Revisions,
 }
@@ -191,6 +195,7 @@ impl Revisions {
 pub(super) async fn recover(
     jobs_kv: &Kv<JobSpec>,
     clusters_kv: &Kv<ClusterSpec>,
+    workflows_kv: &Kv<WorkflowSpec>,
     orders_kv: &Kv<OrderInfo>,
     keep_finished: usize,
 ) -> Result<Recovered, BusError> {
@@ -202,7 +207,32 @@ pub(super) async fn recover(
     let clusters: HashMap<String, ClusterSpec> = clusters
         .filter(|(key, spec)| jobs::validate_cluster(spec).is_ok() && spec.name == *key)
         .collect();
-    let orders = orders_kv.entries_with_revisions().await?;
+    let workflows = workflows_kv.entries().await?.into_iter();
+    let workflows: HashMap<String, WorkflowSpec> = workflows
+        .filter(|(key, spec)| {
+            spec.name == *key && validate_workflow(spec, &|j| jobs.contains_key(j)).is_ok()
+        })
+        .collect();
+    let mut orders = orders_kv.entries_with_revisions().await?;
+    let mut flows: Vec<FlowOrder> = Vec::new();
+    let mut flow_revisions: HashMap<String, u64> = HashMap::new();
+    orders.retain(|id, (info, revision)| match FlowOrder::restore(info) {
+        Some(flow) => {
+            flows.push(flow);
+            flow_revisions.insert(id.clone(), *revision);
+            false
+        }
+        None => true,
+    });
+    // ended workflow orders beyond the limit stay in the journal only
+    flows.sort_by_key(|f| std::cmp::Reverse(f.finished_at_ms));
+    let mut ended = 0;
+    flows.retain(|f| {
+        ended += usize::from(f.state().is_terminal());
+        !f.state().is_terminal() || ended <= keep_finished
+    });
+    let flows: HashMap<String, FlowOrder> = flows.into_iter().map(|f| (f.id.clone(), f)).collect();
+    flow_revisions.retain(|id, _| flows.contains_key(id));
     let restored = orders.values().map(|(info, _)| {
         // a job removed since: its waiting orders fail at dispatch, and an
         // inherited task is never run twice
@@ -212,7 +242,10 @@ pub(super) async fn recover(
     let mut book = OrderBook::new(keep_finished);
     book.restore(restored);
     let kept = orders.iter().filter(|(id, _)| book.get(id).is_some());
-    let revisions = Revisions::new(kept.map(|(id, (_, rev))| (id.clone(), *rev)).collect());
+    let mut revisions: HashMap<String, u64> =
+        kept.map(|(id, (_, rev))| (id.clone(), *rev)).collect();
+    revisions.extend(flow_revisions);
+    let revisions = Revisions::new(revisions);
     let c = book.counts();
     info!(
         orders = orders.len(),
@@ -220,12 +253,15 @@ pub(super) async fn recover(
         running = c.running,
         inherited_on = book.inherited_subagents().len(),
         jobs = jobs.len(),
+        workflow_orders = flows.len(),
         "orders recovered from the journal"
     );
     Ok(Recovered {
         jobs,
         clusters,
+        workflows,
         book,
+        flows,
         revisions,
     })
 }
@@ -243,6 +279,9 @@ impl Broker {
     /// same order still in flight is followed by one more write (of the
     /// newest state), so writes land in order.
     pub(super) fn store(&mut self, order_id: &str, then: Then, ctx: &mut Context<Self>) {
+        if self.book.get(order_id).is_some_and(|o| o.parent.is_some()) {
+            self.step_order_moved(order_id, ctx);
+        }
         if let Some(waiting) = self.writing.get_mut(order_id) {
             waiting.push(then);
             return;
@@ -252,7 +291,7 @@ impl Broker {
     }
 
     fn write(&mut self, order_id: String, thens: Vec<Then>, ctx: &mut Context<Self>) {
-        let info = self.book.get(&order_id).map(Order::info);
+        let info = self.info_of(&order_id);
         let revision = self.revisions.get(&order_id);
         let kv = self.orders_kv.clone();
         let write = async move {
@@ -277,11 +316,7 @@ impl Broker {
         ctx: &mut Context<Self>,
     ) {
         match &stored {
-            Ok(Some(revision)) => {
-                let book = &self.book;
-                let held = |id: &str| book.get(id).is_some();
-                self.revisions.set(&order_id, *revision, held);
-            }
+            Ok(Some(revision)) => self.set_revision(&order_id, *revision),
             Ok(None) => {}
             Err(e) => {
                 warn!(order = %order_id, error = %e, "order state not stored");
@@ -300,7 +335,7 @@ impl Broker {
             _ => {
                 self.writing.remove(&order_id);
                 let final_unstored =
-                    stored.is_err() && self.book.get(&order_id).is_some_and(|o| o.phase.is_final());
+                    stored.is_err() && self.info_of(&order_id).is_some_and(|o| o.state.is_final());
                 if final_unstored {
                     ctx.run_later(JOURNAL_RETRY, move |act, ctx| {
                         act.store(&order_id, Then::Nothing, ctx)
@@ -308,6 +343,21 @@ impl Broker {
                 }
             }
         }
+    }
+
+    /// The order as stored: one of the book, or a workflow order.
+    fn info_of(&self, order_id: &str) -> Option<OrderInfo> {
+        match self.book.get(order_id) {
+            Some(order) => Some(order.info()),
+            None => self.flows.get(order_id).map(FlowOrder::info),
+        }
+    }
+
+    /// Records the journal revision an order's record is now at.
+    pub(super) fn set_revision(&mut self, order_id: &str, revision: u64) {
+        let (book, flows) = (&self.book, &self.flows);
+        let held = |id: &str| book.get(id).is_some() || flows.contains_key(id);
+        self.revisions.set(order_id, revision, held);
     }
 
     fn follow_up(&mut self, order_id: &str, then: Then, stored: bool, ctx: &mut Context<Self>) {
@@ -324,7 +374,7 @@ impl Broker {
                     return;
                 }
                 if stored {
-                    return self.send_run(subagent_id, run, ctx);
+                    return self.send_run(subagent_id, *run, ctx);
                 }
                 // never sent: back to the queue, tried again at the next dispatch
                 self.registry.release(&subagent_id, &run.task_id, false);

@@ -13,6 +13,7 @@ use crate::bus::{BusError, KvChange, Replier, Request};
 use crate::jobs;
 use crate::protocol::*;
 use crate::time::now_ms;
+use crate::workflow::{validate_workflow, validate_workflows};
 
 /// What a trigger's new order does to the job's runs still active.
 enum Overlap {
@@ -49,10 +50,22 @@ impl Broker {
             self.bus.reply(&req.replier, &reply);
             return;
         }
+        if let Some(spec) = self.workflows.get(&job).cloned() {
+            let body = SubmitOrder {
+                job,
+                params,
+                request_id,
+                slot_ms,
+            };
+            return self.on_submit_workflow(spec, body, req.replier, ctx);
+        }
         let Some(spec) = self.jobs.get(&job) else {
+            let mut workflows: Vec<&str> = self.workflows.keys().map(String::as_str).collect();
+            workflows.sort_unstable();
             let message = format!(
-                "no job named '{job}' is deployed (deployed: {}); deploy it with `baton deploy FILE.toml`",
-                self.job_names().join(", ")
+                "no job or workflow named '{job}' is deployed (jobs: {}; workflows: {}); deploy it with `baton deploy FILE.toml`",
+                self.job_names().join(", "),
+                workflows.join(", ")
             );
             return self.error(&req.replier, ErrorCode::UnknownJob, message);
         };
@@ -63,13 +76,7 @@ impl Broker {
         // With a request id, the order id is derived from it and the order is
         // created only if that id is new in JetStream: a repeat, even after a
         // broker restart or to another broker, finds the first order.
-        let order_id = match &request_id {
-            Some(r) => {
-                let name = format!("{}/{r}", self.bus.subjects().prefix());
-                uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes()).to_string()
-            }
-            None => uuid::Uuid::now_v7().to_string(),
-        };
+        let order_id = self.new_order_id(request_id.as_deref());
         // A trigger's slot meets the job's concurrency policy now; the
         // decision is carried out once the order is durable.
         // (`allow` needs no look at the active runs: the book is not scanned.)
@@ -111,9 +118,7 @@ impl Broker {
         };
         ctx.spawn(write.into_actor(self).map(move |written, act, ctx| match written {
             Ok((info, Some(revision), _)) => {
-                let book = &act.book;
-                let held = |id: &str| book.get(id).is_some();
-                act.revisions.set(&info.order_id, revision, held);
+                act.set_revision(&info.order_id, revision);
                 act.accepted(info, &replier, overlap, ctx)
             }
             Ok((info, None, existing)) => {
@@ -137,6 +142,18 @@ impl Broker {
                 );
             }
         }));
+    }
+
+    /// The id of a new order: derived from its request id when it has one,
+    /// so that a repeat finds the first order.
+    pub(super) fn new_order_id(&self, request_id: Option<&str>) -> String {
+        match request_id {
+            Some(r) => {
+                let name = format!("{}/{r}", self.bus.subjects().prefix());
+                uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes()).to_string()
+            }
+            None => uuid::Uuid::now_v7().to_string(),
+        }
     }
 
     /// A new order is durable: answer, announce, and place it (or skip it,
@@ -200,13 +217,13 @@ impl Broker {
         let DeployRequest {
             jobs,
             clusters,
-            workflows: _,
+            workflows,
         } = req.body;
-        if jobs.is_empty() && clusters.is_empty() {
+        if jobs.is_empty() && clusters.is_empty() && workflows.is_empty() {
             return self.error(
                 &req.replier,
                 ErrorCode::InvalidJob,
-                "nothing to deploy: no jobs and no clusters",
+                "nothing to deploy: no jobs, clusters or workflows",
             );
         }
         for cluster in &clusters {
@@ -230,7 +247,11 @@ impl Broker {
                 }
             }
         }
+        if let Err(message) = self.check_workflows(&jobs, &workflows) {
+            return self.error(&req.replier, ErrorCode::InvalidJob, message);
+        }
         let (jobs_kv, clusters_kv) = (self.jobs_kv.clone(), self.clusters_kv.clone());
+        let workflows_kv = self.workflows_kv.clone();
         let replier = req.replier;
         let write = async move {
             for cluster in &clusters {
@@ -239,17 +260,25 @@ impl Broker {
             for spec in &jobs {
                 jobs_kv.put(&spec.name, spec).await?;
             }
-            Ok::<_, BusError>((jobs, clusters))
+            for spec in &workflows {
+                workflows_kv.put(&spec.name, spec).await?;
+            }
+            Ok::<_, BusError>((jobs, clusters, workflows))
         };
         ctx.spawn(
             write
                 .into_actor(self)
                 .map(move |written, act, ctx| match written {
-                    Ok((jobs, clusters)) => {
+                    Ok((jobs, clusters, workflows)) => {
                         let deployed: Vec<String> = jobs.iter().map(|s| s.name.clone()).collect();
                         let cluster_names: Vec<String> =
                             clusters.iter().map(|c| c.name.clone()).collect();
-                        info!(jobs = ?deployed, clusters = ?cluster_names, "deployed");
+                        let workflow_names: Vec<String> =
+                            workflows.iter().map(|w| w.name.clone()).collect();
+                        info!(jobs = ?deployed, clusters = ?cluster_names, workflows = ?workflow_names, "deployed");
+                        for spec in workflows {
+                            act.workflows.insert(spec.name.clone(), spec);
+                        }
                         for cluster in clusters {
                             act.clusters.insert(cluster.name.clone(), cluster);
                         }
@@ -259,7 +288,7 @@ impl Broker {
                         let reply = DeployReply {
                             deployed,
                             clusters: cluster_names,
-                            workflows: Vec::new(),
+                            workflows: workflow_names,
                         };
                         act.bus.reply(&replier, &reply);
                         act.dispatch(ctx);
@@ -287,6 +316,49 @@ impl Broker {
         }
     }
 
+    /// Deploy-time checks of workflows against the jobs deployed and being
+    /// deployed: each step names a job, and no name is both a job and a workflow.
+    fn check_workflows(&self, jobs: &[JobSpec], workflows: &[WorkflowSpec]) -> Result<(), String> {
+        let known =
+            |name: &str| self.jobs.contains_key(name) || jobs.iter().any(|j| j.name == name);
+        validate_workflows(workflows, &known).map_err(|e| e.to_string())?;
+        if let Some(w) = workflows.iter().find(|w| known(&w.name)) {
+            return Err(format!(
+                "workflow '{}': a job has this name; `baton submit {0}` must name one thing, so rename one of them",
+                w.name
+            ));
+        }
+        let being = |name: &str| workflows.iter().any(|w| w.name == name);
+        if let Some(j) = jobs
+            .iter()
+            .find(|j| self.workflows.contains_key(&j.name) && !being(&j.name))
+        {
+            return Err(format!(
+                "job '{}': a workflow has this name; `baton submit {0}` must name one thing, so rename one of them",
+                j.name
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_workflow_change(&mut self, change: KvChange<WorkflowSpec>) {
+        let jobs = &self.jobs;
+        match change.value {
+            Some(spec)
+                if spec.name == change.key
+                    && validate_workflow(&spec, &|j| jobs.contains_key(j)).is_ok() =>
+            {
+                self.workflows.insert(change.key, spec);
+            }
+            Some(_) => {
+                warn!(workflow = %change.key, "invalid workflow in the workflows bucket ignored")
+            }
+            None => {
+                self.workflows.remove(&change.key);
+            }
+        }
+    }
+
     pub(super) fn on_cluster_change(&mut self, change: KvChange<ClusterSpec>) {
         match change.value {
             Some(spec) if jobs::validate_cluster(&spec).is_ok() && spec.name == change.key => {
@@ -304,6 +376,9 @@ impl Broker {
     pub(super) fn on_get_order(&mut self, req: Request<GetOrder>, ctx: &mut Context<Self>) {
         if let Some(order) = self.book.get(&req.body.order_id) {
             return self.bus.reply(&req.replier, &order.info());
+        }
+        if let Some(flow) = self.flows.get(&req.body.order_id) {
+            return self.bus.reply(&req.replier, &flow.info());
         }
         if !subjects::is_valid_token(&req.body.order_id) {
             let message = format!("no order {:?}", req.body.order_id);
@@ -337,6 +412,9 @@ impl Broker {
     /// ends (now, with `kill`). Idempotent; answers with the order.
     pub(super) fn on_cancel(&mut self, req: Request<CancelOrder>, ctx: &mut Context<Self>) {
         let CancelOrder { order_id, kill } = req.body;
+        if self.is_flow(&order_id) {
+            return self.cancel_flow(&req.replier, &order_id, kill, ctx);
+        }
         if let Err((code, message)) = self.cancel(&order_id, kill, "cancelled with --kill", ctx) {
             return self.error(&req.replier, code, message);
         }
@@ -347,7 +425,7 @@ impl Broker {
 
     /// Cancels an order: a waiting one at once, a running one when its task
     /// ends, which `kill` makes happen now (`reason` goes to the subagent).
-    fn cancel(
+    pub(super) fn cancel(
         &mut self,
         order_id: &str,
         kill: bool,

@@ -1,5 +1,6 @@
-//! Client commands: deploy, submit, watch, status. They use only the wire
-//! protocol, exactly as any other NATS client would.
+//! Client commands: deploy, submit, watch, status, and the switch-overs of
+//! subagents and the Scheduler role (`order ...` is in `orders`). They use
+//! only the wire protocol, exactly as any other NATS client would.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,17 +9,19 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
+use futures::stream::LocalBoxStream;
 use futures::StreamExt;
 
 use super::output;
 use super::{connect, parse_duration, EXIT_ORDER_FAILED};
-use crate::bus::{decode, Bus, BusError, Encoding, LogsError, OrderLog};
+use crate::bus::{decode, Bus, BusError, Encoding, OrderLog};
 use crate::config::Config;
 use crate::protocol::*;
 
 #[derive(Debug, Args)]
 pub struct DeployArgs {
-    /// TOML files with [[job]] tables (see examples/jobs.toml)
+    /// TOML files with [[job]], [[cluster]] and [[workflow]] tables (see
+    /// examples/jobs.toml)
     #[arg(required = true, value_name = "FILE.toml")]
     pub files: Vec<PathBuf>,
     /// Only validate the files; deploy nothing
@@ -28,12 +31,16 @@ pub struct DeployArgs {
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
-    /// Name of a deployed job (`baton status` lists them)
+    /// Name of a deployed job or workflow (`baton status` lists the jobs)
+    #[arg(value_name = "NAME")]
     pub job: String,
-    /// A parameter the job declares, as NAME=VALUE; repeat for more
+    /// A parameter the job (or, for a workflow, its steps) takes, as
+    /// NAME=VALUE; repeat for more
     #[arg(long = "param", short = 'p', value_name = "NAME=VALUE", value_parser = parse_key_value)]
     pub params: Vec<(String, String)>,
-    /// Follow the order: print its output and final state; exit 1 unless it succeeded
+    /// Follow the order: print its output (a workflow step's lines start
+    /// with "[STEP] "), a workflow order's progress, and its final state;
+    /// exit 1 unless it succeeded
     #[arg(long, short = 'w')]
     pub wait: bool,
     /// Give up waiting after this long (with --wait), e.g. 30s or 5m
@@ -55,44 +62,6 @@ pub struct WatchArgs {
     /// Print each event as one JSON object per line
     #[arg(long)]
     pub json: bool,
-}
-
-/// One order.
-#[derive(Debug, clap::Subcommand)]
-pub enum OrderCommand {
-    /// Print an order's state, attempt, subagent, outcome and times
-    Show {
-        /// The order id `baton submit` printed
-        order_id: String,
-        /// Print the order as JSON
-        #[arg(long)]
-        json: bool,
-    },
-    /// Cancel an order: a waiting one at once; a running one when its task
-    /// ends, or now with --kill (SIGTERM, grace, SIGKILL)
-    Cancel {
-        /// The order id
-        order_id: String,
-        /// Kill the running task instead of letting it finish
-        #[arg(long)]
-        kill: bool,
-    },
-    /// Print an order's output, kept in JetStream for nats.log_retention:
-    /// stdout lines to stdout, stderr lines to stderr
-    Logs {
-        /// The order id
-        order_id: String,
-        /// Only this step's lines (today a step is the order's job; later,
-        /// the steps of a workflow)
-        #[arg(long, value_name = "STEP")]
-        step: Option<String>,
-        /// Keep printing lines as they come, until the order has finished
-        #[arg(long, short = 'f')]
-        follow: bool,
-        /// Print each line as one JSON object (a `log` event) per line
-        #[arg(long)]
-        json: bool,
-    },
 }
 
 /// Switch-over of a running subagent.
@@ -164,11 +133,13 @@ pub async fn deploy(config: &Config, args: DeployArgs) -> anyhow::Result<()> {
     }
     if args.dry_run {
         println!(
-            "valid: {} job(s) {}; {} cluster(s) {}",
+            "valid: {} job(s) {}; {} cluster(s) {}; {} workflow(s) {}",
             jobs.len(),
             names(jobs.iter().map(|j| j.name.as_str())),
             clusters.len(),
-            names(clusters.iter().map(|c| c.name.as_str()))
+            names(clusters.iter().map(|c| c.name.as_str())),
+            workflows.len(),
+            names(workflows.iter().map(|w| w.name.as_str()))
         );
         return Ok(());
     }
@@ -188,7 +159,12 @@ pub async fn deploy(config: &Config, args: DeployArgs) -> anyhow::Result<()> {
     if !reply.clusters.is_empty() {
         println!("deployed clusters: {}", reply.clusters.join(", "));
     }
-    println!("deployed jobs: {}", reply.deployed.join(", "));
+    if !reply.deployed.is_empty() || reply.workflows.is_empty() {
+        println!("deployed jobs: {}", reply.deployed.join(", "));
+    }
+    if !reply.workflows.is_empty() {
+        println!("deployed workflows: {}", reply.workflows.join(", "));
+    }
     Ok(())
 }
 
@@ -233,7 +209,7 @@ fn names<'a>(names: impl Iterator<Item = &'a str>) -> String {
 pub async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<ExitCode> {
     if !subjects::is_valid_token(&args.job) {
         bail!(
-            "'{}' is not a job name: names use letters, digits, '-' and '_'",
+            "'{}' is not a job or workflow name: names use letters, digits, '-' and '_'",
             args.job
         );
     }
@@ -259,13 +235,13 @@ pub async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<ExitCod
     };
     let reply = submit_retrying(&bus, &request, config.nats.request_timeout)
         .await
-        .with_context(|| format!("submit of job '{}' refused", args.job))?;
+        .with_context(|| format!("submit of '{}' refused", args.job))?;
     let Some(events) = events else {
         println!("{}", reply.order_id);
         return Ok(ExitCode::SUCCESS);
     };
     eprintln!(
-        "order {} {} for job {}",
+        "order {} {} for {}",
         reply.order_id,
         if reply.duplicate {
             "(already submitted)"
@@ -277,8 +253,20 @@ pub async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<ExitCod
     follow(&bus, config, &reply.order_id, events, args.timeout).await
 }
 
+/// Step lines of a workflow order for [`follow`], and whether they end
+/// with the order's `finished` event (the log stream's do).
+type StepLines = (LocalBoxStream<'static, Result<OrderLog, BusError>>, bool);
+
+/// After the order's `finished` event, how long to wait for the log
+/// stream's copy of it, before which all step lines are stored.
+const STEP_LINES_DRAIN: Duration = Duration::from_secs(3);
+
 /// Prints one order's events until it finishes. Asks the broker for the
 /// order's state now and then, in case its final event was missed.
+///
+/// A workflow order's step lines are published under the step's job (see
+/// `TaskLog::step`), so they are read from the log stream, from its start,
+/// once the first `changed` event shows the order is a workflow order.
 async fn follow(
     bus: &Bus,
     config: &Config,
@@ -290,10 +278,25 @@ async fn follow(
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut poll = tokio::time::interval(Duration::from_secs(2));
     poll.tick().await;
+    let mut steps: Option<StepLines> = None;
+    // the `finished` event, while the step lines before it are read
+    let mut ended: Option<(OrderFinished, tokio::time::Instant)> = None;
     loop {
         let expired = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let step_line = async {
+            match steps.as_mut() {
+                Some((lines, _)) => lines.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        let drained = async {
+            match &ended {
+                Some((_, at)) => tokio::time::sleep_until(*at).await,
                 None => std::future::pending().await,
             }
         };
@@ -307,9 +310,9 @@ async fn follow(
                 match kind {
                     EventKind::Log => {
                         if let Ok(log) = decode::<TaskLog>(Encoding::MessagePack, &payload) {
-                            match log.stream {
-                                LogStream::Stdout => println!("{}", log.line),
-                                LogStream::Stderr => eprintln!("{}", log.line),
+                            // a step's lines come from `steps`
+                            if log.step.is_none() {
+                                print_line(&log);
                             }
                         }
                     }
@@ -318,12 +321,44 @@ async fn follow(
                             eprintln!("started on {} (attempt {})", e.subagent_id, e.attempt);
                         }
                     }
+                    EventKind::Changed => {
+                        if let Ok(e) = decode::<OrderChanged>(Encoding::MessagePack, &payload) {
+                            eprintln!("{}", output::changed_text(&e));
+                        }
+                        if steps.is_none() {
+                            steps = step_lines(bus, config, order_id).await;
+                        }
+                    }
                     EventKind::Finished => {
                         let e: OrderFinished = decode(Encoding::MessagePack, &payload)?;
-                        eprintln!("{}", output::finished_line(&e));
-                        return Ok(exit_for(e.state));
+                        match &steps {
+                            Some((_, true)) => ended = Some((e, tokio::time::Instant::now() + STEP_LINES_DRAIN)),
+                            _ => return Ok(finished(&e)),
+                        }
                     }
-                    EventKind::Accepted | EventKind::Changed => {}
+                    EventKind::Accepted => {}
+                }
+            }
+            line = step_line => match line {
+                Some(Ok(OrderLog::Line(log))) => {
+                    if log.step.is_some() {
+                        print_line(&log);
+                    }
+                }
+                // stored after every line of the order
+                Some(Ok(OrderLog::Finished(e))) => return Ok(finished(&e)),
+                Some(Err(e)) => {
+                    eprintln!("step lines no longer read: {e}");
+                    steps = None;
+                    if let Some((e, _)) = ended.take() {
+                        return Ok(finished(&e));
+                    }
+                }
+                None => steps = None,
+            },
+            _ = drained => {
+                if let Some((e, _)) = ended.take() {
+                    return Ok(finished(&e));
                 }
             }
             _ = poll.tick() => {
@@ -331,7 +366,7 @@ async fn follow(
                     .request(s.order_get(), &GetOrder { order_id: order_id.to_string() }, config.nats.request_timeout)
                     .await;
                 if let Ok(info) = info {
-                    if info.state.is_final() {
+                    if info.state.is_final() && ended.is_none() {
                         eprintln!("order {} {}", info.order_id, info.state.as_str());
                         return Ok(exit_for(info.state));
                     }
@@ -340,6 +375,47 @@ async fn follow(
             _ = expired => bail!("order {order_id} did not finish within --timeout; it keeps running (follow it with `baton watch --order {order_id}`)"),
         }
     }
+}
+
+fn print_line(log: &TaskLog) {
+    let text = output::log_text(log, true);
+    match log.stream {
+        LogStream::Stdout => println!("{text}"),
+        LogStream::Stderr => eprintln!("{text}"),
+    }
+}
+
+fn finished(e: &OrderFinished) -> ExitCode {
+    eprintln!("{}", output::finished_line(e));
+    exit_for(e.state)
+}
+
+/// The step lines of workflow order `order_id`: from the log stream, from
+/// its start; without the stream, those published from now on.
+async fn step_lines(bus: &Bus, config: &Config, order_id: &str) -> Option<StepLines> {
+    let stream = config.log_stream();
+    match bus.order_logs(&stream, order_id, true).await {
+        Ok(lines) => return Some((lines, true)),
+        Err(e) => eprintln!("step lines: {e}; printing only those published from now on"),
+    }
+    let s = bus.subjects().clone();
+    let events = match bus.listen_raw(s.order_events(order_id)).await {
+        Ok(events) => events,
+        Err(e) => {
+            eprintln!("step lines not printed: {e}");
+            return None;
+        }
+    };
+    let lines = events.filter_map(move |(subject, payload)| {
+        let line = match s.parse_event(&subject) {
+            Some((_, _, EventKind::Log)) => decode::<TaskLog>(Encoding::MessagePack, &payload)
+                .ok()
+                .map(|l| Ok(OrderLog::Line(l))),
+            _ => None,
+        };
+        futures::future::ready(line)
+    });
+    Some((lines.boxed_local(), false))
 }
 
 fn exit_for(state: OrderState) -> ExitCode {
@@ -485,117 +561,4 @@ pub async fn subagent_control(config: &Config, command: SubagentCommand) -> anyh
         .await?;
     println!("subagent {} is {}", reply.subagent_id, reply.state.as_str());
     Ok(())
-}
-
-pub async fn order(config: &Config, command: OrderCommand) -> anyhow::Result<()> {
-    let bus = connect(config, "baton-cli", false).await?;
-    let s = bus.subjects().clone();
-    let timeout = config.nats.request_timeout;
-    match command {
-        OrderCommand::Logs {
-            order_id,
-            step,
-            follow,
-            json,
-        } => {
-            let printer = output::LogPrinter::new(step, json);
-            return order_logs(config, &bus, &order_id, printer, follow).await;
-        }
-        OrderCommand::Show { order_id, json } => {
-            let info: OrderInfo = bus
-                .request(s.order_get(), &GetOrder { order_id }, timeout)
-                .await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&info)?);
-            } else {
-                print!("{}", output::order_text(&info));
-            }
-        }
-        OrderCommand::Cancel { order_id, kill } => {
-            let info: OrderInfo = bus
-                .request(s.order_cancel(), &CancelOrder { order_id, kill }, timeout)
-                .await?;
-            if info.state.is_final() {
-                println!("order {} {}", info.order_id, info.state.as_str());
-            } else {
-                println!(
-                    "order {} will be cancelled when its task ends{}",
-                    info.order_id,
-                    if kill {
-                        " (being killed now)"
-                    } else {
-                        "; --kill ends it now"
-                    }
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `baton order logs`: prints the order's stored lines; with `follow`, new
-/// ones as they come until the order's `finished` event (or, should that
-/// never be stored, until the broker says the order is final and no line
-/// came for a while).
-async fn order_logs(
-    config: &Config,
-    bus: &Bus,
-    order_id: &str,
-    mut printer: output::LogPrinter,
-    follow: bool,
-) -> anyhow::Result<()> {
-    if !subjects::is_valid_token(order_id) {
-        bail!("'{order_id}' is not an order id");
-    }
-    let unknown = || {
-        anyhow::anyhow!(
-            "no logs for order {order_id}: unknown order, not run yet, or older than the retention ({})",
-            humantime::format_duration(config.nats.log_retention)
-        )
-    };
-    let mut logs = match bus.order_logs(&config.log_stream(), order_id, follow).await {
-        Ok(logs) => logs,
-        Err(e @ LogsError::NoStream { .. }) => bail!("no logs for order {order_id}: {e}"),
-        Err(LogsError::Bus(e)) => return Err(e.into()),
-    };
-    let mut stored = false;
-    // the first tick, at once, only asks whether the broker knows the order
-    let mut poll = tokio::time::interval(Duration::from_secs(2));
-    let mut quiet = false;
-    loop {
-        tokio::select! {
-            item = logs.next() => {
-                let Some(item) = item else { break };
-                stored = true;
-                quiet = false;
-                match item? {
-                    OrderLog::Line(line) => match printer.print(&line) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-                        Err(e) => return Err(e.into()),
-                    },
-                    OrderLog::Finished(_) if follow => break,
-                    OrderLog::Finished(_) => {}
-                }
-            }
-            _ = poll.tick(), if follow => {
-                let was_quiet = std::mem::replace(&mut quiet, true);
-                let get = GetOrder { order_id: order_id.to_string() };
-                let info: Result<OrderInfo, _> = bus
-                    .request(bus.subjects().order_get(), &get, config.nats.request_timeout)
-                    .await;
-                match info {
-                    Err(BusError::Remote(e)) if e.error.code == ErrorCode::NotFound && !stored => {
-                        return Err(unknown());
-                    }
-                    Ok(info) if was_quiet && info.state.is_final() => break,
-                    _ => {}
-                }
-            }
-        }
-    }
-    if !stored {
-        return Err(unknown());
-    }
-    printer.check_step(order_id)
 }

@@ -1,12 +1,13 @@
 //! The command line: one `baton` binary for every role and every client command.
 //!
 //! Role commands (`broker`, `subagent`, `agent`) start actors; client commands
-//! (`deploy`, `submit`, `watch`, `status`) talk to the cluster over NATS like
-//! any other client; `dev` and `bench` start a whole local cluster.
+//! (`deploy`, `submit`, `order`, `watch`, `status`) talk to the cluster over
+//! NATS like any other client; `dev` and `bench` start a whole local cluster.
 
 mod bench;
 mod client;
 mod dev;
+mod orders;
 mod output;
 
 use std::path::PathBuf;
@@ -94,11 +95,11 @@ pub enum Command {
     Agent(AgentArgs),
     /// Validate job definitions from TOML files and deploy them
     Deploy(client::DeployArgs),
-    /// Submit an order for a deployed job
+    /// Submit an order for a deployed job or workflow
     Submit(client::SubmitArgs),
-    /// Show, cancel or print the logs of one order
+    /// Show, list, suspend, resume or cancel orders, or print their logs
     #[command(subcommand)]
-    Order(client::OrderCommand),
+    Order(orders::OrderCommand),
     /// Print status events as they happen (all, one job's, or one order's)
     Watch(client::WatchArgs),
     /// Show the broker, its agents and subagents, jobs and order counts
@@ -254,7 +255,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Deploy(a) => client::deploy(&config, a).await.map(|_| ok),
         Command::Submit(a) => client::submit(&config, a).await,
         Command::Watch(a) => client::watch(&config, a).await.map(|_| ok),
-        Command::Order(c) => client::order(&config, c).await.map(|_| ok),
+        Command::Order(c) => orders::run(&config, c).await.map(|_| ok),
         Command::Status(a) => client::status(&config, a).await.map(|_| ok),
         Command::Scheduler(c) => client::scheduler_control(&config, c).await.map(|_| ok),
         Command::Dev(a) => dev::run(&config, a).await.map(|_| ok),

@@ -7,6 +7,9 @@
 //! | `{p}.api.deploy` | request | [`DeployRequest`](super::DeployRequest) -> [`DeployReply`](super::DeployReply) |
 //! | `{p}.api.order.get` | request | [`GetOrder`](super::GetOrder) -> [`OrderInfo`](super::OrderInfo) |
 //! | `{p}.api.order.cancel` | request | [`CancelOrder`](super::CancelOrder) -> [`OrderInfo`](super::OrderInfo) |
+//! | `{p}.api.order.suspend` | request | [`SuspendOrder`](super::SuspendOrder) -> [`OrderInfo`](super::OrderInfo) |
+//! | `{p}.api.order.resume` | request | [`ResumeOrder`](super::ResumeOrder) -> [`OrderInfo`](super::OrderInfo) |
+//! | `{p}.api.order.list` | request | [`ListOrders`](super::ListOrders) -> [`OrderList`](super::OrderList) |
 //! | `{p}.subagent.{id}.kill` | request | [`KillTask`](super::KillTask) -> [`KillAccepted`](super::KillAccepted) |
 //! | `{p}.api.status` | request | [`StatusRequest`](super::StatusRequest) -> [`StatusReply`](super::StatusReply) |
 //! | `{p}.api.subagent.control` | request | [`SubagentControl`](super::SubagentControl) -> [`SubagentControlReply`](super::SubagentControlReply) |

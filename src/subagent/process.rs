@@ -261,6 +261,7 @@ mod tests {
             timeout_ms: None,
             instance_id: None,
             epoch: 0,
+            parent: None,
         }
     }
 

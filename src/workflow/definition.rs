@@ -30,6 +30,10 @@
 //! name = "publish"
 //! job = "publish"
 //! after = ["test-linux", "test-mac"]  # a join
+//!
+//! [[workflow.triggers]]           # optional: starts on its own, as a job's do
+//! kind = "cron"
+//! expr = "0 0 2 * * *"
 //! ```
 //!
 //! - `after` absent: the step depends on the step before it in the list (the
@@ -46,6 +50,11 @@
 //!   `<step>_exit_code` and `<step>_<key>` (with `-` in the step name written
 //!   `_`), then its own `params`, in whose values `{{name}}` is replaced by
 //!   the value of `name` among the former (see [`crate::workflow::state`]).
+//! - `[[workflow.triggers]]` and `misfire` are written as a job's
+//!   `[[job.triggers]]` and `misfire` (see [`TriggerSpec`]): the Scheduler
+//!   agent starts an order through the workflow at each slot, without
+//!   parameters. There is no `concurrency`: each slot starts a new order,
+//!   whatever orders through the workflow are still going.
 //!
 //! Architecture invariant: pure; the wire types carry serde and schemars only
 //! (no `deny_unknown_fields`), strictness lives in the `*Def` types.
@@ -58,8 +67,9 @@ use schemars::JsonSchema;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use crate::jobs::MAX_PARAM_BYTES;
+use crate::jobs::{MisfireDef, TriggerDef, MAX_PARAM_BYTES};
 use crate::protocol::subjects::is_valid_token;
+use crate::protocol::{MisfirePolicy, TriggerSpec};
 
 /// A deployed workflow, as carried on the wire and stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -71,6 +81,15 @@ pub struct WorkflowSpec {
     pub description: Option<String>,
     /// The steps; at least one.
     pub steps: Vec<StepSpec>,
+    /// When the workflow starts on its own: the Scheduler agent submits an
+    /// order through it for each slot, without parameters. None: only
+    /// submitted orders run it. Unlike a job's, a slot has no concurrency
+    /// policy: it always starts a new order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<TriggerSpec>,
+    /// What happens to slots missed while no Scheduler fired them.
+    #[serde(default)]
+    pub misfire: MisfirePolicy,
 }
 
 /// One step of a workflow: a job to run once the steps it depends on are done.
@@ -156,6 +175,10 @@ pub struct WorkflowDef {
     description: Option<String>,
     #[serde(default)]
     steps: Vec<StepDef>,
+    #[serde(default)]
+    triggers: Vec<TriggerDef>,
+    #[serde(default)]
+    misfire: Option<MisfireDef>,
 }
 
 /// One `[[workflow.steps]]` table.
@@ -189,6 +212,8 @@ impl From<WorkflowDef> for WorkflowSpec {
                     on_failure: s.on_failure.0,
                 })
                 .collect(),
+            triggers: def.triggers.into_iter().map(TriggerSpec::from).collect(),
+            misfire: def.misfire.map(MisfirePolicy::from).unwrap_or_default(),
         }
     }
 }
@@ -298,6 +323,13 @@ pub enum WorkflowError {
         param: String,
         message: String,
     },
+    /// `field` is `triggers[i]` or `misfire`, as for a job.
+    #[error("workflow '{workflow}': field '{field}': {message}")]
+    InvalidSchedule {
+        workflow: String,
+        field: String,
+        message: String,
+    },
 }
 
 /// Checks one workflow; `known_jobs` says whether a job name is deployed
@@ -388,7 +420,24 @@ pub fn validate_workflow(
             steps: cycle.iter().map(|&i| wf.steps[i].name.clone()).collect(),
         });
     }
-    Ok(())
+    validate_schedule(wf)
+}
+
+/// Checks the triggers and the misfire policy, as for a job.
+fn validate_schedule(wf: &WorkflowSpec) -> Result<(), WorkflowError> {
+    let invalid = |field: String, message: String| WorkflowError::InvalidSchedule {
+        workflow: wf.name.clone(),
+        field,
+        message,
+    };
+    for (i, trigger) in wf.triggers.iter().enumerate() {
+        if let Err(e) = trigger.validate() {
+            return Err(invalid(format!("triggers[{i}]"), e.to_string()));
+        }
+    }
+    wf.misfire
+        .validate()
+        .map_err(|e| invalid("misfire".into(), e.to_string()))
 }
 
 /// Checks the workflows of one deploy: each one, and that no name repeats.
@@ -595,6 +644,8 @@ after = ["test-linux", "test-mac"]
             name: "w".into(),
             description: None,
             steps,
+            triggers: Vec::new(),
+            misfire: MisfirePolicy::default(),
         }
     }
 
@@ -704,6 +755,126 @@ after = ["test-linux", "test-mac"]
             step("a", "test", Some(&[])),
         ]);
         assert_eq!(validate_workflow(&w, &known), Ok(()));
+    }
+
+    const SCHEDULED: &str = r#"
+misfire = { policy = "fire-all", max = 50 }
+[[workflow.triggers]]
+kind = "cron"
+expr = "*/5 * * * * *"
+time_zone = "Europe/Berlin"
+[[workflow.triggers]]
+kind = "interval"
+every = "90s"
+"#;
+
+    /// GOOD with SCHEDULED's keys in its `[[workflow]]` table.
+    fn scheduled() -> String {
+        GOOD.replacen(
+            "name = \"nightly\"\n",
+            &format!("name = \"nightly\"\n{SCHEDULED}"),
+            1,
+        )
+    }
+
+    #[test]
+    fn triggers_and_misfire_parse_as_a_jobs_do() {
+        let wf = parse(&scheduled()).unwrap();
+        assert_eq!(wf.steps.len(), 4);
+        assert_eq!(
+            wf.triggers,
+            [
+                TriggerSpec::Cron {
+                    expr: "*/5 * * * * *".into(),
+                    time_zone: Some("Europe/Berlin".into()),
+                },
+                TriggerSpec::Interval {
+                    every: Duration::from_secs(90),
+                    start: None,
+                },
+            ]
+        );
+        assert_eq!(wf.misfire, MisfirePolicy::FireAll { max: 50 });
+
+        let plain = parse(GOOD).unwrap();
+        assert!(plain.triggers.is_empty());
+        assert_eq!(plain.misfire, MisfirePolicy::default());
+        let window = parse(&GOOD.replacen(
+            "name = \"nightly\"\n",
+            "name = \"nightly\"\nmisfire = { policy = \"fire-once\" }\n",
+            1,
+        ));
+        assert_eq!(window.unwrap().misfire, MisfirePolicy::default());
+    }
+
+    #[test]
+    fn broken_triggers_name_the_workflow_and_the_field() {
+        let text = scheduled();
+        for (broken, expect) in [
+            (
+                text.replace("*/5 * * * * *", "every tuesday"),
+                "workflow 'nightly': field 'triggers[0]': cron expression 'every tuesday'",
+            ),
+            (
+                text.replace("Europe/Berlin", "Mars/Olympus"),
+                "Mars/Olympus",
+            ),
+            (
+                text.replace("90s", "10ms"),
+                "workflow 'nightly': field 'triggers[1]': interval",
+            ),
+            (
+                text.replace("max = 50", "max = 0"),
+                "workflow 'nightly': field 'misfire'",
+            ),
+            // the deploy form is strict, as for a job
+            (
+                text.replace("kind = \"interval\"", "kind = \"hourly\""),
+                "hourly",
+            ),
+            (text.replace("time_zone", "timezone"), "timezone"),
+            (text.replace("max = 50", "maximum = 50"), "maximum"),
+            // workflow slots always start a new order
+            (
+                text.replace("misfire =", "concurrency = \"forbid\"\nmisfire ="),
+                "concurrency",
+            ),
+        ] {
+            let e = parse(&broken).unwrap_err();
+            assert!(e.contains(expect), "{expect}: {e}");
+        }
+
+        let mut w = wf(vec![step("a", "test", None)]);
+        w.triggers.push(TriggerSpec::Interval {
+            every: Duration::from_millis(500),
+            start: None,
+        });
+        let e = check(&w);
+        assert!(
+            matches!(&e, WorkflowError::InvalidSchedule { field, .. } if field == "triggers[0]"),
+            "{e}"
+        );
+        w.triggers.clear();
+        w.misfire = MisfirePolicy::FireAll { max: 0 };
+        let e = check(&w);
+        assert_eq!(
+            e.to_string(),
+            "workflow 'w': field 'misfire': misfire fire-all max 0: must be between 1 and 10000"
+        );
+    }
+
+    #[test]
+    fn triggers_travel_on_the_wire_and_are_left_out_when_none() {
+        let wf = parse(&scheduled()).unwrap();
+        let bytes = rmp_serde::to_vec_named(&wf).unwrap();
+        assert_eq!(rmp_serde::from_slice::<WorkflowSpec>(&bytes).unwrap(), wf);
+        let json = serde_json::to_value(parse(GOOD).unwrap()).unwrap();
+        assert!(json.get("triggers").is_none(), "{json}");
+        // a peer that knows no triggers sends none: the defaults apply
+        let json = r#"{"name":"w","steps":[{"name":"a","job":"test"}]}"#;
+        let wf: WorkflowSpec = serde_json::from_str(json).unwrap();
+        assert!(wf.triggers.is_empty());
+        assert_eq!(wf.misfire, MisfirePolicy::default());
     }
 
     #[test]

@@ -259,6 +259,8 @@ mod tests {
             name: "wf".into(),
             description: None,
             steps: vec![step("a"), step("b")],
+            triggers: Vec::new(),
+            misfire: Default::default(),
         }
     }
 

@@ -30,6 +30,8 @@ fn spec(steps: &[(&str, Option<&[&str]>, OnFailure)]) -> WorkflowSpec {
                 on_failure: *on_failure,
             })
             .collect(),
+        triggers: Vec::new(),
+        misfire: Default::default(),
     }
 }
 
@@ -584,6 +586,8 @@ fn random_spec(rng: &mut Rng) -> WorkflowSpec {
         name: "w".into(),
         description: None,
         steps,
+        triggers: Vec::new(),
+        misfire: Default::default(),
     };
     validate_workflow(&wf, &|_| true).unwrap();
     wf

@@ -204,6 +204,7 @@ pub async fn deploy(bus: &Bus, toml_text: &str) -> DeployReply {
     let request = DeployRequest {
         jobs: d.jobs,
         clusters: d.clusters,
+        workflows: d.workflows,
     };
     let deploy = bus.request(bus.subjects().deploy(), &request, REQUEST);
     within(REQUEST + Duration::from_secs(1), "deploy", deploy)
@@ -271,7 +272,7 @@ pub async fn run_to_finish(
                     EventKind::Finished => {
                         return (decode(mp, &payload).expect("finished decodes"), logs)
                     }
-                    EventKind::Accepted | EventKind::Started => {}
+                    EventKind::Accepted | EventKind::Started | EventKind::Changed => {}
                 },
                 _ => {}
             }

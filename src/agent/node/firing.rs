@@ -1,7 +1,12 @@
 //! The Scheduler's work, as IO on the [`Agent`]: read how far each job has
-//! fired, watch the deployed jobs into the [`TimerQueue`], wake at its next
-//! deadline, submit the due slots through the [`Outbox`], and record each
-//! fired slot in the fired bucket through the [`FiredLedger`].
+//! fired, watch the deployed jobs and workflows into the [`TimerQueue`],
+//! wake at its next deadline, submit the due slots through the [`Outbox`],
+//! and record each fired slot in the fired bucket through the
+//! [`FiredLedger`].
+//!
+//! A workflow's triggers are scheduled as a job's, under its key
+//! `workflow.NAME` ([`workflow_key`]); its slots are the same
+//! [`SubmitOrder`] with the workflow's name as `job`.
 //!
 //! Everything started here carries the term it was started in; when the
 //! role has ended (or ended and come back) since, its result is ignored. A
@@ -17,9 +22,12 @@ use tracing::{debug, info, warn};
 
 use super::Agent;
 use crate::agent::outbox::{retry_delay, submit_failure, Fire, FiredLedger, Outbox, SubmitFailure};
-use crate::agent::triggers::{Due, Schedule, TimerQueue, Trigger};
-use crate::bus::{BusError, Kv, KvChange};
-use crate::protocol::{FiredSlot, JobSpec, SubmitOrder, SubmitReply};
+use crate::agent::triggers::{submitted_name, workflow_key, Due, Schedule, TimerQueue, Trigger};
+use crate::bus::{Bus, BusError, Kv};
+use crate::config::Config;
+use crate::protocol::{
+    FiredSlot, JobSpec, MisfirePolicy, SubmitOrder, SubmitReply, TriggerSpec, WorkflowSpec,
+};
 use crate::time::now_ms;
 
 /// The timer wakes at least this often, so a wall clock that jumps is noticed.
@@ -39,19 +47,79 @@ pub(super) struct Firing {
     fired_kv: Option<Kv<FiredSlot>>,
     /// The deadline the timer is set for.
     timer: Option<(u64, SpawnHandle)>,
-    watch: Option<SpawnHandle>,
+    jobs_watch: Option<SpawnHandle>,
+    workflows_watch: Option<SpawnHandle>,
     due: Vec<Due>,
     last_failure_warning: Option<std::time::Instant>,
 }
 
 impl Firing {
-    /// Jobs with a schedule.
+    /// Jobs and workflows with a schedule.
     pub(super) fn schedules(&self) -> usize {
         self.queue.len()
     }
+
+    fn watch_mut(&mut self, source: Source) -> &mut Option<SpawnHandle> {
+        match source {
+            Source::Jobs => &mut self.jobs_watch,
+            Source::Workflows => &mut self.workflows_watch,
+        }
+    }
 }
 
-type JobWatch = LocalBoxStream<'static, KvChange<JobSpec>>;
+/// A bucket of deployed things with triggers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Jobs,
+    Workflows,
+}
+
+/// A job or workflow deployed, changed (`Some`: its triggers and misfire
+/// policy) or removed (`None`), under its schedule key.
+struct Deployed {
+    key: String,
+    schedule: Option<(Vec<TriggerSpec>, MisfirePolicy)>,
+}
+
+type DeployedWatch = LocalBoxStream<'static, Deployed>;
+
+impl Source {
+    fn name(self) -> &'static str {
+        match self {
+            Source::Jobs => "jobs",
+            Source::Workflows => "workflows",
+        }
+    }
+
+    fn bucket(self, config: &Config) -> String {
+        match self {
+            Source::Jobs => config.jobs_bucket(),
+            Source::Workflows => config.workflows_bucket(),
+        }
+    }
+
+    /// Every deployed one's triggers, then every change.
+    async fn watch(self, bus: Bus, bucket: String) -> Result<DeployedWatch, BusError> {
+        Ok(match self {
+            Source::Jobs => {
+                let kv: Kv<JobSpec> = bus.kv(&bucket).await?;
+                let watch = kv.watch().await?.map(|change| Deployed {
+                    key: change.key,
+                    schedule: change.value.map(|spec| (spec.triggers, spec.misfire)),
+                });
+                watch.boxed_local()
+            }
+            Source::Workflows => {
+                let kv: Kv<WorkflowSpec> = bus.kv(&bucket).await?;
+                let watch = kv.watch().await?.map(|change| Deployed {
+                    key: workflow_key(&change.key),
+                    schedule: change.value.map(|spec| (spec.triggers, spec.misfire)),
+                });
+                watch.boxed_local()
+            }
+        })
+    }
+}
 
 impl Agent {
     fn firing(&mut self, term: u64) -> Option<&mut Firing> {
@@ -69,7 +137,8 @@ impl Agent {
             ledger: None,
             fired_kv: None,
             timer: None,
-            watch: None,
+            jobs_watch: None,
+            workflows_watch: None,
             due: Vec::new(),
             last_failure_warning: None,
         });
@@ -82,10 +151,12 @@ impl Agent {
         let Some(firing) = self.firing.take() else {
             return;
         };
-        for handle in [firing.timer.map(|(_, h)| h), firing.watch]
-            .into_iter()
-            .flatten()
-        {
+        let handles = [
+            firing.timer.map(|(_, h)| h),
+            firing.jobs_watch,
+            firing.workflows_watch,
+        ];
+        for handle in handles.into_iter().flatten() {
             ctx.cancel_future(handle);
         }
         info!(
@@ -97,7 +168,7 @@ impl Agent {
         self.term += 1;
     }
 
-    /// Reads every job's fired record, then watches the jobs.
+    /// Reads every fired record, then watches the jobs and the workflows.
     fn load(&mut self, term: u64, ctx: &mut Context<Self>) {
         let bus = self.bus.clone();
         let bucket = self.config.fired_bucket();
@@ -136,20 +207,16 @@ impl Agent {
         };
         info!(
             records = records.len(),
-            "read the fired slots; watching jobs"
+            "read the fired slots; watching jobs and workflows"
         );
         firing.ledger = Some(FiredLedger::new(records.into_values()));
         firing.fired_kv = Some(kv);
-        self.watch_jobs(term, ctx);
+        self.watch(term, Source::Jobs, ctx);
+        self.watch(term, Source::Workflows, ctx);
     }
 
-    fn watch_jobs(&mut self, term: u64, ctx: &mut Context<Self>) {
-        let bus = self.bus.clone();
-        let bucket = self.config.jobs_bucket();
-        let open = async move {
-            let kv: Kv<JobSpec> = bus.kv(&bucket).await?;
-            Ok::<JobWatch, BusError>(kv.watch().await?.boxed_local())
-        };
+    fn watch(&mut self, term: u64, source: Source, ctx: &mut Context<Self>) {
+        let open = source.watch(self.bus.clone(), source.bucket(&self.config));
         ctx.spawn(open.into_actor(self).map(move |watch, act, ctx| {
             if act.firing(term).is_none() {
                 return;
@@ -159,57 +226,59 @@ impl Agent {
                     let handle = ctx.spawn(
                         watch
                             .into_actor(act)
-                            .map(move |change, act: &mut Agent, ctx| act.on_job(term, change, ctx))
+                            .map(move |change, act: &mut Agent, ctx| {
+                                act.on_deployed(term, change, ctx)
+                            })
                             .finish()
                             .map(move |_, act: &mut Agent, ctx| {
                                 if act.firing(term).is_some() {
-                                    warn!("jobs watch ended; watching again");
-                                    act.rewatch_jobs(term, ctx);
+                                    warn!(watch = source.name(), "watch ended; watching again");
+                                    act.rewatch(term, source, ctx);
                                 }
                             }),
                     );
                     if let Some(firing) = act.firing(term) {
-                        firing.watch = Some(handle);
+                        *firing.watch_mut(source) = Some(handle);
                     }
                 }
                 Err(e) => {
-                    warn!(error = %e, "cannot watch the jobs; trying again");
-                    act.rewatch_jobs(term, ctx);
+                    warn!(watch = source.name(), error = %e, "cannot watch; trying again");
+                    act.rewatch(term, source, ctx);
                 }
             }
         }));
     }
 
-    fn rewatch_jobs(&mut self, term: u64, ctx: &mut Context<Self>) {
+    fn rewatch(&mut self, term: u64, source: Source, ctx: &mut Context<Self>) {
         if let Some(firing) = self.firing(term) {
-            firing.watch = None;
+            *firing.watch_mut(source) = None;
         }
         ctx.run_later(RELOAD_DELAY, move |act, ctx| {
             if act.firing(term).is_some() {
-                act.watch_jobs(term, ctx);
+                act.watch(term, source, ctx);
             }
         });
     }
 
-    /// A job was deployed, changed or removed: set or drop its schedule.
-    fn on_job(&mut self, term: u64, change: KvChange<JobSpec>, ctx: &mut Context<Self>) {
+    /// A job or workflow was deployed, changed or removed: set or drop its
+    /// schedule (`job` is its key in what follows).
+    fn on_deployed(&mut self, term: u64, change: Deployed, ctx: &mut Context<Self>) {
         let Some(firing) = self.firing(term) else {
             return;
         };
         let job = change.key;
         let schedule = change
-            .value
-            .filter(|spec| !spec.triggers.is_empty())
-            .and_then(|spec| match Trigger::compile_all(&spec.triggers) {
-                Ok(trigger) => Some(Schedule {
-                    trigger,
-                    misfire: spec.misfire,
-                }),
-                Err(e) => {
-                    warn!(%job, error = %e, "the job's triggers do not compile; not firing it");
-                    None
-                }
-            });
+            .schedule
+            .filter(|(triggers, _)| !triggers.is_empty())
+            .and_then(
+                |(triggers, misfire)| match Trigger::compile_all(&triggers) {
+                    Ok(trigger) => Some(Schedule { trigger, misfire }),
+                    Err(e) => {
+                        warn!(%job, error = %e, "the triggers do not compile; not firing them");
+                        None
+                    }
+                },
+            );
         match schedule {
             Some(schedule) => {
                 // an update keeps the job's progress; a new one starts from its record
@@ -287,7 +356,7 @@ impl Agent {
         let late_ms = now_ms().saturating_sub(*slot_ms);
         debug!(%job, slot_ms, late_ms, attempt = fire.attempt, "firing");
         let order = SubmitOrder {
-            job: job.clone(),
+            job: submitted_name(job).to_string(),
             params: BTreeMap::new(),
             request_id: Some(fire.due.idempotency_key()),
             slot_ms: Some(*slot_ms),

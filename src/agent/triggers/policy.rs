@@ -94,8 +94,30 @@ pub fn on_slot(policy: ConcurrencyPolicy, active_runs: usize) -> SlotDecision {
 }
 
 /// The request id a slot's fire is submitted with, so a slot becomes one
-/// order even when two agents fire it. Job names are subject tokens, so the
-/// `@` cannot be part of one.
-pub fn idempotency_key(job: &str, slot_ms: u64) -> String {
-    format!("{job}@{slot_ms}")
+/// order even when two agents fire it: the schedule's key (see
+/// [`workflow_key`]) and the slot. Names are subject tokens, so the `@`
+/// cannot be part of one.
+pub fn idempotency_key(key: &str, slot_ms: u64) -> String {
+    format!("{key}@{slot_ms}")
+}
+
+/// What a workflow's schedule key starts with.
+const WORKFLOW_KEY_PREFIX: &str = "workflow.";
+
+/// The key of a workflow's schedule: `workflow.NAME`. A job's schedule goes
+/// by the job's name. The key names the schedule in the [`TimerQueue`]
+/// (super::TimerQueue), the outbox and the fired bucket (a [`FiredSlot`]'s
+/// `job`), and begins its slots' idempotency keys. Names are subject tokens,
+/// without `.`, so a workflow's key is never a job's name, even when a job
+/// and a workflow share a name.
+///
+/// [`FiredSlot`]: crate::protocol::FiredSlot
+pub fn workflow_key(workflow: &str) -> String {
+    format!("{WORKFLOW_KEY_PREFIX}{workflow}")
+}
+
+/// The name a schedule's slots are submitted under (`SubmitOrder::job`):
+/// the job's, or the workflow's.
+pub fn submitted_name(key: &str) -> &str {
+    key.strip_prefix(WORKFLOW_KEY_PREFIX).unwrap_or(key)
 }

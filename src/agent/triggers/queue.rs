@@ -28,6 +28,9 @@ pub struct Schedule {
 /// A slot to fire now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Due {
+    /// The schedule's key: the job's name, or a workflow's
+    /// [`workflow_key`](super::workflow_key). The queue's `job` arguments
+    /// are such keys too.
     pub job: String,
     pub slot_ms: u64,
 }

@@ -639,6 +639,23 @@ fn the_idempotency_key_is_the_job_and_the_slot() {
     assert_eq!(due.idempotency_key(), "report@7");
 }
 
+#[test]
+fn a_workflows_schedule_keeps_apart_from_a_job_of_the_same_name() {
+    let key = workflow_key("nightly");
+    assert_eq!(key, "workflow.nightly");
+    assert_ne!(key, "nightly");
+    assert_eq!(submitted_name(&key), "nightly");
+    assert_eq!(submitted_name("nightly"), "nightly");
+    // a job's name is a subject token: no job is named like a workflow's key
+    assert!(!crate::protocol::subjects::is_valid_token(&key));
+    let due = Due {
+        job: key,
+        slot_ms: 7,
+    };
+    assert_eq!(due.idempotency_key(), "workflow.nightly@7");
+    assert_ne!(due.idempotency_key(), idempotency_key("nightly", 7));
+}
+
 // ---- timer queue ----
 
 fn schedule(trigger: Trigger, misfire: MisfirePolicy) -> Schedule {

@@ -1,0 +1,233 @@
+//! Workflow orders across a broker fail-over: the active broker is killed
+//! with SIGKILL while workflow orders move step by step; the standby takes
+//! them over from the journal and finishes them. No step is lost, and none
+//! runs twice (each step appends its workflow order and step to a marker
+//! file when it starts).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use baton::bus::Bus;
+use baton::protocol::*;
+use common::*;
+use nix::sys::signal::Signal;
+
+/// Bound on a takeover: lease expiry, recovery, subagents heard again.
+const TAKEOVER: Duration = Duration::from_secs(20);
+
+fn deployment(marker: &Path, gate: &Path) -> String {
+    format!(
+        r#"
+[[job]]
+name = "step"
+program = "sh"
+args = ["-c", 'echo "$BATON_WORKFLOW_ORDER_ID $BATON_STEP" >> "{marker}"; sleep 0.4']
+
+[[job]]
+name = "held"
+program = "sh"
+args = ["-c", 'echo "$BATON_WORKFLOW_ORDER_ID $BATON_STEP" >> "{marker}"; while [ ! -f "{gate}" ]; do sleep 0.05; done']
+
+[[workflow]]
+name = "chain"
+[[workflow.steps]]
+name = "s1"
+job = "step"
+[[workflow.steps]]
+name = "s2"
+job = "step"
+[[workflow.steps]]
+name = "s3"
+job = "step"
+[[workflow.steps]]
+name = "s4"
+job = "step"
+
+[[workflow]]
+name = "gated"
+[[workflow.steps]]
+name = "wait"
+job = "held"
+[[workflow.steps]]
+name = "after"
+job = "step"
+"#,
+        marker = marker.display(),
+        gate = gate.display(),
+    )
+}
+
+/// Runs per (workflow order, step) recorded in `marker`.
+fn runs(marker: &Path) -> BTreeMap<(String, String), usize> {
+    let text = std::fs::read_to_string(marker).unwrap_or_default();
+    let mut runs = BTreeMap::new();
+    for line in text.lines() {
+        if let Some((order, step)) = line.split_once(' ') {
+            *runs
+                .entry((order.to_string(), step.to_string()))
+                .or_insert(0) += 1;
+        }
+    }
+    runs
+}
+
+async fn active(bus: &Bus) -> Option<String> {
+    let reply = bus
+        .request::<_, StatusReply>(
+            bus.subjects().status(),
+            &StatusRequest::default(),
+            Duration::from_secs(1),
+        )
+        .await;
+    reply.ok().map(|s| s.broker_id)
+}
+
+/// Kills the active broker and waits until the other one is active.
+async fn fail_over(h: &mut Harness) {
+    let id = wait_for(TAKEOVER, "a broker is active", || active(&h.bus)).await;
+    let process = if id.starts_with("broker-") {
+        "broker"
+    } else {
+        id.as_str()
+    };
+    h.cluster
+        .signal(process, Signal::SIGKILL)
+        .expect("kill the active broker");
+    wait_for(TAKEOVER, "the standby is active", || async {
+        active(&h.bus).await.filter(|now| *now != id)
+    })
+    .await;
+}
+
+async fn submit_flow(bus: &Bus, workflow: &str, request_id: &str) -> String {
+    let order = SubmitOrder {
+        job: workflow.into(),
+        params: BTreeMap::new(),
+        request_id: Some(request_id.into()),
+        slot_ms: None,
+    };
+    let reply: SubmitReply = bus
+        .request(bus.subjects().submit(), &order, REQUEST)
+        .await
+        .expect("workflow order accepted");
+    reply.order_id
+}
+
+async fn wait_state(bus: &Bus, order_id: &str, state: OrderState) -> OrderInfo {
+    wait_for(
+        Duration::from_secs(60),
+        &format!("order {state:?}"),
+        || async { order_info(bus, order_id).await.filter(|o| o.state == state) },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_active_broker_twice_mid_workflow_loses_and_repeats_no_step() {
+    let mut h = cluster_with_env(&["sub-1", "sub-2"], &[("BATON_SUBAGENT__CAPACITY", "8")]).await;
+    let marker = h.scratch().join("marker");
+    deploy(&h.bus, &deployment(&marker, &h.scratch().join("gate"))).await;
+    h.cluster
+        .spawn("b2", &["broker", "--id", "b2"])
+        .expect("spawn broker");
+
+    let mut orders = Vec::new();
+    for i in 0..6 {
+        orders.push(submit_flow(&h.bus, "chain", &format!("chain-{i}")).await);
+    }
+    // first kill once every order has begun, the second in the middle
+    wait_until(
+        Duration::from_secs(30),
+        "every order ran a step",
+        || async {
+            let r = runs(&marker);
+            orders.iter().all(|o| r.keys().any(|(id, _)| id == o))
+        },
+    )
+    .await;
+    fail_over(&mut h).await;
+    h.cluster
+        .spawn("b3", &["broker", "--id", "b3"])
+        .expect("spawn broker");
+    wait_until(Duration::from_secs(30), "steps go on", || async {
+        runs(&marker)
+            .keys()
+            .filter(|(_, step)| step == "s3")
+            .count()
+            >= 2
+    })
+    .await;
+    fail_over(&mut h).await;
+
+    for order in &orders {
+        let info = wait_state(&h.bus, order, OrderState::Succeeded).await;
+        assert!(
+            info.steps.iter().all(|s| s.state == StepState::Succeeded),
+            "{info:?}"
+        );
+    }
+    let r = runs(&marker);
+    for order in &orders {
+        for step in ["s1", "s2", "s3", "s4"] {
+            let n = r.get(&(order.clone(), step.to_string())).copied();
+            assert_eq!(n, Some(1), "order {order} step {step} ran {n:?} times");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_order_stays_suspended_across_a_broker_failover_and_resumes() {
+    let mut h = cluster(&["sub-1"]).await;
+    let marker = h.scratch().join("marker");
+    let gate = h.scratch().join("gate");
+    deploy(&h.bus, &deployment(&marker, &gate)).await;
+    h.cluster
+        .spawn("b2", &["broker", "--id", "b2"])
+        .expect("spawn broker");
+    let order = submit_flow(&h.bus, "gated", "gated-1").await;
+    wait_until(Duration::from_secs(30), "step 'wait' runs", || async {
+        !runs(&marker).is_empty()
+    })
+    .await;
+    let suspend = SuspendOrder {
+        order_id: order.clone(),
+        kill: false,
+    };
+    let info: OrderInfo = h
+        .bus
+        .request(h.bus.subjects().order_suspend(), &suspend, REQUEST)
+        .await
+        .expect("suspend accepted");
+    assert_eq!(info.state, OrderState::Suspending);
+
+    fail_over(&mut h).await;
+    // the step finishes under the new broker, which holds the order
+    std::fs::write(&gate, "open").unwrap();
+    let info = wait_state(&h.bus, &order, OrderState::Suspended).await;
+    assert_eq!(info.steps[0].state, StepState::Succeeded);
+    assert_eq!(info.steps[1].state, StepState::Pending);
+    holds_throughout(
+        Duration::from_secs(1),
+        "nothing runs while suspended",
+        || async { runs(&marker).len() == 1 },
+    )
+    .await;
+
+    let resume = ResumeOrder {
+        order_id: order.clone(),
+        from: None,
+        force_succeeded: false,
+    };
+    let _: OrderInfo = h
+        .bus
+        .request(h.bus.subjects().order_resume(), &resume, REQUEST)
+        .await
+        .expect("resume accepted");
+    let info = wait_state(&h.bus, &order, OrderState::Succeeded).await;
+    assert_eq!(info.history.len(), 2, "{:?}", info.history);
+    let r = runs(&marker);
+    assert_eq!(r.values().sum::<usize>(), 2, "{r:?}");
+}
