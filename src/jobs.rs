@@ -181,25 +181,17 @@ pub struct JobError {
 /// Why a deploy file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum DeployFileError {
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        file: String,
-        #[source]
-        source: std::io::Error,
-    },
+    // the cause is in the message, not a `source`: printed once
+    #[error("{file}: cannot read: {error}")]
+    Read { file: String, error: std::io::Error },
     #[error("{file}: {message}")]
     Parse { file: String, message: String },
-    #[error("{file}: {source}")]
-    Invalid {
-        file: String,
-        #[source]
-        source: JobError,
-    },
-    #[error("{file}: {source}")]
+    #[error("{file}: {error}")]
+    Invalid { file: String, error: JobError },
+    #[error("{file}: {error}")]
     InvalidWorkflow {
         file: String,
-        #[source]
-        source: Box<crate::workflow::WorkflowError>,
+        error: Box<crate::workflow::WorkflowError>,
     },
     #[error("{file}: no [[job]], [[cluster]] or [[workflow]] table found")]
     Empty { file: String },
@@ -208,9 +200,9 @@ pub enum DeployFileError {
 /// Reads and validates a deploy file.
 pub fn load_deploy_file(path: &Path) -> Result<Deployment, DeployFileError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| DeployFileError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| DeployFileError::Read {
         file: file.clone(),
-        source,
+        error,
     })?;
     parse_deploy_file(&file, &text)
 }
@@ -226,9 +218,9 @@ pub fn parse_deploy_file(file: &str, text: &str) -> Result<Deployment, DeployFil
             file: file.to_string(),
         });
     }
-    let invalid = |source| DeployFileError::Invalid {
+    let invalid = |error| DeployFileError::Invalid {
         file: file.to_string(),
-        source,
+        error,
     };
     let mut clusters: Vec<ClusterSpec> = Vec::new();
     for def in parsed.cluster {
@@ -301,7 +293,7 @@ pub fn parse_deploy_file(file: &str, text: &str) -> Result<Deployment, DeployFil
     crate::workflow::validate_workflows(&workflows, &|_| true).map_err(|source| {
         DeployFileError::InvalidWorkflow {
             file: file.to_string(),
-            source: Box::new(source),
+            error: Box::new(source),
         }
     })?;
     Ok(Deployment {

@@ -358,7 +358,7 @@ async fn cli_submit_wait_reports_outcome() {
     assert_eq!(out.status.code(), Some(2), "submit nope: {out:?}");
     let err = text(&out.stderr);
     assert!(
-        err.contains("unknown_job") && err.contains("no job named 'nope'"),
+        err.contains("unknown_job") && err.contains("no job or workflow named 'nope'"),
         "stderr: {err}"
     );
 

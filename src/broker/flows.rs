@@ -92,6 +92,7 @@ impl Broker {
         let info = flow.info();
         self.flows.insert(order_id.clone(), flow);
         let kv = self.orders_kv.clone();
+        let flow_id = order_id.clone();
         let write = async move {
             let created = if idempotent {
                 kv.create_revision(&order_id, &info).await?
@@ -105,10 +106,7 @@ impl Broker {
             Ok::<_, BusError>((info, created, existing))
         };
         ctx.spawn(write.into_actor(self).map(move |written, act, ctx| {
-            let order_id = match &written {
-                Ok((info, ..)) => info.order_id.clone(),
-                Err(_) => String::new(),
-            };
+            let order_id = flow_id;
             match written {
                 Ok((info, Some(revision), _)) => {
                     act.set_revision(&order_id, revision);
@@ -147,7 +145,7 @@ impl Broker {
                 }
                 Err(e) => {
                     warn!(error = %e, "workflow order not stored; submit refused");
-                    act.flows.retain(|_, f| f.durable);
+                    act.flows.remove(&order_id);
                     act.error(
                         &replier,
                         ErrorCode::Unavailable,

@@ -520,6 +520,11 @@ impl Broker {
             broker_started_at_ms: self.started_at_ms,
             subagents: self.registry.status(Instant::now()),
             jobs: self.job_names(),
+            workflows: {
+                let mut names: Vec<String> = self.workflows.keys().cloned().collect();
+                names.sort();
+                names
+            },
             clusters,
             orders: self.book.counts(),
             brokers: self.peers.brokers(BrokerStatus {

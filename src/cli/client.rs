@@ -323,7 +323,10 @@ async fn follow(
                     }
                     EventKind::Changed => {
                         if let Ok(e) = decode::<OrderChanged>(Encoding::MessagePack, &payload) {
-                            eprintln!("{}", output::changed_text(&e));
+                            // the order's end: the `finished` line says it
+                            if e.step.is_some() || !e.state.is_final() {
+                                eprintln!("{}", output::changed_text(&e));
+                            }
                         }
                         if steps.is_none() {
                             steps = step_lines(bus, config, order_id).await;

@@ -390,7 +390,7 @@ async fn list(config: &Config, bus: &Bus, request: ListOrders, json: bool) -> an
     print!("{}", output::order_list_text(&reply));
     if reply.truncated {
         eprintln!(
-            "showing the newest {} orders of more that match; use --limit N (up to {LIST_MAX}) \
+            "showing the newest {} orders; more match: use --limit N (up to {LIST_MAX}) \
              or narrower filters (--since, --state, ...)",
             reply.orders.len()
         );

@@ -131,8 +131,13 @@ pub fn event_line(kind: EventKind, payload: &[u8], json: bool) -> Result<String,
             )
         }),
         EventKind::Changed => render(payload, json, kind, |e: &OrderChanged| {
+            // the step order's own events carry its id
+            let step_order = match (&e.step_order_id, e.step_state) {
+                (Some(id), Some(StepState::Running)) => format!(" as {}", short(id)),
+                _ => String::new(),
+            };
             format!(
-                "{} {:<16} {} {}",
+                "{} {:<16} {} {}{step_order}",
                 clock(e.at_ms),
                 e.workflow,
                 short(&e.order_id),
@@ -332,7 +337,7 @@ pub fn attempt_outcome(h: &StepAttempt) -> String {
     if let Some(code) = h.exit_code.filter(|_| h.state != OrderState::Succeeded) {
         let _ = write!(outcome, " (exit code {code})");
     }
-    if let Some(reason) = &h.reason {
+    if let Some(reason) = h.reason.as_ref().filter(|r| **r != outcome) {
         let _ = write!(outcome, ": {reason}");
     }
     outcome
@@ -516,7 +521,10 @@ pub fn order_list_text(list: &OrderList) -> String {
             });
             let mut place = match (&o.workflow, &o.parent) {
                 (Some(_), _) if o.current_steps.is_empty() => "-".to_string(),
-                (Some(_), _) => format!("steps {}", o.current_steps.join(", ")),
+                (Some(_), _) if o.state == OrderState::Failed => {
+                    format!("failed in {}", o.current_steps.join(", "))
+                }
+                (Some(_), _) => format!("running {}", o.current_steps.join(", ")),
                 (None, _) => o.subagent_id.clone().unwrap_or_else(|| "-".to_string()),
             };
             if let Some(p) = &o.parent {
@@ -698,6 +706,14 @@ pub fn status_text(s: &StatusReply) -> String {
             s.jobs.join(", ")
         }
     );
+    if !s.workflows.is_empty() {
+        let _ = writeln!(
+            out,
+            "workflows ({}): {}",
+            s.workflows.len(),
+            s.workflows.join(", ")
+        );
+    }
     agents_text(&mut out, &s.agents);
     let _ = writeln!(out, "subagents ({}):", s.subagents.len());
     if s.subagents.is_empty() {
@@ -866,6 +882,13 @@ mod tests {
         let row = history_row(&failed);
         assert_eq!(row[4], "-");
         assert_eq!(row[6], "failed (exit code 3): disk full");
+        let cancelled = StepAttempt {
+            state: OrderState::Cancelled,
+            exit_code: None,
+            reason: Some("cancelled".into()),
+            ..h.clone()
+        };
+        assert_eq!(attempt_outcome(&cancelled), "cancelled", "said once");
         let waiting = StepAttempt {
             state: OrderState::Accepted,
             subagent_id: None,
@@ -1084,7 +1107,7 @@ mod tests {
         assert_eq!(
             order_list_text(&list),
             "ORDER       JOB/WORKFLOW  STATE      ACCEPTED              TOOK  SUBAGENT/STEPS\n\
-             0190-flow   nightly       running    2026-01-31T08:00:00Z  -     steps build, lint\n\
+             0190-flow   nightly       running    2026-01-31T08:00:00Z  -     running build, lint\n\
              0190-step   compile       running    2026-01-31T08:00:00Z  -     sub-1, step build #1 of 0190-flow\n\
              0190-plain  hello         succeeded  2026-01-31T08:00:00Z  1.5s  sub-2\n"
         );

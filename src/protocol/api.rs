@@ -450,6 +450,9 @@ pub struct StatusReply {
     pub subagents: Vec<SubagentStatus>,
     /// Names of the deployed jobs.
     pub jobs: Vec<String>,
+    /// Names of the deployed workflows.
+    #[serde(default)]
+    pub workflows: Vec<String>,
     /// Deployed subagent clusters with the subagents they resolve to now.
     #[serde(default)]
     pub clusters: Vec<ClusterStatus>,

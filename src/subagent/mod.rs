@@ -458,12 +458,13 @@ impl Subagent {
         self.publish_started(&task, pid, started_at_ms);
 
         let bus = self.bus.clone();
-        // a workflow step's lines belong to the workflow order
-        let (log_order, step) = match &task.parent {
-            Some(p) => (p.order_id.clone(), Some(p.step.clone())),
-            None => (task.order_id.clone(), None),
+        // a workflow step's lines belong to the workflow order (and are
+        // published under the workflow's name, like its other events)
+        let (topic, log_order, step) = match &task.parent {
+            Some(p) => (&p.workflow, p.order_id.clone(), Some(p.step.clone())),
+            None => (&task.job, task.order_id.clone(), None),
         };
-        let subject = bus.subjects().event(&task.job, &log_order, EventKind::Log);
+        let subject = bus.subjects().event(topic, &log_order, EventKind::Log);
         let mut log = TaskLog {
             order_id: log_order,
             step,
