@@ -91,7 +91,7 @@ struct JobDef {
     concurrency: ConcurrencyPolicy,
 }
 
-/// A `[[job.triggers]]` table: [`TriggerSpec`] with unknown keys refused
+/// A `[[job.triggers]]` (or `[[workflow.triggers]]`) table: [`TriggerSpec`] with unknown keys refused
 /// (the wire type accepts them, so peers can add fields).
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]

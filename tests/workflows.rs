@@ -1196,6 +1196,15 @@ async fn deploy_rejects_broken_workflows() {
                 "name = \"flaky\"\njob = \"work\"\non_failure = { action = \"retry\", times = 0 }",
             ),
         ),
+        // a trigger fires without parameters: a step's job must not need one
+        (
+            "bad_trigger_params",
+            vec!["step1", "needy", "who"],
+            "[[workflow.triggers]]\nkind = \"interval\"\nevery = \"1h\"\n\n\
+             [[workflow.steps]]\nname = \"step1\"\njob = \"needy\"\n\n\
+             [[job]]\nname = \"needy\"\nprogram = \"true\"\n[job.params.who]\nrequired = true\n"
+                .to_string(),
+        ),
         // a workflow named like a deployed job
         (
             "work",

@@ -328,6 +328,26 @@ impl Broker {
                 w.name
             ));
         }
+        // a trigger fires without order parameters: each step's own must do
+        for w in workflows.iter().filter(|w| !w.triggers.is_empty()) {
+            for step in &w.steps {
+                let job = jobs
+                    .iter()
+                    .find(|j| j.name == step.job)
+                    .or_else(|| self.jobs.get(&step.job));
+                let missing = job.and_then(|j| {
+                    j.params
+                        .iter()
+                        .find(|(name, p)| p.required && !step.params.contains_key(*name))
+                });
+                if let Some((name, _)) = missing {
+                    return Err(format!(
+                        "workflow '{}' step '{}': job '{}' requires parameter '{name}', and a trigger fires without parameters; set it in the step's params",
+                        w.name, step.name, step.job
+                    ));
+                }
+            }
+        }
         let being = |name: &str| workflows.iter().any(|w| w.name == name);
         if let Some(j) = jobs
             .iter()

@@ -9,6 +9,7 @@ mod client;
 mod dev;
 mod orders;
 mod output;
+mod submit;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -96,7 +97,7 @@ pub enum Command {
     /// Validate job definitions from TOML files and deploy them
     Deploy(client::DeployArgs),
     /// Submit an order for a deployed job or workflow
-    Submit(client::SubmitArgs),
+    Submit(submit::SubmitArgs),
     /// Show, list, suspend, resume or cancel orders, or print their logs
     #[command(subcommand)]
     Order(orders::OrderCommand),
@@ -253,7 +254,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ok)
         }
         Command::Deploy(a) => client::deploy(&config, a).await.map(|_| ok),
-        Command::Submit(a) => client::submit(&config, a).await,
+        Command::Submit(a) => submit::submit(&config, a).await,
         Command::Watch(a) => client::watch(&config, a).await.map(|_| ok),
         Command::Order(c) => orders::run(&config, c).await.map(|_| ok),
         Command::Status(a) => client::status(&config, a).await.map(|_| ok),

@@ -109,7 +109,7 @@ impl ConcurrencyPolicy {
 /// ever moves forward.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct FiredSlot {
-    /// The job's name (also the key).
+    /// The job's name, or `workflow.NAME` for a workflow's triggers (also the key).
     pub job: String,
     /// The slot, in ms since the Unix epoch.
     pub slot_ms: u64,

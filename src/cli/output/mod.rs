@@ -1,0 +1,82 @@
+//! How client commands print things for people (and as JSON lines).
+//!
+//! `events` turns events into the lines of `baton watch` and `submit
+//! --wait`; `orders` renders `order show`, `order list` and the answers to
+//! order commands; `status` renders `baton status`. The helpers here
+//! (times, durations, tables) are shared by all three.
+
+mod events;
+mod orders;
+mod status;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, UNIX_EPOCH};
+
+pub use events::{
+    agent_line, broker_line, changed_text, event_line, finished_line, log_text, subagent_line,
+};
+pub use orders::{control_line, order_list_text, order_text, task_of, Control, StepTails};
+pub use status::status_text;
+
+fn clock(at_ms: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(at_ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// A time to the second, for tables: "2026-11-22T06:49:43Z".
+fn clock_s(at_ms: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(at_ms);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// A duration in at most two units: "850ms", "12.3s", "4m05s", "2h03m", "3d04h".
+pub fn took(ms: u64) -> String {
+    let s = ms / 1000;
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m{:02}s", s / 60, s % 60),
+        3_600_000..86_400_000 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// Rows under a header, each column as wide as its widest cell; the last
+/// column is not padded.
+fn table(out: &mut String, indent: &str, header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let cells: Vec<String> = widths
+            .iter()
+            .zip(row)
+            .map(|(w, cell)| format!("{cell:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{indent}{}", cells.join("  ").trim_end());
+    }
+}
+
+fn key_values(map: &BTreeMap<String, String>) -> String {
+    let pairs: Vec<String> = map.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_at_most_two_units() {
+        assert_eq!(took(850), "850ms");
+        assert_eq!(took(12_345), "12.3s");
+        assert_eq!(took(245_000), "4m05s");
+        assert_eq!(took(2 * 3_600_000 + 3 * 60_000 + 59_000), "2h03m");
+        assert_eq!(took(3 * 86_400_000 + 4 * 3_600_000), "3d04h");
+    }
+}

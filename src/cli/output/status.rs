@@ -1,0 +1,190 @@
+//! `baton status` for people: the broker and its standbys, order counts,
+//! jobs and workflows, the agents and the Scheduler, subagents, clusters.
+
+use std::fmt::Write as _;
+
+use super::clock;
+use crate::protocol::*;
+
+/// The brokers part of `baton status`.
+fn brokers_text(out: &mut String, brokers: &[BrokerStatus]) {
+    if brokers.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "brokers ({}):", brokers.len());
+    let _ = writeln!(
+        out,
+        "  {:<24} {:<8} {:>8} {:>10} {:>10} {:>10}",
+        "ID", "ROLE", "EPOCH", "PRECEDENCE", "LEASE AGE", "HEARTBEAT"
+    );
+    for b in brokers {
+        let epoch = match b.role {
+            BrokerRole::Active => b.epoch.to_string(),
+            BrokerRole::Standby => "-".to_string(),
+        };
+        let lease = b
+            .lease_age_ms
+            .map_or("-".to_string(), |ms| format!("{ms}ms"));
+        let _ = writeln!(
+            out,
+            "  {:<24} {:<8} {:>8} {:>10} {:>10} {:>10}",
+            b.id,
+            b.role.as_str(),
+            epoch,
+            b.precedence,
+            lease,
+            format!("{}ms ago", b.heartbeat_age_ms),
+        );
+    }
+}
+
+/// The agents part of `baton status`.
+fn agents_text(out: &mut String, agents: &[AgentStatus]) {
+    let schedulers = agents.iter().filter(|a| a.role == AgentRole::Scheduler);
+    let scheduler = match schedulers.map(|a| a.id.as_str()).collect::<Vec<_>>()[..] {
+        [] if agents.is_empty() => "none; start agents with `baton agent`".to_string(),
+        [] => "none yet (electing one)".to_string(),
+        [one] => one.to_string(),
+        ref many => format!(
+            "{} (more than one: the broker turns all but one off)",
+            many.join(", ")
+        ),
+    };
+    let _ = writeln!(out, "scheduler: {scheduler}");
+    if agents.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "agents ({}):", agents.len());
+    let _ = writeln!(
+        out,
+        "  {:<24} {:<10} {:<10} {:>5} {:>5} {:>5} {:>9} {:>8} {:>10}  notes",
+        "ID", "ROLE", "HEALTH", "CPU%", "MEM%", "LOAD", "SCHEDULES", "LEASE", "HEARTBEAT"
+    );
+    for a in agents {
+        let mut notes = Vec::new();
+        if !a.controlled {
+            notes.push("outside broker control");
+        }
+        if a.excluded {
+            notes.push("turned off by an operator");
+        }
+        if a.switch_condition_met {
+            notes.push("switch condition met");
+        }
+        let lease = a
+            .lease_left_ms
+            .map_or("-".to_string(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+        let _ = writeln!(
+            out,
+            "  {:<24} {:<10} {:<10} {:>5.0} {:>5.0} {:>5.2} {:>9} {:>8} {:>10}  {}",
+            a.id,
+            a.role.as_str(),
+            a.health_level.as_str(),
+            a.health.cpu_percent,
+            a.health.memory_percent,
+            a.health.load_average,
+            a.schedules,
+            lease,
+            format!("{}ms ago", a.heartbeat_age_ms),
+            notes.join(", ")
+        );
+    }
+}
+
+/// The text of `baton status`.
+pub fn status_text(s: &StatusReply) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "broker {} (protocol v{}, up since {})",
+        s.broker_id,
+        s.protocol,
+        clock(s.broker_started_at_ms)
+    );
+    brokers_text(&mut out, &s.brokers);
+    let o = &s.orders;
+    let _ = writeln!(
+        out,
+        "orders: {} accepted, {} running, {} succeeded, {} failed, {} cancelled",
+        o.accepted, o.running, o.succeeded, o.failed, o.cancelled
+    );
+    if s.malformed_messages > 0 {
+        let _ = writeln!(out, "malformed messages refused: {}", s.malformed_messages);
+    }
+    let _ = writeln!(
+        out,
+        "jobs ({}): {}",
+        s.jobs.len(),
+        if s.jobs.is_empty() {
+            "none; deploy with `baton deploy FILE.toml`".to_string()
+        } else {
+            s.jobs.join(", ")
+        }
+    );
+    if !s.workflows.is_empty() {
+        let _ = writeln!(
+            out,
+            "workflows ({}): {}",
+            s.workflows.len(),
+            s.workflows.join(", ")
+        );
+    }
+    agents_text(&mut out, &s.agents);
+    let _ = writeln!(out, "subagents ({}):", s.subagents.len());
+    if s.subagents.is_empty() {
+        let _ = writeln!(out, "  none; start one with `baton subagent`");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "  {:<24} {:<10} {:>8} {:>9} {:>8} {:>5} {:>5} {:>10}  labels",
+        "ID", "STATE", "RUNNING", "CAPACITY", "DONE", "CPU%", "MEM%", "HEARTBEAT"
+    );
+    for sub in &s.subagents {
+        let state = sub.state.as_str();
+        let labels: Vec<String> = sub.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let (cpu, mem) = sub.load.map_or(("-".to_string(), "-".to_string()), |l| {
+            (
+                format!("{:.0}", l.cpu_percent),
+                format!("{:.0}", l.memory_percent),
+            )
+        });
+        let _ = writeln!(
+            out,
+            "  {:<24} {:<10} {:>8} {:>9} {:>8} {:>5} {:>5} {:>10}  {}",
+            sub.id,
+            state,
+            sub.running,
+            sub.capacity,
+            sub.tasks_finished,
+            cpu,
+            mem,
+            format!("{}ms ago", sub.heartbeat_age_ms),
+            labels.join(",")
+        );
+    }
+    if !s.clusters.is_empty() {
+        let _ = writeln!(out, "clusters ({}):", s.clusters.len());
+        for c in &s.clusters {
+            let members: Vec<String> = c
+                .members
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{} (priority {}, {})",
+                        m.subagent_id,
+                        m.priority,
+                        m.state.as_str()
+                    )
+                })
+                .collect();
+            let members = if members.is_empty() {
+                "no known subagent matches".to_string()
+            } else {
+                members.join(", ")
+            };
+            let _ = writeln!(out, "  {:<16} {:<15} {}", c.name, c.mode.as_str(), members);
+        }
+    }
+    out
+}
