@@ -231,3 +231,90 @@ async fn a_suspended_order_stays_suspended_across_a_broker_failover_and_resumes(
     let r = runs(&marker);
     assert_eq!(r.values().sum::<usize>(), 2, "{r:?}");
 }
+
+/// A crash can leave a step order in the journal that its workflow order's
+/// record never got to know (the workflow order is stored after its step
+/// orders). A broker taking over stops such a step order: it never runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_order_its_workflow_order_never_recorded_is_stopped_at_takeover() {
+    let mut h = cluster(&["sub-1"]).await;
+    let marker = h.scratch().join("marker");
+    deploy(&h.bus, &deployment(&marker, &h.scratch().join("gate"))).await;
+    h.cluster
+        .spawn("b2", &["broker", "--id", "b2"])
+        .expect("spawn broker");
+    let order = submit_flow(&h.bus, "chain", "chain-orphan").await;
+    wait_until(Duration::from_secs(30), "step s1 runs", || async {
+        !runs(&marker).is_empty()
+    })
+    .await;
+    let suspend = SuspendOrder {
+        order_id: order.clone(),
+        kill: false,
+    };
+    let _: OrderInfo = h
+        .bus
+        .request(h.bus.subjects().order_suspend(), &suspend, REQUEST)
+        .await
+        .expect("suspend accepted");
+    let held = wait_state(&h.bus, &order, OrderState::Suspended).await;
+
+    // What a broker killed between storing a step order and storing its
+    // workflow order leaves: step s2's order, queued, unknown to the order.
+    let kv: baton::bus::Kv<OrderInfo> = within(REQUEST, "orders bucket", h.bus.kv("baton_orders"))
+        .await
+        .expect("orders bucket");
+    let step_order = baton::workflow::step_order_id("baton", &order, "s2", 1);
+    let mut orphan = order_info(&h.bus, &held.history[0].order_id)
+        .await
+        .expect("s1's order");
+    orphan.order_id = step_order.clone();
+    orphan.state = OrderState::Accepted;
+    orphan.attempt = 0;
+    orphan.task_id = None;
+    orphan.subagent_id = None;
+    orphan.subagent_instance_id = None;
+    orphan.exit_code = None;
+    orphan.started_at_ms = None;
+    orphan.finished_at_ms = None;
+    orphan.request_id = Some(format!("{order}/s2/1"));
+    orphan.parent = Some(ParentStep {
+        order_id: order.clone(),
+        workflow: "chain".into(),
+        step: "s2".into(),
+        attempt: 1,
+    });
+    kv.put(&step_order, &orphan)
+        .await
+        .expect("write the step order");
+
+    fail_over(&mut h).await;
+    let stopped = wait_state(&h.bus, &step_order, OrderState::Cancelled).await;
+    assert!(
+        stopped.reason.is_some() || stopped.cancel_requested,
+        "{stopped:?}"
+    );
+    let info = order_info(&h.bus, &order)
+        .await
+        .expect("the workflow order");
+    assert_eq!(info.state, OrderState::Suspended, "{info:?}");
+    holds_throughout(Duration::from_secs(1), "s2 never runs", || async {
+        runs(&marker).len() == 1
+    })
+    .await;
+
+    // resumed, the order runs s2 as its own attempt and succeeds
+    let resume = ResumeOrder {
+        order_id: order.clone(),
+        from: None,
+        force_succeeded: false,
+    };
+    let _: OrderInfo = h
+        .bus
+        .request(h.bus.subjects().order_resume(), &resume, REQUEST)
+        .await
+        .expect("resume accepted");
+    let info = wait_state(&h.bus, &order, OrderState::Succeeded).await;
+    let r = runs(&marker);
+    assert_eq!(r.values().sum::<usize>(), 4, "{r:?} {:?}", info.history);
+}

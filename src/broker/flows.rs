@@ -7,7 +7,7 @@
 //! the workflow order, step and attempt ([`step_order_id`]). Step orders go
 //! through the queue, placement, fail-over and the journal like any other;
 //! whenever one is stored ([`Broker::store`]) its workflow order follows it
-//! ([`Broker::step_order_moved`]): history, step started, step finished.
+//! ([`Broker::step_order_stored`], once its state is in the journal): history, step started, step finished.
 //!
 //! Crash safety: the workflow order is stored after every change. A broker
 //! taking over ([`Broker::resume_flows`]) places again every running step
@@ -135,6 +135,14 @@ impl Broker {
                 }
                 Ok((info, None, existing)) => {
                     act.flows.remove(&info.order_id);
+                    // stored by an earlier try whose answer was lost: ours now
+                    if let Some(flow) = existing.as_ref().and_then(FlowOrder::restore) {
+                        if !flow.state().is_final() {
+                            info!(order = %flow.id, "workflow order stored by an earlier submit taken up");
+                            act.flows.insert(flow.id.clone(), flow);
+                            act.resume_flow(&info.order_id, ctx);
+                        }
+                    }
                     let reply = SubmitReply {
                         order_id: info.order_id,
                         job: info.job,
@@ -172,6 +180,17 @@ impl Broker {
         event: Event,
         ctx: &mut Context<Self>,
     ) -> Result<(), TransitionError> {
+        self.flow_event_then(flow_id, event, Then::Nothing, ctx)
+    }
+
+    /// [`Broker::flow_event`], then `then` once the order is stored.
+    fn flow_event_then(
+        &mut self,
+        flow_id: &str,
+        event: Event,
+        then: Then,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), TransitionError> {
         let now = now_ms();
         let Some(flow) = self.flows.get_mut(flow_id) else {
             return Ok(());
@@ -184,7 +203,9 @@ impl Broker {
         if after.state.is_final() && after.state != before.state {
             self.flow_finished(flow_id);
         }
-        self.store(flow_id, Then::Nothing, ctx);
+        if before != after || !matches!(then, Then::Nothing) {
+            self.store(flow_id, then, ctx);
+        }
         Ok(())
     }
 
@@ -258,8 +279,12 @@ impl Broker {
         ctx: &mut Context<Self>,
     ) {
         let order_id = self.step_order_id(&parent);
-        if self.book.get(&order_id).is_some() {
-            return self.step_order_moved(&order_id, ctx);
+        if let Some(held) = self.book.get(&order_id).map(|o| (o.durable, o.info())) {
+            // held: stored (its state applies), or being stored right now
+            if held.0 {
+                self.step_order_stored(&held.1, ctx);
+            }
+            return;
         }
         let Some(spec) = self.jobs.get(&job) else {
             let reason = format!("job '{job}' is not deployed; deploy it, then resume the order");
@@ -289,6 +314,7 @@ impl Broker {
                 Ok((info, Some(revision), _)) => {
                     act.set_revision(&info.order_id, revision);
                     act.book.enqueue(&info.order_id);
+                    act.kill_if_asked(&parent, ctx);
                     let event = OrderAccepted {
                         order_id: info.order_id.clone(),
                         job: info.job.clone(),
@@ -309,11 +335,18 @@ impl Broker {
                     let Some((stored, revision)) = existing else {
                         return act.retry_place(parent, ctx);
                     };
+                    if stored.parent.as_ref() != Some(&parent) {
+                        // not expected: step order ids have their own namespace
+                        warn!(order = %stored.order_id, "a step order's id holds another order");
+                        let reason = "its order id is taken by another order".to_string();
+                        return act.step_refused(parent, stored.order_id, reason, ctx);
+                    }
                     let restartable = act.jobs.get(&stored.job).is_some_and(|j| j.restartable);
                     act.book
                         .restore([Order::restore(&stored, restartable)]);
                     act.set_revision(&stored.order_id, revision);
-                    act.step_order_moved(&stored.order_id, ctx);
+                    act.step_order_stored(&stored, ctx);
+                    act.kill_if_asked(&parent, ctx);
                     act.dispatch(ctx);
                 }
                 Err(e) => {
@@ -381,7 +414,8 @@ impl Broker {
         };
         match self.cancel(&id, true, reason, ctx) {
             Ok(()) => {}
-            Err((ErrorCode::Busy, _)) => {
+            // being stored, or being placed again: killed once it is held
+            Err((ErrorCode::Busy | ErrorCode::NotFound, _)) => {
                 ctx.run_later(KILL_RETRY, move |act, ctx| {
                     act.kill_step(parent, cause, ctx)
                 });
@@ -390,19 +424,39 @@ impl Broker {
         }
     }
 
+    /// Sends a kill the step waits for (asked before its order was held).
+    fn kill_if_asked(&mut self, parent: &ParentStep, ctx: &mut Context<Self>) {
+        let cause = self
+            .flows
+            .get(&parent.order_id)
+            .and_then(|f| f.run.step(&parent.step))
+            .filter(|s| s.attempt == parent.attempt && s.state == StepState::Running)
+            .and_then(|s| s.kill);
+        if cause.is_some() {
+            self.kill_step(parent.clone(), cause, ctx);
+        }
+    }
+
     fn arm_retry(&mut self, flow_id: &str, step: String, at_ms: u64, ctx: &mut Context<Self>) {
         let wait = Duration::from_millis(at_ms.saturating_sub(now_ms()));
         let flow_id = flow_id.to_string();
         ctx.run_later(wait, move |act, ctx| {
-            let _ = act.flow_event(&flow_id, Event::RetryDue { step }, ctx);
+            let _ = act.flow_event(&flow_id, Event::RetryDue { step: step.clone() }, ctx);
+            // early by the wall clock (it stepped back): wait again
+            let waiting = act
+                .flows
+                .get(&flow_id)
+                .and_then(|f| f.run.step(&step)?.retry_at_ms);
+            if let Some(at_ms) = waiting {
+                act.arm_retry(&flow_id, step, at_ms, ctx);
+            }
         });
     }
 
-    /// A step order was stored with a new state: its workflow order follows.
-    pub(super) fn step_order_moved(&mut self, order_id: &str, ctx: &mut Context<Self>) {
-        let Some(info) = self.book.get(order_id).map(Order::info) else {
-            return;
-        };
+    /// A step order's state was stored: its workflow order follows (never
+    /// ahead of what the journal holds of its step orders).
+    pub(super) fn step_order_stored(&mut self, info: &OrderInfo, ctx: &mut Context<Self>) {
+        let order_id = info.order_id.as_str();
         let Some(parent) = info.parent.clone() else {
             return;
         };
@@ -410,7 +464,7 @@ impl Broker {
             return;
         };
         let before = flow.history.clone();
-        match flow.step_order_moved(&info) {
+        match flow.step_order_moved(info) {
             Some(event) => {
                 if let Err(e) = self.flow_event(&parent.order_id, event, ctx) {
                     debug!(step_order = %order_id, error = %e, "step order's news is stale");
@@ -430,8 +484,54 @@ impl Broker {
             .map(|f| f.id.clone())
             .collect();
         for flow_id in active {
-            let Some(flow) = self.flows.get(&flow_id) else {
+            self.resume_flow(&flow_id, ctx);
+        }
+        // A workflow order is stored after its step orders, so a crash can
+        // leave a step order its workflow order never knew it placed (or
+        // no longer wants): it is stopped. One it still wants was adopted
+        // above, when the step was dispatched again under the same id.
+        let orphans: Vec<String> = self
+            .book
+            .iter()
+            .filter(|o| !o.phase.is_final())
+            .filter_map(|o| {
+                let p = o.parent.as_ref()?;
+                let wanted = self
+                    .flows
+                    .get(&p.order_id)
+                    .and_then(|f| f.run.step(&p.step));
+                let wanted =
+                    wanted.is_some_and(|s| s.attempt == p.attempt && s.state == StepState::Running);
+                (!wanted).then(|| o.id.clone())
+            })
+            .collect();
+        for id in orphans {
+            warn!(step_order = %id, "step order its workflow order does not run; cancelled");
+            let (Some(parent), Some(job)) = (
+                self.book.get(&id).and_then(|o| o.parent.clone()),
+                self.book.get(&id).map(|o| o.job.clone()),
+            ) else {
                 continue;
+            };
+            if let Some(flow) = self.flows.get_mut(&parent.order_id) {
+                // its attempt number is taken: the step's next one is fresh
+                flow.run.note_attempt(&parent.step, parent.attempt);
+                flow.dispatched(&parent.step, parent.attempt, &job, &id);
+                self.store(&parent.order_id, Then::Nothing, ctx);
+            }
+            let reason = "its workflow order does not run this step attempt";
+            let _ = self.cancel(&id, true, reason, ctx);
+        }
+    }
+
+    /// Picks a workflow order up where its record left it: running steps
+    /// placed (or found), kills sent again, retries re-armed, ready steps
+    /// dispatched.
+    fn resume_flow(&mut self, flow_id: &str, ctx: &mut Context<Self>) {
+        let flow_id = flow_id.to_string();
+        {
+            let Some(flow) = self.flows.get(&flow_id) else {
+                return;
             };
             let workflow = flow.run.workflow().to_string();
             let now = now_ms();
@@ -470,9 +570,9 @@ impl Broker {
                 }
                 self.place_step(parent, job, params, ctx);
             }
-            // dispatches what became ready but was not yet dispatched
-            let _ = self.flow_event(&flow_id, Event::Start, ctx);
         }
+        // dispatches what became ready but was not yet dispatched
+        let _ = self.flow_event(&flow_id, Event::Start, ctx);
     }
 
     /// A workflow order ended: beyond [`KEEP_FINISHED`] ended ones, the
@@ -595,11 +695,13 @@ impl Broker {
             Event::Resume { .. } => "resume",
             _ => "cancel",
         };
-        match self.flow_event(order_id, event, ctx) {
+        let then = Then::Reply {
+            replier: replier.clone(),
+        };
+        match self.flow_event_then(order_id, event, then, ctx) {
             Ok(()) => {
                 if let Some(flow) = self.flows.get(order_id) {
                     info!(order = %order_id, command = label, state = %flow.state(), "workflow order command");
-                    self.bus.reply(replier, &flow.info());
                 }
             }
             Err(e) => {

@@ -56,6 +56,10 @@ pub(super) enum Then {
         replier: Replier,
         task_id: String,
     },
+    /// A command changed the order: answer with it once stored.
+    Reply {
+        replier: Replier,
+    },
 }
 
 /// What a broker taking over starts from.
@@ -279,9 +283,6 @@ impl Broker {
     /// same order still in flight is followed by one more write (of the
     /// newest state), so writes land in order.
     pub(super) fn store(&mut self, order_id: &str, then: Then, ctx: &mut Context<Self>) {
-        if self.book.get(order_id).is_some_and(|o| o.parent.is_some()) {
-            self.step_order_moved(order_id, ctx);
-        }
         if let Some(waiting) = self.writing.get_mut(order_id) {
             waiting.push(then);
             return;
@@ -295,16 +296,17 @@ impl Broker {
         let revision = self.revisions.get(&order_id);
         let kv = self.orders_kv.clone();
         let write = async move {
-            match info {
-                Some(info) => write_over(&kv, &info, revision).await.map(Some),
+            let stored = match &info {
+                Some(info) => write_over(&kv, info, revision).await.map(Some),
                 // forgotten: long final and stored
                 None => Ok(None),
-            }
+            };
+            (info, stored)
         };
         ctx.spawn(
-            write
-                .into_actor(self)
-                .map(move |stored, act, ctx| act.written(order_id, thens, stored, ctx)),
+            write.into_actor(self).map(move |(info, stored), act, ctx| {
+                act.written(order_id, thens, info, stored, ctx)
+            }),
         );
     }
 
@@ -312,11 +314,19 @@ impl Broker {
         &mut self,
         order_id: String,
         thens: Vec<Then>,
+        info: Option<OrderInfo>,
         stored: Result<Option<u64>, StoreError>,
         ctx: &mut Context<Self>,
     ) {
         match &stored {
-            Ok(Some(revision)) => self.set_revision(&order_id, *revision),
+            Ok(Some(revision)) => {
+                self.set_revision(&order_id, *revision);
+                // a workflow order follows its step orders only as far as
+                // the journal does: after a crash it is never ahead of them
+                if let Some(info) = info.filter(|i| i.parent.is_some()) {
+                    self.step_order_stored(&info, ctx);
+                }
+            }
             Ok(None) => {}
             Err(e) => {
                 warn!(order = %order_id, error = %e, "order state not stored");
@@ -334,9 +344,13 @@ impl Broker {
             Some(next) if !next.is_empty() => self.write(order_id, next, ctx),
             _ => {
                 self.writing.remove(&order_id);
-                let final_unstored =
-                    stored.is_err() && self.info_of(&order_id).is_some_and(|o| o.state.is_final());
-                if final_unstored {
+                // a final state, or any state of a workflow order (a
+                // command it answered), is written until it is stored
+                let must_land = stored.is_err()
+                    && self
+                        .info_of(&order_id)
+                        .is_some_and(|o| o.state.is_final() || o.workflow.is_some());
+                if must_land {
                     ctx.run_later(JOURNAL_RETRY, move |act, ctx| {
                         act.store(&order_id, Then::Nothing, ctx)
                     });
@@ -366,6 +380,17 @@ impl Broker {
             // not acknowledged: the subagent sends the result again
             Then::Ack { .. } if !stored => {}
             Then::Ack { replier, task_id } => self.bus.reply(&replier, &ResultAck { task_id }),
+            Then::Reply { replier } if stored => match self.info_of(order_id) {
+                Some(info) => self.bus.reply(&replier, &info),
+                None => self.error(&replier, ErrorCode::NotFound, format!("no order {order_id}")),
+            },
+            Then::Reply { replier } => self.error(
+                &replier,
+                ErrorCode::Unavailable,
+                format!(
+                    "order {order_id}: its new state could not be stored in JetStream yet (it is retried); send the command again to learn the outcome"
+                ),
+            ),
             Then::Run { subagent_id, run } => {
                 let still_ours = self.book.get(order_id).is_some_and(|o| {
                     o.phase == Phase::Dispatching && o.task_id.as_ref() == Some(&run.task_id)

@@ -21,11 +21,12 @@ pub fn step_request_id(flow: &str, step: &str, attempt: u32) -> String {
     format!("{flow}/{step}/{attempt}")
 }
 
-/// The id of the order running `attempt` of `step` of workflow order `flow`:
-/// the id a submit with [`step_request_id`] gets.
+/// The id of the order running `attempt` of `step` of workflow order `flow`.
+/// Its UUID namespace differs from the one of ids derived from clients'
+/// request ids, so no submit can take it.
 pub fn step_order_id(prefix: &str, flow: &str, step: &str, attempt: u32) -> String {
     let name = format!("{prefix}/{}", step_request_id(flow, step, attempt));
-    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes()).to_string()
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string()
 }
 
 /// One order through a workflow.
@@ -344,6 +345,32 @@ mod tests {
         .unwrap();
         assert_eq!(flow.finished_at_ms, None);
         assert_eq!(flow.state(), RunState::Running);
+    }
+
+    #[test]
+    fn an_attempt_placed_before_a_crash_is_not_reused() {
+        let mut flow =
+            FlowOrder::new("o1".into(), &spec(), BTreeMap::new(), None, None, 0).unwrap();
+        flow.apply(Event::Suspend { kill: false }, 1).unwrap();
+        flow.run.note_attempt("a", 2);
+        let fx = flow
+            .apply(
+                Event::Resume {
+                    from: None,
+                    force_succeeded: false,
+                },
+                2,
+            )
+            .unwrap();
+        let fx = [fx, flow.apply(Event::Start, 3).unwrap()].concat();
+        assert!(
+            fx.iter()
+                .any(|e| matches!(e, Effect::Dispatch { step, attempt: 3, .. } if step == "a")),
+            "{fx:?}"
+        );
+        // a running step's attempt is left alone
+        flow.run.note_attempt("a", 9);
+        assert_eq!(flow.run.step("a").unwrap().attempt, 3);
     }
 
     #[test]

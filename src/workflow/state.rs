@@ -187,6 +187,18 @@ impl WorkflowRun {
         }
     }
 
+    /// Notes that `attempt` of `step` was placed, by a broker that crashed
+    /// before this run recorded it: the step's next dispatch takes the next
+    /// number (a step attempt has one order id, which that one holds).
+    /// Nothing changes for a running step or an attempt already counted.
+    pub fn note_attempt(&mut self, step: &str, attempt: u32) {
+        if let Some(s) = self.steps.iter_mut().find(|s| s.name == step) {
+            if s.state != StepState::Running && s.attempt < attempt {
+                s.attempt = attempt;
+            }
+        }
+    }
+
     /// The parameters a running step's current attempt was dispatched with
     /// (computed again: the steps it waits for have not changed since).
     pub fn params_of(&self, step: &str) -> Option<BTreeMap<String, String>> {
