@@ -756,6 +756,16 @@ impl Broker {
 
     fn not_a_flow(&self, replier: &Replier, order_id: &str, verb: &str) {
         let (code, message) = match self.book.get(order_id) {
+            Some(order) if order.parent.is_some() => {
+                let p = order.parent.as_ref().expect("checked");
+                (
+                    ErrorCode::InvalidState,
+                    format!(
+                        "order {order_id} runs step '{}' (attempt {}) of workflow order {}; only that order can be {verb}",
+                        p.step, p.attempt, p.order_id
+                    ),
+                )
+            }
             Some(order) => (
                 ErrorCode::InvalidState,
                 format!(
