@@ -11,11 +11,14 @@
 //!   triggers fires them.
 //! - `broker/`: how fast a standby broker replaces a SIGKILLed active one
 //!   and dispatches again, with no order lost or run twice.
+//! - `workflow.rs`: workflow orders per second over a round-robin cluster,
+//!   the hand-off between steps, and with `--kill` the steps run again.
 
 mod broker;
 mod failover;
 mod scheduler;
 mod throughput;
+mod workflow;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -43,6 +46,9 @@ pub enum BenchCommand {
     /// Time from SIGKILL of the active broker to a standby being active and
     /// dispatching; orders lost or run twice
     FailoverBroker(broker::FailoverBrokerArgs),
+    /// Workflow orders per second, step hand-off latency and steps changing
+    /// subagent over a round-robin cluster; with --kill, a subagent killed
+    Workflow(workflow::WorkflowArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -52,6 +58,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::FailoverScheduler(args) => scheduler::failover_scheduler(args).await,
         BenchCommand::Schedules(args) => scheduler::schedules(args).await,
         BenchCommand::FailoverBroker(args) => broker::failover_broker(args).await,
+        BenchCommand::Workflow(args) => workflow::workflow(args).await,
     }
 }
 
