@@ -564,10 +564,7 @@ impl Order {
     pub fn info(&self) -> OrderInfo {
         let outcome = self.outcome.clone().unwrap_or_default();
         OrderInfo {
-            order_id: self.id.clone(),
-            job: self.job.clone(),
             params: self.params.clone(),
-            state: self.phase.wire(),
             attempt: self.attempt,
             subagent_id: self.subagent_id.clone(),
             task_id: self.task_id.clone(),
@@ -584,14 +581,16 @@ impl Order {
             request_id: self.request_id.clone(),
             slot_ms: self.slot_ms,
             cancel_requested: self.cancel_requested,
-            accepted_at_ms: self.accepted_at_ms,
             started_at_ms: self.started_at_ms,
             finished_at_ms: self.outcome.as_ref().map(|o| o.finished_at_ms),
             outputs: outcome.outputs,
-            workflow: None,
-            steps: Vec::new(),
-            history: Vec::new(),
             parent: self.parent.clone(),
+            ..OrderInfo::new(
+                self.id.clone(),
+                self.job.clone(),
+                self.phase.wire(),
+                self.accepted_at_ms,
+            )
         }
     }
 }

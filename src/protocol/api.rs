@@ -291,6 +291,38 @@ pub struct OrderInfo {
 }
 
 impl OrderInfo {
+    /// An order of `job` in `state`, accepted at `accepted_at_ms`, with every
+    /// other field empty: no params, attempt 0, no task, no outcome, no
+    /// workflow. Set the rest with struct update syntax
+    /// (`OrderInfo { reason, ..OrderInfo::new(..) }`).
+    pub fn new(order_id: String, job: String, state: OrderState, accepted_at_ms: u64) -> OrderInfo {
+        OrderInfo {
+            order_id,
+            job,
+            params: BTreeMap::new(),
+            state,
+            attempt: 0,
+            subagent_id: None,
+            task_id: None,
+            subagent_instance_id: None,
+            exit_code: None,
+            signal: None,
+            timed_out: false,
+            reason: None,
+            request_id: None,
+            slot_ms: None,
+            cancel_requested: false,
+            accepted_at_ms,
+            started_at_ms: None,
+            finished_at_ms: None,
+            outputs: BTreeMap::new(),
+            workflow: None,
+            steps: Vec::new(),
+            history: Vec::new(),
+            parent: None,
+        }
+    }
+
     /// Its line in an [`OrderList`].
     pub fn summary(&self) -> OrderSummary {
         let current_steps = self

@@ -211,22 +211,12 @@ impl FlowOrder {
     pub fn info(&self) -> OrderInfo {
         let running = self.state() != RunState::Pending;
         OrderInfo {
-            order_id: self.id.clone(),
-            job: self.run.workflow().to_string(),
             params: self.run.params().clone(),
-            state: self.state().wire(),
             attempt: self.history.len() as u32,
-            subagent_id: None,
-            task_id: None,
-            subagent_instance_id: None,
-            exit_code: None,
-            signal: None,
-            timed_out: false,
             reason: self.reason(),
             request_id: self.request_id.clone(),
             slot_ms: self.slot_ms,
             cancel_requested: self.state() == RunState::Cancelling,
-            accepted_at_ms: self.accepted_at_ms,
             started_at_ms: self
                 .history
                 .iter()
@@ -234,11 +224,15 @@ impl FlowOrder {
                 .min()
                 .filter(|_| running),
             finished_at_ms: self.finished_at_ms,
-            outputs: BTreeMap::new(),
             workflow: Some(self.run.workflow().to_string()),
             steps: self.run.steps().to_vec(),
             history: self.history.clone(),
-            parent: None,
+            ..OrderInfo::new(
+                self.id.clone(),
+                self.run.workflow().to_string(),
+                self.state().wire(),
+                self.accepted_at_ms,
+            )
         }
     }
 }

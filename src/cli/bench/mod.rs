@@ -1,6 +1,8 @@
 //! `baton bench`: speed measured on a local cluster the command starts itself.
 //! It reports what it measured and asserts nothing.
 //!
+//! - `closed_loop.rs`: orders of one job kept in flight and timed from
+//!   submit to `finished`, for `throughput.rs` and `workflow.rs`.
 //! - `throughput.rs`: orders per second and submit-to-finished latency.
 //! - `failover/`: how fast the tasks of a killed subagent run elsewhere
 //!   (`feed.rs` keeps its stream of orders and follows their events,
@@ -15,6 +17,7 @@
 //!   the hand-off between steps, and with `--kill` the steps run again.
 
 mod broker;
+mod closed_loop;
 mod failover;
 mod scheduler;
 mod throughput;
@@ -30,6 +33,7 @@ use serde::Serialize;
 use crate::bus::Bus;
 use crate::launch::{LocalCluster, Logs};
 use crate::natsd::NatsServerOptions;
+use crate::protocol::{DeployReply, DeployRequest, JobSpec};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -137,6 +141,43 @@ async fn start_cluster_with(
     let bus = cluster.client().await?;
     cluster.wait_for_subagents(&bus, subagents).await?;
     Ok((cluster, bus))
+}
+
+/// A bench's job `name` running `program args`: restartable, a minute's
+/// timeout, no parameters, description, cluster or triggers. Set the rest
+/// with struct update syntax.
+fn bench_job(name: &str, program: &str, args: Vec<String>) -> JobSpec {
+    JobSpec {
+        name: name.into(),
+        program: program.into(),
+        args,
+        env: Default::default(),
+        working_dir: None,
+        timeout_ms: Some(60_000),
+        params: Default::default(),
+        description: None,
+        cluster: None,
+        restartable: true,
+        triggers: Vec::new(),
+        misfire: Default::default(),
+        concurrency: Default::default(),
+    }
+}
+
+/// [`bench_job`] running `sh -c script`, with `$0` `arg0` and `$1`.. `args`.
+fn sh_job(name: &str, script: &str, arg0: &str, args: Vec<String>) -> JobSpec {
+    let mut argv = vec!["-c".to_string(), script.to_string(), arg0.to_string()];
+    argv.extend(args);
+    bench_job(name, "sh", argv)
+}
+
+/// Deploys `request`, waiting up to 10 s for the broker's reply.
+async fn request_deploy(bus: &Bus, request: &DeployRequest) -> anyhow::Result<()> {
+    let _: DeployReply = bus
+        .request(bus.subjects().deploy(), request, Duration::from_secs(10))
+        .await
+        .context("deploy")?;
+    Ok(())
 }
 
 /// Prints a bench's report: as JSON, or as the bench's table.

@@ -18,12 +18,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use futures::stream::{self, FuturesUnordered};
+use futures::stream;
 use futures::StreamExt;
 use nix::sys::signal::Signal;
 use serde::Serialize;
 
-use super::{start_cluster, stop_cluster, work_dir, Latency};
+use super::closed_loop::{ClosedLoop, Outcome};
+use super::{request_deploy, sh_job, start_cluster, stop_cluster, work_dir, Latency};
 use crate::bus::Bus;
 use crate::cli::parse_duration;
 use crate::config::SubagentConfig;
@@ -195,24 +196,15 @@ async fn deploy(
         ms => format!("{MARKER}\nsleep {:.3}", ms as f64 / 1000.0),
     };
     let job = JobSpec {
-        name: JOB.into(),
-        program: "sh".into(),
-        args: vec![
-            "-c".into(),
-            script,
-            "baton-bench-step".into(),
-            dir.display().to_string(),
-        ],
-        env: Default::default(),
-        working_dir: None,
         timeout_ms: Some(step_ms + 60_000),
-        params: Default::default(),
         description: Some("writes a marker line, sleeps".into()),
         cluster: Some(WORKFLOW.into()),
-        restartable: true,
-        triggers: Vec::new(),
-        misfire: Default::default(),
-        concurrency: Default::default(),
+        ..sh_job(
+            JOB,
+            &script,
+            "baton-bench-step",
+            vec![dir.display().to_string()],
+        )
     };
     let workflow = WorkflowSpec {
         name: WORKFLOW.into(),
@@ -239,11 +231,7 @@ async fn deploy(
         }],
         workflows: vec![workflow],
     };
-    let _: DeployReply = bus
-        .request(bus.subjects().deploy(), &request, REQUEST)
-        .await
-        .context("deploy")?;
-    Ok(())
+    request_deploy(bus, &request).await
 }
 
 /// Submits the orders, kills a subagent when asked, waits for the orders to
@@ -257,9 +245,6 @@ async fn run(
     dir: &Path,
 ) -> anyhow::Result<WorkflowReport> {
     let s = bus.subjects().clone();
-    let mut finished_events = bus
-        .listen::<OrderFinished>(s.event(WORKFLOW, "*", EventKind::Finished))
-        .await?;
     let step_started = bus
         .listen::<TaskStarted>(s.event(JOB, "*", EventKind::Started))
         .await?
@@ -277,37 +262,20 @@ async fn run(
     let mut running: HashMap<String, String> = HashMap::new();
     let mut step_tasks: BTreeMap<String, usize> = BTreeMap::new();
 
-    let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + args.timeout;
-    let mut submits = FuturesUnordered::new();
-    let mut order_ids: Vec<String> = Vec::with_capacity(args.orders);
-    let mut sent_at: HashMap<String, Instant> = HashMap::new();
-    let mut early: HashMap<String, (Instant, OrderState)> = HashMap::new();
-    let mut states: HashMap<String, OrderState> = HashMap::new();
-    let mut durations_ms: Vec<f64> = Vec::with_capacity(args.orders);
-    let (mut submitted, mut in_flight, mut done, mut submit_errors) = (0usize, 0, 0, 0);
-    while done < args.orders {
-        while in_flight < args.concurrency && submitted < args.orders {
-            let bus = bus.clone();
-            let subject = s.submit();
-            submits.push(async move {
-                let t0 = Instant::now();
-                let order = SubmitOrder {
-                    job: WORKFLOW.into(),
-                    params: Default::default(),
-                    request_id: None,
-                    slot_ms: None,
-                };
-                let reply: Result<SubmitReply, _> = bus.request(subject, &order, REQUEST).await;
-                (t0, reply)
-            });
-            submitted += 1;
-            in_flight += 1;
-        }
+    let mut orders = ClosedLoop::start(
+        bus,
+        WORKFLOW,
+        args.orders,
+        args.concurrency,
+        REQUEST,
+        args.timeout,
+    )
+    .await?;
+    while !orders.is_over() {
         // a third submitted, and a step running (or no step for a while)
         let kill_due = args.kill
             && kill.is_none()
-            && order_ids.len() >= kill_after
+            && orders.accepted() >= kill_after
             && (!running.is_empty()
                 || *kill_wait.get_or_insert_with(Instant::now) + KILL_WAIT <= Instant::now());
         if kill_due {
@@ -318,12 +286,12 @@ async fn run(
                 eprintln!(
                     "killed {victim} (SIGKILL) with {steps_running} steps running on it, \
                      {} orders submitted",
-                    order_ids.len()
+                    orders.accepted()
                 );
             }
             kill = Some(KillReport {
                 victim,
-                after_submitted: order_ids.len(),
+                after_submitted: orders.accepted(),
                 steps_running,
                 steps_run_again: 0,
                 orders_lost: 0,
@@ -331,43 +299,8 @@ async fn run(
             });
         }
         tokio::select! {
-            Some((t0, reply)) = submits.next() => match reply {
-                Ok(reply) => {
-                    order_ids.push(reply.order_id.clone());
-                    match early.remove(&reply.order_id) {
-                        Some((t1, state)) => {
-                            durations_ms.push(ms_between(t0, t1));
-                            states.insert(reply.order_id, state);
-                            in_flight -= 1;
-                            done += 1;
-                        }
-                        None => {
-                            sent_at.insert(reply.order_id, t0);
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "submit failed");
-                    submit_errors += 1;
-                    in_flight -= 1;
-                    done += 1;
-                }
-            },
-            Some(event) = finished_events.next() => {
-                let t1 = Instant::now();
-                let e = event.body;
-                match sent_at.remove(&e.order_id) {
-                    Some(t0) => {
-                        durations_ms.push(ms_between(t0, t1));
-                        states.insert(e.order_id, e.state);
-                        in_flight -= 1;
-                        done += 1;
-                    }
-                    None => {
-                        early.insert(e.order_id, (t1, e.state));
-                    }
-                }
-            }
+            // submits up to the concurrency, takes a reply or `finished` event
+            _ = orders.turn() => {}
             Some(event) = step_events.next() => match event {
                 StepEvent::Started(e) => {
                     *step_tasks.entry(e.subagent_id.clone()).or_default() += 1;
@@ -379,24 +312,21 @@ async fn run(
             },
             // looks again whether the kill is due
             _ = tokio::time::sleep(Duration::from_millis(50)), if args.kill && kill.is_none() => {}
-            _ = tokio::time::sleep_until(deadline) => {
-                eprintln!(
-                    "timed out after {:?} with {done} of {} orders finished",
-                    args.timeout, args.orders
-                );
-                break;
-            }
         }
     }
-    let elapsed_s = started.elapsed().as_secs_f64();
+    let outcome = orders.finish();
+    let succeeded = outcome.succeeded();
+    let Outcome {
+        order_ids,
+        states,
+        latencies_ms: mut durations_ms,
+        submit_errors,
+        elapsed_s,
+    } = outcome;
 
     let records = read_records(bus, &order_ids).await;
     let unread = order_ids.len() - records.orders.len();
     let figures = step_figures(&records, steps);
-    let succeeded = states
-        .values()
-        .filter(|&&s| s == OrderState::Succeeded)
-        .count();
     if let Some(k) = kill.as_mut() {
         let markers = std::fs::read_to_string(dir.join("markers")).unwrap_or_default();
         k.steps_run_again = figures.run_again;
@@ -433,10 +363,6 @@ async fn run(
         step_tasks,
         kill,
     })
-}
-
-fn ms_between(t0: Instant, t1: Instant) -> f64 {
-    t1.duration_since(t0).as_secs_f64() * 1000.0
 }
 
 /// The subagent running the most step tasks (the first one on a tie).
@@ -639,29 +565,9 @@ mod tests {
 
     fn records(history: Vec<StepAttempt>, tasks: &[(&str, u32)]) -> Records {
         let info = OrderInfo {
-            order_id: "w1".into(),
-            job: WORKFLOW.into(),
-            params: Default::default(),
-            state: OrderState::Succeeded,
-            attempt: 0,
-            subagent_id: None,
-            task_id: None,
-            subagent_instance_id: None,
-            exit_code: None,
-            signal: None,
-            timed_out: false,
-            reason: None,
-            request_id: None,
-            slot_ms: None,
-            cancel_requested: false,
-            accepted_at_ms: 0,
-            started_at_ms: None,
-            finished_at_ms: None,
-            outputs: Default::default(),
             workflow: Some(WORKFLOW.into()),
-            steps: Vec::new(),
             history,
-            parent: None,
+            ..OrderInfo::new("w1".into(), WORKFLOW.into(), OrderState::Succeeded, 0)
         };
         Records {
             orders: vec![info],

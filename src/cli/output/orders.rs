@@ -375,29 +375,8 @@ mod tests {
 
     fn order(state: OrderState) -> OrderInfo {
         OrderInfo {
-            order_id: "0190-flow".into(),
-            job: "nightly".into(),
-            params: BTreeMap::new(),
-            state,
-            attempt: 0,
-            subagent_id: None,
-            task_id: None,
-            subagent_instance_id: None,
-            exit_code: None,
-            signal: None,
-            timed_out: false,
-            reason: None,
-            request_id: None,
-            slot_ms: None,
-            cancel_requested: false,
-            accepted_at_ms: T0,
-            started_at_ms: None,
-            finished_at_ms: None,
-            outputs: BTreeMap::new(),
             workflow: Some("nightly".into()),
-            steps: Vec::new(),
-            history: Vec::new(),
-            parent: None,
+            ..OrderInfo::new("0190-flow".into(), "nightly".into(), state, T0)
         }
     }
 

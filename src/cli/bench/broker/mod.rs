@@ -33,7 +33,7 @@ mod traffic;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use clap::Args;
 use nix::sys::signal::Signal;
 
@@ -42,7 +42,7 @@ use report::{print_table, Measured, Report, Settings};
 use round::{kill_and_watch, ready, restart, Measurements};
 use traffic::{Traffic, GIVE_UP, TASK_MS};
 
-use super::{stop_cluster, work_dir};
+use super::{request_deploy, sh_job, stop_cluster, work_dir};
 use crate::bus::Bus;
 use crate::cli::parse_duration;
 use crate::launch::LocalCluster;
@@ -220,36 +220,21 @@ async fn deploy(bus: &Bus, markers: &Path) -> anyhow::Result<()> {
         description: Some("seconds to sleep".into()),
     };
     let job = JobSpec {
-        name: JOB.into(),
-        program: "sh".into(),
-        args: vec![
-            "-c".into(),
-            TASK_SCRIPT.into(),
-            "baton-bench-task".into(),
-            markers.display().to_string(),
-            "{{secs}}".into(),
-        ],
-        env: Default::default(),
-        working_dir: None,
-        timeout_ms: Some(60_000),
         params: [("secs".to_string(), secs)].into(),
         description: Some("appends its order id to a file, then sleeps".into()),
-        cluster: None,
-        restartable: true,
-        triggers: Vec::new(),
-        misfire: Default::default(),
-        concurrency: Default::default(),
+        ..sh_job(
+            JOB,
+            TASK_SCRIPT,
+            "baton-bench-task",
+            vec![markers.display().to_string(), "{{secs}}".into()],
+        )
     };
     let request = DeployRequest {
         workflows: Vec::new(),
         jobs: vec![job],
         clusters: vec![],
     };
-    let _: DeployReply = bus
-        .request(bus.subjects().deploy(), &request, Duration::from_secs(10))
-        .await
-        .context("deploy")?;
-    Ok(())
+    request_deploy(bus, &request).await
 }
 
 /// Lets the last submits be accepted (or given up on), then waits until

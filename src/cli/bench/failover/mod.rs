@@ -22,7 +22,7 @@ use nix::sys::signal::Signal;
 use feed::{Event, Feed};
 use report::{judge, print_table, FailoverReport, ModeReport, Settings};
 
-use super::{start_cluster, stop_cluster, work_dir, Latency};
+use super::{request_deploy, sh_job, start_cluster, stop_cluster, work_dir, Latency};
 use crate::bus::Bus;
 use crate::cli::parse_duration;
 use crate::launch::LocalCluster;
@@ -270,25 +270,18 @@ async fn deploy(
         })
         .collect();
     let job = JobSpec {
-        name: name.into(),
-        program: "sh".into(),
-        args: vec![
-            "-c".into(),
-            TASK_SCRIPT.into(),
-            "baton-bench-task".into(),
-            dir.display().to_string(),
-            format!("{:.3}", duration.as_secs_f64()),
-        ],
-        env: Default::default(),
-        working_dir: None,
         timeout_ms: Some((duration + Duration::from_secs(60)).as_millis() as u64),
-        params: Default::default(),
         description: Some("sleeps, writing start and end markers".into()),
         cluster: Some(name.into()),
-        restartable: true,
-        triggers: Vec::new(),
-        misfire: Default::default(),
-        concurrency: Default::default(),
+        ..sh_job(
+            name,
+            TASK_SCRIPT,
+            "baton-bench-task",
+            vec![
+                dir.display().to_string(),
+                format!("{:.3}", duration.as_secs_f64()),
+            ],
+        )
     };
     let request = DeployRequest {
         workflows: Vec::new(),
@@ -299,11 +292,7 @@ async fn deploy(
             members,
         }],
     };
-    let _: DeployReply = bus
-        .request(bus.subjects().deploy(), &request, Duration::from_secs(10))
-        .await
-        .context("deploy")?;
-    Ok(())
+    request_deploy(bus, &request).await
 }
 
 /// Waits for every subagent to be up and one of them to run a task that

@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use clap::Args;
 use nix::sys::signal::Signal;
 use serde::Serialize;
@@ -25,7 +25,7 @@ use super::slots::{check_slots, parse_slots};
 use super::watch::{current_scheduler, Seen, Watch};
 use super::{ms_or_na, spawn_agent, Settings};
 use crate::bus::Bus;
-use crate::cli::bench::{start_cluster, stop_cluster, work_dir, Latency};
+use crate::cli::bench::{request_deploy, sh_job, start_cluster, stop_cluster, work_dir, Latency};
 use crate::cli::parse_duration;
 use crate::launch::LocalCluster;
 use crate::protocol::*;
@@ -222,38 +222,26 @@ async fn run(
 /// Deploys [`JOB`]: every second, misfire `fire-all`, appending its slot to `file`.
 async fn deploy(bus: &Bus, file: &Path) -> anyhow::Result<()> {
     let job = JobSpec {
-        name: JOB.into(),
-        program: "sh".into(),
-        args: vec![
-            "-c".into(),
-            TASK_SCRIPT.into(),
-            "baton-bench-tick".into(),
-            file.display().to_string(),
-        ],
-        env: Default::default(),
-        working_dir: None,
-        timeout_ms: Some(60_000),
-        params: Default::default(),
         description: Some("appends its slot to a file, every second".into()),
-        cluster: None,
-        restartable: true,
         triggers: vec![TriggerSpec::Cron {
             expr: "* * * * * *".into(),
             time_zone: None,
         }],
         misfire: MisfirePolicy::FireAll { max: 100 },
         concurrency: ConcurrencyPolicy::Allow,
+        ..sh_job(
+            JOB,
+            TASK_SCRIPT,
+            "baton-bench-tick",
+            vec![file.display().to_string()],
+        )
     };
     let request = DeployRequest {
         workflows: Vec::new(),
         jobs: vec![job],
         clusters: vec![],
     };
-    let _: DeployReply = bus
-        .request(bus.subjects().deploy(), &request, Duration::from_secs(10))
-        .await
-        .context("deploy")?;
-    Ok(())
+    request_deploy(bus, &request).await
 }
 
 /// What one kill measured, in ms from the kill.

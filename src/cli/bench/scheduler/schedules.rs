@@ -23,7 +23,7 @@ use serde::Serialize;
 use super::slots::{period_for_rate, slots_in_window, spread_start};
 use super::{spawn_agent, Settings};
 use crate::bus::Bus;
-use crate::cli::bench::{start_cluster, stop_cluster, work_dir, Latency};
+use crate::cli::bench::{bench_job, start_cluster, stop_cluster, work_dir, Latency};
 use crate::cli::parse_duration;
 use crate::launch::LocalCluster;
 use crate::protocol::*;
@@ -256,22 +256,13 @@ fn job(i: usize, count: usize, every_ms: u64) -> anyhow::Result<JobSpec> {
     let start = DateTime::<Utc>::from_timestamp_millis(start_ms as i64)
         .context("a start time out of range")?;
     Ok(JobSpec {
-        name: format!("s{i:06}"),
-        program: "true".into(),
-        args: vec![],
-        env: Default::default(),
-        working_dir: None,
-        timeout_ms: Some(60_000),
-        params: Default::default(),
-        description: None,
-        cluster: None,
-        restartable: true,
         triggers: vec![TriggerSpec::Interval {
             every: Duration::from_millis(every_ms),
             start: Some(start),
         }],
         misfire: MisfirePolicy::FireAll { max: 100 },
         concurrency: ConcurrencyPolicy::Allow,
+        ..bench_job(&format!("s{i:06}"), "true", vec![])
     })
 }
 
