@@ -715,6 +715,21 @@ impl Broker {
         }
     }
 
+    /// For a step order: the subagent that ran the latest attempt of the
+    /// steps it waits for (the step before it, in a chain).
+    pub(super) fn previous_step_subagent(&self, order_id: &str) -> Option<String> {
+        let parent = self.book.get(order_id)?.parent.as_ref()?;
+        let flow = self.flows.get(&parent.order_id)?;
+        let steps = flow.run.steps();
+        let step = steps.iter().find(|s| s.name == parent.step)?;
+        let before: Vec<&str> = step.deps.iter().map(|&d| steps[d].name.as_str()).collect();
+        flow.history
+            .iter()
+            .filter(|h| before.contains(&h.step.as_str()) && h.subagent_id.is_some())
+            .max_by_key(|h| h.finished_at_ms)
+            .and_then(|h| h.subagent_id.clone())
+    }
+
     /// Whether `order_id` is a workflow order this broker holds.
     pub(super) fn is_flow(&self, order_id: &str) -> bool {
         self.flows.contains_key(order_id)

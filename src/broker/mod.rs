@@ -310,7 +310,15 @@ impl Broker {
                 None
             } else {
                 let members = placement::members(cluster, self.registry.iter());
-                let last = self.last_placed.get(&key).map(String::as_str);
+                // round-robin: a workflow step goes to the member after the
+                // one that ran the step before it in its own order
+                let previous = match mode {
+                    SchedulingMode::RoundRobin => self.previous_step_subagent(&order_id),
+                    _ => None,
+                };
+                let last = previous
+                    .as_deref()
+                    .or_else(|| self.last_placed.get(&key).map(String::as_str));
                 placement::choose(mode, &members, last)
                     .map(|s| (s.id.clone(), s.instance_id.clone()))
             };

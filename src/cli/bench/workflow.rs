@@ -6,7 +6,7 @@
 //! subagent is SIGKILLed (and not restarted) once a third of the orders are
 //! submitted and a step runs, and it prints the steps that ran again, the
 //! orders lost and the steps run twice, judged by marker lines the steps
-//! write themselves.
+//! write themselves when they complete.
 //!
 //! Times of steps are the wall-clock milliseconds of the orders' `history`
 //! (one host, one clock); an order's duration is the bench's own, from its
@@ -40,10 +40,10 @@ const REQUEST: Duration = Duration::from_secs(10);
 /// are submitted; then a subagent is killed anyway.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
-/// The step: appends `workflow-order step step-attempt step-order pid` to
-/// `$1/markers` as it starts. The environment carries no task attempt: the
-/// step order's id says which order ran, and its record how many tasks it
-/// started. No `{{` anywhere, so the broker substitutes nothing.
+/// The step's last act: it appends `workflow-order step step-attempt
+/// step-order pid` to `$1/markers` once its work is done. A step killed with
+/// its subagent never writes it, so a second line for one step is a second
+/// completed run. No `{{` anywhere, so the broker substitutes nothing.
 const MARKER: &str = r#"echo "$BATON_WORKFLOW_ORDER_ID $BATON_STEP $BATON_STEP_ATTEMPT $BATON_ORDER_ID $$" >> "$1/markers""#;
 
 #[derive(Debug, Args)]
@@ -193,7 +193,7 @@ async fn deploy(
         .collect();
     let script = match step_ms {
         0 => MARKER.to_string(),
-        ms => format!("{MARKER}\nsleep {:.3}", ms as f64 / 1000.0),
+        ms => format!("sleep {:.3}\n{MARKER}", ms as f64 / 1000.0),
     };
     let job = JobSpec {
         timeout_ms: Some(step_ms + 60_000),
@@ -465,25 +465,13 @@ fn step_figures(records: &Records, steps: &[String]) -> StepFigures {
     f
 }
 
-/// Marker lines beyond what the records explain: per (workflow order, step)
-/// of an order read, the lines minus the tasks its step orders started (at
-/// least one). A step killed with its subagent runs again legitimately, and
-/// its step order counts that task.
+/// Completed runs beyond one per (workflow order, step), for the orders read.
 fn ran_twice(markers: &str, records: &Records) -> usize {
-    let mut lines: HashMap<(&str, &str), u32> = HashMap::new();
+    let mut lines: HashMap<(&str, &str), usize> = HashMap::new();
     for line in markers.lines() {
         let mut fields = line.split_whitespace();
         if let (Some(order), Some(step)) = (fields.next(), fields.next()) {
             *lines.entry((order, step)).or_default() += 1;
-        }
-    }
-    let mut explained: HashMap<(&str, &str), u32> = HashMap::new();
-    for info in &records.orders {
-        for h in &info.history {
-            let tasks = records.tasks.get(&h.order_id).copied().unwrap_or(1);
-            *explained
-                .entry((info.order_id.as_str(), h.step.as_str()))
-                .or_default() += tasks;
         }
     }
     let read: std::collections::HashSet<&str> =
@@ -491,7 +479,7 @@ fn ran_twice(markers: &str, records: &Records) -> usize {
     lines
         .iter()
         .filter(|((order, _), _)| read.contains(order))
-        .map(|(key, &n)| n.saturating_sub(explained.get(key).copied().unwrap_or(0).max(1)) as usize)
+        .map(|(_, &n)| n.saturating_sub(1))
         .sum()
 }
 
@@ -605,7 +593,7 @@ mod tests {
     }
 
     #[test]
-    fn marker_lines_beyond_the_tasks_started_ran_twice() {
+    fn a_second_completed_run_of_a_step_ran_twice() {
         let r = records(
             vec![
                 attempt("s1", "a", "sub-1", 0, 1),
@@ -615,8 +603,8 @@ mod tests {
         );
         let markers =
             "w1 s1 1 a 10\nw1 s1 1 a 11\nw1 s2 1 b 12\nw1 s2 1 b 13\nw9 s1 1 x 14\nw9 s1 1 x 15\n";
-        // s1: two lines, one task; s2: two lines, two tasks; w9 was not read
-        assert_eq!(ran_twice(markers, &r), 1);
+        // s1 and s2 each completed twice; w9 was not read
+        assert_eq!(ran_twice(markers, &r), 2);
     }
 
     #[test]
