@@ -1296,3 +1296,69 @@ job = "work"
     assert_eq!(done.state, OrderState::Succeeded, "{done:#?}");
     assert_eq!(ran(&run_dir), ["only"]);
 }
+
+/// Round-robin is per order: each step goes to the member after the one
+/// that ran the step before it, even while other orders interleave theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_orders_each_move_to_the_next_subagent_step_by_step() {
+    let h = cluster_with_env(
+        &["sub-a", "sub-b", "sub-c"],
+        &[("BATON_SUBAGENT__CAPACITY", "16")],
+    )
+    .await;
+    let toml = format!(
+        r#"
+[[cluster]]
+name = "trio"
+mode = "round-robin"
+members = [{{ subagent = "sub-a" }}, {{ subagent = "sub-b" }}, {{ subagent = "sub-c" }}]
+{}
+cluster = "trio"
+
+[[workflow]]
+name = "chain"
+
+[[workflow.steps]]
+name = "s1"
+job = "work"
+params = {{ step = "s1" }}
+
+[[workflow.steps]]
+name = "s2"
+job = "work"
+params = {{ step = "s2" }}
+
+[[workflow.steps]]
+name = "s3"
+job = "work"
+params = {{ step = "s3" }}
+
+[[workflow.steps]]
+name = "s4"
+job = "work"
+params = {{ step = "s4" }}
+"#,
+        WORK_JOB.trim_end()
+    );
+    deploy(&h.bus, &toml).await;
+    let mut orders = Vec::new();
+    for i in 0..8 {
+        let dir = order_dir(&h, &format!("o{i}"));
+        orders.push(submit_in(&h.bus, "chain", &dir).await);
+    }
+    for order in &orders {
+        let info = wait_state(&h.bus, order, OrderState::Succeeded).await;
+        let ran_on: Vec<&str> = ["s1", "s2", "s3", "s4"]
+            .iter()
+            .map(|s| last_attempt(&info, s).subagent_id.as_deref().unwrap_or("?"))
+            .collect();
+        let next = |s: &str| match s {
+            "sub-a" => "sub-b",
+            "sub-b" => "sub-c",
+            _ => "sub-a",
+        };
+        for pair in ran_on.windows(2) {
+            assert_eq!(pair[1], next(pair[0]), "order {order} ran on {ran_on:?}");
+        }
+    }
+}
