@@ -318,3 +318,53 @@ async fn a_step_order_its_workflow_order_never_recorded_is_stopped_at_takeover()
     let r = runs(&marker);
     assert_eq!(r.values().sum::<usize>(), 4, "{r:?} {:?}", info.history);
 }
+
+/// A workflow submit with a request id makes one order, whether repeated
+/// at once, or after the broker that took it was killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_workflow_submit_finds_the_first_order_across_a_failover() {
+    let mut h = cluster(&["sub-1"]).await;
+    let marker = h.scratch().join("marker");
+    deploy(&h.bus, &deployment(&marker, &h.scratch().join("gate"))).await;
+    h.cluster
+        .spawn("b2", &["broker", "--id", "b2"])
+        .expect("spawn broker");
+    let submit = SubmitOrder {
+        job: "chain".into(),
+        params: BTreeMap::new(),
+        request_id: Some("nightly-2026-11-22".into()),
+        slot_ms: None,
+    };
+    let again = || async {
+        let reply: SubmitReply = h
+            .bus
+            .request(h.bus.subjects().submit(), &submit, REQUEST)
+            .await
+            .expect("submit answered");
+        reply
+    };
+    let first = again().await;
+    assert!(!first.duplicate);
+    let second = again().await;
+    assert_eq!(
+        (second.order_id.as_str(), second.duplicate),
+        (first.order_id.as_str(), true)
+    );
+
+    fail_over(&mut h).await;
+    let third = wait_for(TAKEOVER, "the new broker answers the submit", || async {
+        h.bus
+            .request::<_, SubmitReply>(h.bus.subjects().submit(), &submit, REQUEST)
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(
+        (third.order_id.as_str(), third.duplicate),
+        (first.order_id.as_str(), true)
+    );
+    wait_state(&h.bus, &first.order_id, OrderState::Succeeded).await;
+    let r = runs(&marker);
+    assert_eq!(r.len(), 4, "one order, four steps, each once: {r:?}");
+    assert!(r.values().all(|&n| n == 1), "{r:?}");
+}

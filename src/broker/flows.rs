@@ -90,7 +90,7 @@ impl Broker {
             Err(e) => return self.error(&replier, ErrorCode::InvalidJob, e.to_string()),
         };
         let info = flow.info();
-        self.flows.insert(order_id.clone(), flow);
+        self.hold_flow(flow);
         let kv = self.orders_kv.clone();
         let flow_id = order_id.clone();
         let write = async move {
@@ -134,12 +134,12 @@ impl Broker {
                     let _ = act.flow_event(&order_id, Event::Start, ctx);
                 }
                 Ok((info, None, existing)) => {
-                    act.flows.remove(&info.order_id);
+                    act.drop_flow(&info.order_id);
                     // stored by an earlier try whose answer was lost: ours now
                     if let Some(flow) = existing.as_ref().and_then(FlowOrder::restore) {
                         if !flow.state().is_final() {
                             info!(order = %flow.id, "workflow order stored by an earlier submit taken up");
-                            act.flows.insert(flow.id.clone(), flow);
+                            act.hold_flow(flow);
                             act.resume_flow(&info.order_id, ctx);
                         }
                     }
@@ -153,7 +153,7 @@ impl Broker {
                 }
                 Err(e) => {
                     warn!(error = %e, "workflow order not stored; submit refused");
-                    act.flows.remove(&order_id);
+                    act.drop_flow(&order_id);
                     act.error(
                         &replier,
                         ErrorCode::Unavailable,
@@ -167,9 +167,23 @@ impl Broker {
     }
 
     fn flow_by_request(&self, request_id: &str) -> Option<&FlowOrder> {
-        self.flows
-            .values()
-            .find(|f| f.request_id.as_deref() == Some(request_id))
+        self.flow_requests
+            .get(request_id)
+            .and_then(|id| self.flows.get(id))
+    }
+
+    /// Holds a workflow order in memory, findable by its request id.
+    pub(super) fn hold_flow(&mut self, flow: FlowOrder) {
+        if let Some(r) = &flow.request_id {
+            self.flow_requests.insert(r.clone(), flow.id.clone());
+        }
+        self.flows.insert(flow.id.clone(), flow);
+    }
+
+    fn drop_flow(&mut self, flow_id: &str) {
+        if let Some(r) = self.flows.remove(flow_id).and_then(|f| f.request_id) {
+            self.flow_requests.remove(&r);
+        }
     }
 
     /// Applies `event` to a workflow order, carries out its effects,
@@ -615,7 +629,7 @@ impl Broker {
                 .min_by_key(|f| f.finished_at_ms)
                 .map(|f| f.id.clone())
             {
-                self.flows.remove(&oldest);
+                self.drop_flow(&oldest);
             }
         }
     }

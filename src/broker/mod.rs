@@ -89,6 +89,8 @@ pub struct Broker {
     book: OrderBook,
     /// Orders through workflows: every unfinished one, and the newest ended.
     flows: HashMap<String, FlowOrder>,
+    /// The workflow order held for each request id.
+    flow_requests: HashMap<String, String>,
     /// Orders with a journal write in flight, and what waits for their next write.
     writing: HashMap<String, Vec<Then>>,
     /// The journal revision of each order's record, for compare-and-swap.
@@ -211,6 +213,11 @@ pub async fn start(config: Config, bus: Bus, epoch: u64) -> Result<Addr<Broker>,
             clusters_kv,
             workflows_kv,
             orders_kv,
+            flow_requests: recovered
+                .flows
+                .values()
+                .filter_map(|f| Some((f.request_id.clone()?, f.id.clone())))
+                .collect(),
             flows: recovered.flows,
             unreconciled: recovered.book.inherited_subagents(),
             book: recovered.book,
