@@ -1362,3 +1362,98 @@ params = {{ step = "s4" }}
         }
     }
 }
+
+/// The CLI over a workflow order: `submit --wait`, `order show`, `order
+/// list`, `order logs --step`, and a refused command's exit code and message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_submits_shows_lists_and_steers_workflow_orders() {
+    let h = cluster(&["sub-a", "sub-b"]).await;
+    let toml = format!(
+        r#"{}
+
+[[workflow]]
+name = "pair"
+
+[[workflow.steps]]
+name = "first"
+job = "work"
+params = {{ step = "first" }}
+
+[[workflow.steps]]
+name = "second"
+job = "work"
+params = {{ step = "second" }}
+"#,
+        WORK_JOB.trim_end()
+    );
+    let file = h.scratch().join("pair.toml");
+    std::fs::write(&file, toml).unwrap();
+    let out = run_baton(&h, &["deploy", &file.display().to_string()], WAIT).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("deployed workflows: pair"));
+
+    let dir = order_dir(&h, "cli");
+    let param = format!("dir={}", dir.display());
+    let out = run_baton(&h, &["submit", "pair", "-p", &param, "--wait"], WAIT).await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("hello from first") && stdout.contains("hello from second"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("step first succeeded"), "{stderr}");
+    let order = get_order_id(&stderr).unwrap_or_else(|| panic!("order id in {stderr}"));
+
+    let out = run_baton(&h, &["order", "show", &order], WAIT).await;
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for expected in [
+        "workflow  pair",
+        "steps:",
+        "history:",
+        "first",
+        "second",
+        "hello from second",
+    ] {
+        assert!(shown.contains(expected), "no {expected:?} in:\n{shown}");
+    }
+    assert!(
+        shown.contains("sub-a") && shown.contains("sub-b"),
+        "{shown}"
+    );
+
+    let out = run_baton(&h, &["order", "list", "--workflow", "pair"], WAIT).await;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains(&order) && listed.contains("succeeded"),
+        "{listed}"
+    );
+
+    let out = run_baton(&h, &["order", "logs", &order, "--step", "second"], WAIT).await;
+    let logs = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        logs.contains("hello from second") && !logs.contains("hello from first"),
+        "{logs}"
+    );
+
+    let out = run_baton(&h, &["order", "suspend", &order], WAIT).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        stderr.contains("succeeded") && stderr.contains("suspended"),
+        "{stderr}"
+    );
+}
+
+/// The order id in `baton submit`'s "order ID accepted for NAME" line.
+fn get_order_id(stderr: &str) -> Option<String> {
+    stderr.lines().find_map(|l| {
+        l.strip_prefix("order ")?
+            .split_whitespace()
+            .next()
+            .map(str::to_string)
+    })
+}
