@@ -712,10 +712,36 @@ impl Broker {
         let then = Then::Reply {
             replier: replier.clone(),
         };
+        let kill = matches!(
+            event,
+            Event::Suspend { kill: true } | Event::Cancel { kill: true }
+        );
+        let killing = |b: &Broker| -> Vec<ParentStep> {
+            let Some(flow) = b.flows.get(order_id) else {
+                return Vec::new();
+            };
+            flow.run
+                .steps()
+                .iter()
+                .filter(|s| s.state == StepState::Running && s.kill.is_some())
+                .map(|s| ParentStep {
+                    order_id: order_id.to_string(),
+                    workflow: flow.run.workflow().to_string(),
+                    step: s.name.clone(),
+                    attempt: s.attempt,
+                })
+                .collect()
+        };
+        // a kill asked before is sent again (its first delivery may be lost);
+        // the run itself asks only once
+        let asked_before = if kill { killing(self) } else { Vec::new() };
         match self.flow_event_then(order_id, event, then, ctx) {
             Ok(()) => {
                 if let Some(flow) = self.flows.get(order_id) {
                     info!(order = %order_id, command = label, state = %flow.state(), "workflow order command");
+                }
+                for parent in asked_before {
+                    self.kill_if_asked(&parent, ctx);
                 }
             }
             Err(e) => {
