@@ -6,14 +6,17 @@
 //! ordinary order of the step's job with `parent` set and an id derived from
 //! the workflow order, step and attempt ([`step_order_id`]). Step orders go
 //! through the queue, placement, fail-over and the journal like any other;
-//! whenever one is stored ([`Broker::store`]) its workflow order follows it
-//! ([`Broker::step_order_stored`], once its state is in the journal): history, step started, step finished.
+//! once a step order's new state is in the journal its workflow order
+//! follows it ([`Broker::step_order_stored`]): history, step started, step
+//! finished.
 //!
-//! Crash safety: the workflow order is stored after every change. A broker
-//! taking over ([`Broker::resume_flows`]) places again every running step
-//! whose order it does not hold (the derived id finds the one already
-//! stored), applies the outcome of step orders that ended meanwhile, sends
-//! kills again, re-arms retry timers and dispatches what is ready.
+//! Crash safety: the workflow order is stored after every change, and is
+//! never ahead of its step orders in the journal. A broker taking over
+//! ([`Broker::resume_flows`]) places again every running step whose order it
+//! does not hold (the derived id finds the one already stored), applies the
+//! outcome of step orders that ended meanwhile, sends kills again, re-arms
+//! retry timers, dispatches what is ready, and stops step orders its
+//! workflow order never recorded.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
