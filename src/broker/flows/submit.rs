@@ -1,0 +1,167 @@
+//! Submitting a workflow order: stored pending, answered, then started.
+
+use actix::prelude::*;
+use tracing::{info, warn};
+
+use crate::broker::Broker;
+use crate::bus::{BusError, Replier};
+use crate::jobs;
+use crate::protocol::*;
+use crate::time::now_ms;
+use crate::workflow::{Event, FlowOrder};
+
+impl Broker {
+    /// `baton submit WORKFLOW`: stores a pending workflow order, answers,
+    /// and starts it.
+    pub(in crate::broker) fn on_submit_workflow(
+        &mut self,
+        spec: WorkflowSpec,
+        body: SubmitOrder,
+        replier: Replier,
+        ctx: &mut Context<Self>,
+    ) {
+        let SubmitOrder {
+            job: name,
+            params,
+            request_id,
+            slot_ms,
+        } = body;
+        if let Some(existing) = request_id.as_deref().and_then(|r| self.flow_by_request(r)) {
+            if !existing.durable {
+                let message =
+                    "a submit with this request_id is being stored right now; send it again";
+                return self.error(&replier, ErrorCode::Busy, message);
+            }
+            let reply = SubmitReply {
+                order_id: existing.id.clone(),
+                job: name,
+                state: existing.state().wire(),
+                duplicate: true,
+            };
+            return self.bus.reply(&replier, &reply);
+        }
+        if let Some((param, _)) = params.iter().find(|(k, v)| !valid_param(k, v)) {
+            let message = format!(
+                "parameter '{param}': names use letters, digits and '_', values at most {} bytes without NUL",
+                jobs::MAX_PARAM_BYTES
+            );
+            return self.error(&replier, ErrorCode::InvalidParam, message);
+        }
+        let order_id = self.new_order_id(request_id.as_deref());
+        let idempotent = request_id.is_some();
+        let flow = match FlowOrder::new(
+            order_id.clone(),
+            &spec,
+            params,
+            request_id,
+            slot_ms,
+            now_ms(),
+        ) {
+            Ok(flow) => flow,
+            Err(e) => return self.error(&replier, ErrorCode::InvalidJob, e.to_string()),
+        };
+        let info = flow.info();
+        self.hold_flow(flow);
+        let kv = self.orders_kv.clone();
+        let flow_id = order_id.clone();
+        let write = async move {
+            let created = if idempotent {
+                kv.create_revision(&order_id, &info).await?
+            } else {
+                kv.put(&order_id, &info).await.map(Some)?
+            };
+            let existing = match created {
+                Some(_) => None,
+                None => kv.get(&order_id).await?,
+            };
+            Ok::<_, BusError>((info, created, existing))
+        };
+        ctx.spawn(write.into_actor(self).map(move |written, act, ctx| {
+            let order_id = flow_id;
+            match written {
+                Ok((info, Some(revision), _)) => {
+                    act.set_revision(&order_id, revision);
+                    if let Some(flow) = act.flows.get_mut(&order_id) {
+                        flow.durable = true;
+                    }
+                    let reply = SubmitReply {
+                        order_id: order_id.clone(),
+                        job: info.job.clone(),
+                        state: OrderState::Accepted,
+                        duplicate: false,
+                    };
+                    act.bus.reply(&replier, &reply);
+                    let event = OrderAccepted {
+                        order_id: order_id.clone(),
+                        job: info.job.clone(),
+                        params: info.params,
+                        slot_ms: info.slot_ms,
+                        at_ms: info.accepted_at_ms,
+                    };
+                    let s = act.bus.subjects();
+                    act.bus
+                        .post(s.event(&info.job, &order_id, EventKind::Accepted), &event);
+                    info!(order = %order_id, workflow = %info.job, "workflow order accepted");
+                    let _ = act.flow_event(&order_id, Event::Start, ctx);
+                }
+                Ok((info, None, existing)) => {
+                    act.drop_flow(&info.order_id);
+                    // stored by an earlier try whose answer was lost: ours now
+                    if let Some(flow) = existing.as_ref().and_then(FlowOrder::restore) {
+                        if !flow.state().is_final() {
+                            info!(order = %flow.id, "workflow order stored by an earlier submit taken up");
+                            act.hold_flow(flow);
+                            act.resume_flow(&info.order_id, ctx);
+                        }
+                    }
+                    let reply = SubmitReply {
+                        order_id: info.order_id,
+                        job: info.job,
+                        state: existing.map_or(OrderState::Accepted, |e| e.state),
+                        duplicate: true,
+                    };
+                    act.bus.reply(&replier, &reply);
+                }
+                Err(e) => {
+                    warn!(error = %e, "workflow order not stored; submit refused");
+                    act.drop_flow(&order_id);
+                    act.error(
+                        &replier,
+                        ErrorCode::Unavailable,
+                        format!(
+                            "the order could not be stored in JetStream, nothing was accepted: {e}"
+                        ),
+                    );
+                }
+            }
+        }));
+    }
+
+    pub(in crate::broker) fn flow_by_request(&self, request_id: &str) -> Option<&FlowOrder> {
+        self.flow_requests
+            .get(request_id)
+            .and_then(|id| self.flows.get(id))
+    }
+
+    /// Holds a workflow order in memory, findable by its request id.
+    pub(in crate::broker) fn hold_flow(&mut self, flow: FlowOrder) {
+        if let Some(r) = &flow.request_id {
+            self.flow_requests.insert(r.clone(), flow.id.clone());
+        }
+        self.flows.insert(flow.id.clone(), flow);
+    }
+
+    pub(in crate::broker) fn drop_flow(&mut self, flow_id: &str) {
+        if let Some(r) = self.flows.remove(flow_id).and_then(|f| f.request_id) {
+            self.flow_requests.remove(&r);
+        }
+    }
+}
+
+fn valid_param(name: &str, value: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && value.len() <= jobs::MAX_PARAM_BYTES
+        && !value.contains('\0')
+}
