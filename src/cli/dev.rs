@@ -83,7 +83,7 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
         .collect();
     eprintln!(
         "\nbaton dev is up: nats-server at {url}, {}\n\
-         deployed from {}: {}\n\n\
+         deployed from {}: {}{}\n\n\
          In another terminal:\n  \
          cargo run --release -- status\n  \
          cargo run --release -- watch\n  \
@@ -91,6 +91,9 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
          cargo run --release -- submit count --param n=30 --wait     (then kill -9 its subagent)\n  \
          cargo run --release -- subagent disable sub-1               (switch-over; enable to undo)\n  \
          cargo run --release -- order cancel ORDER_ID --kill\n  \
+         cargo run --release -- submit nightly --wait                (a workflow: 4 steps, 2 in parallel)\n  \
+         cargo run --release -- order show ORDER_ID                  (its steps, where each ran, their output)\n  \
+         cargo run --release -- order suspend|resume ORDER_ID        (steer a workflow order)\n  \
          cargo run --release -- watch clock                           (fired every 10s by the Scheduler agent)\n  \
          cargo run --release -- scheduler on agent-2                  (move the Scheduler role)\n  \
          nats req baton.api.submit '{{\"job\":\"hello\"}}' -H Content-Type:application/json\n\n\
@@ -99,6 +102,11 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
         pids.join(", "),
         args.jobs.display(),
         reply.deployed.join(", "),
+        if reply.workflows.is_empty() {
+            String::new()
+        } else {
+            format!("; workflows: {}", reply.workflows.join(", "))
+        },
     );
     super::wait_for_signal().await;
     eprintln!("stopping");
