@@ -170,6 +170,7 @@ async fn hundred_orders_from_a_plain_client() {
     };
     let client = PlainClient::connect(&h.nats_url()).await;
     let request = DeployRequest {
+        dry_run: false,
         jobs: vec![job],
         clusters: vec![],
         workflows: vec![],

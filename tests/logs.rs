@@ -154,7 +154,7 @@ async fn an_unknown_order_is_a_clear_error() {
         assert!(
             stderr.contains(
                 "no logs for order 0000-nope: unknown order, not run yet, \
-                 or older than the retention (7days)"
+                 or older than the retention (7 days)"
             ),
             "{args:?}: {stderr}"
         );

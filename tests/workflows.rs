@@ -491,6 +491,11 @@ params = {{ step = "s5" }}
         Some(s3_final.as_str()),
         "the history names where step 3 last ran: {done:#?}"
     );
+    // and both runs: the killed subagent first, then the one it moved to
+    let s3 = last_attempt(&done, "s3");
+    assert_eq!(s3.placed_on.first(), Some(&victim), "{s3:?}");
+    assert_eq!(s3.placed_on.last(), Some(&s3_final), "{s3:?}");
+    assert!(s3.tasks >= 2, "{s3:?}");
 
     // the steps after it ran on the two remaining subagents, taking turns
     let after: Vec<String> = ["s4", "s5"]
@@ -634,6 +639,12 @@ after = ["b1", "b2", "b3"]
         last_start <= first_end,
         "the branches did not overlap: {branches:?}"
     );
+    // round-robin per order: the three branches went to three subagents
+    let placed: BTreeSet<&str> = ["b1", "b2", "b3"]
+        .iter()
+        .filter_map(|b| last_attempt(&done, b).subagent_id.as_deref())
+        .collect();
+    assert_eq!(placed.len(), 3, "{:#?}", done.history);
     let a_end = interval("a").1;
     assert!(
         branches.iter().all(|b| b.0 >= a_end),
@@ -860,6 +871,8 @@ async fn suspend_with_kill_reruns_the_step_on_resume() {
     let s1 = attempts(&done, "s1");
     let numbers: Vec<u32> = s1.iter().map(|a| a.attempt).collect();
     assert_eq!(numbers, [1, 2], "{done:#?}");
+    let why = s1[0].reason.as_deref().unwrap_or_default();
+    assert!(why.contains("suspend --kill"), "{:?}", s1[0]);
     assert_eq!(s1[1].state, OrderState::Succeeded, "{done:#?}");
     assert_ne!(s1[0].order_id, s1[1].order_id, "{done:#?}");
     assert_eq!(step(&done, "s1").attempt, 2, "{done:#?}");
@@ -1456,4 +1469,44 @@ fn get_order_id(stderr: &str) -> Option<String> {
             .next()
             .map(str::to_string)
     })
+}
+
+/// A parameter a step's job requires is checked at submit, not when the
+/// order reaches that step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_order_missing_a_required_parameter_is_refused_at_submit() {
+    let h = cluster(&["sub-a"]).await;
+    deploy(
+        &h.bus,
+        r#"
+[[job]]
+name = "prepare"
+program = "true"
+
+[[job]]
+name = "ship"
+program = "true"
+[job.params.target]
+required = true
+
+[[workflow]]
+name = "release"
+[[workflow.steps]]
+name = "prepare"
+job = "prepare"
+[[workflow.steps]]
+name = "ship"
+job = "ship"
+"#,
+    )
+    .await;
+    let e = error_of(try_submit(&h.bus, "release").await, "submit without target");
+    assert_eq!(e.error.code, ErrorCode::InvalidParam, "{e}");
+    assert!(
+        e.error.message.contains("step 'ship'") && e.error.message.contains("--param target="),
+        "{e}"
+    );
+    let order = submit(&h.bus, "release", &[("target", "prod".to_string())]).await;
+    let done = wait_final(&h.bus, &order).await;
+    assert_eq!(done.state, OrderState::Succeeded, "{done:#?}");
 }

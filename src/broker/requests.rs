@@ -215,6 +215,7 @@ impl Broker {
 
     pub(super) fn on_deploy(&mut self, req: Request<DeployRequest>, ctx: &mut Context<Self>) {
         let DeployRequest {
+            dry_run,
             jobs,
             clusters,
             workflows,
@@ -249,6 +250,15 @@ impl Broker {
         }
         if let Err(message) = self.check_workflows(&jobs, &workflows) {
             return self.error(&req.replier, ErrorCode::InvalidJob, message);
+        }
+        if dry_run {
+            let reply = DeployReply {
+                deployed: jobs.into_iter().map(|j| j.name).collect(),
+                clusters: clusters.into_iter().map(|c| c.name).collect(),
+                workflows: workflows.into_iter().map(|w| w.name).collect(),
+                dry_run: true,
+            };
+            return self.bus.reply(&req.replier, &reply);
         }
         let (jobs_kv, clusters_kv) = (self.jobs_kv.clone(), self.clusters_kv.clone());
         let workflows_kv = self.workflows_kv.clone();
@@ -289,6 +299,7 @@ impl Broker {
                             deployed,
                             clusters: cluster_names,
                             workflows: workflow_names,
+                            dry_run: false,
                         };
                         act.bus.reply(&replier, &reply);
                         act.dispatch(ctx);

@@ -5,13 +5,15 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use clap::Args;
 use futures::StreamExt;
 
 use super::connect;
 use super::output;
+use crate::bus::BusError;
 use crate::config::Config;
+use crate::jobs::Deployment;
 use crate::protocol::*;
 
 #[derive(Debug, Args)]
@@ -95,40 +97,75 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
 }
 
 pub async fn deploy(config: &Config, args: DeployArgs) -> anyhow::Result<()> {
-    let mut jobs = Vec::new();
-    let mut clusters = Vec::new();
-    let mut workflows = Vec::new();
+    let mut loaded = Vec::new();
     for file in &args.files {
-        let d = crate::jobs::load_deploy_file(file)?;
-        jobs.extend(d.jobs);
-        clusters.extend(d.clusters);
-        workflows.extend(d.workflows);
+        loaded.push((file.clone(), crate::jobs::load_deploy_file(file)?));
     }
+    let mut request = DeployRequest {
+        dry_run: args.dry_run,
+        jobs: Vec::new(),
+        clusters: Vec::new(),
+        workflows: Vec::new(),
+    };
+    for (_, d) in &loaded {
+        request.jobs.extend(d.jobs.iter().cloned());
+        request.clusters.extend(d.clusters.iter().cloned());
+        request.workflows.extend(d.workflows.iter().cloned());
+    }
+    let refused = |e: BusError, dry_run: bool| match e {
+        BusError::Remote(e) => anyhow::anyhow!(
+            "deploy of {} {}: {}",
+            blamed_files(&e.error.message, &loaded),
+            if dry_run {
+                "would be refused"
+            } else {
+                "refused"
+            },
+            e.error.message
+        ),
+        e if dry_run => anyhow::anyhow!("dry run of {} failed: {e}", all_files(&loaded)),
+        e => anyhow::anyhow!("deploy of {} failed: {e}", all_files(&loaded)),
+    };
     if args.dry_run {
-        println!(
-            "valid: {} job(s) {}; {} cluster(s) {}; {} workflow(s) {}",
-            jobs.len(),
-            names(jobs.iter().map(|j| j.name.as_str())),
-            clusters.len(),
-            names(clusters.iter().map(|c| c.name.as_str())),
-            workflows.len(),
-            names(workflows.iter().map(|w| w.name.as_str()))
+        let reply = match broker_dry_run(config, &request).await {
+            Ok(reply) => reply,
+            Err(DryRunError::NoBroker(why)) => {
+                println!(
+                    "valid: {}",
+                    summary(
+                        request.jobs.iter().map(|j| j.name.as_str()),
+                        request.clusters.iter().map(|c| c.name.as_str()),
+                        request.workflows.iter().map(|w| w.name.as_str()),
+                    )
+                );
+                println!(
+                    "not checked: steps naming jobs that are not deployed, and names clashing \
+                     with deployed ones ({why})"
+                );
+                return Ok(());
+            }
+            Err(DryRunError::Bus(e)) => return Err(refused(e, true)),
+        };
+        let checked = summary(
+            reply.deployed.iter().map(String::as_str),
+            reply.clusters.iter().map(String::as_str),
+            reply.workflows.iter().map(String::as_str),
         );
+        if !reply.dry_run {
+            bail!("the broker does not know dry runs and DEPLOYED {checked}; upgrade it");
+        }
+        println!("valid (checked by the broker): {checked}");
         return Ok(());
     }
     let bus = connect(config, "baton-cli", false).await?;
     let reply: DeployReply = bus
         .request(
             bus.subjects().deploy(),
-            &DeployRequest {
-                jobs,
-                clusters,
-                workflows,
-            },
+            &request,
             config.nats.request_timeout,
         )
         .await
-        .context("deploy failed")?;
+        .map_err(|e| refused(e, false))?;
     if !reply.clusters.is_empty() {
         println!("deployed clusters: {}", reply.clusters.join(", "));
     }
@@ -141,9 +178,93 @@ pub async fn deploy(config: &Config, args: DeployArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn names<'a>(names: impl Iterator<Item = &'a str>) -> String {
-    names.collect::<Vec<_>>().join(", ")
+/// Why a dry run has no answer from a broker.
+enum DryRunError {
+    /// NATS unreachable, no broker, or no reply in time: the local check stands.
+    NoBroker(String),
+    /// The broker refused the deploy, or NATS failed otherwise.
+    Bus(BusError),
 }
+
+/// Asks a broker to check `request`, a dry run.
+async fn broker_dry_run(
+    config: &Config,
+    request: &DeployRequest,
+) -> Result<DeployReply, DryRunError> {
+    let url = &config.nats.url;
+    let Ok(bus) = connect(config, "baton-cli", false).await else {
+        return Err(DryRunError::NoBroker(format!(
+            "NATS at {url} is unreachable"
+        )));
+    };
+    let subject = bus.subjects().deploy();
+    let timeout = config.nats.request_timeout;
+    bus.request(subject, request, timeout)
+        .await
+        .map_err(|e| match e {
+            BusError::NoResponders { .. } => {
+                DryRunError::NoBroker(format!("no broker answers on NATS at {url}"))
+            }
+            BusError::TimedOut { .. } => DryRunError::NoBroker(format!(
+                "no broker answered within {}",
+                output::span(timeout)
+            )),
+            e => DryRunError::Bus(e),
+        })
+}
+
+/// "2 job(s) a, b; 0 clusters; 1 workflow(s) w"
+fn summary<'a>(
+    jobs: impl ExactSizeIterator<Item = &'a str>,
+    clusters: impl ExactSizeIterator<Item = &'a str>,
+    workflows: impl ExactSizeIterator<Item = &'a str>,
+) -> String {
+    let part = |n: usize, what: &str, names: Vec<&str>| match n {
+        0 => format!("0 {what}s"),
+        _ => format!("{n} {what}(s) {}", names.join(", ")),
+    };
+    format!(
+        "{}; {}; {}",
+        part(jobs.len(), "job", jobs.collect()),
+        part(clusters.len(), "cluster", clusters.collect()),
+        part(workflows.len(), "workflow", workflows.collect())
+    )
+}
+
+fn all_files(loaded: &[(PathBuf, Deployment)]) -> String {
+    let files: Vec<String> = loaded
+        .iter()
+        .map(|(f, _)| f.display().to_string())
+        .collect();
+    files.join(", ")
+}
+
+/// The file(s) a broker's refusal is about: the one defining the job,
+/// cluster or workflow its message starts with ("workflow 'w' step 's':
+/// ..."), else all of them.
+fn blamed_files(message: &str, loaded: &[(PathBuf, Deployment)]) -> String {
+    let named = ["job", "cluster", "workflow"].into_iter().find_map(|kind| {
+        let rest = message.strip_prefix(kind)?.strip_prefix(" '")?;
+        Some((kind, rest.split_once('\'')?.0))
+    });
+    let defines = |d: &Deployment| match named {
+        Some(("job", name)) => d.jobs.iter().any(|j| j.name == name),
+        Some(("cluster", name)) => d.clusters.iter().any(|c| c.name == name),
+        Some((_, name)) => d.workflows.iter().any(|w| w.name == name),
+        None => false,
+    };
+    let files: Vec<String> = loaded
+        .iter()
+        .filter(|(_, d)| defines(d))
+        .map(|(f, _)| f.display().to_string())
+        .collect();
+    if files.is_empty() {
+        all_files(loaded)
+    } else {
+        files.join(", ")
+    }
+}
+
 pub async fn watch(config: &Config, args: WatchArgs) -> anyhow::Result<()> {
     let bus = connect(config, "baton-watch", false).await?;
     let s = bus.subjects().clone();
@@ -252,7 +373,7 @@ pub async fn scheduler_control(config: &Config, command: SchedulerCommand) -> an
             bail!(
                 "agent {agent_id} is not {} after {}; the broker keeps trying (see `baton status`)",
                 wanted.as_str(),
-                humantime::format_duration(timeout)
+                output::span(timeout)
             );
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -279,4 +400,42 @@ pub async fn subagent_control(config: &Config, command: SubagentCommand) -> anyh
         .await?;
     println!("subagent {} is {}", reply.subagent_id, reply.state.as_str());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, text: &str) -> (PathBuf, Deployment) {
+        let d = crate::jobs::parse_deploy_file(name, text).unwrap();
+        (PathBuf::from(name), d)
+    }
+
+    #[test]
+    fn a_refusal_names_the_file_defining_what_it_is_about() {
+        let loaded = [
+            file("jobs.toml", "[[job]]\nname = \"x\"\nprogram = \"true\"\n"),
+            file(
+                "pair.toml",
+                "[[workflow]]\nname = \"w\"\n[[workflow.steps]]\nname = \"s\"\njob = \"y\"\n",
+            ),
+        ];
+        assert_eq!(
+            blamed_files("workflow 'w' step 's': job 'y' is not deployed", &loaded),
+            "pair.toml"
+        );
+        assert_eq!(
+            blamed_files("job 'x': a workflow has this name", &loaded),
+            "jobs.toml"
+        );
+        assert_eq!(
+            blamed_files("nothing to deploy", &loaded),
+            "jobs.toml, pair.toml",
+            "not about one definition: every file"
+        );
+        assert_eq!(
+            summary(["x"].into_iter(), [].into_iter(), ["w", "v"].into_iter()),
+            "1 job(s) x; 0 clusters; 2 workflow(s) w, v"
+        );
+    }
 }

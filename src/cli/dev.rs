@@ -67,6 +67,7 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
         .request(
             bus.subjects().deploy(),
             &DeployRequest {
+                dry_run: false,
                 jobs: deployment.jobs,
                 clusters: deployment.clusters,
                 workflows: deployment.workflows,

@@ -191,8 +191,13 @@ async fn follow(
                     }
                     EventKind::Changed => {
                         if let Ok(e) = decode::<OrderChanged>(Encoding::MessagePack, &payload) {
-                            // the order's end: the `finished` line says it
-                            if e.step.is_some() || !e.state.is_final() {
+                            // the order's end: the `finished` line says it; that
+                            // it started running: its first step's line says it
+                            // (and comes first), only a resume is news
+                            let started = e.step.is_none()
+                                && e.state == OrderState::Running
+                                && e.what == OrderState::Running.as_str();
+                            if (e.step.is_some() || !e.state.is_final()) && !started {
                                 eprintln!("{}", output::changed_text(&e));
                             }
                         }

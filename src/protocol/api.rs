@@ -211,6 +211,10 @@ pub struct DeployRequest {
     /// Workflows, deployed after the jobs their steps name.
     #[serde(default)]
     pub workflows: Vec<WorkflowSpec>,
+    /// Only check everything (as a deploy would, against what is deployed);
+    /// store nothing.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// Reply to [`DeployRequest`].
@@ -224,6 +228,9 @@ pub struct DeployReply {
     /// Names of the workflows now deployed by this request.
     #[serde(default)]
     pub workflows: Vec<String>,
+    /// A dry run: all of it would deploy, nothing was stored.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// `{p}.api.order.get`: look up one order.
@@ -357,8 +364,16 @@ pub struct StepAttempt {
     /// The order running this attempt (its `parent` names this order).
     pub order_id: String,
     pub state: OrderState,
+    /// Where its latest task ran (or runs).
     #[serde(default)]
     pub subagent_id: Option<String>,
+    /// Every subagent a task of this attempt was placed on, in order: a task
+    /// lost with its subagent runs again on another one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placed_on: Vec<String>,
+    /// Tasks its order started (more than one: re-run after a subagent was lost).
+    #[serde(default)]
+    pub tasks: u32,
     #[serde(default)]
     pub exit_code: Option<i32>,
     #[serde(default)]

@@ -7,6 +7,7 @@
 //!   [`Event`]s into [`Effect`]s the broker acts on, with its transition table.
 //! - [`order`]: [`FlowOrder`], a workflow order as the broker holds and
 //!   journals it: the run, its history of step attempts, its record.
+//! - [`params`]: a workflow order's parameters checked at submit.
 //! - here: that machine's vocabulary (order and step states, events,
 //!   effects, errors).
 //!
@@ -16,6 +17,7 @@
 
 pub mod definition;
 pub mod order;
+pub mod params;
 pub mod state;
 #[cfg(test)]
 mod tests;

@@ -12,7 +12,9 @@
 
 use std::collections::BTreeMap;
 
-use super::{Effect, Event, RunState, StepState, TransitionError, WorkflowError, WorkflowRun};
+use super::{
+    Effect, Event, KillCause, RunState, StepState, TransitionError, WorkflowError, WorkflowRun,
+};
 use super::{OnFailure, WorkflowSpec};
 use crate::protocol::{OrderInfo, OrderState, ParentStep, StepAttempt};
 
@@ -112,6 +114,8 @@ impl FlowOrder {
             return;
         }
         self.history.push(StepAttempt {
+            placed_on: Vec::new(),
+            tasks: 0,
             step: step.to_string(),
             job: job.to_string(),
             attempt,
@@ -158,8 +162,28 @@ impl FlowOrder {
             .find(|h| h.order_id == step_order.order_id)?;
         h.state = step_order.state;
         h.subagent_id.clone_from(&step_order.subagent_id);
+        if let Some(sub) = &step_order.subagent_id {
+            if h.placed_on.last() != Some(sub) {
+                h.placed_on.push(sub.clone());
+            }
+        }
+        h.tasks = step_order.attempt;
         h.exit_code = step_order.exit_code;
         h.reason.clone_from(&step_order.reason);
+        let step = self.run.step(&parent.step);
+        let killed_by = step
+            .filter(|s| s.attempt == parent.attempt)
+            .and_then(|s| s.kill);
+        if step_order.state == OrderState::Cancelled {
+            h.reason = match killed_by {
+                Some(KillCause::Suspend) => Some(
+                    "killed by suspend --kill; the step runs again when the order is resumed"
+                        .into(),
+                ),
+                Some(KillCause::Cancel) => Some("killed by cancel --kill".into()),
+                None => h.reason.take(),
+            };
+        }
         h.started_at_ms = step_order.started_at_ms;
         h.finished_at_ms = step_order.finished_at_ms;
         if step_order.state.is_final() {
@@ -202,8 +226,11 @@ impl FlowOrder {
                 .unwrap_or_else(|| "no exit code".into()),
         };
         Some(format!(
-            "step '{}' failed ({how}); resume it, from a step, or with failed steps counted as succeeded, or cancel it",
-            s.name
+            "step '{}' failed ({how}); `baton order resume {id}` runs it again \
+             (`--from STEP` from another step, `--force-succeeded` counts it as succeeded), \
+             `baton order cancel {id}` ends the order",
+            s.name,
+            id = self.id
         ))
     }
 

@@ -431,7 +431,14 @@ impl WorkflowRun {
                     ": wait until it is suspended",
                 ))
             }
-            RunState::Cancelling | RunState::Cancelled | RunState::Succeeded => {
+            RunState::Cancelling => {
+                return Err(not_allowed(
+                    self.state,
+                    command,
+                    ": it ends cancelled once its running steps end",
+                ))
+            }
+            RunState::Cancelled | RunState::Succeeded => {
                 return Err(not_allowed(self.state, command, ""))
             }
         }

@@ -327,7 +327,7 @@ fn cancel_without_kill_lets_the_step_finish() {
     );
     assert_eq!(
         err(&mut run, resume(None, false)),
-        "order is cancelling; it cannot be resumed"
+        "order is cancelling; it cannot be resumed: it ends cancelled once its running steps end"
     );
     assert_eq!(
         ok(&mut run, finished("a", 1, true)),

@@ -202,6 +202,7 @@ where
 pub async fn deploy(bus: &Bus, toml_text: &str) -> DeployReply {
     let d = baton::jobs::parse_deploy_file("test.toml", toml_text).expect("valid deploy file");
     let request = DeployRequest {
+        dry_run: false,
         jobs: d.jobs,
         clusters: d.clusters,
         workflows: d.workflows,

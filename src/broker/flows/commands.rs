@@ -148,7 +148,7 @@ impl Broker {
             None => (
                 ErrorCode::NotFound,
                 format!(
-                    "no workflow order {order_id} is held by this broker (see `baton order list`); succeeded and cancelled orders cannot be {verb}"
+                    "no order {order_id} is held by this broker; check the id with `baton order list`"
                 ),
             ),
         };

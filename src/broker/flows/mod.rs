@@ -377,19 +377,23 @@ impl Broker {
         }
     }
 
-    /// For a step order: the subagent that ran the latest attempt of the
-    /// steps it waits for (the step before it, in a chain).
+    /// For a step order: the subagent its workflow order placed a step on
+    /// last (the step before it, in a chain; a sibling, in a fan-out), so
+    /// round-robin moves each order to the next member step by step.
     pub(in crate::broker) fn previous_step_subagent(&self, order_id: &str) -> Option<String> {
         let parent = self.book.get(order_id)?.parent.as_ref()?;
         let flow = self.flows.get(&parent.order_id)?;
-        let steps = flow.run.steps();
-        let step = steps.iter().find(|s| s.name == parent.step)?;
-        let before: Vec<&str> = step.deps.iter().map(|&d| steps[d].name.as_str()).collect();
         flow.history
             .iter()
-            .filter(|h| before.contains(&h.step.as_str()) && h.subagent_id.is_some())
-            .max_by_key(|h| h.finished_at_ms)
-            .and_then(|h| h.subagent_id.clone())
+            .rev()
+            .filter(|h| h.order_id != order_id)
+            .find_map(|h| {
+                let placed = self
+                    .book
+                    .get(&h.order_id)
+                    .and_then(|o| o.subagent_id.clone());
+                placed.or_else(|| h.subagent_id.clone())
+            })
     }
 }
 

@@ -8,6 +8,7 @@ use crate::bus::{BusError, Replier};
 use crate::jobs;
 use crate::protocol::*;
 use crate::time::now_ms;
+use crate::workflow::params::check_order_params;
 use crate::workflow::{Event, FlowOrder};
 
 impl Broker {
@@ -45,6 +46,10 @@ impl Broker {
                 "parameter '{param}': names use letters, digits and '_', values at most {} bytes without NUL",
                 jobs::MAX_PARAM_BYTES
             );
+            return self.error(&replier, ErrorCode::InvalidParam, message);
+        }
+        let job_of = |name: &str| self.jobs.get(name).cloned();
+        if let Err(message) = check_order_params(&spec, &job_of, &params) {
             return self.error(&replier, ErrorCode::InvalidParam, message);
         }
         let order_id = self.new_order_id(request_id.as_deref());

@@ -67,6 +67,7 @@ pub(super) async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
     request_deploy(
         &bus,
         &DeployRequest {
+            dry_run: false,
             workflows: Vec::new(),
             jobs: vec![job],
             clusters: vec![],

@@ -223,6 +223,7 @@ async fn deploy(
         misfire: Default::default(),
     };
     let request = DeployRequest {
+        dry_run: false,
         jobs: vec![job],
         clusters: vec![ClusterSpec {
             name: WORKFLOW.into(),
@@ -538,6 +539,8 @@ mod tests {
 
     fn attempt(step: &str, order: &str, sub: &str, start: u64, end: u64) -> StepAttempt {
         StepAttempt {
+            placed_on: Vec::new(),
+            tasks: 0,
             step: step.into(),
             job: JOB.into(),
             attempt: 1,

@@ -154,6 +154,9 @@ pub(super) async fn list(
         eprintln!(
             "no orders match (the broker lists every unfinished order and the newest finished ones)"
         );
+        if let Some(hint) = steps_hint(&request) {
+            eprintln!("{hint}");
+        }
         return Ok(());
     }
     print!("{}", output::order_list_text(&reply));
@@ -165,6 +168,19 @@ pub(super) async fn list(
         );
     }
     Ok(())
+}
+
+/// When nothing matched a list by workflow without --steps, a hint: the
+/// orders running its steps were left out. (A list by job alone has them.)
+fn steps_hint(request: &ListOrders) -> Option<String> {
+    let workflow = request.workflow.as_ref().filter(|_| !request.steps)?;
+    let job = match &request.job {
+        Some(job) => format!(" (with job {job})"),
+        None => String::new(),
+    };
+    Some(format!(
+        "the orders running the steps of workflow {workflow}{job} are listed only with --steps"
+    ))
 }
 
 #[cfg(test)]
@@ -252,6 +268,32 @@ mod tests {
         assert_eq!(r.limit, Some(5));
         let none = list_request(&list_args(None, None), now).unwrap();
         assert_eq!((none.since_ms, none.until_ms), (None, None));
+    }
+
+    #[test]
+    fn an_empty_list_by_workflow_says_step_orders_need_steps() {
+        let mut args = list_args(None, None);
+        args.steps = false;
+        args.job = Some("compile".into());
+        let request = list_request(&args, 0).unwrap();
+        assert_eq!(
+            steps_hint(&request).as_deref(),
+            Some("the orders running the steps of workflow nightly (with job compile) are listed only with --steps")
+        );
+        let with_steps = ListOrders {
+            steps: true,
+            ..request.clone()
+        };
+        assert_eq!(steps_hint(&with_steps), None);
+        let by_job = ListOrders {
+            workflow: None,
+            ..request
+        };
+        assert_eq!(
+            steps_hint(&by_job),
+            None,
+            "a list by job has its step orders"
+        );
     }
 
     #[test]

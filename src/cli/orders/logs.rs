@@ -39,6 +39,11 @@ pub(super) async fn logs(
         .await
         .ok();
     let workflow = info.as_ref().is_some_and(|i| i.workflow.is_some());
+    if let (Some(info), Some(step)) = (&info, &step) {
+        if let Some(message) = no_such_step(info, step) {
+            bail!(message);
+        }
+    }
     let parent = info.and_then(|i| i.parent);
     let (read_id, mut printer) = match &parent {
         Some(p) => {
@@ -64,7 +69,7 @@ pub(super) async fn logs(
     let unknown = || {
         anyhow::anyhow!(
             "no logs for order {order_id}: unknown order, not run yet, or older than the retention ({})",
-            humantime::format_duration(config.nats.log_retention)
+            output::span(config.nats.log_retention)
         )
     };
     let mut logs = match bus.order_logs(&config.log_stream(), &read_id, follow).await {
@@ -126,6 +131,21 @@ pub(super) async fn logs(
         Some(_) => Ok(()),
         None => printer.check_step(order_id),
     }
+}
+
+/// The error when `step` names no step of workflow order `info` (for a
+/// plain order, --step is its job and is not checked here).
+fn no_such_step(info: &OrderInfo, step: &str) -> Option<String> {
+    let workflow = info.workflow.as_ref()?;
+    if info.steps.is_empty() || info.steps.iter().any(|s| s.name == step) {
+        return None;
+    }
+    let steps: Vec<&str> = info.steps.iter().map(|s| s.name.as_str()).collect();
+    Some(format!(
+        "workflow {workflow} (order {}) has no step {step}; its steps: {}",
+        info.order_id,
+        steps.join(", ")
+    ))
 }
 
 /// Whether the stored `finished` event `f` is the order's last: it is not
@@ -260,6 +280,31 @@ mod tests {
         );
         let job = LogPrinter::new(Some("compile".into()), false);
         assert!(job.keeps(&plain) && !job.keeps(&build));
+    }
+
+    #[test]
+    fn a_step_the_workflow_does_not_have_is_named_with_its_steps() {
+        let mut info = OrderInfo::new("flow".into(), "nightly".into(), OrderState::Running, 0);
+        info.workflow = Some("nightly".into());
+        info.steps = ["build", "test"]
+            .into_iter()
+            .map(|name| StepRun {
+                name: name.into(),
+                job: "compile".into(),
+                ..StepRun::default()
+            })
+            .collect();
+        assert_eq!(no_such_step(&info, "build"), None);
+        assert_eq!(
+            no_such_step(&info, "deploy").as_deref(),
+            Some("workflow nightly (order flow) has no step deploy; its steps: build, test")
+        );
+        info.workflow = None;
+        assert_eq!(
+            no_such_step(&info, "deploy"),
+            None,
+            "a plain order: its job"
+        );
     }
 
     #[test]

@@ -241,7 +241,7 @@ async fn step_tails(config: &Config, bus: &Bus, info: &OrderInfo, out: &mut Stri
             let _ = writeln!(
                 out,
                 "logs: stopped reading after {}; `baton order logs {}` prints them all",
-                humantime::format_duration(limit),
+                output::span(limit),
                 info.order_id
             );
         }

@@ -42,6 +42,27 @@ pub fn took(ms: u64) -> String {
     }
 }
 
+/// A configured duration for messages: humantime's, with a space before
+/// the unit words it writes without one: "7 days", "1 day 12h", "30s".
+pub fn span(d: Duration) -> String {
+    let text = humantime::format_duration(d).to_string();
+    let parts: Vec<String> = text
+        .split(' ')
+        .map(|part| {
+            let digits = part
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(part.len());
+            let (n, unit) = part.split_at(digits);
+            if unit.len() > 2 {
+                format!("{n} {unit}")
+            } else {
+                part.to_string()
+            }
+        })
+        .collect();
+    parts.join(" ")
+}
+
 /// Rows under a header, each column as wide as its widest cell; the last
 /// column is not padded.
 fn table(out: &mut String, indent: &str, header: &[&str], rows: &[Vec<String>]) {
@@ -78,5 +99,14 @@ mod tests {
         assert_eq!(took(245_000), "4m05s");
         assert_eq!(took(2 * 3_600_000 + 3 * 60_000 + 59_000), "2h03m");
         assert_eq!(took(3 * 86_400_000 + 4 * 3_600_000), "3d04h");
+    }
+
+    #[test]
+    fn spans_put_a_space_before_unit_words() {
+        let day = 86_400;
+        assert_eq!(span(Duration::from_secs(7 * day)), "7 days");
+        assert_eq!(span(Duration::from_secs(day + 12 * 3600)), "1 day 12h");
+        assert_eq!(span(Duration::from_secs(30)), "30s");
+        assert_eq!(span(Duration::from_millis(1_500)), "1s 500ms");
     }
 }

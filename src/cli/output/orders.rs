@@ -138,14 +138,22 @@ fn step_row(s: &StepRun) -> Vec<String> {
     ]
 }
 
-/// How one step attempt went: "failed (exit code 3)", "cancelled: killed".
+/// How one step attempt went: "failed (exit code 3)", "cancelled: killed",
+/// "succeeded (2 tasks)" when its task was lost and ran again.
 pub fn attempt_outcome(h: &StepAttempt) -> String {
     let mut outcome = match h.state {
         OrderState::Accepted => "waiting for a subagent".to_string(),
         state => state.as_str().to_string(),
     };
+    let mut notes = Vec::new();
     if let Some(code) = h.exit_code.filter(|_| h.state != OrderState::Succeeded) {
-        let _ = write!(outcome, " (exit code {code})");
+        notes.push(format!("exit code {code}"));
+    }
+    if h.tasks > 1 {
+        notes.push(format!("{} tasks", h.tasks));
+    }
+    if !notes.is_empty() {
+        let _ = write!(outcome, " ({})", notes.join(", "));
     }
     if let Some(reason) = h.reason.as_ref().filter(|r| **r != outcome) {
         let _ = write!(outcome, ": {reason}");
@@ -153,14 +161,24 @@ pub fn attempt_outcome(h: &StepAttempt) -> String {
     outcome
 }
 
+/// Where a step attempt ran: its subagent, or every subagent its tasks
+/// were placed on when one was lost ("sub-3 → sub-1").
+fn placed(h: &StepAttempt) -> String {
+    match &h.placed_on[..] {
+        [] => h.subagent_id.clone().unwrap_or_else(|| "-".to_string()),
+        [one] => one.clone(),
+        chain => chain.join(" → "),
+    }
+}
+
 /// One step attempt, for the history table of `order show`: step, attempt,
-/// subagent, start, end, step order id, outcome.
+/// subagent(s), start, end, step order id, outcome.
 pub fn history_row(h: &StepAttempt) -> Vec<String> {
     let time = |t: Option<u64>| t.map_or_else(|| "-".to_string(), clock_s);
     vec![
         h.step.clone(),
         h.attempt.to_string(),
-        h.subagent_id.clone().unwrap_or_else(|| "-".to_string()),
+        placed(h),
         time(h.started_at_ms),
         time(h.finished_at_ms),
         h.order_id.clone(),
@@ -178,20 +196,31 @@ pub fn task_of(task_id: &str, order_id: &str) -> bool {
 
 /// The last lines of each step attempt of a workflow order, for `order
 /// show`: a line belongs to the attempt of its step whose step order ran
-/// its task; lines no attempt claims are kept by step and task.
+/// its task (an attempt whose task was lost and ran again has a tail per
+/// task); lines no attempt claims are kept by step and task.
 pub struct StepTails {
     order_id: String,
     keep: usize,
-    /// Per history entry: (step, attempt, step order id).
-    attempts: Vec<(String, u32, String)>,
-    /// Keyed by attempt index, or by (step, task) when no attempt matched.
-    tails: BTreeMap<TailKey, (usize, VecDeque<TaskLog>)>,
+    /// Per history entry: (step, attempt, step order id, tasks started).
+    attempts: Vec<(String, u32, String, u32)>,
+    /// Keyed by attempt index and task, or by (step, task) when no attempt matched.
+    tails: BTreeMap<TailKey, Tail>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum TailKey {
-    Attempt(usize),
+    /// History index, then the task's number within its step order.
+    Attempt(usize, u64),
     Task(String, String),
+}
+
+/// The last lines of one task, and how many it printed in all.
+#[derive(Debug, Default)]
+struct Tail {
+    task_id: String,
+    subagent_id: String,
+    count: usize,
+    lines: VecDeque<TaskLog>,
 }
 
 impl StepTails {
@@ -201,7 +230,7 @@ impl StepTails {
             keep,
             attempts: history
                 .iter()
-                .map(|h| (h.step.clone(), h.attempt, h.order_id.clone()))
+                .map(|h| (h.step.clone(), h.attempt, h.order_id.clone(), h.tasks))
                 .collect(),
             tails: BTreeMap::new(),
         }
@@ -213,34 +242,60 @@ impl StepTails {
         let found = self
             .attempts
             .iter()
-            .position(|(s, _, order)| s == step && task_of(&log.task_id, order));
+            .position(|(s, _, order, _)| s == step && task_of(&log.task_id, order));
         let key = match found {
-            Some(i) => TailKey::Attempt(i),
+            Some(i) => {
+                let order = &self.attempts[i].2;
+                let number = log.task_id[order.len()..]
+                    .trim_start_matches('-')
+                    .parse()
+                    .unwrap_or(0);
+                TailKey::Attempt(i, number)
+            }
             None => TailKey::Task(step.clone(), log.task_id.clone()),
         };
-        let (count, tail) = self.tails.entry(key).or_default();
-        *count += 1;
-        tail.push_back(log);
-        if tail.len() > self.keep {
-            tail.pop_front();
+        let tail = self.tails.entry(key).or_default();
+        if tail.task_id.is_empty() {
+            tail.task_id.clone_from(&log.task_id);
+            tail.subagent_id.clone_from(&log.subagent_id);
+        }
+        tail.count += 1;
+        tail.lines.push_back(log);
+        if tail.lines.len() > self.keep {
+            tail.lines.pop_front();
         }
     }
 
-    /// "logs (last N lines of each step attempt):" and each attempt's tail.
+    /// "logs (last N lines of each step attempt):" and each attempt's tail
+    /// (each task's, when a lost task ran again).
     pub fn render(&self, out: &mut String) {
         let _ = writeln!(out, "logs (last {} lines of each step attempt):", self.keep);
         if self.tails.is_empty() {
             let _ = writeln!(out, "  no step printed anything yet");
         }
-        for (key, (count, tail)) in &self.tails {
+        let tails_of = |i: usize| {
+            self.tails
+                .keys()
+                .filter(|k| matches!(k, TailKey::Attempt(j, _) if *j == i))
+                .count()
+        };
+        for (key, tail) in &self.tails {
             let (step, label) = match key {
-                TailKey::Attempt(i) => {
-                    let (step, attempt, _) = &self.attempts[*i];
-                    (step, format!("{step} #{attempt}"))
+                TailKey::Attempt(i, _) => {
+                    let (step, attempt, _, tasks) = &self.attempts[*i];
+                    let label = if *tasks > 1 || tails_of(*i) > 1 {
+                        format!(
+                            "{step} #{attempt}, task {} on {}",
+                            tail.task_id, tail.subagent_id
+                        )
+                    } else {
+                        format!("{step} #{attempt}")
+                    };
+                    (step, label)
                 }
                 TailKey::Task(step, task) => (step, format!("{step} (task {task})")),
             };
-            let earlier = count - tail.len();
+            let earlier = tail.count - tail.lines.len();
             let more = if earlier > 0 {
                 format!(
                     " ({earlier} earlier lines: `baton order logs {} --step {step}`)",
@@ -250,7 +305,7 @@ impl StepTails {
                 String::new()
             };
             let _ = writeln!(out, "  {label}:{more}");
-            for log in tail {
+            for log in &tail.lines {
                 let stream = match log.stream {
                     LogStream::Stdout => "out",
                     LogStream::Stderr => "err",
@@ -392,6 +447,8 @@ mod tests {
 
     fn attempt(step: &str, attempt: u32, order_id: &str) -> StepAttempt {
         StepAttempt {
+            placed_on: Vec::new(),
+            tasks: 0,
             step: step.into(),
             job: "compile".into(),
             attempt,
@@ -435,6 +492,8 @@ mod tests {
             ]
         );
         let failed = StepAttempt {
+            placed_on: Vec::new(),
+            tasks: 0,
             state: OrderState::Failed,
             exit_code: Some(3),
             reason: Some("disk full".into()),
@@ -445,6 +504,8 @@ mod tests {
         assert_eq!(row[4], "-");
         assert_eq!(row[6], "failed (exit code 3): disk full");
         let cancelled = StepAttempt {
+            placed_on: Vec::new(),
+            tasks: 0,
             state: OrderState::Cancelled,
             exit_code: None,
             reason: Some("cancelled".into()),
@@ -452,6 +513,8 @@ mod tests {
         };
         assert_eq!(attempt_outcome(&cancelled), "cancelled", "said once");
         let waiting = StepAttempt {
+            placed_on: Vec::new(),
+            tasks: 0,
             state: OrderState::Accepted,
             subagent_id: None,
             exit_code: None,
@@ -462,6 +525,51 @@ mod tests {
         assert_eq!(
             history_row(&waiting)[2..],
             ["-", "-", "-", "0190-step", "waiting for a subagent"]
+        );
+    }
+
+    #[test]
+    fn a_history_row_shows_every_subagent_of_a_re_run_attempt() {
+        let h = attempt("build", 1, "0190-step");
+        assert_eq!(history_row(&h)[2], "sub-1", "no chain: its subagent");
+        let once = StepAttempt {
+            placed_on: vec!["sub-1".into()],
+            tasks: 1,
+            ..h.clone()
+        };
+        assert_eq!(history_row(&once)[2], "sub-1");
+        assert_eq!(history_row(&once)[6], "succeeded");
+        let moved = StepAttempt {
+            placed_on: vec!["sub-3".into(), "sub-1".into()],
+            tasks: 2,
+            ..h.clone()
+        };
+        let row = history_row(&moved);
+        assert_eq!(row[2], "sub-3 → sub-1");
+        assert_eq!(row[6], "succeeded (2 tasks)");
+        let failed = StepAttempt {
+            state: OrderState::Failed,
+            exit_code: Some(3),
+            reason: Some("disk full".into()),
+            ..moved
+        };
+        assert_eq!(
+            attempt_outcome(&failed),
+            "failed (exit code 3, 2 tasks): disk full"
+        );
+        let mut o = order(OrderState::Running);
+        o.history = vec![StepAttempt {
+            placed_on: vec!["sub-3".into(), "sub-1".into()],
+            tasks: 2,
+            ..h
+        }];
+        let text = order_text(&o);
+        assert!(
+            text.contains(
+                "  STEP   ATTEMPT  SUBAGENT       STARTED               FINISHED              STEP ORDER  OUTCOME\n\
+                 \x20 build  1        sub-3 → sub-1  2026-01-31T08:00:00Z  2026-01-31T08:00:02Z  0190-step   succeeded (2 tasks)\n"
+            ),
+            "{text}"
         );
     }
 
@@ -576,6 +684,35 @@ mod tests {
         assert!(
             empty.ends_with("  no step printed anything yet\n"),
             "{empty}"
+        );
+    }
+
+    #[test]
+    fn tails_of_a_re_run_attempt_show_each_task() {
+        let history = [StepAttempt {
+            placed_on: vec!["sub-3".into(), "sub-1".into()],
+            tasks: 2,
+            ..attempt("build", 1, "s1")
+        }];
+        let mut tails = StepTails::new("0190-flow", &history, 2);
+        let on = |task: &str, sub: &str, text: &str| TaskLog {
+            subagent_id: sub.into(),
+            ..line("build", task, text)
+        };
+        tails.push(on("s1-1", "sub-3", "first"));
+        tails.push(on("s1-2", "sub-1", "again-1"));
+        tails.push(on("s1-2", "sub-1", "again-2"));
+        tails.push(on("s1-2", "sub-1", "again-3"));
+        let mut out = String::new();
+        tails.render(&mut out);
+        assert_eq!(
+            out,
+            "logs (last 2 lines of each step attempt):\n\
+             \x20 build #1, task s1-1 on sub-3:\n\
+             \x20   out| first\n\
+             \x20 build #1, task s1-2 on sub-1: (1 earlier lines: `baton order logs 0190-flow --step build`)\n\
+             \x20   out| again-2\n\
+             \x20   out| again-3\n"
         );
     }
 

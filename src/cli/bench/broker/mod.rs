@@ -230,6 +230,7 @@ async fn deploy(bus: &Bus, markers: &Path) -> anyhow::Result<()> {
         )
     };
     let request = DeployRequest {
+        dry_run: false,
         workflows: Vec::new(),
         jobs: vec![job],
         clusters: vec![],

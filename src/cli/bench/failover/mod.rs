@@ -284,6 +284,7 @@ async fn deploy(
         )
     };
     let request = DeployRequest {
+        dry_run: false,
         workflows: Vec::new(),
         jobs: vec![job],
         clusters: vec![ClusterSpec {

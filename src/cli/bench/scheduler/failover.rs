@@ -237,6 +237,7 @@ async fn deploy(bus: &Bus, file: &Path) -> anyhow::Result<()> {
         )
     };
     let request = DeployRequest {
+        dry_run: false,
         workflows: Vec::new(),
         jobs: vec![job],
         clusters: vec![],

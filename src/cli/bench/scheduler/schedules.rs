@@ -141,6 +141,7 @@ async fn run(
             .map(|i| job(i, count, every_ms))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let request = DeployRequest {
+            dry_run: false,
             workflows: Vec::new(),
             jobs,
             clusters: vec![],
