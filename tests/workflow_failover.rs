@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use baton::bus::Bus;
@@ -58,6 +58,18 @@ job = "step"
         marker = marker.display(),
         gate = gate.display(),
     )
+}
+
+/// A cluster with a standby broker `b2` and the deployment above; the
+/// marker file and the gate of the `held` job.
+async fn with_standby(subagents: &[&str], env: &[(&str, &str)]) -> (Harness, PathBuf, PathBuf) {
+    let mut h = cluster_with_env(subagents, env).await;
+    let (marker, gate) = (h.scratch().join("marker"), h.scratch().join("gate"));
+    deploy(&h.bus, &deployment(&marker, &gate)).await;
+    h.cluster
+        .spawn("b2", &["broker", "--id", "b2"])
+        .expect("spawn broker");
+    (h, marker, gate)
 }
 
 /// Runs per (workflow order, step) recorded in `marker`.
@@ -127,12 +139,8 @@ async fn wait_state(bus: &Bus, order_id: &str, state: OrderState) -> OrderInfo {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_active_broker_twice_mid_workflow_loses_and_repeats_no_step() {
-    let mut h = cluster_with_env(&["sub-1", "sub-2"], &[("BATON_SUBAGENT__CAPACITY", "8")]).await;
-    let marker = h.scratch().join("marker");
-    deploy(&h.bus, &deployment(&marker, &h.scratch().join("gate"))).await;
-    h.cluster
-        .spawn("b2", &["broker", "--id", "b2"])
-        .expect("spawn broker");
+    let env = [("BATON_SUBAGENT__CAPACITY", "8")];
+    let (mut h, marker, _) = with_standby(&["sub-1", "sub-2"], &env).await;
 
     let mut orders = Vec::new();
     for i in 0..6 {
@@ -180,25 +188,13 @@ async fn killing_the_active_broker_twice_mid_workflow_loses_and_repeats_no_step(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_suspended_order_stays_suspended_across_a_broker_failover_and_resumes() {
-    let mut h = cluster(&["sub-1"]).await;
-    let marker = h.scratch().join("marker");
-    let gate = h.scratch().join("gate");
-    deploy(&h.bus, &deployment(&marker, &gate)).await;
-    h.cluster
-        .spawn("b2", &["broker", "--id", "b2"])
-        .expect("spawn broker");
+    let (mut h, marker, gate) = with_standby(&["sub-1"], &[]).await;
     let order = submit_flow(&h.bus, "gated", "gated-1").await;
     wait_until(Duration::from_secs(30), "step 'wait' runs", || async {
         !runs(&marker).is_empty()
     })
     .await;
-    let suspend = SuspendOrder {
-        order_id: order.clone(),
-        kill: false,
-    };
-    let info: OrderInfo = h
-        .bus
-        .request(h.bus.subjects().order_suspend(), &suspend, REQUEST)
+    let info = suspend(&h.bus, &order, false)
         .await
         .expect("suspend accepted");
     assert_eq!(info.state, OrderState::Suspending);
@@ -216,14 +212,7 @@ async fn a_suspended_order_stays_suspended_across_a_broker_failover_and_resumes(
     )
     .await;
 
-    let resume = ResumeOrder {
-        order_id: order.clone(),
-        from: None,
-        force_succeeded: false,
-    };
-    let _: OrderInfo = h
-        .bus
-        .request(h.bus.subjects().order_resume(), &resume, REQUEST)
+    resume(&h.bus, &order, None, false)
         .await
         .expect("resume accepted");
     let info = wait_state(&h.bus, &order, OrderState::Succeeded).await;
@@ -237,24 +226,13 @@ async fn a_suspended_order_stays_suspended_across_a_broker_failover_and_resumes(
 /// orders). A broker taking over stops such a step order: it never runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_order_its_workflow_order_never_recorded_is_stopped_at_takeover() {
-    let mut h = cluster(&["sub-1"]).await;
-    let marker = h.scratch().join("marker");
-    deploy(&h.bus, &deployment(&marker, &h.scratch().join("gate"))).await;
-    h.cluster
-        .spawn("b2", &["broker", "--id", "b2"])
-        .expect("spawn broker");
+    let (mut h, marker, _) = with_standby(&["sub-1"], &[]).await;
     let order = submit_flow(&h.bus, "chain", "chain-orphan").await;
     wait_until(Duration::from_secs(30), "step s1 runs", || async {
         !runs(&marker).is_empty()
     })
     .await;
-    let suspend = SuspendOrder {
-        order_id: order.clone(),
-        kill: false,
-    };
-    let _: OrderInfo = h
-        .bus
-        .request(h.bus.subjects().order_suspend(), &suspend, REQUEST)
+    let _ = suspend(&h.bus, &order, false)
         .await
         .expect("suspend accepted");
     let held = wait_state(&h.bus, &order, OrderState::Suspended).await;
@@ -304,14 +282,7 @@ async fn a_step_order_its_workflow_order_never_recorded_is_stopped_at_takeover()
     .await;
 
     // resumed, the order runs s2 as its own attempt and succeeds
-    let resume = ResumeOrder {
-        order_id: order.clone(),
-        from: None,
-        force_succeeded: false,
-    };
-    let _: OrderInfo = h
-        .bus
-        .request(h.bus.subjects().order_resume(), &resume, REQUEST)
+    resume(&h.bus, &order, None, false)
         .await
         .expect("resume accepted");
     let info = wait_state(&h.bus, &order, OrderState::Succeeded).await;
@@ -323,12 +294,7 @@ async fn a_step_order_its_workflow_order_never_recorded_is_stopped_at_takeover()
 /// at once, or after the broker that took it was killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_workflow_submit_finds_the_first_order_across_a_failover() {
-    let mut h = cluster(&["sub-1"]).await;
-    let marker = h.scratch().join("marker");
-    deploy(&h.bus, &deployment(&marker, &h.scratch().join("gate"))).await;
-    h.cluster
-        .spawn("b2", &["broker", "--id", "b2"])
-        .expect("spawn broker");
+    let (mut h, marker, _) = with_standby(&["sub-1"], &[]).await;
     let submit = SubmitOrder {
         job: "chain".into(),
         params: BTreeMap::new(),

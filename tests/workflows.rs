@@ -64,45 +64,43 @@ echo "::baton-result done=$s"
 ''']
 "#;
 
+/// `WORK_JOB` on a round-robin cluster `trio` of sub-a, sub-b and sub-c,
+/// and a workflow running it in sequence: one step per entry, named and
+/// with `params` as given (`step = "NAME"` added).
+fn trio_chain(workflow: &str, steps: &[(&str, &str)]) -> String {
+    let mut toml = format!(
+        r#"
+[[cluster]]
+name = "trio"
+mode = "round-robin"
+members = [{{ subagent = "sub-a" }}, {{ subagent = "sub-b" }}, {{ subagent = "sub-c" }}]
+{}
+cluster = "trio"
+
+[[workflow]]
+name = "{workflow}"
+"#,
+        WORK_JOB.trim_end()
+    );
+    for (name, extra) in steps {
+        let params = if extra.is_empty() {
+            format!("step = \"{name}\"")
+        } else {
+            format!("step = \"{name}\", {extra}")
+        };
+        toml.push_str(&format!(
+            "\n[[workflow.steps]]\nname = \"{name}\"\njob = \"work\"\nparams = {{ {params} }}\n"
+        ));
+    }
+    toml
+}
+
 // ----- requests -------------------------------------------------------------
 
 async fn get(bus: &Bus, order_id: &str) -> OrderInfo {
     order_info(bus, order_id)
         .await
         .unwrap_or_else(|| panic!("order.get {order_id}"))
-}
-
-async fn suspend(bus: &Bus, order_id: &str, kill: bool) -> Result<OrderInfo, BusError> {
-    let request = SuspendOrder {
-        order_id: order_id.into(),
-        kill,
-    };
-    let call = bus.request(bus.subjects().order_suspend(), &request, REQUEST);
-    within(REQUEST * 2, "suspend", call).await
-}
-
-async fn resume(
-    bus: &Bus,
-    order_id: &str,
-    from: Option<&str>,
-    force_succeeded: bool,
-) -> Result<OrderInfo, BusError> {
-    let request = ResumeOrder {
-        order_id: order_id.into(),
-        from: from.map(str::to_string),
-        force_succeeded,
-    };
-    let call = bus.request(bus.subjects().order_resume(), &request, REQUEST);
-    within(REQUEST * 2, "resume", call).await
-}
-
-async fn cancel(bus: &Bus, order_id: &str, kill: bool) -> Result<OrderInfo, BusError> {
-    let request = CancelOrder {
-        order_id: order_id.into(),
-        kill,
-    };
-    let call = bus.request(bus.subjects().order_cancel(), &request, REQUEST);
-    within(REQUEST * 2, "cancel", call).await
 }
 
 async fn list(bus: &Bus, filter: &ListOrders) -> OrderList {
@@ -375,44 +373,15 @@ impl Events {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_step_workflow_round_robin_survives_a_subagent_kill() {
     let mut h = cluster_with_env(&["sub-a", "sub-b", "sub-c"], &FAST).await;
-    let toml = format!(
-        r#"
-[[cluster]]
-name = "trio"
-mode = "round-robin"
-members = [{{ subagent = "sub-a" }}, {{ subagent = "sub-b" }}, {{ subagent = "sub-c" }}]
-{}
-cluster = "trio"
-
-[[workflow]]
-name = "five"
-
-[[workflow.steps]]
-name = "s1"
-job = "work"
-params = {{ step = "s1" }}
-
-[[workflow.steps]]
-name = "s2"
-job = "work"
-params = {{ step = "s2" }}
-
-[[workflow.steps]]
-name = "s3"
-job = "work"
-params = {{ step = "s3", gate = "yes" }}
-
-[[workflow.steps]]
-name = "s4"
-job = "work"
-params = {{ step = "s4" }}
-
-[[workflow.steps]]
-name = "s5"
-job = "work"
-params = {{ step = "s5" }}
-"#,
-        WORK_JOB.trim_end()
+    let toml = trio_chain(
+        "five",
+        &[
+            ("s1", ""),
+            ("s2", ""),
+            ("s3", "gate = \"yes\""),
+            ("s4", ""),
+            ("s5", ""),
+        ],
     );
     let reply = deploy(&h.bus, &toml).await;
     assert_eq!(reply.workflows, ["five"], "{reply:?}");
@@ -1319,40 +1288,7 @@ async fn concurrent_orders_each_move_to_the_next_subagent_step_by_step() {
         &[("BATON_SUBAGENT__CAPACITY", "16")],
     )
     .await;
-    let toml = format!(
-        r#"
-[[cluster]]
-name = "trio"
-mode = "round-robin"
-members = [{{ subagent = "sub-a" }}, {{ subagent = "sub-b" }}, {{ subagent = "sub-c" }}]
-{}
-cluster = "trio"
-
-[[workflow]]
-name = "chain"
-
-[[workflow.steps]]
-name = "s1"
-job = "work"
-params = {{ step = "s1" }}
-
-[[workflow.steps]]
-name = "s2"
-job = "work"
-params = {{ step = "s2" }}
-
-[[workflow.steps]]
-name = "s3"
-job = "work"
-params = {{ step = "s3" }}
-
-[[workflow.steps]]
-name = "s4"
-job = "work"
-params = {{ step = "s4" }}
-"#,
-        WORK_JOB.trim_end()
-    );
+    let toml = trio_chain("chain", &[("s1", ""), ("s2", ""), ("s3", ""), ("s4", "")]);
     deploy(&h.bus, &toml).await;
     let mut orders = Vec::new();
     for i in 0..8 {

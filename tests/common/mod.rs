@@ -14,12 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use baton::bus::{decode, Bus, Encoding};
+use baton::bus::{decode, Bus, BusError, Encoding};
 use baton::launch::{LocalCluster, Logs};
 use baton::natsd::NatsServerOptions;
 use baton::protocol::{
-    DeployReply, DeployRequest, EventKind, GetOrder, OrderFinished, OrderInfo, SubmitOrder,
-    SubmitReply, TaskLog,
+    CancelOrder, DeployReply, DeployRequest, EventKind, GetOrder, OrderFinished, OrderInfo,
+    ResumeOrder, SubmitOrder, SubmitReply, SuspendOrder, TaskLog,
 };
 use futures::StreamExt;
 use tempfile::TempDir;
@@ -344,4 +344,42 @@ impl Garbage {
         self.0 = x;
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
+}
+
+// ----- workflow order commands ----------------------------------------------
+
+/// `order.suspend`: the order, or the broker's error.
+pub async fn suspend(bus: &Bus, order_id: &str, kill: bool) -> Result<OrderInfo, BusError> {
+    let request = SuspendOrder {
+        order_id: order_id.into(),
+        kill,
+    };
+    let call = bus.request(bus.subjects().order_suspend(), &request, REQUEST);
+    within(REQUEST * 2, "suspend", call).await
+}
+
+/// `order.resume`: the order, or the broker's error.
+pub async fn resume(
+    bus: &Bus,
+    order_id: &str,
+    from: Option<&str>,
+    force_succeeded: bool,
+) -> Result<OrderInfo, BusError> {
+    let request = ResumeOrder {
+        order_id: order_id.into(),
+        from: from.map(str::to_string),
+        force_succeeded,
+    };
+    let call = bus.request(bus.subjects().order_resume(), &request, REQUEST);
+    within(REQUEST * 2, "resume", call).await
+}
+
+/// `order.cancel`: the order, or the broker's error.
+pub async fn cancel(bus: &Bus, order_id: &str, kill: bool) -> Result<OrderInfo, BusError> {
+    let request = CancelOrder {
+        order_id: order_id.into(),
+        kill,
+    };
+    let call = bus.request(bus.subjects().order_cancel(), &request, REQUEST);
+    within(REQUEST * 2, "cancel", call).await
 }

@@ -190,21 +190,7 @@ pub fn agent_line(payload: &[u8], json: bool) -> Result<String, DecodeError> {
 mod tests {
     use super::*;
 
-    /// 2026-01-31T08:00:00Z
-    const T0: u64 = 1_769_846_400_000;
-    fn line(step: &str, task: &str, text: &str) -> TaskLog {
-        TaskLog {
-            order_id: "0190-flow".into(),
-            job: "compile".into(),
-            task_id: task.into(),
-            subagent_id: "sub-1".into(),
-            stream: LogStream::Stdout,
-            step: Some(step.into()),
-            seq: 1,
-            line: text.into(),
-            at_ms: T0,
-        }
-    }
+    use crate::cli::output::fixtures::{line, T0};
 
     #[test]
     fn changes_and_step_lines_read_as_text() {

@@ -88,6 +88,30 @@ fn key_values(map: &BTreeMap<String, String>) -> String {
     pairs.join(" ")
 }
 
+/// Values the renderers' tests share.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use crate::protocol::{LogStream, TaskLog};
+
+    /// 2026-01-31T08:00:00Z
+    pub const T0: u64 = 1_769_846_400_000;
+
+    /// A stdout line of `step` of the workflow order `0190-flow`.
+    pub fn line(step: &str, task: &str, text: &str) -> TaskLog {
+        TaskLog {
+            order_id: "0190-flow".into(),
+            job: "compile".into(),
+            task_id: task.into(),
+            subagent_id: "sub-1".into(),
+            stream: LogStream::Stdout,
+            step: Some(step.into()),
+            seq: 1,
+            line: text.into(),
+            at_ms: T0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -425,8 +425,7 @@ pub fn order_list_text(list: &OrderList) -> String {
 mod tests {
     use super::*;
 
-    /// 2026-01-31T08:00:00Z
-    const T0: u64 = 1_769_846_400_000;
+    use crate::cli::output::fixtures::{line, T0};
 
     fn order(state: OrderState) -> OrderInfo {
         OrderInfo {
@@ -459,20 +458,6 @@ mod tests {
             reason: None,
             started_at_ms: Some(T0),
             finished_at_ms: Some(T0 + 2_000),
-        }
-    }
-
-    fn line(step: &str, task: &str, text: &str) -> TaskLog {
-        TaskLog {
-            order_id: "0190-flow".into(),
-            job: "compile".into(),
-            task_id: task.into(),
-            subagent_id: "sub-1".into(),
-            stream: LogStream::Stdout,
-            step: Some(step.into()),
-            seq: 1,
-            line: text.into(),
-            at_ms: T0,
         }
     }
 
