@@ -7,7 +7,7 @@
 //! Unknown keys are errors, so a typo never passes silently.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -47,6 +47,54 @@ pub struct NatsConfig {
     /// How long tasks' output lines are kept in the log stream.
     #[serde(with = "humantime_serde")]
     pub log_retention: Duration,
+    /// nkey seed file: the identity `baton auth init` makes per role.
+    pub nkey: Option<PathBuf>,
+    /// `.creds` file (user JWT and nkey seed), for servers in operator mode.
+    pub credentials: Option<PathBuf>,
+    /// User name, with `password` (a `nats://user:pass@host` URL works too).
+    pub user: String,
+    pub password: Secret,
+    /// Token authentication.
+    pub token: Secret,
+    /// CA certificate(s) (PEM) to trust for the server's TLS certificate;
+    /// setting it (or a `tls://` URL) requires TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM), for servers that verify clients.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Let a broker or subagent run on a NATS server that asks for no
+    /// credentials (anyone reaching it could run programs): experiments only.
+    pub insecure: bool,
+}
+
+/// A secret setting: printed as `<redacted>`, never in full.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "<redacted>"
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -220,6 +268,15 @@ impl Default for NatsConfig {
             max_message_bytes: 1024 * 1024,
             replicas: 1,
             log_retention: Duration::from_secs(7 * 24 * 60 * 60),
+            nkey: None,
+            credentials: None,
+            user: String::new(),
+            password: Secret::default(),
+            token: Secret::default(),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            insecure: false,
         }
     }
 }
@@ -365,6 +422,7 @@ impl Config {
                 reason: "keep logs at least 1s".into(),
             });
         }
+        self.nats.validate()?;
         if self.broker.subagent_timeout <= self.subagent.heartbeat_interval {
             return Err(ConfigError::Invalid {
                 key: "broker.subagent_timeout",
@@ -438,6 +496,51 @@ impl Config {
     }
 }
 
+impl NatsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let set = [
+            ("nats.nkey", self.nkey.is_some()),
+            ("nats.credentials", self.credentials.is_some()),
+            ("nats.user", !self.user.is_empty()),
+            ("nats.token", !self.token.is_empty()),
+        ];
+        let chosen: Vec<&str> = set.iter().filter(|(_, on)| *on).map(|(k, _)| *k).collect();
+        if chosen.len() > 1 {
+            return Err(ConfigError::Invalid {
+                key: "nats",
+                value: chosen.join(" + "),
+                reason:
+                    "set one way to authenticate: nkey, credentials, user (+ password) or token"
+                        .into(),
+            });
+        }
+        if !self.password.is_empty() && self.user.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "nats.password",
+                value: "<redacted>".into(),
+                reason: "a password needs nats.user".into(),
+            });
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "nats.tls_cert",
+                value: format!("{:?} / {:?}", self.tls_cert, self.tls_key),
+                reason: "set nats.tls_cert and nats.tls_key together".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// True when some credentials are set (in the URL too).
+    pub fn has_credentials(&self) -> bool {
+        self.nkey.is_some()
+            || self.credentials.is_some()
+            || !self.user.is_empty()
+            || !self.token.is_empty()
+            || self.url.contains('@')
+    }
+}
+
 /// `<hostname>-<pid>`, reduced to subject-token characters.
 pub fn default_node_id() -> String {
     let host = hostname();
@@ -472,6 +575,28 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn credentials_load_from_env_and_never_print() {
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("BATON_NATS__USER", "ann"),
+                ("BATON_NATS__PASSWORD", "hunter2"),
+                ("BATON_NATS__TLS_CA", "/etc/ca.pem"),
+            ]),
+            &[("nats.insecure", "true".into())],
+        )
+        .unwrap();
+        assert_eq!(c.nats.password.expose(), "hunter2");
+        assert_eq!(c.nats.tls_ca.as_deref(), Some(Path::new("/etc/ca.pem")));
+        assert!(c.nats.insecure && c.nats.has_credentials());
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        let nkey =
+            Config::load_from(None, env(&[("BATON_NATS__NKEY", "/a/client.nk")]), &[]).unwrap();
+        assert_eq!(nkey.nats.nkey.as_deref(), Some(Path::new("/a/client.nk")));
     }
 
     #[test]
@@ -540,6 +665,17 @@ mod tests {
 
         let e = Config::load_from(None, env(&[("BATON_PREFIX", "a.b")]), &[]).unwrap_err();
         assert!(e.to_string().contains("prefix"), "{e}");
+
+        let e = Config::load_from(
+            None,
+            env(&[("BATON_NATS__USER", "u"), ("BATON_NATS__TOKEN", "t")]),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("one way"), "{e}");
+        let e =
+            Config::load_from(None, env(&[("BATON_NATS__TLS_CERT", "c.pem")]), &[]).unwrap_err();
+        assert!(e.to_string().contains("tls_key"), "{e}");
 
         let e = Config::load_from(
             None,

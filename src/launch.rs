@@ -13,7 +13,8 @@ use anyhow::{bail, Context as _};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::bus::{Bus, ConnectSettings};
+use crate::auth::{AuthDir, Role};
+use crate::bus::{Bus, ConnectSettings, Credentials};
 use crate::natsd::{NatsServer, NatsServerOptions};
 use crate::protocol::{StatusReply, StatusRequest, SubagentState, Subjects};
 
@@ -39,9 +40,21 @@ impl Proc {
     }
 }
 
+/// How a local cluster's NATS is protected.
+#[derive(Debug, Clone)]
+pub enum Security {
+    /// nats-server enforces Baton's roles with the identities in this
+    /// credentials folder (made or extended with `AuthDir::init`), and every
+    /// process connects with its own role's nkey: a subagent with its own.
+    Auth(PathBuf),
+    /// No authentication at all (`--insecure`): for comparisons only.
+    Insecure,
+}
+
 /// nats-server plus `baton` processes started by this process.
 pub struct LocalCluster {
     pub nats: NatsServer,
+    auth: Option<AuthDir>,
     baton: PathBuf,
     prefix: String,
     logs: Logs,
@@ -50,20 +63,35 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// Starts nats-server; add processes with [`LocalCluster::spawn`].
+    /// Starts nats-server; add processes with [`LocalCluster::spawn`]. With
+    /// [`Security::Auth`] and no config file of its own, the server enforces
+    /// the folder's `auth.conf`; a config file must include it itself.
     pub async fn start(
-        nats: NatsServerOptions,
+        mut nats: NatsServerOptions,
         baton: PathBuf,
         prefix: &str,
         logs: Logs,
+        security: Security,
     ) -> anyhow::Result<LocalCluster> {
         if let Logs::Dir(dir) = &logs {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create log folder {}", dir.display()))?;
         }
+        let auth = match security {
+            Security::Auth(dir) => {
+                let auth = AuthDir::init(&dir, prefix, &[])?;
+                if nats.config_file.is_none() {
+                    nats.authorization = Some(auth.server_conf_path());
+                }
+                nats.probe_credentials = Credentials::NkeyFile(auth.seed_path(Role::Admin, None));
+                Some(auth)
+            }
+            Security::Insecure => None,
+        };
         let nats = NatsServer::start(nats).await?;
         Ok(LocalCluster {
             nats,
+            auth,
             baton,
             prefix: prefix.to_string(),
             logs,
@@ -84,8 +112,12 @@ impl LocalCluster {
     }
 
     /// Starts `baton <args>` named `name` connecting to NATS at `url` (a
-    /// proxy in front of this cluster's server, say).
+    /// proxy in front of this cluster's server, say), with the credentials
+    /// of its role (`broker`, `agent`, `subagent --id ID`; admin for client
+    /// commands). Environment set with [`LocalCluster::env`] wins.
     pub fn spawn_via(&mut self, name: &str, args: &[&str], url: &str) -> anyhow::Result<u32> {
+        let (role, id) = role_of(args);
+        let credentials = self.credentials(role, id.as_deref())?;
         let mut command = Command::new(&self.baton);
         command
             .args(args)
@@ -93,6 +125,7 @@ impl LocalCluster {
             .arg(url)
             .arg("--prefix")
             .arg(&self.prefix)
+            .envs(credentials_env(&credentials))
             .envs(self.env.iter().cloned())
             // its own process group: a Ctrl-C at the terminal reaches only
             // us, and we stop the children in order (one SIGTERM each)
@@ -183,8 +216,14 @@ impl LocalCluster {
         }
     }
 
-    /// A client connection to this cluster's NATS.
+    /// A connection to this cluster's NATS with admin credentials.
     pub async fn client(&self) -> anyhow::Result<Bus> {
+        let credentials = self.seed(Role::Admin, None);
+        self.connect_with(credentials).await
+    }
+
+    /// A connection to this cluster's NATS with `credentials`.
+    pub async fn connect_with(&self, credentials: Credentials) -> anyhow::Result<Bus> {
         let settings = ConnectSettings {
             url: self.nats.url(),
             name: "baton-local".into(),
@@ -192,8 +231,41 @@ impl LocalCluster {
             retry_initial_connect: false,
             max_message_bytes: 1024 * 1024,
             replicas: 1,
+            credentials,
+            tls: Default::default(),
         };
         Ok(Bus::connect(&settings, Subjects::new(self.prefix.clone())).await?)
+    }
+
+    /// The credentials folder, unless the cluster is insecure.
+    pub fn auth(&self) -> Option<&AuthDir> {
+        self.auth.as_ref()
+    }
+
+    /// The credentials of `role` (of subagent `id`): its seed file, made
+    /// first for a new subagent id (the server then reloads its
+    /// configuration, and this waits until the new identity can connect).
+    pub fn credentials(&mut self, role: Role, id: Option<&str>) -> anyhow::Result<Credentials> {
+        let Some(auth) = &mut self.auth else {
+            return Ok(Credentials::None);
+        };
+        if let (Role::Subagent, Some(id)) = (role, id) {
+            if auth.add_subagent(id)? {
+                self.nats.reload()?;
+                let credentials = self.seed(role, Some(id));
+                wait_until_known(&self.nats.url(), &credentials)?;
+                return Ok(credentials);
+            }
+        }
+        Ok(self.seed(role, id))
+    }
+
+    /// The seed file of an identity already in the folder.
+    pub fn seed(&self, role: Role, id: Option<&str>) -> Credentials {
+        match &self.auth {
+            Some(auth) => Credentials::NkeyFile(auth.seed_path(role, id)),
+            None => Credentials::None,
+        }
     }
 
     /// Asks the broker for its status until `ready` holds, or fails after `timeout`.
@@ -268,6 +340,59 @@ impl LocalCluster {
             "VmHWM:",
         )
     }
+}
+
+/// The role a `baton` command line runs as, and its `--id`.
+fn role_of(args: &[&str]) -> (Role, Option<String>) {
+    let id = args
+        .windows(2)
+        .find(|w| w[0] == "--id")
+        .map(|w| w[1].to_string());
+    let role = match args.first() {
+        Some(&"broker") => Role::Broker,
+        Some(&"agent") => Role::Agent,
+        // `subagent disable ID` and the like are admin commands
+        Some(&"subagent") if id.is_some() => Role::Subagent,
+        _ => Role::Admin,
+    };
+    (role, id)
+}
+
+/// The environment giving a child process `credentials`.
+fn credentials_env(credentials: &Credentials) -> Vec<(String, String)> {
+    match credentials {
+        Credentials::NkeyFile(path) => {
+            vec![("BATON_NATS__NKEY".into(), path.display().to_string())]
+        }
+        _ => vec![("BATON_NATS__INSECURE".into(), "true".into())],
+    }
+}
+
+/// Blocks until `credentials` connect to `url` (a reloading server learns
+/// them a moment later), for at most 10 s.
+fn wait_until_known(url: &str, credentials: &Credentials) -> anyhow::Result<()> {
+    let (url, credentials) = (url.to_string(), credentials.clone());
+    let wait = move || -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let tried = crate::bus::probe_connect(&url, &credentials, Duration::from_secs(1));
+                match tried.await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if tokio::time::Instant::now() > deadline => {
+                        bail!("nats-server did not learn new credentials within 10s: {e}")
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        })
+    };
+    std::thread::spawn(wait)
+        .join()
+        .map_err(|_| anyhow::anyhow!("credentials wait panicked"))?
 }
 
 impl Drop for LocalCluster {

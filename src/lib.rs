@@ -3,6 +3,7 @@
 //! # Layout
 //!
 //! - [`protocol`]: wire types and subject names (serde + schemars only; no actix, no async_nats).
+//! - [`auth`]: roles and their NATS permissions (pure), credentials folders for nats-server.
 //! - [`bus`]: the only importer of async_nats: connect, typed publish/request/serve, KV buckets.
 //! - [`config`]: one `Config` tree, layered defaults < TOML file < `BATON_*` env < flags.
 //! - [`jobs`]: the deploy file format and job validation (pure).
@@ -17,6 +18,7 @@
 //! - `testing`: helpers for unit tests (a seeded generator for property tests).
 
 pub mod agent;
+pub mod auth;
 pub mod broker;
 pub mod bus;
 pub mod cli;

@@ -94,7 +94,7 @@ fn is_executable(path: &Path) -> bool {
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NatsServerOptions {
     /// Client port; `None` lets the server pick a free one (`-p -1`).
     pub port: Option<u16>,
@@ -105,6 +105,12 @@ pub struct NatsServerOptions {
     pub config_file: Option<PathBuf>,
     /// Where stdout and stderr go (appended); `None` means a file in the handle's own temp dir.
     pub log_file: Option<PathBuf>,
+    /// An `authorization` block (`baton auth init`'s `auth.conf`) to enforce. Without a
+    /// `config_file` it goes into a file written here beside the store dir, read again by
+    /// [`NatsServer::reload`]; a `config_file` must include it itself.
+    pub authorization: Option<PathBuf>,
+    /// What the readiness probe connects with: any identity the server knows.
+    pub probe_credentials: crate::bus::Credentials,
 }
 
 /// A running nats-server; dropping it kills the process (SIGKILL) and waits for it.
@@ -160,6 +166,36 @@ impl NatsServer {
         }
     }
 
+    /// Reads the authorization file again and tells the server to reload its configuration
+    /// (SIGHUP). The reload happens shortly after; callers wait for what they need by connecting.
+    pub fn reload(&mut self) -> Result<(), NatsdError> {
+        self.write_config()?;
+        signal::kill(Pid::from_raw(self.pid as i32), Signal::SIGHUP)
+            .map_err(|e| NatsdError::Io("signalling nats-server".into(), e.into()))?;
+        debug!(pid = self.pid, "nats-server reloading");
+        Ok(())
+    }
+
+    /// With an authorization file and no config file: writes the server's configuration
+    /// (store dir and the authorization block inline, as nats-server includes only relative
+    /// paths). Returns the file to pass with `-c`.
+    fn write_config(&self) -> Result<Option<PathBuf>, NatsdError> {
+        if let Some(config) = &self.opts.config_file {
+            return Ok(Some(config.clone()));
+        }
+        let Some(authorization) = &self.opts.authorization else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(authorization)
+            .map_err(io_err(format!("reading {}", authorization.display())))?;
+        let store = &self.opts.store_dir;
+        std::fs::create_dir_all(store).map_err(io_err(format!("creating {}", store.display())))?;
+        let config = format!("jetstream {{ store_dir: {store:?} }}\n{text}");
+        let path = self.work_dir.join("nats-server.conf");
+        std::fs::write(&path, config).map_err(io_err(format!("writing {}", path.display())))?;
+        Ok(Some(path))
+    }
+
     /// Stop gracefully (SIGTERM, then wait) and start again on the same port and store dir.
     pub async fn restart(&mut self) -> Result<(), NatsdError> {
         self.terminate().await;
@@ -201,7 +237,7 @@ impl NatsServer {
             .arg(port.map_or("-1".to_string(), |p| p.to_string()))
             .arg("--ports_file_dir")
             .arg(&self.work_dir);
-        match &self.opts.config_file {
+        match self.write_config()? {
             // Even an identical `--store_dir` is refused as "Duplicate 'store_dir' configuration".
             Some(config) => cmd.arg("-c").arg(config),
             None => {
@@ -250,7 +286,8 @@ impl NatsServer {
     async fn wait_for_jetstream(&mut self, deadline: Instant) -> Result<(), NatsdError> {
         loop {
             self.check_alive()?;
-            let reason = match timeout(Duration::from_secs(2), probe(self.url())).await {
+            let probe = probe(self.url(), &self.opts.probe_credentials);
+            let reason = match timeout(Duration::from_secs(2), probe).await {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(reason)) => reason,
                 Err(_) => "readiness probe timed out".to_string(),
@@ -285,8 +322,8 @@ impl Drop for NatsServer {
 }
 
 /// Ready means a client connects and JetStream answers an account info request.
-async fn probe(url: String) -> Result<(), String> {
-    crate::bus::probe_jetstream(&url, Duration::from_secs(1)).await
+async fn probe(url: String, credentials: &crate::bus::Credentials) -> Result<(), String> {
+    crate::bus::probe_jetstream(&url, credentials, Duration::from_secs(1)).await
 }
 
 /// The client port from a ports file: `{"nats":["nats://127.0.0.1:PORT"], ...}`.
@@ -367,6 +404,7 @@ mod tests {
             store_dir: store.path().into(),
             config_file: None,
             log_file: None,
+            ..Default::default()
         };
         let mut server = timeout(T, NatsServer::start(opts))
             .await
@@ -422,6 +460,8 @@ mod tests {
             retry_initial_connect: false,
             max_message_bytes: 1 << 20,
             replicas: 1,
+            credentials: Default::default(),
+            tls: Default::default(),
         };
         crate::bus::Bus::connect(&settings, crate::protocol::Subjects::new("t"))
             .await
@@ -439,6 +479,7 @@ mod tests {
             store_dir: "unused".into(),
             config_file: Some(config),
             log_file: None,
+            ..Default::default()
         };
         let server = timeout(T, NatsServer::start(opts))
             .await
@@ -457,6 +498,7 @@ mod tests {
             store_dir: store_a.path().into(),
             config_file: None,
             log_file: None,
+            ..Default::default()
         };
         let first = timeout(T, NatsServer::start(opts))
             .await
@@ -467,6 +509,7 @@ mod tests {
             store_dir: store_b.path().into(),
             config_file: None,
             log_file: None,
+            ..Default::default()
         };
         let err = timeout(T, NatsServer::start(opts))
             .await

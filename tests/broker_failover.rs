@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use baton::auth::Role;
 use baton::bus::{decode, Bus, BusError, Encoding};
 use baton::protocol::*;
 use common::proxy::Proxy;
@@ -201,9 +202,10 @@ async fn a_result_unacknowledged_by_a_killed_broker_reaches_the_next_one() {
     })
     .await;
     // Freeze the broker, let the task finish: its result goes unacknowledged.
-    let mut results = h
-        .bus
-        .listen::<TaskResult>(h.bus.subjects().result())
+    // (Only a broker's credentials may listen to results.)
+    let watcher = h.connect_as(Role::Broker, None).await;
+    let mut results = watcher
+        .listen::<TaskResult>(watcher.subjects().result())
         .await
         .expect("subscribe to results");
     h.cluster

@@ -6,6 +6,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
+use baton::auth::Role;
 use baton::bus::{decode, Bus, Encoding};
 use baton::protocol::*;
 use common::*;
@@ -91,8 +92,16 @@ struct PlainClient {
 }
 
 impl PlainClient {
-    async fn connect(url: &str) -> PlainClient {
-        let nats = within(REQUEST, "connect", async_nats::connect(url))
+    /// Connects with the nkey seed in `seed_file`, replies coming to the
+    /// identity's own inbox (`_INBOX.<public key>`), as Baton's roles allow.
+    async fn connect(url: &str, seed_file: &std::path::Path) -> PlainClient {
+        let seed = std::fs::read_to_string(seed_file).expect("read seed");
+        let key = nkeys::KeyPair::from_seed(seed.trim()).expect("seed");
+        let connect = async_nats::ConnectOptions::new()
+            .nkey(seed.trim().to_string())
+            .custom_inbox_prefix(format!("_INBOX.{}", key.public_key()))
+            .connect(url);
+        let nats = within(REQUEST, "connect", connect)
             .await
             .expect("plain client connects");
         PlainClient { nats }
@@ -146,7 +155,8 @@ async fn get_order(bus: &Bus, order_id: &str) -> Result<OrderInfo, baton::bus::B
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_orders_from_a_plain_client() {
     const ORDERS: usize = 100;
-    let h = cluster(&["sub-a", "sub-b"]).await;
+    let mut h = cluster(&["sub-a", "sub-b"]).await;
+    let seed = h.seed(Role::Admin, None);
     let bus = &h.bus;
     let s = bus.subjects().clone();
 
@@ -168,7 +178,7 @@ async fn hundred_orders_from_a_plain_client() {
         misfire: Default::default(),
         concurrency: Default::default(),
     };
-    let client = PlainClient::connect(&h.nats_url()).await;
+    let client = PlainClient::connect(&h.nats_url(), &seed).await;
     let request = DeployRequest {
         dry_run: false,
         jobs: vec![job],

@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use baton::auth::Role;
 use baton::bus::{Bus, Kv};
 use baton::protocol::*;
 use common::*;
@@ -51,9 +52,10 @@ async fn broker_says(bus: &Bus, order_id: &str, state: OrderState) -> OrderInfo 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_brokers_write_cannot_roll_a_finished_order_back() {
-    let h = cluster(&["sub-1"]).await;
+    let mut h = cluster(&["sub-1"]).await;
     deploy(&h.bus, JOBS).await;
-    let kv = orders(&h.bus).await;
+    // writing behind the broker's back takes a (stale) broker's credentials
+    let kv = orders(&h.connect_as(Role::Broker, None).await).await;
     let gate = h.scratch().join("gate");
     let order_id = submit(&h.bus, "gate", &[("gate", gate.display().to_string())]).await;
 
@@ -76,9 +78,9 @@ async fn a_stale_brokers_write_cannot_roll_a_finished_order_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_changed_behind_the_brokers_back_is_written_over() {
     // no subagent: the order waits in the broker
-    let h = cluster(&[]).await;
+    let mut h = cluster(&[]).await;
     deploy(&h.bus, JOBS).await;
-    let kv = orders(&h.bus).await;
+    let kv = orders(&h.connect_as(Role::Broker, None).await).await;
     let order_id = submit(&h.bus, "quick", &[]).await;
     let (accepted, _) = record_in(&kv, &order_id, OrderState::Accepted).await;
 

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use baton::auth::Role;
 use baton::protocol::*;
 use common::proxy::Proxy;
 use common::*;
@@ -218,10 +219,12 @@ async fn partitions_and_forced_double_schedulers_still_fire_each_slot_once() {
         lease_ms: 60_000,
     };
     let s = h.bus.subjects().clone();
+    // only a broker's credentials may command an agent
+    let rogue_broker = h.connect_as(Role::Broker, None).await;
     let answer: RoleAnswer = within(
         REQUEST,
         "rogue role command",
-        h.bus.request(s.agent_role("a1"), &rogue, REQUEST),
+        rogue_broker.request(s.agent_role("a1"), &rogue, REQUEST),
     )
     .await
     .expect("a1 obeys a command of the current epoch");
@@ -680,10 +683,11 @@ every = "1s"
     }
 
     // Each keeps its own record of how far it has fired.
+    let agent = h.connect_as(Role::Agent, None).await;
     let fired: baton::bus::Kv<FiredSlot> = within(
         REQUEST,
         "open the fired bucket",
-        h.bus.kv(&format!("{}_fired", h.bus.subjects().prefix())),
+        agent.kv(&format!("{}_fired", h.bus.subjects().prefix())),
     )
     .await
     .expect("the fired bucket");

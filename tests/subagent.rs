@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use baton::auth::Role;
 use baton::bus::BusError;
 use baton::protocol::*;
 use common::*;
@@ -40,13 +41,15 @@ fn run_task(task_id: &str, file: &str) -> RunTask {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_task_sent_many_times_runs_once() {
-    let h = cluster(&["sub-a"]).await;
+    let mut h = cluster(&["sub-a"]).await;
+    // this test plays the broker
+    let broker = h.connect_as(Role::Broker, None).await;
     let file = h.scratch().join("runs");
     let task = run_task("t-once", &file.display().to_string());
     let subject = h.bus.subjects().run("sub-a");
     // at once, and again after the first copy finished
     let sends = (0..5).map(|_| {
-        let bus = h.bus.clone();
+        let bus = broker.clone();
         let (subject, task) = (subject.clone(), task.clone());
         async move { bus.request::<_, RunAccepted>(subject, &task, REQUEST).await }
     });
@@ -69,7 +72,7 @@ async fn the_same_task_sent_many_times_runs_once() {
         std::future::ready(file.exists())
     })
     .await;
-    let bus = h.bus.clone();
+    let bus = broker.clone();
     let again = wait_for(Duration::from_secs(10), "the task finished", || {
         let (bus, subject, task) = (bus.clone(), subject.clone(), task.clone());
         async move {
@@ -206,7 +209,8 @@ async fn a_subagent_started_later_gets_tasks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_for_an_earlier_process_is_not_started() {
-    let h = cluster(&["sub-a"]).await;
+    let mut h = cluster(&["sub-a"]).await;
+    let broker = h.connect_as(Role::Broker, None).await;
     let file = h.scratch().join("runs");
     let mut task = run_task("t-stale", &file.display().to_string());
     task.instance_id = Some("01900000-0000-7000-8000-000000000000".into());
@@ -214,8 +218,7 @@ async fn a_task_for_an_earlier_process_is_not_started() {
     let reply = within(
         REQUEST * 2,
         "stale dispatch",
-        h.bus
-            .request::<_, RunAccepted>(subject, &task, Duration::from_millis(500)),
+        broker.request::<_, RunAccepted>(subject, &task, Duration::from_millis(500)),
     )
     .await;
     assert!(
@@ -343,8 +346,9 @@ async fn a_command_from_an_older_broker_epoch_is_refused() {
     )
     .await;
     let subject = h.bus.subjects().run("sub-a");
+    let broker = h.connect_as(Role::Broker, None).await;
     let run = |task: RunTask| {
-        let (bus, subject) = (h.bus.clone(), subject.clone());
+        let (bus, subject) = (broker.clone(), subject.clone());
         async move {
             let request = bus.request::<_, RunAccepted>(subject, &task, REQUEST);
             within(REQUEST * 2, "run", request).await
@@ -369,9 +373,7 @@ async fn a_command_from_an_older_broker_epoch_is_refused() {
         reason: "from a deposed broker".into(),
         epoch: epoch - 1,
     };
-    let request = h
-        .bus
-        .request::<_, KillAccepted>(h.bus.subjects().kill("sub-a"), &kill, REQUEST);
+    let request = broker.request::<_, KillAccepted>(h.bus.subjects().kill("sub-a"), &kill, REQUEST);
     refused(within(REQUEST * 2, "kill", request).await);
 
     // the refusal changed nothing: the same task id from the current broker runs

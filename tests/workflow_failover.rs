@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use baton::auth::Role;
 use baton::bus::Bus;
 use baton::protocol::*;
 use common::*;
@@ -239,7 +240,8 @@ async fn a_step_order_its_workflow_order_never_recorded_is_stopped_at_takeover()
 
     // What a broker killed between storing a step order and storing its
     // workflow order leaves: step s2's order, queued, unknown to the order.
-    let kv: baton::bus::Kv<OrderInfo> = within(REQUEST, "orders bucket", h.bus.kv("baton_orders"))
+    let broker = h.connect_as(Role::Broker, None).await;
+    let kv: baton::bus::Kv<OrderInfo> = within(REQUEST, "orders bucket", broker.kv("baton_orders"))
         .await
         .expect("orders bucket");
     let step_order = baton::workflow::step_order_id("baton", &order, "s2", 1);

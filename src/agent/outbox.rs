@@ -56,6 +56,8 @@ pub fn submit_failure(error: &BusError) -> SubmitFailure {
         },
         // a broker answered something we cannot read: it may have taken it
         BusError::Decode { .. } => SubmitFailure::Drop,
+        // these credentials may not submit: asking again changes nothing
+        BusError::Denied { .. } => SubmitFailure::Drop,
     }
 }
 

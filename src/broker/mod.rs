@@ -119,6 +119,9 @@ pub async fn start(config: Config, bus: Bus, epoch: u64) -> Result<Addr<Broker>,
     let clusters_kv: Kv<ClusterSpec> = bus.kv(&config.clusters_bucket()).await?;
     let workflows_kv: Kv<WorkflowSpec> = bus.kv(&config.workflows_bucket()).await?;
     let orders_kv: Kv<OrderInfo> = bus.kv(&config.orders_bucket()).await?;
+    // agents may read and write it but not create it (see `auth::roles`)
+    bus.kv::<crate::protocol::FiredSlot>(&config.fired_bucket())
+        .await?;
     // task output is kept from now on (see `baton order logs`)
     if let Err(e) = bus
         .ensure_log_stream(&config.log_stream(), config.nats.log_retention)

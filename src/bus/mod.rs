@@ -9,6 +9,7 @@
 //! it never decides anything about jobs, orders or subagents.
 
 mod codec;
+mod connect;
 mod kv;
 mod logs;
 
@@ -20,23 +21,45 @@ use async_nats::{HeaderMap, Message};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::{de::DeserializeOwned, Serialize};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 pub use codec::{decode, encode, DecodeError, Encoding};
+pub use connect::{redact_urls, split_url_credentials, Credentials, Tls};
 pub use kv::{Kv, KvChange};
 pub use logs::{LogsError, OrderLog};
 
 use crate::protocol::{ErrorCode, ErrorReply, Subjects, CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE};
 
 /// Counters of what the bus refused or dropped.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     malformed: AtomicU64,
     connects: AtomicU64,
     reconnected_at_ms: AtomicU64,
+    /// Operations the server refused by permissions.
+    denied: AtomicU64,
+    /// The server's permission violation messages, for requests waiting.
+    violations: tokio::sync::broadcast::Sender<String>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            malformed: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+            reconnected_at_ms: AtomicU64::new(0),
+            denied: AtomicU64::new(0),
+            violations: tokio::sync::broadcast::channel(64).0,
+        }
+    }
 }
 
 impl Stats {
+    /// Publishes and subscriptions the server refused to this identity.
+    pub fn denied(&self) -> u64 {
+        self.denied.load(Ordering::Relaxed)
+    }
+
     /// Requests answered with `bad_request`/`too_large` plus publishes dropped.
     pub fn malformed(&self) -> u64 {
         self.malformed.load(Ordering::Relaxed)
@@ -67,6 +90,8 @@ pub struct ConnectSettings {
     pub max_message_bytes: usize,
     /// KV bucket replicas (1 for a single server, 3 for a cluster).
     pub replicas: usize,
+    pub credentials: Credentials,
+    pub tls: Tls,
 }
 
 /// Why talking to NATS failed.
@@ -88,6 +113,8 @@ pub enum BusError {
     },
     #[error("NATS error on {subject}: {reason}")]
     Transport { subject: String, reason: String },
+    #[error("NATS refused {subject} to these credentials ({reason}): their role may not do this; use credentials of a role that may (README: Security)")]
+    Denied { subject: String, reason: String },
 }
 
 /// Where and how to answer one request.
@@ -136,52 +163,7 @@ pub struct Bus {
 impl Bus {
     pub async fn connect(settings: &ConnectSettings, subjects: Subjects) -> Result<Bus, BusError> {
         let stats = Arc::new(Stats::default());
-        let seen = stats.clone();
-        let mut options = async_nats::ConnectOptions::new()
-            .name(&settings.name)
-            .connection_timeout(settings.connect_timeout)
-            .ping_interval(Duration::from_secs(5))
-            .event_callback(move |event| {
-                let seen = seen.clone();
-                async move {
-                    match event {
-                        async_nats::Event::Connected => {
-                            if seen.connects.fetch_add(1, Ordering::Relaxed) > 0 {
-                                seen.reconnected_at_ms
-                                    .store(crate::time::now_ms(), Ordering::Relaxed);
-                                info!("nats reconnected");
-                            } else {
-                                info!("nats connected");
-                            }
-                        }
-                        async_nats::Event::Disconnected => warn!("nats disconnected"),
-                        other => debug!(event = %other, "nats event"),
-                    }
-                }
-            });
-        if settings.retry_initial_connect {
-            options = options.retry_on_initial_connect();
-        }
-        // "nats://a:4222,nats://b:4222" lists the servers of a cluster
-        let urls: Vec<&str> = settings.url.split(',').map(str::trim).collect();
-        let connect = options.connect(urls);
-        let client = if settings.retry_initial_connect {
-            connect.await
-        } else {
-            match tokio::time::timeout(settings.connect_timeout, connect).await {
-                Ok(result) => result,
-                Err(_) => {
-                    return Err(BusError::Connect {
-                        url: settings.url.clone(),
-                        reason: format!("timed out after {:?}", settings.connect_timeout),
-                    })
-                }
-            }
-        }
-        .map_err(|e| BusError::Connect {
-            url: settings.url.clone(),
-            reason: e.to_string(),
-        })?;
+        let client = connect::connect(settings, stats.clone()).await?;
         let (outgoing, queue) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(publish_in_order(client.clone(), queue));
         Ok(Bus {
@@ -196,6 +178,17 @@ impl Bus {
 
     pub fn subjects(&self) -> &Subjects {
         &self.subjects
+    }
+
+    /// Whether the server asks clients for credentials; `None` until the
+    /// first connection is made.
+    pub fn auth_required(&self) -> Option<bool> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => {
+                Some(self.client.server_info().auth_required)
+            }
+            _ => None,
+        }
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
@@ -288,7 +281,27 @@ impl Bus {
         if encoding == Encoding::Json {
             request = request.headers(json_headers());
         }
-        match self.client.send_request(subject.to_string(), request).await {
+        let mut violations = self.stats.violations.subscribe();
+        let refused = async {
+            loop {
+                match violations.recv().await {
+                    Ok(message) if connect::violation_subject(&message) == Some(subject) => {
+                        return message
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        futures::future::pending::<()>().await
+                    }
+                }
+            }
+        };
+        let sent = tokio::select! {
+            sent = self.client.send_request(subject.to_string(), request) => sent,
+            reason = refused => {
+                return Err(BusError::Denied { subject: subject.to_string(), reason })
+            }
+        };
+        match sent {
             Ok(message) => Ok(message.payload),
             Err(e) => Err(match e.kind() {
                 async_nats::RequestErrorKind::NoResponders => BusError::NoResponders {
@@ -426,13 +439,47 @@ impl Bus {
     }
 }
 
+/// Connects to `url` with `credentials` and waits for the server's answer.
+pub async fn probe_connect(
+    url: &str,
+    credentials: &Credentials,
+    timeout: Duration,
+) -> Result<(), String> {
+    let settings = probe_settings(url, credentials, timeout);
+    let client = connect::connect(&settings, Arc::new(Stats::default()))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::time::timeout(timeout, client.flush())
+        .await
+        .map_err(|_| "flush timed out".to_string())?
+        .map_err(|e| e.to_string())
+}
+
+fn probe_settings(url: &str, credentials: &Credentials, timeout: Duration) -> ConnectSettings {
+    ConnectSettings {
+        url: url.to_string(),
+        name: "baton-probe".into(),
+        connect_timeout: timeout,
+        retry_initial_connect: false,
+        max_message_bytes: 1 << 20,
+        replicas: 1,
+        credentials: credentials.clone(),
+        tls: Tls::default(),
+    }
+}
+
 /// Connects to `url` and asks JetStream for account information: true
 /// readiness of a server for Baton, used instead of sleeping after a start.
-pub async fn probe_jetstream(url: &str, timeout: Duration) -> Result<(), String> {
-    let connect = async_nats::ConnectOptions::new()
-        .connection_timeout(timeout)
-        .connect(url);
-    let client = connect.await.map_err(|e| format!("connect: {e}"))?;
+/// `credentials` are those of an identity that may ask (every Baton role).
+pub async fn probe_jetstream(
+    url: &str,
+    credentials: &Credentials,
+    timeout: Duration,
+) -> Result<(), String> {
+    let settings = probe_settings(url, credentials, timeout);
+    let client = connect::connect(&settings, Arc::new(Stats::default()))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     let jetstream = async_nats::jetstream::new(client);
     match tokio::time::timeout(timeout, jetstream.query_account()).await {
         Ok(Ok(_)) => Ok(()),

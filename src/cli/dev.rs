@@ -8,8 +8,10 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::Args;
 
+use crate::auth::{AuthDir, Role};
+use crate::bus::Credentials;
 use crate::config::Config;
-use crate::launch::{LocalCluster, Logs};
+use crate::launch::{LocalCluster, Logs, Security};
 use crate::natsd::NatsServerOptions;
 use crate::protocol::{DeployReply, DeployRequest};
 
@@ -29,6 +31,29 @@ pub struct DevArgs {
     pub jobs: PathBuf,
 }
 
+/// Where `baton dev` keeps its credentials (nats/dev.conf includes its `auth.conf`).
+const AUTH_DIR: &str = ".baton/dev/auth";
+
+/// `baton dev`'s admin credentials, for a client command without credentials
+/// of its own that talks to a server on this machine, run in the repository
+/// (or below it) while `baton dev` has made them.
+pub fn local_credentials(url: &str) -> Option<Credentials> {
+    let local = url.split(',').all(|u| {
+        let host = u.trim().split("://").last().unwrap_or("");
+        host.starts_with("127.0.0.1:") || host.starts_with("localhost:")
+    });
+    if !local {
+        return None;
+    }
+    let cwd = std::env::current_dir().ok()?;
+    let seed = cwd
+        .ancestors()
+        .map(|dir| dir.join(AUTH_DIR).join("admin.nk"))
+        .find(|seed| seed.is_file())?;
+    tracing::debug!(seed = %seed.display(), "using baton dev's admin credentials");
+    Some(Credentials::NkeyFile(seed))
+}
+
 pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
     let conf = PathBuf::from("nats/dev.conf");
     if !conf.exists() {
@@ -36,14 +61,26 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
     }
     let deployment = crate::jobs::load_deploy_file(&args.jobs)?;
     std::fs::create_dir_all(".baton/dev").context("cannot create .baton/dev")?;
+    // nats/dev.conf includes the folder's auth.conf, so it must exist first
+    let subagents: Vec<String> = (1..=args.subagents).map(|i| format!("sub-{i}")).collect();
+    let auth = AuthDir::init(AUTH_DIR.as_ref(), &config.prefix, &subagents)?;
+    let admin_seed = std::fs::canonicalize(auth.seed_path(Role::Admin, None))?;
+    let client_inbox = auth
+        .identities()
+        .iter()
+        .find(|i| i.name == "client")
+        .map(|i| crate::auth::inbox_prefix(&i.public_key))
+        .unwrap_or_default();
     let nats = NatsServerOptions {
         port: Some(args.port),
         store_dir: PathBuf::from(".baton/dev"),
         config_file: Some(conf),
         log_file: Some(PathBuf::from(".baton/dev/nats-server.log")),
+        ..Default::default()
     };
     let exe = std::env::current_exe().context("cannot find the baton executable")?;
-    let mut cluster = LocalCluster::start(nats, exe, &config.prefix, Logs::Prefixed)
+    let security = Security::Auth(AUTH_DIR.into());
+    let mut cluster = LocalCluster::start(nats, exe, &config.prefix, Logs::Prefixed, security)
         .await
         .with_context(|| {
             format!(
@@ -97,8 +134,10 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
          cargo run --release -- order suspend|resume ORDER_ID        (steer a workflow order)\n  \
          cargo run --release -- watch clock                           (fired every 10s by the Scheduler agent)\n  \
          cargo run --release -- scheduler on agent-2                  (move the Scheduler role)\n  \
-         nats req baton.api.submit '{{\"job\":\"hello\"}}' -H Content-Type:application/json\n\n\
+         nats req baton.api.submit '{{\"job\":\"hello\"}}' -H Content-Type:application/json \\\n      --nkey {AUTH_DIR}/client.nk --inbox-prefix {client_inbox}\n\n\
          Kill a subagent or the Scheduler agent with `kill -9 PID` and watch the others carry on.\n\
+         The bus needs credentials: commands run in this repository find them in {AUTH_DIR}; elsewhere:\n  \
+         export BATON_NATS__NKEY={}\n\
          Ctrl-C stops everything.\n",
         pids.join(", "),
         args.jobs.display(),
@@ -108,6 +147,7 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
         } else {
             format!("; workflows: {}", reply.workflows.join(", "))
         },
+        admin_seed.display(),
     );
     super::wait_for_signal().await;
     eprintln!("stopping");

@@ -4,6 +4,7 @@
 //! (`deploy`, `submit`, `order`, `watch`, `status`) talk to the cluster over
 //! NATS like any other client; `dev` and `bench` start a whole local cluster.
 
+mod auth;
 mod bench;
 mod client;
 mod dev;
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::bus::{Bus, ConnectSettings};
+use crate::bus::{Bus, ConnectSettings, Credentials, Tls};
 use crate::config::Config;
 use crate::protocol::Subjects;
 
@@ -58,6 +59,74 @@ pub struct GlobalArgs {
     /// Subject prefix: lets several Baton clusters share one NATS [default: baton]
     #[arg(long, global = true, value_name = "PREFIX")]
     pub prefix: Option<String>,
+    /// NATS nkey seed file of this process's identity (`baton auth init` makes one per role)
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        help_heading = "NATS credentials"
+    )]
+    pub nats_nkey: Option<PathBuf>,
+    /// NATS .creds file (user JWT and seed), for servers in operator mode
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        help_heading = "NATS credentials"
+    )]
+    pub nats_creds: Option<PathBuf>,
+    /// NATS user name (password: BATON_NATS__PASSWORD, or --nats-password)
+    #[arg(
+        long,
+        global = true,
+        value_name = "USER",
+        help_heading = "NATS credentials"
+    )]
+    pub nats_user: Option<String>,
+    /// NATS password; other users can see flags in `ps`: prefer BATON_NATS__PASSWORD
+    #[arg(
+        long,
+        global = true,
+        value_name = "PASSWORD",
+        help_heading = "NATS credentials"
+    )]
+    pub nats_password: Option<String>,
+    /// NATS token; other users can see flags in `ps`: prefer BATON_NATS__TOKEN
+    #[arg(
+        long,
+        global = true,
+        value_name = "TOKEN",
+        help_heading = "NATS credentials"
+    )]
+    pub nats_token: Option<String>,
+    /// CA certificate (PEM) the NATS server's TLS certificate must chain to; requires TLS
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        help_heading = "NATS credentials"
+    )]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for NATS servers that verify clients (with --tls-key)
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        help_heading = "NATS credentials"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// Client certificate's private key (PEM)
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        help_heading = "NATS credentials"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Let a broker or subagent run on a NATS server that asks for no credentials
+    /// (anyone reaching it could run programs on the subagents): experiments only
+    #[arg(long, global = true, help_heading = "NATS credentials")]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +187,15 @@ pub enum Command {
     Bench(bench::BenchCommand),
     /// Write (or check) the JSON Schemas and AsyncAPI document in schemas/
     Schemas(SchemasArgs),
+    /// Make credentials for every role and the nats-server authorization that enforces them
+    ///
+    /// Each Baton process connects with its own role's nkey, and nats-server
+    /// lets each role publish and subscribe only what it needs: only brokers
+    /// command subagents, each subagent receives only its own tasks, clients
+    /// submit but cannot deploy, and no one but brokers can touch Baton's
+    /// JetStream state. See README: Security.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
 }
 
 #[derive(Debug, Args)]
@@ -201,6 +279,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(prefix) = &cli.global.prefix {
         overrides.push(("prefix", prefix.clone()));
     }
+    let g = &cli.global;
+    let paths = [
+        ("nats.nkey", &g.nats_nkey),
+        ("nats.credentials", &g.nats_creds),
+        ("nats.tls_ca", &g.tls_ca),
+        ("nats.tls_cert", &g.tls_cert),
+        ("nats.tls_key", &g.tls_key),
+    ];
+    for (key, path) in paths {
+        if let Some(path) = path {
+            overrides.push((key, path.display().to_string()));
+        }
+    }
+    let texts = [
+        ("nats.user", &g.nats_user),
+        ("nats.password", &g.nats_password),
+        ("nats.token", &g.nats_token),
+    ];
+    for (key, text) in texts {
+        if let Some(text) = text {
+            overrides.push((key, text.clone()));
+        }
+    }
+    if g.insecure {
+        overrides.push(("nats.insecure", "true".into()));
+    }
     match &cli.command {
         Command::Broker(a) => {
             if let Some(id) = &a.id {
@@ -236,6 +340,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Broker(_) => {
             let bus = connect(&config, "baton-broker", true).await?;
+            refuse_open_bus(&bus, &config, "broker").await?;
             crate::broker::run_until_signal(config, bus).await?;
             Ok(ok)
         }
@@ -245,6 +350,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => client::subagent_control(&config, action).await.map(|_| ok),
         Command::Subagent(_) => {
             let bus = connect(&config, "baton-subagent", true).await?;
+            refuse_open_bus(&bus, &config, "subagent").await?;
             crate::subagent::run_until_signal(config, bus).await?;
             Ok(ok)
         }
@@ -262,6 +368,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dev(a) => dev::run(&config, a).await.map(|_| ok),
         Command::Bench(b) => bench::run(b).await.map(|_| ok),
         Command::Schemas(a) => schemas(a),
+        Command::Auth(c) => auth::run(&config, c).map(|_| ok),
     }
 }
 
@@ -290,17 +397,73 @@ fn schemas(args: SchemasArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Connects to NATS as configured. Daemons wait for the server; clients fail fast.
+/// Connects to NATS as configured. Daemons wait for the server; clients fail
+/// fast, and without credentials of their own use `baton dev`'s admin
+/// credentials when they talk to a local server from inside the repository.
 pub async fn connect(config: &Config, name: &str, daemon: bool) -> anyhow::Result<Bus> {
+    let nats = &config.nats;
+    let credentials = if let Some(path) = &nats.nkey {
+        Credentials::NkeyFile(path.clone())
+    } else if let Some(path) = &nats.credentials {
+        Credentials::CredsFile(path.clone())
+    } else if !nats.user.is_empty() {
+        Credentials::UserPassword {
+            user: nats.user.clone(),
+            password: nats.password.expose().to_string(),
+        }
+    } else if !nats.token.is_empty() {
+        Credentials::Token(nats.token.expose().to_string())
+    } else if daemon {
+        Credentials::None
+    } else {
+        dev::local_credentials(&nats.url).unwrap_or_default()
+    };
     let settings = ConnectSettings {
-        url: config.nats.url.clone(),
+        url: nats.url.clone(),
         name: name.to_string(),
-        connect_timeout: config.nats.connect_timeout,
+        connect_timeout: nats.connect_timeout,
         retry_initial_connect: daemon,
-        max_message_bytes: config.nats.max_message_bytes,
-        replicas: config.nats.replicas,
+        max_message_bytes: nats.max_message_bytes,
+        replicas: nats.replicas,
+        credentials,
+        tls: Tls {
+            ca: nats.tls_ca.clone(),
+            cert: nats.tls_cert.clone(),
+            key: nats.tls_key.clone(),
+        },
     };
     Ok(Bus::connect(&settings, Subjects::new(config.prefix.clone())).await?)
+}
+
+/// A broker or subagent refuses a NATS server that asks for no credentials
+/// (anyone who reaches it could run programs), unless `nats.insecure`.
+async fn refuse_open_bus(bus: &Bus, config: &Config, role: &str) -> anyhow::Result<()> {
+    let auth_required = loop {
+        match bus.auth_required() {
+            Some(required) => break required,
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    if auth_required {
+        return Ok(());
+    }
+    let seed = match role {
+        "subagent" => "subagent-ID.nk".to_string(),
+        _ => format!("{role}.nk"),
+    };
+    if config.nats.insecure {
+        tracing::warn!(
+            "the NATS server asks for no credentials: anyone who reaches it can run programs on the subagents (nats.insecure is set)"
+        );
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to run a {role} on a NATS server that asks for no credentials: anyone who \
+         reaches it could run programs on the subagents, forge results or wipe the orders. \
+         Make credentials with `baton auth init DIR`, run nats-server with DIR/auth.conf, and \
+         start each process with its role's seed (--nats-nkey DIR/{seed}); or pass \
+         --insecure (BATON_NATS__INSECURE=true) for an experiment"
+    )
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

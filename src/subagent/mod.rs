@@ -154,6 +154,7 @@ impl Actor for Subagent {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.check_own_subjects(ctx);
         self.register(ctx);
         self.heartbeat();
         ctx.run_interval(self.config.subagent.heartbeat_interval, |act, ctx| {
@@ -279,6 +280,35 @@ impl Subagent {
             );
             self.exit(Err(reason), ctx);
         }
+    }
+
+    /// Pings itself: when the server refused its subscriptions (credentials
+    /// of another subagent id), no one answers, and it stops with the reason
+    /// instead of registering and never receiving a task.
+    fn check_own_subjects(&mut self, ctx: &mut Context<Self>) {
+        let bus = self.bus.clone();
+        let subject = bus.subjects().ping(&self.id);
+        let ask = async move {
+            bus.request::<_, Pong>(subject, &Ping {}, Duration::from_secs(5))
+                .await
+        };
+        ctx.spawn(ask.into_actor(self).map(|answer, act, _| match answer {
+            Err(e @ (BusError::NoResponders { .. } | BusError::Denied { .. })) => {
+                let reason = format!(
+                    "NATS refused this subagent's own subjects ({e}): its credentials are not \
+                     those of subagent {id}; start it with --id matching its seed file \
+                     (subagent-{id}.nk), or add the id with `baton auth init DIR --subagent {id}` \
+                     and reload nats-server",
+                    id = act.id
+                );
+                error!("{reason}");
+                if let Some(done) = act.done.take() {
+                    let _ = done.send(Err(reason));
+                }
+            }
+            Err(e) => debug!(error = %e, "self check inconclusive"),
+            Ok(_) => debug!("own subjects reachable"),
+        }));
     }
 
     fn register(&mut self, ctx: &mut Context<Self>) {

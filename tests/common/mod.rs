@@ -14,8 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
+use baton::auth::Role;
+use baton::bus::Credentials;
 use baton::bus::{decode, Bus, BusError, Encoding};
-use baton::launch::{LocalCluster, Logs};
+use baton::launch::{LocalCluster, Logs, Security};
 use baton::natsd::NatsServerOptions;
 use baton::protocol::{
     CancelOrder, DeployReply, DeployRequest, EventKind, GetOrder, OrderFinished, OrderInfo,
@@ -47,6 +49,22 @@ pub struct Harness {
 impl Harness {
     pub fn nats_url(&self) -> String {
         self.cluster.nats.url()
+    }
+
+    /// A connection with the credentials of `role` (of subagent `id`),
+    /// as any NATS program holding them would connect.
+    pub async fn connect_as(&mut self, role: Role, id: Option<&str>) -> Bus {
+        let credentials = self.cluster.credentials(role, id).expect("credentials");
+        let connect = self.cluster.connect_with(credentials);
+        within(REQUEST, "connect", connect).await.expect("connects")
+    }
+
+    /// The seed file of `role` (of subagent `id`), made when missing.
+    pub fn seed(&mut self, role: Role, id: Option<&str>) -> std::path::PathBuf {
+        match self.cluster.credentials(role, id).expect("credentials") {
+            Credentials::NkeyFile(path) => path,
+            other => panic!("no seed file: {other:?}"),
+        }
     }
 
     /// A folder inside this test's temporary directory, for the test's own files.
@@ -109,12 +127,18 @@ pub async fn cluster_with_env(subagents: &[&str], env: &[(&str, &str)]) -> Harne
         store_dir: dir.path().join("store"),
         config_file: None,
         log_file: Some(dir.path().join("nats.log")),
+        ..Default::default()
     };
+    // the known subagents' identities before the server starts: adding one
+    // later reloads the server's configuration
+    let ids: Vec<String> = subagents.iter().map(|s| s.to_string()).collect();
+    baton::auth::AuthDir::init(&dir.path().join("auth"), "baton", &ids).expect("auth init");
     let start = LocalCluster::start(
         nats,
         PathBuf::from(env!("CARGO_BIN_EXE_baton")),
         "baton",
         Logs::Dir(dir.path().join("logs")),
+        Security::Auth(dir.path().join("auth")),
     );
     let mut cluster = within(START, "nats-server start", start)
         .await
@@ -283,7 +307,8 @@ pub async fn run_to_finish(
     within(Duration::from_secs(30), "finished event", follow).await
 }
 
-/// `baton` (the binary under test) pointed at the harness's NATS and prefix.
+/// `baton` (the binary under test) pointed at the harness's NATS and
+/// prefix, with admin credentials.
 pub fn baton_cmd(harness: &Harness) -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_baton"));
     command
@@ -293,6 +318,9 @@ pub fn baton_cmd(harness: &Harness) -> std::process::Command {
         .arg("baton")
         .env_remove("BATON_CONFIG")
         .env("BATON_LOG", "warn");
+    if let Credentials::NkeyFile(seed) = harness.cluster.seed(Role::Admin, None) {
+        command.env("BATON_NATS__NKEY", seed);
+    }
     command
 }
 

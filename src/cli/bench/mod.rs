@@ -31,7 +31,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use crate::bus::Bus;
-use crate::launch::{LocalCluster, Logs};
+use crate::launch::{LocalCluster, Logs, Security};
 use crate::natsd::NatsServerOptions;
 use crate::protocol::{DeployReply, DeployRequest, JobSpec};
 
@@ -109,17 +109,19 @@ async fn start_cluster(
     subagents: usize,
     capacity: u32,
 ) -> anyhow::Result<(LocalCluster, Bus)> {
-    start_cluster_with(work, logs, &["broker"], subagents, capacity).await
+    start_cluster_with(work, logs, &["broker"], subagents, capacity, false).await
 }
 
 /// [`start_cluster`] with the brokers `brokers`, each process named after
-/// its id.
+/// its id; `insecure`: no authentication (every bench runs with it on
+/// otherwise, as production does).
 async fn start_cluster_with(
     work: &Path,
     logs: Option<PathBuf>,
     brokers: &[&str],
     subagents: usize,
     capacity: u32,
+    insecure: bool,
 ) -> anyhow::Result<(LocalCluster, Bus)> {
     std::fs::create_dir_all(work).with_context(|| format!("cannot create {}", work.display()))?;
     let logs = logs.unwrap_or_else(|| work.join("logs"));
@@ -128,15 +130,24 @@ async fn start_cluster_with(
         store_dir: work.join("nats"),
         config_file: None,
         log_file: Some(work.join("nats-server.log")),
+        ..Default::default()
     };
     let exe = std::env::current_exe()?;
-    let mut cluster = LocalCluster::start(nats, exe, "bench", Logs::Dir(logs)).await?;
+    let ids: Vec<String> = (1..=subagents).map(|i| format!("sub-{i}")).collect();
+    let security = if insecure {
+        Security::Insecure
+    } else {
+        // every subagent's identity before the server starts (no reloads)
+        crate::auth::AuthDir::init(&work.join("auth"), "bench", &ids)?;
+        Security::Auth(work.join("auth"))
+    };
+    let mut cluster = LocalCluster::start(nats, exe, "bench", Logs::Dir(logs), security).await?;
     for id in brokers {
         cluster.spawn(id, &["broker", "--id", id])?;
     }
     let capacity = capacity.to_string();
-    for i in 1..=subagents {
-        cluster.spawn_subagent(&format!("sub-{i}"), &["--capacity", &capacity])?;
+    for id in &ids {
+        cluster.spawn_subagent(id, &["--capacity", &capacity])?;
     }
     let bus = cluster.client().await?;
     cluster.wait_for_subagents(&bus, subagents).await?;

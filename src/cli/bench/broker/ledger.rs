@@ -168,7 +168,7 @@ pub(super) fn retryable(error: &BusError) -> bool {
         BusError::Remote(reply) => {
             matches!(reply.error.code, ErrorCode::Unavailable | ErrorCode::Busy)
         }
-        BusError::Connect { .. } | BusError::Decode { .. } => false,
+        BusError::Connect { .. } | BusError::Decode { .. } | BusError::Denied { .. } => false,
     }
 }
 

@@ -130,7 +130,7 @@ async fn start(
     ids: &[String],
 ) -> anyhow::Result<(LocalCluster, Bus)> {
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    super::start_cluster_with(work, logs, &ids, SUBAGENTS, CAPACITY).await
+    super::start_cluster_with(work, logs, &ids, SUBAGENTS, CAPACITY, false).await
 }
 
 /// Stops the subagents first, while a broker acknowledges their leave (the

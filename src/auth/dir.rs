@@ -1,0 +1,326 @@
+//! A folder of credentials made by `baton auth init`: one nkey seed file per
+//! identity (`broker.nk`, `agent.nk`, `client.nk`, `admin.nk`, `monitor.nk`,
+//! `subagent-<id>.nk`), `identities.toml` listing them with their public
+//! keys, and `auth.conf`, the nats-server `authorization` block that gives
+//! each identity its role's permissions ([`super::roles`]).
+//!
+//! Seeds are written with mode 0600 and never printed. Running `init` again
+//! keeps every existing identity and adds the ones asked for.
+
+use std::fs::OpenOptions;
+use std::io::Write as _;
+#[cfg(unix)]
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use serde::{Deserialize, Serialize};
+
+use super::roles::{permissions, Permissions, Role};
+use crate::protocol::subjects::is_valid_token;
+
+const IDENTITIES: &str = "identities.toml";
+const SERVER_CONF: &str = "auth.conf";
+
+/// One set of credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// `broker`, `client`, ... or `subagent-<id>`; the seed file is `<name>.nk`.
+    pub name: String,
+    pub role: String,
+    /// The subagent id this identity may act as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub public_key: String,
+}
+
+impl Identity {
+    pub fn role(&self) -> Option<Role> {
+        Role::parse(&self.role)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct IdentitiesFile {
+    prefix: String,
+    #[serde(default, rename = "identity")]
+    identities: Vec<Identity>,
+}
+
+/// A credentials folder.
+#[derive(Debug, Clone)]
+pub struct AuthDir {
+    dir: PathBuf,
+    prefix: String,
+    identities: Vec<Identity>,
+}
+
+/// The identity name of a role (for a subagent, of one subagent id).
+pub fn identity_name(role: Role, id: Option<&str>) -> String {
+    match (role, id) {
+        (Role::Subagent, Some(id)) => format!("subagent-{id}"),
+        _ => role.as_str().to_string(),
+    }
+}
+
+impl AuthDir {
+    /// Creates `dir` with one identity per shared role and one per subagent
+    /// id, or adds the missing ones to an existing folder; writes `auth.conf`.
+    pub fn init(dir: &Path, prefix: &str, subagents: &[String]) -> anyhow::Result<AuthDir> {
+        let mut auth = if dir.join(IDENTITIES).exists() {
+            let auth = AuthDir::open(dir)?;
+            if auth.prefix != prefix {
+                bail!(
+                    "{} was made for prefix {:?}, not {prefix:?}: use another folder",
+                    dir.display(),
+                    auth.prefix
+                );
+            }
+            auth
+        } else {
+            create_private_dir(dir)?;
+            AuthDir {
+                dir: dir.to_path_buf(),
+                prefix: prefix.to_string(),
+                identities: Vec::new(),
+            }
+        };
+        for role in Role::ALL.into_iter().filter(|r| *r != Role::Subagent) {
+            auth.ensure(role, None)?;
+        }
+        for id in subagents {
+            auth.ensure(Role::Subagent, Some(id))?;
+        }
+        auth.save()?;
+        Ok(auth)
+    }
+
+    /// Reads a folder made by [`AuthDir::init`].
+    pub fn open(dir: &Path) -> anyhow::Result<AuthDir> {
+        let path = dir.join(IDENTITIES);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {} (make the folder with `baton auth init {}`)",
+                path.display(),
+                dir.display()
+            )
+        })?;
+        let file: IdentitiesFile =
+            toml::from_str(&text).with_context(|| format!("{} is malformed", path.display()))?;
+        Ok(AuthDir {
+            dir: dir.to_path_buf(),
+            prefix: file.prefix,
+            identities: file.identities,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn identities(&self) -> &[Identity] {
+        &self.identities
+    }
+
+    /// The nats-server configuration file to include.
+    pub fn server_conf_path(&self) -> PathBuf {
+        self.dir.join(SERVER_CONF)
+    }
+
+    /// The seed file of `role` (of subagent `id`).
+    pub fn seed_path(&self, role: Role, id: Option<&str>) -> PathBuf {
+        self.dir.join(format!("{}.nk", identity_name(role, id)))
+    }
+
+    /// Adds a subagent identity when it is missing and rewrites the files;
+    /// true when it was added (the server must then reload its config).
+    pub fn add_subagent(&mut self, id: &str) -> anyhow::Result<bool> {
+        let added = self.ensure(Role::Subagent, Some(id))?;
+        if added {
+            self.save()?;
+        }
+        Ok(added)
+    }
+
+    /// The `authorization` block for nats-server.
+    pub fn server_conf(&self) -> String {
+        render_server_conf(&self.prefix, &self.identities)
+    }
+
+    fn ensure(&mut self, role: Role, id: Option<&str>) -> anyhow::Result<bool> {
+        if let Some(id) = id {
+            if !is_valid_token(id) {
+                bail!("subagent id {id:?}: use letters, digits, '-' and '_' only, at most 64");
+            }
+        }
+        let name = identity_name(role, id);
+        if self.identities.iter().any(|i| i.name == name) {
+            return Ok(false);
+        }
+        let key = nkeys::KeyPair::new_user();
+        let seed = key.seed().context("cannot encode a new nkey seed")?;
+        write_private(&self.dir.join(format!("{name}.nk")), &format!("{seed}\n"))?;
+        self.identities.push(Identity {
+            name,
+            role: role.as_str().to_string(),
+            id: id.map(str::to_string),
+            public_key: key.public_key(),
+        });
+        Ok(true)
+    }
+
+    fn save(&self) -> anyhow::Result<()> {
+        let file = IdentitiesFile {
+            prefix: self.prefix.clone(),
+            identities: self.identities.clone(),
+        };
+        let text = format!(
+            "# Made by `baton auth init`: the identities in this folder (seeds: <name>.nk).\n{}",
+            toml::to_string(&file).context("cannot encode identities")?
+        );
+        write_private(&self.dir.join(IDENTITIES), &text)?;
+        write_private(&self.server_conf_path(), &self.server_conf())
+    }
+}
+
+/// The nats-server `authorization` block giving every identity its role's
+/// permissions (pure).
+pub fn render_server_conf(prefix: &str, identities: &[Identity]) -> String {
+    let mut out = format!(
+        "# Made by `baton auth init` for the subject prefix {prefix:?}: every Baton\n\
+         # identity with its role's permissions. Include it in the nats-server\n\
+         # configuration (`include \"auth.conf\"`) and reload the server after\n\
+         # adding identities (`nats-server --signal reload`).\n\
+         authorization {{\n  users = [\n"
+    );
+    for identity in identities {
+        let Some(role) = identity.role() else {
+            continue;
+        };
+        let p = permissions(role, prefix, identity.id.as_deref(), &identity.public_key);
+        out.push_str(&format!("    # {} ({})\n", identity.name, role.purpose()));
+        out.push_str(&format!(
+            "    {{ nkey: {:?}, permissions: {} }}\n",
+            identity.public_key,
+            render_permissions(&p)
+        ));
+    }
+    out.push_str("  ]\n}\n");
+    out
+}
+
+fn render_permissions(p: &Permissions) -> String {
+    let list = |subjects: &[String]| {
+        let quoted: Vec<String> = subjects.iter().map(|s| format!("{s:?}")).collect();
+        format!("[{}]", quoted.join(", "))
+    };
+    format!(
+        "{{ publish: {{ allow: {} }}, subscribe: {{ allow: {} }}, allow_responses: {} }}",
+        list(&p.publish),
+        list(&p.subscribe),
+        p.allow_responses
+    )
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))
+}
+
+/// Writes `text` to `path` readable by the owner only (replacing it whole).
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    file.write_all(text.as_bytes())
+        .and_then(|_| file.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_makes_one_identity_per_role_and_subagent_and_keeps_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("auth");
+        let auth = AuthDir::init(&dir, "baton", &["sub-1".into()]).unwrap();
+        let names: Vec<&str> = auth.identities().iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "broker",
+                "agent",
+                "client",
+                "admin",
+                "monitor",
+                "subagent-sub-1"
+            ]
+        );
+        let seed = std::fs::read_to_string(auth.seed_path(Role::Subagent, Some("sub-1"))).unwrap();
+        let key = nkeys::KeyPair::from_seed(seed.trim()).unwrap();
+        assert_eq!(key.public_key(), auth.identities()[5].public_key);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(auth.seed_path(Role::Broker, None))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "seeds are private");
+        }
+
+        let again = AuthDir::init(&dir, "baton", &["sub-2".into()]).unwrap();
+        assert_eq!(again.identities()[..6], auth.identities()[..6], "kept");
+        assert_eq!(again.identities()[6].name, "subagent-sub-2");
+        let mut opened = AuthDir::open(&dir).unwrap();
+        assert_eq!(opened.identities(), again.identities());
+        assert!(!opened.add_subagent("sub-2").unwrap());
+        assert!(opened.add_subagent("sub-3").unwrap());
+        assert!(
+            AuthDir::init(&dir, "other", &[]).is_err(),
+            "one prefix per folder"
+        );
+        assert!(AuthDir::init(&dir, "baton", &["a.b".into()]).is_err());
+    }
+
+    #[test]
+    fn the_server_conf_names_every_key_with_its_permissions() {
+        let identities = vec![
+            Identity {
+                name: "broker".into(),
+                role: "broker".into(),
+                id: None,
+                public_key: "UBROKER".into(),
+            },
+            Identity {
+                name: "subagent-s1".into(),
+                role: "subagent".into(),
+                id: Some("s1".into()),
+                public_key: "USUB".into(),
+            },
+        ];
+        let conf = render_server_conf("baton", &identities);
+        assert!(conf.contains("nkey: \"UBROKER\""), "{conf}");
+        assert!(conf.contains("\"baton.subagent.s1.>\""), "{conf}");
+        assert!(conf.contains("\"_INBOX.USUB.>\""), "{conf}");
+        assert!(conf.contains("\"$KV.baton_leader.>\""), "{conf}");
+        assert_eq!(conf.matches("nkey:").count(), 2);
+    }
+}

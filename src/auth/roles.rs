@@ -1,0 +1,451 @@
+//! Baton's roles and what each may publish and subscribe on NATS: one pure
+//! table, rendered into the nats-server configuration by [`super::dir`] and
+//! printed in the README.
+//!
+//! | role | publishes | subscribes |
+//! |---|---|---|
+//! | `broker` | everything under the prefix; JetStream API and KV writes of Baton's buckets and streams | everything under the prefix |
+//! | `agent` | its heartbeats, `api.submit`; reads `jobs`, `workflows`, `fired`, writes `fired` | `agent.*.>` (role commands, pings), `hb.broker` |
+//! | `subagent` (one identity each) | its own heartbeat, `broker.register`/`result`/`leave`, `started` and `log` events | only `subagent.{id}.>`, its own heartbeat, `hb.broker` |
+//! | `client` | `api.submit`, `api.order.>`, `api.status`; reads the `logs` stream | `events.>`, `cluster.>` |
+//! | `admin` | what `client` may, plus `api.deploy`, `api.subagent.control`, `api.scheduler.control`; reads the `audit` stream | `events.>`, `cluster.>`, `hb.>` |
+//! | `monitor` | `api.status`, `api.order.get`, `api.order.list`; reads the `logs` stream | `events.>`, `cluster.>`, `hb.>` |
+//!
+//! Every role also subscribes to its own reply inbox, `_INBOX.<its public
+//! key>.>` (see [`inbox_prefix`]), and may answer requests it received
+//! (`allow_responses`). Nothing here lets a role other than `broker` create,
+//! delete or purge a stream or bucket, or write the leader lease.
+
+use std::fmt;
+
+/// One kind of Baton process or user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Broker,
+    Agent,
+    Subagent,
+    Client,
+    Admin,
+    Monitor,
+}
+
+impl Role {
+    pub const ALL: [Role; 6] = [
+        Role::Broker,
+        Role::Agent,
+        Role::Subagent,
+        Role::Client,
+        Role::Admin,
+        Role::Monitor,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Broker => "broker",
+            Role::Agent => "agent",
+            Role::Subagent => "subagent",
+            Role::Client => "client",
+            Role::Admin => "admin",
+            Role::Monitor => "monitor",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// What this role is for, one line (for `baton auth init` and the docs).
+    pub fn purpose(self) -> &'static str {
+        match self {
+            Role::Broker => "brokers: decide, store orders, command subagents and agents",
+            Role::Agent => "agents: heartbeat, hold the Scheduler role, submit fires",
+            Role::Subagent => "one subagent: receive its own tasks, report results",
+            Role::Client => "submit, get, list, cancel, suspend, resume orders; watch; read logs",
+            Role::Admin => "client, plus deploy, subagent and Scheduler switch-over, audit",
+            Role::Monitor => "status, order get and list, events, logs: read only",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Subjects one identity may publish and subscribe to (NATS wildcards).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+    /// May answer requests it received (reply subjects it could not name).
+    pub allow_responses: bool,
+}
+
+impl Permissions {
+    pub fn may_publish(&self, subject: &str) -> bool {
+        self.publish.iter().any(|p| subject_matches(p, subject))
+    }
+
+    pub fn may_subscribe(&self, subject: &str) -> bool {
+        // a subscription is allowed when an allowed pattern covers it
+        self.subscribe.iter().any(|p| pattern_covers(p, subject))
+    }
+}
+
+/// The reply inbox prefix of an identity: `_INBOX.<public key>`, so that no
+/// identity can read another's replies.
+pub fn inbox_prefix(public_key: &str) -> String {
+    format!("_INBOX.{public_key}")
+}
+
+/// Names of the JetStream buckets and streams under one prefix.
+struct Names<'a>(&'a str);
+
+impl Names<'_> {
+    fn bucket(&self, name: &str) -> String {
+        format!("{}_{name}", self.0)
+    }
+
+    /// The stream behind a KV bucket.
+    fn kv_stream(&self, name: &str) -> String {
+        format!("KV_{}", self.bucket(name))
+    }
+}
+
+/// Buckets the broker owns (it creates them at start).
+pub const BUCKETS: [&str; 6] = ["jobs", "clusters", "workflows", "orders", "fired", "leader"];
+/// Plain streams the broker owns.
+pub const STREAMS: [&str; 2] = ["logs", "audit"];
+
+/// What `role` may do under `prefix`; `id` is the subagent's id (its
+/// identity may only receive its own subjects); `public_key` names its inbox.
+pub fn permissions(role: Role, prefix: &str, id: Option<&str>, public_key: &str) -> Permissions {
+    let p = prefix;
+    let names = Names(prefix);
+    let inbox = format!("{}.>", inbox_prefix(public_key));
+    let js_info = "$JS.API.INFO".to_string();
+    let (publish, subscribe) = match role {
+        Role::Broker => {
+            // `_INBOX.>`: its answers never depend on the server's reply
+            // tracking, which a configuration reload resets
+            let mut publish = vec![
+                format!("{p}.>"),
+                "_INBOX.>".into(),
+                js_info,
+                "$JS.FC.>".into(),
+            ];
+            for bucket in BUCKETS {
+                publish.push(format!("$KV.{}.>", names.bucket(bucket)));
+                publish.extend(stream_admin(&names.kv_stream(bucket)));
+            }
+            for stream in STREAMS {
+                publish.extend(stream_admin(&names.bucket(stream)));
+            }
+            (publish, vec![format!("{p}.>"), inbox])
+        }
+        Role::Agent => {
+            let mut publish = vec![
+                format!("{p}.hb.agent.*"),
+                format!("{p}.api.submit"),
+                format!("$KV.{}.>", names.bucket("fired")),
+                js_info,
+                "$JS.FC.>".into(),
+            ];
+            for bucket in ["jobs", "workflows", "fired"] {
+                publish.extend(stream_read(&names.kv_stream(bucket)));
+            }
+            let subscribe = vec![format!("{p}.agent.*.>"), format!("{p}.hb.broker"), inbox];
+            (publish, subscribe)
+        }
+        Role::Subagent => {
+            // without an id the identity may act as no subagent at all
+            let id = id.unwrap_or("-");
+            let publish = vec![
+                format!("{p}.hb.subagent.{id}"),
+                format!("{p}.broker.register"),
+                format!("{p}.broker.result"),
+                format!("{p}.broker.leave"),
+                format!("{p}.events.*.*.started"),
+                format!("{p}.events.*.*.log"),
+                // to check at start that its own subjects reach it
+                format!("{p}.subagent.{id}.ping"),
+            ];
+            // its own heartbeats too: another live process with its id is a twin
+            let subscribe = vec![
+                format!("{p}.subagent.{id}.>"),
+                format!("{p}.hb.broker"),
+                format!("{p}.hb.subagent.{id}"),
+                inbox,
+            ];
+            (publish, subscribe)
+        }
+        Role::Client | Role::Admin | Role::Monitor => {
+            let mut publish = match role {
+                Role::Monitor => vec![
+                    format!("{p}.api.status"),
+                    format!("{p}.api.order.get"),
+                    format!("{p}.api.order.list"),
+                ],
+                _ => vec![
+                    format!("{p}.api.submit"),
+                    format!("{p}.api.order.>"),
+                    format!("{p}.api.status"),
+                ],
+            };
+            if role == Role::Admin {
+                publish.push(format!("{p}.api.deploy"));
+                publish.push(format!("{p}.api.subagent.control"));
+                publish.push(format!("{p}.api.scheduler.control"));
+                publish.extend(stream_read(&names.bucket("audit")));
+            }
+            publish.extend(stream_read(&names.bucket("logs")));
+            publish.push(js_info);
+            publish.push("$JS.FC.>".into());
+            let mut subscribe = vec![format!("{p}.events.>"), format!("{p}.cluster.>"), inbox];
+            if role != Role::Client {
+                // liveness as it happens, read only
+                subscribe.push(format!("{p}.hb.>"));
+            }
+            (publish, subscribe)
+        }
+    };
+    Permissions {
+        publish,
+        subscribe,
+        allow_responses: matches!(role, Role::Broker | Role::Agent | Role::Subagent),
+    }
+}
+
+/// Every JetStream API call about one stream (create, update, delete,
+/// purge, consumers, messages).
+fn stream_admin(stream: &str) -> Vec<String> {
+    vec![
+        format!("$JS.API.*.*.{stream}"),
+        format!("$JS.API.*.*.{stream}.>"),
+        format!("$JS.API.*.*.*.{stream}"),
+        format!("$JS.API.*.*.*.{stream}.>"),
+    ]
+}
+
+/// The JetStream API calls that read one stream: its info, messages, and
+/// consumers of its own (ordered consumers, as KV watches and log readers use).
+fn stream_read(stream: &str) -> Vec<String> {
+    vec![
+        format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.STREAM.MSG.GET.{stream}"),
+        format!("$JS.API.DIRECT.GET.{stream}"),
+        format!("$JS.API.DIRECT.GET.{stream}.>"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+        format!("$JS.API.CONSUMER.INFO.{stream}.>"),
+        format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.>"),
+    ]
+}
+
+/// True when the NATS subject pattern `pattern` (`*` one token, `>` the
+/// rest) matches the literal `subject`.
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut subject_tokens = subject.split('.');
+    for p in pattern.split('.') {
+        match (p, subject_tokens.next()) {
+            (">", Some(_)) => return true,
+            (_, None) => return false,
+            ("*", Some(_)) => {}
+            (p, Some(s)) if p == s => {}
+            _ => return false,
+        }
+    }
+    subject_tokens.next().is_none()
+}
+
+/// True when every subject `wanted` (itself a pattern) could match is also
+/// matched by `pattern`: whether a subscription to `wanted` is allowed.
+pub fn pattern_covers(pattern: &str, wanted: &str) -> bool {
+    let mut wanted_tokens = wanted.split('.');
+    for p in pattern.split('.') {
+        match (p, wanted_tokens.next()) {
+            (">", Some(_)) => return true,
+            (_, None) => return false,
+            (_, Some(">")) => return false,
+            ("*", Some(_)) => {}
+            (p, Some(w)) if p == w => {}
+            _ => return false,
+        }
+    }
+    wanted_tokens.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PK: &str = "UPUBLICKEY";
+
+    fn of(role: Role) -> Permissions {
+        permissions(role, "baton", Some("sub-1"), PK)
+    }
+
+    #[test]
+    fn subject_patterns_match_as_nats_does() {
+        assert!(subject_matches("a.*.c", "a.b.c"));
+        assert!(subject_matches("a.>", "a.b.c"));
+        assert!(!subject_matches("a.>", "a"));
+        assert!(!subject_matches("a.*", "a.b.c"));
+        assert!(!subject_matches("a.b", "a.b.c"));
+        assert!(subject_matches(
+            "$JS.API.*.*.KV_x",
+            "$JS.API.STREAM.DELETE.KV_x"
+        ));
+        assert!(!subject_matches(
+            "$JS.API.*.*.KV_x",
+            "$JS.API.STREAM.DELETE.KV_y"
+        ));
+        assert!(pattern_covers("a.>", "a.*.c"));
+        assert!(pattern_covers("a.*.c", "a.*.c"));
+        assert!(!pattern_covers("a.b.c", "a.*.c"));
+        assert!(!pattern_covers("a.*", "a.>"));
+    }
+
+    #[test]
+    fn only_the_broker_commands_subagents_and_agents() {
+        for role in Role::ALL {
+            let p = of(role);
+            let commands = [
+                "baton.subagent.sub-1.run",
+                "baton.subagent.sub-2.kill",
+                "baton.subagent.sub-1.stop",
+                "baton.agent.a1.role",
+                "baton.hb.broker",
+                "baton.cluster.broker.b1",
+            ];
+            for subject in commands {
+                assert_eq!(
+                    p.may_publish(subject),
+                    role == Role::Broker,
+                    "{role} {subject}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn only_a_subagent_reports_and_only_under_its_own_id() {
+        for role in Role::ALL {
+            let p = of(role);
+            let may = matches!(role, Role::Broker | Role::Subagent);
+            assert_eq!(p.may_publish("baton.broker.result"), may, "{role}");
+            assert_eq!(p.may_publish("baton.broker.register"), may, "{role}");
+            assert_eq!(p.may_publish("baton.hb.subagent.sub-1"), may, "{role}");
+        }
+        let sub = of(Role::Subagent);
+        assert!(!sub.may_publish("baton.hb.subagent.sub-2"));
+        assert!(sub.may_subscribe("baton.subagent.sub-1.run"));
+        assert!(!sub.may_subscribe("baton.subagent.sub-2.run"));
+        assert!(!sub.may_subscribe("baton.subagent.*.run"));
+        assert!(!sub.may_subscribe("baton.>"));
+        assert!(!sub.may_publish("baton.events.job.order.finished"));
+        assert!(sub.may_publish("baton.events.job.order.log"));
+        let nobody = permissions(Role::Subagent, "baton", None, PK);
+        assert!(!nobody.may_subscribe("baton.subagent.sub-1.run"));
+    }
+
+    #[test]
+    fn no_role_but_the_broker_creates_deletes_or_purges_state() {
+        for role in Role::ALL {
+            let p = of(role);
+            for stream in [
+                "KV_baton_orders",
+                "KV_baton_jobs",
+                "KV_baton_leader",
+                "baton_logs",
+            ] {
+                for op in [
+                    "STREAM.DELETE",
+                    "STREAM.PURGE",
+                    "STREAM.CREATE",
+                    "STREAM.UPDATE",
+                ] {
+                    let subject = format!("$JS.API.{op}.{stream}");
+                    assert_eq!(
+                        p.may_publish(&subject),
+                        role == Role::Broker,
+                        "{role} {subject}"
+                    );
+                }
+                let delete = format!("$JS.API.STREAM.MSG.DELETE.{stream}");
+                assert_eq!(
+                    p.may_publish(&delete),
+                    role == Role::Broker,
+                    "{role} {delete}"
+                );
+            }
+            for bucket in ["baton_leader", "baton_orders", "baton_jobs"] {
+                let write = format!("$KV.{bucket}.key");
+                assert_eq!(
+                    p.may_publish(&write),
+                    role == Role::Broker,
+                    "{role} {write}"
+                );
+            }
+            assert!(
+                !p.may_publish("$JS.API.STREAM.DELETE.KV_other_orders"),
+                "{role}"
+            );
+        }
+        assert!(of(Role::Agent).may_publish("$KV.baton_fired.job"));
+    }
+
+    #[test]
+    fn clients_submit_admins_deploy_monitors_only_read() {
+        let (client, admin, monitor) = (of(Role::Client), of(Role::Admin), of(Role::Monitor));
+        for subject in [
+            "baton.api.submit",
+            "baton.api.order.cancel",
+            "baton.api.order.resume",
+        ] {
+            assert!(
+                client.may_publish(subject) && admin.may_publish(subject),
+                "{subject}"
+            );
+            assert!(!monitor.may_publish(subject), "{subject}");
+        }
+        for subject in [
+            "baton.api.deploy",
+            "baton.api.scheduler.control",
+            "baton.api.subagent.control",
+        ] {
+            assert!(admin.may_publish(subject), "{subject}");
+            assert!(
+                !client.may_publish(subject) && !monitor.may_publish(subject),
+                "{subject}"
+            );
+            assert!(!of(Role::Agent).may_publish(subject), "{subject}");
+            assert!(!of(Role::Subagent).may_publish(subject), "{subject}");
+        }
+        for p in [&client, &admin, &monitor] {
+            assert!(p.may_publish("baton.api.status"));
+            assert!(p.may_publish("baton.api.order.get"));
+            assert!(p.may_subscribe("baton.events.>"));
+            assert!(p.may_subscribe("baton.cluster.>"));
+            assert!(!p.may_subscribe("baton.subagent.sub-1.run"));
+            assert!(!p.may_subscribe("baton.>"));
+            assert!(!p.may_subscribe("_INBOX.>"));
+            assert!(p.may_publish("$JS.API.CONSUMER.CREATE.baton_logs.c.baton.events.*.o.log"));
+        }
+        assert!(admin.may_publish("$JS.API.CONSUMER.CREATE.baton_audit.c"));
+        assert!(!client.may_publish("$JS.API.CONSUMER.CREATE.baton_audit.c"));
+    }
+
+    #[test]
+    fn every_role_reads_only_its_own_inbox_and_prefix() {
+        for role in Role::ALL {
+            let p = of(role);
+            assert!(p.may_subscribe(&format!("_INBOX.{PK}.abc.*")), "{role}");
+            assert!(!p.may_subscribe("_INBOX.UOTHER.abc"), "{role}");
+            assert!(!p.may_publish("other.api.submit"), "{role}");
+            assert!(!p.may_subscribe("other.events.>"), "{role}");
+        }
+    }
+}

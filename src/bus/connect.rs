@@ -1,0 +1,371 @@
+//! Connecting: credentials (nkey, `.creds`, user and password, token), TLS,
+//! the identity's own reply inbox, and errors that say which setting to fix.
+//! Secrets never appear in logs or errors: URLs are shown without their
+//! user information.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{ConnectErrorKind, ConnectOptions, ServerError};
+use tracing::{debug, error, info, warn};
+
+use super::{BusError, Stats};
+
+/// How a process proves who it is to NATS.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum Credentials {
+    #[default]
+    None,
+    UserPassword {
+        user: String,
+        password: String,
+    },
+    Token(String),
+    /// A file holding an nkey seed (`baton auth init` makes them).
+    NkeyFile(PathBuf),
+    /// A `.creds` file: a user JWT and its nkey seed.
+    CredsFile(PathBuf),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Credentials {
+    /// Which setting these credentials came from, without any secret.
+    pub fn describe(&self) -> String {
+        match self {
+            Credentials::None => "no credentials".into(),
+            Credentials::UserPassword { user, .. } => format!("user {user:?} with nats.password"),
+            Credentials::Token(_) => "nats.token".into(),
+            Credentials::NkeyFile(path) => format!("the nkey seed in {}", path.display()),
+            Credentials::CredsFile(path) => format!("the credentials file {}", path.display()),
+        }
+    }
+}
+
+/// TLS settings; a `tls://` URL or a CA file makes TLS required.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tls {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// Splits `nats://user:pass@host:4222` into the URL without user
+/// information and the credentials it held (a lone user part is a token).
+pub fn split_url_credentials(url: &str) -> (String, Credentials) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_string(), Credentials::None);
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return (url.to_string(), Credentials::None);
+    };
+    let credentials = match userinfo.split_once(':') {
+        Some((user, password)) => Credentials::UserPassword {
+            user: user.to_string(),
+            password: password.to_string(),
+        },
+        None => Credentials::Token(userinfo.to_string()),
+    };
+    (format!("{scheme}://{host}"), credentials)
+}
+
+/// The URL list with any user information replaced, for messages.
+pub fn redact_urls(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| {
+            let u = u.trim();
+            match split_url_credentials(u) {
+                (clean, Credentials::None) => clean,
+                (clean, _) => clean.replacen("://", "://<redacted>@", 1),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The public key of the nkey seed in a seed file or `.creds` file, which
+/// names the identity's own reply inbox.
+fn public_key_of(credentials: &Credentials) -> Result<Option<String>, String> {
+    let (path, text) = match credentials {
+        Credentials::NkeyFile(path) | Credentials::CredsFile(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            (path, text)
+        }
+        _ => return Ok(None),
+    };
+    let seed = text
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with("SU"))
+        .ok_or_else(|| {
+            format!(
+                "{} holds no user nkey seed (a line starting SU)",
+                path.display()
+            )
+        })?;
+    let key = nkeys::KeyPair::from_seed(seed)
+        .map_err(|e| format!("{} holds no valid nkey seed: {e}", path.display()))?;
+    Ok(Some(key.public_key()))
+}
+
+/// Connects; daemons keep trying while the server is unreachable, but stop
+/// at once when it refuses their credentials or TLS fails.
+pub(super) async fn connect(
+    settings: &super::ConnectSettings,
+    stats: Arc<Stats>,
+) -> Result<async_nats::Client, BusError> {
+    let shown = redact_urls(&settings.url);
+    let fail = |reason: String| BusError::Connect {
+        url: shown.clone(),
+        reason,
+    };
+    let mut credentials = settings.credentials.clone();
+    let mut urls = Vec::new();
+    for url in settings.url.split(',').map(str::trim) {
+        let (clean, from_url) = split_url_credentials(url);
+        if credentials == Credentials::None {
+            credentials = from_url;
+        }
+        urls.push(clean);
+    }
+    let public_key = public_key_of(&credentials).map_err(&fail)?;
+    let options = || options(settings, &credentials, public_key.as_deref(), stats.clone());
+    // a server reloading its configuration refuses known credentials for a
+    // moment, so a daemon asks again until its connect timeout has passed
+    let deadline = tokio::time::Instant::now() + settings.connect_timeout;
+    loop {
+        let attempt = options()?.connect(urls.clone());
+        let first = match tokio::time::timeout(settings.connect_timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) if settings.retry_initial_connect => {
+                return retrying(options()?, urls, &fail).await;
+            }
+            Err(_) => {
+                let after = settings.connect_timeout;
+                return Err(fail(format!("timed out after {after:?}")));
+            }
+        };
+        let e = match first {
+            Ok(client) => return Ok(client),
+            Err(e) => e,
+        };
+        return match e.kind() {
+            ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication
+                if settings.retry_initial_connect && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+            ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
+                Err(fail(refused(&credentials)))
+            }
+            ConnectErrorKind::Tls => Err(fail(format!(
+                "TLS failed ({e}): check nats.tls_ca (the CA that signed the server's certificate), \
+                 nats.tls_cert and nats.tls_key, and that the server has TLS on"
+            ))),
+            ConnectErrorKind::ServerParse => Err(fail(format!("{e}: check nats.url"))),
+            _ if settings.retry_initial_connect => {
+                info!(url = %shown, error = %e, "nats not reachable yet, retrying");
+                retrying(options()?, urls, &fail).await
+            }
+            _ => Err(fail(e.to_string())),
+        };
+    }
+}
+
+/// Connects in the background, retrying until the server is up.
+async fn retrying(
+    options: ConnectOptions,
+    urls: Vec<String>,
+    fail: &impl Fn(String) -> BusError,
+) -> Result<async_nats::Client, BusError> {
+    options
+        .retry_on_initial_connect()
+        .connect(urls)
+        .await
+        .map_err(|e| fail(e.to_string()))
+}
+
+/// Why the server refused us, and which setting to fix.
+fn refused(credentials: &Credentials) -> String {
+    match credentials {
+        Credentials::None => "the server asks for credentials and none are set: set nats.nkey \
+            (--nats-nkey FILE or BATON_NATS__NKEY; `baton auth init DIR` makes one per role, and \
+            `baton dev` prints the line to export), or nats.credentials, nats.user and \
+            nats.password, or nats.token"
+            .into(),
+        other => format!(
+            "the server refused {} (authorization violation): they are wrong, or unknown to \
+             this server (after `baton auth init` added them, reload it: nats-server --signal reload)",
+            other.describe()
+        ),
+    }
+}
+
+fn options(
+    settings: &super::ConnectSettings,
+    credentials: &Credentials,
+    public_key: Option<&str>,
+    stats: Arc<Stats>,
+) -> Result<ConnectOptions, BusError> {
+    let fail = |reason: String| BusError::Connect {
+        url: redact_urls(&settings.url),
+        reason,
+    };
+    let mut options = ConnectOptions::new()
+        .name(&settings.name)
+        .connection_timeout(settings.connect_timeout)
+        .ping_interval(Duration::from_secs(5))
+        .event_callback(move |event| {
+            let seen = stats.clone();
+            async move { on_event(&seen, event) }
+        });
+    options = match credentials {
+        Credentials::None => options,
+        Credentials::UserPassword { user, password } => {
+            options.user_and_password(user.clone(), password.clone())
+        }
+        Credentials::Token(token) => options.token(token.clone()),
+        Credentials::NkeyFile(path) => {
+            let text = read(path).map_err(&fail)?;
+            options.nkey(text.trim().to_string())
+        }
+        Credentials::CredsFile(path) => {
+            let text = read(path).map_err(&fail)?;
+            options.credentials(&text).map_err(|e| {
+                fail(format!(
+                    "{} is not a valid credentials file: {e}",
+                    path.display()
+                ))
+            })?
+        }
+    };
+    if let Some(key) = public_key {
+        options = options.custom_inbox_prefix(crate::auth::inbox_prefix(key));
+    }
+    let tls = &settings.tls;
+    if let Some(ca) = &tls.ca {
+        check_file(ca, "nats.tls_ca").map_err(&fail)?;
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        check_file(cert, "nats.tls_cert").map_err(&fail)?;
+        check_file(key, "nats.tls_key").map_err(&fail)?;
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if settings
+        .url
+        .split(',')
+        .any(|u| u.trim().starts_with("tls://"))
+    {
+        options = options.require_tls(true);
+    }
+    Ok(options)
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+fn check_file(path: &Path, setting: &str) -> Result<(), String> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{setting} = {} is not a readable file",
+            path.display()
+        ))
+    }
+}
+
+fn on_event(seen: &Stats, event: async_nats::Event) {
+    match event {
+        async_nats::Event::Connected => {
+            if seen.connects.fetch_add(1, Ordering::Relaxed) > 0 {
+                seen.reconnected_at_ms
+                    .store(crate::time::now_ms(), Ordering::Relaxed);
+                info!("nats reconnected");
+            } else {
+                info!("nats connected");
+            }
+        }
+        async_nats::Event::Disconnected => warn!("nats disconnected"),
+        async_nats::Event::ServerError(ServerError::AuthorizationViolation) => {
+            error!("nats refused this process's credentials (authorization violation): check nats.nkey, nats.credentials, nats.user/password or nats.token")
+        }
+        async_nats::Event::ServerError(ServerError::Other(message))
+            if message.to_lowercase().contains("permissions violation") =>
+        {
+            seen.denied.fetch_add(1, Ordering::Relaxed);
+            warn!(%message, "nats refused an operation: this identity's role does not allow it");
+            let _ = seen.violations.send(message);
+        }
+        other => debug!(event = %other, "nats event"),
+    }
+}
+
+/// The subject a server's "Permissions Violation for Publish to \"x\""
+/// message names.
+pub fn violation_subject(message: &str) -> Option<&str> {
+    let start = message.find('"')? + 1;
+    let len = message[start..].find('"')?;
+    Some(&message[start..start + len])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_information_in_a_url_becomes_credentials_and_is_never_shown() {
+        let (url, c) = split_url_credentials("nats://ann:s3cret@10.0.0.5:4222");
+        assert_eq!(url, "nats://10.0.0.5:4222");
+        assert_eq!(
+            c,
+            Credentials::UserPassword {
+                user: "ann".into(),
+                password: "s3cret".into()
+            }
+        );
+        let (_, c) = split_url_credentials("tls://xyzzy@h:4222");
+        assert_eq!(c, Credentials::Token("xyzzy".into()));
+        assert_eq!(split_url_credentials("nats://h:1").1, Credentials::None);
+        let shown = redact_urls("nats://ann:s3cret@a:1, nats://b:2");
+        assert_eq!(shown, "nats://<redacted>@a:1,nats://b:2");
+        assert!(!format!("{c:?}").contains("xyzzy"));
+        let up = Credentials::UserPassword {
+            user: "ann".into(),
+            password: "s3cret".into(),
+        };
+        assert!(!refused(&up).contains("s3cret"));
+    }
+
+    #[test]
+    fn a_violation_names_its_subject() {
+        let m = "Permissions Violation for Publish to \"baton.api.deploy\"";
+        assert_eq!(violation_subject(m), Some("baton.api.deploy"));
+        assert_eq!(violation_subject("nothing"), None);
+    }
+
+    #[test]
+    fn the_inbox_is_named_after_the_seed_s_public_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = nkeys::KeyPair::new_user();
+        let file = dir.path().join("x.nk");
+        std::fs::write(&file, format!("{}\n", key.seed().unwrap())).unwrap();
+        let found = public_key_of(&Credentials::NkeyFile(file)).unwrap();
+        assert_eq!(found, Some(key.public_key()));
+        let bad = dir.path().join("bad.nk");
+        std::fs::write(&bad, "nope").unwrap();
+        assert!(public_key_of(&Credentials::NkeyFile(bad)).is_err());
+        let missing = public_key_of(&Credentials::NkeyFile(dir.path().join("none")));
+        assert!(missing.unwrap_err().contains("cannot read"));
+    }
+}

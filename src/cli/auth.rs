@@ -1,0 +1,112 @@
+//! `baton auth`: credentials for every role, and the nats-server
+//! configuration that enforces what each may do.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use crate::auth::{identity_name, permissions, AuthDir, Role};
+use crate::config::Config;
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Make (or extend) a credentials folder: an nkey seed per role and per
+    /// subagent, and auth.conf, the nats-server authorization enforcing the roles
+    ///
+    /// Run it again with more --subagent ids to add them; existing seeds are
+    /// kept. Then reload nats-server (nats-server --signal reload).
+    Init(InitArgs),
+    /// Print what each role may publish and subscribe to under the prefix
+    Roles,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The folder to write (created with mode 0700; seeds are 0600)
+    pub dir: PathBuf,
+    /// A subagent id to make an identity for (each subagent has its own, so
+    /// one subagent's credentials cannot take another's tasks); repeat
+    #[arg(long = "subagent", value_name = "ID")]
+    pub subagents: Vec<String>,
+}
+
+pub fn run(config: &Config, command: AuthCommand) -> anyhow::Result<()> {
+    match command {
+        AuthCommand::Init(args) => init(config, args),
+        AuthCommand::Roles => {
+            print!("{}", roles_table(&config.prefix));
+            Ok(())
+        }
+    }
+}
+
+fn init(config: &Config, args: InitArgs) -> anyhow::Result<()> {
+    let auth = AuthDir::init(&args.dir, &config.prefix, &args.subagents)?;
+    let dir = auth.dir().display().to_string();
+    println!(
+        "{dir}: credentials for the subject prefix {:?}",
+        auth.prefix()
+    );
+    println!("{:<24} {:<9} {:<28} may", "identity", "role", "seed file");
+    for identity in auth.identities() {
+        let Some(role) = identity.role() else {
+            continue;
+        };
+        let seed = auth.seed_path(role, identity.id.as_deref());
+        let file = seed.file_name().map(|f| f.to_string_lossy().to_string());
+        println!(
+            "{:<24} {:<9} {:<28} {}",
+            identity.name,
+            role,
+            file.unwrap_or_default(),
+            role.purpose()
+        );
+    }
+    let sub = identity_name(Role::Subagent, Some("ID"));
+    println!(
+        "\nNext:\n  \
+         1. nats-server: copy {dir}/auth.conf beside its configuration file and add\n     \
+         include \"auth.conf\"   (then: nats-server --signal reload)\n  \
+         2. start each process with its own seed:\n     \
+         baton broker --nats-nkey {dir}/broker.nk\n     \
+         baton agent --nats-nkey {dir}/agent.nk\n     \
+         baton subagent --id ID --nats-nkey {dir}/{sub}.nk\n  \
+         3. people and programs: --nats-nkey {dir}/client.nk (submit, orders, watch),\n     \
+         admin.nk (also deploy and switch-over), monitor.nk (read only); or\n     \
+         export BATON_NATS__NKEY={dir}/admin.nk\n\
+         Keep the .nk files secret: each one is an identity."
+    );
+    Ok(())
+}
+
+/// The roles and their permissions as a Markdown table (pure).
+pub fn roles_table(prefix: &str) -> String {
+    let mut out = String::from("| role | may publish | may subscribe |\n|---|---|---|\n");
+    for role in Role::ALL {
+        let id = (role == Role::Subagent).then_some("{id}");
+        let p = permissions(role, prefix, id, "{public key}");
+        let code = |subjects: &[String]| {
+            let listed: Vec<String> = subjects.iter().map(|s| format!("`{s}`")).collect();
+            listed.join(", ")
+        };
+        out.push_str(&format!(
+            "| `{role}` | {} | {} |\n",
+            code(&p.publish),
+            code(&p.subscribe)
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_roles_table_has_a_row_per_role() {
+        let table = roles_table("baton");
+        assert_eq!(table.lines().count(), 2 + Role::ALL.len());
+        assert!(table.contains("`baton.subagent.{id}.>`"), "{table}");
+        assert!(table.contains("`_INBOX.{public key}.>`"), "{table}");
+    }
+}

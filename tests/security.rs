@@ -1,0 +1,444 @@
+//! Attacks on the bus, each made with the credentials of a role that must
+//! not do it, and with none: nats-server, running the authorization
+//! `baton auth init` generates, refuses them (the server's permissions, not
+//! Baton's own checks, stop every attack here), and the cluster runs jobs
+//! normally afterwards. Baton's own parts: clear refusals, a broker and a
+//! subagent that will not run on an open bus, a subagent that stops when
+//! its credentials are another's.
+
+mod common;
+
+use std::time::Duration;
+
+use baton::auth::Role;
+use baton::bus::{Bus, BusError, ConnectSettings, Credentials, Encoding};
+use baton::natsd::{NatsServer, NatsServerOptions};
+use baton::protocol::*;
+use bytes::Bytes;
+use common::*;
+use serde_json::json;
+
+const JOBS: &str = r#"
+[[job]]
+name = "hello"
+program = "echo"
+args = ["hi"]
+
+[[job]]
+name = "gate"
+program = "sh"
+args = ["-c", "while [ ! -e \"$BATON_PARAM_GATE\" ]; do sleep 0.05; done"]
+[job.params.gate]
+required = true
+"#;
+
+/// Every identity that is not a broker, named for messages.
+const NOT_BROKERS: [(Role, Option<&str>); 5] = [
+    (Role::Agent, None),
+    (Role::Subagent, Some("sub-b")),
+    (Role::Client, None),
+    (Role::Admin, None),
+    (Role::Monitor, None),
+];
+
+fn pack(value: serde_json::Value) -> Vec<u8> {
+    rmp_serde::to_vec_named(&value).expect("encode")
+}
+
+/// Sends `payload` to `subject` as a request, which the server must refuse.
+async fn refused(bus: &Bus, who: &str, subject: &str, payload: Vec<u8>) {
+    let request = bus.request_raw(
+        subject,
+        Encoding::MessagePack,
+        Bytes::from(payload),
+        REQUEST,
+    );
+    match within(REQUEST * 2, subject, request).await {
+        Err(BusError::Denied { .. }) => {}
+        other => panic!("{who} on {subject}: expected the server to refuse, got {other:?}"),
+    }
+}
+
+/// A running order of `gate` and its task id; `gate` opens it.
+async fn running_gate(h: &Harness, gate: &std::path::Path) -> OrderInfo {
+    let order = submit(&h.bus, "gate", &[("gate", gate.display().to_string())]).await;
+    wait_for(Duration::from_secs(15), "the gate task runs", || async {
+        order_info(&h.bus, &order)
+            .await
+            .filter(|o| o.state == OrderState::Running)
+    })
+    .await
+}
+
+async fn order_runs_to_success(h: &Harness) {
+    let (finished, _) = run_to_finish(&h.bus, "hello", Default::default()).await;
+    assert_eq!(finished.state, OrderState::Succeeded, "{finished:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_one_but_the_broker_commands_a_subagent_or_receives_its_tasks() {
+    let mut h = cluster(&["sub-a", "sub-b"]).await;
+    deploy(&h.bus, JOBS).await;
+    let gate = h.scratch().join("gate");
+    let running = running_gate(&h, &gate).await;
+    let (task, victim) = (
+        running.task_id.clone().expect("task id"),
+        running.subagent_id.clone().expect("subagent"),
+    );
+    let other = if victim == "sub-a" { "sub-b" } else { "sub-a" };
+    let marker = h.scratch().join("pwned");
+    let s = h.bus.subjects().clone();
+    let run = pack(json!({
+        "task_id": "forged-task", "order_id": "forged", "job": "hello", "attempt": 1,
+        "program": "touch", "args": [marker.display().to_string()],
+    }));
+    let kill = pack(json!({"task_id": task, "reason": "subagent lost", "epoch": u64::MAX / 2}));
+    for (role, id) in NOT_BROKERS {
+        // the other subagent's own identity is the most dangerous one here
+        let id = if role == Role::Subagent {
+            Some(other)
+        } else {
+            id
+        };
+        let attacker = h.connect_as(role, id).await;
+        let who = format!("{role} {id:?}");
+        refused(&attacker, &who, &s.run(&victim), run.clone()).await;
+        refused(&attacker, &who, &s.kill(&victim), kill.clone()).await;
+        refused(&attacker, &who, &s.stop(&victim), pack(json!({"epoch": 0}))).await;
+    }
+
+    // a subagent's credentials cannot take another subagent's tasks
+    let thief = h.connect_as(Role::Subagent, Some(other)).await;
+    let listen = thief.listen_raw(s.run(&victim));
+    let _stolen = within(REQUEST, "subscribe", listen)
+        .await
+        .expect("subscribe call");
+    let _everyone = within(REQUEST, "subscribe", thief.listen_raw(s.run("*")))
+        .await
+        .expect("subscribe call");
+    wait_until(REQUEST, "the server refused both subscriptions", || async {
+        thief.stats().denied() >= 2
+    })
+    .await;
+
+    assert!(!marker.exists(), "a forged RunTask ran");
+    let now = order_info(&h.bus, &running.order_id).await.expect("order");
+    assert_eq!(
+        now.state,
+        OrderState::Running,
+        "the forged kill did nothing"
+    );
+    std::fs::write(&gate, "").expect("open the gate");
+    wait_until(Duration::from_secs(15), "the order succeeds", || async {
+        order_info(&h.bus, &running.order_id)
+            .await
+            .is_some_and(|o| o.state == OrderState::Succeeded)
+    })
+    .await;
+    order_runs_to_success(&h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_registrations_heartbeats_and_results_are_refused() {
+    let mut h = cluster(&["sub-a", "sub-b"]).await;
+    deploy(&h.bus, JOBS).await;
+    let gate = h.scratch().join("gate");
+    let running = running_gate(&h, &gate).await;
+    let s = h.bus.subjects().clone();
+    let register = pack(json!({
+        "subagent_id": "fake", "instance_id": "i", "capacity": 100, "protocol": PROTOCOL_VERSION,
+    }));
+    let heartbeat = pack(json!({
+        "subagent_id": "fake", "instance_id": "i", "capacity": 100, "sent_at_ms": 1,
+        "protocol": PROTOCOL_VERSION,
+    }));
+    let result = pack(json!({
+        "task_id": running.task_id, "order_id": running.order_id, "job": "gate",
+        "attempt": running.attempt, "subagent_id": running.subagent_id, "exit_code": 0,
+    }));
+    for (role, id) in NOT_BROKERS
+        .into_iter()
+        .filter(|(r, _)| *r != Role::Subagent)
+    {
+        let attacker = h.connect_as(role, id).await;
+        let who = role.to_string();
+        refused(&attacker, &who, &s.register(), register.clone()).await;
+        refused(
+            &attacker,
+            &who,
+            &s.subagent_heartbeat("fake"),
+            heartbeat.clone(),
+        )
+        .await;
+        refused(
+            &attacker,
+            &who,
+            &s.subagent_heartbeat("sub-a"),
+            heartbeat.clone(),
+        )
+        .await;
+        refused(&attacker, &who, &s.result(), result.clone()).await;
+    }
+    // a subagent may heartbeat only as itself
+    let sub_b = h.connect_as(Role::Subagent, Some("sub-b")).await;
+    let who = "subagent sub-b";
+    refused(
+        &sub_b,
+        who,
+        &s.subagent_heartbeat("sub-a"),
+        heartbeat.clone(),
+    )
+    .await;
+    refused(&sub_b, who, &s.subagent_heartbeat("fake"), heartbeat).await;
+
+    let status: StatusReply = within(
+        REQUEST,
+        "status",
+        h.bus
+            .request(s.status(), &StatusRequest::default(), REQUEST),
+    )
+    .await
+    .expect("status");
+    let ids: Vec<&str> = status.subagents.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["sub-a", "sub-b"], "no fake subagent registered");
+    let now = order_info(&h.bus, &running.order_id).await.expect("order");
+    assert_eq!(now.state, OrderState::Running, "no forged result counted");
+    std::fs::write(&gate, "").expect("open the gate");
+    order_runs_to_success(&h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_broker_heartbeats_and_commands_cannot_wedge_anyone() {
+    let mut h = cluster(&["sub-a", "sub-b"]).await;
+    deploy(&h.bus, JOBS).await;
+    let s = h.bus.subjects().clone();
+    let heartbeat = pack(json!({
+        "broker_id": "evil", "sent_at_ms": 1, "protocol": PROTOCOL_VERSION,
+        "epoch": u64::MAX / 2, "role": "active",
+    }));
+    let role = pack(json!({
+        "broker_id": "evil", "epoch": u64::MAX / 2, "command": 1, "action": "on", "lease_ms": 60000,
+    }));
+    for (attacker_role, id) in NOT_BROKERS {
+        let attacker = h.connect_as(attacker_role, id).await;
+        let who = attacker_role.to_string();
+        for _ in 0..8 {
+            refused(&attacker, &who, &s.broker_heartbeat(), heartbeat.clone()).await;
+        }
+        refused(&attacker, &who, &s.agent_role("agent-1"), role.clone()).await;
+        if attacker_role != Role::Subagent {
+            // (a subagent may leave: only as itself, by its instance id)
+            let leave = pack(json!({"subagent_id": "sub-a", "instance_id": "i"}));
+            refused(&attacker, &who, &s.leave(), leave).await;
+        }
+    }
+    // the real broker's next dispatches still run, on both subagents
+    for _ in 0..4 {
+        order_runs_to_success(&h).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_one_but_the_broker_wipes_purges_or_takes_the_lease() {
+    let mut h = cluster(&["sub-a", "sub-b"]).await;
+    deploy(&h.bus, JOBS).await;
+    let (earlier, _) = run_to_finish(&h.bus, "hello", Default::default()).await;
+    let streams = [
+        "KV_baton_orders",
+        "KV_baton_jobs",
+        "KV_baton_clusters",
+        "KV_baton_workflows",
+        "KV_baton_fired",
+        "KV_baton_leader",
+        "baton_logs",
+    ];
+    for (role, id) in NOT_BROKERS {
+        let attacker = h.connect_as(role, id).await;
+        let who = role.to_string();
+        for stream in streams {
+            for op in ["STREAM.DELETE", "STREAM.PURGE", "STREAM.UPDATE"] {
+                let subject = format!("$JS.API.{op}.{stream}");
+                refused(&attacker, &who, &subject, b"{}".to_vec()).await;
+            }
+            let subject = format!("$JS.API.STREAM.MSG.DELETE.{stream}");
+            refused(&attacker, &who, &subject, b"{\"seq\":1}".to_vec()).await;
+        }
+        let lease = pack(json!({"broker_id": "evil", "acquired_at_ms": 1}));
+        refused(&attacker, &who, "$KV.baton_leader.leader", lease).await;
+        refused(&attacker, &who, "$KV.baton_orders.x", b"x".to_vec()).await;
+        refused(&attacker, &who, "$KV.baton_jobs.hello", b"x".to_vec()).await;
+    }
+    // everything is still there, and works
+    let kept = order_info(&h.bus, &earlier.order_id)
+        .await
+        .expect("order kept");
+    assert_eq!(kept.state, OrderState::Succeeded);
+    order_runs_to_success(&h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_commands_need_admin_credentials_and_strangers_get_nothing() {
+    let mut h = cluster(&["sub-a"]).await;
+    deploy(&h.bus, JOBS).await;
+    let s = h.bus.subjects().clone();
+    let deploy_request = pack(json!({"jobs": [], "clusters": []}));
+    let control = pack(json!({"agent_id": "agent-1", "action": "on"}));
+    let disable = pack(json!({"subagent_id": "sub-a", "action": "disable"}));
+    for role in [Role::Client, Role::Monitor] {
+        let attacker = h.connect_as(role, None).await;
+        let who = role.to_string();
+        refused(&attacker, &who, &s.deploy(), deploy_request.clone()).await;
+        refused(&attacker, &who, &s.scheduler_control(), control.clone()).await;
+        refused(&attacker, &who, &s.subagent_control(), disable.clone()).await;
+    }
+    let monitor = h.connect_as(Role::Monitor, None).await;
+    refused(
+        &monitor,
+        "monitor",
+        &s.submit(),
+        pack(json!({"job": "hello"})),
+    )
+    .await;
+    let cancel = pack(json!({"order_id": "x", "kill": true}));
+    refused(&monitor, "monitor", &s.order_cancel(), cancel).await;
+
+    // the CLI with client credentials: a clear refusal, at once
+    let client_seed = h.seed(Role::Client, None);
+    let jobs_file = h.scratch().join("jobs.toml");
+    std::fs::write(&jobs_file, JOBS).unwrap();
+    let jobs_path = jobs_file.display().to_string();
+    let seed_path = client_seed.display().to_string();
+    let args = [
+        "--nats-nkey",
+        seed_path.as_str(),
+        "deploy",
+        jobs_path.as_str(),
+    ];
+    let out = run_baton(&h, &args, Duration::from_secs(20)).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("refused") && stderr.contains("api.deploy"),
+        "{stderr}"
+    );
+
+    // no credentials, or unknown ones: the server lets nothing in
+    let url = h.nats_url();
+    let Err(err) = connect(&url, Credentials::None).await else {
+        panic!("an anonymous connection was let in");
+    };
+    assert!(err.to_string().contains("asks for credentials"), "{err}");
+    let stranger = h.scratch().join("stranger.nk");
+    let seed = nkeys::KeyPair::new_user().seed().unwrap();
+    std::fs::write(&stranger, seed).unwrap();
+    let Err(err) = connect(&url, Credentials::NkeyFile(stranger.clone())).await else {
+        panic!("an unknown nkey was let in");
+    };
+    assert!(
+        err.to_string().contains(&stranger.display().to_string()),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("SU"), "no seed in errors: {err}");
+
+    // the CLI outside any repository, with no credentials: names the settings
+    let mut command = tokio::process::Command::from(baton_cmd(&h));
+    command
+        .env_remove("BATON_NATS__NKEY")
+        .current_dir(h.scratch())
+        .arg("status")
+        .kill_on_drop(true);
+    let out = within(Duration::from_secs(20), "status", command.output())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("nats.nkey") && stderr.contains("baton auth init"),
+        "{stderr}"
+    );
+    order_runs_to_success(&h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subagent_with_another_subagents_credentials_stops_with_the_reason() {
+    let mut h = cluster(&["sub-a", "sub-b"]).await;
+    let seed = h.seed(Role::Subagent, Some("sub-b")).display().to_string();
+    let args = ["--nats-nkey", seed.as_str(), "subagent", "--id", "sub-x"];
+    let out = run_baton(&h, &args, Duration::from_secs(30)).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not those of subagent sub-x"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_or_subagent_refuses_a_server_without_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = NatsServerOptions {
+        store_dir: dir.path().join("store"),
+        ..Default::default()
+    };
+    let nats = within(Duration::from_secs(15), "nats", NatsServer::start(options))
+        .await
+        .expect("open nats-server");
+    for args in [vec!["broker"], vec!["subagent", "--id", "s1"]] {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_baton"));
+        command
+            .args(&args)
+            .args(["--nats-url", &nats.url()])
+            .env_remove("BATON_NATS__NKEY")
+            .env_remove("BATON_CONFIG")
+            .kill_on_drop(true);
+        let out = within(Duration::from_secs(20), "refusal", command.output())
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("asks for no credentials"), "{stderr}");
+        assert!(
+            stderr.contains("--insecure") && stderr.contains("baton auth init"),
+            "{stderr}"
+        );
+    }
+    // --insecure: an experiment, allowed
+    let mut broker = tokio::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["broker", "--insecure", "--nats-url", &nats.url()])
+        .env_remove("BATON_CONFIG")
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let bus = connect(&nats.url(), Credentials::None)
+        .await
+        .expect("connect");
+    let ask = StatusRequest::default();
+    wait_until(
+        Duration::from_secs(15),
+        "the insecure broker answers",
+        || async {
+            let status = bus.subjects().status();
+            let asked = bus.request::<_, StatusReply>(status, &ask, Duration::from_secs(1));
+            asked.await.is_ok()
+        },
+    )
+    .await;
+    let _ = broker.kill().await;
+}
+
+async fn connect(url: &str, credentials: Credentials) -> Result<Bus, BusError> {
+    let settings = ConnectSettings {
+        url: url.to_string(),
+        name: "attacker".into(),
+        connect_timeout: Duration::from_secs(3),
+        retry_initial_connect: false,
+        max_message_bytes: 1 << 20,
+        replicas: 1,
+        credentials,
+        tls: Default::default(),
+    };
+    within(
+        REQUEST,
+        "connect",
+        Bus::connect(&settings, Subjects::new("baton")),
+    )
+    .await
+}
