@@ -126,9 +126,11 @@ pub struct ParamSpec {
 /// `{p}.api.submit`: ask for one run of a deployed job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SubmitOrder {
-    /// Name of a deployed job.
+    /// Name of a deployed job or workflow.
     pub job: String,
-    /// Values for the parameters the job declares.
+    /// Values for the parameters the job (or workflow) declares: any other
+    /// name is refused, as are more than 256 values or a value over 64 KiB
+    /// (`invalid_param`).
     #[serde(default)]
     pub params: BTreeMap<String, String>,
     /// A client-chosen id; repeating a submit with the same id returns the
@@ -668,7 +670,8 @@ pub enum ErrorCode {
     TooLarge,
     /// No job of that name is deployed.
     UnknownJob,
-    /// A parameter is not declared by the job, or a required one is missing.
+    /// A parameter is not declared by the job or workflow, a required one is
+    /// missing, or a value or their count is over the limit.
     InvalidParam,
     /// A job definition failed validation.
     InvalidJob,

@@ -5,10 +5,9 @@ use tracing::{info, warn};
 
 use crate::broker::Broker;
 use crate::bus::{BusError, Replier};
-use crate::jobs;
 use crate::protocol::*;
 use crate::time::now_ms;
-use crate::workflow::params::check_order_params;
+use crate::workflow::params::{check_order_params, resolve_order_params};
 use crate::workflow::{Event, FlowOrder};
 
 impl Broker {
@@ -41,13 +40,10 @@ impl Broker {
             };
             return self.bus.reply(&replier, &reply);
         }
-        if let Some((param, _)) = params.iter().find(|(k, v)| !valid_param(k, v)) {
-            let message = format!(
-                "parameter '{param}': names use letters, digits and '_', values at most {} bytes without NUL",
-                jobs::MAX_PARAM_BYTES
-            );
-            return self.error(&replier, ErrorCode::InvalidParam, message);
-        }
+        let params = match resolve_order_params(&spec, &params) {
+            Ok(params) => params,
+            Err(e) => return self.error(&replier, ErrorCode::InvalidParam, e.to_string()),
+        };
         let job_of = |name: &str| self.jobs.get(name).cloned();
         if let Err(message) = check_order_params(&spec, &job_of, &params) {
             return self.error(&replier, ErrorCode::InvalidParam, message);
@@ -161,12 +157,4 @@ impl Broker {
             self.flow_requests.remove(&r);
         }
     }
-}
-
-fn valid_param(name: &str, value: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        && value.len() <= jobs::MAX_PARAM_BYTES
-        && !value.contains('\0')
 }
