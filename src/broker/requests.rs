@@ -33,24 +33,6 @@ impl Broker {
             request_id,
             slot_ms,
         } = req.body;
-        if let Some(existing) = request_id
-            .as_deref()
-            .and_then(|r| self.book.by_request_id(r))
-        {
-            if !existing.durable {
-                let message =
-                    "a submit with this request_id is being stored right now; send it again";
-                return self.error(&req.replier, ErrorCode::Busy, message);
-            }
-            let reply = SubmitReply {
-                order_id: existing.id.clone(),
-                job: existing.job.clone(),
-                state: existing.phase.wire(),
-                duplicate: true,
-            };
-            self.bus.reply(&req.replier, &reply);
-            return;
-        }
         if let Some(spec) = self.workflows.get(&job).cloned() {
             let body = SubmitOrder {
                 job,
@@ -74,6 +56,9 @@ impl Broker {
             Ok(params) => params,
             Err(e) => return self.error(&req.replier, ErrorCode::InvalidParam, e.to_string()),
         };
+        if self.answer_repeat(&req.replier, request_id.as_deref(), &job, &params) {
+            return;
+        }
         // With a request id, the order id is derived from it and the order is
         // created only if that id is new in JetStream: a repeat, even after a
         // broker restart or to another broker, finds the first order.
@@ -124,14 +109,7 @@ impl Broker {
             }
             Ok((info, None, existing)) => {
                 act.book.remove(&info.order_id);
-                let state = existing.map_or(OrderState::Accepted, |e| e.state);
-                let reply = SubmitReply {
-                    order_id: info.order_id,
-                    job: info.job,
-                    state,
-                    duplicate: true,
-                };
-                act.bus.reply(&replier, &reply);
+                act.answer_stored(&replier, &info, existing.as_ref());
             }
             Err(e) => {
                 warn!(error = %e, "order not stored; submit refused");
