@@ -77,9 +77,8 @@ use schemars::JsonSchema;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use crate::jobs::{
-    is_param_name, is_param_value, validate_declared, MisfireDef, ParamDef, TriggerDef,
-};
+use crate::jobs::{MisfireDef, TriggerDef};
+use crate::params::{is_param_name, is_param_value, validate_declared, ParamDef};
 use crate::protocol::subjects::is_valid_token;
 use crate::protocol::{MisfirePolicy, ParamSpec, TriggerSpec};
 

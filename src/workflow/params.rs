@@ -23,7 +23,8 @@ use std::collections::BTreeMap;
 
 use super::definition::output_prefix;
 use super::{WorkflowError, WorkflowSpec};
-use crate::jobs::{placeholders, resolve_declared, ParamError};
+use crate::jobs::placeholders;
+use crate::params::{resolve_declared, ParamError};
 use crate::protocol::JobSpec;
 
 /// An order's parameters: each given one declared by the workflow, within
