@@ -12,14 +12,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::params::{resolve_declared, validate_declared, ParamDef};
+pub use crate::params::{ParamError, MAX_PARAMS, MAX_PARAM_BYTES};
 use crate::protocol::subjects::is_valid_token;
 use crate::protocol::{
-    ClusterMember, ClusterSpec, ConcurrencyPolicy, JobSpec, MisfirePolicy, ParamSpec,
-    SchedulingMode, TriggerSpec, WorkflowSpec,
+    ClusterMember, ClusterSpec, ConcurrencyPolicy, JobSpec, MisfirePolicy, SchedulingMode,
+    TriggerSpec, WorkflowSpec,
 };
-
-/// Longest parameter value accepted, in bytes.
-pub const MAX_PARAM_BYTES: usize = 64 * 1024;
 
 /// A deploy file: `[[job]]` and `[[cluster]]` tables.
 #[derive(Debug, Deserialize)]
@@ -156,17 +155,6 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ParamDef {
-    #[serde(default)]
-    default: Option<String>,
-    #[serde(default)]
-    required: bool,
-    #[serde(default)]
-    description: Option<String>,
-}
-
 /// A definition that is not valid, naming the job (or cluster) and the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind} '{job}': field '{field}': {message}")]
@@ -261,14 +249,7 @@ pub fn parse_deploy_file(file: &str, text: &str) -> Result<Deployment, DeployFil
             params: def
                 .params
                 .into_iter()
-                .map(|(name, p)| {
-                    let spec = ParamSpec {
-                        default: p.default,
-                        required: p.required,
-                        description: p.description,
-                    };
-                    (name, spec)
-                })
+                .map(|(name, p)| (name, p.into()))
                 .collect(),
             description: def.description,
             cluster: def.cluster,
@@ -289,13 +270,19 @@ pub fn parse_deploy_file(file: &str, text: &str) -> Result<Deployment, DeployFil
         specs.push(spec);
     }
     // a step's job may be deployed earlier: the broker checks those names
+    // and those steps' parameters; here, those of the jobs in this file
     let workflows: Vec<WorkflowSpec> = parsed.workflow.into_iter().map(Into::into).collect();
-    crate::workflow::validate_workflows(&workflows, &|_| true).map_err(|source| {
-        DeployFileError::InvalidWorkflow {
+    let job_of = |name: &str| specs.iter().find(|j| j.name == name).cloned();
+    crate::workflow::validate_workflows(&workflows, &|_| true)
+        .and_then(|()| {
+            workflows
+                .iter()
+                .try_for_each(|w| crate::workflow::params::check_steps(w, &job_of))
+        })
+        .map_err(|source| DeployFileError::InvalidWorkflow {
             file: file.to_string(),
             error: Box::new(source),
-        }
-    })?;
+        })?;
     Ok(Deployment {
         jobs: specs,
         clusters,
@@ -370,19 +357,8 @@ pub fn validate_job(job: &JobSpec) -> Result<(), JobError> {
             return Err(err("env", format!("invalid variable name {key:?}")));
         }
     }
-    for (name, param) in &job.params {
-        if !is_param_name(name) {
-            return Err(err(
-                &format!("params.{name}"),
-                "parameter names use letters, digits and '_' only".into(),
-            ));
-        }
-        if param.required && param.default.is_some() {
-            return Err(err(
-                &format!("params.{name}"),
-                "a required parameter cannot have a default".into(),
-            ));
-        }
+    if let Err((field, message)) = validate_declared(&job.params, "job", !job.triggers.is_empty()) {
+        return Err(err(&field, message));
     }
     for (i, trigger) in job.triggers.iter().enumerate() {
         if let Err(e) = trigger.validate() {
@@ -391,15 +367,6 @@ pub fn validate_job(job: &JobSpec) -> Result<(), JobError> {
     }
     if let Err(e) = job.misfire.validate() {
         return Err(err("misfire", e.to_string()));
-    }
-    if !job.triggers.is_empty() {
-        let required = job.params.iter().find(|(_, p)| p.required);
-        if let Some((name, _)) = required {
-            return Err(err(
-                &format!("params.{name}"),
-                "a job with triggers fires without parameters: give this one a default".into(),
-            ));
-        }
     }
     for arg in &job.args {
         for used in placeholders(arg) {
@@ -416,101 +383,43 @@ pub fn validate_job(job: &JobSpec) -> Result<(), JobError> {
     Ok(())
 }
 
-fn is_param_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
 /// The names inside `{{...}}` in one argument.
-fn placeholders(arg: &str) -> impl Iterator<Item = &str> {
+pub(crate) fn placeholders(arg: &str) -> impl Iterator<Item = &str> {
     arg.split("{{")
         .skip(1)
         .filter_map(|rest| rest.split_once("}}").map(|(name, _)| name.trim()))
 }
 
-/// Why an order's parameters were refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ParamError {
-    #[error("job '{job}' has no parameter '{param}' (it accepts: {allowed})")]
-    Unknown {
-        job: String,
-        param: String,
-        allowed: String,
-    },
-    #[error("job '{job}' needs parameter '{param}': pass --param {param}=VALUE")]
-    Missing { job: String, param: String },
-    #[error("parameter '{param}' is longer than {MAX_PARAM_BYTES} bytes or contains NUL")]
-    BadValue { param: String },
-}
-
-/// The full set of parameter values for an order: given values checked
-/// against the job's declaration, defaults filled in.
+/// The full set of parameter values for an order of a job: given values
+/// checked against the job's declaration, defaults filled in.
 pub fn resolve_params(
     job: &JobSpec,
     given: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, String>, ParamError> {
-    for (name, value) in given {
-        if !job.params.contains_key(name) {
-            let allowed = if job.params.is_empty() {
-                "none".to_string()
-            } else {
-                job.params.keys().cloned().collect::<Vec<_>>().join(", ")
-            };
-            return Err(ParamError::Unknown {
-                job: job.name.clone(),
-                param: name.clone(),
-                allowed,
-            });
-        }
-        if value.len() > MAX_PARAM_BYTES || value.contains('\0') {
-            return Err(ParamError::BadValue {
-                param: name.clone(),
-            });
-        }
-    }
-    let mut resolved = BTreeMap::new();
-    for (name, spec) in &job.params {
-        match given.get(name).or(spec.default.as_ref()) {
-            Some(value) => {
-                resolved.insert(name.clone(), value.clone());
-            }
-            None if spec.required => {
-                return Err(ParamError::Missing {
-                    job: job.name.clone(),
-                    param: name.clone(),
-                })
-            }
-            None => {}
-        }
-    }
-    Ok(resolved)
+    resolve_declared("job", &job.name, &job.params, given)
 }
 
-/// A workflow step's parameters: those its job declares resolved as by
-/// [`resolve_params`] (defaults, required ones), and every other one kept as
-/// given, so the order's parameters and earlier steps' results reach each step.
+/// A workflow step's parameters: of those offered (the order's, earlier
+/// steps' results, the step's own), only the ones its job declares, resolved
+/// as by [`resolve_params`] (defaults, required ones). Every other name is
+/// left out, so it never reaches the task.
 pub fn resolve_step_params(
     job: &JobSpec,
-    given: &BTreeMap<String, String>,
+    offered: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, String>, ParamError> {
-    let (declared, other): (BTreeMap<String, String>, BTreeMap<String, String>) = given
-        .clone()
-        .into_iter()
-        .partition(|(name, _)| job.params.contains_key(name));
-    let mut resolved = resolve_params(job, &declared)?;
-    for (name, value) in other {
-        if value.len() > MAX_PARAM_BYTES || value.contains('\0') {
-            return Err(ParamError::BadValue { param: name });
-        }
-        resolved.insert(name, value);
-    }
-    Ok(resolved)
+    let declared: BTreeMap<String, String> = offered
+        .iter()
+        .filter(|(name, _)| job.params.contains_key(*name))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    resolve_params(job, &declared)
 }
 
 /// Arguments and environment for one run: `{{name}}` replaced in arguments
-/// (an absent optional parameter becomes empty), and `BATON_PARAM_<NAME>`,
-/// `BATON_JOB` and `BATON_ORDER_ID` added to the job's environment.
+/// (an absent optional parameter becomes empty), and `BATON_PARAM_<NAME>`
+/// for each parameter the job declares (any other is left out, say one the
+/// job no longer declares since the order was accepted), `BATON_JOB` and
+/// `BATON_ORDER_ID` added to the job's environment.
 pub fn command_for(
     job: &JobSpec,
     order_id: &str,
@@ -520,7 +429,10 @@ pub fn command_for(
     let mut env = job.env.clone();
     env.insert("BATON_JOB".into(), job.name.clone());
     env.insert("BATON_ORDER_ID".into(), order_id.to_string());
-    for (name, value) in params {
+    let declared = params
+        .iter()
+        .filter(|(name, _)| job.params.contains_key(*name));
+    for (name, value) in declared {
         env.insert(
             format!("BATON_PARAM_{}", name.to_uppercase()),
             value.clone(),
@@ -664,7 +576,8 @@ restartable = false
         assert_eq!(
             e,
             ParamError::Missing {
-                job: "hello".into(),
+                kind: "job",
+                name: "hello".into(),
                 param: "mood".into()
             }
         );
@@ -725,5 +638,94 @@ every = "90s"
             .unwrap_err()
             .to_string();
         assert!(e.contains("params.x") && e.contains("default"), "{e}");
+    }
+
+    #[test]
+    fn a_value_or_count_over_the_limit_is_refused() {
+        let job = &parse_deploy_file("f", GOOD).unwrap().jobs[0];
+        let given = |pairs: Vec<(String, String)>| pairs.into_iter().collect();
+        let at_limit = given(vec![("who".into(), "x".repeat(MAX_PARAM_BYTES))]);
+        assert!(resolve_params(job, &at_limit).is_ok());
+        let over = given(vec![("who".into(), "x".repeat(MAX_PARAM_BYTES + 1))]);
+        let e = resolve_params(job, &over).unwrap_err();
+        assert_eq!(
+            e,
+            ParamError::BadValue {
+                param: "who".into()
+            }
+        );
+        let nul = given(vec![("who".into(), "a\0b".into())]);
+        assert!(matches!(
+            resolve_params(job, &nul),
+            Err(ParamError::BadValue { .. })
+        ));
+        let many = given(
+            (0..=MAX_PARAMS)
+                .map(|i| (format!("p{i}"), "1".into()))
+                .collect(),
+        );
+        let e = resolve_params(job, &many).unwrap_err();
+        assert_eq!(
+            e,
+            ParamError::TooMany {
+                count: MAX_PARAMS + 1
+            }
+        );
+        assert!(e.to_string().contains("at most 256"), "{e}");
+    }
+
+    #[test]
+    fn a_step_gets_only_the_parameters_its_job_declares() {
+        let job = &parse_deploy_file("f", GOOD).unwrap().jobs[0];
+        let offered: BTreeMap<String, String> = [
+            ("who", "Ann"),
+            ("build_exit_code", "0"),
+            ("secret", "s3cret"),
+            ("bad-name", "x"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let params = resolve_step_params(job, &offered).unwrap();
+        assert_eq!(
+            params,
+            BTreeMap::from([("who".to_string(), "Ann".to_string())])
+        );
+        // and whatever an order carries, only declared names reach the environment
+        let (_, env) = command_for(job, "o1", &offered);
+        let passed: Vec<&String> = env
+            .keys()
+            .filter(|k| k.starts_with("BATON_PARAM_"))
+            .collect();
+        assert_eq!(passed, ["BATON_PARAM_WHO"]);
+    }
+
+    #[test]
+    fn workflow_errors_name_the_file_the_workflow_and_the_parameter() {
+        let text = format!(
+            "{GOOD}\n[[workflow]]\nname = \"w\"\n[workflow.params.who]\n\
+             [[workflow.steps]]\nname = \"greet\"\njob = \"hello\"\nparams = {{ mood = \"{{{{who}}}}\" }}\n"
+        );
+        let d = parse_deploy_file("f.toml", &text).unwrap();
+        assert!(d.workflows[0].params.contains_key("who"));
+        for (broken, expect) in [
+            (
+                text.replace("[workflow.params.who]", "[workflow.params.whom]"),
+                "f.toml: workflow 'w' step 'greet': parameter 'mood': {{who}} names no declared",
+            ),
+            (
+                text.replace("mood =", "mod ="),
+                "f.toml: workflow 'w' step 'greet': parameter 'mod': job 'hello' declares no such",
+            ),
+            (
+                text.replace("[workflow.params.who]", "[workflow.params.who-1]"),
+                "f.toml: workflow 'w': field 'params.who-1'",
+            ),
+        ] {
+            let e = parse_deploy_file("f.toml", &broken)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(expect), "{expect}: {e}");
+        }
     }
 }

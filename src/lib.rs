@@ -7,6 +7,7 @@
 //! - [`bus`]: the only importer of async_nats: connect, typed publish/request/serve, KV buckets.
 //! - [`config`]: one `Config` tree, layered defaults < TOML file < `BATON_*` env < flags.
 //! - [`jobs`]: the deploy file format and job validation (pure).
+//! - [`params`]: parameter declarations and values, the rules jobs and workflows share (pure).
 //! - [`workflow`]: workflow definitions and validation, and the order/step state machine (pure).
 //! - [`broker`]: the Broker actor and its pure parts (registry, placement, order book).
 //! - [`subagent`]: the Subagent actor and process execution (spawn, stream output, kill).
@@ -26,6 +27,7 @@ pub mod config;
 pub mod jobs;
 pub mod launch;
 pub mod natsd;
+pub mod params;
 pub mod protocol;
 pub mod schema;
 pub mod subagent;

@@ -371,3 +371,42 @@ async fn json_client_gets_json_replies() {
     assert!(message.contains("nope"), "{reply}");
     assert!(reply.get("order_id").is_none(), "{reply}");
 }
+
+/// The limits a submitter meets: a value over 64 KiB and more than 256
+/// parameters are refused with `invalid_param`, naming the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameter_values_and_counts_over_the_limit_are_refused() {
+    let h = cluster(&[]).await;
+    deploy(&h.bus, HELLO).await;
+    let try_submit = |params: BTreeMap<String, String>| {
+        let order = SubmitOrder {
+            job: "hello".into(),
+            params,
+            request_id: None,
+            slot_ms: None,
+        };
+        let bus = h.bus.clone();
+        async move {
+            let call = bus.request::<_, SubmitReply>(bus.subjects().submit(), &order, REQUEST);
+            within(REQUEST * 2, "submit", call).await
+        }
+    };
+    let refused = |result: Result<SubmitReply, BusError>| match result {
+        Err(BusError::Remote(e)) if e.error.code == ErrorCode::InvalidParam => e.error.message,
+        other => panic!("expected invalid_param, got {other:?}"),
+    };
+
+    let at_limit = BTreeMap::from([("who".to_string(), "x".repeat(64 * 1024))]);
+    try_submit(at_limit).await.expect("64 KiB is accepted");
+    let over = BTreeMap::from([("who".to_string(), "x".repeat(64 * 1024 + 1))]);
+    let message = refused(try_submit(over).await);
+    assert!(
+        message.contains("'who'") && message.contains("65536 bytes"),
+        "{message}"
+    );
+    let many = (0..257)
+        .map(|i| (format!("p{i}"), "1".to_string()))
+        .collect();
+    let message = refused(try_submit(many).await);
+    assert_eq!(message, "257 parameters given; at most 256 are accepted");
+}

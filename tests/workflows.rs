@@ -6,13 +6,14 @@
 //! every command is idempotent, and broken workflows are refused at deploy.
 //!
 //! Steps are small `sh` scripts that leave marker files in a scratch folder
-//! the order names (`dir`): `<step>.pids` (one line per attempt), `ran` (a
-//! line per step that finished its work). A step with the `gate` parameter
-//! waits, bounded, for the file `<step>.go` the test creates.
+//! the order names (`dir`, a parameter each workflow declares): `<step>.pids`
+//! (one line per attempt), `ran` (a line per step that finished its work). A
+//! step with the `gate` parameter waits, bounded, for the file `<step>.go`
+//! the test creates.
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -62,7 +63,18 @@ fi
 echo "$s" >> "$d/ran"
 echo "::baton-result done=$s"
 ''']
+[job.params.dir]
+required = true
+[job.params.step]
+required = true
+[job.params.gate]
+default = ""
+[job.params.needs]
+default = ""
 "#;
+
+/// The order's folder: declared by every workflow running `WORK_JOB`.
+const DIR_PARAM: &str = "[workflow.params.dir]\nrequired = true\n";
 
 /// `WORK_JOB` on a round-robin cluster `trio` of sub-a, sub-b and sub-c,
 /// and a workflow running it in sequence: one step per entry, named and
@@ -75,12 +87,14 @@ name = "trio"
 mode = "round-robin"
 members = [{{ subagent = "sub-a" }}, {{ subagent = "sub-b" }}, {{ subagent = "sub-c" }}]
 {}
-cluster = "trio"
-
 [[workflow]]
 name = "{workflow}"
-"#,
-        WORK_JOB.trim_end()
+{DIR_PARAM}"#,
+        WORK_JOB.replacen(
+            "timeout = \"60s\"\n",
+            "timeout = \"60s\"\ncluster = \"trio\"\n",
+            1
+        )
     );
     for (name, extra) in steps {
         let params = if extra.is_empty() {
@@ -112,9 +126,21 @@ async fn list(bus: &Bus, filter: &ListOrders) -> OrderList {
 
 /// Submits over the wire and returns the reply or the error.
 async fn try_submit(bus: &Bus, job: &str) -> Result<SubmitReply, BusError> {
+    try_submit_with(bus, job, &[]).await
+}
+
+/// [`try_submit`] with parameters.
+async fn try_submit_with(
+    bus: &Bus,
+    job: &str,
+    params: &[(&str, &str)],
+) -> Result<SubmitReply, BusError> {
     let order = SubmitOrder {
         job: job.into(),
-        params: BTreeMap::new(),
+        params: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         request_id: None,
         slot_ms: None,
     };
@@ -517,6 +543,12 @@ done
 echo "::baton-result saw=$BATON_PARAM_A_VERSION"
 touch "$d/done.$s"
 ''']
+[job.params.dir]
+required = true
+[job.params.step]
+required = true
+[job.params.a_version]          # step a's result `version`
+required = true
 
 [[job]]
 name = "join"
@@ -528,9 +560,17 @@ echo "::baton-result seen=$BATON_PARAM_A_VERSION"
 echo "::baton-result branches_done=$(ls "$d" | grep -c '^done\.')"
 echo "::baton-result b2_saw=$BATON_PARAM_B2_SAW"
 ''']
+[job.params.dir]
+required = true
+[job.params.a_version]
+default = ""
+[job.params.b2_saw]             # step b2's result `saw`
+default = ""
 
 [[workflow]]
 name = "fan"
+[workflow.params.dir]
+required = true
 
 [[workflow.steps]]
 name = "a"
@@ -665,6 +705,8 @@ after = ["b1", "b2", "b3"]
 const THREE: &str = r#"
 [[workflow]]
 name = "three"
+[workflow.params.dir]
+required = true
 
 [[workflow.steps]]
 name = "s1"
@@ -937,6 +979,8 @@ async fn cancel_with_kill_kills_it() {
 const FRAGILE: &str = r#"
 [[workflow]]
 name = "fragile"
+[workflow.params.dir]
+required = true
 
 [[workflow.steps]]
 name = "s1"
@@ -1187,6 +1231,42 @@ async fn deploy_rejects_broken_workflows() {
              [[job]]\nname = \"needy\"\nprogram = \"true\"\n[job.params.who]\nrequired = true\n"
                 .to_string(),
         ),
+        // a step's placeholder naming no declared workflow parameter
+        (
+            "bad_placeholder",
+            vec!["step1", "{{nope}}"],
+            format!("{DIR_PARAM}\n[[workflow.steps]]\nname = \"step1\"\njob = \"work\"\nparams = {{ step = \"{{{{nope}}}}\" }}\n"),
+        ),
+        // a step's parameter its job does not declare
+        (
+            "bad_step_param",
+            vec!["step1", "bogus", "work"],
+            format!("{DIR_PARAM}\n[[workflow.steps]]\nname = \"step1\"\njob = \"work\"\nparams = {{ step = \"a\", bogus = \"1\" }}\n"),
+        ),
+        // a required parameter of the step's job that nothing gives
+        (
+            "bad_ungiven",
+            vec!["step1", "work", "dir"],
+            steps(
+                "name = \"step1\"\njob = \"work\"\nparams = { step = \"a\" }",
+                "name = \"step2\"\njob = \"work\"\nparams = { step = \"b\" }",
+            ),
+        ),
+        // a workflow parameter with a bad name
+        (
+            "bad_wf_param",
+            vec!["params.di-r"],
+            "[workflow.params.di-r]\n\n[[workflow.steps]]\nname = \"step1\"\njob = \"work\"\nparams = { step = \"a\" }\n"
+                .to_string(),
+        ),
+        // a trigger fires with the defaults: declared without one is not enough
+        (
+            "bad_trigger_default",
+            vec!["step1", "work", "dir", "default"],
+            "[workflow.params.dir]\n\n[[workflow.triggers]]\nkind = \"interval\"\nevery = \"1h\"\n\n\
+             [[workflow.steps]]\nname = \"step1\"\njob = \"work\"\nparams = { step = \"a\" }\n"
+                .to_string(),
+        ),
         // a workflow named like a deployed job
         (
             "work",
@@ -1267,7 +1347,7 @@ job = "work"
     let file = dir.join("good.toml");
     std::fs::write(
         &file,
-        "[[workflow]]\nname = \"good\"\n\n[[workflow.steps]]\njob = \"work\"\nparams = { step = \"only\" }\n",
+        format!("[[workflow]]\nname = \"good\"\n{DIR_PARAM}\n[[workflow.steps]]\njob = \"work\"\nparams = {{ step = \"only\" }}\n"),
     )
     .expect("write deploy file");
     let out = run_baton(&h, &["deploy", &file.display().to_string()], REQUEST * 2).await;
@@ -1322,7 +1402,7 @@ async fn the_cli_submits_shows_lists_and_steers_workflow_orders() {
 
 [[workflow]]
 name = "pair"
-
+{DIR_PARAM}
 [[workflow.steps]]
 name = "first"
 job = "work"
@@ -1427,6 +1507,7 @@ required = true
 
 [[workflow]]
 name = "release"
+[workflow.params.target]        # optional for the workflow, required by ship
 [[workflow.steps]]
 name = "prepare"
 job = "prepare"
@@ -1445,4 +1526,106 @@ job = "ship"
     let order = submit(&h.bus, "release", &[("target", "prod".to_string())]).await;
     let done = wait_final(&h.bus, &order).await;
     assert_eq!(done.state, OrderState::Succeeded, "{done:#?}");
+}
+
+/// A workflow declares what a submitter may set, as a job does; each step
+/// receives only the parameters its job declares, whatever the order, the
+/// step's own `params` or earlier steps' results offer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_parameters_are_declared_and_steps_get_only_their_jobs_own() {
+    let h = cluster(&["sub-a"]).await;
+    deploy(
+        &h.bus,
+        r#"
+[[job]]
+name = "give"
+program = "sh"
+args = ["-c", 'echo "::baton-result version=7"; echo "::baton-result token=t0p"']
+
+[[job]]
+name = "show"
+program = "sh"
+args = ["-c", 'env | grep "^BATON_" | sort > "$BATON_PARAM_DIR/$BATON_STEP.env"']
+[job.params.dir]
+required = true
+[job.params.give_version]       # step give's result `version`
+default = ""
+[job.params.label]
+default = ""
+
+[[workflow]]
+name = "leak"
+[workflow.params.dir]
+required = true
+[workflow.params.secret]
+default = "hush"
+[[workflow.steps]]
+name = "give"
+job = "give"
+[[workflow.steps]]
+name = "show"
+job = "show"
+params = { label = "{{secret}}-x" }
+"#,
+    )
+    .await;
+    let dir = order_dir(&h, "leak");
+    let dir_param = dir.display().to_string();
+
+    // a name the workflow does not declare, or a required one missing
+    let e = error_of(
+        try_submit_with(&h.bus, "leak", &[("dir", &dir_param), ("bogus", "1")]).await,
+        "submit with an undeclared parameter",
+    );
+    assert_eq!(e.error.code, ErrorCode::InvalidParam, "{e}");
+    assert_eq!(
+        e.error.message,
+        "workflow 'leak' has no parameter 'bogus' (it accepts: dir, secret)"
+    );
+    let e = error_of(try_submit(&h.bus, "leak").await, "submit without dir");
+    assert_eq!(e.error.code, ErrorCode::InvalidParam, "{e}");
+    assert!(e.error.message.contains("'dir'"), "{e}");
+
+    let order = submit(
+        &h.bus,
+        "leak",
+        &[("dir", dir_param.clone()), ("secret", "s3cret".into())],
+    )
+    .await;
+    let done = wait_final(&h.bus, &order).await;
+    assert_eq!(done.state, OrderState::Succeeded, "{done:#?}");
+    // the order keeps its parameters, defaults applied
+    assert_eq!(
+        done.params.get("secret").map(String::as_str),
+        Some("s3cret")
+    );
+
+    let env = lines(&dir.join("show.env"));
+    let params: Vec<&str> = env
+        .iter()
+        .map(String::as_str)
+        .filter(|l| l.starts_with("BATON_PARAM_"))
+        .collect();
+    assert_eq!(
+        params,
+        [
+            format!("BATON_PARAM_DIR={dir_param}").as_str(),
+            "BATON_PARAM_GIVE_VERSION=7",
+            "BATON_PARAM_LABEL=s3cret-x",
+        ],
+        "{env:#?}"
+    );
+    // the special variables are there as before
+    for expected in [
+        format!("BATON_WORKFLOW_ORDER_ID={order}"),
+        "BATON_STEP=show".to_string(),
+        "BATON_WORKFLOW=leak".to_string(),
+    ] {
+        assert!(env.contains(&expected), "no {expected} in {env:#?}");
+    }
+    // the step order's record holds only those parameters, too
+    let step_order = &last_attempt(&done, "show").order_id;
+    let info = get(&h.bus, step_order).await;
+    let names: Vec<&str> = info.params.keys().map(String::as_str).collect();
+    assert_eq!(names, ["dir", "give_version", "label"], "{info:#?}");
 }

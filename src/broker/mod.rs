@@ -12,6 +12,7 @@
 pub mod agents;
 mod elector;
 mod flows;
+mod idempotency;
 mod leadership;
 pub mod lease;
 mod liveness;

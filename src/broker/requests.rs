@@ -13,6 +13,7 @@ use crate::bus::{BusError, KvChange, Replier, Request};
 use crate::jobs;
 use crate::protocol::*;
 use crate::time::now_ms;
+use crate::workflow::params::check_steps;
 use crate::workflow::{validate_workflow, validate_workflows};
 
 /// What a trigger's new order does to the job's runs still active.
@@ -32,24 +33,6 @@ impl Broker {
             request_id,
             slot_ms,
         } = req.body;
-        if let Some(existing) = request_id
-            .as_deref()
-            .and_then(|r| self.book.by_request_id(r))
-        {
-            if !existing.durable {
-                let message =
-                    "a submit with this request_id is being stored right now; send it again";
-                return self.error(&req.replier, ErrorCode::Busy, message);
-            }
-            let reply = SubmitReply {
-                order_id: existing.id.clone(),
-                job: existing.job.clone(),
-                state: existing.phase.wire(),
-                duplicate: true,
-            };
-            self.bus.reply(&req.replier, &reply);
-            return;
-        }
         if let Some(spec) = self.workflows.get(&job).cloned() {
             let body = SubmitOrder {
                 job,
@@ -73,6 +56,9 @@ impl Broker {
             Ok(params) => params,
             Err(e) => return self.error(&req.replier, ErrorCode::InvalidParam, e.to_string()),
         };
+        if self.answer_repeat(&req.replier, request_id.as_deref(), &job, &params) {
+            return;
+        }
         // With a request id, the order id is derived from it and the order is
         // created only if that id is new in JetStream: a repeat, even after a
         // broker restart or to another broker, finds the first order.
@@ -123,14 +109,7 @@ impl Broker {
             }
             Ok((info, None, existing)) => {
                 act.book.remove(&info.order_id);
-                let state = existing.map_or(OrderState::Accepted, |e| e.state);
-                let reply = SubmitReply {
-                    order_id: info.order_id,
-                    job: info.job,
-                    state,
-                    duplicate: true,
-                };
-                act.bus.reply(&replier, &reply);
+                act.answer_stored(&replier, &info, existing.as_ref());
             }
             Err(e) => {
                 warn!(error = %e, "order not stored; submit refused");
@@ -328,7 +307,8 @@ impl Broker {
     }
 
     /// Deploy-time checks of workflows against the jobs deployed and being
-    /// deployed: each step names a job, and no name is both a job and a workflow.
+    /// deployed: each step names a job whose parameters fit it, and no name
+    /// is both a job and a workflow.
     fn check_workflows(&self, jobs: &[JobSpec], workflows: &[WorkflowSpec]) -> Result<(), String> {
         let known =
             |name: &str| self.jobs.contains_key(name) || jobs.iter().any(|j| j.name == name);
@@ -339,26 +319,6 @@ impl Broker {
                 w.name
             ));
         }
-        // a trigger fires without order parameters: each step's own must do
-        for w in workflows.iter().filter(|w| !w.triggers.is_empty()) {
-            for step in &w.steps {
-                let job = jobs
-                    .iter()
-                    .find(|j| j.name == step.job)
-                    .or_else(|| self.jobs.get(&step.job));
-                let missing = job.and_then(|j| {
-                    j.params
-                        .iter()
-                        .find(|(name, p)| p.required && !step.params.contains_key(*name))
-                });
-                if let Some((name, _)) = missing {
-                    return Err(format!(
-                        "workflow '{}' step '{}': job '{}' requires parameter '{name}', and a trigger fires without parameters; set it in the step's params",
-                        w.name, step.name, step.job
-                    ));
-                }
-            }
-        }
         let being = |name: &str| workflows.iter().any(|w| w.name == name);
         if let Some(j) = jobs
             .iter()
@@ -368,6 +328,17 @@ impl Broker {
                 "job '{}': a workflow has this name; `baton submit {0}` must name one thing, so rename one of them",
                 j.name
             ));
+        }
+        // each step's own params and the ones its job requires, given the
+        // jobs; a trigger fires with the workflow's defaults alone
+        let job_of = |name: &str| {
+            jobs.iter()
+                .find(|j| j.name == name)
+                .or_else(|| self.jobs.get(name))
+                .cloned()
+        };
+        for w in workflows {
+            check_steps(w, &job_of).map_err(|e| e.to_string())?;
         }
         Ok(())
     }

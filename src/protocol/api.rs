@@ -126,15 +126,19 @@ pub struct ParamSpec {
 /// `{p}.api.submit`: ask for one run of a deployed job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SubmitOrder {
-    /// Name of a deployed job.
+    /// Name of a deployed job or workflow.
     pub job: String,
-    /// Values for the parameters the job declares.
+    /// Values for the parameters the job (or workflow) declares: any other
+    /// name is refused, as are more than 256 values or a value over 64 KiB
+    /// (`invalid_param`).
     #[serde(default)]
     pub params: BTreeMap<String, String>,
-    /// A client-chosen id; repeating a submit with the same id returns the
-    /// first order instead of creating a second one, also after a broker
-    /// restart (the order id is derived from it and created atomically in
-    /// JetStream).
+    /// A client-chosen id; repeating a submit with the same id, job and
+    /// parameters (compared with defaults applied) returns the first order
+    /// instead of creating a second one, also after a broker restart (the
+    /// order id is derived from it and created atomically in JetStream).
+    /// The same id with another job or other parameters is refused
+    /// (`conflict`).
     #[serde(default)]
     pub request_id: Option<String>,
     /// The trigger slot (ms since the Unix epoch) this order fires; set by
@@ -668,7 +672,8 @@ pub enum ErrorCode {
     TooLarge,
     /// No job of that name is deployed.
     UnknownJob,
-    /// A parameter is not declared by the job, or a required one is missing.
+    /// A parameter is not declared by the job or workflow, a required one is
+    /// missing, or a value or their count is over the limit.
     InvalidParam,
     /// A job definition failed validation.
     InvalidJob,
@@ -678,6 +683,9 @@ pub enum ErrorCode {
     InvalidState,
     /// The receiver has no room for the request now; try again or elsewhere.
     Busy,
+    /// A repeated `request_id` names another job or workflow, or other
+    /// parameters, than its first order (which the message names).
+    Conflict,
     /// Storage or another dependency failed; the request had no effect.
     Unavailable,
     /// A bug: please report it.
@@ -695,6 +703,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::InvalidState => "invalid_state",
             ErrorCode::Busy => "busy",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }

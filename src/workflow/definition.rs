@@ -9,6 +9,9 @@
 //! name = "nightly"
 //! description = "build, test on two platforms, publish"   # optional
 //!
+//! [workflow.params.channel]       # what a submitter may set, as for a job
+//! default = "beta"                # or: required = true
+//!
 //! [[workflow.steps]]
 //! name = "build"                  # optional: defaults to the job's name
 //! job = "compile"                 # a deployed job
@@ -45,15 +48,22 @@
 //!   `{ action = "retry", times = N, backoff = "10s" }` (run it again up to
 //!   N times, waiting `backoff` before each retry, default `0s`; then as
 //!   stop). `{ action = "stop" }` and `{ action = "continue" }` work too.
-//! - A step's parameters are, later ones winning: the order's parameters, the
+//! - `[workflow.params.NAME]`: the parameters a submitter may set, declared
+//!   and checked exactly as a job's (`default`, `required`, `description`;
+//!   the same name rules): an order giving any other is refused, a required
+//!   one missing too, defaults are filled in.
+//! - A step is offered, later ones winning: the order's parameters, the
 //!   results of the steps it depends on (directly or not) as
 //!   `<step>_exit_code` and `<step>_<key>` (with `-` in the step name written
 //!   `_`), then its own `params`, in whose values `{{name}}` is replaced by
-//!   the value of `name` among the former (see [`crate::workflow::state`]).
+//!   the value of `name` among the former (see [`crate::workflow::state`]);
+//!   `name` must be a declared workflow parameter or a result of a step it
+//!   waits for. Of these it receives only the ones its job declares
+//!   ([`crate::jobs::resolve_step_params`]).
 //! - `[[workflow.triggers]]` and `misfire` are written as a job's
 //!   `[[job.triggers]]` and `misfire` (see [`TriggerSpec`]): the Scheduler
 //!   agent starts an order through the workflow at each slot, without
-//!   parameters. There is no `concurrency`: each slot starts a new order,
+//!   parameters (so with the defaults). There is no `concurrency`: each slot starts a new order,
 //!   whatever orders through the workflow are still going.
 //!
 //! Architecture invariant: pure; the wire types carry serde and schemars only
@@ -67,9 +77,10 @@ use schemars::JsonSchema;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use crate::jobs::{MisfireDef, TriggerDef, MAX_PARAM_BYTES};
+use crate::jobs::{MisfireDef, TriggerDef};
+use crate::params::{is_param_name, is_param_value, validate_declared, ParamDef};
 use crate::protocol::subjects::is_valid_token;
-use crate::protocol::{MisfirePolicy, TriggerSpec};
+use crate::protocol::{MisfirePolicy, ParamSpec, TriggerSpec};
 
 /// A deployed workflow, as carried on the wire and stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -79,10 +90,15 @@ pub struct WorkflowSpec {
     /// Free text shown by `baton status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The parameters a submitter may set, as for a job; any other is
+    /// refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, ParamSpec>,
     /// The steps; at least one.
     pub steps: Vec<StepSpec>,
     /// When the workflow starts on its own: the Scheduler agent submits an
-    /// order through it for each slot, without parameters. None: only
+    /// order through it for each slot, without parameters (the defaults
+    /// apply). None: only
     /// submitted orders run it. Unlike a job's, a slot has no concurrency
     /// policy: it always starts a new order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -99,8 +115,9 @@ pub struct StepSpec {
     pub name: String,
     /// The deployed job this step runs (on that job's subagent cluster).
     pub job: String,
-    /// Fixed parameters for this step; `{{name}}` in a value is replaced by
-    /// an order parameter or an earlier step's result.
+    /// Fixed parameters for this step, each one its job declares; `{{name}}`
+    /// in a value is replaced by a declared workflow parameter or the result
+    /// of a step this one waits for.
     #[serde(default)]
     pub params: BTreeMap<String, String>,
     /// The steps this one waits for. Absent: the previous step in the list
@@ -174,6 +191,8 @@ pub struct WorkflowDef {
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]
+    params: BTreeMap<String, ParamDef>,
+    #[serde(default)]
     steps: Vec<StepDef>,
     #[serde(default)]
     triggers: Vec<TriggerDef>,
@@ -201,6 +220,11 @@ impl From<WorkflowDef> for WorkflowSpec {
         WorkflowSpec {
             name: def.name,
             description: def.description,
+            params: def
+                .params
+                .into_iter()
+                .map(|(name, p)| (name, p.into()))
+                .collect(),
             steps: def
                 .steps
                 .into_iter()
@@ -330,6 +354,45 @@ pub enum WorkflowError {
         field: String,
         message: String,
     },
+    /// A `[workflow.params.NAME]` declaration; `field` is `params.NAME`
+    /// (or `params` for their count), as for a job.
+    #[error("workflow '{workflow}': field '{field}': {message}")]
+    InvalidDeclaration {
+        workflow: String,
+        field: String,
+        message: String,
+    },
+    #[error(
+        "workflow '{workflow}' step '{step}': parameter '{param}': job '{job}' declares no such \
+         parameter, so the step would never receive it"
+    )]
+    UndeclaredStepParam {
+        workflow: String,
+        step: String,
+        job: String,
+        param: String,
+    },
+    #[error(
+        "workflow '{workflow}' step '{step}': job '{job}' requires parameter '{param}', which \
+         nothing gives it: declare [workflow.params.{param}], or set it in the step's params"
+    )]
+    UngivenStepParam {
+        workflow: String,
+        step: String,
+        job: String,
+        param: String,
+    },
+    #[error(
+        "workflow '{workflow}' step '{step}': job '{job}' requires parameter '{param}', and a \
+         trigger fires without parameters: give [workflow.params.{param}] a default, or set it \
+         in the step's params"
+    )]
+    TriggeredStepParam {
+        workflow: String,
+        step: String,
+        job: String,
+        param: String,
+    },
 }
 
 /// Checks one workflow; `known_jobs` says whether a job name is deployed
@@ -347,6 +410,14 @@ pub fn validate_workflow(
     if wf.steps.is_empty() {
         return Err(WorkflowError::Empty {
             workflow: workflow(),
+        });
+    }
+    let triggered = !wf.triggers.is_empty();
+    if let Err((field, message)) = validate_declared(&wf.params, "workflow", triggered) {
+        return Err(WorkflowError::InvalidDeclaration {
+            workflow: workflow(),
+            field,
+            message,
         });
     }
     let mut names = BTreeSet::new();
@@ -389,8 +460,8 @@ pub fn validate_workflow(
         }
         for (param, value) in &step.params {
             let message = if !is_param_name(param) {
-                "parameter names use letters, digits and '_' only"
-            } else if value.len() > MAX_PARAM_BYTES || value.contains('\0') {
+                "parameter names are 1-64 letters, digits and '_'"
+            } else if !is_param_value(value) {
                 "value is too long or contains NUL"
             } else {
                 continue;
@@ -420,6 +491,7 @@ pub fn validate_workflow(
             steps: cycle.iter().map(|&i| wf.steps[i].name.clone()).collect(),
         });
     }
+    super::params::check_placeholders(wf)?;
     validate_schedule(wf)
 }
 
@@ -455,12 +527,6 @@ pub fn validate_workflows(
         }
     }
     Ok(())
-}
-
-fn is_param_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// A cycle in the graph `deps` (step -> the steps it waits for), as the
@@ -643,6 +709,7 @@ after = ["test-linux", "test-mac"]
         WorkflowSpec {
             name: "w".into(),
             description: None,
+            params: Default::default(),
             steps,
             triggers: Vec::new(),
             misfire: MisfirePolicy::default(),
@@ -882,5 +949,38 @@ every = "90s"
         let w = wf(vec![step("a", "test", None)]);
         let e = validate_workflows(&[w.clone(), w], &known).unwrap_err();
         assert_eq!(e.to_string(), "workflow 'w': defined twice");
+    }
+
+    #[test]
+    fn workflow_params_are_declared_as_a_jobs() {
+        let text = GOOD.replacen(
+            "name = \"nightly\"\n",
+            "name = \"nightly\"\n[workflow.params.channel]\ndefault = \"beta\"\n[workflow.params.version]\nrequired = true\n",
+            1,
+        );
+        let wf = parse(&text).unwrap();
+        assert_eq!(wf.params["channel"].default.as_deref(), Some("beta"));
+        assert!(wf.params["version"].required);
+        let bytes = rmp_serde::to_vec_named(&wf).unwrap();
+        assert_eq!(rmp_serde::from_slice::<WorkflowSpec>(&bytes).unwrap(), wf);
+
+        for (broken, expect) in [
+            (
+                text.replace("params.channel]", "params.chan-nel]"),
+                "workflow 'nightly': field 'params.chan-nel': parameter names",
+            ),
+            (
+                text.replace("required = true", "required = true\ndefault = \"1\""),
+                "workflow 'nightly': field 'params.version': a required parameter cannot have a default",
+            ),
+            (text.replace("default = \"beta\"", "dflt = \"beta\""), "dflt"),
+            (
+                format!("{text}[[workflow.triggers]]\nkind = \"interval\"\nevery = \"1h\"\n"),
+                "field 'params.version': a workflow with triggers fires without parameters",
+            ),
+        ] {
+            let e = parse(&broken).unwrap_err();
+            assert!(e.contains(expect), "{expect}: {e}");
+        }
     }
 }

@@ -280,6 +280,7 @@ mod tests {
         WorkflowSpec {
             name: "wf".into(),
             description: None,
+            params: Default::default(),
             steps: vec![step("a"), step("b")],
             triggers: Vec::new(),
             misfire: Default::default(),

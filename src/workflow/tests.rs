@@ -20,6 +20,7 @@ fn spec(steps: &[(&str, Option<&[&str]>, OnFailure)]) -> WorkflowSpec {
     WorkflowSpec {
         name: "w".into(),
         description: None,
+        params: Default::default(),
         steps: steps
             .iter()
             .map(|(name, after, on_failure)| StepSpec {
@@ -93,6 +94,10 @@ fn a_plain_list_runs_in_order_and_passes_results_on() {
     wf.steps[2]
         .params
         .insert("tag".into(), "v{{build_version}}-{{env}}{{nope}}".into());
+    // `nope`: declared, optional, without default: not given, it is empty
+    for name in ["env", "nope"] {
+        wf.params.insert(name.into(), Default::default());
+    }
     let mut run = new_run(&wf);
     assert_eq!(run.state(), RunState::Pending);
     assert_eq!(dispatched(&ok(&mut run, Event::Start)), ["build"]);
@@ -585,6 +590,7 @@ fn random_spec(rng: &mut Rng) -> WorkflowSpec {
     let wf = WorkflowSpec {
         name: "w".into(),
         description: None,
+        params: Default::default(),
         steps,
         triggers: Vec::new(),
         misfire: Default::default(),

@@ -5,15 +5,16 @@ use tracing::{info, warn};
 
 use crate::broker::Broker;
 use crate::bus::{BusError, Replier};
-use crate::jobs;
 use crate::protocol::*;
 use crate::time::now_ms;
-use crate::workflow::params::check_order_params;
+use crate::workflow::params::{check_order_params, resolve_order_params};
 use crate::workflow::{Event, FlowOrder};
 
 impl Broker {
-    /// `baton submit WORKFLOW`: stores a pending workflow order, answers,
-    /// and starts it.
+    /// `baton submit WORKFLOW`: checks the order's parameters against the
+    /// workflow's (defaults filled in) and what its steps' jobs require,
+    /// answers a repeated request id, or stores a pending workflow order,
+    /// answers, and starts it.
     pub(in crate::broker) fn on_submit_workflow(
         &mut self,
         spec: WorkflowSpec,
@@ -27,26 +28,12 @@ impl Broker {
             request_id,
             slot_ms,
         } = body;
-        if let Some(existing) = request_id.as_deref().and_then(|r| self.flow_by_request(r)) {
-            if !existing.durable {
-                let message =
-                    "a submit with this request_id is being stored right now; send it again";
-                return self.error(&replier, ErrorCode::Busy, message);
-            }
-            let reply = SubmitReply {
-                order_id: existing.id.clone(),
-                job: name,
-                state: existing.state().wire(),
-                duplicate: true,
-            };
-            return self.bus.reply(&replier, &reply);
-        }
-        if let Some((param, _)) = params.iter().find(|(k, v)| !valid_param(k, v)) {
-            let message = format!(
-                "parameter '{param}': names use letters, digits and '_', values at most {} bytes without NUL",
-                jobs::MAX_PARAM_BYTES
-            );
-            return self.error(&replier, ErrorCode::InvalidParam, message);
+        let params = match resolve_order_params(&spec, &params) {
+            Ok(params) => params,
+            Err(e) => return self.error(&replier, ErrorCode::InvalidParam, e.to_string()),
+        };
+        if self.answer_repeat(&replier, request_id.as_deref(), &name, &params) {
+            return;
         }
         let job_of = |name: &str| self.jobs.get(name).cloned();
         if let Err(message) = check_order_params(&spec, &job_of, &params) {
@@ -119,13 +106,7 @@ impl Broker {
                             act.resume_flow(&info.order_id, ctx);
                         }
                     }
-                    let reply = SubmitReply {
-                        order_id: info.order_id,
-                        job: info.job,
-                        state: existing.map_or(OrderState::Accepted, |e| e.state),
-                        duplicate: true,
-                    };
-                    act.bus.reply(&replier, &reply);
+                    act.answer_stored(&replier, &info, existing.as_ref());
                 }
                 Err(e) => {
                     warn!(error = %e, "workflow order not stored; submit refused");
@@ -161,12 +142,4 @@ impl Broker {
             self.flow_requests.remove(&r);
         }
     }
-}
-
-fn valid_param(name: &str, value: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        && value.len() <= jobs::MAX_PARAM_BYTES
-        && !value.contains('\0')
 }

@@ -211,6 +211,7 @@ async fn deploy(
     let workflow = WorkflowSpec {
         name: WORKFLOW.into(),
         description: Some(format!("{} steps in a row", steps.len())),
+        params: Default::default(),
         steps: steps
             .iter()
             .map(|name| StepSpec {
