@@ -65,6 +65,10 @@ pub struct NatsConfig {
     /// Let a broker or subagent run on a NATS server that asks for no
     /// credentials (anyone reaching it could run programs): experiments only.
     pub insecure: bool,
+    /// The credentials folder whose `identities.toml` (public keys only) says
+    /// whose signed commands and reports count; by default the folder of
+    /// `nats.nkey` when it holds one.
+    pub identities: Option<PathBuf>,
 }
 
 /// A secret setting: printed as `<redacted>`, never in full.
@@ -277,6 +281,7 @@ impl Default for NatsConfig {
             tls_cert: None,
             tls_key: None,
             insecure: false,
+            identities: None,
         }
     }
 }

@@ -233,6 +233,7 @@ impl LocalCluster {
             replicas: 1,
             credentials,
             tls: Default::default(),
+            identities: None,
         };
         Ok(Bus::connect(&settings, Subjects::new(self.prefix.clone())).await?)
     }

@@ -462,6 +462,7 @@ mod tests {
             replicas: 1,
             credentials: Default::default(),
             tls: Default::default(),
+            identities: None,
         };
         crate::bus::Bus::connect(&settings, crate::protocol::Subjects::new("t"))
             .await

@@ -434,6 +434,7 @@ async fn connect(url: &str, credentials: Credentials) -> Result<Bus, BusError> {
         replicas: 1,
         credentials,
         tls: Default::default(),
+        identities: None,
     };
     within(
         REQUEST,
@@ -441,4 +442,174 @@ async fn connect(url: &str, credentials: Credentials) -> Result<Bus, BusError> {
         Bus::connect(&settings, Subjects::new("baton")),
     )
     .await
+}
+
+/// Rewrites the server's authorization so every identity may do anything
+/// (a misconfigured server), and waits until a client's `run` reaches the
+/// subagent.
+async fn open_the_server_wide(h: &mut Harness) {
+    let auth = h.cluster.auth().expect("secure cluster").clone();
+    let users: Vec<String> = auth
+        .identities()
+        .iter()
+        .map(|i| format!("    {{ nkey: {:?} }}", i.public_key))
+        .collect();
+    let conf = format!(
+        "authorization {{\n  users = [\n{}\n  ]\n}}\n",
+        users.join("\n")
+    );
+    std::fs::write(auth.server_conf_path(), conf).expect("write auth.conf");
+    h.cluster.nats.reload().expect("reload");
+    let client = h.connect_as(Role::Client, None).await;
+    let run = h.bus.subjects().run("sub-a");
+    wait_until(
+        Duration::from_secs(10),
+        "the server lets a client publish anything",
+        || {
+            let client = client.clone();
+            let run = run.clone();
+            async move {
+                let probe = client.request_raw(&run, Encoding::MessagePack, Bytes::new(), REQUEST);
+                !matches!(probe.await, Err(BusError::Denied { .. }))
+            }
+        },
+    )
+    .await;
+}
+
+fn forbidden<T: std::fmt::Debug>(who: &str, what: &str, reply: Result<T, BusError>) {
+    match reply {
+        Err(BusError::Remote(e)) if e.error.code == ErrorCode::Forbidden => {}
+        other => panic!("{who}: {what}: expected Baton to refuse it (forbidden), got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_wide_open_server_baton_s_own_checks_still_refuse_forgeries() {
+    let mut h = cluster(&["sub-a", "sub-b"]).await;
+    deploy(&h.bus, JOBS).await;
+    let gate = h.scratch().join("gate");
+    let running = running_gate(&h, &gate).await;
+    open_the_server_wide(&mut h).await;
+    let s = h.bus.subjects().clone();
+    let victim = running.subagent_id.clone().expect("placed");
+    let other = if victim == "sub-a" { "sub-b" } else { "sub-a" };
+    let marker = h.scratch().join("pwned");
+    let task = RunTask {
+        task_id: "forged-task".into(),
+        order_id: "forged".into(),
+        job: "hello".into(),
+        attempt: 1,
+        program: "touch".into(),
+        args: vec![marker.display().to_string()],
+        env: Default::default(),
+        working_dir: None,
+        timeout_ms: None,
+        instance_id: None,
+        epoch: 0,
+        parent: None,
+    };
+    let client = h.connect_as(Role::Client, None).await;
+    let thief = h.connect_as(Role::Subagent, Some(other)).await;
+    let agent = h.connect_as(Role::Agent, None).await;
+    // an unsigned sender: a plain NATS client holding some identity's seed
+    let seed = std::fs::read_to_string(h.seed(Role::Monitor, None)).unwrap();
+    let plain = async_nats::ConnectOptions::new()
+        .nkey(seed.trim().to_string())
+        .connect(h.nats_url());
+    let plain = within(REQUEST, "plain connect", plain)
+        .await
+        .expect("plain");
+    for (who, bus) in [("client", &client), ("subagent", &thief), ("agent", &agent)] {
+        let run = bus
+            .request::<_, RunAccepted>(s.run(&victim), &task, REQUEST)
+            .await;
+        forbidden(who, "run", run);
+        let kill = KillTask {
+            task_id: running.task_id.clone().unwrap(),
+            reason: "subagent lost".into(),
+            epoch: 0,
+        };
+        let kill = bus
+            .request::<_, KillAccepted>(s.kill(&victim), &kill, REQUEST)
+            .await;
+        forbidden(who, "kill", kill);
+    }
+    // a forged result for the running task, signed by the other subagent
+    let result: TaskResult = serde_json::from_value(json!({
+        "task_id": running.task_id, "order_id": running.order_id, "job": "gate",
+        "attempt": running.attempt, "subagent_id": victim, "exit_code": 0,
+        "started_at_ms": 1, "finished_at_ms": 2,
+    }))
+    .expect("a result");
+    let forged = thief
+        .request::<_, ResultAck>(s.result(), &result, REQUEST)
+        .await;
+    forbidden("subagent", "someone else's result", forged);
+    // a fake subagent registered by a client
+    let register = Register {
+        subagent_id: "fake".into(),
+        instance_id: "i".into(),
+        labels: Default::default(),
+        capacity: 100,
+        hostname: None,
+        pid: None,
+        protocol: PROTOCOL_VERSION,
+        heartbeat_interval_ms: 250,
+        orphan_timeout_ms: 10_000,
+    };
+    let fake = client
+        .request::<_, Registered>(s.register(), &register, REQUEST)
+        .await;
+    forbidden("client", "register", fake);
+    // forged broker heartbeats with a huge epoch, signed and unsigned
+    let heartbeat = pack(json!({
+        "broker_id": "evil", "sent_at_ms": 1, "protocol": PROTOCOL_VERSION,
+        "epoch": u64::MAX / 2, "role": "active",
+    }));
+    for _ in 0..8 {
+        for bus in [&client, &thief] {
+            let publish = bus.publish_raw(s.broker_heartbeat(), Bytes::from(heartbeat.clone()));
+            within(REQUEST, "publish", publish).await.expect("publish");
+        }
+        let unsigned = plain.publish(s.broker_heartbeat(), Bytes::from(heartbeat.clone()));
+        within(REQUEST, "publish", unsigned).await.expect("publish");
+    }
+    within(REQUEST, "flush", plain.flush())
+        .await
+        .expect("flush");
+    // a deploy signed by a client
+    let deploy_request = DeployRequest {
+        dry_run: false,
+        jobs: vec![],
+        clusters: vec![],
+        workflows: vec![],
+    };
+    let deploy = client
+        .request::<_, DeployReply>(s.deploy(), &deploy_request, REQUEST)
+        .await;
+    forbidden("client", "deploy", deploy);
+
+    assert!(!marker.exists(), "a forged RunTask ran");
+    let now = order_info(&h.bus, &running.order_id).await.expect("order");
+    assert_eq!(
+        now.state,
+        OrderState::Running,
+        "no forged kill or result counted"
+    );
+    let status: StatusReply = within(
+        REQUEST,
+        "status",
+        h.bus
+            .request(s.status(), &StatusRequest::default(), REQUEST),
+    )
+    .await
+    .expect("status");
+    assert!(status.refused_messages >= 3, "{status:?}");
+    assert!(!status.subagents.iter().any(|a| a.id == "fake"));
+    // the subagents kept the real broker's epoch: its dispatches still run
+    std::fs::write(&gate, "").expect("open the gate");
+    for _ in 0..4 {
+        order_runs_to_success(&h).await;
+    }
 }

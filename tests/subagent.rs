@@ -72,13 +72,14 @@ async fn the_same_task_sent_many_times_runs_once() {
         std::future::ready(file.exists())
     })
     .await;
-    let bus = broker.clone();
+    let (bus, admin) = (broker.clone(), h.bus.clone());
     let again = wait_for(Duration::from_secs(10), "the task finished", || {
-        let (bus, subject, task) = (bus.clone(), subject.clone(), task.clone());
+        let (bus, admin) = (bus.clone(), admin.clone());
+        let (subject, task) = (subject.clone(), task.clone());
         async move {
             let reply: Result<RunAccepted, _> = bus.request(subject, &task, REQUEST).await;
-            let status: StatusReply = bus
-                .request(bus.subjects().status(), &StatusRequest {}, REQUEST)
+            let status: StatusReply = admin
+                .request(admin.subjects().status(), &StatusRequest {}, REQUEST)
                 .await
                 .ok()?;
             let idle = status.subagents.iter().all(|s| s.running == 0);

@@ -174,6 +174,16 @@ impl Handler<Shutdown> for Agent {
 
 impl Agent {
     fn on_role(&mut self, req: Request<RoleCommand>, ctx: &mut Context<Self>) {
+        if !req.sender.is(crate::auth::Role::Broker) {
+            self.bus.stats().count_refused();
+            let sender = req.sender.describe();
+            warn!(%sender, "role command not signed by a broker refused");
+            let refused = ErrorReply::new(
+                ErrorCode::Forbidden,
+                format!("role command refused: not signed by a broker (sender: {sender})"),
+            );
+            return self.bus.reply(&req.replier, &refused);
+        }
         let command = req.body;
         if self.stopping {
             let refused = ErrorReply::new(
@@ -260,7 +270,7 @@ impl Agent {
             protocol: PROTOCOL_VERSION,
         };
         self.bus
-            .post(self.bus.subjects().agent_heartbeat(&self.id), &hb);
+            .post_signed(self.bus.subjects().agent_heartbeat(&self.id), &hb);
     }
 }
 

@@ -98,8 +98,21 @@ impl Actor for Elector {
 impl StreamHandler<Input> for Elector {
     fn handle(&mut self, input: Input, ctx: &mut Self::Context) {
         match input {
+            Input::Heartbeat(hb) if !hb.sender.is(crate::auth::Role::Agent) => {
+                self.bus.stats().count_refused();
+                warn!(sender = %hb.sender.describe(), "agent heartbeat not signed by an agent ignored");
+            }
             Input::Heartbeat(hb) => self.on_heartbeat(hb.body),
-            Input::Control(req) => self.on_control(req, ctx),
+            Input::Control(req) => {
+                let asked = super::gate::Asked::Admin;
+                if let Err(why) = super::gate::admits(asked, &req.sender) {
+                    self.bus.stats().count_refused();
+                    warn!(%why, "scheduler control refused");
+                    let refused = ErrorReply::new(ErrorCode::Forbidden, why);
+                    return self.bus.reply(&req.replier, &refused);
+                }
+                self.on_control(req, ctx)
+            }
         }
     }
 

@@ -95,7 +95,13 @@ pub async fn run_until_signal(config: Config, bus: Bus) -> anyhow::Result<()> {
                 me.step_down("its NATS subscriptions ended").await;
                 anyhow::bail!("the broker lost its NATS subscriptions");
             }
-            Some(hb) = heartbeats.next() => me.heard(hb.body),
+            // only brokers' signed heartbeats decide who goes first
+            Some(hb) = heartbeats.next() => if hb.sender.is(crate::auth::Role::Broker) {
+                me.heard(hb.body)
+            } else {
+                me.bus.stats().count_refused();
+                warn!(sender = %hb.sender.describe(), "broker heartbeat not signed by a broker ignored");
+            },
             _ = tick.tick() => me.tick().await?,
         }
     }
@@ -321,7 +327,8 @@ impl Leadership {
             precedence: self.config.broker.precedence,
             lease_age_ms: None,
         };
-        self.bus.post(self.bus.subjects().broker_heartbeat(), &hb);
+        self.bus
+            .post_signed(self.bus.subjects().broker_heartbeat(), &hb);
     }
 
     fn announce(&self, role: BrokerRole, epoch: u64, reason: &str) {

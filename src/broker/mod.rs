@@ -12,6 +12,7 @@
 pub mod agents;
 mod elector;
 mod flows;
+mod gate;
 mod idempotency;
 mod leadership;
 pub mod lease;
@@ -30,6 +31,7 @@ use actix::prelude::*;
 use futures::stream::{self, LocalBoxStream, StreamExt};
 use tracing::{debug, info, warn};
 
+use crate::auth::Sender;
 use crate::bus::{Bus, BusError, Kv, KvChange, Received, Replier, Request};
 use crate::config::Config;
 use crate::jobs;
@@ -256,8 +258,54 @@ impl Actor for Broker {
     }
 }
 
+impl Input {
+    /// What it asks and who sent it, with where to answer, for the gate.
+    fn asked(&self) -> Option<(gate::Asked<'_>, &Sender, Option<&Replier>)> {
+        use gate::Asked;
+        Some(match self {
+            Input::Submit(r) => (Asked::Submit, &r.sender, Some(&r.replier)),
+            Input::Deploy(r) => (Asked::Admin, &r.sender, Some(&r.replier)),
+            Input::Control(r) => (Asked::Admin, &r.sender, Some(&r.replier)),
+            Input::Cancel(r) => (Asked::ChangeOrder, &r.sender, Some(&r.replier)),
+            Input::Suspend(r) => (Asked::ChangeOrder, &r.sender, Some(&r.replier)),
+            Input::Resume(r) => (Asked::ChangeOrder, &r.sender, Some(&r.replier)),
+            Input::GetOrder(r) => (Asked::Read, &r.sender, Some(&r.replier)),
+            Input::Status(r) => (Asked::Read, &r.sender, Some(&r.replier)),
+            Input::List(r) => (Asked::Read, &r.sender, Some(&r.replier)),
+            Input::Register(r) => (
+                Asked::FromSubagent(&r.body.subagent_id),
+                &r.sender,
+                Some(&r.replier),
+            ),
+            Input::Leave(r) => (
+                Asked::FromSubagent(&r.body.subagent_id),
+                &r.sender,
+                Some(&r.replier),
+            ),
+            Input::Result(r) => (
+                Asked::FromSubagent(&r.body.subagent_id),
+                &r.sender,
+                Some(&r.replier),
+            ),
+            Input::Heartbeat(h) => (Asked::FromSubagent(&h.body.subagent_id), &h.sender, None),
+            Input::Job(_) | Input::Cluster(_) | Input::Workflow(_) => return None,
+        })
+    }
+}
+
 impl StreamHandler<Input> for Broker {
     fn handle(&mut self, input: Input, ctx: &mut Self::Context) {
+        if let Some((asked, sender, replier)) = input.asked() {
+            if let Err(why) = gate::admits(asked, sender) {
+                self.bus.stats().count_refused();
+                warn!(asked = ?asked, %why, "message refused");
+                if let Some(replier) = replier {
+                    self.bus
+                        .reply(replier, &ErrorReply::new(ErrorCode::Forbidden, why));
+                }
+                return;
+            }
+        }
         match input {
             Input::Submit(r) => self.on_submit(r, ctx),
             Input::Deploy(r) => self.on_deploy(r, ctx),
@@ -577,7 +625,8 @@ impl Broker {
             precedence: self.config.broker.precedence,
             lease_age_ms: self.peers.lease_age_ms(),
         };
-        self.bus.post(self.bus.subjects().broker_heartbeat(), &hb);
+        self.bus
+            .post_signed(self.bus.subjects().broker_heartbeat(), &hb);
     }
 }
 

@@ -387,7 +387,7 @@ impl Broker {
         }
         let kv = self.orders_kv.clone();
         let bus = self.bus.clone();
-        let Request { body, replier } = req;
+        let Request { body, replier, .. } = req;
         ctx.spawn(
             async move {
                 match kv.get(&body.order_id).await {
@@ -538,6 +538,7 @@ impl Broker {
             }),
             agents: Vec::new(),
             malformed_messages: self.bus.stats().malformed(),
+            refused_messages: self.bus.stats().refused(),
         };
         let agents = self.elector.send(super::elector::AgentsNow);
         ctx.spawn(agents.into_actor(self).map(move |agents, act, _| {

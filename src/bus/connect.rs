@@ -12,6 +12,7 @@ use async_nats::{ConnectErrorKind, ConnectOptions, ServerError};
 use tracing::{debug, error, info, warn};
 
 use super::{BusError, Stats};
+use crate::auth::{Sender, Trust};
 
 /// How a process proves who it is to NATS.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -89,6 +90,100 @@ pub fn redact_urls(urls: &str) -> String {
         .join(",")
 }
 
+/// The identities a bus trusts, read again (at most once a second) when a
+/// message is signed by a key it does not know: a subagent added with
+/// `baton auth init` is trusted without a restart.
+#[derive(Debug)]
+pub(super) struct TrustSource {
+    dir: PathBuf,
+    trust: std::sync::RwLock<Trust>,
+    read_at: std::sync::Mutex<std::time::Instant>,
+}
+
+impl TrustSource {
+    pub(super) fn check(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        signer: Option<&str>,
+        signature: Option<&str>,
+    ) -> Sender {
+        let sender = self
+            .trust
+            .read()
+            .expect("trust lock")
+            .check(subject, payload, signer, signature);
+        if !matches!(sender, Sender::Forged(_)) || !self.reread() {
+            return sender;
+        }
+        self.trust
+            .read()
+            .expect("trust lock")
+            .check(subject, payload, signer, signature)
+    }
+
+    /// Reads the identities again unless that was done within a second.
+    fn reread(&self) -> bool {
+        let mut read_at = self.read_at.lock().expect("trust lock");
+        if read_at.elapsed() < Duration::from_secs(1) {
+            return false;
+        }
+        *read_at = std::time::Instant::now();
+        match Trust::load(&self.dir) {
+            Ok(trust) => {
+                *self.trust.write().expect("trust lock") = trust;
+                true
+            }
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "cannot read the identities again");
+                false
+            }
+        }
+    }
+}
+
+/// This process's signing key (from its seed) and the identities it trusts:
+/// `settings.identities`, else the `identities.toml` beside its seed file.
+pub(super) fn identity(
+    settings: &super::ConnectSettings,
+) -> Result<(Option<nkeys::KeyPair>, Option<TrustSource>), BusError> {
+    let fail = |reason: String| BusError::Connect {
+        url: redact_urls(&settings.url),
+        reason,
+    };
+    let (key, seed_dir) = match &settings.credentials {
+        Credentials::NkeyFile(path) | Credentials::CredsFile(path) => {
+            let text = read(path).map_err(&fail)?;
+            let key = seed_of(&text).and_then(|seed| nkeys::KeyPair::from_seed(seed).ok());
+            (key, path.parent().map(Path::to_path_buf))
+        }
+        _ => (None, None),
+    };
+    let dir = settings
+        .identities
+        .clone()
+        .or_else(|| seed_dir.filter(|dir| dir.join("identities.toml").is_file()));
+    let trust = match dir {
+        Some(dir) => {
+            let trust = Trust::load(&dir).map_err(|e| fail(format!("{e:#}")))?;
+            debug!(identities = trust.len(), dir = %dir.display(), "trusting signed senders");
+            Some(TrustSource {
+                dir,
+                trust: std::sync::RwLock::new(trust),
+                read_at: std::sync::Mutex::new(std::time::Instant::now()),
+            })
+        }
+        None => None,
+    };
+    Ok((key, trust))
+}
+
+fn seed_of(text: &str) -> Option<&str> {
+    text.lines()
+        .map(str::trim)
+        .find(|line| line.starts_with("SU"))
+}
+
 /// The public key of the nkey seed in a seed file or `.creds` file, which
 /// names the identity's own reply inbox.
 fn public_key_of(credentials: &Credentials) -> Result<Option<String>, String> {
@@ -100,16 +195,12 @@ fn public_key_of(credentials: &Credentials) -> Result<Option<String>, String> {
         }
         _ => return Ok(None),
     };
-    let seed = text
-        .lines()
-        .map(str::trim)
-        .find(|line| line.starts_with("SU"))
-        .ok_or_else(|| {
-            format!(
-                "{} holds no user nkey seed (a line starting SU)",
-                path.display()
-            )
-        })?;
+    let seed = seed_of(&text).ok_or_else(|| {
+        format!(
+            "{} holds no user nkey seed (a line starting SU)",
+            path.display()
+        )
+    })?;
     let key = nkeys::KeyPair::from_seed(seed)
         .map_err(|e| format!("{} holds no valid nkey seed: {e}", path.display()))?;
     Ok(Some(key.public_key()))

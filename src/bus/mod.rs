@@ -28,6 +28,7 @@ pub use connect::{redact_urls, split_url_credentials, Credentials, Tls};
 pub use kv::{Kv, KvChange};
 pub use logs::{LogsError, OrderLog};
 
+use crate::auth::{Sender, SIGNATURE_HEADER, SIGNER_HEADER};
 use crate::protocol::{ErrorCode, ErrorReply, Subjects, CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE};
 
 /// Counters of what the bus refused or dropped.
@@ -38,6 +39,8 @@ pub struct Stats {
     reconnected_at_ms: AtomicU64,
     /// Operations the server refused by permissions.
     denied: AtomicU64,
+    /// Messages this process refused because of who sent them.
+    refused: AtomicU64,
     /// The server's permission violation messages, for requests waiting.
     violations: tokio::sync::broadcast::Sender<String>,
 }
@@ -49,12 +52,22 @@ impl Default for Stats {
             connects: AtomicU64::new(0),
             reconnected_at_ms: AtomicU64::new(0),
             denied: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             violations: tokio::sync::broadcast::channel(64).0,
         }
     }
 }
 
 impl Stats {
+    /// Messages refused because of who sent them (see `auth::Sender`).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    pub fn count_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Publishes and subscriptions the server refused to this identity.
     pub fn denied(&self) -> u64 {
         self.denied.load(Ordering::Relaxed)
@@ -92,6 +105,9 @@ pub struct ConnectSettings {
     pub replicas: usize,
     pub credentials: Credentials,
     pub tls: Tls,
+    /// A credentials folder whose `identities.toml` says whose signatures
+    /// count; `None`: the one beside the seed file, if any.
+    pub identities: Option<std::path::PathBuf>,
 }
 
 /// Why talking to NATS failed.
@@ -129,6 +145,8 @@ pub struct Replier {
 pub struct Request<T> {
     pub body: T,
     pub replier: Replier,
+    /// Who signed it (see `auth::trust`).
+    pub sender: Sender,
 }
 
 /// A decoded publish.
@@ -136,6 +154,8 @@ pub struct Request<T> {
 pub struct Received<T> {
     pub subject: String,
     pub body: T,
+    /// Who signed it (see `auth::trust`).
+    pub sender: Sender,
 }
 
 /// What the ordered publisher task takes: a message, or a barrier that
@@ -158,12 +178,17 @@ pub struct Bus {
     stats: Arc<Stats>,
     max_message_bytes: usize,
     replicas: usize,
+    /// This identity's key: requests and `post_signed` messages carry its signature.
+    signer: Option<Arc<nkeys::KeyPair>>,
+    /// The identities whose signatures count; `None`: nothing is checked.
+    trust: Option<Arc<connect::TrustSource>>,
 }
 
 impl Bus {
     pub async fn connect(settings: &ConnectSettings, subjects: Subjects) -> Result<Bus, BusError> {
         let stats = Arc::new(Stats::default());
         let client = connect::connect(settings, stats.clone()).await?;
+        let (signer, trust) = connect::identity(settings)?;
         let (outgoing, queue) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(publish_in_order(client.clone(), queue));
         Ok(Bus {
@@ -173,7 +198,64 @@ impl Bus {
             stats,
             max_message_bytes: settings.max_message_bytes,
             replicas: settings.replicas,
+            signer: signer.map(Arc::new),
+            trust: trust.map(Arc::new),
         })
+    }
+
+    /// Whether this bus checks signatures (it has identities to trust).
+    pub fn checks_senders(&self) -> bool {
+        self.trust.is_some()
+    }
+
+    /// Queues a publish like [`Bus::post`], signed with this identity's key
+    /// (for messages whose receivers check who sent them: heartbeats).
+    pub fn post_signed<T: Serialize>(&self, subject: String, value: &T) {
+        let payload = Bytes::from(encode(Encoding::MessagePack, value));
+        let headers = self.signature(&subject, &payload, None);
+        self.enqueue(Outgoing::Message {
+            subject,
+            headers,
+            payload,
+        });
+    }
+
+    /// The signature headers for `payload` on `subject` (added to `base`).
+    fn signature(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        base: Option<HeaderMap>,
+    ) -> Option<HeaderMap> {
+        let Some(key) = &self.signer else {
+            return base;
+        };
+        let mut headers = base.unwrap_or_default();
+        headers.insert(SIGNER_HEADER, key.public_key().as_str());
+        let signature = crate::auth::sign(key, subject, payload);
+        headers.insert(SIGNATURE_HEADER, signature.as_str());
+        Some(headers)
+    }
+
+    /// Who sent `message`.
+    fn sender(&self, message: &Message) -> Sender {
+        let Some(trust) = &self.trust else {
+            return Sender::Unchecked;
+        };
+        let header = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_string())
+        };
+        let (signer, signature) = (header(SIGNER_HEADER), header(SIGNATURE_HEADER));
+        trust.check(
+            &message.subject,
+            &message.payload,
+            signer.as_deref(),
+            signature.as_deref(),
+        )
     }
 
     pub fn subjects(&self) -> &Subjects {
@@ -275,11 +357,13 @@ impl Bus {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<Bytes, BusError> {
+        let headers = (encoding == Encoding::Json).then(json_headers);
+        let headers = self.signature(subject, &payload, headers);
         let mut request = async_nats::Request::new()
             .payload(payload)
             .timeout(Some(timeout));
-        if encoding == Encoding::Json {
-            request = request.headers(json_headers());
+        if let Some(headers) = headers {
+            request = request.headers(headers);
         }
         let mut violations = self.stats.violations.subscribe();
         let refused = async {
@@ -366,9 +450,10 @@ impl Bus {
         let subscriber = self.subscribe(&subject).await?;
         let stats = self.stats.clone();
         let max = self.max_message_bytes;
+        let bus = self.clone();
         Ok(subscriber
             .filter_map(move |message| {
-                let decoded = decode_publish::<T>(&message, max);
+                let decoded = decode_publish::<T>(&message, max, || bus.sender(&message));
                 if decoded.is_none() {
                     stats.count_malformed();
                 }
@@ -425,7 +510,14 @@ impl Bus {
             )
         } else {
             match decode::<T>(encoding, &message.payload) {
-                Ok(body) => return Some(Request { body, replier }),
+                Ok(body) => {
+                    let sender = self.sender(&message);
+                    return Some(Request {
+                        body,
+                        replier,
+                        sender,
+                    });
+                }
                 Err(e) => ErrorReply::new(
                     ErrorCode::BadRequest,
                     format!("{e} (on {})", message.subject),
@@ -465,6 +557,7 @@ fn probe_settings(url: &str, credentials: &Credentials, timeout: Duration) -> Co
         replicas: 1,
         credentials: credentials.clone(),
         tls: Tls::default(),
+        identities: None,
     }
 }
 
@@ -538,7 +631,11 @@ fn encoding_of(message: &Message) -> Encoding {
     }
 }
 
-fn decode_publish<T: DeserializeOwned>(message: &Message, max: usize) -> Option<Received<T>> {
+fn decode_publish<T: DeserializeOwned>(
+    message: &Message,
+    max: usize,
+    sender: impl FnOnce() -> Sender,
+) -> Option<Received<T>> {
     if message.payload.len() > max {
         warn!(subject = %message.subject, bytes = message.payload.len(), "oversized message dropped");
         return None;
@@ -547,6 +644,7 @@ fn decode_publish<T: DeserializeOwned>(message: &Message, max: usize) -> Option<
         Ok(body) => Some(Received {
             subject: message.subject.to_string(),
             body,
+            sender: sender(),
         }),
         Err(e) => {
             warn!(subject = %message.subject, error = %e, "malformed message dropped");

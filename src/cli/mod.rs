@@ -431,6 +431,7 @@ pub async fn connect(config: &Config, name: &str, daemon: bool) -> anyhow::Resul
             cert: nats.tls_cert.clone(),
             key: nats.tls_key.clone(),
         },
+        identities: nats.identities.clone(),
     };
     Ok(Bus::connect(&settings, Subjects::new(config.prefix.clone())).await?)
 }

@@ -517,6 +517,11 @@ pub struct StatusReply {
     /// Messages the broker dropped or refused because they could not be decoded.
     #[serde(default)]
     pub malformed_messages: u64,
+    /// Messages the broker refused because their sender may not send them
+    /// (a report not signed by its subagent, a request signed by a role that
+    /// may not ask it, a forged signature).
+    #[serde(default)]
+    pub refused_messages: u64,
 }
 
 /// One broker as the active broker sees it.
@@ -686,6 +691,9 @@ pub enum ErrorCode {
     /// A repeated `request_id` names another job or workflow, or other
     /// parameters, than its first order (which the message names).
     Conflict,
+    /// The sender may not ask this (its signature names another role or
+    /// subagent, or does not verify).
+    Forbidden,
     /// Storage or another dependency failed; the request had no effect.
     Unavailable,
     /// A bug: please report it.
@@ -704,6 +712,7 @@ impl ErrorCode {
             ErrorCode::InvalidState => "invalid_state",
             ErrorCode::Busy => "busy",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }

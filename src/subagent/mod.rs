@@ -30,6 +30,7 @@ use futures::stream::{self, LocalBoxStream, StreamExt};
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
+use crate::auth::{Role, Sender};
 use crate::bus::{Bus, BusError, Received, Replier, Request};
 use crate::config::Config;
 use crate::protocol::*;
@@ -47,7 +48,7 @@ enum Input {
     Ping(Request<Ping>),
     Stop(Request<StopSubagent>),
     Kill(Request<KillTask>),
-    BrokerHeartbeat(BrokerHeartbeat),
+    BrokerHeartbeat(Received<BrokerHeartbeat>),
     /// Heartbeats under our own id: another process using it is a configuration error.
     Twin(Received<SubagentHeartbeat>),
 }
@@ -111,7 +112,7 @@ pub async fn start(
         bus.serve(s.kill(&id)).await?.map(Input::Kill).boxed_local(),
         bus.listen(s.broker_heartbeat())
             .await?
-            .map(|hb: Received<BrokerHeartbeat>| Input::BrokerHeartbeat(hb.body))
+            .map(Input::BrokerHeartbeat)
             .boxed_local(),
         bus.listen(s.subagent_heartbeat(&id))
             .await?
@@ -187,7 +188,7 @@ impl StreamHandler<Input> for Subagent {
                 self.bus.reply(&r.replier, &pong);
             }
             Input::Stop(r) => {
-                if !self.admit("stop", r.body.epoch, &r.replier) {
+                if !self.admit("stop", r.body.epoch, &r.sender, &r.replier) {
                     return;
                 }
                 let stopping = Stopping {
@@ -198,7 +199,7 @@ impl StreamHandler<Input> for Subagent {
                 self.drain(ctx);
             }
             Input::Kill(r) => {
-                if !self.admit("kill", r.body.epoch, &r.replier) {
+                if !self.admit("kill", r.body.epoch, &r.sender, &r.replier) {
                     return;
                 }
                 let KillTask {
@@ -242,8 +243,17 @@ impl Subagent {
     /// An active broker's heartbeat raises the epoch and is broker contact,
     /// unless a newer broker has been seen since. A standby's is neither: it
     /// acknowledges no results.
-    fn on_broker_heartbeat(&mut self, hb: BrokerHeartbeat) {
+    fn on_broker_heartbeat(&mut self, received: Received<BrokerHeartbeat>) {
+        let hb = received.body;
         if hb.role != BrokerRole::Active {
+            return;
+        }
+        if !received.sender.is(Role::Broker) {
+            // never adopt an epoch a broker did not sign: forged heartbeats
+            // with a huge epoch would make it refuse the real broker
+            self.bus.stats().count_refused();
+            let sender = received.sender.describe();
+            warn!(subject = %received.subject, %sender, epoch = hb.epoch, "broker heartbeat not signed by a broker ignored");
             return;
         }
         if self.fence.admit(hb.epoch).is_err() {
@@ -257,7 +267,24 @@ impl Subagent {
     /// older broker than the newest seen is answered with `invalid_state`
     /// here and must change nothing. Epoch 0 (unknown: an old broker or a
     /// tool) is always admitted.
-    fn admit(&mut self, command: &'static str, epoch: u64, replier: &Replier) -> bool {
+    fn admit(
+        &mut self,
+        command: &'static str,
+        epoch: u64,
+        sender: &Sender,
+        replier: &Replier,
+    ) -> bool {
+        if !sender.is(Role::Broker) {
+            self.bus.stats().count_refused();
+            let sender = sender.describe();
+            warn!(subagent = %self.id, command, %sender, "command not signed by a broker refused");
+            let error = ErrorReply::new(
+                ErrorCode::Forbidden,
+                format!("{command} refused: not signed by a broker (sender: {sender})"),
+            );
+            self.bus.reply(replier, &error);
+            return false;
+        }
         let Err(newest) = self.fence.admit(epoch) else {
             return true;
         };
@@ -380,7 +407,7 @@ impl Subagent {
             orphan_timeout_ms: self.orphan_limit().as_millis() as u64,
         };
         self.bus
-            .post(self.bus.subjects().subagent_heartbeat(&self.id), &hb);
+            .post_signed(self.bus.subjects().subagent_heartbeat(&self.id), &hb);
     }
 
     /// No broker for `orphan_timeout`: kill every running task, so the
@@ -420,7 +447,7 @@ impl Subagent {
             warn!(task = %task.task_id, "task meant for another process with this subagent id; ignored");
             return;
         }
-        if !self.admit("run", task.epoch, &req.replier) {
+        if !self.admit("run", task.epoch, &req.sender, &req.replier) {
             return;
         }
         self.last_broker_contact = Instant::now();

@@ -8,7 +8,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::closed_loop::ClosedLoop;
-use super::{bench_job, request_deploy, start_cluster, stop_cluster, work_dir, Latency};
+use super::{bench_job, request_deploy, stop_cluster, work_dir, Latency};
 use crate::cli::parse_duration;
 use crate::launch::LocalCluster;
 use crate::protocol::*;
@@ -36,11 +36,24 @@ pub struct ThroughputArgs {
     /// Print the figures as JSON
     #[arg(long)]
     pub json: bool,
+    /// NATS authentication and Baton's signature checks: on (as in
+    /// production), off (--insecure), or both, one run after the other
+    #[arg(long, value_enum, default_value = "on")]
+    pub auth: AuthMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    On,
+    Off,
+    Both,
 }
 
 #[derive(Debug, Serialize)]
 struct ThroughputReport {
     scenario: &'static str,
+    /// Authentication and signatures on.
+    auth: bool,
     orders: usize,
     concurrency: usize,
     subagents: usize,
@@ -57,9 +70,30 @@ struct ThroughputReport {
 }
 
 pub(super) async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
+    let modes: &[bool] = match args.auth {
+        AuthMode::On => &[true],
+        AuthMode::Off => &[false],
+        AuthMode::Both => &[false, true],
+    };
+    for &auth in modes {
+        let report = measure(&args, auth).await?;
+        super::emit(&report, args.json, print_table)?;
+    }
+    Ok(())
+}
+
+async fn measure(args: &ThroughputArgs, auth: bool) -> anyhow::Result<ThroughputReport> {
     let work = work_dir();
-    let (cluster, bus) =
-        start_cluster(&work, args.logs.clone(), args.subagents, args.capacity).await?;
+    let brokers = ["broker"];
+    let (cluster, bus) = super::start_cluster_with(
+        &work,
+        args.logs.clone(),
+        &brokers,
+        args.subagents,
+        args.capacity,
+        !auth,
+    )
+    .await?;
     let job = JobSpec {
         description: Some("does nothing, fast".into()),
         ..bench_job("bench-noop", "true", vec![])
@@ -97,8 +131,9 @@ pub(super) async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
     stop_cluster(cluster, &work);
 
     let (finished, succeeded) = (outcome.latencies_ms.len(), outcome.succeeded());
-    let report = ThroughputReport {
+    Ok(ThroughputReport {
         scenario: "throughput",
+        auth,
         orders: args.orders,
         concurrency: args.concurrency,
         subagents: args.subagents,
@@ -112,8 +147,7 @@ pub(super) async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
         latency: Latency::of(&mut outcome.latencies_ms),
         broker_peak_rss_kib: broker_peak,
         subagent_peak_rss_kib_max: subagent_peak,
-    };
-    super::emit(&report, args.json, print_table)
+    })
 }
 
 fn print_table(r: &ThroughputReport) {
@@ -121,7 +155,12 @@ fn print_table(r: &ThroughputReport) {
         v.map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
             .unwrap_or_else(|| "n/a".into())
     };
-    println!("baton bench throughput");
+    let auth = if r.auth {
+        "authentication and signatures on"
+    } else {
+        "no authentication (--auth off)"
+    };
+    println!("baton bench throughput ({auth})");
     println!(
         "  orders            {} ({} in flight, {} subagents x {} slots)",
         r.orders, r.concurrency, r.subagents, r.capacity

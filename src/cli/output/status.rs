@@ -108,6 +108,13 @@ pub fn status_text(s: &StatusReply) -> String {
         "orders: {} accepted, {} running, {} succeeded, {} failed, {} cancelled",
         o.accepted, o.running, o.succeeded, o.failed, o.cancelled
     );
+    if s.refused_messages > 0 {
+        let _ = writeln!(
+            out,
+            "messages refused for their sender: {} (see the broker's log)",
+            s.refused_messages
+        );
+    }
     if s.malformed_messages > 0 {
         let _ = writeln!(out, "malformed messages refused: {}", s.malformed_messages);
     }

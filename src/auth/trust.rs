@@ -1,0 +1,220 @@
+//! Who sent a message, checked inside Baton without trusting the server's
+//! configuration: a sender signs `subject` and payload with its identity's
+//! nkey (headers `Baton-Signer`, `Baton-Signature`), and a receiver looks the
+//! signer's public key up in the identities it trusts (`identities.toml` of
+//! the credentials folder, public keys only).
+//!
+//! Pure but for [`Trust::load`]: the policies that use a [`Sender`] live
+//! with the roles that decide (which commands a subagent obeys, whose
+//! results the broker counts).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use base64::Engine as _;
+
+use super::dir::Identity;
+use super::roles::Role;
+
+/// Header naming the signer's public key.
+pub const SIGNER_HEADER: &str = "Baton-Signer";
+/// Header holding the signature (base64url, no padding).
+pub const SIGNATURE_HEADER: &str = "Baton-Signature";
+
+/// Who sent one message, as far as the receiver can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sender {
+    /// Signed by a trusted identity.
+    Verified(Identity),
+    /// No signature (any NATS client; the server's permissions let it send this).
+    Unsigned,
+    /// A signature that does not verify, or by an unknown key.
+    Forged(String),
+    /// This receiver checks nothing (no identities to trust: `--insecure`).
+    Unchecked,
+}
+
+impl Sender {
+    /// The verified sender's role.
+    pub fn role(&self) -> Option<Role> {
+        match self {
+            Sender::Verified(identity) => identity.role(),
+            _ => None,
+        }
+    }
+
+    /// True when the sender is a verified `role` (or nothing is checked).
+    pub fn is(&self, role: Role) -> bool {
+        matches!(self, Sender::Unchecked) || self.role() == Some(role)
+    }
+
+    /// True when the sender is the subagent `id` (or nothing is checked).
+    pub fn is_subagent(&self, id: &str) -> bool {
+        match self {
+            Sender::Unchecked => true,
+            Sender::Verified(identity) => {
+                identity.role() == Some(Role::Subagent) && identity.id.as_deref() == Some(id)
+            }
+            _ => false,
+        }
+    }
+
+    /// For logs and the audit trail: the identity's name, or why there is none.
+    pub fn describe(&self) -> String {
+        match self {
+            Sender::Verified(identity) => identity.name.clone(),
+            Sender::Unsigned => "unsigned".into(),
+            Sender::Forged(why) => format!("forged ({why})"),
+            Sender::Unchecked => "unchecked".into(),
+        }
+    }
+}
+
+/// The identities a process trusts, by public key.
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    by_key: HashMap<String, Identity>,
+}
+
+impl Trust {
+    pub fn new(identities: impl IntoIterator<Item = Identity>) -> Trust {
+        Trust {
+            by_key: identities
+                .into_iter()
+                .map(|i| (i.public_key.clone(), i))
+                .collect(),
+        }
+    }
+
+    /// Reads a credentials folder's `identities.toml`.
+    pub fn load(dir: &Path) -> anyhow::Result<Trust> {
+        let auth = super::AuthDir::open(dir)?;
+        Ok(Trust::new(auth.identities().iter().cloned()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// Who signed `payload` sent on `subject`, from the two header values.
+    pub fn check(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        signer: Option<&str>,
+        signature: Option<&str>,
+    ) -> Sender {
+        let (Some(signer), Some(signature)) = (signer, signature) else {
+            return Sender::Unsigned;
+        };
+        let Some(identity) = self.by_key.get(signer) else {
+            return Sender::Forged(format!("unknown key {signer}"));
+        };
+        if verify(signer, subject, payload, signature) {
+            Sender::Verified(identity.clone())
+        } else {
+            Sender::Forged(format!("bad signature claiming {}", identity.name))
+        }
+    }
+}
+
+/// What is signed: the subject, a newline, the payload (so a signed message
+/// cannot be replayed on another subject).
+fn signed_bytes(subject: &str, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(subject.len() + 1 + payload.len());
+    bytes.extend_from_slice(subject.as_bytes());
+    bytes.push(b'\n');
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+/// The signature of `payload` on `subject` by `key` (base64url).
+pub fn sign(key: &nkeys::KeyPair, subject: &str, payload: &[u8]) -> String {
+    let signature = key
+        .sign(&signed_bytes(subject, payload))
+        .expect("a seed key signs");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature)
+}
+
+/// True when `signature` is `public_key`'s over `payload` on `subject`.
+pub fn verify(public_key: &str, subject: &str, payload: &[u8], signature: &str) -> bool {
+    let Ok(key) = nkeys::KeyPair::from_public_key(public_key) else {
+        return false;
+    };
+    let Ok(signature) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature) else {
+        return false;
+    };
+    key.verify(&signed_bytes(subject, payload), &signature)
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(key: &nkeys::KeyPair, role: Role, id: Option<&str>) -> Identity {
+        Identity {
+            name: super::super::identity_name(role, id),
+            role: role.as_str().into(),
+            id: id.map(str::to_string),
+            public_key: key.public_key(),
+        }
+    }
+
+    #[test]
+    fn only_a_trusted_key_s_signature_over_this_subject_and_payload_verifies() {
+        let (broker, sub, stranger) = (
+            nkeys::KeyPair::new_user(),
+            nkeys::KeyPair::new_user(),
+            nkeys::KeyPair::new_user(),
+        );
+        let trust = Trust::new([
+            identity(&broker, Role::Broker, None),
+            identity(&sub, Role::Subagent, Some("s1")),
+        ]);
+        let (subject, payload) = ("baton.subagent.s1.run", b"task".as_slice());
+        let sig = sign(&broker, subject, payload);
+        let pk = broker.public_key();
+        let sender = trust.check(subject, payload, Some(&pk), Some(&sig));
+        assert!(sender.is(Role::Broker), "{sender:?}");
+        assert!(!sender.is(Role::Subagent));
+        assert_eq!(sender.describe(), "broker");
+
+        // another payload, another subject, another key, no signature
+        let other = trust.check(subject, b"other", Some(&pk), Some(&sig));
+        assert!(matches!(other, Sender::Forged(_)), "{other:?}");
+        let moved = trust.check("baton.subagent.s2.run", payload, Some(&pk), Some(&sig));
+        assert!(matches!(moved, Sender::Forged(_)), "{moved:?}");
+        let spk = stranger.public_key();
+        let ssig = sign(&stranger, subject, payload);
+        let unknown = trust.check(subject, payload, Some(&spk), Some(&ssig));
+        assert!(matches!(unknown, Sender::Forged(_)) && !unknown.is(Role::Broker));
+        // a trusted subagent's key claiming to be the broker's
+        let claimed = trust.check(
+            subject,
+            payload,
+            Some(&pk),
+            Some(&sign(&sub, subject, payload)),
+        );
+        assert!(!claimed.is(Role::Broker), "{claimed:?}");
+        assert_eq!(trust.check(subject, payload, None, None), Sender::Unsigned);
+        assert!(!Sender::Unsigned.is(Role::Broker));
+        assert!(
+            Sender::Unchecked.is(Role::Broker),
+            "checks off: anything goes"
+        );
+        assert!(!verify(&pk, subject, payload, "not base64!"));
+
+        let s1 = trust.check(
+            "baton.broker.result",
+            payload,
+            Some(&sub.public_key()),
+            Some(&sign(&sub, "baton.broker.result", payload)),
+        );
+        assert!(s1.is_subagent("s1") && !s1.is_subagent("s2"));
+    }
+}
