@@ -270,6 +270,7 @@ async fn garbage_on_every_subject_keeps_the_cluster_working() {
         draining: false,
         heartbeat_interval_ms: 250,
         orphan_timeout_ms: 15_000,
+        refused: 0,
     };
     let odd = Bytes::from(rmp_serde::to_vec_named(&odd).unwrap());
     let publish = garbler.publish_raw(s.subagent_heartbeat("y"), odd);

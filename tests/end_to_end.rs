@@ -185,10 +185,19 @@ async fn hundred_orders_from_a_plain_client() {
         clusters: vec![],
         workflows: vec![],
     };
-    let deployed: DeployReply = client
-        .request(s.deploy(), true, &request)
+    // a deploy needs an admin's signature, which a plain client cannot give
+    let refused = client
+        .request::<_, DeployReply>(s.deploy(), true, &request)
         .await
-        .expect("deploy");
+        .expect_err("an unsigned deploy");
+    assert_eq!(refused.error.code, ErrorCode::Forbidden, "{refused}");
+    let deployed: DeployReply = within(
+        REQUEST,
+        "deploy",
+        bus.request(s.deploy(), &request, REQUEST),
+    )
+    .await
+    .expect("deploy signed by the admin");
     assert_eq!(deployed.deployed, vec!["echo-exit".to_string()]);
 
     // subscribe before submitting, so no event is missed

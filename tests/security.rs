@@ -589,6 +589,13 @@ async fn with_a_wide_open_server_baton_s_own_checks_still_refuse_forgeries() {
         .request::<_, DeployReply>(s.deploy(), &deploy_request, REQUEST)
         .await;
     forbidden("client", "deploy", deploy);
+    let unsigned = rmp_serde::to_vec_named(&deploy_request).unwrap();
+    let reply = plain.request(s.deploy(), Bytes::from(unsigned));
+    let reply = within(REQUEST, "unsigned deploy", reply)
+        .await
+        .expect("answered");
+    let refused: ErrorReply = rmp_serde::from_slice(&reply.payload).expect("an error reply");
+    assert_eq!(refused.error.code, ErrorCode::Forbidden, "{refused}");
 
     assert!(!marker.exists(), "a forged RunTask ran");
     let now = order_info(&h.bus, &running.order_id).await.expect("order");
@@ -606,6 +613,19 @@ async fn with_a_wide_open_server_baton_s_own_checks_still_refuse_forgeries() {
     .await
     .expect("status");
     assert!(status.refused_messages >= 3, "{status:?}");
+    // the subagents' own refusals reach status with their heartbeats
+    let everything = StatusRequest::default();
+    wait_until(REQUEST, "the victim's refusals are in status", || async {
+        let ask = h
+            .bus
+            .request::<_, StatusReply>(s.status(), &everything, REQUEST);
+        ask.await.is_ok_and(|st| {
+            st.subagents
+                .iter()
+                .any(|a| a.id == victim && a.refused >= 6)
+        })
+    })
+    .await;
     assert!(!status.subagents.iter().any(|a| a.id == "fake"));
     // the subagents kept the real broker's epoch: its dispatches still run
     std::fs::write(&gate, "").expect("open the gate");

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use base64::Engine as _;
 
@@ -70,20 +71,31 @@ impl Sender {
     }
 }
 
-/// The identities a process trusts, by public key.
-#[derive(Debug, Clone, Default)]
+/// The identities a process trusts, by public key (decoded once).
+#[derive(Clone, Default)]
 pub struct Trust {
-    by_key: HashMap<String, Identity>,
+    by_key: HashMap<String, (Identity, Arc<nkeys::KeyPair>)>,
+}
+
+impl std::fmt::Debug for Trust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.by_key.values().map(|(i, _)| &i.name))
+            .finish()
+    }
 }
 
 impl Trust {
+    /// The identities whose public keys decode.
     pub fn new(identities: impl IntoIterator<Item = Identity>) -> Trust {
-        Trust {
-            by_key: identities
-                .into_iter()
-                .map(|i| (i.public_key.clone(), i))
-                .collect(),
-        }
+        let by_key = identities
+            .into_iter()
+            .filter_map(|i| {
+                let key = nkeys::KeyPair::from_public_key(&i.public_key).ok()?;
+                Some((i.public_key.clone(), (i, Arc::new(key))))
+            })
+            .collect();
+        Trust { by_key }
     }
 
     /// Reads a credentials folder's `identities.toml`.
@@ -111,10 +123,10 @@ impl Trust {
         let (Some(signer), Some(signature)) = (signer, signature) else {
             return Sender::Unsigned;
         };
-        let Some(identity) = self.by_key.get(signer) else {
+        let Some((identity, key)) = self.by_key.get(signer) else {
             return Sender::Forged(format!("unknown key {signer}"));
         };
-        if verify(signer, subject, payload, signature) {
+        if verify_with(key, subject, payload, signature) {
             Sender::Verified(identity.clone())
         } else {
             Sender::Forged(format!("bad signature claiming {}", identity.name))
@@ -142,9 +154,11 @@ pub fn sign(key: &nkeys::KeyPair, subject: &str, payload: &[u8]) -> String {
 
 /// True when `signature` is `public_key`'s over `payload` on `subject`.
 pub fn verify(public_key: &str, subject: &str, payload: &[u8], signature: &str) -> bool {
-    let Ok(key) = nkeys::KeyPair::from_public_key(public_key) else {
-        return false;
-    };
+    nkeys::KeyPair::from_public_key(public_key)
+        .is_ok_and(|key| verify_with(&key, subject, payload, signature))
+}
+
+fn verify_with(key: &nkeys::KeyPair, subject: &str, payload: &[u8], signature: &str) -> bool {
     let Ok(signature) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature) else {
         return false;
     };

@@ -105,7 +105,7 @@ impl StreamHandler<Input> for Elector {
             Input::Heartbeat(hb) => self.on_heartbeat(hb.body),
             Input::Control(req) => {
                 let asked = super::gate::Asked::Admin;
-                if let Err(why) = super::gate::admits(asked, &req.sender) {
+                if let Err(why) = super::gate::admits(asked, req.sender.get()) {
                     self.bus.stats().count_refused();
                     warn!(%why, "scheduler control refused");
                     let refused = ErrorReply::new(ErrorCode::Forbidden, why);

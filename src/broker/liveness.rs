@@ -69,6 +69,7 @@ impl Broker {
             orphan_timeout: Duration::from_millis(hb.orphan_timeout_ms),
         };
         let seen = self.registry.seen(sighting, Instant::now());
+        self.registry.note_refused(&hb.subagent_id, hb.refused);
         let after = self.registry.get(&hb.subagent_id).map(|s| s.state());
         if after == Some(SubagentState::Draining) && before != after {
             info!(subagent = %hb.subagent_id, "subagent draining");

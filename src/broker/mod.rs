@@ -31,8 +31,7 @@ use actix::prelude::*;
 use futures::stream::{self, LocalBoxStream, StreamExt};
 use tracing::{debug, info, warn};
 
-use crate::auth::Sender;
-use crate::bus::{Bus, BusError, Kv, KvChange, Received, Replier, Request};
+use crate::bus::{Bus, BusError, Kv, KvChange, Received, Replier, Request, SenderProof};
 use crate::config::Config;
 use crate::jobs;
 use crate::protocol::*;
@@ -259,36 +258,26 @@ impl Actor for Broker {
 }
 
 impl Input {
-    /// What it asks and who sent it, with where to answer, for the gate.
-    fn asked(&self) -> Option<(gate::Asked<'_>, &Sender, Option<&Replier>)> {
+    /// What it asks, when the sender matters, who sent it, and where to answer.
+    fn asked(&self) -> Option<(gate::Asked<'_>, &SenderProof, Option<&Replier>)> {
         use gate::Asked;
         Some(match self {
-            Input::Submit(r) => (Asked::Submit, &r.sender, Some(&r.replier)),
             Input::Deploy(r) => (Asked::Admin, &r.sender, Some(&r.replier)),
             Input::Control(r) => (Asked::Admin, &r.sender, Some(&r.replier)),
-            Input::Cancel(r) => (Asked::ChangeOrder, &r.sender, Some(&r.replier)),
-            Input::Suspend(r) => (Asked::ChangeOrder, &r.sender, Some(&r.replier)),
-            Input::Resume(r) => (Asked::ChangeOrder, &r.sender, Some(&r.replier)),
-            Input::GetOrder(r) => (Asked::Read, &r.sender, Some(&r.replier)),
-            Input::Status(r) => (Asked::Read, &r.sender, Some(&r.replier)),
-            Input::List(r) => (Asked::Read, &r.sender, Some(&r.replier)),
-            Input::Register(r) => (
-                Asked::FromSubagent(&r.body.subagent_id),
-                &r.sender,
-                Some(&r.replier),
-            ),
-            Input::Leave(r) => (
-                Asked::FromSubagent(&r.body.subagent_id),
-                &r.sender,
-                Some(&r.replier),
-            ),
-            Input::Result(r) => (
-                Asked::FromSubagent(&r.body.subagent_id),
-                &r.sender,
-                Some(&r.replier),
-            ),
+            Input::Register(r) => {
+                let asked = Asked::FromSubagent(&r.body.subagent_id);
+                (asked, &r.sender, Some(&r.replier))
+            }
+            Input::Leave(r) => {
+                let asked = Asked::FromSubagent(&r.body.subagent_id);
+                (asked, &r.sender, Some(&r.replier))
+            }
+            Input::Result(r) => {
+                let asked = Asked::FromSubagent(&r.body.subagent_id);
+                (asked, &r.sender, Some(&r.replier))
+            }
             Input::Heartbeat(h) => (Asked::FromSubagent(&h.body.subagent_id), &h.sender, None),
-            Input::Job(_) | Input::Cluster(_) | Input::Workflow(_) => return None,
+            _ => return None,
         })
     }
 }
@@ -296,7 +285,7 @@ impl Input {
 impl StreamHandler<Input> for Broker {
     fn handle(&mut self, input: Input, ctx: &mut Self::Context) {
         if let Some((asked, sender, replier)) = input.asked() {
-            if let Err(why) = gate::admits(asked, sender) {
+            if let Err(why) = gate::admits(asked, sender.get()) {
                 self.bus.stats().count_refused();
                 warn!(asked = ?asked, %why, "message refused");
                 if let Some(replier) = replier {

@@ -35,6 +35,8 @@ pub struct Subagent {
     pub load: Option<Load>,
     pub heartbeat_interval: Duration,
     pub orphan_timeout: Duration,
+    /// Commands it refused for their sender (from its heartbeats).
+    pub refused: u64,
     last_probe: Option<Instant>,
 }
 
@@ -126,6 +128,7 @@ impl Registry {
                     load: s.load,
                     heartbeat_interval: s.heartbeat_interval,
                     orphan_timeout: s.orphan_timeout,
+                    refused: 0,
                     last_probe: None,
                 },
             );
@@ -259,8 +262,16 @@ impl Registry {
                 heartbeat_age_ms: now.saturating_duration_since(s.last_seen).as_millis() as u64,
                 tasks_finished: s.tasks_finished,
                 load: s.load,
+                refused: s.refused,
             })
             .collect()
+    }
+
+    /// Records how many commands a subagent has refused for their sender.
+    pub fn note_refused(&mut self, id: &str, refused: u64) {
+        if let Some(s) = self.subagents.get_mut(id) {
+            s.refused = refused;
+        }
     }
 }
 

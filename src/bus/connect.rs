@@ -11,8 +11,9 @@ use std::time::Duration;
 use async_nats::{ConnectErrorKind, ConnectOptions, ServerError};
 use tracing::{debug, error, info, warn};
 
+use super::sender::TrustSource;
 use super::{BusError, Stats};
-use crate::auth::{Sender, Trust};
+use crate::auth::Trust;
 
 /// How a process proves who it is to NATS.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -90,58 +91,6 @@ pub fn redact_urls(urls: &str) -> String {
         .join(",")
 }
 
-/// The identities a bus trusts, read again (at most once a second) when a
-/// message is signed by a key it does not know: a subagent added with
-/// `baton auth init` is trusted without a restart.
-#[derive(Debug)]
-pub(super) struct TrustSource {
-    dir: PathBuf,
-    trust: std::sync::RwLock<Trust>,
-    read_at: std::sync::Mutex<std::time::Instant>,
-}
-
-impl TrustSource {
-    pub(super) fn check(
-        &self,
-        subject: &str,
-        payload: &[u8],
-        signer: Option<&str>,
-        signature: Option<&str>,
-    ) -> Sender {
-        let sender = self
-            .trust
-            .read()
-            .expect("trust lock")
-            .check(subject, payload, signer, signature);
-        if !matches!(sender, Sender::Forged(_)) || !self.reread() {
-            return sender;
-        }
-        self.trust
-            .read()
-            .expect("trust lock")
-            .check(subject, payload, signer, signature)
-    }
-
-    /// Reads the identities again unless that was done within a second.
-    fn reread(&self) -> bool {
-        let mut read_at = self.read_at.lock().expect("trust lock");
-        if read_at.elapsed() < Duration::from_secs(1) {
-            return false;
-        }
-        *read_at = std::time::Instant::now();
-        match Trust::load(&self.dir) {
-            Ok(trust) => {
-                *self.trust.write().expect("trust lock") = trust;
-                true
-            }
-            Err(e) => {
-                warn!(error = %format!("{e:#}"), "cannot read the identities again");
-                false
-            }
-        }
-    }
-}
-
 /// This process's signing key (from its seed) and the identities it trusts:
 /// `settings.identities`, else the `identities.toml` beside its seed file.
 pub(super) fn identity(
@@ -167,11 +116,7 @@ pub(super) fn identity(
         Some(dir) => {
             let trust = Trust::load(&dir).map_err(|e| fail(format!("{e:#}")))?;
             debug!(identities = trust.len(), dir = %dir.display(), "trusting signed senders");
-            Some(TrustSource {
-                dir,
-                trust: std::sync::RwLock::new(trust),
-                read_at: std::sync::Mutex::new(std::time::Instant::now()),
-            })
+            Some(TrustSource::new(dir, trust))
         }
         None => None,
     };

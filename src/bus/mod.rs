@@ -12,6 +12,7 @@ mod codec;
 mod connect;
 mod kv;
 mod logs;
+mod sender;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,8 +28,9 @@ pub use codec::{decode, encode, DecodeError, Encoding};
 pub use connect::{redact_urls, split_url_credentials, Credentials, Tls};
 pub use kv::{Kv, KvChange};
 pub use logs::{LogsError, OrderLog};
+pub use sender::SenderProof;
 
-use crate::auth::{Sender, SIGNATURE_HEADER, SIGNER_HEADER};
+use crate::auth::{SIGNATURE_HEADER, SIGNER_HEADER};
 use crate::protocol::{ErrorCode, ErrorReply, Subjects, CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE};
 
 /// Counters of what the bus refused or dropped.
@@ -145,8 +147,8 @@ pub struct Replier {
 pub struct Request<T> {
     pub body: T,
     pub replier: Replier,
-    /// Who signed it (see `auth::trust`).
-    pub sender: Sender,
+    /// Who signed it (see `auth::trust`), checked when first asked.
+    pub sender: SenderProof,
 }
 
 /// A decoded publish.
@@ -154,8 +156,8 @@ pub struct Request<T> {
 pub struct Received<T> {
     pub subject: String,
     pub body: T,
-    /// Who signed it (see `auth::trust`).
-    pub sender: Sender,
+    /// Who signed it (see `auth::trust`), checked when first asked.
+    pub sender: SenderProof,
 }
 
 /// What the ordered publisher task takes: a message, or a barrier that
@@ -181,7 +183,7 @@ pub struct Bus {
     /// This identity's key: requests and `post_signed` messages carry its signature.
     signer: Option<Arc<nkeys::KeyPair>>,
     /// The identities whose signatures count; `None`: nothing is checked.
-    trust: Option<Arc<connect::TrustSource>>,
+    trust: Option<Arc<sender::TrustSource>>,
 }
 
 impl Bus {
@@ -237,11 +239,8 @@ impl Bus {
         Some(headers)
     }
 
-    /// Who sent `message`.
-    fn sender(&self, message: &Message) -> Sender {
-        let Some(trust) = &self.trust else {
-            return Sender::Unchecked;
-        };
+    /// What tells who sent `message`, checked when first asked.
+    fn sender(&self, message: &Message) -> SenderProof {
         let header = |name: &str| {
             message
                 .headers
@@ -249,12 +248,12 @@ impl Bus {
                 .and_then(|h| h.get(name))
                 .map(|v| v.as_str().to_string())
         };
-        let (signer, signature) = (header(SIGNER_HEADER), header(SIGNATURE_HEADER));
-        trust.check(
-            &message.subject,
-            &message.payload,
-            signer.as_deref(),
-            signature.as_deref(),
+        SenderProof::new(
+            self.trust.clone(),
+            message.subject.to_string(),
+            message.payload.clone(),
+            header(SIGNER_HEADER),
+            header(SIGNATURE_HEADER),
         )
     }
 
@@ -634,7 +633,7 @@ fn encoding_of(message: &Message) -> Encoding {
 fn decode_publish<T: DeserializeOwned>(
     message: &Message,
     max: usize,
-    sender: impl FnOnce() -> Sender,
+    sender: impl FnOnce() -> SenderProof,
 ) -> Option<Received<T>> {
     if message.payload.len() > max {
         warn!(subject = %message.subject, bytes = message.payload.len(), "oversized message dropped");

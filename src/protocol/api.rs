@@ -558,6 +558,9 @@ pub struct SubagentStatus {
     /// Its machine's load, from its last heartbeat.
     #[serde(default)]
     pub load: Option<Load>,
+    /// Commands it refused because no broker signed them (from its heartbeat).
+    #[serde(default)]
+    pub refused: u64,
 }
 
 /// A deployed cluster as the broker resolves it now.

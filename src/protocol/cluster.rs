@@ -66,6 +66,10 @@ pub struct SubagentHeartbeat {
     /// It kills its tasks after hearing no broker for this long.
     #[serde(default)]
     pub orphan_timeout_ms: u64,
+    /// Commands and broker heartbeats it refused since it started because
+    /// no broker signed them.
+    #[serde(default)]
+    pub refused: u64,
 }
 
 /// `{p}.subagent.{id}.ping`: is this subagent alive? A killed one has no

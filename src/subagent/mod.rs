@@ -30,8 +30,8 @@ use futures::stream::{self, LocalBoxStream, StreamExt};
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
-use crate::auth::{Role, Sender};
-use crate::bus::{Bus, BusError, Received, Replier, Request};
+use crate::auth::Role;
+use crate::bus::{Bus, BusError, Received, Replier, Request, SenderProof};
 use crate::config::Config;
 use crate::protocol::*;
 use crate::time::now_ms;
@@ -271,7 +271,7 @@ impl Subagent {
         &mut self,
         command: &'static str,
         epoch: u64,
-        sender: &Sender,
+        sender: &SenderProof,
         replier: &Replier,
     ) -> bool {
         if !sender.is(Role::Broker) {
@@ -405,6 +405,7 @@ impl Subagent {
             draining: self.draining,
             heartbeat_interval_ms: self.config.subagent.heartbeat_interval.as_millis() as u64,
             orphan_timeout_ms: self.orphan_limit().as_millis() as u64,
+            refused: self.bus.stats().refused(),
         };
         self.bus
             .post_signed(self.bus.subjects().subagent_heartbeat(&self.id), &hb);

@@ -170,6 +170,13 @@ pub fn status_text(s: &StatusReply) -> String {
             labels.join(",")
         );
     }
+    for sub in s.subagents.iter().filter(|sub| sub.refused > 0) {
+        let _ = writeln!(
+            out,
+            "  {} refused {} commands not signed by a broker (see its log)",
+            sub.id, sub.refused
+        );
+    }
     if !s.clusters.is_empty() {
         let _ = writeln!(out, "clusters ({}):", s.clusters.len());
         for c in &s.clusters {
