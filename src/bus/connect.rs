@@ -185,7 +185,9 @@ pub(super) async fn connect(
             }
             Err(_) => {
                 let after = settings.connect_timeout;
-                return Err(fail(format!("timed out after {after:?}")));
+                return Err(fail(format!(
+                    "timed out after {after:?} {UNREACHABLE_HINT}"
+                )));
             }
         };
         let e = match first {
@@ -202,16 +204,18 @@ pub(super) async fn connect(
             ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
                 Err(fail(refused(&credentials)))
             }
-            ConnectErrorKind::Tls => Err(fail(format!(
+            _ if e.kind() == ConnectErrorKind::Tls || e.to_string().contains("certificate") => {
+                Err(fail(format!(
                 "TLS failed ({e}): check nats.tls_ca (the CA that signed the server's certificate), \
                  nats.tls_cert and nats.tls_key, and that the server has TLS on"
-            ))),
+                )))
+            }
             ConnectErrorKind::ServerParse => Err(fail(format!("{e}: check nats.url"))),
             _ if settings.retry_initial_connect => {
                 info!(url = %shown, error = %e, "nats not reachable yet, retrying");
                 retrying(options()?, urls, &fail).await
             }
-            _ => Err(fail(e.to_string())),
+            _ => Err(fail(format!("{e} {UNREACHABLE_HINT}"))),
         };
     }
 }
@@ -228,6 +232,10 @@ async fn retrying(
         .await
         .map_err(|e| fail(e.to_string()))
 }
+
+/// What to check when no server answered.
+const UNREACHABLE_HINT: &str =
+    "(is nats-server running? `baton dev` starts one; `nats/install.sh` installs it)";
 
 /// Why the server refused us, and which setting to fix.
 fn refused(credentials: &Credentials) -> String {

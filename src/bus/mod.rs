@@ -115,7 +115,7 @@ pub struct ConnectSettings {
 /// Why talking to NATS failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    #[error("cannot connect to NATS at {url}: {reason} (is nats-server running? `baton dev` starts one; `nats/install.sh` installs it)")]
+    #[error("cannot connect to NATS at {url}: {reason}")]
     Connect { url: String, reason: String },
     #[error("no one answers on {subject} (is `baton broker` running against this NATS server and prefix?)")]
     NoResponders { subject: String },

@@ -259,7 +259,8 @@ pub fn main() -> ExitCode {
     init_logging(if daemon {
         "info,async_nats=warn"
     } else {
-        "warn"
+        // the command's own error says what was refused, once
+        "warn,async_nats=off,baton::bus::connect=error"
     });
     let system = actix::System::new();
     match system.block_on(run(cli)) {
