@@ -8,6 +8,7 @@
 //! Architecture invariant: the bus knows payload types only as serde types;
 //! it never decides anything about jobs, orders or subagents.
 
+mod audit;
 mod codec;
 mod connect;
 mod kv;
@@ -41,6 +42,8 @@ pub struct Stats {
     denied: AtomicU64,
     /// Messages this process refused because of who sent them.
     refused: AtomicU64,
+    /// Messages for a stream ([`Bus::append`]) that JetStream did not store.
+    unstored: AtomicU64,
     /// The server's permission violation messages, for requests waiting.
     violations: tokio::sync::broadcast::Sender<String>,
 }
@@ -53,6 +56,7 @@ impl Default for Stats {
             reconnected_at_ms: AtomicU64::new(0),
             denied: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            unstored: AtomicU64::new(0),
             violations: tokio::sync::broadcast::channel(64).0,
         }
     }
@@ -66,6 +70,11 @@ impl Stats {
 
     pub fn count_refused(&self) {
         self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Messages for a stream ([`Bus::append`]) that JetStream did not store.
+    pub fn unstored(&self) -> u64 {
+        self.unstored.load(Ordering::Relaxed)
     }
 
     /// Publishes and subscriptions the server refused to this identity.
@@ -166,6 +175,12 @@ enum Outgoing {
         headers: Option<HeaderMap>,
         payload: Bytes,
     },
+    /// A message for a JetStream stream: sent in order, its acknowledgement
+    /// awaited beside the queue.
+    Stored {
+        subject: String,
+        payload: Bytes,
+    },
     Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -190,7 +205,7 @@ impl Bus {
         let client = connect::connect(settings, stats.clone()).await?;
         let (signer, trust) = connect::identity(settings)?;
         let (outgoing, queue) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(publish_in_order(client.clone(), queue));
+        tokio::spawn(publish_in_order(client.clone(), queue, stats.clone()));
         Ok(Bus {
             client,
             outgoing,
@@ -288,6 +303,15 @@ impl Bus {
         });
     }
 
+    /// Queues a MessagePack publish for a JetStream stream, in order with
+    /// everything posted, without waiting: JetStream's acknowledgement is
+    /// awaited beside the queue, and a message it did not store is counted
+    /// ([`Stats::unstored`]) and warned about. Nothing waits for it.
+    pub fn append<T: Serialize>(&self, subject: String, value: &T) {
+        let payload = Bytes::from(encode(Encoding::MessagePack, value));
+        self.enqueue(Outgoing::Stored { subject, payload });
+    }
+
     /// Queues the answer to a request, in the encoding it came in, without waiting.
     pub fn reply<T: Serialize>(&self, replier: &Replier, value: &T) {
         let Some(reply) = &replier.reply else {
@@ -365,26 +389,12 @@ impl Bus {
         if let Some(headers) = headers {
             request = request.headers(headers);
         }
-        let mut violations = self.stats.violations.subscribe();
-        let refused = async {
-            loop {
-                match violations.recv().await {
-                    Ok(message) if connect::violation_subject(&message) == Some(subject) => {
-                        return message
-                    }
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                        futures::future::pending::<()>().await
-                    }
-                }
-            }
-        };
-        let sent = tokio::select! {
-            sent = self.client.send_request(subject.to_string(), request) => sent,
-            reason = refused => {
-                return Err(BusError::Denied { subject: subject.to_string(), reason })
-            }
-        };
+        let sent = self
+            .unless_denied(
+                subject,
+                self.client.send_request(subject.to_string(), request),
+            )
+            .await?;
         match sent {
             Ok(message) => Ok(message.payload),
             Err(e) => Err(match e.kind() {
@@ -400,6 +410,34 @@ impl Bus {
                     reason: e.to_string(),
                 },
             }),
+        }
+    }
+
+    /// Awaits `operation`, which publishes on `subject`, unless the server
+    /// refuses that publish to these credentials first ([`BusError::Denied`]
+    /// at once instead of a timeout).
+    pub(crate) async fn unless_denied<F: std::future::Future>(
+        &self,
+        subject: &str,
+        operation: F,
+    ) -> Result<F::Output, BusError> {
+        let mut violations = self.stats.violations.subscribe();
+        let refused = async {
+            loop {
+                match violations.recv().await {
+                    Ok(message) if connect::violation_subject(&message) == Some(subject) => {
+                        return message
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        futures::future::pending::<()>().await
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            done = operation => Ok(done),
+            reason = refused => Err(BusError::Denied { subject: subject.to_string(), reason }),
         }
     }
 
@@ -585,7 +623,9 @@ pub async fn probe_jetstream(
 async fn publish_in_order(
     client: async_nats::Client,
     mut queue: tokio::sync::mpsc::UnboundedReceiver<Outgoing>,
+    stats: Arc<Stats>,
 ) {
+    let jetstream = async_nats::jetstream::new(client.clone());
     while let Some(outgoing) = queue.recv().await {
         let (subject, headers, payload) = match outgoing {
             Outgoing::Message {
@@ -593,6 +633,10 @@ async fn publish_in_order(
                 headers,
                 payload,
             } => (subject, headers, payload),
+            Outgoing::Stored { subject, payload } => {
+                store(&jetstream, subject, payload, &stats).await;
+                continue;
+            }
             Outgoing::Barrier(done) => {
                 let _ = done.send(());
                 continue;
@@ -609,6 +653,31 @@ async fn publish_in_order(
         if let Err(e) = result {
             warn!(%subject, error = %e, "publish failed");
         }
+    }
+}
+
+/// Sends one message to JetStream and awaits its acknowledgement in a task
+/// of its own, counting it when it was not stored.
+async fn store(
+    jetstream: &async_nats::jetstream::Context,
+    subject: String,
+    payload: Bytes,
+    stats: &Arc<Stats>,
+) {
+    let unstored = |stats: &Stats, subject: &str, error: String| {
+        stats.unstored.fetch_add(1, Ordering::Relaxed);
+        warn!(%subject, %error, "message for a stream not stored");
+    };
+    match jetstream.publish(subject.clone(), payload).await {
+        Ok(ack) => {
+            let stats = stats.clone();
+            tokio::spawn(async move {
+                if let Err(e) = ack.await {
+                    unstored(&stats, &subject, e.to_string());
+                }
+            });
+        }
+        Err(e) => unstored(stats, &subject, e.to_string()),
     }
 }
 
