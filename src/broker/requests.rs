@@ -547,6 +547,7 @@ impl Broker {
             agents: Vec::new(),
             malformed_messages: self.bus.stats().malformed(),
             refused_messages: self.bus.stats().refused(),
+            unstored_audit_records: self.bus.stats().unstored(),
         };
         let agents = self.elector.send(super::elector::AgentsNow);
         ctx.spawn(agents.into_actor(self).map(move |agents, act, _| {
