@@ -47,6 +47,9 @@ pub struct NatsConfig {
     /// How long tasks' output lines are kept in the log stream.
     #[serde(with = "humantime_serde")]
     pub log_retention: Duration,
+    /// How long the audit trail (state-changing commands) is kept.
+    #[serde(with = "humantime_serde")]
+    pub audit_retention: Duration,
     /// nkey seed file: the identity `baton auth init` makes per role.
     pub nkey: Option<PathBuf>,
     /// `.creds` file (user JWT and nkey seed), for servers in operator mode.
@@ -272,6 +275,7 @@ impl Default for NatsConfig {
             max_message_bytes: 1024 * 1024,
             replicas: 1,
             log_retention: Duration::from_secs(7 * 24 * 60 * 60),
+            audit_retention: Duration::from_secs(90 * 24 * 60 * 60),
             nkey: None,
             credentials: None,
             user: String::new(),
@@ -427,6 +431,13 @@ impl Config {
                 reason: "keep logs at least 1s".into(),
             });
         }
+        if self.nats.audit_retention < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                key: "nats.audit_retention",
+                value: humantime::format_duration(self.nats.audit_retention).to_string(),
+                reason: "keep the audit trail at least 1s".into(),
+            });
+        }
         self.nats.validate()?;
         if self.broker.subagent_timeout <= self.subagent.heartbeat_interval {
             return Err(ConfigError::Invalid {
@@ -498,6 +509,11 @@ impl Config {
     /// Name of the JetStream stream keeping tasks' output lines.
     pub fn log_stream(&self) -> String {
         format!("{}_logs", self.prefix)
+    }
+
+    /// Name of the JetStream stream keeping the audit trail.
+    pub fn audit_stream(&self) -> String {
+        format!("{}_audit", self.prefix)
     }
 }
 

@@ -96,6 +96,7 @@ wire_types![
     ListOrders,
     OrderList,
     OrderChanged,
+    AuditRecord,
 ];
 
 /// The kinds of process on the bus.
@@ -232,6 +233,8 @@ const CHANNELS: &[Channel] = {
         "Event: a workflow order moved: a step was dispatched or finished, or the order was suspended, resumed or is being cancelled ({job} is the workflow)."),
     channel("orderFinished", "{prefix}.events.{job}.{order_id}.finished", ("OrderFinished", None), (Broker, Client), false,
         "Event: the order reached a final state (succeeded, failed or cancelled; a failed workflow order can still be resumed)."),
+    channel("audit", "{prefix}.audit.{command}", ("AuditRecord", None), (Broker, Client), false,
+        "The audit trail: one record per state-changing command (deploy, order cancel, suspend and resume, subagent and Scheduler switch-overs) once its outcome is known, kept in the JetStream stream `{prefix}_audit` (read by `baton audit`; of the client roles only `admin` may read it)."),
     ]
 };
 
@@ -243,6 +246,7 @@ const PARAMETERS: &[(&str, &str)] = &[
     ("broker_id", "A broker's id, as in its `BrokerHeartbeat`. One subject token."),
     ("job", "The job's name. One subject token."),
     ("order_id", "The order's id, as in `SubmitReply.order_id`."),
+    ("command", "The audited command, as in `AuditRecord.command`: `deploy`, or two tokens such as `order.cancel` or `subagent.disable`."),
 ];
 
 const INFO_DESCRIPTION: &str = "\
@@ -630,6 +634,7 @@ mod tests {
                     .replace("{broker_id}", "BROKER")
                     .replace("{job}", "JOB")
                     .replace("{order_id}", "ORDER")
+                    .replace("{command}", "COMMAND")
             })
             .collect()
     }
@@ -679,6 +684,7 @@ mod tests {
             s.scheduler_control(),
             s.agent_changed("AGENT"),
             s.broker_changed("BROKER"),
+            s.audit("COMMAND"),
         ]
         .into_iter()
         .collect();
@@ -695,6 +701,7 @@ mod tests {
             s.all_events(),
             s.job_events("JOB"),
             s.order_events("ORDER"),
+            s.all_audit(),
         ] {
             assert!(
                 addresses.iter().any(|a| matches(&wildcard, a)),

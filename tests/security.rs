@@ -41,6 +41,12 @@ const NOT_BROKERS: [(Role, Option<&str>); 5] = [
     (Role::Monitor, None),
 ];
 
+async fn status_of(bus: &Bus) -> StatusReply {
+    let everything = StatusRequest::default();
+    let ask = bus.request(bus.subjects().status(), &everything, REQUEST);
+    within(REQUEST, "status", ask).await.expect("status")
+}
+
 fn pack(value: serde_json::Value) -> Vec<u8> {
     rmp_serde::to_vec_named(&value).expect("encode")
 }
@@ -191,14 +197,7 @@ async fn forged_registrations_heartbeats_and_results_are_refused() {
     .await;
     refused(&sub_b, who, &s.subagent_heartbeat("fake"), heartbeat).await;
 
-    let status: StatusReply = within(
-        REQUEST,
-        "status",
-        h.bus
-            .request(s.status(), &StatusRequest::default(), REQUEST),
-    )
-    .await
-    .expect("status");
+    let status = status_of(&h.bus).await;
     let ids: Vec<&str> = status.subagents.iter().map(|a| a.id.as_str()).collect();
     assert_eq!(ids, ["sub-a", "sub-b"], "no fake subagent registered");
     let now = order_info(&h.bus, &running.order_id).await.expect("order");
@@ -604,29 +603,32 @@ async fn with_a_wide_open_server_baton_s_own_checks_still_refuse_forgeries() {
         OrderState::Running,
         "no forged kill or result counted"
     );
-    let status: StatusReply = within(
-        REQUEST,
-        "status",
-        h.bus
-            .request(s.status(), &StatusRequest::default(), REQUEST),
-    )
-    .await
-    .expect("status");
+    let status = status_of(&h.bus).await;
     assert!(status.refused_messages >= 3, "{status:?}");
     // the subagents' own refusals reach status with their heartbeats
-    let everything = StatusRequest::default();
     wait_until(REQUEST, "the victim's refusals are in status", || async {
-        let ask = h
-            .bus
-            .request::<_, StatusReply>(s.status(), &everything, REQUEST);
-        ask.await.is_ok_and(|st| {
-            st.subagents
-                .iter()
-                .any(|a| a.id == victim && a.refused >= 6)
-        })
+        let st = status_of(&h.bus).await;
+        st.subagents
+            .iter()
+            .any(|a| a.id == victim && a.refused >= 6)
     })
     .await;
     assert!(!status.subagents.iter().any(|a| a.id == "fake"));
+    // both refused deploys are in the audit trail, with who sent them
+    wait_until(REQUEST * 2, "the refused deploys are audited", || async {
+        let out = run_baton(&h, &["audit", "--json", "--command", "deploy"], REQUEST * 4).await;
+        let records: Vec<baton::protocol::AuditRecord> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let refused = |who: &str, verified: bool| {
+            records
+                .iter()
+                .any(|r| r.outcome == "forbidden" && r.who == who && r.verified == verified)
+        };
+        refused("client", true) && refused("unsigned", false)
+    })
+    .await;
     // the subagents kept the real broker's epoch: its dispatches still run
     std::fs::write(&gate, "").expect("open the gate");
     for _ in 0..4 {

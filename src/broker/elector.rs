@@ -17,6 +17,7 @@ use futures::stream::{self, LocalBoxStream, StreamExt};
 use tracing::{debug, info, warn};
 
 use super::agents::{AgentBook, Check, Heard};
+use super::audit::{Audit, Audited};
 use super::probe::{self, Verdict};
 use crate::agent::election::{decide, Action, ElectionConfig, ElectionState, Request as Ask};
 use crate::bus::{Bus, BusError, Received, Replier, Request};
@@ -49,11 +50,14 @@ pub struct Elector {
     epoch: u64,
     book: AgentBook,
     election: ElectionState,
+    /// Records operators' requests (`audit.rs`).
+    audit: Audit,
 }
 
 /// Subscribes and starts the elector in the current actix System.
 pub async fn start(
     config: Config,
+    audit: Audit,
     bus: Bus,
     broker_id: String,
     epoch: u64,
@@ -80,6 +84,7 @@ pub async fn start(
             broker_id,
             epoch,
             book: AgentBook::default(),
+            audit,
         }
     }))
 }
@@ -105,13 +110,14 @@ impl StreamHandler<Input> for Elector {
             Input::Heartbeat(hb) => self.on_heartbeat(hb.body),
             Input::Control(req) => {
                 let asked = super::gate::Asked::Admin;
+                let audited = Audited::scheduler(&req.body, req.sender.get());
                 if let Err(why) = super::gate::admits(asked, req.sender.get()) {
                     self.bus.stats().count_refused();
                     warn!(%why, "scheduler control refused");
-                    let refused = ErrorReply::new(ErrorCode::Forbidden, why);
-                    return self.bus.reply(&req.replier, &refused);
+                    let code = ErrorCode::Forbidden;
+                    return self.audit.refuse(&req.replier, &audited, code, &why);
                 }
-                self.on_control(req, ctx)
+                self.on_control(req, audited, ctx)
             }
         }
     }
@@ -169,12 +175,19 @@ impl Elector {
         }
     }
 
-    fn on_control(&mut self, req: Request<SchedulerControl>, ctx: &mut Context<Self>) {
+    fn on_control(
+        &mut self,
+        req: Request<SchedulerControl>,
+        audited: Audited,
+        ctx: &mut Context<Self>,
+    ) {
         let SchedulerControl { agent_id, action } = req.body.clone();
         let Some(agent) = self.book.get(&agent_id) else {
             let message =
                 format!("no agent '{agent_id}' is connected; `baton status` lists the agents");
-            return self.reply_error(&req.replier, ErrorCode::NotFound, message);
+            return self
+                .audit
+                .refuse(&req.replier, &audited, ErrorCode::NotFound, &message);
         };
         let role = agent.role;
         let ask = match action {
@@ -187,7 +200,7 @@ impl Elector {
             action,
             role,
         };
-        self.round(ask, Some((req.replier, reply)), ctx);
+        self.round(ask, Some((req.replier, audited, reply)), ctx);
     }
 
     /// One election round; `control` is answered with the reply, or with
@@ -195,7 +208,7 @@ impl Elector {
     fn round(
         &mut self,
         ask: Ask,
-        control: Option<(Replier, SchedulerControlReply)>,
+        control: Option<(Replier, Audited, SchedulerControlReply)>,
         ctx: &mut Context<Self>,
     ) {
         let now = now_ms();
@@ -229,10 +242,16 @@ impl Elector {
                 }
             }
         }
-        if let Some((replier, reply)) = control {
+        if let Some((replier, audited, reply)) = control {
             match refused {
-                Some(message) => self.reply_error(&replier, ErrorCode::InvalidState, message),
-                None => self.bus.reply(&replier, &reply),
+                Some(message) => {
+                    let code = ErrorCode::InvalidState;
+                    self.audit.refuse(&replier, &audited, code, &message)
+                }
+                None => {
+                    self.audit.record(&audited, Ok(()));
+                    self.bus.reply(&replier, &reply)
+                }
             }
         }
     }
@@ -342,9 +361,5 @@ impl Elector {
             at_ms: now_ms(),
         };
         self.bus.post(self.bus.subjects().agent_changed(id), &event);
-    }
-
-    fn reply_error(&self, replier: &Replier, code: ErrorCode, message: String) {
-        self.bus.reply(replier, &ErrorReply::new(code, message));
     }
 }

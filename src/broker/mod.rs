@@ -10,6 +10,7 @@
 //! takeover from it in `recovery.rs`.
 
 pub mod agents;
+mod audit;
 mod elector;
 mod flows;
 mod gate;
@@ -111,6 +112,8 @@ pub struct Broker {
     peers: LeaseNews,
     /// Tells `run_until_signal` the broker cannot go on.
     stopped: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Appends the records of state-changing commands (`audit.rs`).
+    audit: audit::Audit,
 }
 
 /// Subscribes and starts the broker in the current actix System.
@@ -130,6 +133,13 @@ pub async fn start(config: Config, bus: Bus, epoch: u64) -> Result<Addr<Broker>,
         .await
     {
         warn!(error = %e, "cannot create the log stream; task output is not kept");
+    }
+    // state-changing commands are recorded from now on (see `baton audit`)
+    if let Err(e) = bus
+        .ensure_audit_stream(&config.audit_stream(), config.nats.audit_retention)
+        .await
+    {
+        warn!(error = %e, "cannot create the audit stream; commands are not recorded");
     }
     // the orders are taken over before anything is served
     let recovered = recovery::recover(
@@ -201,7 +211,15 @@ pub async fn start(config: Config, bus: Bus, epoch: u64) -> Result<Addr<Broker>,
     ];
     let id = config.broker_id();
     let started_at_ms = now_ms();
-    let elector = elector::start(config.clone(), bus.clone(), id.clone(), epoch).await?;
+    let audit = audit::Audit::new(bus.clone(), id.clone());
+    let elector = elector::start(
+        config.clone(),
+        audit.clone(),
+        bus.clone(),
+        id.clone(),
+        epoch,
+    )
+    .await?;
     info!(broker = %id, prefix = %s.prefix(), epoch, "broker active");
     Ok(Broker::create(move |ctx| {
         ctx.add_stream(stream::select_all(inputs));
@@ -234,6 +252,7 @@ pub async fn start(config: Config, bus: Bus, epoch: u64) -> Result<Addr<Broker>,
             elector,
             peers: LeaseNews::default(),
             stopped: None,
+            audit,
         }
     }))
 }
@@ -288,9 +307,12 @@ impl StreamHandler<Input> for Broker {
             if let Err(why) = gate::admits(asked, sender.get()) {
                 self.bus.stats().count_refused();
                 warn!(asked = ?asked, %why, "message refused");
-                if let Some(replier) = replier {
-                    self.bus
-                        .reply(replier, &ErrorReply::new(ErrorCode::Forbidden, why));
+                match (replier, input.audited()) {
+                    (Some(replier), Some(audited)) => {
+                        self.refuse(replier, &audited, ErrorCode::Forbidden, why)
+                    }
+                    (Some(replier), None) => self.error(replier, ErrorCode::Forbidden, why),
+                    (None, _) => {}
                 }
                 return;
             }

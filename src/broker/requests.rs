@@ -5,6 +5,7 @@ use actix::prelude::*;
 use std::time::Instant;
 use tracing::{info, warn};
 
+use super::audit::Audited;
 use super::order_book::{Applied, ApplyError, Order, OrderEvent};
 use super::recovery::Then;
 use super::{placement, Broker};
@@ -193,43 +194,16 @@ impl Broker {
     }
 
     pub(super) fn on_deploy(&mut self, req: Request<DeployRequest>, ctx: &mut Context<Self>) {
+        let audited = Audited::deploy(&req.body, req.sender.get());
+        if let Err(message) = self.check_deploy(&req.body) {
+            return self.refuse(&req.replier, &audited, ErrorCode::InvalidJob, message);
+        }
         let DeployRequest {
             dry_run,
             jobs,
             clusters,
             workflows,
         } = req.body;
-        if jobs.is_empty() && clusters.is_empty() && workflows.is_empty() {
-            return self.error(
-                &req.replier,
-                ErrorCode::InvalidJob,
-                "nothing to deploy: no jobs, clusters or workflows",
-            );
-        }
-        for cluster in &clusters {
-            if let Err(e) = jobs::validate_cluster(cluster) {
-                return self.error(&req.replier, ErrorCode::InvalidJob, e.to_string());
-            }
-        }
-        for spec in &jobs {
-            if let Err(e) = jobs::validate_job(spec) {
-                return self.error(&req.replier, ErrorCode::InvalidJob, e.to_string());
-            }
-            if let Some(cluster) = &spec.cluster {
-                let known = self.clusters.contains_key(cluster)
-                    || clusters.iter().any(|c| &c.name == cluster);
-                if !known {
-                    let message = format!(
-                        "job '{}': field 'cluster': no subagent cluster '{cluster}' is deployed; define it in a [[cluster]] table",
-                        spec.name
-                    );
-                    return self.error(&req.replier, ErrorCode::InvalidJob, message);
-                }
-            }
-        }
-        if let Err(message) = self.check_workflows(&jobs, &workflows) {
-            return self.error(&req.replier, ErrorCode::InvalidJob, message);
-        }
         if dry_run {
             let reply = DeployReply {
                 deployed: jobs.into_iter().map(|j| j.name).collect(),
@@ -280,16 +254,48 @@ impl Broker {
                             workflows: workflow_names,
                             dry_run: false,
                         };
+                        act.audit(&audited, Ok(()));
                         act.bus.reply(&replier, &reply);
                         act.dispatch(ctx);
                     }
-                    Err(e) => act.error(
+                    Err(e) => act.refuse(
                         &replier,
+                        &audited,
                         ErrorCode::Unavailable,
                         format!("the deployment could not be stored in JetStream: {e}"),
                     ),
                 }),
         );
+    }
+
+    /// Whether `req` may be deployed over what is deployed (else why not).
+    fn check_deploy(&self, req: &DeployRequest) -> Result<(), String> {
+        let DeployRequest {
+            jobs,
+            clusters,
+            workflows,
+            ..
+        } = req;
+        if jobs.is_empty() && clusters.is_empty() && workflows.is_empty() {
+            return Err("nothing to deploy: no jobs, clusters or workflows".into());
+        }
+        for cluster in clusters {
+            jobs::validate_cluster(cluster).map_err(|e| e.to_string())?;
+        }
+        for spec in jobs {
+            jobs::validate_job(spec).map_err(|e| e.to_string())?;
+            if let Some(cluster) = &spec.cluster {
+                let known = self.clusters.contains_key(cluster)
+                    || clusters.iter().any(|c| &c.name == cluster);
+                if !known {
+                    return Err(format!(
+                        "job '{}': field 'cluster': no subagent cluster '{cluster}' is deployed; define it in a [[cluster]] table",
+                        spec.name
+                    ));
+                }
+            }
+        }
+        self.check_workflows(jobs, workflows)
     }
 
     pub(super) fn on_job_change(&mut self, change: KvChange<JobSpec>) {
@@ -412,13 +418,15 @@ impl Broker {
     /// Cancels an order: a waiting one at once, a running one when its task
     /// ends (now, with `kill`). Idempotent; answers with the order.
     pub(super) fn on_cancel(&mut self, req: Request<CancelOrder>, ctx: &mut Context<Self>) {
+        let audited = Audited::cancel(&req.body, req.sender.get());
         let CancelOrder { order_id, kill } = req.body;
         if self.is_flow(&order_id) {
-            return self.cancel_flow(&req.replier, &order_id, kill, ctx);
+            return self.cancel_flow((&req.replier, &audited), &order_id, kill, ctx);
         }
         if let Err((code, message)) = self.cancel(&order_id, kill, "cancelled with --kill", ctx) {
-            return self.error(&req.replier, code, message);
+            return self.refuse(&req.replier, &audited, code, message);
         }
+        self.audit(&audited, Ok(()));
         if let Some(order) = self.book.get(&order_id) {
             self.bus.reply(&req.replier, &order.info());
         }
@@ -539,6 +547,7 @@ impl Broker {
             agents: Vec::new(),
             malformed_messages: self.bus.stats().malformed(),
             refused_messages: self.bus.stats().refused(),
+            unstored_audit_records: self.bus.stats().unstored(),
         };
         let agents = self.elector.send(super::elector::AgentsNow);
         ctx.spawn(agents.into_actor(self).map(move |agents, act, _| {
@@ -549,17 +558,18 @@ impl Broker {
 
     /// Switch-over: disable, enable, or stop (drain) a subagent.
     pub(super) fn on_control(&mut self, req: Request<SubagentControl>, ctx: &mut Context<Self>) {
+        let audited = Audited::subagent(&req.body, req.sender.get());
         let SubagentControl {
             subagent_id,
             action,
         } = req.body;
         let Some(subagent) = self.registry.get(&subagent_id) else {
             let message = format!("no subagent '{subagent_id}' is known (see `baton status`)");
-            return self.error(&req.replier, ErrorCode::NotFound, message);
+            return self.refuse(&req.replier, &audited, ErrorCode::NotFound, message);
         };
         if subagent.state() == SubagentState::Lost {
             let message = format!("subagent '{subagent_id}' is lost; it cannot be switched now");
-            return self.error(&req.replier, ErrorCode::Unavailable, message);
+            return self.refuse(&req.replier, &audited, ErrorCode::Unavailable, message);
         }
         match action {
             SubagentAction::Disable | SubagentAction::Enable => {
@@ -569,6 +579,7 @@ impl Broker {
                     .set_disabled(&subagent_id, disabled)
                     .unwrap_or(SubagentState::Lost);
                 info!(subagent = %subagent_id, ?action, "switch-over");
+                self.audit(&audited, Ok(()));
                 self.announce(
                     &subagent_id,
                     state,
@@ -587,29 +598,25 @@ impl Broker {
                 let subject = bus.subjects().stop(&subagent_id);
                 let timeout = self.config.broker.dispatch_timeout;
                 let replier = req.replier;
+                let stop = async move {
+                    bus.request::<_, Stopping>(subject, &StopSubagent { epoch }, timeout)
+                        .await
+                };
                 ctx.spawn(
-                    async move {
-                        match bus
-                            .request::<_, Stopping>(subject, &StopSubagent { epoch }, timeout)
-                            .await
-                        {
-                            Ok(_) => bus.reply(
-                                &replier,
-                                &SubagentControlReply {
-                                    subagent_id,
-                                    state: SubagentState::Draining,
-                                },
-                            ),
-                            Err(e) => bus.reply(
-                                &replier,
-                                &ErrorReply::new(
-                                    ErrorCode::Unavailable,
-                                    format!("subagent '{subagent_id}' did not take the stop: {e}"),
-                                ),
-                            ),
-                        }
-                    }
-                    .into_actor(self),
+                    stop.into_actor(self)
+                        .map(move |stopped, act, _| match stopped {
+                            Ok(_) => {
+                                act.audit(&audited, Ok(()));
+                                let state = SubagentState::Draining;
+                                let reply = SubagentControlReply { subagent_id, state };
+                                act.bus.reply(&replier, &reply);
+                            }
+                            Err(e) => {
+                                let message =
+                                    format!("subagent '{subagent_id}' did not take the stop: {e}");
+                                act.refuse(&replier, &audited, ErrorCode::Unavailable, message);
+                            }
+                        }),
                 );
             }
         }

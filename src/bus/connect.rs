@@ -363,6 +363,57 @@ pub fn violation_subject(message: &str) -> Option<&str> {
     Some(&message[start..start + len])
 }
 
+/// Connects to `url` with `credentials` and waits for the server's answer.
+pub async fn probe_connect(
+    url: &str,
+    credentials: &Credentials,
+    timeout: Duration,
+) -> Result<(), String> {
+    let client = probe_client(url, credentials, timeout).await?;
+    tokio::time::timeout(timeout, client.flush())
+        .await
+        .map_err(|_| "flush timed out".to_string())?
+        .map_err(|e| e.to_string())
+}
+
+/// A short-lived connection for a probe, without retries.
+async fn probe_client(
+    url: &str,
+    credentials: &Credentials,
+    timeout: Duration,
+) -> Result<async_nats::Client, String> {
+    let settings = super::ConnectSettings {
+        url: url.to_string(),
+        name: "baton-probe".into(),
+        connect_timeout: timeout,
+        retry_initial_connect: false,
+        max_message_bytes: 1 << 20,
+        replicas: 1,
+        credentials: credentials.clone(),
+        tls: Tls::default(),
+        identities: None,
+    };
+    let client = connect(&settings, Arc::new(Stats::default())).await;
+    client.map_err(|e| format!("connect: {e}"))
+}
+
+/// Connects to `url` and asks JetStream for account information: true
+/// readiness of a server for Baton, used instead of sleeping after a start.
+/// `credentials` are those of an identity that may ask (every Baton role).
+pub async fn probe_jetstream(
+    url: &str,
+    credentials: &Credentials,
+    timeout: Duration,
+) -> Result<(), String> {
+    let client = probe_client(url, credentials, timeout).await?;
+    let jetstream = async_nats::jetstream::new(client);
+    match tokio::time::timeout(timeout, jetstream.query_account()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("jetstream account info: {e}")),
+        Err(_) => Err("jetstream account info: timed out".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

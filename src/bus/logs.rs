@@ -28,10 +28,10 @@ pub enum OrderLog {
     Finished(OrderFinished),
 }
 
-/// Why an order's logs cannot be read.
+/// Why a stream (an order's logs, the audit trail) cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum LogsError {
-    #[error("no log stream {stream} in JetStream (a broker creates it when it starts)")]
+    #[error("no stream {stream} in JetStream (a broker creates it when it starts)")]
     NoStream { stream: String },
     #[error(transparent)]
     Bus(#[from] BusError),
@@ -43,8 +43,20 @@ impl Bus {
     /// replica count stays as created). Idempotent, and safe when several
     /// brokers start at once.
     pub async fn ensure_log_stream(&self, name: &str, retention: Duration) -> Result<(), BusError> {
+        self.ensure_stream(name, log_subjects(&self.subjects), retention)
+            .await
+    }
+
+    /// Creates the stream `name` capturing `subjects` for `retention` (file
+    /// storage, this bus's replica count), or brings an existing one's
+    /// subjects and retention up to date.
+    pub(super) async fn ensure_stream(
+        &self,
+        name: &str,
+        subjects: Vec<String>,
+        retention: Duration,
+    ) -> Result<(), BusError> {
         let js = jetstream::new(self.client.clone());
-        let subjects = log_subjects(&self.subjects);
         let wanted = stream::Config {
             name: name.to_string(),
             subjects: subjects.clone(),
@@ -75,7 +87,7 @@ impl Bus {
         js.update_stream(config)
             .await
             .map_err(|e| transport(name, e))?;
-        info!(stream = %name, retention = %humantime::format_duration(retention), "log stream updated");
+        info!(stream = %name, retention = %humantime::format_duration(retention), "stream updated");
         Ok(())
     }
 
@@ -91,22 +103,7 @@ impl Bus {
         order_id: &str,
         follow: bool,
     ) -> Result<LocalBoxStream<'static, Result<OrderLog, BusError>>, LogsError> {
-        let js = jetstream::new(self.client.clone());
-        let handle = match js.get_stream(stream).await {
-            Ok(handle) => handle,
-            Err(e) => {
-                return Err(match e.kind() {
-                    GetStreamErrorKind::JetStream(error)
-                        if error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
-                    {
-                        LogsError::NoStream {
-                            stream: stream.to_string(),
-                        }
-                    }
-                    _ => transport(stream, e).into(),
-                })
-            }
-        };
+        let handle = self.open_stream(stream).await?;
         // without `follow`, reading ends at the last message stored now
         let last = handle.cached_info().state.last_sequence;
         let config = consumer::pull::OrderedConfig {
@@ -132,24 +129,48 @@ impl Bus {
             subjects: self.subjects.clone(),
             last: (!follow).then_some(last),
             done: false,
+            decode: decode_log,
         };
         Ok(futures::stream::unfold(reading, Reading::next).boxed_local())
     }
+
+    /// The stream `stream`, or [`LogsError::NoStream`].
+    pub(super) async fn open_stream(
+        &self,
+        stream: &str,
+    ) -> Result<jetstream::stream::Stream, LogsError> {
+        let js = jetstream::new(self.client.clone());
+        match js.get_stream(stream).await {
+            Ok(handle) => Ok(handle),
+            Err(e) => Err(match e.kind() {
+                GetStreamErrorKind::JetStream(error)
+                    if error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    LogsError::NoStream {
+                        stream: stream.to_string(),
+                    }
+                }
+                _ => transport(stream, e).into(),
+            }),
+        }
+    }
 }
 
-/// The state of one [`Bus::order_logs`] read.
-struct Reading {
-    messages: consumer::pull::Ordered,
-    stream: String,
-    subjects: Subjects,
+/// The state of one read of a stream through an ordered consumer.
+pub(super) struct Reading<T> {
+    pub messages: consumer::pull::Ordered,
+    pub stream: String,
+    pub subjects: Subjects,
     /// Stop after this stream sequence (or when nothing more is pending);
     /// `None` follows.
-    last: Option<u64>,
-    done: bool,
+    pub last: Option<u64>,
+    pub done: bool,
+    /// What a stored message is; `None` skips it.
+    pub decode: fn(&Subjects, &str, &[u8]) -> Option<T>,
 }
 
-impl Reading {
-    async fn next(mut self) -> Option<(Result<OrderLog, BusError>, Reading)> {
+impl<T> Reading<T> {
+    pub async fn next(mut self) -> Option<(Result<T, BusError>, Reading<T>)> {
         while !self.done {
             let message = match self.messages.next().await? {
                 Ok(message) => message,
@@ -168,8 +189,8 @@ impl Reading {
             self.done = self
                 .last
                 .is_some_and(|last| pending == 0 || sequence >= last);
-            if let Some(log) = decode_log(&self.subjects, &message.subject, &message.payload) {
-                return Some((Ok(log), self));
+            if let Some(item) = (self.decode)(&self.subjects, &message.subject, &message.payload) {
+                return Some((Ok(item), self));
             }
         }
         None
@@ -195,7 +216,7 @@ fn decode_log(subjects: &Subjects, subject: &str, payload: &[u8]) -> Option<Orde
         .ok()
 }
 
-fn transport(stream: &str, e: impl std::fmt::Display) -> BusError {
+pub(super) fn transport(stream: &str, e: impl std::fmt::Display) -> BusError {
     BusError::Transport {
         subject: format!("stream {stream}"),
         reason: e.to_string(),

@@ -8,13 +8,16 @@
 //! Architecture invariant: the bus knows payload types only as serde types;
 //! it never decides anything about jobs, orders or subagents.
 
+mod audit;
 mod codec;
 mod connect;
+mod inbound;
 mod kv;
 mod logs;
+mod publish;
 mod sender;
+mod stats;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,71 +28,18 @@ use serde::{de::DeserializeOwned, Serialize};
 use tracing::{debug, warn};
 
 pub use codec::{decode, encode, DecodeError, Encoding};
+pub use connect::{probe_connect, probe_jetstream};
 pub use connect::{redact_urls, split_url_credentials, Credentials, Tls};
 pub use kv::{Kv, KvChange};
 pub use logs::{LogsError, OrderLog};
 pub use sender::SenderProof;
+pub use stats::Stats;
+
+use inbound::{decode_publish, decode_reply, encoding_of, json_headers};
+use publish::{publish_in_order, Outgoing};
 
 use crate::auth::{SIGNATURE_HEADER, SIGNER_HEADER};
-use crate::protocol::{ErrorCode, ErrorReply, Subjects, CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE};
-
-/// Counters of what the bus refused or dropped.
-#[derive(Debug)]
-pub struct Stats {
-    malformed: AtomicU64,
-    connects: AtomicU64,
-    reconnected_at_ms: AtomicU64,
-    /// Operations the server refused by permissions.
-    denied: AtomicU64,
-    /// Messages this process refused because of who sent them.
-    refused: AtomicU64,
-    /// The server's permission violation messages, for requests waiting.
-    violations: tokio::sync::broadcast::Sender<String>,
-}
-
-impl Default for Stats {
-    fn default() -> Self {
-        Stats {
-            malformed: AtomicU64::new(0),
-            connects: AtomicU64::new(0),
-            reconnected_at_ms: AtomicU64::new(0),
-            denied: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            violations: tokio::sync::broadcast::channel(64).0,
-        }
-    }
-}
-
-impl Stats {
-    /// Messages refused because of who sent them (see `auth::Sender`).
-    pub fn refused(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
-    }
-
-    pub fn count_refused(&self) {
-        self.refused.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Publishes and subscriptions the server refused to this identity.
-    pub fn denied(&self) -> u64 {
-        self.denied.load(Ordering::Relaxed)
-    }
-
-    /// Requests answered with `bad_request`/`too_large` plus publishes dropped.
-    pub fn malformed(&self) -> u64 {
-        self.malformed.load(Ordering::Relaxed)
-    }
-
-    /// When this connection last reconnected (after losing the server), in
-    /// ms since the epoch; 0 while it never had to.
-    pub fn reconnected_at_ms(&self) -> u64 {
-        self.reconnected_at_ms.load(Ordering::Relaxed)
-    }
-
-    fn count_malformed(&self) {
-        self.malformed.fetch_add(1, Ordering::Relaxed);
-    }
-}
+use crate::protocol::{ErrorCode, ErrorReply, Subjects};
 
 /// How to connect.
 #[derive(Debug, Clone)]
@@ -160,17 +110,6 @@ pub struct Received<T> {
     pub sender: SenderProof,
 }
 
-/// What the ordered publisher task takes: a message, or a barrier that
-/// resolves once everything queued before it has been handed to NATS.
-enum Outgoing {
-    Message {
-        subject: String,
-        headers: Option<HeaderMap>,
-        payload: Bytes,
-    },
-    Barrier(tokio::sync::oneshot::Sender<()>),
-}
-
 /// A typed handle on one NATS connection; cheap to clone.
 #[derive(Clone)]
 pub struct Bus {
@@ -192,7 +131,7 @@ impl Bus {
         let client = connect::connect(settings, stats.clone()).await?;
         let (signer, trust) = connect::identity(settings)?;
         let (outgoing, queue) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(publish_in_order(client.clone(), queue));
+        tokio::spawn(publish_in_order(client.clone(), queue, stats.clone()));
         Ok(Bus {
             client,
             outgoing,
@@ -287,6 +226,15 @@ impl Bus {
         });
     }
 
+    /// Queues a MessagePack publish for a JetStream stream, in order with
+    /// everything posted, without waiting: JetStream's acknowledgement is
+    /// awaited beside the queue, and a message it did not store is counted
+    /// ([`Stats::unstored`]) and warned about. Nothing waits for it.
+    pub fn append<T: Serialize>(&self, subject: String, value: &T) {
+        let payload = Bytes::from(encode(Encoding::MessagePack, value));
+        self.enqueue(Outgoing::Stored { subject, payload });
+    }
+
     /// Queues the answer to a request, in the encoding it came in, without waiting.
     pub fn reply<T: Serialize>(&self, replier: &Replier, value: &T) {
         let Some(reply) = &replier.reply else {
@@ -364,26 +312,12 @@ impl Bus {
         if let Some(headers) = headers {
             request = request.headers(headers);
         }
-        let mut violations = self.stats.violations.subscribe();
-        let refused = async {
-            loop {
-                match violations.recv().await {
-                    Ok(message) if connect::violation_subject(&message) == Some(subject) => {
-                        return message
-                    }
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                        futures::future::pending::<()>().await
-                    }
-                }
-            }
-        };
-        let sent = tokio::select! {
-            sent = self.client.send_request(subject.to_string(), request) => sent,
-            reason = refused => {
-                return Err(BusError::Denied { subject: subject.to_string(), reason })
-            }
-        };
+        let sent = self
+            .unless_denied(
+                subject,
+                self.client.send_request(subject.to_string(), request),
+            )
+            .await?;
         match sent {
             Ok(message) => Ok(message.payload),
             Err(e) => Err(match e.kind() {
@@ -399,6 +333,34 @@ impl Bus {
                     reason: e.to_string(),
                 },
             }),
+        }
+    }
+
+    /// Awaits `operation`, which publishes on `subject`, unless the server
+    /// refuses that publish to these credentials first ([`BusError::Denied`]
+    /// at once instead of a timeout).
+    pub(crate) async fn unless_denied<F: std::future::Future>(
+        &self,
+        subject: &str,
+        operation: F,
+    ) -> Result<F::Output, BusError> {
+        let mut violations = self.stats.violations.subscribe();
+        let refused = async {
+            loop {
+                match violations.recv().await {
+                    Ok(message) if connect::violation_subject(&message) == Some(subject) => {
+                        return message
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        futures::future::pending::<()>().await
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            done = operation => Ok(done),
+            reason = refused => Err(BusError::Denied { subject: subject.to_string(), reason }),
         }
     }
 
@@ -528,141 +490,4 @@ impl Bus {
         self.reply(&replier, &error);
         None
     }
-}
-
-/// Connects to `url` with `credentials` and waits for the server's answer.
-pub async fn probe_connect(
-    url: &str,
-    credentials: &Credentials,
-    timeout: Duration,
-) -> Result<(), String> {
-    let settings = probe_settings(url, credentials, timeout);
-    let client = connect::connect(&settings, Arc::new(Stats::default()))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::time::timeout(timeout, client.flush())
-        .await
-        .map_err(|_| "flush timed out".to_string())?
-        .map_err(|e| e.to_string())
-}
-
-fn probe_settings(url: &str, credentials: &Credentials, timeout: Duration) -> ConnectSettings {
-    ConnectSettings {
-        url: url.to_string(),
-        name: "baton-probe".into(),
-        connect_timeout: timeout,
-        retry_initial_connect: false,
-        max_message_bytes: 1 << 20,
-        replicas: 1,
-        credentials: credentials.clone(),
-        tls: Tls::default(),
-        identities: None,
-    }
-}
-
-/// Connects to `url` and asks JetStream for account information: true
-/// readiness of a server for Baton, used instead of sleeping after a start.
-/// `credentials` are those of an identity that may ask (every Baton role).
-pub async fn probe_jetstream(
-    url: &str,
-    credentials: &Credentials,
-    timeout: Duration,
-) -> Result<(), String> {
-    let settings = probe_settings(url, credentials, timeout);
-    let client = connect::connect(&settings, Arc::new(Stats::default()))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let jetstream = async_nats::jetstream::new(client);
-    match tokio::time::timeout(timeout, jetstream.query_account()).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(format!("jetstream account info: {e}")),
-        Err(_) => Err("jetstream account info: timed out".into()),
-    }
-}
-
-/// Publishes queued messages one after another, so their order is kept.
-async fn publish_in_order(
-    client: async_nats::Client,
-    mut queue: tokio::sync::mpsc::UnboundedReceiver<Outgoing>,
-) {
-    while let Some(outgoing) = queue.recv().await {
-        let (subject, headers, payload) = match outgoing {
-            Outgoing::Message {
-                subject,
-                headers,
-                payload,
-            } => (subject, headers, payload),
-            Outgoing::Barrier(done) => {
-                let _ = done.send(());
-                continue;
-            }
-        };
-        let result = match headers {
-            Some(headers) => {
-                client
-                    .publish_with_headers(subject.clone(), headers, payload)
-                    .await
-            }
-            None => client.publish(subject.clone(), payload).await,
-        };
-        if let Err(e) = result {
-            warn!(%subject, error = %e, "publish failed");
-        }
-    }
-}
-
-fn json_headers() -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE);
-    headers
-}
-
-fn encoding_of(message: &Message) -> Encoding {
-    let json = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(CONTENT_TYPE_HEADER))
-        .is_some_and(|v| v.as_str().starts_with(JSON_CONTENT_TYPE));
-    if json {
-        Encoding::Json
-    } else {
-        Encoding::MessagePack
-    }
-}
-
-fn decode_publish<T: DeserializeOwned>(
-    message: &Message,
-    max: usize,
-    sender: impl FnOnce() -> SenderProof,
-) -> Option<Received<T>> {
-    if message.payload.len() > max {
-        warn!(subject = %message.subject, bytes = message.payload.len(), "oversized message dropped");
-        return None;
-    }
-    match decode::<T>(encoding_of(message), &message.payload) {
-        Ok(body) => Some(Received {
-            subject: message.subject.to_string(),
-            body,
-            sender: sender(),
-        }),
-        Err(e) => {
-            warn!(subject = %message.subject, error = %e, "malformed message dropped");
-            None
-        }
-    }
-}
-
-/// Decodes a reply: the expected type, or the [`ErrorReply`] a peer sent instead.
-fn decode_reply<T: DeserializeOwned>(
-    subject: &str,
-    encoding: Encoding,
-    payload: &[u8],
-) -> Result<T, BusError> {
-    if let Ok(error) = decode::<ErrorReply>(encoding, payload) {
-        return Err(BusError::Remote(error));
-    }
-    decode(encoding, payload).map_err(|source| BusError::Decode {
-        subject: subject.to_string(),
-        source,
-    })
 }

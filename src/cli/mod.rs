@@ -1,9 +1,10 @@
 //! The command line: one `baton` binary for every role and every client command.
 //!
 //! Role commands (`broker`, `subagent`, `agent`) start actors; client commands
-//! (`deploy`, `submit`, `order`, `watch`, `status`) talk to the cluster over
+//! (`deploy`, `submit`, `order`, `watch`, `status`, `audit`) talk to the cluster over
 //! NATS like any other client; `dev` and `bench` start a whole local cluster.
 
+mod audit;
 mod auth;
 mod bench;
 mod client;
@@ -174,6 +175,15 @@ pub enum Command {
     Watch(client::WatchArgs),
     /// Show the broker, its agents and subagents, jobs and order counts
     Status(client::StatusArgs),
+    /// Show the audit trail: who deployed, cancelled, suspended, resumed or switched what, when
+    ///
+    /// Every state-changing command (deploy, order cancel, suspend and
+    /// resume, subagent disable, enable and stop, scheduler on and off) is
+    /// recorded by the broker once its outcome is known, refusals included,
+    /// with the identity that signed it (VERIFIED yes) or `unsigned` /
+    /// `unchecked` when Baton cannot name the sender. Kept for
+    /// nats.audit_retention (90 days); only the admin role may read it.
+    Audit(audit::AuditArgs),
     /// Move the Scheduler role: the one agent that fires deployed triggers
     ///
     /// The broker elects the Scheduler by itself (the healthiest agent); use
@@ -365,6 +375,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Watch(a) => client::watch(&config, a).await.map(|_| ok),
         Command::Order(c) => orders::run(&config, c).await.map(|_| ok),
         Command::Status(a) => client::status(&config, a).await.map(|_| ok),
+        Command::Audit(a) => audit::audit(&config, a).await.map(|_| ok),
         Command::Scheduler(c) => client::scheduler_control(&config, c).await.map(|_| ok),
         Command::Dev(a) => dev::run(&config, a).await.map(|_| ok),
         Command::Bench(b) => bench::run(b).await.map(|_| ok),

@@ -522,6 +522,10 @@ pub struct StatusReply {
     /// may not ask it, a forged signature).
     #[serde(default)]
     pub refused_messages: u64,
+    /// Audit records JetStream did not store (the commands stood; see the
+    /// broker's log).
+    #[serde(default)]
+    pub unstored_audit_records: u64,
 }
 
 /// One broker as the active broker sees it.

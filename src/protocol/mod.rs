@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod audit;
 pub mod cluster;
 pub mod events;
 pub mod schedule;
@@ -19,6 +20,7 @@ pub mod subjects;
 
 pub use agent::*;
 pub use api::*;
+pub use audit::*;
 pub use cluster::*;
 pub use events::*;
 pub use schedule::{ConcurrencyPolicy, FiredSlot, MisfirePolicy, TriggerSpec};

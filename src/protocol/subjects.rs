@@ -206,6 +206,17 @@ impl Subjects {
         format!("{}.hb.broker", self.prefix)
     }
 
+    /// Where the broker publishes the audit record of `command` (which may
+    /// be two tokens, as `order.cancel`).
+    pub fn audit(&self, command: &str) -> String {
+        format!("{}.audit.{command}", self.prefix)
+    }
+
+    /// Wildcard for every audit record (what the audit stream keeps).
+    pub fn all_audit(&self) -> String {
+        format!("{}.audit.>", self.prefix)
+    }
+
     pub fn event(&self, job: &str, order: &str, kind: EventKind) -> String {
         format!("{}.events.{job}.{order}.{}", self.prefix, kind.token())
     }

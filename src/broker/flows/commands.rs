@@ -4,6 +4,7 @@
 use actix::prelude::*;
 use tracing::info;
 
+use crate::broker::audit::Audited;
 use crate::broker::recovery::Then;
 use crate::broker::Broker;
 use crate::bus::{Replier, Request};
@@ -16,17 +17,18 @@ const LIST_MAX: u32 = 10_000;
 
 impl Broker {
     /// Suspend, resume or cancel a workflow order: the reply is the order,
-    /// or why the command is not allowed now.
+    /// or why the command is not allowed now. It is audited once the order
+    /// takes it (or refuses it); the reply follows once the order is stored.
     pub(in crate::broker) fn command_flow(
         &mut self,
-        replier: &Replier,
+        (replier, audited): (&Replier, &Audited),
         order_id: &str,
         event: Event,
         ctx: &mut Context<Self>,
     ) {
         if self.flows.get(order_id).is_some_and(|f| !f.durable) {
             let message = format!("order {order_id} is being stored right now; send it again");
-            return self.error(replier, ErrorCode::Busy, message);
+            return self.refuse(replier, audited, ErrorCode::Busy, message);
         }
         let label = match &event {
             Event::Suspend { .. } => "suspend",
@@ -61,6 +63,7 @@ impl Broker {
         let asked_before = if kill { killing(self) } else { Vec::new() };
         match self.flow_event_then(order_id, event, then, ctx) {
             Ok(()) => {
+                self.audit(audited, Ok(()));
                 if let Some(flow) = self.flows.get(order_id) {
                     info!(order = %order_id, command = label, state = %flow.state(), "workflow order command");
                 }
@@ -74,7 +77,7 @@ impl Broker {
                     _ => ErrorCode::InvalidState,
                 };
                 let message = format!("order {order_id}: {e}");
-                self.error(replier, code, message);
+                self.refuse(replier, audited, code, message);
             }
         }
     }
@@ -86,12 +89,12 @@ impl Broker {
 
     pub(in crate::broker) fn cancel_flow(
         &mut self,
-        replier: &Replier,
+        asked: (&Replier, &Audited),
         order_id: &str,
         kill: bool,
         ctx: &mut Context<Self>,
     ) {
-        self.command_flow(replier, order_id, Event::Cancel { kill }, ctx);
+        self.command_flow(asked, order_id, Event::Cancel { kill }, ctx);
     }
 
     pub(in crate::broker) fn on_suspend(
@@ -99,11 +102,13 @@ impl Broker {
         req: Request<SuspendOrder>,
         ctx: &mut Context<Self>,
     ) {
+        let audited = Audited::suspend(&req.body, req.sender.get());
+        let asked = (&req.replier, &audited);
         let SuspendOrder { order_id, kill } = req.body;
         if !self.is_flow(&order_id) {
-            return self.not_a_flow(&req.replier, &order_id, "suspended");
+            return self.not_a_flow(asked, &order_id, "suspended");
         }
-        self.command_flow(&req.replier, &order_id, Event::Suspend { kill }, ctx);
+        self.command_flow(asked, &order_id, Event::Suspend { kill }, ctx);
     }
 
     pub(in crate::broker) fn on_resume(
@@ -111,22 +116,29 @@ impl Broker {
         req: Request<ResumeOrder>,
         ctx: &mut Context<Self>,
     ) {
+        let audited = Audited::resume(&req.body, req.sender.get());
         let ResumeOrder {
             order_id,
             from,
             force_succeeded,
         } = req.body;
+        let asked = (&req.replier, &audited);
         if !self.is_flow(&order_id) {
-            return self.not_a_flow(&req.replier, &order_id, "resumed");
+            return self.not_a_flow(asked, &order_id, "resumed");
         }
         let event = Event::Resume {
             from,
             force_succeeded,
         };
-        self.command_flow(&req.replier, &order_id, event, ctx);
+        self.command_flow(asked, &order_id, event, ctx);
     }
 
-    pub(in crate::broker) fn not_a_flow(&self, replier: &Replier, order_id: &str, verb: &str) {
+    pub(in crate::broker) fn not_a_flow(
+        &self,
+        (replier, audited): (&Replier, &Audited),
+        order_id: &str,
+        verb: &str,
+    ) {
         let (code, message) = match self.book.get(order_id) {
             Some(order) if order.parent.is_some() => {
                 let p = order.parent.as_ref().expect("checked");
@@ -152,7 +164,7 @@ impl Broker {
                 ),
             ),
         };
-        self.error(replier, code, message);
+        self.refuse(replier, audited, code, message);
     }
 
     /// `baton order list`: held orders, newest first, filtered.

@@ -15,7 +15,7 @@ use crate::bus::{Bus, BusError, OrderLog};
 use crate::config::Config;
 use crate::protocol::*;
 
-pub use list::ListArgs;
+pub use list::{parse_when, ListArgs, When};
 
 /// Lines of each step attempt that `order show` prints.
 const TAIL_LINES: usize = 5;

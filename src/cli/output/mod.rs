@@ -2,9 +2,10 @@
 //!
 //! `events` turns events into the lines of `baton watch` and `submit
 //! --wait`; `orders` renders `order show`, `order list` and the answers to
-//! order commands; `status` renders `baton status`. The helpers here
-//! (times, durations, tables) are shared by all three.
+//! order commands; `status` renders `baton status`; `audit` the table of
+//! `baton audit`. The helpers here (times, durations, tables) are shared.
 
+mod audit;
 mod events;
 mod orders;
 mod status;
@@ -13,6 +14,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
+pub use audit::audit_text;
 pub use events::{
     agent_line, broker_line, changed_text, event_line, finished_line, log_text, subagent_line,
 };

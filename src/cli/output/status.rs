@@ -115,6 +115,13 @@ pub fn status_text(s: &StatusReply) -> String {
             s.refused_messages
         );
     }
+    if s.unstored_audit_records > 0 {
+        let _ = writeln!(
+            out,
+            "audit records not stored: {} (see the broker's log)",
+            s.unstored_audit_records
+        );
+    }
     if s.malformed_messages > 0 {
         let _ = writeln!(out, "malformed messages refused: {}", s.malformed_messages);
     }
@@ -201,4 +208,19 @@ pub fn status_text(s: &StatusReply) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unstored_audit_records_are_shown_when_there_are_some() {
+        let example = include_str!("../../../schemas/examples/StatusReply.json");
+        let mut reply: StatusReply = serde_json::from_str(example).unwrap();
+        reply.unstored_audit_records = 0;
+        assert!(!status_text(&reply).contains("audit records"));
+        reply.unstored_audit_records = 2;
+        assert!(status_text(&reply).contains("audit records not stored: 2 (see the broker's log)"));
+    }
 }

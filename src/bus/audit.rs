@@ -1,0 +1,93 @@
+//! The audit stream: a JetStream stream keeping every [`AuditRecord`] the
+//! broker publishes on `{p}.audit.>` for a retention time, and the reader
+//! behind `baton audit`. Only the broker writes it (it appends with
+//! [`Bus::append`]); of the other roles only `admin` may read it.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer;
+use futures::stream::LocalBoxStream;
+use futures::StreamExt;
+use tracing::warn;
+
+use super::logs::{transport, Reading};
+use super::{decode, Bus, BusError, Encoding, LogsError};
+use crate::protocol::{AuditRecord, Subjects};
+
+impl Bus {
+    /// Creates the audit stream `name` keeping records for `retention`, or
+    /// brings an existing one's subjects and retention up to date, like
+    /// [`Bus::ensure_log_stream`].
+    pub async fn ensure_audit_stream(
+        &self,
+        name: &str,
+        retention: Duration,
+    ) -> Result<(), BusError> {
+        let subjects = vec![self.subjects.all_audit()];
+        self.ensure_stream(name, subjects, retention).await
+    }
+
+    /// The audit records kept in `stream`, oldest first: those stored at or
+    /// after `since_ms` (all without it), of `command` and the commands
+    /// under it (`subagent` gives `subagent.disable`, ...) when given. The
+    /// stream of records ends after the last one stored when it was opened.
+    /// Records that cannot be decoded are skipped with a warning.
+    pub async fn audit_records(
+        &self,
+        stream: &str,
+        since_ms: Option<u64>,
+        command: Option<&str>,
+    ) -> Result<LocalBoxStream<'static, Result<AuditRecord, BusError>>, LogsError> {
+        // a role that may not read it learns so at once, not by a timeout
+        let info = format!("$JS.API.STREAM.INFO.{stream}");
+        let handle = self
+            .unless_denied(&info, self.open_stream(stream))
+            .await??;
+        let last = handle.cached_info().state.last_sequence;
+        let deliver_policy = match since_ms {
+            Some(ms) => consumer::DeliverPolicy::ByStartTime {
+                start_time: async_nats::datetime::from_nanos(i128::from(ms) * 1_000_000)
+                    .map_err(|e| transport(stream, e))?,
+            },
+            None => consumer::DeliverPolicy::All,
+        };
+        let filter_subjects = match command {
+            Some(c) => vec![
+                self.subjects.audit(c),
+                self.subjects.audit(&format!("{c}.>")),
+            ],
+            None => Vec::new(),
+        };
+        let config = consumer::pull::OrderedConfig {
+            filter_subjects,
+            deliver_policy,
+            ..Default::default()
+        };
+        let consumer = handle
+            .create_consumer(config)
+            .await
+            .map_err(|e| transport(stream, e))?;
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(futures::stream::empty().boxed_local());
+        }
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| transport(stream, e))?;
+        let reading = Reading {
+            messages,
+            stream: stream.to_string(),
+            subjects: self.subjects.clone(),
+            last: Some(last),
+            done: false,
+            decode: decode_record,
+        };
+        Ok(futures::stream::unfold(reading, Reading::next).boxed_local())
+    }
+}
+
+fn decode_record(_: &Subjects, subject: &str, payload: &[u8]) -> Option<AuditRecord> {
+    decode(Encoding::MessagePack, payload)
+        .inspect_err(|e| warn!(%subject, error = %e, "undecodable audit record skipped"))
+        .ok()
+}
