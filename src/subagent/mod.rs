@@ -9,8 +9,9 @@
 //! it drains: no new tasks, running ones finish (up to `drain_timeout`),
 //! results are acknowledged, then it leaves and exits 0.
 //!
-//! It obeys only the newest active broker: a `run`, `kill` or `stop` from an
-//! older broker epoch than the newest seen is refused ([`epoch`]). Only an
+//! It obeys only the newest active broker: a `run`, `kill` or `stop` not
+//! signed by a broker, or from an older broker epoch than the newest seen, is
+//! refused (`guard.rs`, [`epoch`]). Only an
 //! active broker counts as broker contact; a standby acknowledges nothing.
 //!
 //! Architecture invariant: a subagent keeps no state worth keeping across a
@@ -18,6 +19,7 @@
 //! started twice.
 
 pub mod epoch;
+mod guard;
 pub mod process;
 pub mod reaper;
 pub mod results;
@@ -30,8 +32,7 @@ use futures::stream::{self, LocalBoxStream, StreamExt};
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
-use crate::auth::Role;
-use crate::bus::{Bus, BusError, Received, Replier, Request, SenderProof};
+use crate::bus::{Bus, BusError, Received, Request};
 use crate::config::Config;
 use crate::protocol::*;
 use crate::time::now_ms;
@@ -240,63 +241,6 @@ impl Subagent {
         ctx.stop();
     }
 
-    /// An active broker's heartbeat raises the epoch and is broker contact,
-    /// unless a newer broker has been seen since. A standby's is neither: it
-    /// acknowledges no results.
-    fn on_broker_heartbeat(&mut self, received: Received<BrokerHeartbeat>) {
-        let hb = received.body;
-        if hb.role != BrokerRole::Active {
-            return;
-        }
-        if !received.sender.is(Role::Broker) {
-            // never adopt an epoch a broker did not sign: forged heartbeats
-            // with a huge epoch would make it refuse the real broker
-            self.bus.stats().count_refused();
-            let sender = received.sender.describe();
-            warn!(subject = %received.subject, %sender, epoch = hb.epoch, "broker heartbeat not signed by a broker ignored");
-            return;
-        }
-        if self.fence.admit(hb.epoch).is_err() {
-            debug!(broker = %hb.broker_id, epoch = hb.epoch, newest = self.fence.newest(), "heartbeat from a deposed broker ignored");
-            return;
-        }
-        self.last_broker_contact = Instant::now();
-    }
-
-    /// Whether a broker command of `epoch` may be obeyed; a command from an
-    /// older broker than the newest seen is answered with `invalid_state`
-    /// here and must change nothing. Epoch 0 (unknown: an old broker or a
-    /// tool) is always admitted.
-    fn admit(
-        &mut self,
-        command: &'static str,
-        epoch: u64,
-        sender: &SenderProof,
-        replier: &Replier,
-    ) -> bool {
-        if !sender.is(Role::Broker) {
-            self.bus.stats().count_refused();
-            let sender = sender.describe();
-            warn!(subagent = %self.id, command, %sender, "command not signed by a broker refused");
-            let error = ErrorReply::new(
-                ErrorCode::Forbidden,
-                format!("{command} refused: not signed by a broker (sender: {sender})"),
-            );
-            self.bus.reply(replier, &error);
-            return false;
-        }
-        let Err(newest) = self.fence.admit(epoch) else {
-            return true;
-        };
-        warn!(subagent = %self.id, command, epoch, newest, "command from a stale broker epoch refused");
-        let error = ErrorReply::new(
-            ErrorCode::InvalidState,
-            format!("stale broker epoch {epoch}: the newest active broker has epoch {newest}"),
-        );
-        self.bus.reply(replier, &error);
-        false
-    }
-
     fn on_twin(&mut self, hb: SubagentHeartbeat, ctx: &mut Context<Self>) {
         // instance ids are UUIDv7, ordered by start time: the later process yields
         if hb.instance_id != self.instance_id && hb.instance_id < self.instance_id {
@@ -307,35 +251,6 @@ impl Subagent {
             );
             self.exit(Err(reason), ctx);
         }
-    }
-
-    /// Pings itself: when the server refused its subscriptions (credentials
-    /// of another subagent id), no one answers, and it stops with the reason
-    /// instead of registering and never receiving a task.
-    fn check_own_subjects(&mut self, ctx: &mut Context<Self>) {
-        let bus = self.bus.clone();
-        let subject = bus.subjects().ping(&self.id);
-        let ask = async move {
-            bus.request::<_, Pong>(subject, &Ping {}, Duration::from_secs(5))
-                .await
-        };
-        ctx.spawn(ask.into_actor(self).map(|answer, act, _| match answer {
-            Err(e @ (BusError::NoResponders { .. } | BusError::Denied { .. })) => {
-                let reason = format!(
-                    "NATS refused this subagent's own subjects ({e}): its credentials are not \
-                     those of subagent {id}; start it with --id matching its seed file \
-                     (subagent-{id}.nk), or add the id with `baton auth init DIR --subagent {id}` \
-                     and reload nats-server",
-                    id = act.id
-                );
-                error!("{reason}");
-                if let Some(done) = act.done.take() {
-                    let _ = done.send(Err(reason));
-                }
-            }
-            Err(e) => debug!(error = %e, "self check inconclusive"),
-            Ok(_) => debug!("own subjects reachable"),
-        }));
     }
 
     fn register(&mut self, ctx: &mut Context<Self>) {
