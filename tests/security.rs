@@ -320,6 +320,8 @@ async fn admin_commands_need_admin_credentials_and_strangers_get_nothing() {
         stderr.contains("refused") && stderr.contains("api.deploy"),
         "{stderr}"
     );
+    let hint = "it takes the credentials of: admin (these are client's)";
+    assert!(stderr.contains(hint), "{stderr}");
 
     // no credentials, or unknown ones: the server lets nothing in
     let url = h.nats_url();
@@ -359,14 +361,54 @@ async fn admin_commands_need_admin_credentials_and_strangers_get_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subagent_with_another_subagents_credentials_stops_with_the_reason() {
+async fn a_process_with_another_identity_s_credentials_or_none_to_check_stops_with_the_reason() {
     let mut h = cluster(&["sub-a", "sub-b"]).await;
-    let seed = h.seed(Role::Subagent, Some("sub-b")).display().to_string();
-    let args = ["--nats-nkey", seed.as_str(), "subagent", "--id", "sub-x"];
-    let out = run_baton(&h, &args, Duration::from_secs(30)).await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("not those of subagent sub-x"), "{stderr}");
+    let seed = |h: &mut Harness, role, id| h.seed(role, id).display().to_string();
+    let sub_b = seed(&mut h, Role::Subagent, Some("sub-b"));
+    let broker = seed(&mut h, Role::Broker, None);
+    let client = seed(&mut h, Role::Client, None);
+    let stops = |args: Vec<String>, says: &'static str| {
+        let h = &h;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = run_baton(h, &args, Duration::from_secs(30)).await;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+            assert!(stderr.contains(says), "{args:?}: {stderr}");
+        }
+    };
+    let run = |seed: &str, rest: &[&str]| {
+        let mut args = vec!["--nats-nkey".to_string(), seed.to_string()];
+        args.extend(rest.iter().map(|a| a.to_string()));
+        args
+    };
+    let sub_x = ["subagent", "--id", "sub-x"];
+    stops(
+        run(&sub_b, &sub_x),
+        "these credentials are subagent-sub-b's, not subagent-sub-x's",
+    )
+    .await;
+    stops(
+        run(&broker, &sub_x),
+        "these credentials are broker's, not subagent-sub-x's",
+    )
+    .await;
+    stops(
+        run(&client, &["broker"]),
+        "these credentials are client's, not broker's",
+    )
+    .await;
+    stops(
+        run(&client, &["agent"]),
+        "these credentials are client's, not agent's",
+    )
+    .await;
+    // a seed alone, without the identities to check others against
+    let lone = h.scratch().join("lone");
+    std::fs::create_dir_all(&lone).unwrap();
+    std::fs::copy(&broker, lone.join("broker.nk")).unwrap();
+    let lone_seed = lone.join("broker.nk").display().to_string();
+    stops(run(&lone_seed, &["broker"]), "no identities.toml beside").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,6 +67,10 @@ impl AuthDir {
     /// Creates `dir` with one identity per shared role and one per subagent
     /// id, or adds the missing ones to an existing folder; writes `auth.conf`.
     pub fn init(dir: &Path, prefix: &str, subagents: &[String]) -> anyhow::Result<AuthDir> {
+        // every id checked before anything is written
+        if let Some(bad) = subagents.iter().find(|id| !is_valid_token(id)) {
+            bail!("subagent id {bad:?}: use letters, digits, '-' and '_' only, at most 64");
+        }
         let mut auth = if dir.join(IDENTITIES).exists() {
             let auth = AuthDir::open(dir)?;
             if auth.prefix != prefix {
@@ -92,6 +96,7 @@ impl AuthDir {
             auth.ensure(Role::Subagent, Some(id))?;
         }
         auth.save()?;
+        auth.make_private()?;
         Ok(auth)
     }
 
@@ -124,6 +129,24 @@ impl AuthDir {
 
     pub fn identities(&self) -> &[Identity] {
         &self.identities
+    }
+
+    /// The folder readable by its owner only, and every seed too (a folder
+    /// made earlier, or loosened since, is tightened).
+    fn make_private(&self) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let private = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("cannot restrict {}", path.display()))
+        };
+        private(&self.dir, 0o700)?;
+        for identity in &self.identities {
+            let seed = self.dir.join(format!("{}.nk", identity.name));
+            if seed.exists() {
+                private(&seed, 0o600)?;
+            }
+        }
+        Ok(())
     }
 
     /// The nats-server configuration file to include.
@@ -286,6 +309,23 @@ mod tests {
             assert_eq!(mode & 0o077, 0, "seeds are private");
         }
 
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let seed = auth.seed_path(Role::Client, None);
+            std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o644)).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            AuthDir::init(&dir, "baton", &[]).unwrap();
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!((mode(&seed), mode(&dir)), (0o600, 0o700), "tightened again");
+        }
+        let before = std::fs::read_dir(&dir).unwrap().count();
+        assert!(AuthDir::init(&dir, "baton", &["ok".into(), "a.b".into()]).is_err());
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            before,
+            "nothing written"
+        );
         let again = AuthDir::init(&dir, "baton", &["sub-2".into()]).unwrap();
         assert_eq!(again.identities()[..6], auth.identities()[..6], "kept");
         assert_eq!(again.identities()[6].name, "subagent-sub-2");

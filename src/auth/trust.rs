@@ -104,6 +104,11 @@ impl Trust {
         Ok(Trust::new(auth.identities().iter().cloned()))
     }
 
+    /// The identity holding `public_key`.
+    pub fn identity(&self, public_key: &str) -> Option<&Identity> {
+        self.by_key.get(public_key).map(|(identity, _)| identity)
+    }
+
     pub fn len(&self) -> usize {
         self.by_key.len()
     }

@@ -168,6 +168,8 @@ pub(super) async fn connect(
         let (clean, from_url) = split_url_credentials(url);
         if credentials == Credentials::None {
             credentials = from_url;
+        } else if from_url != Credentials::None {
+            warn!(url = %redact_urls(url), using = %credentials.describe(), "the user information in the URL is ignored");
         }
         urls.push(clean);
     }
@@ -245,9 +247,23 @@ fn refused(credentials: &Credentials) -> String {
             `baton dev` prints the line to export), or nats.credentials, nats.user and \
             nats.password, or nats.token"
             .into(),
+        Credentials::NkeyFile(path) | Credentials::CredsFile(path) => {
+            let dev = path.ends_with(".baton/dev/auth/admin.nk");
+            format!(
+                "the server refused {}{} (authorization violation): the key is unknown to this \
+                 server (after `baton auth init` added it, copy auth.conf to the server and \
+                 reload it: nats-server --signal reload), or it is another Baton's",
+                credentials.describe(),
+                if dev {
+                    ", `baton dev`'s admin seed, used because no credentials are set"
+                } else {
+                    ""
+                }
+            )
+        }
         other => format!(
-            "the server refused {} (authorization violation): they are wrong, or unknown to \
-             this server (after `baton auth init` added them, reload it: nats-server --signal reload)",
+            "the server refused {} (authorization violation): check them against the server's \
+             users",
             other.describe()
         ),
     }
@@ -279,7 +295,14 @@ fn options(
         Credentials::Token(token) => options.token(token.clone()),
         Credentials::NkeyFile(path) => {
             let text = read(path).map_err(&fail)?;
-            options.nkey(text.trim().to_string())
+            warn_if_shared(path);
+            let seed = seed_of(&text).ok_or_else(|| {
+                fail(format!(
+                    "nats.nkey = {} holds no user nkey seed (a line starting SU)",
+                    path.display()
+                ))
+            })?;
+            options.nkey(seed.to_string())
         }
         Credentials::CredsFile(path) => {
             let text = read(path).map_err(&fail)?;
@@ -315,7 +338,23 @@ fn options(
 }
 
 fn read(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "cannot read the credentials file {} (nats.nkey / --nats-nkey / BATON_NATS__NKEY, or \
+             nats.credentials / --nats-creds): {e}",
+            path.display()
+        )
+    })
+}
+
+/// A seed others can read is an identity others can use: say so.
+fn warn_if_shared(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            warn!(file = %path.display(), "this seed is readable by other users, who could act as its identity: chmod 600 it");
+        }
+    }
 }
 
 fn check_file(path: &Path, setting: &str) -> Result<(), String> {

@@ -81,8 +81,13 @@ pub enum BusError {
     },
     #[error("NATS error on {subject}: {reason}")]
     Transport { subject: String, reason: String },
-    #[error("NATS refused {subject} to these credentials ({reason}): their role may not do this; use credentials of a role that may (README: Security)")]
-    Denied { subject: String, reason: String },
+    #[error("NATS refused {subject} to these credentials ({reason}): {hint}")]
+    Denied {
+        subject: String,
+        reason: String,
+        /// Which roles may, and whose credentials these are.
+        hint: String,
+    },
 }
 
 /// Where and how to answer one request.
@@ -108,6 +113,18 @@ pub struct Received<T> {
     pub body: T,
     /// Who signed it (see `auth::trust`), checked when first asked.
     pub sender: SenderProof,
+}
+
+/// Who a connection signs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnIdentity {
+    /// No nkey (user and password, token, or nothing): it signs nothing.
+    NoKey,
+    /// It signs, but has no identities to look itself (or anyone) up in.
+    NoIdentities,
+    /// Its key is not among the identities it trusts.
+    Unknown(String),
+    Known(crate::auth::Identity),
 }
 
 /// A typed handle on one NATS connection; cheap to clone.
@@ -147,6 +164,21 @@ impl Bus {
     /// Whether this bus checks signatures (it has identities to trust).
     pub fn checks_senders(&self) -> bool {
         self.trust.is_some()
+    }
+
+    /// Who this connection signs as, as far as its own identities tell.
+    pub fn own_identity(&self) -> OwnIdentity {
+        let Some(key) = &self.signer else {
+            return OwnIdentity::NoKey;
+        };
+        let Some(trust) = &self.trust else {
+            return OwnIdentity::NoIdentities;
+        };
+        let public_key = key.public_key();
+        match trust.identity(&public_key) {
+            Some(identity) => OwnIdentity::Known(identity),
+            None => OwnIdentity::Unknown(public_key),
+        }
     }
 
     /// Queues a publish like [`Bus::post`], signed with this identity's key
@@ -360,7 +392,31 @@ impl Bus {
         };
         tokio::select! {
             done = operation => Ok(done),
-            reason = refused => Err(BusError::Denied { subject: subject.to_string(), reason }),
+            reason = refused => Err(BusError::Denied {
+                subject: subject.to_string(),
+                reason,
+                hint: self.denied_hint(subject),
+            }),
+        }
+    }
+
+    /// Which roles may publish on `subject`, and whose credentials these are.
+    fn denied_hint(&self, subject: &str) -> String {
+        let prefix = self.subjects.prefix();
+        let may: Vec<String> = crate::auth::Role::ALL
+            .into_iter()
+            // a broker's seed is for brokers only, whatever it may publish
+            .filter(|role| *role != crate::auth::Role::Broker)
+            .filter(|role| crate::auth::permissions(*role, prefix, None, "-").may_publish(subject))
+            .map(|role| role.to_string())
+            .collect();
+        let used = match self.own_identity() {
+            OwnIdentity::Known(identity) => format!("these are {}'s", identity.name),
+            _ => "see README: Security".to_string(),
+        };
+        match may.as_slice() {
+            [] => format!("no client role may do this; {used}"),
+            roles => format!("it takes the credentials of: {} ({used})", roles.join(", ")),
         }
     }
 

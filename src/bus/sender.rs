@@ -64,6 +64,12 @@ impl TrustSource {
 }
 
 impl TrustSource {
+    /// The trusted identity holding `public_key`.
+    pub(super) fn identity(&self, public_key: &str) -> Option<crate::auth::Identity> {
+        let trust = self.trust.read().expect("trust lock");
+        trust.identity(public_key).cloned()
+    }
+
     pub(super) fn new(dir: PathBuf, trust: Trust) -> TrustSource {
         TrustSource {
             dir,

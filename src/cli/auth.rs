@@ -22,7 +22,7 @@ pub enum AuthCommand {
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// The folder to write (created with mode 0700; seeds are 0600)
+    /// The folder to write (mode 0700, seeds 0600; an existing folder is made private again)
     pub dir: PathBuf,
     /// A subagent id to make an identity for (each subagent has its own, so
     /// one subagent's credentials cannot take another's tasks); repeat
@@ -41,24 +41,36 @@ pub fn run(config: &Config, command: AuthCommand) -> anyhow::Result<()> {
 }
 
 fn init(config: &Config, args: InitArgs) -> anyhow::Result<()> {
+    let before: Vec<String> = AuthDir::open(&args.dir)
+        .map(|a| a.identities().iter().map(|i| i.name.clone()).collect())
+        .unwrap_or_default();
     let auth = AuthDir::init(&args.dir, &config.prefix, &args.subagents)?;
-    let dir = auth.dir().display().to_string();
+    let dir = std::fs::canonicalize(auth.dir())?.display().to_string();
     println!(
         "{dir}: credentials for the subject prefix {:?}",
         auth.prefix()
     );
-    println!("{:<24} {:<9} {:<28} may", "identity", "role", "seed file");
+    println!(
+        "{:<24} {:<9} {:<28} {:<5} may",
+        "identity", "role", "seed file", ""
+    );
     for identity in auth.identities() {
         let Some(role) = identity.role() else {
             continue;
         };
         let seed = auth.seed_path(role, identity.id.as_deref());
         let file = seed.file_name().map(|f| f.to_string_lossy().to_string());
+        let new = if before.contains(&identity.name) {
+            "kept"
+        } else {
+            "new"
+        };
         println!(
-            "{:<24} {:<9} {:<28} {}",
+            "{:<24} {:<9} {:<28} {:<5} {}",
             identity.name,
-            role,
+            role.as_str(),
             file.unwrap_or_default(),
+            new,
             role.purpose()
         );
     }
@@ -66,12 +78,14 @@ fn init(config: &Config, args: InitArgs) -> anyhow::Result<()> {
     println!(
         "\nNext:\n  \
          1. nats-server: copy {dir}/auth.conf beside its configuration file and add\n     \
-         include \"auth.conf\"   (then: nats-server --signal reload)\n  \
-         2. start each process with its own seed:\n     \
+         include \"auth.conf\"   (again after every change, then: nats-server --signal reload)\n  \
+         2. copy identities.toml (public keys only) beside every seed you hand out:\n     \
+         Baton's processes check who signed each command against it\n  \
+         3. start each process with its own seed:\n     \
          baton broker --nats-nkey {dir}/broker.nk\n     \
          baton agent --nats-nkey {dir}/agent.nk\n     \
          baton subagent --id ID --nats-nkey {dir}/{sub}.nk\n  \
-         3. people and programs: --nats-nkey {dir}/client.nk (submit, orders, watch),\n     \
+         4. people and programs: --nats-nkey {dir}/client.nk (submit, orders, watch),\n     \
          admin.nk (also deploy and switch-over), monitor.nk (read only); or\n     \
          export BATON_NATS__NKEY={dir}/admin.nk\n\
          Keep the .nk files secret: each one is an identity."

@@ -114,6 +114,17 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
         .await?;
 
     let url = cluster.nats.url();
+    let client_seed = admin_seed.with_file_name("client.nk");
+    // another port than the default needs the URL in every command
+    let (url_flag, url_export) = if args.port == 4222 {
+        (String::new(), String::new())
+    } else {
+        (
+            format!(" --nats-url {url}"),
+            format!("  export BATON_NATS__URL={url}\n"),
+        )
+    };
+    let run = format!("cargo run --release --{url_flag}");
     let pids: Vec<String> = cluster
         .procs()
         .iter()
@@ -123,21 +134,23 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
         "\nbaton dev is up: nats-server at {url}, {}\n\
          deployed from {}: {}{}\n\n\
          In another terminal:\n  \
-         cargo run --release -- status\n  \
-         cargo run --release -- watch\n  \
-         cargo run --release -- submit hello --param who=you --wait\n  \
-         cargo run --release -- submit count --param n=30 --wait     (then kill -9 its subagent)\n  \
-         cargo run --release -- subagent disable sub-1               (switch-over; enable to undo)\n  \
-         cargo run --release -- order cancel ORDER_ID --kill\n  \
-         cargo run --release -- submit nightly --wait                (a workflow: 4 steps, 2 in parallel)\n  \
-         cargo run --release -- order show ORDER_ID                  (its steps, where each ran, their output)\n  \
-         cargo run --release -- order suspend|resume ORDER_ID        (steer a workflow order)\n  \
-         cargo run --release -- watch clock                           (fired every 10s by the Scheduler agent)\n  \
-         cargo run --release -- scheduler on agent-2                  (move the Scheduler role)\n  \
-         nats req baton.api.submit '{{\"job\":\"hello\"}}' -H Content-Type:application/json \\\n      --nkey {AUTH_DIR}/client.nk --inbox-prefix {client_inbox}\n\n\
+         {run} status\n  \
+         {run} watch\n  \
+         {run} submit hello --param who=you --wait\n  \
+         {run} submit count --param n=30 --wait     (then kill -9 its subagent)\n  \
+         {run} subagent disable sub-1               (switch-over; enable to undo)\n  \
+         {run} order cancel ORDER_ID --kill\n  \
+         {run} submit nightly --wait                (a workflow: 4 steps, 2 in parallel)\n  \
+         {run} order show ORDER_ID                  (its steps, where each ran, their output)\n  \
+         {run} order suspend|resume ORDER_ID        (steer a workflow order)\n  \
+         {run} watch clock                           (fired every 10s by the Scheduler agent)\n  \
+         {run} scheduler on agent-2                  (move the Scheduler role)\n  \
+         {run} audit                                 (who changed what)\n  \
+         nats req baton.api.submit '{{\"job\":\"hello\"}}' -H Content-Type:application/json -s {url} \\\n      \
+         --nkey {} --inbox-prefix {client_inbox}\n\n\
          Kill a subagent or the Scheduler agent with `kill -9 PID` and watch the others carry on.\n\
          The bus needs credentials: commands run in this repository find them in {AUTH_DIR}; elsewhere:\n  \
-         export BATON_NATS__NKEY={}\n\
+         export BATON_NATS__NKEY={}\n{url_export}\
          Ctrl-C stops everything.\n",
         pids.join(", "),
         args.jobs.display(),
@@ -147,6 +160,7 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
         } else {
             format!("; workflows: {}", reply.workflows.join(", "))
         },
+        client_seed.display(),
         admin_seed.display(),
     );
     super::wait_for_signal().await;

@@ -11,6 +11,7 @@ mod client;
 mod dev;
 mod orders;
 mod output;
+mod startup;
 mod submit;
 
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::auth::Role;
 use crate::bus::{Bus, ConnectSettings, Credentials, Tls};
 use crate::config::Config;
 use crate::protocol::Subjects;
@@ -351,7 +353,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Broker(_) => {
             let bus = connect(&config, "baton-broker", true).await?;
-            refuse_open_bus(&bus, &config, "broker").await?;
+            startup::check(&bus, &config, Role::Broker, None).await?;
             crate::broker::run_until_signal(config, bus).await?;
             Ok(ok)
         }
@@ -361,12 +363,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => client::subagent_control(&config, action).await.map(|_| ok),
         Command::Subagent(_) => {
             let bus = connect(&config, "baton-subagent", true).await?;
-            refuse_open_bus(&bus, &config, "subagent").await?;
+            let id = config.subagent_id();
+            startup::check(&bus, &config, Role::Subagent, Some(&id)).await?;
             crate::subagent::run_until_signal(config, bus).await?;
             Ok(ok)
         }
         Command::Agent(_) => {
             let bus = connect(&config, "baton-agent", true).await?;
+            startup::check(&bus, &config, Role::Agent, None).await?;
             crate::agent::run_until_signal(config, bus).await?;
             Ok(ok)
         }
@@ -446,37 +450,6 @@ pub async fn connect(config: &Config, name: &str, daemon: bool) -> anyhow::Resul
         identities: nats.identities.clone(),
     };
     Ok(Bus::connect(&settings, Subjects::new(config.prefix.clone())).await?)
-}
-
-/// A broker or subagent refuses a NATS server that asks for no credentials
-/// (anyone who reaches it could run programs), unless `nats.insecure`.
-async fn refuse_open_bus(bus: &Bus, config: &Config, role: &str) -> anyhow::Result<()> {
-    let auth_required = loop {
-        match bus.auth_required() {
-            Some(required) => break required,
-            None => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
-    if auth_required {
-        return Ok(());
-    }
-    let seed = match role {
-        "subagent" => "subagent-ID.nk".to_string(),
-        _ => format!("{role}.nk"),
-    };
-    if config.nats.insecure {
-        tracing::warn!(
-            "the NATS server asks for no credentials: anyone who reaches it can run programs on the subagents (nats.insecure is set)"
-        );
-        return Ok(());
-    }
-    anyhow::bail!(
-        "refusing to run a {role} on a NATS server that asks for no credentials: anyone who \
-         reaches it could run programs on the subagents, forge results or wipe the orders. \
-         Make credentials with `baton auth init DIR`, run nats-server with DIR/auth.conf, and \
-         start each process with its role's seed (--nats-nkey DIR/{seed}); or pass \
-         --insecure (BATON_NATS__INSECURE=true) for an experiment"
-    )
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
