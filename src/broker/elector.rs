@@ -104,8 +104,9 @@ impl StreamHandler<Input> for Elector {
     fn handle(&mut self, input: Input, ctx: &mut Self::Context) {
         match input {
             Input::Heartbeat(hb) if !hb.sender.is(crate::auth::Role::Agent) => {
-                self.bus.stats().count_refused();
-                warn!(sender = %hb.sender.describe(), "agent heartbeat not signed by an agent ignored");
+                if self.bus.stats().count_refused() {
+                    warn!(sender = %hb.sender.describe(), "agent heartbeat not signed by an agent ignored (logged at the 1st, 2nd, 4th, 8th... refusal)");
+                }
             }
             Input::Heartbeat(hb) => self.on_heartbeat(hb.body),
             Input::Control(req) => {

@@ -99,8 +99,9 @@ pub async fn run_until_signal(config: Config, bus: Bus) -> anyhow::Result<()> {
             Some(hb) = heartbeats.next() => if hb.sender.is(crate::auth::Role::Broker) {
                 me.heard(hb.body)
             } else {
-                me.bus.stats().count_refused();
-                warn!(sender = %hb.sender.describe(), "broker heartbeat not signed by a broker ignored");
+                if me.bus.stats().count_refused() {
+                    warn!(sender = %hb.sender.describe(), "broker heartbeat not signed by a broker ignored (logged at the 1st, 2nd, 4th, 8th... refusal)");
+                }
             },
             _ = tick.tick() => me.tick().await?,
         }

@@ -305,8 +305,10 @@ impl StreamHandler<Input> for Broker {
     fn handle(&mut self, input: Input, ctx: &mut Self::Context) {
         if let Some((asked, sender, replier)) = input.asked() {
             if let Err(why) = gate::admits(asked, sender.get()) {
-                self.bus.stats().count_refused();
-                warn!(asked = ?asked, %why, "message refused");
+                if self.bus.stats().count_refused() {
+                    let refused = self.bus.stats().refused();
+                    warn!(asked = ?asked, %why, refused, "message refused (logged at the 1st, 2nd, 4th, 8th... refusal)");
+                }
                 match (replier, input.audited()) {
                     (Some(replier), Some(audited)) => {
                         self.refuse(replier, &audited, ErrorCode::Forbidden, why)

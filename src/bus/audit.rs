@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer;
 use futures::stream::LocalBoxStream;
-use futures::StreamExt;
 use tracing::warn;
 
-use super::logs::{transport, Reading};
+use super::logs::transport;
 use super::{decode, Bus, BusError, Encoding, LogsError};
 use crate::protocol::{AuditRecord, Subjects};
 
@@ -63,26 +62,9 @@ impl Bus {
             deliver_policy,
             ..Default::default()
         };
-        let consumer = handle
-            .create_consumer(config)
-            .await
-            .map_err(|e| transport(stream, e))?;
-        if consumer.cached_info().num_pending == 0 {
-            return Ok(futures::stream::empty().boxed_local());
-        }
-        let messages = consumer
-            .messages()
-            .await
-            .map_err(|e| transport(stream, e))?;
-        let reading = Reading {
-            messages,
-            stream: stream.to_string(),
-            subjects: self.subjects.clone(),
-            last: Some(last),
-            done: false,
-            decode: decode_record,
-        };
-        Ok(futures::stream::unfold(reading, Reading::next).boxed_local())
+        Ok(self
+            .read(&handle, stream, config, Some(last), decode_record)
+            .await?)
     }
 }
 

@@ -112,11 +112,26 @@ impl Bus {
             deliver_policy: consumer::DeliverPolicy::All,
             ..Default::default()
         };
+        let last = (!follow).then_some(last);
+        Ok(self.read(&handle, stream, config, last, decode_log).await?)
+    }
+
+    /// Reads `stream` through an ordered consumer made with `config`,
+    /// decoding each message, until sequence `last` (or, with `None`,
+    /// following it); nothing pending and a `last` ends it at once.
+    pub(super) async fn read<T: 'static>(
+        &self,
+        handle: &async_nats::jetstream::stream::Stream,
+        stream: &str,
+        config: consumer::pull::OrderedConfig,
+        last: Option<u64>,
+        decode: fn(&Subjects, &str, &[u8]) -> Option<T>,
+    ) -> Result<LocalBoxStream<'static, Result<T, BusError>>, BusError> {
         let consumer = handle
             .create_consumer(config)
             .await
             .map_err(|e| transport(stream, e))?;
-        if !follow && consumer.cached_info().num_pending == 0 {
+        if last.is_some() && consumer.cached_info().num_pending == 0 {
             return Ok(futures::stream::empty().boxed_local());
         }
         let messages = consumer
@@ -127,9 +142,9 @@ impl Bus {
             messages,
             stream: stream.to_string(),
             subjects: self.subjects.clone(),
-            last: (!follow).then_some(last),
+            last,
             done: false,
-            decode: decode_log,
+            decode,
         };
         Ok(futures::stream::unfold(reading, Reading::next).boxed_local())
     }

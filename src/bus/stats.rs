@@ -38,8 +38,10 @@ impl Stats {
         self.refused.load(Ordering::Relaxed)
     }
 
-    pub fn count_refused(&self) {
-        self.refused.fetch_add(1, Ordering::Relaxed);
+    /// Counts one refusal; true when it should be logged at warn (the 1st,
+    /// 2nd, 4th, 8th...), so a flood of forgeries cannot flood the log.
+    pub fn count_refused(&self) -> bool {
+        (self.refused.fetch_add(1, Ordering::Relaxed) + 1).is_power_of_two()
     }
 
     /// Messages for a stream ([`Bus::append`]) that JetStream did not store.
@@ -65,5 +67,18 @@ impl Stats {
 
     pub(super) fn count_malformed(&self) {
         self.malformed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_logged_ever_more_rarely() {
+        let stats = Stats::default();
+        let logged: Vec<u64> = (1..=20).filter(|_| stats.count_refused()).collect();
+        assert_eq!(logged.len(), 5, "the 1st, 2nd, 4th, 8th and 16th");
+        assert_eq!(stats.refused(), 20, "every one is counted");
     }
 }

@@ -25,9 +25,11 @@ impl Subagent {
         if !received.sender.is(Role::Broker) {
             // never adopt an epoch a broker did not sign: forged heartbeats
             // with a huge epoch would make it refuse the real broker
-            self.bus.stats().count_refused();
-            let sender = received.sender.describe();
-            warn!(subject = %received.subject, %sender, epoch = hb.epoch, "broker heartbeat not signed by a broker ignored");
+            if self.bus.stats().count_refused() {
+                let sender = received.sender.describe();
+                let refused = self.bus.stats().refused();
+                warn!(subject = %received.subject, %sender, epoch = hb.epoch, refused, "broker heartbeat not signed by a broker ignored (logged at the 1st, 2nd, 4th, 8th... refusal)");
+            }
             return;
         }
         if self.fence.admit(hb.epoch).is_err() {
@@ -51,6 +53,7 @@ impl Subagent {
         if !sender.is(Role::Broker) {
             self.bus.stats().count_refused();
             let sender = sender.describe();
+            // every refused command is logged: commands are not a flood
             warn!(subagent = %self.id, command, %sender, "command not signed by a broker refused");
             let error = ErrorReply::new(
                 ErrorCode::Forbidden,
