@@ -677,3 +677,72 @@ async fn with_a_wide_open_server_baton_s_own_checks_still_refuse_forgeries() {
         order_runs_to_success(&h).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_and_password_and_tokens_work_and_never_show() {
+    let dir = tempfile::tempdir().unwrap();
+    for (auth, good, bad) in [
+        (
+            "authorization { users = [ { user: ann, password: \"s3cret-pw\" } ] }",
+            Credentials::UserPassword {
+                user: "ann".into(),
+                password: "s3cret-pw".into(),
+            },
+            Credentials::UserPassword {
+                user: "ann".into(),
+                password: "wrong-pw".into(),
+            },
+        ),
+        (
+            "authorization { token: \"t0ken-value\" }",
+            Credentials::Token("t0ken-value".into()),
+            Credentials::Token("wrong-t0ken".into()),
+        ),
+    ] {
+        let store = tempfile::tempdir_in(dir.path()).unwrap();
+        let conf = store.path().join("nats.conf");
+        let text = format!("jetstream {{ store_dir: {:?} }}\n{auth}\n", store.path());
+        std::fs::write(&conf, text).unwrap();
+        let options = NatsServerOptions {
+            config_file: Some(conf),
+            probe_credentials: good.clone(),
+            ..Default::default()
+        };
+        let nats = within(Duration::from_secs(15), "nats", NatsServer::start(options))
+            .await
+            .expect("nats-server with users");
+        let bus = connect(&nats.url(), good.clone())
+            .await
+            .expect("good credentials");
+        within(REQUEST, "flush", bus.flush()).await.expect("flush");
+        let Err(err) = connect(&nats.url(), bad).await else {
+            panic!("wrong credentials let in");
+        };
+        let text = err.to_string();
+        assert!(text.contains("refused"), "{text}");
+        assert!(
+            !text.contains("wrong-pw") && !text.contains("wrong-t0ken"),
+            "{text}"
+        );
+        // in the URL: used, and never shown
+        let (user_url, secret) = match &good {
+            Credentials::UserPassword { .. } => (
+                nats.url().replace("nats://", "nats://ann:s3cret-pw@"),
+                "s3cret-pw",
+            ),
+            _ => (
+                nats.url().replace("nats://", "nats://t0ken-value@"),
+                "t0ken-value",
+            ),
+        };
+        connect(&user_url, Credentials::None)
+            .await
+            .expect("credentials in the URL");
+        let wrong_url = user_url.replace(secret, "nope");
+        let Err(err) = connect(&wrong_url, Credentials::None).await else {
+            panic!("wrong URL credentials let in");
+        };
+        assert!(!err.to_string().contains("nope"), "{err}");
+        assert!(err.to_string().contains("<redacted>"), "{err}");
+    }
+}
