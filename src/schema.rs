@@ -225,10 +225,10 @@ const CHANNELS: &[Channel] = {
         "Event: a broker became active (with its epoch) or stepped down."),
     channel("orderAccepted", "{prefix}.events.{job}.{order_id}.accepted", ("OrderAccepted", None), (Broker, Client), false,
         "Event: the order is durable and waits for a subagent."),
-    channel("taskStarted", "{prefix}.events.{job}.{order_id}.started", ("TaskStarted", None), (Subagent, Client), false,
-        "Event: a subagent has started the order's task."),
-    channel("taskLog", "{prefix}.events.{job}.{order_id}.log", ("TaskLog", None), (Subagent, Client), false,
-        "Event: one line of the task's output, published by the subagent as it comes."),
+    channel("taskStarted", "{prefix}.events.{job}.{order_id}.started.{subagent_id}", ("TaskStarted", None), (Subagent, Client), false,
+        "Event: a subagent has started the order's task. The last token is the publishing subagent, which the server holds to its own id: readers drop one whose `subagent_id` differs."),
+    channel("taskLog", "{prefix}.events.{job}.{order_id}.log.{subagent_id}", ("TaskLog", None), (Subagent, Client), false,
+        "Event: one line of the task's output, published by the subagent as it comes. The last token is the publishing subagent, which the server holds to its own id: readers drop a line whose `subagent_id` differs."),
     channel("orderChanged", "{prefix}.events.{job}.{order_id}.changed", ("OrderChanged", None), (Broker, Client), false,
         "Event: a workflow order moved: a step was dispatched or finished, or the order was suspended, resumed or is being cancelled ({job} is the workflow)."),
     channel("orderFinished", "{prefix}.events.{job}.{order_id}.finished", ("OrderFinished", None), (Broker, Client), false,
@@ -688,7 +688,10 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        subjects.extend(EventKind::ALL.map(|k| s.event("JOB", "ORDER", k)));
+        subjects.extend(EventKind::ALL.map(|k| match k {
+            EventKind::Started | EventKind::Log => s.task_event("JOB", "ORDER", k, "SUBAGENT"),
+            _ => s.event("JOB", "ORDER", k),
+        }));
         assert_eq!(subjects, concrete_addresses());
 
         let addresses = concrete_addresses();

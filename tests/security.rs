@@ -202,7 +202,48 @@ async fn forged_registrations_heartbeats_and_results_are_refused() {
     assert_eq!(ids, ["sub-a", "sub-b"], "no fake subagent registered");
     let now = order_info(&h.bus, &running.order_id).await.expect("order");
     assert_eq!(now.state, OrderState::Running, "no forged result counted");
+
+    // a subagent writes output lines only in its own name, and readers drop a
+    // line whose publisher is not the subagent it names
+    let victim = running.subagent_id.clone().expect("placed");
+    let forger_id = if victim == "sub-a" { "sub-b" } else { "sub-a" };
+    let forger = h.connect_as(Role::Subagent, Some(forger_id)).await;
+    let order = running.order_id.clone();
+    let line = pack(json!({
+        "order_id": order, "job": "gate", "task_id": running.task_id, "subagent_id": victim,
+        "stream": "stdout", "line": "FORGED LINE", "at_ms": 1, "seq": 1,
+    }));
+    let in_victims_name = s.task_event("gate", &order, EventKind::Log, &victim);
+    refused(&forger, forger_id, &in_victims_name, line.clone()).await;
+    let unnamed = s.event("gate", &order, EventKind::Log);
+    refused(&forger, forger_id, &unnamed, line.clone()).await;
+    let own_name = s.task_event("gate", &order, EventKind::Log, forger_id);
+    let publish = forger.publish_raw(own_name, Bytes::from(line));
+    within(REQUEST, "publish", publish)
+        .await
+        .expect("published in its own name");
+    within(REQUEST, "flush", forger.flush())
+        .await
+        .expect("flush");
+
     std::fs::write(&gate, "").expect("open the gate");
+    wait_until(
+        Duration::from_secs(15),
+        "the gate order succeeds",
+        || async {
+            order_info(&h.bus, &order)
+                .await
+                .is_some_and(|o| o.state == OrderState::Succeeded)
+        },
+    )
+    .await;
+    let out = run_baton(&h, &["order", "logs", &order], Duration::from_secs(20)).await;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !printed.contains("FORGED"),
+        "a forged line was shown: {printed}"
+    );
     order_runs_to_success(&h).await;
 }
 

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `broker` | everything under the prefix; JetStream API and KV writes of Baton's buckets and streams | everything under the prefix |
 //! | `agent` | its heartbeats, `api.submit`; reads `jobs`, `workflows`, `fired`, writes `fired` | `agent.*.>` (role commands, pings), `hb.broker` |
-//! | `subagent` (one identity each) | its own heartbeat, `broker.register`/`result`/`leave`, `started` and `log` events | only `subagent.{id}.>`, its own heartbeat, `hb.broker` |
+//! | `subagent` (one identity each) | its own heartbeat, `broker.register`/`result`/`leave`, `started` and `log` events in its own name (`events.*.*.log.{id}`) | only `subagent.{id}.>`, its own heartbeat, `hb.broker` |
 //! | `client` | `api.submit`, `api.order.>`, `api.status`; reads the `logs` stream | `events.>`, `cluster.>` |
 //! | `admin` | what `client` may, plus `api.deploy`, `api.subagent.control`, `api.scheduler.control`; reads the `audit` stream | `events.>`, `cluster.>`, `hb.>` |
 //! | `monitor` | `api.status`, `api.order.get`, `api.order.list`; reads the `logs` stream | `events.>`, `cluster.>`, `hb.>` |
@@ -166,8 +166,9 @@ pub fn permissions(role: Role, prefix: &str, id: Option<&str>, public_key: &str)
                 format!("{p}.broker.register"),
                 format!("{p}.broker.result"),
                 format!("{p}.broker.leave"),
-                format!("{p}.events.*.*.started"),
-                format!("{p}.events.*.*.log"),
+                // in its own name only: readers check the name against the line
+                format!("{p}.events.*.*.started.{id}"),
+                format!("{p}.events.*.*.log.{id}"),
                 // to check at start that its own subjects reach it
                 format!("{p}.subagent.{id}.ping"),
             ];
@@ -346,7 +347,10 @@ mod tests {
         assert!(!sub.may_subscribe("baton.subagent.*.run"));
         assert!(!sub.may_subscribe("baton.>"));
         assert!(!sub.may_publish("baton.events.job.order.finished"));
-        assert!(sub.may_publish("baton.events.job.order.log"));
+        assert!(sub.may_publish("baton.events.job.order.log.sub-1"));
+        assert!(sub.may_publish("baton.events.job.order.started.sub-1"));
+        assert!(!sub.may_publish("baton.events.job.order.log.sub-2"));
+        assert!(!sub.may_publish("baton.events.job.order.log"));
         let nobody = permissions(Role::Subagent, "baton", None, PK);
         assert!(!nobody.may_subscribe("baton.subagent.sub-1.run"));
     }

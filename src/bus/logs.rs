@@ -214,15 +214,24 @@ impl<T> Reading<T> {
 
 /// The subjects the log stream captures.
 fn log_subjects(subjects: &Subjects) -> Vec<String> {
-    [EventKind::Log, EventKind::Finished]
-        .into_iter()
-        .map(|kind| subjects.event("*", "*", kind))
-        .collect()
+    vec![
+        subjects.task_events("*", "*", EventKind::Log),
+        // lines of subagents older than publisher-named subjects
+        subjects.event("*", "*", EventKind::Log),
+        subjects.event("*", "*", EventKind::Finished),
+    ]
 }
 
 fn decode_log(subjects: &Subjects, subject: &str, payload: &[u8]) -> Option<OrderLog> {
     let decoded = match subjects.parse_event(subject)?.2 {
-        EventKind::Log => decode(Encoding::MessagePack, payload).map(OrderLog::Line),
+        EventKind::Log => match decode::<TaskLog>(Encoding::MessagePack, payload) {
+            // a line another subagent wrote in this one's name
+            Ok(line) if !subjects.publisher_matches(subject, &line.subagent_id) => {
+                warn!(%subject, claimed = %line.subagent_id, "stored log line from another publisher skipped");
+                return None;
+            }
+            line => line.map(OrderLog::Line),
+        },
         EventKind::Finished => decode(Encoding::MessagePack, payload).map(OrderLog::Finished),
         EventKind::Accepted | EventKind::Started | EventKind::Changed => return None,
     };

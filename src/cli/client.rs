@@ -289,6 +289,10 @@ pub async fn watch(config: &Config, args: WatchArgs) -> anyhow::Result<()> {
             event = events.next() => {
                 let Some((subject, payload)) = event else { bail!("event subscription closed") };
                 let line = match s.parse_event(&subject) {
+                    Some((_, _, kind)) if output::written_by_another(&s, &subject, kind, &payload) => {
+                        eprintln!("ignored: {subject} claims another subagent than its publisher");
+                        continue;
+                    }
                     Some((_, _, kind)) => output::event_line(kind, &payload, args.json),
                     None if subject.starts_with(&s.agent_changed("")) => output::agent_line(&payload, args.json),
                     None if subject.starts_with(&s.broker_changed("")) => output::broker_line(&payload, args.json),

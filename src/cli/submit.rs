@@ -172,7 +172,7 @@ async fn follow(
             event = events.next() => {
                 let Some((subject, payload)) = event else { bail!("event subscription closed") };
                 let Some((_, id, kind)) = s.parse_event(&subject) else { continue };
-                if id != order_id {
+                if id != order_id || output::written_by_another(&s, &subject, kind, &payload) {
                     continue;
                 }
                 match kind {
@@ -286,6 +286,7 @@ async fn step_lines(bus: &Bus, config: &Config, order_id: &str) -> Option<StepLi
         let line = match s.parse_event(&subject) {
             Some((_, _, EventKind::Log)) => decode::<TaskLog>(Encoding::MessagePack, &payload)
                 .ok()
+                .filter(|l| s.publisher_matches(&subject, &l.subagent_id))
                 .map(|l| Ok(OrderLog::Line(l))),
             _ => None,
         };

@@ -28,7 +28,8 @@
 //! | `{p}.agent.{id}.ping` | request | [`Ping`](super::Ping) -> [`AgentPong`](super::AgentPong) |
 //! | `{p}.api.scheduler.control` | request | [`SchedulerControl`](super::SchedulerControl) -> [`SchedulerControlReply`](super::SchedulerControlReply) |
 //! | `{p}.cluster.agent.{id}` | publish | [`AgentChanged`](super::AgentChanged) |
-//! | `{p}.events.{job}.{order}.{kind}` | publish | [`OrderAccepted`](super::OrderAccepted), [`TaskStarted`](super::TaskStarted), [`TaskLog`](super::TaskLog), [`OrderChanged`](super::OrderChanged), [`OrderFinished`](super::OrderFinished) |
+//! | `{p}.events.{job}.{order}.{kind}` | publish | [`OrderAccepted`](super::OrderAccepted), [`OrderChanged`](super::OrderChanged), [`OrderFinished`](super::OrderFinished) |
+//! | `{p}.events.{job}.{order}.{kind}.{subagent}` | publish | [`TaskStarted`](super::TaskStarted), [`TaskLog`](super::TaskLog): the last token is the publishing subagent |
 
 /// The last token of an event subject: what happened to the order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,6 +222,37 @@ impl Subjects {
         format!("{}.events.{job}.{order}.{}", self.prefix, kind.token())
     }
 
+    /// A task's own event (`started`, `log`), published by `subagent`: its id
+    /// is the last token, so the server's permissions hold each subagent to
+    /// events in its own name.
+    pub fn task_event(&self, job: &str, order: &str, kind: EventKind, subagent: &str) -> String {
+        format!("{}.{subagent}", self.event(job, order, kind))
+    }
+
+    /// Wildcard for `kind` task events of `job`'s order `order` (`*`: any),
+    /// from any subagent.
+    pub fn task_events(&self, job: &str, order: &str, kind: EventKind) -> String {
+        self.task_event(job, order, kind, "*")
+    }
+
+    /// The subagent a task event's subject names as its publisher; `None`
+    /// for other events (and task events of subagents older than this).
+    pub fn event_publisher<'s>(&self, subject: &'s str) -> Option<&'s str> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".events.")?;
+        let mut parts = rest.split('.');
+        let (_, _, _) = (parts.next()?, parts.next()?, parts.next()?);
+        parts.next()
+    }
+
+    /// True unless a task event's subject names another publisher than the
+    /// subagent its payload claims: a line another subagent wrote in its name.
+    pub fn publisher_matches(&self, subject: &str, claimed_subagent: &str) -> bool {
+        self.event_publisher(subject)
+            .is_none_or(|publisher| publisher == claimed_subagent)
+    }
+
     /// Wildcard for every event of every order.
     pub fn all_events(&self) -> String {
         format!("{}.events.>", self.prefix)
@@ -245,7 +277,9 @@ impl Subjects {
         let job = parts.next()?;
         let order = parts.next()?;
         let kind = EventKind::from_token(parts.next()?)?;
-        if parts.next().is_some() {
+        // a task event may end with its publishing subagent
+        let task_event = matches!(kind, EventKind::Started | EventKind::Log);
+        if parts.next().is_some() && !task_event || parts.next().is_some() {
             return None;
         }
         Some((job, order, kind))
@@ -275,7 +309,24 @@ mod tests {
         }
         assert_eq!(s.parse_event("baton.events.a.b"), None);
         assert_eq!(s.parse_event("other.events.a.b.log"), None);
-        assert_eq!(s.parse_event("baton.events.a.b.log.x"), None);
+        let published = s.task_event("hello", "o1", EventKind::Log, "sub-1");
+        assert_eq!(published, "baton.events.hello.o1.log.sub-1");
+        assert_eq!(
+            s.parse_event(&published),
+            Some(("hello", "o1", EventKind::Log))
+        );
+        assert_eq!(s.event_publisher(&published), Some("sub-1"));
+        assert!(s.publisher_matches(&published, "sub-1"));
+        assert!(
+            !s.publisher_matches(&published, "sub-2"),
+            "written in another's name"
+        );
+        assert!(
+            s.publisher_matches("baton.events.hello.o1.log", "sub-2"),
+            "older subagents"
+        );
+        assert_eq!(s.parse_event("baton.events.a.b.finished.x"), None);
+        assert_eq!(s.parse_event("baton.events.a.b.log.x.y"), None);
     }
 
     #[test]

@@ -437,7 +437,9 @@ impl Subagent {
             Some(p) => (&p.workflow, p.order_id.clone(), Some(p.step.clone())),
             None => (&task.job, task.order_id.clone(), None),
         };
-        let subject = bus.subjects().event(topic, &log_order, EventKind::Log);
+        let subject = bus
+            .subjects()
+            .task_event(topic, &log_order, EventKind::Log, &self.id);
         let mut log = TaskLog {
             order_id: log_order,
             step,
@@ -492,7 +494,7 @@ impl Subagent {
         };
         let s = self.bus.subjects();
         self.bus.post(
-            s.event(&task.job, &task.order_id, EventKind::Started),
+            s.task_event(&task.job, &task.order_id, EventKind::Started, &self.id),
             &started,
         );
     }

@@ -250,7 +250,7 @@ async fn run(
 ) -> anyhow::Result<WorkflowReport> {
     let s = bus.subjects().clone();
     let step_started = bus
-        .listen::<TaskStarted>(s.event(JOB, "*", EventKind::Started))
+        .listen::<TaskStarted>(s.task_events(JOB, "*", EventKind::Started))
         .await?
         .map(|r| StepEvent::Started(r.body));
     let step_finished = bus

@@ -45,6 +45,25 @@ pub fn finished_line(e: &OrderFinished) -> String {
 }
 
 /// One event as a line for `baton watch`.
+/// True when a task event's subject names another publisher than the
+/// subagent its payload claims: a line or start another subagent wrote in
+/// its name (the server holds each subagent to subjects in its own name).
+pub fn written_by_another(
+    subjects: &Subjects,
+    subject: &str,
+    kind: EventKind,
+    payload: &[u8],
+) -> bool {
+    let claimed = match kind {
+        EventKind::Log => decode::<TaskLog>(Encoding::MessagePack, payload).map(|l| l.subagent_id),
+        EventKind::Started => {
+            decode::<TaskStarted>(Encoding::MessagePack, payload).map(|t| t.subagent_id)
+        }
+        _ => return false,
+    };
+    claimed.is_ok_and(|claimed| !subjects.publisher_matches(subject, &claimed))
+}
+
 pub fn event_line(kind: EventKind, payload: &[u8], json: bool) -> Result<String, DecodeError> {
     fn render<T: serde::de::DeserializeOwned + serde::Serialize>(
         payload: &[u8],

@@ -55,7 +55,7 @@ impl Traffic {
     pub(super) async fn start(bus: &Bus, job: &str, rate: f64) -> anyhow::Result<Traffic> {
         let s = bus.subjects();
         let started = bus
-            .listen::<TaskStarted>(s.event(job, "*", EventKind::Started))
+            .listen::<TaskStarted>(s.task_events(job, "*", EventKind::Started))
             .await?
             .map(|r| Seen::Started(r.body));
         let finished = bus

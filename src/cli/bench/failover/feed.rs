@@ -64,7 +64,7 @@ impl Feed {
     pub async fn start(bus: &Bus, job: &str, concurrency: usize) -> anyhow::Result<Feed> {
         let s = bus.subjects();
         let started = bus
-            .listen::<TaskStarted>(s.event(job, "*", EventKind::Started))
+            .listen::<TaskStarted>(s.task_events(job, "*", EventKind::Started))
             .await?
             .map(|r| Event::Started(r.body));
         let finished = bus
