@@ -639,20 +639,6 @@ mod tests {
             .collect()
     }
 
-    /// NATS subject matching: `*` is one token, `>` the rest.
-    fn matches(pattern: &str, subject: &str) -> bool {
-        let mut subject = subject.split('.');
-        for token in pattern.split('.') {
-            match (token, subject.next()) {
-                (">", Some(_)) => return true,
-                ("*", Some(_)) => {}
-                (t, Some(s)) if t == s => {}
-                _ => return false,
-            }
-        }
-        subject.next().is_none()
-    }
-
     #[test]
     fn every_subject_is_a_channel_and_every_channel_a_subject() {
         let s = Subjects::new("baton");
@@ -707,7 +693,9 @@ mod tests {
             s.all_audit(),
         ] {
             assert!(
-                addresses.iter().any(|a| matches(&wildcard, a)),
+                addresses
+                    .iter()
+                    .any(|a| crate::auth::subject_matches(&wildcard, a)),
                 "{wildcard} matches no channel"
             );
         }

@@ -1,5 +1,8 @@
 //! The broker's client-facing requests: submit, deploy, order lookup,
 //! status and subagent switch-over, and the jobs and clusters buckets.
+//!
+//! Size: over the ~500-line mark since before the security work; it goes
+//! with the broker's split in issue 19.
 
 use actix::prelude::*;
 use std::time::Instant;

@@ -91,36 +91,28 @@ pub fn redact_urls(urls: &str) -> String {
         .join(",")
 }
 
-/// This process's signing key (from its seed) and the identities it trusts:
-/// `settings.identities`, else the `identities.toml` beside its seed file.
-pub(super) fn identity(
-    settings: &super::ConnectSettings,
-) -> Result<(Option<nkeys::KeyPair>, Option<TrustSource>), BusError> {
-    let fail = |reason: String| BusError::Connect {
-        url: redact_urls(&settings.url),
-        reason,
-    };
-    let (key, seed_dir) = match &settings.credentials {
+/// The identities this process trusts: `settings.identities`, else the
+/// `identities.toml` beside its seed file; `None` checks no one.
+pub(super) fn trust(settings: &super::ConnectSettings) -> Result<Option<TrustSource>, BusError> {
+    let seed_dir = match &settings.credentials {
         Credentials::NkeyFile(path) | Credentials::CredsFile(path) => {
-            let text = read(path).map_err(&fail)?;
-            let key = seed_of(&text).and_then(|seed| nkeys::KeyPair::from_seed(seed).ok());
-            (key, path.parent().map(Path::to_path_buf))
+            path.parent().map(Path::to_path_buf)
         }
-        _ => (None, None),
+        _ => None,
     };
     let dir = settings
         .identities
         .clone()
         .or_else(|| seed_dir.filter(|dir| dir.join("identities.toml").is_file()));
-    let trust = match dir {
-        Some(dir) => {
-            let trust = Trust::load(&dir).map_err(|e| fail(format!("{e:#}")))?;
-            debug!(identities = trust.len(), dir = %dir.display(), "trusting signed senders");
-            Some(TrustSource::new(dir, trust))
-        }
-        None => None,
+    let Some(dir) = dir else {
+        return Ok(None);
     };
-    Ok((key, trust))
+    let trust = Trust::load(&dir).map_err(|e| BusError::Connect {
+        url: redact_urls(&settings.url),
+        reason: format!("{e:#}"),
+    })?;
+    debug!(identities = trust.len(), dir = %dir.display(), "trusting signed senders");
+    Ok(Some(TrustSource::new(dir, trust)))
 }
 
 fn seed_of(text: &str) -> Option<&str> {
@@ -129,17 +121,20 @@ fn seed_of(text: &str) -> Option<&str> {
         .find(|line| line.starts_with("SU"))
 }
 
-/// The public key of the nkey seed in a seed file or `.creds` file, which
-/// names the identity's own reply inbox.
-fn public_key_of(credentials: &Credentials) -> Result<Option<String>, String> {
-    let (path, text) = match credentials {
-        Credentials::NkeyFile(path) | Credentials::CredsFile(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            (path, text)
-        }
+/// A seed or `.creds` file, read once: its text and the key of its seed
+/// (which signs, and names the identity's own reply inbox).
+struct Loaded {
+    text: String,
+    key: nkeys::KeyPair,
+}
+
+fn load(credentials: &Credentials) -> Result<Option<Loaded>, String> {
+    let path = match credentials {
+        Credentials::NkeyFile(path) | Credentials::CredsFile(path) => path,
         _ => return Ok(None),
     };
+    let text = read(path)?;
+    warn_if_shared(path);
     let seed = seed_of(&text).ok_or_else(|| {
         format!(
             "{} holds no user nkey seed (a line starting SU)",
@@ -148,15 +143,16 @@ fn public_key_of(credentials: &Credentials) -> Result<Option<String>, String> {
     })?;
     let key = nkeys::KeyPair::from_seed(seed)
         .map_err(|e| format!("{} holds no valid nkey seed: {e}", path.display()))?;
-    Ok(Some(key.public_key()))
+    Ok(Some(Loaded { text, key }))
 }
 
 /// Connects; daemons keep trying while the server is unreachable, but stop
 /// at once when it refuses their credentials or TLS fails.
+/// Returns the client and, with a seed, the key that signs for it.
 pub(super) async fn connect(
     settings: &super::ConnectSettings,
     stats: Arc<Stats>,
-) -> Result<async_nats::Client, BusError> {
+) -> Result<(async_nats::Client, Option<nkeys::KeyPair>), BusError> {
     let shown = redact_urls(&settings.url);
     let fail = |reason: String| BusError::Connect {
         url: shown.clone(),
@@ -173,8 +169,9 @@ pub(super) async fn connect(
         }
         urls.push(clean);
     }
-    let public_key = public_key_of(&credentials).map_err(&fail)?;
-    let options = || options(settings, &credentials, public_key.as_deref(), stats.clone());
+    let loaded = load(&credentials).map_err(&fail)?;
+    let options = || options(settings, &credentials, loaded.as_ref(), stats.clone());
+    let signer = |client| Ok((client, loaded.as_ref().map(|l| l.key.clone())));
     // a server reloading its configuration refuses known credentials for a
     // moment, so a daemon asks again until its connect timeout has passed
     let deadline = tokio::time::Instant::now() + settings.connect_timeout;
@@ -183,7 +180,7 @@ pub(super) async fn connect(
         let first = match tokio::time::timeout(settings.connect_timeout, attempt).await {
             Ok(result) => result,
             Err(_) if settings.retry_initial_connect => {
-                return retrying(options()?, urls, &fail).await;
+                return signer(retrying(options()?, urls, &fail).await?);
             }
             Err(_) => {
                 let after = settings.connect_timeout;
@@ -193,7 +190,7 @@ pub(super) async fn connect(
             }
         };
         let e = match first {
-            Ok(client) => return Ok(client),
+            Ok(client) => return signer(client),
             Err(e) => e,
         };
         return match e.kind() {
@@ -215,7 +212,7 @@ pub(super) async fn connect(
             ConnectErrorKind::ServerParse => Err(fail(format!("{e}: check nats.url"))),
             _ if settings.retry_initial_connect => {
                 info!(url = %shown, error = %e, "nats not reachable yet, retrying");
-                retrying(options()?, urls, &fail).await
+                signer(retrying(options()?, urls, &fail).await?)
             }
             _ => Err(fail(format!("{e} {UNREACHABLE_HINT}"))),
         };
@@ -272,7 +269,7 @@ fn refused(credentials: &Credentials) -> String {
 fn options(
     settings: &super::ConnectSettings,
     credentials: &Credentials,
-    public_key: Option<&str>,
+    loaded: Option<&Loaded>,
     stats: Arc<Stats>,
 ) -> Result<ConnectOptions, BusError> {
     let fail = |reason: String| BusError::Connect {
@@ -293,20 +290,14 @@ fn options(
             options.user_and_password(user.clone(), password.clone())
         }
         Credentials::Token(token) => options.token(token.clone()),
-        Credentials::NkeyFile(path) => {
-            let text = read(path).map_err(&fail)?;
-            warn_if_shared(path);
-            let seed = seed_of(&text).ok_or_else(|| {
-                fail(format!(
-                    "nats.nkey = {} holds no user nkey seed (a line starting SU)",
-                    path.display()
-                ))
-            })?;
-            options.nkey(seed.to_string())
+        Credentials::NkeyFile(_) | Credentials::CredsFile(_) if loaded.is_none() => options,
+        Credentials::NkeyFile(_) => {
+            let seed = loaded.and_then(|l| l.key.seed().ok()).unwrap_or_default();
+            options.nkey(seed)
         }
         Credentials::CredsFile(path) => {
-            let text = read(path).map_err(&fail)?;
-            options.credentials(&text).map_err(|e| {
+            let text = loaded.map_or("", |l| l.text.as_str());
+            options.credentials(text).map_err(|e| {
                 fail(format!(
                     "{} is not a valid credentials file: {e}",
                     path.display()
@@ -314,8 +305,9 @@ fn options(
             })?
         }
     };
-    if let Some(key) = public_key {
-        options = options.custom_inbox_prefix(crate::auth::inbox_prefix(key));
+    if let Some(loaded) = loaded {
+        let inbox = crate::auth::inbox_prefix(&loaded.key.public_key());
+        options = options.custom_inbox_prefix(inbox);
     }
     let tls = &settings.tls;
     if let Some(ca) = &tls.ca {
@@ -432,8 +424,10 @@ async fn probe_client(
         tls: Tls::default(),
         identities: None,
     };
-    let client = connect(&settings, Arc::new(Stats::default())).await;
-    client.map_err(|e| format!("connect: {e}"))
+    let connected = connect(&settings, Arc::new(Stats::default())).await;
+    connected
+        .map(|(client, _)| client)
+        .map_err(|e| format!("connect: {e}"))
 }
 
 /// Connects to `url` and asks JetStream for account information: true
@@ -494,12 +488,14 @@ mod tests {
         let key = nkeys::KeyPair::new_user();
         let file = dir.path().join("x.nk");
         std::fs::write(&file, format!("{}\n", key.seed().unwrap())).unwrap();
-        let found = public_key_of(&Credentials::NkeyFile(file)).unwrap();
+        let found = load(&Credentials::NkeyFile(file))
+            .unwrap()
+            .map(|l| l.key.public_key());
         assert_eq!(found, Some(key.public_key()));
         let bad = dir.path().join("bad.nk");
         std::fs::write(&bad, "nope").unwrap();
-        assert!(public_key_of(&Credentials::NkeyFile(bad)).is_err());
-        let missing = public_key_of(&Credentials::NkeyFile(dir.path().join("none")));
-        assert!(missing.unwrap_err().contains("cannot read"));
+        assert!(load(&Credentials::NkeyFile(bad)).is_err());
+        let missing = load(&Credentials::NkeyFile(dir.path().join("none")));
+        assert!(missing.err().unwrap().contains("cannot read"));
     }
 }
