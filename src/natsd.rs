@@ -111,6 +111,9 @@ pub struct NatsServerOptions {
     pub authorization: Option<PathBuf>,
     /// What the readiness probe connects with: any identity the server knows.
     pub probe_credentials: crate::bus::Credentials,
+    /// More server settings (for example `max_pending: 65536`), added to the
+    /// file written with `authorization`; unused with a `config_file`.
+    pub settings: String,
 }
 
 /// A running nats-server; dropping it kills the process (SIGKILL) and waits for it.
@@ -190,7 +193,8 @@ impl NatsServer {
             .map_err(io_err(format!("reading {}", authorization.display())))?;
         let store = &self.opts.store_dir;
         std::fs::create_dir_all(store).map_err(io_err(format!("creating {}", store.display())))?;
-        let config = format!("jetstream {{ store_dir: {store:?} }}\n{text}");
+        let settings = &self.opts.settings;
+        let config = format!("jetstream {{ store_dir: {store:?} }}\n{settings}\n{text}");
         let path = self.work_dir.join("nats-server.conf");
         std::fs::write(&path, config).map_err(io_err(format!("writing {}", path.display())))?;
         Ok(Some(path))

@@ -65,6 +65,8 @@ wire_types![
     RunAccepted,
     TaskResult,
     ResultAck,
+    DeathCertificate,
+    CertificateAccepted,
     OrderAccepted,
     TaskStarted,
     TaskLog,
@@ -205,6 +207,8 @@ const CHANNELS: &[Channel] = {
         "A subagent introduces itself when it starts, retrying until a broker answers."),
     channel("result", "{prefix}.broker.result", ("TaskResult", Some("ResultAck")), (Subagent, Broker), false,
         "A subagent reports how a task ended; it repeats the report until it is acknowledged."),
+    channel("certificate", "{prefix}.broker.certificate", ("DeathCertificate", Some("CertificateAccepted")), (Subagent, Broker), false,
+        "A subagent's reaper certifies that the subagent process died and that it killed its tasks' process groups and saw them gone; the broker runs those tasks again elsewhere at once. Only the subagent's own identity may send it, and it counts only for the process it names."),
     channel("run", "{prefix}.subagent.{subagent_id}.run", ("RunTask", Some("RunAccepted")), (Broker, Subagent), false,
         "The broker hands one task to one subagent; sending the same task_id again starts no second copy."),
     channel("subagentHeartbeat", "{prefix}.hb.subagent.{subagent_id}", ("SubagentHeartbeat", None), (Subagent, Broker), false,
@@ -671,6 +675,7 @@ mod tests {
             s.agent_changed("AGENT"),
             s.broker_changed("BROKER"),
             s.audit("COMMAND"),
+            s.certificate(),
         ]
         .into_iter()
         .collect();

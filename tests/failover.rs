@@ -321,7 +321,7 @@ members = [{ subagent = "sub-a" }, { subagent = "sub-b" }, { subagent = "sub-c" 
     }
 
     let (lost_at, lost) = rec.change("sub-b", SubagentState::Lost).await;
-    assert!(lost.reason.contains("no responders"), "{lost:?}");
+    assert!(lost.reason.contains("certified by its reaper"), "{lost:?}");
     let mut finished = HashMap::new();
     for order_id in orders.keys() {
         finished.insert(order_id.clone(), rec.finish(order_id).await);

@@ -787,3 +787,69 @@ async fn user_and_password_and_tokens_work_and_never_show() {
         assert!(err.to_string().contains("<redacted>"), "{err}");
     }
 }
+
+/// A death certificate makes the broker run a subagent's tasks elsewhere at
+/// once, so a forged one would run a live task twice. Only the named
+/// subagent's identity may send one (the server refuses clients; the broker
+/// refuses other subagents), and only for the process it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_death_certificates_are_refused() {
+    let mut h = cluster(&["sub-a", "sub-b"]).await;
+    deploy(&h.bus, JOBS).await;
+    let gate = h.scratch().join("gate");
+    let running = running_gate(&h, &gate).await;
+    let victim = running.subagent_id.clone().expect("placed");
+    let other = if victim == "sub-a" { "sub-b" } else { "sub-a" };
+    let instance = running.subagent_instance_id.clone().expect("its process");
+    let s = h.bus.subjects().clone();
+    let certificate = |instance: &str| DeathCertificate {
+        subagent_id: victim.clone(),
+        instance_id: instance.to_string(),
+        killed: vec![running.task_id.clone().unwrap()],
+        survivors: vec![],
+        died_at_ms: 1,
+        certified_at_ms: 2,
+    };
+    let client = h.connect_as(Role::Client, None).await;
+    let payload = rmp_serde::to_vec_named(&certificate(&instance)).unwrap();
+    refused(&client, "client", &s.certificate(), payload).await;
+    let thief = h.connect_as(Role::Subagent, Some(other)).await;
+    let forged = thief
+        .request::<_, CertificateAccepted>(s.certificate(), &certificate(&instance), REQUEST)
+        .await;
+    forbidden("another subagent", "certificate", forged);
+    let own = h.connect_as(Role::Subagent, Some(&victim)).await;
+    let wrong = own
+        .request::<_, CertificateAccepted>(
+            s.certificate(),
+            &certificate("no-such-process"),
+            REQUEST,
+        )
+        .await;
+    match wrong {
+        Err(BusError::Remote(e)) if e.error.code == ErrorCode::NotFound => {
+            assert!(e.error.message.contains("no-such-process"), "{e}")
+        }
+        other => panic!("a certificate for another process: expected not_found, got {other:?}"),
+    }
+
+    let now = order_info(&h.bus, &running.order_id).await.expect("order");
+    assert_eq!(now.state, OrderState::Running, "{now:?}");
+    assert_eq!(now.attempt, 1, "never run again: {now:?}");
+    let status = status_of(&h.bus).await;
+    let state = status
+        .subagents
+        .iter()
+        .find(|a| a.id == victim)
+        .map(|a| a.state);
+    assert_eq!(state, Some(SubagentState::Available), "{status:?}");
+    std::fs::write(&gate, "").expect("open the gate");
+    let fin = wait_for(Duration::from_secs(15), "the gate order ends", || async {
+        order_info(&h.bus, &running.order_id)
+            .await
+            .filter(|o| o.state.is_final())
+    })
+    .await;
+    assert_eq!(fin.state, OrderState::Succeeded, "{fin:?}");
+    assert_eq!(fin.attempt, 1, "{fin:?}");
+}

@@ -166,6 +166,8 @@ pub fn permissions(role: Role, prefix: &str, id: Option<&str>, public_key: &str)
                 format!("{p}.broker.register"),
                 format!("{p}.broker.result"),
                 format!("{p}.broker.leave"),
+                // sent by its reaper, with its credentials, once it is dead
+                format!("{p}.broker.certificate"),
                 // in its own name only: readers check the name against the line
                 format!("{p}.events.*.*.started.{id}"),
                 format!("{p}.events.*.*.log.{id}"),

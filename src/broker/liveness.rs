@@ -1,6 +1,8 @@
 //! Subagent liveness: registrations, heartbeats, probes and departures
-//! feed the registry; a subagent that vanished or fell silent loses its
-//! tasks (known dead, or in doubt until its orphan timeout).
+//! feed the registry. A subagent not heard as expected is suspect (no new
+//! tasks); one silent for the subagent timeout is lost, its tasks in doubt
+//! until its orphan timeout, unless its reaper certifies its death first
+//! (`death.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +10,6 @@ use actix::prelude::*;
 use tracing::{debug, info, warn};
 
 use super::order_book::{Applied, OrderEvent};
-use super::probe::{self, Verdict};
 use super::registry::{Check, Seen, Sighting};
 use super::{Broker, ORPHAN_MARGIN, PROBE_TIMEOUT};
 use crate::bus::{BusError, Request};
@@ -39,6 +40,7 @@ impl Broker {
             heartbeat_interval: interval_or(r.heartbeat_interval_ms, &self.config),
             orphan_timeout: Duration::from_millis(r.orphan_timeout_ms),
         };
+        let before = self.registry.get(&r.subagent_id).map(|s| s.state());
         let seen = self.registry.seen(sighting, Instant::now());
         info!(subagent = %r.subagent_id, capacity = r.capacity, host = ?r.hostname, "subagent registered");
         let subagent_id = r.subagent_id.clone();
@@ -50,7 +52,7 @@ impl Broker {
                 epoch: self.epoch,
             },
         );
-        self.after_seen(&subagent_id, seen, None, ctx);
+        self.after_seen(&subagent_id, before, seen, None, ctx);
     }
 
     pub(super) fn on_heartbeat(&mut self, hb: SubagentHeartbeat, ctx: &mut Context<Self>) {
@@ -79,13 +81,15 @@ impl Broker {
                 "draining: stopping normally",
             );
         }
-        self.after_seen(&hb.subagent_id, seen, Some(&hb.running), ctx);
+        self.after_seen(&hb.subagent_id, before, seen, Some(&hb.running), ctx);
     }
 
     /// Follows up on a sighting; `running`: the tasks it runs, when it said.
+    /// `before`: its state before the sighting (`None`: unknown).
     fn after_seen(
         &mut self,
         id: &str,
+        before: Option<SubagentState>,
         seen: Seen,
         running: Option<&[String]>,
         ctx: &mut Context<Self>,
@@ -112,10 +116,17 @@ impl Broker {
                     }
                 }
             }
-            Seen::Restarted { lost_tasks } => {
-                warn!(subagent = %id, tasks = lost_tasks.len(), "subagent restarted; its tasks died with it");
+            Seen::Restarted {
+                lost_tasks,
+                last_seen,
+            } => {
+                warn!(subagent = %id, tasks = lost_tasks.len(), "subagent restarted; its earlier process's tasks wait for its death certificate or orphan timeout");
                 self.announce(id, SubagentState::Available, "restarted");
-                self.lose_tasks(id, true, ctx);
+                self.lose_tasks(id, last_seen, ctx);
+            }
+            Seen::Alive if before == Some(SubagentState::Suspect) => {
+                info!(subagent = %id, "suspect subagent heard again");
+                self.announce(id, SubagentState::Available, "heard again");
             }
             Seen::Alive => {}
         }
@@ -134,26 +145,39 @@ impl Broker {
             .post(self.bus.subjects().subagent_changed(id), &event);
     }
 
-    /// A subagent is gone. `dead`: it vanished at once, so its tasks died
-    /// with it; otherwise they are in doubt until its orphan timeout passes.
-    fn declare_lost(&mut self, id: &str, dead: bool, ctx: &mut Context<Self>) {
+    /// A subagent is not heard as expected: no new tasks for it, and nothing
+    /// more. Suspicion is not proof of death (a live subagent whose
+    /// connection was dropped has no responders until it reconnects).
+    pub(super) fn suspect(&mut self, id: &str, why: &str) {
+        if self.registry.suspect(id) {
+            warn!(subagent = %id, "subagent suspect: {why}");
+            self.announce(id, SubagentState::Suspect, &format!("suspect: {why}"));
+        }
+    }
+
+    /// A subagent has been silent for the whole subagent timeout: lost, but
+    /// not known dead; its tasks are in doubt until its orphan timeout.
+    fn declare_unreachable(&mut self, id: &str, ctx: &mut Context<Self>) {
         let Some(tasks) = self.registry.declare_lost(id) else {
             return;
         };
-        let how = if dead {
-            "lost: no responders (killed or crashed)"
-        } else {
-            "lost: silent, unreachable"
-        };
-        warn!(subagent = %id, tasks = tasks.len(), dead, "subagent {how}");
+        let how = "lost: silent, unreachable; its tasks run again only once it is proven dead";
+        warn!(subagent = %id, tasks = tasks.len(), "subagent {how}");
         self.announce(id, SubagentState::Lost, how);
-        self.lose_tasks(id, dead, ctx);
+        let last_seen = self
+            .registry
+            .get(id)
+            .map_or(Instant::now(), |s| s.last_seen);
+        self.lose_tasks(id, last_seen, ctx);
         self.dispatch(ctx);
     }
 
-    fn lose_tasks(&mut self, id: &str, dead: bool, ctx: &mut Context<Self>) {
+    /// The tasks placed on `id` are in doubt: they run again when its own
+    /// orphan timeout and kill grace (counted from `last_seen`) have passed,
+    /// or sooner on a death certificate.
+    pub(super) fn lose_tasks(&mut self, id: &str, last_seen: Instant, ctx: &mut Context<Self>) {
         let rerun_at_ms = self.registry.get(id).map_or(0, |s| {
-            let silent = Instant::now().saturating_duration_since(s.last_seen);
+            let silent = Instant::now().saturating_duration_since(last_seen);
             let last_seen_ms = now_ms().saturating_sub(silent.as_millis() as u64);
             last_seen_ms
                 + (s.orphan_timeout + s.heartbeat_interval + ORPHAN_MARGIN).as_millis() as u64
@@ -162,7 +186,6 @@ impl Broker {
             let event = OrderEvent::SubagentLost {
                 subagent_id: id.to_string(),
                 at_ms: now_ms(),
-                dead,
                 rerun_at_ms,
             };
             self.apply_and_act(&order_id, event, ctx);
@@ -173,8 +196,8 @@ impl Broker {
         let timeout = self.config.broker.subagent_timeout;
         for check in self.registry.check(Instant::now(), timeout) {
             match check {
-                Check::Probe(id) => self.probe(id, None, ctx),
-                Check::Unreachable(id) => self.declare_lost(&id, false, ctx),
+                Check::Probe(id) => self.probe(id, ctx),
+                Check::Unreachable(id) => self.declare_unreachable(&id, ctx),
             }
         }
         let now = now_ms();
@@ -188,16 +211,11 @@ impl Broker {
         }
     }
 
-    /// Asks a quiet subagent whether it lives: no responders means its
-    /// process is gone; a late answer means it is only busy.
-    ///
-    /// No responders is taken as proof of death only when it holds twice, one
-    /// heartbeat interval apart, with no heartbeat in between (a live subagent
-    /// whose connection was dropped reconnects and resubscribes in that time),
-    /// and not shortly after the broker itself reconnected (after a NATS
-    /// restart the subagents may not have reconnected yet). Otherwise the
-    /// subagent can only be declared lost by silence, with its tasks in doubt.
-    fn probe(&mut self, id: String, first_no_responders: Option<Instant>, ctx: &mut Context<Self>) {
+    /// Asks a quiet subagent whether it lives. An answer clears suspicion;
+    /// no responders or no answer makes it suspect, nothing more: a live
+    /// subagent whose connection was dropped has no responders until it
+    /// reconnects, and a busy one answers late.
+    fn probe(&mut self, id: String, ctx: &mut Context<Self>) {
         let bus = self.bus.clone();
         let subject = bus.subjects().ping(&id);
         let request = async move {
@@ -209,40 +227,22 @@ impl Broker {
                 .into_actor(self)
                 .map(move |reply, act, ctx| match reply {
                     Ok(pong) => {
+                        let before = act.registry.get(&id).map(|s| s.state());
                         if let Some(seen) =
                             act.registry.touch(&id, &pong.instance_id, Instant::now())
                         {
-                            act.after_seen(&id, seen, Some(&pong.running), ctx);
+                            act.after_seen(&id, before, seen, Some(&pong.running), ctx);
                         }
                     }
                     Err(BusError::NoResponders { .. }) => {
-                        act.on_no_responders(id, first_no_responders, ctx)
+                        act.suspect(&id, "heartbeats late and no responders to a probe")
                     }
                     Err(e) => {
-                        debug!(subagent = %id, error = %e, "probe unanswered; it may be busy")
+                        debug!(subagent = %id, error = %e, "probe unanswered; it may be busy");
+                        act.suspect(&id, "heartbeats late and a probe unanswered")
                     }
                 }),
         );
-    }
-
-    fn on_no_responders(&mut self, id: String, first: Option<Instant>, ctx: &mut Context<Self>) {
-        let Some(subagent) = self.registry.get(&id) else {
-            return;
-        };
-        let reconnected = self.bus.stats().reconnected_at_ms();
-        let guard = self.config.broker.subagent_timeout;
-        match probe::judge(first, subagent.last_seen, reconnected, now_ms(), guard) {
-            Verdict::NotProof => {
-                debug!(subagent = %id, "no responders, but we only just reconnected; not proof of death")
-            }
-            Verdict::AskAgain => {
-                let again = subagent.heartbeat_interval;
-                let now = Instant::now();
-                ctx.run_later(again, move |act, ctx| act.probe(id, Some(now), ctx));
-            }
-            Verdict::Gone => self.declare_lost(&id, true, ctx),
-            Verdict::Alive => debug!(subagent = %id, "heard from it between two probes; alive"),
-        }
     }
 
     pub(super) fn on_leave(&mut self, req: Request<Leave>) {

@@ -15,6 +15,7 @@
 
 pub mod agents;
 mod audit;
+mod death;
 mod elector;
 mod flows;
 mod gate;
@@ -66,6 +67,7 @@ enum Input {
     Register(Request<Register>),
     Leave(Request<Leave>),
     Result(Request<TaskResult>),
+    Certificate(Request<DeathCertificate>),
     Heartbeat(Received<SubagentHeartbeat>),
     Suspend(Request<SuspendOrder>),
     Resume(Request<ResumeOrder>),
@@ -201,6 +203,10 @@ pub async fn start(config: Config, bus: Bus, epoch: u64) -> Result<Addr<Broker>,
             .await?
             .map(Input::Result)
             .boxed_local(),
+        bus.serve(s.certificate())
+            .await?
+            .map(Input::Certificate)
+            .boxed_local(),
         bus.listen(s.subagent_heartbeats())
             .await?
             .map(Input::Heartbeat)
@@ -299,6 +305,10 @@ impl Input {
                 let asked = Asked::FromSubagent(&r.body.subagent_id);
                 (asked, &r.sender, Some(&r.replier))
             }
+            Input::Certificate(r) => {
+                let asked = Asked::FromSubagent(&r.body.subagent_id);
+                (asked, &r.sender, Some(&r.replier))
+            }
             Input::Heartbeat(h) => (Asked::FromSubagent(&h.body.subagent_id), &h.sender, None),
             _ => return None,
         })
@@ -333,6 +343,7 @@ impl StreamHandler<Input> for Broker {
             Input::Register(r) => self.on_register(r, ctx),
             Input::Leave(r) => self.on_leave(r),
             Input::Result(r) => self.on_result(r, ctx),
+            Input::Certificate(r) => self.on_certificate(r, ctx),
             Input::Heartbeat(h) => self.on_heartbeat(h.body, ctx),
             Input::Suspend(r) => self.on_suspend(r, ctx),
             Input::Resume(r) => self.on_resume(r, ctx),
@@ -522,7 +533,12 @@ impl Broker {
             Err(e @ (BusError::NoResponders { .. } | BusError::Remote(_))) => {
                 // definite: it did not take the task (nobody listened, or it refused)
                 warn!(task = %run.task_id, subagent = %subagent_id, error = %e, "dispatch failed; task goes back to the queue");
-                self.registry.suspect(&subagent_id);
+                if matches!(e, BusError::NoResponders { .. }) {
+                    self.suspect(&subagent_id, "a dispatch found no responders");
+                } else {
+                    // it answered: alive, but out of placement until it heartbeats again
+                    self.registry.suspect(&subagent_id);
+                }
                 self.registry.release(&subagent_id, &run.task_id, false);
                 let event = OrderEvent::DispatchFailed {
                     task_id: run.task_id,

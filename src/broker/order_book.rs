@@ -8,17 +8,22 @@
 //!            Dispatched            Started
 //!  Queued ──────────────▶ Dispatching ──────▶ Running ──────┐
 //!    ▲  ◀──────────────────────┘  │              │          │ SubagentLost
-//!    │   DispatchFailed,          │ Finished     │ Finished │ (not known dead)
-//!    │   SubagentLost (dead)      ▼              ▼          ▼
+//!    │   DispatchFailed,          │ Finished     │ Finished │ (suspicion only)
+//!    │   Certified                ▼              ▼          ▼
 //!    │                   Succeeded | Failed  ◀────────── Orphaned
 //!    │                                 Finished            │  │ SubagentReturned
-//!    └──────────── OrphanDeadline, or SubagentLost (dead) ─┘  └─▶ Running
+//!    └──────────── OrphanDeadline, or Certified ───────────┘  └─▶ Running
 //!                  when restartable (else Failed)
 //! ```
 //!
-//! A task is run again only once its old copy is known dead: its subagent
-//! vanished at once (killed: its children died with it), or the subagent's
-//! own orphan timeout has passed (it kills its tasks when it hears no broker).
+//! A task is run again only once its old copy is proven dead: its
+//! subagent's reaper certified that the process it was placed on died and
+//! that its process group is gone (`Certified`), the subagent itself
+//! reported it ended or killed it (`Finished`, `Abandoned`), or the
+//! subagent's own orphan timeout plus kill grace has passed since it was
+//! last heard (`OrphanDeadline`: it kills its tasks itself when it hears no
+//! broker). Losing sight of a subagent (silence, no responders, a closed
+//! connection, a restart under its id) is suspicion, never proof.
 //!
 //! A broker taking over rebuilds the book from the journal ([`Order::restore`],
 //! [`OrderBook::restore`]). A task an earlier broker placed is `inherited`:
@@ -101,13 +106,21 @@ pub enum OrderEvent {
         task_id: String,
         outcome: Outcome,
     },
-    /// The task's subagent is gone. `dead`: it vanished at once, so its task
-    /// died with it; otherwise it may still run the task until `rerun_at_ms`.
+    /// The task's subagent is out of sight (silent, or another process took
+    /// its id): it may still run the task until `rerun_at_ms`, when its own
+    /// orphan timeout and kill grace have passed.
     SubagentLost {
         subagent_id: String,
         at_ms: u64,
-        dead: bool,
         rerun_at_ms: u64,
+    },
+    /// The reaper of subagent process `instance_id` certified its death and
+    /// that the task's process group is gone: proof, so the task runs again
+    /// at once (or fails, when not restartable).
+    Certified {
+        subagent_id: String,
+        instance_id: String,
+        at_ms: u64,
     },
     /// An unreachable subagent is back and still runs `running`.
     SubagentReturned {
@@ -117,12 +130,15 @@ pub enum OrderEvent {
     /// A broker that took over hears for the first time from the subagent
     /// an inherited task was placed on: it is process `instance_id` and runs
     /// `running`. A started task it no longer runs has ended; its result,
-    /// repeated until acknowledged, is awaited until `result_by_ms`.
+    /// repeated until acknowledged, is awaited until `result_by_ms`. A task
+    /// placed on an earlier process of that id is in doubt until
+    /// `doubt_until_ms` (that process's orphan timeout), unless certified.
     Reconciled {
         subagent_id: String,
         instance_id: String,
         running: Vec<String>,
         result_by_ms: u64,
+        doubt_until_ms: u64,
         at_ms: u64,
     },
     /// The orphan timeout of an unreachable subagent has passed: its task is dead.
@@ -371,23 +387,29 @@ impl Order {
             }
             OrderEvent::SubagentLost {
                 subagent_id,
-                at_ms,
-                dead,
+                at_ms: _,
                 rerun_at_ms,
             } => {
-                let live = matches!(from, Phase::Dispatching | Phase::Running | Phase::Orphaned);
+                let live = matches!(from, Phase::Dispatching | Phase::Running);
                 if !live || self.subagent_id.as_deref() != Some(subagent_id.as_str()) {
                     return Ok(Applied::Stale);
                 }
-                if !dead {
-                    if from == Phase::Orphaned {
-                        return Ok(Applied::Stale);
-                    }
-                    self.phase = Phase::Orphaned;
-                    self.rerun_at_ms = Some(rerun_at_ms);
-                } else {
-                    self.task_is_dead(&subagent_id, at_ms);
+                self.phase = Phase::Orphaned;
+                self.rerun_at_ms = Some(rerun_at_ms);
+            }
+            OrderEvent::Certified {
+                subagent_id,
+                instance_id,
+                at_ms,
+            } => {
+                let live = matches!(from, Phase::Dispatching | Phase::Running | Phase::Orphaned);
+                let ours = self.subagent_id.as_deref() == Some(subagent_id.as_str())
+                    && self.subagent_instance_id.as_deref() == Some(instance_id.as_str());
+                if !live || !ours {
+                    return Ok(Applied::Stale);
                 }
+                let why = "it died; its reaper killed the task and certified it";
+                self.task_is_dead(&subagent_id, at_ms, why);
             }
             OrderEvent::SubagentReturned {
                 subagent_id,
@@ -415,14 +437,15 @@ impl Order {
                 // it ran: a restartable order runs again, another one fails
                 self.confirmed = true;
                 let subagent_id = self.subagent_id.clone().unwrap_or_default();
-                self.task_is_dead(&subagent_id, at_ms);
+                self.task_is_dead(&subagent_id, at_ms, "it killed the task itself");
             }
             OrderEvent::Reconciled {
                 subagent_id,
                 instance_id,
                 running,
                 result_by_ms,
-                at_ms,
+                doubt_until_ms,
+                at_ms: _,
             } => {
                 let live = matches!(from, Phase::Dispatching | Phase::Running | Phase::Orphaned);
                 let ours = self.subagent_id.as_deref() == Some(subagent_id.as_str());
@@ -436,8 +459,13 @@ impl Order {
                     .is_some_and(|i| *i != instance_id);
                 let runs = self.task_id.as_ref().is_some_and(|t| running.contains(t));
                 if restarted {
-                    // the process it was sent to is gone, and the task with it
-                    self.task_is_dead(&subagent_id, at_ms);
+                    // the process it was sent to is out of sight; it may live
+                    // on, and the task with it, until its orphan timeout
+                    self.phase = Phase::Orphaned;
+                    let by = self
+                        .rerun_at_ms
+                        .map_or(doubt_until_ms, |t| t.min(doubt_until_ms));
+                    self.rerun_at_ms = Some(by);
                 } else if runs {
                     self.rerun_at_ms = None;
                     self.confirmed = true;
@@ -460,7 +488,8 @@ impl Order {
                     return Ok(Applied::Stale);
                 }
                 let subagent_id = self.subagent_id.clone().unwrap_or_default();
-                self.task_is_dead(&subagent_id, at_ms);
+                let why = "out of sight past its orphan timeout, which killed the task";
+                self.task_is_dead(&subagent_id, at_ms, why);
             }
             OrderEvent::Cancel { at_ms } => match from {
                 Phase::Queued => self.cancelled(at_ms),
@@ -513,7 +542,7 @@ impl Order {
     /// unconfirmed one without counting as an attempt). A non-restartable
     /// one fails even when unconfirmed: it may have started before its
     /// subagent died, and it must never run twice.
-    fn task_is_dead(&mut self, subagent_id: &str, at_ms: u64) {
+    fn task_is_dead(&mut self, subagent_id: &str, at_ms: u64, why: &str) {
         if self.cancel_requested {
             self.cancelled(at_ms);
         } else if self.restartable {
@@ -523,7 +552,7 @@ impl Order {
             self.rerun_at_ms = None;
             self.outcome = Some(Outcome {
                 error: Some(format!(
-                    "subagent lost: {subagent_id} (the job is not restartable)"
+                    "subagent lost: {subagent_id} ({why}; the job is not restartable)"
                 )),
                 started_at_ms: self.started_at_ms,
                 finished_at_ms: at_ms,
@@ -1003,12 +1032,21 @@ mod tests {
         assert!(b.reason.unwrap().contains("subagent lost"));
     }
 
+    /// `dead`: its reaper certified the death of the process the tasks
+    /// were placed on; otherwise it is only out of sight.
     fn lost(sub: &str, dead: bool, rerun_at_ms: u64) -> OrderEvent {
-        OrderEvent::SubagentLost {
-            subagent_id: sub.into(),
-            at_ms: 3,
-            dead,
-            rerun_at_ms,
+        if dead {
+            OrderEvent::Certified {
+                subagent_id: sub.into(),
+                instance_id: format!("{sub}-i1"),
+                at_ms: 3,
+            }
+        } else {
+            OrderEvent::SubagentLost {
+                subagent_id: sub.into(),
+                at_ms: 3,
+                rerun_at_ms,
+            }
         }
     }
 
@@ -1028,12 +1066,7 @@ mod tests {
     fn only_the_current_tasks_results_are_kept() {
         let mut book = OrderBook::new(10);
         let first = running(&mut book, "r", "sub-1");
-        let lost = OrderEvent::SubagentLost {
-            subagent_id: "sub-1".into(),
-            at_ms: 3,
-            dead: true,
-            rerun_at_ms: 3,
-        };
+        let lost = lost("sub-1", true, 3);
         book.apply("r", lost).unwrap();
         let second = dispatched(&mut book, "r", "sub-2");
         let with = |value: &str| Outcome {
@@ -1266,6 +1299,7 @@ mod tests {
             instance_id: instance.into(),
             running: running.iter().map(|t| t.to_string()).collect(),
             result_by_ms: 500,
+            doubt_until_ms: 900,
             at_ms: 100,
         }
     }
@@ -1383,8 +1417,24 @@ mod tests {
         };
         book.apply("ended", late).unwrap();
         assert_eq!(phase(&book, "ended"), Phase::Succeeded);
-        // s2 restarted since: its task died with the old process, and runs again
+        // s2 restarted since: the old process is out of sight, not proven
+        // dead, so its task is in doubt until its orphan deadline...
         book.apply("moved", reconciled("s2", "s2-i2", &[])).unwrap();
+        assert_eq!(phase(&book, "moved"), Phase::Orphaned);
+        assert_eq!(book.get("moved").unwrap().rerun_at_ms, Some(900));
+        assert!(book.next_queued().is_none(), "never run again on suspicion");
+        // ...or until that process's certificate, which proves it
+        let other = OrderEvent::Certified {
+            subagent_id: "s2".into(),
+            instance_id: "s2-i2".into(),
+            at_ms: 200,
+        };
+        assert_eq!(
+            book.apply("moved", other).unwrap(),
+            Applied::Stale,
+            "another process's death proves nothing"
+        );
+        book.apply("moved", lost("s2", true, 0)).unwrap();
         assert_eq!(phase(&book, "moved"), Phase::Queued);
         assert_eq!(book.get("moved").unwrap().next_task_id(), "moved-2");
         assert_eq!(book.next_queued().unwrap().id, "moved");
@@ -1449,6 +1499,9 @@ mod tests {
         let mut book = OrderBook::new(10);
         book.restore([Order::restore(&info, true)]);
         book.apply("a", reconciled("s1", "s1-i2", &[])).unwrap();
+        assert_eq!(book.get("a").unwrap().phase, Phase::Orphaned);
+        book.apply("a", OrderEvent::OrphanDeadline { at_ms: 900 })
+            .unwrap();
         assert_eq!(book.get("a").unwrap().phase, Phase::Cancelled);
         assert!(book.next_queued().is_none());
     }

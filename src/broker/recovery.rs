@@ -489,6 +489,7 @@ impl Broker {
                 instance_id: instance_id.clone(),
                 running: running.to_vec(),
                 result_by_ms: now + wait.as_millis() as u64,
+                doubt_until_ms: unseen_rerun_at(&self.config, now),
                 at_ms: now,
             };
             let Ok(Applied::Moved { from, to }) = self.book.apply(&order_id, event) else {
@@ -506,7 +507,7 @@ impl Broker {
                     self.resend(&order_id, id, instance_id.clone(), ctx);
                 }
                 Phase::Orphaned => {
-                    info!(order = %order_id, subagent = %id, "inherited task ended; awaiting its result");
+                    info!(order = %order_id, subagent = %id, "inherited task no longer runs there; awaiting its result or proof of its death");
                     self.registry.release(id, &task_id, false);
                 }
                 _ => {
@@ -568,7 +569,6 @@ impl Broker {
                 let event = OrderEvent::SubagentLost {
                     subagent_id: id.clone(),
                     at_ms: now,
-                    dead: false,
                     rerun_at_ms,
                 };
                 self.apply_and_act(&order_id, event, ctx);

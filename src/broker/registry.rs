@@ -5,10 +5,11 @@
 //! it does not decide placement.
 //!
 //! Liveness: a subagent whose heartbeat is late (two intervals) is probed
-//! with a request; a killed one has no responders at once and is declared
-//! lost and dead, a busy one answers late and is left alone. Only silence for
-//! the whole `subagent_timeout` declares a subagent lost without proof of
-//! death (it is unreachable and may still run its tasks).
+//! with a request; one that has no responders or does not answer becomes
+//! suspect (no new tasks, its running ones left alone) until it is heard
+//! again. Silence for the whole `subagent_timeout` declares it lost, still
+//! without proof of death: it may run its tasks until its orphan timeout.
+//! Only its reaper's death certificate proves it dead (see `liveness.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -26,7 +27,8 @@ pub struct Subagent {
     /// Tasks placed here that have not finished.
     pub tasks: BTreeSet<String>,
     pub tasks_finished: u64,
-    /// Refused a dispatch because nothing listened: no new tasks until it heartbeats again.
+    /// Not heard as expected (a dispatch or probe with no responders, a
+    /// probe unanswered): no new tasks until it is heard again.
     pub suspect: bool,
     pub lost: bool,
     /// Switched off by an operator; survives heartbeats and returns.
@@ -48,6 +50,8 @@ impl Subagent {
     pub fn state(&self) -> SubagentState {
         if self.lost {
             SubagentState::Lost
+        } else if self.suspect {
+            SubagentState::Suspect
         } else if self.draining {
             SubagentState::Draining
         } else if self.disabled {
@@ -57,9 +61,9 @@ impl Subagent {
         }
     }
 
-    /// Available and not suspect: a candidate for new tasks (capacity aside).
+    /// Available (so not suspect): a candidate for new tasks (capacity aside).
     pub fn is_up(&self) -> bool {
-        self.state() == SubagentState::Available && !self.suspect
+        self.state() == SubagentState::Available
     }
 
     pub fn takes_tasks(&self) -> bool {
@@ -76,8 +80,12 @@ pub enum Seen {
     Alive,
     /// Was declared lost and is back (same process).
     Returned,
-    /// Same id, new process: the old process's tasks are gone.
-    Restarted { lost_tasks: Vec<String> },
+    /// Same id, new process: the old process's tasks no longer occupy it,
+    /// but are not proven dead. `last_seen`: when the old one was last heard.
+    Restarted {
+        lost_tasks: Vec<String>,
+        last_seen: Instant,
+    },
 }
 
 /// The view of a subagent a heartbeat, registration or probe answer gives.
@@ -134,6 +142,7 @@ impl Registry {
             );
             return Seen::New;
         };
+        let last_seen = entry.last_seen;
         entry.last_seen = entry.last_seen.max(now);
         entry.labels = s.labels.clone();
         entry.capacity = s.capacity;
@@ -147,7 +156,10 @@ impl Registry {
         if entry.instance_id != s.instance_id {
             entry.instance_id = s.instance_id.to_string();
             let lost_tasks = std::mem::take(&mut entry.tasks).into_iter().collect();
-            return Seen::Restarted { lost_tasks };
+            return Seen::Restarted {
+                lost_tasks,
+                last_seen,
+            };
         }
         if was_lost {
             Seen::Returned
@@ -165,6 +177,7 @@ impl Registry {
         }
         entry.last_seen = entry.last_seen.max(now);
         entry.last_probe = None;
+        entry.suspect = false;
         let was_lost = std::mem::replace(&mut entry.lost, false);
         Some(if was_lost {
             Seen::Returned
@@ -202,11 +215,15 @@ impl Registry {
         Some(std::mem::take(&mut entry.tasks).into_iter().collect())
     }
 
-    /// Takes a subagent out of placement until it heartbeats again.
-    pub fn suspect(&mut self, id: &str) {
-        if let Some(entry) = self.subagents.get_mut(id) {
-            entry.suspect = true;
-        }
+    /// Takes a subagent out of placement until it is heard again; returns
+    /// whether it was available before (so the change is worth announcing).
+    pub fn suspect(&mut self, id: &str) -> bool {
+        let Some(entry) = self.subagents.get_mut(id) else {
+            return false;
+        };
+        let was_up = entry.is_up();
+        entry.suspect = true;
+        was_up
     }
 
     /// An operator's switch; `None` when the subagent is unknown.
@@ -315,9 +332,10 @@ mod tests {
         assert_eq!(r.seen(sight("a", "i1", &labels), t5), Seen::Returned);
         r.assign("a", "t2");
         assert_eq!(
-            r.seen(sight("a", "i2", &labels), t5),
+            r.seen(sight("a", "i2", &labels), t5 + HB),
             Seen::Restarted {
-                lost_tasks: vec!["t2".into()]
+                lost_tasks: vec!["t2".into()],
+                last_seen: t5,
             }
         );
     }
@@ -364,10 +382,23 @@ mod tests {
         r.release("a", "t1", true);
         assert!(r.get("a").unwrap().takes_tasks());
         assert_eq!(r.get("a").unwrap().tasks_finished, 1);
-        r.suspect("a");
+        assert!(r.suspect("a"), "newly suspect");
+        assert!(!r.suspect("a"), "already suspect");
+        assert_eq!(r.get("a").unwrap().state(), SubagentState::Suspect);
         assert!(!r.get("a").unwrap().takes_tasks());
         r.seen(sight("a", "i", &labels), now);
         assert!(r.get("a").unwrap().takes_tasks());
+        r.suspect("a");
+        assert_eq!(r.touch("a", "other-process", now), None);
+        assert!(
+            !r.get("a").unwrap().takes_tasks(),
+            "another process's answer clears nothing"
+        );
+        assert_eq!(r.touch("a", "i", now), Some(Seen::Alive));
+        assert!(
+            r.get("a").unwrap().takes_tasks(),
+            "a probe answer clears suspicion"
+        );
 
         assert_eq!(r.set_disabled("a", true), Some(SubagentState::Disabled));
         r.seen(sight("a", "i", &labels), now);

@@ -633,10 +633,16 @@ pub enum SubagentState {
     Disabled,
     /// Stopping normally: no new tasks, running ones finish, then it leaves.
     Draining,
-    /// Gone without leaving: killed, crashed, or cut off.
+    /// Gone without leaving: killed, crashed, or cut off. Its tasks run
+    /// again elsewhere only once proven dead (its reaper's death certificate,
+    /// or its own orphan timeout and kill grace passed).
     Lost,
     /// Drained and left normally (only seen in events).
     Left,
+    /// Not heard as expected (late heartbeats, no responders, a dispatch
+    /// nobody received): no new tasks until it is heard again, but its
+    /// running tasks are left alone. Suspicion is not proof of death.
+    Suspect,
 }
 
 impl SubagentState {
@@ -647,6 +653,7 @@ impl SubagentState {
             SubagentState::Draining => "draining",
             SubagentState::Lost => "lost",
             SubagentState::Left => "left",
+            SubagentState::Suspect => "suspect",
         }
     }
 }

@@ -287,3 +287,35 @@ pub struct KillAccepted {
     /// Whether the task was running there.
     pub found: bool,
 }
+
+/// `{p}.broker.certificate`: a subagent process is dead. Sent by its
+/// reaper (a companion process on the same host, with the subagent's
+/// credentials) once it saw the subagent die, killed the process groups of
+/// its tasks and saw them gone. The broker accepts it only when signed by
+/// that subagent's identity, and applies it only to tasks placed on that
+/// process (`instance_id`); those run again elsewhere at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DeathCertificate {
+    pub subagent_id: String,
+    /// The dead process (its `instance_id` from `Register`).
+    pub instance_id: String,
+    /// Tasks whose process groups the reaper killed and saw gone.
+    #[serde(default)]
+    pub killed: Vec<String>,
+    /// Tasks whose process groups outlived SIGKILL for as long as the reaper
+    /// waited (a process in uninterruptible sleep): not proven dead, so they
+    /// wait for the subagent's orphan timeout as if it were cut off.
+    #[serde(default)]
+    pub survivors: Vec<String>,
+    /// When the reaper saw the subagent die.
+    pub died_at_ms: u64,
+    /// When the groups were gone.
+    pub certified_at_ms: u64,
+}
+
+/// Reply to [`DeathCertificate`]: the broker applied it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CertificateAccepted {
+    /// Orders whose task the certificate proved dead (run again or failed).
+    pub orders: u32,
+}

@@ -147,6 +147,10 @@ impl Subjects {
         format!("{}.broker.register", self.prefix)
     }
 
+    pub fn certificate(&self) -> String {
+        format!("{}.broker.certificate", self.prefix)
+    }
+
     pub fn result(&self) -> String {
         format!("{}.broker.result", self.prefix)
     }

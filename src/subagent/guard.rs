@@ -3,7 +3,7 @@
 //! at start that its own subjects reach it (credentials of another subagent
 //! id would leave it registered but deaf).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use tracing::{debug, error, warn};
@@ -36,7 +36,7 @@ impl Subagent {
             debug!(broker = %hb.broker_id, epoch = hb.epoch, newest = self.fence.newest(), "heartbeat from a deposed broker ignored");
             return;
         }
-        self.last_broker_contact = Instant::now();
+        self.heard_broker();
     }
 
     /// Whether a broker command of `epoch` may be obeyed; a command from an

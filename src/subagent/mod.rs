@@ -120,21 +120,29 @@ pub async fn start(
             .map(Input::Twin)
             .boxed_local(),
     ];
-    let reaper = match std::env::current_exe().and_then(|exe| reaper::Reaper::start(&exe)) {
+    let instance_id = uuid::Uuid::now_v7().to_string();
+    let hello = reaper::Hello {
+        subagent_id: id.clone(),
+        instance_id: instance_id.clone(),
+        config: config.clone(),
+    };
+    let reaper = match std::env::current_exe().and_then(|exe| reaper::Reaper::start(&exe, &hello)) {
         Ok(reaper) => Some(reaper),
         Err(e) => {
-            warn!(error = %e, "cannot start the reaper; a task's children may outlive a killed subagent");
+            warn!(error = %e, "cannot start the reaper: a task's children may outlive a killed subagent, \
+                and its death is known only after its orphan timeout");
             None
         }
     };
-    info!(subagent = %id, capacity = config.subagent.capacity, "subagent started");
+    let reaper_pid = reaper.as_ref().map(reaper::Reaper::pid);
+    info!(subagent = %id, instance = %instance_id, capacity = config.subagent.capacity, ?reaper_pid, "subagent started");
     Ok(Subagent::create(move |ctx| {
         ctx.add_stream(stream::select_all(inputs));
         Subagent {
             bus,
             config,
             id,
-            instance_id: uuid::Uuid::now_v7().to_string(),
+            instance_id,
             registered: false,
             registering: false,
             draining: false,
@@ -180,7 +188,7 @@ impl StreamHandler<Input> for Subagent {
         match input {
             Input::Run(r) => self.on_run(r, ctx),
             Input::Ping(r) => {
-                self.last_broker_contact = Instant::now();
+                self.heard_broker();
                 let pong = Pong {
                     subagent_id: self.id.clone(),
                     instance_id: self.instance_id.clone(),
@@ -235,6 +243,10 @@ impl Handler<Drain> for Subagent {
 
 impl Subagent {
     fn exit(&mut self, result: Result<(), String>, ctx: &mut Context<Self>) {
+        if let (Ok(()), Some(reaper)) = (&result, &mut self.reaper) {
+            // drained and left: nothing of ours runs, nothing to certify
+            reaper.clean_exit();
+        }
         if let Some(done) = self.done.take() {
             let _ = done.send(result);
         }
@@ -280,7 +292,7 @@ impl Subagent {
             match reply {
                 Ok(r) => {
                     act.registered = true;
-                    act.last_broker_contact = Instant::now();
+                    act.heard_broker();
                     act.fence.observe(r.epoch);
                     info!(broker = %r.broker_id, epoch = r.epoch, "registered with broker");
                 }
@@ -326,6 +338,15 @@ impl Subagent {
             .post_signed(self.bus.subjects().subagent_heartbeat(&self.id), &hb);
     }
 
+    /// Contact with the active broker. After a gap longer than the orphan
+    /// timeout (this process was frozen, or the messages were held up), the
+    /// broker already counts our tasks as dead and may run them elsewhere:
+    /// they are killed before the contact counts.
+    fn heard_broker(&mut self) {
+        self.check_orphaned();
+        self.last_broker_contact = Instant::now();
+    }
+
     /// No broker for `orphan_timeout`: kill every running task, so the
     /// broker can run restartable ones elsewhere without two copies.
     fn check_orphaned(&mut self) {
@@ -366,7 +387,7 @@ impl Subagent {
         if !self.admit("run", task.epoch, &req.sender, &req.replier) {
             return;
         }
-        self.last_broker_contact = Instant::now();
+        self.heard_broker();
         if self.knows(&task.task_id) {
             let pid = self.running.get(&task.task_id).and_then(|r| r.pid);
             let reply = RunAccepted {
@@ -414,7 +435,7 @@ impl Subagent {
         let pid = spawned.pid;
         debug!(task = %task.task_id, pid, "task started");
         if let Some(reaper) = &mut self.reaper {
-            reaper.hold(pid);
+            reaper.hold(pid, &task.task_id);
         }
         let (kill, killed) = oneshot::channel();
         let running = Running {
@@ -529,6 +550,11 @@ impl Subagent {
             finished_at_ms: now_ms(),
         };
         self.remember_finished(&task.task_id);
+        // from here on the result outlives us: if we die before the broker
+        // has it, our reaper hands it over
+        if let Some(reaper) = &mut self.reaper {
+            reaper.keep_result(&result);
+        }
         let unacked = Unacked {
             result,
             in_flight: false,
@@ -574,8 +600,11 @@ impl Subagent {
                 .into_actor(self)
                 .map(move |reply, act, ctx| match reply {
                     Ok(_) => {
-                        act.last_broker_contact = Instant::now();
+                        act.heard_broker();
                         act.unacked.remove(&task_id);
+                        if let Some(reaper) = &mut act.reaper {
+                            reaper.forget_result(&task_id);
+                        }
                         act.leave_if_drained(ctx);
                     }
                     Err(e) => {

@@ -1,29 +1,132 @@
-//! The reaper: a small companion process that kills what a subagent's tasks
-//! left behind when the subagent itself dies.
+//! The reaper: a small companion process that outlives its subagent, kills
+//! what the subagent's tasks left behind when the subagent dies, and
+//! certifies the death to the broker.
 //!
 //! Each task runs in its own process group, and its direct process has a
 //! parent-death signal; but that signal does not reach what the task started
 //! (`sh -c 'work & ...'`). So every subagent starts `baton __reaper` with a
-//! pipe on its stdin and tells it the process group of each task as it starts
-//! (`+PGID`) and ends (`-PGID`). When the subagent dies, by kill -9 or any
-//! other way, the kernel closes the pipe; the reaper reads end-of-file, kills
-//! every group it still holds with SIGKILL, and exits. A killed subagent's
-//! whole task trees are thus gone before the broker runs them elsewhere.
+//! pipe on its stdin and tells it who it is (a [`Hello`] line), the process
+//! group of each task as it starts (`+PGID TASK`) and ends (`-PGID`), and
+//! each result until the broker acknowledges it (`=RESULT`, `~TASK`).
 //!
-//! Architecture invariant: synchronous, no runtime, no NATS; its own process
-//! group, and deaf to terminal signals, so a Ctrl-C meant for the subagent
-//! does not take it away before it has done its job.
+//! When the subagent dies, by kill -9 or any other way, the kernel closes the
+//! pipe: the reaper reads end-of-file at once (no polling), kills every group
+//! it still holds with SIGKILL and waits until no live process is left in
+//! them. Then it connects to NATS with the subagent's own credentials, hands
+//! the broker the results it was never sent or never acknowledged, and sends
+//! a [`DeathCertificate`] naming the subagent, its process (`instance_id`)
+//! and the tasks it killed. The broker runs those tasks again elsewhere at
+//! once: proof of death, in milliseconds, without waiting for the orphan
+//! timeout. A subagent that stops normally says so (`.`) and gets no
+//! certificate.
+//!
+//! Architecture invariant: the reaper acts only after the subagent process is
+//! gone (end-of-file on the pipe only the subagent holds), so it never
+//! certifies a live subagent; and it names in `killed` only groups it saw
+//! empty of live processes. Its own process group, and deaf to terminal
+//! signals, so a Ctrl-C meant for the subagent does not take it away before
+//! it has done its job. Until the subagent dies it is synchronous and idle;
+//! only then does it start a runtime and connect.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::sys::signal::{killpg, signal, SigHandler, Signal};
 use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
 use std::os::unix::process::CommandExt;
+use tracing::{info, warn};
+
+use crate::bus::{Bus, BusError};
+use crate::config::Config;
+use crate::protocol::{CertificateAccepted, DeathCertificate, ResultAck, TaskResult};
+use crate::time::now_ms;
 
 /// The first argument that makes `baton` act as a reaper.
 pub const ARG: &str = "__reaper";
+/// How long killed groups may take to empty before they count as survivors.
+const GONE_WAIT: Duration = Duration::from_secs(2);
+/// Between two attempts to reach a broker.
+const RETRY: Duration = Duration::from_millis(200);
+/// How long one request waits for its answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the subagent tells its reaper first: whose death to certify, and how
+/// to reach the broker (the subagent's own settings and credentials).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    pub subagent_id: String,
+    pub instance_id: String,
+    pub config: Config,
+}
+
+/// One instruction from the subagent.
+#[derive(Debug, Clone, PartialEq)]
+enum Line {
+    /// `+PGID TASK`: kill this group if the subagent dies.
+    Hold { pgid: i32, task_id: String },
+    /// `-PGID`: the group ended.
+    Release(i32),
+    /// `=JSON`: a task's result, not yet acknowledged by a broker.
+    Result(Box<TaskResult>),
+    /// `~TASK`: the broker acknowledged the task's result.
+    Acked(String),
+    /// `.`: the subagent stops normally; nothing to certify.
+    Clean,
+}
+
+fn parse(line: &str) -> Option<Line> {
+    let (op, rest) = line.split_at(line.len().min(1));
+    match op {
+        "+" => {
+            let (pgid, task) = rest.split_once(' ').unwrap_or((rest, ""));
+            let pgid = pgid.trim().parse::<i32>().ok().filter(|p| *p > 1)?;
+            Some(Line::Hold {
+                pgid,
+                task_id: task.trim().to_string(),
+            })
+        }
+        "-" => rest.trim().parse().ok().map(Line::Release),
+        "=" => serde_json::from_str(rest).ok().map(Line::Result),
+        "~" => Some(Line::Acked(rest.trim().to_string())),
+        "." => Some(Line::Clean),
+        _ => None,
+    }
+}
+
+/// What the reaper holds for its subagent.
+#[derive(Debug, Default)]
+struct Held {
+    /// Process group -> the task running in it.
+    groups: BTreeMap<i32, String>,
+    /// Task id -> its result, until acknowledged.
+    results: BTreeMap<String, TaskResult>,
+    clean: bool,
+}
+
+impl Held {
+    fn apply(&mut self, line: Line) {
+        match line {
+            Line::Hold { pgid, task_id } => {
+                self.groups.insert(pgid, task_id);
+            }
+            Line::Release(pgid) => {
+                self.groups.remove(&pgid);
+            }
+            Line::Result(result) => {
+                self.results.insert(result.task_id.clone(), *result);
+            }
+            Line::Acked(task_id) => {
+                self.results.remove(&task_id);
+            }
+            Line::Clean => self.clean = true,
+        }
+    }
+}
 
 /// Runs the reaper on stdin; never returns.
 pub fn main() -> ! {
@@ -36,61 +139,280 @@ pub fn main() -> ! {
         // SAFETY: ignoring a signal installs no handler code.
         let _ = unsafe { signal(sig, SigHandler::SigIgn) };
     }
-    let mut groups = BTreeSet::new();
-    for line in std::io::stdin().lock().lines() {
+    let mut lines = std::io::stdin().lock().lines();
+    let hello: Option<Hello> = lines
+        .next()
+        .and_then(Result::ok)
+        .and_then(|l| serde_json::from_str(&l).ok());
+    let mut held = Held::default();
+    for line in lines {
         let Ok(line) = line else { break };
-        apply(&mut groups, &line);
+        if let Some(line) = parse(&line) {
+            held.apply(line);
+        }
     }
-    for pgid in groups {
-        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    // end of file: the subagent is gone
+    let died_at_ms = now_ms();
+    for pgid in held.groups.keys() {
+        let _ = killpg(Pid::from_raw(*pgid), Signal::SIGKILL);
+    }
+    if held.clean && held.groups.is_empty() {
+        std::process::exit(0);
+    }
+    let (killed, survivors) = wait_gone(&held.groups, GONE_WAIT);
+    let Some(hello) = hello else {
+        std::process::exit(0)
+    };
+    crate::cli::init_logging("info,async_nats=warn");
+    let certificate = DeathCertificate {
+        subagent_id: hello.subagent_id.clone(),
+        instance_id: hello.instance_id.clone(),
+        killed,
+        survivors,
+        died_at_ms,
+        certified_at_ms: now_ms(),
+    };
+    let results: Vec<TaskResult> = held.results.into_values().collect();
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(certify(hello.config, results, certificate)),
+        Err(e) => warn!(error = %e, "reaper: no runtime; no death certificate"),
     }
     std::process::exit(0)
 }
 
-/// One instruction: `+PGID` holds a group, `-PGID` lets it go.
-fn apply(groups: &mut BTreeSet<i32>, line: &str) {
-    let (op, pgid) = line.split_at(line.len().min(1));
-    match (op, pgid.trim().parse::<i32>()) {
-        ("+", Ok(pgid)) if pgid > 1 => {
-            groups.insert(pgid);
+/// Waits until every group has no live process; returns the tasks of the
+/// groups that emptied and of those that did not within `limit`.
+fn wait_gone(groups: &BTreeMap<i32, String>, limit: Duration) -> (Vec<String>, Vec<String>) {
+    let deadline = Instant::now() + limit;
+    let mut left: Vec<(i32, &String)> = groups.iter().map(|(p, t)| (*p, t)).collect();
+    let mut killed = Vec::new();
+    loop {
+        left.retain(|(pgid, task)| {
+            let gone = group_gone(*pgid);
+            if gone {
+                killed.push((*task).clone());
+            } else {
+                // a process that forked after the first kill
+                let _ = killpg(Pid::from_raw(*pgid), Signal::SIGKILL);
+            }
+            !gone
+        });
+        if left.is_empty() || Instant::now() >= deadline {
+            break;
         }
-        ("-", Ok(pgid)) => {
-            groups.remove(&pgid);
-        }
-        _ => {}
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let survivors = left.into_iter().map(|(_, t)| t.clone()).collect();
+    (killed, survivors)
+}
+
+/// Whether no live process is left in the group: none at all, or only
+/// zombies (dead, waiting for their new parent to collect them).
+fn group_gone(pgid: i32) -> bool {
+    match nix::sys::signal::killpg(Pid::from_raw(pgid), None) {
+        Err(Errno::ESRCH) => true,
+        Err(_) => false,
+        Ok(()) => !live_member(pgid),
     }
 }
 
-/// The subagent's end of the pipe to its reaper.
+/// Whether `/proc` shows a process of group `pgid` that is not a zombie.
+fn live_member(pgid: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    entries.flatten().any(|entry| {
+        let name = entry.file_name();
+        let is_pid = name
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+        is_pid
+            && std::fs::read_to_string(entry.path().join("stat"))
+                .ok()
+                .and_then(|stat| stat_state_and_group(&stat))
+                .is_some_and(|(state, group)| group == pgid && state != 'Z' && state != 'X')
+    })
+}
+
+/// The state letter and process group in a `/proc/PID/stat` line (the
+/// command name in parentheses may hold spaces and parentheses).
+fn stat_state_and_group(stat: &str) -> Option<(char, i32)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let _ppid = fields.next()?;
+    let group = fields.next()?.parse().ok()?;
+    Some((state, group))
+}
+
+/// Hands the broker the unacknowledged results, then the certificate,
+/// retrying until a broker answers or the subagent's own orphan timeout
+/// (plus grace) has long passed: by then the broker runs the tasks again
+/// without it.
+async fn certify(config: Config, results: Vec<TaskResult>, certificate: DeathCertificate) {
+    let patience = config.subagent.orphan_timeout + config.subagent.kill_grace * 2;
+    let deadline = tokio::time::Instant::now() + patience;
+    let id = certificate.subagent_id.clone();
+    let connect = crate::cli::connect(&config, "baton-reaper", true);
+    let bus = match tokio::time::timeout_at(deadline, connect).await {
+        Ok(Ok(bus)) => bus,
+        Ok(Err(e)) => {
+            return warn!(subagent = %id, error = %e, "reaper cannot reach NATS; no death certificate")
+        }
+        Err(_) => {
+            return warn!(subagent = %id, "reaper cannot reach NATS in time; no death certificate")
+        }
+    };
+    for result in &results {
+        let subject = bus.subjects().result();
+        let sent = ask::<_, ResultAck>(&bus, subject, result, deadline).await;
+        if let Err(e) = sent {
+            warn!(subagent = %id, task = %result.task_id, error = %e, "reaper could not hand over a result");
+        }
+    }
+    let subject = bus.subjects().certificate();
+    match ask::<_, CertificateAccepted>(&bus, subject, &certificate, deadline).await {
+        Ok(accepted) => info!(
+            subagent = %id,
+            instance = %certificate.instance_id,
+            killed = certificate.killed.len(),
+            survivors = certificate.survivors.len(),
+            results = results.len(),
+            orders = accepted.orders,
+            "subagent died; its reaper killed its tasks and the broker accepted the death certificate"
+        ),
+        Err(e) => warn!(subagent = %id, error = %e, "death certificate not accepted"),
+    }
+    let _ = bus.flush().await;
+}
+
+/// A request repeated until answered or refused, or until `deadline`.
+async fn ask<T, R>(
+    bus: &Bus,
+    subject: String,
+    body: &T,
+    deadline: tokio::time::Instant,
+) -> Result<R, BusError>
+where
+    T: Serialize,
+    R: serde::de::DeserializeOwned,
+{
+    loop {
+        match bus
+            .request::<T, R>(subject.clone(), body, REQUEST_TIMEOUT)
+            .await
+        {
+            Ok(answer) => return Ok(answer),
+            Err(e @ (BusError::Remote(_) | BusError::Denied { .. })) => return Err(e),
+            Err(e) if tokio::time::Instant::now() + RETRY >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(RETRY).await,
+        }
+    }
+}
+
+/// The subagent's end of the pipe to its reaper. It mirrors what it told the
+/// reaper, so that a reaper that died is replaced and told again.
 pub struct Reaper {
+    exe: PathBuf,
+    hello: String,
     stdin: ChildStdin,
+    pid: u32,
+    groups: BTreeMap<u32, String>,
+    results: BTreeMap<String, String>,
 }
 
 impl Reaper {
-    /// Starts `exe __reaper` in its own process group.
-    pub fn start(exe: &std::path::Path) -> std::io::Result<Reaper> {
-        let mut child = Command::new(exe)
-            .arg(ARG)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()?;
-        let stdin = child.stdin.take().expect("piped stdin");
-        // the reaper outlives us by design; its exit status is of no interest
-        std::thread::spawn(move || child.wait());
-        Ok(Reaper { stdin })
+    /// Starts `exe __reaper` in its own process group and introduces itself.
+    pub fn start(exe: &Path, hello: &Hello) -> std::io::Result<Reaper> {
+        let hello = serde_json::to_string(hello).map_err(std::io::Error::other)?;
+        let (stdin, pid) = spawn(exe, &hello)?;
+        Ok(Reaper {
+            exe: exe.to_path_buf(),
+            hello,
+            stdin,
+            pid,
+            groups: BTreeMap::new(),
+            results: BTreeMap::new(),
+        })
+    }
+
+    /// The reaper's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// A task's process group to kill if the subagent dies.
-    pub fn hold(&mut self, pgid: u32) {
-        let _ = writeln!(self.stdin, "+{pgid}");
+    pub fn hold(&mut self, pgid: u32, task_id: &str) {
+        self.groups.insert(pgid, task_id.to_string());
+        self.send(format!("+{pgid} {task_id}"));
     }
 
     /// The task's group ended; forget it.
     pub fn release(&mut self, pgid: u32) {
-        let _ = writeln!(self.stdin, "-{pgid}");
+        self.groups.remove(&pgid);
+        self.send(format!("-{pgid}"));
     }
+
+    /// A result to hand the broker if the subagent dies before it is acknowledged.
+    pub fn keep_result(&mut self, result: &TaskResult) {
+        let Ok(json) = serde_json::to_string(result) else {
+            return;
+        };
+        let line = format!("={json}");
+        self.results.insert(result.task_id.clone(), line.clone());
+        self.send(line);
+    }
+
+    /// The broker acknowledged the task's result.
+    pub fn forget_result(&mut self, task_id: &str) {
+        if self.results.remove(task_id).is_some() {
+            self.send(format!("~{task_id}"));
+        }
+    }
+
+    /// The subagent stops normally: no certificate.
+    pub fn clean_exit(&mut self) {
+        self.send(".".into());
+    }
+
+    /// Writes one line; a reaper that is gone is replaced and told everything again.
+    fn send(&mut self, line: String) {
+        if writeln!(self.stdin, "{line}").is_ok() {
+            return;
+        }
+        warn!(pid = self.pid, "the reaper is gone; starting a new one");
+        match spawn(&self.exe, &self.hello) {
+            Ok((stdin, pid)) => {
+                self.stdin = stdin;
+                self.pid = pid;
+                let holds = self.groups.iter().map(|(g, t)| format!("+{g} {t}"));
+                let all: Vec<String> = holds.chain(self.results.values().cloned()).collect();
+                for line in all {
+                    let _ = writeln!(self.stdin, "{line}");
+                }
+                info!(pid, "new reaper started");
+            }
+            Err(e) => warn!(error = %e, "cannot start a new reaper"),
+        }
+    }
+}
+
+fn spawn(exe: &Path, hello: &str) -> std::io::Result<(ChildStdin, u32)> {
+    let mut child = Command::new(exe)
+        .arg(ARG)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .process_group(0)
+        .spawn()?;
+    let pid = child.id();
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    writeln!(stdin, "{hello}")?;
+    // the reaper outlives us by design; its exit status is of no interest
+    std::thread::spawn(move || child.wait());
+    Ok((stdin, pid))
 }
 
 #[cfg(test)]
@@ -98,13 +420,79 @@ mod tests {
     use super::*;
 
     #[test]
-    fn instructions_hold_and_release_groups() {
-        let mut g = BTreeSet::new();
+    fn instructions_hold_and_release_groups_and_results() {
+        let mut held = Held::default();
+        let result = TaskResult {
+            task_id: "t2".into(),
+            order_id: "o".into(),
+            job: "j".into(),
+            attempt: 1,
+            subagent_id: "s".into(),
+            exit_code: Some(0),
+            signal: None,
+            timed_out: false,
+            error: None,
+            abandoned: None,
+            outputs: BTreeMap::new(),
+            pid: Some(7),
+            started_at_ms: 1,
+            finished_at_ms: 2,
+        };
+        let json = format!("={}", serde_json::to_string(&result).unwrap());
+        let acked = TaskResult {
+            task_id: "t3".into(),
+            ..result.clone()
+        };
+        let acked = format!("={}", serde_json::to_string(&acked).unwrap());
         for line in [
-            "+100", "+200", "-100", "+1", "+0", "garbage", "", "+x", "-999",
+            "+100 t1",
+            "+200 t2",
+            "-100",
+            "+1 x",
+            "+0 y",
+            "garbage",
+            "",
+            "+x",
+            "-999",
+            &json,
+            &acked,
+            "~t3",
+            "=not json",
         ] {
-            apply(&mut g, line);
+            if let Some(line) = parse(line) {
+                held.apply(line);
+            }
         }
-        assert_eq!(g, BTreeSet::from([200]));
+        assert_eq!(held.groups, BTreeMap::from([(200, "t2".to_string())]));
+        assert_eq!(held.results, BTreeMap::from([("t2".to_string(), result)]));
+        assert!(!held.clean);
+        held.apply(parse(".").unwrap());
+        assert!(held.clean);
+    }
+
+    #[test]
+    fn proc_stat_lines_give_state_and_group() {
+        let stat = "4242 (sh -c (x)) S 1 4240 4240 0 -1 4194560 100 0";
+        assert_eq!(stat_state_and_group(stat), Some(('S', 4240)));
+        assert_eq!(stat_state_and_group("7 (zombie) Z 1 7 7"), Some(('Z', 7)));
+        assert_eq!(stat_state_and_group("garbage"), None);
+    }
+
+    #[test]
+    fn a_killed_group_is_seen_gone_and_an_empty_one_at_once() {
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30"])
+            .process_group(0)
+            .spawn()
+            .expect("spawn");
+        let pgid = child.id() as i32;
+        assert!(!group_gone(pgid), "the group lives");
+        killpg(Pid::from_raw(pgid), Signal::SIGKILL).unwrap();
+        let groups = BTreeMap::from([(pgid, "t".to_string())]);
+        let (killed, survivors) = wait_gone(&groups, Duration::from_secs(5));
+        assert_eq!(killed, vec!["t".to_string()]);
+        assert!(survivors.is_empty());
+        let _ = child.wait();
+        assert!(group_gone(pgid));
     }
 }

@@ -26,6 +26,7 @@ use baton::protocol::{
 use futures::StreamExt;
 use tempfile::TempDir;
 
+pub mod partition;
 pub mod proxy;
 
 /// Bound on one request to the cluster.
@@ -118,6 +119,11 @@ pub async fn cluster(subagents: &[&str]) -> Harness {
 /// Like [`cluster`], with extra environment variables (such as `BATON_*`
 /// configuration) for every `baton` process.
 pub async fn cluster_with_env(subagents: &[&str], env: &[(&str, &str)]) -> Harness {
+    cluster_with(subagents, env, "").await
+}
+
+/// Like [`cluster_with_env`], with more nats-server settings (limits).
+pub async fn cluster_with(subagents: &[&str], env: &[(&str, &str)], server: &str) -> Harness {
     let dir = tempfile::Builder::new()
         .prefix("baton-test-")
         .tempdir()
@@ -127,6 +133,7 @@ pub async fn cluster_with_env(subagents: &[&str], env: &[(&str, &str)]) -> Harne
         store_dir: dir.path().join("store"),
         config_file: None,
         log_file: Some(dir.path().join("nats.log")),
+        settings: server.to_string(),
         ..Default::default()
     };
     // the known subagents' identities before the server starts: adding one
@@ -410,4 +417,48 @@ pub async fn cancel(bus: &Bus, order_id: &str, kill: bool) -> Result<OrderInfo, 
     };
     let call = bus.request(bus.subjects().order_cancel(), &request, REQUEST);
     within(REQUEST * 2, "cancel", call).await
+}
+
+/// The fields after the parenthesised name in `/proc/<pid>/stat`: state,
+/// parent pid and process group.
+fn proc_stat(pid: i32) -> Option<(char, i32, i32)> {
+    let stat =
+        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")).ok()?;
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let group = fields.next()?.parse().ok()?;
+    Some((state, ppid, group))
+}
+
+fn all_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The live (not zombie) processes of process group `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|pid| {
+            proc_stat(*pid)
+                .is_some_and(|(state, _, group)| group == pgid && state != 'Z' && state != 'X')
+        })
+        .collect()
+}
+
+/// The reaper a subagent process started (`baton __reaper`, its child).
+pub fn reaper_of(subagent_pid: u32) -> Option<i32> {
+    all_pids().into_iter().find(|pid| {
+        let child = proc_stat(*pid).is_some_and(|(_, ppid, _)| ppid == subagent_pid as i32);
+        let cmdline = std::fs::read(Path::new("/proc").join(pid.to_string()).join("cmdline"))
+            .unwrap_or_default();
+        child && String::from_utf8_lossy(&cmdline).contains("__reaper")
+    })
 }

@@ -20,6 +20,11 @@
 //! - [`Proxy::reset`] closes every connection, held or not (cut or not), as
 //!   when one side gave up on it; clients reconnect through the proxy (held
 //!   silent while it is cut).
+//! - [`Proxy::refuse`] closes every connection and, until
+//!   [`Proxy::accept`], closes each new one at once, as a middlebox reset, a
+//!   server dropping a slow consumer, or a dead NATS node would: the server
+//!   forgets the client's subscriptions, so a request to it finds no
+//!   responders, while the client itself lives on and keeps reconnecting.
 //! - Dropping the proxy stops it and closes every connection.
 //!
 //! Bytes being written at the very instant of a cut may still arrive, like
@@ -41,6 +46,8 @@ const CHUNK: usize = 16 * 1024;
 #[derive(Debug, Clone, Copy, Default)]
 struct State {
     cut: bool,
+    /// New connections are closed at once.
+    refusing: bool,
     /// Bumped by [`Proxy::reset`]: connections of an older epoch close.
     epoch: u64,
 }
@@ -92,6 +99,19 @@ impl Proxy {
         self.state.send_modify(|s| s.epoch += 1);
     }
 
+    /// Closes every connection and refuses new ones until [`Proxy::accept`].
+    pub fn refuse(&self) {
+        self.state.send_modify(|s| {
+            s.refusing = true;
+            s.epoch += 1;
+        });
+    }
+
+    /// Accepts connections again after [`Proxy::refuse`].
+    pub fn accept(&self) {
+        self.state.send_modify(|s| s.refusing = false);
+    }
+
     pub fn is_cut(&self) -> bool {
         self.state.borrow().cut
     }
@@ -122,7 +142,13 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, state: watch::
 /// One client connection: held silent while cut, then piped to `upstream`
 /// until either side closes or the proxy resets.
 async fn connection(client: TcpStream, upstream: SocketAddr, mut state: watch::Receiver<State>) {
-    let epoch = state.borrow().epoch;
+    let (epoch, refusing) = {
+        let s = state.borrow();
+        (s.epoch, s.refusing)
+    };
+    if refusing {
+        return;
+    }
     if !open(&mut state, epoch).await {
         return;
     }
