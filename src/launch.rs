@@ -415,3 +415,24 @@ fn read_status_kib(path: &Path, key: &str) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// The reaper a subagent process started (`baton __reaper`, its child; see
+/// `subagent/reaper.rs`), found in `/proc`.
+pub fn reaper_of(subagent_pid: u32) -> Option<u32> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let dir = Path::new("/proc").join(pid.to_string());
+            let parent = std::fs::read_to_string(dir.join("stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = stat.rsplit_once(')')?.1.to_string();
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                });
+            let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+            parent == Some(subagent_pid)
+                && String::from_utf8_lossy(&cmdline).contains(crate::subagent::reaper::ARG)
+        })
+}

@@ -331,3 +331,36 @@ async fn a_frozen_host_reruns_after_the_orphan_timeout_and_its_copy_dies_on_thaw
         "a frozen subagent was certified dead: {changes:?}"
     );
 }
+
+/// A result that would have died with its subagent: the task ends while
+/// `sub-p` cannot reach NATS, then `sub-p` is killed before it could deliver
+/// the result. Its reaper holds the result and hands it over once NATS is
+/// reachable: the non-restartable order succeeds instead of failing as lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_outlives_its_subagent_through_the_reaper() {
+    let mut p = Partition::start_with(PATIENT, "").await;
+    let (order, first) = p.start_on_p("marker-once", "1").await;
+
+    p.proxy.refuse();
+    let end = p.wait_mark("end", Duration::from_secs(10)).await;
+    assert_eq!(end.pid, first.pid.unwrap() as i32);
+    // the subagent has the result but no connection to deliver it on
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let info = p.order(&order).await;
+    assert!(!info.state.is_final(), "not delivered yet: {info:?}");
+    p.h.cluster
+        .signal("sub-p", Signal::SIGKILL)
+        .expect("kill -9 sub-p");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    p.proxy.accept();
+
+    let fin = p
+        .events
+        .wait_finished(&order, Duration::from_secs(20))
+        .await;
+    assert_eq!(fin.state, OrderState::Succeeded, "{fin:?}");
+    assert_eq!(fin.attempt, 1, "{fin:?}");
+    assert_eq!(fin.subagent_id.as_deref(), Some("sub-p"), "{fin:?}");
+    let m = marks(&p.marker_file());
+    assert_eq!(of_kind(&m, "start").len(), 1, "ran once: {m:?}");
+}

@@ -455,10 +455,5 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
 
 /// The reaper a subagent process started (`baton __reaper`, its child).
 pub fn reaper_of(subagent_pid: u32) -> Option<i32> {
-    all_pids().into_iter().find(|pid| {
-        let child = proc_stat(*pid).is_some_and(|(_, ppid, _)| ppid == subagent_pid as i32);
-        let cmdline = std::fs::read(Path::new("/proc").join(pid.to_string()).join("cmdline"))
-            .unwrap_or_default();
-        child && String::from_utf8_lossy(&cmdline).contains("__reaper")
-    })
+    baton::launch::reaper_of(subagent_pid).map(|pid| pid as i32)
 }

@@ -2,8 +2,12 @@
 //! subagent cluster. Each round kills a busy subagent with SIGKILL, measures
 //! from the kill to (a) the broker announcing it lost and (b) the last of its
 //! tasks starting again on another subagent, then restarts it. Per scheduling
-//! mode it prints p50/p99/max over the rounds, and whether any order ran
-//! twice, judged by marker files the tasks write themselves.
+//! mode and per path to proof of death it prints p50/p99/max over the
+//! rounds, and whether any order ran twice or overlapped, judged by marker
+//! files the tasks write themselves. The paths: `certificate` kills the
+//! subagent alone (its reaper certifies the death); `fallback` kills its
+//! reaper first, so nothing certifies and the broker waits for the
+//! subagent's orphan timeout and kill grace.
 //!
 //! Times are wall-clock milliseconds: the kill's, and the `at_ms` of the
 //! broker's and subagents' events (one host, one clock), so the bench's own
@@ -33,7 +37,7 @@ use crate::time::now_ms;
 pub(super) const SUBAGENTS: [&str; 3] = ["sub-1", "sub-2", "sub-3"];
 /// Longest wait for each step of a round: a busy victim, its loss and the
 /// rerun of its tasks, its return after the restart.
-const ROUND_LIMIT: Duration = Duration::from_secs(30);
+const ROUND_LIMIT: Duration = Duration::from_secs(40);
 /// Longest wait, beyond one task's duration, for a mode's last orders.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
@@ -72,11 +76,35 @@ sleep "$secs"
 echo "end $o $$ $(date +%s%3N)" >> "$d/markers"
 "#;
 
+/// How a killed subagent's death becomes known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum DeathPath {
+    /// Its reaper certifies it.
+    Certificate,
+    /// Its reaper is killed first: its orphan timeout and kill grace pass.
+    Fallback,
+}
+
+impl DeathPath {
+    fn as_str(self) -> &'static str {
+        match self {
+            DeathPath::Certificate => "certificate",
+            DeathPath::Fallback => "fallback",
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct FailoverArgs {
-    /// Subagents killed per scheduling mode
+    /// Subagents killed per scheduling mode with their reaper alive (the
+    /// reaper certifies the death)
     #[arg(long, default_value_t = 10)]
     pub rounds: usize,
+    /// Subagents killed per scheduling mode together with their reaper
+    /// (nothing certifies; each round waits the orphan timeout and kill
+    /// grace); 0 skips this path
+    #[arg(long, default_value_t = 3)]
+    pub fallback_rounds: usize,
     /// Scheduling modes to measure, comma-separated
     #[arg(
         long,
@@ -123,9 +151,11 @@ pub(super) async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
     let settings = Settings::load()?;
     if !args.json {
         eprintln!(
-            "baton bench failover-subagent: {} rounds per mode ({}); subagent heartbeat {} ms, \
-             broker check {} ms, subagent timeout {} ms, orphan timeout {} ms",
+            "baton bench failover-subagent: {} certified and {} fallback rounds per mode ({}); \
+             subagent heartbeat {} ms, broker check {} ms, subagent timeout {} ms, \
+             orphan timeout {} ms, kill grace {} ms",
             args.rounds,
+            args.fallback_rounds,
             args.modes
                 .iter()
                 .map(|m| m.as_str())
@@ -135,6 +165,7 @@ pub(super) async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
             settings.broker_check_ms,
             settings.subagent_timeout_ms,
             settings.orphan_timeout_ms,
+            settings.kill_grace_ms,
         );
     }
     let work = work_dir();
@@ -143,18 +174,30 @@ pub(super) async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
     let (mut cluster, bus) =
         start_cluster(&work, args.logs.clone(), SUBAGENTS.len(), args.capacity).await?;
     let mut modes = Vec::new();
+    let paths = [
+        (DeathPath::Certificate, args.rounds),
+        (DeathPath::Fallback, args.fallback_rounds),
+    ];
     for &mode in &args.modes {
-        // beside the logs when they are kept, so the evidence stays too
-        let dir = match &args.logs {
-            Some(logs) => logs.join(format!("markers-{}-{}", std::process::id(), mode.as_str())),
-            None => work.join(format!("markers-{}", mode.as_str())),
-        };
-        let run = run_mode(&mut cluster, &bus, mode, &args, &dir, stop_at).await;
-        match run {
-            Ok(report) => modes.push(report),
-            Err(e) => {
-                stop_cluster(cluster, &work);
-                return Err(e.context(format!("mode {}", mode.as_str())));
+        for (path, rounds) in paths.into_iter().filter(|(_, n)| *n > 0) {
+            let run_name = format!("{}-{}", mode.as_str(), path.as_str());
+            // beside the logs when they are kept, so the evidence stays too
+            let dir = match &args.logs {
+                Some(logs) => logs.join(format!("markers-{}-{run_name}", std::process::id())),
+                None => work.join(format!("markers-{run_name}")),
+            };
+            let run = Run {
+                mode,
+                path,
+                rounds,
+                dir: &dir,
+            };
+            match run_mode(&mut cluster, &bus, run, &args, stop_at).await {
+                Ok(report) => modes.push(report),
+                Err(e) => {
+                    stop_cluster(cluster, &work);
+                    return Err(e.context(run_name));
+                }
             }
         }
     }
@@ -173,16 +216,29 @@ pub(super) async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
     super::emit(&report, args.json, print_table)
 }
 
+/// One series of rounds: a scheduling mode, a path to proof of death.
+struct Run<'a> {
+    mode: SchedulingMode,
+    path: DeathPath,
+    rounds: usize,
+    dir: &'a Path,
+}
+
 async fn run_mode(
     cluster: &mut LocalCluster,
     bus: &Bus,
-    mode: SchedulingMode,
+    run: Run<'_>,
     args: &FailoverArgs,
-    dir: &Path,
     stop_at: tokio::time::Instant,
 ) -> anyhow::Result<ModeReport> {
+    let Run {
+        mode,
+        path,
+        rounds,
+        dir,
+    } = run;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = format!("failover-{}", mode.as_str());
+    let name = format!("failover-{}-{}", mode.as_str(), path.as_str());
     let survivors = match mode {
         SchedulingMode::FixedPriority => 1,
         _ => SUBAGENTS.len() - 1,
@@ -196,13 +252,14 @@ async fn run_mode(
     deploy(bus, &name, mode, dir, args.task_duration).await?;
     let mut report = ModeReport {
         mode: mode.as_str(),
+        path: path.as_str(),
         concurrency,
         ..ModeReport::default()
     };
     let (mut lost_ms, mut rerun_ms) = (Vec::new(), Vec::new());
     let capacity = args.capacity.to_string();
     feed.feeding = true;
-    for round in 0..args.rounds {
+    for round in 0..rounds {
         if tokio::time::Instant::now() >= stop_at {
             eprintln!(
                 "timed out after {:?}: {round} rounds of {}",
@@ -217,7 +274,7 @@ async fn run_mode(
             );
             break;
         };
-        let kill = kill_and_watch(&mut feed, cluster, &victim, &mut report).await?;
+        let kill = kill_and_watch(&mut feed, cluster, &victim, path, &mut report).await?;
         lost_ms.extend(kill.lost_ms);
         rerun_ms.extend(kill.rerun_ms);
         restart(&mut feed, cluster, &victim, &capacity).await?;
@@ -327,17 +384,24 @@ struct Kill {
     rerun_ms: Option<f64>,
 }
 
-/// SIGKILLs `victim` and follows events until it is declared lost and each of
-/// its tasks has started on another subagent (or [`ROUND_LIMIT`] passes).
+/// SIGKILLs `victim` (on the fallback path its reaper first) and follows
+/// events until it is declared lost and each of its tasks has started on
+/// another subagent (or [`ROUND_LIMIT`] passes).
 async fn kill_and_watch(
     feed: &mut Feed,
     cluster: &mut LocalCluster,
     victim: &str,
+    path: DeathPath,
     report: &mut ModeReport,
 ) -> anyhow::Result<Kill> {
     let mut pending = feed.running_on(victim);
+    let reaper = cluster.pid(victim).and_then(crate::launch::reaper_of);
     let killed_at = now_ms();
     feed.killed = Some(victim.to_string());
+    if path == DeathPath::Fallback {
+        let reaper = reaper.with_context(|| format!("{victim} has no reaper to kill"))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(reaper as i32), Signal::SIGKILL)?;
+    }
     cluster.signal(victim, Signal::SIGKILL)?;
     report.rounds += 1;
     report.lost_tasks += pending.len();
