@@ -1553,4 +1553,80 @@ mod tests {
             assert_eq!(book.get("a").unwrap().phase, Phase::Succeeded);
         }
     }
+
+    /// Property: whatever mix of suspicion a running task's subagent draws
+    /// (silence, a return without the task, a restart under its id seen at
+    /// a takeover, certificates of other processes, deadlines not yet due),
+    /// the task is never run again nor failed: only proof moves it.
+    #[test]
+    fn suspicion_alone_never_runs_a_task_again() {
+        for seed in 0..2_000u64 {
+            let mut rng = crate::testing::Rng::new(seed);
+            let mut book = OrderBook::new(10);
+            let restartable = rng.percent(50);
+            let mut o = order("a");
+            o.restartable = restartable;
+            book.insert(o);
+            book.enqueue("a");
+            let task = dispatched(&mut book, "a", "s1");
+            if rng.percent(70) {
+                let started = OrderEvent::Started {
+                    task_id: task.clone(),
+                    at_ms: 1,
+                };
+                book.apply("a", started).unwrap();
+            }
+            for step in 0..rng.below(12) {
+                let now = 10 + step;
+                let rerun_at = book.get("a").unwrap().rerun_at_ms;
+                let event = match rng.below(6) {
+                    0 => lost("s1", false, now + 100 + rng.below(100)),
+                    1 => OrderEvent::SubagentReturned {
+                        subagent_id: "s1".into(),
+                        running: if rng.percent(50) {
+                            vec![task.clone()]
+                        } else {
+                            vec![]
+                        },
+                    },
+                    2 => OrderEvent::Certified {
+                        subagent_id: rng.pick(&["s1", "s2"]).into(),
+                        instance_id: "s1-i2".into(),
+                        at_ms: now,
+                    },
+                    3 => OrderEvent::Certified {
+                        subagent_id: "s2".into(),
+                        instance_id: "s1-i1".into(),
+                        at_ms: now,
+                    },
+                    4 => OrderEvent::OrphanDeadline {
+                        at_ms: rerun_at.map_or(now, |t| t.saturating_sub(1)),
+                    },
+                    _ => OrderEvent::DispatchFailed {
+                        task_id: "a-9".into(),
+                    },
+                };
+                let _ = book.apply("a", event.clone());
+                let a = book.get("a").unwrap();
+                assert!(
+                    matches!(
+                        a.phase,
+                        Phase::Dispatching | Phase::Running | Phase::Orphaned
+                    ),
+                    "seed {seed}: {event:?} moved the order to {:?}",
+                    a.phase
+                );
+                assert_eq!(a.task_id.as_deref(), Some(task.as_str()), "seed {seed}");
+                assert_eq!(a.attempt, 1, "seed {seed}");
+            }
+            // proof of the right process's death releases it
+            book.apply("a", lost("s1", true, 0)).unwrap();
+            let a = book.get("a").unwrap();
+            if restartable {
+                assert_eq!(a.phase, Phase::Queued, "seed {seed}");
+            } else {
+                assert_eq!(a.phase, Phase::Failed, "seed {seed}");
+            }
+        }
+    }
 }

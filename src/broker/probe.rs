@@ -1,5 +1,11 @@
-//! What a liveness probe's "no responders" proves, for subagents and agents
-//! alike. Pure: the caller passes the times in.
+//! What a liveness probe's "no responders" proves of an agent. Pure: the
+//! caller passes the times in.
+//!
+//! Of a subagent it proves nothing (see `liveness.rs`): a live subagent
+//! whose connection was reset has no responders until it reconnects, and
+//! its task must not run twice, so only a death certificate or its orphan
+//! timeout proves it dead. An agent is judged here because a second
+//! Scheduler for a moment does no harm (fires are idempotent per slot).
 //!
 //! NATS answers "no responders" at once when nothing subscribes to the
 //! probed subject, which happens when the process is gone (its connection

@@ -18,6 +18,8 @@
 //! restart; the broker owns orders. A task id it already knows is never
 //! started twice.
 
+mod delivery;
+mod drain;
 pub mod epoch;
 mod guard;
 pub mod process;
@@ -37,12 +39,8 @@ use crate::config::Config;
 use crate::protocol::*;
 use crate::time::now_ms;
 
-/// Finished task ids remembered to recognise a repeated dispatch.
-const REMEMBER_FINISHED: usize = 10_000;
 /// Log lines posted before waiting for them to reach NATS.
 const LOG_BATCH: u64 = 256;
-/// After the drain timeout, how long results may still take to be acknowledged.
-const LEAVE_GRACE: Duration = Duration::from_secs(15);
 
 enum Input {
     Run(Request<RunTask>),
@@ -519,193 +517,6 @@ impl Subagent {
             &started,
         );
     }
-
-    fn on_exit(
-        &mut self,
-        task: RunTask,
-        pid: Option<u32>,
-        exit: process::Exit,
-        started_at_ms: u64,
-        ctx: &mut Context<Self>,
-    ) {
-        self.running.remove(&task.task_id);
-        if let (Some(reaper), Some(pid)) = (&mut self.reaper, pid) {
-            reaper.release(pid);
-        }
-        debug!(task = %task.task_id, ?exit, "task ended");
-        let result = TaskResult {
-            task_id: task.task_id.clone(),
-            order_id: task.order_id,
-            job: task.job,
-            attempt: task.attempt,
-            subagent_id: self.id.clone(),
-            exit_code: exit.exit_code,
-            signal: exit.signal,
-            timed_out: exit.timed_out,
-            error: exit.error,
-            abandoned: exit.killed,
-            outputs: exit.outputs,
-            pid,
-            started_at_ms,
-            finished_at_ms: now_ms(),
-        };
-        self.remember_finished(&task.task_id);
-        // from here on the result outlives us: if we die before the broker
-        // has it, our reaper hands it over
-        if let Some(reaper) = &mut self.reaper {
-            reaper.keep_result(&result);
-        }
-        let unacked = Unacked {
-            result,
-            in_flight: false,
-        };
-        self.unacked.insert(task.task_id.clone(), unacked);
-        self.send_result(task.task_id, ctx);
-    }
-
-    fn remember_finished(&mut self, task_id: &str) {
-        self.finished.push_back(task_id.to_string());
-        self.finished_set.insert(task_id.to_string());
-        while self.finished.len() > REMEMBER_FINISHED {
-            if let Some(old) = self.finished.pop_front() {
-                self.finished_set.remove(&old);
-            }
-        }
-    }
-
-    /// Sends a result to the broker; it stays buffered until acknowledged.
-    fn send_result(&mut self, task_id: String, ctx: &mut Context<Self>) {
-        let Some(entry) = self.unacked.get_mut(&task_id) else {
-            return;
-        };
-        if entry.in_flight {
-            return;
-        }
-        entry.in_flight = true;
-        let result = entry.result.clone();
-        let bus = self.bus.clone();
-        let subject = bus.subjects().result();
-        let timeout = self
-            .config
-            .subagent
-            .result_retry
-            .max(Duration::from_secs(1));
-        let request = async move {
-            // started and log lines first: the result must not overtake them
-            bus.posted().await;
-            bus.request::<_, ResultAck>(subject, &result, timeout).await
-        };
-        ctx.spawn(
-            request
-                .into_actor(self)
-                .map(move |reply, act, ctx| match reply {
-                    Ok(_) => {
-                        act.heard_broker();
-                        act.unacked.remove(&task_id);
-                        if let Some(reaper) = &mut act.reaper {
-                            reaper.forget_result(&task_id);
-                        }
-                        act.leave_if_drained(ctx);
-                    }
-                    Err(e) => {
-                        debug!(task = %task_id, error = %e, "result not acknowledged; will retry");
-                        if let Some(entry) = act.unacked.get_mut(&task_id) {
-                            entry.in_flight = false;
-                        }
-                    }
-                }),
-        );
-    }
-
-    /// A normal stop: no new tasks, running ones finish (killed after the
-    /// drain timeout), results are acknowledged, then leave and exit.
-    fn drain(&mut self, ctx: &mut Context<Self>) {
-        if self.draining {
-            return;
-        }
-        self.draining = true;
-        info!(running = self.running.len(), "draining");
-        self.heartbeat();
-        let timeout = self.config.subagent.drain_timeout;
-        ctx.run_later(timeout, move |act, _| {
-            let reason = format!(
-                "killed by its subagent: still running after the drain timeout ({})",
-                humantime::format_duration(timeout)
-            );
-            for (task_id, running) in &mut act.running {
-                if let Some(kill) = running.kill.take() {
-                    warn!(task = %task_id, "drain timeout; killing the task");
-                    let _ = kill.send(reason.clone());
-                }
-            }
-        });
-        ctx.run_later(timeout + LEAVE_GRACE, |act, ctx| {
-            if !act.leaving {
-                let pending = act.unacked.len();
-                act.exit(
-                    Err(format!(
-                        "drained, but {pending} result(s) were never acknowledged by a broker"
-                    )),
-                    ctx,
-                );
-            }
-        });
-        self.leave_if_drained(ctx);
-    }
-
-    fn leave_if_drained(&mut self, ctx: &mut Context<Self>) {
-        if !self.draining || self.leaving || !self.running.is_empty() || !self.unacked.is_empty() {
-            return;
-        }
-        self.leaving = true;
-        let bus = self.bus.clone();
-        let subject = bus.subjects().leave();
-        let leave = Leave {
-            subagent_id: self.id.clone(),
-            instance_id: self.instance_id.clone(),
-        };
-        let request = async move {
-            for _ in 0..3 {
-                match bus
-                    .request::<_, Left>(subject.clone(), &leave, Duration::from_secs(2))
-                    .await
-                {
-                    Ok(_) => return true,
-                    Err(e) => debug!(error = %e, "leave not acknowledged"),
-                }
-            }
-            false
-        };
-        ctx.spawn(request.into_actor(self).map(|acknowledged, act, ctx| {
-            if acknowledged {
-                info!("drained; left the cluster");
-            } else {
-                warn!("drained; no broker acknowledged the leave");
-            }
-            act.exit(Ok(()), ctx);
-        }));
-    }
 }
 
-/// Runs a subagent until it has drained after SIGINT/SIGTERM or a stop
-/// request, or until it cannot go on.
-pub async fn run_until_signal(config: Config, bus: Bus) -> anyhow::Result<()> {
-    let (done, mut finished) = oneshot::channel();
-    let subagent = start(config, bus, done).await?;
-    let result = tokio::select! {
-        _ = crate::cli::wait_for_signal() => {
-            info!("signal received; draining (signal again to stop at once)");
-            subagent.do_send(Drain);
-            tokio::select! {
-                r = &mut finished => r,
-                _ = crate::cli::wait_for_signal() => Ok(Err("stopped before draining finished".into())),
-            }
-        }
-        r = &mut finished => r,
-    };
-    match result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(reason)) => Err(anyhow::anyhow!(reason)),
-        Err(_) => Err(anyhow::anyhow!("the subagent stopped unexpectedly")),
-    }
-}
+pub use drain::run_until_signal;

@@ -1,0 +1,114 @@
+//! A task's end: its result recorded (and handed to the reaper, so it
+//! outlives the subagent), sent to the broker, and repeated until
+//! acknowledged; the task id remembered so it never starts again.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use tracing::debug;
+
+use super::{process, Subagent, Unacked};
+use crate::protocol::*;
+use crate::time::now_ms;
+
+/// Finished task ids remembered to recognise a repeated dispatch.
+const REMEMBER_FINISHED: usize = 10_000;
+
+impl Subagent {
+    pub(super) fn on_exit(
+        &mut self,
+        task: RunTask,
+        pid: Option<u32>,
+        exit: process::Exit,
+        started_at_ms: u64,
+        ctx: &mut Context<Self>,
+    ) {
+        self.running.remove(&task.task_id);
+        if let (Some(reaper), Some(pid)) = (&mut self.reaper, pid) {
+            reaper.release(pid);
+        }
+        debug!(task = %task.task_id, ?exit, "task ended");
+        let result = TaskResult {
+            task_id: task.task_id.clone(),
+            order_id: task.order_id,
+            job: task.job,
+            attempt: task.attempt,
+            subagent_id: self.id.clone(),
+            exit_code: exit.exit_code,
+            signal: exit.signal,
+            timed_out: exit.timed_out,
+            error: exit.error,
+            abandoned: exit.killed,
+            outputs: exit.outputs,
+            pid,
+            started_at_ms,
+            finished_at_ms: now_ms(),
+        };
+        self.remember_finished(&task.task_id);
+        // from here on the result outlives us: if we die before the broker
+        // has it, our reaper hands it over
+        if let Some(reaper) = &mut self.reaper {
+            reaper.keep_result(&result);
+        }
+        let unacked = Unacked {
+            result,
+            in_flight: false,
+        };
+        self.unacked.insert(task.task_id.clone(), unacked);
+        self.send_result(task.task_id, ctx);
+    }
+
+    fn remember_finished(&mut self, task_id: &str) {
+        self.finished.push_back(task_id.to_string());
+        self.finished_set.insert(task_id.to_string());
+        while self.finished.len() > REMEMBER_FINISHED {
+            if let Some(old) = self.finished.pop_front() {
+                self.finished_set.remove(&old);
+            }
+        }
+    }
+
+    /// Sends a result to the broker; it stays buffered until acknowledged.
+    pub(super) fn send_result(&mut self, task_id: String, ctx: &mut Context<Self>) {
+        let Some(entry) = self.unacked.get_mut(&task_id) else {
+            return;
+        };
+        if entry.in_flight {
+            return;
+        }
+        entry.in_flight = true;
+        let result = entry.result.clone();
+        let bus = self.bus.clone();
+        let subject = bus.subjects().result();
+        let timeout = self
+            .config
+            .subagent
+            .result_retry
+            .max(Duration::from_secs(1));
+        let request = async move {
+            // started and log lines first: the result must not overtake them
+            bus.posted().await;
+            bus.request::<_, ResultAck>(subject, &result, timeout).await
+        };
+        ctx.spawn(
+            request
+                .into_actor(self)
+                .map(move |reply, act, ctx| match reply {
+                    Ok(_) => {
+                        act.heard_broker();
+                        act.unacked.remove(&task_id);
+                        if let Some(reaper) = &mut act.reaper {
+                            reaper.forget_result(&task_id);
+                        }
+                        act.leave_if_drained(ctx);
+                    }
+                    Err(e) => {
+                        debug!(task = %task_id, error = %e, "result not acknowledged; will retry");
+                        if let Some(entry) = act.unacked.get_mut(&task_id) {
+                            entry.in_flight = false;
+                        }
+                    }
+                }),
+        );
+    }
+}
