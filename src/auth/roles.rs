@@ -114,7 +114,16 @@ impl Names<'_> {
 }
 
 /// Buckets the broker owns (it creates them at start).
-pub const BUCKETS: [&str; 6] = ["jobs", "clusters", "workflows", "orders", "fired", "leader"];
+pub const BUCKETS: [&str; 7] = [
+    "jobs",
+    "clusters",
+    "workflows",
+    "orders",
+    "fired",
+    "leader",
+    // the Scheduler lease record (issue 16, item 4): only brokers write it
+    "scheduler",
+];
 /// Plain streams the broker owns.
 pub const STREAMS: [&str; 2] = ["logs", "audit"];
 
@@ -385,7 +394,12 @@ mod tests {
                     "{role} {delete}"
                 );
             }
-            for bucket in ["baton_leader", "baton_orders", "baton_jobs"] {
+            for bucket in [
+                "baton_leader",
+                "baton_orders",
+                "baton_jobs",
+                "baton_scheduler",
+            ] {
                 let write = format!("$KV.{bucket}.key");
                 assert_eq!(
                     p.may_publish(&write),
