@@ -394,12 +394,7 @@ mod tests {
                     "{role} {delete}"
                 );
             }
-            for bucket in [
-                "baton_leader",
-                "baton_orders",
-                "baton_jobs",
-                "baton_scheduler",
-            ] {
+            for bucket in ["baton_leader", "baton_orders", "baton_jobs"] {
                 let write = format!("$KV.{bucket}.key");
                 assert_eq!(
                     p.may_publish(&write),

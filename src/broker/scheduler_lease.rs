@@ -159,6 +159,18 @@ mod tests {
     }
 
     #[test]
+    fn only_brokers_write_or_manage_the_record() {
+        use crate::auth::{permissions, Role};
+        for role in Role::ALL {
+            let p = permissions(role, "baton", Some("sub-1"), "UKEY");
+            let write = p.may_publish("$KV.baton_scheduler.lease");
+            assert_eq!(write, role == Role::Broker, "{role}");
+            let admin = p.may_publish("$JS.API.STREAM.DELETE.KV_baton_scheduler");
+            assert_eq!(admin, role == Role::Broker, "{role}");
+        }
+    }
+
+    #[test]
     fn writes_go_one_at_a_time_in_order_each_holding_its_command() {
         let mut ledger = Ledger::new(None);
         ledger.grant(lease("a", 10), "on a");
