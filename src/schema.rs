@@ -93,6 +93,7 @@ wire_types![
     FiredSlot,
     BrokerChanged,
     BrokerLease,
+    SchedulerLease,
     SuspendOrder,
     ResumeOrder,
     ListOrders,
@@ -718,6 +719,7 @@ mod tests {
         // stored in the `{prefix}_fired` KV bucket, on no subject
         used.insert("FiredSlot");
         used.insert("BrokerLease");
+        used.insert("SchedulerLease");
         assert_eq!(used, types);
         let ids: BTreeSet<&str> = CHANNELS.iter().map(|c| c.id).collect();
         assert_eq!(ids.len(), CHANNELS.len(), "a channel id is used twice");

@@ -700,3 +700,85 @@ every = "1s"
     })
     .await;
 }
+
+/// A lease long enough that waiting it out after a fail-over would show.
+const LONG_LEASE: &[(&str, &str)] = &[
+    ("BATON_SCHEDULER__LEASE", "30s"),
+    ("BATON_SCHEDULER__LEASE_GRACE", "2s"),
+];
+
+/// From killing the active broker and the Scheduler to the spare's first
+/// fire: the standby's takeover and two probes of the dead Scheduler, far
+/// below the 32 s a successor waits when it cannot read the lease record.
+const FIRE_AFTER_DOUBLE_KILL: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_active_broker_with_the_scheduler_moves_the_role_without_waiting_out_the_lease()
+{
+    let mut h = cluster_with_env(&["sub-1"], LONG_LEASE).await;
+    let file = h.scratch().join("ticks");
+    deploy(&h.bus, &tick_jobs(&file, "{ policy = \"fire-all\" }", "")).await;
+    h.cluster
+        .spawn("b2", &["broker", "--id", "b2"])
+        .expect("spawn b2");
+    spawn_agent(&mut h, "a1", "a1", &[]);
+    spawn_agent(&mut h, "a2", "a2", &[]);
+    let victim = wait_for(
+        Duration::from_secs(60),
+        "one Scheduler, a spare and a standby",
+        || async {
+            let s = status(&h).await;
+            let standby = s.brokers.iter().any(|b| b.role == BrokerRole::Standby);
+            let on: Vec<&AgentStatus> = s
+                .agents
+                .iter()
+                .filter(|a| a.role == AgentRole::Scheduler)
+                .collect();
+            match &on[..] {
+                [one] if standby && s.agents.len() == 2 => {
+                    Some((s.broker_id.clone(), one.id.clone()))
+                }
+                _ => None,
+            }
+        },
+    )
+    .await;
+    let (broker, scheduler) = victim;
+    let spare = if scheduler == "a1" { "a2" } else { "a1" };
+    wait_until(Duration::from_secs(10), "slots run", || {
+        let n = runs(&file).len();
+        async move { n >= 2 }
+    })
+    .await;
+    let accepted = h
+        .bus
+        .listen::<OrderAccepted>(h.bus.subjects().event("tick", "*", EventKind::Accepted))
+        .await
+        .expect("subscribe");
+    let killed_at = now_ms();
+    let broker_process = if broker == "b2" { "b2" } else { "broker" };
+    h.cluster
+        .signal(broker_process, Signal::SIGKILL)
+        .expect("kill the active broker");
+    h.cluster
+        .signal(&scheduler, Signal::SIGKILL)
+        .expect("kill the Scheduler");
+    // Only the spare can fire now, and only the standby accept its fires.
+    use futures::StreamExt;
+    let mut accepted = accepted.filter(|a| std::future::ready(a.body.at_ms > killed_at));
+    let first = within(
+        FIRE_AFTER_DOUBLE_KILL,
+        "the spare's first fire",
+        accepted.next(),
+    )
+    .await
+    .expect("accepted events");
+    assert!(
+        first.body.slot_ms.is_some(),
+        "a trigger's fire: {:?}",
+        first.body
+    );
+    assert_eq!(one_scheduler(&h, Some(scheduler.as_str())).await, spare);
+    // fire-all: the slots missed in between are fired too, each once
+    every_slot_once(&file, now_ms() - 1_500).await;
+}

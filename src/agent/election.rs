@@ -31,8 +31,17 @@
 //! another has run out or its holder answered a [`Action::TurnOff`]
 //! ([`ElectionState::off_confirmed`]). Where the seed goes ahead 5 s after an
 //! unanswered "turn off", Baton asks again every `answer_timeout` and waits
-//! for the lease. A new broker does not know its predecessor's leases, so
-//! [`ElectionState::new`] grants nothing for one lease and grace.
+//! for the lease.
+//!
+//! A new broker learns its predecessor's leases from the record the
+//! Elector keeps in JetStream (`takeover.rs`,
+//! [`ElectionState::taking_over`]): with no live lease recorded it elects
+//! as soon as the agents' first heartbeats are in; with a live one only
+//! that holder may be on until the lease runs out or the holder is proven
+//! gone; when the record cannot be read it grants nothing for one lease and
+//! grace ([`ElectionState::new`]). A new broker chooses nobody in case 1
+//! before its quiet time is over, so the choice is made among every agent
+//! heard by then.
 //!
 //! Decisions beyond the seed:
 //!
@@ -54,6 +63,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::health::{millis, HealthLevel};
+
+mod takeover;
+
+pub use takeover::Predecessor;
 
 /// Timings of the election.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -478,6 +491,10 @@ impl<'a> Round<'a, '_> {
             }
             return Target::Agent(keep);
         }
+        if self.now_ms < state.quiet_until_ms {
+            state.no_scheduler_since_ms.get_or_insert(self.now_ms);
+            return Target::Nobody;
+        }
         let spares = view
             .values()
             .copied()
@@ -584,7 +601,7 @@ mod tests {
     use HealthLevel::*;
 
     /// After the quiet time of a broker started at 0 with default timings.
-    const T0: u64 = 100_000;
+    pub(super) const T0: u64 = 100_000;
 
     fn cfg() -> ElectionConfig {
         ElectionConfig::default()
@@ -594,7 +611,7 @@ mod tests {
         ElectionState::new(0, &cfg())
     }
 
-    fn a(id: &str, health: HealthLevel) -> AgentView {
+    pub(super) fn a(id: &str, health: HealthLevel) -> AgentView {
         AgentView {
             id: id.into(),
             controlled: true,
@@ -604,7 +621,7 @@ mod tests {
         }
     }
 
-    fn on(mut v: AgentView) -> AgentView {
+    pub(super) fn on(mut v: AgentView) -> AgentView {
         v.reported_on = true;
         v
     }
@@ -632,7 +649,7 @@ mod tests {
         decide(&cfg(), s, agents, &r, now)
     }
 
-    fn turned_on(actions: &[Action]) -> Vec<&str> {
+    pub(super) fn turned_on(actions: &[Action]) -> Vec<&str> {
         actions
             .iter()
             .filter_map(|x| match x {
@@ -642,7 +659,7 @@ mod tests {
             .collect()
     }
 
-    fn turned_off(actions: &[Action]) -> Vec<&str> {
+    pub(super) fn turned_off(actions: &[Action]) -> Vec<&str> {
         actions
             .iter()
             .filter_map(|x| match x {
@@ -652,7 +669,7 @@ mod tests {
             .collect()
     }
 
-    fn renewed(actions: &[Action]) -> Vec<&str> {
+    pub(super) fn renewed(actions: &[Action]) -> Vec<&str> {
         actions
             .iter()
             .filter_map(|x| match x {
@@ -810,7 +827,7 @@ mod tests {
         let mut s = ElectionState::new(1_000, &cfg());
         assert!(run(&mut s, &agents, 1_000).is_empty());
         assert!(run(&mut s, &agents, 5_000).is_empty());
-        assert_eq!(s.pending(), Some("a"));
+        assert_eq!(s.pending(), None, "chosen once the quiet time is over");
         assert!(run(&mut s, &agents, 12_999).is_empty());
         assert_eq!(turned_on(&run(&mut s, &agents, 13_000)), ["a"]);
     }
@@ -1191,7 +1208,11 @@ mod tests {
                 "{}",
                 ctx()
             );
-            assert!(now >= 12_000, "turned on in the quiet time: {}", ctx());
+            assert!(
+                now >= before.quiet_until_ms,
+                "turned on in the quiet time: {}",
+                ctx()
+            );
             for y in agents.iter().filter(|y| y.id != x) {
                 assert!(!y.reported_on, "{} is on: {}", y.id, ctx());
             }
@@ -1331,7 +1352,16 @@ mod tests {
         offs: usize,
         /// Agents whose process crashed since the last step.
         crashed: Vec<String>,
+        /// The broker died since the last step: a standby takes over.
+        broker_died: bool,
+        takeovers: usize,
+        /// The Scheduler lease record in JetStream: holder and end. The
+        /// broker writes it before sending a grant (here: at once).
+        record: Option<(String, u64)>,
     }
+
+    /// How long a new broker waits for the agents' first heartbeats.
+    const SETTLE: Duration = Duration::from_millis(500);
 
     /// Queues `msg` behind what is already in flight on the same path, so a
     /// path delivers in order like one NATS connection.
@@ -1380,6 +1410,36 @@ mod tests {
                 turn_ons: 0,
                 offs: 0,
                 crashed: Vec::new(),
+                broker_died: false,
+                takeovers: 0,
+                record: None,
+            }
+        }
+
+        /// A standby takes over from a dead broker: it knows no agent, the
+        /// answers to its predecessor's commands are lost, and it reads the
+        /// lease record (or fails to, one time in five).
+        fn take_over(&mut self) {
+            let known = match &self.record {
+                _ if self.rng.percent(20) => Predecessor::Unknown,
+                None => Predecessor::NoLease,
+                Some((agent, until_ms)) => Predecessor::Granted {
+                    agent: agent.clone(),
+                    until_ms: *until_ms,
+                },
+            };
+            self.state = ElectionState::taking_over(self.now, &cfg(), &known, SETTLE);
+            self.registry.clear();
+            for ag in &mut self.agents {
+                ag.outbox.retain(|(_, m)| !matches!(m, Msg::OffAnswer(_)));
+            }
+            self.takeovers += 1;
+        }
+
+        /// The lease of `id` is over for the broker: its record goes.
+        fn clear_record(&mut self, id: &str) {
+            if self.record.as_ref().is_some_and(|(holder, _)| holder == id) {
+                self.record = None;
             }
         }
 
@@ -1407,6 +1467,7 @@ mod tests {
                 }
                 10..=11 => return Request::On(ag.id.clone()),
                 12 => return Request::Off(ag.id.clone()),
+                13 => self.broker_died = true,
                 _ => {}
             }
             Request::None
@@ -1479,7 +1540,11 @@ mod tests {
                             seen.history.record(at, level);
                         }
                         Msg::OffAnswer(command) => {
-                            self.state.off_confirmed(&ag.id, command);
+                            let confirmed = self.state.off_confirmed(&ag.id, command);
+                            let recorded = self.record.as_ref().map(|(holder, _)| holder);
+                            if confirmed && recorded == Some(&ag.id) {
+                                self.record = None;
+                            }
                         }
                         Msg::Command(_) => {}
                     }
@@ -1487,7 +1552,11 @@ mod tests {
             }
             for id in std::mem::take(&mut self.crashed) {
                 self.state.gone(&id);
+                self.clear_record(&id);
                 self.registry.remove(&id);
+            }
+            if std::mem::take(&mut self.broker_died) {
+                self.take_over();
             }
             self.registry
                 .retain(|_, seen| now.saturating_sub(seen.last_ms) <= REGISTRY_TIMEOUT);
@@ -1506,6 +1575,17 @@ mod tests {
             let acts = decide(&cfg(), &mut self.state, &views, &request, now);
             check_decision(&before, &self.state, &views, &request, &acts, now);
             for act in acts {
+                if let Action::TurnOn { agent, .. } | Action::Renew { agent, .. } = &act {
+                    if let Action::TurnOn { .. } = &act {
+                        let other_live = self
+                            .record
+                            .as_ref()
+                            .is_some_and(|(holder, until)| holder != agent && *until > now);
+                        assert!(!other_live, "{agent} turned on beside {:?}", self.record);
+                    }
+                    let until = self.state.lease_expires_at_ms(agent).expect("granted");
+                    self.record = Some((agent.clone(), until));
+                }
                 let to = match &act {
                     Action::TurnOn { agent, .. } => {
                         self.turn_ons += 1;
@@ -1542,7 +1622,7 @@ mod tests {
 
     #[test]
     fn simulated_cluster_never_has_two_schedulers_and_settles_on_one() {
-        let (mut turn_ons, mut offs, mut settled_on) = (0, 0, 0);
+        let (mut turn_ons, mut offs, mut settled_on, mut takeovers) = (0, 0, 0, 0);
         for seed in 0..300 {
             let n = 1 + (seed as usize % IDS.len());
             let mut sim = Sim::new(seed, n);
@@ -1580,8 +1660,10 @@ mod tests {
             }
             turn_ons += sim.turn_ons;
             offs += sim.offs;
+            takeovers += sim.takeovers;
         }
         assert!(turn_ons > 600 && offs > 600, "{turn_ons} {offs}");
+        assert!(takeovers > 600, "brokers took over: {takeovers}");
         assert!(settled_on > 150, "{settled_on}");
     }
 }

@@ -114,7 +114,16 @@ impl Names<'_> {
 }
 
 /// Buckets the broker owns (it creates them at start).
-pub const BUCKETS: [&str; 6] = ["jobs", "clusters", "workflows", "orders", "fired", "leader"];
+pub const BUCKETS: [&str; 7] = [
+    "jobs",
+    "clusters",
+    "workflows",
+    "orders",
+    "fired",
+    "leader",
+    // the Scheduler lease record (issue 16, item 4): only brokers write it
+    "scheduler",
+];
 /// Plain streams the broker owns.
 pub const STREAMS: [&str; 2] = ["logs", "audit"];
 

@@ -9,6 +9,16 @@
 //! reconnect), proves its process gone, and its lease is dropped at once
 //! ([`ElectionState::gone`]). Silence alone drops it from the book, but its
 //! lease keeps the role from moving until it runs out.
+//!
+//! Every grant and renewal is recorded in JetStream before its command is
+//! sent, and the record is deleted when its holder's lease ends early
+//! (`scheduler_lease.rs`). At start the Elector reads its predecessor's
+//! record and starts from [`ElectionState::taking_over`]; the holder of a
+//! live inherited lease that has not been heard from is probed like a late
+//! agent, so a holder that died with the previous broker frees the role
+//! within two probes.
+
+mod record;
 
 use std::time::{Duration, Instant};
 
@@ -19,8 +29,11 @@ use tracing::{debug, info, warn};
 use super::agents::{AgentBook, Check, Heard};
 use super::audit::{Audit, Audited};
 use super::probe::{self, Verdict};
-use crate::agent::election::{decide, Action, ElectionConfig, ElectionState, Request as Ask};
-use crate::bus::{Bus, BusError, Received, Replier, Request};
+use super::scheduler_lease::{self, Ledger};
+use crate::agent::election::{
+    decide, Action, ElectionConfig, ElectionState, Predecessor, Request as Ask,
+};
+use crate::bus::{Bus, BusError, Kv, Received, Replier, Request};
 use crate::config::Config;
 use crate::protocol::*;
 use crate::time::now_ms;
@@ -42,6 +55,15 @@ impl Message for Input {
 #[rtype(result = "Vec<AgentStatus>")]
 pub struct AgentsNow;
 
+/// A role command waiting for its lease record to be written.
+struct Grant {
+    agent: String,
+    command: u64,
+    action: RoleAction,
+    lease_ms: u64,
+    decided: Instant,
+}
+
 pub struct Elector {
     bus: Bus,
     config: Config,
@@ -52,6 +74,15 @@ pub struct Elector {
     election: ElectionState,
     /// Records operators' requests (`audit.rs`).
     audit: Audit,
+    /// The Scheduler lease record's bucket, when it could be opened.
+    record: Option<Kv<SchedulerLease>>,
+    /// Writes of the record, in order, with the commands they hold back.
+    ledger: Ledger<Grant>,
+    /// The last write of the record failed (logged once per streak).
+    record_failing: bool,
+    /// The holder of a live lease inherited from the previous broker.
+    inherited: Option<String>,
+    started: Instant,
 }
 
 /// Subscribes and starts the elector in the current actix System.
@@ -74,10 +105,18 @@ pub async fn start(
             .boxed_local(),
     ];
     let election_config = config.scheduler.election();
+    let (record, predecessor) = scheduler_lease::read_predecessor(&bus, &config).await;
+    // long enough for every agent's first heartbeat
+    let settle = config.agent.heartbeat_interval * 2;
+    let election = ElectionState::taking_over(now_ms(), &election_config, &predecessor, settle);
+    let inherited = match predecessor {
+        Predecessor::Granted { agent, .. } => Some(agent),
+        Predecessor::Unknown | Predecessor::NoLease => None,
+    };
     Ok(Elector::create(move |ctx| {
         ctx.add_stream(stream::select_all(inputs));
         Elector {
-            election: ElectionState::new(now_ms(), &election_config),
+            election,
             bus,
             config,
             election_config,
@@ -85,6 +124,11 @@ pub async fn start(
             epoch,
             book: AgentBook::default(),
             audit,
+            record,
+            ledger: Ledger::new(inherited.clone()),
+            record_failing: false,
+            inherited,
+            started: Instant::now(),
         }
     }))
 }
@@ -93,6 +137,9 @@ impl Actor for Elector {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(holder) = self.inherited.clone() {
+            self.probe_holder(holder, None, ctx);
+        }
         ctx.run_interval(self.config.broker.check_interval, |act, ctx| {
             act.check(ctx);
             act.round(Ask::None, None, ctx);
@@ -108,7 +155,7 @@ impl StreamHandler<Input> for Elector {
                     warn!(sender = %hb.sender.describe(), "agent heartbeat not signed by an agent ignored (logged at the 1st, 2nd, 4th, 8th... refusal)");
                 }
             }
-            Input::Heartbeat(hb) => self.on_heartbeat(hb.body),
+            Input::Heartbeat(hb) => self.on_heartbeat(hb.body, ctx),
             Input::Control(req) => {
                 let asked = super::gate::Asked::Admin;
                 let audited = Audited::scheduler(&req.body, req.sender.get());
@@ -153,7 +200,7 @@ impl Handler<AgentsNow> for Elector {
 }
 
 impl Elector {
-    fn on_heartbeat(&mut self, hb: AgentHeartbeat) {
+    fn on_heartbeat(&mut self, hb: AgentHeartbeat, ctx: &mut Context<Self>) {
         if !subjects::is_valid_token(&hb.agent_id) {
             return;
         }
@@ -166,7 +213,7 @@ impl Elector {
             }
             Heard::Restarted => {
                 info!(agent = %hb.agent_id, "agent restarted; its previous process is gone");
-                self.election.gone(&hb.agent_id);
+                self.lost(&hb.agent_id, ctx);
                 self.announce(&hb.agent_id, hb.role, "restarted");
             }
             Heard::Alive { role_changed: true } => {
@@ -226,13 +273,13 @@ impl Elector {
                     lease_ms,
                 } => {
                     info!(agent = %agent, lease_ms, "turning the Scheduler role on");
-                    self.send(agent, command, RoleAction::On, lease_ms, ctx);
+                    self.grant(agent, command, RoleAction::On, lease_ms, ctx);
                 }
                 Action::Renew {
                     agent,
                     command,
                     lease_ms,
-                } => self.send(agent, command, RoleAction::Renew, lease_ms, ctx),
+                } => self.grant(agent, command, RoleAction::Renew, lease_ms, ctx),
                 Action::TurnOff { agent, command } => {
                     info!(agent = %agent, "turning the Scheduler role off");
                     self.send(agent, command, RoleAction::Off, 0, ctx);
@@ -278,15 +325,17 @@ impl Elector {
             bus.request::<_, RoleAnswer>(subject, &request, ANSWER_TIMEOUT)
                 .await
         };
-        ctx.spawn(ask.into_actor(self).map(move |answer, act, _| match answer {
+        ctx.spawn(ask.into_actor(self).map(move |answer, act, ctx| match answer {
             Ok(answer) => {
                 let now = now_ms();
                 let changed = act.book.answered(&agent, &answer.instance_id, answer.role, now);
                 if changed {
                     act.announce(&agent, answer.role, "told by the broker");
                 }
-                if action == RoleAction::Off && answer.role == AgentRole::Spare {
-                    act.election.off_confirmed(&agent, command);
+                let off = action == RoleAction::Off && answer.role == AgentRole::Spare;
+                if off && act.election.off_confirmed(&agent, command) {
+                    act.ledger.ended(&agent);
+                    act.write_record(ctx);
                 }
             }
             Err(e) => debug!(agent = %agent, ?action, error = %e, "role command unanswered; it is sent again"),
@@ -345,7 +394,7 @@ impl Elector {
                 let was = agent.role;
                 warn!(agent = %id, role = was.as_str(), "agent process gone (no responders)");
                 self.book.remove(&id);
-                self.election.gone(&id);
+                self.lost(&id, ctx);
                 self.announce(&id, AgentRole::Spare, "lost: process gone");
                 self.round(Ask::None, None, ctx);
             }

@@ -29,6 +29,7 @@ pub mod probe;
 mod recovery;
 pub mod registry;
 mod requests;
+mod scheduler_lease;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;

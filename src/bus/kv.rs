@@ -127,6 +127,14 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
         }
     }
 
+    /// Deletes `key`, whatever it holds.
+    pub async fn delete(&self, key: &str) -> Result<(), BusError> {
+        self.store
+            .delete(key)
+            .await
+            .map_err(|e| transport(&self.bucket, e))
+    }
+
     /// Deletes `key` if its latest revision is still `revision`.
     pub async fn delete_if(&self, key: &str, revision: u64) -> Result<(), BusError> {
         self.store

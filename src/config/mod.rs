@@ -387,6 +387,12 @@ impl Config {
         format!("{}_fired", self.prefix)
     }
 
+    /// Name of the KV bucket holding the Scheduler lease the active broker
+    /// granted last (see `broker::scheduler_lease`).
+    pub fn scheduler_bucket(&self) -> String {
+        format!("{}_scheduler", self.prefix)
+    }
+
     /// Name of the KV bucket holding the brokers' leadership lease.
     pub fn leader_bucket(&self) -> String {
         format!("{}_leader", self.prefix)

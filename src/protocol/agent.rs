@@ -216,3 +216,25 @@ pub struct AgentChanged {
     pub reason: String,
     pub at_ms: u64,
 }
+
+/// The value of the key `lease` in the `{p}_scheduler` KV bucket: the
+/// Scheduler lease the active broker granted or renewed last, written
+/// before its `on` or `renew` command is sent and deleted when the holder
+/// confirmed giving the role up or its process is known gone. A broker
+/// taking over reads it to know whose lease may still run, instead of
+/// granting nothing for a whole lease. Only brokers write it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SchedulerLease {
+    /// The agent holding the lease.
+    pub agent_id: String,
+    /// The broker that granted it.
+    pub broker_id: String,
+    /// That broker's epoch.
+    pub epoch: u64,
+    /// Until when the broker counts the lease as running, grace included
+    /// (ms since the Unix epoch, the broker's clock).
+    pub until_ms: u64,
+    /// When it was granted or last renewed (ms since the Unix epoch).
+    #[serde(default)]
+    pub granted_at_ms: u64,
+}

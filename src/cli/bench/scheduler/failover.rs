@@ -8,6 +8,12 @@
 //! first fire); then restarts the killed agent under its id. At the end
 //! the file says whether any slot ran twice or never.
 //!
+//! With `--with-broker` two brokers run, and each round SIGKILLs the active
+//! broker together with the Scheduler: the standby takes over and must
+//! elect a new Scheduler without knowing the dead one from its heartbeats.
+//! The killed broker starts again as a standby. `--misfire fire-once`
+//! shows the slots a gap costs a job that does not catch up.
+//!
 //! Times are the broker's `at_ms` on its events against the wall clock at
 //! the kill (one host, one clock). Killing half-way between slots means the
 //! old Scheduler's last fire was answered long before the kill, so no order
@@ -22,12 +28,15 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 
 use super::slots::{check_slots, parse_slots};
-use super::watch::{current_scheduler, Seen, Watch};
+use super::watch::{current_scheduler, Ready, Seen, Watch};
 use super::{ms_or_na, spawn_agent, Settings};
 use crate::bus::Bus;
-use crate::cli::bench::{request_deploy, sh_job, start_cluster, stop_cluster, work_dir, Latency};
+use crate::cli::bench::{
+    request_deploy, sh_job, start_cluster_with, stop_cluster, work_dir, Latency,
+};
 use crate::cli::parse_duration;
 use crate::launch::LocalCluster;
+use crate::protocol::schedule::{DEFAULT_FIRE_ALL_MAX, DEFAULT_MISFIRE_WINDOW};
 use crate::protocol::*;
 use crate::time::now_ms;
 
@@ -38,6 +47,8 @@ const EVERY_MS: u64 = 1000;
 const KILL_PHASE_MS: u64 = 500;
 /// Subagents that run the ticks.
 const SUBAGENTS: usize = 2;
+/// The brokers: the first alone, or both with `--with-broker`.
+const BROKERS: [&str; 2] = ["broker-1", "broker-2"];
 /// Longest wait for each step of a round: a single Scheduler, its
 /// replacement and first fire, the killed agent's return.
 pub(super) const ROUND_LIMIT: Duration = Duration::from_secs(30);
@@ -62,6 +73,13 @@ pub struct FailoverSchedulerArgs {
     /// Start no new round after this long
     #[arg(long, value_parser = parse_duration, default_value = "10m")]
     pub timeout: Duration,
+    /// Run a standby broker, and kill the active broker with the Scheduler
+    #[arg(long)]
+    pub with_broker: bool,
+    /// The job's misfire policy: what the new Scheduler fires of the slots
+    /// missed while there was none
+    #[arg(long, value_enum, default_value_t = Misfire::FireAll)]
+    pub misfire: Misfire,
     /// Keep the cluster's logs, and the file of executed slots, in this folder
     #[arg(long)]
     pub logs: Option<PathBuf>,
@@ -70,9 +88,45 @@ pub struct FailoverSchedulerArgs {
     pub json: bool,
 }
 
+/// The misfire policies the bench's job can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Misfire {
+    /// Every missed slot (at most 100)
+    FireAll,
+    /// The latest missed slot only
+    FireOnce,
+    /// No missed slot
+    Skip,
+}
+
+impl Misfire {
+    fn policy(self) -> MisfirePolicy {
+        match self {
+            Misfire::FireAll => MisfirePolicy::FireAll {
+                max: DEFAULT_FIRE_ALL_MAX,
+            },
+            Misfire::FireOnce => MisfirePolicy::FireOnce {
+                window: DEFAULT_MISFIRE_WINDOW,
+            },
+            Misfire::Skip => MisfirePolicy::Skip,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Misfire::FireAll => "fire-all",
+            Misfire::FireOnce => "fire-once",
+            Misfire::Skip => "skip",
+        }
+    }
+}
+
 #[derive(Debug, Default, Serialize)]
 struct Report {
     scenario: &'static str,
+    /// Each round killed the active broker too (a standby ran).
+    with_broker: bool,
+    misfire: &'static str,
     agents: usize,
     subagents: usize,
     settings: Option<Settings>,
@@ -112,16 +166,28 @@ pub(in crate::cli::bench) async fn failover_scheduler(
     }
     let settings = Settings::load()?;
     if !args.json {
+        let brokers = if args.with_broker {
+            "; the active broker killed with it (a standby runs)"
+        } else {
+            ""
+        };
         eprintln!(
-            "baton bench failover-scheduler: {} rounds, {} agents; {}",
+            "baton bench failover-scheduler: {} rounds, {} agents{brokers}; misfire {}; {}",
             args.rounds,
             args.agents,
+            args.misfire.as_str(),
             settings.describe()
         );
     }
     let work = work_dir();
     let started = Instant::now();
-    let (mut cluster, bus) = start_cluster(&work, args.logs.clone(), SUBAGENTS, 4).await?;
+    let brokers: &[&str] = if args.with_broker {
+        &BROKERS
+    } else {
+        &BROKERS[..1]
+    };
+    let (mut cluster, bus) =
+        start_cluster_with(&work, args.logs.clone(), brokers, SUBAGENTS, 4, false).await?;
     // beside the logs when they are kept, so the evidence stays too
     let slots_file = match &args.logs {
         Some(logs) => logs.join(format!("slots-{}", std::process::id())),
@@ -143,14 +209,18 @@ async fn run(
 ) -> anyhow::Result<Report> {
     let stop_at = tokio::time::Instant::now() + args.timeout;
     let agents: Vec<String> = (1..=args.agents).map(|i| format!("agent-{i}")).collect();
+    let standbys: Vec<String> = match args.with_broker {
+        true => BROKERS.iter().map(|b| b.to_string()).collect(),
+        false => Vec::new(),
+    };
     for id in &agents {
         spawn_agent(cluster, id)?;
     }
     // listen before the first order exists
     let mut watch = Watch::start(bus).await?;
-    deploy(bus, slots_file).await?;
-    let first = current_scheduler(&mut watch, bus, &agents).await?;
-    watch.scheduler = Some(first);
+    deploy(bus, slots_file, args.misfire.policy()).await?;
+    let first = current_scheduler(&mut watch, bus, &agents, &standbys).await?;
+    watch.scheduler = Some(first.scheduler);
     let deadline = tokio::time::Instant::now() + ROUND_LIMIT;
     while watch.orders.is_empty() {
         if watch.step(deadline).await.is_none() {
@@ -160,6 +230,8 @@ async fn run(
 
     let mut report = Report {
         scenario: "failover-scheduler",
+        with_broker: args.with_broker,
+        misfire: args.misfire.as_str(),
         agents: args.agents,
         subagents: SUBAGENTS,
         ..Report::default()
@@ -170,19 +242,25 @@ async fn run(
             eprintln!("timed out after {:?}: {round} rounds", args.timeout);
             break;
         }
-        let victim = current_scheduler(&mut watch, bus, &agents).await?;
-        watch.scheduler = Some(victim.clone());
+        let Ready { scheduler, broker } =
+            current_scheduler(&mut watch, bus, &agents, &standbys).await?;
+        watch.scheduler = Some(scheduler.clone());
+        let broker = args.with_broker.then_some(broker);
         let into = now_ms() % EVERY_MS;
         let wait = (KILL_PHASE_MS + EVERY_MS - into) % EVERY_MS;
         watch
             .idle(tokio::time::Instant::now() + Duration::from_millis(wait))
             .await;
-        let kill = kill_and_watch(&mut watch, cluster, &victim).await?;
+        let kill = kill_and_watch(&mut watch, cluster, &scheduler, broker.as_deref()).await?;
         report.rounds += 1;
         lost.extend(kill.lost_ms);
         new.extend(kill.new_ms);
         fire.extend(kill.fire_ms);
-        restart(&mut watch, cluster, &victim).await?;
+        if let Some(broker) = &broker {
+            // back as a standby; the next round waits until it is heard
+            cluster.spawn(broker, &["broker", "--id", broker])?;
+        }
+        restart(&mut watch, cluster, &scheduler).await?;
         watch.idle(tokio::time::Instant::now() + args.settle).await;
     }
 
@@ -219,15 +297,15 @@ async fn run(
     Ok(report)
 }
 
-/// Deploys [`JOB`]: every second, misfire `fire-all`, appending its slot to `file`.
-async fn deploy(bus: &Bus, file: &Path) -> anyhow::Result<()> {
+/// Deploys [`JOB`]: every second, with `misfire`, appending its slot to `file`.
+async fn deploy(bus: &Bus, file: &Path, misfire: MisfirePolicy) -> anyhow::Result<()> {
     let job = JobSpec {
         description: Some("appends its slot to a file, every second".into()),
         triggers: vec![TriggerSpec::Cron {
             expr: "* * * * * *".into(),
             time_zone: None,
         }],
-        misfire: MisfirePolicy::FireAll { max: 100 },
+        misfire,
         concurrency: ConcurrencyPolicy::Allow,
         ..sh_job(
             JOB,
@@ -252,15 +330,20 @@ struct Kill {
     fire_ms: Option<f64>,
 }
 
-/// SIGKILLs `victim` and follows events until another agent is announced
-/// Scheduler and an order is accepted (or [`ROUND_LIMIT`] passes).
+/// SIGKILLs `victim` (and `broker`, the active one, first) and follows
+/// events until another agent is announced Scheduler and an order is
+/// accepted (or [`ROUND_LIMIT`] passes).
 async fn kill_and_watch(
     watch: &mut Watch,
     cluster: &mut LocalCluster,
     victim: &str,
+    broker: Option<&str>,
 ) -> anyhow::Result<Kill> {
     let killed_at = now_ms();
     watch.expecting_move = true;
+    if let Some(broker) = broker {
+        cluster.signal(broker, Signal::SIGKILL)?;
+    }
     cluster.signal(victim, Signal::SIGKILL)?;
     let since = |at_ms: u64| at_ms.saturating_sub(killed_at) as f64;
     let mut kill = Kill {
@@ -321,9 +404,12 @@ async fn restart(
 fn print_table(r: &Report) {
     println!("baton bench failover-scheduler");
     println!(
-        "  cluster           {} agents, {} subagents; one cron job firing every second (misfire fire-all)",
-        r.agents, r.subagents
+        "  cluster           {} agents, {} subagents; one cron job firing every second (misfire {})",
+        r.agents, r.subagents, r.misfire
     );
+    if r.with_broker {
+        println!("  each round        kills the active broker and the Scheduler together (a standby runs)");
+    }
     if let Some(s) = &r.settings {
         println!("  settings          {}", s.describe());
     }

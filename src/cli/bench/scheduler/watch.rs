@@ -80,13 +80,23 @@ impl Watch {
     }
 }
 
+/// The cluster as the bench needs it before a kill.
+pub(super) struct Ready {
+    /// The only agent in the Scheduler role.
+    pub(super) scheduler: String,
+    /// The broker that answered: the active one.
+    pub(super) broker: String,
+}
+
 /// Asks the broker for its status every 50 ms (taking events meanwhile)
-/// until every agent is there and exactly one is Scheduler; returns it.
+/// until every agent is there, exactly one is Scheduler and every broker of
+/// `standbys` is heard as a standby; returns the Scheduler and the broker.
 pub(super) async fn current_scheduler(
     watch: &mut Watch,
     bus: &Bus,
     agents: &[String],
-) -> anyhow::Result<String> {
+    standbys: &[String],
+) -> anyhow::Result<Ready> {
     let deadline = tokio::time::Instant::now() + ROUND_LIMIT;
     loop {
         let status: Result<StatusReply, _> = bus
@@ -100,26 +110,46 @@ pub(super) async fn current_scheduler(
             let present = agents
                 .iter()
                 .all(|id| status.agents.iter().any(|a| &a.id == id));
+            let standing_by = |id: &String| {
+                let b = status.brokers.iter().find(|b| &b.id == id);
+                b.is_some_and(|b| b.role == BrokerRole::Standby)
+            };
+            let standbys_ready = standbys
+                .iter()
+                .filter(|id| **id != status.broker_id)
+                .all(standing_by);
             let mut schedulers = status
                 .agents
                 .iter()
                 .filter(|a| a.role == AgentRole::Scheduler);
-            if let (true, Some(one), None) = (present, schedulers.next(), schedulers.next()) {
-                return Ok(one.id.clone());
+            if let (true, true, Some(one), None) = (
+                present,
+                standbys_ready,
+                schedulers.next(),
+                schedulers.next(),
+            ) {
+                return Ok(Ready {
+                    scheduler: one.id.clone(),
+                    broker: status.broker_id.clone(),
+                });
             }
         }
         if tokio::time::Instant::now() >= deadline {
             let seen = match &status {
                 Ok(s) => format!(
-                    "{:?}",
+                    "{:?}, brokers {:?}",
                     s.agents
                         .iter()
                         .map(|a| format!("{} {}", a.id, a.role.as_str()))
+                        .collect::<Vec<_>>(),
+                    s.brokers
+                        .iter()
+                        .map(|b| format!("{} {:?}", b.id, b.role))
                         .collect::<Vec<_>>()
                 ),
                 Err(e) => e.to_string(),
             };
-            bail!("no single Scheduler among {agents:?} within {ROUND_LIMIT:?}; last seen: {seen}");
+            bail!("no single Scheduler among {agents:?} (with standbys among {standbys:?}) within {ROUND_LIMIT:?}; last seen: {seen}");
         }
         watch
             .idle(tokio::time::Instant::now() + Duration::from_millis(50))
