@@ -301,13 +301,13 @@ async fn a_frozen_host_reruns_after_the_orphan_timeout_and_its_copy_dies_on_thaw
         "ran again before the orphan timeout and grace could pass"
     );
 
-    // the host thaws: sub-p first notices how long it was away, then its task runs
+    // the host thaws, all at once: sub-p notices how long it was away and
+    // kills its stale copy at once (no SIGTERM grace: it may run elsewhere)
+    killpg(group, Signal::SIGCONT).expect("thaw the task");
     p.h.cluster
         .signal("sub-p", Signal::SIGCONT)
         .expect("thaw sub-p");
     kill(Pid::from_raw(reaper), Signal::SIGCONT).expect("thaw the reaper");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    killpg(group, Signal::SIGCONT).expect("thaw the task");
     wait_until(Duration::from_secs(10), "the stale copy is killed", || {
         std::future::ready(group_members(first_pid).is_empty())
     })
@@ -363,4 +363,38 @@ async fn a_result_outlives_its_subagent_through_the_reaper() {
     assert_eq!(fin.subagent_id.as_deref(), Some("sub-p"), "{fin:?}");
     let m = marks(&p.marker_file());
     assert_eq!(of_kind(&m, "start").len(), 1, "ran once: {m:?}");
+}
+
+/// A second process started under `sub-p`'s id while `sub-p` runs a task
+/// (a mistake, or an orchestrator restarting a subagent it thinks is gone):
+/// the broker sees "another process" and puts the task in doubt, but the
+/// first process still runs it, says so in its next heartbeat, and keeps it.
+/// The newer process stops when it hears the older one. The task runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_under_the_id_does_not_rerun_the_first_ones_task() {
+    let mut p = Partition::start_with(PATIENT, "").await;
+    let (order, first) = p.start_on_p("marker", "14").await;
+    p.h.cluster
+        .spawn("twin", &["subagent", "--id", "sub-p"])
+        .expect("spawn a second sub-p");
+    let cluster = &mut p.h.cluster;
+    let exited = tokio::task::block_in_place(|| cluster.wait_exit("twin", Duration::from_secs(15)));
+    assert!(
+        matches!(exited, Ok(Some(code)) if code != 0),
+        "the newer process stops: {exited:?}"
+    );
+    let fin = p
+        .events
+        .wait_finished(&order, Duration::from_secs(30))
+        .await;
+    assert_eq!(fin.state, OrderState::Succeeded, "{fin:?}");
+    assert_eq!(fin.attempt, 1, "ran once: {fin:?}");
+    assert_eq!(fin.subagent_id.as_deref(), Some("sub-p"), "{fin:?}");
+    let m = marks(&p.marker_file());
+    assert_eq!(of_kind(&m, "start").len(), 1, "one start: {m:?}");
+    assert_eq!(
+        of_kind(&m, "end")[0].pid,
+        first.pid.unwrap() as i32,
+        "{m:?}"
+    );
 }

@@ -35,18 +35,22 @@ impl Broker {
             .get(id)
             .is_some_and(|s| s.instance_id == c.instance_id);
         let survivors: BTreeSet<&str> = c.survivors.iter().map(String::as_str).collect();
-        let placed: Vec<String> = self
+        // the orders placed on that process: proven dead, or (survivors) in doubt
+        let (survived, placed): (Vec<String>, Vec<String>) = self
             .book
             .on_subagent(id)
             .into_iter()
             .filter(|order_id| {
                 self.book.get(order_id).is_some_and(|o| {
                     o.subagent_instance_id.as_deref() == Some(c.instance_id.as_str())
-                        && !o.task_id.as_deref().is_some_and(|t| survivors.contains(t))
                 })
             })
-            .collect();
-        if !current && placed.is_empty() {
+            .partition(|order_id| {
+                self.book
+                    .get(order_id)
+                    .is_some_and(|o| o.task_id.as_deref().is_some_and(|t| survivors.contains(t)))
+            });
+        if !current && placed.is_empty() && survived.is_empty() {
             warn!(subagent = %id, instance = %c.instance_id, "death certificate for a process this broker does not know; ignored");
             let message = format!(
                 "no process {} of subagent {id} is known here, and no task was placed on it: nothing to certify",
@@ -54,7 +58,7 @@ impl Broker {
             );
             return self.error(&req.replier, ErrorCode::NotFound, message);
         }
-        let last_seen = self.registry.get(id).map(|s| s.last_seen);
+        let doubt = self.registry.get(id).map(|s| s.doubt());
         if current && self.registry.declare_lost(id).is_some() {
             let how = format!(
                 "lost: dead, certified by its reaper ({} task(s) killed{})",
@@ -85,12 +89,10 @@ impl Broker {
                 self.after_move(&order_id, to, ctx);
             }
         }
-        if current {
-            // what the reaper could not kill is in doubt, as for silence
-            if let Some(last_seen) = last_seen {
-                self.lose_tasks(id, last_seen, ctx);
-            }
-        }
+        // what the reaper could not kill is in doubt, as for silence
+        self.put_in_doubt(id, &survived, doubt.filter(|_| current), ctx);
+        // a heartbeat it sent before dying must not bring it back
+        self.remember_departed(&c.instance_id);
         self.bus
             .reply(&req.replier, &CertificateAccepted { orders });
         self.dispatch(ctx);

@@ -10,7 +10,7 @@ use actix::prelude::*;
 use tracing::{debug, info, warn};
 
 use super::order_book::{Applied, OrderEvent};
-use super::registry::{Check, Seen, Sighting};
+use super::registry::{Check, Doubt, Seen, Sighting};
 use super::{Broker, ORPHAN_MARGIN, PROBE_TIMEOUT};
 use crate::bus::{BusError, Request};
 use crate::config::Config;
@@ -102,35 +102,51 @@ impl Broker {
             }
             Seen::Returned => {
                 info!(subagent = %id, "lost subagent is back");
-                self.announce(id, SubagentState::Available, "back");
-                for order_id in self.book.on_subagent(id) {
-                    let event = OrderEvent::SubagentReturned {
-                        subagent_id: id.to_string(),
-                        running: running.unwrap_or_default().to_vec(),
-                    };
-                    if let Ok(Applied::Moved { .. }) = self.book.apply(&order_id, event) {
-                        if let Some(task) = self.book.get(&order_id).and_then(|o| o.task_id.clone())
-                        {
-                            self.registry.assign(id, &task);
-                        }
-                    }
-                }
+                let state = self
+                    .registry
+                    .get(id)
+                    .map_or(SubagentState::Available, |s| s.state());
+                self.announce(id, state, "back");
+                self.reclaim(id, running);
             }
-            Seen::Restarted {
-                lost_tasks,
-                last_seen,
-            } => {
-                warn!(subagent = %id, tasks = lost_tasks.len(), "subagent restarted; its earlier process's tasks wait for its death certificate or orphan timeout");
+            Seen::Restarted { lost_tasks, doubt } => {
+                warn!(subagent = %id, tasks = lost_tasks.len(), "another process of this subagent id; the earlier one's tasks wait for its death certificate or orphan timeout");
                 self.announce(id, SubagentState::Available, "restarted");
-                self.lose_tasks(id, last_seen, ctx);
+                self.lose_tasks(id, Some(doubt), ctx);
+                // the one heard now may be the earlier one (two processes
+                // with one id, until one of them stops): it keeps its tasks
+                self.reclaim(id, running);
             }
             Seen::Alive if before == Some(SubagentState::Suspect) => {
                 info!(subagent = %id, "suspect subagent heard again");
-                self.announce(id, SubagentState::Available, "heard again");
+                let state = self
+                    .registry
+                    .get(id)
+                    .map_or(SubagentState::Available, |s| s.state());
+                self.announce(id, state, "heard again");
             }
             Seen::Alive => {}
         }
         self.dispatch(ctx);
+    }
+
+    /// Orders in doubt on `id` whose task the process heard now runs are
+    /// running again, and occupy it.
+    fn reclaim(&mut self, id: &str, running: Option<&[String]>) {
+        let Some(running) = running.filter(|r| !r.is_empty()) else {
+            return;
+        };
+        for order_id in self.book.on_subagent(id) {
+            let event = OrderEvent::SubagentReturned {
+                subagent_id: id.to_string(),
+                running: running.to_vec(),
+            };
+            if let Ok(Applied::Moved { .. }) = self.book.apply(&order_id, event) {
+                if let Some(task) = self.book.get(&order_id).and_then(|o| o.task_id.clone()) {
+                    self.registry.assign(id, &task);
+                }
+            }
+        }
     }
 
     /// Publishes a subagent's new state for anyone watching.
@@ -164,31 +180,50 @@ impl Broker {
         let how = "lost: silent, unreachable; its tasks run again only once it is proven dead";
         warn!(subagent = %id, tasks = tasks.len(), "subagent {how}");
         self.announce(id, SubagentState::Lost, how);
-        let last_seen = self
-            .registry
-            .get(id)
-            .map_or(Instant::now(), |s| s.last_seen);
-        self.lose_tasks(id, last_seen, ctx);
+        let doubt = self.registry.get(id).map(|s| s.doubt());
+        self.lose_tasks(id, doubt, ctx);
         self.dispatch(ctx);
     }
 
     /// The tasks placed on `id` are in doubt: they run again when its own
-    /// orphan timeout and kill grace (counted from `last_seen`) have passed,
-    /// or sooner on a death certificate.
-    pub(super) fn lose_tasks(&mut self, id: &str, last_seen: Instant, ctx: &mut Context<Self>) {
-        let rerun_at_ms = self.registry.get(id).map_or(0, |s| {
-            let silent = Instant::now().saturating_duration_since(last_seen);
-            let last_seen_ms = now_ms().saturating_sub(silent.as_millis() as u64);
-            last_seen_ms
-                + (s.orphan_timeout + s.heartbeat_interval + ORPHAN_MARGIN).as_millis() as u64
+    /// orphan timeout and kill grace have passed since it was last heard
+    /// (plus the interval it checks at, our heartbeat interval and a
+    /// margin), or sooner on a death certificate. Unknown: as if heard now,
+    /// with our own settings.
+    pub(super) fn lose_tasks(&mut self, id: &str, doubt: Option<Doubt>, ctx: &mut Context<Self>) {
+        let orders = self.book.on_subagent(id);
+        self.put_in_doubt(id, &orders, doubt, ctx);
+    }
+
+    /// `orders`, placed on `id`, are in doubt (see [`Broker::lose_tasks`]).
+    pub(super) fn put_in_doubt(
+        &mut self,
+        id: &str,
+        orders: &[String],
+        doubt: Option<Doubt>,
+        ctx: &mut Context<Self>,
+    ) {
+        let now = Instant::now();
+        let sub = &self.config.subagent;
+        let doubt = doubt.unwrap_or(Doubt {
+            last_seen: now,
+            orphan_timeout: sub.orphan_timeout + sub.kill_grace,
+            heartbeat_interval: sub.heartbeat_interval,
         });
-        for order_id in self.book.on_subagent(id) {
+        let silent = now.saturating_duration_since(doubt.last_seen);
+        let last_seen_ms = now_ms().saturating_sub(silent.as_millis() as u64);
+        let wait = doubt.orphan_timeout
+            + doubt.heartbeat_interval
+            + self.config.broker.heartbeat_interval
+            + ORPHAN_MARGIN;
+        let rerun_at_ms = last_seen_ms + wait.as_millis() as u64;
+        for order_id in orders {
             let event = OrderEvent::SubagentLost {
                 subagent_id: id.to_string(),
                 at_ms: now_ms(),
                 rerun_at_ms,
             };
-            self.apply_and_act(&order_id, event, ctx);
+            self.apply_and_act(order_id, event, ctx);
         }
     }
 
@@ -254,12 +289,7 @@ impl Broker {
             info!(subagent = %subagent_id, "subagent left normally");
             self.announce(&subagent_id, SubagentState::Left, "left: stopped normally");
         }
-        if !self.departed.contains(&instance_id) {
-            self.departed.push_back(instance_id);
-            if self.departed.len() > 1024 {
-                self.departed.pop_front();
-            }
-        }
+        self.remember_departed(&instance_id);
         self.bus.reply(&req.replier, &Left {});
     }
 }
@@ -269,5 +299,18 @@ fn interval_or(ms: u64, config: &Config) -> Duration {
         config.subagent.heartbeat_interval
     } else {
         Duration::from_millis(ms)
+    }
+}
+
+impl Broker {
+    /// A subagent process that is gone for good (left, or certified dead):
+    /// a heartbeat of its still in flight must not bring it back.
+    pub(super) fn remember_departed(&mut self, instance_id: &str) {
+        if !self.departed.iter().any(|i| i == instance_id) {
+            self.departed.push_back(instance_id.to_string());
+            if self.departed.len() > 1024 {
+                self.departed.pop_front();
+            }
+        }
     }
 }

@@ -538,7 +538,7 @@ impl Broker {
                     self.suspect(&subagent_id, "a dispatch found no responders");
                 } else {
                     // it answered: alive, but out of placement until it heartbeats again
-                    self.registry.suspect(&subagent_id);
+                    self.registry.said_busy(&subagent_id);
                 }
                 self.registry.release(&subagent_id, &run.task_id, false);
                 let event = OrderEvent::DispatchFailed {

@@ -30,6 +30,9 @@ pub struct Subagent {
     /// Not heard as expected (a dispatch or probe with no responders, a
     /// probe unanswered): no new tasks until it is heard again.
     pub suspect: bool,
+    /// Refused a task as busy: no new tasks until its next heartbeat says
+    /// how many it runs (not suspicious: it answered).
+    pub said_busy: bool,
     pub lost: bool,
     /// Switched off by an operator; survives heartbeats and returns.
     pub disabled: bool,
@@ -50,24 +53,24 @@ impl Subagent {
     pub fn state(&self) -> SubagentState {
         if self.lost {
             SubagentState::Lost
-        } else if self.suspect {
-            SubagentState::Suspect
         } else if self.draining {
             SubagentState::Draining
         } else if self.disabled {
             SubagentState::Disabled
+        } else if self.suspect {
+            SubagentState::Suspect
         } else {
             SubagentState::Available
         }
     }
 
-    /// Available (so not suspect): a candidate for new tasks (capacity aside).
+    /// Available and not suspect: a candidate for new tasks (capacity aside).
     pub fn is_up(&self) -> bool {
         self.state() == SubagentState::Available
     }
 
     pub fn takes_tasks(&self) -> bool {
-        self.is_up() && self.free() > 0
+        self.is_up() && !self.said_busy && self.free() > 0
     }
 }
 
@@ -81,11 +84,32 @@ pub enum Seen {
     /// Was declared lost and is back (same process).
     Returned,
     /// Same id, new process: the old process's tasks no longer occupy it,
-    /// but are not proven dead. `last_seen`: when the old one was last heard.
+    /// but are not proven dead; `doubt` says how long they may live.
     Restarted {
         lost_tasks: Vec<String>,
-        last_seen: Instant,
+        doubt: Doubt,
     },
+}
+
+/// How long the tasks of a subagent process out of sight may still run:
+/// until its own orphan timeout (with kill grace) has passed since it was
+/// last heard, checked once per heartbeat interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Doubt {
+    pub last_seen: Instant,
+    pub orphan_timeout: Duration,
+    pub heartbeat_interval: Duration,
+}
+
+impl Subagent {
+    /// The doubt over this process's tasks, were it lost now.
+    pub fn doubt(&self) -> Doubt {
+        Doubt {
+            last_seen: self.last_seen,
+            orphan_timeout: self.orphan_timeout,
+            heartbeat_interval: self.heartbeat_interval,
+        }
+    }
 }
 
 /// The view of a subagent a heartbeat, registration or probe answer gives.
@@ -130,6 +154,7 @@ impl Registry {
                     tasks: BTreeSet::new(),
                     tasks_finished: 0,
                     suspect: false,
+                    said_busy: false,
                     lost: false,
                     disabled: false,
                     draining: s.draining,
@@ -142,7 +167,7 @@ impl Registry {
             );
             return Seen::New;
         };
-        let last_seen = entry.last_seen;
+        let doubt = entry.doubt();
         entry.last_seen = entry.last_seen.max(now);
         entry.labels = s.labels.clone();
         entry.capacity = s.capacity;
@@ -151,15 +176,13 @@ impl Registry {
         entry.heartbeat_interval = s.heartbeat_interval;
         entry.orphan_timeout = s.orphan_timeout;
         entry.suspect = false;
+        entry.said_busy = false;
         entry.last_probe = None;
         let was_lost = std::mem::replace(&mut entry.lost, false);
         if entry.instance_id != s.instance_id {
             entry.instance_id = s.instance_id.to_string();
             let lost_tasks = std::mem::take(&mut entry.tasks).into_iter().collect();
-            return Seen::Restarted {
-                lost_tasks,
-                last_seen,
-            };
+            return Seen::Restarted { lost_tasks, doubt };
         }
         if was_lost {
             Seen::Returned
@@ -221,9 +244,16 @@ impl Registry {
         let Some(entry) = self.subagents.get_mut(id) else {
             return false;
         };
-        let was_up = entry.is_up();
+        let was = entry.suspect;
         entry.suspect = true;
-        was_up
+        !was && entry.state() == SubagentState::Suspect
+    }
+
+    /// It refused a task as busy: no new tasks until its next heartbeat.
+    pub fn said_busy(&mut self, id: &str) {
+        if let Some(entry) = self.subagents.get_mut(id) {
+            entry.said_busy = true;
+        }
     }
 
     /// An operator's switch; `None` when the subagent is unknown.
@@ -335,7 +365,11 @@ mod tests {
             r.seen(sight("a", "i2", &labels), t5 + HB),
             Seen::Restarted {
                 lost_tasks: vec!["t2".into()],
-                last_seen: t5,
+                doubt: Doubt {
+                    last_seen: t5,
+                    orphan_timeout: Duration::from_secs(10),
+                    heartbeat_interval: HB,
+                },
             }
         );
     }

@@ -302,9 +302,11 @@ pub struct DeathCertificate {
     /// Tasks whose process groups the reaper killed and saw gone.
     #[serde(default)]
     pub killed: Vec<String>,
-    /// Tasks whose process groups outlived SIGKILL for as long as the reaper
-    /// waited (a process in uninterruptible sleep): not proven dead, so they
-    /// wait for the subagent's orphan timeout as if it were cut off.
+    /// Tasks whose process groups still held a live process after SIGKILL
+    /// for as long as the reaper waited (uninterruptible sleep, or a
+    /// process it may not signal): not proven dead, so the broker runs them
+    /// again only after the subagent's orphan timeout and kill grace, as if
+    /// it were cut off (the SIGKILL stays pending on them).
     #[serde(default)]
     pub survivors: Vec<String>,
     /// When the reaper saw the subagent die.

@@ -24,9 +24,6 @@ impl Subagent {
         ctx: &mut Context<Self>,
     ) {
         self.running.remove(&task.task_id);
-        if let (Some(reaper), Some(pid)) = (&mut self.reaper, pid) {
-            reaper.release(pid);
-        }
         debug!(task = %task.task_id, ?exit, "task ended");
         let result = TaskResult {
             task_id: task.task_id.clone(),
@@ -49,6 +46,10 @@ impl Subagent {
         // has it, our reaper hands it over
         if let Some(reaper) = &mut self.reaper {
             reaper.keep_result(&result);
+            // only then: a death between the two still hands the result over
+            if let Some(pid) = pid {
+                reaper.release(pid);
+            }
         }
         let unacked = Unacked {
             result,
@@ -96,7 +97,10 @@ impl Subagent {
                 .map(move |reply, act, ctx| match reply {
                     Ok(_) => {
                         act.heard_broker();
-                        act.unacked.remove(&task_id);
+                        if let Some(done) = act.unacked.remove(&task_id) {
+                            let after_ms = now_ms().saturating_sub(done.result.finished_at_ms);
+                            debug!(task = %task_id, after_ms, "result acknowledged");
+                        }
                         if let Some(reaper) = &mut act.reaper {
                             reaper.forget_result(&task_id);
                         }

@@ -167,6 +167,9 @@ impl Actor for Subagent {
         self.heartbeat();
         ctx.run_interval(self.config.subagent.heartbeat_interval, |act, ctx| {
             act.heartbeat();
+            if let Some(reaper) = &mut act.reaper {
+                reaper.check();
+            }
             if !act.registered {
                 act.register(ctx);
             }
@@ -186,7 +189,7 @@ impl StreamHandler<Input> for Subagent {
         match input {
             Input::Run(r) => self.on_run(r, ctx),
             Input::Ping(r) => {
-                self.heard_broker();
+                // an answer may not get through: a ping is no contact
                 let pong = Pong {
                     subagent_id: self.id.clone(),
                     instance_id: self.instance_id.clone(),
@@ -346,17 +349,27 @@ impl Subagent {
     }
 
     /// No broker for `orphan_timeout`: kill every running task, so the
-    /// broker can run restartable ones elsewhere without two copies.
+    /// broker can run restartable ones elsewhere without two copies (SIGTERM,
+    /// then SIGKILL after the grace). Past the orphan timeout and the grace
+    /// (a frozen process thawing, contact held up) the broker may already run
+    /// them elsewhere: SIGKILL at once.
     fn check_orphaned(&mut self) {
+        let silent = self.last_broker_contact.elapsed();
         let timeout = self.config.subagent.orphan_timeout;
-        if self.last_broker_contact.elapsed() <= timeout {
+        if silent <= timeout {
             return;
         }
+        let at_once = silent > self.orphan_limit();
         let reason = format!(
             "killed by its subagent: no broker heard for {}",
             humantime::format_duration(timeout)
         );
         for (task_id, running) in &mut self.running {
+            if let (true, Some(pgid)) = (at_once, running.pid) {
+                warn!(task = %task_id, silent_ms = silent.as_millis() as u64, "no broker for longer than the orphan timeout and grace; killing the task at once");
+                let group = nix::unistd::Pid::from_raw(pgid as i32);
+                let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            }
             if let Some(kill) = running.kill.take() {
                 warn!(task = %task_id, "no broker within the orphan timeout; killing the task");
                 let _ = kill.send(reason.clone());

@@ -32,6 +32,8 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -320,6 +322,8 @@ pub struct Reaper {
     hello: String,
     stdin: ChildStdin,
     pid: u32,
+    /// Cleared when the reaper process exits.
+    alive: Arc<AtomicBool>,
     groups: BTreeMap<u32, String>,
     results: BTreeMap<String, String>,
 }
@@ -328,12 +332,13 @@ impl Reaper {
     /// Starts `exe __reaper` in its own process group and introduces itself.
     pub fn start(exe: &Path, hello: &Hello) -> std::io::Result<Reaper> {
         let hello = serde_json::to_string(hello).map_err(std::io::Error::other)?;
-        let (stdin, pid) = spawn(exe, &hello)?;
+        let (stdin, pid, alive) = spawn(exe, &hello)?;
         Ok(Reaper {
             exe: exe.to_path_buf(),
             hello,
             stdin,
             pid,
+            alive,
             groups: BTreeMap::new(),
             results: BTreeMap::new(),
         })
@@ -378,16 +383,28 @@ impl Reaper {
         self.send(".".into());
     }
 
+    /// Replaces a reaper that exited (checked on every heartbeat), so the
+    /// subagent is never without one for long.
+    pub fn check(&mut self) {
+        if !self.alive.load(Ordering::Relaxed) {
+            self.replace();
+        }
+    }
+
     /// Writes one line; a reaper that is gone is replaced and told everything again.
     fn send(&mut self, line: String) {
-        if writeln!(self.stdin, "{line}").is_ok() {
-            return;
+        if writeln!(self.stdin, "{line}").is_err() {
+            self.replace();
         }
+    }
+
+    fn replace(&mut self) {
         warn!(pid = self.pid, "the reaper is gone; starting a new one");
         match spawn(&self.exe, &self.hello) {
-            Ok((stdin, pid)) => {
+            Ok((stdin, pid, alive)) => {
                 self.stdin = stdin;
                 self.pid = pid;
+                self.alive = alive;
                 let holds = self.groups.iter().map(|(g, t)| format!("+{g} {t}"));
                 let all: Vec<String> = holds.chain(self.results.values().cloned()).collect();
                 for line in all {
@@ -400,7 +417,7 @@ impl Reaper {
     }
 }
 
-fn spawn(exe: &Path, hello: &str) -> std::io::Result<(ChildStdin, u32)> {
+fn spawn(exe: &Path, hello: &str) -> std::io::Result<(ChildStdin, u32, Arc<AtomicBool>)> {
     let mut child = Command::new(exe)
         .arg(ARG)
         .stdin(Stdio::piped())
@@ -410,9 +427,14 @@ fn spawn(exe: &Path, hello: &str) -> std::io::Result<(ChildStdin, u32)> {
     let pid = child.id();
     let mut stdin = child.stdin.take().expect("piped stdin");
     writeln!(stdin, "{hello}")?;
-    // the reaper outlives us by design; its exit status is of no interest
-    std::thread::spawn(move || child.wait());
-    Ok((stdin, pid))
+    // the reaper outlives us by design; only whether it still runs matters
+    let alive = Arc::new(AtomicBool::new(true));
+    let watch = alive.clone();
+    std::thread::spawn(move || {
+        let _ = child.wait();
+        watch.store(false, Ordering::Relaxed);
+    });
+    Ok((stdin, pid, alive))
 }
 
 #[cfg(test)]

@@ -44,10 +44,10 @@ const REQUEST: Duration = Duration::from_secs(10);
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// The step's last act: it appends `workflow-order step step-attempt
-/// step-order pid` to `$1/markers` once its work is done. A step killed with
-/// its subagent never writes it, so a second line for one step is a second
-/// completed run. No `{{` anywhere, so the broker substitutes nothing.
-const MARKER: &str = r#"echo "$BATON_WORKFLOW_ORDER_ID $BATON_STEP $BATON_STEP_ATTEMPT $BATON_ORDER_ID $$" >> "$1/markers""#;
+/// step-order pid ms` to `$1/markers` once its work is done. A step killed
+/// with its subagent never writes it, so a second line for one step is a
+/// second completed run. No `{{` anywhere, so the broker substitutes nothing.
+const MARKER: &str = r#"echo "$BATON_WORKFLOW_ORDER_ID $BATON_STEP $BATON_STEP_ATTEMPT $BATON_ORDER_ID $$ $(date +%s%3N)" >> "$1/markers""#;
 
 #[derive(Debug, Args)]
 pub struct WorkflowArgs {
@@ -118,6 +118,10 @@ struct WorkflowReport {
     other_subagent_pct: f64,
     /// Step tasks started per subagent, from the step job's events.
     step_tasks: BTreeMap<String, usize>,
+    /// From a step's last act (its marker line) to its subagent holding the
+    /// result (and handing it to its reaper): a subagent killed within this
+    /// window loses the result, and the step runs again.
+    result_window: Latency,
     kill: Option<KillReport>,
 }
 
@@ -334,8 +338,9 @@ async fn run(
     let records = read_records(bus, &order_ids).await;
     let unread = order_ids.len() - records.orders.len();
     let figures = step_figures(&records, steps);
+    let markers = std::fs::read_to_string(dir.join("markers")).unwrap_or_default();
+    let mut windows_ms = result_windows(&markers, &records);
     if let Some(k) = kill.as_mut() {
-        let markers = std::fs::read_to_string(dir.join("markers")).unwrap_or_default();
         k.steps_run_again = figures.run_again;
         k.orders_lost = args.orders - succeeded;
         k.ran_twice = ran_twice(&markers, &records);
@@ -368,6 +373,7 @@ async fn run(
             n => 100.0 * figures.other_subagent as f64 / n as f64,
         },
         step_tasks,
+        result_window: Latency::of(&mut windows_ms),
         kill,
     })
 }
@@ -472,6 +478,26 @@ fn step_figures(records: &Records, steps: &[String]) -> StepFigures {
     f
 }
 
+/// For each marker line whose step order succeeded: the result's end time
+/// (stamped when the subagent saw the process end) minus the marker's time.
+fn result_windows(markers: &str, records: &Records) -> Vec<f64> {
+    let ended: HashMap<&str, u64> = records
+        .orders
+        .iter()
+        .flat_map(|o| &o.history)
+        .filter(|h| h.state == OrderState::Succeeded)
+        .filter_map(|h| Some((h.order_id.as_str(), h.finished_at_ms?)))
+        .collect();
+    markers
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (step_order, at_ms) = (fields.get(3)?, fields.get(5)?.parse::<u64>().ok()?);
+            Some(ended.get(step_order)?.saturating_sub(at_ms) as f64)
+        })
+        .collect()
+}
+
 /// Completed runs beyond one per (workflow order, step), for the orders read.
 fn ran_twice(markers: &str, records: &Records) -> usize {
     let mut lines: HashMap<(&str, &str), usize> = HashMap::new();
@@ -515,6 +541,10 @@ fn print_table(r: &WorkflowReport) {
     println!("  hand-off p50      {:.1} ms", r.handoff.p50_ms);
     println!("  hand-off p99      {:.1} ms", r.handoff.p99_ms);
     println!("  hand-off max      {:.1} ms", r.handoff.max_ms);
+    println!(
+        "  result window     p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (a step's last act to its subagent holding the result)",
+        r.result_window.p50_ms, r.result_window.p99_ms, r.result_window.max_ms
+    );
     println!(
         "  other subagent    {:.1}% ({} of {} consecutive steps)",
         r.other_subagent_pct, r.other_subagent, r.step_pairs
