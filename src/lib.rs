@@ -6,6 +6,7 @@
 //! - [`auth`]: roles and their NATS permissions (pure), credentials folders for nats-server.
 //! - [`bus`]: the only importer of async_nats: connect, typed publish/request/serve, KV buckets.
 //! - [`config`]: one `Config` tree, layered defaults < TOML file < `BATON_*` env < flags.
+//! - [`daemon`]: what every long-running process shares: logging, the stop signal, connecting from its configuration.
 //! - [`jobs`]: the deploy file format and job validation (pure).
 //! - [`params`]: parameter declarations and values, the rules jobs and workflows share (pure).
 //! - [`workflow`]: workflow definitions and validation, and the order/step state machine (pure).
@@ -24,6 +25,7 @@ pub mod broker;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod jobs;
 pub mod launch;
 pub mod natsd;

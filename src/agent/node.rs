@@ -280,7 +280,7 @@ pub async fn run_until_signal(config: Config, bus: Bus) -> anyhow::Result<()> {
     let (done, mut failed) = oneshot::channel();
     let agent = start(config, bus.clone(), done).await?;
     tokio::select! {
-        _ = crate::cli::wait_for_signal() => {
+        _ = crate::daemon::wait_for_signal() => {
             info!("signal received; stopping");
             let _ = agent.send(Shutdown).await;
             let sent = async {

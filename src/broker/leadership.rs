@@ -77,7 +77,7 @@ pub async fn run_until_signal(config: Config, bus: Bus) -> anyhow::Result<()> {
     info!(broker = %me.id, precedence = me.config.broker.precedence, "broker started as a standby");
     let mut tick = tokio::time::interval(me.config.broker.renew_interval / 4);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let signal = crate::cli::wait_for_signal();
+    let signal = crate::daemon::wait_for_signal();
     tokio::pin!(signal);
     loop {
         let stopped = async {

@@ -21,7 +21,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::auth::Role;
-use crate::bus::{Bus, ConnectSettings, Credentials, Tls};
+use crate::bus::Bus;
 use crate::config::Config;
 use crate::protocol::Subjects;
 
@@ -417,61 +417,18 @@ fn schemas(args: SchemasArgs) -> anyhow::Result<ExitCode> {
 /// fast, and without credentials of their own use `baton dev`'s admin
 /// credentials when they talk to a local server from inside the repository.
 pub async fn connect(config: &Config, name: &str, daemon: bool) -> anyhow::Result<Bus> {
+    if daemon {
+        return crate::daemon::connect(config, name).await;
+    }
     let nats = &config.nats;
-    let credentials = if let Some(path) = &nats.nkey {
-        Credentials::NkeyFile(path.clone())
-    } else if let Some(path) = &nats.credentials {
-        Credentials::CredsFile(path.clone())
-    } else if !nats.user.is_empty() {
-        Credentials::UserPassword {
-            user: nats.user.clone(),
-            password: nats.password.expose().to_string(),
-        }
-    } else if !nats.token.is_empty() {
-        Credentials::Token(nats.token.expose().to_string())
-    } else if daemon {
-        Credentials::None
-    } else {
-        dev::local_credentials(&nats.url).unwrap_or_default()
-    };
-    let settings = ConnectSettings {
-        url: nats.url.clone(),
-        name: name.to_string(),
-        connect_timeout: nats.connect_timeout,
-        retry_initial_connect: daemon,
-        max_message_bytes: nats.max_message_bytes,
-        replicas: nats.replicas,
-        credentials,
-        tls: Tls {
-            ca: nats.tls_ca.clone(),
-            cert: nats.tls_cert.clone(),
-            key: nats.tls_key.clone(),
-        },
-        identities: nats.identities.clone(),
-    };
+    let credentials = crate::daemon::configured_credentials(nats)
+        .unwrap_or_else(|| dev::local_credentials(&nats.url).unwrap_or_default());
+    let settings = crate::daemon::connect_settings(config, name, credentials, false);
     Ok(Bus::connect(&settings, Subjects::new(config.prefix.clone())).await?)
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
-pub(crate) fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
-}
+use crate::daemon::init_logging;
+pub use crate::daemon::wait_for_signal;
 
 /// A humantime duration from the command line (`500ms`, `30s`, `2m`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

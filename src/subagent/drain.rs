@@ -93,12 +93,12 @@ pub async fn run_until_signal(config: Config, bus: Bus) -> anyhow::Result<()> {
     let (done, mut finished) = oneshot::channel();
     let subagent = start(config, bus, done).await?;
     let result = tokio::select! {
-        _ = crate::cli::wait_for_signal() => {
+        _ = crate::daemon::wait_for_signal() => {
             info!("signal received; draining (signal again to stop at once)");
             subagent.do_send(Drain);
             tokio::select! {
                 r = &mut finished => r,
-                _ = crate::cli::wait_for_signal() => Ok(Err("stopped before draining finished".into())),
+                _ = crate::daemon::wait_for_signal() => Ok(Err("stopped before draining finished".into())),
             }
         }
         r = &mut finished => r,

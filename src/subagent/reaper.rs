@@ -165,7 +165,7 @@ pub fn main() -> ! {
     let Some(hello) = hello else {
         std::process::exit(0)
     };
-    crate::cli::init_logging("info,async_nats=warn");
+    crate::daemon::init_logging("info,async_nats=warn");
     let certificate = DeathCertificate {
         subagent_id: hello.subagent_id.clone(),
         instance_id: hello.instance_id.clone(),
@@ -258,7 +258,7 @@ async fn certify(config: Config, results: Vec<TaskResult>, certificate: DeathCer
     let patience = config.subagent.orphan_timeout + config.subagent.kill_grace * 2;
     let deadline = tokio::time::Instant::now() + patience;
     let id = certificate.subagent_id.clone();
-    let connect = crate::cli::connect(&config, "baton-reaper", true);
+    let connect = crate::daemon::connect(&config, "baton-reaper");
     let bus = match tokio::time::timeout_at(deadline, connect).await {
         Ok(Ok(bus)) => bus,
         Ok(Err(e)) => {
