@@ -103,6 +103,8 @@ pub struct Broker {
     flow_requests: HashMap<String, String>,
     /// Orders with a journal write in flight, and what waits for their next write.
     writing: HashMap<String, Vec<Then>>,
+    /// `finished` events waiting for their order's final state to be stored.
+    unannounced: HashMap<String, OrderFinished>,
     /// The journal revision of each order's record, for compare-and-swap.
     revisions: Revisions,
     /// Subagents holding inherited tasks, until their first heartbeat.
@@ -256,6 +258,7 @@ pub async fn start(config: Config, bus: Bus, epoch: u64) -> Result<Addr<Broker>,
             unreconciled: recovered.book.inherited_subagents(),
             book: recovered.book,
             writing: HashMap::new(),
+            unannounced: HashMap::new(),
             revisions: recovered.revisions,
             registry: Registry::default(),
             last_placed: HashMap::new(),

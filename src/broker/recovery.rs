@@ -322,13 +322,26 @@ impl Broker {
         match &stored {
             Ok(Some(revision)) => {
                 self.set_revision(&order_id, *revision);
+                let is_final = info.as_ref().is_some_and(|i| i.state.is_final());
+                if let Some(event) = is_final
+                    .then(|| self.unannounced.remove(&order_id))
+                    .flatten()
+                {
+                    let s = self.bus.subjects();
+                    self.bus.post(
+                        s.event(&event.job, &event.order_id, EventKind::Finished),
+                        &event,
+                    );
+                }
                 // a workflow order follows its step orders only as far as
                 // the journal does: after a crash it is never ahead of them
                 if let Some(info) = info.filter(|i| i.parent.is_some()) {
                     self.step_order_stored(&info, ctx);
                 }
             }
-            Ok(None) => {}
+            Ok(None) => {
+                self.unannounced.remove(&order_id);
+            }
             Err(e) => {
                 warn!(order = %order_id, error = %e, "order state not stored");
                 if matches!(e, StoreError::Bus(_)) {
@@ -412,7 +425,8 @@ impl Broker {
         }
     }
 
-    /// Publishes an order's final state, stores it, then acknowledges the result (if any).
+    /// Stores an order's final state, then publishes it and acknowledges the
+    /// result (if any).
     pub(super) fn finish(
         &mut self,
         order_id: &str,
@@ -440,11 +454,9 @@ impl Broker {
             duration_ms,
             at_ms: now_ms(),
         };
-        let s = self.bus.subjects();
-        self.bus.post(
-            s.event(&info.job, &info.order_id, EventKind::Finished),
-            &event,
-        );
+        // announced once stored (see `written`): a subscriber never hears of
+        // an end a broker taking over would not know
+        self.unannounced.insert(order_id.to_string(), event);
         let then = match ack {
             Some((replier, task_id)) => Then::Ack { replier, task_id },
             None => Then::Nothing,
