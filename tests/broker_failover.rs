@@ -391,3 +391,75 @@ async fn a_broker_cut_off_from_nats_steps_down_and_comes_back_a_standby() {
     }
     assert!(b2_up.epoch > 0);
 }
+
+/// The classic pause: the active broker is frozen (SIGSTOP) past its lease
+/// while a standby takes over, then thaws. Its timers fire at once, and
+/// without a check of its own lease it would declare the silent subagent
+/// lost and act as if still in charge. It must act on nothing and step
+/// down: no subagent is ever announced lost or suspect, and orders run on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_paused_past_its_lease_acts_on_nothing_when_it_resumes() {
+    let mut h = cluster_with_env(&["sub-1"], ENV).await;
+    let marker = h.scratch().join("marker");
+    deploy(&h.bus, &jobs(&marker, &h.scratch().join("never"))).await;
+    spawn_broker(&mut h, "b2");
+    let first = active_other_than(&h.bus, None).await;
+    let s = h.bus.subjects().clone();
+    let mut changes = within(REQUEST, "subscribe", h.bus.listen_raw(s.subagent_changes()))
+        .await
+        .expect("subscribe");
+    let seen: Arc<Mutex<Vec<SubagentChanged>>> = Arc::default();
+    let into = seen.clone();
+    let recorder = tokio::spawn(async move {
+        while let Some((_, payload)) = changes.next().await {
+            if let Ok(c) = decode::<SubagentChanged>(Encoding::MessagePack, &payload) {
+                into.lock().unwrap().push(c);
+            }
+        }
+    });
+
+    h.cluster
+        .signal(process_of(&first), Signal::SIGSTOP)
+        .expect("freeze the active broker");
+    let next = active_other_than(&h.bus, Some(&first)).await;
+    // frozen past the subagent timeout too: its liveness check would find
+    // every subagent silent the moment it thaws
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    h.cluster
+        .signal(process_of(&first), Signal::SIGCONT)
+        .expect("thaw it");
+    wait_until(
+        Duration::from_secs(15),
+        "the thawed broker is a standby",
+        || async {
+            let ask = StatusRequest::default();
+            let status = h
+                .bus
+                .request::<_, StatusReply>(s.status(), &ask, REQUEST)
+                .await;
+            status.is_ok_and(|st| {
+                st.broker_id == next
+                    && st
+                        .brokers
+                        .iter()
+                        .any(|b| b.id == first && b.role == BrokerRole::Standby)
+            })
+        },
+    )
+    .await;
+    let after = submit_surely(&h.bus, "work", "after-thaw").await.order_id;
+    assert_eq!(
+        final_info(&h.bus, &after).await.state,
+        OrderState::Succeeded
+    );
+    recorder.abort();
+    let seen = seen.lock().unwrap().clone();
+    let alarms: Vec<&SubagentChanged> = seen
+        .iter()
+        .filter(|c| matches!(c.state, SubagentState::Lost | SubagentState::Suspect))
+        .collect();
+    assert!(
+        alarms.is_empty(),
+        "a paused broker acted on its thaw: {alarms:?}"
+    );
+}

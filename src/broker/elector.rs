@@ -83,6 +83,8 @@ pub struct Elector {
     /// The holder of a live lease inherited from the previous broker.
     inherited: Option<String>,
     started: Instant,
+    /// Until when it may act (see `lease::Tenure`).
+    tenure: super::lease::Tenure,
 }
 
 /// Subscribes and starts the elector in the current actix System.
@@ -92,6 +94,7 @@ pub async fn start(
     bus: Bus,
     broker_id: String,
     epoch: u64,
+    tenure: super::lease::Tenure,
 ) -> Result<Addr<Elector>, BusError> {
     let s = bus.subjects().clone();
     let inputs: Vec<LocalBoxStream<'static, Input>> = vec![
@@ -129,6 +132,7 @@ pub async fn start(
             record_failing: false,
             inherited,
             started: Instant::now(),
+            tenure,
         }
     }))
 }
@@ -141,14 +145,20 @@ impl Actor for Elector {
             self.probe_holder(holder, None, ctx);
         }
         ctx.run_interval(self.config.broker.check_interval, |act, ctx| {
-            act.check(ctx);
-            act.round(Ask::None, None, ctx);
+            // a broker resumed past its lease elects nobody (see `lease::Tenure`)
+            if act.tenure.holds(Instant::now()) {
+                act.check(ctx);
+                act.round(Ask::None, None, ctx);
+            }
         });
     }
 }
 
 impl StreamHandler<Input> for Elector {
     fn handle(&mut self, input: Input, ctx: &mut Self::Context) {
+        if !self.tenure.holds(Instant::now()) {
+            return;
+        }
         match input {
             Input::Heartbeat(hb) if !hb.sender.is(crate::auth::Role::Agent) => {
                 if self.bus.stats().count_refused() {

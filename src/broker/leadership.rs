@@ -38,6 +38,8 @@ struct Active {
     revision: u64,
     /// When the last successful renewal was sent.
     last_ok: Instant,
+    /// The same, as the Broker and the Elector check it before acting.
+    tenure: lease::Tenure,
     last_try: Instant,
     /// Fires when the Broker stopped by itself.
     stopped: oneshot::Receiver<()>,
@@ -225,7 +227,9 @@ impl Leadership {
             Ok(Some(revision)) => revision,
             _ => epoch,
         };
-        let broker = match super::start(self.config.clone(), self.bus.clone(), epoch).await {
+        let tenure = lease::Tenure::new(sent, self.config.broker.lease);
+        let start = super::start(self.config.clone(), self.bus.clone(), epoch, tenure.clone());
+        let broker = match start.await {
             Ok(broker) => broker,
             Err(e) => {
                 warn!(error = %e, "cannot start the broker; giving the lease back");
@@ -239,6 +243,7 @@ impl Leadership {
             broker,
             epoch,
             revision,
+            tenure,
             last_ok: sent,
             last_try: sent,
             stopped,
@@ -262,6 +267,7 @@ impl Leadership {
                 if let Some(a) = self.active.as_mut() {
                     a.revision = revision;
                     a.last_ok = sent;
+                    a.tenure.renewed(sent);
                 }
             }
             Ok(Ok(None)) => {

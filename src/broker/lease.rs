@@ -26,6 +26,41 @@ pub fn must_step_down(last_ok_sent: Instant, now: Instant, lease: Duration) -> b
     now >= last_ok_sent + lease.saturating_sub(margin(lease))
 }
 
+/// How long the active broker may act: until [`must_step_down`], by its own
+/// monotonic clock, counted from the last good renewal. The leadership loop
+/// records each renewal; the Broker and the Elector ask before they act, so
+/// a broker paused past its lease (SIGSTOP, a VM frozen) acts on nothing
+/// when it resumes, even before the loop has told it to step down.
+#[derive(Debug, Clone)]
+pub struct Tenure {
+    last_ok_sent: std::sync::Arc<std::sync::Mutex<Instant>>,
+    lease: Duration,
+}
+
+impl Tenure {
+    pub fn new(last_ok_sent: Instant, lease: Duration) -> Tenure {
+        Tenure {
+            last_ok_sent: std::sync::Arc::new(std::sync::Mutex::new(last_ok_sent)),
+            lease,
+        }
+    }
+
+    /// A renewal sent at `sent` succeeded.
+    pub fn renewed(&self, sent: Instant) {
+        if let Ok(mut last) = self.last_ok_sent.lock() {
+            *last = (*last).max(sent);
+        }
+    }
+
+    /// Whether the broker may still act at `now`.
+    pub fn holds(&self, now: Instant) -> bool {
+        self.last_ok_sent
+            .lock()
+            .map(|last| !must_step_down(*last, now, self.lease))
+            .unwrap_or(false)
+    }
+}
+
 /// Another broker as heard from its heartbeats.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
@@ -120,5 +155,23 @@ mod tests {
         assert!(!may_campaign(true, Some(t), t + LEASE / 2, LEASE));
         // Free for a whole lease: the better one is not taking it.
         assert!(may_campaign(true, Some(t), t + LEASE, LEASE));
+    }
+
+    #[test]
+    fn a_tenure_holds_until_the_step_down_point_and_moves_with_renewals() {
+        let lease = Duration::from_secs(2);
+        let t0 = Instant::now();
+        let tenure = Tenure::new(t0, lease);
+        assert!(tenure.holds(t0 + Duration::from_millis(1400)));
+        assert!(
+            !tenure.holds(t0 + lease),
+            "not once the lease may have run out"
+        );
+        tenure.renewed(t0 + Duration::from_secs(1));
+        assert!(tenure.holds(t0 + lease));
+        tenure.renewed(t0);
+        assert!(tenure.holds(t0 + lease), "an older renewal changes nothing");
+        let shared = tenure.clone();
+        assert!(!shared.holds(t0 + Duration::from_secs(10)));
     }
 }

@@ -150,7 +150,10 @@ impl Broker {
     }
 
     /// Publishes a subagent's new state for anyone watching.
-    pub(super) fn announce(&self, id: &str, state: SubagentState, reason: &str) {
+    pub(super) fn announce(&mut self, id: &str, state: SubagentState, reason: &str) {
+        if !self.acting() {
+            return;
+        }
         let event = SubagentChanged {
             subagent_id: id.to_string(),
             state,

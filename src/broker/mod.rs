@@ -123,12 +123,20 @@ pub struct Broker {
     stopped: Option<tokio::sync::oneshot::Sender<()>>,
     /// Appends the records of state-changing commands (`audit.rs`).
     audit: audit::Audit,
+    /// Until when it may act (see [`lease::Tenure`]).
+    tenure: lease::Tenure,
+    idle_warned: bool,
 }
 
 /// Subscribes and starts the broker in the current actix System.
 /// `epoch` is the leadership lease's revision this broker won (see
 /// `leadership.rs`); every command it sends carries it.
-pub async fn start(config: Config, bus: Bus, epoch: u64) -> Result<Addr<Broker>, BusError> {
+pub async fn start(
+    config: Config,
+    bus: Bus,
+    epoch: u64,
+    tenure: lease::Tenure,
+) -> Result<Addr<Broker>, BusError> {
     let jobs_kv: Kv<JobSpec> = bus.kv(&config.jobs_bucket()).await?;
     let clusters_kv: Kv<ClusterSpec> = bus.kv(&config.clusters_bucket()).await?;
     let workflows_kv: Kv<WorkflowSpec> = bus.kv(&config.workflows_bucket()).await?;
@@ -231,6 +239,7 @@ pub async fn start(config: Config, bus: Bus, epoch: u64) -> Result<Addr<Broker>,
         bus.clone(),
         id.clone(),
         epoch,
+        tenure.clone(),
     )
     .await?;
     info!(broker = %id, prefix = %s.prefix(), epoch, "broker active");
@@ -267,6 +276,8 @@ pub async fn start(config: Config, bus: Bus, epoch: u64) -> Result<Addr<Broker>,
             peers: LeaseNews::default(),
             stopped: None,
             audit,
+            tenure,
+            idle_warned: false,
         }
     }))
 }
@@ -276,10 +287,14 @@ impl Actor for Broker {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.config.broker.heartbeat_interval, |act, _| {
-            act.publish_heartbeat()
+            if act.acting() {
+                act.publish_heartbeat()
+            }
         });
         ctx.run_interval(self.config.broker.check_interval, |act, ctx| {
-            act.check_liveness(ctx)
+            if act.acting() {
+                act.check_liveness(ctx)
+            }
         });
         if !self.unreconciled.is_empty() {
             ctx.run_later(self.config.broker.subagent_timeout, |act, ctx| {
@@ -321,6 +336,10 @@ impl Input {
 
 impl StreamHandler<Input> for Broker {
     fn handle(&mut self, input: Input, ctx: &mut Self::Context) {
+        if !self.acting() {
+            // no answer: the client asks again, and the next broker answers
+            return;
+        }
         if let Some((asked, sender, replier)) = input.asked() {
             if let Err(why) = gate::admits(asked, sender.get()) {
                 if self.bus.stats().count_refused() {
@@ -368,6 +387,18 @@ impl StreamHandler<Input> for Broker {
 }
 
 impl Broker {
+    /// Whether its lease still holds by its own clock. A broker resumed
+    /// after a pause longer than its lease does nothing more: the leadership
+    /// loop is about to stop it, and a standby may already act.
+    fn acting(&mut self) -> bool {
+        let holds = self.tenure.holds(std::time::Instant::now());
+        if !holds && !self.idle_warned {
+            self.idle_warned = true;
+            warn!(broker = %self.id, epoch = self.epoch, "the lease may have run out (this process was paused?): acting on nothing until stepping down");
+        }
+        holds
+    }
+
     fn error(&self, replier: &Replier, code: ErrorCode, message: impl Into<String>) {
         self.bus.reply(replier, &ErrorReply::new(code, message));
     }
@@ -375,6 +406,9 @@ impl Broker {
     /// Hands queued orders to subagents, oldest first. An order whose
     /// cluster has no room waits without holding up other clusters' orders.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
+        if !self.acting() {
+            return;
+        }
         let queued: Vec<(String, String)> = self
             .book
             .queued()
@@ -491,6 +525,9 @@ impl Broker {
     }
 
     fn send_run(&mut self, subagent_id: String, run: RunTask, ctx: &mut Context<Self>) {
+        if !self.acting() {
+            return;
+        }
         let bus = self.bus.clone();
         let subject = bus.subjects().run(&subagent_id);
         let timeout = self.config.broker.dispatch_timeout;

@@ -319,6 +319,10 @@ impl Broker {
         stored: Result<Option<u64>, StoreError>,
         ctx: &mut Context<Self>,
     ) {
+        if !self.acting() {
+            // no event, acknowledgement or run after the lease may have run out
+            return;
+        }
         match &stored {
             Ok(Some(revision)) => {
                 self.set_revision(&order_id, *revision);
