@@ -68,6 +68,9 @@ pub async fn wait_for_signal() {
     }
 }
 
+/// What a long-running process logs unless `BATON_LOG` says otherwise.
+pub const DAEMON_LOG: &str = "info,async_nats=warn";
+
 /// Logs to stderr, filtered by `BATON_LOG` (else `default`).
 pub fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")

@@ -423,7 +423,8 @@ async fn a_broker_paused_past_its_lease_acts_on_nothing_when_it_resumes() {
         .expect("freeze the active broker");
     let next = active_other_than(&h.bus, Some(&first)).await;
     // frozen past the subagent timeout too: its liveness check would find
-    // every subagent silent the moment it thaws
+    // every subagent silent the moment it thaws (the fault's length, not a
+    // wait for a condition)
     tokio::time::sleep(Duration::from_secs(4)).await;
     h.cluster
         .signal(process_of(&first), Signal::SIGCONT)

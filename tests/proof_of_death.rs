@@ -41,6 +41,21 @@ const SLOW_FALLBACK: &[(&str, &str)] = &[
     ("BATON_SUBAGENT__HEARTBEAT_INTERVAL", "250ms"),
 ];
 
+/// Asserts that no change of `sub-p` names a death certificate.
+fn never_certified(p: &Partition, why: &str) {
+    let changes = p.events.changes("sub-p");
+    assert!(
+        changes.iter().all(|c| !c.reason.contains("certified")),
+        "{why}: {changes:?}"
+    );
+}
+
+/// `sub-p`'s process id and its reaper's.
+fn sub_p_and_reaper(p: &Partition) -> (u32, i32) {
+    let pid = p.h.cluster.pid("sub-p").expect("sub-p runs");
+    (pid, reaper_of(pid).expect("sub-p has a reaper"))
+}
+
 /// The state `sub-p` reaches in `status` while refused, and the order's
 /// attempt then.
 async fn wait_out_of_sight(p: &Partition, order: &str) {
@@ -67,6 +82,7 @@ async fn dropped_connection_changes_nothing(job: &str) {
     p.proxy.refuse();
     let refused_at = Instant::now();
     wait_out_of_sight(&p, &order).await;
+    // the outage itself lasts REFUSED (a fault's length, not a wait for a condition)
     let left = REFUSED.saturating_sub(refused_at.elapsed());
     tokio::time::sleep(left).await;
     let info = p.order(&order).await;
@@ -88,11 +104,7 @@ async fn dropped_connection_changes_nothing(job: &str) {
     assert_eq!(of_kind(&m, "end")[0].pid, first.pid.unwrap() as i32);
     assert!(of_kind(&m, "overlap").is_empty(), "{m:?}");
     assert!(of_kind(&m, "killed").is_empty(), "{m:?}");
-    let changes = p.events.changes("sub-p");
-    assert!(
-        changes.iter().all(|c| !c.reason.contains("certified")),
-        "a live subagent was certified dead: {changes:?}"
-    );
+    never_certified(&p, "a live subagent was certified dead");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,8 +215,7 @@ async fn kill_9_is_certified_by_the_reaper_and_reruns_at_once() {
     let mut p = Partition::start_with(SLOW_FALLBACK, "").await;
     let (order, first) = p.start_on_p("marker", "30").await;
     let first_pid = first.pid.expect("pid") as i32;
-    let pid = p.h.cluster.pid("sub-p").expect("sub-p runs");
-    assert!(reaper_of(pid).is_some(), "sub-p has a reaper");
+    sub_p_and_reaper(&p);
 
     p.h.cluster
         .signal("sub-p", Signal::SIGKILL)
@@ -244,8 +255,7 @@ async fn kill_9_of_subagent_and_reaper_waits_for_the_orphan_timeout() {
     let mut p = Partition::start().await;
     let (order, first) = p.start_on_p("marker", "30").await;
     let first_pid = first.pid.expect("pid") as i32;
-    let pid = p.h.cluster.pid("sub-p").expect("sub-p runs");
-    let reaper = reaper_of(pid).expect("sub-p has a reaper");
+    let (_, reaper) = sub_p_and_reaper(&p);
 
     kill(Pid::from_raw(reaper), Signal::SIGKILL).expect("kill -9 the reaper");
     p.h.cluster
@@ -265,11 +275,7 @@ async fn kill_9_of_subagent_and_reaper_waits_for_the_orphan_timeout() {
         waited >= floor,
         "ran again {waited} ms after the kill, before the orphan timeout and grace could pass"
     );
-    let changes = p.events.changes("sub-p");
-    assert!(
-        changes.iter().all(|c| !c.reason.contains("certified")),
-        "nobody could certify: {changes:?}"
-    );
+    never_certified(&p, "nobody could certify");
 }
 
 /// A frozen host: sub-p, its reaper and its task stopped (SIGSTOP). No
@@ -280,8 +286,7 @@ async fn a_frozen_host_reruns_after_the_orphan_timeout_and_its_copy_dies_on_thaw
     let mut p = Partition::start().await;
     let (order, first) = p.start_on_p("marker", "30").await;
     let first_pid = first.pid.expect("pid") as i32;
-    let pid = p.h.cluster.pid("sub-p").expect("sub-p runs");
-    let reaper = reaper_of(pid).expect("sub-p has a reaper");
+    let (_, reaper) = sub_p_and_reaper(&p);
 
     let group = Pid::from_raw(first_pid);
     killpg(group, Signal::SIGSTOP).expect("freeze the task");
@@ -325,11 +330,7 @@ async fn a_frozen_host_reruns_after_the_orphan_timeout_and_its_copy_dies_on_thaw
         ends[0].pid, first_pid,
         "the stale copy never finished: {m:?}"
     );
-    let changes = p.events.changes("sub-p");
-    assert!(
-        changes.iter().all(|c| !c.reason.contains("certified")),
-        "a frozen subagent was certified dead: {changes:?}"
-    );
+    never_certified(&p, "a frozen subagent was certified dead");
 }
 
 /// A result that would have died with its subagent: the task ends while
@@ -345,13 +346,22 @@ async fn a_result_outlives_its_subagent_through_the_reaper() {
     let end = p.wait_mark("end", Duration::from_secs(10)).await;
     assert_eq!(end.pid, first.pid.unwrap() as i32);
     // the subagent has the result but no connection to deliver it on
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = p.h.dir.path().join("logs").join("sub-p.log");
+    wait_until(Duration::from_secs(10), "sub-p holds the result", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        std::future::ready(text.contains("task ended"))
+    })
+    .await;
     let info = p.order(&order).await;
     assert!(!info.state.is_final(), "not delivered yet: {info:?}");
+    let (pid, _) = sub_p_and_reaper(&p);
     p.h.cluster
         .signal("sub-p", Signal::SIGKILL)
         .expect("kill -9 sub-p");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_until(Duration::from_secs(10), "sub-p is gone", || {
+        std::future::ready(process_gone(pid as i32))
+    })
+    .await;
     p.proxy.accept();
 
     let fin = p

@@ -55,6 +55,9 @@
 //!   passes; it is not turned off before then.
 //! - A manual `scheduler on X` overrides the switch condition only once: if
 //!   X meets it, case 2 applies to X like to any Scheduler.
+//!
+//! Size: over the ~500-line mark (the five cases, the lease rules and their
+//! reasons); issue 19 moves the election under `broker` and splits it there.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};

@@ -269,7 +269,7 @@ pub fn main() -> ExitCode {
             | Command::Dev(_)
     );
     init_logging(if daemon {
-        "info,async_nats=warn"
+        crate::daemon::DAEMON_LOG
     } else {
         // the command's own error says what was refused, once
         "warn,async_nats=off,baton::bus::connect=error"

@@ -165,7 +165,7 @@ pub fn main() -> ! {
     let Some(hello) = hello else {
         std::process::exit(0)
     };
-    crate::daemon::init_logging("info,async_nats=warn");
+    crate::daemon::init_logging(crate::daemon::DAEMON_LOG);
     let certificate = DeathCertificate {
         subagent_id: hello.subagent_id.clone(),
         instance_id: hello.instance_id.clone(),
