@@ -15,6 +15,7 @@
 
 pub mod agents;
 mod audit;
+pub mod core;
 mod death;
 mod elector;
 mod flows;
@@ -31,7 +32,7 @@ pub mod registry;
 mod requests;
 mod scheduler_lease;
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -403,57 +404,47 @@ impl Broker {
         self.bus.reply(replier, &ErrorReply::new(code, message));
     }
 
-    /// Hands queued orders to subagents, oldest first. An order whose
-    /// cluster has no room waits without holding up other clusters' orders.
+    /// Hands queued orders to subagents as the planner decides
+    /// ([`core::plan`]).
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
         if !self.acting() {
             return;
         }
-        let queued: Vec<(String, String)> = self
-            .book
-            .queued()
-            .map(|o| (o.id.clone(), o.job.clone()))
-            .collect();
-        let mut blocked: HashSet<String> = HashSet::new();
-        for (order_id, job) in queued {
-            let Some(spec) = self.jobs.get(&job) else {
-                let reason = format!("job '{job}' is no longer deployed");
-                let event = OrderEvent::Refused {
-                    reason,
-                    at_ms: now_ms(),
-                };
-                self.apply_and_act(&order_id, event, ctx);
-                continue;
-            };
-            let key = spec.cluster.clone().unwrap_or_default();
-            if blocked.contains(&key) {
-                continue;
+        let deployed = core::plan::Deployed {
+            jobs: &self.jobs,
+            clusters: &self.clusters,
+        };
+        let queued = self.book.queued().map(|o| core::plan::Queued {
+            order_id: &o.id,
+            job: &o.job,
+        });
+        let previous = |order_id: &str| self.previous_step_subagent(order_id);
+        let decisions = core::plan::plan(
+            queued,
+            &deployed,
+            &self.registry,
+            &self.last_placed,
+            previous,
+        );
+        for decision in decisions {
+            match decision {
+                core::plan::Decision::Refuse { order_id, reason } => {
+                    let event = OrderEvent::Refused {
+                        reason,
+                        at_ms: now_ms(),
+                    };
+                    self.apply_and_act(&order_id, event, ctx);
+                }
+                core::plan::Decision::Place {
+                    order_id,
+                    subagent_id,
+                    instance_id,
+                    cluster,
+                } => {
+                    self.last_placed.insert(cluster, subagent_id.clone());
+                    self.dispatch_one(&order_id, subagent_id, instance_id, ctx);
+                }
             }
-            let cluster = spec.cluster.as_ref().and_then(|c| self.clusters.get(c));
-            let mode = cluster.map_or(SchedulingMode::RoundRobin, |c| c.mode);
-            let chosen = if spec.cluster.is_some() && cluster.is_none() {
-                None
-            } else {
-                let members = placement::members(cluster, self.registry.iter());
-                // round-robin: a workflow step goes to the member after the
-                // one that ran the step before it in its own order
-                let previous = match mode {
-                    SchedulingMode::RoundRobin => self.previous_step_subagent(&order_id),
-                    _ => None,
-                };
-                let last = previous
-                    .as_deref()
-                    .or_else(|| self.last_placed.get(&key).map(String::as_str));
-                placement::choose(mode, &members, last)
-                    .map(|s| (s.id.clone(), s.instance_id.clone()))
-            };
-            let Some((subagent_id, instance_id)) = chosen else {
-                blocked.insert(key);
-                continue;
-            };
-            self.last_placed.insert(key, subagent_id.clone());
-            // assigns the task in the registry, so the next choice sees it
-            self.dispatch_one(&order_id, subagent_id, instance_id, ctx);
         }
         if self.book.queue_len() > 1024 {
             self.book.compact_queue();

@@ -21,6 +21,20 @@ use crate::protocol::{ClusterSpec, SchedulingMode};
 pub struct Member<'a> {
     pub subagent: &'a Subagent,
     pub priority: i32,
+    /// Tasks a plan being made gives it on top of those it runs.
+    pub planned: u32,
+}
+
+impl Member<'_> {
+    fn running(&self) -> usize {
+        self.subagent.tasks.len() + self.planned as usize
+    }
+
+    /// Up, not just refused a task as busy, and with room left.
+    fn takes_tasks(&self) -> bool {
+        let s = self.subagent;
+        s.is_up() && !s.said_busy && self.running() < s.capacity as usize
+    }
 }
 
 /// The subagents that belong to `cluster` (all of them when `None`), in id order.
@@ -34,7 +48,11 @@ pub fn members<'a>(
                 None => Some(0),
                 Some(c) => priority_in(c, subagent),
             }?;
-            Some(Member { subagent, priority })
+            Some(Member {
+                subagent,
+                priority,
+                planned: 0,
+            })
         })
         .collect()
 }
@@ -64,40 +82,39 @@ pub fn choose<'a>(
     last: Option<&str>,
 ) -> Option<&'a Subagent> {
     match mode {
-        SchedulingMode::RoundRobin => next_after(members.iter().map(|m| m.subagent), last),
+        SchedulingMode::RoundRobin => next_after(members.iter(), last),
         SchedulingMode::FixedPriority => {
             let top = members
                 .iter()
                 .filter(|m| m.subagent.is_up())
                 .map(|m| m.priority)
                 .max()?;
-            let group = members
-                .iter()
-                .filter(|m| m.priority == top)
-                .map(|m| m.subagent);
-            next_after(group, last)
+            next_after(members.iter().filter(|m| m.priority == top), last)
         }
         SchedulingMode::LeastLoaded => members
             .iter()
-            .map(|m| m.subagent)
-            .filter(|s| s.takes_tasks())
+            .filter(|m| m.takes_tasks())
             .min_by(|a, b| {
-                let load = |s: &Subagent| s.tasks.len() as f64 / f64::from(s.capacity.max(1));
-                let cpu = |s: &Subagent| s.load.map_or(0.0, |l| l.cpu_percent);
+                let load = |m: &Member| m.running() as f64 / f64::from(m.subagent.capacity.max(1));
+                let cpu = |m: &Member| m.subagent.load.map_or(0.0, |l| l.cpu_percent);
                 load(a)
                     .total_cmp(&load(b))
                     .then(cpu(a).total_cmp(&cpu(b)))
-                    .then(a.id.cmp(&b.id))
-            }),
+                    .then(a.subagent.id.cmp(&b.subagent.id))
+            })
+            .map(|m| m.subagent),
     }
 }
 
-/// The first subagent after `last` (by id, wrapping) that takes tasks.
-fn next_after<'a>(
-    subagents: impl Iterator<Item = &'a Subagent> + Clone,
+/// The first member after `last` (by id, wrapping) that takes tasks.
+fn next_after<'a, 'm>(
+    members: impl Iterator<Item = &'m Member<'a>> + Clone,
     last: Option<&str>,
-) -> Option<&'a Subagent> {
-    let mut eligible = subagents.filter(|s| s.takes_tasks());
+) -> Option<&'a Subagent>
+where
+    'a: 'm,
+{
+    let mut eligible = members.filter(|m| m.takes_tasks()).map(|m| m.subagent);
     let after = last.and_then(|last| {
         eligible
             .clone()

@@ -1,0 +1,330 @@
+//! The dispatch planner: which queued order goes to which subagent now.
+//! Pure: given the queue, what is deployed, the registry and the member
+//! each cluster chose last, it returns decisions; the broker carries them
+//! out (journals the dispatch, then sends the task).
+//!
+//! Orders are planned oldest first. An order whose cluster has no room
+//! waits without holding up other clusters' orders, and blocks the younger
+//! orders of its own cluster (they would only overtake it). Each placement
+//! counts against its subagent's room for the rest of the plan, and moves
+//! its cluster's turn on.
+
+use std::collections::{HashMap, HashSet};
+
+use super::super::placement;
+use super::super::registry::Registry;
+use crate::protocol::{ClusterSpec, JobSpec, SchedulingMode};
+
+/// An order waiting in the queue.
+#[derive(Debug, Clone, Copy)]
+pub struct Queued<'a> {
+    pub order_id: &'a str,
+    pub job: &'a str,
+}
+
+/// What is deployed, as the planner reads it.
+pub struct Deployed<'a> {
+    pub jobs: &'a HashMap<String, JobSpec>,
+    pub clusters: &'a HashMap<String, ClusterSpec>,
+}
+
+/// What to do with one queued order now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Run it on this subagent process; `cluster` is its turn's key ("" for
+    /// jobs without a cluster), whose last choice is now `subagent_id`.
+    Place {
+        order_id: String,
+        subagent_id: String,
+        instance_id: String,
+        cluster: String,
+    },
+    /// It can never run: its job is no longer deployed.
+    Refuse { order_id: String, reason: String },
+}
+
+/// Plans the queue. `last_placed` holds each cluster's last choice;
+/// `previous_step` names the subagent that ran the step before a workflow
+/// step order (round-robin sends the next step to the member after it).
+pub fn plan<'a>(
+    queued: impl IntoIterator<Item = Queued<'a>>,
+    deployed: &Deployed<'_>,
+    registry: &Registry,
+    last_placed: &HashMap<String, String>,
+    previous_step: impl Fn(&str) -> Option<String>,
+) -> Vec<Decision> {
+    let mut decisions = Vec::new();
+    let mut blocked: HashSet<String> = HashSet::new();
+    let mut planned: HashMap<String, u32> = HashMap::new();
+    let mut last: HashMap<String, String> = HashMap::new();
+    for order in queued {
+        let Some(spec) = deployed.jobs.get(order.job) else {
+            decisions.push(Decision::Refuse {
+                order_id: order.order_id.to_string(),
+                reason: format!("job '{}' is no longer deployed", order.job),
+            });
+            continue;
+        };
+        let key = spec.cluster.clone().unwrap_or_default();
+        if blocked.contains(&key) {
+            continue;
+        }
+        let cluster = spec.cluster.as_ref().and_then(|c| deployed.clusters.get(c));
+        let chosen = if spec.cluster.is_some() && cluster.is_none() {
+            None
+        } else {
+            let mode = cluster.map_or(SchedulingMode::RoundRobin, |c| c.mode);
+            let mut members = placement::members(cluster, registry.iter());
+            for m in &mut members {
+                m.planned = planned.get(&m.subagent.id).copied().unwrap_or(0);
+            }
+            let previous = match mode {
+                SchedulingMode::RoundRobin => previous_step(order.order_id),
+                _ => None,
+            };
+            let turn = last.get(&key).or_else(|| last_placed.get(&key));
+            let after = previous.as_deref().or(turn.map(String::as_str));
+            placement::choose(mode, &members, after)
+        };
+        let Some(subagent) = chosen else {
+            blocked.insert(key);
+            continue;
+        };
+        *planned.entry(subagent.id.clone()).or_default() += 1;
+        last.insert(key.clone(), subagent.id.clone());
+        decisions.push(Decision::Place {
+            order_id: order.order_id.to_string(),
+            subagent_id: subagent.id.clone(),
+            instance_id: subagent.instance_id.clone(),
+            cluster: key,
+        });
+    }
+    decisions
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::broker::registry::Sighting;
+    use crate::protocol::ClusterMember;
+    use crate::testing::Rng;
+
+    fn registry(subs: &[(&str, u32, usize)]) -> Registry {
+        let mut r = Registry::default();
+        let labels = BTreeMap::new();
+        for (id, capacity, busy) in subs {
+            let sighting = Sighting {
+                id,
+                instance_id: &format!("{id}-1"),
+                labels: &labels,
+                capacity: *capacity,
+                load: None,
+                draining: false,
+                heartbeat_interval: Duration::from_millis(250),
+                orphan_timeout: Duration::from_secs(10),
+            };
+            r.seen(sighting, Instant::now());
+            for t in 0..*busy {
+                r.assign(id, &format!("{id}-busy{t}"));
+            }
+        }
+        r
+    }
+
+    fn job(name: &str, cluster: Option<&str>) -> JobSpec {
+        let spec = serde_json::json!({"name": name, "program": "true", "cluster": cluster});
+        serde_json::from_value(spec).unwrap()
+    }
+
+    fn cluster(name: &str, mode: SchedulingMode, members: &[(&str, i32)]) -> ClusterSpec {
+        ClusterSpec {
+            name: name.into(),
+            mode,
+            members: members
+                .iter()
+                .map(|(id, priority)| ClusterMember {
+                    subagent: Some(id.to_string()),
+                    labels: BTreeMap::new(),
+                    priority: *priority,
+                })
+                .collect(),
+        }
+    }
+
+    struct World {
+        jobs: HashMap<String, JobSpec>,
+        clusters: HashMap<String, ClusterSpec>,
+    }
+
+    impl World {
+        fn new(jobs: Vec<JobSpec>, clusters: Vec<ClusterSpec>) -> World {
+            World {
+                jobs: jobs.into_iter().map(|j| (j.name.clone(), j)).collect(),
+                clusters: clusters.into_iter().map(|c| (c.name.clone(), c)).collect(),
+            }
+        }
+
+        fn plan(&self, queue: &[(&str, &str)], r: &Registry) -> Vec<Decision> {
+            let deployed = Deployed {
+                jobs: &self.jobs,
+                clusters: &self.clusters,
+            };
+            let queued = queue.iter().map(|(order_id, job)| Queued { order_id, job });
+            plan(queued, &deployed, r, &HashMap::new(), |_| None)
+        }
+    }
+
+    fn placed(decisions: &[Decision]) -> Vec<(&str, &str)> {
+        decisions
+            .iter()
+            .filter_map(|d| match d {
+                Decision::Place {
+                    order_id,
+                    subagent_id,
+                    ..
+                } => Some((order_id.as_str(), subagent_id.as_str())),
+                Decision::Refuse { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_placement_counts_against_the_room_left() {
+        let world = World::new(vec![job("j", None)], vec![]);
+        let r = registry(&[("a", 2, 1), ("b", 1, 0)]);
+        let queue = [("o1", "j"), ("o2", "j"), ("o3", "j")];
+        let decisions = world.plan(&queue, &r);
+        assert_eq!(placed(&decisions), [("o1", "a"), ("o2", "b")]);
+    }
+
+    #[test]
+    fn a_full_cluster_waits_without_holding_up_another() {
+        let world = World::new(
+            vec![job("x", Some("cx")), job("y", Some("cy"))],
+            vec![
+                cluster("cx", SchedulingMode::RoundRobin, &[("a", 0)]),
+                cluster("cy", SchedulingMode::RoundRobin, &[("b", 0)]),
+            ],
+        );
+        let r = registry(&[("a", 1, 1), ("b", 1, 0)]);
+        let decisions = world.plan(&[("o1", "x"), ("o2", "y"), ("o3", "x")], &r);
+        assert_eq!(placed(&decisions), [("o2", "b")]);
+    }
+
+    #[test]
+    fn an_order_of_a_job_gone_is_refused_and_one_of_a_cluster_gone_waits() {
+        let world = World::new(vec![job("x", Some("gone"))], vec![]);
+        let r = registry(&[("a", 1, 0)]);
+        let decisions = world.plan(&[("o1", "undeployed"), ("o2", "x")], &r);
+        assert_eq!(
+            decisions,
+            [Decision::Refuse {
+                order_id: "o1".into(),
+                reason: "job 'undeployed' is no longer deployed".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn round_robin_turns_within_one_plan_and_from_the_last_choice() {
+        let world = World::new(vec![job("j", None)], vec![]);
+        let r = registry(&[("a", 9, 0), ("b", 9, 0), ("c", 9, 0)]);
+        let deployed = Deployed {
+            jobs: &world.jobs,
+            clusters: &world.clusters,
+        };
+        let last = HashMap::from([(String::new(), "a".to_string())]);
+        let queue = [("o1", "j"), ("o2", "j"), ("o3", "j")];
+        let queued = queue.iter().map(|(order_id, job)| Queued { order_id, job });
+        let decisions = plan(queued, &deployed, &r, &last, |_| None);
+        assert_eq!(placed(&decisions), [("o1", "b"), ("o2", "c"), ("o3", "a")]);
+        let queued = queue.iter().map(|(order_id, job)| Queued { order_id, job });
+        let after_c = |id: &str| (id == "o1").then(|| "c".to_string());
+        let decisions = plan(queued, &deployed, &r, &last, after_c);
+        assert_eq!(
+            placed(&decisions)[0],
+            ("o1", "a"),
+            "after the previous step"
+        );
+    }
+
+    /// Whatever the registry and queue: no subagent gets more than its
+    /// room, every order is decided at most once, an order of an
+    /// undeployed cluster never runs, and an order waits only when no room
+    /// is left for it.
+    #[test]
+    fn a_plan_never_overfills_and_never_leaves_room_unused() {
+        for seed in 0..2_000 {
+            let mut rng = Rng::new(seed);
+            let n = 1 + rng.below(5) as usize;
+            let ids: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
+            let spec: Vec<(&str, u32, usize)> = ids
+                .iter()
+                .map(|id| {
+                    let capacity = 1 + rng.below(3) as u32;
+                    (
+                        id.as_str(),
+                        capacity,
+                        rng.below(u64::from(capacity) + 1) as usize,
+                    )
+                })
+                .collect();
+            let mut r = registry(&spec);
+            for id in &ids {
+                if rng.percent(30) {
+                    r.suspect(id);
+                }
+            }
+            let mode = rng.pick(&[
+                SchedulingMode::RoundRobin,
+                SchedulingMode::FixedPriority,
+                SchedulingMode::LeastLoaded,
+            ]);
+            let members: Vec<(&str, i32)> = ids.iter().map(|id| (id.as_str(), 0)).collect();
+            let world = World::new(
+                vec![
+                    job("j0", None),
+                    job("j1", Some("c")),
+                    job("j2", Some("gone")),
+                ],
+                vec![cluster("c", mode, &members)],
+            );
+            let names: Vec<(String, String)> = (0..rng.below(20))
+                .map(|i| (format!("o{i}"), format!("j{}", rng.below(3))))
+                .collect();
+            let queue: Vec<(&str, &str)> = names
+                .iter()
+                .map(|(o, j)| (o.as_str(), j.as_str()))
+                .collect();
+            let decisions = world.plan(&queue, &r);
+            let mut given: HashMap<&str, u32> = HashMap::new();
+            let mut decided = HashSet::new();
+            for (order, subagent) in placed(&decisions) {
+                assert!(decided.insert(order), "seed {seed}: {order} decided twice");
+                *given.entry(subagent).or_default() += 1;
+            }
+            let mut room = 0;
+            for s in r.iter() {
+                let extra = given.get(s.id.as_str()).copied().unwrap_or(0);
+                assert!(extra <= s.free(), "seed {seed}: {} overfilled", s.id);
+                if s.is_up() {
+                    room += s.free() - extra;
+                }
+            }
+            let waiting = queue
+                .iter()
+                .filter(|(o, j)| *j != "j2" && !decided.contains(o))
+                .count();
+            assert!(
+                waiting == 0 || room == 0,
+                "seed {seed}: {waiting} wait while {room} slots are free"
+            );
+            assert!(queue
+                .iter()
+                .all(|(o, j)| *j != "j2" || !decided.contains(o)));
+        }
+    }
+}
