@@ -107,7 +107,7 @@ impl Broker {
         let Some(request_id) = request_id else {
             return false;
         };
-        let held = if let Some(order) = self.book.by_request_id(request_id) {
+        let held = if let Some(order) = self.core.book.by_request_id(request_id) {
             let first = FirstOrder {
                 order_id: &order.id,
                 job: &order.job,

@@ -2,28 +2,25 @@
 //! from their registrations, heartbeats and probes, holds deployed jobs,
 //! subagent clusters and orders, and chooses which subagent runs each task.
 //!
-//! The actor only decodes, calls the pure parts ([`order_book`], [`registry`],
-//! [`placement`]) and acts: it publishes, requests and writes to JetStream.
-//! Every handler returns at once; IO runs as spawned futures whose results
-//! come back into the actor. Client-facing requests are in `requests.rs`,
-//! subagent liveness in `liveness.rs`, and the journal of orders and the
-//! takeover from it in `recovery.rs`.
-//!
-//! Size: over the ~500-line mark since before the security work; issue 19
-//! (a pure `broker::core` returning effects) splits this actor by
-//! responsibility, so it is not split piecemeal here.
+//! The decisions are the pure [`core`]'s (`step(input, now) -> effects`);
+//! this actor subscribes, turns what arrives into the core's inputs, and
+//! carries the effects out (`act.rs`): it publishes, requests and writes to
+//! JetStream, feeding each outcome back. Submit, deploy, order lookup and
+//! status are still handled here (`requests.rs`, `idempotency.rs`), as are
+//! workflow orders (`flows/`): they act on the core's state and operations,
+//! until the next steps of issue 19 move them into the core. The journal's
+//! IO and the takeover from it are in `recovery.rs`.
 
+mod act;
 pub mod agents;
 mod audit;
 pub mod core;
-mod death;
 mod elector;
 mod flows;
 mod gate;
 mod idempotency;
 mod leadership;
 pub mod lease;
-mod liveness;
 pub mod order_book;
 pub mod placement;
 pub mod probe;
@@ -32,31 +29,18 @@ pub mod registry;
 mod requests;
 mod scheduler_lease;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::time::Duration;
-
 use actix::prelude::*;
 use futures::stream::{self, LocalBoxStream, StreamExt};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::bus::{Bus, BusError, Kv, KvChange, Received, Replier, Request, SenderProof};
 use crate::config::Config;
-use crate::jobs;
 use crate::protocol::*;
 use crate::time::now_ms;
-use crate::workflow::FlowOrder;
-use order_book::{Applied, Order, OrderBook, OrderEvent, Outcome, Phase};
-use recovery::{Revisions, Then};
-use registry::Registry;
+use core::Core;
 
 /// Final orders kept in memory for lookups; older ones are read from JetStream.
 const KEEP_FINISHED: usize = 10_000;
-/// Added to a subagent's own orphan timeout before its tasks count as dead.
-const ORPHAN_MARGIN: Duration = Duration::from_secs(1);
-/// Before sending a dispatch again whose fate is unknown.
-const RESEND_DELAY: Duration = Duration::from_millis(200);
-/// How long a liveness probe waits for its answer.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Everything that reaches the broker from NATS.
 enum Input {
@@ -88,34 +72,12 @@ pub struct Broker {
     config: Config,
     id: String,
     started_at_ms: u64,
-    /// The leadership lease revision this broker won; on every command.
-    epoch: u64,
-    jobs: HashMap<String, JobSpec>,
-    clusters: HashMap<String, ClusterSpec>,
-    workflows: HashMap<String, WorkflowSpec>,
+    /// What the broker knows, and every decision over it.
+    core: Core<Replier>,
     jobs_kv: Kv<JobSpec>,
     clusters_kv: Kv<ClusterSpec>,
     workflows_kv: Kv<WorkflowSpec>,
     orders_kv: Kv<OrderInfo>,
-    book: OrderBook,
-    /// Orders through workflows: every unfinished one, and the newest ended.
-    flows: HashMap<String, FlowOrder>,
-    /// The workflow order held for each request id.
-    flow_requests: HashMap<String, String>,
-    /// Orders with a journal write in flight, and what waits for their next write.
-    writing: HashMap<String, Vec<Then>>,
-    /// `finished` events waiting for their order's final state to be stored.
-    unannounced: HashMap<String, OrderFinished>,
-    /// The journal revision of each order's record, for compare-and-swap.
-    revisions: Revisions,
-    /// Subagents holding inherited tasks, until their first heartbeat.
-    unreconciled: BTreeSet<String>,
-    registry: Registry,
-    /// The member each cluster chose last ("" for jobs without a cluster).
-    last_placed: HashMap<String, String>,
-    /// Subagent processes (instance ids) that left normally, most recent last:
-    /// a heartbeat of theirs still in flight must not bring them back.
-    departed: VecDeque<String>,
     /// Keeps one agent in the Scheduler role.
     elector: Addr<elector::Elector>,
     /// The other brokers and our lease, as the leadership loop last told.
@@ -124,9 +86,6 @@ pub struct Broker {
     stopped: Option<tokio::sync::oneshot::Sender<()>>,
     /// Appends the records of state-changing commands (`audit.rs`).
     audit: audit::Audit,
-    /// Until when it may act (see [`lease::Tenure`]).
-    tenure: lease::Tenure,
-    idle_warned: bool,
 }
 
 /// Subscribes and starts the broker in the current actix System.
@@ -244,6 +203,14 @@ pub async fn start(
     )
     .await?;
     info!(broker = %id, prefix = %s.prefix(), epoch, "broker active");
+    let core = Core::new(
+        id.clone(),
+        config.clone(),
+        epoch,
+        tenure,
+        recovered,
+        act::now(),
+    );
     Ok(Broker::create(move |ctx| {
         ctx.add_stream(stream::select_all(inputs));
         Broker {
@@ -251,34 +218,15 @@ pub async fn start(
             config,
             id,
             started_at_ms,
-            epoch,
-            jobs: recovered.jobs,
-            clusters: recovered.clusters,
-            workflows: recovered.workflows,
+            core,
             jobs_kv,
             clusters_kv,
             workflows_kv,
             orders_kv,
-            flow_requests: recovered
-                .flows
-                .values()
-                .filter_map(|f| Some((f.request_id.clone()?, f.id.clone())))
-                .collect(),
-            flows: recovered.flows,
-            unreconciled: recovered.book.inherited_subagents(),
-            book: recovered.book,
-            writing: HashMap::new(),
-            unannounced: HashMap::new(),
-            revisions: recovered.revisions,
-            registry: Registry::default(),
-            last_placed: HashMap::new(),
-            departed: VecDeque::new(),
             elector,
             peers: LeaseNews::default(),
             stopped: None,
             audit,
-            tenure,
-            idle_warned: false,
         }
     }))
 }
@@ -293,15 +241,10 @@ impl Actor for Broker {
             }
         });
         ctx.run_interval(self.config.broker.check_interval, |act, ctx| {
-            if act.acting() {
-                act.check_liveness(ctx)
-            }
+            act.step(core::Input::Check, ctx)
         });
-        if !self.unreconciled.is_empty() {
-            ctx.run_later(self.config.broker.subagent_timeout, |act, ctx| {
-                act.unseen_deadline(ctx)
-            });
-        }
+        // the core's first effects: the deadline for inherited tasks' subagents
+        self.flush(ctx);
         self.resume_flows(ctx);
     }
 }
@@ -364,11 +307,11 @@ impl StreamHandler<Input> for Broker {
             Input::Cancel(r) => self.on_cancel(r, ctx),
             Input::Status(r) => self.on_status(r, ctx),
             Input::Control(r) => self.on_control(r, ctx),
-            Input::Register(r) => self.on_register(r, ctx),
-            Input::Leave(r) => self.on_leave(r),
-            Input::Result(r) => self.on_result(r, ctx),
-            Input::Certificate(r) => self.on_certificate(r, ctx),
-            Input::Heartbeat(h) => self.on_heartbeat(h.body, ctx),
+            Input::Register(r) => self.step(core::Input::Register(r.replier, r.body), ctx),
+            Input::Leave(r) => self.step(core::Input::Leave(r.replier, r.body), ctx),
+            Input::Result(r) => self.step(core::Input::Result(r.replier, r.body), ctx),
+            Input::Certificate(r) => self.step(core::Input::Certificate(r.replier, r.body), ctx),
+            Input::Heartbeat(h) => self.step(core::Input::Heartbeat(h.body), ctx),
             Input::Suspend(r) => self.on_suspend(r, ctx),
             Input::Resume(r) => self.on_resume(r, ctx),
             Input::List(r) => self.on_list(r),
@@ -388,296 +331,13 @@ impl StreamHandler<Input> for Broker {
 }
 
 impl Broker {
-    /// Whether its lease still holds by its own clock. A broker resumed
-    /// after a pause longer than its lease does nothing more: the leadership
-    /// loop is about to stop it, and a standby may already act.
+    /// Whether its lease still holds by its own clock (see [`Core::acting`]).
     fn acting(&mut self) -> bool {
-        let holds = self.tenure.holds(std::time::Instant::now());
-        if !holds && !self.idle_warned {
-            self.idle_warned = true;
-            warn!(broker = %self.id, epoch = self.epoch, "the lease may have run out (this process was paused?): acting on nothing until stepping down");
-        }
-        holds
+        self.core.at(act::now()).acting()
     }
 
     fn error(&self, replier: &Replier, code: ErrorCode, message: impl Into<String>) {
         self.bus.reply(replier, &ErrorReply::new(code, message));
-    }
-
-    /// Hands queued orders to subagents as the planner decides
-    /// ([`core::plan`]).
-    fn dispatch(&mut self, ctx: &mut Context<Self>) {
-        if !self.acting() {
-            return;
-        }
-        let deployed = core::plan::Deployed {
-            jobs: &self.jobs,
-            clusters: &self.clusters,
-        };
-        let queued = self.book.queued().map(|o| core::plan::Queued {
-            order_id: &o.id,
-            job: &o.job,
-        });
-        let previous = |order_id: &str| self.previous_step_subagent(order_id);
-        let decisions = core::plan::plan(
-            queued,
-            &deployed,
-            &self.registry,
-            &self.last_placed,
-            previous,
-        );
-        for decision in decisions {
-            match decision {
-                core::plan::Decision::Refuse { order_id, reason } => {
-                    let event = OrderEvent::Refused {
-                        reason,
-                        at_ms: now_ms(),
-                    };
-                    self.apply_and_act(&order_id, event, ctx);
-                }
-                core::plan::Decision::Place {
-                    order_id,
-                    subagent_id,
-                    instance_id,
-                    cluster,
-                } => {
-                    self.last_placed.insert(cluster, subagent_id.clone());
-                    self.dispatch_one(&order_id, subagent_id, instance_id, ctx);
-                }
-            }
-        }
-        if self.book.queue_len() > 1024 {
-            self.book.compact_queue();
-        }
-    }
-
-    fn dispatch_one(
-        &mut self,
-        order_id: &str,
-        subagent_id: String,
-        instance_id: String,
-        ctx: &mut Context<Self>,
-    ) {
-        let run = self.book.get(order_id).and_then(|order| {
-            self.run_task(order, order.next_task_id(), order.attempt + 1, instance_id)
-        });
-        let Some(run) = run else {
-            return;
-        };
-        let event = OrderEvent::Dispatched {
-            task_id: run.task_id.clone(),
-            subagent_id: subagent_id.clone(),
-            instance_id: run.instance_id.clone().unwrap_or_default(),
-        };
-        if let Err(e) = self.book.apply(order_id, event) {
-            warn!(order = %order_id, error = %e, "dispatch refused by the order book");
-            return;
-        }
-        self.registry.assign(&subagent_id, &run.task_id);
-        debug!(order = %order_id, subagent = %subagent_id, attempt = run.attempt, "dispatching");
-        // journaled before it is sent: a broker taking over knows where it went
-        let run = Box::new(run);
-        self.store(order_id, Then::Run { subagent_id, run }, ctx);
-    }
-
-    /// The task running `order` as `task_id`; `None` when its job is gone.
-    fn run_task(
-        &self,
-        order: &Order,
-        task_id: String,
-        attempt: u32,
-        instance_id: String,
-    ) -> Option<RunTask> {
-        let spec = self.jobs.get(&order.job)?;
-        let (args, mut env) = jobs::command_for(spec, &order.id, &order.params);
-        if let Some(slot_ms) = order.slot_ms {
-            env.insert("BATON_SLOT_MS".into(), slot_ms.to_string());
-        }
-        if let Some(parent) = &order.parent {
-            env.insert("BATON_WORKFLOW".into(), parent.workflow.clone());
-            env.insert("BATON_WORKFLOW_ORDER_ID".into(), parent.order_id.clone());
-            env.insert("BATON_STEP".into(), parent.step.clone());
-            env.insert("BATON_STEP_ATTEMPT".into(), parent.attempt.to_string());
-        }
-        Some(RunTask {
-            task_id,
-            order_id: order.id.clone(),
-            job: order.job.clone(),
-            attempt,
-            program: spec.program.clone(),
-            args,
-            env,
-            working_dir: spec.working_dir.clone(),
-            timeout_ms: spec.timeout_ms,
-            instance_id: Some(instance_id),
-            epoch: self.epoch,
-            parent: order.parent.clone(),
-        })
-    }
-
-    fn send_run(&mut self, subagent_id: String, run: RunTask, ctx: &mut Context<Self>) {
-        if !self.acting() {
-            return;
-        }
-        let bus = self.bus.clone();
-        let subject = bus.subjects().run(&subagent_id);
-        let timeout = self.config.broker.dispatch_timeout;
-        let request = async move {
-            // the order's accepted event goes out before its task can start
-            bus.posted().await;
-            let reply = bus.request::<_, RunAccepted>(subject, &run, timeout).await;
-            (run, reply)
-        };
-        ctx.spawn(
-            request
-                .into_actor(self)
-                .map(move |(run, reply), act, ctx| act.on_run_reply(subagent_id, run, reply, ctx)),
-        );
-    }
-
-    fn on_run_reply(
-        &mut self,
-        subagent_id: String,
-        run: RunTask,
-        reply: Result<RunAccepted, BusError>,
-        ctx: &mut Context<Self>,
-    ) {
-        let still_ours = self.book.get(&run.order_id).is_some_and(|o| {
-            o.phase == Phase::Dispatching && o.task_id.as_deref() == Some(run.task_id.as_str())
-        });
-        if !still_ours {
-            return;
-        }
-        match reply {
-            Ok(accepted) => {
-                let event = OrderEvent::Started {
-                    task_id: run.task_id.clone(),
-                    at_ms: now_ms(),
-                };
-                match self.book.apply(&run.order_id, event) {
-                    Ok(Applied::Moved { .. }) => self.store(&run.order_id, Then::Nothing, ctx),
-                    Ok(Applied::Stale) => {}
-                    Err(e) => {
-                        warn!(task = %run.task_id, pid = ?accepted.pid, error = %e, "start not recorded")
-                    }
-                }
-            }
-            Err(e @ (BusError::NoResponders { .. } | BusError::Remote(_))) => {
-                // definite: it did not take the task (nobody listened, or it refused)
-                warn!(task = %run.task_id, subagent = %subagent_id, error = %e, "dispatch failed; task goes back to the queue");
-                if matches!(e, BusError::NoResponders { .. }) {
-                    self.suspect(&subagent_id, "a dispatch found no responders");
-                } else {
-                    // it answered: alive, but out of placement until it heartbeats again
-                    self.registry.said_busy(&subagent_id);
-                }
-                self.registry.release(&subagent_id, &run.task_id, false);
-                let event = OrderEvent::DispatchFailed {
-                    task_id: run.task_id,
-                };
-                if let Ok(Applied::Moved { .. }) = self.book.apply(&run.order_id, event) {
-                    self.store(&run.order_id, Then::Nothing, ctx);
-                }
-                self.dispatch(ctx);
-            }
-            Err(e) => {
-                // it may have the task already; the same task id is safe to
-                // send again, and its loss, if it is lost, is handled there
-                debug!(task = %run.task_id, subagent = %subagent_id, error = %e, "dispatch unconfirmed; sending again");
-                ctx.run_later(RESEND_DELAY, move |act, ctx| {
-                    act.send_run(subagent_id, run, ctx)
-                });
-            }
-        }
-    }
-
-    fn on_result(&mut self, req: Request<TaskResult>, ctx: &mut Context<Self>) {
-        let r = req.body;
-        self.registry.release(&r.subagent_id, &r.task_id, true);
-        if let Some(reason) = r.abandoned.clone() {
-            let event = OrderEvent::Abandoned {
-                task_id: r.task_id.clone(),
-                reason,
-                at_ms: r.finished_at_ms,
-            };
-            let applied = self.book.apply(&r.order_id, event);
-            let ack = (req.replier, r.task_id);
-            match applied {
-                Ok(Applied::Moved { to, .. }) if to.is_final() => {
-                    self.finish(&r.order_id, Some(ack), ctx)
-                }
-                // back in the queue: stored so before the subagent forgets it
-                Ok(Applied::Moved { .. }) => {
-                    info!(order = %r.order_id, "order back in the queue");
-                    let (replier, task_id) = ack;
-                    self.store(&r.order_id, Then::Ack { replier, task_id }, ctx);
-                }
-                _ => self.ack_stale(&r.order_id, ack, ctx),
-            }
-            self.dispatch(ctx);
-            return;
-        }
-        let outcome = Outcome {
-            exit_code: r.exit_code,
-            signal: r.signal,
-            timed_out: r.timed_out,
-            error: r.error.clone(),
-            started_at_ms: Some(r.started_at_ms),
-            finished_at_ms: r.finished_at_ms,
-            outputs: r.outputs.clone(),
-        };
-        let event = OrderEvent::Finished {
-            task_id: r.task_id.clone(),
-            outcome,
-        };
-        match self.book.apply(&r.order_id, event) {
-            Ok(Applied::Moved { .. }) => {
-                self.finish(&r.order_id, Some((req.replier, r.task_id)), ctx);
-                self.dispatch(ctx);
-            }
-            Ok(Applied::Stale) => {
-                debug!(task = %r.task_id, "stale or repeated result recorded");
-                self.ack_stale(&r.order_id, (req.replier, r.task_id), ctx);
-            }
-            Err(e) => {
-                debug!(task = %r.task_id, error = %e, "result for an order not held here");
-                self.bus
-                    .reply(&req.replier, &ResultAck { task_id: r.task_id });
-            }
-        }
-    }
-
-    /// Acknowledges a result that changed nothing; for a final order only
-    /// once its state is stored (a repeated result may follow a failed write).
-    fn ack_stale(&mut self, order_id: &str, ack: (Replier, String), ctx: &mut Context<Self>) {
-        let (replier, task_id) = ack;
-        if self.book.get(order_id).is_some_and(|o| o.phase.is_final()) {
-            self.store(order_id, Then::Ack { replier, task_id }, ctx);
-        } else {
-            self.bus.reply(&replier, &ResultAck { task_id });
-        }
-    }
-
-    /// Applies an event and follows up on where the order moved.
-    fn apply_and_act(&mut self, order_id: &str, event: OrderEvent, ctx: &mut Context<Self>) {
-        if let Ok(Applied::Moved { to, .. }) = self.book.apply(order_id, event) {
-            self.after_move(order_id, to, ctx);
-        }
-    }
-
-    /// Follows up on an order that moved to `to`.
-    fn after_move(&mut self, order_id: &str, to: Phase, ctx: &mut Context<Self>) {
-        match to {
-            _ if to.is_final() => self.finish(order_id, None, ctx),
-            Phase::Queued => {
-                info!(order = %order_id, "order back in the queue");
-                self.store(order_id, Then::Nothing, ctx);
-            }
-            Phase::Orphaned => {
-                info!(order = %order_id, "task in doubt until its subagent's orphan timeout");
-            }
-            _ => {}
-        }
     }
 
     fn publish_heartbeat(&mut self) {
@@ -685,7 +345,7 @@ impl Broker {
             broker_id: self.id.clone(),
             sent_at_ms: now_ms(),
             protocol: PROTOCOL_VERSION,
-            epoch: self.epoch,
+            epoch: self.core.epoch,
             role: BrokerRole::Active,
             precedence: self.config.broker.precedence,
             lease_age_ms: self.peers.lease_age_ms(),
@@ -709,7 +369,7 @@ impl Handler<StepDown> for Broker {
     type Result = ();
 
     fn handle(&mut self, _: StepDown, ctx: &mut Self::Context) {
-        info!(broker = %self.id, epoch = self.epoch, "broker stepping down");
+        info!(broker = %self.id, epoch = self.core.epoch, "broker stepping down");
         self.elector.do_send(elector::Stop);
         self.stopped = None;
         ctx.stop();

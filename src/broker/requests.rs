@@ -9,8 +9,8 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::audit::Audited;
+use super::core::Then;
 use super::order_book::{Applied, ApplyError, Order, OrderEvent};
-use super::recovery::Then;
 use super::{placement, Broker};
 use crate::agent::triggers::{on_slot, SlotDecision};
 use crate::bus::{BusError, KvChange, Replier, Request};
@@ -37,7 +37,7 @@ impl Broker {
             request_id,
             slot_ms,
         } = req.body;
-        if let Some(spec) = self.workflows.get(&job).cloned() {
+        if let Some(spec) = self.core.workflows.get(&job).cloned() {
             let body = SubmitOrder {
                 job,
                 params,
@@ -46,8 +46,8 @@ impl Broker {
             };
             return self.on_submit_workflow(spec, body, req.replier, ctx);
         }
-        let Some(spec) = self.jobs.get(&job) else {
-            let mut workflows: Vec<&str> = self.workflows.keys().map(String::as_str).collect();
+        let Some(spec) = self.core.jobs.get(&job) else {
+            let mut workflows: Vec<&str> = self.core.workflows.keys().map(String::as_str).collect();
             workflows.sort_unstable();
             let message = format!(
                 "no job or workflow named '{job}' is deployed (jobs: {}; workflows: {}); deploy it with `baton deploy FILE.toml`",
@@ -72,7 +72,7 @@ impl Broker {
         // (`allow` needs no look at the active runs: the book is not scanned.)
         let overlap = match slot_ms {
             Some(_) if spec.concurrency != ConcurrencyPolicy::Allow => {
-                let active = self.book.active_of_job(&job);
+                let active = self.core.book.active_of_job(&job);
                 match on_slot(spec.concurrency, active.len()) {
                     SlotDecision::Fire => Overlap::None,
                     SlotDecision::Skip => Overlap::Skip(format!(
@@ -90,7 +90,7 @@ impl Broker {
         order.restartable = spec.restartable;
         order.slot_ms = slot_ms;
         let info = order.info();
-        self.book.insert(order);
+        self.core.book.insert(order);
         let kv = self.orders_kv.clone();
         let replier = req.replier;
         let write = async move {
@@ -108,16 +108,16 @@ impl Broker {
         };
         ctx.spawn(write.into_actor(self).map(move |written, act, ctx| match written {
             Ok((info, Some(revision), _)) => {
-                act.set_revision(&info.order_id, revision);
+                act.core.set_revision(&info.order_id, revision);
                 act.accepted(info, &replier, overlap, ctx)
             }
             Ok((info, None, existing)) => {
-                act.book.remove(&info.order_id);
+                act.core.book.remove(&info.order_id);
                 act.answer_stored(&replier, &info, existing.as_ref());
             }
             Err(e) => {
                 warn!(error = %e, "order not stored; submit refused");
-                act.book.remove(&failed_id);
+                act.core.book.remove(&failed_id);
                 act.error(
                     &replier,
                     ErrorCode::Unavailable,
@@ -149,7 +149,7 @@ impl Broker {
         ctx: &mut Context<Self>,
     ) {
         let order_id = info.order_id.clone();
-        self.book.enqueue(&order_id);
+        self.core.book.enqueue(&order_id);
         let reply = SubmitReply {
             order_id: info.order_id.clone(),
             job: info.job.clone(),
@@ -177,7 +177,7 @@ impl Broker {
                     reason,
                     at_ms: now_ms(),
                 };
-                if self.book.apply(&order_id, skipped).is_ok() {
+                if self.core.book.apply(&order_id, skipped).is_ok() {
                     self.finish(&order_id, None, ctx);
                 }
             }
@@ -243,13 +243,13 @@ impl Broker {
                             workflows.iter().map(|w| w.name.clone()).collect();
                         info!(jobs = ?deployed, clusters = ?cluster_names, workflows = ?workflow_names, "deployed");
                         for spec in workflows {
-                            act.workflows.insert(spec.name.clone(), spec);
+                            act.core.workflows.insert(spec.name.clone(), spec);
                         }
                         for cluster in clusters {
-                            act.clusters.insert(cluster.name.clone(), cluster);
+                            act.core.clusters.insert(cluster.name.clone(), cluster);
                         }
                         for spec in jobs {
-                            act.jobs.insert(spec.name.clone(), spec);
+                            act.core.jobs.insert(spec.name.clone(), spec);
                         }
                         let reply = DeployReply {
                             deployed,
@@ -288,7 +288,7 @@ impl Broker {
         for spec in jobs {
             jobs::validate_job(spec).map_err(|e| e.to_string())?;
             if let Some(cluster) = &spec.cluster {
-                let known = self.clusters.contains_key(cluster)
+                let known = self.core.clusters.contains_key(cluster)
                     || clusters.iter().any(|c| &c.name == cluster);
                 if !known {
                     return Err(format!(
@@ -304,13 +304,13 @@ impl Broker {
     pub(super) fn on_job_change(&mut self, change: KvChange<JobSpec>) {
         match change.value {
             Some(spec) if jobs::validate_job(&spec).is_ok() && spec.name == change.key => {
-                self.jobs.insert(change.key, spec);
+                self.core.jobs.insert(change.key, spec);
             }
             Some(_) => {
                 warn!(job = %change.key, "invalid job definition in the jobs bucket ignored")
             }
             None => {
-                self.jobs.remove(&change.key);
+                self.core.jobs.remove(&change.key);
             }
         }
     }
@@ -320,7 +320,7 @@ impl Broker {
     /// is both a job and a workflow.
     fn check_workflows(&self, jobs: &[JobSpec], workflows: &[WorkflowSpec]) -> Result<(), String> {
         let known =
-            |name: &str| self.jobs.contains_key(name) || jobs.iter().any(|j| j.name == name);
+            |name: &str| self.core.jobs.contains_key(name) || jobs.iter().any(|j| j.name == name);
         validate_workflows(workflows, &known).map_err(|e| e.to_string())?;
         if let Some(w) = workflows.iter().find(|w| known(&w.name)) {
             return Err(format!(
@@ -331,7 +331,7 @@ impl Broker {
         let being = |name: &str| workflows.iter().any(|w| w.name == name);
         if let Some(j) = jobs
             .iter()
-            .find(|j| self.workflows.contains_key(&j.name) && !being(&j.name))
+            .find(|j| self.core.workflows.contains_key(&j.name) && !being(&j.name))
         {
             return Err(format!(
                 "job '{}': a workflow has this name; `baton submit {0}` must name one thing, so rename one of them",
@@ -343,7 +343,7 @@ impl Broker {
         let job_of = |name: &str| {
             jobs.iter()
                 .find(|j| j.name == name)
-                .or_else(|| self.jobs.get(name))
+                .or_else(|| self.core.jobs.get(name))
                 .cloned()
         };
         for w in workflows {
@@ -358,13 +358,13 @@ impl Broker {
             Some(spec)
                 if spec.name == change.key && validate_workflow(&spec, &|_| true).is_ok() =>
             {
-                self.workflows.insert(change.key, spec);
+                self.core.workflows.insert(change.key, spec);
             }
             Some(_) => {
                 warn!(workflow = %change.key, "invalid workflow in the workflows bucket ignored")
             }
             None => {
-                self.workflows.remove(&change.key);
+                self.core.workflows.remove(&change.key);
             }
         }
     }
@@ -372,22 +372,22 @@ impl Broker {
     pub(super) fn on_cluster_change(&mut self, change: KvChange<ClusterSpec>) {
         match change.value {
             Some(spec) if jobs::validate_cluster(&spec).is_ok() && spec.name == change.key => {
-                self.clusters.insert(change.key, spec);
+                self.core.clusters.insert(change.key, spec);
             }
             Some(_) => {
                 warn!(cluster = %change.key, "invalid cluster in the clusters bucket ignored")
             }
             None => {
-                self.clusters.remove(&change.key);
+                self.core.clusters.remove(&change.key);
             }
         }
     }
 
     pub(super) fn on_get_order(&mut self, req: Request<GetOrder>, ctx: &mut Context<Self>) {
-        if let Some(order) = self.book.get(&req.body.order_id) {
+        if let Some(order) = self.core.book.get(&req.body.order_id) {
             return self.bus.reply(&req.replier, &order.info());
         }
-        if let Some(flow) = self.flows.get(&req.body.order_id) {
+        if let Some(flow) = self.core.flows.get(&req.body.order_id) {
             return self.bus.reply(&req.replier, &flow.info());
         }
         if !subjects::is_valid_token(&req.body.order_id) {
@@ -430,7 +430,7 @@ impl Broker {
             return self.refuse(&req.replier, &audited, code, message);
         }
         self.audit(&audited, Ok(()));
-        if let Some(order) = self.book.get(&order_id) {
+        if let Some(order) = self.core.book.get(&order_id) {
             self.bus.reply(&req.replier, &order.info());
         }
     }
@@ -444,18 +444,18 @@ impl Broker {
         reason: &str,
         ctx: &mut Context<Self>,
     ) -> Result<(), (ErrorCode, String)> {
-        if self.book.get(order_id).is_some_and(|o| !o.durable) {
+        if self.core.book.get(order_id).is_some_and(|o| !o.durable) {
             let message = format!("order {order_id} is being stored right now; cancel it again");
             return Err((ErrorCode::Busy, message));
         }
         let event = OrderEvent::Cancel { at_ms: now_ms() };
-        match self.book.apply(order_id, event) {
+        match self.core.book.apply(order_id, event) {
             Ok(Applied::Moved { .. }) => {
                 info!(order = %order_id, "order cancelled while waiting");
                 self.finish(order_id, None, ctx);
             }
             Ok(Applied::Stale) => {
-                let Some(order) = self.book.get(order_id) else {
+                let Some(order) = self.core.book.get(order_id) else {
                     return Ok(());
                 };
                 let running = order.task_id.clone().zip(order.subagent_id.clone());
@@ -469,7 +469,7 @@ impl Broker {
                     let request = KillTask {
                         task_id,
                         reason: reason.into(),
-                        epoch: self.epoch,
+                        epoch: self.core.epoch,
                     };
                     ctx.spawn(
                         async move {
@@ -501,11 +501,12 @@ impl Broker {
 
     pub(super) fn on_status(&mut self, req: Request<StatusRequest>, ctx: &mut Context<Self>) {
         let mut clusters: Vec<ClusterStatus> = self
+            .core
             .clusters
             .values()
             .map(|c| {
                 let mut members: Vec<ClusterMemberStatus> =
-                    placement::members(Some(c), self.registry.iter())
+                    placement::members(Some(c), self.core.registry.iter())
                         .into_iter()
                         .map(|m| ClusterMemberStatus {
                             subagent_id: m.subagent.id.clone(),
@@ -530,19 +531,19 @@ impl Broker {
             protocol: PROTOCOL_VERSION,
             broker_id: self.id.clone(),
             broker_started_at_ms: self.started_at_ms,
-            subagents: self.registry.status(Instant::now()),
+            subagents: self.core.registry.status(Instant::now()),
             jobs: self.job_names(),
             workflows: {
-                let mut names: Vec<String> = self.workflows.keys().cloned().collect();
+                let mut names: Vec<String> = self.core.workflows.keys().cloned().collect();
                 names.sort();
                 names
             },
             clusters,
-            orders: self.book.counts(),
+            orders: self.core.book.counts(),
             brokers: self.peers.brokers(BrokerStatus {
                 id: self.id.clone(),
                 role: BrokerRole::Active,
-                epoch: self.epoch,
+                epoch: self.core.epoch,
                 precedence: self.config.broker.precedence,
                 lease_age_ms: self.peers.lease_age_ms(),
                 heartbeat_age_ms: 0,
@@ -566,7 +567,7 @@ impl Broker {
             subagent_id,
             action,
         } = req.body;
-        let Some(subagent) = self.registry.get(&subagent_id) else {
+        let Some(subagent) = self.core.registry.get(&subagent_id) else {
             let message = format!("no subagent '{subagent_id}' is known (see `baton status`)");
             return self.refuse(&req.replier, &audited, ErrorCode::NotFound, message);
         };
@@ -578,6 +579,7 @@ impl Broker {
             SubagentAction::Disable | SubagentAction::Enable => {
                 let disabled = action == SubagentAction::Disable;
                 let state = self
+                    .core
                     .registry
                     .set_disabled(&subagent_id, disabled)
                     .unwrap_or(SubagentState::Lost);
@@ -591,13 +593,14 @@ impl Broker {
                     } else {
                         "enabled by an operator"
                     },
+                    ctx,
                 );
                 self.bus
                     .reply(&req.replier, &SubagentControlReply { subagent_id, state });
                 self.dispatch(ctx);
             }
             SubagentAction::Stop => {
-                let (bus, epoch) = (self.bus.clone(), self.epoch);
+                let (bus, epoch) = (self.bus.clone(), self.core.epoch);
                 let subject = bus.subjects().stop(&subagent_id);
                 let timeout = self.config.broker.dispatch_timeout;
                 let replier = req.replier;
@@ -626,7 +629,7 @@ impl Broker {
     }
 
     pub(super) fn job_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.jobs.keys().cloned().collect();
+        let mut names: Vec<String> = self.core.jobs.keys().cloned().collect();
         names.sort();
         names
     }

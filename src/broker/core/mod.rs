@@ -1,6 +1,343 @@
-//! The broker's decisions, free of IO: what the actor in `broker/mod.rs`
-//! asks before it acts. Imports neither actix, nor the bus, nor the clock.
+//! The broker's decisions, free of IO: `step(input, now) -> effects`.
+//!
+//! [`Core`] holds what the broker knows (deployed jobs, clusters and
+//! workflows, the order book, the registry of subagents, the journal's
+//! revisions and the writes in flight). [`Core::step`] takes one [`Input`]
+//! (a decoded request or heartbeat, the outcome of an IO the broker did, a
+//! timer) and the time, and returns the [`Effect`]s to carry out: replies,
+//! event publishes, journal writes, requests to subagents and timers. The
+//! actor (`broker/mod.rs`) turns NATS messages into inputs and carries the
+//! effects out, feeding each IO's outcome back as an input.
 //!
 //! - [`plan`]: which queued order goes to which subagent now.
+//! - `journal.rs`: an order's state is stored before what waits for it
+//!   (sending its task, acknowledging its result, publishing `finished`).
+//! - `orders.rs`: dispatch, run replies, results.
+//! - `subagents.rs`: registrations, heartbeats, probes, leaving, death
+//!   certificates, and the tasks of subagents out of sight.
+//!
+//! Architecture invariant: imports neither actix, nor the bus, nor the
+//! clock; `R` is where a reply goes, opaque here. Once its lease may have
+//! run out by the time it is given ([`lease::Tenure`]) it emits nothing.
+//!
+//! Still in the actor, to move here in the next steps of issue 19: submit,
+//! deploy, cancel, status, switch-over and workflow orders (`flows/`); they
+//! act on the core's state and call its operations, then carry out the
+//! effects those leave ([`Core::take_effects`]).
 
+mod journal;
+mod orders;
 pub mod plan;
+mod subagents;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+use super::lease;
+use super::order_book::OrderBook;
+use super::registry::Registry;
+use crate::config::Config;
+use crate::protocol::*;
+use crate::workflow::FlowOrder;
+pub(super) use journal::{Revisions, Stored, Then};
+
+/// Added to a subagent's own orphan timeout before its tasks count as dead.
+pub(super) const ORPHAN_MARGIN: Duration = Duration::from_secs(1);
+/// Before sending a dispatch again whose fate is unknown.
+const RESEND_DELAY: Duration = Duration::from_millis(200);
+
+/// The time as the core sees it: monotonic for durations, and wall-clock
+/// milliseconds for what it records.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub at: Instant,
+    pub ms: u64,
+}
+
+/// What reaches the core.
+#[derive(Debug)]
+pub enum Input<R> {
+    Result(R, TaskResult),
+    Register(R, Register),
+    Heartbeat(SubagentHeartbeat),
+    Leave(R, Leave),
+    Certificate(R, DeathCertificate),
+    /// The outcome of an [`Effect::Write`].
+    Written {
+        info: Box<OrderInfo>,
+        stored: Stored,
+    },
+    /// The outcome of an [`Effect::Run`].
+    RunReply {
+        subagent_id: String,
+        run: Box<RunTask>,
+        reply: RunReply,
+    },
+    /// The outcome of an [`Effect::Probe`].
+    Probed {
+        subagent_id: String,
+        reply: Probed,
+    },
+    /// An [`Effect::Later`] came due.
+    Timer(Timer),
+    /// The periodic liveness check.
+    Check,
+}
+
+/// How a subagent answered a run request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunReply {
+    Accepted,
+    /// Nobody listens on its subject: it did not take the task.
+    NoResponders(String),
+    /// It answered with an error: it did not take the task.
+    Refused(String),
+    /// No answer: it may have the task.
+    Unknown(String),
+}
+
+/// How a subagent answered a liveness probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probed {
+    Answered(Pong),
+    NoResponders,
+    Unanswered(String),
+}
+
+/// What the core asks the actor to do.
+#[derive(Debug)]
+pub enum Effect<R> {
+    Reply(R, Reply),
+    Publish(Event),
+    /// Store an order's record: a compare-and-swap on `revision` (read
+    /// first when `None`), this broker's state written over another
+    /// writer's; answered with [`Input::Written`].
+    Write {
+        info: OrderInfo,
+        revision: Option<u64>,
+    },
+    /// Send a task, once everything published before has left (so its
+    /// order's `accepted` precedes `started`); answered with
+    /// [`Input::RunReply`].
+    Run {
+        subagent_id: String,
+        run: Box<RunTask>,
+    },
+    /// Ask a subagent whether it lives; answered with [`Input::Probed`].
+    Probe {
+        subagent_id: String,
+    },
+    /// Feed `timer` back after `after`.
+    Later {
+        after: Duration,
+        timer: Timer,
+    },
+    /// A step order's new state is stored: its workflow order follows
+    /// (workflow orders are still the actor's, see the module docs).
+    StepStored(OrderInfo),
+}
+
+/// An answer to a request.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Ack(ResultAck),
+    Registered(Registered),
+    Left(Left),
+    Certified(CertificateAccepted),
+    Order(Box<OrderInfo>),
+    Error(ErrorReply),
+}
+
+/// A status event.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Finished(OrderFinished),
+    Subagent(SubagentChanged),
+}
+
+/// What a timer brings back.
+#[derive(Debug, Clone)]
+pub enum Timer {
+    /// Send again a dispatch whose fate was unknown.
+    Resend {
+        subagent_id: String,
+        run: Box<RunTask>,
+    },
+    /// Write again an order whose state must land.
+    Rewrite { order_id: String },
+    /// `broker.subagent_timeout` after taking over: the subagents of
+    /// inherited tasks never heard from are out of sight.
+    Unseen,
+}
+
+/// The broker's state, and every decision over it.
+pub struct Core<R> {
+    pub(super) id: String,
+    pub(super) config: Config,
+    /// The leadership lease revision this broker won; on every command.
+    pub(super) epoch: u64,
+    pub(super) jobs: HashMap<String, JobSpec>,
+    pub(super) clusters: HashMap<String, ClusterSpec>,
+    pub(super) workflows: HashMap<String, WorkflowSpec>,
+    pub(super) book: OrderBook,
+    /// Orders through workflows: every unfinished one, and the newest ended.
+    pub(super) flows: HashMap<String, FlowOrder>,
+    /// The workflow order held for each request id.
+    pub(super) flow_requests: HashMap<String, String>,
+    /// Orders with a journal write in flight, and what waits for it.
+    pub(super) writing: HashMap<String, journal::Writes<R>>,
+    /// `finished` events waiting for their order's final state to be stored.
+    pub(super) unannounced: HashMap<String, OrderFinished>,
+    /// The journal revision of each order's record, for compare-and-swap.
+    pub(super) revisions: Revisions,
+    /// Subagents holding inherited tasks, until their first heartbeat.
+    pub(super) unreconciled: BTreeSet<String>,
+    pub(super) registry: Registry,
+    /// The member each cluster chose last ("" for jobs without a cluster).
+    pub(super) last_placed: HashMap<String, String>,
+    /// Subagent processes (instance ids) that left normally or were
+    /// certified dead, most recent last: a heartbeat of theirs still in
+    /// flight must not bring them back.
+    pub(super) departed: VecDeque<String>,
+    /// Until when it may act.
+    tenure: lease::Tenure,
+    idle_warned: bool,
+    pub(super) now: Now,
+    out: Vec<Effect<R>>,
+}
+
+/// What a broker taking over starts from (see `recovery::recover`).
+pub(super) struct Recovered {
+    pub jobs: HashMap<String, JobSpec>,
+    pub clusters: HashMap<String, ClusterSpec>,
+    pub workflows: HashMap<String, WorkflowSpec>,
+    pub book: OrderBook,
+    /// Workflow orders: every unfinished one, and the newest ended ones.
+    pub flows: HashMap<String, FlowOrder>,
+    /// The revision each kept order was read at.
+    pub revisions: Revisions,
+}
+
+impl<R: Clone + std::fmt::Debug> Core<R> {
+    /// A core taking over from what the journal held; its first effects
+    /// (the timer for subagents never heard from) are ready to take.
+    pub(in crate::broker) fn new(
+        id: String,
+        config: Config,
+        epoch: u64,
+        tenure: lease::Tenure,
+        recovered: Recovered,
+        now: Now,
+    ) -> Core<R> {
+        let mut core = Core {
+            id,
+            epoch,
+            jobs: recovered.jobs,
+            clusters: recovered.clusters,
+            workflows: recovered.workflows,
+            flow_requests: recovered
+                .flows
+                .values()
+                .filter_map(|f| Some((f.request_id.clone()?, f.id.clone())))
+                .collect(),
+            flows: recovered.flows,
+            unreconciled: recovered.book.inherited_subagents(),
+            book: recovered.book,
+            writing: HashMap::new(),
+            unannounced: HashMap::new(),
+            revisions: recovered.revisions,
+            registry: Registry::default(),
+            last_placed: HashMap::new(),
+            departed: VecDeque::new(),
+            tenure,
+            idle_warned: false,
+            now,
+            out: Vec::new(),
+            config,
+        };
+        if !core.unreconciled.is_empty() {
+            let after = core.config.broker.subagent_timeout;
+            core.later(after, Timer::Unseen);
+        }
+        core
+    }
+
+    /// Takes one input at `now`: what to do about it.
+    pub fn step(&mut self, input: Input<R>, now: Now) -> Vec<Effect<R>> {
+        self.now = now;
+        if !self.acting() {
+            // no answer: a client asks again, and the next broker answers
+            return Vec::new();
+        }
+        match input {
+            Input::Result(to, r) => self.on_result(to, r),
+            Input::Register(to, r) => self.on_register(to, r),
+            Input::Heartbeat(hb) => self.on_heartbeat(hb),
+            Input::Leave(to, l) => self.on_leave(to, l),
+            Input::Certificate(to, c) => self.on_certificate(to, c),
+            Input::Written { info, stored } => self.written(*info, stored),
+            Input::RunReply {
+                subagent_id,
+                run,
+                reply,
+            } => self.on_run_reply(subagent_id, *run, reply),
+            Input::Probed { subagent_id, reply } => self.on_probed(subagent_id, reply),
+            Input::Timer(Timer::Resend { subagent_id, run }) => self.send_run(subagent_id, *run),
+            Input::Timer(Timer::Rewrite { order_id }) => self.store(&order_id, Then::Nothing),
+            Input::Timer(Timer::Unseen) => self.unseen_deadline(),
+            Input::Check => self.check_liveness(),
+        }
+        self.take_effects()
+    }
+
+    /// Sets the time for calls from the actor's own handlers.
+    pub fn at(&mut self, now: Now) -> &mut Core<R> {
+        self.now = now;
+        self
+    }
+
+    /// The effects left by calls from the actor's own handlers; none once
+    /// the lease may have run out.
+    pub fn take_effects(&mut self) -> Vec<Effect<R>> {
+        let out = std::mem::take(&mut self.out);
+        if self.acting() {
+            out
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Whether its lease still holds at the time it was given. A broker
+    /// resumed after a pause longer than its lease does nothing more: the
+    /// leadership loop is about to stop it, and a standby may already act.
+    pub fn acting(&mut self) -> bool {
+        let holds = self.tenure.holds(self.now.at);
+        if !holds && !self.idle_warned {
+            self.idle_warned = true;
+            warn!(broker = %self.id, epoch = self.epoch, "the lease may have run out (this process was paused?): acting on nothing until stepping down");
+        }
+        holds
+    }
+
+    pub(super) fn emit(&mut self, effect: Effect<R>) {
+        self.out.push(effect);
+    }
+
+    pub(super) fn reply(&mut self, to: &R, reply: Reply) {
+        self.emit(Effect::Reply(to.clone(), reply));
+    }
+
+    pub(super) fn error(&mut self, to: &R, code: ErrorCode, message: impl Into<String>) {
+        self.reply(to, Reply::Error(ErrorReply::new(code, message)));
+    }
+
+    pub(super) fn publish(&mut self, event: Event) {
+        self.emit(Effect::Publish(event));
+    }
+
+    pub(super) fn later(&mut self, after: Duration, timer: Timer) {
+        self.emit(Effect::Later { after, timer });
+    }
+}

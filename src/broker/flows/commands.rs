@@ -5,7 +5,7 @@ use actix::prelude::*;
 use tracing::info;
 
 use crate::broker::audit::Audited;
-use crate::broker::recovery::Then;
+use crate::broker::core::Then;
 use crate::broker::Broker;
 use crate::bus::{Replier, Request};
 use crate::protocol::*;
@@ -26,7 +26,7 @@ impl Broker {
         event: Event,
         ctx: &mut Context<Self>,
     ) {
-        if self.flows.get(order_id).is_some_and(|f| !f.durable) {
+        if self.core.flows.get(order_id).is_some_and(|f| !f.durable) {
             let message = format!("order {order_id} is being stored right now; send it again");
             return self.refuse(replier, audited, ErrorCode::Busy, message);
         }
@@ -36,14 +36,14 @@ impl Broker {
             _ => "cancel",
         };
         let then = Then::Reply {
-            replier: replier.clone(),
+            to: replier.clone(),
         };
         let kill = matches!(
             event,
             Event::Suspend { kill: true } | Event::Cancel { kill: true }
         );
         let killing = |b: &Broker| -> Vec<ParentStep> {
-            let Some(flow) = b.flows.get(order_id) else {
+            let Some(flow) = b.core.flows.get(order_id) else {
                 return Vec::new();
             };
             flow.run
@@ -64,7 +64,7 @@ impl Broker {
         match self.flow_event_then(order_id, event, then, ctx) {
             Ok(()) => {
                 self.audit(audited, Ok(()));
-                if let Some(flow) = self.flows.get(order_id) {
+                if let Some(flow) = self.core.flows.get(order_id) {
                     info!(order = %order_id, command = label, state = %flow.state(), "workflow order command");
                 }
                 for parent in asked_before {
@@ -84,7 +84,7 @@ impl Broker {
 
     /// Whether `order_id` is a workflow order this broker holds.
     pub(in crate::broker) fn is_flow(&self, order_id: &str) -> bool {
-        self.flows.contains_key(order_id)
+        self.core.flows.contains_key(order_id)
     }
 
     pub(in crate::broker) fn cancel_flow(
@@ -139,7 +139,7 @@ impl Broker {
         order_id: &str,
         verb: &str,
     ) {
-        let (code, message) = match self.book.get(order_id) {
+        let (code, message) = match self.core.book.get(order_id) {
             Some(order) if order.parent.is_some() => {
                 let p = order.parent.as_ref().expect("checked");
                 (
@@ -185,10 +185,11 @@ impl Broker {
                 && q.until_ms.is_none_or(|t| o.accepted_at_ms < t)
         };
         let mut orders: Vec<OrderSummary> = self
+            .core
             .book
             .iter()
             .map(|o| o.info().summary())
-            .chain(self.flows.values().map(|f| f.info().summary()))
+            .chain(self.core.flows.values().map(|f| f.info().summary()))
             .filter(keep)
             .collect();
         orders.sort_by(|a, b| {

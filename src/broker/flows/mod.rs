@@ -34,8 +34,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::{debug, info, warn};
 
+use super::core::Then;
 use super::order_book::Order;
-use super::recovery::Then;
 use super::Broker;
 use crate::bus::BusError;
 use crate::jobs;
@@ -66,11 +66,11 @@ impl Broker {
         &mut self,
         flow_id: &str,
         event: Event,
-        then: Then,
+        then: Then<crate::bus::Replier>,
         ctx: &mut Context<Self>,
     ) -> Result<(), TransitionError> {
         let now = now_ms();
-        let Some(flow) = self.flows.get_mut(flow_id) else {
+        let Some(flow) = self.core.flows.get_mut(flow_id) else {
             return Ok(());
         };
         let before = flow.info();
@@ -101,7 +101,8 @@ impl Broker {
                     job,
                     params,
                 } => {
-                    let Some(workflow) = self.flows.get(flow_id).map(|f| f.run.workflow()) else {
+                    let Some(workflow) = self.core.flows.get(flow_id).map(|f| f.run.workflow())
+                    else {
                         return;
                     };
                     let parent = ParentStep {
@@ -111,14 +112,14 @@ impl Broker {
                         attempt,
                     };
                     let id = self.step_order_id(&parent);
-                    if let Some(flow) = self.flows.get_mut(flow_id) {
+                    if let Some(flow) = self.core.flows.get_mut(flow_id) {
                         flow.dispatched(&parent.step, attempt, &job, &id);
                     }
                     info!(order = %flow_id, step = %parent.step, attempt, step_order = %id, "step dispatched");
                     self.place_step(parent, job, params, ctx);
                 }
                 Effect::Kill { step, attempt, .. } => {
-                    let Some(flow) = self.flows.get(flow_id) else {
+                    let Some(flow) = self.core.flows.get(flow_id) else {
                         return;
                     };
                     let cause = flow.run.step(&step).and_then(|s| s.kill);
@@ -162,14 +163,14 @@ impl Broker {
         ctx: &mut Context<Self>,
     ) {
         let order_id = self.step_order_id(&parent);
-        if let Some(held) = self.book.get(&order_id).map(|o| (o.durable, o.info())) {
+        if let Some(held) = self.core.book.get(&order_id).map(|o| (o.durable, o.info())) {
             // held: stored (its state applies), or being stored right now
             if held.0 {
                 self.step_order_stored(&held.1, ctx);
             }
             return;
         }
-        let Some(spec) = self.jobs.get(&job) else {
+        let Some(spec) = self.core.jobs.get(&job) else {
             let reason = format!("job '{job}' is not deployed; deploy it, then resume the order");
             return self.step_refused(parent, order_id, reason, ctx);
         };
@@ -182,7 +183,7 @@ impl Broker {
         order.restartable = spec.restartable;
         order.parent = Some(parent.clone());
         let info = order.info();
-        self.book.insert(order);
+        self.core.book.insert(order);
         let kv = self.orders_kv.clone();
         let write = async move {
             let created = kv.create_revision(&info.order_id, &info).await?;
@@ -195,8 +196,8 @@ impl Broker {
         ctx.spawn(write.into_actor(self).map(move |written, act, ctx| {
             match written {
                 Ok((info, Some(revision), _)) => {
-                    act.set_revision(&info.order_id, revision);
-                    act.book.enqueue(&info.order_id);
+                    act.core.set_revision(&info.order_id, revision);
+                    act.core.book.enqueue(&info.order_id);
                     act.kill_if_asked(&parent, ctx);
                     let event = OrderAccepted {
                         order_id: info.order_id.clone(),
@@ -214,7 +215,7 @@ impl Broker {
                 }
                 Ok((info, None, existing)) => {
                     // stored before (by us, or a broker before us), not held
-                    act.book.remove(&info.order_id);
+                    act.core.book.remove(&info.order_id);
                     let Some((stored, revision)) = existing else {
                         return act.retry_place(parent, ctx);
                     };
@@ -224,17 +225,17 @@ impl Broker {
                         let reason = "its order id is taken by another order".to_string();
                         return act.step_refused(parent, stored.order_id, reason, ctx);
                     }
-                    let restartable = act.jobs.get(&stored.job).is_some_and(|j| j.restartable);
-                    act.book
+                    let restartable = act.core.jobs.get(&stored.job).is_some_and(|j| j.restartable);
+                    act.core.book
                         .restore([Order::restore(&stored, restartable)]);
-                    act.set_revision(&stored.order_id, revision);
+                    act.core.set_revision(&stored.order_id, revision);
                     act.step_order_stored(&stored, ctx);
                     act.kill_if_asked(&parent, ctx);
                     act.dispatch(ctx);
                 }
                 Err(e) => {
                     warn!(step_order = %info_id(&parent), error = %e, "step order not stored; placing it again");
-                    act.book.remove(&act.step_order_id(&parent));
+                    act.core.book.remove(&act.step_order_id(&parent));
                     act.retry_place(parent, ctx);
                 }
             }
@@ -244,7 +245,7 @@ impl Broker {
     /// Places a step attempt again later, if its workflow order still runs it.
     pub(in crate::broker) fn retry_place(&mut self, parent: ParentStep, ctx: &mut Context<Self>) {
         ctx.run_later(PLACE_RETRY, move |act, ctx| {
-            let Some(flow) = act.flows.get(&parent.order_id) else {
+            let Some(flow) = act.core.flows.get(&parent.order_id) else {
                 return;
             };
             let current = flow
@@ -269,7 +270,7 @@ impl Broker {
     ) {
         warn!(order = %parent.order_id, step = %parent.step, %reason, "step not placed");
         ctx.run_later(Duration::ZERO, move |act, ctx| {
-            let Some(flow) = act.flows.get_mut(&parent.order_id) else {
+            let Some(flow) = act.core.flows.get_mut(&parent.order_id) else {
                 return;
             };
             let event = flow.refused(&parent, &order_id, reason, now_ms());
@@ -287,7 +288,7 @@ impl Broker {
         cause: Option<KillCause>,
         ctx: &mut Context<Self>,
     ) {
-        let still = self.flows.get(&parent.order_id).is_some_and(|f| {
+        let still = self.core.flows.get(&parent.order_id).is_some_and(|f| {
             f.run.step(&parent.step).is_some_and(|s| {
                 s.attempt == parent.attempt && s.state == StepState::Running && s.kill.is_some()
             })
@@ -319,6 +320,7 @@ impl Broker {
         ctx: &mut Context<Self>,
     ) {
         let cause = self
+            .core
             .flows
             .get(&parent.order_id)
             .and_then(|f| f.run.step(&parent.step))
@@ -342,6 +344,7 @@ impl Broker {
             let _ = act.flow_event(&flow_id, Event::RetryDue { step: step.clone() }, ctx);
             // early by the wall clock (it stepped back): wait again
             let waiting = act
+                .core
                 .flows
                 .get(&flow_id)
                 .and_then(|f| f.run.step(&step)?.retry_at_ms);
@@ -362,7 +365,7 @@ impl Broker {
         let Some(parent) = info.parent.clone() else {
             return;
         };
-        let Some(flow) = self.flows.get_mut(&parent.order_id) else {
+        let Some(flow) = self.core.flows.get_mut(&parent.order_id) else {
             return;
         };
         let before = flow.history.clone();
@@ -375,25 +378,6 @@ impl Broker {
             None if before != flow.history => self.store(&parent.order_id, Then::Nothing, ctx),
             None => {}
         }
-    }
-
-    /// For a step order: the subagent its workflow order placed a step on
-    /// last (the step before it, in a chain; a sibling, in a fan-out), so
-    /// round-robin moves each order to the next member step by step.
-    pub(in crate::broker) fn previous_step_subagent(&self, order_id: &str) -> Option<String> {
-        let parent = self.book.get(order_id)?.parent.as_ref()?;
-        let flow = self.flows.get(&parent.order_id)?;
-        flow.history
-            .iter()
-            .rev()
-            .filter(|h| h.order_id != order_id)
-            .find_map(|h| {
-                let placed = self
-                    .book
-                    .get(&h.order_id)
-                    .and_then(|o| o.subagent_id.clone());
-                placed.or_else(|| h.subagent_id.clone())
-            })
     }
 }
 

@@ -10,7 +10,7 @@ impl Broker {
     /// A workflow order ended: beyond [`KEEP_FINISHED`] ended ones, the
     /// oldest are forgotten (they stay in the journal).
     pub(in crate::broker) fn flow_finished(&mut self, flow_id: &str) {
-        if let Some(flow) = self.flows.get(flow_id) {
+        if let Some(flow) = self.core.flows.get(flow_id) {
             let info = flow.info();
             let event = OrderFinished {
                 order_id: info.order_id.clone(),
@@ -35,15 +35,17 @@ impl Broker {
             );
         }
         let ended = self
+            .core
             .flows
             .values()
             .filter(|f| f.state().is_terminal())
             .count();
         if ended > KEEP_FINISHED {
             if let Some(oldest) = self
+                .core
                 .flows
                 .values()
-                .filter(|f| f.state().is_terminal() && !self.writing.contains_key(&f.id))
+                .filter(|f| f.state().is_terminal() && !self.core.writing.contains_key(&f.id))
                 .min_by_key(|f| f.finished_at_ms)
                 .map(|f| f.id.clone())
             {

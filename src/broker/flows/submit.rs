@@ -35,7 +35,7 @@ impl Broker {
         if self.answer_repeat(&replier, request_id.as_deref(), &name, &params) {
             return;
         }
-        let job_of = |name: &str| self.jobs.get(name).cloned();
+        let job_of = |name: &str| self.core.jobs.get(name).cloned();
         if let Err(message) = check_order_params(&spec, &job_of, &params) {
             return self.error(&replier, ErrorCode::InvalidParam, message);
         }
@@ -72,8 +72,8 @@ impl Broker {
             let order_id = flow_id;
             match written {
                 Ok((info, Some(revision), _)) => {
-                    act.set_revision(&order_id, revision);
-                    if let Some(flow) = act.flows.get_mut(&order_id) {
+                    act.core.set_revision(&order_id, revision);
+                    if let Some(flow) = act.core.flows.get_mut(&order_id) {
                         flow.durable = true;
                     }
                     let reply = SubmitReply {
@@ -124,22 +124,23 @@ impl Broker {
     }
 
     pub(in crate::broker) fn flow_by_request(&self, request_id: &str) -> Option<&FlowOrder> {
-        self.flow_requests
+        self.core
+            .flow_requests
             .get(request_id)
-            .and_then(|id| self.flows.get(id))
+            .and_then(|id| self.core.flows.get(id))
     }
 
     /// Holds a workflow order in memory, findable by its request id.
     pub(in crate::broker) fn hold_flow(&mut self, flow: FlowOrder) {
         if let Some(r) = &flow.request_id {
-            self.flow_requests.insert(r.clone(), flow.id.clone());
+            self.core.flow_requests.insert(r.clone(), flow.id.clone());
         }
-        self.flows.insert(flow.id.clone(), flow);
+        self.core.flows.insert(flow.id.clone(), flow);
     }
 
     pub(in crate::broker) fn drop_flow(&mut self, flow_id: &str) {
-        if let Some(r) = self.flows.remove(flow_id).and_then(|f| f.request_id) {
-            self.flow_requests.remove(&r);
+        if let Some(r) = self.core.flows.remove(flow_id).and_then(|f| f.request_id) {
+            self.core.flow_requests.remove(&r);
         }
     }
 }

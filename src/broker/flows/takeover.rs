@@ -6,7 +6,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::warn;
 
-use crate::broker::recovery::Then;
+use crate::broker::core::Then;
 use crate::broker::Broker;
 use crate::protocol::*;
 use crate::time::now_ms;
@@ -16,6 +16,7 @@ impl Broker {
     /// After a takeover: every workflow order picks up where it was.
     pub(in crate::broker) fn resume_flows(&mut self, ctx: &mut Context<Self>) {
         let active: Vec<String> = self
+            .core
             .flows
             .values()
             .filter(|f| !f.state().is_held() && !f.state().is_final())
@@ -29,12 +30,14 @@ impl Broker {
         // no longer wants): it is stopped. One it still wants was adopted
         // above, when the step was dispatched again under the same id.
         let orphans: Vec<String> = self
+            .core
             .book
             .iter()
             .filter(|o| !o.phase.is_final())
             .filter_map(|o| {
                 let p = o.parent.as_ref()?;
                 let wanted = self
+                    .core
                     .flows
                     .get(&p.order_id)
                     .and_then(|f| f.run.step(&p.step));
@@ -46,12 +49,12 @@ impl Broker {
         for id in orphans {
             warn!(step_order = %id, "step order its workflow order does not run; cancelled");
             let (Some(parent), Some(job)) = (
-                self.book.get(&id).and_then(|o| o.parent.clone()),
-                self.book.get(&id).map(|o| o.job.clone()),
+                self.core.book.get(&id).and_then(|o| o.parent.clone()),
+                self.core.book.get(&id).map(|o| o.job.clone()),
             ) else {
                 continue;
             };
-            if let Some(flow) = self.flows.get_mut(&parent.order_id) {
+            if let Some(flow) = self.core.flows.get_mut(&parent.order_id) {
                 // its attempt number is taken: the step's next one is fresh
                 flow.run.note_attempt(&parent.step, parent.attempt);
                 flow.dispatched(&parent.step, parent.attempt, &job, &id);
@@ -68,7 +71,7 @@ impl Broker {
     pub(in crate::broker) fn resume_flow(&mut self, flow_id: &str, ctx: &mut Context<Self>) {
         let flow_id = flow_id.to_string();
         {
-            let Some(flow) = self.flows.get(&flow_id) else {
+            let Some(flow) = self.core.flows.get(&flow_id) else {
                 return;
             };
             let workflow = flow.run.workflow().to_string();

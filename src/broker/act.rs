@@ -1,0 +1,178 @@
+//! The actor carries out the core's effects: it replies, publishes,
+//! writes the journal, sends tasks and probes, and sets timers, feeding
+//! each outcome back into the core as an input. Nothing here decides.
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use super::core::{self, Effect, Event, Input, Now, Probed, Reply, RunReply, Then};
+use super::recovery::write_over;
+use super::Broker;
+use crate::bus::{BusError, Replier};
+use crate::protocol::*;
+use crate::time::now_ms;
+
+/// How long a liveness probe waits for its answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The time, for the core.
+pub(super) fn now() -> Now {
+    Now {
+        at: Instant::now(),
+        ms: now_ms(),
+    }
+}
+
+impl Broker {
+    /// Hands an input to the core and carries out what it decides.
+    pub(super) fn step(&mut self, input: Input<Replier>, ctx: &mut Context<Self>) {
+        let effects = self.core.step(input, now());
+        self.act(effects, ctx);
+    }
+
+    /// Carries out the effects the actor's own handlers left in the core.
+    pub(super) fn flush(&mut self, ctx: &mut Context<Self>) {
+        let effects = self.core.take_effects();
+        self.act(effects, ctx);
+    }
+
+    fn act(&mut self, effects: Vec<Effect<Replier>>, ctx: &mut Context<Self>) {
+        for effect in effects {
+            match effect {
+                Effect::Reply(to, reply) => self.send_reply(&to, reply),
+                Effect::Publish(event) => self.publish(event),
+                Effect::Write { info, revision } => self.write(info, revision, ctx),
+                Effect::Run { subagent_id, run } => self.send_run(subagent_id, run, ctx),
+                Effect::Probe { subagent_id } => self.probe(subagent_id, ctx),
+                Effect::Later { after, timer } => {
+                    ctx.run_later(after, move |act, ctx| act.step(Input::Timer(timer), ctx));
+                }
+                Effect::StepStored(info) => {
+                    self.step_order_stored(&info, ctx);
+                    self.flush(ctx);
+                }
+            }
+        }
+    }
+
+    fn send_reply(&self, to: &Replier, reply: Reply) {
+        match reply {
+            Reply::Ack(r) => self.bus.reply(to, &r),
+            Reply::Registered(r) => self.bus.reply(to, &r),
+            Reply::Left(r) => self.bus.reply(to, &r),
+            Reply::Certified(r) => self.bus.reply(to, &r),
+            Reply::Order(r) => self.bus.reply(to, &*r),
+            Reply::Error(r) => self.bus.reply(to, &r),
+        }
+    }
+
+    fn publish(&self, event: Event) {
+        let s = self.bus.subjects();
+        match event {
+            Event::Finished(e) => {
+                let subject = s.event(&e.job, &e.order_id, EventKind::Finished);
+                self.bus.post(subject, &e);
+            }
+            Event::Subagent(e) => self.bus.post(s.subagent_changed(&e.subagent_id), &e),
+        }
+    }
+
+    fn write(&mut self, info: OrderInfo, revision: Option<u64>, ctx: &mut Context<Self>) {
+        let kv = self.orders_kv.clone();
+        let write = async move {
+            let stored = match write_over(&kv, &info, revision).await {
+                Ok(revision) => core::Stored::At(revision),
+                Err(e) => e.stored(),
+            };
+            let info = Box::new(info);
+            Input::Written { info, stored }
+        };
+        ctx.spawn(
+            write
+                .into_actor(self)
+                .map(|written, act, ctx| act.step(written, ctx)),
+        );
+    }
+
+    fn send_run(&mut self, subagent_id: String, run: Box<RunTask>, ctx: &mut Context<Self>) {
+        let bus = self.bus.clone();
+        let subject = bus.subjects().run(&subagent_id);
+        let timeout = self.config.broker.dispatch_timeout;
+        let request = async move {
+            // the order's accepted event goes out before its task can start
+            bus.posted().await;
+            let reply = match bus.request::<_, RunAccepted>(subject, &*run, timeout).await {
+                Ok(_) => RunReply::Accepted,
+                Err(e @ BusError::NoResponders { .. }) => RunReply::NoResponders(e.to_string()),
+                Err(e @ BusError::Remote(_)) => RunReply::Refused(e.to_string()),
+                Err(e) => RunReply::Unknown(e.to_string()),
+            };
+            Input::RunReply {
+                subagent_id,
+                run,
+                reply,
+            }
+        };
+        ctx.spawn(
+            request
+                .into_actor(self)
+                .map(|reply, act, ctx| act.step(reply, ctx)),
+        );
+    }
+
+    fn probe(&mut self, subagent_id: String, ctx: &mut Context<Self>) {
+        let bus = self.bus.clone();
+        let subject = bus.subjects().ping(&subagent_id);
+        let request = async move {
+            let reply = match bus
+                .request::<_, Pong>(subject, &Ping {}, PROBE_TIMEOUT)
+                .await
+            {
+                Ok(pong) => Probed::Answered(pong),
+                Err(BusError::NoResponders { .. }) => Probed::NoResponders,
+                Err(e) => Probed::Unanswered(e.to_string()),
+            };
+            Input::Probed { subagent_id, reply }
+        };
+        ctx.spawn(
+            request
+                .into_actor(self)
+                .map(|probed, act, ctx| act.step(probed, ctx)),
+        );
+    }
+
+    // The core's operations as the actor's own handlers call them (see the
+    // module docs of `core`): each carries out the effects it leaves.
+
+    pub(super) fn store(&mut self, order_id: &str, then: Then<Replier>, ctx: &mut Context<Self>) {
+        self.core.at(now()).store(order_id, then);
+        self.flush(ctx);
+    }
+
+    pub(super) fn finish(
+        &mut self,
+        order_id: &str,
+        ack: Option<(Replier, String)>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.core.at(now()).finish(order_id, ack);
+        self.flush(ctx);
+    }
+
+    pub(super) fn dispatch(&mut self, ctx: &mut Context<Self>) {
+        self.core.at(now()).dispatch();
+        self.flush(ctx);
+    }
+
+    pub(super) fn announce(
+        &mut self,
+        id: &str,
+        state: SubagentState,
+        reason: &str,
+        ctx: &mut Context<Self>,
+    ) {
+        self.core.at(now()).announce(id, state, reason);
+        self.flush(ctx);
+    }
+}

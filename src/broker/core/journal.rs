@@ -1,0 +1,286 @@
+//! The journal of orders, as the core sees it: every write of an order goes
+//! through [`Core::store`], which asks for the order's current state to be
+//! written ([`Effect::Write`]) and only once it is stored
+//! ([`Input::Written`]) does what waited for it: send the task, acknowledge
+//! the result, publish `finished`, answer a command. Writes of one order go
+//! out one at a time, so an older state never lands after a newer one; each
+//! is a compare-and-swap on the revision this broker last read or wrote
+//! (the actor's `recovery::write_over`), so a broker that stepped down
+//! cannot roll an order back.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tracing::warn;
+
+use super::super::order_book::{OrderEvent, Phase};
+use super::{Core, Effect, Event, Reply};
+use crate::protocol::*;
+use crate::workflow::FlowOrder;
+
+/// Before writing again a final state that could not be stored.
+const JOURNAL_RETRY: Duration = Duration::from_secs(1);
+/// [`Revisions`] drops those of forgotten orders once it holds this many.
+const PRUNE_MIN: usize = 1024;
+
+/// What waits for an order's state to be stored.
+#[derive(Debug)]
+pub enum Then<R> {
+    Nothing,
+    /// The order was stored as dispatched: send its task.
+    Run {
+        subagent_id: String,
+        run: Box<RunTask>,
+    },
+    /// The order was stored final: acknowledge its task's result.
+    Ack {
+        to: R,
+        task_id: String,
+    },
+    /// A command changed the order: answer with it once stored.
+    Reply {
+        to: R,
+    },
+}
+
+/// What waits for the write of one order in flight, and for the next one.
+#[derive(Debug)]
+pub struct Writes<R> {
+    in_flight: Vec<Then<R>>,
+    next: Vec<Then<R>>,
+}
+
+/// How a write ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored; the record is now at this revision.
+    At(u64),
+    /// Not stored, and its fate is unknown: it may have landed.
+    Unknown(String),
+    /// Not stored: the record changed under every attempt.
+    Contended(String),
+}
+
+impl<R: Clone + std::fmt::Debug> Core<R> {
+    /// Stores an order's current state, then does `then`. A write of the
+    /// same order still in flight is followed by one more write (of the
+    /// newest state), so writes land in order.
+    pub(in crate::broker) fn store(&mut self, order_id: &str, then: Then<R>) {
+        if let Some(writes) = self.writing.get_mut(order_id) {
+            writes.next.push(then);
+            return;
+        }
+        self.write(order_id.to_string(), vec![then]);
+    }
+
+    fn write(&mut self, order_id: String, thens: Vec<Then<R>>) {
+        let Some(info) = self.info_of(&order_id) else {
+            // forgotten: long final and stored
+            self.unannounced.remove(&order_id);
+            for then in thens {
+                self.follow_up(&order_id, then, true);
+            }
+            return;
+        };
+        let writes = Writes {
+            in_flight: thens,
+            next: Vec::new(),
+        };
+        self.writing.insert(order_id.clone(), writes);
+        let revision = self.revisions.get(&order_id);
+        self.emit(Effect::Write { info, revision });
+    }
+
+    /// An order's write ended.
+    pub(super) fn written(&mut self, info: OrderInfo, stored: Stored) {
+        let order_id = info.order_id.clone();
+        let Some(writes) = self.writing.remove(&order_id) else {
+            return;
+        };
+        match &stored {
+            Stored::At(revision) => {
+                self.set_revision(&order_id, *revision);
+                if info.state.is_final() {
+                    if let Some(event) = self.unannounced.remove(&order_id) {
+                        self.publish(Event::Finished(event));
+                    }
+                }
+                // a workflow order follows its step orders only as far as
+                // the journal does: after a crash it is never ahead of them
+                if info.parent.is_some() {
+                    self.emit(Effect::StepStored(info));
+                }
+            }
+            Stored::Unknown(e) | Stored::Contended(e) => {
+                warn!(order = %order_id, error = %e, "order state not stored");
+                if matches!(stored, Stored::Unknown(_)) {
+                    // it may have landed: the next write reads the revision
+                    self.revisions.forget(&order_id);
+                }
+            }
+        }
+        let ok = matches!(stored, Stored::At(_));
+        for then in writes.in_flight {
+            self.follow_up(&order_id, then, ok);
+        }
+        if !writes.next.is_empty() {
+            return self.write(order_id, writes.next);
+        }
+        // a final state, or any state of a workflow order (a command it
+        // answered), is written until it is stored
+        let must_land = !ok
+            && self
+                .info_of(&order_id)
+                .is_some_and(|o| o.state.is_final() || o.workflow.is_some());
+        if must_land {
+            self.later(JOURNAL_RETRY, super::Timer::Rewrite { order_id });
+        }
+    }
+
+    /// The order as stored: one of the book, or a workflow order.
+    pub(in crate::broker) fn info_of(&self, order_id: &str) -> Option<OrderInfo> {
+        match self.book.get(order_id) {
+            Some(order) => Some(order.info()),
+            None => self.flows.get(order_id).map(FlowOrder::info),
+        }
+    }
+
+    /// Records the journal revision an order's record is now at.
+    pub(in crate::broker) fn set_revision(&mut self, order_id: &str, revision: u64) {
+        let (book, flows) = (&self.book, &self.flows);
+        let held = |id: &str| book.get(id).is_some() || flows.contains_key(id);
+        self.revisions.set(order_id, revision, held);
+    }
+
+    fn follow_up(&mut self, order_id: &str, then: Then<R>, stored: bool) {
+        match then {
+            Then::Nothing => {}
+            // not acknowledged: the subagent sends the result again
+            Then::Ack { .. } if !stored => {}
+            Then::Ack { to, task_id } => self.reply(&to, Reply::Ack(ResultAck { task_id })),
+            Then::Reply { to } if stored => match self.info_of(order_id) {
+                Some(info) => self.reply(&to, Reply::Order(Box::new(info))),
+                None => self.error(&to, ErrorCode::NotFound, format!("no order {order_id}")),
+            },
+            Then::Reply { to } => self.error(
+                &to,
+                ErrorCode::Unavailable,
+                format!(
+                    "order {order_id}: its new state could not be stored in JetStream yet (it is retried); send the command again to learn the outcome"
+                ),
+            ),
+            Then::Run { subagent_id, run } => {
+                let still_ours = self.book.get(order_id).is_some_and(|o| {
+                    o.phase == Phase::Dispatching && o.task_id.as_ref() == Some(&run.task_id)
+                });
+                if !still_ours {
+                    return;
+                }
+                if stored {
+                    return self.send_run(subagent_id, *run);
+                }
+                // never sent: back to the queue, tried again at the next dispatch
+                self.registry.release(&subagent_id, &run.task_id, false);
+                let event = OrderEvent::DispatchFailed {
+                    task_id: run.task_id,
+                };
+                let _ = self.book.apply(order_id, event);
+            }
+        }
+    }
+
+    /// Stores an order's final state, then publishes it and acknowledges
+    /// the result (if any).
+    pub(in crate::broker) fn finish(&mut self, order_id: &str, ack: Option<(R, String)>) {
+        let Some(order) = self.book.get(order_id) else {
+            return;
+        };
+        let info = order.info();
+        let duration_ms = match (info.started_at_ms, info.finished_at_ms) {
+            (Some(s), Some(f)) => Some(f.saturating_sub(s)),
+            _ => None,
+        };
+        let event = OrderFinished {
+            order_id: info.order_id.clone(),
+            job: info.job.clone(),
+            state: info.state,
+            exit_code: info.exit_code,
+            signal: info.signal,
+            timed_out: info.timed_out,
+            reason: info.reason.clone(),
+            subagent_id: info.subagent_id.clone(),
+            attempt: info.attempt,
+            duration_ms,
+            at_ms: self.now.ms,
+        };
+        // announced once stored (see `written`): a subscriber never hears
+        // of an end a broker taking over would not know
+        self.unannounced.insert(order_id.to_string(), event);
+        let then = match ack {
+            Some((to, task_id)) => Then::Ack { to, task_id },
+            None => Then::Nothing,
+        };
+        self.store(order_id, then);
+    }
+}
+
+/// The journal revision of each order held in memory, as this broker last
+/// read or wrote it. Those of orders the book has forgotten are dropped
+/// whenever the map has doubled since the last pruning.
+#[derive(Debug, Default)]
+pub struct Revisions {
+    of: HashMap<String, u64>,
+    prune_at: usize,
+}
+
+impl Revisions {
+    pub fn new(of: HashMap<String, u64>) -> Revisions {
+        let prune_at = (of.len() * 2).max(PRUNE_MIN);
+        Revisions { of, prune_at }
+    }
+
+    pub fn get(&self, order_id: &str) -> Option<u64> {
+        self.of.get(order_id).copied()
+    }
+
+    /// Records `revision`; `held` tells which orders are still in memory.
+    pub fn set(&mut self, order_id: &str, revision: u64, held: impl Fn(&str) -> bool) {
+        match self.of.get_mut(order_id) {
+            Some(known) => *known = revision,
+            None => {
+                self.of.insert(order_id.to_string(), revision);
+            }
+        }
+        if self.of.len() > self.prune_at {
+            self.of.retain(|id, _| held(id));
+            self.prune_at = (self.of.len() * 2).max(PRUNE_MIN);
+        }
+    }
+
+    /// The record's revision is no longer known (a write's fate is unknown).
+    pub fn forget(&mut self, order_id: &str) {
+        self.of.remove(order_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revisions_of_forgotten_orders_are_dropped() {
+        let mut revisions = Revisions::new(HashMap::new());
+        let held = |id: &str| id.ends_with('0');
+        for i in 0..=PRUNE_MIN {
+            revisions.set(&format!("o{i}"), i as u64, held);
+        }
+        assert_eq!(revisions.get("o1"), None, "forgotten");
+        assert_eq!(revisions.get("o10"), Some(10));
+        assert_eq!(revisions.get(&format!("o{PRUNE_MIN}")), None);
+        revisions.set("o10", 99, held);
+        assert_eq!(revisions.get("o10"), Some(99));
+        revisions.forget("o10");
+        assert_eq!(revisions.get("o10"), None);
+        assert!(revisions.of.len() <= PRUNE_MIN / 10 + 1);
+    }
+}

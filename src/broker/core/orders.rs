@@ -1,0 +1,268 @@
+//! Orders on their way through subagents: dispatch as the planner decides,
+//! the subagent's answer to a run request, and its result.
+
+use tracing::{debug, info, warn};
+
+use super::super::order_book::{Applied, Order, OrderEvent, Outcome, Phase};
+use super::plan::{self, Decision, Deployed, Queued};
+use super::{Core, Effect, Reply, RunReply, Then, Timer, RESEND_DELAY};
+use crate::jobs;
+use crate::protocol::*;
+
+impl<R: Clone + std::fmt::Debug> Core<R> {
+    /// Hands queued orders to subagents as the planner decides.
+    pub(in crate::broker) fn dispatch(&mut self) {
+        let deployed = Deployed {
+            jobs: &self.jobs,
+            clusters: &self.clusters,
+        };
+        let queued = self.book.queued().map(|o| Queued {
+            order_id: &o.id,
+            job: &o.job,
+        });
+        let previous = |order_id: &str| self.previous_step_subagent(order_id);
+        let decisions = plan::plan(
+            queued,
+            &deployed,
+            &self.registry,
+            &self.last_placed,
+            previous,
+        );
+        for decision in decisions {
+            match decision {
+                Decision::Refuse { order_id, reason } => {
+                    let at_ms = self.now.ms;
+                    self.apply_and_act(&order_id, OrderEvent::Refused { reason, at_ms });
+                }
+                Decision::Place {
+                    order_id,
+                    subagent_id,
+                    instance_id,
+                    cluster,
+                } => {
+                    self.last_placed.insert(cluster, subagent_id.clone());
+                    self.dispatch_one(&order_id, subagent_id, instance_id);
+                }
+            }
+        }
+        if self.book.queue_len() > 1024 {
+            self.book.compact_queue();
+        }
+    }
+
+    fn dispatch_one(&mut self, order_id: &str, subagent_id: String, instance_id: String) {
+        let run = self.book.get(order_id).and_then(|order| {
+            self.run_task(order, order.next_task_id(), order.attempt + 1, instance_id)
+        });
+        let Some(run) = run else {
+            return;
+        };
+        let event = OrderEvent::Dispatched {
+            task_id: run.task_id.clone(),
+            subagent_id: subagent_id.clone(),
+            instance_id: run.instance_id.clone().unwrap_or_default(),
+        };
+        if let Err(e) = self.book.apply(order_id, event) {
+            warn!(order = %order_id, error = %e, "dispatch refused by the order book");
+            return;
+        }
+        self.registry.assign(&subagent_id, &run.task_id);
+        debug!(order = %order_id, subagent = %subagent_id, attempt = run.attempt, "dispatching");
+        // journaled before it is sent: a broker taking over knows where it went
+        let run = Box::new(run);
+        self.store(order_id, Then::Run { subagent_id, run });
+    }
+
+    /// The task running `order` as `task_id`; `None` when its job is gone.
+    pub(super) fn run_task(
+        &self,
+        order: &Order,
+        task_id: String,
+        attempt: u32,
+        instance_id: String,
+    ) -> Option<RunTask> {
+        let spec = self.jobs.get(&order.job)?;
+        let (args, mut env) = jobs::command_for(spec, &order.id, &order.params);
+        if let Some(slot_ms) = order.slot_ms {
+            env.insert("BATON_SLOT_MS".into(), slot_ms.to_string());
+        }
+        if let Some(parent) = &order.parent {
+            env.insert("BATON_WORKFLOW".into(), parent.workflow.clone());
+            env.insert("BATON_WORKFLOW_ORDER_ID".into(), parent.order_id.clone());
+            env.insert("BATON_STEP".into(), parent.step.clone());
+            env.insert("BATON_STEP_ATTEMPT".into(), parent.attempt.to_string());
+        }
+        Some(RunTask {
+            task_id,
+            order_id: order.id.clone(),
+            job: order.job.clone(),
+            attempt,
+            program: spec.program.clone(),
+            args,
+            env,
+            working_dir: spec.working_dir.clone(),
+            timeout_ms: spec.timeout_ms,
+            instance_id: Some(instance_id),
+            epoch: self.epoch,
+            parent: order.parent.clone(),
+        })
+    }
+
+    pub(super) fn send_run(&mut self, subagent_id: String, run: RunTask) {
+        let run = Box::new(run);
+        self.emit(Effect::Run { subagent_id, run });
+    }
+
+    pub(super) fn on_run_reply(&mut self, subagent_id: String, run: RunTask, reply: RunReply) {
+        let still_ours = self.book.get(&run.order_id).is_some_and(|o| {
+            o.phase == Phase::Dispatching && o.task_id.as_deref() == Some(run.task_id.as_str())
+        });
+        if !still_ours {
+            return;
+        }
+        match reply {
+            RunReply::Accepted => {
+                let event = OrderEvent::Started {
+                    task_id: run.task_id.clone(),
+                    at_ms: self.now.ms,
+                };
+                match self.book.apply(&run.order_id, event) {
+                    Ok(Applied::Moved { .. }) => self.store(&run.order_id, Then::Nothing),
+                    Ok(Applied::Stale) => {}
+                    Err(e) => warn!(task = %run.task_id, error = %e, "start not recorded"),
+                }
+            }
+            RunReply::NoResponders(ref e) | RunReply::Refused(ref e) => {
+                // definite: it did not take the task (nobody listened, or it refused)
+                warn!(task = %run.task_id, subagent = %subagent_id, error = %e, "dispatch failed; task goes back to the queue");
+                if matches!(reply, RunReply::NoResponders(_)) {
+                    self.suspect(&subagent_id, "a dispatch found no responders");
+                } else {
+                    // it answered: alive, but out of placement until it heartbeats again
+                    self.registry.said_busy(&subagent_id);
+                }
+                self.registry.release(&subagent_id, &run.task_id, false);
+                let event = OrderEvent::DispatchFailed {
+                    task_id: run.task_id,
+                };
+                if let Ok(Applied::Moved { .. }) = self.book.apply(&run.order_id, event) {
+                    self.store(&run.order_id, Then::Nothing);
+                }
+                self.dispatch();
+            }
+            RunReply::Unknown(e) => {
+                // it may have the task already; the same task id is safe to
+                // send again, and its loss, if it is lost, is handled there
+                debug!(task = %run.task_id, subagent = %subagent_id, error = %e, "dispatch unconfirmed; sending again");
+                let run = Box::new(run);
+                self.later(RESEND_DELAY, Timer::Resend { subagent_id, run });
+            }
+        }
+    }
+
+    pub(super) fn on_result(&mut self, to: R, r: TaskResult) {
+        self.registry.release(&r.subagent_id, &r.task_id, true);
+        if let Some(reason) = r.abandoned.clone() {
+            let event = OrderEvent::Abandoned {
+                task_id: r.task_id.clone(),
+                reason,
+                at_ms: r.finished_at_ms,
+            };
+            let applied = self.book.apply(&r.order_id, event);
+            let ack = (to, r.task_id);
+            match applied {
+                Ok(Applied::Moved { to, .. }) if to.is_final() => {
+                    self.finish(&r.order_id, Some(ack))
+                }
+                // back in the queue: stored so before the subagent forgets it
+                Ok(Applied::Moved { .. }) => {
+                    info!(order = %r.order_id, "order back in the queue");
+                    let (to, task_id) = ack;
+                    self.store(&r.order_id, Then::Ack { to, task_id });
+                }
+                _ => self.ack_stale(&r.order_id, ack),
+            }
+            return self.dispatch();
+        }
+        let outcome = Outcome {
+            exit_code: r.exit_code,
+            signal: r.signal,
+            timed_out: r.timed_out,
+            error: r.error.clone(),
+            started_at_ms: Some(r.started_at_ms),
+            finished_at_ms: r.finished_at_ms,
+            outputs: r.outputs.clone(),
+        };
+        let event = OrderEvent::Finished {
+            task_id: r.task_id.clone(),
+            outcome,
+        };
+        match self.book.apply(&r.order_id, event) {
+            Ok(Applied::Moved { .. }) => {
+                self.finish(&r.order_id, Some((to, r.task_id)));
+                self.dispatch();
+            }
+            Ok(Applied::Stale) => {
+                debug!(task = %r.task_id, "stale or repeated result recorded");
+                self.ack_stale(&r.order_id, (to, r.task_id));
+            }
+            Err(e) => {
+                debug!(task = %r.task_id, error = %e, "result for an order not held here");
+                let ack = ResultAck { task_id: r.task_id };
+                self.reply(&to, Reply::Ack(ack));
+            }
+        }
+    }
+
+    /// Acknowledges a result that changed nothing; for a final order only
+    /// once its state is stored (a repeated result may follow a failed write).
+    fn ack_stale(&mut self, order_id: &str, ack: (R, String)) {
+        let (to, task_id) = ack;
+        if self.book.get(order_id).is_some_and(|o| o.phase.is_final()) {
+            self.store(order_id, Then::Ack { to, task_id });
+        } else {
+            self.reply(&to, Reply::Ack(ResultAck { task_id }));
+        }
+    }
+
+    /// Applies an event and follows up on where the order moved.
+    pub(in crate::broker) fn apply_and_act(&mut self, order_id: &str, event: OrderEvent) {
+        if let Ok(Applied::Moved { to, .. }) = self.book.apply(order_id, event) {
+            self.after_move(order_id, to);
+        }
+    }
+
+    /// Follows up on an order that moved to `to`.
+    pub(super) fn after_move(&mut self, order_id: &str, to: Phase) {
+        match to {
+            _ if to.is_final() => self.finish(order_id, None),
+            Phase::Queued => {
+                info!(order = %order_id, "order back in the queue");
+                self.store(order_id, Then::Nothing);
+            }
+            Phase::Orphaned => {
+                info!(order = %order_id, "task in doubt until its subagent's orphan timeout");
+            }
+            _ => {}
+        }
+    }
+
+    /// For a step order: the subagent its workflow order placed a step on
+    /// last (the step before it, in a chain; a sibling, in a fan-out), so
+    /// round-robin moves each order to the next member step by step.
+    pub(in crate::broker) fn previous_step_subagent(&self, order_id: &str) -> Option<String> {
+        let parent = self.book.get(order_id)?.parent.as_ref()?;
+        let flow = self.flows.get(&parent.order_id)?;
+        flow.history
+            .iter()
+            .rev()
+            .filter(|h| h.order_id != order_id)
+            .find_map(|h| {
+                let placed = self
+                    .book
+                    .get(&h.order_id)
+                    .and_then(|o| o.subagent_id.clone());
+                placed.or_else(|| h.subagent_id.clone())
+            })
+    }
+}

@@ -1,0 +1,512 @@
+//! Subagents as the broker knows them: registrations, heartbeats, probes
+//! and departures feed the registry. A subagent not heard as expected is
+//! suspect (no new tasks); one silent for the subagent timeout is lost, its
+//! tasks in doubt until its orphan timeout, unless its reaper certifies its
+//! death first ([`Core::on_certificate`]). After a takeover, inherited
+//! tasks are reconciled with the first heartbeat of their subagent.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tracing::{debug, info, warn};
+
+use super::super::order_book::{Applied, OrderEvent, Phase};
+use super::super::registry::{Check, Doubt, Seen, Sighting};
+use super::{Core, Effect, Event, Probed, Reply, Then, ORPHAN_MARGIN};
+use crate::config::Config;
+use crate::protocol::*;
+
+/// How many result resends of its subagent a task that ended is awaited for.
+const RESULT_WAITS: u32 = 3;
+
+impl<R: Clone + std::fmt::Debug> Core<R> {
+    pub(super) fn on_register(&mut self, to: R, r: Register) {
+        if !subjects::is_valid_token(&r.subagent_id) {
+            return self.error(
+                &to,
+                ErrorCode::BadRequest,
+                format!(
+                    "subagent id {:?} is not a valid subject token",
+                    r.subagent_id
+                ),
+            );
+        }
+        let sighting = Sighting {
+            id: &r.subagent_id,
+            instance_id: &r.instance_id,
+            labels: &r.labels,
+            capacity: r.capacity,
+            load: None,
+            draining: false,
+            heartbeat_interval: interval_or(r.heartbeat_interval_ms, &self.config),
+            orphan_timeout: Duration::from_millis(r.orphan_timeout_ms),
+        };
+        let before = self.registry.get(&r.subagent_id).map(|s| s.state());
+        let seen = self.registry.seen(sighting, self.now.at);
+        info!(subagent = %r.subagent_id, capacity = r.capacity, host = ?r.hostname, "subagent registered");
+        let subagent_id = r.subagent_id.clone();
+        let registered = Registered {
+            broker_id: self.id.clone(),
+            heartbeat_interval_ms: self.config.broker.heartbeat_interval.as_millis() as u64,
+            epoch: self.epoch,
+        };
+        self.reply(&to, Reply::Registered(registered));
+        self.after_seen(&subagent_id, before, seen, None);
+    }
+
+    pub(in crate::broker) fn on_heartbeat(&mut self, hb: SubagentHeartbeat) {
+        if !subjects::is_valid_token(&hb.subagent_id) || self.departed.contains(&hb.instance_id) {
+            return;
+        }
+        let before = self.registry.get(&hb.subagent_id).map(|s| s.state());
+        let sighting = Sighting {
+            id: &hb.subagent_id,
+            instance_id: &hb.instance_id,
+            labels: &hb.labels,
+            capacity: hb.capacity,
+            load: hb.load,
+            draining: hb.draining,
+            heartbeat_interval: interval_or(hb.heartbeat_interval_ms, &self.config),
+            orphan_timeout: Duration::from_millis(hb.orphan_timeout_ms),
+        };
+        let seen = self.registry.seen(sighting, self.now.at);
+        self.registry.note_refused(&hb.subagent_id, hb.refused);
+        let after = self.registry.get(&hb.subagent_id).map(|s| s.state());
+        if after == Some(SubagentState::Draining) && before != after {
+            info!(subagent = %hb.subagent_id, "subagent draining");
+            self.announce(
+                &hb.subagent_id,
+                SubagentState::Draining,
+                "draining: stopping normally",
+            );
+        }
+        self.after_seen(&hb.subagent_id, before, seen, Some(&hb.running));
+    }
+
+    /// Follows up on a sighting; `running`: the tasks it runs, when it said.
+    /// `before`: its state before the sighting (`None`: unknown).
+    fn after_seen(
+        &mut self,
+        id: &str,
+        before: Option<SubagentState>,
+        seen: Seen,
+        running: Option<&[String]>,
+    ) {
+        self.on_sighting(id, running);
+        match seen {
+            Seen::New => {
+                info!(subagent = %id, "subagent joined");
+                self.announce(id, SubagentState::Available, "joined");
+            }
+            Seen::Returned => {
+                info!(subagent = %id, "lost subagent is back");
+                let state = self
+                    .registry
+                    .get(id)
+                    .map_or(SubagentState::Available, |s| s.state());
+                self.announce(id, state, "back");
+                self.reclaim(id, running);
+            }
+            Seen::Restarted { lost_tasks, doubt } => {
+                warn!(subagent = %id, tasks = lost_tasks.len(), "another process of this subagent id; the earlier one's tasks wait for its death certificate or orphan timeout");
+                self.announce(id, SubagentState::Available, "restarted");
+                self.lose_tasks(id, Some(doubt));
+                // the one heard now may be the earlier one (two processes
+                // with one id, until one of them stops): it keeps its tasks
+                self.reclaim(id, running);
+            }
+            Seen::Alive if before == Some(SubagentState::Suspect) => {
+                info!(subagent = %id, "suspect subagent heard again");
+                let state = self
+                    .registry
+                    .get(id)
+                    .map_or(SubagentState::Available, |s| s.state());
+                self.announce(id, state, "heard again");
+            }
+            Seen::Alive => {}
+        }
+        self.dispatch();
+    }
+
+    /// Orders in doubt on `id` whose task the process heard now runs are
+    /// running again, and occupy it.
+    fn reclaim(&mut self, id: &str, running: Option<&[String]>) {
+        let Some(running) = running.filter(|r| !r.is_empty()) else {
+            return;
+        };
+        for order_id in self.book.on_subagent(id) {
+            let event = OrderEvent::SubagentReturned {
+                subagent_id: id.to_string(),
+                running: running.to_vec(),
+            };
+            if let Ok(Applied::Moved { .. }) = self.book.apply(&order_id, event) {
+                if let Some(task) = self.book.get(&order_id).and_then(|o| o.task_id.clone()) {
+                    self.registry.assign(id, &task);
+                }
+            }
+        }
+    }
+
+    /// Publishes a subagent's new state for anyone watching.
+    pub(in crate::broker) fn announce(&mut self, id: &str, state: SubagentState, reason: &str) {
+        let event = SubagentChanged {
+            subagent_id: id.to_string(),
+            state,
+            reason: reason.to_string(),
+            at_ms: self.now.ms,
+        };
+        self.publish(Event::Subagent(event));
+    }
+
+    /// A subagent is not heard as expected: no new tasks for it, and nothing
+    /// more. Suspicion is not proof of death (a live subagent whose
+    /// connection was dropped has no responders until it reconnects).
+    pub(in crate::broker) fn suspect(&mut self, id: &str, why: &str) {
+        if self.registry.suspect(id) {
+            warn!(subagent = %id, "subagent suspect: {why}");
+            self.announce(id, SubagentState::Suspect, &format!("suspect: {why}"));
+        }
+    }
+
+    /// A subagent has been silent for the whole subagent timeout: lost, but
+    /// not known dead; its tasks are in doubt until its orphan timeout.
+    fn declare_unreachable(&mut self, id: &str) {
+        let Some(tasks) = self.registry.declare_lost(id) else {
+            return;
+        };
+        let how = "lost: silent, unreachable; its tasks run again only once it is proven dead";
+        warn!(subagent = %id, tasks = tasks.len(), "subagent {how}");
+        self.announce(id, SubagentState::Lost, how);
+        let doubt = self.registry.get(id).map(|s| s.doubt());
+        self.lose_tasks(id, doubt);
+        self.dispatch();
+    }
+
+    /// The tasks placed on `id` are in doubt: they run again when its own
+    /// orphan timeout and kill grace have passed since it was last heard
+    /// (plus the interval it checks at, our heartbeat interval and a
+    /// margin), or sooner on a death certificate. Unknown: as if heard now,
+    /// with our own settings.
+    pub(in crate::broker) fn lose_tasks(&mut self, id: &str, doubt: Option<Doubt>) {
+        let orders = self.book.on_subagent(id);
+        self.put_in_doubt(id, &orders, doubt);
+    }
+
+    /// `orders`, placed on `id`, are in doubt (see [`Broker::lose_tasks`]).
+    pub(in crate::broker) fn put_in_doubt(
+        &mut self,
+        id: &str,
+        orders: &[String],
+        doubt: Option<Doubt>,
+    ) {
+        let now = self.now.at;
+        let sub = &self.config.subagent;
+        let doubt = doubt.unwrap_or(Doubt {
+            last_seen: now,
+            orphan_timeout: sub.orphan_timeout + sub.kill_grace,
+            heartbeat_interval: sub.heartbeat_interval,
+        });
+        let silent = now.saturating_duration_since(doubt.last_seen);
+        let last_seen_ms = self.now.ms.saturating_sub(silent.as_millis() as u64);
+        let wait = doubt.orphan_timeout
+            + doubt.heartbeat_interval
+            + self.config.broker.heartbeat_interval
+            + ORPHAN_MARGIN;
+        let rerun_at_ms = last_seen_ms + wait.as_millis() as u64;
+        for order_id in orders {
+            let event = OrderEvent::SubagentLost {
+                subagent_id: id.to_string(),
+                at_ms: self.now.ms,
+                rerun_at_ms,
+            };
+            self.apply_and_act(order_id, event);
+        }
+    }
+
+    pub(in crate::broker) fn check_liveness(&mut self) {
+        let timeout = self.config.broker.subagent_timeout;
+        for check in self.registry.check(self.now.at, timeout) {
+            match check {
+                Check::Probe(id) => self.probe(id),
+                Check::Unreachable(id) => self.declare_unreachable(&id),
+            }
+        }
+        let now = self.now.ms;
+        let due = self.book.orphans_due(now);
+        for order_id in &due {
+            warn!(order = %order_id, "orphan timeout passed: the task is dead");
+            self.apply_and_act(order_id, OrderEvent::OrphanDeadline { at_ms: now });
+        }
+        if !due.is_empty() {
+            self.dispatch();
+        }
+    }
+
+    /// Asks a quiet subagent whether it lives. An answer clears suspicion;
+    /// no responders or no answer makes it suspect, nothing more: a live
+    /// subagent whose connection was dropped has no responders until it
+    /// reconnects, and a busy one answers late.
+    fn probe(&mut self, subagent_id: String) {
+        self.emit(Effect::Probe { subagent_id });
+    }
+
+    pub(super) fn on_probed(&mut self, id: String, reply: Probed) {
+        match reply {
+            Probed::Answered(pong) => {
+                let before = self.registry.get(&id).map(|s| s.state());
+                if let Some(seen) = self.registry.touch(&id, &pong.instance_id, self.now.at) {
+                    self.after_seen(&id, before, seen, Some(&pong.running));
+                }
+            }
+            Probed::NoResponders => {
+                self.suspect(&id, "heartbeats late and no responders to a probe")
+            }
+            Probed::Unanswered(e) => {
+                debug!(subagent = %id, error = %e, "probe unanswered; it may be busy");
+                self.suspect(&id, "heartbeats late and a probe unanswered")
+            }
+        }
+    }
+
+    pub(super) fn on_leave(&mut self, to: R, leave: Leave) {
+        let Leave {
+            subagent_id,
+            instance_id,
+        } = leave;
+        if self.registry.remove(&subagent_id, &instance_id) {
+            info!(subagent = %subagent_id, "subagent left normally");
+            self.announce(&subagent_id, SubagentState::Left, "left: stopped normally");
+        }
+        self.remember_departed(&instance_id);
+        self.reply(&to, Reply::Left(Left {}));
+    }
+}
+
+fn interval_or(ms: u64, config: &Config) -> Duration {
+    if ms == 0 {
+        config.subagent.heartbeat_interval
+    } else {
+        Duration::from_millis(ms)
+    }
+}
+
+impl<R: Clone + std::fmt::Debug> Core<R> {
+    /// A subagent process that is gone for good (left, or certified dead):
+    /// a heartbeat of its still in flight must not bring it back.
+    pub(in crate::broker) fn remember_departed(&mut self, instance_id: &str) {
+        if !self.departed.iter().any(|i| i == instance_id) {
+            self.departed.push_back(instance_id.to_string());
+            if self.departed.len() > 1024 {
+                self.departed.pop_front();
+            }
+        }
+    }
+}
+
+impl<R: Clone + std::fmt::Debug> Core<R> {
+    pub(super) fn on_certificate(&mut self, to: R, c: DeathCertificate) {
+        let id = c.subagent_id.as_str();
+        let current = self
+            .registry
+            .get(id)
+            .is_some_and(|s| s.instance_id == c.instance_id);
+        let survivors: BTreeSet<&str> = c.survivors.iter().map(String::as_str).collect();
+        // the orders placed on that process: proven dead, or (survivors) in doubt
+        let (survived, placed): (Vec<String>, Vec<String>) = self
+            .book
+            .on_subagent(id)
+            .into_iter()
+            .filter(|order_id| {
+                self.book.get(order_id).is_some_and(|o| {
+                    o.subagent_instance_id.as_deref() == Some(c.instance_id.as_str())
+                })
+            })
+            .partition(|order_id| {
+                self.book
+                    .get(order_id)
+                    .is_some_and(|o| o.task_id.as_deref().is_some_and(|t| survivors.contains(t)))
+            });
+        if !current && placed.is_empty() && survived.is_empty() {
+            warn!(subagent = %id, instance = %c.instance_id, "death certificate for a process this broker does not know; ignored");
+            let message = format!(
+                "no process {} of subagent {id} is known here, and no task was placed on it: nothing to certify",
+                c.instance_id
+            );
+            return self.error(&to, ErrorCode::NotFound, message);
+        }
+        let doubt = self.registry.get(id).map(|s| s.doubt());
+        if current && self.registry.declare_lost(id).is_some() {
+            let how = format!(
+                "lost: dead, certified by its reaper ({} task(s) killed{})",
+                c.killed.len(),
+                if survivors.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} outlived SIGKILL", survivors.len())
+                }
+            );
+            warn!(subagent = %id, instance = %c.instance_id, killed = c.killed.len(), survivors = survivors.len(), "subagent {how}");
+            self.announce(id, SubagentState::Lost, &how);
+        }
+        let mut orders = 0;
+        for order_id in placed {
+            let task = self.book.get(&order_id).and_then(|o| o.task_id.clone());
+            let event = OrderEvent::Certified {
+                subagent_id: id.to_string(),
+                instance_id: c.instance_id.clone(),
+                at_ms: self.now.ms,
+            };
+            if let Ok(Applied::Moved { to, .. }) = self.book.apply(&order_id, event) {
+                orders += 1;
+                if let Some(task) = task {
+                    self.registry.release(id, &task, false);
+                }
+                info!(order = %order_id, subagent = %id, "task proven dead by its subagent's death certificate");
+                self.after_move(&order_id, to);
+            }
+        }
+        // what the reaper could not kill is in doubt, as for silence
+        self.put_in_doubt(id, &survived, doubt.filter(|_| current));
+        // a heartbeat it sent before dying must not bring it back
+        self.remember_departed(&c.instance_id);
+        self.reply(&to, Reply::Certified(CertificateAccepted { orders }));
+        self.dispatch();
+    }
+}
+
+impl<R: Clone + std::fmt::Debug> Core<R> {
+    /// A subagent was heard from. Its inherited tasks take their room on it
+    /// at once; with the tasks it runs (a heartbeat or probe answer), they
+    /// are reconciled: running ones are confirmed, unconfirmed ones sent
+    /// again, started ones it no longer runs await their result, and those
+    /// of an earlier process of it are dead.
+    pub(in crate::broker) fn on_sighting(&mut self, id: &str, running: Option<&[String]>) {
+        if !self.unreconciled.contains(id) {
+            return;
+        }
+        let inherited: Vec<(String, String)> = self
+            .book
+            .inherited_on(id)
+            .into_iter()
+            .filter_map(|o| Some((o.id.clone(), o.task_id.clone()?)))
+            .collect();
+        for (_, task_id) in &inherited {
+            self.registry.assign(id, task_id);
+        }
+        let (Some(running), Some(subagent)) = (running, self.registry.get(id)) else {
+            return;
+        };
+        self.unreconciled.remove(id);
+        let retry = self.config.subagent.result_retry;
+        let wait = (retry + retry.max(Duration::from_secs(1))) * RESULT_WAITS;
+        let now = self.now.ms;
+        let instance_id = subagent.instance_id.clone();
+        for (order_id, task_id) in inherited {
+            let event = OrderEvent::Reconciled {
+                subagent_id: id.to_string(),
+                instance_id: instance_id.clone(),
+                running: running.to_vec(),
+                result_by_ms: now + wait.as_millis() as u64,
+                doubt_until_ms: unseen_rerun_at(&self.config, now),
+                at_ms: now,
+            };
+            let Ok(Applied::Moved { from, to }) = self.book.apply(&order_id, event) else {
+                continue;
+            };
+            match to {
+                Phase::Running => {
+                    info!(order = %order_id, subagent = %id, "inherited task runs");
+                    if from != Phase::Running {
+                        self.store(&order_id, Then::Nothing);
+                    }
+                }
+                Phase::Dispatching => {
+                    info!(order = %order_id, subagent = %id, "inherited task unconfirmed; sending it again");
+                    self.resend(&order_id, id, instance_id.clone());
+                }
+                Phase::Orphaned => {
+                    info!(order = %order_id, subagent = %id, "inherited task no longer runs there; awaiting its result or proof of its death");
+                    self.registry.release(id, &task_id, false);
+                }
+                _ => {
+                    warn!(order = %order_id, subagent = %id, "inherited task died with its subagent's restart");
+                    self.registry.release(id, &task_id, false);
+                    self.after_move(&order_id, to);
+                }
+            }
+        }
+    }
+
+    /// Sends an inherited, unconfirmed task again under its own id (the
+    /// subagent answers `duplicate` if it has it).
+    fn resend(&mut self, order_id: &str, subagent_id: &str, instance_id: String) {
+        let run = self.book.get(order_id).and_then(|order| {
+            let task_id = order.task_id.clone()?;
+            self.run_task(order, task_id, order.attempt, instance_id)
+        });
+        match run {
+            Some(run) => self.send_run(subagent_id.to_string(), run),
+            None => {
+                // its job is gone: back to the queue, where it is refused
+                let task_id = self.book.get(order_id).and_then(|o| o.task_id.clone());
+                let task_id = task_id.unwrap_or_default();
+                self.registry.release(subagent_id, &task_id, false);
+                let _ = self
+                    .book
+                    .apply(order_id, OrderEvent::DispatchFailed { task_id });
+            }
+        }
+    }
+
+    /// `broker.subagent_timeout` after becoming active: inherited tasks of
+    /// subagents never heard from are in doubt until their orphan timeout.
+    pub(in crate::broker) fn unseen_deadline(&mut self) {
+        let unseen: BTreeSet<String> = self
+            .unreconciled
+            .iter()
+            .filter(|id| self.registry.get(id).is_none())
+            .cloned()
+            .collect();
+        let now = self.now.ms;
+        let rerun_at_ms = unseen_rerun_at(&self.config, now);
+        for id in unseen {
+            let orders: Vec<String> = self
+                .book
+                .inherited_on(&id)
+                .into_iter()
+                .map(|o| o.id.clone())
+                .collect();
+            warn!(subagent = %id, tasks = orders.len(), "subagent of inherited tasks never heard from");
+            for order_id in orders {
+                let event = OrderEvent::SubagentLost {
+                    subagent_id: id.clone(),
+                    at_ms: now,
+                    rerun_at_ms,
+                };
+                self.apply_and_act(&order_id, event);
+            }
+        }
+    }
+}
+
+/// When all of a never-seen subagent's tasks are surely dead: its orphan
+/// timeout (the default one), kill grace, a heartbeat and a margin from now.
+fn unseen_rerun_at(config: &Config, now_ms: u64) -> u64 {
+    let s = &config.subagent;
+    let limit = s.orphan_timeout + s.kill_grace + s.heartbeat_interval + ORPHAN_MARGIN;
+    now_ms + limit.as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_never_seen_subagents_tasks_wait_past_its_default_orphan_limit() {
+        let config = Config::default();
+        let s = &config.subagent;
+        let at = unseen_rerun_at(&config, 1_000);
+        let limit = (s.orphan_timeout + s.kill_grace).as_millis() as u64;
+        assert!(at > 1_000 + limit);
+    }
+}
