@@ -44,9 +44,9 @@ use traffic::{Traffic, GIVE_UP, TASK_MS};
 
 use super::{request_deploy, sh_job, stop_cluster, work_dir};
 use crate::bus::Bus;
-use crate::cli::parse_duration;
 use crate::launch::LocalCluster;
 use crate::protocol::*;
+use crate::time::parse_duration;
 
 const JOB: &str = "bench-broker";
 const SUBAGENTS: usize = 3;

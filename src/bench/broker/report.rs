@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::ledger::Tally;
-use crate::cli::bench::Latency;
+use crate::bench::Latency;
 use crate::config::Config;
 
 /// The leadership settings the brokers run with.

@@ -29,9 +29,9 @@ use serde::Serialize;
 use super::closed_loop::{ClosedLoop, Outcome};
 use super::{request_deploy, sh_job, start_cluster, stop_cluster, work_dir, Latency};
 use crate::bus::Bus;
-use crate::cli::parse_duration;
 use crate::config::SubagentConfig;
 use crate::protocol::*;
+use crate::time::parse_duration;
 
 /// The workflow, and the round-robin cluster its steps run in.
 const WORKFLOW: &str = "bench-workflow";

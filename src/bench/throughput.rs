@@ -9,9 +9,9 @@ use serde::Serialize;
 
 use super::closed_loop::ClosedLoop;
 use super::{bench_job, request_deploy, stop_cluster, work_dir, Latency};
-use crate::cli::parse_duration;
 use crate::launch::LocalCluster;
 use crate::protocol::*;
+use crate::time::parse_duration;
 
 #[derive(Debug, Args)]
 pub struct ThroughputArgs {

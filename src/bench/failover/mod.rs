@@ -28,10 +28,10 @@ use report::{judge, print_table, FailoverReport, ModeReport, Settings};
 
 use super::{request_deploy, sh_job, start_cluster, stop_cluster, work_dir, Latency};
 use crate::bus::Bus;
-use crate::cli::parse_duration;
 use crate::launch::LocalCluster;
 use crate::protocol::*;
 use crate::time::now_ms;
+use crate::time::parse_duration;
 
 /// The cluster's members, highest priority first in fixed-priority mode.
 pub(super) const SUBAGENTS: [&str; 3] = ["sub-1", "sub-2", "sub-3"];

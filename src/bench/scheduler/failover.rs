@@ -30,15 +30,13 @@ use serde::Serialize;
 use super::slots::{check_slots, parse_slots};
 use super::watch::{current_scheduler, Ready, Seen, Watch};
 use super::{ms_or_na, spawn_agent, Settings};
+use crate::bench::{request_deploy, sh_job, start_cluster_with, stop_cluster, work_dir, Latency};
 use crate::bus::Bus;
-use crate::cli::bench::{
-    request_deploy, sh_job, start_cluster_with, stop_cluster, work_dir, Latency,
-};
-use crate::cli::parse_duration;
 use crate::launch::LocalCluster;
 use crate::protocol::schedule::{DEFAULT_FIRE_ALL_MAX, DEFAULT_MISFIRE_WINDOW};
 use crate::protocol::*;
 use crate::time::now_ms;
+use crate::time::parse_duration;
 
 pub(super) const JOB: &str = "bench-tick";
 /// The trigger fires on every whole second.
@@ -158,7 +156,7 @@ struct Report {
     elapsed_s: f64,
 }
 
-pub(in crate::cli::bench) async fn failover_scheduler(
+pub(in crate::bench) async fn failover_scheduler(
     args: FailoverSchedulerArgs,
 ) -> anyhow::Result<()> {
     if args.agents < 2 {

@@ -22,12 +22,12 @@ use serde::Serialize;
 
 use super::slots::{period_for_rate, slots_in_window, spread_start};
 use super::{spawn_agent, Settings};
+use crate::bench::{bench_job, start_cluster, stop_cluster, work_dir, Latency};
 use crate::bus::Bus;
-use crate::cli::bench::{bench_job, start_cluster, stop_cluster, work_dir, Latency};
-use crate::cli::parse_duration;
 use crate::launch::LocalCluster;
 use crate::protocol::*;
 use crate::time::now_ms;
+use crate::time::parse_duration;
 
 const AGENT: &str = "agent-1";
 /// The shortest period a job fires at, whatever the rate.
@@ -96,7 +96,7 @@ struct Report {
     elapsed_s: f64,
 }
 
-pub(in crate::cli::bench) async fn schedules(args: SchedulesArgs) -> anyhow::Result<()> {
+pub(in crate::bench) async fn schedules(args: SchedulesArgs) -> anyhow::Result<()> {
     if args.count == 0 || args.batch == 0 || args.seconds == 0 {
         bail!("--count, --batch and --seconds must be at least 1");
     }

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::SUBAGENTS;
-use crate::cli::bench::Latency;
+use crate::bench::Latency;
 use crate::config::Config;
 
 /// The failure-detection settings the cluster's processes run with.
