@@ -14,6 +14,7 @@
 //! - [`subagent`]: the Subagent actor and process execution (spawn, stream output, kill).
 //! - [`agent`]: the Agent actor (`baton agent`: holds the Scheduler role and fires triggers) and its pure parts (role and lease, outbox, health, election, triggers).
 //! - [`cli`]: clap commands; client commands talk to the cluster over NATS.
+//! - [`bench`]: `baton bench`, speed measured on a local cluster it starts itself; asserts nothing.
 //! - [`natsd`]: a local `nats-server` child process for `baton dev`, `baton bench` and tests.
 //! - [`launch`]: a local cluster of `baton` child processes for `baton dev` and `baton bench`.
 //! - [`schema`]: generation of `schemas/` (JSON Schemas, AsyncAPI) from the wire types.
@@ -21,6 +22,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod bench;
 pub mod broker;
 pub mod bus;
 pub mod cli;

@@ -1,6 +1,7 @@
 //! Wall-clock helpers: every timestamp on the wire is milliseconds since the Unix epoch.
+//! Durations given on the command line are humantime strings.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch, as carried by wire messages (`*_ms` fields).
 pub fn now_ms() -> u64 {
@@ -8,4 +9,10 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// A humantime duration from the command line (`500ms`, `30s`, `2m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{e}: use a duration such as 500ms, 30s or 2m"))
 }

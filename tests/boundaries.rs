@@ -49,8 +49,8 @@ fn uses(part: &str, paths: &[&str]) -> Vec<String> {
 #[test]
 fn only_the_bus_imports_async_nats() {
     for part in [
-        "agent", "auth", "broker", "cli", "config", "daemon", "jobs", "launch", "natsd", "params",
-        "protocol", "schema", "subagent", "workflow",
+        "agent", "auth", "bench", "broker", "cli", "config", "daemon", "jobs", "launch", "natsd",
+        "params", "protocol", "schema", "subagent", "workflow",
     ] {
         let found = uses(part, &["async_nats"]);
         assert!(
@@ -64,7 +64,7 @@ fn only_the_bus_imports_async_nats() {
 #[test]
 fn the_roles_do_not_import_the_cli() {
     for part in [
-        "broker", "subagent", "agent", "bus", "protocol", "daemon", "auth",
+        "broker", "subagent", "agent", "bus", "protocol", "daemon", "auth", "bench",
     ] {
         let found = uses(part, &["crate::cli"]);
         assert!(

@@ -6,7 +6,6 @@
 
 mod audit;
 mod auth;
-mod bench;
 mod client;
 mod dev;
 mod orders;
@@ -16,7 +15,6 @@ mod submit;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -196,7 +194,7 @@ pub enum Command {
     Dev(dev::DevArgs),
     /// Measure Baton on a local cluster it starts itself
     #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    Bench(crate::bench::BenchCommand),
     /// Write (or check) the JSON Schemas and AsyncAPI document in schemas/
     Schemas(SchemasArgs),
     /// Make credentials for every role and the nats-server authorization that enforces them
@@ -382,7 +380,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(a) => audit::audit(&config, a).await.map(|_| ok),
         Command::Scheduler(c) => client::scheduler_control(&config, c).await.map(|_| ok),
         Command::Dev(a) => dev::run(&config, a).await.map(|_| ok),
-        Command::Bench(b) => bench::run(b).await.map(|_| ok),
+        Command::Bench(b) => crate::bench::run(b).await.map(|_| ok),
         Command::Schemas(a) => schemas(a),
         Command::Auth(c) => auth::run(&config, c).map(|_| ok),
     }
@@ -430,8 +428,4 @@ pub async fn connect(config: &Config, name: &str, daemon: bool) -> anyhow::Resul
 use crate::daemon::init_logging;
 pub use crate::daemon::wait_for_signal;
 
-/// A humantime duration from the command line (`500ms`, `30s`, `2m`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{e}: use a duration such as 500ms, 30s or 2m"))
-}
+pub use crate::time::parse_duration;

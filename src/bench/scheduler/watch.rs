@@ -9,6 +9,7 @@ use anyhow::bail;
 use futures::stream::{self, LocalBoxStream, StreamExt as _};
 
 use super::failover::{JOB, ROUND_LIMIT};
+use crate::bench::client::listen;
 use crate::bus::Bus;
 use crate::protocol::*;
 
@@ -33,16 +34,10 @@ pub(super) struct Watch {
 impl Watch {
     pub(super) async fn start(bus: &Bus) -> anyhow::Result<Watch> {
         let s = bus.subjects();
-        let accepted = bus
-            .listen::<OrderAccepted>(s.event(JOB, "*", EventKind::Accepted))
-            .await?
-            .map(|r| Seen::Accepted(r.body));
-        let changed = bus
-            .listen::<AgentChanged>(s.agent_changes())
-            .await?
-            .map(|r| Seen::Changed(r.body));
+        let accepted = listen(bus, s.event(JOB, "*", EventKind::Accepted), Seen::Accepted);
+        let changed = listen(bus, s.agent_changes(), Seen::Changed);
         Ok(Watch {
-            events: stream::select(accepted.boxed_local(), changed.boxed_local()).boxed_local(),
+            events: stream::select(accepted.await?, changed.await?).boxed_local(),
             orders: BTreeMap::new(),
             scheduler: None,
             expecting_move: false,

@@ -2,15 +2,12 @@
 //! reads the tasks' marker files, and the table it prints.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
-use std::time::Duration;
 
-use anyhow::Context as _;
 use serde::Serialize;
 
 use super::SUBAGENTS;
-use crate::cli::bench::Latency;
-use crate::config::Config;
+use crate::bench::report::{ms_or_na, Latency};
+use crate::bench::setup::{children_config, ms};
 
 /// The failure-detection settings the cluster's processes run with.
 #[derive(Debug, Serialize)]
@@ -25,9 +22,7 @@ pub(super) struct Settings {
 impl Settings {
     /// What the children load: they inherit this process's environment.
     pub(super) fn load() -> anyhow::Result<Settings> {
-        let file = std::env::var_os("BATON_CONFIG").map(PathBuf::from);
-        let c = Config::load(file.as_deref(), &[]).context("configuration")?;
-        let ms = |d: Duration| d.as_millis() as u64;
+        let c = children_config()?;
         Ok(Settings {
             subagent_heartbeat_ms: ms(c.subagent.heartbeat_interval),
             broker_check_ms: ms(c.broker.check_interval),
@@ -35,6 +30,18 @@ impl Settings {
             orphan_timeout_ms: ms(c.subagent.orphan_timeout),
             kill_grace_ms: ms(c.subagent.kill_grace),
         })
+    }
+
+    pub(super) fn describe(&self) -> String {
+        format!(
+            "subagent heartbeat {} ms, broker check {} ms, subagent timeout {} ms, \
+             orphan timeout {} ms, kill grace {} ms",
+            self.subagent_heartbeat_ms,
+            self.broker_check_ms,
+            self.subagent_timeout_ms,
+            self.orphan_timeout_ms,
+            self.kill_grace_ms
+        )
     }
 }
 
@@ -143,15 +150,7 @@ pub(super) fn print_table(r: &FailoverReport) {
         "  cluster           {} subagents x {} slots, tasks of {} ms",
         r.subagents, r.capacity, r.task_duration_ms
     );
-    println!(
-        "  settings          subagent heartbeat {} ms, broker check {} ms, \
-         subagent timeout {} ms, orphan timeout {} ms, kill grace {} ms",
-        s.subagent_heartbeat_ms,
-        s.broker_check_ms,
-        s.subagent_timeout_ms,
-        s.orphan_timeout_ms,
-        s.kill_grace_ms
-    );
+    println!("  settings          {}", s.describe());
     println!(
         "  target            certificate: rerun p50 under 100 ms; fallback: rerun after \
          orphan timeout + kill grace ({} ms) + heartbeat + 1 s margin; ran twice 0, overlaps 0",
@@ -166,35 +165,28 @@ pub(super) fn print_table(r: &FailoverReport) {
             .collect();
         println!("  {label:<24}{cells}");
     };
-    let ms = |v: f64, n: usize| {
-        if n == 0 {
-            "n/a".to_string()
-        } else {
-            format!("{v:.0} ms")
-        }
-    };
     println!();
     row("mode", &|m| m.mode.to_string());
     row("proof of death", &|m| m.path.to_string());
     row("orders in flight", &|m| m.concurrency.to_string());
     row("rounds (kills)", &|m| m.rounds.to_string());
     row("lost declared p50", &|m| {
-        ms(m.lost_declared.p50_ms, m.lost_declared_rounds)
+        ms_or_na(m.lost_declared.p50_ms, m.lost_declared_rounds)
     });
     row("lost declared p99", &|m| {
-        ms(m.lost_declared.p99_ms, m.lost_declared_rounds)
+        ms_or_na(m.lost_declared.p99_ms, m.lost_declared_rounds)
     });
     row("lost declared max", &|m| {
-        ms(m.lost_declared.max_ms, m.lost_declared_rounds)
+        ms_or_na(m.lost_declared.max_ms, m.lost_declared_rounds)
     });
     row("rerun started p50", &|m| {
-        ms(m.rerun_started.p50_ms, m.rerun_started_rounds)
+        ms_or_na(m.rerun_started.p50_ms, m.rerun_started_rounds)
     });
     row("rerun started p99", &|m| {
-        ms(m.rerun_started.p99_ms, m.rerun_started_rounds)
+        ms_or_na(m.rerun_started.p99_ms, m.rerun_started_rounds)
     });
     row("rerun started max", &|m| {
-        ms(m.rerun_started.max_ms, m.rerun_started_rounds)
+        ms_or_na(m.rerun_started.max_ms, m.rerun_started_rounds)
     });
     row("rounds measured", &|m| {
         format!("{} / {}", m.lost_declared_rounds, m.rerun_started_rounds)

@@ -9,6 +9,7 @@ use futures::future::LocalBoxFuture;
 use futures::stream::{self, FuturesUnordered, LocalBoxStream};
 use futures::{FutureExt as _, StreamExt as _};
 
+use crate::bench::client::{listen, order_of};
 use crate::bus::{Bus, BusError};
 use crate::protocol::*;
 
@@ -63,22 +64,15 @@ impl Feed {
     /// subagent changes; submits nothing until `feeding` is set.
     pub async fn start(bus: &Bus, job: &str, concurrency: usize) -> anyhow::Result<Feed> {
         let s = bus.subjects();
-        let started = bus
-            .listen::<TaskStarted>(s.task_events(job, "*", EventKind::Started))
-            .await?
-            .map(|r| Event::Started(r.body));
-        let finished = bus
-            .listen::<OrderFinished>(s.event(job, "*", EventKind::Finished))
-            .await?
-            .map(|r| Event::Finished(r.body));
-        let changed = bus
-            .listen::<SubagentChanged>(s.subagent_changes())
-            .await?
-            .map(|r| Event::Changed(r.body));
         let events = stream::select_all([
-            started.boxed_local(),
-            finished.boxed_local(),
-            changed.boxed_local(),
+            listen(
+                bus,
+                s.task_events(job, "*", EventKind::Started),
+                Event::Started,
+            )
+            .await?,
+            listen(bus, s.event(job, "*", EventKind::Finished), Event::Finished).await?,
+            listen(bus, s.subagent_changes(), Event::Changed).await?,
         ])
         .boxed_local();
         Ok(Feed {
@@ -157,12 +151,7 @@ impl Feed {
     fn top_up(&mut self) {
         while self.feeding && self.in_flight < self.concurrency {
             let bus = self.bus.clone();
-            let order = SubmitOrder {
-                job: self.job.clone(),
-                params: Default::default(),
-                request_id: None,
-                slot_ms: None,
-            };
+            let order = order_of(&self.job);
             self.submits.push(
                 async move {
                     bus.request(bus.subjects().submit(), &order, Duration::from_secs(10))

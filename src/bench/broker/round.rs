@@ -8,7 +8,8 @@ use anyhow::bail;
 use nix::sys::signal::Signal;
 
 use super::traffic::{Seen, Traffic};
-use super::{spawn_broker, ROUND_LIMIT};
+use super::ROUND_LIMIT;
+use crate::bench::setup::spawn_broker;
 use crate::launch::LocalCluster;
 use crate::protocol::*;
 use crate::time::now_ms;

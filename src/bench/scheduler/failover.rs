@@ -19,8 +19,8 @@
 //! old Scheduler's last fire was answered long before the kill, so no order
 //! accepted after it can be the old Scheduler's.
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use anyhow::bail;
 use clap::Args;
@@ -29,16 +29,16 @@ use serde::Serialize;
 
 use super::slots::{check_slots, parse_slots};
 use super::watch::{current_scheduler, Ready, Seen, Watch};
-use super::{ms_or_na, spawn_agent, Settings};
+use super::{spawn_agent, Settings};
+use crate::bench::client::{deploy_jobs, request_deploy, sh_job};
+use crate::bench::report::{Latency, SpreadTable};
+use crate::bench::setup::{spawn_broker, CommonArgs, LocalBench, Setup};
 use crate::bus::Bus;
-use crate::cli::bench::{
-    request_deploy, sh_job, start_cluster_with, stop_cluster, work_dir, Latency,
-};
-use crate::cli::parse_duration;
 use crate::launch::LocalCluster;
 use crate::protocol::schedule::{DEFAULT_FIRE_ALL_MAX, DEFAULT_MISFIRE_WINDOW};
 use crate::protocol::*;
 use crate::time::now_ms;
+use crate::time::parse_duration;
 
 pub(super) const JOB: &str = "bench-tick";
 /// The trigger fires on every whole second.
@@ -80,12 +80,8 @@ pub struct FailoverSchedulerArgs {
     /// missed while there was none
     #[arg(long, value_enum, default_value_t = Misfire::FireAll)]
     pub misfire: Misfire,
-    /// Keep the cluster's logs, and the file of executed slots, in this folder
-    #[arg(long)]
-    pub logs: Option<PathBuf>,
-    /// Print the figures as JSON
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 /// The misfire policies the bench's job can have.
@@ -158,47 +154,41 @@ struct Report {
     elapsed_s: f64,
 }
 
-pub(in crate::cli::bench) async fn failover_scheduler(
+pub(in crate::bench) async fn failover_scheduler(
     args: FailoverSchedulerArgs,
 ) -> anyhow::Result<()> {
     if args.agents < 2 {
         bail!("--agents must be at least 2: a killed Scheduler needs a successor");
     }
     let settings = Settings::load()?;
-    if !args.json {
-        let brokers = if args.with_broker {
-            "; the active broker killed with it (a standby runs)"
-        } else {
-            ""
-        };
-        eprintln!(
-            "baton bench failover-scheduler: {} rounds, {} agents{brokers}; misfire {}; {}",
-            args.rounds,
-            args.agents,
-            args.misfire.as_str(),
-            settings.describe()
-        );
-    }
-    let work = work_dir();
-    let started = Instant::now();
-    let brokers: &[&str] = if args.with_broker {
-        &BROKERS
+    let with_broker = if args.with_broker {
+        "; the active broker killed with it (a standby runs)"
     } else {
-        &BROKERS[..1]
+        ""
     };
-    let (mut cluster, bus) =
-        start_cluster_with(&work, args.logs.clone(), brokers, SUBAGENTS, 4, false).await?;
-    // beside the logs when they are kept, so the evidence stays too
-    let slots_file = match &args.logs {
-        Some(logs) => logs.join(format!("slots-{}", std::process::id())),
-        None => work.join("slots"),
+    args.common.progress(format_args!(
+        "baton bench failover-scheduler: {} rounds, {} agents{with_broker}; misfire {}; {}",
+        args.rounds,
+        args.agents,
+        args.misfire.as_str(),
+        settings.describe()
+    ));
+    let setup = Setup {
+        brokers: if args.with_broker {
+            &BROKERS
+        } else {
+            &BROKERS[..1]
+        },
+        ..Setup::subagents(SUBAGENTS, 4)
     };
-    let run = run(&mut cluster, &bus, &args, &slots_file).await;
-    stop_cluster(cluster, &work);
+    let mut bench = LocalBench::start(setup, &args.common).await?;
+    let slots_file = bench.evidence("slots", None);
+    let run = run(&mut bench.cluster, &bench.bus, &args, &slots_file).await;
+    let elapsed_s = bench.stop();
     let mut report = run?;
     report.settings = Some(settings);
-    report.elapsed_s = started.elapsed().as_secs_f64();
-    super::super::emit(&report, args.json, print_table)
+    report.elapsed_s = elapsed_s;
+    args.common.emit(&report, print_table)
 }
 
 async fn run(
@@ -258,7 +248,7 @@ async fn run(
         fire.extend(kill.fire_ms);
         if let Some(broker) = &broker {
             // back as a standby; the next round waits until it is heard
-            cluster.spawn(broker, &["broker", "--id", broker])?;
+            spawn_broker(cluster, broker)?;
         }
         restart(&mut watch, cluster, &scheduler).await?;
         watch.idle(tokio::time::Instant::now() + args.settle).await;
@@ -314,13 +304,7 @@ async fn deploy(bus: &Bus, file: &Path, misfire: MisfirePolicy) -> anyhow::Resul
             vec![file.display().to_string()],
         )
     };
-    let request = DeployRequest {
-        dry_run: false,
-        workflows: Vec::new(),
-        jobs: vec![job],
-        clusters: vec![],
-    };
-    request_deploy(bus, &request).await
+    request_deploy(bus, &deploy_jobs(vec![job])).await
 }
 
 /// What one kill measured, in ms from the kill.
@@ -417,19 +401,12 @@ fn print_table(r: &Report) {
     println!("  elapsed           {:.1} s", r.elapsed_s);
     println!("  rounds (kills)    {}", r.rounds);
     println!();
-    println!(
-        "  {:<26}{:>10}{:>10}{:>10}{:>10}",
-        "from the kill to", "p50", "p99", "max", "rounds"
-    );
-    let row = |label: &str, l: &Latency, n: usize| {
-        println!(
-            "  {label:<26}{:>10}{:>10}{:>10}{:>10}",
-            ms_or_na(l.p50_ms, n),
-            ms_or_na(l.p99_ms, n),
-            ms_or_na(l.max_ms, n),
-            n
-        );
+    let table = SpreadTable {
+        label: 26,
+        count: 10,
     };
+    table.header("from the kill to", "rounds");
+    let row = |label: &str, l: &Latency, n: usize| table.row(label, l, n);
     row("lost declared", &r.lost_declared, r.lost_declared_rounds);
     row(
         "new Scheduler announced",

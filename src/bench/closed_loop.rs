@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, LocalBoxStream};
 use futures::{FutureExt as _, StreamExt as _};
 
+use super::client::order_of;
 use crate::bus::{Bus, BusError, Received};
 use crate::protocol::*;
 
@@ -131,12 +132,7 @@ impl ClosedLoop {
         while self.in_flight < self.concurrency && self.submitted < self.orders {
             let bus = self.bus.clone();
             let subject = bus.subjects().submit();
-            let order = SubmitOrder {
-                job: self.job.clone(),
-                params: Default::default(),
-                request_id: None,
-                slot_ms: None,
-            };
+            let order = order_of(&self.job);
             let request = self.request;
             self.submits.push(
                 async move {

@@ -30,8 +30,8 @@ mod report;
 mod round;
 mod traffic;
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use anyhow::bail;
 use clap::Args;
@@ -42,11 +42,12 @@ use report::{print_table, Measured, Report, Settings};
 use round::{kill_and_watch, ready, restart, Measurements};
 use traffic::{Traffic, GIVE_UP, TASK_MS};
 
-use super::{request_deploy, sh_job, stop_cluster, work_dir};
+use super::client::{deploy_jobs, request_deploy, sh_job};
+use super::setup::{subagent_ids, CommonArgs, LocalBench, Setup};
 use crate::bus::Bus;
-use crate::cli::parse_duration;
 use crate::launch::LocalCluster;
 use crate::protocol::*;
+use crate::time::parse_duration;
 
 const JOB: &str = "bench-broker";
 const SUBAGENTS: usize = 3;
@@ -77,12 +78,8 @@ pub struct FailoverBrokerArgs {
     /// Start no new round after this long
     #[arg(long, value_parser = parse_duration, default_value = "10m")]
     pub timeout: Duration,
-    /// Keep the cluster's logs, and the marker file, in this folder
-    #[arg(long)]
-    pub logs: Option<PathBuf>,
-    /// Print the figures as JSON
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 pub(super) async fn failover_broker(args: FailoverBrokerArgs) -> anyhow::Result<()> {
@@ -90,63 +87,47 @@ pub(super) async fn failover_broker(args: FailoverBrokerArgs) -> anyhow::Result<
         bail!("--rate must be above 0 and at most 10000 orders/s");
     }
     let settings = Settings::load()?;
-    if !args.json {
-        eprintln!(
-            "baton bench failover-broker: {} rounds, {} brokers, {} orders/s; {}",
-            args.rounds,
-            args.brokers,
-            args.rate,
-            settings.describe()
-        );
-    }
-    let work = work_dir();
-    let started = Instant::now();
-    // beside the logs when they are kept, so the evidence stays too
-    let markers = match &args.logs {
-        Some(logs) => logs.join(format!("markers-{}", std::process::id())),
-        None => work.join("markers"),
-    };
+    args.common.progress(format_args!(
+        "baton bench failover-broker: {} rounds, {} brokers, {} orders/s; {}",
+        args.rounds,
+        args.brokers,
+        args.rate,
+        settings.describe()
+    ));
     let ids: Vec<String> = (1..=args.brokers).map(|i| format!("broker-{i}")).collect();
-    let (mut cluster, bus) = match start(&work, args.logs.clone(), &ids).await {
-        Ok(started) => started,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&work);
-            return Err(e);
-        }
+    let brokers: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let setup = Setup {
+        brokers: &brokers,
+        ..Setup::subagents(SUBAGENTS, CAPACITY)
     };
-    let run = run(&mut cluster, &bus, &args, &ids, &markers, settings).await;
-    stop_subagents(&mut cluster);
-    stop_cluster(cluster, &work);
+    let mut bench = LocalBench::start(setup, &args.common).await?;
+    let markers = bench.evidence("markers", None);
+    let run = run(
+        &mut bench.cluster,
+        &bench.bus,
+        &args,
+        &ids,
+        &markers,
+        settings,
+    )
+    .await;
+    stop_subagents(&mut bench.cluster);
+    let elapsed_s = bench.stop();
     let mut report = run?;
-    report.elapsed_s = started.elapsed().as_secs_f64();
-    super::emit(&report, args.json, print_table)
-}
-
-/// Starts nats-server, the brokers `ids` and the subagents in `work` (logs
-/// in `logs`, else `work/logs`), and waits until the subagents are available.
-async fn start(
-    work: &Path,
-    logs: Option<PathBuf>,
-    ids: &[String],
-) -> anyhow::Result<(LocalCluster, Bus)> {
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    super::start_cluster_with(work, logs, &ids, SUBAGENTS, CAPACITY, false).await
+    report.elapsed_s = elapsed_s;
+    args.common.emit(&report, print_table)
 }
 
 /// Stops the subagents first, while a broker acknowledges their leave (the
 /// cluster stops its newest processes first: a restarted broker).
 fn stop_subagents(cluster: &mut LocalCluster) {
-    let names: Vec<String> = (1..=SUBAGENTS).map(|i| format!("sub-{i}")).collect();
+    let names = subagent_ids(SUBAGENTS);
     for name in &names {
         let _ = cluster.signal(name, Signal::SIGTERM);
     }
     for name in &names {
         let _ = cluster.wait_exit(name, Duration::from_secs(5));
     }
-}
-
-fn spawn_broker(cluster: &mut LocalCluster, id: &str) -> anyhow::Result<u32> {
-    cluster.spawn(id, &["broker", "--id", id])
 }
 
 async fn run(
@@ -178,9 +159,10 @@ async fn run(
         let (victim, epoch) = ready(&mut traffic, ids, alive).await?;
         let kill = kill_and_watch(&mut traffic, cluster, &victim, epoch).await?;
         rounds += 1;
-        if !args.json {
-            eprintln!("round {round}: {}", kill.describe(&victim, epoch));
-        }
+        args.common.progress(format_args!(
+            "round {round}: {}",
+            kill.describe(&victim, epoch)
+        ));
         m.add(&kill);
         restart(&mut traffic, cluster, &victim).await?;
         traffic
@@ -229,13 +211,7 @@ async fn deploy(bus: &Bus, markers: &Path) -> anyhow::Result<()> {
             vec![markers.display().to_string(), "{{secs}}".into()],
         )
     };
-    let request = DeployRequest {
-        dry_run: false,
-        workflows: Vec::new(),
-        jobs: vec![job],
-        clusters: vec![],
-    };
-    request_deploy(bus, &request).await
+    request_deploy(bus, &deploy_jobs(vec![job])).await
 }
 
 /// Lets the last submits be accepted (or given up on), then waits until

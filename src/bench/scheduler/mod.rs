@@ -13,10 +13,6 @@ mod schedules;
 mod slots;
 mod watch;
 
-use std::path::PathBuf;
-use std::time::Duration;
-
-use anyhow::Context as _;
 use serde::Serialize;
 
 pub(super) use failover::failover_scheduler;
@@ -24,7 +20,7 @@ pub use failover::FailoverSchedulerArgs;
 pub(super) use schedules::schedules;
 pub use schedules::SchedulesArgs;
 
-use crate::config::Config;
+use super::setup::{children_config, ms};
 use crate::launch::LocalCluster;
 
 /// The role and timing settings the cluster's processes run with.
@@ -41,9 +37,7 @@ struct Settings {
 impl Settings {
     /// What the children load: they inherit this process's environment.
     fn load() -> anyhow::Result<Settings> {
-        let file = std::env::var_os("BATON_CONFIG").map(PathBuf::from);
-        let c = Config::load(file.as_deref(), &[]).context("configuration")?;
-        let ms = |d: Duration| d.as_millis() as u64;
+        let c = children_config()?;
         Ok(Settings {
             lease_ms: ms(c.scheduler.lease),
             lease_grace_ms: ms(c.scheduler.lease_grace),
@@ -71,13 +65,4 @@ impl Settings {
 /// Starts `baton agent --id <id>` named `id`, taking part in elections.
 fn spawn_agent(cluster: &mut LocalCluster, id: &str) -> anyhow::Result<u32> {
     cluster.spawn_agent(id, &[])
-}
-
-/// Milliseconds as printed: `n/a` when nothing was measured.
-fn ms_or_na(value: f64, measured: usize) -> String {
-    if measured == 0 {
-        "n/a".to_string()
-    } else {
-        format!("{value:.0} ms")
-    }
 }

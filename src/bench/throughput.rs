@@ -1,17 +1,17 @@
 //! `baton bench throughput`: orders per second and submit-to-finished latency
 //! of a trivial job.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
 
+use super::client::{bench_job, deploy_jobs, request_deploy};
 use super::closed_loop::ClosedLoop;
-use super::{bench_job, request_deploy, stop_cluster, work_dir, Latency};
-use crate::cli::parse_duration;
-use crate::launch::LocalCluster;
+use super::report::{mib, Latency};
+use super::setup::{CommonArgs, LocalBench, Setup};
 use crate::protocol::*;
+use crate::time::parse_duration;
 
 #[derive(Debug, Args)]
 pub struct ThroughputArgs {
@@ -30,12 +30,8 @@ pub struct ThroughputArgs {
     /// Stop waiting after this long
     #[arg(long, value_parser = parse_duration, default_value = "5m")]
     pub timeout: Duration,
-    /// Keep the cluster's logs in this folder
-    #[arg(long)]
-    pub logs: Option<PathBuf>,
-    /// Print the figures as JSON
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub common: CommonArgs,
     /// NATS authentication and Baton's signature checks: on (as in
     /// production), off (--insecure), or both, one run after the other
     #[arg(long, value_enum, default_value = "on")]
@@ -77,39 +73,24 @@ pub(super) async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
     };
     for &auth in modes {
         let report = measure(&args, auth).await?;
-        super::emit(&report, args.json, print_table)?;
+        args.common.emit(&report, print_table)?;
     }
     Ok(())
 }
 
 async fn measure(args: &ThroughputArgs, auth: bool) -> anyhow::Result<ThroughputReport> {
-    let work = work_dir();
-    let brokers = ["broker"];
-    let (cluster, bus) = super::start_cluster_with(
-        &work,
-        args.logs.clone(),
-        &brokers,
-        args.subagents,
-        args.capacity,
-        !auth,
-    )
-    .await?;
+    let setup = Setup {
+        auth,
+        ..Setup::subagents(args.subagents, args.capacity)
+    };
+    let bench = LocalBench::start(setup, &args.common).await?;
     let job = JobSpec {
         description: Some("does nothing, fast".into()),
         ..bench_job("bench-noop", "true", vec![])
     };
-    request_deploy(
-        &bus,
-        &DeployRequest {
-            dry_run: false,
-            workflows: Vec::new(),
-            jobs: vec![job],
-            clusters: vec![],
-        },
-    )
-    .await?;
+    request_deploy(&bench.bus, &deploy_jobs(vec![job])).await?;
     let mut outcome = ClosedLoop::start(
-        &bus,
+        &bench.bus,
         "bench-noop",
         args.orders,
         args.concurrency,
@@ -119,16 +100,15 @@ async fn measure(args: &ThroughputArgs, auth: bool) -> anyhow::Result<Throughput
     .await?
     .run()
     .await;
-    let broker_peak = cluster
-        .pid("broker")
-        .and_then(LocalCluster::peak_memory_kib);
-    let subagent_peak = cluster
+    let broker_peak = bench.peak_memory_kib("broker");
+    let subagent_peak = bench
+        .cluster
         .procs()
         .iter()
         .filter(|p| p.name.starts_with("sub-"))
-        .filter_map(|p| LocalCluster::peak_memory_kib(p.pid()))
+        .filter_map(|p| bench.peak_memory_kib(&p.name))
         .max();
-    stop_cluster(cluster, &work);
+    bench.stop();
 
     let (finished, succeeded) = (outcome.latencies_ms.len(), outcome.succeeded());
     Ok(ThroughputReport {
@@ -151,10 +131,6 @@ async fn measure(args: &ThroughputArgs, auth: bool) -> anyhow::Result<Throughput
 }
 
 fn print_table(r: &ThroughputReport) {
-    let kib = |v: Option<u64>| {
-        v.map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
-            .unwrap_or_else(|| "n/a".into())
-    };
     let auth = if r.auth {
         "authentication and signatures on"
     } else {
@@ -174,9 +150,9 @@ fn print_table(r: &ThroughputReport) {
     println!("  latency p50       {:.1} ms", r.latency.p50_ms);
     println!("  latency p99       {:.1} ms", r.latency.p99_ms);
     println!("  latency max       {:.1} ms", r.latency.max_ms);
-    println!("  broker peak RSS   {}", kib(r.broker_peak_rss_kib));
+    println!("  broker peak RSS   {}", mib(r.broker_peak_rss_kib));
     println!(
         "  subagent peak RSS {} (largest)",
-        kib(r.subagent_peak_rss_kib_max)
+        mib(r.subagent_peak_rss_kib_max)
     );
 }

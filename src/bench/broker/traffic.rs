@@ -11,6 +11,7 @@ use futures::stream::{self, FuturesUnordered, LocalBoxStream};
 use futures::{FutureExt as _, StreamExt as _};
 
 use super::ledger::{retryable, task_ms, Brokers, Ledger};
+use crate::bench::client::listen;
 use crate::bus::{Bus, BusError};
 use crate::protocol::*;
 use crate::time::now_ms;
@@ -54,27 +55,16 @@ impl Traffic {
     /// Subscribes to the events; submits nothing until `feeding` is set.
     pub(super) async fn start(bus: &Bus, job: &str, rate: f64) -> anyhow::Result<Traffic> {
         let s = bus.subjects();
-        let started = bus
-            .listen::<TaskStarted>(s.task_events(job, "*", EventKind::Started))
-            .await?
-            .map(|r| Seen::Started(r.body));
-        let finished = bus
-            .listen::<OrderFinished>(s.event(job, "*", EventKind::Finished))
-            .await?
-            .map(|r| Seen::Finished(r.body));
-        let changed = bus
-            .listen::<BrokerChanged>(s.broker_changes())
-            .await?
-            .map(|r| Seen::Changed(r.body));
-        let heartbeats = bus
-            .listen::<BrokerHeartbeat>(s.broker_heartbeat())
-            .await?
-            .map(|r| Seen::Heartbeat(r.body));
         let events = stream::select_all([
-            started.boxed_local(),
-            finished.boxed_local(),
-            changed.boxed_local(),
-            heartbeats.boxed_local(),
+            listen(
+                bus,
+                s.task_events(job, "*", EventKind::Started),
+                Seen::Started,
+            )
+            .await?,
+            listen(bus, s.event(job, "*", EventKind::Finished), Seen::Finished).await?,
+            listen(bus, s.broker_changes(), Seen::Changed).await?,
+            listen(bus, s.broker_heartbeat(), Seen::Heartbeat).await?,
         ])
         .boxed_local();
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));

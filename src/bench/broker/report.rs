@@ -1,15 +1,12 @@
 //! The figures of `baton bench failover-broker` and the table it prints.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::time::Duration;
 
-use anyhow::Context as _;
 use serde::Serialize;
 
 use super::ledger::Tally;
-use crate::cli::bench::Latency;
-use crate::config::Config;
+use crate::bench::report::{Latency, SpreadTable};
+use crate::bench::setup::{children_config, ms};
 
 /// The leadership settings the brokers run with.
 #[derive(Debug, Serialize)]
@@ -22,9 +19,7 @@ pub(super) struct Settings {
 impl Settings {
     /// What the children load: they inherit this process's environment.
     pub(super) fn load() -> anyhow::Result<Settings> {
-        let file = std::env::var_os("BATON_CONFIG").map(PathBuf::from);
-        let c = Config::load(file.as_deref(), &[]).context("configuration")?;
-        let ms = |d: Duration| d.as_millis() as u64;
+        let c = children_config()?;
         Ok(Settings {
             lease_ms: ms(c.broker.lease),
             renew_interval_ms: ms(c.broker.renew_interval),
@@ -88,15 +83,6 @@ pub(super) struct Report {
     pub(super) elapsed_s: f64,
 }
 
-/// Milliseconds as printed: `n/a` when nothing was measured.
-fn ms_or_na(value: f64, measured: usize) -> String {
-    if measured == 0 {
-        "n/a".to_string()
-    } else {
-        format!("{value:.0} ms")
-    }
-}
-
 pub(super) fn print_table(r: &Report) {
     println!("baton bench failover-broker");
     println!(
@@ -108,20 +94,12 @@ pub(super) fn print_table(r: &Report) {
     println!("  elapsed           {:.1} s", r.elapsed_s);
     println!("  rounds (kills)    {}", r.rounds);
     println!();
-    println!(
-        "  {:<42}{:>10}{:>10}{:>10}{:>8}",
-        "from the kill to", "p50", "p99", "max", "rounds"
-    );
-    let row = |label: &str, m: &Measured| {
-        let l = &m.latency;
-        println!(
-            "  {label:<42}{:>10}{:>10}{:>10}{:>8}",
-            ms_or_na(l.p50_ms, m.rounds),
-            ms_or_na(l.p99_ms, m.rounds),
-            ms_or_na(l.max_ms, m.rounds),
-            m.rounds
-        );
+    let table = SpreadTable {
+        label: 42,
+        count: 8,
     };
+    table.header("from the kill to", "rounds");
+    let row = |label: &str, m: &Measured| table.row(label, &m.latency, m.rounds);
     row("new broker active", &r.new_active);
     row("first accept of an order sent after it", &r.first_accepted);
     row(
@@ -164,7 +142,5 @@ mod tests {
         assert_eq!(m.rounds, 3);
         assert_eq!(m.latency.p50_ms, 200.0);
         assert_eq!(Measured::of(Vec::new()).rounds, 0);
-        assert_eq!(ms_or_na(12.4, 0), "n/a");
-        assert_eq!(ms_or_na(12.4, 1), "12 ms");
     }
 }

@@ -16,7 +16,7 @@
 mod feed;
 mod report;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -26,12 +26,14 @@ use nix::sys::signal::Signal;
 use feed::{Event, Feed};
 use report::{judge, print_table, FailoverReport, ModeReport, Settings};
 
-use super::{request_deploy, sh_job, start_cluster, stop_cluster, work_dir, Latency};
+use super::client::{deploy_jobs, member, request_deploy, sh_job};
+use super::report::Latency;
+use super::setup::{CommonArgs, LocalBench, Setup};
 use crate::bus::Bus;
-use crate::cli::parse_duration;
 use crate::launch::LocalCluster;
 use crate::protocol::*;
 use crate::time::now_ms;
+use crate::time::parse_duration;
 
 /// The cluster's members, highest priority first in fixed-priority mode.
 pub(super) const SUBAGENTS: [&str; 3] = ["sub-1", "sub-2", "sub-3"];
@@ -128,12 +130,8 @@ pub struct FailoverArgs {
     /// Start no new round after this long; the last orders are still awaited
     #[arg(long, value_parser = parse_duration, default_value = "5m")]
     pub timeout: Duration,
-    /// Keep the cluster's logs, and the tasks' marker files, in this folder
-    #[arg(long)]
-    pub logs: Option<PathBuf>,
-    /// Print the figures as JSON
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 fn parse_mode(s: &str) -> Result<SchedulingMode, String> {
@@ -149,30 +147,20 @@ fn parse_mode(s: &str) -> Result<SchedulingMode, String> {
 
 pub(super) async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
     let settings = Settings::load()?;
-    if !args.json {
-        eprintln!(
-            "baton bench failover-subagent: {} certified and {} fallback rounds per mode ({}); \
-             subagent heartbeat {} ms, broker check {} ms, subagent timeout {} ms, \
-             orphan timeout {} ms, kill grace {} ms",
-            args.rounds,
-            args.fallback_rounds,
-            args.modes
-                .iter()
-                .map(|m| m.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            settings.subagent_heartbeat_ms,
-            settings.broker_check_ms,
-            settings.subagent_timeout_ms,
-            settings.orphan_timeout_ms,
-            settings.kill_grace_ms,
-        );
-    }
-    let work = work_dir();
-    let started = Instant::now();
+    args.common.progress(format_args!(
+        "baton bench failover-subagent: {} certified and {} fallback rounds per mode ({}); {}",
+        args.rounds,
+        args.fallback_rounds,
+        args.modes
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        settings.describe(),
+    ));
     let stop_at = tokio::time::Instant::now() + args.timeout;
-    let (mut cluster, bus) =
-        start_cluster(&work, args.logs.clone(), SUBAGENTS.len(), args.capacity).await?;
+    let setup = Setup::subagents(SUBAGENTS.len(), args.capacity);
+    let mut bench = LocalBench::start(setup, &args.common).await?;
     let mut modes = Vec::new();
     let paths = [
         (DeathPath::Certificate, args.rounds),
@@ -181,28 +169,24 @@ pub(super) async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
     for &mode in &args.modes {
         for (path, rounds) in paths.into_iter().filter(|(_, n)| *n > 0) {
             let run_name = format!("{}-{}", mode.as_str(), path.as_str());
-            // beside the logs when they are kept, so the evidence stays too
-            let dir = match &args.logs {
-                Some(logs) => logs.join(format!("markers-{}-{run_name}", std::process::id())),
-                None => work.join(format!("markers-{run_name}")),
-            };
+            let dir = bench.evidence("markers", Some(&run_name));
             let run = Run {
                 mode,
                 path,
                 rounds,
                 dir: &dir,
             };
-            match run_mode(&mut cluster, &bus, run, &args, stop_at).await {
+            match run_mode(&mut bench.cluster, &bench.bus, run, &args, stop_at).await {
                 Ok(report) => modes.push(report),
                 Err(e) => {
-                    stop_cluster(cluster, &work);
+                    bench.stop();
                     return Err(e.context(run_name));
                 }
             }
         }
     }
-    let elapsed_s = started.elapsed().as_secs_f64();
-    stop_cluster(cluster, &work);
+    let elapsed_s = bench.elapsed_s();
+    bench.stop();
 
     let report = FailoverReport {
         scenario: "failover-subagent",
@@ -213,7 +197,7 @@ pub(super) async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
         modes,
         elapsed_s,
     };
-    super::emit(&report, args.json, print_table)
+    args.common.emit(&report, print_table)
 }
 
 /// One series of rounds: a scheduling mode, a path to proof of death.
@@ -320,11 +304,7 @@ async fn deploy(
     let members = SUBAGENTS
         .iter()
         .enumerate()
-        .map(|(i, id)| ClusterMember {
-            subagent: Some(id.to_string()),
-            labels: Default::default(),
-            priority: (SUBAGENTS.len() - i) as i32,
-        })
+        .map(|(i, id)| member(id, (SUBAGENTS.len() - i) as i32))
         .collect();
     let job = JobSpec {
         timeout_ms: Some((duration + Duration::from_secs(60)).as_millis() as u64),
@@ -341,14 +321,12 @@ async fn deploy(
         )
     };
     let request = DeployRequest {
-        dry_run: false,
-        workflows: Vec::new(),
-        jobs: vec![job],
         clusters: vec![ClusterSpec {
             name: name.into(),
             mode,
             members,
         }],
+        ..deploy_jobs(vec![job])
     };
     request_deploy(bus, &request).await
 }

@@ -22,12 +22,14 @@ use serde::Serialize;
 
 use super::slots::{period_for_rate, slots_in_window, spread_start};
 use super::{spawn_agent, Settings};
+use crate::bench::client::{bench_job, deploy_jobs};
+use crate::bench::report::{mib, Latency};
+use crate::bench::setup::{CommonArgs, LocalBench, Setup};
 use crate::bus::Bus;
-use crate::cli::bench::{bench_job, start_cluster, stop_cluster, work_dir, Latency};
-use crate::cli::parse_duration;
 use crate::launch::LocalCluster;
 use crate::protocol::*;
 use crate::time::now_ms;
+use crate::time::parse_duration;
 
 const AGENT: &str = "agent-1";
 /// The shortest period a job fires at, whatever the rate.
@@ -58,12 +60,8 @@ pub struct SchedulesArgs {
     /// Longest wait, after the deploy, for the Scheduler to hold every schedule
     #[arg(long, value_parser = parse_duration, default_value = "120s")]
     pub hold_timeout: Duration,
-    /// Keep the cluster's logs in this folder
-    #[arg(long)]
-    pub logs: Option<std::path::PathBuf>,
-    /// Print the figures as JSON
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 #[derive(Debug, Serialize)]
@@ -96,28 +94,24 @@ struct Report {
     elapsed_s: f64,
 }
 
-pub(in crate::cli::bench) async fn schedules(args: SchedulesArgs) -> anyhow::Result<()> {
+pub(in crate::bench) async fn schedules(args: SchedulesArgs) -> anyhow::Result<()> {
     if args.count == 0 || args.batch == 0 || args.seconds == 0 {
         bail!("--count, --batch and --seconds must be at least 1");
     }
     let settings = Settings::load()?;
-    if !args.json {
-        eprintln!(
-            "baton bench schedules: {} jobs, about {} fires/s, {} s; {}",
-            args.count,
-            args.rate,
-            args.seconds,
-            settings.describe()
-        );
-    }
-    let work = work_dir();
-    let started = Instant::now();
-    let (mut cluster, bus) = start_cluster(&work, args.logs.clone(), 0, 1).await?;
-    let run = run(&mut cluster, &bus, &args, settings).await;
-    stop_cluster(cluster, &work);
+    args.common.progress(format_args!(
+        "baton bench schedules: {} jobs, about {} fires/s, {} s; {}",
+        args.count,
+        args.rate,
+        args.seconds,
+        settings.describe()
+    ));
+    let mut bench = LocalBench::start(Setup::subagents(0, 1), &args.common).await?;
+    let run = run(&mut bench.cluster, &bench.bus, &args, settings).await;
+    let elapsed_s = bench.stop();
     let mut report = run?;
-    report.elapsed_s = started.elapsed().as_secs_f64();
-    super::super::emit(&report, args.json, print_table)
+    report.elapsed_s = elapsed_s;
+    args.common.emit(&report, print_table)
 }
 
 async fn run(
@@ -140,14 +134,8 @@ async fn run(
         let jobs = (b * args.batch..((b + 1) * args.batch).min(count))
             .map(|i| job(i, count, every_ms))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let request = DeployRequest {
-            dry_run: false,
-            workflows: Vec::new(),
-            jobs,
-            clusters: vec![],
-        };
         let _: DeployReply = bus
-            .request(s.deploy(), &request, DEPLOY_TIMEOUT)
+            .request(s.deploy(), &deploy_jobs(jobs), DEPLOY_TIMEOUT)
             .await
             .with_context(|| format!("deploy request {} of {batches}", b + 1))?;
         if (b + 1) % 10 == 0 || b + 1 == batches {
@@ -268,10 +256,6 @@ fn job(i: usize, count: usize, every_ms: u64) -> anyhow::Result<JobSpec> {
 }
 
 fn print_table(r: &Report) {
-    let kib = |v: Option<u64>| {
-        v.map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
-            .unwrap_or_else(|| "n/a".into())
-    };
     println!("baton bench schedules");
     println!(
         "  schedules         {} interval triggers, each every {} s, {:.0} fires/s together",
@@ -293,8 +277,8 @@ fn print_table(r: &Report) {
     println!("  lateness p50      {:.0} ms", r.lateness.p50_ms);
     println!("  lateness p99      {:.0} ms", r.lateness.p99_ms);
     println!("  lateness max      {:.0} ms", r.lateness.max_ms);
-    println!("  agent peak RSS    {}", kib(r.agent_peak_rss_kib));
-    println!("  broker peak RSS   {}", kib(r.broker_peak_rss_kib));
+    println!("  agent peak RSS    {}", mib(r.agent_peak_rss_kib));
+    println!("  broker peak RSS   {}", mib(r.broker_peak_rss_kib));
     println!("  elapsed           {:.1} s", r.elapsed_s);
 }
 

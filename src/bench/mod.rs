@@ -1,0 +1,67 @@
+//! `baton bench`: speed measured on a local cluster the command starts itself.
+//! It reports what it measured and asserts nothing.
+//!
+//! Every bench starts its cluster through `setup.rs` (`LocalBench`: the
+//! flags all benches share, the cluster, its scratch folder), deploys and
+//! listens through `client.rs`, and prints through `report.rs` (spreads,
+//! shared formats; `CommonArgs::emit` prints the table or `--json`).
+//!
+//! - `closed_loop.rs`: orders of one job kept in flight and timed from
+//!   submit to `finished`, for `throughput.rs` and `workflow.rs`.
+//! - `throughput.rs`: orders per second and submit-to-finished latency.
+//! - `failover/`: how fast the tasks of a killed subagent run elsewhere
+//!   (`feed.rs` keeps its stream of orders and follows their events,
+//!   `report.rs` holds its figures).
+//! - `scheduler/failover.rs`: how fast a SIGKILLed Scheduler agent is
+//!   replaced and its triggers fire again, with no slot run twice or never.
+//! - `scheduler/schedules.rs`: how late a Scheduler holding many interval
+//!   triggers fires them.
+//! - `broker/`: how fast a standby broker replaces a SIGKILLed active one
+//!   and dispatches again, with no order lost or run twice.
+//! - `workflow.rs`: workflow orders per second over a round-robin cluster,
+//!   the hand-off between steps, and with `--kill` the steps run again.
+
+mod broker;
+mod client;
+mod closed_loop;
+mod failover;
+mod report;
+mod scheduler;
+mod setup;
+mod throughput;
+mod workflow;
+
+use clap::Subcommand;
+
+pub use setup::CommonArgs;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Orders per second and submit-to-finished latency of a trivial job
+    Throughput(throughput::ThroughputArgs),
+    /// Time from SIGKILL of a busy subagent to its loss being declared and its
+    /// tasks starting elsewhere, per scheduling mode
+    FailoverSubagent(failover::FailoverArgs),
+    /// Time from SIGKILL of the Scheduler agent to another agent holding the
+    /// role and to its first fire; slots fired twice or never
+    FailoverScheduler(scheduler::FailoverSchedulerArgs),
+    /// Lateness of the fires of many interval triggers held by one Scheduler
+    Schedules(scheduler::SchedulesArgs),
+    /// Time from SIGKILL of the active broker to a standby being active and
+    /// dispatching; orders lost or run twice
+    FailoverBroker(broker::FailoverBrokerArgs),
+    /// Workflow orders per second, step hand-off latency and steps changing
+    /// subagent over a round-robin cluster; with --kill, a subagent killed
+    Workflow(workflow::WorkflowArgs),
+}
+
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Throughput(args) => throughput::throughput(args).await,
+        BenchCommand::FailoverSubagent(args) => failover::failover(args).await,
+        BenchCommand::FailoverScheduler(args) => scheduler::failover_scheduler(args).await,
+        BenchCommand::Schedules(args) => scheduler::schedules(args).await,
+        BenchCommand::FailoverBroker(args) => broker::failover_broker(args).await,
+        BenchCommand::Workflow(args) => workflow::workflow(args).await,
+    }
+}
