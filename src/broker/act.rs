@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::core::{self, Effect, Event, Input, Now, Probed, Reply, RunReply, Then};
+use tracing::warn;
+
+use super::core::{self, Created, Effect, Event, Input, Now, Probed, Reply, RunReply, Then};
 use super::recovery::write_over;
 use super::Broker;
 use crate::bus::{BusError, Replier};
@@ -43,6 +45,8 @@ impl Broker {
                 Effect::Reply(to, reply) => self.send_reply(&to, reply),
                 Effect::Publish(event) => self.publish(event),
                 Effect::Write { info, revision } => self.write(info, revision, ctx),
+                Effect::Create { info, idempotent } => self.create(info, idempotent, ctx),
+                Effect::Kill { subagent_id, kill } => self.kill(subagent_id, kill, ctx),
                 Effect::Run { subagent_id, run } => self.send_run(subagent_id, run, ctx),
                 Effect::Probe { subagent_id } => self.probe(subagent_id, ctx),
                 Effect::Later { after, timer } => {
@@ -58,6 +62,7 @@ impl Broker {
 
     fn send_reply(&self, to: &Replier, reply: Reply) {
         match reply {
+            Reply::Submitted(r) => self.bus.reply(to, &r),
             Reply::Ack(r) => self.bus.reply(to, &r),
             Reply::Registered(r) => self.bus.reply(to, &r),
             Reply::Left(r) => self.bus.reply(to, &r),
@@ -70,6 +75,10 @@ impl Broker {
     fn publish(&self, event: Event) {
         let s = self.bus.subjects();
         match event {
+            Event::Accepted(e) => {
+                let subject = s.event(&e.job, &e.order_id, EventKind::Accepted);
+                self.bus.post(subject, &e);
+            }
             Event::Finished(e) => {
                 let subject = s.event(&e.job, &e.order_id, EventKind::Finished);
                 self.bus.post(subject, &e);
@@ -93,6 +102,48 @@ impl Broker {
                 .into_actor(self)
                 .map(|written, act, ctx| act.step(written, ctx)),
         );
+    }
+
+    fn create(&mut self, info: Box<OrderInfo>, idempotent: bool, ctx: &mut Context<Self>) {
+        let kv = self.orders_kv.clone();
+        let create = async move {
+            let key = info.order_id.as_str();
+            // the revision each later write of the order compares and swaps on
+            let created = if idempotent {
+                kv.create_revision(key, &*info).await
+            } else {
+                kv.put(key, &*info).await.map(Some)
+            };
+            let created = match created {
+                Ok(Some(revision)) => Created::At(revision),
+                Ok(None) => match kv.get(key).await {
+                    Ok(existing) => Created::Exists(existing.map(Box::new)),
+                    Err(e) => Created::Failed(e.to_string()),
+                },
+                Err(e) => Created::Failed(e.to_string()),
+            };
+            Input::Created { info, created }
+        };
+        ctx.spawn(
+            create
+                .into_actor(self)
+                .map(|created, act, ctx| act.step(created, ctx)),
+        );
+    }
+
+    fn kill(&mut self, subagent_id: String, kill: KillTask, ctx: &mut Context<Self>) {
+        let bus = self.bus.clone();
+        let subject = bus.subjects().kill(&subagent_id);
+        let timeout = self.config.broker.dispatch_timeout;
+        let request = async move {
+            if let Err(e) = bus
+                .request::<_, KillAccepted>(subject, &kill, timeout)
+                .await
+            {
+                warn!(error = %e, "kill of a cancelled task not delivered; it ends cancelled when it finishes");
+            }
+        };
+        ctx.spawn(request.into_actor(self));
     }
 
     fn send_run(&mut self, subagent_id: String, run: Box<RunTask>, ctx: &mut Context<Self>) {
@@ -150,16 +201,6 @@ impl Broker {
         self.flush(ctx);
     }
 
-    pub(super) fn finish(
-        &mut self,
-        order_id: &str,
-        ack: Option<(Replier, String)>,
-        ctx: &mut Context<Self>,
-    ) {
-        self.core.at(now()).finish(order_id, ack);
-        self.flush(ctx);
-    }
-
     pub(super) fn dispatch(&mut self, ctx: &mut Context<Self>) {
         self.core.at(now()).dispatch();
         self.flush(ctx);
@@ -174,5 +215,17 @@ impl Broker {
     ) {
         self.core.at(now()).announce(id, state, reason);
         self.flush(ctx);
+    }
+
+    pub(super) fn cancel(
+        &mut self,
+        order_id: &str,
+        kill: bool,
+        reason: &str,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), (ErrorCode, String)> {
+        let cancelled = self.core.at(now()).cancel(order_id, kill, reason);
+        self.flush(ctx);
+        cancelled
     }
 }

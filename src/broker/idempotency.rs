@@ -11,13 +11,11 @@
 //! it in JetStream finds it there (another broker's, or one this broker
 //! forgot), in the journal; both are compared the same way.
 //!
-//! [`check_repeat`] decides (pure); the `Broker` methods answer.
+//! [`check_repeat`] decides (pure); `core/submit.rs` answers.
 
 use std::collections::BTreeMap;
 
-use crate::broker::Broker;
-use crate::bus::Replier;
-use crate::protocol::{ErrorCode, OrderInfo, OrderState, SubmitReply};
+use crate::protocol::OrderInfo;
 
 /// What a repeat is compared with: the first order of its request id.
 #[derive(Debug, Clone, Copy)]
@@ -91,81 +89,6 @@ pub fn check_repeat(
         "other values of parameter(s) {} (compared with defaults applied)",
         differ.join(", ")
     )))
-}
-
-impl Broker {
-    /// Answers a submit whose `request_id` this broker holds an order for:
-    /// that order (a repeat), `busy` (it is being stored right now) or
-    /// `conflict`. False when it holds none: the submit goes on.
-    pub(super) fn answer_repeat(
-        &self,
-        replier: &Replier,
-        request_id: Option<&str>,
-        job: &str,
-        params: &BTreeMap<String, String>,
-    ) -> bool {
-        let Some(request_id) = request_id else {
-            return false;
-        };
-        let held = if let Some(order) = self.core.book.by_request_id(request_id) {
-            let first = FirstOrder {
-                order_id: &order.id,
-                job: &order.job,
-                params: &order.params,
-            };
-            (first, order.durable, order.phase.wire())
-        } else if let Some(flow) = self.flow_by_request(request_id) {
-            let first = FirstOrder {
-                order_id: &flow.id,
-                job: flow.run.workflow(),
-                params: flow.run.params(),
-            };
-            (first, flow.durable, flow.state().wire())
-        } else {
-            return false;
-        };
-        let (first, durable, state) = held;
-        if let Err(conflict) = check_repeat(request_id, first, job, params) {
-            self.error(replier, ErrorCode::Conflict, conflict.to_string());
-        } else if !durable {
-            let message = "a submit with this request_id is being stored right now; send it again";
-            self.error(replier, ErrorCode::Busy, message);
-        } else {
-            let reply = SubmitReply {
-                order_id: first.order_id.to_string(),
-                job: first.job.to_string(),
-                state,
-                duplicate: true,
-            };
-            self.bus.reply(replier, &reply);
-        }
-        true
-    }
-
-    /// Answers a submit whose order (`ours`) JetStream already held: the
-    /// stored one (`stored`: `None` if it vanished since) when `ours`
-    /// repeats it, `conflict` otherwise.
-    pub(super) fn answer_stored(
-        &self,
-        replier: &Replier,
-        ours: &OrderInfo,
-        stored: Option<&OrderInfo>,
-    ) {
-        let request_id = ours.request_id.as_deref().unwrap_or_default();
-        let first = stored.map(FirstOrder::of);
-        if let Some(Err(conflict)) =
-            first.map(|f| check_repeat(request_id, f, &ours.job, &ours.params))
-        {
-            return self.error(replier, ErrorCode::Conflict, conflict.to_string());
-        }
-        let reply = SubmitReply {
-            order_id: ours.order_id.clone(),
-            job: ours.job.clone(),
-            state: stored.map_or(OrderState::Accepted, |s| s.state),
-            duplicate: true,
-        };
-        self.bus.reply(replier, &reply);
-    }
 }
 
 #[cfg(test)]

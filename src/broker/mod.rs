@@ -203,12 +203,16 @@ pub async fn start(
     )
     .await?;
     info!(broker = %id, prefix = %s.prefix(), epoch, "broker active");
+    // orders without a request id get ids unique to this broker's run
+    let id_seed = uuid::Uuid::now_v7().as_u64_pair().1;
+    let config_ = config.clone();
     let core = Core::new(
         id.clone(),
-        config.clone(),
+        config_,
         epoch,
         tenure,
         recovered,
+        id_seed,
         act::now(),
     );
     Ok(Broker::create(move |ctx| {

@@ -9,191 +9,19 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::audit::Audited;
-use super::core::Then;
-use super::order_book::{Applied, ApplyError, Order, OrderEvent};
 use super::{placement, Broker};
-use crate::agent::triggers::{on_slot, SlotDecision};
-use crate::bus::{BusError, KvChange, Replier, Request};
+use crate::bus::{BusError, KvChange, Request};
 use crate::jobs;
 use crate::protocol::*;
-use crate::time::now_ms;
 use crate::workflow::params::check_steps;
 use crate::workflow::{validate_workflow, validate_workflows};
 
-/// What a trigger's new order does to the job's runs still active.
-enum Overlap {
-    None,
-    /// Not run (concurrency = forbid): ends cancelled with this reason.
-    Skip(String),
-    /// These orders are cancelled and their tasks killed (concurrency = replace).
-    Replace(Vec<String>),
-}
-
 impl Broker {
     pub(super) fn on_submit(&mut self, req: Request<SubmitOrder>, ctx: &mut Context<Self>) {
-        let SubmitOrder {
-            job,
-            params,
-            request_id,
-            slot_ms,
-        } = req.body;
-        if let Some(spec) = self.core.workflows.get(&job).cloned() {
-            let body = SubmitOrder {
-                job,
-                params,
-                request_id,
-                slot_ms,
-            };
-            return self.on_submit_workflow(spec, body, req.replier, ctx);
+        match self.core.workflows.get(&req.body.job).cloned() {
+            Some(spec) => self.on_submit_workflow(spec, req.body, req.replier, ctx),
+            None => self.step(super::core::Input::Submit(req.replier, req.body), ctx),
         }
-        let Some(spec) = self.core.jobs.get(&job) else {
-            let mut workflows: Vec<&str> = self.core.workflows.keys().map(String::as_str).collect();
-            workflows.sort_unstable();
-            let message = format!(
-                "no job or workflow named '{job}' is deployed (jobs: {}; workflows: {}); deploy it with `baton deploy FILE.toml`",
-                self.job_names().join(", "),
-                workflows.join(", ")
-            );
-            return self.error(&req.replier, ErrorCode::UnknownJob, message);
-        };
-        let params = match jobs::resolve_params(spec, &params) {
-            Ok(params) => params,
-            Err(e) => return self.error(&req.replier, ErrorCode::InvalidParam, e.to_string()),
-        };
-        if self.answer_repeat(&req.replier, request_id.as_deref(), &job, &params) {
-            return;
-        }
-        // With a request id, the order id is derived from it and the order is
-        // created only if that id is new in JetStream: a repeat, even after a
-        // broker restart or to another broker, finds the first order.
-        let order_id = self.new_order_id(request_id.as_deref());
-        // A trigger's slot meets the job's concurrency policy now; the
-        // decision is carried out once the order is durable.
-        // (`allow` needs no look at the active runs: the book is not scanned.)
-        let overlap = match slot_ms {
-            Some(_) if spec.concurrency != ConcurrencyPolicy::Allow => {
-                let active = self.core.book.active_of_job(&job);
-                match on_slot(spec.concurrency, active.len()) {
-                    SlotDecision::Fire => Overlap::None,
-                    SlotDecision::Skip => Overlap::Skip(format!(
-                        "skipped: {} earlier run(s) of '{job}' still active (concurrency = forbid)",
-                        active.len()
-                    )),
-                    SlotDecision::CancelRunningAndFire => Overlap::Replace(active),
-                }
-            }
-            _ => Overlap::None,
-        };
-        let idempotent = request_id.is_some();
-        let failed_id = order_id.clone();
-        let mut order = Order::new(order_id.clone(), job, params, request_id, now_ms());
-        order.restartable = spec.restartable;
-        order.slot_ms = slot_ms;
-        let info = order.info();
-        self.core.book.insert(order);
-        let kv = self.orders_kv.clone();
-        let replier = req.replier;
-        let write = async move {
-            // the revision each later write of the order compares and swaps on
-            let created = if idempotent {
-                kv.create_revision(&order_id, &info).await?
-            } else {
-                kv.put(&order_id, &info).await.map(Some)?
-            };
-            let existing = match created {
-                Some(_) => None,
-                None => kv.get(&order_id).await?,
-            };
-            Ok::<_, BusError>((info, created, existing))
-        };
-        ctx.spawn(write.into_actor(self).map(move |written, act, ctx| match written {
-            Ok((info, Some(revision), _)) => {
-                act.core.set_revision(&info.order_id, revision);
-                act.accepted(info, &replier, overlap, ctx)
-            }
-            Ok((info, None, existing)) => {
-                act.core.book.remove(&info.order_id);
-                act.answer_stored(&replier, &info, existing.as_ref());
-            }
-            Err(e) => {
-                warn!(error = %e, "order not stored; submit refused");
-                act.core.book.remove(&failed_id);
-                act.error(
-                    &replier,
-                    ErrorCode::Unavailable,
-                    format!("the order could not be stored in JetStream, nothing was accepted: {e}"),
-                );
-            }
-        }));
-    }
-
-    /// The id of a new order: derived from its request id when it has one,
-    /// so that a repeat finds the first order.
-    pub(super) fn new_order_id(&self, request_id: Option<&str>) -> String {
-        match request_id {
-            Some(r) => {
-                let name = format!("{}/{r}", self.bus.subjects().prefix());
-                uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes()).to_string()
-            }
-            None => uuid::Uuid::now_v7().to_string(),
-        }
-    }
-
-    /// A new order is durable: answer, announce, and place it (or skip it,
-    /// or cancel the runs it replaces, as its job's concurrency policy says).
-    fn accepted(
-        &mut self,
-        info: OrderInfo,
-        replier: &Replier,
-        overlap: Overlap,
-        ctx: &mut Context<Self>,
-    ) {
-        let order_id = info.order_id.clone();
-        self.core.book.enqueue(&order_id);
-        let reply = SubmitReply {
-            order_id: info.order_id.clone(),
-            job: info.job.clone(),
-            state: OrderState::Accepted,
-            duplicate: false,
-        };
-        self.bus.reply(replier, &reply);
-        let event = OrderAccepted {
-            order_id: info.order_id.clone(),
-            job: info.job.clone(),
-            params: info.params,
-            slot_ms: info.slot_ms,
-            at_ms: info.accepted_at_ms,
-        };
-        let s = self.bus.subjects();
-        self.bus.post(
-            s.event(&event.job, &event.order_id, EventKind::Accepted),
-            &event,
-        );
-        match overlap {
-            Overlap::None => {}
-            Overlap::Skip(reason) => {
-                info!(order = %order_id, %reason, "trigger slot skipped");
-                let skipped = OrderEvent::Skipped {
-                    reason,
-                    at_ms: now_ms(),
-                };
-                if self.core.book.apply(&order_id, skipped).is_ok() {
-                    self.finish(&order_id, None, ctx);
-                }
-            }
-            Overlap::Replace(active) => {
-                for old in active {
-                    info!(order = %old, by = %order_id, "run replaced by a new trigger slot (concurrency = replace)");
-                    let _ = self.cancel(
-                        &old,
-                        true,
-                        "replaced by a newer slot (concurrency = replace)",
-                        ctx,
-                    );
-                }
-            }
-        }
-        self.dispatch(ctx);
     }
 
     pub(super) fn on_deploy(&mut self, req: Request<DeployRequest>, ctx: &mut Context<Self>) {
@@ -433,70 +261,6 @@ impl Broker {
         if let Some(order) = self.core.book.get(&order_id) {
             self.bus.reply(&req.replier, &order.info());
         }
-    }
-
-    /// Cancels an order: a waiting one at once, a running one when its task
-    /// ends, which `kill` makes happen now (`reason` goes to the subagent).
-    pub(super) fn cancel(
-        &mut self,
-        order_id: &str,
-        kill: bool,
-        reason: &str,
-        ctx: &mut Context<Self>,
-    ) -> Result<(), (ErrorCode, String)> {
-        if self.core.book.get(order_id).is_some_and(|o| !o.durable) {
-            let message = format!("order {order_id} is being stored right now; cancel it again");
-            return Err((ErrorCode::Busy, message));
-        }
-        let event = OrderEvent::Cancel { at_ms: now_ms() };
-        match self.core.book.apply(order_id, event) {
-            Ok(Applied::Moved { .. }) => {
-                info!(order = %order_id, "order cancelled while waiting");
-                self.finish(order_id, None, ctx);
-            }
-            Ok(Applied::Stale) => {
-                let Some(order) = self.core.book.get(order_id) else {
-                    return Ok(());
-                };
-                let running = order.task_id.clone().zip(order.subagent_id.clone());
-                if let (true, false, Some((task_id, subagent_id))) =
-                    (kill, order.phase.is_final(), running)
-                {
-                    info!(order = %order_id, task = %task_id, "killing a cancelled order's task");
-                    let bus = self.bus.clone();
-                    let subject = bus.subjects().kill(&subagent_id);
-                    let timeout = self.config.broker.dispatch_timeout;
-                    let request = KillTask {
-                        task_id,
-                        reason: reason.into(),
-                        epoch: self.core.epoch,
-                    };
-                    ctx.spawn(
-                        async move {
-                            if let Err(e) = bus.request::<_, KillAccepted>(subject, &request, timeout).await {
-                                warn!(error = %e, "kill of a cancelled task not delivered; it ends cancelled when it finishes");
-                            }
-                        }
-                        .into_actor(self),
-                    );
-                }
-                self.store(order_id, Then::Nothing, ctx);
-            }
-            Err(ApplyError::UnknownOrder(_)) => {
-                let message = format!(
-                    "no order {order_id} is held by this broker (finished ones are not cancelled)"
-                );
-                return Err((ErrorCode::NotFound, message));
-            }
-            Err(ApplyError::NotAllowed { phase, .. }) => {
-                let message = format!(
-                    "order {order_id} already {}; there is nothing to cancel",
-                    phase.wire().as_str()
-                );
-                return Err((ErrorCode::InvalidState, message));
-            }
-        }
-        Ok(())
     }
 
     pub(super) fn on_status(&mut self, req: Request<StatusRequest>, ctx: &mut Context<Self>) {

@@ -29,6 +29,7 @@ mod journal;
 mod orders;
 pub mod plan;
 mod subagents;
+mod submit;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -42,6 +43,7 @@ use crate::config::Config;
 use crate::protocol::*;
 use crate::workflow::FlowOrder;
 pub(super) use journal::{Revisions, Stored, Then};
+pub use submit::Created;
 
 /// Added to a subagent's own orphan timeout before its tasks count as dead.
 pub(super) const ORPHAN_MARGIN: Duration = Duration::from_secs(1);
@@ -59,6 +61,8 @@ pub struct Now {
 /// What reaches the core.
 #[derive(Debug)]
 pub enum Input<R> {
+    /// A submit of a job's order.
+    Submit(R, SubmitOrder),
     Result(R, TaskResult),
     Register(R, Register),
     Heartbeat(SubagentHeartbeat),
@@ -68,6 +72,11 @@ pub enum Input<R> {
     Written {
         info: Box<OrderInfo>,
         stored: Stored,
+    },
+    /// The outcome of an [`Effect::Create`].
+    Created {
+        info: Box<OrderInfo>,
+        created: Created,
     },
     /// The outcome of an [`Effect::Run`].
     RunReply {
@@ -118,12 +127,23 @@ pub enum Effect<R> {
         info: OrderInfo,
         revision: Option<u64>,
     },
+    /// Create a new order's record (with a request id, only if it has
+    /// none yet); answered with [`Input::Created`].
+    Create {
+        info: Box<OrderInfo>,
+        idempotent: bool,
+    },
     /// Send a task, once everything published before has left (so its
     /// order's `accepted` precedes `started`); answered with
     /// [`Input::RunReply`].
     Run {
         subagent_id: String,
         run: Box<RunTask>,
+    },
+    /// Ask a subagent to kill a task (its order ends when its result comes).
+    Kill {
+        subagent_id: String,
+        kill: KillTask,
     },
     /// Ask a subagent whether it lives; answered with [`Input::Probed`].
     Probe {
@@ -142,6 +162,7 @@ pub enum Effect<R> {
 /// An answer to a request.
 #[derive(Debug, Clone)]
 pub enum Reply {
+    Submitted(SubmitReply),
     Ack(ResultAck),
     Registered(Registered),
     Left(Left),
@@ -153,6 +174,7 @@ pub enum Reply {
 /// A status event.
 #[derive(Debug, Clone)]
 pub enum Event {
+    Accepted(OrderAccepted),
     Finished(OrderFinished),
     Subagent(SubagentChanged),
 }
@@ -201,6 +223,11 @@ pub struct Core<R> {
     /// certified dead, most recent last: a heartbeat of theirs still in
     /// flight must not bring them back.
     pub(super) departed: VecDeque<String>,
+    /// Submits waiting for their order's record to be created.
+    submits: HashMap<String, submit::Pending<R>>,
+    /// Seeds the ids of orders without a request id, unique per broker.
+    id_seed: u64,
+    ids: u64,
     /// Until when it may act.
     tenure: lease::Tenure,
     idle_warned: bool,
@@ -229,6 +256,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         epoch: u64,
         tenure: lease::Tenure,
         recovered: Recovered,
+        id_seed: u64,
         now: Now,
     ) -> Core<R> {
         let mut core = Core {
@@ -251,6 +279,9 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             registry: Registry::default(),
             last_placed: HashMap::new(),
             departed: VecDeque::new(),
+            submits: HashMap::new(),
+            id_seed,
+            ids: 0,
             tenure,
             idle_warned: false,
             now,
@@ -272,6 +303,8 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             return Vec::new();
         }
         match input {
+            Input::Submit(to, s) => self.on_submit(to, s),
+            Input::Created { info, created } => self.on_created(*info, created),
             Input::Result(to, r) => self.on_result(to, r),
             Input::Register(to, r) => self.on_register(to, r),
             Input::Heartbeat(hb) => self.on_heartbeat(hb),

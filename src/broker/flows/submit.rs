@@ -3,7 +3,7 @@
 use actix::prelude::*;
 use tracing::{info, warn};
 
-use crate::broker::Broker;
+use crate::broker::{act, Broker};
 use crate::bus::{BusError, Replier};
 use crate::protocol::*;
 use crate::time::now_ms;
@@ -32,14 +32,15 @@ impl Broker {
             Ok(params) => params,
             Err(e) => return self.error(&replier, ErrorCode::InvalidParam, e.to_string()),
         };
-        if self.answer_repeat(&replier, request_id.as_deref(), &name, &params) {
-            return;
+        let core = self.core.at(act::now());
+        if core.answer_repeat(&replier, request_id.as_deref(), &name, &params) {
+            return self.flush(ctx);
         }
         let job_of = |name: &str| self.core.jobs.get(name).cloned();
         if let Err(message) = check_order_params(&spec, &job_of, &params) {
             return self.error(&replier, ErrorCode::InvalidParam, message);
         }
-        let order_id = self.new_order_id(request_id.as_deref());
+        let order_id = self.core.at(act::now()).new_order_id(request_id.as_deref());
         let idempotent = request_id.is_some();
         let flow = match FlowOrder::new(
             order_id.clone(),
@@ -106,7 +107,8 @@ impl Broker {
                             act.resume_flow(&info.order_id, ctx);
                         }
                     }
-                    act.answer_stored(&replier, &info, existing.as_ref());
+                    act.core.answer_stored(&replier, &info, existing.as_ref());
+                    act.flush(ctx);
                 }
                 Err(e) => {
                     warn!(error = %e, "workflow order not stored; submit refused");
@@ -121,13 +123,6 @@ impl Broker {
                 }
             }
         }));
-    }
-
-    pub(in crate::broker) fn flow_by_request(&self, request_id: &str) -> Option<&FlowOrder> {
-        self.core
-            .flow_requests
-            .get(request_id)
-            .and_then(|id| self.core.flows.get(id))
     }
 
     /// Holds a workflow order in memory, findable by its request id.

@@ -1,0 +1,334 @@
+//! Submitting an order of a job, and cancelling one.
+//!
+//! A submit is answered only once its order is durable: the core asks for
+//! the record to be created ([`Effect::Create`]; with a request id only if
+//! that id's order is new in JetStream, so a repeat, even to another
+//! broker, finds the first order) and answers, announces and queues the
+//! order when [`Input::Created`] says it is stored. A trigger's slot meets
+//! its job's concurrency policy at the submit; the decision is carried out
+//! once the order is durable. Repeats are answered as `idempotency.rs`
+//! decides.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tracing::{info, warn};
+
+use super::super::idempotency::{check_repeat, FirstOrder};
+use super::super::order_book::{Applied, ApplyError, Order, OrderEvent};
+use super::{Core, Effect, Event, Reply, Then};
+use crate::agent::triggers::{on_slot, SlotDecision};
+use crate::jobs;
+use crate::protocol::*;
+use crate::workflow::FlowOrder;
+
+/// What a trigger's new order does to the job's runs still active.
+#[derive(Debug, Clone)]
+pub(super) enum Overlap {
+    None,
+    /// Not run (concurrency = forbid): ends cancelled with this reason.
+    Skip(String),
+    /// These orders are cancelled and their tasks killed (concurrency = replace).
+    Replace(Vec<String>),
+}
+
+/// A submit waiting for its order's record to be created.
+#[derive(Debug)]
+pub(super) struct Pending<R> {
+    to: R,
+    overlap: Overlap,
+}
+
+/// How creating an order's record ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// Stored; the record is at this revision.
+    At(u64),
+    /// Its request id's record exists already: this one (`None` if it
+    /// vanished since).
+    Exists(Option<Box<OrderInfo>>),
+    /// Not stored.
+    Failed(String),
+}
+
+impl<R: Clone + std::fmt::Debug> Core<R> {
+    /// A submit of a job's order (a workflow's goes to the actor's `flows`).
+    pub(super) fn on_submit(&mut self, to: R, submit: SubmitOrder) {
+        let SubmitOrder {
+            job,
+            params,
+            request_id,
+            slot_ms,
+        } = submit;
+        let Some(spec) = self.jobs.get(&job) else {
+            let mut workflows: Vec<&str> = self.workflows.keys().map(String::as_str).collect();
+            workflows.sort_unstable();
+            let mut jobs: Vec<&str> = self.jobs.keys().map(String::as_str).collect();
+            jobs.sort_unstable();
+            let message = format!(
+                "no job or workflow named '{job}' is deployed (jobs: {}; workflows: {}); deploy it with `baton deploy FILE.toml`",
+                jobs.join(", "),
+                workflows.join(", ")
+            );
+            return self.error(&to, ErrorCode::UnknownJob, message);
+        };
+        let (concurrency, restartable) = (spec.concurrency, spec.restartable);
+        let params = match jobs::resolve_params(spec, &params) {
+            Ok(params) => params,
+            Err(e) => return self.error(&to, ErrorCode::InvalidParam, e.to_string()),
+        };
+        if self.answer_repeat(&to, request_id.as_deref(), &job, &params) {
+            return;
+        }
+        let order_id = self.new_order_id(request_id.as_deref());
+        // (`allow` needs no look at the active runs: the book is not scanned)
+        let overlap = match slot_ms {
+            Some(_) if concurrency != ConcurrencyPolicy::Allow => {
+                let active = self.book.active_of_job(&job);
+                match on_slot(concurrency, active.len()) {
+                    SlotDecision::Fire => Overlap::None,
+                    SlotDecision::Skip => Overlap::Skip(format!(
+                        "skipped: {} earlier run(s) of '{job}' still active (concurrency = forbid)",
+                        active.len()
+                    )),
+                    SlotDecision::CancelRunningAndFire => Overlap::Replace(active),
+                }
+            }
+            _ => Overlap::None,
+        };
+        let idempotent = request_id.is_some();
+        let mut order = Order::new(order_id.clone(), job, params, request_id, self.now.ms);
+        order.restartable = restartable;
+        order.slot_ms = slot_ms;
+        let info = Box::new(order.info());
+        self.book.insert(order);
+        self.submits.insert(order_id, Pending { to, overlap });
+        self.emit(Effect::Create { info, idempotent });
+    }
+
+    /// A submit's record was created, found, or not stored.
+    pub(super) fn on_created(&mut self, info: OrderInfo, created: Created) {
+        let Some(Pending { to, overlap }) = self.submits.remove(&info.order_id) else {
+            return;
+        };
+        match created {
+            Created::At(revision) => {
+                self.set_revision(&info.order_id, revision);
+                self.accepted(info, &to, overlap);
+            }
+            Created::Exists(existing) => {
+                self.book.remove(&info.order_id);
+                self.answer_stored(&to, &info, existing.as_deref());
+            }
+            Created::Failed(e) => {
+                warn!(error = %e, "order not stored; submit refused");
+                self.book.remove(&info.order_id);
+                let message = format!(
+                    "the order could not be stored in JetStream, nothing was accepted: {e}"
+                );
+                self.error(&to, ErrorCode::Unavailable, message);
+            }
+        }
+    }
+
+    /// The id of a new order: derived from its request id when it has one,
+    /// so that a repeat finds the first order; else time-ordered and unique.
+    pub(in crate::broker) fn new_order_id(&mut self, request_id: Option<&str>) -> String {
+        match request_id {
+            Some(r) => {
+                let name = format!("{}/{r}", self.config.prefix);
+                uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes()).to_string()
+            }
+            None => {
+                self.ids = self.ids.wrapping_add(1);
+                let mut random = [0u8; 10];
+                random[..8].copy_from_slice(&self.id_seed.to_le_bytes());
+                random[8..].copy_from_slice(&(self.ids as u16).to_le_bytes());
+                let seq = self.ids.to_le_bytes();
+                for (r, s) in random.iter_mut().zip(seq.iter()) {
+                    *r ^= s.rotate_left(3);
+                }
+                uuid::Builder::from_unix_timestamp_millis(self.now.ms, &random)
+                    .into_uuid()
+                    .to_string()
+            }
+        }
+    }
+
+    /// A new order is durable: answer, announce, and place it (or skip it,
+    /// or cancel the runs it replaces, as its job's concurrency policy says).
+    fn accepted(&mut self, info: OrderInfo, to: &R, overlap: Overlap) {
+        let order_id = info.order_id.clone();
+        self.book.enqueue(&order_id);
+        let reply = SubmitReply {
+            order_id: info.order_id.clone(),
+            job: info.job.clone(),
+            state: OrderState::Accepted,
+            duplicate: false,
+        };
+        self.reply(to, Reply::Submitted(reply));
+        self.publish(Event::Accepted(OrderAccepted {
+            order_id: info.order_id,
+            job: info.job,
+            params: info.params,
+            slot_ms: info.slot_ms,
+            at_ms: info.accepted_at_ms,
+        }));
+        match overlap {
+            Overlap::None => {}
+            Overlap::Skip(reason) => {
+                info!(order = %order_id, %reason, "trigger slot skipped");
+                let at_ms = self.now.ms;
+                if self
+                    .book
+                    .apply(&order_id, OrderEvent::Skipped { reason, at_ms })
+                    .is_ok()
+                {
+                    self.finish(&order_id, None);
+                }
+            }
+            Overlap::Replace(active) => {
+                for old in active {
+                    info!(order = %old, by = %order_id, "run replaced by a new trigger slot (concurrency = replace)");
+                    let reason = "replaced by a newer slot (concurrency = replace)";
+                    let _ = self.cancel(&old, true, reason);
+                }
+            }
+        }
+        self.dispatch();
+    }
+
+    /// Answers a submit whose `request_id` this broker holds an order for:
+    /// that order (a repeat), `busy` (it is being stored right now) or
+    /// `conflict`. False when it holds none: the submit goes on.
+    pub(in crate::broker) fn answer_repeat(
+        &mut self,
+        to: &R,
+        request_id: Option<&str>,
+        job: &str,
+        params: &BTreeMap<String, String>,
+    ) -> bool {
+        let Some(request_id) = request_id else {
+            return false;
+        };
+        let held = if let Some(order) = self.book.by_request_id(request_id) {
+            let first = FirstOrder {
+                order_id: &order.id,
+                job: &order.job,
+                params: &order.params,
+            };
+            (first, order.durable, order.phase.wire())
+        } else if let Some(flow) = flow_by_request(&self.flow_requests, &self.flows, request_id) {
+            let first = FirstOrder {
+                order_id: &flow.id,
+                job: flow.run.workflow(),
+                params: flow.run.params(),
+            };
+            (first, flow.durable, flow.state().wire())
+        } else {
+            return false;
+        };
+        let (first, durable, state) = held;
+        let answer = if let Err(conflict) = check_repeat(request_id, first, job, params) {
+            Reply::Error(ErrorReply::new(ErrorCode::Conflict, conflict.to_string()))
+        } else if !durable {
+            let message = "a submit with this request_id is being stored right now; send it again";
+            Reply::Error(ErrorReply::new(ErrorCode::Busy, message))
+        } else {
+            Reply::Submitted(SubmitReply {
+                order_id: first.order_id.to_string(),
+                job: first.job.to_string(),
+                state,
+                duplicate: true,
+            })
+        };
+        self.reply(to, answer);
+        true
+    }
+
+    /// Answers a submit whose order (`ours`) JetStream already held: the
+    /// stored one (`stored`: `None` if it vanished since) when `ours`
+    /// repeats it, `conflict` otherwise.
+    pub(in crate::broker) fn answer_stored(
+        &mut self,
+        to: &R,
+        ours: &OrderInfo,
+        stored: Option<&OrderInfo>,
+    ) {
+        let request_id = ours.request_id.as_deref().unwrap_or_default();
+        let first = stored.map(FirstOrder::of);
+        if let Some(Err(conflict)) =
+            first.map(|f| check_repeat(request_id, f, &ours.job, &ours.params))
+        {
+            return self.error(to, ErrorCode::Conflict, conflict.to_string());
+        }
+        let reply = SubmitReply {
+            order_id: ours.order_id.clone(),
+            job: ours.job.clone(),
+            state: stored.map_or(OrderState::Accepted, |s| s.state),
+            duplicate: true,
+        };
+        self.reply(to, Reply::Submitted(reply));
+    }
+
+    /// Cancels an order: a waiting one at once, a running one when its task
+    /// ends, which `kill` makes happen now (`reason` goes to the subagent).
+    pub(in crate::broker) fn cancel(
+        &mut self,
+        order_id: &str,
+        kill: bool,
+        reason: &str,
+    ) -> Result<(), (ErrorCode, String)> {
+        if self.book.get(order_id).is_some_and(|o| !o.durable) {
+            let message = format!("order {order_id} is being stored right now; cancel it again");
+            return Err((ErrorCode::Busy, message));
+        }
+        let at_ms = self.now.ms;
+        match self.book.apply(order_id, OrderEvent::Cancel { at_ms }) {
+            Ok(Applied::Moved { .. }) => {
+                info!(order = %order_id, "order cancelled while waiting");
+                self.finish(order_id, None);
+            }
+            Ok(Applied::Stale) => {
+                let Some(order) = self.book.get(order_id) else {
+                    return Ok(());
+                };
+                let running = order.task_id.clone().zip(order.subagent_id.clone());
+                if let (true, false, Some((task_id, subagent_id))) =
+                    (kill, order.phase.is_final(), running)
+                {
+                    info!(order = %order_id, task = %task_id, "killing a cancelled order's task");
+                    let kill = KillTask {
+                        task_id,
+                        reason: reason.into(),
+                        epoch: self.epoch,
+                    };
+                    self.emit(Effect::Kill { subagent_id, kill });
+                }
+                self.store(order_id, Then::Nothing);
+            }
+            Err(ApplyError::UnknownOrder(_)) => {
+                let message = format!(
+                    "no order {order_id} is held by this broker (finished ones are not cancelled)"
+                );
+                return Err((ErrorCode::NotFound, message));
+            }
+            Err(ApplyError::NotAllowed { phase, .. }) => {
+                let message = format!(
+                    "order {order_id} already {}; there is nothing to cancel",
+                    phase.wire().as_str()
+                );
+                return Err((ErrorCode::InvalidState, message));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The workflow order held for a request id.
+pub(in crate::broker) fn flow_by_request<'a>(
+    requests: &HashMap<String, String>,
+    flows: &'a HashMap<String, FlowOrder>,
+    request_id: &str,
+) -> Option<&'a FlowOrder> {
+    requests.get(request_id).and_then(|id| flows.get(id))
+}
