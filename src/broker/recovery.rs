@@ -16,16 +16,11 @@
 //! `broker.subagent_timeout` is lost without proof of death, so its tasks
 //! run again only after its orphan timeout.
 
-use std::collections::HashMap;
+use tracing::warn;
 
-use tracing::{info, warn};
-
-use super::core::{Recovered, Revisions, Stored};
-use super::order_book::{Order, OrderBook};
+use super::core::{Journal, Recovered, Stored};
 use crate::bus::{BusError, Kv};
-use crate::jobs;
 use crate::protocol::*;
-use crate::workflow::{validate_workflow, FlowOrder};
 
 /// How many times one write puts this broker's state over a record someone
 /// else changed before it counts as not stored.
@@ -131,81 +126,24 @@ pub(super) async fn recover(
     orders_kv: &Kv<OrderInfo>,
     keep_finished: usize,
 ) -> Result<Recovered, BusError> {
-    let jobs = jobs_kv.entries().await?.into_iter();
-    let jobs: HashMap<String, JobSpec> = jobs
-        .filter(|(key, spec)| jobs::validate_job(spec).is_ok() && spec.name == *key)
-        .collect();
-    let clusters = clusters_kv.entries().await?.into_iter();
-    let clusters: HashMap<String, ClusterSpec> = clusters
-        .filter(|(key, spec)| jobs::validate_cluster(spec).is_ok() && spec.name == *key)
-        .collect();
-    let workflows = workflows_kv.entries().await?.into_iter();
-    let workflows: HashMap<String, WorkflowSpec> = workflows
-        .filter(|(key, spec)| {
-            // a step whose job is gone fails when it is dispatched, with the reason
-            spec.name == *key && validate_workflow(spec, &|_| true).is_ok()
-        })
-        .collect();
-    let mut orders = orders_kv.entries_with_revisions().await?;
-    let mut flows: Vec<FlowOrder> = Vec::new();
-    let mut flow_revisions: HashMap<String, u64> = HashMap::new();
-    orders.retain(|id, (info, revision)| match FlowOrder::restore(info) {
-        Some(flow) => {
-            flows.push(flow);
-            flow_revisions.insert(id.clone(), *revision);
-            false
-        }
-        None => true,
-    });
-    // ended workflow orders beyond the limit stay in the journal only
-    flows.sort_by_key(|f| std::cmp::Reverse(f.finished_at_ms));
-    let mut ended = 0;
-    flows.retain(|f| {
-        ended += usize::from(f.state().is_terminal());
-        !f.state().is_terminal() || ended <= keep_finished
-    });
-    let flows: HashMap<String, FlowOrder> = flows.into_iter().map(|f| (f.id.clone(), f)).collect();
-    flow_revisions.retain(|id, _| flows.contains_key(id));
-    let restored = orders.values().map(|(info, _)| {
-        // a job removed since: its waiting orders fail at dispatch, and an
-        // inherited task is never run twice
-        let restartable = jobs.get(&info.job).is_some_and(|j| j.restartable);
-        Order::restore(info, restartable)
-    });
-    let mut book = OrderBook::new(keep_finished);
-    book.restore(restored);
-    let kept = orders.iter().filter(|(id, _)| book.get(id).is_some());
-    let mut revisions: HashMap<String, u64> =
-        kept.map(|(id, (_, rev))| (id.clone(), *rev)).collect();
-    revisions.extend(flow_revisions);
-    let revisions = Revisions::new(revisions);
-    let c = book.counts();
-    info!(
-        orders = orders.len(),
-        accepted = c.accepted,
-        running = c.running,
-        inherited_on = book.inherited_subagents().len(),
-        jobs = jobs.len(),
-        workflow_orders = flows.len(),
-        "orders recovered from the journal"
-    );
-    Ok(Recovered {
-        jobs,
-        clusters,
-        workflows,
-        book,
-        flows,
-        revisions,
-    })
+    let journal = Journal {
+        jobs: jobs_kv.entries().await?,
+        clusters: clusters_kv.entries().await?,
+        workflows: workflows_kv.entries().await?,
+        orders: orders_kv.entries_with_revisions().await?,
+    };
+    Ok(Recovered::from_journal(journal, keep_finished))
 }
 
 #[cfg(test)]
 mod tests {
     use std::cell::{Cell, RefCell};
 
+    use std::collections::HashMap;
+
     use futures::executor::block_on;
 
-    use crate::broker::order_book::Phase;
+    use crate::broker::order_book::{Order, Phase};
 
     use super::*;
 

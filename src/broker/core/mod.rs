@@ -30,6 +30,7 @@ mod orders;
 pub mod plan;
 mod subagents;
 mod submit;
+mod takeover;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -44,6 +45,7 @@ use crate::protocol::*;
 use crate::workflow::FlowOrder;
 pub(super) use journal::{Revisions, Stored, Then};
 pub use submit::Created;
+pub(super) use takeover::{Journal, Recovered};
 
 /// Added to a subagent's own orphan timeout before its tasks count as dead.
 pub(super) const ORPHAN_MARGIN: Duration = Duration::from_secs(1);
@@ -233,18 +235,6 @@ pub struct Core<R> {
     idle_warned: bool,
     pub(super) now: Now,
     out: Vec<Effect<R>>,
-}
-
-/// What a broker taking over starts from (see `recovery::recover`).
-pub(super) struct Recovered {
-    pub jobs: HashMap<String, JobSpec>,
-    pub clusters: HashMap<String, ClusterSpec>,
-    pub workflows: HashMap<String, WorkflowSpec>,
-    pub book: OrderBook,
-    /// Workflow orders: every unfinished one, and the newest ended ones.
-    pub flows: HashMap<String, FlowOrder>,
-    /// The revision each kept order was read at.
-    pub revisions: Revisions,
 }
 
 impl<R: Clone + std::fmt::Debug> Core<R> {

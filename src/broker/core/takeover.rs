@@ -1,0 +1,108 @@
+//! Taking over: what a broker that becomes active starts from, rebuilt
+//! from what the journal holds (read by `recovery::recover`). Pure.
+
+use std::collections::HashMap;
+
+use tracing::info;
+
+use super::super::order_book::{Order, OrderBook};
+use super::Revisions;
+use crate::jobs;
+use crate::protocol::*;
+use crate::workflow::{validate_workflow, FlowOrder};
+
+/// What the journal holds: the buckets' entries, and every order with its
+/// record's revision.
+#[derive(Debug, Default, Clone)]
+pub struct Journal {
+    pub jobs: HashMap<String, JobSpec>,
+    pub clusters: HashMap<String, ClusterSpec>,
+    pub workflows: HashMap<String, WorkflowSpec>,
+    pub orders: HashMap<String, (OrderInfo, u64)>,
+}
+
+/// What a broker taking over starts from.
+pub(in crate::broker) struct Recovered {
+    pub jobs: HashMap<String, JobSpec>,
+    pub clusters: HashMap<String, ClusterSpec>,
+    pub workflows: HashMap<String, WorkflowSpec>,
+    pub book: OrderBook,
+    /// Workflow orders: every unfinished one, and the newest ended ones.
+    pub flows: HashMap<String, FlowOrder>,
+    /// The revision each kept order was read at.
+    pub revisions: Revisions,
+}
+
+impl Recovered {
+    /// Keeps the valid jobs, clusters and workflows, and rebuilds the order
+    /// book from every order, keeping at most `keep_finished` final orders.
+    pub fn from_journal(journal: Journal, keep_finished: usize) -> Recovered {
+        let jobs = journal.jobs.into_iter();
+        let jobs: HashMap<String, JobSpec> = jobs
+            .filter(|(key, spec)| jobs::validate_job(spec).is_ok() && spec.name == *key)
+            .collect();
+        let clusters = journal.clusters.into_iter();
+        let clusters: HashMap<String, ClusterSpec> = clusters
+            .filter(|(key, spec)| jobs::validate_cluster(spec).is_ok() && spec.name == *key)
+            .collect();
+        let workflows = journal.workflows.into_iter();
+        let workflows: HashMap<String, WorkflowSpec> = workflows
+            .filter(|(key, spec)| {
+                // a step whose job is gone fails when it is dispatched, with the reason
+                spec.name == *key && validate_workflow(spec, &|_| true).is_ok()
+            })
+            .collect();
+        let mut orders = journal.orders;
+        let mut flows: Vec<FlowOrder> = Vec::new();
+        let mut flow_revisions: HashMap<String, u64> = HashMap::new();
+        orders.retain(|id, (info, revision)| match FlowOrder::restore(info) {
+            Some(flow) => {
+                flows.push(flow);
+                flow_revisions.insert(id.clone(), *revision);
+                false
+            }
+            None => true,
+        });
+        // ended workflow orders beyond the limit stay in the journal only
+        flows.sort_by_key(|f| std::cmp::Reverse(f.finished_at_ms));
+        let mut ended = 0;
+        flows.retain(|f| {
+            ended += usize::from(f.state().is_terminal());
+            !f.state().is_terminal() || ended <= keep_finished
+        });
+        let flows: HashMap<String, FlowOrder> =
+            flows.into_iter().map(|f| (f.id.clone(), f)).collect();
+        flow_revisions.retain(|id, _| flows.contains_key(id));
+        let restored = orders.values().map(|(info, _)| {
+            // a job removed since: its waiting orders fail at dispatch, and an
+            // inherited task is never run twice
+            let restartable = jobs.get(&info.job).is_some_and(|j| j.restartable);
+            Order::restore(info, restartable)
+        });
+        let mut book = OrderBook::new(keep_finished);
+        book.restore(restored);
+        let kept = orders.iter().filter(|(id, _)| book.get(id).is_some());
+        let mut revisions: HashMap<String, u64> =
+            kept.map(|(id, (_, rev))| (id.clone(), *rev)).collect();
+        revisions.extend(flow_revisions);
+        let revisions = Revisions::new(revisions);
+        let c = book.counts();
+        info!(
+            orders = orders.len(),
+            accepted = c.accepted,
+            running = c.running,
+            inherited_on = book.inherited_subagents().len(),
+            jobs = jobs.len(),
+            workflow_orders = flows.len(),
+            "orders recovered from the journal"
+        );
+        Recovered {
+            jobs,
+            clusters,
+            workflows,
+            book,
+            flows,
+            revisions,
+        }
+    }
+}
