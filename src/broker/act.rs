@@ -47,7 +47,11 @@ impl Broker {
                 Effect::Write { info, revision } => self.write(info, revision, ctx),
                 Effect::Create { info, idempotent } => self.create(info, idempotent, ctx),
                 Effect::Kill { subagent_id, kill } => self.kill(subagent_id, kill, ctx),
-                Effect::Run { subagent_id, run } => self.send_run(subagent_id, run, ctx),
+                Effect::Run {
+                    subagent_id,
+                    run,
+                    again,
+                } => self.send_run(subagent_id, run, again, ctx),
                 Effect::Probe { subagent_id } => self.probe(subagent_id, ctx),
                 Effect::Later { after, timer } => {
                     ctx.run_later(after, move |act, ctx| act.step(Input::Timer(timer), ctx));
@@ -116,8 +120,8 @@ impl Broker {
             };
             let created = match created {
                 Ok(Some(revision)) => Created::At(revision),
-                Ok(None) => match kv.get(key).await {
-                    Ok(existing) => Created::Exists(existing.map(Box::new)),
+                Ok(None) => match kv.get_with_revision(key).await {
+                    Ok(existing) => Created::Exists(existing.map(|(i, r)| (Box::new(i), r))),
                     Err(e) => Created::Failed(e.to_string()),
                 },
                 Err(e) => Created::Failed(e.to_string()),
@@ -146,7 +150,13 @@ impl Broker {
         ctx.spawn(request.into_actor(self));
     }
 
-    fn send_run(&mut self, subagent_id: String, run: Box<RunTask>, ctx: &mut Context<Self>) {
+    fn send_run(
+        &mut self,
+        subagent_id: String,
+        run: Box<RunTask>,
+        again: bool,
+        ctx: &mut Context<Self>,
+    ) {
         let bus = self.bus.clone();
         let subject = bus.subjects().run(&subagent_id);
         let timeout = self.config.broker.dispatch_timeout;
@@ -162,6 +172,7 @@ impl Broker {
             Input::RunReply {
                 subagent_id,
                 run,
+                again,
                 reply,
             }
         };

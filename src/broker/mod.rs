@@ -28,6 +28,8 @@ mod recovery;
 pub mod registry;
 mod requests;
 mod scheduler_lease;
+#[cfg(test)]
+mod sim;
 
 use actix::prelude::*;
 use futures::stream::{self, LocalBoxStream, StreamExt};

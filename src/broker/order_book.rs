@@ -550,7 +550,10 @@ impl Order {
         if self.cancel_requested {
             self.cancelled(at_ms);
         } else if self.restartable {
-            self.back_to_queue(self.confirmed);
+            // its start may have been unconfirmed, but it may have run: the
+            // attempt counts, so the next one's task id is new (a subagent
+            // answers a task id it has seen as a duplicate)
+            self.back_to_queue(true);
         } else {
             self.phase = Phase::Failed;
             self.rerun_at_ms = None;
@@ -628,6 +631,13 @@ impl Order {
     }
 }
 
+/// Ids by id order: what the book returns from its maps, so the same
+/// inputs always give the same effects (the simulation replays a seed).
+fn sorted(mut ids: Vec<String>) -> Vec<String> {
+    ids.sort_unstable();
+    ids
+}
+
 /// Every order the broker holds, the queue of those waiting for a subagent,
 /// and a bounded memory of finished ones.
 #[derive(Debug, Default)]
@@ -697,8 +707,12 @@ impl OrderBook {
     /// Inherited orders whose task is on `subagent_id`, not yet reconciled.
     pub fn inherited_on(&self, subagent_id: &str) -> Vec<&Order> {
         let on = self.orders.values().filter(|o| o.inherited);
-        on.filter(|o| o.subagent_id.as_deref() == Some(subagent_id))
-            .collect()
+        let mut on: Vec<&Order> = on
+            .filter(|o| o.subagent_id.as_deref() == Some(subagent_id))
+            .collect();
+        // by id, so the same inputs always give the same effects
+        on.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        on
     }
 
     /// Forgets an order that never became durable.
@@ -723,7 +737,7 @@ impl OrderBook {
     pub fn active_of_job(&self, job: &str) -> Vec<String> {
         let active = self.orders.values();
         let active = active.filter(|o| o.job == job && !o.phase.is_final());
-        active.map(|o| o.id.clone()).collect()
+        sorted(active.map(|o| o.id.clone()).collect())
     }
 
     /// Every order held, in no particular order.
@@ -786,7 +800,8 @@ impl OrderBook {
 
     /// Orders whose current task is on `subagent_id`.
     pub fn on_subagent(&self, subagent_id: &str) -> Vec<String> {
-        self.orders
+        let on = self
+            .orders
             .values()
             .filter(|o| {
                 matches!(
@@ -794,17 +809,18 @@ impl OrderBook {
                     Phase::Dispatching | Phase::Running | Phase::Orphaned
                 ) && o.subagent_id.as_deref() == Some(subagent_id)
             })
-            .map(|o| o.id.clone())
-            .collect()
+            .map(|o| o.id.clone());
+        sorted(on.collect())
     }
 
     /// Orphaned orders whose rerun time has come.
     pub fn orphans_due(&self, now_ms: u64) -> Vec<String> {
-        self.orders
+        let due = self
+            .orders
             .values()
             .filter(|o| o.phase == Phase::Orphaned && o.rerun_at_ms.is_some_and(|t| t <= now_ms))
-            .map(|o| o.id.clone())
-            .collect()
+            .map(|o| o.id.clone());
+        sorted(due.collect())
     }
 
     /// Queued orders, oldest first (entries that moved on are skipped).
@@ -1027,8 +1043,8 @@ mod tests {
         assert_eq!(book.get("a").unwrap().phase, Phase::Queued);
         assert_eq!(
             book.get("a").unwrap().attempt,
-            0,
-            "never confirmed: not an attempt"
+            1,
+            "never confirmed, but it may have run: an attempt (its task id is not used again)"
         );
         assert_eq!(book.next_queued().unwrap().id, "a");
         let b = book.get("b").unwrap().info();

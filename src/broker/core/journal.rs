@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use super::super::order_book::{OrderEvent, Phase};
+use super::super::order_book::OrderEvent;
 use super::{Core, Effect, Event, Reply};
 use crate::protocol::*;
 use crate::workflow::FlowOrder;
@@ -170,14 +170,11 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                 ),
             ),
             Then::Run { subagent_id, run } => {
-                let still_ours = self.book.get(order_id).is_some_and(|o| {
-                    o.phase == Phase::Dispatching && o.task_id.as_ref() == Some(&run.task_id)
-                });
-                if !still_ours {
+                if !self.dispatched_as(&subagent_id, &run) {
                     return;
                 }
                 if stored {
-                    return self.send_run(subagent_id, *run);
+                    return self.send_run(subagent_id, *run, false);
                 }
                 // never sent: back to the queue, tried again at the next dispatch
                 self.registry.release(&subagent_id, &run.task_id, false);

@@ -18,7 +18,8 @@
 //!
 //! Architecture invariant: imports neither actix, nor the bus, nor the
 //! clock; `R` is where a reply goes, opaque here. Once its lease may have
-//! run out by the time it is given ([`lease::Tenure`]) it emits nothing.
+//! run out by the time it is given ([`lease::Tenure`]) it emits nothing:
+//! it still takes inputs, and holds the effects back until it renews.
 //!
 //! Still in the actor, to move here in the next steps of issue 19: submit,
 //! deploy, cancel, status, switch-over and workflow orders (`flows/`); they
@@ -61,7 +62,7 @@ pub struct Now {
 }
 
 /// What reaches the core.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Input<R> {
     /// A submit of a job's order.
     Submit(R, SubmitOrder),
@@ -84,6 +85,7 @@ pub enum Input<R> {
     RunReply {
         subagent_id: String,
         run: Box<RunTask>,
+        again: bool,
         reply: RunReply,
     },
     /// The outcome of an [`Effect::Probe`].
@@ -141,6 +143,8 @@ pub enum Effect<R> {
     Run {
         subagent_id: String,
         run: Box<RunTask>,
+        /// Sent before, with no answer: it may run already.
+        again: bool,
     },
     /// Ask a subagent to kill a task (its order ends when its result comes).
     Kill {
@@ -288,10 +292,6 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
     /// Takes one input at `now`: what to do about it.
     pub fn step(&mut self, input: Input<R>, now: Now) -> Vec<Effect<R>> {
         self.now = now;
-        if !self.acting() {
-            // no answer: a client asks again, and the next broker answers
-            return Vec::new();
-        }
         match input {
             Input::Submit(to, s) => self.on_submit(to, s),
             Input::Created { info, created } => self.on_created(*info, created),
@@ -304,10 +304,16 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             Input::RunReply {
                 subagent_id,
                 run,
+                again,
                 reply,
-            } => self.on_run_reply(subagent_id, *run, reply),
+            } => self.on_run_reply(subagent_id, *run, again, reply),
             Input::Probed { subagent_id, reply } => self.on_probed(subagent_id, reply),
-            Input::Timer(Timer::Resend { subagent_id, run }) => self.send_run(subagent_id, *run),
+            Input::Timer(Timer::Resend { subagent_id, run }) => {
+                // only while the order still waits on that very dispatch
+                if self.dispatched_as(&subagent_id, &run) {
+                    self.send_run(subagent_id, *run, true)
+                }
+            }
             Input::Timer(Timer::Rewrite { order_id }) => self.store(&order_id, Then::Nothing),
             Input::Timer(Timer::Unseen) => self.unseen_deadline(),
             Input::Check => self.check_liveness(),
@@ -321,12 +327,14 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         self
     }
 
-    /// The effects left by calls from the actor's own handlers; none once
-    /// the lease may have run out.
+    /// The effects decided so far, to carry out now. None while the lease
+    /// may have run out: they wait, and go out only if this broker renews
+    /// its lease (no other broker can have acted meanwhile); if it steps
+    /// down instead, they are dropped with it. (Dropping them at once would
+    /// leave the journal writes they stand for waiting forever.)
     pub fn take_effects(&mut self) -> Vec<Effect<R>> {
-        let out = std::mem::take(&mut self.out);
         if self.acting() {
-            out
+            std::mem::take(&mut self.out)
         } else {
             Vec::new()
         }
@@ -362,5 +370,17 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
 
     pub(super) fn later(&mut self, after: Duration, timer: Timer) {
         self.emit(Effect::Later { after, timer });
+    }
+}
+
+#[cfg(test)]
+impl<R> Core<R> {
+    /// Whether the order of `task_id` ended with that task, as held here
+    /// (for the simulation's checks).
+    pub(in crate::broker) fn ended_with(&self, task_id: &str) -> bool {
+        let order_id = task_id.rsplit_once('-').map_or(task_id, |(o, _)| o);
+        self.book
+            .get(order_id)
+            .is_some_and(|o| o.phase.is_final() && o.task_id.as_deref() == Some(task_id))
     }
 }

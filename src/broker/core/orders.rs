@@ -108,16 +108,24 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         })
     }
 
-    pub(super) fn send_run(&mut self, subagent_id: String, run: RunTask) {
+    /// Sends a task; `again` when it was sent before without an answer.
+    pub(super) fn send_run(&mut self, subagent_id: String, run: RunTask, again: bool) {
         let run = Box::new(run);
-        self.emit(Effect::Run { subagent_id, run });
+        self.emit(Effect::Run {
+            subagent_id,
+            run,
+            again,
+        });
     }
 
-    pub(super) fn on_run_reply(&mut self, subagent_id: String, run: RunTask, reply: RunReply) {
-        let still_ours = self.book.get(&run.order_id).is_some_and(|o| {
-            o.phase == Phase::Dispatching && o.task_id.as_deref() == Some(run.task_id.as_str())
-        });
-        if !still_ours {
+    pub(super) fn on_run_reply(
+        &mut self,
+        subagent_id: String,
+        run: RunTask,
+        again: bool,
+        reply: RunReply,
+    ) {
+        if !self.dispatched_as(&subagent_id, &run) {
             return;
         }
         match reply {
@@ -131,6 +139,16 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                     Ok(Applied::Stale) => {}
                     Err(e) => warn!(task = %run.task_id, error = %e, "start not recorded"),
                 }
+            }
+            RunReply::NoResponders(e) if again => {
+                // an earlier send may have reached it, and the task may run
+                // there still (a process cut off from NATS has no
+                // responders): in doubt until proven dead, never re-queued
+                warn!(task = %run.task_id, subagent = %subagent_id, error = %e, "a dispatch sent again found no responders; the task is in doubt");
+                self.suspect(&subagent_id, "a dispatch sent again found no responders");
+                self.registry.release(&subagent_id, &run.task_id, false);
+                let doubt = self.registry.get(&subagent_id).map(|s| s.doubt());
+                self.put_in_doubt(&subagent_id, &[run.order_id], doubt);
             }
             RunReply::NoResponders(ref e) | RunReply::Refused(ref e) => {
                 // definite: it did not take the task (nobody listened, or it refused)
@@ -158,6 +176,19 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                 self.later(RESEND_DELAY, Timer::Resend { subagent_id, run });
             }
         }
+    }
+
+    /// Whether `run` is still the order's dispatch in flight to
+    /// `subagent_id`. A dispatch that surely failed does not use up an
+    /// attempt, so its task id comes again on the next one: the subagent
+    /// process tells them apart.
+    pub(super) fn dispatched_as(&self, subagent_id: &str, run: &RunTask) -> bool {
+        self.book.get(&run.order_id).is_some_and(|o| {
+            o.phase == Phase::Dispatching
+                && o.task_id.as_deref() == Some(run.task_id.as_str())
+                && o.subagent_id.as_deref() == Some(subagent_id)
+                && o.subagent_instance_id == run.instance_id
+        })
     }
 
     pub(super) fn on_result(&mut self, to: R, r: TaskResult) {

@@ -122,6 +122,8 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                     .get(id)
                     .map_or(SubagentState::Available, |s| s.state());
                 self.announce(id, state, "heard again");
+                // tasks put in doubt while it was suspect, which it runs
+                self.reclaim(id, running);
             }
             Seen::Alive => {}
         }
@@ -445,7 +447,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             self.run_task(order, task_id, order.attempt, instance_id)
         });
         match run {
-            Some(run) => self.send_run(subagent_id.to_string(), run),
+            Some(run) => self.send_run(subagent_id.to_string(), run, true),
             None => {
                 // its job is gone: back to the queue, where it is refused
                 let task_id = self.book.get(order_id).and_then(|o| o.task_id.clone());

@@ -43,9 +43,9 @@ pub(super) struct Pending<R> {
 pub enum Created {
     /// Stored; the record is at this revision.
     At(u64),
-    /// Its request id's record exists already: this one (`None` if it
-    /// vanished since).
-    Exists(Option<Box<OrderInfo>>),
+    /// Its request id's record exists already: this one, at this revision
+    /// (`None` if it vanished since).
+    Exists(Option<(Box<OrderInfo>, u64)>),
     /// Not stored.
     Failed(String),
 }
@@ -117,7 +117,11 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             }
             Created::Exists(existing) => {
                 self.book.remove(&info.order_id);
-                self.answer_stored(&to, &info, existing.as_deref());
+                let stored = existing.map(|(stored, revision)| (*stored, revision));
+                self.answer_stored(&to, &info, stored.as_ref().map(|(s, _)| s));
+                if let Some((stored, revision)) = stored {
+                    self.take_up(&info, stored, revision);
+                }
             }
             Created::Failed(e) => {
                 warn!(error = %e, "order not stored; submit refused");
@@ -128,6 +132,23 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                 self.error(&to, ErrorCode::Unavailable, message);
             }
         }
+    }
+
+    /// An order an earlier try of this submit stored, though its answer
+    /// was lost (the submit was refused as not stored): no broker holds it,
+    /// so this one takes it up, if the repeat asks for it.
+    fn take_up(&mut self, ours: &OrderInfo, stored: OrderInfo, revision: u64) {
+        let request_id = ours.request_id.as_deref().unwrap_or_default();
+        let repeat = check_repeat(request_id, FirstOrder::of(&stored), &ours.job, &ours.params);
+        let waiting = stored.state == OrderState::Accepted && stored.task_id.is_none();
+        if repeat.is_err() || !waiting || self.book.get(&stored.order_id).is_some() {
+            return;
+        }
+        info!(order = %stored.order_id, "order stored by an earlier try of its submit taken up");
+        let restartable = self.jobs.get(&stored.job).is_some_and(|j| j.restartable);
+        self.book.restore([Order::restore(&stored, restartable)]);
+        self.set_revision(&stored.order_id, revision);
+        self.dispatch();
     }
 
     /// The id of a new order: derived from its request id when it has one,

@@ -1,0 +1,158 @@
+//! What the simulation checks: the guarantees, as violations noted while it
+//! runs (at the moment an effect is carried out or a task starts) and at
+//! its end.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::journal::Journal;
+use crate::protocol::{OrderInfo, OrderState};
+
+/// A task run by a subagent process, from start to end.
+#[derive(Debug, Clone)]
+struct Run {
+    order_id: String,
+    subagent: String,
+    end_ms: Option<u64>,
+}
+
+#[derive(Default)]
+pub struct Checker {
+    runs: BTreeMap<String, Run>,
+    /// Tasks started per order.
+    starts: BTreeMap<String, u32>,
+    /// Orders whose job may not run twice.
+    pub once: BTreeSet<String>,
+    /// Orders a client was told are accepted.
+    pub accepted: BTreeSet<String>,
+    pub violations: Vec<String>,
+}
+
+impl Checker {
+    fn violate(&mut self, now_ms: u64, what: String) {
+        self.violations.push(format!("t={now_ms} {what}"));
+    }
+
+    /// A subagent started a task: no other task of its order may run.
+    pub fn started(&mut self, now_ms: u64, task_id: &str, order_id: &str, subagent: &str) {
+        let overlapping: Vec<String> = self
+            .runs
+            .iter()
+            .filter(|(_, r)| r.order_id == order_id && r.end_ms.is_none())
+            .map(|(t, r)| format!("{t} on {}", r.subagent))
+            .collect();
+        if !overlapping.is_empty() {
+            let what = format!(
+                "order {order_id}: task {task_id} started on {subagent} while {} still runs",
+                overlapping.join(", ")
+            );
+            self.violate(now_ms, what);
+        }
+        let starts = self.starts.entry(order_id.to_string()).or_default();
+        *starts += 1;
+        if *starts > 1 && self.once.contains(order_id) {
+            let what =
+                format!("order {order_id} of a non-restartable job ran a second task {task_id}");
+            self.violate(now_ms, what);
+        }
+        let run = Run {
+            order_id: order_id.to_string(),
+            subagent: subagent.to_string(),
+            end_ms: None,
+        };
+        self.runs.insert(task_id.to_string(), run);
+    }
+
+    pub fn ended(&mut self, now_ms: u64, task_id: &str) {
+        if let Some(run) = self.runs.get_mut(task_id) {
+            run.end_ms.get_or_insert(now_ms);
+        }
+    }
+
+    /// A run request is sent: its dispatch must be in the journal.
+    pub fn run_sent(&mut self, now_ms: u64, journal: &Journal, order_id: &str, task_id: &str) {
+        let stored = journal.get(order_id).map(|(info, _)| info);
+        if stored.as_ref().and_then(|i| i.task_id.as_deref()) != Some(task_id) {
+            let what = format!(
+                "task {task_id} sent before its dispatch was journaled (journal holds {})",
+                describe(stored.as_ref())
+            );
+            self.violate(now_ms, what);
+        }
+    }
+
+    /// A result is acknowledged: when it ended its order (`ended`, as the
+    /// broker holds it), the journal must hold that end. (A result the
+    /// broker no longer counts, such as one arriving after the task was
+    /// proven dead and its order queued again, changes nothing.)
+    pub fn acked(&mut self, now_ms: u64, journal: &Journal, task_id: &str, ended: bool) {
+        let Some(order_id) = self.runs.get(task_id).map(|r| r.order_id.clone()) else {
+            return;
+        };
+        if !ended {
+            return;
+        }
+        let stored = journal.get(&order_id).map(|(info, _)| info);
+        let durable = stored
+            .as_ref()
+            .is_some_and(|i| i.state.is_final() || i.task_id.as_deref() != Some(task_id));
+        if !durable {
+            let what = format!(
+                "result of task {task_id} acknowledged before its order's end was journaled ({})",
+                describe(stored.as_ref())
+            );
+            self.violate(now_ms, what);
+        }
+    }
+
+    /// A `finished` event is published: the journal must hold that end.
+    pub fn finished(&mut self, now_ms: u64, journal: &Journal, order_id: &str, state: OrderState) {
+        let stored = journal.get(order_id).map(|(info, _)| info);
+        if stored.as_ref().map(|i| i.state) != Some(state) {
+            let what = format!(
+                "order {order_id}: finished ({state:?}) published before it was journaled ({})",
+                describe(stored.as_ref())
+            );
+            self.violate(now_ms, what);
+        }
+    }
+
+    /// After the faults: nothing accepted is lost, everything ended, and
+    /// no write rolled an order back.
+    pub fn at_end(&mut self, now_ms: u64, journal: &Journal) {
+        for why in journal.rollbacks.borrow().iter() {
+            self.violations.push(format!("rollback: {why}"));
+        }
+        let accepted: Vec<String> = self.accepted.iter().cloned().collect();
+        for order_id in accepted {
+            if journal.get(&order_id).is_none() {
+                self.violate(
+                    now_ms,
+                    format!("accepted order {order_id} is not in the journal"),
+                );
+            }
+        }
+        for info in journal.all() {
+            if !info.state.is_final() {
+                let what = format!(
+                    "order {} never ended: {}",
+                    info.order_id,
+                    describe(Some(&info))
+                );
+                self.violate(now_ms, what);
+            }
+        }
+    }
+}
+
+fn describe(info: Option<&OrderInfo>) -> String {
+    match info {
+        None => "no record".into(),
+        Some(i) => format!(
+            "{:?}, attempt {}, task {}, on {}",
+            i.state,
+            i.attempt,
+            i.task_id.as_deref().unwrap_or("-"),
+            i.subagent_id.as_deref().unwrap_or("-")
+        ),
+    }
+}
