@@ -84,16 +84,17 @@ fn crate_modules_named(part: &str) -> Vec<(String, String)> {
         let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
         let mut at = 0;
         while at < bytes.len() {
-            let rest = &code[at..];
+            // Bytes, not `&str`: `at` may fall inside a character.
+            let rest = &bytes[at..];
             let starts_path = at == 0 || !(ident(bytes[at - 1]) || b":$".contains(&bytes[at - 1]));
             let after = if !starts_path {
                 None
-            } else if rest.starts_with("crate::") {
+            } else if rest.starts_with(b"crate::") {
                 Some(at + "crate::".len())
-            } else if rest.starts_with("super::") {
+            } else if rest.starts_with(b"super::") {
                 let mut end = at;
                 let mut supers = 0;
-                while code[end..].starts_with("super::") {
+                while bytes[end..].starts_with(b"super::") {
                     end += "super::".len();
                     supers += 1;
                 }
@@ -153,6 +154,15 @@ fn path_heads(path: &str) -> Vec<String> {
     heads
 }
 
+/// The places under `src/<part>` that name one of the top-level `modules`.
+fn names(part: &str, modules: &[&str]) -> Vec<String> {
+    crate_modules_named(part)
+        .into_iter()
+        .filter(|(m, _)| modules.contains(&m.as_str()))
+        .map(|(m, place)| format!("{place} (names {m})"))
+        .collect()
+}
+
 #[test]
 fn only_the_bus_imports_async_nats() {
     for part in [
@@ -206,4 +216,30 @@ fn the_protocol_imports_nothing_of_the_crate_but_itself() {
         "src/protocol imports other parts of the crate (wire types belong in protocol):\n{}",
         found.join("\n")
     );
+}
+
+#[test]
+fn the_config_imports_no_role() {
+    let found = names("config", &["agent", "broker", "subagent", "cli", "daemon"]);
+    assert!(
+        found.is_empty(),
+        "src/config imports a role:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn no_role_imports_another() {
+    for (role, others) in [
+        ("broker", ["agent", "subagent"]),
+        ("agent", ["broker", "subagent"]),
+        ("subagent", ["broker", "agent"]),
+    ] {
+        let found = names(role, &others);
+        assert!(
+            found.is_empty(),
+            "src/{role} imports another role:\n{}",
+            found.join("\n")
+        );
+    }
 }

@@ -16,9 +16,11 @@
 pub mod agents;
 mod audit;
 mod death;
+pub mod election;
 mod elector;
 mod flows;
 mod gate;
+pub mod health;
 mod idempotency;
 mod leadership;
 pub mod lease;

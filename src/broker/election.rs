@@ -57,7 +57,7 @@
 //!   X meets it, case 2 applies to X like to any Scheduler.
 //!
 //! Size: over the ~500-line mark (the five cases, the lease rules and their
-//! reasons); issue 19 moves the election under `broker` and splits it there.
+//! reasons); the next commit splits it.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
@@ -66,6 +66,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::health::{millis, HealthLevel};
+use crate::config::SchedulerConfig;
 
 mod takeover;
 
@@ -97,6 +98,18 @@ impl Default for ElectionConfig {
             answer_timeout: Duration::from_secs(5),
             lease: Duration::from_secs(10),
             lease_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+impl From<&SchedulerConfig> for ElectionConfig {
+    /// The election's timings from the `[scheduler]` settings.
+    fn from(config: &SchedulerConfig) -> Self {
+        ElectionConfig {
+            connection_timeout: config.connection_timeout,
+            answer_timeout: config.answer_timeout,
+            lease: config.lease,
+            lease_grace: config.lease_grace,
         }
     }
 }
@@ -1337,7 +1350,7 @@ mod tests {
         last_ms: u64,
         controlled: bool,
         on: bool,
-        history: crate::agent::health::HealthHistory,
+        history: crate::broker::health::HealthHistory,
     }
 
     const MAX_DELAY: u64 = 1_000;
@@ -1350,7 +1363,7 @@ mod tests {
         agents: Vec<SimAgent>,
         registry: BTreeMap<String, Seen>,
         state: ElectionState,
-        cond: crate::agent::health::SwitchCondition,
+        cond: crate::config::SwitchCondition,
         turn_ons: usize,
         offs: usize,
         /// Agents whose process crashed since the last step.
@@ -1406,7 +1419,7 @@ mod tests {
                 agents,
                 registry: BTreeMap::new(),
                 state: fresh(),
-                cond: crate::agent::health::SwitchCondition {
+                cond: crate::config::SwitchCondition {
                     at_or_below: Bad,
                     for_: Duration::from_secs(5),
                 },
