@@ -1,6 +1,7 @@
-//! Job definitions: the deploy file format (TOML), validation, and the pure
+//! Job definitions: the deploy file format (TOML), validation, the pure
 //! rules that turn an order's parameters into a process's arguments and
-//! environment.
+//! environment, and what a job's concurrency policy does with the order of
+//! a trigger's slot ([`on_slot`]).
 //!
 //! Architecture invariant: a submitter can only choose values for parameters a
 //! job declares; the program, its arguments and environment come from the
@@ -459,6 +460,24 @@ fn substitute(arg: &str, params: &BTreeMap<String, String>) -> String {
     out
 }
 
+/// What the order of a trigger's slot does, by its job's concurrency policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotDecision {
+    Fire,
+    Skip,
+    CancelRunningAndFire,
+}
+
+/// Decides a slot given the job's runs still active (not finished). The
+/// broker asks at submit, so the policy holds whichever agent fired.
+pub fn on_slot(policy: ConcurrencyPolicy, active_runs: usize) -> SlotDecision {
+    match (policy, active_runs) {
+        (ConcurrencyPolicy::Allow, _) | (_, 0) => SlotDecision::Fire,
+        (ConcurrencyPolicy::Forbid, _) => SlotDecision::Skip,
+        (ConcurrencyPolicy::Replace, _) => SlotDecision::CancelRunningAndFire,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -727,5 +746,18 @@ every = "90s"
                 .to_string();
             assert!(e.contains(expect), "{expect}: {e}");
         }
+    }
+
+    #[test]
+    fn concurrency_policies_decide_each_slot() {
+        use ConcurrencyPolicy::*;
+        use SlotDecision::*;
+        assert_eq!(ConcurrencyPolicy::default(), Allow);
+        assert_eq!(on_slot(Allow, 0), Fire);
+        assert_eq!(on_slot(Allow, 3), Fire);
+        assert_eq!(on_slot(Forbid, 0), Fire);
+        assert_eq!(on_slot(Forbid, 1), Skip);
+        assert_eq!(on_slot(Replace, 0), Fire);
+        assert_eq!(on_slot(Replace, 2), CancelRunningAndFire);
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //!
-//! - [`protocol`]: wire types and subject names (serde + schemars only; no actix, no async_nats).
+//! - [`protocol`]: wire types and subject names (serde + schemars only; no actix, no async_nats, nothing else of the crate).
 //! - [`auth`]: roles and their NATS permissions (pure), credentials folders for nats-server.
 //! - [`bus`]: the only importer of async_nats: connect, typed publish/request/serve, KV buckets.
 //! - [`config`]: one `Config` tree, layered defaults < TOML file < `BATON_*` env < flags.
@@ -10,9 +10,9 @@
 //! - [`jobs`]: the deploy file format and job validation (pure).
 //! - [`params`]: parameter declarations and values, the rules jobs and workflows share (pure).
 //! - [`workflow`]: workflow definitions and validation, and the order/step state machine (pure).
-//! - [`broker`]: the Broker actor and its pure parts (registry, placement, order book).
+//! - [`broker`]: the Broker and Elector actors and their pure parts (registry, placement, order book, health, election).
 //! - [`subagent`]: the Subagent actor and process execution (spawn, stream output, kill).
-//! - [`agent`]: the Agent actor (`baton agent`: holds the Scheduler role and fires triggers) and its pure parts (role and lease, outbox, health, election, triggers).
+//! - [`agent`]: the Agent actor (`baton agent`: holds the Scheduler role and fires triggers) and its pure parts (role and lease, outbox, triggers).
 //! - [`cli`]: clap commands; client commands talk to the cluster over NATS.
 //! - [`bench`]: `baton bench`, speed measured on a local cluster it starts itself; asserts nothing.
 //! - [`natsd`]: a local `nats-server` child process for `baton dev`, `baton bench` and tests.

@@ -46,6 +46,123 @@ fn uses(part: &str, paths: &[&str]) -> Vec<String> {
     found
 }
 
+/// The crate's top-level modules that code (not comments) under `src/<part>`
+/// names, each with where: `crate::x::...`, each item of `crate::{x, y::z}`,
+/// and a `super::` path that climbs out of `part` all count, so a module
+/// cannot slip past by the form of its path.
+fn crate_modules_named(part: &str) -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let target = root.join(part);
+    let files = if target.is_dir() {
+        sources(&target)
+    } else {
+        vec![target.with_extension("rs")]
+    };
+    let mut found = Vec::new();
+    for file in files {
+        // How deep the file's module sits below `part` (`part/mod.rs` is 0,
+        // `part/x.rs` and `part/x/mod.rs` are 1): `super::` that many times
+        // plus one names a top-level module.
+        let depth = match file.strip_prefix(&target) {
+            Ok(rel) if file.ends_with("mod.rs") => rel.components().count() - 1,
+            Ok(rel) => rel.components().count(),
+            Err(_) => 0,
+        };
+        let text = std::fs::read_to_string(&file).expect("read source");
+        let code: Vec<&str> = text
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("//") {
+                    ""
+                } else {
+                    l
+                }
+            })
+            .collect();
+        let code = code.join("\n");
+        let bytes = code.as_bytes();
+        let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+        let mut at = 0;
+        while at < bytes.len() {
+            // Bytes, not `&str`: `at` may fall inside a character.
+            let rest = &bytes[at..];
+            let starts_path = at == 0 || !(ident(bytes[at - 1]) || b":$".contains(&bytes[at - 1]));
+            let after = if !starts_path {
+                None
+            } else if rest.starts_with(b"crate::") {
+                Some(at + "crate::".len())
+            } else if rest.starts_with(b"super::") {
+                let mut end = at;
+                let mut supers = 0;
+                while bytes[end..].starts_with(b"super::") {
+                    end += "super::".len();
+                    supers += 1;
+                }
+                (supers == depth + 1).then_some(end)
+            } else {
+                None
+            };
+            let Some(start) = after else {
+                at += 1;
+                continue;
+            };
+            let line = code[..at].matches('\n').count() + 1;
+            let place = format!(
+                "{}:{line}: {}",
+                file.display(),
+                code.lines().nth(line - 1).unwrap_or("").trim()
+            );
+            for name in path_heads(&code[start..]) {
+                found.push((name, place.clone()));
+            }
+            at = start;
+        }
+    }
+    found
+}
+
+/// The first segment of a path (`x` of `x::y`), or of each item of a group
+/// (`x` and `y` of `{x, y::{z, w}}`), skipping `self`.
+fn path_heads(path: &str) -> Vec<String> {
+    let word = |s: &str| -> String {
+        s.trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let Some(group) = path.trim_start().strip_prefix('{') else {
+        return vec![word(path)];
+    };
+    let mut heads = Vec::new();
+    let (mut depth, mut item_start) = (1, true);
+    for (i, c) in group.char_indices() {
+        if item_start && !c.is_whitespace() {
+            let head = word(&group[i..]);
+            if !head.is_empty() && head != "self" {
+                heads.push(head);
+            }
+            item_start = false;
+        }
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 1 => break,
+            '}' => depth -= 1,
+            ',' if depth == 1 => item_start = true,
+            _ => {}
+        }
+    }
+    heads
+}
+
+/// The places under `src/<part>` that name one of the top-level `modules`.
+fn names(part: &str, modules: &[&str]) -> Vec<String> {
+    crate_modules_named(part)
+        .into_iter()
+        .filter(|(m, _)| modules.contains(&m.as_str()))
+        .map(|(m, place)| format!("{place} (names {m})"))
+        .collect()
+}
+
 #[test]
 fn only_the_bus_imports_async_nats() {
     for part in [
@@ -82,6 +199,46 @@ fn wire_types_and_pure_parts_import_no_actor_framework() {
         assert!(
             found.is_empty(),
             "src/{part} imports actix or the bus:\n{}",
+            found.join("\n")
+        );
+    }
+}
+
+#[test]
+fn the_protocol_imports_nothing_of_the_crate_but_itself() {
+    let found: Vec<String> = crate_modules_named("protocol")
+        .into_iter()
+        .filter(|(m, _)| m != "protocol")
+        .map(|(m, place)| format!("{place} (names {m})"))
+        .collect();
+    assert!(
+        found.is_empty(),
+        "src/protocol imports other parts of the crate (wire types belong in protocol):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_config_imports_no_role() {
+    let found = names("config", &["agent", "broker", "subagent", "cli", "daemon"]);
+    assert!(
+        found.is_empty(),
+        "src/config imports a role:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn no_role_imports_another() {
+    for (role, others) in [
+        ("broker", ["agent", "subagent"]),
+        ("agent", ["broker", "subagent"]),
+        ("subagent", ["broker", "agent"]),
+    ] {
+        let found = names(role, &others);
+        assert!(
+            found.is_empty(),
+            "src/{role} imports another role:\n{}",
             found.join("\n")
         );
     }

@@ -10,13 +10,9 @@
 //! - [`role`]: the agent's side of the role: epochs, leases, commands (pure).
 //! - [`outbox`]: the fires waiting to be submitted, retry delays, and the
 //!   ledger of how far each job has fired (pure).
-//! - [`health`]: health levels from CPU and memory figures and thresholds.
-//! - [`election`]: the broker's decision on who holds the Scheduler role.
 //! - [`triggers`]: cron, interval and at-time triggers; which slots are due,
 //!   misfire and concurrency policies, and the timer queue of all schedules.
 
-pub mod election;
-pub mod health;
 pub mod node;
 pub mod outbox;
 pub mod role;

@@ -8,8 +8,10 @@
 //!
 //! - [`TriggerSpec`] is what an operator writes (cron, interval, at);
 //!   [`Trigger`] is its compiled form and answers "which slot comes next".
-//! - [`policy`]: misfire ([`due_slots`]) and concurrency ([`on_slot`])
-//!   policies, and the [`idempotency_key`] every fire is submitted with.
+//! - [`policy`]: the misfire policy ([`due_slots`]) and the
+//!   [`idempotency_key`] every fire is submitted with. The concurrency
+//!   policy is the broker's to meet when the fire is submitted
+//!   ([`crate::jobs::on_slot`]).
 //! - [`queue`]: [`TimerQueue`], a min-heap of every schedule's next slot.
 //!
 //! # Cron
@@ -49,7 +51,7 @@ pub mod policy;
 pub mod queue;
 
 pub use crate::protocol::{ConcurrencyPolicy, MisfirePolicy, TriggerSpec};
-pub use policy::{due_slots, idempotency_key, on_slot, submitted_name, workflow_key, SlotDecision};
+pub use policy::{due_slots, idempotency_key, submitted_name, workflow_key};
 pub use queue::{Due, Schedule, TimerQueue};
 
 /// Shortest interval accepted: slots are whole seconds apart at the finest.

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::agent::election::AgentView;
-use crate::agent::health::{level, millis, HealthHistory, HealthThresholds, SwitchCondition};
+use super::election::AgentView;
+use super::health::{level, millis, HealthHistory, HealthThresholds, SwitchCondition};
 use crate::protocol::{AgentHealth, AgentHeartbeat, AgentRole, AgentStatus, HealthLevel};
 
 /// What the broker knows of one agent.

@@ -28,11 +28,9 @@ use tracing::{debug, info, warn};
 
 use super::agents::{AgentBook, Check, Heard};
 use super::audit::{Audit, Audited};
+use super::election::{decide, Action, ElectionConfig, ElectionState, Predecessor, Request as Ask};
 use super::probe::{self, Verdict};
 use super::scheduler_lease::{self, Ledger};
-use crate::agent::election::{
-    decide, Action, ElectionConfig, ElectionState, Predecessor, Request as Ask,
-};
 use crate::bus::{Bus, BusError, Kv, Received, Replier, Request};
 use crate::config::Config;
 use crate::protocol::*;
@@ -107,7 +105,7 @@ pub async fn start(
             .map(Input::Control)
             .boxed_local(),
     ];
-    let election_config = config.scheduler.election();
+    let election_config = ElectionConfig::from(&config.scheduler);
     let (record, predecessor) = scheduler_lease::read_predecessor(&bus, &config).await;
     // long enough for every agent's first heartbeat
     let settle = config.agent.heartbeat_interval * 2;

@@ -4,7 +4,7 @@
 //! command and deletes it once the holder confirmed it is off or its
 //! process is known gone; a broker taking over reads it
 //! ([`read_predecessor`]) to know whose lease may still run
-//! (`agent::election::Predecessor`).
+//! (`election::Predecessor`).
 //!
 //! [`Ledger`] (pure) keeps the writes in order, one in flight at a time, so
 //! a delete never overtakes the grant before it, and holds each command
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::agent::election::Predecessor;
+use super::election::Predecessor;
 use crate::bus::{Bus, BusError, Kv};
 use crate::config::Config;
 use crate::protocol::SchedulerLease;

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::subjects::is_valid_token;
 
+mod health;
 mod nats;
+pub use health::{HealthThresholds, LevelBounds, SwitchCondition, ThresholdsError};
 pub use nats::{NatsConfig, Secret};
 
 /// Environment variables starting with `BATON_` that are not configuration keys.
@@ -114,7 +116,7 @@ pub struct AgentConfig {
     pub simulate_cpu_percent: Option<f32>,
 }
 
-/// The broker's side of the Scheduler role (see `agent::election`).
+/// The broker's side of the Scheduler role (see `broker::election`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulerConfig {
@@ -136,9 +138,9 @@ pub struct SchedulerConfig {
     #[serde(with = "humantime_serde")]
     pub agent_timeout: Duration,
     /// When the Scheduler hands its role to a healthier spare.
-    pub switch_condition: crate::agent::health::SwitchCondition,
+    pub switch_condition: SwitchCondition,
     /// CPU and memory percentages for each health level.
-    pub health: crate::agent::health::HealthThresholds,
+    pub health: HealthThresholds,
 }
 
 impl Default for AgentConfig {
@@ -162,23 +164,11 @@ impl Default for SchedulerConfig {
             lease: Duration::from_secs(6),
             lease_grace: Duration::from_secs(1),
             agent_timeout: Duration::from_secs(3),
-            switch_condition: crate::agent::health::SwitchCondition {
+            switch_condition: SwitchCondition {
                 at_or_below: crate::protocol::HealthLevel::VeryBad,
                 for_: Duration::from_secs(300),
             },
-            health: crate::agent::health::HealthThresholds::default(),
-        }
-    }
-}
-
-impl SchedulerConfig {
-    /// The election's timings.
-    pub fn election(&self) -> crate::agent::election::ElectionConfig {
-        crate::agent::election::ElectionConfig {
-            connection_timeout: self.connection_timeout,
-            answer_timeout: self.answer_timeout,
-            lease: self.lease,
-            lease_grace: self.lease_grace,
+            health: HealthThresholds::default(),
         }
     }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use crate::workflow::{KillCause, OnFailure, StepRun, StepSpec, StepState, WorkflowSpec};
+pub use super::workflow::{KillCause, OnFailure, StepRun, StepSpec, StepState, WorkflowSpec};
 
 /// A deployed job definition. Clients refer to jobs by name; they never send
 /// a command line.

@@ -107,7 +107,7 @@ pub struct OrderChanged {
     #[serde(default)]
     pub attempt: Option<u32>,
     #[serde(default)]
-    pub step_state: Option<crate::workflow::StepState>,
+    pub step_state: Option<super::workflow::StepState>,
     /// The order running the step's attempt.
     #[serde(default)]
     pub step_order_id: Option<String>,

@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod events;
 pub mod schedule;
 pub mod subjects;
+pub mod workflow;
 
 pub use agent::*;
 pub use api::*;

@@ -1,5 +1,5 @@
-//! Workflow definitions: the wire form ([`WorkflowSpec`]), the deploy-file
-//! form ([`WorkflowDef`], strict) and validation.
+//! Workflow definitions: the deploy-file form ([`WorkflowDef`], strict) of
+//! the wire form ([`WorkflowSpec`], in `protocol::workflow`), and validation.
 //!
 //! A deploy file declares a workflow as a `[[workflow]]` table with one
 //! `[[workflow.steps]]` table per step:
@@ -66,87 +66,21 @@
 //!   parameters (so with the defaults). There is no `concurrency`: each slot starts a new order,
 //!   whatever orders through the workflow are still going.
 //!
-//! Architecture invariant: pure; the wire types carry serde and schemars only
-//! (no `deny_unknown_fields`), strictness lives in the `*Def` types.
+//! Architecture invariant: pure; the wire types live in `protocol` (serde
+//! and schemars only, no `deny_unknown_fields`), strictness lives in the
+//! `*Def` types here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
-use schemars::JsonSchema;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::jobs::{MisfireDef, TriggerDef};
 use crate::params::{is_param_name, is_param_value, validate_declared, ParamDef};
 use crate::protocol::subjects::is_valid_token;
-use crate::protocol::{MisfirePolicy, ParamSpec, TriggerSpec};
-
-/// A deployed workflow, as carried on the wire and stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct WorkflowSpec {
-    /// Unique name; one subject token (letters, digits, `-`, `_`).
-    pub name: String,
-    /// Free text shown by `baton status`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    /// The parameters a submitter may set, as for a job; any other is
-    /// refused.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub params: BTreeMap<String, ParamSpec>,
-    /// The steps; at least one.
-    pub steps: Vec<StepSpec>,
-    /// When the workflow starts on its own: the Scheduler agent submits an
-    /// order through it for each slot, without parameters (the defaults
-    /// apply). None: only
-    /// submitted orders run it. Unlike a job's, a slot has no concurrency
-    /// policy: it always starts a new order.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub triggers: Vec<TriggerSpec>,
-    /// What happens to slots missed while no Scheduler fired them.
-    #[serde(default)]
-    pub misfire: MisfirePolicy,
-}
-
-/// One step of a workflow: a job to run once the steps it depends on are done.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct StepSpec {
-    /// Unique within the workflow; one subject token.
-    pub name: String,
-    /// The deployed job this step runs (on that job's subagent cluster).
-    pub job: String,
-    /// Fixed parameters for this step, each one its job declares; `{{name}}`
-    /// in a value is replaced by a declared workflow parameter or the result
-    /// of a step this one waits for.
-    #[serde(default)]
-    pub params: BTreeMap<String, String>,
-    /// The steps this one waits for. Absent: the previous step in the list
-    /// (none for the first); empty: none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub after: Option<Vec<String>>,
-    /// What a failure of this step does to the order.
-    #[serde(default)]
-    pub on_failure: OnFailure,
-}
-
-/// What a failed step does to its order.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "action", rename_all = "kebab-case")]
-pub enum OnFailure {
-    /// The order runs no further step and fails (it stays resumable).
-    #[default]
-    Stop,
-    /// The step counts as done: the steps after it run.
-    Continue,
-    /// Run the step again, up to `times` more times, waiting `backoff`
-    /// (humantime) before each; then as `stop`.
-    Retry {
-        times: u32,
-        #[serde(default, with = "humantime_serde")]
-        #[schemars(with = "String")]
-        backoff: Duration,
-    },
-}
+use crate::protocol::{MisfirePolicy, OnFailure, StepSpec, TriggerSpec, WorkflowSpec};
 
 impl WorkflowSpec {
     /// The indices of the steps each step depends on (`after` resolved);

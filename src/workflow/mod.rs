@@ -1,15 +1,17 @@
 //! Workflows: named chains (DAGs) of steps, each running a deployed job, and
 //! the state machine of an order moving through one.
 //!
-//! - [`definition`]: the wire form ([`WorkflowSpec`]), the deploy-file form
-//!   (`[[workflow]]` tables, strict) and deploy-time validation.
+//! - [`definition`]: the deploy-file form (`[[workflow]]` tables, strict) of
+//!   a [`WorkflowSpec`] and deploy-time validation. The wire types
+//!   ([`WorkflowSpec`], [`StepRun`], [`StepState`], ...) live in
+//!   [`crate::protocol::workflow`] and are re-exported here.
 //! - [`state`]: [`WorkflowRun`], the state machine of one order, advanced by
 //!   [`Event`]s into [`Effect`]s the broker acts on, with its transition table.
 //! - [`order`]: [`FlowOrder`], a workflow order as the broker holds and
 //!   journals it: the run, its history of step attempts, its record.
 //! - [`params`]: a workflow order's parameters checked at submit.
-//! - here: that machine's vocabulary (order and step states, events,
-//!   effects, errors).
+//! - here: that machine's vocabulary (order states, events, effects,
+//!   errors).
 //!
 //! Architecture invariant: pure. No IO, no clock reads (times arrive in
 //! milliseconds with each event), no actix or async_nats, so the same events
@@ -22,12 +24,12 @@ pub mod state;
 #[cfg(test)]
 mod tests;
 
-pub use definition::{
-    validate_workflow, validate_workflows, OnFailure, StepSpec, WorkflowDef, WorkflowError,
-    WorkflowSpec,
+pub use crate::protocol::workflow::{
+    KillCause, OnFailure, StepRun, StepSpec, StepState, WorkflowSpec,
 };
+pub use definition::{validate_workflow, validate_workflows, WorkflowDef, WorkflowError};
 pub use order::{step_order_id, FlowOrder};
-pub use state::{StepRun, WorkflowRun};
+pub use state::WorkflowRun;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -115,31 +117,6 @@ impl fmt::Display for RunState {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// Where one step of an order is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum StepState {
-    #[default]
-    /// Not dispatched (yet, or again): waiting for dependencies or a retry.
-    Pending,
-    /// Dispatched; its task has not finished.
-    Running,
-    Succeeded,
-    Failed,
-    /// Jumped over by a resume from a later step.
-    Skipped,
-    /// Never ran, or was killed, because the order was cancelled.
-    Cancelled,
-}
-
-/// Why a kill was sent to a running step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum KillCause {
-    Suspend,
-    Cancel,
 }
 
 /// What happens to an order. Commands come from operators; the rest from the

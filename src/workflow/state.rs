@@ -74,58 +74,13 @@
 
 use std::collections::BTreeMap;
 
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::definition::{output_prefix, validate_workflow, OnFailure, WorkflowError, WorkflowSpec};
-use super::{Effect, Event, KillCause, RunState, StepState, TransitionError};
-
-/// One step of a workflow order: its definition and where it is. Carried in
-/// [`OrderInfo::steps`](crate::protocol::OrderInfo), so that a broker taking
-/// over rebuilds the order from its journal record alone.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct StepRun {
-    pub name: String,
-    pub job: String,
-    /// The step's own parameters, as defined.
-    #[serde(default)]
-    pub params: BTreeMap<String, String>,
-    #[serde(default)]
-    pub on_failure: OnFailure,
-    /// The steps this one waits for, as indices into the order's steps.
-    #[serde(default)]
-    pub deps: Vec<usize>,
-    #[serde(default)]
-    pub state: StepState,
-    /// Attempts dispatched so far (the latest is the current one); 0: never.
-    #[serde(default)]
-    pub attempt: u32,
-    /// Retries used since the step was last reset by a resume.
-    #[serde(default)]
-    pub retries: u32,
-    /// The task running the latest attempt, once it started.
-    #[serde(default)]
-    pub task: Option<String>,
-    #[serde(default)]
-    pub started_at_ms: Option<u64>,
-    #[serde(default)]
-    pub finished_at_ms: Option<u64>,
-    #[serde(default)]
-    pub exit_code: Option<i32>,
-    /// Results of the latest attempt (`key=value` lines the job printed),
-    /// which later steps receive as parameters.
-    #[serde(default)]
-    pub outputs: BTreeMap<String, String>,
-    /// When the next retry is due, while one waits.
-    #[serde(default)]
-    pub retry_at_ms: Option<u64>,
-    /// Failed, but counted as succeeded by a resume with `force_succeeded`.
-    #[serde(default)]
-    pub forced: bool,
-    /// A kill was sent for the current attempt.
-    #[serde(default)]
-    pub kill: Option<KillCause>,
-}
+use super::definition::{output_prefix, validate_workflow, WorkflowError};
+use super::{
+    Effect, Event, KillCause, OnFailure, RunState, StepRun, StepState, TransitionError,
+    WorkflowSpec,
+};
 
 fn not_allowed(state: RunState, command: &'static str, hint: &'static str) -> TransitionError {
     TransitionError::NotAllowed {

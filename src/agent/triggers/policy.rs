@@ -1,4 +1,5 @@
-//! Misfire and concurrency policies, and the idempotency key of a slot. Pure.
+//! The misfire policy and the idempotency key of a slot. Pure. (The
+//! concurrency policy is met by the broker at submit: `jobs::on_slot`.)
 //!
 //! A slot is *on time* when it is at most the lateness tolerance before now,
 //! and *missed* when it is older: the Scheduler was down, the cluster was
@@ -18,7 +19,7 @@
 //! the newest slot fired.
 
 use super::{Trigger, TriggerError};
-pub use crate::protocol::{ConcurrencyPolicy, MisfirePolicy};
+pub use crate::protocol::MisfirePolicy;
 
 /// How late a slot may be and still count as on time, by default.
 pub const DEFAULT_TOLERANCE_MS: u64 = 1_000;
@@ -73,23 +74,6 @@ pub fn due_slots(
         MisfirePolicy::Skip => {
             trigger.latest_slots(not_older_than(tolerance_ms), now_ms, MAX_FIRE_ALL as usize)
         }
-    }
-}
-
-/// The decision for one slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SlotDecision {
-    Fire,
-    Skip,
-    CancelRunningAndFire,
-}
-
-/// Decides a slot given the job's runs still active (not finished).
-pub fn on_slot(policy: ConcurrencyPolicy, active_runs: usize) -> SlotDecision {
-    match (policy, active_runs) {
-        (ConcurrencyPolicy::Allow, _) | (_, 0) => SlotDecision::Fire,
-        (ConcurrencyPolicy::Forbid, _) => SlotDecision::Skip,
-        (ConcurrencyPolicy::Replace, _) => SlotDecision::CancelRunningAndFire,
     }
 }
 

@@ -609,20 +609,7 @@ fn forward_and_backward_agree_across_dst_changes() {
     }
 }
 
-// ---- concurrency and idempotency ----
-
-#[test]
-fn concurrency_policies_decide_each_slot() {
-    use ConcurrencyPolicy::*;
-    use SlotDecision::*;
-    assert_eq!(ConcurrencyPolicy::default(), Allow);
-    assert_eq!(on_slot(Allow, 0), Fire);
-    assert_eq!(on_slot(Allow, 3), Fire);
-    assert_eq!(on_slot(Forbid, 0), Fire);
-    assert_eq!(on_slot(Forbid, 1), Skip);
-    assert_eq!(on_slot(Replace, 0), Fire);
-    assert_eq!(on_slot(Replace, 2), CancelRunningAndFire);
-}
+// ---- idempotency ----
 
 #[test]
 fn the_idempotency_key_is_the_job_and_the_slot() {

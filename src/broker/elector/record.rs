@@ -9,7 +9,7 @@ use actix::prelude::*;
 use tracing::{debug, info, warn};
 
 use super::{Elector, Grant, ANSWER_TIMEOUT};
-use crate::agent::election::Request as Ask;
+use crate::broker::election::Request as Ask;
 use crate::broker::probe::{self, Verdict};
 use crate::broker::scheduler_lease;
 use crate::bus::BusError;

@@ -1,6 +1,9 @@
-//! Agent health: a level from CPU and memory use, and whether an agent has
-//! been unhealthy for long enough to lose the Scheduler role. Pure: callers
-//! pass every figure and every timestamp in.
+//! Agent health as the broker judges it: a level from the CPU and memory
+//! use an agent's heartbeat reports, and whether an agent has been
+//! unhealthy for long enough to lose the Scheduler role. Pure: callers pass
+//! every figure and every timestamp in. The settings ([`HealthThresholds`],
+//! [`SwitchCondition`]) are configuration (`config::health`); the agent
+//! only measures and reports its figures.
 //!
 //! - [`level`] grades one heartbeat's CPU and memory percentages against
 //!   [`HealthThresholds`]; the worse of the two figures decides.
@@ -17,111 +20,31 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
+pub use crate::config::{HealthThresholds, LevelBounds, SwitchCondition};
 pub use crate::protocol::HealthLevel;
-
-/// Upper bounds, in percent, of one figure for each level but the worst: a
-/// figure at or below `excellent` is excellent, else at or below `good` is
-/// good, and so on; above `bad` it is very bad.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LevelBounds {
-    pub excellent: f32,
-    pub good: f32,
-    pub ok: f32,
-    pub bad: f32,
-}
-
-impl Default for LevelBounds {
-    fn default() -> Self {
-        LevelBounds {
-            excellent: 25.0,
-            good: 50.0,
-            ok: 75.0,
-            bad: 90.0,
-        }
-    }
-}
-
-impl LevelBounds {
-    /// The level of one figure. A figure that is not a number (a broken
-    /// probe) counts as very bad.
-    pub fn level(&self, percent: f32) -> HealthLevel {
-        if percent.is_nan() {
-            HealthLevel::VeryBad
-        } else if percent <= self.excellent {
-            HealthLevel::Excellent
-        } else if percent <= self.good {
-            HealthLevel::Good
-        } else if percent <= self.ok {
-            HealthLevel::Ok
-        } else if percent <= self.bad {
-            HealthLevel::Bad
-        } else {
-            HealthLevel::VeryBad
-        }
-    }
-
-    fn ascending(&self) -> bool {
-        let b = [self.excellent, self.good, self.ok, self.bad];
-        b.iter().all(|x| !x.is_nan()) && b.windows(2).all(|w| w[0] <= w[1])
-    }
-}
-
-/// Thresholds for CPU and memory use. In TOML:
-///
-/// ```toml
-/// [cpu]
-/// excellent = 25
-/// good = 50
-/// ok = 75
-/// bad = 90
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HealthThresholds {
-    pub cpu: LevelBounds,
-    pub memory: LevelBounds,
-}
-
-/// Thresholds that cannot grade anything sensibly.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ThresholdsError {
-    #[error("{figure} thresholds must rise from excellent to bad")]
-    NotAscending { figure: &'static str },
-}
-
-impl HealthThresholds {
-    /// Checks that each figure's bounds rise (or stay equal) from excellent to bad.
-    pub fn check(&self) -> Result<(), ThresholdsError> {
-        for (figure, bounds) in [("cpu", &self.cpu), ("memory", &self.memory)] {
-            if !bounds.ascending() {
-                return Err(ThresholdsError::NotAscending { figure });
-            }
-        }
-        Ok(())
-    }
-}
 
 /// The health level of an agent using `cpu_percent` of its CPU and
 /// `memory_percent` of its memory: the worse of the two figures' levels.
 pub fn level(cpu_percent: f32, memory_percent: f32, thresholds: &HealthThresholds) -> HealthLevel {
-    thresholds
-        .cpu
-        .level(cpu_percent)
-        .min(thresholds.memory.level(memory_percent))
+    grade(&thresholds.cpu, cpu_percent).min(grade(&thresholds.memory, memory_percent))
 }
 
-/// When the current Scheduler should hand its role on: its level has been at
-/// or below `at_or_below` continuously for at least `for_`. In TOML:
-/// `{ at_or_below = "very_bad", for = "5m" }`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SwitchCondition {
-    pub at_or_below: HealthLevel,
-    #[serde(rename = "for", with = "humantime_serde")]
-    pub for_: Duration,
+/// The level of one figure. A figure that is not a number (a broken
+/// probe) counts as very bad.
+fn grade(bounds: &LevelBounds, percent: f32) -> HealthLevel {
+    if percent.is_nan() {
+        HealthLevel::VeryBad
+    } else if percent <= bounds.excellent {
+        HealthLevel::Excellent
+    } else if percent <= bounds.good {
+        HealthLevel::Good
+    } else if percent <= bounds.ok {
+        HealthLevel::Ok
+    } else if percent <= bounds.bad {
+        HealthLevel::Bad
+    } else {
+        HealthLevel::VeryBad
+    }
 }
 
 /// A duration in whole milliseconds, saturating.
@@ -244,45 +167,16 @@ mod tests {
     }
 
     #[test]
+    fn thresholds_left_out_grade_by_default() {
+        let t: HealthThresholds = toml::from_str("[cpu]\nexcellent = 10\n").expect("parse");
+        assert_eq!(level(20.0, 0.0, &t), Good);
+    }
+
+    #[test]
     fn a_missing_figure_is_very_bad() {
         let t = HealthThresholds::default();
         assert_eq!(level(f32::NAN, 1.0, &t), VeryBad);
         assert_eq!(level(1.0, f32::NAN, &t), VeryBad);
-    }
-
-    #[test]
-    fn thresholds_deserialize_with_defaults_for_what_is_left_out() {
-        let t: HealthThresholds = toml::from_str("[cpu]\nexcellent = 10\n").expect("parse");
-        assert_eq!(t.cpu.excellent, 10.0);
-        assert_eq!(t.cpu.good, 50.0);
-        assert_eq!(t.memory, LevelBounds::default());
-        assert_eq!(level(20.0, 0.0, &t), Good);
-        assert!(toml::from_str::<HealthThresholds>("[cpu]\nexcelent = 10\n").is_err());
-        assert!(toml::from_str::<HealthThresholds>("disk = {}\n").is_err());
-    }
-
-    #[test]
-    fn thresholds_must_rise() {
-        assert!(HealthThresholds::default().check().is_ok());
-        let mut t = HealthThresholds::default();
-        t.memory.ok = 40.0;
-        assert_eq!(
-            t.check(),
-            Err(ThresholdsError::NotAscending { figure: "memory" })
-        );
-        t.memory.ok = f32::NAN;
-        assert!(t.check().is_err());
-    }
-
-    #[test]
-    fn switch_condition_deserializes_humantime_and_snake_case_levels() {
-        let c: SwitchCondition =
-            toml::from_str("at_or_below = \"very_bad\"\nfor = \"5m\"\n").expect("parse");
-        assert_eq!(c, cond(VeryBad, 300));
-        assert_eq!(VeryBad.to_string(), "very_bad");
-        assert!(
-            toml::from_str::<SwitchCondition>("at_or_below = \"awful\"\nfor = \"5m\"\n").is_err()
-        );
     }
 
     #[test]
