@@ -7,12 +7,9 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::debug;
 
-use super::{process, Subagent, Unacked};
+use super::{process, Subagent};
 use crate::protocol::*;
 use crate::time::now_ms;
-
-/// Finished task ids remembered to recognise a repeated dispatch.
-const REMEMBER_FINISHED: usize = 10_000;
 
 impl Subagent {
     pub(super) fn on_exit(
@@ -23,7 +20,6 @@ impl Subagent {
         started_at_ms: u64,
         ctx: &mut Context<Self>,
     ) {
-        self.running.remove(&task.task_id);
         debug!(task = %task.task_id, ?exit, "task ended");
         let result = TaskResult {
             task_id: task.task_id.clone(),
@@ -41,7 +37,6 @@ impl Subagent {
             started_at_ms,
             finished_at_ms: now_ms(),
         };
-        self.remember_finished(&task.task_id);
         // from here on the result outlives us: if we die before the broker
         // has it, our reaper hands it over
         if let Some(reaper) = &mut self.reaper {
@@ -51,34 +46,15 @@ impl Subagent {
                 reaper.release(pid);
             }
         }
-        let unacked = Unacked {
-            result,
-            in_flight: false,
-        };
-        self.unacked.insert(task.task_id.clone(), unacked);
+        self.tasks.finish(result);
         self.send_result(task.task_id, ctx);
-    }
-
-    fn remember_finished(&mut self, task_id: &str) {
-        self.finished.push_back(task_id.to_string());
-        self.finished_set.insert(task_id.to_string());
-        while self.finished.len() > REMEMBER_FINISHED {
-            if let Some(old) = self.finished.pop_front() {
-                self.finished_set.remove(&old);
-            }
-        }
     }
 
     /// Sends a result to the broker; it stays buffered until acknowledged.
     pub(super) fn send_result(&mut self, task_id: String, ctx: &mut Context<Self>) {
-        let Some(entry) = self.unacked.get_mut(&task_id) else {
+        let Some(result) = self.tasks.send(&task_id) else {
             return;
         };
-        if entry.in_flight {
-            return;
-        }
-        entry.in_flight = true;
-        let result = entry.result.clone();
         let bus = self.bus.clone();
         let subject = bus.subjects().result();
         let timeout = self
@@ -97,8 +73,8 @@ impl Subagent {
                 .map(move |reply, act, ctx| match reply {
                     Ok(_) => {
                         act.heard_broker();
-                        if let Some(done) = act.unacked.remove(&task_id) {
-                            let after_ms = now_ms().saturating_sub(done.result.finished_at_ms);
+                        if let Some(done) = act.tasks.acked(&task_id) {
+                            let after_ms = now_ms().saturating_sub(done.finished_at_ms);
                             debug!(task = %task_id, after_ms, "result acknowledged");
                         }
                         if let Some(reaper) = &mut act.reaper {
@@ -108,9 +84,7 @@ impl Subagent {
                     }
                     Err(e) => {
                         debug!(task = %task_id, error = %e, "result not acknowledged; will retry");
-                        if let Some(entry) = act.unacked.get_mut(&task_id) {
-                            entry.in_flight = false;
-                        }
+                        act.tasks.unsent(&task_id);
                     }
                 }),
         );

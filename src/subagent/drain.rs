@@ -24,7 +24,7 @@ impl Subagent {
             return;
         }
         self.draining = true;
-        info!(running = self.running.len(), "draining");
+        info!(running = self.tasks.running_len(), "draining");
         self.heartbeat();
         let timeout = self.config.subagent.drain_timeout;
         ctx.run_later(timeout, move |act, _| {
@@ -32,8 +32,8 @@ impl Subagent {
                 "killed by its subagent: still running after the drain timeout ({})",
                 humantime::format_duration(timeout)
             );
-            for (task_id, running) in &mut act.running {
-                if let Some(kill) = running.kill.take() {
+            for (task_id, running) in act.tasks.all_running_mut() {
+                if let Some(kill) = running.take_kill() {
                     warn!(task = %task_id, "drain timeout; killing the task");
                     let _ = kill.send(reason.clone());
                 }
@@ -41,7 +41,7 @@ impl Subagent {
         });
         ctx.run_later(timeout + LEAVE_GRACE, |act, ctx| {
             if !act.leaving {
-                let pending = act.unacked.len();
+                let pending = act.tasks.unacked_len();
                 act.exit(
                     Err(format!(
                         "drained, but {pending} result(s) were never acknowledged by a broker"
@@ -54,7 +54,7 @@ impl Subagent {
     }
 
     pub(super) fn leave_if_drained(&mut self, ctx: &mut Context<Self>) {
-        if !self.draining || self.leaving || !self.running.is_empty() || !self.unacked.is_empty() {
+        if !self.draining || self.leaving || !self.tasks.is_idle() {
             return;
         }
         self.leaving = true;

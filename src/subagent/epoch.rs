@@ -31,13 +31,20 @@ impl EpochFence {
         newer
     }
 
-    /// Whether a command of `epoch` may be obeyed. An admitted command's
-    /// epoch is observed; a refused one changes nothing and yields the newest
-    /// epoch seen. Epoch 0 (unknown: an old peer or tool) is always admitted.
-    pub fn admit(&mut self, epoch: u64) -> Result<(), u64> {
+    /// Whether a command of `epoch` may be obeyed, changing nothing; a
+    /// refusal yields the newest epoch seen. Epoch 0 (unknown: an old peer or
+    /// tool) is always admitted.
+    pub fn check(&self, epoch: u64) -> Result<(), u64> {
         if epoch != 0 && epoch < self.newest {
             return Err(self.newest);
         }
+        Ok(())
+    }
+
+    /// [`check`](Self::check), then an admitted command's epoch is observed;
+    /// a refused one changes nothing.
+    pub fn admit(&mut self, epoch: u64) -> Result<(), u64> {
+        self.check(epoch)?;
         self.observe(epoch);
         Ok(())
     }
@@ -70,6 +77,7 @@ mod tests {
     fn an_older_epoch_is_refused_and_changes_nothing() {
         let mut f = EpochFence::default();
         f.observe(7);
+        assert_eq!(f.check(6), Err(7));
         assert_eq!(f.admit(6), Err(7));
         assert_eq!(f.admit(1), Err(7));
         assert_eq!(f.newest(), 7);
@@ -81,6 +89,8 @@ mod tests {
         f.observe(7);
         assert_eq!(f.admit(7), Ok(()));
         assert_eq!(f.newest(), 7);
+        assert_eq!(f.check(8), Ok(()));
+        assert_eq!(f.newest(), 7, "a check observes nothing");
         assert_eq!(f.admit(8), Ok(()));
         assert_eq!(f.newest(), 8);
         // the broker that was deposed by 8 is now fenced off

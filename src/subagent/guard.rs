@@ -8,6 +8,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::{debug, error, warn};
 
+use super::admission::{self, Refusal};
 use super::Subagent;
 use crate::auth::Role;
 use crate::bus::{BusError, Received, Replier, SenderProof};
@@ -39,39 +40,49 @@ impl Subagent {
         self.heard_broker();
     }
 
-    /// Whether a broker command of `epoch` may be obeyed; a command from an
-    /// older broker than the newest seen is answered with `invalid_state`
-    /// here and must change nothing. Epoch 0 (unknown: an old broker or a
-    /// tool) is always admitted.
-    pub(super) fn admit(
+    /// Whether a broker command of `epoch` may be obeyed
+    /// ([`admission::obey`]); a refused one is answered here and must change
+    /// nothing. An obeyed one's epoch is observed.
+    pub(super) fn obey(
         &mut self,
         command: &'static str,
         epoch: u64,
         sender: &SenderProof,
         replier: &Replier,
     ) -> bool {
-        if !sender.is(Role::Broker) {
-            self.bus.stats().count_refused();
-            let sender = sender.describe();
-            // every refused command is logged: commands are not a flood
-            warn!(subagent = %self.id, command, %sender, "command not signed by a broker refused");
-            let error = ErrorReply::new(
-                ErrorCode::Forbidden,
-                format!("{command} refused: not signed by a broker (sender: {sender})"),
-            );
-            self.bus.reply(replier, &error);
-            return false;
+        match admission::obey(sender.is(Role::Broker), epoch, &self.fence) {
+            Ok(()) => {
+                self.fence.observe(epoch);
+                true
+            }
+            Err(refusal) => {
+                self.refuse(command, refusal, sender, replier);
+                false
+            }
         }
-        let Err(newest) = self.fence.admit(epoch) else {
-            return true;
-        };
-        warn!(subagent = %self.id, command, epoch, newest, "command from a stale broker epoch refused");
-        let error = ErrorReply::new(
-            ErrorCode::InvalidState,
-            format!("stale broker epoch {epoch}: the newest active broker has epoch {newest}"),
-        );
-        self.bus.reply(replier, &error);
-        false
+    }
+
+    /// Answers a broker command refused: not signed by a broker (counted), or
+    /// from an older broker than the newest seen. Every refusal is logged:
+    /// commands are not a flood.
+    pub(super) fn refuse(
+        &mut self,
+        command: &'static str,
+        refusal: Refusal,
+        sender: &SenderProof,
+        replier: &Replier,
+    ) {
+        let sender = sender.describe();
+        match refusal {
+            Refusal::Forbidden => {
+                self.bus.stats().count_refused();
+                warn!(subagent = %self.id, command, %sender, "command not signed by a broker refused");
+            }
+            Refusal::StaleEpoch { epoch, newest } => {
+                warn!(subagent = %self.id, command, epoch, newest, "command from a stale broker epoch refused");
+            }
+        }
+        self.bus.reply(replier, &refusal.reply(command, &sender));
     }
 
     /// Pings itself: when the server refused its subscriptions (credentials

@@ -13,11 +13,14 @@
 //! signed by a broker, or from an older broker epoch than the newest seen, is
 //! refused (`guard.rs`, [`epoch`]). Only an
 //! active broker counts as broker contact; a standby acknowledges nothing.
+//! Whether a `run` starts a task is decided by [`admission`] (pure) over
+//! the task table, [`tasks`]; `run.rs` acts on the decision.
 //!
 //! Architecture invariant: a subagent keeps no state worth keeping across a
 //! restart; the broker owns orders. A task id it already knows is never
 //! started twice.
 
+pub mod admission;
 mod delivery;
 mod drain;
 pub mod epoch;
@@ -25,8 +28,9 @@ mod guard;
 pub mod process;
 pub mod reaper;
 pub mod results;
+mod run;
+pub mod tasks;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -38,9 +42,6 @@ use crate::bus::{Bus, BusError, Received, Request};
 use crate::config::Config;
 use crate::protocol::*;
 use crate::time::now_ms;
-
-/// Log lines posted before waiting for them to reach NATS.
-const LOG_BATCH: u64 = 256;
 
 enum Input {
     Run(Request<RunTask>),
@@ -61,17 +62,6 @@ impl Message for Input {
 #[rtype(result = "()")]
 pub struct Drain;
 
-struct Running {
-    pid: Option<u32>,
-    /// Sends the reason to kill the task.
-    kill: Option<oneshot::Sender<String>>,
-}
-
-struct Unacked {
-    result: TaskResult,
-    in_flight: bool,
-}
-
 pub struct Subagent {
     bus: Bus,
     config: Config,
@@ -84,10 +74,8 @@ pub struct Subagent {
     last_broker_contact: Instant,
     /// The newest active broker epoch seen; older brokers' commands are refused.
     fence: epoch::EpochFence,
-    running: HashMap<String, Running>,
-    finished: VecDeque<String>,
-    finished_set: HashSet<String>,
-    unacked: BTreeMap<String, Unacked>,
+    /// Running tasks, unacknowledged results, lately finished ids.
+    tasks: tasks::Tasks,
     system: sysinfo::System,
     /// Kills what our tasks leave behind if we die.
     reaper: Option<reaper::Reaper>,
@@ -147,10 +135,7 @@ pub async fn start(
             leaving: false,
             last_broker_contact: Instant::now(),
             fence: epoch::EpochFence::default(),
-            running: HashMap::new(),
-            finished: VecDeque::new(),
-            finished_set: HashSet::new(),
-            unacked: BTreeMap::new(),
+            tasks: tasks::Tasks::default(),
             system: sysinfo::System::new(),
             reaper,
             done: Some(done),
@@ -176,8 +161,7 @@ impl Actor for Subagent {
             act.check_orphaned();
         });
         ctx.run_interval(self.config.subagent.result_retry, |act, ctx| {
-            let pending: Vec<String> = act.unacked.keys().cloned().collect();
-            for task_id in pending {
+            for task_id in act.tasks.unacked_ids() {
                 act.send_result(task_id, ctx);
             }
         });
@@ -193,29 +177,32 @@ impl StreamHandler<Input> for Subagent {
                 let pong = Pong {
                     subagent_id: self.id.clone(),
                     instance_id: self.instance_id.clone(),
-                    running: self.running.keys().cloned().collect(),
+                    running: self.tasks.running_ids(),
                 };
                 self.bus.reply(&r.replier, &pong);
             }
             Input::Stop(r) => {
-                if !self.admit("stop", r.body.epoch, &r.sender, &r.replier) {
+                if !self.obey("stop", r.body.epoch, &r.sender, &r.replier) {
                     return;
                 }
                 let stopping = Stopping {
-                    running: self.running.len() as u32,
+                    running: self.tasks.running_len() as u32,
                 };
                 self.bus.reply(&r.replier, &stopping);
                 info!("stop requested");
                 self.drain(ctx);
             }
             Input::Kill(r) => {
-                if !self.admit("kill", r.body.epoch, &r.sender, &r.replier) {
+                if !self.obey("kill", r.body.epoch, &r.sender, &r.replier) {
                     return;
                 }
                 let KillTask {
                     task_id, reason, ..
                 } = r.body;
-                let kill = self.running.get_mut(&task_id).and_then(|t| t.kill.take());
+                let kill = self
+                    .tasks
+                    .running_mut(&task_id)
+                    .and_then(tasks::Running::take_kill);
                 let found = kill.is_some();
                 if let Some(kill) = kill {
                     info!(task = %task_id, %reason, "killing the task on request");
@@ -319,14 +306,14 @@ impl Subagent {
         let load = Load {
             cpu_percent: self.system.global_cpu_usage(),
             memory_percent: (self.system.used_memory() as f64 / total * 100.0) as f32,
-            running: self.running.len() as u32,
+            running: self.tasks.running_len() as u32,
         };
         let hb = SubagentHeartbeat {
             subagent_id: self.id.clone(),
             instance_id: self.instance_id.clone(),
             labels: self.config.subagent.labels.clone(),
             capacity: self.config.subagent.capacity,
-            running: self.running.keys().cloned().collect(),
+            running: self.tasks.running_ids(),
             sent_at_ms: now_ms(),
             protocol: PROTOCOL_VERSION,
             load: Some(load),
@@ -364,171 +351,17 @@ impl Subagent {
             "killed by its subagent: no broker heard for {}",
             humantime::format_duration(timeout)
         );
-        for (task_id, running) in &mut self.running {
-            if let (true, Some(pgid)) = (at_once, running.pid) {
+        for (task_id, running) in self.tasks.all_running_mut() {
+            if at_once {
                 warn!(task = %task_id, silent_ms = silent.as_millis() as u64, "no broker for longer than the orphan timeout and grace; killing the task at once");
-                let group = nix::unistd::Pid::from_raw(pgid as i32);
+                let group = nix::unistd::Pid::from_raw(running.pid as i32);
                 let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
             }
-            if let Some(kill) = running.kill.take() {
+            if let Some(kill) = running.take_kill() {
                 warn!(task = %task_id, "no broker within the orphan timeout; killing the task");
                 let _ = kill.send(reason.clone());
             }
         }
-    }
-
-    fn knows(&self, task_id: &str) -> bool {
-        self.running.contains_key(task_id)
-            || self.unacked.contains_key(task_id)
-            || self.finished_set.contains(task_id)
-    }
-
-    fn on_run(&mut self, req: Request<RunTask>, ctx: &mut Context<Self>) {
-        let task = req.body;
-        if task
-            .instance_id
-            .as_ref()
-            .is_some_and(|i| *i != self.instance_id)
-        {
-            // Meant for another process under this id. No answer: if that
-            // process is alive (a duplicate id), its answer is the one that counts.
-            warn!(task = %task.task_id, "task meant for another process with this subagent id; ignored");
-            return;
-        }
-        if !self.admit("run", task.epoch, &req.sender, &req.replier) {
-            return;
-        }
-        self.heard_broker();
-        if self.knows(&task.task_id) {
-            let pid = self.running.get(&task.task_id).and_then(|r| r.pid);
-            let reply = RunAccepted {
-                task_id: task.task_id,
-                duplicate: true,
-                pid,
-            };
-            return self.bus.reply(&req.replier, &reply);
-        }
-        if self.draining {
-            let error =
-                ErrorReply::new(ErrorCode::Busy, format!("subagent {} is draining", self.id));
-            return self.bus.reply(&req.replier, &error);
-        }
-        if self.running.len() >= self.config.subagent.capacity as usize {
-            let error = ErrorReply::new(
-                ErrorCode::Busy,
-                format!(
-                    "subagent {} runs {} tasks, its capacity",
-                    self.id,
-                    self.running.len()
-                ),
-            );
-            return self.bus.reply(&req.replier, &error);
-        }
-        let started_at_ms = now_ms();
-        let spawned = match process::spawn(&task) {
-            Ok(spawned) => spawned,
-            Err(e) => {
-                let error = format!("cannot start '{}': {e}", task.program);
-                warn!(task = %task.task_id, %error, "task not started");
-                let reply = RunAccepted {
-                    task_id: task.task_id.clone(),
-                    duplicate: false,
-                    pid: None,
-                };
-                self.bus.reply(&req.replier, &reply);
-                let exit = process::Exit {
-                    error: Some(error),
-                    ..process::Exit::default()
-                };
-                return self.on_exit(task, None, exit, started_at_ms, ctx);
-            }
-        };
-        let pid = spawned.pid;
-        debug!(task = %task.task_id, pid, "task started");
-        if let Some(reaper) = &mut self.reaper {
-            reaper.hold(pid, &task.task_id);
-        }
-        let (kill, killed) = oneshot::channel();
-        let running = Running {
-            pid: Some(pid),
-            kill: Some(kill),
-        };
-        self.running.insert(task.task_id.clone(), running);
-        let reply = RunAccepted {
-            task_id: task.task_id.clone(),
-            duplicate: false,
-            pid: Some(pid),
-        };
-        self.bus.reply(&req.replier, &reply);
-        self.publish_started(&task, pid, started_at_ms);
-
-        let bus = self.bus.clone();
-        // a workflow step's lines belong to the workflow order (and are
-        // published under the workflow's name, like its other events)
-        let (topic, log_order, step) = match &task.parent {
-            Some(p) => (&p.workflow, p.order_id.clone(), Some(p.step.clone())),
-            None => (&task.job, task.order_id.clone(), None),
-        };
-        let subject = bus
-            .subjects()
-            .task_event(topic, &log_order, EventKind::Log, &self.id);
-        let mut log = TaskLog {
-            order_id: log_order,
-            step,
-            job: task.job.clone(),
-            task_id: task.task_id.clone(),
-            subagent_id: self.id.clone(),
-            stream: LogStream::Stdout,
-            seq: 0,
-            line: String::new(),
-            at_ms: 0,
-        };
-        let on_line = move |stream, line| {
-            log.seq += 1;
-            log.stream = stream;
-            log.line = line;
-            log.at_ms = now_ms();
-            bus.post(subject.clone(), &log);
-            // back-pressure: a flood of output waits for NATS instead of
-            // piling up in memory (the task blocks on its full pipe)
-            let wait = (log.seq % LOG_BATCH == 0).then(|| bus.clone());
-            async move {
-                if let Some(bus) = wait {
-                    bus.posted().await;
-                }
-            }
-        };
-        let supervised = process::supervise(
-            spawned,
-            task.timeout_ms.map(Duration::from_millis),
-            self.config.subagent.kill_grace,
-            self.config.subagent.max_line_bytes,
-            killed,
-            on_line,
-        );
-        ctx.spawn(
-            supervised
-                .into_actor(self)
-                .map(move |exit, act, ctx| act.on_exit(task, Some(pid), exit, started_at_ms, ctx)),
-        );
-    }
-
-    /// Posted before any log line of the task, through the same ordered queue.
-    fn publish_started(&self, task: &RunTask, pid: u32, at_ms: u64) {
-        let started = TaskStarted {
-            order_id: task.order_id.clone(),
-            job: task.job.clone(),
-            task_id: task.task_id.clone(),
-            attempt: task.attempt,
-            subagent_id: self.id.clone(),
-            pid: Some(pid),
-            at_ms,
-        };
-        let s = self.bus.subjects();
-        self.bus.post(
-            s.task_event(&task.job, &task.order_id, EventKind::Started, &self.id),
-            &started,
-        );
     }
 }
 
