@@ -243,3 +243,55 @@ fn no_role_imports_another() {
         );
     }
 }
+
+#[test]
+fn the_broker_core_imports_no_actor_bus_or_clock() {
+    let io = uses(
+        "broker/core",
+        &["actix", "crate::bus", "tokio", "async_nats"],
+    );
+    assert!(
+        io.is_empty(),
+        "src/broker/core imports actix, tokio or the bus (it returns effects; the actor acts):\n{}",
+        io.join("\n")
+    );
+    // the time comes in with each input; the actor's own modules stay out
+    let clock = contains(
+        "broker/core",
+        &[
+            "Instant::now",
+            "SystemTime",
+            "now_ms()",
+            "crate::time",
+            "super::super::act",
+            "super::super::recovery",
+            "super::super::flows",
+            "super::super::leadership",
+        ],
+    );
+    assert!(
+        clock.is_empty(),
+        "src/broker/core reads the clock or reaches into the actor:\n{}",
+        clock.join("\n")
+    );
+}
+
+/// Lines of code (not comments, not unit tests) under `src/<part>`
+/// containing one of `needles`.
+fn contains(part: &str, needles: &[&str]) -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(part);
+    let mut found = Vec::new();
+    for file in sources(&root) {
+        let text = std::fs::read_to_string(&file).expect("read source");
+        for (n, line) in text.lines().enumerate() {
+            let code = line.trim_start();
+            if code.starts_with("mod tests") {
+                break;
+            }
+            if !code.starts_with("//") && needles.iter().any(|x| code.contains(x)) {
+                found.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    found
+}

@@ -16,8 +16,8 @@ use tracing::{info, warn};
 use super::super::idempotency::{check_repeat, FirstOrder};
 use super::super::order_book::{Applied, ApplyError, Order, OrderEvent};
 use super::{Core, Effect, Event, Reply, Then};
-use crate::jobs::{on_slot, SlotDecision};
 use crate::jobs;
+use crate::jobs::{on_slot, SlotDecision};
 use crate::protocol::*;
 use crate::workflow::FlowOrder;
 
