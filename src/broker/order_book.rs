@@ -25,6 +25,31 @@
 //! broker). Losing sight of a subagent (silence, no responders, a closed
 //! connection, a restart under its id) is suspicion, never proof.
 //!
+//! The phases and the events that move them:
+//!
+//! | from | event | to |
+//! |---|---|---|
+//! | Queued | Dispatched (task id, subagent, its instance id; stored before the task is sent) | Dispatching |
+//! | Queued | Refused (job no longer deployed) | Failed |
+//! | Queued | Skipped (concurrency = forbid, a run is active) | Cancelled, with the reason |
+//! | Dispatching | Started (subagent accepted; stored in the background) | Running |
+//! | Dispatching | DispatchFailed (the first send found no responders, or the subagent refused it) | Queued, attempt not counted (the same task id comes again) |
+//! | Dispatching | a send again (after no answer) finds no responders | as SubagentLost: Orphaned until proven dead (it may run the task, cut off from NATS) |
+//! | Dispatching, Running, Orphaned | Certified (the death certificate of the process it was placed on; not a survivor) | Queued, restartable (the attempt counts even unconfirmed: it may have run, so its task id is never sent again) or Failed "subagent lost" (not restartable) |
+//! | Dispatching, Running | SubagentLost (silent past the subagent timeout, or restarted under its id) | Orphaned until the subagent's orphan timeout and kill grace have passed since it was last heard |
+//! | Orphaned | OrphanDeadline | as Certified |
+//! | Orphaned | SubagentReturned (still runs the task) | Running |
+//! | Dispatching, Running, Orphaned | Finished (result of the current task) | Succeeded (exit 0) or Failed; Cancelled when a cancel was requested |
+//! | Dispatching, Running, Orphaned | Abandoned (its subagent killed it: orphan or drain timeout, or a cancel with kill) | as Certified |
+//! | Queued | Cancel | Cancelled |
+//! | Dispatching, Running, Orphaned | Cancel | unchanged, cancel requested: it ends Cancelled and never runs again |
+//! | Dispatching, Running, Orphaned, inherited | Reconciled: its subagent runs the task | Running |
+//! | Dispatching, inherited | Reconciled: it does not run it (never confirmed) | Dispatching: the same task id is sent again (a subagent that has it answers `duplicate`) |
+//! | Running, Orphaned, inherited | Reconciled: it does not run it (it started, so it ended) | Orphaned: its result is awaited for 3 × (`subagent.result_retry` + its request timeout), then as OrphanDeadline |
+//! | Dispatching, Running, Orphaned, inherited | Reconciled: another process of that subagent id | Orphaned until now + `subagent.orphan_timeout` + kill grace + margin (or its certificate) |
+//! | Dispatching, Running, inherited | SubagentLost, not known dead: not heard from within `broker.subagent_timeout` of the takeover | Orphaned until now + `subagent.orphan_timeout` + kill grace + margin; still reconciled if heard from |
+//! | any | an event about another task, or a repeat | unchanged (Stale) |
+//!
 //! A broker taking over rebuilds the book from the journal ([`Order::restore`],
 //! [`OrderBook::restore`]). A task an earlier broker placed is `inherited`:
 //! its fate is unknown until its subagent is heard from (`Reconciled`), or
