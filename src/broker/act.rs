@@ -234,7 +234,7 @@ impl Broker {
         kill: bool,
         reason: &str,
         ctx: &mut Context<Self>,
-    ) -> Result<(), (ErrorCode, String)> {
+    ) -> Result<(), core::Refusal> {
         let cancelled = self.core.at(now()).cancel(order_id, kill, reason);
         self.flush(ctx);
         cancelled

@@ -254,7 +254,8 @@ impl Broker {
         if self.is_flow(&order_id) {
             return self.cancel_flow((&req.replier, &audited), &order_id, kill, ctx);
         }
-        if let Err((code, message)) = self.cancel(&order_id, kill, "cancelled with --kill", ctx) {
+        if let Err(refusal) = self.cancel(&order_id, kill, "cancelled with --kill", ctx) {
+            let (code, message) = (refusal.code(), refusal.to_string());
             return self.refuse(&req.replier, &audited, code, message);
         }
         self.audit(&audited, Ok(()));

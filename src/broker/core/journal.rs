@@ -14,7 +14,7 @@ use std::time::Duration;
 use tracing::warn;
 
 use super::super::order_book::OrderEvent;
-use super::{Core, Effect, Event, Reply};
+use super::{Core, Effect, Event, Refusal, Reply};
 use crate::protocol::*;
 use crate::workflow::FlowOrder;
 
@@ -160,15 +160,9 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             Then::Ack { to, task_id } => self.reply(&to, Reply::Ack(ResultAck { task_id })),
             Then::Reply { to } if stored => match self.info_of(order_id) {
                 Some(info) => self.reply(&to, Reply::Order(Box::new(info))),
-                None => self.error(&to, ErrorCode::NotFound, format!("no order {order_id}")),
+                None => self.refuse(&to, Refusal::NoOrder(order_id.to_string())),
             },
-            Then::Reply { to } => self.error(
-                &to,
-                ErrorCode::Unavailable,
-                format!(
-                    "order {order_id}: its new state could not be stored in JetStream yet (it is retried); send the command again to learn the outcome"
-                ),
-            ),
+            Then::Reply { to } => self.refuse(&to, Refusal::StateNotStored(order_id.to_string())),
             Then::Run { subagent_id, run } => {
                 if !self.dispatched_as(&subagent_id, &run) {
                     return;

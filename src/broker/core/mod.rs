@@ -29,6 +29,7 @@
 mod journal;
 mod orders;
 pub mod plan;
+mod refusal;
 mod subagents;
 mod submit;
 mod takeover;
@@ -45,6 +46,7 @@ use crate::config::Config;
 use crate::protocol::*;
 use crate::workflow::FlowOrder;
 pub(super) use journal::{Revisions, Stored, Then};
+pub use refusal::Refusal;
 pub use submit::Created;
 pub(super) use takeover::{Journal, Recovered};
 
@@ -360,8 +362,8 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         self.emit(Effect::Reply(to.clone(), reply));
     }
 
-    pub(super) fn error(&mut self, to: &R, code: ErrorCode, message: impl Into<String>) {
-        self.reply(to, Reply::Error(ErrorReply::new(code, message)));
+    pub(super) fn refuse(&mut self, to: &R, refusal: Refusal) {
+        self.reply(to, Reply::Error(refusal.reply()));
     }
 
     pub(super) fn publish(&mut self, event: Event) {

@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::super::order_book::{Applied, OrderEvent, Phase};
 use super::super::registry::{Check, Doubt, Seen, Sighting};
-use super::{Core, Effect, Event, Probed, Reply, Then, ORPHAN_MARGIN};
+use super::{Core, Effect, Event, Probed, Refusal, Reply, Then, ORPHAN_MARGIN};
 use crate::config::Config;
 use crate::protocol::*;
 
@@ -22,14 +22,7 @@ const RESULT_WAITS: u32 = 3;
 impl<R: Clone + std::fmt::Debug> Core<R> {
     pub(super) fn on_register(&mut self, to: R, r: Register) {
         if !subjects::is_valid_token(&r.subagent_id) {
-            return self.error(
-                &to,
-                ErrorCode::BadRequest,
-                format!(
-                    "subagent id {:?} is not a valid subject token",
-                    r.subagent_id
-                ),
-            );
+            return self.refuse(&to, Refusal::BadSubagentId(r.subagent_id));
         }
         let sighting = Sighting {
             id: &r.subagent_id,
@@ -330,11 +323,11 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             });
         if !current && placed.is_empty() && survived.is_empty() {
             warn!(subagent = %id, instance = %c.instance_id, "death certificate for a process this broker does not know; ignored");
-            let message = format!(
-                "no process {} of subagent {id} is known here, and no task was placed on it: nothing to certify",
-                c.instance_id
-            );
-            return self.error(&to, ErrorCode::NotFound, message);
+            let refusal = Refusal::UnknownProcess {
+                subagent: id.to_string(),
+                instance: c.instance_id.clone(),
+            };
+            return self.refuse(&to, refusal);
         }
         let doubt = self.registry.get(id).map(|s| s.doubt());
         if current && self.registry.declare_lost(id).is_some() {

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use super::super::idempotency::{check_repeat, FirstOrder};
 use super::super::order_book::{Applied, ApplyError, Order, OrderEvent};
-use super::{Core, Effect, Event, Reply, Then};
+use super::{Core, Effect, Event, Refusal, Reply, Then};
 use crate::jobs;
 use crate::jobs::{on_slot, SlotDecision};
 use crate::protocol::*;
@@ -64,17 +64,17 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             workflows.sort_unstable();
             let mut jobs: Vec<&str> = self.jobs.keys().map(String::as_str).collect();
             jobs.sort_unstable();
-            let message = format!(
-                "no job or workflow named '{job}' is deployed (jobs: {}; workflows: {}); deploy it with `baton deploy FILE.toml`",
-                jobs.join(", "),
-                workflows.join(", ")
-            );
-            return self.error(&to, ErrorCode::UnknownJob, message);
+            let refusal = Refusal::UnknownJob {
+                jobs: jobs.join(", "),
+                workflows: workflows.join(", "),
+                job,
+            };
+            return self.refuse(&to, refusal);
         };
         let (concurrency, restartable) = (spec.concurrency, spec.restartable);
         let params = match jobs::resolve_params(spec, &params) {
             Ok(params) => params,
-            Err(e) => return self.error(&to, ErrorCode::InvalidParam, e.to_string()),
+            Err(e) => return self.refuse(&to, Refusal::InvalidParam(e.to_string())),
         };
         if self.answer_repeat(&to, request_id.as_deref(), &job, &params) {
             return;
@@ -126,10 +126,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             Created::Failed(e) => {
                 warn!(error = %e, "order not stored; submit refused");
                 self.book.remove(&info.order_id);
-                let message = format!(
-                    "the order could not be stored in JetStream, nothing was accepted: {e}"
-                );
-                self.error(&to, ErrorCode::Unavailable, message);
+                self.refuse(&to, Refusal::NotStored(e));
             }
         }
     }
@@ -250,10 +247,9 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         };
         let (first, durable, state) = held;
         let answer = if let Err(conflict) = check_repeat(request_id, first, job, params) {
-            Reply::Error(ErrorReply::new(ErrorCode::Conflict, conflict.to_string()))
+            Reply::Error(Refusal::from(conflict).reply())
         } else if !durable {
-            let message = "a submit with this request_id is being stored right now; send it again";
-            Reply::Error(ErrorReply::new(ErrorCode::Busy, message))
+            Reply::Error(Refusal::SubmitBeingStored.reply())
         } else {
             Reply::Submitted(SubmitReply {
                 order_id: first.order_id.to_string(),
@@ -280,7 +276,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         if let Some(Err(conflict)) =
             first.map(|f| check_repeat(request_id, f, &ours.job, &ours.params))
         {
-            return self.error(to, ErrorCode::Conflict, conflict.to_string());
+            return self.refuse(to, conflict.into());
         }
         let reply = SubmitReply {
             order_id: ours.order_id.clone(),
@@ -298,10 +294,9 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         order_id: &str,
         kill: bool,
         reason: &str,
-    ) -> Result<(), (ErrorCode, String)> {
+    ) -> Result<(), Refusal> {
         if self.book.get(order_id).is_some_and(|o| !o.durable) {
-            let message = format!("order {order_id} is being stored right now; cancel it again");
-            return Err((ErrorCode::Busy, message));
+            return Err(Refusal::CancelWhileStoring(order_id.to_string()));
         }
         let at_ms = self.now.ms;
         match self.book.apply(order_id, OrderEvent::Cancel { at_ms }) {
@@ -328,17 +323,13 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                 self.store(order_id, Then::Nothing);
             }
             Err(ApplyError::UnknownOrder(_)) => {
-                let message = format!(
-                    "no order {order_id} is held by this broker (finished ones are not cancelled)"
-                );
-                return Err((ErrorCode::NotFound, message));
+                return Err(Refusal::NotHeld(order_id.to_string()));
             }
             Err(ApplyError::NotAllowed { phase, .. }) => {
-                let message = format!(
-                    "order {order_id} already {}; there is nothing to cancel",
-                    phase.wire().as_str()
-                );
-                return Err((ErrorCode::InvalidState, message));
+                return Err(Refusal::AlreadyEnded {
+                    order: order_id.to_string(),
+                    state: phase.wire().as_str().to_string(),
+                });
             }
         }
         Ok(())

@@ -34,7 +34,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::{debug, info, warn};
 
-use super::core::Then;
+use super::core::{Refusal, Then};
 use super::order_book::Order;
 use super::Broker;
 use crate::bus::BusError;
@@ -304,12 +304,12 @@ impl Broker {
         match self.cancel(&id, true, reason, ctx) {
             Ok(()) => {}
             // being stored, or being placed again: killed once it is held
-            Err((ErrorCode::Busy | ErrorCode::NotFound, _)) => {
+            Err(Refusal::CancelWhileStoring(_) | Refusal::NotHeld(_)) => {
                 ctx.run_later(KILL_RETRY, move |act, ctx| {
                     act.kill_step(parent, cause, ctx)
                 });
             }
-            Err((_, message)) => debug!(step_order = %id, %message, "step kill not needed"),
+            Err(why) => debug!(step_order = %id, %why, "step kill not needed"),
         }
     }
 

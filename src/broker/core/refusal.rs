@@ -1,0 +1,90 @@
+//! Why the core refuses a request: one enum, each case's wire code in one
+//! place ([`Refusal::code`]), its message in its `Display`.
+
+use super::super::idempotency::Conflict;
+use crate::protocol::{ErrorCode, ErrorReply};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(
+        "no job or workflow named '{job}' is deployed (jobs: {jobs}; workflows: {workflows}); deploy it with `baton deploy FILE.toml`"
+    )]
+    UnknownJob {
+        job: String,
+        jobs: String,
+        workflows: String,
+    },
+    /// A parameter the job does not declare, or a value it does not take.
+    #[error("{0}")]
+    InvalidParam(String),
+    #[error(transparent)]
+    Conflict(#[from] Conflict),
+    #[error("a submit with this request_id is being stored right now; send it again")]
+    SubmitBeingStored,
+    #[error(
+        "JetStream did not confirm storing the order ({0}); send the submit again with the same request_id to learn whether it was accepted (without one, nothing is accepted)"
+    )]
+    NotStored(String),
+    #[error("order {0} is being stored right now; cancel it again")]
+    CancelWhileStoring(String),
+    #[error("no order {0} is held by this broker (finished ones are not cancelled)")]
+    NotHeld(String),
+    #[error("order {order} already {state}; there is nothing to cancel")]
+    AlreadyEnded { order: String, state: String },
+    #[error("no order {0}")]
+    NoOrder(String),
+    #[error(
+        "order {0}: its new state could not be stored in JetStream yet (it is retried); send the command again to learn the outcome"
+    )]
+    StateNotStored(String),
+    #[error("subagent id {0:?} is not a valid subject token")]
+    BadSubagentId(String),
+    #[error(
+        "no process {instance} of subagent {subagent} is known here, and no task was placed on it: nothing to certify"
+    )]
+    UnknownProcess { subagent: String, instance: String },
+}
+
+impl Refusal {
+    /// The code clients match on.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Refusal::UnknownJob { .. } => ErrorCode::UnknownJob,
+            Refusal::InvalidParam(_) => ErrorCode::InvalidParam,
+            Refusal::Conflict(_) => ErrorCode::Conflict,
+            Refusal::SubmitBeingStored | Refusal::CancelWhileStoring(_) => ErrorCode::Busy,
+            Refusal::NotStored(_) | Refusal::StateNotStored(_) => ErrorCode::Unavailable,
+            Refusal::NotHeld(_) | Refusal::NoOrder(_) | Refusal::UnknownProcess { .. } => {
+                ErrorCode::NotFound
+            }
+            Refusal::AlreadyEnded { .. } => ErrorCode::InvalidState,
+            Refusal::BadSubagentId(_) => ErrorCode::BadRequest,
+        }
+    }
+
+    pub fn reply(&self) -> ErrorReply {
+        ErrorReply::new(self.code(), self.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_refusal_has_its_code_and_names_the_way_out() {
+        let unknown = Refusal::UnknownJob {
+            job: "x".into(),
+            jobs: "a, b".into(),
+            workflows: String::new(),
+        };
+        assert_eq!(unknown.code(), ErrorCode::UnknownJob);
+        assert!(unknown.to_string().contains("baton deploy"));
+        let busy = Refusal::CancelWhileStoring("o".into());
+        assert_eq!(busy.reply().error.code, ErrorCode::Busy);
+        assert!(busy.to_string().contains("cancel it again"));
+        let not_stored = Refusal::NotStored("timeout".into());
+        assert_eq!(not_stored.code(), ErrorCode::Unavailable);
+        assert!(not_stored.to_string().contains("same request_id"));
+    }
+}
