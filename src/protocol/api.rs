@@ -3,6 +3,10 @@
 //! Every reply is either the success type named by the request or an
 //! [`ErrorReply`]; a client tells them apart by the `error` key, which only
 //! error replies carry.
+//!
+//! Size: over the ~500-line mark: one documented type per client-facing
+//! message, each field's doc going into `schemas/`; splitting by request
+//! would scatter types that `schema.rs` lists together.
 
 use std::collections::BTreeMap;
 

@@ -69,6 +69,9 @@
 //! Architecture invariant: pure; the wire types live in `protocol` (serde
 //! and schemars only, no `deny_unknown_fields`), strictness lives in the
 //! `*Def` types here.
+//!
+//! Size: a little over the ~500-line mark: the strict deploy-file form and
+//! its validation, with the error for each mistake, belong together.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -11,6 +11,10 @@
 //! `succeeded` and `cancelled` (terminal: never change again). *Quiet* means
 //! no step is running. Held and terminal orders are always quiet.
 //!
+//! Size: over the ~500-line mark because the whole state machine (every
+//! state's answer to every event) reads best in one place; its tests are
+//! in `workflow/tests.rs`.
+//!
 //! Commands (`-` = no change, no effect; `error` = [`TransitionError`]):
 //!
 //! ```text
