@@ -93,8 +93,10 @@ impl Broker {
 
     fn write(&mut self, info: OrderInfo, revision: Option<u64>, ctx: &mut Context<Self>) {
         let kv = self.orders_kv.clone();
+        let tenure = self.tenure.clone();
         let write = async move {
-            let stored = match write_over(&kv, &info, revision).await {
+            let holds = || tenure.holds(Instant::now());
+            let stored = match write_over(&kv, &info, revision, holds).await {
                 Ok(revision) => core::Stored::At(revision),
                 Err(e) => e.stored(),
             };

@@ -90,6 +90,8 @@ pub struct Broker {
     stopped: Option<tokio::sync::oneshot::Sender<()>>,
     /// Appends the records of state-changing commands (`audit.rs`).
     audit: audit::Audit,
+    /// Until when it may act (the core holds the same).
+    tenure: lease::Tenure,
 }
 
 /// Subscribes and starts the broker in the current actix System.
@@ -210,6 +212,7 @@ pub async fn start(
     // orders without a request id get ids unique to this broker's run
     let id_seed = uuid::Uuid::now_v7().as_u64_pair().1;
     let config_ = config.clone();
+    let tenure_ = tenure.clone();
     let core = Core::new(
         id.clone(),
         config_,
@@ -235,6 +238,7 @@ pub async fn start(
             peers: LeaseNews::default(),
             stopped: None,
             audit,
+            tenure: tenure_,
         }
     }))
 }

@@ -750,6 +750,26 @@ impl OrderBook {
         }
     }
 
+    /// Replaces a held order with the end another broker stored for it
+    /// (the journal's end is the order's, whatever this broker thought).
+    pub fn adopt(&mut self, ended: Order) {
+        let Some(held) = self.orders.get_mut(&ended.id) else {
+            return;
+        };
+        if !ended.phase.is_final() {
+            return;
+        }
+        let was_final = held.phase.is_final();
+        count(&mut self.counts, held.phase, -1);
+        count(&mut self.counts, ended.phase, 1);
+        let id = ended.id.clone();
+        *held = ended;
+        if !was_final {
+            self.finished.push_back(id);
+            self.forget_oldest_finished();
+        }
+    }
+
     /// Makes a durable order eligible for dispatch.
     pub fn enqueue(&mut self, order_id: &str) {
         if let Some(order) = self.orders.get_mut(order_id) {

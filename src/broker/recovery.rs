@@ -34,6 +34,14 @@ pub(super) enum StoreError {
     Bus(#[from] BusError),
     #[error("the record changed under each of {0} writes")]
     Contended(u32),
+    /// The record is not as this broker last knew it, and this broker no
+    /// longer surely holds the lease: the record is another broker's now.
+    #[error("the record changed and this broker's lease may have run out: not written over")]
+    Superseded,
+    /// Another broker (one deposed, whose write landed late) stored an end
+    /// of the order: an end is a fact, never written over.
+    #[error("the order ended meanwhile, stored by another broker")]
+    Ended(Box<OrderInfo>, u64),
 }
 
 impl StoreError {
@@ -41,7 +49,10 @@ impl StoreError {
     pub(super) fn stored(&self) -> Stored {
         match self {
             StoreError::Bus(e) => Stored::Unknown(e.to_string()),
-            StoreError::Contended(_) => Stored::Contended(self.to_string()),
+            StoreError::Contended(_) | StoreError::Superseded => {
+                Stored::Contended(self.to_string())
+            }
+            StoreError::Ended(info, revision) => Stored::Ended(info.clone(), *revision),
         }
     }
 }
@@ -86,17 +97,28 @@ impl Records for Kv<OrderInfo> {
 /// record changed since, which only a broker that stepped down can have
 /// done, this broker's state is written over it: the active broker's is
 /// authoritative. Gives up after [`OVERWRITES`] such conflicts.
+///
+/// A revision only just read stands for whatever is stored, so a write on
+/// it happens only while `holds()` (this broker's lease surely holds): a
+/// broker paused mid-write and deposed meanwhile must not write its older
+/// state over the new active broker's.
 pub(super) async fn write_over(
     records: &impl Records,
     info: &OrderInfo,
     revision: Option<u64>,
+    holds: impl Fn() -> bool,
 ) -> Result<u64, StoreError> {
     let key = info.order_id.as_str();
+    let mut known = revision.is_some();
     let mut expected = match revision {
         Some(revision) => Some(revision),
         None => records.current(key).await?.map(|(_, revision)| revision),
     };
     for _ in 0..=OVERWRITES {
+        if !known && !holds() {
+            return Err(StoreError::Superseded);
+        }
+        known = false;
         let written = match expected {
             Some(revision) => records.update(key, info, revision).await?,
             None => records.create(key, info).await?,
@@ -107,6 +129,9 @@ pub(super) async fn write_over(
         match records.current(key).await? {
             // it already says what we would write
             Some((current, revision)) if current == *info => return Ok(revision),
+            Some((current, revision)) if current.state.is_final() => {
+                return Err(StoreError::Ended(Box::new(current), revision));
+            }
             Some((_, revision)) => {
                 warn!(order = %key, "order record changed by another writer; writing ours over it");
                 expected = Some(revision);
@@ -235,7 +260,7 @@ mod tests {
         let journal = Journal::default();
         let first = journal.put(&order("o", Phase::Queued));
         let done = order("o", Phase::Succeeded);
-        let revision = block_on(write_over(&journal, &done, Some(first))).unwrap();
+        let revision = block_on(write_over(&journal, &done, Some(first), || true)).unwrap();
         assert_eq!(journal.record("o"), Some((done, revision)));
         assert!(revision > first);
         assert_eq!(journal.updates.get(), 1);
@@ -247,7 +272,7 @@ mod tests {
         let ours = journal.put(&order("o", Phase::Running));
         journal.put(&stale("o"));
         let done = order("o", Phase::Succeeded);
-        let revision = block_on(write_over(&journal, &done, Some(ours))).unwrap();
+        let revision = block_on(write_over(&journal, &done, Some(ours), || true)).unwrap();
         assert_eq!(journal.record("o"), Some((done, revision)));
         assert_eq!(journal.updates.get(), 2);
     }
@@ -256,10 +281,10 @@ mod tests {
     fn an_unknown_revision_is_read_first_and_an_absent_record_created() {
         let journal = Journal::default();
         let queued = order("o", Phase::Queued);
-        let created = block_on(write_over(&journal, &queued, None)).unwrap();
+        let created = block_on(write_over(&journal, &queued, None, || true)).unwrap();
         assert_eq!(journal.record("o"), Some((queued, created)));
         let done = order("o", Phase::Succeeded);
-        let revision = block_on(write_over(&journal, &done, None)).unwrap();
+        let revision = block_on(write_over(&journal, &done, None, || true)).unwrap();
         assert_eq!(journal.record("o"), Some((done, revision)));
         assert_eq!(
             journal.updates.get(),
@@ -275,7 +300,7 @@ mod tests {
         let done = order("o", Phase::Succeeded);
         // our earlier write landed, but its answer was lost
         let landed = journal.put(&done);
-        let revision = block_on(write_over(&journal, &done, Some(old))).unwrap();
+        let revision = block_on(write_over(&journal, &done, Some(old), || true)).unwrap();
         assert_eq!(revision, landed);
         assert_eq!(journal.last.get(), landed);
     }
@@ -286,14 +311,52 @@ mod tests {
         let ours = journal.put(&order("o", Phase::Running));
         journal.meddle.set(u32::MAX);
         let done = order("o", Phase::Succeeded);
-        let err = block_on(write_over(&journal, &done, Some(ours))).unwrap_err();
+        let err = block_on(write_over(&journal, &done, Some(ours), || true)).unwrap_err();
         assert!(matches!(err, StoreError::Contended(n) if n == OVERWRITES + 1));
         assert_eq!(journal.updates.get(), OVERWRITES + 1);
         // a few conflicts are overcome
         journal.meddle.set(OVERWRITES);
         let (_, current) = journal.record("o").unwrap();
-        let revision = block_on(write_over(&journal, &done, Some(current))).unwrap();
+        let revision = block_on(write_over(&journal, &done, Some(current), || true)).unwrap();
         assert_eq!(journal.record("o"), Some((done, revision)));
+    }
+
+    #[test]
+    fn a_broker_whose_lease_may_have_run_out_writes_over_nothing() {
+        let journal = Journal::default();
+        let ours = journal.put(&order("o", Phase::Running));
+        // the new active broker wrote the record meanwhile
+        let mut theirs = order("o", Phase::Running);
+        theirs.subagent_id = Some("s2".into());
+        journal.put(&theirs);
+        let stale = order("o", Phase::Queued);
+        let err = block_on(write_over(&journal, &stale, Some(ours), || false)).unwrap_err();
+        assert!(matches!(err, StoreError::Superseded));
+        let err = block_on(write_over(&journal, &stale, None, || false)).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Superseded),
+            "a revision just read is not ours"
+        );
+        assert_eq!(journal.record("o").unwrap().0, theirs, "never rolled back");
+        // a revision it knew still swaps: nobody wrote since
+        let known = journal.record("o").unwrap().1;
+        let done = order("o", Phase::Failed);
+        assert!(block_on(write_over(&journal, &done, Some(known), || false)).is_ok());
+    }
+
+    #[test]
+    fn an_end_another_broker_stored_is_never_written_over() {
+        let journal = Journal::default();
+        let ours = journal.put(&order("o", Phase::Running));
+        // a deposed broker's write of the task's end landed late
+        let ended = order("o", Phase::Succeeded);
+        let landed = journal.put(&ended);
+        let requeued = order("o", Phase::Queued);
+        let err = block_on(write_over(&journal, &requeued, Some(ours), || true)).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Ended(ref info, rev) if **info == ended && rev == landed)
+        );
+        assert_eq!(journal.record("o"), Some((ended, landed)));
     }
 
     #[test]
@@ -301,7 +364,7 @@ mod tests {
         let journal = Journal::default();
         journal.down.set(true);
         let done = order("o", Phase::Succeeded);
-        let err = block_on(write_over(&journal, &done, Some(1))).unwrap_err();
+        let err = block_on(write_over(&journal, &done, Some(1), || true)).unwrap_err();
         assert!(matches!(err, StoreError::Bus(_)));
     }
 }

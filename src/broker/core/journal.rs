@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use super::super::order_book::OrderEvent;
+use super::super::order_book::{Order, OrderEvent};
 use super::{Core, Effect, Event, Refusal, Reply};
 use crate::protocol::*;
 use crate::workflow::FlowOrder;
@@ -59,6 +59,9 @@ pub enum Stored {
     Unknown(String),
     /// Not stored: the record changed under every attempt.
     Contended(String),
+    /// Not stored: the record holds an end another broker stored (at this
+    /// revision), which this broker takes as the order's.
+    Ended(Box<OrderInfo>, u64),
 }
 
 impl<R: Clone + std::fmt::Debug> Core<R> {
@@ -111,6 +114,11 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                     self.emit(Effect::StepStored(info));
                 }
             }
+            Stored::Ended(ended, revision) => {
+                warn!(order = %order_id, state = ?ended.state, "the order ended meanwhile, stored by another broker; taking that end");
+                self.set_revision(&order_id, *revision);
+                self.adopt_end((**ended).clone());
+            }
             Stored::Unknown(e) | Stored::Contended(e) => {
                 warn!(order = %order_id, error = %e, "order state not stored");
                 if matches!(stored, Stored::Unknown(_)) {
@@ -119,7 +127,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                 }
             }
         }
-        let ok = matches!(stored, Stored::At(_));
+        let ok = matches!(stored, Stored::At(_) | Stored::Ended(..));
         for then in writes.in_flight {
             self.follow_up(&order_id, then, ok);
         }
@@ -180,30 +188,35 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         }
     }
 
+    /// Takes the end another broker stored for an order held here with an
+    /// older view: the order ends so, its task no longer occupies its
+    /// subagent, and its end is announced.
+    fn adopt_end(&mut self, ended: OrderInfo) {
+        let Some(order) = self.book.get(&ended.order_id) else {
+            return;
+        };
+        if !order.phase.is_final() {
+            if let (Some(s), Some(t)) = (order.subagent_id.clone(), order.task_id.clone()) {
+                self.registry.release(&s, &t, true);
+            }
+        }
+        let restored = Order::restore(&ended, order.restartable);
+        self.book.adopt(restored);
+        self.unannounced.remove(&ended.order_id);
+        let event = finished_event(&ended, self.now.ms);
+        self.publish(Event::Finished(event));
+        if ended.parent.is_some() {
+            self.emit(Effect::StepStored(ended));
+        }
+    }
+
     /// Stores an order's final state, then publishes it and acknowledges
     /// the result (if any).
     pub(in crate::broker) fn finish(&mut self, order_id: &str, ack: Option<(R, String)>) {
         let Some(order) = self.book.get(order_id) else {
             return;
         };
-        let info = order.info();
-        let duration_ms = match (info.started_at_ms, info.finished_at_ms) {
-            (Some(s), Some(f)) => Some(f.saturating_sub(s)),
-            _ => None,
-        };
-        let event = OrderFinished {
-            order_id: info.order_id.clone(),
-            job: info.job.clone(),
-            state: info.state,
-            exit_code: info.exit_code,
-            signal: info.signal,
-            timed_out: info.timed_out,
-            reason: info.reason.clone(),
-            subagent_id: info.subagent_id.clone(),
-            attempt: info.attempt,
-            duration_ms,
-            at_ms: self.now.ms,
-        };
+        let event = finished_event(&order.info(), self.now.ms);
         // announced once stored (see `written`): a subscriber never hears
         // of an end a broker taking over would not know
         self.unannounced.insert(order_id.to_string(), event);
@@ -212,6 +225,27 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             None => Then::Nothing,
         };
         self.store(order_id, then);
+    }
+}
+
+/// The `finished` event of an order that ended as `info` says.
+fn finished_event(info: &OrderInfo, at_ms: u64) -> OrderFinished {
+    let duration_ms = match (info.started_at_ms, info.finished_at_ms) {
+        (Some(s), Some(f)) => Some(f.saturating_sub(s)),
+        _ => None,
+    };
+    OrderFinished {
+        order_id: info.order_id.clone(),
+        job: info.job.clone(),
+        state: info.state,
+        exit_code: info.exit_code,
+        signal: info.signal,
+        timed_out: info.timed_out,
+        reason: info.reason.clone(),
+        subagent_id: info.subagent_id.clone(),
+        attempt: info.attempt,
+        duration_ms,
+        at_ms,
     }
 }
 

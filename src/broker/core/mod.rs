@@ -224,6 +224,8 @@ pub struct Core<R> {
     pub(super) revisions: Revisions,
     /// Subagents holding inherited tasks, until their first heartbeat.
     pub(super) unreconciled: BTreeSet<String>,
+    /// Subagents with orders in doubt, which their heartbeats may reclaim.
+    pub(super) doubted: BTreeSet<String>,
     pub(super) registry: Registry,
     /// The member each cluster chose last ("" for jobs without a cluster).
     pub(super) last_placed: HashMap<String, String>,
@@ -268,6 +270,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                 .collect(),
             flows: recovered.flows,
             unreconciled: recovered.book.inherited_subagents(),
+            doubted: BTreeSet::new(),
             book: recovered.book,
             writing: HashMap::new(),
             unannounced: HashMap::new(),

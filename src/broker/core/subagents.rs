@@ -118,27 +118,42 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                 // tasks put in doubt while it was suspect, which it runs
                 self.reclaim(id, running);
             }
+            // tasks put in doubt while it was out of sight, which it runs
+            Seen::Alive if self.doubted.contains(id) => self.reclaim(id, running),
             Seen::Alive => {}
         }
         self.dispatch();
     }
 
     /// Orders in doubt on `id` whose task the process heard now runs are
-    /// running again, and occupy it.
+    /// running again, and occupy it. (Every heartbeat of a subagent with
+    /// orders in doubt comes here, so a task it lists after it is heard
+    /// again is never run a second time at the orphan deadline.)
     fn reclaim(&mut self, id: &str, running: Option<&[String]>) {
         let Some(running) = running.filter(|r| !r.is_empty()) else {
             return;
         };
+        let mut in_doubt = false;
         for order_id in self.book.on_subagent(id) {
             let event = OrderEvent::SubagentReturned {
                 subagent_id: id.to_string(),
                 running: running.to_vec(),
             };
-            if let Ok(Applied::Moved { .. }) = self.book.apply(&order_id, event) {
-                if let Some(task) = self.book.get(&order_id).and_then(|o| o.task_id.clone()) {
-                    self.registry.assign(id, &task);
+            match self.book.apply(&order_id, event) {
+                Ok(Applied::Moved { .. }) => {
+                    let task = self.book.get(&order_id).and_then(|o| o.task_id.clone());
+                    if let Some(task) = task {
+                        self.registry.assign(id, &task);
+                    }
+                }
+                _ => {
+                    let order = self.book.get(&order_id);
+                    in_doubt |= order.is_some_and(|o| o.phase == Phase::Orphaned);
                 }
             }
+        }
+        if !in_doubt {
+            self.doubted.remove(id);
         }
     }
 
@@ -216,6 +231,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             };
             self.apply_and_act(order_id, event);
         }
+        self.doubted.insert(id.to_string());
     }
 
     pub(in crate::broker) fn check_liveness(&mut self) {

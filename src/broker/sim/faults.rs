@@ -21,6 +21,12 @@ pub enum Fault {
         s: usize,
         until: u64,
     },
+    /// Drop a live subagent's NATS connection until `until`: requests to
+    /// it find no responders, and it is not heard.
+    Disconnect {
+        s: usize,
+        until: u64,
+    },
     /// SIGKILL the active broker; it comes back as a standby later.
     CrashBroker {
         restart_after: u64,
@@ -44,6 +50,9 @@ pub struct Weather {
     pub failed_write: u64,
     /// Per mille of broker steps whose effects are cut short by a crash.
     pub crash_midway: u64,
+    /// Per mille of journal writes and run requests held up for seconds
+    /// (longer than the lease: they may land after a takeover).
+    pub stall: u64,
 }
 
 /// The faults of a seed, by time.
@@ -62,6 +71,11 @@ pub fn draw(rng: &mut Rng, subagents: usize) -> (Vec<(u64, Fault)>, Weather) {
             let until = t + 300 + rng.below(5_000);
             faults.push((t, Fault::Partition { s, until }));
         }
+        if rng.percent(25) {
+            let t = at(rng);
+            let until = t + 200 + rng.below(4_000);
+            faults.push((t, Fault::Disconnect { s, until }));
+        }
     }
     if rng.percent(35) {
         let restart_after = 300 + rng.below(3_000);
@@ -78,6 +92,7 @@ pub fn draw(rng: &mut Rng, subagents: usize) -> (Vec<(u64, Fault)>, Weather) {
         slow_write: rng.below(8),
         failed_write: rng.below(4),
         crash_midway: rng.below(4),
+        stall: rng.below(20),
     };
     (faults, weather)
 }

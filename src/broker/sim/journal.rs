@@ -47,9 +47,10 @@ impl Journal {
         }
     }
 
-    /// The broker's compare-and-swap write, as it runs against JetStream.
-    pub fn write(&self, info: &OrderInfo, revision: Option<u64>) -> Stored {
-        match block_on(write_over(self, info, revision)) {
+    /// The broker's compare-and-swap write, as it runs against JetStream
+    /// (`holds`: whether its broker's lease surely holds).
+    pub fn write(&self, info: &OrderInfo, revision: Option<u64>, holds: bool) -> Stored {
+        match block_on(write_over(self, info, revision, || holds)) {
             Ok(revision) => Stored::At(revision),
             Err(e) => e.stored(),
         }

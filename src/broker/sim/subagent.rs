@@ -44,6 +44,7 @@ pub enum Out {
     Started {
         task_id: String,
         order_id: String,
+        job: String,
         ms: u64,
     },
     /// A task ended (exited, killed, or died with it).
@@ -131,7 +132,8 @@ impl SimSubagent {
         if now_ms.saturating_sub(self.last_contact_ms) >= self.orphan_ms {
             let orphans: Vec<String> = self.running.keys().cloned().collect();
             for task_id in orphans {
-                out.extend(self.end(&task_id, now_ms, Some(9)));
+                let why = "killed: no broker within the orphan timeout";
+                out.extend(self.end(&task_id, now_ms, Some(9), Some(why)));
             }
         }
         out
@@ -182,6 +184,7 @@ impl SimSubagent {
         let started = Out::Started {
             task_id: run.task_id.clone(),
             order_id: run.order_id.clone(),
+            job: run.job.clone(),
             ms,
         };
         let task = Task {
@@ -198,7 +201,7 @@ impl SimSubagent {
         }
         self.heard_broker(now_ms);
         let mut out = vec![Out::Answer(Answer::Killed)];
-        out.extend(self.end(&kill.task_id, now_ms, Some(15)));
+        out.extend(self.end(&kill.task_id, now_ms, Some(15), None));
         out
     }
 
@@ -212,7 +215,13 @@ impl SimSubagent {
 
     /// A task ends (by itself, or killed with `signal`): its result is
     /// kept and reported until acknowledged.
-    pub fn end(&mut self, task_id: &str, now_ms: u64, signal: Option<i32>) -> Vec<Out> {
+    pub fn end(
+        &mut self,
+        task_id: &str,
+        now_ms: u64,
+        signal: Option<i32>,
+        abandoned: Option<&str>,
+    ) -> Vec<Out> {
         let Some(task) = self.running.remove(task_id) else {
             return Vec::new();
         };
@@ -226,7 +235,7 @@ impl SimSubagent {
             signal,
             timed_out: false,
             error: None,
-            abandoned: None,
+            abandoned: abandoned.map(String::from),
             outputs: BTreeMap::new(),
             pid: None,
             started_at_ms: task.started_at_ms,

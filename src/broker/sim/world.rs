@@ -52,6 +52,11 @@ enum Ev {
     },
     /// A request or publish to the brokers: each serving process gets it.
     ToBrokers(Input<Addr>),
+    /// One of those, held by a paused broker process.
+    Request {
+        b: usize,
+        input: Input<Addr>,
+    },
     BrokerTick {
         b: usize,
     },
@@ -178,6 +183,7 @@ pub struct World {
     /// The reapers of dead subagent processes, by subagent and instance.
     reapers: BTreeMap<(usize, u64), Reaper>,
     partitioned_until: Vec<u64>,
+    disconnected_until: Vec<u64>,
     clients: Vec<Client>,
     asked: BTreeMap<u64, (usize, u64, Asked)>,
     next_request: u64,
@@ -259,6 +265,7 @@ impl World {
                 .collect(),
             reapers: BTreeMap::new(),
             partitioned_until: vec![0; SUBAGENTS],
+            disconnected_until: vec![0; SUBAGENTS],
             clients: (0..CLIENTS)
                 .map(|_| Client {
                     next: 0,
@@ -322,7 +329,8 @@ impl World {
     /// Sends over the network: delayed, perhaps lost or duplicated, and
     /// lost while `s` is cut off.
     fn send(&mut self, s: Option<usize>, ev: Ev) {
-        if s.is_some_and(|s| self.partitioned_until[s] > self.now) {
+        let cut = |s: usize| self.partitioned_until[s].max(self.disconnected_until[s]) > self.now;
+        if s.is_some_and(cut) {
             return;
         }
         let w = self.weather;
@@ -354,6 +362,7 @@ impl World {
                     self.deliver(b, None, input.clone());
                 }
             }
+            Ev::Request { b, input } => self.deliver(b, None, input),
             Ev::BrokerTick { b } => self.broker_tick(b),
             Ev::Resume { b } => self.resume(b),
             Ev::RestartBroker { b } => {
@@ -392,7 +401,7 @@ impl World {
                 task_id,
             } => {
                 if self.subs[s].alive && self.subs[s].instance == instance {
-                    let out = self.subs[s].end(&task_id, self.now, None);
+                    let out = self.subs[s].end(&task_id, self.now, None, None);
                     self.sub_out(s, out);
                 }
             }
@@ -437,7 +446,12 @@ impl World {
                 info,
                 revision,
             } => {
-                let stored = self.journal.write(&info, revision);
+                // a crashed broker's write continues no further than its
+                // first compare-and-swap; a live one's while its lease holds
+                let p = &self.brokers[b];
+                let now = self.time().at;
+                let holds = p.gen == gen && p.tenure.as_ref().is_some_and(|t| t.holds(now));
+                let stored = self.journal.write(&info, revision, holds);
                 let stored = self.maybe_fail(stored, Stored::Unknown("timeout".into()));
                 self.io(b, gen, Input::Written { info, stored });
             }

@@ -19,14 +19,23 @@ impl World {
             return;
         }
         if p.paused {
-            let gen = p.gen;
-            p.held.push(Ev::Io { b, gen, input });
+            let ev = match gen {
+                Some(gen) => Ev::Io { b, gen, input },
+                None => Ev::Request { b, input },
+            };
+            p.held.push(ev);
+            return;
+        }
+        let now = self.time();
+        let core = self.brokers[b].core.as_mut().expect("checked");
+        // as the actor does: what arrives from NATS while the lease may
+        // have run out is dropped (clients ask again, subagents report again)
+        if gen.is_none() && !matches!(input, Input::Check) && !core.at(now).acting() {
             return;
         }
         if let Some(line) = describe(&input) {
             self.note(format!("b{b} <- {line}"));
         }
-        let now = self.time();
         let core = self.brokers[b].core.as_mut().expect("checked");
         let effects = core.step(input, now);
         self.carry_out(b, effects);
@@ -39,7 +48,10 @@ impl World {
             return;
         }
         if p.core.is_some() {
-            if self.lease.0 != p.epoch {
+            // a renewal fails once another broker holds the lease, or once
+            // the lease expired (the server dropped the key)
+            let expired = self.now >= self.lease.1 + LEASE;
+            if self.lease.0 != p.epoch || expired {
                 self.note(format!("b{b} steps down: epoch {} is over", p.epoch));
                 self.stop_core(b);
                 return;
@@ -208,7 +220,18 @@ impl World {
 
     fn journal_delay(&mut self) -> u64 {
         let slow = self.faulty() && self.rng.percent(self.weather.slow_write);
-        1 + self.rng.below(10) + if slow { 200 + self.rng.below(1_300) } else { 0 }
+        let delay = 1 + self.rng.below(10) + if slow { 200 + self.rng.below(1_300) } else { 0 };
+        delay + self.stalled()
+    }
+
+    /// Held up longer than the lease (a write or request in a buffer of a
+    /// broker process that is then deposed), or not at all.
+    fn stalled(&mut self) -> u64 {
+        if self.faulty() && self.rng.below(1000) < self.weather.stall {
+            2_000 + self.rng.below(4_000)
+        } else {
+            0
+        }
     }
 
     pub(super) fn request(&mut self, b: usize, gen: u64, asked: Asked) -> u64 {
@@ -230,7 +253,8 @@ impl World {
             _ => None,
         };
         let req = self.request(b, gen, asked);
-        if !self.subs[s].alive {
+        let listening = self.subs[s].alive && self.disconnected_until[s] <= self.now;
+        if !listening {
             self.asked.remove(&req);
             let input = match run {
                 Some((run, again)) => Input::RunReply {
@@ -247,7 +271,20 @@ impl World {
             return self.io(b, gen, input);
         }
         match run {
-            Some((run, _)) => self.send(Some(s), Ev::Run { s, req, run }),
+            Some((run, _)) => {
+                // a run held up in the server's buffer for the subagent
+                // lands after its request timed out (and perhaps after a
+                // takeover), but within the server's write deadline, which
+                // the orphan timeout and kill grace exceed (see README)
+                let cut = self.partitioned_until[s].max(self.disconnected_until[s]) > self.now;
+                match self.stalled() {
+                    late if late > 0 && !cut => {
+                        let late = late.min(LEASE + 500);
+                        self.after(late, Ev::Run { s, req, run })
+                    }
+                    _ => self.send(Some(s), Ev::Run { s, req, run }),
+                }
+            }
             None => self.send(Some(s), Ev::Ping { s, req }),
         }
     }
@@ -322,6 +359,7 @@ impl World {
                 self.after(1, Ev::SubTick { s, instance });
             }
             Fault::Partition { s, until } => self.partitioned_until[s] = until,
+            Fault::Disconnect { s, until } => self.disconnected_until[s] = until,
             Fault::CrashBroker { restart_after } => {
                 if let Some(b) = active {
                     self.crash_broker(b, restart_after);

@@ -31,9 +31,13 @@ impl World {
                 Out::Started {
                     task_id,
                     order_id,
+                    job,
                     ms,
                 } => {
                     let name = self.subs[s].instance_id();
+                    if job == "once" {
+                        self.check.once.insert(order_id.clone());
+                    }
                     self.check.started(self.now, &task_id, &order_id, &name);
                     self.note(format!("{name} starts {task_id} ({ms} ms)"));
                     self.after(
