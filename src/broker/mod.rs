@@ -5,11 +5,11 @@
 //! The decisions are the pure [`core`]'s (`step(input, now) -> effects`);
 //! this actor subscribes, turns what arrives into the core's inputs, and
 //! carries the effects out (`act.rs`): it publishes, requests and writes to
-//! JetStream, feeding each outcome back. Submit, deploy, order lookup and
-//! status are still handled here (`requests.rs`, `idempotency.rs`), as are
-//! workflow orders (`flows/`): they act on the core's state and operations,
-//! until the next steps of issue 19 move them into the core. The journal's
-//! IO and the takeover from it are in `recovery.rs`.
+//! JetStream, feeding each outcome back. Deploy, order lookup, status and
+//! switch-over are still handled here (`requests.rs`), as are workflow
+//! orders (`flows/`): they act on the core's state and operations, until
+//! the next steps of issue 19 move them into the core. The journal's IO and
+//! reading it for a takeover are in `recovery.rs`.
 
 mod act;
 pub mod agents;

@@ -1,8 +1,7 @@
 //! The order state machine and the book of orders the broker holds.
 //!
-//! Pure: no clock reads (times come in with events), no IO. The broker actor
-//! feeds it events and acts on the transitions it returns, so the same events
-//! can later be journaled and replayed.
+//! Pure: no clock reads (times come in with events), no IO. The broker's
+//! core (`core/`) feeds it events and acts on the transitions it returns.
 //!
 //! ```text
 //!            Dispatched            Started

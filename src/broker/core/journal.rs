@@ -5,8 +5,10 @@
 //! the result, publish `finished`, answer a command. Writes of one order go
 //! out one at a time, so an older state never lands after a newer one; each
 //! is a compare-and-swap on the revision this broker last read or wrote
-//! (the actor's `recovery::write_over`), so a broker that stepped down
-//! cannot roll an order back.
+//! (the actor's `recovery::write_over`): a broker that stepped down writes
+//! over a newer record only while its lease surely held, and an end stored
+//! by another broker is never written over but taken as the order's
+//! ([`Stored::Ended`]).
 
 use std::collections::HashMap;
 use std::time::Duration;

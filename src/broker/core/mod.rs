@@ -6,8 +6,8 @@
 //! (a decoded request or heartbeat, the outcome of an IO the broker did, a
 //! timer) and the time, and returns the [`Effect`]s to carry out: replies,
 //! event publishes, journal writes, requests to subagents and timers. The
-//! actor (`broker/mod.rs`) turns NATS messages into inputs and carries the
-//! effects out, feeding each IO's outcome back as an input.
+//! actor (`broker/mod.rs`) turns NATS messages into inputs; `broker/act.rs`
+//! carries the effects out, feeding each IO's outcome back as an input.
 //!
 //! - [`plan`]: which queued order goes to which subagent now.
 //! - `journal.rs`: an order's state is stored before what waits for it
@@ -15,16 +15,22 @@
 //! - `orders.rs`: dispatch, run replies, results.
 //! - `subagents.rs`: registrations, heartbeats, probes, leaving, death
 //!   certificates, and the tasks of subagents out of sight.
+//! - `submit.rs`: submits of job orders (create, concurrency policy,
+//!   repeats) and cancels; `refusal.rs`: why a request is refused, with its
+//!   wire code; `takeover.rs`: the state a new active broker starts from.
 //!
 //! Architecture invariant: imports neither actix, nor the bus, nor the
 //! clock; `R` is where a reply goes, opaque here. Once its lease may have
 //! run out by the time it is given ([`lease::Tenure`]) it emits nothing:
-//! it still takes inputs, and holds the effects back until it renews.
+//! the inputs it is given (IO outcomes, timers, the liveness tick; the
+//! actor drops what arrives from NATS meanwhile) still change its state,
+//! and their effects wait until it renews its lease, or go with it when it
+//! steps down.
 //!
-//! Still in the actor, to move here in the next steps of issue 19: submit,
-//! deploy, cancel, status, switch-over and workflow orders (`flows/`); they
-//! act on the core's state and call its operations, then carry out the
-//! effects those leave ([`Core::take_effects`]).
+//! Still in the actor, to move here in the next steps of issue 19: workflow
+//! submits and workflow orders (`flows/`), deploy, status and switch-over;
+//! they act on the core's state and call its operations, then carry out
+//! the effects those leave ([`Core::take_effects`]).
 
 mod journal;
 mod orders;
@@ -346,13 +352,13 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
     }
 
     /// Whether its lease still holds at the time it was given. A broker
-    /// resumed after a pause longer than its lease does nothing more: the
-    /// leadership loop is about to stop it, and a standby may already act.
+    /// resumed after a pause longer than its lease emits nothing until it
+    /// renews (nobody else acted) or steps down (a standby may act).
     pub fn acting(&mut self) -> bool {
         let holds = self.tenure.holds(self.now.at);
         if !holds && !self.idle_warned {
             self.idle_warned = true;
-            warn!(broker = %self.id, epoch = self.epoch, "the lease may have run out (this process was paused?): acting on nothing until stepping down");
+            warn!(broker = %self.id, epoch = self.epoch, "the lease may have run out (this process was paused?): acting on nothing until it is renewed or this broker steps down");
         }
         holds
     }
