@@ -3,7 +3,7 @@
 use actix::prelude::*;
 use tracing::{info, warn};
 
-use crate::broker::{act, Broker};
+use crate::broker::{act, core, Broker};
 use crate::bus::{BusError, Replier};
 use crate::protocol::*;
 use crate::time::now_ms;
@@ -113,13 +113,8 @@ impl Broker {
                 Err(e) => {
                     warn!(error = %e, "workflow order not stored; submit refused");
                     act.drop_flow(&order_id);
-                    act.error(
-                        &replier,
-                        ErrorCode::Unavailable,
-                        format!(
-                            "the order could not be stored in JetStream, nothing was accepted: {e}"
-                        ),
-                    );
+                    let refusal = core::Refusal::NotStored(e.to_string());
+                    act.bus.reply(&replier, &refusal.reply());
                 }
             }
         }));
