@@ -88,6 +88,10 @@ impl Broker {
                 self.bus.post(subject, &e);
             }
             Event::Subagent(e) => self.bus.post(s.subagent_changed(&e.subagent_id), &e),
+            Event::Changed(e) => {
+                let subject = s.event(&e.workflow, &e.order_id, EventKind::Changed);
+                self.bus.post(subject, &e);
+            }
         }
     }
 

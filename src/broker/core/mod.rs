@@ -189,6 +189,8 @@ pub enum Reply {
 #[derive(Debug, Clone)]
 pub enum Event {
     Accepted(OrderAccepted),
+    /// A workflow order's step or state changed.
+    Changed(OrderChanged),
     Finished(OrderFinished),
     Subagent(SubagentChanged),
 }
@@ -375,7 +377,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         self.reply(to, Reply::Error(refusal.reply()));
     }
 
-    pub(super) fn publish(&mut self, event: Event) {
+    pub(in crate::broker) fn publish(&mut self, event: Event) {
         self.emit(Effect::Publish(event));
     }
 

@@ -34,7 +34,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::{debug, info, warn};
 
-use super::core::{Refusal, Then};
+use super::core::{self, Refusal, Then};
 use super::order_book::Order;
 use super::Broker;
 use crate::bus::BusError;
@@ -206,11 +206,7 @@ impl Broker {
                         slot_ms: None,
                         at_ms: info.accepted_at_ms,
                     };
-                    let s = act.bus.subjects();
-                    act.bus.post(
-                        s.event(&info.job, &info.order_id, EventKind::Accepted),
-                        &event,
-                    );
+                    act.core.publish(core::Event::Accepted(event));
                     act.dispatch(ctx);
                 }
                 Ok((info, None, existing)) => {

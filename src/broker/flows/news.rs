@@ -1,6 +1,7 @@
 //! What a workflow order tells the world: `changed` events for each step
 //! that moved and for the order, `finished` when it ends.
 
+use crate::broker::core::Event;
 use crate::broker::{Broker, KEEP_FINISHED};
 use crate::protocol::*;
 use crate::time::now_ms;
@@ -28,11 +29,9 @@ impl Broker {
                     .map(|(f, s)| f.saturating_sub(s)),
                 at_ms: now_ms(),
             };
-            let s = self.bus.subjects();
-            self.bus.post(
-                s.event(&info.job, &info.order_id, EventKind::Finished),
-                &event,
-            );
+            // published once the order's final state is stored (the
+            // journal's `written`), as for any order
+            self.core.unannounced.insert(info.order_id.clone(), event);
         }
         let ended = self
             .core
@@ -57,13 +56,12 @@ impl Broker {
     /// Publishes a `changed` event for each step that moved and for the
     /// order's own state.
     pub(in crate::broker) fn announce_changes(
-        &self,
+        &mut self,
         before: &OrderInfo,
         after: &OrderInfo,
         now: u64,
     ) {
-        let s = self.bus.subjects();
-        let subject = s.event(&after.job, &after.order_id, EventKind::Changed);
+        let s = self.bus.subjects().clone();
         let workflow = after.job.clone();
         for (b, a) in before.steps.iter().zip(&after.steps) {
             if b.state == a.state && b.attempt == a.attempt {
@@ -89,7 +87,7 @@ impl Broker {
                 what,
                 at_ms: now,
             };
-            self.bus.post(subject.clone(), &event);
+            self.core.publish(Event::Changed(event));
         }
         if before.state != after.state {
             let resumed = matches!(
@@ -112,7 +110,7 @@ impl Broker {
                 what,
                 at_ms: now,
             };
-            self.bus.post(subject, &event);
+            self.core.publish(Event::Changed(event));
         }
     }
 }

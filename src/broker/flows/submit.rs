@@ -91,9 +91,8 @@ impl Broker {
                         slot_ms: info.slot_ms,
                         at_ms: info.accepted_at_ms,
                     };
-                    let s = act.bus.subjects();
-                    act.bus
-                        .post(s.event(&info.job, &order_id, EventKind::Accepted), &event);
+                    act.core.publish(core::Event::Accepted(event));
+                    act.flush(ctx);
                     info!(order = %order_id, workflow = %info.job, "workflow order accepted");
                     let _ = act.flow_event(&order_id, Event::Start, ctx);
                 }
