@@ -112,7 +112,13 @@ pub(super) async fn write_over(
     let mut known = revision.is_some();
     let mut expected = match revision {
         Some(revision) => Some(revision),
-        None => records.current(key).await?.map(|(_, revision)| revision),
+        None => match records.current(key).await? {
+            Some((current, revision)) if current == *info => return Ok(revision),
+            Some((current, revision)) if current.state.is_final() => {
+                return Err(StoreError::Ended(Box::new(current), revision));
+            }
+            current => current.map(|(_, revision)| revision),
+        },
     };
     for _ in 0..=OVERWRITES {
         if !known && !holds() {
@@ -356,6 +362,10 @@ mod tests {
         assert!(
             matches!(err, StoreError::Ended(ref info, rev) if **info == ended && rev == landed)
         );
+        assert_eq!(journal.record("o"), Some((ended.clone(), landed)));
+        // nor when the revision is not known (after a write of unknown fate)
+        let err = block_on(write_over(&journal, &requeued, None, || true)).unwrap_err();
+        assert!(matches!(err, StoreError::Ended(..)));
         assert_eq!(journal.record("o"), Some((ended, landed)));
     }
 

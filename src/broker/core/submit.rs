@@ -123,6 +123,20 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                     self.take_up(&info, stored, revision);
                 }
             }
+            Created::Failed(e) if info.request_id.is_none() => {
+                // its write may have landed, and no repeat can find it: the
+                // record is made to say it never runs (written until stored)
+                warn!(order = %info.order_id, error = %e, "order not confirmed stored; submit refused, and the order cancelled in case it was");
+                let reason = format!(
+                    "not run: JetStream did not confirm storing it ({e}), so its submit was refused"
+                );
+                let at_ms = self.now.ms;
+                let skipped = OrderEvent::Skipped { reason, at_ms };
+                if self.book.apply(&info.order_id, skipped).is_ok() {
+                    self.finish(&info.order_id, None);
+                }
+                self.refuse(&to, Refusal::NotStored(e));
+            }
             Created::Failed(e) => {
                 warn!(error = %e, "order not stored; submit refused");
                 self.book.remove(&info.order_id);

@@ -164,7 +164,8 @@ struct Client {
     next: u64,
     total: u64,
     seq: u64,
-    in_flight: Option<(String, String)>,
+    /// The request id (if any) and job of the submit waiting for its answer.
+    in_flight: Option<(Option<String>, String)>,
 }
 
 pub struct World {

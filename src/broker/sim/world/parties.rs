@@ -91,7 +91,9 @@ impl World {
             return;
         }
         let job = if self.rng.percent(25) { "once" } else { "j" };
-        let request_id = format!("c{c}-{}", client.next);
+        // most submits name a request id; without one, a submit sent again
+        // is a new order
+        let request_id = (!self.rng.percent(15)).then(|| format!("c{c}-{}", client.next));
         client.next += 1;
         client.in_flight = Some((request_id, job.to_string()));
         self.client_send(c);
@@ -107,7 +109,7 @@ impl World {
         let submit = SubmitOrder {
             job,
             params: BTreeMap::new(),
-            request_id: Some(request_id),
+            request_id,
             slot_ms: None,
         };
         self.send(
