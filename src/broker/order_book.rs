@@ -30,7 +30,7 @@
 //! |---|---|---|
 //! | Queued | Dispatched (task id, subagent, its instance id; stored before the task is sent) | Dispatching |
 //! | Queued | Refused (job no longer deployed) | Failed |
-//! | Queued | Skipped (concurrency = forbid, a run is active) | Cancelled, with the reason |
+//! | Queued | Skipped (concurrency = forbid, a run is active; or a submit without a request id whose create JetStream did not confirm) | Cancelled, with the reason |
 //! | Dispatching | Started (subagent accepted; stored in the background) | Running |
 //! | Dispatching | DispatchFailed (the first send found no responders, or the subagent refused it) | Queued, attempt not counted (the same task id comes again) |
 //! | Dispatching | a send again (after no answer) finds no responders | as SubagentLost: Orphaned until proven dead (it may run the task, cut off from NATS) |
