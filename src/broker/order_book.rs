@@ -34,9 +34,9 @@
 //! | Dispatching | Started (subagent accepted; stored in the background) | Running |
 //! | Dispatching | DispatchFailed (the first send found no responders, or the subagent refused it) | Queued, attempt not counted (the same task id comes again) |
 //! | Dispatching | a send again (after no answer) finds no responders | as SubagentLost: Orphaned until proven dead (it may run the task, cut off from NATS) |
-//! | Dispatching, Running, Orphaned | Certified (the death certificate of the process it was placed on; not a survivor) | Queued, restartable (the attempt counts even unconfirmed: it may have run, so its task id is never sent again) or Failed "subagent lost" (not restartable) |
+//! | Dispatching, Running, Orphaned | Certified (the death certificate of the process it was placed on; not a survivor) | Queued, restartable (unconfirmed: not an attempt, the process that might know its task id is gone) or Failed "subagent lost" (not restartable) |
 //! | Dispatching, Running | SubagentLost (silent past the subagent timeout, or restarted under its id) | Orphaned until the subagent's orphan timeout and kill grace have passed since it was last heard |
-//! | Orphaned | OrphanDeadline | as Certified |
+//! | Orphaned | OrphanDeadline | as Certified, but the attempt counts even unconfirmed: the process may live on and would answer its task id as a duplicate |
 //! | Orphaned | SubagentReturned (still runs the task) | Running |
 //! | Dispatching, Running, Orphaned | Finished (result of the current task) | Succeeded (exit 0) or Failed; Cancelled when a cancel was requested |
 //! | Dispatching, Running, Orphaned | Abandoned (its subagent killed it: orphan or drain timeout, or a cancel with kill) | as Certified |
@@ -437,7 +437,10 @@ impl Order {
                     return Ok(Applied::Stale);
                 }
                 let why = "it died; its reaper killed the task and certified it";
-                self.task_is_dead(&subagent_id, at_ms, why);
+                // the process is gone, and its memory of task ids with it:
+                // an unconfirmed start is not an attempt
+                let counted = self.confirmed;
+                self.task_is_dead(&subagent_id, at_ms, why, counted);
             }
             OrderEvent::SubagentReturned {
                 subagent_id,
@@ -465,7 +468,7 @@ impl Order {
                 // it ran: a restartable order runs again, another one fails
                 self.confirmed = true;
                 let subagent_id = self.subagent_id.clone().unwrap_or_default();
-                self.task_is_dead(&subagent_id, at_ms, "it killed the task itself");
+                self.task_is_dead(&subagent_id, at_ms, "it killed the task itself", true);
             }
             OrderEvent::Reconciled {
                 subagent_id,
@@ -517,7 +520,9 @@ impl Order {
                 }
                 let subagent_id = self.subagent_id.clone().unwrap_or_default();
                 let why = "out of sight past its orphan timeout, which killed the task";
-                self.task_is_dead(&subagent_id, at_ms, why);
+                // the process may live on and answer this task id as a
+                // duplicate: the attempt counts, even unconfirmed
+                self.task_is_dead(&subagent_id, at_ms, why, true);
             }
             OrderEvent::Cancel { at_ms } => match from {
                 Phase::Queued => self.cancelled(at_ms),
@@ -567,17 +572,17 @@ impl Order {
     }
 
     /// The current task is known dead: it runs again when restartable (an
-    /// unconfirmed one without counting as an attempt). A non-restartable
+    /// unconfirmed one counts as an attempt unless its process is gone). A non-restartable
     /// one fails even when unconfirmed: it may have started before its
     /// subagent died, and it must never run twice.
-    fn task_is_dead(&mut self, subagent_id: &str, at_ms: u64, why: &str) {
+    fn task_is_dead(&mut self, subagent_id: &str, at_ms: u64, why: &str, counted: bool) {
         if self.cancel_requested {
             self.cancelled(at_ms);
         } else if self.restartable {
-            // its start may have been unconfirmed, but it may have run: the
-            // attempt counts, so the next one's task id is new (a subagent
-            // answers a task id it has seen as a duplicate)
-            self.back_to_queue(true);
+            // `counted`: the next attempt gets a new task id (a subagent
+            // process that may still live answers one it has seen as a
+            // duplicate)
+            self.back_to_queue(counted);
         } else {
             self.phase = Phase::Failed;
             self.rerun_at_ms = None;
@@ -1087,8 +1092,8 @@ mod tests {
         assert_eq!(book.get("a").unwrap().phase, Phase::Queued);
         assert_eq!(
             book.get("a").unwrap().attempt,
-            1,
-            "never confirmed, but it may have run: an attempt (its task id is not used again)"
+            0,
+            "never confirmed, and its process is gone: not an attempt"
         );
         assert_eq!(book.next_queued().unwrap().id, "a");
         let b = book.get("b").unwrap().info();
