@@ -4,6 +4,10 @@
 //! tasks in doubt until its orphan timeout, unless its reaper certifies its
 //! death first ([`Core::on_certificate`]). After a takeover, inherited
 //! tasks are reconciled with the first heartbeat of their subagent.
+//!
+//! Size: just over the ~500-line mark; the death certificate and the
+//! reconciliation of inherited tasks move to their own files when the
+//! rest of the actor's handlers join the core (issue 19's next steps).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
