@@ -123,17 +123,17 @@ where
     after.or_else(|| eligible.next())
 }
 
+/// Registries and clusters for the placement and planner tests.
 #[cfg(test)]
-mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
+pub(crate) mod fixtures {
+    use std::collections::BTreeMap;
     use std::time::{Duration, Instant};
 
-    use super::*;
     use crate::broker::registry::{Registry, Sighting};
-    use crate::protocol::{ClusterMember, Load};
+    use crate::protocol::{ClusterMember, ClusterSpec, SchedulingMode};
 
     /// A registry with subagents `(id, capacity, busy, zone)`.
-    fn registry(subs: &[(&str, u32, usize, &str)]) -> Registry {
+    pub(crate) fn registry(subs: &[(&str, u32, usize, &str)]) -> Registry {
         let mut r = Registry::default();
         let now = Instant::now();
         for (id, capacity, busy, zone) in subs {
@@ -158,9 +158,14 @@ mod tests {
         r
     }
 
-    fn cluster(mode: SchedulingMode, members: &[(&str, i32)]) -> ClusterSpec {
+    /// A cluster `name` of the subagents `(id, priority)`.
+    pub(crate) fn cluster(
+        name: &str,
+        mode: SchedulingMode,
+        members: &[(&str, i32)],
+    ) -> ClusterSpec {
         ClusterSpec {
-            name: "c".into(),
+            name: name.into(),
             mode,
             members: members
                 .iter()
@@ -171,6 +176,21 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::time::{Duration, Instant};
+
+    use super::fixtures::registry;
+    use super::*;
+    use crate::broker::registry::{Registry, Sighting};
+    use crate::protocol::{ClusterMember, Load};
+
+    fn cluster(mode: SchedulingMode, members: &[(&str, i32)]) -> ClusterSpec {
+        super::fixtures::cluster("c", mode, members)
     }
 
     fn pick(r: &Registry, c: Option<&ClusterSpec>, last: Option<&str>) -> Option<String> {

@@ -104,54 +104,18 @@ pub fn plan<'a>(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::time::{Duration, Instant};
-
     use super::*;
-    use crate::broker::registry::Sighting;
-    use crate::protocol::ClusterMember;
+    use crate::broker::placement::fixtures::{self, cluster};
     use crate::testing::Rng;
 
     fn registry(subs: &[(&str, u32, usize)]) -> Registry {
-        let mut r = Registry::default();
-        let labels = BTreeMap::new();
-        for (id, capacity, busy) in subs {
-            let sighting = Sighting {
-                id,
-                instance_id: &format!("{id}-1"),
-                labels: &labels,
-                capacity: *capacity,
-                load: None,
-                draining: false,
-                heartbeat_interval: Duration::from_millis(250),
-                orphan_timeout: Duration::from_secs(10),
-            };
-            r.seen(sighting, Instant::now());
-            for t in 0..*busy {
-                r.assign(id, &format!("{id}-busy{t}"));
-            }
-        }
-        r
+        let subs: Vec<_> = subs.iter().map(|&(id, c, b)| (id, c, b, "x")).collect();
+        fixtures::registry(&subs)
     }
 
     fn job(name: &str, cluster: Option<&str>) -> JobSpec {
         let spec = serde_json::json!({"name": name, "program": "true", "cluster": cluster});
         serde_json::from_value(spec).unwrap()
-    }
-
-    fn cluster(name: &str, mode: SchedulingMode, members: &[(&str, i32)]) -> ClusterSpec {
-        ClusterSpec {
-            name: name.into(),
-            mode,
-            members: members
-                .iter()
-                .map(|(id, priority)| ClusterMember {
-                    subagent: Some(id.to_string()),
-                    labels: BTreeMap::new(),
-                    priority: *priority,
-                })
-                .collect(),
-        }
     }
 
     struct World {
