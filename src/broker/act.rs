@@ -8,7 +8,8 @@ use actix::prelude::*;
 
 use tracing::warn;
 
-use super::core::{self, Created, Effect, Event, Input, Now, Probed, Reply, RunReply, Then};
+use super::audit::Audited;
+use super::core::{self, Created, Effect, Event, Input, Now, Probed, Reply, RunReply};
 use super::recovery::write_over;
 use super::Broker;
 use crate::bus::{BusError, Replier};
@@ -26,9 +27,28 @@ pub(super) fn now() -> Now {
     }
 }
 
+/// Where the core's reply to a request goes, and, for a state-changing
+/// command, its audit record: the reply is the command's outcome.
+#[derive(Debug, Clone)]
+pub(super) struct To {
+    replier: Replier,
+    audited: Option<Box<Audited>>,
+}
+
+impl To {
+    /// Where to answer a request, and the audit record the answer
+    /// completes (for a state-changing command).
+    pub fn answering(audited: Option<Audited>) -> impl FnOnce(Replier) -> To {
+        move |replier| To {
+            replier,
+            audited: audited.map(Box::new),
+        }
+    }
+}
+
 impl Broker {
     /// Hands an input to the core and carries out what it decides.
-    pub(super) fn step(&mut self, input: Input<Replier>, ctx: &mut Context<Self>) {
+    pub(super) fn step(&mut self, input: Input<To>, ctx: &mut Context<Self>) {
         let effects = self.core.step(input, now());
         self.act(effects, ctx);
     }
@@ -39,7 +59,7 @@ impl Broker {
         self.act(effects, ctx);
     }
 
-    fn act(&mut self, effects: Vec<Effect<Replier>>, ctx: &mut Context<Self>) {
+    fn act(&mut self, effects: Vec<Effect<To>>, ctx: &mut Context<Self>) {
         for effect in effects {
             match effect {
                 Effect::Reply(to, reply) => self.send_reply(&to, reply),
@@ -56,15 +76,25 @@ impl Broker {
                 Effect::Later { after, timer } => {
                     ctx.run_later(after, move |act, ctx| act.step(Input::Timer(timer), ctx));
                 }
-                Effect::StepStored(info) => {
-                    self.step_order_stored(&info, ctx);
-                    self.flush(ctx);
-                }
+                Effect::Deploy { to, deploy } => self.deploy(to, deploy, ctx),
+                Effect::Stop {
+                    to,
+                    subagent_id,
+                    stop,
+                } => self.stop(to, subagent_id, stop, ctx),
             }
         }
     }
 
-    fn send_reply(&self, to: &Replier, reply: Reply) {
+    fn send_reply(&self, to: &To, reply: Reply) {
+        if let Some(audited) = &to.audited {
+            let outcome = match &reply {
+                Reply::Error(e) => Err((e.error.code, e.error.message.as_str())),
+                _ => Ok(()),
+            };
+            self.audit(audited, outcome);
+        }
+        let to = &to.replier;
         match reply {
             Reply::Submitted(r) => self.bus.reply(to, &r),
             Reply::Ack(r) => self.bus.reply(to, &r),
@@ -72,6 +102,8 @@ impl Broker {
             Reply::Left(r) => self.bus.reply(to, &r),
             Reply::Certified(r) => self.bus.reply(to, &r),
             Reply::Order(r) => self.bus.reply(to, &*r),
+            Reply::Deployed(r) => self.bus.reply(to, &r),
+            Reply::Switched(r) => self.bus.reply(to, &r),
             Reply::Error(r) => self.bus.reply(to, &r),
         }
     }
@@ -95,7 +127,7 @@ impl Broker {
         }
     }
 
-    fn write(&mut self, info: OrderInfo, revision: Option<u64>, ctx: &mut Context<Self>) {
+    fn write(&mut self, info: Box<OrderInfo>, revision: Option<u64>, ctx: &mut Context<Self>) {
         let kv = self.orders_kv.clone();
         let tenure = self.tenure.clone();
         let write = async move {
@@ -104,7 +136,6 @@ impl Broker {
                 Ok(revision) => core::Stored::At(revision),
                 Err(e) => e.stored(),
             };
-            let info = Box::new(info);
             Input::Written { info, stored }
         };
         ctx.spawn(
@@ -210,39 +241,52 @@ impl Broker {
         );
     }
 
-    // The core's operations as the actor's own handlers call them (see the
-    // module docs of `core`): each carries out the effects it leaves.
-
-    pub(super) fn store(&mut self, order_id: &str, then: Then<Replier>, ctx: &mut Context<Self>) {
-        self.core.at(now()).store(order_id, then);
-        self.flush(ctx);
+    fn deploy(&mut self, to: To, deploy: Box<DeployRequest>, ctx: &mut Context<Self>) {
+        let (jobs, clusters) = (self.jobs_kv.clone(), self.clusters_kv.clone());
+        let workflows = self.workflows_kv.clone();
+        let write = async move {
+            let written = async {
+                for cluster in &deploy.clusters {
+                    clusters.put(&cluster.name, cluster).await?;
+                }
+                for spec in &deploy.jobs {
+                    jobs.put(&spec.name, spec).await?;
+                }
+                for spec in &deploy.workflows {
+                    workflows.put(&spec.name, spec).await?;
+                }
+                Ok::<_, BusError>(())
+            };
+            let written = written.await.map_err(|e| e.to_string());
+            Input::Deployed {
+                to,
+                deploy,
+                written,
+            }
+        };
+        ctx.spawn(
+            write
+                .into_actor(self)
+                .map(|deployed, act, ctx| act.step(deployed, ctx)),
+        );
     }
 
-    pub(super) fn dispatch(&mut self, ctx: &mut Context<Self>) {
-        self.core.at(now()).dispatch();
-        self.flush(ctx);
-    }
-
-    pub(super) fn announce(
-        &mut self,
-        id: &str,
-        state: SubagentState,
-        reason: &str,
-        ctx: &mut Context<Self>,
-    ) {
-        self.core.at(now()).announce(id, state, reason);
-        self.flush(ctx);
-    }
-
-    pub(super) fn cancel(
-        &mut self,
-        order_id: &str,
-        kill: bool,
-        reason: &str,
-        ctx: &mut Context<Self>,
-    ) -> Result<(), core::Refusal> {
-        let cancelled = self.core.at(now()).cancel(order_id, kill, reason);
-        self.flush(ctx);
-        cancelled
+    fn stop(&mut self, to: To, subagent_id: String, stop: StopSubagent, ctx: &mut Context<Self>) {
+        let bus = self.bus.clone();
+        let subject = bus.subjects().stop(&subagent_id);
+        let timeout = self.config.broker.dispatch_timeout;
+        let request = async move {
+            let taken = bus.request::<_, Stopping>(subject, &stop, timeout).await;
+            Input::Stopped {
+                to,
+                subagent_id,
+                taken: taken.map(|_| ()).map_err(|e| e.to_string()),
+            }
+        };
+        ctx.spawn(
+            request
+                .into_actor(self)
+                .map(|stopped, act, ctx| act.step(stopped, ctx)),
+        );
     }
 }

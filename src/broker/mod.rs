@@ -5,11 +5,10 @@
 //! The decisions are the pure [`core`]'s (`step(input, now) -> effects`);
 //! this actor subscribes, turns what arrives into the core's inputs, and
 //! carries the effects out (`act.rs`): it publishes, requests and writes to
-//! JetStream, feeding each outcome back. Deploy, order lookup, status and
-//! switch-over are still handled here (`requests.rs`), as are workflow
-//! orders (`flows/`): they act on the core's state and operations, until
-//! the next steps of issue 19 move them into the core. The journal's IO and
-//! reading it for a takeover are in `recovery.rs`.
+//! JetStream, feeding each outcome back. Only the queries (an order, the
+//! order list, status) are answered here, from the core's state
+//! (`requests.rs`). The journal's IO and reading it for a takeover are in
+//! `recovery.rs`.
 
 mod act;
 pub mod agents;
@@ -17,7 +16,6 @@ mod audit;
 pub mod core;
 pub mod election;
 mod elector;
-mod flows;
 mod gate;
 pub mod health;
 mod idempotency;
@@ -41,10 +39,8 @@ use crate::bus::{Bus, BusError, Kv, KvChange, Received, Replier, Request, Sender
 use crate::config::Config;
 use crate::protocol::*;
 use crate::time::now_ms;
-use core::Core;
-
-/// Final orders kept in memory for lookups; older ones are read from JetStream.
-const KEEP_FINISHED: usize = 10_000;
+use act::To;
+use core::{Core, KEEP_FINISHED};
 
 /// Everything that reaches the broker from NATS.
 enum Input {
@@ -77,7 +73,7 @@ pub struct Broker {
     id: String,
     started_at_ms: u64,
     /// What the broker knows, and every decision over it.
-    core: Core<Replier>,
+    core: Core<To>,
     jobs_kv: Kv<JobSpec>,
     clusters_kv: Kv<ClusterSpec>,
     workflows_kv: Kv<WorkflowSpec>,
@@ -255,9 +251,9 @@ impl Actor for Broker {
         ctx.run_interval(self.config.broker.check_interval, |act, ctx| {
             act.step(core::Input::Check, ctx)
         });
-        // the core's first effects: the deadline for inherited tasks' subagents
+        // the core's first effects: the deadline for inherited tasks'
+        // subagents, and workflow orders picked up where they were
         self.flush(ctx);
-        self.resume_flows(ctx);
     }
 }
 
@@ -292,6 +288,30 @@ impl Input {
 
 impl StreamHandler<Input> for Broker {
     fn handle(&mut self, input: Input, ctx: &mut Self::Context) {
+        // what is deployed is known whether acting or not
+        use core::SpecChange;
+        let change = match input {
+            Input::Job(c) => SpecChange::Job(c.key, c.value),
+            Input::Cluster(c) => SpecChange::Cluster(c.key, c.value),
+            Input::Workflow(c) => SpecChange::Workflow(c.key, c.value),
+            input => return self.serve(input, ctx),
+        };
+        self.step(core::Input::Spec(change), ctx);
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        warn!("all broker subscriptions ended; stopping");
+        if let Some(stopped) = self.stopped.take() {
+            let _ = stopped.send(());
+        }
+        ctx.stop();
+    }
+}
+
+impl Broker {
+    /// A request or heartbeat: dropped unless acting, refused unless the
+    /// gate admits its sender, else the core's.
+    fn serve(&mut self, input: Input, ctx: &mut Context<Self>) {
         if !self.acting() {
             // no answer: the client asks again, and the next broker answers
             return;
@@ -312,33 +332,27 @@ impl StreamHandler<Input> for Broker {
                 return;
             }
         }
-        match input {
-            Input::Submit(r) => self.on_submit(r, ctx),
-            Input::Deploy(r) => self.on_deploy(r, ctx),
-            Input::GetOrder(r) => self.on_get_order(r, ctx),
-            Input::Cancel(r) => self.on_cancel(r, ctx),
-            Input::Status(r) => self.on_status(r, ctx),
-            Input::Control(r) => self.on_control(r, ctx),
-            Input::Register(r) => self.step(core::Input::Register(r.replier, r.body), ctx),
-            Input::Leave(r) => self.step(core::Input::Leave(r.replier, r.body), ctx),
-            Input::Result(r) => self.step(core::Input::Result(r.replier, r.body), ctx),
-            Input::Certificate(r) => self.step(core::Input::Certificate(r.replier, r.body), ctx),
-            Input::Heartbeat(h) => self.step(core::Input::Heartbeat(h.body), ctx),
-            Input::Suspend(r) => self.on_suspend(r, ctx),
-            Input::Resume(r) => self.on_resume(r, ctx),
-            Input::List(r) => self.on_list(r),
-            Input::Job(change) => self.on_job_change(change),
-            Input::Workflow(change) => self.on_workflow_change(change),
-            Input::Cluster(change) => self.on_cluster_change(change),
-        }
-    }
-
-    fn finished(&mut self, ctx: &mut Self::Context) {
-        warn!("all broker subscriptions ended; stopping");
-        if let Some(stopped) = self.stopped.take() {
-            let _ = stopped.send(());
-        }
-        ctx.stop();
+        // a state-changing command is audited with its reply (`act::To`)
+        let to = To::answering(input.audited());
+        let input = match input {
+            Input::Submit(r) => core::Input::Submit(to(r.replier), r.body),
+            Input::Deploy(r) => core::Input::Deploy(to(r.replier), r.body),
+            Input::Cancel(r) => core::Input::Cancel(to(r.replier), r.body),
+            Input::Control(r) => core::Input::Control(to(r.replier), r.body),
+            Input::Register(r) => core::Input::Register(to(r.replier), r.body),
+            Input::Leave(r) => core::Input::Leave(to(r.replier), r.body),
+            Input::Result(r) => core::Input::Result(to(r.replier), r.body),
+            Input::Certificate(r) => core::Input::Certificate(to(r.replier), r.body),
+            Input::Heartbeat(h) => core::Input::Heartbeat(h.body),
+            Input::Suspend(r) => core::Input::Suspend(to(r.replier), r.body),
+            Input::Resume(r) => core::Input::Resume(to(r.replier), r.body),
+            // queries: read, not decided
+            Input::GetOrder(r) => return self.on_get_order(r, ctx),
+            Input::Status(r) => return self.on_status(r, ctx),
+            Input::List(r) => return self.bus.reply(&r.replier, &self.core.book.list(&r.body)),
+            Input::Job(_) | Input::Workflow(_) | Input::Cluster(_) => return,
+        };
+        self.step(input, ctx);
     }
 }
 

@@ -18,7 +18,6 @@ use tracing::warn;
 use super::super::order_book::{Order, OrderEvent};
 use super::{Core, Effect, Event, Refusal, Reply};
 use crate::protocol::*;
-use crate::workflow::FlowOrder;
 
 /// Before writing again a final state that could not be stored.
 const JOURNAL_RETRY: Duration = Duration::from_secs(1);
@@ -93,6 +92,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         };
         self.writing.insert(order_id.clone(), writes);
         let revision = self.revisions.get(&order_id);
+        let info = Box::new(info);
         self.emit(Effect::Write { info, revision });
     }
 
@@ -107,14 +107,12 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                 self.set_revision(&order_id, *revision);
                 if info.state.is_final() {
                     if let Some(event) = self.unannounced.remove(&order_id) {
-                        self.publish(Event::Finished(event));
+                        self.publish(event);
                     }
                 }
                 // a workflow order follows its step orders only as far as
                 // the journal does: after a crash it is never ahead of them
-                if info.parent.is_some() {
-                    self.emit(Effect::StepStored(info));
-                }
+                self.step_order_stored(&info);
             }
             Stored::Ended(ended, revision) => {
                 warn!(order = %order_id, state = ?ended.state, "the order ended meanwhile, stored by another broker; taking that end");
@@ -147,19 +145,15 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         }
     }
 
-    /// The order as stored: one of the book, or a workflow order.
+    /// The order's record as it stands, of a job or a workflow.
     pub(in crate::broker) fn info_of(&self, order_id: &str) -> Option<OrderInfo> {
-        match self.book.get(order_id) {
-            Some(order) => Some(order.info()),
-            None => self.flows.get(order_id).map(FlowOrder::info),
-        }
+        self.book.info(order_id)
     }
 
     /// Records the journal revision an order's record is now at.
     pub(in crate::broker) fn set_revision(&mut self, order_id: &str, revision: u64) {
-        let (book, flows) = (&self.book, &self.flows);
-        let held = |id: &str| book.get(id).is_some() || flows.contains_key(id);
-        self.revisions.set(order_id, revision, held);
+        let book = &self.book;
+        self.revisions.set(order_id, revision, |id| book.holds(id));
     }
 
     fn follow_up(&mut self, order_id: &str, then: Then<R>, stored: bool) {
@@ -205,11 +199,8 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         let restored = Order::restore(&ended, order.restartable);
         self.book.adopt(restored);
         self.unannounced.remove(&ended.order_id);
-        let event = finished_event(&ended, self.now.ms);
-        self.publish(Event::Finished(event));
-        if ended.parent.is_some() {
-            self.emit(Effect::StepStored(ended));
-        }
+        self.publish(Event::finished(&ended, self.now.ms));
+        self.step_order_stored(&ended);
     }
 
     /// Stores an order's final state, then publishes it and acknowledges
@@ -218,7 +209,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         let Some(order) = self.book.get(order_id) else {
             return;
         };
-        let event = finished_event(&order.info(), self.now.ms);
+        let event = Event::finished(&order.info(), self.now.ms);
         // announced once stored (see `written`): a subscriber never hears
         // of an end a broker taking over would not know
         self.unannounced.insert(order_id.to_string(), event);
@@ -227,27 +218,6 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             None => Then::Nothing,
         };
         self.store(order_id, then);
-    }
-}
-
-/// The `finished` event of an order that ended as `info` says.
-fn finished_event(info: &OrderInfo, at_ms: u64) -> OrderFinished {
-    let duration_ms = match (info.started_at_ms, info.finished_at_ms) {
-        (Some(s), Some(f)) => Some(f.saturating_sub(s)),
-        _ => None,
-    };
-    OrderFinished {
-        order_id: info.order_id.clone(),
-        job: info.job.clone(),
-        state: info.state,
-        exit_code: info.exit_code,
-        signal: info.signal,
-        timed_out: info.timed_out,
-        reason: info.reason.clone(),
-        subagent_id: info.subagent_id.clone(),
-        attempt: info.attempt,
-        duration_ms,
-        at_ms,
     }
 }
 

@@ -16,8 +16,12 @@
 //! - `subagents.rs`: registrations, heartbeats, probes, leaving, death
 //!   certificates, and the tasks of subagents out of sight.
 //! - `submit.rs`: submits of job orders (create, concurrency policy,
-//!   repeats) and cancels; `refusal.rs`: why a request is refused, with its
-//!   wire code; `takeover.rs`: the state a new active broker starts from.
+//!   repeats) and cancels; `flows/`: workflow orders and their step
+//!   orders; `events.rs`: every order event, built from the order's record;
+//!   `refusal.rs`: why a request is refused, with its wire code;
+//!   `takeover.rs`: the state a new active broker starts from.
+//! - `deploy.rs`: deploys and bucket changes; `switch.rs`: an operator's
+//!   switch-over of a subagent.
 //!
 //! Architecture invariant: imports neither actix, nor the bus, nor the
 //! clock; `R` is where a reply goes, opaque here. Once its lease may have
@@ -27,17 +31,17 @@
 //! and their effects wait until it renews its lease, or go with it when it
 //! steps down.
 //!
-//! Still in the actor, to move here in the next steps of issue 19: workflow
-//! submits and workflow orders (`flows/`), deploy, status and switch-over;
-//! they act on the core's state and call its operations, then carry out
-//! the effects those leave ([`Core::take_effects`]).
 
+mod deploy;
+mod events;
+mod flows;
 mod journal;
 mod orders;
 pub mod plan;
 mod refusal;
 mod subagents;
 mod submit;
+mod switch;
 mod takeover;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -50,7 +54,8 @@ use super::order_book::OrderBook;
 use super::registry::Registry;
 use crate::config::Config;
 use crate::protocol::*;
-use crate::workflow::FlowOrder;
+use crate::workflow::KillCause;
+pub use deploy::SpecChange;
 pub(super) use journal::{Revisions, Stored, Then};
 pub use refusal::Refusal;
 pub use submit::Created;
@@ -60,6 +65,9 @@ pub(super) use takeover::{Journal, Recovered};
 pub(super) const ORPHAN_MARGIN: Duration = Duration::from_secs(1);
 /// Before sending a dispatch again whose fate is unknown.
 const RESEND_DELAY: Duration = Duration::from_millis(200);
+/// Ended orders of each kind kept in memory for lookups; older ones are
+/// read from JetStream.
+pub(in crate::broker) const KEEP_FINISHED: usize = 10_000;
 
 /// The time as the core sees it: monotonic for durations, and wall-clock
 /// milliseconds for what it records.
@@ -72,8 +80,27 @@ pub struct Now {
 /// What reaches the core.
 #[derive(Debug, Clone)]
 pub enum Input<R> {
-    /// A submit of a job's order.
+    /// A submit of a job's or a workflow's order.
     Submit(R, SubmitOrder),
+    Cancel(R, CancelOrder),
+    Suspend(R, SuspendOrder),
+    Resume(R, ResumeOrder),
+    Deploy(R, DeployRequest),
+    Control(R, SubagentControl),
+    /// A bucket entry changed (taken whether acting or not).
+    Spec(SpecChange),
+    /// The outcome of an [`Effect::Deploy`].
+    Deployed {
+        to: R,
+        deploy: Box<DeployRequest>,
+        written: Result<(), String>,
+    },
+    /// The outcome of an [`Effect::Stop`].
+    Stopped {
+        to: R,
+        subagent_id: String,
+        taken: Result<(), String>,
+    },
     Result(R, TaskResult),
     Register(R, Register),
     Heartbeat(SubagentHeartbeat),
@@ -136,7 +163,7 @@ pub enum Effect<R> {
     /// first when `None`), this broker's state written over another
     /// writer's; answered with [`Input::Written`].
     Write {
-        info: OrderInfo,
+        info: Box<OrderInfo>,
         revision: Option<u64>,
     },
     /// Create a new order's record (with a request id, only if it has
@@ -168,9 +195,18 @@ pub enum Effect<R> {
         after: Duration,
         timer: Timer,
     },
-    /// A step order's new state is stored: its workflow order follows
-    /// (workflow orders are still the actor's, see the module docs).
-    StepStored(OrderInfo),
+    /// Write a deploy's jobs, clusters and workflows to their buckets;
+    /// answered with [`Input::Deployed`].
+    Deploy {
+        to: R,
+        deploy: Box<DeployRequest>,
+    },
+    /// Ask a subagent to stop (drain); answered with [`Input::Stopped`].
+    Stop {
+        to: R,
+        subagent_id: String,
+        stop: StopSubagent,
+    },
 }
 
 /// An answer to a request.
@@ -182,6 +218,8 @@ pub enum Reply {
     Left(Left),
     Certified(CertificateAccepted),
     Order(Box<OrderInfo>),
+    Deployed(DeployReply),
+    Switched(SubagentControlReply),
     Error(ErrorReply),
 }
 
@@ -208,6 +246,21 @@ pub enum Timer {
     /// `broker.subagent_timeout` after taking over: the subagents of
     /// inherited tasks never heard from are out of sight.
     Unseen,
+    /// Place a step attempt again whose order was not stored.
+    PlaceStep(ParentStep),
+    /// Kill a step attempt's order (asked while it was being stored).
+    KillStep {
+        parent: ParentStep,
+        cause: Option<KillCause>,
+    },
+    /// A step attempt could not be placed: it fails.
+    StepRefused {
+        parent: ParentStep,
+        order_id: String,
+        reason: String,
+    },
+    /// A step's retry is due.
+    RetryDue { flow_id: String, step: String },
 }
 
 /// The broker's state, and every decision over it.
@@ -219,15 +272,12 @@ pub struct Core<R> {
     pub(super) jobs: HashMap<String, JobSpec>,
     pub(super) clusters: HashMap<String, ClusterSpec>,
     pub(super) workflows: HashMap<String, WorkflowSpec>,
+    /// Every order held, of jobs and of workflows.
     pub(super) book: OrderBook,
-    /// Orders through workflows: every unfinished one, and the newest ended.
-    pub(super) flows: HashMap<String, FlowOrder>,
-    /// The workflow order held for each request id.
-    pub(super) flow_requests: HashMap<String, String>,
     /// Orders with a journal write in flight, and what waits for it.
     pub(super) writing: HashMap<String, journal::Writes<R>>,
     /// `finished` events waiting for their order's final state to be stored.
-    pub(super) unannounced: HashMap<String, OrderFinished>,
+    pub(super) unannounced: HashMap<String, Event>,
     /// The journal revision of each order's record, for compare-and-swap.
     pub(super) revisions: Revisions,
     /// Subagents holding inherited tasks, until their first heartbeat.
@@ -241,8 +291,8 @@ pub struct Core<R> {
     /// certified dead, most recent last: a heartbeat of theirs still in
     /// flight must not bring them back.
     pub(super) departed: VecDeque<String>,
-    /// Submits waiting for their order's record to be created.
-    submits: HashMap<String, submit::Pending<R>>,
+    /// Orders waiting for their record to be created, and what waits.
+    creating: HashMap<String, submit::Pending<R>>,
     /// Seeds the ids of orders without a request id, unique per broker.
     id_seed: u64,
     ids: u64,
@@ -255,7 +305,8 @@ pub struct Core<R> {
 
 impl<R: Clone + std::fmt::Debug> Core<R> {
     /// A core taking over from what the journal held; its first effects
-    /// (the timer for subagents never heard from) are ready to take.
+    /// (the timer for subagents never heard from, workflow orders picked
+    /// up where they were) are ready to take.
     pub(in crate::broker) fn new(
         id: String,
         config: Config,
@@ -271,12 +322,6 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             jobs: recovered.jobs,
             clusters: recovered.clusters,
             workflows: recovered.workflows,
-            flow_requests: recovered
-                .flows
-                .values()
-                .filter_map(|f| Some((f.request_id.clone()?, f.id.clone())))
-                .collect(),
-            flows: recovered.flows,
             unreconciled: recovered.book.inherited_subagents(),
             doubted: BTreeSet::new(),
             book: recovered.book,
@@ -286,7 +331,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             registry: Registry::default(),
             last_placed: HashMap::new(),
             departed: VecDeque::new(),
-            submits: HashMap::new(),
+            creating: HashMap::new(),
             id_seed,
             ids: 0,
             tenure,
@@ -299,6 +344,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             let after = core.config.broker.subagent_timeout;
             core.later(after, Timer::Unseen);
         }
+        core.resume_flows();
         core
     }
 
@@ -307,6 +353,22 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         self.now = now;
         match input {
             Input::Submit(to, s) => self.on_submit(to, s),
+            Input::Cancel(to, c) => self.on_cancel(to, c),
+            Input::Suspend(to, s) => self.on_suspend(to, s),
+            Input::Resume(to, r) => self.on_resume(to, r),
+            Input::Deploy(to, d) => self.on_deploy(to, d),
+            Input::Control(to, c) => self.on_control(to, c),
+            Input::Spec(change) => self.on_spec_change(change),
+            Input::Deployed {
+                to,
+                deploy,
+                written,
+            } => self.on_deployed(to, *deploy, written),
+            Input::Stopped {
+                to,
+                subagent_id,
+                taken,
+            } => self.on_stopped(to, subagent_id, taken),
             Input::Created { info, created } => self.on_created(*info, created),
             Input::Result(to, r) => self.on_result(to, r),
             Input::Register(to, r) => self.on_register(to, r),
@@ -329,6 +391,14 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             }
             Input::Timer(Timer::Rewrite { order_id }) => self.store(&order_id, Then::Nothing),
             Input::Timer(Timer::Unseen) => self.unseen_deadline(),
+            Input::Timer(Timer::PlaceStep(parent)) => self.place_again(parent),
+            Input::Timer(Timer::KillStep { parent, cause }) => self.kill_step(parent, cause),
+            Input::Timer(Timer::StepRefused {
+                parent,
+                order_id,
+                reason,
+            }) => self.fail_step(parent, order_id, reason),
+            Input::Timer(Timer::RetryDue { flow_id, step }) => self.retry_due(flow_id, step),
             Input::Check => self.check_liveness(),
         }
         self.take_effects()

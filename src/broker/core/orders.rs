@@ -283,7 +283,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
     /// round-robin moves each order to the next member step by step.
     pub(in crate::broker) fn previous_step_subagent(&self, order_id: &str) -> Option<String> {
         let parent = self.book.get(order_id)?.parent.as_ref()?;
-        let flow = self.flows.get(&parent.order_id)?;
+        let flow = self.book.flow(&parent.order_id)?;
         flow.history
             .iter()
             .rev()

@@ -3,6 +3,7 @@
 
 use super::super::idempotency::Conflict;
 use crate::protocol::{ErrorCode, ErrorReply};
+use crate::workflow::TransitionError;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -37,6 +38,48 @@ pub enum Refusal {
         "order {0}: its new state could not be stored in JetStream yet (it is retried); send the command again to learn the outcome"
     )]
     StateNotStored(String),
+    /// A workflow order that cannot be made from its workflow.
+    #[error("{0}")]
+    InvalidWorkflow(String),
+    #[error("order {0} is being stored right now; send it again")]
+    FlowBeingStored(String),
+    /// A command the workflow order's state does not allow now.
+    #[error("order {order}: {error}")]
+    NotNow {
+        order: String,
+        error: TransitionError,
+    },
+    #[error(
+        "order {order} runs step '{step}' (attempt {attempt}) of workflow order {flow}; only that order can be {verb}"
+    )]
+    StepOrder {
+        order: String,
+        step: String,
+        attempt: u32,
+        flow: String,
+        verb: &'static str,
+    },
+    #[error(
+        "order {order} runs job '{job}', not a workflow: only workflow orders can be {verb} (cancel works for any order)"
+    )]
+    JobOrder {
+        order: String,
+        job: String,
+        verb: &'static str,
+    },
+    #[error("no order {0} is held by this broker; check the id with `baton order list`")]
+    Unknown(String),
+    /// A deploy that does not fit what is deployed, or is invalid.
+    #[error("{0}")]
+    InvalidDeploy(String),
+    #[error("the deployment could not be stored in JetStream: {0}")]
+    DeployNotStored(String),
+    #[error("no subagent '{0}' is known (see `baton status`)")]
+    UnknownSubagent(String),
+    #[error("subagent '{0}' is lost; it cannot be switched now")]
+    SubagentLost(String),
+    #[error("subagent '{subagent}' did not take the stop: {error}")]
+    StopNotTaken { subagent: String, error: String },
     #[error("subagent id {0:?} is not a valid subject token")]
     BadSubagentId(String),
     #[error(
@@ -51,6 +94,20 @@ impl Refusal {
         match self {
             Refusal::UnknownJob { .. } => ErrorCode::UnknownJob,
             Refusal::InvalidParam(_) => ErrorCode::InvalidParam,
+            Refusal::InvalidWorkflow(_) => ErrorCode::InvalidJob,
+            Refusal::NotNow {
+                error: TransitionError::UnknownStep { .. },
+                ..
+            } => ErrorCode::InvalidParam,
+            Refusal::NotNow { .. } | Refusal::StepOrder { .. } | Refusal::JobOrder { .. } => {
+                ErrorCode::InvalidState
+            }
+            Refusal::FlowBeingStored(_) => ErrorCode::Busy,
+            Refusal::Unknown(_) | Refusal::UnknownSubagent(_) => ErrorCode::NotFound,
+            Refusal::InvalidDeploy(_) => ErrorCode::InvalidJob,
+            Refusal::DeployNotStored(_)
+            | Refusal::SubagentLost(_)
+            | Refusal::StopNotTaken { .. } => ErrorCode::Unavailable,
             Refusal::Conflict(_) => ErrorCode::Conflict,
             Refusal::SubmitBeingStored | Refusal::CancelWhileStoring(_) => ErrorCode::Busy,
             Refusal::NotStored(_) | Refusal::StateNotStored(_) => ErrorCode::Unavailable,

@@ -9,17 +9,16 @@
 //! once the order is durable. Repeats are answered as `idempotency.rs`
 //! decides.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use tracing::{info, warn};
 
 use super::super::idempotency::{check_repeat, FirstOrder};
-use super::super::order_book::{Applied, ApplyError, Order, OrderEvent};
+use super::super::order_book::{Applied, ApplyError, Held, Order, OrderEvent};
 use super::{Core, Effect, Event, Refusal, Reply, Then};
 use crate::jobs;
 use crate::jobs::{on_slot, SlotDecision};
 use crate::protocol::*;
-use crate::workflow::FlowOrder;
 
 /// What a trigger's new order does to the job's runs still active.
 #[derive(Debug, Clone)]
@@ -31,11 +30,15 @@ pub(super) enum Overlap {
     Replace(Vec<String>),
 }
 
-/// A submit waiting for its order's record to be created.
+/// What waits for an order's record to be created.
 #[derive(Debug)]
-pub(super) struct Pending<R> {
-    to: R,
-    overlap: Overlap,
+pub(super) enum Pending<R> {
+    /// The submit of a job's order.
+    Job { to: R, overlap: Overlap },
+    /// The submit of a workflow order.
+    Flow { to: R },
+    /// The step attempt the order runs.
+    Step(ParentStep),
 }
 
 /// How creating an order's record ended.
@@ -51,8 +54,11 @@ pub enum Created {
 }
 
 impl<R: Clone + std::fmt::Debug> Core<R> {
-    /// A submit of a job's order (a workflow's goes to the actor's `flows`).
+    /// A submit of a job's order, or of a workflow's (`flows/submit.rs`).
     pub(super) fn on_submit(&mut self, to: R, submit: SubmitOrder) {
+        if let Some(spec) = self.workflows.get(&submit.job).cloned() {
+            return self.submit_workflow(to, &spec, submit);
+        }
         let SubmitOrder {
             job,
             params,
@@ -95,21 +101,38 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             }
             _ => Overlap::None,
         };
-        let idempotent = request_id.is_some();
-        let mut order = Order::new(order_id.clone(), job, params, request_id, self.now.ms);
+        let mut order = Order::new(order_id, job, params, request_id, self.now.ms);
         order.restartable = restartable;
         order.slot_ms = slot_ms;
+        self.create(order, Pending::Job { to, overlap });
+    }
+
+    /// Holds a new job order and asks for its record to be created (with
+    /// a request id, only if that id's order is new); `pending` waits.
+    pub(super) fn create(&mut self, order: Order, pending: Pending<R>) {
+        let idempotent = order.request_id.is_some();
         let info = Box::new(order.info());
         self.book.insert(order);
-        self.submits.insert(order_id, Pending { to, overlap });
+        self.creating(&info.order_id, pending);
         self.emit(Effect::Create { info, idempotent });
     }
 
-    /// A submit's record was created, found, or not stored.
+    pub(super) fn creating(&mut self, order_id: &str, pending: Pending<R>) {
+        self.creating.insert(order_id.to_string(), pending);
+    }
+
+    /// An order's record was created, found, or not stored.
     pub(super) fn on_created(&mut self, info: OrderInfo, created: Created) {
-        let Some(Pending { to, overlap }) = self.submits.remove(&info.order_id) else {
-            return;
-        };
+        match self.creating.remove(&info.order_id) {
+            Some(Pending::Job { to, overlap }) => self.job_created(to, overlap, info, created),
+            Some(Pending::Flow { to }) => self.flow_created(to, info, created),
+            Some(Pending::Step(parent)) => self.step_created(parent, info, created),
+            None => {}
+        }
+    }
+
+    /// A job order's record was created, found, or not stored.
+    fn job_created(&mut self, to: R, overlap: Overlap, info: OrderInfo, created: Created) {
         match created {
             Created::At(revision) => {
                 self.set_revision(&info.order_id, revision);
@@ -198,13 +221,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             duplicate: false,
         };
         self.reply(to, Reply::Submitted(reply));
-        self.publish(Event::Accepted(OrderAccepted {
-            order_id: info.order_id,
-            job: info.job,
-            params: info.params,
-            slot_ms: info.slot_ms,
-            at_ms: info.accepted_at_ms,
-        }));
+        self.publish(Event::accepted(&info));
         match overlap {
             Overlap::None => {}
             Overlap::Skip(reason) => {
@@ -242,24 +259,25 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         let Some(request_id) = request_id else {
             return false;
         };
-        let held = if let Some(order) = self.book.by_request_id(request_id) {
-            let first = FirstOrder {
-                order_id: &order.id,
-                job: &order.job,
-                params: &order.params,
-            };
-            (first, order.durable, order.phase.wire())
-        } else if let Some(flow) = flow_by_request(&self.flow_requests, &self.flows, request_id) {
-            let first = FirstOrder {
-                order_id: &flow.id,
-                job: flow.run.workflow(),
-                params: flow.run.params(),
-            };
-            (first, flow.durable, flow.state().wire())
-        } else {
-            return false;
+        let (first, durable, state) = match self.book.by_request_id(request_id) {
+            Some(Held::Job(order)) => {
+                let first = FirstOrder {
+                    order_id: &order.id,
+                    job: &order.job,
+                    params: &order.params,
+                };
+                (first, order.durable, order.phase.wire())
+            }
+            Some(Held::Flow(flow)) => {
+                let first = FirstOrder {
+                    order_id: &flow.id,
+                    job: flow.run.workflow(),
+                    params: flow.run.params(),
+                };
+                (first, flow.durable, flow.state().wire())
+            }
+            None => return false,
         };
-        let (first, durable, state) = held;
         let answer = if let Err(conflict) = check_repeat(request_id, first, job, params) {
             Reply::Error(Refusal::from(conflict).reply())
         } else if !durable {
@@ -299,6 +317,21 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             duplicate: true,
         };
         self.reply(to, Reply::Submitted(reply));
+    }
+
+    /// `baton order cancel`: a workflow order's cancel is answered once
+    /// stored; a job order's at once, with the order.
+    pub(super) fn on_cancel(&mut self, to: R, req: CancelOrder) {
+        let CancelOrder { order_id, kill } = req;
+        if self.book.flow(&order_id).is_some() {
+            return self.command_flow(&to, &order_id, crate::workflow::Event::Cancel { kill });
+        }
+        if let Err(refusal) = self.cancel(&order_id, kill, "cancelled with --kill") {
+            return self.refuse(&to, refusal);
+        }
+        if let Some(info) = self.info_of(&order_id) {
+            self.reply(&to, Reply::Order(Box::new(info)));
+        }
     }
 
     /// Cancels an order: a waiting one at once, a running one when its task
@@ -348,13 +381,4 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         }
         Ok(())
     }
-}
-
-/// The workflow order held for a request id.
-pub(in crate::broker) fn flow_by_request<'a>(
-    requests: &HashMap<String, String>,
-    flows: &'a HashMap<String, FlowOrder>,
-    request_id: &str,
-) -> Option<&'a FlowOrder> {
-    requests.get(request_id).and_then(|id| flows.get(id))
 }

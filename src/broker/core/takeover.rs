@@ -26,9 +26,9 @@ pub(in crate::broker) struct Recovered {
     pub jobs: HashMap<String, JobSpec>,
     pub clusters: HashMap<String, ClusterSpec>,
     pub workflows: HashMap<String, WorkflowSpec>,
+    /// Job orders, and workflow orders: every unfinished one, and the
+    /// newest ended ones.
     pub book: OrderBook,
-    /// Workflow orders: every unfinished one, and the newest ended ones.
-    pub flows: HashMap<String, FlowOrder>,
     /// The revision each kept order was read at.
     pub revisions: Revisions,
 }
@@ -70,9 +70,6 @@ impl Recovered {
             ended += usize::from(f.state().is_terminal());
             !f.state().is_terminal() || ended <= keep_finished
         });
-        let flows: HashMap<String, FlowOrder> =
-            flows.into_iter().map(|f| (f.id.clone(), f)).collect();
-        flow_revisions.retain(|id, _| flows.contains_key(id));
         let restored = orders.values().map(|(info, _)| {
             // a job removed since: its waiting orders fail at dispatch, and an
             // inherited task is never run twice
@@ -81,6 +78,11 @@ impl Recovered {
         });
         let mut book = OrderBook::new(keep_finished);
         book.restore(restored);
+        let workflow_orders = flows.len();
+        for flow in flows {
+            book.insert_flow(flow);
+        }
+        flow_revisions.retain(|id, _| book.flow(id).is_some());
         let kept = orders.iter().filter(|(id, _)| book.get(id).is_some());
         let mut revisions: HashMap<String, u64> =
             kept.map(|(id, (_, rev))| (id.clone(), *rev)).collect();
@@ -93,7 +95,7 @@ impl Recovered {
             running = c.running,
             inherited_on = book.inherited_subagents().len(),
             jobs = jobs.len(),
-            workflow_orders = flows.len(),
+            workflow_orders,
             "orders recovered from the journal"
         );
         Recovered {
@@ -101,7 +103,6 @@ impl Recovered {
             clusters,
             workflows,
             book,
-            flows,
             revisions,
         }
     }

@@ -166,7 +166,6 @@ impl World {
                 let (state, sub) = (info.state, info.subagent_id.as_deref().unwrap_or("-"));
                 self.note(format!("b{b}: write {} {state:?} on {sub}", info.order_id));
                 let delay = self.journal_delay();
-                let info = Box::new(info);
                 self.after(
                     delay,
                     Ev::Write {
@@ -220,7 +219,8 @@ impl World {
                 let input = Input::Timer(timer);
                 self.after(after.as_millis() as u64, Ev::Io { b, gen, input });
             }
-            Effect::StepStored(_) => {}
+            // the simulation deploys before it starts, and stops no subagent
+            Effect::Deploy { .. } | Effect::Stop { .. } => {}
         }
     }
 

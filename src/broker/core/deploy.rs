@@ -1,0 +1,179 @@
+//! Deploying jobs, subagent clusters and workflows, and what the buckets
+//! tell of them.
+//!
+//! A deploy is checked against what is deployed (`check_deploy`), written
+//! to the buckets ([`Effect::Deploy`]), and answered once written
+//! ([`Input::Deployed`]); a dry run is answered at once and changes
+//! nothing. Every bucket change (a deploy of this broker's or another's,
+//! or an edit) reaches the core as a [`SpecChange`], acting or not, so a
+//! broker that renews its lease after a pause knows what was deployed.
+
+use tracing::{info, warn};
+
+use super::{Core, Effect, Refusal, Reply};
+use crate::jobs;
+use crate::protocol::*;
+use crate::workflow::params::check_steps;
+use crate::workflow::{validate_workflow, validate_workflows};
+
+/// A change of a bucket entry: the new value, or `None` when deleted.
+#[derive(Debug, Clone)]
+pub enum SpecChange {
+    Job(String, Option<JobSpec>),
+    Cluster(String, Option<ClusterSpec>),
+    Workflow(String, Option<WorkflowSpec>),
+}
+
+impl<R: Clone + std::fmt::Debug> Core<R> {
+    /// `baton deploy`: checked, then written (or, for a dry run, only
+    /// answered).
+    pub(super) fn on_deploy(&mut self, to: R, deploy: DeployRequest) {
+        if let Err(message) = self.check_deploy(&deploy) {
+            return self.refuse(&to, Refusal::InvalidDeploy(message));
+        }
+        if deploy.dry_run {
+            return self.reply(&to, Reply::Deployed(deployed(&deploy)));
+        }
+        let deploy = Box::new(deploy);
+        self.emit(Effect::Deploy { to, deploy });
+    }
+
+    /// A deploy was written to the buckets, or not.
+    pub(super) fn on_deployed(
+        &mut self,
+        to: R,
+        deploy: DeployRequest,
+        written: Result<(), String>,
+    ) {
+        if let Err(e) = written {
+            return self.refuse(&to, Refusal::DeployNotStored(e));
+        }
+        let reply = deployed(&deploy);
+        info!(jobs = ?reply.deployed, clusters = ?reply.clusters, workflows = ?reply.workflows, "deployed");
+        for spec in deploy.workflows {
+            self.workflows.insert(spec.name.clone(), spec);
+        }
+        for cluster in deploy.clusters {
+            self.clusters.insert(cluster.name.clone(), cluster);
+        }
+        for spec in deploy.jobs {
+            self.jobs.insert(spec.name.clone(), spec);
+        }
+        self.reply(&to, Reply::Deployed(reply));
+        self.dispatch();
+    }
+
+    /// Whether `req` may be deployed over what is deployed (else why not).
+    fn check_deploy(&self, req: &DeployRequest) -> Result<(), String> {
+        let DeployRequest {
+            jobs,
+            clusters,
+            workflows,
+            ..
+        } = req;
+        if jobs.is_empty() && clusters.is_empty() && workflows.is_empty() {
+            return Err("nothing to deploy: no jobs, clusters or workflows".into());
+        }
+        for cluster in clusters {
+            jobs::validate_cluster(cluster).map_err(|e| e.to_string())?;
+        }
+        for spec in jobs {
+            jobs::validate_job(spec).map_err(|e| e.to_string())?;
+            if let Some(cluster) = &spec.cluster {
+                let known = self.clusters.contains_key(cluster)
+                    || clusters.iter().any(|c| &c.name == cluster);
+                if !known {
+                    return Err(format!(
+                        "job '{}': field 'cluster': no subagent cluster '{cluster}' is deployed; define it in a [[cluster]] table",
+                        spec.name
+                    ));
+                }
+            }
+        }
+        self.check_workflows(jobs, workflows)
+    }
+
+    /// Deploy-time checks of workflows against the jobs deployed and being
+    /// deployed: each step names a job whose parameters fit it, and no name
+    /// is both a job and a workflow.
+    fn check_workflows(&self, jobs: &[JobSpec], workflows: &[WorkflowSpec]) -> Result<(), String> {
+        let known =
+            |name: &str| self.jobs.contains_key(name) || jobs.iter().any(|j| j.name == name);
+        validate_workflows(workflows, &known).map_err(|e| e.to_string())?;
+        if let Some(w) = workflows.iter().find(|w| known(&w.name)) {
+            return Err(format!(
+                "workflow '{}': a job has this name; `baton submit {0}` must name one thing, so rename one of them",
+                w.name
+            ));
+        }
+        let being = |name: &str| workflows.iter().any(|w| w.name == name);
+        if let Some(j) = jobs
+            .iter()
+            .find(|j| self.workflows.contains_key(&j.name) && !being(&j.name))
+        {
+            return Err(format!(
+                "job '{}': a workflow has this name; `baton submit {0}` must name one thing, so rename one of them",
+                j.name
+            ));
+        }
+        // each step's own params and the ones its job requires, given the
+        // jobs; a trigger fires with the workflow's defaults alone
+        let job_of = |name: &str| {
+            jobs.iter()
+                .find(|j| j.name == name)
+                .or_else(|| self.jobs.get(name))
+                .cloned()
+        };
+        for w in workflows {
+            check_steps(w, &job_of).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// A bucket entry changed: valid entries are taken, others warned about.
+    pub(super) fn on_spec_change(&mut self, change: SpecChange) {
+        match change {
+            SpecChange::Job(key, Some(spec)) => {
+                if jobs::validate_job(&spec).is_ok() && spec.name == key {
+                    self.jobs.insert(key, spec);
+                } else {
+                    warn!(job = %key, "invalid job definition in the jobs bucket ignored")
+                }
+            }
+            SpecChange::Job(key, None) => {
+                self.jobs.remove(&key);
+            }
+            SpecChange::Cluster(key, Some(spec)) => {
+                if jobs::validate_cluster(&spec).is_ok() && spec.name == key {
+                    self.clusters.insert(key, spec);
+                } else {
+                    warn!(cluster = %key, "invalid cluster in the clusters bucket ignored")
+                }
+            }
+            SpecChange::Cluster(key, None) => {
+                self.clusters.remove(&key);
+            }
+            // as at a takeover: a step whose job is gone fails when dispatched
+            SpecChange::Workflow(key, Some(spec)) => {
+                if spec.name == key && validate_workflow(&spec, &|_| true).is_ok() {
+                    self.workflows.insert(key, spec);
+                } else {
+                    warn!(workflow = %key, "invalid workflow in the workflows bucket ignored")
+                }
+            }
+            SpecChange::Workflow(key, None) => {
+                self.workflows.remove(&key);
+            }
+        }
+    }
+}
+
+/// The answer to a deploy: the names of what it deploys.
+fn deployed(deploy: &DeployRequest) -> DeployReply {
+    DeployReply {
+        deployed: deploy.jobs.iter().map(|j| j.name.clone()).collect(),
+        clusters: deploy.clusters.iter().map(|c| c.name.clone()).collect(),
+        workflows: deploy.workflows.iter().map(|w| w.name.clone()).collect(),
+        dry_run: deploy.dry_run,
+    }
+}

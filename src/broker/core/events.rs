@@ -1,0 +1,170 @@
+//! Every status event the broker publishes about an order is built here,
+//! from the order's record ([`OrderInfo`]): `accepted`, `changed` (a
+//! workflow order's step or state moved) and `finished`.
+
+use super::Event;
+use crate::protocol::*;
+
+impl Event {
+    /// An order was stored and will run.
+    pub fn accepted(info: &OrderInfo) -> Event {
+        Event::Accepted(OrderAccepted {
+            order_id: info.order_id.clone(),
+            job: info.job.clone(),
+            params: info.params.clone(),
+            slot_ms: info.slot_ms,
+            at_ms: info.accepted_at_ms,
+        })
+    }
+
+    /// An order ended as `info` says (published once that is stored).
+    pub fn finished(info: &OrderInfo, at_ms: u64) -> Event {
+        let duration_ms = match (info.started_at_ms, info.finished_at_ms) {
+            (Some(s), Some(f)) => Some(f.saturating_sub(s)),
+            _ => None,
+        };
+        Event::Finished(OrderFinished {
+            order_id: info.order_id.clone(),
+            job: info.job.clone(),
+            state: info.state,
+            exit_code: info.exit_code,
+            signal: info.signal,
+            timed_out: info.timed_out,
+            reason: info.reason.clone(),
+            subagent_id: info.subagent_id.clone(),
+            attempt: info.attempt,
+            duration_ms,
+            at_ms,
+        })
+    }
+
+    /// A workflow order moved from `before` to `after`: one event for each
+    /// step that moved, and one for the order's own state if it changed.
+    /// `step_order_id` names the order of a step's attempt.
+    pub fn changed(
+        before: &OrderInfo,
+        after: &OrderInfo,
+        step_order_id: impl Fn(&str, u32) -> String,
+        at_ms: u64,
+    ) -> Vec<Event> {
+        let change = |step: Option<&StepRun>, what: String| OrderChanged {
+            order_id: after.order_id.clone(),
+            workflow: after.job.clone(),
+            state: after.state,
+            step: step.map(|s| s.name.clone()),
+            attempt: step.map(|s| s.attempt),
+            step_state: step.map(|s| s.state),
+            step_order_id: step
+                .filter(|s| s.attempt > 0)
+                .map(|s| step_order_id(&s.name, s.attempt)),
+            what,
+            at_ms,
+        };
+        let mut events = Vec::new();
+        for (b, a) in before.steps.iter().zip(&after.steps) {
+            if b.state == a.state && b.attempt == a.attempt {
+                continue;
+            }
+            let mut what = format!("step {} {}", a.name, step_state_word(a.state));
+            if a.state == StepState::Running && a.attempt > 1 {
+                what.push_str(&format!(" (attempt {})", a.attempt));
+            }
+            if a.forced {
+                what.push_str(" (failed, counted as succeeded)");
+            }
+            events.push(Event::Changed(change(Some(a), what)));
+        }
+        if before.state != after.state {
+            let resumed = matches!(
+                before.state,
+                OrderState::Suspended | OrderState::Failed | OrderState::Suspending
+            ) && after.state == OrderState::Running;
+            let what = match resumed {
+                true => "resumed".to_string(),
+                false => after.state.as_str().to_string(),
+            };
+            events.push(Event::Changed(change(None, what)));
+        }
+        events
+    }
+}
+
+fn step_state_word(state: StepState) -> &'static str {
+    match state {
+        StepState::Pending => "pending",
+        StepState::Running => "dispatched",
+        StepState::Succeeded => "succeeded",
+        StepState::Failed => "failed",
+        StepState::Skipped => "skipped",
+        StepState::Cancelled => "cancelled",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(state: OrderState) -> OrderInfo {
+        let order = crate::broker::order_book::Order::new(
+            "o".into(),
+            "j".into(),
+            Default::default(),
+            None,
+            1,
+        );
+        OrderInfo {
+            state,
+            ..order.info()
+        }
+    }
+
+    #[test]
+    fn finished_carries_the_exit_and_the_duration() {
+        let mut i = info(OrderState::Failed);
+        i.exit_code = Some(3);
+        i.started_at_ms = Some(10);
+        i.finished_at_ms = Some(25);
+        let Event::Finished(f) = Event::finished(&i, 30) else {
+            panic!("a finished event")
+        };
+        assert_eq!(
+            (f.exit_code, f.duration_ms, f.at_ms),
+            (Some(3), Some(15), 30)
+        );
+        i.started_at_ms = None;
+        let Event::Finished(f) = Event::finished(&i, 30) else {
+            panic!("a finished event")
+        };
+        assert_eq!(f.duration_ms, None, "never started");
+    }
+
+    #[test]
+    fn changed_names_each_moved_step_and_a_resume() {
+        let step = |state, attempt| StepRun {
+            name: "a".into(),
+            job: "j".into(),
+            state,
+            attempt,
+            ..StepRun::default()
+        };
+        let mut before = info(OrderState::Suspended);
+        before.steps = vec![step(StepState::Failed, 1)];
+        let mut after = info(OrderState::Running);
+        after.steps = vec![step(StepState::Running, 2)];
+        let events = Event::changed(&before, &after, |s, a| format!("{s}#{a}"), 7);
+        let what: Vec<String> = (events.iter())
+            .map(|e| match e {
+                Event::Changed(c) => format!("{} {:?}", c.what, c.step_order_id),
+                _ => panic!("changed events only"),
+            })
+            .collect();
+        assert_eq!(
+            what,
+            [
+                "step a dispatched (attempt 2) Some(\"a#2\")",
+                "resumed None"
+            ]
+        );
+        assert!(Event::changed(&after, &after, |_, _| String::new(), 7).is_empty());
+    }
+}

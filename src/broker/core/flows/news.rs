@@ -1,0 +1,42 @@
+//! What a workflow order tells the world: `changed` events for each step
+//! that moved and for the order, `finished` when it ends.
+
+use super::super::{Core, Event, KEEP_FINISHED};
+use crate::protocol::*;
+
+impl<R: Clone + std::fmt::Debug> Core<R> {
+    /// A workflow order ended: its `finished` waits for the end to be
+    /// stored; beyond [`KEEP_FINISHED`] ended ones, the oldest are
+    /// forgotten (they stay in the journal).
+    pub(super) fn flow_finished(&mut self, flow_id: &str) {
+        if let Some(info) = self.book.info(flow_id) {
+            // published once the order's final state is stored (the
+            // journal's `written`), as for any order
+            let event = Event::finished(&info, self.now.ms);
+            self.unannounced.insert(info.order_id, event);
+        }
+        let ended = self.book.flows().filter(|f| f.state().is_terminal());
+        if ended.count() > KEEP_FINISHED {
+            let oldest = (self.book.flows())
+                .filter(|f| f.state().is_terminal() && !self.writing.contains_key(&f.id))
+                .min_by_key(|f| (f.finished_at_ms, f.id.clone()))
+                .map(|f| f.id.clone());
+            if let Some(oldest) = oldest {
+                self.book.remove_flow(&oldest);
+            }
+        }
+    }
+
+    /// Publishes a `changed` event for each step that moved and for the
+    /// order's own state.
+    pub(super) fn announce_changes(&mut self, before: &OrderInfo, after: &OrderInfo) {
+        let step_order_id = |step: &str, attempt: u32| {
+            let id = crate::workflow::step_order_id;
+            id(&self.config.prefix, &after.order_id, step, attempt)
+        };
+        let events = Event::changed(before, after, step_order_id, self.now.ms);
+        for event in events {
+            self.publish(event);
+        }
+    }
+}
