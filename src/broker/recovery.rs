@@ -98,10 +98,18 @@ impl Records for Kv<OrderInfo> {
 /// done, this broker's state is written over it: the active broker's is
 /// authoritative. Gives up after [`OVERWRITES`] such conflicts.
 ///
-/// A revision only just read stands for whatever is stored, so a write on
-/// it happens only while `holds()` (this broker's lease surely holds): a
-/// broker paused mid-write and deposed meanwhile must not write its older
-/// state over the new active broker's.
+/// Every attempt goes out only while `holds()` (this broker's lease surely
+/// holds): a broker paused mid-write and deposed meanwhile must not write
+/// its older state over the new active broker's, nor over the record the
+/// new one read when it took over (a compare-and-swap on a known revision
+/// would still succeed then, as nobody has written since).
+/// Whether a record's order never changes again: ended, and not a failed
+/// workflow order (which can still be resumed or cancelled).
+pub(super) fn ended_for_good(info: &OrderInfo) -> bool {
+    let resumable = info.workflow.is_some() && info.state == OrderState::Failed;
+    info.state.is_final() && !resumable
+}
+
 pub(super) async fn write_over(
     records: &impl Records,
     info: &OrderInfo,
@@ -109,22 +117,20 @@ pub(super) async fn write_over(
     holds: impl Fn() -> bool,
 ) -> Result<u64, StoreError> {
     let key = info.order_id.as_str();
-    let mut known = revision.is_some();
     let mut expected = match revision {
         Some(revision) => Some(revision),
         None => match records.current(key).await? {
             Some((current, revision)) if current == *info => return Ok(revision),
-            Some((current, revision)) if current.state.is_final() => {
+            Some((current, revision)) if ended_for_good(&current) => {
                 return Err(StoreError::Ended(Box::new(current), revision));
             }
             current => current.map(|(_, revision)| revision),
         },
     };
     for _ in 0..=OVERWRITES {
-        if !known && !holds() {
+        if !holds() {
             return Err(StoreError::Superseded);
         }
-        known = false;
         let written = match expected {
             Some(revision) => records.update(key, info, revision).await?,
             None => records.create(key, info).await?,
@@ -135,7 +141,7 @@ pub(super) async fn write_over(
         match records.current(key).await? {
             // it already says what we would write
             Some((current, revision)) if current == *info => return Ok(revision),
-            Some((current, revision)) if current.state.is_final() => {
+            Some((current, revision)) if ended_for_good(&current) => {
                 return Err(StoreError::Ended(Box::new(current), revision));
             }
             Some((_, revision)) => {
@@ -344,10 +350,14 @@ mod tests {
             "a revision just read is not ours"
         );
         assert_eq!(journal.record("o").unwrap().0, theirs, "never rolled back");
-        // a revision it knew still swaps: nobody wrote since
+        // nor on a revision it knows, though nobody wrote since: a new
+        // active broker may have taken over from that very record
         let known = journal.record("o").unwrap().1;
         let done = order("o", Phase::Failed);
-        assert!(block_on(write_over(&journal, &done, Some(known), || false)).is_ok());
+        let err = block_on(write_over(&journal, &done, Some(known), || false)).unwrap_err();
+        assert!(matches!(err, StoreError::Superseded));
+        assert_eq!(journal.record("o").unwrap().0, theirs);
+        assert!(block_on(write_over(&journal, &done, Some(known), || true)).is_ok());
     }
 
     #[test]

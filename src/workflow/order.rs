@@ -160,6 +160,11 @@ impl FlowOrder {
             .history
             .iter_mut()
             .find(|h| h.order_id == step_order.order_id)?;
+        if h.state.is_final() && h.state == step_order.state {
+            // a repeat (its result came again): its end was taken already,
+            // and the record of an ended order does not change
+            return None;
+        }
         h.state = step_order.state;
         h.subagent_id.clone_from(&step_order.subagent_id);
         if let Some(sub) = &step_order.subagent_id {
@@ -367,6 +372,21 @@ mod tests {
         .unwrap();
         assert_eq!(flow.finished_at_ms, None);
         assert_eq!(flow.state(), RunState::Running);
+    }
+
+    #[test]
+    fn a_step_orders_end_reported_again_changes_nothing() {
+        let mut flow =
+            FlowOrder::new("o1".into(), &spec(), BTreeMap::new(), None, None, 0).unwrap();
+        flow.apply(Event::Start, 1).unwrap();
+        flow.dispatched("a", 1, "j", &step_order_id("baton", "o1", "a", 1));
+        let mut ended = step_order(&flow, "a", 1, OrderState::Failed);
+        let finished = flow.step_order_moved(&ended).unwrap();
+        flow.apply(finished, 9).unwrap();
+        let before = flow.info();
+        ended.reason = Some("another reason".into());
+        assert_eq!(flow.step_order_moved(&ended), None);
+        assert_eq!(flow.info(), before);
     }
 
     #[test]

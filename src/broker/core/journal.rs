@@ -18,6 +18,7 @@ use tracing::warn;
 use super::super::order_book::{Order, OrderEvent};
 use super::{Core, Effect, Event, Refusal, Reply};
 use crate::protocol::*;
+use crate::workflow::FlowOrder;
 
 /// Before writing again a final state that could not be stored.
 const JOURNAL_RETRY: Duration = Duration::from_secs(1);
@@ -156,7 +157,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         self.revisions.set(order_id, revision, |id| book.holds(id));
     }
 
-    fn follow_up(&mut self, order_id: &str, then: Then<R>, stored: bool) {
+    pub(super) fn follow_up(&mut self, order_id: &str, then: Then<R>, stored: bool) {
         match then {
             Then::Nothing => {}
             // not acknowledged: the subagent sends the result again
@@ -188,6 +189,15 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
     /// older view: the order ends so, its task no longer occupies its
     /// subagent, and its end is announced.
     fn adopt_end(&mut self, ended: OrderInfo) {
+        if let Some(flow) = FlowOrder::restore(&ended) {
+            // a workflow order: its stored end replaces what is held
+            if self.book.flow(&ended.order_id).is_some() {
+                self.book.insert_flow(flow);
+                self.unannounced.remove(&ended.order_id);
+                self.publish(Event::finished(&ended, self.now.ms));
+            }
+            return;
+        }
         let Some(order) = self.book.get(&ended.order_id) else {
             return;
         };
@@ -203,9 +213,9 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         self.step_order_stored(&ended);
     }
 
-    /// Stores an order's final state, then publishes it and acknowledges
-    /// the result (if any).
-    pub(in crate::broker) fn finish(&mut self, order_id: &str, ack: Option<(R, String)>) {
+    /// Stores an order's final state, then publishes it and does `then`
+    /// (acknowledges the result, answers the command).
+    pub(in crate::broker) fn finish(&mut self, order_id: &str, then: Then<R>) {
         let Some(order) = self.book.get(order_id) else {
             return;
         };
@@ -213,10 +223,6 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         // announced once stored (see `written`): a subscriber never hears
         // of an end a broker taking over would not know
         self.unannounced.insert(order_id.to_string(), event);
-        let then = match ack {
-            Some((to, task_id)) => Then::Ack { to, task_id },
-            None => Then::Nothing,
-        };
         self.store(order_id, then);
     }
 }

@@ -200,16 +200,16 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                 at_ms: r.finished_at_ms,
             };
             let applied = self.book.apply(&r.order_id, event);
-            let ack = (to, r.task_id);
+            let ack = Then::Ack {
+                to,
+                task_id: r.task_id,
+            };
             match applied {
-                Ok(Applied::Moved { to, .. }) if to.is_final() => {
-                    self.finish(&r.order_id, Some(ack))
-                }
+                Ok(Applied::Moved { to, .. }) if to.is_final() => self.finish(&r.order_id, ack),
                 // back in the queue: stored so before the subagent forgets it
                 Ok(Applied::Moved { .. }) => {
                     info!(order = %r.order_id, "order back in the queue");
-                    let (to, task_id) = ack;
-                    self.store(&r.order_id, Then::Ack { to, task_id });
+                    self.store(&r.order_id, ack);
                 }
                 _ => self.ack_stale(&r.order_id, ack),
             }
@@ -230,12 +230,20 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         };
         match self.book.apply(&r.order_id, event) {
             Ok(Applied::Moved { .. }) => {
-                self.finish(&r.order_id, Some((to, r.task_id)));
+                let ack = Then::Ack {
+                    to,
+                    task_id: r.task_id,
+                };
+                self.finish(&r.order_id, ack);
                 self.dispatch();
             }
             Ok(Applied::Stale) => {
                 debug!(task = %r.task_id, "stale or repeated result recorded");
-                self.ack_stale(&r.order_id, (to, r.task_id));
+                let ack = Then::Ack {
+                    to,
+                    task_id: r.task_id,
+                };
+                self.ack_stale(&r.order_id, ack);
             }
             Err(e) => {
                 debug!(task = %r.task_id, error = %e, "result for an order not held here");
@@ -247,12 +255,11 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
 
     /// Acknowledges a result that changed nothing; for a final order only
     /// once its state is stored (a repeated result may follow a failed write).
-    fn ack_stale(&mut self, order_id: &str, ack: (R, String)) {
-        let (to, task_id) = ack;
+    fn ack_stale(&mut self, order_id: &str, ack: Then<R>) {
         if self.book.get(order_id).is_some_and(|o| o.phase.is_final()) {
-            self.store(order_id, Then::Ack { to, task_id });
+            self.store(order_id, ack);
         } else {
-            self.reply(&to, Reply::Ack(ResultAck { task_id }));
+            self.follow_up(order_id, ack, true);
         }
     }
 
@@ -266,7 +273,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
     /// Follows up on an order that moved to `to`.
     pub(super) fn after_move(&mut self, order_id: &str, to: Phase) {
         match to {
-            _ if to.is_final() => self.finish(order_id, None),
+            _ if to.is_final() => self.finish(order_id, Then::Nothing),
             Phase::Queued => {
                 info!(order = %order_id, "order back in the queue");
                 self.store(order_id, Then::Nothing);

@@ -156,7 +156,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                 let at_ms = self.now.ms;
                 let skipped = OrderEvent::Skipped { reason, at_ms };
                 if self.book.apply(&info.order_id, skipped).is_ok() {
-                    self.finish(&info.order_id, None);
+                    self.finish(&info.order_id, Then::Nothing);
                 }
                 self.refuse(&to, Refusal::NotStored(e));
             }
@@ -232,7 +232,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                     .apply(&order_id, OrderEvent::Skipped { reason, at_ms })
                     .is_ok()
                 {
-                    self.finish(&order_id, None);
+                    self.finish(&order_id, Then::Nothing);
                 }
             }
             Overlap::Replace(active) => {
@@ -326,11 +326,9 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         if self.book.flow(&order_id).is_some() {
             return self.command_flow(&to, &order_id, crate::workflow::Event::Cancel { kill });
         }
-        if let Err(refusal) = self.cancel(&order_id, kill, "cancelled with --kill") {
-            return self.refuse(&to, refusal);
-        }
-        if let Some(info) = self.info_of(&order_id) {
-            self.reply(&to, Reply::Order(Box::new(info)));
+        let then = Then::Reply { to: to.clone() };
+        if let Err(refusal) = self.cancel_then(&order_id, kill, "cancelled with --kill", then) {
+            self.refuse(&to, refusal);
         }
     }
 
@@ -342,6 +340,17 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         kill: bool,
         reason: &str,
     ) -> Result<(), Refusal> {
+        self.cancel_then(order_id, kill, reason, Then::Nothing)
+    }
+
+    /// [`Core::cancel`], then `then` once the cancel is stored.
+    pub(in crate::broker) fn cancel_then(
+        &mut self,
+        order_id: &str,
+        kill: bool,
+        reason: &str,
+        then: Then<R>,
+    ) -> Result<(), Refusal> {
         if self.book.get(order_id).is_some_and(|o| !o.durable) {
             return Err(Refusal::CancelWhileStoring(order_id.to_string()));
         }
@@ -349,10 +358,11 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         match self.book.apply(order_id, OrderEvent::Cancel { at_ms }) {
             Ok(Applied::Moved { .. }) => {
                 info!(order = %order_id, "order cancelled while waiting");
-                self.finish(order_id, None);
+                self.finish(order_id, then);
             }
             Ok(Applied::Stale) => {
                 let Some(order) = self.book.get(order_id) else {
+                    self.store(order_id, then);
                     return Ok(());
                 };
                 let running = order.task_id.clone().zip(order.subagent_id.clone());
@@ -367,7 +377,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                     };
                     self.emit(Effect::Kill { subagent_id, kill });
                 }
-                self.store(order_id, Then::Nothing);
+                self.store(order_id, then);
             }
             Err(ApplyError::UnknownOrder(_)) => {
                 return Err(Refusal::NotHeld(order_id.to_string()));

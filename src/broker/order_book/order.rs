@@ -53,6 +53,9 @@
 //! [`super::OrderBook::restore`]). A task an earlier broker placed is `inherited`:
 //! its fate is unknown until its subagent is heard from (`Reconciled`), or
 //! until that subagent counts as lost.
+//!
+//! Size: over the ~500-line mark with the transition table above and the
+//! one `apply` that carries it out, which read best side by side.
 
 use std::collections::BTreeMap;
 

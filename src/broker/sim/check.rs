@@ -24,6 +24,8 @@ pub struct Checker {
     pub once: BTreeSet<String>,
     /// Orders a client was told are accepted.
     pub accepted: BTreeSet<String>,
+    /// Orders an operator was told are being cancelled.
+    pub cancelled: BTreeSet<String>,
     pub violations: Vec<String>,
 }
 
@@ -129,6 +131,16 @@ impl Checker {
                     now_ms,
                     format!("accepted order {order_id} is not in the journal"),
                 );
+            }
+        }
+        for order_id in &self.cancelled {
+            let stored = journal.get(order_id).map(|(info, _)| info);
+            if stored.as_ref().map(|i| i.state) != Some(OrderState::Cancelled) {
+                let what = format!(
+                    "t={now_ms} order {order_id}: a cancel was answered, yet it ended {}",
+                    describe(stored.as_ref())
+                );
+                self.violations.push(what);
             }
         }
         for info in journal.all() {

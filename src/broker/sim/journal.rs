@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use futures::executor::block_on;
 
 use super::super::core::{Created, Journal as Snapshot, Stored};
-use super::super::recovery::{write_over, Records};
+use super::super::recovery::{ended_for_good, write_over, Records};
 use crate::bus::BusError;
-use crate::protocol::{JobSpec, OrderInfo};
+use crate::protocol::{JobSpec, OrderInfo, WorkflowSpec};
 
 #[derive(Default)]
 pub struct Journal {
@@ -66,11 +66,13 @@ impl Journal {
     }
 
     /// What a broker taking over reads.
-    pub fn snapshot(&self, jobs: &[JobSpec]) -> Snapshot {
+    pub fn snapshot(&self, jobs: &[JobSpec], workflows: &[WorkflowSpec]) -> Snapshot {
         Snapshot {
             jobs: jobs.iter().map(|j| (j.name.clone(), j.clone())).collect(),
             clusters: HashMap::new(),
-            workflows: HashMap::new(),
+            workflows: (workflows.iter())
+                .map(|w| (w.name.clone(), w.clone()))
+                .collect(),
             orders: self.records.borrow().clone().into_iter().collect(),
         }
     }
@@ -80,7 +82,7 @@ impl Journal {
 /// order that ended never changes again. (An attempt may go back: a
 /// dispatch that surely failed returns the order to the queue.)
 fn rollback(old: &OrderInfo, new: &OrderInfo) -> Option<String> {
-    (old.state.is_final() && old != new).then(|| {
+    (ended_for_good(old) && old != new).then(|| {
         format!(
             "order {}: final record ({:?}, attempt {}) overwritten by {:?} attempt {}",
             old.order_id, old.state, old.attempt, new.state, new.attempt

@@ -89,6 +89,13 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                     self.resume_flow(&order_id);
                 }
             }
+            Created::Failed(e) if info.request_id.is_none() => {
+                // its write may have landed, and no repeat can find it: the
+                // record is made to say it never runs (written until stored)
+                warn!(order = %order_id, error = %e, "workflow order not confirmed stored; submit refused, and the order cancelled in case it was");
+                let _ = self.flow_event(&order_id, FlowEvent::Cancel { kill: false });
+                self.refuse(&to, Refusal::NotStored(e));
+            }
             Created::Failed(e) => {
                 warn!(error = %e, "workflow order not stored; submit refused");
                 self.book.remove_flow(&order_id);

@@ -78,7 +78,7 @@ impl World {
         self.lease = (epoch, self.now);
         let now = self.time();
         let tenure = Tenure::new(now.at, Duration::from_millis(LEASE));
-        let journal = self.journal.snapshot(&self.jobs);
+        let journal = self.journal.snapshot(&self.jobs, &self.workflows);
         let recovered = Recovered::from_journal(journal, 10_000);
         let id = format!("b{b}");
         let config = self.config.clone();
@@ -146,6 +146,9 @@ impl World {
         match effect {
             Effect::Reply(Addr::Client { c, seq }, reply) => {
                 self.send(None, Ev::ClientReply { c, seq, reply })
+            }
+            Effect::Reply(Addr::Operator { order_id }, reply) => {
+                self.send(None, Ev::CancelReply { order_id, reply })
             }
             Effect::Reply(Addr::Subagent { s, instance }, reply) => {
                 if let Reply::Ack(ack) = &reply {

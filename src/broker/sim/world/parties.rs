@@ -90,7 +90,11 @@ impl World {
             client.total = client.total.min(client.next);
             return;
         }
-        let job = if self.rng.percent(25) { "once" } else { "j" };
+        let job = match self.rng.below(100) {
+            0..25 => "once",
+            25..45 => "w",
+            _ => "j",
+        };
         // most submits name a request id; without one, a submit sent again
         // is a new order
         let request_id = (!self.rng.percent(15)).then(|| format!("c{c}-{}", client.next));
@@ -130,6 +134,15 @@ impl World {
                     self.check.once.insert(r.order_id.clone());
                 }
                 self.note(format!("c{c} accepted {} ({})", r.order_id, r.job));
+                if self.faulty() && self.rng.percent(20) {
+                    // an operator cancels it, perhaps killing what runs
+                    let cancel = Ev::Cancel {
+                        order_id: r.order_id.clone(),
+                        kill: self.rng.percent(50),
+                    };
+                    let after = self.rng.below(2_000);
+                    self.after(after, cancel);
+                }
                 self.check.accepted.insert(r.order_id);
                 let gap = self.rng.below(600);
                 self.after(gap, Ev::ClientNext { c });
@@ -141,6 +154,34 @@ impl World {
                 let what = format!("t={} c{c}: submit answered {other:?}", self.now);
                 self.check.violations.push(what);
                 self.clients[c].in_flight = None;
+            }
+        }
+    }
+}
+
+impl World {
+    /// An operator's cancel was answered: one carried out (answered with
+    /// the order) must end the order cancelled.
+    pub(super) fn cancel_reply(&mut self, order_id: String, reply: Reply) {
+        let answer = match &reply {
+            Reply::Order(info) => format!("{:?}", info.state),
+            other => format!("{other:?}"),
+        };
+        self.note(format!("cancel of {order_id} answered {answer}"));
+        match reply {
+            Reply::Order(_) => {
+                self.check.cancelled.insert(order_id);
+            }
+            // too late (it ended), not now (being stored, not stored): the
+            // operator learns it; nothing to hold the broker to
+            Reply::Error(e)
+                if matches!(
+                    e.error.code,
+                    ErrorCode::InvalidState | ErrorCode::Busy | ErrorCode::Unavailable
+                ) => {}
+            other => {
+                let what = format!("t={} cancel of {order_id} answered {other:?}", self.now);
+                self.check.violations.push(what);
             }
         }
     }
