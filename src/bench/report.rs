@@ -13,6 +13,14 @@ pub struct Latency {
 }
 
 impl Latency {
+    /// The names of [`Latency::values`], as tables print them.
+    pub const NAMES: [&'static str; 3] = ["p50", "p99", "max"];
+
+    /// p50, p99 and max.
+    pub fn values(&self) -> [f64; 3] {
+        [self.p50_ms, self.p99_ms, self.max_ms]
+    }
+
     /// Sorts `values` (milliseconds) and takes p50, p99 and max.
     pub fn of(values: &mut [f64]) -> Latency {
         values.sort_by(|a, b| a.total_cmp(b));
@@ -42,6 +50,22 @@ pub fn ms_or_na(value: f64, measured: usize) -> String {
     }
 }
 
+/// Prints `spread` as three lines (see [`spread_lines`]).
+pub fn print_spread(label: &str, spread: &Latency, decimals: usize) {
+    for line in spread_lines(label, spread, decimals) {
+        println!("{line}");
+    }
+}
+
+/// `spread` as three lines, `<label> p50`, `<label> p99` and `<label> max`,
+/// in milliseconds with `decimals` places.
+fn spread_lines(label: &str, spread: &Latency, decimals: usize) -> Vec<String> {
+    let named = Latency::NAMES.into_iter().zip(spread.values());
+    named
+        .map(|(name, value)| format!("  {:<18}{value:.decimals$} ms", format!("{label} {name}")))
+        .collect()
+}
+
 /// A peak memory in MiB as printed: `n/a` when unknown.
 pub fn mib(kib: Option<u64>) -> String {
     kib.map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
@@ -58,8 +82,19 @@ pub struct SpreadTable {
 }
 
 impl SpreadTable {
+    /// A kill bench's table: the `rounds` killed, then the times from the
+    /// kill, one row a `(label, spread, rounds it was measured in)`.
+    pub fn print_kills(&self, rounds: usize, rows: &[(&str, &Latency, usize)]) {
+        println!("  rounds (kills)    {rounds}");
+        println!();
+        self.header("from the kill to", "rounds");
+        for &(label, spread, n) in rows {
+            self.row(label, spread, n);
+        }
+    }
+
     /// The header: `title` over the labels, `count` over the counts.
-    pub fn header(&self, title: &str, count: &str) {
+    fn header(&self, title: &str, count: &str) {
         println!(
             "  {title:<w$}{:>10}{:>10}{:>10}{count:>c$}",
             "p50",
@@ -71,7 +106,7 @@ impl SpreadTable {
     }
 
     /// One row: `spread`, taken over `n` values.
-    pub fn row(&self, label: &str, spread: &Latency, n: usize) {
+    fn row(&self, label: &str, spread: &Latency, n: usize) {
         println!(
             "  {label:<w$}{:>10}{:>10}{:>10}{n:>c$}",
             ms_or_na(spread.p50_ms, n),
@@ -109,5 +144,26 @@ mod tests {
         assert_eq!(ms_or_na(12.4, 1), "12 ms");
         assert_eq!(mib(Some(2048)), "2.0 MiB");
         assert_eq!(mib(None), "n/a");
+    }
+
+    #[test]
+    fn a_spread_prints_as_three_aligned_lines() {
+        let l = Latency {
+            p50_ms: 12.34,
+            p99_ms: 56.0,
+            max_ms: 78.96,
+        };
+        assert_eq!(
+            spread_lines("hand-off", &l, 1),
+            [
+                "  hand-off p50      12.3 ms",
+                "  hand-off p99      56.0 ms",
+                "  hand-off max      79.0 ms",
+            ]
+        );
+        assert_eq!(
+            spread_lines("lateness", &l, 0)[0],
+            "  lateness p50      12 ms"
+        );
     }
 }

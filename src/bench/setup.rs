@@ -142,6 +142,22 @@ impl LocalBench {
         let _ = std::fs::remove_dir_all(&self.work);
         self.started.elapsed().as_secs_f64()
     }
+
+    /// Stops the bench, then prints the report its `run` came to (see
+    /// [`CommonArgs::emit`]), `stamp`ed first with the seconds the bench
+    /// took, the stop included.
+    pub fn finish<R: Serialize>(
+        self,
+        run: anyhow::Result<R>,
+        common: &CommonArgs,
+        stamp: impl FnOnce(&mut R, f64),
+        table: impl FnOnce(&R),
+    ) -> anyhow::Result<()> {
+        let elapsed_s = self.stop();
+        let mut report = run?;
+        stamp(&mut report, elapsed_s);
+        common.emit(&report, table)
+    }
 }
 
 async fn start_cluster(

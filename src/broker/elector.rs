@@ -53,12 +53,29 @@ impl Message for Input {
 #[rtype(result = "Vec<AgentStatus>")]
 pub struct AgentsNow;
 
-/// A role command waiting for its lease record to be written.
-struct Grant {
+/// A role command the election decided, for one agent.
+struct Command {
     agent: String,
-    command: u64,
+    /// The election's number for it, which the agent's answer echoes.
+    number: u64,
     action: RoleAction,
     lease_ms: u64,
+}
+
+impl Command {
+    fn new(agent: String, number: u64, action: RoleAction, lease_ms: u64) -> Command {
+        Command {
+            agent,
+            number,
+            action,
+            lease_ms,
+        }
+    }
+}
+
+/// A role command waiting for its lease record to be written.
+struct Grant {
+    command: Command,
     decided: Instant,
 }
 
@@ -281,16 +298,19 @@ impl Elector {
                     lease_ms,
                 } => {
                     info!(agent = %agent, lease_ms, "turning the Scheduler role on");
-                    self.grant(agent, command, RoleAction::On, lease_ms, ctx);
+                    self.grant(Command::new(agent, command, RoleAction::On, lease_ms), ctx);
                 }
                 Action::Renew {
                     agent,
                     command,
                     lease_ms,
-                } => self.grant(agent, command, RoleAction::Renew, lease_ms, ctx),
+                } => self.grant(
+                    Command::new(agent, command, RoleAction::Renew, lease_ms),
+                    ctx,
+                ),
                 Action::TurnOff { agent, command } => {
                     info!(agent = %agent, "turning the Scheduler role off");
-                    self.send(agent, command, RoleAction::Off, 0, ctx);
+                    self.send(Command::new(agent, command, RoleAction::Off, 0), ctx);
                 }
                 Action::Reject { agent, reason } => {
                     warn!(agent = %agent, %reason, "operator request refused");
@@ -312,14 +332,15 @@ impl Elector {
         }
     }
 
-    fn send(
-        &mut self,
-        agent: String,
-        command: u64,
-        action: RoleAction,
-        lease_ms: u64,
-        ctx: &mut Context<Self>,
-    ) {
+    /// Sends `command` to its agent; a turn-off the agent confirms ends
+    /// the agent's lease record.
+    fn send(&mut self, command: Command, ctx: &mut Context<Self>) {
+        let Command {
+            agent,
+            number: command,
+            action,
+            lease_ms,
+        } = command;
         let bus = self.bus.clone();
         let subject = bus.subjects().agent_role(&agent);
         let request = RoleCommand {

@@ -16,6 +16,11 @@
 //! `broker.subagent_timeout` is lost without proof of death, so its tasks
 //! run again only after its orphan timeout.
 
+#[cfg(test)]
+use std::cell::{Cell, RefCell};
+#[cfg(test)]
+use std::collections::BTreeMap;
+
 use tracing::warn;
 
 use super::core::{Journal, Recovered, Stored};
@@ -172,11 +177,72 @@ pub(super) async fn recover(
     Ok(Recovered::from_journal(journal, keep_finished))
 }
 
+/// Order records kept in memory, with JetStream's revisions and
+/// compare-and-swap: the records [`write_over`] writes in the tests and in
+/// the simulation (`sim/journal.rs`).
+#[cfg(test)]
+#[derive(Default)]
+pub(super) struct MemoryRecords {
+    records: RefCell<BTreeMap<String, (OrderInfo, u64)>>,
+    last: Cell<u64>,
+}
+
+#[cfg(test)]
+impl MemoryRecords {
+    /// The record of `key`, with its revision.
+    pub(super) fn get(&self, key: &str) -> Option<(OrderInfo, u64)> {
+        self.records.borrow().get(key).cloned()
+    }
+
+    /// Every record with its revision, by key.
+    pub(super) fn all(&self) -> BTreeMap<String, (OrderInfo, u64)> {
+        self.records.borrow().clone()
+    }
+
+    /// Writes `info` as its order's record, whatever the record held;
+    /// returns the new revision.
+    pub(super) fn put(&self, info: &OrderInfo) -> u64 {
+        let revision = self.last.get() + 1;
+        self.last.set(revision);
+        let record = (info.clone(), revision);
+        self.records
+            .borrow_mut()
+            .insert(info.order_id.clone(), record);
+        revision
+    }
+
+    /// Puts `info` as the record of `key` only while that record is at
+    /// `expected` (`None`: absent), as JetStream's compare-and-swap does:
+    /// the new revision, or `None`.
+    fn put_at(&self, key: &str, info: &OrderInfo, expected: Option<u64>) -> Option<u64> {
+        let current = self.get(key).map(|(_, revision)| revision);
+        (current == expected).then(|| self.put(info))
+    }
+}
+
+#[cfg(test)]
+impl Records for MemoryRecords {
+    async fn update(
+        &self,
+        key: &str,
+        info: &OrderInfo,
+        revision: u64,
+    ) -> Result<Option<u64>, BusError> {
+        Ok(self.put_at(key, info, Some(revision)))
+    }
+
+    async fn create(&self, key: &str, info: &OrderInfo) -> Result<Option<u64>, BusError> {
+        Ok(self.put_at(key, info, None))
+    }
+
+    async fn current(&self, key: &str) -> Result<Option<(OrderInfo, u64)>, BusError> {
+        Ok(self.get(key))
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::cell::{Cell, RefCell};
-
-    use std::collections::HashMap;
+    use std::cell::Cell;
 
     use futures::executor::block_on;
 
@@ -185,11 +251,10 @@ mod tests {
     use super::*;
 
     /// JetStream's records as [`write_over`] sees them, with another writer
-    /// that can write before each update.
+    /// that can write before each update, and a transport that can be down.
     #[derive(Default)]
     struct Journal {
-        records: RefCell<HashMap<String, (OrderInfo, u64)>>,
-        last: Cell<u64>,
+        records: MemoryRecords,
         /// Updates still to be preceded by another writer's put.
         meddle: Cell<u32>,
         down: Cell<bool>,
@@ -197,17 +262,22 @@ mod tests {
     }
 
     impl Journal {
-        fn put(&self, info: &OrderInfo) -> u64 {
-            self.last.set(self.last.get() + 1);
-            let record = (info.clone(), self.last.get());
-            self.records
-                .borrow_mut()
-                .insert(info.order_id.clone(), record);
-            self.last.get()
+        /// A journal holding order `o` running, and that record's revision.
+        fn running() -> (Journal, u64) {
+            let journal = Journal::default();
+            let revision = journal.records.put(&order("o", Phase::Running));
+            (journal, revision)
         }
 
-        fn record(&self, key: &str) -> Option<(OrderInfo, u64)> {
-            self.records.borrow().get(key).cloned()
+        /// [`write_over`] on this journal, by a broker whose lease surely
+        /// `holds` or not.
+        fn write(
+            &self,
+            info: &OrderInfo,
+            revision: Option<u64>,
+            holds: bool,
+        ) -> Result<u64, StoreError> {
+            block_on(write_over(self, info, revision, || holds))
         }
 
         fn check(&self) -> Result<(), BusError> {
@@ -232,25 +302,19 @@ mod tests {
             self.updates.set(self.updates.get() + 1);
             if self.meddle.get() > 0 {
                 self.meddle.set(self.meddle.get() - 1);
-                self.put(&stale(key));
+                self.records.put(&stale(key));
             }
-            match self.record(key) {
-                Some((_, current)) if current == revision => Ok(Some(self.put(info))),
-                _ => Ok(None),
-            }
+            self.records.update(key, info, revision).await
         }
 
         async fn create(&self, key: &str, info: &OrderInfo) -> Result<Option<u64>, BusError> {
             self.check()?;
-            match self.record(key) {
-                Some(_) => Ok(None),
-                None => Ok(Some(self.put(info))),
-            }
+            self.records.create(key, info).await
         }
 
         async fn current(&self, key: &str) -> Result<Option<(OrderInfo, u64)>, BusError> {
             self.check()?;
-            Ok(self.record(key))
+            self.records.current(key).await
         }
     }
 
@@ -270,22 +334,21 @@ mod tests {
     #[test]
     fn a_write_swaps_the_revision_it_knows() {
         let journal = Journal::default();
-        let first = journal.put(&order("o", Phase::Queued));
+        let first = journal.records.put(&order("o", Phase::Queued));
         let done = order("o", Phase::Succeeded);
-        let revision = block_on(write_over(&journal, &done, Some(first), || true)).unwrap();
-        assert_eq!(journal.record("o"), Some((done, revision)));
+        let revision = journal.write(&done, Some(first), true).unwrap();
+        assert_eq!(journal.records.get("o"), Some((done, revision)));
         assert!(revision > first);
         assert_eq!(journal.updates.get(), 1);
     }
 
     #[test]
     fn a_record_changed_by_another_writer_is_written_over() {
-        let journal = Journal::default();
-        let ours = journal.put(&order("o", Phase::Running));
-        journal.put(&stale("o"));
+        let (journal, ours) = Journal::running();
+        journal.records.put(&stale("o"));
         let done = order("o", Phase::Succeeded);
-        let revision = block_on(write_over(&journal, &done, Some(ours), || true)).unwrap();
-        assert_eq!(journal.record("o"), Some((done, revision)));
+        let revision = journal.write(&done, Some(ours), true).unwrap();
+        assert_eq!(journal.records.get("o"), Some((done, revision)));
         assert_eq!(journal.updates.get(), 2);
     }
 
@@ -293,11 +356,11 @@ mod tests {
     fn an_unknown_revision_is_read_first_and_an_absent_record_created() {
         let journal = Journal::default();
         let queued = order("o", Phase::Queued);
-        let created = block_on(write_over(&journal, &queued, None, || true)).unwrap();
-        assert_eq!(journal.record("o"), Some((queued, created)));
+        let created = journal.write(&queued, None, true).unwrap();
+        assert_eq!(journal.records.get("o"), Some((queued, created)));
         let done = order("o", Phase::Succeeded);
-        let revision = block_on(write_over(&journal, &done, None, || true)).unwrap();
-        assert_eq!(journal.record("o"), Some((done, revision)));
+        let revision = journal.write(&done, None, true).unwrap();
+        assert_eq!(journal.records.get("o"), Some((done, revision)));
         assert_eq!(
             journal.updates.get(),
             1,
@@ -307,76 +370,76 @@ mod tests {
 
     #[test]
     fn a_record_already_holding_our_state_is_not_written_again() {
-        let journal = Journal::default();
-        let old = journal.put(&order("o", Phase::Running));
+        let (journal, old) = Journal::running();
         let done = order("o", Phase::Succeeded);
         // our earlier write landed, but its answer was lost
-        let landed = journal.put(&done);
-        let revision = block_on(write_over(&journal, &done, Some(old), || true)).unwrap();
+        let landed = journal.records.put(&done);
+        let revision = journal.write(&done, Some(old), true).unwrap();
         assert_eq!(revision, landed);
-        assert_eq!(journal.last.get(), landed);
+        assert_eq!(journal.records.get("o"), Some((done, landed)));
     }
 
     #[test]
     fn a_record_changing_under_every_write_is_not_stored() {
-        let journal = Journal::default();
-        let ours = journal.put(&order("o", Phase::Running));
+        let (journal, ours) = Journal::running();
         journal.meddle.set(u32::MAX);
         let done = order("o", Phase::Succeeded);
-        let err = block_on(write_over(&journal, &done, Some(ours), || true)).unwrap_err();
+        let err = journal.write(&done, Some(ours), true).unwrap_err();
         assert!(matches!(err, StoreError::Contended(n) if n == OVERWRITES + 1));
         assert_eq!(journal.updates.get(), OVERWRITES + 1);
         // a few conflicts are overcome
         journal.meddle.set(OVERWRITES);
-        let (_, current) = journal.record("o").unwrap();
-        let revision = block_on(write_over(&journal, &done, Some(current), || true)).unwrap();
-        assert_eq!(journal.record("o"), Some((done, revision)));
+        let (_, current) = journal.records.get("o").unwrap();
+        let revision = journal.write(&done, Some(current), true).unwrap();
+        assert_eq!(journal.records.get("o"), Some((done, revision)));
     }
 
     #[test]
     fn a_broker_whose_lease_may_have_run_out_writes_over_nothing() {
-        let journal = Journal::default();
-        let ours = journal.put(&order("o", Phase::Running));
+        let (journal, ours) = Journal::running();
         // the new active broker wrote the record meanwhile
         let mut theirs = order("o", Phase::Running);
         theirs.subagent_id = Some("s2".into());
-        journal.put(&theirs);
+        journal.records.put(&theirs);
         let stale = order("o", Phase::Queued);
-        let err = block_on(write_over(&journal, &stale, Some(ours), || false)).unwrap_err();
+        let err = journal.write(&stale, Some(ours), false).unwrap_err();
         assert!(matches!(err, StoreError::Superseded));
-        let err = block_on(write_over(&journal, &stale, None, || false)).unwrap_err();
+        let err = journal.write(&stale, None, false).unwrap_err();
         assert!(
             matches!(err, StoreError::Superseded),
             "a revision just read is not ours"
         );
-        assert_eq!(journal.record("o").unwrap().0, theirs, "never rolled back");
+        assert_eq!(
+            journal.records.get("o").unwrap().0,
+            theirs,
+            "never rolled back"
+        );
         // nor on a revision it knows, though nobody wrote since: a new
         // active broker may have taken over from that very record
-        let known = journal.record("o").unwrap().1;
+        let known = journal.records.get("o").unwrap().1;
         let done = order("o", Phase::Failed);
-        let err = block_on(write_over(&journal, &done, Some(known), || false)).unwrap_err();
+        let err = journal.write(&done, Some(known), false).unwrap_err();
         assert!(matches!(err, StoreError::Superseded));
-        assert_eq!(journal.record("o").unwrap().0, theirs);
-        assert!(block_on(write_over(&journal, &done, Some(known), || true)).is_ok());
+        assert_eq!(journal.records.get("o").unwrap().0, theirs);
+        assert!(journal.write(&done, Some(known), true).is_ok());
     }
 
     #[test]
     fn an_end_another_broker_stored_is_never_written_over() {
-        let journal = Journal::default();
-        let ours = journal.put(&order("o", Phase::Running));
+        let (journal, ours) = Journal::running();
         // a deposed broker's write of the task's end landed late
         let ended = order("o", Phase::Succeeded);
-        let landed = journal.put(&ended);
+        let landed = journal.records.put(&ended);
         let requeued = order("o", Phase::Queued);
-        let err = block_on(write_over(&journal, &requeued, Some(ours), || true)).unwrap_err();
+        let err = journal.write(&requeued, Some(ours), true).unwrap_err();
         assert!(
             matches!(err, StoreError::Ended(ref info, rev) if **info == ended && rev == landed)
         );
-        assert_eq!(journal.record("o"), Some((ended.clone(), landed)));
+        assert_eq!(journal.records.get("o"), Some((ended.clone(), landed)));
         // nor when the revision is not known (after a write of unknown fate)
-        let err = block_on(write_over(&journal, &requeued, None, || true)).unwrap_err();
+        let err = journal.write(&requeued, None, true).unwrap_err();
         assert!(matches!(err, StoreError::Ended(..)));
-        assert_eq!(journal.record("o"), Some((ended, landed)));
+        assert_eq!(journal.records.get("o"), Some((ended, landed)));
     }
 
     #[test]
@@ -384,7 +447,7 @@ mod tests {
         let journal = Journal::default();
         journal.down.set(true);
         let done = order("o", Phase::Succeeded);
-        let err = block_on(write_over(&journal, &done, Some(1), || true)).unwrap_err();
+        let err = journal.write(&done, Some(1), true).unwrap_err();
         assert!(matches!(err, StoreError::Bus(_)));
     }
 }

@@ -439,26 +439,15 @@ fn spawn(exe: &Path, hello: &str) -> std::io::Result<(ChildStdin, u32, Arc<Atomi
 
 #[cfg(test)]
 mod tests {
+    use super::super::tasks;
     use super::*;
 
     #[test]
     fn instructions_hold_and_release_groups_and_results() {
         let mut held = Held::default();
         let result = TaskResult {
-            task_id: "t2".into(),
-            order_id: "o".into(),
-            job: "j".into(),
-            attempt: 1,
-            subagent_id: "s".into(),
-            exit_code: Some(0),
-            signal: None,
-            timed_out: false,
-            error: None,
-            abandoned: None,
-            outputs: BTreeMap::new(),
             pid: Some(7),
-            started_at_ms: 1,
-            finished_at_ms: 2,
+            ..tasks::result("t2")
         };
         let json = format!("={}", serde_json::to_string(&result).unwrap());
         let acked = TaskResult {

@@ -112,10 +112,8 @@ pub(super) async fn failover_broker(args: FailoverBrokerArgs) -> anyhow::Result<
     )
     .await;
     stop_subagents(&mut bench.cluster);
-    let elapsed_s = bench.stop();
-    let mut report = run?;
-    report.elapsed_s = elapsed_s;
-    args.common.emit(&report, print_table)
+    let stamp = |r: &mut Report, s| r.elapsed_s = s;
+    bench.finish(run, &args.common, stamp, print_table)
 }
 
 /// Stops the subagents first, while a broker acknowledges their leave (the

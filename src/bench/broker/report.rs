@@ -92,21 +92,21 @@ pub(super) fn print_table(r: &Report) {
     println!("  settings          {}", r.settings.describe());
     println!("  target            kill to new active p50 under 3000 ms; lost 0, executed twice 0, succeeded unexecuted 0");
     println!("  elapsed           {:.1} s", r.elapsed_s);
-    println!("  rounds (kills)    {}", r.rounds);
-    println!();
     let table = SpreadTable {
         label: 42,
         count: 8,
     };
-    table.header("from the kill to", "rounds");
-    let row = |label: &str, m: &Measured| table.row(label, &m.latency, m.rounds);
-    row("new broker active", &r.new_active);
-    row("first accept of an order sent after it", &r.first_accepted);
-    row(
-        "first dispatch: started, order sent after",
-        &r.first_dispatch,
-    );
-    row("first started event, any order", &r.first_started_any);
+    let rows = [
+        ("new broker active", &r.new_active),
+        ("first accept of an order sent after it", &r.first_accepted),
+        (
+            "first dispatch: started, order sent after",
+            &r.first_dispatch,
+        ),
+        ("first started event, any order", &r.first_started_any),
+    ];
+    let rows = rows.map(|(label, m)| (label, &m.latency, m.rounds));
+    table.print_kills(r.rounds, &rows);
     println!();
     let t = &r.tally;
     println!(

@@ -143,6 +143,19 @@ pub(super) fn judge(markers: &str, overlaps: &str, strays: &str) -> Markers {
     }
 }
 
+/// A spread a mode measured, with the rounds it was taken over.
+type Spread = fn(&ModeReport) -> (&Latency, usize);
+
+/// The spreads the table prints, by name.
+const SPREADS: [(&str, Spread); 2] = [
+    ("lost declared", |m| {
+        (&m.lost_declared, m.lost_declared_rounds)
+    }),
+    ("rerun started", |m| {
+        (&m.rerun_started, m.rerun_started_rounds)
+    }),
+];
+
 pub(super) fn print_table(r: &FailoverReport) {
     let s = &r.settings;
     println!("baton bench failover-subagent");
@@ -170,24 +183,14 @@ pub(super) fn print_table(r: &FailoverReport) {
     row("proof of death", &|m| m.path.to_string());
     row("orders in flight", &|m| m.concurrency.to_string());
     row("rounds (kills)", &|m| m.rounds.to_string());
-    row("lost declared p50", &|m| {
-        ms_or_na(m.lost_declared.p50_ms, m.lost_declared_rounds)
-    });
-    row("lost declared p99", &|m| {
-        ms_or_na(m.lost_declared.p99_ms, m.lost_declared_rounds)
-    });
-    row("lost declared max", &|m| {
-        ms_or_na(m.lost_declared.max_ms, m.lost_declared_rounds)
-    });
-    row("rerun started p50", &|m| {
-        ms_or_na(m.rerun_started.p50_ms, m.rerun_started_rounds)
-    });
-    row("rerun started p99", &|m| {
-        ms_or_na(m.rerun_started.p99_ms, m.rerun_started_rounds)
-    });
-    row("rerun started max", &|m| {
-        ms_or_na(m.rerun_started.max_ms, m.rerun_started_rounds)
-    });
+    for (what, spread) in SPREADS {
+        for (i, name) in Latency::NAMES.into_iter().enumerate() {
+            row(&format!("{what} {name}"), &|m| {
+                let (latency, rounds) = spread(m);
+                ms_or_na(latency.values()[i], rounds)
+            });
+        }
+    }
     row("rounds measured", &|m| {
         format!("{} / {}", m.lost_declared_rounds, m.rerun_started_rounds)
     });

@@ -183,12 +183,9 @@ pub(in crate::bench) async fn failover_scheduler(
     };
     let mut bench = LocalBench::start(setup, &args.common).await?;
     let slots_file = bench.evidence("slots", None);
-    let run = run(&mut bench.cluster, &bench.bus, &args, &slots_file).await;
-    let elapsed_s = bench.stop();
-    let mut report = run?;
-    report.settings = Some(settings);
-    report.elapsed_s = elapsed_s;
-    args.common.emit(&report, print_table)
+    let run = run(&mut bench.cluster, &bench.bus, &args, &slots_file, settings).await;
+    let stamp = |r: &mut Report, s| r.elapsed_s = s;
+    bench.finish(run, &args.common, stamp, print_table)
 }
 
 async fn run(
@@ -196,6 +193,7 @@ async fn run(
     bus: &Bus,
     args: &FailoverSchedulerArgs,
     slots_file: &Path,
+    settings: Settings,
 ) -> anyhow::Result<Report> {
     let stop_at = tokio::time::Instant::now() + args.timeout;
     let agents: Vec<String> = (1..=args.agents).map(|i| format!("agent-{i}")).collect();
@@ -224,6 +222,7 @@ async fn run(
         misfire: args.misfire.as_str(),
         agents: args.agents,
         subagents: SUBAGENTS,
+        settings: Some(settings),
         ..Report::default()
     };
     let (mut lost, mut new, mut fire) = (Vec::new(), Vec::new(), Vec::new());
@@ -399,21 +398,22 @@ fn print_table(r: &Report) {
     }
     println!("  target            kill to new Scheduler p50 under 2000 ms, kill to first fire p50 under 2000 ms; double fires 0, missed slots 0");
     println!("  elapsed           {:.1} s", r.elapsed_s);
-    println!("  rounds (kills)    {}", r.rounds);
-    println!();
     let table = SpreadTable {
         label: 26,
         count: 10,
     };
-    table.header("from the kill to", "rounds");
-    let row = |label: &str, l: &Latency, n: usize| table.row(label, l, n);
-    row("lost declared", &r.lost_declared, r.lost_declared_rounds);
-    row(
-        "new Scheduler announced",
-        &r.new_scheduler,
-        r.new_scheduler_rounds,
+    table.print_kills(
+        r.rounds,
+        &[
+            ("lost declared", &r.lost_declared, r.lost_declared_rounds),
+            (
+                "new Scheduler announced",
+                &r.new_scheduler,
+                r.new_scheduler_rounds,
+            ),
+            ("first fire (accepted)", &r.first_fire, r.first_fire_rounds),
+        ],
     );
-    row("first fire (accepted)", &r.first_fire, r.first_fire_rounds);
     println!();
     let span = match (r.first_slot_ms, r.last_slot_ms) {
         (Some(a), Some(b)) => format!(" ({} s of slots)", (b - a) / 1000 + 1),

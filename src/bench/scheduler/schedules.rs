@@ -23,7 +23,7 @@ use serde::Serialize;
 use super::slots::{period_for_rate, slots_in_window, spread_start};
 use super::{spawn_agent, Settings};
 use crate::bench::client::{bench_job, deploy_jobs};
-use crate::bench::report::{mib, Latency};
+use crate::bench::report::{mib, print_spread, Latency};
 use crate::bench::setup::{CommonArgs, LocalBench, Setup};
 use crate::bus::Bus;
 use crate::launch::LocalCluster;
@@ -108,10 +108,8 @@ pub(in crate::bench) async fn schedules(args: SchedulesArgs) -> anyhow::Result<(
     ));
     let mut bench = LocalBench::start(Setup::subagents(0, 1), &args.common).await?;
     let run = run(&mut bench.cluster, &bench.bus, &args, settings).await;
-    let elapsed_s = bench.stop();
-    let mut report = run?;
-    report.elapsed_s = elapsed_s;
-    args.common.emit(&report, print_table)
+    let stamp = |r: &mut Report, s| r.elapsed_s = s;
+    bench.finish(run, &args.common, stamp, print_table)
 }
 
 async fn run(
@@ -274,9 +272,7 @@ fn print_table(r: &Report) {
         "  fires             {} in {} s ({} expected, {} missing, {} over the tolerance)",
         r.fires, r.window_s, r.expected_fires, r.missing_fires, r.fires_over_tolerance
     );
-    println!("  lateness p50      {:.0} ms", r.lateness.p50_ms);
-    println!("  lateness p99      {:.0} ms", r.lateness.p99_ms);
-    println!("  lateness max      {:.0} ms", r.lateness.max_ms);
+    print_spread("lateness", &r.lateness, 0);
     println!("  agent peak RSS    {}", mib(r.agent_peak_rss_kib));
     println!("  broker peak RSS   {}", mib(r.broker_peak_rss_kib));
     println!("  elapsed           {:.1} s", r.elapsed_s);

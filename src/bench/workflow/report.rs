@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::bench::report::Latency;
+use crate::bench::report::{print_spread, Latency};
 
 #[derive(Debug, Serialize)]
 pub(super) struct WorkflowReport {
@@ -81,16 +81,12 @@ pub(super) fn print_table(r: &WorkflowReport) {
         "  throughput        {:.2} workflow orders/s",
         r.orders_per_s
     );
-    println!("  duration p50      {:.1} ms", r.duration.p50_ms);
-    println!("  duration p99      {:.1} ms", r.duration.p99_ms);
-    println!("  duration max      {:.1} ms", r.duration.max_ms);
+    print_spread("duration", &r.duration, 1);
     println!(
         "  hand-off          {} step pairs ({} skipped: next step ran again)",
         r.handoffs, r.handoffs_skipped
     );
-    println!("  hand-off p50      {:.1} ms", r.handoff.p50_ms);
-    println!("  hand-off p99      {:.1} ms", r.handoff.p99_ms);
-    println!("  hand-off max      {:.1} ms", r.handoff.max_ms);
+    print_spread("hand-off", &r.handoff, 1);
     println!(
         "  result window     p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (a step's last act to its subagent holding the result)",
         r.result_window.p50_ms, r.result_window.p99_ms, r.result_window.max_ms

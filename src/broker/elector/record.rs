@@ -8,7 +8,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use tracing::{debug, info, warn};
 
-use super::{Elector, Grant, ANSWER_TIMEOUT};
+use super::{Command, Elector, Grant, ANSWER_TIMEOUT};
 use crate::broker::election::Request as Ask;
 use crate::broker::probe::{self, Verdict};
 use crate::broker::scheduler_lease;
@@ -17,32 +17,21 @@ use crate::protocol::*;
 use crate::time::now_ms;
 
 impl Elector {
-    /// Records the lease `agent` is granted, then sends the command.
-    pub(super) fn grant(
-        &mut self,
-        agent: String,
-        command: u64,
-        action: RoleAction,
-        lease_ms: u64,
-        ctx: &mut Context<Self>,
-    ) {
+    /// Records the lease `command` grants its agent, then sends it.
+    pub(super) fn grant(&mut self, command: Command, ctx: &mut Context<Self>) {
         let now = now_ms();
         let record = SchedulerLease {
-            agent_id: agent.clone(),
+            agent_id: command.agent.clone(),
             broker_id: self.broker_id.clone(),
             epoch: self.epoch,
-            until_ms: self.election.lease_expires_at_ms(&agent).unwrap_or(now),
+            until_ms: self
+                .election
+                .lease_expires_at_ms(&command.agent)
+                .unwrap_or(now),
             granted_at_ms: now,
         };
         let decided = Instant::now();
-        let then = Grant {
-            agent,
-            command,
-            action,
-            lease_ms,
-            decided,
-        };
-        self.ledger.grant(record, then);
+        self.ledger.grant(record, Grant { command, decided });
         self.write_record(ctx);
     }
 
@@ -81,11 +70,15 @@ impl Elector {
                 }
                 Ok(()) => {}
             }
-            if let Some(g) = then {
+            if let Some(Grant {
+                mut command,
+                decided,
+            }) = then
+            {
                 // the agent counts its lease from receipt: what the wait took is taken off
-                let waited = g.decided.elapsed().as_millis() as u64;
-                let lease_ms = g.lease_ms.saturating_sub(waited).max(1);
-                act.send(g.agent, g.command, g.action, lease_ms, ctx);
+                let waited = decided.elapsed().as_millis() as u64;
+                command.lease_ms = command.lease_ms.saturating_sub(waited).max(1);
+                act.send(command, ctx);
             }
             act.write_record(ctx);
         }));
