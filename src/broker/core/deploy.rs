@@ -8,6 +8,8 @@
 //! or an edit) reaches the core as a [`SpecChange`], acting or not, so a
 //! broker that renews its lease after a pause knows what was deployed.
 
+use std::collections::HashMap;
+
 use tracing::{info, warn};
 
 use super::{Core, Effect, Refusal, Reply};
@@ -133,37 +135,55 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
     /// A bucket entry changed: valid entries are taken, others warned about.
     pub(super) fn on_spec_change(&mut self, change: SpecChange) {
         match change {
-            SpecChange::Job(key, Some(spec)) => {
-                if jobs::validate_job(&spec).is_ok() && spec.name == key {
-                    self.jobs.insert(key, spec);
-                } else {
-                    warn!(job = %key, "invalid job definition in the jobs bucket ignored")
-                }
+            SpecChange::Job(key, spec) => {
+                let valid = |s: &JobSpec| jobs::validate_job(s).is_ok() && s.name == key;
+                let valid = spec.as_ref().map(valid);
+                take(
+                    &mut self.jobs,
+                    key,
+                    spec,
+                    valid,
+                    "job definition in the jobs bucket",
+                );
             }
-            SpecChange::Job(key, None) => {
-                self.jobs.remove(&key);
-            }
-            SpecChange::Cluster(key, Some(spec)) => {
-                if jobs::validate_cluster(&spec).is_ok() && spec.name == key {
-                    self.clusters.insert(key, spec);
-                } else {
-                    warn!(cluster = %key, "invalid cluster in the clusters bucket ignored")
-                }
-            }
-            SpecChange::Cluster(key, None) => {
-                self.clusters.remove(&key);
+            SpecChange::Cluster(key, spec) => {
+                let valid = |s: &ClusterSpec| jobs::validate_cluster(s).is_ok() && s.name == key;
+                let valid = spec.as_ref().map(valid);
+                take(
+                    &mut self.clusters,
+                    key,
+                    spec,
+                    valid,
+                    "cluster in the clusters bucket",
+                );
             }
             // as at a takeover: a step whose job is gone fails when dispatched
-            SpecChange::Workflow(key, Some(spec)) => {
-                if spec.name == key && validate_workflow(&spec, &|_| true).is_ok() {
-                    self.workflows.insert(key, spec);
-                } else {
-                    warn!(workflow = %key, "invalid workflow in the workflows bucket ignored")
-                }
+            SpecChange::Workflow(key, spec) => {
+                let valid =
+                    |s: &WorkflowSpec| s.name == key && validate_workflow(s, &|_| true).is_ok();
+                let valid = spec.as_ref().map(valid);
+                let what = "workflow in the workflows bucket";
+                take(&mut self.workflows, key, spec, valid, what);
             }
-            SpecChange::Workflow(key, None) => {
-                self.workflows.remove(&key);
-            }
+        }
+    }
+}
+
+/// Takes a bucket entry's new value if `valid`, forgets a deleted one.
+fn take<T>(
+    held: &mut HashMap<String, T>,
+    key: String,
+    value: Option<T>,
+    valid: Option<bool>,
+    what: &str,
+) {
+    match (value, valid) {
+        (Some(value), Some(true)) => {
+            held.insert(key, value);
+        }
+        (Some(_), _) => warn!(%key, "invalid {what} ignored"),
+        (None, _) => {
+            held.remove(&key);
         }
     }
 }
