@@ -86,7 +86,7 @@ impl Broker {
         }
     }
 
-    fn send_reply(&self, to: &To, reply: Reply) {
+    pub(super) fn send_reply(&self, to: &To, reply: Reply) {
         if let Some(audited) = &to.audited {
             let outcome = match &reply {
                 Reply::Error(e) => Err((e.error.code, e.error.message.as_str())),

@@ -127,7 +127,8 @@ fn kill(kill: bool) -> Option<String> {
 }
 
 impl Input {
-    /// The audited request this is, if it is one (for refusals by the gate).
+    /// The audited request this is, if it is one: its record is made with
+    /// the reply (`act::To`), or the gate's refusal.
     pub(super) fn audited(&self) -> Option<Audited> {
         Some(match self {
             Input::Deploy(r) => Audited::deploy(&r.body, r.sender.get()),
@@ -173,17 +174,6 @@ impl Broker {
     /// Records `asked`'s outcome in the audit trail.
     pub(super) fn audit(&self, asked: &Audited, outcome: Outcome<'_>) {
         self.audit.record(asked, outcome);
-    }
-
-    /// Answers `asked` with an error, and records the refusal.
-    pub(super) fn refuse(
-        &self,
-        replier: &Replier,
-        asked: &Audited,
-        code: ErrorCode,
-        message: impl AsRef<str>,
-    ) {
-        self.audit.refuse(replier, asked, code, message.as_ref());
     }
 }
 

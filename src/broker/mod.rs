@@ -322,12 +322,10 @@ impl Broker {
                     let refused = self.bus.stats().refused();
                     warn!(asked = ?asked, %why, refused, "message refused (logged at the 1st, 2nd, 4th, 8th... refusal)");
                 }
-                match (replier, input.audited()) {
-                    (Some(replier), Some(audited)) => {
-                        self.refuse(replier, &audited, ErrorCode::Forbidden, why)
-                    }
-                    (Some(replier), None) => self.error(replier, ErrorCode::Forbidden, why),
-                    (None, _) => {}
+                if let Some(replier) = replier {
+                    let to = To::answering(input.audited())(replier.clone());
+                    let refusal = core::Refusal::Forbidden(why.to_string());
+                    self.send_reply(&to, core::Reply::Error(refusal.reply()));
                 }
                 return;
             }
@@ -360,10 +358,6 @@ impl Broker {
     /// Whether its lease still holds by its own clock (see [`Core::acting`]).
     fn acting(&mut self) -> bool {
         self.core.at(act::now()).acting()
-    }
-
-    fn error(&self, replier: &Replier, code: ErrorCode, message: impl Into<String>) {
-        self.bus.reply(replier, &ErrorReply::new(code, message));
     }
 
     fn publish_heartbeat(&mut self) {

@@ -39,9 +39,9 @@ pub(super) enum StoreError {
     Bus(#[from] BusError),
     #[error("the record changed under each of {0} writes")]
     Contended(u32),
-    /// The record is not as this broker last knew it, and this broker no
-    /// longer surely holds the lease: the record is another broker's now.
-    #[error("the record changed and this broker's lease may have run out: not written over")]
+    /// This broker no longer surely holds the lease: the record may be
+    /// another broker's now, and is not written.
+    #[error("this broker's lease may have run out: not written")]
     Superseded,
     /// Another broker (one deposed, whose write landed late) stored an end
     /// of the order: an end is a fact, never written over.
@@ -96,6 +96,13 @@ impl Records for Kv<OrderInfo> {
     }
 }
 
+/// Whether a record's order never changes again: ended, and not a failed
+/// workflow order (which can still be resumed or cancelled).
+pub(super) fn ended_for_good(info: &OrderInfo) -> bool {
+    let resumable = info.workflow.is_some() && info.state == OrderState::Failed;
+    info.state.is_final() && !resumable
+}
+
 /// Writes `info` as its order's record, compare-and-swap on `revision`
 /// (the record's as this broker last read or wrote it; `None` when not
 /// known, and then read first), and returns the new revision. When the
@@ -108,13 +115,6 @@ impl Records for Kv<OrderInfo> {
 /// its older state over the new active broker's, nor over the record the
 /// new one read when it took over (a compare-and-swap on a known revision
 /// would still succeed then, as nobody has written since).
-/// Whether a record's order never changes again: ended, and not a failed
-/// workflow order (which can still be resumed or cancelled).
-pub(super) fn ended_for_good(info: &OrderInfo) -> bool {
-    let resumable = info.workflow.is_some() && info.state == OrderState::Failed;
-    info.state.is_final() && !resumable
-}
-
 pub(super) async fn write_over(
     records: &impl Records,
     info: &OrderInfo,

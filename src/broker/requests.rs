@@ -6,6 +6,7 @@
 use actix::prelude::*;
 use std::time::Instant;
 
+use super::core::Refusal;
 use super::{placement, Broker};
 use crate::bus::Request;
 use crate::protocol::*;
@@ -16,28 +17,20 @@ impl Broker {
             return self.bus.reply(&req.replier, &info);
         }
         if !subjects::is_valid_token(&req.body.order_id) {
-            let message = format!("no order {:?}", req.body.order_id);
-            return self.error(&req.replier, ErrorCode::NotFound, message);
+            let refusal = Refusal::NoOrder(format!("{:?}", req.body.order_id));
+            return self.bus.reply(&req.replier, &refusal.reply());
         }
         let kv = self.orders_kv.clone();
         let bus = self.bus.clone();
         let Request { body, replier, .. } = req;
         ctx.spawn(
             async move {
-                match kv.get(&body.order_id).await {
-                    Ok(Some(info)) => bus.reply(&replier, &info),
-                    Ok(None) => bus.reply(
-                        &replier,
-                        &ErrorReply::new(
-                            ErrorCode::NotFound,
-                            format!("no order {}", body.order_id),
-                        ),
-                    ),
-                    Err(e) => bus.reply(
-                        &replier,
-                        &ErrorReply::new(ErrorCode::Unavailable, e.to_string()),
-                    ),
-                }
+                let refusal = match kv.get(&body.order_id).await {
+                    Ok(Some(info)) => return bus.reply(&replier, &info),
+                    Ok(None) => Refusal::NoOrder(body.order_id),
+                    Err(e) => Refusal::Unreadable(e.to_string()),
+                };
+                bus.reply(&replier, &refusal.reply())
             }
             .into_actor(self),
         );

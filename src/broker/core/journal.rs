@@ -135,12 +135,12 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         if !writes.next.is_empty() {
             return self.write(order_id, writes.next);
         }
-        // a final state, or any state of a workflow order (a command it
-        // answered), is written until it is stored
+        // a final state, a cancel, or any state of a workflow order (a
+        // command it answered) is written until it is stored
         let must_land = !ok
             && self
                 .info_of(&order_id)
-                .is_some_and(|o| o.state.is_final() || o.workflow.is_some());
+                .is_some_and(|o| o.state.is_final() || o.cancel_requested || o.workflow.is_some());
         if must_land {
             self.later(JOURNAL_RETRY, super::Timer::Rewrite { order_id });
         }
@@ -190,11 +190,13 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
     /// subagent, and its end is announced.
     fn adopt_end(&mut self, ended: OrderInfo) {
         if let Some(flow) = FlowOrder::restore(&ended) {
-            // a workflow order: its stored end replaces what is held
+            // a workflow order: its stored end replaces what is held, and
+            // its steps still running stop
             if self.book.flow(&ended.order_id).is_some() {
                 self.book.insert_flow(flow);
                 self.unannounced.remove(&ended.order_id);
                 self.publish(Event::finished(&ended, self.now.ms));
+                self.stop_unwanted_steps(Some(&ended.order_id));
             }
             return;
         }

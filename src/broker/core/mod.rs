@@ -26,8 +26,9 @@
 //! Architecture invariant: imports neither actix, nor the bus, nor the
 //! clock; `R` is where a reply goes, opaque here. Once its lease may have
 //! run out by the time it is given ([`lease::Tenure`]) it emits nothing:
-//! the inputs it is given (IO outcomes, timers, the liveness tick; the
-//! actor drops what arrives from NATS meanwhile) still change its state,
+//! the inputs it is given (IO outcomes, timers, the liveness tick, bucket
+//! changes; the actor drops requests and heartbeats meanwhile) still
+//! change its state,
 //! and their effects wait until it renews its lease, or go with it when it
 //! steps down.
 //!
@@ -43,6 +44,8 @@ mod subagents;
 mod submit;
 mod switch;
 mod takeover;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};

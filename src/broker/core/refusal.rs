@@ -80,6 +80,11 @@ pub enum Refusal {
     SubagentLost(String),
     #[error("subagent '{subagent}' did not take the stop: {error}")]
     StopNotTaken { subagent: String, error: String },
+    /// The gate refused the sender (see `broker/gate.rs`).
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the order could not be read from JetStream: {0}")]
+    Unreadable(String),
     #[error("subagent id {0:?} is not a valid subject token")]
     BadSubagentId(String),
     #[error(
@@ -103,6 +108,8 @@ impl Refusal {
                 ErrorCode::InvalidState
             }
             Refusal::FlowBeingStored(_) => ErrorCode::Busy,
+            Refusal::Forbidden(_) => ErrorCode::Forbidden,
+            Refusal::Unreadable(_) => ErrorCode::Unavailable,
             Refusal::Unknown(_) | Refusal::UnknownSubagent(_) => ErrorCode::NotFound,
             Refusal::InvalidDeploy(_) => ErrorCode::InvalidJob,
             Refusal::DeployNotStored(_)

@@ -319,8 +319,8 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         self.reply(to, Reply::Submitted(reply));
     }
 
-    /// `baton order cancel`: a workflow order's cancel is answered once
-    /// stored; a job order's at once, with the order.
+    /// `baton order cancel`: answered with the order once the cancel is
+    /// stored (a running order ends cancelled when its task ends).
     pub(super) fn on_cancel(&mut self, to: R, req: CancelOrder) {
         let CancelOrder { order_id, kill } = req;
         if self.book.flow(&order_id).is_some() {

@@ -1,7 +1,8 @@
 //! The book of orders the broker holds: job orders (each an [`Order`],
 //! the state machine of `order.rs`) and workflow orders ([`FlowOrder`]),
 //! one request-id index over both, the queue of job orders waiting for a
-//! subagent, and a bounded memory of ended ones.
+//! subagent, and a bounded memory of ended job orders (the core keeps
+//! the newest ended workflow orders, `core/flows/news.rs`).
 //!
 //! Pure: no clock reads, no IO. The broker's core (`core/`) feeds it
 //! events and acts on the transitions it returns.

@@ -39,7 +39,7 @@ use crate::jobs;
 use crate::protocol::*;
 use crate::workflow::order::step_request_id;
 use crate::workflow::{step_order_id, Effect as FlowEffect, Event as FlowEvent};
-use crate::workflow::{KillCause, TransitionError};
+use crate::workflow::{KillCause, RunState, TransitionError};
 
 /// Before placing a step order again whose write failed.
 const PLACE_RETRY: Duration = Duration::from_secs(1);
@@ -75,6 +75,9 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         self.act_on(flow_id, fx);
         if after.state.is_final() && after.state != before.state {
             self.flow_finished(flow_id);
+        } else if before.state.is_final() && !after.state.is_final() {
+            // resumed before its end was stored: that end is not announced
+            self.unannounced.remove(flow_id);
         }
         if before != after || !matches!(then, Then::Nothing) {
             self.store(flow_id, then);
@@ -306,11 +309,13 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
     pub(super) fn retry_due(&mut self, flow_id: String, step: String) {
         let due = FlowEvent::RetryDue { step: step.clone() };
         let _ = self.flow_event(&flow_id, due);
-        // early by the wall clock (it stepped back): wait again
-        let waiting = self
-            .book
-            .flow(&flow_id)
-            .and_then(|f| f.run.step(&step)?.retry_at_ms);
+        // early by the wall clock (it stepped back): wait again. Not while
+        // the order is held or stopping: a resume schedules its retries
+        let now = self.now.ms;
+        let waiting = (self.book.flow(&flow_id))
+            .filter(|f| f.state() == RunState::Running)
+            .and_then(|f| f.run.step(&step)?.retry_at_ms)
+            .filter(|&at_ms| at_ms > now);
         if let Some(at_ms) = waiting {
             self.arm_retry(&flow_id, step, at_ms);
         }

@@ -18,7 +18,11 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         let ended = self.book.flows().filter(|f| f.state().is_terminal());
         if ended.count() > KEEP_FINISHED {
             let oldest = (self.book.flows())
-                .filter(|f| f.state().is_terminal() && !self.writing.contains_key(&f.id))
+                .filter(|f| f.state().is_terminal())
+                // not while its end is being stored
+                .filter(|f| {
+                    !self.writing.contains_key(&f.id) && !self.unannounced.contains_key(&f.id)
+                })
                 .min_by_key(|f| (f.finished_at_ms, f.id.clone()))
                 .map(|f| f.id.clone());
             if let Some(oldest) = oldest {

@@ -94,6 +94,10 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                 // record is made to say it never runs (written until stored)
                 warn!(order = %order_id, error = %e, "workflow order not confirmed stored; submit refused, and the order cancelled in case it was");
                 let _ = self.flow_event(&order_id, FlowEvent::Cancel { kill: false });
+                if let Some(flow) = self.book.flow_mut(&order_id) {
+                    // being written until stored: commands need not wait
+                    flow.durable = true;
+                }
                 self.refuse(&to, Refusal::NotStored(e));
             }
             Created::Failed(e) => {

@@ -22,16 +22,23 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         // leave a step order its workflow order never knew it placed (or
         // no longer wants): it is stopped. One it still wants was adopted
         // above, when the step was dispatched again under the same id.
+        self.stop_unwanted_steps(None);
+    }
+
+    /// Cancels (with kill) the unfinished step orders no workflow order
+    /// runs (of `flow_id` only, if given). A workflow order that can
+    /// still change records the attempt, so its next one is fresh.
+    pub(in crate::broker::core) fn stop_unwanted_steps(&mut self, flow_id: Option<&str>) {
         let mut orphans: Vec<(String, ParentStep, String)> = (self.book.iter())
             .filter(|o| !o.phase.is_final())
             .filter_map(|o| Some((o.id.clone(), o.parent.clone()?, o.job.clone())))
-            .filter(|(_, parent, _)| !self.runs(parent))
+            .filter(|(_, p, _)| flow_id.is_none_or(|f| p.order_id == f) && !self.runs(p))
             .collect();
         orphans.sort_by(|a, b| a.0.cmp(&b.0));
         for (id, parent, job) in orphans {
             warn!(step_order = %id, "step order its workflow order does not run; cancelled");
-            if let Some(flow) = self.book.flow_mut(&parent.order_id) {
-                // its attempt number is taken: the step's next one is fresh
+            let flow = self.book.flow_mut(&parent.order_id);
+            if let Some(flow) = flow.filter(|f| !f.state().is_terminal()) {
                 flow.run.note_attempt(&parent.step, parent.attempt);
                 flow.dispatched(&parent.step, parent.attempt, &job, &id);
                 self.store(&parent.order_id, Then::Nothing);

@@ -1,0 +1,221 @@
+//! Step-level tests of the core: one input at a time, the effects checked.
+//! (The simulation, `broker/sim/`, runs the core under faults.)
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::broker::order_book::Order;
+use crate::workflow::{Event as FlowEvent, FlowOrder};
+
+const T0: u64 = 1_800_000_000_000;
+
+fn job(name: &str) -> JobSpec {
+    let spec = serde_json::json!({"name": name, "program": "true", "restartable": true});
+    serde_json::from_value(spec).expect("a job")
+}
+
+fn now(base: Instant, ms: u64) -> Now {
+    Now {
+        at: base + Duration::from_millis(ms),
+        ms: T0 + ms,
+    }
+}
+
+/// A core that took over `orders` with job `j` deployed; replies go to a
+/// number.
+fn core_over(base: Instant, orders: Vec<OrderInfo>) -> Core<u32> {
+    let journal = Journal {
+        jobs: [("j".to_string(), job("j"))].into(),
+        orders: (orders.into_iter().enumerate())
+            .map(|(i, o)| (o.order_id.clone(), (o, i as u64 + 1)))
+            .collect(),
+        ..Journal::default()
+    };
+    let recovered = Recovered::from_journal(journal, 100);
+    let tenure = lease::Tenure::new(base, Duration::from_secs(3600));
+    let at = now(base, 0);
+    let mut core = Core::new("b".into(), Config::default(), 1, tenure, recovered, 1, at);
+    // what a takeover does first (timers, workflow orders picked up)
+    core.take_effects();
+    core
+}
+
+fn queued(id: &str) -> OrderInfo {
+    Order::new(id.into(), "j".into(), Default::default(), None, T0).info()
+}
+
+fn replies(effects: &[Effect<u32>]) -> Vec<(u32, &Reply)> {
+    let replies = effects.iter().filter_map(|e| match e {
+        Effect::Reply(to, reply) => Some((*to, reply)),
+        _ => None,
+    });
+    replies.collect()
+}
+
+fn written(effects: Vec<Effect<u32>>) -> Box<OrderInfo> {
+    effects
+        .into_iter()
+        .find_map(|e| match e {
+            Effect::Write { info, .. } => Some(info),
+            _ => None,
+        })
+        .expect("a journal write")
+}
+
+#[test]
+fn a_cancel_is_answered_only_once_stored() {
+    let base = Instant::now();
+    let mut core = core_over(base, vec![queued("o")]);
+    let cancel = CancelOrder {
+        order_id: "o".into(),
+        kill: false,
+    };
+    let effects = core.step(Input::Cancel(7, cancel), now(base, 10));
+    assert!(replies(&effects).is_empty(), "not before the write");
+    let info = written(effects);
+    assert_eq!(info.state, OrderState::Cancelled);
+    let stored = Stored::At(2);
+    let effects = core.step(Input::Written { info, stored }, now(base, 20));
+    match replies(&effects).as_slice() {
+        [(7, Reply::Order(o))] => assert_eq!(o.state, OrderState::Cancelled),
+        other => panic!("expected the order: {other:?}"),
+    }
+    let finished = effects
+        .iter()
+        .any(|e| matches!(e, Effect::Publish(Event::Finished(_))));
+    assert!(finished, "finished once stored");
+}
+
+#[test]
+fn a_cancel_not_stored_is_refused_and_written_again() {
+    let base = Instant::now();
+    let mut running = queued("o");
+    running.state = OrderState::Running;
+    running.task_id = Some("o-1".into());
+    running.subagent_id = Some("s1".into());
+    running.subagent_instance_id = Some("s1#1".into());
+    running.attempt = 1;
+    let mut core = core_over(base, vec![running]);
+    let cancel = CancelOrder {
+        order_id: "o".into(),
+        kill: true,
+    };
+    let effects = core.step(Input::Cancel(7, cancel), now(base, 10));
+    assert!(effects.iter().any(|e| matches!(e, Effect::Kill { .. })));
+    let info = written(effects);
+    assert!(info.cancel_requested && info.state == OrderState::Running);
+    let stored = Stored::Unknown("timeout".into());
+    let effects = core.step(Input::Written { info, stored }, now(base, 20));
+    match replies(&effects).as_slice() {
+        [(7, Reply::Error(e))] => assert_eq!(e.error.code, ErrorCode::Unavailable),
+        other => panic!("expected a refusal: {other:?}"),
+    }
+    let again = effects.iter().any(|e| {
+        matches!(e, Effect::Later { timer: Timer::Rewrite { order_id }, .. } if order_id == "o")
+    });
+    assert!(again, "a cancel is written until it lands: {effects:?}");
+}
+
+#[test]
+fn a_dry_run_deploy_is_answered_and_changes_nothing() {
+    let base = Instant::now();
+    let mut core = core_over(base, Vec::new());
+    let deploy = DeployRequest {
+        dry_run: true,
+        jobs: vec![job("k")],
+        clusters: Vec::new(),
+        workflows: Vec::new(),
+    };
+    let effects = core.step(Input::Deploy(1, deploy.clone()), now(base, 10));
+    assert!(matches!(
+        replies(&effects).as_slice(),
+        [(1, Reply::Deployed(d))] if d.dry_run && d.deployed == ["k"]
+    ));
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Deploy { .. })));
+    assert!(!core.jobs.contains_key("k"));
+    // written, then deployed
+    let deploy = DeployRequest {
+        dry_run: false,
+        ..deploy
+    };
+    let effects = core.step(Input::Deploy(2, deploy.clone()), now(base, 20));
+    assert!(replies(&effects).is_empty(), "answered once written");
+    let deployed = Input::Deployed {
+        to: 2,
+        deploy: Box::new(deploy),
+        written: Ok(()),
+    };
+    let effects = core.step(deployed, now(base, 30));
+    assert!(matches!(
+        replies(&effects).as_slice(),
+        [(2, Reply::Deployed(_))]
+    ));
+    assert!(core.jobs.contains_key("k"));
+    // nothing to deploy: refused with the code clients match on
+    let empty = DeployRequest {
+        dry_run: false,
+        jobs: Vec::new(),
+        clusters: Vec::new(),
+        workflows: Vec::new(),
+    };
+    let effects = core.step(Input::Deploy(3, empty), now(base, 40));
+    assert!(matches!(
+        replies(&effects).as_slice(),
+        [(3, Reply::Error(e))] if e.error.code == ErrorCode::InvalidJob
+    ));
+}
+
+#[test]
+fn a_retry_due_while_its_order_is_held_sets_no_timer() {
+    let base = Instant::now();
+    // two parallel steps: `a` failed and waits 10 s for its retry, `b` runs
+    let spec: WorkflowSpec = serde_json::from_value(serde_json::json!({
+        "name": "w",
+        "steps": [
+            {"name": "a", "job": "j",
+             "on_failure": {"action": "retry", "times": 1, "backoff": "10s"}},
+            {"name": "b", "job": "j", "after": []},
+        ],
+    }))
+    .expect("a workflow");
+    let mut flow = FlowOrder::new("f".into(), &spec, Default::default(), None, None, T0)
+        .expect("a workflow order");
+    flow.apply(FlowEvent::Start, T0).expect("started");
+    let failed = FlowEvent::StepFinished {
+        step: "a".into(),
+        attempt: 1,
+        succeeded: false,
+        exit_code: Some(1),
+        outputs: Default::default(),
+    };
+    flow.apply(failed, T0).expect("a failed");
+    flow.apply(FlowEvent::Suspend { kill: false }, T0)
+        .expect("suspending while b runs");
+    let retry_at = flow
+        .run
+        .step("a")
+        .and_then(|s| s.retry_at_ms)
+        .expect("a waits");
+    let info = flow.info();
+    let mut core = core_over(base, vec![info]);
+    // the retry comes due while the order is held: nothing to wait for again
+    let due = Timer::RetryDue {
+        flow_id: "f".into(),
+        step: "a".into(),
+    };
+    let late = retry_at - T0 + 5;
+    let effects = core.step(Input::Timer(due), now(base, late));
+    let again = effects.iter().any(|e| {
+        matches!(
+            e,
+            Effect::Later {
+                timer: Timer::RetryDue { .. },
+                ..
+            }
+        )
+    });
+    assert!(
+        !again,
+        "no timer while held (it would fire at once, forever): {effects:?}"
+    );
+}
