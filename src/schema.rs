@@ -97,6 +97,7 @@ wire_types![
     BrokerChanged,
     BrokerLease,
     SchedulerLease,
+    OperatorSwitch,
     SuspendOrder,
     ResumeOrder,
     ListOrders,
@@ -723,6 +724,8 @@ mod tests {
         used.insert("FiredSlot");
         used.insert("BrokerLease");
         used.insert("SchedulerLease");
+        // stored in the `{prefix}_switches` KV bucket
+        used.insert("OperatorSwitch");
         assert_eq!(used, types);
         let ids: BTreeSet<&str> = CHANNELS.iter().map(|c| c.id).collect();
         assert_eq!(ids.len(), CHANNELS.len(), "a channel id is used twice");

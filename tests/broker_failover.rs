@@ -464,3 +464,61 @@ async fn a_broker_paused_past_its_lease_acts_on_nothing_when_it_resumes() {
         "a paused broker acted on its thaw: {alarms:?}"
     );
 }
+
+/// The subagent `id` as the active broker reports it, if it does.
+async fn subagent_status(bus: &Bus, id: &str) -> Option<SubagentStatus> {
+    let ask = StatusRequest::default();
+    let reply = bus
+        .request::<_, StatusReply>(bus.subjects().status(), &ask, Duration::from_secs(1))
+        .await
+        .ok()?;
+    reply.subagents.into_iter().find(|s| s.id == id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subagent_an_operator_disabled_stays_disabled_under_the_next_broker() {
+    let mut h = cluster_with_env(&["sub-1", "sub-2"], ENV).await;
+    let marker = h.scratch().join("marker");
+    deploy(&h.bus, &jobs(&marker, &h.scratch().join("never"))).await;
+    spawn_broker(&mut h, "b2");
+    let first = active_other_than(&h.bus, None).await;
+    wait_for(TAKEOVER, "sub-2 is available", || async {
+        subagent_status(&h.bus, "sub-2")
+            .await
+            .filter(|s| s.state == SubagentState::Available)
+    })
+    .await;
+    let out = run_baton(&h, &["subagent", "disable", "sub-2"], TAKEOVER).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    h.cluster
+        .signal(process_of(&first), Signal::SIGKILL)
+        .expect("kill the broker");
+    let second = active_other_than(&h.bus, Some(&first)).await;
+    let sub2 = wait_for(TAKEOVER, "the new broker has heard from sub-2", || async {
+        subagent_status(&h.bus, "sub-2").await
+    })
+    .await;
+    assert_eq!(
+        sub2.state,
+        SubagentState::Disabled,
+        "under {second}: {sub2:?}"
+    );
+    let switch = sub2.switched.expect("who switched it, and when");
+    assert!(switch.off && !switch.by.is_empty(), "{switch:?}");
+    let status = run_baton(&h, &["status"], TAKEOVER).await;
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("sub-2 disabled by "), "{text}");
+
+    // no new task goes to it; enabled again, it takes tasks
+    for n in 0..3 {
+        let order = submit_surely(&h.bus, "work", &format!("after-{n}")).await;
+        let info = final_info(&h.bus, &order.order_id).await;
+        assert_eq!(info.subagent_id.as_deref(), Some("sub-1"), "{info:?}");
+    }
+    let out = run_baton(&h, &["subagent", "enable", "sub-2"], TAKEOVER).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let sub2 = subagent_status(&h.bus, "sub-2").await.expect("known");
+    assert_eq!(sub2.state, SubagentState::Available);
+    assert!(sub2.switched.is_some_and(|s| !s.off));
+}

@@ -114,7 +114,7 @@ impl Names<'_> {
 }
 
 /// Buckets the broker owns (it creates them at start).
-pub const BUCKETS: [&str; 7] = [
+pub const BUCKETS: [&str; 8] = [
     "jobs",
     "clusters",
     "workflows",
@@ -123,6 +123,8 @@ pub const BUCKETS: [&str; 7] = [
     "leader",
     // the Scheduler lease record (issue 16, item 4): only brokers write it
     "scheduler",
+    // operators' switches, kept across takeovers (issue 18, item 1)
+    "switches",
 ];
 /// Plain streams the broker owns.
 pub const STREAMS: [&str; 2] = ["logs", "audit"];

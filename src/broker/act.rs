@@ -82,6 +82,11 @@ impl Broker {
                     subagent_id,
                     stop,
                 } => self.stop(to, subagent_id, stop, ctx),
+                Effect::Switch {
+                    to,
+                    subagent_id,
+                    switch,
+                } => self.switch(to, subagent_id, switch, ctx),
             }
         }
     }
@@ -268,6 +273,31 @@ impl Broker {
             write
                 .into_actor(self)
                 .map(|deployed, act, ctx| act.step(deployed, ctx)),
+        );
+    }
+
+    fn switch(
+        &mut self,
+        to: To,
+        subagent_id: String,
+        switch: OperatorSwitch,
+        ctx: &mut Context<Self>,
+    ) {
+        let kv = self.switches_kv.clone();
+        let write = async move {
+            let key = format!("{}{subagent_id}", core::SUBAGENT_SWITCH);
+            let stored = kv.put(&key, &switch).await;
+            Input::Switched {
+                to,
+                subagent_id,
+                switch,
+                stored: stored.map(|_| ()).map_err(|e| e.to_string()),
+            }
+        };
+        ctx.spawn(
+            write
+                .into_actor(self)
+                .map(|switched, act, ctx| act.step(switched, ctx)),
         );
     }
 

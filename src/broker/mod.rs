@@ -78,6 +78,7 @@ pub struct Broker {
     clusters_kv: Kv<ClusterSpec>,
     workflows_kv: Kv<WorkflowSpec>,
     orders_kv: Kv<OrderInfo>,
+    switches_kv: Kv<OperatorSwitch>,
     /// Keeps one agent in the Scheduler role.
     elector: Addr<elector::Elector>,
     /// The other brokers and our lease, as the leadership loop last told.
@@ -103,6 +104,7 @@ pub async fn start(
     let clusters_kv: Kv<ClusterSpec> = bus.kv(&config.clusters_bucket()).await?;
     let workflows_kv: Kv<WorkflowSpec> = bus.kv(&config.workflows_bucket()).await?;
     let orders_kv: Kv<OrderInfo> = bus.kv(&config.orders_bucket()).await?;
+    let switches_kv: Kv<OperatorSwitch> = bus.kv(&config.switches_bucket()).await?;
     // agents may read and write it but not create it (see `auth::roles`)
     bus.kv::<crate::protocol::FiredSlot>(&config.fired_bucket())
         .await?;
@@ -126,6 +128,7 @@ pub async fn start(
         &clusters_kv,
         &workflows_kv,
         &orders_kv,
+        &switches_kv,
         KEEP_FINISHED,
     )
     .await?;
@@ -230,6 +233,7 @@ pub async fn start(
             clusters_kv,
             workflows_kv,
             orders_kv,
+            switches_kv,
             elector,
             peers: LeaseNews::default(),
             stopped: None,
@@ -336,7 +340,10 @@ impl Broker {
             Input::Submit(r) => core::Input::Submit(to(r.replier), r.body),
             Input::Deploy(r) => core::Input::Deploy(to(r.replier), r.body),
             Input::Cancel(r) => core::Input::Cancel(to(r.replier), r.body),
-            Input::Control(r) => core::Input::Control(to(r.replier), r.body),
+            Input::Control(r) => {
+                let by = r.sender.get().describe();
+                core::Input::Control(to(r.replier), r.body, by)
+            }
             Input::Register(r) => core::Input::Register(to(r.replier), r.body),
             Input::Leave(r) => core::Input::Leave(to(r.replier), r.body),
             Input::Result(r) => core::Input::Result(to(r.replier), r.body),

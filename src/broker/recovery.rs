@@ -166,6 +166,7 @@ pub(super) async fn recover(
     clusters_kv: &Kv<ClusterSpec>,
     workflows_kv: &Kv<WorkflowSpec>,
     orders_kv: &Kv<OrderInfo>,
+    switches_kv: &Kv<OperatorSwitch>,
     keep_finished: usize,
 ) -> Result<Recovered, BusError> {
     let journal = Journal {
@@ -173,6 +174,7 @@ pub(super) async fn recover(
         clusters: clusters_kv.entries().await?,
         workflows: workflows_kv.entries().await?,
         orders: orders_kv.entries_with_revisions().await?,
+        switches: switches_kv.entries().await?,
     };
     Ok(Recovered::from_journal(journal, keep_finished))
 }

@@ -310,6 +310,7 @@ impl Registry {
                 tasks_finished: s.tasks_finished,
                 load: s.load,
                 refused: s.refused,
+                switched: None,
             })
             .collect()
     }

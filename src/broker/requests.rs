@@ -68,7 +68,7 @@ impl Broker {
             protocol: PROTOCOL_VERSION,
             broker_id: self.id.clone(),
             broker_started_at_ms: self.started_at_ms,
-            subagents: self.core.registry.status(Instant::now()),
+            subagents: self.subagents_status(),
             jobs: self.job_names(),
             workflows: {
                 let mut names: Vec<String> = self.core.workflows.keys().cloned().collect();
@@ -101,5 +101,14 @@ impl Broker {
         let mut names: Vec<String> = self.core.jobs.keys().cloned().collect();
         names.sort();
         names
+    }
+
+    /// The registry's subagents, each with the operator's last switch of it.
+    fn subagents_status(&self) -> Vec<SubagentStatus> {
+        let mut subagents = self.core.registry.status(Instant::now());
+        for s in &mut subagents {
+            s.switched = self.core.switches.get(&s.id).cloned();
+        }
+        subagents
     }
 }

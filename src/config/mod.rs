@@ -383,6 +383,12 @@ impl Config {
         format!("{}_scheduler", self.prefix)
     }
 
+    /// Name of the KV bucket holding operators' switches (subagents
+    /// disabled), which every broker taking over honours.
+    pub fn switches_bucket(&self) -> String {
+        format!("{}_switches", self.prefix)
+    }
+
     /// Name of the KV bucket holding the brokers' leadership lease.
     pub fn leader_bucket(&self) -> String {
         format!("{}_leader", self.prefix)

@@ -569,6 +569,9 @@ pub struct SubagentStatus {
     /// Commands it refused because no broker signed them (from its heartbeat).
     #[serde(default)]
     pub refused: u64,
+    /// The operator's last disable or enable of it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switched: Option<OperatorSwitch>,
 }
 
 /// A deployed cluster as the broker resolves it now.
@@ -618,6 +621,19 @@ pub enum SubagentAction {
     Enable,
     /// Drain (no new tasks, running ones finish) and exit, as on SIGTERM.
     Stop,
+}
+
+/// An operator's switch of a subagent, kept under `subagent.{id}` in the
+/// `{prefix}_switches` KV bucket, so that every broker taking over honours
+/// it: the subagent takes no new tasks while it is off (disabled).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OperatorSwitch {
+    /// Disabled (`true`) or enabled again (`false`).
+    pub off: bool,
+    /// Who switched it (the identity that sent the command).
+    pub by: String,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
 }
 
 /// Reply to [`SubagentControl`]: the subagent's state now.

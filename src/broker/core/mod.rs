@@ -47,7 +47,7 @@ mod takeover;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use tracing::warn;
@@ -62,6 +62,7 @@ pub use deploy::SpecChange;
 pub(super) use journal::{Revisions, Stored, Then};
 pub use refusal::Refusal;
 pub use submit::Created;
+pub use takeover::SUBAGENT_SWITCH;
 pub(super) use takeover::{Journal, Recovered};
 
 /// Added to a subagent's own orphan timeout before its tasks count as dead.
@@ -89,7 +90,8 @@ pub enum Input<R> {
     Suspend(R, SuspendOrder),
     Resume(R, ResumeOrder),
     Deploy(R, DeployRequest),
-    Control(R, SubagentControl),
+    /// A switch-over, and who asked for it.
+    Control(R, SubagentControl, String),
     /// A bucket entry changed (taken whether acting or not).
     Spec(SpecChange),
     /// The outcome of an [`Effect::Deploy`].
@@ -97,6 +99,13 @@ pub enum Input<R> {
         to: R,
         deploy: Box<DeployRequest>,
         written: Result<(), String>,
+    },
+    /// The outcome of an [`Effect::Switch`].
+    Switched {
+        to: R,
+        subagent_id: String,
+        switch: OperatorSwitch,
+        stored: Result<(), String>,
     },
     /// The outcome of an [`Effect::Stop`].
     Stopped {
@@ -204,6 +213,13 @@ pub enum Effect<R> {
         to: R,
         deploy: Box<DeployRequest>,
     },
+    /// Store an operator's switch of a subagent (under `subagent.{id}` in
+    /// the switches bucket); answered with [`Input::Switched`].
+    Switch {
+        to: R,
+        subagent_id: String,
+        switch: OperatorSwitch,
+    },
     /// Ask a subagent to stop (drain); answered with [`Input::Stopped`].
     Stop {
         to: R,
@@ -285,6 +301,9 @@ pub struct Core<R> {
     pub(super) revisions: Revisions,
     /// Subagents holding inherited tasks, until their first heartbeat.
     pub(super) unreconciled: BTreeSet<String>,
+    /// Operators' switches of subagents, by id: one switched off stays
+    /// disabled whenever it is seen, under any broker.
+    pub(super) switches: BTreeMap<String, OperatorSwitch>,
     /// Subagents with orders in doubt, which their heartbeats may reclaim.
     pub(super) doubted: BTreeSet<String>,
     pub(super) registry: Registry,
@@ -327,6 +346,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             workflows: recovered.workflows,
             unreconciled: recovered.book.inherited_subagents(),
             doubted: BTreeSet::new(),
+            switches: recovered.switches,
             book: recovered.book,
             writing: HashMap::new(),
             unannounced: HashMap::new(),
@@ -360,7 +380,13 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             Input::Suspend(to, s) => self.on_suspend(to, s),
             Input::Resume(to, r) => self.on_resume(to, r),
             Input::Deploy(to, d) => self.on_deploy(to, d),
-            Input::Control(to, c) => self.on_control(to, c),
+            Input::Control(to, c, by) => self.on_control(to, c, by),
+            Input::Switched {
+                to,
+                subagent_id,
+                switch,
+                stored,
+            } => self.on_switched(to, subagent_id, switch, stored),
             Input::Spec(change) => self.on_spec_change(change),
             Input::Deployed {
                 to,

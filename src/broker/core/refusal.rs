@@ -78,6 +78,10 @@ pub enum Refusal {
     UnknownSubagent(String),
     #[error("subagent '{0}' is lost; it cannot be switched now")]
     SubagentLost(String),
+    #[error(
+        "the switch of subagent '{subagent}' could not be stored in JetStream ({error}); nothing changed, send it again"
+    )]
+    SwitchNotStored { subagent: String, error: String },
     #[error("subagent '{subagent}' did not take the stop: {error}")]
     StopNotTaken { subagent: String, error: String },
     /// The gate refused the sender (see `broker/gate.rs`).
@@ -114,7 +118,8 @@ impl Refusal {
             Refusal::InvalidDeploy(_) => ErrorCode::InvalidJob,
             Refusal::DeployNotStored(_)
             | Refusal::SubagentLost(_)
-            | Refusal::StopNotTaken { .. } => ErrorCode::Unavailable,
+            | Refusal::StopNotTaken { .. }
+            | Refusal::SwitchNotStored { .. } => ErrorCode::Unavailable,
             Refusal::Conflict(_) => ErrorCode::Conflict,
             Refusal::SubmitBeingStored | Refusal::CancelWhileStoring(_) => ErrorCode::Busy,
             Refusal::NotStored(_) | Refusal::StateNotStored(_) => ErrorCode::Unavailable,

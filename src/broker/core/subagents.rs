@@ -92,6 +92,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         self.on_sighting(id, running);
         match seen {
             Seen::New => {
+                self.honour_switch(id);
                 info!(subagent = %id, "subagent joined");
                 self.announce(id, SubagentState::Available, "joined");
             }

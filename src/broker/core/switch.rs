@@ -1,7 +1,10 @@
 //! Switch-over: an operator disables, enables or stops (drains) a
-//! subagent. Disable and enable are the registry's, answered at once; a
-//! stop is asked of the subagent ([`Effect::Stop`]) and answered when it
-//! takes it ([`Input::Stopped`]).
+//! subagent. A disable or enable is stored first ([`Effect::Switch`], the
+//! switches bucket), then applied and answered ([`Input::Switched`]): every
+//! broker taking over reads the switches and keeps a disabled subagent
+//! disabled whenever it is seen, with who switched it and when. A stop is
+//! asked of the subagent ([`Effect::Stop`]) and answered when it takes it
+//! ([`Input::Stopped`]).
 
 use tracing::info;
 
@@ -10,7 +13,7 @@ use crate::protocol::*;
 
 impl<R: Clone + std::fmt::Debug> Core<R> {
     /// `baton subagent disable|enable|stop`.
-    pub(super) fn on_control(&mut self, to: R, control: SubagentControl) {
+    pub(super) fn on_control(&mut self, to: R, control: SubagentControl, by: String) {
         let SubagentControl {
             subagent_id,
             action,
@@ -33,10 +36,39 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             SubagentAction::Disable => true,
             SubagentAction::Enable => false,
         };
+        let switch = OperatorSwitch {
+            off: disabled,
+            by,
+            at_ms: self.now.ms,
+        };
+        self.emit(Effect::Switch {
+            to,
+            subagent_id,
+            switch,
+        });
+    }
+
+    /// An operator's switch was stored (then it holds), or not.
+    pub(super) fn on_switched(
+        &mut self,
+        to: R,
+        subagent_id: String,
+        switch: OperatorSwitch,
+        stored: Result<(), String>,
+    ) {
+        if let Err(error) = stored {
+            let refusal = Refusal::SwitchNotStored {
+                subagent: subagent_id,
+                error,
+            };
+            return self.refuse(&to, refusal);
+        }
+        let disabled = switch.off;
+        info!(subagent = %subagent_id, disabled, by = %switch.by, "switch-over");
+        self.switches.insert(subagent_id.clone(), switch);
         let state = (self.registry)
             .set_disabled(&subagent_id, disabled)
             .unwrap_or(SubagentState::Lost);
-        info!(subagent = %subagent_id, ?action, "switch-over");
         let reason = match disabled {
             true => "disabled by an operator",
             false => "enabled by an operator",
@@ -45,6 +77,14 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         let reply = SubagentControlReply { subagent_id, state };
         self.reply(&to, Reply::Switched(reply));
         self.dispatch();
+    }
+
+    /// A subagent seen for the first time (since this broker took over,
+    /// or since it left): disabled if an operator switched it off.
+    pub(super) fn honour_switch(&mut self, subagent_id: &str) {
+        if self.switches.get(subagent_id).is_some_and(|s| s.off) {
+            self.registry.set_disabled(subagent_id, true);
+        }
     }
 
     /// A subagent took a stop (it drains), or did not.

@@ -1,7 +1,7 @@
 //! Taking over: what a broker that becomes active starts from, rebuilt
 //! from what the journal holds (read by `recovery::recover`). Pure.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use tracing::info;
 
@@ -11,6 +11,9 @@ use crate::jobs;
 use crate::protocol::*;
 use crate::workflow::{validate_workflow, FlowOrder};
 
+/// The key prefix of a subagent's switch in the switches bucket.
+pub const SUBAGENT_SWITCH: &str = "subagent.";
+
 /// What the journal holds: the buckets' entries, and every order with its
 /// record's revision.
 #[derive(Debug, Default, Clone)]
@@ -19,6 +22,8 @@ pub struct Journal {
     pub clusters: HashMap<String, ClusterSpec>,
     pub workflows: HashMap<String, WorkflowSpec>,
     pub orders: HashMap<String, (OrderInfo, u64)>,
+    /// Operators' switches, by key (`subagent.{id}`).
+    pub switches: HashMap<String, OperatorSwitch>,
 }
 
 /// What a broker taking over starts from.
@@ -31,6 +36,8 @@ pub(in crate::broker) struct Recovered {
     pub book: OrderBook,
     /// The revision each kept order was read at.
     pub revisions: Revisions,
+    /// Operators' switches of subagents, by subagent id.
+    pub switches: BTreeMap<String, OperatorSwitch>,
 }
 
 impl Recovered {
@@ -98,12 +105,16 @@ impl Recovered {
             workflow_orders,
             "orders recovered from the journal"
         );
+        let switches = (journal.switches.into_iter())
+            .filter_map(|(key, s)| Some((key.strip_prefix(SUBAGENT_SWITCH)?.to_string(), s)))
+            .collect();
         Recovered {
             jobs,
             clusters,
             workflows,
             book,
             revisions,
+            switches,
         }
     }
 }

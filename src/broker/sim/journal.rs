@@ -71,6 +71,7 @@ impl Journal {
                 .map(|w| (w.name.clone(), w.clone()))
                 .collect(),
             orders: self.records.all().into_iter().collect(),
+            switches: HashMap::new(),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::clock;
+use super::{clock, clock_s};
 use crate::protocol::*;
 
 /// The brokers part of `baton status`.
@@ -176,6 +176,18 @@ pub fn status_text(s: &StatusReply) -> String {
             format!("{}ms ago", sub.heartbeat_age_ms),
             labels.join(",")
         );
+    }
+    for sub in &s.subagents {
+        if let Some(sw) = &sub.switched {
+            let what = if sw.off { "disabled" } else { "enabled" };
+            let _ = writeln!(
+                out,
+                "  {} {what} by {} at {}",
+                sub.id,
+                sw.by,
+                clock_s(sw.at_ms)
+            );
+        }
     }
     for sub in s.subagents.iter().filter(|sub| sub.refused > 0) {
         let _ = writeln!(

@@ -222,8 +222,9 @@ impl World {
                 let input = Input::Timer(timer);
                 self.after(after.as_millis() as u64, Ev::Io { b, gen, input });
             }
-            // the simulation deploys before it starts, and stops no subagent
-            Effect::Deploy { .. } | Effect::Stop { .. } => {}
+            // the simulation deploys before it starts, and switches and
+            // stops no subagent
+            Effect::Deploy { .. } | Effect::Stop { .. } | Effect::Switch { .. } => {}
         }
     }
 
