@@ -347,7 +347,7 @@ async fn operators_move_the_role_by_hand_even_off_the_only_eligible_agent() {
     assert!(text.contains("Usage"), "{text}");
     let out = run_baton(&h, &["status"], Duration::from_secs(10)).await;
     let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(shown.contains("turned off by an operator"), "{shown}");
+    assert!(shown.contains("turned off by "), "{shown}");
 
     // On again brings it back.
     let (code, text) = scheduler_cmd(&h, &["on", &first]).await;
@@ -781,4 +781,63 @@ async fn killing_the_active_broker_with_the_scheduler_moves_the_role_without_wai
     assert_eq!(one_scheduler(&h, Some(scheduler.as_str())).await, spare);
     // fire-all: the slots missed in between are fired too, each once
     every_slot_once(&file, now_ms() - 1_500).await;
+}
+
+/// The status the active broker gives, if one answers now.
+async fn status_now(h: &Harness) -> Option<StatusReply> {
+    let ask = StatusRequest::default();
+    h.bus
+        .request(h.bus.subjects().status(), &ask, REQUEST)
+        .await
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_an_operator_turned_off_stay_off_under_the_next_broker() {
+    let mut h = cluster_with_env(&["sub-1"], ENV).await;
+    h.cluster
+        .spawn("b2", &["broker", "--id", "b2"])
+        .expect("spawn a standby broker");
+    for id in ["a1", "a2"] {
+        spawn_agent(&mut h, id, id, &[]);
+    }
+    one_scheduler(&h, None).await;
+    for id in ["a1", "a2"] {
+        let out = run_baton(&h, &["scheduler", "off", id], ELECTION).await;
+        assert_eq!(out.status.code(), Some(0), "scheduler off {id}: {out:?}");
+    }
+    wait_for(ELECTION, "no Scheduler", || async {
+        schedulers(&h).await.is_empty().then_some(())
+    })
+    .await;
+    let first = status(&h).await.broker_id;
+    // the harness's broker is the process "broker"; ours is "b2"
+    let process = if first == "b2" { "b2" } else { "broker" };
+    h.cluster
+        .signal(process, Signal::SIGKILL)
+        .expect("kill the active broker");
+
+    let heard = wait_for(ELECTION, "the next broker hears both agents", || async {
+        let s = status_now(&h).await.filter(|s| s.broker_id != first)?;
+        (s.agents.len() == 2).then_some(s)
+    })
+    .await;
+    for a in &heard.agents {
+        let switch = a.switched.as_ref().expect("who turned it off, and when");
+        assert!(a.excluded && switch.off && !switch.by.is_empty(), "{a:?}");
+    }
+    // past the new broker's settling time (two agent heartbeats) and a
+    // lease, it still elects nobody
+    holds_throughout(Duration::from_secs(4), "no Scheduler", || async {
+        schedulers(&h).await.is_empty()
+    })
+    .await;
+    let text = run_baton(&h, &["status"], ELECTION).await;
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("turned off by "), "{text}");
+
+    // turned on again, it is the Scheduler
+    let out = run_baton(&h, &["scheduler", "on", "a2"], ELECTION).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(one_scheduler(&h, None).await, "a2");
 }

@@ -209,6 +209,7 @@ impl AgentBook {
                 schedules: a.schedules,
                 heartbeat_age_ms: millis(now.saturating_duration_since(a.last_seen)),
                 lease_left_ms: lease_end.map(|end| end.saturating_sub(now_ms)),
+                switched: None,
             }
         };
         self.agents.values().map(status).collect()

@@ -268,6 +268,12 @@ impl ElectionState {
         self.leases.get(agent).copied()
     }
 
+    /// An operator turned `agent` off (under an earlier broker): it is
+    /// not elected until turned on again.
+    pub fn exclude(&mut self, agent: &str) {
+        self.excluded.insert(agent.to_string());
+    }
+
     /// Whether an operator turned `agent` off and not on again.
     pub fn is_excluded(&self, agent: &str) -> bool {
         self.excluded.contains(agent)

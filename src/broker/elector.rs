@@ -19,7 +19,9 @@
 //! within two probes.
 
 mod record;
+mod switches;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -31,7 +33,7 @@ use super::audit::{Audit, Audited};
 use super::election::{decide, Action, ElectionConfig, ElectionState, Predecessor, Request as Ask};
 use super::probe::{self, Verdict};
 use super::scheduler_lease::{self, Ledger};
-use crate::bus::{Bus, BusError, Kv, Received, Replier, Request};
+use crate::bus::{Bus, BusError, Kv, Received, Request};
 use crate::config::Config;
 use crate::protocol::*;
 use crate::time::now_ms;
@@ -100,6 +102,10 @@ pub struct Elector {
     started: Instant,
     /// Until when it may act (see `lease::Tenure`).
     tenure: super::lease::Tenure,
+    /// Operators' `scheduler on|off` switches, kept in JetStream so that
+    /// every broker taking over honours them; by agent id.
+    switches: BTreeMap<String, OperatorSwitch>,
+    switches_kv: Kv<OperatorSwitch>,
 }
 
 /// Subscribes and starts the elector in the current actix System.
@@ -126,7 +132,10 @@ pub async fn start(
     let (record, predecessor) = scheduler_lease::read_predecessor(&bus, &config).await;
     // long enough for every agent's first heartbeat
     let settle = config.agent.heartbeat_interval * 2;
-    let election = ElectionState::taking_over(now_ms(), &election_config, &predecessor, settle);
+    let mut election = ElectionState::taking_over(now_ms(), &election_config, &predecessor, settle);
+    // agents an operator turned off stay off under this broker too
+    let switches_kv: Kv<OperatorSwitch> = bus.kv(&config.switches_bucket()).await?;
+    let switches = switches::read(&switches_kv, &mut election).await?;
     let inherited = match predecessor {
         Predecessor::Granted { agent, .. } => Some(agent),
         Predecessor::Unknown | Predecessor::NoLease => None,
@@ -148,6 +157,8 @@ pub async fn start(
             inherited,
             started: Instant::now(),
             tenure,
+            switches,
+            switches_kv,
         }
     }))
 }
@@ -220,7 +231,11 @@ impl Handler<AgentsNow> for Elector {
         let election = &self.election;
         let lease = |id: &str| (election.lease_expires_at_ms(id), election.is_excluded(id));
         let cond = &self.config.scheduler.switch_condition;
-        MessageResult(self.book.status(cond, lease, Instant::now(), now_ms()))
+        let mut agents = self.book.status(cond, lease, Instant::now(), now_ms());
+        for a in &mut agents {
+            a.switched = self.switches.get(&a.id).cloned();
+        }
+        MessageResult(agents)
     }
 }
 
@@ -268,22 +283,28 @@ impl Elector {
             SchedulerAction::Off => Ask::Off(agent_id.clone()),
         };
         info!(agent = %agent_id, ?action, "operator asks to move the Scheduler role");
+        let switch = OperatorSwitch {
+            off: action == SchedulerAction::Off,
+            by: req.sender.get().describe(),
+            at_ms: now_ms(),
+        };
         let reply = SchedulerControlReply {
             agent_id,
             action,
             role,
         };
-        self.round(ask, Some((req.replier, audited, reply)), ctx);
+        let control = switches::Control {
+            replier: req.replier,
+            audited,
+            reply,
+            switch,
+        };
+        self.round(ask, Some(control), ctx);
     }
 
     /// One election round; `control` is answered with the reply, or with
     /// the refusal the round produced.
-    fn round(
-        &mut self,
-        ask: Ask,
-        control: Option<(Replier, Audited, SchedulerControlReply)>,
-        ctx: &mut Context<Self>,
-    ) {
+    fn round(&mut self, ask: Ask, control: Option<switches::Control>, ctx: &mut Context<Self>) {
         let now = now_ms();
         let views = self
             .book
@@ -318,16 +339,16 @@ impl Elector {
                 }
             }
         }
-        if let Some((replier, audited, reply)) = control {
+        if let Some(control) = control {
             match refused {
                 Some(message) => {
                     let code = ErrorCode::InvalidState;
+                    let switches::Control {
+                        replier, audited, ..
+                    } = control;
                     self.audit.refuse(&replier, &audited, code, &message)
                 }
-                None => {
-                    self.audit.record(&audited, Ok(()));
-                    self.bus.reply(&replier, &reply)
-                }
+                None => self.store_switch(control, ctx),
             }
         }
     }

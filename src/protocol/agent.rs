@@ -205,6 +205,10 @@ pub struct AgentStatus {
     /// Milliseconds left of the lease the broker granted it, if any.
     #[serde(default)]
     pub lease_left_ms: Option<u64>,
+    /// The operator's last `scheduler on` or `off` of it (`off`: turned
+    /// off), kept across broker takeovers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switched: Option<super::api::OperatorSwitch>,
 }
 
 /// `{p}.cluster.agent.{id}`: an agent's role changed, as the broker saw it.

@@ -62,8 +62,8 @@ pub use deploy::SpecChange;
 pub(super) use journal::{Revisions, Stored, Then};
 pub use refusal::Refusal;
 pub use submit::Created;
-pub use takeover::SUBAGENT_SWITCH;
 pub(super) use takeover::{Journal, Recovered};
+pub use takeover::{AGENT_SWITCH, SUBAGENT_SWITCH};
 
 /// Added to a subagent's own orphan timeout before its tasks count as dead.
 pub(super) const ORPHAN_MARGIN: Duration = Duration::from_secs(1);

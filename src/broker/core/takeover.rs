@@ -13,6 +13,8 @@ use crate::workflow::{validate_workflow, FlowOrder};
 
 /// The key prefix of a subagent's switch in the switches bucket.
 pub const SUBAGENT_SWITCH: &str = "subagent.";
+/// The key prefix of an agent's switch (Scheduler role off) there.
+pub const AGENT_SWITCH: &str = "agent.";
 
 /// What the journal holds: the buckets' entries, and every order with its
 /// record's revision.

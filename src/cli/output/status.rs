@@ -61,15 +61,17 @@ fn agents_text(out: &mut String, agents: &[AgentStatus]) {
         "ID", "ROLE", "HEALTH", "CPU%", "MEM%", "LOAD", "SCHEDULES", "LEASE", "HEARTBEAT"
     );
     for a in agents {
-        let mut notes = Vec::new();
+        let mut notes: Vec<String> = Vec::new();
         if !a.controlled {
-            notes.push("outside broker control");
+            notes.push("outside broker control".into());
         }
-        if a.excluded {
-            notes.push("turned off by an operator");
+        match a.switched.as_ref().filter(|s| s.off) {
+            Some(s) => notes.push(format!("turned off by {} at {}", s.by, clock_s(s.at_ms))),
+            None if a.excluded => notes.push("turned off by an operator".into()),
+            None => {}
         }
         if a.switch_condition_met {
-            notes.push("switch condition met");
+            notes.push("switch condition met".into());
         }
         let lease = a
             .lease_left_ms
