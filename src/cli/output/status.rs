@@ -42,8 +42,7 @@ fn brokers_text(out: &mut String, brokers: &[BrokerStatus]) {
 fn agents_text(out: &mut String, agents: &[AgentStatus]) {
     let schedulers = agents.iter().filter(|a| a.role == AgentRole::Scheduler);
     let scheduler = match schedulers.map(|a| a.id.as_str()).collect::<Vec<_>>()[..] {
-        [] if agents.is_empty() => "none; start agents with `baton agent`".to_string(),
-        [] => "none yet (electing one)".to_string(),
+        [] => no_scheduler(agents),
         [one] => one.to_string(),
         ref many => format!(
             "{} (more than one: the broker turns all but one off)",
@@ -91,6 +90,23 @@ fn agents_text(out: &mut String, agents: &[AgentStatus]) {
             notes.join(", ")
         );
     }
+}
+
+/// Why no agent is the Scheduler, in plain words: triggers do not fire.
+fn no_scheduler(agents: &[AgentStatus]) -> String {
+    let eligible = || agents.iter().filter(|a| a.controlled && !a.excluded);
+    let why = if agents.is_empty() {
+        "no agent is connected; start one with `baton agent`"
+    } else if agents.iter().all(|a| a.excluded) {
+        "every agent is turned off by an operator; `baton scheduler on AGENT` turns one on"
+    } else if eligible().next().is_none() {
+        "no agent may hold it: those not turned off by an operator run outside broker control"
+    } else if eligible().all(|a| a.switch_condition_met) {
+        "every agent that may hold it meets the switch condition (too unhealthy); `baton scheduler on AGENT` overrides it once"
+    } else {
+        return "none yet (electing one)".to_string();
+    };
+    format!("none: triggers are NOT firing: {why}")
 }
 
 /// The text of `baton status`.
@@ -236,5 +252,32 @@ mod tests {
         assert!(!status_text(&reply).contains("audit records"));
         reply.unstored_audit_records = 2;
         assert!(status_text(&reply).contains("audit records not stored: 2 (see the broker's log)"));
+    }
+
+    #[test]
+    fn no_scheduler_says_why_triggers_do_not_fire() {
+        let agent: AgentStatus = serde_json::from_value(serde_json::json!({
+            "id": "a1", "role": "spare", "controlled": true, "health_level": "good",
+            "health": {"cpu_percent": 5.0, "memory_percent": 20.0}, "heartbeat_age_ms": 100,
+        }))
+        .expect("an agent");
+        assert!(no_scheduler(&[]).contains("no agent is connected"));
+        assert_eq!(no_scheduler(&[agent.clone()]), "none yet (electing one)");
+        let off = AgentStatus {
+            excluded: true,
+            ..agent.clone()
+        };
+        let text = no_scheduler(&[off.clone(), off.clone()]);
+        assert!(text.contains("NOT firing") && text.contains("turned off by an operator"));
+        let sick = AgentStatus {
+            switch_condition_met: true,
+            ..agent.clone()
+        };
+        assert!(no_scheduler(&[off.clone(), sick]).contains("switch condition"));
+        let wild = AgentStatus {
+            controlled: false,
+            ..agent
+        };
+        assert!(no_scheduler(&[off, wild]).contains("outside broker control"));
     }
 }
