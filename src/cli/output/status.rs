@@ -262,7 +262,10 @@ mod tests {
         }))
         .expect("an agent");
         assert!(no_scheduler(&[]).contains("no agent is connected"));
-        assert_eq!(no_scheduler(&[agent.clone()]), "none yet (electing one)");
+        assert_eq!(
+            no_scheduler(std::slice::from_ref(&agent)),
+            "none yet (electing one)"
+        );
         let off = AgentStatus {
             excluded: true,
             ..agent.clone()
