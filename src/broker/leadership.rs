@@ -135,17 +135,22 @@ impl Leadership {
         let Some(a) = &self.active else {
             return;
         };
-        let peers = self.heard.values().map(|(hb, at)| BrokerStatus {
-            id: hb.broker_id.clone(),
-            role: hb.role,
-            epoch: hb.epoch,
-            precedence: hb.precedence,
-            lease_age_ms: hb.lease_age_ms,
-            heartbeat_age_ms: now.saturating_duration_since(*at).as_millis() as u64,
+        let heard = self.heard.values().map(|(hb, at)| {
+            let peer = BrokerStatus {
+                id: hb.broker_id.clone(),
+                role: hb.role,
+                epoch: hb.epoch,
+                precedence: hb.precedence,
+                lease_age_ms: hb.lease_age_ms,
+                heartbeat_age_ms: now.saturating_duration_since(*at).as_millis() as u64,
+            };
+            (peer, *at)
         });
+        let alive = self.config.broker.heartbeat_interval * 4;
+        let peers = lease::peers_seen_by_active(heard, a.epoch, now, alive);
         a.broker.do_send(LeaseNews {
             renewed_at: Some(a.last_ok),
-            peers: peers.collect(),
+            peers,
         });
     }
 

@@ -15,6 +15,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::protocol::{BrokerRole, BrokerStatus};
+
 /// How long before its lease can expire an active broker steps down.
 pub fn margin(lease: Duration) -> Duration {
     (lease / 4).min(Duration::from_millis(500))
@@ -95,6 +97,31 @@ pub fn may_campaign(
     !better_standby || free_since.is_some_and(|t| now.saturating_duration_since(t) >= lease)
 }
 
+/// The other brokers as the active one (at `epoch`) reports them: those
+/// heard within `alive` (a killed or frozen one drops out at once, not when
+/// the leadership loop forgets it), and none active but itself: a peer
+/// whose last heartbeat still says active holds an older epoch, so its
+/// lease is gone.
+pub fn peers_seen_by_active(
+    heard: impl IntoIterator<Item = (BrokerStatus, Instant)>,
+    epoch: u64,
+    now: Instant,
+    alive: Duration,
+) -> Vec<BrokerStatus> {
+    let mut peers: Vec<BrokerStatus> = (heard.into_iter())
+        .filter(|(_, at)| now.saturating_duration_since(*at) < alive)
+        .map(|(mut peer, _)| {
+            if peer.role == BrokerRole::Active && peer.epoch < epoch {
+                peer.role = BrokerRole::Standby;
+                peer.lease_age_ms = None;
+            }
+            peer
+        })
+        .collect();
+    peers.sort_by(|a, b| a.id.cmp(&b.id));
+    peers
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +200,38 @@ mod tests {
         assert!(tenure.holds(t0 + lease), "an older renewal changes nothing");
         let shared = tenure.clone();
         assert!(!shared.holds(t0 + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn the_active_broker_shows_no_other_active_and_no_silent_peer() {
+        let t0 = Instant::now();
+        let now = t0 + Duration::from_secs(10);
+        let alive = Duration::from_secs(1);
+        let peer = |id: &str, role, epoch| BrokerStatus {
+            id: id.into(),
+            role,
+            epoch,
+            precedence: 100,
+            lease_age_ms: Some(50),
+            heartbeat_age_ms: 0,
+        };
+        let heard = [
+            // killed: its last heartbeat said active, long ago
+            (peer("killed", BrokerRole::Active, 3), t0),
+            // deposed but still heard: its lease is gone
+            (peer("deposed", BrokerRole::Active, 3), now),
+            (peer("standby", BrokerRole::Standby, 0), now),
+        ];
+        let peers = peers_seen_by_active(heard, 4, now, alive);
+        let roles: Vec<(&str, BrokerRole)> =
+            peers.iter().map(|p| (p.id.as_str(), p.role)).collect();
+        assert_eq!(
+            roles,
+            [
+                ("deposed", BrokerRole::Standby),
+                ("standby", BrokerRole::Standby)
+            ]
+        );
+        assert_eq!(peers[0].lease_age_ms, None);
     }
 }
