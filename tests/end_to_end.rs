@@ -520,3 +520,34 @@ required = true
     assert!(reason.contains("subagent lost"), "{info:?}");
     assert!(reason.contains("sub-a"), "{info:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_no_subagent_can_take_says_why_it_waits() {
+    let h = cluster(&["sub-a"]).await;
+    let toml = r#"
+[[cluster]]
+name = "zone-b"
+mode = "round-robin"
+members = [{ labels = { zone = "b" } }]
+
+[[job]]
+name = "in-b"
+program = "true"
+cluster = "zone-b"
+"#;
+    deploy(&h.bus, toml).await;
+    let order_id = submit(&h.bus, "in-b", &[]).await;
+    let info = get_order(&h.bus, &order_id).await.expect("the order");
+    assert_eq!(info.state, OrderState::Accepted);
+    let reason = info.reason.unwrap_or_default();
+    assert!(
+        reason.contains("no known subagent matches cluster 'zone-b'"),
+        "{reason}"
+    );
+    let out = run_baton(&h, &["order", "show", &order_id], Duration::from_secs(30)).await;
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("reason    waiting: no known subagent"),
+        "{shown}"
+    );
+}

@@ -31,7 +31,7 @@ impl Member<'_> {
     }
 
     /// Up, not just refused a task as busy, and with room left.
-    fn takes_tasks(&self) -> bool {
+    pub fn takes_tasks(&self) -> bool {
         let s = self.subagent;
         s.is_up() && !s.said_busy && self.running() < s.capacity as usize
     }

@@ -13,7 +13,10 @@ use crate::protocol::*;
 
 impl Broker {
     pub(super) fn on_get_order(&mut self, req: Request<GetOrder>, ctx: &mut Context<Self>) {
-        if let Some(info) = self.core.book.info(&req.body.order_id) {
+        if let Some(mut info) = self.core.book.info(&req.body.order_id) {
+            if info.reason.is_none() && info.state == OrderState::Accepted {
+                info.reason = self.core.why_waiting(&info);
+            }
             return self.bus.reply(&req.replier, &info);
         }
         if !subjects::is_valid_token(&req.body.order_id) {

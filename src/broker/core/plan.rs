@@ -102,6 +102,49 @@ pub fn plan<'a>(
     decisions
 }
 
+/// Why an order of `job` waits in the queue, in words for its operator,
+/// when nothing can take it now: its cluster is not deployed, no subagent
+/// matches it, or no member has room (and how its members stand). `None`
+/// when a member has room (it waits only for its turn) or the job is gone.
+pub fn why_waiting(job: &str, deployed: &Deployed<'_>, registry: &Registry) -> Option<String> {
+    let spec = deployed.jobs.get(job)?;
+    let cluster = spec.cluster.as_ref().map(|c| (c, deployed.clusters.get(c)));
+    if let Some((name, None)) = cluster {
+        return Some(format!(
+            "waiting: subagent cluster '{name}' is not deployed; deploy it in a [[cluster]] table"
+        ));
+    }
+    let members = placement::members(cluster.and_then(|(_, c)| c), registry.iter());
+    if members.iter().any(|m| m.takes_tasks()) {
+        return None;
+    }
+    let of = match cluster {
+        Some((name, _)) => format!("cluster '{name}'"),
+        None => "any subagent".to_string(),
+    };
+    if members.is_empty() {
+        return Some(match cluster {
+            Some((name, _)) => format!(
+                "waiting: no known subagent matches cluster '{name}' (compare its members with `baton status`)"
+            ),
+            None => "waiting: no subagent is connected; start one with `baton subagent`".into(),
+        });
+    }
+    let mut states: std::collections::BTreeMap<&str, usize> = Default::default();
+    for m in &members {
+        let state = match m.subagent.state() {
+            crate::protocol::SubagentState::Available => "full",
+            other => other.as_str(),
+        };
+        *states.entry(state).or_default() += 1;
+    }
+    let states: Vec<String> = states.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    Some(format!(
+        "waiting: no member of {of} has room ({})",
+        states.join(", ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,5 +333,37 @@ mod tests {
                 .iter()
                 .all(|(o, j)| *j != "j2" || !decided.contains(o)));
         }
+    }
+
+    #[test]
+    fn a_waiting_order_says_why() {
+        let world = World::new(
+            vec![
+                job("x", Some("cx")),
+                job("gone", Some("nowhere")),
+                job("j", None),
+            ],
+            vec![cluster(
+                "cx",
+                SchedulingMode::RoundRobin,
+                &[("a", 0), ("b", 0)],
+            )],
+        );
+        let deployed = Deployed {
+            jobs: &world.jobs,
+            clusters: &world.clusters,
+        };
+        let why = |job: &str, r: &Registry| why_waiting(job, &deployed, r);
+        let r = registry(&[("a", 1, 1), ("b", 2, 2), ("c", 1, 0)]);
+        assert_eq!(
+            why("x", &r).as_deref(),
+            Some("waiting: no member of cluster 'cx' has room (2 full)")
+        );
+        assert!(why("gone", &r).is_some_and(|w| w.contains("'nowhere' is not deployed")));
+        assert_eq!(why("j", &r), None, "c has room: it only waits its turn");
+        assert_eq!(why("undeployed", &r), None);
+        let nobody = registry(&[("c", 1, 0)]);
+        assert!(why("x", &nobody).is_some_and(|w| w.contains("no known subagent matches")));
+        assert!(why("j", &registry(&[])).is_some_and(|w| w.contains("no subagent is connected")));
     }
 }
