@@ -535,7 +535,16 @@ name = "in-b"
 program = "true"
 cluster = "zone-b"
 "#;
-    deploy(&h.bus, toml).await;
+    let file = h.scratch().join("zone-b.toml");
+    std::fs::write(&file, toml).expect("write the deployment");
+    let limit = Duration::from_secs(30);
+    let out = run_baton(&h, &["deploy", file.to_str().expect("a path")], limit).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let warned = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        warned.contains("warning: cluster 'zone-b': no known subagent matches it"),
+        "{warned}"
+    );
     let order_id = submit(&h.bus, "in-b", &[]).await;
     let info = get_order(&h.bus, &order_id).await.expect("the order");
     assert_eq!(info.state, OrderState::Accepted);
@@ -544,7 +553,7 @@ cluster = "zone-b"
         reason.contains("no known subagent matches cluster 'zone-b'"),
         "{reason}"
     );
-    let out = run_baton(&h, &["order", "show", &order_id], Duration::from_secs(30)).await;
+    let out = run_baton(&h, &["order", "show", &order_id], limit).await;
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(
         shown.contains("reason    waiting: no known subagent"),

@@ -154,6 +154,9 @@ pub async fn deploy(config: &Config, args: DeployArgs) -> anyhow::Result<()> {
         if !reply.dry_run {
             bail!("the broker does not know dry runs and DEPLOYED {checked}; upgrade it");
         }
+        for warning in &reply.warnings {
+            eprintln!("warning: {warning}");
+        }
         println!("valid (checked by the broker): {checked}");
         return Ok(());
     }
@@ -166,6 +169,9 @@ pub async fn deploy(config: &Config, args: DeployArgs) -> anyhow::Result<()> {
         )
         .await
         .map_err(|e| refused(e, false))?;
+    for warning in &reply.warnings {
+        eprintln!("warning: {warning}");
+    }
     if !reply.clusters.is_empty() {
         println!("deployed clusters: {}", reply.clusters.join(", "));
     }

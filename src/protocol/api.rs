@@ -239,6 +239,10 @@ pub struct DeployReply {
     /// A dry run: all of it would deploy, nothing was stored.
     #[serde(default)]
     pub dry_run: bool,
+    /// What deploys but deserves a look, e.g. a cluster no known subagent
+    /// matches (its orders wait until one does).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// `{p}.api.order.get`: look up one order.

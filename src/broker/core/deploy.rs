@@ -12,6 +12,7 @@ use std::collections::HashMap;
 
 use tracing::{info, warn};
 
+use super::super::placement;
 use super::{Core, Effect, Refusal, Reply};
 use crate::jobs;
 use crate::protocol::*;
@@ -34,7 +35,8 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             return self.refuse(&to, Refusal::InvalidDeploy(message));
         }
         if deploy.dry_run {
-            return self.reply(&to, Reply::Deployed(deployed(&deploy)));
+            let reply = self.deployed(&deploy);
+            return self.reply(&to, Reply::Deployed(reply));
         }
         let deploy = Box::new(deploy);
         self.emit(Effect::Deploy { to, deploy });
@@ -50,7 +52,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         if let Err(e) = written {
             return self.refuse(&to, Refusal::DeployNotStored(e));
         }
-        let reply = deployed(&deploy);
+        let reply = self.deployed(&deploy);
         info!(jobs = ?reply.deployed, clusters = ?reply.clusters, workflows = ?reply.workflows, "deployed");
         for spec in deploy.workflows {
             self.workflows.insert(spec.name.clone(), spec);
@@ -188,12 +190,22 @@ fn take<T>(
     }
 }
 
-/// The answer to a deploy: the names of what it deploys.
-fn deployed(deploy: &DeployRequest) -> DeployReply {
-    DeployReply {
-        deployed: deploy.jobs.iter().map(|j| j.name.clone()).collect(),
-        clusters: deploy.clusters.iter().map(|c| c.name.clone()).collect(),
-        workflows: deploy.workflows.iter().map(|w| w.name.clone()).collect(),
-        dry_run: deploy.dry_run,
+impl<R> Core<R> {
+    /// The answer to a deploy: the names of what it deploys, and a warning
+    /// for each cluster no known subagent matches.
+    fn deployed(&self, deploy: &DeployRequest) -> DeployReply {
+        let unmatched = (deploy.clusters.iter())
+            .filter(|c| placement::members(Some(c), self.registry.iter()).is_empty());
+        let warnings = unmatched.map(|c| format!(
+            "cluster '{}': no known subagent matches it yet; its orders wait until one does (see `baton status`)",
+            c.name
+        ));
+        DeployReply {
+            deployed: deploy.jobs.iter().map(|j| j.name.clone()).collect(),
+            clusters: deploy.clusters.iter().map(|c| c.name.clone()).collect(),
+            workflows: deploy.workflows.iter().map(|w| w.name.clone()).collect(),
+            dry_run: deploy.dry_run,
+            warnings: warnings.collect(),
+        }
     }
 }
