@@ -560,3 +560,26 @@ cluster = "zone-b"
         "{shown}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_knows_its_task_id_attempt_and_subagent() {
+    let h = cluster(&["sub-a"]).await;
+    let out = h.scratch().join("env");
+    let toml = format!(
+        r#"
+[[job]]
+name = "env"
+program = "sh"
+args = ["-c", 'echo "$BATON_TASK_ID $BATON_ATTEMPT $BATON_SUBAGENT" > "{}"']
+"#,
+        out.display()
+    );
+    deploy(&h.bus, &toml).await;
+    let order_id = submit(&h.bus, "env", &[]).await;
+    let seen = wait_for(Duration::from_secs(30), "the task ran", || async {
+        let text = std::fs::read_to_string(&out).ok()?;
+        text.ends_with('\n').then_some(text)
+    })
+    .await;
+    assert_eq!(seen.trim(), format!("{order_id}-1 1 sub-a"));
+}

@@ -63,7 +63,8 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
 
     fn dispatch_one(&mut self, order_id: &str, subagent_id: String, instance_id: String) {
         let run = self.book.get(order_id).and_then(|order| {
-            self.run_task(order, order.next_task_id(), order.attempt + 1, instance_id)
+            let to = (subagent_id.as_str(), instance_id);
+            self.run_task(order, order.next_task_id(), order.attempt + 1, to)
         });
         let Some(run) = run else {
             return;
@@ -85,15 +86,23 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
     }
 
     /// The task running `order` as `task_id`; `None` when its job is gone.
+    /// The run request of `order`'s task `task_id` (its `attempt`) for a
+    /// subagent process (`to`: its id and instance id); `None` if its job
+    /// is gone. The task's environment names the task, attempt and
+    /// subagent (`BATON_TASK_ID`, `BATON_ATTEMPT`, `BATON_SUBAGENT`).
     pub(super) fn run_task(
         &self,
         order: &Order,
         task_id: String,
         attempt: u32,
-        instance_id: String,
+        to: (&str, String),
     ) -> Option<RunTask> {
+        let (subagent_id, instance_id) = to;
         let spec = self.jobs.get(&order.job)?;
         let (args, mut env) = jobs::command_for(spec, &order.id, &order.params);
+        env.insert("BATON_TASK_ID".into(), task_id.clone());
+        env.insert("BATON_ATTEMPT".into(), attempt.to_string());
+        env.insert("BATON_SUBAGENT".into(), subagent_id.to_string());
         if let Some(slot_ms) = order.slot_ms {
             env.insert("BATON_SLOT_MS".into(), slot_ms.to_string());
         }

@@ -458,7 +458,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
     fn resend(&mut self, order_id: &str, subagent_id: &str, instance_id: String) {
         let run = self.book.get(order_id).and_then(|order| {
             let task_id = order.task_id.clone()?;
-            self.run_task(order, task_id, order.attempt, instance_id)
+            self.run_task(order, task_id, order.attempt, (subagent_id, instance_id))
         });
         match run {
             Some(run) => self.send_run(subagent_id.to_string(), run, true),
