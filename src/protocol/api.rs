@@ -363,6 +363,9 @@ impl OrderInfo {
             subagent_id: self.subagent_id.clone(),
             current_steps,
             parent: self.parent.clone(),
+            request_id: self.request_id.clone(),
+            slot_ms: self.slot_ms,
+            reason: self.reason.clone(),
         }
     }
 }
@@ -483,6 +486,15 @@ pub struct OrderSummary {
     pub current_steps: Vec<String>,
     #[serde(default)]
     pub parent: Option<ParentStep>,
+    /// The submitter's idempotency key, if it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The trigger slot it fires, for an order a Scheduler submitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot_ms: Option<u64>,
+    /// Why it failed, was cancelled, or is in doubt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// `{p}.api.order.cancel`: cancel an order. A waiting order is cancelled at

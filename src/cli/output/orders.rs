@@ -402,6 +402,9 @@ pub fn order_list_text(list: &OrderList) -> String {
                 clock_s(o.accepted_at_ms),
                 took,
                 place,
+                o.reason
+                    .as_deref()
+                    .map_or("-".to_string(), |r| clip(r, REASON_WIDTH)),
             ]
         })
         .collect();
@@ -415,10 +418,22 @@ pub fn order_list_text(list: &OrderList) -> String {
             "ACCEPTED",
             "TOOK",
             "SUBAGENT/STEPS",
+            "REASON",
         ],
         &rows,
     );
     out
+}
+
+/// The widest reason `order list` shows; `order show` has all of it.
+const REASON_WIDTH: usize = 60;
+
+/// `text` cut to at most `width` characters, with "..." when cut.
+fn clip(text: &str, width: usize) -> String {
+    match text.char_indices().nth(width.saturating_sub(3)) {
+        Some((at, _)) if text.chars().count() > width => format!("{}...", &text[..at]),
+        _ => text.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -762,6 +777,9 @@ mod tests {
             subagent_id: None,
             current_steps: Vec::new(),
             parent: None,
+            request_id: None,
+            slot_ms: None,
+            reason: None,
         };
         let list = OrderList {
             orders: vec![
@@ -785,15 +803,22 @@ mod tests {
                     subagent_id: Some("sub-2".into()),
                     ..summary("0190-plain", "hello", OrderState::Succeeded)
                 },
+                OrderSummary {
+                    finished_at_ms: Some(T0 + 2_000),
+                    subagent_id: Some("sub-2".into()),
+                    reason: Some(format!("exit code 3: {}", "x".repeat(80))),
+                    ..summary("0190-failed", "hello", OrderState::Failed)
+                },
             ],
             truncated: false,
         };
         assert_eq!(
             order_list_text(&list),
-            "ORDER       JOB/WORKFLOW  STATE      ACCEPTED              TOOK  SUBAGENT/STEPS\n\
-             0190-flow   nightly       running    2026-01-31T08:00:00Z  -     running build, lint\n\
-             0190-step   compile       running    2026-01-31T08:00:00Z  -     sub-1, step build #1 of 0190-flow\n\
-             0190-plain  hello         succeeded  2026-01-31T08:00:00Z  1.5s  sub-2\n"
+            "ORDER        JOB/WORKFLOW  STATE      ACCEPTED              TOOK  SUBAGENT/STEPS                     REASON\n\
+             0190-flow    nightly       running    2026-01-31T08:00:00Z  -     running build, lint                -\n\
+             0190-step    compile       running    2026-01-31T08:00:00Z  -     sub-1, step build #1 of 0190-flow  -\n\
+             0190-plain   hello         succeeded  2026-01-31T08:00:00Z  1.5s  sub-2                              -\n\
+             0190-failed  hello         failed     2026-01-31T08:00:00Z  2.0s  sub-2                              exit code 3: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...\n"
         );
     }
 }
