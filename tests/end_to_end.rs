@@ -559,6 +559,9 @@ cluster = "zone-b"
         shown.contains("reason    waiting: no known subagent"),
         "{shown}"
     );
+    let out = run_baton(&h, &["order", "list"], limit).await;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("waiting: no known subagent"), "{listed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -354,7 +354,7 @@ impl Broker {
             // queries: read, not decided
             Input::GetOrder(r) => return self.on_get_order(r, ctx),
             Input::Status(r) => return self.on_status(r, ctx),
-            Input::List(r) => return self.bus.reply(&r.replier, &self.core.book.list(&r.body)),
+            Input::List(r) => return self.on_list(r),
             Input::Job(_) | Input::Workflow(_) | Input::Cluster(_) => return,
         };
         self.step(input, ctx);

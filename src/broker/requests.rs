@@ -15,7 +15,7 @@ impl Broker {
     pub(super) fn on_get_order(&mut self, req: Request<GetOrder>, ctx: &mut Context<Self>) {
         if let Some(mut info) = self.core.book.info(&req.body.order_id) {
             if info.reason.is_none() && info.state == OrderState::Accepted {
-                info.reason = self.core.why_waiting(&info);
+                info.reason = self.core.why_waiting(&info.order_id);
             }
             return self.bus.reply(&req.replier, &info);
         }
@@ -113,5 +113,16 @@ impl Broker {
             s.switched = self.core.switches.get(&s.id).cloned();
         }
         subagents
+    }
+
+    /// `baton order list`: the book's list, each waiting order saying why.
+    pub(super) fn on_list(&self, req: Request<ListOrders>) {
+        let mut list = self.core.book.list(&req.body);
+        for o in &mut list.orders {
+            if o.reason.is_none() && o.state == OrderState::Accepted {
+                o.reason = self.core.why_waiting(&o.order_id);
+            }
+        }
+        self.bus.reply(&req.replier, &list);
     }
 }

@@ -52,13 +52,16 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
 
     /// Why a queued order waits, if nothing can take it now (see
     /// [`plan::why_waiting`]); asked by `order show`, never stored.
-    pub(in crate::broker) fn why_waiting(&self, info: &OrderInfo) -> Option<String> {
-        let queued = self.book.get(&info.order_id)?.phase == Phase::Queued;
+    pub(in crate::broker) fn why_waiting(&self, order_id: &str) -> Option<String> {
+        let order = self
+            .book
+            .get(order_id)
+            .filter(|o| o.phase == Phase::Queued)?;
         let deployed = Deployed {
             jobs: &self.jobs,
             clusters: &self.clusters,
         };
-        queued.then(|| plan::why_waiting(&info.job, &deployed, &self.registry))?
+        plan::why_waiting(&order.job, &deployed, &self.registry)
     }
 
     fn dispatch_one(&mut self, order_id: &str, subagent_id: String, instance_id: String) {
