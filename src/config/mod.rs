@@ -359,7 +359,11 @@ impl Config {
             return Err(ConfigProblem::Invalid {
                 key: "scheduler.lease",
                 value: humantime::format_duration(self.scheduler.lease).to_string(),
-                reason: "must be longer than agent.heartbeat_interval".into(),
+                reason: format!(
+                    "must be longer than agent.heartbeat_interval ({}): raise scheduler.lease \
+                     or lower agent.heartbeat_interval",
+                    humantime::format_duration(self.agent.heartbeat_interval)
+                ),
             });
         }
         if self.agent.max_in_flight == 0 {
@@ -391,12 +395,61 @@ impl Config {
             });
         }
         self.nats.validate()?;
-        if self.broker.subagent_timeout <= self.subagent.heartbeat_interval {
+        self.check_timings()
+    }
+
+    /// Pairs of durations that only work one way round: each refusal names
+    /// both settings and what to change.
+    fn check_timings(&self) -> Result<(), ConfigProblem> {
+        let shown = |d: Duration| humantime::format_duration(d).to_string();
+        let (b, s) = (&self.broker, &self.subagent);
+        if b.renew_interval.is_zero() || b.renew_interval > b.lease / 2 {
             return Err(ConfigProblem::Invalid {
-                key: "broker.subagent_timeout",
-                value: humantime::format_duration(self.broker.subagent_timeout).to_string(),
-                reason: "must be longer than subagent.heartbeat_interval".into(),
+                key: "broker.renew_interval",
+                value: shown(b.renew_interval),
+                reason: format!(
+                    "must be more than zero and at most half of broker.lease ({}), or the \
+                     active broker loses its lease (and steps down) whenever one renewal is \
+                     late: lower broker.renew_interval or raise broker.lease",
+                    shown(b.lease)
+                ),
             });
+        }
+        let heard = [
+            (
+                "broker.subagent_timeout",
+                b.subagent_timeout,
+                "subagent.heartbeat_interval",
+                s.heartbeat_interval,
+                "a subagent would be declared lost between two heartbeats",
+            ),
+            (
+                "scheduler.agent_timeout",
+                self.scheduler.agent_timeout,
+                "agent.heartbeat_interval",
+                self.agent.heartbeat_interval,
+                "an agent would be dropped between two heartbeats",
+            ),
+            (
+                "subagent.orphan_timeout",
+                s.orphan_timeout,
+                "broker.heartbeat_interval",
+                b.heartbeat_interval,
+                "a subagent would kill its tasks between two broker heartbeats",
+            ),
+        ];
+        for (key, timeout, interval_key, interval, why) in heard {
+            if timeout <= interval {
+                return Err(ConfigProblem::Invalid {
+                    key,
+                    value: shown(timeout),
+                    reason: format!(
+                        "must be longer than {interval_key} ({}), or {why}: raise {key} or \
+                         lower {interval_key}",
+                        shown(interval)
+                    ),
+                });
+            }
         }
         Ok(())
     }
@@ -665,5 +718,53 @@ mod tests {
         );
         let e = Config::load_from(None, env(&[("BATON_NATS__ULR", "x")]), &[]).unwrap_err();
         assert_eq!(printed(e).matches("ulr").count(), 1);
+    }
+
+    #[test]
+    fn durations_that_only_work_one_way_round_are_refused() {
+        let refused = [
+            (
+                "BATON_BROKER__RENEW_INTERVAL",
+                "2s",
+                "broker.renew_interval = \"2s\"",
+            ),
+            (
+                "BATON_BROKER__RENEW_INTERVAL",
+                "5s",
+                "half of broker.lease (2s)",
+            ),
+            (
+                "BATON_BROKER__RENEW_INTERVAL",
+                "1001ms",
+                "raise broker.lease",
+            ),
+            ("BATON_BROKER__RENEW_INTERVAL", "0s", "more than zero"),
+            (
+                "BATON_BROKER__SUBAGENT_TIMEOUT",
+                "250ms",
+                "subagent.heartbeat_interval",
+            ),
+            (
+                "BATON_SCHEDULER__AGENT_TIMEOUT",
+                "200ms",
+                "lower agent.heartbeat_interval",
+            ),
+            (
+                "BATON_SUBAGENT__ORPHAN_TIMEOUT",
+                "250ms",
+                "broker.heartbeat_interval (250ms)",
+            ),
+            ("BATON_SCHEDULER__LEASE", "250ms", "raise scheduler.lease"),
+        ];
+        for (key, value, says) in refused {
+            let e = Config::load_from(None, env(&[(key, value)]), &[]).unwrap_err();
+            assert!(e.to_string().contains(says), "{key}={value}: {e}");
+        }
+        let fine = env(&[
+            ("BATON_BROKER__RENEW_INTERVAL", "1s"),
+            ("BATON_BROKER__SUBAGENT_TIMEOUT", "300ms"),
+            ("BATON_SUBAGENT__ORPHAN_TIMEOUT", "1s"),
+        ]);
+        Config::load_from(None, fine, &[]).unwrap();
     }
 }
