@@ -82,3 +82,46 @@ async fn a_closed_stdout_ends_the_command_quietly_with_status_0() {
     assert_eq!(status.code(), Some(0), "watch | head -1: {rest}");
     assert!(!rest.contains("panicked"), "{rest}");
 }
+
+/// Every daemon says at the default log level that it waits for NATS, both
+/// when the port refuses connections and when a listener never answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemons_say_they_wait_for_nats() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_url = format!("nats://{}", closed.local_addr().expect("address"));
+    drop(closed);
+    // accepts connections (the kernel does) and never says a word
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_url = format!("nats://{}", silent.local_addr().expect("address"));
+    let mut waiting = Vec::new();
+    for url in [&closed_url, &silent_url] {
+        for role in ["broker", "subagent", "agent"] {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
+            command
+                .args(["--insecure", "--nats-url", url, role])
+                .env_remove("BATON_LOG")
+                .env_remove("BATON_CONFIG")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true);
+            let mut child = command.spawn().expect("spawn baton");
+            let stderr = child.stderr.take().expect("stderr piped");
+            let says = format!("waiting for NATS at {url}");
+            waiting.push(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                let mut seen = Vec::new();
+                loop {
+                    let what = format!("{role} to say '{says}' (it said {seen:?})");
+                    let line = next_line(&mut lines, &what).await;
+                    if line.contains(&says) {
+                        break;
+                    }
+                    seen.push(line);
+                }
+                drop(child);
+            });
+        }
+    }
+    futures::future::join_all(waiting).await;
+    drop(silent);
+}
