@@ -18,6 +18,7 @@
 //! - [`natsd`]: a local `nats-server` child process for `baton dev`, `baton bench` and tests.
 //! - [`launch`]: a local cluster of `baton` child processes for `baton dev` and `baton bench`.
 //! - [`schema`]: generation of `schemas/` (JSON Schemas, AsyncAPI) from the wire types.
+//! - [`time`]: wall-clock helpers (milliseconds since the epoch on the wire) and humantime durations.
 //! - `testing`: helpers for unit tests (a seeded generator for property tests).
 
 pub mod agent;

@@ -180,7 +180,8 @@ pub(super) async fn connect(
         let first = match tokio::time::timeout(settings.connect_timeout, attempt).await {
             Ok(result) => result,
             Err(_) if settings.retry_initial_connect => {
-                return signer(retrying(options()?, urls, &fail).await?);
+                let why = format!("no answer within {:?}", settings.connect_timeout);
+                return signer(retrying(options()?, urls, &shown, why, &fail).await?);
             }
             Err(_) => {
                 let after = settings.connect_timeout;
@@ -211,25 +212,45 @@ pub(super) async fn connect(
             }
             ConnectErrorKind::ServerParse => Err(fail(format!("{e}: check nats.url"))),
             _ if settings.retry_initial_connect => {
-                info!(url = %shown, error = %e, "nats not reachable yet, retrying");
-                signer(retrying(options()?, urls, &fail).await?)
+                signer(retrying(options()?, urls, &shown, e.to_string(), &fail).await?)
             }
             _ => Err(fail(format!("{e} {UNREACHABLE_HINT}"))),
         };
     }
 }
 
-/// Connects in the background, retrying until the server is up.
+/// While a daemon waits for the server, how often it says so again.
+const STILL_WAITING: Duration = Duration::from_secs(10);
+
+/// Connects in the background, retrying, and waits until the server is up,
+/// saying so at the default log level (`shown`: the URL, `why`: the first
+/// failure) now and every [`STILL_WAITING`] until connected.
 async fn retrying(
     options: ConnectOptions,
     urls: Vec<String>,
+    shown: &str,
+    why: String,
     fail: &impl Fn(String) -> BusError,
 ) -> Result<async_nats::Client, BusError> {
-    options
+    warn!(error = %why, "waiting for NATS at {shown}");
+    let started = tokio::time::Instant::now();
+    // returns at once; the client connects in the background
+    let client = options
         .retry_on_initial_connect()
         .connect(urls)
         .await
-        .map_err(|e| fail(e.to_string()))
+        .map_err(|e| fail(e.to_string()))?;
+    let mut said = started;
+    while client.connection_state() != async_nats::connection::State::Connected {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if said.elapsed() >= STILL_WAITING {
+            said = tokio::time::Instant::now();
+            let waited = Duration::from_secs(started.elapsed().as_secs());
+            let waited = humantime::format_duration(waited);
+            warn!(%waited, "waiting for NATS at {shown}");
+        }
+    }
+    Ok(client)
 }
 
 /// What to check when no server answered.

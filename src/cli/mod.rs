@@ -258,6 +258,7 @@ pub struct SchemasArgs {
 
 /// Parses the command line and runs it; the binary's whole `main`.
 pub fn main() -> ExitCode {
+    end_quietly_on_closed_stdout();
     let cli = Cli::parse();
     let daemon = matches!(
         cli.command,
@@ -280,6 +281,29 @@ pub fn main() -> ExitCode {
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// A reader that stops reading (`baton watch | head -1`) ends the command
+/// quietly with status 0, wherever it was printing: `println!` panics when
+/// stdout is a closed pipe, and this hook turns that one panic into the exit.
+/// Every other panic goes to the usual hook.
+fn end_quietly_on_closed_stdout() {
+    let closed = format!(
+        "failed printing to stdout: {}",
+        std::io::Error::from_raw_os_error(nix::errno::Errno::EPIPE as i32)
+    );
+    let usual = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied());
+        if message == Some(closed.as_str()) {
+            std::process::exit(0);
+        }
+        usual(info)
+    }));
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

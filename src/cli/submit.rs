@@ -33,7 +33,7 @@ pub struct SubmitArgs {
     /// exit 1 unless it succeeded
     #[arg(long, short = 'w')]
     pub wait: bool,
-    /// Give up waiting after this long (with --wait), e.g. 30s or 5m
+    /// With --wait only: give up waiting after this long, e.g. 30s or 5m
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
     /// Idempotency key: a repeated submit with the same id returns the first order
@@ -74,7 +74,22 @@ async fn submit_retrying(
         pause = (pause * 2).min(Duration::from_secs(1));
     }
 }
+impl SubmitArgs {
+    /// Refuses flags that would be silently ignored.
+    fn check(&self) -> anyhow::Result<()> {
+        if self.timeout.is_some() && !self.wait {
+            bail!(
+                "--timeout bounds how long --wait follows the order, and a submit without \
+                 --wait returns as soon as the order is accepted: add --wait, or drop --timeout \
+                 (a job's own run time limit is its `timeout` in the deploy file)"
+            );
+        }
+        Ok(())
+    }
+}
+
 pub async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    args.check()?;
     if !subjects::is_valid_token(&args.job) {
         bail!(
             "'{}' is not a job or workflow name: names use letters, digits, '-' and '_'",
@@ -300,5 +315,30 @@ fn exit_for(state: OrderState) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_ORDER_FAILED)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+
+    fn checked(args: &[&str]) -> anyhow::Result<()> {
+        let cli = Cli::try_parse_from(["baton", "submit"].iter().chain(args)).expect("parses");
+        let Command::Submit(submit) = cli.command else {
+            panic!("not a submit: {:?}", cli.command)
+        };
+        submit.check()
+    }
+
+    #[test]
+    fn timeout_without_wait_is_refused_naming_the_fix() {
+        let e = checked(&["hello", "--timeout", "30s"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("add --wait, or drop --timeout"), "{e}");
+        checked(&["hello", "--timeout", "30s", "--wait"]).unwrap();
+        checked(&["hello"]).unwrap();
     }
 }

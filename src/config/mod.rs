@@ -217,17 +217,38 @@ impl Default for SubagentConfig {
     }
 }
 
-/// Why the configuration could not be loaded.
+/// Why the configuration could not be loaded, and from which layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("configuration: {0}")]
-    Load(#[from] config::ConfigError),
-    #[error("configuration: {key} = {value:?} is invalid: {reason}")]
+    /// The file (`--config`) cannot be read or holds the mistake.
+    #[error("configuration file {}: {problem}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        problem: ConfigProblem,
+    },
+    /// A `BATON_*` variable or a flag holds the mistake.
+    #[error("configuration from BATON_* variables or flags: {0}")]
+    Settings(ConfigProblem),
+}
+
+/// What is wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigProblem {
+    /// Not readable, not TOML, an unknown key, a value of the wrong type.
+    #[error("{0}")]
+    Load(String),
+    #[error("{key} = {value:?} is invalid: {reason}")]
     Invalid {
         key: &'static str,
         value: String,
         reason: String,
     },
+}
+
+impl From<config::ConfigError> for ConfigProblem {
+    fn from(e: config::ConfigError) -> Self {
+        ConfigProblem::Load(e.to_string())
+    }
 }
 
 impl Config {
@@ -240,20 +261,42 @@ impl Config {
         Config::load_from(file, env, overrides)
     }
 
-    /// [`Config::load`] with the environment given (for tests).
+    /// [`Config::load`] with the environment given (for tests). A mistake
+    /// is reported once, against the file when the file alone holds it.
     pub fn load_from(
         file: Option<&Path>,
         env: config::Map<String, String>,
         overrides: &[(&str, String)],
     ) -> Result<Config, ConfigError> {
-        let mut builder =
-            config::Config::builder().add_source(config::Config::try_from(&Config::default())?);
-        if let Some(file) = file {
-            builder = builder.add_source(
-                config::File::from(file)
-                    .format(config::FileFormat::Toml)
-                    .required(true),
-            );
+        let in_file = |problem| ConfigError::File {
+            path: file.unwrap_or(Path::new("")).to_path_buf(),
+            problem,
+        };
+        let defaults = config::Config::try_from(&Config::default())
+            .map_err(|e| ConfigError::Settings(e.into()))?;
+        let file_source = match file {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| in_file(ConfigProblem::Load(format!("cannot read it: {e}"))))?;
+                Some(config::File::from_str(&text, config::FileFormat::Toml))
+            }
+        };
+        // the file over the defaults alone: its own mistakes are named against it
+        let file_only = match &file_source {
+            None => None,
+            Some(source) => Some(
+                Config::build(
+                    config::Config::builder()
+                        .add_source(defaults.clone())
+                        .add_source(source.clone()),
+                )
+                .map_err(in_file)?,
+            ),
+        };
+        let mut builder = config::Config::builder().add_source(defaults);
+        if let Some(source) = file_source {
+            builder = builder.add_source(source);
         }
         builder = builder.add_source(
             config::Environment::with_prefix("BATON")
@@ -263,84 +306,150 @@ impl Config {
                 .source(Some(env)),
         );
         for (key, value) in overrides {
-            builder = builder.set_override(*key, value.clone())?;
+            builder = builder
+                .set_override(*key, value.clone())
+                .map_err(|e| ConfigError::Settings(e.into()))?;
         }
-        let config: Config = builder.build()?.try_deserialize()?;
-        config.validate()?;
-        Ok(config)
+        let config = Config::build(builder).map_err(ConfigError::Settings)?;
+        match config.validate() {
+            Ok(()) => Ok(config),
+            Err(problem) => match file_only.map(|c| c.validate()) {
+                Some(Err(in_the_file)) => Err(in_file(in_the_file)),
+                _ => Err(ConfigError::Settings(problem)),
+            },
+        }
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn build(
+        builder: config::ConfigBuilder<config::builder::DefaultState>,
+    ) -> Result<Config, ConfigProblem> {
+        Ok(builder.build()?.try_deserialize()?)
+    }
+
+    fn validate(&self) -> Result<(), ConfigProblem> {
         if !is_valid_token(&self.prefix) {
-            return Err(ConfigError::Invalid {
+            return Err(ConfigProblem::Invalid {
                 key: "prefix",
                 value: self.prefix.clone(),
                 reason: "use letters, digits, '-' and '_' only (it becomes a subject token)".into(),
             });
         }
         if !self.subagent.id.is_empty() && !is_valid_token(&self.subagent.id) {
-            return Err(ConfigError::Invalid {
+            return Err(ConfigProblem::Invalid {
                 key: "subagent.id",
                 value: self.subagent.id.clone(),
                 reason: "use letters, digits, '-' and '_' only, at most 64".into(),
             });
         }
         if !self.agent.id.is_empty() && !is_valid_token(&self.agent.id) {
-            return Err(ConfigError::Invalid {
+            return Err(ConfigProblem::Invalid {
                 key: "agent.id",
                 value: self.agent.id.clone(),
                 reason: "use letters, digits, '-' and '_' only, at most 64".into(),
             });
         }
         if let Err(e) = self.scheduler.health.check() {
-            return Err(ConfigError::Invalid {
+            return Err(ConfigProblem::Invalid {
                 key: "scheduler.health",
                 value: format!("{:?}", self.scheduler.health),
                 reason: e.to_string(),
             });
         }
         if self.scheduler.lease <= self.agent.heartbeat_interval {
-            return Err(ConfigError::Invalid {
+            return Err(ConfigProblem::Invalid {
                 key: "scheduler.lease",
                 value: humantime::format_duration(self.scheduler.lease).to_string(),
-                reason: "must be longer than agent.heartbeat_interval".into(),
+                reason: format!(
+                    "must be longer than agent.heartbeat_interval ({}): raise scheduler.lease \
+                     or lower agent.heartbeat_interval",
+                    humantime::format_duration(self.agent.heartbeat_interval)
+                ),
             });
         }
         if self.agent.max_in_flight == 0 {
-            return Err(ConfigError::Invalid {
+            return Err(ConfigProblem::Invalid {
                 key: "agent.max_in_flight",
                 value: "0".into(),
                 reason: "an agent must be able to submit at least one fire".into(),
             });
         }
         if self.subagent.capacity == 0 {
-            return Err(ConfigError::Invalid {
+            return Err(ConfigProblem::Invalid {
                 key: "subagent.capacity",
                 value: "0".into(),
                 reason: "a subagent must be able to run at least one task".into(),
             });
         }
         if self.nats.log_retention < Duration::from_secs(1) {
-            return Err(ConfigError::Invalid {
+            return Err(ConfigProblem::Invalid {
                 key: "nats.log_retention",
                 value: humantime::format_duration(self.nats.log_retention).to_string(),
                 reason: "keep logs at least 1s".into(),
             });
         }
         if self.nats.audit_retention < Duration::from_secs(1) {
-            return Err(ConfigError::Invalid {
+            return Err(ConfigProblem::Invalid {
                 key: "nats.audit_retention",
                 value: humantime::format_duration(self.nats.audit_retention).to_string(),
                 reason: "keep the audit trail at least 1s".into(),
             });
         }
         self.nats.validate()?;
-        if self.broker.subagent_timeout <= self.subagent.heartbeat_interval {
-            return Err(ConfigError::Invalid {
-                key: "broker.subagent_timeout",
-                value: humantime::format_duration(self.broker.subagent_timeout).to_string(),
-                reason: "must be longer than subagent.heartbeat_interval".into(),
+        self.check_timings()
+    }
+
+    /// Pairs of durations that only work one way round: each refusal names
+    /// both settings and what to change.
+    fn check_timings(&self) -> Result<(), ConfigProblem> {
+        let shown = |d: Duration| humantime::format_duration(d).to_string();
+        let (b, s) = (&self.broker, &self.subagent);
+        if b.renew_interval.is_zero() || b.renew_interval > b.lease / 2 {
+            return Err(ConfigProblem::Invalid {
+                key: "broker.renew_interval",
+                value: shown(b.renew_interval),
+                reason: format!(
+                    "must be more than zero and at most half of broker.lease ({}), or the \
+                     active broker loses its lease (and steps down) whenever one renewal is \
+                     late: lower broker.renew_interval or raise broker.lease",
+                    shown(b.lease)
+                ),
             });
+        }
+        let heard = [
+            (
+                "broker.subagent_timeout",
+                b.subagent_timeout,
+                "subagent.heartbeat_interval",
+                s.heartbeat_interval,
+                "a subagent would be declared lost between two heartbeats",
+            ),
+            (
+                "scheduler.agent_timeout",
+                self.scheduler.agent_timeout,
+                "agent.heartbeat_interval",
+                self.agent.heartbeat_interval,
+                "an agent would be dropped between two heartbeats",
+            ),
+            (
+                "subagent.orphan_timeout",
+                s.orphan_timeout,
+                "broker.heartbeat_interval",
+                b.heartbeat_interval,
+                "a subagent would kill its tasks between two broker heartbeats",
+            ),
+        ];
+        for (key, timeout, interval_key, interval, why) in heard {
+            if timeout <= interval {
+                return Err(ConfigProblem::Invalid {
+                    key,
+                    value: shown(timeout),
+                    reason: format!(
+                        "must be longer than {interval_key} ({}), or {why}: raise {key} or \
+                         lower {interval_key}",
+                        shown(interval)
+                    ),
+                });
+            }
         }
         Ok(())
     }
@@ -571,5 +680,97 @@ mod tests {
             e.to_string().contains("soon") || e.to_string().contains("subagent_timeout"),
             "{e}"
         );
+    }
+
+    /// What `baton` prints for a configuration error (`error: {:#}`).
+    fn printed(e: ConfigError) -> String {
+        format!("{:#}", anyhow::Error::from(e))
+    }
+
+    #[test]
+    fn errors_print_once_and_name_their_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("baton.toml");
+        let path = file.display().to_string();
+        let cases = [
+            ("[nats]\nulr = \"x\"\n", "unknown field `ulr`"),
+            ("[broker]\nlease = \"soon\"\n", "soon"),
+            ("[broker\n", "TOML parse error"),
+            ("prefix = \"a.b\"\n", "prefix = \"a.b\" is invalid"),
+        ];
+        for (text, problem) in cases {
+            std::fs::write(&file, text).unwrap();
+            let e = printed(Config::load_from(Some(&file), env(&[]), &[]).unwrap_err());
+            assert!(
+                e.starts_with(&format!("configuration file {path}: ")),
+                "{e}"
+            );
+            assert_eq!(e.matches(problem).count(), 1, "{e}");
+        }
+        let missing = dir.path().join("missing.toml");
+        let e = printed(Config::load_from(Some(&missing), env(&[]), &[]).unwrap_err());
+        assert!(
+            e.contains(&missing.display().to_string()) && e.contains("cannot read it"),
+            "{e}"
+        );
+
+        // a mistake of the environment is not blamed on a good file
+        std::fs::write(&file, "[subagent]\ncapacity = 2\n").unwrap();
+        let e = Config::load_from(Some(&file), env(&[("BATON_PREFIX", "a.b")]), &[]).unwrap_err();
+        let e = printed(e);
+        assert!(
+            e.starts_with("configuration from BATON_* variables or flags: prefix"),
+            "{e}"
+        );
+        let e = Config::load_from(None, env(&[("BATON_NATS__ULR", "x")]), &[]).unwrap_err();
+        assert_eq!(printed(e).matches("ulr").count(), 1);
+    }
+
+    #[test]
+    fn durations_that_only_work_one_way_round_are_refused() {
+        let refused = [
+            (
+                "BATON_BROKER__RENEW_INTERVAL",
+                "2s",
+                "broker.renew_interval = \"2s\"",
+            ),
+            (
+                "BATON_BROKER__RENEW_INTERVAL",
+                "5s",
+                "half of broker.lease (2s)",
+            ),
+            (
+                "BATON_BROKER__RENEW_INTERVAL",
+                "1001ms",
+                "raise broker.lease",
+            ),
+            ("BATON_BROKER__RENEW_INTERVAL", "0s", "more than zero"),
+            (
+                "BATON_BROKER__SUBAGENT_TIMEOUT",
+                "250ms",
+                "subagent.heartbeat_interval",
+            ),
+            (
+                "BATON_SCHEDULER__AGENT_TIMEOUT",
+                "200ms",
+                "lower agent.heartbeat_interval",
+            ),
+            (
+                "BATON_SUBAGENT__ORPHAN_TIMEOUT",
+                "250ms",
+                "broker.heartbeat_interval (250ms)",
+            ),
+            ("BATON_SCHEDULER__LEASE", "250ms", "raise scheduler.lease"),
+        ];
+        for (key, value, says) in refused {
+            let e = Config::load_from(None, env(&[(key, value)]), &[]).unwrap_err();
+            assert!(e.to_string().contains(says), "{key}={value}: {e}");
+        }
+        let fine = env(&[
+            ("BATON_BROKER__RENEW_INTERVAL", "1s"),
+            ("BATON_BROKER__SUBAGENT_TIMEOUT", "300ms"),
+            ("BATON_SUBAGENT__ORPHAN_TIMEOUT", "1s"),
+        ]);
+        Config::load_from(None, fine, &[]).unwrap();
     }
 }

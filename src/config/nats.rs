@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::ConfigError;
+use super::ConfigProblem;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -107,7 +107,7 @@ impl Default for NatsConfig {
 }
 
 impl NatsConfig {
-    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+    pub(super) fn validate(&self) -> Result<(), ConfigProblem> {
         let set = [
             ("nats.nkey", self.nkey.is_some()),
             ("nats.credentials", self.credentials.is_some()),
@@ -116,7 +116,7 @@ impl NatsConfig {
         ];
         let chosen: Vec<&str> = set.iter().filter(|(_, on)| *on).map(|(k, _)| *k).collect();
         if chosen.len() > 1 {
-            return Err(ConfigError::Invalid {
+            return Err(ConfigProblem::Invalid {
                 key: "nats",
                 value: chosen.join(" + "),
                 reason:
@@ -125,14 +125,14 @@ impl NatsConfig {
             });
         }
         if !self.password.is_empty() && self.user.is_empty() {
-            return Err(ConfigError::Invalid {
+            return Err(ConfigProblem::Invalid {
                 key: "nats.password",
                 value: "<redacted>".into(),
                 reason: "a password needs nats.user".into(),
             });
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err(ConfigError::Invalid {
+            return Err(ConfigProblem::Invalid {
                 key: "nats.tls_cert",
                 value: format!("{:?} / {:?}", self.tls_cert, self.tls_key),
                 reason: "set nats.tls_cert and nats.tls_key together".into(),

@@ -46,9 +46,59 @@ pub struct Exit {
     pub outputs: BTreeMap<String, String>,
 }
 
+/// Why a task's process did not start; the message names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot start '{program}': its working directory '{dir}' {problem} on the subagent (create it there, or change the job's working_dir)")]
+    WorkingDir {
+        program: String,
+        dir: String,
+        problem: String,
+    },
+    #[error("cannot start '{program}': {source}")]
+    Program {
+        program: String,
+        source: std::io::Error,
+    },
+}
+
 /// Starts the task's program. The child gets its own process group (so the
 /// whole tree can be signalled) and SIGKILL when the subagent dies.
-pub fn spawn(task: &RunTask) -> std::io::Result<Spawned> {
+pub fn spawn(task: &RunTask) -> Result<Spawned, SpawnError> {
+    command(task)
+        .spawn()
+        .map_err(|e| spawn_error(task, e))
+        .map(|child| {
+            let pid = child.id().unwrap_or(0);
+            Spawned { child, pid }
+        })
+}
+
+/// The OS gives the same error for a missing program and a missing working
+/// directory, so a failed spawn looks at the directory to say which.
+fn spawn_error(task: &RunTask, source: std::io::Error) -> SpawnError {
+    let program = task.program.clone();
+    let Some(dir) = &task.working_dir else {
+        return SpawnError::Program { program, source };
+    };
+    let problem = match std::fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => "is not a directory".to_string(),
+        Ok(_) => match std::fs::read_dir(dir) {
+            // the directory is fine: the program is what failed
+            Ok(_) => return SpawnError::Program { program, source },
+            Err(e) => format!("cannot be entered ({e})"),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_string(),
+        Err(e) => format!("cannot be entered ({e})"),
+    };
+    SpawnError::WorkingDir {
+        program,
+        dir: dir.clone(),
+        problem,
+    }
+}
+
+fn command(task: &RunTask) -> Command {
     let mut command = Command::new(&task.program);
     command
         .args(&task.args)
@@ -75,9 +125,7 @@ pub fn spawn(task: &RunTask) -> std::io::Result<Spawned> {
             Ok(())
         });
     }
-    let child = command.spawn()?;
-    let pid = child.id().unwrap_or(0);
-    Ok(Spawned { child, pid })
+    command
 }
 
 /// Waits for the process, calling `on_line` for each output line in order of
@@ -392,7 +440,35 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            assert!(spawn(&task("/no/such/program", &[])).is_err());
+            let e = spawn(&task("/no/such/program", &[])).err().unwrap();
+            assert!(matches!(e, SpawnError::Program { .. }), "{e}");
+        });
+    }
+
+    #[test]
+    fn a_bad_working_directory_is_named() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let file = file.path().display().to_string();
+        rt.block_on(async {
+            for (dir, problem) in [
+                ("/no/such/dir", "'/no/such/dir' does not exist"),
+                (file.as_str(), "is not a directory"),
+            ] {
+                let mut t = task("pwd", &[]);
+                t.working_dir = Some(dir.into());
+                let e = spawn(&t).err().unwrap().to_string();
+                assert!(e.contains(problem) && e.contains("working_dir"), "{e}");
+                assert!(e.contains(dir), "{e}");
+            }
+            // a good directory and a missing program: the program is named
+            let mut t = task("/no/such/program", &[]);
+            t.working_dir = Some("/".into());
+            let e = spawn(&t).err().unwrap().to_string();
+            assert!(e.starts_with("cannot start '/no/such/program': "), "{e}");
         });
     }
 }

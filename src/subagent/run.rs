@@ -70,7 +70,7 @@ impl Subagent {
         let spawned = match process::spawn(&task) {
             Ok(spawned) => spawned,
             Err(e) => {
-                let error = format!("cannot start '{}': {e}", task.program);
+                let error = e.to_string();
                 warn!(task = %task.task_id, %error, "task not started");
                 let reply = RunAccepted {
                     task_id: task.task_id.clone(),

@@ -1,0 +1,127 @@
+//! The `baton` command line as a user meets it: real processes against a
+//! real cluster, their exit statuses and what they print.
+
+mod common;
+
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, Lines};
+use tokio::process::{Child, Command};
+
+/// A job printing about 500 KB, far more than a pipe holds.
+const LOUD: &str = r#"
+[[job]]
+name = "loud"
+program = "sh"
+args = ["-c", "yes 'a line of output, printed again and again until there are five thousand of them' | head -n 5000"]
+"#;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// `baton <args>` with stdout and stderr piped.
+fn spawn_baton(h: &Harness, args: &[&str]) -> Child {
+    let mut command = Command::from(baton_cmd(h));
+    command
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command.spawn().expect("spawn baton")
+}
+
+async fn next_line<R: AsyncRead + Unpin>(lines: &mut Lines<BufReader<R>>, what: &str) -> String {
+    within(LIMIT, what, lines.next_line())
+        .await
+        .expect("reads")
+        .unwrap_or_else(|| panic!("output ended before {what}"))
+}
+
+/// Reads one line of stdout, closes it as `head -1` does, and returns how
+/// the process ended and what it printed on stderr.
+async fn close_after_one_line(mut child: Child) -> (ExitStatus, String) {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let mut lines = BufReader::new(stdout).lines();
+    next_line(&mut lines, "the first line on stdout").await;
+    drop(lines);
+    let output = within(
+        LIMIT,
+        "baton to end once stdout is closed",
+        child.wait_with_output(),
+    )
+    .await
+    .expect("waits");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_the_command_quietly_with_status_0() {
+    let h = cluster(&["sub-1"]).await;
+    deploy(&h.bus, LOUD).await;
+
+    let submitted = spawn_baton(&h, &["submit", "loud", "--wait"]);
+    let (status, stderr) = close_after_one_line(submitted).await;
+    assert_eq!(status.code(), Some(0), "submit --wait | head -1: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let mut watch = spawn_baton(&h, &["watch"]);
+    let stderr = watch.stderr.take().expect("stderr piped");
+    let mut err_lines = BufReader::new(stderr).lines();
+    let said = next_line(&mut err_lines, "watch to subscribe").await;
+    assert!(said.starts_with("watching"), "{said}");
+    submit(&h.bus, "loud", &[]).await;
+    let (status, _) = close_after_one_line(watch).await;
+    let mut rest = String::new();
+    while let Ok(Some(line)) = err_lines.next_line().await {
+        rest.push_str(&line);
+    }
+    assert_eq!(status.code(), Some(0), "watch | head -1: {rest}");
+    assert!(!rest.contains("panicked"), "{rest}");
+}
+
+/// Every daemon says at the default log level that it waits for NATS, both
+/// when the port refuses connections and when a listener never answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemons_say_they_wait_for_nats() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_url = format!("nats://{}", closed.local_addr().expect("address"));
+    drop(closed);
+    // accepts connections (the kernel does) and never says a word
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_url = format!("nats://{}", silent.local_addr().expect("address"));
+    let mut waiting = Vec::new();
+    for url in [&closed_url, &silent_url] {
+        for role in ["broker", "subagent", "agent"] {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
+            command
+                .args(["--insecure", "--nats-url", url, role])
+                .env_remove("BATON_LOG")
+                .env_remove("BATON_CONFIG")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true);
+            let mut child = command.spawn().expect("spawn baton");
+            let stderr = child.stderr.take().expect("stderr piped");
+            let says = format!("waiting for NATS at {url}");
+            waiting.push(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                let mut seen = Vec::new();
+                loop {
+                    let what = format!("{role} to say '{says}' (it said {seen:?})");
+                    let line = next_line(&mut lines, &what).await;
+                    if line.contains(&says) {
+                        break;
+                    }
+                    seen.push(line);
+                }
+                drop(child);
+            });
+        }
+    }
+    futures::future::join_all(waiting).await;
+    drop(silent);
+}
