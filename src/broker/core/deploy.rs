@@ -192,14 +192,27 @@ fn take<T>(
 
 impl<R> Core<R> {
     /// The answer to a deploy: the names of what it deploys, and a warning
-    /// for each cluster no known subagent matches.
+    /// for each cluster no known subagent matches and each `at` trigger in
+    /// the past.
     fn deployed(&self, deploy: &DeployRequest) -> DeployReply {
         let unmatched = (deploy.clusters.iter())
             .filter(|c| placement::members(Some(c), self.registry.iter()).is_empty());
-        let warnings = unmatched.map(|c| format!(
+        let unmatched = unmatched.map(|c| format!(
             "cluster '{}': no known subagent matches it yet; its orders wait until one does (see `baton status`)",
             c.name
         ));
+        let triggers = (deploy.jobs.iter().map(|j| (&j.name, &j.triggers)))
+            .chain(deploy.workflows.iter().map(|w| (&w.name, &w.triggers)));
+        let past = triggers.flat_map(|(name, triggers)| {
+            let now_ms = self.now.ms;
+            triggers.iter().filter_map(move |t| match t {
+                TriggerSpec::At { at } if at.timestamp_millis() < now_ms as i64 => Some(format!(
+                    "'{name}': its `at` trigger ({at}) is in the past; it fires only if its misfire policy catches it up"
+                )),
+                _ => None,
+            })
+        });
+        let warnings = unmatched.chain(past);
         DeployReply {
             deployed: deploy.jobs.iter().map(|j| j.name.clone()).collect(),
             clusters: deploy.clusters.iter().map(|c| c.name.clone()).collect(),

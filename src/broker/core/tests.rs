@@ -219,3 +219,32 @@ fn a_retry_due_while_its_order_is_held_sets_no_timer() {
         "no timer while held (it would fire at once, forever): {effects:?}"
     );
 }
+
+#[test]
+fn a_deploy_warns_of_an_at_trigger_in_the_past_and_an_unmatched_cluster() {
+    let base = Instant::now();
+    let mut core = core_over(base, Vec::new());
+    let spec = serde_json::json!({
+        "name": "once", "program": "true", "cluster": "zone-b",
+        "triggers": [{"kind": "at", "at": "2020-01-01T00:00:00Z"}],
+    });
+    let cluster = serde_json::json!({
+        "name": "zone-b", "mode": "round-robin", "members": [{"labels": {"zone": "b"}}],
+    });
+    let deploy = DeployRequest {
+        dry_run: true,
+        jobs: vec![serde_json::from_value(spec).expect("a job")],
+        clusters: vec![serde_json::from_value(cluster).expect("a cluster")],
+        workflows: Vec::new(),
+    };
+    let effects = core.step(Input::Deploy(1, deploy), now(base, 10));
+    let [(1, Reply::Deployed(reply))] = replies(&effects)[..] else {
+        panic!("a deploy reply: {effects:?}");
+    };
+    let warnings = reply.warnings.join("\n");
+    assert!(warnings.contains("'once': its `at` trigger"), "{warnings}");
+    assert!(
+        warnings.contains("cluster 'zone-b': no known subagent"),
+        "{warnings}"
+    );
+}
