@@ -125,3 +125,28 @@ async fn daemons_say_they_wait_for_nats() {
     futures::future::join_all(waiting).await;
     drop(silent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_no_broker_answers_says_so_once_and_then_why_it_gave_up() {
+    let mut h = cluster(&[]).await;
+    h.cluster
+        .signal("broker", nix::sys::signal::Signal::SIGKILL)
+        .expect("kill the broker");
+    let mut command = Command::from(baton_cmd(&h));
+    command
+        .args(["submit", "anything"])
+        .env("BATON_NATS__REQUEST_TIMEOUT", "2s")
+        .kill_on_drop(true);
+    let out = within(LIMIT, "baton submit", command.output())
+        .await
+        .expect("runs");
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let retrying = err.lines().filter(|l| l.contains("retrying")).count();
+    assert_eq!(retrying, 1, "one retry line: {err}");
+    assert!(
+        err.contains("no broker answered the submit of 'anything' within 2s"),
+        "{err}"
+    );
+    assert!(!err.contains("refused"), "nothing refused it: {err}");
+}

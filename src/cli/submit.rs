@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use clap::Args;
 use futures::stream::LocalBoxStream;
 use futures::StreamExt;
@@ -43,15 +43,18 @@ pub struct SubmitArgs {
 }
 /// Sends a submit, retrying with the same request id while no broker
 /// answers (a fail-over: no responders, a timeout, `unavailable`, `busy`),
-/// for up to `timeout` in all.
+/// for up to `timeout` in all. Says once that it retries; an error names
+/// whether a broker refused the submit or none answered.
 async fn submit_retrying(
     bus: &Bus,
     request: &SubmitOrder,
     timeout: Duration,
-) -> Result<SubmitReply, BusError> {
+) -> anyhow::Result<SubmitReply> {
     let deadline = std::time::Instant::now() + timeout;
     let mut pause = Duration::from_millis(100);
+    let mut tries = 0;
     loop {
+        tries += 1;
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let attempt = left
             .min(Duration::from_secs(2))
@@ -64,12 +67,25 @@ async fn submit_retrying(
             {
                 BusError::Remote(e)
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                let job = &request.job;
+                return Err(anyhow::Error::new(e).context(format!("submit of '{job}' refused")));
+            }
         };
         if std::time::Instant::now() + pause >= deadline {
-            return Err(error);
+            bail!(
+                "no broker answered the submit of '{}' within {} ({tries} tries; the last: {error}); \
+                 check that a broker runs and reaches NATS (`baton status`)",
+                request.job,
+                humantime::format_duration(timeout)
+            );
         }
-        eprintln!("no broker answered ({error}); retrying with the same request id");
+        if tries == 1 {
+            eprintln!(
+                "no broker answered ({error}); retrying with the same request id for up to {}",
+                humantime::format_duration(timeout)
+            );
+        }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(1));
     }
@@ -116,9 +132,7 @@ pub async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<ExitCod
         request_id: Some(request_id),
         slot_ms: None,
     };
-    let reply = submit_retrying(&bus, &request, config.nats.request_timeout)
-        .await
-        .with_context(|| format!("submit of '{}' refused", args.job))?;
+    let reply = submit_retrying(&bus, &request, config.nats.request_timeout).await?;
     let Some(events) = events else {
         println!("{}", reply.order_id);
         return Ok(ExitCode::SUCCESS);
