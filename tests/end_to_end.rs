@@ -586,3 +586,40 @@ args = ["-c", 'echo "$BATON_TASK_ID $BATON_ATTEMPT $BATON_SUBAGENT" > "{}"']
     .await;
     assert_eq!(seen.trim(), format!("{order_id}-1 1 sub-a"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_of_an_order_id_names_it_everywhere() {
+    let h = cluster(&["sub-a"]).await;
+    let toml = r#"
+[[cluster]]
+name = "nowhere"
+mode = "round-robin"
+members = [{ subagent = "no-such-subagent" }]
+
+[[job]]
+name = "parked"
+program = "true"
+cluster = "nowhere"
+"#;
+    deploy(&h.bus, toml).await;
+    let order_id = submit(&h.bus, "parked", &[]).await;
+    // as `baton watch` prints it
+    let short = &order_id[..12];
+    let limit = Duration::from_secs(30);
+    let out = run_baton(&h, &["order", "show", short], limit).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&order_id),
+        "{out:?}"
+    );
+    let out = run_baton(&h, &["order", "cancel", short], limit).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let info = get_order(&h.bus, &order_id).await.expect("the order");
+    assert_eq!(info.state, OrderState::Cancelled);
+    let out = run_baton(&h, &["order", "show", "zzzz"], limit).await;
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no order"),
+        "{out:?}"
+    );
+}

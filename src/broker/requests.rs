@@ -11,17 +11,38 @@ use super::{placement, Broker};
 use crate::bus::Request;
 use crate::protocol::*;
 
+/// The length of a whole order id (a UUID); a shorter one may be its start.
+const FULL_ID: usize = 36;
+
 impl Broker {
     pub(super) fn on_get_order(&mut self, req: Request<GetOrder>, ctx: &mut Context<Self>) {
-        if let Some(mut info) = self.core.book.info(&req.body.order_id) {
+        if !subjects::is_valid_token(&req.body.order_id) {
+            let refusal = Refusal::NoOrder(format!("{:?}", req.body.order_id));
+            return self.bus.reply(&req.replier, &refusal.reply());
+        }
+        let id = &req.body.order_id;
+        let held = match self.core.book.info(id) {
+            Some(info) => Some(info),
+            // the start of an id (as `watch` prints them), if it is unique
+            None if id.len() < FULL_ID => match &self.core.book.starting_with(id, 3)[..] {
+                [one] => self.core.book.info(one),
+                [] => None,
+                several => {
+                    let ids = several.join(", ");
+                    let refusal = Refusal::Ambiguous {
+                        prefix: id.clone(),
+                        ids,
+                    };
+                    return self.bus.reply(&req.replier, &refusal.reply());
+                }
+            },
+            None => None,
+        };
+        if let Some(mut info) = held {
             if info.reason.is_none() && info.state == OrderState::Accepted {
                 info.reason = self.core.why_waiting(&info.order_id);
             }
             return self.bus.reply(&req.replier, &info);
-        }
-        if !subjects::is_valid_token(&req.body.order_id) {
-            let refusal = Refusal::NoOrder(format!("{:?}", req.body.order_id));
-            return self.bus.reply(&req.replier, &refusal.reply());
         }
         let kv = self.orders_kv.clone();
         let bus = self.bus.clone();

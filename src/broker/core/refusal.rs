@@ -87,6 +87,8 @@ pub enum Refusal {
     /// The gate refused the sender (see `broker/gate.rs`).
     #[error("{0}")]
     Forbidden(String),
+    #[error("'{prefix}' is the start of more than one order ({ids}...); give more of the id")]
+    Ambiguous { prefix: String, ids: String },
     #[error("the order could not be read from JetStream: {0}")]
     Unreadable(String),
     #[error("subagent id {0:?} is not a valid subject token")]
@@ -113,6 +115,7 @@ impl Refusal {
             }
             Refusal::FlowBeingStored(_) => ErrorCode::Busy,
             Refusal::Forbidden(_) => ErrorCode::Forbidden,
+            Refusal::Ambiguous { .. } => ErrorCode::InvalidParam,
             Refusal::Unreadable(_) => ErrorCode::Unavailable,
             Refusal::Unknown(_) | Refusal::UnknownSubagent(_) => ErrorCode::NotFound,
             Refusal::InvalidDeploy(_) => ErrorCode::InvalidJob,

@@ -256,6 +256,16 @@ impl OrderBook {
         OrderList { orders, truncated }
     }
 
+    /// The ids of held orders (of jobs and workflows) that start with
+    /// `prefix`, sorted; at most `most` of them.
+    pub fn starting_with(&self, prefix: &str, most: usize) -> Vec<String> {
+        let ids = (self.orders.keys()).chain(self.flows.keys());
+        let mut found: Vec<String> = ids.filter(|id| id.starts_with(prefix)).cloned().collect();
+        found.sort_unstable();
+        found.truncate(most);
+        found
+    }
+
     fn unindex(&mut self, request_id: &str, order_id: &str) {
         if self.by_request.get(request_id).map(String::as_str) == Some(order_id) {
             self.by_request.remove(request_id);

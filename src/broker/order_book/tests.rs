@@ -801,3 +801,15 @@ fn one_request_id_index_finds_job_and_workflow_orders() {
     book.remove("o");
     assert!(book.by_request_id("r-o").is_none() && !book.holds("o"));
 }
+
+#[test]
+fn the_start_of_an_id_finds_job_and_workflow_orders() {
+    let mut book = OrderBook::new(10);
+    for id in ["ab1", "ab2", "cd1"] {
+        book.insert(order(id));
+    }
+    assert_eq!(book.starting_with("ab", 3), ["ab1", "ab2"]);
+    assert_eq!(book.starting_with("ab", 1), ["ab1"]);
+    assert_eq!(book.starting_with("cd", 3), ["cd1"]);
+    assert!(book.starting_with("x", 3).is_empty());
+}

@@ -137,12 +137,17 @@ pub async fn run(config: &Config, command: OrderCommand) -> anyhow::Result<()> {
             step,
             follow,
             json,
-        } => logs::logs(config, &bus, &order_id, step, follow, json).await,
+        } => {
+            // a finished order the broker no longer holds keeps its lines
+            let order_id = whole_id(config, &bus, &order_id).await.unwrap_or(order_id);
+            logs::logs(config, &bus, &order_id, step, follow, json).await
+        }
         OrderCommand::Suspend {
             order_id,
             kill,
             json,
         } => {
+            let order_id = whole_id(config, &bus, &order_id).await?;
             let request = SuspendOrder { order_id, kill };
             let info = command_order(config, &bus, s.order_suspend(), &request).await?;
             print_control(&info, Control::Suspend, kill, json)
@@ -153,6 +158,7 @@ pub async fn run(config: &Config, command: OrderCommand) -> anyhow::Result<()> {
             force_succeeded,
             json,
         } => {
+            let order_id = whole_id(config, &bus, &order_id).await?;
             let request = ResumeOrder {
                 order_id,
                 from,
@@ -166,11 +172,32 @@ pub async fn run(config: &Config, command: OrderCommand) -> anyhow::Result<()> {
             kill,
             json,
         } => {
+            let order_id = whole_id(config, &bus, &order_id).await?;
             let request = CancelOrder { order_id, kill };
             let info = command_order(config, &bus, s.order_cancel(), &request).await?;
             print_control(&info, Control::Cancel, kill, json)
         }
     }
+}
+
+/// The whole id of the order `id` names: itself when whole, else the one
+/// held order it is the start of (as `baton watch` prints ids), which the
+/// broker finds; its error (none, several) comes back as it is.
+async fn whole_id(config: &Config, bus: &Bus, id: &str) -> Result<String, BusError> {
+    if id.len() >= 36 {
+        return Ok(id.to_string());
+    }
+    let get = GetOrder {
+        order_id: id.to_string(),
+    };
+    let info: OrderInfo = bus
+        .request(
+            bus.subjects().order_get(),
+            &get,
+            config.nats.request_timeout,
+        )
+        .await?;
+    Ok(info.order_id)
 }
 
 /// Sends an order command; the broker's error (no such order, not allowed
