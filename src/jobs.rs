@@ -5,7 +5,11 @@
 //!
 //! Architecture invariant: a submitter can only choose values for parameters a
 //! job declares; the program, its arguments and environment come from the
-//! deployed definition. Parameter values never pass through a shell.
+//! deployed definition. Parameter values never pass through a shell. A
+//! task's environment gets `BATON_PARAM_<NAME>` only for names its job
+//! declares ([`command_for`]), whatever its order carries; of what a
+//! workflow step is offered, [`resolve_step_params`] keeps only the names
+//! its job declares. The broker validates a job again on every deploy.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -2,6 +2,13 @@
 //! a local nats-server: what `baton dev`, `baton bench` and the integration
 //! tests run. Every process is a real OS process, so it can be killed with
 //! SIGKILL like a crashed one.
+//!
+//! Secure unless asked otherwise ([`Security`]): each child gets its role's
+//! seed, and a new subagent id gets an identity (the server then reloads).
+//! Each child gets its own process group, so a Ctrl-C at the terminal
+//! reaches only `baton dev`, which stops the children newest first
+//! (subagents drain and leave while the broker still runs), then
+//! nats-server.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;

@@ -1,10 +1,13 @@
 //! A local `nats-server` child process with JetStream, for `baton dev`, `baton bench` and tests.
 //!
-//! [`NatsServer::start`] spawns the binary found by [`find_binary`], learns its port from the
+//! [`NatsServer::start`] spawns the binary found by [`find_binary`]
+//! (`NATS_SERVER_BIN`, then `PATH`, then `.nats/pip/bin`), learns its port from the
 //! ports file the server writes, and is ready only once a client has connected and JetStream has
 //! answered: no fixed sleeps, no log scraping. The process is killed when the handle drops.
 //! The address and port flags win over a `-c` config file; the JetStream store dir comes from
 //! the file when one is given, as nats-server refuses `--store_dir` beside a file's `store_dir`.
+//! An authorization file is written into its configuration and reloaded with SIGHUP
+//! ([`NatsServer::reload`]).
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};

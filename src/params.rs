@@ -1,11 +1,14 @@
 //! Parameters: the rules a job's and a workflow's declarations
-//! (`[job.params.NAME]`, `[workflow.params.NAME]`) share, and the values an
-//! order gives them. Pure.
+//! (`[job.params.NAME]`, `[workflow.params.NAME]`, each a [`ParamSpec`])
+//! share, and the values an order gives them. Pure.
 //!
 //! A name is 1-64 ASCII letters, digits and `_`; a value at most
 //! [`MAX_PARAM_BYTES`] without NUL; at most [`MAX_PARAMS`] are declared or
-//! given. An order gives only declared names and every required one;
-//! defaults fill in the rest ([`resolve_declared`]).
+//! given. A required parameter has no default, and none is required when
+//! the job or workflow is triggered (`validate_declared`, at deploy). An
+//! order gives only declared names and every required one; defaults fill
+//! in the rest ([`resolve_declared`], at submit). The limits a submitter
+//! meets are listed in `schemas/README.md`.
 
 use std::collections::BTreeMap;
 

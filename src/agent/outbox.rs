@@ -5,7 +5,7 @@
 //! A job's slots are submitted one at a time, oldest first, and a failed
 //! submit is retried before the job's next slot goes out, so a job's orders
 //! are created in slot order. Different jobs' fires go out side by side, up
-//! to `max_in_flight` at once.
+//! to `agent.max_in_flight` at once.
 //!
 //! The ledger only moves forward: a job's record in the fired bucket is
 //! written one write at a time, always with the newest slot fired, so a

@@ -4,7 +4,9 @@
 //! A controlled agent starts as a spare. `on` makes it Scheduler until
 //! `lease_ms` after receipt, `renew` pushes that end out (a spare stays a
 //! spare), `off` makes it a spare again, and a lease that runs out without a
-//! renewal turns it off by itself ([`RoleState::expire`]). A command from an
+//! renewal turns it off by itself ([`RoleState::expire`]); the agent's lease
+//! is shorter than the broker's count of it by the grace, so it turns off
+//! before the broker may turn another on. A command from an
 //! older broker epoch than the newest one seen is refused and changes
 //! nothing. An agent started without role control is Scheduler from the
 //! start, has no lease, and refuses every command.

@@ -19,7 +19,7 @@
 //! Six fields with seconds, `second minute hour day-of-month month
 //! day-of-week`, and an optional seventh, the year (1970-2100); `@hourly`,
 //! `@daily`, `@weekly`, `@monthly` and `@yearly` are accepted too (the `cron`
-//! crate's dialect). Days of the week are written as names (`MON-FRI`):
+//! crate's dialect; time zones come from `chrono-tz`). Days of the week are written as names (`MON-FRI`):
 //! numbers are refused, because dialects disagree on which day 1 is. When
 //! both day-of-month and day-of-week are restricted, a day must match both.
 //!

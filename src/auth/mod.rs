@@ -7,6 +7,21 @@
 //!   roles.
 //! - `trust.rs`: signatures of senders and the identities a process trusts,
 //!   so a receiver knows who sent a message whatever the server allows.
+//!
+//! The policies that use a sender live with the roles that obey:
+//! `subagent` (broker-signed commands and heartbeats only, so no forged
+//! epoch is ever adopted, `subagent/guard.rs`), `agent/node.rs`
+//! (broker-signed role commands), `broker/gate.rs` (a subagent's reports
+//! only from that subagent; deploy and switch-over only from an admin).
+//!
+//! Why nkey users in the server configuration (and not operator/account
+//! JWTs): it needs nothing but a nats-server config file (no resolver, no
+//! `nsc`, no account server), reloads with `nats-server --signal reload`,
+//! works unchanged on a 3-node cluster (each node includes the same
+//! `auth.conf`), and still gives each identity its own key and its own
+//! subject permissions, which is what least privilege by role needs. Baton
+//! also connects with `.creds` files, so an operator already running
+//! operator mode can give Baton's roles the same permissions as JWTs.
 
 mod dir;
 mod roles;

@@ -15,6 +15,12 @@
 //! key>.>` (see [`inbox_prefix`]), and may answer requests it received
 //! (`allow_responses`). Nothing here lets a role other than `broker` create,
 //! delete or purge a stream or bucket, or write the leader lease.
+//!
+//! Architecture invariant: the permissions exist here only; the server
+//! configuration, the README table (`baton auth roles`) and the tests all
+//! come from [`permissions`]. Its unit tests check what no role may do:
+//! command subagents, receive another subagent's tasks, delete or purge
+//! state, write the lease.
 
 use std::fmt;
 

@@ -1,8 +1,10 @@
 //! Who sent a message, checked inside Baton without trusting the server's
 //! configuration: a sender signs `subject` and payload with its identity's
-//! nkey (headers `Baton-Signer`, `Baton-Signature`), and a receiver looks the
+//! nkey (ed25519; headers `Baton-Signer`, `Baton-Signature`), and a receiver looks the
 //! signer's public key up in the identities it trusts (`identities.toml` of
-//! the credentials folder, public keys only).
+//! the credentials folder, public keys only). The answer is a [`Sender`]: a
+//! verified identity, unsigned, forged, or unchecked when a process runs
+//! without identities.
 //!
 //! Pure but for [`Trust::load`]: the policies that use a [`Sender`] live
 //! with the roles that decide (which commands a subagent obeys, whose

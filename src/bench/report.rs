@@ -1,6 +1,7 @@
 //! What every bench's report shares: the spread of a set of measurements
-//! and the ways its tables print figures. Each bench prints its report
-//! through `CommonArgs::emit`: as JSON, or as its table.
+//! (`Latency`: p50/p99/max) and the ways its tables print figures. Each
+//! bench prints its report through `CommonArgs::emit`: as JSON, or as its
+//! table.
 
 use serde::Serialize;
 

@@ -1,7 +1,9 @@
 //! What every bench shares before and after it measures: the flags common
 //! to all of them, the local cluster it starts (nats-server, brokers,
 //! subagents, through `launch::LocalCluster`), its scratch folder, and the
-//! configuration its children run with.
+//! configuration its children run with. `CommonArgs` (`--logs`, `--json`)
+//! is flattened into every scenario's flags; `LocalBench` also keeps the
+//! evidence files beside kept logs, and stops the cluster.
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};

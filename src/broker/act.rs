@@ -1,6 +1,12 @@
 //! The actor carries out the core's effects: it replies, publishes,
 //! writes the journal, sends tasks and probes, and sets timers, feeding
 //! each outcome back into the core as an input. Nothing here decides.
+//!
+//! `step` hands an input to the core; `act` carries out each effect: a
+//! journal write through `recovery::write_over`, a run request after
+//! `posted()` (so `accepted` precedes `started`), a timer as `run_later`. A
+//! reply goes to a [`To`]: where to answer, and for a state-changing command
+//! its audit record, which the reply completes.
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,9 @@
 //! Liveness works like the subagent registry's: a late heartbeat (two
 //! intervals) asks for a probe; silence for `agent_timeout` drops the agent
 //! without proof that its process is gone (a Scheduler's lease still holds
-//! the role back); proof (no responders, twice) is the caller's to find.
+//! the role back); proof (no responders, twice) is the caller's to find. A role answer wins
+//! over heartbeats sent before it. The book gives the views the election
+//! and `baton status` need.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -9,7 +9,19 @@
 //! refused (by the gate, or as `not_found`, `invalid_state`, ...).
 //! Appending never waits and never fails a command: a record JetStream does
 //! not store is counted (`Stats::unstored`) and warned about. Deploy dry
-//! runs change nothing and are not recorded.
+//! runs change nothing and are not recorded; submits are not audited.
+//!
+//! [`Audited`] says what a request asks, about what, and who sent it
+//! (`Sender::describe`, and whether it was verified). In the Broker a
+//! command's `Audited` travels with its reply address (`act::To`) through
+//! the core, and the record is made with the reply: what the operator was
+//! told is what the trail says (an error reply is a refusal, any other the
+//! command carried out). A command is answered once its new state is stored
+//! (or its write to the buckets, or the subagent's answer to `stop`, came
+//! back); an answer that the state could not be stored yet (it is written
+//! again until it lands) is recorded `unavailable`, and the command sent
+//! again learns the outcome. The gate's refusals are recorded through
+//! [`Input::audited`].
 
 use tracing::debug;
 

@@ -1,14 +1,21 @@
-//! The Elector: the broker's actor that keeps exactly one agent in the
-//! Scheduler role. It learns agents from their heartbeats ([`AgentBook`]),
-//! asks the pure [`decide`] who should hold the role on every check and
-//! operator request, and sends what it decides as [`RoleCommand`]s stamped
-//! with the broker's epoch.
+//! The Elector: the broker's actor, beside the Broker in the broker
+//! process, that keeps exactly one agent in the Scheduler role. It learns
+//! agents from their heartbeats ([`AgentBook`]; `agent.heartbeat_interval`,
+//! silent past `scheduler.agent_timeout`) and listens to
+//! `api.scheduler.control`, asks the pure [`decide`] who should hold the
+//! role every `broker.check_interval` and on every operator request, and
+//! sends what it decides as [`RoleCommand`]s stamped with the broker's
+//! epoch (the leadership lease's revision). Role changes are published as
+//! `AgentChanged`; the Broker asks it for the agents `status` shows
+//! (`AgentsNow`).
 //!
-//! An agent whose heartbeats are late is probed; no responders twice, one
+//! An agent whose heartbeats are late is probed (`agent.{id}.ping`); no
+//! responders twice, one
 //! heartbeat apart with no heartbeat between (and not just after our own
 //! reconnect), proves its process gone, and its lease is dropped at once
 //! ([`ElectionState::gone`]). Silence alone drops it from the book, but its
-//! lease keeps the role from moving until it runs out.
+//! lease keeps the role from moving until it runs out (`scheduler.lease` +
+//! `scheduler.lease_grace`).
 //!
 //! Every grant and renewal is recorded in JetStream before its command is
 //! sent, and the record is deleted when its holder's lease ends early

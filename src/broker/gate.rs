@@ -9,6 +9,9 @@
 //! - Submits and order requests are open to any client the server lets in,
 //!   signed or not (any NATS program may submit; nothing stops one from
 //!   leaving a signature off), so their signatures are not checked here.
+//!
+//! Every refusal is answered `forbidden`, logged, counted, and recorded in
+//! the audit trail (`Input::audited`, `audit.rs`).
 
 use crate::auth::{Role, Sender};
 

@@ -1,17 +1,26 @@
 //! What `baton broker` runs: a loop that keeps this process a standby until
-//! it wins the leadership lease, then runs the [`Broker`] actor (with the
-//! lease revision as its epoch) for as long as it renews the lease.
+//! it wins the leadership lease (the lease key in the `baton_leader`
+//! bucket), then runs the [`Broker`] actor and the Elector (with the lease
+//! revision as their epoch) for as long as it renews the lease.
 //!
-//! - Standby: heartbeats as a standby, and every `renew_interval / 2` tries
-//!   to create the lease key when [`lease::may_campaign`] lets it.
-//! - Active: renews every `renew_interval` with a compare-and-swap; stops the
+//! - Standby: heartbeats as a standby (`role: standby`), and every
+//!   `renew_interval / 2` tries to create the lease key when
+//!   [`lease::may_campaign`] lets it. The lease key's values expire
+//!   `broker.lease` after they were written.
+//!
+//! - Active: renews every `broker.renew_interval` with a compare-and-swap; stops the
 //!   Broker at once when another broker holds the key, and when renewals
-//!   keep failing, before the lease can expire ([`lease::must_step_down`]).
+//!   keep failing, before the lease can expire ([`lease::must_step_down`]),
+//!   by sending it `StepDown`.
 //!   After stepping down it is a standby again, never a second active one.
 //! - SIGTERM: the active broker stops its Broker and deletes the lease key,
 //!   so a standby takes over at its next try instead of after expiry.
 //!
-//! Leadership changes are published as [`BrokerChanged`] events.
+//! Leadership changes are published as [`BrokerChanged`] events. Every
+//! command a broker sends carries its epoch; subagents
+//! (`subagent/epoch.rs`, where 0 means unknown and is not fenced) and
+//! agents (`agent/role.rs`) refuse an older one than the newest they have
+//! seen.
 
 use std::collections::BTreeMap;
 use std::time::Instant;

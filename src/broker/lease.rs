@@ -6,6 +6,10 @@
 //! for one broker only, and only when the key is empty (never written,
 //! expired, or released); the revision it wins at is its epoch. The active
 //! broker renews with a compare-and-swap on the revision it last wrote.
+//! Among standbys, [`better_standby`] and [`may_campaign`] say which one
+//! goes first. [`Tenure`] is the last good renewal by the holder's own
+//! monotonic clock, which the core and the Elector check before any effect
+//! leaves.
 //!
 //! Architecture invariant: an active broker stops acting
 //! ([`must_step_down`]) before the server can let its lease expire: the

@@ -1,7 +1,8 @@
 //! Which subagent runs the next task. Pure.
 //!
 //! A job names a subagent cluster (or none: every subagent, round-robin).
-//! [`members`] resolves the cluster against the registry; [`choose`] applies
+//! [`members`] resolves the cluster against the registry (members by id or
+//! by label selector, each with a priority); [`choose`] applies
 //! the cluster's scheduling mode:
 //!
 //! - fixed-priority: only the highest-priority members that are up (available

@@ -1,7 +1,7 @@
 //! What a liveness probe's "no responders" proves of an agent. Pure: the
 //! caller passes the times in.
 //!
-//! Of a subagent it proves nothing (see `liveness.rs`): a live subagent
+//! Of a subagent it proves nothing (see `core/subagents.rs`): a live subagent
 //! whose connection was reset has no responders until it reconnects, and
 //! its task must not run twice, so only a death certificate or its orphan
 //! timeout proves it dead. An agent is judged here because a second

@@ -3,18 +3,42 @@
 //! ([`write_over`]), and how a broker that becomes active takes the orders
 //! over from the journal ([`recover`]).
 //!
-//! Every write after the submit's is a compare-and-swap on the record's
+//! Every write after the submit's `create` (or `put`, for an order without
+//! request id) is a compare-and-swap (`Kv::update`) on the record's
 //! revision as this broker last read or wrote it: a write buffered by a
 //! broker that has since stepped down is refused by JetStream once the
-//! active broker has written the record, so it cannot roll the order back.
+//! active broker has written the record, so it cannot roll the order back
+//! (say, a `succeeded` to an older `running`). A broker cut off from NATS
+//! stops acting, but writes its client had buffered may still reach
+//! JetStream after it reconnects, after a new active broker wrote newer
+//! states: that is what the revisions fence.
 //!
-//! Takeover: [`recover`] reads jobs, clusters and every order before the
-//! broker serves anything, and rebuilds the order book
-//! ([`OrderBook::restore`]). Tasks placed by an earlier broker are
-//! inherited: the first heartbeat of their subagent reconciles them
+//! When the active broker's own write is refused, someone else wrote the
+//! record since (only a stale broker can have): [`write_over`] re-reads the
+//! revision (`Kv::get_with_revision`), warns "order record changed by
+//! another writer", and writes its own state over it, since the active
+//! broker's state is authoritative (a stale write was never acknowledged
+//! to anyone). When the overwrites are refused [`OVERWRITES`] times too,
+//! the write counts as not stored, like a write that failed. A record that
+//! already says what it would write counts as written; an end stored by
+//! another broker is never written over (`StoreError::Ended`); and no
+//! attempt goes out once the lease may have run out
+//! (`StoreError::Superseded`).
+//!
+//! Takeover: [`recover`] reads jobs, clusters, workflows and every order
+//! with its revision (`Kv::entries`, `Kv::entries_with_revisions`) before
+//! the broker subscribes to anything, and rebuilds the order book
+//! ([`OrderBook::restore`](crate::broker::order_book::OrderBook::restore));
+//! then the broker watches the buckets. Tasks placed by an earlier broker
+//! are inherited: the first heartbeat of their subagent reconciles them
 //! (`core/subagents.rs`); a subagent not heard from within
 //! `broker.subagent_timeout` is lost without proof of death, so its tasks
-//! run again only after its orphan timeout.
+//! run again only after its orphan timeout. A subagent holding inherited
+//! tasks takes them into its capacity as soon as it is seen, and results of
+//! tasks dispatched by the old broker are accepted like any other. So the
+//! takeover keeps the rule that a task runs again only once its old copy is
+//! known dead (not running on a live process of its subagent, that
+//! subagent restarted, or silent past its orphan timeout).
 
 #[cfg(test)]
 use std::cell::{Cell, RefCell};

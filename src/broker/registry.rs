@@ -4,12 +4,18 @@
 //! switches (disabled) and the tasks the broker has placed on each subagent;
 //! it does not decide placement.
 //!
-//! Liveness: a subagent whose heartbeat is late (two intervals) is probed
+//! Liveness ([`Registry::check`]): a subagent whose heartbeat is late (two intervals) is probed
 //! with a request; one that has no responders or does not answer becomes
 //! suspect (no new tasks, its running ones left alone) until it is heard
 //! again. Silence for the whole `subagent_timeout` declares it lost, still
 //! without proof of death: it may run its tasks until its orphan timeout.
-//! Only its reaper's death certificate proves it dead (see `liveness.rs`).
+//! Only its reaper's death certificate proves it dead (see
+//! `core/subagents.rs`). A subagent that refused a task as `busy` is left
+//! out of placement until its next heartbeat.
+//!
+//! Besides liveness it keeps suspicion (no new tasks until heard again),
+//! operator switches (disabled), draining, restarts (a new `instance_id`
+//! under a known id) and the tasks placed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};

@@ -6,10 +6,16 @@
 //! ([`read_predecessor`]) to know whose lease may still run
 //! (`election::Predecessor`).
 //!
+//! The record is a [`SchedulerLease`]: holder, broker, epoch, and until
+//! when by the broker's clock, grace included. Only brokers may write the
+//! bucket.
+//!
 //! [`Ledger`] (pure) keeps the writes in order, one in flight at a time, so
 //! a delete never overtakes the grant before it, and holds each command
-//! until its record is written. A write that fails or times out does not
-//! hold the command back: the role keeps working while JetStream is down,
+//! until its record is written. A write that fails or times out (500 ms)
+//! does not hold the command back (its lease is then sent shortened by the
+//! wait, `elector/record.rs`, so the agent's lease still ends before the
+//! broker's count): the role keeps working while JetStream is down,
 //! and a successor reading an older record still hears the holder report
 //! on in its heartbeats (fires stay idempotent per `job@slot` either way).
 

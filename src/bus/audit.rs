@@ -2,6 +2,12 @@
 //! broker publishes on `{p}.audit.>` for a retention time, and the reader
 //! behind `baton audit`. Only the broker writes it (it appends with
 //! [`Bus::append`]); of the other roles only `admin` may read it.
+//!
+//! The active broker creates the stream (file storage, `nats.replicas`,
+//! kept for `nats.audit_retention`). `append` is `post` for a stream: sent
+//! in order through the ordered publisher, JetStream's acknowledgement
+//! awaited beside the queue, and a missing one counted in
+//! `Stats::unstored`; the command whose record it is stands either way.
 
 use std::time::Duration;
 

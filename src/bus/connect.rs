@@ -1,7 +1,10 @@
-//! Connecting: credentials (nkey, `.creds`, user and password, token), TLS,
-//! the identity's own reply inbox, and errors that say which setting to fix.
-//! Secrets never appear in logs or errors: URLs are shown without their
-//! user information.
+//! Connecting: credentials (nkey seed file, `.creds`, user and password,
+//! token, user information in the URL), TLS, replies taken on the
+//! identity's own inbox (`_INBOX.<public key>`), and refusals turned into
+//! errors that name the setting to fix. A daemon asks again while a
+//! reloading server briefly refuses known credentials, and waits for an
+//! unreachable server. Secrets never appear in logs or errors: URLs are
+//! shown without their user information.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;

@@ -1,5 +1,5 @@
-//! Publishes the server's permissions refuse: the request waiting on that
-//! subject fails at once ([`BusError::Denied`]) instead of timing out, saying
+//! Publishes the server's permissions refuse: each violation is counted, and
+//! the request waiting on that subject fails at once ([`BusError::Denied`]) instead of timing out, saying
 //! which roles may publish there and whose credentials these are.
 
 use super::{connect, Bus, BusError, OwnIdentity};

@@ -7,6 +7,11 @@
 //! too: the broker publishes it after the subagent's last line reached the
 //! server, so it is stored after that line and tells a follower that the
 //! order's output is complete.
+//!
+//! The active broker creates the stream, kept for `nats.log_retention`. A
+//! workflow step's lines are stored under its workflow order, with the step
+//! (`TaskLog.step`). Lines published while NATS was unreachable are not in
+//! it.
 
 use std::time::Duration;
 

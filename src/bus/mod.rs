@@ -3,7 +3,13 @@
 //! It connects, encodes and decodes payloads, and turns subscriptions into
 //! streams of typed messages. Requests that cannot be decoded get an
 //! [`ErrorReply`] here and never reach an actor; publishes that cannot be
-//! decoded are dropped with a warning and counted in [`Stats`].
+//! decoded are dropped with a warning and counted in [`Stats`] (shown by
+//! `baton status`); requests are answered `bad_request` or `too_large`.
+//!
+//! [`Bus`] wraps one NATS connection: `post` (ordered, non-blocking
+//! publish), `reply`, `request`, `serve` (a stream of decoded requests),
+//! `listen` (a stream of decoded publishes), `kv` (typed JetStream KV
+//! buckets, `kv.rs`) and `append` (a JetStream stream, `audit.rs`).
 //!
 //! Architecture invariant: the bus knows payload types only as serde types;
 //! it never decides anything about jobs, orders or subagents.

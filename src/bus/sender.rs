@@ -1,6 +1,10 @@
 //! Who sent a message: its signature headers checked against the identities
 //! this process trusts, lazily (verifying costs tens of microseconds, and
 //! most messages never need it: only what a receiver obeys or records).
+//!
+//! The bus signs its requests and `post_signed` messages (heartbeats), and
+//! hands each decoded message's [`SenderProof`] to the actor, checked only
+//! when asked.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};

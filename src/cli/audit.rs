@@ -1,5 +1,6 @@
 //! `baton audit`: the audit trail of state-changing commands, read from
-//! the audit stream (only the admin role may read it), as a table or JSON
+//! the audit stream (only the admin role may read it) from a start time
+//! (WHEN, parsed as for `order list`) until caught up, as a table or JSON
 //! lines.
 
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! Client commands: deploy, watch, status, and the switch-overs of
-//! subagents and the Scheduler role (`submit` is in `submit`, `order ...`
+//! subagents (`subagent disable|enable|stop`) and the Scheduler role
+//! (`scheduler on|off`) (`submit` is in `submit`, `order ...`
 //! in `orders`). They use only the wire protocol, exactly as any other NATS
 //! client would.
 

@@ -1,5 +1,6 @@
 //! The health settings of `[scheduler]`: the thresholds grading an
-//! agent's CPU and memory use ([`HealthThresholds`]) and when the
+//! agent's CPU and memory use ([`HealthThresholds`], checked to rise from
+//! excellent to bad) and when the
 //! Scheduler hands its role on ([`SwitchCondition`]). The broker grades
 //! heartbeats with them (`broker::health`).
 

@@ -1,6 +1,13 @@
 //! Subject names. Every subject lives under a configurable prefix (default
 //! `baton`) so several clusters can share one NATS account.
 //!
+//! A task's `started` and `log` events name their publishing subagent as
+//! the last subject token ([`Subjects::task_event`]), which the server's
+//! permissions hold to the subagent's own id; readers (`bus/logs.rs`,
+//! `cli/submit.rs`, `cli/client.rs`) drop one whose payload names another
+//! subagent ([`Subjects::publisher_matches`]). Signing every output line
+//! would cost a signature per line; the subject costs nothing.
+//!
 //! | subject | kind | payload |
 //! |---|---|---|
 //! | `{p}.api.submit` | request | [`SubmitOrder`](super::SubmitOrder) -> [`SubmitReply`](super::SubmitReply) |

@@ -16,7 +16,16 @@
 //! From `Duplicate` on, the command is the current broker's: the actor
 //! observes its epoch and counts it as broker contact
 //! ([`Admission::obeyed`]). `stop` and `kill` pass the same guard
-//! ([`obey`]).
+//! ([`obey`]). The refusals and `busy` replies are mapped to wire errors
+//! here, once.
+//!
+//! Architecture invariant: the decision is pure (no bus, no clock, no IO:
+//! the signature is checked by the bus and passed in as a flag); the actor
+//! only acts on it, and observes a command's epoch and counts it as broker
+//! contact only when it was obeyed. A seeded property test runs random
+//! sequences of runs, ends, acknowledgements, epochs and drains: never more
+//! running than the capacity, never a known id started again, never a start
+//! while draining.
 
 use super::epoch::EpochFence;
 use super::tasks::Tasks;

@@ -4,8 +4,16 @@
 //! result (with the task's `::baton-result` values, [`results`]) until the
 //! broker acknowledges it.
 //!
+//! It registers (retrying until answered), heartbeats its running task ids
+//! and its load (sysinfo), answers `ping`, serves `run` and `stop`, and
+//! replaces a reaper that died ([`reaper`]), telling it everything again.
+//!
 //! It kills its own tasks when it has heard no broker for `orphan_timeout`
-//! (so the broker may run them elsewhere), and on SIGTERM or a stop request
+//! (so the broker may run them elsewhere): broker contact is an active
+//! broker's heartbeat, command or acknowledgement (a `ping` does not count:
+//! its answer may not get through); when it notices a gap longer than the
+//! orphan timeout and grace (a frozen process thawing), it kills them with
+//! SIGKILL at once. On SIGTERM or a stop request
 //! it drains: no new tasks, running ones finish (up to `drain_timeout`),
 //! results are acknowledged, then it leaves and exits 0.
 //!

@@ -1,7 +1,8 @@
 //! Running one task as an OS process: spawn it in its own process group with
-//! a parent-death signal, stream its output line by line, enforce its timeout
-//! (SIGTERM to the group, grace, SIGKILL), and report how it ended, with the
-//! results it printed on stdout ([`super::results`]).
+//! a parent-death signal (`PR_SET_PDEATHSIG` = SIGKILL), stream its output
+//! line by line (lossy UTF-8, cut at `max_line_bytes`), enforce its timeout
+//! (SIGTERM to the group, `kill_grace`, SIGKILL), and report how it ended,
+//! with the results it printed on stdout ([`super::results`]).
 //!
 //! Architecture invariant: no NATS here. Output lines go to a callback; the
 //! subagent actor decides where they are published.

@@ -5,7 +5,8 @@
 //! Each task runs in its own process group, and its direct process has a
 //! parent-death signal; but that signal does not reach what the task started
 //! (`sh -c 'work & ...'`). So every subagent starts `baton __reaper` with a
-//! pipe on its stdin and tells it who it is (a [`Hello`] line), the process
+//! pipe on its stdin and tells it who it is (a [`Hello`] line: id, instance,
+//! settings), the process
 //! group of each task as it starts (`+PGID TASK`) and ends (`-PGID`), and
 //! each result until the broker acknowledges it (`=RESULT`, `~TASK`).
 //!

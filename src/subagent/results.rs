@@ -1,6 +1,8 @@
 //! Results a task reports by printing `::baton-result KEY=VALUE` lines on
-//! stdout: small named values kept on the order (and later fed to workflow
-//! steps).
+//! stdout: small named values kept in the result's `outputs`, on the order
+//! (and later fed to workflow steps). They are bounded in count ([`MAX_RESULTS`]) and size
+//! ([`MAX_KEY`], [`MAX_VALUE`]); a malformed one is ignored with a warning
+//! line on the task's stderr.
 //!
 //! Architecture invariant: pure. Lines in, a map and warnings out; the lines
 //! themselves are still published as ordinary log lines by the caller.

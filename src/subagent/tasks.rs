@@ -5,8 +5,11 @@
 //!
 //! A task id in any of the three is known ([`Tasks::knows`]): a repeated
 //! `run` for it is a duplicate and never starts a second copy. Finished ids
-//! are remembered up to a bound, oldest forgotten first; a result still
-//! unacknowledged is known however old.
+//! are remembered up to a bound ([`REMEMBER_FINISHED`], 10,000), oldest
+//! forgotten first; a result still unacknowledged (in flight or not) is
+//! known however old. [`Tasks::start`] and [`Tasks::finish`] move a task
+//! along; [`Tasks::send`], [`Tasks::unsent`] and [`Tasks::acked`] follow its
+//! result to the broker.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 

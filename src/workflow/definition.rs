@@ -66,6 +66,10 @@
 //!   parameters (so with the defaults). There is no `concurrency`: each slot starts a new order,
 //!   whatever orders through the workflow are still going.
 //!
+//! Validation names the workflow and the step of each mistake: an unknown
+//! job, a duplicate step, a dangling `after`, a cycle (with its path), no
+//! steps, a retry of 0 times, a bad parameter.
+//!
 //! Architecture invariant: pure; the wire types live in `protocol` (serde
 //! and schemars only, no `deny_unknown_fields`), strictness lives in the
 //! `*Def` types here.

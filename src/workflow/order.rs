@@ -1,6 +1,8 @@
 //! A workflow order as the broker holds it: its run ([`WorkflowRun`]), the
-//! history of its step attempts, and the journal record ([`OrderInfo`]) it is
-//! stored as and rebuilt from.
+//! history of its step attempts (one `StepAttempt` per step attempt
+//! dispatched), and the journal record ([`OrderInfo`], with `workflow`,
+//! `steps` and `history` set) it is stored as (`info()`) and rebuilt from
+//! (`restore(info)` rebuilds the same order).
 //!
 //! Each attempt of a step runs as an order of its own, a *step order*, placed
 //! by its job's subagent cluster like any order (so it survives subagent and

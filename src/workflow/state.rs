@@ -30,6 +30,14 @@
 //!  cancelled   -         error                error                          -
 //! ```
 //!
+//! A plain resume of a `failed` order runs its failed steps again (see
+//! resume below). The errors' reasons: `running` takes no `from`/`force`
+//! (suspend first), `suspending` neither (wait until suspended), a `failed`
+//! order is already held, a `cancelling` one ends cancelled. On the wire
+//! the states are [`OrderState`](crate::protocol::OrderState)s (`pending`
+//! is `accepted`), and an error is `invalid_state` with the reason, the
+//! order unchanged.
+//!
 //! `(+kill)`: with `kill`, a [`Effect::Kill`] for each running step not yet
 //! being killed (a repeated command kills nothing twice; cancel takes over a
 //! suspend's kill). Then, whenever quiet, without any command:

@@ -1,5 +1,8 @@
 //! Tests of the order state machine: one per rule, then property tests over
-//! random workflows and random event sequences.
+//! random workflows (DAGs) and random event sequences (commands included):
+//! no order both succeeds and is cancelled, a suspended order dispatches
+//! nothing, every path ends final or suspended, replaying the events
+//! rebuilds the same run.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -1,14 +1,21 @@
 //! The Scheduler's work, as IO on the [`Agent`]: read how far each job has
-//! fired, watch the deployed jobs and workflows into the [`TimerQueue`],
-//! wake at its next deadline, submit the due slots through the [`Outbox`],
-//! and record each fired slot in the fired bucket through the
-//! [`FiredLedger`].
+//! fired (every `FiredSlot` in `baton_fired`), watch the deployed jobs and
+//! workflows into the [`TimerQueue`] (each job's triggers starting after
+//! its last fired slot, so missed slots meet the misfire policy), wake at
+//! its next deadline (sleeping at most 1 s, `LONGEST_SLEEP`), submit the
+//! due slots through the [`Outbox`] with `request_id = job@slot` and
+//! `slot_ms` (a submit that fails for a transient reason is retried with
+//! backoff while the agent is Scheduler), and record each fired slot in
+//! the fired bucket through the [`FiredLedger`] (key: the job name;
+//! written after the slot's order was accepted; a new Scheduler starts
+//! from it).
 //!
 //! A workflow's triggers are scheduled as a job's, under its key
 //! `workflow.NAME` ([`workflow_key`]); its slots are the same
 //! [`SubmitOrder`] with the workflow's name as `job`.
 //!
-//! Everything started here carries the term it was started in; when the
+//! Each spell as Scheduler is numbered (its term). Everything started here
+//! carries the term it was started in; when the
 //! role has ended (or ended and come back) since, its result is ignored. A
 //! submit already sent may still create its order: a successor's submit of
 //! the same slot carries the same idempotency key and finds it.

@@ -5,7 +5,8 @@
 //! Inserting, replacing and removing a job cost O(log n): a replaced or
 //! removed job's heap item stays behind and is dropped when it surfaces
 //! (each item carries its schedule's generation), and the heap is rebuilt
-//! when such leftovers outnumber the live items.
+//! when such leftovers outnumber the live items. It handles 100,000
+//! schedules (a test drives that many through an hour).
 //!
 //! Each schedule remembers how far it has been decided (its *cursor*). A due
 //! schedule goes through [`due_slots`] with its misfire policy, so a

@@ -1,5 +1,5 @@
 //! Deploying jobs, subagent clusters and workflows, and what the buckets
-//! tell of them.
+//! (`baton_jobs`, `baton_clusters`, `baton_workflows`) tell of them.
 //!
 //! A deploy is checked against what is deployed (`check_deploy`), written
 //! to the buckets ([`Effect::Deploy`]), and answered once written

@@ -5,10 +5,44 @@
 //! the result, publish `finished`, answer a command. Writes of one order go
 //! out one at a time, so an older state never lands after a newer one; each
 //! is a compare-and-swap on the revision this broker last read or wrote
-//! (the actor's `recovery::write_over`): a broker that stepped down writes
-//! over a newer record only while its lease surely held, and an end stored
+//! (the actor's `recovery::write_over`): every attempt goes out only while
+//! the lease surely holds (a compare-and-swap on a known revision too: a
+//! standby may have taken over from that very record), so a broker that
+//! stepped down writes over a newer record only while its lease surely held, and an end stored
 //! by another broker is never written over but taken as the order's
 //! ([`Stored::Ended`]).
+//!
+//! JetStream's orders bucket holds one [`OrderInfo`] per order, the latest
+//! state only. An order is written:
+//!
+//! - on submit, before it is acknowledged (`submit.rs`: with a
+//!   `request_id` the order id is a UUIDv5 of the prefix and the request id
+//!   and the record is made with KV `create`, so of any number of identical
+//!   submits, to any broker, exactly one creates it and the others get it
+//!   back; one asking for another job or other parameters finds it too and
+//!   is refused with `conflict`; without a request id it is a `put`);
+//! - on dispatch, `accepted` with the new `task_id`, `subagent_id`,
+//!   `subagent_instance_id` and `attempt`, before the `run` is sent (if the
+//!   write fails, the order goes back to the queue);
+//! - when the subagent confirms the start, `running` (in the background:
+//!   nothing waits for it);
+//! - when the order goes back to the queue (dispatch refused, task lost,
+//!   abandoned or past its orphan deadline), `accepted` without a task;
+//! - on a cancel of a running order (`cancel_requested`);
+//! - when final, before the subagent's result is acknowledged (the
+//!   subagent repeats its result until the final state is stored; a final
+//!   state not stored is written again every second, `JOURNAL_RETRY`).
+//!
+//! A write asked for while one of the same order is in flight writes the
+//! newest state once the one in flight is done. [`Revisions`] holds the
+//! revision of each record as this broker last read or wrote it: the
+//! submit's write gives the first, a takeover reads each record's with it,
+//! and each write that lands gives the next; those of orders the book
+//! forgot are pruned. A write whose answer was lost may have landed: its
+//! revision is forgotten, and the next write reads it first.
+//!
+//! Architecture invariant: a `run` is sent only for a dispatch already in
+//! the journal, so a broker taking over knows every task that may run.
 
 use std::collections::HashMap;
 use std::time::Duration;

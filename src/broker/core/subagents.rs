@@ -5,6 +5,41 @@
 //! death first ([`Core::on_certificate`]). After a takeover, inherited
 //! tasks are reconciled with the first heartbeat of their subagent.
 //!
+//! Failure detection, step by step: subagents heartbeat every
+//! `subagent.heartbeat_interval` (250 ms by default); the liveness tick
+//! comes every `broker.check_interval` (100 ms). A heartbeat two intervals
+//! late triggers a `ping` request. An answer clears any suspicion; no
+//! responders, no answer, or a `run` nobody received makes the subagent
+//! *suspect*: no new tasks, its running ones untouched (a live subagent
+//! whose connection was reset, or that the server dropped as a slow
+//! consumer, has no responders until it reconnects). Silence for the whole
+//! `broker.subagent_timeout` makes it *lost*, still without proof of death:
+//! its tasks are in doubt until its own orphan timeout and kill grace (as
+//! it reported them) have passed since it was last heard, plus its
+//! heartbeat interval (it checks at that pace), the broker's heartbeat
+//! interval and a second of margin (`ORPHAN_MARGIN`). A `busy` refusal only
+//! keeps it out of placement until its next heartbeat. A subagent heard
+//! again under another process (`instance_id`) puts the earlier process's
+//! tasks in doubt in the same way, unless the process heard runs them (two
+//! processes with one id, until the newer one stops). Every change of a
+//! subagent's state is published as `SubagentChanged`.
+//!
+//! Proof of death comes fast from the reaper (`subagent/reaper.rs`): a
+//! [`DeathCertificate`] on `{p}.broker.certificate` counts only when signed
+//! by the named subagent's own identity (`gate.rs`) and only for the orders
+//! placed on the process it names (`instance_id`); one naming a process the
+//! broker does not know and never placed anything on is answered
+//! `not_found`. Tasks whose groups outlived SIGKILL (`survivors`) stay in
+//! doubt until the orphan deadline.
+//!
+//! Known limits: the subagent's orphan clock counts what it hears from the
+//! broker, the broker's deadline what it hears from the subagent, so a loss
+//! in one direction only (the subagent hears the broker, the broker not the
+//! subagent) could outlast both; deadlines are wall-clock milliseconds; a
+//! subagent and its reaper killed together on a live host leave what the
+//! task started running; a subagent's own identity can certify its own
+//! process.
+//!
 //! Size: just over the ~500-line mark; the death certificate and the
 //! reconciliation of inherited tasks move to their own files when the
 //! rest of the actor's handlers join the core (issue 19's next steps).

@@ -4,9 +4,11 @@
 //! the record to be created ([`Effect::Create`]; with a request id only if
 //! that id's order is new in JetStream, so a repeat, even to another
 //! broker, finds the first order) and answers, announces and queues the
-//! order when [`Input::Created`] says it is stored. A trigger's slot meets
-//! its job's concurrency policy at the submit; the decision is carried out
-//! once the order is durable. Repeats are answered as `idempotency.rs`
+//! order when [`Input::Created`] says it is stored. A trigger's slot (a
+//! submit with a `slot_ms`) meets its job's concurrency policy at the
+//! submit (`jobs::on_slot` over the job's active orders): `forbid` makes
+//! the new order `Skipped`, `replace` cancels and kills the active ones;
+//! the decision is carried out once the order is durable. Repeats are answered as `idempotency.rs`
 //! decides.
 
 use std::collections::BTreeMap;

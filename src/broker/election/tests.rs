@@ -1,5 +1,7 @@
 //! Tests of the election: the five cases, leases and hand-overs, and
-//! property tests over simulated agents.
+//! property tests over simulated agents: seeded sequences with delays,
+//! loss, partitions, crashes and operator requests never leave two
+//! Schedulers in the simulated cluster.
 
 use super::*;
 use HealthLevel::*;

@@ -1,8 +1,9 @@
 //! The book of orders the broker holds: job orders (each an [`Order`],
 //! the state machine of `order.rs`) and workflow orders ([`FlowOrder`]),
 //! one request-id index over both, the queue of job orders waiting for a
-//! subagent, and a bounded memory of ended job orders (the core keeps
-//! the newest ended workflow orders, `core/flows/news.rs`).
+//! subagent, the order counts, the order list ([`OrderBook::list`], for the
+//! broker's queries), and a bounded memory of ended job orders (the core
+//! keeps the newest 10,000 ended workflow orders, `core/flows/news.rs`).
 //!
 //! Pure: no clock reads, no IO. The broker's core (`core/`) feeds it
 //! events and acts on the transitions it returns.
@@ -220,7 +221,8 @@ impl OrderBook {
         self.flows.values()
     }
 
-    /// Every workflow order's id, sorted (see [`sorted`]).
+    /// Every workflow order's id, sorted (the same inputs give the same
+    /// effects).
     pub fn flow_ids(&self) -> Vec<String> {
         sorted(self.flows.keys().cloned().collect())
     }

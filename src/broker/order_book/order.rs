@@ -21,8 +21,11 @@
 //! reported it ended or killed it (`Finished`, `Abandoned`), or the
 //! subagent's own orphan timeout plus kill grace has passed since it was
 //! last heard (`OrphanDeadline`: it kills its tasks itself when it hears no
-//! broker). Losing sight of a subagent (silence, no responders, a closed
-//! connection, a restart under its id) is suspicion, never proof.
+//! broker). Losing sight of a subagent (silence, late heartbeats, no
+//! responders, a closed connection, a dispatch nobody received, another
+//! process registering under its id) is suspicion, never proof: it makes
+//! the subagent `suspect` (no new tasks) or `lost`, and nothing more.
+//! Results of an older attempt are recorded and change nothing.
 //!
 //! The phases and the events that move them:
 //!
@@ -49,10 +52,16 @@
 //! | Dispatching, Running, inherited | SubagentLost, not known dead: not heard from within `broker.subagent_timeout` of the takeover | Orphaned until now + `subagent.orphan_timeout` + kill grace + margin; still reconciled if heard from |
 //! | any | an event about another task, or a repeat | unchanged (Stale) |
 //!
+//! Final phases never change. On the wire Queued and Dispatching are both
+//! `accepted`.
+//!
 //! A broker taking over rebuilds the book from the journal ([`Order::restore`],
-//! [`super::OrderBook::restore`]). A task an earlier broker placed is `inherited`:
-//! its fate is unknown until its subagent is heard from (`Reconciled`), or
-//! until that subagent counts as lost.
+//! [`super::OrderBook::restore`]): `accepted` without a task is Queued (in
+//! acceptance order); `accepted` with a task is Dispatching and `running` is
+//! Running, both `inherited` (placed by an earlier broker, fate unknown)
+//! until their subagent's first heartbeat or probe answer brings
+//! `Reconciled`, or until that subagent counts as lost; a final order keeps
+//! its phase (the newest 10,000 stay in memory; all are counted).
 //!
 //! Size: over the ~500-line mark with the transition table above and the
 //! one `apply` that carries it out, which read best side by side.

@@ -1,6 +1,12 @@
 //! What the simulation checks: the guarantees, as violations noted while it
 //! runs (at the moment an effect is carried out or a task starts) and at
-//! its end.
+//! its end. No accepted order lost; every order ended; no two copies of a
+//! task at once; a non-restartable task never run twice; a task sent only
+//! once its dispatch is journaled; a result acknowledged only once the end
+//! it brought is journaled; `finished` published only once stored; no
+//! final record changed (a failed workflow order may still be resumed or
+//! cancelled); a cancel once answered never lost (the order ends
+//! cancelled); never two brokers acting.
 
 use std::collections::{BTreeMap, BTreeSet};
 

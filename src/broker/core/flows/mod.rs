@@ -10,6 +10,30 @@
 //! follows it ([`Core::step_order_stored`]): history, step started, step
 //! finished.
 //!
+//! In detail: submitting a workflow's name stores a pending workflow order,
+//! answers, and applies `Start`. Each `Effect::Dispatch` of the run becomes
+//! a step order with `parent` (workflow order, step, attempt) and the id
+//! `step_order_id(prefix, order, step, attempt)`, created with KV `create`.
+//! In a round-robin cluster a step order goes to the member after the one
+//! its workflow order last placed a step on (the step before it in a chain,
+//! a sibling in a fan-out), so consecutive and parallel steps of one order
+//! run on different subagents whenever another has room. The history keeps
+//! every subagent a step attempt was placed on (`placed_on`; a task lost
+//! with its subagent re-runs elsewhere) and its task count. A step order's
+//! parameters are those of what the run offers it (order parameters,
+//! upstream results, the step's own) that its job declares. Its task gets
+//! `BATON_WORKFLOW`, `BATON_WORKFLOW_ORDER_ID`, `BATON_STEP` and
+//! `BATON_STEP_ATTEMPT`, and its log lines are published as the workflow
+//! order's (`TaskLog.step` set). Once a step order's new state is in the
+//! journal (its write landed), `step_order_stored` updates the history and
+//! feeds `StepStarted` / `StepFinished` to the run. `Effect::Kill` cancels
+//! the step order with kill (sent again while the step order is still being
+//! stored, and on a repeated command); `ScheduleRetry` arms a timer that
+//! sends `RetryDue`. Each change publishes `changed` events (`OrderChanged`,
+//! one per step that moved and one for the order) and is stored; a command
+//! (suspend, resume, cancel) is answered once the new state is stored, and
+//! an unstored workflow order is written again until it is.
+//!
 //! Here: the workflow run's effects, step orders, kills, retries.
 //! `submit.rs`: submitting a workflow order; `commands.rs`: suspend,
 //! resume, cancel; `news.rs`: `changed` and `finished` events;
@@ -17,7 +41,8 @@
 //!
 //! Crash safety: the workflow order is stored after every change, and is
 //! never ahead of its step orders in the journal. A broker taking over
-//! ([`Core::resume_flows`]) places again every running step whose order it
+//! keeps every unfinished workflow order (and the newest 10,000 ended ones)
+//! and resumes each ([`Core::resume_flows`]): it places again every running step whose order it
 //! does not hold (the derived id finds the one already stored), applies the
 //! outcome of step orders that ended meanwhile, sends kills again, re-arms
 //! retry timers, dispatches what is ready, and stops step orders its
