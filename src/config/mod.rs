@@ -5,6 +5,10 @@
 //! `BATON_NATS__URL=nats://10.0.0.5:4222`, `BATON_SUBAGENT__CAPACITY=8`,
 //! `BATON_PREFIX=prod`. Durations are humantime strings (`250ms`, `15s`).
 //! Unknown keys are errors, so a typo never passes silently.
+//!
+//! Size: over the ~500-line mark with the load-time checks (`validate`,
+//! `check_timings`) beside the tree they check; they are the next to move
+//! to a module of their own.
 
 use std::collections::BTreeMap;
 use std::path::Path;
