@@ -40,9 +40,9 @@
 //! task started running; a subagent's own identity can certify its own
 //! process.
 //!
-//! Size: just over the ~500-line mark; the death certificate and the
-//! reconciliation of inherited tasks move to their own files when the
-//! rest of the actor's handlers join the core (issue 19's next steps).
+//! Size: over the ~500-line mark with its behaviour tables in these docs;
+//! the death certificate and the reconciliation of inherited tasks are the
+//! next to move to files of their own.
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! the record to be created ([`Effect::Create`]; with a request id only if
 //! that id's order is new in JetStream, so a repeat, even to another
 //! broker, finds the first order) and answers, announces and queues the
-//! order when [`Input::Created`] says it is stored. A trigger's slot (a
+//! order when [`Input::Created`](super::Input::Created) says it is stored. A trigger's slot (a
 //! submit with a `slot_ms`) meets its job's concurrency policy at the
 //! submit (`jobs::on_slot` over the job's active orders): `forbid` makes
 //! the new order `Skipped`, `replace` cancels and kills the active ones;
