@@ -294,6 +294,36 @@ async fn a_killed_child_is_reported_and_started_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_keeps_ending_stops_the_whole_cluster_with_status_2() {
+    let dir = workspace();
+    let mut dev = Dev::start(dir.path(), &[]);
+    let banner = dev.up().await;
+
+    let mut sub = banner.pid("sub-1");
+    for _ in 0..3 {
+        kill(Pid::from_raw(sub as i32), Signal::SIGKILL).expect("kill -9 sub-1");
+        let line = dev.said(&format!("sub-1 (pid {sub}) was killed")).await;
+        let tail = line
+            .rsplit_once("started it again (pid ")
+            .expect("restarted")
+            .1;
+        sub = tail.trim_end_matches(')').parse().expect("a pid");
+    }
+    kill(Pid::from_raw(sub as i32), Signal::SIGKILL).expect("kill -9 sub-1");
+    let (status, said) = dev.exit().await;
+
+    assert_eq!(status.code(), Some(2), "{said}");
+    let reason = format!(
+        "error: subagent sub-1 (pid {sub}) was killed by signal 9 (SIGKILL); \
+         its log: .baton/dev/logs/sub-1.log; it ended 4 times within 60s, so it is not started again"
+    );
+    assert!(said.ends_with(&reason), "{said}");
+    for (name, pid) in &banner.pids {
+        gone(name, *pid).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_server_ending_stops_the_whole_cluster_with_status_2() {
     let dir = workspace();
     let mut dev = Dev::start(dir.path(), &[]);

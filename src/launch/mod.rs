@@ -174,11 +174,10 @@ impl LocalCluster {
             let (pid, log) = (self.nats.pid(), self.nats.log_path().to_path_buf());
             return Some(Exited::nats_server(pid, status, log));
         }
-        let index = self.procs.iter_mut().position(|p| p.exited().is_some())?;
-        // `Child::try_wait` keeps the status, so asking again gives it back
-        let exited = self.procs[index].exited();
+        let (index, exited) = (self.procs.iter_mut().enumerate())
+            .find_map(|(index, p)| Some((index, p.exited()?)))?;
         self.procs.remove(index);
-        exited
+        Some(exited)
     }
 
     /// Starts again, under the same name and with the same command line, a
