@@ -117,6 +117,7 @@ async fn the_inventory_lists_shows_plans_and_undeploys() {
             h.bus.subjects().job_get(),
             &GetJob {
                 name: "step".into(),
+                next: None,
             },
             REQUEST,
         )
@@ -163,11 +164,13 @@ async fn the_inventory_lists_shows_plans_and_undeploys() {
             h.bus.subjects().job_get(),
             &GetJob {
                 name: "hourly".into(),
+                next: Some(3),
             },
             REQUEST,
         )
         .await
         .expect("job.get");
+    assert_eq!(show.next_fires.len(), 3, "{show:?}");
     assert_eq!(
         show.job.expect("a job").program,
         "true",

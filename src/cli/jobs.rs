@@ -30,11 +30,15 @@ pub enum JobCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show one job or workflow: its definition, the next 10 fire times
-    /// with zone and UTC offset, and its recent orders
+    /// Show one job or workflow: its definition, the next fire times on
+    /// its trigger's clock and in UTC (marking those after a daylight
+    /// saving change), and its recent orders
     Show {
         /// The job's or workflow's name
         name: String,
+        /// How many next fire times to list (at most 1000)
+        #[arg(long, short = 'n', value_name = "N", default_value_t = 10)]
+        next: u32,
         /// Print it (a JobInfo) as JSON
         #[arg(long)]
         json: bool,
@@ -111,8 +115,12 @@ pub async fn run(config: &Config, command: JobCommand) -> anyhow::Result<()> {
                 false => print!("{}", output::job_list_text(&list)),
             }
         }
-        JobCommand::Show { name, json } => {
-            let info: JobInfo = bus.request(s.job_get(), &GetJob { name }, timeout).await?;
+        JobCommand::Show { name, next, json } => {
+            let get = GetJob {
+                name,
+                next: Some(next),
+            };
+            let info: JobInfo = bus.request(s.job_get(), &get, timeout).await?;
             match json {
                 true => println!("{}", serde_json::to_string_pretty(&info)?),
                 false => print!("{}", output::job_text(&info)),
@@ -175,6 +183,7 @@ async fn backfill(config: &Config, bus: &Bus, args: BackfillArgs) -> anyhow::Res
     let s = bus.subjects();
     let get = GetJob {
         name: args.name.clone(),
+        next: None,
     };
     let info: JobInfo = bus.request(s.job_get(), &get, timeout).await?;
     let (key, triggers, zone_of) = match (&info.job, &info.workflow) {
