@@ -24,7 +24,7 @@ pub use api::*;
 pub use audit::*;
 pub use cluster::*;
 pub use events::*;
-pub use schedule::{ConcurrencyPolicy, FiredSlot, MisfirePolicy, TriggerSpec};
+pub use schedule::{ConcurrencyPolicy, FiredBy, FiredSlot, MisfirePolicy, TriggerSpec};
 pub use subjects::{EventKind, Subjects};
 
 /// The protocol version carried in heartbeats and status replies.

@@ -109,6 +109,50 @@ fn no_scheduler(agents: &[AgentStatus]) -> String {
     format!("none: triggers are NOT firing: {why}")
 }
 
+/// `baton status` when no active broker answered: `why`, then each
+/// broker's own view (standbys say who holds the lease, or since when none
+/// does), as of `now_ms`.
+pub fn views_text(why: &str, views: &[BrokerView], now_ms: u64) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "no active broker answered ({why})");
+    if views.is_empty() {
+        let _ = writeln!(
+            out,
+            "no broker answered at all: is one running against this NATS server and prefix?"
+        );
+        return out;
+    }
+    let _ = writeln!(out, "brokers' own views ({}):", views.len());
+    let ago = |ms: u64| super::took(now_ms.saturating_sub(ms));
+    for v in views {
+        let role = match v.role {
+            BrokerRole::Active => format!("active (epoch {}), not answering status yet", v.epoch),
+            BrokerRole::Standby => "standby".to_string(),
+        };
+        let lease = match (&v.lease, &v.lease_error, v.no_active_since_ms) {
+            (Some(l), _, _) => format!(
+                "active broker per the lease: {} (epoch {}), renewed {} ago",
+                l.broker_id,
+                l.epoch,
+                ago(l.renewed_at_ms)
+            ),
+            (None, _, Some(since)) => format!(
+                "NO broker is active, since {} ({} ago) as far as it knows",
+                clock(since),
+                ago(since)
+            ),
+            (None, Some(e), None) => format!("lease not readable: {e}"),
+            (None, None, None) => "no lease".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "  {} {role}, precedence {}: {lease}",
+            v.broker_id, v.precedence
+        );
+    }
+    out
+}
+
 /// The text of `baton status`.
 pub fn status_text(s: &StatusReply) -> String {
     let mut out = String::new();
