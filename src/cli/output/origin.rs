@@ -7,8 +7,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use crate::protocol::*;
 
 /// "trigger 2 of nightly (cron "0 0 16 * * *", Europe/Berlin), slot
-/// 2026-12-06 16:00:00 CET (+01:00)", "client admin, request id X", or "a
-/// client, request id X"; `None` for a workflow step's order (its
+/// 2026-12-06 16:00:00 CET (+01:00)", "a client signed by admin
+/// (verified), request id X", or "a client, request id X"; `None` for a workflow step's order (its
 /// workflow order says).
 pub fn origin(o: &OrderInfo) -> Option<String> {
     if o.parent.is_some() {
@@ -34,7 +34,7 @@ pub fn origin(o: &OrderInfo) -> Option<String> {
         None => "no request id".to_string(),
     };
     Some(match &o.submitted_by {
-        Some(who) => format!("client {who} (signed), {request}"),
+        Some(who) => format!("a client signed by {who} (verified), {request}"),
         None => format!("a client, {request}"),
     })
 }
@@ -138,10 +138,13 @@ mod tests {
         o.submitted_by = Some("admin".into());
         assert_eq!(
             origin(&o).unwrap(),
-            "client admin (signed), request id cli-1"
+            "a client signed by admin (verified), request id cli-1"
         );
         o.request_id = None;
-        assert_eq!(origin(&o).unwrap(), "client admin (signed), no request id");
+        assert_eq!(
+            origin(&o).unwrap(),
+            "a client signed by admin (verified), no request id"
+        );
         o.parent = Some(ParentStep {
             order_id: "f".into(),
             workflow: "w".into(),
