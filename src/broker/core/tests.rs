@@ -431,3 +431,18 @@ fn a_step_order_waiting_is_told_on_its_workflow_order() {
         event.what
     );
 }
+
+#[test]
+fn an_order_waiting_only_for_room_is_not_told() {
+    let base = Instant::now();
+    let mut core = core_over(base, vec![queued("o1"), queued("o2")]);
+    let s1 = register("s1", "a");
+    let effects = core.step(Input::Register(1, s1.clone()), now(base, 10));
+    assert_eq!(written(effects).order_id, "o1", "placed");
+    let effects = core.step(Input::Heartbeat(heartbeat(&s1, T0 + 20)), now(base, 20));
+    assert!(
+        waiting(&effects).is_empty(),
+        "o2 waits for room: {effects:?}"
+    );
+    assert!(core.told_waiting.is_empty());
+}

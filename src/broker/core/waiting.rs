@@ -1,9 +1,14 @@
 //! Orders waiting for a subagent say why: after each dispatch pass, an
-//! order left in the queue that nothing can take now ([`plan::why_waiting`]:
-//! its cluster is not deployed, no subagent matches it, every member is
-//! full, disabled or out of sight) gets one `changed` event with the
-//! reason, and another only when the reason changes. A workflow step's
-//! order is told on its workflow order.
+//! order left in the queue that nothing can place ([`plan::why_waiting`]:
+//! its cluster is not deployed, no subagent matches it, no member is
+//! available: disabled, draining or out of sight) gets one `changed` event
+//! with the reason, and another only when the reason changes. A workflow
+//! step's order is told on its workflow order.
+//!
+//! An order that waits only for room (a member is available, and full)
+//! gets no event: that is queueing under load, where an event per order
+//! would cost most when the broker is busiest; `order show` and `submit
+//! --wait` (which asks every two seconds) still say it.
 //!
 //! What was told is held per order until it is placed (an order that waits
 //! again after a failed dispatch is told again) or leaves the queue; a
@@ -30,7 +35,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             clusters: &self.clusters,
         };
         // one reason per job and pass: the registry is the same for all
-        let mut reasons: HashMap<&str, Option<String>> = HashMap::new();
+        let mut reasons: HashMap<&str, Option<plan::Wait>> = HashMap::new();
         let mut news: Vec<Event> = Vec::new();
         let mut told: Vec<(String, String)> = Vec::new();
         let mut queued = 0;
@@ -38,10 +43,11 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             queued += 1;
             let reason = reasons
                 .entry(order.job.as_str())
-                .or_insert_with(|| plan::why_waiting(&order.job, &deployed, &self.registry));
-            let Some(reason) = reason.as_deref() else {
+                .or_insert_with(|| plan::waiting(&order.job, &deployed, &self.registry));
+            let Some(reason) = reason.as_ref().filter(|w| !w.for_room) else {
                 continue;
             };
+            let reason = reason.reason.as_str();
             if self.told_waiting.get(&order.id).map(String::as_str) == Some(reason) {
                 continue;
             }
