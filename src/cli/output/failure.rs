@@ -31,9 +31,9 @@ struct Tail {
 
 impl StderrTails {
     /// The tasks of failed order `o` to show stderr of; `None` unless it
-    /// failed (or it is a workflow order with no failed step).
+    /// failed having run a task (a workflow order: a failed step).
     pub fn of(o: &OrderInfo, keep: usize) -> Option<StderrTails> {
-        if o.state != OrderState::Failed {
+        if o.state != OrderState::Failed || (o.workflow.is_none() && o.attempt == 0) {
             return None;
         }
         let tail = |label: String, order_id: &str, task_id: Option<&String>| Tail {
@@ -155,7 +155,9 @@ mod tests {
     #[test]
     fn a_failed_order_keeps_the_last_stderr_lines_of_its_last_task() {
         let mut o = OrderInfo::new("o1".into(), "j".into(), OrderState::Failed, T0);
+        assert!(StderrTails::of(&o, 2).is_none(), "it never ran a task");
         o.task_id = Some("o1-2".into());
+        o.attempt = 2;
         let mut tails = StderrTails::of(&o, 2).expect("failed");
         assert_eq!(tails.log_of(), "o1");
         tails.push(&err("o1", "o1-1", "an earlier attempt"));

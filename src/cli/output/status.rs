@@ -327,4 +327,30 @@ mod tests {
         };
         assert!(no_scheduler(&[off, wild]).contains("outside broker control"));
     }
+
+    #[test]
+    fn without_an_active_broker_each_broker_s_view_is_shown() {
+        let example = include_str!("../../../schemas/examples/BrokerView.json");
+        let view: BrokerView = serde_json::from_str(example).unwrap();
+        let now = view.at_ms;
+        let text = views_text("none within 1s", std::slice::from_ref(&view), now);
+        assert_eq!(
+            text,
+            "no active broker answered (none within 1s)\n\
+             brokers' own views (1):\n\
+             \x20 broker-b standby, precedence 100: active broker per the lease: broker-a (epoch 41), renewed 400ms ago\n"
+        );
+        let none = BrokerView {
+            lease: None,
+            no_active_since_ms: Some(now - 12_300),
+            ..view
+        };
+        let text = views_text("no responders", &[none], now);
+        assert!(
+            text.contains("broker-b standby, precedence 100: NO broker is active, since ")
+                && text.ends_with("(12.3s ago) as far as it knows\n"),
+            "{text}"
+        );
+        assert!(views_text("x", &[], now).contains("no broker answered at all"));
+    }
 }
