@@ -165,7 +165,7 @@ every = "1s"
         .to_string();
     assert!(
         shown.contains(&format!(
-            "origin    trigger 1 of tick (every 1s), slot {at}\n"
+            "origin    trigger 1 of tick: every 1s; slot {at}\n"
         )),
         "{shown}"
     );

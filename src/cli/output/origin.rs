@@ -2,14 +2,14 @@
 //! fired it for (the slot in the trigger's time zone, with its offset from
 //! UTC), or the client that submitted it.
 
-use chrono::{DateTime, TimeZone, Utc};
-
+use super::jobs::{fire_time, trigger_text};
 use crate::protocol::*;
 
-/// "trigger 2 of nightly (cron "0 0 16 * * *", Europe/Berlin), slot
+/// "trigger 2 of nightly: cron 0 0 16 * * * (Europe/Berlin); slot
 /// 2026-12-06 16:00:00 CET (+01:00)", "a client signed by admin
-/// (verified), request id X", or "a client, request id X"; `None` for a workflow step's order (its
-/// workflow order says).
+/// (verified), request id X", or "a client, request id X"; `None` for a
+/// workflow step's order (its workflow order says). Triggers and slots are
+/// written as `job show` writes them (`jobs.rs`).
 pub fn origin(o: &OrderInfo) -> Option<String> {
     if o.parent.is_some() {
         return None;
@@ -18,13 +18,13 @@ pub fn origin(o: &OrderInfo) -> Option<String> {
         let slot = slot_text(slot_ms, o.fired_by.as_ref());
         return Some(match &o.fired_by {
             Some(f) => format!(
-                "trigger {} of {} ({}), slot {slot}",
+                "trigger {} of {}: {}; slot {slot}",
                 f.number,
                 o.job,
                 trigger_text(&f.trigger)
             ),
             None => format!(
-                "a trigger of {} (none of its triggers deployed now has this slot), slot {slot}",
+                "a trigger of {} (none of its triggers deployed now has this slot); slot {slot}",
                 o.job
             ),
         });
@@ -39,52 +39,18 @@ pub fn origin(o: &OrderInfo) -> Option<String> {
     })
 }
 
-/// A trigger in a few words: `cron "0 0 16 * * *", Europe/Berlin`,
-/// `every 15m`, `at 2026-12-24T17:00:00Z`.
-pub fn trigger_text(t: &TriggerSpec) -> String {
-    match t {
-        TriggerSpec::Cron { expr, time_zone } => {
-            format!("cron \"{expr}\", {}", time_zone.as_deref().unwrap_or("UTC"))
-        }
-        TriggerSpec::Interval { every, start } => {
-            let every = humantime::format_duration(*every);
-            match start {
-                Some(start) => format!("every {every} from {}", start.to_rfc3339()),
-                None => format!("every {every}"),
-            }
-        }
-        TriggerSpec::At { at } => format!("at {}", at.to_rfc3339()),
-    }
-}
-
 /// A slot in its trigger's time zone (a cron trigger's; UTC for the
 /// others, and when unknown), with the zone's offset from UTC:
 /// "2026-12-06 16:00:00 CET (+01:00)".
 pub fn slot_text(slot_ms: u64, fired_by: Option<&FiredBy>) -> String {
-    let Some(at) = DateTime::<Utc>::from_timestamp_millis(slot_ms as i64) else {
-        return format!("{slot_ms} ms");
-    };
-    let zone = fired_by.and_then(|f| match &f.trigger {
-        TriggerSpec::Cron { time_zone, .. } => time_zone.as_deref(),
+    let time_zone = fired_by.and_then(|f| match &f.trigger {
+        TriggerSpec::Cron { time_zone, .. } => time_zone.clone(),
         _ => None,
     });
-    match zone.and_then(|z| z.parse::<chrono_tz::Tz>().ok()) {
-        Some(tz) => local(&at.with_timezone(&tz)),
-        None => local(&at),
-    }
-}
-
-fn local<Z: TimeZone>(at: &DateTime<Z>) -> String
-where
-    Z::Offset: std::fmt::Display,
-{
-    let seconds = if at.timestamp_subsec_millis() == 0 {
-        "%S"
-    } else {
-        "%S%.3f"
-    };
-    at.format(&format!("%Y-%m-%d %H:%M:{seconds} %Z (%:z)"))
-        .to_string()
+    fire_time(&FireTime {
+        at_ms: slot_ms,
+        time_zone,
+    })
 }
 
 #[cfg(test)]
@@ -109,7 +75,7 @@ mod tests {
         fired(&mut o, 2, cron);
         assert_eq!(
             origin(&o).unwrap(),
-            "trigger 2 of nightly (cron \"0 0 16 * * *\", Europe/Berlin), slot 2026-12-06 16:00:00 CET (+01:00)"
+            "trigger 2 of nightly: cron 0 0 16 * * * (Europe/Berlin); slot 2026-12-06 16:00:00 CET (+01:00)"
         );
         let every = TriggerSpec::Interval {
             every: std::time::Duration::from_secs(900),
@@ -118,16 +84,13 @@ mod tests {
         fired(&mut o, 1, every);
         assert_eq!(
             origin(&o).unwrap(),
-            "trigger 1 of nightly (every 15m), slot 2026-12-06 15:00:00 UTC (+00:00)"
+            "trigger 1 of nightly: every 15m; slot 2026-12-06 15:00:00 UTC (+00:00)"
         );
         o.fired_by = None;
         assert!(origin(&o)
             .unwrap()
             .starts_with("a trigger of nightly (none of its"));
-        assert_eq!(
-            slot_text(SLOT + 5, None),
-            "2026-12-06 15:00:00.005 UTC (+00:00)"
-        );
+        assert_eq!(slot_text(SLOT, None), "2026-12-06 15:00:00 UTC (+00:00)");
     }
 
     #[test]
