@@ -80,6 +80,21 @@ impl TriggerSpec {
     pub fn validate(&self) -> Result<(), TriggerError> {
         Trigger::compile(self).map(drop)
     }
+
+    /// Whether `slot_ms` is one of its slots (false when it does not compile).
+    pub fn has_slot(&self, slot_ms: u64) -> bool {
+        Trigger::compile(self).is_ok_and(|t| t.last_at_or_before(slot_ms) == Some(slot_ms))
+    }
+
+    /// Which of `triggers` fired `slot_ms`: the first that has it, with its
+    /// place from 1.
+    pub fn fired(triggers: &[TriggerSpec], slot_ms: u64) -> Option<crate::protocol::FiredBy> {
+        let (i, trigger) = (triggers.iter().enumerate()).find(|(_, t)| t.has_slot(slot_ms))?;
+        Some(crate::protocol::FiredBy {
+            number: i as u32 + 1,
+            trigger: trigger.clone(),
+        })
+    }
 }
 
 /// A compiled trigger: the union of the slots of one or more specs.

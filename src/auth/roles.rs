@@ -7,9 +7,9 @@
 //! | `broker` | everything under the prefix; JetStream API and KV writes of Baton's buckets and streams | everything under the prefix |
 //! | `agent` | its heartbeats, `api.submit`; reads `jobs`, `workflows`, `fired`, `switches`, writes `fired` | `agent.*.>` (role commands, pings), `hb.broker` |
 //! | `subagent` (one identity each) | its own heartbeat, `broker.register`/`result`/`leave`, `started` and `log` events in its own name (`events.*.*.log.{id}`) | only `subagent.{id}.>`, its own heartbeat, `hb.broker` |
-//! | `client` | `api.submit`, `api.order.>`, `api.status`, `api.job.list`/`get`; reads the `logs` stream | `events.>`, `cluster.>` |
+//! | `client` | `api.submit`, `api.order.>`, `api.status`, `api.status.brokers`, `api.job.list`/`get`; reads the `logs` stream | `events.>`, `cluster.>` |
 //! | `admin` | what `client` may, plus `api.deploy`, `api.job.control`, `api.subagent.control`, `api.scheduler.control`; reads the `audit` stream | `events.>`, `cluster.>`, `hb.>` |
-//! | `monitor` | `api.status`, `api.order.get`, `api.order.list`, `api.job.list`/`get`; reads the `logs` stream | `events.>`, `cluster.>`, `hb.>` |
+//! | `monitor` | `api.status`, `api.status.brokers`, `api.order.get`, `api.order.list`, `api.job.list`/`get`; reads the `logs` stream | `events.>`, `cluster.>`, `hb.>` |
 //!
 //! Every role also subscribes to its own reply inbox, `_INBOX.<its public
 //! key>.>` (see [`inbox_prefix`]), and may answer requests it received
@@ -205,6 +205,7 @@ pub fn permissions(role: Role, prefix: &str, id: Option<&str>, public_key: &str)
             let mut publish = match role {
                 Role::Monitor => vec![
                     format!("{p}.api.status"),
+                    format!("{p}.api.status.brokers"),
                     format!("{p}.api.order.get"),
                     format!("{p}.api.order.list"),
                     format!("{p}.api.job.get"),
@@ -214,6 +215,7 @@ pub fn permissions(role: Role, prefix: &str, id: Option<&str>, public_key: &str)
                     format!("{p}.api.submit"),
                     format!("{p}.api.order.>"),
                     format!("{p}.api.status"),
+                    format!("{p}.api.status.brokers"),
                     format!("{p}.api.job.get"),
                     format!("{p}.api.job.list"),
                 ],

@@ -16,6 +16,11 @@
 //! - SIGTERM: the active broker stops its Broker and deletes the lease key,
 //!   so a standby takes over at its next try instead of after expiry.
 //!
+//! - Every broker process, standby or active, answers requests on
+//!   `{p}.api.status.brokers` with its own view ([`BrokerView`]): its
+//!   role, the lease as it reads it then, and since when no broker is
+//!   active when none is; the active Broker alone answers `{p}.api.status`.
+//!
 //! Leadership changes are published as [`BrokerChanged`] events. Every
 //! command a broker sends carries its epoch; subagents
 //! (`subagent/epoch.rs`, where 0 means unknown and is not fenced) and
@@ -32,7 +37,7 @@ use tracing::{debug, info, warn};
 
 use super::lease::{self, Peer};
 use super::{Broker, LeaseNews, NotifyStop, StepDown};
-use crate::bus::{Bus, Kv};
+use crate::bus::{Bus, Kv, Request};
 use crate::config::Config;
 use crate::protocol::*;
 use crate::time::now_ms;
@@ -65,6 +70,9 @@ struct Leadership {
     /// When the lease was first found free, while standby.
     free_since: Option<Instant>,
     last_heartbeat: Option<Instant>,
+    /// When it last knew a broker active (heard one, or was one); its own
+    /// start before that.
+    active_seen_ms: u64,
 }
 
 /// Runs a broker (standby until it wins the lease) until SIGINT or SIGTERM.
@@ -75,6 +83,9 @@ pub async fn run_until_signal(config: Config, bus: Bus) -> anyhow::Result<()> {
     let mut heartbeats = bus
         .listen::<BrokerHeartbeat>(bus.subjects().broker_heartbeat())
         .await?;
+    let mut views = bus
+        .serve::<StatusRequest>(bus.subjects().status_brokers())
+        .await?;
     let mut me = Leadership {
         id: config.broker_id(),
         config,
@@ -84,6 +95,7 @@ pub async fn run_until_signal(config: Config, bus: Bus) -> anyhow::Result<()> {
         active: None,
         free_since: None,
         last_heartbeat: None,
+        active_seen_ms: now_ms(),
     };
     info!(broker = %me.id, precedence = me.config.broker.precedence, "broker started as a standby");
     let mut tick = tokio::time::interval(me.config.broker.renew_interval / 4);
@@ -114,6 +126,7 @@ pub async fn run_until_signal(config: Config, bus: Bus) -> anyhow::Result<()> {
                     warn!(sender = %hb.sender.describe(), "broker heartbeat not signed by a broker ignored (logged at the 1st, 2nd, 4th, 8th... refusal)");
                 }
             },
+            Some(request) = views.next() => me.answer_view(request),
             _ = tick.tick() => me.tick().await?,
         }
     }
@@ -123,6 +136,9 @@ impl Leadership {
     fn heard(&mut self, hb: BrokerHeartbeat) {
         if hb.broker_id == self.id {
             return;
+        }
+        if hb.role == BrokerRole::Active {
+            self.active_seen_ms = now_ms();
         }
         self.heard
             .insert(hb.broker_id.clone(), (hb, Instant::now()));
@@ -329,6 +345,58 @@ impl Leadership {
             "stopped normally; lease released",
         );
         self.bus.posted().await;
+    }
+
+    /// Answers `{p}.api.status.brokers` with this broker's view; the lease
+    /// is read beside the loop, which goes on.
+    fn answer_view(&mut self, request: Request<StatusRequest>) {
+        let now = Instant::now();
+        if self.active.is_some() {
+            self.active_seen_ms = now_ms();
+        }
+        let brokers = (self.heard.values())
+            .map(|(hb, at)| BrokerStatus {
+                id: hb.broker_id.clone(),
+                role: hb.role,
+                epoch: hb.epoch,
+                precedence: hb.precedence,
+                lease_age_ms: hb.lease_age_ms,
+                heartbeat_age_ms: now.saturating_duration_since(*at).as_millis() as u64,
+            })
+            .collect();
+        let mut view = BrokerView {
+            broker_id: self.id.clone(),
+            role: match self.active {
+                Some(_) => BrokerRole::Active,
+                None => BrokerRole::Standby,
+            },
+            epoch: self.active.as_ref().map_or(0, |a| a.epoch),
+            precedence: self.config.broker.precedence,
+            protocol: PROTOCOL_VERSION,
+            lease: None,
+            lease_error: None,
+            no_active_since_ms: None,
+            brokers,
+            at_ms: now_ms(),
+        };
+        let (kv, bus) = (self.kv.clone(), self.bus.clone());
+        let active_seen_ms = self.active_seen_ms;
+        let bound = self.config.broker.renew_interval;
+        tokio::spawn(async move {
+            match tokio::time::timeout(bound, kv.get(LEASE_KEY)).await {
+                Ok(Ok(Some(lease))) => view.lease = Some(lease),
+                Ok(Ok(None)) => view.no_active_since_ms = Some(active_seen_ms),
+                Ok(Err(e)) => view.lease_error = Some(e.to_string()),
+                Err(_) => view.lease_error = Some("no answer from JetStream in time".into()),
+            }
+            if view.lease.is_none() && view.lease_error.is_some() {
+                let active_heard = view.brokers.iter().any(|b| b.role == BrokerRole::Active);
+                if !active_heard && view.role == BrokerRole::Standby {
+                    view.no_active_since_ms = Some(active_seen_ms);
+                }
+            }
+            bus.reply(&request.replier, &view);
+        });
     }
 
     fn standby_heartbeat(&mut self, now: Instant) {

@@ -354,7 +354,10 @@ impl Broker {
         // a state-changing command is audited with its reply (`act::To`)
         let to = To::answering(input.audited());
         let input = match input {
-            Input::Submit(r) => core::Input::Submit(to(r.replier), r.body),
+            Input::Submit(r) => {
+                let by = submitter(&r);
+                core::Input::Submit(to(r.replier), r.body, by)
+            }
             Input::Deploy(r) => core::Input::Deploy(to(r.replier), r.body),
             Input::Cancel(r) => core::Input::Cancel(to(r.replier), r.body),
             Input::Control(r) => {
@@ -381,6 +384,19 @@ impl Broker {
             Input::Job(_) | Input::Workflow(_) | Input::Cluster(_) => return,
         };
         self.step(input, ctx);
+    }
+}
+
+/// The identity that signed a client's submit, verified (tens of
+/// microseconds); a Scheduler's fire names its trigger instead, and is not
+/// checked.
+fn submitter(r: &Request<SubmitOrder>) -> Option<String> {
+    match r.body.slot_ms {
+        Some(_) => None,
+        None => match r.sender.get() {
+            crate::auth::Sender::Verified(identity) => Some(identity.name.clone()),
+            _ => None,
+        },
     }
 }
 

@@ -1,5 +1,6 @@
 //! The broker's queries: an order's record (from memory, else from the
-//! journal) and the cluster's status. They read the core's state and the
+//! journal; a waiting one says why, a fired one which trigger) and the
+//! cluster's status. They read the core's state and the
 //! actor's own (the other brokers, the agents, the bus's counters); they
 //! decide nothing.
 
@@ -43,22 +44,34 @@ impl Broker {
             if info.reason.is_none() && info.state == OrderState::Accepted {
                 info.reason = self.core.why_waiting(&info.order_id);
             }
+            info.fired_by = self.fired_by(&info.job, info.slot_ms);
             return self.bus.reply(&req.replier, &info);
         }
         let kv = self.orders_kv.clone();
-        let bus = self.bus.clone();
         let Request { body, replier, .. } = req;
-        ctx.spawn(
-            async move {
-                let refusal = match kv.get(&body.order_id).await {
-                    Ok(Some(info)) => return bus.reply(&replier, &info),
-                    Ok(None) => Refusal::NoOrder(body.order_id),
-                    Err(e) => Refusal::Unreadable(e.to_string()),
-                };
-                bus.reply(&replier, &refusal.reply())
-            }
-            .into_actor(self),
-        );
+        let read = async move { (kv.get(&body.order_id).await, body.order_id) };
+        ctx.spawn(read.into_actor(self).map(move |(read, order_id), act, _| {
+            let refusal = match read {
+                Ok(Some(mut info)) => {
+                    info.fired_by = act.fired_by(&info.job, info.slot_ms);
+                    return act.bus.reply(&replier, &info);
+                }
+                Ok(None) => Refusal::NoOrder(order_id),
+                Err(e) => Refusal::Unreadable(e.to_string()),
+            };
+            act.bus.reply(&replier, &refusal.reply())
+        }));
+    }
+
+    /// Which deployed trigger of `job` (or of the workflow so named) has
+    /// the slot an order fired; `None` for an order no Scheduler fired.
+    fn fired_by(&self, job: &str, slot_ms: Option<u64>) -> Option<FiredBy> {
+        let slot_ms = slot_ms?;
+        let triggers = match self.core.workflows.get(job) {
+            Some(workflow) => &workflow.triggers,
+            None => &self.core.jobs.get(job)?.triggers,
+        };
+        TriggerSpec::fired(triggers, slot_ms)
     }
 
     pub(super) fn on_status(&mut self, req: Request<StatusRequest>, ctx: &mut Context<Self>) {
@@ -165,6 +178,7 @@ impl Broker {
             if o.reason.is_none() && o.state == OrderState::Accepted {
                 o.reason = self.core.why_waiting(&o.order_id);
             }
+            o.fired_by = self.fired_by(&o.job, o.slot_ms);
         }
         self.bus.reply(&req.replier, &list);
     }

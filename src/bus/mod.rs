@@ -8,8 +8,9 @@
 //!
 //! [`Bus`] wraps one NATS connection: `post` (ordered, non-blocking
 //! publish), `reply`, `request`, `serve` (a stream of decoded requests),
-//! `listen` (a stream of decoded publishes), `kv` (typed JetStream KV
-//! buckets, `kv.rs`) and `append` (a JetStream stream, `audit.rs`).
+//! `listen` (a stream of decoded publishes), `gather` (a request many
+//! answer, `gather.rs`), `kv` (typed JetStream KV buckets, `kv.rs`) and
+//! `append` (a JetStream stream, `audit.rs`).
 //!
 //! Architecture invariant: the bus knows payload types only as serde types;
 //! it never decides anything about jobs, orders or subagents.
@@ -21,6 +22,7 @@ mod audit;
 mod codec;
 mod connect;
 mod denied;
+mod gather;
 mod inbound;
 mod kv;
 mod logs;

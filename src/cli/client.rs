@@ -5,6 +5,7 @@
 //! client would.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::bail;
 use clap::Args;
@@ -328,19 +329,62 @@ pub async fn watch(config: &Config, args: WatchArgs) -> anyhow::Result<()> {
     }
 }
 
+/// How long `status` waits for the active broker's answer before showing
+/// the brokers' own views instead (see [`status`]).
+const ACTIVE_ANSWER: Duration = Duration::from_secs(1);
+/// How long `status` gathers the brokers' own views.
+const VIEWS_WINDOW: Duration = Duration::from_millis(300);
+
+/// `baton status`: the active broker's answer; while none answers (no
+/// broker active, or it is frozen), every broker's own view instead,
+/// gathered at the same time (standbys answer too).
 pub async fn status(config: &Config, args: StatusArgs) -> anyhow::Result<()> {
     let bus = connect(config, "baton-cli", false).await?;
-    let reply: StatusReply = bus
-        .request(
-            bus.subjects().status(),
-            &StatusRequest::default(),
-            config.nats.request_timeout,
-        )
-        .await?;
+    let s = bus.subjects().clone();
+    let request = StatusRequest::default();
+    let full = bus.request::<_, StatusReply>(s.status(), &request, config.nats.request_timeout);
+    let views = bus.gather::<_, BrokerView>(s.status_brokers(), &request, VIEWS_WINDOW);
+    let deadline = tokio::time::sleep(ACTIVE_ANSWER);
+    tokio::pin!(full, views, deadline);
+    let mut gathered = None;
+    let why = loop {
+        tokio::select! {
+            answer = &mut full => match answer {
+                Ok(reply) => return print_status(&reply, args.json),
+                Err(e @ (BusError::NoResponders { .. } | BusError::TimedOut { .. })) => break e.to_string(),
+                Err(e) => return Err(e.into()),
+            },
+            got = &mut views, if gathered.is_none() => gathered = Some(got),
+            _ = &mut deadline => break format!("none within {}", output::span(ACTIVE_ANSWER)),
+        }
+    };
+    let views = match gathered {
+        Some(got) => got,
+        None => views.await,
+    }
+    .unwrap_or_default();
+    if views.is_empty() {
+        // nobody else either: the active's answer may still come
+        if let Ok(reply) = full.await {
+            return print_status(&reply, args.json);
+        }
+    }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&reply)?);
+        println!("{}", serde_json::to_string_pretty(&views)?);
     } else {
-        print!("{}", output::status_text(&reply));
+        print!(
+            "{}",
+            output::views_text(&why, &views, crate::time::now_ms())
+        );
+    }
+    Ok(())
+}
+
+fn print_status(reply: &StatusReply, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(reply)?);
+    } else {
+        print!("{}", output::status_text(reply));
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `baton submit`: submits an order (retried with the same request id
-//! through a broker fail-over) and, with --wait, follows it: its output,
-//! a workflow order's progress and step lines, and its final state, which
-//! sets the exit code.
+//! through a broker fail-over) and, with --wait, follows it: why it waits
+//! for a subagent (once per reason), its output, a workflow order's
+//! progress and step lines, and its final state, which sets the exit code.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -178,6 +178,8 @@ async fn follow(
     let mut steps: Option<StepLines> = None;
     // the `finished` event, while the step lines before it are read
     let mut ended: Option<(OrderFinished, tokio::time::Instant)> = None;
+    // the last reason it was said to wait for a subagent
+    let mut waiting: Option<String> = None;
     loop {
         let expired = async {
             match deadline {
@@ -219,7 +221,18 @@ async fn follow(
                         }
                     }
                     EventKind::Changed => {
-                        if let Ok(e) = decode::<OrderChanged>(Encoding::MessagePack, &payload) {
+                        let Ok(e) = decode::<OrderChanged>(Encoding::MessagePack, &payload) else { continue };
+                        if let Some(why) = &e.waiting {
+                            // said once per reason, here or by the poll below
+                            if waiting.as_ref() != Some(why) {
+                                eprintln!("{}", output::changed_text(&e));
+                                waiting = Some(why.clone());
+                            }
+                            if e.step.is_none() {
+                                // a job order waiting: no workflow, no step lines
+                                continue;
+                            }
+                        } else {
                             // the order's end: the `finished` line says it; that
                             // it started running: its first step's line says it
                             // (and comes first), only a resume is news
@@ -274,6 +287,14 @@ async fn follow(
                     if info.state.is_final() && ended.is_none() {
                         eprintln!("order {} {}", info.order_id, info.state.as_str());
                         return Ok(exit_for(info.state));
+                    }
+                    // waiting since before this command (a repeated submit)
+                    let why = info.reason.filter(|w| {
+                        info.state == OrderState::Accepted && w.starts_with("waiting:") && waiting.as_ref() != Some(w)
+                    });
+                    if let Some(why) = why {
+                        eprintln!("order {why}");
+                        waiting = Some(why);
                     }
                 }
             }

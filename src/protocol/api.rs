@@ -316,6 +316,16 @@ pub struct OrderInfo {
     /// An order running one step of a workflow order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentStep>,
+    /// The identity that signed its submit, as the broker verified it
+    /// (`client`, `admin`, ...); absent when the submit was not signed, or
+    /// was fired by a Scheduler (see `slot_ms` and `fired_by`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_by: Option<String>,
+    /// In `order.get` and `order.list` replies only (not stored): the
+    /// deployed trigger whose slot `slot_ms` is (the first, when several
+    /// share it); absent when none of its triggers has that slot now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fired_by: Option<super::FiredBy>,
 }
 
 impl OrderInfo {
@@ -348,6 +358,8 @@ impl OrderInfo {
             steps: Vec::new(),
             history: Vec::new(),
             parent: None,
+            submitted_by: None,
+            fired_by: None,
         }
     }
 
@@ -375,6 +387,7 @@ impl OrderInfo {
             request_id: self.request_id.clone(),
             slot_ms: self.slot_ms,
             reason: self.reason.clone(),
+            fired_by: self.fired_by.clone(),
         }
     }
 }
@@ -504,6 +517,9 @@ pub struct OrderSummary {
     /// Why it failed, was cancelled, or is in doubt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The trigger whose slot it fires (as in [`OrderInfo::fired_by`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fired_by: Option<super::FiredBy>,
 }
 
 /// `{p}.api.order.cancel`: cancel an order. A waiting order is cancelled at

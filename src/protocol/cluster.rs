@@ -174,6 +174,37 @@ pub struct BrokerLease {
     pub renewed_at_ms: u64,
 }
 
+/// Reply on `{p}.api.status.brokers`, where every broker process answers
+/// (a request there gathers answers for a while): its own view of the
+/// leadership, so an operator sees the brokers while none is active.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BrokerView {
+    pub broker_id: String,
+    /// `active` while it holds the lease; then `{p}.api.status` has its
+    /// full answer.
+    pub role: BrokerRole,
+    /// Its epoch, when active.
+    #[serde(default)]
+    pub epoch: u64,
+    pub precedence: u32,
+    pub protocol: u32,
+    /// The leadership lease as it just read it: who is active, and when
+    /// they last renewed it. Absent while no broker holds it.
+    #[serde(default)]
+    pub lease: Option<BrokerLease>,
+    /// Why the lease could not be read, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_error: Option<String>,
+    /// While no broker holds the lease: since when, as far as it knows (the
+    /// last time it heard an active broker, or its own start).
+    #[serde(default)]
+    pub no_active_since_ms: Option<u64>,
+    /// The other brokers it hears, with the age of their last heartbeat.
+    #[serde(default)]
+    pub brokers: Vec<super::BrokerStatus>,
+    pub at_ms: u64,
+}
+
 /// `{p}.cluster.broker.{id}`: a broker became active or stepped down.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct BrokerChanged {

@@ -93,11 +93,15 @@ pub struct OrderFinished {
 }
 
 /// `changed`: a workflow order moved: a step was dispatched or finished, or
-/// the order was suspended, resumed or is being cancelled. Its `accepted`
-/// and `finished` events come as for any order.
+/// the order was suspended, resumed or is being cancelled; or an order (or
+/// a workflow step's order) started waiting for a subagent, or waits for
+/// another reason now (`waiting`). Its `accepted` and `finished` events
+/// come as for any order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderChanged {
     pub order_id: String,
+    /// The workflow; for a job order (only its `waiting` events) the job:
+    /// the `{job}` token of the subject.
     pub workflow: String,
     /// The order's state after the change.
     pub state: OrderState,
@@ -113,6 +117,12 @@ pub struct OrderChanged {
     pub step_order_id: Option<String>,
     /// What happened, for people: "step build dispatched", "suspended", ...
     pub what: String,
+    /// Why the order (for a step, the step's order) waits for a subagent,
+    /// as `order.get` says it: "waiting: no known subagent matches cluster
+    /// 'zone-b' (...)". Sent when it starts waiting and when the reason
+    /// changes, not while it stays the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
     pub at_ms: u64,
 }
 

@@ -26,7 +26,7 @@ pub use audit::*;
 pub use cluster::*;
 pub use events::*;
 pub use inventory::*;
-pub use schedule::{ConcurrencyPolicy, FiredSlot, MisfirePolicy, TriggerSpec};
+pub use schedule::{ConcurrencyPolicy, FiredBy, FiredSlot, MisfirePolicy, TriggerSpec};
 pub use subjects::{EventKind, Subjects};
 
 /// The protocol version carried in heartbeats and status replies.

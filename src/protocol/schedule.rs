@@ -130,3 +130,14 @@ pub struct FiredSlot {
     /// When the broker accepted the slot's order.
     pub at_ms: u64,
 }
+
+/// Which deployed trigger fired an order's slot, as `order.get` and
+/// `order.list` tell it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct FiredBy {
+    /// Its place among the job's (or workflow's) triggers, from 1.
+    pub number: u32,
+    /// The trigger as deployed now: its kind, and for a cron trigger the
+    /// time zone its slots are read in.
+    pub trigger: TriggerSpec,
+}

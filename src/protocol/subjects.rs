@@ -19,6 +19,7 @@
 //! | `{p}.api.order.list` | request | [`ListOrders`](super::ListOrders) -> [`OrderList`](super::OrderList) |
 //! | `{p}.subagent.{id}.kill` | request | [`KillTask`](super::KillTask) -> [`KillAccepted`](super::KillAccepted) |
 //! | `{p}.api.status` | request | [`StatusRequest`](super::StatusRequest) -> [`StatusReply`](super::StatusReply) |
+//! | `{p}.api.status.brokers` | request, every broker answers | [`StatusRequest`](super::StatusRequest) -> [`BrokerView`](super::BrokerView) |
 //! | `{p}.api.subagent.control` | request | [`SubagentControl`](super::SubagentControl) -> [`SubagentControlReply`](super::SubagentControlReply) |
 //! | `{p}.broker.leave` | request | [`Leave`](super::Leave) -> [`Left`](super::Left) |
 //! | `{p}.subagent.{id}.ping` | request | [`Ping`](super::Ping) -> [`Pong`](super::Pong) |
@@ -138,6 +139,12 @@ impl Subjects {
 
     pub fn status(&self) -> String {
         format!("{}.api.status", self.prefix)
+    }
+
+    /// Every broker process answers here with its own view of the
+    /// leadership, standbys included.
+    pub fn status_brokers(&self) -> String {
+        format!("{}.api.status.brokers", self.prefix)
     }
 
     pub fn subagent_control(&self) -> String {

@@ -912,3 +912,24 @@ fn queue_holds_100_000_schedules_through_an_hour() {
     assert_eq!(keys.len(), out.len(), "a slot fired twice");
     assert!(q.next_deadline().unwrap() > t1);
 }
+
+#[test]
+fn the_trigger_that_fired_a_slot_is_the_first_that_has_it() {
+    let every = TriggerSpec::Interval {
+        every: Duration::from_secs(10),
+        start: None,
+    };
+    let cron = TriggerSpec::Cron {
+        expr: "0 0 16 * * *".into(),
+        time_zone: Some("Europe/Berlin".into()),
+    };
+    // 16:00 in Berlin, winter time
+    let slot = utc(2026, 12, 6, 15, 0, 0);
+    assert!(cron.has_slot(slot) && !cron.has_slot(slot + SEC));
+    assert!(every.has_slot(slot) && !every.has_slot(slot + 1));
+    let both = [cron, every];
+    let fired = |at| TriggerSpec::fired(&both, at).map(|f| f.number);
+    assert_eq!(fired(slot), Some(1), "both have it: the first");
+    assert_eq!(fired(slot + 10 * SEC), Some(2));
+    assert_eq!(fired(slot + 1), None);
+}

@@ -47,6 +47,8 @@ pub struct FlowOrder {
     pub history: Vec<StepAttempt>,
     /// Stored in the journal: its submit can be answered.
     pub durable: bool,
+    /// The verified identity that submitted it.
+    pub submitted_by: Option<String>,
 }
 
 impl FlowOrder {
@@ -68,6 +70,7 @@ impl FlowOrder {
             run: WorkflowRun::new(spec, params)?,
             history: Vec::new(),
             durable: false,
+            submitted_by: None,
         })
     }
 
@@ -89,6 +92,7 @@ impl FlowOrder {
             run,
             history: info.history.clone(),
             durable: true,
+            submitted_by: info.submitted_by.clone(),
         })
     }
 
@@ -261,6 +265,7 @@ impl FlowOrder {
             workflow: Some(self.run.workflow().to_string()),
             steps: self.run.steps().to_vec(),
             history: self.history.clone(),
+            submitted_by: self.submitted_by.clone(),
             ..OrderInfo::new(
                 self.id.clone(),
                 self.run.workflow().to_string(),

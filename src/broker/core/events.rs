@@ -1,6 +1,7 @@
 //! Every status event the broker publishes about an order is built here,
 //! from the order's record ([`OrderInfo`]): `accepted`, `changed` (a
-//! workflow order's step or state moved) and `finished`.
+//! workflow order's step or state moved, or an order waits for a
+//! subagent) and `finished`.
 
 use super::Event;
 use crate::protocol::*;
@@ -58,6 +59,7 @@ impl Event {
                 .filter(|s| s.attempt > 0)
                 .map(|s| step_order_id(&s.name, s.attempt)),
             what,
+            waiting: None,
             at_ms,
         };
         let mut events = Vec::new();
@@ -86,6 +88,52 @@ impl Event {
             events.push(Event::Changed(change(None, what)));
         }
         events
+    }
+}
+
+/// A job order that waits for a subagent, and why (`reason`, as
+/// [`super::plan::why_waiting`] words it).
+pub struct Waiting<'a> {
+    pub order_id: &'a str,
+    pub job: &'a str,
+    /// For a workflow step's order: the step, and its workflow order's
+    /// state. The event goes to the workflow order, where `submit --wait`
+    /// and `watch --order` follow it.
+    pub step: Option<(&'a ParentStep, OrderState)>,
+    pub reason: &'a str,
+}
+
+impl Event {
+    /// An order started waiting for a subagent, or waits for another
+    /// reason now.
+    pub fn waiting(w: &Waiting<'_>, at_ms: u64) -> Event {
+        let reason = w.reason.to_string();
+        Event::Changed(match w.step {
+            None => OrderChanged {
+                order_id: w.order_id.to_string(),
+                workflow: w.job.to_string(),
+                state: OrderState::Accepted,
+                step: None,
+                attempt: None,
+                step_state: None,
+                step_order_id: None,
+                what: reason.clone(),
+                waiting: Some(reason),
+                at_ms,
+            },
+            Some((parent, state)) => OrderChanged {
+                order_id: parent.order_id.clone(),
+                workflow: parent.workflow.clone(),
+                state,
+                step: Some(parent.step.clone()),
+                attempt: Some(parent.attempt),
+                step_state: Some(StepState::Running),
+                step_order_id: Some(w.order_id.to_string()),
+                what: format!("step {} {reason}", parent.step),
+                waiting: Some(reason),
+                at_ms,
+            },
+        })
     }
 }
 

@@ -21,7 +21,8 @@
 //!   `refusal.rs`: why a request is refused, with its wire code;
 //!   `takeover.rs`: the state a new active broker starts from.
 //! - `deploy.rs`: deploys and bucket changes; `switch.rs`: an operator's
-//!   switch-over of a subagent.
+//!   switch-over of a subagent; `waiting.rs`: why an order waits for a
+//!   subagent, told once per reason.
 //!
 //! Architecture invariant: imports neither actix, nor the bus, nor the
 //! clock; `R` is where a reply goes, opaque here. Once its lease may have
@@ -48,6 +49,7 @@ mod switch;
 mod takeover;
 #[cfg(test)]
 mod tests;
+mod waiting;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -87,8 +89,9 @@ pub struct Now {
 /// What reaches the core.
 #[derive(Debug, Clone)]
 pub enum Input<R> {
-    /// A submit of a job's or a workflow's order.
-    Submit(R, SubmitOrder),
+    /// A submit of a job's or a workflow's order, and the identity that
+    /// signed it when the broker verified one.
+    Submit(R, SubmitOrder, Option<String>),
     Cancel(R, CancelOrder),
     Suspend(R, SuspendOrder),
     Resume(R, ResumeOrder),
@@ -321,6 +324,8 @@ pub struct Core<R> {
     /// certified dead, most recent last: a heartbeat of theirs still in
     /// flight must not bring them back.
     pub(super) departed: VecDeque<String>,
+    /// Why each waiting order was last told to wait (`waiting.rs`).
+    told_waiting: HashMap<String, String>,
     /// Orders waiting for their record to be created, and what waits.
     creating: HashMap<String, submit::Pending<R>>,
     /// Seeds the ids of orders without a request id, unique per broker.
@@ -364,6 +369,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             last_placed: HashMap::new(),
             departed: VecDeque::new(),
             creating: HashMap::new(),
+            told_waiting: HashMap::new(),
             id_seed,
             ids: 0,
             tenure,
@@ -384,7 +390,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
     pub fn step(&mut self, input: Input<R>, now: Now) -> Vec<Effect<R>> {
         self.now = now;
         match input {
-            Input::Submit(to, s) => self.on_submit(to, s),
+            Input::Submit(to, s, by) => self.on_submit(to, s, by),
             Input::Cancel(to, c) => self.on_cancel(to, c),
             Input::Suspend(to, s) => self.on_suspend(to, s),
             Input::Resume(to, r) => self.on_resume(to, r),

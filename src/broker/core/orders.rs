@@ -48,10 +48,12 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         if self.book.queue_len() > 1024 {
             self.book.compact_queue();
         }
+        self.tell_waiting();
     }
 
     /// Why a queued order waits, if nothing can take it now (see
-    /// [`plan::why_waiting`]); asked by `order show`, never stored.
+    /// [`plan::why_waiting`]); asked by `order show`, never stored (its
+    /// `changed` event: `waiting.rs`).
     pub(in crate::broker) fn why_waiting(&self, order_id: &str) -> Option<String> {
         let order = self
             .book
@@ -82,6 +84,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             return;
         }
         self.registry.assign(&subagent_id, &run.task_id);
+        self.placed(order_id);
         debug!(order = %order_id, subagent = %subagent_id, attempt = run.attempt, "dispatching");
         // journaled before it is sent: a broker taking over knows where it went
         let run = Box::new(run);

@@ -107,12 +107,30 @@ pub fn plan<'a>(
 /// matches it, or no member has room (and how its members stand). `None`
 /// when a member has room (it waits only for its turn) or the job is gone.
 pub fn why_waiting(job: &str, deployed: &Deployed<'_>, registry: &Registry) -> Option<String> {
+    waiting(job, deployed, registry).map(|w| w.reason)
+}
+
+/// Why an order waits ([`why_waiting`]'s words), and whether only for room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wait {
+    pub reason: String,
+    /// A member is available, only full: the order runs once one has room
+    /// (queueing under load, not an order nothing can place).
+    pub for_room: bool,
+}
+
+/// [`why_waiting`], saying whether the order only waits for room.
+pub fn waiting(job: &str, deployed: &Deployed<'_>, registry: &Registry) -> Option<Wait> {
+    let wait = |reason: String| Wait {
+        reason,
+        for_room: false,
+    };
     let spec = deployed.jobs.get(job)?;
     let cluster = spec.cluster.as_ref().map(|c| (c, deployed.clusters.get(c)));
     if let Some((name, None)) = cluster {
-        return Some(format!(
+        return Some(wait(format!(
             "waiting: subagent cluster '{name}' is not deployed; deploy it in a [[cluster]] table"
-        ));
+        )));
     }
     let members = placement::members(cluster.and_then(|(_, c)| c), registry.iter());
     if members.iter().any(|m| m.takes_tasks()) {
@@ -123,12 +141,12 @@ pub fn why_waiting(job: &str, deployed: &Deployed<'_>, registry: &Registry) -> O
         None => "any subagent".to_string(),
     };
     if members.is_empty() {
-        return Some(match cluster {
+        return Some(wait(match cluster {
             Some((name, _)) => format!(
                 "waiting: no known subagent matches cluster '{name}' (compare its members with `baton status`)"
             ),
             None => "waiting: no subagent is connected; start one with `baton subagent`".into(),
-        });
+        }));
     }
     let mut states: std::collections::BTreeMap<&str, usize> = Default::default();
     for m in &members {
@@ -138,11 +156,15 @@ pub fn why_waiting(job: &str, deployed: &Deployed<'_>, registry: &Registry) -> O
         };
         *states.entry(state).or_default() += 1;
     }
+    let for_room = states.contains_key("full");
     let states: Vec<String> = states.iter().map(|(s, n)| format!("{n} {s}")).collect();
-    Some(format!(
-        "waiting: no member of {of} has room ({})",
-        states.join(", ")
-    ))
+    Some(Wait {
+        reason: format!(
+            "waiting: no member of {of} has room ({})",
+            states.join(", ")
+        ),
+        for_room,
+    })
 }
 
 #[cfg(test)]
@@ -365,5 +387,9 @@ mod tests {
         let nobody = registry(&[("c", 1, 0)]);
         assert!(why("x", &nobody).is_some_and(|w| w.contains("no known subagent matches")));
         assert!(why("j", &registry(&[])).is_some_and(|w| w.contains("no subagent is connected")));
+        let for_room = |job: &str, r: &Registry| waiting(job, &deployed, r).map(|w| w.for_room);
+        assert_eq!(for_room("x", &r), Some(true), "full: it waits for room");
+        assert_eq!(for_room("x", &nobody), Some(false));
+        assert_eq!(for_room("gone", &r), Some(false));
     }
 }

@@ -57,12 +57,12 @@ pub enum Created {
 
 impl<R: Clone + std::fmt::Debug> Core<R> {
     /// A submit of a job's order, or of a workflow's (`flows/submit.rs`).
-    pub(super) fn on_submit(&mut self, to: R, submit: SubmitOrder) {
+    pub(super) fn on_submit(&mut self, to: R, submit: SubmitOrder, by: Option<String>) {
         if let Some(refusal) = self.refused_for_pause(&submit) {
             return self.refuse(&to, refusal);
         }
         if let Some(spec) = self.workflows.get(&submit.job).cloned() {
-            return self.submit_workflow(to, &spec, submit);
+            return self.submit_workflow(to, &spec, submit, by);
         }
         let SubmitOrder {
             job,
@@ -100,6 +100,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         let mut order = Order::new(order_id, job, params, request_id, self.now.ms);
         order.restartable = restartable;
         order.slot_ms = slot_ms;
+        order.submitted_by = by;
         self.create(order, Pending::Job { to, overlap });
     }
 

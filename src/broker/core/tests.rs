@@ -312,9 +312,12 @@ fn a_pause_is_stored_before_it_holds_and_refuses_slots_then_submits_with_all() {
     let effects = core.step(stored, now(base, 30));
     assert!(matches!(replies(&effects)[..], [(1, Reply::JobSwitched(r))] if r.switched.off));
     // a slot is refused; a client's submit is taken
-    let slot = core.step(Input::Submit(2, submit_j(Some(T0), "j@1")), now(base, 40));
+    let slot = core.step(
+        Input::Submit(2, submit_j(Some(T0), "j@1"), None),
+        now(base, 40),
+    );
     assert!(refused_as_paused(&slot), "{slot:?}");
-    let manual = core.step(Input::Submit(3, submit_j(None, "m1")), now(base, 50));
+    let manual = core.step(Input::Submit(3, submit_j(None, "m1"), None), now(base, 50));
     assert!(
         manual.iter().any(|e| matches!(e, Effect::Create { .. })),
         "{manual:?}"
@@ -331,7 +334,7 @@ fn a_pause_is_stored_before_it_holds_and_refuses_slots_then_submits_with_all() {
         stored: Ok(()),
     };
     core.step(stored, now(base, 60));
-    let manual = core.step(Input::Submit(5, submit_j(None, "m2")), now(base, 70));
+    let manual = core.step(Input::Submit(5, submit_j(None, "m2"), None), now(base, 70));
     assert!(refused_as_paused(&manual), "{manual:?}");
     // unknown names are refused before anything is stored
     let unknown = JobControl {
@@ -378,6 +381,207 @@ fn a_broker_taking_over_holds_the_pauses_it_reads() {
         now(base, 0),
     );
     core.take_effects();
-    let slot = core.step(Input::Submit(1, submit_j(Some(T0), "j@1")), now(base, 10));
+    let slot = core.step(
+        Input::Submit(1, submit_j(Some(T0), "j@1"), None),
+        now(base, 10),
+    );
     assert!(refused_as_paused(&slot), "{slot:?}");
+}
+
+/// A subagent process registering with `labels`, capacity 1.
+fn register(id: &str, zone: &str) -> Register {
+    Register {
+        subagent_id: id.into(),
+        instance_id: format!("{id}#1"),
+        labels: [("zone".to_string(), zone.to_string())].into(),
+        capacity: 1,
+        hostname: None,
+        pid: None,
+        protocol: PROTOCOL_VERSION,
+        heartbeat_interval_ms: 250,
+        orphan_timeout_ms: 10_000,
+    }
+}
+
+fn heartbeat(r: &Register, at_ms: u64) -> SubagentHeartbeat {
+    SubagentHeartbeat {
+        subagent_id: r.subagent_id.clone(),
+        instance_id: r.instance_id.clone(),
+        labels: r.labels.clone(),
+        capacity: r.capacity,
+        running: Vec::new(),
+        sent_at_ms: at_ms,
+        protocol: PROTOCOL_VERSION,
+        load: None,
+        draining: false,
+        heartbeat_interval_ms: r.heartbeat_interval_ms,
+        orphan_timeout_ms: r.orphan_timeout_ms,
+        refused: 0,
+    }
+}
+
+/// The reasons of the `waiting` events among `effects`.
+fn waiting(effects: &[Effect<u32>]) -> Vec<String> {
+    let told = effects.iter().filter_map(|e| match e {
+        Effect::Publish(Event::Changed(c)) => c.waiting.clone(),
+        _ => None,
+    });
+    told.collect()
+}
+
+fn zone_b() -> ClusterSpec {
+    let spec = serde_json::json!({
+        "name": "zone-b", "mode": "round-robin", "members": [{"labels": {"zone": "b"}}]
+    });
+    serde_json::from_value(spec).expect("a cluster")
+}
+
+#[test]
+fn a_waiting_order_says_why_once_and_again_when_the_reason_changes() {
+    let base = Instant::now();
+    let mut core = core_over(base, vec![queued("o")]);
+    let mut j = job("j");
+    j.cluster = Some("zone-b".into());
+    core.step(
+        Input::Spec(SpecChange::Job("j".into(), Some(j))),
+        now(base, 1),
+    );
+    core.step(
+        Input::Spec(SpecChange::Cluster("zone-b".into(), Some(zone_b()))),
+        now(base, 2),
+    );
+    let a = register("s1", "a");
+    let effects = core.step(Input::Register(1, a.clone()), now(base, 10));
+    let told = waiting(&effects);
+    assert!(
+        matches!(&told[..], [w] if w.contains("no known subagent matches cluster 'zone-b'")),
+        "{told:?}"
+    );
+    let event = effects.iter().find_map(|e| match e {
+        Effect::Publish(Event::Changed(c)) => Some(c),
+        _ => None,
+    });
+    let event = event.expect("a changed event");
+    assert_eq!(
+        (event.order_id.as_str(), event.workflow.as_str()),
+        ("o", "j")
+    );
+    assert_eq!(event.state, OrderState::Accepted);
+    // every further pass with the same reason tells nothing
+    for ms in [20, 30, 40] {
+        let effects = core.step(Input::Heartbeat(heartbeat(&a, T0 + ms)), now(base, ms));
+        assert_eq!(waiting(&effects), Vec::<String>::new(), "at {ms}");
+    }
+    // another reason: told again, once
+    core.step(
+        Input::Spec(SpecChange::Cluster("zone-b".into(), None)),
+        now(base, 50),
+    );
+    let effects = core.step(Input::Heartbeat(heartbeat(&a, T0 + 60)), now(base, 60));
+    let told = waiting(&effects);
+    assert!(
+        matches!(&told[..], [w] if w.contains("cluster 'zone-b' is not deployed")),
+        "{told:?}"
+    );
+    let effects = core.step(Input::Heartbeat(heartbeat(&a, T0 + 70)), now(base, 70));
+    assert!(waiting(&effects).is_empty());
+    core.step(
+        Input::Spec(SpecChange::Cluster("zone-b".into(), Some(zone_b()))),
+        now(base, 80),
+    );
+    let effects = core.step(Input::Heartbeat(heartbeat(&a, T0 + 90)), now(base, 90));
+    assert_eq!(
+        waiting(&effects).len(),
+        1,
+        "back to the first reason: a change"
+    );
+    // placed: no word of waiting, and nothing held for it
+    let effects = core.step(Input::Register(2, register("s2", "b")), now(base, 100));
+    assert!(waiting(&effects).is_empty());
+    assert_eq!(written(effects).subagent_id.as_deref(), Some("s2"));
+    assert!(core.told_waiting.is_empty());
+}
+
+#[test]
+fn an_order_placed_at_once_never_says_it_waits() {
+    let base = Instant::now();
+    let mut core = core_over(base, Vec::new());
+    core.step(Input::Register(1, register("s1", "a")), now(base, 1));
+    let submit = SubmitOrder {
+        job: "j".into(),
+        params: Default::default(),
+        request_id: None,
+        slot_ms: None,
+    };
+    let effects = core.step(Input::Submit(2, submit, None), now(base, 10));
+    let info = effects
+        .into_iter()
+        .find_map(|e| match e {
+            Effect::Create { info, .. } => Some(info),
+            _ => None,
+        })
+        .expect("a create");
+    let created = Created::At(1);
+    let effects = core.step(Input::Created { info, created }, now(base, 20));
+    assert!(waiting(&effects).is_empty(), "{effects:?}");
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::Write { info, .. } if info.subagent_id.is_some())));
+    assert!(core.told_waiting.is_empty());
+}
+
+#[test]
+fn a_step_order_waiting_is_told_on_its_workflow_order() {
+    let base = Instant::now();
+    let mut core = core_over(base, Vec::new());
+    // a step order as its workflow order places it (the journal's would
+    // be stopped at a takeover without its workflow order)
+    let mut step = Order::new("s".into(), "j".into(), Default::default(), None, T0);
+    step.parent = Some(ParentStep {
+        order_id: "flow".into(),
+        workflow: "nightly".into(),
+        step: "build".into(),
+        attempt: 1,
+    });
+    core.book.insert(step);
+    core.book.enqueue("s");
+    let mut j = job("j");
+    j.cluster = Some("zone-b".into());
+    core.step(
+        Input::Spec(SpecChange::Job("j".into(), Some(j))),
+        now(base, 1),
+    );
+    let effects = core.step(Input::Register(1, register("s1", "a")), now(base, 10));
+    let event = effects.iter().find_map(|e| match e {
+        Effect::Publish(Event::Changed(c)) => Some(c),
+        _ => None,
+    });
+    let event = event.expect("a changed event");
+    assert_eq!(
+        (event.order_id.as_str(), event.workflow.as_str()),
+        ("flow", "nightly")
+    );
+    assert_eq!(event.step_order_id.as_deref(), Some("s"));
+    assert!(
+        event
+            .what
+            .starts_with("step build waiting: subagent cluster 'zone-b' is not deployed"),
+        "{}",
+        event.what
+    );
+}
+
+#[test]
+fn an_order_waiting_only_for_room_is_not_told() {
+    let base = Instant::now();
+    let mut core = core_over(base, vec![queued("o1"), queued("o2")]);
+    let s1 = register("s1", "a");
+    let effects = core.step(Input::Register(1, s1.clone()), now(base, 10));
+    assert_eq!(written(effects).order_id, "o1", "placed");
+    let effects = core.step(Input::Heartbeat(heartbeat(&s1, T0 + 20)), now(base, 20));
+    assert!(
+        waiting(&effects).is_empty(),
+        "o2 waits for room: {effects:?}"
+    );
+    assert!(core.told_waiting.is_empty());
 }

@@ -262,6 +262,8 @@ pub struct Order {
     pub outcome: Option<Outcome>,
     /// It runs a step of this workflow order.
     pub parent: Option<ParentStep>,
+    /// The verified identity that submitted it.
+    pub submitted_by: Option<String>,
 }
 
 impl Order {
@@ -293,6 +295,7 @@ impl Order {
             started_at_ms: None,
             outcome: None,
             parent: None,
+            submitted_by: None,
         }
     }
 
@@ -310,6 +313,7 @@ impl Order {
             info.accepted_at_ms,
         );
         order.slot_ms = info.slot_ms;
+        order.submitted_by.clone_from(&info.submitted_by);
         order.parent.clone_from(&info.parent);
         order.restartable = restartable;
         order.attempt = info.attempt;
@@ -658,6 +662,7 @@ impl Order {
             finished_at_ms: self.outcome.as_ref().map(|o| o.finished_at_ms),
             outputs: outcome.outputs,
             parent: self.parent.clone(),
+            submitted_by: self.submitted_by.clone(),
             ..OrderInfo::new(
                 self.id.clone(),
                 self.job.clone(),

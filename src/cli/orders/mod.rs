@@ -19,6 +19,8 @@ pub use list::{parse_when, ListArgs, When};
 
 /// Lines of each step attempt that `order show` prints.
 const TAIL_LINES: usize = 5;
+/// Lines of a failed task's stderr that `order show` prints.
+const STDERR_LINES: usize = 10;
 
 /// One order, or a list of them.
 #[derive(Debug, clap::Subcommand)]
@@ -237,8 +239,43 @@ async fn show(config: &Config, bus: &Bus, order_id: String, json: bool) -> anyho
     if info.workflow.is_some() && !info.history.is_empty() {
         step_tails(config, bus, &info, &mut text).await;
     }
+    if let Some(tails) = output::StderrTails::of(&info, STDERR_LINES) {
+        stderr_tails(config, bus, tails, &mut text).await;
+    }
     print!("{text}");
     Ok(())
+}
+
+/// The last stderr lines of a failed order's failed task (or steps), read
+/// from the log stream; when they cannot be read, one line that says why.
+async fn stderr_tails(
+    config: &Config,
+    bus: &Bus,
+    mut tails: output::StderrTails,
+    out: &mut String,
+) {
+    let read = async {
+        let log_of = tails.log_of().to_string();
+        let mut logs = bus.order_logs(&config.log_stream(), &log_of, false).await?;
+        while let Some(item) = logs.next().await {
+            if let OrderLog::Line(line) = item? {
+                tails.push(&line);
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    let limit = config.nats.request_timeout;
+    match tokio::time::timeout(limit, read).await {
+        Ok(Ok(())) => tails.render(out),
+        Ok(Err(e)) => output::StderrTails::unreadable(out, &format!("no log is kept here: {e:#}")),
+        Err(_) => output::StderrTails::unreadable(
+            out,
+            &format!(
+                "the log stream did not answer within {}",
+                output::span(limit)
+            ),
+        ),
+    }
 }
 
 /// The last lines of each step attempt of workflow order `info`, read from

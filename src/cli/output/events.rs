@@ -233,12 +233,19 @@ mod tests {
             step_state: Some(StepState::Running),
             step_order_id: Some("0190-step".into()),
             what: "step build dispatched".into(),
+            waiting: None,
             at_ms: T0,
         };
         assert_eq!(changed_text(&e), "step build dispatched");
         e.step = None;
         e.what = "suspended".into();
         assert_eq!(changed_text(&e), "order suspended");
+        e.what = "waiting: no subagent is connected; start one with `baton subagent`".into();
+        e.waiting = Some(e.what.clone());
+        assert_eq!(
+            changed_text(&e),
+            "order waiting: no subagent is connected; start one with `baton subagent`"
+        );
         let log = line("build", "s1-1", "compiling");
         assert_eq!(log_text(&log, true), "[build] compiling");
         assert_eq!(log_text(&log, false), "compiling");

@@ -2,13 +2,17 @@
 //!
 //! `events` turns events into the lines of `baton watch` and `submit
 //! --wait`; `jobs` the job inventory and a deploy's plan; `orders` renders
-//! `order show`, `order list` and the answers to order commands; `status` renders `baton status`; `audit` the table of
+//! `order show`, `order list` and the answers to order commands; `failure`
+//! the stderr tail of a failed order's show; `origin` who started an
+//! order (a trigger's slot, or a client); `status` renders `baton status`; `audit` the table of
 //! `baton audit`. The helpers here (times, durations, tables) are shared.
 
 mod audit;
 mod events;
+mod failure;
 mod jobs;
 mod orders;
+mod origin;
 mod status;
 
 use std::collections::BTreeMap;
@@ -20,9 +24,10 @@ pub use events::{
     agent_line, broker_line, changed_text, event_line, finished_line, log_text, subagent_line,
     triggers_line, written_by_another,
 };
+pub use failure::StderrTails;
 pub use jobs::{fire_time, job_list_text, job_switched_text, job_text, plan_text};
 pub use orders::{control_line, order_list_text, order_text, task_of, Control, StepTails};
-pub use status::status_text;
+pub use status::{status_text, views_text};
 
 fn clock(at_ms: u64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(at_ms);

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 
+use super::origin::{origin, slot_text};
 use super::{clock, clock_s, key_values, table, took};
 use crate::protocol::*;
 
@@ -44,6 +45,9 @@ pub fn order_text(o: &OrderInfo) -> String {
         state.push_str(" (cancel requested)");
     }
     let _ = writeln!(out, "state     {state}");
+    if let Some(origin) = origin(o) {
+        let _ = writeln!(out, "origin    {origin}");
+    }
     if !o.params.is_empty() {
         let _ = writeln!(out, "params    {}", key_values(&o.params));
     }
@@ -65,7 +69,7 @@ pub fn order_text(o: &OrderInfo) -> String {
     if o.timed_out {
         let _ = writeln!(out, "timed out yes");
     }
-    if let Some(reason) = &o.reason {
+    if let Some(reason) = o.reason.clone().or_else(|| failed_because(o)) {
         let _ = writeln!(out, "reason    {reason}");
     }
     if !o.outputs.is_empty() {
@@ -107,6 +111,19 @@ pub fn order_text(o: &OrderInfo) -> String {
         );
     }
     out
+}
+
+/// Why a failed order failed, when its record says it only in figures.
+fn failed_because(o: &OrderInfo) -> Option<String> {
+    if o.state != OrderState::Failed {
+        return None;
+    }
+    match (o.timed_out, o.exit_code, o.signal) {
+        (true, _, _) => Some("its task ran past the job's timeout and was killed".into()),
+        (_, Some(code), _) => Some(format!("its task exited with code {code}")),
+        (_, None, Some(signal)) => Some(format!("its task was killed by signal {signal}")),
+        _ => None,
+    }
 }
 
 /// One step of a workflow order, for the steps table of `order show`.
@@ -374,9 +391,11 @@ pub fn control_line(command: Control, o: &OrderInfo, kill: bool) -> String {
     line
 }
 
-/// The table of `baton order list`, newest first.
+/// The table of `baton order list`, newest first, with a SLOT column (each
+/// slot in its trigger's time zone) when a Scheduler fired any of them.
 pub fn order_list_text(list: &OrderList) -> String {
     let mut out = String::new();
+    let slots = list.orders.iter().any(|o| o.slot_ms.is_some());
     let rows: Vec<Vec<String>> = list
         .orders
         .iter()
@@ -395,7 +414,7 @@ pub fn order_list_text(list: &OrderList) -> String {
             if let Some(p) = &o.parent {
                 let _ = write!(place, ", step {} #{} of {}", p.step, p.attempt, p.order_id);
             }
-            vec![
+            let mut row = vec![
                 o.order_id.clone(),
                 o.job.clone(),
                 o.state.as_str().to_string(),
@@ -405,23 +424,27 @@ pub fn order_list_text(list: &OrderList) -> String {
                 o.reason
                     .as_deref()
                     .map_or("-".to_string(), |r| clip(r, REASON_WIDTH)),
-            ]
+            ];
+            if slots {
+                let slot = o.slot_ms.map(|s| slot_text(s, o.fired_by.as_ref()));
+                row.insert(4, slot.unwrap_or_else(|| "-".to_string()));
+            }
+            row
         })
         .collect();
-    table(
-        &mut out,
-        "",
-        &[
-            "ORDER",
-            "JOB/WORKFLOW",
-            "STATE",
-            "ACCEPTED",
-            "TOOK",
-            "SUBAGENT/STEPS",
-            "REASON",
-        ],
-        &rows,
-    );
+    let mut header = vec![
+        "ORDER",
+        "JOB/WORKFLOW",
+        "STATE",
+        "ACCEPTED",
+        "TOOK",
+        "SUBAGENT/STEPS",
+        "REASON",
+    ];
+    if slots {
+        header.insert(4, "SLOT");
+    }
+    table(&mut out, "", &header, &rows);
     out
 }
 
@@ -780,6 +803,7 @@ mod tests {
             request_id: None,
             slot_ms: None,
             reason: None,
+            fired_by: None,
         };
         let list = OrderList {
             orders: vec![

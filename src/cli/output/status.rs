@@ -100,6 +100,50 @@ fn no_scheduler(agents: &[AgentStatus]) -> String {
     }
 }
 
+/// `baton status` when no active broker answered: `why`, then each
+/// broker's own view (standbys say who holds the lease, or since when none
+/// does), as of `now_ms`.
+pub fn views_text(why: &str, views: &[BrokerView], now_ms: u64) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "no active broker answered ({why})");
+    if views.is_empty() {
+        let _ = writeln!(
+            out,
+            "no broker answered at all: is one running against this NATS server and prefix?"
+        );
+        return out;
+    }
+    let _ = writeln!(out, "brokers' own views ({}):", views.len());
+    let ago = |ms: u64| super::took(now_ms.saturating_sub(ms));
+    for v in views {
+        let role = match v.role {
+            BrokerRole::Active => format!("active (epoch {}), not answering status yet", v.epoch),
+            BrokerRole::Standby => "standby".to_string(),
+        };
+        let lease = match (&v.lease, &v.lease_error, v.no_active_since_ms) {
+            (Some(l), _, _) => format!(
+                "active broker per the lease: {} (epoch {}), renewed {} ago",
+                l.broker_id,
+                l.epoch,
+                ago(l.renewed_at_ms)
+            ),
+            (None, _, Some(since)) => format!(
+                "NO broker is active, since {} ({} ago) as far as it knows",
+                clock(since),
+                ago(since)
+            ),
+            (None, Some(e), None) => format!("lease not readable: {e}"),
+            (None, None, None) => "no lease".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "  {} {role}, precedence {}: {lease}",
+            v.broker_id, v.precedence
+        );
+    }
+    out
+}
+
 /// The text of `baton status`.
 pub fn status_text(s: &StatusReply) -> String {
     let mut out = String::new();
@@ -286,5 +330,31 @@ mod tests {
             ..agent
         };
         assert!(no_scheduler(&[off, wild]).contains("outside broker control"));
+    }
+
+    #[test]
+    fn without_an_active_broker_each_broker_s_view_is_shown() {
+        let example = include_str!("../../../schemas/examples/BrokerView.json");
+        let view: BrokerView = serde_json::from_str(example).unwrap();
+        let now = view.at_ms;
+        let text = views_text("none within 1s", std::slice::from_ref(&view), now);
+        assert_eq!(
+            text,
+            "no active broker answered (none within 1s)\n\
+             brokers' own views (1):\n\
+             \x20 broker-b standby, precedence 100: active broker per the lease: broker-a (epoch 41), renewed 400ms ago\n"
+        );
+        let none = BrokerView {
+            lease: None,
+            no_active_since_ms: Some(now - 12_300),
+            ..view
+        };
+        let text = views_text("no responders", &[none], now);
+        assert!(
+            text.contains("broker-b standby, precedence 100: NO broker is active, since ")
+                && text.ends_with("(12.3s ago) as far as it knows\n"),
+            "{text}"
+        );
+        assert!(views_text("x", &[], now).contains("no broker answered at all"));
     }
 }

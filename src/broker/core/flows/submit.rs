@@ -18,6 +18,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         to: R,
         spec: &WorkflowSpec,
         submit: SubmitOrder,
+        by: Option<String>,
     ) {
         let SubmitOrder {
             job: name,
@@ -39,10 +40,11 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         let order_id = self.new_order_id(request_id.as_deref());
         let idempotent = request_id.is_some();
         let flow = FlowOrder::new(order_id, spec, params, request_id, slot_ms, self.now.ms);
-        let flow = match flow {
+        let mut flow = match flow {
             Ok(flow) => flow,
             Err(e) => return self.refuse(&to, Refusal::InvalidWorkflow(e.to_string())),
         };
+        flow.submitted_by = by;
         let info = Box::new(flow.info());
         self.book.insert_flow(flow);
         self.creating(&info.order_id, Pending::Flow { to });

@@ -118,7 +118,7 @@ impl World {
         };
         self.send(
             None,
-            Ev::ToBrokers(Input::Submit(Addr::Client { c, seq }, submit)),
+            Ev::ToBrokers(Input::Submit(Addr::Client { c, seq }, submit, None)),
         );
         self.after(REQUEST_TIMEOUT, Ev::ClientTimeout { c, seq });
     }
