@@ -19,7 +19,8 @@
 //!   repeats) and cancels; `flows/`: workflow orders and their step
 //!   orders; `events.rs`: every order event, built from the order's record;
 //!   `refusal.rs`: why a request is refused, with its wire code;
-//!   `takeover.rs`: the state a new active broker starts from.
+//!   `takeover.rs`: the state a new active broker starts from;
+//!   `retries.rs`: job orders waiting for a retry, and their timers.
 //! - `deploy.rs`: deploys and bucket changes; `switch.rs`: an operator's
 //!   switch-over of a subagent.
 //!
@@ -40,6 +41,7 @@ mod journal;
 mod orders;
 pub mod plan;
 mod refusal;
+mod retries;
 mod subagents;
 mod submit;
 mod switch;
@@ -280,6 +282,8 @@ pub enum Timer {
     },
     /// A step's retry is due.
     RetryDue { flow_id: String, step: String },
+    /// A job order's retry is due.
+    OrderRetry { order_id: String },
 }
 
 /// The broker's state, and every decision over it.
@@ -367,6 +371,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             let after = core.config.broker.subagent_timeout;
             core.later(after, Timer::Unseen);
         }
+        core.arm_retries();
         core.resume_flows();
         core
     }
@@ -428,6 +433,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                 reason,
             }) => self.fail_step(parent, order_id, reason),
             Input::Timer(Timer::RetryDue { flow_id, step }) => self.retry_due(flow_id, step),
+            Input::Timer(Timer::OrderRetry { order_id }) => self.order_retry_due(order_id),
             Input::Check => self.check_liveness(),
         }
         self.take_effects()

@@ -250,14 +250,22 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         let event = OrderEvent::Finished {
             task_id: r.task_id.clone(),
             outcome,
+            at_ms: self.now.ms,
         };
         match self.book.apply(&r.order_id, event) {
-            Ok(Applied::Moved { .. }) => {
+            Ok(Applied::Moved { to: phase, .. }) => {
                 let ack = Then::Ack {
                     to,
                     task_id: r.task_id,
                 };
-                self.finish(&r.order_id, ack);
+                if phase == Phase::Retrying {
+                    // its due time is stored before the result is
+                    // acknowledged, and its timer armed once stored
+                    info!(order = %r.order_id, "task failed; the order waits for its retry");
+                    self.store(&r.order_id, ack);
+                } else {
+                    self.finish(&r.order_id, ack);
+                }
                 self.dispatch();
             }
             Ok(Applied::Stale) => {

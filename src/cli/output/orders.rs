@@ -780,6 +780,7 @@ mod tests {
             request_id: None,
             slot_ms: None,
             reason: None,
+            retry_at_ms: None,
         };
         let list = OrderList {
             orders: vec![
