@@ -2,9 +2,10 @@
 //!
 //! `events` turns events into the lines of `baton watch` and `submit
 //! --wait`; `orders` renders `order show`, `order list` and the answers to
-//! order commands; `status` renders `baton status`; `audit` the table of
+//! order commands, `attempts` a job order's tasks and the retry it waits for; `status` renders `baton status`; `audit` the table of
 //! `baton audit`. The helpers here (times, durations, tables) are shared.
 
+mod attempts;
 mod audit;
 mod events;
 mod orders;
