@@ -501,4 +501,14 @@ impl<R> Core<R> {
             .get(order_id)
             .is_some_and(|o| o.phase.is_final() && o.task_id.as_deref() == Some(task_id))
     }
+
+    /// Whether the order of `task_id` waits for a retry after that task,
+    /// as held here (for the simulation's checks).
+    pub(in crate::broker) fn retrying_after(&self, task_id: &str) -> bool {
+        let order_id = task_id.rsplit_once('-').map_or(task_id, |(o, _)| o);
+        self.book.get(order_id).is_some_and(|o| {
+            o.phase == super::order_book::Phase::Retrying
+                && o.attempts.kept.last().map(|a| a.task_id.as_str()) == Some(task_id)
+        })
+    }
 }

@@ -284,10 +284,12 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         }
     }
 
-    /// Acknowledges a result that changed nothing; for a final order only
-    /// once its state is stored (a repeated result may follow a failed write).
+    /// Acknowledges a result that changed nothing; for a final order, or
+    /// one waiting for its retry, only once its state is stored (a repeated
+    /// result may follow a failed write, or overtake one in flight).
     fn ack_stale(&mut self, order_id: &str, ack: Then<R>) {
-        if self.book.get(order_id).is_some_and(|o| o.phase.is_final()) {
+        let stored_first = |o: &Order| o.phase.is_final() || o.phase == Phase::Retrying;
+        if self.book.get(order_id).is_some_and(stored_first) {
             self.store(order_id, ack);
         } else {
             self.follow_up(order_id, ack, true);

@@ -324,28 +324,19 @@ fn a_retry_is_stored_before_its_result_is_acknowledged_and_its_timer_armed() {
         matches!(e, Effect::Later { timer: Timer::Rewrite { order_id }, .. } if order_id == "o")
     });
     assert!(again, "a retry's due time is written until it lands");
-    let rewrite = Timer::Rewrite {
-        order_id: "o".into(),
-    };
-    let info = written(core.step(Input::Timer(rewrite), now(base, 1_020)));
-    let effects = core.step(
-        Input::Written {
-            info,
-            stored: Stored::At(3),
-        },
-        now(base, 1_030),
-    );
+    // the result repeated meanwhile: acknowledged only once stored
+    let repeated = failed_result("o-1", "o");
+    let effects = core.step(Input::Result(8, repeated), now(base, 1_020));
+    assert!(replies(&effects).is_empty(), "{effects:?}");
+    let info = written(effects);
+    let stored = Stored::At(3);
+    let effects = core.step(Input::Written { info, stored }, now(base, 1_030));
+    assert!(matches!(replies(&effects).as_slice(), [(8, Reply::Ack(_))]));
     assert_eq!(
         retry_timer(&effects),
         Some(Duration::from_millis(980)),
         "armed for its due time once stored: {effects:?}"
     );
-    // the result repeated meanwhile is acknowledged
-    let effects = core.step(
-        Input::Result(8, failed_result("o-1", "o")),
-        now(base, 1_040),
-    );
-    assert!(matches!(replies(&effects).as_slice(), [(8, Reply::Ack(_))]));
     // due: back in the queue, stored without its due time
     let due = Timer::OrderRetry {
         order_id: "o".into(),
