@@ -10,6 +10,7 @@
 
 mod attempts;
 mod order;
+mod record;
 #[cfg(test)]
 mod tests;
 

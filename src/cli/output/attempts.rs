@@ -104,7 +104,7 @@ mod tests {
     #[test]
     fn an_order_waiting_for_its_retry_shows_when_and_its_tasks() {
         let lost = TaskAttempt {
-            reason: Some("subagent lost: sub-2 (it died); it was running".into()),
+            reason: Some("sub-2 (it died); it was running".into()),
             ..task(2, Some(AttemptOutcome::Lost), Some("sub-2 lost"))
         };
         let o = OrderInfo {
@@ -139,10 +139,10 @@ mod tests {
         render(&mut out, &o);
         let expected = "\
 tasks (4 earlier not shown):
-  #  TASK  SUBAGENT  STARTED               FINISHED              OUTCOME                                               RAN AGAIN
-  1  o-1   sub-1     2026-01-31T08:00:01Z  2026-01-31T08:00:01Z  exit 1                                                retry 1 of 3 after exit 1
-  2  o-2   sub-2     2026-01-31T08:00:02Z  2026-01-31T08:00:02Z  lost: subagent lost: sub-2 (it died); it was running  sub-2 lost
-  3  o-3   sub-3     2026-01-31T08:00:03Z  2026-01-31T08:00:03Z  exit 1                                                retry 2 of 3 after exit 1
+  #  TASK  SUBAGENT  STARTED               FINISHED              OUTCOME                                RAN AGAIN
+  1  o-1   sub-1     2026-01-31T08:00:01Z  2026-01-31T08:00:01Z  exit 1                                 retry 1 of 3 after exit 1
+  2  o-2   sub-2     2026-01-31T08:00:02Z  2026-01-31T08:00:02Z  lost: sub-2 (it died); it was running  sub-2 lost
+  3  o-3   sub-3     2026-01-31T08:00:03Z  2026-01-31T08:00:03Z  exit 1                                 retry 2 of 3 after exit 1
 ";
         assert_eq!(out, expected);
         // a final order shows no retry; one without tasks no table
