@@ -1039,3 +1039,31 @@ fn the_history_says_whether_a_lost_task_was_known_to_run() {
     // an unconfirmed task whose process is gone is no attempt: same number
     assert_eq!((never.attempt, ran.attempt, ok.attempt), (1, 1, 2));
 }
+
+#[test]
+fn a_task_that_ended_unreported_says_so_in_the_history() {
+    // placed and started under one broker; the next finds it no longer runs
+    let mut book = OrderBook::new(10);
+    running(&mut book, "a", "s1");
+    let info = book.get("a").unwrap().info();
+    let mut taken_over = OrderBook::new(10);
+    taken_over.restore([Order::restore(&info, true)]);
+    taken_over
+        .apply("a", reconciled("s1", "s1-i1", &[]))
+        .unwrap();
+    let deadline = taken_over.get("a").unwrap().rerun_at_ms.unwrap();
+    taken_over
+        .apply("a", OrderEvent::OrphanDeadline { at_ms: deadline })
+        .unwrap();
+    let info = taken_over.get("a").unwrap().info();
+    let [task] = &info.attempts[..] else {
+        panic!("one task: {:#?}", info.attempts);
+    };
+    assert_eq!(task.outcome, Some(crate::protocol::AttemptOutcome::Lost));
+    let why = task.reason.as_deref().unwrap();
+    assert!(
+        why.contains("it had ended, and its result never came"),
+        "{why}"
+    );
+    assert_eq!(task.rerun.as_deref(), Some("s1 lost"));
+}
