@@ -104,6 +104,12 @@ wire_types![
     OrderList,
     OrderChanged,
     AuditRecord,
+    ListJobs,
+    JobList,
+    GetJob,
+    JobInfo,
+    JobControl,
+    JobControlReply,
 ];
 
 /// The kinds of process on the bus.
@@ -183,7 +189,13 @@ const CHANNELS: &[Channel] = {
     channel("submit", "{prefix}.api.submit", ("SubmitOrder", Some("SubmitReply")), (Client, Broker), true,
         "Submit an order: one run of a deployed job. The order is durable once the reply arrives."),
     channel("deploy", "{prefix}.api.deploy", ("DeployRequest", Some("DeployReply")), (Client, Broker), true,
-        "Add or replace job definitions."),
+        "Add or replace job, cluster and workflow definitions, and remove some (`remove`, or `prune` for all the request does not hold); the reply's plan says what was added, changed field by field, removed and left. Admin only."),
+    channel("jobList", "{prefix}.api.job.list", ("ListJobs", Some("JobList")), (Client, Broker), true,
+        "The job inventory: every deployed job and workflow with its cluster, triggers, pause, next fire time (with its trigger's zone) and last order."),
+    channel("jobGet", "{prefix}.api.job.get", ("GetJob", Some("JobInfo")), (Client, Broker), true,
+        "One job or workflow: its definition, pause and skipped slots, next 10 fire times, newest orders, and the workflows that run it."),
+    channel("jobControl", "{prefix}.api.job.control", ("JobControl", Some("JobControlReply")), (Client, Broker), true,
+        "Pause (its triggers do not fire; with all, manual submits are refused too) or resume a job or workflow; stored before the reply, held by every broker and Scheduler after. Admin only."),
     channel("orderGet", "{prefix}.api.order.get", ("GetOrder", Some("OrderInfo")), (Client, Broker), true,
         "Look up one order and its current state."),
     channel("status", "{prefix}.api.status", ("StatusRequest", Some("StatusReply")), (Client, Broker), true,
@@ -243,7 +255,7 @@ const CHANNELS: &[Channel] = {
     channel("orderFinished", "{prefix}.events.{job}.{order_id}.finished", ("OrderFinished", None), (Broker, Client), false,
         "Event: the order reached a final state (succeeded, failed or cancelled; a failed workflow order can still be resumed)."),
     channel("audit", "{prefix}.audit.{command}", ("AuditRecord", None), (Broker, Client), false,
-        "The audit trail: one record per state-changing command (deploy, order cancel, suspend and resume, subagent and Scheduler switch-overs) once its outcome is known, kept in the JetStream stream `{prefix}_audit` (read by `baton audit`; of the client roles only `admin` may read it)."),
+        "The audit trail: one record per state-changing command (deploy and undeploy, job pause and resume, order cancel, suspend and resume, subagent and Scheduler switch-overs) once its outcome is known, kept in the JetStream stream `{prefix}_audit` (read by `baton audit`; of the client roles only `admin` may read it)."),
     ]
 };
 
@@ -681,6 +693,9 @@ mod tests {
             s.broker_changed("BROKER"),
             s.audit("COMMAND"),
             s.certificate(),
+            s.job_list(),
+            s.job_get(),
+            s.job_control(),
         ]
         .into_iter()
         .collect();

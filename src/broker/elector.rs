@@ -294,6 +294,7 @@ impl Elector {
             off: action == SchedulerAction::Off,
             by: req.sender.get().describe(),
             at_ms: now_ms(),
+            all: false,
         };
         let reply = SchedulerControlReply {
             agent_id,

@@ -108,6 +108,7 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
                 jobs: deployment.jobs,
                 clusters: deployment.clusters,
                 workflows: deployment.workflows,
+                ..Default::default()
             },
             Duration::from_secs(10),
         )

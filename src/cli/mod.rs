@@ -8,6 +8,7 @@ mod audit;
 mod auth;
 mod client;
 mod dev;
+mod jobs;
 mod orders;
 mod output;
 mod startup;
@@ -165,7 +166,20 @@ pub enum Command {
     /// order.
     Agent(AgentArgs),
     /// Validate job definitions from TOML files and deploy them
+    ///
+    /// The answer lists the plan: what was added, changed (field by field),
+    /// removed (with --prune) and left unchanged; --dry-run prints the plan
+    /// and changes nothing.
     Deploy(client::DeployArgs),
+    /// Remove deployed jobs or workflows (their pauses go with them)
+    ///
+    /// Refused while a remaining workflow has a step running the job, naming
+    /// the workflow. Unfinished orders of a removed job: waiting ones fail
+    /// when dispatched, running ones finish.
+    Undeploy(jobs::UndeployArgs),
+    /// List, show, pause or resume the deployed jobs and workflows
+    #[command(subcommand)]
+    Job(jobs::JobCommand),
     /// Submit an order for a deployed job or workflow
     Submit(submit::SubmitArgs),
     /// Show, list, suspend, resume or cancel orders, or print their logs
@@ -397,6 +411,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ok)
         }
         Command::Deploy(a) => client::deploy(&config, a).await.map(|_| ok),
+        Command::Undeploy(a) => jobs::undeploy(&config, a).await.map(|_| ok),
+        Command::Job(c) => jobs::run(&config, c).await.map(|_| ok),
         Command::Submit(a) => submit::submit(&config, a).await,
         Command::Watch(a) => client::watch(&config, a).await.map(|_| ok),
         Command::Order(c) => orders::run(&config, c).await.map(|_| ok),

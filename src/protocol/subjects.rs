@@ -117,6 +117,21 @@ impl Subjects {
         format!("{}.api.order.list", self.prefix)
     }
 
+    /// The job inventory: every deployed job and workflow ([`super::ListJobs`]).
+    pub fn job_list(&self) -> String {
+        format!("{}.api.job.list", self.prefix)
+    }
+
+    /// One job or workflow in full ([`super::GetJob`]).
+    pub fn job_get(&self) -> String {
+        format!("{}.api.job.get", self.prefix)
+    }
+
+    /// Pause or resume a job or workflow ([`super::JobControl`], admin only).
+    pub fn job_control(&self) -> String {
+        format!("{}.api.job.control", self.prefix)
+    }
+
     pub fn kill(&self, subagent: &str) -> String {
         format!("{}.subagent.{subagent}.kill", self.prefix)
     }

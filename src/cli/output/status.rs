@@ -161,6 +161,19 @@ pub fn status_text(s: &StatusReply) -> String {
             s.workflows.join(", ")
         );
     }
+    for (name, pause) in &s.paused {
+        let all = if pause.all {
+            "; manual submits refused too"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "paused: {name} (its triggers do not fire), by {} at {}{all}",
+            pause.by,
+            clock_s(pause.at_ms)
+        );
+    }
     agents_text(&mut out, &s.agents);
     let _ = writeln!(out, "subagents ({}):", s.subagents.len());
     if s.subagents.is_empty() {
