@@ -110,6 +110,7 @@ wire_types![
     JobInfo,
     JobControl,
     JobControlReply,
+    TriggersChanged,
 ];
 
 /// The kinds of process on the bus.
@@ -242,6 +243,8 @@ const CHANNELS: &[Channel] = {
         "An operator turns an agent's Scheduler role on (moving it from the current one) or off."),
     channel("agentChanged", "{prefix}.cluster.agent.{agent_id}", ("AgentChanged", None), (Broker, Client), false,
         "Event: an agent became Scheduler or spare, joined or was lost, as the broker saw it."),
+    channel("triggersChanged", "{prefix}.cluster.scheduler", ("TriggersChanged", None), (Broker, Client), false,
+        "Event: the deployed triggers stopped firing because no agent can hold the Scheduler role (the reason says why: none connected, all turned off, none under the broker's control, all too unhealthy), or fire again."),
     channel("brokerChanged", "{prefix}.cluster.broker.{broker_id}", ("BrokerChanged", None), (Broker, Client), false,
         "Event: a broker became active (with its epoch) or stepped down."),
     channel("orderAccepted", "{prefix}.events.{job}.{order_id}.accepted", ("OrderAccepted", None), (Broker, Client), false,
@@ -696,6 +699,7 @@ mod tests {
             s.job_list(),
             s.job_get(),
             s.job_control(),
+            s.triggers_changed(),
         ]
         .into_iter()
         .collect();

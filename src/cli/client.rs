@@ -292,10 +292,13 @@ pub async fn watch(config: &Config, args: WatchArgs) -> anyhow::Result<()> {
     let mut events = bus.listen_raw(subject.clone()).await?.boxed_local();
     if args.job.is_none() && args.order.is_none() {
         // everything: subagents joining, lost, back, draining, leaving too,
-        // and agents taking or losing the Scheduler role
+        // agents taking or losing the Scheduler role, and triggers that stop
+        // (or start again) firing
         let changes = bus.listen_raw(s.subagent_changes()).await?;
         let roles = bus.listen_raw(s.agent_changes()).await?;
         let leaders = bus.listen_raw(s.broker_changes()).await?;
+        let firing = bus.listen_raw(s.triggers_changed()).await?;
+        let roles = futures::stream::select(roles, firing);
         let changes = futures::stream::select(changes, futures::stream::select(roles, leaders));
         events = futures::stream::select(events, changes).boxed_local();
     }
@@ -312,6 +315,7 @@ pub async fn watch(config: &Config, args: WatchArgs) -> anyhow::Result<()> {
                     Some((_, _, kind)) => output::event_line(kind, &payload, args.json),
                     None if subject.starts_with(&s.agent_changed("")) => output::agent_line(&payload, args.json),
                     None if subject.starts_with(&s.broker_changed("")) => output::broker_line(&payload, args.json),
+                    None if subject == s.triggers_changed() => output::triggers_line(&payload, args.json),
                     None => output::subagent_line(&payload, args.json),
                 };
                 match line {

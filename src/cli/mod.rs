@@ -204,7 +204,23 @@ pub enum Command {
     /// this to move it by hand. Waits until the agent reports its new role.
     #[command(subcommand)]
     Scheduler(client::SchedulerCommand),
-    /// Start a local cluster (nats-server, a broker, three subagents) for trying Baton
+    /// Start a local cluster (nats-server, a broker, subagents, agents) for trying Baton
+    ///
+    /// Run it from the top of the Baton repository. Everything lives in
+    /// .baton/dev/: JetStream data, credentials (auth/), nats-server's log
+    /// (nats-server.log) and each child's log (logs/NAME.log, also printed
+    /// here prefixed with [NAME]).
+    ///
+    /// One `baton dev` per folder: it locks .baton/dev/lock before touching
+    /// the folder, and a second one there is refused, naming the pid of the
+    /// first. The lock goes with the processes holding it, kill -9 included
+    /// (nats-server shares it, so a server left running still holds it).
+    ///
+    /// When a broker, subagent or agent ends (kill -9 one to watch the others
+    /// carry on), baton dev says which one, how it ended and where its log is,
+    /// and starts it again. It stops the whole cluster and exits with status 2
+    /// instead when nats-server ends, when a process ends before the cluster
+    /// is up, or when one child ends a fourth time within a minute.
     Dev(dev::DevArgs),
     /// Measure Baton on a local cluster it starts itself
     #[command(subcommand)]

@@ -216,6 +216,11 @@ impl Subjects {
     }
 
     /// Wildcard matching every agent role change.
+    /// Whether the triggers fire ([`super::TriggersChanged`]).
+    pub fn triggers_changed(&self) -> String {
+        format!("{}.cluster.scheduler", self.prefix)
+    }
+
     pub fn agent_changes(&self) -> String {
         self.agent_changed("*")
     }

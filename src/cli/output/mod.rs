@@ -21,7 +21,7 @@ use std::time::{Duration, UNIX_EPOCH};
 pub use audit::audit_text;
 pub use events::{
     agent_line, broker_line, changed_text, event_line, finished_line, log_text, subagent_line,
-    written_by_another,
+    triggers_line, written_by_another,
 };
 pub use jobs::{job_list_text, job_switched_text, job_text, plan_text};
 pub use orders::{control_line, order_list_text, order_text, task_of, Control, StepTails};
