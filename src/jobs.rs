@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod retry;
+
 use crate::params::{resolve_declared, validate_declared, ParamDef};
 pub use crate::params::{ParamError, MAX_PARAMS, MAX_PARAM_BYTES};
 use crate::protocol::subjects::is_valid_token;
@@ -93,6 +95,8 @@ struct JobDef {
     misfire: Option<MisfireDef>,
     #[serde(default)]
     concurrency: ConcurrencyPolicy,
+    #[serde(default)]
+    retry: Option<retry::RetryDef>,
 }
 
 /// A `[[job.triggers]]` (or `[[workflow.triggers]]`) table: [`TriggerSpec`] with unknown keys refused
@@ -265,6 +269,7 @@ pub fn parse_deploy_file(file: &str, text: &str) -> Result<Deployment, DeployFil
             triggers: def.triggers.into_iter().map(TriggerSpec::from).collect(),
             misfire: def.misfire.map(MisfirePolicy::from).unwrap_or_default(),
             concurrency: def.concurrency,
+            retry: def.retry.map(Into::into),
         };
         validate_job(&spec).map_err(invalid)?;
         if seen.insert(spec.name.clone(), ()).is_some() {
@@ -375,6 +380,9 @@ pub fn validate_job(job: &JobSpec) -> Result<(), JobError> {
     }
     if let Err(e) = job.misfire.validate() {
         return Err(err("misfire", e.to_string()));
+    }
+    if let Some(Err((field, message))) = job.retry.as_ref().map(retry::validate) {
+        return Err(err(field, message));
     }
     for arg in &job.args {
         for used in placeholders(arg) {
@@ -509,6 +517,50 @@ default = "world"
         assert!(jobs[0].restartable);
         assert_eq!(jobs[0].timeout_ms, Some(30_000));
         assert_eq!(jobs[0].params["who"].default.as_deref(), Some("world"));
+    }
+
+    #[test]
+    fn retry_tables_parse_and_bad_ones_name_their_field() {
+        let text = format!("{GOOD}\n");
+        let text = text.replace(
+            "timeout = \"30s\"",
+            "timeout = \"30s\"\nretry = { times = 3, backoff = \"2s\", max_backoff = \"1m\", jitter = true }",
+        );
+        let jobs = parse_deploy_file("jobs.toml", &text).unwrap().jobs;
+        let policy = crate::protocol::RetryPolicy {
+            times: 3,
+            backoff_ms: 2_000,
+            max_backoff_ms: Some(60_000),
+            jitter: true,
+        };
+        assert_eq!(jobs[0].retry, Some(policy));
+        assert_eq!(
+            parse_deploy_file("jobs.toml", GOOD).unwrap().jobs[0].retry,
+            None
+        );
+        for (bad, field) in [
+            ("times = 0, backoff = \"2s\"", "retry.times"),
+            ("times = 1000, backoff = \"2s\"", "retry.times"),
+            ("times = 3, backoff = \"0s\"", "retry.backoff"),
+            (
+                "times = 3, backoff = \"2s\", max_backoff = \"1s\"",
+                "retry.max_backoff",
+            ),
+        ] {
+            let text = GOOD.replace("timeout = \"30s\"", &format!("retry = {{ {bad} }}"));
+            let e = parse_deploy_file("jobs.toml", &text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("field '{field}'")), "{bad}: {e}");
+        }
+        // unknown keys and a missing backoff are refused by the parser
+        for bad in ["times = 3", "times = 3, backoff = \"2s\", jiter = true"] {
+            let text = GOOD.replace("timeout = \"30s\"", &format!("retry = {{ {bad} }}"));
+            let e = parse_deploy_file("jobs.toml", &text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("retry"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! - [`bus`]: the only importer of async_nats: connect, typed publish/request/serve, KV buckets.
 //! - [`config`]: one `Config` tree, layered defaults < TOML file < `BATON_*` env < flags.
 //! - [`daemon`]: what every long-running process shares: logging, the stop signal, connecting from its configuration.
-//! - [`jobs`]: the deploy file format and job validation (pure).
+//! - [`jobs`]: the deploy file format and job validation, and a job's
+//!   retries (`jobs/retry.rs`) (pure).
 //! - [`params`]: parameter declarations and values, the rules jobs and workflows share (pure).
 //! - [`workflow`]: workflow definitions and validation, and the order/step state machine (pure).
 //! - [`broker`]: the Broker and Elector actors and their pure parts (registry, placement, order book, health, election).

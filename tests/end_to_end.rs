@@ -177,6 +177,7 @@ async fn hundred_orders_from_a_plain_client() {
         triggers: Vec::new(),
         misfire: Default::default(),
         concurrency: Default::default(),
+        retry: None,
     };
     let client = PlainClient::connect(&h.nats_url(), &seed).await;
     let request = DeployRequest {

@@ -30,6 +30,7 @@ pub fn bench_job(name: &str, program: &str, args: Vec<String>) -> JobSpec {
         triggers: Vec::new(),
         misfire: Default::default(),
         concurrency: Default::default(),
+        retry: None,
     }
 }
 

@@ -59,6 +59,9 @@ pub struct JobSpec {
     /// What a slot does while an earlier run of the job is still active.
     #[serde(default)]
     pub concurrency: super::ConcurrencyPolicy,
+    /// Whether, and how, a failed task runs again; none: the order fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<super::RetryPolicy>,
 }
 
 fn yes() -> bool {
@@ -326,6 +329,25 @@ pub struct OrderInfo {
     /// share it); absent when none of its triggers has that slot now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fired_by: Option<super::FiredBy>,
+    /// Retries of its job's `retry` policy used so far.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u32,
+    /// While it waits for a retry: when it runs again (ms since the epoch);
+    /// `reason` says which retry and after what.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at_ms: Option<u64>,
+    /// A job order's tasks, oldest first: the newest
+    /// [`TaskAttempt`](super::TaskAttempt)s, `attempts_dropped` older ones
+    /// left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<super::TaskAttempt>,
+    /// Older tasks left out of `attempts`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts_dropped: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl OrderInfo {
@@ -360,6 +382,10 @@ impl OrderInfo {
             parent: None,
             submitted_by: None,
             fired_by: None,
+            retries: 0,
+            retry_at_ms: None,
+            attempts: Vec::new(),
+            attempts_dropped: 0,
         }
     }
 
@@ -388,6 +414,7 @@ impl OrderInfo {
             slot_ms: self.slot_ms,
             reason: self.reason.clone(),
             fired_by: self.fired_by.clone(),
+            retry_at_ms: self.retry_at_ms,
         }
     }
 }
@@ -514,12 +541,15 @@ pub struct OrderSummary {
     /// The trigger slot it fires, for an order a Scheduler submitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot_ms: Option<u64>,
-    /// Why it failed, was cancelled, or is in doubt.
+    /// Why it failed, was cancelled, is in doubt, or waits for a retry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The trigger whose slot it fires (as in [`OrderInfo::fired_by`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fired_by: Option<super::FiredBy>,
+    /// While it waits for a retry: when it runs again (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at_ms: Option<u64>,
 }
 
 /// `{p}.api.order.cancel`: cancel an order. A waiting order is cancelled at

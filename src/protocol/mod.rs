@@ -16,6 +16,7 @@ pub mod audit;
 pub mod cluster;
 pub mod events;
 pub mod inventory;
+pub mod retry;
 pub mod schedule;
 pub mod subjects;
 pub mod workflow;
@@ -26,6 +27,7 @@ pub use audit::*;
 pub use cluster::*;
 pub use events::*;
 pub use inventory::*;
+pub use retry::{AttemptOutcome, RetryPolicy, TaskAttempt};
 pub use schedule::{ConcurrencyPolicy, FiredBy, FiredSlot, MisfirePolicy, TriggerSpec};
 pub use subjects::{EventKind, Subjects};
 

@@ -27,7 +27,11 @@
 //! - when the subagent confirms the start, `running` (in the background:
 //!   nothing waits for it);
 //! - when the order goes back to the queue (dispatch refused, task lost,
-//!   abandoned or past its orphan deadline), `accepted` without a task;
+//!   abandoned or past its orphan deadline, a retry due), `accepted`
+//!   without a task;
+//! - when a failed task's order waits for its retry, `accepted` without a
+//!   task and with `retry_at_ms`, before the result is acknowledged and
+//!   the retry's timer armed (`retries.rs`; written until it is stored);
 //! - on a cancel of a running order (`cancel_requested`);
 //! - when final, before the subagent's result is acknowledged (the
 //!   subagent repeats its result until the final state is stored; a final
@@ -148,6 +152,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                 // a workflow order follows its step orders only as far as
                 // the journal does: after a crash it is never ahead of them
                 self.step_order_stored(&info);
+                self.retry_stored(&info);
             }
             Stored::Ended(ended, revision) => {
                 warn!(order = %order_id, state = ?ended.state, "the order ended meanwhile, stored by another broker; taking that end");
@@ -169,12 +174,15 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         if !writes.next.is_empty() {
             return self.write(order_id, writes.next);
         }
-        // a final state, a cancel, or any state of a workflow order (a
-        // command it answered) is written until it is stored
+        // a final state, a cancel, a retry's due time, or any state of a
+        // workflow order (a command it answered) is written until it is stored
         let must_land = !ok
-            && self
-                .info_of(&order_id)
-                .is_some_and(|o| o.state.is_final() || o.cancel_requested || o.workflow.is_some());
+            && self.info_of(&order_id).is_some_and(|o| {
+                o.state.is_final()
+                    || o.cancel_requested
+                    || o.workflow.is_some()
+                    || o.retry_at_ms.is_some()
+            });
         if must_land {
             self.later(JOURNAL_RETRY, super::Timer::Rewrite { order_id });
         }
@@ -242,7 +250,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                 self.registry.release(&s, &t, true);
             }
         }
-        let restored = Order::restore(&ended, order.restartable);
+        let restored = Order::restore(&ended, order.restartable).with_retry(order.retry);
         self.book.adopt(restored);
         self.unannounced.remove(&ended.order_id);
         self.publish(Event::finished(&ended, self.now.ms));

@@ -19,7 +19,8 @@
 //!   repeats) and cancels; `flows/`: workflow orders and their step
 //!   orders; `events.rs`: every order event, built from the order's record;
 //!   `refusal.rs`: why a request is refused, with its wire code;
-//!   `takeover.rs`: the state a new active broker starts from.
+//!   `takeover.rs`: the state a new active broker starts from;
+//!   `retries.rs`: job orders waiting for a retry, and their timers.
 //! - `deploy.rs`: deploys and bucket changes; `switch.rs`: an operator's
 //!   switch-over of a subagent; `waiting.rs`: why an order waits for a
 //!   subagent, told once per reason.
@@ -43,6 +44,7 @@ mod orders;
 mod pause;
 pub mod plan;
 mod refusal;
+mod retries;
 mod subagents;
 mod submit;
 mod switch;
@@ -289,6 +291,8 @@ pub enum Timer {
     },
     /// A step's retry is due.
     RetryDue { flow_id: String, step: String },
+    /// A job order's retry is due.
+    OrderRetry { order_id: String },
 }
 
 /// The broker's state, and every decision over it.
@@ -382,6 +386,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             let after = core.config.broker.subagent_timeout;
             core.later(after, Timer::Unseen);
         }
+        core.arm_retries();
         core.resume_flows();
         core
     }
@@ -444,6 +449,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                 reason,
             }) => self.fail_step(parent, order_id, reason),
             Input::Timer(Timer::RetryDue { flow_id, step }) => self.retry_due(flow_id, step),
+            Input::Timer(Timer::OrderRetry { order_id }) => self.order_retry_due(order_id),
             Input::Check => self.check_liveness(),
         }
         self.take_effects()
@@ -510,5 +516,15 @@ impl<R> Core<R> {
         self.book
             .get(order_id)
             .is_some_and(|o| o.phase.is_final() && o.task_id.as_deref() == Some(task_id))
+    }
+
+    /// Whether the order of `task_id` waits for a retry after that task,
+    /// as held here (for the simulation's checks).
+    pub(in crate::broker) fn retrying_after(&self, task_id: &str) -> bool {
+        let order_id = task_id.rsplit_once('-').map_or(task_id, |(o, _)| o);
+        self.book.get(order_id).is_some_and(|o| {
+            o.phase == super::order_book::Phase::Retrying
+                && o.attempts.kept.last().map(|a| a.task_id.as_str()) == Some(task_id)
+        })
     }
 }

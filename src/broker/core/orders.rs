@@ -253,14 +253,22 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         let event = OrderEvent::Finished {
             task_id: r.task_id.clone(),
             outcome,
+            at_ms: self.now.ms,
         };
         match self.book.apply(&r.order_id, event) {
-            Ok(Applied::Moved { .. }) => {
+            Ok(Applied::Moved { to: phase, .. }) => {
                 let ack = Then::Ack {
                     to,
                     task_id: r.task_id,
                 };
-                self.finish(&r.order_id, ack);
+                if phase == Phase::Retrying {
+                    // its due time is stored before the result is
+                    // acknowledged, and its timer armed once stored
+                    info!(order = %r.order_id, "task failed; the order waits for its retry");
+                    self.store(&r.order_id, ack);
+                } else {
+                    self.finish(&r.order_id, ack);
+                }
                 self.dispatch();
             }
             Ok(Applied::Stale) => {
@@ -279,10 +287,12 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         }
     }
 
-    /// Acknowledges a result that changed nothing; for a final order only
-    /// once its state is stored (a repeated result may follow a failed write).
+    /// Acknowledges a result that changed nothing; for a final order, or
+    /// one waiting for its retry, only once its state is stored (a repeated
+    /// result may follow a failed write, or overtake one in flight).
     fn ack_stale(&mut self, order_id: &str, ack: Then<R>) {
-        if self.book.get(order_id).is_some_and(|o| o.phase.is_final()) {
+        let stored_first = |o: &Order| o.phase.is_final() || o.phase == Phase::Retrying;
+        if self.book.get(order_id).is_some_and(stored_first) {
             self.store(order_id, ack);
         } else {
             self.follow_up(order_id, ack, true);

@@ -73,7 +73,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         let Some(spec) = self.jobs.get(&job) else {
             return self.refuse(&to, self.unknown_job(job));
         };
-        let (concurrency, restartable) = (spec.concurrency, spec.restartable);
+        let (concurrency, restartable, retry) = (spec.concurrency, spec.restartable, spec.retry);
         let params = match jobs::resolve_params(spec, &params) {
             Ok(params) => params,
             Err(e) => return self.refuse(&to, Refusal::InvalidParam(e.to_string())),
@@ -99,6 +99,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         };
         let mut order = Order::new(order_id, job, params, request_id, self.now.ms);
         order.restartable = restartable;
+        order.retry = retry;
         order.slot_ms = slot_ms;
         order.submitted_by = by;
         self.create(order, Pending::Job { to, overlap });
@@ -176,9 +177,9 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             return;
         }
         info!(order = %stored.order_id, "order stored by an earlier try of its submit taken up");
-        let restartable = self.jobs.get(&stored.job).is_some_and(|j| j.restartable);
-        self.book.restore([Order::restore(&stored, restartable)]);
+        self.book.restore([self.restored(&stored)]);
         self.set_revision(&stored.order_id, revision);
+        self.retry_stored(&stored);
         self.dispatch();
     }
 

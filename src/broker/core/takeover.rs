@@ -1,5 +1,7 @@
 //! Taking over: what a broker that becomes active starts from, rebuilt
-//! from what the journal holds (read by `recovery::recover`). Pure.
+//! from what the journal holds (read by `recovery::recover`). Pure. An
+//! order waiting for its retry is restored waiting, with its due time;
+//! `Core::new` arms its timer (`retries.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -79,8 +81,9 @@ impl Recovered {
         let restored = orders.values().map(|(info, _)| {
             // a job removed since: its waiting orders fail at dispatch, and an
             // inherited task is never run twice
-            let restartable = jobs.get(&info.job).is_some_and(|j| j.restartable);
-            Order::restore(info, restartable)
+            let job = jobs.get(&info.job);
+            let restartable = job.is_some_and(|j| j.restartable);
+            Order::restore(info, restartable).with_retry(job.and_then(|j| j.retry))
         });
         let mut book = OrderBook::new(keep_finished);
         book.restore(restored);

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::broker::order_book::Order;
+use crate::broker::order_book::{Order, Phase};
 use crate::workflow::{Event as FlowEvent, FlowOrder};
 
 const T0: u64 = 1_800_000_000_000;
@@ -24,8 +24,13 @@ fn now(base: Instant, ms: u64) -> Now {
 /// A core that took over `orders` with job `j` deployed; replies go to a
 /// number.
 fn core_over(base: Instant, orders: Vec<OrderInfo>) -> Core<u32> {
+    core_with(base, job("j"), orders)
+}
+
+/// [`core_over`] with job `j` as given.
+fn core_with(base: Instant, j: JobSpec, orders: Vec<OrderInfo>) -> Core<u32> {
     let journal = Journal {
-        jobs: [("j".to_string(), job("j"))].into(),
+        jobs: [("j".to_string(), j)].into(),
         orders: (orders.into_iter().enumerate())
             .map(|(i, o)| (o.order_id.clone(), (o, i as u64 + 1)))
             .collect(),
@@ -259,6 +264,168 @@ fn a_deploy_warns_of_an_at_trigger_in_the_past_and_an_unmatched_cluster() {
         warnings.contains("cluster 'zone-b': no known subagent"),
         "{warnings}"
     );
+}
+
+fn retrying_job() -> JobSpec {
+    JobSpec {
+        retry: Some(RetryPolicy {
+            times: 2,
+            backoff_ms: 2_000,
+            max_backoff_ms: None,
+            jitter: false,
+        }),
+        ..job("j")
+    }
+}
+
+fn running_on_s1(id: &str) -> OrderInfo {
+    let mut running = queued(id);
+    running.state = OrderState::Running;
+    running.task_id = Some(format!("{id}-1"));
+    running.subagent_id = Some("s1".into());
+    running.subagent_instance_id = Some("s1#1".into());
+    running.attempt = 1;
+    running
+}
+
+fn failed_result(task_id: &str, order_id: &str) -> TaskResult {
+    TaskResult {
+        task_id: task_id.into(),
+        order_id: order_id.into(),
+        job: "j".into(),
+        attempt: 1,
+        subagent_id: "s1".into(),
+        exit_code: Some(1),
+        signal: None,
+        timed_out: false,
+        error: None,
+        abandoned: None,
+        outputs: Default::default(),
+        pid: None,
+        started_at_ms: T0,
+        finished_at_ms: T0 + 5,
+    }
+}
+
+fn retry_timer(effects: &[Effect<u32>]) -> Option<Duration> {
+    effects.iter().find_map(|e| match e {
+        Effect::Later {
+            after,
+            timer: Timer::OrderRetry { .. },
+        } => Some(*after),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_retry_is_stored_before_its_result_is_acknowledged_and_its_timer_armed() {
+    let base = Instant::now();
+    let mut core = core_with(base, retrying_job(), vec![running_on_s1("o")]);
+    let result = failed_result("o-1", "o");
+    let effects = core.step(Input::Result(7, result), now(base, 10));
+    assert!(replies(&effects).is_empty(), "no ack before the write");
+    assert_eq!(retry_timer(&effects), None, "no timer before the write");
+    let info = written(effects);
+    assert_eq!(info.state, OrderState::Accepted);
+    assert_eq!(info.retry_at_ms, Some(T0 + 10 + 2_000));
+    // not stored: no ack, no timer, written again
+    let stored = Stored::Unknown("timeout".into());
+    let effects = core.step(Input::Written { info, stored }, now(base, 20));
+    assert!(replies(&effects).is_empty() && retry_timer(&effects).is_none());
+    let again = effects.iter().any(|e| {
+        matches!(e, Effect::Later { timer: Timer::Rewrite { order_id }, .. } if order_id == "o")
+    });
+    assert!(again, "a retry's due time is written until it lands");
+    // the result repeated meanwhile: acknowledged only once stored
+    let repeated = failed_result("o-1", "o");
+    let effects = core.step(Input::Result(8, repeated), now(base, 1_020));
+    assert!(replies(&effects).is_empty(), "{effects:?}");
+    let info = written(effects);
+    let stored = Stored::At(3);
+    let effects = core.step(Input::Written { info, stored }, now(base, 1_030));
+    assert!(matches!(replies(&effects).as_slice(), [(8, Reply::Ack(_))]));
+    assert_eq!(
+        retry_timer(&effects),
+        Some(Duration::from_millis(980)),
+        "armed for its due time once stored: {effects:?}"
+    );
+    // due: back in the queue, stored without its due time
+    let due = Timer::OrderRetry {
+        order_id: "o".into(),
+    };
+    let info = written(core.step(Input::Timer(due), now(base, 2_010)));
+    assert_eq!((info.retry_at_ms, info.retries), (None, 1));
+    assert_eq!(core.book.get("o").unwrap().phase, Phase::Queued);
+}
+
+#[test]
+fn a_broker_taking_over_arms_the_retries_its_journal_shows_waiting() {
+    let base = Instant::now();
+    let mut soon = queued("soon");
+    soon.retry_at_ms = Some(T0 + 3_000);
+    soon.retries = 1;
+    soon.reason = Some("retry 1 of 2 after exit 1".into());
+    let mut overdue = queued("overdue");
+    overdue.retry_at_ms = Some(T0 - 60_000);
+    overdue.retries = 1;
+    let journal = Journal {
+        jobs: [("j".to_string(), retrying_job())].into(),
+        orders: [soon, overdue]
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| (o.order_id.clone(), (o, i as u64 + 1)))
+            .collect(),
+        ..Journal::default()
+    };
+    let recovered = Recovered::from_journal(journal, 100);
+    let tenure = lease::Tenure::new(base, Duration::from_secs(3600));
+    let mut core: Core<u32> = Core::new(
+        "b".into(),
+        Config::default(),
+        1,
+        tenure,
+        recovered,
+        1,
+        now(base, 0),
+    );
+    let mut timers: Vec<(String, Duration)> = (core.take_effects().into_iter())
+        .filter_map(|e| match e {
+            Effect::Later {
+                after,
+                timer: Timer::OrderRetry { order_id },
+            } => Some((order_id, after)),
+            _ => None,
+        })
+        .collect();
+    timers.sort();
+    assert_eq!(
+        timers,
+        [
+            ("overdue".to_string(), Duration::ZERO),
+            ("soon".to_string(), Duration::from_millis(3_000))
+        ]
+    );
+    let info = core.info_of("soon").unwrap();
+    assert_eq!(info.reason.as_deref(), Some("retry 1 of 2 after exit 1"));
+    // early (the wall clock stepped back): armed again, not run
+    let due = Timer::OrderRetry {
+        order_id: "soon".into(),
+    };
+    let effects = core.step(Input::Timer(due), now(base, 1_000));
+    assert_eq!(retry_timer(&effects), Some(Duration::from_millis(2_000)));
+    // a cancel ends it at once, and its timer then does nothing
+    let cancel = CancelOrder {
+        order_id: "soon".into(),
+        kill: true,
+    };
+    let effects = core.step(Input::Cancel(9, cancel), now(base, 1_500));
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Kill { .. })));
+    assert_eq!(written(effects).state, OrderState::Cancelled);
+    let due = Timer::OrderRetry {
+        order_id: "soon".into(),
+    };
+    let effects = core.step(Input::Timer(due), now(base, 3_000));
+    assert!(effects.is_empty(), "{effects:?}");
 }
 
 /// A submit of job `j`, by a trigger's slot or by a client.

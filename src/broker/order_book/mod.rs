@@ -8,13 +8,16 @@
 //! Pure: no clock reads, no IO. The broker's core (`core/`) feeds it
 //! events and acts on the transitions it returns.
 
+mod attempts;
 mod order;
+mod record;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{HashMap, VecDeque};
 
 use crate::protocol::{ListOrders, OrderCounts, OrderInfo, OrderList, OrderState, OrderSummary};
+pub use attempts::{Attempts, KEEP_ATTEMPTS};
 pub use order::*;
 
 /// Default and largest `limit` of an order list.

@@ -41,7 +41,9 @@
 //! | Dispatching, Running | SubagentLost (silent past the subagent timeout, or restarted under its id) | Orphaned until the subagent's orphan timeout and kill grace have passed since it was last heard |
 //! | Orphaned | OrphanDeadline | as Certified, but the attempt counts even unconfirmed: the process may live on and would answer its task id as a duplicate |
 //! | Orphaned | SubagentReturned (still runs the task) | Running |
-//! | Dispatching, Running, Orphaned | Finished (result of the current task) | Succeeded (exit 0) or Failed; Cancelled when a cancel was requested |
+//! | Dispatching, Running, Orphaned | Finished (result of the current task) | Succeeded (exit 0) or Failed; Cancelled when a cancel was requested; Retrying when it failed (non-zero exit, signal, timeout) and its job's `retry` policy has retries left |
+//! | Retrying | RetryDue (its `retry_at_ms` has come) | Queued: the next task is a new attempt, placed anew |
+//! | Retrying | Cancel | Cancelled, at once |
 //! | Dispatching, Running, Orphaned | Abandoned (its subagent killed it: orphan or drain timeout, or a cancel with kill) | as Certified |
 //! | Queued | Cancel | Cancelled |
 //! | Dispatching, Running, Orphaned | Cancel | unchanged, cancel requested: it ends Cancelled and never runs again |
@@ -52,23 +54,35 @@
 //! | Dispatching, Running, inherited | SubagentLost, not known dead: not heard from within `broker.subagent_timeout` of the takeover | Orphaned until now + `subagent.orphan_timeout` + kill grace + margin; still reconciled if heard from |
 //! | any | an event about another task, or a repeat | unchanged (Stale) |
 //!
-//! Final phases never change. On the wire Queued and Dispatching are both
-//! `accepted`.
+//! Final phases never change. On the wire Queued, Dispatching and Retrying
+//! are all `accepted` (Retrying with `retry_at_ms`, and `reason` saying
+//! which retry after what: "retry 2 of 3 after exit 1"). A retry's wait is
+//! `jobs::retry::next_retry`'s, from the broker's time of the result.
+//!
+//! Every task placed is kept in the order's history (`attempts.rs`): where
+//! it ran, how it ended (a lost task says whether it was known to run, was
+//! never confirmed started, or had ended unreported), and why the order
+//! ran again after it. A placement that surely never reached its subagent
+//! (DispatchFailed) is no task and leaves none.
 //!
 //! A broker taking over rebuilds the book from the journal ([`Order::restore`],
 //! [`super::OrderBook::restore`]): `accepted` without a task is Queued (in
-//! acceptance order); `accepted` with a task is Dispatching and `running` is
+//! acceptance order), or Retrying with its `retry_at_ms`; `accepted` with a task is Dispatching and `running` is
 //! Running, both `inherited` (placed by an earlier broker, fate unknown)
 //! until their subagent's first heartbeat or probe answer brings
 //! `Reconciled`, or until that subagent counts as lost; a final order keeps
 //! its phase (the newest 10,000 stay in memory; all are counted).
 //!
 //! Size: over the ~500-line mark with the transition table above and the
-//! one `apply` that carries it out, which read best side by side.
+//! one `apply` that carries it out, which read best side by side; the
+//! journal record (`info`, `restore`) is in `record.rs`, the history of
+//! tasks in `attempts.rs`.
 
 use std::collections::BTreeMap;
 
-use crate::protocol::{OrderInfo, OrderState, ParentStep};
+use super::attempts::{self, Attempts};
+use crate::jobs::retry;
+use crate::protocol::{OrderState, ParentStep, RetryPolicy};
 
 /// Where an order is, with the in-between step the wire state hides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +92,9 @@ pub enum Phase {
     /// Handed to a subagent that has not yet confirmed.
     Dispatching,
     Running,
+    /// Its task failed and its job's `retry` policy runs it again at
+    /// `retry_at_ms` (stored before anything waits on it).
+    Retrying,
     /// Its subagent is unreachable but may still run the task: waiting for a
     /// late result, the subagent's return, or its orphan timeout.
     Orphaned,
@@ -89,7 +106,7 @@ pub enum Phase {
 impl Phase {
     pub fn wire(self) -> OrderState {
         match self {
-            Phase::Queued | Phase::Dispatching => OrderState::Accepted,
+            Phase::Queued | Phase::Dispatching | Phase::Retrying => OrderState::Accepted,
             Phase::Running | Phase::Orphaned => OrderState::Running,
             Phase::Succeeded => OrderState::Succeeded,
             Phase::Failed => OrderState::Failed,
@@ -120,6 +137,13 @@ impl Outcome {
     pub fn succeeded(&self) -> bool {
         self.exit_code == Some(0) && self.error.is_none() && !self.timed_out
     }
+
+    /// A failure a job's `retry` policy runs again: a non-zero exit, a
+    /// signal, a timeout (not a task that could not run at all).
+    pub fn retryable(&self) -> bool {
+        use crate::protocol::AttemptOutcome::*;
+        matches!(attempts::classify(self), Exited | Signalled | TimedOut)
+    }
 }
 
 /// What happened to an order.
@@ -141,6 +165,12 @@ pub enum OrderEvent {
     Finished {
         task_id: String,
         outcome: Outcome,
+        /// When the broker took the result (a retry waits from then).
+        at_ms: u64,
+    },
+    /// A retry's due time came: the order waits for a subagent again.
+    RetryDue {
+        at_ms: u64,
     },
     /// The task's subagent is out of sight (silent, or another process took
     /// its id): it may still run the task until `rerun_at_ms`, when its own
@@ -264,6 +294,19 @@ pub struct Order {
     pub parent: Option<ParentStep>,
     /// The verified identity that submitted it.
     pub submitted_by: Option<String>,
+    /// Its job's retry policy (as deployed when it was accepted or restored).
+    pub retry: Option<RetryPolicy>,
+    /// Retries used so far.
+    pub retries: u32,
+    /// While `Retrying`: when it runs again.
+    pub retry_at_ms: Option<u64>,
+    /// While `Retrying`: which retry, after what.
+    pub retry_reason: Option<String>,
+    /// Its current task started, then ended without a result (found by a
+    /// broker taking over).
+    pub unreported: bool,
+    /// Its tasks, oldest first.
+    pub attempts: Attempts,
 }
 
 impl Order {
@@ -296,70 +339,19 @@ impl Order {
             outcome: None,
             parent: None,
             submitted_by: None,
+            retry: None,
+            retries: 0,
+            retry_at_ms: None,
+            retry_reason: None,
+            unreported: false,
+            attempts: Attempts::default(),
         }
     }
 
-    /// An order as the journal stored it, for a broker taking over:
-    /// `accepted` without a task waits in the queue; `accepted` with a task
-    /// (dispatched, never confirmed) and `running` keep their task on its
-    /// subagent, `inherited`; final orders stay as they ended. `restartable`
-    /// comes from the order's job.
-    pub fn restore(info: &OrderInfo, restartable: bool) -> Order {
-        let mut order = Order::new(
-            info.order_id.clone(),
-            info.job.clone(),
-            info.params.clone(),
-            info.request_id.clone(),
-            info.accepted_at_ms,
-        );
-        order.slot_ms = info.slot_ms;
-        order.submitted_by.clone_from(&info.submitted_by);
-        order.parent.clone_from(&info.parent);
-        order.restartable = restartable;
-        order.attempt = info.attempt;
-        order.cancel_requested = info.cancel_requested;
-        order.durable = true;
-        order.started_at_ms = info.started_at_ms;
-        order.task_id = info.task_id.clone();
-        order.subagent_id = info.subagent_id.clone();
-        order.subagent_instance_id = info.subagent_instance_id.clone();
-        let placed = order.task_id.is_some() && order.subagent_id.is_some();
-        order.phase = match info.state {
-            OrderState::Accepted if placed => Phase::Dispatching,
-            OrderState::Running if placed => {
-                order.confirmed = true;
-                Phase::Running
-            }
-            // a task never placed (a running one without a task is never
-            // journaled) waits for a subagent; the workflow-only states
-            // never describe a plain order
-            OrderState::Accepted
-            | OrderState::Running
-            | OrderState::Suspending
-            | OrderState::Suspended
-            | OrderState::Cancelling => {
-                order.task_id = None;
-                order.subagent_id = None;
-                order.subagent_instance_id = None;
-                Phase::Queued
-            }
-            OrderState::Succeeded => Phase::Succeeded,
-            OrderState::Failed => Phase::Failed,
-            OrderState::Cancelled => Phase::Cancelled,
-        };
-        order.inherited = matches!(order.phase, Phase::Dispatching | Phase::Running);
-        if order.phase.is_final() {
-            order.outcome = Some(Outcome {
-                exit_code: info.exit_code,
-                signal: info.signal,
-                timed_out: info.timed_out,
-                error: info.reason.clone(),
-                started_at_ms: info.started_at_ms,
-                finished_at_ms: info.finished_at_ms.unwrap_or(info.accepted_at_ms),
-                outputs: info.outputs.clone(),
-            });
-        }
-        order
+    /// The order with its job's retry policy.
+    pub fn with_retry(mut self, retry: Option<RetryPolicy>) -> Order {
+        self.retry = retry;
+        self
     }
 
     /// The id the next task of this order gets.
@@ -386,6 +378,8 @@ impl Order {
                     return Err(not_allowed("dispatched"));
                 }
                 self.attempt += 1;
+                self.attempts.placed(self.attempt, &task_id, &subagent_id);
+                self.unreported = false;
                 self.task_id = Some(task_id);
                 self.subagent_id = Some(subagent_id);
                 self.subagent_instance_id = Some(instance_id);
@@ -396,6 +390,7 @@ impl Order {
                 if from != Phase::Dispatching || !current(&task_id) {
                     return Ok(Applied::Stale);
                 }
+                self.attempts.unplaced(&task_id);
                 self.back_to_queue(false);
             }
             OrderEvent::Started { task_id, at_ms } => {
@@ -403,10 +398,15 @@ impl Order {
                     return Ok(Applied::Stale);
                 }
                 self.started_at_ms = Some(at_ms);
+                self.attempts.started(&task_id, at_ms);
                 self.confirmed = true;
                 self.phase = Phase::Running;
             }
-            OrderEvent::Finished { task_id, outcome } => {
+            OrderEvent::Finished {
+                task_id,
+                outcome,
+                at_ms,
+            } => {
                 let live = matches!(from, Phase::Dispatching | Phase::Running | Phase::Orphaned);
                 if !live || !current(&task_id) {
                     return Ok(Applied::Stale);
@@ -415,15 +415,41 @@ impl Order {
                 if outcome.started_at_ms.is_some() {
                     self.started_at_ms = outcome.started_at_ms;
                 }
-                self.phase = if self.cancel_requested {
-                    Phase::Cancelled
-                } else if outcome.succeeded() {
-                    Phase::Succeeded
-                } else {
-                    Phase::Failed
-                };
+                self.attempts
+                    .ended(&task_id, &outcome, self.cancel_requested);
                 self.rerun_at_ms = None;
-                self.outcome = Some(outcome);
+                let again = (!self.cancel_requested && outcome.retryable())
+                    .then(|| retry::next_retry(self.retry.as_ref(), &self.id, self.retries, at_ms))
+                    .flatten();
+                if let Some(r) = again {
+                    let why = format!(
+                        "retry {} of {} after {}",
+                        r.n,
+                        r.of,
+                        attempts::failure(&outcome)
+                    );
+                    self.attempts.rerun(why.clone());
+                    self.back_to_queue(true);
+                    self.retries = r.n;
+                    self.retry_at_ms = Some(r.at_ms);
+                    self.retry_reason = Some(why);
+                    self.phase = Phase::Retrying;
+                } else {
+                    self.phase = if self.cancel_requested {
+                        Phase::Cancelled
+                    } else if outcome.succeeded() {
+                        Phase::Succeeded
+                    } else {
+                        Phase::Failed
+                    };
+                    self.outcome = Some(outcome);
+                }
+            }
+            OrderEvent::RetryDue { at_ms } => {
+                if from != Phase::Retrying || self.retry_at_ms.is_some_and(|t| t > at_ms) {
+                    return Ok(Applied::Stale);
+                }
+                self.back_to_queue(true);
             }
             OrderEvent::SubagentLost {
                 subagent_id,
@@ -519,6 +545,7 @@ impl Order {
                     self.subagent_instance_id = Some(instance_id);
                 } else {
                     // it started and no longer runs: it ended, its result is on its way
+                    self.unreported = true;
                     self.phase = Phase::Orphaned;
                     let by = self
                         .rerun_at_ms
@@ -537,7 +564,7 @@ impl Order {
                 self.task_is_dead(&subagent_id, at_ms, why, true);
             }
             OrderEvent::Cancel { at_ms } => match from {
-                Phase::Queued => self.cancelled(at_ms),
+                Phase::Queued | Phase::Retrying => self.cancelled(at_ms),
                 Phase::Dispatching | Phase::Running | Phase::Orphaned => {
                     if self.cancel_requested {
                         return Ok(Applied::Stale);
@@ -588,12 +615,24 @@ impl Order {
     /// one fails even when unconfirmed: it may have started before its
     /// subagent died, and it must never run twice.
     fn task_is_dead(&mut self, subagent_id: &str, at_ms: u64, why: &str, counted: bool) {
+        if let Some(task_id) = self.task_id.clone() {
+            let known = if self.unreported {
+                "it had ended, and its result never came"
+            } else if self.confirmed {
+                "it was running"
+            } else {
+                "it was never confirmed started"
+            };
+            let reason = format!("{subagent_id} ({why}); {known}");
+            self.attempts.lost(&task_id, at_ms, reason);
+        }
         if self.cancel_requested {
             self.cancelled(at_ms);
         } else if self.restartable {
             // `counted`: the next attempt gets a new task id (a subagent
             // process that may still live answers one it has seen as a
             // duplicate)
+            self.attempts.rerun(format!("{subagent_id} lost"));
             self.back_to_queue(counted);
         } else {
             self.phase = Phase::Failed;
@@ -610,9 +649,13 @@ impl Order {
     }
 
     fn cancelled(&mut self, at_ms: u64) {
+        if let Some(task_id) = &self.task_id {
+            self.attempts.cancelled(task_id, at_ms);
+        }
         self.phase = Phase::Cancelled;
         self.cancel_requested = true;
         self.rerun_at_ms = None;
+        self.retry_at_ms = None;
         let outcome = self.outcome.take().unwrap_or(Outcome {
             started_at_ms: self.started_at_ms,
             finished_at_ms: at_ms,
@@ -633,42 +676,10 @@ impl Order {
         self.subagent_id = None;
         self.subagent_instance_id = None;
         self.confirmed = false;
+        self.unreported = false;
         self.rerun_at_ms = None;
+        self.retry_at_ms = None;
+        self.retry_reason = None;
         self.phase = Phase::Queued;
-    }
-
-    /// The order as clients and the journal see it.
-    pub fn info(&self) -> OrderInfo {
-        let outcome = self.outcome.clone().unwrap_or_default();
-        OrderInfo {
-            params: self.params.clone(),
-            attempt: self.attempt,
-            subagent_id: self.subagent_id.clone(),
-            task_id: self.task_id.clone(),
-            subagent_instance_id: self.subagent_instance_id.clone(),
-            exit_code: outcome.exit_code,
-            signal: outcome.signal,
-            timed_out: outcome.timed_out,
-            reason: outcome.error.or_else(|| {
-                (self.phase == Phase::Orphaned).then(|| {
-                    "task in doubt: waiting for its result or its subagent's orphan timeout"
-                        .to_string()
-                })
-            }),
-            request_id: self.request_id.clone(),
-            slot_ms: self.slot_ms,
-            cancel_requested: self.cancel_requested,
-            started_at_ms: self.started_at_ms,
-            finished_at_ms: self.outcome.as_ref().map(|o| o.finished_at_ms),
-            outputs: outcome.outputs,
-            parent: self.parent.clone(),
-            submitted_by: self.submitted_by.clone(),
-            ..OrderInfo::new(
-                self.id.clone(),
-                self.job.clone(),
-                self.phase.wire(),
-                self.accepted_at_ms,
-            )
-        }
     }
 }

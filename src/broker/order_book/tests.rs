@@ -48,6 +48,7 @@ fn happy_path_counts_and_queue() {
         .apply(
             "a",
             OrderEvent::Finished {
+                at_ms: 0,
                 task_id: task,
                 outcome: ok_outcome(),
             },
@@ -76,6 +77,7 @@ fn result_before_start_confirmation_finishes_the_order() {
     book.apply(
         "a",
         OrderEvent::Finished {
+            at_ms: 0,
             task_id: task.clone(),
             outcome,
         },
@@ -118,6 +120,7 @@ fn stale_and_repeated_results_change_nothing() {
     book.apply(
         "a",
         OrderEvent::Finished {
+            at_ms: 0,
             task_id: second.clone(),
             outcome: ok_outcome(),
         },
@@ -127,6 +130,7 @@ fn stale_and_repeated_results_change_nothing() {
         .apply(
             "a",
             OrderEvent::Finished {
+                at_ms: 0,
                 task_id: second,
                 outcome: Outcome::default(),
             },
@@ -215,12 +219,14 @@ fn only_the_current_tasks_results_are_kept() {
         ..ok_outcome()
     };
     let stale = OrderEvent::Finished {
+        at_ms: 0,
         task_id: first,
         outcome: with("stale"),
     };
     assert!(matches!(book.apply("r", stale), Ok(Applied::Stale)));
     assert!(book.get("r").unwrap().info().outputs.is_empty());
     let done = OrderEvent::Finished {
+        at_ms: 0,
         task_id: second,
         outcome: with("current"),
     };
@@ -276,6 +282,7 @@ fn cancel_ends_a_waiting_order_at_once_and_a_running_one_when_its_task_ends() {
     );
     assert!(book.get("r").unwrap().cancel_requested);
     let done = OrderEvent::Finished {
+        at_ms: 0,
         task_id: task,
         outcome: ok_outcome(),
     };
@@ -292,6 +299,7 @@ fn cancel_ends_a_waiting_order_at_once_and_a_running_one_when_its_task_ends() {
     // a finished order cannot be cancelled
     let t = running(&mut book, "f", "s1");
     let done = OrderEvent::Finished {
+        at_ms: 0,
         task_id: t,
         outcome: ok_outcome(),
     };
@@ -322,6 +330,7 @@ fn a_dead_subagents_restartable_task_runs_again_as_the_next_attempt() {
     assert_eq!(book.get("a").unwrap().attempt, 2);
     // the first copy's late result is recorded, never changes the order
     let late = OrderEvent::Finished {
+        at_ms: 0,
         task_id: first,
         outcome: ok_outcome(),
     };
@@ -381,6 +390,7 @@ fn an_orphaned_task_can_still_finish_or_be_found_running() {
     book.apply("b", lost("s1", false, 100)).unwrap();
     // a's late result is accepted
     let late = OrderEvent::Finished {
+        at_ms: 0,
         task_id: ta,
         outcome: ok_outcome(),
     };
@@ -409,6 +419,7 @@ fn finished_orders_are_forgotten_beyond_the_limit() {
         book.apply(
             &id,
             OrderEvent::Finished {
+                at_ms: 0,
                 task_id: t,
                 outcome: ok_outcome(),
             },
@@ -458,6 +469,7 @@ fn a_journaled_order_restores_to_the_same_info() {
     book.apply("f", OrderEvent::Cancel { at_ms: 3 }).unwrap();
     let outputs: BTreeMap<String, String> = [("rows".into(), "42".into())].into();
     let done = OrderEvent::Finished {
+        at_ms: 0,
         task_id: t,
         outcome: Outcome {
             outputs: outputs.clone(),
@@ -556,6 +568,7 @@ fn reconciling_an_inherited_task_confirms_resends_awaits_or_buries_it() {
     assert_eq!(again.unwrap(), Applied::Stale);
     // the ended task's result is still accepted
     let late = OrderEvent::Finished {
+        at_ms: 0,
         task_id: "ended-1".into(),
         outcome: ok_outcome(),
     };
@@ -591,6 +604,7 @@ fn an_ended_inherited_task_without_result_runs_again_only_after_its_deadline() {
     book.restore([Order::restore(&info, true)]);
     // a result of another task is stale
     let other = OrderEvent::Finished {
+        at_ms: 0,
         task_id: "a-0".into(),
         outcome: ok_outcome(),
     };
@@ -667,6 +681,7 @@ fn no_event_sequence_leaves_a_final_order() {
             at_ms: 1,
         },
         OrderEvent::Finished {
+            at_ms: 0,
             task_id: "a-1".into(),
             outcome: Outcome::default(),
         },
@@ -687,6 +702,7 @@ fn no_event_sequence_leaves_a_final_order() {
     book.apply(
         "a",
         OrderEvent::Finished {
+            at_ms: 0,
             task_id: t,
             outcome: ok_outcome(),
         },
@@ -812,4 +828,242 @@ fn the_start_of_an_id_finds_job_and_workflow_orders() {
     assert_eq!(book.starting_with("ab", 1), ["ab1"]);
     assert_eq!(book.starting_with("cd", 3), ["cd1"]);
     assert!(book.starting_with("x", 3).is_empty());
+}
+
+fn with_retries(id: &str, times: u32) -> Order {
+    order(id).with_retry(Some(crate::protocol::RetryPolicy {
+        times,
+        backoff_ms: 1_000,
+        max_backoff_ms: None,
+        jitter: false,
+    }))
+}
+
+fn exit(code: i32, at_ms: u64) -> Outcome {
+    Outcome {
+        exit_code: Some(code),
+        started_at_ms: Some(at_ms - 1),
+        finished_at_ms: at_ms,
+        ..Outcome::default()
+    }
+}
+
+/// Runs the order's next task to `outcome`, the broker taking it at `at_ms`.
+fn run_to(book: &mut OrderBook, id: &str, outcome: Outcome, at_ms: u64) -> Applied {
+    let task = dispatched(book, id, "s1");
+    let started = OrderEvent::Started {
+        task_id: task.clone(),
+        at_ms: at_ms - 1,
+    };
+    book.apply(id, started).unwrap();
+    let done = OrderEvent::Finished {
+        task_id: task,
+        outcome,
+        at_ms,
+    };
+    book.apply(id, done).unwrap()
+}
+
+#[test]
+fn a_failed_task_waits_for_its_retry_then_runs_again_until_the_retries_are_used_up() {
+    let mut book = OrderBook::new(10);
+    book.insert(with_retries("a", 2));
+    book.enqueue("a");
+    let applied = run_to(&mut book, "a", exit(1, 100), 100);
+    assert_eq!(
+        applied,
+        Applied::Moved {
+            from: Phase::Running,
+            to: Phase::Retrying
+        }
+    );
+    let info = book.get("a").unwrap().info();
+    assert_eq!(info.state, OrderState::Accepted, "waiting, not over");
+    assert_eq!((info.retries, info.retry_at_ms), (1, Some(1_100)));
+    assert_eq!(info.reason.as_deref(), Some("retry 1 of 2 after exit 1"));
+    assert_eq!(info.task_id, None, "no task while it waits");
+    assert!(
+        book.next_queued().is_none(),
+        "not dispatched before it is due"
+    );
+    // early: nothing; due: queued again, the next task a new attempt
+    let early = book.apply("a", OrderEvent::RetryDue { at_ms: 1_099 });
+    assert_eq!(early, Ok(Applied::Stale));
+    book.apply("a", OrderEvent::RetryDue { at_ms: 1_100 })
+        .unwrap();
+    assert_eq!(book.next_queued().unwrap().next_task_id(), "a-2");
+    // the second retry waits twice as long
+    run_to(&mut book, "a", exit(2, 2_000), 2_000);
+    let info = book.get("a").unwrap().info();
+    assert_eq!(info.retry_at_ms, Some(4_000));
+    assert_eq!(info.reason.as_deref(), Some("retry 2 of 2 after exit 2"));
+    book.apply("a", OrderEvent::RetryDue { at_ms: 4_000 })
+        .unwrap();
+    // used up: the third failure fails the order
+    let applied = run_to(&mut book, "a", exit(3, 5_000), 5_000);
+    assert!(matches!(
+        applied,
+        Applied::Moved {
+            to: Phase::Failed,
+            ..
+        }
+    ));
+    let info = book.get("a").unwrap().info();
+    assert_eq!((info.exit_code, info.retry_at_ms), (Some(3), None));
+    let reruns: Vec<Option<&str>> = info.attempts.iter().map(|a| a.rerun.as_deref()).collect();
+    assert_eq!(
+        reruns,
+        [
+            Some("retry 1 of 2 after exit 1"),
+            Some("retry 2 of 2 after exit 2"),
+            None
+        ]
+    );
+    let attempts: Vec<u32> = info.attempts.iter().map(|a| a.attempt).collect();
+    assert_eq!(attempts, [1, 2, 3]);
+    assert_eq!(book.get("a").unwrap().attempts.failed(), 3);
+}
+
+#[test]
+fn success_a_cancel_or_a_task_that_could_not_run_is_never_retried() {
+    let mut book = OrderBook::new(10);
+    for id in ["ok", "cancelled", "unrunnable", "no-policy"] {
+        let o = if id == "no-policy" {
+            order(id)
+        } else {
+            with_retries(id, 3)
+        };
+        book.insert(o);
+        book.enqueue(id);
+    }
+    run_to(&mut book, "ok", exit(0, 10), 10);
+    assert_eq!(book.get("ok").unwrap().phase, Phase::Succeeded);
+    // cancelled while running: killed by a signal, it ends cancelled
+    let task = dispatched(&mut book, "cancelled", "s1");
+    book.apply("cancelled", OrderEvent::Cancel { at_ms: 5 })
+        .unwrap();
+    let killed = Outcome {
+        signal: Some(15),
+        ..exit(0, 10)
+    };
+    let done = OrderEvent::Finished {
+        task_id: task,
+        outcome: killed,
+        at_ms: 10,
+    };
+    book.apply("cancelled", done).unwrap();
+    assert_eq!(book.get("cancelled").unwrap().phase, Phase::Cancelled);
+    let unrunnable = Outcome {
+        error: Some("no such program".into()),
+        finished_at_ms: 10,
+        ..Outcome::default()
+    };
+    run_to(&mut book, "unrunnable", unrunnable, 10);
+    assert_eq!(book.get("unrunnable").unwrap().phase, Phase::Failed);
+    run_to(&mut book, "no-policy", exit(1, 10), 10);
+    assert_eq!(book.get("no-policy").unwrap().phase, Phase::Failed);
+}
+
+#[test]
+fn a_cancel_ends_an_order_waiting_for_its_retry_at_once() {
+    let mut book = OrderBook::new(10);
+    book.insert(with_retries("a", 3));
+    book.enqueue("a");
+    run_to(&mut book, "a", exit(1, 100), 100);
+    let applied = book.apply("a", OrderEvent::Cancel { at_ms: 200 }).unwrap();
+    assert!(matches!(
+        applied,
+        Applied::Moved {
+            to: Phase::Cancelled,
+            ..
+        }
+    ));
+    let info = book.get("a").unwrap().info();
+    assert_eq!(info.retry_at_ms, None);
+    assert_eq!(info.finished_at_ms, Some(200));
+    // its timer finds nothing to do
+    let due = book.apply("a", OrderEvent::RetryDue { at_ms: 2_000 });
+    assert_eq!(due, Ok(Applied::Stale));
+    assert!(book.next_queued().is_none());
+}
+
+#[test]
+fn an_order_waiting_for_its_retry_restores_waiting_with_its_due_time_and_history() {
+    let mut book = OrderBook::new(10);
+    book.insert(with_retries("a", 3));
+    book.enqueue("a");
+    run_to(&mut book, "a", exit(1, 100), 100);
+    let info = book.get("a").unwrap().info();
+    let restored = Order::restore(&info, true);
+    assert_eq!(restored.phase, Phase::Retrying);
+    assert_eq!(restored.retry_at_ms, Some(1_100));
+    assert_eq!(restored.info(), info, "the record rebuilds the same order");
+    let mut other = OrderBook::new(10);
+    other.restore([restored]);
+    assert!(other.next_queued().is_none(), "it waits for its timer");
+    assert_eq!(other.counts().accepted, 1);
+}
+
+#[test]
+fn the_history_says_whether_a_lost_task_was_known_to_run() {
+    let mut book = OrderBook::new(10);
+    book.insert(order("a"));
+    book.enqueue("a");
+    // placed, never confirmed, its subagent certified dead
+    dispatched(&mut book, "a", "s1");
+    book.apply("a", lost("s1", true, 0)).unwrap();
+    // placed again, confirmed, then out of sight past its orphan deadline
+    let task = dispatched(&mut book, "a", "s1");
+    let started = OrderEvent::Started {
+        task_id: task,
+        at_ms: 4,
+    };
+    book.apply("a", started).unwrap();
+    book.apply("a", lost("s1", false, 50)).unwrap();
+    book.apply("a", OrderEvent::OrphanDeadline { at_ms: 50 })
+        .unwrap();
+    run_to(&mut book, "a", exit(0, 90), 90);
+    let info = book.get("a").unwrap().info();
+    let [never, ran, ok] = &info.attempts[..] else {
+        panic!("three tasks: {:#?}", info.attempts);
+    };
+    use crate::protocol::AttemptOutcome;
+    assert_eq!(never.outcome, Some(AttemptOutcome::Lost));
+    let why = never.reason.as_deref().unwrap();
+    assert!(why.contains("never confirmed started"), "{why}");
+    assert_eq!(never.rerun.as_deref(), Some("s1 lost"));
+    assert_eq!(ran.outcome, Some(AttemptOutcome::Lost));
+    assert!(ran.reason.as_deref().unwrap().contains("it was running"));
+    assert_eq!(ran.started_at_ms, Some(4));
+    assert_eq!(ok.outcome, Some(AttemptOutcome::Succeeded));
+    // an unconfirmed task whose process is gone is no attempt: same number
+    assert_eq!((never.attempt, ran.attempt, ok.attempt), (1, 1, 2));
+}
+
+#[test]
+fn a_task_that_ended_unreported_says_so_in_the_history() {
+    // placed and started under one broker; the next finds it no longer runs
+    let mut book = OrderBook::new(10);
+    running(&mut book, "a", "s1");
+    let info = book.get("a").unwrap().info();
+    let mut taken_over = OrderBook::new(10);
+    taken_over.restore([Order::restore(&info, true)]);
+    taken_over
+        .apply("a", reconciled("s1", "s1-i1", &[]))
+        .unwrap();
+    let deadline = taken_over.get("a").unwrap().rerun_at_ms.unwrap();
+    taken_over
+        .apply("a", OrderEvent::OrphanDeadline { at_ms: deadline })
+        .unwrap();
+    let info = taken_over.get("a").unwrap().info();
+    let [task] = &info.attempts[..] else {
+        panic!("one task: {:#?}", info.attempts);
+    };
+    assert_eq!(task.outcome, Some(crate::protocol::AttemptOutcome::Lost));
+    let why = task.reason.as_deref().unwrap();
+    assert!(
+        why.contains("it had ended, and its result never came"),
+        "{why}"
+    );
+    assert_eq!(task.rerun.as_deref(), Some("s1 lost"));
 }

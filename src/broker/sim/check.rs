@@ -6,12 +6,17 @@
 //! it brought is journaled; `finished` published only once stored; no
 //! final record changed (a failed workflow order may still be resumed or
 //! cancelled); a cancel once answered never lost (the order ends
-//! cancelled); never two brokers acting.
+//! cancelled); never two brokers acting. Of a job with retries: a failed
+//! task's result acknowledged only once the retry's due time is journaled;
+//! no retry started before its due time; an order failed only once its
+//! retries are used up, after `times + 1` tasks that really ran failed (so
+//! no due retry was lost across a takeover). No two tasks of one order at
+//! once holds for retries as for any task.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::journal::Journal;
-use crate::protocol::{OrderInfo, OrderState};
+use crate::protocol::{AttemptOutcome, OrderInfo, OrderState};
 
 /// A task run by a subagent process, from start to end.
 #[derive(Debug, Clone)]
@@ -32,10 +37,47 @@ pub struct Checker {
     pub accepted: BTreeSet<String>,
     /// Orders an operator was told are being cancelled.
     pub cancelled: BTreeSet<String>,
+    /// The job with retries, and how many it allows.
+    pub retry_job: (String, u32),
+    /// Tasks that ran and failed (see [`Checker::ended`]), per order.
+    failed_runs: BTreeMap<String, u32>,
+    /// The latest retry due time journaled per order (simulated ms).
+    due: BTreeMap<String, u64>,
     pub violations: Vec<String>,
 }
 
 impl Checker {
+    /// A checker of a run where job `retry_job.0` has `retry_job.1` retries.
+    pub fn new(retry_job: (String, u32)) -> Checker {
+        Checker {
+            retry_job,
+            ..Checker::default()
+        }
+    }
+
+    /// An order of the job with retries that failed used them all: its
+    /// record says so, and that many tasks really ran and failed.
+    fn retries_used_up(&mut self, now_ms: u64, info: &OrderInfo) {
+        let (job, times) = self.retry_job.clone();
+        if info.job != job || info.state != OrderState::Failed {
+            return;
+        }
+        let ran = self.failed_runs.get(&info.order_id).copied().unwrap_or(0);
+        let counted = (info.attempts.iter())
+            .filter(|a| {
+                use AttemptOutcome::*;
+                matches!(a.outcome, Some(Exited | Signalled | TimedOut))
+            })
+            .count();
+        if info.retries != times || ran < times + 1 || counted != times as usize + 1 {
+            let what = format!(
+                "order {} failed with {} of {times} retries used, {ran} failed runs, {counted} failed tasks in its history",
+                info.order_id, info.retries
+            );
+            self.violate(now_ms, what);
+        }
+    }
+
     fn violate(&mut self, now_ms: u64, what: String) {
         self.violations.push(format!("t={now_ms} {what}"));
     }
@@ -55,6 +97,12 @@ impl Checker {
             );
             self.violate(now_ms, what);
         }
+        if let Some(&due) = self.due.get(order_id).filter(|&&due| due > now_ms) {
+            let what = format!(
+                "order {order_id}: task {task_id} started before its retry was due at {due}"
+            );
+            self.violate(now_ms, what);
+        }
         let starts = self.starts.entry(order_id.to_string()).or_default();
         *starts += 1;
         if *starts > 1 && self.once.contains(order_id) {
@@ -70,9 +118,36 @@ impl Checker {
         self.runs.insert(task_id.to_string(), run);
     }
 
-    pub fn ended(&mut self, now_ms: u64, task_id: &str) {
+    /// A task ended; `failed`: its result says it failed (exited non-zero,
+    /// or killed on a broker's request).
+    pub fn ended(&mut self, now_ms: u64, task_id: &str, failed: bool) {
         if let Some(run) = self.runs.get_mut(task_id) {
+            if run.end_ms.is_none() && failed {
+                *self.failed_runs.entry(run.order_id.clone()).or_default() += 1;
+            }
             run.end_ms.get_or_insert(now_ms);
+        }
+    }
+
+    /// A journal write landed with a retry's due time (simulated ms).
+    pub fn retry_stored(&mut self, order_id: &str, due_ms: u64) {
+        let due = self.due.entry(order_id.to_string()).or_default();
+        *due = (*due).max(due_ms);
+    }
+
+    /// A failed task's result is acknowledged while its order waits for a
+    /// retry: the journal must hold the retry's due time.
+    pub fn retry_acked(&mut self, now_ms: u64, journal: &Journal, order_id: &str, task_id: &str) {
+        let stored = journal.get(order_id).map(|(info, _)| info);
+        let waits = stored
+            .as_ref()
+            .is_some_and(|i| i.retry_at_ms.is_some() && i.task_id.is_none());
+        if !waits {
+            let what = format!(
+                "result of task {task_id} acknowledged before its order's retry was journaled ({})",
+                describe(stored.as_ref())
+            );
+            self.violate(now_ms, what);
         }
     }
 
@@ -150,6 +225,7 @@ impl Checker {
             }
         }
         for info in journal.all() {
+            self.retries_used_up(now_ms, &info);
             if !info.state.is_final() {
                 let what = format!(
                     "order {} never ended: {}",

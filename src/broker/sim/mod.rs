@@ -2,8 +2,9 @@
 //!
 //! One seed gives one run: brokers (each a real [`Core`], taking over from
 //! the journal when the active one's lease runs out), simulated subagents
-//! (`subagent.rs`), clients submitting job and workflow orders and
-//! operators cancelling some, an in-memory journal (`journal.rs`, with
+//! (`subagent.rs`), clients submitting job and workflow orders (some of
+//! job `r`, whose tasks fail more often than not and which has two quick,
+//! jittered retries) and operators cancelling some, an in-memory journal (`journal.rs`, with
 //! the broker's own compare-and-swap write) and a simulated clock, all
 //! driven by one queue of timed events. Faults come from the seed
 //! (`faults.rs`): subagents killed (with or without their reaper's death

@@ -15,6 +15,8 @@ use crate::protocol::*;
 struct Task {
     run: RunTask,
     started_at_ms: u64,
+    /// What it exits with when it ends by itself.
+    exit_code: i32,
 }
 
 /// What it tells the broker.
@@ -50,6 +52,9 @@ pub enum Out {
     /// A task ended (exited, killed, or died with it).
     Ended {
         task_id: String,
+        /// It failed and says so in its result (exited non-zero, or killed
+        /// on a broker's request), which a job's retry policy retries.
+        failed: bool,
     },
 }
 
@@ -163,7 +168,8 @@ impl SimSubagent {
     }
 
     /// A run request. `None`: it stays silent (meant for another process).
-    pub fn run(&mut self, run: RunTask, now_ms: u64, ms: u64) -> Option<Vec<Out>> {
+    /// A started task runs `ms` and then exits with `exit_code`.
+    pub fn run(&mut self, run: RunTask, now_ms: u64, ms: u64, exit_code: i32) -> Option<Vec<Out>> {
         if run.instance_id.as_deref() != Some(self.instance_id().as_str()) {
             return None;
         }
@@ -190,6 +196,7 @@ impl SimSubagent {
         let task = Task {
             run,
             started_at_ms: now_ms,
+            exit_code,
         };
         self.running.insert(task.run.task_id.clone(), task);
         Some(vec![Out::Answer(Answer::Accepted), started])
@@ -231,7 +238,7 @@ impl SimSubagent {
             job: task.run.job.clone(),
             attempt: task.run.attempt,
             subagent_id: self.id.clone(),
-            exit_code: signal.is_none().then_some(0),
+            exit_code: signal.is_none().then_some(task.exit_code),
             signal,
             timed_out: false,
             error: None,
@@ -245,6 +252,7 @@ impl SimSubagent {
         vec![
             Out::Ended {
                 task_id: task_id.to_string(),
+                failed: abandoned.is_none() && result.exit_code != Some(0),
             },
             Out::Send(Report::Result(result)),
         ]
@@ -258,6 +266,7 @@ impl SimSubagent {
         let out: Vec<Out> = killed
             .iter()
             .map(|task_id| Out::Ended {
+                failed: false,
                 task_id: task_id.clone(),
             })
             .collect();

@@ -32,6 +32,8 @@ const REQUEST_TIMEOUT: u64 = 1_000;
 /// The run ends here at the latest.
 const END: u64 = 90_000;
 const BASE_MS: u64 = 1_800_000_000_000;
+/// Retries of job `r`.
+const RETRIES: u32 = 2;
 
 /// Where a reply goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,6 +247,13 @@ pub fn run(seed: u64) -> Outcome {
     }
 }
 
+/// The job with retries: `RETRIES` of them, quick and jittered.
+fn retrying_job() -> JobSpec {
+    let spec = serde_json::json!({"name": "r", "program": "false", "restartable": true,
+        "retry": {"times": RETRIES, "backoff_ms": 200, "max_backoff_ms": 700, "jitter": true}});
+    serde_json::from_value(spec).expect("a valid job")
+}
+
 /// The workflow clients submit: a restartable step, then one that must
 /// not run twice.
 fn workflow() -> WorkflowSpec {
@@ -283,7 +292,7 @@ impl World {
             events: BTreeMap::new(),
             next_event: 0,
             config,
-            jobs: vec![job("j", true), job("once", false)],
+            jobs: vec![job("j", true), job("once", false), retrying_job()],
             workflows: vec![workflow()],
             journal: Journal::default(),
             brokers: (0..BROKERS)
@@ -317,7 +326,7 @@ impl World {
             next_request: 0,
             weather,
             midway_crashes: 0,
-            check: Checker::default(),
+            check: Checker::new(("r".into(), RETRIES)),
             trace: Vec::new(),
             seed,
             rng,
@@ -447,7 +456,9 @@ impl World {
             Ev::Run { s, req, run } => {
                 if self.subs[s].alive {
                     let ms = 50 + self.rng.below(1_500);
-                    if let Some(out) = self.subs[s].run(*run, self.now, ms) {
+                    // the job with retries fails often
+                    let exit = i32::from(run.job == "r" && self.rng.percent(55));
+                    if let Some(out) = self.subs[s].run(*run, self.now, ms, exit) {
                         self.sub_answer(s, req, out);
                     }
                 }
@@ -500,6 +511,10 @@ impl World {
                 let now = self.time().at;
                 let holds = p.gen == gen && p.tenure.as_ref().is_some_and(|t| t.holds(now));
                 let stored = self.journal.write(&info, revision, holds);
+                if let (Stored::At(_), Some(due)) = (&stored, info.retry_at_ms) {
+                    self.check
+                        .retry_stored(&info.order_id, due.saturating_sub(BASE_MS));
+                }
                 let stored = self.maybe_fail(stored, Stored::Unknown("timeout".into()));
                 self.io(b, gen, Input::Written { info, stored });
             }

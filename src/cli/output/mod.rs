@@ -4,9 +4,11 @@
 //! --wait`; `jobs` the job inventory and a deploy's plan; `orders` renders
 //! `order show`, `order list` and the answers to order commands; `failure`
 //! the stderr tail of a failed order's show; `origin` who started an
-//! order (a trigger's slot, or a client); `status` renders `baton status`; `audit` the table of
+//! order (a trigger's slot, or a client); `attempts` a job order's tasks
+//! and the retry it waits for; `status` renders `baton status`; `audit` the table of
 //! `baton audit`. The helpers here (times, durations, tables) are shared.
 
+mod attempts;
 mod audit;
 mod events;
 mod failure;

@@ -1,12 +1,12 @@
 //! Orders for people: `order show` (with the steps, history and log tails
-//! of a workflow order), the table of `order list`, and the one line that
+//! of a workflow order, the tasks of a job order: `attempts.rs`), the table of `order list`, and the one line that
 //! answers `order suspend|resume|cancel`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 
 use super::origin::{origin, slot_text};
-use super::{clock, clock_s, key_values, table, took};
+use super::{attempts, clock, clock_s, key_values, table, took};
 use crate::protocol::*;
 
 fn step_state(state: StepState) -> &'static str {
@@ -40,7 +40,7 @@ pub fn order_text(o: &OrderInfo) -> String {
             p.step, p.attempt, p.order_id, p.workflow
         );
     }
-    let mut state = o.state.as_str().to_string();
+    let mut state = attempts::waiting_state(o).unwrap_or_else(|| o.state.as_str().to_string());
     if o.cancel_requested && !o.state.is_final() {
         state.push_str(" (cancel requested)");
     }
@@ -110,6 +110,7 @@ pub fn order_text(o: &OrderInfo) -> String {
             &rows,
         );
     }
+    attempts::render(&mut out, o);
     out
 }
 
@@ -421,9 +422,7 @@ pub fn order_list_text(list: &OrderList) -> String {
                 clock_s(o.accepted_at_ms),
                 took,
                 place,
-                o.reason
-                    .as_deref()
-                    .map_or("-".to_string(), |r| clip(r, REASON_WIDTH)),
+                attempts::list_reason(o).map_or("-".to_string(), |r| clip(&r, REASON_WIDTH)),
             ];
             if slots {
                 let slot = o.slot_ms.map(|s| slot_text(s, o.fired_by.as_ref()));
@@ -804,6 +803,7 @@ mod tests {
             slot_ms: None,
             reason: None,
             fired_by: None,
+            retry_at_ms: None,
         };
         let list = OrderList {
             orders: vec![

@@ -200,6 +200,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         let request_id = step_request_id(&parent.order_id, &parent.step, parent.attempt);
         let mut order = Order::new(order_id, job, params, Some(request_id), self.now.ms);
         order.restartable = spec.restartable;
+        order.retry = spec.retry;
         order.parent = Some(parent.clone());
         self.create(order, super::submit::Pending::Step(parent));
     }
@@ -226,8 +227,8 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                     let reason = "its order id is taken by another order".to_string();
                     return self.step_refused(parent, stored.order_id.clone(), reason);
                 }
-                let restartable = self.jobs.get(&stored.job).is_some_and(|j| j.restartable);
-                self.book.restore([Order::restore(&stored, restartable)]);
+                self.book.restore([self.restored(&stored)]);
+                self.retry_stored(&stored);
                 self.set_revision(&stored.order_id, revision);
                 self.step_order_stored(&stored);
                 self.kill_if_asked(&parent);

@@ -154,8 +154,15 @@ impl World {
                 if let Reply::Ack(ack) = &reply {
                     let core = self.brokers[b].core.as_ref();
                     let ended = core.is_some_and(|c| c.ended_with(&ack.task_id));
+                    let retrying = core.is_some_and(|c| c.retrying_after(&ack.task_id));
                     self.check
                         .acked(self.now, &self.journal, &ack.task_id, ended);
+                    if retrying {
+                        self.note(format!("b{b}: {} failed, its retry journaled", ack.task_id));
+                        let order_id = ack.task_id.rsplit_once('-').map_or("", |(o, _)| o);
+                        let (now, journal) = (self.now, &self.journal);
+                        self.check.retry_acked(now, journal, order_id, &ack.task_id);
+                    }
                 }
                 self.send(Some(s), Ev::SubReply { s, instance, reply })
             }

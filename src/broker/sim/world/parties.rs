@@ -50,9 +50,10 @@ impl World {
                     );
                     continue;
                 }
-                Out::Ended { task_id } => {
-                    self.note(format!("s{s}#{instance} ends {task_id}"));
-                    self.check.ended(self.now, &task_id);
+                Out::Ended { task_id, failed } => {
+                    let how = if failed { "failed" } else { "ok or killed" };
+                    self.note(format!("s{s}#{instance} ends {task_id} ({how})"));
+                    self.check.ended(self.now, &task_id, failed);
                     continue;
                 }
                 Out::Answer(_) => continue,
@@ -92,7 +93,8 @@ impl World {
         }
         let job = match self.rng.below(100) {
             0..25 => "once",
-            25..45 => "w",
+            25..40 => "w",
+            40..60 => "r",
             _ => "j",
         };
         // most submits name a request id; without one, a submit sent again
