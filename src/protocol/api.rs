@@ -307,6 +307,14 @@ pub struct OrderInfo {
     /// An order running one step of a workflow order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentStep>,
+    /// A failed workflow order: until when it can be resumed or cancelled
+    /// (`broker.failed_hold` after it failed); then it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumable_until_ms: Option<u64>,
+    /// A failed workflow order that expired: when. It stays failed and can
+    /// no longer be resumed or cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired_at_ms: Option<u64>,
 }
 
 impl OrderInfo {
@@ -339,6 +347,8 @@ impl OrderInfo {
             steps: Vec::new(),
             history: Vec::new(),
             parent: None,
+            resumable_until_ms: None,
+            expired_at_ms: None,
         }
     }
 

@@ -36,6 +36,8 @@
 mod deploy;
 mod events;
 mod flows;
+#[cfg(test)]
+mod history_tests;
 mod journal;
 mod orders;
 pub mod plan;
@@ -69,9 +71,6 @@ pub use takeover::{AGENT_SWITCH, SUBAGENT_SWITCH};
 pub(super) const ORPHAN_MARGIN: Duration = Duration::from_secs(1);
 /// Before sending a dispatch again whose fate is unknown.
 const RESEND_DELAY: Duration = Duration::from_millis(200);
-/// Ended orders of each kind kept in memory for lookups; older ones are
-/// read from JetStream.
-pub(in crate::broker) const KEEP_FINISHED: usize = 10_000;
 
 /// The time as the core sees it: monotonic for durations, and wall-clock
 /// milliseconds for what it records.
@@ -280,6 +279,8 @@ pub enum Timer {
     },
     /// A step's retry is due.
     RetryDue { flow_id: String, step: String },
+    /// A failed workflow order's deadline to be resumed (`at_ms`) passed.
+    Expire { flow_id: String, at_ms: u64 },
 }
 
 /// The broker's state, and every decision over it.
@@ -367,6 +368,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             let after = core.config.broker.subagent_timeout;
             core.later(after, Timer::Unseen);
         }
+        core.hold_failed_flows();
         core.resume_flows();
         core
     }
@@ -428,6 +430,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                 reason,
             }) => self.fail_step(parent, order_id, reason),
             Input::Timer(Timer::RetryDue { flow_id, step }) => self.retry_due(flow_id, step),
+            Input::Timer(Timer::Expire { flow_id, at_ms }) => self.expire_due(flow_id, at_ms),
             Input::Check => self.check_liveness(),
         }
         self.take_effects()

@@ -69,6 +69,15 @@ pub enum Refusal {
     },
     #[error("no order {0} is held by this broker; check the id with `baton order list`")]
     Unknown(String),
+    /// A failed workflow order held past `broker.failed_hold`.
+    #[error(
+        "order {order} failed and expired at {at} (broker.failed_hold after it failed): it can no longer be {verb}; submit the workflow again for a new order"
+    )]
+    Expired {
+        order: String,
+        at: String,
+        verb: &'static str,
+    },
     /// A deploy that does not fit what is deployed, or is invalid.
     #[error("{0}")]
     InvalidDeploy(String),
@@ -129,7 +138,7 @@ impl Refusal {
             Refusal::NotHeld(_) | Refusal::NoOrder(_) | Refusal::UnknownProcess { .. } => {
                 ErrorCode::NotFound
             }
-            Refusal::AlreadyEnded { .. } => ErrorCode::InvalidState,
+            Refusal::AlreadyEnded { .. } | Refusal::Expired { .. } => ErrorCode::InvalidState,
             Refusal::BadSubagentId(_) => ErrorCode::BadRequest,
         }
     }

@@ -31,7 +31,9 @@ fn core_over(base: Instant, orders: Vec<OrderInfo>) -> Core<u32> {
             .collect(),
         ..Journal::default()
     };
-    let recovered = Recovered::from_journal(journal, 100);
+    let mut config = Config::default();
+    config.broker.keep_finished = 100;
+    let recovered = Recovered::from_journal(journal, &config.broker, T0);
     let tenure = lease::Tenure::new(base, Duration::from_secs(3600));
     let at = now(base, 0);
     let mut core = Core::new("b".into(), Config::default(), 1, tenure, recovered, 1, at);
