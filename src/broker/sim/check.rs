@@ -5,12 +5,17 @@
 //! once its dispatch is journaled; a result acknowledged only once the end
 //! it brought is journaled; `finished` published only once stored; no
 //! final record changed (a failed workflow order may still be resumed or
-//! cancelled); a cancel once answered never lost (the order ends
+//! cancelled until it expires); a failed workflow order expired once past
+//! its hold (`broker.failed_hold`); a cancel once answered never lost (the order ends
 //! cancelled); never two brokers acting.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::journal::Journal;
+
+/// A failed workflow order's expiry is stored within this long of its
+/// deadline, once the run has settled.
+const EXPIRY_SLACK_MS: u64 = 2_000;
 use crate::protocol::{OrderInfo, OrderState};
 
 /// A task run by a subagent process, from start to end.
@@ -150,6 +155,19 @@ impl Checker {
             }
         }
         for info in journal.all() {
+            let resumable = info.workflow.is_some()
+                && info.state == OrderState::Failed
+                && info.expired_at_ms.is_none();
+            let overdue = info
+                .resumable_until_ms
+                .is_none_or(|until| until + EXPIRY_SLACK_MS <= now_ms);
+            if resumable && overdue {
+                let what = format!(
+                    "failed workflow order {} not expired past its hold: {:?}",
+                    info.order_id, info.resumable_until_ms
+                );
+                self.violate(now_ms, what);
+            }
             if !info.state.is_final() {
                 let what = format!(
                     "order {} never ended: {}",
