@@ -158,7 +158,7 @@ fn print_table(r: &HistoryReport) {
     );
     println!(
         "  {:<12} {:>8} {:>10} {:>8} {:>9} {:>12}",
-        "", "ended", "succeeded", "failed", "took s", "broker MiB"
+        "", "ended", "succeeded", "failed", "took s", "broker RSS"
     );
     println!(
         "  {:<12} {:>8} {:>10} {:>8} {:>9} {:>12}",
