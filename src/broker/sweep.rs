@@ -15,6 +15,12 @@
 //!   order's workflow order can still change is asked of the core, which
 //!   holds every such workflow order.
 //!
+//! Known limit: records the sweep reads but may not remove (unfinished
+//! orders waiting longer than the retention, step orders of a resumable
+//! workflow order) count toward its 1,000; were there more than 1,000 of
+//! them at the journal's old end, the sweep would not reach past them
+//! until they end (the next takeover removes everything due regardless).
+//!
 //! A removal is a purge of the key's messages up to the revision read
 //! (`Kv::remove_if`): a record written since stays, and no delete marker
 //! is left to pile up. Removals are not fenced by the lease: an ended

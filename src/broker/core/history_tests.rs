@@ -208,6 +208,15 @@ fn a_failed_workflow_order_expires_after_its_hold_and_is_then_refused() {
         .error
         .message
         .contains("can no longer be cancelled"));
+    // once forgotten (beyond broker.keep_finished), the refusal says it may have expired
+    let effects = core.step(Input::Resume(9, resume("gone")), now(base, HOUR + 3));
+    let e = refusal(&effects);
+    assert_eq!(e.error.code, ErrorCode::NotFound);
+    assert!(
+        e.error.message.contains("failed and expired"),
+        "{}",
+        e.error.message
+    );
 }
 
 #[test]

@@ -115,7 +115,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                     verb,
                 },
             },
-            None => Refusal::Unknown(order),
+            None => Refusal::NoFlow { order, verb },
         };
         self.refuse(to, refusal);
     }

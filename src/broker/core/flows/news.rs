@@ -31,7 +31,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                 .filter(|f| {
                     !self.writing.contains_key(&f.id) && !self.unannounced.contains_key(&f.id)
                 })
-                .min_by_key(|f| (f.ended_at_ms(), f.id.clone()))
+                .min_by(|a, b| (a.ended_at_ms(), &a.id).cmp(&(b.ended_at_ms(), &b.id)))
                 .map(|f| f.id.clone());
             match oldest {
                 Some(oldest) => self.book.remove_flow(&oldest),
