@@ -12,7 +12,8 @@
 //! - [`workflow`]: workflow definitions and validation, and the order/step state machine (pure).
 //! - [`broker`]: the Broker and Elector actors and their pure parts (registry, placement, order book, health, election).
 //! - [`subagent`]: the Subagent actor and process execution (spawn, stream output, kill).
-//! - [`agent`]: the Agent actor (`baton agent`: holds the Scheduler role and fires triggers) and its pure parts (role and lease, outbox, triggers).
+//! - [`agent`]: the Agent actor (`baton agent`: holds the Scheduler role and fires triggers) and its pure parts (role and lease, outbox).
+//! - [`triggers`]: cron, interval and at triggers, the misfire policy and the timer queue (pure); the Scheduler fires them, the broker's job inventory shows their next slots.
 //! - [`cli`]: clap commands; client commands talk to the cluster over NATS.
 //! - [`bench`]: `baton bench`, speed measured on a local cluster it starts itself; asserts nothing.
 //! - [`natsd`]: a local `nats-server` child process for `baton dev`, `baton bench` and tests.
@@ -39,4 +40,5 @@ pub mod subagent;
 #[cfg(test)]
 mod testing;
 pub mod time;
+pub mod triggers;
 pub mod workflow;

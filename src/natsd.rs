@@ -7,18 +7,23 @@
 //! The address and port flags win over a `-c` config file; the JetStream store dir comes from
 //! the file when one is given, as nats-server refuses `--store_dir` beside a file's `store_dir`.
 //! An authorization file is written into its configuration and reloaded with SIGHUP
-//! ([`NatsServer::reload`]).
+//! ([`NatsServer::reload`]). A locked file in the options (`shared_lock`) stays open in the server
+//! process, so the lock outlives its taker while the server runs. [`NatsServer::exited`] says when
+//! the process has ended.
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use tokio::time::{sleep, timeout, Instant};
@@ -117,6 +122,10 @@ pub struct NatsServerOptions {
     /// More server settings (for example `max_pending: 65536`), added to the
     /// file written with `authorization`; unused with a `config_file`.
     pub settings: String,
+    /// An open file holding a `flock` (`baton dev`'s lock on its store) that
+    /// the server process inherits, so the lock lasts until the server has
+    /// exited too, even when the process that took it is killed first.
+    pub shared_lock: Option<Arc<File>>,
 }
 
 /// A running nats-server; dropping it kills the process (SIGKILL) and waits for it.
@@ -161,6 +170,25 @@ impl NatsServer {
 
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Whether the process runs, as far as this handle knows (it has not
+    /// reported it [`exited`](NatsServer::exited), and it was not killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// How the process ended, once it has (reaped, and reported once);
+    /// `None` while it runs, and after.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        debug!(pid = self.pid, %status, "nats-server exited");
+        Some(status)
     }
 
     /// SIGKILL and reap the process; does nothing when it is already stopped.
@@ -240,6 +268,18 @@ impl NatsServer {
         // its own process group: a Ctrl-C at the terminal does not stop it
         // under the processes that still need it; its owner stops it last
         cmd.process_group(0);
+        if let Some(lock) = &self.opts.shared_lock {
+            let fd = lock.as_raw_fd();
+            // SAFETY: runs in the forked child before exec and makes one
+            // async-signal-safe call (fcntl) on a descriptor the options keep open.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let fd = BorrowedFd::borrow_raw(fd);
+                    fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+                    Ok(())
+                });
+            }
+        }
         cmd.args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(port.map_or("-1".to_string(), |p| p.to_string()))
             .arg("--ports_file_dir")

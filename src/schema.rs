@@ -104,6 +104,13 @@ wire_types![
     OrderList,
     OrderChanged,
     AuditRecord,
+    ListJobs,
+    JobList,
+    GetJob,
+    JobInfo,
+    JobControl,
+    JobControlReply,
+    TriggersChanged,
 ];
 
 /// The kinds of process on the bus.
@@ -183,7 +190,13 @@ const CHANNELS: &[Channel] = {
     channel("submit", "{prefix}.api.submit", ("SubmitOrder", Some("SubmitReply")), (Client, Broker), true,
         "Submit an order: one run of a deployed job. The order is durable once the reply arrives."),
     channel("deploy", "{prefix}.api.deploy", ("DeployRequest", Some("DeployReply")), (Client, Broker), true,
-        "Add or replace job definitions."),
+        "Add or replace job, cluster and workflow definitions, and remove some (`remove`, or `prune` for all the request does not hold); the reply's plan says what was added, changed field by field, removed and left. Admin only."),
+    channel("jobList", "{prefix}.api.job.list", ("ListJobs", Some("JobList")), (Client, Broker), true,
+        "The job inventory: every deployed job and workflow with its cluster, triggers, pause, next fire time (with its trigger's zone) and last order."),
+    channel("jobGet", "{prefix}.api.job.get", ("GetJob", Some("JobInfo")), (Client, Broker), true,
+        "One job or workflow: its definition, pause and skipped slots, next 10 fire times, newest orders, and the workflows that run it."),
+    channel("jobControl", "{prefix}.api.job.control", ("JobControl", Some("JobControlReply")), (Client, Broker), true,
+        "Pause (its triggers do not fire; with all, manual submits are refused too) or resume a job or workflow; stored before the reply, held by every broker and Scheduler after. Admin only."),
     channel("orderGet", "{prefix}.api.order.get", ("GetOrder", Some("OrderInfo")), (Client, Broker), true,
         "Look up one order and its current state."),
     channel("status", "{prefix}.api.status", ("StatusRequest", Some("StatusReply")), (Client, Broker), true,
@@ -230,6 +243,8 @@ const CHANNELS: &[Channel] = {
         "An operator turns an agent's Scheduler role on (moving it from the current one) or off."),
     channel("agentChanged", "{prefix}.cluster.agent.{agent_id}", ("AgentChanged", None), (Broker, Client), false,
         "Event: an agent became Scheduler or spare, joined or was lost, as the broker saw it."),
+    channel("triggersChanged", "{prefix}.cluster.scheduler", ("TriggersChanged", None), (Broker, Client), false,
+        "Event: the deployed triggers stopped firing because no agent can hold the Scheduler role (the reason says why: none connected, all turned off, none under the broker's control, all too unhealthy), or fire again."),
     channel("brokerChanged", "{prefix}.cluster.broker.{broker_id}", ("BrokerChanged", None), (Broker, Client), false,
         "Event: a broker became active (with its epoch) or stepped down."),
     channel("orderAccepted", "{prefix}.events.{job}.{order_id}.accepted", ("OrderAccepted", None), (Broker, Client), false,
@@ -243,7 +258,7 @@ const CHANNELS: &[Channel] = {
     channel("orderFinished", "{prefix}.events.{job}.{order_id}.finished", ("OrderFinished", None), (Broker, Client), false,
         "Event: the order reached a final state (succeeded, failed or cancelled; a failed workflow order can still be resumed)."),
     channel("audit", "{prefix}.audit.{command}", ("AuditRecord", None), (Broker, Client), false,
-        "The audit trail: one record per state-changing command (deploy, order cancel, suspend and resume, subagent and Scheduler switch-overs) once its outcome is known, kept in the JetStream stream `{prefix}_audit` (read by `baton audit`; of the client roles only `admin` may read it)."),
+        "The audit trail: one record per state-changing command (deploy and undeploy, job pause and resume, order cancel, suspend and resume, subagent and Scheduler switch-overs) once its outcome is known, kept in the JetStream stream `{prefix}_audit` (read by `baton audit`; of the client roles only `admin` may read it)."),
     ]
 };
 
@@ -681,6 +696,10 @@ mod tests {
             s.broker_changed("BROKER"),
             s.audit("COMMAND"),
             s.certificate(),
+            s.job_list(),
+            s.job_get(),
+            s.job_control(),
+            s.triggers_changed(),
         ]
         .into_iter()
         .collect();

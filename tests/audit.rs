@@ -70,6 +70,7 @@ async fn state_changing_commands_are_recorded_with_who_sent_them_and_how_they_en
         jobs: baton::jobs::parse_deploy_file("t.toml", JOBS).unwrap().jobs,
         clusters: Vec::new(),
         workflows: Vec::new(),
+        ..Default::default()
     };
     let checked: DeployReply = within(
         REQUEST,

@@ -184,6 +184,7 @@ async fn hundred_orders_from_a_plain_client() {
         jobs: vec![job],
         clusters: vec![],
         workflows: vec![],
+        ..Default::default()
     };
     // a deploy needs an admin's signature, which a plain client cannot give
     let refused = client

@@ -16,6 +16,7 @@ use baton::auth::Role;
 use baton::protocol::*;
 use common::proxy::Proxy;
 use common::*;
+use futures::StreamExt;
 use nix::sys::signal::Signal;
 
 /// For every process: a short lease so hand-overs are quick to test.
@@ -802,6 +803,11 @@ async fn agents_an_operator_turned_off_stay_off_under_the_next_broker() {
         spawn_agent(&mut h, id, id, &[]);
     }
     one_scheduler(&h, None).await;
+    let mut news = h
+        .bus
+        .listen::<TriggersChanged>(h.bus.subjects().triggers_changed())
+        .await
+        .expect("listen for triggers news");
     for id in ["a1", "a2"] {
         let out = run_baton(&h, &["scheduler", "off", id], ELECTION).await;
         assert_eq!(out.status.code(), Some(0), "scheduler off {id}: {out:?}");
@@ -810,6 +816,18 @@ async fn agents_an_operator_turned_off_stay_off_under_the_next_broker() {
         schedulers(&h).await.is_empty().then_some(())
     })
     .await;
+    // an event says the triggers stopped, and why
+    let stopped = within(ELECTION, "triggers news", news.next())
+        .await
+        .expect("a TriggersChanged event")
+        .body;
+    assert!(!stopped.firing, "{stopped:?}");
+    assert!(
+        stopped
+            .reason
+            .contains("every agent is turned off by an operator"),
+        "{stopped:?}"
+    );
     let first = status(&h).await.broker_id;
     // the harness's broker is the process "broker"; ours is "b2"
     let process = if first == "b2" { "b2" } else { "broker" };
@@ -836,8 +854,23 @@ async fn agents_an_operator_turned_off_stay_off_under_the_next_broker() {
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("turned off by "), "{text}");
 
-    // turned on again, it is the Scheduler
+    // turned on again, it is the Scheduler, and the news says they fire
+    let mut news = h
+        .bus
+        .listen::<TriggersChanged>(h.bus.subjects().triggers_changed())
+        .await
+        .expect("listen for triggers news");
     let out = run_baton(&h, &["scheduler", "on", "a2"], ELECTION).await;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(one_scheduler(&h, None).await, "a2");
+    let again = within(ELECTION, "the triggers fire again", async {
+        loop {
+            let next = news.next().await.expect("triggers news").body;
+            if next.firing {
+                return next;
+            }
+        }
+    })
+    .await;
+    assert_eq!(again.scheduler.as_deref(), Some("a2"), "{again:?}");
 }

@@ -666,6 +666,7 @@ async fn with_a_wide_open_server_baton_s_own_checks_still_refuse_forgeries() {
         jobs: vec![],
         clusters: vec![],
         workflows: vec![],
+        ..Default::default()
     };
     let deploy = client
         .request::<_, DeployReply>(s.deploy(), &deploy_request, REQUEST)

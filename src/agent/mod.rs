@@ -10,12 +10,13 @@
 //! - [`role`]: the agent's side of the role: epochs, leases, commands (pure).
 //! - [`outbox`]: the fires waiting to be submitted, retry delays, and the
 //!   ledger of how far each job has fired (pure).
-//! - [`triggers`]: cron, interval and at-time triggers; which slots are due,
-//!   misfire and concurrency policies, and the timer queue of all schedules.
+//!
+//! The triggers themselves (cron, interval, at; which slots are due, the
+//! misfire policy, the timer queue) are pure and shared with the broker's
+//! job inventory: [`crate::triggers`].
 
 pub mod node;
 pub mod outbox;
 pub mod role;
-pub mod triggers;
 
 pub use node::{run_until_signal, start, Agent, Shutdown};

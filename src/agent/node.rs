@@ -11,6 +11,7 @@
 //! so firing work cannot delay them.
 
 mod firing;
+mod watched;
 
 use std::time::{Duration, Instant};
 

@@ -12,14 +12,14 @@
 //! slow write never overwrites a newer one.
 //!
 //! A workflow with triggers counts as a job here, named by its schedule key
-//! `workflow.NAME` ([`workflow_key`](super::triggers::workflow_key)).
+//! `workflow.NAME` ([`workflow_key`](crate::triggers::workflow_key)).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
-use super::triggers::Due;
 use crate::bus::BusError;
 use crate::protocol::{ErrorCode, FiredSlot};
+use crate::triggers::Due;
 
 /// The first retry of a failed submit waits this long; each next one twice as long.
 pub const RETRY_FIRST: Duration = Duration::from_millis(100);

@@ -5,11 +5,11 @@
 //! | role | publishes | subscribes |
 //! |---|---|---|
 //! | `broker` | everything under the prefix; JetStream API and KV writes of Baton's buckets and streams | everything under the prefix |
-//! | `agent` | its heartbeats, `api.submit`; reads `jobs`, `workflows`, `fired`, writes `fired` | `agent.*.>` (role commands, pings), `hb.broker` |
+//! | `agent` | its heartbeats, `api.submit`; reads `jobs`, `workflows`, `fired`, `switches`, writes `fired` | `agent.*.>` (role commands, pings), `hb.broker` |
 //! | `subagent` (one identity each) | its own heartbeat, `broker.register`/`result`/`leave`, `started` and `log` events in its own name (`events.*.*.log.{id}`) | only `subagent.{id}.>`, its own heartbeat, `hb.broker` |
-//! | `client` | `api.submit`, `api.order.>`, `api.status`; reads the `logs` stream | `events.>`, `cluster.>` |
-//! | `admin` | what `client` may, plus `api.deploy`, `api.subagent.control`, `api.scheduler.control`; reads the `audit` stream | `events.>`, `cluster.>`, `hb.>` |
-//! | `monitor` | `api.status`, `api.order.get`, `api.order.list`; reads the `logs` stream | `events.>`, `cluster.>`, `hb.>` |
+//! | `client` | `api.submit`, `api.order.>`, `api.status`, `api.job.list`/`get`; reads the `logs` stream | `events.>`, `cluster.>` |
+//! | `admin` | what `client` may, plus `api.deploy`, `api.job.control`, `api.subagent.control`, `api.scheduler.control`; reads the `audit` stream | `events.>`, `cluster.>`, `hb.>` |
+//! | `monitor` | `api.status`, `api.order.get`, `api.order.list`, `api.job.list`/`get`; reads the `logs` stream | `events.>`, `cluster.>`, `hb.>` |
 //!
 //! Every role also subscribes to its own reply inbox, `_INBOX.<its public
 //! key>.>` (see [`inbox_prefix`]), and may answer requests it received
@@ -169,7 +169,8 @@ pub fn permissions(role: Role, prefix: &str, id: Option<&str>, public_key: &str)
                 js_info,
                 "$JS.FC.>".into(),
             ];
-            for bucket in ["jobs", "workflows", "fired"] {
+            // `switches`: the jobs and workflows an operator paused
+            for bucket in ["jobs", "workflows", "fired", "switches"] {
                 publish.extend(stream_read(&names.kv_stream(bucket)));
             }
             let subscribe = vec![format!("{p}.agent.*.>"), format!("{p}.hb.broker"), inbox];
@@ -206,15 +207,20 @@ pub fn permissions(role: Role, prefix: &str, id: Option<&str>, public_key: &str)
                     format!("{p}.api.status"),
                     format!("{p}.api.order.get"),
                     format!("{p}.api.order.list"),
+                    format!("{p}.api.job.get"),
+                    format!("{p}.api.job.list"),
                 ],
                 _ => vec![
                     format!("{p}.api.submit"),
                     format!("{p}.api.order.>"),
                     format!("{p}.api.status"),
+                    format!("{p}.api.job.get"),
+                    format!("{p}.api.job.list"),
                 ],
             };
             if role == Role::Admin {
                 publish.push(format!("{p}.api.deploy"));
+                publish.push(format!("{p}.api.job.control"));
                 publish.push(format!("{p}.api.subagent.control"));
                 publish.push(format!("{p}.api.scheduler.control"));
                 publish.extend(stream_read(&names.bucket("audit")));
@@ -436,6 +442,7 @@ mod tests {
         }
         for subject in [
             "baton.api.deploy",
+            "baton.api.job.control",
             "baton.api.scheduler.control",
             "baton.api.subagent.control",
         ] {
@@ -450,6 +457,8 @@ mod tests {
         for p in [&client, &admin, &monitor] {
             assert!(p.may_publish("baton.api.status"));
             assert!(p.may_publish("baton.api.order.get"));
+            assert!(p.may_publish("baton.api.job.list"));
+            assert!(p.may_publish("baton.api.job.get"));
             assert!(p.may_subscribe("baton.events.>"));
             assert!(p.may_subscribe("baton.cluster.>"));
             assert!(!p.may_subscribe("baton.subagent.sub-1.run"));

@@ -57,6 +57,7 @@ pub fn deploy_jobs(jobs: Vec<JobSpec>) -> DeployRequest {
         workflows: Vec::new(),
         jobs,
         clusters: Vec::new(),
+        ..Default::default()
     }
 }
 

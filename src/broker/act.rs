@@ -88,11 +88,7 @@ impl Broker {
                     subagent_id,
                     stop,
                 } => self.stop(to, subagent_id, stop, ctx),
-                Effect::Switch {
-                    to,
-                    subagent_id,
-                    switch,
-                } => self.switch(to, subagent_id, switch, ctx),
+                Effect::Switch { to, of, switch } => self.switch(to, of, switch, ctx),
             }
         }
     }
@@ -115,6 +111,7 @@ impl Broker {
             Reply::Order(r) => self.bus.reply(to, &*r),
             Reply::Deployed(r) => self.bus.reply(to, &r),
             Reply::Switched(r) => self.bus.reply(to, &r),
+            Reply::JobSwitched(r) => self.bus.reply(to, &r),
             Reply::Error(r) => self.bus.reply(to, &r),
         }
     }
@@ -252,19 +249,34 @@ impl Broker {
         );
     }
 
-    fn deploy(&mut self, to: To, deploy: Box<DeployRequest>, ctx: &mut Context<Self>) {
+    /// Writes a deploy: clusters, then jobs, then workflows; then removes
+    /// what it undeploys in the other order (workflows first), with their
+    /// pauses.
+    fn deploy(&mut self, to: To, deploy: Box<core::Deploying>, ctx: &mut Context<Self>) {
         let (jobs, clusters) = (self.jobs_kv.clone(), self.clusters_kv.clone());
-        let workflows = self.workflows_kv.clone();
+        let (workflows, switches) = (self.workflows_kv.clone(), self.switches_kv.clone());
         let write = async move {
             let written = async {
-                for cluster in &deploy.clusters {
+                let request = &deploy.request;
+                for cluster in &request.clusters {
                     clusters.put(&cluster.name, cluster).await?;
                 }
-                for spec in &deploy.jobs {
+                for spec in &request.jobs {
                     jobs.put(&spec.name, spec).await?;
                 }
-                for spec in &deploy.workflows {
+                for spec in &request.workflows {
                     workflows.put(&spec.name, spec).await?;
+                }
+                for Named { kind, name } in deploy.plan.removed.iter().rev() {
+                    match kind {
+                        SpecKind::Workflow => workflows.delete(name).await?,
+                        SpecKind::Job => jobs.delete(name).await?,
+                        SpecKind::Cluster => clusters.delete(name).await?,
+                    }
+                    if *kind != SpecKind::Cluster {
+                        let of = core::SwitchOf::Job(name.clone());
+                        switches.delete(&of.key()).await?;
+                    }
                 }
                 Ok::<_, BusError>(())
             };
@@ -285,17 +297,16 @@ impl Broker {
     fn switch(
         &mut self,
         to: To,
-        subagent_id: String,
+        of: core::SwitchOf,
         switch: OperatorSwitch,
         ctx: &mut Context<Self>,
     ) {
         let kv = self.switches_kv.clone();
         let write = async move {
-            let key = format!("{}{subagent_id}", core::SUBAGENT_SWITCH);
-            let stored = kv.put(&key, &switch).await;
+            let stored = kv.put(&of.key(), &switch).await;
             Input::Switched {
                 to,
-                subagent_id,
+                of,
                 switch,
                 stored: stored.map(|_| ()).map_err(|e| e.to_string()),
             }

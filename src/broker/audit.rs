@@ -1,6 +1,6 @@
-//! The audit trail of state-changing commands (deploy, order cancel,
-//! suspend and resume, subagent disable, enable and stop, Scheduler on and
-//! off; see `protocol::audit`).
+//! The audit trail of state-changing commands (deploy and undeploy, job
+//! pause and resume, order cancel, suspend and resume, subagent disable,
+//! enable and stop, Scheduler on and off; see `protocol::audit`).
 //!
 //! Which requests are audited and what their record says is pure
 //! ([`Audited`], [`Input::audited`]); [`Audit`] appends records to the
@@ -68,10 +68,24 @@ impl Audited {
             .chain(req.workflows.iter().map(|w| w.name.as_str()))
             .chain(req.clusters.iter().map(|c| c.name.as_str()))
             .collect();
+        let mut detail = Vec::new();
+        if !req.remove.is_empty() {
+            detail.push(format!("remove {}", req.remove.join(", ")));
+        }
+        if req.prune {
+            detail.push("prune".to_string());
+        }
+        let detail = (!detail.is_empty()).then(|| detail.join("; "));
         Audited {
             dry_run: req.dry_run,
-            ..Audited::new("deploy", names.join(", "), sender)
+            ..Audited::new("deploy", names.join(", "), sender).with_detail(detail)
         }
+    }
+
+    pub fn job(req: &JobControl, sender: &Sender) -> Audited {
+        let command = if req.pause { "job.pause" } else { "job.resume" };
+        let detail = (req.pause && req.all).then(|| "all".to_string());
+        Audited::new(command, &req.name, sender).with_detail(detail)
     }
 
     pub fn cancel(req: &CancelOrder, sender: &Sender) -> Audited {
@@ -148,6 +162,7 @@ impl Input {
             Input::Suspend(r) => Audited::suspend(&r.body, r.sender.get()),
             Input::Resume(r) => Audited::resume(&r.body, r.sender.get()),
             Input::Control(r) => Audited::subagent(&r.body, r.sender.get()),
+            Input::JobControl(r) => Audited::job(&r.body, r.sender.get()),
             _ => return None,
         })
     }

@@ -68,9 +68,11 @@ use serde::{Deserialize, Serialize};
 use super::health::{millis, HealthLevel};
 use crate::config::SchedulerConfig;
 
+mod firing;
 mod round;
 mod takeover;
 
+pub use firing::not_firing;
 pub use round::decide;
 
 pub use takeover::Predecessor;

@@ -37,7 +37,9 @@ use tracing::{debug, info, warn};
 
 use super::agents::{AgentBook, Check, Heard};
 use super::audit::{Audit, Audited};
-use super::election::{decide, Action, ElectionConfig, ElectionState, Predecessor, Request as Ask};
+use super::election::{
+    decide, not_firing, Action, ElectionConfig, ElectionState, Predecessor, Request as Ask,
+};
 use super::probe::{self, Verdict};
 use super::scheduler_lease::{self, Ledger};
 use crate::bus::{Bus, BusError, Kv, Received, Request};
@@ -113,6 +115,11 @@ pub struct Elector {
     /// every broker taking over honours them; by agent id.
     switches: BTreeMap<String, OperatorSwitch>,
     switches_kv: Kv<OperatorSwitch>,
+    /// When this broker started electing.
+    electing_since: Instant,
+    /// What was last said of the triggers: `Some(None)` firing,
+    /// `Some(Some(why))` not firing; `None` nothing yet.
+    not_firing: Option<Option<&'static str>>,
 }
 
 /// Subscribes and starts the elector in the current actix System.
@@ -166,6 +173,8 @@ pub async fn start(
             tenure,
             switches,
             switches_kv,
+            electing_since: Instant::now(),
+            not_firing: None,
         }
     }))
 }
@@ -182,6 +191,7 @@ impl Actor for Elector {
             if act.tenure.holds(Instant::now()) {
                 act.check(ctx);
                 act.round(Ask::None, None, ctx);
+                act.announce_firing();
             }
         });
     }
@@ -235,6 +245,13 @@ impl Handler<AgentsNow> for Elector {
     type Result = MessageResult<AgentsNow>;
 
     fn handle(&mut self, _: AgentsNow, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.agents_now())
+    }
+}
+
+impl Elector {
+    /// Every agent heard from, with its role, lease and operator switch.
+    fn agents_now(&self) -> Vec<AgentStatus> {
         let election = &self.election;
         let lease = |id: &str| (election.lease_expires_at_ms(id), election.is_excluded(id));
         let cond = &self.config.scheduler.switch_condition;
@@ -242,11 +259,53 @@ impl Handler<AgentsNow> for Elector {
         for a in &mut agents {
             a.switched = self.switches.get(&a.id).cloned();
         }
-        MessageResult(agents)
+        agents
     }
-}
 
-impl Elector {
+    /// Publishes a [`TriggersChanged`] when the triggers stop firing
+    /// because no agent can hold the Scheduler role (and say why), and when
+    /// they fire again. Not before the agents had time to be heard
+    /// (`scheduler.agent_timeout` after this broker started electing).
+    fn announce_firing(&mut self) {
+        if self.electing_since.elapsed() < self.config.scheduler.agent_timeout {
+            return;
+        }
+        let agents = self.agents_now();
+        let why = not_firing(&agents);
+        let scheduler = (agents.iter())
+            .find(|a| a.role == AgentRole::Scheduler)
+            .map(|a| a.id.clone());
+        if why.is_none() && scheduler.is_none() {
+            return; // electing one: no news yet
+        }
+        if self.not_firing == Some(why) {
+            return;
+        }
+        let first = self.not_firing.is_none();
+        self.not_firing = Some(why);
+        let reason = match (why, &scheduler) {
+            (Some(why), _) => {
+                warn!(%why, "the triggers are NOT firing: no agent can hold the Scheduler role");
+                format!("triggers are NOT firing: {why}")
+            }
+            // firing from the start is no news
+            (None, _) if first => return,
+            (None, Some(agent)) => {
+                info!(%agent, "the triggers fire again");
+                format!("triggers fire again: agent {agent} is the Scheduler")
+            }
+            (None, None) => return,
+        };
+        let event = TriggersChanged {
+            firing: why.is_none(),
+            scheduler,
+            reason,
+            at_ms: now_ms(),
+        };
+        self.bus
+            .post(self.bus.subjects().triggers_changed(), &event);
+    }
+
     fn on_heartbeat(&mut self, hb: AgentHeartbeat, ctx: &mut Context<Self>) {
         if !subjects::is_valid_token(&hb.agent_id) {
             return;
@@ -294,6 +353,7 @@ impl Elector {
             off: action == SchedulerAction::Off,
             by: req.sender.get().describe(),
             at_ms: now_ms(),
+            all: false,
         };
         let reply = SchedulerControlReply {
             agent_id,

@@ -6,8 +6,8 @@
 //! this actor subscribes, turns what arrives into the core's inputs, and
 //! carries the effects out (`act.rs`): it publishes, requests and writes to
 //! JetStream, feeding each outcome back. Only the queries (an order, the
-//! order list, status) are answered here, from the core's state
-//! (`requests.rs`). The journal's IO and reading it for a takeover are in
+//! order list, the job inventory, status) are answered here, from the
+//! core's state (`requests.rs`, `inventory.rs`). The journal's IO and reading it for a takeover are in
 //! `recovery.rs`.
 
 mod act;
@@ -19,6 +19,7 @@ mod elector;
 mod gate;
 pub mod health;
 mod idempotency;
+pub mod inventory;
 mod leadership;
 pub mod lease;
 pub mod order_book;
@@ -62,6 +63,9 @@ enum Input {
     Suspend(Request<SuspendOrder>),
     Resume(Request<ResumeOrder>),
     List(Request<ListOrders>),
+    ListJobs(Request<ListJobs>),
+    GetJob(Request<GetJob>),
+    JobControl(Request<JobControl>),
     Job(KvChange<JobSpec>),
     Cluster(KvChange<ClusterSpec>),
     Workflow(KvChange<WorkflowSpec>),
@@ -187,6 +191,18 @@ pub async fn start(
             .await?
             .map(Input::Status)
             .boxed_local(),
+        bus.serve(s.job_list())
+            .await?
+            .map(Input::ListJobs)
+            .boxed_local(),
+        bus.serve(s.job_get())
+            .await?
+            .map(Input::GetJob)
+            .boxed_local(),
+        bus.serve(s.job_control())
+            .await?
+            .map(Input::JobControl)
+            .boxed_local(),
         bus.serve(s.subagent_control())
             .await?
             .map(Input::Control)
@@ -293,6 +309,7 @@ impl Input {
         Some(match self {
             Input::Deploy(r) => (Asked::Admin, &r.sender, Some(&r.replier)),
             Input::Control(r) => (Asked::Admin, &r.sender, Some(&r.replier)),
+            Input::JobControl(r) => (Asked::Admin, &r.sender, Some(&r.replier)),
             Input::Register(r) => {
                 let asked = Asked::FromSubagent(&r.body.subagent_id);
                 (asked, &r.sender, Some(&r.replier))
@@ -369,6 +386,10 @@ impl Broker {
                 let by = r.sender.get().describe();
                 core::Input::Control(to(r.replier), r.body, by)
             }
+            Input::JobControl(r) => {
+                let by = r.sender.get().describe();
+                core::Input::JobControl(to(r.replier), r.body, by)
+            }
             Input::Register(r) => core::Input::Register(to(r.replier), r.body),
             Input::Leave(r) => core::Input::Leave(to(r.replier), r.body),
             Input::Result(r) => core::Input::Result(to(r.replier), r.body),
@@ -380,6 +401,8 @@ impl Broker {
             Input::GetOrder(r) => return self.on_get_order(r, ctx),
             Input::Status(r) => return self.on_status(r, ctx),
             Input::List(r) => return self.on_list(r),
+            Input::ListJobs(r) => return self.on_list_jobs(r),
+            Input::GetJob(r) => return self.on_get_job(r),
             Input::Job(_) | Input::Workflow(_) | Input::Cluster(_) => return,
         };
         self.step(input, ctx);

@@ -7,9 +7,10 @@ use actix::prelude::*;
 use std::time::Instant;
 
 use super::core::Refusal;
-use super::{placement, Broker};
+use super::{inventory, placement, Broker};
 use crate::bus::Request;
 use crate::protocol::*;
+use crate::time::now_ms;
 
 /// The length of a whole order id (a UUID); a shorter one may be its start.
 const FULL_ID: usize = 36;
@@ -99,6 +100,10 @@ impl Broker {
                 names.sort();
                 names
             },
+            paused: (self.core.pauses.iter())
+                .filter(|(_, s)| s.off)
+                .map(|(name, s)| (name.clone(), s.clone()))
+                .collect(),
             clusters,
             orders: self.core.book.counts(),
             brokers: self.peers.brokers(BrokerStatus {
@@ -134,6 +139,23 @@ impl Broker {
             s.switched = self.core.switches.get(&s.id).cloned();
         }
         subagents
+    }
+
+    /// `baton job list`.
+    pub(super) fn on_list_jobs(&self, req: Request<ListJobs>) {
+        let list = inventory::job_list(&self.core, now_ms());
+        self.bus.reply(&req.replier, &list);
+    }
+
+    /// `baton job show NAME`.
+    pub(super) fn on_get_job(&self, req: Request<GetJob>) {
+        match inventory::job_info(&self.core, &req.body.name, now_ms()) {
+            Some(info) => self.bus.reply(&req.replier, &info),
+            None => {
+                let refusal = self.core.unknown_job(req.body.name.clone());
+                self.bus.reply(&req.replier, &refusal.reply())
+            }
+        }
     }
 
     /// `baton order list`: the book's list, each waiting order saying why.

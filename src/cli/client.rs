@@ -23,9 +23,13 @@ pub struct DeployArgs {
     /// examples/jobs.toml)
     #[arg(required = true, value_name = "FILE.toml")]
     pub files: Vec<PathBuf>,
-    /// Only validate the files; deploy nothing
+    /// Only validate the files and print the plan; deploy nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Also undeploy every job, workflow and cluster these files do not
+    /// define (try it with --dry-run first)
+    #[arg(long)]
+    pub prune: bool,
 }
 
 #[derive(Debug, Args)]
@@ -104,9 +108,8 @@ pub async fn deploy(config: &Config, args: DeployArgs) -> anyhow::Result<()> {
     }
     let mut request = DeployRequest {
         dry_run: args.dry_run,
-        jobs: Vec::new(),
-        clusters: Vec::new(),
-        workflows: Vec::new(),
+        prune: args.prune,
+        ..Default::default()
     };
     for (_, d) in &loaded {
         request.jobs.extend(d.jobs.iter().cloned());
@@ -130,7 +133,7 @@ pub async fn deploy(config: &Config, args: DeployArgs) -> anyhow::Result<()> {
     if args.dry_run {
         let reply = match broker_dry_run(config, &request).await {
             Ok(reply) => reply,
-            Err(DryRunError::NoBroker(why)) => {
+            Err(DryRunError::NoBroker(why)) if !args.prune => {
                 println!(
                     "valid: {}",
                     summary(
@@ -144,6 +147,9 @@ pub async fn deploy(config: &Config, args: DeployArgs) -> anyhow::Result<()> {
                      with deployed ones ({why})"
                 );
                 return Ok(());
+            }
+            Err(DryRunError::NoBroker(why)) => {
+                bail!("--prune needs a broker to compare with what is deployed: {why}")
             }
             Err(DryRunError::Bus(e)) => return Err(refused(e, true)),
         };
@@ -159,6 +165,8 @@ pub async fn deploy(config: &Config, args: DeployArgs) -> anyhow::Result<()> {
             eprintln!("warning: {warning}");
         }
         println!("valid (checked by the broker): {checked}");
+        println!("plan (nothing changed):");
+        print!("{}", output::plan_text(&reply.plan));
         return Ok(());
     }
     let bus = connect(config, "baton-cli", false).await?;
@@ -182,6 +190,7 @@ pub async fn deploy(config: &Config, args: DeployArgs) -> anyhow::Result<()> {
     if !reply.workflows.is_empty() {
         println!("deployed workflows: {}", reply.workflows.join(", "));
     }
+    print!("{}", output::plan_text(&reply.plan));
     Ok(())
 }
 
@@ -283,10 +292,13 @@ pub async fn watch(config: &Config, args: WatchArgs) -> anyhow::Result<()> {
     let mut events = bus.listen_raw(subject.clone()).await?.boxed_local();
     if args.job.is_none() && args.order.is_none() {
         // everything: subagents joining, lost, back, draining, leaving too,
-        // and agents taking or losing the Scheduler role
+        // agents taking or losing the Scheduler role, and triggers that stop
+        // (or start again) firing
         let changes = bus.listen_raw(s.subagent_changes()).await?;
         let roles = bus.listen_raw(s.agent_changes()).await?;
         let leaders = bus.listen_raw(s.broker_changes()).await?;
+        let firing = bus.listen_raw(s.triggers_changed()).await?;
+        let roles = futures::stream::select(roles, firing);
         let changes = futures::stream::select(changes, futures::stream::select(roles, leaders));
         events = futures::stream::select(events, changes).boxed_local();
     }
@@ -303,6 +315,7 @@ pub async fn watch(config: &Config, args: WatchArgs) -> anyhow::Result<()> {
                     Some((_, _, kind)) => output::event_line(kind, &payload, args.json),
                     None if subject.starts_with(&s.agent_changed("")) => output::agent_line(&payload, args.json),
                     None if subject.starts_with(&s.broker_changed("")) => output::broker_line(&payload, args.json),
+                    None if subject == s.triggers_changed() => output::triggers_line(&payload, args.json),
                     None => output::subagent_line(&payload, args.json),
                 };
                 match line {

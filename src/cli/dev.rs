@@ -1,19 +1,29 @@
 //! `baton dev`: a whole cluster on one machine for trying Baton: nats-server
 //! (nats/dev.conf, data under .baton/dev/), one broker, three subagents and
 //! two agents as child processes, with examples/jobs.toml deployed.
+//!
+//! It locks .baton/dev before touching it (`lock.rs`), so one store never
+//! has two servers, and watches its processes (`watch.rs`): a `baton` child
+//! that ends is started again, nats-server ending stops everything.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
 
 use crate::auth::{AuthDir, Role};
-use crate::bus::Credentials;
+use crate::bus::{Bus, Credentials};
 use crate::config::Config;
+use crate::jobs::Deployment;
 use crate::launch::{LocalCluster, Logs, Security};
 use crate::natsd::NatsServerOptions;
 use crate::protocol::{DeployReply, DeployRequest};
+
+mod lock;
+mod watch;
+
+use lock::StoreLock;
 
 #[derive(Debug, Args)]
 pub struct DevArgs {
@@ -23,16 +33,25 @@ pub struct DevArgs {
     /// How many agents to start (one of them fires the deployed triggers)
     #[arg(long, default_value_t = 2)]
     pub agents: usize,
-    /// Client port for nats-server
+    /// Client port for nats-server; 0 picks a free one
     #[arg(long, default_value_t = 4222)]
     pub port: u16,
     /// Jobs to deploy once the cluster is up
     #[arg(long, default_value = "examples/jobs.toml")]
     pub jobs: PathBuf,
+    /// Start from an empty cluster: delete the JetStream data (jobs, orders,
+    /// switches, audit) and the logs in .baton/dev first; the credentials in
+    /// .baton/dev/auth are kept, so seeds exported elsewhere still work
+    #[arg(long)]
+    pub fresh: bool,
 }
 
+/// `baton dev`'s folder; nats/dev.conf names it as its JetStream store.
+const STORE: &str = ".baton/dev";
 /// Where `baton dev` keeps its credentials (nats/dev.conf includes its `auth.conf`).
 const AUTH_DIR: &str = ".baton/dev/auth";
+/// What `--fresh` deletes from the store folder (never `auth/` or the lock).
+const FRESH: [&str; 3] = ["jetstream", "logs", "nats-server.log"];
 
 /// `baton dev`'s admin credentials, for a client command without credentials
 /// of its own that talks to a server on this machine, run in the repository
@@ -60,7 +79,12 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
         bail!("nats/dev.conf not found: run `baton dev` from the top of the Baton repository");
     }
     let deployment = crate::jobs::load_deploy_file(&args.jobs)?;
-    std::fs::create_dir_all(".baton/dev").context("cannot create .baton/dev")?;
+    // before anything in the folder is read or written; dropped last, after
+    // the cluster (its nats-server shares it)
+    let mut lock = StoreLock::take(Path::new(STORE))?;
+    if args.fresh {
+        wipe(Path::new(STORE))?;
+    }
     // nats/dev.conf includes the folder's auth.conf, so it must exist first
     let subagents: Vec<String> = (1..=args.subagents).map(|i| format!("sub-{i}")).collect();
     let auth = AuthDir::init(AUTH_DIR.as_ref(), &config.prefix, &subagents)?;
@@ -72,51 +96,44 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
         .map(|i| crate::auth::inbox_prefix(&i.public_key))
         .unwrap_or_default();
     let nats = NatsServerOptions {
-        port: Some(args.port),
-        store_dir: PathBuf::from(".baton/dev"),
+        port: (args.port != 0).then_some(args.port),
+        store_dir: PathBuf::from(STORE),
         config_file: Some(conf),
-        log_file: Some(PathBuf::from(".baton/dev/nats-server.log")),
+        log_file: Some(PathBuf::from(STORE).join("nats-server.log")),
+        shared_lock: Some(lock.shared()?),
         ..Default::default()
     };
     let exe = std::env::current_exe().context("cannot find the baton executable")?;
     let security = Security::Auth(AUTH_DIR.into());
-    let mut cluster = LocalCluster::start(nats, exe, &config.prefix, Logs::Prefixed, security)
+    let logs = Logs::Prefixed(PathBuf::from(STORE).join("logs"));
+    let mut cluster = LocalCluster::start(nats, exe, &config.prefix, logs, security)
         .await
-        .with_context(|| {
-            format!(
-                "cannot start nats-server on port {} (is another one running? try --port)",
-                args.port
-            )
+        .map_err(|e| {
+            // not another `baton dev` here: that one holds the lock
+            if format!("{e:#}").contains("address already in use") {
+                let port = args.port;
+                e.context(format!(
+                    "port {port} is taken by another program: --port picks another"
+                ))
+            } else {
+                e.context("cannot start nats-server")
+            }
         })?;
-    cluster.spawn("broker", &["broker", "--id", "broker-dev"])?;
-    for i in 1..=args.subagents {
-        cluster.spawn_subagent(&format!("sub-{i}"), &[])?;
-    }
-    for i in 1..=args.agents {
-        cluster.spawn(
-            &format!("agent-{i}"),
-            &["agent", "--id", &format!("agent-{i}")],
-        )?;
-    }
-    let bus = cluster.client().await?;
-    cluster.wait_for_subagents(&bus, args.subagents).await?;
-    let reply: DeployReply = bus
-        .request(
-            bus.subjects().deploy(),
-            &DeployRequest {
-                dry_run: false,
-                jobs: deployment.jobs,
-                clusters: deployment.clusters,
-                workflows: deployment.workflows,
-            },
-            Duration::from_secs(10),
-        )
-        .await?;
+    lock.record(lock::NATS_SERVER, cluster.nats.pid())?;
+    let up = start(&mut cluster, &args, deployment).await;
+    let reply = match up {
+        Ok(reply) => reply,
+        Err(e) => {
+            eprintln!("baton dev: stopping the whole cluster");
+            stop(&mut cluster);
+            return Err(e);
+        }
+    };
 
     let url = cluster.nats.url();
     let client_seed = admin_seed.with_file_name("client.nk");
     // another port than the default needs the URL in every command
-    let (url_flag, url_export) = if args.port == 4222 {
+    let (url_flag, url_export) = if cluster.nats.port() == 4222 {
         (String::new(), String::new())
     } else {
         (
@@ -131,7 +148,7 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
         .map(|p| format!("{} (pid {})", p.name, p.pid()))
         .collect();
     eprintln!(
-        "\nbaton dev is up: nats-server at {url}, {}\n\
+        "\nbaton dev is up: nats-server at {url} (pid {}), {}\n\
          deployed from {}: {}{}\n\n\
          In another terminal:\n  \
          {run} status\n  \
@@ -148,10 +165,12 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
          {run} audit                                 (who changed what)\n  \
          nats req baton.api.submit '{{\"job\":\"hello\"}}' -H Content-Type:application/json -s {url} \\\n      \
          --nkey {} --inbox-prefix {client_inbox}\n\n\
-         Kill a subagent or the Scheduler agent with `kill -9 PID` and watch the others carry on.\n\
+         Kill a subagent or the Scheduler agent with `kill -9 PID` and watch the others carry on;\n\
+         baton dev starts it again (logs in {STORE}/logs).\n\
          The bus needs credentials: commands run in this repository find them in {AUTH_DIR}; elsewhere:\n  \
          export BATON_NATS__NKEY={}\n{url_export}\
          Ctrl-C stops everything.\n",
+        cluster.nats.pid(),
         pids.join(", "),
         args.jobs.display(),
         reply.deployed.join(", "),
@@ -163,8 +182,87 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
         client_seed.display(),
         admin_seed.display(),
     );
-    super::wait_for_signal().await;
-    eprintln!("stopping");
-    cluster.stop(Duration::from_secs(5));
+    let mut restarts = watch::Restarts::default();
+    let signal = async {
+        super::wait_for_signal().await;
+        Ok(())
+    };
+    let outcome = watch::watch(&mut cluster, signal, Some(&mut restarts)).await;
+    if outcome.is_err() {
+        eprintln!("baton dev: stopping the whole cluster");
+    } else {
+        eprintln!("stopping");
+    }
+    stop(&mut cluster);
+    drop(cluster);
+    drop(lock);
+    outcome
+}
+
+/// Stops the children newest first, then nats-server.
+fn stop(cluster: &mut LocalCluster) {
+    // without NATS the children cannot drain and leave: no use waiting for it
+    let grace = match cluster.nats.is_running() {
+        true => Duration::from_secs(5),
+        false => Duration::from_secs(1),
+    };
+    cluster.stop(grace);
+    cluster.nats.kill();
+}
+
+/// Starts the broker, subagents and agents, waits for the subagents and
+/// deploys, stopping at the first process that ends meanwhile.
+async fn start(
+    cluster: &mut LocalCluster,
+    args: &DevArgs,
+    deployment: Deployment,
+) -> anyhow::Result<DeployReply> {
+    cluster.spawn("broker", &["broker", "--id", "broker-dev"])?;
+    for i in 1..=args.subagents {
+        cluster.spawn_subagent(&format!("sub-{i}"), &[])?;
+    }
+    for i in 1..=args.agents {
+        let id = format!("agent-{i}");
+        cluster.spawn(&id, &["agent", "--id", &id])?;
+    }
+    let bus = cluster.client().await?;
+    let up = deploy(bus, args.subagents, deployment);
+    watch::watch(cluster, up, None).await
+}
+
+async fn deploy(bus: Bus, subagents: usize, deployment: Deployment) -> anyhow::Result<DeployReply> {
+    crate::launch::wait_for_subagents(&bus, subagents).await?;
+    let request = DeployRequest {
+        dry_run: false,
+        jobs: deployment.jobs,
+        clusters: deployment.clusters,
+        workflows: deployment.workflows,
+        ..Default::default()
+    };
+    let deploy = bus.request(bus.subjects().deploy(), &request, Duration::from_secs(10));
+    Ok(deploy.await?)
+}
+
+/// `--fresh`: deletes the cluster's state and logs from `store`, keeping
+/// the credentials and the lock.
+fn wipe(store: &Path) -> anyhow::Result<()> {
+    for name in FRESH {
+        let path = store.join(name);
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match removed {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot delete {}", path.display()));
+            }
+            _ => {}
+        }
+    }
+    eprintln!(
+        "baton dev: --fresh: deleted the JetStream data and logs in {}",
+        store.display()
+    );
     Ok(())
 }

@@ -8,6 +8,7 @@ mod audit;
 mod auth;
 mod client;
 mod dev;
+mod jobs;
 mod orders;
 mod output;
 mod startup;
@@ -165,7 +166,20 @@ pub enum Command {
     /// order.
     Agent(AgentArgs),
     /// Validate job definitions from TOML files and deploy them
+    ///
+    /// The answer lists the plan: what was added, changed (field by field),
+    /// removed (with --prune) and left unchanged; --dry-run prints the plan
+    /// and changes nothing.
     Deploy(client::DeployArgs),
+    /// Remove deployed jobs or workflows (their pauses go with them)
+    ///
+    /// Refused while a remaining workflow has a step running the job, naming
+    /// the workflow. Unfinished orders of a removed job: waiting ones fail
+    /// when dispatched, running ones finish.
+    Undeploy(jobs::UndeployArgs),
+    /// List, show, pause or resume the deployed jobs and workflows
+    #[command(subcommand)]
+    Job(jobs::JobCommand),
     /// Submit an order for a deployed job or workflow
     Submit(submit::SubmitArgs),
     /// Show, list, suspend, resume or cancel orders, or print their logs
@@ -190,7 +204,23 @@ pub enum Command {
     /// this to move it by hand. Waits until the agent reports its new role.
     #[command(subcommand)]
     Scheduler(client::SchedulerCommand),
-    /// Start a local cluster (nats-server, a broker, three subagents) for trying Baton
+    /// Start a local cluster (nats-server, a broker, subagents, agents) for trying Baton
+    ///
+    /// Run it from the top of the Baton repository. Everything lives in
+    /// .baton/dev/: JetStream data, credentials (auth/), nats-server's log
+    /// (nats-server.log) and each child's log (logs/NAME.log, also printed
+    /// here prefixed with [NAME]).
+    ///
+    /// One `baton dev` per folder: it locks .baton/dev/lock before touching
+    /// the folder, and a second one there is refused, naming the pid of the
+    /// first. The lock goes with the processes holding it, kill -9 included
+    /// (nats-server shares it, so a server left running still holds it).
+    ///
+    /// When a broker, subagent or agent ends (kill -9 one to watch the others
+    /// carry on), baton dev says which one, how it ended and where its log is,
+    /// and starts it again. It stops the whole cluster and exits with status 2
+    /// instead when nats-server ends, when a process ends before the cluster
+    /// is up, or when one child ends a fourth time within a minute.
     Dev(dev::DevArgs),
     /// Measure Baton on a local cluster it starts itself
     #[command(subcommand)]
@@ -397,6 +427,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ok)
         }
         Command::Deploy(a) => client::deploy(&config, a).await.map(|_| ok),
+        Command::Undeploy(a) => jobs::undeploy(&config, a).await.map(|_| ok),
+        Command::Job(c) => jobs::run(&config, c).await.map(|_| ok),
         Command::Submit(a) => submit::submit(&config, a).await,
         Command::Watch(a) => client::watch(&config, a).await.map(|_| ok),
         Command::Order(c) => orders::run(&config, c).await.map(|_| ok),

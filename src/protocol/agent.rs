@@ -242,3 +242,18 @@ pub struct SchedulerLease {
     #[serde(default)]
     pub granted_at_ms: u64,
 }
+
+/// `{p}.cluster.scheduler`: whether the deployed triggers fire, as the
+/// active broker sees it; published when it changes. While no agent can
+/// hold the Scheduler role (none connected, all turned off by an operator,
+/// all outside the broker's control or too unhealthy), nothing fires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TriggersChanged {
+    pub firing: bool,
+    /// The Scheduler, when one holds the role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<String>,
+    /// Why, for people.
+    pub reason: String,
+    pub at_ms: u64,
+}

@@ -209,7 +209,7 @@ impl OrderState {
 }
 
 /// `{p}.api.deploy`: add or replace job definitions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct DeployRequest {
     #[serde(default)]
     pub jobs: Vec<JobSpec>,
@@ -220,9 +220,15 @@ pub struct DeployRequest {
     #[serde(default)]
     pub workflows: Vec<WorkflowSpec>,
     /// Only check everything (as a deploy would, against what is deployed);
-    /// store nothing.
+    /// store nothing. The reply's plan says what a deploy would do.
     #[serde(default)]
     pub dry_run: bool,
+    /// Jobs and workflows to undeploy, by name (`baton undeploy`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+    /// Undeploy every job, workflow and cluster this request does not hold.
+    #[serde(default)]
+    pub prune: bool,
 }
 
 /// Reply to [`DeployRequest`].
@@ -243,6 +249,9 @@ pub struct DeployReply {
     /// matches (its orders wait until one does).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// What it added, changed (field by field), removed and left alone.
+    #[serde(default)]
+    pub plan: super::DeployPlan,
 }
 
 /// `{p}.api.order.get`: look up one order.
@@ -534,6 +543,10 @@ pub struct StatusReply {
     /// Names of the deployed workflows.
     #[serde(default)]
     pub workflows: Vec<String>,
+    /// The jobs and workflows an operator paused, by name: who, when, and
+    /// whether manual submits are refused too.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub paused: BTreeMap<String, OperatorSwitch>,
     /// Deployed subagent clusters with the subagents they resolve to now.
     #[serde(default)]
     pub clusters: Vec<ClusterStatus>,
@@ -649,9 +662,18 @@ pub enum SubagentAction {
     Stop,
 }
 
-/// An operator's switch of a subagent, kept under `subagent.{id}` in the
-/// `{prefix}_switches` KV bucket, so that every broker taking over honours
-/// it: the subagent takes no new tasks while it is off (disabled).
+/// The key prefix of a subagent's switch in the `{prefix}_switches` bucket.
+pub const SUBAGENT_SWITCH: &str = "subagent.";
+/// The key prefix of an agent's switch (Scheduler role off) there.
+pub const AGENT_SWITCH: &str = "agent.";
+/// The key prefix of a job's or workflow's pause there.
+pub const JOB_SWITCH: &str = "job.";
+
+/// An operator's switch, kept in the `{prefix}_switches` KV bucket so that
+/// every broker taking over honours it: of a subagent (`subagent.{id}`: it
+/// takes no new tasks while off, disabled), of an agent (`agent.{id}`: it
+/// may not hold the Scheduler role while off), of a job or workflow
+/// (`job.{name}`: paused, its triggers do not fire while off).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OperatorSwitch {
     /// Disabled (`true`) or enabled again (`false`).
@@ -660,6 +682,9 @@ pub struct OperatorSwitch {
     pub by: String,
     /// When, in milliseconds since the Unix epoch.
     pub at_ms: u64,
+    /// A job's or workflow's pause only: manual submits are refused too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
 }
 
 /// Reply to [`SubagentControl`]: the subagent's state now.

@@ -15,6 +15,7 @@ pub mod api;
 pub mod audit;
 pub mod cluster;
 pub mod events;
+pub mod inventory;
 pub mod schedule;
 pub mod subjects;
 pub mod workflow;
@@ -24,6 +25,7 @@ pub use api::*;
 pub use audit::*;
 pub use cluster::*;
 pub use events::*;
+pub use inventory::*;
 pub use schedule::{ConcurrencyPolicy, FiredSlot, MisfirePolicy, TriggerSpec};
 pub use subjects::{EventKind, Subjects};
 

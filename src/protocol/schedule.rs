@@ -1,7 +1,7 @@
 //! When a deployed job fires on its own, and what happens to the slots it
 //! misses or that overlap a run still going. These are part of [`JobSpec`]
 //! (super::JobSpec); the Scheduler agent reads them, the logic lives in
-//! `agent::triggers`. [`FiredSlot`] is the Scheduler's record of how far
+//! `triggers`. [`FiredSlot`] is the Scheduler's record of how far
 //! each job has fired, kept in the `{prefix}_fired` KV bucket.
 
 use std::time::Duration;

@@ -117,6 +117,21 @@ impl Subjects {
         format!("{}.api.order.list", self.prefix)
     }
 
+    /// The job inventory: every deployed job and workflow ([`super::ListJobs`]).
+    pub fn job_list(&self) -> String {
+        format!("{}.api.job.list", self.prefix)
+    }
+
+    /// One job or workflow in full ([`super::GetJob`]).
+    pub fn job_get(&self) -> String {
+        format!("{}.api.job.get", self.prefix)
+    }
+
+    /// Pause or resume a job or workflow ([`super::JobControl`], admin only).
+    pub fn job_control(&self) -> String {
+        format!("{}.api.job.control", self.prefix)
+    }
+
     pub fn kill(&self, subagent: &str) -> String {
         format!("{}.subagent.{subagent}.kill", self.prefix)
     }
@@ -201,6 +216,11 @@ impl Subjects {
     }
 
     /// Wildcard matching every agent role change.
+    /// Whether the triggers fire ([`super::TriggersChanged`]).
+    pub fn triggers_changed(&self) -> String {
+        format!("{}.cluster.scheduler", self.prefix)
+    }
+
     pub fn agent_changes(&self) -> String {
         self.agent_changed("*")
     }

@@ -237,6 +237,7 @@ pub async fn deploy(bus: &Bus, toml_text: &str) -> DeployReply {
         jobs: d.jobs,
         clusters: d.clusters,
         workflows: d.workflows,
+        ..Default::default()
     };
     let deploy = bus.request(bus.subjects().deploy(), &request, REQUEST);
     within(REQUEST + Duration::from_secs(1), "deploy", deploy)

@@ -14,28 +14,31 @@
 //! `workflow.NAME` ([`workflow_key`]); its slots are the same
 //! [`SubmitOrder`] with the workflow's name as `job`.
 //!
+//! A job or workflow an operator paused (`job.NAME` in the switches bucket,
+//! `watched.rs`) keeps its schedule out of the queue: its slots are not
+//! fired and its cursor stays at its last fired slot, so on resume its
+//! misfire policy decides about the slots skipped. (The broker refuses a
+//! slot of a paused job too, should one be fired before the pause is seen.)
+//!
 //! Each spell as Scheduler is numbered (its term). Everything started here
 //! carries the term it was started in; when the
 //! role has ended (or ended and come back) since, its result is ignored. A
 //! submit already sent may still create its order: a successor's submit of
 //! the same slot carries the same idempotency key and finds it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use actix::prelude::*;
-use futures::stream::{LocalBoxStream, StreamExt};
 use tracing::{debug, info, warn};
 
+use super::watched::{Source, Watched};
 use super::Agent;
 use crate::agent::outbox::{retry_delay, submit_failure, Fire, FiredLedger, Outbox, SubmitFailure};
-use crate::agent::triggers::{submitted_name, workflow_key, Due, Schedule, TimerQueue, Trigger};
-use crate::bus::{Bus, BusError, Kv};
-use crate::config::Config;
-use crate::protocol::{
-    FiredSlot, JobSpec, MisfirePolicy, SubmitOrder, SubmitReply, TriggerSpec, WorkflowSpec,
-};
+use crate::bus::{BusError, Kv};
+use crate::protocol::{FiredSlot, SubmitOrder, SubmitReply};
 use crate::time::now_ms;
+use crate::triggers::{submitted_name, workflow_key, Due, Schedule, TimerQueue, Trigger};
 
 /// The timer wakes at least this often, so a wall clock that jumps is noticed.
 const LONGEST_SLEEP: Duration = Duration::from_secs(1);
@@ -54,8 +57,12 @@ pub(super) struct Firing {
     fired_kv: Option<Kv<FiredSlot>>,
     /// The deadline the timer is set for.
     timer: Option<(u64, SpawnHandle)>,
-    jobs_watch: Option<SpawnHandle>,
-    workflows_watch: Option<SpawnHandle>,
+    /// The watches of the jobs, workflows and pauses.
+    watches: HashMap<Source, SpawnHandle>,
+    /// Every schedule deployed, paused or not, by schedule key.
+    schedules: HashMap<String, Schedule>,
+    /// The names (of jobs and workflows) an operator paused.
+    paused: HashSet<String>,
     due: Vec<Due>,
     last_failure_warning: Option<std::time::Instant>,
 }
@@ -65,66 +72,28 @@ impl Firing {
     pub(super) fn schedules(&self) -> usize {
         self.queue.len()
     }
-
-    fn watch_mut(&mut self, source: Source) -> &mut Option<SpawnHandle> {
-        match source {
-            Source::Jobs => &mut self.jobs_watch,
-            Source::Workflows => &mut self.workflows_watch,
-        }
-    }
 }
 
-/// A bucket of deployed things with triggers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
-    Jobs,
-    Workflows,
-}
-
-/// A job or workflow deployed, changed (`Some`: its triggers and misfire
-/// policy) or removed (`None`), under its schedule key.
-struct Deployed {
-    key: String,
-    schedule: Option<(Vec<TriggerSpec>, MisfirePolicy)>,
-}
-
-type DeployedWatch = LocalBoxStream<'static, Deployed>;
-
-impl Source {
-    fn name(self) -> &'static str {
-        match self {
-            Source::Jobs => "jobs",
-            Source::Workflows => "workflows",
-        }
-    }
-
-    fn bucket(self, config: &Config) -> String {
-        match self {
-            Source::Jobs => config.jobs_bucket(),
-            Source::Workflows => config.workflows_bucket(),
-        }
-    }
-
-    /// Every deployed one's triggers, then every change.
-    async fn watch(self, bus: Bus, bucket: String) -> Result<DeployedWatch, BusError> {
-        Ok(match self {
-            Source::Jobs => {
-                let kv: Kv<JobSpec> = bus.kv(&bucket).await?;
-                let watch = kv.watch().await?.map(|change| Deployed {
-                    key: change.key,
-                    schedule: change.value.map(|spec| (spec.triggers, spec.misfire)),
-                });
-                watch.boxed_local()
+impl Firing {
+    /// Puts `key`'s schedule in the queue, or takes it out when it has none
+    /// or is paused. An update keeps its progress; a schedule queued anew
+    /// starts after its last fired slot (so on resume the misfire policy
+    /// decides about the slots skipped while paused).
+    fn requeue(&mut self, key: &str) {
+        let paused = self.paused.contains(submitted_name(key));
+        match self.schedules.get(key).filter(|_| !paused) {
+            Some(schedule) => {
+                let last = (self.queue.cursor(key))
+                    .or_else(|| self.ledger.as_ref().and_then(|l| l.last_fired(key)));
+                self.queue.insert(key, schedule.clone(), last, now_ms());
+                debug!(job = %key, last_fired_slot = ?last, next_slot = ?self.queue.next_slot(key), "schedule set");
             }
-            Source::Workflows => {
-                let kv: Kv<WorkflowSpec> = bus.kv(&bucket).await?;
-                let watch = kv.watch().await?.map(|change| Deployed {
-                    key: workflow_key(&change.key),
-                    schedule: change.value.map(|spec| (spec.triggers, spec.misfire)),
-                });
-                watch.boxed_local()
+            None => {
+                if self.queue.remove(key) {
+                    debug!(job = %key, paused, "schedule removed");
+                }
             }
-        })
+        }
     }
 }
 
@@ -144,8 +113,9 @@ impl Agent {
             ledger: None,
             fired_kv: None,
             timer: None,
-            jobs_watch: None,
-            workflows_watch: None,
+            watches: HashMap::new(),
+            schedules: HashMap::new(),
+            paused: HashSet::new(),
             due: Vec::new(),
             last_failure_warning: None,
         });
@@ -158,12 +128,8 @@ impl Agent {
         let Some(firing) = self.firing.take() else {
             return;
         };
-        let handles = [
-            firing.timer.map(|(_, h)| h),
-            firing.jobs_watch,
-            firing.workflows_watch,
-        ];
-        for handle in handles.into_iter().flatten() {
+        let watches = firing.watches.into_values();
+        for handle in firing.timer.map(|(_, h)| h).into_iter().chain(watches) {
             ctx.cancel_future(handle);
         }
         info!(
@@ -218,8 +184,9 @@ impl Agent {
         );
         firing.ledger = Some(FiredLedger::new(records.into_values()));
         firing.fired_kv = Some(kv);
-        self.watch(term, Source::Jobs, ctx);
-        self.watch(term, Source::Workflows, ctx);
+        for source in Source::ALL {
+            self.watch(term, source, ctx);
+        }
     }
 
     fn watch(&mut self, term: u64, source: Source, ctx: &mut Context<Self>) {
@@ -234,7 +201,7 @@ impl Agent {
                         watch
                             .into_actor(act)
                             .map(move |change, act: &mut Agent, ctx| {
-                                act.on_deployed(term, change, ctx)
+                                act.on_watched(term, change, ctx)
                             })
                             .finish()
                             .map(move |_, act: &mut Agent, ctx| {
@@ -245,7 +212,7 @@ impl Agent {
                             }),
                     );
                     if let Some(firing) = act.firing(term) {
-                        *firing.watch_mut(source) = Some(handle);
+                        firing.watches.insert(source, handle);
                     }
                 }
                 Err(e) => {
@@ -258,7 +225,7 @@ impl Agent {
 
     fn rewatch(&mut self, term: u64, source: Source, ctx: &mut Context<Self>) {
         if let Some(firing) = self.firing(term) {
-            *firing.watch_mut(source) = None;
+            firing.watches.remove(&source);
         }
         ctx.run_later(RELOAD_DELAY, move |act, ctx| {
             if act.firing(term).is_some() {
@@ -267,42 +234,43 @@ impl Agent {
         });
     }
 
-    /// A job or workflow was deployed, changed or removed: set or drop its
-    /// schedule (`job` is its key in what follows).
-    fn on_deployed(&mut self, term: u64, change: Deployed, ctx: &mut Context<Self>) {
+    /// A job or workflow was deployed, changed or removed, or paused or
+    /// resumed: its schedule is kept, and queued while not paused.
+    fn on_watched(&mut self, term: u64, change: Watched, ctx: &mut Context<Self>) {
         let Some(firing) = self.firing(term) else {
             return;
         };
-        let job = change.key;
-        let schedule = change
-            .schedule
-            .filter(|(triggers, _)| !triggers.is_empty())
-            .and_then(
-                |(triggers, misfire)| match Trigger::compile_all(&triggers) {
-                    Ok(trigger) => Some(Schedule { trigger, misfire }),
-                    Err(e) => {
-                        warn!(%job, error = %e, "the triggers do not compile; not firing them");
-                        None
-                    }
-                },
-            );
-        match schedule {
-            Some(schedule) => {
-                // an update keeps the job's progress; a new one starts from its record
-                let last = firing.queue.cursor(&job).or_else(|| {
-                    firing
-                        .ledger
-                        .as_ref()
-                        .and_then(|ledger| ledger.last_fired(&job))
-                });
-                firing.queue.insert(&job, schedule, last, now_ms());
-                debug!(%job, last_fired_slot = ?last, next_slot = ?firing.queue.next_slot(&job), "schedule set");
+        match change {
+            Watched::Schedule { key, schedule } => {
+                let schedule = schedule
+                    .filter(|(triggers, _)| !triggers.is_empty())
+                    .and_then(|(triggers, misfire)| {
+                        match Trigger::compile_all(&triggers) {
+                            Ok(trigger) => Some(Schedule { trigger, misfire }),
+                            Err(e) => {
+                                warn!(job = %key, error = %e, "the triggers do not compile; not firing them");
+                                None
+                            }
+                        }
+                    });
+                match schedule {
+                    Some(schedule) => firing.schedules.insert(key.clone(), schedule),
+                    None => firing.schedules.remove(&key),
+                };
+                firing.requeue(&key);
             }
-            None => {
-                if firing.queue.remove(&job) {
-                    debug!(%job, "schedule removed");
+            Watched::Pause { name, paused } => {
+                let changed = match paused {
+                    true => firing.paused.insert(name.clone()),
+                    false => firing.paused.remove(&name),
+                };
+                if changed {
+                    info!(job = %name, paused, "pause switched");
+                    firing.requeue(&name);
+                    firing.requeue(&workflow_key(&name));
                 }
             }
+            Watched::Other => {}
         }
         self.arm_timer(ctx);
     }

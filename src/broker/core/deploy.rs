@@ -4,7 +4,8 @@
 //! A deploy is checked against what is deployed (`check_deploy`), written
 //! to the buckets ([`Effect::Deploy`]), and answered once written
 //! ([`Input::Deployed`]); a dry run is answered at once and changes
-//! nothing. Every bucket change (a deploy of this broker's or another's,
+//! nothing. Every answer carries the deploy's plan (`changes.rs`): what it
+//! adds, changes field by field, removes (`remove`, `prune`) and leaves. Every bucket change (a deploy of this broker's or another's,
 //! or an edit) reaches the core as a [`SpecChange`], acting or not, so a
 //! broker that renews its lease after a pause knows what was deployed.
 
@@ -13,6 +14,7 @@ use std::collections::HashMap;
 use tracing::{info, warn};
 
 use super::super::placement;
+use super::changes::{Deployed, Deploying};
 use super::{Core, Effect, Refusal, Reply};
 use crate::jobs;
 use crate::protocol::*;
@@ -30,11 +32,20 @@ pub enum SpecChange {
 impl<R: Clone + std::fmt::Debug> Core<R> {
     /// `baton deploy`: checked, then written (or, for a dry run, only
     /// answered).
-    pub(super) fn on_deploy(&mut self, to: R, deploy: DeployRequest) {
-        if let Err(message) = self.check_deploy(&deploy) {
-            return self.refuse(&to, Refusal::InvalidDeploy(message));
-        }
-        if deploy.dry_run {
+    pub(super) fn on_deploy(&mut self, to: R, request: DeployRequest) {
+        let deployed = Deployed {
+            jobs: &self.jobs,
+            clusters: &self.clusters,
+            workflows: &self.workflows,
+        };
+        let plan = deployed.plan(&request);
+        let checked = plan.and_then(|plan| self.check_deploy(&request, &plan).map(|_| plan));
+        let plan = match checked {
+            Ok(plan) => plan,
+            Err(message) => return self.refuse(&to, Refusal::InvalidDeploy(message)),
+        };
+        let deploy = Deploying { request, plan };
+        if deploy.request.dry_run {
             let reply = self.deployed(&deploy);
             return self.reply(&to, Reply::Deployed(reply));
         }
@@ -43,17 +54,21 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
     }
 
     /// A deploy was written to the buckets, or not.
-    pub(super) fn on_deployed(
-        &mut self,
-        to: R,
-        deploy: DeployRequest,
-        written: Result<(), String>,
-    ) {
+    pub(super) fn on_deployed(&mut self, to: R, deploy: Deploying, written: Result<(), String>) {
         if let Err(e) = written {
             return self.refuse(&to, Refusal::DeployNotStored(e));
         }
         let reply = self.deployed(&deploy);
-        info!(jobs = ?reply.deployed, clusters = ?reply.clusters, workflows = ?reply.workflows, "deployed");
+        info!(jobs = ?reply.deployed, clusters = ?reply.clusters, workflows = ?reply.workflows, removed = ?deploy.plan.removed, "deployed");
+        for Named { kind, name } in deploy.plan.removed {
+            match kind {
+                SpecKind::Job => drop(self.jobs.remove(&name)),
+                SpecKind::Cluster => drop(self.clusters.remove(&name)),
+                SpecKind::Workflow => drop(self.workflows.remove(&name)),
+            }
+            self.pauses.remove(&name);
+        }
+        let deploy = deploy.request;
         for spec in deploy.workflows {
             self.workflows.insert(spec.name.clone(), spec);
         }
@@ -68,14 +83,15 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
     }
 
     /// Whether `req` may be deployed over what is deployed (else why not).
-    fn check_deploy(&self, req: &DeployRequest) -> Result<(), String> {
+    fn check_deploy(&self, req: &DeployRequest, plan: &DeployPlan) -> Result<(), String> {
         let DeployRequest {
             jobs,
             clusters,
             workflows,
             ..
         } = req;
-        if jobs.is_empty() && clusters.is_empty() && workflows.is_empty() {
+        let adds = !(jobs.is_empty() && clusters.is_empty() && workflows.is_empty());
+        if !adds && plan.removed.is_empty() {
             return Err("nothing to deploy: no jobs, clusters or workflows".into());
         }
         for cluster in clusters {
@@ -194,7 +210,8 @@ impl<R> Core<R> {
     /// The answer to a deploy: the names of what it deploys, and a warning
     /// for each cluster no known subagent matches and each `at` trigger in
     /// the past.
-    fn deployed(&self, deploy: &DeployRequest) -> DeployReply {
+    fn deployed(&self, deploying: &Deploying) -> DeployReply {
+        let deploy = &deploying.request;
         let unmatched = (deploy.clusters.iter())
             .filter(|c| placement::members(Some(c), self.registry.iter()).is_empty());
         let unmatched = unmatched.map(|c| format!(
@@ -212,13 +229,26 @@ impl<R> Core<R> {
                 _ => None,
             })
         });
-        let warnings = unmatched.chain(past);
+        let removed = deploying
+            .plan
+            .removed
+            .iter()
+            .filter(|n| n.kind == SpecKind::Job);
+        let busy = removed.filter_map(|n| {
+            let active = self.book.active_of_job(&n.name).len();
+            (active > 0).then(|| format!(
+                "job '{}' is undeployed with {active} unfinished order(s): waiting ones fail when dispatched, running ones finish",
+                n.name
+            ))
+        });
+        let warnings = unmatched.chain(past).chain(busy);
         DeployReply {
             deployed: deploy.jobs.iter().map(|j| j.name.clone()).collect(),
             clusters: deploy.clusters.iter().map(|c| c.name.clone()).collect(),
             workflows: deploy.workflows.iter().map(|w| w.name.clone()).collect(),
             dry_run: deploy.dry_run,
             warnings: warnings.collect(),
+            plan: deploying.plan.clone(),
         }
     }
 }

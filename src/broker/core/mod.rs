@@ -33,6 +33,7 @@
 //! steps down.
 //!
 
+mod changes;
 mod deploy;
 mod events;
 mod flows;
@@ -40,6 +41,7 @@ mod flows;
 mod history_tests;
 mod journal;
 mod orders;
+mod pause;
 pub mod plan;
 mod refusal;
 mod subagents;
@@ -60,12 +62,13 @@ use super::registry::Registry;
 use crate::config::Config;
 use crate::protocol::*;
 use crate::workflow::KillCause;
+pub use changes::Deploying;
 pub use deploy::SpecChange;
 pub(super) use journal::{Revisions, Stored, Then};
 pub use refusal::Refusal;
 pub use submit::Created;
+pub use switch::SwitchOf;
 pub(super) use takeover::{Journal, Recovered};
-pub use takeover::{AGENT_SWITCH, SUBAGENT_SWITCH};
 
 /// Added to a subagent's own orphan timeout before its tasks count as dead.
 pub(super) const ORPHAN_MARGIN: Duration = Duration::from_secs(1);
@@ -91,18 +94,20 @@ pub enum Input<R> {
     Deploy(R, DeployRequest),
     /// A switch-over, and who asked for it.
     Control(R, SubagentControl, String),
+    /// A job's or workflow's pause or resume, and who asked for it.
+    JobControl(R, JobControl, String),
     /// A bucket entry changed (taken whether acting or not).
     Spec(SpecChange),
     /// The outcome of an [`Effect::Deploy`].
     Deployed {
         to: R,
-        deploy: Box<DeployRequest>,
+        deploy: Box<Deploying>,
         written: Result<(), String>,
     },
     /// The outcome of an [`Effect::Switch`].
     Switched {
         to: R,
-        subagent_id: String,
+        of: SwitchOf,
         switch: OperatorSwitch,
         stored: Result<(), String>,
     },
@@ -210,13 +215,13 @@ pub enum Effect<R> {
     /// answered with [`Input::Deployed`].
     Deploy {
         to: R,
-        deploy: Box<DeployRequest>,
+        deploy: Box<Deploying>,
     },
-    /// Store an operator's switch of a subagent (under `subagent.{id}` in
-    /// the switches bucket); answered with [`Input::Switched`].
+    /// Store an operator's switch (under [`SwitchOf::key`] in the switches
+    /// bucket); answered with [`Input::Switched`].
     Switch {
         to: R,
-        subagent_id: String,
+        of: SwitchOf,
         switch: OperatorSwitch,
     },
     /// Ask a subagent to stop (drain); answered with [`Input::Stopped`].
@@ -238,6 +243,7 @@ pub enum Reply {
     Order(Box<OrderInfo>),
     Deployed(DeployReply),
     Switched(SubagentControlReply),
+    JobSwitched(JobControlReply),
     Error(ErrorReply),
 }
 
@@ -305,6 +311,8 @@ pub struct Core<R> {
     /// Operators' switches of subagents, by id: one switched off stays
     /// disabled whenever it is seen, under any broker.
     pub(super) switches: BTreeMap<String, OperatorSwitch>,
+    /// Operators' pauses of jobs and workflows, by name (`pause.rs`).
+    pub(super) pauses: BTreeMap<String, OperatorSwitch>,
     /// Subagents with orders in doubt, which their heartbeats may reclaim.
     pub(super) doubted: BTreeSet<String>,
     pub(super) registry: Registry,
@@ -348,6 +356,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             unreconciled: recovered.book.inherited_subagents(),
             doubted: BTreeSet::new(),
             switches: recovered.switches,
+            pauses: recovered.pauses,
             book: recovered.book,
             writing: HashMap::new(),
             unannounced: HashMap::new(),
@@ -383,12 +392,13 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             Input::Resume(to, r) => self.on_resume(to, r),
             Input::Deploy(to, d) => self.on_deploy(to, d),
             Input::Control(to, c, by) => self.on_control(to, c, by),
+            Input::JobControl(to, c, by) => self.on_job_control(to, c, by),
             Input::Switched {
                 to,
-                subagent_id,
+                of,
                 switch,
                 stored,
-            } => self.on_switched(to, subagent_id, switch, stored),
+            } => self.on_switched(to, of, switch, stored),
             Input::Spec(change) => self.on_spec_change(change),
             Input::Deployed {
                 to,

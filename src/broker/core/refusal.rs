@@ -93,9 +93,20 @@ pub enum Refusal {
     #[error("subagent '{0}' is lost; it cannot be switched now")]
     SubagentLost(String),
     #[error(
-        "the switch of subagent '{subagent}' could not be stored in JetStream ({error}); nothing changed, send it again"
+        "the switch '{what}' could not be stored in JetStream ({error}); nothing changed, send it again"
     )]
-    SwitchNotStored { subagent: String, error: String },
+    SwitchNotStored { what: String, error: String },
+    /// A submit of a paused job or workflow: a trigger's always, a
+    /// client's when paused with `--all`.
+    #[error(
+        "{name} is paused{all} (by {by} at {at}); `baton job resume {name}` lets it run again"
+    )]
+    Paused {
+        name: String,
+        all: &'static str,
+        by: String,
+        at: String,
+    },
     #[error("subagent '{subagent}' did not take the stop: {error}")]
     StopNotTaken { subagent: String, error: String },
     /// The gate refused the sender (see `broker/gate.rs`).
@@ -145,7 +156,9 @@ impl Refusal {
             Refusal::NotHeld(_) | Refusal::NoOrder(_) | Refusal::UnknownProcess { .. } => {
                 ErrorCode::NotFound
             }
-            Refusal::AlreadyEnded { .. } | Refusal::Expired { .. } => ErrorCode::InvalidState,
+            Refusal::AlreadyEnded { .. } | Refusal::Paused { .. } | Refusal::Expired { .. } => {
+                ErrorCode::InvalidState
+            }
             Refusal::BadSubagentId(_) => ErrorCode::BadRequest,
         }
     }

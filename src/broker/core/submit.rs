@@ -58,6 +58,9 @@ pub enum Created {
 impl<R: Clone + std::fmt::Debug> Core<R> {
     /// A submit of a job's order, or of a workflow's (`flows/submit.rs`).
     pub(super) fn on_submit(&mut self, to: R, submit: SubmitOrder) {
+        if let Some(refusal) = self.refused_for_pause(&submit) {
+            return self.refuse(&to, refusal);
+        }
         if let Some(spec) = self.workflows.get(&submit.job).cloned() {
             return self.submit_workflow(to, &spec, submit);
         }
@@ -68,16 +71,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             slot_ms,
         } = submit;
         let Some(spec) = self.jobs.get(&job) else {
-            let mut workflows: Vec<&str> = self.workflows.keys().map(String::as_str).collect();
-            workflows.sort_unstable();
-            let mut jobs: Vec<&str> = self.jobs.keys().map(String::as_str).collect();
-            jobs.sort_unstable();
-            let refusal = Refusal::UnknownJob {
-                jobs: jobs.join(", "),
-                workflows: workflows.join(", "),
-                job,
-            };
-            return self.refuse(&to, refusal);
+            return self.refuse(&to, self.unknown_job(job));
         };
         let (concurrency, restartable) = (spec.concurrency, spec.restartable);
         let params = match jobs::resolve_params(spec, &params) {

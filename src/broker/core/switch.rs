@@ -11,6 +11,24 @@ use tracing::info;
 use super::{Core, Effect, Refusal, Reply};
 use crate::protocol::*;
 
+/// What an operator switched: a subagent (disable, enable) or a job or
+/// workflow (pause, resume).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SwitchOf {
+    Subagent(String),
+    Job(String),
+}
+
+impl SwitchOf {
+    /// Its key in the switches bucket.
+    pub fn key(&self) -> String {
+        match self {
+            SwitchOf::Subagent(id) => format!("{SUBAGENT_SWITCH}{id}"),
+            SwitchOf::Job(name) => format!("{JOB_SWITCH}{name}"),
+        }
+    }
+}
+
 impl<R: Clone + std::fmt::Debug> Core<R> {
     /// `baton subagent disable|enable|stop`.
     pub(super) fn on_control(&mut self, to: R, control: SubagentControl, by: String) {
@@ -40,29 +58,31 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             off: disabled,
             by,
             at_ms: self.now.ms,
+            all: false,
         };
-        self.emit(Effect::Switch {
-            to,
-            subagent_id,
-            switch,
-        });
+        let of = SwitchOf::Subagent(subagent_id);
+        self.emit(Effect::Switch { to, of, switch });
     }
 
     /// An operator's switch was stored (then it holds), or not.
     pub(super) fn on_switched(
         &mut self,
         to: R,
-        subagent_id: String,
+        of: SwitchOf,
         switch: OperatorSwitch,
         stored: Result<(), String>,
     ) {
         if let Err(error) = stored {
             let refusal = Refusal::SwitchNotStored {
-                subagent: subagent_id,
+                what: of.key(),
                 error,
             };
             return self.refuse(&to, refusal);
         }
+        let subagent_id = match of {
+            SwitchOf::Subagent(id) => id,
+            SwitchOf::Job(name) => return self.on_paused(to, name, switch),
+        };
         let disabled = switch.off;
         info!(subagent = %subagent_id, disabled, by = %switch.by, "switch-over");
         self.switches.insert(subagent_id.clone(), switch);

@@ -14,11 +14,6 @@ use crate::jobs;
 use crate::protocol::*;
 use crate::workflow::{validate_workflow, FlowOrder};
 
-/// The key prefix of a subagent's switch in the switches bucket.
-pub const SUBAGENT_SWITCH: &str = "subagent.";
-/// The key prefix of an agent's switch (Scheduler role off) there.
-pub const AGENT_SWITCH: &str = "agent.";
-
 /// What the journal holds: the buckets' entries, and every order with its
 /// record's revision.
 #[derive(Debug, Default, Clone)]
@@ -27,7 +22,7 @@ pub struct Journal {
     pub clusters: HashMap<String, ClusterSpec>,
     pub workflows: HashMap<String, WorkflowSpec>,
     pub orders: HashMap<String, (OrderInfo, u64)>,
-    /// Operators' switches, by key (`subagent.{id}`).
+    /// Operators' switches, by key (`subagent.{id}`, `job.{name}`, ...).
     pub switches: HashMap<String, OperatorSwitch>,
 }
 
@@ -47,6 +42,8 @@ pub(in crate::broker) struct Recovered {
     /// good, with the revision they were read at: not held, to be deleted
     /// (`broker/retention.rs`).
     pub expired: Vec<(String, u64)>,
+    /// Operators' pauses of jobs and workflows, by name.
+    pub pauses: BTreeMap<String, OperatorSwitch>,
 }
 
 impl Recovered {
@@ -122,9 +119,12 @@ impl Recovered {
             past_retention = expired.len(),
             "orders recovered from the journal"
         );
-        let switches = (journal.switches.into_iter())
-            .filter_map(|(key, s)| Some((key.strip_prefix(SUBAGENT_SWITCH)?.to_string(), s)))
-            .collect();
+        let of = |prefix: &str| -> BTreeMap<String, OperatorSwitch> {
+            (journal.switches.iter())
+                .filter_map(|(key, s)| Some((key.strip_prefix(prefix)?.to_string(), s.clone())))
+                .collect()
+        };
+        let (switches, pauses) = (of(SUBAGENT_SWITCH), of(JOB_SWITCH));
         Recovered {
             jobs,
             clusters,
@@ -133,6 +133,7 @@ impl Recovered {
             revisions,
             switches,
             expired,
+            pauses,
         }
     }
 }

@@ -118,6 +118,15 @@ fn a_cancel_not_stored_is_refused_and_written_again() {
     assert!(again, "a cancel is written until it lands: {effects:?}");
 }
 
+/// The deploy an [`Effect::Deploy`] writes.
+fn deploy_written(effects: &[Effect<u32>]) -> Box<Deploying> {
+    let mut deploys = effects.iter().filter_map(|e| match e {
+        Effect::Deploy { deploy, .. } => Some(deploy.clone()),
+        _ => None,
+    });
+    deploys.next().expect("a deploy to write")
+}
+
 #[test]
 fn a_dry_run_deploy_is_answered_and_changes_nothing() {
     let base = Instant::now();
@@ -127,6 +136,7 @@ fn a_dry_run_deploy_is_answered_and_changes_nothing() {
         jobs: vec![job("k")],
         clusters: Vec::new(),
         workflows: Vec::new(),
+        ..Default::default()
     };
     let effects = core.step(Input::Deploy(1, deploy.clone()), now(base, 10));
     assert!(matches!(
@@ -144,7 +154,7 @@ fn a_dry_run_deploy_is_answered_and_changes_nothing() {
     assert!(replies(&effects).is_empty(), "answered once written");
     let deployed = Input::Deployed {
         to: 2,
-        deploy: Box::new(deploy),
+        deploy: deploy_written(&effects),
         written: Ok(()),
     };
     let effects = core.step(deployed, now(base, 30));
@@ -159,6 +169,7 @@ fn a_dry_run_deploy_is_answered_and_changes_nothing() {
         jobs: Vec::new(),
         clusters: Vec::new(),
         workflows: Vec::new(),
+        ..Default::default()
     };
     let effects = core.step(Input::Deploy(3, empty), now(base, 40));
     assert!(matches!(
@@ -238,6 +249,7 @@ fn a_deploy_warns_of_an_at_trigger_in_the_past_and_an_unmatched_cluster() {
         jobs: vec![serde_json::from_value(spec).expect("a job")],
         clusters: vec![serde_json::from_value(cluster).expect("a cluster")],
         workflows: Vec::new(),
+        ..Default::default()
     };
     let effects = core.step(Input::Deploy(1, deploy), now(base, 10));
     let [(1, Reply::Deployed(reply))] = replies(&effects)[..] else {
@@ -249,4 +261,125 @@ fn a_deploy_warns_of_an_at_trigger_in_the_past_and_an_unmatched_cluster() {
         warnings.contains("cluster 'zone-b': no known subagent"),
         "{warnings}"
     );
+}
+
+/// A submit of job `j`, by a trigger's slot or by a client.
+fn submit_j(slot_ms: Option<u64>, request_id: &str) -> SubmitOrder {
+    SubmitOrder {
+        job: "j".into(),
+        params: Default::default(),
+        request_id: Some(request_id.into()),
+        slot_ms,
+    }
+}
+
+fn refused_as_paused(effects: &[Effect<u32>]) -> bool {
+    let replies = replies(effects);
+    matches!(replies.as_slice(), [(_, Reply::Error(e))] if e.error.message.contains("is paused"))
+}
+
+#[test]
+fn a_pause_is_stored_before_it_holds_and_refuses_slots_then_submits_with_all() {
+    let base = Instant::now();
+    let mut core = core_over(base, Vec::new());
+    let pause = JobControl {
+        name: "j".into(),
+        pause: true,
+        all: false,
+    };
+    let effects = core.step(Input::JobControl(1, pause, "admin".into()), now(base, 10));
+    let Some(Effect::Switch { of, switch, .. }) =
+        effects.iter().find(|e| matches!(e, Effect::Switch { .. }))
+    else {
+        panic!("stored first: {effects:?}")
+    };
+    assert_eq!(of.key(), "job.j");
+    assert!(replies(&effects).is_empty(), "answered once stored");
+    // not stored: refused, and nothing holds
+    let failed = Input::Switched {
+        to: 1,
+        of: of.clone(),
+        switch: switch.clone(),
+        stored: Err("timeout".into()),
+    };
+    let effects = core.step(failed, now(base, 20));
+    assert!(matches!(replies(&effects)[..], [(1, Reply::Error(_))]));
+    assert!(core.paused("j").is_none());
+    let stored = Input::Switched {
+        to: 1,
+        of: of.clone(),
+        switch: switch.clone(),
+        stored: Ok(()),
+    };
+    let effects = core.step(stored, now(base, 30));
+    assert!(matches!(replies(&effects)[..], [(1, Reply::JobSwitched(r))] if r.switched.off));
+    // a slot is refused; a client's submit is taken
+    let slot = core.step(Input::Submit(2, submit_j(Some(T0), "j@1")), now(base, 40));
+    assert!(refused_as_paused(&slot), "{slot:?}");
+    let manual = core.step(Input::Submit(3, submit_j(None, "m1")), now(base, 50));
+    assert!(
+        manual.iter().any(|e| matches!(e, Effect::Create { .. })),
+        "{manual:?}"
+    );
+    // with --all, clients are refused too
+    let all = OperatorSwitch {
+        all: true,
+        ..switch.clone()
+    };
+    let stored = Input::Switched {
+        to: 4,
+        of: of.clone(),
+        switch: all,
+        stored: Ok(()),
+    };
+    core.step(stored, now(base, 60));
+    let manual = core.step(Input::Submit(5, submit_j(None, "m2")), now(base, 70));
+    assert!(refused_as_paused(&manual), "{manual:?}");
+    // unknown names are refused before anything is stored
+    let unknown = JobControl {
+        name: "nope".into(),
+        pause: true,
+        all: false,
+    };
+    let effects = core.step(Input::JobControl(6, unknown, "admin".into()), now(base, 80));
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Switch { .. })));
+    assert!(
+        matches!(replies(&effects)[..], [(6, Reply::Error(e))] if e.error.code == ErrorCode::UnknownJob)
+    );
+}
+
+#[test]
+fn a_broker_taking_over_holds_the_pauses_it_reads() {
+    let pause = OperatorSwitch {
+        off: true,
+        by: "admin".into(),
+        at_ms: T0,
+        all: false,
+    };
+    let journal = Journal {
+        jobs: [("j".to_string(), job("j"))].into(),
+        switches: [
+            ("job.j".to_string(), pause.clone()),
+            ("subagent.s".to_string(), pause),
+        ]
+        .into(),
+        ..Journal::default()
+    };
+    let recovered = Recovered::from_journal(journal, &Config::default().broker, T0);
+    assert_eq!(recovered.pauses.keys().collect::<Vec<_>>(), ["j"]);
+    assert_eq!(recovered.switches.keys().collect::<Vec<_>>(), ["s"]);
+    let base = Instant::now();
+    let tenure = lease::Tenure::new(base, Duration::from_secs(3600));
+    let mut core = Core::new(
+        "b".into(),
+        Config::default(),
+        1,
+        tenure,
+        recovered,
+        1,
+        now(base, 0),
+    );
+    core.take_effects();
+    let slot = core.step(Input::Submit(1, submit_j(Some(T0), "j@1")), now(base, 10));
+    assert!(refused_as_paused(&slot), "{slot:?}");
 }

@@ -8,7 +8,6 @@ use actix::prelude::*;
 use tracing::info;
 
 use super::super::audit::Audited;
-use super::super::core::AGENT_SWITCH;
 use super::super::election::ElectionState;
 use super::Elector;
 use crate::bus::{BusError, Kv, Replier};

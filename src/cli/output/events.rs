@@ -205,6 +205,17 @@ pub fn agent_line(payload: &[u8], json: bool) -> Result<String, DecodeError> {
     ))
 }
 
+/// Whether the triggers fire, as a line for `baton watch`.
+pub fn triggers_line(payload: &[u8], json: bool) -> Result<String, DecodeError> {
+    let e: TriggersChanged = decode(Encoding::MessagePack, payload)?;
+    if json {
+        let mut v = serde_json::to_value(&e).expect("events encode as JSON");
+        v["event"] = serde_json::Value::from("triggers");
+        return Ok(v.to_string());
+    }
+    Ok(format!("{} {}", clock(e.at_ms), e.reason))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,12 +1,13 @@
 //! How client commands print things for people (and as JSON lines).
 //!
 //! `events` turns events into the lines of `baton watch` and `submit
-//! --wait`; `orders` renders `order show`, `order list` and the answers to
-//! order commands; `status` renders `baton status`; `audit` the table of
+//! --wait`; `jobs` the job inventory and a deploy's plan; `orders` renders
+//! `order show`, `order list` and the answers to order commands; `status` renders `baton status`; `audit` the table of
 //! `baton audit`. The helpers here (times, durations, tables) are shared.
 
 mod audit;
 mod events;
+mod jobs;
 mod orders;
 mod status;
 
@@ -17,8 +18,9 @@ use std::time::{Duration, UNIX_EPOCH};
 pub use audit::audit_text;
 pub use events::{
     agent_line, broker_line, changed_text, event_line, finished_line, log_text, subagent_line,
-    written_by_another,
+    triggers_line, written_by_another,
 };
+pub use jobs::{job_list_text, job_switched_text, job_text, plan_text};
 pub use orders::{control_line, order_list_text, order_text, task_of, Control, StepTails};
 pub use status::status_text;
 

@@ -94,19 +94,10 @@ fn agents_text(out: &mut String, agents: &[AgentStatus]) {
 
 /// Why no agent is the Scheduler, in plain words: triggers do not fire.
 fn no_scheduler(agents: &[AgentStatus]) -> String {
-    let eligible = || agents.iter().filter(|a| a.controlled && !a.excluded);
-    let why = if agents.is_empty() {
-        "no agent is connected; start one with `baton agent`"
-    } else if agents.iter().all(|a| a.excluded) {
-        "every agent is turned off by an operator; `baton scheduler on AGENT` turns one on"
-    } else if eligible().next().is_none() {
-        "no agent may hold it: those not turned off by an operator run outside broker control"
-    } else if eligible().all(|a| a.switch_condition_met) {
-        "every agent that may hold it meets the switch condition (too unhealthy); `baton scheduler on AGENT` overrides it once"
-    } else {
-        return "none yet (electing one)".to_string();
-    };
-    format!("none: triggers are NOT firing: {why}")
+    match crate::broker::election::not_firing(agents) {
+        Some(why) => format!("none: triggers are NOT firing: {why}"),
+        None => "none yet (electing one)".to_string(),
+    }
 }
 
 /// The text of `baton status`.
@@ -159,6 +150,19 @@ pub fn status_text(s: &StatusReply) -> String {
             "workflows ({}): {}",
             s.workflows.len(),
             s.workflows.join(", ")
+        );
+    }
+    for (name, pause) in &s.paused {
+        let all = if pause.all {
+            "; manual submits refused too"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "paused: {name} (its triggers do not fire), by {} at {}{all}",
+            pause.by,
+            clock_s(pause.at_ms)
         );
     }
     agents_text(&mut out, &s.agents);

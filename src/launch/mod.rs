@@ -8,12 +8,13 @@
 //! Each child gets its own process group, so a Ctrl-C at the terminal
 //! reaches only `baton dev`, which stops the children newest first
 //! (subagents drain and leave while the broker still runs), then
-//! nats-server.
+//! nats-server. [`LocalCluster::exited`] reports a process that has ended
+//! (nats-server included) and [`LocalCluster::respawn`] starts it again;
+//! what to do about it is the caller's choice.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -25,25 +26,25 @@ use crate::bus::{Bus, ConnectSettings, Credentials};
 use crate::natsd::{NatsServer, NatsServerOptions};
 use crate::protocol::{StatusReply, StatusRequest, SubagentState, Subjects};
 
+mod proc;
+
+pub use proc::{Exited, Proc};
+
 /// Where child processes' logs go.
 #[derive(Debug, Clone)]
 pub enum Logs {
-    /// To this process's stderr, each line prefixed with the child's name.
-    Prefixed,
+    /// To this process's stderr, each line prefixed with the child's name,
+    /// and to `<dir>/<name>.log`.
+    Prefixed(PathBuf),
     /// To `<dir>/<name>.log`.
     Dir(PathBuf),
 }
 
-/// One `baton` child process.
-#[derive(Debug)]
-pub struct Proc {
-    pub name: String,
-    child: Child,
-}
-
-impl Proc {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+impl Logs {
+    fn dir(&self) -> &Path {
+        match self {
+            Logs::Prefixed(dir) | Logs::Dir(dir) => dir,
+        }
     }
 }
 
@@ -80,10 +81,9 @@ impl LocalCluster {
         logs: Logs,
         security: Security,
     ) -> anyhow::Result<LocalCluster> {
-        if let Logs::Dir(dir) = &logs {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create log folder {}", dir.display()))?;
-        }
+        let dir = logs.dir();
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create log folder {}", dir.display()))?;
         let auth = match security {
             Security::Auth(dir) => {
                 let auth = AuthDir::init(&dir, prefix, &[])?;
@@ -139,35 +139,55 @@ impl LocalCluster {
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null());
+        let log = self.logs.dir().join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("cannot open {}", log.display()))?;
         match &self.logs {
-            Logs::Prefixed => {
-                command.stderr(Stdio::piped());
-            }
-            Logs::Dir(dir) => {
-                let file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(dir.join(format!("{name}.log")))?;
-                command.stderr(file);
-            }
-        }
+            Logs::Prefixed(_) => command.stderr(Stdio::piped()),
+            Logs::Dir(_) => command.stderr(file.try_clone()?),
+        };
         let mut child = command
             .spawn()
             .with_context(|| format!("cannot start {}", self.baton.display()))?;
         if let Some(stderr) = child.stderr.take() {
-            let prefix = format!("[{name}] ");
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    eprintln!("{prefix}{line}");
-                }
-            });
+            proc::tee(stderr, name, Some(file));
         }
         let pid = child.id();
         self.procs.push(Proc {
             name: name.to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            url: url.to_string(),
+            log: Some(log),
             child,
         });
         Ok(pid)
+    }
+
+    /// The first process found to have ended since the last call, reaped
+    /// and no longer counted among [`LocalCluster::procs`]: nats-server
+    /// first, then the `baton` children; `None` while all of them run.
+    pub fn exited(&mut self) -> Option<Exited> {
+        if let Some(status) = self.nats.exited() {
+            let (pid, log) = (self.nats.pid(), self.nats.log_path().to_path_buf());
+            return Some(Exited::nats_server(pid, status, log));
+        }
+        let (index, exited) = (self.procs.iter_mut().enumerate())
+            .find_map(|(index, p)| Some((index, p.exited()?)))?;
+        self.procs.remove(index);
+        Some(exited)
+    }
+
+    /// Starts again, under the same name and with the same command line, a
+    /// `baton` process that has [`exited`](LocalCluster::exited).
+    pub fn respawn(&mut self, exited: &Exited) -> anyhow::Result<u32> {
+        if exited.is_nats_server() {
+            bail!("nats-server is not respawned: {exited}");
+        }
+        let args: Vec<&str> = exited.args.iter().map(String::as_str).collect();
+        self.spawn_via(&exited.name, &args, &exited.url)
     }
 
     /// Starts `baton subagent --id <id>` with extra arguments.
@@ -284,42 +304,12 @@ impl LocalCluster {
         what: &str,
         ready: impl Fn(&StatusReply) -> bool,
     ) -> anyhow::Result<StatusReply> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let status: Result<StatusReply, _> = bus
-                .request(
-                    bus.subjects().status(),
-                    &StatusRequest::default(),
-                    Duration::from_secs(1),
-                )
-                .await;
-            if let Ok(status) = &status {
-                if ready(status) {
-                    return Ok(status.clone());
-                }
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("timed out after {timeout:?} waiting for {what}; last status: {status:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_status(bus, timeout, what, ready).await
     }
 
     /// Waits until `n` subagents are available.
     pub async fn wait_for_subagents(&self, bus: &Bus, n: usize) -> anyhow::Result<StatusReply> {
-        self.wait_for(
-            bus,
-            Duration::from_secs(30),
-            &format!("{n} subagents"),
-            |s| {
-                s.subagents
-                    .iter()
-                    .filter(|a| a.state == SubagentState::Available)
-                    .count()
-                    >= n
-            },
-        )
-        .await
+        wait_for_subagents(bus, n).await
     }
 
     /// Stops the processes newest first (subagents drain and leave while the
@@ -356,6 +346,47 @@ impl LocalCluster {
             "VmHWM:",
         )
     }
+}
+
+/// Asks the broker for its status until `ready` holds, or fails after `timeout`.
+pub async fn wait_for_status(
+    bus: &Bus,
+    timeout: Duration,
+    what: &str,
+    ready: impl Fn(&StatusReply) -> bool,
+) -> anyhow::Result<StatusReply> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let status: Result<StatusReply, _> = bus
+            .request(
+                bus.subjects().status(),
+                &StatusRequest::default(),
+                Duration::from_secs(1),
+            )
+            .await;
+        if let Ok(status) = &status {
+            if ready(status) {
+                return Ok(status.clone());
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}; last status: {status:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `n` subagents are available, for at most 30 s.
+pub async fn wait_for_subagents(bus: &Bus, n: usize) -> anyhow::Result<StatusReply> {
+    let what = format!("{n} subagents");
+    wait_for_status(bus, Duration::from_secs(30), &what, |s| {
+        s.subagents
+            .iter()
+            .filter(|a| a.state == SubagentState::Available)
+            .count()
+            >= n
+    })
+    .await
 }
 
 /// The role a `baton` command line runs as, and its `--id`.

@@ -1,0 +1,325 @@
+//! What a deploy changes: the plan of a [`DeployRequest`] against what is
+//! deployed (added, changed field by field, removed, unchanged), and the
+//! check that nothing removed is still used. Pure.
+//!
+//! A deploy removes what its `remove` names (`baton undeploy`) and, with
+//! `prune`, everything deployed that it does not hold. A job still run by
+//! a workflow step, or a cluster still named by a job, cannot be removed
+//! unless the workflow or job goes too: the refusal names what uses it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+
+use crate::protocol::*;
+
+/// A deploy on its way to the buckets: the request, and what it does.
+#[derive(Debug, Clone)]
+pub struct Deploying {
+    pub request: DeployRequest,
+    pub plan: DeployPlan,
+}
+
+/// What is deployed.
+pub struct Deployed<'a> {
+    pub jobs: &'a HashMap<String, JobSpec>,
+    pub clusters: &'a HashMap<String, ClusterSpec>,
+    pub workflows: &'a HashMap<String, WorkflowSpec>,
+}
+
+impl Deployed<'_> {
+    /// What `req` does to what is deployed, or why it may not.
+    pub fn plan(&self, req: &DeployRequest) -> Result<DeployPlan, String> {
+        let removed = self.removed(req)?;
+        self.check_still_used(req, &removed)?;
+        let mut plan = DeployPlan {
+            removed: removed.into_iter().collect(),
+            ..DeployPlan::default()
+        };
+        let clusters = req.clusters.iter().map(|c| (c, self.clusters.get(&c.name)));
+        for (spec, before) in clusters {
+            compare(&mut plan, SpecKind::Cluster, &spec.name, before, spec);
+        }
+        for spec in &req.jobs {
+            let before = self.jobs.get(&spec.name);
+            compare(&mut plan, SpecKind::Job, &spec.name, before, spec);
+        }
+        for spec in &req.workflows {
+            let before = self.workflows.get(&spec.name);
+            compare(&mut plan, SpecKind::Workflow, &spec.name, before, spec);
+        }
+        Ok(plan)
+    }
+
+    /// What `req` removes, clusters first, then jobs, then workflows.
+    fn removed(&self, req: &DeployRequest) -> Result<BTreeSet<Named>, String> {
+        let named = |kind, name: &String| Named {
+            kind,
+            name: name.clone(),
+        };
+        let mut removed = BTreeSet::new();
+        for name in &req.remove {
+            let kind = if self.jobs.contains_key(name) {
+                SpecKind::Job
+            } else if self.workflows.contains_key(name) {
+                SpecKind::Workflow
+            } else {
+                return Err(format!(
+                    "'{name}': no job or workflow of this name is deployed, so none can be undeployed (see `baton job list`)"
+                ));
+            };
+            let held = req.jobs.iter().any(|j| &j.name == name)
+                || req.workflows.iter().any(|w| &w.name == name);
+            if held {
+                return Err(format!(
+                    "'{name}' is both deployed and undeployed by this request; leave one out"
+                ));
+            }
+            removed.insert(named(kind, name));
+        }
+        if req.prune {
+            let gone = |held: Vec<&String>, name: &String| !held.contains(&name);
+            let jobs: Vec<&String> = req.jobs.iter().map(|j| &j.name).collect();
+            let clusters: Vec<&String> = req.clusters.iter().map(|c| &c.name).collect();
+            let workflows: Vec<&String> = req.workflows.iter().map(|w| &w.name).collect();
+            let pruned = (self.jobs.keys().filter(|n| gone(jobs.clone(), n)))
+                .map(|n| named(SpecKind::Job, n))
+                .chain(
+                    (self.clusters.keys().filter(|n| gone(clusters.clone(), n)))
+                        .map(|n| named(SpecKind::Cluster, n)),
+                )
+                .chain(
+                    (self.workflows.keys().filter(|n| gone(workflows.clone(), n)))
+                        .map(|n| named(SpecKind::Workflow, n)),
+                );
+            removed.extend(pruned);
+        }
+        Ok(removed)
+    }
+
+    /// Refuses to remove a job a remaining workflow runs, or a cluster a
+    /// remaining job names.
+    fn check_still_used(
+        &self,
+        req: &DeployRequest,
+        removed: &BTreeSet<Named>,
+    ) -> Result<(), String> {
+        let gone = |kind, name: &str| {
+            removed.contains(&Named {
+                kind,
+                name: name.to_string(),
+            })
+        };
+        let workflows = (self.workflows.values())
+            .filter(|w| !req.workflows.iter().any(|n| n.name == w.name))
+            .chain(&req.workflows)
+            .filter(|w| !gone(SpecKind::Workflow, &w.name));
+        for w in workflows {
+            if let Some(step) = w.steps.iter().find(|s| gone(SpecKind::Job, &s.job)) {
+                return Err(format!(
+                    "job '{}' cannot be undeployed: step '{}' of workflow '{}' runs it; undeploy or change the workflow first",
+                    step.job, step.name, w.name
+                ));
+            }
+        }
+        let jobs = (self.jobs.values())
+            .filter(|j| !req.jobs.iter().any(|n| n.name == j.name))
+            .chain(&req.jobs)
+            .filter(|j| !gone(SpecKind::Job, &j.name));
+        for j in jobs {
+            if let Some(cluster) = j.cluster.as_deref().filter(|c| gone(SpecKind::Cluster, c)) {
+                return Err(format!(
+                    "cluster '{cluster}' cannot be undeployed: job '{}' runs on it; undeploy or change the job first",
+                    j.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Files `spec` under added, changed or unchanged.
+fn compare<T: Serialize + PartialEq>(
+    plan: &mut DeployPlan,
+    kind: SpecKind,
+    name: &str,
+    before: Option<&T>,
+    spec: &T,
+) {
+    let named = Named {
+        kind,
+        name: name.to_string(),
+    };
+    match before {
+        None => plan.added.push(named),
+        Some(before) if before == spec => plan.unchanged.push(named),
+        Some(before) => plan.changed.push(SpecChanged {
+            kind,
+            name: name.to_string(),
+            fields: fields_changed(before, spec),
+        }),
+    }
+}
+
+/// The top-level fields that differ between two definitions, as JSON.
+pub fn fields_changed<T: Serialize>(before: &T, after: &T) -> Vec<FieldChange> {
+    let fields = |spec: &T| -> BTreeMap<String, serde_json::Value> {
+        match serde_json::to_value(spec) {
+            Ok(serde_json::Value::Object(map)) => map.into_iter().collect(),
+            _ => BTreeMap::new(),
+        }
+    };
+    let (before, after) = (fields(before), fields(after));
+    let names: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    let text = |v: Option<&serde_json::Value>| v.map_or("null".to_string(), |v| v.to_string());
+    names
+        .into_iter()
+        .filter(|n| before.get(*n) != after.get(*n))
+        .map(|n| FieldChange {
+            field: n.clone(),
+            before: text(before.get(n)),
+            after: text(after.get(n)),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(name: &str, program: &str, cluster: Option<&str>) -> JobSpec {
+        let mut spec = serde_json::json!({ "name": name, "program": program });
+        if let Some(c) = cluster {
+            spec["cluster"] = c.into();
+        }
+        serde_json::from_value(spec).expect("a job")
+    }
+
+    fn cluster(name: &str) -> ClusterSpec {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "mode": "round-robin", "members": [{ "subagent": "s" }]
+        }))
+        .expect("a cluster")
+    }
+
+    fn workflow(name: &str, job: &str) -> WorkflowSpec {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "steps": [{ "name": "s", "job": job }]
+        }))
+        .expect("a workflow")
+    }
+
+    struct World {
+        jobs: HashMap<String, JobSpec>,
+        clusters: HashMap<String, ClusterSpec>,
+        workflows: HashMap<String, WorkflowSpec>,
+    }
+
+    impl World {
+        fn plan(&self, req: &DeployRequest) -> Result<DeployPlan, String> {
+            let deployed = Deployed {
+                jobs: &self.jobs,
+                clusters: &self.clusters,
+                workflows: &self.workflows,
+            };
+            deployed.plan(req)
+        }
+    }
+
+    /// Deployed: cluster c; jobs a (on c) and b; workflow w running b.
+    fn world() -> World {
+        World {
+            jobs: [job("a", "true", Some("c")), job("b", "true", None)]
+                .into_iter()
+                .map(|j| (j.name.clone(), j))
+                .collect(),
+            clusters: [("c".to_string(), cluster("c"))].into(),
+            workflows: [("w".to_string(), workflow("w", "b"))].into(),
+        }
+    }
+
+    fn named(kind: SpecKind, name: &str) -> Named {
+        Named {
+            kind,
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn a_plan_sorts_each_definition_and_names_the_fields_that_change() {
+        let req = DeployRequest {
+            jobs: vec![job("a", "false", Some("c")), job("n", "true", None)],
+            clusters: vec![cluster("c")],
+            ..DeployRequest::default()
+        };
+        let plan = world().plan(&req).expect("a plan");
+        assert_eq!(plan.added, [named(SpecKind::Job, "n")]);
+        assert_eq!(plan.unchanged, [named(SpecKind::Cluster, "c")]);
+        assert!(plan.removed.is_empty());
+        let [changed] = &plan.changed[..] else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(changed.name, "a");
+        assert_eq!(
+            changed.fields,
+            [FieldChange {
+                field: "program".into(),
+                before: "\"true\"".into(),
+                after: "\"false\"".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn removing_a_job_a_workflow_runs_is_refused_naming_the_workflow() {
+        let world = world();
+        let remove = |names: &[&str]| DeployRequest {
+            remove: names.iter().map(|n| n.to_string()).collect(),
+            ..DeployRequest::default()
+        };
+        let refused = world.plan(&remove(&["b"])).expect_err("w runs b");
+        assert!(refused.contains("step 's' of workflow 'w'"), "{refused}");
+        let plan = world.plan(&remove(&["w", "b"])).expect("both go");
+        assert_eq!(
+            plan.removed,
+            [named(SpecKind::Job, "b"), named(SpecKind::Workflow, "w")]
+        );
+        let unknown = world.plan(&remove(&["zz"])).expect_err("not deployed");
+        assert!(unknown.contains("'zz'"), "{unknown}");
+        // a deploy that also redefines what it removes is ambiguous
+        let both = DeployRequest {
+            jobs: vec![job("b", "true", None)],
+            ..remove(&["b"])
+        };
+        assert!(world.plan(&both).is_err());
+    }
+
+    #[test]
+    fn prune_removes_what_the_request_does_not_hold_unless_still_used() {
+        let world = world();
+        // only job b and workflow w: job a and cluster c go
+        let req = DeployRequest {
+            jobs: vec![job("b", "true", None)],
+            workflows: vec![workflow("w", "b")],
+            prune: true,
+            ..DeployRequest::default()
+        };
+        let plan = world.plan(&req).expect("a plan");
+        assert_eq!(
+            plan.removed,
+            [named(SpecKind::Cluster, "c"), named(SpecKind::Job, "a")]
+        );
+        // keeping job a on cluster c while pruning c is refused
+        let req = DeployRequest {
+            jobs: vec![job("a", "true", Some("c")), job("b", "true", None)],
+            workflows: vec![workflow("w", "b")],
+            prune: true,
+            ..DeployRequest::default()
+        };
+        let refused = world.plan(&req).expect_err("a runs on c");
+        assert!(
+            refused.contains("cluster 'c'") && refused.contains("job 'a'"),
+            "{refused}"
+        );
+    }
+}

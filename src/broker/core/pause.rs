@@ -1,0 +1,102 @@
+//! Pausing and resuming a job or workflow (`baton job pause|resume`).
+//!
+//! A pause is stored first ([`Effect::Switch`] under `job.NAME` in the
+//! switches bucket), then held and answered ([`Input::Switched`]); every
+//! broker taking over reads it back (`takeover.rs`), and the Scheduler
+//! agent watches the same key and does not fire a paused job's slots (its
+//! cursor stays where it was, so on resume its misfire policy decides about
+//! the slots skipped).
+//!
+//! While paused, the broker refuses every submit that carries a slot (a
+//! trigger's, in case a Scheduler fired before it saw the pause), and with
+//! `all` the clients' submits too; a submit repeating a request id it
+//! already holds is answered as before. Workflow steps that run a paused
+//! job still run: the pause is of a name's own submits.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use tracing::info;
+
+use super::{Core, Effect, Refusal, Reply, SwitchOf};
+use crate::protocol::*;
+
+impl<R: Clone + std::fmt::Debug> Core<R> {
+    /// `baton job pause|resume NAME`.
+    pub(super) fn on_job_control(&mut self, to: R, control: JobControl, by: String) {
+        if self.kind_of(&control.name).is_none() {
+            return self.refuse(&to, self.unknown_job(control.name));
+        }
+        let switch = OperatorSwitch {
+            off: control.pause,
+            by,
+            at_ms: self.now.ms,
+            all: control.pause && control.all,
+        };
+        let of = SwitchOf::Job(control.name);
+        self.emit(Effect::Switch { to, of, switch });
+    }
+
+    /// A pause or resume was stored: it holds from now.
+    pub(super) fn on_paused(&mut self, to: R, name: String, switch: OperatorSwitch) {
+        info!(job = %name, paused = switch.off, all = switch.all, by = %switch.by, "job switched");
+        self.pauses.insert(name.clone(), switch.clone());
+        let kind = self.kind_of(&name).unwrap_or(JobKind::Job);
+        let reply = JobControlReply {
+            name,
+            kind,
+            switched: switch,
+        };
+        self.reply(&to, Reply::JobSwitched(reply));
+    }
+
+    /// The pause of `name`, while it is paused.
+    pub(in crate::broker) fn paused(&self, name: &str) -> Option<&OperatorSwitch> {
+        self.pauses.get(name).filter(|s| s.off)
+    }
+
+    /// Why `submit` is refused for a pause, if it is.
+    pub(super) fn refused_for_pause(&self, submit: &SubmitOrder) -> Option<Refusal> {
+        let pause = self.paused(&submit.job)?;
+        let by_trigger = submit.slot_ms.is_some();
+        if !(by_trigger || pause.all) {
+            return None;
+        }
+        // a repeat of an order already taken is answered as it was
+        let rid = submit.request_id.as_deref();
+        if rid.is_some_and(|rid| self.book.by_request_id(rid).is_some()) {
+            return None;
+        }
+        let at = UNIX_EPOCH + Duration::from_millis(pause.at_ms);
+        Some(Refusal::Paused {
+            name: submit.job.clone(),
+            all: if pause.all { " with --all" } else { "" },
+            by: pause.by.clone(),
+            at: humantime::format_rfc3339_seconds(at).to_string(),
+        })
+    }
+
+    /// Whether `name` is a deployed job or workflow.
+    pub(in crate::broker) fn kind_of(&self, name: &str) -> Option<JobKind> {
+        if self.jobs.contains_key(name) {
+            Some(JobKind::Job)
+        } else if self.workflows.contains_key(name) {
+            Some(JobKind::Workflow)
+        } else {
+            None
+        }
+    }
+
+    /// The refusal of a name that is neither a job nor a workflow.
+    pub(in crate::broker) fn unknown_job(&self, job: String) -> Refusal {
+        let names = |keys: Vec<&String>| {
+            let mut names: Vec<&str> = keys.into_iter().map(String::as_str).collect();
+            names.sort_unstable();
+            names.join(", ")
+        };
+        Refusal::UnknownJob {
+            jobs: names(self.jobs.keys().collect()),
+            workflows: names(self.workflows.keys().collect()),
+            job,
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! The job inventory for people: `job list`'s table, `job show`, the
+//! answers to `job pause|resume`, and a deploy's plan.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+
+use super::{clock_s, span, table, took};
+use crate::protocol::*;
+
+/// A slot on its trigger's wall clock, with the zone and its UTC offset:
+/// "2026-12-06 17:00:00 CET (+01:00)".
+pub fn fire_time(fire: &FireTime) -> String {
+    let Some(at) = DateTime::<Utc>::from_timestamp_millis(fire.at_ms as i64) else {
+        return clock_s(fire.at_ms);
+    };
+    let zone: Tz = (fire.time_zone.as_deref())
+        .and_then(|z| z.parse().ok())
+        .unwrap_or(Tz::UTC);
+    at.with_timezone(&zone)
+        .format("%Y-%m-%d %H:%M:%S %Z (%:z)")
+        .to_string()
+}
+
+/// A trigger as an operator wrote it: "cron 0 0 * * * * (Europe/Berlin)",
+/// "every 30s", "at 2026-12-24T18:00:00Z".
+pub fn trigger_text(trigger: &TriggerSpec) -> String {
+    match trigger {
+        TriggerSpec::Cron { expr, time_zone } => match time_zone {
+            Some(zone) => format!("cron {expr} ({zone})"),
+            None => format!("cron {expr} (UTC)"),
+        },
+        TriggerSpec::Interval { every, start } => match start {
+            Some(start) => format!("every {} from {}", span(*every), start.to_rfc3339()),
+            None => format!("every {}", span(*every)),
+        },
+        TriggerSpec::At { at } => format!("at {}", at.to_rfc3339()),
+    }
+}
+
+fn kind(kind: JobKind) -> &'static str {
+    match kind {
+        JobKind::Job => "job",
+        JobKind::Workflow => "workflow",
+    }
+}
+
+/// "paused by admin at 2026-...": who paused it and when; `--all` said.
+fn paused_text(pause: &OperatorSwitch) -> String {
+    let all = if pause.all {
+        " (manual submits refused too)"
+    } else {
+        ""
+    };
+    format!("paused by {} at {}{all}", pause.by, clock_s(pause.at_ms))
+}
+
+/// An order in one cell: "succeeded 2026-...Z (1.2s) 0190ab12".
+fn order_cell(o: &OrderSummary) -> String {
+    let took = (o.finished_at_ms)
+        .map(|f| format!(" ({})", took(f.saturating_sub(o.accepted_at_ms))))
+        .unwrap_or_default();
+    let id: String = o.order_id.chars().take(12).collect();
+    format!(
+        "{} {}{took} {id}",
+        o.state.as_str(),
+        clock_s(o.accepted_at_ms)
+    )
+}
+
+/// `baton job list`.
+pub fn job_list_text(list: &JobList) -> String {
+    if list.jobs.is_empty() {
+        return "no jobs or workflows are deployed; deploy some with `baton deploy FILE.toml`\n"
+            .to_string();
+    }
+    let rows: Vec<Vec<String>> = (list.jobs.iter())
+        .map(|j| {
+            let triggers: Vec<String> = j.triggers.iter().map(trigger_text).collect();
+            vec![
+                j.name.clone(),
+                kind(j.kind).to_string(),
+                j.cluster.clone().unwrap_or_else(|| "-".into()),
+                if triggers.is_empty() {
+                    "-".into()
+                } else {
+                    triggers.join("; ")
+                },
+                match &j.paused {
+                    Some(p) if p.all => "yes (all)".into(),
+                    Some(_) => "yes".into(),
+                    None => "no".into(),
+                },
+                match (&j.next_fire, &j.paused) {
+                    (Some(_), Some(_)) => "- (paused)".into(),
+                    (Some(f), None) => fire_time(f),
+                    (None, _) => "-".into(),
+                },
+                j.last_order.as_ref().map_or("-".into(), order_cell),
+            ]
+        })
+        .collect();
+    let mut out = String::new();
+    let header = [
+        "NAME",
+        "KIND",
+        "CLUSTER",
+        "TRIGGERS",
+        "PAUSED",
+        "NEXT FIRE",
+        "LAST ORDER",
+    ];
+    table(&mut out, "", &header, &rows);
+    out
+}
+
+/// `baton job show NAME`.
+pub fn job_text(info: &JobInfo) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{} {}", kind(info.kind), info.name);
+    match &info.paused {
+        Some(p) => {
+            let _ = writeln!(out, "state: {}", paused_text(p));
+            let _ = writeln!(
+                out,
+                "skipped slots since the pause: {} (on resume its misfire policy decides about them)",
+                info.skipped_slots
+            );
+        }
+        None => {
+            let _ = writeln!(out, "state: active");
+        }
+    }
+    if !info.used_by.is_empty() {
+        let _ = writeln!(out, "run by workflows: {}", info.used_by.join(", "));
+    }
+    let definition = match (&info.job, &info.workflow) {
+        (Some(job), _) => serde_json::to_string_pretty(job),
+        (None, Some(workflow)) => serde_json::to_string_pretty(workflow),
+        (None, None) => Ok("{}".into()),
+    };
+    let _ = writeln!(out, "definition:");
+    for line in definition.unwrap_or_default().lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    if info.next_fires.is_empty() {
+        let _ = writeln!(out, "next fires: none (no trigger, or none left)");
+    } else {
+        let note = if info.paused.is_some() {
+            " (skipped while paused)"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "next fires{note}:");
+        for fire in &info.next_fires {
+            let _ = writeln!(out, "  {}", fire_time(fire));
+        }
+    }
+    if info.recent_orders.is_empty() {
+        let _ = writeln!(out, "recent orders: none held");
+    } else {
+        let _ = writeln!(out, "recent orders:");
+        let rows: Vec<Vec<String>> = (info.recent_orders.iter())
+            .map(|o| {
+                let took = (o.finished_at_ms)
+                    .map_or("-".into(), |f| took(f.saturating_sub(o.accepted_at_ms)));
+                vec![
+                    o.order_id.clone(),
+                    o.state.as_str().to_string(),
+                    clock_s(o.accepted_at_ms),
+                    took,
+                    o.reason.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        let header = ["ORDER", "STATE", "ACCEPTED", "TOOK", "REASON"];
+        table(&mut out, "  ", &header, &rows);
+    }
+    out
+}
+
+/// The answer to `job pause|resume`.
+pub fn job_switched_text(reply: &JobControlReply) -> String {
+    match reply.switched.off {
+        true => format!(
+            "{} {} {}: its triggers do not fire{}",
+            kind(reply.kind),
+            reply.name,
+            paused_text(&reply.switched),
+            if reply.switched.all {
+                ", and manual submits are refused"
+            } else {
+                "; manual submits still run"
+            }
+        ),
+        false => format!(
+            "{} {} resumed by {}: its triggers fire again (its misfire policy decides about the slots skipped)",
+            kind(reply.kind),
+            reply.name,
+            reply.switched.by
+        ),
+    }
+}
+
+/// A deploy's plan: one line per definition, changed fields indented.
+pub fn plan_text(plan: &DeployPlan) -> String {
+    let mut out = String::new();
+    let name = |n: &Named| format!("{} {}", spec_kind(n.kind), n.name);
+    for n in &plan.added {
+        let _ = writeln!(out, "  + add {}", name(n));
+    }
+    for c in &plan.changed {
+        let _ = writeln!(out, "  ~ change {} {}", spec_kind(c.kind), c.name);
+        for f in &c.fields {
+            let _ = writeln!(out, "      {}: {} -> {}", f.field, f.before, f.after);
+        }
+    }
+    for n in &plan.removed {
+        let _ = writeln!(out, "  - remove {}", name(n));
+    }
+    for n in &plan.unchanged {
+        let _ = writeln!(out, "  = unchanged {}", name(n));
+    }
+    out
+}
+
+fn spec_kind(kind: SpecKind) -> &'static str {
+    match kind {
+        SpecKind::Cluster => "cluster",
+        SpecKind::Job => "job",
+        SpecKind::Workflow => "workflow",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_is_shown_on_its_trigger_s_wall_clock_with_the_offset() {
+        // 2026-12-06T16:00:00Z
+        let at_ms = 1_796_572_800_000;
+        let berlin = FireTime {
+            at_ms,
+            time_zone: Some("Europe/Berlin".into()),
+        };
+        assert_eq!(fire_time(&berlin), "2026-12-06 17:00:00 CET (+01:00)");
+        let utc = FireTime {
+            at_ms,
+            time_zone: None,
+        };
+        assert_eq!(fire_time(&utc), "2026-12-06 16:00:00 UTC (+00:00)");
+    }
+
+    #[test]
+    fn a_plan_lists_each_change_with_its_fields() {
+        let plan = DeployPlan {
+            added: vec![Named {
+                kind: SpecKind::Job,
+                name: "new".into(),
+            }],
+            changed: vec![SpecChanged {
+                kind: SpecKind::Job,
+                name: "old".into(),
+                fields: vec![FieldChange {
+                    field: "timeout_ms".into(),
+                    before: "null".into(),
+                    after: "5000".into(),
+                }],
+            }],
+            removed: vec![Named {
+                kind: SpecKind::Workflow,
+                name: "gone".into(),
+            }],
+            unchanged: vec![],
+        };
+        let text = plan_text(&plan);
+        assert!(text.contains("+ add job new"), "{text}");
+        assert!(
+            text.contains("~ change job old\n      timeout_ms: null -> 5000"),
+            "{text}"
+        );
+        assert!(text.contains("- remove workflow gone"), "{text}");
+    }
+}
