@@ -137,6 +137,8 @@ pub(crate) enum MisfireDef {
     FireAll {
         #[serde(default)]
         max: Option<u32>,
+        #[serde(default, with = "humantime_serde")]
+        max_lateness: Option<Duration>,
     },
     Skip,
 }
@@ -148,8 +150,9 @@ impl From<MisfireDef> for MisfirePolicy {
             MisfireDef::FireOnce { window } => MisfirePolicy::FireOnce {
                 window: window.unwrap_or(DEFAULT_MISFIRE_WINDOW),
             },
-            MisfireDef::FireAll { max } => MisfirePolicy::FireAll {
+            MisfireDef::FireAll { max, max_lateness } => MisfirePolicy::FireAll {
                 max: max.unwrap_or(DEFAULT_FIRE_ALL_MAX),
+                max_lateness,
             },
             MisfireDef::Skip => MisfirePolicy::Skip,
         }
@@ -624,7 +627,13 @@ every = "90s"
 "#;
         let job = &parse_deploy_file("f.toml", text).unwrap().jobs[0];
         assert_eq!(job.triggers.len(), 2);
-        assert_eq!(job.misfire, MisfirePolicy::FireAll { max: 50 });
+        assert_eq!(
+            job.misfire,
+            MisfirePolicy::FireAll {
+                max: 50,
+                max_lateness: None
+            }
+        );
         assert_eq!(job.concurrency, ConcurrencyPolicy::Forbid);
 
         let plain = &parse_deploy_file("f.toml", GOOD).unwrap().jobs[0];

@@ -117,6 +117,7 @@ async fn the_inventory_lists_shows_plans_and_undeploys() {
             h.bus.subjects().job_get(),
             &GetJob {
                 name: "step".into(),
+                next: None,
             },
             REQUEST,
         )
@@ -163,11 +164,13 @@ async fn the_inventory_lists_shows_plans_and_undeploys() {
             h.bus.subjects().job_get(),
             &GetJob {
                 name: "hourly".into(),
+                next: Some(3),
             },
             REQUEST,
         )
         .await
         .expect("job.get");
+    assert_eq!(show.next_fires.len(), 3, "{show:?}");
     assert_eq!(
         show.job.expect("a job").program,
         "true",
@@ -341,4 +344,61 @@ async fn a_paused_job_does_not_fire_under_any_broker_until_resumed() {
     let mut unique = caught_up.clone();
     unique.dedup();
     assert_eq!(unique, caught_up, "each slot once");
+}
+
+/// Orders of `job` per slot.
+async fn orders_per_slot(h: &Harness, job: &str) -> std::collections::BTreeMap<u64, usize> {
+    let mut per_slot = std::collections::BTreeMap::new();
+    for slot in fired_after(h, job, 0).await {
+        *per_slot.entry(slot).or_insert(0) += 1;
+    }
+    per_slot
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_over_fired_slots_fires_each_slot_once_however_often_run() {
+    let mut h = cluster_with_env(&["sub-1"], ENV).await;
+    h.cluster.spawn_agent("a1", &[]).expect("spawn agent");
+    let file = write(&h, "tick.toml", TICK);
+    baton_ok(&h, &["deploy", &file]).await;
+    // the Scheduler fires a few slots, then the window reaches back before them
+    wait_until(LONG, "tick fires", || async {
+        fired_after(&h, "tick", 0).await.len() >= 3
+    })
+    .await;
+    let dry = baton_ok(
+        &h,
+        &["job", "backfill", "tick", "--from", "12s", "--dry-run"],
+    )
+    .await;
+    assert!(dry.contains("nothing submitted (dry run)"), "{dry}");
+    let out = baton_ok(&h, &["job", "backfill", "tick", "--from", "20s"]).await;
+    assert!(out.contains("already fired: order"), "{out}");
+    assert!(out.contains("submitted: order"), "{out}");
+    let again = baton_ok(
+        &h,
+        &["job", "backfill", "tick", "--from", "20s", "--to", "3s"],
+    )
+    .await;
+    // a window inside the first one: everything fired before
+    assert!(again.contains(": 0 submitted"), "{again}");
+    assert!(!again.contains("submitted: order"), "{again}");
+    let per_slot = orders_per_slot(&h, "tick").await;
+    assert!(per_slot.len() >= 12, "{per_slot:?}");
+    let twice: Vec<_> = per_slot.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "slots with two orders: {twice:?}");
+    let refused = baton_refused(
+        &h,
+        &[
+            "job",
+            "backfill",
+            "tick",
+            "--from",
+            "1s",
+            "--to",
+            "2026-01-01T00:00:00Z",
+        ],
+    )
+    .await;
+    assert!(refused.contains("--from is after --to"), "{refused}");
 }

@@ -12,8 +12,9 @@ use super::core::Core;
 use crate::protocol::*;
 use crate::triggers::Trigger;
 
-/// How many next slots `job show` gets.
+/// How many next slots `job show` gets, by default and at most.
 pub const NEXT_FIRES: usize = 10;
+pub const MOST_NEXT_FIRES: usize = 1000;
 /// How many of its newest orders `job show` gets.
 pub const RECENT_ORDERS: u32 = 10;
 /// Skipped slots are counted up to this many.
@@ -99,9 +100,13 @@ pub fn job_list<R: Clone + std::fmt::Debug>(core: &Core<R>, now_ms: u64) -> JobL
 /// `baton job show NAME`.
 pub fn job_info<R: Clone + std::fmt::Debug>(
     core: &Core<R>,
-    name: &str,
+    get: &GetJob,
     now_ms: u64,
 ) -> Option<JobInfo> {
+    let name = get.name.as_str();
+    let next = get
+        .next
+        .map_or(NEXT_FIRES, |n| (n as usize).clamp(1, MOST_NEXT_FIRES));
     let (kind, triggers, _) = definition(core, name)?;
     let paused = core.paused(name).cloned();
     let skipped_slots = paused
@@ -124,7 +129,7 @@ pub fn job_info<R: Clone + std::fmt::Debug>(
         workflow: core.workflows.get(name).cloned(),
         paused,
         skipped_slots,
-        next_fires: next_fires(&triggers, now_ms, NEXT_FIRES),
+        next_fires: next_fires(&triggers, now_ms, next),
         recent_orders: core.book.list(&recent).orders,
         used_by,
     })

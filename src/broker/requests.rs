@@ -149,7 +149,7 @@ impl Broker {
 
     /// `baton job show NAME`.
     pub(super) fn on_get_job(&self, req: Request<GetJob>) {
-        match inventory::job_info(&self.core, &req.body.name, now_ms()) {
+        match inventory::job_info(&self.core, &req.body, now_ms()) {
             Some(info) => self.bus.reply(&req.replier, &info),
             None => {
                 let refusal = self.core.unknown_job(req.body.name.clone());

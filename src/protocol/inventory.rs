@@ -63,6 +63,9 @@ pub struct JobSummary {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct GetJob {
     pub name: String,
+    /// How many next fire times to list (default 10, at most 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<u32>,
 }
 
 /// Reply to [`GetJob`].
@@ -82,7 +85,7 @@ pub struct JobInfo {
     /// fired; on resume its misfire policy decides about them).
     #[serde(default)]
     pub skipped_slots: u64,
-    /// Its next (at most 10) slots from now, oldest first.
+    /// Its next slots from now (`GetJob::next` of them), oldest first.
     #[serde(default)]
     pub next_fires: Vec<FireTime>,
     /// Its newest orders the broker holds (at most 10), newest first.

@@ -54,10 +54,20 @@ pub enum MisfirePolicy {
         #[schemars(with = "String")]
         window: Duration,
     },
-    /// Fire every missed slot, at most `max` of them (the most recent).
+    /// Fire every missed slot, at most `max` of them (the most recent), and
+    /// none older than `max_lateness`.
     FireAll {
         #[serde(default = "default_max")]
         max: u32,
+        /// Missed slots older than this are skipped, not caught up
+        /// (humantime; none: any age, up to `max`).
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
+        #[schemars(with = "Option<String>")]
+        max_lateness: Option<Duration>,
     },
     /// Fire no missed slot.
     Skip,

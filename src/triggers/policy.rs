@@ -9,7 +9,7 @@
 //! | policy      | fires                                                                   |
 //! |-------------|-------------------------------------------------------------------------|
 //! | `fire-once` | the latest slot, if it is within `window` (or on time); at most one     |
-//! | `fire-all`  | every slot, oldest first; over `max`, only the most recent `max`        |
+//! | `fire-all`  | every slot, oldest first; over `max`, only the most recent `max`; none older than `max_lateness` |
 //! | `skip`      | the on-time slots only                                                  |
 //!
 //! `fire-once` counts an on-time slot as its catch-up run: when the latest
@@ -31,7 +31,7 @@ impl MisfirePolicy {
     /// Checks the policy's bound.
     pub fn validate(&self) -> Result<(), TriggerError> {
         match *self {
-            MisfirePolicy::FireAll { max } if !(1..=MAX_FIRE_ALL).contains(&max) => {
+            MisfirePolicy::FireAll { max, .. } if !(1..=MAX_FIRE_ALL).contains(&max) => {
                 Err(TriggerError::FireAllMax { max })
             }
             _ => Ok(()),
@@ -68,8 +68,15 @@ pub fn due_slots(
             let from = not_older_than(window_ms.max(tolerance_ms));
             trigger.latest_slots(from, now_ms, 1)
         }
-        MisfirePolicy::FireAll { max } => {
-            trigger.latest_slots(after_last, now_ms, max.clamp(1, MAX_FIRE_ALL) as usize)
+        MisfirePolicy::FireAll { max, max_lateness } => {
+            let from = match max_lateness {
+                Some(lateness) => {
+                    let lateness_ms = u64::try_from(lateness.as_millis()).unwrap_or(u64::MAX);
+                    not_older_than(lateness_ms.max(tolerance_ms))
+                }
+                None => after_last,
+            };
+            trigger.latest_slots(from, now_ms, max.clamp(1, MAX_FIRE_ALL) as usize)
         }
         MisfirePolicy::Skip => {
             trigger.latest_slots(not_older_than(tolerance_ms), now_ms, MAX_FIRE_ALL as usize)

@@ -254,10 +254,13 @@ fn validation_errors_name_what_is_wrong() {
         "at '1969-12-31T00:00:00+00:00': before 1970-01-01T00:00:00Z"
     );
     assert_eq!(
-        MisfirePolicy::FireAll { max: 0 }
-            .validate()
-            .unwrap_err()
-            .to_string(),
+        MisfirePolicy::FireAll {
+            max: 0,
+            max_lateness: None
+        }
+        .validate()
+        .unwrap_err()
+        .to_string(),
         "misfire fire-all max 0: must be between 1 and 10000"
     );
     assert!(cron_spec("0 0 9 * * MON-FRI/2", None).validate().is_ok());
@@ -313,7 +316,8 @@ fn specs_and_policies_read_from_toml() {
     assert_eq!(
         file.misfire[2],
         MisfirePolicy::FireAll {
-            max: DEFAULT_FIRE_ALL_MAX
+            max: DEFAULT_FIRE_ALL_MAX,
+            max_lateness: None,
         }
     );
     assert_eq!(file.misfire[3], MisfirePolicy::Skip);
@@ -356,7 +360,10 @@ fn a_job_deployed_now_catches_nothing_up() {
     let t = every(60, None);
     for policy in [
         MisfirePolicy::default(),
-        MisfirePolicy::FireAll { max: 10 },
+        MisfirePolicy::FireAll {
+            max: 10,
+            max_lateness: None,
+        },
         MisfirePolicy::Skip,
     ] {
         assert!(due_slots(&t, None, 10 * MIN, &policy, TOL).is_empty());
@@ -368,7 +375,10 @@ fn an_on_time_slot_fires_under_every_policy() {
     let t = every(60, None);
     for policy in [
         once(Duration::ZERO),
-        MisfirePolicy::FireAll { max: 1 },
+        MisfirePolicy::FireAll {
+            max: 1,
+            max_lateness: None,
+        },
         MisfirePolicy::Skip,
     ] {
         assert_eq!(
@@ -430,7 +440,10 @@ fn fire_once_fires_the_latest_missed_slot_within_its_window() {
 #[test]
 fn fire_all_fires_every_missed_slot_up_to_its_bound() {
     let t = every(60, None);
-    let all = MisfirePolicy::FireAll { max: 5 };
+    let all = MisfirePolicy::FireAll {
+        max: 5,
+        max_lateness: None,
+    };
     // Three missed plus one on time: all four, oldest first.
     let slots = due_slots(&t, Some(MIN), 5 * MIN, &all, TOL);
     assert_eq!(slots, vec![2 * MIN, 3 * MIN, 4 * MIN, 5 * MIN]);
@@ -447,6 +460,39 @@ fn fire_all_fires_every_missed_slot_up_to_its_bound() {
     assert_eq!(
         slots,
         (0..5).rev().map(|k| now - k * SEC).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn fire_all_skips_missed_slots_older_than_its_max_lateness() {
+    let t = every(60, None);
+    let all = MisfirePolicy::FireAll {
+        max: 100,
+        max_lateness: Some(Duration::from_secs(150)),
+    };
+    // ten minutes behind: only the slots of the last 2.5 minutes
+    let slots = due_slots(&t, Some(0), 10 * MIN + 10 * SEC, &all, TOL);
+    assert_eq!(slots, vec![8 * MIN, 9 * MIN, 10 * MIN]);
+    // the bound never drops an on-time slot
+    let tight = MisfirePolicy::FireAll {
+        max: 100,
+        max_lateness: Some(Duration::ZERO),
+    };
+    assert_eq!(
+        due_slots(&t, Some(0), 10 * MIN + TOL, &tight, TOL),
+        vec![10 * MIN]
+    );
+    // and parses from a deploy file
+    let file = "[[job]]\nname = \"j\"\nprogram = \"true\"\nmisfire = { policy = \"fire-all\", max_lateness = \"1h\" }\n";
+    let job = &crate::jobs::parse_deploy_file("j.toml", file)
+        .expect("parses")
+        .jobs[0];
+    assert_eq!(
+        job.misfire,
+        MisfirePolicy::FireAll {
+            max: DEFAULT_FIRE_ALL_MAX,
+            max_lateness: Some(Duration::from_secs(3600)),
+        }
     );
 }
 
@@ -490,7 +536,10 @@ fn property_fire_all_never_repeats_or_drops_a_slot_under_its_bound() {
             cron(expr, zones[rng.below(zones.len() as u64) as usize])
         };
         let max = 1 + rng.below(20) as u32;
-        let fire_all = MisfirePolicy::FireAll { max };
+        let fire_all = MisfirePolicy::FireAll {
+            max,
+            max_lateness: None,
+        };
         let fire_once = once(Duration::from_secs(rng.below(7200)));
         // Start near a DST change now and then.
         let mut now = utc(2026, 10, 24, 22, 0, 0) + rng.below(30 * 24 * HOUR) * (case % 2);
@@ -741,7 +790,13 @@ fn queue_takeover_applies_the_misfire_policy() {
     let minutely = || every(60, None);
     q.insert(
         "all",
-        schedule(minutely(), MisfirePolicy::FireAll { max: 3 }),
+        schedule(
+            minutely(),
+            MisfirePolicy::FireAll {
+                max: 3,
+                max_lateness: None,
+            },
+        ),
         Some(t0),
         now,
     );
@@ -759,7 +814,13 @@ fn queue_takeover_applies_the_misfire_policy() {
     );
     q.insert(
         "new",
-        schedule(minutely(), MisfirePolicy::FireAll { max: 3 }),
+        schedule(
+            minutely(),
+            MisfirePolicy::FireAll {
+                max: 3,
+                max_lateness: None,
+            },
+        ),
         None,
         now,
     );
@@ -810,7 +871,13 @@ fn queue_holds_100_000_schedules_through_an_hour() {
         expected += t.slots_between(t0, t1, usize::MAX).len() as u64;
         q.insert(
             &format!("job-{i}"),
-            schedule(t, MisfirePolicy::FireAll { max: 100 }),
+            schedule(
+                t,
+                MisfirePolicy::FireAll {
+                    max: 100,
+                    max_lateness: None,
+                },
+            ),
             None,
             t0,
         );

@@ -802,7 +802,13 @@ every = "90s"
                 },
             ]
         );
-        assert_eq!(wf.misfire, MisfirePolicy::FireAll { max: 50 });
+        assert_eq!(
+            wf.misfire,
+            MisfirePolicy::FireAll {
+                max: 50,
+                max_lateness: None
+            }
+        );
 
         let plain = parse(GOOD).unwrap();
         assert!(plain.triggers.is_empty());
@@ -863,7 +869,10 @@ every = "90s"
             "{e}"
         );
         w.triggers.clear();
-        w.misfire = MisfirePolicy::FireAll { max: 0 };
+        w.misfire = MisfirePolicy::FireAll {
+            max: 0,
+            max_lateness: None,
+        };
         let e = check(&w);
         assert_eq!(
             e.to_string(),

@@ -100,6 +100,7 @@ impl Misfire {
         match self {
             Misfire::FireAll => MisfirePolicy::FireAll {
                 max: DEFAULT_FIRE_ALL_MAX,
+                max_lateness: None,
             },
             Misfire::FireOnce => MisfirePolicy::FireOnce {
                 window: DEFAULT_MISFIRE_WINDOW,

@@ -247,7 +247,10 @@ fn job(i: usize, count: usize, every_ms: u64) -> anyhow::Result<JobSpec> {
             every: Duration::from_millis(every_ms),
             start: Some(start),
         }],
-        misfire: MisfirePolicy::FireAll { max: 100 },
+        misfire: MisfirePolicy::FireAll {
+            max: 100,
+            max_lateness: None,
+        },
         concurrency: ConcurrencyPolicy::Allow,
         ..bench_job(&format!("s{i:06}"), "true", vec![])
     })

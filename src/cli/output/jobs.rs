@@ -12,15 +12,41 @@ use crate::protocol::*;
 /// A slot on its trigger's wall clock, with the zone and its UTC offset:
 /// "2026-12-06 17:00:00 CET (+01:00)".
 pub fn fire_time(fire: &FireTime) -> String {
-    let Some(at) = DateTime::<Utc>::from_timestamp_millis(fire.at_ms as i64) else {
-        return clock_s(fire.at_ms);
-    };
+    match local(fire) {
+        Some(at) => at.format("%Y-%m-%d %H:%M:%S %Z (%:z)").to_string(),
+        None => clock_s(fire.at_ms),
+    }
+}
+
+/// A slot's instant on its trigger's clock (UTC when it names no zone).
+fn local(fire: &FireTime) -> Option<DateTime<Tz>> {
+    let at = DateTime::<Utc>::from_timestamp_millis(fire.at_ms as i64)?;
     let zone: Tz = (fire.time_zone.as_deref())
         .and_then(|z| z.parse().ok())
         .unwrap_or(Tz::UTC);
-    at.with_timezone(&zone)
-        .format("%Y-%m-%d %H:%M:%S %Z (%:z)")
-        .to_string()
+    Some(at.with_timezone(&zone))
+}
+
+/// A slot on its trigger's clock and in UTC, marked when its UTC offset
+/// differs from the slot before it (a daylight saving change between):
+/// "2026-03-29 03:00:00 CEST (+02:00) = 2026-03-29 01:00:00 UTC  <- DST
+/// change: +01:00 before".
+fn fire_line(fire: &FireTime, before: Option<&FireTime>) -> String {
+    let offset = |f: &FireTime| local(f).map(|t| t.format("%:z").to_string());
+    let mut line = fire_time(fire);
+    if fire.time_zone.is_some() {
+        let utc = local(fire).map(|t| t.with_timezone(&Utc).format("%Y-%m-%d %H:%M:%S UTC"));
+        if let Some(utc) = utc {
+            let _ = write!(line, " = {utc}");
+        }
+    }
+    if let Some(was) = before
+        .and_then(offset)
+        .filter(|was| Some(was) != offset(fire).as_ref())
+    {
+        let _ = write!(line, "  <- DST change: {was} before");
+    }
+    line
 }
 
 /// A trigger as an operator wrote it: "cron 0 0 * * * * (Europe/Berlin)",
@@ -153,8 +179,10 @@ pub fn job_text(info: &JobInfo) -> String {
             ""
         };
         let _ = writeln!(out, "next fires{note}:");
+        let mut before = None;
         for fire in &info.next_fires {
-            let _ = writeln!(out, "  {}", fire_time(fire));
+            let _ = writeln!(out, "  {}", fire_line(fire, before));
+            before = Some(fire);
         }
     }
     if info.recent_orders.is_empty() {
@@ -251,6 +279,30 @@ mod tests {
             time_zone: None,
         };
         assert_eq!(fire_time(&utc), "2026-12-06 16:00:00 UTC (+00:00)");
+    }
+
+    #[test]
+    fn a_fire_after_a_dst_change_is_marked_with_the_offset_before() {
+        let zone = Some("Europe/Berlin".to_string());
+        // 2026-03-28 and 2026-03-29 at 03:00 local: CET, then CEST
+        let saturday = FireTime {
+            at_ms: 1_774_663_200_000,
+            time_zone: zone.clone(),
+        };
+        let sunday = FireTime {
+            at_ms: 1_774_746_000_000,
+            time_zone: zone,
+        };
+        let first = fire_line(&saturday, None);
+        assert_eq!(
+            first,
+            "2026-03-28 03:00:00 CET (+01:00) = 2026-03-28 02:00:00 UTC"
+        );
+        let second = fire_line(&sunday, Some(&saturday));
+        assert_eq!(
+            second,
+            "2026-03-29 03:00:00 CEST (+02:00) = 2026-03-29 01:00:00 UTC  <- DST change: +01:00 before"
+        );
     }
 
     #[test]

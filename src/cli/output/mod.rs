@@ -20,7 +20,7 @@ pub use events::{
     agent_line, broker_line, changed_text, event_line, finished_line, log_text, subagent_line,
     triggers_line, written_by_another,
 };
-pub use jobs::{job_list_text, job_switched_text, job_text, plan_text};
+pub use jobs::{fire_time, job_list_text, job_switched_text, job_text, plan_text};
 pub use orders::{control_line, order_list_text, order_text, task_of, Control, StepTails};
 pub use status::status_text;
 
