@@ -281,8 +281,12 @@ fn the_broker_core_imports_no_actor_bus_or_clock() {
 fn contains(part: &str, needles: &[&str]) -> Vec<String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(part);
     let mut found = Vec::new();
-    // a `tests.rs` is a unit-test module, like a `mod tests` block
-    let unit_tests = |f: &PathBuf| f.file_name().is_some_and(|n| n == "tests.rs");
+    // a `tests.rs` (or `*_tests.rs`) is a unit-test module, like a `mod tests` block
+    let unit_tests = |f: &PathBuf| {
+        f.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n == "tests.rs" || n.ends_with("_tests.rs"))
+    };
     for file in sources(&root).into_iter().filter(|f| !unit_tests(f)) {
         let text = std::fs::read_to_string(&file).expect("read source");
         for (n, line) in text.lines().enumerate() {

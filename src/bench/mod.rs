@@ -20,11 +20,14 @@
 //!   and dispatches again, with no order lost or run twice.
 //! - `workflow.rs`: workflow orders per second over a round-robin cluster,
 //!   the hand-off between steps, and with `--kill` the steps run again.
+//! - `history.rs`: the broker's memory over rounds of many thousands of
+//!   ended and failed orders.
 
 mod broker;
 mod client;
 mod closed_loop;
 mod failover;
+mod history;
 mod report;
 mod scheduler;
 mod setup;
@@ -53,6 +56,9 @@ pub enum BenchCommand {
     /// Workflow orders per second, step hand-off latency and steps changing
     /// subagent over a round-robin cluster; with --kill, a subagent killed
     Workflow(workflow::WorkflowArgs),
+    /// The broker's memory over rounds of thousands of succeeded job orders
+    /// and failed workflow orders (bounded history)
+    History(history::HistoryArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -63,5 +69,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Schedules(args) => scheduler::schedules(args).await,
         BenchCommand::FailoverBroker(args) => broker::failover_broker(args).await,
         BenchCommand::Workflow(args) => workflow::workflow(args).await,
+        BenchCommand::History(args) => history::history(args).await,
     }
 }

@@ -61,6 +61,8 @@ pub struct Setup<'a> {
     /// NATS authentication and signatures, as production runs; off only
     /// when a bench measures without them.
     pub auth: bool,
+    /// Environment (`BATON_*` settings) for every process of the cluster.
+    pub env: &'a [(&'a str, &'a str)],
 }
 
 impl Setup<'static> {
@@ -72,6 +74,7 @@ impl Setup<'static> {
             subagents,
             capacity,
             auth: true,
+            env: &[],
         }
     }
 }
@@ -136,6 +139,11 @@ impl LocalBench {
             .and_then(LocalCluster::peak_memory_kib)
     }
 
+    /// The resident memory of the process `name` now, if it runs.
+    pub fn memory_kib(&self, name: &str) -> Option<u64> {
+        self.cluster.pid(name).and_then(LocalCluster::memory_kib)
+    }
+
     /// Stops the cluster and removes the scratch folder; returns the
     /// seconds since [`LocalBench::start`], the stop included.
     pub fn stop(mut self) -> f64 {
@@ -186,6 +194,9 @@ async fn start_cluster(
         Security::Insecure
     };
     let mut cluster = LocalCluster::start(nats, exe, "bench", Logs::Dir(logs), security).await?;
+    for (key, value) in setup.env {
+        cluster.env(key, value);
+    }
     for id in setup.brokers {
         spawn_broker(&mut cluster, id)?;
     }

@@ -28,20 +28,24 @@ pub mod probe;
 mod recovery;
 pub mod registry;
 mod requests;
+mod retention;
 mod scheduler_lease;
 #[cfg(test)]
 mod sim;
+mod sweep;
 
 use actix::prelude::*;
 use futures::stream::{self, LocalBoxStream, StreamExt};
 use tracing::{info, warn};
 
-use crate::bus::{Bus, BusError, Kv, KvChange, Received, Replier, Request, SenderProof};
+use crate::bus::{
+    Bus, BusError, Kv, KvChange, Received, Replier, Request, SenderProof, StreamLimits,
+};
 use crate::config::Config;
 use crate::protocol::*;
 use crate::time::now_ms;
 use act::To;
-use core::{Core, KEEP_FINISHED};
+use core::Core;
 
 /// Everything that reaches the broker from NATS.
 enum Input {
@@ -93,9 +97,18 @@ pub struct Broker {
     audit: audit::Audit,
     /// Until when it may act (the core holds the same).
     tenure: lease::Tenure,
+    /// The orders journal's retention (`sweep.rs`).
+    sweep: sweep::Sweep,
+    /// Records the takeover found past their retention, to remove.
+    past_retention: Vec<(String, u64)>,
 }
 
 /// Subscribes and starts the broker in the current actix System.
+/// A stream's limits from its two settings (`nats.*_retention`, `nats.*_max_bytes`).
+fn limits(max_age: std::time::Duration, max_bytes: Option<u64>) -> StreamLimits {
+    StreamLimits { max_age, max_bytes }
+}
+
 /// `epoch` is the leadership lease's revision this broker won (see
 /// `leadership.rs`); every command it sends carries it.
 pub async fn start(
@@ -114,28 +127,36 @@ pub async fn start(
         .await?;
     // task output is kept from now on (see `baton order logs`)
     if let Err(e) = bus
-        .ensure_log_stream(&config.log_stream(), config.nats.log_retention)
+        .ensure_log_stream(
+            &config.log_stream(),
+            limits(config.nats.log_retention, config.nats.log_max_bytes),
+        )
         .await
     {
         warn!(error = %e, "cannot create the log stream; task output is not kept");
     }
     // state-changing commands are recorded from now on (see `baton audit`)
     if let Err(e) = bus
-        .ensure_audit_stream(&config.audit_stream(), config.nats.audit_retention)
+        .ensure_audit_stream(
+            &config.audit_stream(),
+            limits(config.nats.audit_retention, config.nats.audit_max_bytes),
+        )
         .await
     {
         warn!(error = %e, "cannot create the audit stream; commands are not recorded");
     }
     // the orders are taken over before anything is served
-    let recovered = recovery::recover(
+    let mut recovered = recovery::recover(
         &jobs_kv,
         &clusters_kv,
         &workflows_kv,
         &orders_kv,
         &switches_kv,
-        KEEP_FINISHED,
+        &config.broker,
+        now_ms(),
     )
     .await?;
+    let past_retention = std::mem::take(&mut recovered.expired);
     let s = bus.subjects().clone();
     let inputs: Vec<LocalBoxStream<'static, Input>> = vec![
         bus.serve(s.submit())
@@ -255,6 +276,8 @@ pub async fn start(
             stopped: None,
             audit,
             tenure: tenure_,
+            sweep: sweep::Sweep::default(),
+            past_retention,
         }
     }))
 }
@@ -274,6 +297,8 @@ impl Actor for Broker {
         // the core's first effects: the deadline for inherited tasks'
         // subagents, and workflow orders picked up where they were
         self.flush(ctx);
+        let past = std::mem::take(&mut self.past_retention);
+        self.start_sweeps(past, ctx);
     }
 }
 

@@ -48,6 +48,7 @@ use std::collections::BTreeMap;
 use tracing::warn;
 
 use super::core::{Journal, Recovered, Stored};
+use super::retention::ended_for_good;
 use crate::bus::{BusError, Kv};
 use crate::protocol::*;
 
@@ -120,13 +121,6 @@ impl Records for Kv<OrderInfo> {
     }
 }
 
-/// Whether a record's order never changes again: ended, and not a failed
-/// workflow order (which can still be resumed or cancelled).
-pub(super) fn ended_for_good(info: &OrderInfo) -> bool {
-    let resumable = info.workflow.is_some() && info.state == OrderState::Failed;
-    info.state.is_final() && !resumable
-}
-
 /// Writes `info` as its order's record, compare-and-swap on `revision`
 /// (the record's as this broker last read or wrote it; `None` when not
 /// known, and then read first), and returns the new revision. When the
@@ -184,14 +178,15 @@ pub(super) async fn write_over(
 }
 
 /// Reads the deployed jobs and clusters and every order, and rebuilds the
-/// order book, keeping at most `keep_finished` final orders.
+/// order book (see [`Recovered::from_journal`]).
 pub(super) async fn recover(
     jobs_kv: &Kv<JobSpec>,
     clusters_kv: &Kv<ClusterSpec>,
     workflows_kv: &Kv<WorkflowSpec>,
     orders_kv: &Kv<OrderInfo>,
     switches_kv: &Kv<OperatorSwitch>,
-    keep_finished: usize,
+    broker: &crate::config::BrokerConfig,
+    now_ms: u64,
 ) -> Result<Recovered, BusError> {
     let journal = Journal {
         jobs: jobs_kv.entries().await?,
@@ -200,7 +195,7 @@ pub(super) async fn recover(
         orders: orders_kv.entries_with_revisions().await?,
         switches: switches_kv.entries().await?,
     };
-    Ok(Recovered::from_journal(journal, keep_finished))
+    Ok(Recovered::from_journal(journal, broker, now_ms))
 }
 
 /// Order records kept in memory, with JetStream's revisions and

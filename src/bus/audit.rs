@@ -9,27 +9,25 @@
 //! awaited beside the queue, and a missing one counted in
 //! `Stats::unstored`; the command whose record it is stands either way.
 
-use std::time::Duration;
-
 use async_nats::jetstream::consumer;
 use futures::stream::LocalBoxStream;
 use tracing::warn;
 
-use super::logs::transport;
+use super::logs::{transport, StreamLimits};
 use super::{decode, Bus, BusError, Encoding, LogsError};
 use crate::protocol::{AuditRecord, Subjects};
 
 impl Bus {
-    /// Creates the audit stream `name` keeping records for `retention`, or
-    /// brings an existing one's subjects and retention up to date, like
+    /// Creates the audit stream `name` keeping records within `limits`,
+    /// or brings an existing one's subjects and limits up to date, like
     /// [`Bus::ensure_log_stream`].
     pub async fn ensure_audit_stream(
         &self,
         name: &str,
-        retention: Duration,
+        limits: impl Into<StreamLimits>,
     ) -> Result<(), BusError> {
         let subjects = vec![self.subjects.all_audit()];
-        self.ensure_stream(name, subjects, retention).await
+        self.ensure_stream(name, subjects, limits.into()).await
     }
 
     /// The audit records kept in `stream`, oldest first: those stored at or

@@ -143,6 +143,22 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
             .map_err(|e| transport(&self.bucket, e))
     }
 
+    /// Removes `key`'s record if its latest revision is still `revision`,
+    /// leaving no delete marker behind: a purge of the key's messages up
+    /// to that revision (a record written since has a later one and
+    /// stays). For buckets keeping one revision per key.
+    pub async fn remove_if(&self, key: &str, revision: u64) -> Result<(), BusError> {
+        let subject = format!("$KV.{}.{key}", self.bucket);
+        self.store
+            .stream
+            .purge()
+            .filter(subject)
+            .sequence(revision + 1)
+            .await
+            .map(|_| ())
+            .map_err(|e| transport(&self.bucket, e))
+    }
+
     pub async fn get(&self, key: &str) -> Result<Option<T>, BusError> {
         let Some(bytes) = self
             .store
@@ -257,6 +273,62 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
                 return Ok(values);
             }
         }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Kv<T> {
+    /// The records last written before `cutoff_ms` (wall clock), oldest
+    /// first, at most `most` of them, each with its revision: what a
+    /// sweep of old records reads, and no more.
+    pub async fn written_before(
+        &self,
+        cutoff_ms: u64,
+        most: usize,
+    ) -> Result<Vec<(String, T, u64)>, BusError> {
+        let mut found = Vec::new();
+        let mut stream = self.store.stream.clone();
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| transport(&self.bucket, e))?;
+        if info.state.messages == 0 {
+            return Ok(found);
+        }
+        let mut watch = self
+            .store
+            .watch_with_history(">")
+            .await
+            .map_err(|e| transport(&self.bucket, e))?;
+        while found.len() < most {
+            let entry = match tokio::time::timeout(ENTRIES_IDLE, watch.next()).await {
+                Ok(Some(Ok(entry))) => entry,
+                Ok(Some(Err(e))) => return Err(transport(&self.bucket, e)),
+                Ok(None) => break,
+                Err(_) => {
+                    return Err(BusError::TimedOut {
+                        subject: format!("kv {}", self.bucket),
+                        timeout: ENTRIES_IDLE,
+                    })
+                }
+            };
+            let written_ms = (entry.created.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+            if written_ms >= cutoff_ms {
+                break;
+            }
+            let last = entry.delta == 0;
+            if let Some(KvChange {
+                key,
+                value: Some(value),
+                revision,
+            }) = change_of::<T>(&self.bucket, entry)
+            {
+                found.push((key, value, revision));
+            }
+            if last {
+                break;
+            }
+        }
+        Ok(found)
     }
 }
 

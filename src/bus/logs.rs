@@ -42,31 +42,58 @@ pub enum LogsError {
     Bus(#[from] BusError),
 }
 
+/// What a stream keeps: messages younger than `max_age`, and (when set)
+/// at most `max_bytes` of them; the oldest go first (JetStream's limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    pub max_age: Duration,
+    pub max_bytes: Option<u64>,
+}
+
+impl From<Duration> for StreamLimits {
+    fn from(max_age: Duration) -> StreamLimits {
+        StreamLimits {
+            max_age,
+            max_bytes: None,
+        }
+    }
+}
+
 impl Bus {
-    /// Creates the log stream `name`, keeping messages for `retention`, or
-    /// brings an existing one's subjects and retention up to date (its
+    /// Creates the log stream `name`, keeping messages within `limits`, or
+    /// brings an existing one's subjects and limits up to date (its
     /// replica count stays as created). Idempotent, and safe when several
     /// brokers start at once.
-    pub async fn ensure_log_stream(&self, name: &str, retention: Duration) -> Result<(), BusError> {
-        self.ensure_stream(name, log_subjects(&self.subjects), retention)
+    pub async fn ensure_log_stream(
+        &self,
+        name: &str,
+        limits: impl Into<StreamLimits>,
+    ) -> Result<(), BusError> {
+        self.ensure_stream(name, log_subjects(&self.subjects), limits.into())
             .await
     }
 
-    /// Creates the stream `name` capturing `subjects` for `retention` (file
+    /// Creates the stream `name` capturing `subjects` within `limits` (file
     /// storage, this bus's replica count), or brings an existing one's
-    /// subjects and retention up to date.
+    /// subjects and limits up to date.
     pub(super) async fn ensure_stream(
         &self,
         name: &str,
         subjects: Vec<String>,
-        retention: Duration,
+        limits: StreamLimits,
     ) -> Result<(), BusError> {
         let js = jetstream::new(self.client.clone());
+        let retention = limits.max_age;
+        // JetStream's "no limit" is -1
+        let max_bytes = limits
+            .max_bytes
+            .map_or(-1, |b| b.min(i64::MAX as u64) as i64);
         let wanted = stream::Config {
             name: name.to_string(),
             subjects: subjects.clone(),
             storage: stream::StorageType::File,
             max_age: retention,
+            max_bytes,
             duplicate_window: retention.min(DUPLICATE_WINDOW),
             num_replicas: self.replicas.max(1),
             ..Default::default()
@@ -80,19 +107,22 @@ impl Bus {
                 .map_err(|_| transport(name, create))?,
         };
         let current = &existing.cached_info().config;
-        if current.max_age == retention && current.subjects == subjects {
+        let same_bytes =
+            current.max_bytes == max_bytes || (max_bytes < 0 && current.max_bytes <= 0);
+        if current.max_age == retention && current.subjects == subjects && same_bytes {
             return Ok(());
         }
         let config = stream::Config {
             subjects,
             max_age: retention,
+            max_bytes,
             duplicate_window: retention.min(DUPLICATE_WINDOW),
             ..current.clone()
         };
         js.update_stream(config)
             .await
             .map_err(|e| transport(name, e))?;
-        info!(stream = %name, retention = %humantime::format_duration(retention), "stream updated");
+        info!(stream = %name, retention = %humantime::format_duration(retention), max_bytes, "stream updated");
         Ok(())
     }
 

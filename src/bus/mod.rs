@@ -43,7 +43,7 @@ pub use codec::{decode, encode, DecodeError, Encoding};
 pub use connect::{probe_connect, probe_jetstream};
 pub use connect::{redact_urls, split_url_credentials, Credentials, Tls};
 pub use kv::{Kv, KvChange};
-pub use logs::{LogsError, OrderLog};
+pub use logs::{LogsError, OrderLog, StreamLimits};
 pub use sender::SenderProof;
 pub use stats::Stats;
 

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::protocol::subjects::is_valid_token;
 
 mod health;
+mod history;
 mod nats;
 pub use health::{HealthThresholds, LevelBounds, SwitchCondition, ThresholdsError};
 pub use nats::{NatsConfig, Secret};
@@ -69,6 +70,18 @@ pub struct BrokerConfig {
     /// to take a free one).
     #[serde(with = "humantime_serde")]
     pub renew_interval: Duration,
+    /// How long a failed workflow order stays resumable; then it expires
+    /// (stays failed, can no longer be resumed) and leaves memory like
+    /// any ended order.
+    #[serde(with = "humantime_serde")]
+    pub failed_hold: Duration,
+    /// How long an ended order's record stays in the orders journal after
+    /// it ended (a failed workflow order's: after it expired).
+    #[serde(with = "humantime_serde")]
+    pub order_retention: Duration,
+    /// Most ended orders held in memory, of each kind (job and step
+    /// orders; workflow orders): older ones are read from the journal.
+    pub keep_finished: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -201,6 +214,9 @@ impl Default for BrokerConfig {
             precedence: 100,
             lease: Duration::from_secs(2),
             renew_interval: Duration::from_millis(400),
+            failed_hold: history::FAILED_HOLD,
+            order_retention: history::ORDER_RETENTION,
+            keep_finished: history::KEEP_FINISHED,
         }
     }
 }
@@ -399,6 +415,7 @@ impl Config {
             });
         }
         self.nats.validate()?;
+        self.check_history()?;
         self.check_timings()
     }
 

@@ -28,6 +28,12 @@ pub struct NatsConfig {
     /// How long the audit trail (state-changing commands) is kept.
     #[serde(with = "humantime_serde")]
     pub audit_retention: Duration,
+    /// Most bytes the log stream keeps (oldest messages go first); no
+    /// limit but `log_retention` when unset.
+    pub log_max_bytes: Option<u64>,
+    /// Most bytes the audit stream keeps (oldest records go first); no
+    /// limit but `audit_retention` when unset.
+    pub audit_max_bytes: Option<u64>,
     /// nkey seed file: the identity `baton auth init` makes per role.
     pub nkey: Option<PathBuf>,
     /// `.creds` file (user JWT and nkey seed), for servers in operator mode.
@@ -92,6 +98,8 @@ impl Default for NatsConfig {
             replicas: 1,
             log_retention: Duration::from_secs(7 * 24 * 60 * 60),
             audit_retention: Duration::from_secs(90 * 24 * 60 * 60),
+            log_max_bytes: None,
+            audit_max_bytes: None,
             nkey: None,
             credentials: None,
             user: String::new(),

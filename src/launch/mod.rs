@@ -331,6 +331,14 @@ impl LocalCluster {
         self.procs.clear();
     }
 
+    /// Resident memory (VmRSS) of a process now, in KiB, from /proc.
+    pub fn memory_kib(pid: u32) -> Option<u64> {
+        read_status_kib(
+            &Path::new("/proc").join(pid.to_string()).join("status"),
+            "VmRSS:",
+        )
+    }
+
     /// Peak resident memory (VmHWM) of a process, in KiB, from /proc.
     pub fn peak_memory_kib(pid: u32) -> Option<u64> {
         read_status_kib(

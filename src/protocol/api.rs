@@ -344,6 +344,14 @@ pub struct OrderInfo {
     /// Older tasks left out of `attempts`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempts_dropped: u32,
+    /// A failed workflow order: until when it can be resumed or cancelled
+    /// (`broker.failed_hold` after it failed); then it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumable_until_ms: Option<u64>,
+    /// A failed workflow order that expired: when. It stays failed and can
+    /// no longer be resumed or cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired_at_ms: Option<u64>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -386,6 +394,8 @@ impl OrderInfo {
             retry_at_ms: None,
             attempts: Vec::new(),
             attempts_dropped: 0,
+            resumable_until_ms: None,
+            expired_at_ms: None,
         }
     }
 

@@ -49,6 +49,11 @@ pub struct FlowOrder {
     pub durable: bool,
     /// The verified identity that submitted it.
     pub submitted_by: Option<String>,
+    /// Failed: until when it can be resumed or cancelled ([`FlowOrder::hold`]).
+    pub resumable_until_ms: Option<u64>,
+    /// Failed and held past its deadline: when it expired
+    /// ([`FlowOrder::expire`]); it never changes again.
+    pub expired_at_ms: Option<u64>,
 }
 
 impl FlowOrder {
@@ -71,6 +76,8 @@ impl FlowOrder {
             history: Vec::new(),
             durable: false,
             submitted_by: None,
+            resumable_until_ms: None,
+            expired_at_ms: None,
         })
     }
 
@@ -93,6 +100,8 @@ impl FlowOrder {
             history: info.history.clone(),
             durable: true,
             submitted_by: info.submitted_by.clone(),
+            resumable_until_ms: info.resumable_until_ms,
+            expired_at_ms: info.expired_at_ms,
         })
     }
 
@@ -111,7 +120,47 @@ impl FlowOrder {
             // resumed after it failed
             self.finished_at_ms = None;
         }
+        if self.state() != RunState::Failed {
+            self.resumable_until_ms = None;
+        }
         Ok(fx)
+    }
+
+    /// Succeeded, cancelled, or failed and expired: it never changes again.
+    pub fn is_ended(&self) -> bool {
+        self.state().is_terminal() || self.expired_at_ms.is_some()
+    }
+
+    /// When it ended for good (see [`FlowOrder::is_ended`]).
+    pub fn ended_at_ms(&self) -> Option<u64> {
+        self.expired_at_ms
+            .or(self.finished_at_ms)
+            .filter(|_| self.is_ended())
+    }
+
+    /// A failed order is held resumable for `hold_ms` after it failed: the
+    /// deadline, when it is not already the one set.
+    pub fn hold(&mut self, hold_ms: u64) -> Option<u64> {
+        if self.state() != RunState::Failed || self.expired_at_ms.is_some() {
+            return None;
+        }
+        let until = self.finished_at_ms?.saturating_add(hold_ms);
+        if self.resumable_until_ms == Some(until) {
+            return None;
+        }
+        self.resumable_until_ms = Some(until);
+        Some(until)
+    }
+
+    /// A failed order whose deadline has passed expires: whether it did now.
+    pub fn expire(&mut self, now_ms: u64) -> bool {
+        let due = self.resumable_until_ms.is_some_and(|until| until <= now_ms);
+        if self.state() != RunState::Failed || self.expired_at_ms.is_some() || !due {
+            return false;
+        }
+        self.resumable_until_ms = None;
+        self.expired_at_ms = Some(now_ms);
+        true
     }
 
     /// Records that `attempt` of `step` is placed as order `order_id`.
@@ -236,6 +285,13 @@ impl FlowOrder {
                 .and_then(|h| h.reason.clone())
                 .unwrap_or_else(|| "no exit code".into()),
         };
+        if self.expired_at_ms.is_some() {
+            return Some(format!(
+                "step '{}' failed ({how}); the order expired (broker.failed_hold after it \
+                 failed) and can no longer be resumed",
+                s.name
+            ));
+        }
         Some(format!(
             "step '{}' failed ({how}); `baton order resume {id}` runs it again \
              (`--from STEP` from another step, `--force-succeeded` counts it as succeeded), \
@@ -266,6 +322,8 @@ impl FlowOrder {
             steps: self.run.steps().to_vec(),
             history: self.history.clone(),
             submitted_by: self.submitted_by.clone(),
+            resumable_until_ms: self.resumable_until_ms,
+            expired_at_ms: self.expired_at_ms,
             ..OrderInfo::new(
                 self.id.clone(),
                 self.run.workflow().to_string(),

@@ -87,6 +87,9 @@ impl Event {
             };
             events.push(Event::Changed(change(None, what)));
         }
+        if before.expired_at_ms.is_none() && after.expired_at_ms.is_some() {
+            events.push(Event::Changed(change(None, "expired".to_string())));
+        }
         events
     }
 }

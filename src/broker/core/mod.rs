@@ -39,6 +39,8 @@ mod changes;
 mod deploy;
 mod events;
 mod flows;
+#[cfg(test)]
+mod history_tests;
 mod journal;
 mod orders;
 mod pause;
@@ -76,9 +78,6 @@ pub(super) use takeover::{Journal, Recovered};
 pub(super) const ORPHAN_MARGIN: Duration = Duration::from_secs(1);
 /// Before sending a dispatch again whose fate is unknown.
 const RESEND_DELAY: Duration = Duration::from_millis(200);
-/// Ended orders of each kind kept in memory for lookups; older ones are
-/// read from JetStream.
-pub(in crate::broker) const KEEP_FINISHED: usize = 10_000;
 
 /// The time as the core sees it: monotonic for durations, and wall-clock
 /// milliseconds for what it records.
@@ -293,6 +292,8 @@ pub enum Timer {
     RetryDue { flow_id: String, step: String },
     /// A job order's retry is due.
     OrderRetry { order_id: String },
+    /// A failed workflow order's deadline to be resumed (`at_ms`) passed.
+    Expire { flow_id: String, at_ms: u64 },
 }
 
 /// The broker's state, and every decision over it.
@@ -387,6 +388,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             core.later(after, Timer::Unseen);
         }
         core.arm_retries();
+        core.hold_failed_flows();
         core.resume_flows();
         core
     }
@@ -450,6 +452,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             }) => self.fail_step(parent, order_id, reason),
             Input::Timer(Timer::RetryDue { flow_id, step }) => self.retry_due(flow_id, step),
             Input::Timer(Timer::OrderRetry { order_id }) => self.order_retry_due(order_id),
+            Input::Timer(Timer::Expire { flow_id, at_ms }) => self.expire_due(flow_id, at_ms),
             Input::Check => self.check_liveness(),
         }
         self.take_effects()

@@ -69,6 +69,20 @@ pub enum Refusal {
     },
     #[error("no order {0} is held by this broker; check the id with `baton order list`")]
     Unknown(String),
+    /// No workflow order held under this id (suspend, resume).
+    #[error(
+        "no workflow order {order} that can be {verb} is held by this broker: it may have ended for good (succeeded, cancelled, or failed and expired after broker.failed_hold); `baton order show {order}` says which"
+    )]
+    NoFlow { order: String, verb: &'static str },
+    /// A failed workflow order held past `broker.failed_hold`.
+    #[error(
+        "order {order} failed and expired at {at} (broker.failed_hold after it failed): it can no longer be {verb}; submit the workflow again for a new order"
+    )]
+    Expired {
+        order: String,
+        at: String,
+        verb: &'static str,
+    },
     /// A deploy that does not fit what is deployed, or is invalid.
     #[error("{0}")]
     InvalidDeploy(String),
@@ -128,7 +142,9 @@ impl Refusal {
             Refusal::Forbidden(_) => ErrorCode::Forbidden,
             Refusal::Ambiguous { .. } => ErrorCode::InvalidParam,
             Refusal::Unreadable(_) => ErrorCode::Unavailable,
-            Refusal::Unknown(_) | Refusal::UnknownSubagent(_) => ErrorCode::NotFound,
+            Refusal::Unknown(_) | Refusal::UnknownSubagent(_) | Refusal::NoFlow { .. } => {
+                ErrorCode::NotFound
+            }
             Refusal::InvalidDeploy(_) => ErrorCode::InvalidJob,
             Refusal::DeployNotStored(_)
             | Refusal::SubagentLost(_)
@@ -140,7 +156,9 @@ impl Refusal {
             Refusal::NotHeld(_) | Refusal::NoOrder(_) | Refusal::UnknownProcess { .. } => {
                 ErrorCode::NotFound
             }
-            Refusal::AlreadyEnded { .. } | Refusal::Paused { .. } => ErrorCode::InvalidState,
+            Refusal::AlreadyEnded { .. } | Refusal::Paused { .. } | Refusal::Expired { .. } => {
+                ErrorCode::InvalidState
+            }
             Refusal::BadSubagentId(_) => ErrorCode::BadRequest,
         }
     }

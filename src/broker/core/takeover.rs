@@ -4,11 +4,14 @@
 //! `Core::new` arms its timer (`retries.rs`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use tracing::info;
 
 use super::super::order_book::{Order, OrderBook};
+use super::super::retention::{self, ended_for_good};
 use super::Revisions;
+use crate::config::BrokerConfig;
 use crate::jobs;
 use crate::protocol::*;
 use crate::workflow::{validate_workflow, FlowOrder};
@@ -37,14 +40,21 @@ pub(in crate::broker) struct Recovered {
     pub revisions: Revisions,
     /// Operators' switches of subagents, by subagent id.
     pub switches: BTreeMap<String, OperatorSwitch>,
+    /// Records kept `broker.order_retention` since their order ended for
+    /// good, with the revision they were read at: not held, to be deleted
+    /// (`broker/retention.rs`).
+    pub expired: Vec<(String, u64)>,
     /// Operators' pauses of jobs and workflows, by name.
     pub pauses: BTreeMap<String, OperatorSwitch>,
 }
 
 impl Recovered {
     /// Keeps the valid jobs, clusters and workflows, and rebuilds the order
-    /// book from every order, keeping at most `keep_finished` final orders.
-    pub fn from_journal(journal: Journal, keep_finished: usize) -> Recovered {
+    /// book from every order, keeping at most `broker.keep_finished` final
+    /// orders; records past `broker.order_retention` at `now_ms` are set
+    /// aside to be deleted.
+    pub fn from_journal(journal: Journal, broker: &BrokerConfig, now_ms: u64) -> Recovered {
+        let keep_finished = broker.keep_finished;
         let jobs = journal.jobs.into_iter();
         let jobs: HashMap<String, JobSpec> = jobs
             .filter(|(key, spec)| jobs::validate_job(spec).is_ok() && spec.name == *key)
@@ -61,6 +71,10 @@ impl Recovered {
             })
             .collect();
         let mut orders = journal.orders;
+        let expired = past_retention(&orders, broker.order_retention, now_ms);
+        for (id, _) in &expired {
+            orders.remove(id);
+        }
         let mut flows: Vec<FlowOrder> = Vec::new();
         let mut flow_revisions: HashMap<String, u64> = HashMap::new();
         orders.retain(|id, (info, revision)| match FlowOrder::restore(info) {
@@ -72,11 +86,11 @@ impl Recovered {
             None => true,
         });
         // ended workflow orders beyond the limit stay in the journal only
-        flows.sort_by_key(|f| std::cmp::Reverse(f.finished_at_ms));
+        flows.sort_by_key(|f| std::cmp::Reverse(f.ended_at_ms()));
         let mut ended = 0;
         flows.retain(|f| {
-            ended += usize::from(f.state().is_terminal());
-            !f.state().is_terminal() || ended <= keep_finished
+            ended += usize::from(f.is_ended());
+            !f.is_ended() || ended <= keep_finished
         });
         let restored = orders.values().map(|(info, _)| {
             // a job removed since: its waiting orders fail at dispatch, and an
@@ -105,6 +119,7 @@ impl Recovered {
             inherited_on = book.inherited_subagents().len(),
             jobs = jobs.len(),
             workflow_orders,
+            past_retention = expired.len(),
             "orders recovered from the journal"
         );
         let of = |prefix: &str| -> BTreeMap<String, OperatorSwitch> {
@@ -120,7 +135,28 @@ impl Recovered {
             book,
             revisions,
             switches,
+            expired,
             pauses,
         }
     }
+}
+
+/// The records kept `retention` since their order ended for good, at
+/// `now_ms`, with their revisions, by id (see `broker/retention.rs`).
+fn past_retention(
+    orders: &HashMap<String, (OrderInfo, u64)>,
+    retention: Duration,
+    now_ms: u64,
+) -> Vec<(String, u64)> {
+    let keep_ms = retention.as_millis() as u64;
+    let open = |flow_id: &str| {
+        (orders.get(flow_id))
+            .is_some_and(|(info, _)| info.workflow.is_some() && !ended_for_good(info))
+    };
+    let mut expired: Vec<(String, u64)> = (orders.iter())
+        .filter(|(_, (info, _))| retention::expired(info, now_ms, keep_ms, open))
+        .map(|(id, (_, revision))| (id.clone(), *revision))
+        .collect();
+    expired.sort();
+    expired
 }

@@ -36,7 +36,9 @@ fn core_with(base: Instant, j: JobSpec, orders: Vec<OrderInfo>) -> Core<u32> {
             .collect(),
         ..Journal::default()
     };
-    let recovered = Recovered::from_journal(journal, 100);
+    let mut config = Config::default();
+    config.broker.keep_finished = 100;
+    let recovered = Recovered::from_journal(journal, &config.broker, T0);
     let tenure = lease::Tenure::new(base, Duration::from_secs(3600));
     let at = now(base, 0);
     let mut core = Core::new("b".into(), Config::default(), 1, tenure, recovered, 1, at);
@@ -377,7 +379,7 @@ fn a_broker_taking_over_arms_the_retries_its_journal_shows_waiting() {
             .collect(),
         ..Journal::default()
     };
-    let recovered = Recovered::from_journal(journal, 100);
+    let recovered = Recovered::from_journal(journal, &Config::default().broker, T0);
     let tenure = lease::Tenure::new(base, Duration::from_secs(3600));
     let mut core: Core<u32> = Core::new(
         "b".into(),
@@ -533,7 +535,7 @@ fn a_broker_taking_over_holds_the_pauses_it_reads() {
         .into(),
         ..Journal::default()
     };
-    let recovered = Recovered::from_journal(journal, 100);
+    let recovered = Recovered::from_journal(journal, &Config::default().broker, T0);
     assert_eq!(recovered.pauses.keys().collect::<Vec<_>>(), ["j"]);
     assert_eq!(recovered.switches.keys().collect::<Vec<_>>(), ["s"]);
     let base = Instant::now();

@@ -3,7 +3,8 @@
 //! one request-id index over both, the queue of job orders waiting for a
 //! subagent, the order counts, the order list ([`OrderBook::list`], for the
 //! broker's queries), and a bounded memory of ended job orders (the core
-//! keeps the newest 10,000 ended workflow orders, `core/flows/news.rs`).
+//! keeps the newest `broker.keep_finished` ended workflow orders,
+//! `core/flows/news.rs`).
 //!
 //! Pure: no clock reads, no IO. The broker's core (`core/`) feeds it
 //! events and acts on the transitions it returns.

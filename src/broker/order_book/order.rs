@@ -71,7 +71,7 @@
 //! Running, both `inherited` (placed by an earlier broker, fate unknown)
 //! until their subagent's first heartbeat or probe answer brings
 //! `Reconciled`, or until that subagent counts as lost; a final order keeps
-//! its phase (the newest 10,000 stay in memory; all are counted).
+//! its phase (the newest `broker.keep_finished` stay in memory; all are counted).
 //!
 //! Size: over the ~500-line mark with the transition table above and the
 //! one `apply` that carries it out, which read best side by side; the

@@ -5,18 +5,23 @@
 //! once its dispatch is journaled; a result acknowledged only once the end
 //! it brought is journaled; `finished` published only once stored; no
 //! final record changed (a failed workflow order may still be resumed or
-//! cancelled); a cancel once answered never lost (the order ends
-//! cancelled); never two brokers acting. Of a job with retries: a failed
-//! task's result acknowledged only once the retry's due time is journaled;
-//! no retry started before its due time; an order failed only once its
-//! retries are used up, after `times + 1` tasks that really ran failed (so
-//! no due retry was lost across a takeover). No two tasks of one order at
-//! once holds for retries as for any task.
+//! cancelled until it expires); a failed workflow order expired once past
+//! its hold (`broker.failed_hold`); a cancel once answered never lost (the
+//! order ends cancelled); never two brokers acting. Of a job with retries:
+//! a failed task's result acknowledged only once the retry's due time is
+//! journaled; no retry started before its due time; an order failed only
+//! once its retries are used up, after `times + 1` tasks that really ran
+//! failed (so no due retry was lost across a takeover). No two tasks of one
+//! order at once holds for retries as for any task.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::journal::Journal;
 use crate::protocol::{AttemptOutcome, OrderInfo, OrderState};
+
+/// A failed workflow order's expiry is stored within this long of its
+/// deadline, once the run has settled.
+const EXPIRY_SLACK_MS: u64 = 2_000;
 
 /// A task run by a subagent process, from start to end.
 #[derive(Debug, Clone)]
@@ -226,6 +231,19 @@ impl Checker {
         }
         for info in journal.all() {
             self.retries_used_up(now_ms, &info);
+            let resumable = info.workflow.is_some()
+                && info.state == OrderState::Failed
+                && info.expired_at_ms.is_none();
+            let overdue = info
+                .resumable_until_ms
+                .is_none_or(|until| until + EXPIRY_SLACK_MS <= now_ms);
+            if resumable && overdue {
+                let what = format!(
+                    "failed workflow order {} not expired past its hold: {:?}",
+                    info.order_id, info.resumable_until_ms
+                );
+                self.violate(now_ms, what);
+            }
             if !info.state.is_final() {
                 let what = format!(
                     "order {} never ended: {}",

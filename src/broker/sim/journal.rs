@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use futures::executor::block_on;
 
 use super::super::core::{Created, Journal as Snapshot, Stored};
-use super::super::recovery::{ended_for_good, write_over, MemoryRecords};
+use super::super::recovery::{write_over, MemoryRecords};
+use super::super::retention::ended_for_good;
 use crate::protocol::{JobSpec, OrderInfo, WorkflowSpec};
 
 #[derive(Default)]

@@ -11,7 +11,9 @@
 //! certificate) and restarted, partitions, lost, duplicated and delayed
 //! messages, slow and failed journal writes, a broker crashed (also midway
 //! through carrying out one step's effects), paused past its lease and
-//! resumed, restarted. After the faults the run settles and `check.rs`
+//! resumed, restarted. Failed workflow orders expire within the run
+//! (`broker.failed_hold` is 3 s here), across those faults. After the
+//! faults the run settles (every order ended for good) and `check.rs`
 //! holds it to the guarantees.
 //!
 //! `cargo test` runs 3,000 seeds (`SEEDS`, about 15 s). A failing seed

@@ -31,6 +31,8 @@ const LEASE: u64 = 2_000;
 const REQUEST_TIMEOUT: u64 = 1_000;
 /// The run ends here at the latest.
 const END: u64 = 90_000;
+/// `broker.failed_hold`: failed workflow orders expire within the run.
+const FAILED_HOLD: u64 = 3_000;
 const BASE_MS: u64 = 1_800_000_000_000;
 /// Retries of job `r`.
 const RETRIES: u32 = 2;
@@ -279,6 +281,8 @@ impl World {
         config.subagent.orphan_timeout = Duration::from_secs(3);
         config.subagent.kill_grace = Duration::from_millis(500);
         config.subagent.result_retry = Duration::from_millis(TICK);
+        // failed workflow orders expire within the run, under the faults
+        config.broker.failed_hold = Duration::from_millis(FAILED_HOLD);
         let job = |name: &str, restartable: bool| {
             let spec =
                 serde_json::json!({"name": name, "program": "true", "restartable": restartable});
@@ -394,12 +398,14 @@ impl World {
         self.after(delay, ev);
     }
 
-    /// Nothing left to do: every client answered, every order ended.
+    /// Nothing left to do: every client answered, every order ended for
+    /// good (a failed workflow order expired).
     fn settled(&self) -> bool {
+        let ended = crate::broker::retention::ended_for_good;
         self.clients
             .iter()
             .all(|c| c.in_flight.is_none() && c.next >= c.total)
-            && self.journal.all().iter().all(|i| i.state.is_final())
+            && self.journal.all().iter().all(ended)
     }
 
     fn handle(&mut self, ev: Ev) {

@@ -82,6 +82,16 @@ pub fn order_text(o: &OrderInfo) -> String {
     if let Some(t) = o.finished_at_ms {
         let _ = writeln!(out, "finished  {}", clock(t));
     }
+    if let Some(t) = o.resumable_until_ms {
+        let _ = writeln!(
+            out,
+            "expires   {} (resume or cancel it before; then it expires, broker.failed_hold)",
+            clock(t)
+        );
+    }
+    if let Some(t) = o.expired_at_ms {
+        let _ = writeln!(out, "expired   {} (it can no longer be resumed)", clock(t));
+    }
     if !o.steps.is_empty() {
         let _ = writeln!(out, "steps:");
         let rows: Vec<Vec<String>> = o.steps.iter().map(step_row).collect();
@@ -652,6 +662,27 @@ mod tests {
             text.contains("  build  1        sub-1     2026-01-31T08:00:00Z"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_failed_workflow_order_says_until_when_it_can_be_resumed_then_that_it_expired() {
+        let mut o = order(OrderState::Failed);
+        o.finished_at_ms = Some(T0 + 2_000);
+        o.resumable_until_ms = Some(T0 + 2_000 + 86_400_000);
+        let text = order_text(&o);
+        assert!(
+            text.contains("expires   2026-02-01T08:00:02.000Z (resume or cancel it before"),
+            "{text}"
+        );
+        assert!(!text.contains("expired "), "{text}");
+        o.resumable_until_ms = None;
+        o.expired_at_ms = Some(T0 + 3_000);
+        let text = order_text(&o);
+        assert!(
+            text.contains("expired   2026-01-31T08:00:03.000Z (it can no longer be resumed)"),
+            "{text}"
+        );
+        assert!(!text.contains("expires "), "{text}");
     }
 
     #[test]

@@ -19,11 +19,14 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         if self.book.flow(order_id).is_some_and(|f| !f.durable) {
             return self.refuse(to, Refusal::FlowBeingStored(order_id.to_string()));
         }
-        let label = match &event {
-            FlowEvent::Suspend { .. } => "suspend",
-            FlowEvent::Resume { .. } => "resume",
-            _ => "cancel",
+        let (label, verb) = match &event {
+            FlowEvent::Suspend { .. } => ("suspend", "suspended"),
+            FlowEvent::Resume { .. } => ("resume", "resumed"),
+            _ => ("cancel", "cancelled"),
         };
+        if let Some(refusal) = self.expired_refusal(order_id, verb) {
+            return self.refuse(to, refusal);
+        }
         let kill = matches!(
             event,
             FlowEvent::Suspend { kill: true } | FlowEvent::Cancel { kill: true }
@@ -112,7 +115,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                     verb,
                 },
             },
-            None => Refusal::Unknown(order),
+            None => Refusal::NoFlow { order, verb },
         };
         self.refuse(to, refusal);
     }

@@ -37,11 +37,13 @@
 //! Here: the workflow run's effects, step orders, kills, retries.
 //! `submit.rs`: submitting a workflow order; `commands.rs`: suspend,
 //! resume, cancel; `news.rs`: `changed` and `finished` events;
-//! `takeover.rs`: picking workflow orders up after a takeover.
+//! `takeover.rs`: picking workflow orders up after a takeover;
+//! `expiry.rs`: failed workflow orders expire after `broker.failed_hold`.
 //!
 //! Crash safety: the workflow order is stored after every change, and is
 //! never ahead of its step orders in the journal. A broker taking over
-//! keeps every unfinished workflow order (and the newest 10,000 ended ones)
+//! keeps every unfinished or resumable workflow order (and the newest
+//! `broker.keep_finished` ended ones)
 //! and resumes each ([`Core::resume_flows`]): it places again every running step whose order it
 //! does not hold (the derived id finds the one already stored), applies the
 //! outcome of step orders that ended meanwhile, sends kills again, re-arms
@@ -49,6 +51,7 @@
 //! workflow order never recorded.
 
 mod commands;
+mod expiry;
 mod news;
 mod submit;
 mod takeover;
@@ -93,9 +96,17 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         let Some(flow) = self.book.flow_mut(flow_id) else {
             return Ok(());
         };
+        if flow.expired_at_ms.is_some() {
+            // it never changes again (commands are refused before)
+            self.follow_up(flow_id, then, true);
+            return Ok(());
+        }
         let before = flow.info();
         let fx = flow.apply(event, now)?;
-        let after = flow.info();
+        self.hold_if_failed(flow_id);
+        let Some(after) = self.book.info(flow_id) else {
+            return Ok(());
+        };
         self.announce_changes(&before, &after);
         self.act_on(flow_id, fx);
         if after.state.is_final() && after.state != before.state {

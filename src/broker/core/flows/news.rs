@@ -1,12 +1,12 @@
 //! What a workflow order tells the world: `changed` events for each step
 //! that moved and for the order, `finished` when it ends.
 
-use super::super::{Core, Event, KEEP_FINISHED};
+use super::super::{Core, Event};
 use crate::protocol::*;
 
 impl<R: Clone + std::fmt::Debug> Core<R> {
     /// A workflow order ended: its `finished` waits for the end to be
-    /// stored; beyond [`KEEP_FINISHED`] ended ones, the oldest are
+    /// stored; the oldest ended ones beyond `broker.keep_finished` are
     /// forgotten (they stay in the journal).
     pub(super) fn flow_finished(&mut self, flow_id: &str) {
         if let Some(info) = self.book.info(flow_id) {
@@ -15,18 +15,27 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             let event = Event::finished(&info, self.now.ms);
             self.unannounced.insert(info.order_id, event);
         }
-        let ended = self.book.flows().filter(|f| f.state().is_terminal());
-        if ended.count() > KEEP_FINISHED {
+        self.forget_oldest_ended();
+    }
+
+    /// Forgets the oldest workflow orders that ended for good (succeeded,
+    /// cancelled, or failed and expired) beyond `broker.keep_finished`,
+    /// but none whose end is being stored.
+    pub(super) fn forget_oldest_ended(&mut self) {
+        let keep = self.config.broker.keep_finished;
+        let ended = self.book.flows().filter(|f| f.is_ended()).count();
+        for _ in keep..ended {
             let oldest = (self.book.flows())
-                .filter(|f| f.state().is_terminal())
+                .filter(|f| f.is_ended())
                 // not while its end is being stored
                 .filter(|f| {
                     !self.writing.contains_key(&f.id) && !self.unannounced.contains_key(&f.id)
                 })
-                .min_by_key(|f| (f.finished_at_ms, f.id.clone()))
+                .min_by(|a, b| (a.ended_at_ms(), &a.id).cmp(&(b.ended_at_ms(), &b.id)))
                 .map(|f| f.id.clone());
-            if let Some(oldest) = oldest {
-                self.book.remove_flow(&oldest);
+            match oldest {
+                Some(oldest) => self.book.remove_flow(&oldest),
+                None => break,
             }
         }
     }

@@ -79,7 +79,7 @@ impl World {
         let now = self.time();
         let tenure = Tenure::new(now.at, Duration::from_millis(LEASE));
         let journal = self.journal.snapshot(&self.jobs, &self.workflows);
-        let recovered = Recovered::from_journal(journal, 10_000);
+        let recovered = Recovered::from_journal(journal, &self.config.broker, now.ms);
         let id = format!("b{b}");
         let config = self.config.clone();
         let seed = self.seed.wrapping_mul(31) ^ epoch;
