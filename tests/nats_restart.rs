@@ -78,3 +78,65 @@ async fn orders_survive_a_nats_server_restart() {
         "{status:?}"
     );
 }
+
+/// The operator's switches are in JetStream, so a NATS restart (the broker
+/// may step down and take its lease back) keeps a disabled subagent
+/// disabled and a paused job paused, with who and when.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_switches_survive_a_nats_server_restart() {
+    let mut h = cluster(&["sub-a", "sub-b"]).await;
+    deploy(&h.bus, MARKER_JOB).await;
+    let limit = Duration::from_secs(30);
+    for args in [
+        &["subagent", "disable", "sub-b"][..],
+        &["job", "pause", "work"],
+    ] {
+        let out = run_baton(&h, args, limit).await;
+        assert_eq!(out.status.code(), Some(0), "baton {args:?}: {out:?}");
+    }
+    within(limit, "nats-server restart", h.cluster.nats.restart())
+        .await
+        .expect("nats-server restarts on the same port and store");
+
+    let status = wait_for(
+        Duration::from_secs(60),
+        "both subagents heard again",
+        || async {
+            let ask = h.bus.request::<_, StatusReply>(
+                h.bus.subjects().status(),
+                &StatusRequest {},
+                REQUEST,
+            );
+            let status = ask.await.ok()?;
+            (status.subagents.len() == 2).then_some(status)
+        },
+    )
+    .await;
+    let sub_b = status
+        .subagents
+        .iter()
+        .find(|s| s.id == "sub-b")
+        .expect("sub-b");
+    assert_eq!(sub_b.state, SubagentState::Disabled, "{sub_b:?}");
+    assert!(sub_b
+        .switched
+        .as_ref()
+        .is_some_and(|s| s.off && !s.by.is_empty()));
+    let pause = status.paused.get("work").expect("work still paused");
+    assert!(pause.off && !pause.by.is_empty(), "{pause:?}");
+    // a trigger's slot is refused; a client's submit still runs
+    let slot = SubmitOrder {
+        job: "work".into(),
+        params: BTreeMap::from([("dir".to_string(), h.scratch().display().to_string())]),
+        request_id: Some("work@1000".into()),
+        slot_ms: Some(1000),
+    };
+    let refused = h
+        .bus
+        .request::<_, SubmitReply>(h.bus.subjects().submit(), &slot, REQUEST)
+        .await;
+    let Err(baton::bus::BusError::Remote(e)) = refused else {
+        panic!("a paused job's slot is refused: {refused:?}")
+    };
+    assert!(e.error.message.contains("work is paused"), "{e}");
+}
