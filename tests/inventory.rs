@@ -315,7 +315,16 @@ async fn a_paused_job_does_not_fire_under_any_broker_until_resumed() {
     // manual submits still run; with --all they are refused
     let manual = submit(&h.bus, "tick", &[]).await;
     assert!(!manual.is_empty());
-    baton_ok(&h, &["job", "pause", "tick", "--all"]).await;
+    let again = baton_ok(&h, &["job", "pause", "tick", "--all"]).await;
+    assert!(again.contains("job tick already paused by"), "{again}");
+    let show = baton_ok(&h, &["job", "show", "tick"]).await;
+    assert!(show.contains("state: paused by"), "{show}");
+    let still_skipped = show
+        .lines()
+        .find_map(|l| l.strip_prefix("skipped slots since the pause: "))
+        .and_then(|rest| rest.split(' ').next()?.parse::<u64>().ok())
+        .expect("skipped slots");
+    assert!(still_skipped >= skipped, "the first pause counts: {show}");
     let refused = baton_refused(&h, &["submit", "tick"]).await;
     assert!(refused.contains("tick is paused with --all"), "{refused}");
     assert!(refused.contains("baton job resume tick"), "{refused}");
@@ -382,6 +391,7 @@ async fn a_backfill_over_fired_slots_fires_each_slot_once_however_often_run() {
     .await;
     // a window inside the first one: everything fired before
     assert!(again.contains(": 0 submitted"), "{again}");
+    assert!(again.contains(", 0 refused"), "{again}");
     assert!(!again.contains("submitted: order"), "{again}");
     let per_slot = orders_per_slot(&h, "tick").await;
     assert!(per_slot.len() >= 12, "{per_slot:?}");

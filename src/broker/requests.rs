@@ -25,8 +25,8 @@ impl Broker {
         let id = &req.body.order_id;
         let held = match self.core.book.info(id) {
             Some(info) => Some(info),
-            // the start of an id (as `watch` prints them), if it is unique
-            None if id.len() < FULL_ID => match &self.core.book.starting_with(id, 3)[..] {
+            // the start or end of an id (`watch` prints its end), if unique
+            None if id.len() < FULL_ID => match &self.core.book.matching(id, 3)[..] {
                 [one] => self.core.book.info(one),
                 [] => None,
                 several => {

@@ -200,7 +200,7 @@ async fn backfill(config: &Config, bus: &Bus, args: BackfillArgs) -> anyhow::Res
     let to = args.to.map_or(now, |t| t.at_ms(now));
     let slots = backfill_slots(&triggers, from, to, now, args.max)
         .map_err(|why| anyhow::anyhow!("cannot backfill {}: {why}", info.name))?;
-    let (mut submitted, mut fired_before) = (0, 0);
+    let (mut submitted, mut fired_before, mut refused) = (0, 0, 0);
     for slot_ms in &slots {
         let when = output::fire_time(&FireTime {
             at_ms: *slot_ms,
@@ -226,6 +226,7 @@ async fn backfill(config: &Config, bus: &Bus, args: BackfillArgs) -> anyhow::Res
                 println!("{when}  submitted: order {}", reply.order_id);
             }
             Err(BusError::Remote(e)) => {
+                refused += 1;
                 println!("{when}  refused: {}", e.error.message);
             }
             Err(e) => bail!("backfill of {} stopped at {when}: {e} ({submitted} submitted so far; run it again: slots already fired run nothing twice)", info.name),
@@ -237,9 +238,15 @@ async fn backfill(config: &Config, bus: &Bus, args: BackfillArgs) -> anyhow::Res
             slots.len()
         ),
         false => println!(
-            "{} slot(s): {submitted} submitted, {fired_before} already fired",
+            "{} slot(s): {submitted} submitted, {fired_before} already fired, {refused} refused",
             slots.len()
         ),
+    }
+    if refused > 0 {
+        bail!(
+            "{refused} slot(s) of {} were refused (see above)",
+            info.name
+        );
     }
     Ok(())
 }

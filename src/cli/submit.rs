@@ -298,7 +298,7 @@ async fn follow(
                     }
                 }
             }
-            _ = expired => bail!("order {order_id} did not finish within --timeout; it keeps running (follow it with `baton watch --order {order_id}`)"),
+            _ = expired => bail!("order {order_id} did not finish within --timeout; it goes on (waiting or running: `baton order show {order_id}`, or follow it with `baton watch --order {order_id}`)"),
         }
     }
 }

@@ -115,8 +115,16 @@ pub struct JobControl {
 pub struct JobControlReply {
     pub name: String,
     pub kind: JobKind,
-    /// What is stored now.
+    /// What is stored now. A job paused again keeps its first pause's
+    /// time and author.
     pub switched: OperatorSwitch,
+    /// `false` when it was already paused (or not paused, for a resume).
+    #[serde(default = "yes")]
+    pub changed: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What a definition is, in a [`DeployPlan`].

@@ -26,11 +26,19 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         if self.kind_of(&control.name).is_none() {
             return self.refuse(&to, self.unknown_job(control.name));
         }
-        let switch = OperatorSwitch {
-            off: control.pause,
-            by,
-            at_ms: self.now.ms,
-            all: control.pause && control.all,
+        let switch = match self.paused(&control.name) {
+            // paused again: since when and by whom stay (the skipped slots
+            // count from there); only `all` may change
+            Some(held) if control.pause => OperatorSwitch {
+                all: control.all,
+                ..held.clone()
+            },
+            _ => OperatorSwitch {
+                off: control.pause,
+                by,
+                at_ms: self.now.ms,
+                all: control.pause && control.all,
+            },
         };
         let of = SwitchOf::Job(control.name);
         self.emit(Effect::Switch { to, of, switch });
@@ -39,12 +47,14 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
     /// A pause or resume was stored: it holds from now.
     pub(super) fn on_paused(&mut self, to: R, name: String, switch: OperatorSwitch) {
         info!(job = %name, paused = switch.off, all = switch.all, by = %switch.by, "job switched");
-        self.pauses.insert(name.clone(), switch.clone());
+        let before = self.pauses.insert(name.clone(), switch.clone());
+        let changed = before.is_none_or(|b| b.off != switch.off);
         let kind = self.kind_of(&name).unwrap_or(JobKind::Job);
         let reply = JobControlReply {
             name,
             kind,
             switched: switch,
+            changed,
         };
         self.reply(&to, Reply::JobSwitched(reply));
     }

@@ -112,7 +112,9 @@ pub enum Refusal {
     /// The gate refused the sender (see `broker/gate.rs`).
     #[error("{0}")]
     Forbidden(String),
-    #[error("'{prefix}' is the start of more than one order ({ids}...); give more of the id")]
+    #[error(
+        "'{prefix}' is the start or end of more than one order ({ids}...); give more of the id"
+    )]
     Ambiguous { prefix: String, ids: String },
     #[error("the order could not be read from JetStream: {0}")]
     Unreadable(String),

@@ -262,11 +262,13 @@ impl OrderBook {
         OrderList { orders, truncated }
     }
 
-    /// The ids of held orders (of jobs and workflows) that start with
-    /// `prefix`, sorted; at most `most` of them.
-    pub fn starting_with(&self, prefix: &str, most: usize) -> Vec<String> {
+    /// The ids of held orders (of jobs and workflows) that start or end
+    /// with `fragment` (`baton watch` prints an id's last 12 characters,
+    /// `job list` its first), sorted; at most `most` of them.
+    pub fn matching(&self, fragment: &str, most: usize) -> Vec<String> {
         let ids = (self.orders.keys()).chain(self.flows.keys());
-        let mut found: Vec<String> = ids.filter(|id| id.starts_with(prefix)).cloned().collect();
+        let matches = |id: &&String| id.starts_with(fragment) || id.ends_with(fragment);
+        let mut found: Vec<String> = ids.filter(matches).cloned().collect();
         found.sort_unstable();
         found.truncate(most);
         found

@@ -824,10 +824,12 @@ fn the_start_of_an_id_finds_job_and_workflow_orders() {
     for id in ["ab1", "ab2", "cd1"] {
         book.insert(order(id));
     }
-    assert_eq!(book.starting_with("ab", 3), ["ab1", "ab2"]);
-    assert_eq!(book.starting_with("ab", 1), ["ab1"]);
-    assert_eq!(book.starting_with("cd", 3), ["cd1"]);
-    assert!(book.starting_with("x", 3).is_empty());
+    assert_eq!(book.matching("ab", 3), ["ab1", "ab2"]);
+    assert_eq!(book.matching("ab", 1), ["ab1"]);
+    assert_eq!(book.matching("cd", 3), ["cd1"]);
+    // the end of an id, as `baton watch` prints it
+    assert_eq!(book.matching("d1", 3), ["cd1"]);
+    assert!(book.matching("x", 3).is_empty());
 }
 
 fn with_retries(id: &str, times: u32) -> Order {

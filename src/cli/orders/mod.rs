@@ -183,8 +183,8 @@ pub async fn run(config: &Config, command: OrderCommand) -> anyhow::Result<()> {
 }
 
 /// The whole id of the order `id` names: itself when whole, else the one
-/// held order it is the start of (as `baton watch` prints ids), which the
-/// broker finds; its error (none, several) comes back as it is.
+/// held order it is the start or the end of (`baton watch` prints the
+/// end), which the broker finds; its error (none, several) comes back as it is.
 async fn whole_id(config: &Config, bus: &Bus, id: &str) -> Result<String, BusError> {
     if id.len() >= 36 {
         return Ok(id.to_string());

@@ -28,7 +28,8 @@ fn local(fire: &FireTime) -> Option<DateTime<Tz>> {
 }
 
 /// A slot on its trigger's clock and in UTC, marked when its UTC offset
-/// differs from the slot before it (a daylight saving change between):
+/// differs from `before`, the slot before it on the same clock (a daylight
+/// saving change between):
 /// "2026-03-29 03:00:00 CEST (+02:00) = 2026-03-29 01:00:00 UTC  <- DST
 /// change: +01:00 before".
 fn fire_line(fire: &FireTime, before: Option<&FireTime>) -> String {
@@ -179,10 +180,11 @@ pub fn job_text(info: &JobInfo) -> String {
             ""
         };
         let _ = writeln!(out, "next fires{note}:");
-        let mut before = None;
+        // a DST change shows between two fires on the same clock
+        let mut before: std::collections::HashMap<&Option<String>, &FireTime> = Default::default();
         for fire in &info.next_fires {
-            let _ = writeln!(out, "  {}", fire_line(fire, before));
-            before = Some(fire);
+            let previous = before.insert(&fire.time_zone, fire);
+            let _ = writeln!(out, "  {}", fire_line(fire, previous));
         }
     }
     if info.recent_orders.is_empty() {
@@ -210,24 +212,27 @@ pub fn job_text(info: &JobInfo) -> String {
 
 /// The answer to `job pause|resume`.
 pub fn job_switched_text(reply: &JobControlReply) -> String {
-    match reply.switched.off {
-        true => format!(
-            "{} {} {}: its triggers do not fire{}",
-            kind(reply.kind),
-            reply.name,
-            paused_text(&reply.switched),
-            if reply.switched.all {
-                ", and manual submits are refused"
+    let what = format!("{} {}", kind(reply.kind), reply.name);
+    let switch = &reply.switched;
+    match (switch.off, reply.changed) {
+        (true, changed) => {
+            let already = if changed { "" } else { "already " };
+            let submits = if switch.all {
+                "manual submits are refused too"
             } else {
-                "; manual submits still run"
-            }
+                "manual submits still run"
+            };
+            format!(
+                "{what} {already}paused by {} at {}: its triggers do not fire; {submits}",
+                switch.by,
+                clock_s(switch.at_ms)
+            )
+        }
+        (false, true) => format!(
+            "{what} resumed by {}: its triggers fire again (its misfire policy decides about the slots skipped)",
+            switch.by
         ),
-        false => format!(
-            "{} {} resumed by {}: its triggers fire again (its misfire policy decides about the slots skipped)",
-            kind(reply.kind),
-            reply.name,
-            reply.switched.by
-        ),
+        (false, false) => format!("{what} was not paused; nothing changed"),
     }
 }
 
@@ -303,6 +308,32 @@ mod tests {
             second,
             "2026-03-29 03:00:00 CEST (+02:00) = 2026-03-29 01:00:00 UTC  <- DST change: +01:00 before"
         );
+    }
+
+    #[test]
+    fn fires_on_two_clocks_are_not_taken_for_a_dst_change() {
+        let fire = |at_ms, zone: Option<&str>| FireTime {
+            at_ms,
+            time_zone: zone.map(str::to_string),
+        };
+        let info = JobInfo {
+            name: "multi".into(),
+            kind: JobKind::Job,
+            job: None,
+            workflow: None,
+            paused: None,
+            skipped_slots: 0,
+            next_fires: vec![
+                fire(1_796_572_800_000, Some("Asia/Kolkata")),
+                fire(1_796_572_860_000, None),
+                fire(1_796_659_200_000, Some("Asia/Kolkata")),
+            ],
+            recent_orders: vec![],
+            used_by: vec![],
+        };
+        let text = job_text(&info);
+        assert!(!text.contains("DST change"), "{text}");
+        assert!(text.contains("IST (+05:30)"), "{text}");
     }
 
     #[test]
