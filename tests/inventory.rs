@@ -183,6 +183,11 @@ async fn the_inventory_lists_shows_plans_and_undeploys() {
         "hourly.toml",
         &JOBS[..JOBS.find("[[job]]\nname = \"step\"").expect("step")],
     );
+    let plan = baton_ok(&h, &["deploy", &only_hourly, "--dry-run"]).await;
+    assert!(
+        plan.contains(". kept job step (not in these files"),
+        "{plan}"
+    );
     let plan = baton_ok(&h, &["deploy", &only_hourly, "--prune", "--dry-run"]).await;
     assert!(plan.contains("- remove job step"), "{plan}");
     assert!(plan.contains("- remove workflow flow"), "{plan}");
@@ -207,6 +212,8 @@ async fn the_inventory_lists_shows_plans_and_undeploys() {
     );
     let again = baton_refused(&h, &["undeploy", "step"]).await;
     assert!(again.contains("no job or workflow of this name"), "{again}");
+    let cluster = baton_refused(&h, &["undeploy", "all"]).await;
+    assert!(cluster.contains("'all' is a cluster"), "{cluster}");
 }
 
 /// Two jobs firing every second: `tick` skips the slots missed while

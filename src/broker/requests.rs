@@ -8,6 +8,7 @@ use actix::prelude::*;
 use std::time::Instant;
 
 use super::core::Refusal;
+use super::election::not_firing;
 use super::{inventory, placement, Broker};
 use crate::bus::Request;
 use crate::protocol::*;
@@ -128,6 +129,7 @@ impl Broker {
                 heartbeat_age_ms: 0,
             }),
             agents: Vec::new(),
+            not_firing: None,
             malformed_messages: self.bus.stats().malformed(),
             refused_messages: self.bus.stats().refused(),
             unstored_audit_records: self.bus.stats().unstored(),
@@ -135,6 +137,7 @@ impl Broker {
         let agents = self.elector.send(super::elector::AgentsNow);
         ctx.spawn(agents.into_actor(self).map(move |agents, act, _| {
             reply.agents = agents.unwrap_or_default();
+            reply.not_firing = not_firing(&reply.agents).map(str::to_string);
             act.bus.reply(&req.replier, &reply);
         }));
     }

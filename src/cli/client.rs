@@ -431,7 +431,12 @@ pub async fn scheduler_control(config: &Config, command: SchedulerCommand) -> an
             .collect();
         if agent.is_some_and(|a| a.role == wanted) {
             let now = match scheduler[..] {
-                [] => "no agent is Scheduler now".to_string(),
+                [] => match crate::broker::election::not_firing(&status.agents) {
+                    Some(why) => {
+                        format!("no agent is Scheduler now: triggers are NOT firing: {why}")
+                    }
+                    None => "no agent is Scheduler now; electing one".to_string(),
+                },
                 _ => format!("Scheduler now: {}", scheduler.join(", ")),
             };
             println!("agent {agent_id} is {} ({now})", wanted.as_str());

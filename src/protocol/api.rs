@@ -603,6 +603,10 @@ pub struct StatusReply {
     /// Connected agents with their Scheduler role and health.
     #[serde(default)]
     pub agents: Vec<super::AgentStatus>,
+    /// Set while no agent can hold the Scheduler role: why the triggers
+    /// are not firing (none connected, all turned off, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_firing: Option<String>,
     /// Messages the broker dropped or refused because they could not be decoded.
     #[serde(default)]
     pub malformed_messages: u64,

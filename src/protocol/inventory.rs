@@ -174,4 +174,8 @@ pub struct DeployPlan {
     pub removed: Vec<Named>,
     #[serde(default)]
     pub unchanged: Vec<Named>,
+    /// Deployed, not in this deploy, and left deployed (with `prune` they
+    /// would be removed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<Named>,
 }

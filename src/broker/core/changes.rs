@@ -32,8 +32,10 @@ impl Deployed<'_> {
     pub fn plan(&self, req: &DeployRequest) -> Result<DeployPlan, String> {
         let removed = self.removed(req)?;
         self.check_still_used(req, &removed)?;
+        let kept = self.kept(req, &removed);
         let mut plan = DeployPlan {
             removed: removed.into_iter().collect(),
+            kept,
             ..DeployPlan::default()
         };
         let clusters = req.clusters.iter().map(|c| (c, self.clusters.get(&c.name)));
@@ -51,6 +53,29 @@ impl Deployed<'_> {
         Ok(plan)
     }
 
+    /// What is deployed, not in `req` (a deploy of files) and not removed.
+    fn kept(&self, req: &DeployRequest, removed: &BTreeSet<Named>) -> Vec<Named> {
+        let adds = !(req.jobs.is_empty() && req.clusters.is_empty() && req.workflows.is_empty());
+        if !adds {
+            return Vec::new();
+        }
+        let named = |kind, name: &String| Named {
+            kind,
+            name: name.clone(),
+        };
+        let clusters = (self.clusters.keys())
+            .filter(|n| !req.clusters.iter().any(|c| &c.name == *n))
+            .map(|n| named(SpecKind::Cluster, n));
+        let jobs = (self.jobs.keys())
+            .filter(|n| !req.jobs.iter().any(|j| &j.name == *n))
+            .map(|n| named(SpecKind::Job, n));
+        let workflows = (self.workflows.keys())
+            .filter(|n| !req.workflows.iter().any(|w| &w.name == *n))
+            .map(|n| named(SpecKind::Workflow, n));
+        let kept: BTreeSet<Named> = clusters.chain(jobs).chain(workflows).collect();
+        kept.into_iter().filter(|n| !removed.contains(n)).collect()
+    }
+
     /// What `req` removes, clusters first, then jobs, then workflows.
     fn removed(&self, req: &DeployRequest) -> Result<BTreeSet<Named>, String> {
         let named = |kind, name: &String| Named {
@@ -63,6 +88,10 @@ impl Deployed<'_> {
                 SpecKind::Job
             } else if self.workflows.contains_key(name) {
                 SpecKind::Workflow
+            } else if self.clusters.contains_key(name) {
+                return Err(format!(
+                    "'{name}' is a cluster: a cluster goes with `baton deploy FILES --prune`, once no job names it"
+                ));
             } else {
                 return Err(format!(
                     "'{name}': no job or workflow of this name is deployed, so none can be undeployed (see `baton job list`)"
@@ -254,6 +283,11 @@ mod tests {
         };
         let plan = world().plan(&req).expect("a plan");
         assert_eq!(plan.added, [named(SpecKind::Job, "n")]);
+        // not in the request, and no prune: kept, and said so
+        assert_eq!(
+            plan.kept,
+            [named(SpecKind::Job, "b"), named(SpecKind::Workflow, "w")]
+        );
         assert_eq!(plan.unchanged, [named(SpecKind::Cluster, "c")]);
         assert!(plan.removed.is_empty());
         let [changed] = &plan.changed[..] else {

@@ -119,7 +119,9 @@ impl StderrTails {
                     }
                 ),
             };
-            let _ = writeln!(out, "stderr{of} (last {} lines{more}):", t.lines.len());
+            let n = t.lines.len();
+            let lines = if n == 1 { "line" } else { "lines" };
+            let _ = writeln!(out, "stderr{of} (last {n} {lines}{more}):");
             for line in &t.lines {
                 let _ = writeln!(out, "  err| {line}");
             }
@@ -220,7 +222,7 @@ mod tests {
         tails.render(&mut out);
         assert_eq!(
             out,
-            "stderr of step test (attempt 2) (last 1 lines):\n  err| assertion failed\n"
+            "stderr of step test (attempt 2) (last 1 line):\n  err| assertion failed\n"
         );
         let mut out = String::new();
         StderrTails::of(&o, 10).unwrap().render(&mut out);

@@ -255,6 +255,13 @@ pub fn plan_text(plan: &DeployPlan) -> String {
     for n in &plan.unchanged {
         let _ = writeln!(out, "  = unchanged {}", name(n));
     }
+    for n in &plan.kept {
+        let _ = writeln!(
+            out,
+            "  . kept {} (not in these files; --prune would remove it)",
+            name(n)
+        );
+    }
     out
 }
 
@@ -357,6 +364,10 @@ mod tests {
                 name: "gone".into(),
             }],
             unchanged: vec![],
+            kept: vec![Named {
+                kind: SpecKind::Cluster,
+                name: "c".into(),
+            }],
         };
         let text = plan_text(&plan);
         assert!(text.contains("+ add job new"), "{text}");
@@ -365,5 +376,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("- remove workflow gone"), "{text}");
+        assert!(
+            text.contains(". kept cluster c (not in these files"),
+            "{text}"
+        );
     }
 }
