@@ -853,6 +853,12 @@ async fn agents_an_operator_turned_off_stay_off_under_the_next_broker() {
     let text = run_baton(&h, &["status"], ELECTION).await;
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("turned off by "), "{text}");
+    let jobs = run_baton(&h, &["job", "list"], ELECTION).await;
+    let jobs = String::from_utf8_lossy(&jobs.stdout);
+    assert!(
+        jobs.contains("note: triggers are NOT firing now: every agent is turned off"),
+        "{jobs}"
+    );
 
     // turned on again, it is the Scheduler, and the news says they fire
     let mut news = h

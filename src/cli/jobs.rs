@@ -112,7 +112,10 @@ pub async fn run(config: &Config, command: JobCommand) -> anyhow::Result<()> {
             let list: JobList = bus.request(s.job_list(), &ListJobs {}, timeout).await?;
             match json {
                 true => println!("{}", serde_json::to_string_pretty(&list)?),
-                false => print!("{}", output::job_list_text(&list)),
+                false => {
+                    print!("{}", output::job_list_text(&list));
+                    not_firing_note(&bus, timeout).await;
+                }
             }
         }
         JobCommand::Show { name, next, json } => {
@@ -123,7 +126,10 @@ pub async fn run(config: &Config, command: JobCommand) -> anyhow::Result<()> {
             let info: JobInfo = bus.request(s.job_get(), &get, timeout).await?;
             match json {
                 true => println!("{}", serde_json::to_string_pretty(&info)?),
-                false => print!("{}", output::job_text(&info)),
+                false => {
+                    print!("{}", output::job_text(&info));
+                    not_firing_note(&bus, timeout).await;
+                }
             }
         }
         JobCommand::Pause { name, all } => {
@@ -147,6 +153,20 @@ pub async fn run(config: &Config, command: JobCommand) -> anyhow::Result<()> {
         JobCommand::Backfill(_) => unreachable!("handled above"),
     }
     Ok(())
+}
+
+/// Says so when no agent can hold the Scheduler role: then no trigger
+/// fires, whatever the next fire times say.
+async fn not_firing_note(bus: &Bus, timeout: std::time::Duration) {
+    let ask = StatusRequest::default();
+    let status = bus.request::<_, StatusReply>(bus.subjects().status(), &ask, timeout);
+    if let Ok(StatusReply {
+        not_firing: Some(why),
+        ..
+    }) = status.await
+    {
+        println!("note: triggers are NOT firing now: {why}");
+    }
 }
 
 /// The slots of `triggers` in `[from_ms, to_ms]`, oldest first, or why
