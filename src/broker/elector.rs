@@ -25,6 +25,7 @@
 //! agent, so a holder that died with the previous broker frees the role
 //! within two probes.
 
+mod firing;
 mod record;
 mod switches;
 
@@ -37,9 +38,7 @@ use tracing::{debug, info, warn};
 
 use super::agents::{AgentBook, Check, Heard};
 use super::audit::{Audit, Audited};
-use super::election::{
-    decide, not_firing, Action, ElectionConfig, ElectionState, Predecessor, Request as Ask,
-};
+use super::election::{decide, Action, ElectionConfig, ElectionState, Predecessor, Request as Ask};
 use super::probe::{self, Verdict};
 use super::scheduler_lease::{self, Ledger};
 use crate::bus::{Bus, BusError, Kv, Received, Request};
@@ -251,7 +250,7 @@ impl Handler<AgentsNow> for Elector {
 
 impl Elector {
     /// Every agent heard from, with its role, lease and operator switch.
-    fn agents_now(&self) -> Vec<AgentStatus> {
+    pub(super) fn agents_now(&self) -> Vec<AgentStatus> {
         let election = &self.election;
         let lease = |id: &str| (election.lease_expires_at_ms(id), election.is_excluded(id));
         let cond = &self.config.scheduler.switch_condition;
@@ -260,50 +259,6 @@ impl Elector {
             a.switched = self.switches.get(&a.id).cloned();
         }
         agents
-    }
-
-    /// Publishes a [`TriggersChanged`] when the triggers stop firing
-    /// because no agent can hold the Scheduler role (and say why), and when
-    /// they fire again. Not before the agents had time to be heard
-    /// (`scheduler.agent_timeout` after this broker started electing).
-    fn announce_firing(&mut self) {
-        if self.electing_since.elapsed() < self.config.scheduler.agent_timeout {
-            return;
-        }
-        let agents = self.agents_now();
-        let why = not_firing(&agents);
-        let scheduler = (agents.iter())
-            .find(|a| a.role == AgentRole::Scheduler)
-            .map(|a| a.id.clone());
-        if why.is_none() && scheduler.is_none() {
-            return; // electing one: no news yet
-        }
-        if self.not_firing == Some(why) {
-            return;
-        }
-        let first = self.not_firing.is_none();
-        self.not_firing = Some(why);
-        let reason = match (why, &scheduler) {
-            (Some(why), _) => {
-                warn!(%why, "the triggers are NOT firing: no agent can hold the Scheduler role");
-                format!("triggers are NOT firing: {why}")
-            }
-            // firing from the start is no news
-            (None, _) if first => return,
-            (None, Some(agent)) => {
-                info!(%agent, "the triggers fire again");
-                format!("triggers fire again: agent {agent} is the Scheduler")
-            }
-            (None, None) => return,
-        };
-        let event = TriggersChanged {
-            firing: why.is_none(),
-            scheduler,
-            reason,
-            at_ms: now_ms(),
-        };
-        self.bus
-            .post(self.bus.subjects().triggers_changed(), &event);
     }
 
     fn on_heartbeat(&mut self, hb: AgentHeartbeat, ctx: &mut Context<Self>) {
