@@ -180,7 +180,19 @@ pub fn main() -> ! {
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(certify(hello.config, results, certificate)),
+        Ok(runtime) => {
+            // bounded as a whole: a flush or request on a connection whose
+            // server is gone must not keep the reaper alive
+            let sub = &hello.config.subagent;
+            let limit = sub.orphan_timeout + sub.kill_grace * 2 + LAST_WORDS;
+            let certified = certify(hello.config.clone(), results, certificate);
+            if runtime
+                .block_on(async { tokio::time::timeout(limit, certified).await })
+                .is_err()
+            {
+                warn!(subagent = %hello.subagent_id, "reaper gave up: no broker answered in time");
+            }
+        }
         Err(e) => warn!(error = %e, "reaper: no runtime; no death certificate"),
     }
     std::process::exit(0)
@@ -289,8 +301,11 @@ async fn certify(config: Config, results: Vec<TaskResult>, certificate: DeathCer
         ),
         Err(e) => warn!(subagent = %id, error = %e, "death certificate not accepted"),
     }
-    let _ = bus.flush().await;
+    let _ = tokio::time::timeout(LAST_WORDS, bus.flush()).await;
 }
+
+/// How long the reaper waits for its last messages to leave, at most.
+const LAST_WORDS: Duration = Duration::from_secs(2);
 
 /// A request repeated until answered or refused, or until `deadline`.
 async fn ask<T, R>(
