@@ -590,6 +590,14 @@ fn heartbeat(r: &Register, at_ms: u64) -> SubagentHeartbeat {
 }
 
 /// The reasons of the `waiting` events among `effects`.
+/// The first `changed` event among `effects`.
+fn changed(effects: &[Effect<u32>]) -> Option<&OrderChanged> {
+    effects.iter().find_map(|e| match e {
+        Effect::Publish(Event::Changed(c)) => Some(c),
+        _ => None,
+    })
+}
+
 fn waiting(effects: &[Effect<u32>]) -> Vec<String> {
     let told = effects.iter().filter_map(|e| match e {
         Effect::Publish(Event::Changed(c)) => c.waiting.clone(),
@@ -626,11 +634,7 @@ fn a_waiting_order_says_why_once_and_again_when_the_reason_changes() {
         matches!(&told[..], [w] if w.contains("no known subagent matches cluster 'zone-b'")),
         "{told:?}"
     );
-    let event = effects.iter().find_map(|e| match e {
-        Effect::Publish(Event::Changed(c)) => Some(c),
-        _ => None,
-    });
-    let event = event.expect("a changed event");
+    let event = changed(&effects).expect("a changed event");
     assert_eq!(
         (event.order_id.as_str(), event.workflow.as_str()),
         ("o", "j")
@@ -721,11 +725,7 @@ fn a_step_order_waiting_is_told_on_its_workflow_order() {
         now(base, 1),
     );
     let effects = core.step(Input::Register(1, register("s1", "a")), now(base, 10));
-    let event = effects.iter().find_map(|e| match e {
-        Effect::Publish(Event::Changed(c)) => Some(c),
-        _ => None,
-    });
-    let event = event.expect("a changed event");
+    let event = changed(&effects).expect("a changed event");
     assert_eq!(
         (event.order_id.as_str(), event.workflow.as_str()),
         ("flow", "nightly")
