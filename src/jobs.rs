@@ -18,6 +18,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub mod retry;
+pub mod when;
+
+pub(crate) use when::{MisfireDef, TriggerDef};
 
 use crate::params::{resolve_declared, validate_declared, ParamDef};
 pub use crate::params::{ParamError, MAX_PARAMS, MAX_PARAM_BYTES};
@@ -37,6 +40,8 @@ struct DeployFile {
     cluster: Vec<ClusterDef>,
     #[serde(default)]
     workflow: Vec<crate::workflow::WorkflowDef>,
+    #[serde(default)]
+    calendar: Vec<when::CalendarDef>,
 }
 
 /// One `[[cluster]]` table.
@@ -99,70 +104,6 @@ struct JobDef {
     retry: Option<retry::RetryDef>,
 }
 
-/// A `[[job.triggers]]` (or `[[workflow.triggers]]`) table: [`TriggerSpec`] with unknown keys refused
-/// (the wire type accepts them, so peers can add fields).
-#[derive(Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub(crate) enum TriggerDef {
-    Cron {
-        expr: String,
-        #[serde(default)]
-        time_zone: Option<String>,
-    },
-    Interval {
-        #[serde(with = "humantime_serde")]
-        every: Duration,
-        #[serde(default)]
-        start: Option<chrono::DateTime<chrono::Utc>>,
-    },
-    At {
-        at: chrono::DateTime<chrono::Utc>,
-    },
-}
-
-impl From<TriggerDef> for TriggerSpec {
-    fn from(def: TriggerDef) -> TriggerSpec {
-        match def {
-            TriggerDef::Cron { expr, time_zone } => TriggerSpec::Cron { expr, time_zone },
-            TriggerDef::Interval { every, start } => TriggerSpec::Interval { every, start },
-            TriggerDef::At { at } => TriggerSpec::At { at },
-        }
-    }
-}
-
-/// A job's `misfire` table: [`MisfirePolicy`] with unknown keys refused.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "policy", rename_all = "kebab-case", deny_unknown_fields)]
-pub(crate) enum MisfireDef {
-    FireOnce {
-        #[serde(default, with = "humantime_serde")]
-        window: Option<Duration>,
-    },
-    FireAll {
-        #[serde(default)]
-        max: Option<u32>,
-        #[serde(default, with = "humantime_serde")]
-        max_lateness: Option<Duration>,
-    },
-    Skip,
-}
-
-impl From<MisfireDef> for MisfirePolicy {
-    fn from(def: MisfireDef) -> MisfirePolicy {
-        use crate::protocol::schedule::{DEFAULT_FIRE_ALL_MAX, DEFAULT_MISFIRE_WINDOW};
-        match def {
-            MisfireDef::FireOnce { window } => MisfirePolicy::FireOnce {
-                window: window.unwrap_or(DEFAULT_MISFIRE_WINDOW),
-            },
-            MisfireDef::FireAll { max, max_lateness } => MisfirePolicy::FireAll {
-                max: max.unwrap_or(DEFAULT_FIRE_ALL_MAX),
-                max_lateness,
-            },
-            MisfireDef::Skip => MisfirePolicy::Skip,
-        }
-    }
-}
-
 fn yes() -> bool {
     true
 }
@@ -193,31 +134,73 @@ pub enum DeployFileError {
         file: String,
         error: Box<crate::workflow::WorkflowError>,
     },
-    #[error("{file}: no [[job]], [[cluster]] or [[workflow]] table found")]
+    #[error(transparent)]
+    Calendar(#[from] when::CalendarDefError),
+    #[error("{file}: no [[job]], [[cluster]], [[workflow]] or [[calendar]] table found")]
     Empty { file: String },
 }
 
 /// Reads and validates a deploy file.
 pub fn load_deploy_file(path: &Path) -> Result<Deployment, DeployFileError> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|error| DeployFileError::Read {
-        file: file.clone(),
-        error,
-    })?;
-    parse_deploy_file(&file, &text)
+    let mut all = load_deploy_files(&[path])?;
+    Ok(all.pop().expect("one file").1)
+}
+
+/// Reads and validates the files of one deploy; a trigger may name a
+/// calendar of any of them.
+pub fn load_deploy_files(paths: &[&Path]) -> Result<Vec<(String, Deployment)>, DeployFileError> {
+    let mut texts = Vec::with_capacity(paths.len());
+    for path in paths {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| DeployFileError::Read {
+            file: file.clone(),
+            error,
+        })?;
+        texts.push((file, text));
+    }
+    parse_deploy_files(&texts, chrono::Utc::now().date_naive())
 }
 
 /// Parses and validates deploy-file text; `file` is used in messages.
 pub fn parse_deploy_file(file: &str, text: &str) -> Result<Deployment, DeployFileError> {
-    let parsed: DeployFile = toml::from_str(text).map_err(|e| DeployFileError::Parse {
-        file: file.to_string(),
-        message: e.to_string().trim_end().to_string(),
-    })?;
-    if parsed.job.is_empty() && parsed.cluster.is_empty() && parsed.workflow.is_empty() {
-        return Err(DeployFileError::Empty {
+    let texts = [(file.to_string(), text.to_string())];
+    let mut all = parse_deploy_files(&texts, chrono::Utc::now().date_naive())?;
+    Ok(all.pop().expect("one file").1)
+}
+
+/// Parses and validates the `(file, text)` of one deploy; calendars are
+/// checked to leave a working day in the year from `today`.
+pub fn parse_deploy_files(
+    texts: &[(String, String)],
+    today: chrono::NaiveDate,
+) -> Result<Vec<(String, Deployment)>, DeployFileError> {
+    let mut parsed = Vec::with_capacity(texts.len());
+    let mut calendar_defs = Vec::new();
+    for (file, text) in texts {
+        let mut one: DeployFile = toml::from_str(text).map_err(|e| DeployFileError::Parse {
             file: file.to_string(),
-        });
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let empty = one.job.is_empty() && one.cluster.is_empty() && one.workflow.is_empty();
+        if empty && one.calendar.is_empty() {
+            return Err(DeployFileError::Empty {
+                file: file.to_string(),
+            });
+        }
+        calendar_defs.extend(one.calendar.drain(..).map(|c| (file.clone(), c)));
+        parsed.push((file, one));
     }
+    let calendars = when::calendars(&calendar_defs, today)?;
+    (parsed.into_iter())
+        .map(|(file, one)| Ok((file.clone(), deployment(file, one, &calendars)?)))
+        .collect()
+}
+
+fn deployment(
+    file: &str,
+    parsed: DeployFile,
+    calendars: &when::Calendars,
+) -> Result<Deployment, DeployFileError> {
     let invalid = |error| DeployFileError::Invalid {
         file: file.to_string(),
         error,
@@ -271,6 +254,15 @@ pub fn parse_deploy_file(file: &str, text: &str) -> Result<Deployment, DeployFil
             concurrency: def.concurrency,
             retry: def.retry.map(Into::into),
         };
+        let mut spec = spec;
+        when::resolve(&mut spec.triggers, calendars).map_err(|(field, message)| {
+            invalid(JobError {
+                kind: "job",
+                job: spec.name.clone(),
+                field,
+                message,
+            })
+        })?;
         validate_job(&spec).map_err(invalid)?;
         if seen.insert(spec.name.clone(), ()).is_some() {
             return Err(invalid(JobError {
@@ -284,7 +276,17 @@ pub fn parse_deploy_file(file: &str, text: &str) -> Result<Deployment, DeployFil
     }
     // a step's job may be deployed earlier: the broker checks those names
     // and those steps' parameters; here, those of the jobs in this file
-    let workflows: Vec<WorkflowSpec> = parsed.workflow.into_iter().map(Into::into).collect();
+    let mut workflows: Vec<WorkflowSpec> = parsed.workflow.into_iter().map(Into::into).collect();
+    for w in &mut workflows {
+        when::resolve(&mut w.triggers, calendars).map_err(|(field, message)| {
+            invalid(JobError {
+                kind: "workflow",
+                job: w.name.clone(),
+                field,
+                message,
+            })
+        })?;
+    }
     let job_of = |name: &str| specs.iter().find(|j| j.name == name).cloned();
     crate::workflow::validate_workflows(&workflows, &|_| true)
         .and_then(|()| {

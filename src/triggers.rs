@@ -24,16 +24,24 @@
 //! both day-of-month and day-of-week are restricted, a day must match both.
 //!
 //! Cron fields match the wall clock of the trigger's time zone (UTC unless
-//! `time_zone` names an IANA zone). Across daylight saving time changes:
+//! `time_zone` names an IANA zone). Across daylight saving time changes
+//! ([`wall`]; settable per trigger with `dst = { gap, overlap }`):
 //!
 //! - a local time that does not exist (the spring-forward gap: 02:30 on the
-//!   last Sunday of March in Europe/Berlin) has no slot: it is skipped, not
-//!   moved to 03:00;
-//! - a local time that happens twice (the fall-back overlap) has one slot,
-//!   at its first occurrence (the earlier instant, still summer time). This
-//!   holds for every pattern: `0 */15 * * * *` in Europe/Berlin has no slot
-//!   during the second pass of 02:00-02:59 in late October. Patterns where
-//!   every period counts belong in UTC or in an interval trigger.
+//!   last Sunday of March in Europe/Berlin) fires at the instant it would
+//!   have been without the change, 03:30 (`gap = "shift"`, the default), or
+//!   not at all (`gap = "skip"`); a shifted slot that lands on another slot
+//!   fires once;
+//! - a local time that happens twice (the fall-back overlap) fires at its
+//!   first occurrence (`overlap = "first"`, the default), its second
+//!   (`"last"`), or both (`"both"`).
+//!
+//! A cron trigger may name a business calendar ([`calendar`]): a slot on a
+//! day off is skipped or moved to the next or previous working day, at the
+//! same wall-clock time. Any trigger but `at` may have a `jitter`: each
+//! fire comes up to that long after its slot, at an offset fixed by the
+//! schedule's key and the slot ([`jitter`]) and always before the next slot,
+//! so every agent computes the same fire and the order of fires holds.
 //!
 //! Intervals and `at` times are instants, untouched by time zones. Cron
 //! slots fall on whole seconds; interval slots on whole milliseconds.
@@ -44,11 +52,17 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Offset, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
+pub mod calendar;
+mod jitter;
 pub mod policy;
 pub mod queue;
+pub mod wall;
+
+use calendar::Calendar;
+use wall::CronClock;
 
 pub use crate::protocol::{ConcurrencyPolicy, MisfirePolicy, TriggerSpec};
 pub use policy::{due_slots, idempotency_key, submitted_name, workflow_key};
@@ -68,6 +82,10 @@ pub enum TriggerError {
     Interval { every: String },
     #[error("{field} '{at}': before 1970-01-01T00:00:00Z")]
     BeforeEpoch { field: &'static str, at: String },
+    #[error("calendar '{name}': {reason}")]
+    Calendar { name: String, reason: String },
+    #[error("jitter: must be at least 1ms")]
+    Jitter,
     #[error(
         "misfire fire-all max {max}: must be between 1 and {}",
         policy::MAX_FIRE_ALL
@@ -78,18 +96,23 @@ pub enum TriggerError {
 impl TriggerSpec {
     /// Checks the spec; the error names the expression, zone or value.
     pub fn validate(&self) -> Result<(), TriggerError> {
-        Trigger::compile(self).map(drop)
+        Trigger::compile(self, "").map(drop)
     }
 
-    /// Whether `slot_ms` is one of its slots (false when it does not compile).
-    pub fn has_slot(&self, slot_ms: u64) -> bool {
-        Trigger::compile(self).is_ok_and(|t| t.last_at_or_before(slot_ms) == Some(slot_ms))
+    /// Whether `slot_ms` is one of its slots for the schedule `key` (false
+    /// when it does not compile).
+    pub fn has_slot(&self, key: &str, slot_ms: u64) -> bool {
+        Trigger::compile(self, key).is_ok_and(|t| t.last_at_or_before(slot_ms) == Some(slot_ms))
     }
 
-    /// Which of `triggers` fired `slot_ms`: the first that has it, with its
-    /// place from 1.
-    pub fn fired(triggers: &[TriggerSpec], slot_ms: u64) -> Option<crate::protocol::FiredBy> {
-        let (i, trigger) = (triggers.iter().enumerate()).find(|(_, t)| t.has_slot(slot_ms))?;
+    /// Which of `triggers` of the schedule `key` fired `slot_ms`: the first
+    /// that has it, with its place from 1.
+    pub fn fired(
+        triggers: &[TriggerSpec],
+        key: &str,
+        slot_ms: u64,
+    ) -> Option<crate::protocol::FiredBy> {
+        let (i, trigger) = (triggers.iter().enumerate()).find(|(_, t)| t.has_slot(key, slot_ms))?;
         Some(crate::protocol::FiredBy {
             number: i as u32 + 1,
             trigger: trigger.clone(),
@@ -103,33 +126,37 @@ pub struct Trigger {
     parts: Vec<Part>,
 }
 
+/// One spec's slots, each fired up to `jitter_ms` after it.
 #[derive(Debug, Clone, PartialEq)]
-enum Part {
-    Cron {
-        schedule: Box<cron::Schedule>,
-        tz: Tz,
-    },
-    Interval {
-        every_ms: u64,
-        start_ms: u64,
-    },
-    At {
-        at_ms: u64,
-    },
+struct Part {
+    when: When,
+    jitter_ms: u64,
+    /// From the schedule's key: jittered fires differ from job to job.
+    seed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum When {
+    Cron(CronClock),
+    Interval { every_ms: u64, start_ms: u64 },
+    At { at_ms: u64 },
 }
 
 impl Trigger {
-    /// Compiles one spec.
-    pub fn compile(spec: &TriggerSpec) -> Result<Trigger, TriggerError> {
+    /// Compiles one spec of the schedule `key` (a job's name, or a
+    /// workflow's [`workflow_key`]; jitter depends on it).
+    pub fn compile(spec: &TriggerSpec, key: &str) -> Result<Trigger, TriggerError> {
         Ok(Trigger {
-            parts: vec![Part::compile(spec)?],
+            parts: vec![Part::compile(spec, key)?],
         })
     }
 
     /// Compiles several specs into one trigger whose slots are all of
     /// theirs; a slot two of them share fires once. No specs: never fires.
-    pub fn compile_all(specs: &[TriggerSpec]) -> Result<Trigger, TriggerError> {
-        let parts = specs.iter().map(Part::compile).collect::<Result<_, _>>()?;
+    pub fn compile_all(specs: &[TriggerSpec], key: &str) -> Result<Trigger, TriggerError> {
+        let parts = (specs.iter())
+            .map(|s| Part::compile(s, key))
+            .collect::<Result<_, _>>()?;
         Ok(Trigger { parts })
     }
 
@@ -190,9 +217,92 @@ impl Trigger {
 }
 
 impl Part {
-    fn compile(spec: &TriggerSpec) -> Result<Part, TriggerError> {
+    fn compile(spec: &TriggerSpec, key: &str) -> Result<Part, TriggerError> {
+        let jitter = match spec {
+            TriggerSpec::Cron { jitter, .. } | TriggerSpec::Interval { jitter, .. } => *jitter,
+            TriggerSpec::At { .. } => None,
+        };
+        let jitter_ms = jitter.map_or(0, |j| u64::try_from(j.as_millis()).unwrap_or(u64::MAX));
+        if jitter.is_some() && jitter_ms == 0 {
+            return Err(TriggerError::Jitter);
+        }
+        let part = Part {
+            when: When::compile(spec)?,
+            jitter_ms,
+            seed: jitter::seed(key),
+        };
+        if let When::Cron(_) = part.when {
+            if part.when.next_after(0).is_none() {
+                let TriggerSpec::Cron { expr, calendar, .. } = spec else {
+                    unreachable!("a cron part comes from a cron spec")
+                };
+                let reason = match calendar {
+                    Some(c) => format!(
+                        "matches no working day of calendar '{}' between 1970 and 2100",
+                        c.name
+                    ),
+                    None => "matches no date between 1970 and 2100".to_string(),
+                };
+                return Err(TriggerError::Cron {
+                    expr: expr.clone(),
+                    reason,
+                });
+            }
+        }
+        Ok(part)
+    }
+
+    fn next_after(&self, after_ms: u64) -> Option<u64> {
+        if self.jitter_ms == 0 {
+            return self.when.next_after(after_ms);
+        }
+        // the last slot at or before `after_ms` may fire after it
+        if let Some(slot) = self.when.last_at_or_before(after_ms) {
+            let fire = self.jittered(slot);
+            if fire > after_ms {
+                return Some(fire);
+            }
+        }
+        self.when
+            .next_after(after_ms)
+            .map(|slot| self.jittered(slot))
+    }
+
+    fn last_at_or_before(&self, at_ms: u64) -> Option<u64> {
+        if self.jitter_ms == 0 {
+            return self.when.last_at_or_before(at_ms);
+        }
+        let slot = self.when.last_at_or_before(at_ms)?;
+        let fire = self.jittered(slot);
+        if fire <= at_ms {
+            return Some(fire);
+        }
+        // fires before `slot`, so at or before `at_ms`
+        let before = self.when.last_at_or_before(slot.checked_sub(1)?)?;
+        Some(self.jittered(before))
+    }
+
+    /// Where in its window `slot` fires: before the next slot, so fires
+    /// keep their order.
+    fn jittered(&self, slot: u64) -> u64 {
+        let room = match self.when.next_after(slot) {
+            Some(next) => self.jitter_ms.min(next - slot),
+            None => self.jitter_ms,
+        };
+        slot + jitter::offset(self.seed, slot, room)
+    }
+}
+
+impl When {
+    fn compile(spec: &TriggerSpec) -> Result<When, TriggerError> {
         match spec {
-            TriggerSpec::Cron { expr, time_zone } => {
+            TriggerSpec::Cron {
+                expr,
+                time_zone,
+                dst,
+                calendar,
+                ..
+            } => {
                 let tz = match time_zone {
                     None => Tz::UTC,
                     Some(name) => name
@@ -207,18 +317,25 @@ impl Part {
                 let schedule = expr
                     .parse::<cron::Schedule>()
                     .map_err(|e| cron_error(cron_reason(&e.to_string())))?;
-                let part = Part::Cron {
+                let calendar = match calendar {
+                    None => None,
+                    Some(use_) => {
+                        let compiled =
+                            Calendar::compile(&use_.days).map_err(|e| TriggerError::Calendar {
+                                name: use_.name.clone(),
+                                reason: e.to_string(),
+                            })?;
+                        Some((compiled, use_.on_holiday))
+                    }
+                };
+                Ok(When::Cron(CronClock {
                     schedule: Box::new(schedule),
                     tz,
-                };
-                if part.next_after(0).is_none() {
-                    return Err(cron_error(
-                        "matches no date between 1970 and 2100".to_string(),
-                    ));
-                }
-                Ok(part)
+                    dst: *dst,
+                    calendar,
+                }))
             }
-            TriggerSpec::Interval { every, start } => {
+            TriggerSpec::Interval { every, start, .. } => {
                 if *every < MIN_INTERVAL {
                     return Err(TriggerError::Interval {
                         every: humantime::format_duration(*every).to_string(),
@@ -229,9 +346,9 @@ impl Part {
                     None => 0,
                     Some(at) => epoch_ms("start", at)?,
                 };
-                Ok(Part::Interval { every_ms, start_ms })
+                Ok(When::Interval { every_ms, start_ms })
             }
-            TriggerSpec::At { at } => Ok(Part::At {
+            TriggerSpec::At { at } => Ok(When::At {
                 at_ms: epoch_ms("at", at)?,
             }),
         }
@@ -239,82 +356,28 @@ impl Part {
 
     fn next_after(&self, after_ms: u64) -> Option<u64> {
         match self {
-            Part::At { at_ms } => (*at_ms > after_ms).then_some(*at_ms),
-            Part::Interval { every_ms, start_ms } => {
+            When::At { at_ms } => (*at_ms > after_ms).then_some(*at_ms),
+            When::Interval { every_ms, start_ms } => {
                 if after_ms < *start_ms {
                     return Some(*start_ms);
                 }
                 let k = (after_ms - start_ms) / every_ms + 1;
                 k.checked_mul(*every_ms)?.checked_add(*start_ms)
             }
-            Part::Cron { schedule, tz } => {
-                let from = tz
-                    .timestamp_millis_opt(i64::try_from(after_ms).ok()?)
-                    .single()?;
-                // The iterator yields both instants of a repeated local time;
-                // only the first occurrence is a slot.
-                schedule
-                    .after(&from)
-                    .map(|dt| (dt.timestamp_millis(), dt))
-                    .find(|(ms, dt)| *ms > from.timestamp_millis() && first_occurrence(tz, dt))
-                    .and_then(|(ms, _)| u64::try_from(ms).ok())
-            }
+            When::Cron(clock) => clock.next_after(after_ms),
         }
     }
 
     fn last_at_or_before(&self, at_ms: u64) -> Option<u64> {
         match self {
-            Part::At { at_ms: slot } => (*slot <= at_ms).then_some(*slot),
-            Part::Interval { every_ms, start_ms } => {
+            When::At { at_ms: slot } => (*slot <= at_ms).then_some(*slot),
+            When::Interval { every_ms, start_ms } => {
                 let since = at_ms.checked_sub(*start_ms)?;
                 Some(start_ms + since / every_ms * every_ms)
             }
-            Part::Cron { schedule, tz } => {
-                let limit = i64::try_from(at_ms).ok()?;
-                let at = tz.timestamp_millis_opt(limit).single()?;
-                // In the second pass of an overlap, the first pass's later
-                // local times are still before `at`: search from its end.
-                let start = match tz.from_local_datetime(&at.naive_local()).earliest() {
-                    Some(first) if first < at => end_of_first_pass(tz, &first, &at)?,
-                    _ => at,
-                };
-                // Backwards from just after `start`, so a slot at `start` counts.
-                let from = start + chrono::Duration::milliseconds(1);
-                schedule
-                    .after(&from)
-                    .rev()
-                    .map(|dt| (dt.timestamp_millis(), dt))
-                    .find(|(ms, dt)| *ms <= limit && first_occurrence(tz, dt))
-                    .and_then(|(ms, _)| u64::try_from(ms).ok())
-            }
+            When::Cron(clock) => clock.last_at_or_before(at_ms),
         }
     }
-}
-
-/// Whether `dt` is the first instant its local time names in `tz` (false
-/// only for the second pass through a fall-back overlap).
-fn first_occurrence(tz: &Tz, dt: &DateTime<Tz>) -> bool {
-    tz.from_local_datetime(&dt.naive_local())
-        .earliest()
-        .as_ref()
-        == Some(dt)
-}
-
-/// The last instant before the wall clock turned back, given an instant of
-/// the first pass and one of the second.
-fn end_of_first_pass(tz: &Tz, first: &DateTime<Tz>, second: &DateTime<Tz>) -> Option<DateTime<Tz>> {
-    let offset = |ms: i64| Some(tz.timestamp_millis_opt(ms).single()?.offset().fix());
-    let (mut lo, mut hi) = (first.timestamp_millis(), second.timestamp_millis());
-    let later = offset(hi)?;
-    while hi - lo > 1 {
-        let mid = lo + (hi - lo) / 2;
-        if offset(mid)? == later {
-            hi = mid;
-        } else {
-            lo = mid;
-        }
-    }
-    tz.timestamp_millis_opt(lo).single()
 }
 
 fn epoch_ms(field: &'static str, at: &DateTime<Utc>) -> Result<u64, TriggerError> {
@@ -372,3 +435,6 @@ fn check_cron_fields(expr: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod time_tests;

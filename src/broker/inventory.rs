@@ -22,10 +22,10 @@ pub const SKIPPED_COUNTED: usize = 10_000;
 
 /// The first `n` slots of `triggers` after `after_ms`, oldest first, each
 /// with its trigger's zone; a slot two triggers share is listed once.
-pub fn next_fires(triggers: &[TriggerSpec], after_ms: u64, n: usize) -> Vec<FireTime> {
+pub fn next_fires(triggers: &[TriggerSpec], key: &str, after_ms: u64, n: usize) -> Vec<FireTime> {
     let mut fires: Vec<FireTime> = Vec::new();
     for spec in triggers {
-        let Ok(trigger) = Trigger::compile(spec) else {
+        let Ok(trigger) = Trigger::compile(spec, key) else {
             continue;
         };
         let time_zone = match spec {
@@ -46,8 +46,8 @@ pub fn next_fires(triggers: &[TriggerSpec], after_ms: u64, n: usize) -> Vec<Fire
 
 /// How many slots of `triggers` fell in `(from_ms, to_ms]`, counted up to
 /// [`SKIPPED_COUNTED`].
-pub fn slots_in(triggers: &[TriggerSpec], from_ms: u64, to_ms: u64) -> u64 {
-    Trigger::compile_all(triggers)
+pub fn slots_in(triggers: &[TriggerSpec], key: &str, from_ms: u64, to_ms: u64) -> u64 {
+    Trigger::compile_all(triggers, key)
         .map(|t| t.slots_between(from_ms, to_ms, SKIPPED_COUNTED).len() as u64)
         .unwrap_or(0)
 }
@@ -56,12 +56,14 @@ pub fn slots_in(triggers: &[TriggerSpec], from_ms: u64, to_ms: u64) -> u64 {
 fn definition<R>(
     core: &Core<R>,
     name: &str,
-) -> Option<(JobKind, Vec<TriggerSpec>, Option<String>)> {
+) -> Option<(JobKind, String, Vec<TriggerSpec>, Option<String>)> {
     if let Some(job) = core.jobs.get(name) {
-        return Some((JobKind::Job, job.triggers.clone(), job.cluster.clone()));
+        let key = name.to_string();
+        return Some((JobKind::Job, key, job.triggers.clone(), job.cluster.clone()));
     }
     let workflow = core.workflows.get(name)?;
-    Some((JobKind::Workflow, workflow.triggers.clone(), None))
+    let key = crate::triggers::workflow_key(name);
+    Some((JobKind::Workflow, key, workflow.triggers.clone(), None))
 }
 
 /// `baton job list`: every job and workflow by name.
@@ -80,9 +82,9 @@ pub fn job_list<R: Clone + std::fmt::Debug>(core: &Core<R>, now_ms: u64) -> JobL
     let jobs = names
         .into_iter()
         .filter_map(|name| {
-            let (kind, triggers, cluster) = definition(core, name)?;
+            let (kind, key, triggers, cluster) = definition(core, name)?;
             let paused = core.paused(name).cloned();
-            let next_fire = next_fires(&triggers, now_ms, 1).pop();
+            let next_fire = next_fires(&triggers, &key, now_ms, 1).pop();
             Some(JobSummary {
                 name: name.clone(),
                 kind,
@@ -107,11 +109,11 @@ pub fn job_info<R: Clone + std::fmt::Debug>(
     let next = get
         .next
         .map_or(NEXT_FIRES, |n| (n as usize).clamp(1, MOST_NEXT_FIRES));
-    let (kind, triggers, _) = definition(core, name)?;
+    let (kind, key, triggers, _) = definition(core, name)?;
     let paused = core.paused(name).cloned();
     let skipped_slots = paused
         .as_ref()
-        .map_or(0, |p| slots_in(&triggers, p.at_ms, now_ms));
+        .map_or(0, |p| slots_in(&triggers, &key, p.at_ms, now_ms));
     let recent = ListOrders {
         job: Some(name.to_string()),
         limit: Some(RECENT_ORDERS),
@@ -129,7 +131,7 @@ pub fn job_info<R: Clone + std::fmt::Debug>(
         workflow: core.workflows.get(name).cloned(),
         paused,
         skipped_slots,
-        next_fires: next_fires(&triggers, now_ms, next),
+        next_fires: next_fires(&triggers, &key, now_ms, next),
         recent_orders: core.book.list(&recent).orders,
         used_by,
     })
@@ -144,6 +146,7 @@ mod tests {
         TriggerSpec::Interval {
             every: Duration::from_secs(secs),
             start: None,
+            jitter: None,
         }
     }
 
@@ -152,11 +155,14 @@ mod tests {
         let cron = TriggerSpec::Cron {
             expr: "0 0 * * * *".into(),
             time_zone: Some("Europe/Berlin".into()),
+            dst: Default::default(),
+            calendar: None,
+            jitter: None,
         };
         // 10:00:30 UTC: the 20-minute interval fires at 10:20, 10:40, 11:00,
         // 11:20; cron at 11:00 too (listed once, with the first trigger's zone)
         let now = 1_767_261_630_000 - 1_767_261_630_000 % 3_600_000 + 30_000;
-        let fires = next_fires(&[cron, every(1200)], now, 4);
+        let fires = next_fires(&[cron, every(1200)], "j", now, 4);
         let at: Vec<u64> = fires
             .iter()
             .map(|f| (f.at_ms - now + 30_000) / 60_000)
@@ -172,16 +178,16 @@ mod tests {
 
     #[test]
     fn a_slot_two_triggers_share_is_listed_once() {
-        let fires = next_fires(&[every(10), every(20)], 0, 3);
+        let fires = next_fires(&[every(10), every(20)], "j", 0, 3);
         let at: Vec<u64> = fires.iter().map(|f| f.at_ms).collect();
         assert_eq!(at, [10_000, 20_000, 30_000]);
     }
 
     #[test]
     fn skipped_slots_are_counted_between_the_pause_and_now_and_capped() {
-        assert_eq!(slots_in(&[every(10)], 5_000, 65_000), 6);
-        assert_eq!(slots_in(&[], 0, 1_000_000), 0);
-        let many = slots_in(&[every(1)], 0, 100_000_000);
+        assert_eq!(slots_in(&[every(10)], "j", 5_000, 65_000), 6);
+        assert_eq!(slots_in(&[], "j", 0, 1_000_000), 0);
+        let many = slots_in(&[every(1)], "j", 0, 100_000_000);
         assert_eq!(many, SKIPPED_COUNTED as u64);
     }
 }

@@ -68,11 +68,11 @@ impl Broker {
     /// the slot an order fired; `None` for an order no Scheduler fired.
     fn fired_by(&self, job: &str, slot_ms: Option<u64>) -> Option<FiredBy> {
         let slot_ms = slot_ms?;
-        let triggers = match self.core.workflows.get(job) {
-            Some(workflow) => &workflow.triggers,
-            None => &self.core.jobs.get(job)?.triggers,
+        let (key, triggers) = match self.core.workflows.get(job) {
+            Some(workflow) => (crate::triggers::workflow_key(job), &workflow.triggers),
+            None => (job.to_string(), &self.core.jobs.get(job)?.triggers),
         };
-        TriggerSpec::fired(triggers, slot_ms)
+        TriggerSpec::fired(triggers, &key, slot_ms)
     }
 
     pub(super) fn on_status(&mut self, req: Request<StatusRequest>, ctx: &mut Context<Self>) {

@@ -103,10 +103,12 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
 }
 
 pub async fn deploy(config: &Config, args: DeployArgs) -> anyhow::Result<()> {
-    let mut loaded = Vec::new();
-    for file in &args.files {
-        loaded.push((file.clone(), crate::jobs::load_deploy_file(file)?));
-    }
+    let paths: Vec<&std::path::Path> = args.files.iter().map(|f| f.as_path()).collect();
+    let loaded: Vec<(PathBuf, Deployment)> = crate::jobs::load_deploy_files(&paths)?
+        .into_iter()
+        .zip(&args.files)
+        .map(|((_, d), file)| (file.clone(), d))
+        .collect();
     let mut request = DeployRequest {
         dry_run: args.dry_run,
         prune: args.prune,

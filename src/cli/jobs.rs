@@ -173,6 +173,7 @@ async fn not_firing_note(bus: &Bus, timeout: std::time::Duration) {
 /// the window cannot be backfilled.
 pub fn backfill_slots(
     triggers: &[TriggerSpec],
+    key: &str,
     from_ms: u64,
     to_ms: u64,
     now_ms: u64,
@@ -187,7 +188,7 @@ pub fn backfill_slots(
     if from_ms > to_ms {
         return Err("--from is after --to".into());
     }
-    let trigger = Trigger::compile_all(triggers).map_err(|e| e.to_string())?;
+    let trigger = Trigger::compile_all(triggers, key).map_err(|e| e.to_string())?;
     let slots = trigger.slots_between(from_ms.saturating_sub(1), to_ms, max.saturating_add(1));
     if slots.len() > max {
         return Err(format!(
@@ -218,7 +219,7 @@ async fn backfill(config: &Config, bus: &Bus, args: BackfillArgs) -> anyhow::Res
     let now = now_ms();
     let from = args.from.at_ms(now);
     let to = args.to.map_or(now, |t| t.at_ms(now));
-    let slots = backfill_slots(&triggers, from, to, now, args.max)
+    let slots = backfill_slots(&triggers, &key, from, to, now, args.max)
         .map_err(|why| anyhow::anyhow!("cannot backfill {}: {why}", info.name))?;
     let (mut submitted, mut fired_before, mut refused) = (0, 0, 0);
     for slot_ms in &slots {
@@ -309,21 +310,24 @@ mod tests {
         vec![TriggerSpec::Interval {
             every: Duration::from_secs(secs),
             start: None,
+            jitter: None,
         }]
     }
 
     #[test]
     fn a_backfill_takes_the_slots_of_its_window_ends_included() {
-        let slots = backfill_slots(&every(10), 20_000, 50_000, 60_000, 100).expect("slots");
+        let slots = backfill_slots(&every(10), "j", 20_000, 50_000, 60_000, 100).expect("slots");
         assert_eq!(slots, [20_000, 30_000, 40_000, 50_000]);
     }
 
     #[test]
     fn a_backfill_refuses_the_future_a_reversed_window_and_too_many_slots() {
         let err = |r: Result<Vec<u64>, String>| r.expect_err("refused");
-        assert!(err(backfill_slots(&every(10), 0, 70_000, 60_000, 100)).contains("future"));
-        assert!(err(backfill_slots(&every(10), 50_000, 20_000, 60_000, 100)).contains("after"));
-        assert!(err(backfill_slots(&every(1), 0, 60_000, 60_000, 10)).contains("--max"));
-        assert!(err(backfill_slots(&[], 0, 60_000, 60_000, 10)).contains("no triggers"));
+        assert!(err(backfill_slots(&every(10), "j", 0, 70_000, 60_000, 100)).contains("future"));
+        assert!(
+            err(backfill_slots(&every(10), "j", 50_000, 20_000, 60_000, 100)).contains("after")
+        );
+        assert!(err(backfill_slots(&every(1), "j", 0, 60_000, 60_000, 10)).contains("--max"));
+        assert!(err(backfill_slots(&[], "j", 0, 60_000, 60_000, 10)).contains("no triggers"));
     }
 }

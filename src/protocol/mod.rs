@@ -13,6 +13,7 @@
 pub mod agent;
 pub mod api;
 pub mod audit;
+pub mod calendar;
 pub mod cluster;
 pub mod events;
 pub mod inventory;
@@ -24,6 +25,7 @@ pub mod workflow;
 pub use agent::*;
 pub use api::*;
 pub use audit::*;
+pub use calendar::{CalendarSpec, CalendarUse, DstRule, GapRule, OnHoliday, OverlapRule};
 pub use cluster::*;
 pub use events::*;
 pub use inventory::*;

@@ -10,6 +10,8 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::calendar::{CalendarUse, DstRule};
+
 /// `fire-once`'s default window.
 pub const DEFAULT_MISFIRE_WINDOW: Duration = Duration::from_secs(3600);
 /// `fire-all`'s default bound.
@@ -25,6 +27,21 @@ pub enum TriggerSpec {
         /// An IANA time zone name (`Europe/Berlin`); UTC when absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         time_zone: Option<String>,
+        /// What a slot does when daylight saving time skips or repeats
+        /// its time (default: shift a skipped one, fire a repeated one once).
+        #[serde(default, skip_serializing_if = "DstRule::is_default")]
+        dst: DstRule,
+        /// The business calendar whose days off this trigger keeps.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        calendar: Option<CalendarUse>,
+        /// Spreads each fire over up to this long after its slot (humantime).
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
+        #[schemars(with = "Option<String>")]
+        jitter: Option<Duration>,
     },
     /// Every `every` (humantime: `90s`, `1h 30m`; at least 1s), counted from
     /// `start` (RFC 3339). Without `start` the slots are the whole multiples
@@ -36,12 +53,42 @@ pub enum TriggerSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         #[schemars(with = "Option<String>")]
         start: Option<DateTime<Utc>>,
+        /// Spreads each fire over up to this long after its slot (humantime).
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
+        #[schemars(with = "Option<String>")]
+        jitter: Option<Duration>,
     },
     /// Once, at an RFC 3339 instant (`2026-03-29T02:30:00+02:00`).
     At {
         #[schemars(with = "String")]
         at: DateTime<Utc>,
     },
+}
+
+impl TriggerSpec {
+    /// A plain cron trigger: default DST rules, no calendar, no jitter.
+    pub fn cron(expr: impl Into<String>, time_zone: Option<&str>) -> TriggerSpec {
+        TriggerSpec::Cron {
+            expr: expr.into(),
+            time_zone: time_zone.map(String::from),
+            dst: DstRule::default(),
+            calendar: None,
+            jitter: None,
+        }
+    }
+
+    /// A plain interval trigger, without jitter.
+    pub fn interval(every: Duration, start: Option<DateTime<Utc>>) -> TriggerSpec {
+        TriggerSpec::Interval {
+            every,
+            start,
+            jitter: None,
+        }
+    }
 }
 
 /// What to do with the slots missed while no Scheduler fired them.

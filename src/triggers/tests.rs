@@ -20,25 +20,38 @@ fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> u64 {
 }
 
 fn cron(expr: &str, time_zone: Option<&str>) -> Trigger {
-    Trigger::compile(&TriggerSpec::Cron {
-        expr: expr.to_string(),
-        time_zone: time_zone.map(str::to_string),
-    })
+    Trigger::compile(
+        &TriggerSpec::Cron {
+            expr: expr.to_string(),
+            time_zone: time_zone.map(str::to_string),
+            dst: Default::default(),
+            calendar: None,
+            jitter: None,
+        },
+        "job",
+    )
     .unwrap()
 }
 
 fn every(secs: u64, start_ms: Option<u64>) -> Trigger {
-    Trigger::compile(&TriggerSpec::Interval {
-        every: Duration::from_secs(secs),
-        start: start_ms.map(|ms| Utc.timestamp_millis_opt(ms as i64).unwrap()),
-    })
+    Trigger::compile(
+        &TriggerSpec::Interval {
+            every: Duration::from_secs(secs),
+            start: start_ms.map(|ms| Utc.timestamp_millis_opt(ms as i64).unwrap()),
+            jitter: None,
+        },
+        "job",
+    )
     .unwrap()
 }
 
 fn at(ms: u64) -> Trigger {
-    Trigger::compile(&TriggerSpec::At {
-        at: Utc.timestamp_millis_opt(ms as i64).unwrap(),
-    })
+    Trigger::compile(
+        &TriggerSpec::At {
+            at: Utc.timestamp_millis_opt(ms as i64).unwrap(),
+        },
+        "job",
+    )
     .unwrap()
 }
 
@@ -87,20 +100,26 @@ fn cron_honours_the_time_zone() {
 }
 
 #[test]
-fn cron_skips_a_local_time_in_the_spring_forward_gap() {
-    // Europe/Berlin, 2026-03-29: 02:00 CET jumps to 03:00 CEST; 02:30 never happens.
+fn cron_shifts_a_local_time_in_the_spring_forward_gap_by_the_gap() {
+    // Europe/Berlin, 2026-03-29: 02:00 CET jumps to 03:00 CEST; 02:30 never
+    // happens, so it fires at 03:30 CEST, the instant 02:30 CET would have been.
     let t = cron("0 30 2 * * *", Some("Europe/Berlin"));
     let slots = t.slots_between(utc(2026, 3, 27, 12, 0, 0), utc(2026, 3, 30, 12, 0, 0), 10);
     assert_eq!(
         slots,
         vec![
             utc(2026, 3, 28, 1, 30, 0), // 02:30 CET
-            utc(2026, 3, 30, 0, 30, 0), // 02:30 CEST; none on the 29th
+            utc(2026, 3, 29, 1, 30, 0), // 03:30 CEST, shifted
+            utc(2026, 3, 30, 0, 30, 0), // 02:30 CEST
         ]
     );
     assert_eq!(
-        t.last_at_or_before(utc(2026, 3, 30, 0, 0, 0)),
+        t.last_at_or_before(utc(2026, 3, 29, 1, 29, 0)),
         Some(utc(2026, 3, 28, 1, 30, 0))
+    );
+    assert_eq!(
+        t.last_at_or_before(utc(2026, 3, 30, 0, 0, 0)),
+        Some(utc(2026, 3, 29, 1, 30, 0))
     );
 }
 
@@ -186,21 +205,28 @@ fn several_specs_fire_their_union_and_a_shared_slot_once() {
         TriggerSpec::Cron {
             expr: "0 0 * * * *".into(),
             time_zone: None,
+            dst: Default::default(),
+            calendar: None,
+            jitter: None,
         },
         TriggerSpec::Interval {
             every: Duration::from_secs(1800),
             start: None,
+            jitter: None,
         },
         TriggerSpec::At {
             at: Utc.timestamp_millis_opt((base + 10 * MIN) as i64).unwrap(),
         },
     ];
-    let t = Trigger::compile_all(&specs).unwrap();
+    let t = Trigger::compile_all(&specs, "job").unwrap();
     assert_eq!(
         t.slots_between(base, base + HOUR, 10),
         vec![base + 10 * MIN, base + 30 * MIN, base + HOUR]
     );
-    assert_eq!(Trigger::compile_all(&[]).unwrap().next_after(0), None);
+    assert_eq!(
+        Trigger::compile_all(&[], "job").unwrap().next_after(0),
+        None
+    );
 }
 
 #[test]
@@ -208,6 +234,9 @@ fn validation_errors_name_what_is_wrong() {
     let cron_spec = |expr: &str, tz: Option<&str>| TriggerSpec::Cron {
         expr: expr.into(),
         time_zone: tz.map(str::to_string),
+        dst: Default::default(),
+        calendar: None,
+        jitter: None,
     };
     assert_eq!(
         error_of(cron_spec("*/5 * * * *", None)),
@@ -241,6 +270,7 @@ fn validation_errors_name_what_is_wrong() {
     let interval = TriggerSpec::Interval {
         every: Duration::from_millis(500),
         start: None,
+        jitter: None,
     };
     assert_eq!(
         error_of(interval),
@@ -298,6 +328,7 @@ fn specs_and_policies_read_from_toml() {
         TriggerSpec::Interval {
             every: Duration::from_secs(5400),
             start: Some(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()),
+            jitter: None,
         }
     );
     assert_eq!(
@@ -918,17 +949,21 @@ fn the_trigger_that_fired_a_slot_is_the_first_that_has_it() {
     let every = TriggerSpec::Interval {
         every: Duration::from_secs(10),
         start: None,
+        jitter: None,
     };
     let cron = TriggerSpec::Cron {
         expr: "0 0 16 * * *".into(),
         time_zone: Some("Europe/Berlin".into()),
+        dst: Default::default(),
+        calendar: None,
+        jitter: None,
     };
     // 16:00 in Berlin, winter time
     let slot = utc(2026, 12, 6, 15, 0, 0);
-    assert!(cron.has_slot(slot) && !cron.has_slot(slot + SEC));
-    assert!(every.has_slot(slot) && !every.has_slot(slot + 1));
+    assert!(cron.has_slot("j", slot) && !cron.has_slot("j", slot + SEC));
+    assert!(every.has_slot("j", slot) && !every.has_slot("j", slot + 1));
     let both = [cron, every];
-    let fired = |at| TriggerSpec::fired(&both, at).map(|f| f.number);
+    let fired = |at| TriggerSpec::fired(&both, "j", at).map(|f| f.number);
     assert_eq!(fired(slot), Some(1), "both have it: the first");
     assert_eq!(fired(slot + 10 * SEC), Some(2));
     assert_eq!(fired(slot + 1), None);

@@ -795,10 +795,14 @@ every = "90s"
                 TriggerSpec::Cron {
                     expr: "*/5 * * * * *".into(),
                     time_zone: Some("Europe/Berlin".into()),
+                    dst: Default::default(),
+                    calendar: None,
+                    jitter: None,
                 },
                 TriggerSpec::Interval {
                     every: Duration::from_secs(90),
                     start: None,
+                    jitter: None,
                 },
             ]
         );
@@ -862,6 +866,7 @@ every = "90s"
         w.triggers.push(TriggerSpec::Interval {
             every: Duration::from_millis(500),
             start: None,
+            jitter: None,
         });
         let e = check(&w);
         assert!(

@@ -356,6 +356,7 @@ mod tests {
         w.triggers.push(crate::protocol::TriggerSpec::Interval {
             every: std::time::Duration::from_secs(60),
             start: None,
+            jitter: None,
         });
         let e = check_steps(&w, &jobs).unwrap_err();
         assert!(

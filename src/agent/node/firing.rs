@@ -245,7 +245,7 @@ impl Agent {
                 let schedule = schedule
                     .filter(|(triggers, _)| !triggers.is_empty())
                     .and_then(|(triggers, misfire)| {
-                        match Trigger::compile_all(&triggers) {
+                        match Trigger::compile_all(&triggers, &key) {
                             Ok(trigger) => Some(Schedule { trigger, misfire }),
                             Err(e) => {
                                 warn!(job = %key, error = %e, "the triggers do not compile; not firing them");

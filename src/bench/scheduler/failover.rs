@@ -294,6 +294,9 @@ async fn deploy(bus: &Bus, file: &Path, misfire: MisfirePolicy) -> anyhow::Resul
         triggers: vec![TriggerSpec::Cron {
             expr: "* * * * * *".into(),
             time_zone: None,
+            dst: Default::default(),
+            calendar: None,
+            jitter: None,
         }],
         misfire,
         concurrency: ConcurrencyPolicy::Allow,

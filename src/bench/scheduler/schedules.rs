@@ -246,6 +246,7 @@ fn job(i: usize, count: usize, every_ms: u64) -> anyhow::Result<JobSpec> {
         triggers: vec![TriggerSpec::Interval {
             every: Duration::from_millis(every_ms),
             start: Some(start),
+            jitter: None,
         }],
         misfire: MisfirePolicy::FireAll {
             max: 100,

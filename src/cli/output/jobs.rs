@@ -2,6 +2,7 @@
 //! answers to `job pause|resume`, and a deploy's plan.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -54,16 +55,54 @@ fn fire_line(fire: &FireTime, before: Option<&FireTime>) -> String {
 /// "every 30s", "at 2026-12-24T18:00:00Z".
 pub fn trigger_text(trigger: &TriggerSpec) -> String {
     match trigger {
-        TriggerSpec::Cron { expr, time_zone } => match time_zone {
-            Some(zone) => format!("cron {expr} ({zone})"),
-            None => format!("cron {expr} (UTC)"),
-        },
-        TriggerSpec::Interval { every, start } => match start {
-            Some(start) => format!("every {} from {}", span(*every), start.to_rfc3339()),
-            None => format!("every {}", span(*every)),
-        },
+        TriggerSpec::Cron {
+            expr,
+            time_zone,
+            dst,
+            calendar,
+            jitter,
+        } => {
+            let zone = time_zone.as_deref().unwrap_or("UTC");
+            let mut text = format!("cron {expr} ({zone})");
+            if let Some(calendar) = calendar {
+                let days_off = match calendar.on_holiday {
+                    OnHoliday::Skip => "skipped",
+                    OnHoliday::Next => "moved to the next working day",
+                    OnHoliday::Previous => "moved to the previous working day",
+                };
+                let _ = write!(text, ", calendar {} (days off {days_off})", calendar.name);
+            }
+            if !dst.is_default() {
+                let gap = match dst.gap {
+                    GapRule::Shift => "shift",
+                    GapRule::Skip => "skip",
+                };
+                let overlap = match dst.overlap {
+                    OverlapRule::First => "first",
+                    OverlapRule::Last => "last",
+                    OverlapRule::Both => "both",
+                };
+                let _ = write!(text, ", DST gap {gap}, overlap {overlap}");
+            }
+            text + &jitter_text(jitter)
+        }
+        TriggerSpec::Interval {
+            every,
+            start,
+            jitter,
+        } => {
+            let text = match start {
+                Some(start) => format!("every {} from {}", span(*every), start.to_rfc3339()),
+                None => format!("every {}", span(*every)),
+            };
+            text + &jitter_text(jitter)
+        }
         TriggerSpec::At { at } => format!("at {}", at.to_rfc3339()),
     }
+}
+
+fn jitter_text(jitter: &Option<Duration>) -> String {
+    jitter.map_or_else(String::new, |j| format!(", jitter {}", span(j)))
 }
 
 fn kind(kind: JobKind) -> &'static str {

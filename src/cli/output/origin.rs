@@ -71,6 +71,9 @@ mod tests {
         let cron = TriggerSpec::Cron {
             expr: "0 0 16 * * *".into(),
             time_zone: Some("Europe/Berlin".into()),
+            dst: Default::default(),
+            calendar: None,
+            jitter: None,
         };
         fired(&mut o, 2, cron);
         assert_eq!(
@@ -80,6 +83,7 @@ mod tests {
         let every = TriggerSpec::Interval {
             every: std::time::Duration::from_secs(900),
             start: None,
+            jitter: None,
         };
         fired(&mut o, 1, every);
         assert_eq!(
