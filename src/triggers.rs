@@ -177,6 +177,21 @@ impl Trigger {
             .max()
     }
 
+    /// Why `fire_ms` is where it is, when a calendar or DST moved, shifted
+    /// or repeated it (see [`CronClock::note`]).
+    pub fn note(&self, fire_ms: u64) -> Option<String> {
+        self.parts.iter().find_map(|p| match &p.when {
+            When::Cron(clock) if p.jitter_ms == 0 => clock.note(fire_ms),
+            When::Cron(clock) => {
+                let slot = clock.last_at_or_before(fire_ms)?;
+                (p.jittered(slot) == fire_ms)
+                    .then(|| clock.note(slot))
+                    .flatten()
+            }
+            _ => None,
+        })
+    }
+
     /// The first `limit` slots in `(from_exclusive, to_inclusive]`, oldest first.
     pub fn slots_between(&self, from_exclusive: u64, to_inclusive: u64, limit: usize) -> Vec<u64> {
         let mut out = Vec::new();

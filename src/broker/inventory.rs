@@ -36,6 +36,7 @@ pub fn next_fires(triggers: &[TriggerSpec], key: &str, after_ms: u64, n: usize) 
         fires.extend(slots.into_iter().map(|at_ms| FireTime {
             at_ms,
             time_zone: time_zone.clone(),
+            note: trigger.note(at_ms),
         }));
     }
     fires.sort_by_key(|f| f.at_ms);

@@ -226,6 +226,7 @@ async fn backfill(config: &Config, bus: &Bus, args: BackfillArgs) -> anyhow::Res
         let when = output::fire_time(&FireTime {
             at_ms: *slot_ms,
             time_zone: zone.clone(),
+            note: None,
         });
         if args.dry_run {
             println!("{when}");

@@ -34,6 +34,10 @@ pub struct FireTime {
     pub at_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_zone: Option<String>,
+    /// Why the fire is there, when a calendar or DST moved, shifted or
+    /// repeated it: "moved from Sat 12-26 (days off)".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// One line of the inventory.

@@ -501,3 +501,34 @@ fn jitter_and_a_zero_jitter_are_checked() {
         .starts_with("calendar 'bad': weekday 'XYZ'"));
     let _ = Utc::now().year();
 }
+
+#[test]
+fn a_fire_says_when_a_calendar_or_dst_put_it_there() {
+    let cal = work(&["2026-12-24", "12-25"]);
+    let monday = utc_ms("2026-12-28T08:00:00Z");
+    let next = with_calendar("0 0 9 * * *", "Europe/Berlin", OnHoliday::Next, cal.clone());
+    assert_eq!(
+        next.note(monday).as_deref(),
+        Some("moved from Thu 12-24, Fri 12-25, Sat 12-26, Sun 12-27 (days off)")
+    );
+    assert_eq!(next.note(utc_ms("2026-12-29T08:00:00Z")), None);
+    let skip = with_calendar("0 0 9 * * *", "Europe/Berlin", OnHoliday::Skip, cal);
+    assert_eq!(
+        skip.note(monday).as_deref(),
+        Some("after days off: Thu 12-24, Fri 12-25, Sat 12-26, Sun 12-27 (skipped)")
+    );
+    let plain = Trigger::compile(
+        &spec("0 30 2 * * *", "Europe/Berlin", DstRule::default()),
+        "j",
+    )
+    .unwrap();
+    assert_eq!(
+        plain.note(utc_ms("2026-03-29T01:30:00Z")).as_deref(),
+        Some("02:30 does not exist that day (DST): shifted by the gap")
+    );
+    assert_eq!(
+        plain.note(utc_ms("2026-10-25T00:30:00Z")).as_deref(),
+        Some("02:30 happens twice that day (DST): first pass")
+    );
+    assert_eq!(plain.note(utc_ms("2026-10-26T01:30:00Z")), None);
+}

@@ -93,6 +93,67 @@ impl CronClock {
         best.and_then(|(b, _)| u64::try_from(b).ok())
     }
 
+    /// Why a fire of this trigger is where it is, when a calendar or DST
+    /// put it there: "moved from Sat 12-26, Sun 12-27 (days off)", "after
+    /// days off: Thu 12-24 (skipped)", "02:30 does not exist today (DST):
+    /// shifted by the gap", "02:30 happens twice today (DST): first pass".
+    pub fn note(&self, fire_ms: u64) -> Option<String> {
+        let at = i64::try_from(fire_ms).ok()?;
+        let wall = naive(at + self.offset_ms(at))?;
+        let mut notes = Vec::new();
+        // the wall time the fire came from: itself, or a skipped one shifted
+        let before = self.offset_ms(at - 86_400_000);
+        let shifted = naive(at + before)
+            .filter(|w| *w != wall && matches!(self.tz.from_local_datetime(w), LocalResult::None));
+        let source = shifted.unwrap_or(wall);
+        if shifted.is_some() {
+            let hm = source.format("%H:%M");
+            notes.push(format!(
+                "{hm} does not exist that day (DST): shifted by the gap"
+            ));
+        }
+        if let LocalResult::Ambiguous(first, _) = self.tz.from_local_datetime(&wall) {
+            let pass = if first.timestamp_millis() == at {
+                "first"
+            } else {
+                "second"
+            };
+            let hm = wall.format("%H:%M");
+            notes.push(format!("{hm} happens twice that day (DST): {pass} pass"));
+        }
+        if let Some((calendar, rule)) = &self.calendar {
+            let (day, time) = (source.date(), source.time());
+            let matches = |d: NaiveDate| self.last_on(d, Some(time)) == Some(time);
+            let days = |mut ds: Vec<NaiveDate>| {
+                ds.sort();
+                let names: Vec<String> = ds
+                    .iter()
+                    .map(|d| d.format("%a %m-%d").to_string())
+                    .collect();
+                names.join(", ")
+            };
+            if *rule == OnHoliday::Skip {
+                let first_today = self.first_on(day, None) == Some(time);
+                let off: Vec<NaiveDate> = feeding_days(calendar, OnHoliday::Next, day)
+                    .skip(1)
+                    .filter(|d| self.first_on(*d, None).is_some())
+                    .collect();
+                if first_today && !off.is_empty() {
+                    notes.push(format!("after days off: {} (skipped)", days(off)));
+                }
+            } else {
+                let from: Vec<NaiveDate> = feeding_days(calendar, *rule, day)
+                    .skip(1)
+                    .filter(|d| matches(*d))
+                    .collect();
+                if !from.is_empty() {
+                    notes.push(format!("moved from {} (days off)", days(from)));
+                }
+            }
+        }
+        (!notes.is_empty()).then(|| notes.join("; "))
+    }
+
     /// The instants a wall time names under the DST rules, earliest first.
     pub fn instants(&self, wall: NaiveDateTime) -> [Option<i64>; 2] {
         let ms = |dt: DateTime<Tz>| dt.timestamp_millis();

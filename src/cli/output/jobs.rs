@@ -48,6 +48,9 @@ fn fire_line(fire: &FireTime, before: Option<&FireTime>) -> String {
     {
         let _ = write!(line, "  <- DST change: {was} before");
     }
+    if let Some(note) = &fire.note {
+        let _ = write!(line, "  <- {note}");
+    }
     line
 }
 
@@ -323,11 +326,13 @@ mod tests {
         let berlin = FireTime {
             at_ms,
             time_zone: Some("Europe/Berlin".into()),
+            note: None,
         };
         assert_eq!(fire_time(&berlin), "2026-12-06 17:00:00 CET (+01:00)");
         let utc = FireTime {
             at_ms,
             time_zone: None,
+            note: None,
         };
         assert_eq!(fire_time(&utc), "2026-12-06 16:00:00 UTC (+00:00)");
     }
@@ -339,10 +344,12 @@ mod tests {
         let saturday = FireTime {
             at_ms: 1_774_663_200_000,
             time_zone: zone.clone(),
+            note: None,
         };
         let sunday = FireTime {
             at_ms: 1_774_746_000_000,
             time_zone: zone,
+            note: None,
         };
         let first = fire_line(&saturday, None);
         assert_eq!(
@@ -361,6 +368,7 @@ mod tests {
         let fire = |at_ms, zone: Option<&str>| FireTime {
             at_ms,
             time_zone: zone.map(str::to_string),
+            note: None,
         };
         let info = JobInfo {
             name: "multi".into(),

@@ -50,6 +50,7 @@ pub fn slot_text(slot_ms: u64, fired_by: Option<&FiredBy>) -> String {
     fire_time(&FireTime {
         at_ms: slot_ms,
         time_zone,
+        note: None,
     })
 }
 
