@@ -20,7 +20,7 @@ use clap::Args;
 use futures::StreamExt as _;
 use serde::Serialize;
 
-use super::slots::{period_for_rate, slots_in_window, spread_start};
+use super::slots::{period_for_rate, spread_start};
 use super::{spawn_agent, Settings};
 use crate::bench::client::{bench_job, deploy_jobs};
 use crate::bench::report::{mib, print_spread, Latency};
@@ -60,6 +60,15 @@ pub struct SchedulesArgs {
     /// Longest wait, after the deploy, for the Scheduler to hold every schedule
     #[arg(long, value_parser = parse_duration, default_value = "120s")]
     pub hold_timeout: Duration,
+    /// Spread each fire up to this long after its slot (lateness is still
+    /// counted from the jittered fire)
+    #[arg(long, value_parser = parse_duration)]
+    pub jitter: Option<Duration>,
+    /// Cron triggers on a business calendar (Europe/Berlin, 40 days off,
+    /// slots on days off moved to the next working day) in place of
+    /// intervals: each job fires once a minute, so --rate is count/60
+    #[arg(long)]
+    pub calendar: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -70,6 +79,10 @@ struct Report {
     schedules: usize,
     /// Each job's period.
     every_ms: u64,
+    /// Cron triggers on a business calendar, or intervals.
+    calendar: bool,
+    /// Each fire's spread after its slot, in ms.
+    jitter_ms: Option<u64>,
     /// Fires per second of all jobs together.
     fires_per_s: f64,
     settings: Settings,
@@ -120,7 +133,16 @@ async fn run(
 ) -> anyhow::Result<Report> {
     let s = bus.subjects().clone();
     let count = args.count;
-    let every_ms = period_for_rate(count, args.rate, MIN_PERIOD_MS);
+    let every_ms = if args.calendar {
+        60_000
+    } else {
+        period_for_rate(count, args.rate, MIN_PERIOD_MS)
+    };
+    let shape = Shape {
+        every_ms,
+        jitter: args.jitter,
+        calendar: args.calendar.then(bench_calendar),
+    };
     spawn_agent(cluster, AGENT)?;
     let mut beats = bus
         .listen::<AgentHeartbeat>(s.agent_heartbeat(AGENT))
@@ -130,7 +152,7 @@ async fn run(
     let batches = count.div_ceil(args.batch);
     for b in 0..batches {
         let jobs = (b * args.batch..((b + 1) * args.batch).min(count))
-            .map(|i| job(i, count, every_ms))
+            .map(|i| job(i, count, &shape))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let _: DeployReply = bus
             .request(s.deploy(), &deploy_jobs(jobs), DEPLOY_TIMEOUT)
@@ -204,21 +226,16 @@ async fn run(
         }
     }
     let expected_fires: u64 = (0..count)
-        .map(|i| {
-            slots_in_window(
-                spread_start(ANCHOR_MS, every_ms, i, count),
-                every_ms,
-                from_ms,
-                to_ms,
-            )
-        })
-        .sum();
+        .map(|i| slots_in_window(&job(i, count, &shape)?, from_ms, to_ms))
+        .sum::<anyhow::Result<u64>>()?;
     let fires = lateness.len();
     let tolerance = settings.lateness_tolerance_ms as f64;
     Ok(Report {
         scenario: "schedules",
         schedules: count,
         every_ms,
+        calendar: args.calendar,
+        jitter_ms: args.jitter.map(|j| j.as_millis() as u64),
         fires_per_s: count as f64 * 1000.0 / every_ms as f64,
         deploy_s,
         all_held_s,
@@ -237,17 +254,71 @@ async fn run(
     })
 }
 
-/// Job `i` of `count`: runs `true`, every `every_ms` from its share of the period.
-fn job(i: usize, count: usize, every_ms: u64) -> anyhow::Result<JobSpec> {
+/// What every job's trigger looks like.
+struct Shape {
+    every_ms: u64,
+    jitter: Option<Duration>,
+    calendar: Option<CalendarUse>,
+}
+
+/// 40 days off, none of them near now, on every day of the week: each fire
+/// looks its day up, and none is moved during the run.
+fn bench_calendar() -> CalendarUse {
+    let mut holidays: Vec<String> = (1..=12).map(|m| format!("{m:02}-28")).collect();
+    holidays.extend((2000..2020).map(|y| format!("{y}-06-15")));
+    holidays.extend(
+        [
+            "4th THU of NOV",
+            "last MON of MAY",
+            "2010-01-01..2010-12-31",
+        ]
+        .map(String::from),
+    );
+    holidays.extend((2090..2095).map(|y| format!("{y}-01-02")));
+    CalendarUse {
+        name: "bench".into(),
+        on_holiday: OnHoliday::Next,
+        days: CalendarSpec {
+            weekdays: ["MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"]
+                .map(String::from)
+                .to_vec(),
+            holidays,
+            only: None,
+        },
+    }
+}
+
+/// The slots of `job` in `[from_ms, to_ms)`.
+fn slots_in_window(job: &JobSpec, from_ms: u64, to_ms: u64) -> anyhow::Result<u64> {
+    let trigger = crate::triggers::Trigger::compile_all(&job.triggers, &job.name)?;
+    Ok(trigger
+        .slots_between(from_ms.saturating_sub(1), to_ms - 1, 100_000)
+        .len() as u64)
+}
+
+/// Job `i` of `count`: runs `true`, every period from its share of it.
+fn job(i: usize, count: usize, shape: &Shape) -> anyhow::Result<JobSpec> {
+    let every_ms = shape.every_ms;
     let start_ms = spread_start(ANCHOR_MS, every_ms, i, count);
     let start = DateTime::<Utc>::from_timestamp_millis(start_ms as i64)
         .context("a start time out of range")?;
-    Ok(JobSpec {
-        triggers: vec![TriggerSpec::Interval {
+    let trigger = match &shape.calendar {
+        // once a minute, at the job's own second
+        Some(calendar) => TriggerSpec::Cron {
+            expr: format!("{} * * * * *", (start_ms / 1000) % 60),
+            time_zone: Some("Europe/Berlin".into()),
+            dst: DstRule::default(),
+            calendar: Some(calendar.clone()),
+            jitter: shape.jitter,
+        },
+        None => TriggerSpec::Interval {
             every: Duration::from_millis(every_ms),
             start: Some(start),
-            jitter: None,
-        }],
+            jitter: shape.jitter,
+        },
+    };
+    Ok(JobSpec {
+        triggers: vec![trigger],
         misfire: MisfirePolicy::FireAll {
             max: 100,
             max_lateness: None,
@@ -259,12 +330,20 @@ fn job(i: usize, count: usize, every_ms: u64) -> anyhow::Result<JobSpec> {
 
 fn print_table(r: &Report) {
     println!("baton bench schedules");
+    let kind = if r.calendar {
+        "cron triggers on a calendar"
+    } else {
+        "interval triggers"
+    };
     println!(
-        "  schedules         {} interval triggers, each every {} s, {:.0} fires/s together",
+        "  schedules         {} {kind}, each every {} s, {:.0} fires/s together",
         r.schedules,
         r.every_ms as f64 / 1000.0,
         r.fires_per_s
     );
+    if let Some(jitter) = r.jitter_ms {
+        println!("  jitter            up to {jitter} ms after each slot");
+    }
     println!("  settings          {}", r.settings.describe());
     println!("  target            lateness p99 under 100 ms at 10,000 schedules");
     println!("  deploy            {:.1} s", r.deploy_s);
@@ -288,8 +367,13 @@ mod tests {
 
     #[test]
     fn jobs_spread_over_the_period() {
-        let a = job(0, 4, 10_000).unwrap();
-        let b = job(3, 4, 10_000).unwrap();
+        let shape = Shape {
+            every_ms: 10_000,
+            jitter: None,
+            calendar: None,
+        };
+        let a = job(0, 4, &shape).unwrap();
+        let b = job(3, 4, &shape).unwrap();
         assert_eq!(a.name, "s000000");
         let start = |j: &JobSpec| match &j.triggers[0] {
             TriggerSpec::Interval { start, .. } => start.unwrap().timestamp_millis() as u64,
@@ -298,5 +382,23 @@ mod tests {
         assert_eq!(start(&a), ANCHOR_MS);
         assert_eq!(start(&b), ANCHOR_MS + 7_500);
         assert!(crate::jobs::validate_job(&a).is_ok());
+        // one slot a second: a 10 s window holds 10
+        let every = Shape {
+            every_ms: 1_000,
+            jitter: None,
+            calendar: None,
+        };
+        let one = job(1, 4, &every).unwrap();
+        let from = ANCHOR_MS + 100_000;
+        assert_eq!(slots_in_window(&one, from, from + 10_000).unwrap(), 10);
+        // on a calendar, with jitter: once a minute, at the job's own second
+        let calendar = Shape {
+            every_ms: 60_000,
+            jitter: Some(Duration::from_secs(5)),
+            calendar: Some(bench_calendar()),
+        };
+        let c = job(2, 4, &calendar).unwrap();
+        crate::jobs::validate_job(&c).unwrap();
+        assert_eq!(slots_in_window(&c, from, from + 600_000).unwrap(), 10);
     }
 }

@@ -65,24 +65,6 @@ pub(super) fn check_slots(executed: &[u64], every_ms: u64, until_ms: u64) -> Slo
     check
 }
 
-/// How many slots `start_ms + k * every_ms` (k any integer) fall in
-/// `[from_ms, to_ms)`.
-pub(super) fn slots_in_window(start_ms: u64, every_ms: u64, from_ms: u64, to_ms: u64) -> u64 {
-    if to_ms <= from_ms || every_ms == 0 {
-        return 0;
-    }
-    // the number of slots below x, relative to a grid shifted to 0
-    let phase = start_ms % every_ms;
-    let below = |x: u64| -> u64 {
-        if x <= phase {
-            0
-        } else {
-            (x - phase).div_ceil(every_ms)
-        }
-    };
-    below(to_ms) - below(from_ms)
-}
-
 /// The start of schedule `index` of `count` sharing the period `every_ms`:
 /// `anchor_ms` plus an even share of the period, so the slots of all
 /// schedules together fall evenly through it.
@@ -128,26 +110,6 @@ mod tests {
         assert_eq!(check_slots(&[], 1000, 9000), SlotCheck::default());
         assert_eq!(check_slots(&[9000], 1000, 5000), SlotCheck::default());
         assert_eq!(check_slots(&[5000], 1000, 5000).checked, 1);
-    }
-
-    #[test]
-    fn slots_in_a_window_count_both_ends_right() {
-        // slots at 250, 1250, 2250, ...
-        assert_eq!(slots_in_window(250, 1000, 0, 1000), 1);
-        assert_eq!(slots_in_window(250, 1000, 250, 1250), 1);
-        assert_eq!(slots_in_window(250, 1000, 251, 1251), 1);
-        assert_eq!(slots_in_window(250, 1000, 0, 10_000), 10);
-        assert_eq!(slots_in_window(1_000_250, 1000, 0, 10_000), 10);
-        assert_eq!(slots_in_window(250, 1000, 5000, 5000), 0);
-        assert_eq!(slots_in_window(0, 1000, 0, 1), 1);
-        // brute force agrees
-        for (start, every, from, to) in [(7, 5, 3, 40), (123, 10, 0, 99), (0, 3, 9, 10)] {
-            let brute = (0..200u64)
-                .map(|k| start % every + k * every)
-                .filter(|s| (from..to).contains(s))
-                .count() as u64;
-            assert_eq!(slots_in_window(start, every, from, to), brute);
-        }
     }
 
     #[test]
