@@ -384,4 +384,26 @@ dst = { gap = "skip", overlap = "both" }
         .unwrap_err();
         assert!(e.contains("unknown field `foo`"), "{e}");
     }
+
+    /// The README's calendar example deploys as written.
+    #[test]
+    fn the_readme_calendar_example_is_valid() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n[[calendar]]").expect("the example") + 8;
+        let text = &readme[start..start + readme[start..].find("```").unwrap()];
+        let all = files(&[("README.md", text)]).unwrap();
+        let payroll = &all[0].1.jobs[0];
+        let TriggerSpec::Cron {
+            calendar: Some(c), ..
+        } = &payroll.triggers[0]
+        else {
+            panic!("{payroll:?}")
+        };
+        assert_eq!(c.days.only.as_deref(), Some("last working day of month"));
+        assert!(
+            c.days.holidays.contains(&"12-25".to_string()),
+            "{:?}",
+            c.days
+        );
+    }
 }
