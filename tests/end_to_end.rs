@@ -625,3 +625,37 @@ cluster = "nowhere"
         "{out:?}"
     );
 }
+
+/// A client that forgets the `Content-Type` header still gets JSON read as
+/// JSON and answered in JSON; and an order id is the UUIDv5 of
+/// `PREFIX/REQUEST_ID` (URL namespace), so a client can follow an order's
+/// events before its submit is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_without_a_header_is_answered_in_json_and_order_ids_derive_from_request_ids() {
+    let mut h = cluster(&["sub-a"]).await;
+    deploy(&h.bus, "[[job]]\nname = \"hello\"\nprogram = \"true\"\n").await;
+    let seed = h.seed(Role::Client, None);
+    let client = PlainClient::connect(&h.nats_url(), &seed).await;
+    let s = h.bus.subjects().clone();
+    let ask = |subject: String, body: &'static str| {
+        let nats = client.nats.clone();
+        async move {
+            let reply = within(
+                REQUEST,
+                "a JSON request without a header",
+                nats.request(subject, body.into()),
+            )
+            .await
+            .expect("a reply");
+            serde_json::from_slice::<serde_json::Value>(&reply.payload)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", reply.payload))
+        }
+    };
+    let refused = ask(s.submit(), r#" {"job":"nope"}"#).await;
+    assert_eq!(refused["error"]["code"], "unknown_job", "{refused}");
+    let accepted = ask(s.submit(), r#"{"job":"hello","request_id":"req-1"}"#).await;
+    let expected = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, b"baton/req-1").to_string();
+    assert_eq!(accepted["order_id"], expected.as_str(), "{accepted}");
+    let status = ask(s.status(), "{}").await;
+    assert!(status["subagents"].is_array(), "{status}");
+}

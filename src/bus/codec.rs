@@ -18,6 +18,24 @@ pub struct DecodeError {
     pub reason: String,
 }
 
+/// The encoding of a payload: JSON when its `Content-Type` says so, or when
+/// it has none and the payload is a JSON object (its first byte other than
+/// white space is `{`: in MessagePack such a byte is a small integer, never
+/// a request); else MessagePack.
+pub fn encoding_for(content_type: Option<&str>, payload: &[u8]) -> Encoding {
+    let declared_json =
+        content_type.is_some_and(|c| c.starts_with(crate::protocol::JSON_CONTENT_TYPE));
+    let looks_json = content_type.is_none()
+        && (payload.iter())
+            .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+            .is_some_and(|b| *b == b'{');
+    if declared_json || looks_json {
+        Encoding::Json
+    } else {
+        Encoding::MessagePack
+    }
+}
+
 /// Encodes `value` as a MessagePack map (named fields) or as JSON.
 pub fn encode<T: Serialize>(encoding: Encoding, value: &T) -> Vec<u8> {
     match encoding {
@@ -54,6 +72,26 @@ pub fn decode<T: DeserializeOwned>(encoding: Encoding, payload: &[u8]) -> Result
 mod tests {
     use super::*;
     use crate::protocol::{GetOrder, SubmitOrder};
+
+    #[test]
+    fn json_is_told_by_its_header_or_by_its_first_byte() {
+        let json = Some("application/json");
+        assert_eq!(encoding_for(json, b"{}"), Encoding::Json);
+        assert_eq!(encoding_for(None, b" \n{\"job\":\"a\"}"), Encoding::Json);
+        assert_eq!(encoding_for(None, b""), Encoding::MessagePack);
+        let packed = encode(
+            Encoding::MessagePack,
+            &GetOrder {
+                order_id: "x".into(),
+            },
+        );
+        assert_eq!(encoding_for(None, &packed), Encoding::MessagePack);
+        // a declared type other than JSON is believed
+        assert_eq!(
+            encoding_for(Some("application/msgpack"), b"{}"),
+            Encoding::MessagePack
+        );
+    }
 
     #[test]
     fn messagepack_is_a_map_with_named_fields() {

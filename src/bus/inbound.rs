@@ -16,16 +16,10 @@ pub(super) fn json_headers() -> HeaderMap {
 }
 
 pub(super) fn encoding_of(message: &Message) -> Encoding {
-    let json = message
-        .headers
-        .as_ref()
+    let content_type = (message.headers.as_ref())
         .and_then(|h| h.get(CONTENT_TYPE_HEADER))
-        .is_some_and(|v| v.as_str().starts_with(JSON_CONTENT_TYPE));
-    if json {
-        Encoding::Json
-    } else {
-        Encoding::MessagePack
-    }
+        .map(|v| v.as_str());
+    super::codec::encoding_for(content_type, &message.payload)
 }
 
 pub(super) fn decode_publish<T: DeserializeOwned>(
