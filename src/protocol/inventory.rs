@@ -182,4 +182,11 @@ pub struct DeployPlan {
     /// would be removed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kept: Vec<Named>,
+    /// How many more are kept than `kept` lists (it lists the first 100).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub kept_more: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

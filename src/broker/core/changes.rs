@@ -7,7 +7,7 @@
 //! a workflow step, or a cluster still named by a job, cannot be removed
 //! unless the workflow or job goes too: the refusal names what uses it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -20,6 +20,28 @@ pub struct Deploying {
     pub plan: DeployPlan,
 }
 
+/// A plan lists at most this many kept definitions (by name order) and
+/// counts the rest, so a deploy's reply stays small and its cost follows
+/// what it carries, however much is deployed.
+pub const KEPT_LISTED: usize = 100;
+
+/// The names a request holds, by kind.
+struct Held<'a> {
+    jobs: HashSet<&'a str>,
+    clusters: HashSet<&'a str>,
+    workflows: HashSet<&'a str>,
+}
+
+impl<'a> Held<'a> {
+    fn of(req: &'a DeployRequest) -> Self {
+        Held {
+            jobs: req.jobs.iter().map(|j| j.name.as_str()).collect(),
+            clusters: req.clusters.iter().map(|c| c.name.as_str()).collect(),
+            workflows: req.workflows.iter().map(|w| w.name.as_str()).collect(),
+        }
+    }
+}
+
 /// What is deployed.
 pub struct Deployed<'a> {
     pub jobs: &'a HashMap<String, JobSpec>,
@@ -30,12 +52,14 @@ pub struct Deployed<'a> {
 impl Deployed<'_> {
     /// What `req` does to what is deployed, or why it may not.
     pub fn plan(&self, req: &DeployRequest) -> Result<DeployPlan, String> {
-        let removed = self.removed(req)?;
-        self.check_still_used(req, &removed)?;
-        let kept = self.kept(req, &removed);
+        let held = Held::of(req);
+        let removed = self.removed(req, &held)?;
+        self.check_still_used(req, &held, &removed)?;
+        let (kept, kept_more) = self.kept(req, &held, &removed);
         let mut plan = DeployPlan {
             removed: removed.into_iter().collect(),
             kept,
+            kept_more,
             ..DeployPlan::default()
         };
         let clusters = req.clusters.iter().map(|c| (c, self.clusters.get(&c.name)));
@@ -53,31 +77,47 @@ impl Deployed<'_> {
         Ok(plan)
     }
 
-    /// What is deployed, not in `req` (a deploy of files) and not removed.
-    fn kept(&self, req: &DeployRequest, removed: &BTreeSet<Named>) -> Vec<Named> {
+    /// What is deployed, not in `req` (a deploy of files) and not removed:
+    /// the first [`KEPT_LISTED`] by kind and name, and how many more.
+    fn kept(
+        &self,
+        req: &DeployRequest,
+        held: &Held,
+        removed: &BTreeSet<Named>,
+    ) -> (Vec<Named>, u64) {
         let adds = !(req.jobs.is_empty() && req.clusters.is_empty() && req.workflows.is_empty());
         if !adds {
-            return Vec::new();
+            return (Vec::new(), 0);
         }
         let named = |kind, name: &String| Named {
             kind,
             name: name.clone(),
         };
         let clusters = (self.clusters.keys())
-            .filter(|n| !req.clusters.iter().any(|c| &c.name == *n))
+            .filter(|n| !held.clusters.contains(n.as_str()))
             .map(|n| named(SpecKind::Cluster, n));
         let jobs = (self.jobs.keys())
-            .filter(|n| !req.jobs.iter().any(|j| &j.name == *n))
+            .filter(|n| !held.jobs.contains(n.as_str()))
             .map(|n| named(SpecKind::Job, n));
         let workflows = (self.workflows.keys())
-            .filter(|n| !req.workflows.iter().any(|w| &w.name == *n))
+            .filter(|n| !held.workflows.contains(n.as_str()))
             .map(|n| named(SpecKind::Workflow, n));
-        let kept: BTreeSet<Named> = clusters.chain(jobs).chain(workflows).collect();
-        kept.into_iter().filter(|n| !removed.contains(n)).collect()
+        let (mut listed, mut more) = (BTreeSet::new(), 0u64);
+        for n in clusters.chain(jobs).chain(workflows) {
+            if removed.contains(&n) {
+                continue;
+            }
+            listed.insert(n);
+            if listed.len() > KEPT_LISTED {
+                listed.pop_last();
+                more += 1;
+            }
+        }
+        (listed.into_iter().collect(), more)
     }
 
     /// What `req` removes, clusters first, then jobs, then workflows.
-    fn removed(&self, req: &DeployRequest) -> Result<BTreeSet<Named>, String> {
+    fn removed(&self, req: &DeployRequest, held: &Held) -> Result<BTreeSet<Named>, String> {
         let named = |kind, name: &String| Named {
             kind,
             name: name.clone(),
@@ -97,9 +137,7 @@ impl Deployed<'_> {
                     "'{name}': no job or workflow of this name is deployed, so none can be undeployed (see `baton job list`)"
                 ));
             };
-            let held = req.jobs.iter().any(|j| &j.name == name)
-                || req.workflows.iter().any(|w| &w.name == name);
-            if held {
+            if held.jobs.contains(name.as_str()) || held.workflows.contains(name.as_str()) {
                 return Err(format!(
                     "'{name}' is both deployed and undeployed by this request; leave one out"
                 ));
@@ -107,19 +145,21 @@ impl Deployed<'_> {
             removed.insert(named(kind, name));
         }
         if req.prune {
-            let gone = |held: Vec<&String>, name: &String| !held.contains(&name);
-            let jobs: Vec<&String> = req.jobs.iter().map(|j| &j.name).collect();
-            let clusters: Vec<&String> = req.clusters.iter().map(|c| &c.name).collect();
-            let workflows: Vec<&String> = req.workflows.iter().map(|w| &w.name).collect();
-            let pruned = (self.jobs.keys().filter(|n| gone(jobs.clone(), n)))
+            let pruned = (self.jobs.keys().filter(|n| !held.jobs.contains(n.as_str())))
                 .map(|n| named(SpecKind::Job, n))
                 .chain(
-                    (self.clusters.keys().filter(|n| gone(clusters.clone(), n)))
-                        .map(|n| named(SpecKind::Cluster, n)),
+                    (self
+                        .clusters
+                        .keys()
+                        .filter(|n| !held.clusters.contains(n.as_str())))
+                    .map(|n| named(SpecKind::Cluster, n)),
                 )
                 .chain(
-                    (self.workflows.keys().filter(|n| gone(workflows.clone(), n)))
-                        .map(|n| named(SpecKind::Workflow, n)),
+                    (self
+                        .workflows
+                        .keys()
+                        .filter(|n| !held.workflows.contains(n.as_str())))
+                    .map(|n| named(SpecKind::Workflow, n)),
                 );
             removed.extend(pruned);
         }
@@ -131,8 +171,12 @@ impl Deployed<'_> {
     fn check_still_used(
         &self,
         req: &DeployRequest,
+        held: &Held,
         removed: &BTreeSet<Named>,
     ) -> Result<(), String> {
+        if removed.is_empty() {
+            return Ok(());
+        }
         let gone = |kind, name: &str| {
             removed.contains(&Named {
                 kind,
@@ -140,7 +184,7 @@ impl Deployed<'_> {
             })
         };
         let workflows = (self.workflows.values())
-            .filter(|w| !req.workflows.iter().any(|n| n.name == w.name))
+            .filter(|w| !held.workflows.contains(w.name.as_str()))
             .chain(&req.workflows)
             .filter(|w| !gone(SpecKind::Workflow, &w.name));
         for w in workflows {
@@ -152,7 +196,7 @@ impl Deployed<'_> {
             }
         }
         let jobs = (self.jobs.values())
-            .filter(|j| !req.jobs.iter().any(|n| n.name == j.name))
+            .filter(|j| !held.jobs.contains(j.name.as_str()))
             .chain(&req.jobs)
             .filter(|j| !gone(SpecKind::Job, &j.name));
         for j in jobs {
@@ -355,5 +399,28 @@ mod tests {
             refused.contains("cluster 'c'") && refused.contains("job 'a'"),
             "{refused}"
         );
+    }
+
+    /// A deploy over many deployed jobs lists the first kept ones and
+    /// counts the rest, and a plan still sees what it removes and changes.
+    #[test]
+    fn a_plan_over_many_deployed_jobs_lists_100_kept_and_counts_the_rest() {
+        let mut w = world();
+        for i in 0..5_000 {
+            let name = format!("j{i:05}");
+            w.jobs.insert(name.clone(), job(&name, "true", None));
+        }
+        let req = DeployRequest {
+            jobs: vec![job("j00001", "false", None), job("new", "true", None)],
+            ..Default::default()
+        };
+        let plan = w.plan(&req).unwrap();
+        assert_eq!(plan.kept.len(), KEPT_LISTED);
+        let deployed = w.jobs.len() + w.clusters.len() + w.workflows.len();
+        assert_eq!(plan.kept.len() as u64 + plan.kept_more, deployed as u64 - 1);
+        assert_eq!(plan.kept[0].name, "c", "kinds in order, clusters first");
+        assert!(plan.kept.iter().all(|n| n.name != "j00001"));
+        assert_eq!(plan.changed.len(), 1);
+        assert_eq!(plan.added.len(), 1);
     }
 }

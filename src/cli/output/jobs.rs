@@ -304,6 +304,13 @@ pub fn plan_text(plan: &DeployPlan) -> String {
             name(n)
         );
     }
+    if plan.kept_more > 0 {
+        let _ = writeln!(
+            out,
+            "  . and {} more kept (see `baton job list`)",
+            plan.kept_more
+        );
+    }
     out
 }
 
@@ -415,6 +422,7 @@ mod tests {
                 kind: SpecKind::Cluster,
                 name: "c".into(),
             }],
+            kept_more: 41,
         };
         let text = plan_text(&plan);
         assert!(text.contains("+ add job new"), "{text}");
@@ -424,7 +432,8 @@ mod tests {
         );
         assert!(text.contains("- remove workflow gone"), "{text}");
         assert!(
-            text.contains(". kept cluster c (not in these files"),
+            text.contains(". kept cluster c (not in these files")
+                && text.contains("and 41 more kept"),
             "{text}"
         );
     }
