@@ -76,6 +76,8 @@ pub struct Sample {
     pub nats_server: Times,
     /// All subagents, summed.
     pub subagents: Times,
+    /// This process: the bench's client, submitting and following orders.
+    pub client: Times,
 }
 
 impl Sample {
@@ -89,6 +91,7 @@ impl Sample {
                 .iter()
                 .map(|p| of(Some(*p)))
                 .fold(Times::default(), |a, b| a.add(&b)),
+            client: of(Some(std::process::id())),
         }
     }
 }
@@ -105,6 +108,8 @@ pub struct CpuPerOrder {
     pub subagents_system_us: f64,
     /// The tasks the subagents ran (children they waited for).
     pub subagent_children_us: f64,
+    /// The bench's own client (it shares the machine).
+    pub client_us: f64,
 }
 
 impl CpuPerOrder {
@@ -120,12 +125,14 @@ impl CpuPerOrder {
         let broker = after.broker.since(&before.broker);
         let nats = after.nats_server.since(&before.nats_server);
         let subs = after.subagents.since(&before.subagents);
+        let client = after.client.since(&before.client);
         CpuPerOrder {
             broker_us: per(broker.user + broker.system),
             nats_server_us: per(nats.user + nats.system),
             subagents_us: per(subs.user + subs.system),
             subagents_system_us: per(subs.system),
             subagent_children_us: per(subs.children_user + subs.children_system),
+            client_us: per(client.user + client.system),
         }
     }
 }
@@ -223,11 +230,13 @@ mod tests {
             broker: t(10, 10, 0, 0),
             nats_server: t(5, 5, 0, 0),
             subagents: t(0, 0, 0, 0),
+            client: t(1, 1, 0, 0),
         };
         let after = Sample {
             broker: t(20, 20, 0, 0),
             nats_server: t(15, 5, 0, 0),
             subagents: t(30, 70, 40, 60),
+            client: t(6, 1, 0, 0),
         };
         // 100 ticks = 1 s over 1000 orders = 1000 µs
         let cpu = CpuPerOrder::between(&before, &after, 1000);
@@ -236,6 +245,7 @@ mod tests {
         assert_eq!(cpu.subagents_us, 1000.0);
         assert_eq!(cpu.subagents_system_us, 700.0);
         assert_eq!(cpu.subagent_children_us, 1000.0);
+        assert_eq!(cpu.client_us, 50.0);
         assert_eq!(CpuPerOrder::between(&before, &after, 0).broker_us, 0.0);
         // a restarted process counts nothing rather than a negative
         assert_eq!(CpuPerOrder::between(&after, &before, 10).broker_us, 0.0);

@@ -214,6 +214,7 @@ fn print_table(r: &ThroughputReport) {
         "                    subagents {:.0} µs ({:.0} µs system), their tasks {:.0} µs",
         cpu.subagents_us, cpu.subagents_system_us, cpu.subagent_children_us
     );
+    println!("                    bench client {:.0} µs", cpu.client_us);
     println!("  broker peak RSS   {}", mib(r.broker_peak_rss_kib));
     println!(
         "  subagent peak RSS {} (largest)",
