@@ -266,7 +266,7 @@ async fn kill_9_of_subagent_and_reaper_waits_for_the_orphan_timeout() {
         .events
         .wait_started(&order, 2, Duration::from_secs(20))
         .await;
-    // what the parent-death signal did not reach lives on: no one is left to kill it
+    // the task lives on: no one is left to kill it
     let _ = killpg(Pid::from_raw(first_pid), Signal::SIGKILL);
     assert_eq!(second.subagent_id, "sub-q", "{second:?}");
     let waited = second.at_ms.saturating_sub(killed_at);
@@ -407,4 +407,79 @@ async fn a_second_process_under_the_id_does_not_rerun_the_first_ones_task() {
         first.pid.unwrap() as i32,
         "{m:?}"
     );
+}
+
+/// A task the subagent was spawning when it died, before it could name the
+/// task's process group to its reaper: the reaper, told of the task just
+/// before the spawn, finds it by the marks in its environment and kills its
+/// whole group. The subagent is played by this test (its end of the pipe
+/// closed = its death); the reaper is the real `baton __reaper`, whose
+/// broker is unreachable, so it certifies nothing.
+#[test]
+fn a_task_whose_group_the_reaper_never_heard_dies_with_its_subagent() {
+    use baton::subagent::process::{INSTANCE_ENV, TASK_ENV};
+    use baton::subagent::reaper::{Hello, Reaper};
+    use std::os::unix::process::CommandExt;
+
+    let instance = format!("test-instance-{}", std::process::id());
+    let mut config = baton::config::Config::default();
+    config.nats.url = "nats://127.0.0.1:1".into();
+    config.subagent.orphan_timeout = Duration::from_millis(500);
+    config.subagent.kill_grace = Duration::from_millis(100);
+    let hello = Hello {
+        subagent_id: "sub-window".into(),
+        instance_id: instance.clone(),
+        config,
+    };
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_baton"));
+    let mut reaper = Reaper::start(exe, &hello).expect("start the reaper");
+    let spawn = |task: &str, instance: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30"])
+            .env(TASK_ENV, task)
+            .env(INSTANCE_ENV, instance)
+            .process_group(0)
+            .spawn()
+            .expect("spawn")
+    };
+    reaper.intend("o-1");
+    let mut told = spawn("o-1", &instance);
+    // another subagent process's task of the same id, and a task whose
+    // start was abandoned: neither is this reaper's to kill
+    reaper.intend("o-2");
+    reaper.abandon("o-2");
+    let mut other = spawn("o-1", "another-instance");
+    let mut abandoned = spawn("o-2", &instance);
+    let groups = [told.id(), other.id(), abandoned.id()].map(|p| p as i32);
+    let within = |limit: Duration, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + limit;
+        while !done() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        done()
+    };
+    let started = within(Duration::from_secs(10), &|| {
+        groups.iter().all(|g| group_members(*g).len() >= 2)
+    });
+    assert!(started, "each `sh` started its `sleep`");
+
+    drop(reaper);
+    assert!(
+        within(Duration::from_secs(10), &|| group_members(groups[0])
+            .is_empty()),
+        "the task's whole group died with its subagent"
+    );
+    let _ = told.wait();
+    assert!(
+        !group_members(groups[1]).is_empty(),
+        "another process's task lives"
+    );
+    assert!(
+        !group_members(groups[2]).is_empty(),
+        "an abandoned start's lives"
+    );
+    for (group, child) in groups[1..].iter().zip([&mut other, &mut abandoned]) {
+        let _ = killpg(Pid::from_raw(*group), Signal::SIGKILL);
+        let _ = child.wait();
+    }
 }

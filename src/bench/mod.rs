@@ -8,7 +8,9 @@
 //!
 //! - `closed_loop.rs`: orders of one job kept in flight and timed from
 //!   submit to `finished`, for `throughput.rs` and `workflow.rs`.
-//! - `throughput.rs`: orders per second and submit-to-finished latency.
+//! - `throughput.rs`: orders per second and submit-to-finished latency, as
+//!   a share of the machine's raw spawn rate, and CPU per order of each
+//!   process (`cpu.rs`: both measured from /proc and a spawn loop).
 //! - `failover/`: how fast the tasks of a killed subagent run elsewhere
 //!   (`feed.rs` keeps its stream of orders and follows their events,
 //!   `report.rs` holds its figures).
@@ -26,6 +28,7 @@
 mod broker;
 mod client;
 mod closed_loop;
+mod cpu;
 mod failover;
 mod history;
 mod report;

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::client::{bench_job, deploy_jobs, request_deploy};
 use super::closed_loop::ClosedLoop;
+use super::cpu::{CpuPerOrder, RawSpawn, Sample};
 use super::report::{mib, Latency};
 use super::setup::{CommonArgs, LocalBench, Setup};
 use crate::protocol::*;
@@ -27,6 +28,10 @@ pub struct ThroughputArgs {
     /// Tasks each subagent runs at once
     #[arg(long, default_value_t = 16)]
     pub capacity: u32,
+    /// Threads that measure the machine's raw spawn rate (the same program
+    /// started without Baton, as many times as --orders) before the run
+    #[arg(long, default_value_t = 16)]
+    pub raw_threads: usize,
     /// Stop waiting after this long
     #[arg(long, value_parser = parse_duration, default_value = "5m")]
     pub timeout: Duration,
@@ -61,6 +66,13 @@ struct ThroughputReport {
     elapsed_s: f64,
     orders_per_s: f64,
     latency: Latency,
+    /// The job's program spawned and waited for as fast as `raw_spawn.threads`
+    /// threads go, without Baton, just before the run.
+    raw_spawn: RawSpawn,
+    /// `orders_per_s` as a share of `raw_spawn.spawns_per_s`.
+    share_of_raw_spawn: f64,
+    /// CPU per finished order of each process, from /proc over the run.
+    cpu_per_order: CpuPerOrder,
     broker_peak_rss_kib: Option<u64>,
     subagent_peak_rss_kib_max: Option<u64>,
 }
@@ -78,7 +90,17 @@ pub(super) async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The bench job's program.
+const PROGRAM: &str = "true";
+
 async fn measure(args: &ThroughputArgs, auth: bool) -> anyhow::Result<ThroughputReport> {
+    args.common.progress(format!(
+        "measuring the raw spawn rate of '{PROGRAM}' ({} threads)",
+        args.raw_threads
+    ));
+    let (orders, threads) = (args.orders, args.raw_threads);
+    let raw_spawn =
+        tokio::task::spawn_blocking(move || RawSpawn::measure(PROGRAM, orders, threads)).await?;
     let setup = Setup {
         auth,
         ..Setup::subagents(args.subagents, args.capacity)
@@ -86,10 +108,10 @@ async fn measure(args: &ThroughputArgs, auth: bool) -> anyhow::Result<Throughput
     let bench = LocalBench::start(setup, &args.common).await?;
     let job = JobSpec {
         description: Some("does nothing, fast".into()),
-        ..bench_job("bench-noop", "true", vec![])
+        ..bench_job("bench-noop", PROGRAM, vec![])
     };
     request_deploy(&bench.bus, &deploy_jobs(vec![job])).await?;
-    let mut outcome = ClosedLoop::start(
+    let closed_loop = ClosedLoop::start(
         &bench.bus,
         "bench-noop",
         args.orders,
@@ -97,9 +119,24 @@ async fn measure(args: &ThroughputArgs, auth: bool) -> anyhow::Result<Throughput
         Duration::from_secs(30),
         args.timeout,
     )
-    .await?
-    .run()
-    .await;
+    .await?;
+    let sample = || {
+        let subagents: Vec<u32> = bench
+            .cluster
+            .procs()
+            .iter()
+            .filter(|p| p.name.starts_with("sub-"))
+            .map(|p| p.pid())
+            .collect();
+        Sample::take(
+            bench.cluster.pid("broker"),
+            bench.cluster.nats.pid(),
+            &subagents,
+        )
+    };
+    let before = sample();
+    let mut outcome = closed_loop.run().await;
+    let after = sample();
     let broker_peak = bench.peak_memory_kib("broker");
     let subagent_peak = bench
         .cluster
@@ -111,6 +148,7 @@ async fn measure(args: &ThroughputArgs, auth: bool) -> anyhow::Result<Throughput
     bench.stop();
 
     let (finished, succeeded) = (outcome.latencies_ms.len(), outcome.succeeded());
+    let orders_per_s = finished as f64 / outcome.elapsed_s;
     Ok(ThroughputReport {
         scenario: "throughput",
         auth,
@@ -123,11 +161,23 @@ async fn measure(args: &ThroughputArgs, auth: bool) -> anyhow::Result<Throughput
         failed: finished - succeeded,
         submit_errors: outcome.submit_errors,
         elapsed_s: outcome.elapsed_s,
-        orders_per_s: finished as f64 / outcome.elapsed_s,
+        orders_per_s,
         latency: Latency::of(&mut outcome.latencies_ms),
+        share_of_raw_spawn: share(orders_per_s, raw_spawn.spawns_per_s),
+        raw_spawn,
+        cpu_per_order: CpuPerOrder::between(&before, &after, finished),
         broker_peak_rss_kib: broker_peak,
         subagent_peak_rss_kib_max: subagent_peak,
     })
+}
+
+/// `part` as a share of `whole` (0 when `whole` is not positive).
+fn share(part: f64, whole: f64) -> f64 {
+    if whole > 0.0 {
+        part / whole
+    } else {
+        0.0
+    }
 }
 
 fn print_table(r: &ThroughputReport) {
@@ -147,9 +197,24 @@ fn print_table(r: &ThroughputReport) {
     );
     println!("  elapsed           {:.2} s", r.elapsed_s);
     println!("  throughput        {:.0} orders/s", r.orders_per_s);
+    println!(
+        "  raw spawn rate    {:.0} spawns/s ('{PROGRAM}', {} threads, {} failed)",
+        r.raw_spawn.spawns_per_s, r.raw_spawn.threads, r.raw_spawn.failed
+    );
+    println!("  share of raw      {:.0}%", r.share_of_raw_spawn * 100.0);
     println!("  latency p50       {:.1} ms", r.latency.p50_ms);
     println!("  latency p99       {:.1} ms", r.latency.p99_ms);
     println!("  latency max       {:.1} ms", r.latency.max_ms);
+    let cpu = &r.cpu_per_order;
+    println!(
+        "  CPU per order     broker {:.0} µs, nats-server {:.0} µs",
+        cpu.broker_us, cpu.nats_server_us
+    );
+    println!(
+        "                    subagents {:.0} µs ({:.0} µs system), their tasks {:.0} µs",
+        cpu.subagents_us, cpu.subagents_system_us, cpu.subagent_children_us
+    );
+    println!("                    bench client {:.0} µs", cpu.client_us);
     println!("  broker peak RSS   {}", mib(r.broker_peak_rss_kib));
     println!(
         "  subagent peak RSS {} (largest)",

@@ -6,7 +6,8 @@
 //!
 //! It registers (retrying until answered), heartbeats its running task ids
 //! and its load (sysinfo), answers `ping`, serves `run` and `stop`, and
-//! replaces a reaper that died ([`reaper`]), telling it everything again.
+//! replaces a reaper that died ([`reaper`], which reads `/proc` through
+//! [`groups`]), telling it everything again.
 //!
 //! It kills its own tasks when it has heard no broker for `orphan_timeout`
 //! (so the broker may run them elsewhere): broker contact is an active
@@ -32,6 +33,7 @@ pub mod admission;
 mod delivery;
 mod drain;
 pub mod epoch;
+pub mod groups;
 mod guard;
 pub mod process;
 pub mod reaper;

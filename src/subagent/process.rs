@@ -1,8 +1,18 @@
-//! Running one task as an OS process: spawn it in its own process group with
-//! a parent-death signal (`PR_SET_PDEATHSIG` = SIGKILL), stream its output
-//! line by line (lossy UTF-8, cut at `max_line_bytes`), enforce its timeout
-//! (SIGTERM to the group, `kill_grace`, SIGKILL), and report how it ended,
-//! with the results it printed on stdout ([`super::results`]).
+//! Running one task as an OS process: spawn it in its own process group
+//! (`posix_spawn`: no copy of the subagent's memory per task), marked in its
+//! environment with the task and the subagent process that started it,
+//! stream its output line by line (lossy UTF-8, cut at `max_line_bytes`),
+//! enforce its timeout (SIGTERM to the group, `kill_grace`, SIGKILL), and
+//! report how it ended, with the results it printed on stdout
+//! ([`super::results`]).
+//!
+//! Architecture invariant: no code runs in the child between its creation
+//! and its `exec` (no `pre_exec`, no parent-death signal), so the standard
+//! library spawns with `posix_spawn` (vfork-like) rather than a full `fork`
+//! of the multi-threaded subagent. What the parent-death signal did is the
+//! reaper's job ([`super::reaper`]): it is told of each task before its
+//! spawn, and finds it by these environment marks if the subagent dies
+//! before saying which group it got.
 //!
 //! Architecture invariant: no NATS here. Output lines go to a callback; the
 //! subagent actor decides where they are published.
@@ -63,10 +73,17 @@ pub enum SpawnError {
     },
 }
 
-/// Starts the task's program. The child gets its own process group (so the
-/// whole tree can be signalled) and SIGKILL when the subagent dies.
-pub fn spawn(task: &RunTask) -> Result<Spawned, SpawnError> {
-    command(task)
+/// The environment variable naming the task (the broker sets it too).
+pub const TASK_ENV: &str = "BATON_TASK_ID";
+/// The environment variable naming the subagent process (its instance id)
+/// that started the task.
+pub const INSTANCE_ENV: &str = "BATON_SUBAGENT_INSTANCE";
+
+/// Starts the task's program for the subagent process `instance_id`. The
+/// child gets its own process group (so the whole tree can be signalled)
+/// and the marks [`TASK_ENV`] and [`INSTANCE_ENV`], over the job's own.
+pub fn spawn(task: &RunTask, instance_id: &str) -> Result<Spawned, SpawnError> {
+    command(task, instance_id)
         .spawn()
         .map_err(|e| spawn_error(task, e))
         .map(|child| {
@@ -99,11 +116,13 @@ fn spawn_error(task: &RunTask, source: std::io::Error) -> SpawnError {
     }
 }
 
-fn command(task: &RunTask) -> Command {
+fn command(task: &RunTask, instance_id: &str) -> Command {
     let mut command = Command::new(&task.program);
     command
         .args(&task.args)
         .envs(&task.env)
+        .env(TASK_ENV, &task.task_id)
+        .env(INSTANCE_ENV, instance_id)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -111,20 +130,6 @@ fn command(task: &RunTask) -> Command {
         .kill_on_drop(true);
     if let Some(dir) = &task.working_dir {
         command.current_dir(dir);
-    }
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (prctl, getppid).
-    unsafe {
-        command.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
-            // the subagent died between fork and prctl: do not run orphaned
-            if nix::unistd::getppid() == Pid::from_raw(1) {
-                return Err(std::io::Error::other(
-                    "subagent exited before the task started",
-                ));
-            }
-            Ok(())
-        });
     }
     command
 }
@@ -324,7 +329,7 @@ mod tests {
         timeout: Option<Duration>,
         kill: oneshot::Receiver<String>,
     ) -> (Exit, Vec<(LogStream, String)>) {
-        let spawned = spawn(&t).unwrap();
+        let spawned = spawn(&t, "i").unwrap();
         let mut lines = Vec::new();
         let exit = tokio::time::timeout(
             Duration::from_secs(20),
@@ -368,6 +373,19 @@ mod tests {
             lines.contains(&(LogStream::Stdout, "no newline".into())),
             "{lines:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_task_and_the_subagent_process_are_marked_over_the_jobs_env() {
+        let mut t = task(
+            "sh",
+            &["-c", "echo $BATON_TASK_ID $BATON_SUBAGENT_INSTANCE"],
+        );
+        t.env.insert(INSTANCE_ENV.into(), "forged".into());
+        t.env.insert(TASK_ENV.into(), "forged".into());
+        let (exit, lines) = run(t, None).await;
+        assert_eq!(exit.exit_code, Some(0));
+        assert_eq!(lines, [(LogStream::Stdout, "t i".to_string())]);
     }
 
     #[tokio::test]
@@ -441,7 +459,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let e = spawn(&task("/no/such/program", &[])).err().unwrap();
+            let e = spawn(&task("/no/such/program", &[]), "i").err().unwrap();
             assert!(matches!(e, SpawnError::Program { .. }), "{e}");
         });
     }
@@ -461,14 +479,14 @@ mod tests {
             ] {
                 let mut t = task("pwd", &[]);
                 t.working_dir = Some(dir.into());
-                let e = spawn(&t).err().unwrap().to_string();
+                let e = spawn(&t, "i").err().unwrap().to_string();
                 assert!(e.contains(problem) && e.contains("working_dir"), "{e}");
                 assert!(e.contains(dir), "{e}");
             }
             // a good directory and a missing program: the program is named
             let mut t = task("/no/such/program", &[]);
             t.working_dir = Some("/".into());
-            let e = spawn(&t).err().unwrap().to_string();
+            let e = spawn(&t, "i").err().unwrap().to_string();
             assert!(e.starts_with("cannot start '/no/such/program': "), "{e}");
         });
     }

@@ -2,18 +2,24 @@
 //! what the subagent's tasks left behind when the subagent dies, and
 //! certifies the death to the broker.
 //!
-//! Each task runs in its own process group, and its direct process has a
-//! parent-death signal; but that signal does not reach what the task started
-//! (`sh -c 'work & ...'`). So every subagent starts `baton __reaper` with a
-//! pipe on its stdin and tells it who it is (a [`Hello`] line: id, instance,
-//! settings), the process
-//! group of each task as it starts (`+PGID TASK`) and ends (`-PGID`), and
-//! each result until the broker acknowledges it (`=RESULT`, `~TASK`).
+//! Each task runs in its own process group, with no parent-death signal (it
+//! would force a full `fork` of the subagent per task, see
+//! [`super::process`]; nor would it reach what the task started, `sh -c
+//! 'work & ...'`). So every subagent starts `baton __reaper` with a pipe on
+//! its stdin and tells it who it is (a [`Hello`] line: id, instance,
+//! settings), each task just before its spawn (`?TASK`), the process group
+//! it got (`+PGID TASK`) or that it failed to start (`!TASK`), the group's
+//! end (`-PGID`), and each result until the broker acknowledges it
+//! (`=RESULT`, `~TASK`).
 //!
 //! When the subagent dies, by kill -9 or any other way, the kernel closes the
-//! pipe: the reaper reads end-of-file at once (no polling), kills every group
-//! it still holds with SIGKILL and waits until no live process is left in
-//! them. Then it connects to NATS with the subagent's own credentials, hands
+//! pipe: the reaper reads end-of-file at once (no polling). A task told of
+//! but whose group it never heard is found by the marks in its environment
+//! ([`groups::marked`]): the end-of-file comes only once every copy of the
+//! pipe is closed, and a task being spawned holds one until its `exec`, so
+//! by then it runs its program, marked. The reaper kills every group it
+//! holds with SIGKILL and waits until no live process is left in them. Then
+//! it connects to NATS with the subagent's own credentials, hands
 //! the broker the results it was never sent or never acknowledged, and sends
 //! a [`DeathCertificate`] naming the subagent, its process (`instance_id`)
 //! and the tasks it killed. The broker runs those tasks again elsewhere at
@@ -23,27 +29,27 @@
 //!
 //! Architecture invariant: the reaper acts only after the subagent process is
 //! gone (end-of-file on the pipe only the subagent holds), so it never
-//! certifies a live subagent; and it names in `killed` only groups it saw
-//! empty of live processes. Its own process group, and deaf to terminal
+//! certifies a live subagent; and it names in `killed` only tasks whose
+//! groups it saw empty of live processes. Its own process group, and deaf to terminal
 //! signals, so a Ctrl-C meant for the subagent does not take it away before
 //! it has done its job. Until the subagent dies it is synchronous and idle;
 //! only then does it start a runtime and connect.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::errno::Errno;
 use nix::sys::signal::{killpg, signal, SigHandler, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use std::os::unix::process::CommandExt;
 use tracing::{info, warn};
 
+use super::groups;
 use crate::bus::{Bus, BusError};
 use crate::config::Config;
 use crate::protocol::{CertificateAccepted, DeathCertificate, ResultAck, TaskResult};
@@ -53,6 +59,8 @@ use crate::time::now_ms;
 pub const ARG: &str = "__reaper";
 /// How long killed groups may take to empty before they count as survivors.
 const GONE_WAIT: Duration = Duration::from_secs(2);
+/// How long a task told of but not found may still be in its `exec`.
+const IN_EXEC_WAIT: Duration = Duration::from_millis(500);
 /// Between two attempts to reach a broker.
 const RETRY: Duration = Duration::from_millis(200);
 /// How long one request waits for its answer.
@@ -70,6 +78,11 @@ pub struct Hello {
 /// One instruction from the subagent.
 #[derive(Debug, Clone, PartialEq)]
 enum Line {
+    /// `?TASK`: about to spawn this task; find it by its marks if the
+    /// subagent dies before telling its group.
+    Intend(String),
+    /// `!TASK`: the task did not start.
+    Abandon(String),
     /// `+PGID TASK`: kill this group if the subagent dies.
     Hold { pgid: i32, task_id: String },
     /// `-PGID`: the group ended.
@@ -85,6 +98,8 @@ enum Line {
 fn parse(line: &str) -> Option<Line> {
     let (op, rest) = line.split_at(line.len().min(1));
     match op {
+        "?" => Some(Line::Intend(rest.trim().to_string())),
+        "!" => Some(Line::Abandon(rest.trim().to_string())),
         "+" => {
             let (pgid, task) = rest.split_once(' ').unwrap_or((rest, ""));
             let pgid = pgid.trim().parse::<i32>().ok().filter(|p| *p > 1)?;
@@ -106,6 +121,8 @@ fn parse(line: &str) -> Option<Line> {
 struct Held {
     /// Process group -> the task running in it.
     groups: BTreeMap<i32, String>,
+    /// Tasks being spawned, whose group is not known yet.
+    spawning: BTreeSet<String>,
     /// Task id -> its result, until acknowledged.
     results: BTreeMap<String, TaskResult>,
     clean: bool,
@@ -114,7 +131,14 @@ struct Held {
 impl Held {
     fn apply(&mut self, line: Line) {
         match line {
+            Line::Intend(task_id) => {
+                self.spawning.insert(task_id);
+            }
+            Line::Abandon(task_id) => {
+                self.spawning.remove(&task_id);
+            }
             Line::Hold { pgid, task_id } => {
+                self.spawning.remove(&task_id);
                 self.groups.insert(pgid, task_id);
             }
             Line::Release(pgid) => {
@@ -154,15 +178,20 @@ pub fn main() -> ! {
             held.apply(line);
         }
     }
-    // end of file: the subagent is gone
+    // end of file: the subagent is gone, and every task it was spawning runs
     let died_at_ms = now_ms();
+    if let Some(hello) = &hello {
+        for (pgid, task) in groups::marked(&hello.instance_id, &held.spawning, IN_EXEC_WAIT) {
+            held.groups.entry(pgid).or_insert(task);
+        }
+    }
     for pgid in held.groups.keys() {
         let _ = killpg(Pid::from_raw(*pgid), Signal::SIGKILL);
     }
     if held.clean && held.groups.is_empty() {
         std::process::exit(0);
     }
-    let (killed, survivors) = wait_gone(&held.groups, GONE_WAIT);
+    let (killed, survivors) = groups::wait_gone(&held.groups, GONE_WAIT);
     let Some(hello) = hello else {
         std::process::exit(0)
     };
@@ -196,71 +225,6 @@ pub fn main() -> ! {
         Err(e) => warn!(error = %e, "reaper: no runtime; no death certificate"),
     }
     std::process::exit(0)
-}
-
-/// Waits until every group has no live process; returns the tasks of the
-/// groups that emptied and of those that did not within `limit`.
-fn wait_gone(groups: &BTreeMap<i32, String>, limit: Duration) -> (Vec<String>, Vec<String>) {
-    let deadline = Instant::now() + limit;
-    let mut left: Vec<(i32, &String)> = groups.iter().map(|(p, t)| (*p, t)).collect();
-    let mut killed = Vec::new();
-    loop {
-        left.retain(|(pgid, task)| {
-            let gone = group_gone(*pgid);
-            if gone {
-                killed.push((*task).clone());
-            } else {
-                // a process that forked after the first kill
-                let _ = killpg(Pid::from_raw(*pgid), Signal::SIGKILL);
-            }
-            !gone
-        });
-        if left.is_empty() || Instant::now() >= deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let survivors = left.into_iter().map(|(_, t)| t.clone()).collect();
-    (killed, survivors)
-}
-
-/// Whether no live process is left in the group: none at all, or only
-/// zombies (dead, waiting for their new parent to collect them).
-fn group_gone(pgid: i32) -> bool {
-    match nix::sys::signal::killpg(Pid::from_raw(pgid), None) {
-        Err(Errno::ESRCH) => true,
-        Err(_) => false,
-        Ok(()) => !live_member(pgid),
-    }
-}
-
-/// Whether `/proc` shows a process of group `pgid` that is not a zombie.
-fn live_member(pgid: i32) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return true;
-    };
-    entries.flatten().any(|entry| {
-        let name = entry.file_name();
-        let is_pid = name
-            .to_str()
-            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
-        is_pid
-            && std::fs::read_to_string(entry.path().join("stat"))
-                .ok()
-                .and_then(|stat| stat_state_and_group(&stat))
-                .is_some_and(|(state, group)| group == pgid && state != 'Z' && state != 'X')
-    })
-}
-
-/// The state letter and process group in a `/proc/PID/stat` line (the
-/// command name in parentheses may hold spaces and parentheses).
-fn stat_state_and_group(stat: &str) -> Option<(char, i32)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let _ppid = fields.next()?;
-    let group = fields.next()?.parse().ok()?;
-    Some((state, group))
 }
 
 /// Hands the broker the unacknowledged results, then the certificate,
@@ -341,6 +305,7 @@ pub struct Reaper {
     /// Cleared when the reaper process exits.
     alive: Arc<AtomicBool>,
     groups: BTreeMap<u32, String>,
+    spawning: BTreeSet<String>,
     results: BTreeMap<String, String>,
 }
 
@@ -356,6 +321,7 @@ impl Reaper {
             pid,
             alive,
             groups: BTreeMap::new(),
+            spawning: BTreeSet::new(),
             results: BTreeMap::new(),
         })
     }
@@ -365,8 +331,23 @@ impl Reaper {
         self.pid
     }
 
+    /// A task about to be spawned: marked as this subagent's
+    /// ([`super::process::spawn`]), it is found and killed if the subagent
+    /// dies before [`Reaper::hold`] names its group.
+    pub fn intend(&mut self, task_id: &str) {
+        self.spawning.insert(task_id.to_string());
+        self.send(format!("?{task_id}"));
+    }
+
+    /// The task announced by [`Reaper::intend`] did not start.
+    pub fn abandon(&mut self, task_id: &str) {
+        self.spawning.remove(task_id);
+        self.send(format!("!{task_id}"));
+    }
+
     /// A task's process group to kill if the subagent dies.
     pub fn hold(&mut self, pgid: u32, task_id: &str) {
+        self.spawning.remove(task_id);
         self.groups.insert(pgid, task_id.to_string());
         self.send(format!("+{pgid} {task_id}"));
     }
@@ -421,8 +402,12 @@ impl Reaper {
                 self.stdin = stdin;
                 self.pid = pid;
                 self.alive = alive;
+                let spawning = self.spawning.iter().map(|t| format!("?{t}"));
                 let holds = self.groups.iter().map(|(g, t)| format!("+{g} {t}"));
-                let all: Vec<String> = holds.chain(self.results.values().cloned()).collect();
+                let all: Vec<String> = spawning
+                    .chain(holds)
+                    .chain(self.results.values().cloned())
+                    .collect();
                 for line in all {
                     let _ = writeln!(self.stdin, "{line}");
                 }
@@ -472,6 +457,11 @@ mod tests {
         };
         let acked = format!("={}", serde_json::to_string(&acked).unwrap());
         for line in [
+            "?t1",
+            "?t2",
+            "?t4",
+            "?t5",
+            "!t5",
             "+100 t1",
             "+200 t2",
             "-100",
@@ -491,35 +481,10 @@ mod tests {
             }
         }
         assert_eq!(held.groups, BTreeMap::from([(200, "t2".to_string())]));
+        assert_eq!(held.spawning, BTreeSet::from(["t4".to_string()]));
         assert_eq!(held.results, BTreeMap::from([("t2".to_string(), result)]));
         assert!(!held.clean);
         held.apply(parse(".").unwrap());
         assert!(held.clean);
-    }
-
-    #[test]
-    fn proc_stat_lines_give_state_and_group() {
-        let stat = "4242 (sh -c (x)) S 1 4240 4240 0 -1 4194560 100 0";
-        assert_eq!(stat_state_and_group(stat), Some(('S', 4240)));
-        assert_eq!(stat_state_and_group("7 (zombie) Z 1 7 7"), Some(('Z', 7)));
-        assert_eq!(stat_state_and_group("garbage"), None);
-    }
-
-    #[test]
-    fn a_killed_group_is_seen_gone_and_an_empty_one_at_once() {
-        let mut child = Command::new("sh")
-            .args(["-c", "sleep 30 & sleep 30"])
-            .process_group(0)
-            .spawn()
-            .expect("spawn");
-        let pgid = child.id() as i32;
-        assert!(!group_gone(pgid), "the group lives");
-        killpg(Pid::from_raw(pgid), Signal::SIGKILL).unwrap();
-        let groups = BTreeMap::from([(pgid, "t".to_string())]);
-        let (killed, survivors) = wait_gone(&groups, Duration::from_secs(5));
-        assert_eq!(killed, vec!["t".to_string()]);
-        assert!(survivors.is_empty());
-        let _ = child.wait();
-        assert!(group_gone(pgid));
     }
 }

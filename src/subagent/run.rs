@@ -67,9 +67,16 @@ impl Subagent {
     /// its output; a task that cannot be spawned ends at once with the error.
     fn start_task(&mut self, task: RunTask, replier: &Replier, ctx: &mut Context<Self>) {
         let started_at_ms = now_ms();
-        let spawned = match process::spawn(&task) {
+        // told before the spawn: a death right after it still takes the task
+        if let Some(reaper) = &mut self.reaper {
+            reaper.intend(&task.task_id);
+        }
+        let spawned = match process::spawn(&task, &self.instance_id) {
             Ok(spawned) => spawned,
             Err(e) => {
+                if let Some(reaper) = &mut self.reaper {
+                    reaper.abandon(&task.task_id);
+                }
                 let error = e.to_string();
                 warn!(task = %task.task_id, %error, "task not started");
                 let reply = RunAccepted {

@@ -48,7 +48,7 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 /// records in `<dir>/overlaps` whether that process is alive (with the same
 /// BATON_ORDER_ID in its environment, so neither a zombie nor a reused pid
 /// counts), and in `<dir>/strays` how many live processes its process group
-/// still has (what the subagent's parent-death signal did not reach). `$1` is
+/// still has (what the reaper did not kill). `$1` is
 /// the marker folder, `$2` the seconds to sleep; no `{{` anywhere, so the
 /// broker substitutes nothing.
 const TASK_SCRIPT: &str = r#"d="$1"; secs="$2"; o="$BATON_ORDER_ID"

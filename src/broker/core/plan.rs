@@ -54,10 +54,16 @@ pub fn plan<'a>(
     previous_step: impl Fn(&str) -> Option<String>,
 ) -> Vec<Decision> {
     let mut decisions = Vec::new();
-    let mut blocked: HashSet<String> = HashSet::new();
+    // cluster keys with no room; and their jobs, so that the many queued
+    // orders behind a full cluster cost one lookup each
+    let mut blocked: HashSet<&str> = HashSet::new();
+    let mut blocked_jobs: HashSet<&str> = HashSet::new();
     let mut planned: HashMap<String, u32> = HashMap::new();
-    let mut last: HashMap<String, String> = HashMap::new();
+    let mut last: HashMap<&str, String> = HashMap::new();
     for order in queued {
+        if blocked_jobs.contains(order.job) {
+            continue;
+        }
         let Some(spec) = deployed.jobs.get(order.job) else {
             decisions.push(Decision::Refuse {
                 order_id: order.order_id.to_string(),
@@ -65,8 +71,9 @@ pub fn plan<'a>(
             });
             continue;
         };
-        let key = spec.cluster.clone().unwrap_or_default();
-        if blocked.contains(&key) {
+        let key = spec.cluster.as_deref().unwrap_or_default();
+        if blocked.contains(key) {
+            blocked_jobs.insert(order.job);
             continue;
         }
         let cluster = spec.cluster.as_ref().and_then(|c| deployed.clusters.get(c));
@@ -82,21 +89,22 @@ pub fn plan<'a>(
                 SchedulingMode::RoundRobin => previous_step(order.order_id),
                 _ => None,
             };
-            let turn = last.get(&key).or_else(|| last_placed.get(&key));
+            let turn = last.get(key).or_else(|| last_placed.get(key));
             let after = previous.as_deref().or(turn.map(String::as_str));
             placement::choose(mode, &members, after)
         };
         let Some(subagent) = chosen else {
             blocked.insert(key);
+            blocked_jobs.insert(order.job);
             continue;
         };
         *planned.entry(subagent.id.clone()).or_default() += 1;
-        last.insert(key.clone(), subagent.id.clone());
+        last.insert(key, subagent.id.clone());
         decisions.push(Decision::Place {
             order_id: order.order_id.to_string(),
             subagent_id: subagent.id.clone(),
             instance_id: subagent.instance_id.clone(),
-            cluster: key,
+            cluster: key.to_string(),
         });
     }
     decisions
