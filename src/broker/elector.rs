@@ -341,6 +341,7 @@ impl Elector {
                     lease_ms,
                 } => {
                     info!(agent = %agent, lease_ms, "turning the Scheduler role on");
+                    super::metrics::role_change("on");
                     self.grant(Command::new(agent, command, RoleAction::On, lease_ms), ctx);
                 }
                 Action::Renew {
@@ -353,6 +354,7 @@ impl Elector {
                 ),
                 Action::TurnOff { agent, command } => {
                     info!(agent = %agent, "turning the Scheduler role off");
+                    super::metrics::role_change("off");
                     self.send(Command::new(agent, command, RoleAction::Off, 0), ctx);
                 }
                 Action::Reject { agent, reason } => {

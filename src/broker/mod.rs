@@ -22,6 +22,7 @@ mod idempotency;
 pub mod inventory;
 mod leadership;
 pub mod lease;
+mod metrics;
 pub mod order_book;
 pub mod placement;
 pub mod probe;
@@ -46,6 +47,9 @@ use crate::protocol::*;
 use crate::time::now_ms;
 use act::To;
 use core::Core;
+
+/// How often the metrics' gauges are read from the core (`metrics.rs`).
+const GAUGES_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Everything that reaches the broker from NATS.
 enum Input {
@@ -294,6 +298,8 @@ impl Actor for Broker {
         ctx.run_interval(self.config.broker.check_interval, |act, ctx| {
             act.step(core::Input::Check, ctx)
         });
+        self.refresh_gauges();
+        ctx.run_interval(GAUGES_EVERY, |act, _| act.refresh_gauges());
         // the core's first effects: the deadline for inherited tasks'
         // subagents, and workflow orders picked up where they were
         self.flush(ctx);
@@ -360,6 +366,7 @@ impl Broker {
     fn serve(&mut self, input: Input, ctx: &mut Context<Self>) {
         if !self.acting() {
             // no answer: the client asks again, and the next broker answers
+            metrics::dropped("not_acting");
             return;
         }
         if let Some((asked, sender, replier)) = input.asked() {
