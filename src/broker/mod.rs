@@ -105,6 +105,8 @@ pub struct Broker {
     sweep: sweep::Sweep,
     /// Records the takeover found past their retention, to remove.
     past_retention: Vec<(String, u64)>,
+    /// The client API's NATS service: it stops answering `$SRV.*` with us.
+    _api: crate::bus::ApiService,
 }
 
 /// Subscribes and starts the broker in the current actix System.
@@ -162,55 +164,60 @@ pub async fn start(
     .await?;
     let past_retention = std::mem::take(&mut recovered.expired);
     let s = bus.subjects().clone();
+    // the client API, as the NATS service `baton` (`$SRV.*`)
+    let api = bus.service(service_info(&config, epoch)).await?;
     let inputs: Vec<LocalBoxStream<'static, Input>> = vec![
-        bus.serve(s.submit())
+        api.serve::<SubmitOrder, SubmitReply>("submit", s.submit())
             .await?
             .map(Input::Submit)
             .boxed_local(),
-        bus.serve(s.deploy())
+        api.serve::<DeployRequest, DeployReply>("deploy", s.deploy())
             .await?
             .map(Input::Deploy)
             .boxed_local(),
-        bus.serve(s.order_cancel())
+        api.serve::<CancelOrder, OrderInfo>("order-cancel", s.order_cancel())
             .await?
             .map(Input::Cancel)
             .boxed_local(),
-        bus.serve(s.order_get())
+        api.serve::<GetOrder, OrderInfo>("order-get", s.order_get())
             .await?
             .map(Input::GetOrder)
             .boxed_local(),
-        bus.serve(s.order_suspend())
+        api.serve::<SuspendOrder, OrderInfo>("order-suspend", s.order_suspend())
             .await?
             .map(Input::Suspend)
             .boxed_local(),
-        bus.serve(s.order_resume())
+        api.serve::<ResumeOrder, OrderInfo>("order-resume", s.order_resume())
             .await?
             .map(Input::Resume)
             .boxed_local(),
-        bus.serve(s.order_list())
+        api.serve::<ListOrders, OrderList>("order-list", s.order_list())
             .await?
             .map(Input::List)
             .boxed_local(),
-        bus.serve(s.status())
+        api.serve::<StatusRequest, StatusReply>("status", s.status())
             .await?
             .map(Input::Status)
             .boxed_local(),
-        bus.serve(s.job_list())
+        api.serve::<ListJobs, JobList>("job-list", s.job_list())
             .await?
             .map(Input::ListJobs)
             .boxed_local(),
-        bus.serve(s.job_get())
+        api.serve::<GetJob, JobInfo>("job-get", s.job_get())
             .await?
             .map(Input::GetJob)
             .boxed_local(),
-        bus.serve(s.job_control())
+        api.serve::<JobControl, JobControlReply>("job-control", s.job_control())
             .await?
             .map(Input::JobControl)
             .boxed_local(),
-        bus.serve(s.subagent_control())
-            .await?
-            .map(Input::Control)
-            .boxed_local(),
+        api.serve::<SubagentControl, SubagentControlReply>(
+            "subagent-control",
+            s.subagent_control(),
+        )
+        .await?
+        .map(Input::Control)
+        .boxed_local(),
         bus.serve(s.register())
             .await?
             .map(Input::Register)
@@ -243,6 +250,7 @@ pub async fn start(
         config.clone(),
         audit.clone(),
         bus.clone(),
+        &api,
         id.clone(),
         epoch,
         tenure.clone(),
@@ -282,8 +290,26 @@ pub async fn start(
             tenure: tenure_,
             sweep: sweep::Sweep::default(),
             past_retention,
+            _api: api,
         }
     }))
+}
+
+/// What the service `baton` says of itself: Baton's version, and which
+/// cluster (prefix), broker and epoch serve it.
+fn service_info(config: &Config, epoch: u64) -> crate::bus::ServiceInfo {
+    crate::bus::ServiceInfo {
+        description: "Baton, a distributed job scheduler: the active broker's client API".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        metadata: [
+            ("prefix", config.prefix.clone()),
+            ("broker", config.broker_id()),
+            ("epoch", epoch.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+    }
 }
 
 impl Actor for Broker {
