@@ -166,6 +166,10 @@ async fn a_live_cluster_serves_metrics_that_move() {
     .await;
     let age = r#"baton_queue_oldest_age_seconds{cluster="nowhere"}"#;
     wait_sample(broker, age, |v| v > 0.0).await;
+    let members = r#"baton_cluster_available_members{cluster="nowhere"}"#;
+    wait_sample(broker, members, |v| v == 0.0).await;
+    let every = r#"baton_cluster_available_members{cluster="*"}"#;
+    wait_sample(broker, every, |v| v == 1.0).await;
 
     // the Scheduler: elected, firing the interval trigger on time
     let on = r#"baton_scheduler_role_changes_total{change="on"}"#;

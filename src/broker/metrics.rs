@@ -69,6 +69,7 @@ pub(super) fn leadership(active: bool, epoch: u64) {
         m.orders.clear();
         m.queue_depth.clear();
         m.queue_oldest_age.clear();
+        m.cluster_available.clear();
         m.subagents.clear();
         m.running_tasks.set(0);
     }
@@ -116,6 +117,20 @@ impl Broker {
             m.queue_oldest_age
                 .get_or_create(&cluster)
                 .set(queue.oldest_age_seconds);
+        }
+        // members that take tasks now, per cluster (`*`: every subagent)
+        m.cluster_available.clear();
+        let registry = &self.core.registry;
+        let clusters = self
+            .core
+            .clusters
+            .values()
+            .map(|c| (c.name.as_str(), Some(c)));
+        for (name, spec) in std::iter::once((labels::ANY_CLUSTER, None)).chain(clusters) {
+            let members = super::placement::members(spec, registry.iter());
+            let up = members.iter().filter(|m| m.subagent.is_up()).count();
+            let cluster = label("cluster", m.cluster(name));
+            m.cluster_available.get_or_create(&cluster).set(up as i64);
         }
         m.subagents.clear();
         let mut running = 0i64;

@@ -77,6 +77,7 @@ pub struct BrokerMetrics {
     pub orders: Family<Label, Gauge>,
     pub queue_depth: Family<Label, Gauge>,
     pub queue_oldest_age: Family<Label, GaugeF>,
+    pub cluster_available: Family<Label, Gauge>,
     pub dispatch_latency: Histogram,
     pub task_duration: Histogram,
     pub subagents: Family<Label, Gauge>,
@@ -99,6 +100,7 @@ impl BrokerMetrics {
             orders: Family::default(),
             queue_depth: Family::default(),
             queue_oldest_age: Family::default(),
+            cluster_available: Family::default(),
             dispatch_latency: latency_buckets(),
             task_duration: duration_buckets(),
             subagents: Family::default(),
@@ -149,6 +151,11 @@ impl BrokerMetrics {
             "baton_queue_oldest_age_seconds",
             "Time since the oldest order waiting for a subagent was accepted, by cluster (0 when none waits)",
             self.queue_oldest_age.clone(),
+        );
+        r.register(
+            "baton_cluster_available_members",
+            "Members of each cluster that take tasks now (available, not suspect, disabled or draining; * for every subagent)",
+            self.cluster_available.clone(),
         );
         r.register(
             "baton_dispatch_latency_seconds",
