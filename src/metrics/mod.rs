@@ -169,7 +169,7 @@ impl BrokerMetrics {
         );
         r.register(
             "baton_subagents",
-            "Subagents the active broker knows, by state (available, busy, suspect, lost, disabled, draining)",
+            "Subagents the active broker knows, by state (available, suspect, lost, disabled, draining)",
             self.subagents.clone(),
         );
         r.register(
