@@ -228,6 +228,18 @@ impl AgentMetrics {
         self.slots.get_or_create(&labels).inc();
     }
 
+    /// Counts `n` slots the misfire policy passed over (`missed`, reason
+    /// `misfire_policy`).
+    pub fn missed(&self, n: u64) {
+        if n > 0 {
+            let labels = [
+                ("outcome", "missed".to_string()),
+                ("reason", "misfire_policy".to_string()),
+            ];
+            self.slots.get_or_create(&labels).inc_by(n);
+        }
+    }
+
     /// Counts a slot the broker answered: fired, or skipped as a duplicate.
     pub fn fired(&self, duplicate: bool, late: bool) {
         let (outcome, reason) = labels::fired(duplicate, late);
@@ -237,7 +249,7 @@ impl AgentMetrics {
     fn register(&'static self, r: &mut Registry) {
         r.register(
             "baton_scheduler_slots",
-            "Trigger slots the Scheduler handled, by outcome (fired, skipped) and reason",
+            "Trigger slots the Scheduler handled, by outcome (fired, skipped, missed) and reason",
             self.slots.clone(),
         );
         r.register(

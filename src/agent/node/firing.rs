@@ -305,6 +305,7 @@ impl Agent {
         firing.timer = None;
         let mut due = std::mem::take(&mut firing.due);
         firing.queue.pop_due(now_ms(), &mut due);
+        crate::metrics::agent().missed(firing.queue.take_missed());
         for slot in due.drain(..) {
             firing.outbox.push(slot);
         }
