@@ -14,6 +14,7 @@ mod act;
 pub mod agents;
 mod audit;
 pub mod core;
+mod discovery;
 pub mod election;
 mod elector;
 mod gate;
@@ -165,7 +166,7 @@ pub async fn start(
     let past_retention = std::mem::take(&mut recovered.expired);
     let s = bus.subjects().clone();
     // the client API, as the NATS service `baton` (`$SRV.*`)
-    let api = bus.service(service_info(&config, epoch)).await?;
+    let api = bus.service(discovery::service_info(&config, epoch)).await?;
     let inputs: Vec<LocalBoxStream<'static, Input>> = vec![
         api.serve::<SubmitOrder, SubmitReply>("submit", s.submit())
             .await?
@@ -293,23 +294,6 @@ pub async fn start(
             _api: api,
         }
     }))
-}
-
-/// What the service `baton` says of itself: Baton's version, and which
-/// cluster (prefix), broker and epoch serve it.
-fn service_info(config: &Config, epoch: u64) -> crate::bus::ServiceInfo {
-    crate::bus::ServiceInfo {
-        description: "Baton, a distributed job scheduler: the active broker's client API".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        metadata: [
-            ("prefix", config.prefix.clone()),
-            ("broker", config.broker_id()),
-            ("epoch", epoch.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect(),
-    }
 }
 
 impl Actor for Broker {
