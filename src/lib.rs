@@ -19,6 +19,7 @@
 //! - [`bench`]: `baton bench`, speed measured on a local cluster it starts itself; asserts nothing.
 //! - [`natsd`]: a local `nats-server` child process for `baton dev`, `baton bench` and tests.
 //! - [`launch`]: a local cluster of `baton` child processes for `baton dev` and `baton bench`.
+//! - [`metrics`]: Prometheus metrics of the broker, agent and subagent, served on `/metrics` (`--metrics-listen`).
 //! - [`schema`]: generation of `schemas/` (JSON Schemas, AsyncAPI) from the wire types.
 //! - [`time`]: wall-clock helpers (milliseconds since the epoch on the wire) and humantime durations.
 //! - `testing`: helpers for unit tests (a seeded generator for property tests).
@@ -33,6 +34,7 @@ pub mod config;
 pub mod daemon;
 pub mod jobs;
 pub mod launch;
+pub mod metrics;
 pub mod natsd;
 pub mod params;
 pub mod protocol;

@@ -301,3 +301,23 @@ fn contains(part: &str, needles: &[&str]) -> Vec<String> {
     }
     found
 }
+
+#[test]
+fn the_pure_cores_record_no_metrics() {
+    for part in [
+        "broker/core",
+        "triggers",
+        "workflow",
+        "protocol",
+        "jobs",
+        "params",
+        "auth",
+    ] {
+        let found = uses(part, &["crate::metrics", "prometheus_client"]);
+        assert!(
+            found.is_empty(),
+            "src/{part} records metrics (the actor or IO code around it does):\n{}",
+            found.join("\n")
+        );
+    }
+}

@@ -291,6 +291,31 @@ async fn a_killed_child_is_reported_and_started_again() {
     let bus = connect(dir.path(), &banner.url).await;
     status_when(&bus, "sub-2 available", |s| available(s, "sub-2")).await;
     assert!(!process_gone(dev.pid as i32), "baton dev runs on");
+
+    // every child serves its metrics where the banner said; the new sub-2
+    // on the same port as the one killed
+    let line = dev.said("Prometheus metrics: ").await;
+    let line = line.split_once("Prometheus metrics: ").expect("urls").1;
+    for name in ["broker", "sub-2", "agent-1"] {
+        let start = format!("{name} http://");
+        let url = line.split(", ").find_map(|p| p.trim().strip_prefix(&start));
+        let addr = url.expect("a URL").trim_end_matches("/metrics").to_string();
+        let what = format!("{name}'s metrics at {addr}");
+        wait_for(LIMIT, &what, || async { metrics_at(&addr).await }).await;
+    }
+}
+
+/// The body of `GET /metrics` at `addr` (HOST:PORT), once it answers.
+async fn metrics_at(addr: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = "GET /metrics HTTP/1.0\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    let read = stream.read_to_string(&mut response);
+    tokio::time::timeout(REQUEST, read).await.ok()?.ok()?;
+    let ok = response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200");
+    (ok && response.contains("baton_")).then_some(response)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,12 +4,12 @@
 //!
 //! | role | publishes | subscribes |
 //! |---|---|---|
-//! | `broker` | everything under the prefix; JetStream API and KV writes of Baton's buckets and streams | everything under the prefix |
+//! | `broker` | everything under the prefix; JetStream API and KV writes of Baton's buckets and streams | everything under the prefix; `$SRV.>` (service discovery) |
 //! | `agent` | its heartbeats, `api.submit`; reads `jobs`, `workflows`, `fired`, `switches`, writes `fired` | `agent.*.>` (role commands, pings), `hb.broker` |
 //! | `subagent` (one identity each) | its own heartbeat, `broker.register`/`result`/`leave`, `started` and `log` events in its own name (`events.*.*.log.{id}`) | only `subagent.{id}.>`, its own heartbeat, `hb.broker` |
-//! | `client` | `api.submit`, `api.order.>`, `api.status`, `api.status.brokers`, `api.job.list`/`get`; reads the `logs` stream | `events.>`, `cluster.>` |
+//! | `client` | `api.submit`, `api.order.>`, `api.status`, `api.status.brokers`, `api.job.list`/`get`, `$SRV.>`; reads the `logs` stream | `events.>`, `cluster.>` |
 //! | `admin` | what `client` may, plus `api.deploy`, `api.job.control`, `api.subagent.control`, `api.scheduler.control`; reads the `audit` stream | `events.>`, `cluster.>`, `hb.>` |
-//! | `monitor` | `api.status`, `api.status.brokers`, `api.order.get`, `api.order.list`, `api.job.list`/`get`; reads the `logs` stream | `events.>`, `cluster.>`, `hb.>` |
+//! | `monitor` | `api.status`, `api.status.brokers`, `api.order.get`, `api.order.list`, `api.job.list`/`get`, `$SRV.>`; reads the `logs` stream | `events.>`, `cluster.>`, `hb.>` |
 //!
 //! Every role also subscribes to its own reply inbox, `_INBOX.<its public
 //! key>.>` (see [`inbox_prefix`]), and may answer requests it received
@@ -105,6 +105,10 @@ pub fn inbox_prefix(public_key: &str) -> String {
     format!("_INBOX.{public_key}")
 }
 
+/// The NATS service discovery subjects (`$SRV.PING|INFO|STATS[.baton[.id]]`):
+/// the active broker answers them, clients, admins and monitors ask.
+pub const SERVICE_DISCOVERY: &str = "$SRV.>";
+
 /// Names of the JetStream buckets and streams under one prefix.
 struct Names<'a>(&'a str);
 
@@ -159,7 +163,12 @@ pub fn permissions(role: Role, prefix: &str, id: Option<&str>, public_key: &str)
             for stream in STREAMS {
                 publish.extend(stream_admin(&names.bucket(stream)));
             }
-            (publish, vec![format!("{p}.>"), inbox])
+            // `$SRV.>`: the NATS service discovery requests it answers
+            // while active (`bus/service.rs`)
+            (
+                publish,
+                vec![format!("{p}.>"), SERVICE_DISCOVERY.into(), inbox],
+            )
         }
         Role::Agent => {
             let mut publish = vec![
@@ -228,6 +237,8 @@ pub fn permissions(role: Role, prefix: &str, id: Option<&str>, public_key: &str)
                 publish.extend(stream_read(&names.bucket("audit")));
             }
             publish.extend(stream_read(&names.bucket("logs")));
+            // `nats micro ls|info|stats`: which broker serves the API
+            publish.push(SERVICE_DISCOVERY.into());
             publish.push(js_info);
             publish.push("$JS.FC.>".into());
             let mut subscribe = vec![format!("{p}.events.>"), format!("{p}.cluster.>"), inbox];

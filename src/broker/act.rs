@@ -16,6 +16,7 @@ use tracing::warn;
 
 use super::audit::Audited;
 use super::core::{self, Created, Effect, Event, Input, Now, Probed, Reply, RunReply};
+use super::metrics;
 use super::recovery::write_over;
 use super::Broker;
 use crate::bus::{BusError, Replier};
@@ -120,10 +121,12 @@ impl Broker {
         let s = self.bus.subjects();
         match event {
             Event::Accepted(e) => {
+                metrics::accepted(&e);
                 let subject = s.event(&e.job, &e.order_id, EventKind::Accepted);
                 self.bus.post(subject, &e);
             }
             Event::Finished(e) => {
+                metrics::finished(&e);
                 let subject = s.event(&e.job, &e.order_id, EventKind::Finished);
                 self.bus.post(subject, &e);
             }
@@ -140,7 +143,10 @@ impl Broker {
         let tenure = self.tenure.clone();
         let write = async move {
             let holds = || tenure.holds(Instant::now());
-            let stored = match write_over(&kv, &info, revision, holds).await {
+            let began = Instant::now();
+            let written = write_over(&kv, &info, revision, holds).await;
+            metrics::journal_write("write", began);
+            let stored = match written {
                 Ok(revision) => core::Stored::At(revision),
                 Err(e) => e.stored(),
             };
@@ -158,11 +164,13 @@ impl Broker {
         let create = async move {
             let key = info.order_id.as_str();
             // the revision each later write of the order compares and swaps on
+            let began = Instant::now();
             let created = if idempotent {
                 kv.create_revision(key, &*info).await
             } else {
                 kv.put(key, &*info).await.map(Some)
             };
+            metrics::journal_write("create", began);
             let created = match created {
                 Ok(Some(revision)) => Created::At(revision),
                 Ok(None) => match kv.get_with_revision(key).await {
@@ -221,11 +229,31 @@ impl Broker {
                 reply,
             }
         };
-        ctx.spawn(
-            request
-                .into_actor(self)
-                .map(|reply, act, ctx| act.step(reply, ctx)),
-        );
+        ctx.spawn(request.into_actor(self).map(|reply, act, ctx| {
+            if let Input::RunReply {
+                run,
+                reply: RunReply::Accepted,
+                ..
+            } = &reply
+            {
+                act.dispatched(run);
+            }
+            act.step(reply, ctx)
+        }));
+    }
+
+    /// A job order's first task was accepted: the dispatch latency, from
+    /// the order accepted (as the book holds it) to now.
+    fn dispatched(&self, run: &RunTask) {
+        if run.attempt != 1 {
+            return;
+        }
+        if let Some(order) = self.core.book.get(&run.order_id) {
+            let waited_ms = now_ms().saturating_sub(order.accepted_at_ms);
+            crate::metrics::broker()
+                .dispatch_latency
+                .observe(waited_ms as f64 / 1000.0);
+        }
     }
 
     fn probe(&mut self, subagent_id: String, ctx: &mut Context<Self>) {

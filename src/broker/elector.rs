@@ -126,6 +126,7 @@ pub async fn start(
     config: Config,
     audit: Audit,
     bus: Bus,
+    api: &crate::bus::ApiService,
     broker_id: String,
     epoch: u64,
     tenure: super::lease::Tenure,
@@ -136,10 +137,13 @@ pub async fn start(
             .await?
             .map(Input::Heartbeat)
             .boxed_local(),
-        bus.serve(s.scheduler_control())
-            .await?
-            .map(Input::Control)
-            .boxed_local(),
+        api.serve::<SchedulerControl, SchedulerControlReply>(
+            "scheduler-control",
+            s.scheduler_control(),
+        )
+        .await?
+        .map(Input::Control)
+        .boxed_local(),
     ];
     let election_config = ElectionConfig::from(&config.scheduler);
     let (record, predecessor) = scheduler_lease::read_predecessor(&bus, &config).await;
@@ -341,6 +345,7 @@ impl Elector {
                     lease_ms,
                 } => {
                     info!(agent = %agent, lease_ms, "turning the Scheduler role on");
+                    super::metrics::role_change("on");
                     self.grant(Command::new(agent, command, RoleAction::On, lease_ms), ctx);
                 }
                 Action::Renew {
@@ -353,6 +358,7 @@ impl Elector {
                 ),
                 Action::TurnOff { agent, command } => {
                     info!(agent = %agent, "turning the Scheduler role off");
+                    super::metrics::role_change("off");
                     self.send(Command::new(agent, command, RoleAction::Off, 0), ctx);
                 }
                 Action::Reject { agent, reason } => {

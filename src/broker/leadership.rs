@@ -421,6 +421,7 @@ impl Leadership {
     }
 
     fn announce(&self, role: BrokerRole, epoch: u64, reason: &str) {
+        super::metrics::leadership(role == BrokerRole::Active, epoch);
         let event = BrokerChanged {
             broker_id: self.id.clone(),
             role,

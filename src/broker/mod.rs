@@ -14,6 +14,7 @@ mod act;
 pub mod agents;
 mod audit;
 pub mod core;
+mod discovery;
 pub mod election;
 mod elector;
 mod gate;
@@ -22,6 +23,7 @@ mod idempotency;
 pub mod inventory;
 mod leadership;
 pub mod lease;
+mod metrics;
 pub mod order_book;
 pub mod placement;
 pub mod probe;
@@ -46,6 +48,9 @@ use crate::protocol::*;
 use crate::time::now_ms;
 use act::To;
 use core::Core;
+
+/// How often the metrics' gauges are read from the core (`metrics.rs`).
+const GAUGES_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Everything that reaches the broker from NATS.
 enum Input {
@@ -101,6 +106,8 @@ pub struct Broker {
     sweep: sweep::Sweep,
     /// Records the takeover found past their retention, to remove.
     past_retention: Vec<(String, u64)>,
+    /// The client API's NATS service: it stops answering `$SRV.*` with us.
+    _api: crate::bus::ApiService,
 }
 
 /// Subscribes and starts the broker in the current actix System.
@@ -158,55 +165,60 @@ pub async fn start(
     .await?;
     let past_retention = std::mem::take(&mut recovered.expired);
     let s = bus.subjects().clone();
+    // the client API, as the NATS service `baton` (`$SRV.*`)
+    let api = bus.service(discovery::service_info(&config, epoch)).await?;
     let inputs: Vec<LocalBoxStream<'static, Input>> = vec![
-        bus.serve(s.submit())
+        api.serve::<SubmitOrder, SubmitReply>("submit", s.submit())
             .await?
             .map(Input::Submit)
             .boxed_local(),
-        bus.serve(s.deploy())
+        api.serve::<DeployRequest, DeployReply>("deploy", s.deploy())
             .await?
             .map(Input::Deploy)
             .boxed_local(),
-        bus.serve(s.order_cancel())
+        api.serve::<CancelOrder, OrderInfo>("order-cancel", s.order_cancel())
             .await?
             .map(Input::Cancel)
             .boxed_local(),
-        bus.serve(s.order_get())
+        api.serve::<GetOrder, OrderInfo>("order-get", s.order_get())
             .await?
             .map(Input::GetOrder)
             .boxed_local(),
-        bus.serve(s.order_suspend())
+        api.serve::<SuspendOrder, OrderInfo>("order-suspend", s.order_suspend())
             .await?
             .map(Input::Suspend)
             .boxed_local(),
-        bus.serve(s.order_resume())
+        api.serve::<ResumeOrder, OrderInfo>("order-resume", s.order_resume())
             .await?
             .map(Input::Resume)
             .boxed_local(),
-        bus.serve(s.order_list())
+        api.serve::<ListOrders, OrderList>("order-list", s.order_list())
             .await?
             .map(Input::List)
             .boxed_local(),
-        bus.serve(s.status())
+        api.serve::<StatusRequest, StatusReply>("status", s.status())
             .await?
             .map(Input::Status)
             .boxed_local(),
-        bus.serve(s.job_list())
+        api.serve::<ListJobs, JobList>("job-list", s.job_list())
             .await?
             .map(Input::ListJobs)
             .boxed_local(),
-        bus.serve(s.job_get())
+        api.serve::<GetJob, JobInfo>("job-get", s.job_get())
             .await?
             .map(Input::GetJob)
             .boxed_local(),
-        bus.serve(s.job_control())
+        api.serve::<JobControl, JobControlReply>("job-control", s.job_control())
             .await?
             .map(Input::JobControl)
             .boxed_local(),
-        bus.serve(s.subagent_control())
-            .await?
-            .map(Input::Control)
-            .boxed_local(),
+        api.serve::<SubagentControl, SubagentControlReply>(
+            "subagent-control",
+            s.subagent_control(),
+        )
+        .await?
+        .map(Input::Control)
+        .boxed_local(),
         bus.serve(s.register())
             .await?
             .map(Input::Register)
@@ -239,6 +251,7 @@ pub async fn start(
         config.clone(),
         audit.clone(),
         bus.clone(),
+        &api,
         id.clone(),
         epoch,
         tenure.clone(),
@@ -278,6 +291,7 @@ pub async fn start(
             tenure: tenure_,
             sweep: sweep::Sweep::default(),
             past_retention,
+            _api: api,
         }
     }))
 }
@@ -294,6 +308,8 @@ impl Actor for Broker {
         ctx.run_interval(self.config.broker.check_interval, |act, ctx| {
             act.step(core::Input::Check, ctx)
         });
+        self.refresh_gauges();
+        ctx.run_interval(GAUGES_EVERY, |act, _| act.refresh_gauges());
         // the core's first effects: the deadline for inherited tasks'
         // subagents, and workflow orders picked up where they were
         self.flush(ctx);
@@ -360,6 +376,7 @@ impl Broker {
     fn serve(&mut self, input: Input, ctx: &mut Context<Self>) {
         if !self.acting() {
             // no answer: the client asks again, and the next broker answers
+            metrics::dropped("not_acting");
             return;
         }
         if let Some((asked, sender, replier)) = input.asked() {

@@ -26,9 +26,28 @@ impl Bus {
         Req: Serialize,
         Resp: DeserializeOwned,
     {
+        let payload = Bytes::from(encode(Encoding::MessagePack, value));
+        let answers = self.gather_raw(subject.clone(), payload, window).await?;
+        let mut out = Vec::new();
+        for answer in answers {
+            match decode_reply(&subject, Encoding::MessagePack, &answer) {
+                Ok(answer) => out.push(answer),
+                Err(e) => debug!(%subject, error = %e, "an answer skipped"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends `payload` as a request on `subject` and returns every answer's
+    /// payload that came within `window` (`$SRV.PING` is asked this way).
+    pub async fn gather_raw(
+        &self,
+        subject: String,
+        payload: Bytes,
+        window: Duration,
+    ) -> Result<Vec<Bytes>, BusError> {
         let inbox = self.client.new_inbox();
         let mut answers = self.subscribe(&inbox).await?;
-        let payload = Bytes::from(encode(Encoding::MessagePack, value));
         let headers = self.signature(&subject, &payload, None).unwrap_or_default();
         let sent =
             self.client
@@ -42,10 +61,7 @@ impl Bus {
         let deadline = tokio::time::Instant::now() + window;
         let mut out = Vec::new();
         while let Ok(Some(message)) = tokio::time::timeout_at(deadline, answers.next()).await {
-            match decode_reply(&subject, Encoding::MessagePack, &message.payload) {
-                Ok(answer) => out.push(answer),
-                Err(e) => debug!(%subject, error = %e, "an answer skipped"),
-            }
+            out.push(message.payload);
         }
         Ok(out)
     }

@@ -28,6 +28,7 @@ mod kv;
 mod logs;
 mod publish;
 mod sender;
+mod service;
 mod stats;
 
 use std::sync::Arc;
@@ -45,6 +46,7 @@ pub use connect::{redact_urls, split_url_credentials, Credentials, Tls};
 pub use kv::{Kv, KvChange};
 pub use logs::{LogsError, OrderLog, StreamLimits};
 pub use sender::SenderProof;
+pub use service::{ApiService, ServiceInfo, SERVICE_NAME};
 pub use stats::Stats;
 
 use inbound::{decode_publish, decode_reply, encoding_of, json_headers};

@@ -21,6 +21,7 @@ use crate::natsd::NatsServerOptions;
 use crate::protocol::{DeployReply, DeployRequest};
 
 mod lock;
+mod metrics;
 mod watch;
 
 use lock::StoreLock;
@@ -44,6 +45,10 @@ pub struct DevArgs {
     /// .baton/dev/auth are kept, so seeds exported elsewhere still work
     #[arg(long)]
     pub fresh: bool,
+    /// First port of the children's Prometheus metrics (broker, subagents,
+    /// agents, one each, on 127.0.0.1); 0 picks free ports
+    #[arg(long, default_value_t = 0, value_name = "PORT")]
+    pub metrics_port: u16,
 }
 
 /// `baton dev`'s folder; nats/dev.conf names it as its JetStream store.
@@ -120,7 +125,11 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
             }
         })?;
     lock.record(lock::NATS_SERVER, cluster.nats.pid())?;
-    let up = start(&mut cluster, &args, deployment).await;
+    let mut children = vec!["broker".to_string()];
+    children.extend((1..=args.subagents).map(|i| format!("sub-{i}")));
+    children.extend((1..=args.agents).map(|i| format!("agent-{i}")));
+    let metrics = metrics::ports(args.metrics_port, &children)?;
+    let up = start(&mut cluster, &args, deployment, &metrics).await;
     let reply = match up {
         Ok(reply) => reply,
         Err(e) => {
@@ -165,6 +174,7 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
          {run} audit                                 (who changed what)\n  \
          nats req baton.api.submit '{{\"job\":\"hello\"}}' -H Content-Type:application/json -s {url} \\\n      \
          --nkey {} --inbox-prefix {client_inbox}\n\n\
+         Prometheus metrics: {}\n\n\
          Kill a subagent or the Scheduler agent with `kill -9 PID` and watch the others carry on;\n\
          baton dev starts it again (logs in {STORE}/logs).\n\
          The bus needs credentials: commands run in this repository find them in {AUTH_DIR}; elsewhere:\n  \
@@ -180,6 +190,7 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
             format!("; workflows: {}", reply.workflows.join(", "))
         },
         client_seed.display(),
+        metrics::urls(&metrics),
         admin_seed.display(),
     );
     let mut restarts = watch::Restarts::default();
@@ -216,14 +227,27 @@ async fn start(
     cluster: &mut LocalCluster,
     args: &DevArgs,
     deployment: Deployment,
+    metrics: &[(String, u16)],
 ) -> anyhow::Result<DeployReply> {
-    cluster.spawn("broker", &["broker", "--id", "broker-dev"])?;
+    let port = |name: &str| {
+        let found = metrics.iter().find(|(n, _)| n == name);
+        found.map_or(String::new(), |(_, p)| p.to_string())
+    };
+    let broker_port = port("broker");
+    let listen = ["--metrics-listen", broker_port.as_str()];
+    cluster.spawn(
+        "broker",
+        &[&["broker", "--id", "broker-dev"][..], &listen].concat(),
+    )?;
     for i in 1..=args.subagents {
-        cluster.spawn_subagent(&format!("sub-{i}"), &[])?;
+        let id = format!("sub-{i}");
+        let p = port(&id);
+        cluster.spawn_subagent(&id, &["--metrics-listen", &p])?;
     }
     for i in 1..=args.agents {
         let id = format!("agent-{i}");
-        cluster.spawn(&id, &["agent", "--id", &id])?;
+        let p = port(&id);
+        cluster.spawn(&id, &["agent", "--id", &id, "--metrics-listen", &p])?;
     }
     let bus = cluster.client().await?;
     let up = deploy(bus, args.subagents, deployment);

@@ -238,6 +238,15 @@ pub enum Command {
     Auth(auth::AuthCommand),
 }
 
+/// `--metrics-listen`, for the broker, subagent and agent.
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics on http://ADDR/metrics: HOST:PORT, or a port
+    /// (on 127.0.0.1) [default: off; metrics.listen]
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct BrokerArgs {
     /// Broker id [default: broker-<hostname>-<pid>]
@@ -246,6 +255,8 @@ pub struct BrokerArgs {
     /// Among standbys, lower takes over first [default: 100]
     #[arg(long, value_name = "N")]
     pub precedence: Option<u32>,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -263,6 +274,8 @@ pub struct SubagentArgs {
     /// A label as KEY=VALUE; repeat for more
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = client::parse_key_value)]
     pub labels: Vec<(String, String)>,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -274,6 +287,8 @@ pub struct AgentArgs {
     /// agents both fire every trigger (idempotency keys keep one order per slot)
     #[arg(long)]
     pub no_role_control: bool,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -370,6 +385,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if g.insecure {
         overrides.push(("nats.insecure", "true".into()));
     }
+    let metrics_listen = match &cli.command {
+        Command::Broker(a) => a.metrics.metrics_listen.as_ref(),
+        Command::Subagent(a) => a.metrics.metrics_listen.as_ref(),
+        Command::Agent(a) => a.metrics.metrics_listen.as_ref(),
+        _ => None,
+    };
+    if let Some(listen) = metrics_listen {
+        overrides.push(("metrics.listen", listen.clone()));
+    }
     match &cli.command {
         Command::Broker(a) => {
             if let Some(id) = &a.id {
@@ -404,8 +428,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ok = ExitCode::SUCCESS;
     match cli.command {
         Command::Broker(_) => {
+            let metrics = startup::metrics_addr(&config)?;
             let bus = connect(&config, "baton-broker", true).await?;
             startup::check(&bus, &config, Role::Broker, None).await?;
+            startup::serve_metrics(metrics, crate::metrics::Role::Broker, &bus)?;
             crate::broker::run_until_signal(config, bus).await?;
             Ok(ok)
         }
@@ -414,15 +440,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ..
         }) => client::subagent_control(&config, action).await.map(|_| ok),
         Command::Subagent(_) => {
+            let metrics = startup::metrics_addr(&config)?;
             let bus = connect(&config, "baton-subagent", true).await?;
             let id = config.subagent_id();
             startup::check(&bus, &config, Role::Subagent, Some(&id)).await?;
+            startup::serve_metrics(metrics, crate::metrics::Role::Subagent, &bus)?;
             crate::subagent::run_until_signal(config, bus).await?;
             Ok(ok)
         }
         Command::Agent(_) => {
+            let metrics = startup::metrics_addr(&config)?;
             let bus = connect(&config, "baton-agent", true).await?;
             startup::check(&bus, &config, Role::Agent, None).await?;
+            startup::serve_metrics(metrics, crate::metrics::Role::Agent, &bus)?;
             crate::agent::run_until_signal(config, bus).await?;
             Ok(ok)
         }

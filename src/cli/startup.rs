@@ -76,3 +76,29 @@ async fn refuse_open_bus(bus: &Bus, config: &Config, role: Role) -> anyhow::Resu
          --insecure (BATON_NATS__INSECURE=true) for an experiment"
     )
 }
+
+/// Where to serve `/metrics` (`metrics.listen`, `--metrics-listen`), if
+/// anywhere; read before connecting, so a bad address fails at once.
+pub fn metrics_addr(config: &Config) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    let listen = config.metrics.listen.trim();
+    if listen.is_empty() {
+        return Ok(None);
+    }
+    let addr = crate::metrics::labels::parse_listen(listen).map_err(anyhow::Error::msg)?;
+    Ok(Some(addr))
+}
+
+/// Serves `/metrics` on `addr` (when set), saying where at info.
+pub fn serve_metrics(
+    addr: Option<std::net::SocketAddr>,
+    role: crate::metrics::Role,
+    bus: &Bus,
+) -> anyhow::Result<()> {
+    let Some(addr) = addr else {
+        return Ok(());
+    };
+    let registry = crate::metrics::registry(role, bus.stats().clone());
+    let served = crate::metrics::serve(addr, registry)?;
+    tracing::info!(url = %served.url(), "serving metrics");
+    Ok(())
+}

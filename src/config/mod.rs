@@ -39,6 +39,17 @@ pub struct Config {
     pub agent: AgentConfig,
     /// How the broker chooses the Scheduler agent.
     pub scheduler: SchedulerConfig,
+    /// Prometheus metrics (`/metrics`) of a broker, agent or subagent.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: off unless `listen` is set (`--metrics-listen`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where to serve `/metrics`: `HOST:PORT`, or a port on 127.0.0.1;
+    /// empty: no metrics served.
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,6 +210,7 @@ impl Default for Config {
             subagent: SubagentConfig::default(),
             agent: AgentConfig::default(),
             scheduler: SchedulerConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

@@ -46,7 +46,19 @@ impl Subagent {
                 reaper.release(pid);
             }
         }
+        let metrics = crate::metrics::subagent();
+        let outcome = crate::metrics::labels::task_outcome(
+            result.exit_code,
+            result.timed_out,
+            result.abandoned.is_some(),
+            result.error.is_some(),
+        );
+        metrics
+            .tasks_finished
+            .get_or_create(&crate::metrics::label("outcome", outcome))
+            .inc();
         self.tasks.finish(result);
+        metrics.running_tasks.set(self.tasks.running_len() as i64);
         self.send_result(task.task_id, ctx);
     }
 

@@ -57,6 +57,9 @@ struct Entry {
 type Item = Reverse<(u64, u64, usize)>;
 
 /// The schedules of every deployed job, ordered by their next slot.
+/// Most slots of one gap counted as missed (a longer gap counts this many).
+pub const MISSED_COUNT_LIMIT: usize = 10_000;
+
 #[derive(Debug)]
 pub struct TimerQueue {
     tolerance_ms: u64,
@@ -66,6 +69,8 @@ pub struct TimerQueue {
     by_job: HashMap<String, usize>,
     armed: usize,
     generations: u64,
+    /// Slots passed over by the misfire policy since [`take_missed`](Self::take_missed).
+    missed: u64,
 }
 
 impl TimerQueue {
@@ -79,6 +84,7 @@ impl TimerQueue {
             by_job: HashMap::new(),
             armed: 0,
             generations: 0,
+            missed: 0,
         }
     }
 
@@ -162,6 +168,16 @@ impl TimerQueue {
                 misfire,
                 self.tolerance_ms,
             );
+            // the slots since the cursor the policy did not fire: one, the
+            // popped slot, unless the job fell behind (counted up to a bound)
+            let fell_behind = trigger.next_after(slot).is_some_and(|next| next <= now_ms);
+            let passed = match fell_behind {
+                false => 1,
+                true => trigger
+                    .slots_between(entry.cursor, now_ms, MISSED_COUNT_LIMIT)
+                    .len(),
+            };
+            self.missed += passed.saturating_sub(slots.len()) as u64;
             out.extend(slots.into_iter().map(|slot_ms| Due {
                 job: entry.job.clone(),
                 slot_ms,
@@ -174,6 +190,12 @@ impl TimerQueue {
             }
         }
         self.tidy();
+    }
+
+    /// The slots the misfire policy passed over (missed while no
+    /// Scheduler ran or it fell behind, and not fired) since the last call.
+    pub fn take_missed(&mut self) -> u64 {
+        std::mem::take(&mut self.missed)
     }
 
     /// The next slot of `job`, if it has one.

@@ -968,3 +968,46 @@ fn the_trigger_that_fired_a_slot_is_the_first_that_has_it() {
     assert_eq!(fired(slot + 10 * SEC), Some(2));
     assert_eq!(fired(slot + 1), None);
 }
+
+#[test]
+fn queue_counts_the_slots_its_misfire_policy_passed_over() {
+    let t0 = utc(2026, 1, 1, 0, 0, 0);
+    let mut q = TimerQueue::default();
+    q.insert(
+        "on-time",
+        schedule(every(60, None), once(Duration::from_secs(3600))),
+        None,
+        t0,
+    );
+    let mut out = Vec::new();
+    run_until(&mut q, t0 + 5 * MIN, &mut out);
+    assert_eq!(out.len(), 5);
+    assert_eq!(q.take_missed(), 0, "on time: nothing missed");
+
+    // ten slots missed since the last fired one: fire-once fires the latest
+    let mut q = TimerQueue::default();
+    q.insert(
+        "gap",
+        schedule(every(60, None), once(Duration::from_secs(3600))),
+        Some(t0),
+        t0,
+    );
+    let mut out = Vec::new();
+    q.pop_due(t0 + 10 * MIN + SEC, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(q.take_missed(), 9);
+    assert_eq!(q.take_missed(), 0, "taken");
+
+    // skip: a slot more than the tolerance late is passed over
+    let mut q = TimerQueue::default();
+    q.insert(
+        "late",
+        schedule(every(60, None), MisfirePolicy::Skip),
+        None,
+        t0,
+    );
+    let mut out = Vec::new();
+    q.pop_due(t0 + MIN + 5 * SEC, &mut out);
+    assert!(out.is_empty());
+    assert_eq!(q.take_missed(), 1);
+}

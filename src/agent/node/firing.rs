@@ -120,6 +120,7 @@ impl Agent {
             last_failure_warning: None,
         });
         self.load(self.term, ctx);
+        crate::metrics::agent().scheduler.set(1);
     }
 
     /// Drops the schedules, the unsent fires and pending timers; submits
@@ -128,6 +129,7 @@ impl Agent {
         let Some(firing) = self.firing.take() else {
             return;
         };
+        crate::metrics::agent().scheduler.set(0);
         let watches = firing.watches.into_values();
         for handle in firing.timer.map(|(_, h)| h).into_iter().chain(watches) {
             ctx.cancel_future(handle);
@@ -303,6 +305,7 @@ impl Agent {
         firing.timer = None;
         let mut due = std::mem::take(&mut firing.due);
         firing.queue.pop_due(now_ms(), &mut due);
+        crate::metrics::agent().missed(firing.queue.take_missed());
         for slot in due.drain(..) {
             firing.outbox.push(slot);
         }
@@ -330,6 +333,11 @@ impl Agent {
         let Due { job, slot_ms } = &fire.due;
         let late_ms = now_ms().saturating_sub(*slot_ms);
         debug!(%job, slot_ms, late_ms, attempt = fire.attempt, "firing");
+        if fire.attempt == 0 {
+            crate::metrics::agent()
+                .fire_lateness
+                .observe(late_ms as f64 / 1000.0);
+        }
         let order = SubmitOrder {
             job: submitted_name(job).to_string(),
             params: BTreeMap::new(),
@@ -359,6 +367,7 @@ impl Agent {
         ctx: &mut Context<Self>,
     ) {
         self.submitting = self.submitting.saturating_sub(1);
+        let tolerance_ms = self.config.agent.lateness_tolerance.as_millis() as u64;
         let agent_id = self.id.clone();
         let Some(firing) = self.firing(term) else {
             return;
@@ -367,6 +376,8 @@ impl Agent {
         match reply {
             Ok(reply) => {
                 firing.outbox.answered(job);
+                let late = now_ms().saturating_sub(*slot_ms) > tolerance_ms;
+                crate::metrics::agent().fired(reply.duplicate, late);
                 debug!(%job, slot_ms, order = %reply.order_id, duplicate = reply.duplicate, "slot fired");
                 let record = FiredSlot {
                     job: job.clone(),
@@ -382,6 +393,7 @@ impl Agent {
             Err(e) => match submit_failure(&e) {
                 SubmitFailure::Drop => {
                     firing.outbox.answered(job);
+                    crate::metrics::agent().slot("skipped", "refused");
                     warn!(%job, slot_ms, error = %e, "slot not fired: the broker refused it");
                 }
                 SubmitFailure::Retry => {

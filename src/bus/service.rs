@@ -1,0 +1,182 @@
+//! The active broker's client API as a NATS service (the micro service
+//! API, `async_nats::service`), so `nats micro ls|info|stats` find it:
+//! `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` (also `.baton` and
+//! `.baton.<id>`) answer with the name `baton`, the version, and each
+//! endpoint with its subject and the JSON Schemas of its request and reply.
+//!
+//! The endpoints ARE the API's subscriptions: [`ApiService::serve`] takes
+//! the place of [`Bus::serve`] for a client-facing subject, so nothing
+//! receives a request twice. Each endpoint subscribes with the service
+//! API's queue group (`q`); only the active broker serves, so one member.
+//! Requests are decoded like any `serve` and answered through the bus's
+//! ordered publisher (an order's `accepted` event still precedes its
+//! `started`), not through the service API's `respond`, so the service's
+//! own request counters stay 0: each endpoint's `data.requests` in
+//! `$SRV.STATS` counts what reached the broker.
+//!
+//! The service goes with its last [`ApiService`] clone (the Broker and the
+//! Elector hold one each), so a broker that steps down stops answering
+//! `$SRV.*` as it stops serving the API.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use async_nats::service::ServiceExt;
+use futures::{FutureExt, Stream, StreamExt};
+use serde::de::DeserializeOwned;
+
+use super::{Bus, BusError, Request};
+
+/// The service's name in `$SRV.*` answers.
+pub const SERVICE_NAME: &str = "baton";
+
+/// What the service says of itself.
+#[derive(Debug, Clone)]
+pub struct ServiceInfo {
+    pub description: String,
+    /// A SemVer version: Baton's own.
+    pub version: String,
+    /// Free-form facts (`prefix`, `broker`, `epoch`).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The registered service; clones share it.
+#[derive(Clone)]
+pub struct ApiService {
+    inner: Arc<Inner>,
+    bus: Bus,
+}
+
+struct Inner {
+    service: Mutex<Option<async_nats::service::Service>>,
+    /// Requests that reached the broker, by endpoint name.
+    served: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let service = self.service.lock().ok().and_then(|mut s| s.take());
+        if let Some(service) = service {
+            // `stop` only signals and aborts; it never waits
+            let _ = service.stop().now_or_never();
+        }
+    }
+}
+
+impl Bus {
+    /// Registers the service (its `$SRV.*` answers); add endpoints with
+    /// [`ApiService::serve`].
+    pub async fn service(&self, info: ServiceInfo) -> Result<ApiService, BusError> {
+        let served: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+        let counts = served.clone();
+        let metadata: HashMap<String, String> = info.metadata.into_iter().collect();
+        let service = self
+            .client
+            .service_builder()
+            .description(info.description)
+            .metadata(metadata)
+            .stats_handler(move |endpoint, _| {
+                let n = counts
+                    .lock()
+                    .map(|c| c.get(&endpoint).copied().unwrap_or(0))
+                    .unwrap_or(0);
+                serde_json::json!({ "requests": n })
+            })
+            .start(SERVICE_NAME, info.version)
+            .await
+            .map_err(|e| BusError::Transport {
+                subject: "$SRV.>".into(),
+                reason: e.to_string(),
+            })?;
+        Ok(ApiService {
+            inner: Arc::new(Inner {
+                service: Mutex::new(Some(service)),
+                served,
+            }),
+            bus: self.clone(),
+        })
+    }
+}
+
+/// A type's own name (`SubmitOrder`), as its schema in `schemas/` is named.
+fn short_name<T>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    full.rsplit("::").next().unwrap_or(full)
+}
+
+/// An endpoint's metadata: its request and reply types and their schemas.
+pub fn endpoint_metadata(request: &str, reply: &str) -> HashMap<String, String> {
+    HashMap::from([
+        ("request".to_string(), request.to_string()),
+        ("reply".to_string(), reply.to_string()),
+        (
+            "request_schema".to_string(),
+            format!("schemas/{request}.json"),
+        ),
+        ("reply_schema".to_string(), format!("schemas/{reply}.json")),
+        (
+            "encoding".to_string(),
+            "MessagePack map; JSON with the header Content-Type: application/json".to_string(),
+        ),
+    ])
+}
+
+impl ApiService {
+    /// Serves requests of type `T` (answered with `R`, or an error) on
+    /// `subject` as the endpoint `name`: a stream like [`Bus::serve`]'s.
+    pub async fn serve<T, R>(
+        &self,
+        name: &str,
+        subject: String,
+    ) -> Result<impl Stream<Item = Request<T>> + Unpin + 'static, BusError>
+    where
+        T: DeserializeOwned + 'static,
+    {
+        let builder = {
+            let service = self.inner.service.lock().unwrap_or_else(|e| e.into_inner());
+            let service = service.as_ref().ok_or_else(|| BusError::Transport {
+                subject: subject.clone(),
+                reason: "the service has stopped".into(),
+            })?;
+            service
+                .endpoint_builder()
+                .name(name)
+                .metadata(endpoint_metadata(short_name::<T>(), short_name::<R>()))
+        };
+        let endpoint = builder
+            .add(subject.clone())
+            .await
+            .map_err(|e| BusError::Transport {
+                subject: subject.clone(),
+                reason: e.to_string(),
+            })?;
+        let bus = self.bus.clone();
+        let served = self.inner.served.clone();
+        let name = name.to_string();
+        // the endpoint holds the service's state alive only through us
+        let keep = self.inner.clone();
+        Ok(endpoint
+            .filter_map(move |request| {
+                let _ = &keep;
+                if let Ok(mut served) = served.lock() {
+                    *served.entry(name.clone()).or_default() += 1;
+                }
+                futures::future::ready(bus.decode_request(request.message))
+            })
+            .boxed_local())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_names_its_types_and_their_schemas() {
+        struct SubmitOrder;
+        assert_eq!(short_name::<SubmitOrder>(), "SubmitOrder");
+        let m = endpoint_metadata("SubmitOrder", "SubmitReply");
+        assert_eq!(m["request_schema"], "schemas/SubmitOrder.json");
+        assert_eq!(m["reply_schema"], "schemas/SubmitReply.json");
+    }
+}
