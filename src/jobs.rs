@@ -12,13 +12,15 @@
 //! its job declares. The broker validates a job again on every deploy.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+mod files;
 pub mod retry;
 pub mod when;
+
+pub use files::{load_deploy_file, load_deploy_files, parse_deploy_file, parse_deploy_files};
 
 pub(crate) use when::{MisfireDef, TriggerDef};
 
@@ -33,7 +35,7 @@ use crate::protocol::{
 /// A deploy file: `[[job]]` and `[[cluster]]` tables.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DeployFile {
+pub(crate) struct DeployFile {
     #[serde(default)]
     job: Vec<JobDef>,
     #[serde(default)]
@@ -70,6 +72,9 @@ pub struct Deployment {
     pub jobs: Vec<JobSpec>,
     pub clusters: Vec<ClusterSpec>,
     pub workflows: Vec<WorkflowSpec>,
+    /// The `[[calendar]]` tables, resolved; they travel inside the
+    /// triggers that name them, so they are not sent on their own.
+    pub calendars: BTreeMap<String, crate::protocol::CalendarSpec>,
 }
 
 /// One `[[job]]` table as an operator writes it.
@@ -140,63 +145,7 @@ pub enum DeployFileError {
     Empty { file: String },
 }
 
-/// Reads and validates a deploy file.
-pub fn load_deploy_file(path: &Path) -> Result<Deployment, DeployFileError> {
-    let mut all = load_deploy_files(&[path])?;
-    Ok(all.pop().expect("one file").1)
-}
-
-/// Reads and validates the files of one deploy; a trigger may name a
-/// calendar of any of them.
-pub fn load_deploy_files(paths: &[&Path]) -> Result<Vec<(String, Deployment)>, DeployFileError> {
-    let mut texts = Vec::with_capacity(paths.len());
-    for path in paths {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|error| DeployFileError::Read {
-            file: file.clone(),
-            error,
-        })?;
-        texts.push((file, text));
-    }
-    parse_deploy_files(&texts, chrono::Utc::now().date_naive())
-}
-
-/// Parses and validates deploy-file text; `file` is used in messages.
-pub fn parse_deploy_file(file: &str, text: &str) -> Result<Deployment, DeployFileError> {
-    let texts = [(file.to_string(), text.to_string())];
-    let mut all = parse_deploy_files(&texts, chrono::Utc::now().date_naive())?;
-    Ok(all.pop().expect("one file").1)
-}
-
-/// Parses and validates the `(file, text)` of one deploy; calendars are
-/// checked to leave a working day in the year from `today`.
-pub fn parse_deploy_files(
-    texts: &[(String, String)],
-    today: chrono::NaiveDate,
-) -> Result<Vec<(String, Deployment)>, DeployFileError> {
-    let mut parsed = Vec::with_capacity(texts.len());
-    let mut calendar_defs = Vec::new();
-    for (file, text) in texts {
-        let mut one: DeployFile = toml::from_str(text).map_err(|e| DeployFileError::Parse {
-            file: file.to_string(),
-            message: e.to_string().trim_end().to_string(),
-        })?;
-        let empty = one.job.is_empty() && one.cluster.is_empty() && one.workflow.is_empty();
-        if empty && one.calendar.is_empty() {
-            return Err(DeployFileError::Empty {
-                file: file.to_string(),
-            });
-        }
-        calendar_defs.extend(one.calendar.drain(..).map(|c| (file.clone(), c)));
-        parsed.push((file, one));
-    }
-    let calendars = when::calendars(&calendar_defs, today)?;
-    (parsed.into_iter())
-        .map(|(file, one)| Ok((file.clone(), deployment(file, one, &calendars)?)))
-        .collect()
-}
-
-fn deployment(
+pub(crate) fn deployment(
     file: &str,
     parsed: DeployFile,
     calendars: &when::Calendars,
@@ -234,6 +183,14 @@ fn deployment(
     let mut seen = BTreeMap::new();
     let mut specs = Vec::with_capacity(parsed.job.len());
     for def in parsed.job {
+        TriggerDef::check(&def.triggers).map_err(|(field, message)| {
+            invalid(JobError {
+                kind: "job",
+                job: def.name.clone(),
+                field,
+                message,
+            })
+        })?;
         let spec = JobSpec {
             name: def.name,
             program: def.program,
@@ -276,6 +233,16 @@ fn deployment(
     }
     // a step's job may be deployed earlier: the broker checks those names
     // and those steps' parameters; here, those of the jobs in this file
+    for def in &parsed.workflow {
+        TriggerDef::check(def.triggers()).map_err(|(field, message)| {
+            invalid(JobError {
+                kind: "workflow",
+                job: def.name().to_string(),
+                field,
+                message,
+            })
+        })?;
+    }
     let mut workflows: Vec<WorkflowSpec> = parsed.workflow.into_iter().map(Into::into).collect();
     for w in &mut workflows {
         when::resolve(&mut w.triggers, calendars).map_err(|(field, message)| {
@@ -302,6 +269,7 @@ fn deployment(
         jobs: specs,
         clusters,
         workflows,
+        calendars: BTreeMap::new(),
     })
 }
 

@@ -99,10 +99,11 @@ impl TriggerSpec {
         Trigger::compile(self, "").map(drop)
     }
 
-    /// Whether `slot_ms` is one of its slots for the schedule `key` (false
-    /// when it does not compile).
+    /// Whether `slot_ms` is one of its slots (before any jitter) for the
+    /// schedule `key` (false when it does not compile).
     pub fn has_slot(&self, key: &str, slot_ms: u64) -> bool {
-        Trigger::compile(self, key).is_ok_and(|t| t.last_at_or_before(slot_ms) == Some(slot_ms))
+        Trigger::compile(self, key)
+            .is_ok_and(|t| t.slots_only().last_at_or_before(slot_ms) == Some(slot_ms))
     }
 
     /// Which of `triggers` of the schedule `key` fired `slot_ms`: the first
@@ -177,18 +178,49 @@ impl Trigger {
             .max()
     }
 
+    /// The slot a fire belongs to: `fire_ms` itself, or for a jittered
+    /// fire the slot it was jittered from. Orders are keyed by it
+    /// (`NAME@SLOT`), so changing a trigger's jitter never fires a slot
+    /// twice.
+    pub fn slot_of(&self, fire_ms: u64) -> u64 {
+        (self.parts.iter())
+            .filter(|p| p.jitter_ms > 0)
+            .find_map(|p| {
+                let slot = p.when.last_at_or_before(fire_ms)?;
+                (p.jittered(slot) == fire_ms).then_some(slot)
+            })
+            .unwrap_or(fire_ms)
+    }
+
+    /// The same trigger without jitter: its slots, not its fires.
+    pub fn slots_only(mut self) -> Trigger {
+        self.parts.iter_mut().for_each(|p| p.jitter_ms = 0);
+        self
+    }
+
     /// Why `fire_ms` is where it is, when a calendar or DST moved, shifted
     /// or repeated it (see [`CronClock::note`]).
     pub fn note(&self, fire_ms: u64) -> Option<String> {
-        self.parts.iter().find_map(|p| match &p.when {
-            When::Cron(clock) if p.jitter_ms == 0 => clock.note(fire_ms),
-            When::Cron(clock) => {
-                let slot = clock.last_at_or_before(fire_ms)?;
-                (p.jittered(slot) == fire_ms)
-                    .then(|| clock.note(slot))
-                    .flatten()
+        self.parts.iter().find_map(|p| {
+            if p.jitter_ms == 0 {
+                return match &p.when {
+                    When::Cron(clock) => clock.note(fire_ms),
+                    _ => None,
+                };
             }
-            _ => None,
+            let slot = p.when.last_at_or_before(fire_ms)?;
+            if p.jittered(slot) != fire_ms {
+                return None;
+            }
+            let jitter = jitter_note(slot, fire_ms);
+            let why = match &p.when {
+                When::Cron(clock) => clock.note(slot),
+                _ => None,
+            };
+            Some(match why {
+                Some(why) => format!("{jitter}; {why}"),
+                None => jitter,
+            })
         })
     }
 
@@ -393,6 +425,13 @@ impl When {
             When::Cron(clock) => clock.last_at_or_before(at_ms),
         }
     }
+}
+
+/// "jittered: slot 19:42:00 UTC + 8s 400ms".
+fn jitter_note(slot_ms: u64, fire_ms: u64) -> String {
+    let slot = DateTime::from_timestamp_millis(slot_ms as i64).unwrap_or_default();
+    let late = humantime::format_duration(Duration::from_millis(fire_ms - slot_ms));
+    format!("jittered: slot {} UTC + {late}", slot.format("%H:%M:%S"))
 }
 
 fn epoch_ms(field: &'static str, at: &DateTime<Utc>) -> Result<u64, TriggerError> {

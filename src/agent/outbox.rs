@@ -251,6 +251,7 @@ mod tests {
         Due {
             job: job.into(),
             slot_ms,
+            nominal_ms: slot_ms,
         }
     }
 

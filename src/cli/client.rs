@@ -119,6 +119,9 @@ pub async fn deploy(config: &Config, args: DeployArgs) -> anyhow::Result<()> {
         request.clusters.extend(d.clusters.iter().cloned());
         request.workflows.extend(d.workflows.iter().cloned());
     }
+    if let Some(refusal) = super::calendars::only_calendars(&loaded, &request) {
+        bail!(refusal);
+    }
     let refused = |e: BusError, dry_run: bool| match e {
         BusError::Remote(e) => anyhow::anyhow!(
             "deploy of {} {}: {}",
@@ -173,6 +176,10 @@ pub async fn deploy(config: &Config, args: DeployArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let bus = connect(config, "baton-cli", false).await?;
+    let timeout = config.nats.request_timeout;
+    for warning in super::calendars::stale(&bus, timeout, &loaded, &request).await {
+        eprintln!("warning: {warning}");
+    }
     let reply: DeployReply = bus
         .request(
             bus.subjects().deploy(),

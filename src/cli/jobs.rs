@@ -188,7 +188,8 @@ pub fn backfill_slots(
     if from_ms > to_ms {
         return Err("--from is after --to".into());
     }
-    let trigger = Trigger::compile_all(triggers, key).map_err(|e| e.to_string())?;
+    // slots, not jittered fires: each is keyed as the Scheduler keys it
+    let trigger = (Trigger::compile_all(triggers, key).map_err(|e| e.to_string())?).slots_only();
     let slots = trigger.slots_between(from_ms.saturating_sub(1), to_ms, max.saturating_add(1));
     if slots.len() > max {
         return Err(format!(

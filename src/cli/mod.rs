@@ -6,6 +6,7 @@
 
 mod audit;
 mod auth;
+mod calendars;
 mod client;
 mod dev;
 mod jobs;

@@ -59,6 +59,27 @@ pub(crate) enum TriggerDef {
     },
 }
 
+impl TriggerDef {
+    /// What serde cannot refuse: `on_holiday` with no `calendar`. The
+    /// error is the field (`triggers[0].on_holiday`) and why.
+    pub(crate) fn check(defs: &[TriggerDef]) -> Result<(), (String, String)> {
+        for (i, def) in defs.iter().enumerate() {
+            if let TriggerDef::Cron {
+                calendar: None,
+                on_holiday: Some(_),
+                ..
+            } = def
+            {
+                return Err((
+                    format!("triggers[{i}].on_holiday"),
+                    "says what a slot on a day off does, but the trigger names no `calendar`; add one or remove on_holiday".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A cron trigger's `dst` table.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -204,9 +225,14 @@ pub(crate) fn calendars(
             };
             error(field, e.to_string())
         })?;
+        let field = if spec.weekdays.is_empty() {
+            "weekdays"
+        } else {
+            "holidays"
+        };
         compiled
             .check_has_working_day(today)
-            .map_err(|e| error("weekdays", e.to_string()))?;
+            .map_err(|e| error(field, e.to_string()))?;
         out.insert(def.name.clone(), spec);
     }
     Ok(out)
@@ -366,7 +392,7 @@ dst = { gap = "skip", overlap = "both" }
         let e = files(&[("closed.toml", closed)]).unwrap_err();
         assert_eq!(
             e,
-            "closed.toml: calendar 'closed': field 'weekdays': no working day in the 366 days from 2026-12-06"
+            "closed.toml: calendar 'closed': field 'holidays': no working day in the 366 days from 2026-12-06"
         );
         let bad = "[[calendar]]\nname = \"x\"\nholidays = [\"13-01\"]\n";
         let e = files(&[("bad.toml", bad)]).unwrap_err();
@@ -377,6 +403,11 @@ dst = { gap = "skip", overlap = "both" }
         let cycle = "[[calendar]]\nname = \"a\"\ninclude = [\"b\"]\n[[calendar]]\nname = \"b\"\ninclude = [\"a\"]\n";
         let e = files(&[("c.toml", cycle)]).unwrap_err();
         assert!(e.contains("includes itself"), "{e}");
+        let e = files(&[("j.toml", &JOB.replace("calendar = \"work\"\n", ""))]).unwrap_err();
+        assert_eq!(
+            e,
+            "j.toml: job 'report': field 'triggers[0].on_holiday': says what a slot on a day off does, but the trigger names no `calendar`; add one or remove on_holiday"
+        );
         let e = files(&[(
             "j.toml",
             &JOB.replace("kind = \"cron\"", "kind = \"cron\"\nfoo = 1"),

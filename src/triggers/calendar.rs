@@ -93,6 +93,11 @@ impl Calendar {
         }
     }
 
+    /// Whether it keeps only one working day a month (`only`).
+    pub fn is_narrowed(&self) -> bool {
+        self.only.is_some()
+    }
+
     /// Whether `date` is a working day.
     pub fn is_working(&self, date: NaiveDate) -> bool {
         if !self.base_working(date) {

@@ -33,13 +33,16 @@ pub struct Due {
     /// [`workflow_key`](super::workflow_key). The queue's `job` arguments
     /// are such keys too.
     pub job: String,
+    /// When it fires (the slot, or for a jittered trigger a little after).
     pub slot_ms: u64,
+    /// The slot it fires: what the order is keyed and labelled by.
+    pub nominal_ms: u64,
 }
 
 impl Due {
     /// The request id to submit this slot with.
     pub fn idempotency_key(&self) -> String {
-        idempotency_key(&self.job, self.slot_ms)
+        idempotency_key(&self.job, self.nominal_ms)
     }
 }
 
@@ -181,6 +184,7 @@ impl TimerQueue {
             out.extend(slots.into_iter().map(|slot_ms| Due {
                 job: entry.job.clone(),
                 slot_ms,
+                nominal_ms: trigger.slot_of(slot_ms),
             }));
             entry.cursor = entry.cursor.max(now_ms);
             entry.next = trigger.next_after(entry.cursor);

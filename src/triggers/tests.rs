@@ -190,7 +190,8 @@ fn at_fires_once_then_never() {
         out,
         vec![Due {
             job: "once".into(),
-            slot_ms: when
+            slot_ms: when,
+            nominal_ms: when,
         }]
     );
     assert_eq!(queue.next_deadline(), None);
@@ -702,6 +703,7 @@ fn the_idempotency_key_is_the_job_and_the_slot() {
     let due = Due {
         job: "report".into(),
         slot_ms: 7,
+        nominal_ms: 7,
     };
     assert_eq!(due.idempotency_key(), "report@7");
 }
@@ -718,6 +720,7 @@ fn a_workflows_schedule_keeps_apart_from_a_job_of_the_same_name() {
     let due = Due {
         job: key,
         slot_ms: 7,
+        nominal_ms: 7,
     };
     assert_eq!(due.idempotency_key(), "workflow.nightly@7");
     assert_ne!(due.idempotency_key(), idempotency_key("nightly", 7));

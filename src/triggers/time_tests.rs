@@ -532,3 +532,47 @@ fn a_fire_says_when_a_calendar_or_dst_put_it_there() {
     );
     assert_eq!(plain.note(utc_ms("2026-10-26T01:30:00Z")), None);
 }
+
+/// A fire's key is its slot's: changing the jitter on redeploy moves the
+/// fire, never the key, so a slot already fired is not fired again.
+#[test]
+fn a_jittered_fire_is_keyed_by_its_slot_whatever_the_jitter() {
+    let spec = |jitter: u64| TriggerSpec::Cron {
+        expr: "0 * * * * *".into(),
+        time_zone: None,
+        dst: DstRule::default(),
+        calendar: None,
+        jitter: Some(Duration::from_secs(jitter)),
+    };
+    let (forty, fifty_nine) = (
+        Trigger::compile(&spec(40), "slotecho").unwrap(),
+        Trigger::compile(&spec(59), "slotecho").unwrap(),
+    );
+    let minute = utc_ms("2026-12-06T19:42:00Z");
+    let (a, b) = (
+        forty.next_after(minute - 1).unwrap(),
+        fifty_nine.next_after(minute - 1).unwrap(),
+    );
+    assert_ne!(a, b, "the fire moves");
+    assert_eq!(forty.slot_of(a), minute);
+    assert_eq!(fifty_nine.slot_of(b), minute, "the key does not");
+    assert!(spec(40).has_slot("slotecho", minute) && !spec(40).has_slot("slotecho", a));
+    let note = forty.note(a).unwrap();
+    assert!(note.starts_with("jittered: slot 19:42:00 UTC + "), "{note}");
+    let mut queue = TimerQueue::new(1_000);
+    queue.insert(
+        "slotecho",
+        Schedule {
+            trigger: forty,
+            misfire: MisfirePolicy::Skip,
+        },
+        Some(minute - 60_000),
+        minute - 1,
+    );
+    let mut out = Vec::new();
+    queue.pop_due(a, &mut out);
+    assert_eq!(
+        out.last().map(|d| d.idempotency_key()),
+        Some(format!("slotecho@{minute}"))
+    );
+}

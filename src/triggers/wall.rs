@@ -138,7 +138,8 @@ impl CronClock {
                     .skip(1)
                     .filter(|d| self.first_on(*d, None).is_some())
                     .collect();
-                if first_today && !off.is_empty() {
+                // an `only` calendar leaves out most working days: not news
+                if first_today && !off.is_empty() && !calendar.is_narrowed() {
                     notes.push(format!("after days off: {} (skipped)", days(off)));
                 }
             } else {

@@ -156,6 +156,16 @@ struct StepDef {
     on_failure: OnFailureDef,
 }
 
+impl WorkflowDef {
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn triggers(&self) -> &[TriggerDef] {
+        &self.triggers
+    }
+}
+
 impl From<WorkflowDef> for WorkflowSpec {
     fn from(def: WorkflowDef) -> WorkflowSpec {
         WorkflowSpec {

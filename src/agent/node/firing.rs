@@ -330,7 +330,11 @@ impl Agent {
     }
 
     fn submit(&mut self, term: u64, fire: Fire, ctx: &mut Context<Self>) {
-        let Due { job, slot_ms } = &fire.due;
+        let Due {
+            job,
+            slot_ms,
+            nominal_ms,
+        } = &fire.due;
         let late_ms = now_ms().saturating_sub(*slot_ms);
         debug!(%job, slot_ms, late_ms, attempt = fire.attempt, "firing");
         if fire.attempt == 0 {
@@ -342,7 +346,8 @@ impl Agent {
             job: submitted_name(job).to_string(),
             params: BTreeMap::new(),
             request_id: Some(fire.due.idempotency_key()),
-            slot_ms: Some(*slot_ms),
+            // the slot, not the jittered fire: a changed jitter keeps the key
+            slot_ms: Some(*nominal_ms),
         };
         self.submitting += 1;
         let bus = self.bus.clone();
@@ -372,7 +377,7 @@ impl Agent {
         let Some(firing) = self.firing(term) else {
             return;
         };
-        let Due { job, slot_ms } = &fire.due;
+        let Due { job, slot_ms, .. } = &fire.due;
         match reply {
             Ok(reply) => {
                 firing.outbox.answered(job);
