@@ -5,7 +5,7 @@
 //! Chromium and chromedriver come from the OS packages (`nats/install.sh`
 //! installs them). Every wait polls the page with a deadline; a failing test
 //! saves a screenshot of the page to `target/console-screenshots/` and says
-//! where.
+//! where (`BATON_CONSOLE_SHOTS=1` keeps every test's last page).
 
 mod common;
 
@@ -220,7 +220,8 @@ impl Setup {
     /// Ends the test: when `outcome` is a failure, saves a screenshot of
     /// the page first and prints the processes' logs, then fails.
     async fn finish(self, name: &str, outcome: std::thread::Result<()>) {
-        if outcome.is_err() {
+        // BATON_CONSOLE_SHOTS=1 keeps the last page of every test, to look at
+        if outcome.is_err() || std::env::var_os("BATON_CONSOLE_SHOTS").is_some() {
             let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
             let _ = std::fs::create_dir_all(&dir);
             let file = dir.join(format!("{name}.png"));

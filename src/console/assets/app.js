@@ -191,7 +191,11 @@ function clusterPage() {
 
 // --- jobs ---------------------------------------------------------------------
 function trigger(t) {
-  return Object.entries(t).map(([k, v]) => (k === "kind" || k === "type") ? esc(v) : `${esc(k)} ${esc(typeof v === "object" ? JSON.stringify(v) : v)}`).join(" ");
+  const tz = t.time_zone ? ` (${esc(t.time_zone)})` : "";
+  if (t.expr) return `cron <span class="mono">${esc(t.expr)}</span>${tz}`;
+  if (t.every) return `every ${esc(t.every)}${t.start ? ` from ${esc(t.start)}` : ""}`;
+  if (t.at) return `at ${esc(t.at)}${tz}`;
+  return esc(JSON.stringify(t));
 }
 
 async function submitDialog(name) {
