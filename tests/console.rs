@@ -5,7 +5,7 @@
 //! Chromium and chromedriver come from the OS packages (`nats/install.sh`
 //! installs them). Every wait polls the page with a deadline; a failing test
 //! saves a screenshot of the page to `target/console-screenshots/` and says
-//! where (`BATON_CONSOLE_SHOTS=1` keeps every test's last page).
+//! where (`CONSOLE_SCREENSHOTS=1` keeps every test's last page).
 
 mod common;
 
@@ -70,6 +70,10 @@ job = "step"
 after = ["test-a", "test-b"]
 "#;
 
+/// One browser and cluster at a time: each test starts a whole cluster and
+/// a Chromium, and two at once on a small machine only slow each other.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A free port on 127.0.0.1.
 fn free_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
@@ -106,10 +110,12 @@ struct Setup {
     browser: Client,
     driver: Child,
     _profile: tempfile::TempDir,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl Setup {
     async fn start() -> Setup {
+        let turn = ONE_AT_A_TIME.lock().await;
         let mut h = cluster_with_env(&["sub-1", "sub-2", "sub-3"], FAST).await;
         deploy(&h.bus, JOBS).await;
         // the console's own identity, made with the folder
@@ -170,6 +176,7 @@ impl Setup {
             browser,
             driver,
             _profile: profile,
+            _turn: turn,
         }
     }
 
@@ -220,8 +227,8 @@ impl Setup {
     /// Ends the test: when `outcome` is a failure, saves a screenshot of
     /// the page first and prints the processes' logs, then fails.
     async fn finish(self, name: &str, outcome: std::thread::Result<()>) {
-        // BATON_CONSOLE_SHOTS=1 keeps the last page of every test, to look at
-        if outcome.is_err() || std::env::var_os("BATON_CONSOLE_SHOTS").is_some() {
+        // CONSOLE_SCREENSHOTS=1 keeps the last page of every test, to look at
+        if outcome.is_err() || std::env::var_os("CONSOLE_SCREENSHOTS").is_some() {
             let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
             let _ = std::fs::create_dir_all(&dir);
             let file = dir.join(format!("{name}.png"));
