@@ -9,6 +9,8 @@
 //!   then followed (`/api/orders/{id}/log?follow=true`).
 //! - `http.rs`: the pure rules: a NATS error's HTTP status, the order list's
 //!   query, an event's JSON, an SSE frame.
+//! - `openapi.rs`: the endpoints as an OpenAPI document (`baton schemas`
+//!   writes it to `schemas/console-openapi.json`).
 //! - `assets/`: the page, its script and style, embedded in the binary with
 //!   `include_str!` (no build step, no JavaScript library).
 //!
@@ -21,6 +23,7 @@
 mod api;
 mod http;
 mod live;
+pub mod openapi;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -166,3 +166,33 @@ fn an_sse_frame_has_one_data_line_per_line() {
         "event: line\ndata: a\ndata: b\n\n"
     );
 }
+
+#[test]
+fn the_openapi_document_refers_only_to_generated_schemas() {
+    let files = crate::schema::generate();
+    let doc = super::openapi::document();
+    fn refs(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(r)) = map.get("$ref") {
+                    out.push(r.clone());
+                }
+                map.values().for_each(|v| refs(v, out));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    refs(&doc, &mut found);
+    assert!(found.len() > 10);
+    for r in found {
+        let (file, pointer) = r.split_once('#').unwrap_or((&r, ""));
+        let text = files
+            .get(file)
+            .unwrap_or_else(|| panic!("no schema file {file}"));
+        let schema: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert!(schema.pointer(pointer).is_some(), "dangling {r}");
+    }
+    assert!(doc["paths"]["/api/orders"]["get"]["responses"]["404"].is_object());
+}

@@ -150,7 +150,7 @@ function clusterPage() {
       const action = a.state === "disabled" ? `<button data-action="enable">Enable</button>`
         : a.state === "available" ? `<button data-action="disable">Disable</button>` : "";
       return `<tr data-subagent="${esc(a.id)}" data-state="${esc(a.state)}" class="${a.state === "lost" ? "lost" : ""}">
-      <td class="mono">${esc(a.id)}</td><td>${badge(a.state)}</td><td class="wrap">${labels || "–"}</td><td>${load}</td>
+      <td class="mono">${esc(a.id)}</td><td>${badge(a.state)}${a.switched && a.switched.off ? ` <span class="muted">by ${esc(a.switched.by)}</span>` : ""}</td><td class="wrap">${labels || "–"}</td><td>${load}</td>
       <td>${a.running} / ${a.capacity}</td><td>${a.tasks_finished}</td><td>${ago(a.heartbeat_age_ms)}</td>
       <td class="actions">${action}</td></tr>`;
     }).join("");
