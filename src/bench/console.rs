@@ -1,6 +1,7 @@
 //! `baton bench console`: how fast the web console's JSON endpoints answer
-//! with many orders held. `--orders` orders of a job whose only subagent
-//! never comes wait in the broker (every one held, the heaviest list); then
+//! with many orders in the store. `--orders` orders of a job that runs
+//! `true` go through the cluster (the broker holds the newest
+//! `broker.keep_finished` of them, 10,000 by default, and lists those); then
 //! `baton console` is asked, over HTTP like a page asks, for the first page
 //! of orders, a filtered page, a page deep in the list (through the `next`
 //! cursors), the status and the jobs, each `--rounds` times.
@@ -11,22 +12,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use futures::StreamExt;
 use serde::Serialize;
 
-use super::client::{bench_job, deploy_jobs, member, order_of, request_deploy};
+use super::client::{bench_job, deploy_jobs, request_deploy};
+use super::closed_loop::ClosedLoop;
 use super::report::{print_spread, Latency};
 use super::setup::{CommonArgs, LocalBench, Setup};
-use crate::protocol::*;
 
-const JOB: &str = "bench-waiting";
+const JOB: &str = "bench-noop";
 
 #[derive(Debug, Args)]
 pub struct ConsoleBenchArgs {
-    /// Orders held by the broker while the console is asked
+    /// Orders run (and stored) before the console is asked
     #[arg(short = 'n', long, default_value_t = 100_000)]
     pub orders: usize,
-    /// Submits in flight at once
+    /// Orders in flight at once
     #[arg(short = 'c', long, default_value_t = 64)]
     pub concurrency: usize,
     /// Times each endpoint is asked
@@ -42,8 +42,8 @@ pub struct ConsoleBenchArgs {
 #[derive(Debug, Serialize)]
 struct ConsoleReport {
     scenario: &'static str,
-    orders_held: usize,
-    submits_per_s: f64,
+    orders_stored: usize,
+    orders_per_s: f64,
     /// Each endpoint, asked `rounds` times: its path and answer times.
     endpoints: Vec<Endpoint>,
     elapsed_s: f64,
@@ -58,60 +58,37 @@ struct Endpoint {
 }
 
 pub async fn console(args: ConsoleBenchArgs) -> anyhow::Result<()> {
-    let mut bench = LocalBench::start(Setup::subagents(1, 4), &args.common).await?;
+    let mut bench = LocalBench::start(Setup::subagents(2, 32), &args.common).await?;
     let run = measure(&mut bench, &args).await;
     bench.finish(run, &args.common, |r, s| r.elapsed_s = s, print_table)
 }
 
 async fn measure(bench: &mut LocalBench, args: &ConsoleBenchArgs) -> anyhow::Result<ConsoleReport> {
-    let nowhere = ClusterSpec {
-        name: "nowhere".into(),
-        mode: SchedulingMode::FixedPriority,
-        members: vec![member("never-started", 0)],
-    };
-    let job = JobSpec {
-        cluster: Some("nowhere".into()),
-        ..bench_job(JOB, "true", Vec::new())
-    };
-    let request = DeployRequest {
-        clusters: vec![nowhere],
-        ..deploy_jobs(vec![job])
-    };
-    request_deploy(&bench.bus, &request).await?;
-
-    args.common
-        .progress(format!("submitting {} orders that wait", args.orders));
+    request_deploy(
+        &bench.bus,
+        &deploy_jobs(vec![bench_job(JOB, "true", Vec::new())]),
+    )
+    .await?;
+    args.common.progress(format!(
+        "running {} orders through the cluster",
+        args.orders
+    ));
     let started = Instant::now();
-    let bus = &bench.bus;
-    // each retried with its request id until stored, at most 5 times
-    let submit = |i: usize| async move {
-        let order = SubmitOrder {
-            request_id: Some(format!("bench-console-{i}")),
-            ..order_of(JOB)
-        };
-        let mut last = None;
-        for _ in 0..5 {
-            let subject = bus.subjects().submit();
-            match bus
-                .request::<_, SubmitReply>(subject, &order, Duration::from_secs(30))
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.map(|e| e.to_string()).unwrap_or_default())
-    };
-    let failed: Vec<String> = futures::stream::iter(0..args.orders)
-        .map(submit)
-        .buffer_unordered(args.concurrency.max(1))
-        .filter_map(|r| futures::future::ready(r.err()))
-        .collect()
-        .await;
-    if let Some(first) = failed.first() {
+    let outcome = ClosedLoop::start(
+        &bench.bus,
+        JOB,
+        args.orders,
+        args.concurrency,
+        Duration::from_secs(30),
+        Duration::from_secs(3600),
+    )
+    .await?
+    .run()
+    .await;
+    if outcome.submit_errors > 0 {
         bail!(
-            "{} of {} submits failed, first: {first}",
-            failed.len(),
+            "{} of {} submits failed",
+            outcome.submit_errors,
             args.orders
         );
     }
@@ -137,7 +114,7 @@ async fn measure(bench: &mut LocalBench, args: &ConsoleBenchArgs) -> anyhow::Res
         ("orders, first page", "/api/orders?limit=50".to_string()),
         (
             "orders, filtered",
-            format!("/api/orders?limit=50&job={JOB}&state=accepted"),
+            format!("/api/orders?limit=50&job={JOB}&state=succeeded"),
         ),
         ("orders, deep page", deep),
         ("status", "/api/status".to_string()),
@@ -165,8 +142,8 @@ async fn measure(bench: &mut LocalBench, args: &ConsoleBenchArgs) -> anyhow::Res
     }
     Ok(ConsoleReport {
         scenario: "console",
-        orders_held: args.orders,
-        submits_per_s,
+        orders_stored: args.orders,
+        orders_per_s: submits_per_s,
         endpoints: measured,
         elapsed_s: 0.0,
     })
@@ -205,8 +182,8 @@ fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
 }
 
 fn print_table(r: &ConsoleReport) {
-    println!("console with {} orders held", r.orders_held);
-    println!("  {:<18}{:.0}", "submits per s", r.submits_per_s);
+    println!("console with {} orders stored", r.orders_stored);
+    println!("  {:<18}{:.0}", "orders per s", r.orders_per_s);
     for e in &r.endpoints {
         println!("  {} ({}, {} bytes)", e.name, e.path, e.bytes);
         print_spread("answer", &e.latency, 1);
