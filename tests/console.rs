@@ -413,3 +413,49 @@ async fn a_running_order_s_log_is_followed_live_and_actions_ask_first() {
         .await;
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_orders_page_filters_pages_and_updates_live() {
+    in_browser!("orders", |s| {
+        for _ in 0..3 {
+            run_to_finish(&s.h.bus, "hello", Default::default()).await;
+        }
+        s.open("#/orders?limit=2").await;
+        s.wait(
+            "the newest two orders",
+            "document.querySelectorAll('#orders tr[data-order]').length === 2",
+        )
+        .await;
+        let first = s
+            .eval("[...document.querySelectorAll('#orders tr[data-order]')].map((t) => t.dataset.order)")
+            .await;
+        s.click("#older").await;
+        s.wait(
+            "the next page, the oldest order",
+            "document.querySelectorAll('#orders tr[data-order]').length === 1 && document.querySelector('#older').disabled",
+        )
+        .await;
+        let older = s
+            .eval("document.querySelector('#orders tr[data-order]').dataset.order")
+            .await;
+        assert!(
+            !first.as_array().unwrap().contains(&older),
+            "{first} {older}"
+        );
+
+        // live: a new order appears on the first page by itself
+        s.open("#/orders?job=ticker").await;
+        s.wait("an empty, filtered list", "document.querySelector('#orders') && !document.querySelector('#orders tr[data-order]')")
+            .await;
+        let order = submit(&s.h.bus, "ticker", &[]).await;
+        s.wait(
+            "the new order, running then succeeded",
+            &format!("document.querySelector('#orders tr[data-order=\"{order}\"][data-state=succeeded]')"),
+        )
+        .await;
+        let rows = s
+            .eval("document.querySelectorAll('#orders tr[data-order]').length")
+            .await;
+        assert_eq!(rows, 1, "the filter keeps hello's orders out");
+    });
+}
