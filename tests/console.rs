@@ -216,6 +216,26 @@ impl Setup {
         }
     }
 
+    /// `POST path` straight to the console with `content_type` and an
+    /// empty JSON object: the response's status line and body.
+    fn post(&self, path: &str, content_type: &str) -> String {
+        use std::io::{Read, Write};
+        let host = self.url.trim_start_matches("http://").trim_end_matches('/');
+        let mut stream = TcpStream::connect(host).expect("connect to the console");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n\
+             Content-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        )
+        .expect("send");
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response
+    }
+
     /// Clicks the element `css` names, once the page shows it (in one
     /// script, as the pages redraw themselves live).
     async fn click(&self, css: &str) {
@@ -293,6 +313,24 @@ async fn the_cluster_page_shows_the_subagents_and_a_killed_one_lost_at_once() {
             .eval("document.querySelector('[data-lost]').textContent")
             .await;
         assert!(banner.as_str().unwrap_or("").contains("sub-2"), "{banner}");
+
+        // what another site's form could send is refused; JSON is not
+        let forged = s.post("/api/subagents/sub-1/disable", "text/plain");
+        assert!(forged.starts_with("HTTP/1.1 415"), "{forged}");
+        let state = s
+            .eval("document.querySelector('tr[data-subagent=sub-1]').dataset.state")
+            .await;
+        assert_eq!(state, "available");
+        let json = s.post("/api/subagents/sub-3/disable", "application/json");
+        assert!(
+            json.starts_with("HTTP/1.1 200") && json.contains("disabled"),
+            "{json}"
+        );
+        s.wait(
+            "sub-3 disabled, live",
+            "document.querySelector('tr[data-subagent=sub-3][data-state=disabled]')",
+        )
+        .await;
     });
 }
 

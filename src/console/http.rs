@@ -211,3 +211,21 @@ pub fn sse_frame(event: &str, data: &str) -> String {
     frame.push('\n');
     frame
 }
+
+/// Why a POST without a JSON body is refused.
+pub const JSON_ONLY: &str =
+    "actions take a JSON body (Content-Type: application/json, `{}` when empty): \
+    another site's page cannot send one to the console, so it cannot act through your browser";
+
+/// True unless a request could be another site's form or script acting
+/// through the browser (cross-site request forgery): an action (POST) must
+/// say `Content-Type: application/json`, which a page of another origin
+/// cannot send without the console's consent (it gives none).
+pub fn cross_site_safe(method: &str, content_type: Option<&str>) -> bool {
+    method != "POST"
+        || content_type.is_some_and(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        })
+}

@@ -68,6 +68,26 @@ pub async fn run(config: &Config, bus: Bus, args: ConsoleArgs) -> anyhow::Result
     });
     let server = HttpServer::new(move || {
         App::new()
+            .wrap_fn(|req, srv| {
+                use actix_web::dev::{Service as _, ServiceResponse};
+                use futures::future::{Either, FutureExt as _};
+                let content_type = req
+                    .headers()
+                    .get(actix_web::http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok());
+                if http::cross_site_safe(req.method().as_str(), content_type) {
+                    Either::Left(srv.call(req))
+                } else {
+                    let refused = HttpResponse::UnsupportedMediaType().json(serde_json::json!({
+                        "error": {"code": "bad_request", "message": http::JSON_ONLY}
+                    }));
+                    let (req, _) = req.into_parts();
+                    Either::Right(
+                        futures::future::ready(Ok(ServiceResponse::new(req, refused)))
+                            .boxed_local(),
+                    )
+                }
+            })
             .app_data(console.clone())
             .app_data(web::JsonConfig::default().limit(256 * 1024))
             .configure(api::routes)

@@ -196,3 +196,23 @@ fn the_openapi_document_refers_only_to_generated_schemas() {
     }
     assert!(doc["paths"]["/api/orders"]["get"]["responses"]["404"].is_object());
 }
+
+#[test]
+fn actions_need_a_json_body_so_other_sites_cannot_send_them() {
+    assert!(cross_site_safe("GET", None));
+    assert!(cross_site_safe("POST", Some("application/json")));
+    assert!(cross_site_safe(
+        "POST",
+        Some("Application/JSON; charset=utf-8")
+    ));
+    assert!(!cross_site_safe("POST", None));
+    assert!(!cross_site_safe("POST", Some("text/plain")));
+    assert!(!cross_site_safe(
+        "POST",
+        Some("application/x-www-form-urlencoded")
+    ));
+    assert!(!cross_site_safe(
+        "POST",
+        Some("multipart/form-data; boundary=x")
+    ));
+}

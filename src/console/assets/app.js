@@ -10,6 +10,8 @@ const badge = (s, extra = "") => `<span class="badge s-${esc(s)}" ${extra}>${esc
 
 async function api(path, method = "GET", body) {
   const opts = { method, headers: {} };
+  // an action always carries JSON: the console refuses any other (no forgery from other sites)
+  if (method !== "GET" && body === undefined) body = {};
   if (body !== undefined) {
     opts.headers["Content-Type"] = "application/json";
     opts.body = JSON.stringify(body);
