@@ -212,6 +212,10 @@ pub fn sse_frame(event: &str, data: &str) -> String {
     frame
 }
 
+/// Why a request naming another host is refused.
+pub const OTHER_HOST: &str = "this console answers only to localhost or a loopback address \
+    (--listen on another address to serve other names)";
+
 /// Why a POST without a JSON body is refused.
 pub const JSON_ONLY: &str =
     "actions take a JSON body (Content-Type: application/json, `{}` when empty): \
@@ -228,4 +232,24 @@ pub fn cross_site_safe(method: &str, content_type: Option<&str>) -> bool {
                 .next()
                 .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
         })
+}
+
+/// True when a request naming `host` (its `Host` header) may be answered by
+/// a console listening on a loopback address: only names of this machine,
+/// so a page of another site whose name was pointed at 127.0.0.1 (DNS
+/// rebinding) gets nothing. A console listening elsewhere answers any host
+/// (its proxy decides).
+pub fn host_allowed(host: Option<&str>, loopback: bool) -> bool {
+    if !loopback {
+        return true;
+    }
+    let Some(host) = host else { return false };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }

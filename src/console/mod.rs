@@ -28,8 +28,11 @@ pub mod openapi;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use actix_web::dev::{Service as _, ServiceRequest, ServiceResponse};
+use actix_web::http::header;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use clap::Args;
+use futures::future::Either;
 
 use crate::bus::Bus;
 use crate::config::Config;
@@ -66,26 +69,15 @@ pub async fn run(config: &Config, bus: Bus, args: ConsoleArgs) -> anyhow::Result
         log_stream: config.log_stream(),
         events,
     });
+    let loopback = args.listen.ip().is_loopback();
     let server = HttpServer::new(move || {
         App::new()
-            .wrap_fn(|req, srv| {
-                use actix_web::dev::{Service as _, ServiceResponse};
-                use futures::future::{Either, FutureExt as _};
-                let content_type = req
-                    .headers()
-                    .get(actix_web::http::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok());
-                if http::cross_site_safe(req.method().as_str(), content_type) {
-                    Either::Left(srv.call(req))
-                } else {
-                    let refused = HttpResponse::UnsupportedMediaType().json(serde_json::json!({
-                        "error": {"code": "bad_request", "message": http::JSON_ONLY}
-                    }));
+            .wrap_fn(move |req, srv| match refusal(&req, loopback) {
+                None => Either::Left(srv.call(req)),
+                Some(refused) => {
                     let (req, _) = req.into_parts();
-                    Either::Right(
-                        futures::future::ready(Ok(ServiceResponse::new(req, refused)))
-                            .boxed_local(),
-                    )
+                    let answer = ServiceResponse::new(req, refused);
+                    Either::Right(futures::future::ready(Ok(answer)))
                 }
             })
             .app_data(console.clone())
@@ -115,6 +107,26 @@ pub async fn run(config: &Config, bus: Bus, args: ConsoleArgs) -> anyhow::Result
         _ = crate::daemon::wait_for_signal() => handle.stop(true).await,
     }
     Ok(())
+}
+
+/// The answer to a request refused before any handler: one naming another
+/// host than this machine (DNS rebinding), or an action without a JSON body
+/// (another site's form).
+fn refusal(req: &ServiceRequest, loopback: bool) -> Option<HttpResponse> {
+    let text = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    if !http::host_allowed(text(header::HOST), loopback) {
+        return Some(HttpResponse::Forbidden().json(serde_json::json!({
+            "error": {"code": "forbidden", "message": http::OTHER_HOST}
+        })));
+    }
+    if !http::cross_site_safe(req.method().as_str(), text(header::CONTENT_TYPE)) {
+        return Some(
+            HttpResponse::UnsupportedMediaType().json(serde_json::json!({
+                "error": {"code": "bad_request", "message": http::JSON_ONLY}
+            })),
+        );
+    }
+    None
 }
 
 async fn page() -> HttpResponse {

@@ -216,3 +216,24 @@ fn actions_need_a_json_body_so_other_sites_cannot_send_them() {
         Some("multipart/form-data; boundary=x")
     ));
 }
+
+#[test]
+fn a_loopback_console_answers_only_its_own_host_names() {
+    for host in [
+        "127.0.0.1:8080",
+        "localhost:8080",
+        "LOCALHOST",
+        "[::1]:8080",
+        "127.0.0.2",
+    ] {
+        assert!(host_allowed(Some(host), true), "{host}");
+    }
+    for host in ["evil.example:8080", "evil.example", "10.0.0.1:8080", ""] {
+        assert!(!host_allowed(Some(host), true), "{host}");
+    }
+    assert!(!host_allowed(None, true));
+    assert!(
+        host_allowed(Some("console.internal"), false),
+        "behind a proxy"
+    );
+}
