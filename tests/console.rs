@@ -414,10 +414,13 @@ async fn a_running_order_s_log_is_followed_live_and_actions_ask_first() {
             "document.querySelector('#log')?.textContent.includes('tick 1')",
         )
         .await;
-        let running = s
-            .eval("document.querySelector('#order-state').dataset.state")
-            .await;
-        assert_eq!(running, "running", "lines arrive while the order runs");
+        // lines arrive while the order runs (its last comes 2 s after the first)
+        s.wait(
+            "lines while it runs",
+            "document.querySelector('#order-state[data-state=running]') \
+             && !document.querySelector('#log').textContent.includes('tick 6')",
+        )
+        .await;
         s.wait(
             "the last line and the end",
             "document.querySelector('#log')?.textContent.includes('tick 6') && document.querySelector('#log [data-finished=succeeded]')",
