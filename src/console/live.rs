@@ -134,9 +134,10 @@ async fn log(
             return HttpResponse::build(status).json(body);
         }
     };
+    // a step order's stream is its workflow order's: it ends with that one
     let ours = move |item: &OrderLog| match item {
         OrderLog::Line(line) => step.is_none() || line.step == step,
-        OrderLog::Finished(f) => f.order_id == order_id,
+        OrderLog::Finished(f) => f.order_id == order_id || f.order_id == read_id,
     };
     let lines =
         lines.filter_map(move |item| futures::future::ready(item.ok().filter(|item| ours(item))));
