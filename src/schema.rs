@@ -321,6 +321,8 @@ pub fn generate() -> BTreeMap<String, String> {
         .map(|t| (format!("{}.json", t.name), pretty(&(t.schema)())))
         .collect();
     files.insert(ASYNCAPI_FILE.to_string(), pretty(&asyncapi()));
+    let console = crate::console::openapi::document();
+    files.insert(crate::console::openapi::FILE.to_string(), pretty(&console));
     files
 }
 
@@ -833,7 +835,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(check(dir.path()).is_err());
         let written = write(dir.path()).unwrap();
-        assert_eq!(written.len(), WIRE_TYPES.len() + 1);
+        // asyncapi.json and console-openapi.json besides the types
+        assert_eq!(written.len(), WIRE_TYPES.len() + 2);
         assert_eq!(check(dir.path()), Ok(()));
 
         fs::write(dir.path().join("SubmitOrder.json"), "{}\n").unwrap();

@@ -78,7 +78,7 @@ impl Dev {
             command.args(["--subagents", "2"]);
         }
         command
-            .args(["--port", "0", "--agents", "1"])
+            .args(["--port", "0", "--agents", "1", "--console-port", "0"])
             .args(["--jobs", "jobs.toml"])
             .args(args)
             .current_dir(dir)

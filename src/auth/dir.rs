@@ -1,6 +1,6 @@
 //! A folder of credentials made by `baton auth init`: one nkey seed file per
 //! identity (`broker.nk`, `agent.nk`, `client.nk`, `admin.nk`, `monitor.nk`,
-//! `subagent-<id>.nk`), `identities.toml` listing them with their public
+//! `console.nk`, `subagent-<id>.nk`), `identities.toml` listing them with their public
 //! keys, and `auth.conf`, the nats-server `authorization` block that gives
 //! each identity its role's permissions ([`super::roles`]).
 //!
@@ -293,12 +293,13 @@ mod tests {
                 "client",
                 "admin",
                 "monitor",
+                "console",
                 "subagent-sub-1"
             ]
         );
         let seed = std::fs::read_to_string(auth.seed_path(Role::Subagent, Some("sub-1"))).unwrap();
         let key = nkeys::KeyPair::from_seed(seed.trim()).unwrap();
-        assert_eq!(key.public_key(), auth.identities()[5].public_key);
+        assert_eq!(key.public_key(), auth.identities()[6].public_key);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -327,8 +328,8 @@ mod tests {
             "nothing written"
         );
         let again = AuthDir::init(&dir, "baton", &["sub-2".into()]).unwrap();
-        assert_eq!(again.identities()[..6], auth.identities()[..6], "kept");
-        assert_eq!(again.identities()[6].name, "subagent-sub-2");
+        assert_eq!(again.identities()[..7], auth.identities()[..7], "kept");
+        assert_eq!(again.identities()[7].name, "subagent-sub-2");
         let mut opened = AuthDir::open(&dir).unwrap();
         assert_eq!(opened.identities(), again.identities());
         assert!(!opened.add_subagent("sub-2").unwrap());

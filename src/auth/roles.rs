@@ -10,6 +10,7 @@
 //! | `client` | `api.submit`, `api.order.>`, `api.status`, `api.status.brokers`, `api.job.list`/`get`, `$SRV.>`; reads the `logs` stream | `events.>`, `cluster.>` |
 //! | `admin` | what `client` may, plus `api.deploy`, `api.job.control`, `api.subagent.control`, `api.scheduler.control`; reads the `audit` stream | `events.>`, `cluster.>`, `hb.>` |
 //! | `monitor` | `api.status`, `api.status.brokers`, `api.order.get`, `api.order.list`, `api.job.list`/`get`, `$SRV.>`; reads the `logs` stream | `events.>`, `cluster.>`, `hb.>` |
+//! | `console` (`baton console`, the web console) | what `client` may, plus `api.job.control`, `api.subagent.control`, `api.scheduler.control`: an operator's switches, never a deploy or the audit trail | `events.>`, `cluster.>`, `hb.>` |
 //!
 //! Every role also subscribes to its own reply inbox, `_INBOX.<its public
 //! key>.>` (see [`inbox_prefix`]), and may answer requests it received
@@ -33,16 +34,19 @@ pub enum Role {
     Client,
     Admin,
     Monitor,
+    /// `baton console`: the web console, an operator without deploy.
+    Console,
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::Broker,
         Role::Agent,
         Role::Subagent,
         Role::Client,
         Role::Admin,
         Role::Monitor,
+        Role::Console,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +57,7 @@ impl Role {
             Role::Client => "client",
             Role::Admin => "admin",
             Role::Monitor => "monitor",
+            Role::Console => "console",
         }
     }
 
@@ -69,6 +74,9 @@ impl Role {
             Role::Client => "submit, get, list, cancel, suspend, resume orders; watch; read logs",
             Role::Admin => "client, plus deploy, subagent and Scheduler switch-over, audit",
             Role::Monitor => "status, order get and list, events, logs: read only",
+            Role::Console => {
+                "the web console: client, plus job pause, subagent and Scheduler switch-over"
+            }
         }
     }
 }
@@ -210,7 +218,7 @@ pub fn permissions(role: Role, prefix: &str, id: Option<&str>, public_key: &str)
             ];
             (publish, subscribe)
         }
-        Role::Client | Role::Admin | Role::Monitor => {
+        Role::Client | Role::Admin | Role::Monitor | Role::Console => {
             let mut publish = match role {
                 Role::Monitor => vec![
                     format!("{p}.api.status"),
@@ -231,9 +239,14 @@ pub fn permissions(role: Role, prefix: &str, id: Option<&str>, public_key: &str)
             };
             if role == Role::Admin {
                 publish.push(format!("{p}.api.deploy"));
+            }
+            if matches!(role, Role::Admin | Role::Console) {
+                // an operator's switches
                 publish.push(format!("{p}.api.job.control"));
                 publish.push(format!("{p}.api.subagent.control"));
                 publish.push(format!("{p}.api.scheduler.control"));
+            }
+            if role == Role::Admin {
                 publish.extend(stream_read(&names.bucket("audit")));
             }
             publish.extend(stream_read(&names.bucket("logs")));
@@ -453,6 +466,19 @@ mod tests {
             );
             assert!(!monitor.may_publish(subject), "{subject}");
         }
+        let console = of(Role::Console);
+        for subject in [
+            "baton.api.job.control",
+            "baton.api.scheduler.control",
+            "baton.api.subagent.control",
+            "baton.api.submit",
+            "baton.api.order.cancel",
+        ] {
+            assert!(console.may_publish(subject), "console {subject}");
+        }
+        assert!(!console.may_publish("baton.api.deploy"), "no deploy");
+        assert!(!console.may_publish("$JS.API.CONSUMER.CREATE.baton_audit.c"));
+        assert!(console.may_publish("$JS.API.CONSUMER.CREATE.baton_logs.c"));
         for subject in [
             "baton.api.deploy",
             "baton.api.job.control",
@@ -466,8 +492,13 @@ mod tests {
             );
             assert!(!of(Role::Agent).may_publish(subject), "{subject}");
             assert!(!of(Role::Subagent).may_publish(subject), "{subject}");
+            assert_eq!(
+                console.may_publish(subject),
+                subject != "baton.api.deploy",
+                "console {subject}"
+            );
         }
-        for p in [&client, &admin, &monitor] {
+        for p in [&client, &admin, &monitor, &console] {
             assert!(p.may_publish("baton.api.status"));
             assert!(p.may_publish("baton.api.order.get"));
             assert!(p.may_publish("baton.api.job.list"));

@@ -22,12 +22,15 @@
 //!   and dispatches again, with no order lost or run twice.
 //! - `workflow.rs`: workflow orders per second over a round-robin cluster,
 //!   the hand-off between steps, and with `--kill` the steps run again.
+//! - `console.rs`: the web console's JSON endpoints' answer times with
+//!   many orders held.
 //! - `history.rs`: the broker's memory over rounds of many thousands of
 //!   ended and failed orders.
 
 mod broker;
 mod client;
 mod closed_loop;
+mod console;
 mod cpu;
 mod failover;
 mod history;
@@ -62,6 +65,9 @@ pub enum BenchCommand {
     /// The broker's memory over rounds of thousands of succeeded job orders
     /// and failed workflow orders (bounded history)
     History(history::HistoryArgs),
+    /// Answer times of the web console's endpoints (orders, status, jobs)
+    /// with many orders held
+    Console(console::ConsoleBenchArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -73,5 +79,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::FailoverBroker(args) => broker::failover_broker(args).await,
         BenchCommand::Workflow(args) => workflow::workflow(args).await,
         BenchCommand::History(args) => history::history(args).await,
+        BenchCommand::Console(args) => console::console(args).await,
     }
 }

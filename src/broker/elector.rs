@@ -213,7 +213,7 @@ impl StreamHandler<Input> for Elector {
             }
             Input::Heartbeat(hb) => self.on_heartbeat(hb.body, ctx),
             Input::Control(req) => {
-                let asked = super::gate::Asked::Admin;
+                let asked = super::gate::Asked::Switch;
                 let audited = Audited::scheduler(&req.body, req.sender.get());
                 if let Err(why) = super::gate::admits(asked, req.sender.get()) {
                     self.bus.stats().count_refused();

@@ -4,8 +4,9 @@
 //!
 //! - A subagent's registration, heartbeat, result and leave count only when
 //!   signed by that subagent's own identity.
-//! - Deploy and switch-over need an admin's signature (the `baton` CLI signs
-//!   every request with its identity's seed).
+//! - Deploy needs an admin's signature (the `baton` CLI signs every request
+//!   with its identity's seed); an operator's switches (job pause, subagent
+//!   and Scheduler switch-over) an admin's or the web console's.
 //! - Submits and order requests are open to any client the server lets in,
 //!   signed or not (any NATS program may submit; nothing stops one from
 //!   leaving a signature off), so their signatures are not checked here.
@@ -20,8 +21,10 @@ use crate::auth::{Role, Sender};
 pub enum Asked<'a> {
     /// Registration, heartbeat, result or leave of subagent `id`.
     FromSubagent(&'a str),
-    /// Deploy, subagent or Scheduler switch-over.
+    /// Deploy (and undeploy).
     Admin,
+    /// An operator's switch: job pause, subagent or Scheduler switch-over.
+    Switch,
 }
 
 /// `Ok` when `sender` may ask this, else why not.
@@ -36,6 +39,12 @@ pub fn admits(asked: Asked<'_>, sender: &Sender) -> Result<(), String> {
         Asked::Admin => Err(format!(
             "needs an admin's signature: use admin credentials with the baton CLI, \
              which signs its requests (sender: {})",
+            sender.describe()
+        )),
+        Asked::Switch if sender.is(Role::Admin) || sender.is(Role::Console) => Ok(()),
+        Asked::Switch => Err(format!(
+            "needs an admin's or the console's signature: use admin credentials with \
+             the baton CLI, which signs its requests (sender: {})",
             sender.describe()
         )),
     }
@@ -93,5 +102,20 @@ mod tests {
             admits(Asked::Admin, &Sender::Unchecked).is_ok(),
             "--insecure"
         );
+    }
+
+    #[test]
+    fn switches_need_an_admin_s_or_the_console_s_signature() {
+        let console = verified(Role::Console, None);
+        assert!(admits(Asked::Switch, &console).is_ok());
+        assert!(admits(Asked::Switch, &verified(Role::Admin, None)).is_ok());
+        assert!(admits(Asked::Admin, &console).is_err(), "no deploy");
+        for other in [
+            verified(Role::Client, None),
+            verified(Role::Monitor, None),
+            Sender::Unsigned,
+        ] {
+            assert!(admits(Asked::Switch, &other).is_err(), "{other:?}");
+        }
     }
 }

@@ -324,8 +324,8 @@ impl Input {
         use gate::Asked;
         Some(match self {
             Input::Deploy(r) => (Asked::Admin, &r.sender, Some(&r.replier)),
-            Input::Control(r) => (Asked::Admin, &r.sender, Some(&r.replier)),
-            Input::JobControl(r) => (Asked::Admin, &r.sender, Some(&r.replier)),
+            Input::Control(r) => (Asked::Switch, &r.sender, Some(&r.replier)),
+            Input::JobControl(r) => (Asked::Switch, &r.sender, Some(&r.replier)),
             Input::Register(r) => {
                 let asked = Asked::FromSubagent(&r.body.subagent_id);
                 (asked, &r.sender, Some(&r.replier))

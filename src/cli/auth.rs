@@ -84,7 +84,8 @@ fn init(config: &Config, args: InitArgs) -> anyhow::Result<()> {
          3. start each process with its own seed:\n     \
          baton broker --nats-nkey {dir}/broker.nk\n     \
          baton agent --nats-nkey {dir}/agent.nk\n     \
-         baton subagent --id ID --nats-nkey {dir}/{sub}.nk\n  \
+         baton subagent --id ID --nats-nkey {dir}/{sub}.nk\n     \
+         baton console --nats-nkey {dir}/console.nk   (the web console)\n  \
          4. people and programs: --nats-nkey {dir}/client.nk (submit, orders, watch),\n     \
          admin.nk (also deploy and switch-over), monitor.nk (read only); or\n     \
          export BATON_NATS__NKEY={dir}/admin.nk\n\

@@ -40,6 +40,12 @@ pub struct DevArgs {
     /// Jobs to deploy once the cluster is up
     #[arg(long, default_value = "examples/jobs.toml")]
     pub jobs: PathBuf,
+    /// Port of the web console on 127.0.0.1; 0 picks a free one
+    #[arg(long, default_value_t = 8080)]
+    pub console_port: u16,
+    /// Start no web console
+    #[arg(long)]
+    pub no_console: bool,
     /// Start from an empty cluster: delete the JetStream data (jobs, orders,
     /// switches, audit) and the logs in .baton/dev first; the credentials in
     /// .baton/dev/auth are kept, so seeds exported elsewhere still work
@@ -62,6 +68,11 @@ const FRESH: [&str; 3] = ["jetstream", "logs", "nats-server.log"];
 /// of its own that talks to a server on this machine, run in the repository
 /// (or below it) while `baton dev` has made them.
 pub fn local_credentials(url: &str) -> Option<Credentials> {
+    local_credentials_of(url, Role::Admin)
+}
+
+/// `baton dev`'s credentials of `role`, on the terms of [`local_credentials`].
+pub fn local_credentials_of(url: &str, role: Role) -> Option<Credentials> {
     let local = url.split(',').all(|u| {
         let host = u.trim().split("://").last().unwrap_or("");
         host.starts_with("127.0.0.1:") || host.starts_with("localhost:")
@@ -72,9 +83,9 @@ pub fn local_credentials(url: &str) -> Option<Credentials> {
     let cwd = std::env::current_dir().ok()?;
     let seed = cwd
         .ancestors()
-        .map(|dir| dir.join(AUTH_DIR).join("admin.nk"))
+        .map(|dir| dir.join(AUTH_DIR).join(format!("{role}.nk")))
         .find(|seed| seed.is_file())?;
-    tracing::debug!(seed = %seed.display(), "using baton dev's admin credentials");
+    tracing::debug!(seed = %seed.display(), "using baton dev's {role} credentials");
     Some(Credentials::NkeyFile(seed))
 }
 
@@ -129,7 +140,11 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
     children.extend((1..=args.subagents).map(|i| format!("sub-{i}")));
     children.extend((1..=args.agents).map(|i| format!("agent-{i}")));
     let metrics = metrics::ports(args.metrics_port, &children)?;
-    let up = start(&mut cluster, &args, deployment, &metrics).await;
+    let console = match args.no_console {
+        true => None,
+        false => Some(console_addr(args.console_port)?),
+    };
+    let up = start(&mut cluster, &args, deployment, &metrics, console).await;
     let reply = match up {
         Ok(reply) => reply,
         Err(e) => {
@@ -156,8 +171,12 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| format!("{} (pid {})", p.name, p.pid()))
         .collect();
+    let console_line = match console {
+        Some(addr) => format!("web console: http://{addr}/\n"),
+        None => String::new(),
+    };
     eprintln!(
-        "\nbaton dev is up: nats-server at {url} (pid {}), {}\n\
+        "\nbaton dev is up: nats-server at {url} (pid {}), {}\n{console_line}\
          deployed from {}: {}{}\n\n\
          In another terminal:\n  \
          {run} status\n  \
@@ -228,6 +247,7 @@ async fn start(
     args: &DevArgs,
     deployment: Deployment,
     metrics: &[(String, u16)],
+    console: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<DeployReply> {
     let port = |name: &str| {
         let found = metrics.iter().find(|(n, _)| n == name);
@@ -239,6 +259,9 @@ async fn start(
         "broker",
         &[&["broker", "--id", "broker-dev"][..], &listen].concat(),
     )?;
+    if let Some(addr) = console {
+        cluster.spawn("console", &["console", "--listen", &addr.to_string()])?;
+    }
     for i in 1..=args.subagents {
         let id = format!("sub-{i}");
         let p = port(&id);
@@ -265,6 +288,18 @@ async fn deploy(bus: Bus, subagents: usize, deployment: Deployment) -> anyhow::R
     };
     let deploy = bus.request(bus.subjects().deploy(), &request, Duration::from_secs(10));
     Ok(deploy.await?)
+}
+
+/// Where the console listens: 127.0.0.1 on `port`, or on a free port for 0.
+fn console_addr(port: u16) -> anyhow::Result<std::net::SocketAddr> {
+    let wanted = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let probe = std::net::TcpListener::bind(wanted).map_err(|e| {
+        anyhow::anyhow!(
+            "the web console cannot listen on {wanted}: {e}: --console-port picks another \
+             (0: any free one), --no-console starts none"
+        )
+    })?;
+    Ok(probe.local_addr()?)
 }
 
 /// `--fresh`: deletes the cluster's state and logs from `store`, keeping

@@ -205,6 +205,15 @@ pub enum Command {
     /// this to move it by hand. Waits until the agent reports its new role.
     #[command(subcommand)]
     Scheduler(client::SchedulerCommand),
+    /// Serve the web console: cluster, jobs, orders and their logs, live
+    ///
+    /// A NATS client like any other, with the console role's credentials
+    /// (console.nk; in this repository `baton dev`'s are found by itself):
+    /// it may submit, cancel, suspend and resume orders, pause jobs, and
+    /// switch subagents and the Scheduler role; never deploy. It keeps
+    /// nothing of its own. The same endpoints answer curl as JSON (README:
+    /// Web console).
+    Console(crate::console::ConsoleArgs),
     /// Start a local cluster (nats-server, a broker, subagents, agents) for trying Baton
     ///
     /// Run it from the top of the Baton repository. Everything lives in
@@ -311,6 +320,7 @@ pub fn main() -> ExitCode {
         Command::Broker(_)
             | Command::Subagent(SubagentArgs { action: None, .. })
             | Command::Agent(_)
+            | Command::Console(_)
             | Command::Dev(_)
     );
     init_logging(if daemon {
@@ -466,6 +476,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(a) => client::status(&config, a).await.map(|_| ok),
         Command::Audit(a) => audit::audit(&config, a).await.map(|_| ok),
         Command::Scheduler(c) => client::scheduler_control(&config, c).await.map(|_| ok),
+        Command::Console(a) => {
+            let bus = connect_console(&config).await?;
+            startup::check(&bus, &config, Role::Console, None).await?;
+            crate::console::run(&config, bus, a).await.map(|_| ok)
+        }
         Command::Dev(a) => dev::run(&config, a).await.map(|_| ok),
         Command::Bench(b) => crate::bench::run(b).await.map(|_| ok),
         Command::Schemas(a) => schemas(a),
@@ -509,6 +524,16 @@ pub async fn connect(config: &Config, name: &str, daemon: bool) -> anyhow::Resul
     let credentials = crate::daemon::configured_credentials(nats)
         .unwrap_or_else(|| dev::local_credentials(&nats.url).unwrap_or_default());
     let settings = crate::daemon::connect_settings(config, name, credentials, false);
+    Ok(Bus::connect(&settings, Subjects::new(config.prefix.clone())).await?)
+}
+
+/// Connects the console as a daemon does (waiting for the server), with
+/// its configured credentials, else `baton dev`'s console credentials.
+async fn connect_console(config: &Config) -> anyhow::Result<Bus> {
+    let nats = &config.nats;
+    let credentials = crate::daemon::configured_credentials(nats)
+        .unwrap_or_else(|| dev::local_credentials_of(&nats.url, Role::Console).unwrap_or_default());
+    let settings = crate::daemon::connect_settings(config, "baton-console", credentials, true);
     Ok(Bus::connect(&settings, Subjects::new(config.prefix.clone())).await?)
 }
 

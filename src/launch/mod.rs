@@ -398,6 +398,7 @@ fn role_of(args: &[&str]) -> (Role, Option<String>) {
     let role = match args.first() {
         Some(&"broker") => Role::Broker,
         Some(&"agent") => Role::Agent,
+        Some(&"console") => Role::Console,
         // `subagent disable ID` and the like are admin commands
         Some(&"subagent") if id.is_some() => Role::Subagent,
         _ => Role::Admin,
