@@ -13,6 +13,8 @@ mod jobs;
 mod orders;
 mod output;
 mod startup;
+
+pub use startup::MetricsArgs;
 mod submit;
 
 use std::path::PathBuf;
@@ -248,15 +250,6 @@ pub enum Command {
     Auth(auth::AuthCommand),
 }
 
-/// `--metrics-listen`, for the broker, subagent and agent.
-#[derive(Debug, Args)]
-pub struct MetricsArgs {
-    /// Serve Prometheus metrics on http://ADDR/metrics: HOST:PORT, or a port
-    /// (on 127.0.0.1) [default: off; metrics.listen]
-    #[arg(long, value_name = "ADDR")]
-    pub metrics_listen: Option<String>,
-}
-
 #[derive(Debug, Args)]
 pub struct BrokerArgs {
     /// Broker id [default: broker-<hostname>-<pid>]
@@ -477,7 +470,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(a) => audit::audit(&config, a).await.map(|_| ok),
         Command::Scheduler(c) => client::scheduler_control(&config, c).await.map(|_| ok),
         Command::Console(a) => {
-            let bus = connect_console(&config).await?;
+            let bus = startup::connect_console(&config).await?;
             startup::check(&bus, &config, Role::Console, None).await?;
             crate::console::run(&config, bus, a).await.map(|_| ok)
         }
@@ -524,16 +517,6 @@ pub async fn connect(config: &Config, name: &str, daemon: bool) -> anyhow::Resul
     let credentials = crate::daemon::configured_credentials(nats)
         .unwrap_or_else(|| dev::local_credentials(&nats.url).unwrap_or_default());
     let settings = crate::daemon::connect_settings(config, name, credentials, false);
-    Ok(Bus::connect(&settings, Subjects::new(config.prefix.clone())).await?)
-}
-
-/// Connects the console as a daemon does (waiting for the server), with
-/// its configured credentials, else `baton dev`'s console credentials.
-async fn connect_console(config: &Config) -> anyhow::Result<Bus> {
-    let nats = &config.nats;
-    let credentials = crate::daemon::configured_credentials(nats)
-        .unwrap_or_else(|| dev::local_credentials_of(&nats.url, Role::Console).unwrap_or_default());
-    let settings = crate::daemon::connect_settings(config, "baton-console", credentials, true);
     Ok(Bus::connect(&settings, Subjects::new(config.prefix.clone())).await?)
 }
 

@@ -7,6 +7,8 @@ use std::time::Duration;
 use crate::auth::{identity_name, Role};
 use crate::bus::{Bus, OwnIdentity};
 use crate::config::Config;
+use crate::protocol::Subjects;
+use clap::Args;
 
 /// Refuses to start on an open bus or with credentials that are not this
 /// process's role's; `id` is a subagent's id.
@@ -101,4 +103,24 @@ pub fn serve_metrics(
     let served = crate::metrics::serve(addr, registry)?;
     tracing::info!(url = %served.url(), "serving metrics");
     Ok(())
+}
+
+/// `--metrics-listen`, for the broker, subagent and agent.
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics on http://ADDR/metrics: HOST:PORT, or a port
+    /// (on 127.0.0.1) [default: off; metrics.listen]
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+}
+
+/// Connects the console as a daemon does (waiting for the server), with
+/// its configured credentials, else `baton dev`'s console credentials.
+pub async fn connect_console(config: &Config) -> anyhow::Result<Bus> {
+    let nats = &config.nats;
+    let credentials = crate::daemon::configured_credentials(nats).unwrap_or_else(|| {
+        super::dev::local_credentials_of(&nats.url, Role::Console).unwrap_or_default()
+    });
+    let settings = crate::daemon::connect_settings(config, "baton-console", credentials, true);
+    Ok(Bus::connect(&settings, Subjects::new(config.prefix.clone())).await?)
 }
