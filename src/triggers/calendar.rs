@@ -26,6 +26,8 @@ pub enum CalendarError {
          or NTH WEEKDAY of MONTH such as '4th THU of NOV' or 'last MON of MAY'"
     )]
     Holiday(String),
+    #[error("holiday '{0}': {1}")]
+    HolidayValue(String, &'static str),
     #[error(
         "only '{0}': expected NTH working day of month, such as '1st working day of month', \
          'last working day of month' or '2nd last working day of month'"
@@ -70,7 +72,12 @@ impl Calendar {
             weekdays[day.num_days_from_monday() as usize] = true;
         }
         let holidays = (spec.holidays.iter())
-            .map(|h| holiday(h).ok_or_else(|| CalendarError::Holiday(h.clone())))
+            .map(|h| {
+                holiday(h).ok_or_else(|| match why_not(h) {
+                    Some(why) => CalendarError::HolidayValue(h.clone(), why),
+                    None => CalendarError::Holiday(h.clone()),
+                })
+            })
             .collect::<Result<_, _>>()?;
         let only = match &spec.only {
             None => None,
@@ -224,6 +231,25 @@ fn date(text: &str) -> Option<NaiveDate> {
     NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()
 }
 
+/// What is wrong with a holiday written in one of the accepted shapes.
+fn why_not(text: &str) -> Option<&'static str> {
+    let text = text.trim();
+    if let Some((from, to)) = text.split_once("..") {
+        return match (date(from.trim()), date(to.trim())) {
+            (Some(from), Some(to)) if from > to => Some("the range ends before it starts"),
+            _ => None,
+        };
+    }
+    let numbers: Vec<&str> = text.split('-').collect();
+    let all_digits = numbers
+        .iter()
+        .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    match (all_digits, numbers.len()) {
+        (true, 2 | 3) => Some("no such date (check the month and the day)"),
+        _ => None,
+    }
+}
+
 fn holiday(text: &str) -> Option<Holiday> {
     let text = text.trim();
     if let Some((from, to)) = text.split_once("..") {
@@ -338,11 +364,25 @@ mod tests {
     fn bad_entries_are_named() {
         for (s, want) in [
             (spec("MON FUN", &[], None), "weekday 'FUN'"),
-            (spec(WORK, &["12-32"], None), "holiday '12-32'"),
-            (spec(WORK, &["2026-02-30"], None), "holiday '2026-02-30'"),
+            (
+                spec(WORK, &["12-32"], None),
+                "holiday '12-32': no such date",
+            ),
+            (
+                spec(WORK, &["2026-02-30"], None),
+                "holiday '2026-02-30': no such date",
+            ),
+            (
+                spec(WORK, &["2026-13-01"], None),
+                "holiday '2026-13-01': no such date",
+            ),
             (
                 spec(WORK, &["2026-09-01..2026-08-01"], None),
-                "holiday '2026-09-01..2026-08-01'",
+                "holiday '2026-09-01..2026-08-01': the range ends before it starts",
+            ),
+            (
+                spec(WORK, &["Christmas"], None),
+                "holiday 'Christmas': expected YYYY-MM-DD",
             ),
             (
                 spec(WORK, &["6th MON of MAY"], None),
