@@ -201,7 +201,7 @@ pub(crate) fn calendars(
             }
             seen.push(name);
             let Some((_, included)) = by_name.get(name) else {
-                return Err(error("include", unknown(name, &by_name)));
+                return Err(error("include", unknown(name, by_name.keys().copied())));
             };
             if included.only.is_some() {
                 return Err(error(
@@ -238,8 +238,8 @@ pub(crate) fn calendars(
     Ok(out)
 }
 
-fn unknown<T>(name: &str, known: &BTreeMap<&str, T>) -> String {
-    let names: Vec<&str> = known.keys().copied().collect();
+fn unknown<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = known.collect();
     if names.is_empty() {
         format!("unknown calendar '{name}': this deploy defines no [[calendar]]")
     } else {
@@ -262,11 +262,10 @@ pub(crate) fn resolve(
             ..
         } = trigger
         {
-            let known: BTreeMap<&str, ()> = calendars.keys().map(|k| (k.as_str(), ())).collect();
             let days = calendars.get(&calendar.name).ok_or_else(|| {
                 (
                     format!("triggers[{i}].calendar"),
-                    unknown(&calendar.name, &known),
+                    unknown(&calendar.name, calendars.keys().map(String::as_str)),
                 )
             })?;
             calendar.days = days.clone();
