@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 mod files;
 pub mod retry;
+pub mod spread;
 pub mod when;
 
 pub use files::{load_deploy_file, load_deploy_files, parse_deploy_file, parse_deploy_files};
@@ -107,6 +108,8 @@ struct JobDef {
     concurrency: ConcurrencyPolicy,
     #[serde(default)]
     retry: Option<retry::RetryDef>,
+    #[serde(default)]
+    spread: Option<spread::SpreadDef>,
 }
 
 fn yes() -> bool {
@@ -191,6 +194,15 @@ pub(crate) fn deployment(
                 message,
             })
         })?;
+        let spread = def.spread.map(spread::SpreadDef::policy).transpose();
+        let spread = spread.map_err(|(field, message)| {
+            invalid(JobError {
+                kind: "job",
+                job: def.name.clone(),
+                field: field.into(),
+                message,
+            })
+        })?;
         let spec = JobSpec {
             name: def.name,
             program: def.program,
@@ -210,6 +222,7 @@ pub(crate) fn deployment(
             misfire: def.misfire.map(MisfirePolicy::from).unwrap_or_default(),
             concurrency: def.concurrency,
             retry: def.retry.map(Into::into),
+            spread,
         };
         let mut spec = spec;
         when::resolve(&mut spec.triggers, calendars).map_err(|(field, message)| {
@@ -352,6 +365,9 @@ pub fn validate_job(job: &JobSpec) -> Result<(), JobError> {
         return Err(err("misfire", e.to_string()));
     }
     if let Some(Err((field, message))) = job.retry.as_ref().map(retry::validate) {
+        return Err(err(field, message));
+    }
+    if let Some(Err((field, message))) = job.spread.as_ref().map(spread::validate) {
         return Err(err(field, message));
     }
     for arg in &job.args {

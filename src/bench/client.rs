@@ -31,6 +31,7 @@ pub fn bench_job(name: &str, program: &str, args: Vec<String>) -> JobSpec {
         misfire: Default::default(),
         concurrency: Default::default(),
         retry: None,
+        spread: None,
     }
 }
 

@@ -34,6 +34,7 @@ mod retention;
 mod scheduler_lease;
 #[cfg(test)]
 mod sim;
+pub mod spread;
 mod sweep;
 
 use actix::prelude::*;

@@ -62,6 +62,10 @@ pub struct JobSpec {
     /// Whether, and how, a failed task runs again; none: the order fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<super::RetryPolicy>,
+    /// Run each order on every member of the cluster that is up (or on up
+    /// to `count` of them), one task each; none: on one member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<super::SpreadPolicy>,
 }
 
 fn yes() -> bool {
@@ -352,6 +356,19 @@ pub struct OrderInfo {
     /// no longer be resumed or cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expired_at_ms: Option<u64>,
+    /// A spread order (its job has `spread`): the policy it was placed
+    /// under; with `members` once placed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<super::SpreadPolicy>,
+    /// A spread order's members, each with the order running its task there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<super::SpreadMember>,
+    /// A member's order: the spread order it runs a task of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_of: Option<String>,
+    /// A member's order: the subagent it runs on, and only there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -396,6 +413,10 @@ impl OrderInfo {
             attempts_dropped: 0,
             resumable_until_ms: None,
             expired_at_ms: None,
+            spread: None,
+            members: Vec::new(),
+            member_of: None,
+            pin: None,
         }
     }
 

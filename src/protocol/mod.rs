@@ -19,6 +19,7 @@ pub mod events;
 pub mod inventory;
 pub mod retry;
 pub mod schedule;
+pub mod spread;
 pub mod subjects;
 pub mod workflow;
 
@@ -31,6 +32,7 @@ pub use events::*;
 pub use inventory::*;
 pub use retry::{AttemptOutcome, RetryPolicy, TaskAttempt};
 pub use schedule::{ConcurrencyPolicy, FiredBy, FiredSlot, MisfirePolicy, TriggerSpec};
+pub use spread::{SpreadMember, SpreadPolicy};
 pub use subjects::{EventKind, Subjects};
 
 /// The protocol version carried in heartbeats and status replies.

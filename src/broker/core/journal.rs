@@ -152,6 +152,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                 // a workflow order follows its step orders only as far as
                 // the journal does: after a crash it is never ahead of them
                 self.step_order_stored(&info);
+                self.spread_stored(&info);
                 self.retry_stored(&info);
             }
             Stored::Ended(ended, revision) => {
@@ -174,14 +175,16 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         if !writes.next.is_empty() {
             return self.write(order_id, writes.next);
         }
-        // a final state, a cancel, a retry's due time, or any state of a
-        // workflow order (a command it answered) is written until it is stored
+        // a final state, a cancel, a retry's due time, any state of a
+        // workflow order (a command it answered), or a spread order's
+        // members (created once it is stored) is written until it is stored
         let must_land = !ok
             && self.info_of(&order_id).is_some_and(|o| {
                 o.state.is_final()
                     || o.cancel_requested
                     || o.workflow.is_some()
                     || o.retry_at_ms.is_some()
+                    || !o.members.is_empty()
             });
         if must_land {
             self.later(JOURNAL_RETRY, super::Timer::Rewrite { order_id });
@@ -255,6 +258,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         self.unannounced.remove(&ended.order_id);
         self.publish(Event::finished(&ended, self.now.ms));
         self.step_order_stored(&ended);
+        self.spread_stored(&ended);
     }
 
     /// Stores an order's final state, then publishes it and does `then`

@@ -47,6 +47,7 @@ mod pause;
 pub mod plan;
 mod refusal;
 mod retries;
+mod spread;
 mod subagents;
 mod submit;
 mod switch;
@@ -294,6 +295,8 @@ pub enum Timer {
     OrderRetry { order_id: String },
     /// A failed workflow order's deadline to be resumed (`at_ms`) passed.
     Expire { flow_id: String, at_ms: u64 },
+    /// Create the members' orders of a spread order again (one was not stored).
+    PlaceMembers { order_id: String },
 }
 
 /// The broker's state, and every decision over it.
@@ -331,6 +334,9 @@ pub struct Core<R> {
     pub(super) departed: VecDeque<String>,
     /// Why each waiting order was last told to wait (`waiting.rs`).
     told_waiting: HashMap<String, String>,
+    /// Members' orders waiting for a member that is away, since when (ms;
+    /// `spread.rs`).
+    away_since: HashMap<String, u64>,
     /// Orders waiting for their record to be created, and what waits.
     creating: HashMap<String, submit::Pending<R>>,
     /// Seeds the ids of orders without a request id, unique per broker.
@@ -375,6 +381,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             departed: VecDeque::new(),
             creating: HashMap::new(),
             told_waiting: HashMap::new(),
+            away_since: HashMap::new(),
             id_seed,
             ids: 0,
             tenure,
@@ -390,6 +397,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         core.arm_retries();
         core.hold_failed_flows();
         core.resume_flows();
+        core.resume_spreads();
         core
     }
 
@@ -453,6 +461,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             Input::Timer(Timer::RetryDue { flow_id, step }) => self.retry_due(flow_id, step),
             Input::Timer(Timer::OrderRetry { order_id }) => self.order_retry_due(order_id),
             Input::Timer(Timer::Expire { flow_id, at_ms }) => self.expire_due(flow_id, at_ms),
+            Input::Timer(Timer::PlaceMembers { order_id }) => self.place_members_again(&order_id),
             Input::Check => self.check_liveness(),
         }
         self.take_effects()

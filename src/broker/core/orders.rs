@@ -19,6 +19,8 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         let queued = self.book.queued().map(|o| Queued {
             order_id: &o.id,
             job: &o.job,
+            spread: o.spread.as_ref().filter(|_| o.pin.is_none()),
+            pin: o.pin.as_deref(),
         });
         let previous = |order_id: &str| self.previous_step_subagent(order_id);
         let decisions = plan::plan(
@@ -40,8 +42,20 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                     instance_id,
                     cluster,
                 } => {
-                    self.last_placed.insert(cluster, subagent_id.clone());
+                    if self.book.get(&order_id).is_some_and(|o| o.pin.is_none()) {
+                        self.last_placed.insert(cluster, subagent_id.clone());
+                    }
                     self.dispatch_one(&order_id, subagent_id, instance_id);
+                }
+                Decision::Spread {
+                    order_id,
+                    members,
+                    cluster,
+                } => {
+                    if let Some(last) = members.last() {
+                        self.last_placed.insert(cluster, last.clone());
+                    }
+                    self.spread_out(&order_id, members);
                 }
             }
         }
@@ -59,6 +73,9 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             .book
             .get(order_id)
             .filter(|o| o.phase == Phase::Queued)?;
+        if let Some(pin) = &order.pin {
+            return self.member_away(pin);
+        }
         let deployed = Deployed {
             jobs: &self.jobs,
             clusters: &self.clusters,
@@ -111,6 +128,9 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         env.insert("BATON_SUBAGENT".into(), subagent_id.to_string());
         if let Some(slot_ms) = order.slot_ms {
             env.insert("BATON_SLOT_MS".into(), slot_ms.to_string());
+        }
+        if let Some(spread) = &order.member_of {
+            env.insert("BATON_SPREAD_ORDER_ID".into(), spread.clone());
         }
         if let Some(parent) = &order.parent {
             env.insert("BATON_WORKFLOW".into(), parent.workflow.clone());

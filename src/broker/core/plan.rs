@@ -8,18 +8,28 @@
 //! orders of its own cluster (they would only overtake it). Each placement
 //! counts against its subagent's room for the rest of the plan, and moves
 //! its cluster's turn on.
+//!
+//! A spread order (`broker::spread`) is placed on every member that is up
+//! (or `count` of them) at once, room or not; a member's order is bound to
+//! its member (`pin`): it goes there when it has room, and meanwhile holds
+//! up no other order.
 
 use std::collections::{HashMap, HashSet};
 
 use super::super::placement;
 use super::super::registry::Registry;
-use crate::protocol::{ClusterSpec, JobSpec, SchedulingMode};
+use super::super::spread;
+use crate::protocol::{ClusterSpec, JobSpec, SchedulingMode, SpreadPolicy};
 
 /// An order waiting in the queue.
 #[derive(Debug, Clone, Copy)]
 pub struct Queued<'a> {
     pub order_id: &'a str,
     pub job: &'a str,
+    /// A spread order: the policy it was accepted under.
+    pub spread: Option<&'a SpreadPolicy>,
+    /// A member's order: the only subagent it may run on.
+    pub pin: Option<&'a str>,
 }
 
 /// What is deployed, as the planner reads it.
@@ -37,6 +47,13 @@ pub enum Decision {
         order_id: String,
         subagent_id: String,
         instance_id: String,
+        cluster: String,
+    },
+    /// Place this spread order on these members (subagent ids); `cluster`
+    /// is its turn's key, whose last choice is now the last of them.
+    Spread {
+        order_id: String,
+        members: Vec<String>,
         cluster: String,
     },
     /// It can never run: its job is no longer deployed.
@@ -61,6 +78,23 @@ pub fn plan<'a>(
     let mut planned: HashMap<String, u32> = HashMap::new();
     let mut last: HashMap<&str, String> = HashMap::new();
     for order in queued {
+        if let Some(pin) = order.pin {
+            let planned_here = planned.get(pin).copied().unwrap_or(0);
+            let Some(subagent) = registry
+                .get(pin)
+                .filter(|s| s.takes_tasks() && s.free() > planned_here)
+            else {
+                continue;
+            };
+            *planned.entry(subagent.id.clone()).or_default() += 1;
+            decisions.push(Decision::Place {
+                order_id: order.order_id.to_string(),
+                subagent_id: subagent.id.clone(),
+                instance_id: subagent.instance_id.clone(),
+                cluster: String::new(),
+            });
+            continue;
+        }
         if blocked_jobs.contains(order.job) {
             continue;
         }
@@ -77,6 +111,30 @@ pub fn plan<'a>(
             continue;
         }
         let cluster = spec.cluster.as_ref().and_then(|c| deployed.clusters.get(c));
+        if let Some(policy) = order.spread {
+            let members = if spec.cluster.is_some() && cluster.is_none() {
+                Vec::new()
+            } else {
+                let mode = cluster.map_or(SchedulingMode::RoundRobin, |c| c.mode);
+                let members = placement::members(cluster, registry.iter());
+                let turn = last.get(key).or_else(|| last_placed.get(key));
+                let chosen =
+                    spread::choose_members(mode, &members, policy.count, turn.map(String::as_str));
+                chosen.into_iter().map(|s| s.id.clone()).collect()
+            };
+            let Some(newest) = members.last() else {
+                blocked.insert(key);
+                blocked_jobs.insert(order.job);
+                continue;
+            };
+            last.insert(key, newest.clone());
+            decisions.push(Decision::Spread {
+                order_id: order.order_id.to_string(),
+                members,
+                cluster: key.to_string(),
+            });
+            continue;
+        }
         let chosen = if spec.cluster.is_some() && cluster.is_none() {
             None
         } else {
@@ -209,7 +267,12 @@ mod tests {
                 jobs: &self.jobs,
                 clusters: &self.clusters,
             };
-            let queued = queue.iter().map(|(order_id, job)| Queued { order_id, job });
+            let queued = queue.iter().map(|(order_id, job)| Queued {
+                order_id,
+                job,
+                spread: None,
+                pin: None,
+            });
             plan(queued, &deployed, r, &HashMap::new(), |_| None)
         }
     }
@@ -223,9 +286,61 @@ mod tests {
                     subagent_id,
                     ..
                 } => Some((order_id.as_str(), subagent_id.as_str())),
-                Decision::Refuse { .. } => None,
+                Decision::Refuse { .. } | Decision::Spread { .. } => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_spread_order_takes_every_member_up_and_a_member_order_only_its_own() {
+        let world = World::new(vec![job("j", None)], vec![]);
+        let mut r = registry(&[("a", 1, 1), ("b", 1, 0), ("c", 2, 0)]);
+        let policy = SpreadPolicy {
+            count: None,
+            min_succeeded: None,
+            rejoin_ms: 0,
+        };
+        let deployed = Deployed {
+            jobs: &world.jobs,
+            clusters: &world.clusters,
+        };
+        let q = |order_id, spread, pin| Queued {
+            order_id,
+            job: "j",
+            spread,
+            pin,
+        };
+        let queue = [
+            q("s", Some(&policy), None),
+            q("m-a", None, Some("a")),
+            q("m-b", None, Some("b")),
+            q("o", None, None),
+        ];
+        let decisions = plan(queue, &deployed, &r, &HashMap::new(), |_| None);
+        assert_eq!(
+            decisions[0],
+            Decision::Spread {
+                order_id: "s".into(),
+                members: vec!["a".into(), "b".into(), "c".into()],
+                cluster: String::new(),
+            },
+            "a full member counts: its order waits for room"
+        );
+        // a's member order waits for a (full) without holding up the others
+        assert_eq!(placed(&decisions), [("m-b", "b"), ("o", "c")]);
+        r.release("a", "a-t0", true);
+        let two = SpreadPolicy {
+            count: Some(2),
+            ..policy
+        };
+        let queue = [q("s2", Some(&two), None), q("m-a", None, Some("a"))];
+        let last = HashMap::from([(String::new(), "a".to_string())]);
+        let decisions = plan(queue, &deployed, &r, &last, |_| None);
+        assert!(
+            matches!(&decisions[0], Decision::Spread { members, .. } if members == &["b", "c"]),
+            "round-robin: after the last one chosen: {decisions:?}"
+        );
+        assert_eq!(placed(&decisions), [("m-a", "a")]);
     }
 
     #[test]
@@ -275,10 +390,20 @@ mod tests {
         };
         let last = HashMap::from([(String::new(), "a".to_string())]);
         let queue = [("o1", "j"), ("o2", "j"), ("o3", "j")];
-        let queued = queue.iter().map(|(order_id, job)| Queued { order_id, job });
+        let queued = queue.iter().map(|(order_id, job)| Queued {
+            order_id,
+            job,
+            spread: None,
+            pin: None,
+        });
         let decisions = plan(queued, &deployed, &r, &last, |_| None);
         assert_eq!(placed(&decisions), [("o1", "b"), ("o2", "c"), ("o3", "a")]);
-        let queued = queue.iter().map(|(order_id, job)| Queued { order_id, job });
+        let queued = queue.iter().map(|(order_id, job)| Queued {
+            order_id,
+            job,
+            spread: None,
+            pin: None,
+        });
         let after_c = |id: &str| (id == "o1").then(|| "c".to_string());
         let decisions = plan(queued, &deployed, &r, &last, after_c);
         assert_eq!(

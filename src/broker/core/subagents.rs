@@ -291,6 +291,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         if !due.is_empty() {
             self.dispatch();
         }
+        self.members_gone();
     }
 
     /// Asks a quiet subagent whether it lives. An answer clears suspicion;

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use tracing::{info, warn};
 
 use super::super::idempotency::{check_repeat, FirstOrder};
-use super::super::order_book::{Applied, ApplyError, Held, Order, OrderEvent};
+use super::super::order_book::{Applied, ApplyError, Held, Order, OrderEvent, Phase};
 use super::{Core, Effect, Event, Refusal, Reply, Then};
 use crate::jobs;
 use crate::jobs::{on_slot, SlotDecision};
@@ -41,6 +41,8 @@ pub(super) enum Pending<R> {
     Flow { to: R },
     /// The step attempt the order runs.
     Step(ParentStep),
+    /// A member's order of this spread order.
+    Member(String),
 }
 
 /// How creating an order's record ended.
@@ -74,6 +76,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             return self.refuse(&to, self.unknown_job(job));
         };
         let (concurrency, restartable, retry) = (spec.concurrency, spec.restartable, spec.retry);
+        let spread = spec.spread;
         let params = match jobs::resolve_params(spec, &params) {
             Ok(params) => params,
             Err(e) => return self.refuse(&to, Refusal::InvalidParam(e.to_string())),
@@ -102,6 +105,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         order.retry = retry;
         order.slot_ms = slot_ms;
         order.submitted_by = by;
+        order.spread = spread;
         self.create(order, Pending::Job { to, overlap });
     }
 
@@ -125,6 +129,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             Some(Pending::Job { to, overlap }) => self.job_created(to, overlap, info, created),
             Some(Pending::Flow { to }) => self.flow_created(to, info, created),
             Some(Pending::Step(parent)) => self.step_created(parent, info, created),
+            Some(Pending::Member(spread)) => self.member_created(spread, info, created),
             None => {}
         }
     }
@@ -363,6 +368,13 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                     self.store(order_id, then);
                     return Ok(());
                 };
+                if order.phase == Phase::Spread {
+                    info!(order = %order_id, "cancelling a spread order's members");
+                    let members = self.unfinished_members(order_id);
+                    self.store(order_id, then);
+                    self.cancel_members(members, kill);
+                    return Ok(());
+                }
                 let running = order.task_id.clone().zip(order.subagent_id.clone());
                 if let (true, false, Some((task_id, subagent_id))) =
                     (kill, order.phase.is_final(), running)

@@ -41,6 +41,22 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         let mut queued = 0;
         for order in self.book.queued() {
             queued += 1;
+            if let Some(pin) = &order.pin {
+                let Some(reason) = self.member_away(pin) else {
+                    continue;
+                };
+                if self.told_waiting.get(&order.id) != Some(&reason) {
+                    let waiting = Waiting {
+                        order_id: &order.id,
+                        job: &order.job,
+                        step: None,
+                        reason: &reason,
+                    };
+                    news.push(Event::waiting(&waiting, self.now.ms));
+                    told.push((order.id.clone(), reason));
+                }
+                continue;
+            }
             let reason = reasons
                 .entry(order.job.as_str())
                 .or_insert_with(|| plan::waiting(&order.job, &deployed, &self.registry));

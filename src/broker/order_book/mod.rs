@@ -12,6 +12,7 @@
 mod attempts;
 mod order;
 mod record;
+mod spread;
 #[cfg(test)]
 mod tests;
 
@@ -161,7 +162,9 @@ impl OrderBook {
     /// The orders of `job` that have not reached a final state.
     pub fn active_of_job(&self, job: &str) -> Vec<String> {
         let active = self.orders.values();
-        let active = active.filter(|o| o.job == job && !o.phase.is_final());
+        // a spread order's members run as part of it, not as runs of their own
+        let active =
+            active.filter(|o| o.job == job && !o.phase.is_final() && o.member_of.is_none());
         sorted(active.map(|o| o.id.clone()).collect())
     }
 
@@ -301,11 +304,41 @@ impl OrderBook {
 
     /// Applies an event to one order, keeping the queue and counts in step.
     pub fn apply(&mut self, order_id: &str, event: OrderEvent) -> Result<Applied, ApplyError> {
+        self.change(order_id, |order| order.apply(event))
+    }
+
+    /// Places a queued spread order on its members (`Order::spread_over`).
+    pub fn spread_over(
+        &mut self,
+        order_id: &str,
+        members: Vec<(String, String)>,
+        at_ms: u64,
+    ) -> Result<Applied, ApplyError> {
+        self.change(order_id, |order| order.spread_over(members, at_ms))
+    }
+
+    /// A spread order hears how one of its members' orders stands
+    /// (`Order::member_stood`).
+    pub fn member_stood(
+        &mut self,
+        order_id: &str,
+        member: &OrderInfo,
+        at_ms: u64,
+    ) -> Result<Applied, ApplyError> {
+        self.change(order_id, |order| Ok(order.member_stood(member, at_ms)))
+    }
+
+    /// Changes one order, keeping the queue and counts in step.
+    fn change(
+        &mut self,
+        order_id: &str,
+        f: impl FnOnce(&mut Order) -> Result<Applied, ApplyError>,
+    ) -> Result<Applied, ApplyError> {
         let order = self
             .orders
             .get_mut(order_id)
             .ok_or_else(|| ApplyError::UnknownOrder(order_id.to_string()))?;
-        let applied = order.apply(event)?;
+        let applied = f(order)?;
         if let Applied::Moved { from, to } = applied {
             count(&mut self.counts, from, -1);
             count(&mut self.counts, to, 1);

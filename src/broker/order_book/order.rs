@@ -46,7 +46,9 @@
 //! | Retrying | Cancel | Cancelled, at once |
 //! | Dispatching, Running, Orphaned | Abandoned (its subagent killed it: orphan or drain timeout, or a cancel with kill) | as Certified |
 //! | Queued | Cancel | Cancelled |
-//! | Dispatching, Running, Orphaned | Cancel | unchanged, cancel requested: it ends Cancelled and never runs again |
+//! | Dispatching, Running, Orphaned, Spread | Cancel | unchanged, cancel requested: it ends Cancelled and never runs again |
+//! | Queued, of a spread job | spread over its members (`spread.rs`) | Spread |
+//! | Spread | a member's order moved (as stored) | Spread; once every member's order ended, Succeeded or Failed by the job's `spread.succeed`, Cancelled when a cancel was requested |
 //! | Dispatching, Running, Orphaned, inherited | Reconciled: its subagent runs the task | Running |
 //! | Dispatching, inherited | Reconciled: it does not run it (never confirmed) | Dispatching: the same task id is sent again (a subagent that has it answers `duplicate`) |
 //! | Running, Orphaned, inherited | Reconciled: it does not run it (it started, so it ended) | Orphaned: its result is awaited for 3 × (`subagent.result_retry` + its request timeout), then as OrphanDeadline |
@@ -82,7 +84,7 @@ use std::collections::BTreeMap;
 
 use super::attempts::{self, Attempts};
 use crate::jobs::retry;
-use crate::protocol::{OrderState, ParentStep, RetryPolicy};
+use crate::protocol::{OrderState, ParentStep, RetryPolicy, SpreadMember, SpreadPolicy};
 
 /// Where an order is, with the in-between step the wire state hides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +100,9 @@ pub enum Phase {
     /// Its subagent is unreachable but may still run the task: waiting for a
     /// late result, the subagent's return, or its orphan timeout.
     Orphaned,
+    /// A spread order placed on its members: each runs its task as an order
+    /// of its own (`spread.rs`); it ends once they all have.
+    Spread,
     Succeeded,
     Failed,
     Cancelled,
@@ -107,7 +112,7 @@ impl Phase {
     pub fn wire(self) -> OrderState {
         match self {
             Phase::Queued | Phase::Dispatching | Phase::Retrying => OrderState::Accepted,
-            Phase::Running | Phase::Orphaned => OrderState::Running,
+            Phase::Running | Phase::Orphaned | Phase::Spread => OrderState::Running,
             Phase::Succeeded => OrderState::Succeeded,
             Phase::Failed => OrderState::Failed,
             Phase::Cancelled => OrderState::Cancelled,
@@ -307,6 +312,15 @@ pub struct Order {
     pub unreported: bool,
     /// Its tasks, oldest first.
     pub attempts: Attempts,
+    /// Its job spreads over its cluster's members (as deployed when it was
+    /// accepted): the policy it is placed and ends under.
+    pub spread: Option<SpreadPolicy>,
+    /// A spread order's members, once placed.
+    pub members: Vec<SpreadMember>,
+    /// A member's order: the spread order it runs a task of.
+    pub member_of: Option<String>,
+    /// A member's order: the only subagent it runs on.
+    pub pin: Option<String>,
 }
 
 impl Order {
@@ -345,6 +359,10 @@ impl Order {
             retry_reason: None,
             unreported: false,
             attempts: Attempts::default(),
+            spread: None,
+            members: Vec::new(),
+            member_of: None,
+            pin: None,
         }
     }
 
@@ -565,7 +583,7 @@ impl Order {
             }
             OrderEvent::Cancel { at_ms } => match from {
                 Phase::Queued | Phase::Retrying => self.cancelled(at_ms),
-                Phase::Dispatching | Phase::Running | Phase::Orphaned => {
+                Phase::Dispatching | Phase::Running | Phase::Orphaned | Phase::Spread => {
                     if self.cancel_requested {
                         return Ok(Applied::Stale);
                     }

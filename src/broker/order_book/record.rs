@@ -34,8 +34,15 @@ impl Order {
         order.subagent_instance_id = info.subagent_instance_id.clone();
         order.retries = info.retries;
         order.attempts = Attempts::restore(info);
+        order.spread = info.spread;
+        order.members.clone_from(&info.members);
+        order.member_of.clone_from(&info.member_of);
+        order.pin.clone_from(&info.pin);
+        let spread = order.spread.is_some() && !order.members.is_empty();
         let placed = order.task_id.is_some() && order.subagent_id.is_some();
         order.phase = match info.state {
+            // placed on its members: they run (and end) as orders of their own
+            OrderState::Running if spread => Phase::Spread,
             OrderState::Accepted if placed => Phase::Dispatching,
             OrderState::Accepted if info.retry_at_ms.is_some() => {
                 order.retry_at_ms = info.retry_at_ms;
@@ -110,6 +117,10 @@ impl Order {
             retry_at_ms: self.retry_at_ms,
             attempts: self.attempts.kept.clone(),
             attempts_dropped: self.attempts.dropped,
+            spread: self.spread,
+            members: self.members.clone(),
+            member_of: self.member_of.clone(),
+            pin: self.pin.clone(),
             ..OrderInfo::new(
                 self.id.clone(),
                 self.job.clone(),

@@ -12,7 +12,10 @@
 //! journaled; no retry started before its due time; an order failed only
 //! once its retries are used up, after `times + 1` tasks that really ran
 //! failed (so no due retry was lost across a takeover). No two tasks of one
-//! order at once holds for retries as for any task.
+//! order at once holds for retries as for any task. Of spread orders: a
+//! member's task runs only on its member; each member's order in the
+//! journal belongs to its spread order and member; a spread order ended as
+//! its members' stored ends decide (`spread::verdict`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -123,6 +126,64 @@ impl Checker {
         self.runs.insert(task_id.to_string(), run);
     }
 
+    /// A task of `order_id` started on subagent `subagent`: a member's
+    /// order runs only on its member.
+    pub fn on_its_member(
+        &mut self,
+        now_ms: u64,
+        journal: &Journal,
+        order_id: &str,
+        subagent: &str,
+    ) {
+        let pin = journal.get(order_id).and_then(|(info, _)| info.pin);
+        if let Some(pin) = pin.filter(|p| p != subagent) {
+            let what = format!("member order {order_id} of {pin} ran on {subagent}");
+            self.violate(now_ms, what);
+        }
+    }
+
+    /// A spread order in the journal: its members' orders are its own, and
+    /// an end is the one its members' stored ends decide.
+    fn spread_holds(&mut self, now_ms: u64, journal: &Journal, info: &OrderInfo) {
+        let Some(policy) = info.spread else {
+            return;
+        };
+        let mut members = info.members.clone();
+        for m in &mut members {
+            let Some((member, _)) = journal.get(&m.order_id) else {
+                if info.state.is_final() {
+                    let what = format!(
+                        "spread order {}: member order {} not stored",
+                        info.order_id, m.order_id
+                    );
+                    self.violate(now_ms, what);
+                }
+                continue;
+            };
+            if member.member_of.as_ref() != Some(&info.order_id)
+                || member.pin.as_ref() != Some(&m.subagent_id)
+            {
+                let what = format!(
+                    "spread order {}: member order {} is not its {}",
+                    info.order_id, m.order_id, m.subagent_id
+                );
+                self.violate(now_ms, what);
+            }
+            m.state = member.state;
+        }
+        // (one never placed ends as any waiting order: cancelled, skipped, refused)
+        if info.state.is_final() && !members.is_empty() {
+            let verdict = crate::broker::spread::verdict(&policy, &members, info.cancel_requested);
+            if verdict.as_ref().map(|v| v.0) != Some(info.state) {
+                let what = format!(
+                    "spread order {} ended {:?}, its members say {verdict:?}",
+                    info.order_id, info.state
+                );
+                self.violate(now_ms, what);
+            }
+        }
+    }
+
     /// A task ended; `failed`: its result says it failed (exited non-zero,
     /// or killed on a broker's request).
     pub fn ended(&mut self, now_ms: u64, task_id: &str, failed: bool) {
@@ -231,6 +292,7 @@ impl Checker {
         }
         for info in journal.all() {
             self.retries_used_up(now_ms, &info);
+            self.spread_holds(now_ms, journal, &info);
             let resumable = info.workflow.is_some()
                 && info.state == OrderState::Failed
                 && info.expired_at_ms.is_none();

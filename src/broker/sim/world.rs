@@ -249,6 +249,14 @@ pub fn run(seed: u64) -> Outcome {
     }
 }
 
+/// The spread job: one task on every subagent up when its order is placed;
+/// a lost member has 1 s to come back; two successes will do.
+fn spread_job() -> JobSpec {
+    let spec = serde_json::json!({"name": "sp", "program": "true", "restartable": true,
+        "spread": {"min_succeeded": 2, "rejoin_ms": 1000}});
+    serde_json::from_value(spec).unwrap()
+}
+
 /// The job with retries: `RETRIES` of them, quick and jittered.
 fn retrying_job() -> JobSpec {
     let spec = serde_json::json!({"name": "r", "program": "false", "restartable": true,
@@ -296,7 +304,12 @@ impl World {
             events: BTreeMap::new(),
             next_event: 0,
             config,
-            jobs: vec![job("j", true), job("once", false), retrying_job()],
+            jobs: vec![
+                job("j", true),
+                job("once", false),
+                retrying_job(),
+                spread_job(),
+            ],
             workflows: vec![workflow()],
             journal: Journal::default(),
             brokers: (0..BROKERS)

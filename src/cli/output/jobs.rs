@@ -204,6 +204,9 @@ pub fn job_text(info: &JobInfo) -> String {
     if !info.used_by.is_empty() {
         let _ = writeln!(out, "run by workflows: {}", info.used_by.join(", "));
     }
+    if let Some(p) = info.job.as_ref().and_then(|j| j.spread.as_ref()) {
+        let _ = writeln!(out, "spread: {}", super::spread::words(p));
+    }
     let definition = match (&info.job, &info.workflow) {
         (Some(job), _) => serde_json::to_string_pretty(job),
         (None, Some(workflow)) => serde_json::to_string_pretty(workflow),

@@ -15,6 +15,7 @@ mod failure;
 mod jobs;
 mod orders;
 mod origin;
+mod spread;
 mod status;
 
 use std::collections::BTreeMap;

@@ -51,7 +51,7 @@ pub fn order_text(o: &OrderInfo) -> String {
     if !o.params.is_empty() {
         let _ = writeln!(out, "params    {}", key_values(&o.params));
     }
-    if o.workflow.is_none() {
+    if o.workflow.is_none() && o.spread.is_none() {
         let _ = writeln!(out, "attempt   {}", o.attempt);
     }
     if let Some(sub) = &o.subagent_id {
@@ -120,6 +120,7 @@ pub fn order_text(o: &OrderInfo) -> String {
             &rows,
         );
     }
+    super::spread::render(&mut out, o);
     attempts::render(&mut out, o);
     out
 }

@@ -212,6 +212,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         let mut order = Order::new(order_id, job, params, Some(request_id), self.now.ms);
         order.restartable = spec.restartable;
         order.retry = spec.retry;
+        order.spread = spec.spread;
         order.parent = Some(parent.clone());
         self.create(order, super::submit::Pending::Step(parent));
     }

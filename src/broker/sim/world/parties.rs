@@ -39,6 +39,9 @@ impl World {
                         self.check.once.insert(order_id.clone());
                     }
                     self.check.started(self.now, &task_id, &order_id, &name);
+                    let id = self.subs[s].id.clone();
+                    self.check
+                        .on_its_member(self.now, &self.journal, &order_id, &id);
                     self.note(format!("{name} starts {task_id} ({ms} ms)"));
                     self.after(
                         ms,
@@ -95,6 +98,7 @@ impl World {
             0..25 => "once",
             25..40 => "w",
             40..60 => "r",
+            60..70 => "sp",
             _ => "j",
         };
         // most submits name a request id; without one, a submit sent again
