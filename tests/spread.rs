@@ -9,8 +9,10 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use baton::protocol::{OrderInfo, OrderState};
+use baton::bus::{decode, Encoding};
+use baton::protocol::{EventKind, OrderChanged, OrderInfo, OrderState};
 use common::*;
+use futures::StreamExt;
 use nix::sys::signal::Signal;
 
 const THREE: [&str; 3] = ["sub-1", "sub-2", "sub-3"];
@@ -117,8 +119,41 @@ async fn setup() -> (Harness, std::path::PathBuf, std::path::PathBuf) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spread_order_runs_once_on_every_member_or_on_count_of_them() {
     let (h, marks_file, _) = setup().await;
+    let s = h.bus.subjects().clone();
+    let mut events = within(
+        REQUEST,
+        "subscribe",
+        h.bus.listen_raw(s.job_events("everywhere")),
+    )
+    .await
+    .expect("subscribe");
     let all = submit(&h.bus, "everywhere", &[]).await;
     let info = ended(&h, &all).await;
+    // watchers hear where it went and how each member ended
+    let mut news = Vec::new();
+    while news.len() < 4 {
+        let next = tokio::time::timeout(REQUEST, events.next()).await;
+        let Ok(Some((subject, payload))) = next else {
+            panic!("changed events so far: {news:?}");
+        };
+        if let Some((_, id, EventKind::Changed)) = s.parse_event(&subject) {
+            if id == all {
+                let changed: OrderChanged =
+                    decode(Encoding::MessagePack, &payload).expect("decodes");
+                news.push(changed.what);
+            }
+        }
+    }
+    assert_eq!(
+        news[0], "placed on its members sub-1, sub-2, sub-3",
+        "{news:?}"
+    );
+    for sub in THREE {
+        assert!(
+            news.contains(&format!("member {sub} succeeded")),
+            "{news:?}"
+        );
+    }
     assert_eq!(info.state, OrderState::Succeeded, "{info:?}");
     let members: Vec<&str> = info
         .members

@@ -94,6 +94,31 @@ impl Event {
     }
 }
 
+impl Event {
+    /// A spread order was placed on its members, or one of its members'
+    /// orders ended (`what` says which, for people; `member_order` names
+    /// that member's order).
+    pub fn spread_news(
+        info: &OrderInfo,
+        what: String,
+        member_order: Option<String>,
+        at_ms: u64,
+    ) -> Event {
+        Event::Changed(OrderChanged {
+            order_id: info.order_id.clone(),
+            workflow: info.job.clone(),
+            state: info.state,
+            step: None,
+            attempt: None,
+            step_state: None,
+            step_order_id: member_order,
+            what,
+            waiting: None,
+            at_ms,
+        })
+    }
+}
+
 /// A job order that waits for a subagent, and why (`reason`, as
 /// [`super::plan::why_waiting`] words it).
 pub struct Waiting<'a> {

@@ -44,9 +44,13 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             .collect();
         let names: Vec<&str> = pairs.iter().map(|(s, _)| s.as_str()).collect();
         info!(order = %order_id, members = %names.join(","), "spread order placed on its members");
+        let what = format!("placed on its members {}", names.join(", "));
         match self.book.spread_over(order_id, pairs, self.now.ms) {
             Ok(_) => {
                 self.placed(order_id);
+                if let Some(info) = self.info_of(order_id) {
+                    self.publish(Event::spread_news(&info, what, None, self.now.ms));
+                }
                 self.store(order_id, Then::Nothing);
             }
             Err(e) => warn!(order = %order_id, error = %e, "spread refused by the order book"),
@@ -62,7 +66,27 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         let Some(spread_id) = info.member_of.clone() else {
             return;
         };
-        match self.book.member_stood(&spread_id, info, self.now.ms) {
+        let was_final = (self.book.get(&spread_id))
+            .and_then(|s| s.members.iter().find(|m| m.order_id == info.order_id))
+            .is_some_and(|m| m.state.is_final());
+        let applied = self.book.member_stood(&spread_id, info, self.now.ms);
+        if info.state.is_final() && !was_final && matches!(applied, Ok(Applied::Moved { .. })) {
+            if let Some(spread) = self.info_of(&spread_id) {
+                let on = info.pin.as_deref().unwrap_or("?");
+                let mut what = format!("member {on} {}", info.state.as_str());
+                if let Some(reason) = info
+                    .reason
+                    .as_ref()
+                    .filter(|_| info.state != OrderState::Succeeded)
+                {
+                    what.push_str(&format!(": {reason}"));
+                }
+                let event =
+                    Event::spread_news(&spread, what, Some(info.order_id.clone()), self.now.ms);
+                self.publish(event);
+            }
+        }
+        match applied {
             Ok(Applied::Moved { to, .. }) if to.is_final() => {
                 info!(order = %spread_id, state = to.wire().as_str(), "spread order ended");
                 self.finish(&spread_id, Then::Nothing);

@@ -45,7 +45,8 @@ impl Order {
 
     /// A member's order stands as `info` (its stored state): the member's
     /// line follows, and once every member's order ended the spread order
-    /// ends by its policy. `Stale` when nothing changed.
+    /// ends by its policy. `Moved` to `Spread` when only the member's line
+    /// changed; `Stale` when nothing did.
     pub fn member_stood(&mut self, info: &OrderInfo, at_ms: u64) -> Applied {
         let (Phase::Spread, Some(policy)) = (self.phase, self.spread) else {
             return Applied::Stale;
@@ -68,7 +69,12 @@ impl Order {
         }
         *member = line;
         let Some((state, reason)) = verdict(&policy, &self.members, self.cancel_requested) else {
-            return Applied::Stale;
+            // its line changed: stored, so `order show` and a broker
+            // taking over see it
+            return Applied::Moved {
+                from: Phase::Spread,
+                to: Phase::Spread,
+            };
         };
         self.phase = match state {
             OrderState::Succeeded => Phase::Succeeded,
@@ -85,5 +91,77 @@ impl Order {
             from: Phase::Spread,
             to: self.phase,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::SpreadPolicy;
+
+    fn member(id: &str, state: OrderState) -> OrderInfo {
+        OrderInfo::new(id.into(), "j".into(), state, 0)
+    }
+
+    #[test]
+    fn a_spread_order_follows_its_members_and_ends_by_its_policy() {
+        let mut o = Order::new("s".into(), "j".into(), Default::default(), None, 0);
+        let members = vec![
+            ("a".to_string(), "ma".to_string()),
+            ("b".into(), "mb".into()),
+        ];
+        assert!(
+            o.spread_over(members.clone(), 5).is_err(),
+            "not a spread job"
+        );
+        o.spread = Some(SpreadPolicy {
+            count: None,
+            min_succeeded: None,
+            rejoin_ms: 0,
+        });
+        assert!(o.spread_over(vec![], 5).is_err(), "no member");
+        o.spread_over(members, 5).unwrap();
+        assert_eq!((o.phase, o.started_at_ms), (Phase::Spread, Some(5)));
+        let spread = Applied::Moved {
+            from: Phase::Spread,
+            to: Phase::Spread,
+        };
+        assert_eq!(
+            o.member_stood(&member("ma", OrderState::Running), 6),
+            spread
+        );
+        assert_eq!(
+            o.member_stood(&member("ma", OrderState::Running), 6),
+            Applied::Stale
+        );
+        assert_eq!(
+            o.member_stood(&member("other", OrderState::Failed), 6),
+            Applied::Stale
+        );
+        assert_eq!(
+            o.member_stood(&member("ma", OrderState::Succeeded), 7),
+            spread
+        );
+        assert_eq!(
+            o.member_stood(&member("ma", OrderState::Failed), 7),
+            Applied::Stale,
+            "an end never changes"
+        );
+        let mut failed = member("mb", OrderState::Failed);
+        failed.reason = Some("member lost: b did not come back within 1m".into());
+        let ended = o.member_stood(&failed, 9);
+        assert_eq!(
+            ended,
+            Applied::Moved {
+                from: Phase::Spread,
+                to: Phase::Failed
+            }
+        );
+        let reason = o.info().reason.unwrap();
+        assert!(
+            reason.contains("1 of 2 members succeeded") && reason.contains("b: member lost"),
+            "{reason}"
+        );
+        assert_eq!(o.info().finished_at_ms, Some(9));
     }
 }

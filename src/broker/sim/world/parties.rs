@@ -185,6 +185,11 @@ impl World {
                     e.error.code,
                     ErrorCode::InvalidState | ErrorCode::Busy | ErrorCode::Unavailable
                 ) => {}
+            // ended long ago, and no longer held (a broker keeps the newest
+            // `broker.keep_finished` ended orders)
+            Reply::Error(e)
+                if e.error.code == ErrorCode::NotFound
+                    && (self.journal.get(&order_id)).is_some_and(|(i, _)| i.state.is_final()) => {}
             other => {
                 let what = format!("t={} cancel of {order_id} answered {other:?}", self.now);
                 self.check.violations.push(what);
