@@ -100,8 +100,8 @@ pub struct OrderFinished {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderChanged {
     pub order_id: String,
-    /// The workflow; for a job order (only its `waiting` events) the job:
-    /// the `{job}` token of the subject.
+    /// The workflow; for a job order (its `waiting` events, a spread
+    /// order's news) the job: the `{job}` token of the subject.
     pub workflow: String,
     /// The order's state after the change.
     pub state: OrderState,
@@ -112,7 +112,8 @@ pub struct OrderChanged {
     pub attempt: Option<u32>,
     #[serde(default)]
     pub step_state: Option<super::workflow::StepState>,
-    /// The order running the step's attempt.
+    /// The order running the step's attempt; for a spread order, the
+    /// order of the member that ended.
     #[serde(default)]
     pub step_order_id: Option<String>,
     /// What happened, for people: "step build dispatched", "suspended", ...

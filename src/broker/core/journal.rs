@@ -51,7 +51,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::super::order_book::{Order, OrderEvent};
 use super::{Core, Effect, Event, Refusal, Reply};
@@ -161,7 +161,15 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                 self.adopt_end((**ended).clone());
             }
             Stored::Unknown(e) | Stored::Contended(e) => {
-                warn!(order = %order_id, error = %e, "order state not stored");
+                match self.unstored.failed(self.now.at) {
+                    Some(0) => {
+                        warn!(order = %order_id, error = %e, "order state not stored (JetStream may be electing a stream leader, or have no quorum)")
+                    }
+                    Some(held) => {
+                        warn!(order = %order_id, error = %e, "order state not stored, nor {held} more writes in the last {}s (JetStream may be electing a stream leader, or have no quorum)", super::quiet::QUIET_FOR.as_secs())
+                    }
+                    None => debug!(order = %order_id, error = %e, "order state not stored"),
+                }
                 if matches!(stored, Stored::Unknown(_)) {
                     // it may have landed: the next write reads the revision
                     self.revisions.forget(&order_id);

@@ -45,6 +45,7 @@ mod journal;
 mod orders;
 mod pause;
 pub mod plan;
+mod quiet;
 mod refusal;
 mod retries;
 mod spread;
@@ -337,6 +338,8 @@ pub struct Core<R> {
     /// Members' orders waiting for a member that is away, since when (ms;
     /// `spread.rs`).
     away_since: HashMap<String, u64>,
+    /// Failed journal writes, warned of once per `quiet::QUIET_FOR`.
+    unstored: quiet::Quiet,
     /// Orders waiting for their record to be created, and what waits.
     creating: HashMap<String, submit::Pending<R>>,
     /// Seeds the ids of orders without a request id, unique per broker.
@@ -382,6 +385,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             creating: HashMap::new(),
             told_waiting: HashMap::new(),
             away_since: HashMap::new(),
+            unstored: quiet::Quiet::default(),
             id_seed,
             ids: 0,
             tenure,

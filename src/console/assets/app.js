@@ -366,6 +366,14 @@ function gantt(rows) {
 }
 
 function timelineRows(o) {
+  if (o.members && o.members.length) {
+    // a spread order: one row per member, each its own order
+    return o.members.map((m) => ({
+      label: `member ${m.subagent_id}`, subagent: m.subagent_id, where: m.subagent_id, state: m.state,
+      from: m.started_at_ms, to: m.finished_at_ms,
+      note: [m.attempt > 1 ? `${m.attempt} tasks` : "", m.reason || "", m.exit_code != null ? `exit ${m.exit_code}` : "", `order ${m.order_id.slice(0, 8)}`].filter(Boolean).join("; "),
+    }));
+  }
   if (o.history && o.history.length) {
     return o.history.map((h) => ({
       label: `${h.step} #${h.attempt}`, subagent: h.subagent_id, state: h.state,
@@ -416,7 +424,9 @@ function orderPage(id) {
     if (workflow && ["suspended", "suspending", "failed"].includes(o.state) && !o.expired_at_ms) actions.push(`<button data-action="resume">Resume…</button>`);
     const outputs = Object.entries(o.outputs || {}).map(([k, v]) => `<div class="mono">${esc(k)}</div><div class="mono">${esc(v)}</div>`).join("");
     const params = Object.entries(o.params || {}).map(([k, v]) => `${esc(k)}=${esc(v)}`).join(", ");
-    const parent = o.parent ? `<div>step of</div><div><a href="#/orders/${encodeURIComponent(o.parent.order_id)}">${esc(o.parent.workflow)} · ${esc(o.parent.step)}</a></div>` : "";
+    const parent = (o.parent ? `<div>step of</div><div><a href="#/orders/${encodeURIComponent(o.parent.order_id)}">${esc(o.parent.workflow)} · ${esc(o.parent.step)}</a></div>` : "")
+      + (o.member_of ? `<div>member of</div><div><a href="#/orders/${encodeURIComponent(o.member_of)}">spread order ${esc(o.member_of)}</a> <span class="muted">on ${esc(o.pin || "")} only</span></div>` : "")
+      + (o.spread ? `<div>spread</div><div data-spread>${o.spread.count ? `up to ${o.spread.count} members` : "every member up"}; ${o.spread.min_succeeded ? `at least ${o.spread.min_succeeded} must succeed` : "all must succeed"}${o.members && o.members.length ? ` · ${o.members.map((m) => `<a href="#/orders/${encodeURIComponent(m.order_id)}">${esc(m.subagent_id)}</a>`).join(", ")}` : ""}</div>` : "");
     const stepOutputs = workflow ? o.steps.filter((s) => Object.keys(s.outputs || {}).length).map((s) =>
       Object.entries(s.outputs).map(([k, v]) => `<div class="mono">${esc(s.name)}.${esc(k)}</div><div class="mono">${esc(v)}</div>`).join("")).join("") : "";
     const keepLog = $("#log") && logSource ? $("#log") : null;
