@@ -338,6 +338,9 @@ pub struct Core<R> {
     /// Members' orders waiting for a member that is away, since when (ms;
     /// `spread.rs`).
     away_since: HashMap<String, u64>,
+    /// When the newest `run` of each order was sent (ms): one sent after
+    /// its subagent was last heard may still land (`subagents.rs`).
+    runs_sent: HashMap<String, u64>,
     /// Failed journal writes, warned of once per `quiet::QUIET_FOR`.
     unstored: quiet::Quiet,
     /// Orders waiting for their record to be created, and what waits.
@@ -386,6 +389,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             told_waiting: HashMap::new(),
             away_since: HashMap::new(),
             unstored: quiet::Quiet::default(),
+            runs_sent: HashMap::new(),
             id_seed,
             ids: 0,
             tenure,

@@ -156,6 +156,12 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
 
     /// Sends a task; `again` when it was sent before without an answer.
     pub(super) fn send_run(&mut self, subagent_id: String, run: RunTask, again: bool) {
+        if self.runs_sent.len() > 4096 {
+            let book = &self.book;
+            (self.runs_sent)
+                .retain(|id, _| book.get(id).is_some_and(|o| o.phase == Phase::Dispatching));
+        }
+        self.runs_sent.insert(run.order_id.clone(), self.now.ms);
         let run = Box::new(run);
         self.emit(Effect::Run {
             subagent_id,
@@ -176,6 +182,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         }
         match reply {
             RunReply::Accepted => {
+                self.runs_sent.remove(&run.order_id);
                 let event = OrderEvent::Started {
                     task_id: run.task_id.clone(),
                     at_ms: self.now.ms,

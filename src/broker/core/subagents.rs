@@ -262,8 +262,14 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             + doubt.heartbeat_interval
             + self.config.broker.heartbeat_interval
             + ORPHAN_MARGIN;
-        let rerun_at_ms = last_seen_ms + wait.as_millis() as u64;
         for order_id in orders {
+            // a run sent after it was last heard may still land (held up in
+            // the server's buffer): its orphan timeout counts from then
+            let sent_ms = (self.book.get(order_id))
+                .filter(|o| o.phase == Phase::Dispatching)
+                .and_then(|_| self.runs_sent.get(order_id).copied())
+                .unwrap_or(0);
+            let rerun_at_ms = last_seen_ms.max(sent_ms) + wait.as_millis() as u64;
             let event = OrderEvent::SubagentLost {
                 subagent_id: id.to_string(),
                 at_ms: self.now.ms,
