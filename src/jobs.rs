@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod files;
+pub mod notify;
 pub mod retry;
 pub mod when;
 
@@ -107,6 +108,8 @@ struct JobDef {
     concurrency: ConcurrencyPolicy,
     #[serde(default)]
     retry: Option<retry::RetryDef>,
+    #[serde(default)]
+    notify: notify::NotifyDef,
 }
 
 fn yes() -> bool {
@@ -210,6 +213,7 @@ pub(crate) fn deployment(
             misfire: def.misfire.map(MisfirePolicy::from).unwrap_or_default(),
             concurrency: def.concurrency,
             retry: def.retry.map(Into::into),
+            notify: def.notify.into(),
         };
         let mut spec = spec;
         when::resolve(&mut spec.triggers, calendars).map_err(|(field, message)| {
@@ -353,6 +357,9 @@ pub fn validate_job(job: &JobSpec) -> Result<(), JobError> {
     }
     if let Some(Err((field, message))) = job.retry.as_ref().map(retry::validate) {
         return Err(err(field, message));
+    }
+    if let Err((field, message)) = notify::validate(&job.notify) {
+        return Err(err(&field, message));
     }
     for arg in &job.args {
         for used in placeholders(arg) {

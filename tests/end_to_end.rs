@@ -178,6 +178,7 @@ async fn hundred_orders_from_a_plain_client() {
         misfire: Default::default(),
         concurrency: Default::default(),
         retry: None,
+        notify: Default::default(),
     };
     let client = PlainClient::connect(&h.nats_url(), &seed).await;
     let request = DeployRequest {

@@ -57,6 +57,8 @@ struct Active {
     last_try: Instant,
     /// Fires when the Broker stopped by itself.
     stopped: oneshot::Receiver<()>,
+    /// Notifications of ended orders, sent while active (dropped: stopped).
+    _notifier: Option<crate::notify::Notifier>,
 }
 
 struct Leadership {
@@ -277,6 +279,7 @@ impl Leadership {
             last_ok: sent,
             last_try: sent,
             stopped,
+            _notifier: crate::notify::start(&self.config, self.bus.clone()),
         });
         self.free_since = None;
         self.announce(BrokerRole::Active, epoch, "won the leadership lease");

@@ -10,7 +10,8 @@
 //! publish), `reply`, `request`, `serve` (a stream of decoded requests),
 //! `listen` (a stream of decoded publishes), `gather` (a request many
 //! answer, `gather.rs`), `kv` (typed JetStream KV buckets, `kv.rs`) and
-//! `append` (a JetStream stream, `audit.rs`).
+//! `append` (a JetStream stream, `audit.rs`) and `kv_durable` (a durable
+//! consumer of a bucket's writes, `durable.rs`).
 //!
 //! Architecture invariant: the bus knows payload types only as serde types;
 //! it never decides anything about jobs, orders or subagents.
@@ -22,6 +23,7 @@ mod audit;
 mod codec;
 mod connect;
 mod denied;
+mod durable;
 mod gather;
 mod inbound;
 mod kv;
@@ -43,6 +45,7 @@ use tracing::{debug, warn};
 pub use codec::{decode, encode, DecodeError, Encoding};
 pub use connect::{probe_connect, probe_jetstream};
 pub use connect::{redact_urls, split_url_credentials, Credentials, Tls};
+pub use durable::{DurableSettings, KvWrite, WriteAck};
 pub use kv::{Kv, KvChange};
 pub use logs::{LogsError, OrderLog, StreamLimits};
 pub use sender::SenderProof;

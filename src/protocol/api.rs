@@ -62,6 +62,10 @@ pub struct JobSpec {
     /// Whether, and how, a failed task runs again; none: the order fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<super::RetryPolicy>,
+    /// Notification targets told of its orders' ends, besides the broker's
+    /// global rules (see [`NotifyRules`](super::NotifyRules)).
+    #[serde(default, skip_serializing_if = "super::NotifyRules::is_empty")]
+    pub notify: super::NotifyRules,
 }
 
 fn yes() -> bool {

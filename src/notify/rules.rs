@@ -1,0 +1,34 @@
+//! Which notifications an order's journal record calls for, and to whom
+//! (pure).
+
+use crate::config::NotifyConfig;
+use crate::protocol::{NotifyKind, NotifyRules, OrderInfo, OrderState};
+
+/// What `record` tells of, if anything: a job order or workflow order that
+/// ended failed or succeeded. A step order of a workflow is told through
+/// its workflow order; a cancelled order, one waiting for a retry and an
+/// unfinished one call for nothing, and so does the rewrite of a failed
+/// workflow order that expired (it was told of when it failed).
+pub fn kind_of(record: &OrderInfo) -> Option<NotifyKind> {
+    if record.parent.is_some() || record.expired_at_ms.is_some() {
+        return None;
+    }
+    match record.state {
+        OrderState::Failed => Some(NotifyKind::Failure),
+        OrderState::Succeeded => Some(NotifyKind::Success),
+        _ => None,
+    }
+}
+
+/// The target names told of `kind`: the global rules' and the job's (or
+/// workflow's) own, each once, in name order.
+pub fn targets(global: &NotifyConfig, own: &NotifyRules, kind: NotifyKind) -> Vec<String> {
+    let (global, own) = match kind {
+        NotifyKind::Failure => (&global.on_failure, &own.failure),
+        NotifyKind::Success => (&global.on_success, &own.success),
+    };
+    let mut names: Vec<String> = global.iter().chain(own).cloned().collect();
+    names.sort();
+    names.dedup();
+    names
+}
