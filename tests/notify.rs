@@ -1,6 +1,6 @@
 //! Failure notifications (`src/notify/`): a real broker reads the orders
 //! journal and tells a webhook served by the test (a small HTTP/1.1
-//! receiver on 127.0.0.1:0) and a NATS subject; across a SIGKILL of the
+//! receiver on 127.0.0.1:0) and a NATS subject, and of a subagent lost; across a SIGKILL of the
 //! active broker; and a webhook that never answers does not hold up
 //! dispatch.
 
@@ -77,7 +77,7 @@ impl Receiver {
     /// The POSTs about `order` answered 200.
     fn delivered(&self, order: &str) -> Vec<Post> {
         let mut posts = self.posts();
-        posts.retain(|p| p.body.order_id == order && p.answered == Some(200));
+        posts.retain(|p| p.body.order_id.as_deref() == Some(order) && p.answered == Some(200));
         posts
     }
 
@@ -152,6 +152,7 @@ fn config_file(dir: PathBuf, url: &str, timeout: &str) -> PathBuf {
         r#"
 [notify]
 on_failure = ["hook"]
+on_subagent_lost = ["hook"]
 retries = 1000
 backoff = "200ms"
 max_backoff = "500ms"
@@ -226,7 +227,7 @@ async fn a_failed_order_is_posted_to_the_webhook_and_published_on_the_subject() 
     let receiver = Receiver::start(Mode::Ok).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = config_file(dir.path().to_path_buf(), &receiver.url, "5s");
-    let h = cluster_reading(&config).await;
+    let mut h = cluster_reading(&config).await;
     deploy(&h.bus, JOBS).await;
     let subject = h.bus.subjects().notify("alerts");
     let mut published = h.bus.listen_raw(subject).await.expect("subscribe");
@@ -239,8 +240,13 @@ async fn a_failed_order_is_posted_to_the_webhook_and_published_on_the_subject() 
     .await;
     let post = &posts[0];
     assert_eq!(post.body.kind, NotifyKind::Failure);
-    assert_eq!(post.body.job, "fails");
-    assert_eq!(post.body.state, OrderState::Failed);
+    assert_eq!(post.body.job.as_deref(), Some("fails"));
+    assert_eq!(post.body.state, Some(OrderState::Failed));
+    assert!(
+        post.body.summary.contains("exit code 3"),
+        "{}",
+        post.body.summary
+    );
     assert_eq!(post.body.exit_code, Some(3));
     assert!(post.body.hint.contains(&order), "{:?}", post.body);
     assert_eq!(
@@ -257,8 +263,8 @@ async fn a_failed_order_is_posted_to_the_webhook_and_published_on_the_subject() 
         .expect("a message");
     let on_bus: Notification = serde_json::from_slice(&payload).expect("JSON notification");
     assert_eq!(
-        (on_bus.order_id.as_str(), on_bus.id.as_str()),
-        (order.as_str(), post.body.id.as_str())
+        (on_bus.order_id.as_deref(), on_bus.id.as_str()),
+        (Some(order.as_str()), post.body.id.as_str())
     );
 
     // a success is told only to the job's own target (`bus`), not the webhook
@@ -269,15 +275,31 @@ async fn a_failed_order_is_posted_to_the_webhook_and_published_on_the_subject() 
         .expect("a message");
     let success: Notification = serde_json::from_slice(&payload).expect("JSON notification");
     assert_eq!(
-        (success.order_id.as_str(), success.kind),
-        (ok.as_str(), NotifyKind::Success)
+        (success.order_id.as_deref(), success.kind),
+        (Some(ok.as_str()), NotifyKind::Success)
     );
-    assert!(receiver.posts().iter().all(|p| p.body.order_id == order));
+    assert!(receiver
+        .posts()
+        .iter()
+        .all(|p| p.body.order_id.as_deref() == Some(order.as_str())));
     assert_eq!(
         receiver.delivered(&order).len(),
         1,
         "one POST without a fail-over"
     );
+
+    // a subagent killed: the active broker declares it lost and says so
+    h.cluster
+        .signal("sub-1", Signal::SIGKILL)
+        .expect("kill the subagent");
+    let lost = wait_for(ARRIVAL, "the loss is told", || async {
+        receiver
+            .posts()
+            .into_iter()
+            .find(|p| p.body.kind == NotifyKind::SubagentLost)
+    })
+    .await;
+    assert_eq!(lost.body.subagent_id.as_deref(), Some("sub-1"));
 
     let logs = logs(&h);
     assert!(
@@ -304,7 +326,10 @@ async fn a_notification_pending_when_the_active_broker_is_killed_is_delivered_by
     let order = submit(&h.bus, "fails", &[]).await;
     assert_eq!(wait_final(&h, &order).await, OrderState::Failed);
     wait_until(ARRIVAL, "the active broker tries the webhook", || async {
-        receiver.posts().iter().any(|p| p.body.order_id == order)
+        receiver
+            .posts()
+            .iter()
+            .any(|p| p.body.order_id.as_deref() == Some(order.as_str()))
     })
     .await;
     let process = if first == "b2" { "b2" } else { "broker" };
@@ -332,7 +357,7 @@ async fn a_notification_pending_when_the_active_broker_is_killed_is_delivered_by
     let refused = receiver
         .posts()
         .iter()
-        .filter(|p| p.body.order_id == order && p.answered == Some(503))
+        .filter(|p| p.body.order_id.as_deref() == Some(order.as_str()) && p.answered == Some(503))
         .count();
     eprintln!(
         "killed {first}, {next} took over; {} delivered, {refused} refused before",

@@ -5,6 +5,8 @@
 //! [notify]
 //! on_failure = ["ops"]          # every job's and workflow's failures
 //! on_success = []
+//! on_subagent_lost = ["ops"]    # the active broker declared a subagent lost
+//! on_no_scheduler = ["ops"]     # no agent can be Scheduler: no trigger fires
 //!
 //! [[notify.target]]
 //! name = "ops"
@@ -39,6 +41,11 @@ pub struct NotifyConfig {
     pub on_failure: Vec<String>,
     /// Targets told of every order that succeeds.
     pub on_success: Vec<String>,
+    /// Targets told when the active broker declares a subagent lost.
+    pub on_subagent_lost: Vec<String>,
+    /// Targets told when no agent can hold the Scheduler role (no trigger
+    /// fires).
+    pub on_no_scheduler: Vec<String>,
     /// Tries after the first before a notification is given up (counted
     /// and warned about).
     pub retries: u32,
@@ -81,6 +88,8 @@ impl Default for NotifyConfig {
             targets: Vec::new(),
             on_failure: Vec::new(),
             on_success: Vec::new(),
+            on_subagent_lost: Vec::new(),
+            on_no_scheduler: Vec::new(),
             retries: 10,
             backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
@@ -166,6 +175,8 @@ impl Config {
         for (key, names) in [
             ("notify.on_failure", &n.on_failure),
             ("notify.on_success", &n.on_success),
+            ("notify.on_subagent_lost", &n.on_subagent_lost),
+            ("notify.on_no_scheduler", &n.on_no_scheduler),
         ] {
             if let Some(unknown) = names.iter().find(|name| n.target(name).is_none()) {
                 return Err(invalid(

@@ -25,6 +25,11 @@
 //!   record's deliveries are a task of their own, at most
 //!   `notify.concurrency` tries at once, each bounded by its target's
 //!   timeout, so a dead webhook only delays its own notifications.
+//! - **Cluster events** (`on_subagent_lost`, `on_no_scheduler`): the
+//!   active broker's own `SubagentChanged` (lost) and `TriggersChanged`
+//!   (not firing) events, heard as they are published: at most once (a
+//!   broker dying before its notifier sent them loses them); retried like
+//!   the others while the broker lives.
 //! - **Secrets:** a target is logged by its name; its URL and headers
 //!   ([`Secret`](crate::config::Secret)s) never.
 //!
@@ -53,9 +58,12 @@ use tracing::{debug, info, warn};
 
 pub use url::{check_webhook_url, redacted};
 
-use crate::bus::{Bus, DurableSettings, Kv, KvWrite, WriteAck};
+use crate::bus::{Bus, DurableSettings, Kv, KvWrite, Received, WriteAck};
 use crate::config::{Config, NotifyConfig, NotifyTarget};
-use crate::protocol::{JobSpec, Notification, NotifyRules, OrderInfo, WorkflowSpec};
+use crate::protocol::{
+    JobSpec, Notification, NotifyKind, NotifyRules, OrderInfo, SubagentChanged, TriggersChanged,
+    WorkflowSpec,
+};
 use retry::{Next, Tried};
 use webhook::Webhook;
 
@@ -171,7 +179,10 @@ async fn run(config: Config, bus: Bus) {
         policy: config.notify.clone(),
         bus: bus.clone(),
     });
-    let broker_id: Arc<str> = config.broker_id().into();
+    let sender = body::Sender {
+        broker_id: config.broker_id(),
+        prefix: config.prefix.clone(),
+    };
     let mut rules = Rules::default();
     let settings = DurableSettings {
         ack_wait: ACK_WAIT,
@@ -179,14 +190,15 @@ async fn run(config: Config, bus: Bus) {
     };
     loop {
         let opened = open(&bus, &config, settings).await;
-        let (jobs_kv, flows_kv, mut jobs, mut flows, mut records) = match opened {
-            Ok(opened) => opened,
-            Err(e) => {
-                warn!(error = %e, "cannot read the orders journal for notifications; trying again in 1s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
+        let (jobs_kv, flows_kv, mut jobs, mut flows, mut records, mut lost, mut triggers) =
+            match opened {
+                Ok(opened) => opened,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the orders journal for notifications; trying again in 1s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
         info!(consumer = CONSUMER, "notifier reading the orders journal");
         loop {
             tokio::select! {
@@ -201,10 +213,22 @@ async fn run(config: Config, bus: Bus) {
                 record = records.next() => match record {
                     Some(write) => {
                         let own = own_rules(&mut rules, &jobs_kv, &flows_kv, &write.value).await;
-                        handle(&shared, &broker_id, own, write).await;
+                        handle(&shared, &sender, own, write).await;
                     }
                     None => break,
                 },
+                Some(event) = lost.next() => {
+                    if let Some(kind) = rules::kind_of_subagent(&event.body) {
+                        let notification = body::of_subagent_lost(&event.body, &sender);
+                        tell(&shared, kind, notification, None);
+                    }
+                }
+                Some(event) = triggers.next() => {
+                    if let Some(kind) = rules::kind_of_triggers(&event.body) {
+                        let notification = body::of_no_scheduler(&event.body, &sender);
+                        tell(&shared, kind, notification, None);
+                    }
+                }
             }
         }
         warn!("the orders journal's consumer ended; opening it again");
@@ -222,6 +246,8 @@ async fn open(
         futures::stream::LocalBoxStream<'static, crate::bus::KvChange<JobSpec>>,
         futures::stream::LocalBoxStream<'static, crate::bus::KvChange<WorkflowSpec>>,
         futures::stream::BoxStream<'static, KvWrite<OrderInfo>>,
+        futures::stream::LocalBoxStream<'static, Received<SubagentChanged>>,
+        futures::stream::LocalBoxStream<'static, Received<TriggersChanged>>,
     ),
     crate::bus::BusError,
 > {
@@ -233,7 +259,11 @@ async fn open(
         .kv_durable::<OrderInfo>(&config.orders_bucket(), CONSUMER, settings)
         .await?
         .boxed();
-    Ok((jobs_kv, flows_kv, jobs, flows, records))
+    // the active broker's own events, heard once: at most once
+    let subjects = bus.subjects();
+    let lost = bus.listen(subjects.subagent_changes()).await?.boxed_local();
+    let triggers = bus.listen(subjects.triggers_changed()).await?.boxed_local();
+    Ok((jobs_kv, flows_kv, jobs, flows, records, lost, triggers))
 }
 
 /// The job's or workflow's own rules; read from its bucket when the watch
@@ -269,7 +299,7 @@ async fn own_rules(
 /// task of their own.
 async fn handle(
     shared: &Arc<Shared>,
-    broker_id: &str,
+    sender: &body::Sender,
     own: NotifyRules,
     write: KvWrite<OrderInfo>,
 ) {
@@ -278,28 +308,48 @@ async fn handle(
         let _ = write.ack.ack().await;
         return;
     };
-    let names = rules::targets(&shared.policy, &own, kind);
+    let notification = body::of_order(record, kind, sender);
+    if write.delivered > 1 {
+        debug!(notification = %notification.id, delivered = write.delivered, "record delivered again; its notifications may repeat");
+    }
+    if let Some(ack) = tell_own(shared, kind, &own, notification, Some(write.ack)) {
+        let _ = ack.ack().await;
+    }
+}
+
+/// Hands `notification` to a task that delivers it to the targets of
+/// `kind` (and acknowledges `ack` at the end).
+fn tell(shared: &Arc<Shared>, kind: NotifyKind, notification: Notification, ack: Option<WriteAck>) {
+    if let Some(ack) = tell_own(shared, kind, &NotifyRules::default(), notification, ack) {
+        tokio::task::spawn_local(async move { ack.ack().await });
+    }
+}
+
+/// Like [`tell`] with a job's own rules; gives `ack` back when no target
+/// is to be told.
+fn tell_own(
+    shared: &Arc<Shared>,
+    kind: NotifyKind,
+    own: &NotifyRules,
+    notification: Notification,
+    ack: Option<WriteAck>,
+) -> Option<WriteAck> {
     let mut chosen = Vec::new();
-    for name in names {
+    for name in rules::targets(&shared.policy, own, kind) {
         match shared.targets.get(&name) {
             Some(target) => chosen.push(target.clone()),
             None => {
                 crate::metrics::broker().notification("_unknown", "unknown_target");
-                warn!(target = %name, job = %record.job, "notification target not configured on this broker; add it to [[notify.target]]");
+                warn!(target = %name, notification = %notification.id, "notification target not configured on this broker; add it to [[notify.target]]");
             }
         }
     }
     if chosen.is_empty() {
-        let _ = write.ack.ack().await;
-        return;
-    }
-    let prefix = shared.bus.subjects().prefix().to_string();
-    let notification = body::notification(record, kind, broker_id, &prefix);
-    if write.delivered > 1 {
-        debug!(notification = %notification.id, delivered = write.delivered, "record delivered again; its notifications may repeat");
+        return ack;
     }
     let shared = shared.clone();
-    tokio::task::spawn_local(deliver_all(shared, chosen, notification, write.ack));
+    tokio::task::spawn_local(deliver_all(shared, chosen, notification, ack));
+    None
 }
 
 /// Delivers one notification to each of its targets, marking the record
@@ -308,7 +358,7 @@ async fn deliver_all(
     shared: Arc<Shared>,
     targets: Vec<Arc<Target>>,
     notification: Notification,
-    ack: WriteAck,
+    ack: Option<WriteAck>,
 ) {
     let body = Bytes::from(serde_json::to_vec(&notification).unwrap_or_default());
     let id = notification.id.as_str();
@@ -323,9 +373,14 @@ async fn deliver_all(
     loop {
         tokio::select! {
             _ = &mut work => break,
-            _ = progress.tick() => ack.in_progress().await,
+            _ = progress.tick() => if let Some(ack) = &ack {
+                ack.in_progress().await
+            },
         }
     }
+    let Some(ack) = ack else {
+        return;
+    };
     if let Err(e) = ack.ack().await {
         warn!(notification = %id, error = %e, "notification record not acknowledged; it will be delivered again");
     }

@@ -2,7 +2,9 @@
 //! (pure).
 
 use crate::config::NotifyConfig;
-use crate::protocol::{NotifyKind, NotifyRules, OrderInfo, OrderState};
+use crate::protocol::{
+    NotifyKind, NotifyRules, OrderInfo, OrderState, SubagentChanged, SubagentState, TriggersChanged,
+};
 
 /// What `record` tells of, if anything: a job order or workflow order that
 /// ended failed or succeeded. A step order of a workflow is told through
@@ -20,15 +22,28 @@ pub fn kind_of(record: &OrderInfo) -> Option<NotifyKind> {
     }
 }
 
-/// The target names told of `kind`: the global rules' and the job's (or
-/// workflow's) own, each once, in name order.
+/// The target names told of `kind`: the global rules' and, of an order's
+/// end, the job's (or workflow's) own, each once, in name order.
 pub fn targets(global: &NotifyConfig, own: &NotifyRules, kind: NotifyKind) -> Vec<String> {
+    let none = Vec::new();
     let (global, own) = match kind {
         NotifyKind::Failure => (&global.on_failure, &own.failure),
         NotifyKind::Success => (&global.on_success, &own.success),
+        NotifyKind::SubagentLost => (&global.on_subagent_lost, &none),
+        NotifyKind::NoScheduler => (&global.on_no_scheduler, &none),
     };
     let mut names: Vec<String> = global.iter().chain(own).cloned().collect();
     names.sort();
     names.dedup();
     names
+}
+
+/// What a cluster event tells of, if anything: a subagent lost, or the
+/// triggers stopping because no agent can be Scheduler.
+pub fn kind_of_subagent(event: &SubagentChanged) -> Option<NotifyKind> {
+    (event.state == SubagentState::Lost).then_some(NotifyKind::SubagentLost)
+}
+
+pub fn kind_of_triggers(event: &TriggersChanged) -> Option<NotifyKind> {
+    (!event.firing).then_some(NotifyKind::NoScheduler)
 }

@@ -1,11 +1,14 @@
 use std::time::Duration;
 
-use super::body::notification;
+use super::body::{of_no_scheduler, of_order, of_subagent_lost, Sender};
 use super::retry::{backoff, next, Next, Tried};
-use super::rules::{kind_of, targets};
+use super::rules::{kind_of, kind_of_subagent, kind_of_triggers, targets};
 use super::url::{check_webhook_url, endpoint, redacted};
 use crate::config::NotifyConfig;
-use crate::protocol::{NotifyKind, NotifyRules, OrderInfo, OrderState, ParentStep};
+use crate::protocol::{
+    NotifyKind, NotifyRules, OrderInfo, OrderState, ParentStep, SubagentChanged, SubagentState,
+    TriggersChanged,
+};
 
 fn record(state: OrderState) -> OrderInfo {
     let mut info = OrderInfo::new("o-1".into(), "backup".into(), state, 1_000);
@@ -78,22 +81,82 @@ fn targets_are_the_global_and_own_rules_once_each() {
     assert!(targets(&none, &NotifyRules::default(), NotifyKind::Failure).is_empty());
 }
 
+fn sender(broker: &str) -> Sender {
+    Sender {
+        broker_id: broker.into(),
+        prefix: "baton".into(),
+    }
+}
+
 #[test]
 fn the_body_says_what_ended_and_its_id_is_stable() {
     let failed = record(OrderState::Failed);
-    let n = notification(&failed, NotifyKind::Failure, "broker-a", "baton");
+    let n = of_order(&failed, NotifyKind::Failure, &sender("broker-a"));
     assert_eq!(n.id, "o-1:failure:2000");
-    assert_eq!(n.job, "backup");
-    assert_eq!(n.exit_code, Some(3));
-    assert_eq!(n.attempts, 2);
+    assert_eq!(n.summary, "order o-1 of job backup failed: exit code 3");
+    assert_eq!(n.job.as_deref(), Some("backup"));
+    assert_eq!(
+        (n.exit_code, n.attempts, n.at_ms),
+        (Some(3), Some(2), 2_000)
+    );
     assert_eq!(n.subagent_id.as_deref(), Some("sub-1"));
     assert!(n.hint.contains("baton order show o-1"), "{}", n.hint);
     // another broker sends the same id
-    let again = notification(&failed, NotifyKind::Failure, "broker-b", "baton");
+    let again = of_order(&failed, NotifyKind::Failure, &sender("broker-b"));
     assert_eq!(again.id, n.id);
     let json = serde_json::to_value(&n).unwrap();
     assert_eq!(json["kind"], "failure");
     assert_eq!(json["state"], "failed");
+    assert!(json.get("timed_out").is_none(), "false is left out: {json}");
+    let mut flow = record(OrderState::Succeeded);
+    flow.workflow = Some("nightly".into());
+    let n = of_order(&flow, NotifyKind::Success, &sender("b"));
+    assert_eq!(n.summary, "order o-1 of workflow nightly succeeded");
+}
+
+#[test]
+fn cluster_events_call_for_their_kinds_only() {
+    let mut lost = SubagentChanged {
+        subagent_id: "sub-2".into(),
+        state: SubagentState::Lost,
+        reason: "lost: no responders".into(),
+        at_ms: 5,
+    };
+    assert_eq!(kind_of_subagent(&lost), Some(NotifyKind::SubagentLost));
+    let n = of_subagent_lost(&lost, &sender("b"));
+    assert_eq!(
+        (n.id.as_str(), n.subagent_id.as_deref()),
+        ("subagent:sub-2:lost:5", Some("sub-2"))
+    );
+    assert!(n.order_id.is_none());
+    lost.state = SubagentState::Suspect;
+    assert_eq!(kind_of_subagent(&lost), None, "suspicion is not loss");
+    let mut stopped = TriggersChanged {
+        firing: false,
+        scheduler: None,
+        reason: "no agent connected".into(),
+        at_ms: 7,
+    };
+    assert_eq!(kind_of_triggers(&stopped), Some(NotifyKind::NoScheduler));
+    assert_eq!(
+        of_no_scheduler(&stopped, &sender("b")).summary,
+        "no trigger fires: no agent connected"
+    );
+    stopped.firing = true;
+    assert_eq!(kind_of_triggers(&stopped), None);
+    let global = NotifyConfig {
+        on_subagent_lost: names(&["ops"]),
+        ..NotifyConfig::default()
+    };
+    let own = NotifyRules {
+        failure: names(&["team"]),
+        success: names(&["team"]),
+    };
+    assert_eq!(
+        targets(&global, &own, NotifyKind::SubagentLost),
+        names(&["ops"])
+    );
+    assert!(targets(&global, &own, NotifyKind::NoScheduler).is_empty());
 }
 
 #[test]

@@ -40,6 +40,10 @@ pub enum NotifyKind {
     Failure,
     /// An order succeeded.
     Success,
+    /// The active broker declared a subagent lost (gone without leaving).
+    SubagentLost,
+    /// No agent can hold the Scheduler role: no trigger fires.
+    NoScheduler,
 }
 
 impl NotifyKind {
@@ -47,48 +51,62 @@ impl NotifyKind {
         match self {
             NotifyKind::Failure => "failure",
             NotifyKind::Success => "success",
+            NotifyKind::SubagentLost => "subagent_lost",
+            NotifyKind::NoScheduler => "no_scheduler",
         }
     }
 }
 
 /// The body of one notification: a webhook's HTTP POST (`Content-Type:
 /// application/json`) and a subject target's NATS message, in JSON.
-/// Delivered at least once: a receiver drops a repeated `id`.
+/// An order's end (`failure`, `success`) is delivered at least once: a
+/// receiver drops a repeated `id`. The order fields are present for those
+/// kinds only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Notification {
-    /// `{order_id}:{kind}:{finished_at_ms}`: the same in every copy of this
-    /// notification, so receivers drop repeats by it.
+    /// The same in every copy of this notification, so receivers drop
+    /// repeats by it: `{order_id}:{kind}:{finished_at_ms}` for an order,
+    /// `subagent:{id}:lost:{at_ms}`, `scheduler:none:{at_ms}`.
     pub id: String,
     pub kind: NotifyKind,
-    pub order_id: String,
+    /// One line for people: what happened.
+    pub summary: String,
+    /// When it happened (ms since the epoch): an order's end, an event's time.
+    pub at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
     /// The job's name (of a workflow order: the workflow's).
-    pub job: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
     /// Present for a workflow order: the workflow's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<String>,
-    pub state: OrderState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<OrderState>,
     /// The exit code of the last task, when it exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     /// The signal that ended the last task, when one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub timed_out: bool,
-    /// Why it failed when the exit code does not say it.
+    /// Why: an order's failure when the exit code does not say it, why a
+    /// subagent was lost, why no agent can be Scheduler.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    pub accepted_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_at_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at_ms: Option<u64>,
-    /// Where its last task ran.
+    /// Where an order's last task ran; the subagent lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subagent_id: Option<String>,
     /// Tasks started for the order (retries included).
-    #[serde(default)]
-    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
     /// The trigger slot it fired, when a Scheduler submitted it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot_ms: Option<u64>,
@@ -100,6 +118,10 @@ pub struct Notification {
     /// The cluster's subject prefix.
     pub prefix: String,
     /// How to see more: `baton order show {order_id}` (and `baton order
-    /// logs {order_id}` for its output).
+    /// logs {order_id}`), or `baton status`.
     pub hint: String,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
