@@ -183,6 +183,12 @@ notify = { failure = ["bus"] }
 name = "works"
 program = "true"
 notify = { success = ["bus"] }
+
+[[workflow]]
+name = "flow"
+notify = { failure = ["bus"] }
+[[workflow.steps]]
+job = "fails"
 "#;
 
 /// A cluster whose every process reads `config` (only brokers use `[notify]`).
@@ -287,6 +293,26 @@ async fn a_failed_order_is_posted_to_the_webhook_and_published_on_the_subject() 
         1,
         "one POST without a fail-over"
     );
+
+    // a workflow order is told of once, as the workflow's (not its step's)
+    let flow = submit(&h.bus, "flow", &[]).await;
+    assert_eq!(wait_final(&h, &flow).await, OrderState::Failed);
+    let (_, payload) = within(
+        ARRIVAL,
+        "the workflow's failure is published",
+        published.next(),
+    )
+    .await
+    .expect("a message");
+    let told: Notification = serde_json::from_slice(&payload).expect("JSON notification");
+    assert_eq!(told.order_id.as_deref(), Some(flow.as_str()), "{told:?}");
+    assert_eq!(told.workflow.as_deref(), Some("flow"));
+    wait_until(
+        ARRIVAL,
+        "the webhook is told of the workflow order",
+        || async { !receiver.delivered(&flow).is_empty() },
+    )
+    .await;
 
     // a subagent killed: the active broker declares it lost and says so
     h.cluster

@@ -13,6 +13,8 @@
 //!   keep failing, before the lease can expire ([`lease::must_step_down`]),
 //!   by sending it `StepDown`.
 //!   After stepping down it is a standby again, never a second active one.
+//! - While active it also runs the notifier (`crate::notify`, when
+//!   `[notify]` names targets), dropped with the Broker when it steps down.
 //! - SIGTERM: the active broker stops its Broker and deletes the lease key,
 //!   so a standby takes over at its next try instead of after expiry.
 //!
