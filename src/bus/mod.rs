@@ -112,6 +112,9 @@ pub enum BusError {
 pub struct Replier {
     reply: Option<String>,
     encoding: Encoding,
+    /// A service endpoint's request, counted in `$SRV.STATS` once
+    /// answered (`service.rs`).
+    counted: Option<service::Counted>,
 }
 
 /// A decoded request waiting for its answer.
@@ -285,7 +288,11 @@ impl Bus {
     }
 
     /// Queues the answer to a request, in the encoding it came in, without waiting.
-    pub fn reply<T: Serialize>(&self, replier: &Replier, value: &T) {
+    pub fn reply<T: Serialize + 'static>(&self, replier: &Replier, value: &T) {
+        if let Some(counted) = &replier.counted {
+            let error = (value as &dyn std::any::Any).downcast_ref::<ErrorReply>();
+            counted.answered(error);
+        }
         let Some(reply) = &replier.reply else {
             debug!("request without reply subject; answer dropped");
             return;
@@ -476,10 +483,19 @@ impl Bus {
     }
 
     fn decode_request<T: DeserializeOwned>(&self, message: Message) -> Option<Request<T>> {
+        self.decode_counted_request(message, None)
+    }
+
+    fn decode_counted_request<T: DeserializeOwned>(
+        &self,
+        message: Message,
+        counted: Option<service::Counted>,
+    ) -> Option<Request<T>> {
         let encoding = encoding_of(&message);
         let replier = Replier {
             reply: message.reply.as_ref().map(|s| s.to_string()),
             encoding,
+            counted,
         };
         let error = if message.payload.len() > self.max_message_bytes {
             ErrorReply::new(
