@@ -200,15 +200,22 @@ async fn run(config: Config, bus: Bus) {
                 }
             };
         info!(consumer = CONSUMER, "notifier reading the orders journal");
+        // any stream ending (a lost connection's subscription) opens them all again
         loop {
             tokio::select! {
-                Some(change) = jobs.next() => match change.value {
-                    Some(spec) => { rules.jobs.insert(change.key, spec.notify); }
-                    None => { rules.jobs.remove(&change.key); }
+                change = jobs.next() => match change {
+                    Some(change) => match change.value {
+                        Some(spec) => { rules.jobs.insert(change.key, spec.notify); }
+                        None => { rules.jobs.remove(&change.key); }
+                    },
+                    None => break,
                 },
-                Some(change) = flows.next() => match change.value {
-                    Some(spec) => { rules.workflows.insert(change.key, spec.notify); }
-                    None => { rules.workflows.remove(&change.key); }
+                change = flows.next() => match change {
+                    Some(change) => match change.value {
+                        Some(spec) => { rules.workflows.insert(change.key, spec.notify); }
+                        None => { rules.workflows.remove(&change.key); }
+                    },
+                    None => break,
                 },
                 record = records.next() => match record {
                     Some(write) => {
@@ -217,21 +224,22 @@ async fn run(config: Config, bus: Bus) {
                     }
                     None => break,
                 },
-                Some(event) = lost.next() => {
-                    if let Some(kind) = rules::kind_of_subagent(&event.body) {
-                        let notification = body::of_subagent_lost(&event.body, &sender);
-                        tell(&shared, kind, notification, None);
-                    }
-                }
-                Some(event) = triggers.next() => {
-                    if let Some(kind) = rules::kind_of_triggers(&event.body) {
-                        let notification = body::of_no_scheduler(&event.body, &sender);
-                        tell(&shared, kind, notification, None);
-                    }
-                }
+                event = lost.next() => match event {
+                    Some(event) => if let Some(kind) = rules::kind_of_subagent(&event.body) {
+                        tell(&shared, kind, body::of_subagent_lost(&event.body, &sender), None);
+                    },
+                    None => break,
+                },
+                event = triggers.next() => match event {
+                    Some(event) => if let Some(kind) = rules::kind_of_triggers(&event.body) {
+                        tell(&shared, kind, body::of_no_scheduler(&event.body, &sender), None);
+                    },
+                    None => break,
+                },
             }
         }
-        warn!("the orders journal's consumer ended; opening it again");
+        warn!("a stream of the notifier ended; opening them again in 1s");
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
