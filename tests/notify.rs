@@ -39,6 +39,8 @@ struct Post {
     target: String,
     body: Notification,
     answered: Option<u16>,
+    /// When it was read (ms since the epoch).
+    received_ms: u64,
 }
 
 #[derive(Clone)]
@@ -123,6 +125,7 @@ impl Receiver {
             target: head.lines().next().unwrap_or("").to_string(),
             body,
             answered,
+            received_ms: baton::time::now_ms(),
         });
         match answered {
             Some(code) => {
@@ -245,6 +248,11 @@ async fn a_failed_order_is_posted_to_the_webhook_and_published_on_the_subject() 
     })
     .await;
     let post = &posts[0];
+    let ended = post.body.finished_at_ms.expect("finished_at_ms");
+    eprintln!(
+        "order ended -> webhook read its notification: {} ms",
+        post.received_ms.saturating_sub(ended)
+    );
     assert_eq!(post.body.kind, NotifyKind::Failure);
     assert_eq!(post.body.job.as_deref(), Some("fails"));
     assert_eq!(post.body.state, Some(OrderState::Failed));
@@ -359,6 +367,7 @@ async fn a_notification_pending_when_the_active_broker_is_killed_is_delivered_by
     })
     .await;
     let process = if first == "b2" { "b2" } else { "broker" };
+    let killed = std::time::Instant::now();
     h.cluster
         .signal(process, Signal::SIGKILL)
         .expect("kill the active broker");
@@ -386,7 +395,8 @@ async fn a_notification_pending_when_the_active_broker_is_killed_is_delivered_by
         .filter(|p| p.body.order_id.as_deref() == Some(order.as_str()) && p.answered == Some(503))
         .count();
     eprintln!(
-        "killed {first}, {next} took over; {} delivered, {refused} refused before",
+        "killed {first}, {next} took over; delivered {:?} after the kill; {} delivered, {refused} refused before",
+        killed.elapsed(),
         posts.len()
     );
     assert!(
