@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod files;
+pub mod notify;
 pub mod retry;
 pub mod spread;
 pub mod when;
@@ -110,6 +111,8 @@ struct JobDef {
     retry: Option<retry::RetryDef>,
     #[serde(default)]
     spread: Option<spread::SpreadDef>,
+    #[serde(default)]
+    notify: notify::NotifyDef,
 }
 
 fn yes() -> bool {
@@ -223,6 +226,7 @@ pub(crate) fn deployment(
             concurrency: def.concurrency,
             retry: def.retry.map(Into::into),
             spread,
+            notify: def.notify.into(),
         };
         let mut spec = spec;
         when::resolve(&mut spec.triggers, calendars).map_err(|(field, message)| {
@@ -369,6 +373,9 @@ pub fn validate_job(job: &JobSpec) -> Result<(), JobError> {
     }
     if let Some(Err((field, message))) = job.spread.as_ref().map(spread::validate) {
         return Err(err(field, message));
+    }
+    if let Err((field, message)) = notify::validate(&job.notify) {
+        return Err(err(&field, message));
     }
     for arg in &job.args {
         for used in placeholders(arg) {

@@ -20,6 +20,7 @@
 //! - [`bench`]: `baton bench`, speed measured on a local cluster it starts itself; asserts nothing.
 //! - [`natsd`]: a local `nats-server` child process for `baton dev`, `baton bench` and tests.
 //! - [`launch`]: a local cluster of `baton` child processes for `baton dev` and `baton bench`.
+//! - [`notify`]: notifications of orders that ended, from the active broker to webhooks and NATS subjects, read from the orders journal through a durable consumer.
 //! - [`metrics`]: Prometheus metrics of the broker, agent and subagent, served on `/metrics` (`--metrics-listen`).
 //! - [`schema`]: generation of `schemas/` (JSON Schemas, AsyncAPI) from the wire types.
 //! - [`time`]: wall-clock helpers (milliseconds since the epoch on the wire) and humantime durations.
@@ -38,6 +39,7 @@ pub mod jobs;
 pub mod launch;
 pub mod metrics;
 pub mod natsd;
+pub mod notify;
 pub mod params;
 pub mod protocol;
 pub mod schema;

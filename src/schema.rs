@@ -112,6 +112,7 @@ wire_types![
     JobControl,
     JobControlReply,
     TriggersChanged,
+    Notification,
 ];
 
 /// The kinds of process on the bus.
@@ -260,6 +261,8 @@ const CHANNELS: &[Channel] = {
         "Event: a workflow order moved: a step was dispatched or finished, or the order was suspended, resumed or is being cancelled ({job} is the workflow)."),
     channel("orderFinished", "{prefix}.events.{job}.{order_id}.finished", ("OrderFinished", None), (Broker, Client), false,
         "Event: the order reached a final state (succeeded, failed or cancelled; a failed workflow order can still be resumed)."),
+    channel("notification", "{prefix}.notify.{subject}", ("Notification", None), (Broker, Client), false,
+        "A notification of an order that ended (failed or succeeded) for a subject target of the broker's `[[notify.target]]` (`subject = \"{subject}\"`), as the job's or workflow's `notify` rules and the broker's `[notify]` rules say. Unlike every other subject, the payload is JSON: the same body a webhook target is POSTed. Sent at least once by the active broker (a receiver drops a repeated `id`)."),
     channel("audit", "{prefix}.audit.{command}", ("AuditRecord", None), (Broker, Client), false,
         "The audit trail: one record per state-changing command (deploy and undeploy, job pause and resume, order cancel, suspend and resume, subagent and Scheduler switch-overs) once its outcome is known, kept in the JetStream stream `{prefix}_audit` (read by `baton audit`; of the client roles only `admin` may read it)."),
     ]
@@ -273,6 +276,7 @@ const PARAMETERS: &[(&str, &str)] = &[
     ("broker_id", "A broker's id, as in its `BrokerHeartbeat`. One subject token."),
     ("job", "The job's name. One subject token."),
     ("order_id", "The order's id, as in `SubmitReply.order_id`."),
+    ("subject", "A notification target's `subject` setting: one or more tokens."),
     ("command", "The audited command, as in `AuditRecord.command`: `deploy`, or two tokens such as `order.cancel` or `subagent.disable`."),
 ];
 
@@ -664,6 +668,7 @@ mod tests {
                     .replace("{job}", "JOB")
                     .replace("{order_id}", "ORDER")
                     .replace("{command}", "COMMAND")
+                    .replace("{subject}", "SUBJECT")
             })
             .collect()
     }
@@ -706,6 +711,7 @@ mod tests {
             s.job_get(),
             s.job_control(),
             s.triggers_changed(),
+            s.notify("SUBJECT"),
         ]
         .into_iter()
         .collect();

@@ -167,7 +167,7 @@ fn names(part: &str, modules: &[&str]) -> Vec<String> {
 fn only_the_bus_imports_async_nats() {
     for part in [
         "agent", "auth", "bench", "broker", "cli", "config", "daemon", "jobs", "launch", "natsd",
-        "params", "protocol", "schema", "subagent", "workflow",
+        "notify", "params", "protocol", "schema", "subagent", "workflow",
     ] {
         let found = uses(part, &["async_nats"]);
         assert!(

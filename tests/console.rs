@@ -299,6 +299,18 @@ async fn the_cluster_page_shows_the_subagents_and_a_killed_one_lost_at_once() {
             "document.querySelectorAll('tr[data-subagent][data-state=available]').length === 3",
         )
         .await;
+        // polled every 2 s, but nothing changed: the tables stay, no redraw
+        s.eval(
+            "(() => { document.querySelector('#subagents').dataset.mark = 'kept'; window.polls = 0; \
+             const f = window.fetch; window.fetch = (...a) => { if (String(a[0]).includes('/api/status')) window.polls++; return f(...a); }; \
+             return true; })()",
+        )
+        .await;
+        s.wait("two polls of the status", "window.polls >= 2").await;
+        let kept = s
+            .eval("document.querySelector('#subagents').dataset.mark || 'redrawn'")
+            .await;
+        assert_eq!(kept, "kept", "the cluster page redrew without a change");
         let killed = Instant::now();
         let pid = s.h.cluster.pid("sub-2").expect("sub-2 runs");
         let pid = nix::unistd::Pid::from_raw(pid as i32);

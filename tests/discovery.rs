@@ -119,16 +119,40 @@ async fn the_active_broker_answers_srv_ping_info_and_stats_and_its_successor_doe
     // the API still works through the endpoints, each request once
     let (finished, _) = run_to_finish(&h.bus, "hello", BTreeMap::new()).await;
     assert_eq!(finished.state, baton::protocol::OrderState::Succeeded);
-    let stats = one_answer(&monitor, "STATS", |_| true).await;
+    // and one the broker cannot decode: answered bad_request, an error
+    let refused = h.bus.request_raw(
+        "baton.api.submit",
+        baton::bus::Encoding::MessagePack,
+        bytes::Bytes::from_static(b"\xc1 not msgpack"),
+        REQUEST,
+    );
+    let _ = within(REQUEST * 2, "a malformed submit", refused).await;
+    // STATS tells the requests answered (num_requests, num_errors, counted
+    // just after each answer is queued) and those received (data.requests)
+    let submit_stats = |stats: &Value| {
+        let e = stats["endpoints"]
+            .as_array()
+            .expect("endpoints")
+            .iter()
+            .find(|e| e["subject"] == "baton.api.submit")
+            .cloned()
+            .expect("submit's stats");
+        let n = |v: &Value| v.as_u64().unwrap_or(0);
+        (
+            n(&e["num_requests"]),
+            n(&e["num_errors"]),
+            n(&e["data"]["requests"]),
+        )
+    };
+    let stats = one_answer(&monitor, "STATS", |s| {
+        let (answered, errors, received) = submit_stats(s);
+        answered >= 2 && errors >= 1 && answered == received
+    })
+    .await;
     assert_eq!(stats["name"], "baton", "{stats}");
-    let served = stats["endpoints"]
-        .as_array()
-        .expect("endpoints")
-        .iter()
-        .find(|e| e["subject"] == "baton.api.submit")
-        .map(|e| e["data"]["requests"].as_u64().unwrap_or(0))
-        .expect("submit's stats");
-    assert!(served >= 1, "{stats}");
+    let (answered, errors, _) = submit_stats(&stats);
+    assert_eq!(errors, 1, "{stats}");
+    assert!(answered >= 2, "{stats}");
 
     // kill -9 of the active broker: the standby takes over and answers
     h.cluster

@@ -179,6 +179,7 @@ async fn hundred_orders_from_a_plain_client() {
         concurrency: Default::default(),
         retry: None,
         spread: None,
+        notify: Default::default(),
     };
     let client = PlainClient::connect(&h.nats_url(), &seed).await;
     let request = DeployRequest {

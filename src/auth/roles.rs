@@ -171,6 +171,9 @@ pub fn permissions(role: Role, prefix: &str, id: Option<&str>, public_key: &str)
             for stream in STREAMS {
                 publish.extend(stream_admin(&names.bucket(stream)));
             }
+            // acknowledging the orders journal's records to its durable
+            // notification consumer (`src/notify/`)
+            publish.push(format!("$JS.ACK.{}.>", names.kv_stream("orders")));
             // `$SRV.>`: the NATS service discovery requests it answers
             // while active (`bus/service.rs`)
             (
@@ -255,6 +258,8 @@ pub fn permissions(role: Role, prefix: &str, id: Option<&str>, public_key: &str)
             publish.push(js_info);
             publish.push("$JS.FC.>".into());
             let mut subscribe = vec![format!("{p}.events.>"), format!("{p}.cluster.>"), inbox];
+            // notifications sent to subject targets (`src/notify/`)
+            subscribe.push(format!("{p}.notify.>"));
             if role != Role::Client {
                 // liveness as it happens, read only
                 subscribe.push(format!("{p}.hb.>"));

@@ -29,6 +29,7 @@ pub fn bench_job(name: &str, program: &str, args: Vec<String>) -> JobSpec {
         restartable: true,
         triggers: Vec::new(),
         misfire: Default::default(),
+        notify: Default::default(),
         concurrency: Default::default(),
         retry: None,
         spread: None,

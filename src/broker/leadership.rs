@@ -13,6 +13,8 @@
 //!   keep failing, before the lease can expire ([`lease::must_step_down`]),
 //!   by sending it `StepDown`.
 //!   After stepping down it is a standby again, never a second active one.
+//! - While active it also runs the notifier (`crate::notify`, when
+//!   `[notify]` names targets), dropped with the Broker when it steps down.
 //! - SIGTERM: the active broker stops its Broker and deletes the lease key,
 //!   so a standby takes over at its next try instead of after expiry.
 //!
@@ -57,6 +59,8 @@ struct Active {
     last_try: Instant,
     /// Fires when the Broker stopped by itself.
     stopped: oneshot::Receiver<()>,
+    /// Notifications of ended orders, sent while active (dropped: stopped).
+    _notifier: Option<crate::notify::Notifier>,
 }
 
 struct Leadership {
@@ -277,6 +281,7 @@ impl Leadership {
             last_ok: sent,
             last_try: sent,
             stopped,
+            _notifier: crate::notify::start(&self.config, self.bus.clone()),
         });
         self.free_since = None;
         self.announce(BrokerRole::Active, epoch, "won the leadership lease");

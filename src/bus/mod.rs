@@ -10,7 +10,8 @@
 //! publish), `reply`, `request`, `serve` (a stream of decoded requests),
 //! `listen` (a stream of decoded publishes), `gather` (a request many
 //! answer, `gather.rs`), `kv` (typed JetStream KV buckets, `kv.rs`) and
-//! `append` (a JetStream stream, `audit.rs`).
+//! `append` (a JetStream stream, `audit.rs`) and `kv_durable` (a durable
+//! consumer of a bucket's writes, `durable.rs`).
 //!
 //! Architecture invariant: the bus knows payload types only as serde types;
 //! it never decides anything about jobs, orders or subagents.
@@ -22,6 +23,7 @@ mod audit;
 mod codec;
 mod connect;
 mod denied;
+mod durable;
 mod gather;
 mod inbound;
 mod kv;
@@ -43,6 +45,7 @@ use tracing::{debug, warn};
 pub use codec::{decode, encode, DecodeError, Encoding};
 pub use connect::{probe_connect, probe_jetstream};
 pub use connect::{redact_urls, split_url_credentials, Credentials, Tls};
+pub use durable::{DurableSettings, KvWrite, WriteAck};
 pub use kv::{Kv, KvChange};
 pub use logs::{LogsError, OrderLog, StreamLimits};
 pub use sender::SenderProof;
@@ -109,6 +112,9 @@ pub enum BusError {
 pub struct Replier {
     reply: Option<String>,
     encoding: Encoding,
+    /// A service endpoint's request, counted in `$SRV.STATS` once
+    /// answered (`service.rs`).
+    counted: Option<service::Counted>,
 }
 
 /// A decoded request waiting for its answer.
@@ -282,7 +288,11 @@ impl Bus {
     }
 
     /// Queues the answer to a request, in the encoding it came in, without waiting.
-    pub fn reply<T: Serialize>(&self, replier: &Replier, value: &T) {
+    pub fn reply<T: Serialize + 'static>(&self, replier: &Replier, value: &T) {
+        if let Some(counted) = &replier.counted {
+            let error = (value as &dyn std::any::Any).downcast_ref::<ErrorReply>();
+            counted.answered(error);
+        }
         let Some(reply) = &replier.reply else {
             debug!("request without reply subject; answer dropped");
             return;
@@ -473,10 +483,19 @@ impl Bus {
     }
 
     fn decode_request<T: DeserializeOwned>(&self, message: Message) -> Option<Request<T>> {
+        self.decode_counted_request(message, None)
+    }
+
+    fn decode_counted_request<T: DeserializeOwned>(
+        &self,
+        message: Message,
+        counted: Option<service::Counted>,
+    ) -> Option<Request<T>> {
         let encoding = encoding_of(&message);
         let replier = Replier {
             reply: message.reply.as_ref().map(|s| s.to_string()),
             encoding,
+            counted,
         };
         let error = if message.payload.len() > self.max_message_bytes {
             ErrorReply::new(

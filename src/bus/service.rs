@@ -10,9 +10,13 @@
 //! API's queue group (`q`); only the active broker serves, so one member.
 //! Requests are decoded like any `serve` and answered through the bus's
 //! ordered publisher (an order's `accepted` event still precedes its
-//! `started`), not through the service API's `respond`, so the service's
-//! own request counters stay 0: each endpoint's `data.requests` in
-//! `$SRV.STATS` counts what reached the broker.
+//! `started`), not through the service API's `respond`. async-nats counts
+//! a request (`num_requests`, `num_errors`, `processing_time`) only in
+//! `respond`, which publishes, so once the bus has queued the answer each
+//! request is counted by a `respond` with an empty payload to [`SINK`], a
+//! subject nobody listens on ([`Counted`]): `$SRV.STATS` tells the requests
+//! answered (an `ErrorReply` as an error), and each endpoint's
+//! `data.requests` what reached the broker.
 //!
 //! The service goes with its last [`ApiService`] clone (the Broker and the
 //! Elector hold one each), so a broker that steps down stops answering
@@ -29,6 +33,44 @@ use super::{Bus, BusError, Request};
 
 /// The service's name in `$SRV.*` answers.
 pub const SERVICE_NAME: &str = "baton";
+
+/// Where a [`Counted`] request's empty answer goes: no one subscribes.
+pub const SINK: &str = "_INBOX.baton-service-counted";
+
+/// A service request to count in `$SRV.STATS` once the bus has queued its
+/// answer; clones share it, and only the first answer counts.
+#[derive(Clone)]
+pub(super) struct Counted(Arc<Mutex<Option<async_nats::service::Request>>>);
+
+impl std::fmt::Debug for Counted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Counted")
+    }
+}
+
+impl Counted {
+    fn new(mut request: async_nats::service::Request) -> Counted {
+        request.message.reply = Some(SINK.into());
+        Counted(Arc::new(Mutex::new(Some(request))))
+    }
+
+    /// The request was answered, with `error` when it was refused.
+    pub(super) fn answered(&self, error: Option<&crate::protocol::ErrorReply>) {
+        let Some(request) = self.0.lock().ok().and_then(|mut r| r.take()) else {
+            return;
+        };
+        let outcome = match error {
+            None => Ok(bytes::Bytes::new()),
+            Some(e) => Err(async_nats::service::error::Error {
+                status: e.error.message.clone(),
+                code: 400,
+            }),
+        };
+        tokio::spawn(async move {
+            let _ = request.respond(outcome).await;
+        });
+    }
+}
 
 /// What the service says of itself.
 #[derive(Debug, Clone)]
@@ -161,7 +203,9 @@ impl ApiService {
                 if let Ok(mut served) = served.lock() {
                     *served.entry(name.clone()).or_default() += 1;
                 }
-                futures::future::ready(bus.decode_request(request.message))
+                let message = request.message.clone();
+                let counted = Counted::new(request);
+                futures::future::ready(bus.decode_counted_request(message, Some(counted)))
             })
             .boxed_local())
     }

@@ -21,8 +21,10 @@ use crate::protocol::subjects::is_valid_token;
 mod health;
 mod history;
 mod nats;
+mod notify;
 pub use health::{HealthThresholds, LevelBounds, SwitchCondition, ThresholdsError};
 pub use nats::{NatsConfig, Secret};
+pub use notify::{NotifyConfig, NotifyTarget};
 
 /// Environment variables starting with `BATON_` that are not configuration keys.
 const NON_CONFIG_ENV: &[&str] = &["BATON_CONFIG", "BATON_LOG"];
@@ -41,6 +43,8 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     /// Prometheus metrics (`/metrics`) of a broker, agent or subagent.
     pub metrics: MetricsConfig,
+    /// Notifications of orders that ended (`[notify]`, brokers only).
+    pub notify: NotifyConfig,
 }
 
 /// `[metrics]`: off unless `listen` is set (`--metrics-listen`).
@@ -211,6 +215,7 @@ impl Default for Config {
             agent: AgentConfig::default(),
             scheduler: SchedulerConfig::default(),
             metrics: MetricsConfig::default(),
+            notify: NotifyConfig::default(),
         }
     }
 }
@@ -428,6 +433,7 @@ impl Config {
         }
         self.nats.validate()?;
         self.check_history()?;
+        self.check_notify()?;
         self.check_timings()
     }
 

@@ -88,6 +88,7 @@ pub struct BrokerMetrics {
     pub active: Gauge,
     pub dropped: Family<Label, Counter>,
     pub journal_write: Histograms,
+    pub notifications: Family<Labels2, Counter>,
     jobs: Mutex<Option<Bounded>>,
     clusters: Mutex<Option<Bounded>>,
 }
@@ -111,6 +112,7 @@ impl BrokerMetrics {
             active: Gauge::default(),
             dropped: Family::default(),
             journal_write: Family::new_with_constructor(latency_buckets),
+            notifications: Family::default(),
             jobs: Mutex::new(None),
             clusters: Mutex::new(None),
         }
@@ -207,6 +209,20 @@ impl BrokerMetrics {
             "Journal (baton_orders) writes, from sending to stored, by op (create, write)",
             self.journal_write.clone(),
         );
+        r.register(
+            "baton_notifications",
+            "Notification tries of the active broker, by target and outcome (delivered, retried, failed: given up; unknown_target: a job names no configured target, counted as target _unknown)",
+            self.notifications.clone(),
+        );
+    }
+
+    /// Counts one notification try to `target` that ended `outcome`.
+    pub fn notification(&self, target: &str, outcome: &'static str) {
+        let labels = [
+            ("target", target.to_string()),
+            ("outcome", outcome.to_string()),
+        ];
+        self.notifications.get_or_create(&labels).inc();
     }
 }
 

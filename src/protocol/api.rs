@@ -66,6 +66,10 @@ pub struct JobSpec {
     /// to `count` of them), one task each; none: on one member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spread: Option<super::SpreadPolicy>,
+    /// Notification targets told of its orders' ends, besides the broker's
+    /// global rules (see [`NotifyRules`](super::NotifyRules)).
+    #[serde(default, skip_serializing_if = "super::NotifyRules::is_empty")]
+    pub notify: super::NotifyRules,
 }
 
 fn yes() -> bool {

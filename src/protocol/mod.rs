@@ -17,6 +17,7 @@ pub mod calendar;
 pub mod cluster;
 pub mod events;
 pub mod inventory;
+pub mod notify;
 pub mod retry;
 pub mod schedule;
 pub mod spread;
@@ -30,6 +31,7 @@ pub use calendar::{CalendarSpec, CalendarUse, DstRule, GapRule, OnHoliday, Overl
 pub use cluster::*;
 pub use events::*;
 pub use inventory::*;
+pub use notify::{Notification, NotifyKind, NotifyRules};
 pub use retry::{AttemptOutcome, RetryPolicy, TaskAttempt};
 pub use schedule::{ConcurrencyPolicy, FiredBy, FiredSlot, MisfirePolicy, TriggerSpec};
 pub use spread::{SpreadMember, SpreadPolicy};

@@ -256,6 +256,12 @@ impl Subjects {
         format!("{}.audit.>", self.prefix)
     }
 
+    /// Where a notification target named by `subject` (one or more
+    /// tokens, from the broker's `[[notify.target]]`) hears of orders.
+    pub fn notify(&self, subject: &str) -> String {
+        format!("{}.notify.{subject}", self.prefix)
+    }
+
     pub fn event(&self, job: &str, order: &str, kind: EventKind) -> String {
         format!("{}.events.{job}.{order}.{}", self.prefix, kind.token())
     }

@@ -39,6 +39,10 @@ pub struct WorkflowSpec {
     /// What happens to slots missed while no Scheduler fired them.
     #[serde(default)]
     pub misfire: MisfirePolicy,
+    /// Notification targets told of its orders' ends, besides the broker's
+    /// global rules (see [`NotifyRules`](super::NotifyRules)).
+    #[serde(default, skip_serializing_if = "super::NotifyRules::is_empty")]
+    pub notify: super::NotifyRules,
 }
 
 /// One step of a workflow: a job to run once the steps it depends on are done.

@@ -139,6 +139,8 @@ pub struct WorkflowDef {
     triggers: Vec<TriggerDef>,
     #[serde(default)]
     misfire: Option<MisfireDef>,
+    #[serde(default)]
+    notify: crate::jobs::notify::NotifyDef,
 }
 
 /// One `[[workflow.steps]]` table.
@@ -189,6 +191,7 @@ impl From<WorkflowDef> for WorkflowSpec {
                 .collect(),
             triggers: def.triggers.into_iter().map(TriggerSpec::from).collect(),
             misfire: def.misfire.map(MisfirePolicy::from).unwrap_or_default(),
+            notify: def.notify.into(),
         }
     }
 }
@@ -361,6 +364,13 @@ pub fn validate_workflow(
     if wf.steps.is_empty() {
         return Err(WorkflowError::Empty {
             workflow: workflow(),
+        });
+    }
+    if let Err((field, message)) = crate::jobs::notify::validate(&wf.notify) {
+        return Err(WorkflowError::InvalidDeclaration {
+            workflow: workflow(),
+            field,
+            message,
         });
     }
     let triggered = !wf.triggers.is_empty();
@@ -664,6 +674,7 @@ after = ["test-linux", "test-mac"]
             steps,
             triggers: Vec::new(),
             misfire: MisfirePolicy::default(),
+            notify: Default::default(),
         }
     }
 

@@ -354,6 +354,7 @@ mod tests {
             steps: vec![step("a"), step("b")],
             triggers: Vec::new(),
             misfire: Default::default(),
+            notify: Default::default(),
         }
     }
 

@@ -234,6 +234,7 @@ mod tests {
             steps,
             triggers: Vec::new(),
             misfire: Default::default(),
+            notify: Default::default(),
         }
     }
 

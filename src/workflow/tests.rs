@@ -36,6 +36,7 @@ fn spec(steps: &[(&str, Option<&[&str]>, OnFailure)]) -> WorkflowSpec {
             .collect(),
         triggers: Vec::new(),
         misfire: Default::default(),
+        notify: Default::default(),
     }
 }
 
@@ -597,6 +598,7 @@ fn random_spec(rng: &mut Rng) -> WorkflowSpec {
         steps,
         triggers: Vec::new(),
         misfire: Default::default(),
+        notify: Default::default(),
     };
     validate_workflow(&wf, &|_| true).unwrap();
     wf

@@ -176,6 +176,7 @@ async fn deploy(
             .collect(),
         triggers: Vec::new(),
         misfire: Default::default(),
+        notify: Default::default(),
     };
     let request = DeployRequest {
         clusters: vec![ClusterSpec {

@@ -89,10 +89,12 @@ function route() {
   else { page = clusterPage(); name = "cluster"; }
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.dataset.nav === name));
   $("#main").innerHTML = `<p class="muted">Loading…</p>`;
+  delete $("#main").dataset.shape;
   page.render();
 }
 
 function showError(e) {
+  delete $("#main").dataset.shape;
   $("#main").innerHTML = `<div class="bannerbox bad" data-error>${esc(e.message)}</div>`;
 }
 
@@ -124,7 +126,27 @@ function confirmAction({ title, body = "", run, done }) {
 }
 
 // --- cluster ------------------------------------------------------------------
+// Draws `html` into #main unless #main already shows it but for its
+// `data-live` cells (ages, loads), which are then updated in place.
+// Returns whether #main was drawn anew.
+function paintLive(html) {
+  const main = $("#main");
+  const live = /(<td data-live>)([\s\S]*?)(<\/td>)/g;
+  const shape = html.replace(live, "$1$3");
+  if (main.dataset.shape === shape) {
+    const values = [...html.matchAll(live)].map((m) => m[2]);
+    main.querySelectorAll("td[data-live]").forEach((td, i) => {
+      if (i < values.length && td.innerHTML !== values[i]) td.innerHTML = values[i];
+    });
+    return false;
+  }
+  main.innerHTML = html;
+  main.dataset.shape = shape;
+  return true;
+}
+
 function clusterPage() {
+  // ages and loads move without events: polled, but only changes are drawn
   let timer = setInterval(() => refreshSoon(0), 2000);
   async function render() {
     let s;
@@ -133,17 +155,18 @@ function clusterPage() {
     const banner = [];
     if (lost.length) banner.push(`<div class="bannerbox bad" data-lost>${lost.length} subagent${lost.length > 1 ? "s" : ""} LOST: ${lost.map((a) => esc(a.id)).join(", ")} (no heartbeat for ${ago(Math.min(...lost.map((a) => a.heartbeat_age_ms)))})</div>`);
     if (s.not_firing) banner.push(`<div class="bannerbox warn">Triggers are NOT firing: ${esc(s.not_firing)}</div>`);
-    $("#banner").innerHTML = banner.join("");
+    const bannerHtml = banner.join("");
+    if ($("#banner").innerHTML !== bannerHtml) $("#banner").innerHTML = bannerHtml;
     const brokers = (s.brokers || []).map((b) => `<tr data-broker="${esc(b.id)}">
       <td class="mono">${esc(b.id)}</td><td>${badge(b.role)}</td><td>${b.epoch || "–"}</td>
-      <td>${b.precedence}</td><td>${b.lease_age_ms == null ? "–" : ago(b.lease_age_ms)}</td><td>${ago(b.heartbeat_age_ms)}</td></tr>`).join("");
+      <td>${b.precedence}</td><td data-live>${b.lease_age_ms == null ? "–" : ago(b.lease_age_ms)}</td><td data-live>${ago(b.heartbeat_age_ms)}</td></tr>`).join("");
     const agents = (s.agents || []).map((a) => {
       const off = a.excluded || (a.switched && a.switched.off);
       return `<tr data-agent="${esc(a.id)}">
       <td class="mono">${esc(a.id)}</td><td>${badge(a.role)}</td><td>${esc(String(a.health_level).replace(/_/g, " "))}</td>
       <td>${a.switch_condition_met ? '<span class="badge s-failed">met</span>' : "no"}</td>
       <td>${off ? `<span class="badge s-disabled">off</span> <span class="muted">${a.switched ? "by " + esc(a.switched.by) : ""}</span>` : "no"}</td>
-      <td>${a.lease_left_ms == null ? "–" : ago(a.lease_left_ms)}</td><td>${ago(a.heartbeat_age_ms)}</td>
+      <td data-live>${a.lease_left_ms == null ? "–" : ago(a.lease_left_ms)}</td><td data-live>${ago(a.heartbeat_age_ms)}</td>
       <td class="actions">${a.role === "scheduler" ? `<button data-action="scheduler-off">Scheduler off</button>` : `<button data-action="scheduler-on">Make Scheduler</button>`}</td></tr>`;
     }).join("");
     const subagents = s.subagents.map((a) => {
@@ -152,19 +175,22 @@ function clusterPage() {
       const action = a.state === "disabled" ? `<button data-action="enable">Enable</button>`
         : a.state === "available" ? `<button data-action="disable">Disable</button>` : "";
       return `<tr data-subagent="${esc(a.id)}" data-state="${esc(a.state)}" class="${a.state === "lost" ? "lost" : ""}">
-      <td class="mono">${esc(a.id)}</td><td>${badge(a.state)}${a.switched && a.switched.off ? ` <span class="muted">by ${esc(a.switched.by)}</span>` : ""}</td><td class="wrap">${labels || "–"}</td><td>${load}</td>
-      <td>${a.running} / ${a.capacity}</td><td>${a.tasks_finished}</td><td>${ago(a.heartbeat_age_ms)}</td>
+      <td class="mono">${esc(a.id)}</td><td>${badge(a.state)}${a.switched && a.switched.off ? ` <span class="muted">by ${esc(a.switched.by)}</span>` : ""}</td><td class="wrap">${labels || "–"}</td><td data-live>${load}</td>
+      <td>${a.running} / ${a.capacity}</td><td>${a.tasks_finished}</td><td data-live>${ago(a.heartbeat_age_ms)}</td>
       <td class="actions">${action}</td></tr>`;
     }).join("");
     const clusters = (s.clusters || []).map((c) => `<tr data-cluster="${esc(c.name)}"><td class="mono">${esc(c.name)}</td><td>${esc(c.mode)}</td>
       <td class="wrap">${c.members.map((m) => `${esc(m.subagent_id)} <span class="muted">(${m.priority})</span> ${badge(m.state)}`).join(" &nbsp; ") || '<span class="muted">no member known</span>'}</td></tr>`).join("");
     const o = s.orders || {};
-    $("#main").innerHTML = `
+    const html = `
       <h2>Brokers</h2><div class="card"><table><tr><th>id</th><th>role</th><th>epoch</th><th>precedence</th><th>lease age</th><th>heartbeat</th></tr>${brokers || `<tr><td colspan="6" class="muted">active: ${esc(s.broker_id)}</td></tr>`}</table></div>
       <h2>Agents</h2><div class="card"><table><tr><th>id</th><th>role</th><th>health</th><th>switch condition</th><th>turned off</th><th>lease left</th><th>heartbeat</th><th></th></tr>${agents || '<tr><td colspan="8" class="muted">no agent connected</td></tr>'}</table></div>
       <h2>Subagents</h2><div class="card"><table id="subagents"><tr><th>id</th><th>state</th><th>labels</th><th>load</th><th>running / capacity</th><th>finished</th><th>last heartbeat</th><th></th></tr>${subagents || '<tr><td colspan="8" class="muted">no subagent registered</td></tr>'}</table></div>
       <h2>Clusters</h2><div class="card"><table><tr><th>name</th><th>mode</th><th>members</th></tr>${clusters || '<tr><td colspan="3" class="muted">none deployed</td></tr>'}</table></div>
       <p class="muted">Orders: ${Object.entries(o).map(([k, v]) => `${esc(k)} ${esc(v)}`).join(" · ")} · broker ${esc(s.broker_id)}</p>`;
+    // Only what changed is drawn: the same tables with new ages and loads
+    // update those cells in place (no flicker, hover and focus kept).
+    if (!paintLive(html)) return;
     document.querySelectorAll("tr[data-subagent] button").forEach((b) => b.onclick = () => {
       const id = b.closest("tr").dataset.subagent, action = b.dataset.action;
       confirmAction({

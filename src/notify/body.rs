@@ -1,0 +1,116 @@
+//! The [`Notification`] body of each kind (pure).
+
+use crate::protocol::{Notification, NotifyKind, OrderInfo, SubagentChanged, TriggersChanged};
+
+/// Who sends: the broker and the cluster's prefix.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    pub broker_id: String,
+    pub prefix: String,
+}
+
+impl Sender {
+    fn blank(&self, id: String, kind: NotifyKind, summary: String, at_ms: u64) -> Notification {
+        Notification {
+            id,
+            kind,
+            summary,
+            at_ms,
+            order_id: None,
+            job: None,
+            workflow: None,
+            state: None,
+            exit_code: None,
+            signal: None,
+            timed_out: false,
+            reason: None,
+            accepted_at_ms: None,
+            started_at_ms: None,
+            finished_at_ms: None,
+            subagent_id: None,
+            attempts: None,
+            slot_ms: None,
+            submitted_by: None,
+            broker_id: self.broker_id.clone(),
+            prefix: self.prefix.clone(),
+            hint: "baton status".into(),
+        }
+    }
+}
+
+/// How an order ended, in words.
+fn ending(record: &OrderInfo) -> String {
+    if record.timed_out {
+        "timed out".into()
+    } else if let Some(code) = record.exit_code {
+        format!("exit code {code}")
+    } else if let Some(signal) = record.signal {
+        format!("killed by signal {signal}")
+    } else if let Some(reason) = &record.reason {
+        reason.clone()
+    } else {
+        "no exit code".into()
+    }
+}
+
+/// The notification of `kind` (failure, success) for `record`. Its `id` is
+/// the same in every copy of it, and differs for a workflow order failing
+/// again after a resume.
+pub fn of_order(record: &OrderInfo, kind: NotifyKind, sender: &Sender) -> Notification {
+    let order = &record.order_id;
+    let at_ms = record.finished_at_ms.unwrap_or(record.accepted_at_ms);
+    let what = match &record.workflow {
+        Some(w) => format!("workflow {w}"),
+        None => format!("job {}", record.job),
+    };
+    let summary = match kind {
+        NotifyKind::Success => format!("order {order} of {what} succeeded"),
+        _ => format!("order {order} of {what} failed: {}", ending(record)),
+    };
+    let id = format!("{order}:{}:{at_ms}", kind.as_str());
+    Notification {
+        order_id: Some(order.clone()),
+        job: Some(record.job.clone()),
+        workflow: record.workflow.clone(),
+        state: Some(record.state),
+        exit_code: record.exit_code,
+        signal: record.signal,
+        timed_out: record.timed_out,
+        reason: record.reason.clone(),
+        accepted_at_ms: Some(record.accepted_at_ms),
+        started_at_ms: record.started_at_ms,
+        finished_at_ms: record.finished_at_ms,
+        subagent_id: record.subagent_id.clone(),
+        attempts: Some(record.attempt),
+        slot_ms: record.slot_ms,
+        submitted_by: record.submitted_by.clone(),
+        hint: if record.workflow.is_some() {
+            format!("baton order show {order}")
+        } else {
+            format!("baton order show {order}; baton order logs {order}")
+        },
+        ..sender.blank(id, kind, summary, at_ms)
+    }
+}
+
+/// The notification of a subagent declared lost.
+pub fn of_subagent_lost(event: &SubagentChanged, sender: &Sender) -> Notification {
+    let sub = &event.subagent_id;
+    let id = format!("subagent:{sub}:lost:{}", event.at_ms);
+    let summary = format!("subagent {sub} lost: {}", event.reason);
+    Notification {
+        subagent_id: Some(sub.clone()),
+        reason: Some(event.reason.clone()),
+        ..sender.blank(id, NotifyKind::SubagentLost, summary, event.at_ms)
+    }
+}
+
+/// The notification of the triggers stopping: no agent can be Scheduler.
+pub fn of_no_scheduler(event: &TriggersChanged, sender: &Sender) -> Notification {
+    let id = format!("scheduler:none:{}", event.at_ms);
+    let summary = format!("no trigger fires: {}", event.reason);
+    Notification {
+        reason: Some(event.reason.clone()),
+        ..sender.blank(id, NotifyKind::NoScheduler, summary, event.at_ms)
+    }
+}
