@@ -8,7 +8,7 @@
 //! | `agent` | its heartbeats, `api.submit`; reads `jobs`, `workflows`, `fired`, `switches`, writes `fired`; reads and acknowledges the `triggers` stream's consumers, publishes `triggers.dead.*` | `agent.*.>` (role commands, pings), `hb.broker` |
 //! | `subagent` (one identity each) | its own heartbeat, `broker.register`/`result`/`leave`, `started` and `log` events in its own name (`events.*.*.log.{id}`) | only `subagent.{id}.>`, its own heartbeat, `hb.broker` |
 //! | `client` | `api.submit`, `api.order.>`, `api.status`, `api.status.brokers`, `api.job.list`/`get`, `$SRV.>`; reads the `logs` stream | `events.>`, `cluster.>` |
-//! | `admin` | what `client` may, plus `api.deploy`, `api.job.control`, `api.subagent.control`, `api.scheduler.control`; reads the `audit` stream | `events.>`, `cluster.>`, `hb.>` |
+//! | `admin` | what `client` may, plus `api.deploy`, `api.job.control`, `api.subagent.control`, `api.scheduler.control`; reads the `audit` and `triggers_dead` streams and the `triggers` consumers' info | `events.>`, `cluster.>`, `hb.>` |
 //! | `monitor` | `api.status`, `api.status.brokers`, `api.order.get`, `api.order.list`, `api.job.list`/`get`, `$SRV.>`; reads the `logs` stream | `events.>`, `cluster.>`, `hb.>` |
 //! | `publisher` (publishes subject triggers' messages) | any subject outside the prefix and the server's own (`$JS`, `$KV`, `$O`, `$SYS`, `$SRV`, `_INBOX`): a deny list | only its reply inbox |
 //! | `console` (`baton console`, the web console) | what `client` may, plus `api.job.control`, `api.subagent.control`, `api.scheduler.control`: an operator's switches, never a deploy or the audit trail | `events.>`, `cluster.>`, `hb.>` |
@@ -274,6 +274,12 @@ pub fn permissions(role: Role, prefix: &str, id: Option<&str>, public_key: &str)
             }
             if role == Role::Admin {
                 publish.extend(stream_read(&names.bucket("audit")));
+                // subject triggers: their dead letters, and how far each
+                // job's consumer is behind (never its position)
+                publish.extend(stream_read(&names.bucket("triggers_dead")));
+                let triggers = names.bucket("triggers");
+                publish.push(format!("$JS.API.STREAM.INFO.{triggers}"));
+                publish.push(format!("$JS.API.CONSUMER.INFO.{triggers}.*"));
             }
             publish.extend(stream_read(&names.bucket("logs")));
             // `nats micro ls|info|stats`: which broker serves the API

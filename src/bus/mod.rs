@@ -50,7 +50,7 @@ pub use logs::{LogsError, OrderLog, StreamLimits};
 pub use sender::SenderProof;
 pub use service::{ApiService, ServiceInfo, SERVICE_NAME};
 pub use stats::Stats;
-pub use triggers::{ConsumerLimits, TriggerMessage};
+pub use triggers::{Backlog, ConsumerLimits, DeadLetter, TriggerMessage};
 
 use inbound::{decode_publish, decode_reply, encoding_of, json_headers};
 use publish::{publish_in_order, Outgoing};

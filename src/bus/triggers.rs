@@ -201,18 +201,7 @@ impl Bus {
                 let info = message.info().map_err(|e| transport(&name, e))?;
                 (info.stream_sequence, info.delivered)
             };
-            let headers = message
-                .headers
-                .as_ref()
-                .map(|h| {
-                    h.iter()
-                        .flat_map(|(k, vs)| {
-                            vs.iter()
-                                .map(move |v| (k.to_string(), v.as_str().to_string()))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let headers = header_pairs(message.headers.as_ref());
             Ok(TriggerMessage {
                 subject: message.subject.to_string(),
                 headers,
@@ -250,4 +239,117 @@ impl Bus {
             reason: e.to_string(),
         })
     }
+}
+
+/// A dead letter as the dead-letter stream keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub subject: String,
+    pub headers: Vec<(String, String)>,
+    pub payload: Bytes,
+}
+
+/// A job's consumer as JetStream counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// Stored and not yet delivered.
+    pub pending: u64,
+    /// Delivered and not yet acknowledged.
+    pub unacknowledged: u64,
+}
+
+impl Bus {
+    /// How far `consumer` of `stream` is behind.
+    pub async fn trigger_backlog(
+        &self,
+        stream: &str,
+        consumer: &str,
+    ) -> Result<Backlog, LogsError> {
+        let handle = self.open_stream(stream).await?;
+        let info = handle
+            .consumer_info(consumer)
+            .await
+            .map_err(|e| transport(stream, e))?;
+        Ok(Backlog {
+            pending: info.num_pending,
+            unacknowledged: u64::try_from(info.num_ack_pending).unwrap_or(0),
+        })
+    }
+
+    /// The dead letters kept in `stream` on `subject` (wildcards allowed),
+    /// oldest first, at most `max`.
+    pub async fn dead_letters(
+        &self,
+        stream: &str,
+        subject: String,
+        max: usize,
+    ) -> Result<Vec<DeadLetter>, LogsError> {
+        let info = format!("$JS.API.STREAM.INFO.{stream}");
+        let handle = self
+            .unless_denied(&info, self.open_stream(stream))
+            .await??;
+        let config = consumer::pull::OrderedConfig {
+            filter_subject: subject,
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        };
+        let ordered = handle
+            .create_consumer(config)
+            .await
+            .map_err(|e| transport(stream, e))?;
+        let pending = usize::try_from(ordered.cached_info().num_pending).unwrap_or(usize::MAX);
+        let wanted = pending.min(max);
+        if wanted == 0 {
+            return Ok(Vec::new());
+        }
+        let mut messages = ordered.messages().await.map_err(|e| transport(stream, e))?;
+        let mut out = Vec::with_capacity(wanted);
+        while out.len() < wanted {
+            let Some(message) = messages.next().await else {
+                break;
+            };
+            let message = message.map_err(|e| transport(stream, e))?;
+            let headers = header_pairs(message.headers.as_ref());
+            out.push(DeadLetter {
+                subject: message.subject.to_string(),
+                headers,
+                payload: message.payload.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Publishes `payload` with `headers` on `subject`, as a program
+    /// publishing a subject trigger's message would (tests, bench).
+    pub async fn publish_with_headers(
+        &self,
+        subject: String,
+        headers: &[(String, String)],
+        payload: Bytes,
+    ) -> Result<(), BusError> {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(name.as_str(), value.as_str());
+        }
+        self.client
+            .publish_with_headers(subject.clone(), map, payload)
+            .await
+            .map_err(|e| BusError::Transport {
+                subject,
+                reason: e.to_string(),
+            })
+    }
+}
+
+fn header_pairs(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
+    headers
+        .map(|h| {
+            h.iter()
+                .flat_map(|(k, vs)| {
+                    vs.iter()
+                        .map(move |v| (k.to_string(), v.as_str().to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
