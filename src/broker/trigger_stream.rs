@@ -97,6 +97,7 @@ async fn keep(bus: Bus, bucket: String, stream: String) {
                 }
                 Err(_) => {
                     let plan = subject::stream_plan(
+                        bus.subjects().prefix(),
                         jobs.iter().map(|(name, t)| (name.as_str(), t.as_slice())),
                     );
                     let fresh = applied.as_ref() != Some(&plan);

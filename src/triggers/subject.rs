@@ -393,14 +393,19 @@ pub struct StreamPlan {
 
 /// The trigger stream for the deployed `jobs` (name, triggers): one
 /// consumer per job with subject triggers (a paused job's too: its
-/// messages wait), the stream capturing all their subjects.
-pub fn stream_plan<'a>(jobs: impl IntoIterator<Item = (&'a str, &'a [TriggerSpec])>) -> StreamPlan {
+/// messages wait), the stream capturing all their subjects. Subjects under
+/// Baton's own `prefix` (when it is not `baton`, which deploy refuses) are
+/// left out: they are Baton's, never a trigger's.
+pub fn stream_plan<'a>(
+    prefix: &str,
+    jobs: impl IntoIterator<Item = (&'a str, &'a [TriggerSpec])>,
+) -> StreamPlan {
     let mut plan = StreamPlan::default();
     let mut all = Vec::new();
     for (job, triggers) in jobs {
-        let subjects: Vec<&str> = subject_triggers(triggers)
-            .into_iter()
+        let subjects: Vec<&str> = (subject_triggers(triggers).into_iter())
             .map(|t| t.0)
+            .filter(|s| s.split('.').next() != Some(prefix))
             .collect();
         if subjects.is_empty() {
             continue;

@@ -202,14 +202,22 @@ fn the_stream_plan_has_one_consumer_per_job_and_captures_every_subject_once() {
         std::time::Duration::from_secs(5),
         None,
     )];
-    let plan = stream_plan([
-        ("a", a.as_slice()),
-        ("b", b.as_slice()),
-        ("c", c.as_slice()),
-    ]);
+    let ours = vec![subject("acme.api.submit")];
+    let plan = stream_plan(
+        "acme",
+        [
+            ("d", ours.as_slice()),
+            ("a", a.as_slice()),
+            ("b", b.as_slice()),
+            ("c", c.as_slice()),
+        ],
+    );
     assert_eq!(plan.subjects, ["orders.>"]);
     assert_eq!(plan.consumers.len(), 2);
     assert_eq!(plan.consumers["job_a"], ["orders.created.>"]);
     assert_eq!(plan.consumers["job_b"], ["orders.>"]);
-    assert_eq!(stream_plan([("c", c.as_slice())]), StreamPlan::default());
+    assert_eq!(
+        stream_plan("acme", [("c", c.as_slice())]),
+        StreamPlan::default()
+    );
 }
