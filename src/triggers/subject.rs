@@ -414,8 +414,48 @@ pub fn stream_plan<'a>(
         plan.consumers
             .insert(consumer_name(job), minimal_cover(subjects));
     }
-    plan.subjects = minimal_cover(all);
+    plan.subjects = stream_subjects(all);
     plan
+}
+
+/// What one stream captures for `subjects`: their [`minimal_cover`], with
+/// two that overlap without one covering the other (`a.*.c`, `a.b.*`,
+/// which JetStream refuses together) replaced by one covering both
+/// (`a.*.*`). The stream may keep a message no consumer wants; each
+/// consumer still filters on its job's own subjects.
+pub fn stream_subjects<'a>(subjects: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut cover = minimal_cover(subjects);
+    loop {
+        let pair = (0..cover.len())
+            .flat_map(|i| (i + 1..cover.len()).map(move |j| (i, j)))
+            .find(|&(i, j)| overlap(&cover[i], &cover[j]));
+        let Some((i, j)) = pair else {
+            return cover;
+        };
+        let wider = widen(&cover[i], &cover[j]);
+        cover.remove(j);
+        cover.remove(i);
+        cover.push(wider);
+        cover = minimal_cover(cover.iter().map(String::as_str));
+    }
+}
+
+/// A subject covering both `a` and `b`: equal tokens kept, others `*`,
+/// and `>` from where either has it (or where their lengths part).
+fn widen(a: &str, b: &str) -> String {
+    let (x, y): (Vec<&str>, Vec<&str>) = (a.split('.').collect(), b.split('.').collect());
+    let mut out = Vec::new();
+    for i in 0..x.len().max(y.len()) {
+        match (x.get(i), y.get(i)) {
+            (Some(&">"), _) | (_, Some(&">")) | (None, _) | (_, None) => {
+                out.push(">");
+                break;
+            }
+            (Some(p), Some(q)) if p == q => out.push(p),
+            _ => out.push("*"),
+        }
+    }
+    out.join(".")
 }
 
 /// The durable consumer of `job`'s subject triggers.

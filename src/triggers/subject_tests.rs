@@ -221,3 +221,54 @@ fn the_stream_plan_has_one_consumer_per_job_and_captures_every_subject_once() {
         StreamPlan::default()
     );
 }
+
+/// The README's subject trigger example deploys as written, and deploy
+/// refuses an unmapped required parameter and an undeclared mapping by
+/// file, job and field.
+#[test]
+fn the_readme_example_deploys_and_bad_mappings_are_refused_by_field() {
+    let today = chrono::NaiveDate::from_ymd_opt(2026, 12, 6).unwrap();
+    let parse = |text: &str| {
+        let files = vec![("jobs.toml".to_string(), text.to_string())];
+        crate::jobs::parse_deploy_files(&files, today).map_err(|e| e.to_string())
+    };
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("```toml\n[[job]]\nname = \"ingest\"")
+        .expect("the example")
+        + 8;
+    let text = &readme[start..start + readme[start..].find("```").unwrap()];
+    let all = parse(text).unwrap();
+    let job = &all[0].1.jobs[0];
+    assert_eq!(
+        subject_triggers(&job.triggers),
+        [(
+            "orders.created.>",
+            &mapping(&[("id", "$.order.id"), ("region", "header:Region")])
+        )]
+    );
+    let e = parse(&text.replace("region = \"header:Region\"", "regio = \"header:Region\""))
+        .unwrap_err();
+    assert!(
+        e.starts_with("jobs.toml: job 'ingest': field 'triggers[0].params.regio': maps parameter 'regio', which the job does not declare"),
+        "{e}"
+    );
+    let e = parse(&text.replace("id = \"$.order.id\", ", "")).unwrap_err();
+    assert!(
+        e.starts_with("jobs.toml: job 'ingest': field 'triggers[0].params': maps no value for required parameter 'id'"),
+        "{e}"
+    );
+    let clock = format!("{text}[[job.triggers]]\nkind = \"interval\"\nevery = \"1m\"\n");
+    let e = parse(&clock).unwrap_err();
+    assert!(e.contains("field 'params.id'"), "{e}");
+    let e = parse(&text.replace("orders.created.>", "baton.api.submit")).unwrap_err();
+    assert!(e.contains("field 'triggers[0].name'"), "{e}");
+}
+
+#[test]
+fn the_stream_widens_subjects_that_overlap_without_covering() {
+    assert_eq!(stream_subjects(["a.*.c", "a.b.*"]), ["a.*.*"]);
+    assert_eq!(stream_subjects(["a.*.c", "a.b.>"]), ["a.*.>"]);
+    assert_eq!(stream_subjects(["a.b", "c.d", "a.*"]), ["a.*", "c.d"]);
+    assert_eq!(stream_subjects(["x.*.1", "x.2.*", "y"]), ["x.*.*", "y"]);
+}

@@ -154,12 +154,18 @@ impl Reader {
                 Ok((created_ms, messages)) => {
                     warned = false;
                     let this = &self;
+                    // an error (the consumer deleted, the connection lost)
+                    // ends this read; the consumer is opened again
+                    let messages = messages.take_while(|m| {
+                        if let Err(e) = m {
+                            debug!(job = %this.job, error = %e, "cannot read trigger messages");
+                        }
+                        std::future::ready(m.is_ok())
+                    });
                     messages
-                        .for_each_concurrent(CONCURRENCY, |message| async move {
-                            match message {
-                                Ok(message) => this.handle(created_ms, message).await,
-                                Err(e) => debug!(job = %this.job, error = %e, "cannot read a trigger message"),
-                            }
+                        .filter_map(|m| std::future::ready(m.ok()))
+                        .for_each_concurrent(CONCURRENCY, |message| {
+                            this.handle(created_ms, message)
                         })
                         .await;
                     debug!(job = %self.job, "trigger messages ended; reading again");

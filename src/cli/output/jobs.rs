@@ -427,6 +427,24 @@ mod tests {
     }
 
     #[test]
+    fn a_subject_trigger_reads_as_firing_on_messages() {
+        let trigger = TriggerSpec::Subject {
+            name: "orders.created.>".into(),
+            params: [("id".to_string(), "$.order.id".to_string())].into(),
+        };
+        assert_eq!(
+            trigger_text(&trigger),
+            "on messages on orders.created.> (id = $.order.id)"
+        );
+        let every = TriggerSpec::interval(Duration::from_secs(60), None);
+        assert_eq!(on_messages(std::slice::from_ref(&every)), None);
+        assert_eq!(
+            on_messages(&[every, trigger]).as_deref(),
+            Some("on messages on orders.created.>")
+        );
+    }
+
+    #[test]
     fn a_plan_lists_each_change_with_its_fields() {
         let plan = DeployPlan {
             added: vec![Named {
