@@ -206,6 +206,21 @@ async fn a_badly_shaped_message_lands_on_the_dead_letter_subject_and_the_next_st
     );
     assert!(header("Baton-Sequence").is_some());
     assert_eq!(runs(&dir).len(), 1, "the bad message started nothing");
+    let out = run_baton(&h, &["job", "dead-letters", "ingest"], ELECTION).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        text.contains("consumer job_ingest: 0 message(s) waiting")
+            && text.contains("orders.created.app: parameter 'id': $.order.id: no such field")
+            && text.contains(r#"payload: {"order":{"total":3}}"#),
+        "{text}"
+    );
+    let out = run_baton(&h, &["job", "dead-letters", "nothing"], ELECTION).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("no consumer job_nothing") && text.contains("no dead letters"),
+        "{out:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
