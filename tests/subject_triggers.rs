@@ -3,7 +3,7 @@
 //! trigger stream and start one order each once one does; a message that
 //! cannot be mapped lands on the dead-letter subject with its reason and
 //! the next one still runs; a SIGKILL of the Scheduler loses no message
-//! and runs none twice.
+//! and runs none twice; a paused job's messages wait and run on resume.
 //!
 //! Each order appends its mapped parameters to a file, so the test counts
 //! runs per message from outside Baton.
@@ -256,4 +256,40 @@ async fn a_killed_scheduler_loses_no_message_and_runs_none_twice() {
     .await;
     let next = scheduler(&h).await;
     assert_ne!(next, first, "another agent took over");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_jobs_messages_wait_in_the_stream_and_run_on_resume() {
+    let mut h = cluster_with_env(&["sub-1"], ENV).await;
+    let dir = h.scratch();
+    deploy_and_wait_for_consumer(&h, &dir).await;
+    h.cluster
+        .spawn("a1", &["agent", "--id", "a1"])
+        .expect("agent");
+    scheduler(&h).await;
+    let out = run_baton(&h, &["job", "pause", "ingest"], ELECTION).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let publisher = h.connect_as(Role::Publisher, None).await;
+    for i in 0..3 {
+        publish(&publisher, &format!("p{i}")).await;
+    }
+    within(REQUEST, "flush", publisher.flush()).await.unwrap();
+    wait_for(ELECTION, "the messages wait in the stream", || async {
+        let backlog = h.bus.trigger_backlog(STREAM, CONSUMER).await.ok()?;
+        (backlog.pending == 3).then_some(())
+    })
+    .await;
+    assert!(runs(&dir).is_empty(), "nothing ran while paused");
+    let out = run_baton(&h, &["job", "resume", "ingest"], ELECTION).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    wait_until(Duration::from_secs(60), "the waiting messages run", || {
+        let n = runs(&dir).len();
+        async move { n >= 3 }
+    })
+    .await;
+    holds_throughout(Duration::from_secs(2), "each once", || {
+        let r = runs(&dir);
+        async move { r.len() == 3 && r.values().all(|(n, _)| *n == 1) }
+    })
+    .await;
 }
