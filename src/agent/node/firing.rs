@@ -10,6 +10,10 @@
 //! written after the slot's order was accepted; a new Scheduler starts
 //! from it).
 //!
+//! Subject triggers have no slots: only a job's clock triggers are queued
+//! here, and its subject triggers go to their loop (`subjects.rs`), started
+//! and stopped with the job's deploys and pauses.
+//!
 //! A workflow's triggers are scheduled as a job's, under its key
 //! `workflow.NAME` ([`workflow_key`]); its slots are the same
 //! [`SubmitOrder`] with the workflow's name as `job`.
