@@ -357,7 +357,12 @@ pub fn validate_job(job: &JobSpec) -> Result<(), JobError> {
             return Err(err("env", format!("invalid variable name {key:?}")));
         }
     }
-    if let Err((field, message)) = validate_declared(&job.params, "job", !job.triggers.is_empty()) {
+    // a subject trigger gives parameters: checked below, mapping by mapping
+    let clocked = job.triggers.iter().any(TriggerSpec::is_clock);
+    if let Err((field, message)) = validate_declared(&job.params, "job", clocked) {
+        return Err(err(&field, message));
+    }
+    if let Err((field, message)) = subject_triggers_valid(job) {
         return Err(err(&field, message));
     }
     for (i, trigger) in job.triggers.iter().enumerate() {
@@ -388,6 +393,41 @@ pub fn validate_job(job: &JobSpec) -> Result<(), JobError> {
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// A job's subject triggers: subject and mappings sound, every mapped
+/// parameter declared, every required one mapped, no two of its subjects
+/// overlapping unless one covers the other (one consumer filters on them).
+fn subject_triggers_valid(job: &JobSpec) -> Result<(), (String, String)> {
+    use crate::triggers::subject;
+    let declared = |p: &str| job.params.contains_key(p);
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, trigger) in job.triggers.iter().enumerate() {
+        let TriggerSpec::Subject { name, params } = trigger else {
+            continue;
+        };
+        subject::check_trigger(name, params, &declared)
+            .map_err(|(field, message)| (format!("triggers[{i}].{field}"), message))?;
+        let unmapped =
+            (job.params.iter()).find(|(p, spec)| spec.required && !params.contains_key(*p));
+        if let Some((p, _)) = unmapped {
+            return Err((
+                format!("triggers[{i}].params"),
+                format!("maps no value for required parameter '{p}'; map it (params = {{ {p} = \"$.field\" }}) or give it a default"),
+            ));
+        }
+        let clash = seen.iter().find(|o| {
+            subject::overlap(o, name) && !subject::covers(o, name) && !subject::covers(name, o)
+        });
+        if let Some(other) = clash {
+            return Err((
+                format!("triggers[{i}].name"),
+                format!("'{name}' and '{other}' overlap without one covering the other; use one subject that covers both"),
+            ));
+        }
+        seen.push(name);
     }
     Ok(())
 }

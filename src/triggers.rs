@@ -13,6 +13,8 @@
 //!   policy is the broker's to meet when the fire is submitted
 //!   ([`crate::jobs::on_slot`]).
 //! - [`queue`]: [`TimerQueue`], a min-heap of every schedule's next slot.
+//! - [`subject`]: subject triggers, which fire on NATS messages, not on a
+//!   clock: here they compile to a part with no slots.
 //!
 //! # Cron
 //!
@@ -59,6 +61,7 @@ pub mod calendar;
 mod jitter;
 pub mod policy;
 pub mod queue;
+pub mod subject;
 pub mod wall;
 
 use calendar::Calendar;
@@ -139,8 +142,15 @@ struct Part {
 #[derive(Debug, Clone, PartialEq)]
 enum When {
     Cron(CronClock),
-    Interval { every_ms: u64, start_ms: u64 },
-    At { at_ms: u64 },
+    Interval {
+        every_ms: u64,
+        start_ms: u64,
+    },
+    At {
+        at_ms: u64,
+    },
+    /// A trigger that fires on events (messages), never on the clock.
+    Events,
 }
 
 impl Trigger {
@@ -267,7 +277,7 @@ impl Part {
     fn compile(spec: &TriggerSpec, key: &str) -> Result<Part, TriggerError> {
         let jitter = match spec {
             TriggerSpec::Cron { jitter, .. } | TriggerSpec::Interval { jitter, .. } => *jitter,
-            TriggerSpec::At { .. } => None,
+            TriggerSpec::At { .. } | TriggerSpec::Subject { .. } => None,
         };
         let jitter_ms = jitter.map_or(0, |j| u64::try_from(j.as_millis()).unwrap_or(u64::MAX));
         if jitter.is_some() && jitter_ms == 0 {
@@ -398,6 +408,8 @@ impl When {
             TriggerSpec::At { at } => Ok(When::At {
                 at_ms: epoch_ms("at", at)?,
             }),
+            // checked with the job's parameters (`jobs::validate_job`)
+            TriggerSpec::Subject { .. } => Ok(When::Events),
         }
     }
 
@@ -412,6 +424,7 @@ impl When {
                 k.checked_mul(*every_ms)?.checked_add(*start_ms)
             }
             When::Cron(clock) => clock.next_after(after_ms),
+            When::Events => None,
         }
     }
 
@@ -423,6 +436,7 @@ impl When {
                 Some(start_ms + since / every_ms * every_ms)
             }
             When::Cron(clock) => clock.last_at_or_before(at_ms),
+            When::Events => None,
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! It heartbeats with its role and health, answers liveness probes, and
 //! obeys the broker's role commands ([`RoleState`] decides). While it holds
-//! the Scheduler role it fires the deployed triggers (`firing.rs`). On
+//! the Scheduler role it fires the deployed triggers (`firing.rs`), and
+//! turns subject triggers' messages into orders (`subjects.rs`). On
 //! SIGTERM it stops firing and publishes a last heartbeat as a spare, so the
 //! broker elects another Scheduler at once.
 //!
@@ -11,6 +12,7 @@
 //! so firing work cannot delay them.
 
 mod firing;
+mod subjects;
 mod watched;
 
 use std::time::{Duration, Instant};

@@ -241,8 +241,12 @@ fn render_permissions(p: &Permissions) -> String {
         let quoted: Vec<String> = subjects.iter().map(|s| format!("{s:?}")).collect();
         format!("[{}]", quoted.join(", "))
     };
+    let deny = match p.deny_publish.as_slice() {
+        [] => String::new(),
+        subjects => format!(", deny: {}", list(subjects)),
+    };
     format!(
-        "{{ publish: {{ allow: {} }}, subscribe: {{ allow: {} }}, allow_responses: {} }}",
+        "{{ publish: {{ allow: {}{deny} }}, subscribe: {{ allow: {} }}, allow_responses: {} }}",
         list(&p.publish),
         list(&p.subscribe),
         p.allow_responses
@@ -294,12 +298,13 @@ mod tests {
                 "admin",
                 "monitor",
                 "console",
+                "publisher",
                 "subagent-sub-1"
             ]
         );
         let seed = std::fs::read_to_string(auth.seed_path(Role::Subagent, Some("sub-1"))).unwrap();
         let key = nkeys::KeyPair::from_seed(seed.trim()).unwrap();
-        assert_eq!(key.public_key(), auth.identities()[6].public_key);
+        assert_eq!(key.public_key(), auth.identities()[7].public_key);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -328,8 +333,8 @@ mod tests {
             "nothing written"
         );
         let again = AuthDir::init(&dir, "baton", &["sub-2".into()]).unwrap();
-        assert_eq!(again.identities()[..7], auth.identities()[..7], "kept");
-        assert_eq!(again.identities()[7].name, "subagent-sub-2");
+        assert_eq!(again.identities()[..8], auth.identities()[..8], "kept");
+        assert_eq!(again.identities()[8].name, "subagent-sub-2");
         let mut opened = AuthDir::open(&dir).unwrap();
         assert_eq!(opened.identities(), again.identities());
         assert!(!opened.add_subagent("sub-2").unwrap());

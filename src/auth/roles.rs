@@ -5,11 +5,12 @@
 //! | role | publishes | subscribes |
 //! |---|---|---|
 //! | `broker` | everything under the prefix; JetStream API and KV writes of Baton's buckets and streams | everything under the prefix; `$SRV.>` (service discovery) |
-//! | `agent` | its heartbeats, `api.submit`; reads `jobs`, `workflows`, `fired`, `switches`, writes `fired` | `agent.*.>` (role commands, pings), `hb.broker` |
+//! | `agent` | its heartbeats, `api.submit`; reads `jobs`, `workflows`, `fired`, `switches`, writes `fired`; reads and acknowledges the `triggers` stream's consumers, publishes `triggers.dead.*` | `agent.*.>` (role commands, pings), `hb.broker` |
 //! | `subagent` (one identity each) | its own heartbeat, `broker.register`/`result`/`leave`, `started` and `log` events in its own name (`events.*.*.log.{id}`) | only `subagent.{id}.>`, its own heartbeat, `hb.broker` |
 //! | `client` | `api.submit`, `api.order.>`, `api.status`, `api.status.brokers`, `api.job.list`/`get`, `$SRV.>`; reads the `logs` stream | `events.>`, `cluster.>` |
-//! | `admin` | what `client` may, plus `api.deploy`, `api.job.control`, `api.subagent.control`, `api.scheduler.control`; reads the `audit` stream | `events.>`, `cluster.>`, `hb.>` |
+//! | `admin` | what `client` may, plus `api.deploy`, `api.job.control`, `api.subagent.control`, `api.scheduler.control`; reads the `audit` and `triggers_dead` streams and the `triggers` consumers' info | `events.>`, `cluster.>`, `hb.>` |
 //! | `monitor` | `api.status`, `api.status.brokers`, `api.order.get`, `api.order.list`, `api.job.list`/`get`, `$SRV.>`; reads the `logs` stream | `events.>`, `cluster.>`, `hb.>` |
+//! | `publisher` (publishes subject triggers' messages) | any subject outside the prefix and the server's own (`$JS`, `$KV`, `$O`, `$SYS`, `$SRV`, `_INBOX`): a deny list | only its reply inbox |
 //! | `console` (`baton console`, the web console) | what `client` may, plus `api.job.control`, `api.subagent.control`, `api.scheduler.control`: an operator's switches, never a deploy or the audit trail | `events.>`, `cluster.>`, `hb.>` |
 //!
 //! Every role also subscribes to its own reply inbox, `_INBOX.<its public
@@ -36,10 +37,13 @@ pub enum Role {
     Monitor,
     /// `baton console`: the web console, an operator without deploy.
     Console,
+    /// Whatever publishes the messages of subject triggers (any subject
+    /// outside Baton's and the server's own).
+    Publisher,
 }
 
 impl Role {
-    pub const ALL: [Role; 7] = [
+    pub const ALL: [Role; 8] = [
         Role::Broker,
         Role::Agent,
         Role::Subagent,
@@ -47,6 +51,7 @@ impl Role {
         Role::Admin,
         Role::Monitor,
         Role::Console,
+        Role::Publisher,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +63,7 @@ impl Role {
             Role::Admin => "admin",
             Role::Monitor => "monitor",
             Role::Console => "console",
+            Role::Publisher => "publisher",
         }
     }
 
@@ -77,6 +83,9 @@ impl Role {
             Role::Console => {
                 "the web console: client, plus job pause, subagent and Scheduler switch-over"
             }
+            Role::Publisher => {
+                "publish subject triggers' messages: any subject outside Baton's and the server's own"
+            }
         }
     }
 }
@@ -91,6 +100,8 @@ impl fmt::Display for Role {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Permissions {
     pub publish: Vec<String>,
+    /// Never published, whatever `publish` allows (NATS `deny`).
+    pub deny_publish: Vec<String>,
     pub subscribe: Vec<String>,
     /// May answer requests it received (reply subjects it could not name).
     pub allow_responses: bool,
@@ -99,6 +110,10 @@ pub struct Permissions {
 impl Permissions {
     pub fn may_publish(&self, subject: &str) -> bool {
         self.publish.iter().any(|p| subject_matches(p, subject))
+            && !self
+                .deny_publish
+                .iter()
+                .any(|p| subject_matches(p, subject))
     }
 
     pub fn may_subscribe(&self, subject: &str) -> bool {
@@ -145,7 +160,7 @@ pub const BUCKETS: [&str; 8] = [
     "switches",
 ];
 /// Plain streams the broker owns.
-pub const STREAMS: [&str; 2] = ["logs", "audit"];
+pub const STREAMS: [&str; 4] = ["logs", "audit", "triggers", "triggers_dead"];
 
 /// What `role` may do under `prefix`; `id` is the subagent's id (its
 /// identity may only receive its own subjects); `public_key` names its inbox.
@@ -193,6 +208,16 @@ pub fn permissions(role: Role, prefix: &str, id: Option<&str>, public_key: &str)
             for bucket in ["jobs", "workflows", "fired", "switches"] {
                 publish.extend(stream_read(&names.kv_stream(bucket)));
             }
+            // subject triggers: read the broker's consumers, acknowledge,
+            // keep dead letters (`agent/node/subjects.rs`)
+            let triggers = names.bucket("triggers");
+            publish.extend([
+                format!("$JS.API.STREAM.INFO.{triggers}"),
+                format!("$JS.API.CONSUMER.INFO.{triggers}.*"),
+                format!("$JS.API.CONSUMER.MSG.NEXT.{triggers}.*"),
+                format!("$JS.ACK.{triggers}.>"),
+                format!("{p}.triggers.dead.*"),
+            ]);
             let subscribe = vec![format!("{p}.agent.*.>"), format!("{p}.hb.broker"), inbox];
             (publish, subscribe)
         }
@@ -221,6 +246,7 @@ pub fn permissions(role: Role, prefix: &str, id: Option<&str>, public_key: &str)
             ];
             (publish, subscribe)
         }
+        Role::Publisher => (vec![">".to_string()], vec![inbox]),
         Role::Client | Role::Admin | Role::Monitor | Role::Console => {
             let mut publish = match role {
                 Role::Monitor => vec![
@@ -251,6 +277,12 @@ pub fn permissions(role: Role, prefix: &str, id: Option<&str>, public_key: &str)
             }
             if role == Role::Admin {
                 publish.extend(stream_read(&names.bucket("audit")));
+                // subject triggers: their dead letters, and how far each
+                // job's consumer is behind (never its position)
+                publish.extend(stream_read(&names.bucket("triggers_dead")));
+                let triggers = names.bucket("triggers");
+                publish.push(format!("$JS.API.STREAM.INFO.{triggers}"));
+                publish.push(format!("$JS.API.CONSUMER.INFO.{triggers}.*"));
             }
             publish.extend(stream_read(&names.bucket("logs")));
             // `nats micro ls|info|stats`: which broker serves the API
@@ -267,8 +299,18 @@ pub fn permissions(role: Role, prefix: &str, id: Option<&str>, public_key: &str)
             (publish, subscribe)
         }
     };
+    let deny_publish = match role {
+        // anything but Baton's subjects and the server's own
+        Role::Publisher => ["$JS.>", "$KV.>", "$O.>", "$SYS.>", "$SRV.>", "_INBOX.>"]
+            .into_iter()
+            .map(String::from)
+            .chain([format!("{p}.>")])
+            .collect(),
+        _ => Vec::new(),
+    };
     Permissions {
         publish,
+        deny_publish,
         subscribe,
         allow_responses: matches!(role, Role::Broker | Role::Agent | Role::Subagent),
     }
@@ -525,8 +567,34 @@ mod tests {
             let p = of(role);
             assert!(p.may_subscribe(&format!("_INBOX.{PK}.abc.*")), "{role}");
             assert!(!p.may_subscribe("_INBOX.UOTHER.abc"), "{role}");
-            assert!(!p.may_publish("other.api.submit"), "{role}");
+            // the publisher's trade is subjects outside Baton's
+            let other_prefix = role != Role::Publisher;
+            assert_eq!(p.may_publish("other.api.submit"), !other_prefix, "{role}");
             assert!(!p.may_subscribe("other.events.>"), "{role}");
         }
+    }
+
+    #[test]
+    fn the_publisher_publishes_anything_but_baton_and_server_subjects() {
+        let p = of(Role::Publisher);
+        assert!(p.may_publish("orders.created.eu"));
+        for denied in [
+            "baton.api.submit",
+            "baton.triggers.dead.x",
+            "$JS.API.STREAM.DELETE.baton_triggers",
+            "$JS.ACK.baton_triggers.job_x.1.2.3.4.5",
+            "$KV.baton_jobs.x",
+            "$SYS.REQ.SERVER.PING",
+            "_INBOX.UOTHER.x",
+        ] {
+            assert!(!p.may_publish(denied), "{denied}");
+        }
+        assert!(!p.may_subscribe("orders.>"));
+        let agent = of(Role::Agent);
+        assert!(agent.may_publish("$JS.API.CONSUMER.MSG.NEXT.baton_triggers.job_x"));
+        assert!(agent.may_publish("$JS.ACK.baton_triggers.job_x.1.2.3.4.5"));
+        assert!(agent.may_publish("baton.triggers.dead.x"));
+        assert!(!agent.may_publish("$JS.API.CONSUMER.CREATE.baton_triggers.job_x"));
+        assert!(!agent.may_publish("$JS.API.CONSUMER.DELETE.baton_triggers.job_x"));
     }
 }

@@ -26,6 +26,8 @@
 //!   many orders held.
 //! - `history.rs`: the broker's memory over rounds of many thousands of
 //!   ended and failed orders.
+//! - `triggers.rs`: orders started by subject triggers' messages: per
+//!   second, publish-to-start lateness, duplicates and misses.
 
 mod broker;
 mod client;
@@ -38,6 +40,7 @@ mod report;
 mod scheduler;
 mod setup;
 mod throughput;
+mod triggers;
 mod workflow;
 
 use clap::Subcommand;
@@ -68,6 +71,10 @@ pub enum BenchCommand {
     /// Answer times of the web console's endpoints (orders, status, jobs)
     /// with many orders held
     Console(console::ConsoleBenchArgs),
+    /// Orders started per second by event triggers (--mode subject), the
+    /// lateness from a message's publish to its task's start, duplicates
+    /// and misses
+    Triggers(triggers::TriggersArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -80,5 +87,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Workflow(args) => workflow::workflow(args).await,
         BenchCommand::History(args) => history::history(args).await,
         BenchCommand::Console(args) => console::console(args).await,
+        BenchCommand::Triggers(args) => triggers::triggers(args).await,
     }
 }

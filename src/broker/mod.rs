@@ -36,6 +36,7 @@ mod scheduler_lease;
 mod sim;
 pub mod spread;
 mod sweep;
+pub mod trigger_stream;
 
 use actix::prelude::*;
 use futures::stream::{self, LocalBoxStream, StreamExt};
@@ -109,6 +110,8 @@ pub struct Broker {
     past_retention: Vec<(String, u64)>,
     /// The client API's NATS service: it stops answering `$SRV.*` with us.
     _api: crate::bus::ApiService,
+    /// Keeps the subject triggers' stream and consumers; stops with us.
+    _trigger_stream: trigger_stream::TriggerStream,
 }
 
 /// Subscribes and starts the broker in the current actix System.
@@ -152,6 +155,17 @@ pub async fn start(
         .await
     {
         warn!(error = %e, "cannot create the audit stream; commands are not recorded");
+    }
+    // subject triggers' dead letters are kept from now on
+    if let Err(e) = bus
+        .ensure_dead_letter_stream(
+            &config.dead_letter_stream(),
+            bus.subjects().all_trigger_dead(),
+            trigger_stream::DEAD_LETTER_LIMITS,
+        )
+        .await
+    {
+        warn!(error = %e, "cannot create the dead-letter stream; unmappable trigger messages are not kept");
     }
     // the orders are taken over before anything is served
     let mut recovered = recovery::recover(
@@ -272,6 +286,7 @@ pub async fn start(
         id_seed,
         act::now(),
     );
+    let trigger_stream = trigger_stream::start(bus.clone(), &config);
     Ok(Broker::create(move |ctx| {
         ctx.add_stream(stream::select_all(inputs));
         Broker {
@@ -293,6 +308,7 @@ pub async fn start(
             sweep: sweep::Sweep::default(),
             past_retention,
             _api: api,
+            _trigger_stream: trigger_stream,
         }
     }))
 }

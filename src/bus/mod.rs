@@ -10,8 +10,9 @@
 //! publish), `reply`, `request`, `serve` (a stream of decoded requests),
 //! `listen` (a stream of decoded publishes), `gather` (a request many
 //! answer, `gather.rs`), `kv` (typed JetStream KV buckets, `kv.rs`) and
-//! `append` (a JetStream stream, `audit.rs`) and `kv_durable` (a durable
-//! consumer of a bucket's writes, `durable.rs`).
+//! `append` (a JetStream stream, `audit.rs`), `kv_durable` (a durable
+//! consumer of a bucket's writes, `durable.rs`), and the subject triggers'
+//! stream, consumers and dead letters (`triggers.rs`).
 //!
 //! Architecture invariant: the bus knows payload types only as serde types;
 //! it never decides anything about jobs, orders or subagents.
@@ -32,6 +33,7 @@ mod publish;
 mod sender;
 mod service;
 mod stats;
+mod triggers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +53,7 @@ pub use logs::{LogsError, OrderLog, StreamLimits};
 pub use sender::SenderProof;
 pub use service::{ApiService, ServiceInfo, SERVICE_NAME};
 pub use stats::Stats;
+pub use triggers::{Backlog, ConsumerLimits, DeadLetter, TriggerMessage};
 
 use inbound::{decode_publish, decode_reply, encoding_of, json_headers};
 use publish::{publish_in_order, Outgoing};

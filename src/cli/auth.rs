@@ -104,9 +104,12 @@ pub fn roles_table(prefix: &str) -> String {
             let listed: Vec<String> = subjects.iter().map(|s| format!("`{s}`")).collect();
             listed.join(", ")
         };
+        let mut publish = code(&p.publish);
+        if !p.deny_publish.is_empty() {
+            publish = format!("{publish}, except {}", code(&p.deny_publish));
+        }
         out.push_str(&format!(
-            "| `{role}` | {} | {} |\n",
-            code(&p.publish),
+            "| `{role}` | {publish} | {} |\n",
             code(&p.subscribe)
         ));
     }

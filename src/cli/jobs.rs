@@ -69,6 +69,16 @@ pub enum JobCommand {
     /// backfilled before, returns its first order and runs nothing again.
     /// The job's concurrency policy applies as for any fired slot.
     Backfill(BackfillArgs),
+    /// Show how far a job's subject triggers' consumer is behind and the
+    /// messages kept on its dead-letter subject, each with why it started
+    /// no order (admin credentials)
+    DeadLetters {
+        /// The job's name
+        name: String,
+        /// Show at most this many, oldest first
+        #[arg(long, default_value_t = 20)]
+        max: usize,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -102,9 +112,13 @@ pub struct UndeployArgs {
 
 pub async fn run(config: &Config, command: JobCommand) -> anyhow::Result<()> {
     let bus = connect(config, "baton-cli", false).await?;
-    if let JobCommand::Backfill(args) = command {
-        return backfill(config, &bus, args).await;
-    }
+    let command = match command {
+        JobCommand::Backfill(args) => return backfill(config, &bus, args).await,
+        JobCommand::DeadLetters { name, max } => {
+            return super::dead_letters::show(config, &bus, &name, max).await
+        }
+        command => command,
+    };
     let timeout = config.nats.request_timeout;
     let s = bus.subjects().clone();
     match command {
@@ -150,7 +164,7 @@ pub async fn run(config: &Config, command: JobCommand) -> anyhow::Result<()> {
             let reply: JobControlReply = bus.request(s.job_control(), &control, timeout).await?;
             println!("{}", output::job_switched_text(&reply));
         }
-        JobCommand::Backfill(_) => unreachable!("handled above"),
+        JobCommand::Backfill(_) | JobCommand::DeadLetters { .. } => unreachable!("handled above"),
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ mod audit;
 mod auth;
 mod calendars;
 mod client;
+mod dead_letters;
 mod dev;
 mod jobs;
 mod orders;

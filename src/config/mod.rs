@@ -571,6 +571,16 @@ impl Config {
     pub fn audit_stream(&self) -> String {
         format!("{}_audit", self.prefix)
     }
+
+    /// The stream capturing the subject triggers' subjects.
+    pub fn trigger_stream(&self) -> String {
+        format!("{}_triggers", self.prefix)
+    }
+
+    /// The stream keeping subject triggers' dead letters.
+    pub fn dead_letter_stream(&self) -> String {
+        format!("{}_triggers_dead", self.prefix)
+    }
 }
 
 /// `<hostname>-<pid>`, reduced to subject-token characters.

@@ -57,6 +57,12 @@ pub(crate) enum TriggerDef {
     At {
         at: chrono::DateTime<chrono::Utc>,
     },
+    /// One order per message on a NATS subject (`triggers::subject`).
+    Subject {
+        name: String,
+        #[serde(default)]
+        params: BTreeMap<String, String>,
+    },
 }
 
 impl TriggerDef {
@@ -125,6 +131,7 @@ impl From<TriggerDef> for TriggerSpec {
                 jitter,
             },
             TriggerDef::At { at } => TriggerSpec::At { at },
+            TriggerDef::Subject { name, params } => TriggerSpec::Subject { name, params },
         }
     }
 }

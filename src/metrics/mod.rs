@@ -232,6 +232,8 @@ pub struct AgentMetrics {
     pub slots: Family<Labels2, Counter>,
     pub fire_lateness: Histogram,
     pub scheduler: Gauge,
+    /// Subject triggers' messages handled, by outcome.
+    pub trigger_messages: Family<Label, Counter>,
 }
 
 impl AgentMetrics {
@@ -256,6 +258,13 @@ impl AgentMetrics {
         }
     }
 
+    /// Counts a subject trigger's message: `started`, `duplicate`,
+    /// `dead_letter` or `retried`.
+    pub fn trigger_message(&self, outcome: &'static str) {
+        let labels = [("outcome", outcome.to_string())];
+        self.trigger_messages.get_or_create(&labels).inc();
+    }
+
     /// Counts a slot the broker answered: fired, or skipped as a duplicate.
     pub fn fired(&self, duplicate: bool, late: bool) {
         let (outcome, reason) = labels::fired(duplicate, late);
@@ -277,6 +286,11 @@ impl AgentMetrics {
             "baton_agent_scheduler",
             "1 while this agent holds the Scheduler role, else 0",
             self.scheduler.clone(),
+        );
+        r.register(
+            "baton_scheduler_trigger_messages",
+            "Subject triggers' messages the Scheduler handled, by outcome (started, duplicate, dead_letter, retried)",
+            self.trigger_messages.clone(),
         );
     }
 }
@@ -314,6 +328,7 @@ static AGENT: LazyLock<AgentMetrics> = LazyLock::new(|| AgentMetrics {
     slots: Family::default(),
     fire_lateness: latency_buckets(),
     scheduler: Gauge::default(),
+    trigger_messages: Family::default(),
 });
 static SUBAGENT: LazyLock<SubagentMetrics> = LazyLock::new(SubagentMetrics::default);
 

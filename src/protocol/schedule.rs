@@ -4,6 +4,7 @@
 //! `triggers`. [`FiredSlot`] is the Scheduler's record of how far
 //! each job has fired, kept in the `{prefix}_fired` KV bucket.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -67,6 +68,17 @@ pub enum TriggerSpec {
         #[schemars(with = "String")]
         at: DateTime<Utc>,
     },
+    /// One order per message published on the NATS subject `name`
+    /// (wildcards allowed), read through the trigger stream Baton keeps
+    /// (`triggers::subject`). Fires on messages, never on a clock.
+    Subject {
+        name: String,
+        /// Parameter name → where its value comes from: `$.a.b[0]` (a
+        /// field of the JSON payload), `header:NAME`, `token:N` (the
+        /// subject's N-th token, from 1), `subject`, or `literal:TEXT`.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        params: BTreeMap<String, String>,
+    },
 }
 
 impl TriggerSpec {
@@ -79,6 +91,11 @@ impl TriggerSpec {
             calendar: None,
             jitter: None,
         }
+    }
+
+    /// Whether it fires on a clock (cron, interval, at), not on events.
+    pub fn is_clock(&self) -> bool {
+        !matches!(self, TriggerSpec::Subject { .. })
     }
 
     /// A plain interval trigger, without jitter.

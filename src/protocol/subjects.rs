@@ -37,6 +37,7 @@
 //! | `{p}.api.scheduler.control` | request | [`SchedulerControl`](super::SchedulerControl) -> [`SchedulerControlReply`](super::SchedulerControlReply) |
 //! | `{p}.cluster.agent.{id}` | publish | [`AgentChanged`](super::AgentChanged) |
 //! | `{p}.events.{job}.{order}.{kind}` | publish | [`OrderAccepted`](super::OrderAccepted), [`OrderChanged`](super::OrderChanged), [`OrderFinished`](super::OrderFinished) |
+//! | `{p}.triggers.dead.{job}` | publish (JetStream) | a subject trigger's message that started no order, as received (payload and headers), plus the headers `Baton-Reason`, `Baton-Subject`, `Baton-Sequence` |
 //! | `{p}.events.{job}.{order}.{kind}.{subagent}` | publish | [`TaskStarted`](super::TaskStarted), [`TaskLog`](super::TaskLog): the last token is the publishing subagent |
 
 /// The last token of an event subject: what happened to the order.
@@ -249,6 +250,17 @@ impl Subjects {
     /// be two tokens, as `order.cancel`).
     pub fn audit(&self, command: &str) -> String {
         format!("{}.audit.{command}", self.prefix)
+    }
+
+    /// Where the Scheduler puts a message of `job`'s subject triggers that
+    /// starts no order (kept by the `triggers_dead` stream).
+    pub fn trigger_dead(&self, job: &str) -> String {
+        format!("{}.triggers.dead.{job}", self.prefix)
+    }
+
+    /// Wildcard for every dead letter (what the dead-letter stream keeps).
+    pub fn all_trigger_dead(&self) -> String {
+        format!("{}.triggers.dead.>", self.prefix)
     }
 
     /// Wildcard for every audit record (what the audit stream keeps).

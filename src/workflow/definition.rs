@@ -374,6 +374,13 @@ pub fn validate_workflow(
         });
     }
     let triggered = !wf.triggers.is_empty();
+    if let Some(i) = wf.triggers.iter().position(|t| !t.is_clock()) {
+        return Err(WorkflowError::InvalidDeclaration {
+            workflow: workflow(),
+            field: format!("triggers[{i}]"),
+            message: "a workflow fires on a clock only (cron, interval, at); let a subject trigger start a job that submits the workflow order".into(),
+        });
+    }
     if let Err((field, message)) = validate_declared(&wf.params, "workflow", triggered) {
         return Err(WorkflowError::InvalidDeclaration {
             workflow: workflow(),

@@ -10,6 +10,10 @@
 //! written after the slot's order was accepted; a new Scheduler starts
 //! from it).
 //!
+//! Subject triggers have no slots: only a job's clock triggers are queued
+//! here, and its subject triggers go to their loop (`subjects.rs`), started
+//! and stopped with the job's deploys and pauses.
+//!
 //! A workflow's triggers are scheduled as a job's, under its key
 //! `workflow.NAME` ([`workflow_key`]); its slots are the same
 //! [`SubmitOrder`] with the workflow's name as `job`.
@@ -32,11 +36,12 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::{debug, info, warn};
 
+use super::subjects::SubjectLoops;
 use super::watched::{Source, Watched};
 use super::Agent;
 use crate::agent::outbox::{retry_delay, submit_failure, Fire, FiredLedger, Outbox, SubmitFailure};
 use crate::bus::{BusError, Kv};
-use crate::protocol::{FiredSlot, SubmitOrder, SubmitReply};
+use crate::protocol::{FiredSlot, SubmitOrder, SubmitReply, TriggerSpec};
 use crate::time::now_ms;
 use crate::triggers::{submitted_name, workflow_key, Due, Schedule, TimerQueue, Trigger};
 
@@ -65,6 +70,8 @@ pub(super) struct Firing {
     paused: HashSet<String>,
     due: Vec<Due>,
     last_failure_warning: Option<std::time::Instant>,
+    /// The subject triggers' loops (`subjects.rs`).
+    pub(super) subjects: SubjectLoops,
 }
 
 impl Firing {
@@ -118,6 +125,7 @@ impl Agent {
             paused: HashSet::new(),
             due: Vec::new(),
             last_failure_warning: None,
+            subjects: SubjectLoops::default(),
         });
         self.load(self.term, ctx);
         crate::metrics::agent().scheduler.set(1);
@@ -130,6 +138,7 @@ impl Agent {
             return;
         };
         crate::metrics::agent().scheduler.set(0);
+        firing.subjects.stop(ctx);
         let watches = firing.watches.into_values();
         for handle in firing.timer.map(|(_, h)| h).into_iter().chain(watches) {
             ctx.cancel_future(handle);
@@ -244,7 +253,15 @@ impl Agent {
         };
         match change {
             Watched::Schedule { key, schedule } => {
+                let triggers = schedule.as_ref().map(|(t, _)| t.as_slice());
+                let paused = firing.paused.clone();
+                self.subjects_changed(&key, triggers, &paused, ctx);
+                let Some(firing) = self.firing(term) else {
+                    return;
+                };
+                // subject triggers fire on messages, not on the clock
                 let schedule = schedule
+                    .map(|(t, m)| (t.into_iter().filter(TriggerSpec::is_clock).collect::<Vec<_>>(), m))
                     .filter(|(triggers, _)| !triggers.is_empty())
                     .and_then(|(triggers, misfire)| {
                         match Trigger::compile_all(&triggers, &key) {
@@ -270,6 +287,7 @@ impl Agent {
                     info!(job = %name, paused, "pause switched");
                     firing.requeue(&name);
                     firing.requeue(&workflow_key(&name));
+                    self.sync_subjects(&name, paused, ctx);
                 }
             }
             Watched::Other => {}

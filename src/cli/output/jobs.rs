@@ -101,7 +101,28 @@ pub fn trigger_text(trigger: &TriggerSpec) -> String {
             text + &jitter_text(jitter)
         }
         TriggerSpec::At { at } => format!("at {}", at.to_rfc3339()),
+        TriggerSpec::Subject { name, params } => {
+            let mut text = format!("on messages on {name}");
+            if !params.is_empty() {
+                let mapped: Vec<String> =
+                    params.iter().map(|(p, s)| format!("{p} = {s}")).collect();
+                let _ = write!(text, " ({})", mapped.join(", "));
+            }
+            text
+        }
     }
+}
+
+/// "on messages on orders.created.>, orders.deleted" for a job with
+/// subject triggers, which fire on events, not at a time.
+fn on_messages(triggers: &[TriggerSpec]) -> Option<String> {
+    let subjects: Vec<&str> = (triggers.iter())
+        .filter_map(|t| match t {
+            TriggerSpec::Subject { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    (!subjects.is_empty()).then(|| format!("on messages on {}", subjects.join(", ")))
 }
 
 fn jitter_text(jitter: &Option<Duration>) -> String {
@@ -164,7 +185,7 @@ pub fn job_list_text(list: &JobList) -> String {
                 match (&j.next_fire, &j.paused) {
                     (Some(_), Some(_)) => "- (paused)".into(),
                     (Some(f), None) => fire_time(f),
-                    (None, _) => "-".into(),
+                    (None, _) => on_messages(&j.triggers).unwrap_or_else(|| "-".into()),
                 },
                 j.last_order.as_ref().map_or("-".into(), order_cell),
             ]
@@ -216,8 +237,16 @@ pub fn job_text(info: &JobInfo) -> String {
     for line in definition.unwrap_or_default().lines() {
         let _ = writeln!(out, "  {line}");
     }
+    let triggers = match (&info.job, &info.workflow) {
+        (Some(job), _) => job.triggers.as_slice(),
+        (None, Some(workflow)) => workflow.triggers.as_slice(),
+        (None, None) => &[],
+    };
+    if let Some(text) = on_messages(triggers) {
+        let _ = writeln!(out, "fires {text}");
+    }
     if info.next_fires.is_empty() {
-        let _ = writeln!(out, "next fires: none (no trigger, or none left)");
+        let _ = writeln!(out, "next fires: none (no clock trigger, or none left)");
     } else {
         let note = if info.paused.is_some() {
             " (skipped while paused)"
@@ -398,6 +427,24 @@ mod tests {
         let text = job_text(&info);
         assert!(!text.contains("DST change"), "{text}");
         assert!(text.contains("IST (+05:30)"), "{text}");
+    }
+
+    #[test]
+    fn a_subject_trigger_reads_as_firing_on_messages() {
+        let trigger = TriggerSpec::Subject {
+            name: "orders.created.>".into(),
+            params: [("id".to_string(), "$.order.id".to_string())].into(),
+        };
+        assert_eq!(
+            trigger_text(&trigger),
+            "on messages on orders.created.> (id = $.order.id)"
+        );
+        let every = TriggerSpec::interval(Duration::from_secs(60), None);
+        assert_eq!(on_messages(std::slice::from_ref(&every)), None);
+        assert_eq!(
+            on_messages(&[every, trigger]).as_deref(),
+            Some("on messages on orders.created.>")
+        );
     }
 
     #[test]
