@@ -9,7 +9,6 @@
 //! | is not signed by a broker                  | `Forbidden`     | `forbidden`                            |
 //! | comes from an older broker epoch           | `StaleEpoch`    | `invalid_state`                        |
 //! | names a known task (running, unacknowledged, lately finished) | `Duplicate` | `duplicate: true` with the pid |
-//! | arrives after no broker was heard for longer than the orphan timeout | `OutOfContact` | `busy` (the broker places it again) |
 //! | arrives while draining                     | `Draining`      | `busy`                                 |
 //! | finds `capacity` tasks running             | `Full`          | `busy`                                 |
 //! | otherwise                                  | `Start`         | the pid once spawned                   |
@@ -53,8 +52,6 @@ pub struct View<'a> {
     pub draining: bool,
     pub capacity: u32,
     pub tasks: &'a Tasks,
-    /// No broker heard for longer than the orphan timeout.
-    pub out_of_contact: bool,
 }
 
 /// Why a broker command is not obeyed at all.
@@ -76,11 +73,6 @@ pub enum Admission {
     Duplicate {
         pid: Option<u32>,
     },
-    /// No broker heard for longer than the orphan timeout: the broker may
-    /// already count tasks placed here as dead, and this `run` may have
-    /// been held up as long, so it is not started (the broker places it
-    /// again, on contact now renewed).
-    OutOfContact,
     /// Stopping: no new tasks.
     Draining,
     /// `running` tasks run, as many as the capacity.
@@ -112,9 +104,6 @@ pub fn admit(ask: &Ask<'_>, view: &View<'_>) -> Admission {
         let pid = view.tasks.pid(ask.task_id);
         return Admission::Duplicate { pid };
     }
-    if view.out_of_contact {
-        return Admission::OutOfContact;
-    }
     if view.draining {
         return Admission::Draining;
     }
@@ -136,9 +125,6 @@ impl Admission {
     pub fn busy(&self, id: &str) -> Option<ErrorReply> {
         let message = match self {
             Admission::Draining => format!("subagent {id} is draining"),
-            Admission::OutOfContact => format!(
-                "subagent {id} heard no broker for longer than its orphan timeout; place the task again"
-            ),
             Admission::Full { running } => {
                 format!("subagent {id} runs {running} tasks, its capacity")
             }
@@ -198,7 +184,6 @@ mod tests {
             draining: false,
             capacity: 2,
             tasks,
-            out_of_contact: false,
         }
     }
 
@@ -292,22 +277,6 @@ mod tests {
     }
 
     #[test]
-    fn a_run_after_a_silence_past_the_orphan_timeout_is_not_started() {
-        let tasks = Tasks::default();
-        let mut v = view(&tasks);
-        v.out_of_contact = true;
-        let decided = admit(&ask("t"), &v);
-        assert_eq!(decided, Admission::OutOfContact);
-        assert!(
-            decided.obeyed(),
-            "the broker is heard again: contact counts"
-        );
-        let reply = decided.busy("s1").unwrap();
-        assert_eq!(reply.error.code, ErrorCode::Busy);
-        assert!(reply.error.message.contains("orphan timeout"), "{reply:?}");
-    }
-
-    #[test]
     fn a_full_subagent_refuses_a_new_task() {
         let mut tasks = Tasks::default();
         start(&mut tasks, "a", 7);
@@ -398,7 +367,6 @@ mod tests {
                 draining: self.draining,
                 capacity: self.capacity,
                 tasks: &self.tasks,
-                out_of_contact: rng.percent(5),
             };
             let known = self.tasks.knows(&task_id);
             let decided = admit(&ask, &view);
@@ -408,7 +376,6 @@ mod tests {
                 Admission::Refused(Refusal::StaleEpoch { .. }) => "stale",
                 Admission::Duplicate { .. } => "duplicate",
                 Admission::Draining => "draining",
-                Admission::OutOfContact => "out of contact",
                 Admission::Full { .. } => "full",
                 Admission::Start => "start",
             });
@@ -505,6 +472,6 @@ mod tests {
             seen.extend(sim.seen);
         }
         // the sequences reach every outcome
-        assert_eq!(seen.len(), 8, "outcomes reached: {seen:?}");
+        assert_eq!(seen.len(), 7, "outcomes reached: {seen:?}");
     }
 }

@@ -33,8 +33,6 @@ impl Subagent {
             draining: self.draining,
             capacity: self.config.subagent.capacity,
             tasks: &self.tasks,
-            out_of_contact: self.last_broker_contact.elapsed()
-                > self.config.subagent.orphan_timeout,
         };
         let admission = admission::admit(&ask, &view);
         if admission.obeyed() {
@@ -56,7 +54,7 @@ impl Subagent {
                 };
                 self.bus.reply(&req.replier, &reply);
             }
-            Admission::Draining | Admission::Full { .. } | Admission::OutOfContact => {
+            Admission::Draining | Admission::Full { .. } => {
                 if let Some(error) = admission.busy(&self.id) {
                     self.bus.reply(&req.replier, &error);
                 }

@@ -177,18 +177,12 @@ impl SimSubagent {
             let why = format!("epoch {} is older than {}", run.epoch, self.epoch);
             return Some(vec![Out::Answer(Answer::Refused(why))]);
         }
-        // (as the real subagent's admission: a run after a silence longer
-        // than the orphan timeout may be one held up that long)
-        let out_of_contact = now_ms.saturating_sub(self.last_contact_ms) > self.orphan_ms;
         self.broker_heartbeat(run.epoch, now_ms);
         let known = self.running.contains_key(&run.task_id)
             || self.unacked.contains_key(&run.task_id)
             || self.finished.contains(&run.task_id);
         if known {
             return Some(vec![Out::Answer(Answer::Accepted)]);
-        }
-        if out_of_contact {
-            return Some(vec![Out::Answer(Answer::Refused("out of contact".into()))]);
         }
         if self.running.len() >= self.capacity as usize {
             return Some(vec![Out::Answer(Answer::Refused("busy".into()))]);
