@@ -348,6 +348,10 @@ pub fn validate_job(job: &JobSpec) -> Result<(), JobError> {
             return Err(err(&format!("triggers[{i}]"), e.to_string()));
         }
     }
+    if let Err((field, message)) = crate::triggers::files::check_params(&job.triggers, &job.params)
+    {
+        return Err(err(&field, message));
+    }
     if let Err(e) = job.misfire.validate() {
         return Err(err("misfire", e.to_string()));
     }

@@ -13,6 +13,9 @@
 //!   policy is the broker's to meet when the fire is submitted
 //!   ([`crate::jobs::on_slot`]).
 //! - [`queue`]: [`TimerQueue`], a min-heap of every schedule's next slot.
+//! - [`files`]: file triggers, which fire on events, not on a clock: their
+//!   checks, when a file has settled, and its record and idempotency key.
+//!   Here a file trigger has no slot at all (`next_after` is `None`).
 //!
 //! # Cron
 //!
@@ -56,6 +59,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
 pub mod calendar;
+pub mod files;
 mod jitter;
 pub mod policy;
 pub mod queue;
@@ -91,6 +95,8 @@ pub enum TriggerError {
         policy::MAX_FIRE_ALL
     )]
     FireAllMax { max: u32 },
+    #[error("file trigger {field}: {reason}")]
+    File { field: &'static str, reason: String },
 }
 
 impl TriggerSpec {
@@ -139,8 +145,15 @@ struct Part {
 #[derive(Debug, Clone, PartialEq)]
 enum When {
     Cron(CronClock),
-    Interval { every_ms: u64, start_ms: u64 },
-    At { at_ms: u64 },
+    Interval {
+        every_ms: u64,
+        start_ms: u64,
+    },
+    At {
+        at_ms: u64,
+    },
+    /// Fires on events (files), never on the clock.
+    Events,
 }
 
 impl Trigger {
@@ -267,7 +280,7 @@ impl Part {
     fn compile(spec: &TriggerSpec, key: &str) -> Result<Part, TriggerError> {
         let jitter = match spec {
             TriggerSpec::Cron { jitter, .. } | TriggerSpec::Interval { jitter, .. } => *jitter,
-            TriggerSpec::At { .. } => None,
+            TriggerSpec::At { .. } | TriggerSpec::File { .. } => None,
         };
         let jitter_ms = jitter.map_or(0, |j| u64::try_from(j.as_millis()).unwrap_or(u64::MAX));
         if jitter.is_some() && jitter_ms == 0 {
@@ -398,12 +411,14 @@ impl When {
             TriggerSpec::At { at } => Ok(When::At {
                 at_ms: epoch_ms("at", at)?,
             }),
+            TriggerSpec::File { .. } => files::FileWatch::compile(spec).map(|_| When::Events),
         }
     }
 
     fn next_after(&self, after_ms: u64) -> Option<u64> {
         match self {
             When::At { at_ms } => (*at_ms > after_ms).then_some(*at_ms),
+            When::Events => None,
             When::Interval { every_ms, start_ms } => {
                 if after_ms < *start_ms {
                     return Some(*start_ms);
@@ -418,6 +433,7 @@ impl When {
     fn last_at_or_before(&self, at_ms: u64) -> Option<u64> {
         match self {
             When::At { at_ms: slot } => (*slot <= at_ms).then_some(*slot),
+            When::Events => None,
             When::Interval { every_ms, start_ms } => {
                 let since = at_ms.checked_sub(*start_ms)?;
                 Some(start_ms + since / every_ms * every_ms)

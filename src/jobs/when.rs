@@ -57,6 +57,16 @@ pub(crate) enum TriggerDef {
     At {
         at: chrono::DateTime<chrono::Utc>,
     },
+    /// `file = { dir, pattern, settle, rescan }` in the words: a
+    /// table of its own, `kind = "file"` (see `triggers::files`).
+    File {
+        dir: String,
+        pattern: String,
+        #[serde(default, with = "humantime_serde")]
+        settle: Option<Duration>,
+        #[serde(default, with = "humantime_serde")]
+        rescan: Option<Duration>,
+    },
 }
 
 impl TriggerDef {
@@ -125,6 +135,17 @@ impl From<TriggerDef> for TriggerSpec {
                 jitter,
             },
             TriggerDef::At { at } => TriggerSpec::At { at },
+            TriggerDef::File {
+                dir,
+                pattern,
+                settle,
+                rescan,
+            } => TriggerSpec::File {
+                dir,
+                pattern,
+                settle: settle.unwrap_or(crate::protocol::schedule::DEFAULT_SETTLE),
+                rescan: rescan.unwrap_or(crate::protocol::schedule::DEFAULT_RESCAN),
+            },
         }
     }
 }

@@ -216,6 +216,8 @@ pub struct AgentMetrics {
     pub slots: Family<Labels2, Counter>,
     pub fire_lateness: Histogram,
     pub scheduler: Gauge,
+    /// Directories of file triggers that cannot be listed now.
+    pub file_watch_problems: Gauge,
 }
 
 impl AgentMetrics {
@@ -262,6 +264,11 @@ impl AgentMetrics {
             "1 while this agent holds the Scheduler role, else 0",
             self.scheduler.clone(),
         );
+        r.register(
+            "baton_scheduler_file_watch_problems",
+            "Directories of file triggers the Scheduler cannot list now (see `baton status`)",
+            self.file_watch_problems.clone(),
+        );
     }
 }
 
@@ -298,6 +305,7 @@ static AGENT: LazyLock<AgentMetrics> = LazyLock::new(|| AgentMetrics {
     slots: Family::default(),
     fire_lateness: latency_buckets(),
     scheduler: Gauge::default(),
+    file_watch_problems: Gauge::default(),
 });
 static SUBAGENT: LazyLock<SubagentMetrics> = LazyLock::new(SubagentMetrics::default);
 

@@ -30,7 +30,9 @@ pub use cluster::*;
 pub use events::*;
 pub use inventory::*;
 pub use retry::{AttemptOutcome, RetryPolicy, TaskAttempt};
-pub use schedule::{ConcurrencyPolicy, FiredBy, FiredSlot, MisfirePolicy, TriggerSpec};
+pub use schedule::{
+    ConcurrencyPolicy, FileRecord, FileState, FiredBy, FiredSlot, MisfirePolicy, TriggerSpec,
+};
 pub use subjects::{EventKind, Subjects};
 
 /// The protocol version carried in heartbeats and status replies.

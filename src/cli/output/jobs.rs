@@ -101,6 +101,15 @@ pub fn trigger_text(trigger: &TriggerSpec) -> String {
             text + &jitter_text(jitter)
         }
         TriggerSpec::At { at } => format!("at {}", at.to_rfc3339()),
+        TriggerSpec::File {
+            dir,
+            pattern,
+            settle,
+            ..
+        } => format!(
+            "on files in {dir} matching {pattern} (settled {})",
+            span(*settle)
+        ),
     }
 }
 
