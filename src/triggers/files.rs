@@ -368,6 +368,12 @@ impl Settling {
         }
     }
 
+    /// Reports every file again at the next scan (after a resume: one
+    /// refused meanwhile is tried again; [`claim`] skips those done).
+    pub fn again_all(&mut self) {
+        self.files.values_mut().for_each(|s| s.reported = false);
+    }
+
     /// Files being watched.
     pub fn len(&self) -> usize {
         self.files.len()

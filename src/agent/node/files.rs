@@ -150,6 +150,11 @@ impl Agent {
                 paused: false,
             } => {
                 for key in [name.clone(), workflow_key(name)] {
+                    // a file refused while the pause was on its way is tried again
+                    let watching = self.files(term).and_then(|f| f.schedules.get_mut(&key));
+                    if let Some(w) = watching {
+                        w.settling.again_all();
+                    }
                     self.list_soon(term, &key, Duration::ZERO, ctx);
                 }
             }
@@ -177,6 +182,11 @@ impl Agent {
                     .filter(|(_, (r, _))| r.job == key)
                     .map(|(k, (_, rev))| (k.clone(), *rev))
                     .collect();
+                let schedules = &files.schedules;
+                let in_use = |dir: &PathBuf| {
+                    (schedules.values()).any(|w| w.watches.iter().any(|f| &f.dir == dir))
+                };
+                files.problems.retain(|dir, _| in_use(dir));
                 self.delete_records(term, keys, ctx);
             }
             return;

@@ -156,7 +156,17 @@ fn a_paused_schedule_settles_files_without_reporting_them() {
         .scan(std::slice::from_ref(&a), 10, true)
         .settled
         .is_empty());
-    assert_eq!(s.scan(std::slice::from_ref(&a), 20, false).settled, vec![a]);
+    assert_eq!(
+        s.scan(std::slice::from_ref(&a), 20, false).settled,
+        vec![a.clone()]
+    );
+    assert!(s
+        .scan(std::slice::from_ref(&a), 30, false)
+        .settled
+        .is_empty());
+    // on resume every file is reported again; `claim` skips those done
+    s.again_all();
+    assert_eq!(s.scan(std::slice::from_ref(&a), 40, false).settled, vec![a]);
 }
 
 #[test]
