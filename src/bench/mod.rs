@@ -26,6 +26,9 @@
 //!   many orders held.
 //! - `history.rs`: the broker's memory over rounds of many thousands of
 //!   ended and failed orders.
+//! - `files.rs`: file triggers: orders started per second and lateness
+//!   from a file's arrival, duplicates and misses (with `--kill`, across a
+//!   SIGKILLed Scheduler).
 
 mod broker;
 mod client;
@@ -33,6 +36,7 @@ mod closed_loop;
 mod console;
 mod cpu;
 mod failover;
+mod files;
 mod history;
 mod report;
 mod scheduler;
@@ -68,6 +72,10 @@ pub enum BenchCommand {
     /// Answer times of the web console's endpoints (orders, status, jobs)
     /// with many orders held
     Console(console::ConsoleBenchArgs),
+    /// File triggers: orders started per second and lateness from a file's
+    /// arrival to its order; duplicates and misses, with --kill across a
+    /// SIGKILLed Scheduler
+    Files(files::FilesArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -80,5 +88,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Workflow(args) => workflow::workflow(args).await,
         BenchCommand::History(args) => history::history(args).await,
         BenchCommand::Console(args) => console::console(args).await,
+        BenchCommand::Files(args) => files::files(args).await,
     }
 }

@@ -267,6 +267,7 @@ pub fn stale(
     found: &[Found],
     listed: &[PathBuf],
 ) -> Vec<(String, u64)> {
+    let present: std::collections::HashSet<&str> = found.iter().map(|f| f.path.as_str()).collect();
     let mut out: Vec<(String, u64)> = (records.iter())
         .filter(|(_, (r, _))| r.job == job)
         .filter(|(_, (r, _))| {
@@ -274,7 +275,7 @@ pub fn stale(
                 .parent()
                 .is_some_and(|dir| listed.iter().any(|l| l == dir))
         })
-        .filter(|(_, (r, _))| !found.iter().any(|f| f.path == r.path))
+        .filter(|(_, (r, _))| !present.contains(r.path.as_str()))
         .map(|(key, (_, revision))| (key.clone(), *revision))
         .collect();
     out.sort();

@@ -15,7 +15,7 @@
 //! earlier spell as Scheduler is ignored (see `firing.rs`). Dropping the
 //! state (the role ends) drops the inotify watchers.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -36,6 +36,8 @@ use crate::triggers::{submitted_name, workflow_key};
 const DEBOUNCE: Duration = Duration::from_millis(50);
 /// After a failed claim or submit, or failing to read the bucket, list again in this long.
 const RETRY: Duration = Duration::from_secs(1);
+/// At most one warning about failing claims in this long; the rest go to debug.
+const FAILURE_WARN_EVERY: Duration = Duration::from_secs(5);
 
 /// The file triggers of one spell as Scheduler.
 #[derive(Default)]
@@ -47,6 +49,11 @@ pub(super) struct FileTriggers {
     schedules: HashMap<String, Watching>,
     /// Directories that cannot be listed, and why.
     problems: BTreeMap<PathBuf, String>,
+    /// Settled files waiting for a claim to go (at most
+    /// `agent.max_in_flight` at once, as slots).
+    waiting: VecDeque<(String, Found, Claim)>,
+    in_flight: usize,
+    last_failure_warning: Option<std::time::Instant>,
 }
 
 struct Watching {
@@ -276,7 +283,6 @@ impl Agent {
             None => return,
         };
         let addr = ctx.address();
-        let agent_id = self.id.clone();
         let Some(files) = self.files(term) else {
             return;
         };
@@ -337,11 +343,11 @@ impl Agent {
                 decision => claims.push((file, decision)),
             }
         }
-        if let Some(kv) = files.kv.clone() {
-            for (file, decision) in claims {
-                self.claim_file(term, &key, kv.clone(), file, decision, &agent_id, ctx);
-            }
-        }
+        let queued = claims
+            .into_iter()
+            .map(|(file, decision)| (key.clone(), file, decision));
+        files.waiting.extend(queued);
+        self.send_files(term, ctx);
         self.delete_records(term, gone, ctx);
         let delay = if again {
             DEBOUNCE
@@ -349,6 +355,28 @@ impl Agent {
             Duration::from_millis(next)
         };
         self.list_soon(term, &key, delay, ctx);
+    }
+
+    /// Starts the waiting claims the in-flight bound lets go.
+    fn send_files(&mut self, term: u64, ctx: &mut Context<Self>) {
+        let max = self.config.agent.max_in_flight.max(1);
+        let agent_id = self.id.clone();
+        loop {
+            let Some(files) = self.files(term) else {
+                return;
+            };
+            let Some(kv) = files.kv.clone() else {
+                return;
+            };
+            if files.in_flight >= max {
+                return;
+            }
+            let Some((key, file, decision)) = files.waiting.pop_front() else {
+                return;
+            };
+            files.in_flight += 1;
+            self.claim_file(term, &key, kv, file, decision, &agent_id, ctx);
+        }
     }
 
     /// Records the file (unless already `claimed` by this identity), then
@@ -438,6 +466,10 @@ impl Agent {
         let Some(files) = self.files(term) else {
             return;
         };
+        files.in_flight = files.in_flight.saturating_sub(1);
+        let now = std::time::Instant::now();
+        let quiet = (files.last_failure_warning)
+            .is_some_and(|at| now.duration_since(at) < FAILURE_WARN_EVERY);
         let mut retry = false;
         match outcome {
             Outcome::Submitted(record, revision, reply) => {
@@ -465,7 +497,11 @@ impl Agent {
                 if let Some(record) = record {
                     files.records.insert(rk, record);
                 }
-                if again {
+                if again && quiet {
+                    debug!(job = %key, path = %file.path, %error, "cannot start the file's order; will retry");
+                    retry = true;
+                } else if again {
+                    files.last_failure_warning = Some(now);
                     warn!(job = %key, path = %file.path, %error, "cannot start the file's order; will retry");
                     retry = true;
                 } else {
@@ -483,6 +519,7 @@ impl Agent {
         if retry {
             self.list_soon(term, &key, RETRY, ctx);
         }
+        self.send_files(term, ctx);
     }
 
     /// Deletes records (each only if still at its revision).
