@@ -370,6 +370,10 @@ pub fn validate_job(job: &JobSpec) -> Result<(), JobError> {
             return Err(err(&format!("triggers[{i}]"), e.to_string()));
         }
     }
+    if let Err((field, message)) = crate::triggers::files::check_params(&job.triggers, &job.params)
+    {
+        return Err(err(&field, message));
+    }
     if let Err(e) = job.misfire.validate() {
         return Err(err("misfire", e.to_string()));
     }
@@ -692,6 +696,51 @@ restartable = false
                 param: "mood".into()
             }
         );
+    }
+
+    #[test]
+    fn file_triggers_parse_with_defaults_and_need_their_parameters() {
+        let text = r#"
+[[job]]
+name = "import"
+program = "true"
+[job.params.file]
+default = ""
+[job.params.file_name]
+default = ""
+[[job.triggers]]
+kind = "file"
+dir = "/data/in"
+pattern = "*.csv"
+"#;
+        let job = &parse_deploy_file("f.toml", text).unwrap().jobs[0];
+        assert_eq!(
+            job.triggers,
+            vec![TriggerSpec::File {
+                dir: "/data/in".into(),
+                pattern: "*.csv".into(),
+                settle: std::time::Duration::from_secs(2),
+                rescan: std::time::Duration::from_secs(10),
+            }]
+        );
+        for (broken, expect) in [
+            (text.replace("/data/in", "data/in"), "absolute"),
+            (text.replace("*.csv", "[*.csv"), "not a glob"),
+            (
+                text.replace("[job.params.file_name]", "[job.params.other]"),
+                "[params.file_name]",
+            ),
+            (text.replace("pattern =", "glob ="), "glob"),
+            (
+                format!("{text}settle = \"forever\"\n"),
+                "expected a duration",
+            ),
+        ] {
+            let e = parse_deploy_file("f.toml", &broken)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(expect), "{expect}: {e}");
+        }
     }
 
     #[test]

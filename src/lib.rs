@@ -14,7 +14,7 @@
 //! - [`broker`]: the Broker and Elector actors and their pure parts (registry, placement, order book, health, election).
 //! - [`subagent`]: the Subagent actor and process execution (spawn, stream output, kill).
 //! - [`agent`]: the Agent actor (`baton agent`: holds the Scheduler role and fires triggers) and its pure parts (role and lease, outbox).
-//! - [`triggers`]: cron, interval and at triggers, the misfire policy and the timer queue (pure); the Scheduler fires them, the broker's job inventory shows their next slots; subject triggers' syntax, message mapping and stream plan (`triggers/subject.rs`).
+//! - [`triggers`]: cron, interval, at and file triggers, the misfire policy and the timer queue (pure); the Scheduler fires them, the broker's job inventory shows their next slots; subject triggers' syntax, message mapping and stream plan (`triggers/subject.rs`).
 //! - [`cli`]: clap commands; client commands talk to the cluster over NATS.
 //! - [`console`]: `baton console`, the web console: actix-web serving embedded pages, a JSON API and server-sent events over the cluster's NATS API.
 //! - [`bench`]: `baton bench`, speed measured on a local cluster it starts itself; asserts nothing.

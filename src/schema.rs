@@ -95,6 +95,7 @@ wire_types![
     SchedulerControlReply,
     AgentChanged,
     FiredSlot,
+    FileRecord,
     BrokerChanged,
     BrokerLease,
     SchedulerLease,
@@ -753,6 +754,8 @@ mod tests {
         used.insert("ErrorReply");
         // stored in the `{prefix}_fired` KV bucket, on no subject
         used.insert("FiredSlot");
+        // stored in the `{prefix}_files` KV bucket
+        used.insert("FileRecord");
         used.insert("BrokerLease");
         used.insert("SchedulerLease");
         // stored in the `{prefix}_switches` KV bucket

@@ -15,6 +15,9 @@
 //! - [`queue`]: [`TimerQueue`], a min-heap of every schedule's next slot.
 //! - [`subject`]: subject triggers, which fire on NATS messages, not on a
 //!   clock: here they compile to a part with no slots.
+//! - [`files`]: file triggers, which fire on events, not on a clock: their
+//!   checks, when a file has settled, and its record and idempotency key.
+//!   Here a file trigger has no slot at all (`next_after` is `None`).
 //!
 //! # Cron
 //!
@@ -58,6 +61,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
 pub mod calendar;
+pub mod files;
 mod jitter;
 pub mod policy;
 pub mod queue;
@@ -94,6 +98,8 @@ pub enum TriggerError {
         policy::MAX_FIRE_ALL
     )]
     FireAllMax { max: u32 },
+    #[error("file trigger {field}: {reason}")]
+    File { field: &'static str, reason: String },
 }
 
 impl TriggerSpec {
@@ -149,7 +155,7 @@ enum When {
     At {
         at_ms: u64,
     },
-    /// A trigger that fires on events (messages), never on the clock.
+    /// Fires on events (messages, files), never on the clock.
     Events,
 }
 
@@ -277,7 +283,7 @@ impl Part {
     fn compile(spec: &TriggerSpec, key: &str) -> Result<Part, TriggerError> {
         let jitter = match spec {
             TriggerSpec::Cron { jitter, .. } | TriggerSpec::Interval { jitter, .. } => *jitter,
-            TriggerSpec::At { .. } | TriggerSpec::Subject { .. } => None,
+            TriggerSpec::At { .. } | TriggerSpec::Subject { .. } | TriggerSpec::File { .. } => None,
         };
         let jitter_ms = jitter.map_or(0, |j| u64::try_from(j.as_millis()).unwrap_or(u64::MAX));
         if jitter.is_some() && jitter_ms == 0 {
@@ -410,12 +416,14 @@ impl When {
             }),
             // checked with the job's parameters (`jobs::validate_job`)
             TriggerSpec::Subject { .. } => Ok(When::Events),
+            TriggerSpec::File { .. } => files::FileWatch::compile(spec).map(|_| When::Events),
         }
     }
 
     fn next_after(&self, after_ms: u64) -> Option<u64> {
         match self {
             When::At { at_ms } => (*at_ms > after_ms).then_some(*at_ms),
+            When::Events => None,
             When::Interval { every_ms, start_ms } => {
                 if after_ms < *start_ms {
                     return Some(*start_ms);
@@ -424,19 +432,18 @@ impl When {
                 k.checked_mul(*every_ms)?.checked_add(*start_ms)
             }
             When::Cron(clock) => clock.next_after(after_ms),
-            When::Events => None,
         }
     }
 
     fn last_at_or_before(&self, at_ms: u64) -> Option<u64> {
         match self {
             When::At { at_ms: slot } => (*slot <= at_ms).then_some(*slot),
+            When::Events => None,
             When::Interval { every_ms, start_ms } => {
                 let since = at_ms.checked_sub(*start_ms)?;
                 Some(start_ms + since / every_ms * every_ms)
             }
             When::Cron(clock) => clock.last_at_or_before(at_ms),
-            When::Events => None,
         }
     }
 }

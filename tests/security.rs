@@ -289,6 +289,7 @@ async fn no_one_but_the_broker_wipes_purges_or_takes_the_lease() {
         "KV_baton_clusters",
         "KV_baton_workflows",
         "KV_baton_fired",
+        "KV_baton_files",
         "KV_baton_leader",
         "baton_logs",
     ];

@@ -11,6 +11,7 @@
 //! the actor and every handler is short (firing IO runs as spawned futures),
 //! so firing work cannot delay them.
 
+mod files;
 mod firing;
 mod subjects;
 mod watched;
@@ -271,6 +272,7 @@ impl Agent {
             sent_at_ms: now_ms(),
             heartbeat_interval_ms: self.config.agent.heartbeat_interval.as_millis() as u64,
             protocol: PROTOCOL_VERSION,
+            watch_problems: (self.firing.as_ref()).map_or_else(Vec::new, |f| f.files.problems()),
         };
         self.bus
             .post_signed(self.bus.subjects().agent_heartbeat(&self.id), &hb);

@@ -5,7 +5,7 @@
 //! | role | publishes | subscribes |
 //! |---|---|---|
 //! | `broker` | everything under the prefix; JetStream API and KV writes of Baton's buckets and streams | everything under the prefix; `$SRV.>` (service discovery) |
-//! | `agent` | its heartbeats, `api.submit`; reads `jobs`, `workflows`, `fired`, `switches`, writes `fired`; reads and acknowledges the `triggers` stream's consumers, publishes `triggers.dead.*` | `agent.*.>` (role commands, pings), `hb.broker` |
+//! | `agent` | its heartbeats, `api.submit`; reads `jobs`, `workflows`, `fired`, `switches`, `files`, writes `fired`, `files`; reads and acknowledges the `triggers` stream's consumers, publishes `triggers.dead.*` | `agent.*.>` (role commands, pings), `hb.broker` |
 //! | `subagent` (one identity each) | its own heartbeat, `broker.register`/`result`/`leave`, `started` and `log` events in its own name (`events.*.*.log.{id}`) | only `subagent.{id}.>`, its own heartbeat, `hb.broker` |
 //! | `client` | `api.submit`, `api.order.>`, `api.status`, `api.status.brokers`, `api.job.list`/`get`, `$SRV.>`; reads the `logs` stream | `events.>`, `cluster.>` |
 //! | `admin` | what `client` may, plus `api.deploy`, `api.job.control`, `api.subagent.control`, `api.scheduler.control`; reads the `audit` and `triggers_dead` streams and the `triggers` consumers' info | `events.>`, `cluster.>`, `hb.>` |
@@ -147,7 +147,7 @@ impl Names<'_> {
 }
 
 /// Buckets the broker owns (it creates them at start).
-pub const BUCKETS: [&str; 8] = [
+pub const BUCKETS: [&str; 9] = [
     "jobs",
     "clusters",
     "workflows",
@@ -158,6 +158,8 @@ pub const BUCKETS: [&str; 8] = [
     "scheduler",
     // operators' switches, kept across takeovers (issue 18, item 1)
     "switches",
+    // file triggers' records of the files they saw (issue 15, item 1)
+    "files",
 ];
 /// Plain streams the broker owns.
 pub const STREAMS: [&str; 4] = ["logs", "audit", "triggers", "triggers_dead"];
@@ -201,11 +203,12 @@ pub fn permissions(role: Role, prefix: &str, id: Option<&str>, public_key: &str)
                 format!("{p}.hb.agent.*"),
                 format!("{p}.api.submit"),
                 format!("$KV.{}.>", names.bucket("fired")),
+                format!("$KV.{}.>", names.bucket("files")),
                 js_info,
                 "$JS.FC.>".into(),
             ];
             // `switches`: the jobs and workflows an operator paused
-            for bucket in ["jobs", "workflows", "fired", "switches"] {
+            for bucket in ["jobs", "workflows", "fired", "switches", "files"] {
                 publish.extend(stream_read(&names.kv_stream(bucket)));
             }
             // subject triggers: read the broker's consumers, acknowledge,

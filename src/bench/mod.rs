@@ -28,6 +28,9 @@
 //!   ended and failed orders.
 //! - `triggers.rs`: orders started by subject triggers' messages: per
 //!   second, publish-to-start lateness, duplicates and misses.
+//! - `files.rs`: file triggers: orders started per second and lateness
+//!   from a file's arrival, duplicates and misses (with `--kill`, across a
+//!   SIGKILLed Scheduler).
 
 mod broker;
 mod client;
@@ -35,6 +38,7 @@ mod closed_loop;
 mod console;
 mod cpu;
 mod failover;
+mod files;
 mod history;
 mod report;
 mod scheduler;
@@ -75,6 +79,10 @@ pub enum BenchCommand {
     /// lateness from a message's publish to its task's start, duplicates
     /// and misses
     Triggers(triggers::TriggersArgs),
+    /// File triggers: orders started per second and lateness from a file's
+    /// arrival to its order; duplicates and misses, with --kill across a
+    /// SIGKILLed Scheduler
+    Files(files::FilesArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -88,5 +96,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::History(args) => history::history(args).await,
         BenchCommand::Console(args) => console::console(args).await,
         BenchCommand::Triggers(args) => triggers::triggers(args).await,
+        BenchCommand::Files(args) => files::files(args).await,
     }
 }

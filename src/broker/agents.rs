@@ -26,6 +26,8 @@ pub struct Agent {
     pub level: HealthLevel,
     pub history: HealthHistory,
     pub schedules: u32,
+    /// What keeps its file triggers from watching, as it last said.
+    pub watch_problems: Vec<String>,
     pub heartbeat_interval: Duration,
     pub last_seen: Instant,
     /// When (ms) the role was last set from an answer; older heartbeats do
@@ -94,6 +96,7 @@ impl AgentBook {
                     level: lvl,
                     history: HealthHistory::new(),
                     schedules: hb.schedules,
+                    watch_problems: Vec::new(),
                     heartbeat_interval: interval,
                     last_seen: now,
                     role_set_at_ms: 0,
@@ -111,6 +114,7 @@ impl AgentBook {
         a.history.record(now_ms, lvl);
         a.history.forget_before(now_ms.saturating_sub(millis(keep)));
         a.schedules = hb.schedules;
+        a.watch_problems.clone_from(&hb.watch_problems);
         a.heartbeat_interval = interval;
         a.last_seen = now;
         a.last_probe = None;
@@ -209,6 +213,7 @@ impl AgentBook {
                 health: a.health,
                 switch_condition_met: a.history.condition_met(condition, now_ms),
                 schedules: a.schedules,
+                watch_problems: a.watch_problems.clone(),
                 heartbeat_age_ms: millis(now.saturating_duration_since(a.last_seen)),
                 lease_left_ms: lease_end.map(|end| end.saturating_sub(now_ms)),
                 switched: None,
@@ -239,6 +244,7 @@ mod tests {
             sent_at_ms,
             heartbeat_interval_ms: 100,
             protocol: 1,
+            watch_problems: Vec::new(),
         }
     }
 

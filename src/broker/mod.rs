@@ -136,6 +136,8 @@ pub async fn start(
     // agents may read and write it but not create it (see `auth::roles`)
     bus.kv::<crate::protocol::FiredSlot>(&config.fired_bucket())
         .await?;
+    bus.kv::<crate::protocol::FileRecord>(&config.files_bucket())
+        .await?;
     // task output is kept from now on (see `baton order logs`)
     if let Err(e) = bus
         .ensure_log_stream(

@@ -525,6 +525,12 @@ impl Config {
         format!("{}_fired", self.prefix)
     }
 
+    /// Name of the KV bucket holding the file triggers' records of the
+    /// files they have seen (see `triggers::files`).
+    pub fn files_bucket(&self) -> String {
+        format!("{}_files", self.prefix)
+    }
+
     /// Name of the KV bucket holding the Scheduler lease the active broker
     /// granted last (see `broker::scheduler_lease`).
     pub fn scheduler_bucket(&self) -> String {

@@ -63,6 +63,16 @@ pub(crate) enum TriggerDef {
         #[serde(default)]
         params: BTreeMap<String, String>,
     },
+    /// `file = { dir, pattern, settle, rescan }` in the words: a
+    /// table of its own, `kind = "file"` (see `triggers::files`).
+    File {
+        dir: String,
+        pattern: String,
+        #[serde(default, with = "humantime_serde")]
+        settle: Option<Duration>,
+        #[serde(default, with = "humantime_serde")]
+        rescan: Option<Duration>,
+    },
 }
 
 impl TriggerDef {
@@ -132,6 +142,17 @@ impl From<TriggerDef> for TriggerSpec {
             },
             TriggerDef::At { at } => TriggerSpec::At { at },
             TriggerDef::Subject { name, params } => TriggerSpec::Subject { name, params },
+            TriggerDef::File {
+                dir,
+                pattern,
+                settle,
+                rescan,
+            } => TriggerSpec::File {
+                dir,
+                pattern,
+                settle: settle.unwrap_or(crate::protocol::schedule::DEFAULT_SETTLE),
+                rescan: rescan.unwrap_or(crate::protocol::schedule::DEFAULT_RESCAN),
+            },
         }
     }
 }

@@ -234,6 +234,8 @@ pub struct AgentMetrics {
     pub scheduler: Gauge,
     /// Subject triggers' messages handled, by outcome.
     pub trigger_messages: Family<Label, Counter>,
+    /// Directories of file triggers that cannot be listed now.
+    pub file_watch_problems: Gauge,
 }
 
 impl AgentMetrics {
@@ -292,6 +294,11 @@ impl AgentMetrics {
             "Subject triggers' messages the Scheduler handled, by outcome (started, duplicate, dead_letter, retried)",
             self.trigger_messages.clone(),
         );
+        r.register(
+            "baton_scheduler_file_watch_problems",
+            "Directories of file triggers the Scheduler cannot list now (see `baton status`)",
+            self.file_watch_problems.clone(),
+        );
     }
 }
 
@@ -329,6 +336,7 @@ static AGENT: LazyLock<AgentMetrics> = LazyLock::new(|| AgentMetrics {
     fire_lateness: latency_buckets(),
     scheduler: Gauge::default(),
     trigger_messages: Family::default(),
+    file_watch_problems: Gauge::default(),
 });
 static SUBAGENT: LazyLock<SubagentMetrics> = LazyLock::new(SubagentMetrics::default);
 

@@ -106,6 +106,10 @@ pub struct AgentHeartbeat {
     pub heartbeat_interval_ms: u64,
     #[serde(default)]
     pub protocol: u32,
+    /// What keeps its file triggers from watching (a directory missing or
+    /// unreadable), one line each (while Scheduler).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watch_problems: Vec<String>,
 }
 
 /// `{p}.agent.{id}.role`: the broker gives, renews or takes the Scheduler role.
@@ -200,6 +204,10 @@ pub struct AgentStatus {
     pub switch_condition_met: bool,
     #[serde(default)]
     pub schedules: u32,
+    /// What keeps its file triggers from watching (a directory missing or
+    /// unreadable), one line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watch_problems: Vec<String>,
     /// Milliseconds since its last heartbeat.
     pub heartbeat_age_ms: u64,
     /// Milliseconds left of the lease the broker granted it, if any.

@@ -33,7 +33,9 @@ pub use events::*;
 pub use inventory::*;
 pub use notify::{Notification, NotifyKind, NotifyRules};
 pub use retry::{AttemptOutcome, RetryPolicy, TaskAttempt};
-pub use schedule::{ConcurrencyPolicy, FiredBy, FiredSlot, MisfirePolicy, TriggerSpec};
+pub use schedule::{
+    ConcurrencyPolicy, FileRecord, FileState, FiredBy, FiredSlot, MisfirePolicy, TriggerSpec,
+};
 pub use spread::{SpreadMember, SpreadPolicy};
 pub use subjects::{EventKind, Subjects};
 

@@ -79,6 +79,40 @@ pub enum TriggerSpec {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         params: BTreeMap<String, String>,
     },
+    /// On events, not on a clock: each new file in `dir` whose name matches
+    /// `pattern` (a glob: `*.csv`) starts one order once its size has not
+    /// changed for `settle`, with the parameters `file` (its path) and
+    /// `file_name`. The Scheduler agent watches the directory (inotify) and
+    /// scans it every `rescan` as well (see `triggers::files`).
+    File {
+        /// An absolute directory path, seen by every agent (a shared mount).
+        dir: String,
+        /// Which file names count, as a glob (`*`, `?`, `[a-z]`, `{a,b}`).
+        pattern: String,
+        /// How long a file's size must stay the same before it starts its
+        /// order (humantime; default 2s).
+        #[serde(default = "default_settle", with = "humantime_serde")]
+        #[schemars(with = "String")]
+        settle: Duration,
+        /// How often the directory is scanned besides inotify's events
+        /// (humantime; default 10s).
+        #[serde(default = "default_rescan", with = "humantime_serde")]
+        #[schemars(with = "String")]
+        rescan: Duration,
+    },
+}
+
+/// A file trigger's `settle` when absent.
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(2);
+/// A file trigger's `rescan` when absent.
+pub const DEFAULT_RESCAN: Duration = Duration::from_secs(10);
+
+fn default_settle() -> Duration {
+    DEFAULT_SETTLE
+}
+
+fn default_rescan() -> Duration {
+    DEFAULT_RESCAN
 }
 
 impl TriggerSpec {
@@ -95,7 +129,7 @@ impl TriggerSpec {
 
     /// Whether it fires on a clock (cron, interval, at), not on events.
     pub fn is_clock(&self) -> bool {
-        !matches!(self, TriggerSpec::Subject { .. })
+        !matches!(self, TriggerSpec::Subject { .. } | TriggerSpec::File { .. })
     }
 
     /// A plain interval trigger, without jitter.
@@ -193,6 +227,43 @@ pub struct FiredSlot {
     pub agent_id: String,
     /// When the broker accepted the slot's order.
     pub at_ms: u64,
+}
+
+/// The Scheduler's record of one file a file trigger has seen, kept in the
+/// `{prefix}_files` KV bucket under [`FileRecord::key`]: written
+/// (`claimed`) before the file's order is submitted, `submitted` once the
+/// broker took it, deleted once the file is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct FileRecord {
+    /// The job's name, or `workflow.NAME` for a workflow's triggers.
+    pub job: String,
+    /// The file's path.
+    pub path: String,
+    /// Its size in bytes when it settled.
+    pub size: u64,
+    /// Its modification time, in ms since the Unix epoch.
+    pub mtime_ms: u64,
+    /// Its inode number (0 where there is none).
+    #[serde(default)]
+    pub inode: u64,
+    pub state: FileState,
+    /// The order it started, once `submitted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+    /// The agent that wrote the record last.
+    pub agent_id: String,
+    /// When the record was written last, in ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// How far a file's order has gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileState {
+    /// Recorded; its submit may not have reached the broker.
+    Claimed,
+    /// The broker accepted its order.
+    Submitted,
 }
 
 /// Which deployed trigger fired an order's slot, as `order.get` and

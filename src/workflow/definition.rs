@@ -475,6 +475,8 @@ fn validate_schedule(wf: &WorkflowSpec) -> Result<(), WorkflowError> {
             return Err(invalid(format!("triggers[{i}]"), e.to_string()));
         }
     }
+    crate::triggers::files::check_params(&wf.triggers, &wf.params)
+        .map_err(|(field, message)| invalid(field, message))?;
     wf.misfire
         .validate()
         .map_err(|e| invalid("misfire".into(), e.to_string()))

@@ -36,6 +36,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::{debug, info, warn};
 
+use super::files::FileTriggers;
 use super::subjects::SubjectLoops;
 use super::watched::{Source, Watched};
 use super::Agent;
@@ -67,11 +68,13 @@ pub(super) struct Firing {
     /// Every schedule deployed, paused or not, by schedule key.
     schedules: HashMap<String, Schedule>,
     /// The names (of jobs and workflows) an operator paused.
-    paused: HashSet<String>,
+    pub(super) paused: HashSet<String>,
     due: Vec<Due>,
     last_failure_warning: Option<std::time::Instant>,
     /// The subject triggers' loops (`subjects.rs`).
     pub(super) subjects: SubjectLoops,
+    /// The file triggers (`files.rs`).
+    pub(super) files: FileTriggers,
 }
 
 impl Firing {
@@ -105,7 +108,7 @@ impl Firing {
 }
 
 impl Agent {
-    fn firing(&mut self, term: u64) -> Option<&mut Firing> {
+    pub(super) fn firing(&mut self, term: u64) -> Option<&mut Firing> {
         self.firing.as_mut().filter(|f| f.term == term)
     }
 
@@ -126,8 +129,10 @@ impl Agent {
             due: Vec::new(),
             last_failure_warning: None,
             subjects: SubjectLoops::default(),
+            files: FileTriggers::default(),
         });
         self.load(self.term, ctx);
+        self.load_files(self.term, ctx);
         crate::metrics::agent().scheduler.set(1);
     }
 
@@ -248,6 +253,7 @@ impl Agent {
     /// A job or workflow was deployed, changed or removed, or paused or
     /// resumed: its schedule is kept, and queued while not paused.
     fn on_watched(&mut self, term: u64, change: Watched, ctx: &mut Context<Self>) {
+        self.files_watched(term, &change, ctx);
         let Some(firing) = self.firing(term) else {
             return;
         };

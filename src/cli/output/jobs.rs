@@ -110,6 +110,15 @@ pub fn trigger_text(trigger: &TriggerSpec) -> String {
             }
             text
         }
+        TriggerSpec::File {
+            dir,
+            pattern,
+            settle,
+            ..
+        } => format!(
+            "on files in {dir} matching {pattern} (settled {})",
+            span(*settle)
+        ),
     }
 }
 
@@ -123,6 +132,11 @@ fn on_messages(triggers: &[TriggerSpec]) -> Option<String> {
         })
         .collect();
     (!subjects.is_empty()).then(|| format!("on messages on {}", subjects.join(", ")))
+}
+
+/// A trigger that fires on events (files), not on the clock.
+fn on_events(trigger: &TriggerSpec) -> bool {
+    matches!(trigger, TriggerSpec::File { .. })
 }
 
 fn jitter_text(jitter: &Option<Duration>) -> String {
@@ -185,6 +199,7 @@ pub fn job_list_text(list: &JobList) -> String {
                 match (&j.next_fire, &j.paused) {
                     (Some(_), Some(_)) => "- (paused)".into(),
                     (Some(f), None) => fire_time(f),
+                    (None, _) if j.triggers.iter().any(on_events) => "on files".into(),
                     (None, _) => on_messages(&j.triggers).unwrap_or_else(|| "-".into()),
                 },
                 j.last_order.as_ref().map_or("-".into(), order_cell),
@@ -245,7 +260,12 @@ pub fn job_text(info: &JobInfo) -> String {
     if let Some(text) = on_messages(triggers) {
         let _ = writeln!(out, "fires {text}");
     }
-    if info.next_fires.is_empty() {
+    for trigger in triggers.iter().filter(|t| on_events(t)) {
+        let _ = writeln!(out, "fires {}", trigger_text(trigger));
+    }
+    if info.next_fires.is_empty() && triggers.iter().any(on_events) {
+        let _ = writeln!(out, "next fires: none on the clock");
+    } else if info.next_fires.is_empty() {
         let _ = writeln!(out, "next fires: none (no clock trigger, or none left)");
     } else {
         let note = if info.paused.is_some() {
@@ -357,6 +377,21 @@ fn spec_kind(kind: SpecKind) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_trigger_is_shown_as_firing_on_files() {
+        let file = TriggerSpec::File {
+            dir: "/data/in".into(),
+            pattern: "*.csv".into(),
+            settle: Duration::from_secs(2),
+            rescan: Duration::from_secs(10),
+        };
+        assert_eq!(
+            trigger_text(&file),
+            "on files in /data/in matching *.csv (settled 2s)"
+        );
+        assert!(on_events(&file));
+    }
 
     #[test]
     fn a_slot_is_shown_on_its_trigger_s_wall_clock_with_the_offset() {

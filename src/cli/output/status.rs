@@ -89,6 +89,9 @@ fn agents_text(out: &mut String, agents: &[AgentStatus]) {
             format!("{}ms ago", a.heartbeat_age_ms),
             notes.join(", ")
         );
+        for problem in &a.watch_problems {
+            let _ = writeln!(out, "    file trigger: {problem}");
+        }
     }
 }
 
