@@ -113,6 +113,7 @@ wire_types![
     JobControl,
     JobControlReply,
     TriggersChanged,
+    SlotsMissed,
     Notification,
 ];
 
@@ -250,6 +251,8 @@ const CHANNELS: &[Channel] = {
         "Event: an agent became Scheduler or spare, joined or was lost, as the broker saw it."),
     channel("triggersChanged", "{prefix}.cluster.scheduler", ("TriggersChanged", None), (Broker, Client), false,
         "Event: the deployed triggers stopped firing because no agent can hold the Scheduler role (the reason says why: none connected, all turned off, none under the broker's control, all too unhealthy), or fire again."),
+    channel("slotsMissed", "{prefix}.cluster.scheduler.missed", ("SlotsMissed", None), (Agent, Client), false,
+        "Event: the Scheduler's misfire policy passed over slots of a job or workflow (how many, in which gap); the active broker's notifier tells `on_missed_slot` targets."),
     channel("brokerChanged", "{prefix}.cluster.broker.{broker_id}", ("BrokerChanged", None), (Broker, Client), false,
         "Event: a broker became active (with its epoch) or stepped down."),
     channel("orderAccepted", "{prefix}.events.{job}.{order_id}.accepted", ("OrderAccepted", None), (Broker, Client), false,

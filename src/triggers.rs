@@ -73,7 +73,7 @@ use wall::CronClock;
 
 pub use crate::protocol::{ConcurrencyPolicy, MisfirePolicy, TriggerSpec};
 pub use policy::{due_slots, idempotency_key, submitted_name, workflow_key};
-pub use queue::{Due, Schedule, TimerQueue};
+pub use queue::{Due, Gap, Schedule, TimerQueue};
 
 /// Shortest interval accepted: slots are whole seconds apart at the finest.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);

@@ -434,3 +434,79 @@ async fn a_webhook_that_never_answers_does_not_hold_up_orders() {
         "no answer was ever given"
     );
 }
+
+/// Slots passed over while no Scheduler ran are told of: the Scheduler
+/// agent is killed with SIGKILL, slots of a 1 s interval pass, and the
+/// agent that takes the role over passes them over (`misfire = skip`) and
+/// says so; the job's own `notify.missed` names the subject target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_missed_while_no_scheduler_ran_are_told_of() {
+    let receiver = Receiver::start(Mode::Ok).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_file(dir.path().to_path_buf(), &receiver.url, "5s");
+    let mut h = cluster_reading(&config).await;
+    let jobs = r#"
+[[job]]
+name = "tick"
+program = "true"
+misfire = { policy = "skip" }
+notify = { missed = ["bus"] }
+[[job.triggers]]
+kind = "interval"
+every = "1s"
+"#;
+    deploy(&h.bus, jobs).await;
+    let subject = h.bus.subjects().notify("alerts");
+    let mut published = h.bus.listen_raw(subject).await.expect("subscribe");
+    h.cluster
+        .spawn_agent("agent-1", &[])
+        .expect("spawn agent-1");
+    let list = baton::protocol::ListOrders::default();
+    let fired = || async {
+        let subject = h.bus.subjects().order_list();
+        let reply = h
+            .bus
+            .request::<_, baton::protocol::OrderList>(subject, &list, REQUEST);
+        reply
+            .await
+            .ok()
+            .map(|l| l.orders.iter().filter(|o| o.job == "tick").count())
+    };
+    wait_until(ARRIVAL, "the Scheduler fires tick", || async {
+        fired().await.is_some_and(|n| n >= 2)
+    })
+    .await;
+    h.cluster
+        .signal("agent-1", Signal::SIGKILL)
+        .expect("kill -9 agent-1");
+    // slots fall while no agent holds the role
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    h.cluster
+        .spawn_agent("agent-2", &[])
+        .expect("spawn agent-2");
+    let told = async {
+        loop {
+            let (_, payload) = published.next().await.expect("subscription");
+            let n: Notification = serde_json::from_slice(&payload).expect("JSON");
+            if n.kind == NotifyKind::MissedSlot {
+                return n;
+            }
+        }
+    };
+    let n = within(ARRIVAL, "missed slots are told of", told).await;
+    assert_eq!(n.job.as_deref(), Some("tick"), "{n:?}");
+    assert!(
+        n.summary.contains("missed") && n.summary.contains("agent-2"),
+        "{}",
+        n.summary
+    );
+    let count: u64 = n
+        .reason
+        .as_deref()
+        .and_then(|r| r.split(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        count >= 2,
+        "4 s without a Scheduler pass over at least 2 slots: {n:?}"
+    );
+}

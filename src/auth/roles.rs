@@ -5,7 +5,7 @@
 //! | role | publishes | subscribes |
 //! |---|---|---|
 //! | `broker` | everything under the prefix; JetStream API and KV writes of Baton's buckets and streams | everything under the prefix; `$SRV.>` (service discovery) |
-//! | `agent` | its heartbeats, `api.submit`; reads `jobs`, `workflows`, `fired`, `switches`, `files`, writes `fired`, `files`; reads and acknowledges the `triggers` stream's consumers, publishes `triggers.dead.*` | `agent.*.>` (role commands, pings), `hb.broker` |
+//! | `agent` | its heartbeats, `api.submit`, `cluster.scheduler.missed`; reads `jobs`, `workflows`, `fired`, `switches`, `files`, writes `fired`, `files`; reads and acknowledges the `triggers` stream's consumers, publishes `triggers.dead.*` | `agent.*.>` (role commands, pings), `hb.broker` |
 //! | `subagent` (one identity each) | its own heartbeat, `broker.register`/`result`/`leave`, `started` and `log` events in its own name (`events.*.*.log.{id}`) | only `subagent.{id}.>`, its own heartbeat, `hb.broker` |
 //! | `client` | `api.submit`, `api.order.>`, `api.status`, `api.status.brokers`, `api.job.list`/`get`, `$SRV.>`; reads the `logs` stream | `events.>`, `cluster.>` |
 //! | `admin` | what `client` may, plus `api.deploy`, `api.job.control`, `api.subagent.control`, `api.scheduler.control`; reads the `audit` and `triggers_dead` streams and the `triggers` consumers' info | `events.>`, `cluster.>`, `hb.>` |
@@ -202,6 +202,8 @@ pub fn permissions(role: Role, prefix: &str, id: Option<&str>, public_key: &str)
             let mut publish = vec![
                 format!("{p}.hb.agent.*"),
                 format!("{p}.api.submit"),
+                // slots its misfire policy passed over (notifications)
+                format!("{p}.cluster.scheduler.missed"),
                 format!("$KV.{}.>", names.bucket("fired")),
                 format!("$KV.{}.>", names.bucket("files")),
                 js_info,

@@ -7,6 +7,7 @@
 //! on_success = []
 //! on_subagent_lost = ["ops"]    # the active broker declared a subagent lost
 //! on_no_scheduler = ["ops"]     # no agent can be Scheduler: no trigger fires
+//! on_missed_slot = ["ops"]      # slots passed over by a misfire policy
 //!
 //! [[notify.target]]
 //! name = "ops"
@@ -46,6 +47,9 @@ pub struct NotifyConfig {
     /// Targets told when no agent can hold the Scheduler role (no trigger
     /// fires).
     pub on_no_scheduler: Vec<String>,
+    /// Targets told when the Scheduler passes over slots of any job or
+    /// workflow (its misfire policy: missed while no Scheduler fired them).
+    pub on_missed_slot: Vec<String>,
     /// Tries after the first before a notification is given up (counted
     /// and warned about).
     pub retries: u32,
@@ -90,6 +94,7 @@ impl Default for NotifyConfig {
             on_success: Vec::new(),
             on_subagent_lost: Vec::new(),
             on_no_scheduler: Vec::new(),
+            on_missed_slot: Vec::new(),
             retries: 10,
             backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
@@ -177,6 +182,7 @@ impl Config {
             ("notify.on_success", &n.on_success),
             ("notify.on_subagent_lost", &n.on_subagent_lost),
             ("notify.on_no_scheduler", &n.on_no_scheduler),
+            ("notify.on_missed_slot", &n.on_missed_slot),
         ] {
             if let Some(unknown) = names.iter().find(|name| n.target(name).is_none()) {
                 return Err(invalid(

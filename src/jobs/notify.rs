@@ -1,5 +1,5 @@
 //! The `notify` table of a job or workflow in a deploy file:
-//! `notify = { failure = ["ops"], success = ["audit"] }`, naming targets of
+//! `notify = { failure = ["ops"], success = ["audit"], missed = ["ops"] }`, naming targets of
 //! the broker's `[[notify.target]]`. The deployer cannot see the broker's
 //! configuration, so a name is checked here for its shape only; a name no
 //! broker knows is warned about and counted when an order would use it
@@ -18,6 +18,8 @@ pub(crate) struct NotifyDef {
     failure: Vec<String>,
     #[serde(default)]
     success: Vec<String>,
+    #[serde(default)]
+    missed: Vec<String>,
 }
 
 impl From<NotifyDef> for NotifyRules {
@@ -25,13 +27,18 @@ impl From<NotifyDef> for NotifyRules {
         NotifyRules {
             failure: def.failure,
             success: def.success,
+            missed: def.missed,
         }
     }
 }
 
 /// Every target name is one subject token: the field and the problem otherwise.
 pub fn validate(rules: &NotifyRules) -> Result<(), (String, String)> {
-    for (field, names) in [("failure", &rules.failure), ("success", &rules.success)] {
+    for (field, names) in [
+        ("failure", &rules.failure),
+        ("success", &rules.success),
+        ("missed", &rules.missed),
+    ] {
         for name in names {
             if !is_valid_token(name) {
                 return Err((
@@ -56,11 +63,13 @@ mod tests {
         let good = NotifyRules {
             failure: vec!["ops".into()],
             success: vec!["audit-1".into()],
+            missed: Vec::new(),
         };
         assert!(validate(&good).is_ok());
         let bad = NotifyRules {
             failure: vec![],
             success: vec!["a b".into()],
+            missed: Vec::new(),
         };
         let (field, message) = validate(&bad).unwrap_err();
         assert_eq!(field, "notify.success");

@@ -1,6 +1,8 @@
 //! The [`Notification`] body of each kind (pure).
 
-use crate::protocol::{Notification, NotifyKind, OrderInfo, SubagentChanged, TriggersChanged};
+use crate::protocol::{
+    Notification, NotifyKind, OrderInfo, SlotsMissed, SubagentChanged, TriggersChanged,
+};
 
 /// Who sends: the broker and the cluster's prefix.
 #[derive(Debug, Clone)]
@@ -113,4 +115,34 @@ pub fn of_no_scheduler(event: &TriggersChanged, sender: &Sender) -> Notification
         reason: Some(event.reason.clone()),
         ..sender.blank(id, NotifyKind::NoScheduler, summary, event.at_ms)
     }
+}
+
+/// The notification of slots a misfire policy passed over.
+pub fn of_missed_slots(event: &SlotsMissed, sender: &Sender) -> Notification {
+    let what = if event.workflow { "workflow" } else { "job" };
+    let id = format!("missed:{}:{}:{}", event.job, event.after_ms, event.until_ms);
+    let summary = format!(
+        "{} slot(s) of {what} {} missed between {} and {} (its misfire policy passed them over; Scheduler {})",
+        event.count,
+        event.job,
+        clock(event.after_ms),
+        clock(event.until_ms),
+        event.scheduler
+    );
+    let name = Some(event.job.clone());
+    Notification {
+        job: name.clone().filter(|_| !event.workflow),
+        workflow: name.filter(|_| event.workflow),
+        reason: Some(format!("{} slot(s) missed", event.count)),
+        slot_ms: Some(event.after_ms),
+        ..sender.blank(id, NotifyKind::MissedSlot, summary, event.at_ms)
+    }
+}
+
+/// An instant in RFC 3339, UTC, to the second.
+fn clock(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64).map_or_else(
+        || ms.to_string(),
+        |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    )
 }

@@ -29,7 +29,9 @@
 //!   active broker's own `SubagentChanged` (lost) and `TriggersChanged`
 //!   (not firing) events, heard as they are published: at most once (a
 //!   broker dying before its notifier sent them loses them); retried like
-//!   the others while the broker lives.
+//!   the others while the broker lives. **Missed slots** (`on_missed_slot`
+//!   and a job's or workflow's `notify.missed`): the Scheduler's
+//!   `SlotsMissed` events, one per schedule and gap, likewise at most once.
 //! - **Secrets:** a target is logged by its name; its URL and headers
 //!   ([`Secret`](crate::config::Secret)s) never.
 //!
@@ -61,8 +63,8 @@ pub use url::{check_webhook_url, redacted};
 use crate::bus::{Bus, DurableSettings, Kv, KvWrite, Received, WriteAck};
 use crate::config::{Config, NotifyConfig, NotifyTarget};
 use crate::protocol::{
-    JobSpec, Notification, NotifyKind, NotifyRules, OrderInfo, SubagentChanged, TriggersChanged,
-    WorkflowSpec,
+    JobSpec, Notification, NotifyKind, NotifyRules, OrderInfo, SlotsMissed, SubagentChanged,
+    TriggersChanged, WorkflowSpec,
 };
 use retry::{Next, Tried};
 use webhook::Webhook;
@@ -190,15 +192,23 @@ async fn run(config: Config, bus: Bus) {
     };
     loop {
         let opened = open(&bus, &config, settings).await;
-        let (jobs_kv, flows_kv, mut jobs, mut flows, mut records, mut lost, mut triggers) =
-            match opened {
-                Ok(opened) => opened,
-                Err(e) => {
-                    warn!(error = %e, "cannot read the orders journal for notifications; trying again in 1s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
+        let (
+            jobs_kv,
+            flows_kv,
+            mut jobs,
+            mut flows,
+            mut records,
+            mut lost,
+            mut triggers,
+            mut missed,
+        ) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                warn!(error = %e, "cannot read the orders journal for notifications; trying again in 1s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
         info!(consumer = CONSUMER, "notifier reading the orders journal");
         // any stream ending (a lost connection's subscription) opens them all again
         loop {
@@ -236,6 +246,19 @@ async fn run(config: Config, bus: Bus) {
                     },
                     None => break,
                 },
+                event = missed.next() => match event {
+                    Some(event) => {
+                        let gap = &event.body;
+                        let own = match gap.workflow {
+                            true => rules.workflows.get(&gap.job),
+                            false => rules.jobs.get(&gap.job),
+                        };
+                        let own = own.cloned().unwrap_or_default();
+                        let notification = body::of_missed_slots(gap, &sender);
+                        let _ = tell_own(&shared, NotifyKind::MissedSlot, &own, notification, None);
+                    }
+                    None => break,
+                },
             }
         }
         warn!("a stream of the notifier ended; opening them again in 1s");
@@ -256,6 +279,7 @@ async fn open(
         futures::stream::BoxStream<'static, KvWrite<OrderInfo>>,
         futures::stream::LocalBoxStream<'static, Received<SubagentChanged>>,
         futures::stream::LocalBoxStream<'static, Received<TriggersChanged>>,
+        futures::stream::LocalBoxStream<'static, Received<SlotsMissed>>,
     ),
     crate::bus::BusError,
 > {
@@ -271,7 +295,10 @@ async fn open(
     let subjects = bus.subjects();
     let lost = bus.listen(subjects.subagent_changes()).await?.boxed_local();
     let triggers = bus.listen(subjects.triggers_changed()).await?.boxed_local();
-    Ok((jobs_kv, flows_kv, jobs, flows, records, lost, triggers))
+    let missed = bus.listen(subjects.slots_missed()).await?.boxed_local();
+    Ok((
+        jobs_kv, flows_kv, jobs, flows, records, lost, triggers, missed,
+    ))
 }
 
 /// The job's or workflow's own rules; read from its bucket when the watch

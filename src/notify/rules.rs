@@ -31,6 +31,7 @@ pub fn targets(global: &NotifyConfig, own: &NotifyRules, kind: NotifyKind) -> Ve
         NotifyKind::Success => (&global.on_success, &own.success),
         NotifyKind::SubagentLost => (&global.on_subagent_lost, &none),
         NotifyKind::NoScheduler => (&global.on_no_scheduler, &none),
+        NotifyKind::MissedSlot => (&global.on_missed_slot, &own.missed),
     };
     let mut names: Vec<String> = global.iter().chain(own).cloned().collect();
     names.sort();

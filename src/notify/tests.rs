@@ -68,6 +68,7 @@ fn targets_are_the_global_and_own_rules_once_each() {
     let own = NotifyRules {
         failure: names(&["team", "ops"]),
         success: vec![],
+        missed: Vec::new(),
     };
     assert_eq!(
         targets(&global, &own, NotifyKind::Failure),
@@ -151,12 +152,43 @@ fn cluster_events_call_for_their_kinds_only() {
     let own = NotifyRules {
         failure: names(&["team"]),
         success: names(&["team"]),
+        missed: Vec::new(),
     };
     assert_eq!(
         targets(&global, &own, NotifyKind::SubagentLost),
         names(&["ops"])
     );
     assert!(targets(&global, &own, NotifyKind::NoScheduler).is_empty());
+    // missed slots: the global rule and the job's own
+    let global = NotifyConfig {
+        on_missed_slot: names(&["ops"]),
+        ..NotifyConfig::default()
+    };
+    let own = NotifyRules {
+        missed: names(&["team"]),
+        ..NotifyRules::default()
+    };
+    assert_eq!(
+        targets(&global, &own, NotifyKind::MissedSlot),
+        names(&["ops", "team"])
+    );
+    let gap = crate::protocol::SlotsMissed {
+        job: "nightly".into(),
+        workflow: false,
+        scheduler: "agent-2".into(),
+        count: 3,
+        after_ms: 1_767_225_600_000,
+        until_ms: 1_767_225_603_500,
+        at_ms: 1_767_225_603_600,
+    };
+    let n = super::body::of_missed_slots(&gap, &sender("b"));
+    assert_eq!(n.kind, NotifyKind::MissedSlot);
+    assert_eq!(n.job.as_deref(), Some("nightly"));
+    assert_eq!(n.id, "missed:nightly:1767225600000:1767225603500");
+    assert_eq!(
+        n.summary,
+        "3 slot(s) of job nightly missed between 2026-01-01T00:00:00Z and 2026-01-01T00:00:03Z (its misfire policy passed them over; Scheduler agent-2)"
+    );
 }
 
 #[test]

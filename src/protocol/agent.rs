@@ -265,3 +265,25 @@ pub struct TriggersChanged {
     pub reason: String,
     pub at_ms: u64,
 }
+
+/// `{p}.cluster.scheduler.missed`: the Scheduler passed over slots of a job
+/// or workflow under its misfire policy (missed while no Scheduler fired
+/// them, or it fell behind). Published by the agent holding the role; the
+/// active broker's notifier tells `on_missed_slot` targets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SlotsMissed {
+    /// The job's (or workflow's) name.
+    pub job: String,
+    /// A workflow's slots, not a job's.
+    #[serde(default)]
+    pub workflow: bool,
+    /// The agent holding the Scheduler role.
+    pub scheduler: String,
+    /// Slots passed over (counted up to 10,000 per gap).
+    pub count: u64,
+    /// The gap: after the last slot fired (ms since the epoch) ...
+    pub after_ms: u64,
+    /// ... up to this time.
+    pub until_ms: u64,
+    pub at_ms: u64,
+}

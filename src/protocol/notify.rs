@@ -22,11 +22,15 @@ pub struct NotifyRules {
     /// Targets told when an order succeeds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub success: Vec<String>,
+    /// Targets told when the Scheduler passes over its slots (misfire
+    /// policy: missed while no Scheduler fired them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missed: Vec<String>,
 }
 
 impl NotifyRules {
     pub fn is_empty(&self) -> bool {
-        self.failure.is_empty() && self.success.is_empty()
+        self.failure.is_empty() && self.success.is_empty() && self.missed.is_empty()
     }
 }
 
@@ -44,6 +48,9 @@ pub enum NotifyKind {
     SubagentLost,
     /// No agent can hold the Scheduler role: no trigger fires.
     NoScheduler,
+    /// The Scheduler passed over slots of a job or workflow (its misfire
+    /// policy: missed while no Scheduler fired them, or it fell behind).
+    MissedSlot,
 }
 
 impl NotifyKind {
@@ -53,6 +60,7 @@ impl NotifyKind {
             NotifyKind::Success => "success",
             NotifyKind::SubagentLost => "subagent_lost",
             NotifyKind::NoScheduler => "no_scheduler",
+            NotifyKind::MissedSlot => "missed_slot",
         }
     }
 }

@@ -229,6 +229,11 @@ impl Subjects {
         format!("{}.cluster.scheduler", self.prefix)
     }
 
+    /// Where the Scheduler tells of slots its misfire policy passed over.
+    pub fn slots_missed(&self) -> String {
+        format!("{}.cluster.scheduler.missed", self.prefix)
+    }
+
     pub fn agent_changes(&self) -> String {
         self.agent_changed("*")
     }

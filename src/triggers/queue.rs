@@ -62,6 +62,8 @@ type Item = Reverse<(u64, u64, usize)>;
 /// The schedules of every deployed job, ordered by their next slot.
 /// Most slots of one gap counted as missed (a longer gap counts this many).
 pub const MISSED_COUNT_LIMIT: usize = 10_000;
+/// Most gaps kept between two [`TimerQueue::take_gaps`].
+pub const MAX_GAPS: usize = 1_000;
 
 #[derive(Debug)]
 pub struct TimerQueue {
@@ -74,6 +76,18 @@ pub struct TimerQueue {
     generations: u64,
     /// Slots passed over by the misfire policy since [`take_missed`](Self::take_missed).
     missed: u64,
+    /// The gaps of those slots, per schedule, since [`take_gaps`](Self::take_gaps).
+    gaps: Vec<Gap>,
+}
+
+/// Slots of one schedule its misfire policy passed over: `count` of them
+/// after `after_ms` (its cursor) up to `until_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub job: String,
+    pub count: u64,
+    pub after_ms: u64,
+    pub until_ms: u64,
 }
 
 impl TimerQueue {
@@ -88,6 +102,7 @@ impl TimerQueue {
             armed: 0,
             generations: 0,
             missed: 0,
+            gaps: Vec::new(),
         }
     }
 
@@ -180,7 +195,16 @@ impl TimerQueue {
                     .slots_between(entry.cursor, now_ms, MISSED_COUNT_LIMIT)
                     .len(),
             };
-            self.missed += passed.saturating_sub(slots.len()) as u64;
+            let missed = passed.saturating_sub(slots.len()) as u64;
+            self.missed += missed;
+            if missed > 0 && self.gaps.len() < MAX_GAPS {
+                self.gaps.push(Gap {
+                    job: entry.job.clone(),
+                    count: missed,
+                    after_ms: entry.cursor,
+                    until_ms: now_ms,
+                });
+            }
             out.extend(slots.into_iter().map(|slot_ms| Due {
                 job: entry.job.clone(),
                 slot_ms,
@@ -200,6 +224,12 @@ impl TimerQueue {
     /// Scheduler ran or it fell behind, and not fired) since the last call.
     pub fn take_missed(&mut self) -> u64 {
         std::mem::take(&mut self.missed)
+    }
+
+    /// The gaps of the slots the misfire policy passed over, per schedule
+    /// (at most [`MAX_GAPS`] between two calls), since the last call.
+    pub fn take_gaps(&mut self) -> Vec<Gap> {
+        std::mem::take(&mut self.gaps)
     }
 
     /// The next slot of `job`, if it has one.

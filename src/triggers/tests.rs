@@ -1000,6 +1000,15 @@ fn queue_counts_the_slots_its_misfire_policy_passed_over() {
     assert_eq!(out.len(), 1);
     assert_eq!(q.take_missed(), 9);
     assert_eq!(q.take_missed(), 0, "taken");
+    // and the gap, per schedule, for its notification
+    let gap = crate::triggers::Gap {
+        job: "gap".into(),
+        count: 9,
+        after_ms: t0,
+        until_ms: t0 + 10 * MIN + SEC,
+    };
+    assert_eq!(q.take_gaps(), [gap]);
+    assert!(q.take_gaps().is_empty(), "taken");
 
     // skip: a slot more than the tolerance late is passed over
     let mut q = TimerQueue::default();

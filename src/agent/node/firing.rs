@@ -330,10 +330,12 @@ impl Agent {
         let mut due = std::mem::take(&mut firing.due);
         firing.queue.pop_due(now_ms(), &mut due);
         crate::metrics::agent().missed(firing.queue.take_missed());
+        let gaps = firing.queue.take_gaps();
         for slot in due.drain(..) {
             firing.outbox.push(slot);
         }
         firing.due = due;
+        self.tell_missed(gaps);
         self.send_fires(ctx);
         self.arm_timer(ctx);
     }
@@ -477,5 +479,27 @@ impl Agent {
                     }
                 }),
         );
+    }
+}
+
+impl Agent {
+    /// Tells of slots the misfire policy passed over (one event per
+    /// schedule and gap, for the active broker's notifier; at most once).
+    fn tell_missed(&self, gaps: Vec<crate::triggers::Gap>) {
+        let subject = self.bus.subjects().slots_missed();
+        for gap in gaps {
+            let name = submitted_name(&gap.job);
+            info!(job = %name, missed = gap.count, "slots passed over by the misfire policy");
+            let event = crate::protocol::SlotsMissed {
+                job: name.to_string(),
+                workflow: name != gap.job,
+                scheduler: self.id.clone(),
+                count: gap.count,
+                after_ms: gap.after_ms,
+                until_ms: gap.until_ms,
+                at_ms: now_ms(),
+            };
+            self.bus.post(subject.clone(), &event);
+        }
     }
 }
