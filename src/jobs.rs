@@ -728,7 +728,7 @@ pattern = "*.csv"
             (text.replace("*.csv", "[*.csv"), "not a glob"),
             (
                 text.replace("[job.params.file_name]", "[job.params.other]"),
-                "[params.file_name]",
+                "[job.params.file_name]",
             ),
             (text.replace("pattern =", "glob ="), "glob"),
             (

@@ -715,6 +715,7 @@ mod tests {
             s.job_get(),
             s.job_control(),
             s.triggers_changed(),
+            s.slots_missed(),
             s.notify("SUBJECT"),
         ]
         .into_iter()

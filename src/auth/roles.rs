@@ -348,38 +348,7 @@ fn stream_read(stream: &str) -> Vec<String> {
     ]
 }
 
-/// True when the NATS subject pattern `pattern` (`*` one token, `>` the
-/// rest) matches the literal `subject`.
-pub fn subject_matches(pattern: &str, subject: &str) -> bool {
-    let mut subject_tokens = subject.split('.');
-    for p in pattern.split('.') {
-        match (p, subject_tokens.next()) {
-            (">", Some(_)) => return true,
-            (_, None) => return false,
-            ("*", Some(_)) => {}
-            (p, Some(s)) if p == s => {}
-            _ => return false,
-        }
-    }
-    subject_tokens.next().is_none()
-}
-
-/// True when every subject `wanted` (itself a pattern) could match is also
-/// matched by `pattern`: whether a subscription to `wanted` is allowed.
-pub fn pattern_covers(pattern: &str, wanted: &str) -> bool {
-    let mut wanted_tokens = wanted.split('.');
-    for p in pattern.split('.') {
-        match (p, wanted_tokens.next()) {
-            (">", Some(_)) => return true,
-            (_, None) => return false,
-            (_, Some(">")) => return false,
-            ("*", Some(_)) => {}
-            (p, Some(w)) if p == w => {}
-            _ => return false,
-        }
-    }
-    wanted_tokens.next().is_none()
-}
+pub use crate::protocol::subjects::{pattern_covers, subject_matches};
 
 #[cfg(test)]
 mod tests {

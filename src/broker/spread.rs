@@ -108,13 +108,11 @@ pub fn verdict(
         None => "all".to_string(),
         Some(k) => format!("at least {k}"),
     };
-    Some((
-        OrderState::Failed,
-        Some(format!(
-            "{succeeded} of {of} members succeeded ({want} needed); {}",
-            failed.join("; ")
-        )),
-    ))
+    let mut reason = format!("{succeeded} of {of} members succeeded ({want} needed)");
+    if !failed.is_empty() {
+        reason.push_str(&format!("; {}", failed.join("; ")));
+    }
+    Some((OrderState::Failed, Some(reason)))
 }
 
 #[cfg(test)]

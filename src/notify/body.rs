@@ -99,7 +99,8 @@ pub fn of_order(record: &OrderInfo, kind: NotifyKind, sender: &Sender) -> Notifi
 pub fn of_subagent_lost(event: &SubagentChanged, sender: &Sender) -> Notification {
     let sub = &event.subagent_id;
     let id = format!("subagent:{sub}:lost:{}", event.at_ms);
-    let summary = format!("subagent {sub} lost: {}", event.reason);
+    let why = event.reason.strip_prefix("lost: ").unwrap_or(&event.reason);
+    let summary = format!("subagent {sub} lost: {why}");
     Notification {
         subagent_id: Some(sub.clone()),
         reason: Some(event.reason.clone()),
@@ -110,7 +111,10 @@ pub fn of_subagent_lost(event: &SubagentChanged, sender: &Sender) -> Notificatio
 /// The notification of the triggers stopping: no agent can be Scheduler.
 pub fn of_no_scheduler(event: &TriggersChanged, sender: &Sender) -> Notification {
     let id = format!("scheduler:none:{}", event.at_ms);
-    let summary = format!("no trigger fires: {}", event.reason);
+    let why = (event.reason)
+        .strip_prefix("triggers are NOT firing: ")
+        .unwrap_or(&event.reason);
+    let summary = format!("no trigger fires: {why}");
     Notification {
         reason: Some(event.reason.clone()),
         ..sender.blank(id, NotifyKind::NoScheduler, summary, event.at_ms)

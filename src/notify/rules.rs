@@ -8,11 +8,13 @@ use crate::protocol::{
 
 /// What `record` tells of, if anything: a job order or workflow order that
 /// ended failed or succeeded. A step order of a workflow is told through
-/// its workflow order; a cancelled order, one waiting for a retry and an
+/// its workflow order, a spread member's order through its spread order; a cancelled order, one waiting for a retry and an
 /// unfinished one call for nothing, and so does the rewrite of a failed
 /// workflow order that expired (it was told of when it failed).
 pub fn kind_of(record: &OrderInfo) -> Option<NotifyKind> {
-    if record.parent.is_some() || record.expired_at_ms.is_some() {
+    // a step's order is told through its workflow order, a member's
+    // through its spread order
+    if record.parent.is_some() || record.member_of.is_some() || record.expired_at_ms.is_some() {
         return None;
     }
     match record.state {

@@ -445,6 +445,7 @@ impl OrderInfo {
             subagent_id: self.subagent_id.clone(),
             current_steps,
             parent: self.parent.clone(),
+            member_of: self.member_of.clone(),
             request_id: self.request_id.clone(),
             slot_ms: self.slot_ms,
             reason: self.reason.clone(),
@@ -570,6 +571,10 @@ pub struct OrderSummary {
     pub current_steps: Vec<String>,
     #[serde(default)]
     pub parent: Option<ParentStep>,
+    /// A member's order: the spread order it runs a task of (listed with
+    /// `steps` only, like a workflow step's order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_of: Option<String>,
     /// The submitter's idempotency key, if it gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,

@@ -160,11 +160,14 @@ pub fn check_params(
     if missing.is_empty() {
         return Ok(());
     }
-    let tables: Vec<String> = missing.iter().map(|p| format!("[params.{p}]")).collect();
+    let tables: Vec<String> = missing
+        .iter()
+        .map(|p| format!("[job.params.{p}]"))
+        .collect();
     Err((
         format!("triggers[{i}]"),
         format!(
-            "a file trigger gives each order the parameters `file` (the path) and `file_name`; declare {} (with a default, e.g. \"\", for orders submitted by hand)",
+            "a file trigger gives each order the parameters `file` (the path) and `file_name`; declare {} (in a workflow: [workflow.params.…]; with a default, e.g. \"\", for orders submitted by hand)",
             tables.join(" and ")
         ),
     ))

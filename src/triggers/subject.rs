@@ -322,36 +322,9 @@ fn walk<'a>(root: &'a serde_json::Value, steps: &[Step]) -> Option<&'a serde_jso
     (!at.is_null()).then_some(at)
 }
 
-/// Whether `subject` (no wildcards) matches `pattern`, as NATS matches.
-pub fn subject_matches(pattern: &str, subject: &str) -> bool {
-    let mut tokens = subject.split('.');
-    for p in pattern.split('.') {
-        match (p, tokens.next()) {
-            (">", Some(_)) => return true,
-            (_, None) => return false,
-            ("*", Some(_)) => {}
-            (p, Some(s)) if p == s => {}
-            _ => return false,
-        }
-    }
-    tokens.next().is_none()
-}
-
-/// Whether every subject `wanted` matches, `pattern` matches too.
-pub fn covers(pattern: &str, wanted: &str) -> bool {
-    let mut tokens = wanted.split('.');
-    for p in pattern.split('.') {
-        match (p, tokens.next()) {
-            (">", Some(_)) => return true,
-            (_, None) => return false,
-            (_, Some(">")) => return false,
-            ("*", Some(_)) => {}
-            (p, Some(w)) if p == w => {}
-            _ => return false,
-        }
-    }
-    tokens.next().is_none()
-}
+/// Whether `subject` (no wildcards) matches `pattern`, as NATS matches;
+/// whether every subject `wanted` matches, `pattern` matches too.
+pub use crate::protocol::subjects::{pattern_covers as covers, subject_matches};
 
 /// The fewest subjects matching what `subjects` match: duplicates and
 /// subjects another covers left out, sorted. JetStream refuses overlapping

@@ -74,12 +74,14 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             if let Some(spread) = self.info_of(&spread_id) {
                 let on = info.pin.as_deref().unwrap_or("?");
                 let mut what = format!("member {on} {}", info.state.as_str());
-                if let Some(reason) = info
-                    .reason
-                    .as_ref()
-                    .filter(|_| info.state != OrderState::Succeeded)
-                {
-                    what.push_str(&format!(": {reason}"));
+                let why = match (&info.reason, info.exit_code, info.signal) {
+                    (Some(reason), _, _) => Some(reason.clone()),
+                    (None, Some(code), _) => Some(format!("exit {code}")),
+                    (None, None, Some(signal)) => Some(format!("signal {signal}")),
+                    _ => None,
+                };
+                if let Some(why) = why.filter(|_| info.state != OrderState::Succeeded) {
+                    what.push_str(&format!(": {why}"));
                 }
                 let event =
                     Event::spread_news(&spread, what, Some(info.order_id.clone()), self.now.ms);

@@ -239,6 +239,7 @@ impl OrderBook {
         let limit = q.limit.unwrap_or(LIST_DEFAULT).clamp(1, LIST_MAX) as usize;
         let keep = |o: &OrderSummary| {
             (q.steps || q.job.is_some() || o.parent.is_none())
+                && (q.steps || o.member_of.is_none())
                 && q.workflow.as_ref().is_none_or(|w| {
                     o.workflow.as_ref() == Some(w)
                         || o.parent

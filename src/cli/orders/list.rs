@@ -33,7 +33,8 @@ pub struct ListArgs {
     /// Only orders accepted before WHEN (written as for --since)
     #[arg(long, value_name = "WHEN", value_parser = parse_when)]
     pub until: Option<When>,
-    /// Include the orders that run the steps of workflow orders
+    /// Include the orders that run the steps of workflow orders, and the
+    /// orders of a spread order's members
     #[arg(long)]
     pub steps: bool,
     /// At most this many orders [default: 100]

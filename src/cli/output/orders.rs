@@ -831,6 +831,7 @@ mod tests {
             subagent_id: None,
             current_steps: Vec::new(),
             parent: None,
+            member_of: None,
             request_id: None,
             slot_ms: None,
             reason: None,

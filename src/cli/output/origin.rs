@@ -11,7 +11,8 @@ use crate::protocol::*;
 /// workflow step's order (its workflow order says). Triggers and slots are
 /// written as `job show` writes them (`jobs.rs`).
 pub fn origin(o: &OrderInfo) -> Option<String> {
-    if o.parent.is_some() {
+    // a step's order says its workflow order, a member's its spread order
+    if o.parent.is_some() || o.member_of.is_some() {
         return None;
     }
     if let Some(slot_ms) = o.slot_ms {

@@ -95,7 +95,7 @@ fn file_triggers_need_their_parameters_declared() {
     ];
     let (field, message) = check_params(&triggers, &declared(&["file"])).unwrap_err();
     assert_eq!(field, "triggers[1]");
-    assert!(message.contains("[params.file_name]") && !message.contains("[params.file]"));
+    assert!(message.contains("[job.params.file_name]") && !message.contains("[job.params.file]"));
     assert!(check_params(&triggers, &declared(&["file", "file_name"])).is_ok());
     assert!(check_params(&triggers[..1], &declared(&[])).is_ok());
 }
