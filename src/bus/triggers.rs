@@ -222,10 +222,7 @@ impl Bus {
         headers: &[(String, String)],
         payload: Bytes,
     ) -> Result<(), BusError> {
-        let mut map = HeaderMap::new();
-        for (name, value) in headers {
-            map.append(name.as_str(), value.as_str());
-        }
+        let map = header_map(headers);
         let js = jetstream::new(self.client.clone());
         let stored = self
             .unless_denied(&subject, async {
@@ -327,10 +324,7 @@ impl Bus {
         headers: &[(String, String)],
         payload: Bytes,
     ) -> Result<(), BusError> {
-        let mut map = HeaderMap::new();
-        for (name, value) in headers {
-            map.append(name.as_str(), value.as_str());
-        }
+        let map = header_map(headers);
         self.client
             .publish_with_headers(subject.clone(), map, payload)
             .await
@@ -352,4 +346,13 @@ fn header_pairs(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// NATS headers from name-value pairs, repeated names kept.
+fn header_map(headers: &[(String, String)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        map.append(name.as_str(), value.as_str());
+    }
+    map
 }
