@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
@@ -17,7 +18,9 @@ const ENTRIES_IDLE: Duration = Duration::from_secs(10);
 
 /// One bucket whose values are `T`.
 pub struct Kv<T> {
-    store: kv::Store,
+    /// Shared: a `kv::Store` carries its stream's whole configuration, and
+    /// every journal write clones the handle.
+    store: Arc<kv::Store>,
     bucket: String,
     _values: PhantomData<fn() -> T>,
 }
@@ -70,7 +73,7 @@ impl<T> Kv<T> {
             }
         };
         Ok(Kv {
-            store,
+            store: Arc::new(store),
             bucket: bucket.to_string(),
             _values: PhantomData,
         })
