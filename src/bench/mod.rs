@@ -31,6 +31,10 @@
 //! - `files.rs`: file triggers: orders started per second and lateness
 //!   from a file's arrival, duplicates and misses (with `--kill`, across a
 //!   SIGKILLed Scheduler).
+//! - `scale/`: many subagent processes on one broker: heartbeat cost,
+//!   memory per subagent with its reaper (`procs.rs`, from /proc), dispatch
+//!   latency under that load (`stream.rs`), false losses, and the time to
+//!   notice SIGKILLed ones.
 
 mod broker;
 mod client;
@@ -41,6 +45,7 @@ mod failover;
 mod files;
 mod history;
 mod report;
+mod scale;
 mod scheduler;
 mod setup;
 mod throughput;
@@ -83,6 +88,10 @@ pub enum BenchCommand {
     /// arrival to its order; duplicates and misses, with --kill across a
     /// SIGKILLed Scheduler
     Files(files::FilesArgs),
+    /// Many subagent processes on one broker: heartbeats/s, broker and
+    /// nats-server CPU and memory, dispatch latency, false losses, memory
+    /// per subagent with its reaper, time to notice a SIGKILLed one
+    Scale(scale::ScaleArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -97,5 +106,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Console(args) => console::console(args).await,
         BenchCommand::Triggers(args) => triggers::triggers(args).await,
         BenchCommand::Files(args) => files::files(args).await,
+        BenchCommand::Scale(args) => scale::scale(args).await,
     }
 }

@@ -7,7 +7,9 @@
 //! Liveness ([`Registry::check`]): a subagent whose heartbeat is late (two intervals) is probed
 //! with a request; one that has no responders or does not answer becomes
 //! suspect (no new tasks, its running ones left alone) until it is heard
-//! again. Silence for the whole `subagent_timeout` declares it lost, still
+//! again. Silence for the whole `subagent_timeout` (or four of the heartbeat
+//! periods it announced, if longer: [`lost_after`]; an idle subagent
+//! heartbeats slower, `subagent/pace.rs`) declares it lost, still
 //! without proof of death: it may run its tasks until its orphan timeout.
 //! Only its reaper's death certificate proves it dead (see
 //! `core/subagents.rs`). A subagent that refused a task as `busy` is left
@@ -221,7 +223,7 @@ impl Registry {
         let mut checks = Vec::new();
         for entry in self.subagents.values_mut().filter(|s| !s.lost) {
             let age = now.saturating_duration_since(entry.last_seen);
-            if age > timeout {
+            if age > lost_after(timeout, entry.heartbeat_interval) {
                 checks.push(Check::Unreachable(entry.id.clone()));
             } else if age > entry.heartbeat_interval * 2 {
                 let due = entry
@@ -329,9 +331,45 @@ impl Registry {
     }
 }
 
+/// How long a subagent may be silent before it is declared lost: the
+/// broker's `subagent_timeout`, or four of the heartbeat periods it
+/// announced if that is longer (one configured with a longer idle period
+/// than this broker expects is not declared lost for keeping to it). O(1):
+/// the liveness tick calls it for every subagent.
+pub fn lost_after(subagent_timeout: Duration, announced: Duration) -> Duration {
+    subagent_timeout.max(announced * 4)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn silence_allowed_is_the_timeout_or_four_announced_periods() {
+        let ms = Duration::from_millis;
+        assert_eq!(lost_after(TIMEOUT, HB), TIMEOUT);
+        assert_eq!(lost_after(TIMEOUT, ms(750)), TIMEOUT);
+        assert_eq!(lost_after(TIMEOUT, ms(2000)), ms(8000));
+    }
+
+    #[test]
+    fn a_subagent_announcing_a_long_period_is_probed_not_lost_within_four() {
+        let labels = BTreeMap::new();
+        let mut r = Registry::default();
+        let t0 = Instant::now();
+        let slow = Sighting {
+            heartbeat_interval: Duration::from_secs(2),
+            ..sight("a", "i1", &labels)
+        };
+        r.seen(slow, t0);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert!(r.check(at(3500), TIMEOUT).is_empty());
+        assert_eq!(r.check(at(4500), TIMEOUT), vec![Check::Probe("a".into())]);
+        assert_eq!(
+            r.check(at(8100), TIMEOUT),
+            vec![Check::Unreachable("a".into())]
+        );
+    }
 
     const HB: Duration = Duration::from_millis(250);
     const TIMEOUT: Duration = Duration::from_secs(3);

@@ -327,6 +327,13 @@ pub fn main() -> ExitCode {
         // the command's own error says what was refused, once
         "warn,async_nats=off,baton::bus::connect=error"
     });
+    if matches!(
+        cli.command,
+        Command::Subagent(SubagentArgs { action: None, .. })
+    ) {
+        // before any thread starts (subagent/memory.rs)
+        crate::subagent::memory::one_arena();
+    }
     let system = actix::System::new();
     match system.block_on(run(cli)) {
         Ok(code) => code,

@@ -107,8 +107,16 @@ pub struct SubagentConfig {
     /// Most tasks run at once.
     pub capacity: u32,
     pub labels: BTreeMap<String, String>,
+    /// Heartbeat period while it runs tasks or drains.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
+    /// Heartbeat period while idle (no task running, not draining), at most
+    /// a quarter of `broker.subagent_timeout`: a killed idle subagent is
+    /// certified dead by its reaper at once, so its heartbeats only need to
+    /// say it lives; each heartbeat tells the broker the period to its next
+    /// one.
+    #[serde(with = "humantime_serde")]
+    pub idle_heartbeat_interval: Duration,
     /// After SIGTERM, how long a task has before SIGKILL.
     #[serde(with = "humantime_serde")]
     pub kill_grace: Duration,
@@ -245,6 +253,7 @@ impl Default for SubagentConfig {
             capacity: 4,
             labels: BTreeMap::new(),
             heartbeat_interval: Duration::from_millis(250),
+            idle_heartbeat_interval: Duration::from_millis(750),
             kill_grace: Duration::from_secs(5),
             orphan_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(60),
@@ -451,6 +460,17 @@ impl Config {
                      active broker loses its lease (and steps down) whenever one renewal is \
                      late: lower broker.renew_interval or raise broker.lease",
                     shown(b.lease)
+                ),
+            });
+        }
+        if s.idle_heartbeat_interval < s.heartbeat_interval {
+            return Err(ConfigProblem::Invalid {
+                key: "subagent.idle_heartbeat_interval",
+                value: shown(s.idle_heartbeat_interval),
+                reason: format!(
+                    "must be at least subagent.heartbeat_interval ({}): raise \
+                     subagent.idle_heartbeat_interval or lower subagent.heartbeat_interval",
+                    shown(s.heartbeat_interval)
                 ),
             });
         }
@@ -804,6 +824,11 @@ mod tests {
                 "BATON_BROKER__SUBAGENT_TIMEOUT",
                 "250ms",
                 "subagent.heartbeat_interval",
+            ),
+            (
+                "BATON_SUBAGENT__IDLE_HEARTBEAT_INTERVAL",
+                "100ms",
+                "at least subagent.heartbeat_interval",
             ),
             (
                 "BATON_SCHEDULER__AGENT_TIMEOUT",

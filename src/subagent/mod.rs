@@ -5,7 +5,8 @@
 //! broker acknowledges it.
 //!
 //! It registers (retrying until answered), heartbeats its running task ids
-//! and its load (sysinfo), answers `ping`, serves `run` and `stop`, and
+//! and its load (sysinfo) at the pace [`pace`] decides (slower while
+//! idle), answers `ping`, serves `run` and `stop`, and
 //! replaces a reaper that died ([`reaper`], which reads `/proc` through
 //! [`groups`]), telling it everything again.
 //!
@@ -35,8 +36,11 @@ mod drain;
 pub mod epoch;
 pub mod groups;
 mod guard;
+pub mod memory;
+pub mod pace;
 pub mod process;
 pub mod reaper;
+pub mod relay;
 pub mod results;
 mod run;
 pub mod tasks;
@@ -82,6 +86,10 @@ pub struct Subagent {
     draining: bool,
     leaving: bool,
     last_broker_contact: Instant,
+    /// The heartbeat periods, and when the last heartbeat went with the
+    /// period it announced ([`pace`]).
+    pace: pace::Pace,
+    last_heartbeat: Option<(Instant, Duration)>,
     /// The newest active broker epoch seen; older brokers' commands are refused.
     fence: epoch::EpochFence,
     /// Running tasks, unacknowledged results, lately finished ids.
@@ -132,6 +140,11 @@ pub async fn start(
     };
     let reaper_pid = reaper.as_ref().map(reaper::Reaper::pid);
     info!(subagent = %id, instance = %instance_id, capacity = config.subagent.capacity, ?reaper_pid, "subagent started");
+    let pace = pace::Pace::new(
+        config.subagent.heartbeat_interval,
+        config.subagent.idle_heartbeat_interval,
+        config.broker.subagent_timeout,
+    );
     Ok(Subagent::create(move |ctx| {
         ctx.add_stream(stream::select_all(inputs));
         Subagent {
@@ -144,6 +157,8 @@ pub async fn start(
             draining: false,
             leaving: false,
             last_broker_contact: Instant::now(),
+            pace,
+            last_heartbeat: None,
             fence: epoch::EpochFence::default(),
             tasks: tasks::Tasks::default(),
             system: sysinfo::System::new(),
@@ -161,7 +176,7 @@ impl Actor for Subagent {
         self.register(ctx);
         self.heartbeat();
         ctx.run_interval(self.config.subagent.heartbeat_interval, |act, ctx| {
-            act.heartbeat();
+            act.heartbeat_if_due();
             if let Some(reaper) = &mut act.reaper {
                 reaper.check();
             }
@@ -276,7 +291,7 @@ impl Subagent {
             hostname: Some(crate::config::hostname()),
             pid: Some(std::process::id()),
             protocol: PROTOCOL_VERSION,
-            heartbeat_interval_ms: self.config.subagent.heartbeat_interval.as_millis() as u64,
+            heartbeat_interval_ms: self.announced().as_millis() as u64,
             orphan_timeout_ms: self.orphan_limit().as_millis() as u64,
         };
         let bus = self.bus.clone();
@@ -289,6 +304,11 @@ impl Subagent {
             act.registering = false;
             match reply {
                 Ok(r) => {
+                    if !act.registered {
+                        // started: the startup code is not run again
+                        let dropped = memory::drop_startup_code();
+                        debug!(bytes = dropped, "startup code dropped from the map");
+                    }
                     act.registered = true;
                     act.heard_broker();
                     act.fence.observe(r.epoch);
@@ -305,6 +325,22 @@ impl Subagent {
         self.config.subagent.orphan_timeout + self.config.subagent.kill_grace
     }
 
+    /// The heartbeat period that applies now ([`pace::Pace::interval`]).
+    fn announced(&self) -> Duration {
+        (self.pace).interval(self.tasks.running_len(), self.draining)
+    }
+
+    /// A tick: heartbeats when one is due at the pace that applies.
+    fn heartbeat_if_due(&mut self) {
+        let due = self.last_heartbeat.is_none_or(|(at, announced)| {
+            let (running, draining) = (self.tasks.running_len(), self.draining);
+            self.pace.due(at.elapsed(), announced, running, draining)
+        });
+        if due {
+            self.heartbeat();
+        }
+    }
+
     fn heartbeat(&mut self) {
         if self.leaving {
             // gone: a heartbeat now would make the broker take us back
@@ -313,6 +349,7 @@ impl Subagent {
         self.system.refresh_cpu_usage();
         self.system.refresh_memory();
         let total = self.system.total_memory().max(1) as f64;
+        let announced = self.announced();
         let load = Load {
             cpu_percent: self.system.global_cpu_usage(),
             memory_percent: (self.system.used_memory() as f64 / total * 100.0) as f32,
@@ -328,10 +365,11 @@ impl Subagent {
             protocol: PROTOCOL_VERSION,
             load: Some(load),
             draining: self.draining,
-            heartbeat_interval_ms: self.config.subagent.heartbeat_interval.as_millis() as u64,
+            heartbeat_interval_ms: announced.as_millis() as u64,
             orphan_timeout_ms: self.orphan_limit().as_millis() as u64,
             refused: self.bus.stats().refused(),
         };
+        self.last_heartbeat = Some((Instant::now(), announced));
         self.bus
             .post_signed(self.bus.subjects().subagent_heartbeat(&self.id), &hb);
     }

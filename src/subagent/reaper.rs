@@ -5,7 +5,8 @@
 //! Each task runs in its own process group, with no parent-death signal (it
 //! would force a full `fork` of the subagent per task, see
 //! [`super::process`]; nor would it reach what the task started, `sh -c
-//! 'work & ...'`). So every subagent starts `baton __reaper` with a pipe on
+//! 'work & ...'`). So every subagent starts `baton __reaper` (through the
+//! lean `baton-reaper` while it lives, [`super::relay`]) with a pipe on
 //! its stdin and tells it who it is (a [`Hello`] line: id, instance,
 //! settings), each task just before its spawn (`?TASK`), the process group
 //! it got (`+PGID TASK`) or that it failed to start (`!TASK`), the group's
@@ -38,9 +39,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, signal, SigHandler, Signal};
@@ -77,7 +76,7 @@ pub struct Hello {
 
 /// One instruction from the subagent.
 #[derive(Debug, Clone, PartialEq)]
-enum Line {
+pub(super) enum Line {
     /// `?TASK`: about to spawn this task; find it by its marks if the
     /// subagent dies before telling its group.
     Intend(String),
@@ -95,7 +94,7 @@ enum Line {
     Clean,
 }
 
-fn parse(line: &str) -> Option<Line> {
+pub(super) fn parse(line: &str) -> Option<Line> {
     let (op, rest) = line.split_at(line.len().min(1));
     match op {
         "?" => Some(Line::Intend(rest.trim().to_string())),
@@ -118,18 +117,29 @@ fn parse(line: &str) -> Option<Line> {
 
 /// What the reaper holds for its subagent.
 #[derive(Debug, Default)]
-struct Held {
+pub(super) struct Held {
     /// Process group -> the task running in it.
-    groups: BTreeMap<i32, String>,
+    pub(super) groups: BTreeMap<i32, String>,
     /// Tasks being spawned, whose group is not known yet.
-    spawning: BTreeSet<String>,
+    pub(super) spawning: BTreeSet<String>,
     /// Task id -> its result, until acknowledged.
     results: BTreeMap<String, TaskResult>,
-    clean: bool,
+    pub(super) clean: bool,
 }
 
 impl Held {
-    fn apply(&mut self, line: Line) {
+    /// What it holds, as the lines that tell another reaper the same.
+    pub(super) fn replay(&self) -> Vec<String> {
+        let spawning = self.spawning.iter().map(|t| format!("?{t}"));
+        let holds = self.groups.iter().map(|(g, t)| format!("+{g} {t}"));
+        let results = (self.results.values())
+            .filter_map(|r| serde_json::to_string(r).ok())
+            .map(|json| format!("={json}"));
+        let clean = self.clean.then(|| ".".to_string());
+        spawning.chain(holds).chain(results).chain(clean).collect()
+    }
+
+    pub(super) fn apply(&mut self, line: Line) {
         match line {
             Line::Intend(task_id) => {
                 self.spawning.insert(task_id);
@@ -155,8 +165,9 @@ impl Held {
     }
 }
 
-/// Runs the reaper on stdin; never returns.
-pub fn main() -> ! {
+/// Deaf to terminal signals: a Ctrl-C meant for the subagent must not take
+/// its reaper away.
+pub(super) fn ignore_terminal_signals() {
     for sig in [
         Signal::SIGINT,
         Signal::SIGTERM,
@@ -166,6 +177,11 @@ pub fn main() -> ! {
         // SAFETY: ignoring a signal installs no handler code.
         let _ = unsafe { signal(sig, SigHandler::SigIgn) };
     }
+}
+
+/// Runs the reaper on stdin; never returns.
+pub fn main() -> ! {
+    ignore_terminal_signals();
     let mut lines = std::io::stdin().lock().lines();
     let hello: Option<Hello> = lines
         .next()
@@ -303,7 +319,8 @@ pub struct Reaper {
     stdin: ChildStdin,
     pid: u32,
     /// Cleared when the reaper process exits.
-    alive: Arc<AtomicBool>,
+    /// Waited for without blocking at each check (no thread of its own).
+    child: Child,
     groups: BTreeMap<u32, String>,
     spawning: BTreeSet<String>,
     results: BTreeMap<String, String>,
@@ -313,13 +330,13 @@ impl Reaper {
     /// Starts `exe __reaper` in its own process group and introduces itself.
     pub fn start(exe: &Path, hello: &Hello) -> std::io::Result<Reaper> {
         let hello = serde_json::to_string(hello).map_err(std::io::Error::other)?;
-        let (stdin, pid, alive) = spawn(exe, &hello)?;
+        let (stdin, pid, child) = spawn(exe, &hello)?;
         Ok(Reaper {
             exe: exe.to_path_buf(),
             hello,
             stdin,
             pid,
-            alive,
+            child,
             groups: BTreeMap::new(),
             spawning: BTreeSet::new(),
             results: BTreeMap::new(),
@@ -383,7 +400,7 @@ impl Reaper {
     /// Replaces a reaper that exited (checked on every heartbeat), so the
     /// subagent is never without one for long.
     pub fn check(&mut self) {
-        if !self.alive.load(Ordering::Relaxed) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
             self.replace();
         }
     }
@@ -398,10 +415,10 @@ impl Reaper {
     fn replace(&mut self) {
         warn!(pid = self.pid, "the reaper is gone; starting a new one");
         match spawn(&self.exe, &self.hello) {
-            Ok((stdin, pid, alive)) => {
+            Ok((stdin, pid, child)) => {
                 self.stdin = stdin;
                 self.pid = pid;
-                self.alive = alive;
+                self.child = child;
                 let spawning = self.spawning.iter().map(|t| format!("?{t}"));
                 let holds = self.groups.iter().map(|(g, t)| format!("+{g} {t}"));
                 let all: Vec<String> = spawning
@@ -418,9 +435,21 @@ impl Reaper {
     }
 }
 
-fn spawn(exe: &Path, hello: &str) -> std::io::Result<(ChildStdin, u32, Arc<AtomicBool>)> {
-    let mut child = Command::new(exe)
-        .arg(ARG)
+fn spawn(exe: &Path, hello: &str) -> std::io::Result<(ChildStdin, u32, Child)> {
+    // the lean reaper when it is there (subagent/relay.rs), else this binary
+    let mut command = match super::relay::beside(exe) {
+        Some(relay) => {
+            let mut command = Command::new(relay);
+            command.arg(ARG).arg(exe);
+            command
+        }
+        None => {
+            let mut command = Command::new(exe);
+            command.arg(ARG);
+            command
+        }
+    };
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .process_group(0)
@@ -429,13 +458,7 @@ fn spawn(exe: &Path, hello: &str) -> std::io::Result<(ChildStdin, u32, Arc<Atomi
     let mut stdin = child.stdin.take().expect("piped stdin");
     writeln!(stdin, "{hello}")?;
     // the reaper outlives us by design; only whether it still runs matters
-    let alive = Arc::new(AtomicBool::new(true));
-    let watch = alive.clone();
-    std::thread::spawn(move || {
-        let _ = child.wait();
-        watch.store(false, Ordering::Relaxed);
-    });
-    Ok((stdin, pid, alive))
+    Ok((stdin, pid, child))
 }
 
 #[cfg(test)]

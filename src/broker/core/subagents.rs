@@ -125,6 +125,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         running: Option<&[String]>,
     ) {
         self.on_sighting(id, running);
+        let routine = seen == Seen::Alive;
         match seen {
             Seen::New => {
                 self.honour_switch(id);
@@ -162,7 +163,11 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             Seen::Alive if self.doubted.contains(id) => self.reclaim(id, running),
             Seen::Alive => {}
         }
-        self.dispatch();
+        // a routine heartbeat of a subagent with no room (busy, draining,
+        // disabled) changes no placement: no planning pass for it
+        if !routine || self.registry.get(id).is_some_and(|s| s.takes_tasks()) {
+            self.dispatch();
+        }
     }
 
     /// Orders in doubt on `id` whose task the process heard now runs are
