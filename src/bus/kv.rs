@@ -14,6 +14,13 @@ use super::{decode, encode, BusError, Encoding};
 
 /// [`Kv::entries`] gives up when the server sends nothing for this long.
 const ENTRIES_IDLE: Duration = Duration::from_secs(10);
+/// How long [`Kv::entries`] waits for a new watch's first entry before it
+/// starts another: on a cluster, a watch made while a node rejoins or a
+/// stream elects its leader can stay silent until its consumer is remade
+/// (about 10 s), where a new one answers at once.
+const FIRST_ENTRY: Duration = Duration::from_secs(1);
+/// Watches [`Kv::entries`] starts before waiting [`ENTRIES_IDLE`] for one.
+const WATCH_ATTEMPTS: u32 = 4;
 
 /// One bucket whose values are `T`.
 pub struct Kv<T> {
@@ -245,22 +252,22 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
         }
         // the watch delivers the last entry of every key, each saying how
         // many are still to come
-        let mut watch = self
-            .store
-            .watch_with_history(">")
-            .await
-            .map_err(|e| transport(&self.bucket, e))?;
+        let (mut watch, first) = self.first_entry().await?;
+        let mut next = Some(first);
         loop {
-            let entry = match tokio::time::timeout(ENTRIES_IDLE, watch.next()).await {
-                Ok(Some(Ok(entry))) => entry,
-                Ok(Some(Err(e))) => return Err(transport(&self.bucket, e)),
-                Ok(None) => return Err(transport(&self.bucket, "the watch ended early")),
-                Err(_) => {
-                    return Err(BusError::TimedOut {
-                        subject: format!("kv {}", self.bucket),
-                        timeout: ENTRIES_IDLE,
-                    })
-                }
+            let entry = match next.take() {
+                Some(entry) => entry,
+                None => match tokio::time::timeout(ENTRIES_IDLE, watch.next()).await {
+                    Ok(Some(Ok(entry))) => entry,
+                    Ok(Some(Err(e))) => return Err(transport(&self.bucket, e)),
+                    Ok(None) => return Err(transport(&self.bucket, "the watch ended early")),
+                    Err(_) => {
+                        return Err(BusError::TimedOut {
+                            subject: format!("kv {}", self.bucket),
+                            timeout: ENTRIES_IDLE,
+                        })
+                    }
+                },
             };
             let last = entry.delta == 0;
             if let Some(change) = change_of::<T>(&self.bucket, entry) {
@@ -273,6 +280,35 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
                 return Ok(values);
             }
         }
+    }
+}
+
+impl<T> Kv<T> {
+    /// A watch of every key with history, and its first entry: a watch
+    /// silent for [`FIRST_ENTRY`] is dropped for a new one, up to
+    /// [`WATCH_ATTEMPTS`] times; the last is waited for [`ENTRIES_IDLE`].
+    async fn first_entry(&self) -> Result<(kv::Watch, kv::Entry), BusError> {
+        for attempt in 1..=WATCH_ATTEMPTS {
+            let mut watch = (self.store.watch_with_history(">").await)
+                .map_err(|e| transport(&self.bucket, e))?;
+            let wait = if attempt == WATCH_ATTEMPTS {
+                ENTRIES_IDLE
+            } else {
+                FIRST_ENTRY
+            };
+            match tokio::time::timeout(wait, watch.next()).await {
+                Ok(Some(Ok(entry))) => return Ok((watch, entry)),
+                Ok(Some(Err(e))) => return Err(transport(&self.bucket, e)),
+                Ok(None) => return Err(transport(&self.bucket, "the watch ended early")),
+                Err(_) => {
+                    warn!(bucket = %self.bucket, attempt, "reading the bucket: its watch is silent; starting another")
+                }
+            }
+        }
+        Err(BusError::TimedOut {
+            subject: format!("kv {}", self.bucket),
+            timeout: ENTRIES_IDLE,
+        })
     }
 }
 

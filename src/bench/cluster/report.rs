@@ -42,6 +42,9 @@ pub(in crate::bench) struct Round {
     pub(in crate::bench) victim: Victim,
     /// The killed node's server name.
     pub(in crate::bench) node: String,
+    /// When the node was killed and started again (wall clock, ms).
+    pub(in crate::bench) killed_at_ms: u64,
+    pub(in crate::bench) restarted_at_ms: u64,
     /// The next order accepted after the kill.
     pub(in crate::bench) next_accepted_ms: Option<u64>,
     /// The next order finished after the kill.

@@ -74,6 +74,8 @@ pub(super) async fn round(
         round: number,
         victim,
         node,
+        killed_at_ms: killed_ms,
+        restarted_at_ms: restarted_ms,
         next_accepted_ms: first_after(&w.accepted_ms, killed_ms),
         next_finished_ms: first_after(&w.finished_ms, killed_ms),
         stall_ms: longest_gap(&w.accepted_ms, from, end_ms),
