@@ -60,7 +60,7 @@ pub(super) async fn round(
         }
         w.follow(Instant::now() + POLL).await;
     }
-    let end_ms = now_ms();
+    let (end_ms, caught_ms) = (now_ms(), now_ms());
     // the first finished order after the kill may come after the catch-up
     if first_after(&w.finished_ms, killed_ms).is_none() {
         w.follow_until(Instant::now() + LIMIT, |seen| {
@@ -70,18 +70,21 @@ pub(super) async fn round(
     }
     let fires = w.fires();
     let from = killed_ms.saturating_sub(1000);
+    // a stall lasting past the catch-up runs to the next accepted order
+    let next_accepted = first_after(&w.accepted_ms, killed_ms);
+    let end_ms = end_ms.max(killed_ms + next_accepted.unwrap_or(0));
     Ok(Round {
         round: number,
         victim,
         node,
         killed_at_ms: killed_ms,
         restarted_at_ms: restarted_ms,
-        next_accepted_ms: first_after(&w.accepted_ms, killed_ms),
+        next_accepted_ms: next_accepted,
         next_finished_ms: first_after(&w.finished_ms, killed_ms),
         stall_ms: longest_gap(&w.accepted_ms, from, end_ms),
         trigger_gap_ms: (!fires.is_empty()).then(|| longest_gap(&fires, from, end_ms)),
         caught_up,
-        catch_up_ms: caught_up.then(|| end_ms - restarted_ms),
+        catch_up_ms: caught_up.then_some(caught_ms - restarted_ms),
     })
 }
 
