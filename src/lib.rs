@@ -18,7 +18,8 @@
 //! - [`cli`]: clap commands; client commands talk to the cluster over NATS.
 //! - [`console`]: `baton console`, the web console: actix-web serving embedded pages, a JSON API and server-sent events over the cluster's NATS API.
 //! - [`bench`]: `baton bench`, speed measured on a local cluster it starts itself; asserts nothing.
-//! - [`natsd`]: a local `nats-server` child process for `baton dev`, `baton bench` and tests.
+//! - [`natsd`]: a local `nats-server` child process for `baton dev`, `baton bench` and tests;
+//!   `natsd::cluster`: a 3-node JetStream cluster of them.
 //! - [`launch`]: a local cluster of `baton` child processes for `baton dev` and `baton bench`.
 //! - [`notify`]: notifications of orders that ended, from the active broker to webhooks and NATS subjects, read from the orders journal through a durable consumer.
 //! - [`metrics`]: Prometheus metrics of the broker, agent and subagent, served on `/metrics` (`--metrics-listen`).

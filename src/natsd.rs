@@ -9,7 +9,7 @@
 //! An authorization file is written into its configuration and reloaded with SIGHUP
 //! ([`NatsServer::reload`]). A locked file in the options (`shared_lock`) stays open in the server
 //! process, so the lock outlives its taker while the server runs. [`NatsServer::exited`] says when
-//! the process has ended.
+//! the process has ended. [`cluster`] starts three of them as one JetStream cluster.
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
@@ -29,6 +29,10 @@ use nix::unistd::Pid;
 use tokio::time::{sleep, timeout, Instant};
 use tracing::{debug, info, warn};
 
+pub mod cluster;
+
+pub use cluster::{NatsCluster, NatsClusterOptions};
+
 /// How long a start (spawn, ports file, JetStream answering) or a graceful stop may take.
 const DEADLINE: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(20);
@@ -46,7 +50,7 @@ pub enum NatsdError {
         status: ExitStatus,
         log_tail: String,
     },
-    #[error("nats-server not ready after {DEADLINE:?}: {reason}; log tail:\n{log_tail}")]
+    #[error("nats-server not ready in time: {reason}; log tail:\n{log_tail}")]
     NotReady { reason: String, log_tail: String },
 }
 
@@ -126,6 +130,9 @@ pub struct NatsServerOptions {
     /// the server process inherits, so the lock lasts until the server has
     /// exited too, even when the process that took it is killed first.
     pub shared_lock: Option<Arc<File>>,
+    /// How long a start may take before it fails; `None`: 10 s. A cluster's
+    /// node is ready only once the cluster has elected its meta leader.
+    pub ready_within: Option<Duration>,
 }
 
 /// A running nats-server; dropping it kills the process (SIGKILL) and waits for it.
@@ -231,6 +238,15 @@ impl NatsServer {
         Ok(Some(path))
     }
 
+    /// Starts a stopped (killed, exited) process again on the same port,
+    /// configuration and store dir; does nothing while it runs.
+    pub async fn start_again(&mut self) -> Result<(), NatsdError> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        self.launch(Some(self.port)).await
+    }
+
     /// Stop gracefully (SIGTERM, then wait) and start again on the same port and store dir.
     pub async fn restart(&mut self) -> Result<(), NatsdError> {
         self.terminate().await;
@@ -302,7 +318,7 @@ impl NatsServer {
         self.child = Some(child);
         debug!(pid = self.pid, binary = %self.binary.display(), ?port, "nats-server spawned");
 
-        let deadline = Instant::now() + DEADLINE;
+        let deadline = Instant::now() + self.opts.ready_within.unwrap_or(DEADLINE);
         self.port = self.wait_for_ports_file(deadline).await?;
         self.wait_for_jetstream(deadline).await?;
         info!(pid = self.pid, port = self.port, log = %self.log_path.display(), "nats-server ready");

@@ -20,6 +20,9 @@
 //!   triggers fires them.
 //! - `broker/`: how fast a standby broker replaces a SIGKILLed active one
 //!   and dispatches again, with no order lost or run twice.
+//! - `cluster/`: Baton on a three-node JetStream cluster losing a node
+//!   (the orders stream's leader, or a follower): stalls, lost or doubled
+//!   orders and slots, and the restarted node catching up.
 //! - `workflow.rs`: workflow orders per second over a round-robin cluster,
 //!   the hand-off between steps, and with `--kill` the steps run again.
 //! - `console.rs`: the web console's JSON endpoints' answer times with
@@ -39,6 +42,7 @@
 mod broker;
 mod client;
 mod closed_loop;
+mod cluster;
 mod console;
 mod cpu;
 mod failover;
@@ -71,6 +75,10 @@ pub enum BenchCommand {
     /// Time from SIGKILL of the active broker to a standby being active and
     /// dispatching; orders lost or run twice
     FailoverBroker(broker::FailoverBrokerArgs),
+    /// Baton on a 3-node JetStream cluster losing a node (the orders
+    /// stream's leader, or a follower): stalls, orders lost or run twice,
+    /// trigger gaps, the restarted node catching up
+    Cluster(cluster::ClusterArgs),
     /// Workflow orders per second, step hand-off latency and steps changing
     /// subagent over a round-robin cluster; with --kill, a subagent killed
     Workflow(workflow::WorkflowArgs),
@@ -101,6 +109,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::FailoverScheduler(args) => scheduler::failover_scheduler(args).await,
         BenchCommand::Schedules(args) => scheduler::schedules(args).await,
         BenchCommand::FailoverBroker(args) => broker::failover_broker(args).await,
+        BenchCommand::Cluster(args) => cluster::cluster(args).await,
         BenchCommand::Workflow(args) => workflow::workflow(args).await,
         BenchCommand::History(args) => history::history(args).await,
         BenchCommand::Console(args) => console::console(args).await,

@@ -263,7 +263,13 @@ impl Leadership {
         };
         let tenure = lease::Tenure::new(sent, self.config.broker.lease);
         let start = super::start(self.config.clone(), self.bus.clone(), epoch, tenure.clone());
-        let broker = match start.await {
+        // a start slowed by JetStream (a stream electing its leader) keeps
+        // the lease meanwhile, so no other broker starts over it
+        let (revision, last_ok) = (revision, sent);
+        let (started, revision, last_ok) = self
+            .renewing(start, epoch, revision, last_ok, &tenure)
+            .await;
+        let broker = match started {
             Ok(broker) => broker,
             Err(e) => {
                 warn!(error = %e, "cannot start the broker; giving the lease back");
@@ -278,14 +284,46 @@ impl Leadership {
             epoch,
             revision,
             tenure,
-            last_ok: sent,
-            last_try: sent,
+            last_ok,
+            last_try: last_ok,
             stopped,
             _notifier: crate::notify::start(&self.config, self.bus.clone()),
         });
         self.free_since = None;
         self.announce(BrokerRole::Active, epoch, "won the leadership lease");
         Ok(())
+    }
+
+    /// Awaits `start`, renewing the lease (at `revision`, last renewed at
+    /// `last_ok`) every `renew_interval` meanwhile; returns what `start`
+    /// gave and the lease's revision and last good renewal then. A renewal
+    /// refused (another broker holds the key) is left for the next
+    /// [`Leadership::renew`] to find, which steps down.
+    async fn renewing<F: std::future::Future>(
+        &self,
+        start: F,
+        epoch: u64,
+        mut revision: u64,
+        mut last_ok: Instant,
+        tenure: &lease::Tenure,
+    ) -> (F::Output, u64, Instant) {
+        let every = self.config.broker.renew_interval;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tokio::pin!(start);
+        loop {
+            tokio::select! {
+                started = &mut start => return (started, revision, last_ok),
+                _ = tick.tick() => {
+                    let sent = Instant::now();
+                    let value = self.lease_value(epoch);
+                    let update = self.kv.update(LEASE_KEY, &value, revision);
+                    if let Ok(Ok(Some(next))) = tokio::time::timeout(every, update).await {
+                        (revision, last_ok) = (next, sent);
+                        tenure.renewed(sent);
+                    }
+                }
+            }
+        }
     }
 
     async fn renew(&mut self) -> anyhow::Result<()> {

@@ -15,6 +15,46 @@ use super::{decode, encode, BusError, Encoding};
 
 /// [`Kv::entries`] gives up when the server sends nothing for this long.
 const ENTRIES_IDLE: Duration = Duration::from_secs(10);
+/// How long [`Kv::entries`] waits for a new watch's first entry before it
+/// starts another: on a cluster, a watch made while a node rejoins or a
+/// stream elects its leader can stay silent until its consumer is remade
+/// (about 10 s), where a new one answers at once.
+const FIRST_ENTRY: Duration = Duration::from_secs(1);
+/// Watches [`Kv::entries`] starts before waiting [`ENTRIES_IDLE`] for one.
+const WATCH_ATTEMPTS: u32 = 4;
+
+/// How long one look-up of a bucket may take before it is tried again: a
+/// stream electing its leader answers nothing, and the client's own
+/// timeout (5 s) would make every look-up wait it out.
+const LOOKUP_TRY: Duration = Duration::from_secs(1);
+/// Look-ups of a bucket tried before giving up.
+const LOOKUP_ATTEMPTS: u32 = 15;
+
+/// Opens `bucket`, creating it as `config` says when it does not exist:
+/// each look-up bounded by [`LOOKUP_TRY`] and tried again, so a bucket
+/// whose stream elects a leader opens as soon as it has one.
+async fn open_or_create(
+    js: &jetstream::Context,
+    bucket: &str,
+    config: kv::Config,
+) -> Result<kv::Store, BusError> {
+    let mut last = String::from("timed out");
+    for _ in 0..LOOKUP_ATTEMPTS {
+        match tokio::time::timeout(LOOKUP_TRY, js.get_key_value(bucket)).await {
+            Ok(Ok(store)) => return Ok(store),
+            Err(_) => continue,
+            // not found, or not answered: creating it says which
+            Ok(Err(_)) => {}
+        }
+        match tokio::time::timeout(LOOKUP_TRY, js.create_key_value(config.clone())).await {
+            Ok(Ok(store)) => return Ok(store),
+            // another process may have created it in between: look again
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = "timed out".into(),
+        }
+    }
+    Err(transport(bucket, last))
+}
 
 /// One bucket whose values are `T`.
 pub struct Kv<T> {
@@ -51,27 +91,15 @@ impl<T> Kv<T> {
         max_age: Option<Duration>,
     ) -> Result<Kv<T>, BusError> {
         let js = jetstream::new(client);
-        let store = match js.get_key_value(bucket).await {
-            Ok(store) => store,
-            Err(_) => {
-                let config = kv::Config {
-                    bucket: bucket.to_string(),
-                    history: 1,
-                    storage: jetstream::stream::StorageType::File,
-                    num_replicas: replicas.max(1),
-                    max_age: max_age.unwrap_or_default(),
-                    ..Default::default()
-                };
-                match js.create_key_value(config).await {
-                    Ok(store) => store,
-                    // another process may have created it in between
-                    Err(create) => js
-                        .get_key_value(bucket)
-                        .await
-                        .map_err(|_| transport(bucket, create))?,
-                }
-            }
+        let config = kv::Config {
+            bucket: bucket.to_string(),
+            history: 1,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas.max(1),
+            max_age: max_age.unwrap_or_default(),
+            ..Default::default()
         };
+        let store = open_or_create(&js, bucket, config).await?;
         Ok(Kv {
             store: Arc::new(store),
             bucket: bucket.to_string(),
@@ -236,34 +264,28 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
     /// [`Kv::update`]).
     pub async fn entries_with_revisions(&self) -> Result<HashMap<String, (T, u64)>, BusError> {
         let mut values = HashMap::new();
-        let mut stream = self.store.stream.clone();
-        let messages = stream
-            .info()
-            .await
-            .map_err(|e| transport(&self.bucket, e))?
-            .state
-            .messages;
+        let messages = self.messages().await?;
         if messages == 0 {
             return Ok(values);
         }
         // the watch delivers the last entry of every key, each saying how
         // many are still to come
-        let mut watch = self
-            .store
-            .watch_with_history(">")
-            .await
-            .map_err(|e| transport(&self.bucket, e))?;
+        let (mut watch, first) = self.first_entry().await?;
+        let mut next = Some(first);
         loop {
-            let entry = match tokio::time::timeout(ENTRIES_IDLE, watch.next()).await {
-                Ok(Some(Ok(entry))) => entry,
-                Ok(Some(Err(e))) => return Err(transport(&self.bucket, e)),
-                Ok(None) => return Err(transport(&self.bucket, "the watch ended early")),
-                Err(_) => {
-                    return Err(BusError::TimedOut {
-                        subject: format!("kv {}", self.bucket),
-                        timeout: ENTRIES_IDLE,
-                    })
-                }
+            let entry = match next.take() {
+                Some(entry) => entry,
+                None => match tokio::time::timeout(ENTRIES_IDLE, watch.next()).await {
+                    Ok(Some(Ok(entry))) => entry,
+                    Ok(Some(Err(e))) => return Err(transport(&self.bucket, e)),
+                    Ok(None) => return Err(transport(&self.bucket, "the watch ended early")),
+                    Err(_) => {
+                        return Err(BusError::TimedOut {
+                            subject: format!("kv {}", self.bucket),
+                            timeout: ENTRIES_IDLE,
+                        })
+                    }
+                },
             };
             let last = entry.delta == 0;
             if let Some(change) = change_of::<T>(&self.bucket, entry) {
@@ -276,6 +298,50 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
                 return Ok(values);
             }
         }
+    }
+}
+
+impl<T> Kv<T> {
+    /// How many messages the bucket's stream holds, asked again after
+    /// [`LOOKUP_TRY`] without an answer (a stream electing its leader).
+    async fn messages(&self) -> Result<u64, BusError> {
+        let mut last = String::from("timed out");
+        for _ in 0..LOOKUP_ATTEMPTS {
+            let mut stream = self.store.stream.clone();
+            match tokio::time::timeout(LOOKUP_TRY, stream.info()).await {
+                Ok(Ok(info)) => return Ok(info.state.messages),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => {}
+            }
+        }
+        Err(transport(&self.bucket, last))
+    }
+
+    /// A watch of every key with history, and its first entry: a watch
+    /// silent for [`FIRST_ENTRY`] is dropped for a new one, up to
+    /// [`WATCH_ATTEMPTS`] times; the last is waited for [`ENTRIES_IDLE`].
+    async fn first_entry(&self) -> Result<(kv::Watch, kv::Entry), BusError> {
+        for attempt in 1..=WATCH_ATTEMPTS {
+            let mut watch = (self.store.watch_with_history(">").await)
+                .map_err(|e| transport(&self.bucket, e))?;
+            let wait = if attempt == WATCH_ATTEMPTS {
+                ENTRIES_IDLE
+            } else {
+                FIRST_ENTRY
+            };
+            match tokio::time::timeout(wait, watch.next()).await {
+                Ok(Some(Ok(entry))) => return Ok((watch, entry)),
+                Ok(Some(Err(e))) => return Err(transport(&self.bucket, e)),
+                Ok(None) => return Err(transport(&self.bucket, "the watch ended early")),
+                Err(_) => {
+                    warn!(bucket = %self.bucket, attempt, "reading the bucket: its watch is silent; starting another")
+                }
+            }
+        }
+        Err(BusError::TimedOut {
+            subject: format!("kv {}", self.bucket),
+            timeout: ENTRIES_IDLE,
+        })
     }
 }
 

@@ -11,8 +11,9 @@
 //! `listen` (a stream of decoded publishes), `gather` (a request many
 //! answer, `gather.rs`), `kv` (typed JetStream KV buckets, `kv.rs`) and
 //! `append` (a JetStream stream, `audit.rs`), `kv_durable` (a durable
-//! consumer of a bucket's writes, `durable.rs`), and the subject triggers'
-//! stream, consumers and dead letters (`triggers.rs`).
+//! consumer of a bucket's writes, `durable.rs`), the subject triggers'
+//! stream, consumers and dead letters (`triggers.rs`), and where a stream's
+//! replicas are on a cluster (`placement.rs`).
 //!
 //! Architecture invariant: the bus knows payload types only as serde types;
 //! it never decides anything about jobs, orders or subagents.
@@ -29,6 +30,7 @@ mod gather;
 mod inbound;
 mod kv;
 mod logs;
+mod placement;
 mod publish;
 mod sender;
 mod service;
@@ -50,6 +52,7 @@ pub use connect::{redact_urls, split_url_credentials, Credentials, Tls};
 pub use durable::{DurableSettings, KvWrite, WriteAck};
 pub use kv::{Kv, KvChange};
 pub use logs::{LogsError, OrderLog, StreamLimits};
+pub use placement::{Follower, Placement};
 pub use sender::SenderProof;
 pub use service::{ApiService, ServiceInfo, SERVICE_NAME};
 pub use stats::Stats;

@@ -11,6 +11,10 @@
 //! nats-server. [`LocalCluster::exited`] reports a process that has ended
 //! (nats-server included) and [`LocalCluster::respawn`] starts it again;
 //! what to do about it is the caller's choice.
+//!
+//! [`LocalCluster::start_cluster`] runs the processes over a JetStream
+//! cluster of nats-servers instead (`natsd::cluster`): `nats` is its first
+//! node and `peers` the others; every process is given all the nodes' URLs.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -26,6 +30,7 @@ use crate::bus::{Bus, ConnectSettings, Credentials};
 use crate::natsd::{NatsServer, NatsServerOptions};
 use crate::protocol::{StatusReply, StatusRequest, SubagentState, Subjects};
 
+mod nodes;
 mod proc;
 
 pub use proc::{Exited, Proc};
@@ -62,6 +67,8 @@ pub enum Security {
 /// nats-server plus `baton` processes started by this process.
 pub struct LocalCluster {
     pub nats: NatsServer,
+    /// The other nodes of a JetStream cluster ([`LocalCluster::start_cluster`]).
+    pub peers: Vec<NatsServer>,
     auth: Option<AuthDir>,
     baton: PathBuf,
     prefix: String,
@@ -98,6 +105,7 @@ impl LocalCluster {
         let nats = NatsServer::start(nats).await?;
         Ok(LocalCluster {
             nats,
+            peers: Vec::new(),
             auth,
             baton,
             prefix: prefix.to_string(),
@@ -114,7 +122,7 @@ impl LocalCluster {
 
     /// Starts `baton <args>` named `name` against this cluster's NATS.
     pub fn spawn(&mut self, name: &str, args: &[&str]) -> anyhow::Result<u32> {
-        let url = self.nats.url();
+        let url = self.urls_from(0);
         self.spawn_via(name, args, &url)
     }
 
@@ -252,7 +260,7 @@ impl LocalCluster {
     /// A connection to this cluster's NATS with `credentials`.
     pub async fn connect_with(&self, credentials: Credentials) -> anyhow::Result<Bus> {
         let settings = ConnectSettings {
-            url: self.nats.url(),
+            url: self.urls_from(0),
             name: "baton-local".into(),
             connect_timeout: Duration::from_secs(5),
             retry_initial_connect: false,

@@ -13,32 +13,32 @@ use crate::protocol::{BrokerRole, ErrorCode, OrderState};
 
 /// One order as the client sees it: sent under `request_id` until accepted.
 #[derive(Debug, Clone)]
-pub(super) struct Order {
-    pub(super) request_id: String,
+pub(in crate::bench) struct Order {
+    pub(in crate::bench) request_id: String,
     /// When its first submit was sent.
-    pub(super) first_sent: Instant,
+    pub(in crate::bench) first_sent: Instant,
     /// Submits sent after the first.
-    pub(super) retries: u32,
-    pub(super) order_id: Option<String>,
+    pub(in crate::bench) retries: u32,
+    pub(in crate::bench) order_id: Option<String>,
     /// The client gave up on it before any broker accepted it.
-    pub(super) gave_up: bool,
+    pub(in crate::bench) gave_up: bool,
     /// A broker answered that it knows no such order.
-    pub(super) not_found: bool,
-    pub(super) state: Option<OrderState>,
+    pub(in crate::bench) not_found: bool,
+    pub(in crate::bench) state: Option<OrderState>,
 }
 
 /// Every order submitted, and which order id is which.
 #[derive(Debug, Default)]
-pub(super) struct Ledger {
-    pub(super) orders: Vec<Order>,
+pub(in crate::bench) struct Ledger {
+    pub(in crate::bench) orders: Vec<Order>,
     by_id: HashMap<String, usize>,
     /// Submits answered `duplicate`: a retry found the order made earlier.
-    pub(super) duplicates: usize,
+    pub(in crate::bench) duplicates: usize,
 }
 
 impl Ledger {
     /// A new order; returns its index.
-    pub(super) fn add(&mut self, request_id: String, now: Instant) -> usize {
+    pub(in crate::bench) fn add(&mut self, request_id: String, now: Instant) -> usize {
         self.orders.push(Order {
             request_id,
             first_sent: now,
@@ -51,25 +51,25 @@ impl Ledger {
         self.orders.len() - 1
     }
 
-    pub(super) fn accepted(&mut self, index: usize, order_id: String, duplicate: bool) {
+    pub(in crate::bench) fn accepted(&mut self, index: usize, order_id: String, duplicate: bool) {
         self.duplicates += usize::from(duplicate);
         self.by_id.insert(order_id.clone(), index);
         self.orders[index].order_id = Some(order_id);
     }
 
-    pub(super) fn index_of(&self, order_id: &str) -> Option<usize> {
+    pub(in crate::bench) fn index_of(&self, order_id: &str) -> Option<usize> {
         self.by_id.get(order_id).copied()
     }
 
     /// Records a final state; other states are ignored.
-    pub(super) fn finished(&mut self, order_id: &str, state: OrderState) {
+    pub(in crate::bench) fn finished(&mut self, order_id: &str, state: OrderState) {
         if let (Some(i), true) = (self.index_of(order_id), state.is_final()) {
             self.orders[i].state = Some(state);
         }
     }
 
     /// Accepted orders without a final state yet.
-    pub(super) fn unfinished(&self) -> Vec<String> {
+    pub(in crate::bench) fn unfinished(&self) -> Vec<String> {
         self.orders
             .iter()
             .filter(|o| o.state.is_none())
@@ -78,7 +78,7 @@ impl Ledger {
     }
 
     /// Orders neither accepted nor given up on.
-    pub(super) fn unaccepted(&self) -> usize {
+    pub(in crate::bench) fn unaccepted(&self) -> usize {
         self.orders
             .iter()
             .filter(|o| o.order_id.is_none() && !o.gave_up)
@@ -86,7 +86,7 @@ impl Ledger {
     }
 
     /// What became of the orders, judged against the marker counts.
-    pub(super) fn tally(&self, markers: &HashMap<String, usize>) -> Tally {
+    pub(in crate::bench) fn tally(&self, markers: &HashMap<String, usize>) -> Tally {
         let mut t = Tally {
             submitted: self.orders.len(),
             duplicate_replies: self.duplicates,
@@ -124,34 +124,34 @@ impl Ledger {
 
 /// What became of the orders.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
-pub(super) struct Tally {
-    pub(super) submitted: usize,
-    pub(super) accepted: usize,
+pub(in crate::bench) struct Tally {
+    pub(in crate::bench) submitted: usize,
+    pub(in crate::bench) accepted: usize,
     /// Submits sent again (same request id) after a timeout, no responders
     /// or `unavailable`.
-    pub(super) retries: usize,
-    pub(super) duplicate_replies: usize,
-    pub(super) succeeded: usize,
+    pub(in crate::bench) retries: usize,
+    pub(in crate::bench) duplicate_replies: usize,
+    pub(in crate::bench) succeeded: usize,
     /// Failed or cancelled.
-    pub(super) failed: usize,
+    pub(in crate::bench) failed: usize,
     /// Never accepted within the give-up time.
-    pub(super) never_accepted: usize,
+    pub(in crate::bench) never_accepted: usize,
     /// Accepted but not final by the end of the drain.
-    pub(super) unfinished: usize,
+    pub(in crate::bench) unfinished: usize,
     /// Of those, unknown to the active broker.
-    pub(super) not_found: usize,
+    pub(in crate::bench) not_found: usize,
     /// `never_accepted + unfinished`.
-    pub(super) lost: usize,
+    pub(in crate::bench) lost: usize,
     /// Orders whose task ran more than once.
-    pub(super) executed_twice: usize,
+    pub(in crate::bench) executed_twice: usize,
     /// Orders that succeeded with no run of their task on record.
-    pub(super) succeeded_unexecuted: usize,
+    pub(in crate::bench) succeeded_unexecuted: usize,
     /// Order ids in the marker file that no accepted submit returned.
-    pub(super) unknown_markers: usize,
+    pub(in crate::bench) unknown_markers: usize,
 }
 
 /// Counts the lines of the marker file: one `<order id>` per task run.
-pub(super) fn count_markers(text: &str) -> HashMap<String, usize> {
+pub(in crate::bench) fn count_markers(text: &str) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for id in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
         *counts.entry(id.to_string()).or_default() += 1;
@@ -161,7 +161,7 @@ pub(super) fn count_markers(text: &str) -> HashMap<String, usize> {
 
 /// Whether a submit that failed so should be sent again with the same
 /// request id: the broker may be changing hands.
-pub(super) fn retryable(error: &BusError) -> bool {
+pub(in crate::bench) fn retryable(error: &BusError) -> bool {
     match error {
         BusError::NoResponders { .. } | BusError::TimedOut { .. } => true,
         BusError::Transport { .. } => true,
@@ -174,7 +174,7 @@ pub(super) fn retryable(error: &BusError) -> bool {
 
 /// How long order `n`'s task sleeps: spread over `min..=max` milliseconds
 /// by a fixed hash of `n` (splitmix64), so runs are repeatable.
-pub(super) fn task_ms(n: u64, min: u64, max: u64) -> u64 {
+pub(in crate::bench) fn task_ms(n: u64, min: u64, max: u64) -> u64 {
     let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -192,12 +192,12 @@ struct Heard {
 
 /// The brokers as their heartbeats tell.
 #[derive(Debug, Default)]
-pub(super) struct Brokers {
+pub(in crate::bench) struct Brokers {
     heard: BTreeMap<String, Heard>,
 }
 
 impl Brokers {
-    pub(super) fn heard(&mut self, id: &str, role: BrokerRole, epoch: u64, now: Instant) {
+    pub(in crate::bench) fn heard(&mut self, id: &str, role: BrokerRole, epoch: u64, now: Instant) {
         let heard = Heard {
             role,
             epoch,
@@ -209,7 +209,7 @@ impl Brokers {
     /// The one broker heard as active within `alive`, with its epoch, when
     /// every broker of `ids` was heard within `alive` and exactly one of them
     /// is active.
-    pub(super) fn single_active(
+    pub(in crate::bench) fn single_active(
         &self,
         ids: &[String],
         now: Instant,

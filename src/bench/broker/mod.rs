@@ -25,10 +25,10 @@
 //! - `ledger.rs`: the pure bookkeeping (orders, brokers, tally).
 //! - `report.rs`: the figures and their table.
 
-mod ledger;
+pub(super) mod ledger;
 mod report;
 mod round;
-mod traffic;
+pub(super) mod traffic;
 
 use std::path::Path;
 use std::time::Duration;

@@ -21,12 +21,12 @@ const SUBMIT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The pause before a submit that found no broker is sent again.
 const RETRY_DELAY: Duration = Duration::from_millis(100);
 /// An order no broker accepted within this long of its first submit is lost.
-pub(super) const GIVE_UP: Duration = Duration::from_secs(30);
+pub(in crate::bench) const GIVE_UP: Duration = Duration::from_secs(30);
 /// The range of the tasks' run times, in milliseconds.
-pub(super) const TASK_MS: (u64, u64) = (100, 500);
+pub(in crate::bench) const TASK_MS: (u64, u64) = (100, 500);
 
 /// What the bench sees.
-pub(super) enum Seen {
+pub(in crate::bench) enum Seen {
     Started(TaskStarted),
     Finished(OrderFinished),
     Changed(BrokerChanged),
@@ -37,7 +37,7 @@ pub(super) enum Seen {
 
 type Submit = LocalBoxFuture<'static, (usize, Result<SubmitReply, BusError>)>;
 
-pub(super) struct Traffic {
+pub(in crate::bench) struct Traffic {
     bus: Bus,
     job: String,
     /// Whether new orders are submitted at the rate.
@@ -45,15 +45,19 @@ pub(super) struct Traffic {
     tick: tokio::time::Interval,
     events: LocalBoxStream<'static, Seen>,
     submits: FuturesUnordered<Submit>,
-    pub(super) ledger: Ledger,
-    pub(super) brokers: Brokers,
+    pub(in crate::bench) ledger: Ledger,
+    pub(in crate::bench) brokers: Brokers,
     /// Submits that failed for good (not retryable), by error.
-    pub(super) rejected: HashMap<String, usize>,
+    pub(in crate::bench) rejected: HashMap<String, usize>,
 }
 
 impl Traffic {
     /// Subscribes to the events; submits nothing until `feeding` is set.
-    pub(super) async fn start(bus: &Bus, job: &str, rate: f64) -> anyhow::Result<Traffic> {
+    pub(in crate::bench) async fn start(
+        bus: &Bus,
+        job: &str,
+        rate: f64,
+    ) -> anyhow::Result<Traffic> {
         let s = bus.subjects();
         let events = stream::select_all([
             listen(
@@ -84,7 +88,7 @@ impl Traffic {
 
     /// Submits due meanwhile, then the next event; `None` once `deadline`
     /// passes.
-    pub(super) async fn step(&mut self, deadline: tokio::time::Instant) -> Option<Seen> {
+    pub(in crate::bench) async fn step(&mut self, deadline: tokio::time::Instant) -> Option<Seen> {
         loop {
             tokio::select! {
                 Some((index, reply)) = self.submits.next(), if !self.submits.is_empty() => {
@@ -104,7 +108,7 @@ impl Traffic {
     }
 
     /// Starts or stops submitting new orders (retries go on).
-    pub(super) fn feed(&mut self, on: bool) {
+    pub(in crate::bench) fn feed(&mut self, on: bool) {
         if on && !self.feeding {
             self.tick.reset();
         }
@@ -112,12 +116,12 @@ impl Traffic {
     }
 
     /// Takes events until `until`.
-    pub(super) async fn idle(&mut self, until: tokio::time::Instant) {
+    pub(in crate::bench) async fn idle(&mut self, until: tokio::time::Instant) {
         while self.step(until).await.is_some() {}
     }
 
     /// Submits still waiting for a broker to accept them.
-    pub(super) fn submitting(&self) -> usize {
+    pub(in crate::bench) fn submitting(&self) -> usize {
         self.submits.len()
     }
 
@@ -193,7 +197,7 @@ impl Traffic {
 
     /// Asks the active broker for the state of every accepted order not
     /// known to be final (events wait in their subscriptions meanwhile).
-    pub(super) async fn poll_unfinished(&mut self) {
+    pub(in crate::bench) async fn poll_unfinished(&mut self) {
         let ids = self.ledger.unfinished();
         let bus = self.bus.clone();
         let mut replies = stream::iter(ids)

@@ -343,6 +343,8 @@ pub struct Core<R> {
     runs_sent: HashMap<String, u64>,
     /// Failed journal writes, warned of once per `quiet::QUIET_FOR`.
     unstored: quiet::Quiet,
+    /// Submits refused as not stored, warned of once in a while.
+    refused_unstored: quiet::Quiet,
     /// Orders waiting for their record to be created, and what waits.
     creating: HashMap<String, submit::Pending<R>>,
     /// Seeds the ids of orders without a request id, unique per broker.
@@ -389,6 +391,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             told_waiting: HashMap::new(),
             away_since: HashMap::new(),
             unstored: quiet::Quiet::default(),
+            refused_unstored: quiet::Quiet::default(),
             runs_sent: HashMap::new(),
             id_seed,
             ids: 0,

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::super::idempotency::{check_repeat, FirstOrder};
 use super::super::order_book::{Applied, ApplyError, Held, Order, OrderEvent, Phase};
@@ -164,7 +164,15 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                 self.refuse(&to, Refusal::NotStored(e));
             }
             Created::Failed(e) => {
-                warn!(error = %e, "order not stored; submit refused");
+                match self.refused_unstored.failed(self.now.at) {
+                    Some(0) => {
+                        warn!(error = %e, "order not stored; submit refused (JetStream may be electing a stream leader, or have no quorum; the client may send it again)")
+                    }
+                    Some(held) => {
+                        warn!(error = %e, "order not stored; submit refused, and {held} more in the last {}s (JetStream may be electing a stream leader, or have no quorum; clients may send them again)", super::quiet::QUIET_FOR.as_secs())
+                    }
+                    None => debug!(error = %e, "order not stored; submit refused"),
+                }
                 self.book.remove(&info.order_id);
                 self.refuse(&to, Refusal::NotStored(e));
             }
