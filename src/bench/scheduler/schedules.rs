@@ -46,7 +46,9 @@ const ANCHOR_MS: u64 = 1_704_067_200_000;
 /// Longest wait for one deploy request.
 const DEPLOY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Tries of one deploy request before the bench gives up.
-const DEPLOY_TRIES: u32 = 3;
+const DEPLOY_TRIES: u32 = 10;
+/// Between two tries of one deploy request.
+const DEPLOY_RETRY_DELAY: Duration = Duration::from_secs(2);
 /// Task slots of each subagent running the fires.
 const CAPACITY: u32 = 8;
 
@@ -195,6 +197,8 @@ async fn run(
                         "deploy request {} of {batches}: {e}; sending it again",
                         b + 1
                     );
+                    // "no responders" comes at once while no broker is active
+                    tokio::time::sleep(DEPLOY_RETRY_DELAY).await;
                 }
                 Err(e) => {
                     return Err(e).with_context(|| format!("deploy request {} of {batches}", b + 1))
