@@ -87,8 +87,14 @@ async fn keep(bus: Bus, bucket: String, stream: String) {
         loop {
             match tokio::time::timeout(wait, watch.next()).await {
                 Ok(Some(change)) => {
+                    // only jobs with subject triggers are held: the plan
+                    // skips the others, and a million schedules cost nothing here
                     let triggers = change.value.map(|job| job.triggers).unwrap_or_default();
-                    jobs.insert(change.key, triggers);
+                    if subject::subject_triggers(&triggers).is_empty() {
+                        jobs.remove(&change.key);
+                    } else {
+                        jobs.insert(change.key, triggers);
+                    }
                     wait = QUIET;
                 }
                 Ok(None) => {

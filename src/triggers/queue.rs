@@ -15,6 +15,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
 
 use super::policy::{due_slots, idempotency_key, MisfirePolicy};
 use super::Trigger;
@@ -49,7 +50,9 @@ impl Due {
 #[derive(Debug)]
 struct Entry {
     job: String,
-    schedule: Schedule,
+    /// Shared with whoever keeps the schedule beside the queue (the
+    /// Scheduler keeps paused ones too): one copy per job, not two.
+    schedule: Arc<Schedule>,
     generation: u64,
     /// Every slot at or before this has been decided (fired or dropped).
     cursor: u64,
@@ -117,12 +120,13 @@ impl TimerQueue {
     pub fn insert(
         &mut self,
         job: &str,
-        schedule: Schedule,
+        schedule: impl Into<Arc<Schedule>>,
         last_fired_slot: Option<u64>,
         now_ms: u64,
     ) {
         self.remove(job);
         self.generations += 1;
+        let schedule = schedule.into();
         let cursor = last_fired_slot.unwrap_or(now_ms);
         let entry = Entry {
             job: job.to_string(),
@@ -178,7 +182,7 @@ impl TimerQueue {
             if entry.generation != generation || entry.next != Some(slot) {
                 continue;
             }
-            let Schedule { trigger, misfire } = &entry.schedule;
+            let Schedule { trigger, misfire } = &*entry.schedule;
             let slots = due_slots(
                 trigger,
                 Some(entry.cursor),

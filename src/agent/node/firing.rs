@@ -34,6 +34,7 @@
 //! and `files.rs`, and the missed slots' events are one short method here.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -69,7 +70,7 @@ pub(super) struct Firing {
     /// The watches of the jobs, workflows and pauses.
     watches: HashMap<Source, SpawnHandle>,
     /// Every schedule deployed, paused or not, by schedule key.
-    schedules: HashMap<String, Schedule>,
+    schedules: HashMap<String, Arc<Schedule>>,
     /// The names (of jobs and workflows) an operator paused.
     pub(super) paused: HashSet<String>,
     due: Vec<Due>,
@@ -274,7 +275,7 @@ impl Agent {
                     .filter(|(triggers, _)| !triggers.is_empty())
                     .and_then(|(triggers, misfire)| {
                         match Trigger::compile_all(&triggers, &key) {
-                            Ok(trigger) => Some(Schedule { trigger, misfire }),
+                            Ok(trigger) => Some(Arc::new(Schedule { trigger, misfire })),
                             Err(e) => {
                                 warn!(job = %key, error = %e, "the triggers do not compile; not firing them");
                                 None

@@ -7,11 +7,14 @@
 //!   many interval triggers fires them.
 //! - `watch.rs`: the events the fail-over bench follows.
 //! - `slots.rs`: the pure slot arithmetic both use.
+//! - `window.rs`: what `schedules` waits for and measures (a window of
+//!   fires; with `--kill`, a second agent taking over).
 
 mod failover;
 mod schedules;
 mod slots;
 mod watch;
+mod window;
 
 use serde::Serialize;
 

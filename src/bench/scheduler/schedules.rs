@@ -1,5 +1,7 @@
-//! `baton bench schedules`: one agent, a broker and no subagent (the orders
-//! only queue: running them is not what is measured). Deploys `--count` jobs,
+//! `baton bench schedules`: one agent, a broker and `--subagents` (one by
+//! default, running the fired `true`s: orders that only queued would make
+//! every dispatch pass of the broker walk a queue that grows by the fire
+//! rate). Deploys `--count` jobs,
 //! each with one interval trigger, waits until the agent is Scheduler and
 //! holds them all, then for `--seconds` takes every accepted order and
 //! measures its lateness, the broker's `at_ms` minus the slot.
@@ -11,24 +13,29 @@
 //! each fires every 100 s, at 100,000 every 1,000 s). The misfire policy is
 //! `fire-all`, so a Scheduler that falls behind still fires every slot and
 //! its lateness shows rather than being skipped.
+//!
+//! The deploy's rate is reported for its first and last tenth (a deploy's
+//! cost must not grow with what is deployed), and memory per schedule as
+//! the growth of each process's RSS from before the deploy to its peak.
+//! `--kill` then SIGKILLs the Scheduler with a second agent waiting
+//! (`window.rs`).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use chrono::{DateTime, Utc};
 use clap::Args;
-use futures::StreamExt as _;
 use serde::Serialize;
 
 use super::slots::{period_for_rate, spread_start};
+use super::window::{self, Takeover, Window};
 use super::{spawn_agent, Settings};
 use crate::bench::client::{bench_job, deploy_jobs};
-use crate::bench::report::{mib, print_spread, Latency};
+use crate::bench::report::{mib, print_spread};
 use crate::bench::setup::{CommonArgs, LocalBench, Setup};
 use crate::bus::Bus;
 use crate::launch::LocalCluster;
 use crate::protocol::*;
-use crate::time::now_ms;
 use crate::time::parse_duration;
 
 const AGENT: &str = "agent-1";
@@ -37,11 +44,13 @@ const MIN_PERIOD_MS: u64 = 10_000;
 /// Every job's interval counts from here (2024-01-01T00:00:00Z) plus its share.
 const ANCHOR_MS: u64 = 1_704_067_200_000;
 /// Longest wait for one deploy request.
-const DEPLOY_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long after the window fires of its slots are still taken.
-const LATE_GRACE: Duration = Duration::from_secs(5);
-/// How often progress is printed while waiting.
-const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Tries of one deploy request before the bench gives up.
+const DEPLOY_TRIES: u32 = 10;
+/// Between two tries of one deploy request.
+const DEPLOY_RETRY_DELAY: Duration = Duration::from_secs(2);
+/// Task slots of each subagent running the fires.
+const CAPACITY: u32 = 8;
 
 #[derive(Debug, Args)]
 pub struct SchedulesArgs {
@@ -69,6 +78,13 @@ pub struct SchedulesArgs {
     /// intervals: each job fires once a minute, so --rate is count/60
     #[arg(long)]
     pub calendar: bool,
+    /// Subagents running the fired orders (0: they only queue)
+    #[arg(long, default_value_t = 1)]
+    pub subagents: usize,
+    /// Then SIGKILL the Scheduler with a second agent waiting, and measure
+    /// its takeover and a window after it
+    #[arg(long)]
+    pub kill: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -86,24 +102,27 @@ struct Report {
     /// Fires per second of all jobs together.
     fires_per_s: f64,
     settings: Settings,
+    subagents: usize,
     /// The deploy requests, from the first sent to the last answered.
     deploy_s: f64,
+    /// Jobs deployed per second over the first and the last tenth of the
+    /// deploy requests.
+    deploy_first_jobs_per_s: f64,
+    deploy_last_jobs_per_s: f64,
+    /// Deploy requests sent again after no reply (a broker stepped down).
+    deploy_retries: u32,
     /// From the first deploy request to the agent reporting, as Scheduler,
     /// every schedule held.
     all_held_s: f64,
-    window_s: u64,
-    /// Slots in the window, of all jobs.
-    expected_fires: u64,
-    /// Orders accepted for slots in the window.
-    fires: usize,
-    /// Slots in the window with no order accepted within the grace after it.
-    missing_fires: u64,
-    /// Fires later than the lateness tolerance.
-    fires_over_tolerance: usize,
-    /// Accepted minus slot.
-    lateness: Latency,
+    #[serde(flatten)]
+    window: Window,
     agent_peak_rss_kib: Option<u64>,
     broker_peak_rss_kib: Option<u64>,
+    /// Peak RSS minus RSS before the deploy, per schedule.
+    agent_bytes_per_schedule: Option<u64>,
+    broker_bytes_per_job: Option<u64>,
+    /// With `--kill`: the second agent's takeover.
+    takeover: Option<Takeover>,
     elapsed_s: f64,
 }
 
@@ -119,7 +138,8 @@ pub(in crate::bench) async fn schedules(args: SchedulesArgs) -> anyhow::Result<(
         args.seconds,
         settings.describe()
     ));
-    let mut bench = LocalBench::start(Setup::subagents(0, 1), &args.common).await?;
+    let setup = Setup::subagents(args.subagents, CAPACITY);
+    let mut bench = LocalBench::start(setup, &args.common).await?;
     let run = run(&mut bench.cluster, &bench.bus, &args, settings).await;
     let stamp = |r: &mut Report, s| r.elapsed_s = s;
     bench.finish(run, &args.common, stamp, print_table)
@@ -147,17 +167,47 @@ async fn run(
     let mut beats = bus
         .listen::<AgentHeartbeat>(s.agent_heartbeat(AGENT))
         .await?;
+    let rss = |cluster: &LocalCluster, name| cluster.pid(name).and_then(LocalCluster::memory_kib);
+    let rss_before = (rss(cluster, AGENT), rss(cluster, "broker"));
 
     let deploy_started = Instant::now();
     let batches = count.div_ceil(args.batch);
+    let tenth = batches.div_ceil(10);
+    let (mut first_tenth_s, mut last_tenth_from) = (0.0, 0.0);
+    let mut deploy_retries = 0;
     for b in 0..batches {
+        if b == batches - tenth {
+            last_tenth_from = deploy_started.elapsed().as_secs_f64();
+        }
         let jobs = (b * args.batch..((b + 1) * args.batch).min(count))
             .map(|i| job(i, count, &shape))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let _: DeployReply = bus
-            .request(s.deploy(), &deploy_jobs(jobs), DEPLOY_TIMEOUT)
-            .await
-            .with_context(|| format!("deploy request {} of {batches}", b + 1))?;
+        let request = deploy_jobs(jobs);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let sent = bus.request::<_, DeployReply>(s.deploy(), &request, DEPLOY_TIMEOUT);
+            match sent.await {
+                Ok(_) => break,
+                // a broker that stepped down drops requests: the same deploy
+                // again is answered by the active one (an unchanged job is a no-op)
+                Err(e) if tries < DEPLOY_TRIES => {
+                    deploy_retries += 1;
+                    eprintln!(
+                        "deploy request {} of {batches}: {e}; sending it again",
+                        b + 1
+                    );
+                    // "no responders" comes at once while no broker is active
+                    tokio::time::sleep(DEPLOY_RETRY_DELAY).await;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("deploy request {} of {batches}", b + 1))
+                }
+            }
+        }
+        if b + 1 == tenth {
+            first_tenth_s = deploy_started.elapsed().as_secs_f64();
+        }
         if (b + 1) % 10 == 0 || b + 1 == batches {
             eprintln!(
                 "deployed {} of {count} jobs in {:.1} s",
@@ -167,83 +217,31 @@ async fn run(
         }
     }
     let deploy_s = deploy_started.elapsed().as_secs_f64();
+    let tenth_jobs = (tenth * args.batch).min(count) as f64;
+    let per_s = |jobs: f64, s: f64| if s > 0.0 { jobs / s } else { 0.0 };
 
-    let deadline = tokio::time::Instant::now() + args.hold_timeout;
-    let mut progress_at = Instant::now() + PROGRESS_EVERY;
-    let mut last: Option<AgentHeartbeat> = None;
-    loop {
-        let beat = tokio::select! {
-            beat = beats.next() => beat.context("the agent's heartbeats ended")?.body,
-            _ = tokio::time::sleep_until(deadline) => {
-                let seen = last.map_or("no heartbeat".to_string(), |hb| {
-                    format!("last heartbeat: {}, {} schedules", hb.role.as_str(), hb.schedules)
-                });
-                bail!(
-                    "{AGENT} did not hold {count} schedules within {} s of the deploy ({seen})",
-                    args.hold_timeout.as_secs()
-                );
-            }
-        };
-        if beat.role == AgentRole::Scheduler && beat.schedules as usize == count {
-            break;
-        }
-        if Instant::now() >= progress_at {
-            progress_at = Instant::now() + PROGRESS_EVERY;
-            eprintln!(
-                "{AGENT}: {}, {} of {count} schedules, {:.0} s since the deploy started",
-                beat.role.as_str(),
-                beat.schedules,
-                deploy_started.elapsed().as_secs_f64()
-            );
-        }
-        last = Some(beat);
-    }
+    window::wait_held(&mut beats, AGENT, count, args.hold_timeout, |_| {}).await?;
     let all_held_s = deploy_started.elapsed().as_secs_f64();
     drop(beats);
     eprintln!(
         "{AGENT} holds all {count} schedules after {all_held_s:.1} s; measuring for {} s",
         args.seconds
     );
-
-    let mut accepted = bus
-        .listen::<OrderAccepted>(s.event("*", "*", EventKind::Accepted))
-        .await?;
-    bus.flush().await?;
-    // slots from here on: the subscription is in place before they are due
-    let from_ms = now_ms() + 100;
-    let to_ms = from_ms + args.seconds * 1000;
-    let stop = tokio::time::Instant::now()
-        + Duration::from_millis(to_ms.saturating_sub(now_ms()))
-        + LATE_GRACE;
-    let mut accepted_slots = Vec::new();
-    loop {
-        let event = tokio::select! {
-            event = accepted.next() => event.context("the event subscription ended")?.body,
-            _ = tokio::time::sleep_until(stop) => break,
-        };
-        if let Some(slot) = event.slot_ms.filter(|s| (from_ms..to_ms).contains(s)) {
-            accepted_slots.push((event.job, slot, event.at_ms));
+    let judged = Judged { count, shape };
+    let tolerance = settings.lateness_tolerance_ms;
+    let window = window::measure(bus, args.seconds, tolerance, &judged).await?;
+    let peak = |name| cluster.pid(name).and_then(LocalCluster::peak_memory_kib);
+    let (agent_peak, broker_peak) = (peak(AGENT), peak("broker"));
+    let takeover = match args.kill {
+        true => {
+            let times = (args.seconds, args.hold_timeout, tolerance);
+            Some(window::takeover(cluster, bus, AGENT, times, &judged).await?)
         }
-    }
-    // late from the fire, not the slot: a jittered slot fires after it on purpose
-    let mut lateness = Vec::with_capacity(accepted_slots.len());
-    let index = |name: &str| name.strip_prefix('s').and_then(|n| n.parse::<usize>().ok());
-    for (name, slot, at_ms) in accepted_slots {
-        let fire = match (shape.jitter, index(&name)) {
-            (Some(_), Some(i)) => {
-                let spec = job(i, count, &shape)?;
-                let trigger = crate::triggers::Trigger::compile_all(&spec.triggers, &spec.name)?;
-                trigger.next_after(slot.saturating_sub(1)).unwrap_or(slot)
-            }
-            _ => slot,
-        };
-        lateness.push(at_ms.saturating_sub(fire) as f64);
-    }
-    let expected_fires: u64 = (0..count)
-        .map(|i| slots_in_window(&job(i, count, &shape)?, from_ms, to_ms))
-        .sum::<anyhow::Result<u64>>()?;
-    let fires = lateness.len();
-    let tolerance = settings.lateness_tolerance_ms as f64;
+        false => None,
+    };
+    let per_job = |peak: Option<u64>, before: Option<u64>| {
+        Some(peak?.saturating_sub(before?) * 1024 / count as u64)
+    };
     Ok(Report {
         scenario: "schedules",
         schedules: count,
@@ -251,21 +249,49 @@ async fn run(
         calendar: args.calendar,
         jitter_ms: args.jitter.map(|j| j.as_millis() as u64),
         fires_per_s: count as f64 * 1000.0 / every_ms as f64,
+        subagents: args.subagents,
         deploy_s,
+        deploy_first_jobs_per_s: per_s(tenth_jobs, first_tenth_s),
+        deploy_last_jobs_per_s: per_s(tenth_jobs, deploy_s - last_tenth_from),
+        deploy_retries,
         all_held_s,
-        window_s: args.seconds,
-        expected_fires,
-        fires,
-        missing_fires: expected_fires.saturating_sub(fires as u64),
-        fires_over_tolerance: lateness.iter().filter(|&&l| l > tolerance).count(),
-        lateness: Latency::of(&mut lateness),
-        agent_peak_rss_kib: cluster.pid(AGENT).and_then(LocalCluster::peak_memory_kib),
-        broker_peak_rss_kib: cluster
-            .pid("broker")
-            .and_then(LocalCluster::peak_memory_kib),
+        window,
+        agent_peak_rss_kib: agent_peak,
+        broker_peak_rss_kib: broker_peak,
+        agent_bytes_per_schedule: per_job(agent_peak, rss_before.0),
+        broker_bytes_per_job: per_job(broker_peak, rss_before.1),
+        takeover,
         settings,
         elapsed_s: 0.0,
     })
+}
+
+/// The bench's jobs, as the windows judge their fires.
+struct Judged {
+    count: usize,
+    shape: Shape,
+}
+
+impl window::Slots for Judged {
+    fn slots_in(&self, job_index: usize, from_ms: u64, to_ms: u64) -> anyhow::Result<u64> {
+        slots_in_window(&job(job_index, self.count, &self.shape)?, from_ms, to_ms)
+    }
+
+    fn fire_of(&self, name: &str, slot: u64) -> anyhow::Result<u64> {
+        let index = name.strip_prefix('s').and_then(|n| n.parse::<usize>().ok());
+        Ok(match (self.shape.jitter, index) {
+            (Some(_), Some(i)) => {
+                let spec = job(i, self.count, &self.shape)?;
+                let trigger = crate::triggers::Trigger::compile_all(&spec.triggers, &spec.name)?;
+                trigger.next_after(slot.saturating_sub(1)).unwrap_or(slot)
+            }
+            _ => slot,
+        })
+    }
+
+    fn count(&self) -> usize {
+        self.count
+    }
 }
 
 /// What every job's trigger looks like.
@@ -361,19 +387,47 @@ fn print_table(r: &Report) {
     }
     println!("  settings          {}", r.settings.describe());
     println!("  target            lateness p99 under 100 ms at 10,000 schedules");
-    println!("  deploy            {:.1} s", r.deploy_s);
+    println!("  subagents         {} (running the fires)", r.subagents);
+    println!(
+        "  deploy            {:.1} s ({:.0} jobs/s over the first tenth, {:.0} over the last; {} requests sent again)",
+        r.deploy_s, r.deploy_first_jobs_per_s, r.deploy_last_jobs_per_s, r.deploy_retries
+    );
     println!(
         "  all held after    {:.1} s from the first deploy request",
         r.all_held_s
     );
+    print_window(&r.window);
+    let bytes = |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{b} bytes each"));
+    println!(
+        "  agent peak RSS    {} ({})",
+        mib(r.agent_peak_rss_kib),
+        bytes(r.agent_bytes_per_schedule)
+    );
+    println!(
+        "  broker peak RSS   {} ({})",
+        mib(r.broker_peak_rss_kib),
+        bytes(r.broker_bytes_per_job)
+    );
+    if let Some(t) = &r.takeover {
+        println!("  SIGKILL of the Scheduler, {} takes over:", window::SPARE);
+        println!("    role moved      {:.1} s after the kill", t.role_moved_s);
+        println!("    all held        {:.1} s after the kill", t.all_held_s);
+        println!(
+            "    gap             {} slots due until all held, {} never fired",
+            t.gap_slots, t.gap_missing
+        );
+        print_window(&t.after);
+        println!("    spare peak RSS  {}", mib(t.spare_peak_rss_kib));
+    }
+    println!("  elapsed           {:.1} s", r.elapsed_s);
+}
+
+fn print_window(w: &Window) {
     println!(
         "  fires             {} in {} s ({} expected, {} missing, {} over the tolerance)",
-        r.fires, r.window_s, r.expected_fires, r.missing_fires, r.fires_over_tolerance
+        w.fires, w.window_s, w.expected_fires, w.missing_fires, w.fires_over_tolerance
     );
-    print_spread("lateness", &r.lateness, 0);
-    println!("  agent peak RSS    {}", mib(r.agent_peak_rss_kib));
-    println!("  broker peak RSS   {}", mib(r.broker_peak_rss_kib));
-    println!("  elapsed           {:.1} s", r.elapsed_s);
+    print_spread("lateness", &w.lateness, 0);
 }
 
 #[cfg(test)]

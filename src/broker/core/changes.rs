@@ -24,6 +24,10 @@ pub struct Deploying {
 /// counts the rest, so a deploy's reply stays small and its cost follows
 /// what it carries, however much is deployed.
 pub const KEPT_LISTED: usize = 100;
+/// Above this many definitions deployed, a plan lists no kept one and only
+/// counts them (from the request's own names: no scan of what is deployed),
+/// so a deploy onto a million jobs costs what it carries.
+pub const KEPT_SCANNED: usize = 10_000;
 
 /// The names a request holds, by kind.
 struct Held<'a> {
@@ -89,6 +93,10 @@ impl Deployed<'_> {
         if !adds {
             return (Vec::new(), 0);
         }
+        let deployed = self.jobs.len() + self.clusters.len() + self.workflows.len();
+        if deployed > KEPT_SCANNED {
+            return (Vec::new(), self.kept_count(held, removed));
+        }
         let named = |kind, name: &String| Named {
             kind,
             name: name.clone(),
@@ -114,6 +122,25 @@ impl Deployed<'_> {
             }
         }
         (listed.into_iter().collect(), more)
+    }
+
+    /// How many deployed definitions `req` keeps (neither holds nor
+    /// removes), from the request's names alone: what is removed is
+    /// deployed and not held.
+    fn kept_count(&self, held: &Held, removed: &BTreeSet<Named>) -> u64 {
+        let held_deployed = held
+            .jobs
+            .iter()
+            .filter(|n| self.jobs.contains_key(**n))
+            .count()
+            + (held.clusters.iter())
+                .filter(|n| self.clusters.contains_key(**n))
+                .count()
+            + (held.workflows.iter())
+                .filter(|n| self.workflows.contains_key(**n))
+                .count();
+        let deployed = self.jobs.len() + self.clusters.len() + self.workflows.len();
+        deployed.saturating_sub(held_deployed + removed.len()) as u64
     }
 
     /// What `req` removes, clusters first, then jobs, then workflows.
@@ -183,17 +210,24 @@ impl Deployed<'_> {
                 name: name.to_string(),
             })
         };
+        // only a removed job can be a step's, only a removed cluster a job's:
+        // an undeploy of a job scans no job, whatever is deployed
+        let removes = |kind| removed.iter().any(|n| n.kind == kind);
+        let removes_jobs = removes(SpecKind::Job);
         let workflows = (self.workflows.values())
             .filter(|w| !held.workflows.contains(w.name.as_str()))
             .chain(&req.workflows)
             .filter(|w| !gone(SpecKind::Workflow, &w.name));
-        for w in workflows {
+        for w in workflows.take_while(|_| removes_jobs) {
             if let Some(step) = w.steps.iter().find(|s| gone(SpecKind::Job, &s.job)) {
                 return Err(format!(
                     "job '{}' cannot be undeployed: step '{}' of workflow '{}' runs it; undeploy or change the workflow first",
                     step.job, step.name, w.name
                 ));
             }
+        }
+        if !removes(SpecKind::Cluster) {
+            return Ok(());
         }
         let jobs = (self.jobs.values())
             .filter(|j| !held.jobs.contains(j.name.as_str()))
@@ -422,5 +456,37 @@ mod tests {
         assert!(plan.kept.iter().all(|n| n.name != "j00001"));
         assert_eq!(plan.changed.len(), 1);
         assert_eq!(plan.added.len(), 1);
+    }
+
+    /// Over [`KEPT_SCANNED`] deployed, a plan lists no kept definition and
+    /// counts them from the request's names; removing a job still checks
+    /// the workflows, and removing no cluster checks no job.
+    #[test]
+    fn a_plan_over_more_than_kept_scanned_counts_kept_without_listing() {
+        let mut w = world();
+        for i in 0..KEPT_SCANNED + 10 {
+            let name = format!("j{i:05}");
+            w.jobs.insert(name.clone(), job(&name, "true", None));
+        }
+        let deployed = (w.jobs.len() + w.clusters.len() + w.workflows.len()) as u64;
+        let req = DeployRequest {
+            jobs: vec![job("j00001", "false", None), job("new", "true", None)],
+            remove: vec!["j00002".into()],
+            ..Default::default()
+        };
+        let plan = w.plan(&req).unwrap();
+        assert!(plan.kept.is_empty());
+        // j00001 is held, j00002 removed, new is not deployed yet
+        assert_eq!(plan.kept_more, deployed - 2);
+        assert_eq!((plan.changed.len(), plan.added.len()), (1, 1));
+        assert_eq!(plan.removed, [named(SpecKind::Job, "j00002")]);
+        let refused = w
+            .plan(&DeployRequest {
+                jobs: vec![job("new", "true", None)],
+                remove: vec!["b".into()],
+                ..Default::default()
+            })
+            .expect_err("w runs b");
+        assert!(refused.contains("workflow 'w'"), "{refused}");
     }
 }

@@ -98,15 +98,46 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
 
     /// The refusal of a name that is neither a job nor a workflow.
     pub(in crate::broker) fn unknown_job(&self, job: String) -> Refusal {
-        let names = |keys: Vec<&String>| {
-            let mut names: Vec<&str> = keys.into_iter().map(String::as_str).collect();
-            names.sort_unstable();
-            names.join(", ")
-        };
         Refusal::UnknownJob {
-            jobs: names(self.jobs.keys().collect()),
-            workflows: names(self.workflows.keys().collect()),
+            jobs: some_names(self.jobs.keys()),
+            workflows: some_names(self.workflows.keys()),
             job,
         }
+    }
+}
+
+/// Names listed in a refusal of an unknown name; the rest are counted.
+const NAMES_LISTED: usize = 20;
+
+/// The first [`NAMES_LISTED`] of `names` in order, and how many more: a
+/// refusal stays small (and cheap) with a million jobs deployed.
+fn some_names<'a>(names: impl ExactSizeIterator<Item = &'a String>) -> String {
+    let total = names.len();
+    let mut first: std::collections::BinaryHeap<&str> = Default::default();
+    for name in names {
+        first.push(name.as_str());
+        if first.len() > NAMES_LISTED {
+            first.pop();
+        }
+    }
+    let mut listed = first.into_sorted_vec().join(", ");
+    if total > NAMES_LISTED {
+        listed.push_str(&format!(" and {} more", total - NAMES_LISTED));
+    }
+    listed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn some_names_lists_the_first_twenty_and_counts_the_rest() {
+        let few: Vec<String> = ["b", "a"].map(String::from).to_vec();
+        assert_eq!(some_names(few.iter()), "a, b");
+        let many: Vec<String> = (0..1000).rev().map(|i| format!("j{i:04}")).collect();
+        let listed = some_names(many.iter());
+        assert!(listed.starts_with("j0000, j0001, "), "{listed}");
+        assert!(listed.ends_with("j0019 and 980 more"), "{listed}");
     }
 }
