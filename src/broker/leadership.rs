@@ -343,10 +343,7 @@ impl Leadership {
                     a.tenure.renewed(sent);
                 }
             }
-            Ok(Ok(None)) => {
-                warn!(broker = %self.id, epoch, "another broker holds the lease");
-                self.step_down("another broker holds the lease").await;
-            }
+            Ok(Ok(None)) => self.refused_renewal(epoch).await,
             Ok(Err(e)) => warn!(broker = %self.id, error = %e, "lease renewal failed"),
             Err(_) => warn!(broker = %self.id, "lease renewal timed out"),
         }
@@ -356,6 +353,34 @@ impl Leadership {
             }
         }
         Ok(())
+    }
+
+    /// A renewal refused: the lease moved on since the revision held. Read
+    /// again, it may still be this broker's own (an earlier renewal that
+    /// timed out landed after all, [`lease::still_ours`]): then the next
+    /// renewal goes on from its revision, and the tenure is still counted
+    /// from the last renewal known to be stored. Else another broker holds
+    /// it, or nobody does: step down.
+    async fn refused_renewal(&mut self, epoch: u64) {
+        let bound = self.config.broker.renew_interval;
+        let read = tokio::time::timeout(bound, self.kv.get_with_revision(LEASE_KEY)).await;
+        if let Ok(Ok(record)) = read {
+            let ours = record.as_ref().map(|(lease, _)| lease);
+            if let (true, Some((_, revision))) =
+                (lease::still_ours(ours, &self.id, epoch), record.as_ref())
+            {
+                info!(broker = %self.id, epoch, revision, "a late renewal of ours was stored; renewing from it");
+                if let Some(a) = self.active.as_mut() {
+                    a.revision = *revision;
+                }
+                return;
+            }
+            warn!(broker = %self.id, epoch, "another broker holds the lease");
+            self.step_down("another broker holds the lease").await;
+            return;
+        }
+        // unread: keep trying; must_step_down ends the tenure in time
+        warn!(broker = %self.id, epoch, "lease renewal refused and the lease could not be read");
     }
 
     /// Stops acting at once; a standby again.

@@ -19,7 +19,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::protocol::{BrokerRole, BrokerStatus};
+use crate::protocol::{BrokerLease, BrokerRole, BrokerStatus};
 
 /// How long before its lease can expire an active broker steps down.
 pub fn margin(lease: Duration) -> Duration {
@@ -124,6 +124,16 @@ pub fn peers_seen_by_active(
         .collect();
     peers.sort_by(|a, b| a.id.cmp(&b.id));
     peers
+}
+
+/// Whether a lease record read after a renewal was refused is still this
+/// broker's own: its id and epoch. A renewal that timed out on a busy server
+/// can land after all, moving the revision on without the holder knowing;
+/// the next compare-and-swap on the old revision is then refused though
+/// nobody else wrote. Any other broker taking the lease writes its own id
+/// and epoch, so the record says which happened.
+pub fn still_ours(record: Option<&BrokerLease>, broker_id: &str, epoch: u64) -> bool {
+    record.is_some_and(|r| r.broker_id == broker_id && r.epoch == epoch)
 }
 
 #[cfg(test)]
@@ -237,5 +247,22 @@ mod tests {
             ]
         );
         assert_eq!(peers[0].lease_age_ms, None);
+    }
+
+    #[test]
+    fn a_refused_renewal_is_ours_only_when_the_record_names_us_at_our_epoch() {
+        let record = |id: &str, epoch| BrokerLease {
+            broker_id: id.into(),
+            epoch,
+            precedence: 0,
+            renewed_at_ms: 1,
+        };
+        assert!(still_ours(Some(&record("b1", 7)), "b1", 7));
+        assert!(!still_ours(Some(&record("b2", 9)), "b1", 7), "taken");
+        assert!(
+            !still_ours(Some(&record("b1", 9)), "b1", 7),
+            "won again since: a new epoch, not this tenure"
+        );
+        assert!(!still_ours(None, "b1", 7), "expired or released");
     }
 }
