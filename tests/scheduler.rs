@@ -880,3 +880,26 @@ async fn agents_an_operator_turned_off_stay_off_under_the_next_broker() {
     .await;
     assert_eq!(again.scheduler.as_deref(), Some("a2"), "{again:?}");
 }
+
+/// A job deployed while no agent holds the Scheduler role, never fired:
+/// the slots due before a Scheduler arrives meet its misfire policy
+/// (`fire-all`: each runs once), as a fired job's missed slots do, rather
+/// than being passed over unseen because nothing recorded a first fire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_of_a_never_fired_job_due_before_any_scheduler_meet_its_misfire_policy() {
+    let mut h = cluster_with_env(&["sub-1"], ENV).await;
+    let file = h.scratch().join("ticks");
+    let deployed_ms = now_ms();
+    deploy(&h.bus, &tick_jobs(&file, "{ policy = \"fire-all\" }", "")).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(runs(&file).is_empty(), "no Scheduler yet, nothing fired");
+    let agent_started_ms = now_ms();
+    spawn_agent(&mut h, "a1", "a1", &[]);
+    one_scheduler(&h, None).await;
+    let first = every_slot_once(&file, now_ms() - 1_500).await;
+    assert!(
+        first <= deployed_ms + 1_000 && first < agent_started_ms - 2_000,
+        "the first slot run ({first}) is the first after the deploy ({deployed_ms}), \
+         not one after the agent started ({agent_started_ms})"
+    );
+}

@@ -81,6 +81,8 @@ pub struct KvChange<T> {
     pub key: String,
     pub value: Option<T>,
     pub revision: u64,
+    /// When the server stored this change (Unix ms).
+    pub written_ms: u64,
 }
 
 impl<T> Kv<T> {
@@ -389,6 +391,7 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
                 key,
                 value: Some(value),
                 revision,
+                ..
             }) = change_of::<T>(&self.bucket, entry)
             {
                 found.push((key, value, revision));
@@ -403,12 +406,14 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
 
 /// A watched entry as a typed change; `None` when its value cannot be decoded.
 fn change_of<T: DeserializeOwned>(bucket: &str, entry: kv::Entry) -> Option<KvChange<T>> {
+    let written_ms = u64::try_from(entry.created.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
     match entry.operation {
         kv::Operation::Put => match decode::<T>(Encoding::MessagePack, &entry.value) {
             Ok(value) => Some(KvChange {
                 key: entry.key,
                 value: Some(value),
                 revision: entry.revision,
+                written_ms,
             }),
             Err(e) => {
                 warn!(%bucket, key = %entry.key, error = %e, "undecodable kv value skipped");
@@ -419,6 +424,7 @@ fn change_of<T: DeserializeOwned>(bucket: &str, entry: kv::Entry) -> Option<KvCh
             key: entry.key,
             value: None,
             revision: entry.revision,
+            written_ms,
         }),
     }
 }

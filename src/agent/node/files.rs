@@ -138,7 +138,7 @@ impl Agent {
     /// Follows a deploy, removal or pause of a job or workflow.
     pub(super) fn files_watched(&mut self, term: u64, change: &Watched, ctx: &mut Context<Self>) {
         match change {
-            Watched::Schedule { key, schedule } => {
+            Watched::Schedule { key, schedule, .. } => {
                 let watches = schedule
                     .as_ref()
                     .map_or_else(Vec::new, |(triggers, _)| FileWatch::all(triggers));

@@ -71,6 +71,8 @@ pub(super) struct Firing {
     watches: HashMap<Source, SpawnHandle>,
     /// Every schedule deployed, paused or not, by schedule key.
     schedules: HashMap<String, Arc<Schedule>>,
+    /// When each schedule was deployed (Unix ms, the jobs bucket's time).
+    deployed: HashMap<String, u64>,
     /// The names (of jobs and workflows) an operator paused.
     pub(super) paused: HashSet<String>,
     due: Vec<Due>,
@@ -92,14 +94,19 @@ impl Firing {
     /// Puts `key`'s schedule in the queue, or takes it out when it has none
     /// or is paused. An update keeps its progress; a schedule queued anew
     /// starts after its last fired slot (so on resume the misfire policy
-    /// decides about the slots skipped while paused).
+    /// decides about the slots skipped while paused), or, never fired,
+    /// after its deploy: slots due while no Scheduler held the role (or
+    /// before a new one had read the jobs) meet the misfire policy, as a
+    /// fired job's do, instead of being passed over unseen.
     fn requeue(&mut self, key: &str) {
         let paused = self.paused.contains(submitted_name(key));
         match self.schedules.get(key).filter(|_| !paused) {
             Some(schedule) => {
+                let now = now_ms();
                 let last = (self.queue.cursor(key))
-                    .or_else(|| self.ledger.as_ref().and_then(|l| l.last_fired(key)));
-                self.queue.insert(key, schedule.clone(), last, now_ms());
+                    .or_else(|| self.ledger.as_ref().and_then(|l| l.last_fired(key)))
+                    .or_else(|| self.deployed.get(key).map(|&at| at.min(now)));
+                self.queue.insert(key, schedule.clone(), last, now);
                 debug!(job = %key, last_fired_slot = ?last, next_slot = ?self.queue.next_slot(key), "schedule set");
             }
             None => {
@@ -129,6 +136,7 @@ impl Agent {
             timer: None,
             watches: HashMap::new(),
             schedules: HashMap::new(),
+            deployed: HashMap::new(),
             paused: HashSet::new(),
             due: Vec::new(),
             last_failure_warning: None,
@@ -262,7 +270,11 @@ impl Agent {
             return;
         };
         match change {
-            Watched::Schedule { key, schedule } => {
+            Watched::Schedule {
+                key,
+                schedule,
+                deployed_ms,
+            } => {
                 let triggers = schedule.as_ref().map(|(t, _)| t.as_slice());
                 let paused = firing.paused.clone();
                 self.subjects_changed(&key, triggers, &paused, ctx);
@@ -283,8 +295,14 @@ impl Agent {
                         }
                     });
                 match schedule {
-                    Some(schedule) => firing.schedules.insert(key.clone(), schedule),
-                    None => firing.schedules.remove(&key),
+                    Some(schedule) => {
+                        firing.deployed.insert(key.clone(), deployed_ms);
+                        firing.schedules.insert(key.clone(), schedule)
+                    }
+                    None => {
+                        firing.deployed.remove(&key);
+                        firing.schedules.remove(&key)
+                    }
                 };
                 firing.requeue(&key);
             }

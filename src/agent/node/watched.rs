@@ -26,6 +26,9 @@ pub(super) enum Watched {
     Schedule {
         key: String,
         schedule: Option<(Vec<TriggerSpec>, MisfirePolicy)>,
+        /// When this definition was stored (Unix ms): where a schedule
+        /// that has never fired starts.
+        deployed_ms: u64,
     },
     /// A job or workflow paused (`true`) or resumed, by name.
     Pause { name: String, paused: bool },
@@ -62,6 +65,7 @@ impl Source {
                 let watch = kv.watch().await?.map(|change| Watched::Schedule {
                     key: change.key,
                     schedule: change.value.map(|spec| (spec.triggers, spec.misfire)),
+                    deployed_ms: change.written_ms,
                 });
                 watch.boxed_local()
             }
@@ -70,6 +74,7 @@ impl Source {
                 let watch = kv.watch().await?.map(|change| Watched::Schedule {
                     key: workflow_key(&change.key),
                     schedule: change.value.map(|spec| (spec.triggers, spec.misfire)),
+                    deployed_ms: change.written_ms,
                 });
                 watch.boxed_local()
             }
