@@ -9,7 +9,9 @@
 //!   `broker.lease` after they were written.
 //!
 //! - Active: renews every `broker.renew_interval` with a compare-and-swap; stops the
-//!   Broker at once when another broker holds the key, and when renewals
+//!   Broker at once when another broker holds the key (a refused renewal
+//!   reads the key again: one of its own that timed out may have landed,
+//!   [`lease::still_ours`]), and when renewals
 //!   keep failing, before the lease can expire ([`lease::must_step_down`]),
 //!   by sending it `StepDown`.
 //!   After stepping down it is a standby again, never a second active one.
