@@ -232,6 +232,22 @@ async fn run(
     let window = window::measure(bus, args.seconds, tolerance, &judged).await?;
     let peak = |name| cluster.pid(name).and_then(LocalCluster::peak_memory_kib);
     let (agent_peak, broker_peak) = (peak(AGENT), peak("broker"));
+    if args.kill {
+        // the takeover may fail: what was measured so far is said first
+        let l = &window.lateness;
+        eprintln!(
+            "window: {} fires ({} expected, {} missing), lateness p50 {:.0} ms, p99 {:.0} ms, \
+             max {:.0} ms; deploy {deploy_s:.1} s; peak RSS agent {}, broker {}; now the takeover",
+            window.fires,
+            window.expected_fires,
+            window.missing_fires,
+            l.p50_ms,
+            l.p99_ms,
+            l.max_ms,
+            mib(agent_peak),
+            mib(broker_peak)
+        );
+    }
     let takeover = match args.kill {
         true => {
             let times = (args.seconds, args.hold_timeout, tolerance);
