@@ -30,6 +30,10 @@
 //! (`subagent/epoch.rs`, where 0 means unknown and is not fenced) and
 //! agents (`agent/role.rs`) refuse an older one than the newest they have
 //! seen.
+//!
+//! Size: at the ~500-line mark; the lease's rules are in `lease.rs`, the
+//! record it writes is `protocol::BrokerLease`. The next split: the
+//! standby's campaign and the active's renewal into a `leadership/` folder.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
