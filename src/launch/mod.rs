@@ -461,7 +461,11 @@ impl Drop for LocalCluster {
 }
 
 fn read_status_kib(path: &Path, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
+    status_kib(&std::fs::read_to_string(path).ok()?, key)
+}
+
+/// The value of a `/proc/PID/status` line `Key:   123 kB`, in KiB.
+pub(crate) fn status_kib(text: &str, key: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with(key))?;
     line[key.len()..]
         .trim()

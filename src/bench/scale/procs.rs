@@ -109,26 +109,18 @@ struct Status {
 fn status(pid: u32) -> Option<Status> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     Some(Status {
-        rss: kib_field(&text, "VmRSS:")?,
-        anon: kib_field(&text, "RssAnon:").unwrap_or(0),
+        rss: crate::launch::status_kib(&text, "VmRSS:")?,
+        anon: crate::launch::status_kib(&text, "RssAnon:").unwrap_or(0),
     })
-}
-
-/// The value of a `Key:   123 kB` line, in KiB.
-fn kib_field(text: &str, key: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.starts_with(key))?;
-    line[key.len()..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// The machine's memory in use (MemTotal - MemAvailable), in KiB.
 pub fn machine_used_kib() -> Option<u64> {
     let text = std::fs::read_to_string(Path::new("/proc/meminfo")).ok()?;
-    Some(kib_field(&text, "MemTotal:")?.saturating_sub(kib_field(&text, "MemAvailable:")?))
+    Some(
+        crate::launch::status_kib(&text, "MemTotal:")?
+            .saturating_sub(crate::launch::status_kib(&text, "MemAvailable:")?),
+    )
 }
 
 /// The 1-minute load average.
@@ -144,9 +136,9 @@ mod tests {
     #[test]
     fn reads_kib_fields_and_spreads() {
         let text = "Name:\tbaton\nVmRSS:\t    9216 kB\nRssAnon:\t  2048 kB\n";
-        assert_eq!(kib_field(text, "VmRSS:"), Some(9216));
-        assert_eq!(kib_field(text, "RssAnon:"), Some(2048));
-        assert_eq!(kib_field(text, "VmHWM:"), None);
+        assert_eq!(crate::launch::status_kib(text, "VmRSS:"), Some(9216));
+        assert_eq!(crate::launch::status_kib(text, "RssAnon:"), Some(2048));
+        assert_eq!(crate::launch::status_kib(text, "VmHWM:"), None);
         let s = Spread::of(&[1, 2, 6]);
         assert_eq!((s.mean_kib, s.max_kib), (3.0, 6));
         assert_eq!(Spread::of(&[]).max_kib, 0);
