@@ -1,9 +1,11 @@
 //! Baton on a three-node JetStream cluster (random ports, Baton's
 //! authentication, every bucket at replicas 3) that loses a node mid-run:
 //! `baton bench cluster` SIGKILLs the node leading the orders bucket's
-//! stream, then a follower, and starts each again, while orders stream in
+//! stream, then a follower, then both of two nodes at once (no quorum),
+//! and starts each again, while orders stream in
 //! (each under a request id, sent again until accepted) and a trigger
-//! fires every second. Brokers, agents and subagents each prefer a
+//! fires every second; then the agent that is the Scheduler is SIGKILLed
+//! and started again. Brokers, agents and subagents each prefer a
 //! different node and know all three.
 //!
 //! The test runs the real command and checks its figures, and judges from
@@ -54,6 +56,7 @@ async fn a_node_killed_under_load_loses_and_doubles_nothing() {
         .args([
             "bench", "cluster", "--rounds", "2", "--down", "3s", "--settle", "2s",
         ])
+        .args(["--no-quorum", "--scheduler-kills", "1"])
         .args(["--rate", "10", "--json", "--logs"])
         .arg(logs.path())
         .env_remove("BATON_CONFIG")
@@ -85,17 +88,46 @@ async fn a_node_killed_under_load_loses_and_doubles_nothing() {
     check(tally["unfinished"] == 0, "every accepted order finished");
     check(report["slots_twice"] == 0, "no trigger slot run twice");
     let rounds = report["rounds"].as_array().expect("rounds");
-    check(rounds.len() == 2, "two node kills");
+    check(rounds.len() == 3, "two node kills, then two at once");
     check(
         rounds[0]["victim"] == "leader",
         "the first kill is the orders stream's leader",
     );
     check(rounds[1]["victim"] == "follower", "the second a follower");
+    // without quorum JetStream stores nothing: nothing may be accepted
+    check(
+        rounds[2]["victim"] == "quorum",
+        "the third two nodes at once",
+    );
+    check(
+        rounds[2]["accepted_while_down"] == 0,
+        "no order accepted while JetStream had no quorum",
+    );
     for round in rounds {
         check(round["caught_up"] == true, "the restarted node caught up");
         check(
             round["next_accepted_ms"].is_u64(),
             "an order was accepted after the kill",
+        );
+    }
+
+    // the Scheduler agent SIGKILLed: another agent took the role and fired
+    let moves = report["scheduler_moves"]
+        .as_array()
+        .expect("scheduler moves");
+    check(moves.len() == 1, "one Scheduler kill");
+    check(
+        moves[0]["successor"].is_string() && moves[0]["successor"] != moves[0]["killed"],
+        "another agent became the Scheduler",
+    );
+    check(
+        moves[0]["next_fire_ms"].is_u64(),
+        "the trigger fired after the Scheduler's kill",
+    );
+    for round in rounds {
+        check(
+            round["led"].is_array(),
+            "the streams the node led are named",
         );
     }
 
@@ -124,7 +156,7 @@ async fn a_node_killed_under_load_loses_and_doubles_nothing() {
     }
     check(per_slot.values().all(|n| *n == 1), "each slot ran once");
     check(per_slot.len() >= 3, "the trigger fired");
-    let restarted = rounds[1]["restarted_at_ms"].as_u64().unwrap_or(u64::MAX);
+    let restarted = rounds[2]["restarted_at_ms"].as_u64().unwrap_or(u64::MAX);
     check(
         last_run > restarted,
         "the trigger fired after the last restart",

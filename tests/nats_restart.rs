@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use baton::auth::Role;
 use baton::protocol::*;
 use common::*;
 
@@ -139,4 +140,35 @@ async fn operator_switches_survive_a_nats_server_restart() {
         panic!("a paused job's slot is refused: {refused:?}")
     };
     assert!(e.error.message.contains("work is paused"), "{e}");
+}
+
+/// A broker that steps down and takes over again in the same process (a
+/// JetStream node died, and the lease's stream elected a new leader) must
+/// not wait for JetStream to answer look-ups it already made: the buckets
+/// and the fixed streams a connection opened once open again at once, even
+/// while no server answers at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buckets_and_streams_opened_once_open_again_without_jetstream() {
+    let mut h = cluster(&[]).await;
+    let bus = h.connect_as(Role::Broker, None).await;
+    let limits = baton::bus::StreamLimits {
+        max_age: Duration::from_secs(3600),
+        max_bytes: None,
+    };
+    let jobs = bus.kv::<JobSpec>("baton_jobs").await.expect("jobs bucket");
+    bus.ensure_audit_stream("baton_audit", limits)
+        .await
+        .expect("audit stream");
+    h.cluster.nats.kill();
+    let again = async {
+        let jobs_again = bus.kv::<JobSpec>("baton_jobs").await;
+        let audit_again = bus.ensure_audit_stream("baton_audit", limits).await;
+        (jobs_again, audit_again)
+    };
+    let (jobs_again, audit_again) = within(Duration::from_secs(1), "opened again", again).await;
+    assert!(jobs_again.is_ok() && audit_again.is_ok());
+    drop(jobs);
+    // a bucket never opened on this connection is looked up, and fails
+    let unknown = tokio::time::timeout(Duration::from_secs(1), bus.kv::<JobSpec>("baton_other"));
+    assert!(!matches!(unknown.await, Ok(Ok(_))), "nothing answers it");
 }

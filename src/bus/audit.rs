@@ -27,7 +27,7 @@ impl Bus {
         limits: impl Into<StreamLimits>,
     ) -> Result<(), BusError> {
         let subjects = vec![self.subjects.all_audit()];
-        self.ensure_stream(name, subjects, limits.into()).await
+        self.ensure_stream_once(name, subjects, limits.into()).await
     }
 
     /// The audit records kept in `stream`, oldest first: those stored at or

@@ -42,9 +42,12 @@ async fn open_or_create(
     for _ in 0..LOOKUP_ATTEMPTS {
         match tokio::time::timeout(LOOKUP_TRY, js.get_key_value(bucket)).await {
             Ok(Ok(store)) => return Ok(store),
-            Err(_) => continue,
+            Err(_) => {
+                tracing::debug!(bucket, "bucket look-up timed out; trying again");
+                continue;
+            }
             // not found, or not answered: creating it says which
-            Ok(Err(_)) => {}
+            Ok(Err(e)) => tracing::debug!(bucket, error = %e, "bucket look-up failed; creating it"),
         }
         match tokio::time::timeout(LOOKUP_TRY, js.create_key_value(config.clone())).await {
             Ok(Ok(store)) => return Ok(store),
@@ -52,6 +55,7 @@ async fn open_or_create(
             Ok(Err(e)) => last = e.to_string(),
             Err(_) => last = "timed out".into(),
         }
+        tracing::debug!(bucket, error = %last, "bucket not created; looking again");
     }
     Err(transport(bucket, last))
 }
@@ -85,13 +89,44 @@ pub struct KvChange<T> {
     pub written_ms: u64,
 }
 
+/// The buckets a connection has opened, by name: opened once per process,
+/// so a broker that steps down and takes over again (after a JetStream
+/// node died, say) does not look each bucket up again. A look-up right
+/// after a stream elected its leader can go unanswered for a second or two
+/// ([`LOOKUP_TRY`]); a handle already opened needs no look-up, as it only
+/// names the stream its requests go to.
+#[derive(Clone, Default)]
+pub(super) struct Opened(Arc<std::sync::Mutex<HashMap<String, Arc<kv::Store>>>>);
+
+impl Opened {
+    fn get(&self, bucket: &str) -> Option<Arc<kv::Store>> {
+        let opened = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        opened.get(bucket).cloned()
+    }
+
+    fn keep(&self, bucket: &str, store: Arc<kv::Store>) {
+        let mut opened = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        opened.insert(bucket.to_string(), store);
+    }
+}
+
 impl<T> Kv<T> {
+    /// `bucket`, from `opened` when this connection opened it before, else
+    /// looked up (created when missing) and kept there.
     pub(super) async fn open(
         client: async_nats::Client,
+        opened: &Opened,
         bucket: &str,
         replicas: usize,
         max_age: Option<Duration>,
     ) -> Result<Kv<T>, BusError> {
+        if let Some(store) = opened.get(bucket) {
+            return Ok(Kv {
+                store,
+                bucket: bucket.to_string(),
+                _values: PhantomData,
+            });
+        }
         let js = jetstream::new(client);
         let config = kv::Config {
             bucket: bucket.to_string(),
@@ -101,9 +136,10 @@ impl<T> Kv<T> {
             max_age: max_age.unwrap_or_default(),
             ..Default::default()
         };
-        let store = open_or_create(&js, bucket, config).await?;
+        let store = Arc::new(open_or_create(&js, bucket, config).await?);
+        opened.keep(bucket, store.clone());
         Ok(Kv {
-            store: Arc::new(store),
+            store,
             bucket: bucket.to_string(),
             _values: PhantomData,
         })

@@ -69,8 +69,26 @@ impl Bus {
         name: &str,
         limits: impl Into<StreamLimits>,
     ) -> Result<(), BusError> {
-        self.ensure_stream(name, log_subjects(&self.subjects), limits.into())
+        self.ensure_stream_once(name, log_subjects(&self.subjects), limits.into())
             .await
+    }
+
+    /// [`Bus::ensure_stream`] for a stream whose settings stay the same for
+    /// the life of the process, and which nothing deletes: once per
+    /// connection.
+    pub(super) async fn ensure_stream_once(
+        &self,
+        name: &str,
+        subjects: Vec<String>,
+        limits: StreamLimits,
+    ) -> Result<(), BusError> {
+        let ensured = || self.ensured.lock().unwrap_or_else(|e| e.into_inner());
+        if ensured().contains(name) {
+            return Ok(());
+        }
+        self.ensure_stream(name, subjects, limits).await?;
+        ensured().insert(name.to_string());
+        Ok(())
     }
 
     /// Creates the stream `name` capturing `subjects` within `limits` (file

@@ -166,6 +166,13 @@ pub struct Bus {
     signer: Option<Arc<nkeys::KeyPair>>,
     /// The identities whose signatures count; `None`: nothing is checked.
     trust: Option<Arc<sender::TrustSource>>,
+    /// The buckets opened on this connection.
+    opened: kv::Opened,
+    /// The streams `ensure_stream` created or brought up to date on this
+    /// connection: once is enough for a process, whose settings do not
+    /// change, so a broker taking over again does not ask JetStream again
+    /// (a stream whose node died may not answer for seconds).
+    ensured: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Bus {
@@ -184,6 +191,8 @@ impl Bus {
             replicas: settings.replicas,
             signer: signer.map(Arc::new),
             trust: trust.map(Arc::new),
+            opened: kv::Opened::default(),
+            ensured: Arc::default(),
         })
     }
 
@@ -469,13 +478,28 @@ impl Bus {
 
     /// Opens (creating when missing) a KV bucket holding values of type `T`.
     pub async fn kv<T>(&self, bucket: &str) -> Result<Kv<T>, BusError> {
-        Kv::open(self.client.clone(), bucket, self.replicas, None).await
+        Kv::open(
+            self.client.clone(),
+            &self.opened,
+            bucket,
+            self.replicas,
+            None,
+        )
+        .await
     }
 
     /// A bucket whose values expire `max_age` after they were written (set
     /// when the bucket is created).
     pub async fn kv_expiring<T>(&self, bucket: &str, max_age: Duration) -> Result<Kv<T>, BusError> {
-        Kv::open(self.client.clone(), bucket, self.replicas, Some(max_age)).await
+        let opened = &self.opened;
+        Kv::open(
+            self.client.clone(),
+            opened,
+            bucket,
+            self.replicas,
+            Some(max_age),
+        )
+        .await
     }
 
     async fn subscribe(&self, subject: &str) -> Result<async_nats::Subscriber, BusError> {

@@ -169,7 +169,7 @@ impl Bus {
         subject: String,
         limits: StreamLimits,
     ) -> Result<(), BusError> {
-        self.ensure_stream(name, vec![subject], limits).await
+        self.ensure_stream_once(name, vec![subject], limits).await
     }
 
     /// The messages of the durable consumer `consumer` of `stream` (made

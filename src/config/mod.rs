@@ -578,12 +578,12 @@ impl Config {
         format!("{}_clusters", self.prefix)
     }
 
-    /// Name of the KV bucket holding orders.
     /// Deployed workflows, by name.
     pub fn workflows_bucket(&self) -> String {
         format!("{}_workflows", self.prefix)
     }
 
+    /// Name of the KV bucket holding orders.
     pub fn orders_bucket(&self) -> String {
         format!("{}_orders", self.prefix)
     }

@@ -48,6 +48,13 @@ impl LocalCluster {
         std::iter::once(&self.nats).chain(&self.peers)
     }
 
+    /// Every node, to change several at once.
+    pub fn nodes_mut(&mut self) -> Vec<&mut NatsServer> {
+        std::iter::once(&mut self.nats)
+            .chain(&mut self.peers)
+            .collect()
+    }
+
     /// Node `index` of [`LocalCluster::nodes`].
     pub fn node_mut(&mut self, index: usize) -> &mut NatsServer {
         match index {

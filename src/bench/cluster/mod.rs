@@ -8,13 +8,19 @@
 //! Each round SIGKILLs a node of the orders bucket's stream
 //! (`KV_<prefix>_orders`): odd rounds its leader, even rounds a follower;
 //! the node is started again after `--down` and the round ends once it is a
-//! current replica again (`round.rs`). At the end the bench stops
+//! current replica again (`round.rs`); meanwhile it notes which of Baton's
+//! buckets' streams the node led and when each had a new leader, to tell
+//! JetStream's election from Baton's own part (`elections.rs`). Then it
+//! SIGKILLs the Scheduler agent `--scheduler-kills` times
+//! (`scheduler.rs`). At the end the bench stops
 //! submitting, waits for every accepted order to be final, and counts from
 //! the tasks' marker file and the trigger's slot file the orders lost or
 //! run twice and the slots run twice (`report.rs`).
 
+mod elections;
 mod report;
 mod round;
+mod scheduler;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -46,7 +52,7 @@ const SUBAGENTS: usize = 2;
 const CAPACITY: u32 = 8;
 /// Longest wait for the processes to come up, and at the end for the last
 /// orders to be final.
-const LIMIT: Duration = Duration::from_secs(60);
+pub(super) const LIMIT: Duration = Duration::from_secs(60);
 /// `$1` the marker file, `$2` seconds to sleep.
 const TASK_SCRIPT: &str = r#"echo "$BATON_ORDER_ID" >> "$1"; sleep "$2""#;
 /// `$1` the slot file: the slot and when it ran, in ms.
@@ -63,6 +69,12 @@ pub struct ClusterArgs {
     /// How long a killed node stays down
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub down: Duration,
+    /// Then one more round killing the orders stream's leader and a follower at once (no quorum)
+    #[arg(long)]
+    pub no_quorum: bool,
+    /// Then SIGKILL the agent that is the Scheduler this many times (started again after --down)
+    #[arg(long, default_value_t = 1)]
+    pub scheduler_kills: usize,
     /// How long to let the cluster run between rounds
     #[arg(long, value_parser = parse_duration, default_value = "3s")]
     pub settle: Duration,
@@ -105,6 +117,14 @@ impl Watch {
         let ask = self.observer.placement(&self.stream);
         let p = tokio::time::timeout(Duration::from_secs(1), ask).await;
         p.ok()?.ok()
+    }
+
+    /// The server name leading `bucket`'s stream; `None` while it elects
+    /// one, or when no answer comes within `ask`.
+    async fn leader_of(&self, bucket: &str, ask: Duration) -> Option<String> {
+        let stream = format!("KV_{PREFIX}_{bucket}");
+        let p = tokio::time::timeout(ask, self.observer.placement(&stream)).await;
+        p.ok()?.ok()?.leader
     }
 
     /// When the trigger's job ran, in ms.
@@ -216,14 +236,25 @@ async fn run(
     w.traffic.feed(true);
     w.follow(Instant::now() + args.settle).await;
     let mut rounds = Vec::new();
-    for number in 1..=args.rounds {
-        let victim = Victim::of_round(number);
+    let quorum = args.no_quorum.then_some(Victim::Quorum);
+    let victims = (1..=args.rounds).map(Victim::of_round).chain(quorum);
+    for (number, victim) in (1..).zip(victims) {
         let r = round::round(&mut w, cluster, number, victim, args.down).await?;
         args.common.progress(format_args!(
-            "round {number}: killed {} ({}): next accepted {:?} ms, stall {} ms, trigger gap {:?} ms, caught up {} after {:?} ms",
-            r.node, victim.label(), r.next_accepted_ms, r.stall_ms, r.trigger_gap_ms, r.caught_up, r.catch_up_ms
+            "round {number}: killed {} ({}, leading {:?}): next accepted {:?} ms, elections {:?} ms, Baton's part {:?} ms, stall {} ms, trigger gap {:?} ms, caught up {} after {:?} ms",
+            r.node, victim.label(), r.led, r.next_accepted_ms, r.elected_ms, r.baton_ms, r.stall_ms, r.trigger_gap_ms, r.caught_up, r.catch_up_ms
         ));
         rounds.push(r);
+        w.follow(Instant::now() + args.settle).await;
+    }
+    let mut scheduler_moves = Vec::new();
+    for _ in 0..args.scheduler_kills {
+        let m = scheduler::kill_scheduler(&mut w, cluster, &bus, args.down).await?;
+        args.common.progress(format_args!(
+            "Scheduler {} killed: {:?} took the role after {:?} ms, the trigger ran {:?} ms after the kill",
+            m.killed, m.successor, m.moved_ms, m.next_fire_ms
+        ));
+        scheduler_moves.push(m);
         w.follow(Instant::now() + args.settle).await;
     }
     w.traffic.feed(false);
@@ -241,6 +272,7 @@ async fn run(
         rate: args.rate,
         down_ms: args.down.as_millis() as u64,
         rounds,
+        scheduler_moves,
         tally: w.traffic.ledger.tally(&count_markers(&text)),
         slots_twice,
         slots_run,

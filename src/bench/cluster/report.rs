@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::scheduler::SchedulerMove;
 use crate::bench::broker::ledger::Tally;
 
 /// Which node of the orders bucket's stream a round kills.
@@ -15,6 +16,8 @@ pub(in crate::bench) enum Victim {
     Leader,
     /// A node following it.
     Follower,
+    /// Its leader and a follower at once: JetStream has no quorum.
+    Quorum,
 }
 
 impl Victim {
@@ -31,6 +34,7 @@ impl Victim {
         match self {
             Victim::Leader => "leader",
             Victim::Follower => "follower",
+            Victim::Quorum => "quorum",
         }
     }
 }
@@ -40,7 +44,7 @@ impl Victim {
 pub(in crate::bench) struct Round {
     pub(in crate::bench) round: usize,
     pub(in crate::bench) victim: Victim,
-    /// The killed node's server name.
+    /// The killed node's server name (both, `+`-joined, for `quorum`).
     pub(in crate::bench) node: String,
     /// When the node was killed and started again (wall clock, ms).
     pub(in crate::bench) killed_at_ms: u64,
@@ -58,6 +62,19 @@ pub(in crate::bench) struct Round {
     /// stream, and how long after its restart.
     pub(in crate::bench) caught_up: bool,
     pub(in crate::bench) catch_up_ms: Option<u64>,
+    /// The buckets (`orders`, `leader`, ...: `elections::WATCHED`) whose stream
+    /// the killed node led, and for each the ms until another node led it.
+    pub(in crate::bench) led: Vec<String>,
+    pub(in crate::bench) elected_ms: BTreeMap<String, u64>,
+    /// The longest of those elections: JetStream's own part of the stall.
+    pub(in crate::bench) election_ms: Option<u64>,
+    /// The next accepted order after the order path's streams elected
+    /// their leaders: the part of the stall Baton adds.
+    pub(in crate::bench) baton_ms: Option<u64>,
+    /// Orders accepted while the node was down, from half a second after
+    /// the kill (a write stored just before it may be confirmed after):
+    /// none may be without quorum, as JetStream stores nothing then.
+    pub(in crate::bench) accepted_while_down: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,6 +88,8 @@ pub(in crate::bench) struct Report {
     pub(in crate::bench) rate: f64,
     pub(in crate::bench) down_ms: u64,
     pub(in crate::bench) rounds: Vec<Round>,
+    /// The Scheduler agent's SIGKILLs, after the node rounds.
+    pub(in crate::bench) scheduler_moves: Vec<SchedulerMove>,
     pub(in crate::bench) tally: Tally,
     /// Trigger slots run more than once, and slots run at all.
     pub(in crate::bench) slots_twice: usize,
@@ -124,7 +143,7 @@ pub(in crate::bench) fn print_table(r: &Report) {
         r.nodes, r.replicas, r.brokers, r.agents, r.subagents, r.rate, r.down_ms
     );
     println!(
-        "{:>5} {:>8} {:>9} {:>10} {:>10} {:>8} {:>11} {:>9} {:>10}",
+        "{:>5} {:>8} {:>17} {:>10} {:>10} {:>8} {:>11} {:>9} {:>10} {:>22} {:>9} {:>9} {:>9}",
         "round",
         "killed",
         "node",
@@ -133,11 +152,15 @@ pub(in crate::bench) fn print_table(r: &Report) {
         "stall ms",
         "trig gap ms",
         "caught up",
-        "catch ms"
+        "catch ms",
+        "it led",
+        "elect ms",
+        "baton ms",
+        "acc down"
     );
     for x in &r.rounds {
         println!(
-            "{:>5} {:>8} {:>9} {:>10} {:>10} {:>8} {:>11} {:>9} {:>10}",
+            "{:>5} {:>8} {:>17} {:>10} {:>10} {:>8} {:>11} {:>9} {:>10} {:>22} {:>9} {:>9} {:>9}",
             x.round,
             x.victim.label(),
             x.node,
@@ -147,6 +170,25 @@ pub(in crate::bench) fn print_table(r: &Report) {
             opt(x.trigger_gap_ms),
             if x.caught_up { "yes" } else { "NO" },
             opt(x.catch_up_ms),
+            if x.led.is_empty() {
+                "-".into()
+            } else {
+                x.led.join(",")
+            },
+            opt(x.election_ms),
+            opt(x.baton_ms),
+            x.accepted_while_down,
+        );
+    }
+    println!("it led: the buckets whose stream the node led; elect ms: until all had a new leader (nats-server's Raft, 4-9 s after a leader dies); baton ms: from the end of the orders and leader streams' elections (or the kill) to the next accepted order; acc down: orders accepted from 0.5 s after the kill until the restart");
+    for m in &r.scheduler_moves {
+        println!(
+            "Scheduler {} killed: {} took the role after {} ms; the trigger ran {} ms after the kill (longest gap {} ms)",
+            m.killed,
+            m.successor.as_deref().unwrap_or("no agent"),
+            opt(m.moved_ms),
+            opt(m.next_fire_ms),
+            opt(m.trigger_gap_ms)
         );
     }
     let t = &r.tally;

@@ -6,8 +6,10 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use futures::future::join_all;
 use tokio::time::Instant;
 
+use super::elections::{baton_part, Elections};
 use super::report::{first_after, longest_gap, Round, Victim};
 use super::Watch;
 use crate::bench::broker::traffic::Seen;
@@ -18,11 +20,16 @@ use crate::time::now_ms;
 /// Longest wait for the stream to report a leader, and for a restarted
 /// node to catch up.
 const LIMIT: Duration = Duration::from_secs(30);
+/// After a kill, how long a write JetStream stored just before it may
+/// still be confirmed: orders accepted later, while the node is down,
+/// count as accepted while down.
+const IN_FLIGHT: Duration = Duration::from_millis(500);
 /// How often the stream's placement is asked for.
 const POLL: Duration = Duration::from_millis(200);
 
-/// Kills the `victim` of the orders stream, restarts it after `down`, and
-/// follows the traffic until it has caught up (or [`LIMIT`] passed).
+/// Kills the `victim` of the orders stream (two nodes for
+/// [`Victim::Quorum`]), restarts it after `down`, and follows the traffic
+/// until it has caught up (or [`LIMIT`] passed).
 pub(super) async fn round(
     w: &mut Watch,
     cluster: &mut LocalCluster,
@@ -30,16 +37,36 @@ pub(super) async fn round(
     victim: Victim,
     down: Duration,
 ) -> anyhow::Result<Round> {
-    let node = pick(w, victim).await?;
-    let index = (0..cluster.nodes().count())
-        .find(|i| NatsCluster::server_name(*i) == node)
-        .with_context(|| format!("no node named {node}"))?;
+    let nodes = pick(w, victim).await?;
+    let indexes: Vec<usize> = (nodes.iter())
+        .map(|node| {
+            (0..cluster.nodes().count())
+                .find(|i| NatsCluster::server_name(*i) == *node)
+                .with_context(|| format!("no node named {node}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut elections = Elections::before_kill(w, &nodes).await;
     let killed_ms = now_ms();
-    cluster.node_mut(index).kill();
-    w.follow(Instant::now() + down).await;
-    let restart = cluster.node_mut(index).start_again();
-    // nodes answer only once the cluster has a meta leader: keep the
-    // traffic moving while the restarted node waits for one
+    elections.killed_ms = killed_ms;
+    for index in &indexes {
+        cluster.node_mut(*index).kill();
+    }
+    let back = Instant::now() + down;
+    while Instant::now() < back {
+        w.follow((Instant::now() + POLL).min(back)).await;
+        elections.poll(w).await;
+    }
+    let accepted_while_down = (w.accepted_ms.iter())
+        .filter(|t| **t > killed_ms + IN_FLIGHT.as_millis() as u64 && **t <= now_ms())
+        .count();
+    // all at once: without quorum, a node answers only once the others
+    // are back too (the cluster needs a meta leader). Keep the traffic
+    // moving meanwhile
+    let restart = join_all(
+        (cluster.nodes_mut().into_iter().enumerate())
+            .filter(|(i, _)| indexes.contains(i))
+            .map(|(_, node)| node.start_again()),
+    );
     let restarted = {
         tokio::pin!(restart);
         loop {
@@ -47,19 +74,27 @@ pub(super) async fn round(
                 done = &mut restart => break done,
                 _ = w.follow(Instant::now() + POLL) => {}
             }
+            elections.poll(w).await;
         }
     };
-    restarted.with_context(|| format!("restarting {node}"))?;
+    let node = nodes.join("+");
+    for started in restarted {
+        started.with_context(|| format!("restarting {node}"))?;
+    }
     let restarted_ms = now_ms();
+    elections.restarted = true;
     let deadline = Instant::now() + LIMIT;
     let mut caught_up = false;
     while Instant::now() < deadline {
-        if w.placement().await.is_some_and(|p| p.caught_up(&node)) {
+        let placement = w.placement().await;
+        if placement.is_some_and(|p| nodes.iter().all(|n| p.caught_up(n))) {
             caught_up = true;
             break;
         }
         w.follow(Instant::now() + POLL).await;
+        elections.poll(w).await;
     }
+    elections.poll(w).await;
     let (end_ms, caught_ms) = (now_ms(), now_ms());
     // the first finished order after the kill may come after the catch-up
     if first_after(&w.finished_ms, killed_ms).is_none() {
@@ -68,11 +103,20 @@ pub(super) async fn round(
         })
         .await;
     }
+    // the stall and Baton's part run to the first order accepted after the
+    // kill, and after the order path's elections
+    let since = killed_ms + elections.order_path_ms().unwrap_or(0);
+    if first_after(&w.accepted_ms, since).is_none() {
+        let accepted = |seen: &Seen| matches!(seen, Seen::Accepted(..));
+        w.follow_until(Instant::now() + LIMIT, accepted).await;
+    }
     let fires = w.fires();
     let from = killed_ms.saturating_sub(1000);
     // a stall lasting past the catch-up runs to the next accepted order
     let next_accepted = first_after(&w.accepted_ms, killed_ms);
     let end_ms = end_ms.max(killed_ms + next_accepted.unwrap_or(0));
+    let end_ms = end_ms.max(w.accepted_ms.iter().copied().max().unwrap_or(0));
+    let baton_ms = baton_part(&w.accepted_ms, killed_ms, elections.order_path_ms());
     Ok(Round {
         round: number,
         victim,
@@ -85,21 +129,28 @@ pub(super) async fn round(
         trigger_gap_ms: (!fires.is_empty()).then(|| longest_gap(&fires, from, end_ms)),
         caught_up,
         catch_up_ms: caught_up.then_some(caught_ms - restarted_ms),
+        election_ms: elections.longest_ms(),
+        baton_ms,
+        led: elections.led,
+        elected_ms: elections.elected_ms,
+        accepted_while_down,
     })
 }
 
-/// The orders stream's leader, or one of its current followers.
-async fn pick(w: &mut Watch, victim: Victim) -> anyhow::Result<String> {
+/// The orders stream's leader, or one of its current followers, or both.
+async fn pick(w: &mut Watch, victim: Victim) -> anyhow::Result<Vec<String>> {
     let deadline = Instant::now() + LIMIT;
     while Instant::now() < deadline {
         if let Some(p) = w.placement().await {
             let follower = p.followers.iter().find(|f| f.current && !f.offline);
-            let name = match victim {
-                Victim::Leader => p.leader.clone(),
-                Victim::Follower => follower.map(|f| f.name.clone()),
+            let follower = follower.map(|f| f.name.clone());
+            let nodes = match victim {
+                Victim::Leader => p.leader.clone().map(|l| vec![l]),
+                Victim::Follower => follower.map(|f| vec![f]),
+                Victim::Quorum => p.leader.clone().zip(follower).map(|(l, f)| vec![l, f]),
             };
-            if let Some(name) = name.filter(|_| p.followers.iter().all(|f| f.current)) {
-                return Ok(name);
+            if let Some(nodes) = nodes.filter(|_| p.followers.iter().all(|f| f.current)) {
+                return Ok(nodes);
             }
         }
         w.follow(Instant::now() + POLL).await;
