@@ -26,6 +26,7 @@ impl Subagent {
         self.draining = true;
         info!(running = self.tasks.running_len(), "draining");
         self.heartbeat();
+        self.hurry(ctx);
         let timeout = self.config.subagent.drain_timeout;
         ctx.run_later(timeout, move |act, _| {
             let reason = format!(

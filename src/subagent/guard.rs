@@ -6,10 +6,12 @@
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures::StreamExt as _;
 use tracing::{debug, error, warn};
 
 use super::admission::{self, Refusal};
-use super::Subagent;
+use super::pace::Pace;
+use super::{Beat, Subagent};
 use crate::auth::Role;
 use crate::bus::{BusError, Received, Replier, SenderProof};
 use crate::protocol::*;
@@ -33,14 +35,34 @@ fn heard_recently(
     epoch == fence.newest() && since_contact < check_every
 }
 
+impl StreamHandler<Beat> for Subagent {
+    /// Idle, it stops listening once it heard the active broker: its next
+    /// tick listens again.
+    fn handle(&mut self, Beat(heartbeat): Beat, ctx: &mut Context<Self>) {
+        let heard = self.on_broker_heartbeat(heartbeat);
+        if heard && !Pace::listens_always(self.work()) {
+            if let Some(listening) = self.listening.take() {
+                ctx.cancel_future(listening);
+            }
+        }
+    }
+
+    /// The subscription ended with the connection: the next tick opens
+    /// another (the other subscriptions ending stop the subagent).
+    fn finished(&mut self, _: &mut Context<Self>) {
+        self.listening = None;
+    }
+}
+
 impl Subagent {
     /// An active broker's heartbeat raises the epoch and is broker contact,
     /// unless a newer broker has been seen since. A standby's is neither: it
-    /// acknowledges no results.
-    pub(super) fn on_broker_heartbeat(&mut self, received: Received<BrokerHeartbeat>) {
+    /// acknowledges no results. True when it heard the newest active broker
+    /// (checked, or passed over as [`heard_recently`]).
+    fn on_broker_heartbeat(&mut self, received: Received<BrokerHeartbeat>) -> bool {
         let hb = received.body;
         if hb.role != BrokerRole::Active {
-            return;
+            return false;
         }
         let since = self.last_broker_contact.elapsed();
         if heard_recently(
@@ -50,7 +72,7 @@ impl Subagent {
             &self.fence,
         ) {
             // the signature is not checked: nothing would change
-            return;
+            return true;
         }
         if !received.sender.is(Role::Broker) {
             // never adopt an epoch a broker did not sign: forged heartbeats
@@ -60,13 +82,36 @@ impl Subagent {
                 let refused = self.bus.stats().refused();
                 warn!(subject = %received.subject, %sender, epoch = hb.epoch, refused, "broker heartbeat not signed by a broker ignored (logged at the 1st, 2nd, 4th, 8th... refusal)");
             }
-            return;
+            return false;
         }
         if self.fence.admit(hb.epoch).is_err() {
             debug!(broker = %hb.broker_id, epoch = hb.epoch, newest = self.fence.newest(), "heartbeat from a deposed broker ignored");
-            return;
+            return false;
         }
         self.heard_broker();
+        true
+    }
+
+    /// Subscribes to the broker's heartbeats, unless it listens already
+    /// (`pace.rs`: a busy subagent listens all the time, an idle one from
+    /// each tick until it hears the active broker).
+    pub(super) fn listen(&mut self, ctx: &mut Context<Self>) {
+        if self.listening.is_some() || self.subscribing {
+            return;
+        }
+        self.subscribing = true;
+        let bus = self.bus.clone();
+        let subject = bus.subjects().broker_heartbeat();
+        let subscribe = async move { bus.listen::<BrokerHeartbeat>(subject).await };
+        ctx.spawn(subscribe.into_actor(self).map(|subscribed, act, ctx| {
+            act.subscribing = false;
+            match subscribed {
+                Ok(beats) => act.listening = Some(ctx.add_stream(beats.map(Beat))),
+                Err(e) => {
+                    warn!(error = %e, "cannot listen to the broker's heartbeats; trying again at the next tick")
+                }
+            }
+        }));
     }
 
     /// Whether a broker command of `epoch` may be obeyed

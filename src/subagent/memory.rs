@@ -4,16 +4,27 @@
 //! - one malloc arena ([`one_arena`]): glibc gives each thread that
 //!   allocates an arena of its own, and what it touched stays resident; a
 //!   subagent has little to allocate and no thread that needs its own.
-//! - its startup code dropped from its map once it runs
-//!   ([`drop_startup_code`]): the command line, configuration, logging and
-//!   connecting run once, yet the kernel's fault-around kept about 14 MB of
-//!   the executable's code mapped in each subagent. The code pages are
-//!   read-only and clean, so dropping them from this process's map loses
-//!   nothing: what runs again is mapped again from the page cache, which
-//!   every `baton` process shares. Only the executable mapping is touched
-//!   (never the relocated data beside it, which is private).
+//! - its executable's clean pages dropped from its map
+//!   ([`drop_clean_pages`]) once it is registered, and again once it has
+//!   been idle for [`DROP_AFTER_IDLE`] after running tasks ([`drop_again`]):
+//!   the command line, configuration, logging and connecting run once, a
+//!   task's spawn and supervision only while it runs, yet the kernel's
+//!   fault-around (64 KB mapped at each fault, `MADV_RANDOM` does not stop
+//!   it) kept about 14 MB of the executable's code and 3 MB of its
+//!   read-only data mapped in each subagent. Those pages are read-only and
+//!   clean, so dropping them from this process's map loses nothing: what
+//!   runs again is mapped again from the page cache, which every `baton`
+//!   process shares. Only mappings of the executable holding no anonymous
+//!   page are touched: never the relocated data (RELRO, read-only once
+//!   relocated but each page a private copy, about 1.6 MB of a subagent's
+//!   private memory), nor the writable data.
 
 use std::path::Path;
+use std::time::Duration;
+
+/// How long a subagent stays idle after running tasks before it drops the
+/// code they ran again.
+pub const DROP_AFTER_IDLE: Duration = Duration::from_secs(5);
 
 /// Limits malloc to one arena. Call before any thread starts.
 pub fn one_arena() {
@@ -24,20 +35,29 @@ pub fn one_arena() {
     }
 }
 
-/// Drops this process's mapped pages of its own executable code (see the
-/// module docs); returns the bytes of mappings advised.
-pub fn drop_startup_code() -> usize {
+/// Whether to drop the clean pages again: tasks ran since they were last
+/// dropped (`worked`), and it has been idle (nothing running, every result
+/// acknowledged) for `after` since.
+pub fn drop_again(worked: bool, idle_for: Option<Duration>, after: Duration) -> bool {
+    worked && idle_for.is_some_and(|idle| idle >= after)
+}
+
+/// Drops this process's mapped pages of its own executable's code and
+/// read-only data (see the module docs); returns the bytes of mappings
+/// advised.
+pub fn drop_clean_pages() -> usize {
     let Ok(exe) = std::env::current_exe() else {
         return 0;
     };
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
         return 0;
     };
     let mut advised = 0;
-    for (start, end) in code_mappings(&maps, &exe) {
-        // SAFETY: a private, read-only, executable file mapping of our own
-        // executable: its pages are clean and are faulted back in from the
-        // file when next run; no pointer into it is invalidated.
+    for (start, end) in clean_mappings(&smaps, &exe) {
+        // SAFETY: a private, read-only file mapping of our own executable
+        // holding no anonymous page: every page is a clean copy of the file,
+        // faulted back in from it when next used; no pointer into it is
+        // invalidated, and read-only pages never become private copies.
         let done = unsafe {
             nix::libc::madvise(
                 start as *mut nix::libc::c_void,
@@ -52,51 +72,108 @@ pub fn drop_startup_code() -> usize {
     advised
 }
 
-/// The address ranges of `exe`'s executable, read-only, private mappings
-/// in `/proc/self/maps` text.
-fn code_mappings(maps: &str, exe: &Path) -> Vec<(usize, usize)> {
+/// The address ranges of `exe`'s private read-only mappings (code `r-xp`,
+/// data `r--p`) whose `Anonymous:` is 0, in `/proc/self/smaps` text (a
+/// mapping whose count is missing is not chosen).
+fn clean_mappings(smaps: &str, exe: &Path) -> Vec<(usize, usize)> {
     let exe = exe.to_string_lossy();
-    maps.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let range = fields.next()?;
-            let perms = fields.next()?;
-            let path = fields.nth(3)?;
-            if perms != "r-xp" || path != exe {
-                return None;
+    let mut chosen = Vec::new();
+    // the mapping being read: its range if it is a candidate, and whether
+    // its anonymous count was read as 0
+    let mut current: Option<((usize, usize), bool)> = None;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else { continue };
+        if first.ends_with(':') {
+            if first == "Anonymous:" {
+                if let Some((_, clean)) = &mut current {
+                    *clean = fields.next() == Some("0");
+                }
             }
-            let (start, end) = range.split_once('-')?;
+            continue;
+        }
+        if let Some((range, true)) = current.take() {
+            chosen.push(range);
+        }
+        let perms = fields.next();
+        let path = fields.nth(3);
+        if !matches!(perms, Some("r-xp" | "r--p")) || path != Some(&*exe) {
+            continue;
+        }
+        let range = first.split_once('-').and_then(|(start, end)| {
             let start = usize::from_str_radix(start, 16).ok()?;
             let end = usize::from_str_radix(end, 16).ok()?;
             (end > start).then_some((start, end))
-        })
-        .collect()
+        });
+        current = range.map(|r| (r, false));
+    }
+    if let Some((range, true)) = current {
+        chosen.push(range);
+    }
+    chosen
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn only_the_executables_code_mapping_is_chosen() {
-        let maps = "\
-5590a000-5590b000 r--p 00000000 08:01 42 /usr/bin/baton
-5590b000-5590f000 r-xp 00001000 08:01 42 /usr/bin/baton
-5590f000-55910000 r--p 00005000 08:01 42 /usr/bin/baton
-55910000-55911000 rw-p 00006000 08:01 42 /usr/bin/baton
-7f00000-7f01000 r-xp 00000000 08:01 7 /usr/lib/libc.so.6
-7f02000-7f03000 rw-p 00000000 00:00 0
-7f04000-7f05000 r-xp 00000000 08:01 43 /usr/bin/baton-reaper
-";
-        let chosen = code_mappings(maps, Path::new("/usr/bin/baton"));
-        assert_eq!(chosen, vec![(0x5590b000, 0x5590f000)]);
+    /// One `/proc/self/smaps` entry.
+    fn entry(range: &str, perms: &str, path: &str, anonymous: Option<u64>) -> String {
+        let mut text = format!("{range} {perms} 00000000 08:01 42 {path}\nRss:  8 kB\n");
+        if let Some(kb) = anonymous {
+            text += &format!("Anonymous:  {kb} kB\n");
+        }
+        text + "VmFlags: rd mr mw me\n"
     }
 
     #[test]
-    fn dropping_the_code_of_a_running_process_is_harmless() {
-        // the test binary itself: it runs on after its code was dropped
-        assert!(drop_startup_code() > 0);
-        assert_eq!(code_mappings("", Path::new("/x")), vec![]);
+    fn only_the_executables_clean_read_only_mappings_are_chosen() {
+        let exe = "/usr/bin/baton";
+        let smaps = [
+            entry("5590a000-5590b000", "r--p", exe, Some(0)),
+            entry("5590b000-5590f000", "r-xp", exe, Some(0)),
+            // the relocated data: private copies, never dropped
+            entry("5590f000-55910000", "r--p", exe, Some(4)),
+            entry("55910000-55911000", "rw-p", exe, Some(0)),
+            entry("7f00000-7f01000", "r-xp", "/usr/lib/libc.so.6", Some(0)),
+            entry("7f02000-7f03000", "rw-p", "", Some(4)),
+            entry("7f04000-7f05000", "r-xp", "/usr/bin/baton-reaper", Some(0)),
+            // no count: not known clean
+            entry("7f06000-7f07000", "r--p", exe, None),
+            entry("7f08000-7f09000", "r-xp", exe, Some(0)),
+        ]
+        .concat();
+        let chosen = clean_mappings(&smaps, Path::new(exe));
+        assert_eq!(
+            chosen,
+            vec![
+                (0x5590a000, 0x5590b000),
+                (0x5590b000, 0x5590f000),
+                (0x7f08000, 0x7f09000)
+            ]
+        );
+        assert_eq!(clean_mappings("", Path::new("/x")), vec![]);
+    }
+
+    #[test]
+    fn dropping_the_clean_pages_of_a_running_process_is_harmless() {
+        // the test binary itself: it runs on after its code and read-only
+        // data were dropped, and reads its strings and tables again
+        assert!(drop_clean_pages() > 0);
         assert_eq!((1..=10).sum::<u32>(), 55);
+        let text = format!("{:?}", vec!["read", "only"]);
+        assert_eq!(text, "[\"read\", \"only\"]");
+    }
+
+    #[test]
+    fn drops_again_only_after_work_and_an_idle_while() {
+        let after = DROP_AFTER_IDLE;
+        assert!(drop_again(true, Some(after), after));
+        assert!(!drop_again(true, Some(after / 2), after), "idle too short");
+        assert!(!drop_again(true, None, after), "busy");
+        assert!(
+            !drop_again(false, Some(after * 10), after),
+            "nothing ran since"
+        );
     }
 }

@@ -6,7 +6,9 @@
 //!
 //! It registers (retrying until answered), heartbeats its running task ids
 //! and its load (sysinfo) at the pace [`pace`] decides (slower while
-//! idle), answers `ping`, serves `run` and `stop`, and
+//! idle, when its clock, `clock.rs`, ticks only then too, and it listens
+//! to the broker's heartbeats only until it hears one), answers `ping`,
+//! serves `run` and `stop`, and
 //! replaces a reaper that died ([`reaper`], which reads `/proc` through
 //! [`groups`]), telling it everything again.
 //!
@@ -31,6 +33,7 @@
 //! started twice.
 
 pub mod admission;
+mod clock;
 mod delivery;
 mod drain;
 pub mod epoch;
@@ -62,7 +65,6 @@ enum Input {
     Ping(Request<Ping>),
     Stop(Request<StopSubagent>),
     Kill(Request<KillTask>),
-    BrokerHeartbeat(Received<BrokerHeartbeat>),
     /// Heartbeats under our own id: another process using it is a configuration error.
     Twin(Received<SubagentHeartbeat>),
 }
@@ -70,6 +72,10 @@ enum Input {
 impl Message for Input {
     type Result = ();
 }
+
+/// A broker heartbeat, from the subscription the subagent opens and closes
+/// as its pace says ([`pace::Pace::listens_always`], `guard.rs`).
+struct Beat(Received<BrokerHeartbeat>);
 
 /// Start draining, as on SIGTERM.
 #[derive(Message)]
@@ -90,6 +96,19 @@ pub struct Subagent {
     /// period it announced ([`pace`]).
     pace: pace::Pace,
     last_heartbeat: Option<(Instant, Duration)>,
+    /// The next tick of its clock, and when it comes ([`pace::Pace::next_tick`]).
+    tick: Option<(SpawnHandle, Instant)>,
+    /// Its subscription to the broker's heartbeats while open, and whether
+    /// one is being opened.
+    listening: Option<SpawnHandle>,
+    subscribing: bool,
+    /// When unacknowledged results were last sent again.
+    last_retry: Instant,
+    /// Since when nothing runs and every result is acknowledged; whether
+    /// it worked (started, ran tasks) since it last dropped its clean
+    /// pages ([`memory::drop_again`]).
+    idle_since: Option<Instant>,
+    worked: bool,
     /// The newest active broker epoch seen; older brokers' commands are refused.
     fence: epoch::EpochFence,
     /// Running tasks, unacknowledged results, lately finished ids.
@@ -115,10 +134,6 @@ pub async fn start(
         bus.serve(s.ping(&id)).await?.map(Input::Ping).boxed_local(),
         bus.serve(s.stop(&id)).await?.map(Input::Stop).boxed_local(),
         bus.serve(s.kill(&id)).await?.map(Input::Kill).boxed_local(),
-        bus.listen(s.broker_heartbeat())
-            .await?
-            .map(Input::BrokerHeartbeat)
-            .boxed_local(),
         bus.listen(s.subagent_heartbeat(&id))
             .await?
             .map(Input::Twin)
@@ -159,6 +174,12 @@ pub async fn start(
             last_broker_contact: Instant::now(),
             pace,
             last_heartbeat: None,
+            tick: None,
+            listening: None,
+            subscribing: false,
+            last_retry: Instant::now(),
+            idle_since: None,
+            worked: true,
             fence: epoch::EpochFence::default(),
             tasks: tasks::Tasks::default(),
             system: sysinfo::System::new(),
@@ -173,23 +194,10 @@ impl Actor for Subagent {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.check_own_subjects(ctx);
+        self.listen(ctx);
         self.register(ctx);
         self.heartbeat();
-        ctx.run_interval(self.config.subagent.heartbeat_interval, |act, ctx| {
-            act.heartbeat_if_due();
-            if let Some(reaper) = &mut act.reaper {
-                reaper.check();
-            }
-            if !act.registered {
-                act.register(ctx);
-            }
-            act.check_orphaned();
-        });
-        ctx.run_interval(self.config.subagent.result_retry, |act, ctx| {
-            for task_id in act.tasks.unacked_ids() {
-                act.send_result(task_id, ctx);
-            }
-        });
+        self.schedule_tick(ctx);
     }
 }
 
@@ -235,7 +243,6 @@ impl StreamHandler<Input> for Subagent {
                 }
                 self.bus.reply(&r.replier, &KillAccepted { task_id, found });
             }
-            Input::BrokerHeartbeat(hb) => self.on_broker_heartbeat(hb),
             Input::Twin(hb) => self.on_twin(hb.body, ctx),
         }
     }
@@ -306,7 +313,7 @@ impl Subagent {
                 Ok(r) => {
                     if !act.registered {
                         // started: the startup code is not run again
-                        let dropped = memory::drop_startup_code();
+                        let dropped = memory::drop_clean_pages();
                         debug!(bytes = dropped, "startup code dropped from the map");
                     }
                     act.registered = true;

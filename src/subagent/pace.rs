@@ -1,4 +1,7 @@
-//! When a subagent heartbeats (pure). While it runs tasks or drains, every
+//! When a subagent heartbeats, when its clock ticks, and when it listens to
+//! the broker's heartbeats (pure).
+//!
+//! Heartbeats: while it runs tasks or drains, every
 //! `subagent.heartbeat_interval`: the broker keeps its task list and load
 //! fresh. While idle, every `subagent.idle_heartbeat_interval`, at most a
 //! quarter of `broker.subagent_timeout`: an idle subagent's heartbeats only
@@ -9,11 +12,42 @@
 //! (`broker::registry::lost_after`), so a subagent on the idle pace is
 //! never declared lost for being quiet.
 //!
-//! The subagent's clock keeps ticking at the busy pace (its orphan check
-//! and reaper check run there); a tick sends a heartbeat only when one is
-//! due ([`Pace::due`]).
+//! Its clock ([`Pace::next_tick`]): at the busy pace while tasks run,
+//! results wait for the broker's acknowledgement, it drains or is not yet
+//! registered (its orphan check, result retries and registration run
+//! there); idle, it ticks only when its next heartbeat is due. A tick sends
+//! a heartbeat only when one is due ([`Pace::due`]). A task that starts
+//! while idle brings the busy pace back at once.
+//!
+//! The broker's heartbeats ([`Pace::listens_always`]): the active broker
+//! beats four times a second for its standbys, and every subagent
+//! subscribed to them woke as often. A busy subagent listens all the time:
+//! its orphan timer counts from them. An idle one has nothing to orphan,
+//! and needs them only to learn a new broker's epoch (`epoch.rs`): it
+//! listens at each of its ticks until it hears an active broker, then
+//! stops listening until its next tick. A new broker's epoch is so learnt
+//! within an idle period and a broker heartbeat; a broker gone leaves it
+//! listening, as before.
 
 use std::time::Duration;
+
+/// What the subagent is doing, as its pace sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Work {
+    pub running: usize,
+    pub draining: bool,
+    /// Results the broker has not acknowledged yet.
+    pub unacked: usize,
+    pub registered: bool,
+}
+
+impl Work {
+    /// Tasks run or it drains: its orphan timer counts, and the broker
+    /// wants its task list often.
+    pub fn busy(&self) -> bool {
+        self.running > 0 || self.draining
+    }
+}
 
 /// The two heartbeat periods of a subagent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +88,24 @@ impl Pace {
     ) -> bool {
         let period = announced.min(self.interval(running, draining));
         since + self.busy / 2 >= period
+    }
+
+    /// How long after a tick the next one comes: the busy period while it
+    /// is busy, has results to retry or is not registered; idle, when its
+    /// next heartbeat is due (`since` the last one, which announced
+    /// `announced`), at least half a busy period away.
+    pub fn next_tick(&self, since: Duration, announced: Duration, work: Work) -> Duration {
+        if work.busy() || work.unacked > 0 || !work.registered {
+            return self.busy;
+        }
+        let period = announced.min(self.idle);
+        period.saturating_sub(since).max(self.busy / 2)
+    }
+
+    /// Whether it keeps listening to the broker's heartbeats after hearing
+    /// an active broker: only while busy (see the module docs).
+    pub fn listens_always(work: Work) -> bool {
+        work.busy()
     }
 }
 
@@ -99,5 +151,53 @@ mod tests {
         assert!(pace.due(MS(250), MS(750), 0, true));
         // just after a heartbeat nothing is due
         assert!(!pace.due(MS(0), MS(250), 1, false));
+    }
+
+    fn work(running: usize, draining: bool, unacked: usize, registered: bool) -> Work {
+        Work {
+            running,
+            draining,
+            unacked,
+            registered,
+        }
+    }
+
+    #[test]
+    fn an_idle_subagent_ticks_when_its_next_heartbeat_is_due() {
+        let pace = Pace::new(MS(250), MS(750), Duration::from_secs(3));
+        let idle = work(0, false, 0, true);
+        // just after an idle heartbeat: one idle period away, not four ticks
+        assert_eq!(pace.next_tick(MS(0), MS(750), idle), MS(750));
+        // a tick that came late still lands on the heartbeat
+        assert_eq!(pace.next_tick(MS(300), MS(750), idle), MS(450));
+        // the last heartbeat announced the busy period: due soon
+        assert_eq!(pace.next_tick(MS(0), MS(250), idle), MS(250));
+        // never sooner than half a busy tick, even when overdue
+        assert_eq!(pace.next_tick(MS(900), MS(750), idle), MS(125));
+        // and each of those ticks finds the heartbeat due
+        assert!(pace.due(MS(750), MS(750), 0, false));
+    }
+
+    #[test]
+    fn tasks_results_draining_or_no_registration_tick_at_the_busy_pace() {
+        let pace = Pace::new(MS(250), MS(750), Duration::from_secs(3));
+        for w in [
+            work(1, false, 0, true),
+            work(0, true, 0, true),
+            work(0, false, 2, true),
+            work(0, false, 0, false),
+        ] {
+            assert_eq!(pace.next_tick(MS(0), MS(750), w), MS(250), "{w:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_busy_subagent_listens_to_every_broker_heartbeat() {
+        assert!(Pace::listens_always(work(1, false, 0, true)));
+        assert!(Pace::listens_always(work(0, true, 0, true)));
+        // idle, unacknowledged results or not: nothing to orphan
+        assert!(!Pace::listens_always(work(0, false, 0, true)));
+        assert!(!Pace::listens_always(work(0, false, 3, true)));
+        assert!(!Pace::listens_always(work(0, false, 0, false)));
     }
 }

@@ -99,6 +99,9 @@ impl Subagent {
         }
         let (kill, killed) = oneshot::channel();
         self.tasks.start(task.task_id.clone(), pid, kill);
+        // busy: its clock at the busy pace, every broker heartbeat heard
+        self.hurry(ctx);
+        self.worked = true;
         let metrics = crate::metrics::subagent();
         metrics.tasks_started.inc();
         metrics.running_tasks.set(self.tasks.running_len() as i64);

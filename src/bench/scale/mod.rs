@@ -3,7 +3,8 @@
 //! They start in batches of `--batch`, each batch awaited until the broker
 //! counts it available; then an idle window and a steady stream of orders,
 //! each measured from /proc (the broker's and nats-server's CPU and
-//! memory, the machine's memory) and from the bus (heartbeats per second,
+//! memory, the subagents' CPU and wakeups, their memory as RSS, PSS and
+//! private, the machine's memory) and from the bus (heartbeats per second,
 //! counted on the heartbeat subjects the broker listens to; dispatch
 //! latency from the `accepted` and `started` events). Then it SIGKILLs
 //! `--kills` busy subagents one at a time and times, from the kill, the
@@ -243,6 +244,7 @@ struct Probe<'a> {
     nats: Times,
     subagent_pids: &'a [u32],
     subagents: u64,
+    wakeups: u64,
     heartbeats: u64,
 }
 
@@ -267,6 +269,7 @@ impl<'a> Probe<'a> {
             nats: Times::of(nats).unwrap_or_default(),
             subagent_pids,
             subagents: ticks_of(subagent_pids),
+            wakeups: procs::wakeups(subagent_pids),
             heartbeats: heartbeats.get(),
         }
     }
@@ -296,6 +299,10 @@ impl<'a> Probe<'a> {
                 / 100.0
                 / secs
                 * 100.0,
+            subagent_wakeups_per_s: procs::wakeups(self.subagent_pids).saturating_sub(self.wakeups)
+                as f64
+                / self.subagent_pids.len().max(1) as f64
+                / secs,
         }
     }
 }
@@ -319,6 +326,10 @@ async fn kill_some(cluster: &mut LocalCluster, stream: &mut Stream, args: &Scale
             break;
         };
         let orders = stream.running_on(&victim);
+        // an order already run again after an earlier kill is timed anew
+        for order in orders.keys() {
+            stream.reruns.remove(order);
+        }
         stream.killed.insert(victim.clone());
         let killed_ms = now_ms();
         if let Err(e) = cluster.signal(&victim, Signal::SIGKILL) {

@@ -1,7 +1,7 @@
 //! What `/proc` tells about the machine while a thousand subagents run:
 //! each subagent's resident memory with its reaper's (found as its child
-//! running `baton __reaper`, in one pass over `/proc`), the memory the
-//! machine uses, and its load average.
+//! running `baton __reaper`, in one pass over `/proc`), how often the
+//! subagents wake, the memory the machine uses, and its load average.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,8 +28,11 @@ impl Spread {
 }
 
 /// Per-subagent memory: the subagent process, its reaper, and both
-/// together; `rss` is VmRSS (shared pages of the binary included), `anon`
-/// its private part (RssAnon), what each more subagent really costs.
+/// together; `rss` is VmRSS (shared pages of the binary included, counted
+/// whole in each process), `pss` the proportional share (`Pss` of
+/// `/proc/PID/smaps_rollup`: each shared page divided among the processes
+/// mapping it, so N subagents' PSS add up to what they take together),
+/// `anon` the private part (RssAnon), what each more subagent really costs.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct SubagentMemory {
     /// Subagents measured (running, with a reaper found).
@@ -37,6 +40,7 @@ pub struct SubagentMemory {
     pub subagent_rss: Spread,
     pub reaper_rss: Spread,
     pub total_rss: Spread,
+    pub total_pss: Spread,
     pub total_anon: Spread,
 }
 
@@ -44,6 +48,7 @@ pub struct SubagentMemory {
 pub fn subagent_memory(subagents: &[u32]) -> SubagentMemory {
     let reapers = reapers_by_parent();
     let (mut own, mut reaper, mut total, mut anon) = (vec![], vec![], vec![], vec![]);
+    let mut pss = vec![];
     for pid in subagents {
         let Some(s) = status(*pid) else { continue };
         let Some(r) = reapers.get(pid).and_then(|r| status(*r)) else {
@@ -53,12 +58,14 @@ pub fn subagent_memory(subagents: &[u32]) -> SubagentMemory {
         reaper.push(r.rss);
         total.push(s.rss + r.rss);
         anon.push(s.anon + r.anon);
+        pss.push(s.pss + r.pss);
     }
     SubagentMemory {
         measured: total.len(),
         subagent_rss: Spread::of(&own),
         reaper_rss: Spread::of(&reaper),
         total_rss: Spread::of(&total),
+        total_pss: Spread::of(&pss),
         total_anon: Spread::of(&anon),
     }
 }
@@ -103,15 +110,43 @@ fn parent_of(pid: u32) -> Option<u32> {
 
 struct Status {
     rss: u64,
+    pss: u64,
     anon: u64,
 }
 
 fn status(pid: u32) -> Option<Status> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
     Some(Status {
         rss: crate::launch::status_kib(&text, "VmRSS:")?,
+        pss: crate::launch::status_kib(&rollup, "Pss:").unwrap_or(0),
         anon: crate::launch::status_kib(&text, "RssAnon:").unwrap_or(0),
     })
+}
+
+/// How many times the threads of `pids` went to sleep and were woken
+/// (`voluntary_ctxt_switches`, summed over each process's threads): each
+/// is a wakeup, what an idle subagent's CPU goes to.
+pub fn wakeups(pids: &[u32]) -> u64 {
+    let mut total = 0;
+    for pid in pids {
+        let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for thread in threads.flatten() {
+            let text = std::fs::read_to_string(thread.path().join("status")).unwrap_or_default();
+            total += switches(&text);
+        }
+    }
+    total
+}
+
+/// The `voluntary_ctxt_switches` count of a `/proc` status text.
+fn switches(text: &str) -> u64 {
+    (text.lines())
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The machine's memory in use (MemTotal - MemAvailable), in KiB.
@@ -139,6 +174,11 @@ mod tests {
         assert_eq!(crate::launch::status_kib(text, "VmRSS:"), Some(9216));
         assert_eq!(crate::launch::status_kib(text, "RssAnon:"), Some(2048));
         assert_eq!(crate::launch::status_kib(text, "VmHWM:"), None);
+        let rollup = "Rss:   17376 kB\nPss:    5303 kB\nPss_Dirty:  2484 kB\n";
+        assert_eq!(crate::launch::status_kib(rollup, "Pss:"), Some(5303));
+        let switched = "voluntary_ctxt_switches:\t179\nnonvoluntary_ctxt_switches:\t119\n";
+        assert_eq!(switches(switched), 179);
+        assert_eq!(switches(""), 0);
         let s = Spread::of(&[1, 2, 6]);
         assert_eq!((s.mean_kib, s.max_kib), (3.0, 6));
         assert_eq!(Spread::of(&[]).max_kib, 0);
@@ -150,7 +190,10 @@ mod tests {
             parent_of(std::process::id()),
             Some(std::os::unix::process::parent_id())
         );
-        assert!(status(std::process::id()).is_some_and(|s| s.rss > 0));
+        assert!(status(std::process::id()).is_some_and(|s| s.rss > 0 && s.pss > 0));
+        // this thread goes to sleep and wakes: one wakeup at least
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(wakeups(&[std::process::id()]) > 0);
         assert!(machine_used_kib().is_some_and(|k| k > 0));
     }
 }

@@ -19,6 +19,8 @@ pub struct Window {
     pub orders_per_s: f64,
     /// All subagents together (their tasks not included), percent of one core.
     pub subagents_cpu_percent: f64,
+    /// Times each subagent (its threads) went to sleep and woke, per second.
+    pub subagent_wakeups_per_s: f64,
 }
 
 /// Subagents killed with SIGKILL and the times from each kill.
@@ -77,13 +79,14 @@ pub fn print_table(r: &ScaleReport) {
     println!("  startup           {:.1} s (all available)", r.startup_s);
     println!();
     println!("  {:<26}{:>12}{:>12}", "", "idle", "stream");
-    let rows: [WindowRow; 7] = [
+    let rows: [WindowRow; 8] = [
         ("heartbeats/s", |w| w.heartbeats_per_s, ""),
         ("broker CPU", |w| w.broker_cpu_percent, "%"),
         ("broker RSS", |w| w.broker_rss_mib, "MiB"),
         ("nats-server CPU", |w| w.nats_cpu_percent, "%"),
         ("nats-server RSS", |w| w.nats_rss_mib, "MiB"),
         ("all subagents CPU", |w| w.subagents_cpu_percent, "%"),
+        ("wakeups/s per subagent", |w| w.subagent_wakeups_per_s, ""),
         ("orders/s", |w| w.orders_per_s, ""),
     ];
     for (label, value, unit) in rows {
@@ -110,10 +113,11 @@ pub fn print_table(r: &ScaleReport) {
         r.idle_memory.measured, r.busy_memory.measured
     );
     println!("  {:<26}{:>12}{:>12}", "MiB, mean / max", "idle", "stream");
-    let memory: [MemoryRow; 4] = [
+    let memory: [MemoryRow; 5] = [
         ("subagent RSS", |m| m.subagent_rss),
         ("reaper RSS", |m| m.reaper_rss),
         ("both RSS", |m| m.total_rss),
+        ("both PSS", |m| m.total_pss),
         ("both private (RssAnon)", |m| m.total_anon),
     ];
     let shown = |s: Spread| {
