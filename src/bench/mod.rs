@@ -76,8 +76,10 @@ pub enum BenchCommand {
     /// dispatching; orders lost or run twice
     FailoverBroker(broker::FailoverBrokerArgs),
     /// Baton on a 3-node JetStream cluster losing a node (the orders
-    /// stream's leader, or a follower): stalls, orders lost or run twice,
-    /// trigger gaps, the restarted node catching up
+    /// stream's leader, or a follower; two at once with --no-quorum): stalls,
+    /// JetStream's elections apart from Baton's part, orders lost or run
+    /// twice, trigger gaps, the restarted node catching up; then the
+    /// Scheduler agent SIGKILLed
     Cluster(cluster::ClusterArgs),
     /// Workflow orders per second, step hand-off latency and steps changing
     /// subagent over a round-robin cluster; with --kill, a subagent killed

@@ -120,14 +120,18 @@ fn limits(max_age: std::time::Duration, max_bytes: Option<u64>) -> StreamLimits 
     StreamLimits { max_age, max_bytes }
 }
 
-/// `epoch` is the leadership lease's revision this broker won (see
-/// `leadership.rs`); every command it sends carries it.
-pub async fn start(
-    config: Config,
-    bus: Bus,
-    epoch: u64,
-    tenure: lease::Tenure,
-) -> Result<Addr<Broker>, BusError> {
+/// The buckets an active broker reads and writes.
+struct Stores {
+    jobs_kv: Kv<JobSpec>,
+    clusters_kv: Kv<ClusterSpec>,
+    workflows_kv: Kv<WorkflowSpec>,
+    orders_kv: Kv<OrderInfo>,
+    switches_kv: Kv<OperatorSwitch>,
+}
+
+/// Opens (creating them when missing) every bucket and stream an active
+/// broker uses. The bus keeps them open, so the next time costs nothing.
+async fn open_stores(config: &Config, bus: &Bus) -> Result<Stores, BusError> {
     let jobs_kv: Kv<JobSpec> = bus.kv(&config.jobs_bucket()).await?;
     let clusters_kv: Kv<ClusterSpec> = bus.kv(&config.clusters_bucket()).await?;
     let workflows_kv: Kv<WorkflowSpec> = bus.kv(&config.workflows_bucket()).await?;
@@ -169,6 +173,48 @@ pub async fn start(
     {
         warn!(error = %e, "cannot create the dead-letter stream; unmappable trigger messages are not kept");
     }
+    Ok(Stores {
+        jobs_kv,
+        clusters_kv,
+        workflows_kv,
+        orders_kv,
+        switches_kv,
+    })
+}
+
+/// Opens what a broker will use while it is still a standby (beside its
+/// campaign), so its takeover finds everything open: a look-up right after
+/// a JetStream node died can go unanswered for seconds, and a standby
+/// takes over exactly then. What fails here is left for the takeover.
+pub fn prepare(config: &Config, bus: &Bus) {
+    let (config, bus) = (config.clone(), bus.clone());
+    actix_rt::spawn(async move {
+        if let Err(e) = open_stores(&config, &bus).await {
+            tracing::debug!(error = %e, "buckets not opened ahead of a takeover; it opens them");
+        }
+        // read at a takeover within `scheduler_lease::IO_TIMEOUT`
+        let bucket = config.scheduler_bucket();
+        if let Err(e) = bus.kv::<SchedulerLease>(&bucket).await {
+            tracing::debug!(error = %e, "Scheduler lease bucket not opened ahead of a takeover");
+        }
+    });
+}
+
+/// `epoch` is the leadership lease's revision this broker won (see
+/// `leadership.rs`); every command it sends carries it.
+pub async fn start(
+    config: Config,
+    bus: Bus,
+    epoch: u64,
+    tenure: lease::Tenure,
+) -> Result<Addr<Broker>, BusError> {
+    let Stores {
+        jobs_kv,
+        clusters_kv,
+        workflows_kv,
+        orders_kv,
+        switches_kv,
+    } = open_stores(&config, &bus).await?;
     // the orders are taken over before anything is served
     let mut recovered = recovery::recover(
         &jobs_kv,

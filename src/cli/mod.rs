@@ -448,6 +448,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let bus = connect(&config, "baton-broker", true).await?;
             startup::check(&bus, &config, Role::Broker, None).await?;
             startup::serve_metrics(metrics, crate::metrics::Role::Broker, &bus)?;
+            crate::broker::prepare(&config, &bus);
             crate::broker::run_until_signal(config, bus).await?;
             Ok(ok)
         }

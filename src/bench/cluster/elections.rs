@@ -14,7 +14,8 @@ use std::time::Duration;
 use futures::future::join_all;
 
 use super::report::first_after;
-use super::Watch;
+use super::PREFIX;
+use crate::bus::Bus;
 use crate::time::now_ms;
 
 /// The buckets whose streams the bench watches, as their names end: the
@@ -39,11 +40,21 @@ const ORDER_PATH: [&str; 2] = ["orders", "leader"];
 /// does not answer).
 const ASK: Duration = Duration::from_secs(1);
 
+/// The server name leading `bucket`'s stream; `None` while it elects one,
+/// or when no answer comes within [`ASK`].
+async fn leader_of(observer: &Bus, bucket: &str) -> Option<String> {
+    let stream = format!("KV_{PREFIX}_{bucket}");
+    let p = tokio::time::timeout(ASK, observer.placement(&stream)).await;
+    p.ok()?.ok()?.leader
+}
+
 /// The streams a killed node led, and when each had a new leader.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(super) struct Elections {
     /// Bucket names (`orders`, ...) the node led when it was killed.
     pub(super) led: Vec<String>,
+    /// Bucket names whose leader could not be read before the kill.
+    pub(super) unknown: Vec<String>,
     /// Bucket name → ms from the kill until another node led its stream.
     pub(super) elected_ms: BTreeMap<String, u64>,
     /// When the node was killed (wall clock, ms).
@@ -52,40 +63,64 @@ pub(super) struct Elections {
     pub(super) restarted: bool,
     /// The nodes killed.
     nodes: Vec<String>,
+    observer: Option<Bus>,
 }
 
 impl Elections {
     /// Notes which watched buckets one of `nodes` leads now, just before
-    /// the kill (then set [`Elections::killed_ms`]).
-    pub(super) async fn before_kill(w: &Watch, nodes: &[String]) -> Elections {
-        let asks = WATCHED.map(|b| async move { (b, w.leader_of(b, ASK).await) });
-        let led = (join_all(asks).await.into_iter())
-            .filter(|(_, leader)| leader.as_ref().is_some_and(|l| nodes.contains(l)))
-            .map(|(b, _)| b.to_string())
-            .collect();
+    /// the kill (then set [`Elections::killed_ms`]); `orders` when the
+    /// victims are known to lead it.
+    pub(super) async fn before_kill(
+        observer: Bus,
+        nodes: &[String],
+        lead_orders: bool,
+    ) -> Elections {
+        let asks = WATCHED.map(|b| {
+            let observer = &observer;
+            async move { (b, leader_of(observer, b).await) }
+        });
+        let (mut led, mut unknown) = (Vec::new(), Vec::new());
+        for (bucket, leader) in join_all(asks).await {
+            match leader {
+                Some(l) if nodes.contains(&l) => led.push(bucket.to_string()),
+                Some(_) => {}
+                None if bucket == "orders" && lead_orders => led.push(bucket.to_string()),
+                None => unknown.push(bucket.to_string()),
+            }
+        }
         Elections {
             led,
+            unknown,
             nodes: nodes.to_vec(),
+            observer: Some(observer),
             ..Default::default()
         }
     }
 
-    /// Asks each stream not yet re-elected for its leader.
-    pub(super) async fn poll(&mut self, w: &Watch) {
+    /// Asks each stream not yet re-elected for its leader; each answer is
+    /// timed when it comes.
+    pub(super) async fn poll(&mut self) {
+        let Some(observer) = &self.observer else {
+            return;
+        };
+        let (nodes, restarted, killed_ms) = (&self.nodes, self.restarted, self.killed_ms);
         let pending = (self.led.iter()).filter(|b| !self.elected_ms.contains_key(*b));
-        let asks = pending.map(|b| async move { (b.clone(), w.leader_of(b, ASK).await) });
-        let (nodes, restarted) = (self.nodes.clone(), self.restarted);
-        for (bucket, leader) in join_all(asks).await {
-            if leader.is_some_and(|l| restarted || !nodes.contains(&l)) {
-                let ms = now_ms().saturating_sub(self.killed_ms);
-                self.elected_ms.insert(bucket, ms);
-            }
-        }
+        let asks = pending.map(|b| async move {
+            let leader = leader_of(observer, b).await;
+            let elected = leader.is_some_and(|l| restarted || !nodes.contains(&l));
+            elected.then(|| (b.clone(), now_ms().saturating_sub(killed_ms)))
+        });
+        let found: Vec<_> = join_all(asks).await.into_iter().flatten().collect();
+        self.elected_ms.extend(found);
     }
 
     /// When (ms from the kill) the order path's streams the node led all
-    /// had new leaders: 0 when it led none, `None` while one has not.
+    /// had new leaders: 0 when it led none, `None` while one has not, or
+    /// when one's leader could not be read before the kill.
     pub(super) fn order_path_ms(&self) -> Option<u64> {
+        if (self.unknown.iter()).any(|b| ORDER_PATH.contains(&b.as_str())) {
+            return None;
+        }
         let on_path = self.led.iter().filter(|b| ORDER_PATH.contains(&b.as_str()));
         on_path
             .map(|b| self.elected_ms.get(b).copied())
@@ -145,6 +180,12 @@ mod tests {
             baton_part(&accepted, 1000, fired.order_path_ms()),
             Some(100)
         );
+        // the lease's leader unread before the kill: unknown
+        let unread = Elections {
+            unknown: led(&["leader"]),
+            ..Default::default()
+        };
+        assert_eq!(unread.order_path_ms(), None);
         // no election seen, or no order accepted after it: unknown
         assert_eq!(baton_part(&accepted, 1000, None), None);
         assert_eq!(baton_part(&accepted[..3], 1000, Some(6100)), None);

@@ -29,7 +29,7 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use tokio::time::Instant;
 
-use report::{print_table, read_slots, Report, Victim};
+use report::{print_table, read_slots, runs_of_slots_from, Report, Victim};
 
 use super::broker::ledger::count_markers;
 use super::broker::traffic::{Seen, Traffic, GIVE_UP};
@@ -112,25 +112,39 @@ impl Watch {
         }
     }
 
-    /// The orders stream's placement; `None` when it cannot be read now.
-    async fn placement(&self) -> Option<Placement> {
-        let ask = self.observer.placement(&self.stream);
-        let p = tokio::time::timeout(Duration::from_secs(1), ask).await;
-        p.ok()?.ok()
+    /// Awaits `work` while following the traffic, so what the traffic
+    /// brings is seen (and timed) as it comes, not after `work`.
+    async fn while_following<F: std::future::Future>(&mut self, work: F) -> F::Output {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = self.follow(Instant::now() + Duration::from_millis(100)) => {}
+            }
+        }
     }
 
-    /// The server name leading `bucket`'s stream; `None` while it elects
-    /// one, or when no answer comes within `ask`.
-    async fn leader_of(&self, bucket: &str, ask: Duration) -> Option<String> {
-        let stream = format!("KV_{PREFIX}_{bucket}");
-        let p = tokio::time::timeout(ask, self.observer.placement(&stream)).await;
-        p.ok()?.ok()?.leader
+    /// The orders stream's placement, asked while following the traffic;
+    /// `None` when it cannot be read now.
+    async fn placement(&mut self) -> Option<Placement> {
+        let (observer, stream) = (self.observer.clone(), self.stream.clone());
+        let ask = async move {
+            let p = tokio::time::timeout(Duration::from_secs(1), observer.placement(&stream));
+            p.await.ok()?.ok()
+        };
+        self.while_following(ask).await
     }
 
     /// When the trigger's job ran, in ms.
     fn fires(&self) -> Vec<u64> {
         let text = std::fs::read_to_string(&self.slots).unwrap_or_default();
         read_slots(&text).0
+    }
+
+    /// When the trigger's job ran for a slot due at or after `from_ms`.
+    fn fires_of_slots_from(&self, from_ms: u64) -> Vec<u64> {
+        let text = std::fs::read_to_string(&self.slots).unwrap_or_default();
+        runs_of_slots_from(&text, from_ms)
     }
 }
 

@@ -133,6 +133,20 @@ pub(in crate::bench) fn read_slots(text: &str) -> (Vec<u64>, usize, usize) {
     (runs, twice, per_slot.len())
 }
 
+/// The run times of the slots due at or after `from_ms`, from the same
+/// lines as [`read_slots`].
+pub(in crate::bench) fn runs_of_slots_from(text: &str, from_ms: u64) -> Vec<u64> {
+    let lines = text.lines().map(|l| {
+        let mut fields = l.split_whitespace().map(str::parse::<u64>);
+        (fields.next(), fields.next())
+    });
+    let runs = lines.filter_map(|fields| match fields {
+        (Some(Ok(slot)), Some(Ok(at))) if slot >= from_ms => Some(at),
+        _ => None,
+    });
+    runs.collect()
+}
+
 fn opt(ms: Option<u64>) -> String {
     ms.map_or("-".into(), |v| v.to_string())
 }
@@ -180,7 +194,7 @@ pub(in crate::bench) fn print_table(r: &Report) {
             x.accepted_while_down,
         );
     }
-    println!("it led: the buckets whose stream the node led; elect ms: until all had a new leader (nats-server's Raft, 4-9 s after a leader dies); baton ms: from the end of the orders and leader streams' elections (or the kill) to the next accepted order; acc down: orders accepted from 0.5 s after the kill until the restart");
+    println!("it led: the buckets whose stream the node led; elect ms: until all had a new leader (nats-server's Raft, 4-9 s after a leader dies; for quorum from the kill, as none starts before the nodes are back); baton ms: from the end of the orders and leader streams' elections (or the kill) to the next accepted order; acc down: orders accepted from 0.5 s after the kill until the restart");
     for m in &r.scheduler_moves {
         println!(
             "Scheduler {} killed: {} took the role after {} ms; the trigger ran {} ms after the kill (longest gap {} ms)",
@@ -228,6 +242,13 @@ mod tests {
         let (runs, twice, slots) = read_slots("1000 1005\n2000 2010\n2000 2600\nnoise\n");
         assert_eq!(runs, vec![1005, 2010, 2600]);
         assert_eq!((twice, slots), (1, 2));
+    }
+
+    #[test]
+    fn runs_of_later_slots_leave_out_earlier_slots_run_late() {
+        let text = "1000 1005\n2000 2900\n3000 3010\nnoise\n";
+        assert_eq!(runs_of_slots_from(text, 2500), vec![3010]);
+        assert_eq!(runs_of_slots_from(text, 2000), vec![2900, 3010]);
     }
 
     #[test]

@@ -45,57 +45,70 @@ pub(super) async fn round(
                 .with_context(|| format!("no node named {node}"))
         })
         .collect::<anyhow::Result<_>>()?;
-    let mut elections = Elections::before_kill(w, &nodes).await;
+    let lead_orders = victim != Victim::Follower;
+    let ask = Elections::before_kill(w.observer.clone(), &nodes, lead_orders);
+    let mut elections = w.while_following(ask).await;
     let killed_ms = now_ms();
     elections.killed_ms = killed_ms;
     for index in &indexes {
         cluster.node_mut(*index).kill();
     }
+    // the traffic is followed throughout, so replies are timed as they come
     let back = Instant::now() + down;
-    while Instant::now() < back {
-        w.follow((Instant::now() + POLL).min(back)).await;
-        elections.poll(w).await;
-    }
+    w.while_following(async {
+        while Instant::now() < back {
+            elections.poll().await;
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await;
     let accepted_while_down = (w.accepted_ms.iter())
         .filter(|t| **t > killed_ms + IN_FLIGHT.as_millis() as u64 && **t <= now_ms())
         .count();
     // all at once: without quorum, a node answers only once the others
-    // are back too (the cluster needs a meta leader). Keep the traffic
-    // moving meanwhile
+    // are back too (the cluster needs a meta leader)
     let restart = join_all(
         (cluster.nodes_mut().into_iter().enumerate())
             .filter(|(i, _)| indexes.contains(i))
             .map(|(_, node)| node.start_again()),
     );
-    let restarted = {
-        tokio::pin!(restart);
-        loop {
-            tokio::select! {
-                done = &mut restart => break done,
-                _ = w.follow(Instant::now() + POLL) => {}
+    let restarted = w
+        .while_following(async {
+            tokio::pin!(restart);
+            loop {
+                tokio::select! {
+                    done = &mut restart => break done,
+                    _ = async { elections.poll().await; tokio::time::sleep(POLL).await } => {}
+                }
             }
-            elections.poll(w).await;
-        }
-    };
+        })
+        .await;
     let node = nodes.join("+");
     for started in restarted {
         started.with_context(|| format!("restarting {node}"))?;
     }
     let restarted_ms = now_ms();
     elections.restarted = true;
-    let deadline = Instant::now() + LIMIT;
-    let mut caught_up = false;
-    while Instant::now() < deadline {
-        let placement = w.placement().await;
-        if placement.is_some_and(|p| nodes.iter().all(|n| p.caught_up(n))) {
-            caught_up = true;
-            break;
-        }
-        w.follow(Instant::now() + POLL).await;
-        elections.poll(w).await;
-    }
-    elections.poll(w).await;
-    let (end_ms, caught_ms) = (now_ms(), now_ms());
+    let (observer, stream) = (w.observer.clone(), w.stream.clone());
+    let caught_ms = w
+        .while_following(async {
+            let deadline = Instant::now() + LIMIT;
+            while Instant::now() < deadline {
+                let ask = tokio::time::timeout(Duration::from_secs(1), observer.placement(&stream));
+                if let Ok(Ok(p)) = ask.await {
+                    if nodes.iter().all(|n| p.caught_up(n)) {
+                        return Some(now_ms());
+                    }
+                }
+                elections.poll().await;
+                tokio::time::sleep(POLL).await;
+            }
+            None
+        })
+        .await;
+    w.while_following(elections.poll()).await;
+    let caught_up = caught_ms.is_some();
+    let end_ms = now_ms();
     // the first finished order after the kill may come after the catch-up
     if first_after(&w.finished_ms, killed_ms).is_none() {
         w.follow_until(Instant::now() + LIMIT, |seen| {
@@ -128,7 +141,7 @@ pub(super) async fn round(
         stall_ms: longest_gap(&w.accepted_ms, from, end_ms),
         trigger_gap_ms: (!fires.is_empty()).then(|| longest_gap(&fires, from, end_ms)),
         caught_up,
-        catch_up_ms: caught_up.then_some(caught_ms - restarted_ms),
+        catch_up_ms: caught_ms.map(|at| at.saturating_sub(restarted_ms)),
         election_ms: elections.longest_ms(),
         baton_ms,
         led: elections.led,

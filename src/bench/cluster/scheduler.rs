@@ -29,7 +29,8 @@ pub(in crate::bench) struct SchedulerMove {
     pub(in crate::bench) successor: Option<String>,
     /// When the broker reported another agent as the Scheduler.
     pub(in crate::bench) moved_ms: Option<u64>,
-    /// When the 1 s trigger's job ran next.
+    /// When the 1 s trigger's job ran next, for a slot due after the kill
+    /// (not one the killed agent fired just before).
     pub(in crate::bench) next_fire_ms: Option<u64>,
     /// The longest time between two runs of the trigger, from a second
     /// before the kill until the agent was back.
@@ -63,7 +64,7 @@ pub(super) async fn kill_scheduler(
 ) -> anyhow::Result<SchedulerMove> {
     let deadline = Instant::now() + LIMIT;
     let victim = loop {
-        if let Some(id) = scheduler(bus).await {
+        if let Some(id) = w.while_following(scheduler(bus)).await {
             break id;
         }
         if Instant::now() > deadline {
@@ -83,13 +84,14 @@ pub(super) async fn kill_scheduler(
             let urls = cluster.urls_from(0);
             cluster.spawn_via(&victim, &["agent", "--id", &victim], &urls)?;
         }
-        let fired = first_after(&w.fires(), killed_ms).is_some();
+        let fired = first_after(&w.fires_of_slots_from(killed_ms), killed_ms).is_some();
         if successor.is_some() && fired && cluster.pid(&victim).is_some() {
             break;
         }
         w.follow(Instant::now() + POLL).await;
         if successor.is_none() {
-            if let Some(id) = scheduler(bus).await.filter(|id| *id != victim) {
+            let asked = w.while_following(scheduler(bus)).await;
+            if let Some(id) = asked.filter(|id| *id != victim) {
                 moved_ms = Some(now_ms() - killed_ms);
                 successor = Some(id);
             }
@@ -100,7 +102,7 @@ pub(super) async fn kill_scheduler(
         killed: victim,
         successor,
         moved_ms,
-        next_fire_ms: first_after(&fires, killed_ms),
+        next_fire_ms: first_after(&w.fires_of_slots_from(killed_ms), killed_ms),
         trigger_gap_ms: (!fires.is_empty())
             .then(|| longest_gap(&fires, killed_ms.saturating_sub(1000), now_ms())),
     })
