@@ -121,7 +121,7 @@ fn limits(max_age: std::time::Duration, max_bytes: Option<u64>) -> StreamLimits 
 }
 
 /// `epoch` is the leadership lease's revision this broker won (see
-/// `leadership.rs`); every command it sends carries it.
+/// `leadership/`); every command it sends carries it.
 pub async fn start(
     config: Config,
     bus: Bus,

@@ -85,6 +85,12 @@ pub struct BrokerConfig {
     /// to take a free one).
     #[serde(with = "humantime_serde")]
     pub renew_interval: Duration,
+    /// The active broker gives its lease up (and a standby does not take
+    /// it) when its broker thread has run no timer for this long: wedged,
+    /// or held by work that never yields. Longer than any takeover's
+    /// longest step without a pause.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
     /// How long a failed workflow order stays resumable; then it expires
     /// (stays failed, can no longer be resumed) and leaves memory like
     /// any ended order.
@@ -239,6 +245,7 @@ impl Default for BrokerConfig {
             precedence: 100,
             lease: Duration::from_secs(2),
             renew_interval: Duration::from_millis(400),
+            stall_timeout: Duration::from_secs(20),
             failed_hold: history::FAILED_HOLD,
             order_retention: history::ORDER_RETENTION,
             keep_finished: history::KEEP_FINISHED,
@@ -459,6 +466,17 @@ impl Config {
                     "must be more than zero and at most half of broker.lease ({}), or the \
                      active broker loses its lease (and steps down) whenever one renewal is \
                      late: lower broker.renew_interval or raise broker.lease",
+                    shown(b.lease)
+                ),
+            });
+        }
+        if b.stall_timeout < b.lease {
+            return Err(ConfigProblem::Invalid {
+                key: "broker.stall_timeout",
+                value: shown(b.stall_timeout),
+                reason: format!(
+                    "must be at least broker.lease ({}), or a broker gives its lease up \
+                     over a pause its lease would have survived: raise broker.stall_timeout",
                     shown(b.lease)
                 ),
             });
