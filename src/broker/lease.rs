@@ -34,6 +34,20 @@ pub fn must_step_down(last_ok_sent: Instant, now: Instant, lease: Duration) -> b
     now >= last_ok_sent + lease.saturating_sub(margin(lease))
 }
 
+/// How long a renewal sent at `sent` may take, the last good one sent at
+/// `last_ok`: until the broker must step down anyway, and at least
+/// `renew_interval`. A slow server's late answer still renews, and the
+/// tenure counts from when the renewal was sent.
+pub fn renewal_bound(
+    last_ok: Instant,
+    sent: Instant,
+    lease: Duration,
+    renew_interval: Duration,
+) -> Duration {
+    let until = last_ok + lease.saturating_sub(margin(lease));
+    until.saturating_duration_since(sent).max(renew_interval)
+}
+
 /// How long the active broker may act: until [`must_step_down`], by its own
 /// monotonic clock, counted from the last good renewal. The leadership loop
 /// records each renewal; the Broker and the Elector ask before they act, so
@@ -272,6 +286,27 @@ mod tests {
         assert!(tenure.holds(t0 + lease), "an older renewal changes nothing");
         let shared = tenure.clone();
         assert!(!shared.holds(t0 + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn a_renewal_may_take_until_the_step_down_point_but_never_less_than_an_interval() {
+        let t0 = Instant::now();
+        let every = Duration::from_millis(400);
+        // sent with the last good renewal: until the step-down point, 1.5 s
+        assert_eq!(
+            renewal_bound(t0, t0, LEASE, every),
+            Duration::from_millis(1_500)
+        );
+        assert_eq!(
+            renewal_bound(t0, t0 + Duration::from_millis(1_000), LEASE, every),
+            Duration::from_millis(500)
+        );
+        // past it (the step-down follows), or nearly: one interval
+        assert_eq!(renewal_bound(t0, t0 + LEASE, LEASE, every), every);
+        assert_eq!(
+            renewal_bound(t0, t0 + Duration::from_millis(1_400), LEASE, every),
+            every
+        );
     }
 
     #[test]

@@ -102,7 +102,7 @@ impl Leadership {
     /// `broker.stall_timeout` ([`lease::stalled`]).
     fn stall(&self, now: Instant) -> Option<Duration> {
         let last = self.host.liveness.last();
-        let limit = self.config.broker.stall_timeout;
+        let limit = (self.config.broker.stall_timeout).max(self.config.broker.lease);
         lease::stalled(last, now, limit).then(|| now.saturating_duration_since(last))
     }
 
@@ -285,14 +285,10 @@ impl Leadership {
         }
     }
 
-    /// How long a renewal sent at `sent` may take, the last good one sent
-    /// at `last_ok`: until this broker must step down anyway, and at least
-    /// `renew_interval`. A slow server's late answer still renews; the
-    /// tenure counts from when it was sent ([`lease::must_step_down`]).
+    /// How long a renewal sent at `sent` may take ([`lease::renewal_bound`]).
     fn renewal_bound(&self, last_ok: Instant, sent: Instant) -> Duration {
-        let lease = self.config.broker.lease;
-        let until = last_ok + lease.saturating_sub(lease::margin(lease));
-        (until.saturating_duration_since(sent)).max(self.config.broker.renew_interval)
+        let b = &self.config.broker;
+        lease::renewal_bound(last_ok, sent, b.lease, b.renew_interval)
     }
 
     async fn renew(&mut self) -> anyhow::Result<()> {
