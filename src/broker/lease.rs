@@ -1,5 +1,5 @@
 //! The brokers' leadership lease: which broker acts. Pure: the caller passes
-//! the time in and does the JetStream IO (see `leadership.rs`).
+//! the time in and does the JetStream IO (see `leadership/`).
 //!
 //! The lease is one key in a KV bucket whose values expire `lease` after
 //! they were written. A standby campaigns with KV `create`, which succeeds
@@ -17,6 +17,8 @@
 //! the broker sent it, and the broker counts from when it sent it, less a
 //! margin. So two brokers never act at once, even cut off from NATS.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::protocol::{BrokerLease, BrokerRole, BrokerStatus};
@@ -32,21 +34,42 @@ pub fn must_step_down(last_ok_sent: Instant, now: Instant, lease: Duration) -> b
     now >= last_ok_sent + lease.saturating_sub(margin(lease))
 }
 
+/// How long a renewal sent at `sent` may take, the last good one sent at
+/// `last_ok`: until the broker must step down anyway, and at least
+/// `renew_interval`. A slow server's late answer still renews, and the
+/// tenure counts from when the renewal was sent.
+pub fn renewal_bound(
+    last_ok: Instant,
+    sent: Instant,
+    lease: Duration,
+    renew_interval: Duration,
+) -> Duration {
+    let until = last_ok + lease.saturating_sub(margin(lease));
+    until.saturating_duration_since(sent).max(renew_interval)
+}
+
 /// How long the active broker may act: until [`must_step_down`], by its own
 /// monotonic clock, counted from the last good renewal. The leadership loop
 /// records each renewal; the Broker and the Elector ask before they act, so
 /// a broker paused past its lease (SIGSTOP, a VM frozen) acts on nothing
 /// when it resumes, even before the loop has told it to step down.
+///
+/// Shared across threads: the lease keeper (its own thread, see
+/// `leadership/`) records renewals and ends it; the Broker reads it.
 #[derive(Debug, Clone)]
 pub struct Tenure {
-    last_ok_sent: std::sync::Arc<std::sync::Mutex<Instant>>,
+    last_ok_sent: Arc<Mutex<Instant>>,
+    /// Set when the keeper stepped down: nothing is acted on from then,
+    /// whatever the clock says.
+    ended: Arc<AtomicBool>,
     lease: Duration,
 }
 
 impl Tenure {
     pub fn new(last_ok_sent: Instant, lease: Duration) -> Tenure {
         Tenure {
-            last_ok_sent: std::sync::Arc::new(std::sync::Mutex::new(last_ok_sent)),
+            last_ok_sent: Arc::new(Mutex::new(last_ok_sent)),
+            ended: Arc::new(AtomicBool::new(false)),
             lease,
         }
     }
@@ -58,13 +81,62 @@ impl Tenure {
         }
     }
 
+    /// The keeper stepped down: the broker acts on nothing from now on,
+    /// before it has even handled its `StepDown`.
+    pub fn end(&self) {
+        self.ended.store(true, Ordering::SeqCst);
+    }
+
     /// Whether the broker may still act at `now`.
     pub fn holds(&self, now: Instant) -> bool {
-        self.last_ok_sent
-            .lock()
-            .map(|last| !must_step_down(*last, now, self.lease))
-            .unwrap_or(false)
+        !self.ended.load(Ordering::SeqCst)
+            && self
+                .last_ok_sent
+                .lock()
+                .map(|last| !must_step_down(*last, now, self.lease))
+                .unwrap_or(false)
     }
+}
+
+/// When the broker's own thread last ran a timer: the lease keeper renews
+/// only while it does ([`stalled`]). Touched on the broker's thread every
+/// [`Liveness::EVERY`]; a thread wedged (or held by work that never
+/// yields) stops touching it.
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    base: Instant,
+    /// Milliseconds from `base` to the last touch.
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Liveness {
+    /// How often the broker's thread touches it.
+    pub const EVERY: Duration = Duration::from_millis(100);
+
+    pub fn new(now: Instant) -> Liveness {
+        Liveness {
+            base: now,
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The broker's thread is alive at `now`.
+    pub fn touch(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.base).as_millis() as u64;
+        self.last_ms.fetch_max(ms, Ordering::SeqCst);
+    }
+
+    /// When it was last touched.
+    pub fn last(&self) -> Instant {
+        self.base + Duration::from_millis(self.last_ms.load(Ordering::SeqCst))
+    }
+}
+
+/// Whether the broker's thread, last alive at `last_alive`, has stalled at
+/// `now`: silent for `limit` or longer. Then the keeper neither renews nor
+/// campaigns: a wedged broker must not hold the lease for ever.
+pub fn stalled(last_alive: Instant, now: Instant, limit: Duration) -> bool {
+    now.saturating_duration_since(last_alive) >= limit
 }
 
 /// Another broker as heard from its heartbeats.
@@ -214,6 +286,58 @@ mod tests {
         assert!(tenure.holds(t0 + lease), "an older renewal changes nothing");
         let shared = tenure.clone();
         assert!(!shared.holds(t0 + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn a_renewal_may_take_until_the_step_down_point_but_never_less_than_an_interval() {
+        let t0 = Instant::now();
+        let every = Duration::from_millis(400);
+        // sent with the last good renewal: until the step-down point, 1.5 s
+        assert_eq!(
+            renewal_bound(t0, t0, LEASE, every),
+            Duration::from_millis(1_500)
+        );
+        assert_eq!(
+            renewal_bound(t0, t0 + Duration::from_millis(1_000), LEASE, every),
+            Duration::from_millis(500)
+        );
+        // past it (the step-down follows), or nearly: one interval
+        assert_eq!(renewal_bound(t0, t0 + LEASE, LEASE, every), every);
+        assert_eq!(
+            renewal_bound(t0, t0 + Duration::from_millis(1_400), LEASE, every),
+            every
+        );
+    }
+
+    #[test]
+    fn an_ended_tenure_holds_no_more_whatever_the_renewals() {
+        let t0 = Instant::now();
+        let tenure = Tenure::new(t0, LEASE);
+        let shared = tenure.clone();
+        assert!(shared.holds(t0));
+        tenure.end();
+        assert!(!shared.holds(t0), "ended at once, on every copy");
+        tenure.renewed(t0 + Duration::from_secs(1));
+        assert!(!shared.holds(t0 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_broker_thread_silent_past_the_limit_has_stalled() {
+        let t0 = Instant::now();
+        let limit = Duration::from_secs(15);
+        let alive = Liveness::new(t0);
+        assert_eq!(alive.last(), t0);
+        assert!(!stalled(alive.last(), t0 + limit / 2, limit));
+        assert!(stalled(alive.last(), t0 + limit, limit));
+        alive.touch(t0 + Duration::from_secs(10));
+        assert!(!stalled(alive.last(), t0 + limit, limit), "touched since");
+        // a late touch with an older time does not move it back
+        alive.touch(t0 + Duration::from_secs(1));
+        assert_eq!(alive.last(), t0 + Duration::from_secs(10));
+        let shared = alive.clone();
+        assert!(stalled(shared.last(), t0 + Duration::from_secs(25), limit));
+        // a clock read before the last touch is not a stall
+        assert!(!stalled(alive.last(), t0, limit));
     }
 
     #[test]

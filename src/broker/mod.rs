@@ -201,7 +201,7 @@ pub fn prepare(config: &Config, bus: &Bus) {
 }
 
 /// `epoch` is the leadership lease's revision this broker won (see
-/// `leadership.rs`); every command it sends carries it.
+/// `leadership/`); every command it sends carries it.
 pub async fn start(
     config: Config,
     bus: Bus,

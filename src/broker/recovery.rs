@@ -45,7 +45,7 @@ use std::cell::{Cell, RefCell};
 #[cfg(test)]
 use std::collections::BTreeMap;
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::core::{Journal, Recovered, Stored};
 use super::retention::ended_for_good;
@@ -188,14 +188,29 @@ pub(super) async fn recover(
     broker: &crate::config::BrokerConfig,
     now_ms: u64,
 ) -> Result<Recovered, BusError> {
+    let began = std::time::Instant::now();
+    let jobs = jobs_kv.entries().await?;
+    let jobs_read = began.elapsed();
+    let orders = orders_kv.entries_with_revisions().await?;
     let journal = Journal {
-        jobs: jobs_kv.entries().await?,
+        jobs,
         clusters: clusters_kv.entries().await?,
         workflows: workflows_kv.entries().await?,
-        orders: orders_kv.entries_with_revisions().await?,
+        orders,
         switches: switches_kv.entries().await?,
     };
-    Ok(Recovered::from_journal(journal, broker, now_ms))
+    let (jobs, orders) = (journal.jobs.len(), journal.orders.len());
+    let read = began.elapsed();
+    let recovered = Recovered::from_journal(journal, broker, now_ms);
+    info!(
+        jobs,
+        orders,
+        jobs_read_ms = jobs_read.as_millis() as u64,
+        read_ms = read.as_millis() as u64,
+        restore_ms = (began.elapsed() - read).as_millis() as u64,
+        "read the journal for the takeover"
+    );
+    Ok(recovered)
 }
 
 /// Order records kept in memory, with JetStream's revisions and

@@ -238,6 +238,15 @@ impl Registry {
         checks
     }
 
+    /// The broker itself was not looking for `paused` (its thread busy, see
+    /// [`paused_for`]): silence meanwhile is held against no subagent,
+    /// whose heartbeats may still wait unread behind the broker's work.
+    pub fn forgive(&mut self, paused: Duration, now: Instant) {
+        for entry in self.subagents.values_mut() {
+            entry.last_seen = (entry.last_seen + paused).min(now);
+        }
+    }
+
     /// Declares a subagent lost; returns the tasks that were placed on it.
     /// `None` when it is unknown or already lost.
     pub fn declare_lost(&mut self, id: &str) -> Option<Vec<String>> {
@@ -340,6 +349,16 @@ pub fn lost_after(subagent_timeout: Duration, announced: Duration) -> Duration {
     subagent_timeout.max(announced * 4)
 }
 
+/// How long the broker was not looking, when its liveness check comes at
+/// `now`, the last one at `last` and one due every `every`: the gap less
+/// one interval when it exceeds ten intervals (its thread was busy: the
+/// lease keeper holds its lease through that, see `leadership/`), else
+/// `None`.
+pub fn paused_for(last: Option<Instant>, now: Instant, every: Duration) -> Option<Duration> {
+    let gap = now.saturating_duration_since(last?);
+    (gap > every * 10).then(|| gap - every)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,6 +436,35 @@ mod tests {
                 },
             }
         );
+    }
+
+    #[test]
+    fn silence_while_the_broker_was_busy_is_forgiven() {
+        let labels = BTreeMap::new();
+        let t0 = Instant::now();
+        let every = Duration::from_millis(100);
+        assert_eq!(paused_for(None, t0, every), None);
+        assert_eq!(paused_for(Some(t0), t0 + every, every), None);
+        assert_eq!(paused_for(Some(t0), t0 + every * 10, every), None);
+        let t5 = t0 + Duration::from_secs(5);
+        let paused = paused_for(Some(t0), t5, every).expect("a pause");
+        assert_eq!(paused, Duration::from_secs(5) - every);
+        let mut r = Registry::default();
+        r.seen(sight("a", "i", &labels), t0);
+        assert!(
+            matches!(r.check(t5, TIMEOUT)[..], [Check::Unreachable(_)]),
+            "unforgiven, five silent seconds are a loss"
+        );
+        let mut r = Registry::default();
+        r.seen(sight("a", "i", &labels), t0);
+        r.forgive(paused, t5);
+        assert!(r.check(t5, TIMEOUT).is_empty(), "forgiven: just heard");
+        // silence after the pause counts again
+        let later = t5 + TIMEOUT * 2;
+        assert!(matches!(
+            r.check(later, TIMEOUT)[..],
+            [Check::Unreachable(_)]
+        ));
     }
 
     #[test]

@@ -15,6 +15,8 @@ use super::{decode, encode, BusError, Encoding};
 
 /// [`Kv::entries`] gives up when the server sends nothing for this long.
 const ENTRIES_IDLE: Duration = Duration::from_secs(10);
+/// [`Kv::entries`] lets other tasks run after every so many entries.
+const ENTRIES_YIELD: u64 = 1_000;
 /// How long [`Kv::entries`] waits for a new watch's first entry before it
 /// starts another: on a cluster, a watch made while a node rejoins or a
 /// stream elects its leader can stay silent until its consumer is remade
@@ -310,7 +312,13 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
         // many are still to come
         let (mut watch, first) = self.first_entry().await?;
         let mut next = Some(first);
+        let mut read = 0u64;
         loop {
+            // the thread's timers and other tasks run between batches
+            read += 1;
+            if read % ENTRIES_YIELD == 0 {
+                tokio::task::yield_now().await;
+            }
             let entry = match next.take() {
                 Some(entry) => entry,
                 None => match tokio::time::timeout(ENTRIES_IDLE, watch.next()).await {

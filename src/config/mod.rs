@@ -85,6 +85,13 @@ pub struct BrokerConfig {
     /// to take a free one).
     #[serde(with = "humantime_serde")]
     pub renew_interval: Duration,
+    /// The active broker gives its lease up (and a standby does not take
+    /// it) when its broker thread has run no timer for this long: wedged,
+    /// or held by work that never yields. Longer than any takeover's
+    /// longest step without a pause. Never less than `lease` (the longer
+    /// of the two counts).
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
     /// How long a failed workflow order stays resumable; then it expires
     /// (stays failed, can no longer be resumed) and leaves memory like
     /// any ended order.
@@ -239,6 +246,7 @@ impl Default for BrokerConfig {
             precedence: 100,
             lease: Duration::from_secs(2),
             renew_interval: Duration::from_millis(400),
+            stall_timeout: Duration::from_secs(20),
             failed_hold: history::FAILED_HOLD,
             order_retention: history::ORDER_RETENTION,
             keep_finished: history::KEEP_FINISHED,

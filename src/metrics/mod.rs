@@ -69,7 +69,7 @@ pub enum Role {
 }
 
 /// What the active broker records (`broker/act.rs`, `broker/mod.rs`,
-/// `broker/leadership.rs`, `broker/elector.rs`).
+/// `broker/leadership/`, `broker/elector.rs`).
 #[derive(Debug)]
 pub struct BrokerMetrics {
     pub orders_accepted: Family<Label, Counter>,

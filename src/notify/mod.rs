@@ -21,7 +21,7 @@
 //!   drop a repeated `id`.
 //! - **Never slows dispatch:** the notifier runs on a thread of its own
 //!   ([`Notifier`]), started and stopped with the Broker
-//!   (`broker/leadership.rs`), so only the active broker notifies; each
+//!   (`broker/leadership/`), so only the active broker notifies; each
 //!   record's deliveries are a task of their own, at most
 //!   `notify.concurrency` tries at once, each bounded by its target's
 //!   timeout, so a dead webhook only delays its own notifications.

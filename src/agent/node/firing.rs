@@ -174,8 +174,11 @@ impl Agent {
         let bus = self.bus.clone();
         let bucket = self.config.fired_bucket();
         let load = async move {
+            let began = std::time::Instant::now();
             let kv: Kv<FiredSlot> = bus.kv(&bucket).await?;
             let records = kv.entries().await?;
+            let took_ms = began.elapsed().as_millis() as u64;
+            info!(records = records.len(), took_ms, "read the fired slots");
             Ok::<_, BusError>((kv, records))
         };
         ctx.spawn(load.into_actor(self).map(move |loaded, act, ctx| {

@@ -353,6 +353,9 @@ pub struct Core<R> {
     /// Until when it may act.
     tenure: lease::Tenure,
     idle_warned: bool,
+    /// When subagents' liveness was last checked (a longer gap than usual
+    /// is the broker's own pause, forgiven them, `registry::paused_for`).
+    pub(super) last_check: Option<std::time::Instant>,
     pub(super) now: Now,
     out: Vec<Effect<R>>,
 }
@@ -397,6 +400,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             ids: 0,
             tenure,
             idle_warned: false,
+            last_check: None,
             now,
             out: Vec::new(),
             config,

@@ -287,6 +287,12 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
 
     pub(in crate::broker) fn check_liveness(&mut self) {
         let timeout = self.config.broker.subagent_timeout;
+        let every = self.config.broker.check_interval;
+        let last = self.last_check.replace(self.now.at);
+        if let Some(paused) = crate::broker::registry::paused_for(last, self.now.at, every) {
+            info!(paused_ms = paused.as_millis() as u64, "the broker's thread was busy: subagents' silence meanwhile is not held against them");
+            self.registry.forgive(paused, self.now.at);
+        }
         for check in self.registry.check(self.now.at, timeout) {
             match check {
                 Check::Probe(id) => self.probe(id),
