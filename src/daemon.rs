@@ -58,6 +58,19 @@ pub async fn connect(config: &Config, name: &str) -> anyhow::Result<Bus> {
     Ok(Bus::connect(&settings, Subjects::new(config.prefix.clone())).await?)
 }
 
+/// A second connection of this process, named `name`, counting into the
+/// first one's `stats` (so `status` reports the process's counts).
+pub async fn connect_beside(
+    config: &Config,
+    name: &str,
+    stats: std::sync::Arc<crate::bus::Stats>,
+) -> anyhow::Result<Bus> {
+    let credentials = configured_credentials(&config.nats).unwrap_or_default();
+    let settings = connect_settings(config, name, credentials, true);
+    let subjects = Subjects::new(config.prefix.clone());
+    Ok(Bus::connect_counting(&settings, subjects, stats).await?)
+}
+
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
 pub async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};

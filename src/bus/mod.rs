@@ -177,7 +177,16 @@ pub struct Bus {
 
 impl Bus {
     pub async fn connect(settings: &ConnectSettings, subjects: Subjects) -> Result<Bus, BusError> {
-        let stats = Arc::new(Stats::default());
+        Bus::connect_counting(settings, subjects, Arc::default()).await
+    }
+
+    /// Like [`Bus::connect`], counting into `stats` (a second connection of
+    /// a process adds to the same counters as its first).
+    pub async fn connect_counting(
+        settings: &ConnectSettings,
+        subjects: Subjects,
+        stats: Arc<Stats>,
+    ) -> Result<Bus, BusError> {
         let (client, signer) = connect::connect(settings, stats.clone()).await?;
         let trust = connect::trust(settings)?;
         let (outgoing, queue) = tokio::sync::mpsc::unbounded_channel();

@@ -40,7 +40,8 @@ pub(super) fn spawn(
 
 async fn run(config: Config, host: Host, release: oneshot::Receiver<()>) -> anyhow::Result<()> {
     // its own connection: the Broker's reads and writes never queue before a renewal
-    let bus = crate::daemon::connect(&config, "baton-broker-lease").await?;
+    let stats = host.stats.clone();
+    let bus = crate::daemon::connect_beside(&config, "baton-broker-lease", stats).await?;
     let kv = bus
         .kv_expiring::<BrokerLease>(&config.leader_bucket(), config.broker.lease)
         .await?;

@@ -127,6 +127,9 @@ struct StartAsk {
 struct Host {
     asks: mpsc::UnboundedSender<StartAsk>,
     liveness: Liveness,
+    /// The process's counters (malformed messages, refusals...): the
+    /// keeper's connection counts into them too.
+    stats: std::sync::Arc<crate::bus::Stats>,
 }
 
 impl Host {
@@ -159,6 +162,7 @@ pub async fn run_until_signal(config: Config, bus: Bus) -> anyhow::Result<()> {
     let host = Host {
         asks,
         liveness: liveness.clone(),
+        stats: bus.stats().clone(),
     };
     keeper::spawn(config.clone(), host, released, done)?;
     let mut release = Some(release);

@@ -39,17 +39,7 @@ impl Leadership {
         let Some(a) = &self.active else {
             return;
         };
-        let heard = self.heard.values().map(|(hb, at)| {
-            let peer = BrokerStatus {
-                id: hb.broker_id.clone(),
-                role: hb.role,
-                epoch: hb.epoch,
-                precedence: hb.precedence,
-                lease_age_ms: hb.lease_age_ms,
-                heartbeat_age_ms: now.saturating_duration_since(*at).as_millis() as u64,
-            };
-            (peer, *at)
-        });
+        let heard = (self.heard.values()).map(|(hb, at)| (status_of(hb, *at, now), *at));
         let alive = self.config.broker.heartbeat_interval * 4;
         let peers = lease::peers_seen_by_active(heard, a.epoch, now, alive);
         a.broker.do_send(LeaseNews {
@@ -66,14 +56,7 @@ impl Leadership {
             self.active_seen_ms = now_ms();
         }
         let brokers = (self.heard.values())
-            .map(|(hb, at)| BrokerStatus {
-                id: hb.broker_id.clone(),
-                role: hb.role,
-                epoch: hb.epoch,
-                precedence: hb.precedence,
-                lease_age_ms: hb.lease_age_ms,
-                heartbeat_age_ms: now.saturating_duration_since(*at).as_millis() as u64,
-            })
+            .map(|(hb, at)| status_of(hb, *at, now))
             .collect();
         let mut view = BrokerView {
             broker_id: self.id.clone(),
@@ -142,5 +125,17 @@ impl Leadership {
         };
         self.bus
             .post(self.bus.subjects().broker_changed(&self.id), &event);
+    }
+}
+
+/// Another broker as its last heartbeat (heard at `at`) describes it.
+fn status_of(hb: &BrokerHeartbeat, at: Instant, now: Instant) -> BrokerStatus {
+    BrokerStatus {
+        id: hb.broker_id.clone(),
+        role: hb.role,
+        epoch: hb.epoch,
+        precedence: hb.precedence,
+        lease_age_ms: hb.lease_age_ms,
+        heartbeat_age_ms: now.saturating_duration_since(at).as_millis() as u64,
     }
 }
