@@ -128,11 +128,8 @@ impl Watch {
     /// `None` when it cannot be read now.
     async fn placement(&mut self) -> Option<Placement> {
         let (observer, stream) = (self.observer.clone(), self.stream.clone());
-        let ask = async move {
-            let p = tokio::time::timeout(Duration::from_secs(1), observer.placement(&stream));
-            p.await.ok()?.ok()
-        };
-        self.while_following(ask).await
+        self.while_following(async move { placement_of(&observer, &stream).await })
+            .await
     }
 
     /// When the trigger's job ran, in ms.
@@ -146,6 +143,12 @@ impl Watch {
         let text = std::fs::read_to_string(&self.slots).unwrap_or_default();
         runs_of_slots_from(&text, from_ms)
     }
+}
+
+/// `stream`'s placement; `None` when it cannot be read within a second.
+async fn placement_of(observer: &Bus, stream: &str) -> Option<Placement> {
+    let ask = tokio::time::timeout(Duration::from_secs(1), observer.placement(stream));
+    ask.await.ok()?.ok()
 }
 
 pub(super) async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::elections::{baton_part, Elections};
 use super::report::{first_after, longest_gap, Round, Victim};
-use super::Watch;
+use super::{placement_of, Watch};
 use crate::bench::broker::traffic::Seen;
 use crate::launch::LocalCluster;
 use crate::natsd::NatsCluster;
@@ -94,11 +94,9 @@ pub(super) async fn round(
         .while_following(async {
             let deadline = Instant::now() + LIMIT;
             while Instant::now() < deadline {
-                let ask = tokio::time::timeout(Duration::from_secs(1), observer.placement(&stream));
-                if let Ok(Ok(p)) = ask.await {
-                    if nodes.iter().all(|n| p.caught_up(n)) {
-                        return Some(now_ms());
-                    }
+                let placement = placement_of(&observer, &stream).await;
+                if placement.is_some_and(|p| nodes.iter().all(|n| p.caught_up(n))) {
+                    return Some(now_ms());
                 }
                 elections.poll().await;
                 tokio::time::sleep(POLL).await;
