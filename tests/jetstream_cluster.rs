@@ -6,7 +6,9 @@
 //! (each under a request id, sent again until accepted) and a trigger
 //! fires every second; then the agent that is the Scheduler is SIGKILLed
 //! and started again. Brokers, agents and subagents each prefer a
-//! different node and know all three.
+//! different node and know all three. Before the follower's kill the
+//! bench puts the brokers' lease stream's leader on it: the active broker
+//! must move it back beside the orders stream's leader.
 //!
 //! The test runs the real command and checks its figures, and judges from
 //! the evidence files the tasks wrote (not from Baton's own account): no
@@ -94,6 +96,23 @@ async fn a_node_killed_under_load_loses_and_doubles_nothing() {
         "the first kill is the orders stream's leader",
     );
     check(rounds[1]["victim"] == "follower", "the second a follower");
+    // the follower was made to lead the brokers' lease stream first: the
+    // active broker moved that leader back beside the orders stream's, so
+    // the killed follower led nothing of Baton's (no election, no stall)
+    check(
+        rounds[1]["scattered"] == true,
+        "the lease stream's leader was put on the follower",
+    );
+    check(
+        rounds[1]["colocated_ms"].is_u64(),
+        "the active broker moved the lease stream's leader off the follower",
+    );
+    check(
+        rounds[1]["led"]
+            .as_array()
+            .is_some_and(|led| led.is_empty()),
+        "the killed follower led none of Baton's streams",
+    );
     // without quorum JetStream stores nothing: nothing may be accepted
     check(
         rounds[2]["victim"] == "quorum",

@@ -13,6 +13,7 @@
 mod act;
 pub mod agents;
 mod audit;
+pub mod colocate;
 pub mod core;
 mod discovery;
 pub mod election;
@@ -112,6 +113,8 @@ pub struct Broker {
     _api: crate::bus::ApiService,
     /// Keeps the subject triggers' stream and consumers; stops with us.
     _trigger_stream: trigger_stream::TriggerStream,
+    /// Keeps Baton's stream leaders together, on a JetStream cluster.
+    _colocate: Option<colocate::Colocate>,
 }
 
 /// Subscribes and starts the broker in the current actix System.
@@ -335,6 +338,7 @@ pub async fn start(
         act::now(),
     );
     let trigger_stream = trigger_stream::start(bus.clone(), &config);
+    let colocate = colocate::start(bus.clone(), &config);
     Ok(Broker::create(move |ctx| {
         ctx.add_stream(stream::select_all(inputs));
         Broker {
@@ -357,6 +361,7 @@ pub async fn start(
             past_retention,
             _api: api,
             _trigger_stream: trigger_stream,
+            _colocate: colocate,
         }
     }))
 }

@@ -4,22 +4,23 @@
 //! - one malloc arena ([`one_arena`]): glibc gives each thread that
 //!   allocates an arena of its own, and what it touched stays resident; a
 //!   subagent has little to allocate and no thread that needs its own.
-//! - its executable's clean pages dropped from its map
-//!   ([`drop_clean_pages`]) once it is registered, and again once it has
-//!   been idle for [`DROP_AFTER_IDLE`] after running tasks ([`drop_again`]):
-//!   the command line, configuration, logging and connecting run once, a
-//!   task's spawn and supervision only while it runs, yet the kernel's
-//!   fault-around (64 KB mapped at each fault, `MADV_RANDOM` does not stop
-//!   it) kept about 14 MB of the executable's code and 3 MB of its
-//!   read-only data mapped in each subagent. Those pages are read-only and
+//! - the clean pages of its executable and shared libraries dropped from
+//!   its map ([`drop_clean_pages`]) once it is registered, and again once
+//!   it has been idle for [`DROP_AFTER_IDLE`] after running tasks
+//!   ([`drop_again`]); the lean reaper (`relay.rs`) drops its own once it
+//!   has been introduced. The command line, configuration, logging and
+//!   connecting run once, a task's spawn and supervision only while it
+//!   runs, yet the kernel's fault-around (64 KB mapped at each fault,
+//!   `MADV_RANDOM` does not stop it) kept about 14 MB of the executable's
+//!   code and 3 MB of its read-only data, and 1.6 MB of libc's, libm's and
+//!   the loader's, mapped in each subagent. Those pages are read-only and
 //!   clean, so dropping them from this process's map loses nothing: what
-//!   runs again is mapped again from the page cache, which every `baton`
-//!   process shares. Only mappings of the executable holding no anonymous
-//!   page are touched: never the relocated data (RELRO, read-only once
-//!   relocated but each page a private copy, about 1.6 MB of a subagent's
-//!   private memory), nor the writable data.
+//!   runs again is mapped again from the page cache, which every process
+//!   shares. Only read-only file mappings holding no anonymous page are
+//!   touched: never the relocated data (RELRO, read-only once relocated
+//!   but each page a private copy, about 1.6 MB of a subagent's private
+//!   memory), nor the writable data.
 
-use std::path::Path;
 use std::time::Duration;
 
 /// How long a subagent stays idle after running tasks before it drops the
@@ -42,20 +43,17 @@ pub fn drop_again(worked: bool, idle_for: Option<Duration>, after: Duration) -> 
     worked && idle_for.is_some_and(|idle| idle >= after)
 }
 
-/// Drops this process's mapped pages of its own executable's code and
-/// read-only data (see the module docs); returns the bytes of mappings
-/// advised.
+/// Drops this process's mapped pages of its executable's and shared
+/// libraries' code and read-only data (see the module docs); returns the
+/// bytes of mappings advised.
 pub fn drop_clean_pages() -> usize {
-    let Ok(exe) = std::env::current_exe() else {
-        return 0;
-    };
     let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
         return 0;
     };
     let mut advised = 0;
-    for (start, end) in clean_mappings(&smaps, &exe) {
-        // SAFETY: a private, read-only file mapping of our own executable
-        // holding no anonymous page: every page is a clean copy of the file,
+    for (start, end) in clean_mappings(&smaps) {
+        // SAFETY: a private, read-only mapping of a file (the executable
+        // or a shared library) holding no anonymous page: every page is a clean copy of the file,
         // faulted back in from it when next used; no pointer into it is
         // invalidated, and read-only pages never become private copies.
         let done = unsafe {
@@ -72,11 +70,11 @@ pub fn drop_clean_pages() -> usize {
     advised
 }
 
-/// The address ranges of `exe`'s private read-only mappings (code `r-xp`,
-/// data `r--p`) whose `Anonymous:` is 0, in `/proc/self/smaps` text (a
-/// mapping whose count is missing is not chosen).
-fn clean_mappings(smaps: &str, exe: &Path) -> Vec<(usize, usize)> {
-    let exe = exe.to_string_lossy();
+/// The address ranges of the private read-only mappings of files (code
+/// `r-xp`, data `r--p`; a path, not `[vdso]` or an anonymous mapping) whose
+/// `Anonymous:` is 0, in `/proc/self/smaps` text (a mapping whose count is
+/// missing is not chosen).
+fn clean_mappings(smaps: &str) -> Vec<(usize, usize)> {
     let mut chosen = Vec::new();
     // the mapping being read: its range if it is a candidate, and whether
     // its anonymous count was read as 0
@@ -97,7 +95,8 @@ fn clean_mappings(smaps: &str, exe: &Path) -> Vec<(usize, usize)> {
         }
         let perms = fields.next();
         let path = fields.nth(3);
-        if !matches!(perms, Some("r-xp" | "r--p")) || path != Some(&*exe) {
+        let file = path.is_some_and(|p| p.starts_with('/'));
+        if !matches!(perms, Some("r-xp" | "r--p")) || !file {
             continue;
         }
         let range = first.split_once('-').and_then(|(start, end)| {
@@ -127,7 +126,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_executables_clean_read_only_mappings_are_chosen() {
+    fn only_clean_read_only_file_mappings_are_chosen() {
         let exe = "/usr/bin/baton";
         let smaps = [
             entry("5590a000-5590b000", "r--p", exe, Some(0)),
@@ -137,22 +136,24 @@ mod tests {
             entry("55910000-55911000", "rw-p", exe, Some(0)),
             entry("7f00000-7f01000", "r-xp", "/usr/lib/libc.so.6", Some(0)),
             entry("7f02000-7f03000", "rw-p", "", Some(4)),
-            entry("7f04000-7f05000", "r-xp", "/usr/bin/baton-reaper", Some(0)),
+            entry("7f04000-7f05000", "r-xp", "[vdso]", Some(0)),
+            entry("7f04800-7f04900", "r--p", "", Some(0)),
             // no count: not known clean
             entry("7f06000-7f07000", "r--p", exe, None),
             entry("7f08000-7f09000", "r-xp", exe, Some(0)),
         ]
         .concat();
-        let chosen = clean_mappings(&smaps, Path::new(exe));
+        let chosen = clean_mappings(&smaps);
         assert_eq!(
             chosen,
             vec![
                 (0x5590a000, 0x5590b000),
                 (0x5590b000, 0x5590f000),
+                (0x7f00000, 0x7f01000),
                 (0x7f08000, 0x7f09000)
             ]
         );
-        assert_eq!(clean_mappings("", Path::new("/x")), vec![]);
+        assert_eq!(clean_mappings(""), vec![]);
     }
 
     #[test]

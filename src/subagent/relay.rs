@@ -56,6 +56,8 @@ pub fn main(args: &[String]) -> ! {
     let Some(Ok(hello)) = lines.next() else {
         std::process::exit(0)
     };
+    // asleep on the pipe from now on: what starting ran is not needed again
+    super::memory::drop_clean_pages();
     let mut held = Held::default();
     for line in lines {
         let Ok(line) = line else { break };

@@ -42,7 +42,7 @@ const ASK: Duration = Duration::from_secs(1);
 
 /// The server name leading `bucket`'s stream; `None` while it elects one,
 /// or when no answer comes within [`ASK`].
-async fn leader_of(observer: &Bus, bucket: &str) -> Option<String> {
+pub(super) async fn leader_of(observer: &Bus, bucket: &str) -> Option<String> {
     let stream = format!("KV_{PREFIX}_{bucket}");
     let p = tokio::time::timeout(ASK, observer.placement(&stream)).await;
     p.ok()?.ok()?.leader

@@ -20,6 +20,7 @@
 mod elections;
 mod report;
 mod round;
+mod scatter;
 mod scheduler;
 
 use std::path::{Path, PathBuf};

@@ -75,6 +75,11 @@ pub(in crate::bench) struct Round {
     /// the kill (a write stored just before it may be confirmed after):
     /// none may be without quorum, as JetStream stores nothing then.
     pub(in crate::bench) accepted_while_down: usize,
+    /// Follower rounds: the brokers' lease stream's leader was put on the
+    /// victim before the kill (`scatter.rs`), and the ms until the active
+    /// broker had moved every watched stream's leader off it again.
+    pub(in crate::bench) scattered: bool,
+    pub(in crate::bench) colocated_ms: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -157,7 +162,7 @@ pub(in crate::bench) fn print_table(r: &Report) {
         r.nodes, r.replicas, r.brokers, r.agents, r.subagents, r.rate, r.down_ms
     );
     println!(
-        "{:>5} {:>8} {:>17} {:>10} {:>10} {:>8} {:>11} {:>9} {:>10} {:>22} {:>9} {:>9} {:>9}",
+        "{:>5} {:>8} {:>17} {:>10} {:>10} {:>8} {:>11} {:>9} {:>10} {:>9} {:>22} {:>9} {:>9} {:>9}",
         "round",
         "killed",
         "node",
@@ -167,6 +172,7 @@ pub(in crate::bench) fn print_table(r: &Report) {
         "trig gap ms",
         "caught up",
         "catch ms",
+        "moved ms",
         "it led",
         "elect ms",
         "baton ms",
@@ -174,7 +180,7 @@ pub(in crate::bench) fn print_table(r: &Report) {
     );
     for x in &r.rounds {
         println!(
-            "{:>5} {:>8} {:>17} {:>10} {:>10} {:>8} {:>11} {:>9} {:>10} {:>22} {:>9} {:>9} {:>9}",
+            "{:>5} {:>8} {:>17} {:>10} {:>10} {:>8} {:>11} {:>9} {:>10} {:>9} {:>22} {:>9} {:>9} {:>9}",
             x.round,
             x.victim.label(),
             x.node,
@@ -184,6 +190,11 @@ pub(in crate::bench) fn print_table(r: &Report) {
             opt(x.trigger_gap_ms),
             if x.caught_up { "yes" } else { "NO" },
             opt(x.catch_up_ms),
+            if x.scattered {
+                (x.colocated_ms).map_or("NO".into(), |v| v.to_string())
+            } else {
+                "-".into()
+            },
             if x.led.is_empty() {
                 "-".into()
             } else {
@@ -194,6 +205,7 @@ pub(in crate::bench) fn print_table(r: &Report) {
             x.accepted_while_down,
         );
     }
+    println!("moved ms: follower rounds put the brokers' lease stream's leader on the victim first; ms until the active broker had moved it back beside the orders stream's leader (NO: never)");
     println!("it led: the buckets whose stream the node led; elect ms: until all had a new leader (nats-server's Raft, 4-9 s after a leader dies; for quorum from the kill, as none starts before the nodes are back); baton ms: from the end of the orders and leader streams' elections (or the kill) to the next accepted order; acc down: orders accepted from 0.5 s after the kill until the restart");
     for m in &r.scheduler_moves {
         println!(

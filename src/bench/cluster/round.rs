@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::elections::{baton_part, Elections};
 use super::report::{first_after, longest_gap, Round, Victim};
+use super::scatter;
 use super::{placement_of, Watch};
 use crate::bench::broker::traffic::Seen;
 use crate::launch::LocalCluster;
@@ -45,6 +46,15 @@ pub(super) async fn round(
                 .with_context(|| format!("no node named {node}"))
         })
         .collect::<anyhow::Result<_>>()?;
+    // a follower round starts from the worst case: the victim leading the
+    // brokers' lease stream, until the active broker moves it back
+    let scatter = if victim == Victim::Follower {
+        let (observer, node) = (w.observer.clone(), nodes[0].clone());
+        let put = async move { scatter::scatter(&observer, &node).await };
+        Some(w.while_following(put).await)
+    } else {
+        None
+    };
     let lead_orders = victim != Victim::Follower;
     let ask = Elections::before_kill(w.observer.clone(), &nodes, lead_orders);
     let mut elections = w.while_following(ask).await;
@@ -145,6 +155,8 @@ pub(super) async fn round(
         led: elections.led,
         elected_ms: elections.elected_ms,
         accepted_while_down,
+        scattered: scatter.as_ref().is_some_and(|s| s.scattered),
+        colocated_ms: scatter.and_then(|s| s.colocated_ms),
     })
 }
 
