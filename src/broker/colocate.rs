@@ -18,8 +18,11 @@
 //!
 //! [`moves`] decides (pure); [`start`] runs the loop on the active broker.
 //! Architecture invariant: only the active broker moves leaders, only to a
-//! current, online replica, and never the orders stream's own; on one
-//! server (`nats.replicas` 1) nothing runs.
+//! current, online replica, never the orders stream's own, and a group at
+//! most once per [`HOLD_MOVED`]; on one server (`nats.replicas` 1), or
+//! with `nats.colocate_leaders` off, nothing runs. What it cannot do is
+//! logged (at most once a minute), and so is a loop that cannot see the
+//! orders stream's leader for 30 s.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -32,8 +35,16 @@ use crate::config::Config;
 
 /// How often the leaders are compared.
 pub const EVERY: Duration = Duration::from_secs(3);
-/// How long after asking to move a group's leader it is not asked again.
-pub const HOLD: Duration = Duration::from_secs(15);
+/// How long after moving a group's leader it is not moved again (should
+/// the node named not win, it is not asked every pass).
+pub const HOLD_MOVED: Duration = Duration::from_secs(6);
+/// How long after a refused or unanswered move it is not asked again.
+pub const HOLD_FAILED: Duration = Duration::from_secs(15);
+/// How long the loop may be unable to read the orders stream's leader
+/// before it says so.
+const BLIND: Duration = Duration::from_secs(30);
+/// How often failures are logged at most.
+const SAY_EVERY: Duration = Duration::from_secs(60);
 /// The bound on each JetStream request of a pass.
 const ASK: Duration = Duration::from_secs(2);
 
@@ -67,9 +78,9 @@ pub fn moves<'a>(anchor: &str, groups: &'a [(Group, Placement)]) -> Vec<(&'a Gro
         .collect()
 }
 
-/// Whether a group last asked to move at `asked` may be asked again at `now`.
-pub fn may_ask(asked: Option<Instant>, now: Instant, hold: Duration) -> bool {
-    asked.is_none_or(|at| now.saturating_duration_since(at) >= hold)
+/// Whether a group held until `until` may be asked to move at `now`.
+pub fn may_ask(until: Option<Instant>, now: Instant) -> bool {
+    until.is_none_or(|until| now >= until)
 }
 
 /// Baton's streams under `config`'s prefix: the orders bucket's first (the
@@ -92,49 +103,58 @@ impl Drop for Colocate {
     }
 }
 
-/// Starts the loop on the current actix System, on a cluster only.
+/// Starts the loop on the current actix System, on a cluster only and
+/// unless `nats.colocate_leaders` is off.
 pub fn start(bus: Bus, config: &Config) -> Option<Colocate> {
-    (config.nats.replicas > 1).then(|| Colocate(actix::spawn(keep(bus, streams(config)))))
+    let on = config.nats.replicas > 1 && config.nats.colocate_leaders;
+    on.then(|| Colocate(actix::spawn(keep(bus, streams(config)))))
 }
 
 async fn keep(bus: Bus, streams: Vec<String>) {
-    let mut asked: BTreeMap<Group, Instant> = BTreeMap::new();
-    let mut failures = 0u64;
+    let mut held: BTreeMap<Group, Instant> = BTreeMap::new();
+    let mut blind_since: Option<Instant> = None;
+    let mut said_failed: Option<Instant> = None;
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let now = Instant::now();
         let Some((anchor, groups)) = look(&bus, &streams).await else {
+            let since = *blind_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= BLIND {
+                warn!(streams = %streams[0], "cannot read which node leads the orders stream for 30 s: Baton's stream leaders are not kept together meanwhile");
+                blind_since = Some(now);
+            }
             continue;
         };
-        let now = Instant::now();
+        blind_since = None;
+        held.retain(|_, until| *until > now);
         let mut moved = Vec::new();
+        let mut failed = Vec::new();
         for (group, from) in moves(&anchor, &groups) {
-            if !may_ask(asked.get(group).copied(), now, HOLD) {
+            if !may_ask(held.get(group).copied(), now) {
                 continue;
             }
             let consumer = group.consumer.as_deref();
             let ask = tokio::time::timeout(ASK, bus.move_leader(&group.stream, consumer, &anchor));
-            match ask.await {
-                Ok(Ok(())) => {
-                    asked.remove(group);
-                    moved.push(format!("{group} (from {from})"));
-                }
-                Ok(Err(e)) => {
-                    asked.insert(group.clone(), now);
-                    failures += 1;
-                    if failures.is_power_of_two() {
-                        warn!(%group, to = %anchor, error = %e, failures, "cannot move a leader beside the orders stream's leader; trying again in 15 s (logged at the 1st, 2nd, 4th... failure)");
-                    }
-                }
-                Err(_) => {
-                    asked.insert(group.clone(), now);
-                    debug!(%group, "no answer to moving its leader in time");
-                }
+            let (hold, outcome) = match ask.await {
+                Ok(Ok(())) => (HOLD_MOVED, Ok(())),
+                Ok(Err(e)) => (HOLD_FAILED, Err(e.to_string())),
+                Err(_) => (HOLD_FAILED, Err(format!("no answer within {ASK:?}"))),
+            };
+            held.insert(group.clone(), now + hold);
+            match outcome {
+                Ok(()) => moved.push(format!("{group} (from {from})")),
+                Err(why) => failed.push(format!("{group}: {why}")),
             }
         }
         if !moved.is_empty() {
-            info!(to = %anchor, moved = %moved.join(", "), "moved leaders beside the orders stream's leader, so losing another node costs no election");
+            info!(to = %anchor, moved = %moved.join(", "), "moved leaders beside the orders stream's leader, so losing another node costs them no election");
+        }
+        let quiet = said_failed.is_some_and(|at| now.saturating_duration_since(at) < SAY_EVERY);
+        if !failed.is_empty() && !quiet {
+            said_failed = Some(now);
+            warn!(to = %anchor, failed = %failed.join("; "), "cannot move leaders beside the orders stream's leader; trying again in 15 s (said at most once a minute)");
         }
     }
 }
@@ -156,10 +176,13 @@ async fn look(bus: &Bus, streams: &[String]) -> Option<(String, Vec<(Group, Plac
                 _ => continue,
             }
         }
-        if let Ok(Ok(consumers)) = tokio::time::timeout(ASK, bus.consumer_placements(stream)).await
-        {
-            let found = consumers.into_iter();
-            groups.extend(found.map(|(name, p)| (group(stream, Some(name)), p)));
+        match tokio::time::timeout(ASK, bus.consumer_placements(stream)).await {
+            Ok(Ok(consumers)) => {
+                let found = consumers.into_iter();
+                groups.extend(found.map(|(name, p)| (group(stream, Some(name)), p)));
+            }
+            Ok(Err(e)) => debug!(%stream, error = %e, "cannot list the stream's consumers"),
+            Err(_) => debug!(%stream, "no list of the stream's consumers in time"),
         }
     }
     Some((anchor, groups))
@@ -221,12 +244,12 @@ mod tests {
     }
 
     #[test]
-    fn a_group_is_asked_again_only_after_the_hold() {
+    fn a_group_is_asked_again_only_after_its_hold() {
         let t0 = Instant::now();
-        let hold = Duration::from_secs(15);
-        assert!(may_ask(None, t0, hold));
-        assert!(!may_ask(Some(t0), t0 + Duration::from_secs(14), hold));
-        assert!(may_ask(Some(t0), t0 + hold, hold));
+        let until = t0 + HOLD_FAILED;
+        assert!(may_ask(None, t0));
+        assert!(!may_ask(Some(until), t0 + Duration::from_secs(14)));
+        assert!(may_ask(Some(until), until));
     }
 
     #[test]

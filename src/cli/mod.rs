@@ -15,6 +15,7 @@ mod client;
 mod dead_letters;
 mod dev;
 mod jobs;
+pub mod lean;
 mod orders;
 mod output;
 mod startup;
@@ -331,6 +332,8 @@ pub fn main() -> ExitCode {
         cli.command,
         Command::Subagent(SubagentArgs { action: None, .. })
     ) {
+        // the lean subagent binary when it is there (`lean.rs`)
+        lean::exec_beside();
         // before any thread starts (subagent/memory.rs)
         crate::subagent::memory::one_arena();
     }
@@ -367,7 +370,9 @@ fn end_quietly_on_closed_stdout() {
     }));
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// The configuration `cli` asks for: the file, the environment, then its
+/// flags.
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     let mut overrides: Vec<(&str, String)> = Vec::new();
     if let Some(url) = &cli.global.nats_url {
         overrides.push(("nats.url", url.clone()));
@@ -441,6 +446,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Subagent(a) = &cli.command {
         config.subagent.labels.extend(a.labels.iter().cloned());
     }
+    Ok(config)
+}
+
+/// `baton subagent` (`baton-subagent` too, see `lean.rs`).
+async fn run_subagent(config: Config) -> anyhow::Result<ExitCode> {
+    let metrics = startup::metrics_addr(&config)?;
+    let bus = connect(&config, "baton-subagent", true).await?;
+    let id = config.subagent_id();
+    startup::check(&bus, &config, Role::Subagent, Some(&id)).await?;
+    startup::serve_metrics(metrics, crate::metrics::Role::Subagent, &bus)?;
+    crate::subagent::run_until_signal(config, bus).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = load_config(&cli)?;
     let ok = ExitCode::SUCCESS;
     match cli.command {
         Command::Broker(_) => {
@@ -456,15 +477,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             action: Some(action),
             ..
         }) => client::subagent_control(&config, action).await.map(|_| ok),
-        Command::Subagent(_) => {
-            let metrics = startup::metrics_addr(&config)?;
-            let bus = connect(&config, "baton-subagent", true).await?;
-            let id = config.subagent_id();
-            startup::check(&bus, &config, Role::Subagent, Some(&id)).await?;
-            startup::serve_metrics(metrics, crate::metrics::Role::Subagent, &bus)?;
-            crate::subagent::run_until_signal(config, bus).await?;
-            Ok(ok)
-        }
+        Command::Subagent(_) => run_subagent(config).await,
         Command::Agent(_) => {
             let metrics = startup::metrics_addr(&config)?;
             let bus = connect(&config, "baton-agent", true).await?;

@@ -22,6 +22,9 @@ pub struct NatsConfig {
     pub max_message_bytes: usize,
     /// JetStream replicas for Baton's buckets: 1 on one server, 3 on a cluster.
     pub replicas: usize,
+    /// On a cluster, the active broker keeps the leaders of Baton's streams
+    /// and durable consumers beside the orders stream's (`broker::colocate`).
+    pub colocate_leaders: bool,
     /// How long tasks' output lines are kept in the log stream.
     #[serde(with = "humantime_serde")]
     pub log_retention: Duration,
@@ -96,6 +99,7 @@ impl Default for NatsConfig {
             request_timeout: Duration::from_secs(10),
             max_message_bytes: 1024 * 1024,
             replicas: 1,
+            colocate_leaders: true,
             log_retention: Duration::from_secs(7 * 24 * 60 * 60),
             audit_retention: Duration::from_secs(90 * 24 * 60 * 60),
             log_max_bytes: None,

@@ -45,14 +45,16 @@ impl Subagent {
         self.schedule_tick(ctx);
     }
 
-    /// Idle a while after work: the code and data its tasks' spawns and
-    /// supervision used leave its map again.
+    /// Idle a while after work, or idle a while longer: the code and data
+    /// its tasks' spawns and supervision, and its upkeep, used leave its
+    /// map again.
     fn give_back_memory(&mut self) {
         let idle = self.registered && self.tasks.is_idle() && !self.draining;
         self.idle_since = idle.then(|| self.idle_since.unwrap_or_else(Instant::now));
         let idle_for = self.idle_since.map(|since| since.elapsed());
-        if memory::drop_again(self.worked, idle_for, memory::DROP_AFTER_IDLE) {
+        if memory::drop_again(self.worked, idle_for, self.last_drop.elapsed()) {
             self.worked = false;
+            self.last_drop = Instant::now();
             let dropped = memory::drop_clean_pages();
             tracing::debug!(bytes = dropped, "idle: clean pages dropped from the map");
         }

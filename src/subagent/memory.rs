@@ -5,9 +5,10 @@
 //!   allocates an arena of its own, and what it touched stays resident; a
 //!   subagent has little to allocate and no thread that needs its own.
 //! - the clean pages of its executable and shared libraries dropped from
-//!   its map ([`drop_clean_pages`]) once it is registered, and again once
-//!   it has been idle for [`DROP_AFTER_IDLE`] after running tasks
-//!   ([`drop_again`]); the lean reaper (`relay.rs`) drops its own once it
+//!   its map ([`drop_clean_pages`]) once it is registered, again once it
+//!   has been idle for [`DROP_AFTER_IDLE`] after running tasks, and every
+//!   [`DROP_EVERY_IDLE`] while idle ([`drop_again`]: its heartbeats, the
+//!   broker's and the connection's upkeep fault pages back in over time); the lean reaper (`relay.rs`) drops its own once it
 //!   has been introduced. The command line, configuration, logging and
 //!   connecting run once, a task's spawn and supervision only while it
 //!   runs, yet the kernel's fault-around (64 KB mapped at each fault,
@@ -27,6 +28,10 @@ use std::time::Duration;
 /// code they ran again.
 pub const DROP_AFTER_IDLE: Duration = Duration::from_secs(5);
 
+/// How often an idle subagent drops its clean pages again without having
+/// run tasks.
+pub const DROP_EVERY_IDLE: Duration = Duration::from_secs(10);
+
 /// Limits malloc to one arena. Call before any thread starts.
 pub fn one_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -36,11 +41,13 @@ pub fn one_arena() {
     }
 }
 
-/// Whether to drop the clean pages again: tasks ran since they were last
-/// dropped (`worked`), and it has been idle (nothing running, every result
-/// acknowledged) for `after` since.
-pub fn drop_again(worked: bool, idle_for: Option<Duration>, after: Duration) -> bool {
-    worked && idle_for.is_some_and(|idle| idle >= after)
+/// Whether to drop the clean pages again: it has been idle (nothing
+/// running, every result acknowledged) for [`DROP_AFTER_IDLE`], and tasks
+/// ran since they were last dropped (`worked`) or that was
+/// [`DROP_EVERY_IDLE`] ago (`since_drop`).
+pub fn drop_again(worked: bool, idle_for: Option<Duration>, since_drop: Duration) -> bool {
+    idle_for.is_some_and(|idle| idle >= DROP_AFTER_IDLE)
+        && (worked || since_drop >= DROP_EVERY_IDLE)
 }
 
 /// Drops this process's mapped pages of its executable's and shared
@@ -56,6 +63,8 @@ pub fn drop_clean_pages() -> usize {
         // or a shared library) holding no anonymous page: every page is a clean copy of the file,
         // faulted back in from it when next used; no pointer into it is
         // invalidated, and read-only pages never become private copies.
+        // It assumes nothing unmaps a library between the read of smaps and
+        // this call (a subagent never unloads one).
         let done = unsafe {
             nix::libc::madvise(
                 start as *mut nix::libc::c_void,
@@ -167,14 +176,13 @@ mod tests {
     }
 
     #[test]
-    fn drops_again_only_after_work_and_an_idle_while() {
-        let after = DROP_AFTER_IDLE;
-        assert!(drop_again(true, Some(after), after));
-        assert!(!drop_again(true, Some(after / 2), after), "idle too short");
-        assert!(!drop_again(true, None, after), "busy");
-        assert!(
-            !drop_again(false, Some(after * 10), after),
-            "nothing ran since"
-        );
+    fn drops_again_after_work_or_a_while_and_only_when_idle() {
+        let (after, every) = (DROP_AFTER_IDLE, DROP_EVERY_IDLE);
+        let just = Duration::from_secs(1);
+        assert!(drop_again(true, Some(after), just), "tasks ran");
+        assert!(!drop_again(true, Some(after / 2), every), "idle too short");
+        assert!(!drop_again(true, None, every * 10), "busy");
+        assert!(!drop_again(false, Some(after * 10), just), "dropped lately");
+        assert!(drop_again(false, Some(after), every), "idle upkeep");
     }
 }

@@ -33,6 +33,7 @@
 //! started twice.
 
 pub mod admission;
+pub mod build;
 mod clock;
 mod delivery;
 mod drain;
@@ -109,6 +110,8 @@ pub struct Subagent {
     /// pages ([`memory::drop_again`]).
     idle_since: Option<Instant>,
     worked: bool,
+    /// When its clean pages were last dropped.
+    last_drop: Instant,
     /// The newest active broker epoch seen; older brokers' commands are refused.
     fence: epoch::EpochFence,
     /// Running tasks, unacknowledged results, lately finished ids.
@@ -180,6 +183,7 @@ pub async fn start(
             last_retry: Instant::now(),
             idle_since: None,
             worked: true,
+            last_drop: Instant::now(),
             fence: epoch::EpochFence::default(),
             tasks: tasks::Tasks::default(),
             system: sysinfo::System::new(),
@@ -314,6 +318,7 @@ impl Subagent {
                     if !act.registered {
                         // started: the startup code is not run again
                         let dropped = memory::drop_clean_pages();
+                        act.last_drop = Instant::now();
                         debug!(bytes = dropped, "startup code dropped from the map");
                     }
                     act.registered = true;

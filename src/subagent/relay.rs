@@ -11,8 +11,9 @@
 //! does the rest (tasks still in their `exec`, waiting until the groups are
 //! empty, results and the death certificate to the broker).
 //!
-//! A subagent uses it when `baton-reaper` lies beside its own executable
-//! (`cargo build` and `cargo install` make both), else it starts the full
+//! A subagent uses it when `baton-reaper` lies beside its own executable,
+//! from the same build (`build.rs`; `cargo build` and `cargo
+//! install` make both), else it starts the full
 //! reaper itself. Command line: `baton-reaper __reaper <path of baton>`,
 //! so the reaper is found by its `__reaper` argument either way.
 //!
@@ -32,10 +33,10 @@ use super::reaper::{self, Held};
 /// The lean reaper's file name, beside `baton`.
 pub const BINARY: &str = "baton-reaper";
 
-/// The lean reaper beside `exe`, when it is there.
+/// The lean reaper beside `exe`, when it is there and from the same build.
 pub fn beside(exe: &Path) -> Option<PathBuf> {
     let relay = exe.with_file_name(BINARY);
-    relay.is_file().then_some(relay)
+    (relay.is_file() && super::build::same_build(&relay).is_ok()).then_some(relay)
 }
 
 /// Runs the lean reaper on stdin; never returns. `args`: its command line
@@ -44,6 +45,10 @@ pub fn main(args: &[String]) -> ! {
     reaper::ignore_terminal_signals();
     let full = match args {
         [arg, full] if arg == reaper::ARG => PathBuf::from(full),
+        [arg] if arg == super::build::BUILD_ARG => {
+            println!("{}", super::build::BUILD_ID);
+            std::process::exit(0)
+        }
         _ => {
             eprintln!(
                 "{BINARY}: started by a subagent as `{BINARY} {} <path of baton>`, not by hand",
@@ -108,11 +113,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_lean_reaper_is_found_beside_the_executable_only() {
+    fn the_lean_reaper_is_found_beside_the_executable_only_from_the_same_build() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let exe = dir.path().join("baton");
         assert_eq!(beside(&exe), None);
-        std::fs::write(dir.path().join(BINARY), b"").unwrap();
-        assert_eq!(beside(&exe), Some(dir.path().join(BINARY)));
+        let relay = dir.path().join(BINARY);
+        let answering = |build: &str| {
+            let script = format!("#!/bin/sh\n[ \"$1\" = __build-id ] && echo '{build}'\n");
+            std::fs::write(&relay, script).unwrap();
+            std::fs::set_permissions(&relay, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        answering("another-build");
+        assert_eq!(beside(&exe), None, "another build's");
+        answering(crate::subagent::build::BUILD_ID);
+        assert_eq!(beside(&exe), Some(relay.clone()));
     }
 }
