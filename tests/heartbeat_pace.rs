@@ -150,12 +150,7 @@ async fn an_idle_subagent_learns_a_new_broker_epoch_from_its_heartbeats() {
     let mut h = cluster(&["sub-a"]).await;
     // the lease handed over: b2 is active with a newer epoch, and sends
     // sub-a no command (no orders): only its heartbeats can tell it
-    h.cluster
-        .spawn("b2", &["broker", "--id", "b2"])
-        .expect("spawn b2");
-    h.cluster
-        .signal("broker", nix::sys::signal::Signal::SIGTERM)
-        .expect("stop the first broker");
+    hand_the_lease_to_b2(&mut h);
     let mut heartbeats = within(
         REQUEST,
         "subscribe",

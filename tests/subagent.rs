@@ -318,12 +318,7 @@ async fn a_command_from_an_older_broker_epoch_is_refused() {
     let mut h = cluster(&["sub-a"]).await;
     // Hand the lease over once, so the active epoch is above 1 and an older
     // one is not 0 (which means "unknown" and is never fenced).
-    h.cluster
-        .spawn("b2", &["broker", "--id", "b2"])
-        .expect("spawn b2");
-    h.cluster
-        .signal("broker", nix::sys::signal::Signal::SIGTERM)
-        .expect("stop the first broker");
+    hand_the_lease_to_b2(&mut h);
     let heartbeats = h.bus.subjects().broker_heartbeat();
     let mut heartbeats = within(
         REQUEST,

@@ -173,6 +173,17 @@ pub async fn cluster_with(subagents: &[&str], env: &[(&str, &str)], server: &str
     harness
 }
 
+/// Starts broker `b2` and stops the first one with SIGTERM: it hands the
+/// lease over at once, and `b2` acts with a newer epoch.
+pub fn hand_the_lease_to_b2(h: &mut Harness) {
+    h.cluster
+        .spawn("b2", &["broker", "--id", "b2"])
+        .expect("spawn b2");
+    h.cluster
+        .signal("broker", nix::sys::signal::Signal::SIGTERM)
+        .expect("stop the first broker");
+}
+
 /// Awaits `fut`, panicking with `what` when it takes longer than `limit`.
 pub async fn within<F: Future>(limit: Duration, what: &str, fut: F) -> F::Output {
     match tokio::time::timeout(limit, fut).await {
