@@ -855,3 +855,122 @@ async fn forged_death_certificates_are_refused() {
     assert_eq!(fin.state, OrderState::Succeeded, "{fin:?}");
     assert_eq!(fin.attempt, 1, "{fin:?}");
 }
+
+/// What a subscriber caught on one subject: headers and payloads, in order.
+async fn caught(sub: &mut async_nats::Subscriber) -> Vec<async_nats::Message> {
+    use futures::StreamExt;
+    let mut all = vec![];
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
+        all.push(m);
+    }
+    all
+}
+
+fn has(m: &async_nats::Message, header: &str) -> bool {
+    m.headers.as_ref().and_then(|h| h.get(header)).is_some()
+}
+
+fn headers_of(m: &async_nats::Message) -> async_nats::HeaderMap {
+    m.headers.clone().expect("headers")
+}
+
+/// Session codes (`auth/session.rs`): once a subagent and the broker have
+/// exchanged one signed request each way, its results and the broker's
+/// runs carry a code instead of a signature. On a wide-open server, a code
+/// replayed over another payload is refused, and a code for a session no
+/// one holds is answered, signed by the broker, "sign it again".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_codes_replace_signatures_and_forged_ones_are_refused() {
+    use baton::auth::{SessionKey, MAC_HEADER, RESIGN_HEADER, SESSION_HEADER};
+    use baton::auth::{SIGNATURE_HEADER, SIGNER_HEADER};
+    let mut h = cluster(&["sub-a"]).await;
+    deploy(&h.bus, JOBS).await;
+    open_the_server_wide(&mut h).await;
+    let s = h.bus.subjects().clone();
+    let seed = std::fs::read_to_string(h.seed(Role::Monitor, None)).unwrap();
+    let plain = async_nats::ConnectOptions::new()
+        .nkey(seed.trim().to_string())
+        .connect(h.nats_url());
+    let plain = within(REQUEST, "plain connect", plain)
+        .await
+        .expect("plain");
+    let mut results = plain.subscribe(s.result()).await.expect("subscribe");
+    let mut runs = plain.subscribe(s.run("sub-a")).await.expect("subscribe");
+    within(REQUEST, "flush", plain.flush())
+        .await
+        .expect("flush");
+    for _ in 0..3 {
+        order_runs_to_success(&h).await;
+    }
+    let (results, runs) = (caught(&mut results).await, caught(&mut runs).await);
+    for (what, caught) in [("result", &results), ("run", &runs)] {
+        assert!(caught.len() >= 3, "{what}: {} caught", caught.len());
+        let (first, last) = (&caught[0], caught.last().unwrap());
+        assert!(
+            has(first, SIGNATURE_HEADER) && has(first, SESSION_HEADER),
+            "the first {what} is signed with its session key: {:?}",
+            first.headers
+        );
+        assert!(
+            has(last, MAC_HEADER) && !has(last, SIGNATURE_HEADER),
+            "a later {what} carries a code, not a signature: {:?}",
+            last.headers
+        );
+    }
+    let request = |subject: String, headers: async_nats::HeaderMap, payload: Vec<u8>| {
+        let plain = plain.clone();
+        async move {
+            let ask = plain.request_with_headers(subject, headers, Bytes::from(payload));
+            within(REQUEST, "request", ask).await.expect("an answer")
+        }
+    };
+    let refusal = |reply: &async_nats::Message| -> ErrorReply {
+        rmp_serde::from_slice(&reply.payload).expect("an error reply")
+    };
+
+    // a coded result replayed over another exit code
+    let coded = results.last().unwrap();
+    let mut result: TaskResult = rmp_serde::from_slice(&coded.payload).expect("a result");
+    result.exit_code = Some(3);
+    let payload = rmp_serde::to_vec_named(&result).unwrap();
+    let reply = request(s.result(), headers_of(coded), payload).await;
+    assert_eq!(refusal(&reply).error.code, ErrorCode::Forbidden);
+    assert!(
+        !has(&reply, RESIGN_HEADER),
+        "the session is known: a forgery"
+    );
+
+    // a coded run replayed over another program
+    let marker = h.scratch().join("pwned");
+    let coded = runs.last().unwrap();
+    let mut task: RunTask = rmp_serde::from_slice(&coded.payload).expect("a run");
+    task.task_id = "forged-task".into();
+    task.program = "touch".into();
+    task.args = vec![marker.display().to_string()];
+    let payload = rmp_serde::to_vec_named(&task).unwrap();
+    let reply = request(s.run("sub-a"), headers_of(coded), payload).await;
+    assert_eq!(refusal(&reply).error.code, ErrorCode::Forbidden);
+
+    // a code from a session key no one learned: "sign it again", signed
+    let coded = results.last().unwrap();
+    let mac = coded.headers.as_ref().unwrap().get(MAC_HEADER).unwrap();
+    let broker_session = mac.as_str().split_once('.').unwrap().0.to_string();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(SESSION_HEADER, SessionKey::generate().public());
+    headers.insert(MAC_HEADER, format!("{broker_session}.AAAA").as_str());
+    let reply = request(s.result(), headers, coded.payload.to_vec()).await;
+    assert!(has(&reply, RESIGN_HEADER), "{:?}", reply.headers);
+    let auth = h.cluster.auth().expect("secure").clone();
+    let broker = auth
+        .identities()
+        .iter()
+        .find(|i| i.name == "broker")
+        .expect("the broker's identity");
+    let signer = reply.headers.as_ref().unwrap().get(SIGNER_HEADER);
+    assert_eq!(signer.map(|v| v.as_str()), Some(broker.public_key.as_str()));
+
+    assert!(!marker.exists(), "a forged run ran");
+    for _ in 0..2 {
+        order_runs_to_success(&h).await;
+    }
+}

@@ -7,6 +7,8 @@
 //!   roles.
 //! - `trust.rs`: signatures of senders and the identities a process trusts,
 //!   so a receiver knows who sent a message whatever the server allows.
+//! - `session.rs`: session keys, so two processes that know each other
+//!   authenticate their messages with a code (HMAC) instead of a signature.
 //!
 //! The policies that use a sender live with the roles that obey:
 //! `subagent` (broker-signed commands and heartbeats only, so no forged
@@ -25,10 +27,12 @@
 
 mod dir;
 mod roles;
+mod session;
 mod trust;
 
 pub use dir::{identity_name, render_server_conf, AuthDir, Identity};
 pub use roles::{
     inbox_prefix, pattern_covers, permissions, subject_matches, Permissions, Role, BUCKETS, STREAMS,
 };
-pub use trust::{sign, verify, Sender, Trust, SIGNATURE_HEADER, SIGNER_HEADER};
+pub use session::{split_mac, SessionKey, Shared, MAC_HEADER, RESIGN_HEADER, SESSION_HEADER};
+pub use trust::{sign, verify, Sender, Signed, Trust, SIGNATURE_HEADER, SIGNER_HEADER};

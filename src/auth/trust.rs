@@ -119,11 +119,11 @@ impl Trust {
         self.by_key.is_empty()
     }
 
-    /// Who signed `payload` sent on `subject`, from the two header values.
+    /// Who signed `payload` sent on `subject` (with the session key
+    /// `session`, when the message carries one), from the two header values.
     pub fn check(
         &self,
-        subject: &str,
-        payload: &[u8],
+        signed: Signed<'_>,
         signer: Option<&str>,
         signature: Option<&str>,
     ) -> Sender {
@@ -133,7 +133,7 @@ impl Trust {
         let Some((identity, key)) = self.by_key.get(signer) else {
             return Sender::Forged(format!("unknown key {signer}"));
         };
-        if verify_with(key, subject, payload, signature) {
+        if verify_with(key, signed, signature) {
             Sender::Verified(identity.clone())
         } else {
             Sender::Forged(format!("bad signature claiming {}", identity.name))
@@ -141,36 +141,61 @@ impl Trust {
     }
 }
 
-/// What is signed: the subject, a newline, the payload (so a signed message
-/// cannot be replayed on another subject).
-fn signed_bytes(subject: &str, payload: &[u8]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(subject.len() + 1 + payload.len());
-    bytes.extend_from_slice(subject.as_bytes());
-    bytes.push(b'\n');
-    bytes.extend_from_slice(payload);
-    bytes
+/// What a signature covers: a message's subject and payload, and the
+/// sender's session key when it sends one (`auth::session`).
+#[derive(Debug, Clone, Copy)]
+pub struct Signed<'a> {
+    pub subject: &'a str,
+    pub session: Option<&'a str>,
+    pub payload: &'a [u8],
 }
 
-/// The signature of `payload` on `subject` by `key` (base64url).
-pub fn sign(key: &nkeys::KeyPair, subject: &str, payload: &[u8]) -> String {
-    let signature = key
-        .sign(&signed_bytes(subject, payload))
-        .expect("a seed key signs");
+impl<'a> Signed<'a> {
+    /// A message without a session key.
+    pub fn new(subject: &'a str, payload: &'a [u8]) -> Signed<'a> {
+        Signed {
+            subject,
+            session: None,
+            payload,
+        }
+    }
+
+    /// The bytes signed: the subject, a newline, the payload (so a signed
+    /// message cannot be replayed on another subject); with a session key,
+    /// preceded by ` session KEY` and a newline (a leading space, which no
+    /// subject has, so the two forms never sign the same bytes).
+    fn bytes(&self) -> Vec<u8> {
+        let session = self.session.map_or(0, |k| k.len() + 10);
+        let mut bytes = Vec::with_capacity(session + self.subject.len() + 1 + self.payload.len());
+        if let Some(key) = self.session {
+            bytes.extend_from_slice(b" session ");
+            bytes.extend_from_slice(key.as_bytes());
+            bytes.push(b'\n');
+        }
+        bytes.extend_from_slice(self.subject.as_bytes());
+        bytes.push(b'\n');
+        bytes.extend_from_slice(self.payload);
+        bytes
+    }
+}
+
+/// The signature of `signed` by `key` (base64url).
+pub fn sign(key: &nkeys::KeyPair, signed: Signed<'_>) -> String {
+    let signature = key.sign(&signed.bytes()).expect("a seed key signs");
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature)
 }
 
-/// True when `signature` is `public_key`'s over `payload` on `subject`.
-pub fn verify(public_key: &str, subject: &str, payload: &[u8], signature: &str) -> bool {
+/// True when `signature` is `public_key`'s over `signed`.
+pub fn verify(public_key: &str, signed: Signed<'_>, signature: &str) -> bool {
     nkeys::KeyPair::from_public_key(public_key)
-        .is_ok_and(|key| verify_with(&key, subject, payload, signature))
+        .is_ok_and(|key| verify_with(&key, signed, signature))
 }
 
-fn verify_with(key: &nkeys::KeyPair, subject: &str, payload: &[u8], signature: &str) -> bool {
+fn verify_with(key: &nkeys::KeyPair, signed: Signed<'_>, signature: &str) -> bool {
     let Ok(signature) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature) else {
         return false;
     };
-    key.verify(&signed_bytes(subject, payload), &signature)
-        .is_ok()
+    key.verify(&signed.bytes(), &signature).is_ok()
 }
 
 #[cfg(test)]
@@ -198,44 +223,67 @@ mod tests {
             identity(&sub, Role::Subagent, Some("s1")),
         ]);
         let (subject, payload) = ("baton.subagent.s1.run", b"task".as_slice());
-        let sig = sign(&broker, subject, payload);
+        let m = Signed::new(subject, payload);
+        let sig = sign(&broker, m);
         let pk = broker.public_key();
-        let sender = trust.check(subject, payload, Some(&pk), Some(&sig));
+        let sender = trust.check(m, Some(&pk), Some(&sig));
         assert!(sender.is(Role::Broker), "{sender:?}");
         assert!(!sender.is(Role::Subagent));
         assert_eq!(sender.describe(), "broker");
 
         // another payload, another subject, another key, no signature
-        let other = trust.check(subject, b"other", Some(&pk), Some(&sig));
+        let other = trust.check(Signed::new(subject, b"other"), Some(&pk), Some(&sig));
         assert!(matches!(other, Sender::Forged(_)), "{other:?}");
-        let moved = trust.check("baton.subagent.s2.run", payload, Some(&pk), Some(&sig));
+        let moved = trust.check(
+            Signed::new("baton.subagent.s2.run", payload),
+            Some(&pk),
+            Some(&sig),
+        );
         assert!(matches!(moved, Sender::Forged(_)), "{moved:?}");
         let spk = stranger.public_key();
-        let ssig = sign(&stranger, subject, payload);
-        let unknown = trust.check(subject, payload, Some(&spk), Some(&ssig));
+        let ssig = sign(&stranger, m);
+        let unknown = trust.check(m, Some(&spk), Some(&ssig));
         assert!(matches!(unknown, Sender::Forged(_)) && !unknown.is(Role::Broker));
         // a trusted subagent's key claiming to be the broker's
-        let claimed = trust.check(
-            subject,
-            payload,
-            Some(&pk),
-            Some(&sign(&sub, subject, payload)),
-        );
+        let claimed = trust.check(m, Some(&pk), Some(&sign(&sub, m)));
         assert!(!claimed.is(Role::Broker), "{claimed:?}");
-        assert_eq!(trust.check(subject, payload, None, None), Sender::Unsigned);
+        assert_eq!(trust.check(m, None, None), Sender::Unsigned);
         assert!(!Sender::Unsigned.is(Role::Broker));
         assert!(
             Sender::Unchecked.is(Role::Broker),
             "checks off: anything goes"
         );
-        assert!(!verify(&pk, subject, payload, "not base64!"));
+        assert!(!verify(&pk, m, "not base64!"));
 
-        let s1 = trust.check(
-            "baton.broker.result",
-            payload,
-            Some(&sub.public_key()),
-            Some(&sign(&sub, "baton.broker.result", payload)),
-        );
+        let result = Signed::new("baton.broker.result", payload);
+        let s1 = trust.check(result, Some(&sub.public_key()), Some(&sign(&sub, result)));
         assert!(s1.is_subagent("s1") && !s1.is_subagent("s2"));
+    }
+
+    #[test]
+    fn a_signature_covers_the_session_key_it_carries() {
+        let broker = nkeys::KeyPair::new_user();
+        let trust = Trust::new([identity(&broker, Role::Broker, None)]);
+        let pk = broker.public_key();
+        let (subject, payload) = ("baton.broker.result", b"r".as_slice());
+        let with = |session| Signed {
+            subject,
+            session,
+            payload,
+        };
+        let sig = sign(&broker, with(Some("KEY-A")));
+        assert!(trust
+            .check(with(Some("KEY-A")), Some(&pk), Some(&sig))
+            .is(Role::Broker));
+        // another key swapped in, or the key stripped off
+        let swapped = trust.check(with(Some("KEY-B")), Some(&pk), Some(&sig));
+        assert!(matches!(swapped, Sender::Forged(_)), "{swapped:?}");
+        let stripped = trust.check(with(None), Some(&pk), Some(&sig));
+        assert!(matches!(stripped, Sender::Forged(_)), "{stripped:?}");
+        // nor does a sessionless signature gain a key
+        let plain = sign(&broker, with(None));
+        assert!(!trust
+            .check(with(Some("KEY-A")), Some(&pk), Some(&plain))
+            .is(Role::Broker));
     }
 }

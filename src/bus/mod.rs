@@ -22,6 +22,7 @@
 //! method each, with the connection state they share.
 
 mod audit;
+mod authn;
 mod codec;
 mod connect;
 mod denied;
@@ -34,6 +35,7 @@ mod placement;
 mod publish;
 mod sender;
 mod service;
+mod session;
 mod stats;
 mod triggers;
 
@@ -61,7 +63,6 @@ pub use triggers::{Backlog, ConsumerLimits, DeadLetter, TriggerMessage};
 use inbound::{decode_publish, decode_reply, encoding_of, json_headers};
 use publish::{publish_in_order, Outgoing};
 
-use crate::auth::{SIGNATURE_HEADER, SIGNER_HEADER};
 use crate::protocol::{ErrorCode, ErrorReply, Subjects};
 
 /// How to connect.
@@ -121,6 +122,8 @@ pub struct Replier {
     /// A service endpoint's request, counted in `$SRV.STATS` once
     /// answered (`service.rs`).
     counted: Option<service::Counted>,
+    /// Sign the answer with this bus's session key (`session.rs`).
+    introduce: bool,
 }
 
 /// A decoded request waiting for its answer.
@@ -166,6 +169,9 @@ pub struct Bus {
     signer: Option<Arc<nkeys::KeyPair>>,
     /// The identities whose signatures count; `None`: nothing is checked.
     trust: Option<Arc<sender::TrustSource>>,
+    /// Session keys (when it both signs and checks): codes in place of
+    /// signatures between buses that know each other.
+    sessions: Option<Arc<session::Sessions>>,
     /// The buckets opened on this connection.
     opened: kv::Opened,
     /// The streams `ensure_stream` created or brought up to date on this
@@ -191,6 +197,8 @@ impl Bus {
         let trust = connect::trust(settings)?;
         let (outgoing, queue) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(publish_in_order(client.clone(), queue, stats.clone()));
+        let sessions =
+            (signer.is_some() && trust.is_some()).then(|| Arc::new(session::Sessions::new()));
         Ok(Bus {
             client,
             outgoing,
@@ -200,6 +208,7 @@ impl Bus {
             replicas: settings.replicas,
             signer: signer.map(Arc::new),
             trust: trust.map(Arc::new),
+            sessions,
             opened: kv::Opened::default(),
             ensured: Arc::default(),
         })
@@ -229,47 +238,12 @@ impl Bus {
     /// (for messages whose receivers check who sent them: heartbeats).
     pub fn post_signed<T: Serialize>(&self, subject: String, value: &T) {
         let payload = Bytes::from(encode(Encoding::MessagePack, value));
-        let headers = self.signature(&subject, &payload, None);
+        let headers = self.signature(&subject, &payload, None, false);
         self.enqueue(Outgoing::Message {
             subject,
             headers,
             payload,
         });
-    }
-
-    /// The signature headers for `payload` on `subject` (added to `base`).
-    fn signature(
-        &self,
-        subject: &str,
-        payload: &[u8],
-        base: Option<HeaderMap>,
-    ) -> Option<HeaderMap> {
-        let Some(key) = &self.signer else {
-            return base;
-        };
-        let mut headers = base.unwrap_or_default();
-        headers.insert(SIGNER_HEADER, key.public_key().as_str());
-        let signature = crate::auth::sign(key, subject, payload);
-        headers.insert(SIGNATURE_HEADER, signature.as_str());
-        Some(headers)
-    }
-
-    /// What tells who sent `message`, checked when first asked.
-    fn sender(&self, message: &Message) -> SenderProof {
-        let header = |name: &str| {
-            message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(name))
-                .map(|v| v.as_str().to_string())
-        };
-        SenderProof::new(
-            self.trust.clone(),
-            message.subject.to_string(),
-            message.payload.clone(),
-            header(SIGNER_HEADER),
-            header(SIGNATURE_HEADER),
-        )
     }
 
     pub fn subjects(&self) -> &Subjects {
@@ -321,10 +295,22 @@ impl Bus {
             debug!("request without reply subject; answer dropped");
             return;
         };
+        let payload = Bytes::from(encode(replier.encoding, value));
+        let mut headers = (replier.introduce)
+            .then(|| self.introduction(reply, &payload))
+            .flatten();
+        if replier.encoding == Encoding::Json {
+            let json = headers.get_or_insert_with(HeaderMap::new);
+            for (name, values) in json_headers().iter() {
+                for value in values {
+                    json.insert(name.clone(), value.clone());
+                }
+            }
+        }
         self.enqueue(Outgoing::Message {
             subject: reply.clone(),
-            headers: (replier.encoding == Encoding::Json).then(json_headers),
-            payload: Bytes::from(encode(replier.encoding, value)),
+            headers,
+            payload,
         });
     }
 
@@ -376,7 +362,8 @@ impl Bus {
         decode_reply(&subject, encoding, &reply)
     }
 
-    /// Sends raw bytes as a request and returns the raw reply payload.
+    /// Sends raw bytes as a request and returns the raw reply payload. A
+    /// session code the receiver no longer knows costs one more round, signed.
     pub async fn request_raw(
         &self,
         subject: &str,
@@ -384,22 +371,47 @@ impl Bus {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<Bytes, BusError> {
+        let (reply, then) = self
+            .request_once(subject, encoding, payload.clone(), timeout, true)
+            .await?;
+        if then == authn::Then::SignAgain {
+            debug!(%subject, "the receiver holds no session with this process: signing again");
+            let (reply, _) = self
+                .request_once(subject, encoding, payload, timeout, false)
+                .await?;
+            return Ok(reply);
+        }
+        Ok(reply)
+    }
+
+    /// One request: its reply, and whether the receiver asks to sign it again.
+    async fn request_once(
+        &self,
+        subject: &str,
+        encoding: Encoding,
+        payload: Bytes,
+        timeout: Duration,
+        coded: bool,
+    ) -> Result<(Bytes, authn::Then), BusError> {
         let headers = (encoding == Encoding::Json).then(json_headers);
-        let headers = self.signature(subject, &payload, headers);
+        let (headers, sent) = self.authenticate(subject, &payload, headers, coded);
         let mut request = async_nats::Request::new()
             .payload(payload)
             .timeout(Some(timeout));
         if let Some(headers) = headers {
             request = request.headers(headers);
         }
-        let sent = self
+        let sent_request = self
             .unless_denied(
                 subject,
                 self.client.send_request(subject.to_string(), request),
             )
             .await?;
-        match sent {
-            Ok(message) => Ok(message.payload),
+        match sent_request {
+            Ok(message) => {
+                let then = self.replied(subject, &sent, &message);
+                Ok((message.payload, then))
+            }
             Err(e) => Err(match e.kind() {
                 async_nats::RequestErrorKind::NoResponders => BusError::NoResponders {
                     subject: subject.to_string(),
@@ -466,7 +478,12 @@ impl Bus {
         let bus = self.clone();
         Ok(subscriber
             .filter_map(move |message| {
-                let decoded = decode_publish::<T>(&message, max, || bus.sender(&message));
+                let decoded = decode_publish::<T>(&message, max, || match bus.arrived(&message) {
+                    authn::Arrived::Proof { sender, .. } => sender,
+                    authn::Arrived::UnknownSession => SenderProof::decided(
+                        crate::auth::Sender::Forged("a session this process does not hold".into()),
+                    ),
+                });
                 if decoded.is_none() {
                     stats.count_malformed();
                 }
@@ -531,10 +548,11 @@ impl Bus {
         counted: Option<service::Counted>,
     ) -> Option<Request<T>> {
         let encoding = encoding_of(&message);
-        let replier = Replier {
+        let mut replier = Replier {
             reply: message.reply.as_ref().map(|s| s.to_string()),
             encoding,
             counted,
+            introduce: false,
         };
         let error = if message.payload.len() > self.max_message_bytes {
             ErrorReply::new(
@@ -548,7 +566,14 @@ impl Bus {
         } else {
             match decode::<T>(encoding, &message.payload) {
                 Ok(body) => {
-                    let sender = self.sender(&message);
+                    let (sender, introduce) = match self.arrived(&message) {
+                        authn::Arrived::Proof { sender, introduce } => (sender, introduce),
+                        authn::Arrived::UnknownSession => {
+                            self.ask_to_sign_again(&replier);
+                            return None;
+                        }
+                    };
+                    replier.introduce = introduce;
                     return Some(Request {
                         body,
                         replier,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tracing::warn;
 
-use crate::auth::{Role, Sender, Trust};
+use crate::auth::{Role, Sender, Signed, Trust};
 
 /// The identities a bus trusts, read again (at most once a second) when a
 /// message is signed by a key it does not know: a subagent added with
@@ -28,8 +28,7 @@ pub struct TrustSource {
 impl TrustSource {
     pub(super) fn check(
         &self,
-        subject: &str,
-        payload: &[u8],
+        signed: Signed<'_>,
         signer: Option<&str>,
         signature: Option<&str>,
     ) -> Sender {
@@ -37,14 +36,20 @@ impl TrustSource {
             .trust
             .read()
             .expect("trust lock")
-            .check(subject, payload, signer, signature);
+            .check(signed, signer, signature);
         if !matches!(sender, Sender::Forged(_)) || !self.reread() {
             return sender;
         }
         self.trust
             .read()
             .expect("trust lock")
-            .check(subject, payload, signer, signature)
+            .check(signed, signer, signature)
+    }
+
+    /// Whether `identity`'s key is still among those trusted.
+    pub(super) fn still_trusts(&self, identity: &crate::auth::Identity) -> bool {
+        let trust = self.trust.read().expect("trust lock");
+        trust.identity(&identity.public_key).is_some()
     }
 
     /// Reads the identities again unless that was done within a second.
@@ -95,6 +100,8 @@ struct Proof {
     payload: Bytes,
     signer: Option<String>,
     signature: Option<String>,
+    /// The sender's session key, which the signature covers.
+    session: Option<String>,
 }
 
 impl std::fmt::Debug for SenderProof {
@@ -106,21 +113,44 @@ impl std::fmt::Debug for SenderProof {
     }
 }
 
+/// The headers a message carries to say who sent it.
+#[derive(Debug, Default)]
+pub(super) struct Claims {
+    pub signer: Option<String>,
+    pub signature: Option<String>,
+    pub session: Option<String>,
+}
+
 impl SenderProof {
     pub(super) fn new(
         trust: Option<Arc<TrustSource>>,
         subject: String,
         payload: Bytes,
-        signer: Option<String>,
-        signature: Option<String>,
+        claims: Claims,
     ) -> SenderProof {
         SenderProof(Arc::new(Proof {
             checked: OnceLock::new(),
             trust,
             subject,
             payload,
-            signer,
-            signature,
+            signer: claims.signer,
+            signature: claims.signature,
+            session: claims.session,
+        }))
+    }
+
+    /// A sender already decided (a session code, checked on arrival).
+    pub(super) fn decided(sender: Sender) -> SenderProof {
+        let checked = OnceLock::new();
+        let _ = checked.set(sender);
+        SenderProof(Arc::new(Proof {
+            checked,
+            trust: None,
+            subject: String::new(),
+            payload: Bytes::new(),
+            signer: None,
+            signature: None,
+            session: None,
         }))
     }
 
@@ -130,8 +160,11 @@ impl SenderProof {
         p.checked.get_or_init(|| match &p.trust {
             None => Sender::Unchecked,
             Some(trust) => trust.check(
-                &p.subject,
-                &p.payload,
+                Signed {
+                    subject: &p.subject,
+                    session: p.session.as_deref(),
+                    payload: &p.payload,
+                },
                 p.signer.as_deref(),
                 p.signature.as_deref(),
             ),

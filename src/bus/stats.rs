@@ -14,6 +14,9 @@ pub struct Stats {
     pub(super) refused: AtomicU64,
     /// Messages for a stream ([`Bus::append`]) that JetStream did not store.
     pub(super) unstored: AtomicU64,
+    /// Requests with a code for a session this process does not hold
+    /// (answered "sign it again", `session.rs`).
+    pub(super) unknown_sessions: AtomicU64,
     /// The server's permission violation messages, for requests waiting.
     pub(super) violations: tokio::sync::broadcast::Sender<String>,
 }
@@ -27,6 +30,7 @@ impl Default for Stats {
             denied: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             unstored: AtomicU64::new(0),
+            unknown_sessions: AtomicU64::new(0),
             violations: tokio::sync::broadcast::channel(64).0,
         }
     }
@@ -63,6 +67,16 @@ impl Stats {
     /// ms since the epoch; 0 while it never had to.
     pub fn reconnected_at_ms(&self) -> u64 {
         self.reconnected_at_ms.load(Ordering::Relaxed)
+    }
+
+    /// Requests with a code for a session this process does not hold,
+    /// which it asked to be signed and sent again.
+    pub fn unknown_sessions(&self) -> u64 {
+        self.unknown_sessions.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn count_unknown_session(&self) {
+        self.unknown_sessions.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(super) fn count_malformed(&self) {

@@ -387,7 +387,7 @@ impl Collector for BusCounters {
         let counter = ConstCounter::new(0u64);
         let mut family = encoder.encode_descriptor(
             "baton_messages_refused",
-            "Messages this process refused, by reason (sender: not who may send it; malformed: undecodable or too large; denied: the NATS server refused our publish or subscription)",
+            "Messages this process refused, by reason (sender: not who may send it; malformed: undecodable or too large; denied: the NATS server refused our publish or subscription; session: a request coded for a session this process does not hold, answered \"sign it again\")",
             None,
             counter.metric_type(),
         )?;
@@ -395,6 +395,7 @@ impl Collector for BusCounters {
             ("sender", s.refused()),
             ("malformed", s.malformed()),
             ("denied", s.denied()),
+            ("session", s.unknown_sessions()),
         ] {
             let labels = label("reason", reason);
             ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
