@@ -24,8 +24,11 @@
 //! - on dispatch, `accepted` with the new `task_id`, `subagent_id`,
 //!   `subagent_instance_id` and `attempt`, before the `run` is sent (if the
 //!   write fails, the order goes back to the queue);
-//! - when the subagent confirms the start, `running` (in the background:
-//!   nothing waits for it);
+//! - a second after the subagent confirmed the start, `running`, if the
+//!   task still runs then (`orders.rs`: `store_started`; in the background:
+//!   nothing waits for it). A task that ends sooner is written only final,
+//!   so a short task costs three writes, not four. A step order's start is
+//!   written at once (its workflow order follows the journal);
 //! - when the order goes back to the queue (dispatch refused, task lost,
 //!   abandoned or past its orphan deadline, a retry due), `accepted`
 //!   without a task;

@@ -80,6 +80,9 @@ pub(super) use takeover::{Journal, Recovered};
 pub(super) const ORPHAN_MARGIN: Duration = Duration::from_secs(1);
 /// Before sending a dispatch again whose fate is unknown.
 const RESEND_DELAY: Duration = Duration::from_millis(200);
+/// How long after its start a task's `running` state is written, if it
+/// still runs then (`orders.rs`: `store_started`).
+const STARTED_WRITE_DELAY: Duration = Duration::from_secs(1);
 
 /// The time as the core sees it: monotonic for durations, and wall-clock
 /// milliseconds for what it records.
@@ -274,6 +277,8 @@ pub enum Timer {
     },
     /// Write again an order whose state must land.
     Rewrite { order_id: String },
+    /// Store a confirmed start, if the order still runs that task.
+    StoreStarted { order_id: String, task_id: String },
     /// `broker.subagent_timeout` after taking over: the subagents of
     /// inherited tasks never heard from are out of sight.
     Unseen,
@@ -465,6 +470,9 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                 }
             }
             Input::Timer(Timer::Rewrite { order_id }) => self.store(&order_id, Then::Nothing),
+            Input::Timer(Timer::StoreStarted { order_id, task_id }) => {
+                self.started_due(&order_id, &task_id)
+            }
             Input::Timer(Timer::Unseen) => self.unseen_deadline(),
             Input::Timer(Timer::PlaceStep(parent)) => self.place_again(parent),
             Input::Timer(Timer::KillStep { parent, cause }) => self.kill_step(parent, cause),

@@ -5,7 +5,7 @@ use tracing::{debug, info, warn};
 
 use super::super::order_book::{Applied, Order, OrderEvent, Outcome, Phase};
 use super::plan::{self, Decision, Deployed, Queued};
-use super::{Core, Effect, Reply, RunReply, Then, Timer, RESEND_DELAY};
+use super::{Core, Effect, Reply, RunReply, Then, Timer, RESEND_DELAY, STARTED_WRITE_DELAY};
 use crate::jobs;
 use crate::protocol::*;
 
@@ -170,6 +170,35 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         });
     }
 
+    /// A confirmed start is stored [`STARTED_WRITE_DELAY`] later, if the
+    /// order still runs that task then: most tasks of a busy scheduler end
+    /// sooner, and their final state is the one write left (a broker taking
+    /// over before it finds the order dispatched, as it always could, and
+    /// asks the subagent). A workflow's step order is stored at once: its
+    /// workflow order follows only what the journal holds.
+    fn store_started(&mut self, run: &RunTask) {
+        if run.parent.is_some() {
+            self.store(&run.order_id, Then::Nothing);
+            return;
+        }
+        let timer = Timer::StoreStarted {
+            order_id: run.order_id.clone(),
+            task_id: run.task_id.clone(),
+        };
+        self.later(STARTED_WRITE_DELAY, timer);
+    }
+
+    /// [`Timer::StoreStarted`] is due.
+    pub(super) fn started_due(&mut self, order_id: &str, task_id: &str) {
+        let runs = self
+            .book
+            .get(order_id)
+            .is_some_and(|o| o.phase == Phase::Running && o.task_id.as_deref() == Some(task_id));
+        if runs {
+            self.store(order_id, Then::Nothing);
+        }
+    }
+
     pub(super) fn on_run_reply(
         &mut self,
         subagent_id: String,
@@ -188,7 +217,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                     at_ms: self.now.ms,
                 };
                 match self.book.apply(&run.order_id, event) {
-                    Ok(Applied::Moved { .. }) => self.store(&run.order_id, Then::Nothing),
+                    Ok(Applied::Moved { .. }) => self.store_started(&run),
                     Ok(Applied::Stale) => {}
                     Err(e) => warn!(task = %run.task_id, error = %e, "start not recorded"),
                 }

@@ -754,3 +754,76 @@ fn an_order_waiting_only_for_room_is_not_told() {
     );
     assert!(core.told_waiting.is_empty());
 }
+
+/// The `run` among `effects`.
+fn run_sent(effects: &[Effect<u32>]) -> Option<(String, RunTask)> {
+    effects.iter().find_map(|e| match e {
+        Effect::Run {
+            subagent_id, run, ..
+        } => Some((subagent_id.clone(), (**run).clone())),
+        _ => None,
+    })
+}
+
+/// `o` dispatched to `s1`, stored, and its start confirmed: the effects of
+/// the confirmation.
+fn started_on_s1(core: &mut Core<u32>, base: Instant) -> (RunTask, Vec<Effect<u32>>) {
+    let effects = core.step(Input::Register(1, register("s1", "a")), now(base, 10));
+    let info = written(effects);
+    assert_eq!(info.subagent_id.as_deref(), Some("s1"));
+    let stored = Stored::At(2);
+    let effects = core.step(Input::Written { info, stored }, now(base, 20));
+    let (subagent_id, run) = run_sent(&effects).expect("sent once stored");
+    let reply = Input::RunReply {
+        subagent_id,
+        run: Box::new(run.clone()),
+        again: false,
+        reply: RunReply::Accepted,
+    };
+    (run, core.step(reply, now(base, 30)))
+}
+
+#[test]
+fn a_start_is_written_a_while_later_and_only_if_the_task_still_runs() {
+    let base = Instant::now();
+    let mut core = core_over(base, vec![queued("o")]);
+    let (run, effects) = started_on_s1(&mut core, base);
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Write { .. })),
+        "no write at the start: {effects:?}"
+    );
+    let timer = effects.iter().find_map(|e| match e {
+        Effect::Later { after, timer } if matches!(timer, Timer::StoreStarted { .. }) => {
+            Some((*after, timer.clone()))
+        }
+        _ => None,
+    });
+    let (after, timer) = timer.expect("the start's write is timed");
+    assert_eq!(after, STARTED_WRITE_DELAY);
+    assert_eq!(core.book.get("o").unwrap().phase, Phase::Running);
+    // still running when it is due: written as running
+    let effects = core.step(Input::Timer(timer.clone()), now(base, 1_030));
+    assert_eq!(written(effects).state, OrderState::Running);
+
+    // a task that ended first: its final state is the only write
+    let mut core = core_over(base, vec![queued("o")]);
+    let (_, effects) = started_on_s1(&mut core, base);
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Write { .. })));
+    let mut result = failed_result(&run.task_id, "o");
+    result.exit_code = Some(0);
+    let effects = core.step(Input::Result(7, result), now(base, 40));
+    let info = written(effects);
+    assert_eq!(info.state, OrderState::Succeeded);
+    core.step(
+        Input::Written {
+            info,
+            stored: Stored::At(3),
+        },
+        now(base, 50),
+    );
+    let effects = core.step(Input::Timer(timer), now(base, 1_030));
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Write { .. })),
+        "an ended order is not written as running: {effects:?}"
+    );
+}
