@@ -198,38 +198,135 @@ impl Bus {
         let (Some(sessions), Some(trust)) = (&self.sessions, &self.trust) else {
             return Then::Done;
         };
-        let resign = header(reply, RESIGN_HEADER).is_some();
-        match (sent, resign) {
-            (Sent::Coded(_), true) | (Sent::Introducing, false) => {}
-            _ => return Then::Done,
-        }
         let session = header(reply, SESSION_HEADER);
-        let sender = trust.check(
-            Signed {
+        let signer = || {
+            let signed = Signed {
                 subject: &reply.subject,
                 session: session.as_deref(),
                 payload: &reply.payload,
-            },
-            header(reply, SIGNER_HEADER).as_deref(),
-            header(reply, SIGNATURE_HEADER).as_deref(),
-        );
-        let Sender::Verified(identity) = sender else {
-            debug!(%subject, sender = %sender.describe(), "reply's session not taken");
-            return Then::Done;
+            };
+            let signer = header(reply, SIGNER_HEADER);
+            let signature = header(reply, SIGNATURE_HEADER);
+            trust.check(signed, signer.as_deref(), signature.as_deref())
         };
-        if let Sent::Coded(talked_to) = sent {
-            // only the identity this bus talked to may ask it to sign again
-            if talked_to.public_key != identity.public_key {
-                return Then::Done;
+        let resign = header(reply, RESIGN_HEADER).is_some();
+        match read_reply(sent, resign, signer) {
+            Reading::Nothing => Then::Done,
+            Reading::SignAgain => {
+                sessions.forget(subject);
+                Then::SignAgain
             }
-            sessions.forget(subject);
-            return Then::SignAgain;
-        }
-        if let Some(key) = session {
-            if sessions.knows(&key) || sessions.learn(&key, identity) {
-                sessions.answered(subject, &key);
+            Reading::Introduced(identity) => {
+                if let Some(key) = session {
+                    if sessions.knows(&key) || sessions.learn(&key, identity) {
+                        sessions.answered(subject, &key);
+                    }
+                }
+                Then::Done
             }
         }
-        Then::Done
+    }
+}
+
+/// What a reply means to its requester.
+#[derive(Debug, PartialEq, Eq)]
+enum Reading {
+    Nothing,
+    /// Send the request again, signed.
+    SignAgain,
+    /// The receiver introduced its session, signed by this identity.
+    Introduced(crate::auth::Identity),
+}
+
+/// Reads a reply to a request that went out as `sent` (pure): `resign`
+/// whether it asks for a signature, `signer` who verifiably signed it
+/// (checked only when it matters). Only the identity a coded request went
+/// to may ask for it again, so no one else can make a request go twice; a
+/// signed request is never sent again.
+fn read_reply(sent: &Sent, resign: bool, signer: impl FnOnce() -> Sender) -> Reading {
+    match (sent, resign) {
+        (Sent::Coded(talked_to), true) => match signer() {
+            Sender::Verified(identity) if identity.public_key == talked_to.public_key => {
+                Reading::SignAgain
+            }
+            other => {
+                debug!(sender = %other.describe(), to = %talked_to.name, "a call to sign again not taken");
+                Reading::Nothing
+            }
+        },
+        (Sent::Introducing, false) => match signer() {
+            Sender::Verified(identity) => Reading::Introduced(identity),
+            _ => Reading::Nothing,
+        },
+        _ => Reading::Nothing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Identity;
+
+    fn identity(name: &str) -> Identity {
+        Identity {
+            name: name.into(),
+            role: "broker".into(),
+            id: None,
+            public_key: format!("U{name}"),
+        }
+    }
+
+    #[test]
+    fn only_the_identity_a_coded_request_went_to_can_have_it_sent_again() {
+        let broker = identity("broker");
+        let coded = Sent::Coded(broker.clone());
+        let verified = |i: &Identity| {
+            let i = i.clone();
+            move || Sender::Verified(i)
+        };
+        assert_eq!(
+            read_reply(&coded, true, verified(&broker)),
+            Reading::SignAgain
+        );
+        // another identity, an unsigned or forged call: not taken
+        let other = identity("subagent-s1");
+        assert_eq!(read_reply(&coded, true, verified(&other)), Reading::Nothing);
+        for sender in [Sender::Unsigned, Sender::Forged("x".into())] {
+            assert_eq!(read_reply(&coded, true, || sender), Reading::Nothing);
+        }
+        // a signed request is never sent again, whoever asks
+        let introducing = Sent::Introducing;
+        assert_eq!(
+            read_reply(&introducing, true, verified(&broker)),
+            Reading::Nothing
+        );
+        assert_eq!(
+            read_reply(&Sent::Plain, true, verified(&broker)),
+            Reading::Nothing
+        );
+        // an ordinary answer to a coded request: nothing checked
+        let unchecked = || -> Sender { panic!("no signature to check") };
+        assert_eq!(read_reply(&coded, false, unchecked), Reading::Nothing);
+    }
+
+    #[test]
+    fn a_session_is_taken_only_from_a_verified_reply_to_a_signed_request() {
+        let broker = identity("broker");
+        let introducing = Sent::Introducing;
+        let b = broker.clone();
+        assert_eq!(
+            read_reply(&introducing, false, move || Sender::Verified(b)),
+            Reading::Introduced(broker.clone())
+        );
+        for sender in [
+            Sender::Unsigned,
+            Sender::Forged("x".into()),
+            Sender::Unchecked,
+        ] {
+            assert_eq!(read_reply(&introducing, false, || sender), Reading::Nothing);
+        }
+        let b = broker.clone();
+        let plain = read_reply(&Sent::Plain, false, move || Sender::Verified(b));
+        assert_eq!(plain, Reading::Nothing);
     }
 }
