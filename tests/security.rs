@@ -881,7 +881,7 @@ fn headers_of(m: &async_nats::Message) -> async_nats::HeaderMap {
 /// one holds is answered, signed by the broker, "sign it again".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_codes_replace_signatures_and_forged_ones_are_refused() {
-    use baton::auth::{SessionKey, MAC_HEADER, RESIGN_HEADER, SESSION_HEADER};
+    use baton::auth::{verify, SessionKey, Signed, MAC_HEADER, RESIGN_HEADER, SESSION_HEADER};
     use baton::auth::{SIGNATURE_HEADER, SIGNER_HEADER};
     let mut h = cluster(&["sub-a"]).await;
     deploy(&h.bus, JOBS).await;
@@ -952,13 +952,17 @@ async fn session_codes_replace_signatures_and_forged_ones_are_refused() {
     assert_eq!(refusal(&reply).error.code, ErrorCode::Forbidden);
 
     // a code from a session key no one learned: "sign it again", signed
+    // over that very code, and as a reply only
     let coded = results.last().unwrap();
     let mac = coded.headers.as_ref().unwrap().get(MAC_HEADER).unwrap();
     let broker_session = mac.as_str().split_once('.').unwrap().0.to_string();
+    let signer = coded.headers.as_ref().unwrap().get(SIGNER_HEADER).unwrap();
+    let junk = format!("{broker_session}.AAAA");
     let mut headers = async_nats::HeaderMap::new();
+    headers.insert(SIGNER_HEADER, signer.as_str());
     headers.insert(SESSION_HEADER, SessionKey::generate().public());
-    headers.insert(MAC_HEADER, format!("{broker_session}.AAAA").as_str());
-    let reply = request(s.result(), headers, coded.payload.to_vec()).await;
+    headers.insert(MAC_HEADER, junk.as_str());
+    let reply = request(s.result(), headers.clone(), coded.payload.to_vec()).await;
     assert!(has(&reply, RESIGN_HEADER), "{:?}", reply.headers);
     let auth = h.cluster.auth().expect("secure").clone();
     let broker = auth
@@ -966,11 +970,42 @@ async fn session_codes_replace_signatures_and_forged_ones_are_refused() {
         .iter()
         .find(|i| i.name == "broker")
         .expect("the broker's identity");
-    let signer = reply.headers.as_ref().unwrap().get(SIGNER_HEADER);
-    assert_eq!(signer.map(|v| v.as_str()), Some(broker.public_key.as_str()));
+    let reply_headers = reply.headers.as_ref().unwrap();
+    let by = reply_headers.get(SIGNER_HEADER).map(|v| v.as_str());
+    assert_eq!(by, Some(broker.public_key.as_str()));
+    let signature = reply_headers.get(SIGNATURE_HEADER).unwrap().as_str();
+    let as_reply = Signed {
+        answering: Some(&junk),
+        ..Signed::new(&reply.subject, &reply.payload)
+    };
+    assert!(verify(&broker.public_key, as_reply, signature));
+    let as_command = Signed::new(&reply.subject, &reply.payload);
+    assert!(
+        !verify(&broker.public_key, as_command, signature),
+        "a reply's signature is no command's"
+    );
+    // ... so one sent where a command goes is no command: the broker's
+    // signed answer to a junk code, with the reply subject set to the
+    // subagent's `stop`, does not stop it
+    let stop = plain.publish_with_reply_and_headers(
+        s.result(),
+        s.stop("sub-a"),
+        headers,
+        coded.payload.clone(),
+    );
+    within(REQUEST, "publish", stop).await.expect("publish");
+    within(REQUEST, "flush", plain.flush())
+        .await
+        .expect("flush");
 
     assert!(!marker.exists(), "a forged run ran");
     for _ in 0..2 {
         order_runs_to_success(&h).await;
     }
+    let status = status_of(&h.bus).await;
+    let sub_a = status.subagents.iter().find(|a| a.id == "sub-a");
+    assert!(
+        sub_a.is_some_and(|a| a.state == SubagentState::Available),
+        "sub-a keeps serving: {sub_a:?}"
+    );
 }

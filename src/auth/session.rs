@@ -7,18 +7,21 @@
 //! signature then covers it too ([`super::trust::sign`]), so a receiver that
 //! verifies the signature knows which identity holds that session key. From
 //! then on the two sides share a secret (X25519), and each direction has its
-//! own key derived from it and both public keys: a message from A to B is
-//! authenticated with `key(A → B)`, which only A and B can compute, over the
-//! subject and payload exactly like a signature (header
+//! own key derived from it, both session keys and both identities' nkeys: a
+//! message from A to B is authenticated with `key(A → B)`, which only A and
+//! B can compute, over the subject and payload exactly like a signature
+//! (headers `Baton-Signer`, the sender's nkey, and
 //! `Baton-Mac: <receiver's session key>.<tag>`). A few microseconds instead
 //! of a signature's tens (verifying one costs the broker about 60 µs).
 //!
 //! What a code proves is what a signature proved: the identity that signed
-//! the session key sent this payload on this subject. Like signatures, codes
-//! do not stop a replay of the same message on the same subject (the
-//! payloads carry ids and epochs for that). A session key lives as long as
-//! its process; a key pair whose shared secret is all zeros (a low-order
-//! point) is refused.
+//! the session key sent this payload on this subject. Someone who signs
+//! another's session key as its own gains nothing: the keys it would need
+//! are derived with its own nkey, which the key's holder never uses. Like
+//! signatures, codes do not stop a replay of the same message on the same
+//! subject (the payloads carry ids and epochs for that). A session key
+//! lives as long as its process; a key pair whose shared secret is all
+//! zeros (a low-order point) is refused.
 
 use base64::Engine as _;
 use curve25519_dalek::montgomery::MontgomeryPoint;
@@ -68,26 +71,28 @@ impl SessionKey {
         &self.public
     }
 
-    /// The two keys shared with the holder of `peer` (its public key), or
-    /// `None` when `peer` is no usable key.
-    pub fn shared_with(&self, peer: &str) -> Option<Shared> {
+    /// The two keys this process, signing as `me` (its nkey), shares with
+    /// the holder of the session key `peer` signing as `peer_id`; `None`
+    /// when `peer` is no usable key.
+    pub fn shared_with(&self, me: &str, peer: &str, peer_id: &str) -> Option<Shared> {
         let bytes: [u8; 32] = b64().decode(peer).ok()?.try_into().ok()?;
         let secret = MontgomeryPoint(bytes).mul_clamped(self.secret).to_bytes();
         if secret == [0u8; 32] {
             return None;
         }
-        let direction = |from: &str, to: &str| {
+        let direction = |from: [&str; 2], to: [&str; 2]| {
             let extract = hmac::Key::new(hmac::HMAC_SHA256, &secret);
             let mut context = hmac::Context::with_key(&extract);
             context.update(LABEL);
-            context.update(from.as_bytes());
-            context.update(b">");
-            context.update(to.as_bytes());
+            for part in [from[0], " ", from[1], ">", to[0], " ", to[1]] {
+                context.update(part.as_bytes());
+            }
             hmac::Key::new(hmac::HMAC_SHA256, context.sign().as_ref())
         };
+        let (own, theirs) = ([self.public.as_str(), me], [peer, peer_id]);
         Some(Shared {
-            to_peer: direction(&self.public, peer),
-            from_peer: direction(peer, &self.public),
+            to_peer: direction(own, theirs),
+            from_peer: direction(theirs, own),
         })
     }
 }
@@ -144,8 +149,8 @@ mod tests {
     #[test]
     fn both_sides_derive_the_same_keys_one_per_direction() {
         let (a, b) = (SessionKey::generate(), SessionKey::generate());
-        let ab = a.shared_with(b.public()).expect("a usable key");
-        let ba = b.shared_with(a.public()).expect("a usable key");
+        let ab = a.shared_with("UA", b.public(), "UB").expect("a usable key");
+        let ba = b.shared_with("UB", a.public(), "UA").expect("a usable key");
         let (subject, payload) = ("baton.broker.result", b"result".as_slice());
         let mac = ab.mac(b.public(), subject, payload);
         let (to, tag) = split_mac(&mac).expect("two parts");
@@ -157,23 +162,27 @@ mod tests {
         assert!(!ab.verify(subject, payload, tag), "reflected to its sender");
         // a third party's keys do not make it
         let c = SessionKey::generate();
-        let cb = c.shared_with(b.public()).expect("usable");
+        let cb = c.shared_with("UC", b.public(), "UB").expect("usable");
         let forged = cb.mac(b.public(), subject, payload);
         assert!(!ba.verify(subject, payload, split_mac(&forged).unwrap().1));
         assert!(!ba.verify(subject, payload, "not base64!"));
+        // A's session key claimed by identity C: B's keys for (C, A's key)
+        // verify nothing A sends
+        let claimed = b.shared_with("UB", a.public(), "UC").expect("usable");
+        assert!(!claimed.verify(subject, payload, tag));
     }
 
     #[test]
     fn keys_that_are_no_point_or_of_low_order_are_refused() {
         let a = SessionKey::generate();
-        assert!(a.shared_with("short").is_none());
-        assert!(a.shared_with("").is_none());
+        assert!(a.shared_with("UA", "short", "UB").is_none());
+        assert!(a.shared_with("UA", "", "UB").is_none());
         // the identity and a point of order 8 give an all-zero secret
         let zero = b64().encode([0u8; 32]);
-        assert!(a.shared_with(&zero).is_none());
+        assert!(a.shared_with("UA", &zero, "UB").is_none());
         let mut one = [0u8; 32];
         one[0] = 1;
-        assert!(a.shared_with(&b64().encode(one)).is_none());
+        assert!(a.shared_with("UA", &b64().encode(one), "UB").is_none());
     }
 
     #[test]

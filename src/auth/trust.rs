@@ -141,13 +141,19 @@ impl Trust {
     }
 }
 
-/// What a signature covers: a message's subject and payload, and the
-/// sender's session key when it sends one (`auth::session`).
+/// What a signature covers: a message's subject and payload, the sender's
+/// session key when it sends one (`auth::session`), and for a reply, the
+/// request it answers.
 #[derive(Debug, Clone, Copy)]
 pub struct Signed<'a> {
     pub subject: &'a str,
     pub session: Option<&'a str>,
     pub payload: &'a [u8],
+    /// A reply's: the request's `Baton-Signature` or `Baton-Mac` value. A
+    /// reply's signature never verifies as a request's or a publish's, so
+    /// a signed reply sent to a subject of the requester's choosing is no
+    /// command there; and it answers that one request only.
+    pub answering: Option<&'a str>,
 }
 
 impl<'a> Signed<'a> {
@@ -157,16 +163,25 @@ impl<'a> Signed<'a> {
             subject,
             session: None,
             payload,
+            answering: None,
         }
     }
 
     /// The bytes signed: the subject, a newline, the payload (so a signed
     /// message cannot be replayed on another subject); with a session key,
-    /// preceded by ` session KEY` and a newline (a leading space, which no
-    /// subject has, so the two forms never sign the same bytes).
+    /// preceded by ` session KEY` and a newline; a reply, preceded by
+    /// ` reply REQUEST` and a newline. Each prefix starts with a space,
+    /// which no subject has, so no two forms sign the same bytes.
     fn bytes(&self) -> Vec<u8> {
         let session = self.session.map_or(0, |k| k.len() + 10);
-        let mut bytes = Vec::with_capacity(session + self.subject.len() + 1 + self.payload.len());
+        let answering = self.answering.map_or(0, |r| r.len() + 8);
+        let mut bytes =
+            Vec::with_capacity(answering + session + self.subject.len() + 1 + self.payload.len());
+        if let Some(request) = self.answering {
+            bytes.extend_from_slice(b" reply ");
+            bytes.extend_from_slice(request.as_bytes());
+            bytes.push(b'\n');
+        }
         if let Some(key) = self.session {
             bytes.extend_from_slice(b" session ");
             bytes.extend_from_slice(key.as_bytes());
@@ -270,6 +285,7 @@ mod tests {
             subject,
             session,
             payload,
+            answering: None,
         };
         let sig = sign(&broker, with(Some("KEY-A")));
         assert!(trust
@@ -285,5 +301,18 @@ mod tests {
         assert!(!trust
             .check(with(Some("KEY-A")), Some(&pk), Some(&plain))
             .is(Role::Broker));
+        // a reply's signature is no request's, and answers one request only
+        let reply = |answering| Signed {
+            answering,
+            ..with(Some("KEY-A"))
+        };
+        let sig = sign(&broker, reply(Some("REQ-1")));
+        assert!(trust
+            .check(reply(Some("REQ-1")), Some(&pk), Some(&sig))
+            .is(Role::Broker));
+        for other in [reply(Some("REQ-2")), reply(None), with(None)] {
+            let got = trust.check(other, Some(&pk), Some(&sig));
+            assert!(matches!(got, Sender::Forged(_)), "{other:?}: {got:?}");
+        }
     }
 }

@@ -17,10 +17,12 @@ use crate::protocol::{ErrorCode, ErrorReply, CONTENT_TYPE_HEADER, JSON_CONTENT_T
 /// How a request went out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Sent {
-    /// With a session code for the session of this identity.
-    Coded(crate::auth::Identity),
-    /// Signed, with this bus's session key (an answer may introduce a session).
-    Introducing,
+    /// With a session code (`mac`, the `Baton-Mac` value) for a session of
+    /// the identity whose nkey is `to`.
+    Coded { to: String, mac: String },
+    /// Signed (`signature`), with this bus's session key: an answer may
+    /// introduce a session.
+    Introducing { signature: String },
     /// Signed without a session, or not at all.
     Plain,
 }
@@ -35,14 +37,15 @@ pub(super) enum Then {
 
 /// How an incoming message says who sent it.
 pub(super) enum Arrived {
-    /// Its sender's proof; `introduce`: a signed request with a session key
-    /// whose signer this bus verified, so the reply introduces this bus.
+    /// Its sender's proof; `introduce`: the signature of a verified request
+    /// that brought a session key, which the reply answers introducing this
+    /// bus.
     Proof {
         sender: SenderProof,
-        introduce: bool,
+        introduce: Option<String>,
     },
-    /// A code for a session this bus does not hold.
-    UnknownSession,
+    /// A code (`mac`) for a session this bus does not hold.
+    UnknownSession { mac: String },
 }
 
 fn header(message: &Message, name: &str) -> Option<String> {
@@ -52,32 +55,31 @@ fn header(message: &Message, name: &str) -> Option<String> {
 }
 
 impl Bus {
+    /// The signature headers for `signed` (added to `base`), with this
+    /// bus's session key when `signed` carries it.
+    fn sign(&self, signed: Signed<'_>, base: Option<HeaderMap>) -> Option<HeaderMap> {
+        let Some(key) = &self.signer else {
+            return base;
+        };
+        let mut headers = base.unwrap_or_default();
+        headers.insert(SIGNER_HEADER, key.public_key().as_str());
+        let signature = crate::auth::sign(key, signed);
+        headers.insert(SIGNATURE_HEADER, signature.as_str());
+        if let Some(session) = signed.session {
+            headers.insert(SESSION_HEADER, session);
+        }
+        Some(headers)
+    }
+
     /// The signature headers for `payload` on `subject` (added to `base`),
-    /// covering this bus's session key when `session` (then sent too).
+    /// without a session key (publishes, and requests many may answer).
     pub(super) fn signature(
         &self,
         subject: &str,
         payload: &[u8],
         base: Option<HeaderMap>,
-        session: bool,
     ) -> Option<HeaderMap> {
-        let Some(key) = &self.signer else {
-            return base;
-        };
-        let session = self.sessions.as_ref().filter(|_| session);
-        let mut headers = base.unwrap_or_default();
-        headers.insert(SIGNER_HEADER, key.public_key().as_str());
-        let signed = Signed {
-            subject,
-            session: session.map(|s| s.public()),
-            payload,
-        };
-        let signature = crate::auth::sign(key, signed);
-        headers.insert(SIGNATURE_HEADER, signature.as_str());
-        if let Some(session) = session {
-            headers.insert(SESSION_HEADER, session.public());
-        }
-        Some(headers)
+        self.sign(Signed::new(subject, payload), base)
     }
 
     /// The headers for a request: a session code when a session answered
@@ -91,23 +93,32 @@ impl Bus {
         coded: bool,
     ) -> (Option<HeaderMap>, Sent) {
         let Some(sessions) = &self.sessions else {
-            return (self.signature(subject, payload, base, false), Sent::Plain);
+            return (self.signature(subject, payload, base), Sent::Plain);
         };
         if let Some((mac, to)) = coded.then(|| sessions.mac_for(subject, payload)).flatten() {
             let mut headers = base.unwrap_or_default();
+            headers.insert(SIGNER_HEADER, sessions.me());
             headers.insert(SESSION_HEADER, sessions.public());
             headers.insert(MAC_HEADER, mac.as_str());
-            return (Some(headers), Sent::Coded(to));
+            return (Some(headers), Sent::Coded { to, mac });
         }
-        (
-            self.signature(subject, payload, base, true),
-            Sent::Introducing,
-        )
+        let signed = Signed {
+            session: Some(sessions.public()),
+            ..Signed::new(subject, payload)
+        };
+        let headers = self.sign(signed, base);
+        let signature = (headers.as_ref())
+            .and_then(|h| h.get(SIGNATURE_HEADER))
+            .map(|v| v.as_str().to_string());
+        match signature {
+            Some(signature) => (headers, Sent::Introducing { signature }),
+            None => (headers, Sent::Plain),
+        }
     }
 
-    /// Who sent `message`: a session code is checked now (a hash), a
-    /// signature when first asked, except one bringing a session key this
-    /// bus does not know yet, checked now to learn the key.
+    /// Who sent `message`: a session code is checked now (a hash); a
+    /// signature when first asked, except one bringing a session key, checked
+    /// now to learn the key and introduce this bus in the reply.
     pub(super) fn arrived(&self, message: &Message) -> Arrived {
         let claims = Claims {
             signer: header(message, SIGNER_HEADER),
@@ -125,62 +136,87 @@ impl Bus {
         let (Some(sessions), Some(trust)) = (&self.sessions, &self.trust) else {
             return Arrived::Proof {
                 sender: proof(claims),
-                introduce: false,
+                introduce: None,
             };
         };
         let mac = header(message, MAC_HEADER);
-        let session = claims.session.clone();
         let learn = match sessions.proof(
-            &message.subject,
-            &message.payload,
-            session.as_deref(),
+            (&message.subject, &message.payload),
+            claims.signer.as_deref(),
+            claims.session.as_deref(),
             mac.as_deref(),
-            |identity| trust.still_trusts(identity),
+            |nkey| trust.identity(nkey),
         ) {
             Proof::Coded(sender) => {
                 return Arrived::Proof {
                     sender: SenderProof::decided(sender),
-                    introduce: false,
+                    introduce: None,
                 }
             }
-            Proof::UnknownSession => return Arrived::UnknownSession,
+            Proof::UnknownSession => {
+                let mac = mac.unwrap_or_default();
+                return Arrived::UnknownSession { mac };
+            }
             Proof::Signed { learn } => learn,
         };
-        let signed = claims.signature.is_some();
+        let signature = claims.signature.clone();
+        let brings_session = claims.session.is_some();
         let sender = proof(claims);
-        let introduce = match learn {
-            Some(key) => match sender.get() {
-                Sender::Verified(identity) => sessions.learn(&key, identity.clone()),
-                _ => false,
-            },
-            None => signed && session.is_some(),
+        // only a verified request's reply introduces this bus (a signature
+        // costs; and a session is learned only from its signer)
+        let introduce = match (brings_session, sender.get()) {
+            (true, Sender::Verified(identity)) => {
+                let usable = match &learn {
+                    Some(key) => sessions.learn(key, identity),
+                    None => true,
+                };
+                signature.filter(|_| usable)
+            }
+            _ => None,
         };
         Arrived::Proof { sender, introduce }
     }
 
-    /// The headers that introduce this bus on a reply to `reply_subject`.
-    pub(super) fn introduction(&self, reply_subject: &str, payload: &[u8]) -> Option<HeaderMap> {
-        self.sessions.as_ref()?;
-        self.signature(reply_subject, payload, None, true)
+    /// The headers that introduce this bus on a reply to `reply_subject`,
+    /// answering the request signed `request`.
+    pub(super) fn introduction(
+        &self,
+        reply_subject: &str,
+        payload: &[u8],
+        request: &str,
+    ) -> Option<HeaderMap> {
+        let sessions = self.sessions.as_ref()?;
+        let signed = Signed {
+            session: Some(sessions.public()),
+            answering: Some(request),
+            ..Signed::new(reply_subject, payload)
+        };
+        self.sign(signed, None)
     }
 
-    /// Answers a coded request this bus holds no session for (it is not
-    /// passed on): signed, so the requester knows it came from the identity
-    /// it talked to, and sends the request again signed.
-    pub(super) fn ask_to_sign_again(&self, replier: &Replier) {
+    /// Answers a request coded `mac` for a session this bus does not hold
+    /// (it is not passed on): signed over that code, so the requester knows
+    /// the identity it sent the code to did not act on it, and sends the
+    /// request again signed.
+    pub(super) fn ask_to_sign_again(&self, replier: &Replier, mac: &str) {
         self.stats.count_unknown_session();
-        let Some(reply) = &replier.reply else {
-            return;
-        };
         let error = ErrorReply::new(
             ErrorCode::Forbidden,
             "this receiver holds no session with the sender's key (it restarted or \
              took over): send the request again, signed",
         );
+        if let Some(counted) = &replier.counted {
+            counted.answered(Some(&error));
+        }
+        let Some(reply) = &replier.reply else {
+            return;
+        };
         let payload = bytes::Bytes::from(super::encode(replier.encoding, &error));
-        let mut headers = self
-            .signature(reply, &payload, None, true)
-            .unwrap_or_default();
+        let signed = Signed {
+            answering: Some(mac),
+            ..Signed::new(reply, &payload)
+        };
+        let mut headers = self.sign(signed, None).unwrap_or_default();
         headers.insert(RESIGN_HEADER, "1");
         if replier.encoding == super::Encoding::Json {
             headers.insert(CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE);
@@ -199,11 +235,12 @@ impl Bus {
             return Then::Done;
         };
         let session = header(reply, SESSION_HEADER);
-        let signer = || {
+        let signer = |answering: &str| {
             let signed = Signed {
                 subject: &reply.subject,
                 session: session.as_deref(),
                 payload: &reply.payload,
+                answering: Some(answering),
             };
             let signer = header(reply, SIGNER_HEADER);
             let signature = header(reply, SIGNATURE_HEADER);
@@ -212,14 +249,20 @@ impl Bus {
         let resign = header(reply, RESIGN_HEADER).is_some();
         match read_reply(sent, resign, signer) {
             Reading::Nothing => Then::Done,
+            Reading::NotTaken => {
+                // the request fails; the next one on the subject is signed
+                sessions.forget(subject);
+                Then::Done
+            }
             Reading::SignAgain => {
                 sessions.forget(subject);
                 Then::SignAgain
             }
             Reading::Introduced(identity) => {
                 if let Some(key) = session {
-                    if sessions.knows(&key) || sessions.learn(&key, identity) {
-                        sessions.answered(subject, &key);
+                    let nkey = &identity.public_key;
+                    if sessions.knows(nkey, &key) || sessions.learn(&key, &identity) {
+                        sessions.answered(subject, nkey, &key);
                     }
                 }
                 Then::Done
@@ -232,6 +275,9 @@ impl Bus {
 #[derive(Debug, PartialEq, Eq)]
 enum Reading {
     Nothing,
+    /// A call to sign again not taken (not signed for this request's code
+    /// by the identity it went to): the request fails.
+    NotTaken,
     /// Send the request again, signed.
     SignAgain,
     /// The receiver introduced its session, signed by this identity.
@@ -239,22 +285,21 @@ enum Reading {
 }
 
 /// Reads a reply to a request that went out as `sent` (pure): `resign`
-/// whether it asks for a signature, `signer` who verifiably signed it
-/// (checked only when it matters). Only the identity a coded request went
-/// to may ask for it again, so no one else can make a request go twice; a
-/// signed request is never sent again.
-fn read_reply(sent: &Sent, resign: bool, signer: impl FnOnce() -> Sender) -> Reading {
+/// whether it asks for a signature, `signer(answering)` who verifiably
+/// signed it as a reply to the request carrying `answering` (checked only
+/// when it matters). Only the identity a coded request went to, answering
+/// that very code, may ask for it again, so no one else can make a request
+/// go twice; a signed request is never sent again.
+fn read_reply(sent: &Sent, resign: bool, signer: impl FnOnce(&str) -> Sender) -> Reading {
     match (sent, resign) {
-        (Sent::Coded(talked_to), true) => match signer() {
-            Sender::Verified(identity) if identity.public_key == talked_to.public_key => {
-                Reading::SignAgain
-            }
+        (Sent::Coded { to, mac }, true) => match signer(mac) {
+            Sender::Verified(identity) if identity.public_key == *to => Reading::SignAgain,
             other => {
-                debug!(sender = %other.describe(), to = %talked_to.name, "a call to sign again not taken");
-                Reading::Nothing
+                debug!(sender = %other.describe(), %to, "a call to sign again not taken");
+                Reading::NotTaken
             }
         },
-        (Sent::Introducing, false) => match signer() {
+        (Sent::Introducing { signature }, false) => match signer(signature) {
             Sender::Verified(identity) => Reading::Introduced(identity),
             _ => Reading::Nothing,
         },
@@ -276,57 +321,75 @@ mod tests {
         }
     }
 
+    /// A signer check: `who` signed a reply answering `request`.
+    fn signed_by(who: &Identity, request: &str) -> impl FnOnce(&str) -> Sender {
+        let (who, request) = (who.clone(), request.to_string());
+        move |answering| {
+            if answering == request {
+                Sender::Verified(who)
+            } else {
+                Sender::Forged("answers another request".into())
+            }
+        }
+    }
+
     #[test]
     fn only_the_identity_a_coded_request_went_to_can_have_it_sent_again() {
         let broker = identity("broker");
-        let coded = Sent::Coded(broker.clone());
-        let verified = |i: &Identity| {
-            let i = i.clone();
-            move || Sender::Verified(i)
+        let coded = Sent::Coded {
+            to: broker.public_key.clone(),
+            mac: "KEY.code-1".into(),
         };
-        assert_eq!(
-            read_reply(&coded, true, verified(&broker)),
-            Reading::SignAgain
-        );
-        // another identity, an unsigned or forged call: not taken
-        let other = identity("subagent-s1");
-        assert_eq!(read_reply(&coded, true, verified(&other)), Reading::Nothing);
+        let again = read_reply(&coded, true, signed_by(&broker, "KEY.code-1"));
+        assert_eq!(again, Reading::SignAgain);
+        // for another code (a copy sent with junk), by another identity,
+        // unsigned or forged: not taken
+        let other = read_reply(&coded, true, signed_by(&broker, "KEY.junk"));
+        assert_eq!(other, Reading::NotTaken);
+        let subagent = identity("subagent-s1");
+        let other = read_reply(&coded, true, signed_by(&subagent, "KEY.code-1"));
+        assert_eq!(other, Reading::NotTaken);
         for sender in [Sender::Unsigned, Sender::Forged("x".into())] {
-            assert_eq!(read_reply(&coded, true, || sender), Reading::Nothing);
+            assert_eq!(read_reply(&coded, true, |_| sender), Reading::NotTaken);
         }
         // a signed request is never sent again, whoever asks
-        let introducing = Sent::Introducing;
-        assert_eq!(
-            read_reply(&introducing, true, verified(&broker)),
-            Reading::Nothing
-        );
-        assert_eq!(
-            read_reply(&Sent::Plain, true, verified(&broker)),
-            Reading::Nothing
-        );
+        let introducing = Sent::Introducing {
+            signature: "sig-1".into(),
+        };
+        let asked = read_reply(&introducing, true, signed_by(&broker, "sig-1"));
+        assert_eq!(asked, Reading::Nothing);
+        let plain = read_reply(&Sent::Plain, true, signed_by(&broker, "sig-1"));
+        assert_eq!(plain, Reading::Nothing);
         // an ordinary answer to a coded request: nothing checked
-        let unchecked = || -> Sender { panic!("no signature to check") };
+        let unchecked = |_: &str| -> Sender { panic!("no signature to check") };
         assert_eq!(read_reply(&coded, false, unchecked), Reading::Nothing);
     }
 
     #[test]
-    fn a_session_is_taken_only_from_a_verified_reply_to_a_signed_request() {
+    fn a_session_is_taken_only_from_a_verified_reply_to_this_signed_request() {
         let broker = identity("broker");
-        let introducing = Sent::Introducing;
-        let b = broker.clone();
+        let introducing = Sent::Introducing {
+            signature: "sig-1".into(),
+        };
+        let got = read_reply(&introducing, false, signed_by(&broker, "sig-1"));
+        assert_eq!(got, Reading::Introduced(broker.clone()));
+        let other = read_reply(&introducing, false, signed_by(&broker, "sig-2"));
         assert_eq!(
-            read_reply(&introducing, false, move || Sender::Verified(b)),
-            Reading::Introduced(broker.clone())
+            other,
+            Reading::Nothing,
+            "an introduction to another request"
         );
         for sender in [
             Sender::Unsigned,
             Sender::Forged("x".into()),
             Sender::Unchecked,
         ] {
-            assert_eq!(read_reply(&introducing, false, || sender), Reading::Nothing);
+            assert_eq!(
+                read_reply(&introducing, false, |_| sender),
+                Reading::Nothing
+            );
         }
-        let b = broker.clone();
-        let plain = read_reply(&Sent::Plain, false, move || Sender::Verified(b));
+        let plain = read_reply(&Sent::Plain, false, signed_by(&broker, "sig-1"));
         assert_eq!(plain, Reading::Nothing);
     }
 }

@@ -48,9 +48,7 @@ impl Bus {
     ) -> Result<Vec<Bytes>, BusError> {
         let inbox = self.client.new_inbox();
         let mut answers = self.subscribe(&inbox).await?;
-        let headers = self
-            .signature(&subject, &payload, None, false)
-            .unwrap_or_default();
+        let headers = self.signature(&subject, &payload, None).unwrap_or_default();
         let sent =
             self.client
                 .publish_with_reply_and_headers(subject.clone(), inbox, headers, payload);

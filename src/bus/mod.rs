@@ -122,8 +122,9 @@ pub struct Replier {
     /// A service endpoint's request, counted in `$SRV.STATS` once
     /// answered (`service.rs`).
     counted: Option<service::Counted>,
-    /// Sign the answer with this bus's session key (`session.rs`).
-    introduce: bool,
+    /// The signature of the request, when the answer introduces this bus's
+    /// session key, signed over it (`session.rs`).
+    introduce: Option<String>,
 }
 
 /// A decoded request waiting for its answer.
@@ -197,8 +198,10 @@ impl Bus {
         let trust = connect::trust(settings)?;
         let (outgoing, queue) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(publish_in_order(client.clone(), queue, stats.clone()));
-        let sessions =
-            (signer.is_some() && trust.is_some()).then(|| Arc::new(session::Sessions::new()));
+        let sessions = match (&signer, &trust) {
+            (Some(key), Some(_)) => Some(Arc::new(session::Sessions::new(key.public_key()))),
+            _ => None,
+        };
         Ok(Bus {
             client,
             outgoing,
@@ -238,7 +241,7 @@ impl Bus {
     /// (for messages whose receivers check who sent them: heartbeats).
     pub fn post_signed<T: Serialize>(&self, subject: String, value: &T) {
         let payload = Bytes::from(encode(Encoding::MessagePack, value));
-        let headers = self.signature(&subject, &payload, None, false);
+        let headers = self.signature(&subject, &payload, None);
         self.enqueue(Outgoing::Message {
             subject,
             headers,
@@ -296,9 +299,8 @@ impl Bus {
             return;
         };
         let payload = Bytes::from(encode(replier.encoding, value));
-        let mut headers = (replier.introduce)
-            .then(|| self.introduction(reply, &payload))
-            .flatten();
+        let mut headers = (replier.introduce.as_deref())
+            .and_then(|request| self.introduction(reply, &payload, request));
         if replier.encoding == Encoding::Json {
             let json = headers.get_or_insert_with(HeaderMap::new);
             for (name, values) in json_headers().iter() {
@@ -480,7 +482,7 @@ impl Bus {
             .filter_map(move |message| {
                 let decoded = decode_publish::<T>(&message, max, || match bus.arrived(&message) {
                     authn::Arrived::Proof { sender, .. } => sender,
-                    authn::Arrived::UnknownSession => SenderProof::decided(
+                    authn::Arrived::UnknownSession { .. } => SenderProof::decided(
                         crate::auth::Sender::Forged("a session this process does not hold".into()),
                     ),
                 });
@@ -552,7 +554,7 @@ impl Bus {
             reply: message.reply.as_ref().map(|s| s.to_string()),
             encoding,
             counted,
-            introduce: false,
+            introduce: None,
         };
         let error = if message.payload.len() > self.max_message_bytes {
             ErrorReply::new(
@@ -568,8 +570,8 @@ impl Bus {
                 Ok(body) => {
                     let (sender, introduce) = match self.arrived(&message) {
                         authn::Arrived::Proof { sender, introduce } => (sender, introduce),
-                        authn::Arrived::UnknownSession => {
-                            self.ask_to_sign_again(&replier);
+                        authn::Arrived::UnknownSession { mac } => {
+                            self.ask_to_sign_again(&replier, &mac);
                             return None;
                         }
                     };

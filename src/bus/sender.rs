@@ -46,12 +46,6 @@ impl TrustSource {
             .check(signed, signer, signature)
     }
 
-    /// Whether `identity`'s key is still among those trusted.
-    pub(super) fn still_trusts(&self, identity: &crate::auth::Identity) -> bool {
-        let trust = self.trust.read().expect("trust lock");
-        trust.identity(&identity.public_key).is_some()
-    }
-
     /// Reads the identities again unless that was done within a second.
     fn reread(&self) -> bool {
         let mut read_at = self.read_at.lock().expect("trust lock");
@@ -164,6 +158,7 @@ impl SenderProof {
                     subject: &p.subject,
                     session: p.session.as_deref(),
                     payload: &p.payload,
+                    answering: None,
                 },
                 p.signer.as_deref(),
                 p.signature.as_deref(),
