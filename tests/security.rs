@@ -974,8 +974,18 @@ async fn session_codes_replace_signatures_and_forged_ones_are_refused() {
     let by = reply_headers.get(SIGNER_HEADER).map(|v| v.as_str());
     assert_eq!(by, Some(broker.public_key.as_str()));
     let signature = reply_headers.get(SIGNATURE_HEADER).unwrap().as_str();
+    // signed over the request as the broker saw it (schemas/README.md)
+    let session = headers.get(SESSION_HEADER).unwrap().as_str().to_string();
+    let parts = [
+        s.result(),
+        signer.as_str().to_string(),
+        session,
+        junk.clone(),
+    ];
+    let seen: Vec<String> = parts.iter().map(|p| format!("{}:{p}", p.len())).collect();
+    let seen = seen.join(" ");
     let as_reply = Signed {
-        answering: Some(&junk),
+        answering: Some(&seen),
         ..Signed::new(&reply.subject, &reply.payload)
     };
     assert!(verify(&broker.public_key, as_reply, signature));

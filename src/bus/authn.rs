@@ -17,9 +17,10 @@ use crate::protocol::{ErrorCode, ErrorReply, CONTENT_TYPE_HEADER, JSON_CONTENT_T
 /// How a request went out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Sent {
-    /// With a session code (`mac`, the `Baton-Mac` value) for a session of
-    /// the identity whose nkey is `to`.
-    Coded { to: String, mac: String },
+    /// With a session code for a session of the identity whose nkey is
+    /// `to`; `binding`: what a call to sign it again must be signed over
+    /// ([`binding`]).
+    Coded { to: String, binding: String },
     /// Signed (`signature`), with this bus's session key: an answer may
     /// introduce a session.
     Introducing { signature: String },
@@ -44,14 +45,27 @@ pub(super) enum Arrived {
         sender: SenderProof,
         introduce: Option<String>,
     },
-    /// A code (`mac`) for a session this bus does not hold.
-    UnknownSession { mac: String },
+    /// A code for a session this bus does not hold; `binding`: the coded
+    /// request as this bus saw it ([`binding`]).
+    UnknownSession { binding: String },
 }
 
 fn header(message: &Message, name: &str) -> Option<String> {
     (message.headers.as_ref())
         .and_then(|h| h.get(name))
         .map(|v| v.as_str().to_string())
+}
+
+/// A coded request as a call to sign it again names it: its subject,
+/// signer, session key and code, each preceded by its length (so no two
+/// requests read the same).
+fn binding(subject: &str, signer: &str, session: &str, mac: &str) -> String {
+    let parts = [subject, signer, session, mac];
+    parts
+        .iter()
+        .map(|p| format!("{}:{p}", p.len()))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl Bus {
@@ -100,7 +114,8 @@ impl Bus {
             headers.insert(SIGNER_HEADER, sessions.me());
             headers.insert(SESSION_HEADER, sessions.public());
             headers.insert(MAC_HEADER, mac.as_str());
-            return (Some(headers), Sent::Coded { to, mac });
+            let binding = binding(subject, sessions.me(), sessions.public(), &mac);
+            return (Some(headers), Sent::Coded { to, binding });
         }
         let signed = Signed {
             session: Some(sessions.public()),
@@ -154,11 +169,23 @@ impl Bus {
                 }
             }
             Proof::UnknownSession => {
-                let mac = mac.unwrap_or_default();
-                return Arrived::UnknownSession { mac };
+                let binding = binding(
+                    &message.subject,
+                    claims.signer.as_deref().unwrap_or_default(),
+                    claims.session.as_deref().unwrap_or_default(),
+                    mac.as_deref().unwrap_or_default(),
+                );
+                return Arrived::UnknownSession { binding };
             }
             Proof::Signed { learn } => learn,
         };
+        if message.reply.is_none() {
+            // a publish: nothing to introduce, nothing learned, checked lazily
+            return Arrived::Proof {
+                sender: proof(claims),
+                introduce: None,
+            };
+        }
         let signature = claims.signature.clone();
         let brings_session = claims.session.is_some();
         let sender = proof(claims);
@@ -194,11 +221,12 @@ impl Bus {
         self.sign(signed, None)
     }
 
-    /// Answers a request coded `mac` for a session this bus does not hold
-    /// (it is not passed on): signed over that code, so the requester knows
-    /// the identity it sent the code to did not act on it, and sends the
-    /// request again signed.
-    pub(super) fn ask_to_sign_again(&self, replier: &Replier, mac: &str) {
+    /// Answers a coded request for a session this bus does not hold (it is
+    /// not passed on): signed over the request as this bus saw it
+    /// (`binding`: subject, signer, session key and code), so the requester
+    /// knows that the identity it sent that very request to did not act on
+    /// it, and sends it again signed.
+    pub(super) fn ask_to_sign_again(&self, replier: &Replier, binding: &str) {
         self.stats.count_unknown_session();
         let error = ErrorReply::new(
             ErrorCode::Forbidden,
@@ -213,7 +241,7 @@ impl Bus {
         };
         let payload = bytes::Bytes::from(super::encode(replier.encoding, &error));
         let signed = Signed {
-            answering: Some(mac),
+            answering: Some(binding),
             ..Signed::new(reply, &payload)
         };
         let mut headers = self.sign(signed, None).unwrap_or_default();
@@ -247,7 +275,9 @@ impl Bus {
             trust.check(signed, signer.as_deref(), signature.as_deref())
         };
         let resign = header(reply, RESIGN_HEADER).is_some();
-        match read_reply(sent, resign, signer) {
+        let prefix = self.subjects.prefix();
+        let serves = |identity: &crate::auth::Identity| may_serve(identity, prefix, subject);
+        match read_reply(sent, resign, signer, serves) {
             Reading::Nothing => Then::Done,
             Reading::NotTaken => {
                 // the request fails; the next one on the subject is signed
@@ -284,15 +314,33 @@ enum Reading {
     Introduced(crate::auth::Identity),
 }
 
+/// Whether `identity` is one that serves requests on `subject`: its role
+/// may subscribe to it (`auth::permissions`, the table the server's
+/// configuration comes from), so no other identity can introduce itself
+/// as the one that answers there.
+fn may_serve(identity: &crate::auth::Identity, prefix: &str, subject: &str) -> bool {
+    identity.role().is_some_and(|role| {
+        let id = identity.id.as_deref();
+        crate::auth::permissions(role, prefix, id, &identity.public_key).may_subscribe(subject)
+    })
+}
+
 /// Reads a reply to a request that went out as `sent` (pure): `resign`
 /// whether it asks for a signature, `signer(answering)` who verifiably
-/// signed it as a reply to the request carrying `answering` (checked only
-/// when it matters). Only the identity a coded request went to, answering
-/// that very code, may ask for it again, so no one else can make a request
-/// go twice; a signed request is never sent again.
-fn read_reply(sent: &Sent, resign: bool, signer: impl FnOnce(&str) -> Sender) -> Reading {
+/// signed it as a reply to the request named `answering` (checked only
+/// when it matters), `serves` whether an identity serves the request's
+/// subject. Only the identity a coded request went to, answering that very
+/// request, may ask for it again, so no one else can make a request go
+/// twice; a signed request is never sent again; only an identity that
+/// serves the subject may introduce itself.
+fn read_reply(
+    sent: &Sent,
+    resign: bool,
+    signer: impl FnOnce(&str) -> Sender,
+    serves: impl FnOnce(&crate::auth::Identity) -> bool,
+) -> Reading {
     match (sent, resign) {
-        (Sent::Coded { to, mac }, true) => match signer(mac) {
+        (Sent::Coded { to, binding }, true) => match signer(binding) {
             Sender::Verified(identity) if identity.public_key == *to => Reading::SignAgain,
             other => {
                 debug!(sender = %other.describe(), %to, "a call to sign again not taken");
@@ -300,7 +348,7 @@ fn read_reply(sent: &Sent, resign: bool, signer: impl FnOnce(&str) -> Sender) ->
             }
         },
         (Sent::Introducing { signature }, false) => match signer(signature) {
-            Sender::Verified(identity) => Reading::Introduced(identity),
+            Sender::Verified(identity) if serves(&identity) => Reading::Introduced(identity),
             _ => Reading::Nothing,
         },
         _ => Reading::Nothing,
@@ -333,47 +381,76 @@ mod tests {
         }
     }
 
+    fn anyone(_: &Identity) -> bool {
+        true
+    }
+
     #[test]
-    fn only_the_identity_a_coded_request_went_to_can_have_it_sent_again() {
+    fn only_the_identity_a_coded_request_went_to_can_have_that_request_sent_again() {
         let broker = identity("broker");
+        let sent = binding("baton.broker.result", "Us1", "KEY-S1", "KEY-B.code-1");
         let coded = Sent::Coded {
             to: broker.public_key.clone(),
-            mac: "KEY.code-1".into(),
+            binding: sent.clone(),
         };
-        let again = read_reply(&coded, true, signed_by(&broker, "KEY.code-1"));
+        let again = read_reply(&coded, true, signed_by(&broker, &sent), anyone);
         assert_eq!(again, Reading::SignAgain);
-        // for another code (a copy sent with junk), by another identity,
-        // unsigned or forged: not taken
-        let other = read_reply(&coded, true, signed_by(&broker, "KEY.junk"));
-        assert_eq!(other, Reading::NotTaken);
+        // the same code sent with another session key, signer or subject
+        // (a copy the receiver cannot match): not this request
+        for copy in [
+            binding("baton.broker.result", "Us1", "KEY-X", "KEY-B.code-1"),
+            binding("baton.broker.result", "Ux", "KEY-S1", "KEY-B.code-1"),
+            binding("baton.api.status.brokers", "Us1", "KEY-S1", "KEY-B.code-1"),
+        ] {
+            let other = read_reply(&coded, true, signed_by(&broker, &copy), anyone);
+            assert_eq!(other, Reading::NotTaken, "{copy}");
+        }
+        // by another identity, unsigned or forged: not taken
         let subagent = identity("subagent-s1");
-        let other = read_reply(&coded, true, signed_by(&subagent, "KEY.code-1"));
+        let other = read_reply(&coded, true, signed_by(&subagent, &sent), anyone);
         assert_eq!(other, Reading::NotTaken);
         for sender in [Sender::Unsigned, Sender::Forged("x".into())] {
-            assert_eq!(read_reply(&coded, true, |_| sender), Reading::NotTaken);
+            assert_eq!(
+                read_reply(&coded, true, |_| sender, anyone),
+                Reading::NotTaken
+            );
         }
         // a signed request is never sent again, whoever asks
         let introducing = Sent::Introducing {
             signature: "sig-1".into(),
         };
-        let asked = read_reply(&introducing, true, signed_by(&broker, "sig-1"));
+        let asked = read_reply(&introducing, true, signed_by(&broker, "sig-1"), anyone);
         assert_eq!(asked, Reading::Nothing);
-        let plain = read_reply(&Sent::Plain, true, signed_by(&broker, "sig-1"));
+        let plain = read_reply(&Sent::Plain, true, signed_by(&broker, "sig-1"), anyone);
         assert_eq!(plain, Reading::Nothing);
         // an ordinary answer to a coded request: nothing checked
         let unchecked = |_: &str| -> Sender { panic!("no signature to check") };
-        assert_eq!(read_reply(&coded, false, unchecked), Reading::Nothing);
+        assert_eq!(
+            read_reply(&coded, false, unchecked, anyone),
+            Reading::Nothing
+        );
     }
 
     #[test]
-    fn a_session_is_taken_only_from_a_verified_reply_to_this_signed_request() {
+    fn bindings_of_different_requests_differ() {
+        let a = binding("s", "U1", "K", "M.t");
+        assert_ne!(a, binding("s", "U1", "K", "M.u"));
+        assert_ne!(
+            binding("s", "U1 K", "", "M.t"),
+            binding("s", "U1", " K", "M.t")
+        );
+        assert_eq!(a, binding("s", "U1", "K", "M.t"));
+    }
+
+    #[test]
+    fn a_session_is_taken_only_from_a_verified_reply_to_this_request_by_whom_serves_it() {
         let broker = identity("broker");
         let introducing = Sent::Introducing {
             signature: "sig-1".into(),
         };
-        let got = read_reply(&introducing, false, signed_by(&broker, "sig-1"));
+        let got = read_reply(&introducing, false, signed_by(&broker, "sig-1"), anyone);
         assert_eq!(got, Reading::Introduced(broker.clone()));
-        let other = read_reply(&introducing, false, signed_by(&broker, "sig-2"));
+        let other = read_reply(&introducing, false, signed_by(&broker, "sig-2"), anyone);
         assert_eq!(
             other,
             Reading::Nothing,
@@ -384,12 +461,39 @@ mod tests {
             Sender::Forged("x".into()),
             Sender::Unchecked,
         ] {
-            assert_eq!(
-                read_reply(&introducing, false, |_| sender),
-                Reading::Nothing
-            );
+            let got = read_reply(&introducing, false, |_| sender, anyone);
+            assert_eq!(got, Reading::Nothing);
         }
-        let plain = read_reply(&Sent::Plain, false, signed_by(&broker, "sig-1"));
+        let plain = read_reply(&Sent::Plain, false, signed_by(&broker, "sig-1"), anyone);
         assert_eq!(plain, Reading::Nothing);
+        // an identity that does not serve the subject
+        let none = |_: &Identity| false;
+        let got = read_reply(&introducing, false, signed_by(&broker, "sig-1"), none);
+        assert_eq!(got, Reading::Nothing);
+    }
+
+    #[test]
+    fn who_serves_a_subject_comes_from_the_roles_table() {
+        let role = |role: &str, id: Option<&str>| Identity {
+            name: role.into(),
+            role: role.into(),
+            id: id.map(str::to_string),
+            public_key: "UKEY".into(),
+        };
+        let broker = role("broker", None);
+        let s1 = role("subagent", Some("s1"));
+        let monitor = role("monitor", None);
+        for subject in [
+            "baton.broker.result",
+            "baton.api.submit",
+            "baton.subagent.s1.run",
+        ] {
+            assert!(may_serve(&broker, "baton", subject), "{subject}");
+        }
+        assert!(may_serve(&s1, "baton", "baton.subagent.s1.run"));
+        assert!(!may_serve(&s1, "baton", "baton.subagent.s2.run"));
+        assert!(!may_serve(&s1, "baton", "baton.broker.result"));
+        assert!(!may_serve(&monitor, "baton", "baton.broker.result"));
+        assert!(!may_serve(&monitor, "baton", "baton.api.submit"));
     }
 }

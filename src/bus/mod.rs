@@ -570,8 +570,8 @@ impl Bus {
                 Ok(body) => {
                     let (sender, introduce) = match self.arrived(&message) {
                         authn::Arrived::Proof { sender, introduce } => (sender, introduce),
-                        authn::Arrived::UnknownSession { mac } => {
-                            self.ask_to_sign_again(&replier, &mac);
+                        authn::Arrived::UnknownSession { binding } => {
+                            self.ask_to_sign_again(&replier, &binding);
                             return None;
                         }
                     };

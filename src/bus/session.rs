@@ -12,18 +12,24 @@
 //!    own session key (it introduces itself). A reply's signature covers
 //!    the request's signature (`auth::trust::Signed::answering`): it is no
 //!    command anywhere, and introduces this one requester only.
-//! 3. The requester verifies that reply's signature, learns the answering
-//!    session and remembers it for the subject. Its next request on that
-//!    subject carries `Baton-Signer` and `Baton-Mac` for that session
-//!    instead of a signature.
+//! 3. The requester verifies that reply's signature and, when the signer's
+//!    role serves the subject (`auth::permissions`: only the broker answers
+//!    `baton.broker.*`, only subagent `ID` and the broker
+//!    `baton.subagent.ID.*`), learns the answering session and remembers it
+//!    for the subject. Its next request on that subject carries
+//!    `Baton-Signer` and `Baton-Mac` for that session instead of a
+//!    signature.
 //! 4. A receiver that holds no such session (a new broker after a
 //!    fail-over, a restarted subagent, or the session evicted) does not act
 //!    on the request: it answers with a `Baton-Resign` reply signed over
-//!    that request's code, and the requester, once it has checked that the
-//!    identity it sent the code to signed it for this very code, sends the
-//!    request again signed. Any other call to sign again is not taken (the
-//!    request fails, `forbidden`, and the subject's session is forgotten).
+//!    the request as it saw it (subject, signer, session key, code), and the
+//!    requester, once it has checked that the identity it sent the code to
+//!    signed it for this very request, sends the request again signed. Any
+//!    other call to sign again is not taken (the request fails,
+//!    `forbidden`, and the subject's session is forgotten).
 //!
+//! Only requests teach session keys (a publish with one is checked lazily,
+//! like any other).
 //! Each identity keeps at most [`PER_IDENTITY`] sessions (the oldest go
 //! first), so no credential can push out another's.
 //!
