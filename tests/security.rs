@@ -560,6 +560,17 @@ async fn open_the_server_wide(h: &mut Harness) {
     .await;
 }
 
+/// A plain NATS client (it signs nothing) holding the monitor's seed.
+async fn plain_client(h: &mut Harness) -> async_nats::Client {
+    let seed = std::fs::read_to_string(h.seed(Role::Monitor, None)).unwrap();
+    let plain = async_nats::ConnectOptions::new()
+        .nkey(seed.trim().to_string())
+        .connect(h.nats_url());
+    within(REQUEST, "plain connect", plain)
+        .await
+        .expect("plain")
+}
+
 fn forbidden<T: std::fmt::Debug>(who: &str, what: &str, reply: Result<T, BusError>) {
     match reply {
         Err(BusError::Remote(e)) if e.error.code == ErrorCode::Forbidden => {}
@@ -596,13 +607,7 @@ async fn with_a_wide_open_server_baton_s_own_checks_still_refuse_forgeries() {
     let thief = h.connect_as(Role::Subagent, Some(other)).await;
     let agent = h.connect_as(Role::Agent, None).await;
     // an unsigned sender: a plain NATS client holding some identity's seed
-    let seed = std::fs::read_to_string(h.seed(Role::Monitor, None)).unwrap();
-    let plain = async_nats::ConnectOptions::new()
-        .nkey(seed.trim().to_string())
-        .connect(h.nats_url());
-    let plain = within(REQUEST, "plain connect", plain)
-        .await
-        .expect("plain");
+    let plain = plain_client(&mut h).await;
     for (who, bus) in [("client", &client), ("subagent", &thief), ("agent", &agent)] {
         let run = bus
             .request::<_, RunAccepted>(s.run(&victim), &task, REQUEST)
@@ -887,13 +892,7 @@ async fn session_codes_replace_signatures_and_forged_ones_are_refused() {
     deploy(&h.bus, JOBS).await;
     open_the_server_wide(&mut h).await;
     let s = h.bus.subjects().clone();
-    let seed = std::fs::read_to_string(h.seed(Role::Monitor, None)).unwrap();
-    let plain = async_nats::ConnectOptions::new()
-        .nkey(seed.trim().to_string())
-        .connect(h.nats_url());
-    let plain = within(REQUEST, "plain connect", plain)
-        .await
-        .expect("plain");
+    let plain = plain_client(&mut h).await;
     let mut results = plain.subscribe(s.result()).await.expect("subscribe");
     let mut runs = plain.subscribe(s.run("sub-a")).await.expect("subscribe");
     within(REQUEST, "flush", plain.flush())
