@@ -149,10 +149,12 @@ pub struct Signed<'a> {
     pub subject: &'a str,
     pub session: Option<&'a str>,
     pub payload: &'a [u8],
-    /// A reply's: the request's `Baton-Signature` or `Baton-Mac` value. A
-    /// reply's signature never verifies as a request's or a publish's, so
-    /// a signed reply sent to a subject of the requester's choosing is no
-    /// command there; and it answers that one request only.
+    /// A reply's: the request it answers (an introduction: the request's
+    /// `Baton-Signature`; a call to sign again: the coded request as its
+    /// receiver saw it, `bus/authn.rs`). A reply's signature never verifies
+    /// as a request's or a publish's, so a signed reply sent to a subject
+    /// of the requester's choosing is no command there; and it answers that
+    /// one request only.
     pub answering: Option<&'a str>,
 }
 

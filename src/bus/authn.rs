@@ -34,6 +34,9 @@ pub(super) enum Then {
     Done,
     /// The receiver held no session: send the request again, signed.
     SignAgain,
+    /// A call to sign again not signed for this request by the identity it
+    /// went to: the request fails.
+    Refused,
 }
 
 /// How an incoming message says who sent it.
@@ -278,11 +281,18 @@ impl Bus {
         let prefix = self.subjects.prefix();
         let serves = |identity: &crate::auth::Identity| may_serve(identity, prefix, subject);
         match read_reply(sent, resign, signer, serves) {
-            Reading::Nothing => Then::Done,
+            Reading::Nothing => {
+                if matches!(sent, Sent::Coded { .. }) && refused(reply) {
+                    // a receiver that holds no sessions at all (an older
+                    // build): the next request on the subject is signed
+                    sessions.forget(subject);
+                }
+                Then::Done
+            }
             Reading::NotTaken => {
                 // the request fails; the next one on the subject is signed
                 sessions.forget(subject);
-                Then::Done
+                Then::Refused
             }
             Reading::SignAgain => {
                 sessions.forget(subject);
@@ -297,6 +307,23 @@ impl Bus {
                 }
                 Then::Done
             }
+        }
+    }
+}
+
+/// Whether `reply` is a `forbidden` error.
+fn refused(reply: &Message) -> bool {
+    let encoding = super::inbound::encoding_of(reply);
+    super::decode::<ErrorReply>(encoding, &reply.payload)
+        .is_ok_and(|e| e.error.code == ErrorCode::Forbidden)
+}
+
+impl Bus {
+    /// A request coded for `subject` got no answer: the next one is signed
+    /// (its receiver may be gone, or hold no sessions).
+    pub(super) fn unanswered(&self, subject: &str, sent: &Sent) {
+        if let (Some(sessions), Sent::Coded { .. }) = (&self.sessions, sent) {
+            sessions.forget(subject);
         }
     }
 }

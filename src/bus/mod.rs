@@ -376,14 +376,23 @@ impl Bus {
         let (reply, then) = self
             .request_once(subject, encoding, payload.clone(), timeout, true)
             .await?;
-        if then == authn::Then::SignAgain {
-            debug!(%subject, "the receiver holds no session with this process: signing again");
-            let (reply, _) = self
-                .request_once(subject, encoding, payload, timeout, false)
-                .await?;
-            return Ok(reply);
+        match then {
+            authn::Then::Done => Ok(reply),
+            authn::Then::SignAgain => {
+                debug!(%subject, "the receiver holds no session with this process: signing again");
+                let (reply, _) = self
+                    .request_once(subject, encoding, payload, timeout, false)
+                    .await?;
+                Ok(reply)
+            }
+            authn::Then::Refused => Err(BusError::Remote(ErrorReply::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "on {subject}: a call to sign the request again that its receiver did not \
+                     sign for it; not sent again"
+                ),
+            ))),
         }
-        Ok(reply)
     }
 
     /// One request: its reply, and whether the receiver asks to sign it again.
@@ -414,19 +423,22 @@ impl Bus {
                 let then = self.replied(subject, &sent, &message);
                 Ok((message.payload, then))
             }
-            Err(e) => Err(match e.kind() {
-                async_nats::RequestErrorKind::NoResponders => BusError::NoResponders {
-                    subject: subject.to_string(),
-                },
-                async_nats::RequestErrorKind::TimedOut => BusError::TimedOut {
-                    subject: subject.to_string(),
-                    timeout,
-                },
-                _ => BusError::Transport {
-                    subject: subject.to_string(),
-                    reason: e.to_string(),
-                },
-            }),
+            Err(e) => {
+                self.unanswered(subject, &sent);
+                Err(match e.kind() {
+                    async_nats::RequestErrorKind::NoResponders => BusError::NoResponders {
+                        subject: subject.to_string(),
+                    },
+                    async_nats::RequestErrorKind::TimedOut => BusError::TimedOut {
+                        subject: subject.to_string(),
+                        timeout,
+                    },
+                    _ => BusError::Transport {
+                        subject: subject.to_string(),
+                        reason: e.to_string(),
+                    },
+                })
+            }
         }
     }
 

@@ -190,14 +190,16 @@ impl Sessions {
                 "a session code without its signer or session key".into(),
             ));
         };
+        let Some(identity) = identity_of(signer) else {
+            return Proof::Coded(Sender::Forged(format!(
+                "a session code from {signer}, a key not trusted"
+            )));
+        };
         if to != self.public() {
             return Proof::UnknownSession;
         }
         let key = (signer.to_string(), peer.to_string());
         let Some(shared) = self.table().peers.get(&key).cloned() else {
-            return Proof::UnknownSession;
-        };
-        let Some(identity) = identity_of(signer) else {
             return Proof::UnknownSession;
         };
         Proof::Coded(if shared.verify(subject, payload, code) {
@@ -210,10 +212,13 @@ impl Sessions {
     /// The `Baton-Mac` value for a request on `subject`, when a session
     /// answered it last, with the nkey of the identity holding it.
     pub(super) fn mac_for(&self, subject: &str, payload: &[u8]) -> Option<(String, String)> {
-        let table = self.table();
-        let (nkey, peer) = table.answered_by.get(subject)?;
-        let shared = table.peers.get(&(nkey.clone(), peer.clone()))?;
-        Some((shared.mac(peer, subject, payload), nkey.clone()))
+        let (peer, shared) = {
+            let table = self.table();
+            let peer = table.answered_by.get(subject)?;
+            (peer.clone(), table.peers.get(peer)?.clone())
+        };
+        let (nkey, session) = peer;
+        Some((shared.mac(&session, subject, payload), nkey))
     }
 
     /// Requests on `subject` go to the session `peer` of `signer` from now on.
@@ -327,9 +332,9 @@ mod tests {
         let stranger = SessionKey::generate();
         let got = b.proof(m, Some("Ua"), Some(stranger.public()), Some(&mac), trusted);
         assert_eq!(got, Proof::UnknownSession);
-        // a signer no longer trusted
+        // a signer no longer (or never) trusted: refused, not asked again
         let got = b.proof(m, Some("Ua"), Some(a.public()), Some(&mac), |_| None);
-        assert_eq!(got, Proof::UnknownSession);
+        assert!(matches!(got, Proof::Coded(Sender::Forged(_))), "{got:?}");
         // a signed message teaches a key once
         let learn = fresh.proof(m, Some("Ua"), Some(a.public()), None, trusted);
         assert_eq!(
