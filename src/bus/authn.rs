@@ -12,7 +12,7 @@ use super::{Bus, Replier, SenderProof};
 use crate::auth::{
     Sender, Signed, MAC_HEADER, RESIGN_HEADER, SESSION_HEADER, SIGNATURE_HEADER, SIGNER_HEADER,
 };
-use crate::protocol::{ErrorCode, ErrorReply, CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE};
+use crate::protocol::{ErrorCode, ErrorReply};
 
 /// How a request went out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,21 +207,35 @@ impl Bus {
         Arrived::Proof { sender, introduce }
     }
 
-    /// The headers that introduce this bus on a reply to `reply_subject`,
-    /// answering the request signed `request`.
+    /// The headers (added to `base`) that introduce this bus on a reply to
+    /// `reply_subject`, answering the request signed `request`.
     pub(super) fn introduction(
         &self,
         reply_subject: &str,
         payload: &[u8],
         request: &str,
+        base: Option<HeaderMap>,
     ) -> Option<HeaderMap> {
-        let sessions = self.sessions.as_ref()?;
+        let Some(sessions) = &self.sessions else {
+            return base;
+        };
         let signed = Signed {
             session: Some(sessions.public()),
             answering: Some(request),
             ..Signed::new(reply_subject, payload)
         };
-        self.sign(signed, None)
+        self.sign(signed, base)
+    }
+
+    /// Who sent a publish (nothing to answer: a code for a session this bus
+    /// does not hold is refused as forged).
+    pub(super) fn published_by(&self, message: &Message) -> SenderProof {
+        match self.arrived(message) {
+            Arrived::Proof { sender, .. } => sender,
+            Arrived::UnknownSession { .. } => SenderProof::decided(Sender::Forged(
+                "a session this process does not hold".into(),
+            )),
+        }
     }
 
     /// Answers a coded request for a session this bus does not hold (it is
@@ -247,11 +261,9 @@ impl Bus {
             answering: Some(binding),
             ..Signed::new(reply, &payload)
         };
-        let mut headers = self.sign(signed, None).unwrap_or_default();
+        let json = (replier.encoding == super::Encoding::Json).then(super::inbound::json_headers);
+        let mut headers = self.sign(signed, json).unwrap_or_default();
         headers.insert(RESIGN_HEADER, "1");
-        if replier.encoding == super::Encoding::Json {
-            headers.insert(CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE);
-        }
         self.enqueue(Outgoing::Message {
             subject: reply.clone(),
             headers: Some(headers),

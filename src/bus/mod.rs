@@ -18,8 +18,9 @@
 //! Architecture invariant: the bus knows payload types only as serde types;
 //! it never decides anything about jobs, orders or subagents.
 //!
-//! Size: just over the ~500-line mark: the `Bus` type's operations, one
-//! method each, with the connection state they share.
+//! `request.rs` holds the requests (`request`, `request_encoded`,
+//! `request_raw`); `authn.rs` how what goes out is signed or coded and who
+//! sent what arrives.
 
 mod audit;
 mod authn;
@@ -33,6 +34,7 @@ mod kv;
 mod logs;
 mod placement;
 mod publish;
+mod request;
 mod sender;
 mod service;
 mod session;
@@ -42,7 +44,7 @@ mod triggers;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::{HeaderMap, Message};
+use async_nats::Message;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::{de::DeserializeOwned, Serialize};
@@ -60,7 +62,7 @@ pub use service::{ApiService, ServiceInfo, SERVICE_NAME};
 pub use stats::Stats;
 pub use triggers::{Backlog, ConsumerLimits, DeadLetter, TriggerMessage};
 
-use inbound::{decode_publish, decode_reply, encoding_of, json_headers};
+use inbound::{decode_publish, encoding_of, json_headers};
 use publish::{publish_in_order, Outgoing};
 
 use crate::protocol::{ErrorCode, ErrorReply, Subjects};
@@ -299,16 +301,11 @@ impl Bus {
             return;
         };
         let payload = Bytes::from(encode(replier.encoding, value));
-        let mut headers = (replier.introduce.as_deref())
-            .and_then(|request| self.introduction(reply, &payload, request));
-        if replier.encoding == Encoding::Json {
-            let json = headers.get_or_insert_with(HeaderMap::new);
-            for (name, values) in json_headers().iter() {
-                for value in values {
-                    json.insert(name.clone(), value.clone());
-                }
-            }
-        }
+        let json = (replier.encoding == Encoding::Json).then(json_headers);
+        let headers = match replier.introduce.as_deref() {
+            Some(request) => self.introduction(reply, &payload, request, json),
+            None => json,
+        };
         self.enqueue(Outgoing::Message {
             subject: reply.clone(),
             headers,
@@ -327,118 +324,6 @@ impl Bus {
     fn enqueue(&self, message: Outgoing) {
         if self.outgoing.send(message).is_err() {
             warn!("publisher stopped; message dropped");
-        }
-    }
-
-    /// Sends a MessagePack request and decodes the reply (or its [`ErrorReply`]).
-    pub async fn request<Req, Resp>(
-        &self,
-        subject: String,
-        value: &Req,
-        timeout: Duration,
-    ) -> Result<Resp, BusError>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-    {
-        self.request_encoded(subject, Encoding::MessagePack, value, timeout)
-            .await
-    }
-
-    /// Like [`Bus::request`] in a chosen encoding (tests use JSON as a plain client would).
-    pub async fn request_encoded<Req, Resp>(
-        &self,
-        subject: String,
-        encoding: Encoding,
-        value: &Req,
-        timeout: Duration,
-    ) -> Result<Resp, BusError>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-    {
-        let payload = Bytes::from(encode(encoding, value));
-        let reply = self
-            .request_raw(&subject, encoding, payload, timeout)
-            .await?;
-        decode_reply(&subject, encoding, &reply)
-    }
-
-    /// Sends raw bytes as a request and returns the raw reply payload. A
-    /// session code the receiver no longer knows costs one more round, signed.
-    pub async fn request_raw(
-        &self,
-        subject: &str,
-        encoding: Encoding,
-        payload: Bytes,
-        timeout: Duration,
-    ) -> Result<Bytes, BusError> {
-        let (reply, then) = self
-            .request_once(subject, encoding, payload.clone(), timeout, true)
-            .await?;
-        match then {
-            authn::Then::Done => Ok(reply),
-            authn::Then::SignAgain => {
-                debug!(%subject, "the receiver holds no session with this process: signing again");
-                let (reply, _) = self
-                    .request_once(subject, encoding, payload, timeout, false)
-                    .await?;
-                Ok(reply)
-            }
-            authn::Then::Refused => Err(BusError::Remote(ErrorReply::new(
-                ErrorCode::Forbidden,
-                format!(
-                    "on {subject}: a call to sign the request again that its receiver did not \
-                     sign for it; not sent again"
-                ),
-            ))),
-        }
-    }
-
-    /// One request: its reply, and whether the receiver asks to sign it again.
-    async fn request_once(
-        &self,
-        subject: &str,
-        encoding: Encoding,
-        payload: Bytes,
-        timeout: Duration,
-        coded: bool,
-    ) -> Result<(Bytes, authn::Then), BusError> {
-        let headers = (encoding == Encoding::Json).then(json_headers);
-        let (headers, sent) = self.authenticate(subject, &payload, headers, coded);
-        let mut request = async_nats::Request::new()
-            .payload(payload)
-            .timeout(Some(timeout));
-        if let Some(headers) = headers {
-            request = request.headers(headers);
-        }
-        let sent_request = self
-            .unless_denied(
-                subject,
-                self.client.send_request(subject.to_string(), request),
-            )
-            .await?;
-        match sent_request {
-            Ok(message) => {
-                let then = self.replied(subject, &sent, &message);
-                Ok((message.payload, then))
-            }
-            Err(e) => {
-                self.unanswered(subject, &sent);
-                Err(match e.kind() {
-                    async_nats::RequestErrorKind::NoResponders => BusError::NoResponders {
-                        subject: subject.to_string(),
-                    },
-                    async_nats::RequestErrorKind::TimedOut => BusError::TimedOut {
-                        subject: subject.to_string(),
-                        timeout,
-                    },
-                    _ => BusError::Transport {
-                        subject: subject.to_string(),
-                        reason: e.to_string(),
-                    },
-                })
-            }
         }
     }
 
@@ -492,12 +377,7 @@ impl Bus {
         let bus = self.clone();
         Ok(subscriber
             .filter_map(move |message| {
-                let decoded = decode_publish::<T>(&message, max, || match bus.arrived(&message) {
-                    authn::Arrived::Proof { sender, .. } => sender,
-                    authn::Arrived::UnknownSession { .. } => SenderProof::decided(
-                        crate::auth::Sender::Forged("a session this process does not hold".into()),
-                    ),
-                });
+                let decoded = decode_publish::<T>(&message, max, || bus.published_by(&message));
                 if decoded.is_none() {
                     stats.count_malformed();
                 }
