@@ -90,6 +90,8 @@ pub struct Broker {
     started_at_ms: u64,
     /// What the broker knows, and every decision over it.
     core: Core<To>,
+    /// The core's IO and timers under way (`act.rs`).
+    in_flight: act::InFlight,
     jobs_kv: Kv<JobSpec>,
     clusters_kv: Kv<ClusterSpec>,
     workflows_kv: Kv<WorkflowSpec>,
@@ -341,12 +343,15 @@ pub async fn start(
     let colocate = colocate::start(bus.clone(), &config);
     Ok(Broker::create(move |ctx| {
         ctx.add_stream(stream::select_all(inputs));
+        let (in_flight, outcomes) = act::InFlight::new();
+        ctx.add_stream(outcomes);
         Broker {
             bus,
             config,
             id,
             started_at_ms,
             core,
+            in_flight,
             jobs_kv,
             clusters_kv,
             workflows_kv,
@@ -375,14 +380,14 @@ impl Actor for Broker {
                 act.publish_heartbeat()
             }
         });
-        ctx.run_interval(self.config.broker.check_interval, |act, ctx| {
-            act.step(core::Input::Check, ctx)
+        ctx.run_interval(self.config.broker.check_interval, |act, _| {
+            act.step(core::Input::Check)
         });
         self.refresh_gauges();
         ctx.run_interval(GAUGES_EVERY, |act, _| act.refresh_gauges());
         // the core's first effects: the deadline for inherited tasks'
         // subagents, and workflow orders picked up where they were
-        self.flush(ctx);
+        self.flush();
         let past = std::mem::take(&mut self.past_retention);
         self.start_sweeps(past, ctx);
     }
@@ -428,7 +433,7 @@ impl StreamHandler<Input> for Broker {
             Input::Workflow(c) => SpecChange::Workflow(c.key, c.value),
             input => return self.serve(input, ctx),
         };
-        self.step(core::Input::Spec(change), ctx);
+        self.step(core::Input::Spec(change));
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {
@@ -495,7 +500,7 @@ impl Broker {
             Input::GetJob(r) => return self.on_get_job(r),
             Input::Job(_) | Input::Workflow(_) | Input::Cluster(_) => return,
         };
-        self.step(input, ctx);
+        self.step(input);
     }
 }
 

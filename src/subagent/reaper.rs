@@ -405,9 +405,11 @@ impl Reaper {
         }
     }
 
-    /// Writes one line; a reaper that is gone is replaced and told everything again.
-    fn send(&mut self, line: String) {
-        if writeln!(self.stdin, "{line}").is_err() {
+    /// Writes one line, in one write (the pipe is unbuffered); a reaper
+    /// that is gone is replaced and told everything again.
+    fn send(&mut self, mut line: String) {
+        line.push('\n');
+        if self.stdin.write_all(line.as_bytes()).is_err() {
             self.replace();
         }
     }
