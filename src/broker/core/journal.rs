@@ -23,11 +23,14 @@
 //!   is refused with `conflict`; without a request id it is a `put`);
 //! - on dispatch, `accepted` with the new `task_id`, `subagent_id`,
 //!   `subagent_instance_id` and `attempt`, before the `run` is sent (if the
-//!   write fails, the order goes back to the queue);
+//!   write fails, the order goes back to the queue). A new job order with
+//!   a subagent free for it at its submit is created so at once, one write
+//!   for both (`at_once.rs`);
 //! - a second after the subagent confirmed the start, `running`, if the
 //!   task still runs then (`orders.rs`: `store_started`; in the background:
 //!   nothing waits for it). A task that ends sooner is written only final,
-//!   so a short task costs three writes, not four. A step order's start is
+//!   so a short task costs two writes when placed at its submit, three
+//!   when it waited in the queue. A step order's start is
 //!   written at once (its workflow order follows the journal);
 //! - when the order goes back to the queue (dispatch refused, task lost,
 //!   abandoned or past its orphan deadline, a retry due), `accepted`
@@ -147,7 +150,11 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         match &stored {
             Stored::At(revision) => {
                 self.set_revision(&order_id, *revision);
-                if info.state.is_final() {
+                // the end this write stored: one that came after it (a
+                // failed workflow order cancelled) waits for its own write
+                let stored_end =
+                    |e: &Event| matches!(e, Event::Finished(f) if f.state == info.state);
+                if self.unannounced.get(&order_id).is_some_and(stored_end) {
                     if let Some(event) = self.unannounced.remove(&order_id) {
                         self.publish(event);
                     }

@@ -35,6 +35,7 @@
 //! steps down.
 //!
 
+mod at_once;
 mod changes;
 mod deploy;
 mod events;

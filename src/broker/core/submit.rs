@@ -4,7 +4,9 @@
 //! the record to be created ([`Effect::Create`]; with a request id only if
 //! that id's order is new in JetStream, so a repeat, even to another
 //! broker, finds the first order) and answers, announces and queues the
-//! order when [`Input::Created`](super::Input::Created) says it is stored. A trigger's slot (a
+//! order when [`Input::Created`](super::Input::Created) says it is stored
+//! (one a subagent has room for at once is created already dispatched
+//! there, and its task sent then: `at_once.rs`). A trigger's slot (a
 //! submit with a `slot_ms`) meets its job's concurrency policy at the
 //! submit (`jobs::on_slot` over the job's active orders): `forbid` makes
 //! the new order `Skipped`, `replace` cancels and kills the active ones;
@@ -17,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::super::idempotency::{check_repeat, FirstOrder};
 use super::super::order_book::{Applied, ApplyError, Held, Order, OrderEvent, Phase};
+use super::at_once::Placed;
 use super::{Core, Effect, Event, Refusal, Reply, Then};
 use crate::jobs;
 use crate::jobs::{on_slot, SlotDecision};
@@ -35,8 +38,13 @@ pub(super) enum Overlap {
 /// What waits for an order's record to be created.
 #[derive(Debug)]
 pub(super) enum Pending<R> {
-    /// The submit of a job's order.
-    Job { to: R, overlap: Overlap },
+    /// The submit of a job's order; `placed` when its task was placed at
+    /// once (`at_once.rs`), its record created dispatched.
+    Job {
+        to: R,
+        overlap: Overlap,
+        placed: Option<Placed>,
+    },
     /// The submit of a workflow order.
     Flow { to: R },
     /// The step attempt the order runs.
@@ -106,14 +114,32 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         order.slot_ms = slot_ms;
         order.submitted_by = by;
         order.spread = spread;
-        self.create(order, Pending::Job { to, overlap });
+        let at_once = match overlap {
+            Overlap::None => self.place_at_once(&order),
+            _ => None,
+        };
+        let (placed, info) = match at_once {
+            Some((placed, info)) => (Some(placed), info),
+            None => (None, Box::new(order.info())),
+        };
+        let pending = Pending::Job {
+            to,
+            overlap,
+            placed,
+        };
+        self.create_as(order, info, pending);
     }
 
     /// Holds a new job order and asks for its record to be created (with
     /// a request id, only if that id's order is new); `pending` waits.
     pub(super) fn create(&mut self, order: Order, pending: Pending<R>) {
-        let idempotent = order.request_id.is_some();
         let info = Box::new(order.info());
+        self.create_as(order, info, pending);
+    }
+
+    /// [`Core::create`], the record saying `info`.
+    fn create_as(&mut self, order: Order, info: Box<OrderInfo>, pending: Pending<R>) {
+        let idempotent = order.request_id.is_some();
         self.book.insert(order);
         self.creating(&info.order_id, pending);
         self.emit(Effect::Create { info, idempotent });
@@ -126,7 +152,11 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
     /// An order's record was created, found, or not stored.
     pub(super) fn on_created(&mut self, info: OrderInfo, created: Created) {
         match self.creating.remove(&info.order_id) {
-            Some(Pending::Job { to, overlap }) => self.job_created(to, overlap, info, created),
+            Some(Pending::Job {
+                to,
+                overlap,
+                placed,
+            }) => self.job_created(to, overlap, placed, info, created),
             Some(Pending::Flow { to }) => self.flow_created(to, info, created),
             Some(Pending::Step(parent)) => self.step_created(parent, info, created),
             Some(Pending::Member(spread)) => self.member_created(spread, info, created),
@@ -135,12 +165,25 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
     }
 
     /// A job order's record was created, found, or not stored.
-    fn job_created(&mut self, to: R, overlap: Overlap, info: OrderInfo, created: Created) {
+    fn job_created(
+        &mut self,
+        to: R,
+        overlap: Overlap,
+        placed: Option<Placed>,
+        info: OrderInfo,
+        created: Created,
+    ) {
+        if let Created::At(revision) = created {
+            self.set_revision(&info.order_id, revision);
+            return self.accepted(info, &to, overlap, placed);
+        }
+        // not run here: the room held for it is free again
+        if placed.is_some() {
+            self.unplace(placed);
+            self.dispatch();
+        }
         match created {
-            Created::At(revision) => {
-                self.set_revision(&info.order_id, revision);
-                self.accepted(info, &to, overlap);
-            }
+            Created::At(_) => {}
             Created::Exists(existing) => {
                 self.book.remove(&info.order_id);
                 let stored = existing.map(|(stored, revision)| (*stored, revision));
@@ -182,15 +225,28 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
     /// An order an earlier try of this submit stored, though its answer
     /// was lost (the submit was refused as not stored): no broker holds it,
     /// so this one takes it up, if the repeat asks for it.
+    ///
+    /// Its record may say dispatched: the earlier try placed it at once
+    /// (`at_once.rs`), and its task was never sent, since its create was
+    /// not confirmed. (Any other broker's order that is not final is in
+    /// this broker's book, read at its takeover.) It is taken up queued.
     fn take_up(&mut self, ours: &OrderInfo, stored: OrderInfo, revision: u64) {
         let request_id = ours.request_id.as_deref().unwrap_or_default();
         let repeat = check_repeat(request_id, FirstOrder::of(&stored), &ours.job, &ours.params);
-        let waiting = stored.state == OrderState::Accepted && stored.task_id.is_none();
+        let placed_at_once = stored.task_id.is_some() && stored.attempt == 1;
+        let waiting =
+            stored.state == OrderState::Accepted && (stored.task_id.is_none() || placed_at_once);
         if repeat.is_err() || !waiting || self.book.get(&stored.order_id).is_some() {
             return;
         }
         info!(order = %stored.order_id, "order stored by an earlier try of its submit taken up");
-        self.book.restore([self.restored(&stored)]);
+        let mut order = self.restored(&stored);
+        if let Some(task_id) = stored.task_id.clone() {
+            // never sent: back to the queue, the attempt not used up
+            let _ = order.apply(OrderEvent::DispatchFailed { task_id });
+            order.inherited = false;
+        }
+        self.book.restore([order]);
         self.set_revision(&stored.order_id, revision);
         self.retry_stored(&stored);
         self.dispatch();
@@ -221,10 +277,13 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
     }
 
     /// A new order is durable: answer, announce, and place it (or skip it,
-    /// or cancel the runs it replaces, as its job's concurrency policy says).
-    fn accepted(&mut self, info: OrderInfo, to: &R, overlap: Overlap) {
+    /// or cancel the runs it replaces, as its job's concurrency policy
+    /// says); one placed at once sends its task (after its `accepted`).
+    fn accepted(&mut self, info: OrderInfo, to: &R, overlap: Overlap, placed: Option<Placed>) {
         let order_id = info.order_id.clone();
-        self.book.enqueue(&order_id);
+        if placed.is_none() {
+            self.book.enqueue(&order_id);
+        }
         let reply = SubmitReply {
             order_id: info.order_id.clone(),
             job: info.job.clone(),
@@ -233,6 +292,9 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         };
         self.reply(to, Reply::Submitted(reply));
         self.publish(Event::accepted(&info));
+        if let Some(placed) = placed {
+            self.run_placed(&order_id, placed);
+        }
         match overlap {
             Overlap::None => {}
             Overlap::Skip(reason) => {

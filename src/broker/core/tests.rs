@@ -675,32 +675,212 @@ fn a_waiting_order_says_why_once_and_again_when_the_reason_changes() {
     assert!(core.told_waiting.is_empty());
 }
 
+/// A submit of job `j` without a request id.
+fn submit_plain() -> SubmitOrder {
+    SubmitOrder {
+        job: "j".into(),
+        params: Default::default(),
+        request_id: None,
+        slot_ms: None,
+    }
+}
+
+/// The record a [`Effect::Create`] among `effects` creates.
+fn create_asked(effects: Vec<Effect<u32>>) -> Box<OrderInfo> {
+    let created = effects.into_iter().find_map(|e| match e {
+        Effect::Create { info, .. } => Some(info),
+        _ => None,
+    });
+    created.expect("a create")
+}
+
 #[test]
 fn an_order_placed_at_once_never_says_it_waits() {
     let base = Instant::now();
     let mut core = core_over(base, Vec::new());
     core.step(Input::Register(1, register("s1", "a")), now(base, 1));
-    let submit = SubmitOrder {
-        job: "j".into(),
-        params: Default::default(),
-        request_id: None,
-        slot_ms: None,
-    };
-    let effects = core.step(Input::Submit(2, submit, None), now(base, 10));
-    let info = effects
-        .into_iter()
-        .find_map(|e| match e {
-            Effect::Create { info, .. } => Some(info),
-            _ => None,
-        })
-        .expect("a create");
+    let effects = core.step(Input::Submit(2, submit_plain(), None), now(base, 10));
+    let info = create_asked(effects);
     let created = Created::At(1);
     let effects = core.step(Input::Created { info, created }, now(base, 20));
     assert!(waiting(&effects).is_empty(), "{effects:?}");
-    assert!(effects
-        .iter()
-        .any(|e| matches!(e, Effect::Write { info, .. } if info.subagent_id.is_some())));
+    assert_eq!(run_sent(&effects).expect("its task sent").0, "s1");
     assert!(core.told_waiting.is_empty());
+}
+
+#[test]
+fn a_new_order_with_room_is_created_dispatched_and_its_task_sent_once_stored() {
+    let base = Instant::now();
+    let mut core = core_over(base, Vec::new());
+    core.step(Input::Register(1, register("s1", "a")), now(base, 1));
+    let effects = core.step(Input::Submit(2, submit_plain(), None), now(base, 10));
+    assert!(replies(&effects).is_empty(), "answered once stored");
+    assert!(run_sent(&effects).is_none(), "sent once stored");
+    let info = create_asked(effects);
+    // one write: the record is created dispatched to s1
+    assert_eq!(info.state, OrderState::Accepted);
+    assert_eq!(info.subagent_id.as_deref(), Some("s1"));
+    assert_eq!(info.subagent_instance_id.as_deref(), Some("s1#1"));
+    assert_eq!(info.attempt, 1);
+    let task_id = info.task_id.clone().expect("a task");
+    let order_id = info.order_id.clone();
+    // its room is held meanwhile: a second submit is not placed there
+    let second = create_asked(core.step(Input::Submit(3, submit_plain(), None), now(base, 11)));
+    assert_eq!(second.subagent_id, None, "s1 has no room left");
+    let created = Created::At(1);
+    let effects = core.step(Input::Created { info, created }, now(base, 20));
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Write { .. })),
+        "no second write: {effects:?}"
+    );
+    match replies(&effects).as_slice() {
+        [(2, Reply::Submitted(r))] => assert_eq!(r.order_id, order_id),
+        other => panic!("expected the submit's answer: {other:?}"),
+    }
+    let accepted = effects
+        .iter()
+        .position(|e| matches!(e, Effect::Publish(Event::Accepted(_))));
+    let run = effects.iter().position(|e| matches!(e, Effect::Run { .. }));
+    assert!(
+        accepted < run && accepted.is_some(),
+        "accepted, then run: {effects:?}"
+    );
+    let (subagent_id, run) = run_sent(&effects).expect("its task sent");
+    assert_eq!(
+        (subagent_id.as_str(), run.task_id.as_str()),
+        ("s1", task_id.as_str())
+    );
+    assert_eq!(run.attempt, 1);
+    let order = core.book.get(&order_id).expect("held");
+    assert_eq!(order.phase, Phase::Dispatching);
+    assert_eq!(order.info().task_id.as_deref(), Some(task_id.as_str()));
+}
+
+#[test]
+fn a_placement_that_no_longer_holds_once_stored_is_written_queued_and_nothing_sent() {
+    let base = Instant::now();
+    let mut core = core_over(base, Vec::new());
+    core.step(Input::Register(1, register("s1", "a")), now(base, 1));
+    let info = create_asked(core.step(Input::Submit(2, submit_plain(), None), now(base, 10)));
+    assert_eq!(info.subagent_instance_id.as_deref(), Some("s1#1"));
+    // s1 restarts before the record is stored: the room held was on the
+    // process that is gone
+    let mut again = register("s1", "a");
+    again.instance_id = "s1#2".into();
+    core.step(Input::Register(3, again), now(base, 15));
+    let order_id = info.order_id.clone();
+    let created = Created::At(1);
+    let effects = core.step(Input::Created { info, created }, now(base, 20));
+    assert!(run_sent(&effects).is_none(), "nothing sent: {effects:?}");
+    assert!(matches!(
+        replies(&effects).as_slice(),
+        [(2, Reply::Submitted(_))]
+    ));
+    let info = written(effects);
+    assert_eq!(info.task_id, None, "written back queued over the dispatch");
+    assert_eq!(info.state, OrderState::Accepted);
+    // then placed on the new process, as any queued order
+    let effects = core.step(
+        Input::Written {
+            info,
+            stored: Stored::At(2),
+        },
+        now(base, 30),
+    );
+    let info = written(effects);
+    assert_eq!(info.subagent_instance_id.as_deref(), Some("s1#2"));
+    let effects = core.step(
+        Input::Written {
+            info,
+            stored: Stored::At(3),
+        },
+        now(base, 40),
+    );
+    let (_, run) = run_sent(&effects).expect("sent to the new process");
+    assert_eq!(run.instance_id.as_deref(), Some("s1#2"));
+    assert_eq!(run.order_id, order_id);
+}
+
+#[test]
+fn a_placed_order_not_stored_gives_its_room_back() {
+    let base = Instant::now();
+    let mut core = core_over(base, Vec::new());
+    core.step(Input::Register(1, register("s1", "a")), now(base, 1));
+    let info = create_asked(core.step(Input::Submit(2, submit_j(None, "r1"), None), now(base, 10)));
+    assert_eq!(info.subagent_id.as_deref(), Some("s1"));
+    let created = Created::Failed("no quorum".into());
+    let effects = core.step(Input::Created { info, created }, now(base, 20));
+    assert!(run_sent(&effects).is_none());
+    match replies(&effects).as_slice() {
+        [(2, Reply::Error(e))] => assert_eq!(e.error.code, ErrorCode::Unavailable),
+        other => panic!("expected a refusal: {other:?}"),
+    }
+    assert_eq!(
+        core.registry.get("s1").unwrap().free(),
+        1,
+        "room given back"
+    );
+    let info = create_asked(core.step(Input::Submit(3, submit_j(None, "r2"), None), now(base, 30)));
+    assert_eq!(
+        info.subagent_id.as_deref(),
+        Some("s1"),
+        "placed there again"
+    );
+}
+
+#[test]
+fn a_repeat_takes_up_queued_an_order_its_first_try_stored_placed_at_once() {
+    let base = Instant::now();
+    let mut core = core_over(base, Vec::new());
+    core.step(Input::Register(1, register("s1", "a")), now(base, 1));
+    let first =
+        create_asked(core.step(Input::Submit(2, submit_j(None, "r1"), None), now(base, 10)));
+    assert_eq!(first.subagent_id.as_deref(), Some("s1"));
+    // its create landed, but the answer was lost: refused, nothing sent
+    let created = Created::Failed("timeout".into());
+    let effects = core.step(
+        Input::Created {
+            info: first.clone(),
+            created,
+        },
+        now(base, 20),
+    );
+    assert!(run_sent(&effects).is_none());
+    // the client sends it again: the same order, found stored dispatched
+    let again =
+        create_asked(core.step(Input::Submit(3, submit_j(None, "r1"), None), now(base, 30)));
+    assert_eq!(again.order_id, first.order_id);
+    let created = Created::Exists(Some((first.clone(), 5)));
+    let effects = core.step(
+        Input::Created {
+            info: again,
+            created,
+        },
+        now(base, 40),
+    );
+    assert!(
+        run_sent(&effects).is_none(),
+        "not sent before the new dispatch is stored"
+    );
+    assert!(matches!(
+        replies(&effects).as_slice(),
+        [(3, Reply::Submitted(_))]
+    ));
+    // taken up queued, placed again, and its dispatch written over the first
+    let info = written(effects);
+    assert_eq!(info.order_id, first.order_id);
+    assert_eq!((info.attempt, info.subagent_id.as_deref()), (1, Some("s1")));
+    assert_eq!(info.task_id, first.task_id, "the attempt was not used up");
+    assert_eq!(core.revisions.get(&first.order_id), Some(5));
+    let effects = core.step(
+        Input::Written {
+            info,
+            stored: Stored::At(6),
+        },
+        now(base, 50),
+    );
+    let (_, run) = run_sent(&effects).expect("sent once stored");
+    assert_eq!(run.order_id, first.order_id);
 }
 
 #[test]

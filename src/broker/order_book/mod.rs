@@ -153,10 +153,15 @@ impl OrderBook {
 
     /// Makes a durable order eligible for dispatch.
     pub fn enqueue(&mut self, order_id: &str) {
+        self.made_durable(order_id);
+        self.queue.push_back(order_id.to_string());
+    }
+
+    /// A new order's record is stored.
+    pub fn made_durable(&mut self, order_id: &str) {
         if let Some(order) = self.orders.get_mut(order_id) {
             order.durable = true;
         }
-        self.queue.push_back(order_id.to_string());
     }
 
     /// The orders of `job` that have not reached a final state.
