@@ -14,6 +14,12 @@
 //! A create that fails or finds the request id's order gives the room
 //! back first, and then goes on as it would have.
 //!
+//! The task is made at the submit, from the job as deployed then: a
+//! redeploy within the create's round trip is not seen by this attempt,
+//! as it was not by a dispatch already written. The gate is the whole
+//! queue: while any order waits (even one no subagent can take), new
+//! orders go through the queue.
+//!
 //! Architecture invariant (`journal.rs`): a `run` is sent only for a
 //! dispatch already in the journal; here the create is that write.
 
@@ -93,6 +99,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             .is_some_and(|o| o.phase == Phase::Queued)
             && self.registry.get(&placed.subagent_id).is_some_and(|s| {
                 s.is_up()
+                    && !s.said_busy
                     && placed.run.instance_id.as_ref() == Some(&s.instance_id)
                     && s.tasks.contains(&placed.run.task_id)
             });

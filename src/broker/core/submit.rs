@@ -183,7 +183,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             self.dispatch();
         }
         match created {
-            Created::At(_) => {}
+            Created::At(_) => {} // taken above
             Created::Exists(existing) => {
                 self.book.remove(&info.order_id);
                 let stored = existing.map(|(stored, revision)| (*stored, revision));
@@ -226,10 +226,12 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
     /// was lost (the submit was refused as not stored): no broker holds it,
     /// so this one takes it up, if the repeat asks for it.
     ///
-    /// Its record may say dispatched: the earlier try placed it at once
-    /// (`at_once.rs`), and its task was never sent, since its create was
-    /// not confirmed. (Any other broker's order that is not final is in
-    /// this broker's book, read at its takeover.) It is taken up queued.
+    /// Its record may say dispatched with attempt 1: the earlier try placed
+    /// it at once (`at_once.rs`), and its task was never sent. A run goes
+    /// out only once its create is confirmed within the broker's tenure,
+    /// so before any takeover could read the journal: a record that no
+    /// book holds was never sent. It is taken up queued, and written so
+    /// unless placed again at once.
     fn take_up(&mut self, ours: &OrderInfo, stored: OrderInfo, revision: u64) {
         let request_id = ours.request_id.as_deref().unwrap_or_default();
         let repeat = check_repeat(request_id, FirstOrder::of(&stored), &ours.job, &ours.params);
@@ -244,12 +246,17 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         if let Some(task_id) = stored.task_id.clone() {
             // never sent: back to the queue, the attempt not used up
             let _ = order.apply(OrderEvent::DispatchFailed { task_id });
-            order.inherited = false;
         }
         self.book.restore([order]);
         self.set_revision(&stored.order_id, revision);
         self.retry_stored(&stored);
         self.dispatch();
+        let queued = |o: &Order| o.phase == Phase::Queued;
+        if stored.task_id.is_some() && self.book.get(&stored.order_id).is_some_and(queued) {
+            // the record says dispatched: a broker taking over would wait
+            // for a subagent that never had it
+            self.store(&stored.order_id, Then::Nothing);
+        }
     }
 
     /// The id of a new order: derived from its request id when it has one,

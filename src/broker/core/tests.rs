@@ -881,6 +881,27 @@ fn a_repeat_takes_up_queued_an_order_its_first_try_stored_placed_at_once() {
     );
     let (_, run) = run_sent(&effects).expect("sent once stored");
     assert_eq!(run.order_id, first.order_id);
+
+    // with no room for it now, it is written back queued over the dispatch
+    let mut core = core_over(base, Vec::new());
+    let again =
+        create_asked(core.step(Input::Submit(4, submit_j(None, "r1"), None), now(base, 60)));
+    let created = Created::Exists(Some((first.clone(), 5)));
+    let effects = core.step(
+        Input::Created {
+            info: again,
+            created,
+        },
+        now(base, 70),
+    );
+    assert!(matches!(
+        replies(&effects).as_slice(),
+        [(4, Reply::Submitted(_))]
+    ));
+    let info = written(effects);
+    assert_eq!((info.task_id, info.subagent_id), (None, None));
+    assert_eq!((info.state, info.attempt), (OrderState::Accepted, 0));
+    assert_eq!(core.book.get(&first.order_id).unwrap().phase, Phase::Queued);
 }
 
 #[test]
