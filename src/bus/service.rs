@@ -66,9 +66,13 @@ impl Counted {
                 code: 400,
             }),
         };
-        tokio::spawn(async move {
+        // queued at once unless the client's send buffer is full
+        let mut respond = Box::pin(async move {
             let _ = request.respond(outcome).await;
         });
+        if (&mut respond).now_or_never().is_none() {
+            tokio::spawn(respond);
+        }
     }
 }
 

@@ -82,7 +82,8 @@ pub(super) const ORPHAN_MARGIN: Duration = Duration::from_secs(1);
 /// Before sending a dispatch again whose fate is unknown.
 const RESEND_DELAY: Duration = Duration::from_millis(200);
 /// How long after its start a task's `running` state is written, if it
-/// still runs then (`orders.rs`: `store_started`).
+/// still runs then (`orders.rs`: `store_started`; at the first liveness
+/// check from then on).
 const STARTED_WRITE_DELAY: Duration = Duration::from_secs(1);
 
 /// The time as the core sees it: monotonic for durations, and wall-clock
@@ -278,8 +279,6 @@ pub enum Timer {
     },
     /// Write again an order whose state must land.
     Rewrite { order_id: String },
-    /// Store a confirmed start, if the order still runs that task.
-    StoreStarted { order_id: String, task_id: String },
     /// `broker.subagent_timeout` after taking over: the subagents of
     /// inherited tasks never heard from are out of sight.
     Unseen,
@@ -347,6 +346,10 @@ pub struct Core<R> {
     /// When the newest `run` of each order was sent (ms): one sent after
     /// its subagent was last heard may still land (`subagents.rs`).
     runs_sent: HashMap<String, u64>,
+    /// Confirmed starts to store once due, if their order still runs that
+    /// task (`orders.rs`: `store_started`), oldest first: one delay for
+    /// all, so the queue is in due order, looked at on each liveness check.
+    started: VecDeque<(Instant, String, String)>,
     /// Failed journal writes, warned of once per `quiet::QUIET_FOR`.
     unstored: quiet::Quiet,
     /// Submits refused as not stored, warned of once in a while.
@@ -402,6 +405,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             unstored: quiet::Quiet::default(),
             refused_unstored: quiet::Quiet::default(),
             runs_sent: HashMap::new(),
+            started: VecDeque::new(),
             id_seed,
             ids: 0,
             tenure,
@@ -471,9 +475,6 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                 }
             }
             Input::Timer(Timer::Rewrite { order_id }) => self.store(&order_id, Then::Nothing),
-            Input::Timer(Timer::StoreStarted { order_id, task_id }) => {
-                self.started_due(&order_id, &task_id)
-            }
             Input::Timer(Timer::Unseen) => self.unseen_deadline(),
             Input::Timer(Timer::PlaceStep(parent)) => self.place_again(parent),
             Input::Timer(Timer::KillStep { parent, cause }) => self.kill_step(parent, cause),

@@ -181,21 +181,26 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             self.store(&run.order_id, Then::Nothing);
             return;
         }
-        let timer = Timer::StoreStarted {
-            order_id: run.order_id.clone(),
-            task_id: run.task_id.clone(),
-        };
-        self.later(STARTED_WRITE_DELAY, timer);
+        let due = self.now.at + STARTED_WRITE_DELAY;
+        (self.started).push_back((due, run.order_id.clone(), run.task_id.clone()));
     }
 
-    /// [`Timer::StoreStarted`] is due.
-    pub(super) fn started_due(&mut self, order_id: &str, task_id: &str) {
-        let runs = self
-            .book
-            .get(order_id)
-            .is_some_and(|o| o.phase == Phase::Running && o.task_id.as_deref() == Some(task_id));
-        if runs {
-            self.store(order_id, Then::Nothing);
+    /// Stores the starts whose delay has passed (on each liveness check):
+    /// those of orders still running the task they started.
+    pub(super) fn store_started_due(&mut self) {
+        while let Some((due, _, _)) = self.started.front() {
+            if *due > self.now.at {
+                break;
+            }
+            let Some((_, order_id, task_id)) = self.started.pop_front() else {
+                break;
+            };
+            let runs = self.book.get(&order_id).is_some_and(|o| {
+                o.phase == Phase::Running && o.task_id.as_deref() == Some(task_id.as_str())
+            });
+            if runs {
+                self.store(&order_id, Then::Nothing);
+            }
         }
     }
 

@@ -309,6 +309,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             self.dispatch();
         }
         self.members_gone();
+        self.store_started_due();
     }
 
     /// Asks a quiet subagent whether it lives. An answer clears suspicion;
