@@ -2,8 +2,9 @@
 
 /// mimalloc: glibc's malloc was about a quarter of the broker's CPU at a
 /// thousand orders a second (many small, short-lived allocations across
-/// its threads). The lean `baton-subagent` keeps the system's, smaller
-/// when idle.
+/// its threads). Everything this binary runs uses it (broker, agent, CLI,
+/// and a subagent or reaper started from it); the lean `baton-subagent`
+/// and `baton-reaper` keep the system's, smaller when idle.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

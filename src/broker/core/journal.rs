@@ -26,9 +26,10 @@
 //!   write fails, the order goes back to the queue). A new job order with
 //!   a subagent free for it at its submit is created so at once, one write
 //!   for both (`at_once.rs`);
-//! - a second after the subagent confirmed the start, `running`, if the
-//!   task still runs then (`orders.rs`: `store_started`; in the background:
-//!   nothing waits for it). A task that ends sooner is written only final,
+//! - at the first liveness check (`broker.check_interval`) a second or more
+//!   after the subagent confirmed the start, `running`, if the task still
+//!   runs then (`orders.rs`: `store_started`; in the background: nothing
+//!   waits for it). A task that ends sooner is written only final,
 //!   so a short task costs two writes when placed at its submit, three
 //!   when it waited in the queue. A step order's start is
 //!   written at once (its workflow order follows the journal);
@@ -59,7 +60,7 @@ use std::time::Duration;
 
 use tracing::{debug, warn};
 
-use super::super::order_book::{Order, OrderEvent};
+use super::super::order_book::{ById, Order, OrderEvent};
 use super::{Core, Effect, Event, Refusal, Reply};
 use crate::protocol::*;
 use crate::workflow::FlowOrder;
@@ -298,12 +299,13 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
 /// whenever the map has doubled since the last pruning.
 #[derive(Debug, Default)]
 pub struct Revisions {
-    of: HashMap<String, u64>,
+    of: ById<u64>,
     prune_at: usize,
 }
 
 impl Revisions {
     pub fn new(of: HashMap<String, u64>) -> Revisions {
+        let of: ById<u64> = of.into_iter().collect();
         let prune_at = (of.len() * 2).max(PRUNE_MIN);
         Revisions { of, prune_at }
     }

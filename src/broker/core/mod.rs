@@ -64,7 +64,7 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use super::lease;
-use super::order_book::OrderBook;
+use super::order_book::{ById, OrderBook};
 use super::registry::Registry;
 use crate::config::Config;
 use crate::protocol::*;
@@ -317,9 +317,9 @@ pub struct Core<R> {
     /// Every order held, of jobs and of workflows.
     pub(super) book: OrderBook,
     /// Orders with a journal write in flight, and what waits for it.
-    pub(super) writing: HashMap<String, journal::Writes<R>>,
+    pub(super) writing: ById<journal::Writes<R>>,
     /// `finished` events waiting for their order's final state to be stored.
-    pub(super) unannounced: HashMap<String, Event>,
+    pub(super) unannounced: ById<Event>,
     /// The journal revision of each order's record, for compare-and-swap.
     pub(super) revisions: Revisions,
     /// Subagents holding inherited tasks, until their first heartbeat.
@@ -345,7 +345,7 @@ pub struct Core<R> {
     away_since: HashMap<String, u64>,
     /// When the newest `run` of each order was sent (ms): one sent after
     /// its subagent was last heard may still land (`subagents.rs`).
-    runs_sent: HashMap<String, u64>,
+    runs_sent: ById<u64>,
     /// Confirmed starts to store once due, if their order still runs that
     /// task (`orders.rs`: `store_started`), oldest first: one delay for
     /// all, so the queue is in due order, looked at on each liveness check.
@@ -355,7 +355,7 @@ pub struct Core<R> {
     /// Submits refused as not stored, warned of once in a while.
     refused_unstored: quiet::Quiet,
     /// Orders waiting for their record to be created, and what waits.
-    creating: HashMap<String, submit::Pending<R>>,
+    creating: ById<submit::Pending<R>>,
     /// Seeds the ids of orders without a request id, unique per broker.
     id_seed: u64,
     ids: u64,
@@ -393,18 +393,18 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             switches: recovered.switches,
             pauses: recovered.pauses,
             book: recovered.book,
-            writing: HashMap::new(),
-            unannounced: HashMap::new(),
+            writing: ById::default(),
+            unannounced: ById::default(),
             revisions: recovered.revisions,
             registry: Registry::default(),
             last_placed: HashMap::new(),
             departed: VecDeque::new(),
-            creating: HashMap::new(),
+            creating: ById::default(),
             told_waiting: HashMap::new(),
             away_since: HashMap::new(),
             unstored: quiet::Quiet::default(),
             refused_unstored: quiet::Quiet::default(),
-            runs_sent: HashMap::new(),
+            runs_sent: ById::default(),
             started: VecDeque::new(),
             id_seed,
             ids: 0,

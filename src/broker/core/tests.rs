@@ -1005,8 +1005,11 @@ fn a_start_is_written_a_while_later_and_only_if_the_task_still_runs() {
     // still running at the first check once due: written as running
     let due = 30 + STARTED_WRITE_DELAY.as_millis() as u64;
     let effects = core.step(Input::Check, now(base, due));
-    assert_eq!(written(effects).state, OrderState::Running);
-    // and only once
+    let info = written(effects);
+    assert_eq!(info.state, OrderState::Running);
+    // and only once: stored, later checks write nothing more
+    let stored = Stored::At(3);
+    core.step(Input::Written { info, stored }, now(base, due + 10));
     let effects = core.step(Input::Check, now(base, due + 100));
     assert!(!effects.iter().any(|e| matches!(e, Effect::Write { .. })));
 

@@ -41,16 +41,21 @@ fn sorted(mut ids: Vec<String>) -> Vec<String> {
     ids
 }
 
+/// A map by order id (or request id) with a fast hash: the book's maps are
+/// read several times per order, and SipHash was a visible share of the
+/// broker's CPU. Seeded per process, as the standard one is.
+pub type ById<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// Every order the broker holds, the queue of those waiting for a subagent,
 /// and a bounded memory of finished ones.
 #[derive(Debug, Default)]
 pub struct OrderBook {
-    orders: HashMap<String, Order>,
+    orders: ById<Order>,
     /// Orders through workflows: every unfinished one, and the newest ended.
-    flows: HashMap<String, FlowOrder>,
+    flows: ById<FlowOrder>,
     queue: VecDeque<String>,
     /// The order (job or workflow) of each request id.
-    by_request: HashMap<String, String>,
+    by_request: ById<String>,
     finished: VecDeque<String>,
     counts: OrderCounts,
     keep_finished: usize,
