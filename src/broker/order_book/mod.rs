@@ -58,6 +58,9 @@ pub struct OrderBook {
     by_request: ById<String>,
     finished: VecDeque<String>,
     counts: OrderCounts,
+    /// How many orders are orphaned: none most of the time, when the
+    /// liveness check's look for orphans due costs nothing.
+    orphaned: usize,
     keep_finished: usize,
 }
 
@@ -94,7 +97,7 @@ impl OrderBook {
             if self.orders.contains_key(&order.id) {
                 continue;
             }
-            count(&mut self.counts, order.phase, 1);
+            self.tally(order.phase, 1);
             if order.phase == Phase::Queued {
                 self.queue.push_back(order.id.clone());
             }
@@ -130,6 +133,9 @@ impl OrderBook {
     pub fn remove(&mut self, order_id: &str) {
         if let Some(order) = self.orders.remove(order_id) {
             self.counts.accepted -= 1;
+            if order.phase == Phase::Orphaned {
+                self.orphaned -= 1;
+            }
             if let Some(request_id) = order.request_id {
                 self.unindex(&request_id, order_id);
             }
@@ -145,11 +151,13 @@ impl OrderBook {
         if !ended.phase.is_final() {
             return;
         }
-        let was_final = held.phase.is_final();
-        count(&mut self.counts, held.phase, -1);
-        count(&mut self.counts, ended.phase, 1);
+        let was = held.phase;
+        let now = ended.phase;
         let id = ended.id.clone();
         *held = ended;
+        self.tally(was, -1);
+        self.tally(now, 1);
+        let was_final = was.is_final();
         if !was_final {
             self.finished.push_back(id);
             self.forget_oldest_finished();
@@ -351,8 +359,8 @@ impl OrderBook {
             .ok_or_else(|| ApplyError::UnknownOrder(order_id.to_string()))?;
         let applied = f(order)?;
         if let Applied::Moved { from, to } = applied {
-            count(&mut self.counts, from, -1);
-            count(&mut self.counts, to, 1);
+            self.tally(from, -1);
+            self.tally(to, 1);
             if to == Phase::Queued {
                 // back to the front: it has waited longest
                 self.queue.push_front(order_id.to_string());
@@ -386,6 +394,9 @@ impl OrderBook {
 
     /// Orphaned orders whose rerun time has come.
     pub fn orphans_due(&self, now_ms: u64) -> Vec<String> {
+        if self.orphaned == 0 {
+            return Vec::new();
+        }
         let due = self
             .orders
             .values()
@@ -400,6 +411,14 @@ impl OrderBook {
             .iter()
             .filter_map(|id| self.orders.get(id))
             .filter(|o| o.phase == Phase::Queued)
+    }
+
+    /// Counts an order into (`delta` 1) or out of (-1) `phase`.
+    fn tally(&mut self, phase: Phase, delta: i64) {
+        count(&mut self.counts, phase, delta);
+        if phase == Phase::Orphaned {
+            self.orphaned = self.orphaned.saturating_add_signed(delta as isize);
+        }
     }
 
     /// Drops queue entries of orders that are no longer queued.

@@ -407,6 +407,38 @@ fn an_orphaned_task_can_still_finish_or_be_found_running() {
 }
 
 #[test]
+fn orphans_are_counted_every_way_they_come_and_go_so_a_check_finds_each() {
+    let mut book = OrderBook::new(10);
+    let ta = running(&mut book, "a", "s1");
+    running(&mut book, "b", "s1");
+    assert!(book.orphans_due(1_000).is_empty());
+    book.apply("a", lost("s1", false, 100)).unwrap();
+    book.apply("b", lost("s1", false, 100)).unwrap();
+    assert_eq!(book.orphaned, 2);
+    assert_eq!(book.orphans_due(100), vec!["a", "b"]);
+    // a's late result takes it out; b's end stored by another broker too
+    let late = OrderEvent::Finished {
+        at_ms: 0,
+        task_id: ta,
+        outcome: ok_outcome(),
+    };
+    book.apply("a", late).unwrap();
+    assert_eq!(book.orphans_due(100), vec!["b"]);
+    let mut ended = book.get("b").unwrap().clone();
+    ended.phase = Phase::Failed;
+    book.adopt(ended);
+    assert_eq!(book.orphaned, 0);
+    assert!(book.orphans_due(1_000).is_empty());
+    // an orphan a broker takes over is found too
+    let mut c = order("c");
+    c.phase = Phase::Orphaned;
+    c.rerun_at_ms = Some(50);
+    let mut taken_over = OrderBook::new(10);
+    taken_over.restore([c]);
+    assert_eq!(taken_over.orphans_due(50), vec!["c"]);
+}
+
+#[test]
 fn finished_orders_are_forgotten_beyond_the_limit() {
     let mut book = OrderBook::new(2);
     for i in 0..5 {
