@@ -208,9 +208,51 @@ pub fn still_ours(record: Option<&BrokerLease>, broker_id: &str, epoch: u64) -> 
     record.is_some_and(|r| r.broker_id == broker_id && r.epoch == epoch)
 }
 
+/// Whether a standby whose takeover failed with `e` stays one and tries
+/// again a `lease` later: JetStream unavailable, a stream electing its
+/// leader, a timeout or a lost connection pass, as they do for the other
+/// brokers. Credentials NATS refuses, and records that do not decode, do
+/// not: the process stops with the error, for its operator to see.
+pub fn takeover_may_be_retried(e: &crate::bus::BusError) -> bool {
+    !matches!(
+        e,
+        crate::bus::BusError::Denied { .. } | crate::bus::BusError::Decode { .. }
+    )
+}
+
+/// Whether a standby whose takeover failed at `failed_at` waits still.
+pub fn holding_off(failed_at: Option<Instant>, now: Instant, lease: Duration) -> bool {
+    failed_at.is_some_and(|at| now.saturating_duration_since(at) < lease)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_takeover_failed_by_jetstream_is_tried_again_a_lease_later_one_refused_is_not() {
+        use crate::bus::BusError;
+        let unavailable = BusError::Transport {
+            subject: "kv bench_jobs".into(),
+            reason: "JetStream system temporarily unavailable (code 503)".into(),
+        };
+        assert!(takeover_may_be_retried(&unavailable));
+        let timed_out = BusError::TimedOut {
+            subject: "kv bench_orders".into(),
+            timeout: Duration::from_secs(2),
+        };
+        assert!(takeover_may_be_retried(&timed_out));
+        let denied = BusError::Denied {
+            subject: "$JS.API.STREAM.INFO.KV_orders".into(),
+            reason: "permissions violation".into(),
+            hint: "the broker role may".into(),
+        };
+        assert!(!takeover_may_be_retried(&denied));
+        let t0 = Instant::now();
+        assert!(!holding_off(None, t0, LEASE));
+        assert!(holding_off(Some(t0), t0 + LEASE / 2, LEASE));
+        assert!(!holding_off(Some(t0), t0 + LEASE, LEASE));
+    }
 
     const LEASE: Duration = Duration::from_secs(2);
     const ALIVE: Duration = Duration::from_secs(1);

@@ -63,6 +63,7 @@ async fn run(config: Config, host: Host, release: oneshot::Receiver<()>) -> anyh
         last_heartbeat: None,
         active_seen_ms: now_ms(),
         stall_said: false,
+        start_failed: None,
     };
     info!(broker = %me.id, precedence = me.config.broker.precedence, "broker started as a standby");
     let mut tick = tokio::time::interval(me.config.broker.renew_interval / 4);
@@ -147,7 +148,10 @@ impl Leadership {
                 let peers = self.peers();
                 let me = (self.id.as_str(), self.config.broker.precedence);
                 let better = lease::better_standby(me, &peers, now, alive);
-                if lease::may_campaign(better, self.free_since, now, self.config.broker.lease) {
+                let lease = self.config.broker.lease;
+                if lease::holding_off(self.start_failed, now, lease) {
+                    // its last takeover failed a moment ago: the others may try
+                } else if lease::may_campaign(better, self.free_since, now, lease) {
                     self.campaign().await?;
                 } else {
                     self.watch_free(now).await;
@@ -213,10 +217,17 @@ impl Leadership {
         let started = match started {
             Some(Ok(started)) => started,
             Some(Err(e)) => {
-                warn!(error = %e, "cannot start the broker; giving the lease back");
                 tenure.end();
                 let _ = self.kv.delete_if(LEASE_KEY, revision).await;
-                return Err(e.into());
+                if !lease::takeover_may_be_retried(&e) {
+                    warn!(error = %e, "cannot start the broker; giving the lease back and stopping");
+                    return Err(e.into());
+                }
+                let retry_in = humantime::format_duration(self.config.broker.lease);
+                warn!(broker = %self.id, epoch, error = %e, %retry_in, "cannot start the broker; giving the lease back and staying a standby (it campaigns again after retry_in)");
+                self.start_failed = Some(Instant::now());
+                self.announce(BrokerRole::Standby, epoch, "its takeover failed");
+                return Ok(());
             }
             None => {
                 // the host stops the Broker if it ever starts; the lease runs out
@@ -241,6 +252,7 @@ impl Leadership {
             _notifier: started.notifier,
         });
         self.free_since = None;
+        self.start_failed = None;
         self.announce(BrokerRole::Active, epoch, "won the leadership lease");
         Ok(())
     }

@@ -106,6 +106,9 @@ struct Leadership {
     active_seen_ms: u64,
     /// Whether the broker thread's stall was said (said once per stall).
     stall_said: bool,
+    /// When its last takeover failed for a passing reason: it campaigns
+    /// again a `lease` later ([`lease::holding_off`]).
+    start_failed: Option<Instant>,
 }
 
 /// A Broker the host started for the keeper.
