@@ -208,21 +208,23 @@ pub fn still_ours(record: Option<&BrokerLease>, broker_id: &str, epoch: u64) -> 
     record.is_some_and(|r| r.broker_id == broker_id && r.epoch == epoch)
 }
 
-/// Whether a standby whose takeover failed with `e` stays one and tries
-/// again a `lease` later: JetStream unavailable, a stream electing its
-/// leader, a timeout or a lost connection pass, as they do for the other
-/// brokers. Credentials NATS refuses, and records that do not decode, do
-/// not: the process stops with the error, for its operator to see.
-pub fn takeover_may_be_retried(e: &crate::bus::BusError) -> bool {
-    !matches!(
-        e,
-        crate::bus::BusError::Denied { .. } | crate::bus::BusError::Decode { .. }
-    )
+/// How long a standby whose last `failures` takeovers in a row failed
+/// (the Broker could not read its buckets: JetStream unavailable, a stream
+/// electing its leader, a timeout) waits before it campaigns again: two
+/// leases at first, so the lease key it could not give back has run out
+/// and another standby has had its turn, then twice as long each time, up
+/// to a minute (or two leases, if longer).
+pub fn takeover_retry_after(failures: u32, lease: Duration) -> Duration {
+    let first = lease * 2;
+    let most = first.max(Duration::from_secs(60));
+    let doubled = first.saturating_mul(1 << failures.saturating_sub(1).min(16));
+    doubled.min(most)
 }
 
-/// Whether a standby whose takeover failed at `failed_at` waits still.
-pub fn holding_off(failed_at: Option<Instant>, now: Instant, lease: Duration) -> bool {
-    failed_at.is_some_and(|at| now.saturating_duration_since(at) < lease)
+/// Whether a standby whose takeover failed at `failed_at`, and would wait
+/// `wait` after it, waits still.
+pub fn holding_off(failed_at: Option<Instant>, wait: Duration, now: Instant) -> bool {
+    failed_at.is_some_and(|at| now.saturating_duration_since(at) < wait)
 }
 
 #[cfg(test)]
@@ -230,28 +232,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_takeover_failed_by_jetstream_is_tried_again_a_lease_later_one_refused_is_not() {
-        use crate::bus::BusError;
-        let unavailable = BusError::Transport {
-            subject: "kv bench_jobs".into(),
-            reason: "JetStream system temporarily unavailable (code 503)".into(),
-        };
-        assert!(takeover_may_be_retried(&unavailable));
-        let timed_out = BusError::TimedOut {
-            subject: "kv bench_orders".into(),
-            timeout: Duration::from_secs(2),
-        };
-        assert!(takeover_may_be_retried(&timed_out));
-        let denied = BusError::Denied {
-            subject: "$JS.API.STREAM.INFO.KV_orders".into(),
-            reason: "permissions violation".into(),
-            hint: "the broker role may".into(),
-        };
-        assert!(!takeover_may_be_retried(&denied));
+    fn a_failed_takeover_is_tried_again_after_the_key_ran_out_then_ever_later() {
+        // LEASE is 2 s: the first wait outlasts the key's expiry
+        assert_eq!(takeover_retry_after(1, LEASE), LEASE * 2);
+        assert_eq!(takeover_retry_after(2, LEASE), LEASE * 4);
+        assert_eq!(takeover_retry_after(3, LEASE), LEASE * 8);
+        assert_eq!(takeover_retry_after(9, LEASE), Duration::from_secs(60));
+        assert_eq!(
+            takeover_retry_after(u32::MAX, LEASE),
+            Duration::from_secs(60)
+        );
+        let long = Duration::from_secs(45);
+        assert_eq!(takeover_retry_after(5, long), long * 2);
         let t0 = Instant::now();
-        assert!(!holding_off(None, t0, LEASE));
-        assert!(holding_off(Some(t0), t0 + LEASE / 2, LEASE));
-        assert!(!holding_off(Some(t0), t0 + LEASE, LEASE));
+        let wait = takeover_retry_after(1, LEASE);
+        assert!(!holding_off(None, wait, t0));
+        assert!(holding_off(Some(t0), wait, t0 + LEASE));
+        assert!(!holding_off(Some(t0), wait, t0 + wait));
     }
 
     const LEASE: Duration = Duration::from_secs(2);

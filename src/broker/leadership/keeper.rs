@@ -64,6 +64,7 @@ async fn run(config: Config, host: Host, release: oneshot::Receiver<()>) -> anyh
         active_seen_ms: now_ms(),
         stall_said: false,
         start_failed: None,
+        start_failures: 0,
     };
     info!(broker = %me.id, precedence = me.config.broker.precedence, "broker started as a standby");
     let mut tick = tokio::time::interval(me.config.broker.renew_interval / 4);
@@ -149,7 +150,8 @@ impl Leadership {
                 let me = (self.id.as_str(), self.config.broker.precedence);
                 let better = lease::better_standby(me, &peers, now, alive);
                 let lease = self.config.broker.lease;
-                if lease::holding_off(self.start_failed, now, lease) {
+                let wait = lease::takeover_retry_after(self.start_failures, lease);
+                if lease::holding_off(self.start_failed, wait, now) {
                     // its last takeover failed a moment ago: the others may try
                 } else if lease::may_campaign(better, self.free_since, now, lease) {
                     self.campaign().await?;
@@ -218,14 +220,18 @@ impl Leadership {
             Some(Ok(started)) => started,
             Some(Err(e)) => {
                 tenure.end();
-                let _ = self.kv.delete_if(LEASE_KEY, revision).await;
-                if !lease::takeover_may_be_retried(&e) {
-                    warn!(error = %e, "cannot start the broker; giving the lease back and stopping");
-                    return Err(e.into());
-                }
-                let retry_in = humantime::format_duration(self.config.broker.lease);
-                warn!(broker = %self.id, epoch, error = %e, %retry_in, "cannot start the broker; giving the lease back and staying a standby (it campaigns again after retry_in)");
+                let bound = self.config.broker.renew_interval;
+                let _ = tokio::time::timeout(bound, self.kv.delete_if(LEASE_KEY, revision)).await;
+                // a standby still: JetStream may be unavailable or electing
+                // a stream's leader, and the other brokers fare no better
+                self.start_failures = self.start_failures.saturating_add(1);
                 self.start_failed = Some(Instant::now());
+                let failures = self.start_failures;
+                let wait = lease::takeover_retry_after(failures, self.config.broker.lease);
+                let retry_in = humantime::format_duration(wait);
+                if failures.is_power_of_two() {
+                    warn!(broker = %self.id, epoch, error = %e, failures, %retry_in, "cannot start the broker; gave the lease back and stays a standby, campaigning again after retry_in (said at the 1st, 2nd, 4th, 8th... failure in a row)");
+                }
                 self.announce(BrokerRole::Standby, epoch, "its takeover failed");
                 return Ok(());
             }
@@ -253,6 +259,7 @@ impl Leadership {
         });
         self.free_since = None;
         self.start_failed = None;
+        self.start_failures = 0;
         self.announce(BrokerRole::Active, epoch, "won the leadership lease");
         Ok(())
     }

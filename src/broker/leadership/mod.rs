@@ -106,9 +106,10 @@ struct Leadership {
     active_seen_ms: u64,
     /// Whether the broker thread's stall was said (said once per stall).
     stall_said: bool,
-    /// When its last takeover failed for a passing reason: it campaigns
-    /// again a `lease` later ([`lease::holding_off`]).
+    /// When its last takeover failed, and how many failed in a row: it
+    /// campaigns again only after [`lease::takeover_retry_after`].
     start_failed: Option<Instant>,
+    start_failures: u32,
 }
 
 /// A Broker the host started for the keeper.
