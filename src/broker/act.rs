@@ -15,9 +15,8 @@
 //! fifth of the broker's CPU. The tasks are dropped with the broker, so
 //! a broker that steps down leaves no IO of its own running.
 
-use std::time::{Duration, Instant};
-
 use std::future::Future;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::channel::mpsc;

@@ -182,7 +182,8 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             return;
         }
         let due = self.now.at + STARTED_WRITE_DELAY;
-        (self.started).push_back((due, run.order_id.clone(), run.task_id.clone()));
+        let started = (due, run.order_id.clone(), run.task_id.clone());
+        self.started.push_back(started);
     }
 
     /// Stores the starts whose delay has passed (on each liveness check):

@@ -1,3 +1,7 @@
+//! (Over 500 lines: one subagent's whole life as the broker sees it,
+//! from registration to death certificate, kept in one place because each
+//! step reads the state the previous ones left.)
+//!
 //! Subagents as the broker knows them: registrations, heartbeats, probes
 //! and departures feed the registry. A subagent not heard as expected is
 //! suspect (no new tasks); one silent for the subagent timeout is lost, its
