@@ -16,6 +16,7 @@ use std::time::Duration;
 use baton::auth::Role;
 use baton::bus::{decode, Bus, BusError, Encoding};
 use baton::protocol::*;
+use bytes::Bytes;
 use common::proxy::Proxy;
 use common::*;
 use futures::StreamExt;
@@ -521,4 +522,139 @@ async fn a_subagent_an_operator_disabled_stays_disabled_under_the_next_broker() 
     let sub2 = subagent_status(&h.bus, "sub-2").await.expect("known");
     assert_eq!(sub2.state, SubagentState::Available);
     assert!(sub2.switched.is_some_and(|s| !s.off));
+}
+
+/// Rewrites the server's authorization so brokers may not touch the orders
+/// bucket's stream (its JetStream API), or gives them it back; returns once
+/// a broker identity's stream info request is refused or answered again.
+async fn orders_stream_denied_to_brokers(h: &mut Harness, denied: bool) {
+    let auth = h.cluster.auth().expect("secure cluster").clone();
+    let broker_key = auth
+        .identities()
+        .iter()
+        .find(|i| i.role() == Some(Role::Broker))
+        .expect("a broker identity")
+        .public_key
+        .clone();
+    let mut conf = auth.server_conf();
+    if denied {
+        let deny = "deny: [\"$JS.API.*.*.KV_baton_orders\", \"$JS.API.*.*.KV_baton_orders.>\", \
+                    \"$JS.API.*.*.*.KV_baton_orders\", \"$JS.API.*.*.*.KV_baton_orders.>\"] }, subscribe";
+        let lines: Vec<String> = conf
+            .lines()
+            .map(|line| match line.contains(&broker_key) {
+                true => line.replacen("] }, subscribe", &format!("], {deny}"), 1),
+                false => line.to_string(),
+            })
+            .collect();
+        conf = lines.join("\n") + "\n";
+        assert!(conf.contains("deny: [\"$JS.API"), "{conf}");
+    }
+    // connected before: a connection made during a reload may be refused
+    let broker = h.connect_as(Role::Broker, None).await;
+    std::fs::write(auth.server_conf_path(), conf).expect("write auth.conf");
+    h.cluster.nats.reload().expect("reload");
+    let what = format!("the server applies the orders stream's denial: {denied}");
+    wait_until(TAKEOVER, &what, || {
+        let broker = broker.clone();
+        async move {
+            let info = "$JS.API.STREAM.INFO.KV_baton_orders";
+            let asked = broker.request_raw(info, Encoding::Json, Bytes::new(), REQUEST);
+            matches!(asked.await, Err(BusError::Denied { .. })) == denied
+        }
+    })
+    .await;
+}
+
+/// A broker wins the lease but cannot take over (JetStream refuses it the
+/// orders bucket): it gives the lease back and stays a standby, alive;
+/// clients' submits fail with a clear error meanwhile and nothing is
+/// accepted; once JetStream answers again it takes over by itself, and the
+/// order running all along (the subagent's orphan timeout outlasts the
+/// outage) ends once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_whose_takeover_fails_stays_a_standby_and_takes_over_once_jetstream_answers() {
+    let env = [ENV[0], ("BATON_SUBAGENT__ORPHAN_TIMEOUT", "2m")];
+    let mut h = cluster_with_env(&["sub-1"], &env).await;
+    let marker = h.scratch().join("marker");
+    let gate = h.scratch().join("gate");
+    deploy(&h.bus, &jobs(&marker, &gate)).await;
+    let before = submit_surely(&h.bus, "gate", "before").await.order_id;
+    let changes = Arc::new(Mutex::new(Vec::<BrokerChanged>::new()));
+    let (bus, sink) = (h.bus.clone(), changes.clone());
+    let mut events = bus
+        .listen_raw(bus.subjects().broker_changes())
+        .await
+        .expect("subscribe");
+    tokio::spawn(async move {
+        while let Some((_, payload)) = events.next().await {
+            let e: BrokerChanged = decode(Encoding::MessagePack, &payload).expect("event");
+            sink.lock().unwrap().push(e);
+        }
+    });
+    spawn_broker(&mut h, "b2");
+    let first = active_other_than(&h.bus, None).await;
+    orders_stream_denied_to_brokers(&mut h, true).await;
+    h.cluster
+        .signal(process_of(&first), Signal::SIGKILL)
+        .expect("kill the active broker");
+
+    let refused = wait_for(Duration::from_secs(60), "b2's takeover fails", || async {
+        let changes = changes.lock().unwrap().clone();
+        changes
+            .into_iter()
+            .find(|c| c.broker_id == "b2" && c.role == BrokerRole::Standby)
+    })
+    .await;
+    assert_eq!(refused.reason, "its takeover failed", "{refused:?}");
+    let submit = SubmitOrder {
+        job: "work".into(),
+        params: BTreeMap::new(),
+        request_id: Some("during-refusal".into()),
+        slot_ms: None,
+    };
+    let asked = h
+        .bus
+        .request::<_, SubmitReply>(h.bus.subjects().submit(), &submit, REQUEST)
+        .await;
+    assert!(
+        matches!(
+            asked,
+            Err(BusError::NoResponders { .. }) | Err(BusError::TimedOut { .. })
+        ),
+        "no broker serves while none could take over: {asked:?}"
+    );
+    let b2 = h.cluster.pid("b2").expect("b2's pid");
+    assert!(
+        !process_gone(b2 as i32),
+        "b2 exited after its failed takeover"
+    );
+
+    orders_stream_denied_to_brokers(&mut h, false).await;
+    assert_eq!(active_other_than(&h.bus, Some(&first)).await, "b2");
+    let after = submit_surely(&h.bus, "work", "after").await.order_id;
+    assert_eq!(
+        final_info(&h.bus, &after).await.state,
+        OrderState::Succeeded
+    );
+    std::fs::write(&gate, "").expect("open the gate");
+    assert_eq!(
+        final_info(&h.bus, &before).await.state,
+        OrderState::Succeeded
+    );
+    for id in [&before, &after] {
+        assert_eq!(executions(&marker).get(id.as_str()), Some(&1), "{id}");
+    }
+    let changes = changes.lock().unwrap().clone();
+    let failed = changes
+        .iter()
+        .filter(|c| c.broker_id == "b2" && c.reason == "its takeover failed")
+        .count();
+    assert!(failed >= 1, "{changes:?}");
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.broker_id == "b2" && c.role == BrokerRole::Active),
+        "{changes:?}"
+    );
 }

@@ -402,8 +402,11 @@ fn on_event(seen: &Stats, event: async_nats::Event) {
         async_nats::Event::ServerError(ServerError::Other(message))
             if message.to_lowercase().contains("permissions violation") =>
         {
-            seen.denied.fetch_add(1, Ordering::Relaxed);
-            warn!(%message, "nats refused an operation: this identity's role does not allow it");
+            // a refused call retried in a loop is said at the 1st, 2nd, 4th... time
+            let refused = seen.denied.fetch_add(1, Ordering::Relaxed) + 1;
+            if refused.is_power_of_two() {
+                warn!(%message, refused, "nats refused an operation: this identity's role does not allow it (said at the 1st, 2nd, 4th... refusal)");
+            }
             let _ = seen.violations.send(message);
         }
         other => debug!(event = %other, "nats event"),
