@@ -59,9 +59,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                 }
             }
         }
-        if self.book.queue_len() > 1024 {
-            self.book.compact_queue();
-        }
+        self.book.tidy_queue();
         self.tell_waiting();
     }
 

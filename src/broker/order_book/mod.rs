@@ -421,8 +421,28 @@ impl OrderBook {
         }
     }
 
+    /// Drops the queue's stale entries (orders placed, cancelled or gone)
+    /// as they gather, so a pass over the queue costs what is queued: those
+    /// at its front at once (the planner takes the oldest first, so most
+    /// gather there), and every one once the entries outnumber twice the
+    /// accepted orders (amortised: each compaction follows as many pushes).
+    pub fn tidy_queue(&mut self) {
+        while let Some(id) = self.queue.front() {
+            match self.orders.get(id) {
+                Some(order) if order.phase == Phase::Queued => break,
+                _ => {
+                    self.queue.pop_front();
+                }
+            }
+        }
+        let accepted = usize::try_from(self.counts.accepted).unwrap_or(usize::MAX);
+        if self.queue.len() > accepted.saturating_mul(2).saturating_add(64) {
+            self.compact_queue();
+        }
+    }
+
     /// Drops queue entries of orders that are no longer queued.
-    pub fn compact_queue(&mut self) {
+    fn compact_queue(&mut self) {
         let orders = &self.orders;
         let mut seen = std::collections::HashSet::new();
         self.queue.retain(|id| {

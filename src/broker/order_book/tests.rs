@@ -1101,3 +1101,88 @@ fn a_task_that_ended_unreported_says_so_in_the_history() {
     );
     assert_eq!(task.rerun.as_deref(), Some("s1 lost"));
 }
+
+#[test]
+fn the_queue_sheds_stale_entries_as_they_gather_so_a_pass_costs_what_is_queued() {
+    let mut book = OrderBook::new(100_000);
+    let ids: Vec<String> = (0..2000).map(|i| format!("o{i:05}")).collect();
+    for id in &ids {
+        book.insert(order(id));
+        book.enqueue(id);
+    }
+    // the queue's middle goes stale (cancelled), its front as orders are placed
+    for id in ids.iter().skip(1000).step_by(2) {
+        book.apply(id, OrderEvent::Cancel { at_ms: 1 }).unwrap();
+    }
+    for (placed, id) in ids.iter().take(1000).enumerate() {
+        dispatched(&mut book, id, "s1");
+        book.tidy_queue();
+        let queued = 2000 - 500 - (placed + 1);
+        assert_eq!(book.queued().count(), queued);
+        assert!(
+            book.queue_len() <= 500 + queued,
+            "{placed}: {}",
+            book.queue_len()
+        );
+    }
+    // left: 500 queued with 500 cancelled between them; placing all but
+    // 20 of those leaves stale entries the front does not reach
+    for id in ids.iter().skip(1001).step_by(2).take(480) {
+        dispatched(&mut book, id, "s1");
+        book.tidy_queue();
+        let accepted = book.counts().accepted as usize;
+        assert!(
+            book.queue_len() <= 2 * accepted + 64,
+            "{}",
+            book.queue_len()
+        );
+    }
+    let left: Vec<&str> = book.queued().map(|o| o.id.as_str()).collect();
+    assert_eq!(left.len(), 20);
+    assert_eq!(book.queue_len(), 39, "the cancelled ones between them");
+    // once the accepted orders are few, the stale entries go too
+    for id in ids
+        .iter()
+        .take(1000)
+        .chain(ids.iter().skip(1001).step_by(2).take(480))
+    {
+        let task = book.get(id).unwrap().task_id.clone().unwrap();
+        book.apply(id, OrderEvent::Cancel { at_ms: 2 }).unwrap();
+        let outcome = ok_outcome();
+        let finished = OrderEvent::Finished {
+            at_ms: 3,
+            task_id: task,
+            outcome,
+        };
+        book.apply(id, finished).unwrap();
+    }
+    assert_eq!(book.counts().accepted, 20);
+    book.tidy_queue();
+    assert_eq!(book.queue_len(), 39, "within twice the accepted plus 64");
+    for id in ids.iter().skip(1961).step_by(2).take(9) {
+        dispatched(&mut book, id, "s1");
+    }
+    book.tidy_queue();
+    assert_eq!(book.queued().count(), 11);
+    assert_eq!(
+        book.next_queued().map(|o| o.id.clone()),
+        Some(ids[1979].clone())
+    );
+}
+
+#[test]
+fn stale_entries_behind_a_waiting_order_go_once_they_outnumber_the_accepted() {
+    let mut book = OrderBook::new(100_000);
+    let ids: Vec<String> = (0..1000).map(|i| format!("o{i:04}")).collect();
+    for id in &ids {
+        book.insert(order(id));
+        book.enqueue(id);
+    }
+    for id in &ids[1..999] {
+        book.apply(id, OrderEvent::Cancel { at_ms: 1 }).unwrap();
+    }
+    book.tidy_queue();
+    assert_eq!(book.queue_len(), 2);
+    let left: Vec<&str> = book.queued().map(|o| o.id.as_str()).collect();
+    assert_eq!(left, ["o0000", "o0999"]);
+}
