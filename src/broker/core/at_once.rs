@@ -16,17 +16,68 @@
 //!
 //! The task is made at the submit, from the job as deployed then: a
 //! redeploy within the create's round trip is not seen by this attempt,
-//! as it was not by a dispatch already written. The gate is the whole
-//! queue: while any order waits (even one no subagent can take), new
-//! orders go through the queue.
+//! as it was not by a dispatch already written.
+//!
+//! The gate is fairness: a new order never takes room a queued order could
+//! have. With orders queued, it goes at once only if the last dispatch pass
+//! left them all in the queue ([`LeftQueued`]), no order joined the queue
+//! since, and none of them could run on the subagent chosen (of a job with
+//! no cluster or one the subagent is a member of, or pinned to it). So an
+//! order no subagent can take (its cluster not deployed, every member
+//! away) does not send every other order through the queue, with a journal
+//! write more each, for as long as it waits.
 //!
 //! Architecture invariant (`journal.rs`): a `run` is sent only for a
 //! dispatch already in the journal; here the create is that write.
 
+use std::collections::HashSet;
+
 use super::super::order_book::{Order, OrderEvent, Phase};
+use super::super::registry::Subagent;
 use super::plan::{self, Decision, Deployed, Queued};
 use super::Core;
 use crate::protocol::*;
+
+/// What the last dispatch pass left in the queue, as of the book's count
+/// of orders that joined it ([`OrderBook::joined`]): the jobs of the orders
+/// no subagent could take then, and the members pinned ones wait for.
+///
+/// [`OrderBook::joined`]: super::super::order_book::OrderBook::joined
+#[derive(Debug, Default)]
+pub(super) struct LeftQueued {
+    joined: Option<u64>,
+    jobs: HashSet<String>,
+    pins: HashSet<String>,
+}
+
+impl LeftQueued {
+    /// A dispatch pass, planned when `joined` orders had joined the queue,
+    /// left `left` in it.
+    pub(super) fn set(&mut self, joined: u64, left: plan::Left<'_>) {
+        self.joined = Some(joined);
+        let same = |held: &HashSet<String>, now: &HashSet<&str>| {
+            held.len() == now.len() && now.iter().all(|n| held.contains(*n))
+        };
+        if !same(&self.jobs, &left.jobs) {
+            self.jobs = left.jobs.into_iter().map(str::to_string).collect();
+        }
+        if !same(&self.pins, &left.pins) {
+            self.pins = left.pins.into_iter().map(str::to_string).collect();
+        }
+    }
+
+    /// Whether no queued order could run on `subagent`: all were left by
+    /// the last pass (none joined the queue since, `joined` now), none is
+    /// pinned there, and none is of a job that could run there.
+    fn none_could_run_on(&self, joined: u64, subagent: &Subagent, deployed: &Deployed) -> bool {
+        self.joined == Some(joined)
+            && !self.pins.contains(&subagent.id)
+            && !self
+                .jobs
+                .iter()
+                .any(|job| plan::could_run_on(job, subagent, deployed))
+    }
+}
 
 /// Where a new order's task goes, chosen as its submit arrived; the
 /// subagent's room is held for it.
@@ -47,13 +98,14 @@ impl Placed {
 }
 
 impl<R: Clone + std::fmt::Debug> Core<R> {
-    /// Places a new job order now, if no order waits before it and the
-    /// planner finds a subagent with room: that room is held, and the
-    /// record to create says dispatched there.
+    /// Places a new job order now, if the planner finds a subagent with
+    /// room that no queued order could take (see the module's docs): that
+    /// room is held, and the record to create says dispatched there.
     pub(super) fn place_at_once(&mut self, order: &Order) -> Option<(Placed, Box<OrderInfo>)> {
-        if order.spread.is_some() || order.pin.is_some() || self.book.next_queued().is_some() {
+        if order.spread.is_some() || order.pin.is_some() {
             return None;
         }
+        let queue_empty = self.book.next_queued().is_none();
         let deployed = Deployed {
             jobs: &self.jobs,
             clusters: &self.clusters,
@@ -75,6 +127,16 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         else {
             return None;
         };
+        if !queue_empty {
+            let subagent = self.registry.get(&subagent_id)?;
+            let joined = self.book.joined();
+            if !self
+                .left_queued
+                .none_could_run_on(joined, subagent, &deployed)
+            {
+                return None;
+            }
+        }
         let to = (subagent_id.as_str(), instance_id);
         let run = self.run_task(order, order.next_task_id(), order.attempt + 1, to)?;
         let placed = Placed {
@@ -125,5 +187,66 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         if let Some(placed) = placed {
             (self.registry).release(&placed.subagent_id, &placed.run.task_id, false);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::broker::placement::fixtures::{cluster, registry};
+
+    fn job(name: &str, cluster: Option<&str>) -> JobSpec {
+        let spec = serde_json::json!({"name": name, "program": "true", "cluster": cluster});
+        serde_json::from_value(spec).unwrap()
+    }
+
+    #[test]
+    fn a_queued_order_that_could_run_there_or_one_not_seen_by_a_pass_keeps_new_orders_queued() {
+        let r = registry(&[("s1", 1, 0, "a"), ("s2", 1, 0, "a")]);
+        let jobs: HashMap<String, JobSpec> = [
+            ("any".to_string(), job("any", None)),
+            ("on-s2".to_string(), job("on-s2", Some("c2"))),
+            ("nowhere".to_string(), job("nowhere", Some("gone"))),
+        ]
+        .into();
+        let mode = SchedulingMode::RoundRobin;
+        let clusters = [("c2".to_string(), cluster("c2", mode, &[("s2", 0)]))].into();
+        let deployed = Deployed {
+            jobs: &jobs,
+            clusters: &clusters,
+        };
+        let (s1, s2) = (r.get("s1").unwrap(), r.get("s2").unwrap());
+        let left = |jobs: &[&'static str], pins: &[&'static str]| {
+            let mut held = LeftQueued::default();
+            let left = plan::Left {
+                jobs: jobs.iter().copied().collect(),
+                pins: pins.iter().copied().collect(),
+            };
+            held.set(7, left);
+            held
+        };
+        // nothing left that could run there: a new order may go at once
+        let stuck = left(&["nowhere", "on-s2"], &["s2"]);
+        assert!(stuck.none_could_run_on(7, s1, &deployed));
+        // ... but not once an order joined the queue since that pass
+        assert!(!stuck.none_could_run_on(8, s1, &deployed));
+        // ... nor where a queued order's cluster or pin could take it
+        assert!(!stuck.none_could_run_on(7, s2, &deployed));
+        assert!(!left(&[], &["s2"]).none_could_run_on(7, s2, &deployed));
+        // a job with no cluster could run anywhere
+        assert!(!left(&["any"], &[]).none_could_run_on(7, s1, &deployed));
+        // no pass yet: nothing is known of the queue
+        assert!(!LeftQueued::default().none_could_run_on(0, s1, &deployed));
+        // a pass that leaves the same again keeps what it held
+        let mut held = left(&["nowhere"], &[]);
+        let again = plan::Left {
+            jobs: ["nowhere"].into(),
+            pins: Default::default(),
+        };
+        held.set(9, again);
+        assert!(held.none_could_run_on(9, s2, &deployed));
+        assert!(!held.none_could_run_on(7, s2, &deployed));
     }
 }

@@ -340,6 +340,8 @@ pub struct Core<R> {
     pub(super) departed: VecDeque<String>,
     /// Why each waiting order was last told to wait (`waiting.rs`).
     told_waiting: HashMap<String, String>,
+    /// What the last dispatch pass left in the queue (`at_once.rs`).
+    left_queued: at_once::LeftQueued,
     /// Members' orders waiting for a member that is away, since when (ms;
     /// `spread.rs`).
     away_since: HashMap<String, u64>,
@@ -401,6 +403,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             departed: VecDeque::new(),
             creating: ById::default(),
             told_waiting: HashMap::new(),
+            left_queued: at_once::LeftQueued::default(),
             away_since: HashMap::new(),
             unstored: quiet::Quiet::default(),
             refused_unstored: quiet::Quiet::default(),

@@ -23,13 +23,15 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             pin: o.pin.as_deref(),
         });
         let previous = |order_id: &str| self.previous_step_subagent(order_id);
-        let decisions = plan::plan(
+        let joined = self.book.joined();
+        let (decisions, left) = plan::plan_leaving(
             queued,
             &deployed,
             &self.registry,
             &self.last_placed,
             previous,
         );
+        self.left_queued.set(joined, left);
         for decision in decisions {
             match decision {
                 Decision::Refuse { order_id, reason } => {

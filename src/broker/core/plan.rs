@@ -17,7 +17,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::super::placement;
-use super::super::registry::Registry;
+use super::super::registry::{Registry, Subagent};
 use super::super::spread;
 use crate::protocol::{ClusterSpec, JobSpec, SchedulingMode, SpreadPolicy};
 
@@ -60,6 +60,14 @@ pub enum Decision {
     Refuse { order_id: String, reason: String },
 }
 
+/// What a plan leaves in the queue: the jobs of the orders no subagent
+/// could take, and the members that pinned orders wait for.
+#[derive(Debug, Default)]
+pub struct Left<'a> {
+    pub jobs: HashSet<&'a str>,
+    pub pins: HashSet<&'a str>,
+}
+
 /// Plans the queue. `last_placed` holds each cluster's last choice;
 /// `previous_step` names the subagent that ran the step before a workflow
 /// step order (round-robin sends the next step to the member after it).
@@ -70,7 +78,19 @@ pub fn plan<'a>(
     last_placed: &HashMap<String, String>,
     previous_step: impl Fn(&str) -> Option<String>,
 ) -> Vec<Decision> {
+    plan_leaving(queued, deployed, registry, last_placed, previous_step).0
+}
+
+/// [`plan`], with what it leaves in the queue.
+pub fn plan_leaving<'a>(
+    queued: impl IntoIterator<Item = Queued<'a>>,
+    deployed: &Deployed<'_>,
+    registry: &Registry,
+    last_placed: &HashMap<String, String>,
+    previous_step: impl Fn(&str) -> Option<String>,
+) -> (Vec<Decision>, Left<'a>) {
     let mut decisions = Vec::new();
+    let mut pins_left: HashSet<&str> = HashSet::new();
     // cluster keys with no room; and their jobs, so that the many queued
     // orders behind a full cluster cost one lookup each
     let mut blocked: HashSet<&str> = HashSet::new();
@@ -84,6 +104,7 @@ pub fn plan<'a>(
                 .get(pin)
                 .filter(|s| s.takes_tasks() && s.free() > planned_here)
             else {
+                pins_left.insert(pin);
                 continue;
             };
             *planned.entry(subagent.id.clone()).or_default() += 1;
@@ -165,7 +186,24 @@ pub fn plan<'a>(
             cluster: key.to_string(),
         });
     }
-    decisions
+    let left = Left {
+        jobs: blocked_jobs,
+        pins: pins_left,
+    };
+    (decisions, left)
+}
+
+/// Whether an order of `job` could run on `subagent`, as deployed now:
+/// the job is deployed, and has no cluster or one `subagent` is a member of.
+pub fn could_run_on(job: &str, subagent: &Subagent, deployed: &Deployed<'_>) -> bool {
+    let Some(spec) = deployed.jobs.get(job) else {
+        return false;
+    };
+    match &spec.cluster {
+        None => true,
+        Some(name) => (deployed.clusters.get(name))
+            .is_some_and(|c| placement::priority_in(c, subagent).is_some()),
+    }
 }
 
 /// Why an order of `job` waits in the queue, in words for its operator,

@@ -1036,3 +1036,41 @@ fn a_start_is_written_a_while_later_and_only_if_the_task_still_runs() {
         "an ended order is not written as running: {effects:?}"
     );
 }
+
+#[test]
+fn an_order_nothing_can_take_does_not_send_new_orders_through_the_queue() {
+    let base = Instant::now();
+    let mut core = core_over(base, Vec::new());
+    let gpu = serde_json::json!({"name": "gpu", "program": "true", "cluster": "gpu"});
+    core.jobs
+        .insert("gpu".into(), serde_json::from_value(gpu).expect("a job"));
+    core.step(Input::Register(1, register("s1", "a")), now(base, 1));
+    let stuck = SubmitOrder {
+        job: "gpu".into(),
+        ..submit_plain()
+    };
+    let info = create_asked(core.step(Input::Submit(2, stuck, None), now(base, 10)));
+    assert_eq!(info.subagent_id, None, "its cluster is not deployed");
+    let created = Created::At(1);
+    let effects = core.step(Input::Created { info, created }, now(base, 20));
+    assert_eq!(
+        waiting(&effects).len(),
+        1,
+        "it says why it waits: {effects:?}"
+    );
+    assert!(core.book.next_queued().is_some());
+    // a new order with room is created dispatched all the same: one write
+    let info = create_asked(core.step(Input::Submit(3, submit_plain(), None), now(base, 30)));
+    assert_eq!(info.subagent_id.as_deref(), Some("s1"), "{info:?}");
+    let created = Created::At(2);
+    let effects = core.step(Input::Created { info, created }, now(base, 40));
+    assert_eq!(run_sent(&effects).expect("its task sent").0, "s1");
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Write { .. })),
+        "no second write: {effects:?}"
+    );
+    // s1 is full now: the next one queues behind it, and takes no room
+    // from it once s1 has some (the plan gives it the room first)
+    let info = create_asked(core.step(Input::Submit(4, submit_plain(), None), now(base, 50)));
+    assert_eq!(info.subagent_id, None, "no room");
+}

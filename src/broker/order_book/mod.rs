@@ -54,6 +54,8 @@ pub struct OrderBook {
     /// Orders through workflows: every unfinished one, and the newest ended.
     flows: ById<FlowOrder>,
     queue: VecDeque<String>,
+    /// How many times an order joined the queue (see [`OrderBook::joined`]).
+    joined: u64,
     /// The order (job or workflow) of each request id.
     by_request: ById<String>,
     finished: VecDeque<String>,
@@ -99,6 +101,7 @@ impl OrderBook {
             }
             self.tally(order.phase, 1);
             if order.phase == Phase::Queued {
+                self.joined += 1;
                 self.queue.push_back(order.id.clone());
             }
             if order.phase.is_final() {
@@ -167,6 +170,7 @@ impl OrderBook {
     /// Makes a durable order eligible for dispatch.
     pub fn enqueue(&mut self, order_id: &str) {
         self.made_durable(order_id);
+        self.joined += 1;
         self.queue.push_back(order_id.to_string());
     }
 
@@ -316,6 +320,13 @@ impl OrderBook {
         self.orders.get(id)
     }
 
+    /// How many times an order joined the queue so far: what was true of
+    /// every queued order as this count stood is true of them all while it
+    /// stands.
+    pub fn joined(&self) -> u64 {
+        self.joined
+    }
+
     /// Number of entries in the dispatch queue (some may be stale).
     pub fn queue_len(&self) -> usize {
         self.queue.len()
@@ -363,6 +374,7 @@ impl OrderBook {
             self.tally(to, 1);
             if to == Phase::Queued {
                 // back to the front: it has waited longest
+                self.joined += 1;
                 self.queue.push_front(order_id.to_string());
             } else if from == Phase::Queued
                 && self.queue.front().map(String::as_str) == Some(order_id)
