@@ -309,19 +309,7 @@ async fn a_broker_cut_off_from_nats_steps_down_and_comes_back_a_standby() {
     let mut h = cluster_with_env(&["sub-1"], ENV).await;
     let marker = h.scratch().join("marker");
     deploy(&h.bus, &jobs(&marker, &h.scratch().join("never"))).await;
-    // Every leadership change, in order of publication.
-    let changes = Arc::new(Mutex::new(Vec::<BrokerChanged>::new()));
-    let (bus, sink) = (h.bus.clone(), changes.clone());
-    let mut events = bus
-        .listen_raw(bus.subjects().broker_changes())
-        .await
-        .expect("subscribe");
-    tokio::spawn(async move {
-        while let Some((_, payload)) = events.next().await {
-            let e: BrokerChanged = decode(Encoding::MessagePack, &payload).expect("event");
-            sink.lock().unwrap().push(e);
-        }
-    });
+    let changes = record_broker_changes(&h.bus).await;
     // b1 reaches NATS through a proxy; make it the active one.
     let proxy = Proxy::start(&h.nats_url()).await.expect("proxy");
     h.cluster
@@ -580,18 +568,7 @@ async fn a_broker_whose_takeover_fails_stays_a_standby_and_takes_over_once_jetst
     let gate = h.scratch().join("gate");
     deploy(&h.bus, &jobs(&marker, &gate)).await;
     let before = submit_surely(&h.bus, "gate", "before").await.order_id;
-    let changes = Arc::new(Mutex::new(Vec::<BrokerChanged>::new()));
-    let (bus, sink) = (h.bus.clone(), changes.clone());
-    let mut events = bus
-        .listen_raw(bus.subjects().broker_changes())
-        .await
-        .expect("subscribe");
-    tokio::spawn(async move {
-        while let Some((_, payload)) = events.next().await {
-            let e: BrokerChanged = decode(Encoding::MessagePack, &payload).expect("event");
-            sink.lock().unwrap().push(e);
-        }
-    });
+    let changes = record_broker_changes(&h.bus).await;
     spawn_broker(&mut h, "b2");
     let first = active_other_than(&h.bus, None).await;
     orders_stream_denied_to_brokers(&mut h, true).await;

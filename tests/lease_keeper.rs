@@ -9,15 +9,13 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton::auth::Role;
-use baton::bus::{decode, Bus, Encoding};
+use baton::bus::Bus;
 use baton::config::Config;
 use baton::protocol::*;
 use common::*;
-use futures::StreamExt;
 use nix::sys::signal::Signal;
 
 /// Bound on a takeover: lease expiry, recovery, subagents heard again.
@@ -73,26 +71,6 @@ async fn active(bus: &Bus) -> Option<(String, u64)> {
     Some((reply.broker_id, epoch))
 }
 
-/// Every leadership change published from now on.
-async fn record_changes(bus: &Bus) -> Arc<Mutex<Vec<BrokerChanged>>> {
-    let changes = Arc::new(Mutex::new(Vec::new()));
-    let sink = changes.clone();
-    let mut events = within(
-        REQUEST,
-        "subscribe",
-        bus.listen_raw(bus.subjects().broker_changes()),
-    )
-    .await
-    .expect("subscribe");
-    tokio::spawn(async move {
-        while let Some((_, payload)) = events.next().await {
-            let e: BrokerChanged = decode(Encoding::MessagePack, &payload).expect("event");
-            sink.lock().unwrap().push(e);
-        }
-    });
-    changes
-}
-
 /// A broker whose actix thread is blocked for more than two leases keeps
 /// its lease (its keeper renews from its own thread), so the standby never
 /// becomes active; blocked past `broker.stall_timeout` (wedged), it gives
@@ -136,7 +114,7 @@ async fn a_busy_broker_keeps_its_lease_and_a_wedged_one_gives_it_up() {
         })
     })
     .await;
-    let changes = record_changes(&h.bus).await;
+    let changes = record_broker_changes(&h.bus).await;
 
     // busy for more than two leases (2 s each), less than the stall timeout
     block(&arbiter, Duration::from_secs(5));

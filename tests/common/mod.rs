@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton::auth::Role;
@@ -20,8 +21,8 @@ use baton::bus::{decode, Bus, BusError, Encoding};
 use baton::launch::{LocalCluster, Logs, Security};
 use baton::natsd::NatsServerOptions;
 use baton::protocol::{
-    CancelOrder, DeployReply, DeployRequest, EventKind, GetOrder, OrderFinished, OrderInfo,
-    ResumeOrder, SubmitOrder, SubmitReply, SuspendOrder, TaskLog,
+    BrokerChanged, CancelOrder, DeployReply, DeployRequest, EventKind, GetOrder, OrderFinished,
+    OrderInfo, ResumeOrder, SubmitOrder, SubmitReply, SuspendOrder, TaskLog,
 };
 use futures::StreamExt;
 use tempfile::TempDir;
@@ -468,4 +469,24 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
 /// The reaper a subagent process started (`baton __reaper`, its child).
 pub fn reaper_of(subagent_pid: u32) -> Option<i32> {
     baton::launch::reaper_of(subagent_pid).map(|pid| pid as i32)
+}
+
+/// Every leadership change published from now on, in order of arrival.
+pub async fn record_broker_changes(bus: &Bus) -> Arc<Mutex<Vec<BrokerChanged>>> {
+    let changes = Arc::new(Mutex::new(Vec::new()));
+    let sink = changes.clone();
+    let mut events = within(
+        REQUEST,
+        "subscribe",
+        bus.listen_raw(bus.subjects().broker_changes()),
+    )
+    .await
+    .expect("subscribe");
+    tokio::spawn(async move {
+        while let Some((_, payload)) = events.next().await {
+            let e: BrokerChanged = decode(Encoding::MessagePack, &payload).expect("event");
+            sink.lock().unwrap().push(e);
+        }
+    });
+    changes
 }

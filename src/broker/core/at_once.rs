@@ -18,14 +18,16 @@
 //! redeploy within the create's round trip is not seen by this attempt,
 //! as it was not by a dispatch already written.
 //!
-//! The gate is fairness: a new order never takes room a queued order could
-//! have. With orders queued, it goes at once only if the last dispatch pass
-//! left them all in the queue ([`LeftQueued`]), no order joined the queue
-//! since, and none of them could run on the subagent chosen (of a job with
-//! no cluster or one the subagent is a member of, or pinned to it). So an
-//! order no subagent can take (its cluster not deployed, every member
-//! away) does not send every other order through the queue, with a journal
-//! write more each, for as long as it waits.
+//! The gate is fairness: a new order never takes room an earlier order
+//! could have. It goes at once only if no earlier order is being created
+//! to be queued (a submit that found no room, a workflow's step, a spread
+//! order's member), and, with orders queued, only if the last dispatch
+//! pass left them all in the queue ([`LeftQueued`]), no order joined the
+//! queue since, and none of them could run on the subagent chosen (of a
+//! job with no cluster or one the subagent is a member of, or pinned to
+//! it). So an order no subagent can take (its cluster not deployed, every
+//! member away) does not send every other order through the queue, with a
+//! journal write more each, for as long as it waits.
 //!
 //! Architecture invariant (`journal.rs`): a `run` is sent only for a
 //! dispatch already in the journal; here the create is that write.
@@ -35,12 +37,14 @@ use std::collections::HashSet;
 use super::super::order_book::{Order, OrderEvent, Phase};
 use super::super::registry::Subagent;
 use super::plan::{self, Decision, Deployed, Queued};
+use super::submit::Pending;
 use super::Core;
 use crate::protocol::*;
 
 /// What the last dispatch pass left in the queue, as of the book's count
 /// of orders that joined it ([`OrderBook::joined`]): the jobs of the orders
-/// no subagent could take then, and the members pinned ones wait for.
+/// it did not place (no room, no member, or behind one of those), and the
+/// members pinned ones wait for.
 ///
 /// [`OrderBook::joined`]: super::super::order_book::OrderBook::joined
 #[derive(Debug, Default)]
@@ -76,6 +80,18 @@ impl LeftQueued {
                 .jobs
                 .iter()
                 .any(|job| plan::could_run_on(job, subagent, deployed))
+    }
+}
+
+impl<R> Pending<R> {
+    /// The order being created joins the queue once stored (not placed at
+    /// once, nor a workflow order).
+    fn joins_the_queue(&self) -> bool {
+        match self {
+            Pending::Job { placed, .. } => placed.is_none(),
+            Pending::Step(_) | Pending::Member(_) => true,
+            Pending::Flow { .. } => false,
+        }
     }
 }
 
@@ -136,6 +152,10 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             {
                 return None;
             }
+        }
+        if self.creating.values().any(Pending::joins_the_queue) {
+            // an earlier order, not queued yet, may want this room
+            return None;
         }
         let to = (subagent_id.as_str(), instance_id);
         let run = self.run_task(order, order.next_task_id(), order.attempt + 1, to)?;

@@ -99,6 +99,13 @@ pub fn plan_leaving<'a>(
     let mut last: HashMap<&str, String> = HashMap::new();
     for order in queued {
         if let Some(pin) = order.pin {
+            if !deployed.jobs.contains_key(order.job) {
+                decisions.push(Decision::Refuse {
+                    order_id: order.order_id.to_string(),
+                    reason: format!("job '{}' is no longer deployed", order.job),
+                });
+                continue;
+            }
             let planned_here = planned.get(pin).copied().unwrap_or(0);
             let Some(subagent) = registry
                 .get(pin)
@@ -327,6 +334,54 @@ mod tests {
                 Decision::Refuse { .. } | Decision::Spread { .. } => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_plan_leaves_the_jobs_and_pins_of_every_order_it_does_not_place() {
+        let c = cluster("c", SchedulingMode::RoundRobin, &[("a", 0)]);
+        let jobs = vec![
+            job("any", None),
+            job("in-c", Some("c")),
+            job("in-gone", Some("gone")),
+        ];
+        let world = World::new(jobs, vec![c]);
+        // a has room for one, b for none
+        let r = registry(&[("a", 1, 0), ("b", 1, 1)]);
+        let deployed = Deployed {
+            jobs: &world.jobs,
+            clusters: &world.clusters,
+        };
+        let q = |order_id, job, pin| Queued {
+            order_id,
+            job,
+            spread: None,
+            pin,
+        };
+        let queue = [
+            q("1", "in-c", None),
+            q("2", "in-c", None),
+            q("3", "in-gone", None),
+            q("4", "any", None),
+            q("5", "any", Some("b")),
+            q("6", "undeployed", Some("a")),
+        ];
+        let (decisions, left) = plan_leaving(queue, &deployed, &r, &HashMap::new(), |_| None);
+        assert_eq!(placed(&decisions), [("1", "a")]);
+        let refused: Vec<&str> = (decisions.iter())
+            .filter_map(|d| match d {
+                Decision::Refuse { order_id, .. } => Some(order_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            refused,
+            ["6"],
+            "a pinned order whose job is gone is refused"
+        );
+        let mut jobs: Vec<&str> = left.jobs.into_iter().collect();
+        jobs.sort();
+        assert_eq!(jobs, ["any", "in-c", "in-gone"]);
+        assert_eq!(left.pins.into_iter().collect::<Vec<_>>(), ["b"]);
     }
 
     #[test]

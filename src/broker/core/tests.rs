@@ -1064,13 +1064,30 @@ fn an_order_nothing_can_take_does_not_send_new_orders_through_the_queue() {
     assert_eq!(info.subagent_id.as_deref(), Some("s1"), "{info:?}");
     let created = Created::At(2);
     let effects = core.step(Input::Created { info, created }, now(base, 40));
-    assert_eq!(run_sent(&effects).expect("its task sent").0, "s1");
+    let (_, first) = run_sent(&effects).expect("its task sent");
     assert!(
         !effects.iter().any(|e| matches!(e, Effect::Write { .. })),
         "no second write: {effects:?}"
     );
-    // s1 is full now: the next one queues behind it, and takes no room
-    // from it once s1 has some (the plan gives it the room first)
-    let info = create_asked(core.step(Input::Submit(4, submit_plain(), None), now(base, 50)));
-    assert_eq!(info.subagent_id, None, "no room");
+    // s1 is full: the next one is created to be queued ...
+    let waits = create_asked(core.step(Input::Submit(4, submit_plain(), None), now(base, 50)));
+    assert_eq!(waits.subagent_id, None, "no room");
+    // ... and once s1 has room, a newer one does not take it from it
+    let mut result = failed_result(&first.task_id, &first.order_id);
+    result.exit_code = Some(0);
+    core.step(Input::Result(7, result), now(base, 60));
+    let newer = create_asked(core.step(Input::Submit(5, submit_plain(), None), now(base, 70)));
+    assert_eq!(newer.subagent_id, None, "the earlier order goes first");
+    let created = Created::At(3);
+    let effects = core.step(
+        Input::Created {
+            info: waits,
+            created,
+        },
+        now(base, 80),
+    );
+    assert!(
+        effects.iter().any(|e| matches!(e, Effect::Write { .. })),
+        "the earlier one placed from the queue: {effects:?}"
+    );
 }

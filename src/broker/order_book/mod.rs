@@ -320,9 +320,9 @@ impl OrderBook {
         self.orders.get(id)
     }
 
-    /// How many times an order joined the queue so far: what was true of
-    /// every queued order as this count stood is true of them all while it
-    /// stands.
+    /// How many times an order joined the queue so far: while it stands,
+    /// the queued orders are those queued when it was read, or fewer (an
+    /// order being created is not queued yet).
     pub fn joined(&self) -> u64 {
         self.joined
     }
@@ -434,10 +434,12 @@ impl OrderBook {
     }
 
     /// Drops the queue's stale entries (orders placed, cancelled or gone)
-    /// as they gather, so a pass over the queue costs what is queued: those
-    /// at its front at once (the planner takes the oldest first, so most
-    /// gather there), and every one once the entries outnumber twice the
-    /// accepted orders (amortised: each compaction follows as many pushes).
+    /// as they gather, so a pass over the queue costs about what is
+    /// accepted, not what went through: those at its front at once (the
+    /// planner takes the oldest first, so most gather there), and every one
+    /// once the entries outnumber twice the accepted orders (queued,
+    /// dispatching, retrying or being created) plus 64; a compaction drops
+    /// at least half the entries, so its cost is amortised.
     pub fn tidy_queue(&mut self) {
         while let Some(id) = self.queue.front() {
             match self.orders.get(id) {

@@ -1126,7 +1126,8 @@ fn the_queue_sheds_stale_entries_as_they_gather_so_a_pass_costs_what_is_queued()
         );
     }
     // left: 500 queued with 500 cancelled between them; placing all but
-    // 20 of those leaves stale entries the front does not reach
+    // the last 20 leaves the 19 cancelled between those, which the front
+    // does not reach
     for id in ids.iter().skip(1001).step_by(2).take(480) {
         dispatched(&mut book, id, "s1");
         book.tidy_queue();
@@ -1140,7 +1141,7 @@ fn the_queue_sheds_stale_entries_as_they_gather_so_a_pass_costs_what_is_queued()
     let left: Vec<&str> = book.queued().map(|o| o.id.as_str()).collect();
     assert_eq!(left.len(), 20);
     assert_eq!(book.queue_len(), 39, "the cancelled ones between them");
-    // once the accepted orders are few, the stale entries go too
+    // with 20 accepted, 39 entries are within the bound: they stay
     for id in ids
         .iter()
         .take(1000)
