@@ -60,8 +60,9 @@ pub enum Decision {
     Refuse { order_id: String, reason: String },
 }
 
-/// What a plan leaves in the queue: the jobs of the orders no subagent
-/// could take, and the members that pinned orders wait for.
+/// What a plan leaves in the queue: the jobs of the orders it did not
+/// place (no room, no member, or behind one of those in their cluster),
+/// and the members that pinned orders wait for.
 #[derive(Debug, Default)]
 pub struct Left<'a> {
     pub jobs: HashSet<&'a str>,
