@@ -397,29 +397,31 @@ impl Bus {
     }
 
     /// Opens (creating when missing) a KV bucket holding values of type `T`.
+    /// Fails at once when the server refuses these credentials the bucket's
+    /// look-up, rather than after the look-up's retries.
     pub async fn kv<T>(&self, bucket: &str) -> Result<Kv<T>, BusError> {
-        Kv::open(
+        let open = Kv::open(
             self.client.clone(),
             &self.opened,
             bucket,
             self.replicas,
             None,
-        )
-        .await
+        );
+        self.unless_denied(&lookup_subject(bucket), open).await?
     }
 
     /// A bucket whose values expire `max_age` after they were written (set
     /// when the bucket is created).
     pub async fn kv_expiring<T>(&self, bucket: &str, max_age: Duration) -> Result<Kv<T>, BusError> {
         let opened = &self.opened;
-        Kv::open(
+        let open = Kv::open(
             self.client.clone(),
             opened,
             bucket,
             self.replicas,
             Some(max_age),
-        )
-        .await
+        );
+        self.unless_denied(&lookup_subject(bucket), open).await?
     }
 
     async fn subscribe(&self, subject: &str) -> Result<async_nats::Subscriber, BusError> {
@@ -485,4 +487,9 @@ impl Bus {
         self.reply(&replier, &error);
         None
     }
+}
+
+/// The JetStream API subject a bucket's look-up publishes on.
+fn lookup_subject(bucket: &str) -> String {
+    format!("$JS.API.STREAM.INFO.KV_{bucket}")
 }
