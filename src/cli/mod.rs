@@ -4,9 +4,9 @@
 //! (`deploy`, `submit`, `order`, `watch`, `status`, `audit`) talk to the cluster over
 //! NATS like any other client; `dev` and `bench` start a whole local cluster.
 //!
-//! Size: a little over 500 lines, most of them the command tree's help
-//! texts (one variant per command, as `--help` prints them); the commands'
-//! work lives in the sibling modules.
+//! The command tree and its help texts live here (one variant per command,
+//! as `--help` prints them), the options every command takes in
+//! `global.rs`; the commands' work lives in the sibling modules.
 
 mod audit;
 mod auth;
@@ -14,12 +14,14 @@ mod calendars;
 mod client;
 mod dead_letters;
 mod dev;
+mod global;
 mod jobs;
 pub mod lean;
 mod orders;
 mod output;
 mod startup;
 
+pub use global::GlobalArgs;
 pub use startup::MetricsArgs;
 mod submit;
 
@@ -57,87 +59,6 @@ pub struct Cli {
     pub global: GlobalArgs,
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Debug, Args)]
-pub struct GlobalArgs {
-    /// TOML configuration file (see README: Configuration)
-    #[arg(long, global = true, env = "BATON_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// NATS server URL [default: nats://127.0.0.1:4222]
-    #[arg(long, global = true, value_name = "URL")]
-    pub nats_url: Option<String>,
-    /// Subject prefix: lets several Baton clusters share one NATS [default: baton]
-    #[arg(long, global = true, value_name = "PREFIX")]
-    pub prefix: Option<String>,
-    /// NATS nkey seed file of this process's identity (`baton auth init` makes one per role)
-    #[arg(
-        long,
-        global = true,
-        value_name = "FILE",
-        help_heading = "NATS credentials"
-    )]
-    pub nats_nkey: Option<PathBuf>,
-    /// NATS .creds file (user JWT and seed), for servers in operator mode
-    #[arg(
-        long,
-        global = true,
-        value_name = "FILE",
-        help_heading = "NATS credentials"
-    )]
-    pub nats_creds: Option<PathBuf>,
-    /// NATS user name (password: BATON_NATS__PASSWORD, or --nats-password)
-    #[arg(
-        long,
-        global = true,
-        value_name = "USER",
-        help_heading = "NATS credentials"
-    )]
-    pub nats_user: Option<String>,
-    /// NATS password; other users can see flags in `ps`: prefer BATON_NATS__PASSWORD
-    #[arg(
-        long,
-        global = true,
-        value_name = "PASSWORD",
-        help_heading = "NATS credentials"
-    )]
-    pub nats_password: Option<String>,
-    /// NATS token; other users can see flags in `ps`: prefer BATON_NATS__TOKEN
-    #[arg(
-        long,
-        global = true,
-        value_name = "TOKEN",
-        help_heading = "NATS credentials"
-    )]
-    pub nats_token: Option<String>,
-    /// CA certificate (PEM) the NATS server's TLS certificate must chain to; requires TLS
-    #[arg(
-        long,
-        global = true,
-        value_name = "FILE",
-        help_heading = "NATS credentials"
-    )]
-    pub tls_ca: Option<PathBuf>,
-    /// Client certificate (PEM) for NATS servers that verify clients (with --tls-key)
-    #[arg(
-        long,
-        global = true,
-        value_name = "FILE",
-        help_heading = "NATS credentials"
-    )]
-    pub tls_cert: Option<PathBuf>,
-    /// Client certificate's private key (PEM)
-    #[arg(
-        long,
-        global = true,
-        value_name = "FILE",
-        help_heading = "NATS credentials"
-    )]
-    pub tls_key: Option<PathBuf>,
-    /// Let a broker or subagent run on a NATS server that asks for no credentials
-    /// (anyone reaching it could run programs on the subagents): experiments only
-    #[arg(long, global = true, help_heading = "NATS credentials")]
-    pub insecure: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -373,39 +294,7 @@ fn end_quietly_on_closed_stdout() {
 /// The configuration `cli` asks for: the file, the environment, then its
 /// flags.
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
-    let mut overrides: Vec<(&str, String)> = Vec::new();
-    if let Some(url) = &cli.global.nats_url {
-        overrides.push(("nats.url", url.clone()));
-    }
-    if let Some(prefix) = &cli.global.prefix {
-        overrides.push(("prefix", prefix.clone()));
-    }
-    let g = &cli.global;
-    let paths = [
-        ("nats.nkey", &g.nats_nkey),
-        ("nats.credentials", &g.nats_creds),
-        ("nats.tls_ca", &g.tls_ca),
-        ("nats.tls_cert", &g.tls_cert),
-        ("nats.tls_key", &g.tls_key),
-    ];
-    for (key, path) in paths {
-        if let Some(path) = path {
-            overrides.push((key, path.display().to_string()));
-        }
-    }
-    let texts = [
-        ("nats.user", &g.nats_user),
-        ("nats.password", &g.nats_password),
-        ("nats.token", &g.nats_token),
-    ];
-    for (key, text) in texts {
-        if let Some(text) = text {
-            overrides.push((key, text.clone()));
-        }
-    }
-    if g.insecure {
-        overrides.push(("nats.insecure", "true".into()));
-    }
+    let mut overrides = cli.global.overrides();
     let metrics_listen = match &cli.command {
         Command::Broker(a) => a.metrics.metrics_listen.as_ref(),
         Command::Subagent(a) => a.metrics.metrics_listen.as_ref(),
