@@ -93,20 +93,21 @@ pub fn plan_leaving<'a>(
     let mut decisions = Vec::new();
     let mut pins_left: HashSet<&str> = HashSet::new();
     // cluster keys with no room; and their jobs, so that the many queued
-    // orders behind a full cluster cost one lookup each
+    // orders behind a full cluster cost two lookups each (their job, then the set)
     let mut blocked: HashSet<&str> = HashSet::new();
     let mut blocked_jobs: HashSet<&str> = HashSet::new();
     let mut planned: HashMap<String, u32> = HashMap::new();
     let mut last: HashMap<&str, String> = HashMap::new();
     for order in queued {
+        // a member's order too: one whose job is gone never runs
+        let Some(spec) = deployed.jobs.get(order.job) else {
+            decisions.push(Decision::Refuse {
+                order_id: order.order_id.to_string(),
+                reason: format!("job '{}' is no longer deployed", order.job),
+            });
+            continue;
+        };
         if let Some(pin) = order.pin {
-            if !deployed.jobs.contains_key(order.job) {
-                decisions.push(Decision::Refuse {
-                    order_id: order.order_id.to_string(),
-                    reason: format!("job '{}' is no longer deployed", order.job),
-                });
-                continue;
-            }
             let planned_here = planned.get(pin).copied().unwrap_or(0);
             let Some(subagent) = registry
                 .get(pin)
@@ -127,13 +128,6 @@ pub fn plan_leaving<'a>(
         if blocked_jobs.contains(order.job) {
             continue;
         }
-        let Some(spec) = deployed.jobs.get(order.job) else {
-            decisions.push(Decision::Refuse {
-                order_id: order.order_id.to_string(),
-                reason: format!("job '{}' is no longer deployed", order.job),
-            });
-            continue;
-        };
         let key = spec.cluster.as_deref().unwrap_or_default();
         if blocked.contains(key) {
             blocked_jobs.insert(order.job);
