@@ -292,10 +292,17 @@ impl Bus {
 
     /// Queues the answer to a request, in the encoding it came in, without waiting.
     pub fn reply<T: Serialize + 'static>(&self, replier: &Replier, value: &T) {
-        if let Some(counted) = &replier.counted {
-            let error = (value as &dyn std::any::Any).downcast_ref::<ErrorReply>();
-            counted.answered(error);
-        }
+        let error = (value as &dyn std::any::Any).downcast_ref::<ErrorReply>();
+        // a service request's answer goes by its `respond`, which counts it;
+        // a refusal keeps its payload and is counted beside (`service.rs`)
+        let request = match (&replier.counted, error) {
+            (Some(counted), None) if replier.reply.is_some() => counted.take(),
+            (Some(counted), error) => {
+                counted.answered(error);
+                None
+            }
+            (None, _) => None,
+        };
         let Some(reply) = &replier.reply else {
             debug!("request without reply subject; answer dropped");
             return;
@@ -306,10 +313,18 @@ impl Bus {
             Some(request) => self.introduction(reply, &payload, request, json),
             None => json,
         };
-        self.enqueue(Outgoing::Message {
-            subject: reply.clone(),
-            headers,
-            payload,
+        self.enqueue(match request {
+            // to the request's own reply subject, the same as `reply`
+            Some(request) => Outgoing::Answer {
+                request: Box::new(request),
+                headers,
+                payload,
+            },
+            None => Outgoing::Message {
+                subject: reply.clone(),
+                headers,
+                payload,
+            },
         });
     }
 

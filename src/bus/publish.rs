@@ -25,6 +25,13 @@ pub(super) enum Outgoing {
         subject: String,
         payload: Bytes,
     },
+    /// A service endpoint's answer, sent by its request's `respond`, which
+    /// counts it in `$SRV.STATS` (`service.rs`).
+    Answer {
+        request: Box<async_nats::service::Request>,
+        headers: Option<HeaderMap>,
+        payload: Bytes,
+    },
     Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -44,6 +51,18 @@ pub(super) async fn publish_in_order(
             } => (subject, headers, payload),
             Outgoing::Stored { subject, payload } => {
                 store(&jetstream, subject, payload, &stats).await;
+                continue;
+            }
+            Outgoing::Answer {
+                request,
+                headers,
+                payload,
+            } => {
+                let answer = request.respond_with_headers(Ok(payload), headers.unwrap_or_default());
+                if let Err(e) = answer.await {
+                    let subject = request.message.reply.as_deref().unwrap_or_default();
+                    warn!(%subject, error = %e, "publish failed");
+                }
                 continue;
             }
             Outgoing::Barrier(done) => {

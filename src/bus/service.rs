@@ -10,13 +10,15 @@
 //! API's queue group (`q`); only the active broker serves, so one member.
 //! Requests are decoded like any `serve` and answered through the bus's
 //! ordered publisher (an order's `accepted` event still precedes its
-//! `started`), not through the service API's `respond`. async-nats counts
-//! a request (`num_requests`, `num_errors`, `processing_time`) only in
-//! `respond`, which publishes, so once the bus has queued the answer each
-//! request is counted by a `respond` with an empty payload to [`SINK`], a
-//! subject nobody listens on ([`Counted`]): `$SRV.STATS` tells the requests
-//! answered (an `ErrorReply` as an error), and each endpoint's
-//! `data.requests` what reached the broker.
+//! `started`). async-nats counts a request (`num_requests`, `num_errors`,
+//! `processing_time`) only in the service API's `respond`, which
+//! publishes, so the publisher sends an answer by its request's `respond`
+//! ([`Counted::take`]), in its turn. An `ErrorReply` keeps its payload,
+//! which `respond` would drop for an error: it is sent as any message, and
+//! counted as an error by a `respond` with an empty payload to [`SINK`], a
+//! subject nobody listens on ([`Counted::answered`]). `$SRV.STATS` tells
+//! the requests answered, and each endpoint's `data.requests` what reached
+//! the broker.
 //!
 //! The service goes with its last [`ApiService`] clone (the Broker and the
 //! Elector hold one each), so a broker that steps down stops answering
@@ -49,16 +51,23 @@ impl std::fmt::Debug for Counted {
 }
 
 impl Counted {
-    fn new(mut request: async_nats::service::Request) -> Counted {
-        request.message.reply = Some(SINK.into());
+    fn new(request: async_nats::service::Request) -> Counted {
         Counted(Arc::new(Mutex::new(Some(request))))
     }
 
-    /// The request was answered, with `error` when it was refused.
+    /// The request, for the answer to be sent by its `respond` (which
+    /// counts it); `None` once it was answered.
+    pub(super) fn take(&self) -> Option<async_nats::service::Request> {
+        self.0.lock().ok().and_then(|mut r| r.take())
+    }
+
+    /// The request was answered otherwise: counts it, as an error when
+    /// `error` says it was refused.
     pub(super) fn answered(&self, error: Option<&crate::protocol::ErrorReply>) {
-        let Some(request) = self.0.lock().ok().and_then(|mut r| r.take()) else {
+        let Some(mut request) = self.take() else {
             return;
         };
+        request.message.reply = Some(SINK.into());
         let outcome = match error {
             None => Ok(bytes::Bytes::new()),
             Some(e) => Err(async_nats::service::error::Error {
@@ -205,7 +214,10 @@ impl ApiService {
             .filter_map(move |request| {
                 let _ = &keep;
                 if let Ok(mut served) = served.lock() {
-                    *served.entry(name.clone()).or_default() += 1;
+                    match served.get_mut(&name) {
+                        Some(n) => *n += 1,
+                        None => _ = served.insert(name.clone(), 1),
+                    }
                 }
                 let message = request.message.clone();
                 let counted = Counted::new(request);

@@ -32,7 +32,7 @@
 //! Architecture invariant (`journal.rs`): a `run` is sent only for a
 //! dispatch already in the journal; here the create is that write.
 
-use std::collections::HashSet;
+use foldhash::HashSet;
 
 use super::super::order_book::{Order, OrderEvent, Phase};
 use super::super::registry::Subagent;
@@ -262,7 +262,7 @@ mod tests {
         // a pass that leaves the same again keeps what it held
         let mut held = left(&["nowhere"], &[]);
         let again = plan::Left {
-            jobs: ["nowhere"].into(),
+            jobs: ["nowhere"].into_iter().collect(),
             pins: Default::default(),
         };
         held.set(9, again);

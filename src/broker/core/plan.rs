@@ -14,7 +14,7 @@
 //! its member (`pin`): it goes there when it has room, and meanwhile holds
 //! up no other order.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use super::super::placement;
 use super::super::registry::{Registry, Subagent};
@@ -65,8 +65,8 @@ pub enum Decision {
 /// and the members that pinned orders wait for.
 #[derive(Debug, Default)]
 pub struct Left<'a> {
-    pub jobs: HashSet<&'a str>,
-    pub pins: HashSet<&'a str>,
+    pub jobs: foldhash::HashSet<&'a str>,
+    pub pins: foldhash::HashSet<&'a str>,
 }
 
 /// Plans the queue. `last_placed` holds each cluster's last choice;
@@ -91,13 +91,15 @@ pub fn plan_leaving<'a>(
     previous_step: impl Fn(&str) -> Option<String>,
 ) -> (Vec<Decision>, Left<'a>) {
     let mut decisions = Vec::new();
-    let mut pins_left: HashSet<&str> = HashSet::new();
+    // the plan's own sets and maps hash with foldhash: a pass looks up a
+    // few of them per queued order, SipHash showed in the broker's profile
+    let mut pins_left: foldhash::HashSet<&str> = Default::default();
     // cluster keys with no room; and their jobs, so that the many queued
     // orders behind a full cluster cost two lookups each (their job, then the set)
-    let mut blocked: HashSet<&str> = HashSet::new();
-    let mut blocked_jobs: HashSet<&str> = HashSet::new();
-    let mut planned: HashMap<String, u32> = HashMap::new();
-    let mut last: HashMap<&str, String> = HashMap::new();
+    let mut blocked: foldhash::HashSet<&str> = Default::default();
+    let mut blocked_jobs: foldhash::HashSet<&str> = Default::default();
+    let mut planned: foldhash::HashMap<String, u32> = Default::default();
+    let mut last: foldhash::HashMap<&str, String> = Default::default();
     for order in queued {
         // a member's order too: one whose job is gone never runs
         let Some(spec) = deployed.jobs.get(order.job) else {
@@ -213,28 +215,38 @@ pub fn could_run_on(job: &str, subagent: &Subagent, deployed: &Deployed<'_>) -> 
 /// matches it, or no member has room (and how its members stand). `None`
 /// when a member has room (it waits only for its turn) or the job is gone.
 pub fn why_waiting(job: &str, deployed: &Deployed<'_>, registry: &Registry) -> Option<String> {
-    waiting(job, deployed, registry).map(|w| w.reason)
+    match assess(job, deployed, registry, true)? {
+        Wait::ForRoom(words) => words,
+        Wait::Stuck(reason) => Some(reason),
+    }
 }
 
-/// Why an order waits ([`why_waiting`]'s words), and whether only for room.
+/// Why an order waits: only for room (a member is available, and full:
+/// queueing under load, it runs once one has room), or stuck (nothing can
+/// place it), in [`why_waiting`]'s words.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Wait {
-    pub reason: String,
-    /// A member is available, only full: the order runs once one has room
-    /// (queueing under load, not an order nothing can place).
-    pub for_room: bool,
+pub enum Wait {
+    /// The words, only when asked for ([`why_waiting`]).
+    ForRoom(Option<String>),
+    Stuck(String),
 }
 
-/// [`why_waiting`], saying whether the order only waits for room.
+/// [`why_waiting`], for the pass that tells stuck orders why after each
+/// dispatch: an order that waits only for room costs no words.
 pub fn waiting(job: &str, deployed: &Deployed<'_>, registry: &Registry) -> Option<Wait> {
-    let wait = |reason: String| Wait {
-        reason,
-        for_room: false,
-    };
+    assess(job, deployed, registry, false)
+}
+
+fn assess(
+    job: &str,
+    deployed: &Deployed<'_>,
+    registry: &Registry,
+    words_for_room: bool,
+) -> Option<Wait> {
     let spec = deployed.jobs.get(job)?;
     let cluster = spec.cluster.as_ref().map(|c| (c, deployed.clusters.get(c)));
     if let Some((name, None)) = cluster {
-        return Some(wait(format!(
+        return Some(Wait::Stuck(format!(
             "waiting: subagent cluster '{name}' is not deployed; deploy it in a [[cluster]] table"
         )));
     }
@@ -242,34 +254,41 @@ pub fn waiting(job: &str, deployed: &Deployed<'_>, registry: &Registry) -> Optio
     if members.iter().any(|m| m.takes_tasks()) {
         return None;
     }
-    let of = match cluster {
-        Some((name, _)) => format!("cluster '{name}'"),
-        None => "any subagent".to_string(),
-    };
     if members.is_empty() {
-        return Some(wait(match cluster {
+        return Some(Wait::Stuck(match cluster {
             Some((name, _)) => format!(
                 "waiting: no known subagent matches cluster '{name}' (compare its members with `baton status`)"
             ),
             None => "waiting: no subagent is connected; start one with `baton subagent`".into(),
         }));
     }
+    let full =
+        |m: &placement::Member<'_>| m.subagent.state() == crate::protocol::SubagentState::Available;
+    let for_room = members.iter().any(full);
+    if for_room && !words_for_room {
+        return Some(Wait::ForRoom(None));
+    }
     let mut states: std::collections::BTreeMap<&str, usize> = Default::default();
     for m in &members {
-        let state = match m.subagent.state() {
-            crate::protocol::SubagentState::Available => "full",
-            other => other.as_str(),
+        let state = if full(m) {
+            "full"
+        } else {
+            m.subagent.state().as_str()
         };
         *states.entry(state).or_default() += 1;
     }
-    let for_room = states.contains_key("full");
     let states: Vec<String> = states.iter().map(|(s, n)| format!("{n} {s}")).collect();
-    Some(Wait {
-        reason: format!(
-            "waiting: no member of {of} has room ({})",
-            states.join(", ")
-        ),
-        for_room,
+    let of = match cluster {
+        Some((name, _)) => format!("cluster '{name}'"),
+        None => "any subagent".to_string(),
+    };
+    let reason = format!(
+        "waiting: no member of {of} has room ({})",
+        states.join(", ")
+    );
+    Some(match for_room {
+        true => Wait::ForRoom(Some(reason)),
+        false => Wait::Stuck(reason),
     })
 }
 
@@ -551,7 +570,7 @@ mod tests {
                 .collect();
             let decisions = world.plan(&queue, &r);
             let mut given: HashMap<&str, u32> = HashMap::new();
-            let mut decided = HashSet::new();
+            let mut decided = std::collections::HashSet::new();
             for (order, subagent) in placed(&decisions) {
                 assert!(decided.insert(order), "seed {seed}: {order} decided twice");
                 *given.entry(subagent).or_default() += 1;
@@ -608,9 +627,10 @@ mod tests {
         let nobody = registry(&[("c", 1, 0)]);
         assert!(why("x", &nobody).is_some_and(|w| w.contains("no known subagent matches")));
         assert!(why("j", &registry(&[])).is_some_and(|w| w.contains("no subagent is connected")));
-        let for_room = |job: &str, r: &Registry| waiting(job, &deployed, r).map(|w| w.for_room);
-        assert_eq!(for_room("x", &r), Some(true), "full: it waits for room");
-        assert_eq!(for_room("x", &nobody), Some(false));
-        assert_eq!(for_room("gone", &r), Some(false));
+        let wait = |job: &str, r: &Registry| waiting(job, &deployed, r);
+        assert_eq!(wait("x", &r), Some(Wait::ForRoom(None)), "full: no words");
+        assert!(matches!(wait("x", &nobody), Some(Wait::Stuck(_))));
+        assert!(matches!(wait("gone", &r), Some(Wait::Stuck(_))));
+        assert_eq!(wait("j", &r), None);
     }
 }

@@ -35,7 +35,8 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             clusters: &self.clusters,
         };
         // one reason per job and pass: the registry is the same for all
-        let mut reasons: HashMap<&str, Option<plan::Wait>> = HashMap::new();
+        let mut reasons: HashMap<&str, Option<plan::Wait>, foldhash::fast::RandomState> =
+            HashMap::default();
         let mut news: Vec<Event> = Vec::new();
         let mut told: Vec<(String, String)> = Vec::new();
         let mut queued = 0;
@@ -60,10 +61,10 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             let reason = reasons
                 .entry(order.job.as_str())
                 .or_insert_with(|| plan::waiting(&order.job, &deployed, &self.registry));
-            let Some(reason) = reason.as_ref().filter(|w| !w.for_room) else {
+            let Some(plan::Wait::Stuck(reason)) = reason else {
                 continue;
             };
-            let reason = reason.reason.as_str();
+            let reason = reason.as_str();
             if self.told_waiting.get(&order.id).map(String::as_str) == Some(reason) {
                 continue;
             }

@@ -50,7 +50,9 @@ pub type ById<V> = HashMap<String, V, foldhash::fast::RandomState>;
 /// and a bounded memory of finished ones.
 #[derive(Debug, Default)]
 pub struct OrderBook {
-    orders: ById<Order>,
+    /// Boxed: the map rehashes as it grows, and in place as finished orders
+    /// leave it; moving a pointer there costs less than moving an order.
+    orders: ById<Box<Order>>,
     /// Orders through workflows: every unfinished one, and the newest ended.
     flows: ById<FlowOrder>,
     queue: VecDeque<String>,
@@ -81,7 +83,7 @@ impl OrderBook {
             self.by_request.insert(request_id.clone(), order.id.clone());
         }
         self.counts.accepted += 1;
-        self.orders.insert(order.id.clone(), order);
+        self.orders.insert(order.id.clone(), Box::new(order));
     }
 
     /// Takes over the orders read from the journal, into an empty book:
@@ -110,7 +112,7 @@ impl OrderBook {
             if let Some(request_id) = &order.request_id {
                 self.by_request.insert(request_id.clone(), order.id.clone());
             }
-            self.orders.insert(order.id.clone(), order);
+            self.orders.insert(order.id.clone(), Box::new(order));
             self.forget_oldest_finished();
         }
     }
@@ -123,7 +125,7 @@ impl OrderBook {
 
     /// Inherited orders whose task is on `subagent_id`, not yet reconciled.
     pub fn inherited_on(&self, subagent_id: &str) -> Vec<&Order> {
-        let on = self.orders.values().filter(|o| o.inherited);
+        let on = self.orders.values().map(|o| &**o).filter(|o| o.inherited);
         let mut on: Vec<&Order> = on
             .filter(|o| o.subagent_id.as_deref() == Some(subagent_id))
             .collect();
@@ -157,7 +159,7 @@ impl OrderBook {
         let was = held.phase;
         let now = ended.phase;
         let id = ended.id.clone();
-        *held = ended;
+        **held = ended;
         self.tally(was, -1);
         self.tally(now, 1);
         let was_final = was.is_final();
@@ -192,11 +194,11 @@ impl OrderBook {
 
     /// Every order held, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &Order> {
-        self.orders.values()
+        self.orders.values().map(|o| &**o)
     }
 
     pub fn get(&self, order_id: &str) -> Option<&Order> {
-        self.orders.get(order_id)
+        self.orders.get(order_id).map(|o| &**o)
     }
 
     /// The order, of a job or a workflow, submitted with `request_id`.
@@ -317,7 +319,7 @@ impl OrderBook {
             }
         }
         let id = self.queue.front()?;
-        self.orders.get(id)
+        self.orders.get(id).map(|o| &**o)
     }
 
     /// How many times an order joined the queue so far: while it stands,
@@ -421,7 +423,7 @@ impl OrderBook {
     pub fn queued(&self) -> impl Iterator<Item = &Order> {
         self.queue
             .iter()
-            .filter_map(|id| self.orders.get(id))
+            .filter_map(|id| self.orders.get(id).map(|o| &**o))
             .filter(|o| o.phase == Phase::Queued)
     }
 
