@@ -1,6 +1,7 @@
 //! CPU time per order, read from `/proc/PID/stat` before and after a
-//! bench's run: what each process of the cluster spent (user and system),
-//! and what the children a process waited for spent (a subagent's tasks).
+//! bench's run: what each process of the cluster spent (user and system,
+//! the subagents' reapers too), and what the children a process waited for
+//! spent (a subagent's tasks).
 //! Also the machine's raw spawn rate: the bench's own program started as
 //! fast as possible by a few threads, without Baton, so a run's orders per
 //! second can be read as a share of what the machine allows.
@@ -76,21 +77,29 @@ pub struct Sample {
     pub nats_server: Times,
     /// All subagents, summed.
     pub subagents: Times,
+    /// Their reapers (`subagent/reaper.rs`), summed: told of every task.
+    pub reapers: Times,
     /// This process: the bench's client, submitting and following orders.
     pub client: Times,
 }
 
 impl Sample {
-    /// Samples `broker`, `nats_server` and every pid in `subagents`.
+    /// Samples `broker`, `nats_server`, every pid in `subagents` and the
+    /// reaper each started.
     pub fn take(broker: Option<u32>, nats_server: u32, subagents: &[u32]) -> Sample {
         let of = |pid: Option<u32>| pid.and_then(Times::of).unwrap_or_default();
+        let sum = |pids: &mut dyn Iterator<Item = u32>| {
+            pids.map(|p| of(Some(p)))
+                .fold(Times::default(), |a, b| a.add(&b))
+        };
+        let mut reapers = subagents
+            .iter()
+            .filter_map(|p| crate::launch::reaper_of(*p));
         Sample {
             broker: of(broker),
             nats_server: of(Some(nats_server)),
-            subagents: subagents
-                .iter()
-                .map(|p| of(Some(*p)))
-                .fold(Times::default(), |a, b| a.add(&b)),
+            subagents: sum(&mut subagents.iter().copied()),
+            reapers: sum(&mut reapers),
             client: of(Some(std::process::id())),
         }
     }
@@ -108,6 +117,8 @@ pub struct CpuPerOrder {
     pub subagents_system_us: f64,
     /// The tasks the subagents ran (children they waited for).
     pub subagent_children_us: f64,
+    /// The subagents' reapers, user and system.
+    pub reapers_us: f64,
     /// The bench's own client (it shares the machine).
     pub client_us: f64,
 }
@@ -125,6 +136,7 @@ impl CpuPerOrder {
         let broker = after.broker.since(&before.broker);
         let nats = after.nats_server.since(&before.nats_server);
         let subs = after.subagents.since(&before.subagents);
+        let reapers = after.reapers.since(&before.reapers);
         let client = after.client.since(&before.client);
         CpuPerOrder {
             broker_us: per(broker.user + broker.system),
@@ -132,6 +144,7 @@ impl CpuPerOrder {
             subagents_us: per(subs.user + subs.system),
             subagents_system_us: per(subs.system),
             subagent_children_us: per(subs.children_user + subs.children_system),
+            reapers_us: per(reapers.user + reapers.system),
             client_us: per(client.user + client.system),
         }
     }
@@ -230,12 +243,14 @@ mod tests {
             broker: t(10, 10, 0, 0),
             nats_server: t(5, 5, 0, 0),
             subagents: t(0, 0, 0, 0),
+            reapers: t(3, 3, 0, 0),
             client: t(1, 1, 0, 0),
         };
         let after = Sample {
             broker: t(20, 20, 0, 0),
             nats_server: t(15, 5, 0, 0),
             subagents: t(30, 70, 40, 60),
+            reapers: t(5, 7, 0, 0),
             client: t(6, 1, 0, 0),
         };
         // 100 ticks = 1 s over 1000 orders = 1000 µs
@@ -245,6 +260,7 @@ mod tests {
         assert_eq!(cpu.subagents_us, 1000.0);
         assert_eq!(cpu.subagents_system_us, 700.0);
         assert_eq!(cpu.subagent_children_us, 1000.0);
+        assert_eq!(cpu.reapers_us, 60.0);
         assert_eq!(cpu.client_us, 50.0);
         assert_eq!(CpuPerOrder::between(&before, &after, 0).broker_us, 0.0);
         // a restarted process counts nothing rather than a negative

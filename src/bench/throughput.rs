@@ -211,8 +211,12 @@ fn print_table(r: &ThroughputReport) {
         cpu.broker_us, cpu.nats_server_us
     );
     println!(
-        "                    subagents {:.0} µs ({:.0} µs system), their tasks {:.0} µs",
-        cpu.subagents_us, cpu.subagents_system_us, cpu.subagent_children_us
+        "                    subagents {:.0} µs ({:.0} µs system), their reapers {:.0} µs",
+        cpu.subagents_us, cpu.subagents_system_us, cpu.reapers_us
+    );
+    println!(
+        "                    their tasks {:.0} µs",
+        cpu.subagent_children_us
     );
     println!("                    bench client {:.0} µs", cpu.client_us);
     println!("  broker peak RSS   {}", mib(r.broker_peak_rss_kib));

@@ -40,11 +40,7 @@ impl Subagent {
         // from here on the result outlives us: if we die before the broker
         // has it, our reaper hands it over
         if let Some(reaper) = &mut self.reaper {
-            reaper.keep_result(&result);
-            // only then: a death between the two still hands the result over
-            if let Some(pid) = pid {
-                reaper.release(pid);
-            }
+            reaper.finished(&result, pid);
         }
         let metrics = crate::metrics::subagent();
         let outcome = crate::metrics::labels::task_outcome(

@@ -86,8 +86,9 @@ pub(super) enum Line {
     Hold { pgid: i32, task_id: String },
     /// `-PGID`: the group ended.
     Release(i32),
-    /// `=JSON`: a task's result, not yet acknowledged by a broker.
-    Result(Box<TaskResult>),
+    /// `=JSON`: a task's result, not yet acknowledged by a broker; held as
+    /// it came (read in full only if the subagent dies, [`Held::results`]).
+    Result { task_id: String, json: String },
     /// `~TASK`: the broker acknowledged the task's result.
     Acked(String),
     /// `.`: the subagent stops normally; nothing to certify.
@@ -108,7 +109,18 @@ pub(super) fn parse(line: &str) -> Option<Line> {
             })
         }
         "-" => rest.trim().parse().ok().map(Line::Release),
-        "=" => serde_json::from_str(rest).ok().map(Line::Result),
+        "=" => {
+            // only its task id now: most results are acknowledged soon
+            #[derive(Deserialize)]
+            struct Id {
+                task_id: String,
+            }
+            let id: Id = serde_json::from_str(rest).ok()?;
+            Some(Line::Result {
+                task_id: id.task_id,
+                json: rest.to_string(),
+            })
+        }
         "~" => Some(Line::Acked(rest.trim().to_string())),
         "." => Some(Line::Clean),
         _ => None,
@@ -122,19 +134,29 @@ pub(super) struct Held {
     pub(super) groups: BTreeMap<i32, String>,
     /// Tasks being spawned, whose group is not known yet.
     pub(super) spawning: BTreeSet<String>,
-    /// Task id -> its result, until acknowledged.
-    results: BTreeMap<String, TaskResult>,
+    /// Task id -> its result (JSON), until acknowledged.
+    results: BTreeMap<String, String>,
     pub(super) clean: bool,
 }
 
 impl Held {
+    /// The results held, read in full (one that cannot be is left out).
+    pub(super) fn results(&self) -> Vec<TaskResult> {
+        let read = |json: &String| match serde_json::from_str(json) {
+            Ok(result) => Some(result),
+            Err(e) => {
+                warn!(error = %e, "reaper: a result it was told cannot be read");
+                None
+            }
+        };
+        self.results.values().filter_map(read).collect()
+    }
+
     /// What it holds, as the lines that tell another reaper the same.
     pub(super) fn replay(&self) -> Vec<String> {
         let spawning = self.spawning.iter().map(|t| format!("?{t}"));
         let holds = self.groups.iter().map(|(g, t)| format!("+{g} {t}"));
-        let results = (self.results.values())
-            .filter_map(|r| serde_json::to_string(r).ok())
-            .map(|json| format!("={json}"));
+        let results = self.results.values().map(|json| format!("={json}"));
         let clean = self.clean.then(|| ".".to_string());
         spawning.chain(holds).chain(results).chain(clean).collect()
     }
@@ -154,8 +176,8 @@ impl Held {
             Line::Release(pgid) => {
                 self.groups.remove(&pgid);
             }
-            Line::Result(result) => {
-                self.results.insert(result.task_id.clone(), *result);
+            Line::Result { task_id, json } => {
+                self.results.insert(task_id, json);
             }
             Line::Acked(task_id) => {
                 self.results.remove(&task_id);
@@ -220,7 +242,7 @@ pub fn main() -> ! {
         died_at_ms,
         certified_at_ms: now_ms(),
     };
-    let results: Vec<TaskResult> = held.results.into_values().collect();
+    let results = held.results();
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -369,20 +391,27 @@ impl Reaper {
         self.send(format!("+{pgid} {task_id}"));
     }
 
-    /// The task's group ended; forget it.
-    pub fn release(&mut self, pgid: u32) {
-        self.groups.remove(&pgid);
-        self.send(format!("-{pgid}"));
-    }
-
-    /// A result to hand the broker if the subagent dies before it is acknowledged.
-    pub fn keep_result(&mut self, result: &TaskResult) {
-        let Ok(json) = serde_json::to_string(result) else {
-            return;
-        };
-        let line = format!("={json}");
-        self.results.insert(result.task_id.clone(), line.clone());
-        self.send(line);
+    /// A task ended: its result to hand the broker if the subagent dies
+    /// before the broker acknowledges it, then (when it had one) its group
+    /// to forget, in one write: a death between the two cannot come, and
+    /// the reaper wakes once.
+    pub fn finished(&mut self, result: &TaskResult, pgid: Option<u32>) {
+        let mut lines = String::new();
+        if let Ok(json) = serde_json::to_string(result) {
+            let line = format!("={json}");
+            lines.push_str(&line);
+            self.results.insert(result.task_id.clone(), line);
+        }
+        if let Some(pgid) = pgid {
+            self.groups.remove(&pgid);
+            if !lines.is_empty() {
+                lines.push('\n');
+            }
+            lines.push_str(&format!("-{pgid}"));
+        }
+        if !lines.is_empty() {
+            self.send(lines);
+        }
     }
 
     /// The broker acknowledged the task's result.
@@ -405,8 +434,9 @@ impl Reaper {
         }
     }
 
-    /// Writes one line, in one write (the pipe is unbuffered); a reaper
-    /// that is gone is replaced and told everything again.
+    /// Writes one line (or several, joined by newlines), in one write (the
+    /// pipe is unbuffered); a reaper that is gone is replaced and told
+    /// everything again.
     fn send(&mut self, mut line: String) {
         line.push('\n');
         if self.stdin.write_all(line.as_bytes()).is_err() {
@@ -507,7 +537,7 @@ mod tests {
         }
         assert_eq!(held.groups, BTreeMap::from([(200, "t2".to_string())]));
         assert_eq!(held.spawning, BTreeSet::from(["t4".to_string()]));
-        assert_eq!(held.results, BTreeMap::from([("t2".to_string(), result)]));
+        assert_eq!(held.results(), vec![result]);
         assert!(!held.clean);
         held.apply(parse(".").unwrap());
         assert!(held.clean);
