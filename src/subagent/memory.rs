@@ -4,6 +4,9 @@
 //! - one malloc arena ([`one_arena`]): glibc gives each thread that
 //!   allocates an arena of its own, and what it touched stays resident; a
 //!   subagent has little to allocate and no thread that needs its own.
+//!   Rust's allocations go to mimalloc (`src/bin/baton-subagent.rs`: 34 µs
+//!   less CPU per task, 0.9 MiB more private memory idle); this bounds
+//!   what the C library allocates for itself.
 //! - the clean pages of its executable and shared libraries dropped from
 //!   its map ([`drop_clean_pages`]) once it is registered, again once it
 //!   has been idle for [`DROP_AFTER_IDLE`] after running tasks, and every

@@ -33,6 +33,7 @@
 //! started twice.
 
 pub mod admission;
+mod batched;
 pub mod build;
 mod clock;
 mod delivery;

@@ -37,7 +37,7 @@
 //! only then does it start a runtime and connect.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
@@ -204,7 +204,7 @@ pub(super) fn ignore_terminal_signals() {
 /// Runs the reaper on stdin; never returns.
 pub fn main() -> ! {
     ignore_terminal_signals();
-    let mut lines = std::io::stdin().lock().lines();
+    let mut lines = super::batched::stdin_lines();
     let hello: Option<Hello> = lines
         .next()
         .and_then(Result::ok)

@@ -21,7 +21,7 @@
 //! end-of-file of the pipe only the subagent holds; it never certifies
 //! anything itself.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -57,7 +57,7 @@ pub fn main(args: &[String]) -> ! {
             std::process::exit(2)
         }
     };
-    let mut lines = std::io::stdin().lock().lines();
+    let mut lines = super::batched::stdin_lines();
     let Some(Ok(hello)) = lines.next() else {
         std::process::exit(0)
     };
