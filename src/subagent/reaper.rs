@@ -14,7 +14,8 @@
 //! (`=RESULT`, `~TASK`).
 //!
 //! When the subagent dies, by kill -9 or any other way, the kernel closes the
-//! pipe: the reaper reads end-of-file at once (no polling). A task told of
+//! pipe: the reaper reads end-of-file at once, or at most 5 ms later when it
+//! was letting lines gather ([`super::batched`]; no polling). A task told of
 //! but whose group it never heard is found by the marks in its environment
 //! ([`groups::marked`]): the end-of-file comes only once every copy of the
 //! pipe is closed, and a task being spawned holds one until its `exec`, so
