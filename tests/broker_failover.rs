@@ -251,33 +251,63 @@ async fn a_repeated_request_id_across_a_fail_over_is_one_order() {
     assert_eq!(executions(&marker).get(&before.order_id), Some(&1));
 }
 
+/// Whether the active broker's status lists `id` among the brokers.
+async fn listed(bus: &Bus, id: &str) -> bool {
+    let ask = StatusRequest::default();
+    let status = bus.request::<_, StatusReply>(bus.subjects().status(), &ask, REQUEST);
+    status
+        .await
+        .is_ok_and(|s| s.brokers.iter().any(|b| b.id == id))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_the_lease_over_at_once_to_the_standby_that_goes_first() {
-    // A lease far longer than the wait below: only a release explains a takeover.
-    let env = [ENV, &[("BATON_BROKER__LEASE", "60s")]].concat();
+    // A lease far longer than the wait below: only a release explains a
+    // takeover. Heartbeats far apart: a standby started after another's
+    // heartbeat would wait seconds for the next one to learn of it.
+    let slow = [
+        ("BATON_BROKER__LEASE", "60s"),
+        ("BATON_BROKER__HEARTBEAT_INTERVAL", "3s"),
+    ];
+    let env = [ENV, &slow].concat();
     let mut h = cluster_with_env(&["sub-1"], &env).await;
     let marker = h.scratch().join("marker");
     deploy(&h.bus, &jobs(&marker, &h.scratch().join("never"))).await;
-    // Two standbys; b3's lower precedence puts it first.
-    h.cluster
-        .spawn("b2", &["broker", "--id", "b2", "--precedence", "200"])
-        .expect("spawn b2");
+    let first = active_other_than(&h.bus, None).await;
+    // Two standbys; b3's lower precedence puts it first. b3 is heard
+    // before b2 starts, so b2 learns of b3 only if b3 greets it.
     h.cluster
         .spawn("b3", &["broker", "--id", "b3", "--precedence", "10"])
         .expect("spawn b3");
-    let first = active_other_than(&h.bus, None).await;
-    wait_until(
-        Duration::from_secs(10),
-        "both standbys heartbeat",
-        || async {
-            let ask = StatusRequest::default();
-            let s = h
-                .bus
-                .request::<_, StatusReply>(h.bus.subjects().status(), &ask, REQUEST);
-            s.await.is_ok_and(|s| s.brokers.len() == 3)
-        },
-    )
+    wait_until(Duration::from_secs(10), "b3 heartbeats", || {
+        listed(&h.bus, "b3")
+    })
     .await;
+    h.cluster
+        .spawn("b2", &["broker", "--id", "b2", "--precedence", "200"])
+        .expect("spawn b2");
+    wait_until(Duration::from_secs(10), "b2 heartbeats", || {
+        listed(&h.bus, "b2")
+    })
+    .await;
+    let views = h
+        .bus
+        .gather::<_, BrokerView>(
+            h.bus.subjects().status_brokers(),
+            &StatusRequest::default(),
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap_or_default();
+    let b2 = views
+        .iter()
+        .find(|v| v.broker_id == "b2")
+        .expect("b2 answers");
+    assert!(
+        b2.brokers.iter().any(|b| b.id == "b3"),
+        "b3 answered b2's first heartbeat: {:?}",
+        b2.brokers
+    );
     let waiting = submit_surely(&h.bus, "work", "before-stop").await.order_id;
     h.cluster
         .signal(process_of(&first), Signal::SIGTERM)

@@ -160,6 +160,15 @@ pub fn better_standby(me: (&str, u32), peers: &[Peer], now: Instant, alive: Dura
     })
 }
 
+/// Whether a standby answers a standby heartbeat at once with its own,
+/// rather than at its next turn: when its sender was not heard within
+/// `alive` (`last_heard`), it is new or back and knows none of the others
+/// yet. Without the answer, a fail-over in its first heartbeat interval
+/// would find it ranking itself before a better standby it never heard.
+pub fn greets(last_heard: Option<Instant>, now: Instant, alive: Duration) -> bool {
+    last_heard.is_none_or(|at| now.saturating_duration_since(at) >= alive)
+}
+
 /// Whether a standby should try to take the lease now: when no better
 /// standby waits, or when the lease has stayed free for a whole `lease`
 /// since this standby first found it free (`free_since`): then the better
@@ -286,6 +295,14 @@ mod tests {
             let lease = Duration::from_millis(lease_ms);
             assert!(lease.saturating_sub(margin(lease)) < lease);
         }
+    }
+
+    #[test]
+    fn a_standby_greets_a_newcomer_or_one_back_but_not_each_heartbeat() {
+        let t = Instant::now();
+        assert!(greets(None, t, ALIVE));
+        assert!(!greets(Some(t), t + ALIVE / 4, ALIVE));
+        assert!(greets(Some(t), t + ALIVE, ALIVE));
     }
 
     #[test]

@@ -103,7 +103,7 @@ async fn run(config: Config, host: Host, release: oneshot::Receiver<()>) -> anyh
 impl Leadership {
     /// How long the broker's thread has been silent, when past
     /// `broker.stall_timeout` ([`lease::stalled`]).
-    fn stall(&self, now: Instant) -> Option<Duration> {
+    pub(super) fn stall(&self, now: Instant) -> Option<Duration> {
         let last = self.host.liveness.last();
         let limit = (self.config.broker.stall_timeout).max(self.config.broker.lease);
         lease::stalled(last, now, limit).then(|| now.saturating_duration_since(last))

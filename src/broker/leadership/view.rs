@@ -19,8 +19,19 @@ impl Leadership {
         if hb.role == BrokerRole::Active {
             self.active_seen_ms = now_ms();
         }
-        self.heard
-            .insert(hb.broker_id.clone(), (hb, Instant::now()));
+        let now = Instant::now();
+        let alive = self.config.broker.heartbeat_interval * 4;
+        let last_heard = self.heard.get(&hb.broker_id).map(|(_, at)| *at);
+        let greet = hb.role == BrokerRole::Standby
+            && self.active.is_none()
+            && self.stall(now).is_none()
+            && lease::greets(last_heard, now, alive);
+        self.heard.insert(hb.broker_id.clone(), (hb, now));
+        if greet {
+            // a newcomer learns at once who goes before it
+            self.last_heartbeat = None;
+            self.standby_heartbeat(now);
+        }
     }
 
     /// The other brokers as the lease rules see them.
