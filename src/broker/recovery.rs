@@ -31,7 +31,7 @@
 //! ([`OrderBook::restore`](crate::broker::order_book::OrderBook::restore));
 //! then the broker watches the buckets. Tasks placed by an earlier broker
 //! are inherited: the first heartbeat of their subagent reconciles them
-//! (`core/subagents.rs`); a subagent not heard from within
+//! (`core/inherited.rs`); a subagent not heard from within
 //! `broker.subagent_timeout` is lost without proof of death, so its tasks
 //! run again only after its orphan timeout. A subagent holding inherited
 //! tasks takes them into its capacity as soon as it is seen, and results of

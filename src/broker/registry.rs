@@ -12,7 +12,7 @@
 //! heartbeats slower, `subagent/pace.rs`) declares it lost, still
 //! without proof of death: it may run its tasks until its orphan timeout.
 //! Only its reaper's death certificate proves it dead (see
-//! `core/subagents.rs`). A subagent that refused a task as `busy` is left
+//! `core/certificate.rs`). A subagent that refused a task as `busy` is left
 //! out of placement until its next heartbeat.
 //!
 //! Besides liveness it keeps suspicion (no new tasks until heard again),

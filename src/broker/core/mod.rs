@@ -13,8 +13,9 @@
 //! - `journal.rs`: an order's state is stored before what waits for it
 //!   (sending its task, acknowledging its result, publishing `finished`).
 //! - `orders.rs`: dispatch, run replies, results.
-//! - `subagents.rs`: registrations, heartbeats, probes, leaving, death
-//!   certificates, and the tasks of subagents out of sight.
+//! - `subagents.rs`: registrations, heartbeats, probes, leaving, and the
+//!   tasks of subagents out of sight; `certificate.rs`: death
+//!   certificates; `inherited.rs`: tasks inherited at a takeover.
 //! - `submit.rs`: submits of job orders (create, concurrency policy,
 //!   repeats) and cancels; `flows/`: workflow orders and their step
 //!   orders; `events.rs`: every order event, built from the order's record;
@@ -36,12 +37,14 @@
 //!
 
 mod at_once;
+mod certificate;
 mod changes;
 mod deploy;
 mod events;
 mod flows;
 #[cfg(test)]
 mod history_tests;
+mod inherited;
 mod journal;
 mod orders;
 mod pause;

@@ -1,13 +1,9 @@
-//! (Over 500 lines: one subagent's whole life as the broker sees it,
-//! from registration to death certificate, kept in one place because each
-//! step reads the state the previous ones left.)
-//!
 //! Subagents as the broker knows them: registrations, heartbeats, probes
 //! and departures feed the registry. A subagent not heard as expected is
 //! suspect (no new tasks); one silent for the subagent timeout is lost, its
 //! tasks in doubt until its orphan timeout, unless its reaper certifies its
-//! death first ([`Core::on_certificate`]). After a takeover, inherited
-//! tasks are reconciled with the first heartbeat of their subagent.
+//! death first (`certificate.rs`). After a takeover, inherited tasks are
+//! reconciled with the first heartbeat of their subagent (`inherited.rs`).
 //!
 //! Failure detection, step by step: subagents heartbeat every
 //! `subagent.heartbeat_interval` (250 ms by default); the liveness tick
@@ -28,14 +24,6 @@
 //! processes with one id, until the newer one stops). Every change of a
 //! subagent's state is published as `SubagentChanged`.
 //!
-//! Proof of death comes fast from the reaper (`subagent/reaper.rs`): a
-//! [`DeathCertificate`] on `{p}.broker.certificate` counts only when signed
-//! by the named subagent's own identity (`gate.rs`) and only for the orders
-//! placed on the process it names (`instance_id`); one naming a process the
-//! broker does not know and never placed anything on is answered
-//! `not_found`. Tasks whose groups outlived SIGKILL (`survivors`) stay in
-//! doubt until the orphan deadline.
-//!
 //! Known limits: the subagent's orphan clock counts what it hears from the
 //! broker, the broker's deadline what it hears from the subagent, so a loss
 //! in one direction only (the subagent hears the broker, the broker not the
@@ -43,24 +31,16 @@
 //! subagent and its reaper killed together on a live host leave what the
 //! task started running; a subagent's own identity can certify its own
 //! process.
-//!
-//! Size: over the ~500-line mark with its behaviour tables in these docs;
-//! the death certificate and the reconciliation of inherited tasks are the
-//! next to move to files of their own.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
 use super::super::order_book::{Applied, OrderEvent, Phase};
 use super::super::registry::{Check, Doubt, Seen, Sighting};
-use super::{Core, Effect, Event, Probed, Refusal, Reply, Then, ORPHAN_MARGIN};
+use super::{Core, Effect, Event, Probed, Refusal, Reply, ORPHAN_MARGIN};
 use crate::config::Config;
 use crate::protocol::*;
-
-/// How many result resends of its subagent a task that ended is awaited for.
-const RESULT_WAITS: u32 = 3;
 
 impl<R: Clone + std::fmt::Debug> Core<R> {
     pub(super) fn on_register(&mut self, to: R, r: Register) {
@@ -361,226 +341,5 @@ fn interval_or(ms: u64, config: &Config) -> Duration {
         config.subagent.heartbeat_interval
     } else {
         Duration::from_millis(ms)
-    }
-}
-
-impl<R: Clone + std::fmt::Debug> Core<R> {
-    /// A subagent process that is gone for good (left, or certified dead):
-    /// a heartbeat of its still in flight must not bring it back.
-    pub(in crate::broker) fn remember_departed(&mut self, instance_id: &str) {
-        if !self.departed.iter().any(|i| i == instance_id) {
-            self.departed.push_back(instance_id.to_string());
-            if self.departed.len() > 1024 {
-                self.departed.pop_front();
-            }
-        }
-    }
-}
-
-impl<R: Clone + std::fmt::Debug> Core<R> {
-    pub(super) fn on_certificate(&mut self, to: R, c: DeathCertificate) {
-        let id = c.subagent_id.as_str();
-        let current = self
-            .registry
-            .get(id)
-            .is_some_and(|s| s.instance_id == c.instance_id);
-        let survivors: BTreeSet<&str> = c.survivors.iter().map(String::as_str).collect();
-        // the orders placed on that process: proven dead, or (survivors) in doubt
-        let (survived, placed): (Vec<String>, Vec<String>) = self
-            .book
-            .on_subagent(id)
-            .into_iter()
-            .filter(|order_id| {
-                self.book.get(order_id).is_some_and(|o| {
-                    o.subagent_instance_id.as_deref() == Some(c.instance_id.as_str())
-                })
-            })
-            .partition(|order_id| {
-                self.book
-                    .get(order_id)
-                    .is_some_and(|o| o.task_id.as_deref().is_some_and(|t| survivors.contains(t)))
-            });
-        if !current && placed.is_empty() && survived.is_empty() {
-            warn!(subagent = %id, instance = %c.instance_id, "death certificate for a process this broker does not know; ignored");
-            let refusal = Refusal::UnknownProcess {
-                subagent: id.to_string(),
-                instance: c.instance_id.clone(),
-            };
-            return self.refuse(&to, refusal);
-        }
-        let doubt = self.registry.get(id).map(|s| s.doubt());
-        if current && self.registry.declare_lost(id).is_some() {
-            let how = format!(
-                "lost: dead, certified by its reaper ({} task(s) killed{})",
-                c.killed.len(),
-                if survivors.is_empty() {
-                    String::new()
-                } else {
-                    format!(", {} outlived SIGKILL", survivors.len())
-                }
-            );
-            warn!(subagent = %id, instance = %c.instance_id, killed = c.killed.len(), survivors = survivors.len(), "subagent {how}");
-            self.announce(id, SubagentState::Lost, &how);
-        }
-        let mut orders = 0;
-        for order_id in placed {
-            let task = self.book.get(&order_id).and_then(|o| o.task_id.clone());
-            let event = OrderEvent::Certified {
-                subagent_id: id.to_string(),
-                instance_id: c.instance_id.clone(),
-                at_ms: self.now.ms,
-            };
-            if let Ok(Applied::Moved { to, .. }) = self.book.apply(&order_id, event) {
-                orders += 1;
-                if let Some(task) = task {
-                    self.registry.release(id, &task, false);
-                }
-                info!(order = %order_id, subagent = %id, "task proven dead by its subagent's death certificate");
-                self.after_move(&order_id, to);
-            }
-        }
-        // what the reaper could not kill is in doubt, as for silence
-        self.put_in_doubt(id, &survived, doubt.filter(|_| current));
-        // a heartbeat it sent before dying must not bring it back
-        self.remember_departed(&c.instance_id);
-        self.reply(&to, Reply::Certified(CertificateAccepted { orders }));
-        self.dispatch();
-    }
-}
-
-impl<R: Clone + std::fmt::Debug> Core<R> {
-    /// A subagent was heard from. Its inherited tasks take their room on it
-    /// at once; with the tasks it runs (a heartbeat or probe answer), they
-    /// are reconciled: running ones are confirmed, unconfirmed ones sent
-    /// again, started ones it no longer runs await their result, and those
-    /// of an earlier process of it are dead.
-    pub(in crate::broker) fn on_sighting(&mut self, id: &str, running: Option<&[String]>) {
-        if !self.unreconciled.contains(id) {
-            return;
-        }
-        let inherited: Vec<(String, String)> = self
-            .book
-            .inherited_on(id)
-            .into_iter()
-            .filter_map(|o| Some((o.id.clone(), o.task_id.clone()?)))
-            .collect();
-        for (_, task_id) in &inherited {
-            self.registry.assign(id, task_id);
-        }
-        let (Some(running), Some(subagent)) = (running, self.registry.get(id)) else {
-            return;
-        };
-        self.unreconciled.remove(id);
-        let retry = self.config.subagent.result_retry;
-        let wait = (retry + retry.max(Duration::from_secs(1))) * RESULT_WAITS;
-        let now = self.now.ms;
-        let instance_id = subagent.instance_id.clone();
-        for (order_id, task_id) in inherited {
-            let event = OrderEvent::Reconciled {
-                subagent_id: id.to_string(),
-                instance_id: instance_id.clone(),
-                running: running.to_vec(),
-                result_by_ms: now + wait.as_millis() as u64,
-                doubt_until_ms: unseen_rerun_at(&self.config, now),
-                at_ms: now,
-            };
-            let Ok(Applied::Moved { from, to }) = self.book.apply(&order_id, event) else {
-                continue;
-            };
-            match to {
-                Phase::Running => {
-                    info!(order = %order_id, subagent = %id, "inherited task runs");
-                    if from != Phase::Running {
-                        self.store(&order_id, Then::Nothing);
-                    }
-                }
-                Phase::Dispatching => {
-                    info!(order = %order_id, subagent = %id, "inherited task unconfirmed; sending it again");
-                    self.resend(&order_id, id, instance_id.clone());
-                }
-                Phase::Orphaned => {
-                    info!(order = %order_id, subagent = %id, "inherited task no longer runs there; awaiting its result or proof of its death");
-                    self.registry.release(id, &task_id, false);
-                }
-                _ => {
-                    warn!(order = %order_id, subagent = %id, "inherited task died with its subagent's restart");
-                    self.registry.release(id, &task_id, false);
-                    self.after_move(&order_id, to);
-                }
-            }
-        }
-    }
-
-    /// Sends an inherited, unconfirmed task again under its own id (the
-    /// subagent answers `duplicate` if it has it).
-    fn resend(&mut self, order_id: &str, subagent_id: &str, instance_id: String) {
-        let run = self.book.get(order_id).and_then(|order| {
-            let task_id = order.task_id.clone()?;
-            self.run_task(order, task_id, order.attempt, (subagent_id, instance_id))
-        });
-        match run {
-            Some(run) => self.send_run(subagent_id.to_string(), run, true),
-            None => {
-                // its job is gone: back to the queue, where it is refused
-                let task_id = self.book.get(order_id).and_then(|o| o.task_id.clone());
-                let task_id = task_id.unwrap_or_default();
-                self.registry.release(subagent_id, &task_id, false);
-                let _ = self
-                    .book
-                    .apply(order_id, OrderEvent::DispatchFailed { task_id });
-            }
-        }
-    }
-
-    /// `broker.subagent_timeout` after becoming active: inherited tasks of
-    /// subagents never heard from are in doubt until their orphan timeout.
-    pub(in crate::broker) fn unseen_deadline(&mut self) {
-        let unseen: BTreeSet<String> = self
-            .unreconciled
-            .iter()
-            .filter(|id| self.registry.get(id).is_none())
-            .cloned()
-            .collect();
-        let now = self.now.ms;
-        let rerun_at_ms = unseen_rerun_at(&self.config, now);
-        for id in unseen {
-            let orders: Vec<String> = self
-                .book
-                .inherited_on(&id)
-                .into_iter()
-                .map(|o| o.id.clone())
-                .collect();
-            warn!(subagent = %id, tasks = orders.len(), "subagent of inherited tasks never heard from");
-            for order_id in orders {
-                let event = OrderEvent::SubagentLost {
-                    subagent_id: id.clone(),
-                    at_ms: now,
-                    rerun_at_ms,
-                };
-                self.apply_and_act(&order_id, event);
-            }
-        }
-    }
-}
-
-/// When all of a never-seen subagent's tasks are surely dead: its orphan
-/// timeout (the default one), kill grace, a heartbeat and a margin from now.
-fn unseen_rerun_at(config: &Config, now_ms: u64) -> u64 {
-    let s = &config.subagent;
-    let limit = s.orphan_timeout + s.kill_grace + s.heartbeat_interval + ORPHAN_MARGIN;
-    now_ms + limit.as_millis() as u64
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_never_seen_subagents_tasks_wait_past_its_default_orphan_limit() {
-        let config = Config::default();
-        let s = &config.subagent;
-        let at = unseen_rerun_at(&config, 1_000);
-        let limit = (s.orphan_timeout + s.kill_grace).as_millis() as u64;
-        assert!(at > 1_000 + limit);
     }
 }
