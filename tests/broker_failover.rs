@@ -441,10 +441,20 @@ async fn a_broker_paused_past_its_lease_acts_on_nothing_when_it_resumes() {
         .signal(process_of(&first), Signal::SIGSTOP)
         .expect("freeze the active broker");
     let next = active_other_than(&h.bus, Some(&first)).await;
+    let frozen = std::time::Instant::now();
+    // the frozen broker still holds its subscriptions: no request is lost on it
+    for i in 0..10 {
+        let ask = StatusRequest::default();
+        let status = h.bus.request::<_, StatusReply>(s.status(), &ask, REQUEST);
+        match status.await {
+            Ok(st) => assert_eq!(st.broker_id, next, "request {i} answered by"),
+            Err(e) => panic!("request {i} while {first} is frozen: {e}"),
+        }
+    }
     // frozen past the subagent timeout too: its liveness check would find
     // every subagent silent the moment it thaws (the fault's length, not a
     // wait for a condition)
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(frozen.elapsed())).await;
     h.cluster
         .signal(process_of(&first), Signal::SIGCONT)
         .expect("thaw it");

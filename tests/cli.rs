@@ -150,3 +150,26 @@ async fn a_submit_no_broker_answers_says_so_once_and_then_why_it_gave_up() {
     );
     assert!(!err.contains("refused"), "nothing refused it: {err}");
 }
+
+/// With no broker at all, `status` says so (it once panicked: it awaited
+/// the active's answer again after it had already failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_with_no_broker_at_all_says_so() {
+    let mut h = cluster(&[]).await;
+    h.cluster
+        .signal("broker", nix::sys::signal::Signal::SIGKILL)
+        .expect("kill the broker");
+    let mut command = Command::from(baton_cmd(&h));
+    command.arg("status").kill_on_drop(true);
+    let out = within(LIMIT, "baton status", command.output())
+        .await
+        .expect("runs");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stdout.starts_with("no active broker answered"), "{stdout}");
+    assert!(stdout.contains("no broker answered at all"), "{stdout}");
+}

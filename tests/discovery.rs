@@ -102,7 +102,8 @@ async fn the_active_broker_answers_srv_ping_info_and_stats_and_its_successor_doe
     }
     let submit = &endpoints["baton.api.submit"];
     assert_eq!(submit["name"], "submit", "{submit}");
-    assert_eq!(submit["queue_group"], "q", "{submit}");
+    // the broker's term's own group: a frozen earlier broker shares none
+    assert_eq!(submit["queue_group"], format!("baton-e{epoch}"), "{submit}");
     assert_eq!(
         submit["metadata"]["request_schema"], "schemas/SubmitOrder.json",
         "{submit}"

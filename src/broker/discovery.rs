@@ -20,7 +20,14 @@ pub(super) fn service_info(config: &Config, epoch: u64) -> ServiceInfo {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect(),
+        queue_group: queue_group(epoch),
     }
+}
+
+/// The API endpoints' queue group: the broker's term's own (see
+/// `bus/service.rs`).
+fn queue_group(epoch: u64) -> String {
+    format!("baton-e{epoch}")
 }
 
 #[cfg(test)]

@@ -6,8 +6,12 @@
 //!
 //! The endpoints ARE the API's subscriptions: [`ApiService::serve`] takes
 //! the place of [`Bus::serve`] for a client-facing subject, so nothing
-//! receives a request twice. Each endpoint subscribes with the service
-//! API's queue group (`q`); only the active broker serves, so one member.
+//! receives a request twice. Each endpoint subscribes with a queue group
+//! of this broker's term alone (`baton-e<epoch>`), not the service API's
+//! shared `q`: an active broker frozen past its lease keeps its
+//! subscriptions until the server drops it, and in a shared group it would
+//! take every other request from the broker that took over; alone in its
+//! group, it receives each request as the new one does, which answers.
 //! Requests are decoded like any `serve` and answered through the bus's
 //! ordered publisher (an order's `accepted` event still precedes its
 //! `started`). async-nats counts a request (`num_requests`, `num_errors`,
@@ -93,6 +97,9 @@ pub struct ServiceInfo {
     pub version: String,
     /// Free-form facts (`prefix`, `broker`, `epoch`).
     pub metadata: BTreeMap<String, String>,
+    /// The endpoints' queue group: one of this broker's alone, so a
+    /// request reaches every broker serving, not one of them.
+    pub queue_group: String,
 }
 
 /// The registered service; clones share it.
@@ -130,6 +137,7 @@ impl Bus {
             .service_builder()
             .description(info.description)
             .metadata(metadata)
+            .queue_group(info.queue_group)
             .stats_handler(move |endpoint, _| {
                 let n = counts
                     .lock()

@@ -356,15 +356,16 @@ pub async fn status(config: &Config, args: StatusArgs) -> anyhow::Result<()> {
     let deadline = tokio::time::sleep(ACTIVE_ANSWER);
     tokio::pin!(full, views, deadline);
     let mut gathered = None;
-    let why = loop {
+    // why no answer, and whether the active's answer may still come
+    let (why, may_come) = loop {
         tokio::select! {
             answer = &mut full => match answer {
                 Ok(reply) => return print_status(&reply, args.json),
-                Err(e @ (BusError::NoResponders { .. } | BusError::TimedOut { .. })) => break e.to_string(),
+                Err(e @ (BusError::NoResponders { .. } | BusError::TimedOut { .. })) => break (e.to_string(), false),
                 Err(e) => return Err(e.into()),
             },
             got = &mut views, if gathered.is_none() => gathered = Some(got),
-            _ = &mut deadline => break format!("none within {}", output::span(ACTIVE_ANSWER)),
+            _ = &mut deadline => break (format!("none within {}", output::span(ACTIVE_ANSWER)), true),
         }
     };
     let views = match gathered {
@@ -372,7 +373,7 @@ pub async fn status(config: &Config, args: StatusArgs) -> anyhow::Result<()> {
         None => views.await,
     }
     .unwrap_or_default();
-    if views.is_empty() {
+    if views.is_empty() && may_come {
         // nobody else either: the active's answer may still come
         if let Ok(reply) = full.await {
             return print_status(&reply, args.json);
