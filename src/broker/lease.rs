@@ -160,6 +160,16 @@ pub fn better_standby(me: (&str, u32), peers: &[Peer], now: Instant, alive: Dura
     })
 }
 
+/// The lease as a broker's view shows it: one not renewed yet still
+/// carries the epoch 0 it was created with, while its epoch is the
+/// revision it was created at, its `revision` until the first renewal.
+pub fn as_shown(mut lease: BrokerLease, revision: u64) -> BrokerLease {
+    if lease.epoch == 0 {
+        lease.epoch = revision;
+    }
+    lease
+}
+
 /// Whether a standby answers a standby heartbeat at once with its own,
 /// rather than at its next turn: when its sender was not heard within
 /// `alive` (`last_heard`), it is new or back and knows none of the others
@@ -295,6 +305,19 @@ mod tests {
             let lease = Duration::from_millis(lease_ms);
             assert!(lease.saturating_sub(margin(lease)) < lease);
         }
+    }
+
+    #[test]
+    fn a_lease_not_renewed_yet_is_shown_with_the_revision_it_was_created_at() {
+        let lease = |epoch| BrokerLease {
+            broker_id: "b1".into(),
+            epoch,
+            precedence: 100,
+            renewed_at_ms: 1,
+        };
+        assert_eq!(as_shown(lease(0), 42).epoch, 42);
+        // renewed: its epoch stays that of its creation, not the revision
+        assert_eq!(as_shown(lease(42), 45).epoch, 42);
     }
 
     #[test]

@@ -88,8 +88,10 @@ impl Leadership {
         let active_seen_ms = self.active_seen_ms;
         let bound = self.config.broker.renew_interval;
         tokio::spawn(async move {
-            match tokio::time::timeout(bound, kv.get(LEASE_KEY)).await {
-                Ok(Ok(Some(lease))) => view.lease = Some(lease),
+            match tokio::time::timeout(bound, kv.get_with_revision(LEASE_KEY)).await {
+                Ok(Ok(Some((lease, revision)))) => {
+                    view.lease = Some(lease::as_shown(lease, revision))
+                }
                 Ok(Ok(None)) => view.no_active_since_ms = Some(active_seen_ms),
                 Ok(Err(e)) => view.lease_error = Some(e.to_string()),
                 Err(_) => view.lease_error = Some("no answer from JetStream in time".into()),
