@@ -278,14 +278,13 @@ fn assess(
         *states.entry(state).or_default() += 1;
     }
     let states: Vec<String> = states.iter().map(|(s, n)| format!("{n} {s}")).collect();
-    let of = match cluster {
-        Some((name, _)) => format!("cluster '{name}'"),
-        None => "any subagent".to_string(),
+    let whom = match cluster {
+        Some((name, _)) => format!("no member of cluster '{name}'"),
+        None => "no subagent".to_string(),
     };
-    let reason = format!(
-        "waiting: no member of {of} has room ({})",
-        states.join(", ")
-    );
+    // full members free up by themselves; lost or disabled ones do not
+    let what = if for_room { "has room" } else { "takes tasks" };
+    let reason = format!("waiting: {whom} {what} ({})", states.join(", "));
     Some(match for_room {
         true => Wait::ForRoom(Some(reason)),
         false => Wait::Stuck(reason),
@@ -623,6 +622,17 @@ mod tests {
         );
         assert!(why("gone", &r).is_some_and(|w| w.contains("'nowhere' is not deployed")));
         assert_eq!(why("j", &r), None, "c has room: it only waits its turn");
+        let mut all_full = registry(&[("a", 1, 1), ("c", 1, 0)]);
+        all_full.set_disabled("c", true);
+        assert_eq!(
+            why("j", &all_full).as_deref(),
+            Some("waiting: no subagent has room (1 disabled, 1 full)")
+        );
+        all_full.declare_lost("a");
+        assert_eq!(
+            why("j", &all_full).as_deref(),
+            Some("waiting: no subagent takes tasks (1 disabled, 1 lost)")
+        );
         assert_eq!(why("undeployed", &r), None);
         let nobody = registry(&[("c", 1, 0)]);
         assert!(why("x", &nobody).is_some_and(|w| w.contains("no known subagent matches")));

@@ -161,12 +161,15 @@ pub fn subagent_line(payload: &[u8], json: bool) -> Result<String, DecodeError> 
         v["event"] = serde_json::Value::from("subagent");
         return Ok(v.to_string());
     }
+    let state = e.state.as_str();
+    // reasons start with the state ("lost: silent"): said once
+    let reason = (e.reason.strip_prefix(state))
+        .and_then(|r| r.strip_prefix(": "))
+        .unwrap_or(&e.reason);
     Ok(format!(
-        "{} subagent {} {}: {}",
+        "{} subagent {} {state}: {reason}",
         clock(e.at_ms),
         e.subagent_id,
-        e.state.as_str(),
-        e.reason
     ))
 }
 
@@ -249,5 +252,28 @@ mod tests {
         let log = line("build", "s1-1", "compiling");
         assert_eq!(log_text(&log, true), "[build] compiling");
         assert_eq!(log_text(&log, false), "compiling");
+    }
+
+    #[test]
+    fn a_subagent_line_names_its_state_once() {
+        let line = |state, reason: &str| {
+            let e = SubagentChanged {
+                subagent_id: "s1".into(),
+                state,
+                reason: reason.into(),
+                at_ms: T0,
+            };
+            let payload = crate::bus::encode(Encoding::MessagePack, &e);
+            let line = subagent_line(&payload, false).unwrap();
+            line.split_once(' ').unwrap().1.to_string()
+        };
+        assert_eq!(
+            line(SubagentState::Lost, "lost: dead, certified by its reaper"),
+            "subagent s1 lost: dead, certified by its reaper"
+        );
+        assert_eq!(
+            line(SubagentState::Available, "joined"),
+            "subagent s1 available: joined"
+        );
     }
 }
