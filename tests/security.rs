@@ -451,6 +451,23 @@ async fn a_process_with_another_identity_s_credentials_or_none_to_check_stops_wi
     std::fs::copy(&broker, lone.join("broker.nk")).unwrap();
     let lone_seed = lone.join("broker.nk").display().to_string();
     stops(run(&lone_seed, &["broker"]), "no identities.toml beside").await;
+    // no credentials at all: refused at once, not asked again and again
+    let mut command = tokio::process::Command::from(baton_cmd(&h));
+    command
+        .args(["broker", "--id", "b-none"])
+        .env_remove("BATON_NATS__NKEY")
+        .kill_on_drop(true);
+    let out = within(Duration::from_secs(30), "broker", command.output())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the server asks for credentials and none are set"),
+        "{stderr}"
+    );
+    let refusals = stderr.matches("authorization violation").count();
+    assert!(refusals <= 2, "asked once: {refusals} refusals\n{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

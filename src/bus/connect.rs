@@ -176,8 +176,12 @@ pub(super) async fn connect(
     let options = || options(settings, &credentials, loaded.as_ref(), stats.clone());
     let signer = |client| Ok((client, loaded.as_ref().map(|l| l.key.clone())));
     // a server reloading its configuration refuses known credentials for a
-    // moment, so a daemon asks again until its connect timeout has passed
-    let deadline = tokio::time::Instant::now() + settings.connect_timeout;
+    // moment, so a daemon asks again until its connect timeout has passed;
+    // no credentials at all are refused for good
+    let deadline = match credentials {
+        Credentials::None => tokio::time::Instant::now(),
+        _ => tokio::time::Instant::now() + settings.connect_timeout,
+    };
     loop {
         let attempt = options()?.connect(urls.clone());
         let first = match tokio::time::timeout(settings.connect_timeout, attempt).await {
