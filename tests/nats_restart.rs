@@ -10,6 +10,7 @@ use std::time::Duration;
 use baton::auth::Role;
 use baton::protocol::*;
 use common::*;
+use tokio::io::AsyncBufReadExt;
 
 const MARKER_JOB: &str = r#"
 [[job]]
@@ -37,6 +38,26 @@ async fn orders_survive_a_nats_server_restart() {
         std::future::ready(marks.exists())
     })
     .await;
+    // a person watching is told the connection went and came back
+    let mut watch = tokio::process::Command::from(baton_cmd(&h));
+    watch
+        .arg("watch")
+        .env_remove("BATON_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut watch = watch.spawn().expect("baton watch");
+    let watching = std::time::Instant::now();
+    // connected once it shows an event of the orders running
+    let mut shown = tokio::io::BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    within(
+        Duration::from_secs(15),
+        "watch shows an event",
+        shown.next_line(),
+    )
+    .await
+    .expect("a line");
+    tokio::spawn(async move { while let Ok(Some(_)) = shown.next_line().await {} });
 
     within(
         Duration::from_secs(30),
@@ -55,6 +76,20 @@ async fn orders_survive_a_nats_server_restart() {
         .await;
         assert_eq!(info.state, OrderState::Succeeded, "{info:?}");
     }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(watch.id().expect("pid") as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("stop watch");
+    let watched = within(REQUEST, "watch ends", watch.wait_with_output())
+        .await
+        .expect("watch output");
+    let said = String::from_utf8_lossy(&watched.stderr);
+    assert!(
+        said.contains("nats disconnected") && said.contains("nats reconnected"),
+        "watch ran {:?}: {said}",
+        watching.elapsed()
+    );
     let text = std::fs::read_to_string(&marks).expect("markers");
     for id in &orders {
         let ends = text.lines().filter(|l| *l == format!("end {id}")).count();

@@ -388,18 +388,24 @@ fn check_file(path: &Path, setting: &str) -> Result<(), String> {
     }
 }
 
+/// The log target of a connection lost and found again, which the CLI
+/// shows too: a `watch` or `submit --wait` otherwise goes silent.
+pub const LINK: &str = "baton::nats_link";
+
 fn on_event(seen: &Stats, event: async_nats::Event) {
     match event {
         async_nats::Event::Connected => {
             if seen.connects.fetch_add(1, Ordering::Relaxed) > 0 {
                 seen.reconnected_at_ms
                     .store(crate::time::now_ms(), Ordering::Relaxed);
-                info!("nats reconnected");
+                info!(target: LINK, "nats reconnected");
             } else {
                 info!("nats connected");
             }
         }
-        async_nats::Event::Disconnected => warn!("nats disconnected"),
+        async_nats::Event::Disconnected => {
+            warn!(target: LINK, "nats disconnected; reconnecting (what is sent meanwhile waits)")
+        }
         async_nats::Event::ServerError(ServerError::AuthorizationViolation) => {
             error!("nats refused this process's credentials (authorization violation): check nats.nkey, nats.credentials, nats.user/password or nats.token")
         }

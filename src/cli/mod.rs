@@ -247,7 +247,7 @@ pub fn main() -> ExitCode {
         crate::daemon::DAEMON_LOG
     } else {
         // the command's own error says what was refused, once
-        "warn,async_nats=off,baton::bus::connect=error"
+        "warn,async_nats=off,baton::bus::connect=error,baton::nats_link=info"
     });
     if matches!(
         cli.command,
