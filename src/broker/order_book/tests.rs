@@ -382,6 +382,23 @@ fn a_task_its_subagent_killed_runs_again_or_fails_as_lost() {
 }
 
 #[test]
+fn a_task_killed_for_its_cancel_is_cancelled_not_lost() {
+    let mut book = OrderBook::new(10);
+    let task = running(&mut book, "a", "s1");
+    book.apply("a", OrderEvent::Cancel { at_ms: 40 }).unwrap();
+    let event = OrderEvent::Abandoned {
+        task_id: task,
+        reason: "cancelled".into(),
+        at_ms: 50,
+    };
+    book.apply("a", event).unwrap();
+    let info = book.get("a").unwrap().info();
+    assert_eq!(info.state, OrderState::Cancelled);
+    let outcomes: Vec<_> = info.attempts.iter().map(|a| a.outcome).collect();
+    assert_eq!(outcomes, [Some(crate::protocol::AttemptOutcome::Cancelled)]);
+}
+
+#[test]
 fn an_orphaned_task_can_still_finish_or_be_found_running() {
     let mut book = OrderBook::new(10);
     let ta = running(&mut book, "a", "s1");

@@ -154,7 +154,12 @@ impl Order {
                 // it ran: a restartable order runs again, another one fails
                 self.confirmed = true;
                 let subagent_id = self.subagent_id.clone().unwrap_or_default();
-                self.task_is_dead(&subagent_id, at_ms, "it killed the task itself", true);
+                if self.cancel_requested {
+                    // killed for the cancel: the task was cancelled, not lost
+                    self.cancelled(at_ms);
+                } else {
+                    self.task_is_dead(&subagent_id, at_ms, "it killed the task itself", true);
+                }
             }
             OrderEvent::Reconciled {
                 subagent_id,
