@@ -1204,3 +1204,21 @@ fn stale_entries_behind_a_waiting_order_go_once_they_outnumber_the_accepted() {
     let left: Vec<&str> = book.queued().map(|o| o.id.as_str()).collect();
     assert_eq!(left, ["o0000", "o0999"]);
 }
+
+#[test]
+fn a_failed_order_says_why_in_the_order_list_too() {
+    let mut book = OrderBook::new(10);
+    for id in ["a", "b"] {
+        book.insert(order(id));
+        book.enqueue(id);
+    }
+    run_to(&mut book, "a", exit(3, 10), 10);
+    run_to(&mut book, "b", ok_outcome(), 11);
+    let list = book.list(&ListOrders::default());
+    let reason = |id: &str| {
+        let o = list.orders.iter().find(|o| o.order_id == id).unwrap();
+        o.reason.clone()
+    };
+    assert_eq!(reason("a").as_deref(), Some("its task exited with code 3"));
+    assert_eq!(reason("b"), None);
+}

@@ -69,7 +69,7 @@ pub fn order_text(o: &OrderInfo) -> String {
     if o.timed_out {
         let _ = writeln!(out, "timed out yes");
     }
-    if let Some(reason) = o.reason.clone().or_else(|| failed_because(o)) {
+    if let Some(reason) = o.failure() {
         let _ = writeln!(out, "reason    {reason}");
     }
     if !o.outputs.is_empty() {
@@ -123,19 +123,6 @@ pub fn order_text(o: &OrderInfo) -> String {
     super::spread::render(&mut out, o);
     attempts::render(&mut out, o);
     out
-}
-
-/// Why a failed order failed, when its record says it only in figures.
-fn failed_because(o: &OrderInfo) -> Option<String> {
-    if o.state != OrderState::Failed {
-        return None;
-    }
-    match (o.timed_out, o.exit_code, o.signal) {
-        (true, _, _) => Some("its task ran past the job's timeout and was killed".into()),
-        (_, Some(code), _) => Some(format!("its task exited with code {code}")),
-        (_, None, Some(signal)) => Some(format!("its task was killed by signal {signal}")),
-        _ => None,
-    }
 }
 
 /// One step of a workflow order, for the steps table of `order show`.

@@ -249,6 +249,22 @@ impl OrderInfo {
         }
     }
 
+    /// Why it failed: its `reason`, else how its last task ended.
+    pub fn failure(&self) -> Option<String> {
+        if let Some(reason) = &self.reason {
+            return Some(reason.clone());
+        }
+        if self.state != OrderState::Failed {
+            return None;
+        }
+        match (self.timed_out, self.exit_code, self.signal) {
+            (true, _, _) => Some("its task ran past the job's timeout and was killed".into()),
+            (_, Some(code), _) => Some(format!("its task exited with code {code}")),
+            (_, None, Some(signal)) => Some(format!("its task was killed by signal {signal}")),
+            _ => None,
+        }
+    }
+
     /// Its line in an [`OrderList`].
     pub fn summary(&self) -> OrderSummary {
         let current_steps = self
@@ -273,7 +289,7 @@ impl OrderInfo {
             member_of: self.member_of.clone(),
             request_id: self.request_id.clone(),
             slot_ms: self.slot_ms,
-            reason: self.reason.clone(),
+            reason: self.failure(),
             fired_by: self.fired_by.clone(),
             retry_at_ms: self.retry_at_ms,
         }
