@@ -161,6 +161,22 @@ async fn a_job_that_fails_twice_then_succeeds_ends_succeeded_after_three_attempt
     assert!(text.contains("state     succeeded"), "{text}");
     assert!(text.contains("tasks:"), "{text}");
     assert!(text.contains("retry 2 of 3 after exit 1"), "{text}");
+    // what `baton submit --wait` says as it goes
+    let out = run_baton(&h, &["submit", "flaky", "--wait"], RUN).await;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    for line in [
+        "order retry 1 of 3 after exit 1, in ",
+        "order retry 2 of 3 after exit 1, in ",
+        "started on ",
+    ] {
+        assert!(said.contains(line), "{line:?} in {said}");
+    }
+    let last = said.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("succeeded") && last.ends_with(", attempt 3"),
+        "{said}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

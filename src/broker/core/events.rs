@@ -1,7 +1,7 @@
 //! Every status event the broker publishes about an order is built here,
 //! from the order's record ([`OrderInfo`]): `accepted`, `changed` (a
-//! workflow order's step or state moved, or an order waits for a
-//! subagent) and `finished`.
+//! workflow order's step or state moved, an order waits for a subagent,
+//! or a job order runs again) and `finished`.
 
 use super::Event;
 use crate::protocol::*;
@@ -116,6 +116,51 @@ impl Event {
             waiting: None,
             at_ms,
         })
+    }
+}
+
+impl Event {
+    /// A job order of its own (not a workflow's step) that will run again:
+    /// waiting for its retry, or back in the queue after its task was lost
+    /// (`None` otherwise). `now_ms` tells how long until the retry.
+    pub fn again(info: &OrderInfo, now_ms: u64) -> Option<Event> {
+        if info.parent.is_some() || info.member_of.is_some() {
+            return None;
+        }
+        if info.state != OrderState::Accepted {
+            return None;
+        }
+        let what = match info.retry_at_ms {
+            Some(at) => {
+                let mut what = info.reason.clone().unwrap_or_else(|| "retrying".into());
+                let wait = std::time::Duration::from_millis(at.saturating_sub(now_ms) / 100 * 100);
+                what.push_str(&format!(", in {}", humantime::format_duration(wait)));
+                what
+            }
+            None => {
+                // back in the queue after its last task was lost; not after
+                // a dispatch that surely failed (no task ran)
+                let last = info.attempts.last().filter(|a| a.rerun.is_some())?;
+                match (last.outcome, &last.reason) {
+                    (Some(AttemptOutcome::Lost), Some(how)) => {
+                        format!("runs again: attempt {} was lost on {how}", last.attempt)
+                    }
+                    _ => return None,
+                }
+            }
+        };
+        Some(Event::Changed(OrderChanged {
+            order_id: info.order_id.clone(),
+            workflow: info.job.clone(),
+            state: info.state,
+            step: None,
+            attempt: Some(info.attempt),
+            step_state: None,
+            step_order_id: None,
+            what,
+            waiting: None,
+            at_ms: now_ms,
+        }))
     }
 }
 

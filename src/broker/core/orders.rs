@@ -5,7 +5,7 @@ use tracing::{debug, info, warn};
 
 use super::super::order_book::{Applied, Order, OrderEvent, Outcome, Phase};
 use super::plan::{self, Decision, Deployed, Queued};
-use super::{Core, Effect, Reply, RunReply, Then, Timer, RESEND_DELAY, STARTED_WRITE_DELAY};
+use super::{Core, Effect, Event, Reply, RunReply, Then, Timer, RESEND_DELAY, STARTED_WRITE_DELAY};
 use crate::jobs;
 use crate::protocol::*;
 
@@ -298,6 +298,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                 Ok(Applied::Moved { .. }) => {
                     info!(order = %r.order_id, "order back in the queue");
                     self.store(&r.order_id, ack);
+                    self.say_again(&r.order_id);
                 }
                 _ => self.ack_stale(&r.order_id, ack),
             }
@@ -328,6 +329,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                     // acknowledged, and its timer armed once stored
                     info!(order = %r.order_id, "task failed; the order waits for its retry");
                     self.store(&r.order_id, ack);
+                    self.say_again(&r.order_id);
                 } else {
                     self.finish(&r.order_id, ack);
                 }
@@ -368,6 +370,15 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
         }
     }
 
+    /// Tells those following a job order that it will run again, and why
+    /// ([`Event::again`]).
+    fn say_again(&mut self, order_id: &str) {
+        let info = self.book.get(order_id).map(|o| o.info());
+        if let Some(event) = info.and_then(|i| Event::again(&i, self.now.ms)) {
+            self.publish(event);
+        }
+    }
+
     /// Follows up on an order that moved to `to`.
     pub(super) fn after_move(&mut self, order_id: &str, to: Phase) {
         match to {
@@ -375,6 +386,7 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
             Phase::Queued => {
                 info!(order = %order_id, "order back in the queue");
                 self.store(order_id, Then::Nothing);
+                self.say_again(order_id);
             }
             Phase::Orphaned => {
                 info!(order = %order_id, "task in doubt until its subagent's orphan timeout");

@@ -320,6 +320,40 @@ fn retry_timer(effects: &[Effect<u32>]) -> Option<Duration> {
 }
 
 #[test]
+fn those_following_a_job_order_are_told_when_it_runs_again_and_why() {
+    let base = Instant::now();
+    let mut core = core_with(base, retrying_job(), vec![running_on_s1("o")]);
+    let effects = core.step(Input::Result(7, failed_result("o-1", "o")), now(base, 10));
+    let what = changed(&effects).map(|c| c.what.clone());
+    assert_eq!(what.as_deref(), Some("retry 1 of 2 after exit 1, in 2s"));
+
+    let mut running = running_on_s1("o");
+    running.attempts = vec![TaskAttempt {
+        attempt: 1,
+        task_id: "o-1".into(),
+        subagent_id: "s1".into(),
+        started_at_ms: Some(T0),
+        finished_at_ms: None,
+        outcome: None,
+        exit_code: None,
+        signal: None,
+        reason: None,
+        rerun: None,
+    }];
+    let mut core = core_with(base, retrying_job(), vec![running]);
+    let mut abandoned = failed_result("o-1", "o");
+    abandoned.abandoned = Some("killed by its subagent: no broker heard for 10s".into());
+    let effects = core.step(Input::Result(7, abandoned), now(base, 10));
+    let what = changed(&effects)
+        .map(|c| c.what.clone())
+        .unwrap_or_default();
+    assert!(
+        what.starts_with("runs again: attempt 1 was lost on s1 (it killed the task itself)"),
+        "{what}"
+    );
+}
+
+#[test]
 fn a_retry_is_stored_before_its_result_is_acknowledged_and_its_timer_armed() {
     let base = Instant::now();
     let mut core = core_with(base, retrying_job(), vec![running_on_s1("o")]);

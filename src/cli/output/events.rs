@@ -13,7 +13,8 @@ fn short(id: &str) -> &str {
     id.get(id.len().saturating_sub(12)..).unwrap_or(id)
 }
 
-/// "order … succeeded in 12ms (exit code 0) on sub-1"
+/// "order … succeeded in 12ms (exit code 0) on sub-1", and ", attempt 2"
+/// after an earlier task failed or was lost
 pub fn finished_line(e: &OrderFinished) -> String {
     let mut line = format!("order {} {}", e.order_id, e.state.as_str());
     if let Some(ms) = e.duration_ms {
@@ -40,6 +41,10 @@ pub fn finished_line(e: &OrderFinished) -> String {
     }
     if let Some(sub) = &e.subagent_id {
         let _ = write!(line, " on {sub}");
+    }
+    // the time above is its last task's, not the order's
+    if e.attempt > 1 {
+        let _ = write!(line, ", attempt {}", e.attempt);
     }
     line
 }
