@@ -72,6 +72,17 @@ impl Dev {
     /// `baton dev --port 0 --agents 1 --jobs jobs.toml <args>` in `dir`,
     /// with `--subagents 2` unless `args` say how many.
     fn start(dir: &Path, args: &[&str]) -> Dev {
+        let args: Vec<&str> = ["--jobs", "jobs.toml"]
+            .iter()
+            .chain(args)
+            .copied()
+            .collect();
+        Dev::start_with(dir, &args)
+    }
+
+    /// `baton dev --port 0 --agents 1 <args>` in `dir`, with `--subagents
+    /// 2` unless `args` say how many.
+    fn start_with(dir: &Path, args: &[&str]) -> Dev {
         let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
         command.arg("dev");
         if !args.contains(&"--subagents") {
@@ -79,7 +90,6 @@ impl Dev {
         }
         command
             .args(["--port", "0", "--agents", "1", "--console-port", "0"])
-            .args(["--jobs", "jobs.toml"])
             .args(args)
             .current_dir(dir)
             .env_remove("BATON_CONFIG")
@@ -435,6 +445,31 @@ async fn fresh_deletes_the_cluster_state_and_keeps_the_credentials() {
     let status = status_when(&bus, "the broker", |_| true).await;
     assert_eq!(orders(&status), 0, "{:?}", status.orders);
     assert_eq!(read(&store(dir.path()).join("auth/admin.nk")), seed);
+    stop(&mut dev).await;
+}
+
+/// An installed `baton` in a folder holding nothing of the repository's:
+/// it runs with the server configuration and examples built into it, and
+/// says to run `baton`, not `cargo run`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baton_dev_runs_in_an_empty_folder_with_what_is_built_in() {
+    let dir = tempfile::Builder::new()
+        .prefix("baton-dev-bare-")
+        .tempdir()
+        .expect("temp dir");
+    let mut dev = Dev::start_with(dir.path(), &[]);
+    let banner = dev.up().await;
+    let deployed = dev.said("deployed from ").await;
+    assert!(
+        deployed.starts_with("deployed from the built-in examples/jobs.toml: ")
+            && deployed.contains("hello"),
+        "{deployed}"
+    );
+    let hint = dev.said("submit hello --param who=you --wait").await;
+    assert!(hint.trim_start().starts_with("baton "), "{hint}");
+    assert!(store(dir.path()).join("nats-server.conf").is_file());
+    let bus = connect(dir.path(), &banner.url).await;
+    status_when(&bus, "the broker answers", |s| !s.subagents.is_empty()).await;
     stop(&mut dev).await;
 }
 

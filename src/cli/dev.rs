@@ -1,6 +1,8 @@
 //! `baton dev`: a whole cluster on one machine for trying Baton: nats-server
 //! (nats/dev.conf, data under .baton/dev/), one broker, three subagents and
-//! two agents as child processes, with examples/jobs.toml deployed.
+//! two agents as child processes, with examples/jobs.toml deployed. Run
+//! anywhere but the top of a checkout (a `cargo install`ed binary), it
+//! writes the copies of both that are built into it to .baton/dev/.
 //!
 //! It locks .baton/dev before touching it (`lock.rs`), so one store never
 //! has two servers, and watches its processes (`watch.rs`): a `baton` child
@@ -9,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use clap::Args;
 
 use crate::auth::{AuthDir, Role};
@@ -61,6 +63,41 @@ pub struct DevArgs {
 const STORE: &str = ".baton/dev";
 /// Where `baton dev` keeps its credentials (nats/dev.conf includes its `auth.conf`).
 const AUTH_DIR: &str = ".baton/dev/auth";
+/// nats/dev.conf and examples/jobs.toml as built in, for a folder without them.
+const BUILT_IN_CONF: &str = include_str!("../../nats/dev.conf");
+const BUILT_IN_JOBS: &str = include_str!("../../examples/jobs.toml");
+/// The deploy file `--jobs` names unless told otherwise.
+const DEFAULT_JOBS: &str = "examples/jobs.toml";
+
+/// The nats-server configuration: the checkout's nats/dev.conf, else the
+/// built-in copy written beside the store (its `include` made relative to
+/// there). Also whether this is a checkout, where commands run with cargo.
+fn server_conf() -> anyhow::Result<(PathBuf, bool)> {
+    let conf = PathBuf::from("nats/dev.conf");
+    if conf.exists() {
+        return Ok((conf, true));
+    }
+    let here = Path::new(STORE).join("nats-server.conf");
+    let text = BUILT_IN_CONF.replace("\"../.baton/dev/auth/auth.conf\"", "\"auth/auth.conf\"");
+    std::fs::create_dir_all(STORE).with_context(|| format!("cannot create {STORE}"))?;
+    std::fs::write(&here, text).with_context(|| format!("cannot write {}", here.display()))?;
+    Ok((here, false))
+}
+
+/// What to deploy, and where it came from: `--jobs`, or the built-in
+/// examples when the default file is not there.
+fn deployment(jobs: &Path) -> anyhow::Result<(String, Deployment)> {
+    if jobs.exists() || jobs != Path::new(DEFAULT_JOBS) {
+        let deployment = crate::jobs::load_deploy_file(jobs)?;
+        return Ok((jobs.display().to_string(), deployment));
+    }
+    let name = format!("the built-in {DEFAULT_JOBS}");
+    Ok((
+        name.clone(),
+        crate::jobs::parse_deploy_file(&name, BUILT_IN_JOBS)?,
+    ))
+}
+
 /// What `--fresh` deletes from the store folder (never `auth/` or the lock).
 const FRESH: [&str; 3] = ["jetstream", "logs", "nats-server.log"];
 
@@ -90,17 +127,14 @@ pub fn local_credentials_of(url: &str, role: Role) -> Option<Credentials> {
 }
 
 pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
-    let conf = PathBuf::from("nats/dev.conf");
-    if !conf.exists() {
-        bail!("nats/dev.conf not found: run `baton dev` from the top of the Baton repository");
-    }
-    let deployment = crate::jobs::load_deploy_file(&args.jobs)?;
+    let (jobs, deployment) = deployment(&args.jobs)?;
     // before anything in the folder is read or written; dropped last, after
     // the cluster (its nats-server shares it)
     let mut lock = StoreLock::take(Path::new(STORE))?;
     if args.fresh {
         wipe(Path::new(STORE))?;
     }
+    let (conf, checkout) = server_conf()?;
     // nats/dev.conf includes the folder's auth.conf, so it must exist first
     let subagents: Vec<String> = (1..=args.subagents).map(|i| format!("sub-{i}")).collect();
     let auth = AuthDir::init(AUTH_DIR.as_ref(), &config.prefix, &subagents)?;
@@ -165,7 +199,10 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
             format!("  export BATON_NATS__URL={url}\n"),
         )
     };
-    let run = format!("cargo run --release --{url_flag}");
+    let run = match checkout {
+        true => format!("cargo run --release --{url_flag}"),
+        false => format!("baton{url_flag}"),
+    };
     let pids: Vec<String> = cluster
         .procs()
         .iter()
@@ -196,12 +233,12 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
          Prometheus metrics: {}\n\n\
          Kill a subagent or the Scheduler agent with `kill -9 PID` and watch the others carry on;\n\
          baton dev starts it again (logs in {STORE}/logs).\n\
-         The bus needs credentials: commands run in this repository find them in {AUTH_DIR}; elsewhere:\n  \
+         The bus needs credentials: commands run in this folder (or below it) find them in {AUTH_DIR}; elsewhere:\n  \
          export BATON_NATS__NKEY={}\n{url_export}\
          Ctrl-C stops everything.\n",
         cluster.nats.pid(),
         pids.join(", "),
-        args.jobs.display(),
+        jobs,
         reply.deployed.join(", "),
         if reply.workflows.is_empty() {
             String::new()
