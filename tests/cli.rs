@@ -151,6 +151,36 @@ async fn a_submit_no_broker_answers_says_so_once_and_then_why_it_gave_up() {
     assert!(!err.contains("refused"), "nothing refused it: {err}");
 }
 
+/// `watch` of a job nobody deployed says so at once (a typo would watch in
+/// silence), and names what is deployed: "none", not an empty list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watching_a_job_that_is_not_deployed_says_so() {
+    let h = cluster(&[]).await;
+    let mut command = Command::from(baton_cmd(&h));
+    command
+        .args(["watch", "nope"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    let mut watch = command.spawn().expect("baton watch");
+    let mut lines = BufReader::new(watch.stderr.take().expect("stderr")).lines();
+    let said = within(LIMIT, "watch warns", async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("nope") && !line.starts_with("watching") {
+                return line;
+            }
+        }
+        String::new()
+    })
+    .await;
+    let _ = watch.kill().await;
+    assert_eq!(
+        said,
+        "no job or workflow named 'nope' is deployed (jobs: none; workflows: none); \
+         deploy it with `baton deploy FILE.toml`; watching for its events anyway"
+    );
+}
+
 /// With no broker at all, `status` says so (it once panicked: it awaited
 /// the active's answer again after it had already failed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -313,6 +313,19 @@ pub async fn watch(config: &Config, args: WatchArgs) -> anyhow::Result<()> {
         events = futures::stream::select(events, changes).boxed_local();
     }
     eprintln!("watching {subject} (Ctrl-C to stop)");
+    if let Some(job) = &args.job {
+        // a typo would otherwise watch in silence for ever
+        let get = GetJob {
+            name: job.clone(),
+            next: Some(1),
+        };
+        let asked = bus.request::<_, JobInfo>(s.job_get(), &get, config.nats.request_timeout);
+        if let Err(BusError::Remote(e)) = asked.await {
+            if e.error.code == ErrorCode::UnknownJob {
+                eprintln!("{}; watching for its events anyway", e.error.message);
+            }
+        }
+    }
     loop {
         tokio::select! {
             event = events.next() => {

@@ -34,6 +34,8 @@ pub struct SubmitArgs {
     #[arg(long, short = 'w')]
     pub wait: bool,
     /// With --wait only: give up waiting after this long, e.g. 30s or 5m
+    /// (exit 2; the order goes on). Without it, --wait waits until the
+    /// order ends, however long that takes
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
     /// Idempotency key: a repeated submit with the same id returns the first order

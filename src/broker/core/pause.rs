@@ -113,6 +113,9 @@ const NAMES_LISTED: usize = 20;
 /// refusal stays small (and cheap) with a million jobs deployed.
 fn some_names<'a>(names: impl ExactSizeIterator<Item = &'a String>) -> String {
     let total = names.len();
+    if total == 0 {
+        return "none".into();
+    }
     let mut first: std::collections::BinaryHeap<&str> = Default::default();
     for name in names {
         first.push(name.as_str());
@@ -135,6 +138,11 @@ mod tests {
     fn some_names_lists_the_first_twenty_and_counts_the_rest() {
         let few: Vec<String> = ["b", "a"].map(String::from).to_vec();
         assert_eq!(some_names(few.iter()), "a, b");
+        assert_eq!(
+            some_names([].iter()),
+            "none",
+            "not an empty list: 'workflows: )'"
+        );
         let many: Vec<String> = (0..1000).rev().map(|i| format!("j{i:04}")).collect();
         let listed = some_names(many.iter());
         assert!(listed.starts_with("j0000, j0001, "), "{listed}");
