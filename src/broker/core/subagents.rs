@@ -126,7 +126,12 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
                 self.reclaim(id, running);
             }
             Seen::Restarted { lost_tasks, doubt } => {
-                warn!(subagent = %id, tasks = lost_tasks.len(), "another process of this subagent id; the earlier one's tasks wait for its death certificate or orphan timeout");
+                if lost_tasks.is_empty() {
+                    // (after its death certificate, say: nothing waits)
+                    info!(subagent = %id, "another process of this subagent id; the earlier one left no task");
+                } else {
+                    warn!(subagent = %id, tasks = lost_tasks.len(), "another process of this subagent id; the earlier one's tasks wait for its death certificate or orphan timeout");
+                }
                 self.announce(id, SubagentState::Available, "restarted");
                 self.lose_tasks(id, Some(doubt));
                 // the one heard now may be the earlier one (two processes
