@@ -290,15 +290,7 @@ async fn sigterm_hands_the_lease_over_at_once_to_the_standby_that_goes_first() {
         listed(&h.bus, "b2")
     })
     .await;
-    let views = h
-        .bus
-        .gather::<_, BrokerView>(
-            h.bus.subjects().status_brokers(),
-            &StatusRequest::default(),
-            Duration::from_millis(300),
-        )
-        .await
-        .unwrap_or_default();
+    let views = broker_views(&h.bus).await;
     let b2 = views
         .iter()
         .find(|v| v.broker_id == "b2")

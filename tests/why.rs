@@ -212,15 +212,7 @@ async fn standbys_answer_status_while_no_broker_is_active() {
     let first = wait_for(Duration::from_secs(20), "a broker is active", || active(&h)).await;
     spawn_broker(&mut h, "b2");
     wait_until(Duration::from_secs(20), "b2 is a standby", || async {
-        let views = h
-            .bus
-            .gather::<_, BrokerView>(
-                h.bus.subjects().status_brokers(),
-                &StatusRequest::default(),
-                Duration::from_millis(300),
-            )
-            .await
-            .unwrap_or_default();
+        let views = broker_views(&h.bus).await;
         views
             .iter()
             .any(|v| v.broker_id == "b2" && v.role == BrokerRole::Standby)

@@ -490,3 +490,15 @@ pub async fn record_broker_changes(bus: &Bus) -> Arc<Mutex<Vec<BrokerChanged>>> 
     });
     changes
 }
+
+/// Every broker's own view (`{p}.api.status.brokers`), as gathered within
+/// 300 ms; none when the request fails.
+pub async fn broker_views(bus: &Bus) -> Vec<baton::protocol::BrokerView> {
+    let ask = baton::protocol::StatusRequest::default();
+    let views = bus.gather(
+        bus.subjects().status_brokers(),
+        &ask,
+        Duration::from_millis(300),
+    );
+    views.await.unwrap_or_default()
+}
