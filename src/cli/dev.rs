@@ -40,7 +40,7 @@ pub struct DevArgs {
     #[arg(long, default_value_t = 4222)]
     pub port: u16,
     /// Jobs to deploy once the cluster is up
-    #[arg(long, default_value = "examples/jobs.toml")]
+    #[arg(long, default_value = DEFAULT_JOBS)]
     pub jobs: PathBuf,
     /// Port of the web console on 127.0.0.1; 0 picks a free one
     #[arg(long, default_value_t = 8080)]
@@ -66,6 +66,9 @@ const AUTH_DIR: &str = ".baton/dev/auth";
 /// nats/dev.conf and examples/jobs.toml as built in, for a folder without them.
 const BUILT_IN_CONF: &str = include_str!("../../nats/dev.conf");
 const BUILT_IN_JOBS: &str = include_str!("../../examples/jobs.toml");
+/// nats/dev.conf's credentials, relative to nats/; beside the store they
+/// are at `auth/auth.conf`.
+const CHECKOUT_INCLUDE: &str = "include \"../.baton/dev/auth/auth.conf\"";
 /// The deploy file `--jobs` names unless told otherwise.
 const DEFAULT_JOBS: &str = "examples/jobs.toml";
 
@@ -78,7 +81,7 @@ fn server_conf() -> anyhow::Result<(PathBuf, bool)> {
         return Ok((conf, true));
     }
     let here = Path::new(STORE).join("nats-server.conf");
-    let text = BUILT_IN_CONF.replace("\"../.baton/dev/auth/auth.conf\"", "\"auth/auth.conf\"");
+    let text = BUILT_IN_CONF.replace(CHECKOUT_INCLUDE, "include \"auth/auth.conf\"");
     std::fs::create_dir_all(STORE).with_context(|| format!("cannot create {STORE}"))?;
     std::fs::write(&here, text).with_context(|| format!("cannot write {}", here.display()))?;
     Ok((here, false))
@@ -361,4 +364,19 @@ fn wipe(store: &Path) -> anyhow::Result<()> {
         store.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_server_configuration_finds_the_credentials_beside_the_store() {
+        assert_eq!(BUILT_IN_CONF.matches(CHECKOUT_INCLUDE).count(), 1);
+        let written = BUILT_IN_CONF.replace(CHECKOUT_INCLUDE, "include \"auth/auth.conf\"");
+        assert!(written.contains("include \"auth/auth.conf\""));
+        assert!(written.contains(&format!("store_dir: \"{STORE}\"")));
+        let jobs = crate::jobs::parse_deploy_file("built-in", BUILT_IN_JOBS).unwrap();
+        assert!(jobs.jobs.iter().any(|j| j.name == "hello"));
+    }
 }
