@@ -55,7 +55,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tracing::{debug, warn};
 
 pub use codec::{decode, encode, DecodeError, Encoding};
-pub use connect::{probe_connect, probe_jetstream};
+pub use connect::{probe_connect, probe_jetstream, LINK};
 pub use connect::{redact_urls, split_url_credentials, Credentials, Tls};
 pub use durable::{DurableSettings, KvWrite, WriteAck};
 pub use kv::{Kv, KvChange};

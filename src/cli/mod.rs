@@ -243,11 +243,16 @@ pub fn main() -> ExitCode {
             | Command::Console(_)
             | Command::Dev(_)
     );
+    // a command's own error says what was refused, once; a connection
+    // lost and found again is said as it happens
+    let command_log = format!(
+        "warn,async_nats=off,baton::bus::connect=error,{}=info",
+        crate::bus::LINK
+    );
     init_logging(if daemon {
         crate::daemon::DAEMON_LOG
     } else {
-        // the command's own error says what was refused, once
-        "warn,async_nats=off,baton::bus::connect=error,baton::nats_link=info"
+        &command_log
     });
     if matches!(
         cli.command,

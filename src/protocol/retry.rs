@@ -58,6 +58,24 @@ pub struct TaskAttempt {
     pub rerun: Option<String>,
 }
 
+impl TaskAttempt {
+    /// A task just placed on a subagent: nothing known of how it goes.
+    pub fn placed(attempt: u32, task_id: &str, subagent_id: &str) -> TaskAttempt {
+        TaskAttempt {
+            attempt,
+            task_id: task_id.to_string(),
+            subagent_id: subagent_id.to_string(),
+            started_at_ms: None,
+            finished_at_ms: None,
+            outcome: None,
+            exit_code: None,
+            signal: None,
+            reason: None,
+            rerun: None,
+        }
+    }
+}
+
 /// How one task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

@@ -1,5 +1,7 @@
 //! Step-level tests of the core: one input at a time, the effects checked.
-//! (The simulation, `broker/sim/`, runs the core under faults.)
+//! (The simulation, `broker/sim/`, runs the core under faults.) Compiled
+//! only for tests, from `mod.rs`; long on purpose, the cases sharing their
+//! fixtures here.
 
 use std::time::{Duration, Instant};
 
@@ -329,16 +331,8 @@ fn those_following_a_job_order_are_told_when_it_runs_again_and_why() {
 
     let mut running = running_on_s1("o");
     running.attempts = vec![TaskAttempt {
-        attempt: 1,
-        task_id: "o-1".into(),
-        subagent_id: "s1".into(),
         started_at_ms: Some(T0),
-        finished_at_ms: None,
-        outcome: None,
-        exit_code: None,
-        signal: None,
-        reason: None,
-        rerun: None,
+        ..TaskAttempt::placed(1, "o-1", "s1")
     }];
     let mut core = core_with(base, retrying_job(), vec![running]);
     let mut abandoned = failed_result("o-1", "o");

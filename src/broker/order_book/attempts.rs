@@ -58,18 +58,8 @@ impl Attempts {
 
     /// A task is placed on a subagent.
     pub fn placed(&mut self, attempt: u32, task_id: &str, subagent_id: &str) {
-        self.kept.push(TaskAttempt {
-            attempt,
-            task_id: task_id.to_string(),
-            subagent_id: subagent_id.to_string(),
-            started_at_ms: None,
-            finished_at_ms: None,
-            outcome: None,
-            exit_code: None,
-            signal: None,
-            reason: None,
-            rerun: None,
-        });
+        self.kept
+            .push(TaskAttempt::placed(attempt, task_id, subagent_id));
         if self.kept.len() > KEEP_ATTEMPTS {
             let over = self.kept.len() - KEEP_ATTEMPTS;
             self.kept.drain(..over);

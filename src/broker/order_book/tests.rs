@@ -1,3 +1,7 @@
+//! The order book's tests (compiled only for tests, from `mod.rs`): each
+//! job order's phases and events, one case per test. Long on purpose: the
+//! cases share their small fixtures here.
+
 use super::*;
 use std::collections::BTreeMap;
 
