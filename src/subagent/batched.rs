@@ -131,7 +131,8 @@ mod tests {
         let reads = batched.inner.reads;
         let most = 2 * (2 + began.elapsed().as_millis() as usize / 30);
         assert!(reads <= most, "{reads} reads, at most {most} expected");
-        assert!(reads < 30, "{reads} reads: the lines were not gathered");
+        // one by one, each line takes a read of its own (112 were seen)
+        assert!(reads < 60, "{reads} reads: the lines were not gathered");
     }
 
     /// A burst already in the pipe (the lean reaper's hand-over to the
