@@ -207,3 +207,62 @@ async fn buckets_and_streams_opened_once_open_again_without_jetstream() {
     let unknown = tokio::time::timeout(Duration::from_secs(1), bus.kv::<JobSpec>("baton_other"));
     assert!(!matches!(unknown.await, Ok(Ok(_))), "nothing answers it");
 }
+
+/// A broker that lost its lease while NATS was away campaigns for it again;
+/// a campaign whose request the client held back until it reconnected (long
+/// after the request timed out) must not leave a lease that names the
+/// broker but that no broker acts under: it would keep every broker out
+/// until it expired. Every lease written with epoch 0 after the restart is
+/// the one the broker then takes (a create and its epoch's update, or a
+/// late create the broker adopts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_created_by_a_campaign_sent_while_nats_was_away_is_taken_not_orphaned() {
+    let lease = Duration::from_secs(4);
+    let env = [("BATON_BROKER__LEASE", "4s")];
+    let mut h = cluster_with_env(&[], &env).await;
+    let before = h.connect_as(Role::Broker, Some("watcher")).await;
+    let kv = before.kv_expiring::<BrokerLease>("baton_leader", lease);
+    let kv = within(REQUEST, "leader bucket", kv).await.expect("kv");
+    let (held, _) = within(REQUEST, "lease", kv.get_with_revision("broker"))
+        .await
+        .expect("read the lease")
+        .expect("the broker holds the lease");
+    drop(kv);
+    drop(before);
+    // away for longer than the lease: the broker steps down and campaigns
+    // while disconnected
+    h.cluster.nats.kill();
+    tokio::time::sleep(lease + Duration::from_secs(2)).await;
+    h.cluster
+        .nats
+        .start_again()
+        .await
+        .expect("nats-server starts again");
+    // a fresh connection, so it reads from the server's first moments
+    let watcher = h.connect_as(Role::Broker, Some("watcher")).await;
+    let kv = watcher.kv_expiring::<BrokerLease>("baton_leader", lease);
+    let kv = within(REQUEST, "leader bucket", kv).await.expect("kv");
+    let seen = std::sync::Mutex::new(Vec::new());
+    let taken = wait_for(Duration::from_secs(30), "the broker active again", || {
+        let read = kv.get_with_revision("broker");
+        let seen = &seen;
+        async move {
+            let (lease, revision) = read.await.ok()??;
+            let mut seen = seen.lock().expect("seen");
+            if seen.last() != Some(&(lease.epoch, revision)) {
+                seen.push((lease.epoch, revision));
+            }
+            (lease.epoch > held.epoch).then_some(lease.epoch)
+        }
+    })
+    .await;
+    let seen = seen.into_inner().expect("seen");
+    let orphans: Vec<_> = seen
+        .iter()
+        .filter(|(epoch, revision)| *epoch == 0 && *revision != taken)
+        .collect();
+    assert!(
+        orphans.is_empty(),
+        "leases (epoch, revision) seen after the restart: {seen:?}; the broker took epoch {taken}"
+    );
+}

@@ -227,6 +227,18 @@ pub fn still_ours(record: Option<&BrokerLease>, broker_id: &str, epoch: u64) -> 
     record.is_some_and(|r| r.broker_id == broker_id && r.epoch == epoch)
 }
 
+/// Whether the lease `found` at the key is the one a campaign of this
+/// broker created though its request timed out: sent while the connection
+/// was away (the client holds it and sends it on reconnect) or answered
+/// too late. It names `broker_id`, still has epoch 0 (nobody renewed it),
+/// and carries the stamp of one of the creates that got no answer
+/// (`unanswered`, their `renewed_at_ms`). Left alone, it would keep every
+/// broker out until it expired; this broker takes it instead, by a
+/// compare-and-swap on its revision.
+pub fn ours_unanswered(found: &BrokerLease, broker_id: &str, unanswered: &[u64]) -> bool {
+    found.broker_id == broker_id && found.epoch == 0 && unanswered.contains(&found.renewed_at_ms)
+}
+
 /// How long a standby whose last `failures` takeovers in a row failed
 /// (the Broker could not read its buckets: JetStream unavailable, a stream
 /// electing its leader, a timeout) waits before it campaigns again: two
@@ -248,6 +260,26 @@ pub fn holding_off(failed_at: Option<Instant>, wait: Duration, now: Instant) -> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_a_lease_from_our_own_unanswered_create_is_ours_to_take() {
+        use super::ours_unanswered;
+        let lease = |broker: &str, epoch, stamp| crate::protocol::BrokerLease {
+            broker_id: broker.into(),
+            epoch,
+            precedence: 100,
+            renewed_at_ms: stamp,
+        };
+        let unanswered = [1_000, 1_400];
+        assert!(ours_unanswered(&lease("b1", 0, 1_400), "b1", &unanswered));
+        // another broker's, however stamped
+        assert!(!ours_unanswered(&lease("b2", 0, 1_400), "b1", &unanswered));
+        // renewed: someone acts under it (a process with our id, started twice)
+        assert!(!ours_unanswered(&lease("b1", 7, 1_400), "b1", &unanswered));
+        // a create of ours that was answered, or of another process with our id
+        assert!(!ours_unanswered(&lease("b1", 0, 1_200), "b1", &unanswered));
+        assert!(!ours_unanswered(&lease("b1", 0, 1_400), "b1", &[]));
+    }
+
     use super::*;
 
     #[test]

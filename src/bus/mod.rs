@@ -270,6 +270,13 @@ impl Bus {
         }
     }
 
+    /// Whether the connection is up: a request made while it is down waits
+    /// in the client and goes out when it reconnects, whether or not its
+    /// caller still waits for the answer.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
     }

@@ -15,6 +15,10 @@ use crate::config::Config;
 use crate::protocol::*;
 use crate::time::now_ms;
 
+/// How many unanswered creates of the lease a standby remembers: it sends
+/// none while its connection is down, so only those sent just before.
+const UNANSWERED_KEPT: usize = 16;
+
 /// Starts the keeper's thread; `done` says how it ended: after `release`
 /// (SIGTERM on the host), or failing.
 pub(super) fn spawn(
@@ -65,6 +69,7 @@ async fn run(config: Config, host: Host, release: oneshot::Receiver<()>) -> anyh
         stall_said: false,
         start_failed: None,
         start_failures: 0,
+        unanswered: Default::default(),
     };
     info!(broker = %me.id, precedence = me.config.broker.precedence, "broker started as a standby");
     let mut tick = tokio::time::interval(me.config.broker.renew_interval / 4);
@@ -186,20 +191,39 @@ impl Leadership {
 
     /// Tries to take the lease; on success has the host start the Broker.
     async fn campaign(&mut self) -> anyhow::Result<()> {
-        let sent = Instant::now();
+        // the client would hold the create until it reconnects, and send
+        // it long after it timed out here
+        if !self.bus.connected() {
+            return Ok(());
+        }
+        let mut sent = Instant::now();
         let bound = self.config.broker.renew_interval;
         let value = self.lease_value(0);
         let created = tokio::time::timeout(bound, self.kv.create_revision(LEASE_KEY, &value));
-        let epoch = match created.await {
-            Ok(Ok(Some(revision))) => revision,
-            Ok(Ok(None)) => return Ok(()),
+        let (epoch, adopted) = match created.await {
+            Ok(Ok(Some(revision))) => (revision, false),
+            Ok(Ok(None)) => match self.late_create().await {
+                Some(revision) => (revision, true),
+                None => return Ok(()),
+            },
             Ok(Err(e)) => {
                 debug!(error = %e, "cannot reach the leader bucket; still a standby");
                 return Ok(());
             }
-            Err(_) => return Ok(()),
+            Err(_) => {
+                // it may land after all: remembered, to take it then
+                if self.unanswered.len() == UNANSWERED_KEPT {
+                    self.unanswered.pop_front();
+                }
+                self.unanswered.push_back(value.renewed_at_ms);
+                return Ok(());
+            }
         };
-        info!(broker = %self.id, epoch, "won the leadership lease; becoming active");
+        if adopted {
+            // its time runs from our write below, not from the late create
+            sent = Instant::now();
+        }
+        info!(broker = %self.id, epoch, adopted, "won the leadership lease; becoming active");
         // Write our epoch into the lease for anyone reading it.
         let revision = match self
             .kv
@@ -207,8 +231,14 @@ impl Leadership {
             .await
         {
             Ok(Some(revision)) => revision,
+            // a lease we did not see created is ours only once we wrote it
+            _ if adopted => {
+                warn!(broker = %self.id, epoch, "could not take the lease a late create of ours made; still a standby");
+                return Ok(());
+            }
             _ => epoch,
         };
+        self.unanswered.clear();
         let tenure = lease::Tenure::new(sent, self.config.broker.lease);
         let start = self.host.start(epoch, tenure.clone());
         // a takeover slowed by JetStream (a stream electing its leader) or
@@ -262,6 +292,19 @@ impl Leadership {
         self.start_failures = 0;
         self.announce(BrokerRole::Active, epoch, "won the leadership lease");
         Ok(())
+    }
+
+    /// The revision of the lease at the key when one of our creates that
+    /// got no answer made it after all ([`lease::ours_unanswered`]).
+    async fn late_create(&mut self) -> Option<u64> {
+        if self.unanswered.is_empty() {
+            return None;
+        }
+        let bound = self.config.broker.renew_interval;
+        let read = tokio::time::timeout(bound, self.kv.get_with_revision(LEASE_KEY));
+        let (found, revision) = read.await.ok()?.ok()??;
+        let unanswered = self.unanswered.make_contiguous();
+        lease::ours_unanswered(&found, &self.id, unanswered).then_some(revision)
     }
 
     /// Awaits `start`, renewing the lease (at `revision`, last renewed at

@@ -110,6 +110,9 @@ struct Leadership {
     /// campaigns again only after [`lease::takeover_retry_after`].
     start_failed: Option<Instant>,
     start_failures: u32,
+    /// The stamps (`renewed_at_ms`) of its latest creates of the lease that
+    /// got no answer: one may land after all ([`lease::ours_unanswered`]).
+    unanswered: std::collections::VecDeque<u64>,
 }
 
 /// A Broker the host started for the keeper.
