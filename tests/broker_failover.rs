@@ -667,3 +667,41 @@ async fn a_broker_whose_takeover_fails_stays_a_standby_and_takes_over_once_jetst
         "{changes:?}"
     );
 }
+
+/// Two broker processes started with one id would mix each other up in
+/// every view and ranking: the later one stops, saying why, and the first
+/// one stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_broker_process_with_the_same_id_stops() {
+    let mut h = cluster(&[]).await;
+    spawn_broker(&mut h, "twin");
+    wait_until(TAKEOVER, "twin is heard as a standby", || {
+        listed(&h.bus, "twin")
+    })
+    .await;
+    h.cluster
+        .spawn("twin-again", &["broker", "--id", "twin"])
+        .expect("spawn the second twin");
+    let code =
+        tokio::task::block_in_place(|| h.cluster.wait_exit("twin-again", Duration::from_secs(15)))
+            .expect("the second twin exits by itself");
+    assert_eq!(code, Some(2), "the second twin fails");
+    let log = std::fs::read_to_string(h.dir.path().join("logs/twin-again.log")).unwrap();
+    assert!(
+        log.contains("another running broker uses the id 'twin' (standby in its last heartbeat); give each broker its own --id"),
+        "{log}"
+    );
+    let first = std::fs::read_to_string(h.dir.path().join("logs/twin.log")).unwrap();
+    assert!(
+        !first.contains("another running broker uses the id"),
+        "the first one stays: {first}"
+    );
+    holds_throughout(Duration::from_secs(2), "twin is still a standby", || {
+        listed(&h.bus, "twin")
+    })
+    .await;
+    assert!(h
+        .cluster
+        .pid("twin")
+        .is_some_and(|pid| !process_gone(pid as i32)));
+}

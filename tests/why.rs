@@ -252,6 +252,7 @@ async fn standbys_answer_status_while_no_broker_is_active() {
                 role: BrokerRole::Standby,
                 precedence: 1,
                 lease_age_ms: None,
+                instance: "ghost-process".into(),
             };
             ghost.post_signed(ghost.subjects().broker_heartbeat(), &hb);
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -239,6 +239,15 @@ pub fn ours_unanswered(found: &BrokerLease, broker_id: &str, unanswered: &[u64])
     found.broker_id == broker_id && found.epoch == 0 && unanswered.contains(&found.renewed_at_ms)
 }
 
+/// Whether this broker process (`mine`, a UUIDv7) stops because it heard
+/// a heartbeat of its own id from another process (`theirs`) that started
+/// before it: two brokers with one id would mix each other up in every
+/// view and ranking, and the later one is the one just started by mistake.
+/// A heartbeat that names no process (an older release) stops nothing.
+pub fn twin_goes_first(theirs: &str, mine: &str) -> bool {
+    !theirs.is_empty() && theirs < mine
+}
+
 /// How long a standby whose last `failures` takeovers in a row failed
 /// (the Broker could not read its buckets: JetStream unavailable, a stream
 /// electing its leader, a timeout) waits before it campaigns again: two
@@ -260,6 +269,19 @@ pub fn holding_off(failed_at: Option<Instant>, wait: Duration, now: Instant) -> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn of_two_processes_with_one_id_the_later_stops() {
+        use super::twin_goes_first;
+        let earlier = uuid::Uuid::now_v7().to_string();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let later = uuid::Uuid::now_v7().to_string();
+        assert!(twin_goes_first(&earlier, &later));
+        assert!(!twin_goes_first(&later, &earlier));
+        // its own heartbeat, and one from a release that names no process
+        assert!(!twin_goes_first(&later, &later));
+        assert!(!twin_goes_first("", &later));
+    }
+
     #[test]
     fn only_a_lease_from_our_own_unanswered_create_is_ours_to_take() {
         use super::ours_unanswered;

@@ -532,6 +532,7 @@ impl Broker {
             role: BrokerRole::Active,
             precedence: self.config.broker.precedence,
             lease_age_ms: self.peers.lease_age_ms(),
+            instance: leadership::instance().to_string(),
         };
         self.bus
             .post_signed(self.bus.subjects().broker_heartbeat(), &hb);

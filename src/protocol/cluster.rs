@@ -135,6 +135,10 @@ pub struct BrokerHeartbeat {
     /// Milliseconds since the active broker last renewed its lease.
     #[serde(default)]
     pub lease_age_ms: Option<u64>,
+    /// The broker process that sent it (a UUIDv7, so ordered by start
+    /// time): of two processes started with one id, the later one stops.
+    #[serde(default)]
+    pub instance: String,
 }
 
 fn active() -> BrokerRole {

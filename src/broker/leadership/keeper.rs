@@ -70,6 +70,7 @@ async fn run(config: Config, host: Host, release: oneshot::Receiver<()>) -> anyh
         start_failed: None,
         start_failures: 0,
         unanswered: Default::default(),
+        twin: None,
     };
     info!(broker = %me.id, precedence = me.config.broker.precedence, "broker started as a standby");
     let mut tick = tokio::time::interval(me.config.broker.renew_interval / 4);
@@ -93,7 +94,11 @@ async fn run(config: Config, host: Host, release: oneshot::Receiver<()>) -> anyh
             }
             // only brokers' signed heartbeats decide who goes first
             Some(hb) = heartbeats.next() => if hb.sender.is(crate::auth::Role::Broker) {
-                me.heard(hb.body)
+                me.heard(hb.body);
+                if let Some(reason) = me.twin.take() {
+                    me.step_down("another broker process uses its id").await;
+                    anyhow::bail!(reason);
+                }
             } else {
                 if me.bus.stats().count_refused() {
                     warn!(sender = %hb.sender.describe(), "broker heartbeat not signed by a broker ignored (logged at the 1st, 2nd, 4th, 8th... refusal)");

@@ -67,6 +67,13 @@ use crate::bus::{Bus, BusError, Kv};
 use crate::config::Config;
 use crate::protocol::*;
 
+/// This broker process, in its heartbeats (see [`lease::twin_goes_first`]).
+pub(crate) fn instance() -> &'static str {
+    static INSTANCE: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| uuid::Uuid::now_v7().to_string());
+    &INSTANCE
+}
+
 /// The key of the lease in the leader bucket.
 const LEASE_KEY: &str = "broker";
 
@@ -113,6 +120,9 @@ struct Leadership {
     /// The stamps (`renewed_at_ms`) of its latest creates of the lease that
     /// got no answer: one may land after all ([`lease::ours_unanswered`]).
     unanswered: std::collections::VecDeque<u64>,
+    /// Set when a broker process with its id that started earlier was
+    /// heard: this one then stops, saying why.
+    twin: Option<String>,
 }
 
 /// A Broker the host started for the keeper.

@@ -10,10 +10,12 @@ use crate::broker::LeaseNews;
 use crate::bus::Request;
 use crate::protocol::*;
 use crate::time::now_ms;
+use tracing::{error, warn};
 
 impl Leadership {
     pub(super) fn heard(&mut self, hb: BrokerHeartbeat) {
         if hb.broker_id == self.id {
+            self.heard_twin(&hb);
             return;
         }
         if hb.role == BrokerRole::Active {
@@ -31,6 +33,25 @@ impl Leadership {
             // a newcomer learns at once who goes before it
             self.last_heartbeat = None;
             self.standby_heartbeat(now);
+        }
+    }
+
+    /// A heartbeat with its own id: its own, or another process's.
+    fn heard_twin(&mut self, hb: &BrokerHeartbeat) {
+        let mine = super::instance();
+        if lease::twin_goes_first(&hb.instance, mine) {
+            error!(broker = %self.id, other = %hb.instance, me = mine, "another broker process that started earlier uses this id; stopping");
+            self.twin = Some(format!(
+                "another running broker uses the id '{}' ({} in its last heartbeat); give each broker its own --id",
+                self.id,
+                match hb.role {
+                    BrokerRole::Active => "active",
+                    BrokerRole::Standby => "standby",
+                }
+            ));
+        } else if !hb.instance.is_empty() && hb.instance != mine {
+            // it stops at its first hearing of ours: said once or twice
+            warn!(broker = %self.id, other = %hb.instance, me = mine, "a broker process started later uses this id; it stops itself (give each broker its own --id)");
         }
     }
 
@@ -122,6 +143,7 @@ impl Leadership {
             role: BrokerRole::Standby,
             precedence: self.config.broker.precedence,
             lease_age_ms: None,
+            instance: super::instance().to_string(),
         };
         self.bus
             .post_signed(self.bus.subjects().broker_heartbeat(), &hb);
