@@ -301,6 +301,7 @@ async fn sigterm_hands_the_lease_over_at_once_to_the_standby_that_goes_first() {
         b2.brokers
     );
     let waiting = submit_surely(&h.bus, "work", "before-stop").await.order_id;
+    let changes = record_broker_changes(&h.bus).await;
     h.cluster
         .signal(process_of(&first), Signal::SIGTERM)
         .expect("stop the broker");
@@ -324,6 +325,43 @@ async fn sigterm_hands_the_lease_over_at_once_to_the_standby_that_goes_first() {
         assert_eq!(final_info(&h.bus, id).await.state, OrderState::Succeeded);
         assert_eq!(executions(&marker).get(id.as_str()), Some(&1));
     }
+    // a broker stopped normally leaves the view at once, not when its
+    // heartbeats are missed (four intervals: 12 s here); a standby too
+    wait_until(
+        Duration::from_secs(5),
+        "the stopped broker leaves",
+        || async { !listed(&h.bus, &first).await },
+    )
+    .await;
+    h.cluster.signal("b2", Signal::SIGTERM).expect("stop b2");
+    let code = h.cluster.wait_exit("b2", Duration::from_secs(10));
+    assert_eq!(code.expect("b2 exits"), Some(0));
+    wait_until(
+        Duration::from_secs(5),
+        "the stopped standby leaves",
+        || async { !listed(&h.bus, "b2").await },
+    )
+    .await;
+    let said = |id: &str| {
+        let seen = changes.lock().unwrap();
+        let said = seen.iter().find(|c| c.broker_id == id).cloned();
+        said.map(|c| (c.role, c.reason))
+    };
+    wait_until(Duration::from_secs(5), "both stops announced", || {
+        std::future::ready(said("b2").is_some())
+    })
+    .await;
+    assert_eq!(
+        said(&first),
+        Some((
+            BrokerRole::Stopped,
+            "stopped normally; lease handed over".into()
+        ))
+    );
+    assert_eq!(
+        said("b2"),
+        Some((BrokerRole::Stopped, "stopped normally".into()))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -153,6 +153,9 @@ pub enum BrokerRole {
     Active,
     /// Waits to take the lease over.
     Standby,
+    /// Stopped normally: its last heartbeat and leadership change say so,
+    /// and the others drop it from their view at once.
+    Stopped,
 }
 
 impl BrokerRole {
@@ -160,6 +163,7 @@ impl BrokerRole {
         match self {
             BrokerRole::Active => "active",
             BrokerRole::Standby => "standby",
+            BrokerRole::Stopped => "stopped",
         }
     }
 }

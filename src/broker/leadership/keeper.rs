@@ -440,25 +440,33 @@ impl Leadership {
     async fn release(&mut self) {
         let Some(a) = self.active.take() else {
             info!(broker = %self.id, "standby broker stopping");
+            self.farewell();
+            self.announce(BrokerRole::Stopped, 0, "stopped normally");
+            self.bus.posted().await;
             return;
         };
         info!(broker = %self.id, epoch = a.epoch, "broker stopping; handing the lease over");
         a.tenure.end();
         let bound = self.config.broker.renew_interval;
-        if !stop(&a, self.config.broker.stall_timeout).await {
+        let reason = if !stop(&a, self.config.broker.stall_timeout).await {
             warn!("the Broker did not stop in time; the lease expires by itself");
+            "stopped normally; its lease runs out (the broker did not stop in time)"
         } else {
             match tokio::time::timeout(bound, self.kv.delete_if(LEASE_KEY, a.revision)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => warn!(error = %e, "lease not released; it expires by itself"),
-                Err(_) => warn!("lease release timed out; it expires by itself"),
+                Ok(Ok(())) => "stopped normally; lease handed over",
+                Ok(Err(e)) => {
+                    warn!(error = %e, "lease not released; it expires by itself");
+                    "stopped normally; its lease runs out (not released)"
+                }
+                Err(_) => {
+                    warn!("lease release timed out; it expires by itself");
+                    "stopped normally; its lease runs out (not released in time)"
+                }
             }
-        }
-        self.announce(
-            BrokerRole::Standby,
-            a.epoch,
-            "stopped normally; lease released",
-        );
+        };
+        // after the Broker's own last heartbeat (it stopped, or acts on nothing)
+        self.farewell();
+        self.announce(BrokerRole::Stopped, a.epoch, reason);
         self.bus.posted().await;
     }
 }

@@ -18,6 +18,13 @@ impl Leadership {
             self.heard_twin(&hb);
             return;
         }
+        if hb.role == BrokerRole::Stopped {
+            // gone for good: out of the view and the ranking now, not
+            // when its heartbeats are missed
+            self.heard.remove(&hb.broker_id);
+            self.tell_broker(Instant::now());
+            return;
+        }
         if hb.role == BrokerRole::Active {
             self.active_seen_ms = now_ms();
         }
@@ -39,15 +46,14 @@ impl Leadership {
     /// A heartbeat with its own id: its own, or another process's.
     fn heard_twin(&mut self, hb: &BrokerHeartbeat) {
         let mine = super::instance();
-        if lease::twin_goes_first(&hb.instance, mine) {
+        if hb.role == BrokerRole::Stopped {
+            // an earlier process with our id leaving (a restart): no clash
+        } else if lease::twin_goes_first(&hb.instance, mine) {
             error!(broker = %self.id, other = %hb.instance, me = mine, "another broker process that started earlier uses this id; stopping");
             self.twin = Some(format!(
                 "another running broker uses the id '{}' ({} in its last heartbeat); give each broker its own --id",
                 self.id,
-                match hb.role {
-                    BrokerRole::Active => "active",
-                    BrokerRole::Standby => "standby",
-                }
+                hb.role.as_str()
             ));
         } else if !hb.instance.is_empty() && hb.instance != mine {
             // it stops at its first hearing of ours: said once or twice
@@ -135,12 +141,21 @@ impl Leadership {
             return;
         }
         self.last_heartbeat = Some(now);
+        self.heartbeat(BrokerRole::Standby);
+    }
+
+    /// Its last heartbeat, on a normal stop: the others drop it at once.
+    pub(super) fn farewell(&self) {
+        self.heartbeat(BrokerRole::Stopped);
+    }
+
+    fn heartbeat(&self, role: BrokerRole) {
         let hb = BrokerHeartbeat {
             broker_id: self.id.clone(),
             sent_at_ms: now_ms(),
             protocol: PROTOCOL_VERSION,
             epoch: 0,
-            role: BrokerRole::Standby,
+            role,
             precedence: self.config.broker.precedence,
             lease_age_ms: None,
             instance: super::instance().to_string(),

@@ -20,7 +20,7 @@ fn brokers_text(out: &mut String, brokers: &[BrokerStatus]) {
     for b in brokers {
         let epoch = match b.role {
             BrokerRole::Active => b.epoch.to_string(),
-            BrokerRole::Standby => "-".to_string(),
+            BrokerRole::Standby | BrokerRole::Stopped => "-".to_string(),
         };
         let lease = b
             .lease_age_ms
@@ -122,6 +122,7 @@ pub fn views_text(why: &str, views: &[BrokerView], now_ms: u64) -> String {
         let role = match v.role {
             BrokerRole::Active => format!("active (epoch {}), not answering status yet", v.epoch),
             BrokerRole::Standby => "standby".to_string(),
+            BrokerRole::Stopped => "stopping".to_string(),
         };
         let lease = match (&v.lease, &v.lease_error, v.no_active_since_ms) {
             (Some(l), _, _) => format!(
