@@ -5,7 +5,10 @@
 //! each identity its role's permissions ([`super::roles`]).
 //!
 //! Seeds are written with mode 0600 and never printed. Running `init` again
-//! keeps every existing identity and adds the ones asked for.
+//! keeps every identity whose seed file holds its key, makes a new key for
+//! one whose seed file is missing or holds no seed, and for one asked to be
+//! rotated, refuses a seed file holding another key, and adds the
+//! identities asked for.
 
 use std::fs::OpenOptions;
 use std::io::Write as _;
@@ -55,6 +58,15 @@ pub struct AuthDir {
     identities: Vec<Identity>,
 }
 
+/// What `init` did with one identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Made {
+    New,
+    Kept,
+    /// A new key replaced the old one, for this reason.
+    Remade(String),
+}
+
 /// The identity name of a role (for a subagent, of one subagent id).
 pub fn identity_name(role: Role, id: Option<&str>) -> String {
     match (role, id) {
@@ -67,6 +79,17 @@ impl AuthDir {
     /// Creates `dir` with one identity per shared role and one per subagent
     /// id, or adds the missing ones to an existing folder; writes `auth.conf`.
     pub fn init(dir: &Path, prefix: &str, subagents: &[String]) -> anyhow::Result<AuthDir> {
+        Ok(AuthDir::init_rotating(dir, prefix, subagents, &[])?.0)
+    }
+
+    /// [`AuthDir::init`], also giving the identities named in `rotate` new
+    /// keys; says what it did with each identity.
+    pub fn init_rotating(
+        dir: &Path,
+        prefix: &str,
+        subagents: &[String],
+        rotate: &[String],
+    ) -> anyhow::Result<(AuthDir, Vec<(String, Made)>)> {
         // every id checked before anything is written
         if let Some(bad) = subagents.iter().find(|id| !is_valid_token(id)) {
             bail!("subagent id {bad:?}: use letters, digits, '-' and '_' only, at most 64");
@@ -89,15 +112,96 @@ impl AuthDir {
                 identities: Vec::new(),
             }
         };
+        let asked: Vec<String> = Role::ALL
+            .into_iter()
+            .filter(|r| *r != Role::Subagent)
+            .map(|r| identity_name(r, None))
+            .chain(
+                subagents
+                    .iter()
+                    .map(|id| identity_name(Role::Subagent, Some(id))),
+            )
+            .chain(auth.identities.iter().map(|i| i.name.clone()))
+            .collect();
+        if let Some(unknown) = rotate.iter().find(|name| !asked.contains(name)) {
+            bail!(
+                "--rotate {unknown}: no such identity in {} (identities: {})",
+                dir.display(),
+                unique(&asked).join(", ")
+            );
+        }
+        // every existing seed checked before anything is written
+        let mut made = Vec::new();
+        for identity in &auth.identities {
+            let remake = match rotate.contains(&identity.name) {
+                true => Some("rotated".to_string()),
+                false => auth.seed_problem(identity)?,
+            };
+            made.push(match remake {
+                Some(reason) => (identity.name.clone(), Made::Remade(reason)),
+                None => (identity.name.clone(), Made::Kept),
+            });
+        }
+        for (name, how) in &made {
+            if let Made::Remade(_) = how {
+                auth.new_key(name)?;
+            }
+        }
         for role in Role::ALL.into_iter().filter(|r| *r != Role::Subagent) {
-            auth.ensure(role, None)?;
+            if auth.ensure(role, None)? {
+                made.push((identity_name(role, None), Made::New));
+            }
         }
         for id in subagents {
-            auth.ensure(Role::Subagent, Some(id))?;
+            if auth.ensure(Role::Subagent, Some(id))? {
+                made.push((identity_name(Role::Subagent, Some(id)), Made::New));
+            }
         }
         auth.save()?;
         auth.make_private()?;
-        Ok(auth)
+        Ok((auth, made))
+    }
+
+    /// Why an identity's seed file cannot stay: missing or no seed (a new key
+    /// is made); an error when it holds another key (a seed someone may rely
+    /// on is not overwritten unasked).
+    fn seed_problem(&self, identity: &Identity) -> anyhow::Result<Option<String>> {
+        let path = self.dir.join(format!("{}.nk", identity.name));
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Some("seed file was missing".into()))
+            }
+            Err(e) => bail!("cannot read {}: {e}", path.display()),
+        };
+        let Ok(key) = nkeys::KeyPair::from_seed(text.trim()) else {
+            return Ok(Some("seed file held no nkey seed".into()));
+        };
+        if key.public_key() != identity.public_key {
+            bail!(
+                "{} holds the key {}, but {IDENTITIES} names {} for {:?}: \
+                 to give {:?} a new key, run again with --rotate {}; to keep the file's \
+                 key, put the matching seed back",
+                path.display(),
+                key.public_key(),
+                identity.public_key,
+                identity.name,
+                identity.name,
+                identity.name
+            );
+        }
+        Ok(None)
+    }
+
+    /// Replaces an identity's key with a new one (its seed file too).
+    fn new_key(&mut self, name: &str) -> anyhow::Result<()> {
+        let key = nkeys::KeyPair::new_user();
+        let seed = key.seed().context("cannot encode a new nkey seed")?;
+        write_private(&self.dir.join(format!("{name}.nk")), &format!("{seed}\n"))?;
+        if let Some(identity) = self.identities.iter_mut().find(|i| i.name == name) {
+            identity.public_key = key.public_key();
+        }
+        Ok(())
     }
 
     /// Reads a folder made by [`AuthDir::init`].
@@ -264,6 +368,17 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Writes `text` to `path` readable by the owner only (replacing it whole).
+/// `names` without repeats, in their order (pure).
+fn unique(names: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        if !out.contains(name) {
+            out.push(name.clone());
+        }
+    }
+    out
+}
+
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut options = OpenOptions::new();
@@ -344,6 +459,68 @@ mod tests {
             "one prefix per folder"
         );
         assert!(AuthDir::init(&dir, "baton", &["a.b".into()]).is_err());
+    }
+
+    #[test]
+    fn a_missing_or_broken_seed_gets_a_new_key_and_rotate_replaces_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("auth");
+        let first = AuthDir::init(&dir, "baton", &["s1".into()]).unwrap();
+        let key = |auth: &AuthDir, name: &str| {
+            let i = auth.identities().iter().find(|i| i.name == name).unwrap();
+            i.public_key.clone()
+        };
+        let seed_key = |name: &str| {
+            let seed = std::fs::read_to_string(dir.join(format!("{name}.nk"))).unwrap();
+            nkeys::KeyPair::from_seed(seed.trim()).unwrap().public_key()
+        };
+        std::fs::remove_file(dir.join("admin.nk")).unwrap();
+        std::fs::write(dir.join("client.nk"), "banana\n").unwrap();
+        let (again, made) = AuthDir::init_rotating(&dir, "baton", &[], &[]).unwrap();
+        let how = |made: &[(String, Made)], name: &str| {
+            made.iter().find(|(n, _)| n == name).unwrap().1.clone()
+        };
+        assert_eq!(
+            how(&made, "admin"),
+            Made::Remade("seed file was missing".into())
+        );
+        assert_eq!(
+            how(&made, "client"),
+            Made::Remade("seed file held no nkey seed".into())
+        );
+        assert_eq!(how(&made, "broker"), Made::Kept);
+        for name in ["admin", "client"] {
+            assert_ne!(key(&again, name), key(&first, name), "{name}: a new key");
+            assert_eq!(
+                seed_key(name),
+                key(&again, name),
+                "{name}: seed and list agree"
+            );
+            assert!(
+                !again.server_conf().contains(&key(&first, name)),
+                "{name}: the old key is no longer allowed in"
+            );
+        }
+        assert_eq!(key(&again, "broker"), key(&first, "broker"));
+
+        let (rotated, made) =
+            AuthDir::init_rotating(&dir, "baton", &[], &["subagent-s1".into()]).unwrap();
+        assert_eq!(how(&made, "subagent-s1"), Made::Remade("rotated".into()));
+        assert_ne!(key(&rotated, "subagent-s1"), key(&again, "subagent-s1"));
+        assert_eq!(seed_key("subagent-s1"), key(&rotated, "subagent-s1"));
+        assert_eq!(how(&made, "admin"), Made::Kept);
+
+        let err = AuthDir::init_rotating(&dir, "baton", &[], &["nobody".into()]).unwrap_err();
+        assert!(err.to_string().contains("subagent-s1"), "{err}");
+
+        // a seed holding another identity's key is not overwritten unasked
+        let admin_seed = std::fs::read_to_string(dir.join("admin.nk")).unwrap();
+        std::fs::write(dir.join("monitor.nk"), &admin_seed).unwrap();
+        let err = AuthDir::init(&dir, "baton", &[]).unwrap_err();
+        assert!(err.to_string().contains("--rotate monitor"), "{err}");
+        let (_, made) = AuthDir::init_rotating(&dir, "baton", &[], &["monitor".into()]).unwrap();
+        assert_eq!(how(&made, "monitor"), Made::Remade("rotated".into()));
+        assert_ne!(seed_key("monitor"), seed_key("admin"));
     }
 
     #[test]

@@ -30,7 +30,7 @@ mod roles;
 mod session;
 mod trust;
 
-pub use dir::{identity_name, render_server_conf, AuthDir, Identity};
+pub use dir::{identity_name, render_server_conf, AuthDir, Identity, Made};
 pub use roles::{
     inbox_prefix, pattern_covers, permissions, subject_matches, Permissions, Role, BUCKETS, STREAMS,
 };

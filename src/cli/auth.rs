@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use crate::auth::{identity_name, permissions, AuthDir, Role};
+use crate::auth::{identity_name, permissions, AuthDir, Made, Role};
 use crate::config::Config;
 
 #[derive(Debug, Subcommand)]
@@ -14,7 +14,12 @@ pub enum AuthCommand {
     /// subagent, and auth.conf, the nats-server authorization enforcing the roles
     ///
     /// Run it again with more --subagent ids to add them; existing seeds are
-    /// kept. Then reload nats-server (nats-server --signal reload).
+    /// kept. A seed file that is missing or holds no seed gets a new key.
+    /// To replace a key (a seed leaked, a person left): --rotate NAME.
+    /// After any new key: copy auth.conf to nats-server and reload it
+    /// (nats-server --signal reload; the old key is refused from then on),
+    /// copy identities.toml beside every seed, and restart the process that
+    /// uses the identity with its new seed.
     Init(InitArgs),
     /// Print what each role may publish and subscribe to under the prefix
     Roles,
@@ -28,6 +33,11 @@ pub struct InitArgs {
     /// one subagent's credentials cannot take another's tasks); repeat
     #[arg(long = "subagent", value_name = "ID")]
     pub subagents: Vec<String>,
+    /// Give this identity a new key (broker, agent, client, admin, monitor,
+    /// console, publisher or subagent-ID); the old seed stops working once
+    /// nats-server reloads auth.conf; repeat
+    #[arg(long = "rotate", value_name = "NAME")]
+    pub rotate: Vec<String>,
 }
 
 pub fn run(config: &Config, command: AuthCommand) -> anyhow::Result<()> {
@@ -41,17 +51,15 @@ pub fn run(config: &Config, command: AuthCommand) -> anyhow::Result<()> {
 }
 
 fn init(config: &Config, args: InitArgs) -> anyhow::Result<()> {
-    let before: Vec<String> = AuthDir::open(&args.dir)
-        .map(|a| a.identities().iter().map(|i| i.name.clone()).collect())
-        .unwrap_or_default();
-    let auth = AuthDir::init(&args.dir, &config.prefix, &args.subagents)?;
+    let (auth, made) =
+        AuthDir::init_rotating(&args.dir, &config.prefix, &args.subagents, &args.rotate)?;
     let dir = std::fs::canonicalize(auth.dir())?.display().to_string();
     println!(
         "{dir}: credentials for the subject prefix {:?}",
         auth.prefix()
     );
     println!(
-        "{:<24} {:<9} {:<28} {:<5} may",
+        "{:<24} {:<9} {:<28} {:<7} may",
         "identity", "role", "seed file", ""
     );
     for identity in auth.identities() {
@@ -60,19 +68,27 @@ fn init(config: &Config, args: InitArgs) -> anyhow::Result<()> {
         };
         let seed = auth.seed_path(role, identity.id.as_deref());
         let file = seed.file_name().map(|f| f.to_string_lossy().to_string());
-        let new = if before.contains(&identity.name) {
-            "kept"
-        } else {
-            "new"
+        let new = match made.iter().find(|(name, _)| *name == identity.name) {
+            Some((_, Made::Kept)) => "kept",
+            Some((_, Made::Remade(_))) => "NEW KEY",
+            _ => "new",
         };
         println!(
-            "{:<24} {:<9} {:<28} {:<5} {}",
+            "{:<24} {:<9} {:<28} {:<7} {}",
             identity.name,
             role.as_str(),
             file.unwrap_or_default(),
             new,
             role.purpose()
         );
+    }
+    for (name, how) in &made {
+        if let Made::Remade(why) = how {
+            println!(
+                "\n{name}: {why}, so it has a new key in {name}.nk; its old seed stops working \
+                 once nats-server reloads auth.conf: hand the new seed to whatever used it"
+            );
+        }
     }
     let sub = identity_name(Role::Subagent, Some("ID"));
     println!(
