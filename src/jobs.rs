@@ -149,6 +149,13 @@ pub enum DeployFileError {
     Calendar(#[from] when::CalendarDefError),
     #[error("{file}: no [[job]], [[cluster]], [[workflow]] or [[calendar]] table found")]
     Empty { file: String },
+    #[error("{kind} '{name}' is defined in both {first} and {second}: keep one")]
+    InTwoFiles {
+        kind: &'static str,
+        name: String,
+        first: String,
+        second: String,
+    },
 }
 
 pub(crate) fn deployment(

@@ -457,7 +457,9 @@ async fn baton_dev_runs_in_an_empty_folder_with_what_is_built_in() {
         .prefix("baton-dev-bare-")
         .tempdir()
         .expect("temp dir");
-    let mut dev = Dev::start_with(dir.path(), &[]);
+    // --config reaches every child (here: the subagents' capacity)
+    std::fs::write(dir.path().join("baton.toml"), "[subagent]\ncapacity = 7\n").unwrap();
+    let mut dev = Dev::start_with(dir.path(), &["--config", "baton.toml"]);
     let banner = dev.up().await;
     let deployed = dev.said("deployed from ").await;
     assert!(
@@ -469,7 +471,14 @@ async fn baton_dev_runs_in_an_empty_folder_with_what_is_built_in() {
     assert!(hint.trim_start().starts_with("baton "), "{hint}");
     assert!(store(dir.path()).join("nats-server.conf").is_file());
     let bus = connect(dir.path(), &banner.url).await;
-    status_when(&bus, "the broker answers", |s| !s.subagents.is_empty()).await;
+    let capacity_7 =
+        |s: &StatusReply| s.subagents.len() == 2 && s.subagents.iter().all(|s| s.capacity == 7);
+    status_when(
+        &bus,
+        "subagents with the --config file's capacity",
+        capacity_7,
+    )
+    .await;
     stop(&mut dev).await;
 }
 

@@ -129,8 +129,14 @@ pub fn local_credentials_of(url: &str, role: Role) -> Option<Credentials> {
     Some(Credentials::NkeyFile(seed))
 }
 
-pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
+pub async fn run(config: &Config, file: Option<&Path>, args: DevArgs) -> anyhow::Result<()> {
     let (jobs, deployment) = deployment(&args.jobs)?;
+    // every child reads the same file (by its full path: they share our folder)
+    let file = file.map(|f| {
+        std::fs::canonicalize(f)
+            .with_context(|| format!("--config {}: cannot read it", f.display()))
+    });
+    let file = file.transpose()?;
     // before anything in the folder is read or written; dropped last, after
     // the cluster (its nats-server shares it)
     let mut lock = StoreLock::take(Path::new(STORE))?;
@@ -173,6 +179,9 @@ pub async fn run(config: &Config, args: DevArgs) -> anyhow::Result<()> {
             }
         })?;
     lock.record(lock::NATS_SERVER, cluster.nats.pid())?;
+    if let Some(file) = &file {
+        cluster.env("BATON_CONFIG", &file.display().to_string());
+    }
     let mut children = vec!["broker".to_string()];
     children.extend((1..=args.subagents).map(|i| format!("sub-{i}")));
     children.extend((1..=args.agents).map(|i| format!("agent-{i}")));

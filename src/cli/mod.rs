@@ -145,10 +145,12 @@ pub enum Command {
     Console(crate::console::ConsoleArgs),
     /// Start a local cluster (nats-server, a broker, subagents, agents) for trying Baton
     ///
-    /// Run it from the top of the Baton repository. Everything lives in
-    /// .baton/dev/: JetStream data, credentials (auth/), nats-server's log
-    /// (nats-server.log) and each child's log (logs/NAME.log, also printed
-    /// here prefixed with [NAME]).
+    /// Run it in any folder: everything lives in its .baton/dev/: JetStream
+    /// data, credentials (auth/), nats-server's log (nats-server.log) and
+    /// each child's log (logs/NAME.log, also printed here prefixed with
+    /// [NAME]). At the top of a Baton checkout it uses the checkout's
+    /// nats/dev.conf and examples/jobs.toml; elsewhere, copies built into it.
+    /// --config FILE (or BATON_CONFIG) is passed to every child.
     ///
     /// One `baton dev` per folder: it locks .baton/dev/lock before touching
     /// the folder, and a second one there is refused, naming the pid of the
@@ -394,7 +396,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             startup::check(&bus, &config, Role::Console, None).await?;
             crate::console::run(&config, bus, a).await.map(|_| ok)
         }
-        Command::Dev(a) => dev::run(&config, a).await.map(|_| ok),
+        Command::Dev(a) => dev::run(&config, cli.global.config.as_deref(), a)
+            .await
+            .map(|_| ok),
         Command::Bench(b) => crate::bench::run(b).await.map(|_| ok),
         Command::Schemas(a) => schemas(a),
         Command::Auth(c) => auth::run(&config, c).map(|_| ok),

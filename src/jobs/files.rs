@@ -1,6 +1,7 @@
 //! Reading the files of one deploy: each parsed, the calendars of all of
 //! them resolved, then each file's definitions built and validated.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use super::{deployment, when, DeployFile, DeployFileError, Deployment};
@@ -57,7 +58,7 @@ pub fn parse_deploy_files(
         parsed.push((file, one, names));
     }
     let calendars = when::calendars(&calendar_defs, today)?;
-    (parsed.into_iter())
+    let all = (parsed.into_iter())
         .map(|(file, one, names)| {
             let mut d = deployment(file, one, &calendars)?;
             d.calendars = (names.into_iter())
@@ -65,5 +66,61 @@ pub fn parse_deploy_files(
                 .collect();
             Ok((file.clone(), d))
         })
-        .collect()
+        .collect::<Result<Vec<_>, DeployFileError>>()?;
+    match in_two_files(&all) {
+        Some(error) => Err(error),
+        None => Ok(all),
+    }
+}
+
+/// The first job, cluster or workflow that two of one deploy's files define
+/// (pure): one would silently replace the other.
+fn in_two_files(all: &[(String, Deployment)]) -> Option<DeployFileError> {
+    let mut seen: HashMap<(&'static str, &str), &str> = HashMap::new();
+    for (file, d) in all {
+        let jobs = d.jobs.iter().map(|j| ("job", j.name.as_str()));
+        let clusters = d.clusters.iter().map(|c| ("cluster", c.name.as_str()));
+        let workflows = d.workflows.iter().map(|w| ("workflow", w.name.as_str()));
+        for key in jobs.chain(clusters).chain(workflows) {
+            match seen.insert(key, file) {
+                Some(first) if first != file => {
+                    return Some(DeployFileError::InTwoFiles {
+                        kind: key.0,
+                        name: key.1.to_string(),
+                        first: first.to_string(),
+                        second: file.clone(),
+                    })
+                }
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_defined_in_two_files_of_one_deploy_is_refused_naming_both() {
+        let job = |name: &str| format!("[[job]]\nname = \"{name}\"\nprogram = \"/bin/true\"\n");
+        let cluster = "[[cluster]]\nname = \"c\"\nmode = \"round-robin\"\n\
+                       [[cluster.members]]\nsubagent = \"s1\"\n";
+        let texts = |a: String, b: String| [("a.toml".to_string(), a), ("b.toml".to_string(), b)];
+        let today = chrono::NaiveDate::from_ymd_opt(2026, 1, 5).unwrap();
+        let err = parse_deploy_files(&texts(job("x") + &job("dupe"), job("dupe")), today)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "job 'dupe' is defined in both a.toml and b.toml: keep one"
+        );
+        let err = parse_deploy_files(&texts(cluster.into(), cluster.into()), today)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("cluster 'c' is defined in both"), "{err}");
+        let two = parse_deploy_files(&texts(job("x"), job("y") + cluster), today).unwrap();
+        assert_eq!(two.len(), 2, "distinct names pass");
+    }
 }
