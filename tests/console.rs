@@ -219,6 +219,22 @@ impl Setup {
     /// `POST path` straight to the console with `content_type` and an
     /// empty JSON object: the response's status line and body.
     fn post(&self, path: &str, content_type: &str) -> String {
+        self.http(
+            "POST",
+            path,
+            &format!("Content-Type: {content_type}\r\n"),
+            "{}",
+        )
+    }
+
+    /// `GET path` straight to the console: the response's status line and body.
+    fn get(&self, path: &str) -> String {
+        self.http("GET", path, "", "")
+    }
+
+    /// One HTTP/1.1 request (`headers` each ending in CRLF); the response's
+    /// status line, headers and body.
+    fn http(&self, method: &str, path: &str, headers: &str, body: &str) -> String {
         use std::io::{Read, Write};
         let host = self.url.trim_start_matches("http://").trim_end_matches('/');
         let mut stream = TcpStream::connect(host).expect("connect to the console");
@@ -227,8 +243,9 @@ impl Setup {
             .expect("timeout");
         write!(
             stream,
-            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n\
-             Content-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
         )
         .expect("send");
         let mut response = String::new();
@@ -384,6 +401,42 @@ async fn an_order_submitted_from_the_jobs_page_finishes_with_its_log() {
         .await;
         let info = order_info(&s.h.bus, &order).await.expect("the order");
         assert_eq!(info.submitted_by.as_deref(), Some("console"), "{info:?}");
+
+        // the JSON API as curl sees it: a short id reads the log; an unknown
+        // one, followed or not, is a 404 at once; what it cannot read is a
+        // JSON error; a wrong method is 405
+        let short = &order[..8];
+        let log = s.get(&format!("/api/orders/{short}/log"));
+        assert!(
+            log.starts_with("HTTP/1.1 200") && log.contains("hello, browser"),
+            "{log}"
+        );
+        for path in [
+            "/api/orders/nosuch/log",
+            "/api/orders/nosuch/log?follow=true",
+        ] {
+            let answer = s.get(path);
+            assert!(answer.starts_with("HTTP/1.1 404"), "{path}: {answer}");
+            assert!(answer.contains(r#""code":"not_found""#), "{path}: {answer}");
+        }
+        let answer = s.get("/api/orders?limit=abc");
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(
+            answer.contains(r#"{"error":{"code":"bad_request","message":"the query string"#),
+            "{answer}"
+        );
+        let json = "Content-Type: application/json\r\n";
+        let answer = s.http("POST", "/api/submit", json, "{bad");
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains(r#""message":"the JSON body"#), "{answer}");
+        let answer = s.get("/api/submit");
+        assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+        assert!(answer.contains(r#""code":"bad_request""#), "{answer}");
+        let last_page = s.get("/api/orders?limit=1000");
+        assert!(
+            last_page.contains(r#""orders":["#) && !last_page.contains("\"next\""),
+            "{last_page}"
+        );
     });
 }
 

@@ -12,21 +12,18 @@ use super::Console;
 use crate::protocol::*;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/status", web::get().to(status))
-        .route("/api/orders", web::get().to(orders))
-        .route("/api/orders/{id}", web::get().to(order))
-        .route("/api/orders/{id}/{action}", web::post().to(order_action))
-        .route("/api/jobs", web::get().to(jobs))
-        .route("/api/jobs/{name}", web::get().to(job))
-        .route("/api/jobs/{name}/{action}", web::post().to(job_action))
-        .route("/api/submit", web::post().to(submit))
-        .route(
-            "/api/subagents/{id}/{action}",
-            web::post().to(subagent_action),
-        )
-        .route(
-            "/api/scheduler/{agent}/{action}",
-            web::post().to(scheduler_action),
+    use super::resource;
+    cfg.service(resource("/api/status").route(web::get().to(status)))
+        .service(resource("/api/orders").route(web::get().to(orders)))
+        .service(resource("/api/orders/{id}").route(web::get().to(order)))
+        .service(resource("/api/orders/{id}/{action}").route(web::post().to(order_action)))
+        .service(resource("/api/jobs").route(web::get().to(jobs)))
+        .service(resource("/api/jobs/{name}").route(web::get().to(job)))
+        .service(resource("/api/jobs/{name}/{action}").route(web::post().to(job_action)))
+        .service(resource("/api/submit").route(web::post().to(submit)))
+        .service(resource("/api/subagents/{id}/{action}").route(web::post().to(subagent_action)))
+        .service(
+            resource("/api/scheduler/{agent}/{action}").route(web::post().to(scheduler_action)),
         );
 }
 
@@ -48,7 +45,7 @@ impl Console {
     }
 }
 
-fn refused(e: &crate::bus::BusError) -> HttpResponse {
+pub(super) fn refused(e: &crate::bus::BusError) -> HttpResponse {
     let (status, body) = error_status(e);
     let status = actix_web::http::StatusCode::from_u16(status)
         .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY);
@@ -79,10 +76,12 @@ async fn orders(c: web::Data<Console>, q: web::Query<OrderQuery>) -> HttpRespons
     match list.await {
         Ok(list) => {
             let (orders, next) = cut_page(&request, list.orders, list.truncated);
-            HttpResponse::Ok().json(serde_json::json!({
-                "orders": orders,
-                "next": next.map(|n| n.text()),
-            }))
+            let mut page = serde_json::json!({ "orders": orders });
+            if let Some(next) = next {
+                // absent on the last page
+                page["next"] = next.text().into();
+            }
+            HttpResponse::Ok().json(page)
         }
         Err(e) => refused(&e),
     }

@@ -21,8 +21,9 @@ use crate::protocol::{EventKind, GetOrder, OrderInfo};
 const KEEPALIVE: Duration = Duration::from_secs(10);
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/events", web::get().to(events))
-        .route("/api/orders/{id}/log", web::get().to(log));
+    use super::resource;
+    cfg.service(resource("/api/events").route(web::get().to(events)))
+        .service(resource("/api/orders/{id}/log").route(web::get().to(log)));
 }
 
 /// Subscribes to the events the pages show and forwards each, as JSON, to
@@ -106,17 +107,22 @@ async fn log(
     id: web::Path<String>,
     q: web::Query<LogQuery>,
 ) -> HttpResponse {
-    let order_id = id.into_inner();
     let get = GetOrder {
-        order_id: order_id.clone(),
+        order_id: id.into_inner(),
     };
-    // a step order's lines are stored under its workflow order
-    let info: Option<OrderInfo> = c
+    // the broker knows the order (a short id is resolved to the whole one),
+    // or the answer is its refusal: no empty log, no follow that never ends
+    let info = c
         .bus
-        .request(c.bus.subjects().order_get(), &get, c.timeout)
-        .await
-        .ok();
-    let (read_id, step) = match info.and_then(|i| i.parent) {
+        .request::<_, OrderInfo>(c.bus.subjects().order_get(), &get, c.timeout)
+        .await;
+    let info = match info {
+        Ok(info) => info,
+        Err(e) => return super::api::refused(&e),
+    };
+    let order_id = info.order_id.clone();
+    // a step order's lines are stored under its workflow order
+    let (read_id, step) = match info.parent {
         Some(p) => (p.order_id, Some(p.step)),
         None => (order_id.clone(), None),
     };

@@ -29,13 +29,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use actix_web::dev::{Service as _, ServiceRequest, ServiceResponse};
-use actix_web::http::header;
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, App, HttpResponse, HttpServer, ResponseError as _};
 use clap::Args;
 use futures::future::Either;
 
 use crate::bus::Bus;
 use crate::config::Config;
+use crate::protocol::{ErrorCode, ErrorReply};
 
 pub use http::{error_status, list_query, sse_frame, OrderQuery};
 
@@ -70,30 +71,41 @@ pub async fn run(config: &Config, bus: Bus, args: ConsoleArgs) -> anyhow::Result
         events,
     });
     let loopback = args.listen.ip().is_loopback();
-    let server = HttpServer::new(move || {
-        App::new()
-            .wrap_fn(move |req, srv| match refusal(&req, loopback) {
-                None => Either::Left(srv.call(req)),
-                Some(refused) => {
-                    let (req, _) = req.into_parts();
-                    let answer = ServiceResponse::new(req, refused);
-                    Either::Right(futures::future::ready(Ok(answer)))
-                }
-            })
-            .app_data(console.clone())
-            .app_data(web::JsonConfig::default().limit(256 * 1024))
-            .configure(api::routes)
-            .configure(live::routes)
-            .route("/", web::get().to(page))
-            .route("/app.js", web::get().to(script))
-            .route("/style.css", web::get().to(style))
-            .default_service(web::to(not_found))
-    })
-    .workers(2)
-    .disable_signals()
-    .shutdown_timeout(1)
-    .bind(args.listen)
-    .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    let server =
+        HttpServer::new(move || {
+            App::new()
+                .wrap_fn(move |req, srv| match refusal(&req, loopback) {
+                    None => Either::Left(srv.call(req)),
+                    Some(refused) => {
+                        let (req, _) = req.into_parts();
+                        let answer = ServiceResponse::new(req, refused);
+                        Either::Right(futures::future::ready(Ok(answer)))
+                    }
+                })
+                .app_data(console.clone())
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(256 * 1024)
+                        .error_handler(|e, _| {
+                            malformed(format!("the JSON body: {e}"), e.status_code())
+                        }),
+                )
+                .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                    malformed(format!("the query string: {e}"), e.status_code())
+                }))
+                // before api's `/api/orders/{id}/{action}`, which takes any method
+                .configure(live::routes)
+                .configure(api::routes)
+                .route("/", web::get().to(page))
+                .route("/app.js", web::get().to(script))
+                .route("/style.css", web::get().to(style))
+                .default_service(web::to(not_found))
+        })
+        .workers(2)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .bind(args.listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
     let bound = server.addrs();
     let server = server.run();
     let handle = server.handle();
@@ -152,6 +164,28 @@ fn asset(content_type: &str, body: &'static str) -> HttpResponse {
         .content_type(content_type)
         .insert_header(("Cache-Control", "no-cache"))
         .body(body)
+}
+
+/// A request body or query the handlers cannot read, as a JSON error
+/// (`bad_request`) with the status actix chose (400, 413 too large, ...).
+fn malformed(message: String, status: StatusCode) -> actix_web::Error {
+    let body = ErrorReply::new(ErrorCode::BadRequest, message.clone());
+    let answer = HttpResponse::build(status).json(body);
+    actix_web::error::InternalError::from_response(message, answer).into()
+}
+
+/// An endpoint whose other methods get 405 with a JSON error.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(not_allowed))
+}
+
+async fn not_allowed(req: actix_web::HttpRequest) -> HttpResponse {
+    let message = format!(
+        "{} is not a method of {} (see README: Web console)",
+        req.method(),
+        req.path()
+    );
+    HttpResponse::MethodNotAllowed().json(ErrorReply::new(ErrorCode::BadRequest, message))
 }
 
 async fn not_found() -> HttpResponse {

@@ -25,9 +25,13 @@ fn errors() -> Map<String, Value> {
     };
     let mut m = Map::new();
     for (status, why) in [
-        ("400", "bad input (bad_request, invalid_param, ...)"),
+        (
+            "400",
+            "bad input (bad_request, invalid_param, ...), a query or JSON body that cannot be read",
+        ),
         ("403", "forbidden to the console's role"),
         ("404", "no such order, job or workflow"),
+        ("405", "a method this endpoint does not take"),
         ("409", "the order's state does not allow it, or a conflict"),
         ("503", "no broker answers, or busy"),
         ("504", "no reply in time"),
