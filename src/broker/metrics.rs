@@ -26,9 +26,16 @@ pub(super) fn finished(e: &OrderFinished) {
         ("outcome", outcome(e.state).to_string()),
     ];
     m.orders_finished.get_or_create(&labels).inc();
-    if let Some(ms) = e.duration_ms {
-        m.task_duration.observe(ms as f64 / 1000.0);
+    if let Some(seconds) = task_seconds(e) {
+        m.task_duration.observe(seconds);
     }
+}
+
+/// The run time of the task that ended `e`'s order (pure); none for a
+/// workflow order, whose steps' tasks are counted as their orders end.
+fn task_seconds(e: &OrderFinished) -> Option<f64> {
+    let ms = e.duration_ms.filter(|_| e.workflow.is_none())?;
+    Some(ms as f64 / 1000.0)
 }
 
 /// A journal write (`op`: create, write) that began at `began` is done.
@@ -140,5 +147,31 @@ impl Broker {
             running += s.tasks.len() as i64;
         }
         m.running_tasks.set(running);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workflow_order_adds_no_task_duration() {
+        let mut e = OrderFinished {
+            order_id: "o1".into(),
+            job: "nightly".into(),
+            state: crate::protocol::OrderState::Succeeded,
+            exit_code: Some(0),
+            signal: None,
+            timed_out: false,
+            reason: None,
+            subagent_id: None,
+            attempt: 2,
+            duration_ms: Some(1500),
+            at_ms: 0,
+            workflow: None,
+        };
+        assert_eq!(task_seconds(&e), Some(1.5));
+        e.workflow = Some("nightly".into());
+        assert_eq!(task_seconds(&e), None, "its steps' tasks are counted");
     }
 }

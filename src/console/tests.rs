@@ -125,6 +125,7 @@ fn events_become_json_and_log_lines_and_forgeries_stay_out() {
         attempt: 1,
         duration_ms: Some(5),
         at_ms: 7,
+        workflow: None,
     };
     let payload = rmp_serde::to_vec_named(&finished).unwrap();
     let subject = s.event("hello", "o1", EventKind::Finished);

@@ -84,12 +84,17 @@ pub struct OrderFinished {
     pub reason: Option<String>,
     #[serde(default)]
     pub subagent_id: Option<String>,
+    /// Tasks started for this order (for a workflow order, its steps' tasks).
     #[serde(default)]
     pub attempt: u32,
-    /// Run time of the last task, in milliseconds.
+    /// Run time of the last task, in milliseconds (for a workflow order,
+    /// from its first step's start to its end).
     #[serde(default)]
     pub duration_ms: Option<u64>,
     pub at_ms: u64,
+    /// An order through a workflow: the workflow's name (`job` holds it too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
 }
 
 /// `changed`: a workflow order moved: a step was dispatched or finished, or

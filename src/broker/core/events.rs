@@ -36,6 +36,7 @@ impl Event {
             attempt: info.attempt,
             duration_ms,
             at_ms,
+            workflow: info.workflow.clone(),
         })
     }
 

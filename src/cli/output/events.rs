@@ -42,8 +42,9 @@ pub fn finished_line(e: &OrderFinished) -> String {
     if let Some(sub) = &e.subagent_id {
         let _ = write!(line, " on {sub}");
     }
-    // the time above is its last task's, not the order's
-    if e.attempt > 1 {
+    // the time above is its last task's, not the order's; a workflow
+    // order's steps say their own attempts
+    if e.attempt > 1 && e.workflow.is_none() {
         let _ = write!(line, ", attempt {}", e.attempt);
     }
     line
@@ -257,6 +258,33 @@ mod tests {
         let log = line("build", "s1-1", "compiling");
         assert_eq!(log_text(&log, true), "[build] compiling");
         assert_eq!(log_text(&log, false), "compiling");
+    }
+
+    #[test]
+    fn a_finished_line_names_the_attempt_of_a_job_order_only() {
+        let mut e = OrderFinished {
+            order_id: "0190".into(),
+            job: "nightly".into(),
+            state: OrderState::Succeeded,
+            exit_code: Some(0),
+            signal: None,
+            timed_out: false,
+            reason: None,
+            subagent_id: Some("s1".into()),
+            attempt: 3,
+            duration_ms: Some(12),
+            at_ms: T0,
+            workflow: None,
+        };
+        assert_eq!(
+            finished_line(&e),
+            "order 0190 succeeded in 12ms (exit code 0) on s1, attempt 3"
+        );
+        e.workflow = Some("nightly".into());
+        assert_eq!(
+            finished_line(&e),
+            "order 0190 succeeded in 12ms (exit code 0) on s1"
+        );
     }
 
     #[test]
