@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod files;
+pub mod human;
 pub mod notify;
 pub mod retry;
 pub mod spread;
@@ -91,7 +92,7 @@ struct JobDef {
     env: BTreeMap<String, String>,
     #[serde(default)]
     working_dir: Option<String>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "human::option")]
     timeout: Option<Duration>,
     #[serde(default)]
     params: BTreeMap<String, ParamDef>,
@@ -638,6 +639,40 @@ default = "world"
     }
 
     #[test]
+    fn a_trigger_s_bad_time_or_duration_says_the_form_and_skip_takes_nothing() {
+        let job = |extra: &str| format!("[[job]]\nname = \"a\"\nprogram = \"true\"\n{extra}");
+        let error = |extra: &str| {
+            let e = parse_deploy_file("j.toml", &job(extra)).unwrap_err();
+            e.to_string()
+        };
+        let at = |t: &str| format!("[[job.triggers]]\nkind = \"at\"\nat = {t}\n");
+        let e = error(&at("\"2027-01-01T10:00:00\""));
+        assert!(
+            e.contains("has no offset") && e.contains("2026-12-24T17:00:00Z"),
+            "{e}"
+        );
+        for fine in ["\"2027-01-01T10:00:00Z\"", "2027-01-01T10:00:00+01:00"] {
+            let deployed = parse_deploy_file("j.toml", &job(&at(fine)));
+            assert!(deployed.is_ok(), "{fine}: {deployed:?}");
+        }
+        let cron = "[[job.triggers]]\nkind = \"cron\"\nexpr = \"0 * * * * *\"\n";
+        let e = error(&format!("{cron}jitter = \"banana\"\n"));
+        assert!(
+            e.contains("\"banana\" is not a duration") && e.contains("1h30m"),
+            "{e}"
+        );
+        let e = error(&format!(
+            "misfire = {{ policy = \"skip\", window = \"5m\" }}\n{cron}"
+        ));
+        assert!(e.contains("unknown field `window`"), "{e}");
+        let skip = parse_deploy_file(
+            "j.toml",
+            &job(&format!("misfire = {{ policy = \"skip\" }}\n{cron}")),
+        );
+        assert_eq!(skip.unwrap().jobs[0].misfire, MisfirePolicy::Skip);
+    }
+
+    #[test]
     fn params_are_checked_and_substituted() {
         let job = &parse_deploy_file("f", GOOD).unwrap().jobs[0];
         let mut given = BTreeMap::new();
@@ -740,7 +775,7 @@ pattern = "*.csv"
             (text.replace("pattern =", "glob ="), "glob"),
             (
                 format!("{text}settle = \"forever\"\n"),
-                "expected a duration",
+                "\"forever\" is not a duration",
             ),
         ] {
             let e = parse_deploy_file("f.toml", &broken)

@@ -31,9 +31,9 @@ const DEFAULT_MAX_MS: u64 = 24 * 3600 * 1000;
 #[serde(deny_unknown_fields)]
 pub(crate) struct RetryDef {
     times: u32,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "super::human")]
     backoff: Duration,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "super::human::option")]
     max_backoff: Option<Duration>,
     #[serde(default)]
     jitter: bool,

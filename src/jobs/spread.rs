@@ -42,7 +42,7 @@ pub(crate) struct SpreadTable {
     count: Option<u32>,
     #[serde(default)]
     succeed: Option<Succeed>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "super::human::option")]
     rejoin: Option<Duration>,
 }
 

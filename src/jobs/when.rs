@@ -43,18 +43,19 @@ pub(crate) enum TriggerDef {
         calendar: Option<String>,
         #[serde(default)]
         on_holiday: Option<OnHoliday>,
-        #[serde(default, with = "humantime_serde")]
+        #[serde(default, with = "super::human::option")]
         jitter: Option<Duration>,
     },
     Interval {
-        #[serde(with = "humantime_serde")]
+        #[serde(with = "super::human")]
         every: Duration,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "super::human::time::option")]
         start: Option<chrono::DateTime<chrono::Utc>>,
-        #[serde(default, with = "humantime_serde")]
+        #[serde(default, with = "super::human::option")]
         jitter: Option<Duration>,
     },
     At {
+        #[serde(with = "super::human::time")]
         at: chrono::DateTime<chrono::Utc>,
     },
     /// One order per message on a NATS subject (`triggers::subject`).
@@ -68,9 +69,9 @@ pub(crate) enum TriggerDef {
     File {
         dir: String,
         pattern: String,
-        #[serde(default, with = "humantime_serde")]
+        #[serde(default, with = "super::human::option")]
         settle: Option<Duration>,
-        #[serde(default, with = "humantime_serde")]
+        #[serde(default, with = "super::human::option")]
         rescan: Option<Duration>,
     },
 }
@@ -307,16 +308,18 @@ pub(crate) fn resolve(
 #[serde(tag = "policy", rename_all = "kebab-case", deny_unknown_fields)]
 pub(crate) enum MisfireDef {
     FireOnce {
-        #[serde(default, with = "humantime_serde")]
+        #[serde(default, with = "super::human::option")]
         window: Option<Duration>,
     },
     FireAll {
         #[serde(default)]
         max: Option<u32>,
-        #[serde(default, with = "humantime_serde")]
+        #[serde(default, with = "super::human::option")]
         max_lateness: Option<Duration>,
     },
-    Skip,
+    /// A table, not a unit: so a `window` or `max` given with it is
+    /// refused, not ignored.
+    Skip {},
 }
 
 impl From<MisfireDef> for MisfirePolicy {
@@ -330,7 +333,7 @@ impl From<MisfireDef> for MisfirePolicy {
                 max: max.unwrap_or(DEFAULT_FIRE_ALL_MAX),
                 max_lateness,
             },
-            MisfireDef::Skip => MisfirePolicy::Skip,
+            MisfireDef::Skip {} => MisfirePolicy::Skip,
         }
     }
 }
