@@ -76,9 +76,17 @@ impl Audited {
             detail.push("prune".to_string());
         }
         let detail = (!detail.is_empty()).then(|| detail.join("; "));
+        // only removing (`baton undeploy`): that is what the trail says
+        let audited = match names.is_empty() && !req.remove.is_empty() {
+            true => {
+                let detail = req.prune.then(|| "prune".to_string());
+                Audited::new("undeploy", req.remove.join(", "), sender).with_detail(detail)
+            }
+            false => Audited::new("deploy", names.join(", "), sender).with_detail(detail),
+        };
         Audited {
             dry_run: req.dry_run,
-            ..Audited::new("deploy", names.join(", "), sender).with_detail(detail)
+            ..audited
         }
     }
 
@@ -296,6 +304,20 @@ mod tests {
             Audited::deploy(&deploy, &admin()).record(Ok(()), "b", 0),
             None
         );
+        let undeploy = DeployRequest {
+            remove: vec!["a".into(), "gpu".into()],
+            ..Default::default()
+        };
+        let record = Audited::deploy(&undeploy, &admin())
+            .record(Ok(()), "b", 0)
+            .unwrap();
+        let said = (
+            record.command.as_str(),
+            record.target.as_str(),
+            record.detail,
+        );
+        assert_eq!(said, ("undeploy", "a, gpu", None));
+        assert!(AUDIT_COMMANDS.contains(&"undeploy"));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::orders::{parse_when, When};
 use super::{connect, output};
 use crate::bus::{BusError, LogsError};
 use crate::config::Config;
-use crate::protocol::{subjects, AuditRecord};
+use crate::protocol::{AuditRecord, AUDIT_COMMANDS};
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
@@ -21,8 +21,10 @@ pub struct AuditArgs {
     /// (30m, 2h, 1day) or an RFC 3339 time (2026-01-31T08:00:00Z)
     #[arg(long, value_name = "WHEN", value_parser = parse_when)]
     pub since: Option<When>,
-    /// Only this command (deploy, order.cancel, subagent.disable, ...) or
-    /// the commands under it (order, subagent, scheduler)
+    /// Only this command (deploy, undeploy, job.pause, job.resume,
+    /// order.cancel, order.suspend, order.resume, subagent.disable,
+    /// subagent.enable, subagent.stop, scheduler.on, scheduler.off) or the
+    /// commands under one word (job, order, subagent, scheduler)
     #[arg(long, value_name = "COMMAND", value_parser = parse_command)]
     pub command: Option<String>,
     /// Print each record (an AuditRecord) as one line of JSON
@@ -30,17 +32,17 @@ pub struct AuditArgs {
     pub json: bool,
 }
 
-/// A command to filter on: one or two subject tokens, no wildcards.
+/// A command to filter on: one of [`AUDIT_COMMANDS`], or the group of
+/// those under one word (`order`, `job`, ...).
 pub fn parse_command(s: &str) -> Result<String, String> {
-    let tokens: Vec<&str> = s.split('.').collect();
-    if tokens.len() > 2 || !tokens.iter().all(|t| subjects::is_valid_token(t)) {
-        return Err(format!(
-            "'{s}' is not a command: use deploy, order.cancel, order.suspend, order.resume, \
-             subagent.disable, subagent.enable, subagent.stop, scheduler.on, scheduler.off, \
-             or order, subagent, scheduler for all of theirs"
-        ));
+    let group = |c: &&str| c.split_once('.').is_some_and(|(g, _)| g == s);
+    if AUDIT_COMMANDS.contains(&s) || AUDIT_COMMANDS.iter().any(group) {
+        return Ok(s.to_string());
     }
-    Ok(s.to_string())
+    Err(format!(
+        "'{s}' is not a command: use {}, or job, order, subagent, scheduler for all of theirs",
+        AUDIT_COMMANDS.join(", ")
+    ))
 }
 
 /// `baton audit`: prints the records kept, oldest first, and ends.
@@ -93,11 +95,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn commands_are_one_or_two_tokens() {
-        for ok in ["deploy", "order.cancel", "subagent"] {
+    fn commands_are_the_recorded_ones_or_their_groups() {
+        for ok in [
+            "deploy",
+            "undeploy",
+            "order.cancel",
+            "subagent",
+            "job.pause",
+            "job",
+        ] {
             assert_eq!(parse_command(ok).as_deref(), Ok(ok));
         }
-        for bad in ["order.>", "*", "a.b.c", "", "order."] {
+        for bad in [
+            "order.>",
+            "*",
+            "a.b.c",
+            "",
+            "order.",
+            "bogus",
+            "order.bogus",
+            "deploy.x",
+        ] {
             let e = parse_command(bad).unwrap_err();
             assert!(
                 e.contains("is not a command") && e.contains("order.cancel"),

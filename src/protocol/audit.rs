@@ -9,19 +9,36 @@ use serde::{Deserialize, Serialize};
 /// The `outcome` of a command that was carried out.
 pub const AUDIT_OK: &str = "ok";
 
+/// Every command recorded (`AuditRecord::command`).
+pub const AUDIT_COMMANDS: [&str; 12] = [
+    "deploy",
+    "undeploy",
+    "job.pause",
+    "job.resume",
+    "order.cancel",
+    "order.suspend",
+    "order.resume",
+    "subagent.disable",
+    "subagent.enable",
+    "subagent.stop",
+    "scheduler.on",
+    "scheduler.off",
+];
+
 /// One state-changing command and how the broker answered it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AuditRecord {
     /// When the broker knew the outcome.
     pub at_ms: u64,
-    /// What was asked: `deploy`, `order.cancel`, `order.suspend`,
+    /// What was asked: `deploy`, `undeploy` (a deploy that only removes),
+    /// `job.pause`, `job.resume`, `order.cancel`, `order.suspend`,
     /// `order.resume`, `subagent.disable`, `subagent.enable`,
     /// `subagent.stop`, `scheduler.on` or `scheduler.off`; also the last
     /// tokens of the subject the record is published on.
     pub command: String,
     /// What it was about: the names deployed (jobs, then workflows, then
-    /// clusters, separated by `, `), the order id, the subagent id or the
-    /// agent id.
+    /// clusters, separated by `, `) or undeployed, the job, the order id,
+    /// the subagent id or the agent id.
     pub target: String,
     /// `ok`, or the error code the command was refused with (`forbidden`,
     /// `not_found`, `invalid_state`, ...; see `ErrorReply`).

@@ -58,6 +58,18 @@ pub fn took(ms: u64) -> String {
 /// A configured duration for messages: humantime's, with a space before
 /// the unit words it writes without one: "7 days", "1 day 12h", "30s".
 pub fn span(d: Duration) -> String {
+    // in days past one (humantime counts 30.44-day months: 90 days would
+    // read "2 months 29 days 2h 52m 48s")
+    const DAY: u64 = 86_400;
+    let days = d.as_secs() / DAY;
+    if days > 0 {
+        let unit = if days == 1 { "day" } else { "days" };
+        let rest = d - Duration::from_secs(days * DAY);
+        return match rest.is_zero() {
+            true => format!("{days} {unit}"),
+            false => format!("{days} {unit} {}", span(rest)),
+        };
+    }
     let text = humantime::format_duration(d).to_string();
     let parts: Vec<String> = text
         .split(' ')
@@ -142,6 +154,8 @@ mod tests {
     fn spans_put_a_space_before_unit_words() {
         let day = 86_400;
         assert_eq!(span(Duration::from_secs(7 * day)), "7 days");
+        assert_eq!(span(Duration::from_secs(90 * day)), "90 days");
+        assert_eq!(span(Duration::from_secs(400 * day + 61)), "400 days 1m 1s");
         assert_eq!(span(Duration::from_secs(day + 12 * 3600)), "1 day 12h");
         assert_eq!(span(Duration::from_secs(30)), "30s");
         assert_eq!(span(Duration::from_millis(1_500)), "1s 500ms");
