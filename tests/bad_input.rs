@@ -411,3 +411,24 @@ async fn parameter_values_and_counts_over_the_limit_are_refused() {
     let message = refused(try_submit(many).await);
     assert_eq!(message, "257 parameters given; at most 256 are accepted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_larger_than_the_server_takes_says_what_to_do_and_the_connection_lives() {
+    let h = cluster(&[]).await;
+    let deploy: DeployRequest = serde_json::from_value(json!({
+        "jobs": [{ "name": "big", "program": "true", "description": "x".repeat(1_100_000) }],
+    }))
+    .expect("a deploy");
+    let call = h
+        .bus
+        .request::<_, DeployReply>(h.bus.subjects().deploy(), &deploy, REQUEST);
+    match within(REQUEST * 2, "deploy", call).await {
+        Err(BusError::Transport { reason, .. }) => assert!(
+            reason.contains("more than this NATS server takes (1048576 bytes")
+                && reason.contains("several deploys"),
+            "{reason}"
+        ),
+        other => panic!("expected the size named, got {other:?}"),
+    }
+    status(&h).await;
+}

@@ -87,6 +87,15 @@ impl Bus {
         timeout: Duration,
         coded: bool,
     ) -> Result<(Bytes, authn::Then), BusError> {
+        // the server would close the connection's publish with a bare
+        // "maximum payload exceeded": say what to do instead
+        let max = self.client.server_info().max_payload;
+        if max > 0 && payload.len() > max {
+            return Err(BusError::Transport {
+                subject: subject.to_string(),
+                reason: too_large(payload.len(), max),
+            });
+        }
         let headers = (encoding == Encoding::Json).then(json_headers);
         let (headers, sent) = self.authenticate(subject, &payload, headers, coded);
         let mut request = async_nats::Request::new()
@@ -124,4 +133,13 @@ impl Bus {
             }
         }
     }
+}
+
+/// Why a request larger than the server takes is not sent (pure).
+fn too_large(bytes: usize, max: usize) -> String {
+    format!(
+        "the request is {bytes} bytes, more than this NATS server takes ({max} bytes, its \
+         max_payload): send less at once (a deploy: its files in several deploys), or raise \
+         max_payload in nats-server's configuration and nats.max_message_bytes with it"
+    )
 }
