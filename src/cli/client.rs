@@ -20,8 +20,9 @@ use crate::protocol::*;
 
 #[derive(Debug, Args)]
 pub struct DeployArgs {
-    /// TOML files with [[job]], [[cluster]] and [[workflow]] tables (see
-    /// examples/jobs.toml)
+    /// TOML files with [[job]], [[cluster]], [[workflow]] and [[calendar]]
+    /// tables (see examples/jobs.toml); one name may be defined in one file
+    /// only; a trigger may use a calendar of any of them
     #[arg(required = true, value_name = "FILE.toml")]
     pub files: Vec<PathBuf>,
     /// Only validate the files and print the plan; deploy nothing
@@ -35,7 +36,8 @@ pub struct DeployArgs {
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {
-    /// Only this job's orders
+    /// Only the orders of this job or workflow
+    #[arg(value_name = "NAME")]
     pub job: Option<String>,
     /// Only this order's events
     #[arg(long, value_name = "ORDER_ID", conflicts_with = "job")]

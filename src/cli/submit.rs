@@ -21,7 +21,7 @@ use crate::protocol::*;
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
-    /// Name of a deployed job or workflow (`baton status` lists the jobs)
+    /// Name of a deployed job or workflow (`baton job list` lists them)
     #[arg(value_name = "NAME")]
     pub job: String,
     /// A parameter the job (or, for a workflow, its steps) takes, as

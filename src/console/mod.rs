@@ -71,6 +71,14 @@ pub async fn run(config: &Config, bus: Bus, args: ConsoleArgs) -> anyhow::Result
         events,
     });
     let loopback = args.listen.ip().is_loopback();
+    if !loopback {
+        tracing::warn!(
+            listen = %args.listen,
+            "the console listens beyond this machine and has no login of its own: anyone who \
+             reaches it may do what the console role may (submit, cancel, switch subagents and \
+             the Scheduler); put a proxy that authenticates people in front of it"
+        );
+    }
     let server =
         HttpServer::new(move || {
             App::new()

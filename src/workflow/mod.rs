@@ -189,8 +189,12 @@ pub enum TransitionError {
         command: &'static str,
         hint: &'static str,
     },
-    #[error("workflow '{workflow}' has no step '{step}'")]
-    UnknownStep { workflow: String, step: String },
+    #[error("workflow '{workflow}' has no step '{step}' (its steps: {})", .steps.join(", "))]
+    UnknownStep {
+        workflow: String,
+        step: String,
+        steps: Vec<String>,
+    },
     #[error("step '{step}' has no attempt {attempt} (attempts dispatched: {dispatched})")]
     UnknownAttempt {
         step: String,

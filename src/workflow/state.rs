@@ -245,6 +245,7 @@ impl WorkflowRun {
             .ok_or_else(|| TransitionError::UnknownStep {
                 workflow: self.workflow.clone(),
                 step: step.to_string(),
+                steps: self.steps.iter().map(|s| s.name.clone()).collect(),
             })
     }
 

@@ -245,7 +245,7 @@ fn resume_from_a_later_step_skips_the_ones_before_it() {
     ok(&mut run, Event::Suspend { kill: false });
     ok(&mut run, finished("a", 1, true));
     let e = err(&mut run, resume(Some("zz"), false));
-    assert_eq!(e, "workflow 'w' has no step 'zz'");
+    assert_eq!(e, "workflow 'w' has no step 'zz' (its steps: a, b, c, d)");
     assert_eq!(dispatched(&ok(&mut run, resume(Some("c"), false))), ["c"]);
     assert_eq!(state_of(&run, "a"), StepState::Succeeded);
     assert_eq!(state_of(&run, "b"), StepState::Skipped);
@@ -532,7 +532,7 @@ fn step_events_for_unknown_or_old_attempts() {
     ok(&mut run, Event::Start);
     assert_eq!(
         err(&mut run, finished("x", 1, true)),
-        "workflow 'w' has no step 'x'"
+        "workflow 'w' has no step 'x' (its steps: a)"
     );
     assert!(err(&mut run, finished("a", 0, true)).contains("no attempt 0"));
     assert!(err(&mut run, Event::RetryDue { step: "x".into() }).contains("no step 'x'"));

@@ -89,13 +89,14 @@ pub fn event_line(kind: EventKind, payload: &[u8], json: bool) -> Result<String,
     match kind {
         EventKind::Accepted => render(payload, json, kind, |e: &OrderAccepted| {
             let params: Vec<String> = e.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            format!(
+            let line = format!(
                 "{} {:<16} {} accepted {}",
                 clock(e.at_ms),
                 e.job,
                 short(&e.order_id),
                 params.join(" ")
-            )
+            );
+            line.trim_end().to_string()
         }),
         EventKind::Changed => render(payload, json, kind, |e: &OrderChanged| {
             // the step order's own events carry its id

@@ -244,12 +244,12 @@ pub fn job_text(info: &JobInfo) -> String {
         let _ = writeln!(out, "spread: {}", super::spread::words(p));
     }
     let definition = match (&info.job, &info.workflow) {
-        (Some(job), _) => serde_json::to_string_pretty(job),
-        (None, Some(workflow)) => serde_json::to_string_pretty(workflow),
-        (None, None) => Ok("{}".into()),
+        (Some(job), _) => serde_json::to_value(job),
+        (None, Some(workflow)) => serde_json::to_value(workflow),
+        (None, None) => Ok(serde_json::Value::Null),
     };
-    let _ = writeln!(out, "definition:");
-    for line in definition.unwrap_or_default().lines() {
+    let _ = writeln!(out, "definition (as deployed; --json for every field):");
+    for line in definition_text(definition.unwrap_or_default()).lines() {
         let _ = writeln!(out, "  {line}");
     }
     let triggers = match (&info.job, &info.workflow) {
@@ -374,9 +374,51 @@ fn spec_kind(kind: SpecKind) -> &'static str {
     }
 }
 
+/// A definition as TOML, like the file it came from, without the fields
+/// left unset (null, empty); JSON if TOML cannot hold it (pure).
+fn definition_text(mut value: serde_json::Value) -> String {
+    fn compact(value: &mut serde_json::Value) {
+        if let serde_json::Value::Object(map) = value {
+            map.values_mut().for_each(compact);
+            map.retain(|_, v| match v {
+                serde_json::Value::Null => false,
+                serde_json::Value::Object(m) => !m.is_empty(),
+                serde_json::Value::Array(a) => !a.is_empty(),
+                _ => true,
+            });
+        } else if let serde_json::Value::Array(items) = value {
+            items.iter_mut().for_each(compact);
+        }
+    }
+    compact(&mut value);
+    // the name first, as in a deploy file (the rest in key order)
+    let name = match value.as_object_mut().and_then(|m| m.remove("name")) {
+        Some(serde_json::Value::String(name)) => {
+            format!("name = {}\n", toml::Value::String(name))
+        }
+        _ => String::new(),
+    };
+    match toml::to_string_pretty(&value) {
+        Ok(rest) => name + &rest,
+        Err(_) => serde_json::to_string_pretty(&value).unwrap_or_default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_definition_reads_as_toml_name_first_without_unset_fields() {
+        let job = serde_json::json!({
+            "program": "echo", "name": "hello", "working_dir": null, "env": {},
+            "args": [], "params": {"who": {"default": "world", "description": null}},
+        });
+        assert_eq!(
+            definition_text(job),
+            "name = \"hello\"\nprogram = \"echo\"\n\n[params.who]\ndefault = \"world\"\n"
+        );
+    }
 
     #[test]
     fn a_file_trigger_is_shown_as_firing_on_files() {
