@@ -220,6 +220,8 @@ pub async fn run(config: &Config, file: Option<&Path>, args: DevArgs) -> anyhow:
         .iter()
         .map(|p| format!("{} (pid {})", p.name, p.pid()))
         .collect();
+    // the last agent: the Scheduler is most often another one
+    let other_agent = format!("agent-{}", args.agents.max(1));
     let console_line = match console {
         Some(addr) => format!("web console: http://{addr}/\n"),
         None => String::new(),
@@ -237,9 +239,9 @@ pub async fn run(config: &Config, file: Option<&Path>, args: DevArgs) -> anyhow:
          {run} submit nightly --wait                (a workflow: 4 steps, 2 in parallel)\n  \
          {run} order show ORDER_ID                  (its steps, where each ran, their output)\n  \
          {run} order suspend|resume ORDER_ID        (steer a workflow order)\n  \
-         {run} watch clock                           (fired every 10s by the Scheduler agent)\n  \
-         {run} scheduler on agent-2                  (move the Scheduler role)\n  \
-         {run} audit                                 (who changed what)\n  \
+         {run} watch clock                          (fired every 10s by the Scheduler agent)\n  \
+         {run} scheduler on {other_agent}                 (move the Scheduler role)\n  \
+         {run} audit                                (who changed what)\n  \
          nats req baton.api.submit '{{\"job\":\"hello\"}}' -H Content-Type:application/json -s {url} \\\n      \
          --nkey {} --inbox-prefix {client_inbox}\n\n\
          Prometheus metrics: {}\n\n\

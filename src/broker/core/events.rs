@@ -41,7 +41,8 @@ impl Event {
     }
 
     /// A workflow order moved from `before` to `after`: one event for each
-    /// step that moved, and one for the order's own state if it changed.
+    /// step that moved, and one for the order's own state if it changed
+    /// (after the steps', but for a resume: before them).
     /// `step_order_id` names the order of a step's attempt.
     pub fn changed(
         before: &OrderInfo,
@@ -82,11 +83,14 @@ impl Event {
                 before.state,
                 OrderState::Suspended | OrderState::Failed | OrderState::Suspending
             ) && after.state == OrderState::Running;
-            let what = match resumed {
-                true => "resumed".to_string(),
-                false => after.state.as_str().to_string(),
-            };
-            events.push(Event::Changed(change(None, what)));
+            match resumed {
+                // the cause before its effects: resumed, then its steps dispatched
+                true => events.insert(0, Event::Changed(change(None, "resumed".into()))),
+                false => {
+                    let what = after.state.as_str().to_string();
+                    events.push(Event::Changed(change(None, what)));
+                }
+            }
         }
         if before.expired_at_ms.is_none() && after.expired_at_ms.is_some() {
             events.push(Event::Changed(change(None, "expired".to_string())));
@@ -283,8 +287,8 @@ mod tests {
         assert_eq!(
             what,
             [
-                "step a dispatched (attempt 2) Some(\"a#2\")",
-                "resumed None"
+                "resumed None",
+                "step a dispatched (attempt 2) Some(\"a#2\")"
             ]
         );
         assert!(Event::changed(&after, &after, |_, _| String::new(), 7).is_empty());
