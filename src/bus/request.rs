@@ -89,7 +89,7 @@ impl Bus {
     ) -> Result<(Bytes, authn::Then), BusError> {
         // the server would close the connection's publish with a bare
         // "maximum payload exceeded": say what to do instead
-        let max = self.client.server_info().max_payload;
+        let max = self.client.max_payload();
         if max > 0 && payload.len() > max {
             return Err(BusError::Transport {
                 subject: subject.to_string(),
