@@ -203,3 +203,102 @@ async fn status_with_no_broker_at_all_says_so() {
     assert!(stdout.starts_with("no active broker answered"), "{stdout}");
     assert!(stdout.contains("no broker answered at all"), "{stdout}");
 }
+
+/// The pids whose parent is `parent`, from /proc, with their names.
+fn children_of(parent: u32) -> Vec<(u32, String)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let stat = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+    entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|pid| {
+            // `pid (comm) state ppid ...`; comm may hold spaces
+            let text = stat(&pid)?;
+            let (head, rest) = text.rsplit_once(") ")?;
+            let name = head.split_once(" (")?.1.to_string();
+            let ppid = rest.split(' ').nth(1)?.parse::<u32>().ok()?;
+            (ppid == parent).then(|| Some((pid.parse().ok()?, name)))?
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bench_stopped_by_sigterm_stops_its_whole_cluster_and_bad_counts_are_refused() {
+    let bench = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
+        command
+            .arg("bench")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        command
+    };
+    // a count of none is refused before anything starts
+    for zero in [
+        ["-c", "0"],
+        ["--subagents", "0"],
+        ["-n", "0"],
+        ["--capacity", "0"],
+    ] {
+        let args = ["throughput", zero[0], zero[1]];
+        let out = within(LIMIT, "bench refuses", bench(&args).output()).await;
+        let out = out.expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{zero:?}: {stderr}");
+        assert!(
+            stderr.contains("'0'") && stderr.contains("1 or more"),
+            "{zero:?}: {stderr}"
+        );
+    }
+
+    // one order at a time: its cluster runs for a while
+    let args = [
+        "throughput",
+        "-n",
+        "3000",
+        "-c",
+        "1",
+        "--subagents",
+        "1",
+        "--raw-threads",
+        "2",
+    ];
+    let child = bench(&args).spawn().expect("spawn bench");
+    let pid = child.id().expect("pid");
+    // its cluster, not the raw spawns' `true`s
+    let cluster = move || {
+        let children = children_of(pid);
+        let named = |n: &str| {
+            children
+                .iter()
+                .filter(|(_, name)| name.starts_with(n))
+                .count()
+        };
+        let up = named("nats-server") == 1 && named("baton") >= 2;
+        up.then(|| children.into_iter().map(|(p, _)| p).collect::<Vec<u32>>())
+    };
+    let up = || async move { cluster() };
+    let mut started = wait_for(Duration::from_secs(60), "the bench's cluster", up).await;
+    let reapers: Vec<u32> = started
+        .iter()
+        .filter_map(|p| baton::launch::reaper_of(*p))
+        .collect();
+    started.extend(reapers);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let out = within(LIMIT, "the bench to stop", child.wait_with_output()).await;
+    let out = out.expect("waits");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    for p in started {
+        let gone = || async move { process_gone(p as i32) };
+        wait_until(LIMIT, &format!("the bench's process {p} is gone"), gone).await;
+    }
+}

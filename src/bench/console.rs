@@ -27,7 +27,7 @@ pub struct ConsoleBenchArgs {
     #[arg(short = 'n', long, default_value_t = 100_000)]
     pub orders: usize,
     /// Orders in flight at once
-    #[arg(short = 'c', long, default_value_t = 64)]
+    #[arg(short = 'c', long, default_value_t = 64, value_parser = crate::bench::at_least_one::<usize>)]
     pub concurrency: usize,
     /// Times each endpoint is asked
     #[arg(long, default_value_t = 20)]

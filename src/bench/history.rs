@@ -33,7 +33,7 @@ pub struct HistoryArgs {
     #[arg(long, default_value_t = 4)]
     pub rounds: usize,
     /// Orders in flight at once
-    #[arg(short = 'c', long, default_value_t = 64)]
+    #[arg(short = 'c', long, default_value_t = 64, value_parser = crate::bench::at_least_one::<usize>)]
     pub concurrency: usize,
     /// `broker.keep_finished` of the cluster's broker
     #[arg(long, default_value_t = 1000)]

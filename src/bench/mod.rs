@@ -104,7 +104,19 @@ pub enum BenchCommand {
     Scale(scale::ScaleArgs),
 }
 
+/// Runs a bench until it ends, or until SIGINT or SIGTERM: then the bench
+/// is dropped, and with it its cluster (every process it started is
+/// killed, its temporary folders removed), so nothing is left running.
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    tokio::select! {
+        ran = bench(command) => ran,
+        _ = crate::daemon::wait_for_signal() => {
+            anyhow::bail!("interrupted: the bench's cluster is stopped, nothing measured")
+        }
+    }
+}
+
+async fn bench(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Throughput(args) => throughput::throughput(args).await,
         BenchCommand::FailoverSubagent(args) => failover::failover(args).await,
@@ -118,5 +130,19 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Triggers(args) => triggers::triggers(args).await,
         BenchCommand::Files(args) => files::files(args).await,
         BenchCommand::Scale(args) => scale::scale(args).await,
+    }
+}
+
+/// A count that must be 1 or more (a bench of none measures nothing, or
+/// waits forever).
+pub(crate) fn at_least_one<T>(text: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + Default + PartialEq,
+    T::Err: std::fmt::Display,
+{
+    match text.parse::<T>() {
+        Ok(n) if n == T::default() => Err("must be 1 or more".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
 }

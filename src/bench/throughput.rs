@@ -17,20 +17,20 @@ use crate::time::parse_duration;
 #[derive(Debug, Args)]
 pub struct ThroughputArgs {
     /// Orders to submit
-    #[arg(short = 'n', long, default_value_t = 2000)]
+    #[arg(short = 'n', long, default_value_t = 2000, value_parser = super::at_least_one::<usize>)]
     pub orders: usize,
     /// Orders in flight at once (submitted, not yet finished)
-    #[arg(short = 'c', long, default_value_t = 64)]
+    #[arg(short = 'c', long, default_value_t = 64, value_parser = super::at_least_one::<usize>)]
     pub concurrency: usize,
     /// Subagent processes
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = super::at_least_one::<usize>)]
     pub subagents: usize,
     /// Tasks each subagent runs at once
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = super::at_least_one::<u32>)]
     pub capacity: u32,
     /// Threads that measure the machine's raw spawn rate (the same program
     /// started without Baton, as many times as --orders) before the run
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = super::at_least_one::<usize>)]
     pub raw_threads: usize,
     /// Stop waiting after this long
     #[arg(long, value_parser = parse_duration, default_value = "5m")]
@@ -86,6 +86,14 @@ pub(super) async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
     for &auth in modes {
         let report = measure(&args, auth).await?;
         args.common.emit(&report, print_table)?;
+        if report.finished < report.orders {
+            anyhow::bail!(
+                "only {} of {} orders finished within --timeout {}: the figures cover those",
+                report.finished,
+                report.orders,
+                humantime::format_duration(args.timeout)
+            );
+        }
     }
     Ok(())
 }

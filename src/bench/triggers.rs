@@ -58,7 +58,7 @@ pub struct TriggersArgs {
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub grace: Duration,
     /// Subagents running the orders (each a trivial `true`)
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = crate::bench::at_least_one::<usize>)]
     pub subagents: usize,
     /// Tasks each subagent runs at once
     #[arg(long, default_value_t = 32)]

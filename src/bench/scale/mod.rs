@@ -55,7 +55,7 @@ const STOP_LIMIT: Duration = Duration::from_secs(30);
 #[derive(Debug, Args)]
 pub struct ScaleArgs {
     /// Subagent processes to start (each with its reaper)
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = crate::bench::at_least_one::<usize>)]
     pub subagents: usize,
     /// Seconds of the steady stream of orders
     #[arg(long, default_value_t = 20)]

@@ -64,7 +64,7 @@ pub struct WorkflowArgs {
     #[arg(short = 'n', long, default_value_t = 50)]
     pub orders: usize,
     /// Workflow orders in flight at once (submitted, not yet finished)
-    #[arg(short = 'c', long, default_value_t = 10)]
+    #[arg(short = 'c', long, default_value_t = 10, value_parser = crate::bench::at_least_one::<usize>)]
     pub concurrency: usize,
     /// Steps of the workflow, each after the one before
     #[arg(long, default_value_t = 5)]
@@ -73,7 +73,7 @@ pub struct WorkflowArgs {
     #[arg(long, default_value_t = 200)]
     pub step_ms: u64,
     /// Subagent processes, all members of the round-robin cluster
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = crate::bench::at_least_one::<usize>)]
     pub subagents: usize,
     /// Tasks each subagent runs at once [default: the subagent's default]
     #[arg(long)]
