@@ -334,6 +334,23 @@ async fn a_failed_order_is_posted_to_the_webhook_and_published_on_the_subject() 
     })
     .await;
     assert_eq!(lost.body.subagent_id.as_deref(), Some("sub-1"));
+    // started again: the end of that outage is told where its start went
+    h.cluster
+        .spawn("sub-1-again", &["subagent", "--id", "sub-1"])
+        .expect("start the subagent again");
+    let back = wait_for(ARRIVAL, "the subagent's return is told", || async {
+        receiver
+            .posts()
+            .into_iter()
+            .find(|p| p.body.kind == NotifyKind::SubagentBack)
+    })
+    .await;
+    assert_eq!(back.body.subagent_id.as_deref(), Some("sub-1"));
+    assert!(
+        back.body.summary.starts_with("subagent sub-1 is back"),
+        "{:?}",
+        back.body
+    );
 
     let logs = logs(&h);
     assert!(

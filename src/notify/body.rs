@@ -95,29 +95,55 @@ pub fn of_order(record: &OrderInfo, kind: NotifyKind, sender: &Sender) -> Notifi
     }
 }
 
-/// The notification of a subagent declared lost.
-pub fn of_subagent_lost(event: &SubagentChanged, sender: &Sender) -> Notification {
+/// The notification of a subagent declared lost, or (`SubagentBack`)
+/// heard again after that.
+pub fn of_subagent(event: &SubagentChanged, kind: NotifyKind, sender: &Sender) -> Notification {
     let sub = &event.subagent_id;
-    let id = format!("subagent:{sub}:lost:{}", event.at_ms);
-    let why = event.reason.strip_prefix("lost: ").unwrap_or(&event.reason);
-    let summary = format!("subagent {sub} lost: {why}");
+    let (id, summary) = match kind {
+        NotifyKind::SubagentBack => (
+            format!("subagent:{sub}:back:{}", event.at_ms),
+            format!(
+                "subagent {sub} is back ({}): {}",
+                event.reason,
+                event.state.as_str()
+            ),
+        ),
+        _ => {
+            let why = event.reason.strip_prefix("lost: ").unwrap_or(&event.reason);
+            (
+                format!("subagent:{sub}:lost:{}", event.at_ms),
+                format!("subagent {sub} lost: {why}"),
+            )
+        }
+    };
     Notification {
         subagent_id: Some(sub.clone()),
         reason: Some(event.reason.clone()),
-        ..sender.blank(id, NotifyKind::SubagentLost, summary, event.at_ms)
+        ..sender.blank(id, kind, summary, event.at_ms)
     }
 }
 
-/// The notification of the triggers stopping: no agent can be Scheduler.
-pub fn of_no_scheduler(event: &TriggersChanged, sender: &Sender) -> Notification {
-    let id = format!("scheduler:none:{}", event.at_ms);
-    let why = (event.reason)
-        .strip_prefix("triggers are NOT firing: ")
-        .unwrap_or(&event.reason);
-    let summary = format!("no trigger fires: {why}");
+/// The notification of the triggers stopping (no agent can be Scheduler),
+/// or (`SchedulerBack`) firing again after that.
+pub fn of_triggers(event: &TriggersChanged, kind: NotifyKind, sender: &Sender) -> Notification {
+    let (id, summary) = match kind {
+        NotifyKind::SchedulerBack => (
+            format!("scheduler:back:{}", event.at_ms),
+            format!("triggers fire again: {}", event.reason),
+        ),
+        _ => {
+            let why = (event.reason)
+                .strip_prefix("triggers are NOT firing: ")
+                .unwrap_or(&event.reason);
+            (
+                format!("scheduler:none:{}", event.at_ms),
+                format!("no trigger fires: {why}"),
+            )
+        }
+    };
     Notification {
         reason: Some(event.reason.clone()),
-        ..sender.blank(id, NotifyKind::NoScheduler, summary, event.at_ms)
+        ..sender.blank(id, kind, summary, event.at_ms)
     }
 }
 

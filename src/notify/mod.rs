@@ -186,6 +186,7 @@ async fn run(config: Config, bus: Bus) {
         prefix: config.prefix.clone(),
     };
     let mut rules = Rules::default();
+    let mut outages = rules::Outages::default();
     let settings = DurableSettings {
         ack_wait: ACK_WAIT,
         max_ack_pending: MAX_ACK_PENDING,
@@ -235,14 +236,14 @@ async fn run(config: Config, bus: Bus) {
                     None => break,
                 },
                 event = lost.next() => match event {
-                    Some(event) => if let Some(kind) = rules::kind_of_subagent(&event.body) {
-                        tell(&shared, kind, body::of_subagent_lost(&event.body, &sender), None);
+                    Some(event) => if let Some(kind) = outages.subagent(&event.body) {
+                        tell(&shared, kind, body::of_subagent(&event.body, kind, &sender), None);
                     },
                     None => break,
                 },
                 event = triggers.next() => match event {
-                    Some(event) => if let Some(kind) = rules::kind_of_triggers(&event.body) {
-                        tell(&shared, kind, body::of_no_scheduler(&event.body, &sender), None);
+                    Some(event) => if let Some(kind) = outages.triggers(&event.body) {
+                        tell(&shared, kind, body::of_triggers(&event.body, kind, &sender), None);
                     },
                     None => break,
                 },

@@ -31,8 +31,8 @@ pub fn targets(global: &NotifyConfig, own: &NotifyRules, kind: NotifyKind) -> Ve
     let (global, own) = match kind {
         NotifyKind::Failure => (&global.on_failure, &own.failure),
         NotifyKind::Success => (&global.on_success, &own.success),
-        NotifyKind::SubagentLost => (&global.on_subagent_lost, &none),
-        NotifyKind::NoScheduler => (&global.on_no_scheduler, &none),
+        NotifyKind::SubagentLost | NotifyKind::SubagentBack => (&global.on_subagent_lost, &none),
+        NotifyKind::NoScheduler | NotifyKind::SchedulerBack => (&global.on_no_scheduler, &none),
         NotifyKind::MissedSlot => (&global.on_missed_slot, &own.missed),
     };
     let mut names: Vec<String> = global.iter().chain(own).cloned().collect();
@@ -41,12 +41,44 @@ pub fn targets(global: &NotifyConfig, own: &NotifyRules, kind: NotifyKind) -> Ve
     names
 }
 
-/// What a cluster event tells of, if anything: a subagent lost, or the
-/// triggers stopping because no agent can be Scheduler.
-pub fn kind_of_subagent(event: &SubagentChanged) -> Option<NotifyKind> {
-    (event.state == SubagentState::Lost).then_some(NotifyKind::SubagentLost)
+/// The outages this notifier told of and not yet of their end: so a
+/// subagent heard again after `subagent_lost`, and the triggers firing
+/// again after `no_scheduler`, are told of once each (a new broker starts
+/// with none: it tells of the outages it sees).
+#[derive(Debug, Default)]
+pub struct Outages {
+    lost: std::collections::BTreeSet<String>,
+    no_scheduler: bool,
 }
 
-pub fn kind_of_triggers(event: &TriggersChanged) -> Option<NotifyKind> {
-    (!event.firing).then_some(NotifyKind::NoScheduler)
+impl Outages {
+    /// What a subagent's change tells of, if anything: lost, or back after
+    /// being told lost (a suspect is not lost; one that left is no outage).
+    pub fn subagent(&mut self, event: &SubagentChanged) -> Option<NotifyKind> {
+        let id = &event.subagent_id;
+        match event.state {
+            SubagentState::Lost => {
+                self.lost.insert(id.clone());
+                Some(NotifyKind::SubagentLost)
+            }
+            SubagentState::Suspect => None,
+            SubagentState::Left => {
+                self.lost.remove(id);
+                None
+            }
+            _ => self.lost.remove(id).then_some(NotifyKind::SubagentBack),
+        }
+    }
+
+    /// What a change of the triggers tells of: none fire (each time it is
+    /// said), or they fire again after that was told.
+    pub fn triggers(&mut self, event: &TriggersChanged) -> Option<NotifyKind> {
+        match event.firing {
+            false => {
+                self.no_scheduler = true;
+                Some(NotifyKind::NoScheduler)
+            }
+            true => std::mem::take(&mut self.no_scheduler).then_some(NotifyKind::SchedulerBack),
+        }
+    }
 }

@@ -1,8 +1,8 @@
 use std::time::Duration;
 
-use super::body::{of_no_scheduler, of_order, of_subagent_lost, Sender};
+use super::body::{of_order, of_subagent, of_triggers, Sender};
 use super::retry::{backoff, next, Next, Tried};
-use super::rules::{kind_of, kind_of_subagent, kind_of_triggers, targets};
+use super::rules::{kind_of, targets, Outages};
 use super::url::{check_webhook_url, endpoint, redacted};
 use crate::config::NotifyConfig;
 use crate::protocol::{
@@ -123,28 +123,69 @@ fn cluster_events_call_for_their_kinds_only() {
         reason: "lost: no responders".into(),
         at_ms: 5,
     };
-    assert_eq!(kind_of_subagent(&lost), Some(NotifyKind::SubagentLost));
-    let n = of_subagent_lost(&lost, &sender("b"));
+    let mut outages = Outages::default();
+    lost.state = SubagentState::Suspect;
+    assert_eq!(outages.subagent(&lost), None, "suspicion is not loss");
+    lost.state = SubagentState::Lost;
+    assert_eq!(outages.subagent(&lost), Some(NotifyKind::SubagentLost));
+    let n = of_subagent(&lost, NotifyKind::SubagentLost, &sender("b"));
     assert_eq!(
         (n.id.as_str(), n.subagent_id.as_deref()),
         ("subagent:sub-2:lost:5", Some("sub-2"))
     );
     assert!(n.order_id.is_none());
-    lost.state = SubagentState::Suspect;
-    assert_eq!(kind_of_subagent(&lost), None, "suspicion is not loss");
+    // heard again: told once, as the end of that outage
+    let back = SubagentChanged {
+        state: SubagentState::Available,
+        reason: "back".into(),
+        at_ms: 9,
+        ..lost.clone()
+    };
+    assert_eq!(outages.subagent(&back), Some(NotifyKind::SubagentBack));
+    let n = of_subagent(&back, NotifyKind::SubagentBack, &sender("b"));
+    assert_eq!(n.id, "subagent:sub-2:back:9");
+    assert_eq!(n.summary, "subagent sub-2 is back (back): available");
+    assert_eq!(outages.subagent(&back), None, "once");
+    let joined = SubagentChanged {
+        subagent_id: "sub-9".into(),
+        ..back.clone()
+    };
+    assert_eq!(outages.subagent(&joined), None, "never told lost");
+
     let mut stopped = TriggersChanged {
         firing: false,
         scheduler: None,
         reason: "no agent connected".into(),
         at_ms: 7,
     };
-    assert_eq!(kind_of_triggers(&stopped), Some(NotifyKind::NoScheduler));
+    stopped.firing = true;
     assert_eq!(
-        of_no_scheduler(&stopped, &sender("b")).summary,
+        outages.triggers(&stopped),
+        None,
+        "firing, nothing told before"
+    );
+    stopped.firing = false;
+    assert_eq!(outages.triggers(&stopped), Some(NotifyKind::NoScheduler));
+    assert_eq!(
+        of_triggers(&stopped, NotifyKind::NoScheduler, &sender("b")).summary,
         "no trigger fires: no agent connected"
     );
-    stopped.firing = true;
-    assert_eq!(kind_of_triggers(&stopped), None);
+    let again = TriggersChanged {
+        firing: true,
+        scheduler: Some("agent-1".into()),
+        reason: "agent-1 holds the Scheduler role".into(),
+        at_ms: 8,
+    };
+    assert_eq!(outages.triggers(&again), Some(NotifyKind::SchedulerBack));
+    let n = of_triggers(&again, NotifyKind::SchedulerBack, &sender("b"));
+    assert_eq!(
+        (n.id.as_str(), n.summary.as_str()),
+        (
+            "scheduler:back:8",
+            "triggers fire again: agent-1 holds the Scheduler role"
+        )
+    );
+    assert_eq!(outages.triggers(&again), None, "once");
     let global = NotifyConfig {
         on_subagent_lost: names(&["ops"]),
         ..NotifyConfig::default()
@@ -158,7 +199,13 @@ fn cluster_events_call_for_their_kinds_only() {
         targets(&global, &own, NotifyKind::SubagentLost),
         names(&["ops"])
     );
+    assert_eq!(
+        targets(&global, &own, NotifyKind::SubagentBack),
+        names(&["ops"]),
+        "the end of an outage goes where its start went"
+    );
     assert!(targets(&global, &own, NotifyKind::NoScheduler).is_empty());
+    assert!(targets(&global, &own, NotifyKind::SchedulerBack).is_empty());
     // missed slots: the global rule and the job's own
     let global = NotifyConfig {
         on_missed_slot: names(&["ops"]),

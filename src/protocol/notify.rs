@@ -48,6 +48,11 @@ pub enum NotifyKind {
     SubagentLost,
     /// No agent can hold the Scheduler role: no trigger fires.
     NoScheduler,
+    /// A subagent told of as lost is heard again (sent to the targets of
+    /// `subagent_lost`, so an alert can be cleared).
+    SubagentBack,
+    /// The triggers fire again after `no_scheduler` (sent to its targets).
+    SchedulerBack,
     /// The Scheduler passed over slots of a job or workflow (its misfire
     /// policy: missed while no Scheduler fired them, or it fell behind).
     MissedSlot,
@@ -60,6 +65,8 @@ impl NotifyKind {
             NotifyKind::Success => "success",
             NotifyKind::SubagentLost => "subagent_lost",
             NotifyKind::NoScheduler => "no_scheduler",
+            NotifyKind::SubagentBack => "subagent_back",
+            NotifyKind::SchedulerBack => "scheduler_back",
             NotifyKind::MissedSlot => "missed_slot",
         }
     }
@@ -74,7 +81,8 @@ impl NotifyKind {
 pub struct Notification {
     /// The same in every copy of this notification, so receivers drop
     /// repeats by it: `{order_id}:{kind}:{finished_at_ms}` for an order,
-    /// `subagent:{id}:lost:{at_ms}`, `scheduler:none:{at_ms}`.
+    /// `subagent:{id}:lost:{at_ms}`, `subagent:{id}:back:{at_ms}`,
+    /// `scheduler:none:{at_ms}`, `scheduler:back:{at_ms}`.
     pub id: String,
     pub kind: NotifyKind,
     /// One line for people: what happened.
