@@ -903,3 +903,34 @@ async fn slots_of_a_never_fired_job_due_before_any_scheduler_meet_its_misfire_po
          not one after the agent started ({agent_started_ms})"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_agent_is_named_as_silent_not_as_missing() {
+    let mut h = cluster_with_env(&["sub-1"], ENV).await;
+    spawn_agent(&mut h, "a1", "a1", &[]);
+    one_scheduler(&h, None).await;
+    // frozen, still connected: its heartbeats stop
+    h.cluster.signal("a1", Signal::SIGSTOP).expect("stop a1");
+    let why = wait_for(
+        ELECTION * 2,
+        "the triggers are said not to fire",
+        || async { status_now(&h).await?.not_firing },
+    )
+    .await;
+    assert!(
+        why.starts_with("no agent is heard from: a1 silent since ") && why.contains("frozen"),
+        "{why}"
+    );
+    let out = run_baton(&h, &["status"], ELECTION).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("a1 silent since"), "{text}");
+    // thawed: heard again, it is the Scheduler and nothing is said to be wrong
+    h.cluster
+        .signal("a1", Signal::SIGCONT)
+        .expect("continue a1");
+    one_scheduler(&h, None).await;
+    wait_until(ELECTION, "the triggers fire again", || async {
+        status_now(&h).await.is_some_and(|s| s.not_firing.is_none())
+    })
+    .await;
+}

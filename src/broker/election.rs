@@ -72,7 +72,7 @@ mod firing;
 mod round;
 mod takeover;
 
-pub use firing::not_firing;
+pub use firing::{not_firing, Silent};
 pub use round::decide;
 
 pub use takeover::Predecessor;

@@ -58,9 +58,9 @@ impl Message for Input {
     type Result = ();
 }
 
-/// The agents as `baton status` shows them.
+/// The agents as `baton status` shows them, and why no trigger fires.
 #[derive(Message)]
-#[rtype(result = "Vec<AgentStatus>")]
+#[rtype(result = "(Vec<AgentStatus>, Option<String>)")]
 pub struct AgentsNow;
 
 /// A role command the election decided, for one agent.
@@ -118,7 +118,9 @@ pub struct Elector {
     electing_since: Instant,
     /// What was last said of the triggers: `Some(None)` firing,
     /// `Some(Some(why))` not firing; `None` nothing yet.
-    not_firing: Option<Option<&'static str>>,
+    not_firing: Option<Option<String>>,
+    /// Agents dropped as silent, named when no agent is heard.
+    silent: super::election::Silent,
 }
 
 /// Subscribes and starts the elector in the current actix System.
@@ -178,6 +180,7 @@ pub async fn start(
             switches_kv,
             electing_since: Instant::now(),
             not_firing: None,
+            silent: Default::default(),
         }
     }))
 }
@@ -248,7 +251,9 @@ impl Handler<AgentsNow> for Elector {
     type Result = MessageResult<AgentsNow>;
 
     fn handle(&mut self, _: AgentsNow, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.agents_now())
+        let agents = self.agents_now();
+        let why = self.silent.not_firing(&agents);
+        MessageResult((agents, why))
     }
 }
 
@@ -271,6 +276,7 @@ impl Elector {
         }
         let keep = self.config.scheduler.switch_condition.for_ + Duration::from_secs(60);
         let th = &self.config.scheduler.health;
+        self.silent.heard(&hb.agent_id);
         match self.book.heard(&hb, th, keep, Instant::now(), now_ms()) {
             Heard::New => {
                 info!(agent = %hb.agent_id, role = hb.role.as_str(), controlled = hb.controlled, "agent joined");
@@ -427,6 +433,7 @@ impl Elector {
                 Check::Probe(id) => self.probe(id, None, ctx),
                 Check::Silent(id) => {
                     warn!(agent = %id, "agent silent; dropped (a lease it holds still runs out)");
+                    self.silent.dropped(&id, now_ms());
                     self.announce(&id, AgentRole::Spare, "lost: silent");
                 }
             }

@@ -8,7 +8,6 @@ use actix::prelude::*;
 use std::time::Instant;
 
 use super::core::Refusal;
-use super::election::not_firing;
 use super::{inventory, placement, Broker};
 use crate::bus::Request;
 use crate::protocol::*;
@@ -136,8 +135,9 @@ impl Broker {
         };
         let agents = self.elector.send(super::elector::AgentsNow);
         ctx.spawn(agents.into_actor(self).map(move |agents, act, _| {
-            reply.agents = agents.unwrap_or_default();
-            reply.not_firing = not_firing(&reply.agents).map(str::to_string);
+            let (agents, why) = agents.unwrap_or_default();
+            reply.agents = agents;
+            reply.not_firing = why;
             act.bus.reply(&req.replier, &reply);
         }));
     }

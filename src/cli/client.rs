@@ -456,7 +456,7 @@ pub async fn scheduler_control(config: &Config, command: SchedulerCommand) -> an
             .collect();
         if agent.is_some_and(|a| a.role == wanted) {
             let now = match scheduler[..] {
-                [] => match crate::broker::election::not_firing(&status.agents) {
+                [] => match status.not_firing.as_deref() {
                     Some(why) => {
                         format!("no agent is Scheduler now: triggers are NOT firing: {why}")
                     }

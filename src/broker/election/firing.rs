@@ -24,3 +24,83 @@ pub fn not_firing(agents: &[AgentStatus]) -> Option<&'static str> {
         return None;
     })
 }
+
+/// Agents this broker dropped as silent (id and when), until heard again:
+/// so "no agent" can name them instead of asking for a new one.
+#[derive(Debug, Default)]
+pub struct Silent(std::collections::BTreeMap<String, u64>);
+
+/// Most silent agents remembered (the longest silent go first).
+const SILENT_KEPT: usize = 16;
+
+impl Silent {
+    pub fn dropped(&mut self, id: &str, at_ms: u64) {
+        self.0.insert(id.to_string(), at_ms);
+        while self.0.len() > SILENT_KEPT {
+            let oldest = self
+                .0
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(id, _)| id.clone());
+            oldest.map(|id| self.0.remove(&id));
+        }
+    }
+
+    pub fn heard(&mut self, id: &str) {
+        self.0.remove(id);
+    }
+
+    /// [`not_firing`], naming the silent agents when none is heard.
+    pub fn not_firing(&self, agents: &[AgentStatus]) -> Option<String> {
+        let why = not_firing(agents)?;
+        if !agents.is_empty() || self.0.is_empty() {
+            return Some(why.to_string());
+        }
+        let mut silent: Vec<(&String, &u64)> = self.0.iter().collect();
+        silent.sort_by_key(|(_, at)| **at);
+        let names: Vec<&str> = silent.iter().map(|(id, _)| id.as_str()).collect();
+        let since = chrono::DateTime::from_timestamp_millis(*silent[0].1 as i64)
+            .map(|t| t.format("%H:%M:%S UTC").to_string())
+            .unwrap_or_default();
+        Some(format!(
+            "no agent is heard from: {} silent since {since} (stopped, frozen or cut off from \
+             NATS: see why, or start another with `baton agent`)",
+            names.join(", ")
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silent_agents_are_named_while_none_is_heard_and_forgotten_when_heard() {
+        let mut silent = Silent::default();
+        assert_eq!(
+            silent.not_firing(&[]).as_deref(),
+            Some("no agent is connected; start one with `baton agent`")
+        );
+        silent.dropped("a2", 61_000);
+        silent.dropped("a1", 60_000);
+        let why = silent.not_firing(&[]).unwrap();
+        assert!(
+            why.starts_with("no agent is heard from: a1, a2 silent since 00:01:00 UTC"),
+            "{why}"
+        );
+        silent.heard("a1");
+        silent.heard("a2");
+        assert!(silent
+            .not_firing(&[])
+            .unwrap()
+            .starts_with("no agent is connected"));
+        for i in 0..(SILENT_KEPT as u64 + 5) {
+            silent.dropped(&format!("x{i}"), i);
+        }
+        let why = silent.not_firing(&[]).unwrap();
+        assert!(
+            !why.contains("x0,") && why.contains("x20"),
+            "the oldest go: {why}"
+        );
+    }
+}

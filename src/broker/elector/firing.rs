@@ -1,10 +1,9 @@
 //! Whether the deployed triggers fire: the Elector publishes a
 //! [`TriggersChanged`] when no agent can hold the Scheduler role (and why,
-//! from the pure [`not_firing`]), and again when one holds it.
+//! from the pure `election::Silent::not_firing`), and again when one holds it.
 
 use tracing::{info, warn};
 
-use super::super::election::not_firing;
 use super::Elector;
 use crate::protocol::*;
 use crate::time::now_ms;
@@ -19,18 +18,19 @@ impl Elector {
             return;
         }
         let agents = self.agents_now();
-        let why = not_firing(&agents);
+        let why = self.silent.not_firing(&agents);
         let scheduler = (agents.iter())
             .find(|a| a.role == AgentRole::Scheduler)
             .map(|a| a.id.clone());
         if why.is_none() && scheduler.is_none() {
             return; // electing one: no news yet
         }
-        if self.not_firing == Some(why) {
+        if self.not_firing.as_ref() == Some(&why) {
             return;
         }
         let first = self.not_firing.is_none();
-        self.not_firing = Some(why);
+        self.not_firing = Some(why.clone());
+        let firing = why.is_none();
         let reason = match (why, &scheduler) {
             (Some(why), _) => {
                 warn!(%why, "the triggers are NOT firing: no agent can hold the Scheduler role");
@@ -45,7 +45,7 @@ impl Elector {
             (None, None) => return,
         };
         let event = TriggersChanged {
-            firing: why.is_none(),
+            firing,
             scheduler,
             reason,
             at_ms: now_ms(),

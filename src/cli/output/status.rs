@@ -39,10 +39,15 @@ fn brokers_text(out: &mut String, brokers: &[BrokerStatus]) {
 }
 
 /// The agents part of `baton status`.
-fn agents_text(out: &mut String, agents: &[AgentStatus]) {
+/// `not_firing` is the broker's word for why no trigger fires (it knows
+/// the agents it dropped as silent); without it, it is worked out here.
+fn agents_text(out: &mut String, agents: &[AgentStatus], not_firing: Option<&str>) {
     let schedulers = agents.iter().filter(|a| a.role == AgentRole::Scheduler);
     let scheduler = match schedulers.map(|a| a.id.as_str()).collect::<Vec<_>>()[..] {
-        [] => no_scheduler(agents),
+        [] => match not_firing {
+            Some(why) => format!("none: triggers are NOT firing: {why}"),
+            None => no_scheduler(agents),
+        },
         [one] => one.to_string(),
         ref many => format!(
             "{} (more than one: the broker turns all but one off)",
@@ -213,7 +218,7 @@ pub fn status_text(s: &StatusReply) -> String {
             clock_s(pause.at_ms)
         );
     }
-    agents_text(&mut out, &s.agents);
+    agents_text(&mut out, &s.agents, s.not_firing.as_deref());
     let _ = writeln!(out, "subagents ({}):", s.subagents.len());
     if s.subagents.is_empty() {
         let _ = writeln!(out, "  none; start one with `baton subagent`");
