@@ -98,10 +98,7 @@ impl Order {
             signal: outcome.signal,
             timed_out: outcome.timed_out,
             reason: outcome.error.or_else(|| match self.phase {
-                Phase::Orphaned => Some(
-                    "task in doubt: waiting for its result or its subagent's orphan timeout"
-                        .to_string(),
-                ),
+                Phase::Orphaned => Some(in_doubt(self.rerun_at_ms)),
                 Phase::Retrying => self.retry_reason.clone(),
                 _ => None,
             }),
@@ -128,5 +125,32 @@ impl Order {
                 self.accepted_at_ms,
             )
         }
+    }
+}
+/// Why an order's task is in doubt, and until when at the latest (pure).
+fn in_doubt(until_ms: Option<u64>) -> String {
+    let why = "task in doubt: waiting for its result or its subagent's orphan timeout";
+    let until = until_ms.and_then(|ms| chrono::DateTime::from_timestamp_millis(ms as i64));
+    match until {
+        Some(t) => format!(
+            "{why} (decided by {} at the latest)",
+            t.format("%H:%M:%S UTC")
+        ),
+        None => why.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod in_doubt_tests {
+    use super::in_doubt;
+
+    #[test]
+    fn a_task_in_doubt_says_by_when_it_is_decided() {
+        assert_eq!(
+            in_doubt(Some(3_723_000)),
+            "task in doubt: waiting for its result or its subagent's orphan timeout \
+             (decided by 01:02:03 UTC at the latest)"
+        );
+        assert!(!in_doubt(None).contains("decided"));
     }
 }

@@ -211,7 +211,9 @@ impl Order {
                     return Ok(Applied::Stale);
                 }
                 let subagent_id = self.subagent_id.clone().unwrap_or_default();
-                let why = "out of sight past its orphan timeout, which killed the task";
+                let why =
+                    "its process was not heard from past its orphan timeout and left no death \
+                           certificate; by then a process still running kills its task itself";
                 // the process may live on and answer this task id as a
                 // duplicate: the attempt counts, even unconfirmed
                 self.task_is_dead(&subagent_id, at_ms, why, true);
