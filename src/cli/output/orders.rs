@@ -77,7 +77,15 @@ pub fn order_text(o: &OrderInfo) -> String {
     }
     let _ = writeln!(out, "accepted  {}", clock(o.accepted_at_ms));
     if let Some(t) = o.started_at_ms {
-        let _ = writeln!(out, "started   {}", clock(t));
+        // a job order's time is its last task's: say so when there were more
+        match o.attempt > 1 && o.workflow.is_none() {
+            true => {
+                let _ = writeln!(out, "started   {} (attempt {})", clock(t), o.attempt);
+            }
+            false => {
+                let _ = writeln!(out, "started   {}", clock(t));
+            }
+        }
     }
     if let Some(t) = o.finished_at_ms {
         let _ = writeln!(out, "finished  {}", clock(t));
@@ -804,6 +812,19 @@ mod tests {
             control_line(Control::Cancel, &o, true),
             "order 0190-flow running, cancel requested: its task is being killed"
         );
+    }
+
+    #[test]
+    fn a_job_order_run_again_says_its_start_is_the_last_attempt_s() {
+        let mut o = order(OrderState::Running);
+        o.workflow = None;
+        o.started_at_ms = Some(T0);
+        o.attempt = 2;
+        let text = order_text(&o);
+        let started = text.lines().find(|l| l.starts_with("started")).unwrap();
+        assert!(started.ends_with("(attempt 2)"), "{started}");
+        o.attempt = 1;
+        assert!(!order_text(&o).contains("(attempt 1)"));
     }
 
     #[test]
