@@ -162,10 +162,13 @@ pub(super) async fn list(
     }
     print!("{}", output::order_list_text(&reply));
     if reply.truncated {
+        let shown = match reply.orders.len() {
+            1 => "the newest order".to_string(),
+            n => format!("the newest {n} orders"),
+        };
         eprintln!(
-            "showing the newest {} orders; more match: use --limit N (up to {LIST_MAX}) \
-             or narrower filters (--since, --state, ...)",
-            reply.orders.len()
+            "showing {shown}; more match: use --limit N (up to {LIST_MAX}) \
+             or narrower filters (--since, --state, ...)"
         );
     }
     Ok(())
