@@ -48,7 +48,9 @@ impl<R: Clone + std::fmt::Debug> Core<R> {
     pub(super) fn on_paused(&mut self, to: R, name: String, switch: OperatorSwitch) {
         info!(job = %name, paused = switch.off, all = switch.all, by = %switch.by, "job switched");
         let before = self.pauses.insert(name.clone(), switch.clone());
-        let changed = before.is_none_or(|b| b.off != switch.off);
+        // a pause that now holds manual submits too (or no longer) is a change
+        let changed =
+            before.is_none_or(|b| b.off != switch.off || (switch.off && b.all != switch.all));
         let kind = self.kind_of(&name).unwrap_or(JobKind::Job);
         let reply = JobControlReply {
             name,

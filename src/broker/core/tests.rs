@@ -530,7 +530,11 @@ fn a_pause_is_stored_before_it_holds_and_refuses_slots_then_submits_with_all() {
         switch: all,
         stored: Ok(()),
     };
-    core.step(stored, now(base, 60));
+    let effects = core.step(stored, now(base, 60));
+    assert!(
+        matches!(replies(&effects)[..], [(4, Reply::JobSwitched(r))] if r.changed && r.switched.all),
+        "a pause that now holds manual submits too is a change: {effects:?}"
+    );
     let manual = core.step(Input::Submit(5, submit_j(None, "m2"), None), now(base, 70));
     assert!(refused_as_paused(&manual), "{manual:?}");
     // unknown names are refused before anything is stored
