@@ -130,6 +130,15 @@ pub fn views_text(why: &str, views: &[BrokerView], now_ms: u64) -> String {
             BrokerRole::Stopped => "stopping".to_string(),
         };
         let lease = match (&v.lease, &v.lease_error, v.no_active_since_ms) {
+            // a broker restarted under its id, waiting out its old lease
+            (Some(l), _, _) if l.broker_id == v.broker_id && v.role == BrokerRole::Standby => {
+                format!(
+                    "the lease still names this id (epoch {}, renewed {} ago): an earlier \
+                     process of it held it; this one takes over once it runs out",
+                    l.epoch,
+                    ago(l.renewed_at_ms)
+                )
+            }
             (Some(l), _, _) => format!(
                 "active broker per the lease: {} (epoch {}), renewed {} ago",
                 l.broker_id,
@@ -352,6 +361,15 @@ mod tests {
             "no active broker answered (none within 1s)\n\
              brokers' own views (1):\n\
              \x20 broker-b standby, precedence 100: active broker per the lease: broker-a (epoch 41), renewed 400ms ago\n"
+        );
+        let mut restarted = view.clone();
+        restarted.broker_id = "broker-a".into();
+        let text = views_text("none within 1s", &[restarted], now);
+        assert!(
+            text.contains(
+                "broker-a standby, precedence 100: the lease still names this id (epoch 41"
+            ),
+            "{text}"
         );
         let none = BrokerView {
             lease: None,
