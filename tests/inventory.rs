@@ -323,7 +323,11 @@ async fn a_paused_job_does_not_fire_under_any_broker_until_resumed() {
     let manual = submit(&h.bus, "tick", &[]).await;
     assert!(!manual.is_empty());
     let again = baton_ok(&h, &["job", "pause", "tick", "--all"]).await;
-    assert!(again.contains("job tick already paused by"), "{again}");
+    // a change (manual submits refused now), said as one, not "already paused"
+    assert!(
+        again.contains("job tick paused by") && again.contains("manual submits are refused too"),
+        "{again}"
+    );
     let show = baton_ok(&h, &["job", "show", "tick"]).await;
     assert!(show.contains("state: paused by"), "{show}");
     let still_skipped = show

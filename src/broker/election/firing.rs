@@ -37,12 +37,11 @@ impl Silent {
     pub fn dropped(&mut self, id: &str, at_ms: u64) {
         self.0.insert(id.to_string(), at_ms);
         while self.0.len() > SILENT_KEPT {
-            let oldest = self
-                .0
-                .iter()
-                .min_by_key(|(_, at)| **at)
-                .map(|(id, _)| id.clone());
-            oldest.map(|id| self.0.remove(&id));
+            let oldest = self.0.iter().min_by_key(|(_, at)| **at);
+            let Some(oldest) = oldest.map(|(id, _)| id.clone()) else {
+                break;
+            };
+            self.0.remove(&oldest);
         }
     }
 
