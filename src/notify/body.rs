@@ -129,7 +129,12 @@ pub fn of_triggers(event: &TriggersChanged, kind: NotifyKind, sender: &Sender) -
     let (id, summary) = match kind {
         NotifyKind::SchedulerBack => (
             format!("scheduler:back:{}", event.at_ms),
-            format!("triggers fire again: {}", event.reason),
+            format!(
+                "triggers fire again: {}",
+                (event.reason)
+                    .strip_prefix("triggers fire again: ")
+                    .unwrap_or(&event.reason)
+            ),
         ),
         _ => {
             let why = (event.reason)

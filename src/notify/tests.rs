@@ -173,7 +173,7 @@ fn cluster_events_call_for_their_kinds_only() {
     let again = TriggersChanged {
         firing: true,
         scheduler: Some("agent-1".into()),
-        reason: "agent-1 holds the Scheduler role".into(),
+        reason: "triggers fire again: agent agent-1 is the Scheduler".into(),
         at_ms: 8,
     };
     assert_eq!(outages.triggers(&again), Some(NotifyKind::SchedulerBack));
@@ -182,7 +182,7 @@ fn cluster_events_call_for_their_kinds_only() {
         (n.id.as_str(), n.summary.as_str()),
         (
             "scheduler:back:8",
-            "triggers fire again: agent-1 holds the Scheduler role"
+            "triggers fire again: agent agent-1 is the Scheduler"
         )
     );
     assert_eq!(outages.triggers(&again), None, "once");
