@@ -10,6 +10,11 @@
 //! declares ([`command_for`]), whatever its order carries; of what a
 //! workflow step is offered, [`resolve_step_params`] keeps only the names
 //! its job declares. The broker validates a job again on every deploy.
+//!
+//! Long (about 540 lines before its tests) because the file format's types,
+//! their checks and their conversion to the wire types read best in one
+//! place; tables with rules of their own (`notify`, `retry`, `spread`,
+//! `triggers`, durations) live in `jobs/`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

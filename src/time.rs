@@ -16,3 +16,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("{e}: use a duration such as 500ms, 30s or 2m"))
 }
+
+/// The time of day of `at_ms` (ms since the epoch) in UTC, as `HH:MM:SS UTC`,
+/// for messages that say when something happened or will be decided.
+pub fn utc_time_of_day(at_ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(at_ms as i64)
+        .map(|t| t.format("%H:%M:%S UTC").to_string())
+        .unwrap_or_default()
+}

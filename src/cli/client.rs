@@ -2,7 +2,9 @@
 //! subagents (`subagent disable|enable|stop`) and the Scheduler role
 //! (`scheduler on|off`) (`submit` is in `submit`, `order ...`
 //! in `orders`). They use only the wire protocol, exactly as any other NATS
-//! client would.
+//! client would. Just over 500 lines before its tests: several short
+//! commands, of which `status` (with its fallback to each broker's own
+//! view) is the longest.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -58,9 +58,7 @@ impl Silent {
         let mut silent: Vec<(&String, &u64)> = self.0.iter().collect();
         silent.sort_by_key(|(_, at)| **at);
         let names: Vec<&str> = silent.iter().map(|(id, _)| id.as_str()).collect();
-        let since = chrono::DateTime::from_timestamp_millis(*silent[0].1 as i64)
-            .map(|t| t.format("%H:%M:%S UTC").to_string())
-            .unwrap_or_default();
+        let since = crate::time::utc_time_of_day(*silent[0].1);
         Some(format!(
             "no agent is heard from: {} silent since {since} (stopped, frozen or cut off from \
              NATS: see why, or start another with `baton agent`)",

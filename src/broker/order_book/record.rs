@@ -127,14 +127,14 @@ impl Order {
         }
     }
 }
+
 /// Why an order's task is in doubt, and until when at the latest (pure).
 fn in_doubt(until_ms: Option<u64>) -> String {
     let why = "task in doubt: waiting for its result or its subagent's orphan timeout";
-    let until = until_ms.and_then(|ms| chrono::DateTime::from_timestamp_millis(ms as i64));
-    match until {
-        Some(t) => format!(
+    match until_ms {
+        Some(ms) => format!(
             "{why} (decided by {} at the latest)",
-            t.format("%H:%M:%S UTC")
+            crate::time::utc_time_of_day(ms)
         ),
         None => why.to_string(),
     }
